@@ -1,0 +1,7 @@
+"""`python -m kcc` is the `kcc` command."""
+
+import sys
+
+from kcc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,183 @@
+"""The `kcc` command line: ncc v0.2-compatible `compile` and `infer` (ecosystem.md §5.1-§5.2).
+
+Only argument parsing, printing and file handling live here; the compiler is `kcc.pipeline`.
+Every `KccError` becomes one `error: ...` line on stderr and exit code 1; no output file is left
+behind. Anything else is a kcc bug: a one-line report, or the traceback with `--debug`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from kcc import __version__
+from kcc.errors import DatasetError, KccError
+from kcc.options import CALIBRATE_METHODS, INFERENCE_TYPES, INPUT_TYPES, TARGETS, CompileOptions
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one `error:` line (exit 1) instead of exit 2 + usage."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise KccError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", type=Path, help="directory (walked recursively, sorted) or single file")
+    p.add_argument("--dataset-format", choices=("image", "raw"), default="image",
+                   help="image: any picture PIL reads; raw: float32 (or uint8) NCHW files of exactly one input")
+    p.add_argument("--input-mean", type=float, default=None, help="x = (pixel/255 - mean) / std (default 0)")
+    p.add_argument("--input-std", type=float, default=None, help="see --input-mean (default 1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kcc", description="Compiler for the Kendryte K210 KPU: float .tflite -> kmodel v4.")
+    parser.add_argument("-v", "--version", action="version", version=f"kcc {__version__} (kmodel v4, ncc v0.2 compatible)")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    c = sub.add_parser("compile", help="compile a .tflite model to a kmodel v4")
+    c.add_argument("input", type=Path, help="input model (.tflite)")
+    c.add_argument("output", type=Path, help="output kmodel path")
+    c.add_argument("-i", "--input-format", default="tflite", choices=("tflite",), help="input format (tflite)")
+    c.add_argument("-o", "--output-format", default="kmodel", choices=("kmodel",), help="output format (kmodel)")
+    c.add_argument("-t", "--target", default="k210", choices=TARGETS)
+    _add_dataset_flags(c)
+    c.add_argument("--inference-type", default="uint8", choices=INFERENCE_TYPES)
+    c.add_argument("--input-type", default="default", choices=INPUT_TYPES)
+    c.add_argument("--calibrate-method", default="no_clip", choices=CALIBRATE_METHODS)
+    c.add_argument("--max-allocator-solve-secs", type=float, default=60.0, help="0 = first fit only")
+    c.add_argument("--weights-quantize-threshold", type=float, default=64.0)
+    c.add_argument("--output-quantize-threshold", type=int, default=1024)
+    c.add_argument("--no-quantized-binary", action="store_true")
+    c.add_argument("--dump-ir", nargs="?", const=Path("."), type=Path, default=None, metavar="DIR",
+                   help="write the IR of every stage as NN-<stage>.dot/.txt into DIR (default: .)")
+    c.add_argument("--dump-weights-range", action="store_true")
+    c.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    c.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    r = sub.add_parser("infer", help="run a kmodel v4 on the simulator, like `ncc infer`")
+    r.add_argument("model", type=Path, help="kmodel v4 file")
+    r.add_argument("output", type=Path, nargs="?", default=Path("out"),
+                   help="output directory: one <input stem>.bin per input file (default ./out)")
+    _add_dataset_flags(r)
+    r.add_argument("-q", "--quiet", action="store_true")
+    r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same directory, so a failure leaves nothing."""
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise KccError(f"cannot write '{path}': directory '{directory}' does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    except OSError as e:
+        raise KccError(f"cannot write '{path}': {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise KccError(f"cannot write '{path}': {e.strerror}") from None
+
+
+def _shape(s) -> str:
+    return "x".join(str(d) for d in s)
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from kcc.pipeline import compile_model
+
+    say = (lambda line: None) if args.quiet else print
+    if not args.input.is_file():
+        raise KccError(f"input model '{args.input}' does not exist or is not a file")
+    if args.dataset is None and args.inference_type == "uint8":
+        raise DatasetError("--dataset is required for --inference-type uint8 (calibration images or raw files)",
+                           hint="pass --dataset DIR, or --inference-type float")
+    opts = CompileOptions(
+        target=args.target, inference_type=args.inference_type, input_type=args.input_type,
+        dataset=args.dataset, dataset_format=args.dataset_format, input_mean=args.input_mean,
+        input_std=args.input_std, calibrate_method=args.calibrate_method,
+        max_allocator_solve_secs=args.max_allocator_solve_secs,
+        weights_quantize_threshold=args.weights_quantize_threshold,
+        output_quantize_threshold=args.output_quantize_threshold,
+        no_quantized_binary=args.no_quantized_binary, dump_ir=args.dump_ir,
+        dump_weights_range=args.dump_weights_range)
+    result = compile_model(args.input, opts, log=say)
+    write_atomic(args.output, result.kmodel)
+    em = result.emitted
+    say(f"Working memory usage: {em.model.main_mem} B")
+    say(f"Constants: {len(em.model.constants)} B, nodes: {len(em.model.nodes)}, kmodel: {len(result.kmodel)} B")
+    say("\nSUMMARY\nINPUTS")
+    for i, (name, shape) in enumerate(em.inputs):
+        say(f"{i}\t{name}\t{_shape(shape)}")
+    say("OUTPUTS")
+    for i, (name, shape) in enumerate(em.outputs):
+        say(f"{i}\t{name}\t{_shape(shape)}")
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    import time
+
+    import kpu_sim
+    from kcc.dataset import iter_dataset, list_files
+
+    say = (lambda line: None) if args.quiet else print
+    if not args.model.is_file():
+        raise KccError(f"kmodel '{args.model}' does not exist or is not a file")
+    if args.dataset is None:
+        raise DatasetError("kcc infer needs --dataset (a directory or file of inputs)")
+    program = kpu_sim.load(args.model)
+    if len(program.inputs) != 1:
+        raise KccError(f"'{args.model}' has {len(program.inputs)} inputs; kcc infer feeds single-input models only")
+    spec = program.inputs[0]
+    files = list_files(args.dataset, args.dataset_format)
+    if args.output.exists() and not args.output.is_dir():
+        raise KccError(f"output '{args.output}' exists and is not a directory")
+    results = []
+    total = 0.0
+    for sample in iter_dataset(args.dataset, args.dataset_format, spec.shape, spec.dtype,
+                               args.input_mean or 0.0, 1.0 if args.input_std is None else args.input_std, files):
+        t0 = time.perf_counter()
+        outs = program.run([sample.data])
+        total += time.perf_counter() - t0
+        results.append((sample.path.stem, b"".join(o.tobytes() for o in outs)))
+    args.output.mkdir(parents=True, exist_ok=True)
+    for stem, data in results:
+        write_atomic(args.output / f"{stem}.bin", data)
+    say(f"{len(results)} input(s) -> {args.output}/ ; simulator time {total * 1e3 / max(len(results), 1):.1f} ms per input")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            build_parser().print_help()
+            return 1
+        return {"compile": cmd_compile, "infer": cmd_infer}[args.command](args)
+    except KccError as e:
+        print(f"error: {e.one_line()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a kcc bug: say so in one line unless --debug asks for the traceback
+        if debug:
+            raise
+        print(f"error: internal error: {type(e).__name__}: {e} (this is a kcc bug; rerun with --debug "
+              f"for the traceback)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

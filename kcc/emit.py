@@ -1,0 +1,360 @@
+"""emit: a lowered IR graph -> a kmodel v4 model (`kcc.kmodel.KModel`).
+
+Three steps:
+1. **Storage.** Every node gets a place: graph inputs and computed tensors live in main memory;
+   constants read as data (binary operands, matmul B) live in the constants blob (kmodel_v4.md §5);
+   conv / matmul weights and biases are inlined into their bodies; a Reshape is free and aliases
+   its input's storage (kmodel has no reshape op; ncc removes its memory_copy the same way).
+2. **Memory plan.** Buffer lifetimes over the node order, packed with `kcc.alloc` (8-byte aligned,
+   §7.1); `main_mem` is the plan's peak.
+3. **Bodies.** `EMITTERS` maps each IR op class to a function building its kmodel body, one
+   body per node (`lower_float` has already decomposed everything else).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from kcc import kmodel as K
+from kcc.alloc import Buffer, first_fit
+from kcc.alloc.packing import align_up
+from kcc.errors import UnsupportedModelError
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph, Node
+from kcc.ir.types import DType
+from kcc.kmodel.spec import BinaryOp, DataType, MemoryType, NnilOpcode, ReduceOp, ResizeMode, UnaryOp
+
+MAIN_ALIGN = 8  # §7.1
+CONST_ALIGN = 8  # §5
+FLT_MAX = float(np.finfo(np.float32).max)
+
+_DT = {DType.float32: DataType.FLOAT32, DType.uint8: DataType.UINT8}
+
+
+@dataclass
+class Emitted:
+    model: K.KModel
+    inputs: list[tuple[str, tuple[int, ...]]]
+    outputs: list[tuple[str, tuple[int, ...]]]
+    node_names: list[str]  # kmodel node index -> IR node name
+    buffers: list[Buffer] = field(default_factory=list)
+    offsets: dict[str, int] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- helpers
+def shape4(shape: tuple[int, ...], fill: int = 1) -> K.Shape4:
+    if len(shape) > 4:
+        raise UnsupportedModelError(f"shape {shape} has more than 4 dimensions; kmodel v4 is 4-D")
+    return K.Shape4.of(shape, fill)
+
+
+def value_range(act: tuple[float, float]) -> K.ValueRange:
+    """±inf (no clamp) is stored as ±FLT_MAX (§3.4)."""
+    lo, hi = act
+    return K.ValueRange(max(lo, -FLT_MAX), min(hi, FLT_MAX))
+
+
+def f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32).ravel()
+
+
+class _Storage:
+    """Where each node's tensor lives: (memory type, byte offset) after planning."""
+
+    def __init__(self, g: Graph, inline: set[int]):
+        self.g = g
+        self.root: dict[int, Node] = {}  # alias resolution (Reshape -> its input)
+        self.const_offset: dict[int, int] = {}
+        blob = bytearray()
+        for n in g.nodes:
+            if isinstance(n.op, O.Reshape):
+                self.root[id(n)] = self.root.get(id(n.inputs[0]), n.inputs[0])
+            elif n.is_constant and id(n) not in inline:
+                start = align_up(len(blob), CONST_ALIGN)
+                blob.extend(bytes(start - len(blob)))
+                self.const_offset[id(n)] = start
+                blob.extend(np.ascontiguousarray(n.data).tobytes())
+        self.constants = bytes(blob) + bytes(align_up(len(blob), CONST_ALIGN) - len(blob))
+        self.main_offset: dict[int, int] = {}
+
+    def base(self, n: Node) -> Node:
+        return self.root.get(id(n), n)
+
+    def range(self, n: Node) -> K.MemoryRange:
+        b = self.base(n)
+        dt = _DT.get(n.dtype)
+        if dt is None:
+            raise UnsupportedModelError(f"tensor '{n.name}' has type {n.dtype.value}, which kmodel v4 cannot store")
+        if id(b) in self.const_offset:
+            return K.MemoryRange(MemoryType.CONST, dt, self.const_offset[id(b)], n.type.nbytes)
+        return K.MemoryRange(MemoryType.MAIN, dt, self.main_offset[id(b)], n.type.nbytes)
+
+
+def _inline_constants(g: Graph) -> set[int]:
+    """Constants that are only ever weights/biases of conv-like ops or matmul biases (inlined, §8.3)."""
+    inline_slots = {O.Conv2D: (1, 2), O.Conv2DTranspose: (1, 2), O.MatMul: (2,)}
+    users = g.users()
+    out = set()
+    for n in g.nodes:
+        if not n.is_constant:
+            continue
+        uses = users[n]
+        if uses and n not in g.outputs and all(
+                any(u.inputs[k] is n for k in inline_slots.get(type(u.op), ())) and
+                all(u.inputs[k] is not n for k in range(len(u.inputs)) if k not in inline_slots.get(type(u.op), ()))
+                for u in uses):
+            out.add(id(n))
+    return out
+
+
+def _plan(g: Graph, st: _Storage, compute: list[Node]) -> tuple[list[Buffer], dict[str, int], int]:
+    """Lifetimes of main-memory buffers over the compute order, then first-fit packing."""
+    step = {id(n): i for i, n in enumerate(compute)}
+    last = len(compute)
+    birth: dict[int, int] = {}
+    death: dict[int, int] = {}
+    base_of: dict[int, Node] = {}
+    for n in g.nodes:
+        b = st.base(n)
+        if b.is_constant:
+            continue
+        base_of[id(b)] = b
+        if isinstance(b.op, O.Input):
+            birth[id(b)] = -1
+        elif id(n) in step:
+            birth[id(b)] = step[id(n)]
+        death.setdefault(id(b), birth.get(id(b), -1))
+    for n in compute:
+        for i in n.inputs:
+            b = st.base(i)
+            if id(b) in death:
+                death[id(b)] = max(death[id(b)], step[id(n)])
+    for o in g.outputs:
+        b = st.base(o)
+        if id(b) in death:
+            death[id(b)] = last
+    buffers = [Buffer(base_of[k].name, base_of[k].type.nbytes, birth[k], death[k]) for k in birth]
+    plan = first_fit(buffers, MAIN_ALIGN)
+    for k, b in base_of.items():
+        st.main_offset[k] = plan.offsets[b.name]
+    return buffers, plan.offsets, plan.peak
+
+
+# --------------------------------------------------------------------------- emitters
+Emit = Callable[[Node, _Storage], K.Body]
+
+
+def _conv2d(n: Node, st: _Storage) -> K.Body:
+    op: O.Conv2D = n.op
+    x, w, b = n.inputs
+    return K.Conv2D(input=st.range(x), output=st.range(n), in_shape=shape4(x.shape), groups=op.groups,
+                    out_channels=n.shape[1], padding_h=K.Padding(*op.padding[0]), padding_w=K.Padding(*op.padding[1]),
+                    filter_h=w.shape[2], filter_w=w.shape[3], stride_h=op.stride[0], stride_w=op.stride[1],
+                    dilation_h=op.dilation[0], dilation_w=op.dilation[1], fused_activation=value_range(op.act),
+                    weights=f32(w.data), bias=f32(b.data))
+
+
+def _conv2d_transpose(n: Node, st: _Storage) -> K.Body:
+    op: O.Conv2DTranspose = n.op
+    x, w, b = n.inputs
+    return K.Conv2DTranspose(input=st.range(x), output=st.range(n), in_shape=shape4(x.shape),
+                             out_shape=shape4(n.shape), groups=op.groups, padding_h=K.Padding(*op.padding[0]),
+                             padding_w=K.Padding(*op.padding[1]), filter_h=w.shape[2], filter_w=w.shape[3],
+                             stride_h=op.stride[0], stride_w=op.stride[1], dilation_h=op.dilation[0],
+                             dilation_w=op.dilation[1], fused_activation=value_range(op.act),
+                             weights=f32(w.data), bias=f32(b.data))
+
+
+def _matmul(n: Node, st: _Storage) -> K.Body:
+    a, b, bias = n.inputs
+    return K.MatMul(input_a=st.range(a), input_b=st.range(b), output=st.range(n), a_rows=a.shape[0],
+                    a_cols=a.shape[1], b_cols=b.shape[1], fused_activation=value_range(n.op.act), bias=f32(bias.data))
+
+
+def _binary(n: Node, st: _Storage) -> K.Body:
+    a, b = n.inputs
+    return K.Binary(input_a=st.range(a), input_b=st.range(b), output=st.range(n),
+                    binary_op=BinaryOp[n.op.op.upper()], in_a_shape=shape4(a.shape), in_b_shape=shape4(b.shape),
+                    out_shape=shape4(n.shape), fused_activation=value_range(n.op.act))
+
+
+# ------------------------------------------------------------------ nnil programs (§10)
+def _nnil(*items: object) -> bytes:
+    """Assemble nnil: NnilOpcode members, and floats (pushed with ldc_r4)."""
+    out = bytearray()
+    for it in items:
+        if isinstance(it, NnilOpcode):
+            out.append(int(it))
+        else:
+            out.append(int(NnilOpcode.LDC_R4))
+            out.extend(struct.pack("<f", float(it)))
+    return bytes(out)
+
+
+N = NnilOpcode
+_NNIL_UNARY: dict[str, bytes] = {
+    # 1 / (1 + exp(-x))
+    "logistic": _nnil(N.LDC_R4_1, N.LDC_R4_1, N.LDA_0, N.NEG, N.EXP, N.ADD, N.DIV, N.RET),
+    # tanh(x) = 2 / (1 + exp(-2x)) - 1: saturates to ±1 instead of inf/inf = NaN
+    "tanh": _nnil(2.0, N.LDC_R4_1, N.LDA_0, -2.0, N.MUL, N.EXP, N.ADD, N.DIV, N.LDC_R4_1, N.SUB, N.RET),
+    # sqrt(x) = exp(0.5 * log(x)); exact 0 at x = 0 (exp(-inf)), NaN below like sqrtf
+    "sqrt": _nnil(N.LDA_0, N.LOG, 0.5, N.MUL, N.EXP, N.RET),
+    # x * clamp(x + 3, 0, 6) / 6
+    "hard_swish": _nnil(N.LDA_0, N.LDA_0, 3.0, N.ADD, N.LDC_R4_0, 6.0, N.CLAMP, N.MUL, 6.0, N.DIV, N.RET),
+}
+
+
+def _unary(n: Node, st: _Storage) -> K.Body:
+    x = n.inputs[0]
+    name = n.op.op
+    if name.upper() in UnaryOp.__members__:
+        return K.Unary(input=st.range(x), output=st.range(n), unary_op=UnaryOp[name.upper()])
+    if name not in _NNIL_UNARY:
+        raise UnsupportedModelError(f"'{n.name}': unary op {name} has no kmodel v4 lowering")
+    return K.NnilUnaryMethod(input=st.range(x), output=st.range(n), program=_NNIL_UNARY[name])
+
+
+def _leaky_relu(n: Node, st: _Storage) -> K.Body:
+    # x >= 0 ? x : a*x  ==  max(x, a*x) for a <= 1, min(x, a*x) for a > 1
+    pick = N.MAX if n.op.alpha <= 1 else N.MIN
+    prog = _nnil(N.LDA_0, N.LDA_0, float(n.op.alpha), N.MUL, pick, N.RET)
+    return K.NnilUnaryMethod(input=st.range(n.inputs[0]), output=st.range(n), program=prog)
+
+
+def _reduce(n: Node, st: _Storage) -> K.Body:
+    x = n.inputs[0]
+    op = n.op.op
+    init = {"mean": 0.0, "sum": 0.0, "min": FLT_MAX, "max": -FLT_MAX}[op]
+    return K.Reduce(input=st.range(x), output=st.range(n), reduce_op=ReduceOp[op.upper()],
+                    in_shape=shape4(x.shape), out_shape=shape4(n.shape), init_value=init)
+
+
+def _pool2d(n: Node, st: _Storage) -> K.Body:
+    op: O.Pool2D = n.op
+    x = n.inputs[0]
+    return K.ReduceWindow2D(input=st.range(x), output=st.range(n), reduce_op=ReduceOp[op.op.upper()],
+                            in_shape=shape4(x.shape), padding_h=K.Padding(*op.padding[0]),
+                            padding_w=K.Padding(*op.padding[1]), filter_h=op.filter[0], filter_w=op.filter[1],
+                            stride_h=op.stride[0], stride_w=op.stride[1],
+                            init_value=-FLT_MAX if op.op == "max" else 0.0, fused_activation=value_range(op.act))
+
+
+def _softmax(n: Node, st: _Storage) -> K.Body:
+    inner = n.shape[-1]
+    return K.Softmax(input=st.range(n.inputs[0]), output=st.range(n), inner_size=inner,
+                     outer_size=n.type.size // inner, beta=n.op.beta)
+
+
+def _resize(n: Node, st: _Storage) -> K.Body:
+    op: O.Resize = n.op
+    mode = ResizeMode.BILINEAR if op.mode == "bilinear" else ResizeMode.NEAREST_NEIGHBOR
+    return K.ResizeImage(input=st.range(n.inputs[0]), output=st.range(n), in_shape=shape4(n.inputs[0].shape),
+                         out_h=op.size[0], out_w=op.size[1], mode=mode, align_corners=op.align_corners)
+
+
+def _axis4(rank: int, axis: int) -> int:
+    return axis + 4 - rank
+
+
+def _concat(n: Node, st: _Storage) -> K.Body:
+    axis = n.op.axis
+    shape = n.shape
+    inner = int(np.prod(shape[axis + 1:], dtype=np.int64)) * n.dtype.itemsize
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    return K.Concat(output=st.range(n), inner_size=inner, outer_size=outer,
+                    inputs=tuple(st.range(i) for i in n.inputs), dims=tuple(i.shape[axis] for i in n.inputs))
+
+
+def _transpose(n: Node, st: _Storage) -> K.Body:
+    x = n.inputs[0]
+    extra = 4 - x.type.rank
+    perm = tuple(range(extra)) + tuple(p + extra for p in n.op.perm)
+    return K.Transpose(input=st.range(x), output=st.range(n), in_shape=shape4(x.shape), perm=K.Shape4(*perm))
+
+
+def _pad(n: Node, st: _Storage) -> K.Body:
+    x = n.inputs[0]
+    pads = [(0, 0)] * (4 - x.type.rank) + list(n.op.paddings)
+    value = K.Scalar.of_float(n.op.value) if n.dtype == DType.float32 else K.Scalar.of_uint8(int(n.op.value))
+    return K.Pad(input=st.range(x), output=st.range(n), in_shape=shape4(x.shape),
+                 paddings=K.Paddings4(*(K.Padding(*p) for p in pads)), pad_value=value)
+
+
+def _strided_slice(n: Node, st: _Storage) -> K.Body:
+    x = n.inputs[0]
+    op: O.StridedSlice = n.op
+    return K.StridedSlice(input=st.range(x), output=st.range(n), in_shape=shape4(x.shape),
+                          begin=shape4(op.begin, 0), end=shape4(op.end, 1), strides=shape4(op.strides, 1))
+
+
+EMITTERS: dict[type, Emit] = {
+    O.Conv2D: _conv2d,
+    O.Conv2DTranspose: _conv2d_transpose,
+    O.MatMul: _matmul,
+    O.Binary: _binary,
+    O.Unary: _unary,
+    O.LeakyRelu: _leaky_relu,
+    O.Reduce: _reduce,
+    O.Pool2D: _pool2d,
+    O.Softmax: _softmax,
+    O.Resize: _resize,
+    O.Concat: _concat,
+    O.Transpose: _transpose,
+    O.Pad: _pad,
+    O.StridedSlice: _strided_slice,
+}
+
+
+def _clamp_to_binary(g: Graph) -> None:
+    """Clamp(x, lo, hi) -> binary add(x, 0) with fused clamp [lo, hi]: one neutral node that every
+    v0.2 runtime runs (nnil's clamp needs beta3+)."""
+    zero = None
+    for n in list(g.nodes):
+        if isinstance(n.op, O.Clamp):
+            if zero is None:
+                zero = g.insert_before(g.nodes[0], O.Constant(np.zeros((), np.float32)), (), "clamp_zero")
+            n.op = O.Binary("add", (n.op.lo, n.op.hi))
+            n.inputs = (n.inputs[0], zero)
+
+
+def _copy_outputs_that_are_not_computed(g: Graph) -> None:
+    """A graph output that is a constant or an input (or a reshape of one) gets a real copy node, so
+    every output range points at main memory written by this model. Copy = binary add 0."""
+    for k, o in enumerate(list(g.outputs)):
+        base = o
+        while isinstance(base.op, O.Reshape):
+            base = base.inputs[0]
+        if isinstance(base.op, (O.Input, O.Constant)):
+            zero = g.constant(np.zeros((), np.float32), f"{o.name}/copy_zero")
+            copy = g.add(O.Binary("add"), (o, zero), f"{o.name}/copy")
+            g.outputs[k] = copy
+
+
+def emit(graph: Graph) -> Emitted:
+    """Build the kmodel of a lowered float graph. `graph` is modified (clamp rewrite)."""
+    g = graph
+    output_names = [o.name for o in g.outputs]
+    _clamp_to_binary(g)
+    _copy_outputs_that_are_not_computed(g)
+    for n in g.nodes:
+        if type(n.op) not in EMITTERS and not isinstance(n.op, (O.Input, O.Constant, O.Reshape)):
+            raise UnsupportedModelError(f"'{n.name}': op {n.op.kind} has no kmodel v4 emitter "
+                                        f"(run lower_float first)")
+    st = _Storage(g, _inline_constants(g))
+    compute = [n for n in g.nodes if type(n.op) in EMITTERS]
+    buffers, offsets, peak = _plan(g, st, compute)
+    nodes = [EMITTERS[type(n.op)](n, st) for n in compute]
+    inputs = g.inputs
+    model = K.KModel(
+        main_mem=max(peak, MAIN_ALIGN), inputs=[st.range(i) for i in inputs],
+        input_shapes=[shape4(i.shape) for i in inputs], outputs=[st.range(o) for o in g.outputs],
+        constants=st.constants, nodes=nodes)
+    return Emitted(model, [(i.name, i.shape) for i in inputs], [(name, o.shape) for name, o in zip(output_names, g.outputs)],
+                   [n.name for n in compute], buffers, offsets)
+
+
+__all__ = ["emit", "Emitted", "EMITTERS", "shape4"]

@@ -1,0 +1,172 @@
+"""lower_float: rewrite IR ops that no kmodel v4 neutral op expresses into ones that do.
+
+After this pass every node maps onto exactly one kmodel body (see `kcc.emit`), except Reshape, which
+is free (it aliases its input's buffer). Each rewrite keeps the original node's name on the node
+that replaces it, so graph outputs keep their tflite names.
+
+    prelu(x, a)          -> max(x, x*a)                       if 0 <= a <= 1 everywhere
+                          -> max(x,0) + a*min(x,0)             otherwise
+    l2_normalize(x)      -> x * rsqrt(max(sum(x*x), eps^2))
+    softmax(x, axis!=-1) -> transpose, softmax(last axis), transpose back   (kmodel_v4.md §8.10)
+    reduce(keepdims=F)   -> reduce(keepdims=T), reshape         (kmodel reduce keeps dims, §8.7)
+    conv2d_transpose(b)  -> conv2d_transpose(no bias) + b       (nncase's kernel ignores its bias)
+    resize               -> resize_image when nncase's formula equals TFLite's, else two matmuls
+                            with constant interpolation matrices (exact: resizing is linear)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kcc.errors import UnsupportedModelError
+from kcc.eval import kernels
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph, Node
+
+F32 = np.float32
+
+
+class _Builder:
+    """Copies a graph node by node into a new one, letting rules emit replacements."""
+
+    def __init__(self, src: Graph):
+        self.src = src
+        self.g = Graph()
+        self.map: dict[int, Node] = {}
+
+    def add(self, op: O.Op, inputs, name: str, note: str = "") -> Node:
+        return self.g.add(op, inputs, name, note)
+
+    def const(self, data: np.ndarray, name: str) -> Node:
+        return self.g.constant(np.asarray(data), name)
+
+
+def _prelu(b: _Builder, n: Node, x: Node, alpha: Node) -> Node:
+    a = alpha.data if alpha.is_constant else None
+    if a is not None and np.all((a >= 0) & (a <= 1)):
+        ax = b.add(O.Binary("mul"), (x, alpha), n.name + "/alpha_x")
+        return b.add(O.Binary("max"), (x, ax), n.name)
+    zero = b.const(np.zeros((), F32), n.name + "/zero")
+    pos = b.add(O.Binary("max"), (x, zero), n.name + "/pos")
+    neg = b.add(O.Binary("min"), (x, zero), n.name + "/neg")
+    scaled = b.add(O.Binary("mul"), (neg, alpha), n.name + "/alpha_neg")
+    return b.add(O.Binary("add"), (pos, scaled), n.name)
+
+
+def _l2_normalize(b: _Builder, n: Node, x: Node) -> Node:
+    op: O.L2Normalize = n.op
+    sq = b.add(O.Unary("square"), (x,), n.name + "/square")
+    ss = b.add(O.Reduce("sum", (op.axis,), True), (sq,), n.name + "/sum")
+    eps = b.const(np.array(op.eps * op.eps, F32), n.name + "/eps2")
+    clamped = b.add(O.Binary("max"), (ss, eps), n.name + "/max_eps")
+    inv = b.add(O.Unary("rsqrt"), (clamped,), n.name + "/rsqrt")
+    return b.add(O.Binary("mul"), (x, inv), n.name)
+
+
+def _softmax(b: _Builder, n: Node, x: Node) -> Node:
+    op: O.Softmax = n.op
+    last = x.type.rank - 1
+    if op.axis == last:
+        return b.add(op, (x,), n.name)
+    perm = tuple(i for i in range(x.type.rank) if i != op.axis) + (op.axis,)
+    inv = tuple(int(i) for i in np.argsort(perm))
+    t = b.add(O.Transpose(perm), (x,), n.name + "/to_last")
+    s = b.add(O.Softmax(last, op.beta), (t,), n.name + "/softmax")
+    return b.add(O.Transpose(inv), (s,), n.name)
+
+
+def _reduce(b: _Builder, n: Node, x: Node) -> Node:
+    op: O.Reduce = n.op
+    if op.keepdims:
+        return b.add(op, (x,), n.name)
+    r = b.add(O.Reduce(op.op, op.axes, True), (x,), n.name + "/keepdims")
+    return b.add(O.Reshape(n.shape), (r,), n.name)
+
+
+def _conv2d_transpose(b: _Builder, n: Node, x: Node, w: Node, bias: Node) -> Node:
+    op: O.Conv2DTranspose = n.op
+    if bias.is_constant and not np.any(bias.data):
+        return b.add(op, (x, w, bias), n.name)
+    zero = b.const(np.zeros(bias.shape, F32), n.name + "/no_bias")
+    conv = b.add(O.Conv2DTranspose(op.out_shape, op.stride, op.padding, op.dilation, op.groups),
+                 (x, w, zero), n.name + "/conv")
+    b4 = b.add(O.Reshape((1, bias.shape[0], 1, 1)), (bias,), n.name + "/bias4")
+    return b.add(O.Binary("add", op.act), (conv, b4), n.name)
+
+
+def native_resize_ok(op: O.Resize, in_hw: tuple[int, int]) -> bool:
+    """True when nncase's resize_image kernel computes exactly what TFLite does for `op`."""
+    if op.half_pixel_centers and op.mode == "bilinear":
+        return False
+    if op.mode == "bilinear":
+        return True  # nncase: scale = in/out or (in-1)/(out-1) with align_corners, same weights
+    if op.align_corners or op.half_pixel_centers:  # nncase nearest knows neither flag
+        for size_in, size_out in zip(in_hw, op.size):
+            ours = kernels._resize_nearest_axis(size_in, size_out, op.align_corners, op.half_pixel_centers)
+            plain = kernels._resize_nearest_axis(size_in, size_out, False, False)
+            if not np.array_equal(ours, plain):
+                return False
+    return True
+
+
+def _interp_matrix(size_in: int, size_out: int, op: O.Resize) -> np.ndarray:
+    """[size_in, size_out] matrix M with out = in @ M along one axis."""
+    m = np.zeros((size_in, size_out), F32)
+    cols = np.arange(size_out)
+    if op.mode == "nearest":
+        m[kernels._resize_nearest_axis(size_in, size_out, op.align_corners, op.half_pixel_centers), cols] = 1
+    else:
+        lo, hi, frac = kernels._resize_bilinear_axis(size_in, size_out, op.align_corners, op.half_pixel_centers)
+        np.add.at(m, (lo, cols), 1 - frac)
+        np.add.at(m, (hi, cols), frac)
+    return m
+
+
+def _resize(b: _Builder, n: Node, x: Node) -> Node:
+    op: O.Resize = n.op
+    nb, c, h, w = x.shape
+    oh, ow = op.size
+    if native_resize_ok(op, (h, w)):
+        plain = O.Resize(op.mode, op.size, op.align_corners and op.mode == "bilinear", False)
+        return b.add(plain, (x,), n.name)
+    # out = Rh^T . X . Rw per (n, c) plane, as two matmuls over flattened rows.
+    rw = b.const(_interp_matrix(w, ow, op), n.name + "/rw")
+    rh = b.const(_interp_matrix(h, oh, op), n.name + "/rh")
+    zw = b.const(np.zeros(ow, F32), n.name + "/zw")
+    zh = b.const(np.zeros(oh, F32), n.name + "/zh")
+    rows = b.add(O.Reshape((nb * c * h, w)), (x,), n.name + "/rows")
+    xw = b.add(O.MatMul(), (rows, rw, zw), n.name + "/resize_w")
+    xw4 = b.add(O.Reshape((nb, c, h, ow)), (xw,), n.name + "/resize_w4")
+    t = b.add(O.Transpose((0, 1, 3, 2)), (xw4,), n.name + "/swap_hw")
+    cols = b.add(O.Reshape((nb * c * ow, h)), (t,), n.name + "/cols")
+    xh = b.add(O.MatMul(), (cols, rh, zh), n.name + "/resize_h")
+    xh4 = b.add(O.Reshape((nb, c, ow, oh)), (xh,), n.name + "/resize_h4")
+    return b.add(O.Transpose((0, 1, 3, 2)), (xh4,), n.name)
+
+
+_RULES = {
+    O.PRelu: _prelu,
+    O.L2Normalize: _l2_normalize,
+    O.Softmax: _softmax,
+    O.Reduce: _reduce,
+    O.Conv2DTranspose: _conv2d_transpose,
+    O.Resize: _resize,
+}
+
+
+def lower_float(graph: Graph) -> Graph:
+    b = _Builder(graph)
+    for n in graph.nodes:
+        if n.type.rank > 4 and not n.is_constant:
+            raise UnsupportedModelError(f"tensor '{n.name}' ({n.op.kind}) is {n.type.rank}-D; "
+                                        f"kmodel v4 supports at most 4-D tensors")
+        ins = tuple(b.map[id(i)] for i in n.inputs)
+        rule = _RULES.get(type(n.op))
+        if rule is not None:
+            new = rule(b, n, *ins)
+        else:
+            new = b.g.add(n.op, ins, n.name, n.note)
+        b.map[id(n)] = new
+    b.g.outputs = [b.map[id(o)] for o in graph.outputs]
+    b.g.remove_dead()
+    return b.g

@@ -1,0 +1,45 @@
+"""compile --inference-type float, then kpu_sim, against TFLite's float outputs on the real models.
+
+Acceptance bar of the Foundation issue: cosine >= 0.99999 and max abs error <= 1e-4 * max|ref| for
+every output of every sample.
+"""
+
+import pytest
+
+import kpu_sim
+import refkit
+from kcc import kmodel
+from kcc.options import CompileOptions
+from kcc.pipeline import compile_model
+
+pytestmark = pytest.mark.skipif(not refkit.available(), reason="../shared/reference/models is not checked out")
+
+FAST = ["digits_cnn16_gray", "digits_ae16_gray", "digits_mbnet32_rgb", "iris_fc", "mobilenet_v1_0.25_128"]
+SLOW = ["mobilenet_v1_0.5_160", "mobilenet_v1_0.75_192", "ulffd_landmark_320x240", "iris_landmark_64",
+        "palm_detection_lite_192", "hand_landmark_lite_224", "hand_recrop_256", "deeplabv3_mnv2_257"]
+
+
+def _check_model(name: str, limit: int) -> None:
+    result = compile_model(refkit.tflite_path(name), CompileOptions(inference_type="float"))
+    model = kmodel.read(result.kmodel)  # the file we wrote is valid kmodel v4
+    assert model.main_mem == result.emitted.model.main_mem
+    program = kpu_sim.load(result.kmodel)
+    samples = refkit.samples(name, limit=limit)
+    assert samples
+    for s in samples:
+        outs = program.run([s.x])
+        assert len(outs) == len(s.refs)
+        for k, (got, ref) in enumerate(zip(outs, s.refs)):
+            cos, err = refkit.compare(got, ref)
+            assert cos >= 0.99999 and err <= 1e-4, f"{name}/{s.name} output {k}: cos {cos:.7f}, rel err {err:.2e}"
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_float_model_matches_tflite(name):
+    _check_model(name, limit=3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SLOW + FAST)
+def test_float_model_matches_tflite_all_samples(name):
+    _check_model(name, limit=None)

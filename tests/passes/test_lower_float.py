@@ -1,0 +1,84 @@
+"""lower_float must not change what the graph computes, and must leave only kmodel-expressible ops."""
+
+import numpy as np
+import pytest
+
+from kcc.eval.interpreter import run
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph
+from kcc.passes.lower_float import lower_float, native_resize_ok
+
+rng = np.random.default_rng(0)
+
+
+def _check(g: Graph, x: np.ndarray) -> Graph:
+    g.verify()
+    want = run(g, [x])
+    low = lower_float(g)
+    low.verify("lower_float")
+    got = run(low, [x])
+    for a, b in zip(want, got):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    assert [o.name for o in low.outputs] == [o.name for o in g.outputs]
+    return low
+
+
+@pytest.mark.parametrize("alpha", [np.full((3, 1, 1), 0.25, np.float32),
+                                   rng.uniform(-2, 2, (3, 1, 1)).astype(np.float32)])
+def test_prelu(alpha):
+    g = Graph()
+    x = g.input(0, (1, 3, 4, 5))
+    g.outputs = [g.add(O.PRelu(), (x, g.constant(alpha, "alpha")), "y")]
+    low = _check(g, rng.standard_normal((1, 3, 4, 5)).astype(np.float32))
+    assert not any(isinstance(n.op, O.PRelu) for n in low.nodes)
+    n_binary = sum(isinstance(n.op, O.Binary) for n in low.nodes)
+    assert n_binary == (2 if np.all((alpha >= 0) & (alpha <= 1)) else 4)
+
+
+def test_l2_normalize_and_softmax_axis():
+    g = Graph()
+    x = g.input(0, (1, 6, 3, 2))
+    l2 = g.add(O.L2Normalize(1), (x,), "l2")
+    g.outputs = [g.add(O.Softmax(1), (l2,), "sm")]
+    low = _check(g, rng.standard_normal((1, 6, 3, 2)).astype(np.float32))
+    assert not any(isinstance(n.op, O.L2Normalize) for n in low.nodes)
+    assert all(n.op.axis == 3 for n in low.nodes if isinstance(n.op, O.Softmax))
+
+
+def test_reduce_without_keepdims_becomes_reshape():
+    g = Graph()
+    x = g.input(0, (1, 4, 3, 3))
+    g.outputs = [g.add(O.Reduce("mean", (2, 3), False), (x,), "gap")]
+    low = _check(g, rng.standard_normal((1, 4, 3, 3)).astype(np.float32))
+    assert all(n.op.keepdims for n in low.nodes if isinstance(n.op, O.Reduce))
+    assert low.outputs[0].shape == (1, 4)
+
+
+def test_conv2d_transpose_bias_moves_out():
+    g = Graph()
+    x = g.input(0, (1, 2, 3, 3))
+    w = g.constant(rng.standard_normal((4, 2, 3, 3)).astype(np.float32), "w")
+    b = g.constant(rng.standard_normal(4).astype(np.float32), "b")
+    op = O.Conv2DTranspose((1, 4, 6, 6), (2, 2), ((1, 1), (1, 1)), act=(0.0, 6.0))
+    g.outputs = [g.add(op, (x, w, b), "up")]
+    low = _check(g, rng.standard_normal((1, 2, 3, 3)).astype(np.float32))
+    tconv = next(n for n in low.nodes if isinstance(n.op, O.Conv2DTranspose))
+    assert not np.any(tconv.inputs[2].data) and tconv.op.act == O.NO_CLAMP
+
+
+@pytest.mark.parametrize("mode,align,half,size", [
+    ("bilinear", False, False, (7, 9)), ("bilinear", True, False, (8, 8)), ("bilinear", False, True, (8, 10)),
+    ("nearest", False, False, (8, 10)), ("nearest", True, False, (7, 9)), ("nearest", False, True, (8, 10)),
+    ("nearest", False, True, (6, 7)),
+])
+def test_resize_variants(mode, align, half, size):
+    g = Graph()
+    x = g.input(0, (1, 2, 4, 5))
+    op = O.Resize(mode, size, align, half)
+    g.outputs = [g.add(op, (x,), "rs")]
+    low = _check(g, rng.standard_normal((1, 2, 4, 5)).astype(np.float32))
+    native = native_resize_ok(op, (4, 5))
+    assert any(isinstance(n.op, O.Resize) for n in low.nodes) == native
+    if mode == "bilinear":
+        assert native == (not half)

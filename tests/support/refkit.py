@@ -1,0 +1,85 @@
+"""Access to ../shared/reference/models: each model's float inputs and TFLite reference outputs.
+
+Shared by the real-model tests and bench/ scripts. Inputs follow the kit's README: `x = float32(u8)*a + b`
+from `ref/*.in_u8.npy` (or the digits/iris data sets), NHWC -> NCHW; 4-D reference outputs are
+transposed to NCHW, the layout of kcc's outputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REFERENCE = (Path(__file__).resolve().parents[2] / ".." / "shared" / "reference").resolve()
+MODELS = REFERENCE / "models"
+
+
+@dataclass
+class Sample:
+    name: str
+    x: np.ndarray  # NCHW (or [1, features]) float32, batch 1
+    refs: list[np.ndarray]  # float outputs, 4-D ones NCHW, batch 1
+
+
+def available() -> bool:
+    return MODELS.is_dir()
+
+
+def model_dirs() -> list[str]:
+    return sorted(p.name for p in MODELS.iterdir() if (p / "meta.json").exists()) if available() else []
+
+
+def meta(name: str) -> dict:
+    return json.loads((MODELS / name / "meta.json").read_text())
+
+
+def tflite_path(name: str) -> Path:
+    return MODELS / name / meta(name)["model"]
+
+
+def _nchw(a: np.ndarray) -> np.ndarray:
+    return a.transpose(0, 3, 1, 2) if a.ndim == 4 else a
+
+
+def samples(name: str, limit: int | None = None) -> list[Sample]:
+    """The model's reference samples (at most `limit`), each with its float input and outputs."""
+    d = MODELS / name
+    m = meta(name)
+    inp = m.get("input", {})
+    a, b = np.float32(inp.get("a", 1.0)), np.float32(inp.get("b", 0.0))
+    out: list[Sample] = []
+    if "u8_source" in inp:  # digits: one .npy holding all 360 test images, refs batched likewise
+        u8 = np.load(MODELS / inp["u8_source"])[:limit]
+        x = u8.astype(np.float32) * a + b
+        x = x[..., None]
+        if m["inputs"][0]["shape"][-1] == 3:
+            x = np.repeat(x, 3, axis=-1)
+        refs = [np.load(p)[:limit] for p in sorted(d.glob("ref/*.float_out*.npy"))]
+        for i in range(len(x)):
+            out.append(Sample(f"{name}_{i:03d}", _nchw(x[i:i + 1]), [_nchw(r[i:i + 1]) for r in refs]))
+        return out
+    if name == "iris_fc":
+        with open(MODELS / "datasets" / "iris" / "iris.csv") as f:
+            rows = [list(map(float, r[:4])) for r in list(csv.reader(f))[1:]]
+        ref = np.load(d / "ref" / "iris150.float_out0.npy")
+        return [Sample(f"iris_{i:03d}", np.array([r], np.float32), [ref[i:i + 1]]) for i, r in enumerate(rows[:limit])]
+    for p in sorted(d.glob("ref/*.in_u8.npy"))[:limit]:
+        stem = p.name[: -len(".in_u8.npy")]
+        refs = sorted(d.glob(f"ref/{stem}.float_out*.npy"))
+        if not refs:
+            continue  # e.g. deeplab 'squat' keeps only an argmax map
+        x = np.load(p).astype(np.float32) * a + b
+        out.append(Sample(stem, np.ascontiguousarray(_nchw(x)), [_nchw(np.load(r)) for r in refs]))
+    return out
+
+
+def compare(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """(cosine similarity, max abs error / max |ref|)."""
+    g = got.reshape(ref.shape).astype(np.float64)
+    r = ref.astype(np.float64)
+    cos = float((g * r).sum() / (np.linalg.norm(g) * np.linalg.norm(r) + 1e-30))
+    return cos, float(np.abs(g - r).max() / (np.abs(r).max() + 1e-30))
