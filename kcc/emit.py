@@ -203,6 +203,9 @@ _NNIL_UNARY: dict[str, bytes] = {
     "tanh": _nnil(2.0, N.LDC_R4_1, N.LDA_0, -2.0, N.MUL, N.EXP, N.ADD, N.DIV, N.LDC_R4_1, N.SUB, N.RET),
     # sqrt(x) = exp(0.5 * log(x)); exact 0 at x = 0 (exp(-inf)), NaN below like sqrtf
     "sqrt": _nnil(N.LDA_0, N.LOG, 0.5, N.MUL, N.EXP, N.RET),
+    # round half to even: (x + 1.5*2^23) - 1.5*2^23 in float32 arithmetic (exact for |x| < 2^22;
+    # nnil has no round instruction)
+    "round": _nnil(N.LDA_0, 12582912.0, N.ADD, 12582912.0, N.SUB, N.RET),
     # x * clamp(x + 3, 0, 6) / 6
     "hard_swish": _nnil(N.LDA_0, N.LDA_0, 3.0, N.ADD, N.LDC_R4_0, 6.0, N.CLAMP, N.MUL, 6.0, N.DIV, N.RET),
 }

@@ -115,11 +115,13 @@ class Graph:
 
     # ----------------------------------------------------------------- editing
     def replace_all_uses(self, old: Node, new: Node) -> None:
-        """Make every consumer (and the output list) read `new` instead of `old`."""
+        """Make every consumer (and the output list) read `new` instead of `old`.
+
+        `new` itself keeps reading `old` (the usual case when `new` was inserted after `old`)."""
         if old is new:
             return
         for n in self.nodes:
-            if any(i is old for i in n.inputs):
+            if n is not new and any(i is old for i in n.inputs):
                 n.inputs = tuple(new if i is old else i for i in n.inputs)
         self.outputs = [new if o is old else o for o in self.outputs]
 

@@ -43,3 +43,25 @@ def test_float_model_matches_tflite(name):
 @pytest.mark.parametrize("name", SLOW + FAST)
 def test_float_model_matches_tflite_all_samples(name):
     _check_model(name, limit=None)
+
+
+def test_every_unary_op_lowers_and_runs_on_the_simulator():
+    """Each IR unary op (native unary or an nnil program) gives the evaluator's result in kpu_sim."""
+    import numpy as np
+
+    from kcc.emit import emit
+    from kcc.eval.interpreter import run
+    from kcc.ir import ops as O
+    from kcc.ir.graph import Graph
+
+    x = np.linspace(-6, 6, 4 * 61, dtype=np.float32).reshape(1, 4, 61)
+    x[0, 0, :8] = [-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 1e5 + 0.5, -3e6]  # rounding ties, large values
+    for name in O.UNARY_OPS:
+        g = Graph()
+        inp = g.input(0, x.shape)
+        g.outputs = [g.add(O.Unary(name), (inp,), name)]
+        want = run(g, [x])[0]
+        got = kpu_sim.load(kmodel.write(emit(g).model)).run([x])[0].reshape(x.shape)
+        finite = np.isfinite(want)
+        assert np.array_equal(np.isfinite(got), finite), name
+        np.testing.assert_allclose(got[finite], want[finite], rtol=2e-6, atol=2e-6, err_msg=name)

@@ -1,0 +1,335 @@
+"""Target-independent clean-up of an imported graph (kpu_semantics.md §5.2, ncc's default transforms).
+
+`canonicalize(g)` runs, until nothing changes:
+
+    fold_constants   evaluate nodes whose inputs are all constants
+    fold_transpose   compose / drop / sink transposes so the importer's NHWC<->NCHW pairs cancel;
+                     a flatten of a transposed map into a constant matmul permutes its weights
+    fold_reshape     reshape of reshape, identity reshape
+    fold_nops        identity pad, slice, clamp
+    fuse_clamp       a Clamp after an op with an `act` field becomes that field
+    remove_dead      drop nodes no output depends on
+
+Every function takes a Graph, edits it in place and returns it; each keeps the evaluator's output
+unchanged (tests/passes/test_canonicalize.py checks each one against `kcc.eval.interpreter.run`).
+Rewrites keep the name of the node they rewrite on the node computing the same value.
+
+Notation: T_p(x) = x.transpose(p), so y = T_p(x) has y.shape[i] = x.shape[p[i]]: axis i of y *is*
+axis p[i] of x. p⁻¹ is the inverse permutation, p⁻¹[p[i]] = i.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+from kcc.eval.kernels import KERNELS
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph, Node
+
+Perm = tuple[int, ...]
+_ELEMENTWISE = (O.Unary, O.Clamp, O.LeakyRelu)
+_HAS_ACT = (O.Conv2D, O.Conv2DTranspose, O.MatMul, O.Binary, O.Pool2D)
+
+
+def canonicalize(graph: Graph, max_rounds: int = 16) -> Graph:
+    """Run every canonicalisation to a fixpoint (at most `max_rounds` rounds)."""
+    passes: list[Callable[[Graph], Graph]] = [fold_constants, fold_transpose, fold_reshape, fold_nops,
+                                              fuse_clamp, remove_dead]
+    for _ in range(max_rounds):
+        before = _fingerprint(graph)
+        for p in passes:
+            graph = p(graph)
+        if _fingerprint(graph) == before:
+            break
+    return graph
+
+
+def _fingerprint(g: Graph) -> tuple:
+    return tuple((id(n), n.op, tuple(id(i) for i in n.inputs)) for n in g.nodes) + \
+        tuple(id(o) for o in g.outputs)
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _redirect(g: Graph, old: Node, new: Node) -> bool:
+    """Every consumer of `old` other than `new` itself (and the graph outputs) now reads `new`.
+
+    Returns whether anything was redirected.
+    """
+    hit = False
+    for n in g.nodes:
+        if n is not new and any(i is old for i in n.inputs):
+            n.inputs = tuple(new if i is old else i for i in n.inputs)
+            hit = True
+    if any(o is old for o in g.outputs):
+        g.outputs = [new if o is old else o for o in g.outputs]
+        hit = True
+    return hit
+
+
+def _insert_after(g: Graph, anchor: Node, op: O.Op, inputs: tuple[Node, ...], name: str) -> Node:
+    node = g.add(op, inputs, name, anchor.note)
+    g.nodes.pop()
+    g.nodes.insert(g.nodes.index(anchor) + 1, node)
+    return node
+
+
+def _rewrite(g: Graph, n: Node, op: O.Op, inputs: tuple[Node, ...]) -> None:
+    n.op, n.inputs = op, inputs
+    g.retype(n)
+
+
+def _inverse(p: Perm) -> Perm:
+    inv = [0] * len(p)
+    for i, a in enumerate(p):
+        inv[a] = i
+    return tuple(inv)
+
+
+def _perm_suffix(p: Perm) -> str:
+    return {(0, 2, 3, 1): "nhwc", (0, 3, 1, 2): "nchw"}.get(tuple(p), "transpose")
+
+
+def _is_transpose(n: Node) -> bool:
+    return isinstance(n.op, O.Transpose)
+
+
+# ------------------------------------------------------------------------------------ constants
+def fold_constants(g: Graph) -> Graph:
+    """Replace a node whose inputs are all Constants by a Constant of its value (same name).
+
+        %y = op(%c1, %c2)   ==>   %y = const[op(c1, c2)]
+
+    The value comes from the float evaluator's own kernel, so folding cannot change results.
+    """
+    for n in g.nodes:
+        if n.inputs and all(i.is_constant for i in n.inputs):
+            value = KERNELS[type(n.op)](n.op, *(i.data for i in n.inputs))
+            _rewrite(g, n, O.Constant(np.ascontiguousarray(value, dtype=n.dtype.numpy)), ())
+    return g
+
+
+# ------------------------------------------------------------------------------------ transposes
+def fold_transpose(g: Graph) -> Graph:
+    """Compose, drop and sink transposes until the importer's layout pairs meet and cancel.
+
+    Compose:  T_q(T_p(x)) = T_r(x) with r[i] = p[q[i]]   (y2[i] is y1[q[i]] is x[p[q[i]]])
+    Drop:     T_id(x) = x
+    Sink:     op(T_p(x)) = T_p(op'(x)) for every op that has no layout of its own:
+
+        %t = transpose[p](%x)             %r = relu(%x)
+        %r = relu(%t)            ==>      %r/nhwc = transpose[p](%r)
+        %u = transpose[p⁻¹](%r)           %u = transpose[p⁻¹](%r/nhwc)     -> composes to %r
+
+    Sinking moves every transpose down to the next op that does care about layout (a conv wrapped
+    in the inverse transpose, a reshape, a graph output), where it composes to the identity or stays
+    because it is truly needed. Finally a transpose that only moves size-1 axes becomes a Reshape.
+    """
+    changed = True
+    while changed:
+        changed = False
+        i = 0
+        while i < len(g.nodes):  # nodes inserted after i are visited in the same sweep
+            changed |= _transpose_rule(g, g.nodes[i])
+            i += 1
+    for n in g.nodes:
+        if _is_transpose(n) and _moves_only_unit_axes(n.inputs[0].shape, n.op.perm):
+            _rewrite(g, n, O.Reshape(n.shape), n.inputs)
+    return g
+
+
+def _transpose_rule(g: Graph, n: Node) -> bool:
+    if isinstance(n.op, O.MatMul):
+        return _absorb_into_matmul(g, n)
+    if not _is_transpose(n):
+        return _sink(g, n)
+    changed = False
+    if _is_transpose(n.inputs[0]):
+        p, q = n.inputs[0].op.perm, n.op.perm
+        _rewrite(g, n, O.Transpose(tuple(p[k] for k in q)), n.inputs[0].inputs)
+        changed = True
+    if tuple(n.op.perm) == tuple(range(len(n.op.perm))):
+        changed |= _redirect(g, n, n.inputs[0])
+    return changed
+
+
+def _absorb_into_matmul(g: Graph, n: Node) -> bool:
+    """Flattening a transposed map before a matmul with constant weights permutes the weight rows.
+
+        %t = transpose[0,2,3,1](%x)    : [N,H,W,C]         %f = reshape[N,CHW](%x)
+        %f = reshape[N,HWC](%t)                    ==>     %y = matmul(%f, %w')
+        %y = matmul(%f, %w)
+
+    Row k of the flattened T_p(x) is element idx[k] of the flattened x, so
+    f_t @ w = f_x @ w' with w'[idx[k]] = w[k] (the CHW-vs-HWC flatten of a conv feeding a dense layer).
+    """
+    a, w, _ = n.inputs
+    if not (isinstance(a.op, O.Reshape) and _is_transpose(a.inputs[0]) and w.is_constant):
+        return False
+    t = a.inputs[0]
+    x, p = t.inputs[0], t.op.perm
+    if p[0] != 0 or a.shape != (x.shape[0], x.type.size // x.shape[0]):
+        return False
+    idx = np.arange(a.shape[1]).reshape(x.shape[1:]).transpose([d - 1 for d in p[1:]]).ravel()
+    w_new = np.empty_like(w.data)
+    w_new[idx] = w.data
+    flat = g.insert_before(n, O.Reshape(a.shape), (x,), a.name)
+    w_node = g.insert_before(n, O.Constant(w_new), (), f"{w.name}/rows")
+    _rewrite(g, n, n.op, (flat, w_node, n.inputs[2]))
+    return True
+
+
+def _moves_only_unit_axes(shape: tuple[int, ...], perm: Perm) -> bool:
+    """True if the axes of size > 1 keep their relative order, so the transpose is a reshape."""
+    big = [a for a in perm if shape[a] != 1]
+    return big == sorted(big)
+
+
+def _sink(g: Graph, n: Node) -> bool:
+    """Try op(T_p(x), ...) -> T_p(op'(x, ...)); returns whether `n` was rewritten."""
+    ts = [i for i in n.inputs if _is_transpose(i)]
+    if not ts or isinstance(n.op, (O.Transpose, O.Input, O.Constant)):
+        return False
+    p = ts[0].op.perm
+    rank = len(p)
+    if any(t.op.perm != p for t in ts):
+        return False
+    plan = _sink_op(n.op, p, [i.shape for i in n.inputs], [i.is_constant for i in n.inputs],
+                    [_is_transpose(i) for i in n.inputs])
+    if plan is None:
+        return False
+    new_op, out_perm = plan
+    inputs = []
+    for i in n.inputs:
+        if _is_transpose(i):
+            inputs.append(i.inputs[0])
+        elif i.is_constant and i.data.ndim > 0:  # broadcast to rank, then lay out like x
+            data = i.data.reshape((1,) * (rank - i.data.ndim) + i.data.shape).transpose(_inverse(p))
+            name = f"{i.name}/{_perm_suffix(_inverse(p))}"
+            inputs.append(g.insert_before(n, O.Constant(np.ascontiguousarray(data)), (), name))
+        else:
+            inputs.append(i)
+    _rewrite(g, n, new_op, tuple(inputs))
+    if out_perm is not None:
+        t = _insert_after(g, n, O.Transpose(out_perm), (n,), f"{n.name}/{_perm_suffix(out_perm)}")
+        _redirect(g, n, t)
+    return True
+
+
+def _sink_op(op: O.Op, p: Perm, shapes: list[tuple[int, ...]], const: list[bool],
+             transposed: list[bool]) -> tuple[O.Op, Perm | None] | None:
+    """The op' and the transpose to put after it for op(T_p(x)), or None if it does not commute.
+
+    Axis i of y = T_p(x) is axis p[i] of x, hence:
+        element-wise, clamp, leaky_relu      op' = op
+        binary / prelu with constant c       c' = T_p⁻¹(c padded to rank with leading 1s), since
+                                             T_p(x) ∘ c = T_p(x ∘ T_p⁻¹(c)); scalars stay as they are
+        binary of T_p(a), T_p(b)             op'(a, b)
+        softmax / l2_normalize / concat      axis' = p[axis]
+        pad, strided_slice                   the entry for x's axis j is the old entry p⁻¹[j]
+        reduce(keepdims)                     axes' = {p[a]}
+        reduce(no keepdims)                  axes' = {p[a]}; the kept axes come out in x's order, so
+                                             the transpose after it is q with q[k] = rank of p[i_k]
+                                             among the kept x axes (none if q is the identity)
+    Inputs that are not T_p must be constants (re-laid out by the caller).
+    """
+    rank = len(p)
+    if not all(t or c for t, c in zip(transposed, const)):
+        return None
+    if any(c and len(s) > rank for s, c in zip(shapes, const)):
+        return None
+    if isinstance(op, _ELEMENTWISE + (O.Binary, O.PRelu)):
+        if isinstance(op, O.PRelu) and not transposed[0]:
+            return None
+        return op, p
+    if isinstance(op, O.Softmax):
+        return O.Softmax(p[op.axis], op.beta), p
+    if isinstance(op, O.L2Normalize):
+        return O.L2Normalize(p[op.axis], op.eps), p
+    if isinstance(op, O.Concat):
+        if any(c and len(s) != rank for s, c in zip(shapes, const)):
+            return None
+        return O.Concat(p[op.axis]), p
+    if isinstance(op, O.Pad):
+        inv = _inverse(p)
+        return O.Pad(tuple(op.paddings[inv[j]] for j in range(rank)), op.value), p
+    if isinstance(op, O.StridedSlice):
+        inv = _inverse(p)
+        return O.StridedSlice(*(tuple(v[inv[j]] for j in range(rank)) for v in (op.begin, op.end, op.strides))), p
+    if isinstance(op, O.Reduce):
+        axes = tuple(sorted(p[a] for a in op.axes))
+        if op.keepdims:
+            return O.Reduce(op.op, axes, True), p
+        kept = [j for j in range(rank) if j not in axes]
+        q = tuple(kept.index(p[i]) for i in range(rank) if i not in op.axes)
+        return O.Reduce(op.op, axes, False), (None if q == tuple(range(len(q))) else q)
+    return None
+
+
+# ------------------------------------------------------------------------------------ reshapes, no-ops
+def fold_reshape(g: Graph) -> Graph:
+    """Reshape(Reshape(x)) = Reshape(x) (only the final shape matters); Reshape to x's own shape = x.
+
+        %a = reshape[1,1,1,8](%x)                 %b = reshape[1,8](%x)
+        %b = reshape[1,8](%a)           ==>
+    """
+    for n in g.nodes:
+        if isinstance(n.op, O.Reshape):
+            while isinstance(n.inputs[0].op, O.Reshape):
+                n.inputs = n.inputs[0].inputs
+            if n.shape == n.inputs[0].shape:
+                _redirect(g, n, n.inputs[0])
+    return g
+
+
+def fold_nops(g: Graph) -> Graph:
+    """Drop ops that return their input unchanged: all-zero Pad, whole-range StridedSlice with
+    stride 1, Clamp(-inf, inf), Transpose by the identity.
+
+        %y = pad[((0,0),(0,0))](%x)     ==>    (uses of %y read %x)
+    """
+    for n in g.nodes:
+        op = n.op
+        nop = (isinstance(op, O.Pad) and all(b == a == 0 for b, a in op.paddings)) or \
+              (isinstance(op, O.StridedSlice) and n.shape == n.inputs[0].shape and all(s == 1 for s in op.strides)) or \
+              (isinstance(op, O.Clamp) and (op.lo, op.hi) == O.NO_CLAMP) or \
+              (isinstance(op, O.Transpose) and tuple(op.perm) == tuple(range(len(op.perm))))
+        if nop:
+            _redirect(g, n, n.inputs[0])
+    return g
+
+
+def fuse_clamp(g: Graph) -> Graph:
+    """clamp(op(x), lo, hi) -> op[act ∩ (lo, hi)](x) when the clamp is op's only consumer.
+
+    clamp(clamp(v, a, b), c, d) = clamp(v, max(a, c), min(b, d)) as long as the two intervals
+    overlap (otherwise the result is a constant and the rule does not apply).
+
+        %c = conv2d[act=(-inf,inf)](...)          %r = conv2d[act=(0,inf)](...)
+        %r = clamp[0,inf](%c)          ==>
+    """
+    users = g.users()
+    for n in g.nodes:
+        if not isinstance(n.op, O.Clamp):
+            continue
+        src = n.inputs[0]
+        if not isinstance(src.op, _HAS_ACT) or len(users[src]) != 1 or src in g.outputs:
+            continue
+        lo, hi = max(src.op.act[0], n.op.lo), min(src.op.act[1], n.op.hi)
+        if lo > hi:
+            continue
+        _rewrite(g, n, _with_act(src.op, (lo, hi)), src.inputs)
+        users = g.users()
+    return g
+
+
+def _with_act(op: O.Op, act: tuple[float, float]) -> O.Op:
+    return dataclasses.replace(op, act=act)
+
+
+def remove_dead(g: Graph) -> Graph:
+    """Drop nodes no graph output depends on (graph inputs always stay)."""
+    g.remove_dead()
+    return g

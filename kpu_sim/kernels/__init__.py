@@ -1,0 +1,56 @@
+"""`KERNELS`: opcode -> kernel function. A kernel is `fn(memory, body) -> None`.
+
+Kernels raise `SimulatorError` without node context; the program runner adds
+"node N (opcode): ". Opcodes whose semantics are not implemented yet map to `not_simulated`;
+replacing an entry here is all it takes to add one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from kcc.errors import SimulatorError
+from kcc.kmodel import Opcode
+from kpu_sim.kernels import conv, elementwise, k210, movement, nnil, reduce
+from kpu_sim.memory import Memory
+
+Kernel = Callable[[Memory, Any], None]
+
+
+def not_simulated(mem: Memory, body: Any) -> None:
+    raise SimulatorError("not simulated yet")
+
+
+KERNELS: dict[Opcode, Kernel] = {
+    Opcode.BINARY: elementwise.binary,
+    Opcode.CONCAT: movement.concat,
+    Opcode.CONV2D: conv.conv2d,
+    Opcode.DEQUANTIZE: elementwise.dequantize,
+    Opcode.MATMUL: conv.matmul,
+    Opcode.PAD: movement.pad,
+    Opcode.QUANTIZE: elementwise.quantize,
+    Opcode.REDUCE: reduce.reduce,
+    Opcode.REDUCE_WINDOW2D: reduce.reduce_window2d,
+    Opcode.MEMORY_COPY: movement.memory_copy,
+    Opcode.RESIZE_IMAGE: movement.resize_image,
+    Opcode.SOFTMAX: reduce.softmax,
+    Opcode.TRANSPOSE: movement.transpose,
+    Opcode.STRIDED_SLICE: movement.strided_slice,
+    Opcode.UNARY: elementwise.unary,
+    Opcode.QUANTIZED_CONV2D: not_simulated,
+    Opcode.QUANTIZED_MATMUL: not_simulated,
+    Opcode.QUANTIZED_BINARY: not_simulated,
+    Opcode.TABLE_LOOKUP1D: not_simulated,
+    Opcode.CONV2D_TRANSPOSE: conv.conv2d_transpose,
+    Opcode.NNIL_UNARY_METHOD: nnil.nnil_unary_method,
+    Opcode.CPU_CONV2D: not_simulated,
+    Opcode.CPU_DEPTHWISE_CONV2D: not_simulated,
+    Opcode.CPU_REDUCE_WINDOW2D: reduce.cpu_reduce_window2d,
+    Opcode.CPU_QUANTIZED_CONV2D: not_simulated,
+    Opcode.CPU_QUANTIZED_DEPTHWISE_CONV2D: not_simulated,
+    Opcode.KPU_UPLOAD: k210.kpu_upload,
+    Opcode.KPU_CONV2D: not_simulated,
+}
+
+NOT_SIMULATED = frozenset(op for op, fn in KERNELS.items() if fn is not_simulated)
+"""Opcodes `kpu_sim` cannot run yet (running a model that uses one raises `SimulatorError`)."""

@@ -1,0 +1,231 @@
+"""canonicalize and each of its passes: the structure they promise, and unchanged evaluator output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kcc.eval.interpreter import run
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph, Node
+from kcc.passes.canonicalize import (canonicalize, fold_constants, fold_nops, fold_reshape, fold_transpose,
+                                     fuse_clamp, remove_dead)
+
+rng = np.random.default_rng(5)
+NHWC, NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
+
+
+def randn(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def check(g: Graph, inputs, *passes) -> Graph:
+    """Apply `passes` in order; after each, the graph verifies and computes the same outputs."""
+    g.verify("build")
+    want = run(g, inputs)
+    names = [o.name for o in g.outputs]
+    for p in passes:
+        g = p(g)
+        g.verify(p.__name__)
+        got = run(g, inputs)
+        for a, b in zip(got, want):
+            assert a.shape == b.shape, p.__name__
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6, err_msg=p.__name__)
+    assert len(g.outputs) == len(names)
+    return g
+
+
+def count(g: Graph, cls) -> int:
+    return sum(isinstance(n.op, cls) for n in g.nodes)
+
+
+def nchw_input(g: Graph, shape=(1, 3, 4, 5), index=0) -> tuple[Node, Node]:
+    """An NCHW graph input and its NHWC view, as the importer makes them."""
+    x = g.input(index, shape, name=f"x{index}")
+    return x, g.add(O.Transpose(NHWC), [x], f"x{index}/nhwc")
+
+
+# ------------------------------------------------------------------------------ constants
+def test_fold_constants_keeps_the_name():
+    g = Graph()
+    x = g.input(0, (2, 3))
+    c = g.add(O.Binary("add"), [g.constant(randn(3, 2)), g.constant(randn(3, 2))], "bias")
+    ct = g.add(O.Transpose((1, 0)), [c], "bias_t")
+    g.outputs = [g.add(O.Binary("mul"), [x, ct], "y")]
+    g = check(g, [randn(2, 3)], fold_constants, remove_dead)
+    assert [n.name for n in g.nodes if n.is_constant] == ["bias_t"]
+
+
+# ------------------------------------------------------------------------------ transposes
+@pytest.mark.parametrize("p1,p2", [((0, 2, 3, 1), (0, 3, 1, 2)), ((1, 0, 2, 3), (3, 2, 1, 0)),
+                                   ((2, 0, 1), (1, 2, 0)), ((0, 2, 1), (2, 1, 0))])
+def test_transposes_compose(p1, p2):
+    g = Graph()
+    x = g.input(0, (2, 3, 4, 5)[:len(p1)])
+    g.outputs = [g.add(O.Transpose(p2), [g.add(O.Transpose(p1), [x])])]
+    g = check(g, [randn(*x.shape)], fold_transpose, remove_dead)
+    composed = tuple(p1[k] for k in p2)
+    assert count(g, O.Transpose) == (composed != tuple(range(len(p1))))
+
+
+def test_transpose_of_unit_axes_becomes_reshape():
+    g = Graph()
+    x = g.input(0, (1, 8, 1, 1))
+    g.outputs = [g.add(O.Transpose(NHWC), [x])]
+    g = check(g, [randn(1, 8, 1, 1)], fold_transpose)
+    assert count(g, O.Transpose) == 0 and count(g, O.Reshape) == 1
+
+
+def _sink_case(make):
+    """x (NCHW) -> nhwc -> make(...) -> nchw -> output; make works in NHWC like an imported op."""
+    g = Graph()
+    x, xh = nchw_input(g)
+    y = make(g, xh)
+    g.outputs = [g.add(O.Transpose(NCHW), [y], "out") if len(y.shape) == 4 else y]
+    return g, [randn(*x.shape)]
+
+
+SINKABLE = {
+    "unary": lambda g, x: g.add(O.Unary("exp"), [x]),
+    "clamp": lambda g, x: g.add(O.Clamp(-0.5, 0.5), [x]),
+    "leaky_relu": lambda g, x: g.add(O.LeakyRelu(0.1), [x]),
+    "softmax": lambda g, x: g.add(O.Softmax(3, 0.7), [x]),
+    "l2_normalize": lambda g, x: g.add(O.L2Normalize(3), [x]),
+    "add_scalar": lambda g, x: g.add(O.Binary("add"), [x, g.constant(np.array(2.0, np.float32))]),
+    "sub_channel_const_first": lambda g, x: g.add(O.Binary("sub"), [g.constant(randn(3)), x]),
+    "mul_row_const": lambda g, x: g.add(O.Binary("mul", (0, 1)), [x, g.constant(randn(1, 1, 5, 1))]),
+    "div_full_const": lambda g, x: g.add(O.Binary("div"), [x, g.constant(randn(4, 5, 3) + 4)]),
+    "add_two_transposed": lambda g, x: g.add(O.Binary("add"), [x, g.add(O.Unary("abs"), [x])]),
+    "prelu": lambda g, x: g.add(O.PRelu(), [x, g.constant(randn(1, 1, 3))]),
+    "concat_with_const": lambda g, x: g.add(O.Concat(3), [x, g.constant(randn(1, 4, 5, 2)), x]),
+    "pad": lambda g, x: g.add(O.Pad(((0, 0), (1, 2), (0, 0), (3, 0)), 1.5), [x]),
+    "strided_slice": lambda g, x: g.add(O.StridedSlice((0, 2, 3, 0), (1, 0, 0, 3), (1, -1, -2, 2)), [x]),
+    "reduce_keepdims": lambda g, x: g.add(O.Reduce("max", (1, 3), True), [x]),
+    "reduce_spatial": lambda g, x: g.add(O.Reduce("mean", (1, 2), False), [x]),
+    "reduce_channels": lambda g, x: g.add(O.Reduce("sum", (3,), False), [x]),
+    "reduce_height": lambda g, x: g.add(O.Reduce("min", (1,), False), [x]),
+    "chain": lambda g, x: g.add(O.Clamp(0, 6), [g.add(O.Binary("add"), [g.add(O.LeakyRelu(0.2), [x]),
+                                                                        g.constant(randn(3))])]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SINKABLE))
+def test_transposes_sink_through_layout_free_ops_and_cancel(case):
+    g, inputs = _sink_case(SINKABLE[case])
+    g = check(g, inputs, fold_transpose, fold_reshape, remove_dead)
+    # NHWC [1,4,5,3] min over H is [1,5,3]; from NCHW that takes one real transpose (of the result)
+    assert count(g, O.Transpose) == (case == "reduce_height")
+
+
+def test_transpose_stays_before_a_flattening_reshape():
+    g = Graph()
+    x, xh = nchw_input(g)
+    g.outputs = [g.add(O.Reshape((1, 60)), [xh])]
+    g = check(g, [randn(1, 3, 4, 5)], canonicalize)
+    assert count(g, O.Transpose) == 1
+
+
+def test_flatten_before_matmul_permutes_weight_rows():
+    g = Graph()
+    x, xh = nchw_input(g)
+    flat = g.add(O.Reshape((1, 60)), [xh])
+    g.outputs = [g.add(O.MatMul(), [flat, g.constant(randn(60, 7)), g.constant(randn(7))], "fc")]
+    g = check(g, [randn(1, 3, 4, 5)], canonicalize)
+    assert count(g, O.Transpose) == 0 and g.outputs[0].name == "fc"
+
+
+def test_fan_out_transposes_merge_again():
+    """T feeds two element-wise branches that are added: one transpose at the end, then none."""
+    g = Graph()
+    x, xh = nchw_input(g)
+    a, b = g.add(O.Unary("exp"), [xh]), g.add(O.Clamp(0, 1), [xh])
+    g.outputs = [g.add(O.Transpose(NCHW), [g.add(O.Binary("add"), [a, b], "sum")])]
+    g = check(g, [randn(1, 3, 4, 5)], canonicalize)
+    assert count(g, O.Transpose) == 0 and g.outputs[0].name == "sum"
+
+
+def test_mismatched_perms_do_not_sink():
+    g = Graph()
+    x = g.input(0, (2, 2, 2, 2))
+    a, b = g.add(O.Transpose(NHWC), [x]), g.add(O.Transpose(NCHW), [x])
+    g.outputs = [g.add(O.Binary("add"), [a, b])]
+    g = check(g, [randn(2, 2, 2, 2)], fold_transpose)
+    assert count(g, O.Transpose) == 2
+
+
+# ------------------------------------------------------------------------------ reshapes and no-ops
+def test_fold_reshape():
+    g = Graph()
+    x = g.input(0, (2, 6))
+    r = g.add(O.Reshape((3, 4)), [g.add(O.Reshape((12,)), [x])])
+    g.outputs = [g.add(O.Reshape((2, 6)), [r], "back"), g.add(O.Reshape((4, 3)), [r], "other")]
+    g = check(g, [randn(2, 6)], fold_reshape, remove_dead)
+    assert g.outputs[0] is g.inputs[0] and g.outputs[1].inputs == (g.inputs[0],)
+
+
+def test_fold_nops():
+    g = Graph()
+    x = g.input(0, (2, 3))
+    y = g.add(O.Pad(((0, 0), (0, 0))), [x])
+    y = g.add(O.StridedSlice((0, 0), (2, 3), (1, 1)), [y])
+    y = g.add(O.Clamp(-np.inf, np.inf), [y])
+    g.outputs = [g.add(O.Unary("neg"), [y])]
+    g = check(g, [randn(2, 3)], fold_nops, remove_dead)
+    assert len(g.nodes) == 2
+
+
+def _conv(g: Graph, x: Node, act=O.NO_CLAMP, name="conv") -> Node:
+    return g.add(O.Conv2D(padding=((1, 1), (1, 1)), act=act), [x, g.constant(randn(4, 3, 3, 3)),
+                                                                 g.constant(randn(4))], name)
+
+
+@pytest.mark.parametrize("act,lo,hi,fused", [(O.NO_CLAMP, 0, 6, (0, 6)), ((0, np.inf), -1, 1, (0, 1)),
+                                             ((0, 1), 2, 3, None)])
+def test_fuse_clamp(act, lo, hi, fused):
+    g = Graph()
+    x = g.input(0, (1, 3, 5, 5))
+    g.outputs = [g.add(O.Clamp(lo, hi), [_conv(g, x, act)], "relu")]
+    g = check(g, [randn(1, 3, 5, 5) * 3], fuse_clamp, remove_dead)
+    if fused:
+        assert count(g, O.Clamp) == 0 and g.outputs[0].op.act == fused and g.outputs[0].name == "relu"
+    else:
+        assert count(g, O.Clamp) == 1
+
+
+def test_clamp_not_fused_into_shared_producer():
+    g = Graph()
+    x = g.input(0, (1, 3, 5, 5))
+    c = _conv(g, x)
+    g.outputs = [g.add(O.Clamp(0, 6), [c]), c]
+    g = check(g, [randn(1, 3, 5, 5)], fuse_clamp)
+    assert count(g, O.Clamp) == 1
+
+
+def test_remove_dead_keeps_inputs():
+    g = Graph()
+    x, unused = g.input(0, (2,)), g.input(1, (3,))
+    g.add(O.Unary("exp"), [x])
+    g.outputs = [g.add(O.Unary("neg"), [x])]
+    g = remove_dead(g)
+    assert len(g.nodes) == 3 and unused in g.nodes
+
+
+# ------------------------------------------------------------------------------ whole pipeline on real graphs
+MODELS = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "models"
+REAL = ["digits_mbnet32_rgb/digits_mbnet32_rgb.tflite", "hand_recrop_256/hand_recrop.tflite",
+        "ulffd_landmark_320x240/ulffd_landmark.tflite", "digits_cnn16_gray/digits_cnn16_gray.tflite"]
+
+
+@pytest.mark.skipif(not MODELS.exists(), reason="reference models not available")
+@pytest.mark.parametrize("rel", REAL)
+def test_every_pass_preserves_real_model_outputs(rel):
+    from kcc.frontend import import_tflite
+
+    g = import_tflite(MODELS / rel)
+    inputs = [randn(*n.shape) for n in g.inputs]
+    g = check(g, inputs, fold_constants, fold_transpose, fold_reshape, fold_nops, fuse_clamp, remove_dead,
+              canonicalize)
+    n = len(g.nodes)
+    assert len(canonicalize(g).nodes) == n  # a fixpoint
