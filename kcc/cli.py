@@ -1,4 +1,4 @@
-"""The `kcc` command line: ncc v0.2-compatible `compile` and `infer` (ecosystem.md §5.1-§5.2).
+"""The `kcc` command line: ncc v0.2-compatible `compile` and `infer` (ecosystem.md §5.1-§5.2), and `info`.
 
 Only argument parsing, printing and file handling live here; the compiler is `kcc.pipeline`.
 Every `KccError` becomes one `error: ...` line on stderr and exit code 1; no output file is left
@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_flags(r)
     r.add_argument("-q", "--quiet", action="store_true")
     r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    i = sub.add_parser("info", help="describe a kmodel v4: inputs, outputs, nodes, memory, runtime, MaixPy")
+    i.add_argument("model", type=Path, help="kmodel v4 file")
+    i.add_argument("--json", action="store_true", help="print the description as JSON")
+    i.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -112,6 +117,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
     result = compile_model(args.input, opts, log=say)
     write_atomic(args.output, result.kmodel)
     em = result.emitted
+    if result.placements:
+        on_kpu = [p for p in result.placements if p.on_kpu]
+        say(f"KPU: {len(on_kpu)} layer(s); CPU fallbacks: {len(result.placements) - len(on_kpu)}")
+        for p in result.placements:
+            if not p.on_kpu:
+                say(f"  CPU  {p.op:<8} {p.node}: {p.reason}")
     say(f"Working memory usage: {em.model.main_mem} B")
     say(f"Constants: {len(em.model.constants)} B, nodes: {len(em.model.nodes)}, kmodel: {len(result.kmodel)} B")
     say("\nSUMMARY\nINPUTS")
@@ -156,6 +167,22 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    import json
+
+    from kcc.info import describe, format_text
+
+    if not args.model.is_file():
+        raise KccError(f"kmodel '{args.model}' does not exist or is not a file")
+    try:
+        data = args.model.read_bytes()
+    except OSError as e:
+        raise KccError(f"cannot read '{args.model}': {e.strerror}") from None
+    info = describe(data, str(args.model))
+    print(json.dumps(info, indent=1) if args.json else format_text(info))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
@@ -164,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help()
             return 1
-        return {"compile": cmd_compile, "infer": cmd_infer}[args.command](args)
+        return {"compile": cmd_compile, "infer": cmd_infer, "info": cmd_info}[args.command](args)
     except KccError as e:
         print(f"error: {e.one_line()}", file=sys.stderr)
         return 1

@@ -23,12 +23,14 @@ from kcc import kmodel as K
 from kcc.alloc import Buffer, first_fit
 from kcc.alloc.packing import align_up
 from kcc.errors import UnsupportedModelError
+from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.ir.types import DType
 from kcc.kmodel.spec import BinaryOp, DataType, MemoryType, NnilOpcode, ReduceOp, ResizeMode, UnaryOp
 
 MAIN_ALIGN = 8  # §7.1
+KPU_ALIGN = 64  # §7.2
 CONST_ALIGN = 8  # §5
 FLT_MAX = float(np.finfo(np.float32).max)
 
@@ -41,6 +43,7 @@ class Emitted:
     inputs: list[tuple[str, tuple[int, ...]]]
     outputs: list[tuple[str, tuple[int, ...]]]
     node_names: list[str]  # kmodel node index -> IR node name
+    kpu_peak: int = 0
     buffers: list[Buffer] = field(default_factory=list)
     offsets: dict[str, int] = field(default_factory=dict)
 
@@ -69,9 +72,14 @@ class _Storage:
         self.g = g
         self.root: dict[int, Node] = {}  # alias resolution (Reshape -> its input)
         self.const_offset: dict[int, int] = {}
+        users = g.users()
+        self.kpu_inputs = {id(n) for n in g.inputs if n.dtype == DType.uint8 and n.type.rank == 4 and users[n]
+                           and all(isinstance(u.op, KO.KpuUpload) for u in users[n]) and n not in g.outputs}
         blob = bytearray()
         for n in g.nodes:
-            if isinstance(n.op, O.Reshape):
+            if isinstance(n.op, KO.KpuUpload) and id(n.inputs[0]) in self.kpu_inputs:
+                self.root[id(n)] = n.inputs[0]  # the input already is in KPU RAM: no upload node
+            elif isinstance(n.op, O.Reshape):
                 self.root[id(n)] = self.root.get(id(n.inputs[0]), n.inputs[0])
             elif n.is_constant and id(n) not in inline:
                 start = align_up(len(blob), CONST_ALIGN)
@@ -80,6 +88,8 @@ class _Storage:
                 blob.extend(np.ascontiguousarray(n.data).tobytes())
         self.constants = bytes(blob) + bytes(align_up(len(blob), CONST_ALIGN) - len(blob))
         self.main_offset: dict[int, int] = {}
+        self.kpu_offset: dict[int, int] = {}
+        self.downloads: dict[int, Node] = {}  # KPU layer -> its kpu_download (main_mem_output)
 
     def base(self, n: Node) -> Node:
         return self.root.get(id(n), n)
@@ -91,6 +101,8 @@ class _Storage:
             raise UnsupportedModelError(f"tensor '{n.name}' has type {n.dtype.value}, which kmodel v4 cannot store")
         if id(b) in self.const_offset:
             return K.MemoryRange(MemoryType.CONST, dt, self.const_offset[id(b)], n.type.nbytes)
+        if id(b) in self.kpu_offset:  # §7.3: KPU layout size, 64-byte aligned start
+            return K.MemoryRange(MemoryType.K210_KPU, dt, self.kpu_offset[id(b)], K.kpu_bytes(shape4(n.shape)))
         return K.MemoryRange(MemoryType.MAIN, dt, self.main_offset[id(b)], n.type.nbytes)
 
 
@@ -111,9 +123,22 @@ def _inline_constants(g: Graph) -> set[int]:
     return out
 
 
-def _plan(g: Graph, st: _Storage, compute: list[Node]) -> tuple[list[Buffer], dict[str, int], int]:
-    """Lifetimes of main-memory buffers over the compute order, then first-fit packing."""
+def in_kpu_ram(n: Node, st: "_Storage") -> bool:
+    """Outputs of kpu_upload and kpu_layer live in KPU RAM, and so does a uint8 graph input read only
+    by uploads (the runtime uploads it itself, kpu_semantics.md §2); everything else in main memory."""
+    return isinstance(n.op, KO.KPU_SPACE_OPS) or id(n) in st.kpu_inputs
+
+
+def _plan(g: Graph, st: _Storage, compute: list[Node]) -> tuple[list[Buffer], dict[str, int], int, int]:
+    """Lifetimes over the compute order, then packing of main memory and of KPU RAM.
+
+    A kpu_download has no node of its own: its producer layer writes it (main_mem_output), so it is
+    born at the producer's step. Graph inputs are born before the first node, outputs live to the end.
+    """
     step = {id(n): i for i, n in enumerate(compute)}
+    for n in g.nodes:
+        if isinstance(n.op, KO.KpuDownload):
+            step[id(n)] = step[id(n.inputs[0])]
     last = len(compute)
     birth: dict[int, int] = {}
     death: dict[int, int] = {}
@@ -137,11 +162,23 @@ def _plan(g: Graph, st: _Storage, compute: list[Node]) -> tuple[list[Buffer], di
         b = st.base(o)
         if id(b) in death:
             death[id(b)] = last
-    buffers = [Buffer(base_of[k].name, base_of[k].type.nbytes, birth[k], death[k]) for k in birth]
-    plan = first_fit(buffers, MAIN_ALIGN)
+    main, kpu = [], []
+    for k in birth:
+        node = base_of[k]
+        if in_kpu_ram(node, st):
+            kpu.append(Buffer(node.name, K.kpu_bytes(shape4(node.shape)), birth[k], death[k]))
+        else:
+            main.append(Buffer(node.name, node.type.nbytes, birth[k], death[k]))
+    main_plan = first_fit(main, MAIN_ALIGN)
+    kpu_plan = first_fit(kpu, KPU_ALIGN)
+    if kpu_plan.peak > K.KPU_RAM_SIZE:
+        raise UnsupportedModelError(f"KPU RAM overflow: {kpu_plan.peak} bytes needed, {K.KPU_RAM_SIZE} available")
     for k, b in base_of.items():
-        st.main_offset[k] = plan.offsets[b.name]
-    return buffers, plan.offsets, plan.peak
+        if in_kpu_ram(b, st):
+            st.kpu_offset[k] = kpu_plan.offsets[b.name]
+        else:
+            st.main_offset[k] = main_plan.offsets[b.name]
+    return main + kpu, {**main_plan.offsets, **kpu_plan.offsets}, main_plan.peak, kpu_plan.peak
 
 
 # --------------------------------------------------------------------------- emitters
@@ -344,12 +381,20 @@ def emit(graph: Graph) -> Emitted:
     _clamp_to_binary(g)
     _copy_outputs_that_are_not_computed(g)
     for n in g.nodes:
-        if type(n.op) not in EMITTERS and not isinstance(n.op, (O.Input, O.Constant, O.Reshape)):
+        if type(n.op) not in EMITTERS and not isinstance(n.op, (O.Input, O.Constant, O.Reshape, KO.KpuDownload)):
             raise UnsupportedModelError(f"'{n.name}': op {n.op.kind} has no kmodel v4 emitter "
                                         f"(run lower_float first)")
     st = _Storage(g, _inline_constants(g))
-    compute = [n for n in g.nodes if type(n.op) in EMITTERS]
-    buffers, offsets, peak = _plan(g, st, compute)
+    st.downloads = {id(n.inputs[0]): n for n in g.nodes if isinstance(n.op, KO.KpuDownload)}
+    for n in g.nodes:  # KPU layers read KPU RAM, everything else main memory (§9.1)
+        for i in n.inputs:
+            want_kpu = isinstance(n.op, (KO.KpuLayer, KO.KpuDownload)) or (
+                isinstance(n.op, KO.KpuUpload) and id(i) in st.kpu_inputs)
+            if in_kpu_ram(st.base(i), st) != want_kpu:
+                raise UnsupportedModelError(f"'{n.name}' ({n.op.kind}) reads '{i.name}' from the wrong memory "
+                                            f"(a kpu_upload or kpu_download is missing)")
+    compute = [n for n in g.nodes if type(n.op) in EMITTERS and st.base(n) is n]
+    buffers, offsets, peak, kpu_peak = _plan(g, st, compute)
     nodes = [EMITTERS[type(n.op)](n, st) for n in compute]
     inputs = g.inputs
     model = K.KModel(
@@ -357,7 +402,9 @@ def emit(graph: Graph) -> Emitted:
         input_shapes=[shape4(i.shape) for i in inputs], outputs=[st.range(o) for o in g.outputs],
         constants=st.constants, nodes=nodes)
     return Emitted(model, [(i.name, i.shape) for i in inputs], [(name, o.shape) for name, o in zip(output_names, g.outputs)],
-                   [n.name for n in compute], buffers, offsets)
+                   [n.name for n in compute], kpu_peak, buffers, offsets)
 
 
 __all__ = ["emit", "Emitted", "EMITTERS", "shape4"]
+
+from kcc import emit_kpu  # noqa: E402,F401  (registers the K210 emitters into EMITTERS)

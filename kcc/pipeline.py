@@ -1,6 +1,9 @@
 """compile_model(): the whole compiler, top to bottom, one visible stage per line.
 
-    import_tflite -> canonicalize -> lower_float -> plan memory -> emit -> kmodel.write
+    import_tflite -> canonicalize -> [legalize_kpu -> calibrate -> quantize] -> lower_float
+                  -> plan memory -> emit -> kmodel.write
+
+(the bracketed K210 stages run for --inference-type uint8, the default).
 
 Every graph stage goes through `checkpoint`, which runs the verifier and, with `--dump-ir DIR`,
 writes `NN-<stage>.dot` and `NN-<stage>.txt`.
@@ -12,15 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from kcc import kmodel
 from kcc.emit import Emitted, emit
-from kcc.errors import UnsupportedModelError
+from kcc.errors import DatasetError, UnsupportedModelError
 from kcc.frontend.importer import import_tflite
 from kcc.ir.graph import Graph
 from kcc.ir.printer import format_graph, to_dot
 from kcc.options import CompileOptions
 from kcc.passes.canonicalize import canonicalize
+from kcc.passes.legalize_kpu import Placement, legalize_kpu
 from kcc.passes.lower_float import lower_float
+from kcc.quant.quantize import calibration_view, quantize
 
 Log = Callable[[str], None]
 
@@ -31,6 +38,7 @@ class CompileResult:
     graph: Graph  # the IR that was emitted
     emitted: Emitted  # memory plan and node map of the kmodel
     stages: list[str] = field(default_factory=list)
+    placements: list[Placement] = field(default_factory=list)
 
 
 class _Checkpoints:
@@ -53,19 +61,76 @@ class _Checkpoints:
 def compile_model(model: str | Path | bytes, options: CompileOptions = CompileOptions(),
                   log: Log = lambda line: None) -> CompileResult:
     """Compile a float .tflite model into kmodel v4 bytes."""
-    if options.inference_type != "float":
-        raise UnsupportedModelError(
-            "uint8 (KPU) compilation is not implemented yet in this kcc version; "
-            "use --inference-type float for now")
     checkpoint = _Checkpoints(options.dump_ir)
+    placements: list[Placement] = []
 
     log("1. Import graph...")
     g = checkpoint("import", import_tflite(model))
     log("2. Optimize (canonicalize)...")
     g = checkpoint("canonicalize", canonicalize(g))
-    log("3. Lower to kmodel neutral ops (float)...")
+    if options.inference_type == "uint8":
+        log("3. Map layers onto the KPU (legalize)...")
+        g, placements = legalize_kpu(g, options)
+        g = checkpoint("legalize_kpu", g)
+        log("4. Calibrate activation ranges...")
+        ranges = _calibrate(g, options, log)
+        log("5. Quantize...")
+        g = checkpoint("quantize", quantize(g, ranges, options.effective_input_type))
+    log("6. Lower the remaining ops to kmodel neutral ops...")
     g = checkpoint("lower_float", lower_float(g))
-    log("4. Plan buffers and emit kmodel v4...")
+    log("7. Plan buffers and emit kmodel v4...")
     emitted = emit(g)
     data = kmodel.write(emitted.model)
-    return CompileResult(data, g, emitted, checkpoint.names)
+    return CompileResult(data, g, emitted, checkpoint.names, placements)
+
+
+def _output_sources(g: Graph) -> set[str]:
+    """Names of the KPU layers (and graph inputs) whose values reach a graph output through CPU ops
+    only, i.e. without another KPU layer in between."""
+    from kcc.ir import kpu_ops as KO
+    from kcc.ir import ops as O
+
+    found: set[str] = set()
+    stack, seen = list(g.outputs), set()
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if isinstance(n.op, (KO.KpuConv2D, O.Input)):
+            found.add(n.name)
+            continue
+        stack.extend(i for i in n.inputs if not i.is_constant)
+    return found
+
+
+def _calibrate(g: Graph, options: CompileOptions, log: Log) -> dict[str, tuple[float, float]]:
+    """Ranges of every tensor `quantize` needs, measured on the dataset (kpu_semantics.md §4.2)."""
+    from kcc.dataset import iter_dataset, list_files
+    from kcc.quant.calibrate import calibrate, input_range_override
+    from kcc.quant.logits import logit_ranges, softmax_logits
+
+    if options.dataset is None:
+        raise DatasetError("--dataset is required to calibrate a uint8 model",
+                           hint="pass --dataset DIR, or --inference-type float")
+    inputs = g.inputs
+    if len(inputs) != 1:
+        raise UnsupportedModelError(f"calibration supports single-input models; this one has {len(inputs)}")
+    files = list_files(options.dataset, options.dataset_format)
+    samples = [[s.data] for s in iter_dataset(options.dataset, options.dataset_format, inputs[0].shape,
+                                              np.float32, options.mean, options.std, files)]
+    n_outputs = len(g.outputs)
+    view, points = calibration_view(g)
+    ranges = calibrate(view, samples, points, options.calibrate_method)
+    if options.calibrate_method != "no_clip":
+        # Tensors the model outputs are computed from keep their full range: clipping them (l2)
+        # saturates exactly the large logits/scores a classifier's decision rests on.
+        final = [p for p in points if p.name in _output_sources(g)]
+        ranges.update(calibrate(view, samples, final, "no_clip"))
+    ranges.update(logit_ranges(view, samples, softmax_logits(g)))
+    view.outputs = view.outputs[:n_outputs]  # drop the calibration-only outputs again
+    view.remove_dead()
+    if options.input_mean is not None or options.input_std is not None:
+        ranges[inputs[0].name] = input_range_override(options.mean, options.std)
+    log(f"   {len(samples)} sample(s), {len(points)} tensors, method {options.calibrate_method}")
+    return ranges

@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from kcc.errors import SimulatorError
-from kcc.kmodel import KPU_RAM_SIZE, MemoryRange, MemoryType, kpu_offsets
+from kcc.kmodel import KPU_RAM_SIZE, MemoryRange, MemoryType, kpu_row_layout, kpu_rows
+from kcc.kmodel.spec import KPU_LINE_SIZE
 
 
 class Memory:
@@ -27,8 +28,9 @@ class Memory:
         self.kpu = np.zeros(KPU_RAM_SIZE, dtype=np.uint8)
 
     def reset(self) -> None:
-        self.main[:] = 0
-        self.kpu[:] = 0
+        # Fresh zeroed buffers (calloc: pages are only touched when a kernel writes them).
+        self.main = np.zeros(len(self.main), dtype=np.uint8)
+        self.kpu = np.zeros(KPU_RAM_SIZE, dtype=np.uint8)
 
     def space(self, memory_type: MemoryType) -> np.ndarray:
         if memory_type is MemoryType.MAIN:
@@ -68,12 +70,56 @@ class Memory:
         """Write an NCHW uint8 map into KPU RAM in the §7.3 layout; padding bytes are untouched."""
         if r.memory_type is not MemoryType.K210_KPU:
             raise SimulatorError(f"kpu upload target {r} is not in KPU RAM")
-        offsets = kpu_offsets(nchw.shape)
-        span = self.span(r, int(offsets.max()) + 1 if offsets.size else 0)
-        span[offsets.reshape(-1)] = nchw.reshape(-1)
+        for target, source in _layout_pieces(self.span(r, kpu_extent(nchw.shape)), nchw.shape, nchw):
+            target[...] = source
 
     def download(self, r: MemoryRange, shape: tuple[int, int, int, int]) -> np.ndarray:
         """Read an NCHW uint8 map stored in the §7.3 layout."""
-        offsets = kpu_offsets(shape)
-        span = self.span(r, int(offsets.max()) + 1 if offsets.size else 0)
-        return span[offsets]
+        out = np.empty(tuple(shape), dtype=np.uint8)
+        for source, target in _layout_pieces(self.span(r, kpu_extent(shape)), shape, out):
+            target[...] = source
+        return out
+
+
+def kpu_extent(shape: tuple[int, ...]) -> int:
+    """Bytes from a map's first line to its last valid byte + 1 (the span upload/download touch)."""
+    n, c, h, w = (int(d) for d in shape)
+    if min(n, c, h, w) <= 0:
+        return 0
+    layout = kpu_row_layout(w)
+    last_c = c - 1
+    return (
+        (n - 1) * kpu_rows(w, h, c) * KPU_LINE_SIZE
+        + (last_c // layout.groups) * layout.row_len * h * KPU_LINE_SIZE
+        + (last_c % layout.groups) * layout.row_pitch
+        + (h - 1) * layout.row_len * KPU_LINE_SIZE
+        + w
+    )
+
+
+def _layout_pieces(span: np.ndarray, shape: tuple[int, ...], nchw: np.ndarray):
+    """Pairs (KPU-layout view, matching NCHW view) covering every element of the map once.
+
+    §7.3 places element (n, c, y, x) at n*B + (c // g)*row_len*H*64 + (c % g)*pitch +
+    y*row_len*64 + x. That is a strided 5-D view (n, block, slot, y, x) of the span, so the
+    copy is a handful of numpy slice assignments instead of a gather: all full channel blocks
+    at once, then the slots of a last, partial block (the other slots stay untouched padding).
+    """
+    n, c, h, w = (int(d) for d in shape)
+    if min(n, c, h, w) <= 0:
+        return []
+    layout = kpu_row_layout(w)
+    g = layout.groups
+    line = layout.row_len * KPU_LINE_SIZE
+    blocks = -(-c // g)
+    strides = (kpu_rows(w, h, c) * KPU_LINE_SIZE, line * h, layout.row_pitch, line, 1)
+    size_needed = kpu_extent(shape)
+    base = span[:size_needed]
+    view = np.lib.stride_tricks.as_strided(base, shape=(n, blocks, g, h, w), strides=strides, writeable=True)
+    full = c // g
+    pieces = []
+    if full:
+        pieces.append((view[:, :full], nchw[:, : full * g].reshape(n, full, g, h, w)))
+    if c % g:
+        pieces.append((view[:, full, : c % g], nchw[:, full * g :]))
+    return pieces

@@ -13,8 +13,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from kcc.errors import SimulatorError
+from kcc.errors import KmodelError, SimulatorError
 from kcc.kmodel import Body, KModel, MemoryRange, MemoryType, Opcode, Shape4, read, read_file, validate
+from kpu_sim.blas import single_thread
+from kpu_sim.checks import check_model
 from kpu_sim.kernels import KERNELS
 from kpu_sim.memory import Memory
 
@@ -50,8 +52,12 @@ class TensorInfo:
 class Program:
     """A loaded kmodel ready to run. Holds its memory between runs (reset at each run)."""
 
-    def __init__(self, model: KModel):
-        validate(model)
+    def __init__(self, model: KModel, name: str | None = None):
+        try:
+            validate(model)
+            check_model(model)
+        except KmodelError as exc:
+            raise KmodelError(f"{name}: {exc}" if name else str(exc)) from None
         self.model = model
         self.inputs = [TensorInfo(r, s) for r, s in zip(model.inputs, model.input_shapes)]
         self.outputs = [TensorInfo(r) for r in model.outputs]
@@ -65,7 +71,7 @@ class Program:
         mem.reset()
         for i, (info, value) in enumerate(zip(self.inputs, inputs)):
             self._store_input(i, info, value)
-        with np.errstate(all="ignore"):  # C float semantics: inf/nan silently
+        with np.errstate(all="ignore"), single_thread():  # C float semantics: inf/nan silently
             for index, node in enumerate(self.model.nodes):
                 try:
                     KERNELS[node.opcode](mem, node.body)
@@ -101,5 +107,5 @@ def load(source: str | os.PathLike[str] | bytes | bytearray | memoryview | KMode
     if isinstance(source, KModel):
         return Program(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return Program(read(source, name="<kmodel bytes>"))
-    return Program(read_file(source))
+        return Program(read(source, name="<kmodel bytes>"), name="<kmodel bytes>")
+    return Program(read_file(source), name=os.fspath(source))

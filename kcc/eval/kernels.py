@@ -11,6 +11,7 @@ from typing import Callable
 
 import numpy as np
 
+from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 
 F32 = np.float32
@@ -203,7 +204,59 @@ def resize(op: O.Resize, x):
     return (top + bottom).astype(F32)
 
 
+def _kpu_pool(pool: str, y: np.ndarray) -> np.ndarray:
+    """The KPU pool unit in real numbers (kpu_semantics.md §3 step 5; floor of the means aside)."""
+    n, c, h, w = y.shape
+    if pool == "bypass":
+        return y
+    if pool in ("left_top_2_s2", "right_top_2_s2", "left_top_4_s4"):
+        s = 4 if pool.endswith("4_s4") else 2
+        x0 = 1 if pool == "right_top_2_s2" else 0
+        return np.ascontiguousarray(y[:, :, 0:(h // s) * s:s, x0:x0 + (w // s - 1) * s + 1:s])
+    if pool in ("mean_2_s1", "max_2_s1"):
+        # windows reach one past the bottom/right edge: mean replicates the edge, max reads 0
+        mode = "edge" if pool == "mean_2_s1" else "constant"
+        p = np.pad(y, ((0, 0), (0, 0), (0, 1), (0, 1)), mode=mode)
+        taps = [p[:, :, dy:dy + h, dx:dx + w] for dy in (0, 1) for dx in (0, 1)]
+        return (sum(taps) / F32(4) if pool == "mean_2_s1" else np.maximum.reduce(taps)).astype(F32)
+    s = 2 if pool.endswith("2_s2") else 4
+    v = y[:, :, :(h // s) * s, :(w // s) * s].reshape(n, c, h // s, s, w // s, s)
+    return (v.mean(axis=(3, 5)) if pool.startswith("mean") else v.max(axis=(3, 5))).astype(F32)
+
+
+def kpu_activation(fn: tuple[str, float] | None, y: np.ndarray) -> np.ndarray:
+    """The element-wise function a KPU layer's activation table approximates."""
+    if fn is None:
+        return y
+    name, param = fn
+    if name == "leaky_relu":
+        return np.where(y >= 0, y, y * F32(param)).astype(F32)
+    return _UNARY[name](y).astype(F32)
+
+
+def kpu_conv2d(op, x, w, b):
+    k = op.kernel
+    p = k // 2
+    conv = O.Conv2D((1, 1), ((p, p), (p, p)), (1, 1), x.shape[1] if op.depthwise else 1, op.act)
+    y = conv2d(conv, x, w, b)
+    return _kpu_pool(op.pool, kpu_activation(op.fn, y))
+
+
+def quantize(op, x):
+    v = (x.astype(F32) * F32(op.scale) + F32(op.zero_point)).astype(np.float64)  # float32, like roundf(x*s + z)
+    return np.clip(np.sign(v) * np.floor(np.abs(v) + 0.5), 0, 255).astype(np.uint8)
+
+
+def dequantize(op, q):
+    return ((q.astype(F32) - F32(op.zero_point)) * (F32(1) / F32(op.scale))).astype(F32)
+
+
 KERNELS: dict[type, Callable] = {
+    KO.KpuConv2D: kpu_conv2d,
+    KO.Quantize: quantize,
+    KO.Dequantize: dequantize,
+    KO.KpuUpload: lambda op, x: x,
+    KO.KpuDownload: lambda op, x: x,
     O.Conv2D: conv2d,
     O.Conv2DTranspose: conv2d_transpose,
     O.MatMul: matmul,

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from kcc.errors import SimulatorError
 from kcc.kmodel import Opcode
-from kpu_sim.kernels import conv, elementwise, k210, movement, nnil, reduce
+from kpu_sim.kernels import conv, cpu, elementwise, k210, kpu_conv, movement, nnil, quantized, reduce
 from kpu_sim.memory import Memory
 
 Kernel = Callable[[Memory, Any], None]
@@ -37,19 +37,19 @@ KERNELS: dict[Opcode, Kernel] = {
     Opcode.TRANSPOSE: movement.transpose,
     Opcode.STRIDED_SLICE: movement.strided_slice,
     Opcode.UNARY: elementwise.unary,
-    Opcode.QUANTIZED_CONV2D: not_simulated,
-    Opcode.QUANTIZED_MATMUL: not_simulated,
-    Opcode.QUANTIZED_BINARY: not_simulated,
-    Opcode.TABLE_LOOKUP1D: not_simulated,
+    Opcode.QUANTIZED_CONV2D: quantized.quantized_conv2d,
+    Opcode.QUANTIZED_MATMUL: quantized.quantized_matmul,
+    Opcode.QUANTIZED_BINARY: quantized.quantized_binary,
+    Opcode.TABLE_LOOKUP1D: quantized.table_lookup1d,
     Opcode.CONV2D_TRANSPOSE: conv.conv2d_transpose,
     Opcode.NNIL_UNARY_METHOD: nnil.nnil_unary_method,
-    Opcode.CPU_CONV2D: not_simulated,
-    Opcode.CPU_DEPTHWISE_CONV2D: not_simulated,
+    Opcode.CPU_CONV2D: cpu.cpu_conv2d,
+    Opcode.CPU_DEPTHWISE_CONV2D: cpu.cpu_depthwise_conv2d,
     Opcode.CPU_REDUCE_WINDOW2D: reduce.cpu_reduce_window2d,
-    Opcode.CPU_QUANTIZED_CONV2D: not_simulated,
-    Opcode.CPU_QUANTIZED_DEPTHWISE_CONV2D: not_simulated,
+    Opcode.CPU_QUANTIZED_CONV2D: cpu.cpu_quantized_conv2d,
+    Opcode.CPU_QUANTIZED_DEPTHWISE_CONV2D: cpu.cpu_quantized_depthwise_conv2d,
     Opcode.KPU_UPLOAD: k210.kpu_upload,
-    Opcode.KPU_CONV2D: not_simulated,
+    Opcode.KPU_CONV2D: kpu_conv.kpu_conv2d,
 }
 
 NOT_SIMULATED = frozenset(op for op, fn in KERNELS.items() if fn is not_simulated)

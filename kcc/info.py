@@ -1,0 +1,131 @@
+"""`kcc info MODEL.kmodel`: what a kmodel v4 holds, what it needs, and how to call it from MaixPy.
+
+`describe(model_bytes, name)` decodes the file (`kcc.kmodel.read`, so a bad file is one
+`KmodelError` line) and returns a JSON-ready dict; `format_text(info)` renders it for people.
+
+Outputs have no shape in the format (kmodel_v4.md §5), yet MaixPy needs one per output
+(`kpu.set_outputs(task, i, w, h, ch)`, ecosystem.md §1.6). The shape is recovered from the node
+that writes the output range, following shape-preserving ops (dequantize, quantize, memory copy,
+table lookup, unary) back to a node whose body states a shape; see `info_shapes.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kcc import kmodel as km
+from kcc.info_shapes import node_summary, output_shape
+
+RUNTIME_ANY = "any nncase v0.2 (kmodel v4) runtime: K210 SDK, MaixPy firmware with kmodel v4 support"
+RUNTIME_BETA3 = "needs nncase v0.2.0-beta3+ runtime (MaixPy firmware after 2020-08)"
+
+
+def _range(r: km.MemoryRange) -> dict[str, Any]:
+    return {"memory": r.memory_type.name.lower(), "datatype": r.datatype.name.lower(), "start": r.start, "size": r.size}
+
+
+def _memory(model: km.KModel) -> dict[str, Any]:
+    """Extents actually touched: main (max end of any main range) and KPU RAM (max end of any KPU range)."""
+    ranges = list(model.inputs) + list(model.outputs)
+    for node in model.nodes:
+        ranges += node.body.ranges().values()
+    main_end = max((r.end for r in ranges if r.memory_type is km.MemoryType.MAIN and r.size), default=0)
+    kpu_end = max((r.end for r in ranges if r.memory_type is km.MemoryType.K210_KPU and r.size), default=0)
+    return {
+        "main_mem": model.main_mem,
+        "main_used": main_end,
+        "constants": len(model.constants),
+        "kpu_peak": kpu_end,
+        "kpu_capacity": km.KPU_RAM_SIZE,
+    }
+
+
+def _maixpy(index: int, shape: tuple[int, int, int, int] | None) -> str:
+    if shape is None:
+        return f"# output {index}: shape unknown; kpu.set_outputs(task, {index}, w, h, ch) with w*h*ch = element count"
+    n, c, h, w = shape
+    return f"kpu.set_outputs(task, {index}, {w}, {h}, {n * c})"
+
+
+def describe(model_bytes: bytes, name: str) -> dict[str, Any]:
+    """Decode a kmodel v4 and describe it. Raises `KmodelError` (one line) for a bad file."""
+    model = km.read(model_bytes, name=name)
+    opcodes = sorted({n.opcode for n in model.nodes})
+    beta3 = [op.kmodel_name for op in opcodes if op in km.BETA3_OPCODES]
+    nodes = []
+    warnings = []
+    for i, node in enumerate(model.nodes):
+        unit = "KPU" if node.opcode is km.Opcode.KPU_CONV2D else "CPU"
+        nodes.append({"index": i, "opcode": node.name, "code": f"0x{int(node.opcode):04x}", "unit": unit,
+                      "summary": node_summary(node.body)})
+        if isinstance(node.body, km.KpuConv2D):
+            warnings += [f"node {i} (kpu_conv2d): {p}" for p in km.layer_problems(node.body)]
+    inputs = [dict(index=i, **_range(r), shape=list(s)) for i, (r, s) in enumerate(zip(model.inputs, model.input_shapes))]
+    outputs = []
+    for i, r in enumerate(model.outputs):
+        shape, source = output_shape(model, r)
+        outputs.append(dict(index=i, **_range(r), shape=list(shape) if shape else None, shape_from=source,
+                            maixpy=_maixpy(i, shape)))
+    kpu_layers = sum(n.opcode is km.Opcode.KPU_CONV2D for n in model.nodes)
+    return {
+        "file": name,
+        "bytes": len(model_bytes),
+        "header": {"version": 4, "flags": model.flags, "target": model.target.name.lower(),
+                   "constants": len(model.constants), "main_mem": model.main_mem, "nodes": len(model.nodes),
+                   "inputs": len(model.inputs), "outputs": len(model.outputs)},
+        "inputs": inputs,
+        "outputs": outputs,
+        "nodes": nodes,
+        "ops": {op.kmodel_name: sum(n.opcode is op for n in model.nodes) for op in opcodes},
+        "kpu_layers": kpu_layers,
+        "memory": _memory(model),
+        "runtime": {"beta3_opcodes": beta3, "needs": RUNTIME_BETA3 if beta3 else RUNTIME_ANY},
+        "warnings": warnings,
+    }
+
+
+def _kib(n: int) -> str:
+    return f"{n} B ({n / 1024:.1f} KiB)"
+
+
+def _io_line(item: dict[str, Any]) -> str:
+    shape = "x".join(map(str, item["shape"])) if item["shape"] else "shape unknown"
+    return f"  {item['index']}: {shape} {item['datatype']} in {item['memory']} @{item['start']} ({item['size']} B)"
+
+
+def format_text(info: dict[str, Any]) -> str:
+    """The human-readable report of `describe()`."""
+    h, mem = info["header"], info["memory"]
+    lines = [
+        f"{info['file']}: kmodel v{h['version']}, target {h['target']}, {info['bytes']} bytes",
+        f"  {h['nodes']} nodes ({info['kpu_layers']} KPU layers), {h['inputs']} input(s), {h['outputs']} output(s)",
+        "",
+        "INPUTS (NCHW)",
+        *(_io_line(i) for i in info["inputs"]),
+        "OUTPUTS (NCHW)",
+    ]
+    for o in info["outputs"]:
+        lines.append(_io_line(o) + (f"  <- {o['shape_from']}" if o["shape_from"] else ""))
+    lines += ["", "NODES"]
+    width = len(str(max(len(info["nodes"]) - 1, 0)))
+    name_width = max((len(n["opcode"]) for n in info["nodes"]), default=0)
+    for n in info["nodes"]:
+        lines.append(f"  {n['index']:>{width}}  {n['unit']}  {n['opcode']:<{name_width}}  {n['summary']}")
+    lines += [
+        "",
+        "MEMORY",
+        f"  main memory: {_kib(mem['main_mem'])} (ranges reach {mem['main_used']} B)",
+        f"  KPU RAM peak: {_kib(mem['kpu_peak'])} of {_kib(mem['kpu_capacity'])}",
+        f"  constants: {mem['constants']} B",
+        "",
+        "RUNTIME",
+        f"  {info['runtime']['needs']}"
+        + (f" (uses {', '.join(info['runtime']['beta3_opcodes'])})" if info["runtime"]["beta3_opcodes"] else ""),
+        "",
+        "MAIXPY",
+        *(f"  {o['maixpy']}" for o in info["outputs"]),
+    ]
+    if info["warnings"]:
+        lines += ["", "WARNINGS (register fields that differ from what ncc derives)"]
+        lines += [f"  {w}" for w in info["warnings"]]
+    return "\n".join(lines)

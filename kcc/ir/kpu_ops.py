@@ -1,0 +1,145 @@
+"""IR ops of the K210 path: the float KPU layer used for calibration, and the quantized ops.
+
+Float stage (after `legalize_kpu`, evaluated by `kcc.eval` for calibration):
+    KpuConv2D   one KPU layer in real numbers: "same" conv (pad k//2) + bias -> clamp -> f -> pool
+
+Quantized stage (after `quantize`, executed bit-exactly only by kpu_sim):
+    Quantize / Dequantize   f32 <-> u8 with nncase's inverted scale (kmodel_v4.md §3.4)
+    KpuUpload               u8 NCHW main memory -> KPU RAM layout (§9.1)
+    KpuLayer                one kpu_conv2d: encoded conv/BN/activation/pool parameters (§9.2-9.7)
+    KpuDownload             KPU RAM -> u8 NCHW main memory; emitted as the producing layer's
+                            main_mem_output, never as a node of its own (§9.1: no download op)
+
+Tensors produced by KpuUpload and KpuLayer live in KPU RAM; every other tensor in main memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from kcc.ir.ops import NO_CLAMP, Op, _check
+from kcc.ir.types import DType, TensorType
+
+# KPU pool unit (kmodel_v4.md §9.7): name -> (code, stride)
+KPU_POOLS: dict[str, tuple[int, int]] = {
+    "bypass": (0, 1), "max_2_s2": (1, 2), "mean_2_s2": (2, 2), "max_4_s4": (3, 4), "mean_4_s4": (4, 4),
+    "left_top_2_s2": (5, 2), "right_top_2_s2": (6, 2), "left_top_4_s4": (7, 4), "mean_2_s1": (8, 1),
+    "max_2_s1": (9, 1),
+}
+
+# Element-wise functions the 16-segment activation table can absorb: name -> has a parameter
+KPU_ACTIVATIONS = {"leaky_relu": True, "logistic": False, "tanh": False, "hard_swish": False}
+
+
+@dataclass(frozen=True)
+class KpuConv2D(Op):
+    """A KPU layer in real numbers. Inputs: x [N,C,H,W], w [OC, C or 1, k, k], b [OC].
+
+    y = pool(f(clamp(conv_same(x, w) + b, act))), conv_same pads k//2 on every side with zeros
+    (the KPU pads with the input zero point, i.e. real 0). `fn` is None or (name, param).
+    """
+
+    kind: ClassVar[str] = "kpu_conv2d"
+    kernel: int
+    depthwise: bool = False
+    pool: str = "bypass"
+    act: tuple[float, float] = NO_CLAMP
+    fn: tuple[str, float] | None = None
+
+    def infer_type(self, ins):
+        _check(len(ins) == 3, "kpu_conv2d takes x, w, b")
+        x, w, b = ins
+        _check(self.kernel in (1, 3) and self.pool in KPU_POOLS, f"kpu_conv2d kernel {self.kernel} pool {self.pool}")
+        _check(self.fn is None or self.fn[0] in KPU_ACTIVATIONS, f"kpu_conv2d activation {self.fn}")
+        _check(x.rank == 4 and w.shape[2:] == (self.kernel, self.kernel), f"kpu_conv2d weights {w.shape}")
+        n, c, h, wd = x.shape
+        oc = w.shape[0]
+        if self.depthwise:
+            _check(w.shape[1] == 1 and oc == c, "depthwise kpu_conv2d needs OC == C and [C,1,k,k] weights")
+        else:
+            _check(w.shape[1] == c, f"kpu_conv2d weights {w.shape} vs {c} input channels")
+        _check(b.shape == (oc,), "kpu_conv2d bias")
+        s = KPU_POOLS[self.pool][1]
+        return TensorType((n, oc, h // s, wd // s), DType.float32)
+
+
+@dataclass(frozen=True)
+class Quantize(Op):
+    kind: ClassVar[str] = "quantize"
+    zero_point: int
+    scale: float  # levels per unit
+
+    def infer_type(self, ins):
+        _check(len(ins) == 1 and ins[0].dtype == DType.float32, "quantize takes one f32 input")
+        return TensorType(ins[0].shape, DType.uint8)
+
+
+@dataclass(frozen=True)
+class Dequantize(Op):
+    kind: ClassVar[str] = "dequantize"
+    zero_point: int
+    scale: float
+
+    def infer_type(self, ins):
+        _check(len(ins) == 1 and ins[0].dtype == DType.uint8, "dequantize takes one u8 input")
+        return TensorType(ins[0].shape, DType.float32)
+
+
+@dataclass(frozen=True)
+class KpuUpload(Op):
+    kind: ClassVar[str] = "kpu_upload"
+
+    def infer_type(self, ins):
+        _check(len(ins) == 1 and ins[0].dtype == DType.uint8 and ins[0].rank == 4, "kpu_upload takes u8 NCHW")
+        return ins[0]
+
+
+@dataclass(frozen=True)
+class KpuDownload(Op):
+    kind: ClassVar[str] = "kpu_download"
+
+    def infer_type(self, ins):
+        _check(len(ins) == 1 and ins[0].dtype == DType.uint8, "kpu_download takes u8")
+        return ins[0]
+
+
+@dataclass(frozen=True, eq=False)
+class KpuLayer(Op):
+    """One quantized kpu_conv2d with every encoded parameter (kpu_semantics.md §3, §4.3).
+
+    `weights` u8 [OC][C or 1][k][k]; `bn` int64 [OC, 3] = (mul, shift, add); `act` the 16 segments
+    as int64 [16, 4] = (x_start, mul, shift, bias). `out_q` is the output (zero_point, scale),
+    kept for printing and for the Dequantize that may follow.
+    """
+
+    kind: ClassVar[str] = "kpu_layer"
+    kernel: int
+    depthwise: bool
+    pool: str
+    pad_value: int
+    arg_x: int
+    arg_w: int
+    arg_add: int
+    weights: np.ndarray
+    bn: np.ndarray
+    act_table: np.ndarray
+    out_q: tuple[int, float]
+    batches: int = 1
+
+    def infer_type(self, ins):
+        _check(len(ins) == 1 and ins[0].dtype == DType.uint8 and ins[0].rank == 4, "kpu_layer takes u8 NCHW")
+        n, c, h, w = ins[0].shape
+        oc = self.weights.shape[0]
+        _check(self.bn.shape == (oc, 3) and self.act_table.shape == (16, 4), "kpu_layer tables")
+        _check(self.weights.shape[1] == (1 if self.depthwise else c), "kpu_layer weights vs input channels")
+        s = KPU_POOLS[self.pool][1]
+        return TensorType((n, oc, h // s, w // s), DType.uint8)
+
+    def attrs(self):
+        return {"k": self.kernel, "dw": self.depthwise, "pool": self.pool, "out_q": self.out_q}
+
+
+KPU_SPACE_OPS = (KpuUpload, KpuLayer)  # ops whose output lives in KPU RAM

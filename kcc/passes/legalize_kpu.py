@@ -1,0 +1,286 @@
+"""legalize_kpu: put every eligible convolution on the KPU as a float `KpuConv2D`.
+
+The KPU convolves only 1x1 or 3x3 kernels, at stride 1, with "same" padding of k//2 filled with
+the input zero point (kpu_semantics.md §3). Everything else is arranged around the layer:
+
+    conv2d(x, pad=(pt,pb), stride=s)             pad(x, t, b)              (t, b >= 0, zeros)
+                                        ==>      kpu_conv2d(pool=...)      (3x3: pad 1, 1x1: none)
+                                                 strided_slice(c0::s or c0::1)
+
+With o = k//2 - pt, output row i of the tflite conv is row s*i + o + t of the KPU layer fed with
+the pre-padded input (one row of pre-pad moves every KPU output row down by one). So:
+* stride 1: crop c0 = o + t rows, t = max(0, -o);
+* stride 2, non-depthwise: the pool unit picks rows 0, 2, 4... (left_top_2_s2) and columns
+  0, 2, ... or 1, 3, ... (right_top_2_s2); t is chosen so o + t is even, then crop (o + t)/2;
+* other strides, and depthwise stride 2 (ncc never pairs depthwise with a pool): a slice with step s.
+Bottom/right pre-pad rows are added so the KPU map is at least 4x4 and covers every row the slice
+reads; rows they affect are cropped, so they change nothing (the input is zero there in tflite too).
+
+Directly following ops are fused into the layer when the pre-pad/crop is trivial (kernel k with
+tflite padding k//2, stride 1): a max/mean pool the KPU pool unit implements, and an element-wise
+activation its 16-segment table can approximate (leaky_relu, logistic, tanh, hard_swish).
+FULLY_CONNECTED (MatMul with constant weights) becomes a 1x1 KPU conv on a map padded to 4x4.
+Every convolution that stays on the CPU gets a reason in the returned placement list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kcc.ir import kpu_ops as KO
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph, Node
+from kcc.ir.types import TensorType
+from kcc.options import CompileOptions
+from kcc.quant.params import fixup_range
+
+MAX_CHANNELS = 1024  # 10-bit channel fields (kmodel_v4.md §9.3)
+MIN_HW, MAX_H, MAX_W = 4, 256, 512  # ncc's KPU input limits (kpu_semantics.md §1)
+MAX_MAP_PIXELS = 65536  # dma_parameter.channel_byte_num is 16 bits: out_w*out_h - 1 < 2^16
+
+
+@dataclass(frozen=True)
+class Placement:
+    node: str  # tflite tensor name of the conv / fc / pool
+    op: str
+    on_kpu: bool
+    reason: str  # why it stays on the CPU, or what the KPU layer does
+
+
+@dataclass
+class _Axis:
+    pre: int  # rows/cols of zero pre-pad before
+    post: int  # after
+    crop: int  # first kept row of the (pooled) KPU output
+    step: int  # slice step after the layer (1 = none)
+    count: int  # rows kept
+
+
+def _axis_plan(size: int, pad_before: int, k: int, stride: int, out: int, pick: bool) -> _Axis:
+    """Pre-pad / crop along one axis (module docstring). `pick`: stride 2 done by the pool unit."""
+    o = k // 2 - pad_before
+    t = max(0, -o)
+    if pick:
+        t += (o + t) % 2
+        first = (o + t) // 2  # index into the picked (halved) map
+        need = 2 * (first + out)  # rows of KPU input so that floor(H'/2) >= first + out
+        post = max(0, need - (size + t), MIN_HW - (size + t))
+        return _Axis(t, post, first, 1, out)
+    first = o + t
+    need = first + stride * (out - 1) + 1
+    post = max(0, need - (size + t), MIN_HW - (size + t))
+    return _Axis(t, post, first, stride, out)
+
+
+def _weights_range(w: np.ndarray) -> float:
+    """The widest per-output-channel weight range (fixed up like nncase's ranges).
+
+    ncc compares the whole layer's range with --weights-quantize-threshold. kcc, like ncc, scales
+    every output channel to the full 8-bit range and undoes it in the BN multiplier, so a channel's
+    precision depends on its own range only: kcc compares the widest channel instead, and a layer
+    with one outlier channel among small ones no longer falls back to the CPU.
+    """
+    flat = w.reshape(w.shape[0], -1)
+    return max(np.subtract(*fixup_range(float(c.min()), float(c.max()))[::-1]) for c in flat)
+
+
+class _Legalizer:
+    def __init__(self, g: Graph, opts: CompileOptions):
+        self.src = g
+        self.opts = opts
+        self.g = Graph()
+        self.map: dict[int, Node] = {}
+        self.users = g.users()
+        self.absorbed: set[int] = set()
+        self.placements: list[Placement] = []
+
+    # ------------------------------------------------------------------ helpers
+    def _single_user(self, n: Node) -> Node | None:
+        us = self.users[n]
+        return us[0] if len(us) == 1 and n not in self.src.outputs else None
+
+    def _fusable_act(self, n: Node) -> tuple[Node, tuple[str, float]] | None:
+        u = self._single_user(n)
+        if u is None:
+            return None
+        if isinstance(u.op, O.LeakyRelu):
+            return u, ("leaky_relu", float(u.op.alpha))
+        if isinstance(u.op, O.Unary) and u.op.op in KO.KPU_ACTIVATIONS:
+            return u, (u.op.op, 0.0)
+        return None
+
+    @staticmethod
+    def _kpu_pool(p: O.Pool2D, h: int, w: int) -> str | None:
+        """The pool unit code that computes tflite pool `p` exactly (kpu_semantics.md §3 step 5)."""
+        if p.act != O.NO_CLAMP or p.filter[0] != p.filter[1] or p.stride[0] != p.stride[1]:
+            return None
+        f, s, pad = p.filter[0], p.stride[0], p.padding
+        if (h, w) == (f, f) and pad == ((0, 0), (0, 0)):
+            s = f  # a single window (global pool): the stride does not matter
+        kind = "max" if p.op == "max" else "mean"
+        if f == s == 2 and pad == ((0, 0), (0, 0)):
+            return f"{kind}_2_s2"
+        if f == s == 4 and pad == ((0, 0), (0, 0)) and h % 4 == 0 and w % 4 == 0:
+            return f"{kind}_4_s4"
+        if f == 2 and s == 1 and pad == ((0, 1), (0, 1)):
+            return f"{kind}_2_s1"
+        return None
+
+    def _reject(self, n: Node, reason: str) -> None:
+        self.placements.append(Placement(n.name, n.op.kind, False, reason))
+
+    # ------------------------------------------------------------------ conv
+    def _conv_problem(self, n: Node, x: Node, w: np.ndarray) -> str | None:
+        op: O.Conv2D = n.op
+        c, oc, k = x.shape[1], w.shape[0], w.shape[2]
+        if self.opts.target == "cpu":
+            return "target cpu"
+        if w.shape[2] != w.shape[3]:
+            return f"{w.shape[2]}x{w.shape[3]} kernel (KPU: 1x1, 3x3)"
+        if k not in (1, 3):
+            return f"{k}x{k} kernel (KPU: 1x1, 3x3)"
+        if op.dilation != (1, 1):
+            return f"dilation {op.dilation}"
+        if op.groups not in (1, c) or (op.groups == c > 1 and oc != c):
+            return f"groups {op.groups} with {c} in / {oc} out channels (KPU: 1 or depthwise)"
+        if max(c, oc) > MAX_CHANNELS:
+            return f"{max(c, oc)} channels > {MAX_CHANNELS}"
+        rng = _weights_range(w)
+        if rng > self.opts.weights_quantize_threshold:
+            return f"weights range {rng:.1f} > threshold {self.opts.weights_quantize_threshold:g}"
+        return None
+
+    def conv(self, n: Node) -> Node | None:
+        op: O.Conv2D = n.op
+        x, wn, bn = n.inputs
+        if not (wn.is_constant and bn.is_constant):
+            self._reject(n, "weights are not constant")
+            return None
+        w, b = wn.data, bn.data
+        problem = self._conv_problem(n, x, w)
+        if problem:
+            self._reject(n, problem)
+            return None
+        k = w.shape[2]
+        depthwise = op.groups > 1
+        _, _, h, wd = x.shape
+        _, _, oh, ow = n.shape
+        sh, sw = op.stride
+        pick = sh == sw == 2 and not depthwise
+        ay = _axis_plan(h, op.padding[0][0], k, sh, oh, pick)
+        ax = _axis_plan(wd, op.padding[1][0], k, sw, ow, pick)
+        pool = "bypass"
+        if pick:
+            o_w = k // 2 - op.padding[1][0]
+            pool = "left_top_2_s2" if (o_w + ax.pre) % 2 == 0 else "right_top_2_s2"
+            if pool == "right_top_2_s2":  # right_top picks odd columns: index j reads column 2j+1
+                ax = _Axis(ax.pre, ax.post, (o_w + ax.pre - 1) // 2, 1, ow)
+        hp, wp = h + ay.pre + ay.post, wd + ax.pre + ax.post
+        if not (MIN_HW <= hp <= MAX_H and MIN_HW <= wp <= MAX_W):
+            self._reject(n, f"KPU input {hp}x{wp} outside {MIN_HW}..{MAX_H} x {MIN_HW}..{MAX_W}")
+            return None
+        s = KO.KPU_POOLS[pool][1]
+        if (hp // s) * (wp // s) > MAX_MAP_PIXELS:
+            self._reject(n, f"KPU output map {hp // s}x{wp // s} > {MAX_MAP_PIXELS} pixels (DMA register)")
+            return None
+        trivial = ay.pre == ay.post == ax.pre == ax.post == 0 and ay.crop == ax.crop == 0 and s == 1 \
+            and ay.step == ax.step == 1
+        # fuse an activation, then a pool, that follow a trivially placed layer
+        tail, fn = n, None
+        if trivial:
+            act = self._fusable_act(n)
+            if act:
+                tail, fn = act
+            nxt = self._single_user(tail)
+            if not depthwise and nxt is not None and isinstance(nxt.op, O.Pool2D):
+                code = self._kpu_pool(nxt.op, h, wd)
+                if code:
+                    pool, tail = code, nxt
+        g = self.g
+        xin = self.map[id(x)]
+        if ay.pre or ay.post or ax.pre or ax.post:
+            pads = ((0, 0), (0, 0), (ay.pre, ay.post), (ax.pre, ax.post))
+            xin = g.add(O.Pad(pads, 0.0), (xin,), n.name + "/kpu_pad")
+        wc = g.constant(w, wn.name) if id(wn) not in self.map else self.map[id(wn)]
+        bc = g.constant(b, bn.name) if id(bn) not in self.map else self.map[id(bn)]
+        kop = KO.KpuConv2D(k, depthwise, pool, op.act, fn)
+        name = tail.name if tail is not n else n.name
+        y = g.add(kop, (xin, wc, bc), name if trivial else n.name + "/kpu")
+        if not trivial:
+            begin = (0, 0, ay.crop, ax.crop)
+            end = (y.shape[0], y.shape[1], ay.crop + ay.step * (oh - 1) + 1, ax.crop + ax.step * (ow - 1) + 1)
+            y = g.add(O.StridedSlice(begin, end, (1, 1, ay.step, ax.step)), (y,), n.name)
+        what = f"{k}x{k}{' depthwise' if depthwise else ''}, pool {pool}" + (f", {fn[0]}" if fn else "")
+        extras = [e for e, on in (("pre-pad", ay.pre or ay.post or ax.pre or ax.post),
+                                  ("crop/slice on CPU", not trivial)) if on]
+        self.placements.append(Placement(n.name, "conv2d", True, what + (f" ({', '.join(extras)})" if extras else "")))
+        node = n
+        while node is not tail:  # everything between n and tail now maps to the layer output
+            node = self.users[node][0]
+            self.absorbed.add(id(node))
+            self.map[id(node)] = y
+        return y
+
+    # ------------------------------------------------------------------ fully connected
+    def matmul(self, n: Node) -> Node | None:
+        a, bw, bias = n.inputs
+        if not (bw.is_constant and bias.is_constant):
+            return None
+        k_in, oc = bw.shape
+        reason = None
+        if self.opts.target == "cpu":
+            reason = "target cpu"
+        elif max(k_in, oc) > MAX_CHANNELS:
+            reason = f"{k_in}x{oc} weights: more than {MAX_CHANNELS} channels"
+        elif k_in * oc < self.opts.output_quantize_threshold:
+            reason = f"{k_in * oc} weights < output-quantize-threshold {self.opts.output_quantize_threshold}"
+        elif _weights_range(bw.data.T) > self.opts.weights_quantize_threshold:
+            reason = f"weights range {_weights_range(bw.data.T):.1f} > threshold {self.opts.weights_quantize_threshold:g}"
+        if reason:
+            self._reject(n, reason)
+            return None
+        # [N,K] -> [N,K,1,1] -> 1x1 conv (legalized like any conv: padded to 4x4, cropped) -> [N,OC]
+        g = self.g
+        nb = a.shape[0]
+        x4 = g.add(O.Reshape((nb, k_in, 1, 1)), (self.map[id(a)],), n.name + "/as_map")
+        w4 = g.constant(np.ascontiguousarray(bw.data.T.reshape(oc, k_in, 1, 1)), bw.name + "/oihw")
+        b1 = g.constant(bias.data, bias.name)
+        conv_src = Node(n.name + "/conv", O.Conv2D(act=n.op.act), (x4, w4, b1), TensorType((nb, oc, 1, 1)))
+        self.users[conv_src] = []
+        for v in (x4, w4, b1):
+            self.map[id(v)] = v
+        y = self.conv(conv_src)
+        if y is None:
+            return None
+        self.placements[-1] = Placement(n.name, "matmul", True, "as 1x1 conv on a 4x4 map")
+        return g.add(O.Reshape((nb, oc)), (y,), n.name)
+
+    # ------------------------------------------------------------------ driver
+    def run(self) -> Graph:
+        for n in self.src.nodes:
+            if id(n) in self.absorbed:
+                continue
+            new = None
+            if isinstance(n.op, O.Conv2D):
+                new = self.conv(n)
+            elif isinstance(n.op, O.MatMul):
+                new = self.matmul(n)
+            elif isinstance(n.op, O.Pool2D):
+                self._reject(n, "pool not fused into a KPU layer (runs in float on the CPU)")
+            elif isinstance(n.op, O.Conv2DTranspose):
+                self._reject(n, "transpose conv (CPU)")
+            if new is None:
+                new = self.g.add(n.op, tuple(self.map[id(i)] for i in n.inputs), n.name, n.note)
+            self.map[id(n)] = new
+        self.g.outputs = [self.map[id(o)] for o in self.src.outputs]
+        self.g.remove_dead()
+        return self.g
+
+
+def legalize_kpu(g: Graph, opts: CompileOptions = CompileOptions()) -> tuple[Graph, list[Placement]]:
+    """Rewrite a canonical float graph so that KPU-eligible layers become `KpuConv2D` nodes."""
+    lg = _Legalizer(g, opts)
+    out = lg.run()
+    return out, lg.placements

@@ -1,0 +1,151 @@
+"""quantize: float graph with KpuConv2D layers + calibrated ranges -> the uint8 K210 graph.
+
+Every KPU layer reads and writes uint8 in KPU RAM; the rest of the graph stays float32 on the CPU.
+Data crosses between the two through explicit ops, created lazily per tensor:
+
+    float x --quantize--> u8 (main) --kpu_upload--> u8 (KPU RAM) --kpu_layer--> u8 (KPU RAM)
+    u8 (KPU RAM) --kpu_download--> u8 (main) --dequantize--> float
+
+Consecutive KPU layers therefore hand data over in KPU RAM directly, and data-movement ops between
+two layers (pad, strided_slice, reshape, transpose) run on uint8 in main memory with the producing
+layer's quant param ("range broadcast", kpu_semantics.md §4.2), so no requantization is needed.
+A Pad's value is quantized with that param (0.0 -> the zero point, matching the KPU's own border).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from kcc.ir import kpu_ops as KO
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph, Node
+from kcc.ir.types import DType
+from kcc.quant.kpu_params import LayerRanges, kpu_layer
+from kcc.quant.params import QuantParam, get_quant_param
+
+LAYOUT_OPS = (O.Pad, O.StridedSlice, O.Reshape, O.Transpose)
+Ranges = dict[str, tuple[float, float]]
+
+
+def pre_activation_name(layer: Node) -> str:
+    return layer.name + "/pre_act"
+
+
+def calibration_view(g: Graph) -> tuple[Graph, list[Node]]:
+    """The graph to calibrate, and the nodes whose ranges `quantize` needs.
+
+    A layer with a fused function f also needs the range of its input to f (what the activation
+    table reads): the view adds, as extra outputs, the same layer without f and without pool.
+    """
+    points: dict[int, Node] = {}
+    for n in list(g.nodes):
+        if isinstance(n.op, KO.KpuConv2D):
+            points[id(n)] = n
+            points[id(n.inputs[0])] = n.inputs[0]
+            if n.op.fn is not None:
+                pre = g.add(KO.KpuConv2D(n.op.kernel, n.op.depthwise, "bypass", n.op.act, None), n.inputs,
+                            pre_activation_name(n))
+                g.outputs.append(pre)
+                points[id(pre)] = pre
+        elif isinstance(n.op, O.Input):
+            points[id(n)] = n
+    return g, list(points.values())
+
+
+class _Quantizer:
+    def __init__(self, g: Graph, ranges: Ranges, input_u8: bool):
+        self.src = g
+        self.ranges = ranges
+        self.input_u8 = input_u8
+        self.g = Graph()
+        self.float: dict[int, Node] = {}  # source node -> float32 node in the new graph
+        self.layer: dict[int, Node] = {}  # source KpuConv2D -> KpuLayer (KPU RAM)
+        self.u8: dict[int, Node] = {}  # source node -> u8 node in main memory
+        self.kpu: dict[int, Node] = {}  # source node -> u8 node in KPU RAM
+
+    # ------------------------------------------------------------ quant params
+    def _u8_source(self, n: Node) -> bool:
+        """True when `n` is (a data movement of) a uint8 tensor: a KPU layer output or a u8 input."""
+        while isinstance(n.op, LAYOUT_OPS):
+            n = n.inputs[0]
+        return isinstance(n.op, KO.KpuConv2D) or (isinstance(n.op, O.Input) and self.input_u8)
+
+    def qparam(self, n: Node) -> QuantParam:
+        if isinstance(n.op, LAYOUT_OPS) and self._u8_source(n):
+            return self.qparam(n.inputs[0])
+        if isinstance(n.op, KO.KpuConv2D):
+            zp, scale = self.layer_of(n).op.out_q
+            return QuantParam(zp, scale)
+        if n.name not in self.ranges:
+            raise KeyError(f"no calibrated range for '{n.name}'")
+        return get_quant_param(*self.ranges[n.name])
+
+    # ------------------------------------------------------------ lazily built views
+    def _cached(self, cache: dict[int, Node], n: Node, make: Callable[[], Node]) -> Node:
+        if id(n) not in cache:
+            cache[id(n)] = make()
+        return cache[id(n)]
+
+    def float_of(self, n: Node) -> Node:
+        if isinstance(n.op, KO.KpuConv2D):
+            def deq() -> Node:
+                q = self.qparam(n)
+                return self.g.add(KO.Dequantize(q.zero_point, q.scale), (self.u8_of(n),), n.name + "/dequantize")
+            return self._cached(self.float, n, deq)
+        return self.float[id(n)]
+
+    def u8_of(self, n: Node) -> Node:
+        """n as uint8 in main memory, quantized with qparam(n)."""
+        def make() -> Node:
+            g = self.g
+            if isinstance(n.op, KO.KpuConv2D):
+                return g.add(KO.KpuDownload(), (self.layer_of(n),), n.name + "/download")
+            if isinstance(n.op, O.Input) and self.input_u8:
+                return self.float[id(n)]  # the graph input itself is uint8
+            if isinstance(n.op, LAYOUT_OPS) and self._u8_source(n):
+                src = self.u8_of(n.inputs[0])
+                op = n.op
+                if isinstance(op, O.Pad):
+                    op = O.Pad(op.paddings, float(self.qparam(n).quantize(op.value)))
+                return g.add(op, (src,), n.name + "/u8")
+            q = self.qparam(n)
+            return g.add(KO.Quantize(q.zero_point, q.scale), (self.float_of(n),), n.name + "/quantize")
+        return self._cached(self.u8, n, make)
+
+    def kpu_of(self, n: Node) -> Node:
+        """n as uint8 in KPU RAM."""
+        if isinstance(n.op, KO.KpuConv2D):
+            return self.layer_of(n)
+        return self._cached(self.kpu, n, lambda: self.g.add(KO.KpuUpload(), (self.u8_of(n),), n.name + "/upload"))
+
+    def layer_of(self, n: Node) -> Node:
+        def make() -> Node:
+            x, w, b = n.inputs
+            xq = self.qparam(x)
+            z = self.ranges[n.name]
+            y = self.ranges.get(pre_activation_name(n), z)
+            params = kpu_layer(n.op, w.data, b.data, LayerRanges(xq, y, z))
+            return self.g.add(params, (self.kpu_of(x),), n.name)
+        return self._cached(self.layer, n, make)
+
+    # ------------------------------------------------------------ driver
+    def run(self) -> Graph:
+        for n in self.src.nodes:
+            if isinstance(n.op, KO.KpuConv2D):
+                self.layer_of(n)
+            elif isinstance(n.op, O.Input) and self.input_u8:
+                q = self.qparam(n)
+                self.float[id(n)] = self.g.add(O.Input(n.op.index, n.shape, DType.uint8), (), n.name)
+                self.u8[id(n)] = self.float[id(n)]
+                deq = self.g.add(KO.Dequantize(q.zero_point, q.scale), (self.float[id(n)],), n.name + "/dequantize")
+                self.float[id(n)] = deq
+            else:
+                self.float[id(n)] = self.g.add(n.op, tuple(self.float_of(i) for i in n.inputs), n.name, n.note)
+        self.g.outputs = [self.float_of(o) for o in self.src.outputs]
+        self.g.remove_dead()
+        return self.g
+
+
+def quantize(g: Graph, ranges: Ranges, input_type: str = "float") -> Graph:
+    """Turn each KpuConv2D into a quantized KpuLayer; the graph input becomes uint8 if asked."""
+    return _Quantizer(g, ranges, input_type == "uint8").run()

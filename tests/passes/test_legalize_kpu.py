@@ -1,0 +1,143 @@
+"""legalize_kpu: every rewrite computes exactly what the float graph did, and lands on the KPU."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+import refkit
+from kcc.eval.interpreter import run
+from kcc.ir import kpu_ops as KO
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph
+from kcc.options import CompileOptions
+from kcc.passes.legalize_kpu import legalize_kpu
+
+rng = np.random.default_rng(7)
+
+
+def _conv_graph(c, oc, h, w, k, stride, pad, groups=1, act=O.NO_CLAMP, after=None):
+    g = Graph()
+    x = g.input(0, (1, c, h, w))
+    wt = g.constant(rng.uniform(-1, 1, (oc, c // groups, k, k)).astype(np.float32), "w")
+    b = g.constant(rng.uniform(-1, 1, oc).astype(np.float32), "b")
+    y = g.add(O.Conv2D((stride, stride), pad, (1, 1), groups, act), (x, wt, b), "conv")
+    if after is not None:
+        y = g.add(after, (y,), "after")
+    g.outputs = [y]
+    g.verify()
+    return g
+
+
+def _same_pad(size, k, s):
+    out = -(-size // s)
+    total = max(0, (out - 1) * s + k - size)
+    return (total // 2, total - total // 2)
+
+
+def _assert_equivalent(g):
+    x = rng.uniform(-1, 1, g.inputs[0].shape).astype(np.float32)
+    want = run(g, [x])[0]
+    lg, placements = legalize_kpu(g)
+    lg.verify("legalize_kpu")
+    got = run(lg, [x])[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    return lg, placements
+
+
+CASES = list(itertools.product((1, 3), (1, 2, 3), ("same", "valid", "asym"), (False, True), (7, 8, 2)))
+
+
+@pytest.mark.parametrize("k,stride,padding,depthwise,size", CASES)
+def test_conv_rewrites_are_exact(k, stride, padding, depthwise, size):
+    c = 4
+    if padding == "same":
+        pad = (_same_pad(size, k, stride), _same_pad(size + 1, k, stride))
+    elif padding == "valid":
+        pad = ((0, 0), (0, 0))
+    else:
+        pad = ((k // 2 + 1, 0), (0, 1))
+    h, w = size, size + 1
+    if (h + sum(pad[0]) - k) < 0 or (w + sum(pad[1]) - k) < 0:
+        pytest.skip("empty output")
+    g = _conv_graph(c, c if depthwise else 5, h, w, k, stride, pad, groups=c if depthwise else 1)
+    lg, placements = _assert_equivalent(g)
+    assert sum(isinstance(n.op, KO.KpuConv2D) for n in lg.nodes) == 1
+    assert placements[0].on_kpu
+    kpu = next(n for n in lg.nodes if isinstance(n.op, KO.KpuConv2D))
+    assert kpu.inputs[0].shape[2] >= 4 and kpu.inputs[0].shape[3] >= 4
+    # stride 2 of a non-depthwise conv is done by the pool unit, never by a CPU slice step
+    if stride == 2 and not depthwise:
+        assert kpu.op.pool in ("left_top_2_s2", "right_top_2_s2")
+        assert all(n.op.strides == (1, 1, 1, 1) for n in lg.nodes if isinstance(n.op, O.StridedSlice))
+
+
+@pytest.mark.parametrize("pool,code", [
+    (O.Pool2D("max", (2, 2), (2, 2)), "max_2_s2"), (O.Pool2D("mean", (2, 2), (2, 2)), "mean_2_s2"),
+    (O.Pool2D("max", (2, 2), (1, 1), ((0, 1), (0, 1))), "max_2_s1"),
+    (O.Pool2D("mean", (2, 2), (1, 1), ((0, 1), (0, 1))), "mean_2_s1"),
+    (O.Pool2D("max", (4, 4), (4, 4)), "max_4_s4"),
+])
+def test_pool_fuses_into_the_layer(pool, code):
+    g = _conv_graph(3, 6, 8, 12, 3, 1, ((1, 1), (1, 1)), act=(0.0, 6.0), after=pool)
+    lg, _ = _assert_equivalent(g)
+    (kpu,) = [n for n in lg.nodes if isinstance(n.op, KO.KpuConv2D)]
+    assert kpu.op.pool == code and not any(isinstance(n.op, O.Pool2D) for n in lg.nodes)
+
+
+@pytest.mark.parametrize("act,fn", [(O.LeakyRelu(0.1), "leaky_relu"), (O.Unary("logistic"), "logistic"),
+                                    (O.Unary("tanh"), "tanh"), (O.Unary("hard_swish"), "hard_swish")])
+def test_activation_fuses_into_the_layer(act, fn):
+    g = _conv_graph(3, 6, 8, 8, 1, 1, ((0, 0), (0, 0)), after=act)
+    lg, _ = _assert_equivalent(g)
+    (kpu,) = [n for n in lg.nodes if isinstance(n.op, KO.KpuConv2D)]
+    assert kpu.op.fn[0] == fn and kpu.name == "after"
+
+
+def test_fully_connected_becomes_1x1_layer_on_4x4_map():
+    g = Graph()
+    x = g.input(0, (1, 64))
+    w = g.constant(rng.uniform(-1, 1, (64, 32)).astype(np.float32), "w")
+    b = g.constant(rng.uniform(-1, 1, 32).astype(np.float32), "b")
+    g.outputs = [g.add(O.MatMul((0.0, np.inf)), (x, w, b), "fc")]
+    lg, placements = _assert_equivalent(g)
+    (kpu,) = [n for n in lg.nodes if isinstance(n.op, KO.KpuConv2D)]
+    assert kpu.inputs[0].shape == (1, 64, 4, 4) and placements[0].on_kpu
+
+
+@pytest.mark.parametrize("make,reason", [
+    (lambda: _conv_graph(3, 4, 8, 8, 5, 1, ((2, 2), (2, 2))), "5x5 kernel"),
+    (lambda: _conv_graph(3, 4, 300, 8, 3, 1, ((1, 1), (1, 1))), "outside"),
+    (lambda: _conv_graph(4, 8, 8, 8, 3, 1, ((1, 1), (1, 1)), groups=2), "groups 2"),
+])
+def test_cpu_fallbacks_say_why(make, reason):
+    _, placements = _assert_equivalent(make())
+    assert not placements[0].on_kpu and reason in placements[0].reason
+
+
+def test_weights_threshold_and_target_cpu():
+    g = _conv_graph(3, 4, 8, 8, 3, 1, ((1, 1), (1, 1)))
+    g.find("w").op.data[0, 0, 0, 0] = 100.0
+    _, placements = legalize_kpu(g)
+    assert "weights range" in placements[0].reason
+    _, placements = legalize_kpu(g, CompileOptions(weights_quantize_threshold=1000))
+    assert placements[0].on_kpu
+    _, placements = legalize_kpu(g, CompileOptions(target="cpu", weights_quantize_threshold=1000))
+    assert not placements[0].on_kpu
+
+
+@pytest.mark.skipif(not refkit.available(), reason="../shared/reference/models is not checked out")
+@pytest.mark.parametrize("name,min_kpu", [("mobilenet_v1_0.25_128", 28), ("digits_mbnet32_rgb", 11),
+                                          ("ulffd_landmark_320x240", 43)])
+def test_real_models_stay_exact(name, min_kpu):
+    from kcc.frontend.importer import import_tflite
+    from kcc.passes.canonicalize import canonicalize
+
+    g = canonicalize(import_tflite(refkit.tflite_path(name)))
+    s = refkit.samples(name, limit=1)[0]
+    want = run(g, [s.x])
+    lg, placements = legalize_kpu(g)
+    got = run(lg, [s.x])
+    for a, b in zip(want, got):
+        assert refkit.compare(b, a)[1] < 1e-5
+    assert sum(p.on_kpu for p in placements) >= min_kpu
