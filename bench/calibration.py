@@ -24,14 +24,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 
-from refkit import REFERENCE  # noqa: E402
+from refkit import REFERENCE
 
-from kcc.dataset import iter_dataset, list_files  # noqa: E402
-from kcc.frontend.importer import import_tflite  # noqa: E402
-from kcc.ir import ops as O  # noqa: E402
-from kcc.passes.canonicalize import canonicalize  # noqa: E402
-from kcc.quant import calibrate as C  # noqa: E402
-from kcc.quant.l2_search import l2_threshold  # noqa: E402
+from kcc.dataset import iter_dataset, list_files
+from kcc.frontend.importer import import_tflite
+from kcc.ir import ops as O
+from kcc.passes.canonicalize import canonicalize
+from kcc.quant import calibrate as C
+from kcc.quant.l2_search import l2_threshold
 
 # ncc v0.2.0-beta4 wall seconds (whole compile, first-fit allocator) from ncc-outputs/README.md
 NCC_README = {("ulffd_landmark_320x240", "no_clip"): 3.66, ("ulffd_landmark_320x240", "l2"): 375.83}

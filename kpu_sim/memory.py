@@ -39,6 +39,15 @@ class Memory:
             return self.const
         return self.kpu
 
+    def require(self, r: MemoryRange, nbytes: int) -> None:
+        """Raise before a kernel allocates an output that `r` could not hold anyway.
+
+        Sizes come from body fields, so a corrupted field must fail here, not in a huge
+        allocation or loop.
+        """
+        if nbytes > r.size:
+            raise SimulatorError(f"needs {nbytes} bytes of {r}, which holds only {r.size}")
+
     def span(self, r: MemoryRange, nbytes: int | None = None) -> np.ndarray:
         """The bytes of `r` (a view). `nbytes` asks for a prefix of the range."""
         nbytes = r.size if nbytes is None else nbytes

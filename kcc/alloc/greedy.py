@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from kcc.alloc.packing import Buffer, Plan, align_up
+from kcc.alloc.packing import Buffer, Plan, slot_size
 
 #: A total order on buffers (the sort key) and its name in reports.
 Order = Callable[[Buffer], tuple]
@@ -50,7 +50,7 @@ def place(buffers: list[Buffer], order: Order, rule: str, align: int) -> Plan:
     offsets: dict[str, int] = {}
     peak = 0
     for buf in sorted(buffers, key=order):
-        size = align_up(max(buf.size, 1), align)
+        size = slot_size(buf, align)
         busy = sorted((off, end) for o, off, end in placed if o.overlaps_in_time(buf))
         offset = _slot(size, busy, rule)
         offsets[buf.name] = offset

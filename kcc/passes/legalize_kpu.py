@@ -33,6 +33,7 @@ from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.ir.types import TensorType
+from kcc.kmodel import KPU_RAM_SIZE, kpu_bytes
 from kcc.options import CompileOptions
 from kcc.quant.params import fixup_range
 
@@ -152,6 +153,15 @@ class _Legalizer:
             return f"weights range {rng:.1f} > threshold {self.opts.weights_quantize_threshold:g}"
         return None
 
+    def _absorb_zero_pad(self, x: Node, op: O.Conv2D) -> tuple[Node, O.Conv2D]:
+        """pad(x, 0.0 on H/W only) -> conv  ==  conv with the padding added (ZeroPadding2D + VALID)."""
+        if not (isinstance(x.op, O.Pad) and x.op.value == 0.0 and self._single_user(x) is not None
+                and x.op.paddings[0] == x.op.paddings[1] == (0, 0)):
+            return x, op
+        (t, b), (l, r) = x.op.paddings[2], x.op.paddings[3]
+        (pt, pb), (pl, pr) = op.padding
+        return x.inputs[0], O.Conv2D(op.stride, ((pt + t, pb + b), (pl + l, pr + r)), op.dilation, op.groups, op.act)
+
     def conv(self, n: Node) -> Node | None:
         op: O.Conv2D = n.op
         x, wn, bn = n.inputs
@@ -159,6 +169,7 @@ class _Legalizer:
             self._reject(n, "weights are not constant")
             return None
         w, b = wn.data, bn.data
+        x, op = self._absorb_zero_pad(x, op)
         problem = self._conv_problem(n, x, w)
         if problem:
             self._reject(n, problem)
@@ -182,6 +193,11 @@ class _Legalizer:
             self._reject(n, f"KPU input {hp}x{wp} outside {MIN_HW}..{MAX_H} x {MIN_HW}..{MAX_W}")
             return None
         s = KO.KPU_POOLS[pool][1]
+        oc = w.shape[0]
+        need = kpu_bytes((x.shape[0], x.shape[1], hp, wp)) + kpu_bytes((x.shape[0], oc, hp // s, wp // s))
+        if need > KPU_RAM_SIZE:
+            self._reject(n, f"KPU RAM: input + output maps need {need} B > {KPU_RAM_SIZE} B")
+            return None
         if (hp // s) * (wp // s) > MAX_MAP_PIXELS:
             self._reject(n, f"KPU output map {hp // s}x{wp // s} > {MAX_MAP_PIXELS} pixels (DMA register)")
             return None

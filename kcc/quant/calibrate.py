@@ -22,7 +22,7 @@ decides whether the input is a point (ncc measures it only when neither flag is 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol, Union
+from typing import Protocol
 
 import numpy as np
 
@@ -37,9 +37,9 @@ from kcc.quant.params import FLT_MIN, get_range
 F32 = np.float32
 Range = tuple[float, float]
 InputList = Sequence[np.ndarray]
-Samples = Union[Iterable[InputList], Callable[[], Iterable[InputList]]]
+Samples = Iterable[InputList] | Callable[[], Iterable[InputList]]
 #: progress(done, total, stage); total is None while the number of samples is unknown.
-Progress = Callable[[int, Union[int, None], str], None]
+Progress = Callable[[int, int | None, str], None]
 
 STAGE_RANGE = "collect ranges"
 STAGE_HISTOGRAM = "collect distributions"

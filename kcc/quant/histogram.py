@@ -67,7 +67,7 @@ class Histogram:
             self.counts = np.zeros(self.bins, np.int64)
 
     @classmethod
-    def over(cls, lo: float, hi: float, bins: int = BINS) -> "Histogram":
+    def over(cls, lo: float, hi: float, bins: int = BINS) -> Histogram:
         """An empty histogram over `fixup_range(lo, hi)`, as nncase's begin_collect_distribution."""
         flo, fhi = fixup_range(lo, hi)
         return cls(flo, fhi, bins)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import pairwise
 
 import numpy as np
 
@@ -136,7 +137,7 @@ def _inner_losses(c: np.ndarray, lowers: np.ndarray, uppers: np.ndarray, levels:
     hankel = np.lib.stride_tricks.sliding_window_view(padded, bins)
     out = np.empty(lowers.size, np.float64)
     cuts = np.searchsorted(lowers, np.arange(0, int(lowers[-1]) + _BLOCK_L + 1, _BLOCK_L))
-    for a, b in zip(cuts[:-1], cuts[1:]):
+    for a, b in pairwise(cuts):
         if a == b:
             continue
         L, W = lowers[a:b], uppers[a:b] - lowers[a:b]
@@ -189,7 +190,10 @@ def _stage0(counts: np.ndarray, lowers: np.ndarray, uppers: np.ndarray,
 
 def l2_threshold(counts: np.ndarray, lo: float, hi: float, levels: int = LEVELS,
                  direct_work: int = DIRECT_WORK) -> L2Result:
-    """ncc's optimal (lower, upper) bin pair for `counts` over the fixed-up range [lo, hi]."""
+    """ncc's optimal (lower, upper) bin pair for `counts` over the fixed-up range [lo, hi]
+    (`fixup_range` output: lo <= 0 <= hi, which the error bounds of stage 0 rely on)."""
+    if not lo <= 0.0 <= hi:
+        raise ValueError(f"l2_threshold needs a fixed-up range containing 0, got [{lo}, {hi}]")
     h = Histogram(lo, hi, len(counts), np.asarray(counts, np.int64))
     bins = h.bins
     edges = bin_edges(lo, h.interval, bins)

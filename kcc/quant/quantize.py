@@ -87,7 +87,9 @@ class _Quantizer:
         return cache[id(n)]
 
     def float_of(self, n: Node) -> Node:
-        if isinstance(n.op, KO.KpuConv2D):
+        """n as float32. Data movement of a uint8 tensor runs on the uint8 bytes (4x less memory and
+        work) and is dequantized after: ncc's dequantize motion (kpu_semantics.md §4.4)."""
+        if isinstance(n.op, KO.KpuConv2D) or (isinstance(n.op, LAYOUT_OPS) and self._u8_source(n)):
             def deq() -> Node:
                 q = self.qparam(n)
                 return self.g.add(KO.Dequantize(q.zero_point, q.scale), (self.u8_of(n),), n.name + "/dequantize")
@@ -108,9 +110,18 @@ class _Quantizer:
                 if isinstance(op, O.Pad):
                     op = O.Pad(op.paddings, float(self.qparam(n).quantize(op.value)))
                 return g.add(op, (src,), n.name + "/u8")
-            q = self.qparam(n)
-            return g.add(KO.Quantize(q.zero_point, q.scale), (self.float_of(n),), n.name + "/quantize")
+            return self._quantized_chain(n, self.qparam(n))
         return self._cached(self.u8, n, make)
+
+    def _quantized_chain(self, n: Node, q: QuantParam) -> Node:
+        """Quantize *before* data movement: pad(x) -> quantize becomes quantize(x) -> pad on uint8,
+        so the float copy of the larger, padded tensor is never made."""
+        if isinstance(n.op, LAYOUT_OPS):
+            op = n.op
+            if isinstance(op, O.Pad):
+                op = O.Pad(op.paddings, float(q.quantize(op.value)))
+            return self.g.add(op, (self._quantized_chain(n.inputs[0], q),), n.name + "/u8")
+        return self.g.add(KO.Quantize(q.zero_point, q.scale), (self.float_of(n),), n.name + "/quantize")
 
     def kpu_of(self, n: Node) -> Node:
         """n as uint8 in KPU RAM."""
@@ -133,6 +144,8 @@ class _Quantizer:
         for n in self.src.nodes:
             if isinstance(n.op, KO.KpuConv2D):
                 self.layer_of(n)
+            elif isinstance(n.op, LAYOUT_OPS) and self._u8_source(n):
+                pass  # built on demand, on uint8, by u8_of / float_of
             elif isinstance(n.op, O.Input) and self.input_u8:
                 q = self.qparam(n)
                 self.float[id(n)] = self.g.add(O.Input(n.op.index, n.shape, DType.uint8), (), n.name)

@@ -38,6 +38,7 @@ def conv2d(mem: Memory, body: Conv2D) -> None:
     oc = g_oc * body.groups  # channels the runtime actually writes
     oh = max(0, windowed_output_size(h, fh, sh, dh, *body.padding_h))
     ow = max(0, windowed_output_size(w, fw, sw, dw, *body.padding_w))
+    mem.require(body.output, n * oc * oh * ow * 4)
     x = mem.read(body.input, F32, shape_count(body.in_shape, "in_shape")).reshape(n, c, h, w)
     weights = body.weights[: oc * g_ic * fh * fw].reshape(oc, g_ic, fh, fw)
     acc = np.empty((n, oc, oh, ow), dtype=F32)
@@ -77,6 +78,8 @@ def conv2d_transpose(mem: Memory, body: Conv2DTranspose) -> None:
         raise SimulatorError(f"out_shape batch {on} is smaller than in_shape batch {n}")
     g_ic, g_oc = _group_sizes(c, oc_all, body.groups)
     oc = g_oc * body.groups
+    shape_count(body.out_shape, "out_shape")
+    mem.require(body.output, on * oc_all * oh * ow * 4)
     x = mem.read(body.input, F32, shape_count(body.in_shape, "in_shape")).reshape(n, c, h, w)
     weights = body.weights[: oc * g_ic * fh * fw].reshape(oc, g_ic, fh, fw)
     out = np.zeros((on, oc_all, oh, ow), dtype=F32)
@@ -103,6 +106,7 @@ def matmul(mem: Memory, body: MatMul) -> None:
     rows, cols, b_cols = body.a_rows, body.a_cols, body.b_cols
     if min(rows, cols, b_cols) < 0:
         raise SimulatorError(f"negative matmul size ({rows}, {cols}, {b_cols})")
+    mem.require(body.output, rows * b_cols * 4)
     a = mem.read(body.input_a, F32, rows * cols).reshape(rows, cols)
     b = mem.read(body.input_b, F32, cols * b_cols).reshape(cols, b_cols)
     acc = np.empty((rows, b_cols), dtype=F32)

@@ -42,6 +42,7 @@ def _float_conv(mem: Memory, body, weights: np.ndarray, depthwise: bool) -> None
     fh, fw, sh, sw, dh, dw, oh, ow = _geometry(body)
     x = mem.read(body.input, F32, shape_count(body.in_shape, "in_shape")).reshape(n, h, w, c)
     oc = c if depthwise else body.out_channels
+    mem.require(body.output, n * oh * ow * oc * 4)
     acc = np.empty((n, oh, ow, oc), dtype=F32)
     acc[:] = body.bias[:oc]
     ph, pw = body.padding_h.before, body.padding_w.before
@@ -83,7 +84,8 @@ def cpu_depthwise_conv2d(mem: Memory, body: CpuDepthwiseConv2D) -> None:
 def _quantized_conv(mem: Memory, body, weights: np.ndarray, groups: int) -> None:
     """Shared part of the quantized CPU convs; `weights` (oc, g_ic, fh, fw) uint8 in NCHW order."""
     n, h, w, c = body.in_shape
-    _geometry(body)
+    *_, oh, ow = _geometry(body)
+    mem.require(body.output, n * oh * ow * weights.shape[0])
     x = mem.read(body.input, np.uint8, shape_count(body.in_shape, "in_shape")).reshape(n, h, w, c)
     xo = x.transpose(0, 3, 1, 2).astype(I64) - body.input_offset
     wo = weights.astype(I64) - body.filter_offset

@@ -49,7 +49,7 @@ def binary(mem: Memory, body: Binary) -> None:
     if a_shape == b_shape:
         out = op(a, b)
     else:
-        shape_count(body.out_shape, "out_shape")
+        mem.require(body.output, shape_count(body.out_shape, "out_shape") * 4)
         out = op(broadcast_to(a.reshape(a_shape), body.out_shape), broadcast_to(b.reshape(b_shape), body.out_shape))
     mem.write(body.output, apply_activation(np.asarray(out, dtype=F32), body.fused_activation))
 

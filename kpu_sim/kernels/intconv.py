@@ -32,31 +32,7 @@ def output_size(size: int, filter_: int, stride: int, dilation: int, pad: Paddin
     return max(0, windowed_output_size(size, filter_, stride, dilation, pad.before, pad.after))
 
 
-def window_taps(x: np.ndarray, fh: int, fw: int, sh: int, sw: int, dh: int, dw: int,
-                pad_h: Padding, pad_w: Padding, oh: int, ow: int) -> np.ndarray:
-    """(N, C, fh*fw, oh, ow): the input value under each filter tap of each output pixel.
-
-    Input index of tap (ky, kx) for output (oy, ox): (oy*sh - pad_h.before + ky*dh, likewise x);
-    taps outside the input read 0 (the runtime skips them, which adds nothing either).
-    """
-    n, c, h, w = x.shape
-
-    def extent(size: int, out: int, f: int, s: int, d: int, before: int) -> tuple[int, int]:
-        lo = -before
-        hi = (out - 1) * s - before + (f - 1) * d if out > 0 else lo
-        return max(0, -lo), max(0, hi - (size - 1))
-
-    top, bottom = extent(h, oh, fh, sh, dh, pad_h.before)
-    left, right = extent(w, ow, fw, sw, dw, pad_w.before)
-    padded = np.zeros((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
-    padded[:, :, top : top + h, left : left + w] = x
-    out = np.empty((n, c, fh * fw, oh, ow), dtype=x.dtype)
-    for ky in range(fh):
-        y0 = top - pad_h.before + ky * dh
-        for kx in range(fw):
-            x0 = left - pad_w.before + kx * dw
-            out[:, :, ky * fw + kx] = padded[:, :, y0 : y0 + (oh - 1) * sh + 1 : sh, x0 : x0 + (ow - 1) * sw + 1 : sw]
-    return out
+_BLOCK = 1 << 22  # tap values gathered at once (bounds the temporaries of one conv)
 
 
 def conv_sums(x: np.ndarray, w: np.ndarray, groups: int, strides: tuple[int, int], dilations: tuple[int, int],
@@ -64,21 +40,44 @@ def conv_sums(x: np.ndarray, w: np.ndarray, groups: int, strides: tuple[int, int
     """Exact sum_{ic, ky, kx} x * w for a grouped NCHW conv, as int64 (N, groups*g_oc, oh, ow).
 
     `x` (N, C, H, W) and `w` (groups*g_oc, g_ic, fh, fw) are int64 with the offsets already
-    added. Output channel o of group g reads input channels g*g_ic .. g*g_ic + g_ic - 1.
+    added. Output channel o of group g reads input channels g*g_ic .. g*g_ic + g_ic - 1. Tap
+    (ky, kx) of output (oy, ox) reads input (oy*sh - pad_h.before + ky*dh, likewise for x); taps
+    outside the input read 0 here (the runtime skips them, which adds nothing either).
     """
     n, c, h, wd = x.shape
     oc, g_ic, fh, fw = w.shape
-    sh, sw = strides
-    dh, dw = dilations
+    (sh, sw), (dh, dw) = strides, dilations
     oh = output_size(h, fh, sh, dh, pad_h)
     ow = output_size(wd, fw, sw, dw, pad_w)
     g_oc = oc // groups
-    taps = window_taps(x[:, : groups * g_ic], fh, fw, sh, sw, dh, dw, pad_h, pad_w, oh, ow)
+    out = np.empty((n, oc, oh, ow), dtype=I64)
+    if out.size == 0:
+        return out
+
+    def extent(size: int, out_size: int, f: int, s: int, d: int, before: int) -> tuple[int, int]:
+        last = (out_size - 1) * s - before + (f - 1) * d
+        return max(0, before), max(0, last - (size - 1))
+
+    top, bottom = extent(h, oh, fh, sh, dh, pad_h.before)
+    left, right = extent(wd, ow, fw, sw, dw, pad_w.before)
+    padded = np.zeros((n, groups * g_ic, h + top + bottom, wd + left + right), dtype=x.dtype)
+    padded[:, :, top : top + h, left : left + wd] = x[:, : groups * g_ic]
     dtype = _exact_dtype(g_ic * fh * fw, x, w)
-    cols = taps.reshape(n, groups, g_ic * fh * fw, oh * ow).astype(dtype)
     wm = w.reshape(groups, g_oc, g_ic * fh * fw).astype(dtype)
-    sums = np.matmul(wm[None], cols)  # (n, groups, g_oc, oh*ow)
-    return sums.astype(I64).reshape(n, oc, oh, ow)
+    rows = max(1, _BLOCK // max(1, n * groups * g_ic * fh * fw * ow))
+    for r0 in range(0, oh, rows):
+        r1 = min(oh, r0 + rows)
+        taps = np.empty((n, groups * g_ic, fh * fw, r1 - r0, ow), dtype=dtype)
+        for ky in range(fh):
+            y0 = top - pad_h.before + ky * dh + r0 * sh
+            for kx in range(fw):
+                x0 = left - pad_w.before + kx * dw
+                taps[:, :, ky * fw + kx] = padded[:, :, y0 : y0 + (r1 - r0 - 1) * sh + 1 : sh,
+                                                  x0 : x0 + (ow - 1) * sw + 1 : sw]
+        cols = taps.reshape(n, groups, g_ic * fh * fw, (r1 - r0) * ow)
+        sums = np.matmul(wm[None], cols)  # (n, groups, g_oc, rows*ow)
+        out[:, :, r0:r1] = sums.astype(I64).reshape(n, oc, r1 - r0, ow)
+    return out
 
 
 def matmul_sums(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -36,6 +36,7 @@ from kpu_sim.memory import Memory
 
 I64 = np.int64
 _CHUNK = 1 << 15  # elements per post-processing step: keeps the int64 temporaries in cache
+_BLOCK = 1 << 21  # tap values gathered per block of output rows
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,38 +75,39 @@ def _padded(x: np.ndarray, layer: KpuLayer) -> np.ndarray:
     return src
 
 
-def _tap(src: np.ndarray, ky: int, kx: int, pick: tuple[int, int, int], oh: int, ow: int) -> np.ndarray:
-    """The input under tap (ky, kx) of the output pixels (dy + stride*i, dx + stride*j)."""
+def _tap(src: np.ndarray, ky: int, kx: int, pick: tuple[int, int, int], rows: range, ow: int) -> np.ndarray:
+    """The input under tap (ky, kx) of output pixels (dy + stride*i, dx + stride*j), i in `rows`."""
     stride, dy, dx = pick
-    y0, x0 = dy + ky, dx + kx
-    return src[:, y0 : y0 + stride * (oh - 1) + 1 : stride, x0 : x0 + stride * (ow - 1) + 1 : stride]
+    y0, x0 = dy + ky + stride * rows.start, dx + kx
+    return src[:, y0 : y0 + stride * (len(rows) - 1) + 1 : stride, x0 : x0 + stride * (ow - 1) + 1 : stride]
 
 
-def _conv_sums(x: np.ndarray, layer: KpuLayer, prep: _Prepared, pick: tuple[int, int, int], oh: int, ow: int):
-    """acc without the sum_x term, (oc, oh*ow) in prep.dtype, and that term (None if shift_x = 0)."""
-    src = _padded(x, layer)
+def _conv_sums(src: np.ndarray, layer: KpuLayer, prep: _Prepared, pick: tuple[int, int, int], rows: range, ow: int):
+    """acc without the sum_x term for output rows `rows`, (oc, len(rows)*ow) in prep.dtype, and
+    that term (None if shift_x = 0). `src` is the padded input (`_padded`)."""
     k = layer.filter
+    pixels = len(rows) * ow
+    channels = layer.out_c if layer.depthwise else layer.in_c
+    src = src[:channels]  # depthwise: channel o reads input channel o (oc <= ic is validated)
     term_x = None
-    if layer.depthwise:
-        # per channel o: [w'_o | C_o] @ [taps of input channel o; 1], as one batched matmul
-        src = src[: layer.out_c]  # channel o reads input channel o (oc <= ic is validated)
-        cols = np.empty((layer.out_c, k * k + 1, oh * ow), dtype=prep.dtype)
-        taps = cols[:, :-1].reshape(layer.out_c, k * k, oh, ow)
+    if layer.depthwise:  # per channel o: [w'_o | C_o] @ [taps of channel o; 1], one batched matmul
+        cols = np.empty((channels, k * k + 1, len(rows), ow), dtype=prep.dtype)
         for ky in range(k):
             for kx in range(k):
-                taps[:, ky * k + kx] = _tap(src, ky, kx, pick, oh, ow)
+                cols[:, ky * k + kx] = _tap(src, ky, kx, pick, rows, ow)
         cols[:, -1] = 1
+        cols = cols.reshape(channels, k * k + 1, pixels)
         if layer.shift_x:
-            sum_x = cols[:, :-1].astype(I64).sum(axis=1)
-            term_x = (I64(layer.arg_x) * sum_x) >> I64(layer.shift_x)
+            term_x = (I64(layer.arg_x) * cols[:, :-1].astype(I64).sum(axis=1)) >> I64(layer.shift_x)
         return np.matmul(prep.weights[:, None, :], cols)[:, 0], term_x
-    # rows (ic, ky, kx) in weight order, then a row of ones for the constant column
-    cols = np.empty((layer.in_c * k * k + 1, oh * ow), dtype=prep.dtype)
-    taps = cols[:-1].reshape(layer.in_c, k * k, oh, ow)
+    # rows (ic, ky, kx) in weight order, then one row of ones for the constant column
+    cols = np.empty((channels * k * k + 1, len(rows), ow), dtype=prep.dtype)
+    taps = cols[:-1].reshape(channels, k * k, len(rows), ow)
     for ky in range(k):
         for kx in range(k):
-            taps[:, ky * k + kx] = _tap(src, ky, kx, pick, oh, ow)
+            taps[:, ky * k + kx] = _tap(src, ky, kx, pick, rows, ow)
     cols[-1] = 1
+    cols = cols.reshape(channels * k * k + 1, pixels)
     if layer.shift_x:
         term_x = ((I64(layer.arg_x) * cols[:-1].astype(I64).sum(axis=0)) >> I64(layer.shift_x))[None, :]
     return prep.weights @ cols, term_x
@@ -129,16 +131,26 @@ def _post(s: np.ndarray, term_x: np.ndarray | None, layer: KpuLayer) -> np.ndarr
 
 
 def run_layer(x: np.ndarray, layer: KpuLayer) -> np.ndarray:
-    """One batch element: (C_in, H, W) uint8 -> pooled (C_out, H', W') uint8."""
+    """One batch element: (C_in, H, W) uint8 -> pooled (C_out, H', W') uint8.
+
+    Output rows are processed in blocks so that the tap matrix stays around `_BLOCK` values.
+    """
     prep = cached(layer, lambda: _prepare(layer))
-    h, w = layer.in_h, layer.in_w
     pick = pick_offset(layer.pool)
     if pick is not None:  # the pool keeps one pixel per window: compute only those
-        oh, ow = pool_output_size(h, layer.pool), pool_output_size(w, layer.pool)
-        s, term_x = _conv_sums(x, layer, prep, pick, oh, ow)
-        return _post(s, term_x, layer).reshape(layer.out_c, oh, ow)
-    s, term_x = _conv_sums(x, layer, prep, (1, 0, 0), h, w)
-    return pool(_post(s, term_x, layer).reshape(layer.out_c, h, w), layer.pool)
+        oh, ow = pool_output_size(layer.in_h, layer.pool), pool_output_size(layer.in_w, layer.pool)
+    else:
+        pick, oh, ow = (1, 0, 0), layer.in_h, layer.in_w
+    src = _padded(x, layer)
+    k2 = layer.filter * layer.filter
+    per_row = (layer.out_c if layer.depthwise else layer.in_c) * (k2 + 1) * ow
+    step = max(1, _BLOCK // max(per_row, 1))
+    out = np.empty((layer.out_c, oh, ow), dtype=np.uint8)
+    for r0 in range(0, oh, step):
+        rows = range(r0, min(oh, r0 + step))
+        s, term_x = _conv_sums(src, layer, prep, pick, rows, ow)
+        out[:, rows.start : rows.stop] = _post(s, term_x, layer).reshape(layer.out_c, len(rows), ow)
+    return out if pick_offset(layer.pool) is not None else pool(out, layer.pool)
 
 
 def kpu_conv2d(mem: Memory, body: KpuConv2D) -> None:

@@ -43,6 +43,7 @@ def pad(mem: Memory, body: Pad) -> None:
     out_shape = [d + p.before + p.after for d, p in zip(shape, body.paddings)]
     if min(out_shape) < 0:
         raise SimulatorError(f"paddings {tuple(body.paddings)} crop more than in_shape {tuple(shape)}")
+    mem.require(body.output, int(np.prod(out_shape, dtype=object)) * raw.itemsize)
     index, inside = [], np.ones(out_shape, dtype=bool)
     for axis, (out_size, p) in enumerate(zip(out_shape, body.paddings)):
         pos = np.arange(out_size)
@@ -68,9 +69,12 @@ def strided_slice(mem: Memory, body: StridedSlice) -> None:
     raw = _RAW[body.input.datatype]
     x = mem.read(body.input, raw, shape_count(body.in_shape, "in_shape")).reshape(body.in_shape)
     index = []
-    for axis, (b, e, s, size) in enumerate(zip(body.begin, body.end, body.strides, body.in_shape)):
-        if s == 0:
-            raise SimulatorError(f"strides[{axis}] is 0")
+    steps = list(zip(body.begin, body.end, body.strides, body.in_shape))
+    if any(s == 0 for _, _, s, _ in steps):
+        raise SimulatorError(f"strides {tuple(body.strides)} contain 0")
+    lengths = [len(range(b, e, s)) for b, e, s, _ in steps]
+    mem.require(body.output, int(np.prod(lengths, dtype=object)) * raw.itemsize)
+    for axis, (b, e, s, size) in enumerate(steps):
         taken = np.arange(b, e, s)  # the same sequence as the C loop, also for negative strides
         if taken.size and (taken.min() < 0 or taken.max() >= size):
             raise SimulatorError(f"axis {axis}: indices {b}..{e} step {s} fall outside size {size}")
@@ -85,6 +89,8 @@ def resize_image(mem: Memory, body: ResizeImage) -> None:
     if min(out_h, out_w) <= 0:
         raise SimulatorError(f"output size {out_h}x{out_w} must be positive")
     dtype = body.input.datatype.numpy
+    shape_count(body.in_shape, "in_shape")
+    mem.require(body.output, n * c * out_h * out_w * dtype.itemsize)
     x = mem.read(body.input, dtype, shape_count(body.in_shape, "in_shape")).reshape(n, c, h, w)
     height_scale = F32(h) / F32(out_h)
     width_scale = F32(w) / F32(out_w)

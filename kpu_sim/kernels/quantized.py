@@ -15,7 +15,7 @@ import numpy as np
 from kcc.errors import SimulatorError
 from kcc.kmodel import BinaryOp, DataType, QuantizedBinary, QuantizedConv2D, QuantizedMatMul, TableLookup1D
 from kpu_sim.kernels.elementwise import broadcast_to, shape_count
-from kpu_sim.kernels.intconv import conv_sums, matmul_sums
+from kpu_sim.kernels.intconv import conv_sums, matmul_sums, output_size
 from kpu_sim.kernels.intmath import c_div_trunc, mul_and_carry_shift, wrap_i32
 from kpu_sim.memory import Memory
 
@@ -38,6 +38,9 @@ def quantized_conv2d(mem: Memory, body: QuantizedConv2D) -> None:
         raise SimulatorError(f"invalid groups {groups} / out_channels {body.out_channels}")
     g_ic, g_oc = c // groups, body.out_channels // groups
     oc = groups * g_oc  # channels the runtime computes
+    oh = output_size(h, body.filter_h, body.stride_h, body.dilation_h, body.padding_h)
+    ow = output_size(w, body.filter_w, body.stride_w, body.dilation_w, body.padding_w)
+    mem.require(body.output, n * oc * oh * ow)
     x = mem.read(body.input, np.uint8, body.in_shape.count).reshape(n, c, h, w).astype(I64) + body.input_offset
     weights = body.weights[: oc * g_ic * body.filter_h * body.filter_w].astype(I64) + body.filter_offset
     sums = conv_sums(
@@ -53,6 +56,7 @@ def quantized_matmul(mem: Memory, body: QuantizedMatMul) -> None:
     rows, cols, b_cols = body.a_rows, body.a_cols, body.b_cols
     if min(rows, cols, b_cols) < 0:
         raise SimulatorError(f"negative matmul size ({rows}, {cols}, {b_cols})")
+    mem.require(body.output, rows * b_cols)
     a = mem.read(body.input_a, np.uint8, rows * cols).reshape(rows, cols).astype(I64) + body.input_a_offset
     b = mem.read(body.input_b, np.uint8, cols * b_cols).reshape(cols, b_cols).astype(I64) + body.input_b_offset
     value = matmul_sums(a, b) + body.bias.astype(I64)[None, :]
@@ -90,7 +94,7 @@ def quantized_binary(mem: Memory, body: QuantizedBinary) -> None:
     a = mem.read(body.input_a, np.uint8, shape_count(a_shape, "in_a_shape")).astype(I64)
     b = mem.read(body.input_b, np.uint8, shape_count(b_shape, "in_b_shape")).astype(I64)
     if a_shape != b_shape:
-        shape_count(body.out_shape, "out_shape")
+        mem.require(body.output, shape_count(body.out_shape, "out_shape"))
         a = broadcast_to(a.reshape(a_shape), body.out_shape).reshape(-1)
         b = broadcast_to(b.reshape(b_shape), body.out_shape).reshape(-1)
     a = mul_and_carry_shift(wrap_i32(a + body.input_a_offset), body.input_a_mul, body.input_a_shift)

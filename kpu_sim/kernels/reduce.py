@@ -36,6 +36,7 @@ def reduce(mem: Memory, body: Reduce) -> None:
     if any(out_shape[d] != 1 for d in reduced):
         raise SimulatorError(f"out_shape {tuple(out_shape)} is not in_shape {tuple(in_shape)} with axes reduced to 1")
     # Row-major input order restricted to one output element is row-major order of the reduced axes.
+    mem.require(body.output, shape_count(out_shape, "out_shape") * 4)
     terms = x.transpose(kept + reduced).reshape(out_shape.count, -1)
     init = np.full(out_shape.count, body.init_value, dtype=F32)
     op = body.reduce_op
@@ -52,7 +53,7 @@ def reduce(mem: Memory, body: Reduce) -> None:
         mem.write(body.output, mem.read(body.output, F32) * scale)
 
 
-def _window(x: np.ndarray, body: ReduceWindow2D, sum_allowed: bool) -> np.ndarray:
+def _window(x: np.ndarray, body: ReduceWindow2D, sum_allowed: bool, mem: Memory) -> np.ndarray:
     """Pool an NCHW array; returns the NCHW result after the window op and the clamp."""
     n, c, h, w = x.shape
     fh, fw, sh, sw, dh, dw = _window_params(body)
@@ -63,6 +64,7 @@ def _window(x: np.ndarray, body: ReduceWindow2D, sum_allowed: bool) -> np.ndarra
         raise SimulatorError("cpu_reduce_window2d has no sum (the runtime returns an error)")
     oh = max(0, windowed_output_size(h, fh, sh, dh, *body.padding_h))
     ow = max(0, windowed_output_size(w, fw, sw, dw, *body.padding_w))
+    mem.require(body.output, n * c * oh * ow * 4)
     value = np.full((n, c, oh, ow), body.init_value, dtype=F32)
     count = np.zeros((oh, ow), dtype=np.int64)
     combine = {ReduceOp.MIN: c_min, ReduceOp.MAX: c_max}.get(op, lambda a, b: a + b)
@@ -87,13 +89,13 @@ def _window(x: np.ndarray, body: ReduceWindow2D, sum_allowed: bool) -> np.ndarra
 def reduce_window2d(mem: Memory, body: ReduceWindow2D) -> None:
     """§8.8: NCHW; mean divides by the number of in-bounds taps."""
     x = mem.read(body.input, F32, shape_count(body.in_shape, "in_shape")).reshape(body.in_shape)
-    mem.write(body.output, _window(x, body, sum_allowed=True))
+    mem.write(body.output, _window(x, body, sum_allowed=True, mem=mem))
 
 
 def cpu_reduce_window2d(mem: Memory, body: CpuReduceWindow2D) -> None:
     """§8.8 layout, §8.21 semantics: in_shape is N, H, W, C and the output is NHWC."""
     x = mem.read(body.input, F32, shape_count(body.in_shape, "in_shape")).reshape(body.in_shape)
-    out = _window(x.transpose(0, 3, 1, 2), body, sum_allowed=False)
+    out = _window(x.transpose(0, 3, 1, 2), body, sum_allowed=False, mem=mem)
     mem.write(body.output, np.ascontiguousarray(out.transpose(0, 2, 3, 1)))
 
 

@@ -6,8 +6,16 @@ import pytest
 from kcc.errors import DatasetError, KccError
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph
-from kcc.quant.calibrate import (STAGE_HISTOGRAM, STAGE_RANGE, STAGE_SEARCH, HistogramObserver, MinMaxObserver,
-                                 calibrate, fast_range, input_range_override)
+from kcc.quant.calibrate import (
+    STAGE_HISTOGRAM,
+    STAGE_RANGE,
+    STAGE_SEARCH,
+    HistogramObserver,
+    MinMaxObserver,
+    calibrate,
+    fast_range,
+    input_range_override,
+)
 from kcc.quant.histogram import Histogram
 from kcc.quant.l2_search import l2_range
 from kcc.quant.params import FLT_MIN, get_range
@@ -105,12 +113,12 @@ def test_progress_reports_every_stage():
 
 
 def test_errors():
-    g, (x, y, z) = tiny_graph()
+    g, (x, _, _) = tiny_graph()
     with pytest.raises(DatasetError, match="empty"):
         calibrate(g, [], [x])
     with pytest.raises(KccError, match="unknown calibration method"):
         calibrate(g, samples(1), [x], method="kld")
-    other, (ox, _, _) = tiny_graph()
+    _, (ox, _, _) = tiny_graph()
     ox.name = "elsewhere"
     with pytest.raises(KccError, match="never evaluated"):
         calibrate(g, samples(1), [x, ox])
