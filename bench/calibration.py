@@ -93,21 +93,23 @@ def main() -> None:
     args = ap.parse_args()
     ncc = ncc_times()
     print(f"{'model':24s} {'method':8s} {'pts':>4s} {'imgs':>4s} {'ranges':>7s} {'histo':>7s} {'search':>7s} "
-          f"{'total':>7s} {'ncc':>8s} {'ncc/kcc':>8s}")
+          f"{'total':>7s} {'cpu':>7s} {'ncc':>8s} {'ncc/kcc':>8s}   (seconds; total/ncc are wall)")
     for case in cases():
         g = canonicalize(import_tflite(case.tflite))
         shape = g.inputs[0].shape
         data = [[s.data] for s in iter_dataset(None, "image", shape, mean=case.mean, std=case.std, files=case.images)]
         points = [n for n in g if isinstance(n.op, O.Conv2D)]
         for method in ("no_clip", "l2"):
+            cpu = time.process_time()
             clock = StageClock()
             C.calibrate(g, data, points, method=method, progress=clock)
             total = time.perf_counter() - clock.start
+            cpu = time.process_time() - cpu
             d = clock.durations()
             ref = ncc.get((case.name, method))
             print(f"{case.name:24s} {method:8s} {len(points):4d} {len(data):4d} {d.get(C.STAGE_RANGE, 0):7.2f} "
-                  f"{d.get(C.STAGE_HISTOGRAM, 0):7.2f} {d.get(C.STAGE_SEARCH, 0):7.2f} {total:7.2f} "
-                  f"{ref if ref is not None else float('nan'):8.2f} {ref / total if ref else float('nan'):7.0f}x")
+                  f"{d.get(C.STAGE_HISTOGRAM, 0):7.2f} {d.get(C.STAGE_SEARCH, 0):7.2f} {total:7.2f} {cpu:7.2f} "
+                  f"{ref if ref is not None else float('nan'):8.2f} {ref / total if ref else float('nan'):7.1f}x")
             if method == "l2" and args.verbose:
                 verbose_search(g, data, points)
     kit = {k[:2]: v for k, v in ncc.items() if len(k) == 3}

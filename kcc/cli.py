@@ -49,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--inference-type", default="uint8", choices=INFERENCE_TYPES)
     c.add_argument("--input-type", default="default", choices=INPUT_TYPES)
     c.add_argument("--calibrate-method", default="no_clip", choices=CALIBRATE_METHODS)
-    c.add_argument("--max-allocator-solve-secs", type=float, default=60.0, help="0 = first fit only")
+    c.add_argument("--max-allocator-solve-secs", type=float, default=60.0,
+                   help="CP-SAT budget per allocator, deterministic (same output on every run); 0 = first fit only")
+    c.add_argument("--memory-report", action="store_true",
+                   help="print every buffer's offset, size and lifetime (main memory and KPU RAM)")
     c.add_argument("--weights-quantize-threshold", type=float, default=64.0)
     c.add_argument("--output-quantize-threshold", type=int, default=1024)
     c.add_argument("--no-quantized-binary", action="store_true")
@@ -125,6 +128,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
                 say(f"  CPU  {p.op:<8} {p.node}: {p.reason}")
     say(f"Working memory usage: {em.model.main_mem} B")
     say(f"Constants: {len(em.model.constants)} B, nodes: {len(em.model.nodes)}, kmodel: {len(result.kmodel)} B")
+    if em.memory is not None:
+        for line in em.memory.summary_lines(len(result.kmodel)) + (em.memory.table_lines() if args.memory_report else []):
+            say(line)
     say("\nSUMMARY\nINPUTS")
     for i, (name, shape) in enumerate(em.inputs):
         say(f"{i}\t{name}\t{_shape(shape)}")

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from kcc import kmodel as K
-from kcc.alloc import Buffer, first_fit
+from kcc.alloc import Buffer, MemoryReport, plan_memory
 from kcc.alloc.packing import align_up
 from kcc.errors import UnsupportedModelError
 from kcc.ir import kpu_ops as KO
@@ -46,6 +46,7 @@ class Emitted:
     kpu_peak: int = 0
     buffers: list[Buffer] = field(default_factory=list)
     offsets: dict[str, int] = field(default_factory=dict)
+    memory: MemoryReport | None = None  # the plans of main memory and KPU RAM, for reports
 
 
 # --------------------------------------------------------------------------- helpers
@@ -129,11 +130,12 @@ def in_kpu_ram(n: Node, st: "_Storage") -> bool:
     return isinstance(n.op, KO.KPU_SPACE_OPS) or id(n) in st.kpu_inputs
 
 
-def _plan(g: Graph, st: _Storage, compute: list[Node]) -> tuple[list[Buffer], dict[str, int], int, int]:
+def _plan(g: Graph, st: _Storage, compute: list[Node], solve_secs: float) -> MemoryReport:
     """Lifetimes over the compute order, then packing of main memory and of KPU RAM.
 
     A kpu_download has no node of its own: its producer layer writes it (main_mem_output), so it is
     born at the producer's step. Graph inputs are born before the first node, outputs live to the end.
+    Each space gets `plan_memory`'s best deterministic plan (CP-SAT budget `solve_secs`).
     """
     step = {id(n): i for i, n in enumerate(compute)}
     for n in g.nodes:
@@ -169,16 +171,16 @@ def _plan(g: Graph, st: _Storage, compute: list[Node]) -> tuple[list[Buffer], di
             kpu.append(Buffer(node.name, K.kpu_bytes(shape4(node.shape)), birth[k], death[k]))
         else:
             main.append(Buffer(node.name, node.type.nbytes, birth[k], death[k]))
-    main_plan = first_fit(main, MAIN_ALIGN)
-    kpu_plan = first_fit(kpu, KPU_ALIGN)
-    if kpu_plan.peak > K.KPU_RAM_SIZE:
-        raise UnsupportedModelError(f"KPU RAM overflow: {kpu_plan.peak} bytes needed, {K.KPU_RAM_SIZE} available")
+    names = [n.name for n in compute]
+    main_res = plan_memory(main, align=MAIN_ALIGN, solve_secs=solve_secs, step_names=names)
+    kpu_res = plan_memory(kpu, align=KPU_ALIGN, solve_secs=solve_secs, capacity=K.KPU_RAM_SIZE,
+                          space="KPU RAM", step_names=names)
     for k, b in base_of.items():
         if in_kpu_ram(b, st):
-            st.kpu_offset[k] = kpu_plan.offsets[b.name]
+            st.kpu_offset[k] = kpu_res.plan.offsets[b.name]
         else:
-            st.main_offset[k] = main_plan.offsets[b.name]
-    return main + kpu, {**main_plan.offsets, **kpu_plan.offsets}, main_plan.peak, kpu_plan.peak
+            st.main_offset[k] = main_res.plan.offsets[b.name]
+    return MemoryReport(main_res, len(st.constants), tuple(names), kpu_res if kpu else None)
 
 
 # --------------------------------------------------------------------------- emitters
@@ -374,8 +376,9 @@ def _copy_outputs_that_are_not_computed(g: Graph) -> None:
             g.outputs[k] = copy
 
 
-def emit(graph: Graph) -> Emitted:
-    """Build the kmodel of a lowered float graph. `graph` is modified (clamp rewrite)."""
+def emit(graph: Graph, max_solve_secs: float = 60.0) -> Emitted:
+    """Build the kmodel of a lowered float graph. `graph` is modified (clamp rewrite).
+    `max_solve_secs`: the allocator budget (`--max-allocator-solve-secs`, 0 = first fit only)."""
     g = graph
     output_names = [o.name for o in g.outputs]
     _clamp_to_binary(g)
@@ -394,7 +397,10 @@ def emit(graph: Graph) -> Emitted:
                 raise UnsupportedModelError(f"'{n.name}' ({n.op.kind}) reads '{i.name}' from the wrong memory "
                                             f"(a kpu_upload or kpu_download is missing)")
     compute = [n for n in g.nodes if type(n.op) in EMITTERS and st.base(n) is n]
-    buffers, offsets, peak, kpu_peak = _plan(g, st, compute)
+    mem = _plan(g, st, compute, max_solve_secs)
+    peak, kpu_peak = mem.main.peak, mem.kpu.peak if mem.kpu else 0
+    buffers = [b for r in mem.spaces for b in r.buffers]
+    offsets = {name: off for r in mem.spaces for name, off in r.plan.offsets.items()}
     nodes = [EMITTERS[type(n.op)](n, st) for n in compute]
     inputs = g.inputs
     model = K.KModel(
@@ -402,7 +408,7 @@ def emit(graph: Graph) -> Emitted:
         input_shapes=[shape4(i.shape) for i in inputs], outputs=[st.range(o) for o in g.outputs],
         constants=st.constants, nodes=nodes)
     return Emitted(model, [(i.name, i.shape) for i in inputs], [(name, o.shape) for name, o in zip(output_names, g.outputs)],
-                   [n.name for n in compute], kpu_peak, buffers, offsets)
+                   [n.name for n in compute], kpu_peak, buffers, offsets, mem)
 
 
 __all__ = ["emit", "Emitted", "EMITTERS", "shape4"]

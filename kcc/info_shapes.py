@@ -118,8 +118,8 @@ def node_summary(body: km.Body) -> str:
     """One line of the key parameters of a node."""
     if isinstance(body, km.KpuConv2D):
         lay = body.layer
-        parts = [f"{lay.in_channels}x{lay.in_height}x{lay.in_width} -> "
-                 f"{lay.out_channels}x{lay.out_height}x{lay.out_width}",
+        parts = [(f"{lay.in_channels}x{lay.in_height}x{lay.in_width} -> "
+                 f"{lay.out_channels}x{lay.out_height}x{lay.out_width}"),
                  f"{lay.filter_size}x{lay.filter_size}"]
         if lay.depth_wise_layer:
             parts.append("depthwise")

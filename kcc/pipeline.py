@@ -79,36 +79,16 @@ def compile_model(model: str | Path | bytes, options: CompileOptions = CompileOp
     log("6. Lower the remaining ops to kmodel neutral ops...")
     g = checkpoint("lower_float", lower_float(g))
     log("7. Plan buffers and emit kmodel v4...")
-    emitted = emit(g)
+    emitted = emit(g, options.max_allocator_solve_secs)
     data = kmodel.write(emitted.model)
     return CompileResult(data, g, emitted, checkpoint.names, placements)
-
-
-def _output_sources(g: Graph) -> set[str]:
-    """Names of the KPU layers (and graph inputs) whose values reach a graph output through CPU ops
-    only, i.e. without another KPU layer in between."""
-    from kcc.ir import kpu_ops as KO
-    from kcc.ir import ops as O
-
-    found: set[str] = set()
-    stack, seen = list(g.outputs), set()
-    while stack:
-        n = stack.pop()
-        if id(n) in seen:
-            continue
-        seen.add(id(n))
-        if isinstance(n.op, (KO.KpuConv2D, O.Input)):
-            found.add(n.name)
-            continue
-        stack.extend(i for i in n.inputs if not i.is_constant)
-    return found
 
 
 def _calibrate(g: Graph, options: CompileOptions, log: Log) -> dict[str, tuple[float, float]]:
     """Ranges of every tensor `quantize` needs, measured on the dataset (kpu_semantics.md §4.2)."""
     from kcc.dataset import iter_dataset, list_files
-    from kcc.quant.calibrate import calibrate, input_range_override
-    from kcc.quant.logits import logit_ranges, softmax_logits
+    from kcc.quant.calibrate import input_range_override
+    from kcc.quant.policy import choose_ranges
 
     if options.dataset is None:
         raise DatasetError("--dataset is required to calibrate a uint8 model",
@@ -121,13 +101,7 @@ def _calibrate(g: Graph, options: CompileOptions, log: Log) -> dict[str, tuple[f
                                               np.float32, options.mean, options.std, files)]
     n_outputs = len(g.outputs)
     view, points = calibration_view(g)
-    ranges = calibrate(view, samples, points, options.calibrate_method)
-    if options.calibrate_method != "no_clip":
-        # Tensors the model outputs are computed from keep their full range: clipping them (l2)
-        # saturates exactly the large logits/scores a classifier's decision rests on.
-        final = [p for p in points if p.name in _output_sources(g)]
-        ranges.update(calibrate(view, samples, final, "no_clip"))
-    ranges.update(logit_ranges(view, samples, softmax_logits(g)))
+    ranges = choose_ranges(g, view, samples, points, options.calibrate_method)
     view.outputs = view.outputs[:n_outputs]  # drop the calibration-only outputs again
     view.remove_dead()
     if options.input_mean is not None or options.input_std is not None:

@@ -8,13 +8,24 @@ strictly in file order and returns a copy of every output range.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
 from kcc.errors import KmodelError, SimulatorError
-from kcc.kmodel import Body, KModel, MemoryRange, MemoryType, Opcode, Shape4, read, read_file, validate
+from kcc.kmodel import (
+    Body,
+    KModel,
+    MemoryRange,
+    MemoryType,
+    Opcode,
+    Shape4,
+    read,
+    read_file,
+    validate,
+)
 from kpu_sim.blas import single_thread
 from kpu_sim.checks import check_model
 from kpu_sim.kernels import KERNELS
@@ -63,22 +74,32 @@ class Program:
         self.outputs = [TensorInfo(r) for r in model.outputs]
         self.memory = Memory(model.main_mem, model.constants)
 
-    def run(self, inputs: Sequence[np.ndarray], trace: Trace | None = None) -> list[np.ndarray]:
-        """Run once; returns the outputs as flat 1-D arrays, in output order."""
+    def run(self, inputs: Sequence[np.ndarray], trace: Trace | None = None,
+            profile: list[float] | None = None) -> list[np.ndarray]:
+        """Run once; returns the outputs as flat 1-D arrays, in output order.
+
+        `profile`, if given, is a list with one entry per node: each node's kernel time in
+        seconds is added to its entry (bench/sim.py uses it for the per-opcode breakdown).
+        """
         if len(inputs) != len(self.inputs):
             raise SimulatorError(f"the model takes {len(self.inputs)} inputs, got {len(inputs)}")
+        if profile is not None and len(profile) != len(self.model.nodes):
+            raise SimulatorError(f"profile needs one entry per node ({len(self.model.nodes)}), got {len(profile)}")
         mem = self.memory
         mem.reset()
         for i, (info, value) in enumerate(zip(self.inputs, inputs)):
             self._store_input(i, info, value)
         with np.errstate(all="ignore"), single_thread():  # C float semantics: inf/nan silently
             for index, node in enumerate(self.model.nodes):
+                started = time.perf_counter()
                 try:
                     KERNELS[node.opcode](mem, node.body)
                 except SimulatorError as exc:
                     raise SimulatorError(f"node {index} ({node.name}): {exc}") from None
                 except (ValueError, IndexError) as exc:  # inconsistent shapes in a body
                     raise SimulatorError(f"node {index} ({node.name}): cannot execute: {exc}") from exc
+                if profile is not None:
+                    profile[index] += time.perf_counter() - started
                 if trace is not None:
                     outs = [mem.read_typed(r) for r in node.body.output_ranges().values()]
                     trace(index, node.opcode, node.body, outs)

@@ -10,7 +10,7 @@ arena and reaches the live-size lower bound on most CNNs. Every candidate is det
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from kcc.alloc.packing import Buffer, Plan, slot_size
 

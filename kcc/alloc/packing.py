@@ -23,7 +23,7 @@ class Buffer:
     birth: int
     death: int
 
-    def overlaps_in_time(self, other: "Buffer") -> bool:
+    def overlaps_in_time(self, other: Buffer) -> bool:
         return self.birth <= other.death and other.birth <= self.death
 
     def alive_at(self, step: int) -> bool:

@@ -35,6 +35,7 @@ from kcc.ir.graph import Graph, Node
 from kcc.ir.types import TensorType
 from kcc.kmodel import KPU_RAM_SIZE, kpu_bytes
 from kcc.options import CompileOptions
+from kcc.quant.kpu_params import weight_grid
 from kcc.quant.params import fixup_range
 
 MAX_CHANNELS = 1024  # 10-bit channel fields (kmodel_v4.md §9.3)
@@ -149,7 +150,8 @@ class _Legalizer:
         if max(c, oc) > MAX_CHANNELS:
             return f"{max(c, oc)} channels > {MAX_CHANNELS}"
         rng = _weights_range(w)
-        if rng > self.opts.weights_quantize_threshold:
+        # weights already on a uint8 grid quantize losslessly, whatever their range (kpu_params)
+        if rng > self.opts.weights_quantize_threshold and weight_grid(w) is None:
             return f"weights range {rng:.1f} > threshold {self.opts.weights_quantize_threshold:g}"
         return None
 
@@ -252,7 +254,7 @@ class _Legalizer:
             reason = f"{k_in}x{oc} weights: more than {MAX_CHANNELS} channels"
         elif k_in * oc < self.opts.output_quantize_threshold:
             reason = f"{k_in * oc} weights < output-quantize-threshold {self.opts.output_quantize_threshold}"
-        elif _weights_range(bw.data.T) > self.opts.weights_quantize_threshold:
+        elif _weights_range(bw.data.T) > self.opts.weights_quantize_threshold and weight_grid(bw.data) is None:
             reason = f"weights range {_weights_range(bw.data.T):.1f} > threshold {self.opts.weights_quantize_threshold:g}"
         if reason:
             self._reject(n, reason)

@@ -34,6 +34,9 @@ class LayerRanges:
     x: QuantParam  # input (fixed by whoever produces it: a previous layer or a quantize)
     y: tuple[float, float]  # conv + bias, clamped (what the activation table reads)
     z: tuple[float, float]  # output
+    # Mean bias of the input, in input steps: the KPU's mean pools floor (sum/4, sum/16), so a map
+    # pooled by the previous layer reads on average (k-1)/(2k) of a step low (k = window size).
+    x_bias: float = 0.0
 
 
 def equalize_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -118,20 +121,21 @@ def activation_table(op: KpuConv2D, yq: QuantParam, zq: QuantParam, act_in: floa
 def balanced_up(total_shift: int) -> int:
     """Extra fraction bits `up` carried from the BN stage into the activation stage.
 
-    The layer must realise y = acc * so with so ~ m0 * 2^-total_shift. The BN shift field holds at
-    most 15 (4 bits), so `total_shift - 15` bits have to go somewhere. ncc moves all of them into
-    `up`, keeping a 21-bit BN multiplier but leaving the activation multiplier (16-bit, shift <= 20)
-    with only min(21 - up, 15) significant bits: 8 bits for a typical up = 13, a systematic 0.2 %
-    scale error per layer that compounds through the network. kcc splits the excess so that both
-    multipliers keep the same number of bits: BN bits = 21 - (excess - up), act bits = min(21 - up, 15).
+    The layer must realise y = acc * so with so ~ m0 * 2^-total_shift (21-bit m0). The BN shift
+    field holds at most 15 (4 bits) and the BN shift cannot be negative, so up <= total_shift and
+    the BN multiplier keeps 21 - max(0, total_shift - up - 15) significant bits; the activation
+    multiplier (16-bit, shift <= 20) keeps min(21 - up, 15) bits; and the BN stage floors, so `up`
+    fraction bits bound that bias by 2^-up of an output step.
+    ncc takes up = max(0, total_shift - 15): a 21-bit BN multiplier but, for a typical up = 13,
+    an 8-bit activation multiplier (a systematic 0.2 % scale error per layer that compounds), and
+    no fraction bits at all when total_shift <= 15 (a -0.5 step bias per layer). kcc maximises the
+    smaller of the two multipliers' precisions and, among equals, takes the up closest to 6.
     """
-    excess = max(0, total_shift - 15)
-    best, best_bits = excess, -1
-    for up in range(excess, -1, -1):  # prefer more fraction bits on ties
-        bits = min(21 - (excess - up), min(21 - up, 15))
-        if bits > best_bits:
-            best, best_bits = up, bits
-    return best
+    def bits(up: int) -> int:
+        return min(21 - max(0, total_shift - up - 15), 21 - up, 15)
+
+    candidates = range(0, max(total_shift, 0) + 1)
+    return max(candidates, key=lambda up: (bits(up), -abs(up - 6)))
 
 
 def kpu_layer(op: KpuConv2D, w: np.ndarray, b: np.ndarray, r: LayerRanges) -> KpuLayer:
@@ -158,7 +162,10 @@ def kpu_layer(op: KpuConv2D, w: np.ndarray, b: np.ndarray, r: LayerRanges) -> Kp
     bn = np.zeros((w.shape[0], 3), np.int64)
     for oc in range(w.shape[0]):
         fm = get_fixed_mul(float(F32(float(so) * post / float(e[oc]))), 22, 15, True)
-        bn[oc] = (fm.rounded_mul, fm.shift, int(round_half_away(float(b[oc]) * s_act_in)))
+        # the input's floor bias, seen through this channel's weights: acc misses x_bias * sum(w - z_w)
+        acc_bias = r.x_bias * float(np.sum(w_u8[oc].astype(np.int64) - wq.zero_point))
+        add = float(b[oc]) * s_act_in + acc_bias * float(so) * post / float(e[oc])
+        bn[oc] = (fm.rounded_mul, fm.shift, int(round_half_away(add)))
     # arg_add is per input channel: the KPU multiplies it by the channels in the group (§3 step 2)
     return KpuLayer(
         kernel=k, depthwise=op.depthwise, pool=op.pool, pad_value=xq.zero_point,

@@ -210,15 +210,13 @@ def l2_threshold(counts: np.ndarray, lo: float, hi: float, levels: int = LEVELS,
     else:
         keep, low = np.arange(total), np.zeros(total)
     gamma = nz.size * (_U32 + _U64) / (1 - nz.size * _U32) + 1e-12
-    sums = np.full(keep.size, np.inf)  # stage A
-    step = max(1, _CHUNK // nz.size)
-    best = np.inf
-    for a in range(0, keep.size, step):
-        if low[a] > best:
-            break
+    sums = np.full(keep.size, np.inf)  # stage A, in growing blocks: the optimum tends to come early
+    a, step, best = 0, 64, np.inf
+    while a < keep.size and low[a] <= best:
         k = keep[a:a + step]
         sums[a:a + step] = candidate_terms(edges, fc, nz, lowers[k], uppers[k], levels).sum(axis=0)
         best = min(best, float(sums[a:a + step].min()) * (1 + gamma))
+        a, step = a + step, min(2 * step, max(64, _CHUNK // nz.size))
     screened = int(np.isfinite(sums).sum())
     final = np.sort(keep[sums * (1 - gamma) <= best])
     losses = l2_losses(edges, fc, lowers[final], uppers[final], levels)  # stage B

@@ -129,13 +129,21 @@ class _Quantizer:
             return self.layer_of(n)
         return self._cached(self.kpu, n, lambda: self.g.add(KO.KpuUpload(), (self.u8_of(n),), n.name + "/upload"))
 
+    @staticmethod
+    def _floor_bias(x: Node) -> float:
+        """Mean bias (in steps) of a map pooled by a KPU mean pool, which floors (kpu_params)."""
+        while isinstance(x.op, LAYOUT_OPS):
+            x = x.inputs[0]
+        window = {"mean_2_s2": 4, "mean_2_s1": 4, "mean_4_s4": 16}.get(getattr(x.op, "pool", ""), 0)
+        return (window - 1) / (2 * window) if isinstance(x.op, KO.KpuConv2D) and window else 0.0
+
     def layer_of(self, n: Node) -> Node:
         def make() -> Node:
             x, w, b = n.inputs
             xq = self.qparam(x)
             z = self.ranges[n.name]
             y = self.ranges.get(pre_activation_name(n), z)
-            params = kpu_layer(n.op, w.data, b.data, LayerRanges(xq, y, z))
+            params = kpu_layer(n.op, w.data, b.data, LayerRanges(xq, y, z, self._floor_bias(x)))
             return self.g.add(params, (self.kpu_of(x),), n.name)
         return self._cached(self.layer, n, make)
 

@@ -1,17 +1,32 @@
 """`KERNELS`: opcode -> kernel function. A kernel is `fn(memory, body) -> None`.
 
 Kernels raise `SimulatorError` without node context; the program runner adds
-"node N (opcode): ". Opcodes whose semantics are not implemented yet map to `not_simulated`;
-replacing an entry here is all it takes to add one.
+"node N (opcode): ". Every kmodel v4 opcode is simulated; `not_simulated` and the (empty)
+`NOT_SIMULATED` set remain for API compatibility and for a future format's new opcodes.
+
+Families: elementwise / movement / reduce / conv / nnil (float32 neutral ops), quantized
+(uint8 neutral ops), cpu (runtime-only NHWC ops 0x1001-0x1005), k210 (kpu_upload) and
+kpu_conv (kpu_conv2d with kpu_layer, kpu_post, kpu_activation, kpu_pool).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from kcc.errors import SimulatorError
 from kcc.kmodel import Opcode
-from kpu_sim.kernels import conv, cpu, elementwise, k210, kpu_conv, movement, nnil, quantized, reduce
+from kpu_sim.kernels import (
+    conv,
+    cpu,
+    elementwise,
+    k210,
+    kpu_conv,
+    movement,
+    nnil,
+    quantized,
+    reduce,
+)
 from kpu_sim.memory import Memory
 
 Kernel = Callable[[Memory, Any], None]

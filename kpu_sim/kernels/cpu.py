@@ -16,7 +16,13 @@ from __future__ import annotations
 import numpy as np
 
 from kcc.errors import SimulatorError
-from kcc.kmodel import CpuConv2D, CpuDepthwiseConv2D, CpuQuantizedConv2D, CpuQuantizedDepthwiseConv2D, Padding
+from kcc.kmodel import (
+    CpuConv2D,
+    CpuDepthwiseConv2D,
+    CpuQuantizedConv2D,
+    CpuQuantizedDepthwiseConv2D,
+    Padding,
+)
 from kpu_sim.kernels.elementwise import shape_count
 from kpu_sim.kernels.fp32 import F32, apply_activation, tap_range
 from kpu_sim.kernels.intconv import conv_sums, output_size

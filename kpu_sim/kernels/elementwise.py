@@ -11,7 +11,15 @@ import numpy as np
 
 from kcc.errors import SimulatorError
 from kcc.kmodel import Binary, BinaryOp, Dequantize, Quantize, Shape4, Unary
-from kpu_sim.kernels.fp32 import F32, UNARY_FUNCTIONS, apply_activation, c_max, c_min, round_half_away, to_int32
+from kpu_sim.kernels.fp32 import (
+    F32,
+    UNARY_FUNCTIONS,
+    apply_activation,
+    c_max,
+    c_min,
+    round_half_away,
+    to_int32,
+)
 from kpu_sim.memory import Memory
 
 BINARY_FUNCTIONS = {

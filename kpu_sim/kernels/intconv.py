@@ -44,7 +44,7 @@ def conv_sums(x: np.ndarray, w: np.ndarray, groups: int, strides: tuple[int, int
     (ky, kx) of output (oy, ox) reads input (oy*sh - pad_h.before + ky*dh, likewise for x); taps
     outside the input read 0 here (the runtime skips them, which adds nothing either).
     """
-    n, c, h, wd = x.shape
+    n, _c, h, wd = x.shape
     oc, g_ic, fh, fw = w.shape
     (sh, sw), (dh, dw) = strides, dilations
     oh = output_size(h, fh, sh, dh, pad_h)

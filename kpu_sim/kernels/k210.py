@@ -1,4 +1,4 @@
-"""K210 kernels (kmodel_v4.md §9). kpu_upload is here; kpu_conv2d is not simulated yet."""
+"""kpu_upload (kmodel_v4.md §9.1); kpu_conv2d, the other K210 op, lives in kpu_conv.py."""
 
 from __future__ import annotations
 

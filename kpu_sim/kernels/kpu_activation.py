@@ -85,8 +85,8 @@ class StepLut:
         return key
 
     def __call__(self, y: np.ndarray, key: np.ndarray) -> np.ndarray:
-        out = self.low[key]
-        out += y >= self.threshold[key]
+        out = np.take(self.low, key)
+        out += y >= np.take(self.threshold, key)
         return out
 
 
@@ -102,19 +102,16 @@ def _segment_breaks(start: int, end: int | None, mul: int, shift: int, add: int)
     if t_end is not None and t_end < 1:
         return np.zeros(0, I64), np.zeros(0, I64)
     first = min((mul if shift == 0 else _round_half_even(mul, shift)) + add, 255)  # level at t = 1
-    ys, levels = [start + 1], [first]
-    if mul > 0 and first < 255:
-        level = np.arange(first + 1, 256, dtype=I64)
-        r = level - add  # >= 1 because first >= add
-        if shift == 0:
-            v_min = r
-        else:
-            v_min = ((r - 1) << shift) + (1 << (shift - 1)) + ((r - 1) % 2 == 0)
-        t = np.maximum(1, -(-v_min // mul))
-        keep = t <= t_end if t_end is not None else np.ones(t.shape, bool)
-        ys += list(start + t[keep])
-        levels += list(level[keep])
-    return np.array(ys, dtype=I64), np.array(levels, dtype=I64)
+    if mul <= 0 or first >= 255:
+        return np.array([start + 1], dtype=I64), np.array([first], dtype=I64)
+    level = np.arange(first, 256, dtype=I64)  # level[0] = first, at t = 1
+    r = level[1:] - add  # >= 1 because first >= add
+    v_min = r if shift == 0 else ((r - 1) << shift) + (1 << (shift - 1)) + ((r - 1) % 2 == 0)
+    t = np.concatenate([[1], np.maximum(1, -(-v_min // mul))])
+    if t_end is not None:  # t is non-decreasing: keep the levels reached inside the interval
+        keep = np.searchsorted(t, t_end, side="right")
+        t, level = t[:keep], level[:keep]
+    return start + t, level
 
 
 def _round_half_even(v: int, s: int) -> int:
@@ -123,7 +120,7 @@ def _round_half_even(v: int, s: int) -> int:
     return q + (1 if f > half or (f == half and q % 2) else 0)
 
 
-_LUTS: dict[bytes, "StepLut | None"] = {}
+_LUTS: dict[bytes, StepLut | None] = {}
 
 
 def step_lut(act: Activation) -> StepLut | None:

@@ -29,13 +29,13 @@ import numpy as np
 
 from kcc.errors import SimulatorError
 from kcc.kmodel import DataType, KpuConv2D, MemoryRange, MemoryType, kpu_bytes
-from kpu_sim.kernels.kpu_activation import activate
 from kpu_sim.kernels.kpu_layer import KpuLayer, cached, decode
 from kpu_sim.kernels.kpu_pool import pick_offset, pool, pool_output_size
+from kpu_sim.kernels.kpu_post import batch_norm_activate, fused_bound_ok
 from kpu_sim.memory import Memory
 
 I64 = np.int64
-_CHUNK = 1 << 15  # elements per post-processing step: keeps the int64 temporaries in cache
+_CHUNK = 1 << 17  # elements per post-processing step: keeps the int64 temporaries in cache
 _BLOCK = 1 << 21  # tap values gathered per block of output rows
 
 
@@ -51,6 +51,7 @@ class _Prepared:
     weights: np.ndarray  # (oc, taps + 1), taps = ic*k*k (k*k depthwise); arg_x folded in if shift_x == 0
     dtype: np.dtype  # float32 / float64 / int64: exact for every partial sum of this layer
     channel_const: np.ndarray  # (oc,) int64: C
+    fused: bool  # batch-norm + activation may take the fused path (kpu_post.py): |acc| is small enough
 
 
 def _prepare(layer: KpuLayer) -> _Prepared:
@@ -63,7 +64,9 @@ def _prepare(layer: KpuLayer) -> _Prepared:
     bound = taps * 255 * int(np.abs(folded).max(initial=0)) + int(np.abs(const).max(initial=0))
     dtype = np.dtype(np.float32 if bound < 1 << 24 else np.float64 if bound < 1 << 53 else np.int64)
     matrix = np.concatenate([folded, const[:, None]], axis=1)
-    return _Prepared(matrix.astype(dtype), dtype, const)
+    acc_bound = bound + (abs(layer.arg_x) * 255 * taps if layer.shift_x else 0)
+    fused = fused_bound_ok(acc_bound, layer.bn_mul, layer.bn_add, layer.bn_shift, layer.activation)
+    return _Prepared(matrix.astype(dtype), dtype, const, fused)
 
 
 def _padded(x: np.ndarray, layer: KpuLayer) -> np.ndarray:
@@ -113,8 +116,8 @@ def _conv_sums(src: np.ndarray, layer: KpuLayer, prep: _Prepared, pick: tuple[in
     return prep.weights @ cols, term_x
 
 
-def _post(s: np.ndarray, term_x: np.ndarray | None, layer: KpuLayer) -> np.ndarray:
-    """acc -> batch-norm (§3 step 3, trap 3: floor shift, no rounding) -> activation, in chunks."""
+def _post(s: np.ndarray, term_x: np.ndarray | None, layer: KpuLayer, prep: _Prepared) -> np.ndarray:
+    """acc -> batch-norm -> activation (kpu_post.py), in chunks of channels that stay in cache."""
     oc, pixels = s.shape
     out = np.empty((oc, pixels), dtype=np.uint8)
     rows = max(1, _CHUNK // max(pixels, 1))
@@ -123,10 +126,8 @@ def _post(s: np.ndarray, term_x: np.ndarray | None, layer: KpuLayer) -> np.ndarr
         acc = s[c0:c1].astype(I64)
         if term_x is not None:
             acc += term_x if term_x.shape[0] == 1 else term_x[c0:c1]
-        acc *= layer.bn_mul[c0:c1, None]
-        acc >>= layer.bn_shift[c0:c1, None]
-        acc += layer.bn_add[c0:c1, None]
-        out[c0:c1] = activate(acc, layer.activation)
+        out[c0:c1] = batch_norm_activate(acc, layer.bn_mul[c0:c1], layer.bn_shift[c0:c1], layer.bn_add[c0:c1],
+                                         layer.activation, prep.fused)
     return out
 
 
@@ -149,7 +150,7 @@ def run_layer(x: np.ndarray, layer: KpuLayer) -> np.ndarray:
     for r0 in range(0, oh, step):
         rows = range(r0, min(oh, r0 + step))
         s, term_x = _conv_sums(src, layer, prep, pick, rows, ow)
-        out[:, rows.start : rows.stop] = _post(s, term_x, layer).reshape(layer.out_c, len(rows), ow)
+        out[:, rows.start : rows.stop] = _post(s, term_x, layer, prep).reshape(layer.out_c, len(rows), ow)
     return out if pick_offset(layer.pool) is not None else pool(out, layer.pool)
 
 

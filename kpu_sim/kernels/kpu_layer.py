@@ -14,18 +14,25 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
-from kcc.kmodel import KpuActivationTable, KpuBatchNormTable, KpuConv2D, KpuLayerArgument, KpuPoolType
+from kcc.kmodel import (
+    KpuActivationTable,
+    KpuBatchNormTable,
+    KpuConv2D,
+    KpuLayerArgument,
+    KpuPoolType,
+)
 from kcc.kmodel.spec import KPU_LINE_SIZE
 
 T = TypeVar("T")
 
 _CACHE: OrderedDict[int, tuple[object, object]] = OrderedDict()
-_CACHE_SIZE = 1024
+_CACHE_SIZE = 512
 
 
 def cached(body: object, build: Callable[[], T]) -> T:

@@ -10,7 +10,16 @@ from __future__ import annotations
 import numpy as np
 
 from kcc.errors import SimulatorError
-from kcc.kmodel import Concat, DataType, MemoryCopy, Pad, ResizeImage, ResizeMode, StridedSlice, Transpose
+from kcc.kmodel import (
+    Concat,
+    DataType,
+    MemoryCopy,
+    Pad,
+    ResizeImage,
+    ResizeMode,
+    StridedSlice,
+    Transpose,
+)
 from kpu_sim.kernels.elementwise import shape_count
 from kpu_sim.kernels.fp32 import F32
 from kpu_sim.memory import Memory

@@ -13,7 +13,14 @@ from __future__ import annotations
 import numpy as np
 
 from kcc.errors import SimulatorError
-from kcc.kmodel import BinaryOp, DataType, QuantizedBinary, QuantizedConv2D, QuantizedMatMul, TableLookup1D
+from kcc.kmodel import (
+    BinaryOp,
+    DataType,
+    QuantizedBinary,
+    QuantizedConv2D,
+    QuantizedMatMul,
+    TableLookup1D,
+)
 from kpu_sim.kernels.elementwise import broadcast_to, shape_count
 from kpu_sim.kernels.intconv import conv_sums, matmul_sums, output_size
 from kpu_sim.kernels.intmath import c_div_trunc, mul_and_carry_shift, wrap_i32

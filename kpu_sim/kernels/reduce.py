@@ -21,8 +21,10 @@ from kpu_sim.kernels.fp32 import (
     expf,
     sequential_sum,
     tap_range,
-    window_params as _window_params,
     windowed_output_size,
+)
+from kpu_sim.kernels.fp32 import (
+    window_params as _window_params,
 )
 from kpu_sim.memory import Memory
 

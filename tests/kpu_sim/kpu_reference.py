@@ -150,7 +150,7 @@ def layer_body(layer: Layer, src_line: int = 0, dst_line: int | None = None, mai
         main_mem_output=main_out or km.ABSENT_RANGE,
         batches=n,
         layer=lay,
-        batch_norm=km.KpuBatchNormTable.of(layer.bn),
+        batch_norm=km.KpuBatchNormTable.of([(m, a, s) for m, s, a in layer.bn]),  # (mul, add, shift) order
         activation=km.KpuActivationTable([km.KpuActivationSegment(s, m, st, b) for st, m, s, b in layer.act]),
         weights=layer.weights.reshape(-1),
     )
@@ -159,7 +159,7 @@ def layer_body(layer: Layer, src_line: int = 0, dst_line: int | None = None, mai
 def layer_model(layer: Layer) -> tuple[km.KModel, km.MemoryRange]:
     """A kmodel: KPU input at line 0 -> the layer -> main-memory output (uint8 NCHW); also the
     layer's KPU output range."""
-    n, c, h, w = layer.in_shape
+    n, _c, h, w = layer.in_shape
     stride = POOL_STRIDE[layer.pool]
     out_shape = (n, layer.out_c, h // stride, w // stride)
     kin = km.MemoryRange(km.MemoryType.K210_KPU, km.DataType.UINT8, 0, km.kpu_bytes(layer.in_shape))

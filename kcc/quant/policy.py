@@ -1,0 +1,66 @@
+"""Which range each tensor gets: the calibration policy on top of the raw statistics.
+
+`no_clip` uses min/max everywhere. `l2` (histogram threshold search, kpu_semantics.md §4.2) is
+applied only where clipping is known to help, the outputs of KPU layers that end in a ReLU-family
+clamp; every other tensor keeps its full range:
+* the graph input: its range is the data's own (pixels); what is clipped there is lost for good;
+* tensors the model outputs are computed from (through CPU ops only): clipping saturates exactly
+  the large logits/scores a decision rests on;
+* signed layer outputs and pre-activations (no ReLU): their tails carry the evidence of detection
+  heads and leaky branches (ulffd_landmark with l2 everywhere: cosine 0.995 -> 0.978).
+And a clamp that saturates (ReLU6 outputs reaching 6) keeps its bound: the spike of mass exactly at
+the bound is worth more than the left-edge histogram estimate suggests, and for models trained
+with quantization the activations' grid is [0, 6] exactly.
+Logits feeding a softmax get `kcc.quant.logits`' range in both modes.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from kcc.ir import kpu_ops as KO
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph, Node
+from kcc.quant.calibrate import Samples, calibrate
+from kcc.quant.logits import logit_ranges, softmax_logits
+
+Range = tuple[float, float]
+
+
+def _relu_clamped(n: Node) -> bool:
+    return isinstance(n.op, KO.KpuConv2D) and n.op.fn is None and n.op.act[0] >= 0
+
+
+def output_sources(g: Graph) -> set[str]:
+    """KPU layers (and graph inputs) whose values reach a graph output through CPU ops only."""
+    found: set[str] = set()
+    stack, seen = list(g.outputs), set()
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if isinstance(n.op, (KO.KpuConv2D, O.Input)):
+            found.add(n.name)
+            continue
+        stack.extend(i for i in n.inputs if not i.is_constant)
+    return found
+
+
+def choose_ranges(g: Graph, view: Graph, samples: Samples, points: Sequence[Node], method: str) -> dict[str, Range]:
+    """Ranges for every point of `view` (the calibration view of the legalized graph `g`)."""
+    full = calibrate(view, samples, points, "no_clip")
+    ranges = dict(full)
+    if method != "no_clip":
+        keep = output_sources(g)
+        clip = [p for p in points if _relu_clamped(p) and p.name not in keep]
+        if clip:
+            clipped = calibrate(view, samples, clip, method)
+            for p in clip:
+                lo, hi = clipped[p.name]
+                bound = p.op.act[1]
+                if full[p.name][1] >= bound:  # a saturating clamp keeps its bound
+                    hi = bound
+                ranges[p.name] = (lo, hi)
+    ranges.update(logit_ranges(view, samples, softmax_logits(g)))
+    return ranges

@@ -1,0 +1,98 @@
+"""Memory planning inside the compiler: buffer lifetimes from the node schedule, the header's
+main_mem, the MemoryReport, the CLI lines, and byte-identical kmodels from repeated compiles."""
+
+from pathlib import Path
+
+import numpy as np
+
+from kcc import kmodel
+from kcc.alloc import plan_errors
+from kcc.cli import main
+from kcc.emit import emit
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph
+from kcc.options import CompileOptions
+from kcc.pipeline import compile_model
+
+ROOT = Path(__file__).resolve().parents[2]
+MOBILENET = ROOT / "datasets" / "mobilenet_v1_0.25_128" / "mobilenet_v1_0.25_128.tflite"
+
+
+def _graph() -> Graph:
+    """x -> exp -> reshape -> neg (output 0); exp also feeds reshape2 (output 1) and tanh (dead end)."""
+    g = Graph()
+    x = g.input(0, (1, 4, 4, 4))
+    a = g.add(O.Unary("exp"), (x,), "a")
+    r = g.add(O.Reshape((1, 64)), (a,), "r")
+    b = g.add(O.Unary("neg"), (r,), "b")
+    g.add(O.Unary("tanh"), (x,), "c")
+    g.outputs = [b, g.add(O.Reshape((64,)), (a,), "r2")]
+    return g
+
+
+def test_lifetimes_aliases_inputs_and_outputs():
+    em = emit(_graph())
+    life = {b.name: (b.birth, b.death) for b in em.buffers}
+    assert em.node_names == ["a", "b", "c"]
+    last = len(em.node_names)
+    assert life == {
+        "input": (-1, 2),  # born before the first node, read by c at step 2
+        "a": (0, last),  # read through the reshape r by b, and aliased by the output r2: lives to the end
+        "b": (1, last),  # an output
+        "c": (2, 2),  # written, never read
+    }
+    assert "r" not in life and "r2" not in life  # reshapes are aliases, not buffers
+    mem = em.memory
+    assert plan_errors(em.buffers, mem.main.plan, 8) == []
+    assert em.model.main_mem == mem.main.peak == 4 * 256  # all four are alive at step 2
+    ranges = {r.start for r in em.model.outputs}
+    assert ranges == {mem.main.plan.offsets["b"], mem.main.plan.offsets["a"]}
+
+
+def test_report_lines():
+    em = emit(_graph())
+    lines = em.memory.summary_lines(kmodel_bytes=1000)
+    text = "\n".join(lines)
+    assert lines[0] == f"Main memory: constants 0 B + working memory {em.model.main_mem} B = {em.model.main_mem} B"
+    assert "optimal (lower bound" in text and "peak at step" in text
+    assert lines[-1].startswith("Device RAM: kmodel 1000 B + working memory")
+    assert "bare SDK (5.5 MiB) fits" in lines[-1] and "MaixPy (3.5 MiB) fits" in lines[-1]
+    table = em.memory.table_lines()
+    assert table[0].startswith("main memory buffers (align 8")
+    assert [ln.split()[-1] for ln in table[2:]] == ["input", "a", "b", "c"]
+
+
+def test_two_compiles_give_identical_kmodels_and_zero_budget_is_first_fit():
+    opts = CompileOptions(inference_type="float")
+    a = compile_model(MOBILENET, opts)
+    b = compile_model(MOBILENET, opts)
+    assert a.kmodel == b.kmodel
+    assert kmodel.read(a.kmodel).main_mem == a.emitted.memory.main.peak == a.emitted.model.main_mem
+    ff = compile_model(MOBILENET, CompileOptions(inference_type="float", max_allocator_solve_secs=0))
+    assert ff.emitted.memory.main.method == "first fit"
+    assert ff.emitted.model.main_mem == ff.emitted.memory.main.first_fit_peak >= a.emitted.model.main_mem
+
+
+def test_cli_prints_memory_summary_and_table(tmp_path, capsys):
+    out = tmp_path / "m.kmodel"
+    assert main(["compile", str(MOBILENET), str(out), "--inference-type", "float", "--memory-report"]) == 0
+    text = capsys.readouterr().out
+    assert "Working memory usage: 393216 B" in text
+    assert "Main memory: constants 0 B + working memory 393216 B = 393216 B" in text
+    assert "peak at step 2 'MobilenetV1/MobilenetV1/Conv2d_1_pointwise/Relu6'" in text
+    assert f"Device RAM: kmodel {out.stat().st_size} B + working memory 393216 B" in text
+    assert "main memory buffers (align 8" in text
+    assert "     131072    262144    393216       2..3  MobilenetV1/MobilenetV1/Conv2d_1_pointwise/Relu6" in text
+
+
+def test_float_inputs_are_not_overwritten_before_they_are_read():
+    """The plan keeps x alive until its last reader: running the kmodel gives the evaluator's values."""
+    import kpu_sim
+    from kcc.eval.interpreter import run
+
+    g = _graph()
+    x = np.linspace(-2, 2, 64, dtype=np.float32).reshape(1, 4, 4, 4)
+    want = run(g, [x])
+    got = kpu_sim.load(kmodel.write(emit(_graph()).model)).run([x])
+    for w, o in zip(want, got):
+        np.testing.assert_allclose(o.reshape(w.shape), w, rtol=1e-6)
