@@ -1,6 +1,7 @@
 """compile_model(): the whole compiler, top to bottom, one visible stage per line.
 
-    import_tflite -> canonicalize -> [legalize_kpu -> calibrate -> quantize] -> lower_float
+    import_tflite -> canonicalize -> [eliminate_dilated_conv -> legalize_kpu -> calibrate -> quantize]
+                  -> lower_float
                   -> plan memory -> emit -> kmodel.write
 
 (the bracketed K210 stages run for --inference-type uint8, the default).
@@ -25,6 +26,7 @@ from kcc.ir.graph import Graph
 from kcc.ir.printer import format_graph, to_dot
 from kcc.options import CompileOptions
 from kcc.passes.canonicalize import canonicalize
+from kcc.passes.dilated_conv import eliminate_dilated_conv
 from kcc.passes.legalize_kpu import Placement, legalize_kpu
 from kcc.passes.lower_float import lower_float
 from kcc.quant.quantize import calibration_view, quantize
@@ -70,6 +72,7 @@ def compile_model(model: str | Path | bytes, options: CompileOptions = CompileOp
     g = checkpoint("canonicalize", canonicalize(g))
     if options.inference_type == "uint8":
         log("3. Map layers onto the KPU (legalize)...")
+        g = checkpoint("eliminate_dilated_conv", eliminate_dilated_conv(g))
         g, placements = legalize_kpu(g, options)
         g = checkpoint("legalize_kpu", g)
         log("4. Calibrate activation ranges...")

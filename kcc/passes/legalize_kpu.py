@@ -254,6 +254,10 @@ class _Legalizer:
             reason = f"{k_in}x{oc} weights: more than {MAX_CHANNELS} channels"
         elif k_in * oc < self.opts.output_quantize_threshold:
             reason = f"{k_in * oc} weights < output-quantize-threshold {self.opts.output_quantize_threshold}"
+        elif n.type.size < self.opts.output_quantize_threshold:
+            # a small fully-connected head (landmarks, scores) costs the CPU little in float, while
+            # 8-bit outputs would quantize the model's result itself (ncc keeps outputs this small float)
+            reason = f"{n.type.size} outputs < output-quantize-threshold {self.opts.output_quantize_threshold}"
         elif _weights_range(bw.data.T) > self.opts.weights_quantize_threshold and weight_grid(bw.data) is None:
             reason = f"weights range {_weights_range(bw.data.T):.1f} > threshold {self.opts.weights_quantize_threshold:g}"
         if reason:

@@ -23,8 +23,10 @@ only candidates whose float32 loss is *provably* above the optimum:
    (u = 2^-24, n = bins), and the float32 sum of nz terms is within gamma = nz u' / (1 - nz u')
    of the exact sum (u' = 2^-24 + 2^-53). With N = sum c and Cauchy-Schwarz:
        loss in [(E - 2 kappa sqrt(N E)) (1 - gamma), (sqrt(E) + kappa sqrt(N))^2 (1 + gamma)] I^2.
-   E is only computed where the clipped tails alone (a lower bound of E) do not already exceed
-   the best upper bound found on a coarse grid (L, U multiples of 16).
+   E is only computed where the clipped tails alone (a lower bound of E, separable: a
+   non-decreasing function of L plus a non-increasing one of U, so each L keeps an interval of U)
+   do not already exceed the best upper bound found on a coarse grid (L, U multiples of 16).
+   The ~zb * bins candidates are never materialised.
 A. The survivors, in increasing lower bound, get their float32 terms formed exactly as ncc does
    and summed in float64 (S): loss in S (1 +- gamma). This stops once the next lower bound
    exceeds the best S (1 + gamma) seen, and keeps only near-ties.
@@ -65,14 +67,23 @@ class L2Result:
     evaluated: int  # candidates summed sequentially in float32 (stage B)
 
 
-def search_space(zb: int, bins: int = BINS, levels: int = LEVELS) -> tuple[np.ndarray, np.ndarray]:
-    """All (lower, upper) pairs ncc visits, in its order: lower ascending, upper descending."""
-    lowers = np.arange(zb + 1, dtype=np.int64)
-    n = np.maximum(0, bins - np.maximum(lowers + levels, zb) + 1)
+def _expand(lowers: np.ndarray, u_from: np.ndarray, u_to: int) -> tuple[np.ndarray, np.ndarray]:
+    """(L, U) pairs with U from `u_to` down to u_from[L], row after row (ncc's order)."""
+    n = np.maximum(0, u_to - u_from + 1)
     lo = np.repeat(lowers, n)
     start = np.repeat(np.cumsum(n) - n, n)
-    up = bins - (np.arange(lo.size, dtype=np.int64) - start)
-    return lo, up
+    return lo, u_to - (np.arange(lo.size, dtype=np.int64) - start)
+
+
+def _row_starts(zb: int, bins: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every lower threshold L = 0..zb and the smallest upper ncc tries for it, max(L + levels, zb)."""
+    lowers = np.arange(zb + 1, dtype=np.int64)
+    return lowers, np.maximum(lowers + levels, zb)
+
+
+def search_space(zb: int, bins: int = BINS, levels: int = LEVELS) -> tuple[np.ndarray, np.ndarray]:
+    """All (lower, upper) pairs ncc visits, in its order: lower ascending, upper descending."""
+    return _expand(*_row_starts(zb, bins, levels), bins)
 
 
 def candidate_terms(edges: np.ndarray, counts: np.ndarray, bins_idx: np.ndarray,
@@ -116,15 +127,18 @@ def _mu2(bins: int, levels: int) -> np.ndarray:
     return out
 
 
-def _clip_losses(c: np.ndarray, lowers: np.ndarray, uppers: np.ndarray) -> np.ndarray:
-    """sum_{i<L} c_i (L-i)^2 + sum_{i>U} c_i (i-U)^2 from int64 prefix sums (exact), as float64."""
+def _tails(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Clipping losses from int64 prefix sums (exact), as float64, for k = 0..bins:
+    below[k] = sum_{i<k} c_i (k-i)^2 (non-decreasing), above[k] = sum_{i>k} c_i (i-k)^2
+    (non-increasing)."""
     i = np.arange(c.size, dtype=np.int64)
+    k = np.arange(c.size + 1, dtype=np.int64)
     zero = np.zeros(1, np.int64)
-    c0, c1, c2 = (np.concatenate([zero, np.cumsum(x), np.cumsum(x)[-1:]]) for x in (c, i * c, i * i * c))
-    L, U = lowers, uppers
-    left = L * L * c0[L] - 2 * L * c1[L] + c2[L]
-    d0, d1, d2 = c0[-1] - c0[U + 1], c1[-1] - c1[U + 1], c2[-1] - c2[U + 1]
-    return (left + (U * U * d0 - 2 * U * d1 + d2)).astype(np.float64)
+    c0, c1, c2 = (np.concatenate([zero, np.cumsum(x), np.sum(x, keepdims=True)]) for x in (c, i * c, i * i * c))
+    below = k * k * c0[:-1] - 2 * k * c1[:-1] + c2[:-1]  # c*[k] = sum over i < k
+    d0, d1, d2 = c0[-1] - c0[1:], c1[-1] - c1[1:], c2[-1] - c2[1:]  # sums over i > k
+    above = k * k * d0 - 2 * k * d1 + d2
+    return below.astype(np.float64), above.astype(np.float64)
 
 
 def _inner_losses(c: np.ndarray, lowers: np.ndarray, uppers: np.ndarray, levels: int) -> np.ndarray:
@@ -157,35 +171,66 @@ def real_losses(counts: np.ndarray, lowers: np.ndarray, uppers: np.ndarray,
                 levels: int = LEVELS) -> np.ndarray:
     """E(L, U) of stage 0 (real arithmetic, units of interval^2) for candidates sorted by L."""
     c = np.minimum(counts, FLOAT_COUNT_LIMIT).astype(np.int64)
-    return _clip_losses(c, lowers, uppers) + _inner_losses(c, lowers, uppers, levels) / float((levels - 1) ** 2)
+    below, above = _tails(c)
+    inner = _inner_losses(c, lowers, uppers, levels) / float((levels - 1) ** 2)
+    return below[lowers] + above[uppers] + inner
+
+
+def _bound_terms(counts: np.ndarray) -> tuple[float, float, float, float]:
+    """(kappa sqrt(N), gamma, eps, kappa) of the stage-0 bounds for these counts."""
+    c = np.minimum(counts, FLOAT_COUNT_LIMIT)
+    bins, nz = c.size, np.count_nonzero(c)
+    kappa = 32 * bins * _U32
+    gamma = nz * (_U32 + _U64) / (1 - nz * _U32) + 4 * _U32
+    eps = 1.01 * bins * _U32  # the float32 matrix product; float64 sums are far below
+    return kappa * float(np.sqrt(c.sum(dtype=np.float64))), gamma, eps, kappa
 
 
 def loss_bounds(e: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Bounds on ncc's float32 loss, in units of I^2, from E = `real_losses` (module docstring).
 
     The lower bound is non-decreasing in E, so a lower bound of E gives one of the loss too."""
-    c = np.minimum(counts, FLOAT_COUNT_LIMIT)
-    bins, nz = c.size, np.count_nonzero(c)
-    kappa = 32 * bins * _U32
-    gamma = nz * (_U32 + _U64) / (1 - nz * _U32) + 4 * _U32
-    eps = 1.01 * bins * _U32  # the float32 matrix product; float64 sums are far below
-    root_n = float(np.sqrt(c.sum(dtype=np.float64)))
-    low = np.maximum(0.0, e * (1 - eps) - 2 * kappa * root_n * np.sqrt(e * (1 + eps))) * (1 - gamma)
-    high = (np.sqrt(e * (1 + eps)) + kappa * root_n) ** 2 * (1 + gamma)
+    kn, gamma, eps, _ = _bound_terms(counts)
+    low = np.maximum(0.0, e * (1 - eps) - 2 * kn * np.sqrt(e * (1 + eps))) * (1 - gamma)
+    high = (np.sqrt(e * (1 + eps)) + kn) ** 2 * (1 + gamma)
     return low, high
 
 
-def _stage0(counts: np.ndarray, lowers: np.ndarray, uppers: np.ndarray,
-            levels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, loss lower bounds in units of I^2) of the candidates that may be optimal."""
+def _largest_e(best: float, counts: np.ndarray) -> float:
+    """The largest E whose lower bound is <= best: lower(E) = (a x^2 - b x)(1 - gamma) with x = sqrt(E),
+    a = 1 - eps, b = 2 kappa sqrt(N (1 + eps)), solved for x (with a little slack upwards)."""
+    kn, gamma, eps, _ = _bound_terms(counts)
+    a, b = 1 - eps, 2 * kn * np.sqrt(1 + eps)
+    x = (b + np.sqrt(b * b + 4 * a * best / (1 - gamma))) / (2 * a)
+    return float(x * x) * (1 + 1e-9)
+
+
+def _stage0(counts: np.ndarray, zb: int, levels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lowers, uppers, loss lower bounds in units of I^2) of the candidates that may be optimal.
+
+    A coarse grid (L, U multiples of 16) bounds the optimum from above; the clipping tails alone
+    (a lower bound of E, separable in L and U) then leave, per L, only U >= some cut: above(U) is
+    non-increasing. E is computed for those candidates only."""
     c = np.minimum(counts, FLOAT_COUNT_LIMIT).astype(np.int64)
-    coarse = np.flatnonzero((lowers % 16 == 0) & (uppers % 16 == 0))
-    coarse = coarse if coarse.size else np.arange(1)
-    best = loss_bounds(real_losses(c, lowers[coarse], uppers[coarse], levels), c)[1].min()
-    keep = np.flatnonzero(loss_bounds(_clip_losses(c, lowers, uppers), c)[0] <= best)
-    low, high = loss_bounds(real_losses(c, lowers[keep], uppers[keep], levels), c)
+    bins = c.size
+    lowers, u_min = _row_starts(zb, bins, levels)
+    grid = lowers % 16 == 0
+    gl, gu = _expand(lowers[grid], u_min[grid], bins)
+    on_grid = gu % 16 == 0
+    gl, gu = (gl[on_grid], gu[on_grid]) if on_grid.any() else (lowers[:1], np.array([bins]))
+    best = loss_bounds(real_losses(c, gl, gu, levels), c)[1].min()
+    below, above = _tails(c)
+    room = _largest_e(best, c) - below[lowers]  # above(U) must not exceed this
+    cut = np.searchsorted(-above, -room, side="left")  # first U with above(U) <= room
+    L, U = _expand(lowers, np.maximum(u_min, cut), bins)
+    low, high = loss_bounds(real_losses(c, L, U, levels), c)
     sure = low <= min(best, high.min())
-    return keep[sure], low[sure]
+    return L[sure], U[sure], low[sure]
+
+
+def _candidate_count(zb: int, bins: int, levels: int) -> int:
+    _, u_min = _row_starts(zb, bins, levels)
+    return int(np.maximum(0, bins - u_min + 1).sum())
 
 
 def l2_threshold(counts: np.ndarray, lo: float, hi: float, levels: int = LEVELS,
@@ -195,36 +240,37 @@ def l2_threshold(counts: np.ndarray, lo: float, hi: float, levels: int = LEVELS,
     if not lo <= 0.0 <= hi:
         raise ValueError(f"l2_threshold needs a fixed-up range containing 0, got [{lo}, {hi}]")
     h = Histogram(lo, hi, len(counts), np.asarray(counts, np.int64))
-    bins = h.bins
+    bins, zb = h.bins, h.zero_bin
     edges = bin_edges(lo, h.interval, bins)
     fc = h.float_counts()
-    lowers, uppers = search_space(h.zero_bin, bins, levels)
-    total = lowers.size
+    total = _candidate_count(zb, bins, levels)
     nz = np.flatnonzero(fc)
     if nz.size == 0:  # every loss is 0: the first candidate wins
-        return L2Result(int(lowers[0]), int(uppers[0]), 0.0, total, 0, 1)
+        return L2Result(0, bins, 0.0, total, 0, 1)
     if total * nz.size > direct_work:
-        keep, low = _stage0(h.counts, lowers, uppers, levels)
+        lowers, uppers, low = _stage0(h.counts, zb, levels)
         order = np.argsort(low, kind="stable")
-        keep, low = keep[order], low[order] * float(h.interval) ** 2
+        lowers, uppers, low = lowers[order], uppers[order], low[order] * float(h.interval) ** 2
     else:
-        keep, low = np.arange(total), np.zeros(total)
+        lowers, uppers = search_space(zb, bins, levels)
+        low = np.zeros(lowers.size)
     gamma = nz.size * (_U32 + _U64) / (1 - nz.size * _U32) + 1e-12
-    sums = np.full(keep.size, np.inf)  # stage A, in growing blocks: the optimum tends to come early
+    sums = np.full(lowers.size, np.inf)  # stage A, in growing blocks: the optimum tends to come early
     a, step, best = 0, 64, np.inf
-    while a < keep.size and low[a] <= best:
-        k = keep[a:a + step]
-        sums[a:a + step] = candidate_terms(edges, fc, nz, lowers[k], uppers[k], levels).sum(axis=0)
-        best = min(best, float(sums[a:a + step].min()) * (1 + gamma))
-        a, step = a + step, min(2 * step, max(64, _CHUNK // nz.size))
+    while a < lowers.size and low[a] <= best:
+        b = a + step
+        sums[a:b] = candidate_terms(edges, fc, nz, lowers[a:b], uppers[a:b], levels).sum(axis=0)
+        best = min(best, float(sums[a:b].min()) * (1 + gamma))
+        a, step = b, min(2 * step, max(64, _CHUNK // nz.size))
     screened = int(np.isfinite(sums).sum())
-    final = np.sort(keep[sums * (1 - gamma) <= best])
-    losses = l2_losses(edges, fc, lowers[final], uppers[final], levels)  # stage B
+    near = np.flatnonzero(sums * (1 - gamma) <= best)
+    near = near[np.lexsort((-uppers[near], lowers[near]))]  # ncc's visiting order
+    losses = l2_losses(edges, fc, lowers[near], uppers[near], levels)  # stage B
     best_loss = losses.min()
     if not best_loss < FLT_MAX:
-        return L2Result(None, None, float(best_loss), total, screened, final.size)
-    j = final[int(np.flatnonzero(losses == best_loss)[0])]
-    return L2Result(int(lowers[j]), int(uppers[j]), float(best_loss), total, screened, final.size)
+        return L2Result(None, None, float(best_loss), total, screened, near.size)
+    j = near[int(np.flatnonzero(losses == best_loss)[0])]
+    return L2Result(int(lowers[j]), int(uppers[j]), float(best_loss), total, screened, near.size)
 
 
 def l2_range(hist: Histogram, levels: int = LEVELS) -> tuple[float, float]:

@@ -97,8 +97,8 @@ def test_activation_fuses_into_the_layer(act, fn):
 def test_fully_connected_becomes_1x1_layer_on_4x4_map():
     g = Graph()
     x = g.input(0, (1, 64))
-    w = g.constant(rng.uniform(-1, 1, (64, 32)).astype(np.float32), "w")
-    b = g.constant(rng.uniform(-1, 1, 32).astype(np.float32), "b")
+    w = g.constant(rng.uniform(-1, 1, (64, 1024)).astype(np.float32), "w")
+    b = g.constant(rng.uniform(-1, 1, 1024).astype(np.float32), "b")
     g.outputs = [g.add(O.MatMul((0.0, np.inf)), (x, w, b), "fc")]
     lg, placements = _assert_equivalent(g)
     (kpu,) = [n for n in lg.nodes if isinstance(n.op, KO.KpuConv2D)]
@@ -113,6 +113,16 @@ def test_fully_connected_becomes_1x1_layer_on_4x4_map():
 def test_cpu_fallbacks_say_why(make, reason):
     _, placements = _assert_equivalent(make())
     assert not placements[0].on_kpu and reason in placements[0].reason
+
+
+def test_small_fully_connected_head_stays_float():
+    g = Graph()
+    x = g.input(0, (1, 256))
+    w = g.constant(rng.uniform(-1, 1, (256, 63)).astype(np.float32), "w")
+    b = g.constant(rng.uniform(-1, 1, 63).astype(np.float32), "b")
+    g.outputs = [g.add(O.MatMul(), (x, w, b), "landmarks")]
+    _, placements = _assert_equivalent(g)
+    assert not placements[0].on_kpu and "63 outputs" in placements[0].reason
 
 
 def test_weights_threshold_and_target_cpu():
