@@ -1,6 +1,10 @@
 """Calibration speed: kcc's no_clip and l2 vs ncc v0.2's compile times (ecosystem.md §2 P12).
 
     python bench/calibration.py [--verbose]
+    OPENBLAS_NUM_THREADS=1 python bench/calibration.py     # on a busy 2-core machine
+
+(Multi-threaded OpenBLAS waits for a core another process holds: on a loaded 2-core machine the
+interpreter's convolutions and the l2 search's matrix products get ~5x slower with 2 threads.)
 
 Per model and method it prints the wall time of each calibration stage (pass 1: ranges, pass 2:
 histograms, l2 threshold search), with every Conv2D output of the canonicalized float graph as a

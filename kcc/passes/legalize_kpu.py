@@ -155,6 +155,19 @@ class _Legalizer:
             return f"weights range {rng:.1f} > threshold {self.opts.weights_quantize_threshold:g}"
         return None
 
+    @staticmethod
+    def _embed_2x2(w: np.ndarray, op: O.Conv2D) -> tuple[np.ndarray, O.Conv2D]:
+        """A 2x2 kernel is a 3x3 one with a zero first row and column, read one row/column earlier:
+        sum_k w[k] xp[s*i + k] == sum_k3 w3[k3] xp'[s*i + k3] with w3[k+1] = w[k] and one more row of
+        padding before (which only ever meets the zero taps)."""
+        if w.shape[2:] != (2, 2) or op.dilation != (1, 1):
+            return w, op
+        w3 = np.zeros((*w.shape[:2], 3, 3), np.float32)
+        w3[:, :, 1:, 1:] = w
+        (pt, pb), (pl, pr) = op.padding
+        op3 = O.Conv2D(op.stride, ((pt + 1, pb), (pl + 1, pr)), op.dilation, op.groups, op.act)
+        return w3, op3
+
     def _absorb_zero_pad(self, x: Node, op: O.Conv2D) -> tuple[Node, O.Conv2D]:
         """pad(x, 0.0 on H/W only) -> conv  ==  conv with the padding added (ZeroPadding2D + VALID)."""
         if not (isinstance(x.op, O.Pad) and x.op.value == 0.0 and self._single_user(x) is not None
@@ -172,6 +185,7 @@ class _Legalizer:
             return None
         w, b = wn.data, bn.data
         x, op = self._absorb_zero_pad(x, op)
+        w, op = self._embed_2x2(w, op)
         problem = self._conv_problem(n, x, w)
         if problem:
             self._reject(n, problem)
@@ -204,7 +218,7 @@ class _Legalizer:
             self._reject(n, f"KPU output map {hp // s}x{wp // s} > {MAX_MAP_PIXELS} pixels (DMA register)")
             return None
         trivial = ay.pre == ay.post == ax.pre == ax.post == 0 and ay.crop == ax.crop == 0 and s == 1 \
-            and ay.step == ax.step == 1
+            and ay.step == ax.step == 1 and (oh, ow) == (hp, wp)
         # fuse an activation, then a pool, that follow a trivially placed layer
         tail, fn = n, None
         if trivial:
@@ -221,7 +235,7 @@ class _Legalizer:
         if ay.pre or ay.post or ax.pre or ax.post:
             pads = ((0, 0), (0, 0), (ay.pre, ay.post), (ax.pre, ax.post))
             xin = g.add(O.Pad(pads, 0.0), (xin,), n.name + "/kpu_pad")
-        wc = g.constant(w, wn.name) if id(wn) not in self.map else self.map[id(wn)]
+        wc = self.map[id(wn)] if id(wn) in self.map and w is wn.data else g.constant(w, wn.name + "/kpu")
         bc = g.constant(b, bn.name) if id(bn) not in self.map else self.map[id(bn)]
         kop = KO.KpuConv2D(k, depthwise, pool, op.act, fn)
         name = tail.name if tail is not n else n.name

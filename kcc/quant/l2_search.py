@@ -68,7 +68,7 @@ class L2Result:
 
 
 def _expand(lowers: np.ndarray, u_from: np.ndarray, u_to: int) -> tuple[np.ndarray, np.ndarray]:
-    """(L, U) pairs with U from `u_to` down to u_from[L], row after row (ncc's order)."""
+    """(L, U) pairs, per row L (ascending) U from `u_to` down to that row's u_from (ncc's order)."""
     n = np.maximum(0, u_to - u_from + 1)
     lo = np.repeat(lowers, n)
     start = np.repeat(np.cumsum(n) - n, n)
