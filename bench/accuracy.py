@@ -52,8 +52,9 @@ def measure(name: str, method: str, calib: int) -> dict:
         cos.append(min(refkit.compare(o, r)[0] for o, r in zip(outs, s.refs)))
         top1 += int(np.argmax(outs[0]) == np.argmax(s.refs[0]))
         preds.append(int(np.argmax(outs[0])))
+    classifier = refkit.meta(name).get("task") in ("imagenet1001", "digits", "iris")
     row = {"model": name, "method": method, "cos_mean": float(np.mean(cos)), "cos_min": float(np.min(cos)),
-           "top1": f"{top1}/{len(samples)}", "kpu_layers": sum(p.on_kpu for p in res.placements),
+           "top1": f"{top1}/{len(samples)}" if classifier else "-", "kpu_layers": sum(p.on_kpu for p in res.placements),
            "cpu_fallbacks": sum(not p.on_kpu for p in res.placements),
            "kpu_conv2d_nodes": sum(n.opcode.kmodel_name == "kpu_conv2d" for n in res.emitted.model.nodes),
            "compile_s": compile_s}

@@ -1,6 +1,7 @@
 """compile_model(): the whole compiler, top to bottom, one visible stage per line.
 
-    import_tflite -> canonicalize -> [eliminate_dilated_conv -> legalize_kpu -> calibrate -> quantize]
+    import_tflite -> canonicalize -> [eliminate_dilated_conv -> lower_transpose_conv -> legalize_kpu
+                                       -> calibrate -> quantize]
                   -> lower_float
                   -> plan memory -> emit -> kmodel.write
 
@@ -27,6 +28,7 @@ from kcc.ir.printer import format_graph, to_dot
 from kcc.options import CompileOptions
 from kcc.passes.canonicalize import canonicalize
 from kcc.passes.dilated_conv import eliminate_dilated_conv
+from kcc.passes.transpose_conv import lower_transpose_conv
 from kcc.passes.legalize_kpu import Placement, legalize_kpu
 from kcc.passes.lower_float import lower_float
 from kcc.quant.quantize import calibration_view, quantize
@@ -64,19 +66,26 @@ def compile_model(model: str | Path | bytes, options: CompileOptions = CompileOp
                   log: Log = lambda line: None) -> CompileResult:
     """Compile a float .tflite model into kmodel v4 bytes."""
     checkpoint = _Checkpoints(options.dump_ir)
-    placements: list[Placement] = []
-
     log("1. Import graph...")
     g = checkpoint("import", import_tflite(model))
+    return compile_graph(g, options, log, checkpoint)
+
+
+def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log = lambda line: None,
+                  checkpoint: _Checkpoints | None = None, samples: list | None = None) -> CompileResult:
+    """Every stage after import. `samples` (lists of input arrays) replaces `options.dataset`."""
+    checkpoint = checkpoint or _Checkpoints(options.dump_ir)
+    placements: list[Placement] = []
     log("2. Optimize (canonicalize)...")
     g = checkpoint("canonicalize", canonicalize(g))
     if options.inference_type == "uint8":
         log("3. Map layers onto the KPU (legalize)...")
         g = checkpoint("eliminate_dilated_conv", eliminate_dilated_conv(g))
+        g = checkpoint("lower_transpose_conv", lower_transpose_conv(g))
         g, placements = legalize_kpu(g, options)
         g = checkpoint("legalize_kpu", g)
         log("4. Calibrate activation ranges...")
-        ranges = _calibrate(g, options, log)
+        ranges = _calibrate(g, options, log, samples)
         log("5. Quantize...")
         g = checkpoint("quantize", quantize(g, ranges, options.effective_input_type))
     log("6. Lower the remaining ops to kmodel neutral ops...")
@@ -87,21 +96,22 @@ def compile_model(model: str | Path | bytes, options: CompileOptions = CompileOp
     return CompileResult(data, g, emitted, checkpoint.names, placements)
 
 
-def _calibrate(g: Graph, options: CompileOptions, log: Log) -> dict[str, tuple[float, float]]:
+def _calibrate(g: Graph, options: CompileOptions, log: Log, samples: list | None = None) -> dict[str, tuple[float, float]]:
     """Ranges of every tensor `quantize` needs, measured on the dataset (kpu_semantics.md §4.2)."""
     from kcc.dataset import iter_dataset, list_files
     from kcc.quant.calibrate import input_range_override
     from kcc.quant.policy import choose_ranges
 
-    if options.dataset is None:
-        raise DatasetError("--dataset is required to calibrate a uint8 model",
-                           hint="pass --dataset DIR, or --inference-type float")
     inputs = g.inputs
-    if len(inputs) != 1:
-        raise UnsupportedModelError(f"calibration supports single-input models; this one has {len(inputs)}")
-    files = list_files(options.dataset, options.dataset_format)
-    samples = [[s.data] for s in iter_dataset(options.dataset, options.dataset_format, inputs[0].shape,
-                                              np.float32, options.mean, options.std, files)]
+    if samples is None:
+        if options.dataset is None:
+            raise DatasetError("--dataset is required to calibrate a uint8 model",
+                               hint="pass --dataset DIR, or --inference-type float")
+        if len(inputs) != 1:
+            raise UnsupportedModelError(f"calibration supports single-input models; this one has {len(inputs)}")
+        files = list_files(options.dataset, options.dataset_format)
+        samples = [[s.data] for s in iter_dataset(options.dataset, options.dataset_format, inputs[0].shape,
+                                                  np.float32, options.mean, options.std, files)]
     n_outputs = len(g.outputs)
     view, points = calibration_view(g)
     ranges = choose_ranges(g, view, samples, points, options.calibrate_method)
