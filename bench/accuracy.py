@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"
 import refkit  # noqa: E402
 
 import kpu_sim  # noqa: E402
+from kcc.info import describe  # noqa: E402
 from kcc.options import CompileOptions  # noqa: E402
 from kcc.pipeline import compile_model  # noqa: E402
 
@@ -45,6 +46,8 @@ def measure(name: str, method: str, calib: int) -> dict:
         res = compile_model(refkit.tflite_path(name), CompileOptions(
             dataset=Path(d), dataset_format="raw", calibrate_method=method, input_type="float"))
         compile_s = time.perf_counter() - t0
+    warnings = describe(res.kmodel, name)["warnings"]  # `kcc info` validation (raises if invalid)
+    assert not warnings, warnings
     program = kpu_sim.load(res.kmodel)
     cos, top1, preds = [], 0, []
     for s in samples:

@@ -113,6 +113,19 @@ class _Legalizer:
             return u, (u.op.op, 0.0)
         return None
 
+    def _is_head(self, n: Node) -> bool:
+        """True when n's value reaches a graph output without passing another conv or matmul."""
+        stack, seen = [n], set()
+        while stack:
+            m = stack.pop()
+            if m in self.src.outputs:
+                return True
+            for u in self.users[m]:
+                if id(u) not in seen and not isinstance(u.op, (O.Conv2D, O.MatMul)):
+                    seen.add(id(u))
+                    stack.append(u)
+        return False
+
     @staticmethod
     def _kpu_pool(p: O.Pool2D, h: int, w: int) -> str | None:
         """The pool unit code that computes tflite pool `p` exactly (kpu_semantics.md §3 step 5)."""
@@ -268,9 +281,9 @@ class _Legalizer:
             reason = f"{k_in}x{oc} weights: more than {MAX_CHANNELS} channels"
         elif k_in * oc < self.opts.output_quantize_threshold:
             reason = f"{k_in * oc} weights < output-quantize-threshold {self.opts.output_quantize_threshold}"
-        elif n.type.size < self.opts.output_quantize_threshold:
-            # a small fully-connected head (landmarks, scores) costs the CPU little in float, while
-            # 8-bit outputs would quantize the model's result itself (ncc keeps outputs this small float)
+        elif n.type.size < self.opts.output_quantize_threshold and self._is_head(n):
+            # a small fully-connected output head (landmarks, scores) costs the CPU little in float,
+            # while 8-bit outputs would quantize the model's result itself
             reason = f"{n.type.size} outputs < output-quantize-threshold {self.opts.output_quantize_threshold}"
         elif _weights_range(bw.data.T) > self.opts.weights_quantize_threshold and weight_grid(bw.data) is None:
             reason = f"weights range {_weights_range(bw.data.T):.1f} > threshold {self.opts.weights_quantize_threshold:g}"

@@ -12,6 +12,7 @@ import pytest
 import kpu_sim
 import refkit
 from kcc import kmodel
+from kcc.info import describe
 from kcc.options import CompileOptions
 from kcc.pipeline import compile_model
 
@@ -32,6 +33,7 @@ def _compile_and_score(name, tmp_path, calib, evaluate, method="no_clip"):
     res = compile_model(refkit.tflite_path(name), CompileOptions(
         dataset=ds, dataset_format="raw", calibrate_method=method, input_type="float"))
     kmodel.read(res.kmodel)  # valid kmodel v4
+    assert describe(res.kmodel, name)["warnings"] == []  # `kcc info`: registers consistent, as ncc derives them
     program = kpu_sim.load(res.kmodel)
     cos, top1 = [], 0
     for s in samples[:evaluate]:
