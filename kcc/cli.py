@@ -17,6 +17,8 @@ from kcc import __version__
 from kcc.errors import DatasetError, KccError
 from kcc.options import CALIBRATE_METHODS, INFERENCE_TYPES, INPUT_TYPES, TARGETS, CompileOptions
 
+INPUT_FORMATS = ("tflite",)
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one `error:` line (exit 1) instead of exit 2 + usage."""
@@ -33,6 +35,13 @@ def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-std", type=float, default=None, help="see --input-mean (default 1)")
 
 
+def _add_clock_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kpu-clock", type=float, default=400.0, metavar="MHZ",
+                   help="KPU clock of the latency estimate (default 400 MHz, the SDK's PLL1)")
+    p.add_argument("--cpu-clock", type=float, default=400.0, metavar="MHZ",
+                   help="CPU clock of the latency estimate (default 400 MHz)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kcc", description="Compiler for the Kendryte K210 KPU: float .tflite -> kmodel v4.")
     parser.add_argument("-v", "--version", action="version", version=f"kcc {__version__} (kmodel v4, ncc v0.2 compatible)")
@@ -42,24 +51,37 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compile a .tflite model to a kmodel v4")
     c.add_argument("input", type=Path, help="input model (.tflite)")
     c.add_argument("output", type=Path, help="output kmodel path")
-    c.add_argument("-i", "--input-format", default="tflite", choices=("tflite",), help="input format (tflite)")
+    c.add_argument("-i", "--input-format", default="tflite", metavar="FORMAT",
+                   help="input format: tflite (ncc also reads caffe/onnx/paddle; kcc reads tflite only)")
     c.add_argument("-o", "--output-format", default="kmodel", choices=("kmodel",), help="output format (kmodel)")
-    c.add_argument("-t", "--target", default="k210", choices=TARGETS)
+    c.add_argument("-t", "--target", default="k210", choices=TARGETS,
+                   help="k210: layers on the KPU where possible; cpu: everything on the CPU (default k210)")
     _add_dataset_flags(c)
-    c.add_argument("--inference-type", default="uint8", choices=INFERENCE_TYPES)
-    c.add_argument("--input-type", default="default", choices=INPUT_TYPES)
-    c.add_argument("--calibrate-method", default="no_clip", choices=CALIBRATE_METHODS)
+    c.add_argument("--inference-type", default="uint8", choices=INFERENCE_TYPES,
+                   help="uint8: quantized, KPU (needs --dataset); float: float32 on the CPU (default uint8)")
+    c.add_argument("--input-type", default="default", choices=INPUT_TYPES,
+                   help="type of the kmodel input; default = the inference type (uint8: raw RGB bytes)")
+    c.add_argument("--calibrate-method", default="no_clip", choices=CALIBRATE_METHODS,
+                   help="no_clip: min/max; l2: histogram threshold search, one more pass (default no_clip)")
     c.add_argument("--max-allocator-solve-secs", type=float, default=60.0,
                    help="CP-SAT budget per allocator, deterministic (same output on every run); 0 = first fit only")
     c.add_argument("--memory-report", action="store_true",
                    help="print every buffer's offset, size and lifetime (main memory and KPU RAM)")
-    c.add_argument("--weights-quantize-threshold", type=float, default=64.0)
-    c.add_argument("--output-quantize-threshold", type=int, default=1024)
-    c.add_argument("--no-quantized-binary", action="store_true")
+    c.add_argument("--weights-quantize-threshold", type=float, default=64.0,
+                   help="a conv whose widest per-channel weight range exceeds this stays float on the CPU (64)")
+    c.add_argument("--output-quantize-threshold", type=int, default=1024,
+                   help="fully-connected layers with fewer weights or outputs than this stay float (1024)")
+    c.add_argument("--no-quantized-binary", action="store_true",
+                   help="accepted for ncc compatibility; changes nothing: kcc runs CPU binary ops in float anyway")
     c.add_argument("--dump-ir", nargs="?", const=Path("."), type=Path, default=None, metavar="DIR",
                    help="write the IR of every stage as NN-<stage>.dot/.txt into DIR (default: .)")
-    c.add_argument("--dump-weights-range", action="store_true")
-    c.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    c.add_argument("--dump-weights-range", action="store_true",
+                   help="print name{min, max} of the weights of every conv / fully-connected layer, like ncc")
+    c.add_argument("--report", type=Path, default=None, metavar="DIR",
+                   help="write report.md/.json and PNG plots: placement, per-layer quantization error, "
+                        "memory, estimated latency")
+    _add_clock_flags(c)
+    c.add_argument("-q", "--quiet", action="store_true", help="print errors only (no stage lines, no progress bars)")
     c.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     r = sub.add_parser("infer", help="run a kmodel v4 on the simulator, like `ncc infer`")
@@ -73,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="describe a kmodel v4: inputs, outputs, nodes, memory, runtime, MaixPy")
     i.add_argument("model", type=Path, help="kmodel v4 file")
     i.add_argument("--json", action="store_true", help="print the description as JSON")
+    i.add_argument("--estimate", action="store_true", help="add the estimated K210 latency per node and in total")
+    _add_clock_flags(i)
     i.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return parser
 
@@ -82,11 +106,16 @@ def write_atomic(path: Path, data: bytes) -> None:
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise KccError(f"cannot write '{path}': directory '{directory}' does not exist")
+    if path.is_dir():
+        raise KccError(f"cannot write '{path}': it is a directory")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
     except OSError as e:
         raise KccError(f"cannot write '{path}': {e.strerror}") from None
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -99,15 +128,53 @@ def _shape(s) -> str:
     return "x".join(str(d) for d in s)
 
 
+def check_writable(path: Path, what: str, directory: bool = False) -> None:
+    """Fail before the (long) compile if `path` cannot be written; nothing is created here."""
+    if path.exists():
+        if directory != path.is_dir():
+            raise KccError(f"{what} '{path}' exists and is {'not ' if directory else ''}a directory")
+        if not os.access(path if directory else path.parent if str(path.parent) else Path("."), os.W_OK):
+            raise KccError(f"cannot write {what} '{path}': permission denied")
+        return
+    parent = path.parent if str(path.parent) else Path(".")
+    if not directory and not parent.is_dir():
+        raise KccError(f"cannot write {what} '{path}': directory '{parent}' does not exist")
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise KccError(f"cannot write {what} '{path}': '{parent}' is not a writable directory")
+
+
+def _check_clocks(args: argparse.Namespace) -> None:
+    for flag, mhz in (("--kpu-clock", args.kpu_clock), ("--cpu-clock", args.cpu_clock)):
+        if not 0 < mhz <= 2000:
+            raise KccError(f"{flag} {mhz:g}: expected a clock in MHz between 0 and 2000 (the K210 runs at 400)")
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
+    from kcc.latency import estimate
+    from kcc.frontend.importer import is_prequantized
     from kcc.pipeline import compile_model
+    from kcc.weights_range import format_weights_range
+
+    from kcc import progress as bars
 
     say = (lambda line: None) if args.quiet else print
+    if args.input_format not in INPUT_FORMATS:
+        raise KccError(f"input format '{args.input_format}' is not supported: kcc reads TensorFlow Lite models "
+                       f"(-i tflite); convert caffe/onnx/paddle models to .tflite first")
     if not args.input.is_file():
         raise KccError(f"input model '{args.input}' does not exist or is not a file")
-    if args.dataset is None and args.inference_type == "uint8":
+    if args.dataset is None and args.inference_type == "uint8" and not is_prequantized(args.input):
+        # a pre-quantized (uint8/int8) .tflite brings its own ranges (kcc.quant.prequantized)
         raise DatasetError("--dataset is required for --inference-type uint8 (calibration images or raw files)",
                            hint="pass --dataset DIR, or --inference-type float")
+    _check_clocks(args)
+    check_writable(args.output, "output")
+    if args.report is not None:
+        check_writable(args.report, "report directory", directory=True)
+    if args.dump_ir is not None:
+        check_writable(args.dump_ir, "IR dump directory", directory=True)
     opts = CompileOptions(
         target=args.target, inference_type=args.inference_type, input_type=args.input_type,
         dataset=args.dataset, dataset_format=args.dataset_format, input_mean=args.input_mean,
@@ -117,8 +184,23 @@ def cmd_compile(args: argparse.Namespace) -> int:
         output_quantize_threshold=args.output_quantize_threshold,
         no_quantized_binary=args.no_quantized_binary, dump_ir=args.dump_ir,
         dump_weights_range=args.dump_weights_range)
-    result = compile_model(args.input, opts, log=say)
+    progress = bars.Bars() if bars.enabled(args.quiet) else None
+    try:
+        result = compile_model(args.input, opts, log=say, progress=progress)
+        report = None
+        if args.report is not None:
+            from kcc import report as reports
+
+            say("8. Measure per-layer quantization error for the report...")
+            report = reports.build(result, opts, args.input.name, args.kpu_clock, args.cpu_clock, progress)
+    finally:
+        if progress is not None:
+            progress.close()
     write_atomic(args.output, result.kmodel)
+    if report is not None:
+        reports.write(report, args.report)
+    for item in result.weights_ranges:  # asked for explicitly: printed even with -q, as ncc does
+        print(format_weights_range(item))
     em = result.emitted
     if result.placements:
         on_kpu = [p for p in result.placements if p.on_kpu]
@@ -131,6 +213,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if em.memory is not None:
         for line in em.memory.summary_lines(len(result.kmodel)) + (em.memory.table_lines() if args.memory_report else []):
             say(line)
+    say(estimate(em.model, args.kpu_clock, args.cpu_clock).summary())
+    if args.report is not None:
+        say(f"Report: {args.report / 'report.md'}")
     say("\nSUMMARY\nINPUTS")
     for i, (name, shape) in enumerate(em.inputs):
         say(f"{i}\t{name}\t{_shape(shape)}")
@@ -185,14 +270,40 @@ def cmd_info(args: argparse.Namespace) -> int:
     except OSError as e:
         raise KccError(f"cannot read '{args.model}': {e.strerror}") from None
     info = describe(data, str(args.model))
-    print(json.dumps(info, indent=1) if args.json else format_text(info))
+    if not args.estimate:
+        print(json.dumps(info, indent=1) if args.json else format_text(info))
+        return 0
+    from kcc import kmodel as km
+    from kcc.latency import estimate
+
+    _check_clocks(args)
+    est = estimate(km.read(data, name=str(args.model)), args.kpu_clock, args.cpu_clock)
+    if args.json:
+        print(json.dumps(info | {"estimate": est.to_json()}, indent=1))
+    else:
+        print(format_text(info) + "\n\nESTIMATED K210 LATENCY\n  " + est.summary() + "\n  by opcode: "
+              + ", ".join(f"{op} {ms:.1f} ms" for op, ms in est.by_opcode().items()) + "\n"
+              + "\n".join(est.table_lines()))
     return 0
 
 
+def _dump_ir_flag(argv: list[str]) -> list[str]:
+    """ncc's `--dump-ir` is a bare flag; kcc's takes an optional DIR. A model path right after it is a
+    positional argument of an ncc command line, not the dump directory."""
+    out = list(argv)
+    for i, arg in enumerate(out[:-1]):
+        if arg == "--dump-ir" and Path(out[i + 1]).suffix.lower() in (".tflite", ".kmodel"):
+            out[i] = "--dump-ir=."
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    from kcc.cli_legacy import check as check_legacy
+
+    argv = _dump_ir_flag(sys.argv[1:] if argv is None else list(argv))
     debug = "--debug" in argv
     try:
+        check_legacy(argv)
         args = build_parser().parse_args(argv)
         if args.command is None:
             build_parser().print_help()
@@ -204,6 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # unreadable file, full disk, ...: the user's environment, not a kcc bug
+        if debug:
+            raise
+        where = f" '{e.filename}'" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
     except Exception as e:  # a kcc bug: say so in one line unless --debug asks for the traceback
         if debug:
             raise

@@ -15,25 +15,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from kcc import kmodel
 from kcc.emit import Emitted, emit
 from kcc.errors import DatasetError, UnsupportedModelError
-from kcc.frontend.importer import import_tflite
+from kcc.frontend.importer import import_model
+from kcc.frontend.quantization import ModelQuantization
 from kcc.ir.graph import Graph
 from kcc.ir.printer import format_graph, to_dot
 from kcc.options import CompileOptions
 from kcc.passes.canonicalize import canonicalize
 from kcc.passes.dilated_conv import eliminate_dilated_conv
 from kcc.passes.transpose_conv import lower_transpose_conv
+from kcc.passes.decompose_kernels import decompose_kernels
 from kcc.passes.legalize_kpu import Placement, legalize_kpu
 from kcc.passes.lower_float import lower_float
 from kcc.quant.quantize import calibration_view, quantize
+from kcc.weights_range import WeightRange, weights_ranges
 
 Log = Callable[[str], None]
+Progress = Callable[[int, "int | None", str], None]  # progress(done, total, stage), see kcc.progress
 
 
 @dataclass
@@ -43,6 +47,16 @@ class CompileResult:
     emitted: Emitted  # memory plan and node map of the kmodel
     stages: list[str] = field(default_factory=list)
     placements: list[Placement] = field(default_factory=list)
+    float_graph: Graph | None = None  # the legalized float graph that was calibrated (uint8 only)
+    weights_ranges: list[WeightRange] = field(default_factory=list)  # with options.dump_weights_range
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # calibrated ranges (uint8 only)
+    report: Any = None  # kcc.report.Report, when kcc.compile() was asked for one
+
+    @property
+    def latency(self) -> Any:
+        """Estimated K210 latency (kcc.latency.LatencyEstimate) at 400 MHz KPU and CPU clocks."""
+        from kcc.latency import estimate
+        return estimate(self.emitted.model)
 
 
 class _Checkpoints:
@@ -63,29 +77,36 @@ class _Checkpoints:
 
 
 def compile_model(model: str | Path | bytes, options: CompileOptions = CompileOptions(),
-                  log: Log = lambda line: None) -> CompileResult:
-    """Compile a float .tflite model into kmodel v4 bytes."""
+                  log: Log = lambda line: None, progress: Progress | None = None) -> CompileResult:
+    """Compile a .tflite model into kmodel v4 bytes. `progress` sees every calibration pass.
+    A pre-quantized (uint8/int8) model needs no dataset: its own grids replace calibration."""
     checkpoint = _Checkpoints(options.dump_ir)
     log("1. Import graph...")
-    g = checkpoint("import", import_tflite(model))
-    return compile_graph(g, options, log, checkpoint)
+    imported = import_model(model)
+    g = checkpoint("import", imported.graph)
+    return compile_graph(g, options, log, checkpoint, progress=progress, quantization=imported.quantization)
 
 
 def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log = lambda line: None,
-                  checkpoint: _Checkpoints | None = None, samples: list | None = None) -> CompileResult:
-    """Every stage after import. `samples` (lists of input arrays) replaces `options.dataset`."""
+                  checkpoint: _Checkpoints | None = None, samples: list | None = None,
+                  progress: Progress | None = None, quantization: ModelQuantization | None = None) -> CompileResult:
+    """Every stage after import. `samples` (lists of input arrays) replaces `options.dataset`;
+    `quantization` (a pre-quantized model's grids, kcc.frontend.import_model) replaces both."""
     checkpoint = checkpoint or _Checkpoints(options.dump_ir)
     placements: list[Placement] = []
     log("2. Optimize (canonicalize)...")
     g = checkpoint("canonicalize", canonicalize(g))
+    weights = weights_ranges(g) if options.dump_weights_range else []
+    float_graph, ranges = None, {}
     if options.inference_type == "uint8":
         log("3. Map layers onto the KPU (legalize)...")
         g = checkpoint("eliminate_dilated_conv", eliminate_dilated_conv(g))
         g = checkpoint("lower_transpose_conv", lower_transpose_conv(g))
+        g = checkpoint("decompose_kernels", decompose_kernels(g, options))
         g, placements = legalize_kpu(g, options)
-        g = checkpoint("legalize_kpu", g)
+        g = float_graph = checkpoint("legalize_kpu", g)
         log("4. Calibrate activation ranges...")
-        ranges = _calibrate(g, options, log, samples)
+        ranges = _calibrate(g, options, log, samples, progress, quantization)
         log("5. Quantize...")
         g = checkpoint("quantize", quantize(g, ranges, options.effective_input_type))
     log("6. Lower the remaining ops to kmodel neutral ops...")
@@ -93,15 +114,23 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
     log("7. Plan buffers and emit kmodel v4...")
     emitted = emit(g, options.max_allocator_solve_secs)
     data = kmodel.write(emitted.model)
-    return CompileResult(data, g, emitted, checkpoint.names, placements)
+    return CompileResult(data, g, emitted, checkpoint.names, placements, float_graph, weights, ranges)
 
 
-def _calibrate(g: Graph, options: CompileOptions, log: Log, samples: list | None = None) -> dict[str, tuple[float, float]]:
-    """Ranges of every tensor `quantize` needs, measured on the dataset (kpu_semantics.md §4.2)."""
+def _calibrate(g: Graph, options: CompileOptions, log: Log, samples: list | None = None,
+               progress: Progress | None = None, quantization: ModelQuantization | None = None,
+               ) -> dict[str, tuple[float, float]]:
+    """Ranges of every tensor `quantize` needs, measured on the dataset (kpu_semantics.md §4.2), or
+    for a pre-quantized model without a dataset, the model's own (kcc.quant.prequantized)."""
     from kcc.dataset import iter_dataset, list_files
     from kcc.quant.calibrate import input_range_override
     from kcc.quant.policy import choose_ranges
 
+    for note in quantization.notes() if quantization is not None else ():
+        log(f"   warning: {note}")
+    if quantization is not None and quantization.fully_quantized and samples is None and options.dataset is None:
+        from kcc.quant.prequantized import prequantized_ranges
+        return prequantized_ranges(g, quantization, options, log)
     inputs = g.inputs
     if samples is None:
         if options.dataset is None:
@@ -114,10 +143,14 @@ def _calibrate(g: Graph, options: CompileOptions, log: Log, samples: list | None
                                                   np.float32, options.mean, options.std, files)]
     n_outputs = len(g.outputs)
     view, points = calibration_view(g)
+    n_samples = len(samples)
+    if progress is not None:
+        from kcc.progress import counted
+        samples = counted(samples, progress)  # one bar per pass over the data
     ranges = choose_ranges(g, view, samples, points, options.calibrate_method)
     view.outputs = view.outputs[:n_outputs]  # drop the calibration-only outputs again
     view.remove_dead()
     if options.input_mean is not None or options.input_std is not None:
         ranges[inputs[0].name] = input_range_override(options.mean, options.std)
-    log(f"   {len(samples)} sample(s), {len(points)} tensors, method {options.calibrate_method}")
+    log(f"   {n_samples} sample(s), {len(points)} tensors, method {options.calibrate_method}")
     return ranges

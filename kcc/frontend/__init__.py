@@ -1,5 +1,6 @@
-"""TFLite frontend: `import_tflite(path_or_bytes) -> Graph` (see kcc.frontend.importer)."""
+"""TFLite frontend: `import_tflite(path_or_bytes) -> Graph`; `import_model` also returns a quantized
+model's own grids (see kcc.frontend.importer)."""
 
-from kcc.frontend.importer import SUPPORTED_OPS, import_tflite, scan_model
+from kcc.frontend.importer import SUPPORTED_OPS, ImportedModel, import_model, import_tflite, scan_model
 
-__all__ = ["import_tflite", "scan_model", "SUPPORTED_OPS"]
+__all__ = ["import_tflite", "import_model", "ImportedModel", "scan_model", "SUPPORTED_OPS"]

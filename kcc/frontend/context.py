@@ -13,6 +13,8 @@ from typing import Callable, Sequence, Union
 import numpy as np
 
 from kcc.errors import ModelFormatError, UnsupportedModelError
+from kcc.frontend.quantization import (ModelQuantization, dequantize_constant, is_per_channel,
+                                       is_quantized_constant)
 from kcc.frontend.tflite_reader import TfliteModel, TfliteOperator, TfliteTensor
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
@@ -39,6 +41,7 @@ class ImportContext:
         self.graph = graph
         self.values: dict[int, Node] = {}
         self._const_nodes: dict[int, Node] = {}  # constant tensors already materialised
+        self.quantization = ModelQuantization()  # grids of quantized activations, filled by the importer
 
     # ------------------------------------------------------------------ errors
     def unsupported(self, op: TfliteOperator, reason: str) -> UnsupportedModelError:
@@ -110,13 +113,23 @@ class ImportContext:
         return tensor.data
 
     def float_const(self, op: TfliteOperator, i: int, what: str = "") -> np.ndarray:
-        """A constant float32 operand (weights, bias, alpha...)."""
+        """A constant float32 operand (weights, bias, alpha...); quantized constants (uint8/int8
+        weights, int32 biases with a scale) are dequantized exactly (kcc.frontend.quantization)."""
         value = self.const(op, i, what)
-        if value.dtype != np.float32:
-            t = self.tensor(op, i)
-            raise self.unsupported(op, f"{what or f'input {i}'} '{t.name}' is {t.type_name}; kcc imports "
-                                       f"float models (fp16/int8 weights only behind DEQUANTIZE)")
-        return value
+        if value.dtype == np.float32:
+            return value
+        t = self.tensor(op, i)
+        if value is t.data and is_quantized_constant(t):
+            try:
+                real = dequantize_constant(t)
+            except ValueError as e:
+                raise self.unsupported(op, f"{what or f'input {i}'} '{t.name}': {e}") from None
+            if is_per_channel(t) and t.type_name != "INT32" and t.name not in self.quantization.per_channel_weights:
+                self.quantization.per_channel_weights.append(t.name)
+            return real
+        raise self.unsupported(op, f"{what or f'input {i}'} '{t.name}' is {t.type_name}"
+                                   f"{' without quantization parameters' if t.quant is None else ''}; kcc needs "
+                                   f"float32 constants, or quantized ones with a scale")
 
     def const_ints(self, op: TfliteOperator, i: int, what: str = "") -> list[int]:
         value = self.const(op, i, what)

@@ -1,13 +1,18 @@
-"""import_tflite(): a float .tflite model -> an IR Graph (NCHW at the graph edges).
+"""import_tflite(): a .tflite model -> an IR Graph (NCHW at the graph edges).
 
 Three steps:
 1. `read_tflite` parses the file (ModelFormatError for anything unreadable).
 2. `scan_model` looks at the *whole* model before building anything and raises one
-   UnsupportedModelError that lists every problem at once: a pre-quantized model, non-float or
-   dynamic graph inputs, or every unsupported op type with its count and first output tensor.
-   ncc stops at the first unknown opcode, so its users discover missing ops one at a time
+   UnsupportedModelError that lists every problem at once: quantization kcc cannot represent,
+   non-numeric or dynamic graph inputs, or every unsupported op type with its count and first output
+   tensor. ncc stops at the first unknown opcode, so its users discover missing ops one at a time
    (ecosystem.md P1); TVM's `check_unsupported_ops` is the model here.
 3. The operators run through `IMPORTERS` in file order (TFLite stores them in execution order).
+
+A quantized model (uint8 / int8 activations, or only quantized weights) is imported as the float
+graph it represents: constants dequantized exactly, integer activations float32. `import_model`
+also returns the grids of its quantized activations (kcc.frontend.quantization), which the compiler
+uses instead of calibrating; `import_tflite` returns the graph alone.
 
 Layout (kmodel_v4.md §3.3, kpu_semantics.md §5.1): a 4-D graph input is an NCHW `Input` followed by
 Transpose(0,2,3,1) giving the NHWC tensor the tflite ops expect; a 4-D graph output gets a
@@ -18,9 +23,11 @@ pairs. Every IR node is named after the tflite tensor it computes.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from kcc.errors import ModelFormatError, UnsupportedModelError, VerifyError
+from kcc.frontend import quantization as Q
 from kcc.frontend.context import NCHW_TO_NHWC, NHWC_TO_NCHW, ImportContext
 from kcc.frontend.ops import IMPORTERS
 from kcc.frontend.tflite_reader import TfliteModel, TfliteOperator, TfliteTensor, read_tflite
@@ -28,8 +35,8 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 
 SUPPORTED_OPS: tuple[str, ...] = tuple(sorted(IMPORTERS))
-_QUANTIZED_TYPES = ("UINT8", "INT8", "INT16")
 _FUSED_OK = ("NONE", "RELU", "RELU6", "RELU_N1_TO_1")
+_IDENTITIES = ("QUANTIZE", "DEQUANTIZE")  # of run-time tensors: the same real value (ops/quant.py)
 
 # Advice for op types users commonly hit (ecosystem.md P1); shown as the error's hint.
 _HINTS = {
@@ -44,24 +51,85 @@ _HINTS = {
 }
 
 
+@dataclass
+class ImportedModel:
+    graph: Graph
+    #: the model's own quantization (None for a float model); `.activations` is empty for a
+    #: weights-only (dynamic range) model, whose activations still need calibrating
+    quantization: Q.ModelQuantization | None
+
+
 def import_tflite(source: str | Path | bytes | bytearray | memoryview, name: str | None = None) -> Graph:
-    """Import a float .tflite model (path or bytes); `name` labels the file in error messages."""
+    """Import a .tflite model (path or bytes); `name` labels the file in error messages."""
+    return import_model(source, name).graph
+
+
+def import_model(source: str | Path | bytes | bytearray | memoryview, name: str | None = None) -> ImportedModel:
+    """`import_tflite` plus the grids of a quantized model's activations, per IR node name."""
     model = read_tflite(source, name)
     scan_model(model)
     graph = Graph()
     ctx = ImportContext(model, graph)
+    alias: dict[int, int] = {}  # output tensor of an identity QUANTIZE/DEQUANTIZE -> its input tensor
     for k, t in enumerate(model.inputs):
         ctx.values[t] = _graph_input(graph, k, model.tensors[t])
+        _record_grid(ctx, model.tensors[t], model.tensors[t].name)
     for op in model.operators:
         _import_op(ctx, op)
+        _record_op_grids(ctx, op, alias)
     graph.outputs = [_graph_output(ctx, t) for t in model.outputs]
-    return graph
+    q = ctx.quantization
+    quantized = q.activations or any(Q.is_quantized_constant(t) for t in model.tensors)
+    return ImportedModel(graph, q if quantized else None)
+
+
+def is_prequantized(source: str | Path | bytes | bytearray | memoryview) -> bool:
+    """Whether the model states its activations' grids (uint8/int8), so it compiles without a dataset.
+
+    A cheap look at the file for the command line's early checks: False for anything unreadable
+    (the import reports that properly)."""
+    try:
+        model = read_tflite(source)
+    except ModelFormatError:
+        return False
+    return any(Q.activation_quant(model.tensors[t]) is not None for op in model.operators for t in op.outputs)
+
+
+def _record_grid(ctx: ImportContext, tensor: TfliteTensor, name: str) -> None:
+    tq = Q.activation_quant(tensor)
+    if tq is not None:
+        ctx.quantization.activations.setdefault(name, tq)
+
+
+def _record_op_grids(ctx: ImportContext, op: TfliteOperator, alias: dict[int, int]) -> None:
+    """Keep the grid of every quantized output, under the name of the IR node holding its value.
+
+    An identity QUANTIZE/DEQUANTIZE adds no node: its quantized side's grid goes to the tensor whose
+    node carries the value (e.g. a float graph input followed by QUANTIZE gets that QUANTIZE's grid);
+    a requantization keeps the first grid."""
+    tensors = ctx.model.tensors
+    data_inputs = [t for t in op.inputs if t >= 0 and tensors[t].data is None]
+
+    def root(t: int) -> int:
+        while t in alias:
+            t = alias[t]
+        return t
+
+    if op.opcode in _IDENTITIES and len(data_inputs) == 1:
+        src = root(data_inputs[0])
+        alias[op.outputs[0]] = src
+        _record_grid(ctx, tensors[op.outputs[0]], tensors[src].name)
+        return
+    for t in op.outputs:
+        _record_grid(ctx, tensors[t], tensors[t].name)
+    if len(data_inputs) == 1 and len(op.outputs) == 1:
+        ctx.quantization.producers[tensors[op.outputs[0]].name] = (op.opcode, tensors[root(data_inputs[0])].name)
 
 
 # ---------------------------------------------------------------------------------------- scan
 def scan_model(model: TfliteModel) -> None:
     """Raise one UnsupportedModelError describing everything kcc cannot import, or return."""
-    _check_prequantized(model)
+    _check_quantization(model)
     _check_inputs(model)
     problems: Counter[str] = Counter()
     first: dict[str, str] = {}
@@ -87,51 +155,34 @@ def _op_problems(model: TfliteModel, op: TfliteOperator) -> list[str]:
     act = op.opt("fused_activation_function", "NONE")
     if act not in _FUSED_OK:
         found.append(f"{op.opcode} with fused {act}")
-    # A supported op computing integers (shape arithmetic, indices) is not a float layer kcc can run.
+    # A supported op computing integers (shape arithmetic, indices) is not a float layer kcc can run;
+    # quantized uint8/int8 outputs stand for real values (kcc.frontend.quantization).
     for t in op.outputs:
-        if model.tensors[t].type_name != "FLOAT32":
-            found.append(f"{op.opcode} on {model.tensors[t].type_name} tensors")
+        tensor = model.tensors[t]
+        if tensor.type_name != "FLOAT32" and not (tensor.type_name in Q.ACTIVATION_TYPES and tensor.quant is not None):
+            found.append(f"{op.opcode} on {tensor.type_name} tensors")
             break
     return found
 
 
-def _check_prequantized(model: TfliteModel) -> None:
-    """A model with integer activations needs the float original (pre-quantized import is later work)."""
-    producers = model.producers()
-    evidence: Counter[str] = Counter()
-    example = ""
-    for op in model.operators:
-        if op.opcode == "QUANTIZE":
-            evidence["QUANTIZE ops"] += 1
-        elif op.opcode == "DEQUANTIZE":
-            if op.inputs and not model.tensors[op.inputs[0]].is_constant:
-                evidence["DEQUANTIZE ops of run-time tensors"] += 1
-        elif any(i >= 0 and model.tensors[i].is_constant and model.tensors[i].type_name in _QUANTIZED_TYPES
-                 for i in op.inputs):
-            evidence["ops with integer (dynamic-range quantized) weights"] += 1
-    for t in model.tensors:
-        if t.type_name in _QUANTIZED_TYPES and not t.is_constant and (t.index in producers or t.index in model.inputs):
-            evidence[f"{t.type_name.lower()} activation tensors"] += 1
-            example = example or t.name
-    if any("activation" in k for k in evidence):  # fully quantized: the weights say nothing more
-        evidence.pop("ops with integer (dynamic-range quantized) weights", None)
-    if evidence:
-        listing = ", ".join(f"{n} {what}" for what, n in sorted(evidence.items()))
-        eg = f", e.g. '{example}'" if example else ""
-        raise UnsupportedModelError(
-            f"{model.name}: this is a pre-quantized model ({listing}{eg}); kcc compiles float32 models "
-            f"and quantizes them itself (importing pre-quantized models is a later feature)",
-            hint="export the float model: TFLiteConverter without `optimizations`/`representative_dataset` "
-                 "(float16 weights behind DEQUANTIZE are fine)")
+def _check_quantization(model: TfliteModel) -> None:
+    """Quantized models import as the float graph they represent, unless their grids have no uint8
+    equivalent (kcc.frontend.quantization.problems)."""
+    found = Q.problems(model)
+    if found:
+        raise UnsupportedModelError(f"{model.name}: unsupported quantization: " + "; ".join(found),
+                                    hint="export a uint8 or int8 (per-tensor activations) model, or the float model")
 
 
 def _check_inputs(model: TfliteModel) -> None:
-    """Graph inputs must be float32 with a static shape; only the batch may be dynamic (-1 in the
-    signature), and then the file's own `shape` (normally 1) is used."""
+    """Graph inputs must be float32 (or uint8/int8 with a scale: their real value is the input) with
+    a static shape; only the batch may be dynamic (-1 in the signature), and then the file's own
+    `shape` (normally 1) is used."""
     problems, hints = [], []
     for t in (model.tensors[i] for i in model.inputs):
-        if t.type_name != "FLOAT32":
-            problems.append(f"input '{t.name}' is {t.type_name}, kcc needs float32 inputs")
+        if t.type_name != "FLOAT32" and Q.activation_quant(t) is None:
+            problems.append(f"input '{t.name}' is {t.type_name}, kcc needs float32 inputs "
+                            f"(or uint8/int8 ones with a quantization scale)")
             hints.append("convert casts/normalisation of integer inputs outside the model")
         if any(d < 0 for d in t.signature[1:]) or any(d <= 0 for d in t.shape[1:]) or (t.shape and t.shape[0] < 1):
             problems.append(f"input '{t.name}' has a dynamic shape {list(t.signature)}")

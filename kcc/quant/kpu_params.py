@@ -21,7 +21,8 @@ import numpy as np
 
 from kcc.eval.kernels import kpu_activation
 from kcc.ir.kpu_ops import KpuConv2D, KpuLayer
-from kcc.quant.params import QuantParam, fixup_range, get_fixed_mul, get_quant_param, get_range, round_half_away
+from kcc.quant.params import (QuantParam, fixup_range, get_fixed_mul, get_quant_param, get_range, range_param,
+                               round_half_away)
 
 F32 = np.float32
 ACT_SAMPLES = 1024
@@ -65,6 +66,11 @@ def weight_grid(w: np.ndarray) -> QuantParam | None:
     if len(u) < 2 or len(u) > 256:
         return None
     step = float(np.diff(u).min())
+    # the smallest gap of two float32 weights is the step only to ~1e-6; a least-squares fit over
+    # every weight's code gets it to float32 precision (and keeps the checks below meaningful at z ~ 255)
+    k = np.round(u / step)
+    if np.any(k):
+        step = float(np.dot(u, k) / np.dot(k, k))
     zp = -u[0] / step
     q = u / step + round(zp)
     if abs(zp - round(zp)) > 1e-3 or np.abs(q - np.round(q)).max() > 1e-3 or q.min() < -1e-3 or q.max() > 255 + 1e-3:
@@ -142,8 +148,8 @@ def kpu_layer(op: KpuConv2D, w: np.ndarray, b: np.ndarray, r: LayerRanges) -> Kp
     """Quantize one float KPU layer into its encoded parameters."""
     k = op.kernel
     xq = r.x
-    yq = get_quant_param(*r.y)
-    zq = get_quant_param(*r.z)
+    yq = range_param(r.y)
+    zq = range_param(r.z)
     grid = weight_grid(w)
     if grid is not None:
         w_eq, e, wq = w.astype(F32), np.ones(w.shape[0], F32), grid

@@ -89,6 +89,24 @@ def get_quant_param(lo: float, hi: float, bits: int = 8) -> QuantParam:
     return QuantParam(int(zp), float(scale))
 
 
+class GridRange(tuple):
+    """A range (lo, hi) that also fixes its quant param: the grid of a pre-quantized model's tensor
+    (kcc.quant.prequantized). get_quant_param's float32 division can land one ulp away from that
+    grid's scale, so `range_param` hands the grid over as it is."""
+
+    param: QuantParam
+
+    def __new__(cls, lo: float, hi: float, param: QuantParam) -> GridRange:
+        obj = super().__new__(cls, (lo, hi))
+        obj.param = param
+        return obj
+
+
+def range_param(r: tuple[float, float]) -> QuantParam:
+    """The quant param of a range: its own grid for a GridRange, else get_quant_param."""
+    return r.param if isinstance(r, GridRange) else get_quant_param(*r)
+
+
 def get_fixed_mul(value: float, max_bits: int, max_shift: int, signed: bool) -> FixedMul:
     """nncase get_fixed_mul in float32: value ~= mul * 2^-shift, |mul| < 2^(max_bits - signed)."""
     bits = max_bits - 1 if signed else max_bits

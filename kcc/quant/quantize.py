@@ -21,7 +21,7 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.ir.types import DType
 from kcc.quant.kpu_params import LayerRanges, kpu_layer
-from kcc.quant.params import QuantParam, get_quant_param
+from kcc.quant.params import QuantParam, range_param
 
 LAYOUT_OPS = (O.Pad, O.StridedSlice, O.Reshape, O.Transpose)
 Ranges = dict[str, tuple[float, float]]
@@ -78,7 +78,7 @@ class _Quantizer:
             return QuantParam(zp, scale)
         if n.name not in self.ranges:
             raise KeyError(f"no calibrated range for '{n.name}'")
-        return get_quant_param(*self.ranges[n.name])
+        return range_param(self.ranges[n.name])
 
     # ------------------------------------------------------------ lazily built views
     def _cached(self, cache: dict[int, Node], n: Node, make: Callable[[], Node]) -> Node:

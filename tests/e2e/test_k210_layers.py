@@ -37,6 +37,12 @@ CASES = {
     "conv_maxpool": lambda g, x: g.add(O.Pool2D("max", (2, 2), (2, 2)), (g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), act=(0.0, np.inf)), (x, _const(g, (8, 4, 3, 3)), _const(g, (8,)))),)),
     "dilated_dw": lambda g, x: g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), (2, 2), 4), (x, _const(g, (4, 1, 3, 3)), _const(g, (4,)))),
     "transpose_conv": lambda g, x: g.add(O.Conv2DTranspose((1, 5, 24, 20), (2, 2), ((1, 0), (1, 0))), (x, _const(g, (5, 4, 3, 3)), _const(g, (5,)))),
+    # kernels the KPU lacks, decomposed into 3x3 terms (decompose_kernels)
+    "dw5x5_s1_relu6": lambda g, x: g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=4, act=(0.0, 6.0)), (x, _const(g, (4, 1, 5, 5)), _const(g, (4,)))),
+    "dw5x5_s2_same": lambda g, x: g.add(O.Conv2D((2, 2), ((1, 2), (1, 2)), groups=4), (x, _const(g, (4, 1, 5, 5)), _const(g, (4,)))),
+    "conv5x5_s2_same": lambda g, x: g.add(O.Conv2D((2, 2), ((1, 2), (1, 2))), (x, _const(g, (8, 4, 5, 5)), _const(g, (8,)))),
+    "conv7x7_s1": lambda g, x: g.add(O.Conv2D((1, 1), ((3, 3), (3, 3)), act=(0.0, np.inf)), (x, _const(g, (6, 4, 7, 7)), _const(g, (6,)))),
+    "conv4x4_valid": lambda g, x: g.add(O.Conv2D(), (x, _const(g, (6, 4, 4, 4)), _const(g, (6,)))),
 }
 
 

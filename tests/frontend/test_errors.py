@@ -113,35 +113,6 @@ def test_unsupported_ops_of_a_single_type():
         import_tflite(b.build(), name="m.tflite")
 
 
-@pytest.mark.skipif(not MODELS.exists(), reason="reference models not available")
-def test_prequantized_real_model_asks_for_the_float_model():
-    path = MODELS / "mobilenet_v1_0.25_128" / "mobilenet_v1_0.25_128_quant.tflite"
-    with pytest.raises(UnsupportedModelError) as e:
-        import_tflite(path)
-    msg = _one_line(e.value)
-    assert msg.startswith("mobilenet_v1_0.25_128_quant.tflite: this is a pre-quantized model (")
-    assert "uint8 activation tensors, e.g. 'input'" in msg and "kcc compiles float32 models" in msg
-    assert "later feature" in msg
-
-
-def test_quantize_dequantize_pair_is_prequantized():
-    b = TfliteBuilder()
-    x = b.input([1, 4], name="x")
-    q = b.op("QUANTIZE", [x], name="q", out_type="INT8", out_shape=[1, 4])
-    b.output(b.op("DEQUANTIZE", [q], name="dq", out_shape=[1, 4]))
-    with pytest.raises(UnsupportedModelError, match="pre-quantized model .*QUANTIZE ops.*int8 activation"):
-        import_tflite(b.build(), name="q.tflite")
-
-
-def test_dynamic_range_quantized_weights():
-    b = TfliteBuilder()
-    x = b.input([1, 4], name="x")
-    w = b.const(np.ones((3, 4), np.int8), quant=([0.1], [0], 0))
-    b.output(b.op("FULLY_CONNECTED", [x, w, -1], out_shape=[1, 3]))
-    with pytest.raises(UnsupportedModelError, match="pre-quantized model .*dynamic-range quantized"):
-        import_tflite(b.build(), name="dr.tflite")
-
-
 @pytest.mark.parametrize("type_name,signature,expect", [
     ("INT32", None, "input 'x' is INT32, kcc needs float32 inputs"),
     ("FLOAT32", [1, -1, -1, 3], r"input 'x' has a dynamic shape \[1, -1, -1, 3\]"),

@@ -79,8 +79,9 @@ IMPORTERS: dict[str, ImportFn] = {
     "SPLIT": sl.split,
     "SPLIT_V": sl.split_v,
     "UNPACK": sl.unpack,
-    # constant weights stored as float16 / int8 (quant.py)
+    # float16 / int8 constants; the edges of quantized models (quant.py)
     "DEQUANTIZE": quant.dequantize,
+    "QUANTIZE": quant.quantize,
 }
 
 __all__ = ["IMPORTERS", "ImportFn"]

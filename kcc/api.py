@@ -1,0 +1,64 @@
+"""`kcc.compile()`: the compiler as one Python call, for notebooks and build scripts.
+
+    import kcc
+    result = kcc.compile("model.tflite", "model.kmodel", dataset="images", input_mean=0.5, input_std=0.5)
+    result.kmodel          # the kmodel v4 bytes (also written to "model.kmodel")
+    result.placements      # every conv / fc / pool: KPU or CPU, and why
+    result.latency         # estimated K210 latency (kcc.latency.LatencyEstimate)
+    result.report          # with report="DIR" (or report=True): placement, per-layer error, memory, latency
+
+Keyword options are the fields of `kcc.options.CompileOptions` (the ncc flags with `-` -> `_`);
+paths may be strings. Errors are `kcc.errors.KccError` with a one-line message, as on the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from kcc.errors import KccError
+from kcc.options import CompileOptions
+
+_PATH_OPTIONS = ("dataset", "dump_ir")
+
+
+def options_from(**options: Any) -> CompileOptions:
+    """CompileOptions from keyword arguments; unknown names are a KccError listing the valid ones."""
+    fields = {f.name for f in dataclasses.fields(CompileOptions)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise KccError(f"unknown compile option(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
+    for key in _PATH_OPTIONS:
+        if isinstance(options.get(key), str):
+            options[key] = Path(options[key])
+    return CompileOptions(**options)
+
+
+def compile(model: str | Path | bytes, output: str | Path | None = None, *, report: str | Path | bool | None = None,
+            kpu_clock: float = 400.0, cpu_clock: float = 400.0, log: Any = None, progress: Any = None,
+            **options: Any):
+    """Compile a float .tflite model (path or bytes) to a kmodel v4; returns `kcc.pipeline.CompileResult`.
+
+    `output`: also write the kmodel there. `report`: build the report (`True`) and write it into that
+    directory (a path). `log(line)` receives the stage lines; `progress(done, total, stage)` the
+    calibration passes. The shadowing of the builtin `compile` is deliberate: `kcc.compile` reads like
+    the command it mirrors.
+    """
+    from kcc.cli import write_atomic
+    from kcc.pipeline import compile_model
+
+    opts = options_from(**options)
+    if isinstance(model, str):
+        model = Path(model)
+    result = compile_model(model, opts, log=log or (lambda line: None), progress=progress)
+    if report:
+        from kcc import report as reports
+
+        name = model.name if isinstance(model, Path) else "<tflite bytes>"
+        result.report = reports.build(result, opts, name, kpu_clock, cpu_clock, progress)
+    if output is not None:
+        write_atomic(Path(output), result.kmodel)
+    if report and not isinstance(report, bool):
+        reports.write(result.report, Path(report))
+    return result

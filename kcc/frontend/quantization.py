@@ -1,0 +1,129 @@
+"""What a quantized .tflite states about its own numbers: activation ranges and exact weights.
+
+TFLite's affine quantization is `real = scale * (q - zero_point)`: per tensor for activations, per
+tensor or per channel (`quantized_dimension`) for weights; int32 biases have zero point 0 and
+scale s_in * s_w. kcc imports such a model as the float graph it stands for:
+
+* constants are dequantized exactly as TFLite defines it (`dequantize_constant`: the float64 product
+  rounded once to float32). uint8 and per-tensor int8 weights then lie on a uint8 grid, which kcc's
+  quantizer finds again and reproduces losslessly (kcc.quant.kpu_params.weight_grid); per-channel
+  int8 weights do not, and kcc re-quantizes them per layer (`ModelQuantization.notes` says so);
+* every uint8 / int8 activation tensor becomes float32, and its quantization is kept as a
+  `TensorQuant` under the tflite tensor name, which is the IR node name (kcc.ir.graph). The
+  compiler uses those ranges instead of calibrating (kcc.quant.prequantized): the model was trained
+  or calibrated for exactly these grids, and no dataset is needed.
+
+int8 activations [-128, 127] map onto the KPU's uint8 [0, 255] as q + 128 with the same scale, so
+both kinds are exact. What has no uint8 equivalent is refused by `problems`: int16 activations (16x8
+models), per-channel activation scales, integer activations without a scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kcc.frontend.tflite_reader import TfliteModel, TfliteTensor
+
+ACTIVATION_TYPES = ("UINT8", "INT8")  # quantized activations kcc maps onto uint8
+WEIGHT_TYPES = ("UINT8", "INT8", "INT16", "INT32")  # quantized constants kcc dequantizes
+_OFFSET = {"UINT8": 0, "INT8": 128}  # shift onto the uint8 grid
+
+
+@dataclass(frozen=True)
+class TensorQuant:
+    """One activation tensor's grid, in uint8 terms: real = scale * (q - zero_point), 0 <= q <= 255."""
+
+    scale: float  # real value of one step (TFLite's convention, the inverse of kcc's QuantParam.scale)
+    zero_point: int  # int8 zero points are shifted by +128
+    dtype: str  # "UINT8" or "INT8": the tflite type it came from
+
+    @property
+    def real_range(self) -> tuple[float, float]:
+        """[scale * (0 - zero_point), scale * (255 - zero_point)], what the 256 levels represent."""
+        s = float(self.scale)
+        return s * (0 - self.zero_point), s * (255 - self.zero_point)
+
+
+@dataclass
+class ModelQuantization:
+    """The quantization facts of one imported model (None for a float model)."""
+
+    #: tflite tensor name (= IR node name) -> the grid of that uint8/int8 activation tensor
+    activations: dict[str, TensorQuant] = field(default_factory=dict)
+    #: for each tensor produced by a single-data-input op: (opcode, name of that input tensor);
+    #: lets the compiler find the input of an activation it fused into a KPU layer
+    producers: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: weight tensors with per-channel scales (re-quantized per layer by kcc, not bit-exact)
+    per_channel_weights: list[str] = field(default_factory=list)
+
+    @property
+    def fully_quantized(self) -> bool:
+        """Activations carry grids (uint8/int8 model); False for weights-only (dynamic range) models."""
+        return bool(self.activations)
+
+    def notes(self) -> list[str]:
+        """Warnings for the user about what the import could not keep bit-exact."""
+        if not self.per_channel_weights:
+            return []
+        note = (f"{len(self.per_channel_weights)} weight tensor(s) are quantized per channel (e.g. "
+                f"'{self.per_channel_weights[0]}'); the KPU has one weight grid per layer, so kcc rounds them "
+                f"again onto a per-layer grid (with per-channel equalization): a second weight rounding about "
+                f"as large as the int8 one, so expect slightly lower accuracy than the tflite model (its activation "
+                f"grids, if any, are kept exactly)")
+        return [note]
+
+
+def activation_quant(t: TfliteTensor) -> TensorQuant | None:
+    """The grid of a uint8/int8 activation tensor with one scale; None for anything else."""
+    if t.type_name not in ACTIVATION_TYPES or t.quant is None or t.quant.scale.size != 1:
+        return None
+    return TensorQuant(float(t.quant.scale[0]), int(t.quant.zero_point.ravel()[0]) + _OFFSET[t.type_name],
+                       t.type_name)
+
+
+def is_quantized_constant(t: TfliteTensor) -> bool:
+    return t.is_constant and t.type_name in WEIGHT_TYPES and t.quant is not None
+
+
+def is_per_channel(t: TfliteTensor) -> bool:
+    return t.quant is not None and t.quant.scale.size > 1
+
+
+def dequantize_constant(t: TfliteTensor, q: np.ndarray | None = None) -> np.ndarray:
+    """real = scale * (q - zero_point) in float64, rounded once to float32 (per channel along
+    `quantized_dimension` when there are several scales). `q` defaults to the tensor's data.
+
+    Raises ValueError when the scales do not fit the shape (the caller names the op)."""
+    q = t.data if q is None else q
+    scale, zp, axis = t.quant.scale.astype(np.float64), t.quant.zero_point.astype(np.float64), t.quant.axis
+    if scale.size > 1:
+        if not 0 <= axis < q.ndim or q.shape[axis] != scale.size:
+            raise ValueError(f"{scale.size} scales along axis {axis} of shape {list(q.shape)}")
+        bshape = [1] * q.ndim
+        bshape[axis] = scale.size
+        scale = scale.reshape(bshape)
+        zp = zp.reshape(bshape) if zp.size > 1 else zp.reshape(())
+    else:
+        scale, zp = scale.reshape(()), zp.ravel()[:1].reshape(())
+    return ((q.astype(np.float64) - zp) * scale).astype(np.float32)
+
+
+def problems(model: TfliteModel) -> list[str]:
+    """Every quantization kcc cannot represent, one phrase each (empty when the model is fine)."""
+    producers = model.producers()
+    found: dict[str, str] = {}
+    for t in model.tensors:
+        runtime = not t.is_constant and (t.index in producers or t.index in model.inputs)
+        if not runtime:
+            continue
+        if t.type_name == "INT16" and t.quant is not None:
+            found.setdefault("int16", f"int16 activations (e.g. '{t.name}'): 16x8 quantization has no uint8 "
+                                      f"equivalent; export uint8 or int8, or the float model")
+        elif t.type_name in ACTIVATION_TYPES and t.quant is None:
+            found.setdefault("noscale", f"{t.type_name.lower()} tensor '{t.name}' has no quantization scale")
+        elif t.type_name in ACTIVATION_TYPES and t.quant.scale.size != 1:
+            found.setdefault("perchannel", f"activation '{t.name}' is quantized per channel "
+                                           f"({t.quant.scale.size} scales); the KPU needs one per tensor")
+    return list(found.values())

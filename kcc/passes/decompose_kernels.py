@@ -1,0 +1,451 @@
+"""decompose_kernels: a convolution the KPU rejects, as KPU-legal 3x3 convolutions of views of its input.
+
+The KPU convolves 1x1 and 3x3 kernels only, over maps of at most 256 rows (legalize_kpu), so ncc
+leaves every 5x5 depthwise of BlazePalm/BlazeHand, every 7x7 stem and every oversized stride-2 stem
+to the CPU, where a float conv costs ~64 cycles per MAC. This pass rewrites such a conv, before
+legalize, into terms that are each an ordinary 3x3 conv of a view (crop/phase) of the input.
+
+## Algebra (one spatial axis; in 2-D a term is the product of an H term and a W term)
+
+A conv with K taps, stride s and p zero rows before reads (x = 0 outside [0, H))
+
+    y[i] = sum_{k<K} w[k] x[s*i + k - p]
+
+Pick a split step q (1, or q = s) and write k = q*t + r, phase r < q, t < A_r = ceil((K - r)/q).
+With r - p = q*e_r + phi_r (0 <= phi_r < q) the input index is q*(i*s/q + t + e_r) + phi_r, so
+
+    y[i] = sum_r sum_t w[q*t + r] X_r[(s/q)*i + t + e_r],        X_r[j] = x[q*j + phi_r]
+
+Group t into blocks of three: t = 3b + a - z (a < 3, b < ceil(A_r/3), z zero taps put first):
+
+    y[i] = sum_{r,b} sum_{a<3} w_rb[a] X_r[(s/q)*i + a + o_rb],  w_rb[a] = w[q*(3b + a - z) + r] (0 off the kernel)
+                                                                  o_rb = 3b - z + e_r
+
+Each (r, b) is a 3-tap conv with stride s/q of the view X_r starting at o_rb: a `term`. A negative
+o is zero padding before, a positive one a crop; the view is cut so that the term yields exactly
+the output rows. q = 1 is the spatial block split (the terms inherit the stride, legalize picks or
+slices); q = s is the polyphase split (the phases of the input, every term at stride 1, so a
+stride-2 conv runs on quarter-size maps). Terms reading only padding are dropped.
+
+## Combining the terms (sketch for a 5x5 depthwise, stride 1, "same")
+
+    before:  x -> conv5x5(w, b, act) -> y                             (CPU: 25 MACs per output)
+
+    sum:     x -> [crop] -> conv3x3(w_00, b)  -+
+             x -> [crop] -> conv3x3(w_01, 0)  -+-> add -> add -> add(act) -> y
+             ...                                  (J KPU layers, J-1 float adds on the CPU)
+    stack:   x -> [crop/pad]_j -> concat(channels) -> conv3x3([w_00 | w_01 | ...], b, act) -> y
+                                                  (one KPU layer over J*C input channels)
+
+`sum` keeps the weights as they are; partial sums are not clamped: the bias rides on the first
+term (the KPU adds it for free) and the fused clamp on the last add. `stack` rounds once (one
+8-bit output instead of J) and downloads nothing between the terms, but a depthwise kernel
+becomes a dense block-diagonal one: J*C*C*9 weight bytes and J*C <= 1024 channels.
+
+## Choosing
+
+Candidates: split q in {1, s} x zero placement z x combiner in {sum, stack}. Each candidate is
+legalized on its own (a few-node graph) and must land wholly on the KPU; among those, the one
+with the fewest estimated K210 cycles wins (`estimate_cycles`: KPU layer cycles, uploads and
+downloads, and the CPU data movement / adds around the layers, with the per-element costs of
+kcc/latency.py). A depthwise `stack` is only a candidate while its weights fit STACK_WEIGHT_BUDGET.
+The decision and its estimate go into the output node's note.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from kcc.emit_kpu import weight_loads
+from kcc.ir import kpu_ops as KO
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph, Node
+from kcc.kmodel import kpu_row_layout
+from kcc.options import CompileOptions
+from kcc.passes.legalize_kpu import MAX_CHANNELS, legalize_kpu
+
+#: most weight bytes a depthwise `stack` / `stack_dw` may create per conv (its own are 25*C for 5x5)
+STACK_WEIGHT_BUDGET = 128 * 1024
+#: most KPU layers (channel groups) a depthwise `stack` may take
+MAX_STACK_GROUPS = 16
+
+# Cost model (cycles at 400 MHz, nncase v0.2 runtime; per-element figures of kcc/latency.py).
+_KPU_LAYER_CYCLES = 10_000  # 25 us: interrupt, layer FIFO, runtime
+_KPU_CYCLE_FACTOR, _KPU_WEIGHT_CYCLES_PER_BYTE = 1.03, 0.255
+_UPLOAD, _DOWNLOAD, _DEQUANTIZE = 26.0, 34.0, 12.0  # per byte / element
+_CPU_PER_ELEMENT = {O.Pad: 54.0, O.StridedSlice: 80.0, O.Transpose: 80.0, O.Concat: 1.0, O.Reshape: 1.0,
+                    O.Binary: 32.0}
+_CPU_CONV_MAC = 64.0  # float conv2d of the nncase v0.2 runtime
+_CPU_NODE = 2000.0
+
+Add = Callable[[O.Op, tuple, str], Node]
+
+
+# ----------------------------------------------------------------------------------- terms
+@dataclass(frozen=True)
+class AxisTerm:
+    """One axis of a term: conv taps `taps` (kernel indices, -1 = zero) over the view
+    X[j] = x[step*j + phase], first read at view index `offset`, with stride `stride`."""
+
+    taps: tuple[int, int, int]
+    phase: int
+    step: int
+    offset: int
+    stride: int
+
+
+def axis_terms(k: int, s: int, pad_before: int, q: int, z: int) -> list[AxisTerm]:
+    """The terms of one axis (module docstring), split step q in {1, s}, z zero taps first."""
+    terms = []
+    for r in range(q):
+        a_r = -(-(k - r) // q)
+        if a_r <= 0:
+            continue
+        m = -(-a_r // 3)
+        zr = min(z, 3 * m - a_r)
+        phi = (r - pad_before) % q
+        e = (r - pad_before - phi) // q
+        for b in range(m):
+            taps = tuple(q * (3 * b + a - zr) + r if 0 <= 3 * b + a - zr < a_r else -1 for a in range(3))
+            terms.append(AxisTerm(taps, phi, q, 3 * b - zr + e, s // q))
+    return terms
+
+
+def _max_z(k: int, q: int) -> int:
+    """The most zero taps any phase's blocks carry (so z in 0.._max_z covers every placement)."""
+    out = 0
+    for r in range(min(q, k)):
+        a_r = -(-(k - r) // q)
+        out = max(out, 3 * -(-a_r // 3) - a_r)
+    return out
+
+
+@dataclass(frozen=True)
+class _Window:
+    """Where one axis term reads: view indices [lo, hi) of X, plus conv zero padding."""
+
+    begin: int  # input index of view element lo
+    end: int  # one past the input index of view element hi - 1
+    step: int
+    pad_before: int
+    pad_after: int
+    stride: int
+
+
+def _window(t: AxisTerm, size: int, out: int) -> _Window | None:
+    length = len(range(t.phase, size, t.step))
+    end = t.offset + t.stride * (out - 1) + 3
+    lo, hi = max(0, t.offset), min(length, end)
+    if hi <= lo:
+        return None  # the term reads padding only
+    return _Window(t.phase + t.step * lo, t.phase + t.step * (hi - 1) + 1, t.step,
+                   max(0, -t.offset), max(0, end - length), t.stride)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One way to decompose a conv: split steps, zero placement, combiner, and for a depthwise
+    `stack` the channels per group (0: all channels in one layer)."""
+
+    split: tuple[int, int]
+    z: tuple[int, int]
+    combine: str  # "sum" | "stack" | "stack_dw"
+    group: int = 0
+
+    def describe(self) -> str:
+        how = "polyphase" if self.split != (1, 1) else "blocks"
+        groups = f" in groups of {self.group} channels" if self.group else ""
+        return f"{how} z={self.z[0]},{self.z[1]}, {self.combine}{groups}"
+
+
+def _terms(n: Node, plan: Plan) -> list[tuple[np.ndarray, _Window, _Window]] | None:
+    """(3x3 kernel, H window, W window) of every term that reads any input."""
+    op: O.Conv2D = n.op
+    x, w, _ = n.inputs
+    wd = w.data
+    _, _, h, wdt = x.shape
+    _, _, oh, ow = n.shape
+    out = []
+    for th in axis_terms(wd.shape[2], op.stride[0], op.padding[0][0], plan.split[0], plan.z[0]):
+        wh = _window(th, h, oh)
+        if wh is None:
+            continue
+        for tw in axis_terms(wd.shape[3], op.stride[1], op.padding[1][0], plan.split[1], plan.z[1]):
+            ww = _window(tw, wdt, ow)
+            if ww is None:
+                continue
+            k = np.zeros((*wd.shape[:2], 3, 3), np.float32)
+            for a, ka in enumerate(th.taps):
+                for c, kc in enumerate(tw.taps):
+                    if ka >= 0 and kc >= 0:
+                        k[:, :, a, c] = wd[:, :, ka, kc]
+            out.append((k, wh, ww))
+    return out or None
+
+
+# ----------------------------------------------------------------------------------- emission
+def _view(add: Add, x: Node, wh: _Window, ww: _Window, name: str, cache: dict) -> Node:
+    nb, c, h, w = x.shape
+    key = (wh.begin, wh.end, wh.step, ww.begin, ww.end, ww.step)
+    if key == (0, h, 1, 0, w, 1):
+        return x
+    if key not in cache:
+        cache[key] = add(O.StridedSlice((0, 0, wh.begin, ww.begin), (nb, c, wh.end, ww.end), (1, 1, wh.step, ww.step)),
+                         (x,), f"{name}/view{len(cache)}")
+    return cache[key]
+
+
+def _padded_views(add: Add, x: Node, terms: list, keep: tuple[tuple[int, int], tuple[int, int]], name: str,
+                  cache: dict, channels: tuple[int, int] | None = None) -> list[Node]:
+    """Views of equal size for a stack: x padded once, then one (strided) slice per term. Each view
+    covers its term's whole window except the `keep` zero rows/columns, left to the conv padding;
+    `channels` restricts the views to a channel range."""
+    nb, c, *size = x.shape
+    c0, c1 = channels or (0, c)
+    spans = []  # per term, per axis: first and last input index read (may be in the padding)
+    for _, *wins in terms:
+        spans.append([(win.begin - win.step * (win.pad_before - kb), win.end - 1 + win.step * (win.pad_after - ka))
+                      for win, (kb, ka) in zip(wins, keep)])
+    pads = tuple((max(0, -min(sp[a][0] for sp in spans)), max(0, max(sp[a][1] for sp in spans) - (size[a] - 1)))
+                 for a in range(2))
+    if "padded" not in cache:
+        cache["padded"] = x
+        if any(p for pair in pads for p in pair):
+            cache["padded"] = add(O.Pad(((0, 0), (0, 0), *pads), 0.0), (x,), f"{name}/pad")
+    xp = cache["padded"]
+    views = []
+    for (_, wh, ww), sp in zip(terms, spans):
+        begin = (0, c0, *(sp[a][0] + pads[a][0] for a in range(2)))
+        end = (nb, c1, *(sp[a][1] + pads[a][0] + 1 for a in range(2)))
+        key = (begin, end, wh.step, ww.step)
+        if key == ((0, 0, 0, 0), xp.shape, 1, 1):
+            views.append(xp)
+            continue
+        if key not in cache:
+            cache[key] = add(O.StridedSlice(begin, end, (1, 1, wh.step, ww.step)), (xp,), f"{name}/view")
+        views.append(cache[key])
+    return views
+
+
+def _block_diagonal(terms: list, c0: int, c1: int) -> np.ndarray:
+    """Dense [g, J*g, 3, 3] weights of a depthwise stack over channels c0..c1: output channel o
+    reads channel o of every term's view."""
+    g, j_count = c1 - c0, len(terms)
+    ws = np.zeros((g, j_count * g, 3, 3), np.float32)
+    for j, (k, _, _) in enumerate(terms):
+        ws[np.arange(g), j * g + np.arange(g)] = k[c0:c1, 0]
+    return ws
+
+
+def emit(add: Add, n: Node, x: Node, plan: Plan) -> Node | None:
+    """Build the decomposition of conv `n` (reading `x`) with `add`; returns the node computing n."""
+    op: O.Conv2D = n.op
+    _, _, bn = n.inputs
+    terms = _terms(n, plan)
+    if terms is None:
+        return None
+    name, bias = n.name, bn.data.astype(np.float32)
+    c, oc = x.shape[1], n.shape[1]
+    j_count = len(terms)
+    if plan.combine == "sum" or j_count == 1:
+        acc, zero, views = None, None, {}
+        for j, (k, wh, ww) in enumerate(terms):
+            v = _view(add, x, wh, ww, name, views)
+            conv = O.Conv2D((wh.stride, ww.stride), ((wh.pad_before, wh.pad_after), (ww.pad_before, ww.pad_after)),
+                            (1, 1), op.groups, op.act if j_count == 1 else O.NO_CLAMP)
+            if j == 0:
+                b = add(O.Constant(bias), (), f"{name}/bias")
+            else:
+                if zero is None:
+                    zero = add(O.Constant(np.zeros_like(bias)), (), f"{name}/zero_bias")
+                b = zero
+            t = add(conv, (v, add(O.Constant(k), (), f"{name}/w{j}"), b), f"{name}/term{j}")
+            last = j == j_count - 1
+            acc = t if acc is None else add(O.Binary("add", op.act if last else O.NO_CLAMP), (acc, t), f"{name}/sum{j}")
+        return acc
+    cache: dict = {}
+    if plan.combine == "stack":
+        keep = tuple((min(t[a].pad_before for t in terms), min(t[a].pad_after for t in terms)) for a in (1, 2))
+        conv = O.Conv2D((terms[0][1].stride, terms[0][2].stride), keep, (1, 1), 1, op.act)
+        if op.groups == 1:
+            stacked = add(O.Concat(1), tuple(_padded_views(add, x, terms, keep, name, cache)), f"{name}/stack")
+            ws = np.concatenate([k for k, _, _ in terms], axis=1)
+            return add(conv, (stacked, add(O.Constant(ws), (), f"{name}/w_stacked"),
+                              add(O.Constant(bias), (), f"{name}/bias")), f"{name}/stacked_conv")
+        outs = []  # depthwise: dense, block-diagonal, one layer per channel group
+        for c0 in range(0, c, plan.group or c):
+            c1 = min(c, c0 + (plan.group or c))
+            stacked = add(O.Concat(1), tuple(_padded_views(add, x, terms, keep, name, cache, (c0, c1))),
+                          f"{name}/stack")
+            outs.append(add(conv, (stacked, add(O.Constant(_block_diagonal(terms, c0, c1)), (), f"{name}/w_stacked"),
+                                   add(O.Constant(bias[c0:c1]), (), f"{name}/bias")), f"{name}/stacked_conv"))
+        return outs[0] if len(outs) == 1 else add(O.Concat(1), tuple(outs), f"{name}/channels")
+    # stack_dw (stride-1 depthwise terms): full windows, "same" 3x3 depthwise over J*C channels and a
+    # 1x1 conv summing the J groups; both are trivial KPU layers, one crop at the end.
+    stacked = add(O.Concat(1), tuple(_padded_views(add, x, terms, ((0, 0), (0, 0)), name, cache)), f"{name}/stack")
+    wd = np.concatenate([k for k, _, _ in terms], axis=0)  # [J*C, 1, 3, 3]
+    parts = add(O.Conv2D((1, 1), ((1, 1), (1, 1)), (1, 1), j_count * c),
+                (stacked, add(O.Constant(wd), (), f"{name}/w_terms"), add(O.Constant(np.zeros(j_count * c, np.float32)),
+                                                                           (), f"{name}/zero_bias")), f"{name}/terms")
+    ones = np.tile(np.eye(c, dtype=np.float32), (1, j_count))[:, :, None, None]  # [C, J*C, 1, 1]
+    total = add(O.Conv2D(act=op.act), (parts, add(O.Constant(ones), (), f"{name}/w_sum"),
+                                       add(O.Constant(bias), (), f"{name}/bias")), f"{name}/sum")
+    _, _, h2, w2 = total.shape
+    return add(O.StridedSlice((0, 0, 1, 1), (x.shape[0], oc, h2 - 1, w2 - 1), (1, 1, 1, 1)), (total,), f"{name}/crop")
+
+
+# ----------------------------------------------------------------------------------- cost
+def estimate_cycles(g: Graph) -> float:
+    """Estimated K210 cycles of a legalized graph (module docstring): KPU layers with their uploads
+    and downloads, float convs, and the CPU data movement and adds between them."""
+    users = g.users()
+    outputs = {id(o) for o in g.outputs}
+    total = 0.0
+    for n in g.nodes:
+        if isinstance(n.op, KO.KpuConv2D):
+            x, w = n.inputs[0], n.inputs[1]
+            nb, c, h, wd = x.shape
+            lay = kpu_row_layout(wd)
+            per_line = n.shape[1] if n.op.depthwise else math.ceil(c / lay.groups) * n.shape[1]
+            total += _KPU_CYCLE_FACTOR * nb * h * lay.row_len * per_line + _KPU_WEIGHT_CYCLES_PER_BYTE * w.type.size
+            total += _KPU_LAYER_CYCLES
+            if not isinstance(x.op, KO.KpuConv2D):
+                total += _UPLOAD * x.type.size
+            if id(n) in outputs or any(not isinstance(u.op, KO.KpuConv2D) for u in users[n]):
+                total += _DOWNLOAD * n.type.size
+        elif isinstance(n.op, O.Conv2D):
+            total += _CPU_NODE + _CPU_CONV_MAC * n.type.size * int(np.prod(n.inputs[1].shape[1:]))
+        elif type(n.op) in _CPU_PER_ELEMENT:
+            total += _CPU_NODE + _CPU_PER_ELEMENT[type(n.op)] * n.type.size
+            if isinstance(n.op, (O.Binary, O.Concat)):  # float ops: u8 KPU outputs are dequantized first
+                total += sum(_DEQUANTIZE * i.type.size for i in n.inputs if isinstance(i.op, KO.KpuConv2D))
+    return total
+
+
+def _alone(n: Node, plan: Plan | None) -> Graph | None:
+    """Conv `n` (plan None) or its decomposition as a graph of its own: input -> ... -> output."""
+    g = Graph()
+    x = g.input(0, n.inputs[0].shape)
+    if plan is None:
+        y = g.add(n.op, (x, g.constant(n.inputs[1].data), g.constant(n.inputs[2].data)), n.name)
+    else:
+        y = emit(lambda op, ins, name: g.add(op, ins, name), n, x, plan)
+        if y is None:
+            return None
+    g.outputs = [y]
+    return g
+
+
+def _on_kpu(g: Graph, opts: CompileOptions) -> tuple[bool, float]:
+    lg, placements = legalize_kpu(g, opts)
+    return bool(placements) and all(p.on_kpu for p in placements), estimate_cycles(lg)
+
+
+def _stack_group(c: int, j: int) -> int:
+    """Channels per layer of a depthwise stack of j terms (c: one layer), 0 if none fits: the weights
+    (9*j*g per channel) within STACK_WEIGHT_BUDGET, j*g input channels, at most MAX_STACK_GROUPS layers."""
+    g = min(c, MAX_CHANNELS // j, STACK_WEIGHT_BUDGET // (9 * j * c))
+    while g > 0 and weight_loads(g, j * g, 3, False)[1] >= 64:  # load_time is 6 bits
+        g -= 1
+    if g == 0 or -(-c // g) > MAX_STACK_GROUPS:
+        return 0
+    return -(-c // -(-c // g))  # the same number of layers, balanced
+
+
+def _plans(n: Node) -> list[Plan]:
+    """Every candidate: split step, zero placement, and each combiner whose limits it meets."""
+    op: O.Conv2D = n.op
+    x, w, _ = n.inputs
+    (sh, sw), (kh, kw), c = op.stride, w.shape[2:], x.shape[1]
+    depthwise = op.groups > 1
+    splits = [(1, 1)] + ([(sh, sw)] if (sh, sw) != (1, 1) else [])
+    out = []
+    for split in splits:
+        for z in itertools.product(range(_max_z(kh, split[0]) + 1), range(_max_z(kw, split[1]) + 1)):
+            out.append(Plan(split, z, "sum"))
+            j = len(axis_terms(kh, sh, 0, split[0], z[0])) * len(axis_terms(kw, sw, 0, split[1], z[1]))
+            if j == 1:
+                continue
+            if not depthwise:
+                if j * c <= MAX_CHANNELS and weight_loads(w.shape[0], j * c, 3, False)[1] < 64:
+                    out.append(Plan(split, z, "stack"))
+                continue
+            g = _stack_group(c, j)
+            if g:
+                out.append(Plan(split, z, "stack", 0 if g == c else g))
+            if split == (sh, sw) and j * c <= MAX_CHANNELS and j * c * c + 9 * j * c <= STACK_WEIGHT_BUDGET:
+                out.append(Plan(split, z, "stack_dw"))
+    return out
+
+
+@dataclass(frozen=True)
+class Decision:
+    node: str
+    plan: Plan | None  # None: the conv stays as it is
+    cycles: float  # estimate of the chosen form
+    cpu_cycles: float  # estimate of the conv left on the CPU
+    reason: str
+
+
+def choose(n: Node, opts: CompileOptions = CompileOptions()) -> Decision:
+    """The cheapest decomposition of conv `n` that legalizes wholly onto the KPU, if it needs one."""
+    op: O.Conv2D = n.op
+    x, w, b = n.inputs
+    if not (w.is_constant and b.is_constant):
+        return Decision(n.name, None, 0.0, 0.0, "weights are not constant")
+    if op.dilation != (1, 1):
+        return Decision(n.name, None, 0.0, 0.0, f"dilation {op.dilation}")
+    c, oc = x.shape[1], w.shape[0]
+    if op.groups not in (1, c) or (op.groups == c > 1 and oc != c):
+        return Decision(n.name, None, 0.0, 0.0, f"groups {op.groups} (KPU: 1 or depthwise)")
+    fits, cpu = _on_kpu(_alone(n, None), opts)
+    if fits:
+        return Decision(n.name, None, cpu, cpu, "on the KPU as it is")
+    best: tuple[float, Plan] | None = None
+    for plan in _plans(n):
+        alone = _alone(n, plan)
+        if alone is None:
+            continue
+        fits, cycles = _on_kpu(alone, opts)
+        if fits and (best is None or cycles < best[0]):
+            best = (cycles, plan)
+    if best is None:
+        return Decision(n.name, None, cpu, cpu, "no decomposition lands on the KPU")
+    return Decision(n.name, best[1], best[0], cpu, "decomposed")
+
+
+def rewrite(g: Graph, n: Node, plan: Plan, note: str = "") -> Node | None:
+    """Replace conv `n` of `g` by its decomposition under `plan`; the new output node takes n's name."""
+    new = emit(lambda op, ins, name: g.insert_before(n, op, ins, name), n, n.inputs[0], plan)
+    if new is None:
+        return None
+    new.note = note
+    g.replace_all_uses(n, new)
+    new.name, n.name = n.name, n.name + "/decomposed"
+    return new
+
+
+def decompose_kernels(g: Graph, opts: CompileOptions = CompileOptions(), decisions: list | None = None) -> Graph:
+    """Rewrite every Conv2D that legalize_kpu would leave on the CPU and that some decomposition
+    puts on the KPU. `decisions`, if given, receives one `Decision` per rewritten conv."""
+    if opts.target == "cpu":
+        return g
+    for n in list(g.nodes):
+        if not isinstance(n.op, O.Conv2D):
+            continue
+        d = choose(n, opts)
+        if d.plan is None:
+            continue
+        kh, kw = n.inputs[1].shape[2:]
+        rewrite(g, n, d.plan, f"{kh}x{kw}{' depthwise' if n.op.groups > 1 else ''} s{n.op.stride[0]} as "
+                              f"{d.plan.describe()}: ~{d.cycles / 4e5:.2f} ms vs ~{d.cpu_cycles / 4e5:.2f} ms on the CPU "
+                              f"(estimates)")
+        if decisions is not None:
+            decisions.append(d)
+    g.remove_dead()
+    return g

@@ -1,0 +1,147 @@
+"""Ranges from a pre-quantized model's own grids, in place of calibration.
+
+A uint8 / int8 .tflite states the grid of every activation tensor (kcc.frontend.quantization). Its
+weights and biases were trained (quantization-aware training) or calibrated for exactly those grids,
+so kcc uses them as the quantization points' ranges: no dataset is needed, and each KPU layer
+quantizes its output on the model's own grid, as TFLite's uint8 kernels do.
+
+`quantize` turns a calibrated range into nncase's (z, s) with `get_quant_param`. For a tflite range
+[scale*(0 - z), scale*(255 - z)] that gives back z exactly, and s = float32(1/scale) for all 96
+uint8 activation tensors of the Coral MobileNets, but not always: for about one random scale in six
+the float32 division lands one ulp away. So the ranges made here are `GridRange`s, which carry
+the grid itself to `quantize` (kcc.quant.params.range_param): the model's grid, verbatim.
+
+Quantization points are IR nodes, named after the tflite tensor they compute (kcc.ir.graph), but
+legalization adds nodes around a KPU layer. `model_ranges` finds each point's tensor:
+* by name;
+* else through data movement, which keeps the values and the grid: a KPU layer `X/kpu` that a crop
+  (StridedSlice `X`) follows, a reshape, a pad in front of a layer (`X/kpu_pad`), a concatenation
+  of views of one tensor;
+* the input of an activation fused into a layer (`L/pre_act`, kcc.quant.quantize) is the output of
+  the conv that the layer's tensor L comes from, found through the tflite producers.
+A point with no tensor (an intermediate a rewrite invented) raises a DatasetError that names it:
+calibrating with --dataset still works for such models.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from kcc.errors import DatasetError
+from kcc.frontend.quantization import ModelQuantization, TensorQuant
+from kcc.ir import kpu_ops as KO
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph, Node
+from kcc.quant.params import GridRange, QuantParam
+from kcc.quant.quantize import pre_activation_name
+
+F32 = np.float32
+Range = tuple[float, float]
+_MOVES = (O.Reshape, O.Transpose, O.StridedSlice, O.Pad)  # keep values (and so the grid)
+_CONVS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+
+
+def _with(r: Range, v: float) -> Range:
+    """r widened to contain v (a pad value); keeps a GridRange when v lies inside it."""
+    return r if r[0] <= v <= r[1] else (min(r[0], v), max(r[1], v))
+
+
+def target_param(tq: TensorQuant) -> QuantParam:
+    """The tflite grid in kcc's convention: z = zero point, s = float32(1/scale) levels per unit."""
+    return QuantParam(tq.zero_point, float(F32(1.0 / float(F32(tq.scale)))))
+
+
+def grid_range(tq: TensorQuant) -> GridRange:
+    """The tensor's real range [scale*(0 - z), scale*(255 - z)], carrying the grid itself."""
+    return GridRange(*tq.real_range, target_param(tq))
+
+
+class _Resolver:
+    def __init__(self, g: Graph, quant: ModelQuantization):
+        self.known = {name: grid_range(tq) for name, tq in quant.activations.items()}
+        self.producers = quant.producers
+        self.users = g.users()
+        self.by_name = {n.name: n for n in g.nodes}
+
+    def tensor_range(self, n: Node, forward: bool = True) -> Range | None:
+        """The grid of the tensor `n` computes: its own, or that of a node holding the same values
+        moved around (data movement keeps the grid, in TFLite as in kcc.quant.quantize)."""
+        if n.name in self.known:
+            return self.known[n.name]
+        found = None
+        if isinstance(n.op, _MOVES):  # backwards: a pad / crop / reshape of a known tensor
+            found = self.tensor_range(n.inputs[0], forward=False)
+            if found is not None and isinstance(n.op, O.Pad):
+                found = _with(found, n.op.value)
+        elif isinstance(n.op, O.Concat):  # e.g. the stacked views of one input (decompose_kernels)
+            parts = [self.tensor_range(i, forward=False) for i in n.inputs]
+            if parts and all(p is not None for p in parts):
+                found = parts[0] if all(p == parts[0] for p in parts) else (min(p[0] for p in parts),
+                                                                            max(p[1] for p in parts))
+        if found is None and forward:  # forwards: a KPU layer `X/kpu` cropped to the tensor X
+            cur = n
+            while found is None and len(self.users.get(cur, ())) == 1 and isinstance(self.users[cur][0].op, _MOVES):
+                cur = self.users[cur][0]
+                found = self.known.get(cur.name)
+        return found
+
+    def pre_activation_range(self, layer: Node) -> Range | None:
+        """The range a fused activation reads: the output of the conv behind the layer's tensor."""
+        name = layer.name
+        for _ in range(4):  # tensor <- pool <- activation <- conv at most
+            kind, src = self.producers.get(name, ("", ""))
+            if not kind:
+                return None
+            if kind in _CONVS:
+                return self.known.get(name)
+            name = src
+        return None
+
+    def point_range(self, p: Node) -> Range | None:
+        if p.name.endswith("/pre_act") and isinstance(p.op, KO.KpuConv2D):
+            layer = self.by_name.get(p.name[: -len("/pre_act")])
+            if layer is not None and pre_activation_name(layer) == p.name:
+                return self.pre_activation_range(layer)
+        return self.tensor_range(p)
+
+
+def model_ranges(g: Graph, points: Sequence[Node], quant: ModelQuantization) -> dict[str, Range]:
+    """The range of every calibration point of `g` (kcc.quant.quantize.calibration_view), from the
+    model's own grids; DatasetError naming the points that have none."""
+    r = _Resolver(g, quant)
+    ranges: dict[str, Range] = {}
+    missing: list[str] = []
+    for p in points:
+        found = r.point_range(p)
+        if found is None:
+            missing.append(p.name)
+        else:
+            ranges[p.name] = found
+    if missing:
+        listing = ", ".join(f"'{m}'" for m in missing[:3])
+        listing += f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise DatasetError(f"the pre-quantized model has no grid for {len(missing)} tensor(s) the KPU layers "
+                           f"need: {listing}", hint="pass --dataset to calibrate those ranges instead")
+    return ranges
+
+
+def prequantized_ranges(g: Graph, quant: ModelQuantization, options, log=lambda line: None) -> dict[str, Range]:
+    """The compiler's calibration step for a pre-quantized model: every point's range from the model.
+
+    --input-mean/--input-std still fix the graph input's range as they do after calibration."""
+    from kcc.quant.calibrate import input_range_override
+    from kcc.quant.quantize import calibration_view
+
+    n_outputs = len(g.outputs)
+    view, points = calibration_view(g)
+    try:
+        ranges = model_ranges(view, points, quant)
+    finally:
+        view.outputs = view.outputs[:n_outputs]  # drop the calibration-only outputs again
+        view.remove_dead()
+    if options.input_mean is not None or options.input_std is not None:
+        ranges[g.inputs[0].name] = input_range_override(options.mean, options.std)
+    log(f"   no calibration: {len(points)} tensors take the pre-quantized model's own grids")
+    return ranges

@@ -1,0 +1,158 @@
+"""Per-layer quantization error: what each KPU layer computes on the board vs in float.
+
+ncc v0.2 users compare whole-model outputs by hand (ecosystem.md §2 P5, §4.5); this finds *which*
+layer loses the accuracy. For every calibration sample:
+
+* the float reference is the legalized float graph (`CompileResult.float_graph`, the graph that was
+  calibrated) run by kcc's float evaluator; each `KpuConv2D` node's output is recorded;
+* the board value is the compiled kmodel run by `kpu_sim` (bit-exact with the K210): the trace hook
+  sees every `kpu_conv2d` node's KPU-RAM output, `kpu_offsets` turns that layout back into NCHW, and
+  the layer's output quantization `out_q = (zero_point, scale)` dequantizes it, x = (q - z) / scale.
+
+Nodes are matched by name (`Emitted.node_names`: kmodel node index -> IR node name; a KPU layer keeps
+the name of the float layer it was quantized from). Errors accumulate through the network, as on the
+board: layer k sees the quantized output of layer k-1, so a layer's numbers include upstream error.
+
+Per layer, over all samples: cosine similarity and SQNR = 10 log10(sum f^2 / sum (f - q)^2) dB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+
+from kcc import kmodel as km
+from kcc.ir import kpu_ops as KO
+from kcc.ir.graph import Graph
+
+#: at most this many samples (the first ones, in the dataset's sorted order) are compared
+MAX_SAMPLES = 100
+
+
+@dataclass
+class LayerError:
+    """Running sums of one KPU layer over the samples, and the metrics derived from them."""
+
+    name: str
+    index: int  # kmodel node index
+    shape: tuple[int, ...]
+    ff: float = 0.0
+    qq: float = 0.0
+    fq: float = 0.0
+    ee: float = 0.0
+    max_abs: float = 0.0
+    clipped: int = 0  # float values outside the range the layer's uint8 output can represent
+    count: int = 0
+
+    def add(self, f: np.ndarray, q: np.ndarray, lo: float = -np.inf, hi: float = np.inf) -> None:
+        """Accumulate one sample: float reference `f`, dequantized board value `q`, output range [lo, hi]."""
+        f64, q64 = f.astype(np.float64).ravel(), q.astype(np.float64).ravel()
+        self.clipped += int(np.count_nonzero((f64 < lo) | (f64 > hi)))
+        self.count += f64.size
+        e = f64 - q64
+        self.ff += float(f64 @ f64)
+        self.qq += float(q64 @ q64)
+        self.fq += float(f64 @ q64)
+        self.ee += float(e @ e)
+        self.max_abs = max(self.max_abs, float(np.abs(e).max(initial=0.0)))
+
+    @property
+    def cosine(self) -> float:
+        if self.ff == 0.0 and self.qq == 0.0:
+            return 1.0
+        return self.fq / max(np.sqrt(self.ff * self.qq), 1e-300)
+
+    @property
+    def clipped_fraction(self) -> float:
+        """Share of float values the calibrated range cuts off (l2 clipping, softmax-logit ranges)."""
+        return self.clipped / max(self.count, 1)
+
+    @property
+    def sqnr_db(self) -> float:
+        if self.ee == 0.0:
+            return float("inf")
+        return float(10 * np.log10(max(self.ff, 1e-300) / self.ee))
+
+    def to_json(self) -> dict:
+        sqnr = self.sqnr_db
+        return {"name": self.name, "node": self.index, "shape": list(self.shape), "cosine": round(self.cosine, 6),
+                "sqnr_db": None if np.isinf(sqnr) else round(sqnr, 2), "max_abs_error": round(self.max_abs, 6),
+                "clipped_fraction": round(self.clipped_fraction, 6)}
+
+
+@dataclass
+class QuantErrorReport:
+    layers: list[LayerError] = field(default_factory=list)  # worst (lowest SQNR) first
+    samples: int = 0
+    total_samples: int = 0
+
+    def to_json(self) -> dict:
+        return {"samples": self.samples, "total_samples": self.total_samples,
+                "layers": [layer.to_json() for layer in self.layers]}
+
+
+def _kpu_nchw(raw: np.ndarray, body: km.KpuConv2D) -> np.ndarray:
+    """The uint8 NCHW output map of a kpu_conv2d from the bytes of its KPU-RAM range."""
+    lay = body.layer
+    shape = (body.batches, lay.out_channels, lay.out_height, lay.out_width)
+    return raw[km.kpu_offsets(shape)]
+
+
+def layer_out_q(graph: Graph) -> dict[str, tuple[int, float]]:
+    """IR name -> (zero_point, scale) of every quantized KPU layer of the emitted graph."""
+    return {n.name: n.op.out_q for n in graph.nodes if isinstance(n.op, KO.KpuLayer)}
+
+
+def float_layer_outputs(float_graph: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Output of every float KpuConv2D node of the legalized graph on input `x`."""
+    from kcc.eval.interpreter import run
+
+    found: dict[str, np.ndarray] = {}
+
+    def observe(node, value):
+        if isinstance(node.op, KO.KpuConv2D):
+            found[node.name] = np.array(value, np.float32, copy=True)
+
+    run(float_graph, [x], observe)
+    return found
+
+
+def measure(kmodel_bytes: bytes, node_names: list[str], float_graph: Graph, quant_graph: Graph,
+            samples: Iterable[tuple[np.ndarray, np.ndarray]], total: int | None = None,
+            tick: Callable[[], None] | None = None) -> QuantErrorReport:
+    """Compare every KPU layer over `samples`: pairs (float graph input, kmodel input) of one sample.
+
+    `tick()` is called after each sample (progress bars)."""
+    import kpu_sim
+
+    program = kpu_sim.load(bytes(kmodel_bytes))
+    out_q = layer_out_q(quant_graph)
+    layers: dict[int, LayerError] = {}
+    report = QuantErrorReport()
+    for x_float, x_model in samples:
+        reference = float_layer_outputs(float_graph, x_float)
+
+        def trace(index, opcode, body, outs):
+            if opcode is not km.Opcode.KPU_CONV2D or index >= len(node_names):
+                return
+            name = node_names[index]
+            if name not in reference or name not in out_q:
+                return
+            zero_point, scale = out_q[name]
+            q = _kpu_nchw(outs[0], body)
+            f = reference[name]
+            if f.shape != q.shape:
+                return
+            layer = layers.setdefault(index, LayerError(name, index, f.shape))
+            lo, hi = (0 - zero_point) / scale, (255 - zero_point) / scale
+            layer.add(f, (q.astype(np.float32) - zero_point) / np.float32(scale), lo - 0.5 / scale, hi + 0.5 / scale)
+
+        program.run([x_model], trace=trace)
+        report.samples += 1
+        if tick is not None:
+            tick()
+    report.total_samples = total if total is not None else report.samples
+    report.layers = sorted(layers.values(), key=lambda e: (e.sqnr_db, e.index))
+    return report

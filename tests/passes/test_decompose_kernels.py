@@ -1,0 +1,179 @@
+"""decompose_kernels: every decomposition computes the conv exactly (float) and lands on the KPU;
+the pass rewrites only what legalize_kpu rejects, and picks the cheapest candidate."""
+
+import numpy as np
+import pytest
+
+from kcc.eval.interpreter import run
+from kcc.ir import kpu_ops as KO
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph
+from kcc.options import CompileOptions
+from kcc.passes import decompose_kernels as D
+from kcc.passes.coverage import conv_coverage, model_conv_macs
+from kcc.passes.legalize_kpu import legalize_kpu
+
+rng = np.random.default_rng(17)
+
+
+def _conv_graph(c, oc, h, w, kh, kw, stride, pad, groups=1, act=(0.0, 6.0), wscale=1.0):
+    g = Graph()
+    x = g.input(0, (1, c, h, w))
+    wt = g.constant((wscale * rng.uniform(-1, 1, (oc, c // groups, kh, kw))).astype(np.float32), "w")
+    b = g.constant(rng.uniform(-1, 1, oc).astype(np.float32), "b")
+    g.outputs = [g.add(O.Conv2D(stride, pad, (1, 1), groups, act), (x, wt, b), "conv")]
+    g.verify()
+    return g
+
+
+@pytest.mark.parametrize("k,s,q", [(k, s, q) for k in (1, 2, 3, 4, 5, 7) for s in (1, 2, 3) for q in {1, s}])
+def test_axis_terms_read_every_tap_once(k, s, q):
+    for z in range(D._max_z(k, q) + 1):
+        taps = [t for term in D.axis_terms(k, s, 0, q, z) for t in term.taps if t >= 0]
+        assert sorted(taps) == list(range(k))
+
+
+SHAPES = [  # kh, kw, stride, padding, depthwise
+    (5, 5, 1, ((2, 2), (2, 2)), True),  # BlazePalm / BlazeHand depthwise
+    (5, 5, 2, ((1, 2), (1, 2)), True),  # their stride-2 depthwise (TF SAME on even maps)
+    (5, 5, 2, ((1, 2), (1, 2)), False),  # BlazePalm stem
+    (7, 7, 2, ((3, 3), (3, 3)), False),  # ResNet-style stem
+    (4, 4, 1, ((0, 0), (0, 0)), False),
+    (7, 7, 1, ((3, 3), (3, 3)), True),
+    (1, 5, 1, ((0, 0), (2, 2)), False),  # rectangular kernels: the KPU takes neither
+    (5, 3, 3, ((1, 0), (2, 1)), True),
+]
+
+
+@pytest.mark.parametrize("kh,kw,s,pad,dw", SHAPES)
+def test_every_plan_is_exact_and_on_the_kpu(kh, kw, s, pad, dw):
+    g = _conv_graph(6, 6 if dw else 5, 13, 11, kh, kw, (s, s), pad, 6 if dw else 1)
+    conv = g.outputs[0]
+    xi = rng.uniform(-1, 1, (1, 6, 13, 11)).astype(np.float32)
+    want = run(g, [xi])[0]
+    plans = D._plans(conv)
+    assert {p.combine for p in plans} >= {"sum", "stack"}
+    for plan in plans:
+        alone = D._alone(conv, plan)
+        np.testing.assert_allclose(run(alone, [xi])[0], want, rtol=1e-5, atol=1e-5, err_msg=str(plan))
+        lg, placements = legalize_kpu(alone)
+        assert placements and all(p.on_kpu for p in placements), (plan, placements)
+        np.testing.assert_allclose(run(lg, [xi])[0], want, rtol=1e-5, atol=1e-5, err_msg=str(plan))
+
+
+def test_partial_sums_are_not_clamped():
+    g = _conv_graph(4, 4, 9, 9, 5, 5, (1, 1), ((2, 2), (2, 2)), 4, act=(0.0, 6.0))
+    D.rewrite(g, g.outputs[0], D.Plan((1, 1), (0, 0), "sum"))
+    g.remove_dead()
+    out = g.outputs[0]
+    assert isinstance(out.op, O.Binary) and out.op.act == (0.0, 6.0) and out.name == "conv"
+    inner = [n for n in g.nodes if isinstance(n.op, (O.Conv2D, O.Binary)) and n is not out]
+    assert len([n for n in inner if isinstance(n.op, O.Conv2D)]) == 4
+    assert all(n.op.act == O.NO_CLAMP for n in inner)
+    biased = [n for n in inner if isinstance(n.op, O.Conv2D) and n.inputs[2].data.any()]
+    assert len(biased) == 1  # the bias is added once
+
+
+def test_pass_rewrites_only_what_the_kpu_rejects():
+    g = Graph()
+    x = g.input(0, (1, 8, 16, 16))
+    w3 = g.constant(rng.uniform(-1, 1, (8, 8, 3, 3)).astype(np.float32), "w3")
+    w5 = g.constant(rng.uniform(-1, 1, (8, 1, 5, 5)).astype(np.float32), "w5")
+    b = g.constant(rng.uniform(-1, 1, 8).astype(np.float32), "b")
+    y = g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), act=(0.0, 6.0)), (x, w3, b), "conv3")
+    y = g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=8), (y, w5, b), "dw5")
+    g.outputs = [g.add(O.Binary("add"), (y, x), "res")]
+    xi = rng.uniform(-1, 1, (1, 8, 16, 16)).astype(np.float32)
+    want = run(g, [xi])[0]
+    macs = model_conv_macs(g)
+    decisions = []
+    g = D.decompose_kernels(g, CompileOptions(), decisions)
+    g.verify("decompose_kernels")
+    assert [d.node for d in decisions] == ["dw5"] and decisions[0].cycles < decisions[0].cpu_cycles
+    assert g.find("conv3").op.stride == (1, 1) and g.find("dw5").note  # untouched / explained
+    np.testing.assert_allclose(run(g, [xi])[0], want, rtol=1e-5, atol=1e-5)
+    lg, placements = legalize_kpu(g)
+    assert all(p.on_kpu for p in placements)
+    cov = conv_coverage(lg, macs)
+    assert cov.cpu_macs == 0 and cov.kpu_share == 1.0 and cov.kpu_macs > cov.model_macs
+
+
+def test_the_cheapest_candidate_wins():
+    g = _conv_graph(16, 16, 24, 24, 5, 5, (1, 1), ((2, 2), (2, 2)), 16)
+    conv = g.outputs[0]
+    d = D.choose(conv)
+    costs = []
+    for plan in D._plans(conv):
+        fits, cycles = D._on_kpu(D._alone(conv, plan), CompileOptions())
+        if fits:
+            costs.append(cycles)
+    assert d.plan is not None and d.cycles == min(costs)
+
+
+def test_depthwise_stacks_only_within_the_weight_budget():
+    small = _conv_graph(32, 32, 8, 8, 5, 5, (1, 1), ((2, 2), (2, 2)), 32).outputs[0]
+    large = _conv_graph(384, 384, 8, 8, 5, 5, (1, 1), ((2, 2), (2, 2)), 384).outputs[0]
+    assert {p.combine for p in D._plans(small)} == {"sum", "stack", "stack_dw"}
+    assert {p.combine for p in D._plans(large)} == {"sum"}  # 4*384 channels, 5 MB of weights
+
+
+def test_oversized_stride2_stem_goes_polyphase():
+    """A 3x3 stride-2 conv of a 256x256 map needs a 258-row KPU input: its phases are 128x128."""
+    g = _conv_graph(3, 8, 256, 256, 3, 3, (2, 2), ((0, 1), (0, 1)), act=O.NO_CLAMP)
+    _, placements = legalize_kpu(g)
+    assert not placements[0].on_kpu
+    xi = rng.uniform(-1, 1, (1, 3, 256, 256)).astype(np.float32)
+    want = run(g, [xi])[0]
+    decisions = []
+    g = D.decompose_kernels(g, CompileOptions(), decisions)
+    assert decisions[0].plan.split == (2, 2)
+    lg, placements = legalize_kpu(g)
+    assert all(p.on_kpu for p in placements)
+    np.testing.assert_allclose(run(lg, [xi])[0], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("why", ["weights range", "dilation", "target cpu", "groups"])
+def test_what_no_decomposition_fixes_is_left_alone(why):
+    opts = CompileOptions(target="cpu") if why == "target cpu" else CompileOptions()
+    if why == "weights range":
+        g = _conv_graph(4, 4, 8, 8, 3, 3, (1, 1), ((1, 1), (1, 1)), wscale=100.0)
+    elif why == "dilation":
+        g = _conv_graph(4, 4, 12, 12, 5, 5, (2, 2), ((4, 4), (4, 4)))
+        g.outputs[0].op = O.Conv2D((2, 2), ((4, 4), (4, 4)), (2, 2))
+        g.retype(g.outputs[0])
+    elif why == "groups":
+        g = _conv_graph(8, 8, 8, 8, 5, 5, (1, 1), ((2, 2), (2, 2)), groups=2)
+    else:
+        g = _conv_graph(4, 4, 8, 8, 5, 5, (1, 1), ((2, 2), (2, 2)))
+    before = list(g.nodes)
+    decisions = []
+    assert D.decompose_kernels(g, opts, decisions).nodes == before and decisions == []
+
+
+def test_coverage_counts_model_cpu_and_kpu_macs():
+    g = _conv_graph(4, 6, 10, 10, 5, 5, (1, 1), ((2, 2), (2, 2)))
+    macs = model_conv_macs(g)
+    assert macs == 6 * 10 * 10 * 4 * 25
+    lg, _ = legalize_kpu(g)
+    cov = conv_coverage(lg, macs)
+    assert (cov.cpu_macs, cov.kpu_macs, cov.kpu_share, cov.cpu_convs) == (macs, 0, 0.0, ("conv",))
+    lg, _ = legalize_kpu(D.decompose_kernels(g))
+    cov = conv_coverage(lg, macs)
+    assert cov.cpu_macs == 0 and cov.kpu_share == 1.0 and cov.kpu_overhead >= 36 / 25
+
+
+def test_fully_connected_on_the_kpu_is_not_a_convolution():
+    g = Graph()
+    a = g.input(0, (1, 64))
+    w = g.constant(rng.uniform(-1, 1, (64, 32)).astype(np.float32), "w")
+    b = g.constant(rng.uniform(-1, 1, 32).astype(np.float32), "b")
+    g.outputs = [g.add(O.MatMul(), (a, w, b), "fc")]
+    lg, placements = legalize_kpu(g, CompileOptions(output_quantize_threshold=16))
+    assert placements[0].on_kpu and any(isinstance(n.op, KO.KpuConv2D) for n in lg.nodes)
+    assert conv_coverage(lg, 0).kpu_macs == 0
+
+
+def test_estimate_prefers_the_kpu_for_a_large_stem():
+    g = _conv_graph(3, 32, 64, 64, 5, 5, (2, 2), ((1, 2), (1, 2)), act=O.NO_CLAMP)
+    d = D.choose(g.outputs[0])
+    assert d.plan is not None and d.plan.split == (2, 2) and d.cycles * 5 < d.cpu_cycles

@@ -1,0 +1,85 @@
+"""Ranges of a pre-quantized model's quantization points, from the model itself (kcc.quant.prequantized).
+
+Why: without a dataset, every point `quantize` needs (graph input, each KPU layer's input, output
+and pre-activation) must get exactly the tflite grid of the tensor it stands for, although
+legalization renamed or wrapped some of them (`X/kpu`, `X/kpu_pad`, `L/pre_act`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import refkit
+from quantized_models import conv_logistic, mobilenet_block
+
+from kcc.errors import DatasetError
+from kcc.frontend import import_model
+from kcc.frontend.quantization import ModelQuantization, TensorQuant
+from kcc.ir import kpu_ops as KO
+from kcc.options import CompileOptions
+from kcc.passes.canonicalize import canonicalize
+from kcc.passes.legalize_kpu import legalize_kpu
+from kcc.quant.params import GridRange, get_quant_param, range_param
+from kcc.quant.prequantized import grid_range, model_ranges, target_param
+from kcc.quant.quantize import calibration_view
+
+
+def _points(data: bytes):
+    imported = import_model(data)
+    g, _ = legalize_kpu(canonicalize(imported.graph), CompileOptions())
+    view, points = calibration_view(g)
+    return view, points, imported.quantization
+
+
+def test_the_grid_passes_through_exactly_where_get_quant_param_would_miss_it():
+    """For this scale, 255 / (hi - lo) in float32 lands one ulp off 1/scale; the GridRange keeps it."""
+    tq = TensorQuant(0.07350680977106094, 130, "UINT8")
+    want = target_param(tq)
+    assert want.zero_point == 130 and want.scale == float(np.float32(1 / np.float32(tq.scale)))
+    assert get_quant_param(*tq.real_range) != want
+    r = grid_range(tq)
+    assert range_param(r) == want and tuple(r) == pytest.approx(tq.real_range)
+
+
+@pytest.mark.skipif(not refkit.available(), reason="../shared/reference/models is not checked out")
+def test_plain_ranges_already_give_the_coral_grids():
+    """The claim in kcc.quant.prequantized's docstring: all 96 uint8 activation grids of the three
+    Coral MobileNets survive get_quant_param exactly (GridRange is only a guard)."""
+    n = 0
+    for name in ("mobilenet_v1_0.25_128", "mobilenet_v1_0.5_160", "mobilenet_v1_0.75_192"):
+        q = import_model(refkit.MODELS / name / f"{name}_quant.tflite").quantization
+        for tq in q.activations.values():
+            assert get_quant_param(*tq.real_range) == target_param(tq)
+            n += 1
+    assert n == 96
+
+
+def test_every_point_of_a_legalized_model_finds_its_tensor():
+    view, points, q = _points(mobilenet_block(True))
+    ranges = model_ranges(view, points, q)
+    grids = {name: grid_range(tq) for name, tq in q.activations.items()}
+    assert set(ranges) == {p.name for p in points}
+    # the stride-2 stem runs as a full-size KPU layer `conv0/kpu` cropped to the tensor conv0, and
+    # reads its input through a pre-pad `conv0/kpu_pad`; the 1x1-map logits layer likewise
+    assert ranges["conv0/kpu"] == grids["conv0"] and ranges["logits/kpu"] == grids["logits"]
+    assert ranges["conv0/kpu_pad"] == grids["input"] and ranges["logits/kpu_pad"] == grids["pool"]
+    assert ranges["input"] == grids["input"] and ranges["dw1"] == grids["dw1"]
+    assert all(isinstance(r, GridRange) for r in ranges.values())  # the exact grids, not re-derived
+
+
+def test_a_fused_activation_reads_the_grid_of_the_conv_before_it():
+    view, points, q = _points(conv_logistic(True))
+    (layer,) = [p for p in points if isinstance(p.op, KO.KpuConv2D) and p.op.fn is not None]
+    assert layer.name == "sigmoid" and layer.op.fn[0] == "logistic"
+    ranges = model_ranges(view, points, q)
+    assert ranges["sigmoid/pre_act"] == grid_range(q.activations["conv"])
+    assert ranges["sigmoid"] == grid_range(q.activations["sigmoid"])
+
+
+def test_a_point_without_a_tensor_names_itself_and_suggests_a_dataset():
+    view, points, q = _points(mobilenet_block(True))
+    partial = ModelQuantization({k: v for k, v in q.activations.items() if k not in ("dw1", "pw1")}, q.producers)
+    with pytest.raises(DatasetError, match=r"no grid for 2 tensor\(s\) the KPU layers need: 'dw1', 'pw1'") as e:
+        model_ranges(view, points, partial)
+    assert "--dataset" in e.value.hint
