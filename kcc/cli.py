@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="k210: layers on the KPU where possible; cpu: everything on the CPU (default k210)")
     _add_dataset_flags(c)
     c.add_argument("--inference-type", default="uint8", choices=INFERENCE_TYPES,
-                   help="uint8: quantized, KPU (needs --dataset); float: float32 on the CPU (default uint8)")
+                   help="uint8: quantized, KPU (needs --dataset, unless the .tflite is already quantized); "
+                        "float: float32 on the CPU (default uint8)")
     c.add_argument("--input-type", default="default", choices=INPUT_TYPES,
                    help="type of the kmodel input; default = the inference type (uint8: raw RGB bytes)")
     c.add_argument("--calibrate-method", default="no_clip", choices=CALIBRATE_METHODS,

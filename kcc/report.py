@@ -109,8 +109,10 @@ def build(result, options: CompileOptions, model_name: str, kpu_mhz: float = 400
     if em.memory is not None:
         report.memory_summary = em.memory.summary_lines(len(result.kmodel))
         report.memory_table = em.memory.table_lines()
-    if result.float_graph is None or options.dataset is None:
+    if result.float_graph is None:
         report.quant_error_note = "not measured: --inference-type float has no quantized layers"
+    elif options.dataset is None:
+        report.quant_error_note = "not measured: no --dataset to compare float and uint8 layers on"
     elif kpu_layers == 0:
         report.quant_error_note = "not measured: no layer runs on the KPU"
     elif len(result.float_graph.inputs) != 1:
