@@ -27,29 +27,38 @@ the output rows. q = 1 is the spatial block split (the terms inherit the stride,
 slices); q = s is the polyphase split (the phases of the input, every term at stride 1, so a
 stride-2 conv runs on quarter-size maps). Terms reading only padding are dropped.
 
-## Combining the terms (sketch for a 5x5 depthwise, stride 1, "same")
+## Combining the terms (sketch for a 5x5 depthwise, stride 1, "same": J = 4 terms)
 
-    before:  x -> conv5x5(w, b, act) -> y                             (CPU: 25 MACs per output)
+    before:   x -> conv5x5(w, b, act) -> y                          (CPU, float: 25 MACs per output)
 
-    sum:     x -> [crop] -> conv3x3(w_00, b)  -+
-             x -> [crop] -> conv3x3(w_01, 0)  -+-> add -> add -> add(act) -> y
-             ...                                  (J KPU layers, J-1 float adds on the CPU)
-    stack:   x -> [crop/pad]_j -> concat(channels) -> conv3x3([w_00 | w_01 | ...], b, act) -> y
-                                                  (one KPU layer over J*C input channels)
+    sum:      x -> [crop] -> conv3x3(w_0, b) -+
+              x -> [crop] -> conv3x3(w_1, 0) -+-> add -> add -> add(act) -> y
+              ...                               (J KPU layers, J-1 float adds on the CPU)
+    stack:    pad(x) -> slice_j -> concat(channels) -> conv3x3([w_0 | w_1 | ...], b, act) -> y
+                                                (one KPU layer over J*C input channels)
+    stack_dw: pad(x) -> slice_j -> concat -> dwconv3x3(J*C, "same") -> conv1x1([I I I I], b, act) -> crop
+                                                (stride 1 only; two KPU layers, nothing between them)
 
-`sum` keeps the weights as they are; partial sums are not clamped: the bias rides on the first
-term (the KPU adds it for free) and the fused clamp on the last add. `stack` rounds once (one
-8-bit output instead of J) and downloads nothing between the terms, but a depthwise kernel
-becomes a dense block-diagonal one: J*C*C*9 weight bytes and J*C <= 1024 channels.
+`sum` keeps the weights as they are. The partial sums are not clamped: the bias rides on the first
+term (the KPU adds it for free) and the fused clamp on the last add. `stack` rounds once, at the
+conv's own output range; a depthwise kernel becomes a dense block-diagonal one (output channel o
+reads channel o of every view), 9*J*C*C weight bytes, so wide depthwise convs are stacked in
+channel groups, one KPU layer and 9*J*g*C bytes per group of g (the group outputs are concatenated).
+`stack_dw` needs only J*C*C bytes for the 1x1 sum; like `sum` it rounds every unclamped partial
+sum to 8 bits. After a clamp (relu6) that costs accuracy: partial sums of a BlazeHand 5x5 span
+~[-12, 15] while the output spans [0, 6], so `sum` gives 1.1-1.6 output steps of rms error on
+real activations where `stack` gives 0.4 (and the float conv rounded to its grid 0.2).
 
 ## Choosing
 
-Candidates: split q in {1, s} x zero placement z x combiner in {sum, stack}. Each candidate is
-legalized on its own (a few-node graph) and must land wholly on the KPU; among those, the one
-with the fewest estimated K210 cycles wins (`estimate_cycles`: KPU layer cycles, uploads and
-downloads, and the CPU data movement / adds around the layers, with the per-element costs of
-kcc/latency.py). A depthwise `stack` is only a candidate while its weights fit STACK_WEIGHT_BUDGET.
-The decision and its estimate go into the output node's note.
+Candidates: split q in {1, s} x zero placement z x combiner. A depthwise `stack` needs groups of
+at most 1024 / J channels, at most MAX_STACK_GROUPS layers, STACK_WEIGHT_BUDGET bytes of weights
+(and < 64 weight loads a layer, kmodel's load_time field); `stack_dw` J*C <= 1024 and the budget.
+Each candidate is legalized on its own (a few-node graph) and must land wholly on the KPU. Among
+those, a `stack` (one rounding) wins, then the fewest estimated K210 cycles (`estimate_cycles`:
+KPU layer cycles, uploads and downloads, and the CPU data movement and adds around the layers,
+with the per-element costs of kcc/latency.py). The decision and its estimate against the float
+conv on the CPU go into the output node's note.
 """
 
 from __future__ import annotations
@@ -69,7 +78,9 @@ from kcc.kmodel import kpu_row_layout
 from kcc.options import CompileOptions
 from kcc.passes.legalize_kpu import MAX_CHANNELS, legalize_kpu
 
-#: most weight bytes a depthwise `stack` / `stack_dw` may create per conv (its own are 25*C for 5x5)
+#: most weight bytes a depthwise `stack` / `stack_dw` may create per conv (the 5x5 itself has 25*C):
+#: the memory spent on accuracy. 128 KiB stacks every depthwise of up to ~190 channels (BlazePalm's
+#: 32..128, BlazeHand's 96 and 144, the early, large maps where rounding matters most).
 STACK_WEIGHT_BUDGET = 128 * 1024
 #: most KPU layers (channel groups) a depthwise `stack` may take
 MAX_STACK_GROUPS = 16
@@ -406,17 +417,18 @@ def choose(n: Node, opts: CompileOptions = CompileOptions()) -> Decision:
     fits, cpu = _on_kpu(_alone(n, None), opts)
     if fits:
         return Decision(n.name, None, cpu, cpu, "on the KPU as it is")
-    best: tuple[float, Plan] | None = None
+    best: tuple[bool, float, Plan] | None = None
     for plan in _plans(n):
         alone = _alone(n, plan)
         if alone is None:
             continue
         fits, cycles = _on_kpu(alone, opts)
-        if fits and (best is None or cycles < best[0]):
-            best = (cycles, plan)
+        key = (plan.combine != "stack", cycles, plan)  # one rounding first, then the fewest cycles
+        if fits and (best is None or key[:2] < best[:2]):
+            best = key
     if best is None:
         return Decision(n.name, None, cpu, cpu, "no decomposition lands on the KPU")
-    return Decision(n.name, best[1], best[0], cpu, "decomposed")
+    return Decision(n.name, best[2], best[1], cpu, "decomposed")
 
 
 def rewrite(g: Graph, n: Node, plan: Plan, note: str = "") -> Node | None:

@@ -12,6 +12,7 @@ from kcc.eval.interpreter import run
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
+from kcc.passes.decompose_kernels import Plan, rewrite
 from kcc.pipeline import compile_graph
 
 rng = np.random.default_rng(5)
@@ -54,6 +55,37 @@ def test_layer_on_the_kpu_matches_float(name):
     res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
     assert all(p.on_kpu for p in res.placements), res.placements
     assert any(n.opcode.kmodel_name == "kpu_conv2d" for n in res.emitted.model.nodes)
+    got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
+    step = (want.max() - min(want.min(), 0)) / 255
+    assert np.abs(got - want).max() <= 4 * step, f"{name}: max error {np.abs(got - want).max() / step:.1f} steps"
+
+
+def _dw5x5(stride, pad, act):
+    return lambda g, x: g.add(O.Conv2D((stride, stride), pad, groups=4, act=act), (x, _const(g, (4, 1, 5, 5)), _const(g, (4,))))
+
+
+# every way decompose_kernels can combine the 3x3 terms, forced (the pass picks one by cost)
+PLANS = {
+    "blocks_sum": (_dw5x5(1, ((2, 2), (2, 2)), (0.0, 6.0)), Plan((1, 1), (0, 0), "sum")),
+    "blocks_stack": (_dw5x5(1, ((2, 2), (2, 2)), (0.0, 6.0)), Plan((1, 1), (1, 1), "stack")),
+    "blocks_stack_in_groups": (_dw5x5(1, ((2, 2), (2, 2)), (0.0, 6.0)), Plan((1, 1), (0, 1), "stack", 3)),
+    "blocks_stack_dw": (_dw5x5(1, ((2, 2), (2, 2)), (0.0, 6.0)), Plan((1, 1), (0, 0), "stack_dw")),
+    "blocks_sum_s2": (_dw5x5(2, ((1, 2), (1, 2)), O.NO_CLAMP), Plan((1, 1), (1, 0), "sum")),
+    "polyphase_sum": (_dw5x5(2, ((1, 2), (1, 2)), O.NO_CLAMP), Plan((2, 2), (1, 1), "sum")),
+    "polyphase_stack_dw": (_dw5x5(2, ((1, 2), (1, 2)), O.NO_CLAMP), Plan((2, 2), (0, 1), "stack_dw")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_each_decomposition_on_the_kpu_matches_float(name):
+    make, plan = PLANS[name]
+    g = _graph(make)
+    calib = [[rng.uniform(-1, 1, (1, 4, 12, 10)).astype(np.float32)] for _ in range(8)]
+    want = run(g, calib[0])[0]
+    rewrite(g, g.outputs[0], plan)
+    g.remove_dead()
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    assert res.placements and all(p.on_kpu for p in res.placements), res.placements
     got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
     step = (want.max() - min(want.min(), 0)) / 255
     assert np.abs(got - want).max() <= 4 * step, f"{name}: max error {np.abs(got - want).max() / step:.1f} steps"

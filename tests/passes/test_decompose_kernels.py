@@ -61,6 +61,18 @@ def test_every_plan_is_exact_and_on_the_kpu(kh, kw, s, pad, dw):
         np.testing.assert_allclose(run(lg, [xi])[0], want, rtol=1e-5, atol=1e-5, err_msg=str(plan))
 
 
+def test_a_depthwise_stack_in_channel_groups_is_exact():
+    g = _conv_graph(7, 7, 9, 8, 5, 5, (2, 2), ((1, 2), (2, 1)), 7)
+    xi = rng.uniform(-1, 1, (1, 7, 9, 8)).astype(np.float32)
+    want = run(g, [xi])[0]
+    D.rewrite(g, g.outputs[0], D.Plan((2, 2), (1, 0), "stack", 3))
+    g.remove_dead()
+    assert len([n for n in g.nodes if isinstance(n.op, O.Conv2D)]) == 3  # channels 0-2, 3-5, 6
+    np.testing.assert_allclose(run(g, [xi])[0], want, rtol=1e-5, atol=1e-5)
+    lg, placements = legalize_kpu(g)
+    assert len(placements) == 3 and all(p.on_kpu for p in placements)
+
+
 def test_partial_sums_are_not_clamped():
     g = _conv_graph(4, 4, 9, 9, 5, 5, (1, 1), ((2, 2), (2, 2)), 4, act=(0.0, 6.0))
     D.rewrite(g, g.outputs[0], D.Plan((1, 1), (0, 0), "sum"))
@@ -98,23 +110,26 @@ def test_pass_rewrites_only_what_the_kpu_rejects():
     assert cov.cpu_macs == 0 and cov.kpu_share == 1.0 and cov.kpu_macs > cov.model_macs
 
 
-def test_the_cheapest_candidate_wins():
-    g = _conv_graph(16, 16, 24, 24, 5, 5, (1, 1), ((2, 2), (2, 2)), 16)
-    conv = g.outputs[0]
+@pytest.mark.parametrize("c", [16, 256])
+def test_one_rounding_first_then_the_fewest_cycles(c):
+    conv = _conv_graph(c, c, 12, 12, 5, 5, (1, 1), ((2, 2), (2, 2)), c).outputs[0]
     d = D.choose(conv)
-    costs = []
+    costs = {}
     for plan in D._plans(conv):
         fits, cycles = D._on_kpu(D._alone(conv, plan), CompileOptions())
         if fits:
-            costs.append(cycles)
-    assert d.plan is not None and d.cycles == min(costs)
+            costs.setdefault(plan.combine == "stack", []).append(cycles)
+    stacked = True in costs
+    assert d.plan.combine == ("stack" if stacked else d.plan.combine) and d.cycles == min(costs[stacked])
+    assert stacked == (c == 16)  # 256 channels: 4 x 256 x 256 x 9 B of stacked weights exceed the budget
 
 
 def test_depthwise_stacks_only_within_the_weight_budget():
-    small = _conv_graph(32, 32, 8, 8, 5, 5, (1, 1), ((2, 2), (2, 2)), 32).outputs[0]
-    large = _conv_graph(384, 384, 8, 8, 5, 5, (1, 1), ((2, 2), (2, 2)), 384).outputs[0]
-    assert {p.combine for p in D._plans(small)} == {"sum", "stack", "stack_dw"}
-    assert {p.combine for p in D._plans(large)} == {"sum"}  # 4*384 channels, 5 MB of weights
+    def plans(c):
+        return {(p.combine, p.group) for p in D._plans(_conv_graph(c, c, 8, 8, 5, 5, (1, 1), ((2, 2), (2, 2)), c).outputs[0])}
+    assert plans(32) == {("sum", 0), ("stack", 0), ("stack_dw", 0)}
+    assert plans(64) == {("sum", 0), ("stack", 32), ("stack_dw", 0)}  # 147 KiB in one layer: two layers
+    assert plans(384) == {("sum", 0)}  # 5 MB stacked; 43 layers of 9 channels within the budget
 
 
 def test_oversized_stride2_stem_goes_polyphase():
