@@ -1,7 +1,7 @@
 """compile_model(): the whole compiler, top to bottom, one visible stage per line.
 
-    import_tflite -> canonicalize -> [eliminate_dilated_conv -> lower_transpose_conv -> legalize_kpu
-                                       -> calibrate -> quantize]
+    import_tflite -> canonicalize -> [eliminate_dilated_conv -> lower_transpose_conv -> decompose_kernels
+                                       -> legalize_kpu -> calibrate -> quantize]
                   -> lower_float
                   -> plan memory -> emit -> kmodel.write
 

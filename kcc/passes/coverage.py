@@ -10,7 +10,9 @@ Two counts, both over convolutions only (FULLY_CONNECTED left on the CPU is not 
 
 The KPU share is `1 - cpu_macs / model_macs`: the part of the model's convolution work the CPU no
 longer does. `kpu_macs / (model_macs - cpu_macs)` is the KPU's overhead factor: zero taps of the
-decomposed kernels, stride-2 layers computed at full resolution, borders that are cropped.
+decomposed kernels (36 for 25), depthwise kernels stacked into dense block-diagonal layers (J*g
+MACs per output where the depthwise did 25, decompose_kernels), stride-2 layers computed at full
+resolution, borders that are cropped. The KPU executes them in parallel; the share is what counts.
 Fully-connected layers that legalize_kpu put on the KPU (a 1x1 conv of a reshaped [N, K, 1, 1]
 map padded to 4x4) are not convolutions of the model and are left out of `kpu_macs`.
 

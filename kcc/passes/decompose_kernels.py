@@ -57,19 +57,20 @@ at most 1024 / J channels, at most MAX_STACK_GROUPS layers, STACK_WEIGHT_BUDGET 
 Each candidate is legalized on its own (a few-node graph) and must land wholly on the KPU. Among
 those, a `stack` (one rounding) wins, then the fewest estimated K210 cycles (`estimate_cycles`:
 KPU layer cycles, uploads and downloads, and the CPU data movement and adds around the layers,
-with the per-element costs of kcc/latency.py). The decision and its estimate against the float
-conv on the CPU go into the output node's note.
+with kcc.latency's costs). The decision, and its estimate against the float conv on the CPU, go
+into the output node's note.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
+from kcc import latency as L
 from kcc.emit_kpu import weight_loads
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
@@ -79,20 +80,17 @@ from kcc.options import CompileOptions
 from kcc.passes.legalize_kpu import MAX_CHANNELS, legalize_kpu
 
 #: most weight bytes a depthwise `stack` / `stack_dw` may create per conv (the 5x5 itself has 25*C):
-#: the memory spent on accuracy. 128 KiB stacks every depthwise of up to ~190 channels (BlazePalm's
-#: 32..128, BlazeHand's 96 and 144, the early, large maps where rounding matters most).
-STACK_WEIGHT_BUDGET = 128 * 1024
+#: the memory spent on accuracy. 64 KiB in at most 16 layers stacks every depthwise of up to ~150
+#: channels (BlazePalm's 32..128, BlazeHand's 96 and 144: the early, large maps, where rounding
+#: matters most) for ~0.7 MB more kmodel on BlazePalm; wider ones are summed.
+STACK_WEIGHT_BUDGET = 64 * 1024
 #: most KPU layers (channel groups) a depthwise `stack` may take
 MAX_STACK_GROUPS = 16
 
-# Cost model (cycles at 400 MHz, nncase v0.2 runtime; per-element figures of kcc/latency.py).
-_KPU_LAYER_CYCLES = 10_000  # 25 us: interrupt, layer FIFO, runtime
-_KPU_CYCLE_FACTOR, _KPU_WEIGHT_CYCLES_PER_BYTE = 1.03, 0.255
-_UPLOAD, _DOWNLOAD, _DEQUANTIZE = 26.0, 34.0, 12.0  # per byte / element
-_CPU_PER_ELEMENT = {O.Pad: 54.0, O.StridedSlice: 80.0, O.Transpose: 80.0, O.Concat: 1.0, O.Reshape: 1.0,
-                    O.Binary: 32.0}
-_CPU_CONV_MAC = 64.0  # float conv2d of the nncase v0.2 runtime
-_CPU_NODE = 2000.0
+# Cost model: kcc.latency's cycle counts (nncase v0.2 runtime at 400 MHz) of what legalize makes.
+_KPU_LAYER_CYCLES = L.KPU_LAYER_US * L.DEFAULT_MHZ  # interrupt, layer FIFO, runtime
+_CPU_PER_ELEMENT = {O.Pad: "pad", O.StridedSlice: "strided_slice", O.Transpose: "transpose", O.Reshape: "copy_byte",
+                    O.Concat: "copy_byte", O.Binary: "binary"}
 
 Add = Callable[[O.Op, tuple, str], Node]
 
@@ -312,8 +310,9 @@ def emit(add: Add, n: Node, x: Node, plan: Plan) -> Node | None:
 
 # ----------------------------------------------------------------------------------- cost
 def estimate_cycles(g: Graph) -> float:
-    """Estimated K210 cycles of a legalized graph (module docstring): KPU layers with their uploads
-    and downloads, float convs, and the CPU data movement and adds between them."""
+    """Estimated K210 cycles of a legalized graph, with kcc.latency's costs: KPU layers (with the
+    uploads of inputs from the CPU and downloads of outputs read by the CPU), float convs, and the
+    CPU data movement and adds around them (float ops dequantize their KPU inputs first)."""
     users = g.users()
     outputs = {id(o) for o in g.outputs}
     total = 0.0
@@ -323,18 +322,20 @@ def estimate_cycles(g: Graph) -> float:
             nb, c, h, wd = x.shape
             lay = kpu_row_layout(wd)
             per_line = n.shape[1] if n.op.depthwise else math.ceil(c / lay.groups) * n.shape[1]
-            total += _KPU_CYCLE_FACTOR * nb * h * lay.row_len * per_line + _KPU_WEIGHT_CYCLES_PER_BYTE * w.type.size
+            total += L.KPU_CYCLE_FACTOR * nb * h * lay.row_len * per_line + L.KPU_WEIGHT_CYCLES_PER_BYTE * w.type.size
             total += _KPU_LAYER_CYCLES
             if not isinstance(x.op, KO.KpuConv2D):
-                total += _UPLOAD * x.type.size
+                total += L.cpu_cycles("kpu_upload_byte") * x.type.size
             if id(n) in outputs or any(not isinstance(u.op, KO.KpuConv2D) for u in users[n]):
-                total += _DOWNLOAD * n.type.size
+                total += L.cpu_cycles("kpu_download_byte") * n.type.size
         elif isinstance(n.op, O.Conv2D):
-            total += _CPU_NODE + _CPU_CONV_MAC * n.type.size * int(np.prod(n.inputs[1].shape[1:]))
+            total += L.CPU_NODE_CYCLES + L.cpu_cycles("conv2d_mac") * n.type.size * int(np.prod(n.inputs[1].shape[1:]))
         elif type(n.op) in _CPU_PER_ELEMENT:
-            total += _CPU_NODE + _CPU_PER_ELEMENT[type(n.op)] * n.type.size
-            if isinstance(n.op, (O.Binary, O.Concat)):  # float ops: u8 KPU outputs are dequantized first
-                total += sum(_DEQUANTIZE * i.type.size for i in n.inputs if isinstance(i.op, KO.KpuConv2D))
+            total += L.CPU_NODE_CYCLES + L.cpu_cycles(_CPU_PER_ELEMENT[type(n.op)]) * n.type.size
+            if isinstance(n.op, O.Concat):
+                total += L.cpu_cycles("concat_block") * len(n.inputs)
+            if isinstance(n.op, (O.Binary, O.Concat)):
+                total += sum(L.cpu_cycles("dequantize") * i.type.size for i in n.inputs if isinstance(i.op, KO.KpuConv2D))
     return total
 
 
@@ -404,7 +405,8 @@ class Decision:
 
 
 def choose(n: Node, opts: CompileOptions = CompileOptions()) -> Decision:
-    """The cheapest decomposition of conv `n` that legalizes wholly onto the KPU, if it needs one."""
+    """How to put conv `n` on the KPU if legalize_kpu would not take it as it is: the decomposition that
+    legalizes wholly onto the KPU, rounds once if it can, and costs the fewest estimated cycles."""
     op: O.Conv2D = n.op
     x, w, b = n.inputs
     if not (w.is_constant and b.is_constant):
@@ -454,8 +456,9 @@ def decompose_kernels(g: Graph, opts: CompileOptions = CompileOptions(), decisio
         if d.plan is None:
             continue
         kh, kw = n.inputs[1].shape[2:]
+        ms = L.DEFAULT_MHZ * 1e3
         rewrite(g, n, d.plan, f"{kh}x{kw}{' depthwise' if n.op.groups > 1 else ''} s{n.op.stride[0]} as "
-                              f"{d.plan.describe()}: ~{d.cycles / 4e5:.2f} ms vs ~{d.cpu_cycles / 4e5:.2f} ms on the CPU "
+                              f"{d.plan.describe()}: ~{d.cycles / ms:.2f} ms vs ~{d.cpu_cycles / ms:.2f} ms on the CPU "
                               f"(estimates)")
         if decisions is not None:
             decisions.append(d)

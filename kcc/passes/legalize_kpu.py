@@ -162,6 +162,10 @@ class _Legalizer:
             return f"groups {op.groups} with {c} in / {oc} out channels (KPU: 1 or depthwise)"
         if max(c, oc) > MAX_CHANNELS:
             return f"{max(c, oc)} channels > {MAX_CHANNELS}"
+        if op.groups == 1:  # load_time is 6 bits: at most 64 weight loads of 30 KiB (kmodel_v4.md §9.3)
+            per_load = max(1, min(oc, 30720 // (k * k * c)))
+            if -(-oc // per_load) > 64:
+                return f"{k}x{k} conv {c}->{oc} needs {-(-oc // per_load)} weight loads > 64"
         rng = _weights_range(w)
         # weights already on a uint8 grid quantize losslessly, whatever their range (kpu_params)
         if rng > self.opts.weights_quantize_threshold and weight_grid(w) is None:

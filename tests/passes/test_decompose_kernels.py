@@ -69,7 +69,7 @@ def test_a_depthwise_stack_in_channel_groups_is_exact():
     g.remove_dead()
     assert len([n for n in g.nodes if isinstance(n.op, O.Conv2D)]) == 3  # channels 0-2, 3-5, 6
     np.testing.assert_allclose(run(g, [xi])[0], want, rtol=1e-5, atol=1e-5)
-    lg, placements = legalize_kpu(g)
+    _, placements = legalize_kpu(g)
     assert len(placements) == 3 and all(p.on_kpu for p in placements)
 
 
@@ -128,7 +128,7 @@ def test_depthwise_stacks_only_within_the_weight_budget():
     def plans(c):
         return {(p.combine, p.group) for p in D._plans(_conv_graph(c, c, 8, 8, 5, 5, (1, 1), ((2, 2), (2, 2)), c).outputs[0])}
     assert plans(32) == {("sum", 0), ("stack", 0), ("stack_dw", 0)}
-    assert plans(64) == {("sum", 0), ("stack", 32), ("stack_dw", 0)}  # 147 KiB in one layer: two layers
+    assert plans(64) == {("sum", 0), ("stack", 22), ("stack_dw", 0)}  # 147 KiB in one layer: three of 49 KiB
     assert plans(384) == {("sum", 0)}  # 5 MB stacked; 43 layers of 9 channels within the budget
 
 
