@@ -125,6 +125,13 @@ class Graph:
                 n.inputs = tuple(new if i is old else i for i in n.inputs)
         self.outputs = [new if o is old else o for o in self.outputs]
 
+    def substitute(self, old: Node, new: Node, retired_suffix: str) -> None:
+        """Replace `old` by `new` everywhere; `new` takes over old's (tflite) name, so outputs and
+        reports keep it, and `old` (dead from now on) is renamed with `retired_suffix`."""
+        self.replace_all_uses(old, new)
+        new.name, old.name = old.name, old.name + retired_suffix
+        self._names.update((new.name, old.name))
+
     def insert_before(self, anchor: Node, op: O.Op, inputs: Iterable[Node], name: str = "", note: str = "") -> Node:
         """Create a node placed just before `anchor` (so it can feed it and keep topological order)."""
         node = self.add(op, inputs, name, note)

@@ -439,8 +439,7 @@ def rewrite(g: Graph, n: Node, plan: Plan, note: str = "") -> Node | None:
     if new is None:
         return None
     new.note = note
-    g.replace_all_uses(n, new)
-    new.name, n.name = n.name, n.name + "/decomposed"
+    g.substitute(n, new, "/decomposed")
     return new
 
 

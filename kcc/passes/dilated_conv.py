@@ -55,7 +55,6 @@ def eliminate_dilated_conv(g: Graph) -> Graph:
         if isinstance(n.op, O.Conv2D) and n.op.dilation != (1, 1):
             new = _rewrite(g, n)
             if new is not None:
-                g.replace_all_uses(n, new)
-                new.name, n.name = n.name, n.name + "/dilated"
+                g.substitute(n, new, "/dilated")
     g.remove_dead()
     return g

@@ -62,7 +62,6 @@ def lower_transpose_conv(g: Graph) -> Graph:
         if isinstance(n.op, O.Conv2DTranspose):
             new = _rewrite(g, n)
             if new is not None:
-                g.replace_all_uses(n, new)
-                new.name, n.name = n.name, n.name + "/transposed"
+                g.substitute(n, new, "/transposed")
     g.remove_dead()
     return g
