@@ -98,12 +98,15 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
     g = checkpoint("canonicalize", canonicalize(g))
     weights = weights_ranges(g) if options.dump_weights_range else []
     float_graph, ranges = None, {}
+    own_grids = _uses_own_grids(options, samples, quantization)
     if options.inference_type == "uint8":
         log("3. Map layers onto the KPU (legalize)...")
         g = checkpoint("eliminate_dilated_conv", eliminate_dilated_conv(g))
         g = checkpoint("lower_transpose_conv", lower_transpose_conv(g))
         g = checkpoint("decompose_kernels", decompose_kernels(g, options))
-        g, placements = legalize_kpu(g, options)
+        # with its own grids a pre-quantized model is computed as TFLite's uint8 kernels do, bit for
+        # bit on the KPU layers (kcc.quant.kpu_params): mean pools then round on the CPU, not floor
+        g, placements = legalize_kpu(g, options, fuse_mean_pools=not own_grids)
         g = float_graph = checkpoint("legalize_kpu", g)
         log("4. Calibrate activation ranges...")
         ranges = _calibrate(g, options, log, samples, progress, quantization)
@@ -117,6 +120,11 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
     return CompileResult(data, g, emitted, checkpoint.names, placements, float_graph, weights, ranges)
 
 
+def _uses_own_grids(options: CompileOptions, samples: list | None, quantization: ModelQuantization | None) -> bool:
+    """A pre-quantized model compiled without a dataset keeps its own grids (kcc.quant.prequantized)."""
+    return quantization is not None and quantization.fully_quantized and samples is None and options.dataset is None
+
+
 def _calibrate(g: Graph, options: CompileOptions, log: Log, samples: list | None = None,
                progress: Progress | None = None, quantization: ModelQuantization | None = None,
                ) -> dict[str, tuple[float, float]]:
@@ -128,7 +136,7 @@ def _calibrate(g: Graph, options: CompileOptions, log: Log, samples: list | None
 
     for note in quantization.notes() if quantization is not None else ():
         log(f"   warning: {note}")
-    if quantization is not None and quantization.fully_quantized and samples is None and options.dataset is None:
+    if _uses_own_grids(options, samples, quantization):
         from kcc.quant.prequantized import prequantized_ranges
         return prequantized_ranges(g, quantization, options, log)
     inputs = g.inputs

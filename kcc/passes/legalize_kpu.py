@@ -89,9 +89,11 @@ def _weights_range(w: np.ndarray) -> float:
 
 
 class _Legalizer:
-    def __init__(self, g: Graph, opts: CompileOptions):
+    def __init__(self, g: Graph, opts: CompileOptions, fuse_mean_pools: bool):
         self.src = g
         self.opts = opts
+        self.fuse_mean_pools = fuse_mean_pools
+        self.unfused_means: set[int] = set()  # mean pools kept off the KPU on purpose
         self.g = Graph()
         self.map: dict[int, Node] = {}
         self.users = g.users()
@@ -245,7 +247,9 @@ class _Legalizer:
             nxt = self._single_user(tail)
             if not depthwise and nxt is not None and isinstance(nxt.op, O.Pool2D):
                 code = self._kpu_pool(nxt.op, h, wd)
-                if code:
+                if code and code.startswith("mean") and not self.fuse_mean_pools:
+                    self.unfused_means.add(id(nxt))
+                elif code:
                     pool, tail = code, nxt
         g = self.g
         xin = self.map[id(x)]
@@ -320,6 +324,9 @@ class _Legalizer:
                 new = self.conv(n)
             elif isinstance(n.op, O.MatMul):
                 new = self.matmul(n)
+            elif isinstance(n.op, O.Pool2D) and id(n) in self.unfused_means:
+                self._reject(n, "mean pool on the CPU: it rounds as the model's uint8 average pool does "
+                                "(the KPU's mean pools floor)")
             elif isinstance(n.op, O.Pool2D):
                 self._reject(n, "pool not fused into a KPU layer (runs in float on the CPU)")
             elif isinstance(n.op, O.Conv2DTranspose):
@@ -332,8 +339,13 @@ class _Legalizer:
         return self.g
 
 
-def legalize_kpu(g: Graph, opts: CompileOptions = CompileOptions()) -> tuple[Graph, list[Placement]]:
-    """Rewrite a canonical float graph so that KPU-eligible layers become `KpuConv2D` nodes."""
-    lg = _Legalizer(g, opts)
+def legalize_kpu(g: Graph, opts: CompileOptions = CompileOptions(),
+                 fuse_mean_pools: bool = True) -> tuple[Graph, list[Placement]]:
+    """Rewrite a canonical float graph so that KPU-eligible layers become `KpuConv2D` nodes.
+
+    `fuse_mean_pools=False` keeps mean pools off the KPU pool unit, which floors: a pre-quantized
+    model's average pools then run on the CPU on the uint8 codes and round as TFLite's do
+    (kcc.quant.quantize)."""
+    lg = _Legalizer(g, opts, fuse_mean_pools)
     out = lg.run()
     return out, lg.placements

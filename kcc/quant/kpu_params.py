@@ -10,6 +10,15 @@ calibrated ranges of its input X, its pre-activation output Y and its final outp
 4. BN:      y = (acc*mul >> shift) + add = (conv + b) * s_act_in, where s_act_in = s_y*2^up carries
             up to `up` extra fraction bits into the activation stage.
 5. act:     f on [xf_min, xf_max] approximated by 15 linear segments; output (z_z, s_z).
+
+A layer whose activation is only a clamp (identity, ReLU, ReLU6: most layers) takes an exact path
+instead (`clamp_bn`, `clamp_table`): the BN stage targets the *output* grid with up to 20 fraction
+bits and a 22-bit multiplier, and the table is one slope-1 segment (multiplier 1, shift = the
+fraction bits) between two constants. Each output is then round(acc * s_x s_w / s_z) + z_z up to
+~1e-4 of a step, as TFLite's integer kernels compute it: a pre-quantized model runs as its own
+uint8 reference does, and a calibrated one loses nothing beyond the grids' own rounding.
+(nncase targets the pre-activation grid with a 15-segment table fitted to samples; that floors away
+up to 2^-up of a step per layer and rounds each segment's intercept.)
 """
 
 from __future__ import annotations
@@ -28,6 +37,11 @@ F32 = np.float32
 ACT_SAMPLES = 1024
 ACT_SEGMENTS = 15  # + segment 0, the catch-all below the first knot
 SEG0_X_START = -(1 << 35)  # raw 0x800000000 sign-extended (kmodel_v4.md §9.5)
+UNUSED_X_START = (1 << 35) - 1  # a segment no BN output exceeds
+ACT_SHIFT_MAX = 20  # nncase never emits larger activation shifts (kpu_semantics.md §4.3); stay within
+BN_MUL_MAX = (1 << 23) - 1  # norm_mul is a signed 24-bit field (kmodel_v4.md §9.4)
+BN_SHIFT_MAX = 15  # norm_shift is 4 bits
+Y_LIMIT = 1 << 34  # |BN output| must fit x_start's s36 (kpu_semantics.md §3 step 4), one bit to spare
 
 
 @dataclass(frozen=True)
@@ -75,7 +89,9 @@ def weight_grid(w: np.ndarray) -> QuantParam | None:
     q = u / step + round(zp)
     if abs(zp - round(zp)) > 1e-3 or np.abs(q - np.round(q)).max() > 1e-3 or q.min() < -1e-3 or q.max() > 255 + 1e-3:
         return None
-    return QuantParam(int(round(zp)), float(F32(1.0 / step)))
+    # the scale stays float64: fitted over every weight it is exact to ~1e-9, which the exact clamp
+    # path's multipliers need (a float32 would be 6e-8 off: flips of outputs 1e-5 of a step from a half)
+    return QuantParam(int(round(zp)), 1.0 / step)
 
 
 def piecewise_linear(x: np.ndarray, y: np.ndarray, segments: int = ACT_SEGMENTS):
@@ -144,6 +160,143 @@ def balanced_up(total_shift: int) -> int:
     return max(candidates, key=lambda up: (bits(up), -abs(up - 6)))
 
 
+def clamp_bounds(act: tuple[float, float], zq: QuantParam) -> tuple[int, int]:
+    """The clamp [a_lo, a_hi] as output codes, rounded like TFLite's quantized activation bounds."""
+    def code(v: float, default: int) -> int:
+        return default if not math.isfinite(v) else int(np.clip(round_half_away(v * zq.scale + zq.zero_point), 0, 255))
+    return code(act[0], 0), code(act[1], 255)
+
+
+def clamp_table(act: tuple[float, float], zq: QuantParam, up: int) -> np.ndarray:
+    """Activation table of a clamp-only layer whose BN output is y = (value*s_z) * 2^up.
+
+    z = z_z + round(y / 2^up), clamped to the clamp's codes [lo, hi]: segment 0 gives lo; segment 1
+    starts at the code lo (an integer number of steps, so shifting by it keeps the rounding) with
+    slope 1 (multiplier 1, shift up: exact); segment 2 gives hi above the code hi. Segments are
+    chosen by y > x_start (strict), and at y == x_start both neighbours agree."""
+    lo, hi = clamp_bounds(act, zq)
+    table = np.zeros((16, 4), np.int64)
+    table[0] = (SEG0_X_START, 0, 0, lo)
+    table[1] = ((lo - zq.zero_point) << up, 1, up, lo)
+    table[2] = ((hi - zq.zero_point) << up, 0, 0, hi)
+    table[3:] = (UNUSED_X_START, 0, 0, 255)
+    return table
+
+
+def _acc_bound(w_u8: np.ndarray, z_w: int, z_x: int, k: int) -> np.ndarray:
+    """Per output channel, the largest |acc| = |sum (x - z_x)(w - z_w)| any uint8 input can give."""
+    d = np.abs(w_u8.reshape(w_u8.shape[0], -1).astype(np.int64) - z_w).sum(axis=1)
+    return d * max(z_x, 255 - z_x)
+
+
+def bn_fixed_mul(v: float) -> tuple[int, int]:
+    """(mul, shift) with mul * 2^-shift closest to v > 0: the largest shift <= 15 keeping |mul| in the
+    24-bit field, in float64 (nncase's get_fixed_mul keeps 21 bits, in float32)."""
+    shift = max(0, min(BN_SHIFT_MAX, math.floor(math.log2(BN_MUL_MAX / v))))
+    mul = round(v * 2.0 ** shift)
+    while mul > BN_MUL_MAX and shift > 0:
+        shift -= 1
+        mul = round(v * 2.0 ** shift)
+    return min(mul, BN_MUL_MAX), shift
+
+
+def accumulator_bias(b: np.ndarray, acc_per_unit: np.ndarray) -> np.ndarray:
+    """The bias in accumulator units, b * s_x s_w e. A pre-quantized model's bias is an int32 on that
+    grid (TFLite adds it to the accumulator), stored here as float32: snap it back when it is within
+    float32 noise of an integer, so that the multiplier alone decides each rounding."""
+    v = b.astype(np.float64) * acc_per_unit
+    snapped = np.round(v)
+    return np.where(np.abs(v - snapped) <= np.maximum(1e-3, 1e-6 * np.abs(v)), snapped, v)
+
+
+def _reference_thresholds(r: float, b_acc: float, z_z: int, lo: int, hi: int) -> np.ndarray:
+    """T[k - lo - 1] for k = lo+1..hi: the least accumulator whose exact output
+    z_z + floor((acc + b_acc)*r + 1/2) (round half up, as TFLite's integer kernels) is >= k."""
+    k = np.arange(lo + 1, hi + 1, dtype=np.float64)
+    return np.ceil((k - z_z - 0.5) / r - b_acc).astype(np.int64)
+
+
+def _table_thresholds(z_z: int, lo: int, hi: int, up: int) -> np.ndarray:
+    """Y[k - lo - 1]: the least BN output y for which clamp_table's output is >= k. Segment 1 gives
+    lo + carry_shift_banker(y - x_start, up), whose ties round to even (kpu_semantics.md §3 step 4)."""
+    j = np.arange(1, hi - lo + 1, dtype=np.int64)  # k - lo
+    x_start = (lo - z_z) << up
+    if up == 0:
+        return x_start + j
+    return x_start + (j - 1) * (1 << up) + (1 << (up - 1)) + ((j - 1) % 2 == 0)
+
+
+_NUDGES = np.array([0, *(s * i for i in range(1, 65) for s in (1, -1))], np.int64)  # 0, 1, -1, 2, -2...
+
+
+def _exact_bn(mul: int, shift: int, t: np.ndarray, y: np.ndarray, acc_max: int, nominal: int) -> tuple[int, int] | None:
+    """(mul + d, add), the smallest nudge |d| <= 64 and the add closest to `nominal`, for which
+    floor(acc*mul/2^shift) + add crosses every output threshold y[k] exactly at the reference
+    accumulator t[k], for all |acc| <= acc_max; None if there is none."""
+    reached = t <= acc_max  # k is reached: y(max(t, -acc_max)) >= Y
+    below = t - 1 >= -acc_max  # k is missed just below: y(min(t - 1, acc_max)) < Y
+    a_on = np.maximum(t[reached], -acc_max)
+    a_off = np.minimum(t[below] - 1, acc_max)
+    for muls in (np.array([mul], np.int64), mul + _NUDGES[1:]):  # the nominal multiplier alone first
+        muls = muls[(muls > 0) & (muls <= BN_MUL_MAX)]
+        found = _first_feasible(muls, shift, a_on, y[reached], a_off, y[below], nominal)
+        if found is not None:
+            return found
+    return None
+
+
+def _first_feasible(muls, shift, a_on, y_on, a_off, y_off, nominal) -> tuple[int, int] | None:
+    low = np.max(y_on - ((a_on[None, :] * muls[:, None]) >> shift), axis=1, initial=-(1 << 62))
+    high = np.min(y_off - 1 - ((a_off[None, :] * muls[:, None]) >> shift), axis=1, initial=1 << 62)
+    ok = np.nonzero(low <= high)[0]
+    if len(ok) == 0:
+        return None
+    i = int(ok[0])
+    return int(muls[i]), min(max(nominal, int(low[i])), int(high[i]))
+
+
+def clamp_bn(so: float, e: np.ndarray, b_acc: np.ndarray, acc_max: np.ndarray, z_z: int, lo: int,
+             hi: int) -> tuple[np.ndarray, int, int]:
+    """BN words (mul, shift, add) per channel for clamp_table, `up`, and how many channels are exact.
+
+    y = floor(acc*mul/2^shift) + add ~ (acc + b_acc) * so/e * 2^up, with `so` = s_z/(s_x s_w) in
+    float64 (output steps per accumulator unit, channel oc scaled by 1/e[oc] by weight equalization)
+    and `b_acc` the bias in accumulator units; `up` is the most fraction bits (<= 20) for which every
+    channel's |y| stays within Y_LIMIT.
+
+    A 24-bit multiplier is exact to ~1e-5 of a step at the top of the range: outputs closer than that
+    to a half would round the wrong way, and one such flip in an early layer changes a classifier's
+    outputs downstream. But only the <= 255 accumulators where the output steps up matter, so each
+    channel's (mul, add) is chosen so that the KPU's steps fall at exactly the same accumulators as
+    the exact rounding's, checked in integers over every |acc| <= acc_max; the multiplier is nudged
+    by up to +-64 when the add alone cannot do it (rare)."""
+    r_all = so / e.astype(np.float64)
+    y_max = float(np.max((acc_max + np.abs(b_acc)) * r_all)) + 1.0  # |y| / 2^up, in output steps
+    first = min(ACT_SHIFT_MAX, max(0, math.floor(math.log2(Y_LIMIT / y_max)) - 1))
+    for up in range(first, -1, -1):
+        y_thr = _table_thresholds(z_z, lo, hi, up)
+        bn = np.zeros((len(e), 3), np.int64)
+        exact = 0
+        fits = True
+        for oc in range(len(e)):
+            r = so / float(e[oc])
+            mul, shift = bn_fixed_mul(r * 2.0 ** up)
+            half = 0.5 if shift > 0 else 0.0
+            add = int(math.floor(float(b_acc[oc]) * r * 2.0 ** up + half + 0.5))
+            t = _reference_thresholds(r, float(b_acc[oc]), z_z, lo, hi)
+            a_max = int(acc_max[oc])
+            found = _exact_bn(mul, shift, t, y_thr, a_max, add)
+            if found is not None:
+                (mul, add), exact = found, exact + 1
+            bn[oc] = (mul, shift, add)
+            if a_max * mul / 2.0 ** shift + abs(add) >= Y_LIMIT:
+                fits = False
+                break
+        if fits:
+            return bn, up, exact
+    raise ValueError("KPU layer: the batch-norm output cannot fit 36 bits")
+
+
 def kpu_layer(op: KpuConv2D, w: np.ndarray, b: np.ndarray, r: LayerRanges) -> KpuLayer:
     """Quantize one float KPU layer into its encoded parameters."""
     k = op.kernel
@@ -157,6 +310,20 @@ def kpu_layer(op: KpuConv2D, w: np.ndarray, b: np.ndarray, r: LayerRanges) -> Kp
         w_eq, e = equalize_weights(w)
         wq = get_quant_param(*get_range(w_eq))
     w_u8 = wq.quantize(w_eq)
+    # the input's floor bias, seen through each channel's weights: acc misses x_bias * sum(w - z_w)
+    acc_bias = r.x_bias * (w_u8.reshape(w_u8.shape[0], -1).astype(np.int64) - wq.zero_point).sum(axis=1)
+    conv = dict(kernel=k, depthwise=op.depthwise, pool=op.pool, pad_value=xq.zero_point,
+                arg_x=-wq.zero_point, arg_w=-xq.zero_point, arg_add=k * k * wq.zero_point * xq.zero_point,
+                weights=w_u8)
+    # arg_add is per input channel: the KPU multiplies it by the channels in the group (§3 step 2)
+
+    if op.fn is None:  # clamp only: the exact path (module docstring)
+        acc_per_unit = float(xq.scale) * float(wq.scale) * e.astype(np.float64)  # accumulator units per real unit
+        so = zq.scale / (float(xq.scale) * float(wq.scale))
+        b_acc = accumulator_bias(b, acc_per_unit) + acc_bias
+        lo, hi = clamp_bounds(op.act, zq)
+        bn, up, _ = clamp_bn(so, e, b_acc, _acc_bound(w_u8, wq.zero_point, xq.zero_point, k), zq.zero_point, lo, hi)
+        return KpuLayer(**conv, bn=bn, act_table=clamp_table(op.act, zq, up), out_q=(zq.zero_point, zq.scale))
 
     s_a = F32(F32(xq.scale) * F32(wq.scale))
     so = F32(F32(yq.scale) / s_a)
@@ -168,13 +335,6 @@ def kpu_layer(op: KpuConv2D, w: np.ndarray, b: np.ndarray, r: LayerRanges) -> Kp
     bn = np.zeros((w.shape[0], 3), np.int64)
     for oc in range(w.shape[0]):
         fm = get_fixed_mul(float(F32(float(so) * post / float(e[oc]))), 22, 15, True)
-        # the input's floor bias, seen through this channel's weights: acc misses x_bias * sum(w - z_w)
-        acc_bias = r.x_bias * float(np.sum(w_u8[oc].astype(np.int64) - wq.zero_point))
-        add = float(b[oc]) * s_act_in + acc_bias * float(so) * post / float(e[oc])
+        add = float(b[oc]) * s_act_in + float(acc_bias[oc]) * float(so) * post / float(e[oc])
         bn[oc] = (fm.rounded_mul, fm.shift, int(round_half_away(add)))
-    # arg_add is per input channel: the KPU multiplies it by the channels in the group (§3 step 2)
-    return KpuLayer(
-        kernel=k, depthwise=op.depthwise, pool=op.pool, pad_value=xq.zero_point,
-        arg_x=-wq.zero_point, arg_w=-xq.zero_point, arg_add=k * k * wq.zero_point * xq.zero_point,
-        weights=w_u8, bn=bn, act_table=activation_table(op, yq, zq, s_act_in),
-        out_q=(zq.zero_point, zq.scale))
+    return KpuLayer(**conv, bn=bn, act_table=activation_table(op, yq, zq, s_act_in), out_q=(zq.zero_point, zq.scale))

@@ -8,8 +8,9 @@ quantizes its output on the model's own grid, as TFLite's uint8 kernels do.
 `quantize` turns a calibrated range into nncase's (z, s) with `get_quant_param`. For a tflite range
 [scale*(0 - z), scale*(255 - z)] that gives back z exactly, and s = float32(1/scale) for all 96
 uint8 activation tensors of the Coral MobileNets, but not always: for about one random scale in six
-the float32 division lands one ulp away. So the ranges made here are `GridRange`s, which carry
-the grid itself to `quantize` (kcc.quant.params.range_param): the model's grid, verbatim.
+the float32 division lands one ulp away; and the KPU layers need s beyond float32 (target_param).
+So the ranges made here are `GridRange`s, which carry the grid itself to `quantize`
+(kcc.quant.params.range_param): the model's grid, verbatim.
 
 Quantization points are IR nodes, named after the tflite tensor they compute (kcc.ir.graph), but
 legalization adds nodes around a KPU layer. `model_ranges` finds each point's tensor:
@@ -49,8 +50,12 @@ def _with(r: Range, v: float) -> Range:
 
 
 def target_param(tq: TensorQuant) -> QuantParam:
-    """The tflite grid in kcc's convention: z = zero point, s = float32(1/scale) levels per unit."""
-    return QuantParam(tq.zero_point, float(F32(1.0 / float(F32(tq.scale)))))
+    """The tflite grid in kcc's convention: z = zero point, s = 1/scale levels per unit.
+
+    s is kept in float64: the KPU layers' multipliers are computed from it (kcc.quant.kpu_params)
+    and must reproduce TFLite's s_x*s_w/s_y to ~1e-9, so that an output rounds as TFLite's does even
+    a few 1e-6 of a step from a half; every op that stores a scale rounds it to float32, as before."""
+    return QuantParam(tq.zero_point, 1.0 / float(F32(tq.scale)))
 
 
 def grid_range(tq: TensorQuant) -> GridRange:

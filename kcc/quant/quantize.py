@@ -10,6 +10,13 @@ Consecutive KPU layers therefore hand data over in KPU RAM directly, and data-mo
 two layers (pad, strided_slice, reshape, transpose) run on uint8 in main memory with the producing
 layer's quant param ("range broadcast", kpu_semantics.md §4.2), so no requantization is needed.
 A Pad's value is quantized with that param (0.0 -> the zero point, matching the KPU's own border).
+
+A CPU pool whose output range is its input's grid (a pre-quantized model's pools: TFLite requires
+it) runs on the codes too: dequantize with (0, 1), pool, quantize with (0, 1). Max and mean commute
+with the affine map from codes to values, and float32 holds the codes and their sums exactly, so a
+mean rounds half up exactly as TFLite's uint8 average pool does; the KPU's mean pools floor instead.
+The final quantize scales by 1 + 2^-20 so that exact .5 ties round up on the K210 too, whose
+float-to-int conversion rounds them to even (kpu_semantics.md §4.1).
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ from kcc.quant.kpu_params import LayerRanges, kpu_layer
 from kcc.quant.params import QuantParam, range_param
 
 LAYOUT_OPS = (O.Pad, O.StridedSlice, O.Reshape, O.Transpose)
+# codes -> codes with ties rounded up: x*(1 + 2^-20) moves k + 1/2 up by >= 2^-21 (a float32 keeps it,
+# |x| <= 255), and a non-tie mean of n codes is >= 1/(2n) away from a half, far more than 255*2^-20
+CODE_ROUNDING_SCALE = 1.0 + 2.0 ** -20
 Ranges = dict[str, tuple[float, float]]
 
 
@@ -42,12 +52,12 @@ def calibration_view(g: Graph) -> tuple[Graph, list[Node]]:
         if isinstance(n.op, KO.KpuConv2D):
             points[id(n)] = n
             points[id(n.inputs[0])] = n.inputs[0]
-            if n.op.fn is not None:
+            if n.op.fn is not None:  # (a pool's range decides whether it runs on codes: _pool_on_codes)
                 pre = g.add(KO.KpuConv2D(n.op.kernel, n.op.depthwise, "bypass", n.op.act, None), n.inputs,
                             pre_activation_name(n))
                 g.outputs.append(pre)
                 points[id(pre)] = pre
-        elif isinstance(n.op, O.Input):
+        elif isinstance(n.op, (O.Input, O.Pool2D)):
             points[id(n)] = n
     return g, list(points.values())
 
@@ -66,12 +76,25 @@ class _Quantizer:
     # ------------------------------------------------------------ quant params
     def _u8_source(self, n: Node) -> bool:
         """True when `n` is (a data movement of) a uint8 tensor: a KPU layer output or a u8 input."""
-        while isinstance(n.op, LAYOUT_OPS):
+        while isinstance(n.op, LAYOUT_OPS) or self._pool_on_codes(n):
             n = n.inputs[0]
         return isinstance(n.op, KO.KpuConv2D) or (isinstance(n.op, O.Input) and self.input_u8)
 
+    def _pool_on_codes(self, n: Node) -> bool:
+        """A pool without clamp whose range is its input's grid, on a uint8 input (module docstring)."""
+        if not (isinstance(n.op, O.Pool2D) and n.op.act == O.NO_CLAMP and n.name in self.ranges):
+            return False
+        try:
+            return self._u8_source(n.inputs[0]) and range_param(self.ranges[n.name]) == self.qparam(n.inputs[0])
+        except KeyError:
+            return False
+
+    def _moves_u8(self, n: Node) -> bool:
+        """n computes on the uint8 codes of its input, keeping its grid."""
+        return (isinstance(n.op, LAYOUT_OPS) and self._u8_source(n)) or self._pool_on_codes(n)
+
     def qparam(self, n: Node) -> QuantParam:
-        if isinstance(n.op, LAYOUT_OPS) and self._u8_source(n):
+        if self._moves_u8(n):
             return self.qparam(n.inputs[0])
         if isinstance(n.op, KO.KpuConv2D):
             zp, scale = self.layer_of(n).op.out_q
@@ -89,7 +112,7 @@ class _Quantizer:
     def float_of(self, n: Node) -> Node:
         """n as float32. Data movement of a uint8 tensor runs on the uint8 bytes (4x less memory and
         work) and is dequantized after: ncc's dequantize motion (kpu_semantics.md §4.4)."""
-        if isinstance(n.op, KO.KpuConv2D) or (isinstance(n.op, LAYOUT_OPS) and self._u8_source(n)):
+        if isinstance(n.op, KO.KpuConv2D) or self._moves_u8(n):
             def deq() -> Node:
                 q = self.qparam(n)
                 return self.g.add(KO.Dequantize(q.zero_point, q.scale), (self.u8_of(n),), n.name + "/dequantize")
@@ -110,6 +133,10 @@ class _Quantizer:
                 if isinstance(op, O.Pad):
                     op = O.Pad(op.paddings, float(self.qparam(n).quantize(op.value)))
                 return g.add(op, (src,), n.name + "/u8")
+            if self._pool_on_codes(n):
+                codes = g.add(KO.Dequantize(0, 1.0), (self.u8_of(n.inputs[0]),), n.name + "/codes")
+                pooled = g.add(n.op, (codes,), n.name + "/pool_codes")
+                return g.add(KO.Quantize(0, CODE_ROUNDING_SCALE), (pooled,), n.name + "/u8")
             return self._quantized_chain(n, self.qparam(n))
         return self._cached(self.u8, n, make)
 
@@ -152,7 +179,7 @@ class _Quantizer:
         for n in self.src.nodes:
             if isinstance(n.op, KO.KpuConv2D):
                 self.layer_of(n)
-            elif isinstance(n.op, LAYOUT_OPS) and self._u8_source(n):
+            elif self._moves_u8(n):
                 pass  # built on demand, on uint8, by u8_of / float_of
             elif isinstance(n.op, O.Input) and self.input_u8:
                 q = self.qparam(n)
