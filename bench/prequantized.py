@@ -8,7 +8,8 @@ run the uint8-input kmodel on kpu_sim with the kit's `ref/*.in_u8.npy` pixels, a
 * the float twin (`ref/*.float_out0.npy`): cosine of the softmax outputs, per image; the bar is
   meta.json `tflite_uint8_min_cosine` - 0.005; TFLite's own cosines are recomputed here;
 * logits: the cosine of kcc's and TFLite uint8's logits against the float twin's (from the
-  interpreters' intermediate tensors), a measure that a single close call does not dominate.
+  interpreters' intermediate tensors), a measure that a single close call does not dominate; and
+  whether kcc's uint8 logits (the last KPU layer's codes) equal TFLite uint8's bit for bit.
 
 `--jitter N` also runs an *ideal* uint8 implementation of the model in numpy (exact integer
 accumulators, real multipliers, round to nearest; float softmax) N times with a uniform jitter of
@@ -66,6 +67,10 @@ def measure(name: str) -> dict:
     # logits: the input of the softmax, a KPU layer downloaded then dequantized
     logits_node = next(n for n in res.graph.nodes if isinstance(n.op, KO.Dequantize) and n.type.size == 1001)
     logits_index = res.emitted.node_names.index(logits_node.name)
+    codes_node = logits_node.inputs[0]
+    while codes_node.name not in res.emitted.node_names:  # a reshape is a view, not a kmodel node
+        codes_node = codes_node.inputs[0]
+    codes_index = res.emitted.node_names.index(codes_node.name)
     tq, tdet = _interpreter(qpath)
     tf, fdet = _interpreter(d / f"{name}_dequant_float.tflite")
     logit_tensor = next(n for n in tdet if n.endswith("biases1"))
@@ -77,8 +82,8 @@ def measure(name: str) -> dict:
         seen: dict[int, list[np.ndarray]] = {}
 
         def keep_logits(i, opcode, body, outs, seen=seen):
-            if i == logits_index:
-                seen[i] = outs
+            if i in (logits_index, codes_index):
+                seen[i] = [np.array(o) for o in outs]
 
         out = program.run([np.ascontiguousarray(u8.transpose(0, 3, 1, 2))], trace=keep_logits)[0]
         tq.set_tensor(tq.get_input_details()[0]["index"], u8)
@@ -91,7 +96,9 @@ def measure(name: str) -> dict:
         rows.append({
             "sample": s.name, "top1": int(np.argmax(out)) == meta["samples"][s.name]["tflite_uint8_top1"],
             "cos": refkit.compare(out, s.refs[0])[0], "tfl_cos": _cos(t_out, s.refs[0]),
-            "logit_cos": _cos(seen[logits_index][0], f_logits), "tfl_logit_cos": _cos(t_logits, f_logits)})
+            "logit_cos": _cos(seen[logits_index][0], f_logits), "tfl_logit_cos": _cos(t_logits, f_logits),
+            "same_logits": bool(np.array_equal(seen[codes_index][0].ravel(),
+                                               tq.get_tensor(tdet[logit_tensor]["index"]).ravel()))})
     return {"name": name, "rows": rows, "compile_s": compile_s, "bar": meta["tflite_uint8_min_cosine"] - 0.005,
             "kpu": sum(p.on_kpu for p in res.placements), "placements": len(res.placements), "size": len(res.kmodel)}
 
@@ -147,8 +154,8 @@ def main() -> None:
     ap.add_argument("--jitter", type=int, default=0, help="runs of the jittered ideal uint8 reference (0: none)")
     args = ap.parse_args()
     print("| model | top-1 vs TFLite uint8 | cos min (bar) | cos mean | TFLite uint8 cos min / mean | "
-          "logits cos mean: kcc / TFLite | KPU layers | kmodel | compile s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "logits cos mean: kcc / TFLite | uint8 logits = TFLite's | KPU layers | kmodel | compile s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     details = []
     for name in args.models.split(","):
         r = measure(name)
@@ -159,6 +166,7 @@ def main() -> None:
         print(f"| {name} | {sum(x['top1'] for x in rows)}/{len(rows)} | {min(cos):.5f} ({r['bar']:.5f}, {ok}) | "
               f"{np.mean(cos):.5f} | {min(tfl):.5f} / {np.mean(tfl):.5f} | "
               f"{np.mean([x['logit_cos'] for x in rows]):.5f} / {np.mean([x['tfl_logit_cos'] for x in rows]):.5f} | "
+              f"{sum(x['same_logits'] for x in rows)}/{len(rows)} images | "
               f"{r['kpu']}/{r['placements']} | {r['size']} B | {r['compile_s']:.1f} |", flush=True)
         details.append(r)
     print("\nper image, cosine vs the float twin: kcc / TFLite uint8")
