@@ -5,7 +5,8 @@
 "before" is the same compiler with decompose_kernels switched off (kernels the KPU lacks stay on
 the CPU in float, as in ncc); "after" is the default build. Each model is calibrated on its own
 reference samples (the first N, as float32 NCHW arrays, `input_type="float"`, like
-bench/accuracy.py) and run on kpu_sim; cosine is the worst output per sample against the TFLite
+bench/accuracy.py, with --input-mean/--input-std putting the input grid on the pixels: pixel_grid)
+and run on kpu_sim; cosine is the worst output per sample against the TFLite
 reference, averaged over the samples. These models have 3 reference samples each, and the worst
 output is often a 63-value landmark vector, so that cosine moves by +-0.005 with any small change of
 rounding; the `extra` columns therefore also compare both builds with the float model (kcc's float
@@ -82,6 +83,20 @@ def extra_inputs(name: str, count: int) -> list[tuple[np.ndarray, list[np.ndarra
     return out
 
 
+def pixel_grid(name: str) -> dict:
+    """--input-mean/--input-std that put the input grid on the model's pixels, x = u8*a + b.
+
+    A K210 camera delivers uint8 pixels, and ncc users give mean/std for exactly that. Without them
+    the input range would be calibrated on these few samples (e.g. [0, 254/255]) and the first KPU
+    layer would round every pixel, a loss the CPU-fallback build, whose stem reads the float input,
+    never has: comparing the two builds would then mostly measure the input grid."""
+    inp = refkit.meta(name).get("input", {})
+    if "a" not in inp:
+        return {}
+    std = 1.0 / (255.0 * float(inp["a"]))
+    return {"input_mean": -float(inp["b"]) * std, "input_std": std}
+
+
 def _sqnr_db(got: np.ndarray, ref: np.ndarray) -> float:
     err = float(np.sum((got.reshape(ref.shape).astype(np.float64) - ref) ** 2))
     return 10 * np.log10(float(np.sum(ref.astype(np.float64) ** 2)) / max(err, 1e-30))
@@ -96,7 +111,8 @@ def measure(name: str, decompose: bool, calib: int, method: str, extra: list | N
     try:
         t0 = time.perf_counter()
         res = pipeline.compile_graph(import_tflite(refkit.tflite_path(name)),
-                                     CompileOptions(input_type="float", calibrate_method=method), checkpoint=cap,
+                                     CompileOptions(input_type="float", calibrate_method=method, **pixel_grid(name)),
+                                     checkpoint=cap,
                                      samples=[[s.x.astype(np.float32)] for s in samples[:calib]])
         compile_s = time.perf_counter() - t0
     finally:

@@ -131,7 +131,7 @@ def _calibrate(g: Graph, options: CompileOptions, log: Log, samples: list | None
     """Ranges of every tensor `quantize` needs, measured on the dataset (kpu_semantics.md §4.2), or
     for a pre-quantized model without a dataset, the model's own (kcc.quant.prequantized)."""
     from kcc.dataset import iter_dataset, list_files
-    from kcc.quant.calibrate import input_range_override
+    from kcc.quant.calibrate import input_range_override, input_views
     from kcc.quant.policy import choose_ranges
 
     for note in quantization.notes() if quantization is not None else ():
@@ -159,6 +159,11 @@ def _calibrate(g: Graph, options: CompileOptions, log: Log, samples: list | None
     view.outputs = view.outputs[:n_outputs]  # drop the calibration-only outputs again
     view.remove_dead()
     if options.input_mean is not None or options.input_std is not None:
-        ranges[inputs[0].name] = input_range_override(options.mean, options.std)
+        # the stated input grid (e.g. the camera's pixels) also holds for views of the input that a
+        # KPU layer reads (a pre-padded or decomposed stem): they must not round the pixels again
+        ranges[inputs[0].name] = fixed = input_range_override(options.mean, options.std)
+        if fixed[0] <= 0.0 <= fixed[1]:
+            for p in input_views(points, inputs[0]):
+                ranges[p.name] = fixed
     log(f"   {n_samples} sample(s), {len(points)} tensors, method {options.calibrate_method}")
     return ranges

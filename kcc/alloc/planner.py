@@ -89,7 +89,8 @@ def plan_memory(buffers: list[Buffer], *, align: int, solve_secs: float, capacit
                 space: str = "main memory", step_names: list[str] | None = None) -> PlanResult:
     """Pack `buffers` (unique names) as tightly as the budget allows; see the module docstring.
 
-    `solve_secs` is `--max-allocator-solve-secs`: 0 = first fit only; otherwise CP-SAT gets
+    `solve_secs` is `--max-allocator-solve-secs`: 0 = first fit only (or the greedy candidates too,
+    when first fit overflows `capacity`); otherwise CP-SAT gets
     `solve_secs * DETERMINISTIC_PER_SEC` deterministic seconds. `step_names` (node name per step)
     only serve messages. Raises `MemoryOverflowError` if the peak exceeds `capacity`.
     """
@@ -99,8 +100,10 @@ def plan_memory(buffers: list[Buffer], *, align: int, solve_secs: float, capacit
     ff = first_fit(buffers, align)
     candidates: list[tuple[str, Plan]] = [("first fit", ff)]
     status, bound, det = "not run (--max-allocator-solve-secs 0)", lower, 0.0
-    if solve_secs > 0:
+    if solve_secs > 0 or (capacity is not None and ff.peak > capacity):
+        # the greedy orders are cheap: even without the solver, try them before reporting an overflow
         candidates += greedy_candidates(buffers, align)
+    if solve_secs > 0:
         _, best = min(candidates, key=lambda c: c[1].peak)
         if best.peak <= lower:
             status = "not needed (a greedy plan reached the lower bound)"

@@ -102,6 +102,26 @@ def input_range_override(mean: float, std: float) -> Range:
     return float((F32(0) - m) / s), float((F32(1) - m) / s)
 
 
+def input_views(points: Sequence[Node], graph_input: Node) -> list[Node]:
+    """The points that are the graph input moved around (pad, slice, reshape, transpose, and
+    concatenations of such views: a decomposed stem's stacked input, kcc.passes.decompose_kernels),
+    with nothing but zero padding added: they hold the input's own values."""
+    from kcc.ir import ops as O
+
+    def is_view(n: Node) -> bool:
+        if n is graph_input:
+            return True
+        if isinstance(n.op, O.Pad):
+            return n.op.value == 0.0 and is_view(n.inputs[0])
+        if isinstance(n.op, (O.StridedSlice, O.Reshape, O.Transpose)):
+            return is_view(n.inputs[0])
+        if isinstance(n.op, O.Concat):
+            return all(is_view(i) for i in n.inputs)
+        return False
+
+    return [p for p in points if p is not graph_input and is_view(p)]
+
+
 def calibrate(graph: Graph, samples: Samples, points: Sequence[Node], method: str = "no_clip",
               progress: Progress | None = None) -> dict[str, Range]:
     """Range of every point node (by name) over the calibration samples.

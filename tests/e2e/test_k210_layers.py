@@ -89,3 +89,15 @@ def test_each_decomposition_on_the_kpu_matches_float(name):
     got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
     step = (want.max() - min(want.min(), 0)) / 255
     assert np.abs(got - want).max() <= 4 * step, f"{name}: max error {np.abs(got - want).max() / step:.1f} steps"
+
+
+@pytest.mark.parametrize("name", ["conv3x3_s2_same", "conv5x5_s2_same"])
+def test_stated_input_grid_reaches_the_stem_views(name):
+    """--input-mean/--input-std fix the input grid (pixels k/255 here); a pre-padded or decomposed
+    stem reads views of the input (pad / slices / concat), which must be quantized on that same grid,
+    not on the range the samples happen to span (here [0, 0.8]), or every pixel is rounded again."""
+    g = _graph(CASES[name])
+    calib = [[(rng.integers(0, 205, (1, 4, 12, 10)) / 255).astype(np.float32)] for _ in range(4)]
+    res = compile_graph(g, CompileOptions(input_type="float", input_mean=0.0, input_std=1.0), samples=calib)
+    quantizes = [n.op for n in res.graph.nodes if type(n.op).__name__ == "Quantize"]
+    assert quantizes and all((q.zero_point, q.scale) == (0, 255.0) for q in quantizes), quantizes

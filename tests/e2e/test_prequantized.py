@@ -115,6 +115,29 @@ def test_uint8_layers_follow_tflites_integer_kernels():
         assert np.abs(got - want.ravel()).max() <= 2 / 256
 
 
+def test_uint8_logits_equal_tflites_bit_for_bit():
+    """The same block, every intermediate rounding included: its uint8 logits (after the 8x8 average
+    pool, which rounds half up on the codes, and four exact KPU layers) are TFLite's, on 32 inputs."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    data = mobilenet_block(True)
+    res = compile_model(data, CompileOptions(**FAST))
+    program = kpu_sim.load(res.kmodel)
+    logits = next(n for n in res.graph.nodes if isinstance(n.op, KO.KpuLayer) and n.name.startswith("logits"))
+    at = res.emitted.node_names.index("logits/u8")  # the KPU layer's 1x1 corner of its 4x4 map
+    tfl = Interpreter(model_content=data, experimental_preserve_all_tensors=True)
+    tfl.allocate_tensors()
+    want_index = next(t["index"] for t in tfl.get_tensor_details() if t["name"] == "logits")
+    for _ in range(32):
+        u8 = rng.integers(0, 256, (1, 16, 16, 3)).astype(np.uint8)
+        seen = {}
+        program.run([_nchw(u8)], trace=lambda i, op, body, outs: seen.setdefault(i, np.array(outs[0])))
+        tfl.set_tensor(tfl.get_input_details()[0]["index"], u8)
+        tfl.invoke()
+        np.testing.assert_array_equal(seen[at].ravel(), tfl.get_tensor(want_index).ravel())
+    assert logits.op.act_table[1, 1] == 1  # the exact path: one slope-1 segment (multiplier 1)
+
+
 def test_fused_activation_follows_tflite():
     """A LOGISTIC fused into the KPU layer: its table spans the conv's grid, its output the sigmoid's."""
     data = conv_logistic(True)
