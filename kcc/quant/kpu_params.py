@@ -42,6 +42,7 @@ ACT_SHIFT_MAX = 20  # nncase never emits larger activation shifts (kpu_semantics
 BN_MUL_MAX = (1 << 23) - 1  # norm_mul is a signed 24-bit field (kmodel_v4.md §9.4)
 BN_SHIFT_MAX = 15  # norm_shift is 4 bits
 Y_LIMIT = 1 << 34  # |BN output| must fit x_start's s36 (kpu_semantics.md §3 step 4), one bit to spare
+BN_ADD_LIMIT = (1 << 31) - 1  # norm_add is a signed 32-bit field (kmodel_v4.md §9.4)
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,7 @@ def clamp_bn(so: float, e: np.ndarray, b_acc: np.ndarray, acc_max: np.ndarray, z
     y = floor(acc*mul/2^shift) + add ~ (acc + b_acc) * so/e * 2^up, with `so` = s_z/(s_x s_w) in
     float64 (output steps per accumulator unit, channel oc scaled by 1/e[oc] by weight equalization)
     and `b_acc` the bias in accumulator units; `up` is the most fraction bits (<= 20) for which every
-    channel's |y| stays within Y_LIMIT.
+    channel's |y| stays within Y_LIMIT and every add within its 32-bit field.
 
     A 24-bit multiplier is exact to ~1e-5 of a step at the top of the range: outputs closer than that
     to a half would round the wrong way, and one such flip in an early layer changes a classifier's
@@ -272,7 +273,8 @@ def clamp_bn(so: float, e: np.ndarray, b_acc: np.ndarray, acc_max: np.ndarray, z
     by up to +-64 when the add alone cannot do it (rare)."""
     r_all = so / e.astype(np.float64)
     y_max = float(np.max((acc_max + np.abs(b_acc)) * r_all)) + 1.0  # |y| / 2^up, in output steps
-    first = min(ACT_SHIFT_MAX, max(0, math.floor(math.log2(Y_LIMIT / y_max)) - 1))
+    add_max = float(np.max(np.abs(b_acc) * r_all)) + 1.0  # |add| / 2^up
+    first = min(ACT_SHIFT_MAX, max(0, math.floor(math.log2(min(Y_LIMIT / y_max, BN_ADD_LIMIT / add_max))) - 1))
     for up in range(first, -1, -1):
         y_thr = _table_thresholds(z_z, lo, hi, up)
         bn = np.zeros((len(e), 3), np.int64)
@@ -289,7 +291,7 @@ def clamp_bn(so: float, e: np.ndarray, b_acc: np.ndarray, acc_max: np.ndarray, z
             if found is not None:
                 (mul, add), exact = found, exact + 1
             bn[oc] = (mul, shift, add)
-            if a_max * mul / 2.0 ** shift + abs(add) >= Y_LIMIT:
+            if a_max * mul / 2.0 ** shift + abs(add) >= Y_LIMIT or abs(add) > BN_ADD_LIMIT:
                 fits = False
                 break
         if fits:

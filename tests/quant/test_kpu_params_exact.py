@@ -56,3 +56,12 @@ def test_clamp_table_is_one_exact_slope_between_two_constants():
     lo, hi = clamp_bounds((0.0, 6.0), zq)
     assert (lo, hi) == (3, 243)
     assert table[1].tolist() == [0, 1, 20, 3] and table[2].tolist() == [240 << 20, 0, 0, 243]
+
+
+def test_a_bias_of_thousands_of_steps_keeps_the_add_within_32_bits():
+    """A channel whose bias alone is 5000 output steps: 20 fraction bits would need a 33-bit add."""
+    zq = QuantParam(0, 40.0)
+    lo, hi = clamp_bounds((0.0, 6.0), zq)
+    so = 0.01
+    bn, up, exact = clamp_bn(so, np.array([1.0]), np.array([-5000 / so]), np.array([50_000]), 0, lo, hi)
+    assert abs(int(bn[0, 2])) < 2 ** 31 and up < 20 and exact == 1
