@@ -14,7 +14,9 @@ interpreter) on up to --extra further pictures of ../shared/reference/models/ima
 the references): SQNR of the worst output in dB, averaged, and the same cosine.
 The KPU share counts the model's convolution MACs the CPU no longer does (kcc.passes.coverage);
 the latency column is kcc.latency's estimate when that module is present. Convolutions left on
-the CPU are listed with legalize_kpu's reason.
+the CPU are listed with legalize_kpu's reason. `--attribute` adds, per model, the SQNR of the float
+model with only the decomposed convs' inputs rounded to 8 bits: the part of the "after" build's
+error that decomposition itself brings (a float conv on the CPU reads those inputs unrounded).
 """
 
 from __future__ import annotations
@@ -140,6 +142,8 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=64, help="calibration samples per model")
     ap.add_argument("--method", default="no_clip")
     ap.add_argument("--extra", type=int, default=24, help="further pictures compared with the float model")
+    ap.add_argument("--attribute", action="store_true",
+                    help="also: the float model with only the decomposed convs' inputs rounded (input_rounding_sqnr)")
     args = ap.parse_args()
     print("| model | build | KPU share of conv MACs | CPU conv MACs | KPU MACs executed / useful | kpu_conv2d | "
           "cos mean | cos min | extra: SQNR dB | extra: cos | est. latency ms | kmodel KiB | compile s |")
@@ -162,8 +166,41 @@ def main() -> None:
                   f"{r['kmodel_kb']:.0f} | {r['compile_s']:.1f} |", flush=True)
             reasons = Counter(p.reason for p in r["cpu_convs"])
             notes += [f"{name} ({build}): {k} conv(s) stay on the CPU: {why}" for why, k in reasons.items()]
+        if args.attribute:
+            for method in ("no_clip", "l2"):
+                count, db = input_rounding_sqnr(name, method, extra, args.calib)
+                notes.append(f"{name}: float model with only the {count} inputs of its >3x3 convs rounded to "
+                             f"8 bits ({method} ranges): extra SQNR {db:.1f} dB")
     for line in notes:
         print(f"* {line}")
+
+
+def input_rounding_sqnr(name: str, method: str, extra: list, calib: int) -> tuple[int, float]:
+    """What a decomposition costs by itself: the float model with only the inputs of its kernels
+    larger than 3x3 (the convs decompose_kernels puts on the KPU) rounded to 8 bits on the grid
+    `method` calibrates, everything else float. Returns (tensors rounded, SQNR dB of the worst output,
+    averaged over `extra`). The graph input is left alone (its grid is the pixels', pixel_grid)."""
+    from kcc.ir import kpu_ops as KO
+    from kcc.ir import ops as O
+    from kcc.quant.calibrate import calibrate
+    from kcc.quant.params import get_quant_param
+
+    g = canonicalize(import_tflite(refkit.tflite_path(name)))
+    convs = [n for n in g.nodes if isinstance(n.op, O.Conv2D) and n.inputs[1].is_constant
+             and max(n.inputs[1].shape[2:]) > 3 and not isinstance(n.inputs[0].op, O.Input)]
+    points = list({id(c.inputs[0]): c.inputs[0] for c in convs}.values())
+    ranges = calibrate(g, [[s.x.astype(np.float32)] for s in refkit.samples(name)[:calib]], points, method)
+    for x in points:
+        q = get_quant_param(*ranges[x.name])
+        first = next(u for u in g.nodes if any(i is x for i in u.inputs))
+        rounded = g.insert_before(first, KO.Dequantize(q.zero_point, q.scale),
+                                  (g.insert_before(first, KO.Quantize(q.zero_point, q.scale), (x,), x.name + "/q"),),
+                                  x.name + "/dq")
+        for c in convs:
+            if c.inputs[0] is x:
+                c.inputs = (rounded, *c.inputs[1:])
+    snr = [min(_sqnr_db(o, r) for o, r in zip(run(g, [x]), refs)) for x, refs in extra]
+    return len(points), float(np.mean(snr)) if snr else float("nan")
 
 
 def _fmt(v: float | None, spec: str) -> str:

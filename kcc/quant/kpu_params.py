@@ -14,9 +14,11 @@ calibrated ranges of its input X, its pre-activation output Y and its final outp
 A layer whose activation is only a clamp (identity, ReLU, ReLU6: most layers) takes an exact path
 instead (`clamp_bn`, `clamp_table`): the BN stage targets the *output* grid with up to 20 fraction
 bits and a 22-bit multiplier, and the table is one slope-1 segment (multiplier 1, shift = the
-fraction bits) between two constants. Each output is then round(acc * s_x s_w / s_z) + z_z up to
-~1e-4 of a step, as TFLite's integer kernels compute it: a pre-quantized model runs as its own
-uint8 reference does, and a calibrated one loses nothing beyond the grids' own rounding.
+fraction bits) between two constants; per channel, the add (and if need be the multiplier) is
+chosen so that the output steps at exactly the accumulators where round-half-up of
+(acc + bias) * s_z/(s_x s_w) steps (`clamp_bn`). Each output is then what TFLite's integer kernels
+compute: a pre-quantized model runs as its own uint8 reference does, bit for bit, and a calibrated
+one loses nothing beyond the grids' own rounding.
 (nncase targets the pre-activation grid with a 15-segment table fitted to samples; that floors away
 up to 2^-up of a step per layer and rounds each segment's intercept.)
 """
@@ -184,7 +186,7 @@ def clamp_table(act: tuple[float, float], zq: QuantParam, up: int) -> np.ndarray
     return table
 
 
-def _acc_bound(w_u8: np.ndarray, z_w: int, z_x: int, k: int) -> np.ndarray:
+def _acc_bound(w_u8: np.ndarray, z_w: int, z_x: int) -> np.ndarray:
     """Per output channel, the largest |acc| = |sum (x - z_x)(w - z_w)| any uint8 input can give."""
     d = np.abs(w_u8.reshape(w_u8.shape[0], -1).astype(np.int64) - z_w).sum(axis=1)
     return d * max(z_x, 255 - z_x)
@@ -324,7 +326,7 @@ def kpu_layer(op: KpuConv2D, w: np.ndarray, b: np.ndarray, r: LayerRanges) -> Kp
         so = zq.scale / (float(xq.scale) * float(wq.scale))
         b_acc = accumulator_bias(b, acc_per_unit) + acc_bias
         lo, hi = clamp_bounds(op.act, zq)
-        bn, up, _ = clamp_bn(so, e, b_acc, _acc_bound(w_u8, wq.zero_point, xq.zero_point, k), zq.zero_point, lo, hi)
+        bn, up, _ = clamp_bn(so, e, b_acc, _acc_bound(w_u8, wq.zero_point, xq.zero_point), zq.zero_point, lo, hi)
         return KpuLayer(**conv, bn=bn, act_table=clamp_table(op.act, zq, up), out_q=(zq.zero_point, zq.scale))
 
     s_a = F32(F32(xq.scale) * F32(wq.scale))
