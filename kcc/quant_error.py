@@ -13,7 +13,9 @@ Nodes are matched by name (`Emitted.node_names`: kmodel node index -> IR node na
 the name of the float layer it was quantized from). Errors accumulate through the network, as on the
 board: layer k sees the quantized output of layer k-1, so a layer's numbers include upstream error.
 
-Per layer, over all samples: cosine similarity and SQNR = 10 log10(sum f^2 / sum (f - q)^2) dB.
+Per layer, over all samples: cosine similarity and SQNR = 10 log10(sum f^2 / sum (f - q)^2) dB, also
+over the values inside the layer's output range only (so a deliberately clipped range, softmax logits,
+is ranked by its rounding; the clipped share is reported beside it).
 """
 
 from __future__ import annotations
@@ -45,13 +47,18 @@ class LayerError:
     max_abs: float = 0.0
     clipped: int = 0  # float values outside the range the layer's uint8 output can represent
     count: int = 0
+    ff_in: float = 0.0  # signal and error power over the values the range holds
+    ee_in: float = 0.0
 
     def add(self, f: np.ndarray, q: np.ndarray, lo: float = -np.inf, hi: float = np.inf) -> None:
         """Accumulate one sample: float reference `f`, dequantized board value `q`, output range [lo, hi]."""
         f64, q64 = f.astype(np.float64).ravel(), q.astype(np.float64).ravel()
-        self.clipped += int(np.count_nonzero((f64 < lo) | (f64 > hi)))
+        inside = (f64 >= lo) & (f64 <= hi)
+        self.clipped += int(f64.size - np.count_nonzero(inside))
         self.count += f64.size
         e = f64 - q64
+        self.ff_in += float(f64[inside] @ f64[inside])
+        self.ee_in += float(e[inside] @ e[inside])
         self.ff += float(f64 @ f64)
         self.qq += float(q64 @ q64)
         self.fq += float(f64 @ q64)
@@ -75,16 +82,26 @@ class LayerError:
             return float("inf")
         return float(10 * np.log10(max(self.ff, 1e-300) / self.ee))
 
+    @property
+    def sqnr_in_range_db(self) -> float:
+        """SQNR over the values the output range holds: what the layer's rounding costs, apart from
+        what its range clips (on purpose for softmax logits, where only the largest matter)."""
+        if self.ee_in == 0.0:
+            return float("inf")
+        return float(10 * np.log10(max(self.ff_in, 1e-300) / self.ee_in))
+
     def to_json(self) -> dict:
-        sqnr = self.sqnr_db
+        sqnr, inside = self.sqnr_db, self.sqnr_in_range_db
         return {"name": self.name, "node": self.index, "shape": list(self.shape), "cosine": round(self.cosine, 6),
-                "sqnr_db": None if np.isinf(sqnr) else round(sqnr, 2), "max_abs_error": round(self.max_abs, 6),
+                "sqnr_db": None if np.isinf(sqnr) else round(sqnr, 2),
+                "sqnr_in_range_db": None if np.isinf(inside) else round(inside, 2),
+                "max_abs_error": round(self.max_abs, 6),
                 "clipped_fraction": round(self.clipped_fraction, 6)}
 
 
 @dataclass
 class QuantErrorReport:
-    layers: list[LayerError] = field(default_factory=list)  # worst (lowest SQNR) first
+    layers: list[LayerError] = field(default_factory=list)  # worst (lowest in-range SQNR) first
     samples: int = 0
     total_samples: int = 0
 
@@ -154,5 +171,5 @@ def measure(kmodel_bytes: bytes, node_names: list[str], float_graph: Graph, quan
         if tick is not None:
             tick()
     report.total_samples = total if total is not None else report.samples
-    report.layers = sorted(layers.values(), key=lambda e: (e.sqnr_db, e.index))
+    report.layers = sorted(layers.values(), key=lambda e: (e.sqnr_in_range_db, e.sqnr_db, e.index))
     return report

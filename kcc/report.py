@@ -161,8 +161,9 @@ def markdown(r: Report) -> str:
     summary.append(["placement", f"{on_kpu} on the KPU, {len(r.placements) - on_kpu} on the CPU"])
     if r.quant_error and r.quant_error.layers:
         worst = r.quant_error.layers[0]
-        summary.append(["worst KPU layer", f"`{short_name(worst.name)}`: SQNR {_fmt_db(worst.sqnr_db)} dB, "
-                        f"cosine {worst.cosine:.4f}"])
+        clip = f", {100 * worst.clipped_fraction:.1f}% of its values clipped" if worst.clipped else ""
+        summary.append(["worst KPU layer", f"`{short_name(worst.name)}`: SQNR {_fmt_db(worst.sqnr_in_range_db)} dB "
+                        f"in range, cosine {worst.cosine:.4f}{clip}"])
     if r.memory_summary:
         summary.append(["device RAM", r.memory_summary[-1].removeprefix("Device RAM: ")])
     lines += _table(["", ""], summary)
@@ -184,13 +185,15 @@ def markdown(r: Report) -> str:
     else:
         lines += [f"Float evaluator vs the simulated uint8 kmodel (bit-exact with the K210) on {qe.samples} of the "
                   f"{qe.total_samples} calibration samples. Errors accumulate: a layer's figures include what the "
-                  "layers before it lost. SQNR = 10 log10(signal power / error power); worst layers first. "
+                  "layers before it lost. SQNR = 10 log10(signal power / error power), over all values and over "
+                  "the values inside the layer's output range; worst (in range) first. "
                   "*clipped* is the share of float values outside the range the layer's uint8 output can hold: "
                   "deliberate for softmax logits (only the largest matter) and l2-clipped ReLU outputs, "
                   "otherwise a sign of an unrepresentative calibration set.", "",
                   f"![quantization error]({QUANT_PNG})", ""]
-        lines += _table(["layer", "node", "shape", "SQNR dB", "cosine", "max abs error", "clipped"],
+        lines += _table(["layer", "node", "shape", "SQNR dB", "in range", "cosine", "max abs error", "clipped"],
                         [[f"`{short_name(e.name)}`", str(e.index), _shape(e.shape), _fmt_db(e.sqnr_db),
+                          _fmt_db(e.sqnr_in_range_db),
                           f"{e.cosine:.5f}", f"{e.max_abs:.4g}", f"{100 * e.clipped_fraction:.2f}%"]
                          for e in qe.layers])
     lines += ["", "## Estimated K210 latency", "",

@@ -155,3 +155,16 @@ def test_ncc_line_on_mobilenet_with_report(tmp_path, capsys):
     data = json.loads((rep / "report.json").read_text())
     assert len(data["quant_error"]["layers"]) == 28
     assert sum(p["on_kpu"] for p in data["placement"]) == 28
+
+
+def test_in_range_sqnr_ranks_a_deliberately_clipped_layer_by_its_rounding():
+    """A logits layer whose range keeps only the top values: its clipped values would dominate the plain
+    SQNR; the in-range SQNR measures the rounding of what the range holds, the clipped share is apart."""
+    from kcc.quant_error import LayerError
+
+    f = np.array([-9.0, -8.0, 1.0, 2.0, 3.0])
+    q = np.array([-1.0, -1.0, 1.01, 2.0, 2.99])  # the range [-1, 4] clips the first two
+    e = LayerError("logits", 0, (5,))
+    e.add(f, q, -1.0, 4.0)
+    assert e.clipped_fraction == pytest.approx(0.4)
+    assert e.sqnr_db < 3 and e.sqnr_in_range_db == pytest.approx(10 * np.log10(14 / 2e-4))
