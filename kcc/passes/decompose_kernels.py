@@ -213,7 +213,10 @@ def _padded_views(add: Add, x: Node, terms: list, keep: tuple[tuple[int, int], t
                   cache: dict, channels: tuple[int, int] | None = None) -> list[Node]:
     """Views of equal size for a stack: x padded once, then one (strided) slice per term. Each view
     covers its term's whole window except the `keep` zero rows/columns, left to the conv padding;
-    `channels` restricts the views to a channel range."""
+    `channels` restricts the views to a channel range: those channels are sliced off x first and
+    padded on their own, so each group of a wide depthwise stack quantizes and pads only its own
+    channels (kcc.quant.quantize moves the quantize below the pad and the views, not below the
+    channel slice, which shrinks the data)."""
     nb, c, *size = x.shape
     c0, c1 = channels or (0, c)
     spans = []  # per term, per axis: first and last input index read (may be in the padding)
@@ -222,17 +225,20 @@ def _padded_views(add: Add, x: Node, terms: list, keep: tuple[tuple[int, int], t
                       for win, (kb, ka) in zip(wins, keep)])
     pads = tuple((max(0, -min(sp[a][0] for sp in spans)), max(0, max(sp[a][1] for sp in spans) - (size[a] - 1)))
                  for a in range(2))
-    if "padded" not in cache:
-        cache["padded"] = x
+    if ("padded", c0, c1) not in cache:
+        src = x
+        if (c0, c1) != (0, c):
+            src = add(O.StridedSlice((0, c0, 0, 0), (nb, c1, *size), (1, 1, 1, 1)), (x,), f"{name}/channels")
+        cache[("padded", c0, c1)] = src
         if any(p for pair in pads for p in pair):
-            cache["padded"] = add(O.Pad(((0, 0), (0, 0), *pads), 0.0), (x,), f"{name}/pad")
-    xp = cache["padded"]
+            cache[("padded", c0, c1)] = add(O.Pad(((0, 0), (0, 0), *pads), 0.0), (src,), f"{name}/pad")
+    xp = cache[("padded", c0, c1)]
     views = []
     for (_, wh, ww), sp in zip(terms, spans):
-        begin = (0, c0, *(sp[a][0] + pads[a][0] for a in range(2)))
-        end = (nb, c1, *(sp[a][1] + pads[a][0] + 1 for a in range(2)))
-        key = (begin, end, wh.step, ww.step)
-        if key == ((0, 0, 0, 0), xp.shape, 1, 1):
+        begin = (0, 0, *(sp[a][0] + pads[a][0] for a in range(2)))
+        end = (nb, c1 - c0, *(sp[a][1] + pads[a][0] + 1 for a in range(2)))
+        key = (id(xp), begin, end, wh.step, ww.step)
+        if (begin, end, wh.step, ww.step) == ((0, 0, 0, 0), xp.shape, 1, 1):
             views.append(xp)
             continue
         if key not in cache:

@@ -37,6 +37,12 @@ CODE_ROUNDING_SCALE = 1.0 + 2.0 ** -20
 Ranges = dict[str, tuple[float, float]]
 
 
+def _drops_channels(n: Node) -> bool:
+    """A slice that keeps only some channels: quantizing its input instead would quantize (and move)
+    data it throws away."""
+    return isinstance(n.op, O.StridedSlice) and n.shape[1] < n.inputs[0].shape[1]
+
+
 def pre_activation_name(layer: Node) -> str:
     return layer.name + "/pre_act"
 
@@ -72,6 +78,7 @@ class _Quantizer:
         self.layer: dict[int, Node] = {}  # source KpuConv2D -> KpuLayer (KPU RAM)
         self.u8: dict[int, Node] = {}  # source node -> u8 node in main memory
         self.kpu: dict[int, Node] = {}  # source node -> u8 node in KPU RAM
+        self.chains: dict[tuple[int, QuantParam], Node] = {}  # (source node, grid) -> quantized chain
 
     # ------------------------------------------------------------ quant params
     def _u8_source(self, n: Node) -> bool:
@@ -142,13 +149,24 @@ class _Quantizer:
 
     def _quantized_chain(self, n: Node, q: QuantParam) -> Node:
         """Quantize *before* data movement: pad(x) -> quantize becomes quantize(x) -> pad on uint8,
-        so the float copy of the larger, padded tensor is never made."""
-        if isinstance(n.op, LAYOUT_OPS):
+        so the float copy of the larger, padded tensor is never made. Concatenations too: the
+        stacked shifted views of a decomposed conv (kcc.passes.decompose_kernels) are made from one
+        quantized copy of x, on uint8 (a quarter of the memory and traffic of float32). A slice
+        that drops channels is quantized after, not before (_drops_channels)."""
+        key = (id(n), q)
+        if key in self.chains:
+            return self.chains[key]
+        if isinstance(n.op, LAYOUT_OPS) and not _drops_channels(n):
             op = n.op
             if isinstance(op, O.Pad):
                 op = O.Pad(op.paddings, float(q.quantize(op.value)))
-            return self.g.add(op, (self._quantized_chain(n.inputs[0], q),), n.name + "/u8")
-        return self.g.add(KO.Quantize(q.zero_point, q.scale), (self.float_of(n),), n.name + "/quantize")
+            out = self.g.add(op, (self._quantized_chain(n.inputs[0], q),), n.name + "/u8")
+        elif isinstance(n.op, O.Concat):
+            out = self.g.add(n.op, tuple(self._quantized_chain(i, q) for i in n.inputs), n.name + "/u8")
+        else:
+            out = self.g.add(KO.Quantize(q.zero_point, q.scale), (self.float_of(n),), n.name + "/quantize")
+        self.chains[key] = out
+        return out
 
     def kpu_of(self, n: Node) -> Node:
         """n as uint8 in KPU RAM."""

@@ -101,3 +101,32 @@ def test_stated_input_grid_reaches_the_stem_views(name):
     res = compile_graph(g, CompileOptions(input_type="float", input_mean=0.0, input_std=1.0), samples=calib)
     quantizes = [n.op for n in res.graph.nodes if type(n.op).__name__ == "Quantize"]
     assert quantizes and all((q.zero_point, q.scale) == (0, 255.0) for q in quantizes), quantizes
+
+
+@pytest.mark.parametrize("name", ["dw5x5_s1_relu6", "conv5x5_s2_same"])
+def test_stacked_views_are_built_on_uint8(name):
+    """A decomposed conv's stacked input (pad -> shifted slices -> concat) is made from one quantized copy
+    of x, on uint8: no float32 concat four times the size of x, then quantized."""
+    g = _graph(CASES[name])
+    calib = [[rng.uniform(-1, 1, (1, 4, 12, 10)).astype(np.float32)] for _ in range(4)]
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    concats = [n for n in res.graph.nodes if isinstance(n.op, O.Concat)]
+    assert concats and all(n.dtype.name == "uint8" for n in concats)
+    assert sum(type(n.op).__name__ == "Quantize" for n in res.graph.nodes) == 1
+
+
+def test_a_grouped_depthwise_stack_quantizes_each_channel_once():
+    """A wide 5x5 depthwise is stacked in channel groups: each group slices its channels off x, then
+    quantizes, pads and shifts them on uint8; x is quantized once in all, not once per group."""
+    g = Graph()
+    x = g.input(0, (1, 128, 8, 8))
+    g.outputs = [g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=128), (x, _const(g, (128, 1, 5, 5)), _const(g, (128,))))]
+    calib = [[rng.uniform(-1, 1, (1, 128, 8, 8)).astype(np.float32)] for _ in range(2)]
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    quantizes = [n for n in res.graph.nodes if type(n.op).__name__ == "Quantize"]
+    layers = [n for n in res.graph.nodes if type(n.op).__name__ == "KpuLayer"]
+    assert len(layers) > 1 and len(quantizes) == len(layers)
+    assert sum(n.inputs[0].type.size for n in quantizes) == 128 * 8 * 8
+    want = run(g, calib[0])[0]
+    got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
+    assert np.abs(got - want).max() <= 4 * (want.max() - min(want.min(), 0)) / 255
