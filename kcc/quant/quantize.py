@@ -58,12 +58,12 @@ def calibration_view(g: Graph) -> tuple[Graph, list[Node]]:
         if isinstance(n.op, KO.KpuConv2D):
             points[id(n)] = n
             points[id(n.inputs[0])] = n.inputs[0]
-            if n.op.fn is not None:  # (a pool's range decides whether it runs on codes: _pool_on_codes)
+            if n.op.fn is not None:
                 pre = g.add(KO.KpuConv2D(n.op.kernel, n.op.depthwise, "bypass", n.op.act, None), n.inputs,
                             pre_activation_name(n))
                 g.outputs.append(pre)
                 points[id(pre)] = pre
-        elif isinstance(n.op, (O.Input, O.Pool2D)):
+        elif isinstance(n.op, (O.Input, O.Pool2D)):  # a pool's range decides if it runs on codes
             points[id(n)] = n
     return g, list(points.values())
 
