@@ -195,3 +195,51 @@ def test_cli_compiles_a_prequantized_model_without_dataset(tmp_path, capsys):
     float_model.write_bytes(mobilenet_block(False))
     assert cli.main(["compile", str(float_model), str(out)]) == 1  # a float model still needs --dataset
     assert "--dataset" in capsys.readouterr().err
+
+
+def _tflite_default(data: bytes, u8: np.ndarray) -> np.ndarray:
+    """TFLite's default interpreter, as users and the reference kit run it (XNNPACK for uint8 convs:
+    one rounding of the product). The builtin kernels without the delegate round twice, gemmlowp's
+    way (SaturatingRoundingDoublingHighMul, then RoundingDivideByPOT), which moves every rounding
+    boundary down by 2^-(e+1) of a step for a multiplier in [2^-(e+1), 2^-e): a different answer
+    for ~0.3 % of the outputs of these layers; kcc computes the single, exact rounding."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    tfl = Interpreter(model_content=data)
+    tfl.allocate_tensors()
+    tfl.set_tensor(tfl.get_input_details()[0]["index"], u8)
+    tfl.invoke()
+    return tfl.get_tensor(tfl.get_output_details()[0]["index"])
+
+
+@pytest.mark.parametrize("seed", range(18))
+def test_random_uint8_layer_is_bit_exact_with_tflite(seed):
+    """Random single uint8 layers (conv 3x3 / 1x1 / depthwise 3x3; no activation, RELU, RELU6; random
+    grids): the kmodel's output codes equal TFLite's default interpreter's on every element."""
+    r = np.random.default_rng(100 + seed)
+    kind = ["conv3", "conv1", "dw3"][seed % 3]
+    act = ["NONE", "RELU", "RELU6"][(seed // 3) % 3]
+    c_in, c_out = 6, (6 if kind == "dw3" else 10)
+    s_in, z_in = float(r.uniform(0.005, 0.05)), int(r.integers(0, 256))
+    s_out, z_out = float(r.uniform(0.01, 0.1)), (0 if act != "NONE" else int(r.integers(0, 256)))
+    from quantized_models import QBuilder, _layer
+
+    b = QBuilder(True)
+    x = b.qinput([1, 8, 8, c_in], "x", s_in, z_in)
+    k = 1 if kind == "conv1" else 3
+    shape = (1, 3, 3, c_in) if kind == "dw3" else (c_out, k, k, c_in)
+    w, bias = _layer(b, r, shape, s_in, "w")
+    opts = dict(padding="SAME", stride_h=1, stride_w=1, fused_activation_function=act)
+    if kind == "dw3":
+        y = b.qop("DEPTHWISE_CONV_2D", [x, w, bias], "y", s_out, z_out, depth_multiplier=1, **opts)
+    else:
+        y = b.qop("CONV_2D", [x, w, bias], "y", s_out, z_out, **opts)
+    b.output(y)
+    data = b.build()
+    program = kpu_sim.load(compile_model(data, CompileOptions(**FAST)).kmodel)
+    for _ in range(3):
+        u8 = r.integers(0, 256, (1, 8, 8, c_in)).astype(np.uint8)
+        want = _tflite_default(data, u8).astype(np.int64)  # NHWC codes
+        got = program.run([_nchw(u8)])[0].reshape(1, c_out, 8, 8).transpose(0, 2, 3, 1)
+        codes = np.round(got.astype(np.float64) / np.float32(s_out) + z_out).astype(np.int64)
+        np.testing.assert_array_equal(codes, want, err_msg=f"{kind} {act}")
