@@ -13,7 +13,7 @@ from typing import Callable, Sequence, Union
 import numpy as np
 
 from kcc.errors import ModelFormatError, UnsupportedModelError
-from kcc.frontend.quantization import (ModelQuantization, dequantize_constant, is_per_channel,
+from kcc.frontend.quantization import (ModelQuantization, dequantize_constant, is_per_channel, is_symmetric_int8,
                                        is_quantized_constant)
 from kcc.frontend.tflite_reader import TfliteModel, TfliteOperator, TfliteTensor
 from kcc.ir import ops as O
@@ -124,7 +124,8 @@ class ImportContext:
                 real = dequantize_constant(t)
             except ValueError as e:
                 raise self.unsupported(op, f"{what or f'input {i}'} '{t.name}': {e}") from None
-            if is_per_channel(t) and t.type_name != "INT32" and t.name not in self.quantization.per_channel_weights:
+            if (is_per_channel(t) and t.type_name != "INT32" and not is_symmetric_int8(t)
+                    and t.name not in self.quantization.per_channel_weights):
                 self.quantization.per_channel_weights.append(t.name)
             return real
         raise self.unsupported(op, f"{what or f'input {i}'} '{t.name}' is {t.type_name}"

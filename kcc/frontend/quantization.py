@@ -6,8 +6,10 @@ scale s_in * s_w. kcc imports such a model as the float graph it stands for:
 
 * constants are dequantized exactly as TFLite defines it (`dequantize_constant`: the float64 product
   rounded once to float32). uint8 and per-tensor int8 weights then lie on a uint8 grid, which kcc's
-  quantizer finds again and reproduces losslessly (kcc.quant.kpu_params.weight_grid); per-channel
-  int8 weights do not, and kcc re-quantizes them per layer (`ModelQuantization.notes` says so);
+  quantizer finds again and reproduces losslessly (kcc.quant.kpu_params.weight_grid); so do
+  symmetric per-channel int8 weights (TFLite's scheme), each channel scaled onto one grid and the
+  scale undone by its batch-norm multiplier (kcc.quant.kpu_params.channel_grids). Other per-channel
+  weights (asymmetric) are re-quantized per layer (`ModelQuantization.notes` says so);
 * every uint8 / int8 activation tensor becomes float32, and its quantization is kept as a
   `TensorQuant` under the tflite tensor name, which is the IR node name (kcc.ir.graph). The
   compiler uses those ranges instead of calibrating (kcc.quant.prequantized): the model was trained
@@ -55,7 +57,7 @@ class ModelQuantization:
     #: for each tensor produced by a single-data-input op: (opcode, name of that input tensor);
     #: lets the compiler find the input of an activation it fused into a KPU layer
     producers: dict[str, tuple[str, str]] = field(default_factory=dict)
-    #: weight tensors with per-channel scales (re-quantized per layer by kcc, not bit-exact)
+    #: weight tensors with asymmetric per-channel grids (re-quantized per layer by kcc, not bit-exact)
     per_channel_weights: list[str] = field(default_factory=list)
 
     @property
@@ -67,8 +69,8 @@ class ModelQuantization:
         """Warnings for the user about what the import could not keep bit-exact."""
         if not self.per_channel_weights:
             return []
-        note = (f"{len(self.per_channel_weights)} weight tensor(s) are quantized per channel (e.g. "
-                f"'{self.per_channel_weights[0]}'); the KPU has one weight grid per layer, so kcc rounds them "
+        note = (f"{len(self.per_channel_weights)} weight tensor(s) are quantized per channel with zero points "
+                f"(e.g. '{self.per_channel_weights[0]}'); the KPU has one weight grid per layer, so kcc rounds them "
                 f"again onto a per-layer grid (with per-channel equalization): a second weight rounding about "
                 f"as large as the int8 one, so expect slightly lower accuracy than the tflite model (its activation "
                 f"grids, if any, are kept exactly)")
@@ -89,6 +91,11 @@ def is_quantized_constant(t: TfliteTensor) -> bool:
 
 def is_per_channel(t: TfliteTensor) -> bool:
     return t.quant is not None and t.quant.scale.size > 1
+
+
+def is_symmetric_int8(t: TfliteTensor) -> bool:
+    """int8 with zero points 0: kcc keeps such per-channel weights exact (module docstring)."""
+    return t.type_name == "INT8" and t.quant is not None and not np.any(t.quant.zero_point)
 
 
 def dequantize_constant(t: TfliteTensor, q: np.ndarray | None = None) -> np.ndarray:

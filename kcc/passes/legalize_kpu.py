@@ -35,7 +35,7 @@ from kcc.ir.graph import Graph, Node
 from kcc.ir.types import TensorType
 from kcc.kmodel import KPU_RAM_SIZE, kpu_bytes
 from kcc.options import CompileOptions
-from kcc.quant.kpu_params import weight_grid
+from kcc.quant.kpu_params import channel_grids, weight_grid
 from kcc.quant.params import fixup_range
 
 MAX_CHANNELS = 1024  # 10-bit channel fields (kmodel_v4.md §9.3)
@@ -86,6 +86,12 @@ def _weights_range(w: np.ndarray) -> float:
     """
     flat = w.reshape(w.shape[0], -1)
     return max(np.subtract(*fixup_range(float(c.min()), float(c.max()))[::-1]) for c in flat)
+
+
+def _on_a_grid(w: np.ndarray) -> bool:
+    """Weights a pre-quantized model brought: per tensor (weight_grid) or per channel (channel_grids,
+    for a FC's [out, in] matrix too: axis 0 is the output channel either way)."""
+    return weight_grid(w) is not None or channel_grids(w) is not None
 
 
 class _Legalizer:
@@ -170,7 +176,7 @@ class _Legalizer:
                 return f"{k}x{k} conv {c}->{oc} needs {-(-oc // per_load)} weight loads > 64"
         rng = _weights_range(w)
         # weights already on a uint8 grid quantize losslessly, whatever their range (kpu_params)
-        if rng > self.opts.weights_quantize_threshold and weight_grid(w) is None:
+        if rng > self.opts.weights_quantize_threshold and not _on_a_grid(w):
             return f"weights range {rng:.1f} > threshold {self.opts.weights_quantize_threshold:g}"
         return None
 
@@ -293,7 +299,7 @@ class _Legalizer:
             # a small fully-connected output head (landmarks, scores) costs the CPU little in float,
             # while 8-bit outputs would quantize the model's result itself
             reason = f"{n.type.size} outputs < output-quantize-threshold {self.opts.output_quantize_threshold}"
-        elif _weights_range(bw.data.T) > self.opts.weights_quantize_threshold and weight_grid(bw.data) is None:
+        elif _weights_range(bw.data.T) > self.opts.weights_quantize_threshold and not _on_a_grid(bw.data):
             reason = f"weights range {_weights_range(bw.data.T):.1f} > threshold {self.opts.weights_quantize_threshold:g}"
         if reason:
             self._reject(n, reason)

@@ -97,6 +97,37 @@ def weight_grid(w: np.ndarray) -> QuantParam | None:
     return QuantParam(int(round(zp)), 1.0 / step)
 
 
+def _symmetric_step(wc: np.ndarray) -> float | None:
+    """The step s of one channel's weights if they are s*q with integers |q| <= 127 (TFLite's symmetric
+    int8 per-channel scheme, where the largest weight is exactly +-127 steps), else None."""
+    a = np.abs(wc.astype(np.float64)).ravel()
+    top = float(a.max())
+    if top == 0.0:
+        return None
+    nonzero = np.unique(a[a > 0])
+    for step in (top / 127, float(np.diff(np.concatenate([[0.0], nonzero])).min())):
+        k = np.round(a / step)
+        if k.max() > 127:
+            continue
+        step = float(np.dot(a, k) / np.dot(k, k))  # least squares over every weight, as weight_grid
+        if np.abs(a / step - np.round(a / step)).max() <= 1e-3:
+            return step
+    return None
+
+
+def channel_grids(w: np.ndarray) -> tuple[QuantParam, np.ndarray] | None:
+    """int8 per-channel weights (w[oc] = s_oc * q, |q| <= 127) as one uint8 grid: (grid, e) with
+    w[oc] * e[oc] = s * q exactly on the grid (zero point 128, step s = the largest s_oc). The KPU has
+    one weight grid per layer but a batch-norm multiplier per channel, which undoes e[oc]: the model's
+    own weights, losslessly, like weight_grid for per-tensor ones. None if a channel is off such a grid."""
+    steps = [_symmetric_step(w[oc]) for oc in range(w.shape[0])]
+    if all(st is None for st in steps) or any(st is None and np.any(w[oc]) for oc, st in enumerate(steps)):
+        return None
+    ref = max(st for st in steps if st is not None)
+    e = np.array([ref / st if st is not None else 1.0 for st in steps], np.float64)
+    return QuantParam(128, 1.0 / ref), e
+
+
 def piecewise_linear(x: np.ndarray, y: np.ndarray, segments: int = ACT_SEGMENTS):
     """Merge the len(x)-1 segments between samples down to `segments` (kpu_semantics.md §4.3.5).
 
@@ -308,8 +339,12 @@ def kpu_layer(op: KpuConv2D, w: np.ndarray, b: np.ndarray, r: LayerRanges) -> Kp
     yq = range_param(r.y)
     zq = range_param(r.z)
     grid = weight_grid(w)
+    per_channel = channel_grids(w) if grid is None else None
     if grid is not None:
         w_eq, e, wq = w.astype(F32), np.ones(w.shape[0], F32), grid
+    elif per_channel is not None:
+        wq, e = per_channel  # e stays float64: the BN multipliers must undo it exactly
+        w_eq = (w.astype(np.float64) * e.reshape(-1, *([1] * (w.ndim - 1)))).astype(F32)
     else:
         w_eq, e = equalize_weights(w)
         wq = get_quant_param(*get_range(w_eq))

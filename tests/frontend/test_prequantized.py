@@ -87,11 +87,26 @@ def test_int8_grids_shift_onto_uint8_and_the_quantize_edges_vanish():
                                rtol=1e-5, atol=1e-5)
 
 
-def test_per_channel_weights_are_named_in_a_warning():
+def test_symmetric_per_channel_int8_weights_need_no_warning():
+    """TFLite's per-channel int8 weights (zero points 0) stay exact (kcc.quant.kpu_params.channel_grids)."""
     q = import_model(int8_per_channel(True)).quantization
-    assert q.per_channel_weights == ["conv0_w", "dw1_w"]  # the int32 biases are exact, not listed
-    (note,) = q.notes()
-    assert "2 weight tensor(s) are quantized per channel (e.g. 'conv0_w')" in note and "\n" not in note
+    assert q.per_channel_weights == [] and q.notes() == []
+
+
+def test_asymmetric_per_channel_weights_are_named_in_a_warning():
+    b = QBuilder(True)
+    x = b.qinput([1, 6, 6, 2], "x", 1 / 128, 128)
+    q = np.random.default_rng(3).integers(0, 256, (3, 3, 3, 2)).astype(np.uint8)
+    w = b.weights(q, [0.01, 0.02, 0.03], [120, 130, 125], 0, "asym_w")
+    bias = b.bias(np.zeros(3, np.int64), [0.01 / 128, 0.02 / 128, 0.03 / 128], "asym_b")
+    # (TFLite itself only accepts symmetric per-channel weights, so its shape inference is bypassed)
+    b.output(b.qop("CONV_2D", [x, w, bias], "y", 0.05, 128, out_shape=[1, 6, 6, 3], padding="SAME", stride_h=1,
+                   stride_w=1))
+    quant = import_model(b.build()).quantization
+    assert quant.per_channel_weights == ["asym_w"]  # the int32 bias is exact, not listed
+    (note,) = quant.notes()
+    assert "1 weight tensor(s) are quantized per channel with zero points (e.g. 'asym_w')" in note
+    assert "\n" not in note
 
 
 def test_weights_only_model_imports_with_float_activations():
