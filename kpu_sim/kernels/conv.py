@@ -13,7 +13,7 @@ import numpy as np
 from kcc.errors import SimulatorError
 from kcc.kmodel import Conv2D, Conv2DTranspose, MatMul
 from kpu_sim.kernels.elementwise import shape_count
-from kpu_sim.kernels.fp32 import F32, apply_activation, tap_range, windowed_output_size
+from kpu_sim.kernels.fp32 import F32, apply_activation, window_taps, windowed_output_size
 from kpu_sim.kernels.fp32 import window_params as _window_params
 from kpu_sim.memory import Memory
 
@@ -44,20 +44,12 @@ def conv2d(mem: Memory, body: Conv2D) -> None:
     acc = np.empty((n, oc, oh, ow), dtype=F32)
     acc[:] = body.bias[:oc].reshape(1, oc, 1, 1)
     first_in_channel = (np.arange(oc) // max(g_oc, 1)) * g_ic  # input channel 0 of each output's group
+    taps = list(window_taps((oh, ow), (h, w), (fh, fw), (sh, sw), (body.padding_h.before, body.padding_w.before),
+                            (dh, dw)))
     for ic in range(g_ic):
         xs = x[:, ic : ic + 1] if body.groups == 1 else x[:, first_in_channel + ic]
-        for ky in range(fh):
-            y0, y1 = tap_range(oh, sh, body.padding_h.before, ky * dh, h)
-            if y0 == y1:
-                continue
-            iy = y0 * sh - body.padding_h.before + ky * dh
-            for kx in range(fw):
-                x0, x1 = tap_range(ow, sw, body.padding_w.before, kx * dw, w)
-                if x0 == x1:
-                    continue
-                ix = x0 * sw - body.padding_w.before + kx * dw
-                patch = xs[:, :, iy : iy + (y1 - y0 - 1) * sh + 1 : sh, ix : ix + (x1 - x0 - 1) * sw + 1 : sw]
-                acc[:, :, y0:y1, x0:x1] += patch * weights[:, ic, ky, kx].reshape(1, oc, 1, 1)
+        for ky, kx, (ys, xs_), (iys, ixs) in taps:
+            acc[:, :, ys, xs_] += xs[:, :, iys, ixs] * weights[:, ic, ky, kx].reshape(1, oc, 1, 1)
     mem.write(body.output, apply_activation(acc, body.fused_activation))
 
 
@@ -84,20 +76,13 @@ def conv2d_transpose(mem: Memory, body: Conv2DTranspose) -> None:
     weights = body.weights[: oc * g_ic * fh * fw].reshape(oc, g_ic, fh, fw)
     out = np.zeros((on, oc_all, oh, ow), dtype=F32)
     first_in_channel = (np.arange(oc) // max(g_oc, 1)) * g_ic
+    # the roles swap: each input pixel scatters into the output, so the "output" of the taps is the input
+    taps = list(window_taps((h, w), (oh, ow), (fh, fw), (sh, sw), (body.padding_h.before, body.padding_w.before),
+                            (dh, dw), reverse=True))
     for ic in range(g_ic):
         xs = x[:, first_in_channel + ic]
-        for ky in reversed(range(fh)):
-            y0, y1 = tap_range(h, sh, body.padding_h.before, ky * dh, oh)  # input rows hitting the output
-            if y0 == y1:
-                continue
-            oy = y0 * sh - body.padding_h.before + ky * dh
-            for kx in reversed(range(fw)):
-                x0, x1 = tap_range(w, sw, body.padding_w.before, kx * dw, ow)
-                if x0 == x1:
-                    continue
-                ox = x0 * sw - body.padding_w.before + kx * dw
-                target = out[:n, :oc, oy : oy + (y1 - y0 - 1) * sh + 1 : sh, ox : ox + (x1 - x0 - 1) * sw + 1 : sw]
-                target += xs[:, :, y0:y1, x0:x1] * weights[:, ic, ky, kx].reshape(1, oc, 1, 1)
+        for ky, kx, (ys, xs_), (oys, oxs) in taps:
+            out[:n, :oc, oys, oxs] += xs[:, :, ys, xs_] * weights[:, ic, ky, kx].reshape(1, oc, 1, 1)
     mem.write(body.output, apply_activation(out, body.fused_activation))
 
 

@@ -24,7 +24,7 @@ from kcc.kmodel import (
     Padding,
 )
 from kpu_sim.kernels.elementwise import shape_count
-from kpu_sim.kernels.fp32 import F32, apply_activation, tap_range
+from kpu_sim.kernels.fp32 import F32, apply_activation, window_taps
 from kpu_sim.kernels.intconv import conv_sums, output_size
 from kpu_sim.kernels.quantized import requantize
 from kpu_sim.memory import Memory
@@ -51,24 +51,15 @@ def _float_conv(mem: Memory, body, weights: np.ndarray, depthwise: bool) -> None
     mem.require(body.output, n * oh * ow * oc * 4)
     acc = np.empty((n, oh, ow, oc), dtype=F32)
     acc[:] = body.bias[:oc]
-    ph, pw = body.padding_h.before, body.padding_w.before
-    for ky in range(fh):
-        y0, y1 = tap_range(oh, sh, ph, ky * dh, h)
-        if y0 == y1:
-            continue
-        iy = y0 * sh - ph + ky * dh
-        for kx in range(fw):
-            x0, x1 = tap_range(ow, sw, pw, kx * dw, w)
-            if x0 == x1:
-                continue
-            ix = x0 * sw - pw + kx * dw
-            patch = x[:, iy : iy + (y1 - y0 - 1) * sh + 1 : sh, ix : ix + (x1 - x0 - 1) * sw + 1 : sw]
-            target = acc[:, y0:y1, x0:x1]
-            if depthwise:
-                target += patch * weights[:, ky, kx]
-            else:
-                for ic in range(c):
-                    target += patch[..., ic : ic + 1] * weights[:, ky, kx, ic]
+    for ky, kx, (ys, xs), (iys, ixs) in window_taps((oh, ow), (h, w), (fh, fw), (sh, sw),
+                                                     (body.padding_h.before, body.padding_w.before), (dh, dw)):
+        patch = x[:, iys, ixs]
+        target = acc[:, ys, xs]
+        if depthwise:
+            target += patch * weights[:, ky, kx]
+        else:
+            for ic in range(c):
+                target += patch[..., ic : ic + 1] * weights[:, ky, kx, ic]
     mem.write(body.output, apply_activation(acc, body.fused_activation))
 
 

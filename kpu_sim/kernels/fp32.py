@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -131,3 +132,28 @@ def tap_range(out_size: int, stride: int, pad_before: int, offset: int, in_size:
     lo = max(0, -(base // stride))  # ceil(-base / stride)
     hi = min(out_size, (in_size - 1 - base) // stride + 1)
     return lo, max(lo, hi)
+
+
+Taps = Iterator[tuple[int, int, tuple[slice, slice], tuple[slice, slice]]]
+
+
+def window_taps(out_hw: tuple[int, int], in_hw: tuple[int, int], filter_hw: tuple[int, int],
+                stride: tuple[int, int], pad_before: tuple[int, int], dilation: tuple[int, int],
+                reverse: bool = False) -> Taps:
+    """Every filter tap (ky, kx) that reaches the input, in the C loops' order (`reverse`: last tap
+    first), with the output pixels that use it and the input pixels they read, as (rows, cols)
+    slices: `out[..., rows, cols] (op)= x[..., in_rows, in_cols]` does that tap for all pixels."""
+    (oh, ow), (h, w), (fh, fw), (sh, sw), (ph, pw), (dh, dw) = out_hw, in_hw, filter_hw, stride, pad_before, dilation
+    order = reversed if reverse else iter
+    for ky in order(range(fh)):
+        y0, y1 = tap_range(oh, sh, ph, ky * dh, h)
+        if y0 == y1:
+            continue
+        iy = y0 * sh - ph + ky * dh
+        for kx in order(range(fw)):
+            x0, x1 = tap_range(ow, sw, pw, kx * dw, w)
+            if x0 == x1:
+                continue
+            ix = x0 * sw - pw + kx * dw
+            yield ky, kx, (slice(y0, y1), slice(x0, x1)), (slice(iy, iy + (y1 - y0 - 1) * sh + 1, sh),
+                                                           slice(ix, ix + (x1 - x0 - 1) * sw + 1, sw))

@@ -20,7 +20,7 @@ from kpu_sim.kernels.fp32 import (
     c_min,
     expf,
     sequential_sum,
-    tap_range,
+    window_taps,
     windowed_output_size,
 )
 from kpu_sim.kernels.fp32 import (
@@ -70,19 +70,10 @@ def _window(x: np.ndarray, body: ReduceWindow2D, sum_allowed: bool, mem: Memory)
     value = np.full((n, c, oh, ow), body.init_value, dtype=F32)
     count = np.zeros((oh, ow), dtype=np.int64)
     combine = {ReduceOp.MIN: c_min, ReduceOp.MAX: c_max}.get(op, lambda a, b: a + b)
-    for ky in range(fh):
-        y0, y1 = tap_range(oh, sh, body.padding_h.before, ky * dh, h)
-        if y0 == y1:
-            continue
-        iy = y0 * sh - body.padding_h.before + ky * dh
-        for kx in range(fw):
-            x0, x1 = tap_range(ow, sw, body.padding_w.before, kx * dw, w)
-            if x0 == x1:
-                continue
-            ix = x0 * sw - body.padding_w.before + kx * dw
-            taps = x[:, :, iy : iy + (y1 - y0 - 1) * sh + 1 : sh, ix : ix + (x1 - x0 - 1) * sw + 1 : sw]
-            value[:, :, y0:y1, x0:x1] = combine(value[:, :, y0:y1, x0:x1], taps)
-            count[y0:y1, x0:x1] += 1
+    for _, _, (ys, xs), (iys, ixs) in window_taps((oh, ow), (h, w), (fh, fw), (sh, sw),
+                                                   (body.padding_h.before, body.padding_w.before), (dh, dw)):
+        value[:, :, ys, xs] = combine(value[:, :, ys, xs], x[:, :, iys, ixs])
+        count[ys, xs] += 1
     if op is ReduceOp.MEAN:
         value = value / count.astype(F32)  # v / k: the tap count converted to float
     return apply_activation(value, body.fused_activation)
