@@ -109,7 +109,13 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
         g, placements = legalize_kpu(g, options, fuse_mean_pools=not own_grids)
         g = float_graph = checkpoint("legalize_kpu", g)
         log("4. Calibrate activation ranges...")
-        ranges = _calibrate(g, options, log, samples, progress, quantization)
+        for note in quantization.notes() if quantization is not None else ():
+            log(f"   warning: {note}")
+        if own_grids:
+            from kcc.quant.prequantized import prequantized_ranges
+            ranges = prequantized_ranges(g, quantization, options, log)
+        else:
+            ranges = _calibrate(g, options, log, samples, progress)
         log("5. Quantize...")
         g = checkpoint("quantize", quantize(g, ranges, options.effective_input_type))
     log("6. Lower the remaining ops to kmodel neutral ops...")
@@ -126,19 +132,12 @@ def _uses_own_grids(options: CompileOptions, samples: list | None, quantization:
 
 
 def _calibrate(g: Graph, options: CompileOptions, log: Log, samples: list | None = None,
-               progress: Progress | None = None, quantization: ModelQuantization | None = None,
-               ) -> dict[str, tuple[float, float]]:
-    """Ranges of every tensor `quantize` needs, measured on the dataset (kpu_semantics.md §4.2), or
-    for a pre-quantized model without a dataset, the model's own (kcc.quant.prequantized)."""
+               progress: Progress | None = None) -> dict[str, tuple[float, float]]:
+    """Ranges of every tensor `quantize` needs, measured on the dataset (kpu_semantics.md §4.2)."""
     from kcc.dataset import iter_dataset, list_files
     from kcc.quant.calibrate import input_range_override, input_views
     from kcc.quant.policy import choose_ranges
 
-    for note in quantization.notes() if quantization is not None else ():
-        log(f"   warning: {note}")
-    if _uses_own_grids(options, samples, quantization):
-        from kcc.quant.prequantized import prequantized_ranges
-        return prequantized_ranges(g, quantization, options, log)
     inputs = g.inputs
     if samples is None:
         if options.dataset is None:
