@@ -109,7 +109,7 @@ def measure(name: str, decompose: bool, calib: int, method: str, extra: list | N
     cap = _Capture()
     saved = pipeline.decompose_kernels
     if not decompose:
-        pipeline.decompose_kernels = lambda g, options=None: g
+        pipeline.decompose_kernels = lambda g, options=None, **_: g
     try:
         t0 = time.perf_counter()
         res = pipeline.compile_graph(import_tflite(refkit.tflite_path(name)),

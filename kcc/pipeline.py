@@ -103,9 +103,10 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
         log("3. Map layers onto the KPU (legalize)...")
         g = checkpoint("eliminate_dilated_conv", eliminate_dilated_conv(g))
         g = checkpoint("lower_transpose_conv", lower_transpose_conv(g))
-        g = checkpoint("decompose_kernels", decompose_kernels(g, options))
         # with its own grids a pre-quantized model is computed as TFLite's uint8 kernels do, bit for
-        # bit on the KPU layers (kcc.quant.kpu_params): mean pools then round on the CPU, not floor
+        # bit on the KPU layers (kcc.quant.kpu_params): decomposed convs read 8-bit inputs as TFLite
+        # does (no residual channels), mean pools round on the CPU instead of flooring on the KPU
+        g = checkpoint("decompose_kernels", decompose_kernels(g, options, residual=not own_grids))
         g, placements = legalize_kpu(g, options, fuse_mean_pools=not own_grids)
         g = float_graph = checkpoint("legalize_kpu", g)
         log("4. Calibrate activation ranges...")

@@ -5,6 +5,8 @@ Float stage (after `legalize_kpu`, evaluated by `kcc.eval` for calibration):
 
 Quantized stage (after `quantize`, executed bit-exactly only by kpu_sim):
     Quantize / Dequantize   f32 <-> u8 with nncase's inverted scale (kmodel_v4.md §3.4)
+    QuantResidual           gain x (x - x rounded to its grid): 0 in the float stage, expanded by
+                            `quantize` into quantize/dequantize/sub/quantize on the CPU
     KpuUpload               u8 NCHW main memory -> KPU RAM layout (§9.1)
     KpuLayer                one kpu_conv2d: encoded conv/BN/activation/pool parameters (§9.2-9.7)
     KpuDownload             KPU RAM -> u8 NCHW main memory; emitted as the producing layer's
@@ -64,6 +66,26 @@ class KpuConv2D(Op):
         _check(b.shape == (oc,), "kpu_conv2d bias")
         s = KPU_POOLS[self.pool][1]
         return TensorType((n, oc, h // s, wd // s), DType.float32)
+
+
+@dataclass(frozen=True)
+class QuantResidual(Op):
+    """What rounding x to a grid loses, times `gain`: gain * (x - dequantize(quantize(x))).
+
+    A KPU layer reads 8-bit inputs, so a float tensor computed on the CPU (a PReLU, an add) loses
+    up to half a step when a KPU layer reads it; a float conv on the CPU would not. Stacked next to
+    x as extra input channels whose weights are divided by `gain`, the residual gives the layer
+    about log2(gain) more bits of x (kcc.passes.decompose_kernels). The grid is the one the
+    consuming layer reads x on, known only after calibration: before `quantize` the value is 0 (x
+    is exact in float, nothing is lost) and `quantize` expands the op with that grid.
+    """
+
+    kind: ClassVar[str] = "quant_residual"
+    gain: float
+
+    def infer_type(self, ins):
+        _check(len(ins) == 1 and ins[0].dtype == DType.float32, "quant_residual takes one f32 input")
+        return ins[0]
 
 
 @dataclass(frozen=True)

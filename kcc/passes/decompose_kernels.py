@@ -86,6 +86,12 @@ from kcc.passes.legalize_kpu import MAX_CHANNELS, legalize_kpu
 STACK_WEIGHT_BUDGET = 64 * 1024
 #: most KPU layers (channel groups) a depthwise `stack` may take
 MAX_STACK_GROUPS = 16
+#: a `stack` reading a float tensor of the CPU also stacks gain * its rounding residual, with the
+#: weights divided by gain (kcc.ir.kpu_ops.QuantResidual): residual codes span z +- gain/2. Per tap
+#: the error left is ~ w/gain (x's rounding, w in weight steps) plus ~ gain/sqrt(12) (the residual
+#: weights' own rounding): smallest near gain ~ 2 * sqrt(w), and for equalized weights of 20-100
+#: steps 16 leaves 1/30-1/60 of the rounding noise of x.
+RESIDUAL_GAIN = 16.0
 
 # Cost model: kcc.latency's cycle counts (nncase v0.2 runtime at 400 MHz) of what legalize makes.
 _KPU_LAYER_CYCLES = L.KPU_LAYER_US * L.DEFAULT_MHZ  # interrupt, layer FIFO, runtime
@@ -165,11 +171,13 @@ class Plan:
     z: tuple[int, int]
     combine: str  # "sum" | "stack" | "stack_dw"
     group: int = 0
+    residual: bool = False  # a `stack` that also stacks x's rounding residual (RESIDUAL_GAIN)
 
     def describe(self) -> str:
         how = "polyphase" if self.split != (1, 1) else "blocks"
         groups = f" in groups of {self.group} channels" if self.group else ""
-        return f"{how} z={self.z[0]},{self.z[1]}, {self.combine}{groups}"
+        extra = f" with the input's rounding residual (x{RESIDUAL_GAIN:g})" if self.residual else ""
+        return f"{how} z={self.z[0]},{self.z[1]}, {self.combine}{groups}{extra}"
 
 
 def _terms(n: Node, plan: Plan) -> list[tuple[np.ndarray, _Window, _Window]] | None:
@@ -229,7 +237,7 @@ def _padded_views(add: Add, x: Node, terms: list, keep: tuple[tuple[int, int], t
         src = x
         if (c0, c1) != (0, c):
             src = add(O.StridedSlice((0, c0, 0, 0), (nb, c1, *size), (1, 1, 1, 1)), (x,), f"{name}/channels")
-        cache[("padded", c0, c1)] = src
+        cache[("padded", c0, c1)] = cache[("source", c0, c1)] = src
         if any(p for pair in pads for p in pair):
             cache[("padded", c0, c1)] = add(O.Pad(((0, 0), (0, 0), *pads), 0.0), (src,), f"{name}/pad")
     xp = cache[("padded", c0, c1)]
@@ -287,18 +295,24 @@ def emit(add: Add, n: Node, x: Node, plan: Plan) -> Node | None:
     if plan.combine == "stack":
         keep = tuple((min(t[a].pad_before for t in terms), min(t[a].pad_after for t in terms)) for a in (1, 2))
         conv = O.Conv2D((terms[0][1].stride, terms[0][2].stride), keep, (1, 1), 1, op.act)
+
+        def stack(src: Node, ws: np.ndarray, b: np.ndarray, channels: tuple[int, int] | None = None) -> Node:
+            """One KPU layer over the views of src[channels] (and of its residual, weights / gain)."""
+            views = _padded_views(add, src, terms, keep, name, cache, channels)
+            if plan.residual:
+                part = cache[("source", *(channels or (0, c)))]  # src[channels], before padding
+                lost = add(KO.QuantResidual(RESIDUAL_GAIN), (part,), f"{name}/residual")
+                views += _padded_views(add, lost, terms, keep, name + "/residual", {})
+                ws = np.concatenate([ws, ws / np.float32(RESIDUAL_GAIN)], axis=1)
+            return add(conv, (add(O.Concat(1), tuple(views), f"{name}/stack"), add(O.Constant(ws), (), f"{name}/w_stacked"),
+                              add(O.Constant(b), (), f"{name}/bias")), f"{name}/stacked_conv")
+
         if op.groups == 1:
-            stacked = add(O.Concat(1), tuple(_padded_views(add, x, terms, keep, name, cache)), f"{name}/stack")
-            ws = np.concatenate([k for k, _, _ in terms], axis=1)
-            return add(conv, (stacked, add(O.Constant(ws), (), f"{name}/w_stacked"),
-                              add(O.Constant(bias), (), f"{name}/bias")), f"{name}/stacked_conv")
+            return stack(x, np.concatenate([k for k, _, _ in terms], axis=1), bias)
         outs = []  # depthwise: dense, block-diagonal, one layer per channel group
         for c0 in range(0, c, plan.group or c):
             c1 = min(c, c0 + (plan.group or c))
-            stacked = add(O.Concat(1), tuple(_padded_views(add, x, terms, keep, name, cache, (c0, c1))),
-                          f"{name}/stack")
-            outs.append(add(conv, (stacked, add(O.Constant(_block_diagonal(terms, c0, c1)), (), f"{name}/w_stacked"),
-                                   add(O.Constant(bias[c0:c1]), (), f"{name}/bias")), f"{name}/stacked_conv"))
+            outs.append(stack(x, _block_diagonal(terms, c0, c1), bias[c0:c1], (c0, c1)))
         return outs[0] if len(outs) == 1 else add(O.Concat(1), tuple(outs), f"{name}/channels")
     # stack_dw (stride-1 depthwise terms): full windows, "same" 3x3 depthwise over J*C channels and a
     # 1x1 conv summing the J groups; both are trivial KPU layers, one crop at the end.
@@ -336,6 +350,8 @@ def estimate_cycles(g: Graph) -> float:
                 total += L.cpu_cycles("kpu_download_byte") * n.type.size
         elif isinstance(n.op, O.Conv2D):
             total += L.CPU_NODE_CYCLES + L.cpu_cycles("conv2d_mac") * n.type.size * int(np.prod(n.inputs[1].shape[1:]))
+        elif isinstance(n.op, KO.QuantResidual):
+            total += 3 * L.CPU_NODE_CYCLES + n.type.size * sum(L.cpu_cycles(k) for k in ("dequantize", "binary", "quantize"))
         elif type(n.op) in _CPU_PER_ELEMENT:
             total += L.CPU_NODE_CYCLES + L.cpu_cycles(_CPU_PER_ELEMENT[type(n.op)]) * n.type.size
             if isinstance(n.op, O.Concat):
@@ -375,8 +391,9 @@ def _stack_group(c: int, j: int) -> int:
     return -(-c // -(-c // g))  # the same number of layers, balanced
 
 
-def _plans(n: Node) -> list[Plan]:
-    """Every candidate: split step, zero placement, and each combiner whose limits it meets."""
+def _plans(n: Node, residual: bool = False) -> list[Plan]:
+    """Every candidate: split step, zero placement, and each combiner whose limits it meets; with
+    `residual`, also the stacks that stack the input's rounding residual (twice the input channels)."""
     op: O.Conv2D = n.op
     x, w, _ = n.inputs
     (sh, sw), (kh, kw), c = op.stride, w.shape[2:], x.shape[1]
@@ -389,13 +406,16 @@ def _plans(n: Node) -> list[Plan]:
             j = len(axis_terms(kh, sh, 0, split[0], z[0])) * len(axis_terms(kw, sw, 0, split[1], z[1]))
             if j == 1:
                 continue
+            for views, extra in ((j, False), (2 * j, True)) if residual else ((j, False),):
+                if not depthwise:
+                    if views * c <= MAX_CHANNELS and weight_loads(w.shape[0], views * c, 3, False)[1] < 64:
+                        out.append(Plan(split, z, "stack", residual=extra))
+                    continue
+                g = _stack_group(c, views)
+                if g:
+                    out.append(Plan(split, z, "stack", 0 if g == c else g, extra))
             if not depthwise:
-                if j * c <= MAX_CHANNELS and weight_loads(w.shape[0], j * c, 3, False)[1] < 64:
-                    out.append(Plan(split, z, "stack"))
                 continue
-            g = _stack_group(c, j)
-            if g:
-                out.append(Plan(split, z, "stack", 0 if g == c else g))
             if split == (sh, sw) and j * c <= MAX_CHANNELS and j * c * c + 9 * j * c <= STACK_WEIGHT_BUDGET:
                 out.append(Plan(split, z, "stack_dw"))
     return out
@@ -410,9 +430,10 @@ class Decision:
     reason: str
 
 
-def choose(n: Node, opts: CompileOptions = CompileOptions()) -> Decision:
+def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = True) -> Decision:
     """How to put conv `n` on the KPU if legalize_kpu would not take it as it is: the decomposition that
-    legalizes wholly onto the KPU, rounds once if it can, and costs the fewest estimated cycles."""
+    legalizes wholly onto the KPU, rounds once if it can, reads a float input (`_cpu_float`) to more
+    than 8 bits if it can (`residual` allows that), and costs the fewest estimated cycles."""
     op: O.Conv2D = n.op
     x, w, b = n.inputs
     if not (w.is_constant and b.is_constant):
@@ -426,17 +447,25 @@ def choose(n: Node, opts: CompileOptions = CompileOptions()) -> Decision:
     if fits:
         return Decision(n.name, None, cpu, cpu, "on the KPU as it is")
     best: tuple[bool, float, Plan] | None = None
-    for plan in _plans(n):
+    for plan in _plans(n, residual and _cpu_float(x)):
         alone = _alone(n, plan)
         if alone is None:
             continue
         fits, cycles = _on_kpu(alone, opts)
-        key = (plan.combine != "stack", cycles, plan)  # one rounding first, then the fewest cycles
-        if fits and (best is None or key[:2] < best[:2]):
+        key = (plan.combine != "stack", not plan.residual, cycles, plan)  # accuracy first, then cycles
+        if fits and (best is None or key[:3] < best[:3]):
             best = key
     if best is None:
         return Decision(n.name, None, cpu, cpu, "no decomposition lands on the KPU")
-    return Decision(n.name, best[2], best[1], cpu, "decomposed")
+    return Decision(n.name, best[3], best[2], cpu, "decomposed")
+
+
+def _cpu_float(x: Node) -> bool:
+    """x (through data movement) is computed in float on the CPU whatever legalize does: a PReLU or
+    an element-wise op (a conv may land on the KPU, the graph input is the pixels' own grid)."""
+    while isinstance(x.op, (O.Pad, O.StridedSlice, O.Reshape, O.Transpose)):
+        x = x.inputs[0]
+    return isinstance(x.op, (O.PRelu, O.Binary))
 
 
 def rewrite(g: Graph, n: Node, plan: Plan, note: str = "") -> Node | None:
@@ -449,15 +478,17 @@ def rewrite(g: Graph, n: Node, plan: Plan, note: str = "") -> Node | None:
     return new
 
 
-def decompose_kernels(g: Graph, opts: CompileOptions = CompileOptions(), decisions: list | None = None) -> Graph:
+def decompose_kernels(g: Graph, opts: CompileOptions = CompileOptions(), decisions: list | None = None,
+                      residual: bool = True) -> Graph:
     """Rewrite every Conv2D that legalize_kpu would leave on the CPU and that some decomposition
-    puts on the KPU. `decisions`, if given, receives one `Decision` per rewritten conv."""
+    puts on the KPU. `decisions`, if given, receives one `Decision` per rewritten conv. `residual`
+    False keeps every stacked input on 8 bits (a pre-quantized model computed as TFLite does)."""
     if opts.target == "cpu":
         return g
     for n in list(g.nodes):
         if not isinstance(n.op, O.Conv2D):
             continue
-        d = choose(n, opts)
+        d = choose(n, opts, residual)
         if d.plan is None:
             continue
         kh, kw = n.inputs[1].shape[2:]

@@ -23,6 +23,7 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.quant.calibrate import Samples, calibrate
 from kcc.quant.logits import logit_ranges, softmax_logits
+from kcc.quant.quantize import cropped
 
 Range = tuple[float, float]
 
@@ -63,4 +64,49 @@ def choose_ranges(g: Graph, view: Graph, samples: Samples, points: Sequence[Node
                     hi = bound
                 ranges[p.name] = (lo, hi)
     ranges.update(logit_ranges(view, samples, softmax_logits(g)))
+    return share_concat_grids(g, crop_ranges(g, ranges))
+
+
+def crop_ranges(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
+    """A KPU layer read only through crops (legalize computes a 'valid' or oddly padded conv as a
+    'same' one and slices the border off) keeps the range of what is read: the rows and columns cut
+    away see zero padding the model never has and can span more (a high-pass kernel at the border),
+    which would coarsen the grid of every value that is kept."""
+    users = g.users()
+    for n in g.nodes:
+        if isinstance(n.op, KO.KpuConv2D) and n.name in ranges and cropped(n, users):
+            crops = [ranges[u.name] for u in users[n] if u.name in ranges]
+            if len(crops) == len(users[n]):
+                lo, hi = ranges[n.name]
+                ranges[n.name] = (max(lo, min(c[0] for c in crops)), min(hi, max(c[1] for c in crops)))
+    return ranges
+
+
+def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
+    """KPU layers whose outputs are only concatenated along channels (the channel groups of a
+    decomposed depthwise, kcc.passes.decompose_kernels) get one grid, the union of their ranges:
+    the concatenation then copies their uint8 codes (kcc.quant.quantize) instead of dequantizing
+    each group and rounding the whole again on the concat's own grid (a second rounding of every
+    value, measured as the larger part of the stacked groups' error on BlazePalm)."""
+    users = g.users()
+    outputs = {id(o) for o in g.outputs}
+
+    def layer(p: Node, user: Node) -> Node | None:
+        """The KPU layer p is (a crop or other data movement of), if user is its only reader."""
+        if id(p) in outputs or any(u is not user for u in users[p]):
+            return None
+        if isinstance(p.op, (O.Pad, O.StridedSlice, O.Reshape, O.Transpose)):
+            return layer(p.inputs[0], p)
+        return p if isinstance(p.op, KO.KpuConv2D) and p.name in ranges else None
+
+    for n in g.nodes:
+        if not (isinstance(n.op, O.Concat) and n.op.axis == 1):
+            continue
+        parts = [layer(p, n) for p in n.inputs]
+        if not all(parts):
+            continue
+        lo = min(ranges[p.name][0] for p in parts)
+        hi = max(ranges[p.name][1] for p in parts)
+        for p in (*parts, n):
+            ranges[p.name] = (lo, hi)
     return ranges

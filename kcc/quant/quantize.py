@@ -47,17 +47,26 @@ def pre_activation_name(layer: Node) -> str:
     return layer.name + "/pre_act"
 
 
+def cropped(layer: Node, users: dict[Node, list[Node]]) -> bool:
+    """Only slices of the layer's output are read (a conv computed 'same' on the KPU, then cropped)."""
+    return bool(users[layer]) and all(isinstance(u.op, O.StridedSlice) for u in users[layer])
+
+
 def calibration_view(g: Graph) -> tuple[Graph, list[Node]]:
     """The graph to calibrate, and the nodes whose ranges `quantize` needs.
 
     A layer with a fused function f also needs the range of its input to f (what the activation
     table reads): the view adds, as extra outputs, the same layer without f and without pool.
+    A layer read only through crops also needs the crops' ranges (kcc.quant.policy.crop_ranges).
     """
     points: dict[int, Node] = {}
+    users = g.users()
     for n in list(g.nodes):
         if isinstance(n.op, KO.KpuConv2D):
             points[id(n)] = n
             points[id(n.inputs[0])] = n.inputs[0]
+            if cropped(n, users):  # kcc.quant.policy.crop_ranges
+                points.update((id(u), u) for u in users[n])
             if n.op.fn is not None:
                 pre = g.add(KO.KpuConv2D(n.op.kernel, n.op.depthwise, "bypass", n.op.act, None), n.inputs,
                             pre_activation_name(n))
@@ -85,7 +94,18 @@ class _Quantizer:
         """True when `n` is (a data movement of) a uint8 tensor: a KPU layer output or a u8 input."""
         while isinstance(n.op, LAYOUT_OPS) or self._pool_on_codes(n):
             n = n.inputs[0]
-        return isinstance(n.op, KO.KpuConv2D) or (isinstance(n.op, O.Input) and self.input_u8)
+        return (isinstance(n.op, KO.KpuConv2D) or (isinstance(n.op, O.Input) and self.input_u8)
+                or self._concat_on_codes(n))
+
+    def _concat_on_codes(self, n: Node) -> bool:
+        """A concatenation of uint8 tensors on one grid (kcc.quant.policy.share_concat_grids)."""
+        if not isinstance(n.op, O.Concat) or not all(self._u8_source(i) for i in n.inputs):
+            return False
+        try:
+            grids = {self.qparam(i) for i in n.inputs}
+        except KeyError:
+            return False
+        return len(grids) == 1 and (n.name not in self.ranges or {range_param(self.ranges[n.name])} == grids)
 
     def _pool_on_codes(self, n: Node) -> bool:
         """A pool without clamp whose range is its input's grid, on a uint8 input (module docstring)."""
@@ -98,9 +118,12 @@ class _Quantizer:
 
     def _moves_u8(self, n: Node) -> bool:
         """n computes on the uint8 codes of its input, keeping its grid."""
-        return (isinstance(n.op, LAYOUT_OPS) and self._u8_source(n)) or self._pool_on_codes(n)
+        return ((isinstance(n.op, LAYOUT_OPS) and self._u8_source(n)) or self._pool_on_codes(n)
+                or self._concat_on_codes(n))
 
     def qparam(self, n: Node) -> QuantParam:
+        if self._concat_on_codes(n):
+            return self.qparam(n.inputs[0])
         if self._moves_u8(n):
             return self.qparam(n.inputs[0])
         if isinstance(n.op, KO.KpuConv2D):
@@ -140,6 +163,8 @@ class _Quantizer:
                 if isinstance(op, O.Pad):
                     op = O.Pad(op.paddings, float(self.qparam(n).quantize(op.value)))
                 return g.add(op, (src,), n.name + "/u8")
+            if self._concat_on_codes(n):
+                return g.add(n.op, tuple(self.u8_of(i) for i in n.inputs), n.name + "/u8")
             if self._pool_on_codes(n):
                 codes = g.add(KO.Dequantize(0, 1.0), (self.u8_of(n.inputs[0]),), n.name + "/codes")
                 pooled = g.add(n.op, (codes,), n.name + "/pool_codes")
@@ -163,6 +188,12 @@ class _Quantizer:
             out = self.g.add(op, (self._quantized_chain(n.inputs[0], q),), n.name + "/u8")
         elif isinstance(n.op, O.Concat):
             out = self.g.add(n.op, tuple(self._quantized_chain(i, q) for i in n.inputs), n.name + "/u8")
+        elif isinstance(n.op, KO.QuantResidual):
+            # the residual of x on q, itself on q at `gain` times the resolution: codes z +- gain/2
+            x = n.inputs[0]
+            back = self.g.add(KO.Dequantize(q.zero_point, q.scale), (self._quantized_chain(x, q),), n.name + "/rounded")
+            lost = self.g.add(O.Binary("sub"), (self.float_of(x), back), n.name + "/lost")
+            out = self.g.add(KO.Quantize(q.zero_point, q.scale * n.op.gain), (lost,), n.name + "/u8")
         else:
             out = self.g.add(KO.Quantize(q.zero_point, q.scale), (self.float_of(n),), n.name + "/quantize")
         self.chains[key] = out

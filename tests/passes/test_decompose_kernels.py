@@ -51,8 +51,8 @@ def test_every_plan_is_exact_and_on_the_kpu(kh, kw, s, pad, dw):
     conv = g.outputs[0]
     xi = rng.uniform(-1, 1, (1, 6, 13, 11)).astype(np.float32)
     want = run(g, [xi])[0]
-    plans = D._plans(conv)
-    assert {p.combine for p in plans} >= {"sum", "stack"}
+    plans = D._plans(conv, residual=True)
+    assert {p.combine for p in plans} >= {"sum", "stack"} and any(p.residual for p in plans)
     for plan in plans:
         alone = D._alone(conv, plan)
         np.testing.assert_allclose(run(alone, [xi])[0], want, rtol=1e-5, atol=1e-5, err_msg=str(plan))
@@ -122,6 +122,26 @@ def test_one_rounding_first_then_the_fewest_cycles(c):
     stacked = True in costs
     assert d.plan.combine == ("stack" if stacked else d.plan.combine) and d.cycles == min(costs[stacked])
     assert stacked == (c == 16)  # 256 channels: 4 x 256 x 256 x 9 B of stacked weights exceed the budget
+
+
+def test_a_float_input_of_the_cpu_gets_the_residual_stack():
+    """A depthwise reading a PReLU (float, on the CPU) stacks the input's rounding residual; one reading
+    the graph input (the pixels' grid) or a conv (8-bit from the KPU) does not, nor with residual=False."""
+    def decide(source, residual=True):
+        g = Graph()
+        x = g.input(0, (1, 16, 12, 12))
+        if source == "prelu":
+            x = g.add(O.PRelu(), (x, g.constant(np.full((1, 16, 1, 1), 0.2, np.float32))))
+        elif source == "conv":
+            x = g.add(O.Conv2D(act=(0.0, 6.0)), (x, g.constant(np.ones((16, 16, 1, 1), np.float32)),
+                                                g.constant(np.zeros(16, np.float32))))
+        w = g.constant(rng.uniform(-1, 1, (16, 1, 5, 5)).astype(np.float32))
+        g.outputs = [g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=16), (x, w, g.constant(np.zeros(16, np.float32))))]
+        return D.choose(g.outputs[0], residual=residual).plan
+    assert decide("prelu").residual and decide("prelu").combine == "stack"
+    assert "residual" in decide("prelu").describe()
+    assert not decide("input").residual and not decide("conv").residual
+    assert not decide("prelu", residual=False).residual
 
 
 def test_depthwise_stacks_only_within_the_weight_budget():
