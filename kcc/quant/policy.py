@@ -23,7 +23,6 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.quant.calibrate import Samples, calibrate
 from kcc.quant.logits import logit_ranges, softmax_logits
-from kcc.quant.quantize import cropped
 
 Range = tuple[float, float]
 
@@ -64,22 +63,7 @@ def choose_ranges(g: Graph, view: Graph, samples: Samples, points: Sequence[Node
                     hi = bound
                 ranges[p.name] = (lo, hi)
     ranges.update(logit_ranges(view, samples, softmax_logits(g)))
-    return share_concat_grids(g, crop_ranges(g, ranges))
-
-
-def crop_ranges(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
-    """A KPU layer read only through crops (legalize computes a 'valid' or oddly padded conv as a
-    'same' one and slices the border off) keeps the range of what is read: the rows and columns cut
-    away see zero padding the model never has and can span more (a high-pass kernel at the border),
-    which would coarsen the grid of every value that is kept."""
-    users = g.users()
-    for n in g.nodes:
-        if isinstance(n.op, KO.KpuConv2D) and n.name in ranges and cropped(n, users):
-            crops = [ranges[u.name] for u in users[n] if u.name in ranges]
-            if len(crops) == len(users[n]):
-                lo, hi = ranges[n.name]
-                ranges[n.name] = (max(lo, min(c[0] for c in crops)), min(hi, max(c[1] for c in crops)))
-    return ranges
+    return share_concat_grids(g, ranges)
 
 
 def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:

@@ -47,26 +47,17 @@ def pre_activation_name(layer: Node) -> str:
     return layer.name + "/pre_act"
 
 
-def cropped(layer: Node, users: dict[Node, list[Node]]) -> bool:
-    """Only slices of the layer's output are read (a conv computed 'same' on the KPU, then cropped)."""
-    return bool(users[layer]) and all(isinstance(u.op, O.StridedSlice) for u in users[layer])
-
-
 def calibration_view(g: Graph) -> tuple[Graph, list[Node]]:
     """The graph to calibrate, and the nodes whose ranges `quantize` needs.
 
     A layer with a fused function f also needs the range of its input to f (what the activation
     table reads): the view adds, as extra outputs, the same layer without f and without pool.
-    A layer read only through crops also needs the crops' ranges (kcc.quant.policy.crop_ranges).
     """
     points: dict[int, Node] = {}
-    users = g.users()
     for n in list(g.nodes):
         if isinstance(n.op, KO.KpuConv2D):
             points[id(n)] = n
             points[id(n.inputs[0])] = n.inputs[0]
-            if cropped(n, users):  # kcc.quant.policy.crop_ranges
-                points.update((id(u), u) for u in users[n])
             if n.op.fn is not None:
                 pre = g.add(KO.KpuConv2D(n.op.kernel, n.op.depthwise, "bypass", n.op.act, None), n.inputs,
                             pre_activation_name(n))

@@ -138,19 +138,20 @@ def test_a_grouped_depthwise_stack_quantizes_each_channel_once():
 
 def _prelu_dw5x5(g, x):
     """A 5x5 depthwise reading a PReLU (BlazePalm's blocks): its input is computed in float on the CPU.
-    Zero-sum kernels of 1 and -1/2 taps (exact on the weight grid), no padding, on smooth inputs: the output
-    spans little and the weights round to themselves, so most of the error is the input's rounding."""
+    Zero-sum kernels of 1 and -1/2 taps (exact on the weight grid) on smooth inputs: the output spans
+    little and the weights round to themselves, so most of the error is the input's rounding."""
     a = g.add(O.PRelu(), (x, g.constant(rng.uniform(0.05, 0.3, (1, 4, 1, 1)).astype(np.float32))))
     taps = np.array([1.0] * 8 + [-0.5] * 16 + [0.0], np.float32)  # with the residual's w/16: a grid of 1/32
     w = np.stack([rng.permutation(taps).reshape(1, 5, 5) for _ in range(4)])
-    return g.add(O.Conv2D(groups=4), (a, g.constant(w), _const(g, (4,), -0.1, 0.1)))
+    return g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=4), (a, g.constant(w), _const(g, (4,), -0.1, 0.1)))
 
 
 def _smooth(shape):
+    """Smooth bumps that fall to 0 at the border, so that the zero padding is smooth too."""
     n, c, h, w = shape
-    y, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
-    phase = rng.uniform(0, 2 * np.pi, (n, c, 1, 1, 2))
-    return (np.sin(y + phase[..., 0]) * np.cos(xx + phase[..., 1])).astype(np.float32)
+    y, xx = np.meshgrid(np.linspace(0, np.pi, h), np.linspace(0, np.pi, w), indexing="ij")
+    amp = rng.uniform(-1, 1, (n, c, 1, 1))
+    return (amp * np.sin(y) * np.sin(xx)).astype(np.float32)
 
 
 @pytest.mark.parametrize("group", [0, 2])
@@ -158,10 +159,12 @@ def test_residual_channels_give_a_float_input_more_than_8_bits(group):
     """A stack reading a float tensor of the CPU also stacks its rounding residual (QuantResidual):
     quantize -> dequantize -> subtract -> quantize at 16x the resolution, weights / 16. The result
     must match float as before, with the input rounding (most of the error here) largely gone."""
-    calib = [[_smooth((1, 4, 12, 10))] for _ in range(8)]
-    errors = {}
+    calib = [[_smooth((1, 4, 40, 40))] for _ in range(8)]
+    errors, state = {}, rng.bit_generator.state
     for residual in (False, True):
-        g = _graph(_prelu_dw5x5)
+        rng.bit_generator.state = state  # the same weights both times
+        g = Graph()
+        g.outputs = [_prelu_dw5x5(g, g.input(0, (1, 4, 40, 40)))]
         want = [run(g, c)[0] for c in calib]
         rewrite(g, g.outputs[0], Plan((1, 1), (0, 0), "stack", group, residual))
         g.remove_dead()
@@ -174,23 +177,7 @@ def test_residual_channels_give_a_float_input_more_than_8_bits(group):
         step = max((w.max() - min(w.min(), 0)) / 255 for w in want)
         err = np.concatenate([(a - w).ravel() for a, w in zip(got, want)])
         errors[residual] = float(np.sqrt(np.mean(err ** 2))) / step
-    # measured: 0.76-1.07 steps rms (of the samples' widest output range) from the 8-bit input,
-    # 0.30-0.45 with the residual, mostly the output's own rounding (0.29 of its grid step)
+    # measured: 0.7-1.7 output steps rms from the 8-bit input, 0.30-0.33 with the residual: the
+    # output's own rounding (0.29 of a step) is all that is left
     assert errors[True] < 0.6 * errors[False], errors
 
-
-def test_a_cropped_layer_keeps_the_range_of_what_is_read():
-    """A 'valid' conv runs 'same' on the KPU and is cropped; the border it computes over zero padding
-    (large here: a zero-sum kernel on a smooth input) must not set the grid of the values kept."""
-    g = Graph()
-    x = g.input(0, (1, 4, 12, 10))
-    taps = np.array([1.0] * 3 + [-0.5] * 6, np.float32)  # zero-sum
-    w = np.stack([np.stack([rng.permutation(taps).reshape(3, 3) for _ in range(4)]) for _ in range(6)])
-    g.outputs = [g.add(O.Conv2D(), (x, g.constant(w), _const(g, (6,), -0.1, 0.1)))]
-    calib = [[_smooth((1, 4, 12, 10))] for _ in range(4)]
-    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
-    (layer,) = [n for n in res.graph.nodes if type(n.op).__name__ == "KpuLayer"]
-    outs = np.stack([run(g, c)[0] for c in calib])
-    zp, scale = layer.op.out_q
-    assert (outs.max() - min(outs.min(), 0.0)) * scale < 256  # the kept values span the whole grid
-    assert (outs.max() - min(outs.min(), 0.0)) * scale > 200
