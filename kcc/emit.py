@@ -88,12 +88,44 @@ class _Storage:
                 self.const_offset[id(n)] = start
                 blob.extend(np.ascontiguousarray(n.data).tobytes())
         self.constants = bytes(blob) + bytes(align_up(len(blob), CONST_ALIGN) - len(blob))
+        self.offset: dict[int, int] = {}  # byte offset of a node's tensor within its root's
+        self.elided: set[int] = set()  # concatenations whose inputs are computed in place
+        for n in g.nodes:
+            if self._in_place(n, users, g):
+                at = 0
+                for i in n.inputs:
+                    self.root[id(i)], self.offset[id(i)] = n, at
+                    at += i.type.nbytes
+                self.elided.add(id(n))
         self.main_offset: dict[int, int] = {}
         self.kpu_offset: dict[int, int] = {}
         self.downloads: dict[int, Node] = {}  # KPU layer -> its kpu_download (main_mem_output)
 
+    def _in_place(self, n: Node, users: dict, g: Graph) -> bool:
+        """A concatenation whose inputs can be computed straight into its blocks, so that it needs
+        no copy and its inputs no buffers of their own (a decomposed conv's stack of shifted views,
+        kcc.passes.decompose_kernels, would otherwise hold every view twice at its peak): each block
+        is contiguous (nothing outside the concatenated axis but size-1 dimensions), and each input
+        is written by a CPU op of this model for this concatenation alone."""
+        if not isinstance(n.op, O.Concat) or any(d != 1 for d in n.shape[:n.op.axis]):
+            return False
+        outputs = {id(o) for o in g.outputs}
+        return len({id(i) for i in n.inputs}) == len(n.inputs) and all(
+            type(i.op) in EMITTERS and not isinstance(i.op, (O.Reshape, KO.KpuDownload, *KO.KPU_SPACE_OPS))
+            and id(i) not in self.root and id(i) not in outputs and users[i] == [n] for i in n.inputs)
+
     def base(self, n: Node) -> Node:
-        return self.root.get(id(n), n)
+        while id(n) in self.root:
+            n = self.root[id(n)]
+        return n
+
+    def byte_offset(self, n: Node) -> int:
+        """Where n's tensor starts within its base's buffer (an in-place concatenation's block)."""
+        at = 0
+        while id(n) in self.root:
+            at += self.offset.get(id(n), 0)
+            n = self.root[id(n)]
+        return at
 
     def range(self, n: Node) -> K.MemoryRange:
         b = self.base(n)
@@ -104,7 +136,7 @@ class _Storage:
             return K.MemoryRange(MemoryType.CONST, dt, self.const_offset[id(b)], n.type.nbytes)
         if id(b) in self.kpu_offset:  # §7.3: KPU layout size, 64-byte aligned start
             return K.MemoryRange(MemoryType.K210_KPU, dt, self.kpu_offset[id(b)], K.kpu_bytes(shape4(n.shape)))
-        return K.MemoryRange(MemoryType.MAIN, dt, self.main_offset[id(b)], n.type.nbytes)
+        return K.MemoryRange(MemoryType.MAIN, dt, self.main_offset[id(b)] + self.byte_offset(n), n.type.nbytes)
 
 
 def _inline_constants(g: Graph) -> set[int]:
@@ -152,8 +184,8 @@ def _plan(g: Graph, st: _Storage, compute: list[Node], solve_secs: float) -> Mem
         base_of[id(b)] = b
         if isinstance(b.op, O.Input):
             birth[id(b)] = -1
-        elif id(n) in step:
-            birth[id(b)] = step[id(n)]
+        elif id(n) in step:  # an in-place concatenation is born with its first block
+            birth[id(b)] = min(step[id(n)], birth.get(id(b), step[id(n)]))
         death.setdefault(id(b), birth.get(id(b), -1))
     for n in compute:
         for i in n.inputs:
@@ -396,7 +428,8 @@ def emit(graph: Graph, max_solve_secs: float = 60.0) -> Emitted:
             if in_kpu_ram(st.base(i), st) != want_kpu:
                 raise UnsupportedModelError(f"'{n.name}' ({n.op.kind}) reads '{i.name}' from the wrong memory "
                                             f"(a kpu_upload or kpu_download is missing)")
-    compute = [n for n in g.nodes if type(n.op) in EMITTERS and st.base(n) is n]
+    compute = [n for n in g.nodes if type(n.op) in EMITTERS and id(n) not in st.elided
+               and (st.base(n) is n or id(n) in st.offset)]
     mem = _plan(g, st, compute, max_solve_secs)
     peak, kpu_peak = mem.main.peak, mem.kpu.peak if mem.kpu else 0
     buffers = [b for r in mem.spaces for b in r.buffers]

@@ -299,11 +299,11 @@ def emit(add: Add, n: Node, x: Node, plan: Plan) -> Node | None:
         def stack(src: Node, ws: np.ndarray, b: np.ndarray, channels: tuple[int, int] | None = None) -> Node:
             """One KPU layer over the views of src[channels] (and of its residual, weights / gain)."""
             views = _padded_views(add, src, terms, keep, name, cache, channels)
-            if plan.residual:
+            if plan.residual:  # residual first: its float temporaries are gone before the stack is built
                 part = cache[("source", *(channels or (0, c)))]  # src[channels], before padding
                 lost = add(KO.QuantResidual(RESIDUAL_GAIN), (part,), f"{name}/residual")
-                views += _padded_views(add, lost, terms, keep, name + "/residual", {})
-                ws = np.concatenate([ws, ws / np.float32(RESIDUAL_GAIN)], axis=1)
+                views = _padded_views(add, lost, terms, keep, name + "/residual", {}) + views
+                ws = np.concatenate([ws / np.float32(RESIDUAL_GAIN), ws], axis=1)
             return add(conv, (add(O.Concat(1), tuple(views), f"{name}/stack"), add(O.Constant(ws), (), f"{name}/w_stacked"),
                               add(O.Constant(b), (), f"{name}/bias")), f"{name}/stacked_conv")
 
