@@ -97,6 +97,7 @@ class _Storage:
                     self.root[id(i)], self.offset[id(i)] = n, at
                     at += i.type.nbytes
                 self.elided.add(id(n))
+        self.in_place = self._elementwise_in_place(g)
         self.main_offset: dict[int, int] = {}
         self.kpu_offset: dict[int, int] = {}
         self.downloads: dict[int, Node] = {}  # KPU layer -> its kpu_download (main_mem_output)
@@ -113,6 +114,32 @@ class _Storage:
         return len({id(i) for i in n.inputs}) == len(n.inputs) and all(
             type(i.op) in EMITTERS and not isinstance(i.op, (O.Reshape, KO.KpuDownload, *KO.KPU_SPACE_OPS))
             and id(i) not in self.root and id(i) not in outputs and users[i] == [n] for i in n.inputs)
+
+    def _elementwise_in_place(self, g: Graph) -> set[int]:
+        """Binary ops that write over an input of the output's shape read for the last time: the
+        runtime's binary kernel reads a[i] and b[i] before it writes out[i] (nncase v0.2
+        neutral_kernels.h, both the same-shape and the broadcasting loop), so one buffer serves, and
+        a float PReLU (max/min/mul/add on the CPU) holds two maps instead of three at its peak. Not
+        unary ops: that kernel declares its pointers `restrict`."""
+        def value(x: Node) -> Node:  # a reshape reads its input's value
+            while isinstance(x.op, O.Reshape):
+                x = x.inputs[0]
+            return x
+
+        last = {id(value(i)): k for k, n in enumerate(g.nodes) for i in n.inputs}
+        last.update((id(value(o)), len(g.nodes)) for o in g.outputs)
+        done: set[int] = set()
+        for k, n in enumerate(g.nodes):
+            if not isinstance(n.op, O.Binary) or id(n) in self.root:
+                continue
+            for i in dict.fromkeys(n.inputs):
+                if (i.type == n.type and last.get(id(i)) == k and n.inputs.count(i) == 1
+                        and type(i.op) in EMITTERS and not isinstance(i.op, (O.Reshape, KO.KpuDownload, *KO.KPU_SPACE_OPS))
+                        and (id(i) not in self.root or id(i) in done)):
+                    self.root[id(n)] = i
+                    done.add(id(n))
+                    break
+        return done
 
     def base(self, n: Node) -> Node:
         while id(n) in self.root:
@@ -429,7 +456,7 @@ def emit(graph: Graph, max_solve_secs: float = 60.0) -> Emitted:
                 raise UnsupportedModelError(f"'{n.name}' ({n.op.kind}) reads '{i.name}' from the wrong memory "
                                             f"(a kpu_upload or kpu_download is missing)")
     compute = [n for n in g.nodes if type(n.op) in EMITTERS and id(n) not in st.elided
-               and (st.base(n) is n or id(n) in st.offset)]
+               and (st.base(n) is n or id(n) in st.offset or id(n) in st.in_place)]
     mem = _plan(g, st, compute, max_solve_secs)
     peak, kpu_peak = mem.main.peak, mem.kpu.peak if mem.kpu else 0
     buffers = [b for r in mem.spaces for b in r.buffers]

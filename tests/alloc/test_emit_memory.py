@@ -119,8 +119,35 @@ def test_a_concatenation_is_computed_in_place():
     assert em.node_names == ["a", "b", "t"]
     life = {b.name: (b.birth, b.death) for b in em.buffers}
     assert "a" not in life and "b" not in life and life["c"] == (0, 2)  # born with its first block
-    assert em.model.main_mem == 480 + 480  # c and t at step 2 (input 240 + c 480 before)
+    assert life["t"] == (2, 3)  # a unary op never writes over its input (restrict pointers)
+    assert em.model.main_mem == 480 + 480  # c and t (the input's 240 B before)
     got = kpu_sim.load(kmodel.write(em.model)).run([xi])[0]
     np.testing.assert_allclose(got.reshape(1, 6, 4, 5), run(graph(False), [xi])[0], rtol=1e-5, atol=1e-7)
     assert "c" in emit(graph(True)).node_names  # a is also read by a2: copied
     assert "c" in emit(graph(False, axis=2)).node_names  # blocks interleave per channel: copied
+
+
+def test_element_wise_ops_write_over_an_input_read_for_the_last_time():
+    """prelu as nncase runs it: pos = max(x, 0), neg = min(x, 0), scaled = neg * a, out = pos + scaled.
+    neg reads x last (so writes over it), scaled over neg, out over pos: two maps at the peak, not
+    three; an input read later (x by pos) or a graph input is never overwritten."""
+    import kpu_sim
+    from kcc.eval.interpreter import run
+
+    g = Graph()
+    x0 = g.input(0, (1, 2, 3, 4))
+    x = g.add(O.Unary("neg"), (x0,), "x")
+    zero = g.constant(np.zeros((), np.float32), "zero")
+    pos = g.add(O.Binary("max"), (x, zero), "pos")
+    neg = g.add(O.Binary("min"), (x, zero), "neg")
+    scaled = g.add(O.Binary("mul"), (neg, g.constant(np.full((1, 2, 1, 1), -0.5, np.float32), "a")), "scaled")
+    g.outputs = [g.add(O.Binary("add"), (pos, scaled), "out")]
+    xi = np.random.default_rng(4).uniform(-2, 1, (1, 2, 3, 4)).astype(np.float32)
+    want = run(g, [xi])[0]
+    em = emit(g)
+    assert em.node_names == ["x", "pos", "neg", "scaled", "out"]
+    assert {b.name for b in em.buffers} == {"input", "x", "pos"}  # neg/scaled over x, out over pos
+    assert em.model.main_mem == 2 * 96  # x and pos (without writing in place: x, pos and neg)
+    assert (xi < 0).any() and (xi > 0).any()  # both branches of the prelu
+    got = kpu_sim.load(kmodel.write(em.model)).run([xi])[0]
+    np.testing.assert_array_equal(got.reshape(want.shape), want)
