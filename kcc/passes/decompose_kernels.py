@@ -55,7 +55,9 @@ Candidates: split q in {1, s} x zero placement z x combiner. A depthwise `stack`
 at most 1024 / J channels, at most MAX_STACK_GROUPS layers, STACK_WEIGHT_BUDGET bytes of weights
 (and < 64 weight loads a layer, kmodel's load_time field); `stack_dw` J*C <= 1024 and the budget.
 Each candidate is legalized on its own (a few-node graph) and must land wholly on the KPU. Among
-those, a `stack` (one rounding) wins, then the fewest estimated K210 cycles (`estimate_cycles`:
+those, a `stack` (one rounding) wins, then, for an input computed in float on the CPU (a PReLU, an
+add), a stack that also carries the input's rounding residual (`RESIDUAL_GAIN`; twice the input
+channels, so within the same limits), then the fewest estimated K210 cycles (`estimate_cycles`:
 KPU layer cycles, uploads and downloads, and the CPU data movement and adds around the layers,
 with kcc.latency's costs). The decision, and its estimate against the float conv on the CPU, go
 into the output node's note.
@@ -446,7 +448,7 @@ def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = Tr
     fits, cpu = _on_kpu(_alone(n, None), opts)
     if fits:
         return Decision(n.name, None, cpu, cpu, "on the KPU as it is")
-    best: tuple[bool, float, Plan] | None = None
+    best: tuple[bool, bool, float, Plan] | None = None
     for plan in _plans(n, residual and _cpu_float(x)):
         alone = _alone(n, plan)
         if alone is None:

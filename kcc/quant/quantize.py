@@ -10,6 +10,10 @@ Consecutive KPU layers therefore hand data over in KPU RAM directly, and data-mo
 two layers (pad, strided_slice, reshape, transpose) run on uint8 in main memory with the producing
 layer's quant param ("range broadcast", kpu_semantics.md §4.2), so no requantization is needed.
 A Pad's value is quantized with that param (0.0 -> the zero point, matching the KPU's own border).
+So does a concatenation of uint8 tensors on one grid (kcc.quant.policy.share_concat_grids).
+
+A QuantResidual(x) (decompose_kernels' residual channels) becomes, on the grid q its stack is read
+on: dequantize(quantize(x)) subtracted from x, quantized at gain times q's resolution.
 
 A CPU pool whose output range is its input's grid (a pre-quantized model's pools: TFLite requires
 it) runs on the codes too: dequantize with (0, 1), pool, quantize with (0, 1). Max and mean commute
