@@ -67,11 +67,11 @@ def choose_ranges(g: Graph, view: Graph, samples: Samples, points: Sequence[Node
 
 
 def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
-    """KPU layers whose outputs are only concatenated along channels (the channel groups of a
-    decomposed depthwise, kcc.passes.decompose_kernels) get one grid, the union of their ranges:
-    the concatenation then copies their uint8 codes (kcc.quant.quantize) instead of dequantizing
-    each group and rounding the whole again on the concat's own grid (a second rounding of every
-    value, measured as the larger part of the stacked groups' error on BlazePalm)."""
+    """KPU layers whose outputs are only concatenated along channels, for a KPU layer to read (the
+    channel groups of a decomposed depthwise, kcc.passes.decompose_kernels), get the grid of the
+    concatenation, the union of their ranges: it then copies their uint8 codes (kcc.quant.quantize)
+    instead of dequantizing each group and rounding every value again on its own grid. A
+    concatenation read in float (a graph output) keeps its parts' own, finer grids."""
     users = g.users()
     outputs = {id(o) for o in g.outputs}
 
@@ -84,7 +84,7 @@ def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
         return p if isinstance(p.op, KO.KpuConv2D) and p.name in ranges else None
 
     for n in g.nodes:
-        if not (isinstance(n.op, O.Concat) and n.op.axis == 1):
+        if not (isinstance(n.op, O.Concat) and n.op.axis == 1 and n.name in ranges):
             continue
         parts = [layer(p, n) for p in n.inputs]
         if not all(parts):

@@ -120,17 +120,19 @@ def test_a_grouped_depthwise_stack_quantizes_each_channel_once():
     quantizes, pads and shifts them on uint8; x is quantized once in all, not once per group."""
     g = Graph()
     x = g.input(0, (1, 128, 8, 8))
-    g.outputs = [g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=128), (x, _const(g, (128, 1, 5, 5)), _const(g, (128,))))]
+    y = g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=128), (x, _const(g, (128, 1, 5, 5)), _const(g, (128,))))
+    g.outputs = [g.add(O.Conv2D(), (y, _const(g, (8, 128, 1, 1)), _const(g, (8,))))]  # a KPU layer reads the groups
     calib = [[rng.uniform(-1, 1, (1, 128, 8, 8)).astype(np.float32)] for _ in range(2)]
     res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
     quantizes = [n for n in res.graph.nodes if type(n.op).__name__ == "Quantize"]
     layers = [n for n in res.graph.nodes if type(n.op).__name__ == "KpuLayer"]
-    assert len(layers) > 1 and len(quantizes) == len(layers)
+    groups = layers[:-1]  # the last layer is the 1x1 conv reading them
+    assert len(groups) > 1 and len(quantizes) == len(groups)
     assert sum(n.inputs[0].type.size for n in quantizes) == 128 * 8 * 8
     # the groups' outputs share one grid (kcc.quant.policy.share_concat_grids): concatenated as codes
-    concats = [n for n in res.graph.nodes if isinstance(n.op, O.Concat) and len(n.inputs) == len(layers)]
+    concats = [n for n in res.graph.nodes if isinstance(n.op, O.Concat) and len(n.inputs) == len(groups)]
     assert len(concats) == 1 and concats[0].dtype.name == "uint8"
-    assert len({n.op.out_q for n in layers}) == 1
+    assert len({n.op.out_q for n in groups}) == 1
     want = run(g, calib[0])[0]
     got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
     assert np.abs(got - want).max() <= 4 * (want.max() - min(want.min(), 0)) / 255
