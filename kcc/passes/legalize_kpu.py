@@ -25,6 +25,8 @@ Every convolution that stays on the CPU gets a reason in the returned placement 
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -177,7 +179,8 @@ class _Legalizer:
         rng = _weights_range(w)
         # weights already on a uint8 grid quantize losslessly, whatever their range (kpu_params)
         if rng > self.opts.weights_quantize_threshold and not _on_a_grid(w):
-            return f"weights range {rng:.1f} > threshold {self.opts.weights_quantize_threshold:g}"
+            return (f"weights range {rng:.1f} > threshold {self.opts.weights_quantize_threshold:g} "
+                    f"(--weights-quantize-threshold {math.ceil(rng)} puts it on the KPU)")
         return None
 
     @staticmethod
@@ -300,7 +303,9 @@ class _Legalizer:
             # while 8-bit outputs would quantize the model's result itself
             reason = f"{n.type.size} outputs < output-quantize-threshold {self.opts.output_quantize_threshold}"
         elif _weights_range(bw.data.T) > self.opts.weights_quantize_threshold and not _on_a_grid(bw.data):
-            reason = f"weights range {_weights_range(bw.data.T):.1f} > threshold {self.opts.weights_quantize_threshold:g}"
+            rng = _weights_range(bw.data.T)
+            reason = (f"weights range {rng:.1f} > threshold {self.opts.weights_quantize_threshold:g} "
+                      f"(--weights-quantize-threshold {math.ceil(rng)} puts it on the KPU)")
         if reason:
             self._reject(n, reason)
             return None

@@ -1,6 +1,7 @@
 """legalize_kpu: every rewrite computes exactly what the float graph did, and lands on the KPU."""
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -130,8 +131,13 @@ def test_weights_threshold_and_target_cpu():
     g.find("w").op.data[0, 0, 0, 0] = 100.0
     _, placements = legalize_kpu(g)
     assert "weights range" in placements[0].reason
-    _, placements = legalize_kpu(g, CompileOptions(weights_quantize_threshold=1000))
+    # the reason names the threshold that would put the layer on the KPU, and that one does
+    hint = re.search(r"--weights-quantize-threshold (\d+) puts it on the KPU", placements[0].reason)
+    assert hint, placements[0].reason
+    _, placements = legalize_kpu(g, CompileOptions(weights_quantize_threshold=float(hint.group(1))))
     assert placements[0].on_kpu
+    _, placements = legalize_kpu(g, CompileOptions(weights_quantize_threshold=float(hint.group(1)) - 1))
+    assert not placements[0].on_kpu
     _, placements = legalize_kpu(g, CompileOptions(target="cpu", weights_quantize_threshold=1000))
     assert not placements[0].on_kpu
 
