@@ -11,7 +11,10 @@ reference, averaged over the samples. These models have 3 reference samples each
 output is often a 63-value landmark vector, so that cosine moves by +-0.005 with any small change of
 rounding; the `extra` columns therefore also compare both builds with the float model (kcc's float
 interpreter) on up to --extra further pictures of ../shared/reference/models/images (resized like
-the references): SQNR of the worst output in dB, averaged, and the same cosine.
+the references): SQNR of the worst output in dB, averaged, and the same cosine; per model, the
+after - before difference of that SQNR paired picture by picture, with its standard error (a
+few-output model's per-picture SQNR moves by several dB with any rounding, so a mean difference
+within ~2 standard errors says little).
 The KPU share counts the model's convolution MACs the CPU no longer does (kcc.passes.coverage);
 the latency column is kcc.latency's estimate when that module is present. Convolutions left on
 the CPU are listed with legalize_kpu's reason. `--attribute` adds, per model, the SQNR of the float
@@ -130,7 +133,7 @@ def measure(name: str, decompose: bool, calib: int, method: str, extra: list | N
         ext_cos.append(min(refkit.compare(o, r)[0] for o, r in zip(outs, refs) if r.size > 1))
     return {"cov": cov, "cos_mean": float(np.mean(cos)), "cos_min": float(np.min(cos)), "n": len(cos),
             "ext_snr": float(np.mean(snr)) if snr else None, "ext_cos": float(np.mean(ext_cos)) if ext_cos else None,
-            "n_extra": len(snr),
+            "n_extra": len(snr), "snr_each": snr,
             "kpu_layers": sum(n.opcode.kmodel_name == "kpu_conv2d" for n in res.emitted.model.nodes),
             "kmodel_kb": len(res.kmodel) / 1024, "latency_ms": _latency_ms(res), "compile_s": compile_s,
             "cpu_convs": cpu}
@@ -151,6 +154,7 @@ def main() -> None:
     notes = []
     for name in args.models.split(","):
         extra = extra_inputs(name, args.extra)
+        each = {}
         for decompose in (False, True):
             build = "after" if decompose else "before"
             try:
@@ -164,8 +168,13 @@ def main() -> None:
                   f"{cov.kpu_overhead:.2f} | {r['kpu_layers']} | {r['cos_mean']:.5f} | {r['cos_min']:.5f} | "
                   f"{_fmt(r['ext_snr'], '.1f')} | {_fmt(r['ext_cos'], '.5f')} | {lat} | "
                   f"{r['kmodel_kb']:.0f} | {r['compile_s']:.1f} |", flush=True)
+            each[decompose] = np.array(r["snr_each"])
             reasons = Counter(p.reason for p in r["cpu_convs"])
             notes += [f"{name} ({build}): {k} conv(s) stay on the CPU: {why}" for why, k in reasons.items()]
+        if len(each) == 2 and len(each[True]) > 1:
+            d = each[True] - each[False]
+            notes.append(f"{name}: extra SQNR after - before, paired over {len(d)} pictures: {d.mean():+.2f} dB "
+                         f"+- {d.std(ddof=1) / np.sqrt(len(d)):.2f} (standard error); after better on {(d > 0).sum()}")
         if args.attribute:
             for method in ("no_clip", "l2"):
                 count, db = input_rounding_sqnr(name, method, extra, args.calib)
