@@ -57,7 +57,8 @@ at most 1024 / J channels, at most MAX_STACK_GROUPS layers, STACK_WEIGHT_BUDGET 
 Each candidate is legalized on its own (a few-node graph) and must land wholly on the KPU. Among
 those, a `stack` (one rounding) wins, then, for an input computed in float on the CPU (a PReLU, an
 add), a stack that also carries the input's rounding residual (`RESIDUAL_GAIN`; twice the input
-channels, so within the same limits), then the fewest estimated K210 cycles (`estimate_cycles`:
+channels, so within the same limits) or a sum whose terms each have a twin reading the residual,
+then the fewest estimated K210 cycles (`estimate_cycles`:
 KPU layer cycles, uploads and downloads, and the CPU data movement and adds around the layers,
 with kcc.latency's costs). The decision, and its estimate against the float conv on the CPU, go
 into the output node's note.
@@ -278,11 +279,17 @@ def emit(add: Add, n: Node, x: Node, plan: Plan) -> Node | None:
     c, oc = x.shape[1], n.shape[1]
     j_count = len(terms)
     if plan.combine == "sum" or j_count == 1:
-        acc, zero, views = None, None, {}
-        for j, (k, wh, ww) in enumerate(terms):
-            v = _view(add, x, wh, ww, name, views)
+        # with the residual, each term has a twin reading the same view of x's rounding residual
+        # (weights / gain); the twins' partial sums are tiny and rounded on a grid of their own
+        lost = add(KO.QuantResidual(RESIDUAL_GAIN), (x,), f"{name}/residual") if plan.residual else None
+        sources = [(x, 1.0, {})] + ([(lost, 1.0 / RESIDUAL_GAIN, {})] if lost is not None else [])
+        parts = [(src, k * np.float32(scale), wh, ww, cache) for src, scale, cache in sources for k, wh, ww in terms]
+        acc, zero = None, None
+        for j, (src, k, wh, ww, cache) in enumerate(parts):
+            v = _view(add, src, wh, ww, name, cache)
+            alone = len(parts) == 1
             conv = O.Conv2D((wh.stride, ww.stride), ((wh.pad_before, wh.pad_after), (ww.pad_before, ww.pad_after)),
-                            (1, 1), op.groups, op.act if j_count == 1 else O.NO_CLAMP)
+                            (1, 1), op.groups, op.act if alone else O.NO_CLAMP)
             if j == 0:
                 b = add(O.Constant(bias), (), f"{name}/bias")
             else:
@@ -290,7 +297,7 @@ def emit(add: Add, n: Node, x: Node, plan: Plan) -> Node | None:
                     zero = add(O.Constant(np.zeros_like(bias)), (), f"{name}/zero_bias")
                 b = zero
             t = add(conv, (v, add(O.Constant(k), (), f"{name}/w{j}"), b), f"{name}/term{j}")
-            last = j == j_count - 1
+            last = j == len(parts) - 1
             acc = t if acc is None else add(O.Binary("add", op.act if last else O.NO_CLAMP), (acc, t), f"{name}/sum{j}")
         return acc
     cache: dict = {}
@@ -405,6 +412,8 @@ def _plans(n: Node, residual: bool = False) -> list[Plan]:
     for split in splits:
         for z in itertools.product(range(_max_z(kh, split[0]) + 1), range(_max_z(kw, split[1]) + 1)):
             out.append(Plan(split, z, "sum"))
+            if residual:
+                out.append(Plan(split, z, "sum", residual=True))
             j = len(axis_terms(kh, sh, 0, split[0], z[0])) * len(axis_terms(kw, sw, 0, split[1], z[1]))
             if j == 1:
                 continue

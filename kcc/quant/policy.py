@@ -63,7 +63,34 @@ def choose_ranges(g: Graph, view: Graph, samples: Samples, points: Sequence[Node
                     hi = bound
                 ranges[p.name] = (lo, hi)
     ranges.update(logit_ranges(view, samples, softmax_logits(g)))
+    share_view_grids(points, ranges)
     return share_concat_grids(g, ranges)
+
+
+def share_view_grids(points: Sequence[Node], ranges: dict[str, Range]) -> None:
+    """Views (crops, zero pads) of one float tensor that KPU layers read, and of its rounding
+    residual (kcc.ir.kpu_ops.QuantResidual), get one grid, the union of their ranges: the tensor is
+    quantized once and the views are cut from its uint8 codes (kcc.quant.quantize), and the residual
+    is taken on the grid its twin terms read x on (a residual's own range, 0 in float, says nothing)."""
+    def source(n: Node) -> Node:
+        while True:
+            if isinstance(n.op, O.Pad) and n.op.value == 0.0 or isinstance(n.op, (O.StridedSlice, O.Reshape, O.Transpose)):
+                n = n.inputs[0]
+            elif isinstance(n.op, KO.QuantResidual):
+                n = n.inputs[0]
+            else:
+                return n
+
+    groups: dict[int, list[Node]] = {}
+    for p in points:
+        src = source(p)
+        if not isinstance(src.op, (KO.KpuConv2D, O.Input)) and p.name in ranges:
+            groups.setdefault(id(src), []).append(p)
+    for views in groups.values():
+        lo = min(ranges[v.name][0] for v in views)
+        hi = max(ranges[v.name][1] for v in views)
+        for v in views:
+            ranges[v.name] = (lo, hi)
 
 
 def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:

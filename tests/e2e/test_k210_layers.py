@@ -138,13 +138,27 @@ def test_a_grouped_depthwise_stack_quantizes_each_channel_once():
     assert np.abs(got - want).max() <= 4 * (want.max() - min(want.min(), 0)) / 255
 
 
-def _prelu_dw5x5(g, x):
+def _blockwise_zero_sum_kernel():
+    """A 5x5 kernel whose four 3x3/3x2/2x3/2x2 blocks (the `sum` terms of Plan((1, 1), (0, 0), ...))
+    each sum to zero, from taps 1, -1/2, -1 (a grid of 1/32 with the residual's w/16): so each
+    partial sum spans as little as the total on smooth inputs, and the input's rounding dominates."""
+    k = np.zeros((5, 5), np.float32)
+    for rows in (slice(0, 3), slice(3, 5)):
+        for cols in (slice(0, 3), slice(3, 5)):
+            n = k[rows, cols].size
+            taps = {9: [1.0] * 3 + [-0.5] * 6, 6: [1.0] * 2 + [-0.5] * 4, 4: [1.0, 1.0, -1.0, -1.0]}[n]
+            k[rows, cols] = rng.permutation(np.array(taps, np.float32)).reshape(k[rows, cols].shape)
+    return k
+
+
+def _prelu_dw5x5(g, x, blockwise=False):
     """A 5x5 depthwise reading a PReLU (BlazePalm's blocks): its input is computed in float on the CPU.
     Zero-sum kernels of 1 and -1/2 taps (exact on the weight grid) on smooth inputs: the output spans
     little and the weights round to themselves, so most of the error is the input's rounding."""
     a = g.add(O.PRelu(), (x, g.constant(rng.uniform(0.05, 0.3, (1, 4, 1, 1)).astype(np.float32))))
     taps = np.array([1.0] * 8 + [-0.5] * 16 + [0.0], np.float32)  # with the residual's w/16: a grid of 1/32
-    w = np.stack([rng.permutation(taps).reshape(1, 5, 5) for _ in range(4)])
+    w = np.stack([(_blockwise_zero_sum_kernel() if blockwise else rng.permutation(taps).reshape(5, 5))[None]
+                  for _ in range(4)])
     return g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=4), (a, g.constant(w), _const(g, (4,), -0.1, 0.1)))
 
 
@@ -156,27 +170,29 @@ def _smooth(shape):
     return (amp * np.sin(y) * np.sin(xx)).astype(np.float32)
 
 
-@pytest.mark.parametrize("group", [0, 2])
-def test_residual_channels_give_a_float_input_more_than_8_bits(group):
+@pytest.mark.parametrize("combine,group", [("stack", 0), ("stack", 2), ("sum", 0)])
+def test_residual_channels_give_a_float_input_more_than_8_bits(combine, group):
     """A stack reading a float tensor of the CPU also stacks its rounding residual (QuantResidual):
-    quantize -> dequantize -> subtract -> quantize at 16x the resolution, weights / 16. The result
-    must match float as before, with the input rounding (most of the error here) largely gone."""
+    quantize -> dequantize -> subtract -> quantize at 16x the resolution, weights / 16; a sum of
+    terms gets a twin term per term reading the residual. The result must match float as before,
+    with the input rounding (most of the error here) largely gone."""
     calib = [[_smooth((1, 4, 40, 40))] for _ in range(8)]
     errors, state = {}, rng.bit_generator.state
     for residual in (False, True):
         rng.bit_generator.state = state  # the same weights both times
         g = Graph()
-        g.outputs = [_prelu_dw5x5(g, g.input(0, (1, 4, 40, 40)))]
+        g.outputs = [_prelu_dw5x5(g, g.input(0, (1, 4, 40, 40)), combine == "sum")]
         want = [run(g, c)[0] for c in calib]
-        rewrite(g, g.outputs[0], Plan((1, 1), (0, 0), "stack", group, residual))
+        rewrite(g, g.outputs[0], Plan((1, 1), (0, 0), combine, group, residual))
         g.remove_dead()
         res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
-        assert [p.on_kpu for p in res.placements if p.op == "conv2d"] == [True] * (2 if group else 1)
+        layers = (2 if group else 1) if combine == "stack" else (8 if residual else 4)
+        assert [p.on_kpu for p in res.placements if p.op == "conv2d"] == [True] * layers
         if residual:  # deterministic: the same graph and samples give the same bytes
             rng.bit_generator.state = state
             again = Graph()
-            again.outputs = [_prelu_dw5x5(again, again.input(0, (1, 4, 40, 40)))]
-            rewrite(again, again.outputs[0], Plan((1, 1), (0, 0), "stack", group, residual))
+            again.outputs = [_prelu_dw5x5(again, again.input(0, (1, 4, 40, 40)), combine == "sum")]
+            rewrite(again, again.outputs[0], Plan((1, 1), (0, 0), combine, group, residual))
             again.remove_dead()
             assert compile_graph(again, CompileOptions(input_type="float"), samples=calib).kmodel == res.kmodel
         subs = [n for n in res.graph.nodes if isinstance(n.op, O.Binary) and n.op.op == "sub"]
@@ -186,7 +202,7 @@ def test_residual_channels_give_a_float_input_more_than_8_bits(group):
         step = max((w.max() - min(w.min(), 0)) / 255 for w in want)
         err = np.concatenate([(a - w).ravel() for a, w in zip(got, want)])
         errors[residual] = float(np.sqrt(np.mean(err ** 2))) / step
-    # measured: 0.7-1.7 output steps rms from the 8-bit input, 0.30-0.33 with the residual: the
-    # output's own rounding (0.29 of a step) is all that is left
+    # measured: 0.7-2.2 output steps rms from the 8-bit input, 0.22-0.37 with the residual: the
+    # output's own rounding (0.29 of a step) is nearly all that is left
     assert errors[True] < 0.6 * errors[False], errors
 

@@ -127,21 +127,23 @@ def test_one_rounding_first_then_the_fewest_cycles(c):
 def test_a_float_input_of_the_cpu_gets_the_residual_stack():
     """A depthwise reading a PReLU (float, on the CPU) stacks the input's rounding residual; one reading
     the graph input (the pixels' grid) or a conv (8-bit from the KPU) does not, nor with residual=False."""
-    def decide(source, residual=True):
+    def decide(source, residual=True, c=16):
         g = Graph()
-        x = g.input(0, (1, 16, 12, 12))
+        x = g.input(0, (1, c, 12, 12))
         if source == "prelu":
-            x = g.add(O.PRelu(), (x, g.constant(np.full((1, 16, 1, 1), 0.2, np.float32))))
+            x = g.add(O.PRelu(), (x, g.constant(np.full((1, c, 1, 1), 0.2, np.float32))))
         elif source == "conv":
-            x = g.add(O.Conv2D(act=(0.0, 6.0)), (x, g.constant(np.ones((16, 16, 1, 1), np.float32)),
-                                                g.constant(np.zeros(16, np.float32))))
-        w = g.constant(rng.uniform(-1, 1, (16, 1, 5, 5)).astype(np.float32))
-        g.outputs = [g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=16), (x, w, g.constant(np.zeros(16, np.float32))))]
+            x = g.add(O.Conv2D(act=(0.0, 6.0)), (x, g.constant(np.ones((c, c, 1, 1), np.float32)),
+                                                g.constant(np.zeros(c, np.float32))))
+        w = g.constant(rng.uniform(-1, 1, (c, 1, 5, 5)).astype(np.float32))
+        g.outputs = [g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=c), (x, w, g.constant(np.zeros(c, np.float32))))]
         return D.choose(g.outputs[0], residual=residual).plan
     assert decide("prelu").residual and decide("prelu").combine == "stack"
     assert "residual" in decide("prelu").describe()
     assert not decide("input").residual and not decide("conv").residual
     assert not decide("prelu", residual=False).residual
+    wide = decide("prelu", c=256)  # too wide to stack: summed, each term with a twin on the residual
+    assert wide.combine == "sum" and wide.residual and not decide("conv", c=256).residual
 
 
 def test_depthwise_stacks_only_within_the_weight_budget():
