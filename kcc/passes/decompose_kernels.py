@@ -5,27 +5,8 @@ leaves every 5x5 depthwise of BlazePalm/BlazeHand, every 7x7 stem and every over
 to the CPU, where a float conv costs ~64 cycles per MAC. This pass rewrites such a conv, before
 legalize, into terms that are each an ordinary 3x3 conv of a view (crop/phase) of the input.
 
-## Algebra (one spatial axis; in 2-D a term is the product of an H term and a W term)
-
-A conv with K taps, stride s and p zero rows before reads (x = 0 outside [0, H))
-
-    y[i] = sum_{k<K} w[k] x[s*i + k - p]
-
-Pick a split step q (1, or q = s) and write k = q*t + r, phase r < q, t < A_r = ceil((K - r)/q).
-With r - p = q*e_r + phi_r (0 <= phi_r < q) the input index is q*(i*s/q + t + e_r) + phi_r, so
-
-    y[i] = sum_r sum_t w[q*t + r] X_r[(s/q)*i + t + e_r],        X_r[j] = x[q*j + phi_r]
-
-Group t into blocks of three: t = 3b + a - z (a < 3, b < ceil(A_r/3), z zero taps put first):
-
-    y[i] = sum_{r,b} sum_{a<3} w_rb[a] X_r[(s/q)*i + a + o_rb],  w_rb[a] = w[q*(3b + a - z) + r] (0 off the kernel)
-                                                                  o_rb = 3b - z + e_r
-
-Each (r, b) is a 3-tap conv with stride s/q of the view X_r starting at o_rb: a `term`. A negative
-o is zero padding before, a positive one a crop; the view is cut so that the term yields exactly
-the output rows. q = 1 is the spatial block split (the terms inherit the stride, legalize picks or
-slices); q = s is the polyphase split (the phases of the input, every term at stride 1, so a
-stride-2 conv runs on quarter-size maps). Terms reading only padding are dropped.
+The term algebra (which taps each 3x3 term takes, which view of the input it reads) is
+kcc.passes.kernel_terms.
 
 ## Combining the terms (sketch for a 5x5 depthwise, stride 1, "same": J = 4 terms)
 
@@ -80,6 +61,7 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.kmodel import kpu_row_layout
 from kcc.options import CompileOptions
+from kcc.passes.kernel_terms import Window, axis_terms, conv_terms, max_zero_taps
 from kcc.passes.legalize_kpu import MAX_CHANNELS, legalize_kpu
 
 #: most weight bytes a depthwise `stack` / `stack_dw` may create per conv (the 5x5 itself has 25*C):
@@ -104,67 +86,6 @@ _CPU_PER_ELEMENT = {O.Pad: "pad", O.StridedSlice: "strided_slice", O.Transpose: 
 Add = Callable[[O.Op, tuple, str], Node]
 
 
-# ----------------------------------------------------------------------------------- terms
-@dataclass(frozen=True)
-class AxisTerm:
-    """One axis of a term: conv taps `taps` (kernel indices, -1 = zero) over the view
-    X[j] = x[step*j + phase], first read at view index `offset`, with stride `stride`."""
-
-    taps: tuple[int, int, int]
-    phase: int
-    step: int
-    offset: int
-    stride: int
-
-
-def axis_terms(k: int, s: int, pad_before: int, q: int, z: int) -> list[AxisTerm]:
-    """The terms of one axis (module docstring), split step q in {1, s}, z zero taps first."""
-    terms = []
-    for r in range(q):
-        a_r = -(-(k - r) // q)
-        if a_r <= 0:
-            continue
-        m = -(-a_r // 3)
-        zr = min(z, 3 * m - a_r)
-        phi = (r - pad_before) % q
-        e = (r - pad_before - phi) // q
-        for b in range(m):
-            taps = tuple(q * (3 * b + a - zr) + r if 0 <= 3 * b + a - zr < a_r else -1 for a in range(3))
-            terms.append(AxisTerm(taps, phi, q, 3 * b - zr + e, s // q))
-    return terms
-
-
-def _max_z(k: int, q: int) -> int:
-    """The most zero taps any phase's blocks carry (so z in 0.._max_z covers every placement)."""
-    out = 0
-    for r in range(min(q, k)):
-        a_r = -(-(k - r) // q)
-        out = max(out, 3 * -(-a_r // 3) - a_r)
-    return out
-
-
-@dataclass(frozen=True)
-class _Window:
-    """Where one axis term reads: view indices [lo, hi) of X, plus conv zero padding."""
-
-    begin: int  # input index of view element lo
-    end: int  # one past the input index of view element hi - 1
-    step: int
-    pad_before: int
-    pad_after: int
-    stride: int
-
-
-def _window(t: AxisTerm, size: int, out: int) -> _Window | None:
-    length = len(range(t.phase, size, t.step))
-    end = t.offset + t.stride * (out - 1) + 3
-    lo, hi = max(0, t.offset), min(length, end)
-    if hi <= lo:
-        return None  # the term reads padding only
-    return _Window(t.phase + t.step * lo, t.phase + t.step * (hi - 1) + 1, t.step,
-                   max(0, -t.offset), max(0, end - length), t.stride)
-
-
 @dataclass(frozen=True)
 class Plan:
     """One way to decompose a conv: split steps, zero placement, combiner, and for a depthwise
@@ -183,33 +104,16 @@ class Plan:
         return f"{how} z={self.z[0]},{self.z[1]}, {self.combine}{groups}{extra}"
 
 
-def _terms(n: Node, plan: Plan) -> list[tuple[np.ndarray, _Window, _Window]] | None:
-    """(3x3 kernel, H window, W window) of every term that reads any input."""
+def _terms(n: Node, plan: Plan) -> list[tuple[np.ndarray, Window, Window]] | None:
+    """(3x3 kernel, H window, W window) of every term of conv n under `plan` that reads any input."""
     op: O.Conv2D = n.op
     x, w, _ = n.inputs
-    wd = w.data
-    _, _, h, wdt = x.shape
-    _, _, oh, ow = n.shape
-    out = []
-    for th in axis_terms(wd.shape[2], op.stride[0], op.padding[0][0], plan.split[0], plan.z[0]):
-        wh = _window(th, h, oh)
-        if wh is None:
-            continue
-        for tw in axis_terms(wd.shape[3], op.stride[1], op.padding[1][0], plan.split[1], plan.z[1]):
-            ww = _window(tw, wdt, ow)
-            if ww is None:
-                continue
-            k = np.zeros((*wd.shape[:2], 3, 3), np.float32)
-            for a, ka in enumerate(th.taps):
-                for c, kc in enumerate(tw.taps):
-                    if ka >= 0 and kc >= 0:
-                        k[:, :, a, c] = wd[:, :, ka, kc]
-            out.append((k, wh, ww))
-    return out or None
+    return conv_terms(w.data, op.stride, op.padding, x.shape[2:], n.shape[2:], plan.split, plan.z)
+
 
 
 # ----------------------------------------------------------------------------------- emission
-def _view(add: Add, x: Node, wh: _Window, ww: _Window, name: str, cache: dict) -> Node:
+def _view(add: Add, x: Node, wh: Window, ww: Window, name: str, cache: dict) -> Node:
     nb, c, h, w = x.shape
     key = (wh.begin, wh.end, wh.step, ww.begin, ww.end, ww.step)
     if key == (0, h, 1, 0, w, 1):
@@ -410,7 +314,7 @@ def _plans(n: Node, residual: bool = False) -> list[Plan]:
     splits = [(1, 1)] + ([(sh, sw)] if (sh, sw) != (1, 1) else [])
     out = []
     for split in splits:
-        for z in itertools.product(range(_max_z(kh, split[0]) + 1), range(_max_z(kw, split[1]) + 1)):
+        for z in itertools.product(range(max_zero_taps(kh, split[0]) + 1), range(max_zero_taps(kw, split[1]) + 1)):
             out.append(Plan(split, z, "sum"))
             if residual:
                 out.append(Plan(split, z, "sum", residual=True))

@@ -28,7 +28,7 @@ def _conv_graph(c, oc, h, w, kh, kw, stride, pad, groups=1, act=(0.0, 6.0), wsca
 
 @pytest.mark.parametrize("k,s,q", [(k, s, q) for k in (1, 2, 3, 4, 5, 7) for s in (1, 2, 3) for q in {1, s}])
 def test_axis_terms_read_every_tap_once(k, s, q):
-    for z in range(D._max_z(k, q) + 1):
+    for z in range(D.max_zero_taps(k, q) + 1):
         taps = [t for term in D.axis_terms(k, s, 0, q, z) for t in term.taps if t >= 0]
         assert sorted(taps) == list(range(k))
 

@@ -1,0 +1,116 @@
+"""kernel_terms: a k x k convolution as a sum of 3-tap-per-axis terms over views of its input.
+
+The algebra kcc.passes.decompose_kernels builds on: which kernel taps each 3x3 term takes and which
+window (view) of the input it reads.
+
+## One spatial axis (in 2-D a term is the product of an H term and a W term)
+
+A conv with K taps, stride s and p zero rows before reads (x = 0 outside [0, H))
+
+    y[i] = sum_{k<K} w[k] x[s*i + k - p]
+
+Pick a split step q (1, or q = s) and write k = q*t + r, phase r < q, t < A_r = ceil((K - r)/q).
+With r - p = q*e_r + phi_r (0 <= phi_r < q) the input index is q*(i*s/q + t + e_r) + phi_r, so
+
+    y[i] = sum_r sum_t w[q*t + r] X_r[(s/q)*i + t + e_r],        X_r[j] = x[q*j + phi_r]
+
+Group t into blocks of three: t = 3b + a - z (a < 3, b < ceil(A_r/3), z zero taps put first):
+
+    y[i] = sum_{r,b} sum_{a<3} w_rb[a] X_r[(s/q)*i + a + o_rb],  w_rb[a] = w[q*(3b + a - z) + r] (0 off the kernel)
+                                                                  o_rb = 3b - z + e_r
+
+Each (r, b) is a 3-tap conv with stride s/q of the view X_r starting at o_rb: a `term`. A negative
+o is zero padding before, a positive one a crop; the view is cut so that the term yields exactly
+the output rows. q = 1 is the spatial block split (the terms inherit the stride, legalize picks or
+slices); q = s is the polyphase split (the phases of the input, every term at stride 1, so a
+stride-2 conv runs on quarter-size maps). Terms reading only padding are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class AxisTerm:
+    """One axis of a term: conv taps `taps` (kernel indices, -1 = zero) over the view
+    X[j] = x[step*j + phase], first read at view index `offset`, with stride `stride`."""
+
+    taps: tuple[int, int, int]
+    phase: int
+    step: int
+    offset: int
+    stride: int
+
+
+def axis_terms(k: int, s: int, pad_before: int, q: int, z: int) -> list[AxisTerm]:
+    """The terms of one axis (module docstring), split step q in {1, s}, z zero taps first."""
+    terms = []
+    for r in range(q):
+        a_r = -(-(k - r) // q)
+        if a_r <= 0:
+            continue
+        m = -(-a_r // 3)
+        zr = min(z, 3 * m - a_r)
+        phi = (r - pad_before) % q
+        e = (r - pad_before - phi) // q
+        for b in range(m):
+            taps = tuple(q * (3 * b + a - zr) + r if 0 <= 3 * b + a - zr < a_r else -1 for a in range(3))
+            terms.append(AxisTerm(taps, phi, q, 3 * b - zr + e, s // q))
+    return terms
+
+
+def max_zero_taps(k: int, q: int) -> int:
+    """The most zero taps any phase's blocks carry (so z in 0..max_zero_taps covers every placement)."""
+    out = 0
+    for r in range(min(q, k)):
+        a_r = -(-(k - r) // q)
+        out = max(out, 3 * -(-a_r // 3) - a_r)
+    return out
+
+
+@dataclass(frozen=True)
+class Window:
+    """Where one axis term reads: view indices [lo, hi) of X, plus conv zero padding."""
+
+    begin: int  # input index of view element lo
+    end: int  # one past the input index of view element hi - 1
+    step: int
+    pad_before: int
+    pad_after: int
+    stride: int
+
+
+def window(t: AxisTerm, size: int, out: int) -> Window | None:
+    length = len(range(t.phase, size, t.step))
+    end = t.offset + t.stride * (out - 1) + 3
+    lo, hi = max(0, t.offset), min(length, end)
+    if hi <= lo:
+        return None  # the term reads padding only
+    return Window(t.phase + t.step * lo, t.phase + t.step * (hi - 1) + 1, t.step,
+                   max(0, -t.offset), max(0, end - length), t.stride)
+
+
+def conv_terms(w: np.ndarray, stride: tuple[int, int], padding: tuple[tuple[int, int], tuple[int, int]],
+               in_hw: tuple[int, int], out_hw: tuple[int, int], split: tuple[int, int],
+               z: tuple[int, int]) -> list[tuple[np.ndarray, Window, Window]] | None:
+    """(3x3 kernel, H window, W window) of every term of weights w [OC, C, kh, kw] that reads any
+    input, for split steps `split` and zero placements `z`; None if there is none."""
+    out = []
+    for th in axis_terms(w.shape[2], stride[0], padding[0][0], split[0], z[0]):
+        wh = window(th, in_hw[0], out_hw[0])
+        if wh is None:
+            continue
+        for tw in axis_terms(w.shape[3], stride[1], padding[1][0], split[1], z[1]):
+            ww = window(tw, in_hw[1], out_hw[1])
+            if ww is None:
+                continue
+            k = np.zeros((*w.shape[:2], 3, 3), np.float32)
+            for a, ka in enumerate(th.taps):
+                for c, kc in enumerate(tw.taps):
+                    if ka >= 0 and kc >= 0:
+                        k[:, :, a, c] = w[:, :, ka, kc]
+            out.append((k, wh, ww))
+    return out or None
