@@ -102,22 +102,26 @@ def input_range_override(mean: float, std: float) -> Range:
     return float((F32(0) - m) / s), float((F32(1) - m) / s)
 
 
+def view_source(n: Node) -> Node:
+    """The tensor whose values n holds, moved around: through slices, reshapes, transposes and zero
+    pads (which add only zeros, on every grid)."""
+    from kcc.ir import ops as O
+
+    while isinstance(n.op, (O.StridedSlice, O.Reshape, O.Transpose)) or (isinstance(n.op, O.Pad) and n.op.value == 0.0):
+        n = n.inputs[0]
+    return n
+
+
 def input_views(points: Sequence[Node], graph_input: Node) -> list[Node]:
-    """The points that are the graph input moved around (pad, slice, reshape, transpose, and
-    concatenations of such views: a decomposed stem's stacked input, kcc.passes.decompose_kernels),
-    with nothing but zero padding added: they hold the input's own values."""
+    """The points that are the graph input moved around (`view_source`, and concatenations of such
+    views: a decomposed stem's stacked input, kcc.passes.decompose_kernels): they hold the input's
+    own values."""
     from kcc.ir import ops as O
 
     def is_view(n: Node) -> bool:
-        if n is graph_input:
-            return True
-        if isinstance(n.op, O.Pad):
-            return n.op.value == 0.0 and is_view(n.inputs[0])
-        if isinstance(n.op, (O.StridedSlice, O.Reshape, O.Transpose)):
-            return is_view(n.inputs[0])
         if isinstance(n.op, O.Concat):
             return all(is_view(i) for i in n.inputs)
-        return False
+        return view_source(n) is graph_input
 
     return [p for p in points if p is not graph_input and is_view(p)]
 

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
-from kcc.quant.calibrate import Samples, calibrate
+from kcc.quant.calibrate import Samples, calibrate, view_source
 from kcc.quant.logits import logit_ranges, softmax_logits
+from kcc.quant.params import range_param
 
 Range = tuple[float, float]
 
@@ -64,6 +67,7 @@ def choose_ranges(g: Graph, view: Graph, samples: Samples, points: Sequence[Node
                 ranges[p.name] = (lo, hi)
     ranges.update(logit_ranges(view, samples, softmax_logits(g)))
     share_view_grids(points, ranges)
+    residual_term_ranges(g, ranges)
     return share_concat_grids(g, ranges)
 
 
@@ -72,18 +76,11 @@ def share_view_grids(points: Sequence[Node], ranges: dict[str, Range]) -> None:
     residual (kcc.ir.kpu_ops.QuantResidual), get one grid, the union of their ranges: the tensor is
     quantized once and the views are cut from its uint8 codes (kcc.quant.quantize), and the residual
     is taken on the grid its twin terms read x on (a residual's own range, 0 in float, says nothing)."""
-    def source(n: Node) -> Node:
-        while True:
-            if isinstance(n.op, O.Pad) and n.op.value == 0.0 or isinstance(n.op, (O.StridedSlice, O.Reshape, O.Transpose)):
-                n = n.inputs[0]
-            elif isinstance(n.op, KO.QuantResidual):
-                n = n.inputs[0]
-            else:
-                return n
-
     groups: dict[int, list[Node]] = {}
     for p in points:
-        src = source(p)
+        src = view_source(p)
+        if isinstance(src.op, KO.QuantResidual):
+            src = view_source(src.inputs[0])
         if not isinstance(src.op, (KO.KpuConv2D, O.Input)) and p.name in ranges:
             groups.setdefault(id(src), []).append(p)
     for views in groups.values():
@@ -91,6 +88,21 @@ def share_view_grids(points: Sequence[Node], ranges: dict[str, Range]) -> None:
         hi = max(ranges[v.name][1] for v in views)
         for v in views:
             ranges[v.name] = (lo, hi)
+
+
+def residual_term_ranges(g: Graph, ranges: dict[str, Range]) -> None:
+    """A KPU layer reading only a rounding residual (a summed decomposed conv's twin term,
+    kcc.passes.decompose_kernels) computes 0 in float, so its calibrated range says nothing: its
+    range is the bound instead. The residual is at most gain/2 steps of the grid its input is read
+    on (share_view_grids), times the channel's sum of |w|."""
+    for n in g.nodes:
+        if not isinstance(n.op, KO.KpuConv2D):
+            continue
+        x, w = n.inputs[0], n.inputs[1].data
+        src = view_source(x)
+        if isinstance(src.op, KO.QuantResidual) and x.name in ranges:
+            bound = float(np.abs(w).reshape(w.shape[0], -1).sum(axis=1).max()) * src.op.gain / (2 * range_param(ranges[x.name]).scale)
+            ranges[n.name] = (-bound, bound)
 
 
 def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:

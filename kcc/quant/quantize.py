@@ -14,7 +14,8 @@ So does a concatenation of uint8 tensors on one grid (kcc.quant.policy.share_con
 
 A QuantResidual(x) (decompose_kernels' residual channels) becomes, on the grid q its stack is read
 on: dequantize(quantize(x)) subtracted from x, quantized at gain times q's resolution. A KPU layer
-reading only a residual (a summed term's twin) is 0 in float; its output range is the bound instead.
+reading only a residual (a summed term's twin) gets its output range from a bound
+(kcc.quant.policy.residual_term_ranges).
 
 A CPU pool whose output range is its input's grid (a pre-quantized model's pools: TFLite requires
 it) runs on the codes too: dequantize with (0, 1), pool, quantize with (0, 1). Max and mean commute
@@ -27,8 +28,6 @@ float-to-int conversion rounds them to even (kpu_semantics.md §4.1).
 from __future__ import annotations
 
 from typing import Callable
-
-import numpy as np
 
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
@@ -120,8 +119,6 @@ class _Quantizer:
                 or self._concat_on_codes(n))
 
     def qparam(self, n: Node) -> QuantParam:
-        if self._concat_on_codes(n):
-            return self.qparam(n.inputs[0])
         if self._moves_u8(n):
             return self.qparam(n.inputs[0])
         if isinstance(n.op, KO.KpuConv2D):
@@ -211,24 +208,11 @@ class _Quantizer:
         window = {"mean_2_s2": 4, "mean_2_s1": 4, "mean_4_s4": 16}.get(getattr(x.op, "pool", ""), 0)
         return (window - 1) / (2 * window) if isinstance(x.op, KO.KpuConv2D) and window else 0.0
 
-    @staticmethod
-    def _residual_gain(x: Node) -> float | None:
-        """The gain of the QuantResidual x is a view of, if it is one."""
-        while isinstance(x.op, LAYOUT_OPS):
-            x = x.inputs[0]
-        return x.op.gain if isinstance(x.op, KO.QuantResidual) else None
-
     def layer_of(self, n: Node) -> Node:
         def make() -> Node:
             x, w, b = n.inputs
             xq = self.qparam(x)
             z = self.ranges[n.name]
-            gain = self._residual_gain(x)
-            if gain is not None:
-                # a term reading only a rounding residual: 0 in float, so its range is the bound:
-                # |residual| <= gain/2 steps of x's grid, times the channel's sum of |w|
-                bound = float(np.abs(w.data).reshape(w.shape[0], -1).sum(axis=1).max()) * gain / (2 * xq.scale)
-                z = (-bound, bound)
             y = self.ranges.get(pre_activation_name(n), z)
             params = kpu_layer(n.op, w.data, b.data, LayerRanges(xq, y, z, self._floor_bias(x)))
             return self.g.add(params, (self.kpu_of(x),), n.name)
