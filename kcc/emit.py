@@ -90,8 +90,9 @@ class _Storage:
         self.constants = bytes(blob) + bytes(align_up(len(blob), CONST_ALIGN) - len(blob))
         self.offset: dict[int, int] = {}  # byte offset of a node's tensor within its root's
         self.elided: set[int] = set()  # concatenations whose inputs are computed in place
+        outputs = {id(o) for o in g.outputs}
         for n in g.nodes:
-            if self._in_place(n, users, g):
+            if self._in_place(n, users, outputs):
                 at = 0
                 for i in n.inputs:
                     self.root[id(i)], self.offset[id(i)] = n, at
@@ -102,7 +103,7 @@ class _Storage:
         self.kpu_offset: dict[int, int] = {}
         self.downloads: dict[int, Node] = {}  # KPU layer -> its kpu_download (main_mem_output)
 
-    def _in_place(self, n: Node, users: dict, g: Graph) -> bool:
+    def _in_place(self, n: Node, users: dict, outputs: set[int]) -> bool:
         """A concatenation whose inputs can be computed straight into its blocks, so that it needs
         no copy and its inputs no buffers of their own (a decomposed conv's stack of shifted views,
         kcc.passes.decompose_kernels, would otherwise hold every view twice at its peak): each block
@@ -110,10 +111,9 @@ class _Storage:
         is written by a CPU op of this model for this concatenation alone."""
         if not isinstance(n.op, O.Concat) or any(d != 1 for d in n.shape[:n.op.axis]):
             return False
-        outputs = {id(o) for o in g.outputs}
         return len({id(i) for i in n.inputs}) == len(n.inputs) and all(
-            type(i.op) in EMITTERS and not isinstance(i.op, (O.Reshape, KO.KpuDownload, *KO.KPU_SPACE_OPS))
-            and id(i) not in self.root and id(i) not in outputs and users[i] == [n] for i in n.inputs)
+            _written_by_cpu(i) and id(i) not in self.root and id(i) not in outputs
+            and len(users[i]) == 1 and users[i][0] is n for i in n.inputs)
 
     def _elementwise_in_place(self, g: Graph) -> set[int]:
         """Binary ops that write over an input of the output's shape read for the last time: the
@@ -133,9 +133,8 @@ class _Storage:
             if not isinstance(n.op, O.Binary) or id(n) in self.root:
                 continue
             for i in dict.fromkeys(n.inputs):
-                if (i.type == n.type and last.get(id(i)) == k and n.inputs.count(i) == 1
-                        and type(i.op) in EMITTERS and not isinstance(i.op, (O.Reshape, KO.KpuDownload, *KO.KPU_SPACE_OPS))
-                        and (id(i) not in self.root or id(i) in done)):
+                if (i.type == n.type and last.get(id(i)) == k and sum(x is i for x in n.inputs) == 1
+                        and _written_by_cpu(i) and (id(i) not in self.root or id(i) in done)):
                     self.root[id(n)] = i
                     done.add(id(n))
                     break
@@ -164,6 +163,12 @@ class _Storage:
         if id(b) in self.kpu_offset:  # §7.3: KPU layout size, 64-byte aligned start
             return K.MemoryRange(MemoryType.K210_KPU, dt, self.kpu_offset[id(b)], K.kpu_bytes(shape4(n.shape)))
         return K.MemoryRange(MemoryType.MAIN, dt, self.main_offset[id(b)] + self.byte_offset(n), n.type.nbytes)
+
+
+def _written_by_cpu(n: Node) -> bool:
+    """n's tensor is written into main memory by a CPU node of its own (not a reshape, which aliases,
+    nor a KPU layer's download or a KPU RAM tensor)."""
+    return type(n.op) in EMITTERS and not isinstance(n.op, (O.Reshape, KO.KpuDownload, *KO.KPU_SPACE_OPS))
 
 
 def _inline_constants(g: Graph) -> set[int]:

@@ -26,7 +26,6 @@ Every convolution that stays on the CPU gets a reason in the returned placement 
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,6 +87,16 @@ def _weights_range(w: np.ndarray) -> float:
     """
     flat = w.reshape(w.shape[0], -1)
     return max(np.subtract(*fixup_range(float(c.min()), float(c.max()))[::-1]) for c in flat)
+
+
+def _weights_reason(w: np.ndarray, ranges_of: np.ndarray, opts: CompileOptions) -> str | None:
+    """Why weights `w` (per-output-channel ranges taken over `ranges_of`) stay off the KPU, if they
+    do: a range above --weights-quantize-threshold, unless they already lie on a grid."""
+    rng = _weights_range(ranges_of)
+    if rng <= opts.weights_quantize_threshold or _on_a_grid(w):
+        return None
+    return (f"weights range {rng:.1f} > threshold {opts.weights_quantize_threshold:g} "
+            f"(--weights-quantize-threshold {math.ceil(rng)} puts it on the KPU)")
 
 
 def _on_a_grid(w: np.ndarray) -> bool:
@@ -176,12 +185,8 @@ class _Legalizer:
             per_load = max(1, min(oc, 30720 // (k * k * c)))
             if -(-oc // per_load) > 64:
                 return f"{k}x{k} conv {c}->{oc} needs {-(-oc // per_load)} weight loads > 64"
-        rng = _weights_range(w)
         # weights already on a uint8 grid quantize losslessly, whatever their range (kpu_params)
-        if rng > self.opts.weights_quantize_threshold and not _on_a_grid(w):
-            return (f"weights range {rng:.1f} > threshold {self.opts.weights_quantize_threshold:g} "
-                    f"(--weights-quantize-threshold {math.ceil(rng)} puts it on the KPU)")
-        return None
+        return _weights_reason(w, w, self.opts)
 
     @staticmethod
     def _embed_2x2(w: np.ndarray, op: O.Conv2D) -> tuple[np.ndarray, O.Conv2D]:
@@ -302,10 +307,8 @@ class _Legalizer:
             # a small fully-connected output head (landmarks, scores) costs the CPU little in float,
             # while 8-bit outputs would quantize the model's result itself
             reason = f"{n.type.size} outputs < output-quantize-threshold {self.opts.output_quantize_threshold}"
-        elif _weights_range(bw.data.T) > self.opts.weights_quantize_threshold and not _on_a_grid(bw.data):
-            rng = _weights_range(bw.data.T)
-            reason = (f"weights range {rng:.1f} > threshold {self.opts.weights_quantize_threshold:g} "
-                      f"(--weights-quantize-threshold {math.ceil(rng)} puts it on the KPU)")
+        else:
+            reason = _weights_reason(bw.data, bw.data.T, self.opts)
         if reason:
             self._reject(n, reason)
             return None
