@@ -34,6 +34,7 @@ from kcc.passes.decompose_kernels import decompose_kernels
 from kcc.passes.legalize_kpu import Placement, legalize_kpu
 from kcc.passes.lower_float import lower_float
 from kcc.quant.quantize import calibration_view, quantize
+from kcc.quant.weight_rounding import InputMoments
 from kcc.weights_range import WeightRange, weights_ranges
 
 Log = Callable[[str], None]
@@ -112,13 +113,15 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
         log("4. Calibrate activation ranges...")
         for note in quantization.notes() if quantization is not None else ():
             log(f"   warning: {note}")
+        moments = None
         if own_grids:
             from kcc.quant.prequantized import prequantized_ranges
             ranges = prequantized_ranges(g, quantization, options, log)
         else:
-            ranges = _calibrate(g, options, log, samples, progress)
+            moments = InputMoments(g)
+            ranges = _calibrate(g, options, log, samples, progress, moments)
         log("5. Quantize...")
-        g = checkpoint("quantize", quantize(g, ranges, options.effective_input_type))
+        g = checkpoint("quantize", quantize(g, ranges, options.effective_input_type, moments))
     log("6. Lower the remaining ops to kmodel neutral ops...")
     g = checkpoint("lower_float", lower_float(g))
     log("7. Plan buffers and emit kmodel v4...")
@@ -133,8 +136,9 @@ def _uses_own_grids(options: CompileOptions, samples: list | None, quantization:
 
 
 def _calibrate(g: Graph, options: CompileOptions, log: Log, samples: list | None = None,
-               progress: Progress | None = None) -> dict[str, tuple[float, float]]:
-    """Ranges of every tensor `quantize` needs, measured on the dataset (kpu_semantics.md §4.2)."""
+               progress: Progress | None = None, moments: InputMoments | None = None) -> dict[str, tuple[float, float]]:
+    """Ranges of every tensor `quantize` needs, measured on the dataset (kpu_semantics.md §4.2);
+    `moments` collects the KPU layers' input statistics in the same pass."""
     from kcc.dataset import iter_dataset, list_files
     from kcc.quant.calibrate import input_range_override, input_views
     from kcc.quant.policy import choose_ranges
@@ -155,7 +159,7 @@ def _calibrate(g: Graph, options: CompileOptions, log: Log, samples: list | None
     if progress is not None:
         from kcc.progress import counted
         samples = counted(samples, progress)  # one bar per pass over the data
-    ranges = choose_ranges(g, view, samples, points, options.calibrate_method)
+    ranges = choose_ranges(g, view, samples, points, options.calibrate_method, moments)
     view.outputs = view.outputs[:n_outputs]  # drop the calibration-only outputs again
     view.remove_dead()
     if options.input_mean is not None or options.input_std is not None:

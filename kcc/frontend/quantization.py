@@ -6,9 +6,9 @@ scale s_in * s_w. kcc imports such a model as the float graph it stands for:
 
 * constants are dequantized exactly as TFLite defines it (`dequantize_constant`: the float64 product
   rounded once to float32). uint8 and per-tensor int8 weights then lie on a uint8 grid, which kcc's
-  quantizer finds again and reproduces losslessly (kcc.quant.kpu_params.weight_grid); so do
+  quantizer finds again and reproduces losslessly (kcc.quant.weight_grid.weight_grid); so do
   symmetric per-channel int8 weights (TFLite's scheme), each channel scaled onto one grid and the
-  scale undone by its batch-norm multiplier (kcc.quant.kpu_params.channel_grids). Other per-channel
+  scale undone by its batch-norm multiplier (kcc.quant.weight_grid.channel_grids). Other per-channel
   weights (asymmetric) are re-quantized per layer (`ModelQuantization.notes` says so);
 * every uint8 / int8 activation tensor becomes float32, and its quantization is kept as a
   `TensorQuant` under the tflite tensor name, which is the IR node name (kcc.ir.graph). The

@@ -36,7 +36,7 @@ from kcc.ir.graph import Graph, Node
 from kcc.ir.types import TensorType
 from kcc.kmodel import KPU_RAM_SIZE, kpu_bytes
 from kcc.options import CompileOptions
-from kcc.quant.kpu_params import channel_grids, weight_grid
+from kcc.quant.weight_grid import on_own_grid
 from kcc.quant.params import fixup_range
 
 MAX_CHANNELS = 1024  # 10-bit channel fields (kmodel_v4.md §9.3)
@@ -93,16 +93,10 @@ def _weights_reason(w: np.ndarray, ranges_of: np.ndarray, opts: CompileOptions) 
     """Why weights `w` (per-output-channel ranges taken over `ranges_of`) stay off the KPU, if they
     do: a range above --weights-quantize-threshold, unless they already lie on a grid."""
     rng = _weights_range(ranges_of)
-    if rng <= opts.weights_quantize_threshold or _on_a_grid(w):
+    if rng <= opts.weights_quantize_threshold or on_own_grid(w):
         return None
     return (f"weights range {rng:.1f} > threshold {opts.weights_quantize_threshold:g} "
             f"(--weights-quantize-threshold {math.ceil(rng)} puts it on the KPU)")
-
-
-def _on_a_grid(w: np.ndarray) -> bool:
-    """Weights a pre-quantized model brought: per tensor (weight_grid) or per channel (channel_grids,
-    for a FC's [out, in] matrix too: axis 0 is the output channel either way)."""
-    return weight_grid(w) is not None or channel_grids(w) is not None
 
 
 class _Legalizer:

@@ -77,6 +77,20 @@ class MinMaxObserver:
         return dict(self._ranges)
 
 
+class _Tee:
+    """Two observers of one pass."""
+
+    def __init__(self, first: Observer, second: Observer) -> None:
+        self.first, self.second = first, second
+
+    def observe(self, name: str, value: np.ndarray) -> None:
+        self.first.observe(name, value)
+        self.second.observe(name, value)
+
+    def ranges(self) -> dict[str, Range]:
+        return self.first.ranges()
+
+
 class HistogramObserver:
     """l2: 2048-bin histograms over the fixed-up no_clip ranges, then the l2 threshold search."""
 
@@ -127,11 +141,12 @@ def input_views(points: Sequence[Node], graph_input: Node) -> list[Node]:
 
 
 def calibrate(graph: Graph, samples: Samples, points: Sequence[Node], method: str = "no_clip",
-              progress: Progress | None = None) -> dict[str, Range]:
+              progress: Progress | None = None, also: Observer | None = None) -> dict[str, Range]:
     """Range of every point node (by name) over the calibration samples.
 
     Each sample is a list of arrays, one per graph input in input order (a bare array is taken as
-    the single input)."""
+    the single input). `also` sees the points' values of the first pass too (e.g. the moments of
+    the KPU layers' inputs, kcc.quant.weight_rounding)."""
     if method not in CALIBRATE_METHODS:
         raise KccError(f"unknown calibration method '{method}' (expected one of: {', '.join(CALIBRATE_METHODS)})")
     wanted = {id(n): n.name for n in points}
@@ -141,7 +156,7 @@ def calibrate(graph: Graph, samples: Samples, points: Sequence[Node], method: st
         samples = list(samples)  # a one-shot iterator cannot be read twice
 
     minmax = MinMaxObserver()
-    run_observer(graph, samples, points, minmax, progress, STAGE_RANGE)
+    run_observer(graph, samples, points, minmax if also is None else _Tee(minmax, also), progress, STAGE_RANGE)
     ranges = minmax.ranges()
     missing = [name for name in wanted.values() if name not in ranges]
     if missing:

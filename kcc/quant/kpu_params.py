@@ -5,7 +5,9 @@ calibrated ranges of its input X, its pre-activation output Y and its final outp
 
 1. input:   (z_x, s_x) = qparam(X); the 3x3 border is filled with pad_value = z_x.
 2. weights: every output channel is first scaled by e_oc to fill the layer's range (a per-channel
-            scale the BN multiplier undoes), then one (z_w, s_w) quantizes all of them.
+            scale the BN multiplier undoes), then one (z_w, s_w) quantizes all of them: to the
+            nearest code, or, with the calibration's moments of the input, for the least output
+            error, each channel's mean error taken off its bias (kcc.quant.weight_rounding).
 3. conv:    arg_x = -z_w, arg_w = -z_x, arg_add = k*k*z_w*z_x, so acc = sum (x - z_x)(w - z_w).
 4. BN:      y = (acc*mul >> shift) + add = (conv + b) * s_act_in, where s_act_in = s_y*2^up carries
             up to `up` extra fraction bits into the activation stage.
@@ -34,6 +36,8 @@ from kcc.eval.kernels import kpu_activation
 from kcc.ir.kpu_ops import KpuConv2D, KpuLayer
 from kcc.quant.params import (QuantParam, fixup_range, get_fixed_mul, get_quant_param, get_range, range_param,
                                round_half_away)
+from kcc.quant.weight_grid import channel_grids, weight_grid
+from kcc.quant.weight_rounding import PatchMoments, round_weights
 
 F32 = np.float32
 ACT_SAMPLES = 1024
@@ -70,62 +74,6 @@ def equalize_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             e[oc] = min(ratios)
     scaled = (w.astype(F32) * e.reshape(-1, *([1] * (w.ndim - 1)))).astype(F32)
     return scaled, e
-
-
-def weight_grid(w: np.ndarray) -> QuantParam | None:
-    """The uint8 grid the weights already lie on, if any (models exported from quantization-aware
-    training, or dequantized from a uint8 .tflite): w = (q - z)/s for integers 0 <= q <= 255.
-
-    Quantizing on that grid is lossless, while per-channel equalization would move every weight
-    off it and add rounding error; so such layers keep their grid.
-    """
-    u = np.unique(w.astype(np.float64))
-    if len(u) < 2 or len(u) > 256:
-        return None
-    step = float(np.diff(u).min())
-    # the smallest gap of two float32 weights is the step only to ~1e-6; a least-squares fit over
-    # every weight's code gets it to float32 precision (and keeps the checks below meaningful at z ~ 255)
-    k = np.round(u / step)
-    if np.any(k):
-        step = float(np.dot(u, k) / np.dot(k, k))
-    zp = -u[0] / step
-    q = u / step + round(zp)
-    if abs(zp - round(zp)) > 1e-3 or np.abs(q - np.round(q)).max() > 1e-3 or q.min() < -1e-3 or q.max() > 255 + 1e-3:
-        return None
-    # the scale stays float64: fitted over every weight it is exact to ~1e-9, which the exact clamp
-    # path's multipliers need (a float32 would be 6e-8 off: flips of outputs 1e-5 of a step from a half)
-    return QuantParam(int(round(zp)), 1.0 / step)
-
-
-def _symmetric_step(wc: np.ndarray) -> float | None:
-    """The step s of one channel's weights if they are s*q with integers |q| <= 127 (TFLite's symmetric
-    int8 per-channel scheme, where the largest weight is exactly +-127 steps), else None."""
-    a = np.abs(wc.astype(np.float64)).ravel()
-    top = float(a.max())
-    if top == 0.0:
-        return None
-    nonzero = np.unique(a[a > 0])
-    for step in (top / 127, float(np.diff(np.concatenate([[0.0], nonzero])).min())):
-        k = np.round(a / step)
-        if k.max() > 127:
-            continue
-        step = float(np.dot(a, k) / np.dot(k, k))  # least squares over every weight, as weight_grid
-        if np.abs(a / step - np.round(a / step)).max() <= 1e-3:
-            return step
-    return None
-
-
-def channel_grids(w: np.ndarray) -> tuple[QuantParam, np.ndarray] | None:
-    """int8 per-channel weights (w[oc] = s_oc * q, |q| <= 127) as one uint8 grid: (grid, e) with
-    w[oc] * e[oc] = s * q exactly on the grid (zero point 128, step s = the largest s_oc). The KPU has
-    one weight grid per layer but a batch-norm multiplier per channel, which undoes e[oc]: the model's
-    own weights, losslessly, like weight_grid for per-tensor ones. None if a channel is off such a grid."""
-    steps = [_symmetric_step(w[oc]) for oc in range(w.shape[0])]
-    if all(st is None for st in steps) or any(st is None and np.any(w[oc]) for oc, st in enumerate(steps)):
-        return None
-    ref = max(st for st in steps if st is not None)
-    e = np.array([ref / st if st is not None else 1.0 for st in steps], np.float64)
-    return QuantParam(128, 1.0 / ref), e
 
 
 def piecewise_linear(x: np.ndarray, y: np.ndarray, segments: int = ACT_SEGMENTS):
@@ -332,8 +280,11 @@ def clamp_bn(so: float, e: np.ndarray, b_acc: np.ndarray, acc_max: np.ndarray, z
     raise ValueError("KPU layer: the batch-norm output cannot fit 36 bits")
 
 
-def kpu_layer(op: KpuConv2D, w: np.ndarray, b: np.ndarray, r: LayerRanges) -> KpuLayer:
-    """Quantize one float KPU layer into its encoded parameters."""
+def kpu_layer(op: KpuConv2D, w: np.ndarray, b: np.ndarray, r: LayerRanges,
+              moments: PatchMoments | None = None) -> KpuLayer:
+    """Quantize one float KPU layer into its encoded parameters. With the `moments` of its input
+    (calibration), weights that are re-rounded are rounded for the least output error, and each
+    channel's mean error comes off its bias (kcc.quant.weight_rounding)."""
     k = op.kernel
     xq = r.x
     yq = range_param(r.y)
@@ -348,7 +299,11 @@ def kpu_layer(op: KpuConv2D, w: np.ndarray, b: np.ndarray, r: LayerRanges) -> Kp
     else:
         w_eq, e = equalize_weights(w)
         wq = get_quant_param(*get_range(w_eq))
-    w_u8 = wq.quantize(w_eq)
+    if grid is None and per_channel is None:
+        w_u8, mean_err = round_weights(w_eq, wq, moments, op.depthwise)
+        b = (b.astype(np.float64) - mean_err / e.astype(np.float64)).astype(F32)
+    else:  # the weights' own grid: exact
+        w_u8 = wq.quantize(w_eq)
     # the input's floor bias, seen through each channel's weights: acc misses x_bias * sum(w - z_w)
     acc_bias = r.x_bias * (w_u8.reshape(w_u8.shape[0], -1).astype(np.int64) - wq.zero_point).sum(axis=1)
     conv = dict(kernel=k, depthwise=op.depthwise, pool=op.pool, pad_value=xq.zero_point,

@@ -23,7 +23,7 @@ import numpy as np
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
-from kcc.quant.calibrate import Samples, calibrate, view_source
+from kcc.quant.calibrate import Observer, Samples, calibrate, view_source
 from kcc.quant.logits import logit_ranges, softmax_logits
 from kcc.quant.params import range_param
 
@@ -50,9 +50,11 @@ def output_sources(g: Graph) -> set[str]:
     return found
 
 
-def choose_ranges(g: Graph, view: Graph, samples: Samples, points: Sequence[Node], method: str) -> dict[str, Range]:
-    """Ranges for every point of `view` (the calibration view of the legalized graph `g`)."""
-    full = calibrate(view, samples, points, "no_clip")
+def choose_ranges(g: Graph, view: Graph, samples: Samples, points: Sequence[Node], method: str,
+                  moments: Observer | None = None) -> dict[str, Range]:
+    """Ranges for every point of `view` (the calibration view of the legalized graph `g`); `moments`
+    observes the first pass over the samples too."""
+    full = calibrate(view, samples, points, "no_clip", also=moments)
     ranges = dict(full)
     if method != "no_clip":
         keep = output_sources(g)

@@ -35,6 +35,7 @@ from kcc.ir.graph import Graph, Node
 from kcc.ir.types import DType
 from kcc.quant.kpu_params import LayerRanges, kpu_layer
 from kcc.quant.params import QuantParam, range_param
+from kcc.quant.weight_rounding import InputMoments
 
 LAYOUT_OPS = (O.Pad, O.StridedSlice, O.Reshape, O.Transpose)
 # codes -> codes with ties rounded up: x*(1 + 2^-20) moves k + 1/2 up by >= 2^-21 (a float32 keeps it,
@@ -75,10 +76,11 @@ def calibration_view(g: Graph) -> tuple[Graph, list[Node]]:
 
 
 class _Quantizer:
-    def __init__(self, g: Graph, ranges: Ranges, input_u8: bool):
+    def __init__(self, g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | None):
         self.src = g
         self.ranges = ranges
         self.input_u8 = input_u8
+        self.moments = moments.layers if moments is not None else {}
         self.g = Graph()
         self.float: dict[int, Node] = {}  # source node -> float32 node in the new graph
         self.layer: dict[int, Node] = {}  # source KpuConv2D -> KpuLayer (KPU RAM)
@@ -214,7 +216,8 @@ class _Quantizer:
             xq = self.qparam(x)
             z = self.ranges[n.name]
             y = self.ranges.get(pre_activation_name(n), z)
-            params = kpu_layer(n.op, w.data, b.data, LayerRanges(xq, y, z, self._floor_bias(x)))
+            params = kpu_layer(n.op, w.data, b.data, LayerRanges(xq, y, z, self._floor_bias(x)),
+                               self.moments.get(n.name))
             return self.g.add(params, (self.kpu_of(x),), n.name)
         return self._cached(self.layer, n, make)
 
@@ -238,6 +241,8 @@ class _Quantizer:
         return self.g
 
 
-def quantize(g: Graph, ranges: Ranges, input_type: str = "float") -> Graph:
-    """Turn each KpuConv2D into a quantized KpuLayer; the graph input becomes uint8 if asked."""
-    return _Quantizer(g, ranges, input_type == "uint8").run()
+def quantize(g: Graph, ranges: Ranges, input_type: str = "float", moments: InputMoments | None = None) -> Graph:
+    """Turn each KpuConv2D into a quantized KpuLayer; the graph input becomes uint8 if asked. With
+    the calibration's `moments`, KPU weights are rounded with their inputs in view
+    (kcc.quant.weight_rounding)."""
+    return _Quantizer(g, ranges, input_type == "uint8", moments).run()

@@ -24,7 +24,7 @@ from kcc.frontend.quantization import TensorQuant
 from kcc.frontend.tflite_reader import read_tflite
 from kcc.ir import ops as O
 from kcc.passes.canonicalize import canonicalize
-from kcc.quant.kpu_params import weight_grid
+from kcc.quant.weight_grid import weight_grid
 
 rng = np.random.default_rng(1)
 
@@ -88,7 +88,7 @@ def test_int8_grids_shift_onto_uint8_and_the_quantize_edges_vanish():
 
 
 def test_symmetric_per_channel_int8_weights_need_no_warning():
-    """TFLite's per-channel int8 weights (zero points 0) stay exact (kcc.quant.kpu_params.channel_grids)."""
+    """TFLite's per-channel int8 weights (zero points 0) stay exact (kcc.quant.weight_grid.channel_grids)."""
     q = import_model(int8_per_channel(True)).quantization
     assert q.per_channel_weights == [] and q.notes() == []
 
