@@ -36,8 +36,8 @@ from kcc.ir.graph import Graph, Node
 from kcc.ir.types import TensorType
 from kcc.kmodel import KPU_RAM_SIZE, kpu_bytes
 from kcc.options import CompileOptions
-from kcc.quant.weight_grid import on_own_grid
 from kcc.quant.params import fixup_range
+from kcc.quant.weight_grid import on_own_grid
 
 MAX_CHANNELS = 1024  # 10-bit channel fields (kmodel_v4.md §9.3)
 MIN_HW, MAX_H, MAX_W = 4, 256, 512  # ncc's KPU input limits (kpu_semantics.md §1)
