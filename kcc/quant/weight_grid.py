@@ -64,8 +64,12 @@ def channel_grids(w: np.ndarray) -> tuple[QuantParam, np.ndarray] | None:
     w[oc] * e[oc] = s * q exactly on the grid (zero point 128, step s = the largest s_oc). The KPU has
     one weight grid per layer but a batch-norm multiplier per channel, which undoes e[oc]: the model's
     own weights, losslessly, like weight_grid for per-tensor ones. None if a channel is off such a grid."""
-    steps = [_symmetric_step(w[oc]) for oc in range(w.shape[0])]
-    if all(st is None for st in steps) or any(st is None and np.any(w[oc]) for oc, st in enumerate(steps)):
+    steps = []
+    for oc in range(w.shape[0]):  # float weights fail at their first channel
+        steps.append(_symmetric_step(w[oc]))
+        if steps[-1] is None and np.any(w[oc]):
+            return None
+    if all(st is None for st in steps):
         return None
     ref = max(st for st in steps if st is not None)
     e = np.array([ref / st if st is not None else 1.0 for st in steps], np.float64)

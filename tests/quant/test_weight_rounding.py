@@ -141,3 +141,18 @@ def _copy(g):
     _, w, b = conv.inputs
     h.outputs = [h.add(conv.op, (x, h.constant(w.data.copy()), h.constant(b.data.copy())))]
     return h
+
+
+@pytest.mark.parametrize("k,shape", [(1, (1, 5, 7, 6)), (3, (1, 5, 7, 6)), (3, (2, 3, 1, 4)), (3, (1, 2, 2, 2))])
+def test_moments_equal_those_of_the_patch_matrix(k, shape):
+    """The mean comes from border sums and the covariance from a gathered subsample: both must be
+    those of the zero-padded "same" patches the KPU convolves."""
+    x = rng.normal(0, 1, shape)
+    xp = np.pad(x, ((0, 0), (0, 0), (k // 2, k // 2), (k // 2, k // 2)))
+    patches = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3)).transpose(0, 2, 3, 1, 4, 5)
+    patches = patches.reshape(-1, shape[1] * k * k)
+    m = WR.PatchMoments(k, [np.arange(shape[1] * k * k)])
+    m.add(x)
+    assert m.picked == len(patches)  # few positions: all of them
+    np.testing.assert_allclose(m.mean(), patches.mean(axis=0), atol=1e-12)
+    np.testing.assert_allclose(m.covariance(0), np.cov(patches.T, bias=True), atol=1e-12)
