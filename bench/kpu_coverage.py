@@ -14,7 +14,7 @@ interpreter) on up to --extra further pictures of ../shared/reference/models/ima
 the references): SQNR of the worst output in dB, averaged, and the same cosine; per model, the
 after - before difference of that SQNR paired picture by picture, with its standard error (a
 few-output model's per-picture SQNR moves by several dB with any rounding, so a mean difference
-within ~2 standard errors says little).
+within ~2 standard errors says little), and the same for each output of a multi-output model.
 The KPU share counts the model's convolution MACs the CPU no longer does (kcc.passes.coverage);
 the latency column is kcc.latency's estimate when that module is present. Convolutions left on
 the CPU are listed with legalize_kpu's reason. `--attribute` adds, per model, the SQNR of the float
@@ -126,14 +126,15 @@ def measure(name: str, decompose: bool, calib: int, method: str, extra: list | N
     program = kpu_sim.load(res.kmodel)
     cos = [min(refkit.compare(o, r)[0] for o, r in zip(program.run([s.x]), s.refs)) for s in samples]
     cpu = [p for p in res.placements if not p.on_kpu and p.op == "conv2d"]
-    snr, ext_cos = [], []
+    snr, ext_cos, per_output = [], [], []
     for x, refs in extra or []:
         outs = program.run([x])
-        snr.append(min(_sqnr_db(o, r) for o, r in zip(outs, refs)))
+        per_output.append([_sqnr_db(o, r) for o, r in zip(outs, refs)])
+        snr.append(min(per_output[-1]))
         ext_cos.append(min(refkit.compare(o, r)[0] for o, r in zip(outs, refs) if r.size > 1))
     return {"cov": cov, "cos_mean": float(np.mean(cos)), "cos_min": float(np.min(cos)), "n": len(cos),
             "ext_snr": float(np.mean(snr)) if snr else None, "ext_cos": float(np.mean(ext_cos)) if ext_cos else None,
-            "n_extra": len(snr), "snr_each": snr,
+            "n_extra": len(snr), "snr_each": snr, "snr_outputs": np.array(per_output),
             "kpu_layers": sum(n.opcode.kmodel_name == "kpu_conv2d" for n in res.emitted.model.nodes),
             "kmodel_kb": len(res.kmodel) / 1024, "latency_ms": _latency_ms(res), "compile_s": compile_s,
             "cpu_convs": cpu}
@@ -154,7 +155,7 @@ def main() -> None:
     notes = []
     for name in args.models.split(","):
         extra = extra_inputs(name, args.extra)
-        each = {}
+        each, outputs = {}, {}
         for decompose in (False, True):
             build = "after" if decompose else "before"
             try:
@@ -169,12 +170,20 @@ def main() -> None:
                   f"{_fmt(r['ext_snr'], '.1f')} | {_fmt(r['ext_cos'], '.5f')} | {lat} | "
                   f"{r['kmodel_kb']:.0f} | {r['compile_s']:.1f} |", flush=True)
             each[decompose] = np.array(r["snr_each"])
+            outputs[decompose] = r["snr_outputs"]
             reasons = Counter(p.reason for p in r["cpu_convs"])
             notes += [f"{name} ({build}): {k} conv(s) stay on the CPU: {why}" for why, k in reasons.items()]
         if len(each) == 2 and len(each[True]) > 1:
             d = each[True] - each[False]
             notes.append(f"{name}: extra SQNR after - before, paired over {len(d)} pictures: {d.mean():+.2f} dB "
                          f"+- {d.std(ddof=1) / np.sqrt(len(d)):.2f} (standard error); after better on {(d > 0).sum()}")
+            sizes = [r.size for r in extra[0][1]]
+            if len(sizes) > 1:  # the worst output is often a 1-value score, whose SQNR swings most
+                notes.append(f"{name}: per output (size: before -> after, paired difference): " + "; ".join(
+                    f"{size}: {outputs[False][:, j].mean():.1f} -> {outputs[True][:, j].mean():.1f}, "
+                    f"{(outputs[True][:, j] - outputs[False][:, j]).mean():+.2f} +- "
+                    f"{(outputs[True][:, j] - outputs[False][:, j]).std(ddof=1) / np.sqrt(len(d)):.2f}"
+                    for j, size in enumerate(sizes)))
         if args.attribute:
             for method in ("no_clip", "l2"):
                 count, db = input_rounding_sqnr(name, method, extra, args.calib)
