@@ -17,8 +17,9 @@ post-training quantization literature, used here with the calibration data:
 Measured on BlazePalm / BlazeHand in float, only the weights rounded (per channel, 24 pictures not
 in the calibration set): their 5x5 depthwise weights 27.7 -> 31.4 dB with bias correction, 38.8 dB
 with both / 16.6 -> 29.2 -> 35.8 dB; all other convs 27.1 -> 32.4 -> 32.7 dB / 13.9 -> 21.7 ->
-25.0 dB. End to end on kpu_sim, where the 8-bit activations add their own error, most of the gain is
-the bias correction's (bench/kpu_coverage.py; DAMPING).
+25.0 dB. End to end on kpu_sim the gain is smaller, since the 8-bit activations add their own
+error, and bias correction alone brings much of it (BlazeHand's CPU-fallback build, landmarks:
+29.2 dB nearest, 30.1 with bias correction, 31.3 with both; bench/kpu_coverage.py, DAMPING).
 
 The statistics come from the calibration pass (`InputMoments`, one float interpreter run for ranges
 and moments): per KPU layer, the mean of its input patches, and the covariance within each block of
@@ -62,7 +63,8 @@ POSITIONS_PER_TAP = 16
 #: rounds each layer best on its own (BlazeHand's stacked depthwise layers: 5-18 dB more SQNR than
 #: nearest rounding, on other pictures too), but end to end, on 24 other pictures, 1.0 did as well
 #: or better: BlazeHand landmarks 29.5 -> 30.2 dB and world landmarks 12.2 -> 13.0 dB (decomposed
-#: build), BlazePalm boxes 18.7 -> 18.9 dB. A weight error spread over many taps also multiplies
+#: build), BlazePalm boxes 18.7 -> 18.9 dB (with 4-16x more positions per sample than now, before
+#: SAMPLE_POSITIONS_PER_TAP). A weight error spread over many taps also multiplies
 #: the 8-bit input's own rounding noise, which the covariance of the float input does not see.
 DAMPING = 1.0
 
