@@ -19,7 +19,7 @@ in the calibration set): their 5x5 depthwise weights 27.7 -> 31.4 dB with bias c
 with both / 16.6 -> 29.2 -> 35.8 dB; all other convs 27.1 -> 32.4 -> 32.7 dB / 13.9 -> 21.7 ->
 25.0 dB. End to end on kpu_sim the gain is smaller, since the 8-bit activations add their own
 error, and bias correction alone brings much of it (BlazeHand's CPU-fallback build, landmarks:
-29.2 dB nearest, 30.1 with bias correction, 31.3 with both; bench/kpu_coverage.py, DAMPING).
+29.2 dB nearest, 30.1 with bias correction, 31.0 with both; bench/kpu_coverage.py, DAMPING).
 
 The statistics come from the calibration pass (`InputMoments`, one float interpreter run for ranges
 and moments): per KPU layer, the mean of its input patches, and the covariance within each block of
