@@ -53,7 +53,7 @@ GRAM_BUDGET_BYTES = 256 << 20
 #: moments) took 0.53 -> 1.27 s on ulffd_landmark, 1.10 -> 3.02 s on BlazeHand, 3.56 -> 7.49 s on
 #: BlazePalm (190 KPU layers, most of them wide stacks). With up to 2^26 multiply-adds of positions
 #: per sample (4-16x more), from 3 samples: BlazePalm's decomposed build 18.9 dB instead of 18.6,
-#: BlazeHand's landmarks 30.2 instead of 29.6, each within ~1 standard error, at ~1.5-2x the
+#: BlazeHand's landmarks 30.2 instead of 29.6, each within ~1 standard error, at ~1.3-1.8x the
 #: calibration time; with a typical set of 100+ pictures 8 per tap is already plenty.
 SAMPLE_POSITIONS_PER_TAP = 8
 POSITION_BUDGET = 1 << 26
