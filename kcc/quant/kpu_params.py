@@ -301,7 +301,8 @@ def kpu_layer(op: KpuConv2D, w: np.ndarray, b: np.ndarray, r: LayerRanges,
         wq = get_quant_param(*get_range(w_eq))
     if grid is None and per_channel is None:
         w_u8, mean_err = round_weights(w_eq, wq, moments, op.depthwise)
-        b = (b.astype(np.float64) - mean_err / e.astype(np.float64)).astype(F32)
+        if moments is not None:  # bias correction (without moments b stays as it is, bit for bit)
+            b = (b.astype(np.float64) - mean_err / e.astype(np.float64)).astype(b.dtype)
     else:  # the weights' own grid: exact
         w_u8 = wq.quantize(w_eq)
     # the input's floor bias, seen through each channel's weights: acc misses x_bias * sum(w - z_w)
