@@ -34,12 +34,15 @@ real activations where `stack` gives 0.4 (and the float conv rounded to its grid
 
 Candidates: split q in {1, s} x zero placement z x combiner. A depthwise `stack` needs groups of
 at most 1024 / J channels, at most MAX_STACK_GROUPS layers, STACK_WEIGHT_BUDGET bytes of weights
-(and < 64 weight loads a layer, kmodel's load_time field); `stack_dw` J*C <= 1024 and the budget.
+(CLAMPED_STACK_WEIGHT_BUDGET after a fused clamp) and < 64 weight loads a layer (kmodel's load_time
+field); the fewest layers and 2, 4, ... times as many are tried, since smaller groups may fit KPU RAM
+where larger ones do not. `stack_dw` needs J*C <= 1024 and the budget.
 Each candidate is legalized on its own (a few-node graph) and must land wholly on the KPU. Among
-those, a `stack` (one rounding) wins, then, for an input computed in float on the CPU (a PReLU, an
-add), a stack that also carries the input's rounding residual (`RESIDUAL_GAIN`; twice the input
-channels, so within the same limits) or a sum whose terms each have a twin reading the residual,
-then the fewest estimated K210 cycles (`estimate_cycles`:
+those, accuracy comes first, by two marks: one rounding (a `stack`) and, for an input computed in
+float on the CPU (a PReLU, an add), reading that input's rounding residual too (`RESIDUAL_GAIN`: a
+stack with twice the input channels, so within the same limits, or a sum whose terms each have a
+twin reading the residual). After a fused clamp the one rounding counts first, without one the
+residual. Then come the fewest estimated K210 cycles (`estimate_cycles`:
 KPU layer cycles, uploads and downloads, and the CPU data movement and adds around the layers,
 with kcc.latency's costs). The decision, and its estimate against the float conv on the CPU, go
 into the output node's note.
@@ -65,12 +68,18 @@ from kcc.passes.kernel_terms import Window, axis_terms, conv_terms, max_zero_tap
 from kcc.passes.legalize_kpu import MAX_CHANNELS, legalize_kpu
 
 #: most weight bytes a depthwise `stack` / `stack_dw` may create per conv (the 5x5 itself has 25*C):
-#: the memory spent on accuracy. 64 KiB in at most 16 layers stacks every depthwise of up to ~150
-#: channels (BlazePalm's 32..128, BlazeHand's 96 and 144: the early, large maps, where rounding
-#: matters most) for ~0.7 MB more kmodel on BlazePalm; wider ones are summed.
+#: the memory spent on accuracy. 64 KiB in at most MAX_STACK_GROUPS layers stacks every depthwise of
+#: up to ~150 channels (BlazePalm's 32..128, BlazeHand's 96 and 144: the early, large maps, where
+#: rounding matters most); wider ones are summed.
 STACK_WEIGHT_BUDGET = 64 * 1024
-#: most KPU layers (channel groups) a depthwise `stack` may take
-MAX_STACK_GROUPS = 16
+#: the budget of a conv with a fused clamp (relu, relu6). There `sum` costs most: its partial sums are
+#: unclamped, so each is rounded over a range several times the output's (BlazeHand: [-17, 23] against
+#: [0, 6], 1.0-1.9 output steps rms against a stack's 0.3-0.5). 128 KiB stacks BlazeHand's 288- and
+#: 384-channel 5x5s (~0.7 MB more kmodel); its 672-channel ones would need 340 KiB each.
+CLAMPED_STACK_WEIGHT_BUDGET = 128 * 1024
+#: most KPU layers (channel groups) a depthwise `stack` may take: each costs ~25 us and a few CPU
+#: copies, against ~100+ ms for a wide 5x5 depthwise on the CPU
+MAX_STACK_GROUPS = 48
 #: a `stack` reading a float tensor of the CPU also stacks gain * its rounding residual, with the
 #: weights divided by gain (kcc.ir.kpu_ops.QuantResidual): residual codes span z +- gain/2. Per tap
 #: the error left is ~ w/gain (x's rounding, w in weight steps) plus ~ gain/sqrt(12) (the residual
@@ -293,15 +302,23 @@ def _on_kpu(g: Graph, opts: CompileOptions) -> tuple[bool, float]:
     return bool(placements) and all(p.on_kpu for p in placements), estimate_cycles(lg)
 
 
-def _stack_group(c: int, j: int) -> int:
-    """Channels per layer of a depthwise stack of j terms (c: one layer), 0 if none fits: the weights
-    (9*j*g per channel) within STACK_WEIGHT_BUDGET, j*g input channels, at most MAX_STACK_GROUPS layers."""
-    g = min(c, MAX_CHANNELS // j, STACK_WEIGHT_BUDGET // (9 * j * c))
+def _stack_groups(c: int, j: int, budget: int) -> list[int]:
+    """Channels per layer of each depthwise stack of j terms worth trying (c: one layer), fewest
+    layers first: the weights (9*j*g per channel) within `budget` bytes, j*g input channels,
+    at most MAX_STACK_GROUPS layers, and then twice, four times... as many layers, since a stack
+    whose input fits in KPU RAM only in smaller groups (BlazePalm's 96x96 maps with their residual)
+    is worth more layers."""
+    g = min(c, MAX_CHANNELS // j, budget // (9 * j * c))
     while g > 0 and weight_loads(g, j * g, 3, False)[1] >= 64:  # load_time is 6 bits
         g -= 1
-    if g == 0 or -(-c // g) > MAX_STACK_GROUPS:
-        return 0
-    return -(-c // -(-c // g))  # the same number of layers, balanced
+    out: list[int] = []
+    layers = -(-c // g) if g else MAX_STACK_GROUPS + 1
+    while layers <= MAX_STACK_GROUPS and (not out or out[-1] > 1):
+        size = -(-c // layers)  # the same number of layers, balanced
+        if size not in out:
+            out.append(size)
+        layers *= 2
+    return out
 
 
 def _plans(n: Node, residual: bool = False) -> list[Plan]:
@@ -311,6 +328,7 @@ def _plans(n: Node, residual: bool = False) -> list[Plan]:
     x, w, _ = n.inputs
     (sh, sw), (kh, kw), c = op.stride, w.shape[2:], x.shape[1]
     depthwise = op.groups > 1
+    budget = STACK_WEIGHT_BUDGET if op.act == O.NO_CLAMP else CLAMPED_STACK_WEIGHT_BUDGET
     splits = [(1, 1)] + ([(sh, sw)] if (sh, sw) != (1, 1) else [])
     out = []
     for split in splits:
@@ -326,12 +344,10 @@ def _plans(n: Node, residual: bool = False) -> list[Plan]:
                     if views * c <= MAX_CHANNELS and weight_loads(w.shape[0], views * c, 3, False)[1] < 64:
                         out.append(Plan(split, z, "stack", residual=extra))
                     continue
-                g = _stack_group(c, views)
-                if g:
-                    out.append(Plan(split, z, "stack", 0 if g == c else g, extra))
+                out += [Plan(split, z, "stack", 0 if g == c else g, extra) for g in _stack_groups(c, views, budget)]
             if not depthwise:
                 continue
-            if split == (sh, sw) and j * c <= MAX_CHANNELS and j * c * c + 9 * j * c <= STACK_WEIGHT_BUDGET:
+            if split == (sh, sw) and j * c <= MAX_CHANNELS and j * c * c + 9 * j * c <= budget:
                 out.append(Plan(split, z, "stack_dw"))
     return out
 
@@ -362,13 +378,26 @@ def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = Tr
     if fits:
         return Decision(n.name, None, cpu, cpu, "on the KPU as it is")
     best: tuple[bool, bool, float, Plan] | None = None
+    landed = set()  # stacks that fit in some channel grouping: smaller groups only add layers
     for plan in _plans(n, residual and _cpu_float(x)):
+        form = (plan.split, plan.z, plan.combine, plan.residual)
+        if form in landed:
+            continue
         alone = _alone(n, plan)
         if alone is None:
             continue
         fits, cycles = _on_kpu(alone, opts)
-        key = (plan.combine != "stack", not plan.residual, cycles, plan)  # accuracy first, then cycles
-        if fits and (best is None or key[:3] < best[:3]):
+        if not fits:
+            continue
+        landed.add(form)
+        roundings, residual_lost = plan.combine != "stack", not plan.residual
+        # accuracy first, then cycles. After a clamp the partial sums' roundings cost most; without
+        # one, a float input's rounding does: BlazePalm (PReLUs, no clamp) with its 256-channel 5x5s
+        # summed with the residual gave 18.9 / 23.5 dB (boxes / scores, 24 pictures), stacked without
+        # it 18.6 / 23.1 dB
+        accuracy = (roundings, residual_lost) if op.act != O.NO_CLAMP else (residual_lost, roundings)
+        key = (*accuracy, cycles, plan)
+        if best is None or key[:3] < best[:3]:
             best = key
     if best is None:
         return Decision(n.name, None, cpu, cpu, "no decomposition lands on the KPU")

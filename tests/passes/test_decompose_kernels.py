@@ -110,7 +110,7 @@ def test_pass_rewrites_only_what_the_kpu_rejects():
     assert cov.cpu_macs == 0 and cov.kpu_share == 1.0 and cov.kpu_macs > cov.model_macs
 
 
-@pytest.mark.parametrize("c", [16, 256])
+@pytest.mark.parametrize("c", [16, 512])
 def test_one_rounding_first_then_the_fewest_cycles(c):
     conv = _conv_graph(c, c, 12, 12, 5, 5, (1, 1), ((2, 2), (2, 2)), c).outputs[0]
     d = D.choose(conv)
@@ -121,37 +121,52 @@ def test_one_rounding_first_then_the_fewest_cycles(c):
             costs.setdefault(plan.combine == "stack", []).append(cycles)
     stacked = True in costs
     assert d.plan.combine == ("stack" if stacked else d.plan.combine) and d.cycles == min(costs[stacked])
-    assert stacked == (c == 16)  # 256 channels: 4 x 256 x 256 x 9 B of stacked weights exceed the budget
+    assert stacked == (c == 16)  # 512 channels: 9 x 4 x 512 B per channel of the group exceed the budget in 48 layers
 
 
 def test_a_float_input_of_the_cpu_gets_the_residual_stack():
     """A depthwise reading a PReLU (float, on the CPU) stacks the input's rounding residual; one reading
     the graph input (the pixels' grid) or a conv (8-bit from the KPU) does not, nor with residual=False."""
-    def decide(source, residual=True, c=16):
+    def decide(source, residual=True, c=16, hw=12, act=O.NO_CLAMP):
         g = Graph()
-        x = g.input(0, (1, c, 12, 12))
+        x = g.input(0, (1, c, hw, hw))
         if source == "prelu":
             x = g.add(O.PRelu(), (x, g.constant(np.full((1, c, 1, 1), 0.2, np.float32))))
         elif source == "conv":
             x = g.add(O.Conv2D(act=(0.0, 6.0)), (x, g.constant(np.ones((c, c, 1, 1), np.float32)),
                                                 g.constant(np.zeros(c, np.float32))))
         w = g.constant(rng.uniform(-1, 1, (c, 1, 5, 5)).astype(np.float32))
-        g.outputs = [g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=c), (x, w, g.constant(np.zeros(c, np.float32))))]
+        g.outputs = [g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=c, act=act),
+                           (x, w, g.constant(np.zeros(c, np.float32))))]
         return D.choose(g.outputs[0], residual=residual).plan
     assert decide("prelu").residual and decide("prelu").combine == "stack"
     assert "residual" in decide("prelu").describe()
     assert not decide("input").residual and not decide("conv").residual
     assert not decide("prelu", residual=False).residual
-    wide = decide("prelu", c=256)  # too wide to stack: summed, each term with a twin on the residual
-    assert wide.combine == "sum" and wide.residual and not decide("conv", c=256).residual
+    # too wide to stack with the residual (it doubles the weights): without a clamp the input's
+    # rounding costs more than the partial sums', so the terms are summed, each with a twin on the
+    # residual; after a clamp the one rounding of a stack wins
+    wide = decide("prelu", c=256)
+    assert wide.combine == "sum" and wide.residual and decide("conv", c=256).combine == "stack"
+    clamped = decide("prelu", c=384, act=(0.0, 6.0))  # (a clamp doubles the budget: 256 would fit)
+    assert clamped.combine == "stack" and not clamped.residual
+    # BlazePalm's first 5x5s: the residual stack of all 32 channels (256 input channels of 98x98)
+    # does not fit KPU RAM, in groups of 16 it does
+    big = decide("prelu", c=32, hw=96)
+    assert big.combine == "stack" and big.residual and big.group == 16
 
 
 def test_depthwise_stacks_only_within_the_weight_budget():
-    def plans(c):
-        return {(p.combine, p.group) for p in D._plans(_conv_graph(c, c, 8, 8, 5, 5, (1, 1), ((2, 2), (2, 2)), c).outputs[0])}
-    assert plans(32) == {("sum", 0), ("stack", 0), ("stack_dw", 0)}
-    assert plans(64) == {("sum", 0), ("stack", 22), ("stack_dw", 0)}  # 147 KiB in one layer: three of 49 KiB
-    assert plans(384) == {("sum", 0)}  # 5 MB stacked; 43 layers of 9 channels within the budget
+    def plans(c, act=(0.0, 6.0)):
+        conv = _conv_graph(c, c, 8, 8, 5, 5, (1, 1), ((2, 2), (2, 2)), c, act=act).outputs[0]
+        return [(p.combine, p.group) for p in D._plans(conv) if p.z == (0, 0)]
+    assert plans(32) == [("sum", 0), ("stack", 0), ("stack", 16), ("stack", 8), ("stack", 4), ("stack", 2),
+                         ("stack", 1), ("stack_dw", 0)]  # one layer first, then 2, 4, ... as many
+    assert plans(64)[:3] == [("sum", 0), ("stack", 32), ("stack", 16)]  # 147 KiB in one layer: two of 74 KiB
+    assert plans(64, act=O.NO_CLAMP)[:2] == [("sum", 0), ("stack", 22)]  # no clamp: 64 KiB, three of 49 KiB
+    assert plans(384)[:2] == [("sum", 0), ("stack", 9)]  # 43 layers of 9 channels: 122 KiB
+    assert plans(384, act=O.NO_CLAMP) == [("sum", 0)]  # 96 layers of 4 channels would be needed
+    assert plans(672) == [("sum", 0)]  # 135 layers of 5 channels
 
 
 def test_oversized_stride2_stem_goes_polyphase():
