@@ -1,9 +1,10 @@
 """KPU coverage of convolutions, before and after decompose_kernels, with the accuracy of both builds.
 
-    python bench/kpu_coverage.py [--models a,b] [--calib N] [--method no_clip]
+    python bench/kpu_coverage.py [--models a,b] [--builds before,after,fast] [--calib N] [--method no_clip]
 
-"before" is the same compiler with decompose_kernels switched off (kernels the KPU lacks stay on
-the CPU in float, as in ncc); "after" is the default build. Each model is calibrated on its own
+"before" is the same compiler with `--decompose off` (kernels the KPU lacks stay on the CPU in
+float, as in ncc); "after" is the default build (`--decompose accurate`), and "fast" the build
+with `--decompose fast` (`--builds` picks them). Each model is calibrated on its own
 reference samples (the first N, as float32 NCHW arrays, `input_type="float"`, like
 bench/accuracy.py, with --input-mean/--input-std putting the input grid on the pixels: pixel_grid)
 and run on kpu_sim; cosine is the worst output per sample against the TFLite
@@ -14,10 +15,11 @@ interpreter) on up to --extra further pictures of ../shared/reference/models/ima
 the references): SQNR of the worst output in dB, averaged, and the same cosine; per model, the
 after - before difference of that SQNR paired picture by picture, with its standard error (a
 few-output model's per-picture SQNR moves by several dB with any rounding, so a mean difference
-within ~2 standard errors says little), and the same for each output of a multi-output model.
+within ~2 standard errors says little), and the same for each output of a multi-output model, for
+each build against "before".
 The KPU share counts the model's convolution MACs the CPU no longer does (kcc.passes.coverage);
 the latency column is kcc.latency's estimate when that module is present. Convolutions left on
-the CPU are listed with legalize_kpu's reason. `--attribute` adds, per model, the SQNR of the float
+the CPU are listed with the placement's reason. `--attribute` adds, per model, the SQNR of the float
 model with only the decomposed convs' inputs rounded to 8 bits: the part of the "after" build's
 error that decomposition itself brings (a float conv on the CPU reads those inputs unrounded).
 """
@@ -113,21 +115,18 @@ def _paired(before: np.ndarray, after: np.ndarray) -> str:
     return f"{d.mean():+.2f} dB +- {d.std(ddof=1) / np.sqrt(len(d)):.2f} (standard error)"
 
 
-def measure(name: str, decompose: bool, calib: int, method: str, extra: list | None = None) -> dict:
+BUILDS = {"before": "off", "after": "accurate", "fast": "fast"}  # build -> --decompose
+
+
+def measure(name: str, build: str, calib: int, method: str, extra: list | None = None) -> dict:
     samples = refkit.samples(name)
     cap = _Capture()
-    saved = pipeline.decompose_kernels
-    if not decompose:
-        pipeline.decompose_kernels = lambda g, options=None, **_: g
-    try:
-        t0 = time.perf_counter()
-        res = pipeline.compile_graph(import_tflite(refkit.tflite_path(name)),
-                                     CompileOptions(input_type="float", calibrate_method=method, **pixel_grid(name)),
-                                     checkpoint=cap,
-                                     samples=[[s.x.astype(np.float32)] for s in samples[:calib]])
-        compile_s = time.perf_counter() - t0
-    finally:
-        pipeline.decompose_kernels = saved
+    t0 = time.perf_counter()
+    res = pipeline.compile_graph(import_tflite(refkit.tflite_path(name)),
+                                 CompileOptions(input_type="float", calibrate_method=method, decompose=BUILDS[build],
+                                                **pixel_grid(name)),
+                                 checkpoint=cap, samples=[[s.x.astype(np.float32)] for s in samples[:calib]])
+    compile_s = time.perf_counter() - t0
     cov = conv_coverage(cap.legalized, cap.model_macs)
     program = kpu_sim.load(res.kmodel)
     cos = [min(refkit.compare(o, r)[0] for o, r in zip(program.run([s.x]), s.refs)) for s in samples]
@@ -149,6 +148,7 @@ def measure(name: str, decompose: bool, calib: int, method: str, extra: list | N
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(DEFAULT))
+    ap.add_argument("--builds", default=",".join(BUILDS), help="before (--decompose off), after (accurate), fast")
     ap.add_argument("--calib", type=int, default=64, help="calibration samples per model")
     ap.add_argument("--method", default="no_clip")
     ap.add_argument("--extra", type=int, default=24, help="further pictures compared with the float model")
@@ -162,10 +162,9 @@ def main() -> None:
     for name in args.models.split(","):
         extra = extra_inputs(name, args.extra)
         outputs = {}
-        for decompose in (False, True):
-            build = "after" if decompose else "before"
+        for build in args.builds.split(","):
             try:
-                r = measure(name, decompose, args.calib, args.method, extra)
+                r = measure(name, build, args.calib, args.method, extra)
             except Exception as e:  # report and go on: the table is the deliverable
                 print(f"| {name} | {build} | failed: {type(e).__name__}: {e} |", flush=True)
                 continue
@@ -175,18 +174,21 @@ def main() -> None:
                   f"{cov.kpu_overhead:.2f} | {r['kpu_layers']} | {r['cos_mean']:.5f} | {r['cos_min']:.5f} | "
                   f"{_fmt(r['ext_snr'], '.1f')} | {_fmt(r['ext_cos'], '.5f')} | {lat} | "
                   f"{r['kmodel_kb']:.0f} | {r['compile_s']:.1f} |", flush=True)
-            outputs[decompose] = r["snr_outputs"]  # [pictures, outputs]
+            outputs[build] = r["snr_outputs"]  # [pictures, outputs]
             reasons = Counter(p.reason for p in r["cpu_convs"])
             notes += [f"{name} ({build}): {k} conv(s) stay on the CPU: {why}" for why, k in reasons.items()]
-        if len(outputs) == 2 and len(outputs[True]) > 1:
-            worst = {k: v.min(axis=1) for k, v in outputs.items()}
-            notes.append(f"{name}: extra SQNR after - before, paired over {len(worst[True])} pictures: "
-                         f"{_paired(worst[False], worst[True])}; after better on {(worst[True] > worst[False]).sum()}")
+        for build in [b for b in outputs if b != "before"] if "before" in outputs else []:
+            before, after = outputs["before"], outputs[build]
+            if len(after) < 2:
+                continue
+            worst_b, worst_a = before.min(axis=1), after.min(axis=1)
+            notes.append(f"{name}: extra SQNR {build} - before, paired over {len(worst_a)} pictures: "
+                         f"{_paired(worst_b, worst_a)}; {build} better on {(worst_a > worst_b).sum()}")
             sizes = [r.size for r in extra[0][1]]
             if len(sizes) > 1:  # the worst output is often a 1-value score, whose SQNR swings most
-                notes.append(f"{name}: per output (size: before -> after, paired difference): " + "; ".join(
-                    f"{size}: {outputs[False][:, j].mean():.1f} -> {outputs[True][:, j].mean():.1f}, "
-                    f"{_paired(outputs[False][:, j], outputs[True][:, j])}" for j, size in enumerate(sizes)))
+                notes.append(f"{name}: per output, {build} (size: before -> {build}, paired difference): " + "; ".join(
+                    f"{size}: {before[:, j].mean():.1f} -> {after[:, j].mean():.1f}, "
+                    f"{_paired(before[:, j], after[:, j])}" for j, size in enumerate(sizes)))
         if args.attribute:
             for method in ("no_clip", "l2"):
                 count, db = input_rounding_sqnr(name, method, extra, args.calib)

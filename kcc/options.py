@@ -12,6 +12,7 @@ INFERENCE_TYPES = ("uint8", "float")
 INPUT_TYPES = ("default", "uint8", "float")
 CALIBRATE_METHODS = ("no_clip", "l2")
 TARGETS = ("k210", "cpu")
+DECOMPOSE_MODES = ("accurate", "fast", "off")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class CompileOptions:
     #: Ops with fewer output elements than this stay float (ncc default 1024).
     output_quantize_threshold: int = 1024
     no_quantized_binary: bool = False
+    #: Convs the KPU lacks (5x5, 7x7, oversized stems; kcc.passes.decompose_kernels): "accurate" puts
+    #: one on the KPU in a form that rounds no more than the float conv on the CPU, when that is
+    #: faster; "fast" in its fastest form, when that is faster than the CPU; "off" never (ncc v0.2).
+    decompose: str = "accurate"
     #: Directory for the per-stage IR dumps (.dot and .txt); None = no dump.
     dump_ir: Path | None = None
     dump_weights_range: bool = False

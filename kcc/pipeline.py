@@ -13,7 +13,7 @@ writes `NN-<stage>.dot` and `NN-<stage>.txt`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -107,8 +107,12 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
         # with its own grids a pre-quantized model is computed as TFLite's uint8 kernels do, bit for
         # bit on the KPU layers (kcc.quant.kpu_params): decomposed convs read 8-bit inputs as TFLite
         # does (no residual channels), mean pools round on the CPU instead of flooring on the KPU
-        g = checkpoint("decompose_kernels", decompose_kernels(g, options, residual=not own_grids))
+        decisions: list = []
+        g = checkpoint("decompose_kernels", decompose_kernels(g, options, decisions, residual=not own_grids))
         g, placements = legalize_kpu(g, options, fuse_mean_pools=not own_grids)
+        kept = {d.node: d.reason for d in decisions if d.plan is None and d.reason != "no decomposition lands on the KPU"}
+        placements = [replace(p, reason=f"{p.reason}; not decomposed: {kept[p.node]}") if p.node in kept and not p.on_kpu
+                      else p for p in placements]
         g = float_graph = checkpoint("legalize_kpu", g)
         log("4. Calibrate activation ranges...")
         for note in quantization.notes() if quantization is not None else ():

@@ -34,18 +34,21 @@ real activations where `stack` gives 0.4 (and the float conv rounded to its grid
 
 Candidates: split q in {1, s} x zero placement z x combiner. A depthwise `stack` needs groups of
 at most 1024 / J channels, at most MAX_STACK_GROUPS layers, STACK_WEIGHT_BUDGET bytes of weights
-(CLAMPED_STACK_WEIGHT_BUDGET after a fused clamp) and < 64 weight loads a layer (kmodel's load_time
+(MAX_STACK_WEIGHT if no grouping fits that) and < 64 weight loads a layer (kmodel's load_time
 field); the fewest layers and 2, 4, ... times as many are tried, since smaller groups may fit KPU RAM
 where larger ones do not. `stack_dw` needs J*C <= 1024 and the budget.
-Each candidate is legalized on its own (a few-node graph) and must land wholly on the KPU. Among
-those, accuracy comes first, by two marks: one rounding (a `stack`) and, for an input computed in
-float on the CPU (a PReLU, an add), reading that input's rounding residual too (`RESIDUAL_GAIN`: a
-stack with twice the input channels, so within the same limits, or a sum whose terms each have a
-twin reading the residual). After a fused clamp the one rounding counts first, without one the
-residual. Then come the fewest estimated K210 cycles (`estimate_cycles`:
-KPU layer cycles, uploads and downloads, and the CPU data movement and adds around the layers,
-with kcc.latency's costs). The decision, and its estimate against the float conv on the CPU, go
-into the output node's note.
+Each candidate is legalized on its own (a few-node graph) and must land wholly on the KPU, and is
+costed in estimated K210 cycles (`estimate_cycles`: KPU layer cycles, uploads and downloads, and the
+CPU data movement and adds around the layers, with kcc.latency's costs). A conv is decomposed only
+when some form is estimated faster than the float conv on the CPU. `--decompose accurate` (the
+default) then takes the fastest form that rounds no more than the CPU conv (`extra_roundings`): a
+`stack`, reading a float input of the CPU (a PReLU, an add) with its rounding residual
+(`RESIDUAL_GAIN`; twice the input channels, within the same limits). The CPU conv reads that input
+unrounded, and a `sum` or `stack_dw` rounds each partial sum over its own range, after a clamp several
+times the output's. Measured on BlazePalm: its 256-channel 5x5s summed with the residual cost 0.35 dB
+of output SQNR. `--decompose fast` takes the fastest form, whatever it rounds. The decision, and its
+estimate against the float conv on the CPU, go into the output node's note, or into the CPU
+placement's reason when the conv stays.
 """
 
 from __future__ import annotations
@@ -68,15 +71,14 @@ from kcc.passes.kernel_terms import Window, axis_terms, conv_terms, max_zero_tap
 from kcc.passes.legalize_kpu import MAX_CHANNELS, legalize_kpu
 
 #: most weight bytes a depthwise `stack` / `stack_dw` may create per conv (the 5x5 itself has 25*C):
-#: the memory spent on accuracy. 64 KiB in at most MAX_STACK_GROUPS layers stacks every depthwise of
-#: up to ~150 channels (BlazePalm's 32..128, BlazeHand's 96 and 144: the early, large maps, where
-#: rounding matters most); wider ones are summed.
+#: the memory spent on accuracy. 64 KiB stacks every depthwise of up to ~150 channels (BlazePalm's
+#: 32..128, BlazeHand's 96 and 144: the early, large maps, where rounding matters most).
 STACK_WEIGHT_BUDGET = 64 * 1024
-#: the budget of a conv with a fused clamp (relu, relu6). There `sum` costs most: its partial sums are
-#: unclamped, so each is rounded over a range several times the output's (BlazeHand: [-17, 23] against
-#: [0, 6], 1.0-1.9 output steps rms against a stack's 0.3-0.5). 128 KiB stacks BlazeHand's 288- and
-#: 384-channel 5x5s (~0.7 MB more kmodel); its 672-channel ones would need 340 KiB each.
-CLAMPED_STACK_WEIGHT_BUDGET = 128 * 1024
+#: a stack no grouping fits in STACK_WEIGHT_BUDGET may take this much: BlazeHand's 288- and
+#: 384-channel 5x5s (122 KiB each), which without a stack stay on the CPU or, with --decompose fast,
+#: are summed (unclamped partial sums rounded over [-17, 23] against the relu6 output's [0, 6]).
+#: Its 672-channel ones would need 340 KiB each.
+MAX_STACK_WEIGHT = 128 * 1024
 #: most KPU layers (channel groups) a depthwise `stack` may take: each costs ~25 us and a few CPU
 #: copies, against ~100+ ms for a wide 5x5 depthwise on the CPU
 MAX_STACK_GROUPS = 48
@@ -328,7 +330,6 @@ def _plans(n: Node, residual: bool = False) -> list[Plan]:
     x, w, _ = n.inputs
     (sh, sw), (kh, kw), c = op.stride, w.shape[2:], x.shape[1]
     depthwise = op.groups > 1
-    budget = STACK_WEIGHT_BUDGET if op.act == O.NO_CLAMP else CLAMPED_STACK_WEIGHT_BUDGET
     splits = [(1, 1)] + ([(sh, sw)] if (sh, sw) != (1, 1) else [])
     out = []
     for split in splits:
@@ -344,10 +345,11 @@ def _plans(n: Node, residual: bool = False) -> list[Plan]:
                     if views * c <= MAX_CHANNELS and weight_loads(w.shape[0], views * c, 3, False)[1] < 64:
                         out.append(Plan(split, z, "stack", residual=extra))
                     continue
-                out += [Plan(split, z, "stack", 0 if g == c else g, extra) for g in _stack_groups(c, views, budget)]
+                groups = _stack_groups(c, views, STACK_WEIGHT_BUDGET) or _stack_groups(c, views, MAX_STACK_WEIGHT)
+                out += [Plan(split, z, "stack", 0 if g == c else g, extra) for g in groups]
             if not depthwise:
                 continue
-            if split == (sh, sw) and j * c <= MAX_CHANNELS and j * c * c + 9 * j * c <= budget:
+            if split == (sh, sw) and j * c <= MAX_CHANNELS and j * c * c + 9 * j * c <= STACK_WEIGHT_BUDGET:
                 out.append(Plan(split, z, "stack_dw"))
     return out
 
@@ -361,10 +363,21 @@ class Decision:
     reason: str
 
 
+def extra_roundings(n: Node, plan: Plan, float_input: bool) -> int:
+    """Roundings a decomposition of conv `n` adds to those of the float conv on the CPU, which reads
+    its (8-bit or float) input as it is and rounds its output once where a KPU layer reads it: one
+    for the partial sums of a multi-term `sum` / `stack_dw` (each is rounded to 8 bits over its own,
+    unclamped range), one for a float input read without its residual."""
+    partial = plan.combine != "stack" and len(_terms(n, plan) or ()) > 1
+    return int(partial) + int(float_input and not plan.residual)
+
+
 def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = True) -> Decision:
-    """How to put conv `n` on the KPU if legalize_kpu would not take it as it is: the decomposition that
-    legalizes wholly onto the KPU, rounds once if it can, reads a float input (`_cpu_float`) to more
-    than 8 bits if it can (`residual` allows that), and costs the fewest estimated cycles."""
+    """How to put conv `n` on the KPU if legalize_kpu would not take it as it is: among the
+    decompositions that legalize wholly onto the KPU and are estimated faster than the float conv on
+    the CPU, the fastest that adds no rounding (`extra_roundings`; --decompose accurate) or the
+    fastest of all (--decompose fast). A float input (`_cpu_float`) may be read with its rounding
+    residual (`residual` allows that)."""
     op: O.Conv2D = n.op
     x, w, b = n.inputs
     if not (w.is_constant and b.is_constant):
@@ -377,9 +390,12 @@ def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = Tr
     fits, cpu = _on_kpu(_alone(n, None), opts)
     if fits:
         return Decision(n.name, None, cpu, cpu, "on the KPU as it is")
-    best: tuple[bool, bool, float, Plan] | None = None
+    if opts.decompose == "off":
+        return Decision(n.name, None, cpu, cpu, "--decompose off")
+    float_input = residual and _cpu_float(x)
+    forms: list[tuple[int, float, Plan]] = []  # (extra roundings, cycles, plan) of what lands on the KPU
     landed = set()  # stacks that fit in some channel grouping: smaller groups only add layers
-    for plan in _plans(n, residual and _cpu_float(x)):
+    for plan in _plans(n, float_input):
         form = (plan.split, plan.z, plan.combine, plan.residual)
         if form in landed:
             continue
@@ -387,21 +403,25 @@ def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = Tr
         if alone is None:
             continue
         fits, cycles = _on_kpu(alone, opts)
-        if not fits:
-            continue
-        landed.add(form)
-        roundings, residual_lost = plan.combine != "stack", not plan.residual
-        # accuracy first, then cycles. After a clamp the partial sums' roundings cost most; without
-        # one, a float input's rounding does: BlazePalm (PReLUs, no clamp) with its 256-channel 5x5s
-        # summed with the residual gave 18.9 / 23.5 dB (boxes / scores, 24 pictures), stacked without
-        # it 18.6 / 23.1 dB
-        accuracy = (roundings, residual_lost) if op.act != O.NO_CLAMP else (residual_lost, roundings)
-        key = (*accuracy, cycles, plan)
-        if best is None or key[:3] < best[:3]:
-            best = key
-    if best is None:
+        if fits:
+            landed.add(form)
+            forms.append((extra_roundings(n, plan, float_input), cycles, plan))
+    ms = L.DEFAULT_MHZ * 1e3
+    if not forms:
         return Decision(n.name, None, cpu, cpu, "no decomposition lands on the KPU")
-    return Decision(n.name, best[3], best[2], cpu, "decomposed")
+    fastest = min(forms, key=lambda f: f[1])
+    if fastest[1] >= cpu:
+        return Decision(n.name, None, cpu, cpu, f"every KPU form is estimated slower (fastest: {fastest[2].describe()}, "
+                                                f"~{fastest[1] / ms:.1f} ms vs ~{cpu / ms:.1f} ms on the CPU)")
+    if opts.decompose == "fast":
+        return Decision(n.name, fastest[2], fastest[1], cpu, "decomposed")
+    exact = [f for f in forms if f[0] == 0 and f[1] < cpu]
+    if not exact:
+        return Decision(n.name, None, cpu, cpu, f"every KPU form rounds more than the CPU conv (fastest: "
+                                                f"{fastest[2].describe()}, ~{fastest[1] / ms:.1f} ms vs ~{cpu / ms:.1f} ms "
+                                                f"on the CPU; --decompose fast takes it)")
+    best = min(exact, key=lambda f: f[1])
+    return Decision(n.name, best[2], best[1], cpu, "decomposed")
 
 
 def _cpu_float(x: Node) -> bool:
@@ -425,8 +445,9 @@ def rewrite(g: Graph, n: Node, plan: Plan, note: str = "") -> Node | None:
 def decompose_kernels(g: Graph, opts: CompileOptions = CompileOptions(), decisions: list | None = None,
                       residual: bool = True) -> Graph:
     """Rewrite every Conv2D that legalize_kpu would leave on the CPU and that some decomposition
-    puts on the KPU. `decisions`, if given, receives one `Decision` per rewritten conv. `residual`
-    False keeps every stacked input on 8 bits (a pre-quantized model computed as TFLite does)."""
+    puts on the KPU. `decisions`, if given, receives one `Decision` per conv legalize_kpu would
+    leave on the CPU: its plan, or None and why. `residual` False keeps every stacked input on 8 bits
+    (a pre-quantized model computed as TFLite does)."""
     if opts.target == "cpu":
         return g
     for n in list(g.nodes):
@@ -434,6 +455,8 @@ def decompose_kernels(g: Graph, opts: CompileOptions = CompileOptions(), decisio
             continue
         d = choose(n, opts, residual)
         if d.plan is None:
+            if decisions is not None and d.reason != "on the KPU as it is":
+                decisions.append(d)
             continue
         kh, kw = n.inputs[1].shape[2:]
         ms = L.DEFAULT_MHZ * 1e3

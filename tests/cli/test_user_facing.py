@@ -168,3 +168,31 @@ def test_in_range_sqnr_ranks_a_deliberately_clipped_layer_by_its_rounding():
     e.add(f, q, -1.0, 4.0)
     assert e.clipped_fraction == pytest.approx(0.4)
     assert e.sqnr_db < 3 and e.sqnr_in_range_db == pytest.approx(10 * np.log10(14 / 2e-4))
+
+
+def test_decompose_modes_and_the_reason_a_conv_stays_on_the_cpu(kit, tmp_path):
+    """A 5x5 depthwise of 512 channels after relu6: no stack fits, and summing its terms would round
+    each unclamped partial sum, so by default it stays on the CPU and the placement says why;
+    --decompose fast puts it on the KPU, --decompose off leaves every such conv where ncc does."""
+    rng = np.random.default_rng(2)
+    b = _builder.TfliteBuilder()
+    x = b.input([1, 12, 12, 3])
+    y = b.op("CONV_2D", [x, b.const(rng.standard_normal((512, 1, 1, 3)).astype(np.float32) * 0.4),
+                         b.const(np.zeros(512, np.float32))], padding="SAME", stride_w=1, stride_h=1,
+             fused_activation_function="RELU6", name="expand")
+    b.output(b.op("DEPTHWISE_CONV_2D", [y, b.const(rng.standard_normal((1, 5, 5, 512)).astype(np.float32) * 0.2),
+                                        b.const(np.zeros(512, np.float32))], padding="SAME", stride_w=1, stride_h=1,
+                  depth_multiplier=1, fused_activation_function="RELU6", name="dw5"))
+    model = tmp_path / "wide.tflite"
+    model.write_bytes(b.build())
+    placement = {}
+    for mode in ("accurate", "fast", "off"):
+        rep = tmp_path / mode
+        assert main(["compile", str(model), str(tmp_path / f"{mode}.kmodel"), "--dataset", str(kit["images"]),
+                     "--decompose", mode, "--report", str(rep), "-q"]) == 0
+        placement[mode] = {p["node"]: p for p in json.loads((rep / "report.json").read_text())["placement"]}
+    accurate = placement["accurate"]["dw5"]
+    assert not accurate["on_kpu"] and "not decomposed: every KPU form rounds more" in accurate["reason"]
+    assert "--decompose fast takes it" in accurate["reason"]
+    assert all(p["on_kpu"] for p in placement["fast"].values())
+    assert placement["off"]["dw5"]["reason"].endswith("not decomposed: --decompose off")
