@@ -46,7 +46,9 @@ default) then takes the fastest form that rounds no more than the CPU conv (`ext
 (`RESIDUAL_GAIN`; twice the input channels, within the same limits). The CPU conv reads that input
 unrounded, and a `sum` or `stack_dw` rounds each partial sum over its own range, after a clamp several
 times the output's. Measured on BlazePalm: its 256-channel 5x5s summed with the residual cost 0.35 dB
-of output SQNR. `--decompose fast` takes the fastest form, whatever it rounds. The decision, and its
+of output SQNR. A stack read in float on the CPU (BlazePalm's stem, before its PReLU) computes its
+output in two halves, y <= 0 and y >= 0, one more bit where the float conv would not round at all.
+`--decompose fast` takes the fastest form, whatever it rounds. The decision, and its
 estimate against the float conv on the CPU, go into the output node's note, or into the CPU
 placement's reason when the conv stays.
 """
@@ -107,12 +109,14 @@ class Plan:
     combine: str  # "sum" | "stack" | "stack_dw"
     group: int = 0
     residual: bool = False  # a `stack` that also stacks x's rounding residual (RESIDUAL_GAIN)
+    halves: bool = False  # a `stack` computed twice, clamped to y <= 0 and y >= 0, and added on the CPU
 
     def describe(self) -> str:
         how = "polyphase" if self.split != (1, 1) else "blocks"
         groups = f" in groups of {self.group} channels" if self.group else ""
         extra = f" with the input's rounding residual (x{RESIDUAL_GAIN:g})" if self.residual else ""
-        return f"{how} z={self.z[0]},{self.z[1]}, {self.combine}{groups}{extra}"
+        halves = ", its output in two halves (y <= 0, y >= 0)" if self.halves else ""
+        return f"{how} z={self.z[0]},{self.z[1]}, {self.combine}{groups}{extra}{halves}"
 
 
 def _terms(n: Node, plan: Plan) -> list[tuple[np.ndarray, Window, Window]] | None:
@@ -218,26 +222,38 @@ def emit(add: Add, n: Node, x: Node, plan: Plan) -> Node | None:
     cache: dict = {}
     if plan.combine == "stack":
         keep = tuple((min(t[a].pad_before for t in terms), min(t[a].pad_after for t in terms)) for a in (1, 2))
-        conv = O.Conv2D((terms[0][1].stride, terms[0][2].stride), keep, (1, 1), 1, op.act)
 
-        def stack(src: Node, ws: np.ndarray, b: np.ndarray, channels: tuple[int, int] | None = None) -> Node:
+        def stack(conv: O.Conv2D, tag: str, src: Node, ws: np.ndarray, b: np.ndarray,
+                  channels: tuple[int, int] | None = None) -> Node:
             """One KPU layer over the views of src[channels] (and of its residual, weights / gain)."""
-            views = _padded_views(add, src, terms, keep, name, cache, channels)
-            if plan.residual:  # residual first: its float temporaries are gone before the stack is built
-                part = cache[("source", *(channels or (0, c)))]  # src[channels], before padding
-                lost = add(KO.QuantResidual(RESIDUAL_GAIN), (part,), f"{name}/residual")
-                views = _padded_views(add, lost, terms, keep, name + "/residual", {}) + views
-                ws = np.concatenate([ws / np.float32(RESIDUAL_GAIN), ws], axis=1)
-            return add(conv, (add(O.Concat(1), tuple(views), f"{name}/stack"), add(O.Constant(ws), (), f"{name}/w_stacked"),
-                              add(O.Constant(b), (), f"{name}/bias")), f"{name}/stacked_conv")
+            key = ("stack", channels)
+            if key not in cache:  # the views (and residual views) once, whatever reads them
+                views = _padded_views(add, src, terms, keep, name, cache, channels)
+                if plan.residual:  # residual first: its float temporaries are gone before the stack is built
+                    part = cache[("source", *(channels or (0, c)))]  # src[channels], before padding
+                    lost = add(KO.QuantResidual(RESIDUAL_GAIN), (part,), f"{name}/residual")
+                    views = _padded_views(add, lost, terms, keep, name + "/residual", {}) + views
+                    ws = np.concatenate([ws / np.float32(RESIDUAL_GAIN), ws], axis=1)
+                cache[key] = (add(O.Concat(1), tuple(views), f"{name}/stack"), add(O.Constant(ws), (), f"{name}/w_stacked"),
+                              add(O.Constant(b), (), f"{name}/bias"))
+            return add(conv, cache[key], f"{name}/stacked_conv{tag}")
 
-        if op.groups == 1:
-            return stack(x, np.concatenate([k for k, _, _ in terms], axis=1), bias)
-        outs = []  # depthwise: dense, block-diagonal, one layer per channel group
-        for c0 in range(0, c, plan.group or c):
-            c1 = min(c, c0 + (plan.group or c))
-            outs.append(stack(x, _block_diagonal(terms, c0, c1), bias[c0:c1], (c0, c1)))
-        return outs[0] if len(outs) == 1 else add(O.Concat(1), tuple(outs), f"{name}/channels")
+        def layers(act: tuple[float, float], tag: str = "") -> Node:
+            conv = O.Conv2D((terms[0][1].stride, terms[0][2].stride), keep, (1, 1), 1, act)
+            if op.groups == 1:
+                return stack(conv, tag, x, np.concatenate([k for k, _, _ in terms], axis=1), bias)
+            outs = []  # depthwise: dense, block-diagonal, one layer per channel group
+            for c0 in range(0, c, plan.group or c):
+                c1 = min(c, c0 + (plan.group or c))
+                outs.append(stack(conv, tag, x, _block_diagonal(terms, c0, c1), bias[c0:c1], (c0, c1)))
+            return outs[0] if len(outs) == 1 else add(O.Concat(1), tuple(outs), f"{name}/channels{tag}")
+
+        lo, hi = op.act
+        if not plan.halves or not lo <= 0.0 <= hi:
+            return layers(op.act)
+        # clamp(y, lo, hi) = clamp(y, lo, 0) + clamp(y, 0, hi): each half rounded over its own part
+        # of y's range (a KPU layer saturates at its grid's ends), one more bit for a float reader
+        return add(O.Binary("add"), (layers((lo, 0.0), "/negative"), layers((0.0, hi), "/positive")), f"{name}/halves")
     # stack_dw (stride-1 depthwise terms): full windows, "same" 3x3 depthwise over J*C channels and a
     # 1x1 conv summing the J groups; both are trivial KPU layers, one crop at the end.
     stacked = add(O.Concat(1), tuple(_padded_views(add, x, terms, ((0, 0), (0, 0)), name, cache)), f"{name}/stack")
@@ -323,9 +339,10 @@ def _stack_groups(c: int, j: int, budget: int) -> list[int]:
     return out
 
 
-def _plans(n: Node, residual: bool = False) -> list[Plan]:
+def _plans(n: Node, residual: bool = False, halves: bool = False) -> list[Plan]:
     """Every candidate: split step, zero placement, and each combiner whose limits it meets; with
-    `residual`, also the stacks that stack the input's rounding residual (twice the input channels)."""
+    `residual`, also the stacks that stack the input's rounding residual (twice the input channels);
+    with `halves`, every stack computes its output in two halves."""
     op: O.Conv2D = n.op
     x, w, _ = n.inputs
     (sh, sw), (kh, kw), c = op.stride, w.shape[2:], x.shape[1]
@@ -343,10 +360,10 @@ def _plans(n: Node, residual: bool = False) -> list[Plan]:
             for views, extra in ((j, False), (2 * j, True)) if residual else ((j, False),):
                 if not depthwise:
                     if views * c <= MAX_CHANNELS and weight_loads(w.shape[0], views * c, 3, False)[1] < 64:
-                        out.append(Plan(split, z, "stack", residual=extra))
+                        out.append(Plan(split, z, "stack", residual=extra, halves=halves))
                     continue
                 groups = _stack_groups(c, views, STACK_WEIGHT_BUDGET) or _stack_groups(c, views, MAX_STACK_WEIGHT)
-                out += [Plan(split, z, "stack", 0 if g == c else g, extra) for g in groups]
+                out += [Plan(split, z, "stack", 0 if g == c else g, extra, halves) for g in groups]
             if not depthwise:
                 continue
             if split == (sh, sw) and j * c <= MAX_CHANNELS and j * c * c + 9 * j * c <= STACK_WEIGHT_BUDGET:
@@ -365,19 +382,20 @@ class Decision:
 
 def extra_roundings(n: Node, plan: Plan, float_input: bool) -> int:
     """Roundings a decomposition of conv `n` adds to those of the float conv on the CPU, which reads
-    its (8-bit or float) input as it is and rounds its output once where a KPU layer reads it: one
-    for the partial sums of a multi-term `sum` / `stack_dw` (each is rounded to 8 bits over its own,
-    unclamped range), one for a float input read without its residual."""
+    its (8-bit or float) input as it is: one for the partial sums of a multi-term `sum` / `stack_dw`
+    (each is rounded to 8 bits over its own, unclamped range), one for a float input read without
+    its residual. The output's own rounding, which every KPU layer has, is not counted; where the
+    CPU would read it in float, a stack computes it in two halves (`Plan.halves`)."""
     partial = plan.combine != "stack" and len(_terms(n, plan) or ()) > 1
     return int(partial) + int(float_input and not plan.residual)
 
 
-def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = True) -> Decision:
+def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = True, halves: bool = False) -> Decision:
     """How to put conv `n` on the KPU if legalize_kpu would not take it as it is: among the
     decompositions that legalize wholly onto the KPU and are estimated faster than the float conv on
     the CPU, the fastest that adds no rounding (`extra_roundings`; --decompose accurate) or the
     fastest of all (--decompose fast). A float input (`_cpu_float`) may be read with its rounding
-    residual (`residual` allows that)."""
+    residual (`residual` allows that); `halves` computes a stack's output in two halves."""
     op: O.Conv2D = n.op
     x, w, b = n.inputs
     if not (w.is_constant and b.is_constant):
@@ -395,7 +413,7 @@ def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = Tr
     float_input = residual and _cpu_float(x)
     forms: list[tuple[int, float, Plan]] = []  # (extra roundings, cycles, plan) of what lands on the KPU
     landed = set()  # stacks that fit in some channel grouping: smaller groups only add layers
-    for plan in _plans(n, float_input):
+    for plan in _plans(n, float_input, halves):
         form = (plan.split, plan.z, plan.combine, plan.residual)
         if form in landed:
             continue
@@ -424,6 +442,15 @@ def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = Tr
     return Decision(n.name, best[2], best[1], cpu, "decomposed")
 
 
+def _read_in_float(n: Node, users: dict, outputs: set[int]) -> bool:
+    """Conv n has no clamp and every reader of its output is a float op of the CPU (a PReLU, an
+    element-wise op) or the model's output: there the float conv's output is never rounded, while a
+    KPU layer's is, to 8 bits over its whole range. BlazePalm's stem (pre-PReLU, [-6.8, 7.1])."""
+    readers = users.get(n, [])
+    return (n.op.act == O.NO_CLAMP and (bool(readers) or id(n) in outputs)
+            and all(isinstance(u.op, (O.PRelu, O.Binary)) for u in readers))
+
+
 def _cpu_float(x: Node) -> bool:
     """x (through data movement) is computed in float on the CPU whatever legalize does: a PReLU or
     an element-wise op (a conv may land on the KPU, the graph input is the pixels' own grid)."""
@@ -447,13 +474,16 @@ def decompose_kernels(g: Graph, opts: CompileOptions = CompileOptions(), decisio
     """Rewrite every Conv2D that legalize_kpu would leave on the CPU and that some decomposition
     puts on the KPU. `decisions`, if given, receives one `Decision` per conv legalize_kpu would
     leave on the CPU: its plan, or None and why. `residual` False keeps every stacked input on 8 bits
-    (a pre-quantized model computed as TFLite does)."""
+    and every output one rounding (a pre-quantized model computed as TFLite does); True lets a float
+    input carry its rounding residual and a stack read in float on the CPU (`_read_in_float`) compute
+    its output in two halves."""
     if opts.target == "cpu":
         return g
+    users, outputs = g.users(), {id(o) for o in g.outputs}
     for n in list(g.nodes):
         if not isinstance(n.op, O.Conv2D):
             continue
-        d = choose(n, opts, residual)
+        d = choose(n, opts, residual, residual and _read_in_float(n, users, outputs))
         if d.plan is None:
             if decisions is not None and d.reason != "on the KPU as it is":
                 decisions.append(d)

@@ -52,7 +52,9 @@ def test_every_plan_is_exact_and_on_the_kpu(kh, kw, s, pad, dw):
     xi = rng.uniform(-1, 1, (1, 6, 13, 11)).astype(np.float32)
     want = run(g, [xi])[0]
     plans = D._plans(conv, residual=True)
+    plans += [p for p in D._plans(conv, halves=True) if p.halves]
     assert {p.combine for p in plans} >= {"sum", "stack"} and any(p.residual for p in plans)
+    assert any(p.halves for p in plans)
     for plan in plans:
         alone = D._alone(conv, plan)
         np.testing.assert_allclose(run(alone, [xi])[0], want, rtol=1e-5, atol=1e-5, err_msg=str(plan))
@@ -232,3 +234,23 @@ def test_estimate_prefers_the_kpu_for_a_large_stem():
     g = _conv_graph(3, 32, 64, 64, 5, 5, (2, 2), ((1, 2), (1, 2)), act=O.NO_CLAMP)
     d = D.choose(g.outputs[0])
     assert d.plan is not None and d.plan.split == (2, 2) and d.cycles * 5 < d.cpu_cycles
+
+
+def test_a_stem_read_in_float_computes_its_output_in_halves():
+    """A stack without a clamp whose every reader is a float op of the CPU (BlazePalm's stem and its
+    PReLU) is computed twice, clamped to y <= 0 and y >= 0; one read by a conv, or clamped, is not."""
+    def plan(reader, act=O.NO_CLAMP):
+        g = Graph()
+        x = g.input(0, (1, 3, 32, 32))
+        y = g.add(O.Conv2D((2, 2), ((1, 2), (1, 2)), act=act), (x, g.constant(rng.uniform(-1, 1, (8, 3, 5, 5)).astype(np.float32)),
+                                                               g.constant(np.zeros(8, np.float32))), "stem")
+        if reader == "prelu":
+            g.outputs = [g.add(O.PRelu(), (y, g.constant(np.full((1, 8, 1, 1), 0.2, np.float32))))]
+        else:
+            g.outputs = [g.add(O.Conv2D(), (y, g.constant(np.ones((4, 8, 1, 1), np.float32)), g.constant(np.zeros(4, np.float32))))]
+        decisions = []
+        D.decompose_kernels(g, CompileOptions(), decisions)
+        return decisions[0].plan
+    halves = plan("prelu")
+    assert halves.combine == "stack" and halves.halves and "two halves" in halves.describe()
+    assert not plan("conv").halves and not plan("prelu", act=(0.0, 6.0)).halves
