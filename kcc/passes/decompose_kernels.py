@@ -477,7 +477,7 @@ def decompose_kernels(g: Graph, opts: CompileOptions = CompileOptions(), decisio
     and every output one rounding (a pre-quantized model computed as TFLite does); True lets a float
     input carry its rounding residual and a stack read in float on the CPU (`_read_in_float`) compute
     its output in two halves."""
-    if opts.target == "cpu":
+    if opts.target == "cpu" or opts.decompose == "off":
         return g
     users, outputs = g.users(), {id(o) for o in g.outputs}
     for n in list(g.nodes):
