@@ -30,7 +30,7 @@ from kcc.options import CompileOptions
 from kcc.passes.canonicalize import canonicalize
 from kcc.passes.dilated_conv import eliminate_dilated_conv
 from kcc.passes.transpose_conv import lower_transpose_conv
-from kcc.passes.decompose_kernels import decompose_kernels
+from kcc.passes.decompose_kernels import NO_FORM, decompose_kernels
 from kcc.passes.legalize_kpu import Placement, legalize_kpu
 from kcc.passes.lower_float import lower_float
 from kcc.quant.quantize import calibration_view, quantize
@@ -110,7 +110,7 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
         decisions: list = []
         g = checkpoint("decompose_kernels", decompose_kernels(g, options, decisions, residual=not own_grids))
         g, placements = legalize_kpu(g, options, fuse_mean_pools=not own_grids)
-        kept = {d.node: d.reason for d in decisions if d.plan is None and d.reason != "no decomposition lands on the KPU"}
+        kept = {d.node: d.reason for d in decisions if d.plan is None and d.reason != NO_FORM}
         placements = [replace(p, reason=f"{p.reason}; not decomposed: {kept[p.node]}") if p.node in kept and not p.on_kpu
                       else p for p in placements]
         g = float_graph = checkpoint("legalize_kpu", g)

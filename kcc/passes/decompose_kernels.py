@@ -97,6 +97,8 @@ _CPU_PER_ELEMENT = {O.Pad: "pad", O.StridedSlice: "strided_slice", O.Transpose: 
                     O.Concat: "copy_byte", O.Binary: "binary"}
 
 Add = Callable[[O.Op, tuple, str], Node]
+#: the reason of a conv no decomposition puts on the KPU (legalize_kpu's own reason says it all)
+NO_FORM = "no decomposition lands on the KPU"
 
 
 @dataclass(frozen=True)
@@ -426,7 +428,7 @@ def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = Tr
             forms.append((extra_roundings(n, plan, float_input), cycles, plan))
     ms = L.DEFAULT_MHZ * 1e3
     if not forms:
-        return Decision(n.name, None, cpu, cpu, "no decomposition lands on the KPU")
+        return Decision(n.name, None, cpu, cpu, NO_FORM)
     fastest = min(forms, key=lambda f: f[1])
     if fastest[1] >= cpu:
         return Decision(n.name, None, cpu, cpu, f"every KPU form is estimated slower (fastest: {fastest[2].describe()}, "
