@@ -138,6 +138,7 @@ def measure(name: str, build: str, calib: int, method: str, extra: list | None =
         snr.append(min(per_output[-1]))
         ext_cos.append(min(refkit.compare(o, r)[0] for o, r in zip(outs, refs) if r.size > 1))
     return {"cov": cov, "cos_mean": float(np.mean(cos)), "cos_min": float(np.min(cos)), "n": len(cos),
+            "cos_samples": {s.name: c for s, c in zip(samples, cos)},
             "ext_snr": float(np.mean(snr)) if snr else None, "ext_cos": float(np.mean(ext_cos)) if ext_cos else None,
             "n_extra": len(snr), "snr_outputs": np.array(per_output),
             "kpu_layers": sum(n.opcode.kmodel_name == "kpu_conv2d" for n in res.emitted.model.nodes),
@@ -161,7 +162,7 @@ def main() -> None:
     notes = []
     for name in args.models.split(","):
         extra = extra_inputs(name, args.extra)
-        outputs = {}
+        outputs, per_sample = {}, {}
         for build in args.builds.split(","):
             try:
                 r = measure(name, build, args.calib, args.method, extra)
@@ -175,8 +176,13 @@ def main() -> None:
                   f"{_fmt(r['ext_snr'], '.1f')} | {_fmt(r['ext_cos'], '.5f')} | {lat} | "
                   f"{r['kmodel_kb']:.0f} | {r['compile_s']:.1f} |", flush=True)
             outputs[build] = r["snr_outputs"]  # [pictures, outputs]
+            per_sample[build] = r["cos_samples"]
             reasons = Counter(p.reason for p in r["cpu_convs"])
             notes += [f"{name} ({build}): {k} conv(s) stay on the CPU: {why}" for why, k in reasons.items()]
+        if len(per_sample) > 1:  # the cosine columns average 3 pictures: which one moved
+            notes.append(f"{name}: worst-output cosine per reference sample ({' / '.join(per_sample)}): " + "; ".join(
+                f"{sample} " + " / ".join(f"{cos[sample]:.5f}" for cos in per_sample.values())
+                for sample in next(iter(per_sample.values()))))
         for build in [b for b in outputs if b != "before"] if "before" in outputs else []:
             before, after = outputs["before"], outputs[build]
             if len(after) < 2:
