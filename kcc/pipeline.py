@@ -30,7 +30,7 @@ from kcc.options import CompileOptions
 from kcc.passes.canonicalize import canonicalize
 from kcc.passes.dilated_conv import eliminate_dilated_conv
 from kcc.passes.transpose_conv import lower_transpose_conv
-from kcc.passes.decompose_kernels import NO_FORM, decompose_kernels
+from kcc.passes.decompose_kernels import BULK_SAMPLES, NO_FORM, bulk_thresholds, decompose_kernels, float_read_convs
 from kcc.passes.legalize_kpu import Placement, legalize_kpu
 from kcc.passes.lower_float import lower_float
 from kcc.quant.quantize import calibration_view, quantize
@@ -108,7 +108,11 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
         # bit on the KPU layers (kcc.quant.kpu_params): decomposed convs read 8-bit inputs as TFLite
         # does (no residual channels), mean pools round on the CPU instead of flooring on the KPU
         decisions: list = []
-        g = checkpoint("decompose_kernels", decompose_kernels(g, options, decisions, residual=not own_grids))
+        bulk = {}
+        if not own_grids and float_read_convs(g):
+            samples = _samples(g, options, samples)
+            bulk = bulk_thresholds(g, samples[:BULK_SAMPLES])
+        g = checkpoint("decompose_kernels", decompose_kernels(g, options, decisions, residual=not own_grids, bulk=bulk))
         g, placements = legalize_kpu(g, options, fuse_mean_pools=not own_grids)
         kept = {d.node: d.reason for d in decisions if d.plan is None and d.reason != NO_FORM}
         placements = [replace(p, reason=f"{p.reason}; not decomposed: {kept[p.node]}") if p.node in kept and not p.on_kpu
@@ -139,24 +143,31 @@ def _uses_own_grids(options: CompileOptions, samples: list | None, quantization:
     return quantization is not None and quantization.fully_quantized and samples is None and options.dataset is None
 
 
+def _samples(g: Graph, options: CompileOptions, samples: list | None) -> list:
+    """The calibration samples: `samples` as given, else the dataset's, loaded once."""
+    from kcc.dataset import iter_dataset, list_files
+
+    if samples is not None:
+        return samples
+    if options.dataset is None:
+        raise DatasetError("--dataset is required to calibrate a uint8 model",
+                           hint="pass --dataset DIR, or --inference-type float")
+    if len(g.inputs) != 1:
+        raise UnsupportedModelError(f"calibration supports single-input models; this one has {len(g.inputs)}")
+    files = list_files(options.dataset, options.dataset_format)
+    return [[s.data] for s in iter_dataset(options.dataset, options.dataset_format, g.inputs[0].shape,
+                                           np.float32, options.mean, options.std, files)]
+
+
 def _calibrate(g: Graph, options: CompileOptions, log: Log, samples: list | None = None,
                progress: Progress | None = None, moments: InputMoments | None = None) -> dict[str, tuple[float, float]]:
     """Ranges of every tensor `quantize` needs, measured on the dataset (kpu_semantics.md §4.2);
     `moments` collects the KPU layers' input statistics in the same pass."""
-    from kcc.dataset import iter_dataset, list_files
     from kcc.quant.calibrate import input_range_override, input_views
     from kcc.quant.policy import choose_ranges
 
     inputs = g.inputs
-    if samples is None:
-        if options.dataset is None:
-            raise DatasetError("--dataset is required to calibrate a uint8 model",
-                               hint="pass --dataset DIR, or --inference-type float")
-        if len(inputs) != 1:
-            raise UnsupportedModelError(f"calibration supports single-input models; this one has {len(inputs)}")
-        files = list_files(options.dataset, options.dataset_format)
-        samples = [[s.data] for s in iter_dataset(options.dataset, options.dataset_format, inputs[0].shape,
-                                                  np.float32, options.mean, options.std, files)]
+    samples = _samples(g, options, samples)
     n_outputs = len(g.outputs)
     view, points = calibration_view(g)
     n_samples = len(samples)

@@ -46,8 +46,10 @@ default) then takes the fastest form that rounds no more than the CPU conv (`ext
 (`RESIDUAL_GAIN`; twice the input channels, within the same limits). The CPU conv reads that input
 unrounded, and a `sum` or `stack_dw` rounds each partial sum over its own range, after a clamp several
 times the output's. Measured on BlazePalm: its 256-channel 5x5s summed with the residual cost 0.35 dB
-of output SQNR. A stack read in float on the CPU (BlazePalm's stem, before its PReLU) computes its
-output in two halves, y <= 0 and y >= 0, one more bit where the float conv would not round at all.
+of output SQNR. A stack read in float on the CPU (BlazePalm's stem, before its PReLU), where the
+float conv would not round at all, computes its output in four parts: y in [-t, t] on two fine grids
+and the tails on two more, t chosen from the calibration samples (`bulk_thresholds`); or, without
+samples, in two halves (y <= 0, y >= 0).
 `--decompose fast` takes the fastest form, whatever it rounds. The decision, and its
 estimate against the float conv on the CPU, go into the output node's note, or into the CPU
 placement's reason when the conv stays.
@@ -112,12 +114,16 @@ class Plan:
     group: int = 0
     residual: bool = False  # a `stack` that also stacks x's rounding residual (RESIDUAL_GAIN)
     halves: bool = False  # a `stack` computed twice, clamped to y <= 0 and y >= 0, and added on the CPU
+    bulk: float = 0.0  # with halves: four parts instead, y in [-bulk, bulk] on two fine grids (`bulk_thresholds`)
 
     def describe(self) -> str:
         how = "polyphase" if self.split != (1, 1) else "blocks"
         groups = f" in groups of {self.group} channels" if self.group else ""
         extra = f" with the input's rounding residual (x{RESIDUAL_GAIN:g})" if self.residual else ""
-        halves = ", its output in two halves (y <= 0, y >= 0)" if self.halves else ""
+        halves = ""
+        if self.halves:
+            halves = (f", its output in four parts (fine for |y| <= {self.bulk:.3g})" if self.bulk
+                      else ", its output in two halves (y <= 0, y >= 0)")
         return f"{how} z={self.z[0]},{self.z[1]}, {self.combine}{groups}{extra}{halves}"
 
 
@@ -236,26 +242,38 @@ def emit(add: Add, n: Node, x: Node, plan: Plan) -> Node | None:
                     lost = add(KO.QuantResidual(RESIDUAL_GAIN), (part,), f"{name}/residual")
                     views = _padded_views(add, lost, terms, keep, name + "/residual", {}) + views
                     ws = np.concatenate([ws / np.float32(RESIDUAL_GAIN), ws], axis=1)
-                cache[key] = (add(O.Concat(1), tuple(views), f"{name}/stack"), add(O.Constant(ws), (), f"{name}/w_stacked"),
-                              add(O.Constant(b), (), f"{name}/bias"))
-            return add(conv, cache[key], f"{name}/stacked_conv{tag}")
+                cache[key] = (add(O.Concat(1), tuple(views), f"{name}/stack"), add(O.Constant(ws), (), f"{name}/w_stacked"))
+            return add(conv, (*cache[key], add(O.Constant(b), (), f"{name}/bias{tag}")), f"{name}/stacked_conv{tag}")
 
-        def layers(act: tuple[float, float], tag: str = "") -> Node:
+        def layers(act: tuple[float, float], tag: str = "", shift: float = 0.0) -> Node:
+            """The stack (in channel groups) computing clamp(y + shift, *act)."""
             conv = O.Conv2D((terms[0][1].stride, terms[0][2].stride), keep, (1, 1), 1, act)
+            b = (bias + np.float32(shift)).astype(np.float32)
             if op.groups == 1:
-                return stack(conv, tag, x, np.concatenate([k for k, _, _ in terms], axis=1), bias)
+                return stack(conv, tag, x, np.concatenate([k for k, _, _ in terms], axis=1), b)
             outs = []  # depthwise: dense, block-diagonal, one layer per channel group
             for c0 in range(0, c, plan.group or c):
                 c1 = min(c, c0 + (plan.group or c))
-                outs.append(stack(conv, tag, x, _block_diagonal(terms, c0, c1), bias[c0:c1], (c0, c1)))
+                outs.append(stack(conv, tag, x, _block_diagonal(terms, c0, c1), b[c0:c1], (c0, c1)))
             return outs[0] if len(outs) == 1 else add(O.Concat(1), tuple(outs), f"{name}/channels{tag}")
 
         lo, hi = op.act
         if not plan.halves or not lo <= 0.0 <= hi:
             return layers(op.act)
-        # clamp(y, lo, hi) = clamp(y, lo, 0) + clamp(y, 0, hi): each half rounded over its own part
-        # of y's range (a KPU layer saturates at its grid's ends), one more bit for a float reader
-        return add(O.Binary("add"), (layers((lo, 0.0), "/negative"), layers((0.0, hi), "/positive")), f"{name}/halves")
+        # clamp(y, lo, hi) = clamp(y, lo, 0) + clamp(y, 0, hi): each half is rounded over its own part
+        # of y's range (a KPU layer saturates at its grid's ends), one more bit for a float reader.
+        # With a bulk t: clamp(y + t, lo + t, 0) + clamp(y, -t, 0) + clamp(y, 0, t) + clamp(y - t, 0, hi - t),
+        # where the two middle parts hold most values on grids of t / 255 (every part's range holds 0).
+        t = float(plan.bulk)
+        if not (t > 0.0 and lo <= -t and t <= hi):
+            parts = [layers((lo, 0.0), "/negative"), layers((0.0, hi), "/positive")]
+        else:
+            parts = [layers((lo + t, 0.0), "/low_tail", t), layers((-t, 0.0), "/negative"),
+                     layers((0.0, t), "/positive"), layers((0.0, hi - t), "/high_tail", -t)]
+        total = parts[0]
+        for i, part in enumerate(parts[1:]):
+            total = add(O.Binary("add"), (total, part), f"{name}/parts{i}")
+        return total
     # stack_dw (stride-1 depthwise terms): full windows, "same" 3x3 depthwise over J*C channels and a
     # 1x1 conv summing the J groups; both are trivial KPU layers, one crop at the end.
     stacked = add(O.Concat(1), tuple(_padded_views(add, x, terms, ((0, 0), (0, 0)), name, cache)), f"{name}/stack")
@@ -341,7 +359,7 @@ def _stack_groups(c: int, j: int, budget: int) -> list[int]:
     return out
 
 
-def _plans(n: Node, residual: bool = False, halves: bool = False) -> list[Plan]:
+def _plans(n: Node, residual: bool = False, halves: bool = False, bulk: float = 0.0) -> list[Plan]:
     """Every candidate: split step, zero placement, and each combiner whose limits it meets; with
     `residual`, also the stacks that stack the input's rounding residual (twice the input channels);
     with `halves`, every stack computes its output in two halves."""
@@ -362,10 +380,10 @@ def _plans(n: Node, residual: bool = False, halves: bool = False) -> list[Plan]:
             for views, extra in ((j, False), (2 * j, True)) if residual else ((j, False),):
                 if not depthwise:
                     if views * c <= MAX_CHANNELS and weight_loads(w.shape[0], views * c, 3, False)[1] < 64:
-                        out.append(Plan(split, z, "stack", residual=extra, halves=halves))
+                        out.append(Plan(split, z, "stack", residual=extra, halves=halves, bulk=bulk))
                     continue
                 groups = _stack_groups(c, views, STACK_WEIGHT_BUDGET) or _stack_groups(c, views, MAX_STACK_WEIGHT)
-                out += [Plan(split, z, "stack", 0 if g == c else g, extra, halves) for g in groups]
+                out += [Plan(split, z, "stack", 0 if g == c else g, extra, halves, bulk) for g in groups]
             if not depthwise:
                 continue
             if split == (sh, sw) and j * c <= MAX_CHANNELS and j * c * c + 9 * j * c <= STACK_WEIGHT_BUDGET:
@@ -392,12 +410,14 @@ def extra_roundings(n: Node, plan: Plan, float_input: bool) -> int:
     return int(partial) + int(float_input and not plan.residual)
 
 
-def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = True, halves: bool = False) -> Decision:
+def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = True, halves: bool = False,
+           bulk: float = 0.0) -> Decision:
     """How to put conv `n` on the KPU if legalize_kpu would not take it as it is: among the
     decompositions that legalize wholly onto the KPU and are estimated faster than the float conv on
     the CPU, the fastest that adds no rounding (`extra_roundings`; --decompose accurate) or the
     fastest of all (--decompose fast). A float input (`_cpu_float`) may be read with its rounding
-    residual (`residual` allows that); `halves` computes a stack's output in two halves."""
+    residual (`residual` allows that); `halves` computes a stack's output in two halves (four parts
+    with a `bulk` threshold)."""
     op: O.Conv2D = n.op
     x, w, b = n.inputs
     if not (w.is_constant and b.is_constant):
@@ -415,7 +435,7 @@ def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = Tr
     float_input = residual and _cpu_float(x)
     forms: list[tuple[int, float, Plan]] = []  # (extra roundings, cycles, plan) of what lands on the KPU
     landed = set()  # stacks that fit in some channel grouping: smaller groups only add layers
-    for plan in _plans(n, float_input, halves):
+    for plan in _plans(n, float_input, halves, bulk):
         form = (plan.split, plan.z, plan.combine, plan.residual)
         if form in landed:
             continue
@@ -453,6 +473,44 @@ def _read_in_float(n: Node, users: dict, outputs: set[int]) -> bool:
             and all(isinstance(u.op, (O.PRelu, O.Binary)) for u in readers))
 
 
+#: calibration samples the output statistics of a stack read in float come from
+BULK_SAMPLES = 8
+
+
+def float_read_convs(g: Graph) -> list[Node]:
+    """Convs whose output, if a decomposition puts them on the KPU, is read in float (`_read_in_float`)."""
+    users, outputs = g.users(), {id(o) for o in g.outputs}
+    return [n for n in g.nodes if isinstance(n.op, O.Conv2D) and _read_in_float(n, users, outputs)]
+
+
+def bulk_threshold(y: np.ndarray) -> float:
+    """t for a four-part output of y: the |y| quantile that minimizes the mean squared rounding step
+    over y's values (t / 255 inside [-t, t], (max |y| on that side - t) / 255 outside), or 0 when two
+    halves do better. BlazePalm's stem: y in [-6.8, 7.1], std 1.0."""
+    v = y.astype(np.float64).ravel()
+    lo, hi = max(-v.min(), 0.0), max(v.max(), 0.0)
+    side = np.where(v < 0, lo, hi)
+    best, best_t = float(np.mean(side ** 2)), 0.0  # two halves: one grid per sign
+    for t in np.quantile(np.abs(v), (0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)):
+        if not 0.0 < t < min(lo, hi):
+            continue
+        cost = float(np.mean(np.where(np.abs(v) <= t, t, side - t) ** 2))
+        if cost < best:
+            best, best_t = cost, float(t)
+    return best_t
+
+
+def bulk_thresholds(g: Graph, samples: list) -> dict[str, float]:
+    """`bulk_threshold` of every conv of `float_read_convs(g)`, from one float pass over `samples`."""
+    from kcc.eval.interpreter import run
+
+    convs = {id(n): n.name for n in float_read_convs(g)}
+    seen: dict[str, list[np.ndarray]] = {name: [] for name in convs.values()}
+    for sample in samples:
+        run(g, sample, lambda n, v: seen[convs[id(n)]].append(v) if id(n) in convs else None)
+    return {name: bulk_threshold(np.concatenate([v.ravel() for v in vs])) for name, vs in seen.items() if vs}
+
+
 def _cpu_float(x: Node) -> bool:
     """x (through data movement) is computed in float on the CPU whatever legalize does: a PReLU or
     an element-wise op (a conv may land on the KPU, the graph input is the pixels' own grid)."""
@@ -472,20 +530,20 @@ def rewrite(g: Graph, n: Node, plan: Plan, note: str = "") -> Node | None:
 
 
 def decompose_kernels(g: Graph, opts: CompileOptions = CompileOptions(), decisions: list | None = None,
-                      residual: bool = True) -> Graph:
+                      residual: bool = True, bulk: dict[str, float] | None = None) -> Graph:
     """Rewrite every Conv2D that legalize_kpu would leave on the CPU and that some decomposition
     puts on the KPU. `decisions`, if given, receives one `Decision` per conv legalize_kpu would
     leave on the CPU: its plan, or None and why. `residual` False keeps every stacked input on 8 bits
     and every output one rounding (a pre-quantized model computed as TFLite does); True lets a float
     input carry its rounding residual and a stack read in float on the CPU (`_read_in_float`) compute
-    its output in two halves."""
+    its output in two halves, or in four parts with the conv's threshold in `bulk` (`bulk_thresholds`)."""
     if opts.target == "cpu" or opts.decompose == "off":
         return g
     users, outputs = g.users(), {id(o) for o in g.outputs}
     for n in list(g.nodes):
         if not isinstance(n.op, O.Conv2D):
             continue
-        d = choose(n, opts, residual, residual and _read_in_float(n, users, outputs))
+        d = choose(n, opts, residual, residual and _read_in_float(n, users, outputs), (bulk or {}).get(n.name, 0.0))
         if d.plan is None:
             if decisions is not None and d.reason != "on the KPU as it is":
                 decisions.append(d)

@@ -53,8 +53,9 @@ def test_every_plan_is_exact_and_on_the_kpu(kh, kw, s, pad, dw):
     want = run(g, [xi])[0]
     plans = D._plans(conv, residual=True)
     plans += [p for p in D._plans(conv, halves=True) if p.halves]
+    plans += [p for p in D._plans(conv, halves=True, bulk=0.3) if p.halves]  # four parts, |y| <= 0.3 fine
     assert {p.combine for p in plans} >= {"sum", "stack"} and any(p.residual for p in plans)
-    assert any(p.halves for p in plans)
+    assert any(p.halves and not p.bulk for p in plans) and any(p.bulk for p in plans)
     for plan in plans:
         alone = D._alone(conv, plan)
         np.testing.assert_allclose(run(alone, [xi])[0], want, rtol=1e-5, atol=1e-5, err_msg=str(plan))
@@ -254,3 +255,30 @@ def test_a_stem_read_in_float_computes_its_output_in_halves():
     halves = plan("prelu")
     assert halves.combine == "stack" and halves.halves and "two halves" in halves.describe()
     assert not plan("conv").halves and not plan("prelu", act=(0.0, 6.0)).halves
+
+
+def test_the_bulk_threshold_puts_most_values_on_the_fine_grids():
+    """Four parts pay off when y's values crowd near 0 and its range is set by a few outliers."""
+    y = np.concatenate([rng.standard_normal(100_000), [-7.0, 7.0]])
+    t = D.bulk_threshold(y)
+    assert 1.0 < t < 4.0  # well inside [-7, 7], and beyond most of the N(0, 1) bulk
+    signs = rng.choice([-1.0, 1.0], 100_000)
+    assert D.bulk_threshold(signs) == 0.0  # two values: two halves hold both exactly
+
+
+def test_bulk_thresholds_measure_each_float_read_conv():
+    g = Graph()
+    x = g.input(0, (1, 3, 16, 16))
+    y = g.add(O.Conv2D((2, 2), ((1, 2), (1, 2))), (x, g.constant(rng.uniform(-1, 1, (8, 3, 5, 5)).astype(np.float32)),
+                                                     g.constant(np.zeros(8, np.float32))), "stem")
+    g.outputs = [g.add(O.PRelu(), (y, g.constant(np.full((1, 8, 1, 1), 0.2, np.float32))))]
+    samples = [[rng.uniform(0, 1, (1, 3, 16, 16)).astype(np.float32)] for _ in range(3)]
+    assert D.float_read_convs(g) == [y]
+    bulk = D.bulk_thresholds(g, samples)
+    values = []
+    for sample in samples:
+        run(g, sample, lambda n, v: values.append(v.ravel()) if n is y else None)
+    assert bulk == {"stem": D.bulk_threshold(np.concatenate(values))} and bulk["stem"] > 0
+    decisions = []
+    D.decompose_kernels(g, CompileOptions(), decisions, bulk=bulk)
+    assert decisions[0].plan.bulk == bulk["stem"] and "four parts" in decisions[0].plan.describe()
