@@ -362,7 +362,7 @@ def _stack_groups(c: int, j: int, budget: int) -> list[int]:
 def _plans(n: Node, residual: bool = False, halves: bool = False, bulk: float = 0.0) -> list[Plan]:
     """Every candidate: split step, zero placement, and each combiner whose limits it meets; with
     `residual`, also the stacks that stack the input's rounding residual (twice the input channels);
-    with `halves`, every stack computes its output in two halves."""
+    with `halves`, also every stack computing its output in two halves (four parts with `bulk`)."""
     op: O.Conv2D = n.op
     x, w, _ = n.inputs
     (sh, sw), (kh, kw), c = op.stride, w.shape[2:], x.shape[1]
@@ -380,10 +380,12 @@ def _plans(n: Node, residual: bool = False, halves: bool = False, bulk: float = 
             for views, extra in ((j, False), (2 * j, True)) if residual else ((j, False),):
                 if not depthwise:
                     if views * c <= MAX_CHANNELS and weight_loads(w.shape[0], views * c, 3, False)[1] < 64:
-                        out.append(Plan(split, z, "stack", residual=extra, halves=halves, bulk=bulk))
+                        out += [Plan(split, z, "stack", residual=extra, halves=h, bulk=bulk if h else 0.0)
+                                for h in sorted({False, halves})]
                     continue
                 groups = _stack_groups(c, views, STACK_WEIGHT_BUDGET) or _stack_groups(c, views, MAX_STACK_WEIGHT)
-                out += [Plan(split, z, "stack", 0 if g == c else g, extra, halves, bulk) for g in groups]
+                out += [Plan(split, z, "stack", 0 if g == c else g, extra, h, bulk if h else 0.0)
+                        for h in sorted({False, halves}) for g in groups]
             if not depthwise:
                 continue
             if split == (sh, sw) and j * c <= MAX_CHANNELS and j * c * c + 9 * j * c <= STACK_WEIGHT_BUDGET:
@@ -400,14 +402,14 @@ class Decision:
     reason: str
 
 
-def extra_roundings(n: Node, plan: Plan, float_input: bool) -> int:
+def extra_roundings(n: Node, plan: Plan, float_input: bool, read_in_float: bool = False) -> int:
     """Roundings a decomposition of conv `n` adds to those of the float conv on the CPU, which reads
     its (8-bit or float) input as it is: one for the partial sums of a multi-term `sum` / `stack_dw`
     (each is rounded to 8 bits over its own, unclamped range), one for a float input read without
-    its residual. The output's own rounding, which every KPU layer has, is not counted; where the
-    CPU would read it in float, a stack computes it in two halves (`Plan.halves`)."""
+    its residual, one for an output read in float (`_read_in_float`) not computed in parts
+    (`Plan.halves`). An output a KPU layer reads is rounded to 8 bits either way."""
     partial = plan.combine != "stack" and len(_terms(n, plan) or ()) > 1
-    return int(partial) + int(float_input and not plan.residual)
+    return int(partial) + int(float_input and not plan.residual) + int(read_in_float and not plan.halves)
 
 
 def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = True, halves: bool = False,
@@ -436,7 +438,7 @@ def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = Tr
     forms: list[tuple[int, float, Plan]] = []  # (extra roundings, cycles, plan) of what lands on the KPU
     landed = set()  # stacks that fit in some channel grouping: smaller groups only add layers
     for plan in _plans(n, float_input, halves, bulk):
-        form = (plan.split, plan.z, plan.combine, plan.residual)
+        form = (plan.split, plan.z, plan.combine, plan.residual, plan.halves)
         if form in landed:
             continue
         alone = _alone(n, plan)
@@ -445,7 +447,7 @@ def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = Tr
         fits, cycles = _on_kpu(alone, opts)
         if fits:
             landed.add(form)
-            forms.append((extra_roundings(n, plan, float_input), cycles, plan))
+            forms.append((extra_roundings(n, plan, float_input, halves), cycles, plan))
     ms = L.DEFAULT_MHZ * 1e3
     if not forms:
         return Decision(n.name, None, cpu, cpu, NO_FORM)

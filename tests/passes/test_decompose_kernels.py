@@ -240,7 +240,7 @@ def test_estimate_prefers_the_kpu_for_a_large_stem():
 def test_a_stem_read_in_float_computes_its_output_in_halves():
     """A stack without a clamp whose every reader is a float op of the CPU (BlazePalm's stem and its
     PReLU) is computed twice, clamped to y <= 0 and y >= 0; one read by a conv, or clamped, is not."""
-    def plan(reader, act=O.NO_CLAMP):
+    def plan(reader, act=O.NO_CLAMP, mode="accurate"):
         g = Graph()
         x = g.input(0, (1, 3, 32, 32))
         y = g.add(O.Conv2D((2, 2), ((1, 2), (1, 2)), act=act), (x, g.constant(rng.uniform(-1, 1, (8, 3, 5, 5)).astype(np.float32)),
@@ -250,10 +250,11 @@ def test_a_stem_read_in_float_computes_its_output_in_halves():
         else:
             g.outputs = [g.add(O.Conv2D(), (y, g.constant(np.ones((4, 8, 1, 1), np.float32)), g.constant(np.zeros(4, np.float32))))]
         decisions = []
-        D.decompose_kernels(g, CompileOptions(), decisions)
+        D.decompose_kernels(g, CompileOptions(decompose=mode), decisions)
         return decisions[0].plan
     halves = plan("prelu")
     assert halves.combine == "stack" and halves.halves and "two halves" in halves.describe()
+    assert plan("prelu", mode="fast").halves is False  # one layer is faster than two
     assert not plan("conv").halves and not plan("prelu", act=(0.0, 6.0)).halves
 
 
