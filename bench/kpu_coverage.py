@@ -12,7 +12,8 @@ reference, averaged over the samples. These models have 3 reference samples each
 output is often a 63-value landmark vector, so that cosine moves by +-0.005 with any small change of
 rounding; the `extra` columns therefore also compare both builds with the float model (kcc's float
 interpreter) on up to --extra further pictures of ../shared/reference/models/images (resized like
-the references): SQNR of the worst output in dB, averaged, and the same cosine; per model, the
+the references; `--extra-source jitter`: perturbed copies of the model's own reference pictures,
+jittered_references): SQNR of the worst output in dB, averaged, and the same cosine; per model, the
 after - before difference of that SQNR paired picture by picture, with its standard error (a
 few-output model's per-picture SQNR moves by several dB with any rounding, so a mean difference
 within ~2 standard errors says little), and the same for each output of a multi-output model, for
@@ -90,6 +91,31 @@ def extra_inputs(name: str, count: int) -> list[tuple[np.ndarray, list[np.ndarra
     return out
 
 
+def jittered_references(name: str, count: int) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    """(input, float outputs) for `count` perturbed copies of the model's reference pictures, in the
+    model's own domain (a hand crop stays a hand crop): each the pixels of reference k % n, mirrored
+    for odd k, shifted by up to 8 pixels (edges repeated) and scaled by 0.85..1.15 in brightness,
+    from a fixed seed."""
+    if count <= 0:
+        return []
+    inp = refkit.meta(name).get("input", {})
+    a, b = np.float32(inp.get("a", 1.0)), np.float32(inp.get("b", 0.0))
+    g = canonicalize(import_tflite(refkit.tflite_path(name)))
+    refs = refkit.samples(name)
+    rng = np.random.default_rng(7)
+    out = []
+    for k in range(count):
+        u8 = np.rint((refs[k % len(refs)].x - b) / a)  # NCHW pixels
+        if k % 2:
+            u8 = u8[..., ::-1]
+        dy, dx = rng.integers(-8, 9, 2)
+        u8 = np.pad(u8, ((0, 0), (0, 0), (8, 8), (8, 8)), mode="edge")[..., 8 + dy:8 + dy + u8.shape[2], 8 + dx:8 + dx + u8.shape[3]]
+        u8 = np.clip(np.rint(u8 * rng.uniform(0.85, 1.15)), 0, 255)
+        x = np.ascontiguousarray(u8.astype(np.float32) * a + b, np.float32)
+        out.append((x, run(g, [x])))
+    return out
+
+
 def pixel_grid(name: str) -> dict:
     """--input-mean/--input-std that put the input grid on the model's pixels, x = u8*a + b.
 
@@ -153,6 +179,9 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=64, help="calibration samples per model")
     ap.add_argument("--method", default="no_clip")
     ap.add_argument("--extra", type=int, default=24, help="further pictures compared with the float model")
+    ap.add_argument("--extra-source", choices=("images", "jitter"), default="images",
+                    help="images: ../shared/reference/models/images; jitter: perturbed copies of the model's "
+                         "own reference pictures (jittered_references)")
     ap.add_argument("--attribute", action="store_true",
                     help="also: the float model with only the decomposed convs' inputs rounded (input_rounding_sqnr)")
     args = ap.parse_args()
@@ -161,7 +190,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     notes = []
     for name in args.models.split(","):
-        extra = extra_inputs(name, args.extra)
+        extra = (extra_inputs if args.extra_source == "images" else jittered_references)(name, args.extra)
         outputs, per_sample = {}, {}
         for build in args.builds.split(","):
             try:
