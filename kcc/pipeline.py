@@ -30,7 +30,7 @@ from kcc.options import CompileOptions
 from kcc.passes.canonicalize import canonicalize
 from kcc.passes.dilated_conv import eliminate_dilated_conv
 from kcc.passes.transpose_conv import lower_transpose_conv
-from kcc.passes.decompose_kernels import BULK_SAMPLES, NO_FORM, bulk_thresholds, decompose_kernels, float_read_convs
+from kcc.passes.decompose_kernels import BULK_SAMPLES, NO_FORM, bulk_thresholds, decompose_kernels
 from kcc.passes.legalize_kpu import Placement, legalize_kpu
 from kcc.passes.lower_float import lower_float
 from kcc.quant.quantize import calibration_view, quantize
@@ -109,9 +109,9 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
         # does (no residual channels), mean pools round on the CPU instead of flooring on the KPU
         decisions: list = []
         bulk = {}
-        if not own_grids and float_read_convs(g):
+        if not own_grids:  # loaded here once, for the decomposition's statistics and for calibration
             samples = _samples(g, options, samples)
-            bulk = bulk_thresholds(g, samples[:BULK_SAMPLES])
+            bulk = bulk_thresholds(g, samples[:BULK_SAMPLES], options)
         g = checkpoint("decompose_kernels", decompose_kernels(g, options, decisions, residual=not own_grids, bulk=bulk))
         g, placements = legalize_kpu(g, options, fuse_mean_pools=not own_grids)
         kept = {d.node: d.reason for d in decisions if d.plan is None and d.reason != NO_FORM}

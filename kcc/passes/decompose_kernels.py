@@ -6,29 +6,8 @@ to the CPU, where a float conv costs ~64 cycles per MAC. This pass rewrites such
 legalize, into terms that are each an ordinary 3x3 conv of a view (crop/phase) of the input.
 
 The term algebra (which taps each 3x3 term takes, which view of the input it reads) is
-kcc.passes.kernel_terms.
-
-## Combining the terms (sketch for a 5x5 depthwise, stride 1, "same": J = 4 terms)
-
-    before:   x -> conv5x5(w, b, act) -> y                          (CPU, float: 25 MACs per output)
-
-    sum:      x -> [crop] -> conv3x3(w_0, b) -+
-              x -> [crop] -> conv3x3(w_1, 0) -+-> add -> add -> add(act) -> y
-              ...                               (J KPU layers, J-1 float adds on the CPU)
-    stack:    pad(x) -> slice_j -> concat(channels) -> conv3x3([w_0 | w_1 | ...], b, act) -> y
-                                                (one KPU layer over J*C input channels)
-    stack_dw: pad(x) -> slice_j -> concat -> dwconv3x3(J*C, "same") -> conv1x1([I I I I], b, act) -> crop
-                                                (stride 1 only; two KPU layers, nothing between them)
-
-`sum` keeps the weights as they are. The partial sums are not clamped: the bias rides on the first
-term (the KPU adds it for free) and the fused clamp on the last add. `stack` rounds once, at the
-conv's own output range; a depthwise kernel becomes a dense block-diagonal one (output channel o
-reads channel o of every view), 9*J*C*C weight bytes, so wide depthwise convs are stacked in
-channel groups, one KPU layer and 9*J*g*C bytes per group of g (the group outputs are concatenated).
-`stack_dw` needs only J*C*C bytes for the 1x1 sum; like `sum` it rounds every unclamped partial
-sum to 8 bits. After a clamp (relu6) that costs accuracy: partial sums of a BlazeHand 5x5 span
-~[-12, 15] while the output spans [0, 6], so `sum` gives 1.1-1.6 output steps of rms error on
-real activations where `stack` gives 0.4 (and the float conv rounded to its grid 0.2).
+kcc.passes.kernel_terms; the forms (sum, stack, stack_dw) and their IR, kcc.passes.kernel_forms.
+This module chooses among them.
 
 ## Choosing
 
@@ -59,7 +38,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,7 +49,8 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.kmodel import kpu_row_layout
 from kcc.options import CompileOptions
-from kcc.passes.kernel_terms import Window, axis_terms, conv_terms, max_zero_taps
+from kcc.passes.kernel_forms import Plan, emit, plan_terms
+from kcc.passes.kernel_terms import axis_terms, max_zero_taps
 from kcc.passes.legalize_kpu import MAX_CHANNELS, legalize_kpu
 
 #: most weight bytes a depthwise `stack` / `stack_dw` may create per conv (the 5x5 itself has 25*C):
@@ -86,206 +65,14 @@ MAX_STACK_WEIGHT = 128 * 1024
 #: most KPU layers (channel groups) a depthwise `stack` may take: each costs ~25 us and a few CPU
 #: copies, against ~100+ ms for a wide 5x5 depthwise on the CPU
 MAX_STACK_GROUPS = 48
-#: a `stack` reading a float tensor of the CPU also stacks gain * its rounding residual, with the
-#: weights divided by gain (kcc.ir.kpu_ops.QuantResidual): residual codes span z +- gain/2. Per tap
-#: the error left is ~ w/gain (x's rounding, w in weight steps) plus ~ gain/sqrt(12) (the residual
-#: weights' own rounding): smallest near gain ~ 2 * sqrt(w), and for equalized weights of 20-100
-#: steps 16 leaves 1/30-1/60 of the rounding noise of x.
-RESIDUAL_GAIN = 16.0
 
 # Cost model: kcc.latency's cycle counts (nncase v0.2 runtime at 400 MHz) of what legalize makes.
 _KPU_LAYER_CYCLES = L.KPU_LAYER_US * L.DEFAULT_MHZ  # interrupt, layer FIFO, runtime
 _CPU_PER_ELEMENT = {O.Pad: "pad", O.StridedSlice: "strided_slice", O.Transpose: "transpose", O.Reshape: "copy_byte",
                     O.Concat: "copy_byte", O.Binary: "binary"}
 
-Add = Callable[[O.Op, tuple, str], Node]
 #: the reason of a conv no decomposition puts on the KPU (legalize_kpu's own reason says it all)
 NO_FORM = "no decomposition lands on the KPU"
-
-
-@dataclass(frozen=True)
-class Plan:
-    """One way to decompose a conv: split steps, zero placement, combiner, and for a depthwise
-    `stack` the channels per group (0: all channels in one layer)."""
-
-    split: tuple[int, int]
-    z: tuple[int, int]
-    combine: str  # "sum" | "stack" | "stack_dw"
-    group: int = 0
-    residual: bool = False  # a `stack` that also stacks x's rounding residual (RESIDUAL_GAIN)
-    halves: bool = False  # a `stack` computed twice, clamped to y <= 0 and y >= 0, and added on the CPU
-    bulk: float = 0.0  # with halves: four parts instead, y in [-bulk, bulk] on two fine grids (`bulk_thresholds`)
-
-    def describe(self) -> str:
-        how = "polyphase" if self.split != (1, 1) else "blocks"
-        groups = f" in groups of {self.group} channels" if self.group else ""
-        extra = f" with the input's rounding residual (x{RESIDUAL_GAIN:g})" if self.residual else ""
-        halves = ""
-        if self.halves:
-            halves = (f", its output in four parts (fine for |y| <= {self.bulk:.3g})" if self.bulk
-                      else ", its output in two halves (y <= 0, y >= 0)")
-        return f"{how} z={self.z[0]},{self.z[1]}, {self.combine}{groups}{extra}{halves}"
-
-
-def _terms(n: Node, plan: Plan) -> list[tuple[np.ndarray, Window, Window]] | None:
-    """(3x3 kernel, H window, W window) of every term of conv n under `plan` that reads any input."""
-    op: O.Conv2D = n.op
-    x, w, _ = n.inputs
-    return conv_terms(w.data, op.stride, op.padding, x.shape[2:], n.shape[2:], plan.split, plan.z)
-
-
-
-# ----------------------------------------------------------------------------------- emission
-def _view(add: Add, x: Node, wh: Window, ww: Window, name: str, cache: dict) -> Node:
-    nb, c, h, w = x.shape
-    key = (wh.begin, wh.end, wh.step, ww.begin, ww.end, ww.step)
-    if key == (0, h, 1, 0, w, 1):
-        return x
-    if key not in cache:
-        cache[key] = add(O.StridedSlice((0, 0, wh.begin, ww.begin), (nb, c, wh.end, ww.end), (1, 1, wh.step, ww.step)),
-                         (x,), f"{name}/view{len(cache)}")
-    return cache[key]
-
-
-def _padded_views(add: Add, x: Node, terms: list, keep: tuple[tuple[int, int], tuple[int, int]], name: str,
-                  cache: dict, channels: tuple[int, int] | None = None) -> list[Node]:
-    """Views of equal size for a stack: x padded once, then one (strided) slice per term. Each view
-    covers its term's whole window except the `keep` zero rows/columns, left to the conv padding;
-    `channels` restricts the views to a channel range: those channels are sliced off x first and
-    padded on their own, so each group of a wide depthwise stack quantizes and pads only its own
-    channels (kcc.quant.quantize moves the quantize below the pad and the views, not below the
-    channel slice, which shrinks the data)."""
-    nb, c, *size = x.shape
-    c0, c1 = channels or (0, c)
-    spans = []  # per term, per axis: first and last input index read (may be in the padding)
-    for _, *wins in terms:
-        spans.append([(win.begin - win.step * (win.pad_before - kb), win.end - 1 + win.step * (win.pad_after - ka))
-                      for win, (kb, ka) in zip(wins, keep)])
-    pads = tuple((max(0, -min(sp[a][0] for sp in spans)), max(0, max(sp[a][1] for sp in spans) - (size[a] - 1)))
-                 for a in range(2))
-    if ("padded", c0, c1) not in cache:
-        src = x
-        if (c0, c1) != (0, c):
-            src = add(O.StridedSlice((0, c0, 0, 0), (nb, c1, *size), (1, 1, 1, 1)), (x,), f"{name}/channels")
-        cache[("padded", c0, c1)] = cache[("source", c0, c1)] = src
-        if any(p for pair in pads for p in pair):
-            cache[("padded", c0, c1)] = add(O.Pad(((0, 0), (0, 0), *pads), 0.0), (src,), f"{name}/pad")
-    xp = cache[("padded", c0, c1)]
-    views = []
-    for (_, wh, ww), sp in zip(terms, spans):
-        begin = (0, 0, *(sp[a][0] + pads[a][0] for a in range(2)))
-        end = (nb, c1 - c0, *(sp[a][1] + pads[a][0] + 1 for a in range(2)))
-        key = (id(xp), begin, end, wh.step, ww.step)
-        if (begin, end, wh.step, ww.step) == ((0, 0, 0, 0), xp.shape, 1, 1):
-            views.append(xp)
-            continue
-        if key not in cache:
-            cache[key] = add(O.StridedSlice(begin, end, (1, 1, wh.step, ww.step)), (xp,), f"{name}/view")
-        views.append(cache[key])
-    return views
-
-
-def _block_diagonal(terms: list, c0: int, c1: int) -> np.ndarray:
-    """Dense [g, J*g, 3, 3] weights of a depthwise stack over channels c0..c1: output channel o
-    reads channel o of every term's view."""
-    g, j_count = c1 - c0, len(terms)
-    ws = np.zeros((g, j_count * g, 3, 3), np.float32)
-    for j, (k, _, _) in enumerate(terms):
-        ws[np.arange(g), j * g + np.arange(g)] = k[c0:c1, 0]
-    return ws
-
-
-def emit(add: Add, n: Node, x: Node, plan: Plan) -> Node | None:
-    """Build the decomposition of conv `n` (reading `x`) with `add`; returns the node computing n."""
-    op: O.Conv2D = n.op
-    _, _, bn = n.inputs
-    terms = _terms(n, plan)
-    if terms is None:
-        return None
-    name, bias = n.name, bn.data.astype(np.float32)
-    c, oc = x.shape[1], n.shape[1]
-    j_count = len(terms)
-    if plan.combine == "sum" or j_count == 1:
-        # with the residual, each term has a twin reading the same view of x's rounding residual
-        # (weights / gain); the twins' partial sums are tiny and rounded on a grid of their own
-        lost = add(KO.QuantResidual(RESIDUAL_GAIN), (x,), f"{name}/residual") if plan.residual else None
-        sources = [(x, 1.0, {})] + ([(lost, 1.0 / RESIDUAL_GAIN, {})] if lost is not None else [])
-        parts = [(src, k * np.float32(scale), wh, ww, cache) for src, scale, cache in sources for k, wh, ww in terms]
-        acc, zero = None, None
-        for j, (src, k, wh, ww, cache) in enumerate(parts):
-            v = _view(add, src, wh, ww, name, cache)
-            alone = len(parts) == 1
-            conv = O.Conv2D((wh.stride, ww.stride), ((wh.pad_before, wh.pad_after), (ww.pad_before, ww.pad_after)),
-                            (1, 1), op.groups, op.act if alone else O.NO_CLAMP)
-            if j == 0:
-                b = add(O.Constant(bias), (), f"{name}/bias")
-            else:
-                if zero is None:
-                    zero = add(O.Constant(np.zeros_like(bias)), (), f"{name}/zero_bias")
-                b = zero
-            t = add(conv, (v, add(O.Constant(k), (), f"{name}/w{j}"), b), f"{name}/term{j}")
-            last = j == len(parts) - 1
-            acc = t if acc is None else add(O.Binary("add", op.act if last else O.NO_CLAMP), (acc, t), f"{name}/sum{j}")
-        return acc
-    cache: dict = {}
-    if plan.combine == "stack":
-        keep = tuple((min(t[a].pad_before for t in terms), min(t[a].pad_after for t in terms)) for a in (1, 2))
-
-        def stack(conv: O.Conv2D, tag: str, src: Node, ws: np.ndarray, b: np.ndarray,
-                  channels: tuple[int, int] | None = None) -> Node:
-            """One KPU layer over the views of src[channels] (and of its residual, weights / gain)."""
-            key = ("stack", channels)
-            if key not in cache:  # the views (and residual views) once, whatever reads them
-                views = _padded_views(add, src, terms, keep, name, cache, channels)
-                if plan.residual:  # residual first: its float temporaries are gone before the stack is built
-                    part = cache[("source", *(channels or (0, c)))]  # src[channels], before padding
-                    lost = add(KO.QuantResidual(RESIDUAL_GAIN), (part,), f"{name}/residual")
-                    views = _padded_views(add, lost, terms, keep, name + "/residual", {}) + views
-                    ws = np.concatenate([ws / np.float32(RESIDUAL_GAIN), ws], axis=1)
-                cache[key] = (add(O.Concat(1), tuple(views), f"{name}/stack"), add(O.Constant(ws), (), f"{name}/w_stacked"))
-            return add(conv, (*cache[key], add(O.Constant(b), (), f"{name}/bias{tag}")), f"{name}/stacked_conv{tag}")
-
-        def layers(act: tuple[float, float], tag: str = "", shift: float = 0.0) -> Node:
-            """The stack (in channel groups) computing clamp(y + shift, *act)."""
-            conv = O.Conv2D((terms[0][1].stride, terms[0][2].stride), keep, (1, 1), 1, act)
-            b = (bias + np.float32(shift)).astype(np.float32)
-            if op.groups == 1:
-                return stack(conv, tag, x, np.concatenate([k for k, _, _ in terms], axis=1), b)
-            outs = []  # depthwise: dense, block-diagonal, one layer per channel group
-            for c0 in range(0, c, plan.group or c):
-                c1 = min(c, c0 + (plan.group or c))
-                outs.append(stack(conv, tag, x, _block_diagonal(terms, c0, c1), b[c0:c1], (c0, c1)))
-            return outs[0] if len(outs) == 1 else add(O.Concat(1), tuple(outs), f"{name}/channels{tag}")
-
-        lo, hi = op.act
-        if not plan.halves or not lo <= 0.0 <= hi:
-            return layers(op.act)
-        # clamp(y, lo, hi) = clamp(y, lo, 0) + clamp(y, 0, hi): each half is rounded over its own part
-        # of y's range (a KPU layer saturates at its grid's ends), one more bit for a float reader.
-        # With a bulk t: clamp(y + t, lo + t, 0) + clamp(y, -t, 0) + clamp(y, 0, t) + clamp(y - t, 0, hi - t),
-        # where the two middle parts hold most values on grids of t / 255 (every part's range holds 0).
-        t = float(plan.bulk)
-        if not (t > 0.0 and lo <= -t and t <= hi):
-            parts = [layers((lo, 0.0), "/negative"), layers((0.0, hi), "/positive")]
-        else:
-            parts = [layers((lo + t, 0.0), "/low_tail", t), layers((-t, 0.0), "/negative"),
-                     layers((0.0, t), "/positive"), layers((0.0, hi - t), "/high_tail", -t)]
-        total = parts[0]
-        for i, part in enumerate(parts[1:]):
-            total = add(O.Binary("add"), (total, part), f"{name}/parts{i}")
-        return total
-    # stack_dw (stride-1 depthwise terms): full windows, "same" 3x3 depthwise over J*C channels and a
-    # 1x1 conv summing the J groups; both are trivial KPU layers, one crop at the end.
-    stacked = add(O.Concat(1), tuple(_padded_views(add, x, terms, ((0, 0), (0, 0)), name, cache)), f"{name}/stack")
-    wd = np.concatenate([k for k, _, _ in terms], axis=0)  # [J*C, 1, 3, 3]
-    parts = add(O.Conv2D((1, 1), ((1, 1), (1, 1)), (1, 1), j_count * c),
-                (stacked, add(O.Constant(wd), (), f"{name}/w_terms"), add(O.Constant(np.zeros(j_count * c, np.float32)),
-                                                                           (), f"{name}/zero_bias")), f"{name}/terms")
-    ones = np.tile(np.eye(c, dtype=np.float32), (1, j_count))[:, :, None, None]  # [C, J*C, 1, 1]
-    total = add(O.Conv2D(act=op.act), (parts, add(O.Constant(ones), (), f"{name}/w_sum"),
-                                       add(O.Constant(bias), (), f"{name}/bias")), f"{name}/sum")
-    _, _, h2, w2 = total.shape
-    return add(O.StridedSlice((0, 0, 1, 1), (x.shape[0], oc, h2 - 1, w2 - 1), (1, 1, 1, 1)), (total,), f"{name}/crop")
 
 
 # ----------------------------------------------------------------------------------- cost
@@ -408,7 +195,7 @@ def extra_roundings(n: Node, plan: Plan, float_input: bool, read_in_float: bool 
     (each is rounded to 8 bits over its own, unclamped range), one for a float input read without
     its residual, one for an output read in float (`_read_in_float`) not computed in parts
     (`Plan.halves`). An output a KPU layer reads is rounded to 8 bits either way."""
-    partial = plan.combine != "stack" and len(_terms(n, plan) or ()) > 1
+    partial = plan.combine != "stack" and len(plan_terms(n, plan) or ()) > 1
     return int(partial) + int(float_input and not plan.residual) + int(read_in_float and not plan.halves)
 
 
@@ -479,10 +266,14 @@ def _read_in_float(n: Node, users: dict, outputs: set[int]) -> bool:
 BULK_SAMPLES = 8
 
 
-def float_read_convs(g: Graph) -> list[Node]:
-    """Convs whose output, if a decomposition puts them on the KPU, is read in float (`_read_in_float`)."""
+def float_read_convs(g: Graph, opts: CompileOptions = CompileOptions()) -> list[Node]:
+    """Convs legalize_kpu would leave on the CPU whose output, if a decomposition puts them on the
+    KPU, is read in float (`_read_in_float`): the ones `bulk_thresholds` measures."""
+    if opts.target == "cpu" or opts.decompose == "off":
+        return []
     users, outputs = g.users(), {id(o) for o in g.outputs}
-    return [n for n in g.nodes if isinstance(n.op, O.Conv2D) and _read_in_float(n, users, outputs)]
+    return [n for n in g.nodes if isinstance(n.op, O.Conv2D) and _read_in_float(n, users, outputs)
+            and not _on_kpu(_alone(n, None), opts)[0]]
 
 
 def bulk_threshold(y: np.ndarray) -> float:
@@ -502,11 +293,14 @@ def bulk_threshold(y: np.ndarray) -> float:
     return best_t
 
 
-def bulk_thresholds(g: Graph, samples: list) -> dict[str, float]:
-    """`bulk_threshold` of every conv of `float_read_convs(g)`, from one float pass over `samples`."""
+def bulk_thresholds(g: Graph, samples: list, opts: CompileOptions = CompileOptions()) -> dict[str, float]:
+    """`bulk_threshold` of every conv of `float_read_convs(g, opts)`, from one float pass over
+    `samples` (none without such convs)."""
     from kcc.eval.interpreter import run
 
-    convs = {id(n): n.name for n in float_read_convs(g)}
+    convs = {id(n): n.name for n in float_read_convs(g, opts)}
+    if not convs:
+        return {}
     seen: dict[str, list[np.ndarray]] = {name: [] for name in convs.values()}
     for sample in samples:
         run(g, sample, lambda n, v: seen[convs[id(n)]].append(v) if id(n) in convs else None)
