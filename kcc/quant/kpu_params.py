@@ -5,7 +5,7 @@ calibrated ranges of its input X, its pre-activation output Y and its final outp
 
 1. input:   (z_x, s_x) = qparam(X); the 3x3 border is filled with pad_value = z_x.
 2. weights: every output channel is first scaled by e_oc to fill the layer's range (a per-channel
-            scale the BN multiplier undoes), then one (z_w, s_w) quantizes all of them: to the
+            scale, negative for a channel turned over, that the BN multiplier undoes), then one (z_w, s_w) quantizes all of them: to the
             nearest code, or, with the calibration's moments of the input, for the least output
             error, each channel's mean error taken off its bias (kcc.quant.weight_rounding).
 3. conv:    arg_x = -z_w, arg_w = -z_x, arg_add = k*k*z_w*z_x, so acc = sum (x - z_x)(w - z_w).
@@ -62,16 +62,41 @@ class LayerRanges:
 
 
 def equalize_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Scale each output channel to fill the whole layer's weight range; returns (scaled W, e)."""
-    t_lo, t_hi = fixup_range(*get_range(w))
-    # e_oc = min(T.hi/R.hi, T.lo/R.lo) over the finite positive ratios: a channel with no negative
-    # (positive) weights is scaled by its positive (negative) side alone, as ncc's min/max rules do.
-    e = np.ones(w.shape[0], np.float32)
-    for oc in range(w.shape[0]):
-        r_lo, r_hi = fixup_range(*get_range(w[oc]))
-        ratios = [F32(t) / F32(r) for t, r in ((t_hi, r_hi), (t_lo, r_lo)) if r != 0 and t / r > 0]
-        if ratios:
-            e[oc] = min(ratios)
+    """Scale each output channel to fill the layer's weight grid; returns (scaled W, e), W[oc] * e[oc].
+
+    The BN multiplier undoes e per channel, and it is signed (24 bits, kpu_semantics.md §1.1), so a
+    channel may also be flipped (e < 0): every channel is turned so that its larger side is
+    positive. The grid is then [tau, 1] * t_hi, with the ratio tau (<= 0) chosen among the
+    channels' own ratios (negative side / positive side) for the least mean squared step relative
+    to each channel's rms: a channel whose negative side fits is scaled by its positive side, the
+    others by their negative side. (ncc scales every channel, unflipped, into the raw weights'
+    global range: a depthwise kernel with a large centre of either sign then uses about half the
+    codes. Measured over the reference models' layers: 0.6-1.3 dB less weight rounding noise on
+    dense layers, 0.9-4.8 dB on depthwise ones.)"""
+    flat = w.reshape(w.shape[0], -1).astype(np.float64)
+    hi = np.maximum(flat.max(axis=1, initial=0.0), 0.0)
+    lo = np.minimum(flat.min(axis=1, initial=0.0), 0.0)
+    sign = np.where(hi >= -lo, 1.0, -1.0)
+    low = np.where(sign > 0, lo, -hi)  # the smaller side, made negative
+    # the larger side, made positive; a channel spans at least 0.01 (fixup_range, as ncc), so
+    # that a nearly dead one (weights of 1e-34 in ulffd) is not blown up by 1e34
+    peak = np.where(sign > 0, hi, -lo)
+    top = np.maximum(peak, low + 0.01)
+    live = np.any(flat != 0, axis=1)
+    e = np.ones(w.shape[0], F32)
+    if live.any():
+        rho = low[live] / top[live]
+        rms = np.sqrt(np.mean(flat[live] ** 2, axis=1))
+        taus = np.unique(rho)
+        # per candidate tau (rows) and channel: the step relative to the channel's rms (as if its
+        # peak filled the grid: a channel widened to 0.01 would otherwise weigh ~1e33 times more)
+        fill = np.where(rho[None, :] >= taus[:, None], 1.0, taus[:, None] / np.where(rho < 0, rho, -1.0)[None, :])
+        with np.errstate(divide="ignore"):  # tau = 0 leaves no room for a negative side: infinite cost
+            cost = np.mean(((1.0 - taus[:, None]) / fill * (peak[live] / rms)[None, :]) ** 2, axis=1)
+        tau = float(taus[int(np.argmin(cost))])
+        t_hi = float(top.max())
+        scale = np.where(rho >= tau, t_hi / top[live], tau * t_hi / np.where(rho < 0, low[live], -1.0))
+        e[live] = (sign[live] * scale).astype(F32)
     scaled = (w.astype(F32) * e.reshape(-1, *([1] * (w.ndim - 1)))).astype(F32)
     return scaled, e
 
@@ -313,11 +338,15 @@ def kpu_layer(op: KpuConv2D, w: np.ndarray, b: np.ndarray, r: LayerRanges,
     # arg_add is per input channel: the KPU multiplies it by the channels in the group (§3 step 2)
 
     if op.fn is None:  # clamp only: the exact path (module docstring)
-        acc_per_unit = float(xq.scale) * float(wq.scale) * e.astype(np.float64)  # accumulator units per real unit
+        # in the channel's own orientation: a flipped channel (e < 0) accumulates -acc, which its
+        # negated multiplier turns back (floor(acc * -m) = floor(-acc * m), so the exact steps hold)
+        flip = np.where(e < 0, -1, 1)
+        acc_per_unit = float(xq.scale) * float(wq.scale) * np.abs(e.astype(np.float64))  # accumulator units per real unit
         so = zq.scale / (float(xq.scale) * float(wq.scale))
-        b_acc = accumulator_bias(b, acc_per_unit) + acc_bias
+        b_acc = accumulator_bias(b, acc_per_unit) + flip * acc_bias
         lo, hi = clamp_bounds(op.act, zq)
-        bn, up, _ = clamp_bn(so, e, b_acc, _acc_bound(w_u8, wq.zero_point, xq.zero_point), zq.zero_point, lo, hi)
+        bn, up, _ = clamp_bn(so, np.abs(e), b_acc, _acc_bound(w_u8, wq.zero_point, xq.zero_point), zq.zero_point, lo, hi)
+        bn[:, 0] *= flip
         return KpuLayer(**conv, bn=bn, act_table=clamp_table(op.act, zq, up), out_q=(zq.zero_point, zq.scale))
 
     s_a = F32(F32(xq.scale) * F32(wq.scale))
