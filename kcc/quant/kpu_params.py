@@ -5,9 +5,10 @@ calibrated ranges of its input X, its pre-activation output Y and its final outp
 
 1. input:   (z_x, s_x) = qparam(X); the 3x3 border is filled with pad_value = z_x.
 2. weights: every output channel is first scaled by e_oc to fill the layer's range (a per-channel
-            scale, negative for a channel turned over, that the BN multiplier undoes), then one (z_w, s_w) quantizes all of them: to the
-            nearest code, or, with the calibration's moments of the input, for the least output
-            error, each channel's mean error taken off its bias (kcc.quant.weight_rounding).
+            scale, negative for a channel turned over, that the BN multiplier undoes), then one
+            (z_w, s_w) quantizes all of them: to the nearest code, or, with the calibration's
+            moments of the input, for the least output error, each channel's mean error taken off
+            its bias (kcc.quant.weight_rounding).
 3. conv:    arg_x = -z_w, arg_w = -z_x, arg_add = k*k*z_w*z_x, so acc = sum (x - z_x)(w - z_w).
 4. BN:      y = (acc*mul >> shift) + add = (conv + b) * s_act_in, where s_act_in = s_y*2^up carries
             up to `up` extra fraction bits into the activation stage.
@@ -34,7 +35,7 @@ import numpy as np
 
 from kcc.eval.kernels import kpu_activation
 from kcc.ir.kpu_ops import KpuConv2D, KpuLayer
-from kcc.quant.params import (QuantParam, fixup_range, get_fixed_mul, get_quant_param, get_range, range_param,
+from kcc.quant.params import (QuantParam, get_fixed_mul, get_quant_param, get_range, range_param,
                                round_half_away)
 from kcc.quant.weight_grid import channel_grids, weight_grid
 from kcc.quant.weight_rounding import PatchMoments, round_weights
@@ -340,12 +341,12 @@ def kpu_layer(op: KpuConv2D, w: np.ndarray, b: np.ndarray, r: LayerRanges,
     if op.fn is None:  # clamp only: the exact path (module docstring)
         # in the channel's own orientation: a flipped channel (e < 0) accumulates -acc, which its
         # negated multiplier turns back (floor(acc * -m) = floor(-acc * m), so the exact steps hold)
-        flip = np.where(e < 0, -1, 1)
-        acc_per_unit = float(xq.scale) * float(wq.scale) * np.abs(e.astype(np.float64))  # accumulator units per real unit
+        flip, e_abs = np.where(e < 0, -1, 1), np.abs(e.astype(np.float64))
+        acc_per_unit = float(xq.scale) * float(wq.scale) * e_abs  # accumulator units per real unit
         so = zq.scale / (float(xq.scale) * float(wq.scale))
         b_acc = accumulator_bias(b, acc_per_unit) + flip * acc_bias
         lo, hi = clamp_bounds(op.act, zq)
-        bn, up, _ = clamp_bn(so, np.abs(e), b_acc, _acc_bound(w_u8, wq.zero_point, xq.zero_point), zq.zero_point, lo, hi)
+        bn, up, _ = clamp_bn(so, e_abs, b_acc, _acc_bound(w_u8, wq.zero_point, xq.zero_point), zq.zero_point, lo, hi)
         bn[:, 0] *= flip
         return KpuLayer(**conv, bn=bn, act_table=clamp_table(op.act, zq, up), out_q=(zq.zero_point, zq.scale))
 
