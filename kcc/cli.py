@@ -15,7 +15,8 @@ from pathlib import Path
 
 from kcc import __version__
 from kcc.errors import DatasetError, KccError
-from kcc.options import CALIBRATE_METHODS, DECOMPOSE_MODES, INFERENCE_TYPES, INPUT_TYPES, TARGETS, CompileOptions
+from kcc.options import (CALIBRATE_METHODS, DECOMPOSE_MODES, INFERENCE_TYPES, INPUT_TYPES, TARGETS,
+                         WEIGHT_EQUALIZATIONS, CompileOptions)
 
 INPUT_FORMATS = ("tflite",)
 
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="convs the KPU lacks (5x5, 7x7, ...) as 3x3 KPU layers: accurate = only in a form that "
                         "rounds no more than the CPU conv, fast = the fastest form, off = leave them on the CPU "
                         "like ncc; either way only when estimated faster than the CPU (default accurate)")
+    c.add_argument("--weight-equalization", default="turned", choices=WEIGHT_EQUALIZATIONS,
+                   help="turned = KPU channels may be turned over (negative batch-norm multiplier) for finer "
+                        "weight steps; ncc = every multiplier positive, as ncc writes them (default turned)")
     c.add_argument("--dump-ir", nargs="?", const=Path("."), type=Path, default=None, metavar="DIR",
                    help="write the IR of every stage as NN-<stage>.dot/.txt into DIR (default: .)")
     c.add_argument("--dump-weights-range", action="store_true",
@@ -187,7 +191,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         max_allocator_solve_secs=args.max_allocator_solve_secs,
         weights_quantize_threshold=args.weights_quantize_threshold,
         output_quantize_threshold=args.output_quantize_threshold,
-        no_quantized_binary=args.no_quantized_binary, decompose=args.decompose, dump_ir=args.dump_ir,
+        no_quantized_binary=args.no_quantized_binary, decompose=args.decompose,
+        weight_equalization=args.weight_equalization, dump_ir=args.dump_ir,
         dump_weights_range=args.dump_weights_range)
     progress = bars.Bars() if bars.enabled(args.quiet) else None
     try:

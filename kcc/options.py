@@ -13,6 +13,7 @@ INPUT_TYPES = ("default", "uint8", "float")
 CALIBRATE_METHODS = ("no_clip", "l2")
 TARGETS = ("k210", "cpu")
 DECOMPOSE_MODES = ("accurate", "fast", "off")
+WEIGHT_EQUALIZATIONS = ("turned", "ncc")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,11 @@ class CompileOptions:
     #: one on the KPU in a form that rounds no more than the float conv on the CPU, when that is
     #: faster; "fast" in its fastest form, when that is faster than the CPU; "off" never (ncc v0.2).
     decompose: str = "accurate"
+    #: How each KPU layer's output channels are scaled onto its one weight grid
+    #: (kcc.quant.kpu_params.equalize_weights): "turned" also turns channels over (a negative
+    #: batch-norm multiplier) and picks the grid for the least relative step; "ncc" keeps every
+    #: multiplier positive and scales into the raw weights' range, as ncc v0.2 does.
+    weight_equalization: str = "turned"
     #: Directory for the per-stage IR dumps (.dot and .txt); None = no dump.
     dump_ir: Path | None = None
     dump_weights_range: bool = False

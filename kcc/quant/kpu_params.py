@@ -35,7 +35,7 @@ import numpy as np
 
 from kcc.eval.kernels import kpu_activation
 from kcc.ir.kpu_ops import KpuConv2D, KpuLayer
-from kcc.quant.params import (QuantParam, get_fixed_mul, get_quant_param, get_range, range_param,
+from kcc.quant.params import (QuantParam, fixup_range, get_fixed_mul, get_quant_param, get_range, range_param,
                                round_half_away)
 from kcc.quant.weight_grid import channel_grids, weight_grid
 from kcc.quant.weight_rounding import PatchMoments, round_weights
@@ -62,8 +62,9 @@ class LayerRanges:
     x_bias: float = 0.0
 
 
-def equalize_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def equalize_weights(w: np.ndarray, turn: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Scale each output channel to fill the layer's weight grid; returns (scaled W, e), W[oc] * e[oc].
+    With turn=False, ncc's rule (`--weight-equalization ncc`, below): every e > 0.
 
     The BN multiplier undoes e per channel, and it is signed (24 bits, kpu_semantics.md §1.1), so a
     channel may also be flipped (e < 0): every channel is turned so that its larger side is
@@ -74,6 +75,8 @@ def equalize_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     global range: a depthwise kernel with a large centre of either sign then uses about half the
     codes. Measured over the reference models' layers: 0.6-1.3 dB less weight rounding noise on
     dense layers, 0.9-4.8 dB on depthwise ones; end to end in docs/kpu.md.)"""
+    if not turn:
+        return _ncc_equalization(w)
     flat = w.reshape(w.shape[0], -1).astype(np.float64)
     hi = np.maximum(flat.max(axis=1, initial=0.0), 0.0)
     lo = np.minimum(flat.min(axis=1, initial=0.0), 0.0)
@@ -100,6 +103,20 @@ def equalize_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         e[live] = (sign[live] * scale).astype(F32)
     scaled = (w.astype(F32) * e.reshape(-1, *([1] * (w.ndim - 1)))).astype(F32)
     return scaled, e
+
+
+def _ncc_equalization(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ncc's rule: e_oc = min(T.hi/R.hi, T.lo/R.lo) over the finite positive ratios, T the whole
+    layer's range and R the channel's (both fixup_range): a channel with no negative (positive)
+    weights is scaled by its positive (negative) side alone."""
+    t_lo, t_hi = fixup_range(*get_range(w))
+    e = np.ones(w.shape[0], F32)
+    for oc in range(w.shape[0]):
+        r_lo, r_hi = fixup_range(*get_range(w[oc]))
+        ratios = [F32(t) / F32(r) for t, r in ((t_hi, r_hi), (t_lo, r_lo)) if r != 0 and t / r > 0]
+        if ratios:
+            e[oc] = min(ratios)
+    return (w.astype(F32) * e.reshape(-1, *([1] * (w.ndim - 1)))).astype(F32), e
 
 
 def piecewise_linear(x: np.ndarray, y: np.ndarray, segments: int = ACT_SEGMENTS):
@@ -307,10 +324,10 @@ def clamp_bn(so: float, e: np.ndarray, b_acc: np.ndarray, acc_max: np.ndarray, z
 
 
 def kpu_layer(op: KpuConv2D, w: np.ndarray, b: np.ndarray, r: LayerRanges,
-              moments: PatchMoments | None = None) -> KpuLayer:
-    """Quantize one float KPU layer into its encoded parameters. With the `moments` of its input
-    (calibration), weights that are re-rounded are rounded for the least output error, and each
-    channel's mean error comes off its bias (kcc.quant.weight_rounding)."""
+              moments: PatchMoments | None = None, turn_channels: bool = True) -> KpuLayer:
+    """Quantize one float KPU layer into its encoded parameters (`turn_channels`: equalize_weights).
+    With the `moments` of its input (calibration), weights that are re-rounded are rounded for the
+    least output error, and each channel's mean error comes off its bias (kcc.quant.weight_rounding)."""
     k = op.kernel
     xq = r.x
     yq = range_param(r.y)
@@ -323,7 +340,7 @@ def kpu_layer(op: KpuConv2D, w: np.ndarray, b: np.ndarray, r: LayerRanges,
         wq, e = per_channel  # e stays float64: the BN multipliers must undo it exactly
         w_eq = (w.astype(np.float64) * e.reshape(-1, *([1] * (w.ndim - 1)))).astype(F32)
     else:
-        w_eq, e = equalize_weights(w)
+        w_eq, e = equalize_weights(w, turn_channels)
         wq = get_quant_param(*get_range(w_eq))
     if grid is None and per_channel is None:
         w_u8, mean_err = round_weights(w_eq, wq, moments, op.depthwise)

@@ -76,8 +76,9 @@ def calibration_view(g: Graph) -> tuple[Graph, list[Node]]:
 
 
 class _Quantizer:
-    def __init__(self, g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | None):
+    def __init__(self, g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | None, turn_channels: bool):
         self.src = g
+        self.turn_channels = turn_channels
         self.ranges = ranges
         self.input_u8 = input_u8
         self.moments = moments.layers if moments is not None else {}
@@ -217,7 +218,7 @@ class _Quantizer:
             z = self.ranges[n.name]
             y = self.ranges.get(pre_activation_name(n), z)
             params = kpu_layer(n.op, w.data, b.data, LayerRanges(xq, y, z, self._floor_bias(x)),
-                               self.moments.get(n.name))
+                               self.moments.get(n.name), self.turn_channels)
             return self.g.add(params, (self.kpu_of(x),), n.name)
         return self._cached(self.layer, n, make)
 
@@ -241,8 +242,9 @@ class _Quantizer:
         return self.g
 
 
-def quantize(g: Graph, ranges: Ranges, input_type: str = "float", moments: InputMoments | None = None) -> Graph:
+def quantize(g: Graph, ranges: Ranges, input_type: str = "float", moments: InputMoments | None = None,
+             turn_channels: bool = True) -> Graph:
     """Turn each KpuConv2D into a quantized KpuLayer; the graph input becomes uint8 if asked. With
     the calibration's `moments`, KPU weights are rounded with their inputs in view
-    (kcc.quant.weight_rounding)."""
-    return _Quantizer(g, ranges, input_type == "uint8", moments).run()
+    (kcc.quant.weight_rounding); `turn_channels`: kcc.quant.kpu_params.equalize_weights."""
+    return _Quantizer(g, ranges, input_type == "uint8", moments, turn_channels).run()

@@ -196,3 +196,25 @@ def test_decompose_modes_and_the_reason_a_conv_stays_on_the_cpu(kit, tmp_path):
     assert "--decompose fast takes it" in accurate["reason"]
     assert all(p["on_kpu"] for p in placement["fast"].values())
     assert placement["off"]["dw5"]["reason"] == "5x5 kernel (KPU: 1x1, 3x3)"  # as ncc leaves it
+
+
+def test_weight_equalization_ncc_keeps_every_batch_norm_multiplier_positive(kit, tmp_path):
+    """By default some of the kit's output channels are turned over (negative BN multiplier, finer
+    weight steps); --weight-equalization ncc writes only positive ones, as ncc does, for a board
+    that would disagree with kpu_sim. Both builds compute the same layers."""
+    import kpu_sim
+    from kcc.kmodel.model import read_file
+
+    muls, outs = {}, {}
+    x = np.random.default_rng(3).integers(0, 256, (1, 3, 16, 16)).astype(np.uint8)
+    for mode in ("turned", "ncc"):
+        path = tmp_path / f"{mode}.kmodel"
+        assert main(["compile", str(kit["model"]), str(path), "--dataset", str(kit["images"]),
+                     "--weight-equalization", mode, "-q"]) == 0
+        nodes = [n for n in read_file(path).nodes if n.opcode.kmodel_name == "kpu_conv2d"]
+        muls[mode] = np.concatenate([np.asarray(n.body.batch_norm.norm_mul) for n in nodes])
+        outs[mode] = kpu_sim.load(path.read_bytes()).run([x])[0]
+    assert (muls["turned"] < 0).any() and (muls["turned"] > 0).any()
+    assert (muls["ncc"] > 0).all()
+    scale = np.abs(outs["ncc"]).max()
+    assert np.abs(outs["turned"] - outs["ncc"]).max() < 0.05 * scale
