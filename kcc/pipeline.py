@@ -129,8 +129,8 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
             moments = InputMoments(g)
             ranges = _calibrate(g, options, log, samples, progress, moments)
         log("5. Quantize...")
-        g = checkpoint("quantize", quantize(g, ranges, options.effective_input_type, moments,
-                                                  turn_channels=options.weight_equalization == "turned"))
+        turn = options.weight_equalization == "turned"
+        g = checkpoint("quantize", quantize(g, ranges, options.effective_input_type, moments, turn_channels=turn))
     log("6. Lower the remaining ops to kmodel neutral ops...")
     g = checkpoint("lower_float", lower_float(g))
     log("7. Plan buffers and emit kmodel v4...")
