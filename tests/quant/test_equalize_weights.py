@@ -30,13 +30,6 @@ def _relative_steps(w: np.ndarray, w_eq: np.ndarray, e: np.ndarray) -> np.ndarra
     return 1.0 / (grid.scale * np.abs(e) * peak)
 
 
-def _unturned(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ncc's rule: every channel scaled, as it is, into the raw weights' global range."""
-    t_lo, t_hi = float(w.min()), float(w.max())
-    e = np.array([min(r for r in (t_hi / c.max(), t_lo / c.min()) if r > 0) for c in w.reshape(len(w), -1)])
-    return w * e.reshape(-1, 1, 1, 1), e
-
-
 def test_channels_are_turned_so_their_larger_side_is_positive():
     w = _depthwise_kernels(16, 0)
     w_eq, e = equalize_weights(w)
@@ -47,13 +40,13 @@ def test_channels_are_turned_so_their_larger_side_is_positive():
     assert np.all(flat.max(axis=1) >= -flat.min(axis=1))
 
 
-def test_kernels_of_either_sign_get_finer_steps_than_unturned_equalization():
+def test_kernels_of_either_sign_get_finer_steps_than_ncc_equalization():
     # unturned, a kernel whose centre has the minority sign sits on the grid's short side: its
     # steps are ~2x as coarse; turned, every centre spans nearly the whole grid
     for seed in range(4):
         w = _depthwise_kernels(32, seed)
         ours = np.mean(_relative_steps(w, *equalize_weights(w)) ** 2)
-        theirs = np.mean(_relative_steps(w, *_unturned(w)) ** 2)
+        theirs = np.mean(_relative_steps(w, *equalize_weights(w, turn=False)) ** 2)  # ncc's rule
         assert ours < 0.6 * theirs, (seed, ours, theirs)
 
 
@@ -96,3 +89,10 @@ def test_a_nearly_dead_channel_neither_blows_up_nor_sets_the_grid():
     steps = _relative_steps(w[live], w_eq[live], e[live])
     healthy = _relative_steps(np.delete(w, 5, axis=0), *equalize_weights(np.delete(w, 5, axis=0)))
     np.testing.assert_allclose(steps, healthy, rtol=1e-5)
+
+
+def test_ncc_equalization_keeps_every_scale_positive():
+    w = _depthwise_kernels(16, 5)
+    w_eq, e = equalize_weights(w, turn=False)
+    assert np.all(e > 0)
+    np.testing.assert_allclose(w_eq, w * e.reshape(-1, 1, 1, 1), rtol=1e-6)
