@@ -224,6 +224,12 @@ def main() -> None:
                 notes.append(f"{name}: per output, {build} (size: before -> {build}, paired difference): " + "; ".join(
                     f"{size}: {before[:, j].mean():.1f} -> {after[:, j].mean():.1f}, "
                     f"{_paired(before[:, j], after[:, j])}" for j, size in enumerate(sizes)))
+            if args.extra_source == "jitter":  # copies of one scene are alike: the standard errors
+                scenes = refkit.samples(name)  # above understate the spread, so each scene on its own
+                notes.append(f"{name}: per reference scene, {build} - before, per output ({', '.join(map(str, sizes))}): "
+                             + "; ".join(f"{sc.name} " + " / ".join(
+                                 f"{(after[k::len(scenes), j] - before[k::len(scenes), j]).mean():+.2f}"
+                                 for j in range(len(sizes))) for k, sc in enumerate(scenes)))
         if args.attribute:
             for method in ("no_clip", "l2"):
                 count, db = input_rounding_sqnr(name, method, extra, args.calib)
