@@ -226,10 +226,11 @@ def main() -> None:
                     f"{_paired(before[:, j], after[:, j])}" for j, size in enumerate(sizes)))
             if args.extra_source == "jitter":  # copies of one scene are alike: the standard errors
                 scenes = refkit.samples(name)  # above understate the spread, so each scene on its own
-                notes.append(f"{name}: per reference scene, {build} - before, per output ({', '.join(map(str, sizes))}): "
-                             + "; ".join(f"{sc.name} " + " / ".join(
-                                 f"{(after[k::len(scenes), j] - before[k::len(scenes), j]).mean():+.2f}"
-                                 for j in range(len(sizes))) for k, sc in enumerate(scenes)))
+                d = after - before
+                per_scene = [f"{sc.name} " + " / ".join(f"{v:+.2f}" for v in d[k::len(scenes)].mean(axis=0))
+                             for k, sc in enumerate(scenes)]
+                notes.append(f"{name}: per reference scene, {build} - before, per output "
+                             f"({', '.join(map(str, sizes))}): " + "; ".join(per_scene))
         if args.attribute:
             for method in ("no_clip", "l2"):
                 count, db = input_rounding_sqnr(name, method, extra, args.calib)
