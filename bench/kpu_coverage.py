@@ -43,6 +43,7 @@ from kcc import pipeline  # noqa: E402
 from kcc.dataset import IMAGE_SUFFIXES, load_image  # noqa: E402
 from kcc.eval.interpreter import run  # noqa: E402
 from kcc.frontend.importer import import_tflite  # noqa: E402
+from kcc.ir.graph import Graph  # noqa: E402
 from kcc.options import CompileOptions  # noqa: E402
 from kcc.passes.canonicalize import canonicalize  # noqa: E402
 from kcc.passes.coverage import conv_coverage, model_conv_macs  # noqa: E402
@@ -75,18 +76,22 @@ def _latency_ms(res) -> float | None:
     return estimate(res.emitted.model).total_ms
 
 
+def _pixel_model(name: str) -> tuple[np.float32, np.float32, Graph]:
+    """(a, b, float graph) of a model whose input is x = u8 * a + b (its meta.json)."""
+    inp = refkit.meta(name).get("input", {})
+    a, b = np.float32(inp.get("a", 1.0)), np.float32(inp.get("b", 0.0))
+    return a, b, canonicalize(import_tflite(refkit.tflite_path(name)))
+
+
 def extra_inputs(name: str, count: int) -> list[tuple[np.ndarray, list[np.ndarray]]]:
     """(input, float outputs) for up to `count` pictures: x = u8 * a + b of the resized picture."""
     if count <= 0:
         return []
-    inp = refkit.meta(name).get("input", {})
-    a, b = float(inp.get("a", 1.0)), float(inp.get("b", 0.0))
-    g = canonicalize(import_tflite(refkit.tflite_path(name)))
-    shape = g.inputs[0].shape
+    a, b, g = _pixel_model(name)
     files = sorted(p for p in (refkit.MODELS / "images").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     out = []
     for p in files[:count]:
-        x = (load_image(p, shape, np.uint8).astype(np.float32) * np.float32(a) + np.float32(b)).astype(np.float32)
+        x = (load_image(p, g.inputs[0].shape, np.uint8).astype(np.float32) * a + b).astype(np.float32)
         out.append((x, run(g, [x])))
     return out
 
@@ -98,9 +103,7 @@ def jittered_references(name: str, count: int) -> list[tuple[np.ndarray, list[np
     from a fixed seed."""
     if count <= 0:
         return []
-    inp = refkit.meta(name).get("input", {})
-    a, b = np.float32(inp.get("a", 1.0)), np.float32(inp.get("b", 0.0))
-    g = canonicalize(import_tflite(refkit.tflite_path(name)))
+    a, b, g = _pixel_model(name)
     refs = refkit.samples(name)
     rng = np.random.default_rng(7)
     out = []

@@ -80,7 +80,6 @@ def plan_terms(n: Node, plan: Plan) -> list[tuple[np.ndarray, Window, Window]] |
     return conv_terms(w.data, op.stride, op.padding, x.shape[2:], n.shape[2:], plan.split, plan.z)
 
 
-
 def _view(add: Add, x: Node, wh: Window, ww: Window, name: str, cache: dict) -> Node:
     nb, c, h, w = x.shape
     key = (wh.begin, wh.end, wh.step, ww.begin, ww.end, ww.step)
