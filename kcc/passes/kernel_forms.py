@@ -210,13 +210,16 @@ def emit(add: Add, n: Node, x: Node, plan: Plan) -> Node | None:
         # where the two middle parts hold most values on grids of t / 255 (every part's range holds 0).
         t = float(plan.bulk)
         if not (t > 0.0 and lo <= -t and t <= hi):
-            parts = [layers((lo, 0.0), "/negative"), layers((0.0, hi), "/positive")]
+            parts = [((lo, 0.0), "/negative", 0.0), ((0.0, hi), "/positive", 0.0)]
         else:
-            parts = [layers((lo + t, 0.0), "/low_tail", t), layers((-t, 0.0), "/negative"),
-                     layers((0.0, t), "/positive"), layers((0.0, hi - t), "/high_tail", -t)]
-        total = parts[0]
+            parts = [((lo + t, 0.0), "/low_tail", t), ((-t, 0.0), "/negative", 0.0),
+                     ((0.0, t), "/positive", 0.0), ((0.0, hi - t), "/high_tail", -t)]
+        # each part is added as soon as it is computed: the graph order is the kmodel's, and a part
+        # computed early keeps its output (the map, in 8 bits) alive until its add. BlazePalm's stem:
+        # 2.65 MB of working memory at the parts instead of 3.24 MB with all four layers first.
+        total = layers(*parts[0])
         for i, part in enumerate(parts[1:]):
-            total = add(O.Binary("add"), (total, part), f"{name}/parts{i}")
+            total = add(O.Binary("add"), (total, layers(*part)), f"{name}/parts{i}")
         return total
     # stack_dw (stride-1 depthwise terms): full windows, "same" 3x3 depthwise over J*C channels and a
     # 1x1 conv summing the J groups; both are trivial KPU layers, one crop at the end.
