@@ -119,6 +119,38 @@ def jittered_references(name: str, count: int) -> list[tuple[np.ndarray, list[np
     return out
 
 
+#: views per picture of `picture_crops`: the whole picture and its four corners
+CROP_VIEWS = 5
+
+
+def picture_crops(name: str, count: int) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    """(input, float outputs) for CROP_VIEWS views of each of up to `count` pictures of
+    ../shared/reference/models/images, consecutive per picture: the picture, then its four corner
+    windows of 70% of its width and height, each resized to the input. Five times the pictures of
+    extra_inputs; views of one picture are alike, so differences are judged per picture
+    (`_clustered`)."""
+    if count <= 0:
+        return []
+    from PIL import Image
+
+    a, b, g = _pixel_model(name)
+    _, c, h, w = g.inputs[0].shape
+    files = sorted(p for p in (refkit.MODELS / "images").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    out = []
+    for p in files[:count]:
+        with Image.open(p) as im:
+            im = im.convert("L" if c == 1 else "RGB")
+            cw, ch = round(im.width * 0.7), round(im.height * 0.7)
+            boxes = [(0, 0, im.width, im.height)] + [(x0, y0, x0 + cw, y0 + ch) for y0 in (0, im.height - ch)
+                                                      for x0 in (0, im.width - cw)]
+            for box in boxes:
+                pixels = np.asarray(im.crop(box).resize((w, h), Image.BILINEAR), np.uint8)
+                chw = pixels[None] if c == 1 else pixels.transpose(2, 0, 1)
+                x = np.ascontiguousarray((chw[None].astype(np.float32) * a + b).astype(np.float32))
+                out.append((x, run(g, [x])))
+    return out
+
+
 def pixel_grid(name: str) -> dict:
     """--input-mean/--input-std that put the input grid on the model's pixels, x = u8*a + b.
 
@@ -142,6 +174,13 @@ def _paired(before: np.ndarray, after: np.ndarray) -> str:
     """Mean after - before over the same pictures, with its standard error."""
     d = after - before
     return f"{d.mean():+.2f} dB +- {d.std(ddof=1) / np.sqrt(len(d)):.2f} (standard error)"
+
+
+def _clustered(before: np.ndarray, after: np.ndarray, views: int) -> str:
+    """Mean after - before over pictures of `views` consecutive views each, with the standard error
+    of the per-picture means (views of one picture are not independent)."""
+    d = (after - before).reshape(-1, views).mean(axis=1)
+    return f"{d.mean():+.2f} dB +- {d.std(ddof=1) / np.sqrt(len(d)):.2f} (over {len(d)} pictures)"
 
 
 BUILDS = {"before": "off", "after": "accurate", "fast": "fast"}  # build -> --decompose
@@ -182,9 +221,10 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=64, help="calibration samples per model")
     ap.add_argument("--method", default="no_clip")
     ap.add_argument("--extra", type=int, default=24, help="further pictures compared with the float model")
-    ap.add_argument("--extra-source", choices=("images", "jitter"), default="images",
+    ap.add_argument("--extra-source", choices=tuple(SOURCES), default="images",
                     help="images: ../shared/reference/models/images; jitter: perturbed copies of the model's "
-                         "own reference pictures (jittered_references)")
+                         "own reference pictures (jittered_references); crops: each picture and its four "
+                         "corners (picture_crops, --extra pictures)")
     ap.add_argument("--attribute", action="store_true",
                     help="also: the float model with only the decomposed convs' inputs rounded (input_rounding_sqnr)")
     args = ap.parse_args()
@@ -193,7 +233,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     notes = []
     for name in args.models.split(","):
-        extra = (extra_inputs if args.extra_source == "images" else jittered_references)(name, args.extra)
+        extra = SOURCES[args.extra_source](name, args.extra)
         outputs, per_sample = {}, {}
         for build in args.builds.split(","):
             try:
@@ -227,6 +267,9 @@ def main() -> None:
                 notes.append(f"{name}: per output, {build} (size: before -> {build}, paired difference): " + "; ".join(
                     f"{size}: {before[:, j].mean():.1f} -> {after[:, j].mean():.1f}, "
                     f"{_paired(before[:, j], after[:, j])}" for j, size in enumerate(sizes)))
+            if args.extra_source == "crops":
+                notes.append(f"{name}: per output, {build} - before, per picture ({CROP_VIEWS} views each): " + "; ".join(
+                    f"{size}: {_clustered(before[:, j], after[:, j], CROP_VIEWS)}" for j, size in enumerate(sizes)))
             if args.extra_source == "jitter":  # copies of one scene are alike: the standard errors
                 scenes = refkit.samples(name)  # above understate the spread, so each scene on its own
                 d = after - before
@@ -269,6 +312,9 @@ def input_rounding_sqnr(name: str, method: str, extra: list, calib: int) -> tupl
                 c.inputs = (rounded, *c.inputs[1:])
     snr = [min(_sqnr_db(o, r) for o, r in zip(run(g, [x]), refs)) for x, refs in extra]
     return len(points), float(np.mean(snr)) if snr else float("nan")
+
+
+SOURCES = {"images": extra_inputs, "jitter": jittered_references, "crops": picture_crops}
 
 
 def _fmt(v: float | None, spec: str) -> str:
