@@ -13,7 +13,8 @@ output is often a 63-value landmark vector, so that cosine moves by +-0.005 with
 rounding; the `extra` columns therefore also compare both builds with the float model (kcc's float
 interpreter) on up to --extra further pictures of ../shared/reference/models/images (resized like
 the references; `--extra-source jitter`: perturbed copies of the model's own reference pictures,
-jittered_references): SQNR of the worst output in dB, averaged, and the same cosine; per model, the
+jittered_references; `--extra-source crops`: each picture and its four corners, picture_crops, with
+standard errors over pictures, the largest independent set): SQNR of the worst output in dB, averaged, and the same cosine; per model, the
 after - before difference of that SQNR paired picture by picture, with its standard error (a
 few-output model's per-picture SQNR moves by several dB with any rounding, so a mean difference
 within ~2 standard errors says little), and the same for each output of a multi-output model, for
