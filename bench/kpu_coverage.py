@@ -22,8 +22,10 @@ each build against "before".
 The KPU share counts the model's convolution MACs the CPU no longer does (kcc.passes.coverage);
 the latency column is kcc.latency's estimate when that module is present. Convolutions left on
 the CPU are listed with the placement's reason. `--attribute` adds, per model, the SQNR of the float
-model with only the decomposed convs' inputs rounded to 8 bits: the part of the "after" build's
-error that decomposition itself brings (a float conv on the CPU reads those inputs unrounded).
+model with only the decomposed convs' inputs rounded to 8 bits, and of the default build's float
+graph with only their weights rounded (weight_rounding_sqnr): the parts of the "after" build's error
+that decomposition itself brings (a float conv on the CPU reads its inputs unrounded and keeps its
+float weights).
 """
 
 from __future__ import annotations
@@ -283,6 +285,10 @@ def main() -> None:
                 count, db = input_rounding_sqnr(name, method, extra, args.calib)
                 notes.append(f"{name}: float model with only the {count} inputs of its >3x3 convs rounded to "
                              f"8 bits ({method} ranges): extra SQNR {db:.1f} dB")
+            count, dbs = weight_rounding_sqnr(name, extra, args.calib)
+            notes.append(f"{name}: the default build's float graph with only the weights of the {count} KPU layers "
+                         f"of its decomposed convs in 8 bits (as kcc rounds them): extra SQNR per output "
+                         + " / ".join(f"{v:.1f}" for v in dbs) + " dB")
     for line in notes:
         print(f"* {line}")
 
@@ -316,6 +322,43 @@ def input_rounding_sqnr(name: str, method: str, extra: list, calib: int) -> tupl
 
 
 SOURCES = {"images": extra_inputs, "jitter": jittered_references, "crops": picture_crops}
+
+
+def weight_rounding_sqnr(name: str, extra: list, calib: int) -> tuple[int, list[float]]:
+    """What the 8-bit weights of a decomposition cost by themselves (a float conv on the CPU keeps
+    its float weights): the default build's legalized float graph, calibrated as the compiler does,
+    with only the KPU layers of decomposed convs computing with their weights as kcc.quant.kpu_params
+    rounds them (equalized, data-aware rounding, bias correction); everything else float. Returns
+    (layers, SQNR dB of each output against the unrounded graph, averaged over `extra`)."""
+    import dataclasses
+
+    from kcc.ir import kpu_ops as KO
+    from kcc.passes.decompose_kernels import BULK_SAMPLES, bulk_thresholds, decompose_kernels
+    from kcc.passes.legalize_kpu import legalize_kpu
+    from kcc.quant.kpu_params import layer_weights
+    from kcc.quant.weight_rounding import InputMoments
+
+    options = CompileOptions(input_type="float", **pixel_grid(name))
+    samples = [[s.x.astype(np.float32)] for s in refkit.samples(name)[:calib]]
+    g = canonicalize(import_tflite(refkit.tflite_path(name)))
+    decisions: list = []
+    g = decompose_kernels(g, options, decisions, bulk=bulk_thresholds(g, samples[:BULK_SAMPLES], options))
+    g, _ = legalize_kpu(g, options)
+    moments = InputMoments(g)
+    pipeline._calibrate(g, options, lambda line: None, samples, None, moments)
+    refs = [run(g, [x]) for x, _ in extra]
+    decomposed = tuple(d.node + "/" for d in decisions if d.plan is not None)
+    layers = [n for n in g.nodes if isinstance(n.op, KO.KpuConv2D) and n.name.startswith(decomposed)]
+    rounded = {}  # id(constant) -> (node, rounded data), all from the float weights (stacks share weights)
+    for n in layers:
+        _, w, b = n.inputs
+        lw = layer_weights(w.data, b.data, n.op.depthwise, moments.layers.get(n.name))
+        rounded[id(w)] = (w, lw.dequantized().astype(np.float32))
+        rounded[id(b)] = (b, lw.bias.astype(np.float32))
+    for node, data in rounded.values():
+        node.op = dataclasses.replace(node.op, data=data)
+    snr = [[_sqnr_db(o, r) for o, r in zip(run(g, [x]), ref)] for (x, _), ref in zip(extra, refs)]
+    return len(layers), [float(v) for v in np.mean(snr, axis=0)] if snr else []
 
 
 def _fmt(v: float | None, spec: str) -> str:

@@ -323,31 +323,54 @@ def clamp_bn(so: float, e: np.ndarray, b_acc: np.ndarray, acc_max: np.ndarray, z
     raise ValueError("KPU layer: the batch-norm output cannot fit 36 bits")
 
 
+@dataclass(frozen=True)
+class LayerWeights:
+    """A KPU layer's weights in 8 bits: W[oc] * e[oc] ~ (codes[oc] - grid.zero_point) / grid.scale,
+    and the bias that goes with them (less each channel's mean rounding error, with moments)."""
+
+    codes: np.ndarray  # uint8, W's shape
+    grid: QuantParam
+    e: np.ndarray  # per output channel scale (equalization), undone by the BN multiplier
+    bias: np.ndarray
+
+    def dequantized(self) -> np.ndarray:
+        """The weights the layer computes with, in W's units (float64)."""
+        shape = (-1, *([1] * (self.codes.ndim - 1)))
+        return self.grid.dequantize(self.codes).astype(np.float64) / self.e.astype(np.float64).reshape(shape)
+
+
+def layer_weights(w: np.ndarray, b: np.ndarray, depthwise: bool, moments: PatchMoments | None = None,
+                  turn_channels: bool = True) -> LayerWeights:
+    """W's codes on the layer's one weight grid: its own grid when it has one (exact), else each
+    channel equalized (`equalize_weights`) and rounded; with the `moments` of its input
+    (calibration), for the least output error, each channel's mean error off its bias
+    (kcc.quant.weight_rounding)."""
+    grid = weight_grid(w)
+    per_channel = channel_grids(w) if grid is None else None
+    if grid is not None:
+        return LayerWeights(grid.quantize(w.astype(F32)), grid, np.ones(w.shape[0], F32), b)
+    if per_channel is not None:
+        wq, e = per_channel  # e stays float64: the BN multipliers must undo it exactly
+        w_eq = (w.astype(np.float64) * e.reshape(-1, *([1] * (w.ndim - 1)))).astype(F32)
+        return LayerWeights(wq.quantize(w_eq), wq, e, b)
+    w_eq, e = equalize_weights(w, turn_channels)
+    wq = get_quant_param(*get_range(w_eq))
+    codes, mean_err = round_weights(w_eq, wq, moments, depthwise)
+    if moments is not None:  # bias correction (without moments b stays as it is, bit for bit)
+        b = (b.astype(np.float64) - mean_err / e.astype(np.float64)).astype(b.dtype)
+    return LayerWeights(codes, wq, e, b)
+
+
 def kpu_layer(op: KpuConv2D, w: np.ndarray, b: np.ndarray, r: LayerRanges,
               moments: PatchMoments | None = None, turn_channels: bool = True) -> KpuLayer:
-    """Quantize one float KPU layer into its encoded parameters (`turn_channels`: equalize_weights).
-    With the `moments` of its input (calibration), weights that are re-rounded are rounded for the
-    least output error, and each channel's mean error comes off its bias (kcc.quant.weight_rounding)."""
+    """Quantize one float KPU layer into its encoded parameters (`layer_weights`, with
+    `turn_channels` for equalize_weights)."""
     k = op.kernel
     xq = r.x
     yq = range_param(r.y)
     zq = range_param(r.z)
-    grid = weight_grid(w)
-    per_channel = channel_grids(w) if grid is None else None
-    if grid is not None:
-        w_eq, e, wq = w.astype(F32), np.ones(w.shape[0], F32), grid
-    elif per_channel is not None:
-        wq, e = per_channel  # e stays float64: the BN multipliers must undo it exactly
-        w_eq = (w.astype(np.float64) * e.reshape(-1, *([1] * (w.ndim - 1)))).astype(F32)
-    else:
-        w_eq, e = equalize_weights(w, turn_channels)
-        wq = get_quant_param(*get_range(w_eq))
-    if grid is None and per_channel is None:
-        w_u8, mean_err = round_weights(w_eq, wq, moments, op.depthwise)
-        if moments is not None:  # bias correction (without moments b stays as it is, bit for bit)
-            b = (b.astype(np.float64) - mean_err / e.astype(np.float64)).astype(b.dtype)
-    else:  # the weights' own grid: exact
-        w_u8 = wq.quantize(w_eq)
+    lw = layer_weights(w, b, op.depthwise, moments, turn_channels)
+    w_u8, wq, e, b = lw.codes, lw.grid, lw.e, lw.bias
     # the input's floor bias, seen through each channel's weights: acc misses x_bias * sum(w - z_w)
     acc_bias = r.x_bias * (w_u8.reshape(w_u8.shape[0], -1).astype(np.int64) - wq.zero_point).sum(axis=1)
     conv = dict(kernel=k, depthwise=op.depthwise, pool=op.pool, pad_value=xq.zero_point,
