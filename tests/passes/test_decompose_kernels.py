@@ -283,3 +283,9 @@ def test_bulk_thresholds_measure_each_float_read_conv():
     decisions = []
     D.decompose_kernels(g, CompileOptions(), decisions, bulk=bulk)
     assert decisions[0].plan.bulk == bulk["stem"] and "four parts" in decisions[0].plan.describe()
+    # each part is added as soon as it is computed (the kmodel keeps the graph order, and a part
+    # computed early would keep its 8-bit map alive until its add): conv, conv, add, conv, add...
+    kinds = [type(n.op) for n in g.nodes if isinstance(n.op, (O.Conv2D, O.Binary))]
+    assert kinds == [O.Conv2D, O.Conv2D, O.Binary, O.Conv2D, O.Binary, O.Conv2D, O.Binary]
+    assert np.allclose(run(g, samples[0])[0], np.where(values[0] > 0, 1.0, 0.2).reshape(1, 8, 8, 8) * values[0].reshape(1, 8, 8, 8),
+                       atol=1e-5)

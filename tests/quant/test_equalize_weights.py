@@ -10,7 +10,7 @@ import numpy as np
 
 from kcc.emit_kpu import _activation_table
 from kcc.ir import kpu_ops as KO
-from kcc.quant.kpu_params import LayerRanges, equalize_weights, kpu_layer
+from kcc.quant.kpu_params import LayerRanges, equalize_weights, kpu_layer, layer_weights
 from kcc.quant.params import QuantParam, get_quant_param, get_range
 from kpu_sim.kernels.kpu_activation import activate_exact
 from kpu_sim.kernels.kpu_layer import decode_activation
@@ -75,6 +75,19 @@ def test_a_turned_channel_rounds_every_input_exactly():
             want = min(max(zq.zero_point + int(np.floor(real * Fraction(zq.scale) + Fraction(1, 2))), 0), 255)
             assert got[code, oc] == want, (oc, code)
 
+
+def test_layer_weights_are_what_the_layer_computes_with():
+    """layer_weights: the codes kpu_layer encodes, and dequantized() within half a step of W per tap
+    (nearest, without moments), in each channel's own (turned) scale."""
+    w = _depthwise_kernels(16, 3)
+    b = np.linspace(-1, 1, 16).astype(np.float32)
+    lw = layer_weights(w, b, True)
+    layer = kpu_layer(KO.KpuConv2D(3, depthwise=True), w, b,
+                      LayerRanges(x=QuantParam(128, 40.0), y=(-5.0, 5.0), z=(-5.0, 5.0)))
+    assert np.array_equal(lw.codes, layer.weights) and np.array_equal(lw.bias, b)
+    half_step = 0.5 / (lw.grid.scale * np.abs(lw.e.astype(np.float64)))
+    err = np.abs(lw.dequantized() - w).reshape(16, -1).max(axis=1)
+    assert np.all(err <= half_step * 1.0001) and np.all(err > 0)
 
 
 def test_a_nearly_dead_channel_neither_blows_up_nor_sets_the_grid():
