@@ -286,9 +286,10 @@ def main() -> None:
                 notes.append(f"{name}: float model with only the {count} inputs of its >3x3 convs rounded to "
                              f"8 bits ({method} ranges): extra SQNR {db:.1f} dB")
             count, dbs = weight_rounding_sqnr(name, extra, args.calib)
-            notes.append(f"{name}: the default build's float graph with only the weights of the {count} KPU layers "
-                         f"of its decomposed convs in 8 bits (as kcc rounds them): extra SQNR per output "
-                         + " / ".join(f"{v:.1f}" for v in dbs) + " dB")
+            if count:
+                notes.append(f"{name}: the default build's float graph with only the weights of the {count} KPU "
+                             f"layers of its decomposed convs in 8 bits (as kcc rounds them): extra SQNR per output "
+                             + " / ".join(f"{v:.1f}" for v in dbs) + " dB")
     for line in notes:
         print(f"* {line}")
 
