@@ -1,6 +1,8 @@
 """decompose_kernels: every decomposition computes the conv exactly (float) and lands on the KPU;
 the pass rewrites only what legalize_kpu rejects, and picks the cheapest candidate."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -289,3 +291,20 @@ def test_bulk_thresholds_measure_each_float_read_conv():
     assert kinds == [O.Conv2D, O.Conv2D, O.Binary, O.Conv2D, O.Binary, O.Conv2D, O.Binary]
     assert np.allclose(run(g, samples[0])[0], np.where(values[0] > 0, 1.0, 0.2).reshape(1, 8, 8, 8) * values[0].reshape(1, 8, 8, 8),
                        atol=1e-5)
+
+
+def test_a_conv_whose_exact_forms_are_slower_says_so():
+    """BlazePalm's 256-channel 5x5s on 12x12 maps: a stack with the input's residual rounds no more
+    than the CPU conv but its views cost the CPU more than the conv; the reason names both forms."""
+    g = Graph()
+    x = g.input(0, (1, 96, 6, 6))
+    p = g.add(O.PRelu(), (x, g.constant(np.full((1, 96, 1, 1), 0.2, np.float32))), "prelu")
+    y = g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), (1, 1), 96), (p, g.constant(rng.uniform(-1, 1, (96, 1, 5, 5)).astype(np.float32)),
+                                                           g.constant(np.zeros(96, np.float32))), "dw5")
+    g.outputs = [y]
+    d = D.choose(y)
+    assert d.plan is None and d.reason.startswith("the KPU forms that round no more than the CPU conv are estimated slower")
+    slow = float(re.search(r"residual \(x16\): ~([\d.]+) ms", d.reason).group(1))
+    fast, cpu = (float(v) for v in re.search(r"~([\d.]+) ms vs ~([\d.]+) ms on the CPU", d.reason).groups())
+    assert fast < cpu <= slow and "--decompose fast takes it" in d.reason
+    assert D.choose(y, CompileOptions(decompose="fast")).plan is not None
