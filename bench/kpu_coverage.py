@@ -14,11 +14,11 @@ rounding; the `extra` columns therefore also compare both builds with the float 
 interpreter) on up to --extra further pictures of ../shared/reference/models/images (resized like
 the references; `--extra-source jitter`: perturbed copies of the model's own reference pictures,
 jittered_references; `--extra-source crops`: each picture and its four corners, picture_crops, with
-standard errors over pictures, the largest independent set): SQNR of the worst output in dB, averaged, and the same cosine; per model, the
-after - before difference of that SQNR paired picture by picture, with its standard error (a
-few-output model's per-picture SQNR moves by several dB with any rounding, so a mean difference
-within ~2 standard errors says little), and the same for each output of a multi-output model, for
-each build against "before".
+standard errors over pictures, the largest independent set): SQNR of the worst output in dB,
+averaged, and the same cosine; per model, the after - before difference of that SQNR paired
+picture by picture, with its standard error (a few-output model's per-picture SQNR moves by several
+dB with any rounding, so a mean difference within ~2 standard errors says little), and the same for
+each output of a multi-output model, for each build against "before".
 The KPU share counts the model's convolution MACs the CPU no longer does (kcc.passes.coverage);
 the latency column is kcc.latency's estimate when that module is present. Convolutions left on
 the CPU are listed with the placement's reason. `--attribute` adds, per model, the SQNR of the float
@@ -229,7 +229,8 @@ def main() -> None:
                          "own reference pictures (jittered_references); crops: each picture and its four "
                          "corners (picture_crops, --extra pictures)")
     ap.add_argument("--attribute", action="store_true",
-                    help="also: the float model with only the decomposed convs' inputs rounded (input_rounding_sqnr)")
+                    help="also: the float model with only the decomposed convs' inputs rounded "
+                         "(input_rounding_sqnr), and only their weights (weight_rounding_sqnr)")
     args = ap.parse_args()
     print("| model | build | KPU share of conv MACs | CPU conv MACs | KPU MACs executed / useful | kpu_conv2d | "
           "cos mean | cos min | extra: SQNR dB | extra: cos | est. latency ms | kmodel KiB | compile s |")
