@@ -46,6 +46,7 @@ from kcc import pipeline  # noqa: E402
 from kcc.dataset import IMAGE_SUFFIXES, load_image  # noqa: E402
 from kcc.eval.interpreter import run  # noqa: E402
 from kcc.frontend.importer import import_tflite  # noqa: E402
+from kcc.ir import ops as O  # noqa: E402
 from kcc.ir.graph import Graph  # noqa: E402
 from kcc.options import CompileOptions  # noqa: E402
 from kcc.passes.canonicalize import canonicalize  # noqa: E402
@@ -55,17 +56,25 @@ DEFAULT = ["palm_detection_lite_192", "hand_landmark_lite_224", "iris_landmark_6
 
 
 class _Capture(pipeline._Checkpoints):
-    """Checkpoints that remember the model's conv MACs (after canonicalize) and the legalized graph."""
+    """Checkpoints that remember the model's conv MACs (after canonicalize), the convs
+    decompose_kernels rewrote, and the legalized graph."""
 
     def __init__(self):
         super().__init__(None)
         self.model_macs = 0
         self.legalized = None
+        self.decomposed: set[str] = set()  # names of the convs decompose_kernels replaced
+        self._convs: dict[int, str] = {}
 
     def __call__(self, name, g):
         g = super().__call__(name, g)
         if name == "canonicalize":
             self.model_macs = model_conv_macs(g)
+        elif name == "lower_transpose_conv":  # the stage before decompose_kernels
+            self._convs = {id(n): n.name for n in g.nodes if isinstance(n.op, O.Conv2D)}
+        elif name == "decompose_kernels":  # a replaced conv is gone; its replacement took its name
+            present = {id(n) for n in g.nodes}
+            self.decomposed = {conv for key, conv in self._convs.items() if key not in present}
         elif name == "legalize_kpu":
             self.legalized = g
         return g
@@ -301,7 +310,6 @@ def input_rounding_sqnr(name: str, method: str, extra: list, calib: int) -> tupl
     `method` calibrates, everything else float. Returns (tensors rounded, SQNR dB of the worst output,
     averaged over `extra`). The graph input is left alone (its grid is the pixels', pixel_grid)."""
     from kcc.ir import kpu_ops as KO
-    from kcc.ir import ops as O
     from kcc.quant.calibrate import calibrate
     from kcc.quant.params import get_quant_param
 
@@ -335,22 +343,20 @@ def weight_rounding_sqnr(name: str, extra: list, calib: int) -> tuple[int, list[
     import dataclasses
 
     from kcc.ir import kpu_ops as KO
-    from kcc.passes.decompose_kernels import BULK_SAMPLES, bulk_thresholds, decompose_kernels
-    from kcc.passes.legalize_kpu import legalize_kpu
     from kcc.quant.kpu_params import layer_weights
     from kcc.quant.weight_rounding import InputMoments
 
     options = CompileOptions(input_type="float", **pixel_grid(name))
     samples = [[s.x.astype(np.float32)] for s in refkit.samples(name)[:calib]]
-    g = canonicalize(import_tflite(refkit.tflite_path(name)))
-    decisions: list = []
-    g = decompose_kernels(g, options, decisions, bulk=bulk_thresholds(g, samples[:BULK_SAMPLES], options))
-    g, _ = legalize_kpu(g, options)
-    moments = InputMoments(g)
+    cap = _Capture()  # the default build's own stages, up to its legalized float graph
+    pipeline.compile_graph(import_tflite(refkit.tflite_path(name)), options, checkpoint=cap, samples=samples)
+    g = cap.legalized
+    moments = InputMoments(g)  # the calibration's input statistics, as the compile collected them
     pipeline._calibrate(g, options, lambda line: None, samples, None, moments)
     refs = [run(g, [x]) for x, _ in extra]
-    decomposed = tuple(d.node + "/" for d in decisions if d.plan is not None)
-    layers = [n for n in g.nodes if isinstance(n.op, KO.KpuConv2D) and n.name.startswith(decomposed)]
+    prefixes = tuple(conv + "/" for conv in cap.decomposed)
+    layers = [n for n in g.nodes if isinstance(n.op, KO.KpuConv2D)
+              and (n.name in cap.decomposed or n.name.startswith(prefixes))]
     rounded = {}  # id(constant) -> (node, rounded data), all from the float weights (stacks share weights)
     for n in layers:
         _, w, b = n.inputs
