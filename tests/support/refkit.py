@@ -16,6 +16,9 @@ import numpy as np
 
 REFERENCE = (Path(__file__).resolve().parents[2] / ".." / "shared" / "reference").resolve()
 MODELS = REFERENCE / "models"
+# tests/reference: the part of the kit that ships with kcc (same relative paths as REFERENCE), so the
+# default suite runs the same tests on a clone without ../shared as in CI. See its README for origins.
+SHIPPED = Path(__file__).resolve().parents[1] / "reference"
 
 
 @dataclass
