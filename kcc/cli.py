@@ -79,9 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="convs the KPU lacks (5x5, 7x7, ...) as 3x3 KPU layers: accurate = only in a form that "
                         "rounds no more than the CPU conv, fast = the fastest form, off = leave them on the CPU "
                         "like ncc; either way only when estimated faster than the CPU (default accurate)")
-    c.add_argument("--weight-equalization", default="turned", choices=WEIGHT_EQUALIZATIONS,
+    c.add_argument("--weight-equalization", default="ncc", choices=WEIGHT_EQUALIZATIONS,
                    help="turned = KPU channels may be turned over (negative batch-norm multiplier) for finer "
-                        "weight steps; ncc = every multiplier positive, as ncc writes them (default turned)")
+                        "weight steps (opt-in: not verified on a board); ncc = every multiplier positive, as ncc writes them (default)")
     c.add_argument("--dump-ir", nargs="?", const=Path("."), type=Path, default=None, metavar="DIR",
                    help="write the IR of every stage as NN-<stage>.dot/.txt into DIR (default: .)")
     c.add_argument("--dump-weights-range", action="store_true",

@@ -48,7 +48,7 @@ class CompileOptions:
     #: (kcc.quant.kpu_params.equalize_weights): "turned" also turns channels over (a negative
     #: batch-norm multiplier) and picks the grid for the least relative step; "ncc" keeps every
     #: multiplier positive and scales into the raw weights' range, as ncc v0.2 does.
-    weight_equalization: str = "turned"
+    weight_equalization: str = "ncc"
     #: Directory for the per-stage IR dumps (.dot and .txt); None = no dump.
     dump_ir: Path | None = None
     dump_weights_range: bool = False

@@ -198,22 +198,24 @@ def test_decompose_modes_and_the_reason_a_conv_stays_on_the_cpu(kit, tmp_path):
     assert placement["off"]["dw5"]["reason"] == "5x5 kernel (KPU: 1x1, 3x3)"  # as ncc leaves it
 
 
-def test_weight_equalization_ncc_keeps_every_batch_norm_multiplier_positive(kit, tmp_path):
-    """By default some of the kit's output channels are turned over (negative BN multiplier, finer
-    weight steps); --weight-equalization ncc writes only positive ones, as ncc does, for a board
-    that would disagree with kpu_sim. Both builds compute the same layers."""
+def test_weight_equalization_default_keeps_every_batch_norm_multiplier_positive(kit, tmp_path):
+    """By default every batch-norm multiplier is positive, as ncc writes them (no public document says
+    the hardware field is signed); --weight-equalization turned, opt-in, turns some output channels over
+    (negative multiplier, finer weight steps). Both builds compute the same layers."""
     import kpu_sim
     from kcc.kmodel.model import read_file
 
-    muls, outs = {}, {}
+    muls, outs, data = {}, {}, {}
     x = np.random.default_rng(3).integers(0, 256, (1, 3, 16, 16)).astype(np.uint8)
-    for mode in ("turned", "ncc"):
+    for mode in ("default", "turned", "ncc"):
         path = tmp_path / f"{mode}.kmodel"
-        assert main(["compile", str(kit["model"]), str(path), "--dataset", str(kit["images"]),
-                     "--weight-equalization", mode, "-q"]) == 0
+        flags = [] if mode == "default" else ["--weight-equalization", mode]
+        assert main(["compile", str(kit["model"]), str(path), "--dataset", str(kit["images"]), *flags, "-q"]) == 0
         nodes = [n for n in read_file(path).nodes if n.opcode.kmodel_name == "kpu_conv2d"]
         muls[mode] = np.concatenate([np.asarray(n.body.batch_norm.norm_mul) for n in nodes])
         outs[mode] = kpu_sim.load(path.read_bytes()).run([x])[0]
+        data[mode] = path.read_bytes()
+    assert data["default"] == data["ncc"]
     assert (muls["turned"] < 0).any() and (muls["turned"] > 0).any()
     assert (muls["ncc"] > 0).all()
     scale = np.abs(outs["ncc"]).max()
