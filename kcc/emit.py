@@ -23,6 +23,7 @@ from kcc import kmodel as K
 from kcc.alloc import Buffer, MemoryReport, plan_memory
 from kcc.alloc.packing import align_up
 from kcc.errors import UnsupportedModelError
+from kcc.info_shapes import with_output_shapes
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
@@ -472,6 +473,7 @@ def emit(graph: Graph, max_solve_secs: float = 60.0) -> Emitted:
         main_mem=max(peak, MAIN_ALIGN), inputs=[st.range(i) for i in inputs],
         input_shapes=[shape4(i.shape) for i in inputs], outputs=[st.range(o) for o in g.outputs],
         constants=st.constants, nodes=nodes)
+    model = with_output_shapes(model, [o.shape for o in g.outputs])  # the format has none (§5): info_shapes.py
     return Emitted(model, [(i.name, i.shape) for i in inputs], [(name, o.shape) for name, o in zip(output_names, g.outputs)],
                    [n.name for n in compute], kpu_peak, buffers, offsets, mem)
 

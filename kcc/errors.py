@@ -42,3 +42,12 @@ class VerifyError(KccError):
 
 class SimulatorError(KccError):
     """kpu_sim cannot execute a node (bad datatype, unknown op value at run time)."""
+
+
+class ForeignModelError(ModelFormatError):
+    """The input is another framework's model (ONNX, Caffe, Keras, PyTorch, TensorFlow) or an already
+    compiled kmodel; the message names the format and how to get a .tflite (kcc.frontend.tflite_reader)."""
+
+    def __init__(self, message: str, *, model_format: str, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.model_format = model_format

@@ -4,9 +4,9 @@
 `KmodelError` line) and returns a JSON-ready dict; `format_text(info)` renders it for people.
 
 Outputs have no shape in the format (kmodel_v4.md §5), yet MaixPy needs one per output
-(`kpu.set_outputs(task, i, w, h, ch)`, ecosystem.md §1.6). The shape is recovered from the node
-that writes the output range, following shape-preserving ops (dequantize, quantize, memory copy,
-table lookup, unary) back to a node whose body states a shape; see `info_shapes.py`.
+(`kpu.set_outputs(task, i, w, h, ch)`, ecosystem.md §1.6). `info_shapes.output_shapes` reads the
+output-shape record kcc leaves in the constants when the nodes alone do not tell, else recovers the
+shape from the nodes that write the output range; see `info_shapes.py`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from kcc import kmodel as km
-from kcc.info_shapes import node_summary, output_shape
+from kcc.info_shapes import node_summary, output_shapes
 
 RUNTIME_ANY = "any nncase v0.2 (kmodel v4) runtime: K210 SDK, MaixPy firmware with kmodel v4 support"
 RUNTIME_BETA3 = "needs nncase v0.2.0-beta3+ runtime (MaixPy firmware after 2020-08)"
@@ -40,9 +40,16 @@ def _memory(model: km.KModel) -> dict[str, Any]:
     }
 
 
-def _maixpy(index: int, shape: tuple[int, int, int, int] | None) -> str:
+def _maixpy(index: int, shape: tuple[int, int, int, int] | None, count: int) -> str:
+    """The `kpu.set_outputs(task, index, w, h, ch)` line. MaixPy checks only w*h*ch*4 == the output's
+    bytes and hands back the flat output memory (ecosystem.md §1.6), so any factorisation runs; the
+    line keeps the innermost axis as w and the next as h, for every rank: the shape is NCHW
+    front-padded with 1s (kmodel_v4.md §3.3), so a 1x896x16 output (896 anchors of 16 values) is
+    1x1x896x16 -> w 16, h 896, ch 1, and 1x1001 scores -> w 1001, h 1, ch 1, as a 4-D conv output
+    1x125x7x10 -> w 10, h 7, ch 125 (N x C folded into ch)."""
     if shape is None:
-        return f"# output {index}: shape unknown; kpu.set_outputs(task, {index}, w, h, ch) with w*h*ch = element count"
+        return (f"# output {index}: shape unknown ({count} elements); "
+                f"kpu.set_outputs(task, {index}, w, h, ch) with w*h*ch = {count}")
     n, c, h, w = shape
     return f"kpu.set_outputs(task, {index}, {w}, {h}, {n * c})"
 
@@ -62,10 +69,9 @@ def describe(model_bytes: bytes, name: str) -> dict[str, Any]:
             warnings += [f"node {i} (kpu_conv2d): {p}" for p in km.layer_problems(node.body)]
     inputs = [dict(index=i, **_range(r), shape=list(s)) for i, (r, s) in enumerate(zip(model.inputs, model.input_shapes))]
     outputs = []
-    for i, r in enumerate(model.outputs):
-        shape, source = output_shape(model, r)
+    for i, (r, (shape, source)) in enumerate(zip(model.outputs, output_shapes(model))):
         outputs.append(dict(index=i, **_range(r), shape=list(shape) if shape else None, shape_from=source,
-                            maixpy=_maixpy(i, shape)))
+                            maixpy=_maixpy(i, shape, r.size // r.datatype.itemsize)))
     kpu_layers = sum(n.opcode is km.Opcode.KPU_CONV2D for n in model.nodes)
     return {
         "file": name,

@@ -1,20 +1,39 @@
 """Per-node summaries and output-shape recovery for `kcc info` (kcc/info.py).
 
-A kmodel stores shapes only for inputs and inside node bodies (kmodel_v4.md §5, §8, §9), so the
-NCHW shape of a range is read off the node that last wrote it before it is used:
+A kmodel stores shapes only for inputs and inside node bodies; an output is a memory range, datatype
+and byte size, nothing more (kmodel_v4.md §5). An output's NCHW shape comes from, in this order:
 
-* bodies that state their output shape: kpu_conv2d (N, C_out, H', W'), transpose (permuted
-  in_shape), (quantized_)binary and reduce (out_shape), pad, strided_slice, resize_image,
-  windowed ops, (quantized_)matmul (rows, cols), softmax, concat (outer, sum(dims), inner);
-* element-wise ops (dequantize, quantize, memory_copy, table_lookup1d, unary, nnil): the shape of
-  their input, found the same way, one step further back;
-* a model input: its declared shape.
+1. the output-shape record kcc appends to the constants blob when (2) would not give the compiled
+   model's shapes (below, `with_output_shapes`);
+2. the node that last wrote the output range before it is used:
+   * bodies that state their output shape: kpu_conv2d (N, C_out, H', W'), transpose (permuted
+     in_shape), (quantized_)binary and reduce (out_shape), pad, strided_slice, resize_image,
+     windowed ops, (quantized_)matmul (rows, cols), softmax, concat (outer, sum(dims), inner);
+   * element-wise ops (dequantize, quantize, memory_copy, table_lookup1d, unary, nnil): the shape of
+     their input, found the same way, one step further back;
+   * a model input: its declared shape;
+   * several nodes that each write a slice of the range (a concatenation kcc's allocator placed in
+     place, so no concat node exists): their shapes joined along the one axis in which they differ.
+     A reshape costs no node, so the shape a model gives such an output after its reshape is not in
+     the file: when the pieces do not join along exactly one axis the shape is reported unknown.
 
 A shape is only reported if its element count matches the range's byte size.
+
+The record (kcc only; the runtime never reads it). Every constant a node uses is a range inside
+the constants blob (§5); the nncase v0 runtime reaches the blob only through such ranges (§11.1),
+so bytes no range points at are never read. `with_output_shapes` appends, after the blob padded to
+8 bytes, and only if the file alone does not determine the shapes the compiler knows:
+
+    shape4[outputs] (16 B each, NCHW front-padded, §3.3) | u32 outputs | u32 record bytes | "kccoshp4"
+
+Files whose outputs the nodes already determine (most models) keep their bytes. The blob stays a
+multiple of 8 (§5), nothing follows the last body (§2), and reserved fields keep no meaning (§13).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import struct
 from typing import Any
 
 from kcc import kmodel as km
@@ -76,6 +95,10 @@ def _overlaps(a: km.MemoryRange, b: km.MemoryRange) -> bool:
     return a.memory_type is b.memory_type and a.size > 0 and b.size > 0 and a.start < b.end and b.start < a.end
 
 
+def _same(a: km.MemoryRange, b: km.MemoryRange) -> bool:
+    return a.memory_type is b.memory_type and a.start == b.start and a.size == b.size
+
+
 def _writer(model: km.KModel, r: km.MemoryRange, before: int) -> int | None:
     """Index of the last node before `before` that writes into `r`."""
     for i in range(before - 1, -1, -1):
@@ -84,34 +107,142 @@ def _writer(model: km.KModel, r: km.MemoryRange, before: int) -> int | None:
     return None
 
 
-def output_shape(model: km.KModel, r: km.MemoryRange) -> tuple[Shape | None, str]:
-    """(NCHW shape of output range `r` or None, where it came from: 'node 12 (concat)' etc.)."""
-    before = len(model.nodes)
-    for _ in range(len(model.nodes) + 1):
-        index = _writer(model, r, before)
-        if index is None:
-            for i, (inp, shape) in enumerate(zip(model.inputs, model.input_shapes)):
-                if _overlaps(inp, r):
-                    return _checked(tuple(shape), r, f"input {i}")
-            return None, ""
-        node = model.nodes[index]
-        label = f"node {index} ({node.name})"
-        if isinstance(node.body, _PASS_THROUGH):
-            before, r = index, node.body.input  # same element count: take the input's shape
-            continue
-        return _checked(stated_shape(node.body), r, label)
-    return None, ""
-
-
-def _checked(shape: Shape | None, r: km.MemoryRange, label: str) -> tuple[Shape | None, str]:
-    if shape is None:
-        return None, label
+def _count(shape: Any) -> int:
     count = 1
     for d in shape:
         count *= int(d)
-    if count <= 0 or count * r.datatype.itemsize != r.size:
+    return count
+
+
+def _checked(shape: Shape | None, r: km.MemoryRange) -> Shape | None:
+    if shape is None or len(shape) != 4:
+        return None
+    count = _count(shape)
+    if count <= 0 or min(int(d) for d in shape) <= 0 or count * r.datatype.itemsize != r.size:
+        return None
+    return tuple(int(d) for d in shape)
+
+
+def _pieces(model: km.KModel, r: km.MemoryRange, before: int) -> list[tuple[int, km.MemoryRange]] | None:
+    """The nodes before `before` whose writes tile `r` (latest write of each byte), in address order;
+    None unless every byte of `r` is written and each write lies inside `r`."""
+    pieces: list[tuple[int, km.MemoryRange]] = []
+    covered = 0
+    for i in range(before - 1, -1, -1):
+        for out in model.nodes[i].body.output_ranges().values():
+            if not _overlaps(out, r):
+                continue
+            if out.start < r.start or out.end > r.end:
+                return None
+            clash = [p for _, p in pieces if _overlaps(p, out)]
+            if not clash:
+                pieces.append((i, out))
+                covered += out.size
+            elif any(out.start < p.start or out.end > p.end for p in clash):
+                return None  # partly overwritten later: no clean tiling
+        if covered == r.size:
+            return sorted(pieces, key=lambda item: item[1].start)
+    return None
+
+
+def _joined(shapes: list[Shape]) -> Shape | None:
+    """The shape of pieces laid one after another in memory: they must differ in exactly one axis,
+    and every axis before it must be 1 (a concat with outer size 1, §8.2); None if that axis is not
+    unique (equal pieces, or pieces that only a reshape could join)."""
+    axes = {k for k in range(4) if len({s[k] for s in shapes}) > 1}
+    if len(axes) != 1:
+        return None
+    (k,) = axes
+    if any(d != 1 for d in shapes[0][:k]):
+        return None
+    first = shapes[0]
+    return (*first[:k], sum(s[k] for s in shapes), *first[k + 1:])
+
+
+def _derive(model: km.KModel, r: km.MemoryRange, before: int, depth: int = 0) -> tuple[Shape | None, str]:
+    """(NCHW shape of range `r` as of node `before`, where it came from)."""
+    if depth > len(model.nodes) + 1:
+        return None, ""
+    index = _writer(model, r, before)
+    if index is None:
+        for i, (inp, shape) in enumerate(zip(model.inputs, model.input_shapes)):
+            if _overlaps(inp, r):
+                return _checked(tuple(shape), r), f"input {i}"
+        return None, ""
+    node = model.nodes[index]
+    label = f"node {index} ({node.name})"
+    if any(_same(out, r) for out in node.body.output_ranges().values()):
+        if isinstance(node.body, _PASS_THROUGH):  # same element count: the input's shape
+            shape, source = _derive(model, node.body.input, index, depth + 1)
+            return _checked(shape, r), source
+        return _checked(stated_shape(node.body), r), label
+    pieces = _pieces(model, r, before)
+    if pieces is None or len(pieces) < 2:
         return None, label
-    return tuple(int(d) for d in shape), label
+    label = "concatenation of nodes " + ", ".join(str(i) for i, _ in pieces)
+    shapes = [_derive(model, piece, i + 1, depth + 1)[0] for i, piece in pieces]
+    if any(s is None for s in shapes):
+        return None, label
+    return _checked(_joined(shapes), r), label
+
+
+def output_shape(model: km.KModel, r: km.MemoryRange) -> tuple[Shape | None, str]:
+    """(NCHW shape of range `r` at the end of the model or None, where it came from:
+    'node 12 (concat)', 'input 0', 'concatenation of nodes 70, 72, 74' or '')."""
+    return _derive(model, r, len(model.nodes))
+
+
+# -- the output-shape record (module docstring) ------------------------------------------------
+
+RECORD_MAGIC = b"kccoshp4"
+RECORD_SOURCE = "kcc output-shape record"
+_CONST_ALIGN = 8  # §5: ncc (and kcc) keep the constants blob a multiple of 8
+
+
+def _record_bytes(shapes: list[Shape]) -> bytes:
+    body = b"".join(km.Shape4(*s).pack() for s in shapes)
+    return body + struct.pack("<2I", len(shapes), len(body) + 16) + RECORD_MAGIC
+
+
+def recorded_shapes(model: km.KModel) -> list[Shape] | None:
+    """The output shapes kcc recorded at the end of the constants blob, or None if there is no valid
+    record: wrong count, a node range reaching into it, or a shape whose size disagrees with its range."""
+    blob = model.constants
+    if len(blob) < 16 or blob[-8:] != RECORD_MAGIC:
+        return None
+    count, size = struct.unpack_from("<2I", blob, len(blob) - 16)
+    start = len(blob) - size
+    if count != len(model.outputs) or size != 16 * count + 16 or start < 0 or start % _CONST_ALIGN:
+        return None
+    record = km.MemoryRange(km.MemoryType.CONST, km.DataType.UINT8, start, size)
+    if any(_overlaps(record, used) for node in model.nodes for used in node.body.ranges().values()):
+        return None  # the bytes are some node's constant, not a record
+    shapes = [struct.unpack_from("<4i", blob, start + 16 * i) for i in range(count)]
+    checked = [_checked(s, r) for s, r in zip(shapes, model.outputs)]
+    return None if any(s is None for s in checked) else checked
+
+
+def output_shapes(model: km.KModel) -> list[tuple[Shape | None, str]]:
+    """(shape, source) of every output: the record if there is one, else derived from the nodes."""
+    recorded = recorded_shapes(model)
+    if recorded is not None:
+        return [(s, RECORD_SOURCE) for s in recorded]
+    return [output_shape(model, r) for r in model.outputs]
+
+
+def with_output_shapes(model: km.KModel, shapes: list[tuple[int, ...]]) -> km.KModel:
+    """`model` with the output-shape record appended to its constants, if the nodes alone do not give
+    `shapes` (the compiled graph's output shapes, front-padded to NCHW, §3.3); else `model` itself.
+    Outputs of rank > 4 have no shape4 and get no record."""
+    if any(len(s) > 4 for s in shapes) or len(shapes) != len(model.outputs):
+        return model
+    want = [tuple(km.Shape4.of(s)) for s in shapes]
+    if [output_shape(model, r)[0] for r in model.outputs] == want:
+        return model
+    if any(_checked(s, r) is None for s, r in zip(want, model.outputs)):
+        return model  # cannot happen for an emitted model; a record must never disagree with a range
+    blob = model.constants + bytes(-len(model.constants) % _CONST_ALIGN)
+    return dataclasses.replace(model, constants=blob + _record_bytes(want))
 
 
 def node_summary(body: km.Body) -> str:

@@ -5,18 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import kcc.kmodel as km
+import refkit
 from kcc.cli import main
 from kcc.errors import KmodelError
 from kcc.info import RUNTIME_ANY, RUNTIME_BETA3, describe, format_text
 
-REFERENCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference"
-ULFFD = REFERENCE / "ncc-outputs" / "kmodels" / "ulffd_landmark_no_clip_ff.kmodel"
-YOLO = REFERENCE / "nncase-examples" / "yolo.kmodel"
-needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"reference kit not found at {REFERENCE}")
+# ncc's kmodels that ship in tests/reference (its README): the default suite reads only these.
+ULFFD = refkit.SHIPPED / "ncc-outputs" / "kmodels" / "ulffd_landmark_no_clip_ff.kmodel"
+YOLO = refkit.SHIPPED / "nncase-examples" / "kfpkg" / "yolo.kmodel"
+V3_IRIS = refkit.SHIPPED / "nncase-examples" / "history" / "v0.1.0-rc5" / "iris.kmodel"
 
 F32, U8, MAIN, KPU = km.DataType.FLOAT32, km.DataType.UINT8, km.MemoryType.MAIN, km.MemoryType.K210_KPU
 
@@ -64,7 +64,10 @@ def test_unknown_output_shape_is_said_so() -> None:
     assert info["runtime"]["needs"] == RUNTIME_ANY
 
 
-@needs_reference
+def out_maixpy(info: dict) -> str:
+    return info["outputs"][0]["maixpy"]
+
+
 def test_ulffd_description() -> None:
     info = describe(ULFFD.read_bytes(), ULFFD.name)
     assert info["header"]["nodes"] == 90 and info["kpu_layers"] == 43
@@ -80,13 +83,25 @@ def test_ulffd_description() -> None:
     assert info["runtime"]["beta3_opcodes"] == ["table_lookup1d"] and not info["warnings"]
 
 
-@needs_reference
 def test_yolo_output_shape_comes_from_the_last_kpu_layer() -> None:
     info = describe(YOLO.read_bytes(), "yolo.kmodel")
     (out,) = info["outputs"]
-    assert out["shape"] == [1, 125, 7, 10] and out["shape_from"] == "node 15 (kpu_conv2d)"
+    # 20-class YOLOv2 head on a 7x10 grid: 5 anchors x (5 + 20) channels; a final dequantize of the
+    # last layer's main-memory copy, so the shape is the KPU layer's
+    assert out["shape"] == [1, 125, 7, 10] and out["shape_from"] == "node 19 (kpu_conv2d)"
     assert out["maixpy"] == "kpu.set_outputs(task, 0, 10, 7, 125)"
     assert info["runtime"]["needs"] == RUNTIME_ANY
+    assert "depthwise" in info["nodes"][1]["summary"] and "pool max_2_s2" in info["nodes"][0]["summary"]
+
+
+@pytest.mark.slow
+@pytest.mark.kit
+def test_yolo_of_the_full_kit() -> None:
+    """The beta4 build of the same example (only in the full kit): same head, 2x2 stride-1 max pool."""
+    info = describe((refkit.REFERENCE / "nncase-examples" / "yolo.kmodel").read_bytes(), "yolo.kmodel")
+    (out,) = info["outputs"]
+    assert out["shape"] == [1, 125, 7, 10] and out["shape_from"] == "node 15 (kpu_conv2d)"
+    assert out["maixpy"] == "kpu.set_outputs(task, 0, 10, 7, 125)"
     assert "depthwise" in info["nodes"][1]["summary"] and "pool max_2_s1" in info["nodes"][10]["summary"]
 
 
@@ -103,9 +118,7 @@ def test_cli_text_and_json(tmp_path, capsys) -> None:
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys) -> None:
-    v3 = tmp_path / "old.kmodel"
-    v3.write_bytes(np.array([3, 0, 0, 0], "<u4").tobytes() + bytes(64))
-    assert main(["info", str(v3)]) == 1
+    assert main(["info", str(V3_IRIS)]) == 1  # nncase v0.1.0-rc5's iris example, a kmodel v3 (§12)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "kmodel v3 (nncase v0.1) is not supported" in err[0]
     assert main(["info", str(tmp_path / "missing.kmodel")]) == 1
