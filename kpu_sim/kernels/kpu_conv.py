@@ -35,6 +35,8 @@ from kpu_sim.kernels.kpu_post import batch_norm_activate, fused_bound_ok
 from kpu_sim.memory import Memory
 
 I64 = np.int64
+# Both only bound temporaries; any value >= 1 gives the same outputs. tests/kpu_sim/test_sim_kpu_paths.py
+# shrinks them to run small layers through several row blocks and channel chunks.
 _CHUNK = 1 << 17  # elements per post-processing step: keeps the int64 temporaries in cache
 _BLOCK = 1 << 21  # tap values gathered per block of output rows
 

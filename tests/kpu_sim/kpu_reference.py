@@ -3,6 +3,7 @@
 `reference_layer` loops over every output pixel with Python ints, independently of kpu_sim,
 following the nncase simulator's C++ word for word (including its x86 shift behaviour for
 shifts >= 32). Tests compare kpu_sim's vectorised kernel against it on random layers.
+`kpu_address` is the §2 KPU RAM layout, element by element.
 `layer_body` builds a `KpuConv2D` with consistent registers; `run_layer` runs it through
 kmodel write -> read -> kpu_sim and returns the main-memory output (and optionally KPU RAM).
 """
@@ -63,6 +64,21 @@ def banker(v: int, s: int) -> int:
     if fractional > half:
         return integral + sign
     return integral + sign if integral & 1 else integral
+
+
+def kpu_address(shape: tuple[int, int, int, int], n: int, c: int, y: int, x: int) -> int:
+    """Byte offset of element (n, c, y, x) of an NCHW uint8 map in KPU RAM, from the map's first line
+    (kpu_semantics.md §2): narrow maps pack 4 (W <= 16) or 2 (W <= 32) channels into one 64-byte line,
+    wider ones take ceil(W/64) lines per row."""
+    _, channels, h, w = shape
+    if w <= 16:
+        groups, row_len, pitch = 4, 1, 16
+    elif w <= 32:
+        groups, row_len, pitch = 2, 1, 32
+    else:
+        groups, row_len, pitch = 1, -(-w // 64), 64
+    lines_per_batch = row_len * h * -(-channels // groups)
+    return 64 * (n * lines_per_batch + (c // groups) * row_len * h + y * row_len) + (c % groups) * pitch + x
 
 
 def _wrap64(v: int) -> int:

@@ -1,15 +1,16 @@
 """The KPU activation (kpu_semantics.md §3 step 4): banker's carry shift, and the step-lookup
-fast path against the element-wise reference `activate_exact`."""
+fast path against the element-wise reference `activate_exact`: random and real tables, compact
+tables with a rounding tie at every segment start, values below the lowest segment start."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+import refkit
 from kpu_reference import banker as reference_banker
 
 import kcc.kmodel as km
+from kcc.errors import SimulatorError
 from kpu_sim.kernels.intmath import carry_shift_banker_scalar as banker
 from kpu_sim.kernels.kpu_activation import (
     LUT_DOMAIN,
@@ -19,8 +20,6 @@ from kpu_sim.kernels.kpu_activation import (
 )
 from kpu_sim.kernels.kpu_layer import Activation, decode_activation
 from kpu_sim.kernels.kpu_post import batch_norm_activate, fused_bound_ok
-
-REFERENCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference"
 
 
 @pytest.mark.parametrize(
@@ -118,9 +117,9 @@ def test_values_outside_the_lookup_domain_use_the_formula() -> None:
 
 
 def test_step_lookup_on_every_table_of_the_reference_kmodels() -> None:
-    paths = sorted((REFERENCE / "ncc-outputs" / "kmodels").glob("*.kmodel"))
-    if not paths:
-        pytest.skip(f"reference kit not found at {REFERENCE}")
+    """The activation tables of the ncc kmodels that ship in tests/reference (85 distinct ones)."""
+    paths = sorted((refkit.SHIPPED / "ncc-outputs" / "kmodels").glob("*.kmodel"))
+    assert paths
     rng = np.random.default_rng(8)
     seen = set()
     for path in paths:
@@ -135,4 +134,80 @@ def test_step_lookup_on_every_table_of_the_reference_kmodels() -> None:
             assert build_step_lut(act) is not None  # ncc tables are monotone: the fast path applies
             y = _probe(act, rng)
             np.testing.assert_array_equal(activate(y, act), activate_exact(y, act), err_msg=str(path))
-    assert len(seen) > 20
+    assert len(seen) >= 80
+
+
+# -- compact tables: a rounding tie at every segment start, and values below the table ----------
+
+
+def _tie_table(rng: np.random.Generator, shuffled: bool) -> tuple[Activation, list[int]]:
+    """16 segments 1-5 apart, no catch-all, each slope an odd multiple of 2^(shift-1): at t = y - x_start
+    = 1 (the segment's first value) t*mul / 2^shift = q + 1/2 is a tie, which rounds to even (§3 step 4,
+    trap 1), i.e. down for even q and up for odd q; every odd t is a tie too. Segments alternate even
+    and odd q. Returns the table (segments in random order if `shuffled`) and q per segment."""
+    segments, qs = [], []
+    start = int(rng.integers(-40, 40))
+    for i in range(16):
+        shift = int(rng.integers(1, 13))
+        q_max = min(7, ((32767 >> (shift - 1)) - 1) // 2)  # y_mul is s16
+        q = 2 * int(rng.integers(0, (q_max - i % 2) // 2 + 1)) + i % 2
+        segments.append((start, (2 * q + 1) << (shift - 1), shift, int(rng.integers(0, 150))))
+        qs.append(q)
+        start += int(rng.integers(1, 6))
+    if shuffled:
+        order = rng.permutation(16)
+        segments, qs = [segments[i] for i in order], [qs[i] for i in order]
+    return _table(segments), qs
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_compact_tables_with_a_tie_at_every_segment_start(seed) -> None:
+    rng = np.random.default_rng(40 + seed)
+    shuffled = seed % 2 == 1  # unsorted: the highest index with y > x_start wins, not the highest start
+    act, qs = _tie_table(rng, shuffled)
+    assert build_step_lut(act) is not None  # non-negative slopes, shifts <= 31: the lookup applies
+    y = np.arange(int(act.start.min()) + 1, int(act.start.max()) + 64, dtype=np.int64)
+    expected = activate_exact(y, act)
+    np.testing.assert_array_equal(activate(y, act), expected)
+    if not shuffled:  # sorted and strictly increasing starts: segment i holds y = x_start[i] + 1
+        first = [min(int(b) + q + q % 2, 255) for b, q in zip(act.add, qs)]
+        np.testing.assert_array_equal(expected[act.start - act.start[0]], first)
+    # the fused batch-norm path (kpu_post.py) with bn shift 1: acc = 2y or 2y + 1 floors back to y
+    acc = 2 * y + rng.integers(0, 2, y.size)
+    one = np.ones(1, np.int64)
+    fused = batch_norm_activate(acc[None].copy(), one, one, 0 * one, act, fused=True)
+    np.testing.assert_array_equal(fused[0], expected)
+
+
+def _gentle_table(rng: np.random.Generator, shuffled: bool) -> Activation:
+    """16 segments 20 apart from -100, no catch-all, slope 1/8: levels rise by 1 every few values, so
+    the lookup's first bucket holds a single step of 1 and is resolved by the lookup itself."""
+    segments = [(-100 + 20 * i, 1, 3, 10 * i) for i in range(16)]
+    if shuffled:
+        segments = [segments[i] for i in rng.permutation(16)]
+    return _table(segments)
+
+
+@pytest.mark.parametrize("kind", ["ties", "ties-shuffled", "gentle", "gentle-shuffled"])
+def test_values_not_above_the_lowest_segment_start_raise(kind) -> None:
+    """§3 step 4: with no segment whose x_start is below y nncase reads outside the table; the
+    simulator refuses. One such value among valid ones must be found by every path."""
+    rng = np.random.default_rng(60)
+    shuffled = kind.endswith("shuffled")
+    act = _gentle_table(rng, shuffled) if kind.startswith("gentle") else _tie_table(rng, shuffled)[0]
+    lut = build_step_lut(act)
+    if kind.startswith("gentle"):
+        # values below the table would land in bucket 0, which the lookup answers without the formula:
+        # only the lookup's range check (lowest) can refuse them
+        assert lut is not None and not lut.complex[0]
+    lowest = int(act.start.min())
+    valid = np.arange(lowest + 1, lowest + 40, dtype=np.int64)
+    np.testing.assert_array_equal(activate(valid, act), activate_exact(valid, act))
+    one = np.ones(1, np.int64)
+    for bad in (lowest, lowest - 1, lowest - 10**6):
+        y = np.insert(valid, 7, bad)
+        for run in (lambda: activate(y, act), lambda: activate_exact(y, act),
+                    lambda: batch_norm_activate(y[None].copy(), one, 0 * one, 0 * one, act, fused=True),
+                    lambda: batch_norm_activate(y[None].copy(), one, 0 * one, 0 * one, act, fused=False)):
+            with pytest.raises(SimulatorError, match=f"value {bad} is not above any segment start"):
+                run()
