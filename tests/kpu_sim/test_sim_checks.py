@@ -4,17 +4,15 @@ rejected before running, with one KmodelError line naming the node and the field
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
+import refkit
 from kpu_reference import Layer, identity_plus_one, layer_model
 
 import kcc.kmodel as km
 import kpu_sim
 from kcc.errors import KmodelError
-
-REFERENCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference"
 
 
 def _model(**layer_changes) -> km.KModel:
@@ -78,10 +76,7 @@ def test_main_memory_limit() -> None:
 
 
 def test_truncated_real_model_names_the_node_and_field() -> None:
-    path = REFERENCE / "ncc-outputs" / "kmodels" / "ulffd_landmark_no_clip_ff.kmodel"
-    if not path.is_file():
-        pytest.skip(f"reference kit not found at {REFERENCE}")
-    data = path.read_bytes()
+    data = (refkit.SHIPPED / "ncc-outputs" / "kmodels" / "ulffd_landmark_no_clip_ff.kmodel").read_bytes()
     with pytest.raises(KmodelError, match=r"^<kmodel bytes>: node 73 \(kpu_conv2d\): body \(body_size 1640 at offset "
                        r"413784\) extends beyond the end of the file \(413944 bytes\)$"):
         kpu_sim.load(data[: len(data) - 5000])

@@ -1,7 +1,8 @@
 """Fuzz: mutated real kmodels never escape with anything but KmodelError / SimulatorError, and never hang.
 
-Mutations of three real files (the uint8 and float iris models and the 20-class yolo KPU model),
-with a fixed seed: truncation at every section boundary, random byte changes, u32 fields of the
+Mutations of three real files shipped in tests/reference (the uint8 and float iris models and the
+alpha build of the 20-class yolo KPU model; the final yolo build of the full kit in a slow + kit
+test), with a fixed seed: truncation at every section boundary, random byte changes, u32 fields of the
 header / descriptors / node headers / body heads set to edge values, memory ranges made oversized,
 and bit flips in kpu_conv2d layer registers. Each variant is loaded and, if that succeeds, run on a
 fixed input under a per-variant time limit.
@@ -18,16 +19,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import refkit
 
 import kpu_sim
 from kcc.errors import KmodelError, SimulatorError
 
-REFERENCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference"
-FILES = {  # file -> number of random mutations
+FILES = {  # file in tests/reference -> number of random mutations
     "ncc-outputs/kmodels/iris_u8_no_clip_ff.kmodel": 110,
     "nncase-examples/iris.kmodel": 60,
-    "nncase-examples/yolo.kmodel": 40,
+    "nncase-examples/kfpkg/yolo.kmodel": 40,
 }
+KIT_FILES = {"nncase-examples/yolo.kmodel": 40}  # only in the full kit
 EDGE_VALUES = [0, 1, 3, 255, 256, 0x7FFF, 1 << 20, 1 << 24, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]
 TIME_LIMIT = 5.0  # seconds per variant; the real models run in well under one
 
@@ -108,14 +110,11 @@ def _outcome(data: bytes) -> tuple[str, str]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def test_mutated_kmodels_only_raise_kmodel_or_simulator_errors() -> None:
-    paths = {REFERENCE / name: count for name, count in FILES.items()}
-    if not all(p.is_file() for p in paths):
-        pytest.skip(f"reference kit not found at {REFERENCE}")
+def _fuzz(paths: dict[Path, int]) -> tuple[Counter[str], list[str]]:
+    """Outcome counts over every variant of every file, and a line per crash or hang."""
     rng = np.random.default_rng(2024)
     outcomes: Counter[str] = Counter()
     failures = []
-    started = time.perf_counter()
     for path, count in paths.items():
         data = path.read_bytes()
         bounds, _, _ = _layout(data)
@@ -126,7 +125,22 @@ def test_mutated_kmodels_only_raise_kmodel_or_simulator_errors() -> None:
             outcomes[outcome] += 1
             if outcome in ("crash", "hang"):
                 failures.append(f"{path.name} {name}: {detail}")
+    return outcomes, failures
+
+
+def test_mutated_kmodels_only_raise_kmodel_or_simulator_errors() -> None:
+    started = time.perf_counter()
+    outcomes, failures = _fuzz({refkit.SHIPPED / name: count for name, count in FILES.items()})
     total = sum(outcomes.values())
     assert not failures, "\n".join(failures[:5])
-    assert total >= 200 and outcomes["ran"] and outcomes["KmodelError"] and outcomes["SimulatorError"], outcomes
+    assert total >= 200, outcomes
+    assert outcomes["ran"] and outcomes["KmodelError"] and outcomes["SimulatorError"], outcomes
     print(f"{total} variants in {time.perf_counter() - started:.1f} s: {dict(outcomes)}")
+
+
+@pytest.mark.slow
+@pytest.mark.kit
+def test_mutated_kit_kmodels_only_raise_kmodel_or_simulator_errors() -> None:
+    outcomes, failures = _fuzz({refkit.REFERENCE / name: count for name, count in KIT_FILES.items()})
+    assert not failures, "\n".join(failures[:5])
+    assert outcomes["ran"] and outcomes["KmodelError"], outcomes
