@@ -1,17 +1,28 @@
-"""kcc/latency.py: the K210 cost model against the published board timings (ecosystem.md §3.2)."""
+"""kcc/latency.py: the K210 cost model against the published board timings (ecosystem.md §3.2).
+
+The constants were fitted (bench/latency_fit.py) to A1 (one conv at six sizes), A10 (the examples'
+slim-320 and RFB-320 kmodels, 65.6 / 164.8 ms) and the CPU-dilated RFB-320 of nncase 83149a3; those
+checks are in-sample. The held-out checks are board timings the fit never saw (A11, A12) and a
+leave-one-out refit of STRUCTURAL_SCALE on A10.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import importlib.util
+import json
 
 import pytest
 
+import refkit
 from kcc import kmodel as km
 from kcc import latency as L
 from kcc.cli import main
 
-EXAMPLES = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "nncase-examples"
-needs_examples = pytest.mark.skipif(not EXAMPLES.is_dir(), reason=f"nncase examples not found at {EXAMPLES}")
+EXAMPLES = refkit.SHIPPED / "nncase-examples"
+NCC_KMODELS = refkit.SHIPPED / "ncc-outputs" / "kmodels"
+# The README's claim for whole models; the board itself varies by ~9 % between two timings of one kmodel
+# (RFB-320: 164.8 ms in A10, 180 ms in A12).
+WHOLE_MODEL_TOLERANCE = 0.25
 
 
 def _layer(c_in: int, c_out: int, h: int, w: int, depthwise: bool = False) -> km.KpuLayerArgument:
@@ -29,25 +40,58 @@ def test_kpu_cycles_follow_the_line_layout():
 
 @pytest.mark.parametrize("size,board_ms", [(4, 0.339), (32, 1.138), (64, 3.891), (128, 14.778), (256, 57.756)])
 def test_kpu_layer_matches_a1(size, board_ms):
-    """A1: 3x3 conv 128->128 with 16-bit weights, KPU at 300 MHz (the 16x16 point is +26%, see the fit)."""
+    """A1 (in-sample): 3x3 conv 128->128 with 16-bit weights, KPU at 300 MHz (the 16x16 point is +26%,
+    see the fit)."""
     cycles = L.kpu_layer_cycles(_layer(128, 128, size, size))
     est = (L.KPU_CYCLE_FACTOR * cycles + L.KPU_WEIGHT_CYCLES_PER_BYTE * 128 * 128 * 9 * 2) / 300e3 + L.KPU_LAYER_US / 1e3
     assert est == pytest.approx(board_ms, rel=0.10)
 
 
-@needs_examples
 @pytest.mark.parametrize("name,board_ms", [("slim-320.kmodel", 65.6), ("RFB-320.kmodel", 164.8)])
 def test_info_estimate_within_25_percent_of_the_board(name, board_ms, capsys):
-    """A10: ncc's own fast_facedetect kmodels on a KD233 (CPU and KPU at 400 MHz)."""
+    """A10 (in-sample: STRUCTURAL_SCALE was fitted to these two): ncc's own fast_facedetect kmodels on a
+    KD233 (CPU and KPU at 400 MHz)."""
     assert main(["info", str(EXAMPLES / name), "--estimate", "--json"]) == 0
-    import json
-
     est = json.loads(capsys.readouterr().out)["estimate"]
-    assert abs(est["total_ms"] / board_ms - 1) <= 0.25, est["total_ms"]
+    assert abs(est["total_ms"] / board_ms - 1) <= WHOLE_MODEL_TOLERANCE, est["total_ms"]
     assert est["kpu_mhz"] == est["cpu_mhz"] == 400.0
 
 
-@needs_examples
+@pytest.mark.parametrize("path,board_ms", [
+    # A11 (nncase#83): a user's ncc v0.2 rebuild of slim-320 from the example's caffemodel, 61.23 ms at
+    # 400 MHz. The same rebuild by ncc v0.2.0-beta4 (the fit used only the examples' older build, which
+    # computes the softmax's exp as a unary op where this one has a table lookup): measured -9 %.
+    (NCC_KMODELS / "slim320_no_clip_ff.kmodel", 61.23),
+    # A12 (nncase#79): the examples' RFB-320.kmodel timed on a user's board, 180 ms: measured +1 %.
+    (EXAMPLES / "RFB-320.kmodel", 180.0),
+], ids=["A11-slim320-rebuild", "A12-RFB320"])
+def test_estimate_of_board_timings_the_fit_did_not_use(path, board_ms):
+    est = L.estimate(km.read_file(path))
+    assert abs(est.total_ms / board_ms - 1) <= WHOLE_MODEL_TOLERANCE, est.total_ms
+
+
+def _latency_fit():
+    """bench/latency_fit.py, the fit itself (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("latency_fit", refkit.ROOT / "bench" / "latency_fit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_structural_scale_fitted_on_one_a10_model_predicts_the_other():
+    """Leave-one-out on A10: STRUCTURAL_SCALE solved from one model's board time (bench's split of an
+    estimate into the part that scales with it and the part that does not) predicts the other model
+    within the whole-model tolerance. Measured: from RFB-320, slim-320 -20 %; from slim-320, RFB-320 +16 %."""
+    fit = _latency_fit()
+    parts = {name: fit._split(EXAMPLES / name) for name in fit.A10}
+    assert set(parts) == {"slim-320.kmodel", "RFB-320.kmodel"}
+    for held_out, (fixed, scaled) in parts.items():
+        ((other, (other_fixed, other_scaled)),) = [(n, p) for n, p in parts.items() if n != held_out]
+        scale = (fit.A10[other] - other_fixed) / other_scaled
+        predicted = fixed + scale * scaled
+        assert abs(predicted / fit.A10[held_out] - 1) <= WHOLE_MODEL_TOLERANCE, (held_out, predicted)
+
+
 def test_clocks_scale_the_estimate():
     model = km.read_file(EXAMPLES / "slim-320.kmodel")
     base = L.estimate(model)
@@ -65,7 +109,6 @@ def test_every_kmodel_body_has_a_cost():
     assert not missing, missing
 
 
-@needs_examples
 def test_info_estimate_text(capsys):
     assert main(["info", str(EXAMPLES / "slim-320.kmodel"), "--estimate", "--kpu-clock", "300"]) == 0
     out = capsys.readouterr().out

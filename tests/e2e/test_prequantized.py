@@ -25,6 +25,7 @@ from kcc.pipeline import compile_graph, compile_model
 FAST = {"max_allocator_solve_secs": 0}
 rng = np.random.default_rng(2)
 CORAL = "mobilenet_v1_0.25_128"
+MODELS = refkit.SHIPPED_MODELS  # the Coral model, its 10 inputs and TFLite's outputs ship in tests/reference
 
 
 def _nchw(x: np.ndarray) -> np.ndarray:
@@ -39,10 +40,8 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def coral_build():
     """The default build of the Coral 0.25 MobileNet (uint8 input, no dataset) and its log."""
-    if not refkit.available():
-        pytest.skip("../shared/reference/models is not checked out")
     lines: list[str] = []
-    res = compile_model(refkit.MODELS / CORAL / f"{CORAL}_quant.tflite", CompileOptions(**FAST), log=lines.append)
+    res = compile_model(MODELS / CORAL / f"{CORAL}_quant.tflite", CompileOptions(**FAST), log=lines.append)
     return res, lines
 
 
@@ -52,10 +51,11 @@ def test_coral_mobilenet_compiles_without_a_dataset_and_agrees_with_tflite_uint8
     Bar: the logits (the last KPU layer's uint8 output) equal TFLite uint8's bit for bit on all 10
     images. With the exact clamp path (kcc.quant.kpu_params) and the average pool rounding on the
     CPU as TFLite's does, every rounding of the 28 layers is TFLite's; one flip anywhere in the net
-    would change hundreds of logits by a step. Hence also top-1 and the per-image cosines."""
+    would change hundreds of logits by a step. Hence also top-1 and the per-image cosines, each within
+    a few percent of TFLite uint8's own."""
     from ai_edge_litert.interpreter import Interpreter
 
-    d = refkit.MODELS / CORAL
+    d = MODELS / CORAL
     res, lines = coral_build
     assert any("no calibration" in line for line in lines)
     convs = [p for p in res.placements if p.op != "pool2d"]
@@ -79,8 +79,8 @@ def test_coral_mobilenet_compiles_without_a_dataset_and_agrees_with_tflite_uint8
     tfl = Interpreter(model_path=str(d / f"{CORAL}_quant.tflite"), experimental_preserve_all_tensors=True)
     tfl.allocate_tensors()
     tfl_logits = next(t["index"] for t in tfl.get_tensor_details() if t["name"].endswith("biases1"))
-    meta = refkit.meta(CORAL)
-    for s in refkit.samples(CORAL):
+    meta = refkit.meta(CORAL, MODELS)
+    for s in refkit.samples(CORAL, models=MODELS):
         u8 = np.load(d / "ref" / f"{s.name}.in_u8.npy")
         seen = {}
         out = program.run([_nchw(u8)], trace=lambda i, op, body, outs: seen.setdefault(i, np.array(outs[0])))[0]
@@ -88,18 +88,21 @@ def test_coral_mobilenet_compiles_without_a_dataset_and_agrees_with_tflite_uint8
         tfl.invoke()
         np.testing.assert_array_equal(seen[at].ravel(), tfl.get_tensor(tfl_logits).ravel(), err_msg=s.name)
         assert int(np.argmax(out)) == meta["samples"][s.name]["tflite_uint8_top1"], s.name
-        assert refkit.compare(out, s.refs[0])[0] >= meta["tflite_uint8_min_cosine"] - 0.005, s.name
+        # the float softmax of TFLite's logits, against the float twin: TFLite uint8's own error on this
+        # input (meta.json, 5 digits) plus 5 %; measured at most 2.2 % above it (sunflower)
+        tflite_err = 1 - meta["samples"][s.name]["tflite_uint8_vs_float_cosine"]
+        assert 1 - refkit.compare(out, s.refs[0])[0] <= 1.05 * tflite_err + 1e-5, s.name
 
 
 def test_coral_mobilenet_float_input_build_computes_the_same(coral_build):
     """--input-type float: fed the float twin's inputs (x = u8/128 - 1), the kmodel quantizes them
     back onto the model's input grid exactly, so the KPU sees the same bytes as the uint8 build."""
-    d = refkit.MODELS / CORAL
+    d = MODELS / CORAL
     res = compile_model(d / f"{CORAL}_quant.tflite", CompileOptions(input_type="float", **FAST))
     quant = next(n for n in res.graph.nodes if isinstance(n.op, KO.Quantize))  # onto the input's grid
     assert (quant.op.zero_point, quant.op.scale) == (128, 128.0)
     as_float, as_uint8 = kpu_sim.load(res.kmodel), kpu_sim.load(coral_build[0].kmodel)
-    for s in refkit.samples(CORAL, 3):
+    for s in refkit.samples(CORAL, 3, MODELS):
         u8 = _nchw(np.load(d / "ref" / f"{s.name}.in_u8.npy"))
         np.testing.assert_array_equal(as_float.run([s.x])[0], as_uint8.run([u8])[0])
 
@@ -112,7 +115,9 @@ def test_uint8_layers_follow_tflites_integer_kernels():
         u8 = rng.integers(0, 256, (1, 16, 16, 3)).astype(np.uint8)
         want = run_tflite(data, [u8])[0] / 256  # softmax output grid 1/256
         got = program.run([_nchw(u8)])[0]
-        assert np.abs(got - want.ravel()).max() <= 2 / 256
+        # the logits are TFLite's (next test); what is left is TFLite's rounding of its softmax to the
+        # 1/256 grid (its fixed-point exp included): measured at most 0.85 of a step on 64 inputs
+        assert np.abs(got - want.ravel()).max() <= 1 / 256
 
 
 def test_uint8_logits_equal_tflites_bit_for_bit():
@@ -145,7 +150,7 @@ def test_fused_activation_follows_tflite():
     u8 = rng.integers(0, 256, (1, 8, 8, 4)).astype(np.uint8)
     want = run_tflite(data, [u8])[0].astype(np.float32) / 256
     got = program.run([_nchw(u8)])[0].reshape(1, 6, 8, 8).transpose(0, 2, 3, 1)
-    assert np.abs(got - want).max() <= 3 / 256
+    assert np.abs(got - want).max() <= 3 / 256  # measured 3 steps of the sigmoid's 1/256 grid on 64 inputs
 
 
 def test_int8_per_channel_model_is_bit_exact_with_tflite():

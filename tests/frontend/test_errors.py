@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+import refkit
 from tflite_builder import TfliteBuilder
 
 from kcc.errors import KccError, ModelFormatError, UnsupportedModelError
 from kcc.frontend import import_tflite
 
-MODELS = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "models"
-DIGITS = MODELS / "digits_cnn16_gray" / "digits_cnn16_gray.tflite"
+DIGITS = refkit.SHIPPED_MODELS / "digits_cnn16_gray" / "digits_cnn16_gray.tflite"
 
 
 def _one_line(err: KccError) -> str:
@@ -61,7 +59,6 @@ def test_random_bytes_behind_a_valid_identifier(seed):
         import_tflite(data, name="random.tflite")
 
 
-@pytest.mark.skipif(not DIGITS.exists(), reason="reference models not available")
 @pytest.mark.parametrize("fraction", [0.01, 0.1, 0.5, 0.9, 0.999])
 def test_truncated_real_model(fraction):
     data = DIGITS.read_bytes()

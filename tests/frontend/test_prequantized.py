@@ -145,18 +145,19 @@ def test_quantization_without_a_uint8_equivalent_is_one_line(type_name, quant, m
     assert "\n" not in str(e.value) and e.value.hint
 
 
-@pytest.mark.skipif(not refkit.available(), reason="../shared/reference/models is not checked out")
 def test_coral_mobilenet_imports_as_its_dequantized_twin():
     """The reference kit's `_dequant_float` twin was made by a different tool (TF's flatbuffer_utils):
-    both imports must compute bit-identical results."""
+    both imports must compute bit-identical results. (The twin ships as datasets/' example model.)"""
     name = "mobilenet_v1_0.25_128"
-    d = refkit.MODELS / name
+    models = refkit.SHIPPED_MODELS
+    d = models / name
     imported = import_model(d / f"{name}_quant.tflite")
-    twin = import_tflite(d / f"{name}_dequant_float.tflite")
-    (s,) = refkit.samples(name, 1)
+    twin_path = refkit.tflite_path(name, models)
+    twin = import_tflite(twin_path)
+    (s,) = refkit.samples(name, 1, models)
     np.testing.assert_array_equal(run(imported.graph, [s.x])[0], run(twin, [s.x])[0])
     q = imported.quantization
     assert len(q.activations) == 32 and q.per_channel_weights == [] and q.activations["input"] == TensorQuant(
         0.0078125, 128, "UINT8")
-    assert is_prequantized(d / f"{name}_quant.tflite") and not is_prequantized(d / f"{name}_dequant_float.tflite")
+    assert is_prequantized(d / f"{name}_quant.tflite") and not is_prequantized(twin_path)
     assert not any(isinstance(n.op, O.Input) and n.dtype.name != "float32" for n in imported.graph.nodes)

@@ -6,7 +6,8 @@ uninitialised, and nothing else:
   * the final body's missing padding (§2: appended as zeros),
   * bits 60..63 of the 16 `activate_para` words of every kpu_conv2d activation table
     (reserved; ncc-outputs/README.md "Runs are not byte-identical").
-The normaliser decodes the file with plain `struct`, independently of `kcc.kmodel`.
+The normaliser decodes the file with plain `struct`, independently of `kcc.kmodel`. The default suite
+reads the files that ship in tests/reference; the slow suite the rest of the full kit.
 """
 
 from __future__ import annotations
@@ -18,24 +19,39 @@ from pathlib import Path
 import pytest
 
 import kcc.kmodel as km
+import refkit
 from kcc.errors import KmodelError
 
-REFERENCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference"
+SHIPPED = refkit.SHIPPED
+REFERENCE = refkit.REFERENCE
 
 
-def _all_kmodels() -> list[Path]:
-    if not REFERENCE.is_dir():
-        return []
-    return sorted(REFERENCE.rglob("*.kmodel"))
+def _kmodels(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.kmodel")) if root.is_dir() else []
 
 
 def _is_v4(path: Path) -> bool:
     return path.read_bytes()[:8] == b"LDMK\x04\x00\x00\x00"
 
 
-V4_FILES = [p for p in _all_kmodels() if _is_v4(p)]
-V3_FILES = [p for p in _all_kmodels() if p.read_bytes()[:4] == b"\x03\x00\x00\x00"]
-needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"reference kit not found at {REFERENCE}")
+def _is_v3(path: Path) -> bool:
+    return path.read_bytes()[:4] == b"\x03\x00\x00\x00"
+
+
+SHIPPED_V4 = [p for p in _kmodels(SHIPPED) if _is_v4(p)]
+SHIPPED_V3 = [p for p in _kmodels(SHIPPED) if _is_v3(p)]
+# the kit's files that do not ship (the same relative path in tests/reference is the same file)
+KIT_V4 = refkit.kit_params([p for p in _kmodels(REFERENCE) if _is_v4(p)
+                            and not (SHIPPED / p.relative_to(REFERENCE)).exists()])
+KIT_V3 = refkit.kit_params([p for p in _kmodels(REFERENCE) if _is_v3(p)
+                            and not (SHIPPED / p.relative_to(REFERENCE)).exists()])
+
+
+def _id(path: Path | None) -> str:
+    for root in (SHIPPED, REFERENCE):
+        if path is not None and path.is_relative_to(root):
+            return str(path.relative_to(root))
+    return str(path)
 
 
 @cache
@@ -66,15 +82,20 @@ def _normalise(data: bytes) -> bytes:
     return bytes(buf)
 
 
-@needs_reference
-def test_corpus_is_present() -> None:
-    assert len(V4_FILES) >= 30, V4_FILES
-    assert len(V3_FILES) == 2, V3_FILES
+def test_shipped_corpus_is_present() -> None:
+    assert len(SHIPPED_V4) >= 20, SHIPPED_V4
+    v3 = [p.relative_to(SHIPPED).as_posix() for p in SHIPPED_V3]
+    assert v3 == ["nncase-examples/history/v0.1.0-rc5/iris.kmodel"]
 
 
-@needs_reference
-@pytest.mark.parametrize("path", V4_FILES, ids=lambda p: str(p.relative_to(REFERENCE)))
-def test_round_trip_is_byte_exact(path: Path) -> None:
+@pytest.mark.slow
+@pytest.mark.kit
+def test_kit_corpus_is_present() -> None:
+    assert len([p for p in _kmodels(REFERENCE) if _is_v4(p)]) >= 30
+    assert len([p for p in _kmodels(REFERENCE) if _is_v3(p)]) == 2
+
+
+def _round_trip(path: Path) -> None:
     data = path.read_bytes()
     model = _read(path)
     written = km.write(model)
@@ -84,14 +105,34 @@ def test_round_trip_is_byte_exact(path: Path) -> None:
     assert (again.inputs, again.input_shapes, again.outputs) == (model.inputs, model.input_shapes, model.outputs)
 
 
-@needs_reference
-@pytest.mark.parametrize("path", V3_FILES, ids=lambda p: str(p.relative_to(REFERENCE)))
+@pytest.mark.parametrize("path", SHIPPED_V4, ids=_id)
+def test_round_trip_is_byte_exact(path: Path) -> None:
+    _round_trip(path)
+
+
+@pytest.mark.slow
+@pytest.mark.kit
+@pytest.mark.parametrize("path", KIT_V4, ids=_id)
+def test_kit_round_trip_is_byte_exact(path: Path) -> None:
+    _round_trip(path)
+
+
+@pytest.mark.parametrize("path", SHIPPED_V3, ids=_id)
 def test_kmodel_v3_is_rejected(path: Path) -> None:
     with pytest.raises(KmodelError, match=r"kmodel v3 \(nncase v0.1\) is not supported"):
         km.read_file(path)
 
 
-@needs_reference
+@pytest.mark.slow
+@pytest.mark.kit
+@pytest.mark.parametrize("path", KIT_V3, ids=_id)
+def test_kit_kmodel_v3_is_rejected(path: Path) -> None:
+    with pytest.raises(KmodelError, match=r"kmodel v3 \(nncase v0.1\) is not supported"):
+        km.read_file(path)
+
+
+@pytest.mark.slow
+@pytest.mark.kit
 def test_known_facts_of_yolo() -> None:
     """§4 example and §9.3 worked example (yolo.kmodel node 0)."""
     model = km.read_file(REFERENCE / "nncase-examples" / "yolo.kmodel")
@@ -106,24 +147,32 @@ def test_known_facts_of_yolo() -> None:
     assert layer.pool_type is km.KpuPoolType.MAX_2_S2
 
 
-@needs_reference
 def test_alpha_alignment_is_kept_explicitly() -> None:
     """§9.2: alpha builds aligned batch-norm tables to 8 only; the reader keeps their skip counts."""
-    model = km.read_file(REFERENCE / "nncase-examples" / "kfpkg" / "yolo.kmodel")
+    model = km.read_file(SHIPPED / "nncase-examples" / "kfpkg" / "yolo.kmodel")
     kpu = [n.body for n in model.nodes if isinstance(n.body, km.KpuConv2D)]
     assert any(b.table_padding is not None for b in kpu)
 
 
-@needs_reference
-def test_real_kpu_layers_are_consistent() -> None:
-    """§9.3 derived fields hold in every ncc layer but one (a dev build that overflowed a field)."""
+def _layer_problems(paths: list[Path], root: Path) -> dict:
     problems = {}
-    for path in V4_FILES:
+    for path in paths:
         for i, node in enumerate(_read(path).nodes):
             if isinstance(node.body, km.KpuConv2D) and km.layer_problems(node.body):
-                problems[(path.relative_to(REFERENCE).as_posix(), i)] = km.layer_problems(node.body)
-    assert problems == {
-        ("nncase-examples/history/8678f7f/yolo.kmodel", 0): [
-            "channel_byte_num is 11263, expected 76799 (does not fit in 16 bits)"
-        ]
-    }
+                problems[(path.relative_to(root).as_posix(), i)] = km.layer_problems(node.body)
+    return problems
+
+
+# §9.3 derived fields hold in every ncc layer but one (a dev build that overflowed a field)
+OVERFLOWED = {("nncase-examples/history/8678f7f/yolo.kmodel", 0): [
+    "channel_byte_num is 11263, expected 76799 (does not fit in 16 bits)"]}
+
+
+def test_real_kpu_layers_are_consistent() -> None:
+    assert _layer_problems(SHIPPED_V4, SHIPPED) == OVERFLOWED
+
+
+@pytest.mark.slow
+@pytest.mark.kit
+def test_kit_kpu_layers_are_consistent() -> None:
+    assert _layer_problems([p for p in _kmodels(REFERENCE) if _is_v4(p)], REFERENCE) == OVERFLOWED

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+import refkit
 from kcc.eval.interpreter import run
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
@@ -213,17 +212,26 @@ def test_remove_dead_keeps_inputs():
 
 
 # ------------------------------------------------------------------------------ whole pipeline on real graphs
-MODELS = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "models"
-REAL = ["digits_mbnet32_rgb/digits_mbnet32_rgb.tflite", "hand_recrop_256/hand_recrop.tflite",
-        "ulffd_landmark_320x240/ulffd_landmark.tflite", "digits_cnn16_gray/digits_cnn16_gray.tflite"]
+SHIPPED = ["digits_mbnet32_rgb/digits_mbnet32_rgb.tflite", "digits_cnn16_gray/digits_cnn16_gray.tflite"]
+KIT = ["hand_recrop_256/hand_recrop.tflite", "ulffd_landmark_320x240/ulffd_landmark.tflite"]
 
 
-@pytest.mark.skipif(not MODELS.exists(), reason="reference models not available")
-@pytest.mark.parametrize("rel", REAL)
+@pytest.mark.parametrize("rel", SHIPPED)
 def test_every_pass_preserves_real_model_outputs(rel):
+    _every_pass_preserves_outputs(refkit.SHIPPED_MODELS / rel)
+
+
+@pytest.mark.slow
+@pytest.mark.kit
+@pytest.mark.parametrize("rel", KIT)
+def test_every_pass_preserves_kit_model_outputs(rel):
+    _every_pass_preserves_outputs(refkit.MODELS / rel)
+
+
+def _every_pass_preserves_outputs(path):
     from kcc.frontend import import_tflite
 
-    g = import_tflite(MODELS / rel)
+    g = import_tflite(path)
     inputs = [randn(*n.shape) for n in g.inputs]
     g = check(g, inputs, fold_constants, fold_transpose, fold_reshape, fold_nops, fuse_clamp, remove_dead,
               canonicalize)
