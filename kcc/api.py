@@ -45,20 +45,26 @@ def compile(model: str | Path | bytes, output: str | Path | None = None, *, repo
     calibration passes. The shadowing of the builtin `compile` is deliberate: `kcc.compile` reads like
     the command it mirrors.
     """
-    from kcc.cli import write_atomic
+    from kcc.atomic import Outputs
     from kcc.pipeline import compile_model
 
     opts = options_from(**options)
     if isinstance(model, str):
         model = Path(model)
-    result = compile_model(model, opts, log=log or (lambda line: None), progress=progress)
-    if report:
-        from kcc import report as reports
+    # the kmodel, the report and the IR dump appear together or not at all, as with `kcc compile`
+    with Outputs() as outputs:
+        staged = opts
+        if opts.dump_ir is not None:
+            staged = dataclasses.replace(opts, dump_ir=outputs.directory(opts.dump_ir))
+        result = compile_model(model, staged, log=log or (lambda line: None), progress=progress)
+        if report:
+            from kcc import report as reports
 
-        name = model.name if isinstance(model, Path) else "<tflite bytes>"
-        result.report = reports.build(result, opts, name, kpu_clock, cpu_clock, progress)
-    if output is not None:
-        write_atomic(Path(output), result.kmodel)
-    if report and not isinstance(report, bool):
-        reports.write(result.report, Path(report))
+            name = model.name if isinstance(model, Path) else "<tflite bytes>"
+            result.report = reports.build(result, opts, name, kpu_clock, cpu_clock, progress)
+            if not isinstance(report, bool):
+                reports.write(result.report, outputs.directory(Path(report)))
+        if output is not None:
+            outputs.file(Path(output), result.kmodel)
+        outputs.commit()
     return result

@@ -1,22 +1,27 @@
 """The `kcc` command line: ncc v0.2-compatible `compile` and `infer` (ecosystem.md §5.1-§5.2), and `info`.
 
 Only argument parsing, printing and file handling live here; the compiler is `kcc.pipeline`.
-Every `KccError` becomes one `error: ...` line on stderr and exit code 1; no output file is left
-behind. Anything else is a kcc bug: a one-line report, or the traceback with `--debug`.
+Every `KccError` becomes one `error: ...` line on stderr and exit code 1; Ctrl-C becomes
+`error: interrupted` and exit code 130; a stdout pipe closed by its reader ends the command quietly
+(exit 141). In each case no output file is new or changed: outputs are staged and published together
+at the end (`kcc.atomic.Outputs`). Anything else is a kcc bug: a one-line report, or the traceback
+with `--debug`.
+
+Module-level imports are kept to what is loaded anyway: `main()` installs the Ctrl-C handler, and
+until it runs a Ctrl-C is Python's default, a traceback. The compiler is imported inside the commands.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import signal
 import sys
-import tempfile
 from pathlib import Path
 
 from kcc import __version__
 from kcc.errors import DatasetError, KccError
-from kcc.options import (CALIBRATE_METHODS, DECOMPOSE_MODES, INFERENCE_TYPES, INPUT_TYPES, TARGETS,
-                         WEIGHT_EQUALIZATIONS, CompileOptions)
 
 INPUT_FORMATS = ("tflite",)
 
@@ -26,6 +31,12 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D401 - argparse API
         raise KccError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+    def _print_message(self, message: str, file=None) -> None:
+        # argparse swallows OSError here; a closed pipe must reach main, so that `kcc --help | true`
+        # ends with the same status as `kcc info m.kmodel | true`
+        if message:
+            (file or sys.stderr).write(message)
 
 
 def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
@@ -44,6 +55,9 @@ def _add_clock_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from kcc.options import (CALIBRATE_METHODS, DECOMPOSE_MODES, INFERENCE_TYPES, INPUT_TYPES, TARGETS,
+                             WEIGHT_EQUALIZATIONS)
+
     parser = _Parser(prog="kcc", description="Compiler for the Kendryte K210 KPU: float .tflite -> kmodel v4.")
     parser.add_argument("-v", "--version", action="version", version=f"kcc {__version__} (kmodel v4, ncc v0.2 compatible)")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks of internal errors")
@@ -110,29 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same directory, so a failure leaves nothing."""
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise KccError(f"cannot write '{path}': directory '{directory}' does not exist")
-    if path.is_dir():
-        raise KccError(f"cannot write '{path}': it is a directory")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    except OSError as e:
-        raise KccError(f"cannot write '{path}': {e.strerror}") from None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise KccError(f"cannot write '{path}': {e.strerror}") from None
-
-
 def _shape(s) -> str:
     return "x".join(str(d) for d in s)
 
@@ -160,14 +151,66 @@ def _check_clocks(args: argparse.Namespace) -> None:
             raise KccError(f"{flag} {mhz:g}: expected a clock in MHz between 0 and 2000 (the K210 runs at 400)")
 
 
-def cmd_compile(args: argparse.Namespace) -> int:
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell shows for a command Ctrl-C ended
+# stdout's reader went away (`kcc info m.kmodel | head -2`): 128 + SIGPIPE, the status a shell reports
+# for cat or grep ended by SIGPIPE in the same place (`yes | head -1; echo ${PIPESTATUS[0]}` -> 141), so a
+# `set -o pipefail` script sees kcc like any Unix tool; 0 would claim the whole output was read.
+EXIT_PIPE_CLOSED = 141
+
+
+class _Run:
+    """What one command owns while it runs: its staged outputs (`kcc.atomic.Outputs`) and Ctrl-C.
+
+    The first Ctrl-C raises KeyboardInterrupt, once; a second one while the first unwinds (staged
+    files being removed, the error line printed) is ignored, so that cleanup is never cut short. A
+    library may turn the KeyboardInterrupt into something else (OR-tools' C extension into an
+    ImportError at import) or swallow it (in a `__del__`): `interrupted` still tells main what
+    happened, and `publish()` refuses to commit after it. From the commit point on, Ctrl-C is
+    ignored: the outputs are then about to be complete, and the command ends normally."""
+
+    def __init__(self) -> None:
+        self.armed = True
+        self.interrupted = False
+        self._outputs = None  # made on first use: main installs on_sigint before importing anything
+
+    @property
+    def outputs(self):
+        if self._outputs is None:
+            from kcc.atomic import Outputs
+
+            self._outputs = Outputs()
+        return self._outputs
+
+    def abort(self) -> None:
+        """Remove every staged output; nothing to do after publish()."""
+        if self._outputs is not None:
+            self._outputs.abort()
+
+    def on_sigint(self, signum, frame) -> None:
+        if self.armed:
+            self.armed, self.interrupted = False, True
+            raise KeyboardInterrupt
+
+    def publish(self) -> None:
+        """The commit point: every staged output appears, or (interrupted before) none."""
+        self.armed = False
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.outputs.commit()
+
+
+def cmd_compile(args: argparse.Namespace, run: _Run | None = None) -> int:
+    import dataclasses
+
     from kcc.latency import estimate
     from kcc.frontend.importer import is_prequantized
     from kcc.pipeline import compile_model
+    from kcc.options import CompileOptions
     from kcc.weights_range import format_weights_range
 
     from kcc import progress as bars
 
+    run = run or _Run()
     say = (lambda line: None) if args.quiet else print
     if args.input_format not in INPUT_FORMATS:
         raise KccError(f"input format '{args.input_format}' is not supported: kcc reads TensorFlow Lite models "
@@ -194,9 +237,14 @@ def cmd_compile(args: argparse.Namespace) -> int:
         no_quantized_binary=args.no_quantized_binary, decompose=args.decompose,
         weight_equalization=args.weight_equalization, dump_ir=args.dump_ir,
         dump_weights_range=args.dump_weights_range)
+    # the IR dump is written stage by stage: into a staging folder, published with the kmodel;
+    # the report still records the --dump-ir the user gave
+    staged = opts
+    if args.dump_ir is not None:
+        staged = dataclasses.replace(opts, dump_ir=run.outputs.directory(args.dump_ir))
     progress = bars.Bars() if bars.enabled(args.quiet) else None
     try:
-        result = compile_model(args.input, opts, log=say, progress=progress)
+        result = compile_model(args.input, staged, log=say, progress=progress)
         report = None
         if args.report is not None:
             from kcc import report as reports
@@ -206,41 +254,27 @@ def cmd_compile(args: argparse.Namespace) -> int:
     finally:
         if progress is not None:
             progress.close()
-    write_atomic(args.output, result.kmodel)
     if report is not None:
-        reports.write(report, args.report)
+        reports.write(report, run.outputs.directory(args.report))
+    run.outputs.file(args.output, result.kmodel)  # the last file staged: its rename is the commit point
+    run.publish()
     for item in result.weights_ranges:  # asked for explicitly: printed even with -q, as ncc does
         print(format_weights_range(item))
-    em = result.emitted
-    if result.placements:
-        on_kpu = [p for p in result.placements if p.on_kpu]
-        say(f"KPU: {len(on_kpu)} layer(s); CPU fallbacks: {len(result.placements) - len(on_kpu)}")
-        for p in result.placements:
-            if not p.on_kpu:
-                say(f"  CPU  {p.op:<8} {p.node}: {p.reason}")
-    say(f"Working memory usage: {em.model.main_mem} B")
-    say(f"Constants: {len(em.model.constants)} B, nodes: {len(em.model.nodes)}, kmodel: {len(result.kmodel)} B")
-    if em.memory is not None:
-        for line in em.memory.summary_lines(len(result.kmodel)) + (em.memory.table_lines() if args.memory_report else []):
-            say(line)
-    say(estimate(em.model, args.kpu_clock, args.cpu_clock).summary())
-    if args.report is not None:
-        say(f"Report: {args.report / 'report.md'}")
-    say("\nSUMMARY\nINPUTS")
-    for i, (name, shape) in enumerate(em.inputs):
-        say(f"{i}\t{name}\t{_shape(shape)}")
-    say("OUTPUTS")
-    for i, (name, shape) in enumerate(em.outputs):
-        say(f"{i}\t{name}\t{_shape(shape)}")
+    from kcc.summary import compile_lines  # placements, memory, latency, SUMMARY: in the model's names
+
+    est = estimate(result.emitted.model, args.kpu_clock, args.cpu_clock)
+    for line in compile_lines(result, est, args.memory_report, args.report):
+        say(line)
     return 0
 
 
-def cmd_infer(args: argparse.Namespace) -> int:
+def cmd_infer(args: argparse.Namespace, run: _Run | None = None) -> int:
     import time
 
     import kpu_sim
     from kcc.dataset import iter_dataset, list_files
 
+    run = run or _Run()
     say = (lambda line: None) if args.quiet else print
     if not args.model.is_file():
         raise KccError(f"kmodel '{args.model}' does not exist or is not a file")
@@ -261,14 +295,18 @@ def cmd_infer(args: argparse.Namespace) -> int:
         outs = program.run([sample.data])
         total += time.perf_counter() - t0
         results.append((sample.path.stem, b"".join(o.tobytes() for o in outs)))
-    args.output.mkdir(parents=True, exist_ok=True)
+    staging = run.outputs.directory(args.output)
     for stem, data in results:
-        write_atomic(args.output / f"{stem}.bin", data)
+        try:
+            (staging / f"{stem}.bin").write_bytes(data)
+        except OSError as e:  # full disk, ...: name the file the user asked for, not the staging copy
+            raise KccError(f"cannot write '{args.output / (stem + '.bin')}': {e.strerror}") from None
+    run.publish()
     say(f"{len(results)} input(s) -> {args.output}/ ; simulator time {total * 1e3 / max(len(results), 1):.1f} ms per input")
     return 0
 
 
-def cmd_info(args: argparse.Namespace) -> int:
+def cmd_info(args: argparse.Namespace, run: _Run | None = None) -> int:
     import json
 
     from kcc.info import describe, format_text
@@ -307,36 +345,136 @@ def _dump_ir_flag(argv: list[str]) -> list[str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def _dispatch(argv: list[str], run: _Run) -> int:
     from kcc.cli_legacy import check as check_legacy
 
-    argv = _dump_ir_flag(sys.argv[1:] if argv is None else list(argv))
-    debug = "--debug" in argv
+    check_legacy(argv)
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        build_parser().print_help()
+        return 1
+    return {"compile": cmd_compile, "infer": cmd_infer, "info": cmd_info}[args.command](args, run)
+
+
+def _say_error(message: str) -> None:
     try:
-        check_legacy(argv)
-        args = build_parser().parse_args(argv)
-        if args.command is None:
-            build_parser().print_help()
-            return 1
-        return {"compile": cmd_compile, "infer": cmd_infer, "info": cmd_info}[args.command](args)
-    except KccError as e:
-        print(f"error: {e.one_line()}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+    except (OSError, ValueError):  # stderr is gone too: nobody is left to tell
+        pass
+
+
+def _reader_gone(own_process: bool) -> int:
+    """stdout's reader closed the pipe (`kcc info m.kmodel | head -2`): not an error, and no message."""
+    if own_process:
+        # the rest of stdout's buffer goes to /dev/null: else the interpreter's last flush fails
+        # again and prints "Exception ignored ... BrokenPipeError" on its way out
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+    return EXIT_PIPE_CLOSED
+
+
+def _failure(error: BaseException, run: _Run, debug: bool, own_process: bool) -> int:
+    """The exit code of a command that raised `error`, after its one `error:` line (if any)."""
+    if run.interrupted or isinstance(error, KeyboardInterrupt):
+        # whatever the Ctrl-C became on its way up: an ImportError from a C extension's init
+        # (OR-tools), an error from tqdm, ... it is reported as what the user did
+        _say_error("interrupted")
+        return EXIT_INTERRUPTED
+    if isinstance(error, BrokenPipeError):
+        return _reader_gone(own_process)
+    if isinstance(error, KccError):
+        _say_error(error.one_line())
         return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except OSError as e:  # unreadable file, full disk, ...: the user's environment, not a kcc bug
-        if debug:
-            raise
-        where = f" '{e.filename}'" if e.filename else ""
-        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+    if isinstance(error, SystemExit):  # --help, --version: what they printed must reach the reader
+        if own_process:
+            try:
+                sys.stdout.flush()
+            except BrokenPipeError:
+                return _reader_gone(own_process)
+        raise error
+    if debug or not isinstance(error, Exception):
+        raise error
+    if isinstance(error, OSError):  # unreadable file, full disk, ...: the user's environment, not a kcc bug
+        where = f" '{error.filename}'" if error.filename else ""
+        _say_error(f"{error.strerror or error}{where}")
         return 1
-    except Exception as e:  # a kcc bug: say so in one line unless --debug asks for the traceback
-        if debug:
-            raise
-        print(f"error: internal error: {type(e).__name__}: {e} (this is a kcc bug; rerun with --debug "
-              f"for the traceback)", file=sys.stderr)
-        return 2
+    # a kcc bug: say so in one line unless --debug asks for the traceback
+    _say_error(f"internal error: {type(error).__name__}: {error} (this is a kcc bug; rerun with --debug "
+               f"for the traceback)")
+    return 2
+
+
+def _main(argv: list[str], run: _Run, own_process: bool) -> int:
+    debug = "--debug" in argv
+    error: BaseException | None = None
+    try:
+        try:
+            code = _dispatch(_dump_ir_flag(argv), run)
+            if own_process:
+                sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        except BaseException as e:
+            error = e
+    except KeyboardInterrupt as e:  # the Ctrl-C landed just as another exception was being caught
+        error = e
+    run.armed = False  # the command is over: what follows is cleanup and one line, not to be cut short
+    run.abort()
+    return code if error is None else _failure(error, run, debug, own_process)
+
+
+def _quiet_interrupt(hook, unraisable) -> None:
+    """sys.unraisablehook: a Ctrl-C raised in a `__del__` or a callback cannot propagate; main reports
+    it (`_Run.interrupted`) as the one `error: interrupted` line, not as an 'Exception ignored' block."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        hook(unraisable)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `kcc` command; returns its exit code.
+
+    `argv` None: this process is the command (the `kcc` script, `python -m kcc`). Then stdout is
+    flushed here, where a closed pipe can still be handled, and Ctrl-C stays ignored after main
+    returns: only the interpreter's exit is left, and a KeyboardInterrupt there would be a traceback
+    after the outputs were complete; an interrupted command exits right here (os._exit). Called with
+    `argv` (tests, scripts), the caller's SIGINT handler is restored on return."""
+    own_process = argv is None
+    run = _Run()
+    previous = None
+    unraisable = sys.unraisablehook
+    try:
+        try:
+            previous = signal.signal(signal.SIGINT, run.on_sigint)
+        except ValueError:  # not the main thread: Ctrl-C is not this call's to handle
+            pass
+        sys.unraisablehook = functools.partial(_quiet_interrupt, unraisable)
+        code = _main(sys.argv[1:] if own_process else list(argv), run, own_process)
+    except KeyboardInterrupt:  # the Ctrl-C landed outside _main's handlers (in them, or before them)
+        run.armed = False
+        run.abort()
+        _say_error("interrupted")
+        code = EXIT_INTERRUPTED
+    finally:
+        run.armed = False
+        sys.unraisablehook = unraisable
+        if own_process:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # SIG_IGN: the interpreter keeps it to the end
+        elif previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if own_process and code == EXIT_INTERRUPTED:
+        # Leave without the interpreter's exit: a KeyboardInterrupt that passed through a library's
+        # nested PyRun_String (pybind11_abseil, loaded with OR-tools, calls it) sets CPython's
+        # "unhandled KeyboardInterrupt" flag, and Py_RunMain then kills the process with SIGINT
+        # after all, whatever main returned. The staged outputs are gone; only the streams remain.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import io
 
 import numpy as np
 
-from kcc.alloc.names import short_name
+from kcc.alloc.names import model_name, short_name
 from kcc.latency import LatencyEstimate
 from kcc.quant_error import QuantErrorReport
 
@@ -45,28 +45,56 @@ def _aligned(labels: list[str]) -> list[str]:
     return [s.ljust(width) for s in labels]
 
 
+def _fmt(db: float) -> str:
+    return "exact" if np.isinf(db) else f"{db:.1f}"
+
+
+def _note(e) -> str:
+    """What follows a layer's bar: its cosine, and its clipped share, said to be deliberate when it is
+    (then the bar is the SQNR in range, and the SQNR over all values is given too)."""
+    text = f"cos {e.cosine:.4f}"
+    if e.clipping:
+        text += (f"; {100 * e.clipped_fraction:.1f}% clipped on purpose ({e.clipping}), "
+                 f"{_fmt(e.sqnr_db)} dB over all values")
+    elif e.clipped:
+        text += f"; {100 * e.clipped_fraction:.1f}% clipped"
+    return text
+
+
 def quant_error_png(qe: QuantErrorReport) -> bytes:
-    """Horizontal bars of SQNR (dB) per KPU layer in network order, coloured by severity,
-    with the cosine similarity written at the end of each bar."""
+    """Horizontal bars of SQNR (dB) per KPU layer in network order, coloured by severity, with the
+    cosine similarity (and any clipping) written at the end of each bar. The bars are the figure the
+    layers are ranked by (`LayerError.ranked_sqnr_db`), so the worst bar is the report's worst layer;
+    a deliberately clipped range (softmax logits) is hatched."""
     layers = sorted(qe.layers, key=lambda e: e.index)
     fig = _figure(len(layers))
     ax = fig.add_subplot(1, 1, 1)
-    finite = [e.sqnr_db for e in layers if np.isfinite(e.sqnr_db)]
+    finite = [e.ranked_sqnr_db for e in layers if np.isfinite(e.ranked_sqnr_db)]
     cap = (max(finite) if finite else 60.0) + 5.0
-    values = [e.sqnr_db if np.isfinite(e.sqnr_db) else cap for e in layers]
+    values = [e.ranked_sqnr_db if np.isfinite(e.ranked_sqnr_db) else cap for e in layers]
     colors = ["#c0392b" if v < 20 else "#e67e22" if v < 30 else "#27ae60" for v in values]
     y = np.arange(len(layers))
-    ax.barh(y, values, color=colors)
-    ax.set_yticks(y, _aligned([f"{e.index:>3}  {_label(e.name)}" for e in layers]), fontsize=8, family="monospace")
+    bars = ax.barh(y, values, color=colors)
+    for bar, e in zip(bars, layers):
+        if e.clipping:
+            bar.set_hatch("//")
+    worst = qe.layers[0] if qe.layers else None
+    labels = [f"{e.index:>3}{'*' if e is worst else ' '} {_label(model_name(e.name))}" for e in layers]
+    ax.set_yticks(y, _aligned(labels), fontsize=8, family="monospace")
     ax.invert_yaxis()
     for yi, v, e in zip(y, values, layers):
-        ax.text(v + cap * 0.01, yi, f"cos {e.cosine:.4f}", va="center", fontsize=7)
-    ax.set_xlim(0, cap * 1.18)
-    ax.set_xlabel("SQNR of the layer output, dB (float evaluator vs simulated uint8 kmodel; higher is better)")
+        ax.text(v + cap * 0.01, yi, _note(e), va="center", fontsize=7)
+    ax.set_xlim(0, cap * 1.6 if any(e.clipping for e in layers) else cap * 1.18)
+    ax.set_xlabel("SQNR of the layer output, dB (float evaluator vs simulated uint8 kmodel; "
+                  "higher is better)\n"
+                  "hatched: the range clips on purpose, SQNR over the values it holds")
     ax.axvline(20, color="#c0392b", lw=0.8, ls="--")
     ax.axvline(30, color="#e67e22", lw=0.8, ls="--")
-    ax.set_title(f"Per-layer quantization error, {qe.samples} calibration sample(s); red < 20 dB, orange < 30 dB",
-                 fontsize=10)
+    title = f"Per-layer quantization error, {qe.samples} calibration sample(s); red < 20 dB, orange < 30 dB"
+    if worst is not None:
+        title += (f"\nworst (*): node {worst.index}, {_label(model_name(worst.name))}, "
+                  f"{_fmt(worst.ranked_sqnr_db)} dB")
+    ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
 

@@ -14,8 +14,11 @@ the name of the float layer it was quantized from). Errors accumulate through th
 board: layer k sees the quantized output of layer k-1, so a layer's numbers include upstream error.
 
 Per layer, over all samples: cosine similarity and SQNR = 10 log10(sum f^2 / sum (f - q)^2) dB, also
-over the values inside the layer's output range only (so a deliberately clipped range, softmax logits,
-is ranked by its rounding; the clipped share is reported beside it).
+over the values inside the layer's output range only. Layers are ranked by one figure, `ranked_sqnr_db`
+(the report's summary, table and plot all use it): the SQNR over all values, except for a layer whose
+range clips on purpose (`deliberate_clipping`: softmax logits, kcc.quant.logits; l2-clipped ReLU
+outputs, kcc.quant.policy), which is ranked by its rounding, the SQNR in range, with the clipped
+share beside it.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class LayerError:
     count: int = 0
     ff_in: float = 0.0  # signal and error power over the values the range holds
     ee_in: float = 0.0
+    clipping: str = ""  # why the layer's range clips on purpose ('softmax logits'), "" if it should not
 
     def add(self, f: np.ndarray, q: np.ndarray, lo: float = -np.inf, hi: float = np.inf) -> None:
         """Accumulate one sample: float reference `f`, dequantized board value `q`, output range [lo, hi]."""
@@ -90,18 +94,25 @@ class LayerError:
             return float("inf")
         return float(10 * np.log10(max(self.ff_in, 1e-300) / self.ee_in))
 
+    @property
+    def ranked_sqnr_db(self) -> float:
+        """The figure layers are ranked by: the SQNR in range where the range clips on purpose (what
+        is clipped there does not matter), else over all values (clipping then is an error too)."""
+        return self.sqnr_in_range_db if self.clipping else self.sqnr_db
+
     def to_json(self) -> dict:
-        sqnr, inside = self.sqnr_db, self.sqnr_in_range_db
+        sqnr, inside, ranked = self.sqnr_db, self.sqnr_in_range_db, self.ranked_sqnr_db
         return {"name": self.name, "node": self.index, "shape": list(self.shape), "cosine": round(self.cosine, 6),
                 "sqnr_db": None if np.isinf(sqnr) else round(sqnr, 2),
                 "sqnr_in_range_db": None if np.isinf(inside) else round(inside, 2),
+                "ranked_sqnr_db": None if np.isinf(ranked) else round(ranked, 2),
                 "max_abs_error": round(self.max_abs, 6),
-                "clipped_fraction": round(self.clipped_fraction, 6)}
+                "clipped_fraction": round(self.clipped_fraction, 6), "clipped_on_purpose": self.clipping}
 
 
 @dataclass
 class QuantErrorReport:
-    layers: list[LayerError] = field(default_factory=list)  # worst (lowest in-range SQNR) first
+    layers: list[LayerError] = field(default_factory=list)  # worst (lowest ranked_sqnr_db) first
     samples: int = 0
     total_samples: int = 0
 
@@ -115,6 +126,22 @@ def _kpu_nchw(raw: np.ndarray, body: km.KpuConv2D) -> np.ndarray:
     lay = body.layer
     shape = (body.batches, lay.out_channels, lay.out_height, lay.out_width)
     return raw[km.kpu_offsets(shape)]
+
+
+def deliberate_clipping(float_graph: Graph, method: str = "no_clip") -> dict[str, str]:
+    """KPU layer name -> why its calibrated range clips on purpose: logits feeding a softmax keep the
+    top LOGIT_SPAN only (kcc.quant.logits, both methods); with `l2`, ReLU-clamped layers the model's
+    outputs are not computed from get the histogram threshold (kcc.quant.policy.choose_ranges)."""
+    from kcc.quant.logits import softmax_logits
+    from kcc.quant.policy import _relu_clamped, output_sources
+
+    why: dict[str, str] = {}
+    if method == "l2":
+        keep = output_sources(float_graph)
+        why.update((n.name, "l2 calibration") for n in float_graph.nodes
+                   if _relu_clamped(n) and n.name not in keep)
+    why.update((n.name, "softmax logits") for n in softmax_logits(float_graph))
+    return why
 
 
 def layer_out_q(graph: Graph) -> dict[str, tuple[int, float]]:
@@ -138,14 +165,16 @@ def float_layer_outputs(float_graph: Graph, x: np.ndarray) -> dict[str, np.ndarr
 
 def measure(kmodel_bytes: bytes, node_names: list[str], float_graph: Graph, quant_graph: Graph,
             samples: Iterable[tuple[np.ndarray, np.ndarray]], total: int | None = None,
-            tick: Callable[[], None] | None = None) -> QuantErrorReport:
+            tick: Callable[[], None] | None = None, method: str = "no_clip") -> QuantErrorReport:
     """Compare every KPU layer over `samples`: pairs (float graph input, kmodel input) of one sample.
 
+    `method` is the calibration method (which ranges clip on purpose, `deliberate_clipping`);
     `tick()` is called after each sample (progress bars)."""
     import kpu_sim
 
     program = kpu_sim.load(bytes(kmodel_bytes))
     out_q = layer_out_q(quant_graph)
+    on_purpose = deliberate_clipping(float_graph, method)
     layers: dict[int, LayerError] = {}
     report = QuantErrorReport()
     for x_float, x_model in samples:
@@ -162,7 +191,8 @@ def measure(kmodel_bytes: bytes, node_names: list[str], float_graph: Graph, quan
             f = reference[name]
             if f.shape != q.shape:
                 return
-            layer = layers.setdefault(index, LayerError(name, index, f.shape))
+            layer = layers.setdefault(index, LayerError(name, index, f.shape,
+                                                        clipping=on_purpose.get(name, "")))
             lo, hi = (0 - zero_point) / scale, (255 - zero_point) / scale
             layer.add(f, (q.astype(np.float32) - zero_point) / np.float32(scale), lo - 0.5 / scale, hi + 0.5 / scale)
 
@@ -171,5 +201,5 @@ def measure(kmodel_bytes: bytes, node_names: list[str], float_graph: Graph, quan
         if tick is not None:
             tick()
     report.total_samples = total if total is not None else report.samples
-    report.layers = sorted(layers.values(), key=lambda e: (e.sqnr_in_range_db, e.sqnr_db, e.index))
+    report.layers = sorted(layers.values(), key=lambda e: (e.ranked_sqnr_db, e.sqnr_db, e.index))
     return report

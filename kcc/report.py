@@ -1,10 +1,14 @@
 """`kcc compile --report DIR`: what the compiler decided and what it will cost, in one folder.
 
 Answers the questions ncc leaves to trial and error on the board (ecosystem.md §4.1-4.5):
-* placement: every conv / fully-connected / pool, on the KPU or the CPU, and why (`Placement`);
-* per-layer quantization error on the calibration set (`kcc.quant_error`), worst layers first;
+* placement: every conv / fully-connected / pool, on the KPU or the CPU, and why (`Placement`,
+  pools in words by `kcc.summary.placements`);
+* per-layer quantization error on the calibration set (`kcc.quant_error`), worst layers first, one
+  ranking for the summary, the table and the plot;
 * memory: main memory, KPU RAM and the device-fit verdict (`kcc.alloc.report.MemoryReport`);
-* estimated K210 latency per node and in total (`kcc.latency`).
+* estimated K210 latency per node and in total (`kcc.latency`), and the CPU time by model op
+  (`kcc.summary.cpu_work`).
+Tensors are shown under the model's names (`kcc.alloc.names`), kcc's own tensors in words.
 
 `build(...)` computes everything (nothing is written if it fails); `write(report, dir)` writes
 `report.md`, `report.json` and the plots `quant_error.png` and `latency.png` (`kcc.plots`).
@@ -20,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from kcc import __version__
-from kcc.alloc.names import short_name
+from kcc.alloc.names import in_words, model_name, short_name
 from kcc.errors import KccError
 from kcc.latency import LatencyEstimate, estimate
 from kcc.options import CompileOptions
@@ -46,6 +50,7 @@ class Report:
     memory_table: list[str] = field(default_factory=list)
     quant_error: QuantErrorReport | None = None
     quant_error_note: str = ""
+    cpu_work: list[Any] = field(default_factory=list)  # kcc.summary.CpuWork, most time first
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -55,7 +60,8 @@ class Report:
             "outputs": [{"name": n, "shape": list(s)} for n, s in self.outputs],
             "placement": self.placements,
             "quant_error": self.quant_error.to_json() if self.quant_error else {"note": self.quant_error_note},
-            "latency": self.latency.to_json() | {"names": self.node_names},
+            "latency": self.latency.to_json() | {"names": self.node_names,
+                                                 "cpu_by_model_op": [w.to_json() for w in self.cpu_work]},
             "memory": {"summary": self.memory_summary, "buffers": self.memory_table},
         }
 
@@ -99,13 +105,19 @@ def quantize_input(result, x: np.ndarray) -> np.ndarray:
 def build(result, options: CompileOptions, model_name: str, kpu_mhz: float = 400.0, cpu_mhz: float = 400.0,
           progress: Progress | None = None, max_samples: int = MAX_SAMPLES) -> Report:
     """Everything a report shows, computed from a `CompileResult` (and, for uint8, the dataset)."""
+    from kcc import summary
+
     em = result.emitted
     model = em.model
     kpu_layers = sum(1 for n in model.nodes if n.name == "kpu_conv2d")
+    known = summary.known_names(result)
+    latency = estimate(model, kpu_mhz, cpu_mhz)
     report = Report(
         model=model_name, options=_options_json(options), kmodel_bytes=len(result.kmodel), nodes=len(model.nodes),
-        kpu_layers=kpu_layers, inputs=em.inputs, outputs=em.outputs, node_names=list(em.node_names),
-        placements=[asdict(p) for p in result.placements], latency=estimate(model, kpu_mhz, cpu_mhz))
+        kpu_layers=kpu_layers, inputs=em.inputs, outputs=summary.outputs(result),
+        node_names=[in_words(n, 1 << 16, known) for n in em.node_names],
+        placements=[asdict(p) for p in summary.placements(result)], latency=latency,
+        cpu_work=summary.cpu_work(result, latency))
     if em.memory is not None:
         report.memory_summary = em.memory.summary_lines(len(result.kmodel))
         report.memory_table = em.memory.table_lines()
@@ -123,7 +135,8 @@ def build(result, options: CompileOptions, model_name: str, kpu_mhz: float = 400
         dtype = kpu_sim.load(result.kmodel).inputs[0].dtype
         pairs, used, total = _samples(result, options, dtype, max_samples)
         report.quant_error = measure(result.kmodel, em.node_names, result.float_graph, result.graph,
-                                     track(pairs, used, "per-layer error", progress), total=total)
+                                     track(pairs, used, "per-layer error", progress), total=total,
+                                     method=options.calibrate_method)
     return report
 
 
@@ -149,6 +162,22 @@ def _fmt_db(v: float) -> str:
     return "exact" if np.isinf(v) else f"{v:.1f}"
 
 
+def _clipped(e) -> str:
+    """The layer's clipped share, and whether that is on purpose (kcc.quant_error.deliberate_clipping)."""
+    if not e.clipped:
+        return ""
+    share = f"{100 * e.clipped_fraction:.1f}% of its values clipped"
+    return f"{share} on purpose ({e.clipping})" if e.clipping else share
+
+
+def _worst(e) -> str:
+    """The summary's worst KPU layer, with the figure it was ranked by."""
+    clip = _clipped(e)
+    figure = f"SQNR {_fmt_db(e.ranked_sqnr_db)} dB{' in range' if e.clipping else ''}"
+    name = short_name(model_name(e.name))
+    return f"`{name}`: {figure}, cosine {e.cosine:.4f}" + (f"; {clip}" if clip else "")
+
+
 def markdown(r: Report) -> str:
     lat = r.latency
     lines = [f"# kcc report: `{r.model}`", "",
@@ -159,11 +188,12 @@ def markdown(r: Report) -> str:
                 f"at KPU {lat.kpu_mhz:g} MHz / CPU {lat.cpu_mhz:g} MHz"]]
     on_kpu = sum(1 for p in r.placements if p["on_kpu"])
     summary.append(["placement", f"{on_kpu} on the KPU, {len(r.placements) - on_kpu} on the CPU"])
+    if r.cpu_work:
+        w = r.cpu_work[0]
+        summary.append(["most CPU time", f"{w.kind} ({len(w.ops)} op(s), as {', '.join(w.opcodes)}): "
+                        f"{w.ms:.1f} ms, {100 * w.share:.1f}% of the total"])
     if r.quant_error and r.quant_error.layers:
-        worst = r.quant_error.layers[0]
-        clip = f", {100 * worst.clipped_fraction:.1f}% of its values clipped" if worst.clipped else ""
-        summary.append(["worst KPU layer", f"`{short_name(worst.name)}`: SQNR {_fmt_db(worst.sqnr_in_range_db)} dB "
-                        f"in range, cosine {worst.cosine:.4f}{clip}"])
+        summary.append(["worst KPU layer", _worst(r.quant_error.layers[0])])
     if r.memory_summary:
         summary.append(["device RAM", r.memory_summary[-1].removeprefix("Device RAM: ")])
     lines += _table(["", ""], summary)
@@ -186,25 +216,38 @@ def markdown(r: Report) -> str:
         lines += [f"Float evaluator vs the simulated uint8 kmodel (bit-exact with the K210) on {qe.samples} of the "
                   f"{qe.total_samples} calibration samples. Errors accumulate: a layer's figures include what the "
                   "layers before it lost. SQNR = 10 log10(signal power / error power), over all values and over "
-                  "the values inside the layer's output range; worst (in range) first. "
-                  "*clipped* is the share of float values outside the range the layer's uint8 output can hold: "
-                  "deliberate for softmax logits (only the largest matter) and l2-clipped ReLU outputs, "
-                  "otherwise a sign of an unrepresentative calibration set.", "",
+                  "the values inside the layer's output range. *clipped* is the share of float values "
+                  "outside the range the layer's uint8 output can hold: on purpose for softmax logits (only "
+                  "the largest matter) and l2-clipped ReLU outputs, otherwise a sign of an unrepresentative "
+                  "calibration set. Worst first, by *ranked*: the SQNR in range where the range clips on "
+                  "purpose, else over all values; the summary and the plot use the same figure.", "",
                   f"![quantization error]({QUANT_PNG})", ""]
-        lines += _table(["layer", "node", "shape", "SQNR dB", "in range", "cosine", "max abs error", "clipped"],
-                        [[f"`{short_name(e.name)}`", str(e.index), _shape(e.shape), _fmt_db(e.sqnr_db),
-                          _fmt_db(e.sqnr_in_range_db),
-                          f"{e.cosine:.5f}", f"{e.max_abs:.4g}", f"{100 * e.clipped_fraction:.2f}%"]
+        lines += _table(["layer", "node", "shape", "ranked SQNR dB", "all values", "in range", "cosine",
+                         "max abs error", "clipped"],
+                        [[f"`{short_name(model_name(e.name))}`", str(e.index), _shape(e.shape),
+                          _fmt_db(e.ranked_sqnr_db), _fmt_db(e.sqnr_db), _fmt_db(e.sqnr_in_range_db),
+                          f"{e.cosine:.5f}", f"{e.max_abs:.4g}",
+                          f"{100 * e.clipped_fraction:.2f}%"
+                          + (f" on purpose ({e.clipping})" if e.clipping else "")]
                          for e in qe.layers])
     lines += ["", "## Estimated K210 latency", "",
               "First-order cost model of `kcc/latency.py` (KPU cycles per 64-byte line and channel, CPU cycles per "
               "element, fitted to published board timings; expect +-25%).", "", f"![latency]({LATENCY_PNG})", ""]
     lines += _table(["opcode", "ms", "%"], [[op, f"{ms:.2f}", f"{100 * ms / max(lat.total_ms, 1e-9):.1f}"]
                                            for op, ms in lat.by_opcode().items()])
+    if r.cpu_work:
+        lines += ["", "CPU time by model op: every node's CPU time goes to the model op whose tensor it "
+                  "computes or moves (a KPU layer's pre-pad, upload, copy out, crop and dequantize to the "
+                  "layer).", ""]
+        lines += _table(["model op", "ops", "ms", "%", "as kmodel opcodes", "largest"],
+                        [[w.kind, str(len(w.ops)), f"{w.ms:.2f}", f"{100 * w.share:.1f}",
+                          ", ".join(w.opcodes),
+                          ", ".join(f"`{short_name(n)}` {ms:.2f} ms" for n, ms in w.ops[:3])]
+                         for w in r.cpu_work])
     lines += ["", "Every node:", ""]
     lines += _table(["node", "unit", "opcode", "ms", "work", "name"],
                     [[str(n.index), n.unit, n.opcode, f"{n.ms:.3f}", n.work,
-                      f"`{short_name(r.node_names[n.index])}`" if n.index < len(r.node_names) else ""]
+                      f"`{r.node_names[n.index]}`" if n.index < len(r.node_names) else ""]
                      for n in lat.nodes])
     lines += ["", "## Memory", ""]
     if r.memory_summary:
@@ -215,19 +258,24 @@ def markdown(r: Report) -> str:
 
 
 def write(r: Report, directory: Path) -> list[Path]:
-    """Write report.md, report.json and the PNG plots into `directory` (created if needed)."""
-    from kcc import plots
-    from kcc.cli import write_atomic
+    """Write report.md, report.json and the PNG plots into `directory` (created if needed).
 
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise KccError(f"cannot create report directory '{directory}': {e.strerror}") from None
-    paths = [directory / MD, directory / JSON, directory / LATENCY_PNG]
-    write_atomic(paths[0], markdown(r).encode())
-    write_atomic(paths[1], (json.dumps(r.to_json(), indent=1) + "\n").encode())
-    write_atomic(paths[2], plots.latency_png(r.latency, r.node_names))
+    All files are rendered first and published together (`kcc.atomic.Outputs`): a failure or a
+    Ctrl-C leaves `directory` as it was, never a report.md linking a plot that is not there."""
+    from kcc import plots
+    from kcc.atomic import Outputs
+
+    directory = Path(directory)
+    files = {MD: markdown(r).encode(), JSON: (json.dumps(r.to_json(), indent=1) + "\n").encode(),
+             LATENCY_PNG: plots.latency_png(r.latency, r.node_names)}
     if r.quant_error is not None and r.quant_error.layers:
-        paths.append(directory / QUANT_PNG)
-        write_atomic(paths[3], plots.quant_error_png(r.quant_error))
-    return paths
+        files[QUANT_PNG] = plots.quant_error_png(r.quant_error)
+    with Outputs() as outputs:
+        staging = outputs.directory(directory)
+        for name, data in files.items():
+            try:
+                (staging / name).write_bytes(data)
+            except OSError as e:
+                raise KccError(f"cannot write '{directory / name}': {e.strerror}") from None
+        outputs.commit()
+    return [directory / name for name in files]

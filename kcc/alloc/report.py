@@ -85,6 +85,8 @@ def _how(r: PlanResult) -> str:
 
 
 def _where(r: PlanResult, step_names: tuple[str, ...], shown: int = 4) -> str:
+    """Where the peak is (the step is the kmodel node index) and what is alive there, in the
+    model's tensor names with kcc's own tensors in words (kcc.alloc.names)."""
     label = step_label(r.peak_step, list(step_names))
     names = display_names(b.name for b in r.peak_live)
     live = ", ".join(f"{names[b.name]} {slot_size(b, r.align)} B" for b in r.peak_live[:shown])

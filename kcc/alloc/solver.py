@@ -82,6 +82,9 @@ class _Model:
         p.random_seed = SEED
         p.max_deterministic_time = max(budget, 0.0)
         p.use_dynamic_precedence_in_disjunctive = True
+        # CP-SAT's own Ctrl-C handler would end the search early (another plan: output not deterministic)
+        # and leave SIGINT at SIG_DFL afterwards (no cleanup on the next Ctrl-C); kcc.cli handles Ctrl-C
+        p.catch_sigint_signal = False
         return solver, solver.solve(self.model)
 
 

@@ -63,14 +63,19 @@ class Plan:
     bulk: float = 0.0  # with halves: four parts instead, y in [-bulk, bulk] on two fine grids (`bulk_thresholds`)
 
     def describe(self) -> str:
-        how = "polyphase" if self.split != (1, 1) else "blocks"
-        groups = f" in groups of {self.group} channels" if self.group else ""
+        """The form in words, for placement reasons and IR notes (the split and the combiner; the
+        zero placement `z` is an internal choice)."""
+        terms = "3x3 terms of the input's stride phases" if self.split != (1, 1) else "3x3 terms"
+        layer = f"one KPU layer per group of {self.group} channels" if self.group else "one KPU layer"
+        how = {"sum": f"{terms}, one KPU layer each, added on the CPU",
+               "stack": f"{terms} stacked into {layer}",
+               "stack_dw": f"{terms} stacked into a depthwise KPU layer, summed by a 1x1 one"}[self.combine]
         extra = f" with the input's rounding residual (x{RESIDUAL_GAIN:g})" if self.residual else ""
         halves = ""
         if self.halves:
             halves = (f", its output in four parts (fine for |y| <= {self.bulk:.3g})" if self.bulk
                       else ", its output in two halves (y <= 0, y >= 0)")
-        return f"{how} z={self.z[0]},{self.z[1]}, {self.combine}{groups}{extra}{halves}"
+        return f"{how}{extra}{halves}"
 
 
 def plan_terms(n: Node, plan: Plan) -> list[tuple[np.ndarray, Window, Window]] | None:

@@ -1,0 +1,218 @@
+"""What `kcc compile` tells a user once the kmodel is written, and the same facts for `--report`.
+
+* every layer left on the CPU and why, in words (`placements`: a pool's reason names the KPU limit
+  it misses, found on the legalized graph, kcc.passes.legalize_kpu);
+* where the estimated board time on the CPU goes, whatever the op (`cpu_work`): each kmodel node's
+  CPU time (kcc.latency) is charged to the model op whose tensor the node computes or serves
+  (kcc.alloc.names.model_name), and grouped by that op's type as the model names it (PRELU, ADD, ...);
+* inputs and outputs under the model's own names (`outputs`), not the names of kcc's own tensors.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from kcc.alloc.names import model_name, short_name, split_steps
+from kcc.ir import kpu_ops as KO
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph, Node
+from kcc.latency import LatencyEstimate
+
+#: what the CPU does for a KPU layer: pre-pad and upload its input, copy its output out of KPU RAM,
+#: crop it and dequantize it for a CPU op (kmodel_v4.md §8, kpu_semantics.md §3)
+AROUND_KPU = "KPU layer in/out"
+#: a conv kcc.passes.decompose_kernels put on the KPU as 3x3 terms (its CPU time: views, adds, copies)
+AS_TERMS = "conv as 3x3 KPU terms"
+TERM_STEPS = {"term", "terms", "stacked_conv", "sum"}  # kcc.alloc.names.STEPS of kernel_forms' layers
+#: the frontend notes each imported node with its tflite builtin op (kcc.ir.graph.Node.note)
+_TFLITE_OP = re.compile(r"[A-Z][A-Z0-9_]*")
+#: most groups `cpu_lines` shows, and the smallest share of the total it shows one with
+SHOWN_GROUPS, MIN_SHARE = 5, 0.01
+#: the window shapes of the KPU's pool unit (kpu_semantics.md §3 step 5, kcc.ir.kpu_ops.KPU_POOLS)
+KPU_POOL_UNIT = ("2x2 stride 2 or 4x4 stride 4 without padding (4x4 on a map of multiples of 4), "
+                 "2x2 stride 1 padded right and bottom, or one of these windows covering the whole map")
+GENERIC_POOL_REASON = "pool not fused into a KPU layer"
+
+
+@dataclass(frozen=True)
+class CpuWork:
+    """CPU time charged to the model ops of one type."""
+
+    kind: str  # the model's op type ('PRELU', 'ADD', 'MAX_POOL_2D'), AROUND_KPU, or a kmodel opcode
+    ms: float
+    share: float  # of the whole estimated latency
+    ops: tuple[tuple[str, float], ...]  # (model tensor name, ms), most time first
+    opcodes: tuple[str, ...]  # the kmodel opcodes this time is spent in, most time first
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "ms": round(self.ms, 3), "share": round(self.share, 4),
+                "ops": [{"name": n, "ms": round(ms, 3)} for n, ms in self.ops], "opcodes": list(self.opcodes)}
+
+
+def _graph(result) -> Graph:
+    """The graph whose node names and notes are the model's: the legalized float graph (uint8),
+    else the emitted one (--inference-type float)."""
+    return result.float_graph if result.float_graph is not None else result.graph
+
+
+def known_names(result) -> set[str]:
+    """Names that are the model's own for sure: imported ops (their note is the tflite op), inputs
+    and outputs of the model."""
+    g = _graph(result)
+    return {n.name for n in g.nodes if n.note} | {n.name for n in g.inputs} | {n.name for n in g.outputs}
+
+
+def outputs(result) -> list[tuple[str, tuple[int, ...]]]:
+    """The kmodel outputs under the model's names (the emitted graph may name an output after the
+    dequantize kcc adds behind a KPU layer)."""
+    em = result.emitted.outputs
+    g = _graph(result)
+    if len(g.outputs) == len(em):
+        return [(o.name, shape) for o, (_, shape) in zip(g.outputs, em)]
+    known = known_names(result)
+    return [(model_name(name, known), shape) for name, shape in em]
+
+
+def _kind(node: Node | None, kpu: set[str], decomposed: set[str]) -> str | None:
+    if node is None:
+        return None
+    if node.name in decomposed:
+        return AS_TERMS
+    if isinstance(node.op, (KO.KpuConv2D, KO.KpuLayer)) or node.name in kpu:
+        return AROUND_KPU
+    if isinstance(node.op, O.Input):
+        return "model input"
+    return node.note if _TFLITE_OP.fullmatch(node.note) else node.op.kind
+
+
+def cpu_work(result, est: LatencyEstimate) -> list[CpuWork]:
+    """The estimated CPU time of every kmodel node, grouped by the model op type it serves, most first."""
+    g = _graph(result)
+    by_name = {n.name: n for n in g.nodes}
+    known = known_names(result)
+    kpu = {p.node for p in result.placements if p.on_kpu}
+    # the model conv of a KPU term ('<conv>/term0'), of a dilated conv's layer ('<conv>/conv')
+    decomposed = {base for base, steps in (split_steps(p.node, known) for p in result.placements if p.on_kpu)
+                  if TERM_STEPS & set(steps)}
+    kpu |= {model_name(p.node, known) for p in result.placements if p.on_kpu}
+    names = result.emitted.node_names
+    groups: dict[str, dict[str, Any]] = {}
+    for n in est.nodes:
+        if n.cpu_ms <= 0 or n.index >= len(names):
+            continue
+        op = model_name(names[n.index], known)
+        kind = _kind(by_name.get(op), kpu, decomposed) or n.opcode
+        grp = groups.setdefault(kind, {"ms": 0.0, "ops": {}, "opcodes": {}})
+        grp["ms"] += n.cpu_ms
+        grp["ops"][op] = grp["ops"].get(op, 0.0) + n.cpu_ms
+        grp["opcodes"][n.opcode] = grp["opcodes"].get(n.opcode, 0.0) + n.cpu_ms
+    total = est.total_ms or 1.0
+    work = [CpuWork(kind, grp["ms"], grp["ms"] / total,
+                    tuple(sorted(grp["ops"].items(), key=lambda kv: -kv[1])),
+                    tuple(k for k, _ in sorted(grp["opcodes"].items(), key=lambda kv: -kv[1])))
+            for kind, grp in groups.items()]
+    return sorted(work, key=lambda w: -w.ms)
+
+
+def cpu_lines(work: list[CpuWork], est: LatencyEstimate, examples: int = 3) -> list[str]:
+    """The few lines the compile summary prints about where the CPU time goes."""
+    shown = [w for w in work[:SHOWN_GROUPS] if w.share >= MIN_SHARE] or work[:1]
+    if not shown:
+        return []
+    out = [f"Estimated CPU time by model op ({est.cpu_ms:.1f} of {est.total_ms:.1f} ms):"]
+    width = max(len(w.kind) for w in shown)
+    for w in shown:
+        largest = ", ".join(f"{short_name(n, 40)} {ms:.1f} ms" for n, ms in w.ops[:examples])
+        more = ", ..." if len(w.ops) > examples else ""
+        out.append(f"  {w.kind:<{width}} {len(w.ops):>4} op(s) {w.ms:9.1f} ms {100 * w.share:5.1f}%  "
+                   f"as {', '.join(w.opcodes)}: {largest}{more}")
+    return out
+
+
+# --------------------------------------------------------------------------- placement reasons
+def _pool_shape_problem(p: O.Pool2D) -> str:
+    fh, fw = p.filter
+    sh, sw = p.stride
+    what = f"{fh}x{fw} window, stride {sh}" + (f"x{sw}" if sw != sh else "")
+    if p.padding != ((0, 0), (0, 0)):
+        what += ", padded"
+    if p.act != O.NO_CLAMP:
+        what += ", with a fused activation (the pool unit has none)"
+    return f"its {what} is not one the KPU's pool unit has ({KPU_POOL_UNIT})"
+
+
+def _source(x: Node) -> str:
+    if isinstance(x.op, O.Input):
+        return "the model input"
+    return f"{x.note or x.op.kind} '{short_name(model_name(x.name))}'"
+
+
+def pool_reason(pool: Node, g: Graph, users: dict) -> str:
+    """Why the legalized graph `g` keeps `pool` on the CPU. The KPU pools only inside a layer, the
+    output of the conv it follows (kpu_semantics.md §3 step 5), and kcc fuses a pool only behind a
+    non-depthwise conv placed as it is (1x1/3x3 'same', stride 1, no pre-pad or crop) whose output
+    nothing else reads (kcc.passes.legalize_kpu)."""
+    x = pool.inputs[0]
+    if isinstance(x.op, KO.KpuConv2D):
+        layer = f"'{short_name(model_name(x.name))}'"
+        if x.op.depthwise:
+            return f"the layer before it, {layer}, is depthwise (kcc, like ncc, never pools one)"
+        if x.op.pool != "bypass":
+            return f"the layer before it, {layer}, already uses the pool unit ({x.op.pool})"
+        if len(users.get(x, ())) > 1 or any(o is x for o in g.outputs):
+            return f"the output of the layer before it, {layer}, is also read unpooled"
+        return _pool_shape_problem(pool.op)
+    if isinstance(x.op, O.StridedSlice) and isinstance(x.inputs[0].op, KO.KpuConv2D):
+        conv = short_name(model_name(x.name))
+        return (f"the conv before it, '{conv}', is cropped on the CPU after the KPU (it is not a stride-1 "
+                f"'same' conv), and the pool unit only pools a layer's whole output")
+    return (f"its input comes from {_source(x)} on the CPU, and the KPU only pools the output of the conv "
+            f"layer it is fused behind")
+
+
+def placements(result) -> list:
+    """`result.placements`, the reason of every pool left on the CPU in words (`pool_reason`)."""
+    g = result.float_graph
+    if g is None:
+        return list(result.placements)
+    by_name = {n.name: n for n in g.nodes}
+    users = g.users()
+    out = []
+    for p in result.placements:
+        node = by_name.get(p.node)
+        if not p.on_kpu and p.reason.startswith(GENERIC_POOL_REASON) and node is not None \
+                and isinstance(node.op, O.Pool2D):
+            kind = "max" if node.op.op == "max" else "mean"
+            p = replace(p, reason=f"{kind} pool in float on the CPU: {pool_reason(node, g, users)}")
+        out.append(p)
+    return out
+
+
+# --------------------------------------------------------------------------- the compile summary
+def compile_lines(result, est: LatencyEstimate, memory_table: bool = False,
+                  report_dir: Path | None = None) -> list[str]:
+    """Everything `kcc compile` prints after the kmodel is written, ending with ncc's SUMMARY block."""
+    em = result.emitted
+    out = []
+    if result.placements:
+        on_kpu = sum(1 for p in result.placements if p.on_kpu)
+        out.append(f"KPU: {on_kpu} layer(s); CPU fallbacks: {len(result.placements) - on_kpu}")
+        out += [f"  CPU  {p.op:<8} {short_name(p.node, 80)}: {p.reason}"
+                for p in placements(result) if not p.on_kpu]
+    out.append(f"Working memory usage: {em.model.main_mem} B")
+    out.append(f"Constants: {len(em.model.constants)} B, nodes: {len(em.model.nodes)}, "
+               f"kmodel: {len(result.kmodel)} B")
+    if em.memory is not None:
+        out += em.memory.summary_lines(len(result.kmodel)) + (em.memory.table_lines() if memory_table else [])
+    out.append(est.summary())
+    out += cpu_lines(cpu_work(result, est), est)
+    if report_dir is not None:
+        out.append(f"Report: {report_dir / 'report.md'}")
+    out += ["", "SUMMARY", "INPUTS"]
+    out += [f"{i}\t{name}\t{'x'.join(map(str, shape))}" for i, (name, shape) in enumerate(em.inputs)]
+    out.append("OUTPUTS")
+    out += [f"{i}\t{name}\t{'x'.join(map(str, shape))}" for i, (name, shape) in enumerate(outputs(result))]
+    return out
