@@ -13,6 +13,7 @@ Three steps:
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass, field
 from typing import Callable
@@ -474,6 +475,7 @@ def emit(graph: Graph, max_solve_secs: float = 60.0) -> Emitted:
         input_shapes=[shape4(i.shape) for i in inputs], outputs=[st.range(o) for o in g.outputs],
         constants=st.constants, nodes=nodes)
     model = with_output_shapes(model, [o.shape for o in g.outputs])  # the format has none (§5): info_shapes.py
+    mem = dataclasses.replace(mem, constants=len(model.constants))  # the record is part of the blob
     return Emitted(model, [(i.name, i.shape) for i in inputs], [(name, o.shape) for name, o in zip(output_names, g.outputs)],
                    [n.name for n in compute], kpu_peak, buffers, offsets, mem)
 

@@ -53,7 +53,10 @@ def test_report_lines():
     em = emit(_graph())
     lines = em.memory.summary_lines(kmodel_bytes=1000)
     text = "\n".join(lines)
-    assert lines[0] == f"Main memory: constants 0 B + working memory {em.model.main_mem} B = {em.model.main_mem} B"
+    const = len(em.model.constants)  # the blob as written: here only the output-shape record (info_shapes.py)
+    assert const == 48  # two outputs: 2 x 16 B of shape4 + 16 B of count, size and magic
+    assert lines[0] == (f"Main memory: constants {const} B + working memory {em.model.main_mem} B"
+                        f" = {const + em.model.main_mem} B")
     assert "optimal (lower bound" in text and "peak at step" in text
     assert lines[-1].startswith("Device RAM: kmodel 1000 B + working memory")
     assert "bare SDK (5.5 MiB) fits" in lines[-1] and "MaixPy (3.5 MiB) fits" in lines[-1]
