@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"
 import refkit  # noqa: E402
 
 import kpu_sim  # noqa: E402
-from kcc.info import describe  # noqa: E402
 from kcc.options import CompileOptions  # noqa: E402
 from kcc.pipeline import compile_model  # noqa: E402
+from kcc.report.info import describe  # noqa: E402
 
 DEFAULT = ["mobilenet_v1_0.25_128", "mobilenet_v1_0.5_160", "ulffd_landmark_320x240", "digits_cnn16_gray",
            "digits_mbnet32_rgb", "digits_ae16_gray", "iris_fc", "mobilenet_v1_0.75_192", "iris_landmark_64",

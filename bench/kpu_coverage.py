@@ -1,10 +1,10 @@
 """KPU coverage of convolutions, before and after decompose_kernels, with the accuracy of both builds.
 
-    python bench/kpu_coverage.py [--models a,b] [--builds before,after,fast] [--calib N] [--method no_clip]
+    python bench/kpu_coverage.py [--models a,b] [--builds before,after] [--calib N] [--method no_clip]
 
 "before" is the same compiler with `--decompose off` (kernels the KPU lacks stay on the CPU in
-float, as in ncc); "after" is the default build (`--decompose accurate`), and "fast" the build
-with `--decompose fast` (`--builds` picks them). Each model is calibrated on its own
+float, as in ncc); "after" is the default build (`--decompose accurate`) (`--builds` picks
+them). Each model is calibrated on its own
 reference samples (the first N, as float32 NCHW arrays, `input_type="float"`, like
 bench/accuracy.py, with --input-mean/--input-std putting the input grid on the pixels: pixel_grid)
 and run on kpu_sim; cosine is the worst output per sample against the TFLite
@@ -19,7 +19,7 @@ averaged, and the same cosine; per model, the after - before difference of that 
 picture by picture, with its standard error (a few-output model's per-picture SQNR moves by several
 dB with any rounding, so a mean difference within ~2 standard errors says little), and the same for
 each output of a multi-output model, for each build against "before".
-The KPU share counts the model's convolution MACs the CPU no longer does (kcc.passes.coverage);
+The KPU share counts the model's convolution MACs the CPU no longer does (bench/conv_coverage.py);
 the latency column is kcc.latency's estimate when that module is present. Convolutions left on
 the CPU are listed with the placement's reason. `--attribute` adds, per model, the SQNR of the float
 model with only the decomposed convs' inputs rounded to 8 bits, and of the default build's float
@@ -40,6 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 import refkit  # noqa: E402
+from conv_coverage import conv_coverage, model_conv_macs  # noqa: E402
 
 import kpu_sim  # noqa: E402
 from kcc import pipeline  # noqa: E402
@@ -50,24 +51,21 @@ from kcc.ir import ops as O  # noqa: E402
 from kcc.ir.graph import Graph  # noqa: E402
 from kcc.options import CompileOptions  # noqa: E402
 from kcc.passes.canonicalize import canonicalize  # noqa: E402
-from kcc.passes.coverage import conv_coverage, model_conv_macs  # noqa: E402
 
 DEFAULT = ["palm_detection_lite_192", "hand_landmark_lite_224", "iris_landmark_64", "hand_recrop_256"]
 
 
-class _Capture(pipeline._Checkpoints):
-    """Checkpoints that remember the model's conv MACs (after canonicalize), the convs
-    decompose_kernels rewrote, and the legalized graph."""
+class _Capture:
+    """A stage hook (kcc.passes.manager.StageHook) that remembers the model's conv MACs (after
+    canonicalize), the convs decompose_kernels rewrote, and the legalized graph."""
 
     def __init__(self):
-        super().__init__(None)
         self.model_macs = 0
         self.legalized = None
         self.decomposed: set[str] = set()  # names of the convs decompose_kernels replaced
         self._convs: dict[int, str] = {}
 
     def __call__(self, name, g):
-        g = super().__call__(name, g)
         if name == "canonicalize":
             self.model_macs = model_conv_macs(g)
         elif name == "lower_transpose_conv":  # the stage before decompose_kernels
@@ -77,7 +75,6 @@ class _Capture(pipeline._Checkpoints):
             self.decomposed = {conv for key, conv in self._convs.items() if key not in present}
         elif name == "legalize_kpu":
             self.legalized = g
-        return g
 
 
 def _latency_ms(res) -> float | None:
@@ -195,7 +192,7 @@ def _clustered(before: np.ndarray, after: np.ndarray, views: int) -> str:
     return f"{d.mean():+.2f} dB +- {d.std(ddof=1) / np.sqrt(len(d)):.2f} (over {len(d)} pictures)"
 
 
-BUILDS = {"before": "off", "after": "accurate", "fast": "fast"}  # build -> --decompose
+BUILDS = {"before": "off", "after": "accurate"}  # build -> --decompose
 
 
 def measure(name: str, build: str, calib: int, method: str, extra: list | None = None) -> dict:
@@ -205,7 +202,7 @@ def measure(name: str, build: str, calib: int, method: str, extra: list | None =
     res = pipeline.compile_graph(import_tflite(refkit.tflite_path(name)),
                                  CompileOptions(input_type="float", calibrate_method=method, decompose=BUILDS[build],
                                                 **pixel_grid(name)),
-                                 checkpoint=cap, samples=[[s.x.astype(np.float32)] for s in samples[:calib]])
+                                 after=cap, samples=[[s.x.astype(np.float32)] for s in samples[:calib]])
     compile_s = time.perf_counter() - t0
     cov = conv_coverage(cap.legalized, cap.model_macs)
     program = kpu_sim.load(res.kmodel)
@@ -229,7 +226,7 @@ def measure(name: str, build: str, calib: int, method: str, extra: list | None =
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(DEFAULT))
-    ap.add_argument("--builds", default=",".join(BUILDS), help="before (--decompose off), after (accurate), fast")
+    ap.add_argument("--builds", default=",".join(BUILDS), help="before (--decompose off), after (accurate)")
     ap.add_argument("--calib", type=int, default=64, help="calibration samples per model")
     ap.add_argument("--method", default="no_clip")
     ap.add_argument("--extra", type=int, default=24, help="further pictures compared with the float model")
@@ -343,16 +340,18 @@ def weight_rounding_sqnr(name: str, extra: list, calib: int) -> tuple[int, list[
     import dataclasses
 
     from kcc.ir import kpu_ops as KO
+    from kcc.passes.manager import CompileContext
     from kcc.quant.kpu_params import layer_weights
-    from kcc.quant.weight_rounding import InputMoments
+    from kcc.quant.policy import calibrate_ranges
 
     options = CompileOptions(input_type="float", **pixel_grid(name))
     samples = [[s.x.astype(np.float32)] for s in refkit.samples(name)[:calib]]
     cap = _Capture()  # the default build's own stages, up to its legalized float graph
-    pipeline.compile_graph(import_tflite(refkit.tflite_path(name)), options, checkpoint=cap, samples=samples)
+    pipeline.compile_graph(import_tflite(refkit.tflite_path(name)), options, after=cap, samples=samples)
     g = cap.legalized
-    moments = InputMoments(g)  # the calibration's input statistics, as the compile collected them
-    pipeline._calibrate(g, options, lambda line: None, samples, None, moments)
+    ctx = CompileContext(options, samples=samples)
+    calibrate_ranges(g, ctx)  # the calibration's input statistics, as the compile collected them
+    moments = ctx.moments
     refs = [run(g, [x]) for x, _ in extra]
     prefixes = tuple(conv + "/" for conv in cap.decomposed)
     layers = [n for n in g.nodes if isinstance(n.op, KO.KpuConv2D)

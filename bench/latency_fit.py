@@ -1,4 +1,4 @@
-"""Fit and check the constants of kcc/latency.py against published K210 board timings.
+"""Fit and check the cost constants of kcc/target/k210.py against published K210 board timings.
 
     python bench/latency_fit.py
 
@@ -11,7 +11,7 @@
    RFB-320.kmodel (nncase-examples) against A10 (65.6 ms / 164.8 ms).
 3. quantized_conv2d cycles per MAC: the RFB-320 build with three dilated convs on the CPU
    (history/83149a3, 796.2 ms in that commit's Readme).
-Prints the fitted values next to the ones in kcc/latency.py and every residual.
+Prints the fitted values next to the ones in kcc/target/k210.py and every residual.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 
 from kcc import kmodel as km
 from kcc import latency as L
+from kcc.target import k210
 
 EXAMPLES = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "nncase-examples"
 A1 = [(4, 0.339), (16, 0.417), (32, 1.138), (64, 3.891), (128, 14.778), (256, 57.756)]  # (H = W, ms)
@@ -38,15 +39,16 @@ def _layer(c_in: int, c_out: int, h: int, w: int, depthwise: bool = False) -> km
 
 
 def fit_kpu() -> tuple[float, float]:
-    cycles = np.array([L.kpu_layer_cycles(_layer(128, 128, s, s)) for s, _ in A1], float)
-    target = np.array([ms - L.KPU_LAYER_US / 1e3 for _, ms in A1]) * A1_MHZ * 1e3  # KPU cycles
+    cycles = np.array([k210.kpu_layer_cycles(_layer(128, 128, s, s)) for s, _ in A1], float)
+    target = np.array([ms - k210.KPU_LAYER_US / 1e3 for _, ms in A1]) * A1_MHZ * 1e3  # KPU cycles
     a = np.stack([cycles, np.full_like(cycles, A1_WEIGHT_BYTES)], axis=1)
     (factor, per_byte), *_ = np.linalg.lstsq(a, target, rcond=None)
-    print(f"KPU fit on A1: KPU_CYCLE_FACTOR {factor:.3f} (kcc: {L.KPU_CYCLE_FACTOR}), "
-          f"KPU_WEIGHT_CYCLES_PER_BYTE {per_byte:.3f} (kcc: {L.KPU_WEIGHT_CYCLES_PER_BYTE})")
+    print(f"KPU fit on A1: KPU_CYCLE_FACTOR {factor:.3f} (kcc: {k210.KPU_CYCLE_FACTOR}), "
+          f"KPU_WEIGHT_CYCLES_PER_BYTE {per_byte:.3f} (kcc: {k210.KPU_WEIGHT_CYCLES_PER_BYTE})")
     for (s, ms), c in zip(A1, cycles):
-        est = (L.KPU_CYCLE_FACTOR * c + L.KPU_WEIGHT_CYCLES_PER_BYTE * A1_WEIGHT_BYTES) / (A1_MHZ * 1e3) \
-            + L.KPU_LAYER_US / 1e3
+        est = (k210.KPU_CYCLE_FACTOR * c
+               + k210.KPU_WEIGHT_CYCLES_PER_BYTE * A1_WEIGHT_BYTES) / (A1_MHZ * 1e3) \
+            + k210.KPU_LAYER_US / 1e3
         print(f"  {s:>3}x{s:<3} board {ms:7.3f} ms  kcc {est:7.3f} ms  {100 * (est / ms - 1):+5.0f}%")
     return factor, per_byte
 
@@ -62,22 +64,23 @@ def check_yolo_layers() -> None:
     for ms, ci, co, h, w, dw, k in rows:
         lay = _layer(ci, co, h, w, dw)
         weights = co * k * k * (1 if dw else ci)
-        est = (L.KPU_CYCLE_FACTOR * L.kpu_layer_cycles(lay) + L.KPU_WEIGHT_CYCLES_PER_BYTE * weights) / 400e3 \
-            + L.KPU_LAYER_US / 1e3
+        est = (k210.KPU_CYCLE_FACTOR * k210.kpu_layer_cycles(lay)
+               + k210.KPU_WEIGHT_CYCLES_PER_BYTE * weights) / 400e3 \
+            + k210.KPU_LAYER_US / 1e3
         print(f"  {ci:>3}->{co:<3} {h:>3}x{w:<3} {'dw' if dw else f'{k}x{k}'}  board {ms:6.3f}  kcc {est:6.3f}  "
               f"{100 * (est / ms - 1):+5.0f}%")
 
 
 def _split(path: Path) -> tuple[float, float]:
     """(ms that do not depend on STRUCTURAL_SCALE, ms that scale with it) of a model."""
-    saved = L.STRUCTURAL_SCALE
+    saved = k210.STRUCTURAL_SCALE
     try:
-        L.STRUCTURAL_SCALE = 0.0
+        k210.STRUCTURAL_SCALE = 0.0
         fixed = L.estimate(km.read_file(path)).total_ms
-        L.STRUCTURAL_SCALE = 1.0
+        k210.STRUCTURAL_SCALE = 1.0
         return fixed, L.estimate(km.read_file(path)).total_ms - fixed
     finally:
-        L.STRUCTURAL_SCALE = saved
+        k210.STRUCTURAL_SCALE = saved
 
 
 def fit_structural() -> float:
@@ -85,7 +88,7 @@ def fit_structural() -> float:
     grid = np.linspace(0.2, 4.0, 3801)
     loss = [sum(math.log((f + s * v) / A10[n]) ** 2 for n, (f, v) in parts.items()) for s in grid]
     best = float(grid[int(np.argmin(loss))])
-    print(f"STRUCTURAL_SCALE fit on A10: {best:.2f} (kcc: {L.STRUCTURAL_SCALE})")
+    print(f"STRUCTURAL_SCALE fit on A10: {best:.2f} (kcc: {k210.STRUCTURAL_SCALE})")
     return best
 
 
@@ -95,10 +98,10 @@ def fit_qconv() -> float:
     est = L.estimate(model)
     macs = sum(units for n in model.nodes for key, units in L._WORK.get(type(n.body), lambda b: [])(n.body)
                if key == "quantized_conv2d_mac")
-    rest = est.total_ms - macs * L.cpu_cycles("quantized_conv2d_mac") / 400e3
+    rest = est.total_ms - macs * k210.cpu_cycles("quantized_conv2d_mac") / 400e3
     per_mac = (board - rest) * 400e3 / macs
     print(f"quantized_conv2d cycles/MAC fit on {name} ({board} ms): {per_mac:.1f} "
-          f"(kcc: {L.CPU_CYCLES['quantized_conv2d_mac'][0]})")
+          f"(kcc: {k210.CPU_CYCLES['quantized_conv2d_mac'][0]})")
     return per_mac
 
 

@@ -17,6 +17,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from kcc.atomic import Outputs
 from kcc.errors import KccError
 from kcc.options import CompileOptions
 
@@ -45,7 +46,7 @@ def compile(model: str | Path | bytes, output: str | Path | None = None, *, repo
     calibration passes. The shadowing of the builtin `compile` is deliberate: `kcc.compile` reads like
     the command it mirrors.
     """
-    from kcc.atomic import Outputs
+    # the compiler loads on the first call, not when `kcc.compile` is first read (kcc/__init__.py)
     from kcc.pipeline import compile_model
 
     opts = options_from(**options)
@@ -58,7 +59,7 @@ def compile(model: str | Path | bytes, output: str | Path | None = None, *, repo
             staged = dataclasses.replace(opts, dump_ir=outputs.directory(opts.dump_ir))
         result = compile_model(model, staged, log=log or (lambda line: None), progress=progress)
         if report:
-            from kcc import report as reports
+            from kcc.report import compile_report as reports  # kpu_sim loads only for a report
 
             name = model.name if isinstance(model, Path) else "<tflite bytes>"
             result.report = reports.build(result, opts, name, kpu_clock, cpu_clock, progress)

@@ -5,24 +5,14 @@ the kmodel alone, so it applies to ncc's files as well as kcc's (`kcc info --est
 compile (`kcc compile` summary, `--report`). Each node costs what the nncase v0.2 runtime does with
 it on the board:
 
-**KPU layer** (kpu_conv2d), per batch, at the KPU clock (ecosystem.md §3.3):
+**KPU layer** (kpu_conv2d): `kcc.target.k210.kpu_layer_cycles` per batch at the KPU clock, plus its
+weight bytes and a fixed cost per layer; a layer with a main-memory output is then copied out by the
+CPU (`kpu_download`, a byte loop over KPU RAM).
 
-    cycles  = H_in x row_len(W_in) x ceil(C_in / groups(W_in)) x C_out     (depthwise: x C_out only)
-    t_kpu   = (KPU_CYCLE_FACTOR x cycles + KPU_WEIGHT_CYCLES_PER_BYTE x weight bytes) / f_kpu
-              + KPU_LAYER_US                                          (interrupt, layer FIFO, runtime)
-
-row_len/groups are the 64-byte line layout (4 channels per line for W <= 16, 2 for W <= 32, else
-ceil(W/64) lines per row): one KPU cycle per (input line, input-channel line group, output channel).
-A stride-2 layer pays its full input resolution (the pool unit decimates afterwards). A layer with a
-main-memory output is then copied out by the CPU (`kpu_download`, a byte loop over KPU RAM).
-
-**CPU node**: work units (elements, bytes, multiply-accumulates) x cycles per unit at the CPU clock,
-plus CPU_NODE_CYCLES of interpreter dispatch. Costs come in two kinds (see `CPU_CYCLES`):
-*measured* ones are taken from per-op board timings of the v0.2 runtime published in nncase issues;
-*structural* ones (kernels nobody timed) are set from their loop structure relative to the measured
-ones, then scaled together by STRUCTURAL_SCALE, the single factor fitted to the whole-model board
-timings of slim-320 (65.6 ms) and RFB-320 (164.8 ms) (A10). `bench/latency_fit.py` redoes every
-fit and prints the residuals.
+**CPU node**: work units (elements, bytes, multiply-accumulates) x `kcc.target.k210.cpu_cycles` per
+unit at the CPU clock, plus CPU_NODE_CYCLES of interpreter dispatch. The formulas, the constants and
+where each comes from are in `kcc.target.k210`; this module counts each kmodel node's work (`_WORK`).
+`bench/latency_fit.py` redoes every fit and prints the residuals.
 
 The model ignores caches, DMA/CPU overlap and 1x1-vs-3x3 differences inside the KPU (§6 open
 questions); expect +-25% on a whole model, more on a single node.
@@ -30,63 +20,21 @@ questions); expect +-25% on a whole model, more on a single node.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from kcc import kmodel as km
-
-DEFAULT_MHZ = 400.0  # SDK examples: PLL0 800 MHz -> CPU 400, PLL1 400 MHz -> KPU 400 (ecosystem.md §3.1)
-
-# --- KPU: least-squares fit to A1 (3x3 conv 128->128, 16-bit weights, 4x4..256x256 at 300 MHz), with the
-# fixed part from the depthwise layers of #77/#95 whose compute is a few microseconds (bench/latency_fit.py).
-KPU_CYCLE_FACTOR = 1.03
-KPU_WEIGHT_CYCLES_PER_BYTE = 0.255
-KPU_LAYER_US = 25.0
-
-CPU_NODE_CYCLES = 2000  # interpreter step, argument decoding, timing hooks (~5 us at 400 MHz)
-STRUCTURAL_SCALE = 1.6  # fitted to A10 (bench/latency_fit.py), see the module docstring
-
-#: cycles per work unit at the CPU clock: name -> (cycles, kind, where the number comes from)
-CPU_CYCLES: dict[str, tuple[float, str, str]] = {
-    "kpu_download_byte": (34.0, "measured", "nncase#95/#96: 26.6 ms to copy a 16x120x160 KPU output out"),
-    "kpu_upload_byte": (26.0, "measured", "nncase#97: 20.4 ms for a 16x120x160 kpu_upload (W % 64 != 0)"),
-    "kpu_upload_dma_byte": (0.6, "measured", "nncase#95: DMA upload of 230400 B in 329 us (W % 64 == 0)"),
-    "dequantize": (12.0, "measured", "nncase#95/#96: 9.36 ms for 307200 elements"),
-    "quantized_binary": (78.0, "measured", "nncase#97: 58.7 ms for 307200 same-shape elements"),
-    "pad": (54.0, "measured", "A15 (nncase#99): 5-6 ms for slim-320's 1x128x16x20 pad"),
-    "quantized_conv2d_mac": (33.0, "measured", "fit: RFB-320 with its 3 dilated convs on the CPU, 796.2 ms"),
-    "matmul_mac": (38.0, "measured", "A5: a 1001x768 float FC on the CPU added 74 ms"),
-    "quantize": (12.0, "structural", "same loop as dequantize"),
-    "transpose": (50.0, "structural", "two 4-D offset computations per element, like pad"),
-    "strided_slice": (50.0, "structural", "like transpose"),
-    "broadcast": (170.0, "structural", "binary with broadcasting: 2 reduced offsets + 3 offsets per element"),
-    "binary": (20.0, "structural", "float binary, same shapes: load, op, clamp, store"),
-    "reduce": (150.0, "structural", "per input element: a reduced offset and 2 offsets"),
-    "unary_libm": (150.0, "structural", "exp/log/sin/cos/rsqrt through libm"),
-    "unary_simple": (20.0, "structural", "abs/neg/floor/ceil/square"),
-    "table_lookup": (6.0, "structural", "one load per byte"),
-    "nnil": (60.0, "structural", "a small stack-machine program per element"),
-    "copy_byte": (1.0, "structural", "memcpy"),
-    "concat_block": (40.0, "structural", "one memcpy call per (outer, input) block"),
-    "softmax": (200.0, "structural", "max, exp, sum, divide per element"),
-    "resize": (100.0, "structural", "bilinear: 4 loads and 3 lerps per output element"),
-    "window_tap": (40.0, "structural", "reduce_window2d: offset + bounds per window tap"),
-    "conv2d_mac": (40.0, "structural", "float conv2d: bounds + offset per tap"),
-    "cpu_conv2d_mac": (20.0, "structural", "NHWC float conv: contiguous channel loop"),
-    "quantized_matmul_mac": (30.0, "structural", "like quantized_conv2d"),
-}
+from kcc.target.k210 import (
+    CPU_NODE_CYCLES,
+    DEFAULT_MHZ,
+    KPU_CYCLE_FACTOR,
+    KPU_LAYER_US,
+    KPU_WEIGHT_CYCLES_PER_BYTE,
+    cpu_cycles,
+    kpu_layer_cycles,
+)
 
 Work = list[tuple[str, float]]  # (CPU_CYCLES key, units)
-
-
-def kpu_layer_cycles(layer: km.KpuLayerArgument) -> int:
-    """KPU cycles of one batch of a layer (module docstring)."""
-    lay = km.kpu_row_layout(layer.in_width)
-    lines = layer.in_height * lay.row_len
-    if layer.depth_wise_layer:
-        return lines * layer.out_channels
-    return lines * math.ceil(layer.in_channels / lay.groups) * layer.out_channels
 
 
 def _elements(r: km.MemoryRange) -> int:
@@ -150,12 +98,6 @@ _WORK: dict[type, Callable[[Any], Work]] = {
     km.NnilUnaryMethod: lambda b: [("nnil", b.input.count)],
     km.KpuUpload: _upload,
 }
-
-
-def cpu_cycles(key: str) -> float:
-    """Cycles per unit of `key`, structural costs scaled by STRUCTURAL_SCALE."""
-    cycles, kind, _ = CPU_CYCLES[key]
-    return cycles * (STRUCTURAL_SCALE if kind == "structural" else 1.0)
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@
 Imports only `kcc.kmodel` and `kcc.errors` from kcc.
 """
 
-from kpu_sim.kernels import KERNELS, NOT_SIMULATED
+from kpu_sim.kernels import KERNELS
 from kpu_sim.memory import Memory
 from kpu_sim.program import Program, TensorInfo, Trace, load
 
-__all__ = ["KERNELS", "NOT_SIMULATED", "Memory", "Program", "TensorInfo", "Trace", "load"]
+__all__ = ["KERNELS", "Memory", "Program", "TensorInfo", "Trace", "load"]

@@ -8,6 +8,8 @@ import pytest
 # .tflite models) live in tests/support. Only that folder goes on sys.path: tests/ itself holds
 # folders named like the packages (tests/kpu_sim, tests/kmodel) that would shadow them.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
+# bench/'s measurement modules that tests check (conv_coverage), after everything installed
+sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))
 
 import refkit  # noqa: E402
 

@@ -13,8 +13,13 @@ from typing import Callable, Sequence, Union
 import numpy as np
 
 from kcc.errors import ModelFormatError, UnsupportedModelError
-from kcc.frontend.quantization import (ModelQuantization, dequantize_constant, is_per_channel, is_symmetric_int8,
-                                       is_quantized_constant)
+from kcc.frontend.quantization import (
+    ModelQuantization,
+    dequantize_constant,
+    is_per_channel,
+    is_quantized_constant,
+    is_symmetric_int8,
+)
 from kcc.frontend.tflite_reader import TfliteModel, TfliteOperator, TfliteTensor
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node

@@ -36,7 +36,18 @@ from kcc.kmodel.cpu_bodies import (
     CpuQuantizedDepthwiseConv2D,
     CpuReduceWindow2D,
 )
-from kcc.kmodel.k210_bodies import KpuConv2D, KpuUpload, aligned_table_padding, layer_problems
+from kcc.kmodel.k210_bodies import (
+    KPU_WEIGHTS_PER_LOAD,
+    MAX_WEIGHT_LOADS,
+    KpuConv2D,
+    KpuUpload,
+    aligned_table_padding,
+    layer_fields,
+    layer_problems,
+    load_fields,
+    map_fields,
+    weight_loads,
+)
 from kcc.kmodel.kpu_layout import KpuRowLayout, kpu_bytes, kpu_offsets, kpu_row_layout, kpu_rows
 from kcc.kmodel.layer import (
     KpuActivationSegment,
@@ -65,11 +76,20 @@ from kcc.kmodel.spec import (
     Target,
     UnaryOp,
 )
-from kcc.kmodel.types import ABSENT_RANGE, MemoryRange, Padding, Paddings4, QuantParam, Scalar, Shape4, ValueRange
+from kcc.kmodel.types import (
+    ABSENT_RANGE,
+    MemoryRange,
+    Padding,
+    Paddings4,
+    QuantParam,
+    Scalar,
+    Shape4,
+    ValueRange,
+)
 
 __all__ = [
-    "ABSENT_RANGE", "BETA3_OPCODES", "BODIES", "FLT_MAX", "KPU_RAM_SIZE", "NO_CLAMP", "NO_PADDING", "U32",
-    "V3_MESSAGE", "V5_MESSAGE",
+    "ABSENT_RANGE", "BETA3_OPCODES", "BODIES", "FLT_MAX", "KPU_RAM_SIZE", "KPU_WEIGHTS_PER_LOAD", "MAX_WEIGHT_LOADS",
+    "NO_CLAMP", "NO_PADDING", "U32", "V3_MESSAGE", "V5_MESSAGE",
     "Binary", "BinaryOp", "Body", "Concat", "Conv2D", "Conv2DTranspose", "CpuConv2D", "CpuDepthwiseConv2D",
     "CpuQuantizedConv2D", "CpuQuantizedDepthwiseConv2D", "CpuReduceWindow2D", "DataType", "Dequantize",
     "KModel", "KpuActivationSegment", "KpuActivationTable", "KpuBatchNormTable", "KpuConv2D", "KpuFilterType",
@@ -78,6 +98,7 @@ __all__ = [
     "Quantize", "QuantizedBinary", "QuantizedConv2D", "QuantizedMatMul", "Reduce", "ReduceOp", "ReduceWindow2D",
     "ResizeImage", "ResizeMode", "Scalar", "Shape4", "Softmax", "StridedSlice", "TableLookup1D", "Target",
     "Transpose", "Unary", "UnaryOp", "ValueRange",
-    "aligned_table_padding", "kpu_bytes", "kpu_offsets", "kpu_row_layout", "kpu_rows", "layer_problems", "read",
-    "read_file", "validate", "wrap_signed", "wrap_unsigned", "write",
+    "aligned_table_padding", "kpu_bytes", "kpu_offsets", "kpu_row_layout", "kpu_rows", "layer_fields",
+    "layer_problems", "load_fields", "map_fields", "read", "read_file", "validate", "weight_loads", "wrap_signed",
+    "wrap_unsigned", "write",
 ]  # fmt: skip

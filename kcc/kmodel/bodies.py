@@ -16,7 +16,17 @@ import numpy as np
 from kcc.errors import KmodelError
 from kcc.kmodel.codec import U32, Body, body_dataclass, element_count
 from kcc.kmodel.spec import BinaryOp, Opcode, ReduceOp, ResizeMode, UnaryOp
-from kcc.kmodel.types import MemoryRange, Padding, Paddings4, QuantParam, Reader, Scalar, Shape4, ValueRange, Writer
+from kcc.kmodel.types import (
+    MemoryRange,
+    Padding,
+    Paddings4,
+    QuantParam,
+    Reader,
+    Scalar,
+    Shape4,
+    ValueRange,
+    Writer,
+)
 
 NO_PADDING = Padding(0, 0)
 NO_CLAMP = ValueRange.full()

@@ -16,6 +16,7 @@ body's absolute file offset: `kcc.kmodel.write` passes it. The emitter never com
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any, ClassVar
 
@@ -24,7 +25,13 @@ import numpy as np
 from kcc.errors import KmodelError
 from kcc.kmodel.codec import Body, body_dataclass
 from kcc.kmodel.kpu_layout import kpu_bytes, kpu_row_layout
-from kcc.kmodel.layer import LAYER_FIELDS, TABLE_SKIP_FIELDS, KpuActivationTable, KpuBatchNormTable, KpuLayerArgument
+from kcc.kmodel.layer import (
+    LAYER_FIELDS,
+    TABLE_SKIP_FIELDS,
+    KpuActivationTable,
+    KpuBatchNormTable,
+    KpuLayerArgument,
+)
 from kcc.kmodel.spec import KPU_LINE_SIZE, KPU_TABLE_ALIGNMENT, DataType, MemoryType, Opcode
 from kcc.kmodel.types import ABSENT_RANGE, MemoryRange, Reader, Shape4, Writer
 
@@ -155,6 +162,46 @@ class KpuConv2D(Body):
 
 
 KPU_WEIGHTS_PER_LOAD = 30720  # §9.3 "weight loads": ncc keeps each load <= 30 KiB
+MAX_WEIGHT_LOADS = 1 << LAYER_FIELDS["load_time"][2]  # load_time (loads - 1) is a 6-bit field: 64 loads
+
+
+def weight_loads(out_channels: int, in_channels: int, filter_size: int,
+                 depthwise: bool) -> tuple[int, int, int]:
+    """(para_size, load_time, o_ch_num_coef) by ncc's rule (§9.3 "Weight loads"): whole output
+    channels per load, at most KPU_WEIGHTS_PER_LOAD bytes a load; a depthwise layer loads once. A
+    channel larger than one load still gets one channel a load (`layer_problems` reports it)."""
+    if depthwise:
+        return out_channels * filter_size * filter_size, 0, out_channels - 1
+    one = filter_size * filter_size * in_channels
+    per_load = max(1, min(out_channels, KPU_WEIGHTS_PER_LOAD // one))
+    return one * per_load, math.ceil(out_channels / per_load) - 1, per_load - 1
+
+
+def map_fields(in_chw: tuple[int, int, int], out_chw: tuple[int, int, int]) -> dict[str, int]:
+    """The register fields ncc derives from a layer's input and output map shapes (C, H, W): sizes,
+    the 64-byte line layout of both maps (§7.3) and the DMA byte counts (§9.3)."""
+    c, h, w = in_chw
+    oc, oh, ow = out_chw
+    lin, lout = kpu_row_layout(w), kpu_row_layout(ow)
+    return dict(
+        i_ch_num=c - 1, o_ch_num=oc - 1,
+        i_row_wid=w - 1, i_col_high=h - 1, o_row_wid=ow - 1, o_col_high=oh - 1,
+        channel_switch_addr=lin.row_len * h, row_switch_addr=lin.row_len, coef_group=lin.groups,
+        wb_channel_switch_addr=lout.row_len * oh, wb_row_switch_addr=lout.row_len, wb_group=lout.groups,
+        channel_byte_num=ow * oh - 1, dma_total_byte=ow * oh * oc - 1)
+
+
+def load_fields(out_channels: int, in_channels: int, filter_size: int, depthwise: bool) -> dict[str, int]:
+    """`weight_loads` as register fields."""
+    return dict(zip(("para_size", "load_time", "o_ch_num_coef"),
+                    weight_loads(out_channels, in_channels, filter_size, depthwise)))
+
+
+def layer_fields(in_chw: tuple[int, int, int], out_chw: tuple[int, int, int], filter_size: int,
+                 depthwise: bool) -> dict[str, int]:
+    """Every register field ncc derives from a layer's shapes: what an emitter writes and what
+    `layer_problems` checks a file against."""
+    return map_fields(in_chw, out_chw) | load_fields(out_chw[0], in_chw[0], filter_size, depthwise)
 
 
 def layer_problems(body: KpuConv2D) -> list[str]:
@@ -178,29 +225,19 @@ def layer_problems(body: KpuConv2D) -> list[str]:
     in_w, in_h, out_w, out_h = layer.in_width, layer.in_height, layer.out_width, layer.out_height
     ic, oc, f = layer.in_channels, layer.out_channels, layer.filter_size
     stride = layer.pool_type.stride
-    expect("o_row_wid", in_w // stride - 1)
-    expect("o_col_high", in_h // stride - 1)
-    in_layout, out_layout = kpu_row_layout(in_w), kpu_row_layout(out_w)
-    expect("channel_switch_addr", in_layout.row_len * in_h)
-    expect("row_switch_addr", in_layout.row_len)
-    expect("coef_group", in_layout.groups)
-    expect("wb_channel_switch_addr", out_layout.row_len * out_h)
-    expect("wb_row_switch_addr", out_layout.row_len)
-    expect("wb_group", out_layout.groups)
-    expect("channel_byte_num", out_w * out_h - 1)
-    expect("dma_total_byte", out_w * out_h * oc - 1)
+    want = map_fields((ic, in_h, in_w), (oc, out_h, out_w))
+    want.update(o_row_wid=in_w // stride - 1, o_col_high=in_h // stride - 1)  # the pool unit's output
+    for name, value in want.items():
+        expect(name, value)
     if layer.depth_wise_layer:
         if ic != oc:
             problems.append(f"depthwise layer has {ic} input but {oc} output channels")
-        per_load = oc
-    else:
-        per_load = min(oc, KPU_WEIGHTS_PER_LOAD // (f * f * ic))
-    if per_load < 1:
-        problems.append(f"one output channel needs {f * f * ic} weight bytes, over {KPU_WEIGHTS_PER_LOAD} per load")
+    elif f * f * ic > KPU_WEIGHTS_PER_LOAD:
+        problems.append(f"one output channel needs {f * f * ic} weight bytes, "
+                        f"over {KPU_WEIGHTS_PER_LOAD} per load")
         return problems
-    expect("para_size", per_load * f * f * (1 if layer.depth_wise_layer else ic))
-    expect("load_time", -(-oc // per_load) - 1)
-    expect("o_ch_num_coef", per_load - 1)
+    for name, value in load_fields(oc, ic, f, bool(layer.depth_wise_layer)).items():
+        expect(name, value)
     out_bytes = body.batches * oc * out_h * out_w
     if body.main_mem_output.size and body.main_mem_output.size != out_bytes:
         problems.append(f"main_mem_output holds {body.main_mem_output.size} bytes, the output is {out_bytes}")

@@ -21,7 +21,7 @@ axis p[i] of x. p⁻¹ is the inverse permutation, p⁻¹[p[i]] = i.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -29,13 +29,16 @@ from kcc.eval.kernels import KERNELS
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 
+if TYPE_CHECKING:
+    from kcc.passes.manager import CompileContext
+
 Perm = tuple[int, ...]
 _ELEMENTWISE = (O.Unary, O.Clamp, O.LeakyRelu)
 _HAS_ACT = (O.Conv2D, O.Conv2DTranspose, O.MatMul, O.Binary, O.Pool2D)
 
 
-def canonicalize(graph: Graph, max_rounds: int = 16) -> Graph:
-    """Run every canonicalisation to a fixpoint (at most `max_rounds` rounds)."""
+def canonicalize(graph: Graph, ctx: CompileContext | None = None, *, max_rounds: int = 16) -> Graph:
+    """Run every canonicalisation to a fixpoint (at most `max_rounds` rounds); needs nothing of `ctx`."""
     passes: list[Callable[[Graph], Graph]] = [fold_constants, fold_transpose, fold_reshape, fold_nops,
                                               fuse_clamp, remove_dead]
     for _ in range(max_rounds):

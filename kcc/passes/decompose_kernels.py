@@ -18,9 +18,10 @@ field); the fewest layers and 2, 4, ... times as many are tried, since smaller g
 where larger ones do not. `stack_dw` needs J*C <= 1024 and the budget.
 Each candidate is legalized on its own (a few-node graph) and must land wholly on the KPU, and is
 costed in estimated K210 cycles (`estimate_cycles`: KPU layer cycles, uploads and downloads, and the
-CPU data movement and adds around the layers, with kcc.latency's costs). A conv is decomposed only
+CPU data movement and adds around the layers, with kcc.target.k210's costs). A conv is decomposed only
 when some form is estimated faster than the float conv on the CPU. `--decompose accurate` (the
-default) then takes the fastest form that rounds no more than the CPU conv (`extra_roundings`): a
+default; `off` never decomposes) then takes the fastest form that rounds no more than the CPU conv
+(`extra_roundings`): a
 `stack`, reading a float input of the CPU (a PReLU, an add) with its rounding residual
 (`RESIDUAL_GAIN`; twice the input channels, within the same limits). The CPU conv reads that input
 unrounded, and a `sum` or `stack_dw` rounds each partial sum over its own range, after a clamp several
@@ -29,9 +30,9 @@ of output SQNR. A stack read in float on the CPU (BlazePalm's stem, before its P
 float conv would not round at all, computes its output in four parts: y in [-t, t] on two fine grids
 and the tails on two more, t chosen from the calibration samples (`bulk_thresholds`); or, without
 samples, in two halves (y <= 0, y >= 0).
-`--decompose fast` takes the fastest form, whatever it rounds. The decision, and its
-estimate against the float conv on the CPU, go into the output node's note, or into the CPU
-placement's reason when the conv stays.
+The decision (`Decision`, one per conv legalize_kpu would leave on the CPU, in ctx.decisions), and
+its estimate against the float conv on the CPU, go into the output node's note; legalize_kpu adds
+the reason of a conv that stays (`Decision.cpu_note`) to its CPU placement.
 """
 
 from __future__ import annotations
@@ -39,45 +40,54 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 
-from kcc import latency as L
-from kcc.emit_kpu import weight_loads
+from kcc.eval.interpreter import run
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
-from kcc.kmodel import kpu_row_layout
 from kcc.options import CompileOptions
 from kcc.passes.kernel_forms import Plan, emit, plan_terms
 from kcc.passes.kernel_terms import axis_terms, max_zero_taps
-from kcc.passes.legalize_kpu import MAX_CHANNELS, legalize_kpu
+from kcc.passes.legalize_kpu import legalize_kpu
+from kcc.passes.manager import CompileContext
+from kcc.target.k210 import (
+    CPU_NODE_CYCLES,
+    DEFAULT_MHZ,
+    KPU_CYCLE_FACTOR,
+    KPU_LAYER_US,
+    KPU_WEIGHT_CYCLES_PER_BYTE,
+    MAX_CHANNELS,
+    MAX_WEIGHT_LOADS,
+    cpu_cycles,
+    kpu_row_layout,
+    weight_loads,
+)
 
 #: most weight bytes a depthwise `stack` / `stack_dw` may create per conv (the 5x5 itself has 25*C):
 #: the memory spent on accuracy. 64 KiB stacks every depthwise of up to ~150 channels (BlazePalm's
 #: 32..128, BlazeHand's 96 and 144: the early, large maps, where rounding matters most).
 STACK_WEIGHT_BUDGET = 64 * 1024
 #: a stack no grouping fits in STACK_WEIGHT_BUDGET may take this much: BlazeHand's 288- and
-#: 384-channel 5x5s (122 KiB each), which without a stack stay on the CPU or, with --decompose fast,
-#: are summed (unclamped partial sums rounded over [-17, 23] against the relu6 output's [0, 6]).
+#: 384-channel 5x5s (122 KiB each), which without a stack stay on the CPU (a sum would round its
+#: unclamped partial sums over [-17, 23] against the relu6 output's [0, 6]).
 #: Its 672-channel ones would need 340 KiB each.
 MAX_STACK_WEIGHT = 128 * 1024
 #: most KPU layers (channel groups) a depthwise `stack` may take: each costs ~25 us and a few CPU
 #: copies, against ~100+ ms for a wide 5x5 depthwise on the CPU
 MAX_STACK_GROUPS = 48
 
-# Cost model: kcc.latency's cycle counts (nncase v0.2 runtime at 400 MHz) of what legalize makes.
-_KPU_LAYER_CYCLES = L.KPU_LAYER_US * L.DEFAULT_MHZ  # interrupt, layer FIFO, runtime
+# Cost model: kcc.target.k210's cycle counts (nncase v0.2 runtime at 400 MHz) of what legalize makes.
+_KPU_LAYER_CYCLES = KPU_LAYER_US * DEFAULT_MHZ  # interrupt, layer FIFO, runtime
 _CPU_PER_ELEMENT = {O.Pad: "pad", O.StridedSlice: "strided_slice", O.Transpose: "transpose", O.Reshape: "copy_byte",
                     O.Concat: "copy_byte", O.Binary: "binary"}
-
-#: the reason of a conv no decomposition puts on the KPU (legalize_kpu's own reason says it all)
-NO_FORM = "no decomposition lands on the KPU"
 
 
 # ----------------------------------------------------------------------------------- cost
 def estimate_cycles(g: Graph) -> float:
-    """Estimated K210 cycles of a legalized graph, with kcc.latency's costs: KPU layers (with the
+    """Estimated K210 cycles of a legalized graph, with kcc.target.k210's costs: KPU layers (with the
     uploads of inputs from the CPU and downloads of outputs read by the CPU), float convs, and the
     CPU data movement and adds around them (float ops dequantize their KPU inputs first)."""
     users = g.users()
@@ -89,22 +99,22 @@ def estimate_cycles(g: Graph) -> float:
             nb, c, h, wd = x.shape
             lay = kpu_row_layout(wd)
             per_line = n.shape[1] if n.op.depthwise else math.ceil(c / lay.groups) * n.shape[1]
-            total += L.KPU_CYCLE_FACTOR * nb * h * lay.row_len * per_line + L.KPU_WEIGHT_CYCLES_PER_BYTE * w.type.size
+            total += KPU_CYCLE_FACTOR * nb * h * lay.row_len * per_line + KPU_WEIGHT_CYCLES_PER_BYTE * w.type.size
             total += _KPU_LAYER_CYCLES
             if not isinstance(x.op, KO.KpuConv2D):
-                total += L.cpu_cycles("kpu_upload_byte") * x.type.size
+                total += cpu_cycles("kpu_upload_byte") * x.type.size
             if id(n) in outputs or any(not isinstance(u.op, KO.KpuConv2D) for u in users[n]):
-                total += L.cpu_cycles("kpu_download_byte") * n.type.size
+                total += cpu_cycles("kpu_download_byte") * n.type.size
         elif isinstance(n.op, O.Conv2D):
-            total += L.CPU_NODE_CYCLES + L.cpu_cycles("conv2d_mac") * n.type.size * int(np.prod(n.inputs[1].shape[1:]))
+            total += CPU_NODE_CYCLES + cpu_cycles("conv2d_mac") * n.type.size * int(np.prod(n.inputs[1].shape[1:]))
         elif isinstance(n.op, KO.QuantResidual):
-            total += 3 * L.CPU_NODE_CYCLES + n.type.size * sum(L.cpu_cycles(k) for k in ("dequantize", "binary", "quantize"))
+            total += 3 * CPU_NODE_CYCLES + n.type.size * sum(cpu_cycles(k) for k in ("dequantize", "binary", "quantize"))
         elif type(n.op) in _CPU_PER_ELEMENT:
-            total += L.CPU_NODE_CYCLES + L.cpu_cycles(_CPU_PER_ELEMENT[type(n.op)]) * n.type.size
+            total += CPU_NODE_CYCLES + cpu_cycles(_CPU_PER_ELEMENT[type(n.op)]) * n.type.size
             if isinstance(n.op, O.Concat):
-                total += L.cpu_cycles("concat_block") * len(n.inputs)
+                total += cpu_cycles("concat_block") * len(n.inputs)
             if isinstance(n.op, (O.Binary, O.Concat)):
-                total += sum(L.cpu_cycles("dequantize") * i.type.size for i in n.inputs if isinstance(i.op, KO.KpuConv2D))
+                total += sum(cpu_cycles("dequantize") * i.type.size for i in n.inputs if isinstance(i.op, KO.KpuConv2D))
     return total
 
 
@@ -123,8 +133,9 @@ def _alone(n: Node, plan: Plan | None) -> Graph | None:
 
 
 def _on_kpu(g: Graph, opts: CompileOptions) -> tuple[bool, float]:
-    lg, placements = legalize_kpu(g, opts)
-    return bool(placements) and all(p.on_kpu for p in placements), estimate_cycles(lg)
+    ctx = CompileContext(opts)
+    lg = legalize_kpu(g, ctx)
+    return bool(ctx.placements) and all(p.on_kpu for p in ctx.placements), estimate_cycles(lg)
 
 
 def _stack_groups(c: int, j: int, budget: int) -> list[int]:
@@ -134,7 +145,7 @@ def _stack_groups(c: int, j: int, budget: int) -> list[int]:
     whose input fits in KPU RAM only in smaller groups (BlazePalm's 96x96 maps with their residual)
     is worth more layers."""
     g = min(c, MAX_CHANNELS // j, budget // (9 * j * c))
-    while g > 0 and weight_loads(g, j * g, 3, False)[1] >= 64:  # load_time is 6 bits
+    while g > 0 and weight_loads(g, j * g, 3, False)[1] >= MAX_WEIGHT_LOADS:  # load_time is 6 bits
         g -= 1
     out: list[int] = []
     layers = -(-c // g) if g else MAX_STACK_GROUPS + 1
@@ -166,7 +177,8 @@ def _plans(n: Node, residual: bool = False, halves: bool = False, bulk: float = 
                 continue
             for views, extra in ((j, False), (2 * j, True)) if residual else ((j, False),):
                 if not depthwise:
-                    if views * c <= MAX_CHANNELS and weight_loads(w.shape[0], views * c, 3, False)[1] < 64:
+                    loads = weight_loads(w.shape[0], views * c, 3, False)[1] + 1
+                    if views * c <= MAX_CHANNELS and loads <= MAX_WEIGHT_LOADS:
                         out += [Plan(split, z, "stack", residual=extra, halves=h, bulk=bulk if h else 0.0)
                                 for h in sorted({False, halves})]
                     continue
@@ -180,13 +192,26 @@ def _plans(n: Node, residual: bool = False, halves: bool = False, bulk: float = 
     return out
 
 
+class Status(Enum):
+    DECOMPOSED = "decomposed"  # `plan` puts the conv on the KPU
+    ON_KPU = "on the KPU as it is"  # legalize_kpu takes the conv as it is: nothing to decide
+    KEPT = "kept on the CPU"  # some form lands on the KPU, or none was tried: `reason` says why not
+    NO_FORM = "no form"  # no decomposition lands on the KPU: legalize_kpu's own reason says it all
+
+
 @dataclass(frozen=True)
 class Decision:
     node: str
+    status: Status
     plan: Plan | None  # None: the conv stays as it is
     cycles: float  # estimate of the chosen form
     cpu_cycles: float  # estimate of the conv left on the CPU
     reason: str
+
+    @property
+    def cpu_note(self) -> str | None:
+        """What the CPU placement of a conv kept on the CPU adds to legalize_kpu's reason."""
+        return f"not decomposed: {self.reason}" if self.status is Status.KEPT else None
 
 
 def extra_roundings(n: Node, plan: Plan, float_input: bool, read_in_float: bool = False) -> int:
@@ -203,24 +228,23 @@ def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = Tr
            bulk: float = 0.0) -> Decision:
     """How to put conv `n` on the KPU if legalize_kpu would not take it as it is: among the
     decompositions that legalize wholly onto the KPU and are estimated faster than the float conv on
-    the CPU, the fastest that adds no rounding (`extra_roundings`; --decompose accurate) or the
-    fastest of all (--decompose fast). A float input (`_cpu_float`) may be read with its rounding
-    residual (`residual` allows that); `halves` computes a stack's output in two halves (four parts
-    with a `bulk` threshold)."""
+    the CPU, the fastest that adds no rounding (`extra_roundings`). A float input (`_cpu_float`) may
+    be read with its rounding residual (`residual` allows that); `halves` computes a stack's output in
+    two halves (four parts with a `bulk` threshold)."""
     op: O.Conv2D = n.op
     x, w, b = n.inputs
     if not (w.is_constant and b.is_constant):
-        return Decision(n.name, None, 0.0, 0.0, "weights are not constant")
+        return Decision(n.name, Status.KEPT, None, 0.0, 0.0, "weights are not constant")
     if op.dilation != (1, 1):
-        return Decision(n.name, None, 0.0, 0.0, f"dilation {op.dilation}")
+        return Decision(n.name, Status.KEPT, None, 0.0, 0.0, f"dilation {op.dilation}")
     c, oc = x.shape[1], w.shape[0]
     if op.groups not in (1, c) or (op.groups == c > 1 and oc != c):
-        return Decision(n.name, None, 0.0, 0.0, f"groups {op.groups} (KPU: 1 or depthwise)")
+        return Decision(n.name, Status.KEPT, None, 0.0, 0.0, f"groups {op.groups} (KPU: 1 or depthwise)")
     fits, cpu = _on_kpu(_alone(n, None), opts)
     if fits:
-        return Decision(n.name, None, cpu, cpu, "on the KPU as it is")
+        return Decision(n.name, Status.ON_KPU, None, cpu, cpu, "on the KPU as it is")
     if opts.decompose == "off":
-        return Decision(n.name, None, cpu, cpu, "--decompose off")
+        return Decision(n.name, Status.KEPT, None, cpu, cpu, "--decompose off")
     float_input = residual and _cpu_float(x)
     forms: list[tuple[int, float, Plan]] = []  # (extra roundings, cycles, plan) of what lands on the KPU
     landed = set()  # stacks that fit in some channel grouping: smaller groups only add layers
@@ -235,27 +259,24 @@ def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = Tr
         if fits:
             landed.add(form)
             forms.append((extra_roundings(n, plan, float_input, halves), cycles, plan))
-    ms = L.DEFAULT_MHZ * 1e3
+    ms = DEFAULT_MHZ * 1e3
     if not forms:
-        return Decision(n.name, None, cpu, cpu, NO_FORM)
+        return Decision(n.name, Status.NO_FORM, None, cpu, cpu, "no decomposition lands on the KPU")
     fastest = min(forms, key=lambda f: f[1])
+    faster = f"fastest: {fastest[2].describe()}, ~{fastest[1] / ms:.1f} ms vs ~{cpu / ms:.1f} ms on the CPU"
     if fastest[1] >= cpu:
-        return Decision(n.name, None, cpu, cpu, f"every KPU form is estimated slower (fastest: {fastest[2].describe()}, "
-                                                f"~{fastest[1] / ms:.1f} ms vs ~{cpu / ms:.1f} ms on the CPU)")
-    if opts.decompose == "fast":
-        return Decision(n.name, fastest[2], fastest[1], cpu, "decomposed")
+        return Decision(n.name, Status.KEPT, None, cpu, cpu, f"every KPU form is estimated slower ({faster})")
     exact = [f for f in forms if f[0] == 0]
-    if not exact or min(f[1] for f in exact) >= cpu:
-        faster = (f"fastest: {fastest[2].describe()}, ~{fastest[1] / ms:.1f} ms vs ~{cpu / ms:.1f} ms on the CPU; "
-                  f"--decompose fast takes it")
-        if not exact:
-            return Decision(n.name, None, cpu, cpu, f"every KPU form rounds more than the CPU conv ({faster})")
-        slow = min(exact, key=lambda f: f[1])  # BlazePalm's 256-channel 5x5s: the views cost the CPU more
-        return Decision(n.name, None, cpu, cpu, f"the KPU forms that round no more than the CPU conv are estimated "
-                                                f"slower ({slow[2].describe()}: ~{slow[1] / ms:.1f} ms), the faster "
-                                                f"ones round more ({faster})")
+    if not exact:
+        return Decision(n.name, Status.KEPT, None, cpu, cpu,
+                        f"every KPU form rounds more than the CPU conv ({faster})")
     best = min(exact, key=lambda f: f[1])
-    return Decision(n.name, best[2], best[1], cpu, "decomposed")
+    if best[1] >= cpu:  # BlazePalm's 256-channel 5x5s: the views cost the CPU more
+        return Decision(n.name, Status.KEPT, None, cpu, cpu,
+                        f"the KPU forms that round no more than the CPU conv are estimated slower "
+                        f"({best[2].describe()}: ~{best[1] / ms:.1f} ms), "
+                        f"the faster ones round more ({faster})")
+    return Decision(n.name, Status.DECOMPOSED, best[2], best[1], cpu, "decomposed")
 
 
 def _read_in_float(n: Node, users: dict, outputs: set[int]) -> bool:
@@ -301,8 +322,6 @@ def bulk_threshold(y: np.ndarray) -> float:
 def bulk_thresholds(g: Graph, samples: list, opts: CompileOptions = CompileOptions()) -> dict[str, float]:
     """`bulk_threshold` of every conv of `float_read_convs(g, opts)`, from one float pass over
     `samples` (none without such convs)."""
-    from kcc.eval.interpreter import run
-
     convs = {id(n): n.name for n in float_read_convs(g, opts)}
     if not convs:
         return {}
@@ -330,31 +349,34 @@ def rewrite(g: Graph, n: Node, plan: Plan, note: str = "") -> Node | None:
     return new
 
 
-def decompose_kernels(g: Graph, opts: CompileOptions = CompileOptions(), decisions: list | None = None,
-                      residual: bool = True, bulk: dict[str, float] | None = None) -> Graph:
+def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     """Rewrite every Conv2D that legalize_kpu would leave on the CPU and that some decomposition
-    puts on the KPU. `decisions`, if given, receives one `Decision` per conv legalize_kpu would
-    leave on the CPU: its plan, or None and why. `residual` False keeps every stacked input on 8 bits
-    and every output one rounding (a pre-quantized model computed as TFLite does); True lets a float
-    input carry its rounding residual and a stack read in float on the CPU (`_read_in_float`) compute
-    its output in two halves, or in four parts with the conv's threshold in `bulk` (`bulk_thresholds`)."""
+    puts on the KPU; ctx.decisions receives one `Decision` per conv legalize_kpu would leave on the
+    CPU: its plan, or None and why. With ctx.own_grids every stacked input stays on 8 bits and every
+    output one rounding (a pre-quantized model computed as TFLite does); otherwise a float input
+    carries its rounding residual and a stack read in float on the CPU (`_read_in_float`) computes
+    its output in two halves, or in four parts with a threshold measured on the first BULK_SAMPLES
+    of ctx.samples, when there are samples (`bulk_thresholds`)."""
+    ctx = ctx or CompileContext()
+    opts = ctx.options
     if opts.target == "cpu" or opts.decompose == "off":
         return g
+    residual = not ctx.own_grids
+    measured = residual and ctx.samples is not None
+    bulk = bulk_thresholds(g, ctx.samples[:BULK_SAMPLES], opts) if measured else {}
     users, outputs = g.users(), {id(o) for o in g.outputs}
     for n in list(g.nodes):
         if not isinstance(n.op, O.Conv2D):
             continue
-        d = choose(n, opts, residual, residual and _read_in_float(n, users, outputs), (bulk or {}).get(n.name, 0.0))
+        d = choose(n, opts, residual, residual and _read_in_float(n, users, outputs), bulk.get(n.name, 0.0))
+        if d.status is not Status.ON_KPU:
+            ctx.decisions.append(d)
         if d.plan is None:
-            if decisions is not None and d.reason != "on the KPU as it is":
-                decisions.append(d)
             continue
         kh, kw = n.inputs[1].shape[2:]
-        ms = L.DEFAULT_MHZ * 1e3
+        ms = DEFAULT_MHZ * 1e3
         rewrite(g, n, d.plan, f"{kh}x{kw}{' depthwise' if n.op.groups > 1 else ''} s{n.op.stride[0]} as "
-                              f"{d.plan.describe()}: ~{d.cycles / ms:.2f} ms vs ~{d.cpu_cycles / ms:.2f} ms on the CPU "
-                              f"(estimates)")
-        if decisions is not None:
-            decisions.append(d)
+                              f"{d.plan.describe()}: ~{d.cycles / ms:.2f} ms vs ~{d.cpu_cycles / ms:.2f} ms "
+                              f"on the CPU (estimates)")
     g.remove_dead()
     return g

@@ -18,8 +18,13 @@ RFB-320 example runs 25/9/4-batch layers).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
+
+if TYPE_CHECKING:
+    from kcc.passes.manager import CompileContext
 
 
 def _rewrite(g: Graph, n: Node) -> Node | None:
@@ -49,8 +54,8 @@ def _rewrite(g: Graph, n: Node) -> Node | None:
     return g.insert_before(n, O.StridedSlice((0, 0, 0, 0), (1, oc, oh, ow), (1, 1, 1, 1)), (full,), name + "/crop")
 
 
-def eliminate_dilated_conv(g: Graph) -> Graph:
-    """Rewrite every stride-1, batch-1 dilated Conv2D; other convs are left alone."""
+def eliminate_dilated_conv(g: Graph, ctx: CompileContext | None = None) -> Graph:
+    """Rewrite every stride-1, batch-1 dilated Conv2D; other convs are left alone. Needs nothing of `ctx`."""
     for n in list(g.nodes):
         if isinstance(n.op, O.Conv2D) and n.op.dilation != (1, 1):
             new = _rewrite(g, n)

@@ -22,9 +22,8 @@ conv's own output range; a depthwise kernel becomes a dense block-diagonal one (
 reads channel o of every view), 9*J*C*C weight bytes, so wide depthwise convs are stacked in
 channel groups, one KPU layer and 9*J*g*C bytes per group of g (the group outputs are concatenated).
 `stack_dw` needs only J*C*C bytes for the 1x1 sum; like `sum` it rounds every unclamped partial
-sum to 8 bits. After a clamp (relu6) that costs accuracy: partial sums of a BlazeHand 5x5 span
-~[-12, 15] while the output spans [0, 6], so `sum` gives 1.1-1.6 output steps of rms error on
-real activations where `stack` gives 0.4 (and the float conv rounded to its grid 0.2).
+sum to 8 bits. After a clamp (relu6) that costs accuracy: the partial sums span a wider range than
+the clamped output, so their 8-bit grid is coarser (measured: docs/measurements.md §2).
 """
 
 from __future__ import annotations

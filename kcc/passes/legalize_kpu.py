@@ -34,14 +34,21 @@ from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.ir.types import TensorType
-from kcc.kmodel import KPU_RAM_SIZE, kpu_bytes
 from kcc.options import CompileOptions
-from kcc.quant.params import fixup_range
-from kcc.quant.weight_grid import on_own_grid
-
-MAX_CHANNELS = 1024  # 10-bit channel fields (kmodel_v4.md §9.3)
-MIN_HW, MAX_H, MAX_W = 4, 256, 512  # ncc's KPU input limits (kpu_semantics.md §1)
-MAX_MAP_PIXELS = 65536  # dma_parameter.channel_byte_num is 16 bits: out_w*out_h - 1 < 2^16
+from kcc.passes.manager import CompileContext
+from kcc.target.k210 import (
+    KERNEL_SIZES,
+    KPU_RAM_SIZE,
+    MAX_CHANNELS,
+    MAX_H,
+    MAX_MAP_PIXELS,
+    MAX_W,
+    MAX_WEIGHT_LOADS,
+    MIN_HW,
+    kpu_bytes,
+    weight_loads,
+)
+from kcc.target.quant_rules import fixup_range, on_own_grid
 
 
 @dataclass(frozen=True)
@@ -100,10 +107,11 @@ def _weights_reason(w: np.ndarray, ranges_of: np.ndarray, opts: CompileOptions) 
 
 
 class _Legalizer:
-    def __init__(self, g: Graph, opts: CompileOptions, fuse_mean_pools: bool):
+    def __init__(self, g: Graph, opts: CompileOptions, fuse_mean_pools: bool, cpu_notes: dict[str, str]):
         self.src = g
         self.opts = opts
         self.fuse_mean_pools = fuse_mean_pools
+        self.cpu_notes = cpu_notes  # node -> why decompose_kernels left it on the CPU
         self.unfused_means: set[int] = set()  # mean pools kept off the KPU on purpose
         self.g = Graph()
         self.map: dict[int, Node] = {}
@@ -157,7 +165,8 @@ class _Legalizer:
         return None
 
     def _reject(self, n: Node, reason: str) -> None:
-        self.placements.append(Placement(n.name, n.op.kind, False, reason))
+        note = self.cpu_notes.get(n.name)
+        self.placements.append(Placement(n.name, n.op.kind, False, f"{reason}; {note}" if note else reason))
 
     # ------------------------------------------------------------------ conv
     def _conv_problem(self, n: Node, x: Node, w: np.ndarray) -> str | None:
@@ -167,7 +176,7 @@ class _Legalizer:
             return "target cpu"
         if w.shape[2] != w.shape[3]:
             return f"{w.shape[2]}x{w.shape[3]} kernel (KPU: 1x1, 3x3)"
-        if k not in (1, 3):
+        if k not in KERNEL_SIZES:
             return f"{k}x{k} kernel (KPU: 1x1, 3x3)"
         if op.dilation != (1, 1):
             return f"dilation {op.dilation}"
@@ -176,9 +185,9 @@ class _Legalizer:
         if max(c, oc) > MAX_CHANNELS:
             return f"{max(c, oc)} channels > {MAX_CHANNELS}"
         if op.groups == 1:  # load_time is 6 bits: at most 64 weight loads of 30 KiB (kmodel_v4.md §9.3)
-            per_load = max(1, min(oc, 30720 // (k * k * c)))
-            if -(-oc // per_load) > 64:
-                return f"{k}x{k} conv {c}->{oc} needs {-(-oc // per_load)} weight loads > 64"
+            loads = weight_loads(oc, c, k, False)[1] + 1
+            if loads > MAX_WEIGHT_LOADS:
+                return f"{k}x{k} conv {c}->{oc} needs {loads} weight loads > {MAX_WEIGHT_LOADS}"
         # weights already on a uint8 grid quantize losslessly, whatever their range (kpu_params)
         return _weights_reason(w, w, self.opts)
 
@@ -200,9 +209,10 @@ class _Legalizer:
         if not (isinstance(x.op, O.Pad) and x.op.value == 0.0 and self._single_user(x) is not None
                 and x.op.paddings[0] == x.op.paddings[1] == (0, 0)):
             return x, op
-        (t, b), (l, r) = x.op.paddings[2], x.op.paddings[3]
+        (top, bottom), (left, right) = x.op.paddings[2], x.op.paddings[3]
         (pt, pb), (pl, pr) = op.padding
-        return x.inputs[0], O.Conv2D(op.stride, ((pt + t, pb + b), (pl + l, pr + r)), op.dilation, op.groups, op.act)
+        padding = ((pt + top, pb + bottom), (pl + left, pr + right))
+        return x.inputs[0], O.Conv2D(op.stride, padding, op.dilation, op.groups, op.act)
 
     def conv(self, n: Node) -> Node | None:
         op: O.Conv2D = n.op
@@ -347,13 +357,16 @@ class _Legalizer:
         return self.g
 
 
-def legalize_kpu(g: Graph, opts: CompileOptions = CompileOptions(),
-                 fuse_mean_pools: bool = True) -> tuple[Graph, list[Placement]]:
-    """Rewrite a canonical float graph so that KPU-eligible layers become `KpuConv2D` nodes.
+def legalize_kpu(g: Graph, ctx: CompileContext | None = None) -> Graph:
+    """Rewrite a canonical float graph so that KPU-eligible layers become `KpuConv2D` nodes; one
+    `Placement` per conv / fc / pool goes to ctx.placements, the CPU ones with their reason and, for
+    a conv decompose_kernels kept, its decision's (`Decision.cpu_note` of ctx.decisions).
 
-    `fuse_mean_pools=False` keeps mean pools off the KPU pool unit, which floors: a pre-quantized
-    model's average pools then run on the CPU on the uint8 codes and round as TFLite's do
-    (kcc.quant.quantize)."""
-    lg = _Legalizer(g, opts, fuse_mean_pools)
+    With ctx.own_grids mean pools stay off the KPU pool unit, which floors: a pre-quantized model's
+    average pools then run on the CPU on the uint8 codes and round as TFLite's do (kcc.quant.quantize)."""
+    ctx = ctx or CompileContext()
+    notes = {d.node: d.cpu_note for d in ctx.decisions if d.cpu_note}
+    lg = _Legalizer(g, ctx.options, not ctx.own_grids, notes)
     out = lg.run()
-    return out, lg.placements
+    ctx.placements.extend(lg.placements)
+    return out

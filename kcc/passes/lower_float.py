@@ -16,12 +16,17 @@ that replaces it, so graph outputs keep their tflite names.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from kcc.errors import UnsupportedModelError
 from kcc.eval import kernels
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
+
+if TYPE_CHECKING:
+    from kcc.passes.manager import CompileContext
 
 F32 = np.float32
 
@@ -154,7 +159,8 @@ _RULES = {
 }
 
 
-def lower_float(graph: Graph) -> Graph:
+def lower_float(graph: Graph, ctx: CompileContext | None = None) -> Graph:
+    """Every op left for the CPU as kmodel neutral ops (module docstring); needs nothing of `ctx`."""
     b = _Builder(graph)
     for n in graph.nodes:
         if n.type.rank > 4 and not n.is_constant:

@@ -17,10 +17,15 @@ candidate (legalize_kpu).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
+
+if TYPE_CHECKING:
+    from kcc.passes.manager import CompileContext
 
 
 def _rewrite(g: Graph, n: Node) -> Node | None:
@@ -56,8 +61,9 @@ def _rewrite(g: Graph, n: Node) -> Node | None:
     return g.insert_before(n, conv, (v, flipped, b), name + "/conv")
 
 
-def lower_transpose_conv(g: Graph) -> Graph:
-    """Rewrite every TRANSPOSE_CONV whose padding allows it; the others stay as they are."""
+def lower_transpose_conv(g: Graph, ctx: CompileContext | None = None) -> Graph:
+    """Rewrite every TRANSPOSE_CONV whose padding allows it; the others stay as they are. Needs nothing of
+    `ctx`."""
     for n in list(g.nodes):
         if isinstance(n.op, O.Conv2DTranspose):
             new = _rewrite(g, n)

@@ -26,10 +26,13 @@ from typing import Protocol
 
 import numpy as np
 
-from kcc.errors import DatasetError, KccError
+from kcc.dataset import iter_dataset, list_files
+from kcc.errors import DatasetError, KccError, UnsupportedModelError
 from kcc.eval.interpreter import run
+from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.options import CALIBRATE_METHODS
+from kcc.passes.manager import CompileContext
 from kcc.quant.histogram import BINS, Histogram
 from kcc.quant.l2_search import l2_range
 from kcc.quant.params import FLT_MIN, get_range
@@ -109,6 +112,24 @@ class HistogramObserver:
         return out
 
 
+def load_samples(g: Graph, ctx: CompileContext) -> Graph:
+    """Stage: ctx.samples, the calibration samples (one list of input arrays each), loaded once from
+    the dataset unless given, for decompose_kernels' statistics and for calibration. A pre-quantized
+    model that keeps its own grids (ctx.own_grids) needs none."""
+    options = ctx.options
+    if ctx.samples is not None or ctx.own_grids:
+        return g
+    if options.dataset is None:
+        raise DatasetError("--dataset is required to calibrate a uint8 model",
+                           hint="pass --dataset DIR, or --inference-type float")
+    if len(g.inputs) != 1:
+        raise UnsupportedModelError(f"calibration supports single-input models; this one has {len(g.inputs)}")
+    files = list_files(options.dataset, options.dataset_format)
+    ctx.samples = [[s.data] for s in iter_dataset(options.dataset, options.dataset_format, g.inputs[0].shape,
+                                                  np.float32, options.mean, options.std, files)]
+    return g
+
+
 def input_range_override(mean: float, std: float) -> Range:
     """ncc's graph-input range under --input-mean/--input-std: ((0 - mean)/std, (1 - mean)/std),
     float32 arithmetic (it assumes raw inputs in [0, 1], §4.2)."""
@@ -119,8 +140,6 @@ def input_range_override(mean: float, std: float) -> Range:
 def view_source(n: Node) -> Node:
     """The tensor whose values n holds, moved around: through slices, reshapes, transposes and zero
     pads (which add only zeros, on every grid)."""
-    from kcc.ir import ops as O
-
     while isinstance(n.op, (O.StridedSlice, O.Reshape, O.Transpose)) or (isinstance(n.op, O.Pad) and n.op.value == 0.0):
         n = n.inputs[0]
     return n
@@ -130,8 +149,6 @@ def input_views(points: Sequence[Node], graph_input: Node) -> list[Node]:
     """The points that are the graph input moved around (`view_source`, and concatenations of such
     views: a decomposed stem's stacked input, kcc.passes.decompose_kernels): they hold the input's
     own values."""
-    from kcc.ir import ops as O
-
     def is_view(n: Node) -> bool:
         if isinstance(n.op, O.Concat):
             return all(is_view(i) for i in n.inputs)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kcc.quant.params import fixup_range
+from kcc.target.quant_rules import fixup_range
 
 F32 = np.float32
 BINS = 2048

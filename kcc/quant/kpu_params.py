@@ -35,10 +35,17 @@ import numpy as np
 
 from kcc.eval.kernels import kpu_activation
 from kcc.ir.kpu_ops import KpuConv2D, KpuLayer
-from kcc.quant.params import (QuantParam, fixup_range, get_fixed_mul, get_quant_param, get_range, range_param,
-                               round_half_away)
+from kcc.quant.params import (
+    QuantParam,
+    get_fixed_mul,
+    get_quant_param,
+    get_range,
+    range_param,
+    round_half_away,
+)
 from kcc.quant.weight_grid import channel_grids, weight_grid
 from kcc.quant.weight_rounding import PatchMoments, round_weights
+from kcc.target.quant_rules import fixup_range
 
 F32 = np.float32
 ACT_SAMPLES = 1024

@@ -2,7 +2,8 @@
 
 Convention (used everywhere in kmodel v4, kmodel_v4.md §3.4): a quant param is `(zero_point z,
 scale s)` with `q = round(x*s + z)` and `x = (q - z)/s`, so `s` is *levels per unit*, the inverse of
-TFLite's scale.
+TFLite's scale. The range fixup every quant param starts from, `fixup_range`, is in
+`kcc.target.quant_rules` (legalize_kpu applies it to weight ranges too).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from kcc.target.quant_rules import fixup_range
 
 F32 = np.float32
 FLT_MIN = float(np.finfo(np.float32).tiny)  # 1.17549435e-38, nncase's get_range start for max
@@ -63,22 +66,6 @@ def get_range(data: np.ndarray) -> tuple[float, float]:
     if d.size == 0:
         return (float(np.finfo(F32).max), FLT_MIN)
     return (float(d.min()), max(float(d.max()), FLT_MIN))
-
-
-def fixup_range(lo: float, hi: float) -> tuple[float, float]:
-    """Clamp to ±1000, give a degenerate range a minimum width, and make it contain 0 (float32)."""
-    lo, hi = F32(max(lo, -1000.0)), F32(min(hi, 1000.0))
-    r = F32(hi - lo)
-    if r == 0:
-        r = F32(0.1)
-    elif r < F32(0.01):
-        r = F32(0.01)
-    hi = F32(lo + r)
-    if hi < 0:
-        hi = F32(0)
-    if lo > 0:
-        lo = F32(0)
-    return float(lo), float(hi)
 
 
 def get_quant_param(lo: float, hi: float, bits: int = 8) -> QuantParam:

@@ -23,9 +23,22 @@ import numpy as np
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
-from kcc.quant.calibrate import Observer, Samples, calibrate, view_source
+from kcc.passes.manager import CompileContext
+from kcc.progress import counted
+from kcc.quant.calibrate import (
+    Observer,
+    Samples,
+    calibrate,
+    input_range_override,
+    input_views,
+    load_samples,
+    view_source,
+)
 from kcc.quant.logits import logit_ranges, softmax_logits
 from kcc.quant.params import range_param
+from kcc.quant.prequantized import prequantized_ranges
+from kcc.quant.quantize import calibration_view
+from kcc.quant.weight_rounding import InputMoments
 
 Range = tuple[float, float]
 
@@ -50,10 +63,12 @@ def output_sources(g: Graph) -> set[str]:
     return found
 
 
-def choose_ranges(g: Graph, view: Graph, samples: Samples, points: Sequence[Node], method: str,
+def choose_ranges(view: Graph, samples: Samples, points: Sequence[Node], method: str,
                   moments: Observer | None = None) -> dict[str, Range]:
-    """Ranges for every point of `view` (the calibration view of the legalized graph `g`); `moments`
-    observes the first pass over the samples too."""
+    """Ranges for every point of `view` (kcc.quant.quantize.calibration_view of the legalized graph,
+    whose pre-activation outputs count as outputs and users here too); `moments` observes the first
+    pass over the samples too."""
+    g = view
     full = calibrate(view, samples, points, "no_clip", also=moments)
     ranges = dict(full)
     if method != "no_clip":
@@ -71,6 +86,38 @@ def choose_ranges(g: Graph, view: Graph, samples: Samples, points: Sequence[Node
     share_view_grids(points, ranges)
     residual_term_ranges(g, ranges)
     return share_concat_grids(g, ranges)
+
+
+def calibrate_ranges(g: Graph, ctx: CompileContext) -> Graph:
+    """Stage: ctx.ranges, the range of every tensor `quantize` needs, of the legalized float graph `g`
+    (ctx.float_graph): measured on ctx.samples (kpu_semantics.md §4.2), with the KPU layers' input
+    statistics in ctx.moments from the same pass, or a pre-quantized model's own grids
+    (ctx.own_grids, kcc.quant.prequantized). The graph is observed, never edited (calibration_view)."""
+    options, log = ctx.options, ctx.log
+    ctx.float_graph = g
+    for note in ctx.quantization.notes() if ctx.quantization is not None else ():
+        log(f"   warning: {note}")
+    if ctx.own_grids:
+        ctx.ranges = prequantized_ranges(g, ctx.quantization, options, log)
+        return g
+    load_samples(g, ctx)
+    samples = ctx.samples
+    ctx.moments = InputMoments(g)
+    view, points = calibration_view(g)
+    n_samples = len(samples)
+    if ctx.progress is not None:
+        samples = counted(samples, ctx.progress)  # one bar per pass over the data
+    ranges = choose_ranges(view, samples, points, options.calibrate_method, ctx.moments)
+    if options.input_mean is not None or options.input_std is not None:
+        # the stated input grid (e.g. the camera's pixels) also holds for views of the input that a
+        # KPU layer reads (a pre-padded or decomposed stem): they must not round the pixels again
+        ranges[g.inputs[0].name] = fixed = input_range_override(options.mean, options.std)
+        if fixed[0] <= 0.0 <= fixed[1]:
+            for p in input_views(points, g.inputs[0]):
+                ranges[p.name] = fixed
+    log(f"   {n_samples} sample(s), {len(points)} tensors, method {options.calibrate_method}")
+    ctx.ranges = ranges
+    return g
 
 
 def share_view_grids(points: Sequence[Node], ranges: dict[str, Range]) -> None:

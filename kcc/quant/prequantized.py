@@ -35,8 +35,9 @@ from kcc.frontend.quantization import ModelQuantization, TensorQuant
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
+from kcc.quant.calibrate import input_range_override
 from kcc.quant.params import GridRange, QuantParam
-from kcc.quant.quantize import pre_activation_name
+from kcc.quant.quantize import calibration_view, pre_activation_name
 
 F32 = np.float32
 Range = tuple[float, float]
@@ -136,16 +137,8 @@ def prequantized_ranges(g: Graph, quant: ModelQuantization, options, log=lambda 
     """The compiler's calibration step for a pre-quantized model: every point's range from the model.
 
     --input-mean/--input-std still fix the graph input's range as they do after calibration."""
-    from kcc.quant.calibrate import input_range_override
-    from kcc.quant.quantize import calibration_view
-
-    n_outputs = len(g.outputs)
-    view, points = calibration_view(g)
-    try:
-        ranges = model_ranges(view, points, quant)
-    finally:
-        view.outputs = view.outputs[:n_outputs]  # drop the calibration-only outputs again
-        view.remove_dead()
+    view, points = calibration_view(g)  # a view: `g` itself is left as it is
+    ranges = model_ranges(view, points, quant)
     if options.input_mean is not None or options.input_std is not None:
         ranges[g.inputs[0].name] = input_range_override(options.mean, options.std)
     log(f"   no calibration: {len(points)} tensors take the pre-quantized model's own grids")

@@ -33,6 +33,7 @@ from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.ir.types import DType
+from kcc.passes.manager import CompileContext
 from kcc.quant.kpu_params import LayerRanges, kpu_layer
 from kcc.quant.params import QuantParam, range_param
 from kcc.quant.weight_rounding import InputMoments
@@ -58,21 +59,22 @@ def calibration_view(g: Graph) -> tuple[Graph, list[Node]]:
     """The graph to calibrate, and the nodes whose ranges `quantize` needs.
 
     A layer with a fused function f also needs the range of its input to f (what the activation
-    table reads): the view adds, as extra outputs, the same layer without f and without pool.
-    """
+    table reads): the view is a new graph over g's nodes that adds, as extra outputs, the same layer
+    without f and without pool. `g` itself is left as it is (its node list, outputs and names)."""
+    view = Graph(list(g.nodes), list(g.outputs), {n.name for n in g.nodes})
     points: dict[int, Node] = {}
-    for n in list(g.nodes):
+    for n in g.nodes:
         if isinstance(n.op, KO.KpuConv2D):
             points[id(n)] = n
             points[id(n.inputs[0])] = n.inputs[0]
             if n.op.fn is not None:
-                pre = g.add(KO.KpuConv2D(n.op.kernel, n.op.depthwise, "bypass", n.op.act, None), n.inputs,
-                            pre_activation_name(n))
-                g.outputs.append(pre)
+                pre = view.add(KO.KpuConv2D(n.op.kernel, n.op.depthwise, "bypass", n.op.act, None), n.inputs,
+                               pre_activation_name(n))
+                view.outputs.append(pre)
                 points[id(pre)] = pre
         elif isinstance(n.op, (O.Input, O.Pool2D)):  # a pool's range decides if it runs on codes
             points[id(n)] = n
-    return g, list(points.values())
+    return view, list(points.values())
 
 
 class _Quantizer:
@@ -242,9 +244,12 @@ class _Quantizer:
         return self.g
 
 
-def quantize(g: Graph, ranges: Ranges, input_type: str = "float", moments: InputMoments | None = None,
-             turn_channels: bool = True) -> Graph:
-    """Turn each KpuConv2D into a quantized KpuLayer; the graph input becomes uint8 if asked. With
-    the calibration's `moments`, KPU weights are rounded with their inputs in view
-    (kcc.quant.weight_rounding); `turn_channels`: kcc.quant.kpu_params.equalize_weights."""
-    return _Quantizer(g, ranges, input_type == "uint8", moments, turn_channels).run()
+def quantize(g: Graph, ctx: CompileContext | None = None) -> Graph:
+    """Turn each KpuConv2D into a quantized KpuLayer over ctx.ranges; the graph input becomes uint8
+    if the options ask. With the calibration's ctx.moments, KPU weights are rounded with their inputs
+    in view (kcc.quant.weight_rounding); `--weight-equalization turned` turns channels over
+    (kcc.quant.kpu_params.equalize_weights)."""
+    ctx = ctx or CompileContext()
+    opts = ctx.options
+    return _Quantizer(g, ctx.ranges, opts.effective_input_type == "uint8", ctx.moments,
+                      opts.weight_equalization == "turned").run()

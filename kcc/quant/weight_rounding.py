@@ -14,12 +14,7 @@ post-training quantization literature, used here with the calibration data:
   needs S^-1 through its Cholesky factor U (S^-1 = U^T U): after rounding tap i, the remaining taps
   move by -(w_i - q_i) / U_ii * U_i,i+1: (the closed-form least-squares update).
 
-Measured on BlazePalm / BlazeHand in float, only the weights rounded (per channel, 24 pictures not
-in the calibration set): their 5x5 depthwise weights 27.7 -> 31.4 dB with bias correction, 38.8 dB
-with both / 16.6 -> 29.2 -> 35.8 dB; all other convs 27.1 -> 32.4 -> 32.7 dB / 13.9 -> 21.7 ->
-25.0 dB. End to end on kpu_sim the gain is smaller, since the 8-bit activations add their own
-error, and bias correction alone brings much of it (BlazeHand's CPU-fallback build, landmarks:
-29.2 dB nearest, 30.1 with bias correction, 31.0 with both; bench/kpu_coverage.py, DAMPING).
+What each step gains, per layer and end to end on kpu_sim: docs/measurements.md §1.
 
 The statistics come from the calibration pass (`InputMoments`, one float interpreter run for ranges
 and moments): per KPU layer, the mean of its input patches, and the covariance within each block of
@@ -40,7 +35,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from kcc.ir import kpu_ops as KO
 from kcc.ir.graph import Graph
 from kcc.quant.params import QuantParam
-from kcc.quant.weight_grid import on_own_grid
+from kcc.target.quant_rules import on_own_grid
 
 #: the widest tap block (input channels x k x k of a dense conv) whose covariance is collected:
 #: 3x3 convs of up to 128 channels, 1x1 convs of up to 1152 (an S of 1152^2 doubles is 10.6 MB)
@@ -49,26 +44,17 @@ GRAM_MAX_TAPS = 1152
 GRAM_BUDGET_BYTES = 256 << 20
 #: positions of one sample that enter the covariances: SAMPLE_POSITIONS_PER_TAP per tap of the
 #: widest block (every sample weighs the same; two samples pass POSITIONS_PER_TAP), within ~2^26
-#: multiply-adds per layer and sample. Calibrating 8 pictures (the float forward pass and the
-#: moments) took 0.53 -> 1.27 s on ulffd_landmark, 1.10 -> 3.02 s on BlazeHand, 3.56 -> 7.49 s on
-#: BlazePalm (190 KPU layers, most of them wide stacks). With up to 2^26 multiply-adds of positions
-#: per sample (4-16x more), from 3 samples: BlazePalm's decomposed build 18.9 dB instead of 18.6,
-#: BlazeHand's landmarks 30.2 instead of 29.6, each within ~1 standard error, at ~1.3-1.8x the
-#: calibration time; with a typical set of 100+ pictures 8 per tap is already plenty.
+#: multiply-adds per layer and sample (its cost and benefit: docs/measurements.md §1).
 SAMPLE_POSITIONS_PER_TAP = 8
 POSITION_BUDGET = 1 << 26
 MIN_POSITIONS = 64
 #: positions per tap (of a row's nonzero taps) a covariance needs: from fewer (a 4x4 map of 64
-#: channels in three samples) the rounding fits the samples' noise (iris_landmark, with a damping of
-#: 0.01: 29.0 -> 28.3 dB on other pictures with every layer, 29.3 dB with this floor)
+#: channels in three samples) the rounding fits the samples' noise (docs/measurements.md §1)
 POSITIONS_PER_TAP = 16
 #: added to the covariance's diagonal, relative to its mean (GPTQ's dampening, there 0.01). 0.01
-#: rounds each layer best on its own (BlazeHand's stacked depthwise layers: 5-18 dB more SQNR than
-#: nearest rounding, on other pictures too), but end to end, on 24 other pictures, 1.0 did as well
-#: or better: BlazeHand landmarks 29.5 -> 30.2 dB and world landmarks 12.2 -> 13.0 dB (decomposed
-#: build), BlazePalm boxes 18.7 -> 18.9 dB (with 4-16x more positions per sample than now, before
-#: SAMPLE_POSITIONS_PER_TAP). A weight error spread over many taps also multiplies
-#: the 8-bit input's own rounding noise, which the covariance of the float input does not see.
+#: rounds each layer best on its own, but end to end 1.0 did as well or better (docs/measurements.md
+#: §1): a weight error spread over many taps also multiplies the 8-bit input's own rounding noise,
+#: which the covariance of the float input does not see.
 DAMPING = 1.0
 
 

@@ -1,8 +1,7 @@
 """`KERNELS`: opcode -> kernel function. A kernel is `fn(memory, body) -> None`.
 
 Kernels raise `SimulatorError` without node context; the program runner adds
-"node N (opcode): ". Every kmodel v4 opcode is simulated; `not_simulated` and the (empty)
-`NOT_SIMULATED` set remain for API compatibility and for a future format's new opcodes.
+"node N (opcode): ". Every kmodel v4 opcode has a kernel.
 
 Families: elementwise / movement / reduce / conv / nnil (float32 neutral ops), quantized
 (uint8 neutral ops), cpu (runtime-only NHWC ops 0x1001-0x1005), k210 (kpu_upload) and
@@ -14,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kcc.errors import SimulatorError
 from kcc.kmodel import Opcode
 from kpu_sim.kernels import (
     conv,
@@ -30,10 +28,6 @@ from kpu_sim.kernels import (
 from kpu_sim.memory import Memory
 
 Kernel = Callable[[Memory, Any], None]
-
-
-def not_simulated(mem: Memory, body: Any) -> None:
-    raise SimulatorError("not simulated yet")
 
 
 KERNELS: dict[Opcode, Kernel] = {
@@ -66,6 +60,3 @@ KERNELS: dict[Opcode, Kernel] = {
     Opcode.KPU_UPLOAD: k210.kpu_upload,
     Opcode.KPU_CONV2D: kpu_conv.kpu_conv2d,
 }
-
-NOT_SIMULATED = frozenset(op for op, fn in KERNELS.items() if fn is not_simulated)
-"""Opcodes `kpu_sim` cannot run yet (running a model that uses one raises `SimulatorError`)."""

@@ -1,17 +1,16 @@
-"""`kcc info`: kcc/info.py (describe, format_text) and the CLI subcommand."""
+"""`kcc info`: kcc/report/info.py (describe, format_text) and the CLI subcommand."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+import refkit
 
 import kcc.kmodel as km
-import refkit
 from kcc.cli import main
 from kcc.errors import KmodelError
-from kcc.info import RUNTIME_ANY, RUNTIME_BETA3, describe, format_text
+from kcc.report.info import RUNTIME_ANY, RUNTIME_BETA3, describe, format_text
 
 # ncc's kmodels that ship in tests/reference (its README): the default suite reads only these.
 ULFFD = refkit.SHIPPED / "ncc-outputs" / "kmodels" / "ulffd_landmark_no_clip_ff.kmodel"

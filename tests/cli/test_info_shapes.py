@@ -1,5 +1,6 @@
-"""`kcc info` output shapes (kcc/info_shapes.py): recovered from the nodes of ncc's kmodels, recorded by
-kcc where its nodes do not tell, and always consistent with the output's byte size and kpu_sim's output.
+"""`kcc info` output shapes (kcc/kmodel/output_record.py): recovered from the nodes of ncc's kmodels,
+recorded by kcc where its nodes do not tell, and always consistent with the output's byte size and
+kpu_sim's output.
 
 Oracles: ncc's own compile SUMMARY for the kmodels it wrote (ncc-outputs/logs/*.log of the full kit,
 quoted below and checked against the logs by a slow+kit test), the TFLite interpreter's output shape of
@@ -16,15 +17,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import refkit
 
 import kcc.kmodel as km
 import kpu_sim
-import refkit
 from kcc.cli import main
-from kcc.info import describe
-from kcc.info_shapes import RECORD_MAGIC, RECORD_SOURCE, output_shape, recorded_shapes, with_output_shapes
+from kcc.kmodel.output_record import (
+    RECORD_MAGIC,
+    RECORD_SOURCE,
+    output_shape,
+    recorded_shapes,
+    with_output_shapes,
+)
 from kcc.options import CompileOptions
 from kcc.pipeline import compile_model
+from kcc.report.info import describe
 
 ROOT = Path(__file__).resolve().parents[2]
 # tests/tflite_builder.py, loaded by path: putting tests/ on sys.path would let tests/kpu_sim shadow kpu_sim

@@ -3,7 +3,7 @@
 Ctrl-C at any point of a command: exit 130, the one line `error: interrupted`, and no new or changed
 output file (an existing kmodel keeps its bytes, a report or IR dump folder that did not exist does
 not appear); or, if it came too late, exit 0 with every output complete. A stdout pipe closed by its
-reader: exit 141 and nothing on stderr (kcc/cli.py, EXIT_PIPE_CLOSED).
+reader: exit 141 and nothing on stderr (kcc/cli/__init__.py, EXIT_PIPE_CLOSED).
 
 The sweeps run the real `kcc` processes and time the SIGINT from the moment the child has mapped
 numpy's C extension (/proc/PID/maps): `kcc.cli` imports nothing heavy, so kcc's handler is installed
@@ -188,7 +188,7 @@ def _assert_interrupted(code: int, capsys, tmp_path: Path) -> None:
 
 def test_ctrl_c_while_the_report_is_measured(float_compile, tmp_path, monkeypatch, capsys):
     """Step 8 of a --report compile: the kmodel is ready, the report is not."""
-    from kcc import report
+    from kcc.report import compile_report as report
 
     build = report.build
     monkeypatch.setattr(report, "build", lambda *a, **k: (_ctrl_c(), build(*a, **k))[1])
@@ -198,7 +198,7 @@ def test_ctrl_c_while_the_report_is_measured(float_compile, tmp_path, monkeypatc
 
 
 def test_ctrl_c_after_the_report_is_staged(float_compile, tmp_path, monkeypatch, capsys):
-    from kcc import report
+    from kcc.report import compile_report as report
 
     write = report.write
     monkeypatch.setattr(report, "write", lambda *a, **k: (write(*a, **k), _ctrl_c())[0])
@@ -263,7 +263,7 @@ def test_ctrl_c_during_the_commit_completes_it(float_compile, tmp_path, monkeypa
 
 def test_second_ctrl_c_does_not_cut_the_cleanup_short(float_compile, tmp_path, monkeypatch, capsys):
     import kcc.atomic
-    from kcc import report
+    from kcc.report import compile_report as report
 
     build = report.build
     monkeypatch.setattr(report, "build", lambda *a, **k: (_ctrl_c(), build(*a, **k))[1])
@@ -274,7 +274,7 @@ def test_second_ctrl_c_does_not_cut_the_cleanup_short(float_compile, tmp_path, m
 
 NESTED_MAIN = """
 import ctypes, sys
-import kcc.cli_legacy
+import kcc.cli.legacy
 from kcc.cli import main
 
 run_string = ctypes.pythonapi.PyRun_String
@@ -284,7 +284,7 @@ run_string.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.py_object, ctypes.p
 def check(argv):  # the Ctrl-C lands in Python source run from C, as pybind11_abseil's while OR-tools loads
     run_string(b"import signal; signal.raise_signal(signal.SIGINT)", 257, {}, {})  # 257: Py_file_input
 
-kcc.cli_legacy.check = check
+kcc.cli.legacy.check = check
 sys.argv = ["kcc", "info", "m.kmodel"]
 sys.exit(main())
 """

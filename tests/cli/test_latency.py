@@ -1,4 +1,5 @@
-"""kcc/latency.py: the K210 cost model against the published board timings (ecosystem.md §3.2).
+"""kcc/latency.py and the cost model of kcc/target/k210.py against published board timings
+(ecosystem.md §3.2).
 
 The constants were fitted (bench/latency_fit.py) to A1 (one conv at six sizes), A10 (the examples'
 slim-320 and RFB-320 kmodels, 65.6 / 164.8 ms) and the CPU-dilated RFB-320 of nncase 83149a3; those
@@ -12,11 +13,12 @@ import importlib.util
 import json
 
 import pytest
-
 import refkit
+
 from kcc import kmodel as km
 from kcc import latency as L
 from kcc.cli import main
+from kcc.target import k210
 
 EXAMPLES = refkit.SHIPPED / "nncase-examples"
 NCC_KMODELS = refkit.SHIPPED / "ncc-outputs" / "kmodels"
@@ -32,18 +34,19 @@ def _layer(c_in: int, c_out: int, h: int, w: int, depthwise: bool = False) -> km
 
 def test_kpu_cycles_follow_the_line_layout():
     # W <= 16: 4 channels share a line; W <= 32: 2; wider rows take ceil(W / 64) lines
-    assert L.kpu_layer_cycles(_layer(128, 128, 4, 4)) == 4 * 1 * 32 * 128
-    assert L.kpu_layer_cycles(_layer(128, 128, 32, 32)) == 32 * 1 * 64 * 128
-    assert L.kpu_layer_cycles(_layer(128, 128, 256, 256)) == 256 * 4 * 128 * 128
-    assert L.kpu_layer_cycles(_layer(16, 16, 120, 160, depthwise=True)) == 120 * 3 * 16
+    assert k210.kpu_layer_cycles(_layer(128, 128, 4, 4)) == 4 * 1 * 32 * 128
+    assert k210.kpu_layer_cycles(_layer(128, 128, 32, 32)) == 32 * 1 * 64 * 128
+    assert k210.kpu_layer_cycles(_layer(128, 128, 256, 256)) == 256 * 4 * 128 * 128
+    assert k210.kpu_layer_cycles(_layer(16, 16, 120, 160, depthwise=True)) == 120 * 3 * 16
 
 
 @pytest.mark.parametrize("size,board_ms", [(4, 0.339), (32, 1.138), (64, 3.891), (128, 14.778), (256, 57.756)])
 def test_kpu_layer_matches_a1(size, board_ms):
     """A1 (in-sample): 3x3 conv 128->128 with 16-bit weights, KPU at 300 MHz (the 16x16 point is +26%,
     see the fit)."""
-    cycles = L.kpu_layer_cycles(_layer(128, 128, size, size))
-    est = (L.KPU_CYCLE_FACTOR * cycles + L.KPU_WEIGHT_CYCLES_PER_BYTE * 128 * 128 * 9 * 2) / 300e3 + L.KPU_LAYER_US / 1e3
+    cycles = k210.kpu_layer_cycles(_layer(128, 128, size, size))
+    est = (k210.KPU_CYCLE_FACTOR * cycles + k210.KPU_WEIGHT_CYCLES_PER_BYTE * 128 * 128 * 9 * 2) / 300e3 \
+        + k210.KPU_LAYER_US / 1e3
     assert est == pytest.approx(board_ms, rel=0.10)
 
 

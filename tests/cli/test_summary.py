@@ -16,7 +16,7 @@ import pytest
 
 from kcc.alloc.names import STEPS, in_words, model_name
 from kcc.cli import main
-from kcc.quant_error import LayerError
+from kcc.report.quant_error import LayerError
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("tflite_builder", ROOT / "tests" / "tflite_builder.py")
@@ -207,8 +207,8 @@ def softmax_report(tmp_path_factory) -> Path:
 
 
 def test_report_summary_table_and_plot_share_one_ranking(softmax_report):
-    from kcc import plots
-    from kcc.quant_error import QuantErrorReport
+    from kcc.report import plots
+    from kcc.report.quant_error import QuantErrorReport
 
     data = json.loads((softmax_report / "report.json").read_text())
     layers = data["quant_error"]["layers"]

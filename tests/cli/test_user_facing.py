@@ -138,10 +138,10 @@ def test_progress_bars(capsys):
 
 
 def test_supported_ops_doc_is_current():
-    from kcc.supported_ops import markdown
+    from kcc.report.supported_ops import markdown
 
     doc = ROOT / "docs" / "supported_ops.md"
-    assert doc.read_text() == markdown(), "stale: run python -m kcc.supported_ops > docs/supported_ops.md"
+    assert doc.read_text() == markdown(), "stale: run python -m kcc.report.supported_ops > docs/supported_ops.md"
 
 
 @pytest.mark.slow
@@ -160,7 +160,7 @@ def test_ncc_line_on_mobilenet_with_report(tmp_path, capsys):
 def test_in_range_sqnr_ranks_a_deliberately_clipped_layer_by_its_rounding():
     """A logits layer whose range keeps only the top values: its clipped values would dominate the plain
     SQNR; the in-range SQNR measures the rounding of what the range holds, the clipped share is apart."""
-    from kcc.quant_error import LayerError
+    from kcc.report.quant_error import LayerError
 
     f = np.array([-9.0, -8.0, 1.0, 2.0, 3.0])
     q = np.array([-1.0, -1.0, 1.01, 2.0, 2.99])  # the range [-1, 4] clips the first two
@@ -173,7 +173,7 @@ def test_in_range_sqnr_ranks_a_deliberately_clipped_layer_by_its_rounding():
 def test_decompose_modes_and_the_reason_a_conv_stays_on_the_cpu(kit, tmp_path):
     """A 5x5 depthwise of 512 channels after relu6: no stack fits, and summing its terms would round
     each unclamped partial sum, so by default it stays on the CPU and the placement says why;
-    --decompose fast puts it on the KPU, --decompose off leaves every such conv where ncc does."""
+    --decompose off leaves every such conv where ncc does."""
     rng = np.random.default_rng(2)
     b = _builder.TfliteBuilder()
     x = b.input([1, 12, 12, 3])
@@ -186,15 +186,14 @@ def test_decompose_modes_and_the_reason_a_conv_stays_on_the_cpu(kit, tmp_path):
     model = tmp_path / "wide.tflite"
     model.write_bytes(b.build())
     placement = {}
-    for mode in ("accurate", "fast", "off"):
+    for mode in ("accurate", "off"):
         rep = tmp_path / mode
         assert main(["compile", str(model), str(tmp_path / f"{mode}.kmodel"), "--dataset", str(kit["images"]),
                      "--decompose", mode, "--report", str(rep), "-q"]) == 0
         placement[mode] = {p["node"]: p for p in json.loads((rep / "report.json").read_text())["placement"]}
     accurate = placement["accurate"]["dw5"]
     assert not accurate["on_kpu"] and "not decomposed: every KPU form rounds more" in accurate["reason"]
-    assert "--decompose fast takes it" in accurate["reason"]
-    assert all(p["on_kpu"] for p in placement["fast"].values())
+    assert "(fastest: " in accurate["reason"] and "on the CPU)" in accurate["reason"]
     assert placement["off"]["dw5"]["reason"] == "5x5 kernel (KPU: 1x1, 3x3)"  # as ncc leaves it
 
 

@@ -8,9 +8,9 @@ one every model of the full kit on all its samples.
 from pathlib import Path
 
 import pytest
+import refkit
 
 import kpu_sim
-import refkit
 from kcc import kmodel
 from kcc.options import CompileOptions
 from kcc.pipeline import compile_model

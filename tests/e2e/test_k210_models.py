@@ -8,13 +8,13 @@ error (1 - cosine), so that a regression of a few percent fails; ncc v0.2's figu
 
 import numpy as np
 import pytest
+import refkit
 
 import kpu_sim
-import refkit
 from kcc import kmodel
-from kcc.info import describe
 from kcc.options import CompileOptions
 from kcc.pipeline import compile_model
+from kcc.report.info import describe
 
 MODELS = refkit.SHIPPED_MODELS
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-import kpu_sim
 import refkit
 from quantized_models import conv_logistic, int8_per_channel, mobilenet_block
 from tflite_builder import TfliteBuilder, run_tflite
 
+import kpu_sim
 from kcc import cli
 from kcc.errors import DatasetError
 from kcc.frontend import import_model

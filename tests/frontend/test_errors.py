@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import refkit
 from tflite_builder import TfliteBuilder
 

@@ -15,9 +15,9 @@ import zipfile
 
 import numpy as np
 import pytest
+import refkit
 
 import kcc.kmodel as km
-import refkit
 from kcc.cli import main
 from kcc.errors import ForeignModelError, ModelFormatError
 from kcc.frontend.importer import import_tflite

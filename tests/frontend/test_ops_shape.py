@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from tflite_builder import TfliteBuilder, check_against_tflite
 
 from kcc.ir import ops as O

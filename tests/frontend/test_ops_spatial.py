@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from tflite_builder import TfliteBuilder, check_against_tflite, from_ir_layout, run_tflite, to_ir_layout
 
 from kcc.eval.interpreter import run

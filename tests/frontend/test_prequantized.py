@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import refkit
 from quantized_models import QBuilder, int8_per_channel, mobilenet_block
 from tflite_builder import TfliteBuilder, run_tflite, to_ir_layout

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import refkit
+
 from kcc.eval.interpreter import run
 from kcc.frontend import import_tflite
 from kcc.ir import ops as O

@@ -17,9 +17,9 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+import refkit
 
 import kcc.kmodel as km
-import refkit
 from kcc.errors import KmodelError
 
 SHIPPED = refkit.SHIPPED

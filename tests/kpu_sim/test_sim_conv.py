@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sim_helpers import F32, run_one
 
 import kcc.kmodel as km
-from sim_helpers import F32, run_one
 
 rng = np.random.default_rng(2)
 f32 = np.float32

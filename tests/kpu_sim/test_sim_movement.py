@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sim_helpers import F32, U8, MainMemory, run_nodes, run_one
 
 import kcc.kmodel as km
-from sim_helpers import F32, U8, MainMemory, run_nodes, run_one
 
 rng = np.random.default_rng(4)
 

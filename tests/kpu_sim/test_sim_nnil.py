@@ -6,10 +6,10 @@ import struct
 
 import numpy as np
 import pytest
+from sim_helpers import F32, run_one
 
 import kcc.kmodel as km
 from kcc.errors import SimulatorError
-from sim_helpers import F32, run_one
 
 N = km.NnilOpcode
 

@@ -113,9 +113,12 @@ def test_quantized_conv2d_by_hand() -> None:
 def test_quantized_matmul_by_hand_and_against_loops() -> None:
     # a = [1, 2], b = [[3], [4]], offsets -1 and +1: (0 * 4) + (1 * 5) + bias 10 = 15; 15*1 >> 0 + 7 = 22
     a, b = np.array([[1, 2]], np.uint8), np.array([[3], [4]], np.uint8)
-    body = lambda ins, out: km.QuantizedMatMul(
-        input_a=ins[0], input_b=ins[1], output=out, a_rows=1, a_cols=2, b_cols=1, input_a_offset=-1,
-        input_b_offset=1, output_mul=1, output_shift=0, output_offset=7, bias=[10])  # fmt: skip
+
+    def body(ins, out):
+        return km.QuantizedMatMul(
+            input_a=ins[0], input_b=ins[1], output=out, a_rows=1, a_cols=2, b_cols=1, input_a_offset=-1,
+            input_b_offset=1, output_mul=1, output_shift=0, output_offset=7, bias=[10])
+
     assert run_one(body, [a, b], U8, 1).tolist() == [22]
     a = rng.integers(0, 256, (3, 5)).astype(np.uint8)
     b = rng.integers(0, 256, (5, 4)).astype(np.uint8)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sim_helpers import F32, run_one
 
 import kcc.kmodel as km
-from sim_helpers import F32, run_one
 
 rng = np.random.default_rng(3)
 f32 = np.float32

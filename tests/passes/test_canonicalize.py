@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import refkit
+
 from kcc.eval.interpreter import run
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
-from kcc.passes.canonicalize import (canonicalize, fold_constants, fold_nops, fold_reshape, fold_transpose,
-                                     fuse_clamp, remove_dead)
+from kcc.passes.canonicalize import (
+    canonicalize,
+    fold_constants,
+    fold_nops,
+    fold_reshape,
+    fold_transpose,
+    fuse_clamp,
+    remove_dead,
+)
 
 rng = np.random.default_rng(5)
 NHWC, NCHW = (0, 2, 3, 1), (0, 3, 1, 2)

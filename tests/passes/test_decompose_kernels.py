@@ -5,6 +5,7 @@ import re
 
 import numpy as np
 import pytest
+from conv_coverage import conv_coverage, model_conv_macs
 
 from kcc.eval.interpreter import run
 from kcc.ir import kpu_ops as KO
@@ -12,8 +13,15 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
 from kcc.passes import decompose_kernels as D
-from kcc.passes.coverage import conv_coverage, model_conv_macs
 from kcc.passes.legalize_kpu import legalize_kpu
+from kcc.passes.manager import CompileContext
+
+
+def legalize(g, opts=None):
+    """legalize_kpu over a fresh context: (legalized graph, placements)."""
+    ctx = CompileContext(opts or CompileOptions())
+    return legalize_kpu(g, ctx), ctx.placements
+
 
 rng = np.random.default_rng(17)
 
@@ -61,7 +69,7 @@ def test_every_plan_is_exact_and_on_the_kpu(kh, kw, s, pad, dw):
     for plan in plans:
         alone = D._alone(conv, plan)
         np.testing.assert_allclose(run(alone, [xi])[0], want, rtol=1e-5, atol=1e-5, err_msg=str(plan))
-        lg, placements = legalize_kpu(alone)
+        lg, placements = legalize(alone)
         assert placements and all(p.on_kpu for p in placements), (plan, placements)
         np.testing.assert_allclose(run(lg, [xi])[0], want, rtol=1e-5, atol=1e-5, err_msg=str(plan))
 
@@ -74,7 +82,7 @@ def test_a_depthwise_stack_in_channel_groups_is_exact():
     g.remove_dead()
     assert len([n for n in g.nodes if isinstance(n.op, O.Conv2D)]) == 3  # channels 0-2, 3-5, 6
     np.testing.assert_allclose(run(g, [xi])[0], want, rtol=1e-5, atol=1e-5)
-    _, placements = legalize_kpu(g)
+    _, placements = legalize(g)
     assert len(placements) == 3 and all(p.on_kpu for p in placements)
 
 
@@ -103,13 +111,15 @@ def test_pass_rewrites_only_what_the_kpu_rejects():
     xi = rng.uniform(-1, 1, (1, 8, 16, 16)).astype(np.float32)
     want = run(g, [xi])[0]
     macs = model_conv_macs(g)
-    decisions = []
-    g = D.decompose_kernels(g, CompileOptions(), decisions)
+    ctx = CompileContext()
+    g = D.decompose_kernels(g, ctx)
     g.verify("decompose_kernels")
+    decisions = ctx.decisions
     assert [d.node for d in decisions] == ["dw5"] and decisions[0].cycles < decisions[0].cpu_cycles
+    assert decisions[0].status is D.Status.DECOMPOSED and decisions[0].cpu_note is None
     assert g.find("conv3").op.stride == (1, 1) and g.find("dw5").note  # untouched / explained
     np.testing.assert_allclose(run(g, [xi])[0], want, rtol=1e-5, atol=1e-5)
-    lg, placements = legalize_kpu(g)
+    lg, placements = legalize(g)
     assert all(p.on_kpu for p in placements)
     cov = conv_coverage(lg, macs)
     assert cov.cpu_macs == 0 and cov.kpu_share == 1.0 and cov.kpu_macs > cov.model_macs
@@ -123,21 +133,35 @@ def test_accurate_takes_the_fastest_form_that_adds_no_rounding(c):
         fits, cycles = D._on_kpu(D._alone(conv, plan), CompileOptions())
         if fits:
             costs.setdefault(plan.combine == "stack", []).append(cycles)
-    accurate, fast = D.choose(conv), D.choose(conv, CompileOptions(decompose="fast"))
-    assert fast.plan is not None and fast.cycles == min(min(v) for v in costs.values()) < fast.cpu_cycles
+    accurate = D.choose(conv)
+    assert min(min(v) for v in costs.values()) < accurate.cpu_cycles  # some form beats the CPU conv
     assert (True in costs) == (c == 16)  # 512 channels: no grouping within the weight budget and 48 layers
     if c == 16:
         assert accurate.plan.combine == "stack" and accurate.cycles == min(costs[True])
+        assert accurate.status is D.Status.DECOMPOSED
     else:  # only sums: each rounds its partial sums, which the float conv does not
-        assert accurate.plan is None and "--decompose fast" in accurate.reason and fast.plan.combine == "sum"
+        assert accurate.plan is None and accurate.status is D.Status.KEPT
+        assert accurate.reason.startswith("every KPU form rounds more than the CPU conv (fastest: ")
     off = D.choose(conv, CompileOptions(decompose="off"))
-    assert off.plan is None and off.reason == "--decompose off"
+    assert off.plan is None and off.reason == "--decompose off" and off.status is D.Status.KEPT
+
+
+def test_the_placement_of_a_kept_conv_says_why_it_was_not_decomposed():
+    """legalize_kpu reads the decision decompose_kernels left in the context: a conv kept on the CPU
+    says why in its placement, after legalize's own reason."""
+    g = _conv_graph(512, 512, 12, 12, 5, 5, (1, 1), ((2, 2), (2, 2)), 512)
+    ctx = CompileContext()
+    legalize_kpu(D.decompose_kernels(g, ctx), ctx)
+    (d,), (p,) = ctx.decisions, ctx.placements
+    assert d.status is D.Status.KEPT and not p.on_kpu
+    assert d.cpu_note == f"not decomposed: {d.reason}"
+    assert p.reason == f"5x5 kernel (KPU: 1x1, 3x3); not decomposed: {d.reason}"
 
 
 def test_a_float_input_of_the_cpu_gets_the_residual_stack():
     """A depthwise reading a PReLU (float, on the CPU) stacks the input's rounding residual; one reading
     the graph input (the pixels' grid) or a conv (8-bit from the KPU) does not, nor with residual=False."""
-    def decide(source, residual=True, c=16, hw=12, mode="accurate"):
+    def decide(source, residual=True, c=16, hw=12):
         g = Graph()
         x = g.input(0, (1, c, hw, hw))
         if source == "prelu":
@@ -147,15 +171,15 @@ def test_a_float_input_of_the_cpu_gets_the_residual_stack():
                                                 g.constant(np.zeros(c, np.float32))))
         w = g.constant(rng.uniform(-1, 1, (c, 1, 5, 5)).astype(np.float32))
         g.outputs = [g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=c), (x, w, g.constant(np.zeros(c, np.float32))))]
-        return D.choose(g.outputs[0], CompileOptions(decompose=mode), residual=residual).plan
+        return D.choose(g.outputs[0], CompileOptions(), residual=residual).plan
     assert decide("prelu").residual and decide("prelu").combine == "stack"
     assert "residual" in decide("prelu").describe()
     assert not decide("input").residual and not decide("conv").residual
     assert not decide("prelu", residual=False).residual
     # BlazePalm's 256-channel 5x5s on 12x12 maps: the residual stack (37 layers of 7 channels) is
-    # estimated slower than the CPU conv, and every faster form rounds more; --decompose fast takes
-    # the fastest. Read from an 8-bit KPU output, the plain stack adds no rounding and is taken.
-    assert decide("prelu", c=256) is None and decide("prelu", c=256, mode="fast") is not None
+    # estimated slower than the CPU conv, and every faster form rounds more. Read from an 8-bit KPU
+    # output, the plain stack adds no rounding and is taken.
+    assert decide("prelu", c=256) is None
     assert decide("conv", c=256).combine == "stack"
     # BlazePalm's first 5x5s: the residual stack of all 32 channels (256 input channels of 98x98)
     # does not fit KPU RAM, in groups of 16 it does
@@ -177,14 +201,14 @@ def test_depthwise_stacks_only_within_the_weight_budget():
 def test_oversized_stride2_stem_goes_polyphase():
     """A 3x3 stride-2 conv of a 256x256 map needs a 258-row KPU input: its phases are 128x128."""
     g = _conv_graph(3, 8, 256, 256, 3, 3, (2, 2), ((0, 1), (0, 1)), act=O.NO_CLAMP)
-    _, placements = legalize_kpu(g)
+    _, placements = legalize(g)
     assert not placements[0].on_kpu
     xi = rng.uniform(-1, 1, (1, 3, 256, 256)).astype(np.float32)
     want = run(g, [xi])[0]
-    decisions = []
-    g = D.decompose_kernels(g, CompileOptions(), decisions)
-    assert decisions[0].plan.split == (2, 2)
-    lg, placements = legalize_kpu(g)
+    ctx = CompileContext()
+    g = D.decompose_kernels(g, ctx)
+    assert ctx.decisions[0].plan.split == (2, 2)
+    lg, placements = legalize(g)
     assert all(p.on_kpu for p in placements)
     np.testing.assert_allclose(run(lg, [xi])[0], want, rtol=1e-5, atol=1e-5)
 
@@ -203,21 +227,24 @@ def test_what_no_decomposition_fixes_is_left_alone(why):
     else:
         g = _conv_graph(4, 4, 8, 8, 5, 5, (1, 1), ((2, 2), (2, 2)))
     before = list(g.nodes)
-    decisions = []
-    assert D.decompose_kernels(g, opts, decisions).nodes == before and all(d.plan is None for d in decisions)
+    ctx = CompileContext(opts)
+    assert D.decompose_kernels(g, ctx).nodes == before and all(d.plan is None for d in ctx.decisions)
+    decisions = ctx.decisions
     reason = {"weights range": "no decomposition lands", "dilation": "dilation (2, 2)", "groups": "groups 2"}.get(why)
     assert [d.reason for d in decisions if reason in d.reason] == [d.reason for d in decisions] and \
         len(decisions) == (why != "target cpu")
+    status = D.Status.NO_FORM if why == "weights range" else D.Status.KEPT
+    assert all(d.status is status for d in decisions)
 
 
 def test_coverage_counts_model_cpu_and_kpu_macs():
     g = _conv_graph(4, 6, 10, 10, 5, 5, (1, 1), ((2, 2), (2, 2)))
     macs = model_conv_macs(g)
     assert macs == 6 * 10 * 10 * 4 * 25
-    lg, _ = legalize_kpu(g)
+    lg, _ = legalize(g)
     cov = conv_coverage(lg, macs)
     assert (cov.cpu_macs, cov.kpu_macs, cov.kpu_share, cov.cpu_convs) == (macs, 0, 0.0, ("conv",))
-    lg, _ = legalize_kpu(D.decompose_kernels(g))
+    lg, _ = legalize(D.decompose_kernels(g))
     cov = conv_coverage(lg, macs)
     assert cov.cpu_macs == 0 and cov.kpu_share == 1.0 and cov.kpu_overhead >= 36 / 25
 
@@ -228,7 +255,7 @@ def test_fully_connected_on_the_kpu_is_not_a_convolution():
     w = g.constant(rng.uniform(-1, 1, (64, 32)).astype(np.float32), "w")
     b = g.constant(rng.uniform(-1, 1, 32).astype(np.float32), "b")
     g.outputs = [g.add(O.MatMul(), (a, w, b), "fc")]
-    lg, placements = legalize_kpu(g, CompileOptions(output_quantize_threshold=16))
+    lg, placements = legalize(g, CompileOptions(output_quantize_threshold=16))
     assert placements[0].on_kpu and any(isinstance(n.op, KO.KpuConv2D) for n in lg.nodes)
     assert conv_coverage(lg, 0).kpu_macs == 0
 
@@ -242,7 +269,7 @@ def test_estimate_prefers_the_kpu_for_a_large_stem():
 def test_a_stem_read_in_float_computes_its_output_in_halves():
     """A stack without a clamp whose every reader is a float op of the CPU (BlazePalm's stem and its
     PReLU) is computed twice, clamped to y <= 0 and y >= 0; one read by a conv, or clamped, is not."""
-    def plan(reader, act=O.NO_CLAMP, mode="accurate"):
+    def plan(reader, act=O.NO_CLAMP):
         g = Graph()
         x = g.input(0, (1, 3, 32, 32))
         y = g.add(O.Conv2D((2, 2), ((1, 2), (1, 2)), act=act), (x, g.constant(rng.uniform(-1, 1, (8, 3, 5, 5)).astype(np.float32)),
@@ -251,12 +278,11 @@ def test_a_stem_read_in_float_computes_its_output_in_halves():
             g.outputs = [g.add(O.PRelu(), (y, g.constant(np.full((1, 8, 1, 1), 0.2, np.float32))))]
         else:
             g.outputs = [g.add(O.Conv2D(), (y, g.constant(np.ones((4, 8, 1, 1), np.float32)), g.constant(np.zeros(4, np.float32))))]
-        decisions = []
-        D.decompose_kernels(g, CompileOptions(decompose=mode), decisions)
-        return decisions[0].plan
+        ctx = CompileContext()
+        D.decompose_kernels(g, ctx)
+        return ctx.decisions[0].plan
     halves = plan("prelu")
     assert halves.combine == "stack" and halves.halves and "two halves" in halves.describe()
-    assert plan("prelu", mode="fast").halves is False  # one layer is faster than two
     assert not plan("conv").halves and not plan("prelu", act=(0.0, 6.0)).halves
 
 
@@ -282,8 +308,9 @@ def test_bulk_thresholds_measure_each_float_read_conv():
     for sample in samples:
         run(g, sample, lambda n, v: values.append(v.ravel()) if n is y else None)
     assert bulk == {"stem": D.bulk_threshold(np.concatenate(values))} and bulk["stem"] > 0
-    decisions = []
-    D.decompose_kernels(g, CompileOptions(), decisions, bulk=bulk)
+    ctx = CompileContext(samples=samples)  # decompose_kernels measures the threshold itself
+    D.decompose_kernels(g, ctx)
+    decisions = ctx.decisions
     assert decisions[0].plan.bulk == bulk["stem"] and "four parts" in decisions[0].plan.describe()
     # each part is added as soon as it is computed (the kmodel keeps the graph order, and a part
     # computed early would keep its 8-bit map alive until its add): conv, conv, add, conv, add...
@@ -306,5 +333,4 @@ def test_a_conv_whose_exact_forms_are_slower_says_so():
     assert d.plan is None and d.reason.startswith("the KPU forms that round no more than the CPU conv are estimated slower")
     slow = float(re.search(r"residual \(x16\): ~([\d.]+) ms", d.reason).group(1))
     fast, cpu = (float(v) for v in re.search(r"~([\d.]+) ms vs ~([\d.]+) ms on the CPU", d.reason).groups())
-    assert fast < cpu <= slow and "--decompose fast takes it" in d.reason
-    assert D.choose(y, CompileOptions(decompose="fast")).plan is not None
+    assert fast < cpu <= slow and d.status is D.Status.KEPT

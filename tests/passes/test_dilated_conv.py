@@ -6,8 +6,17 @@ import pytest
 from kcc.eval.interpreter import run
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph
+from kcc.options import CompileOptions
 from kcc.passes.dilated_conv import eliminate_dilated_conv
 from kcc.passes.legalize_kpu import legalize_kpu
+from kcc.passes.manager import CompileContext
+
+
+def legalize(g, opts=None):
+    """legalize_kpu over a fresh context: (legalized graph, placements)."""
+    ctx = CompileContext(opts or CompileOptions())
+    return legalize_kpu(g, ctx), ctx.placements
+
 
 rng = np.random.default_rng(3)
 
@@ -29,6 +38,6 @@ def test_dilated_conv_is_exact_and_goes_to_the_kpu(d, h, w, pad, groups):
     assert not any(isinstance(n.op, O.Conv2D) and n.op.dilation != (1, 1) for n in g.nodes)
     assert g.outputs[0].name == "conv"
     np.testing.assert_allclose(run(g, [xi])[0], want, rtol=1e-5, atol=1e-5)
-    lg, placements = legalize_kpu(g)
+    lg, placements = legalize(g)
     assert placements[0].on_kpu
     np.testing.assert_allclose(run(lg, [xi])[0], want, rtol=1e-5, atol=1e-5)

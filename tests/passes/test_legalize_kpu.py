@@ -5,14 +5,22 @@ import re
 
 import numpy as np
 import pytest
-
 import refkit
+
 from kcc.eval.interpreter import run
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
 from kcc.passes.legalize_kpu import legalize_kpu
+from kcc.passes.manager import CompileContext
+
+
+def legalize(g, opts=None):
+    """legalize_kpu over a fresh context: (legalized graph, placements)."""
+    ctx = CompileContext(opts or CompileOptions())
+    return legalize_kpu(g, ctx), ctx.placements
+
 
 rng = np.random.default_rng(7)
 
@@ -39,7 +47,7 @@ def _same_pad(size, k, s):
 def _assert_equivalent(g):
     x = rng.uniform(-1, 1, g.inputs[0].shape).astype(np.float32)
     want = run(g, [x])[0]
-    lg, placements = legalize_kpu(g)
+    lg, placements = legalize(g)
     lg.verify("legalize_kpu")
     got = run(lg, [x])[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -137,16 +145,16 @@ def test_small_fully_connected_head_stays_float():
 def test_weights_threshold_and_target_cpu():
     g = _conv_graph(3, 4, 8, 8, 3, 1, ((1, 1), (1, 1)))
     g.find("w").op.data[0, 0, 0, 0] = 100.0
-    _, placements = legalize_kpu(g)
+    _, placements = legalize(g)
     assert "weights range" in placements[0].reason
     # the reason names the threshold that would put the layer on the KPU, and that one does
     hint = re.search(r"--weights-quantize-threshold (\d+) puts it on the KPU", placements[0].reason)
     assert hint, placements[0].reason
-    _, placements = legalize_kpu(g, CompileOptions(weights_quantize_threshold=float(hint.group(1))))
+    _, placements = legalize(g, CompileOptions(weights_quantize_threshold=float(hint.group(1))))
     assert placements[0].on_kpu
-    _, placements = legalize_kpu(g, CompileOptions(weights_quantize_threshold=float(hint.group(1)) - 1))
+    _, placements = legalize(g, CompileOptions(weights_quantize_threshold=float(hint.group(1)) - 1))
     assert not placements[0].on_kpu
-    _, placements = legalize_kpu(g, CompileOptions(target="cpu", weights_quantize_threshold=1000))
+    _, placements = legalize(g, CompileOptions(target="cpu", weights_quantize_threshold=1000))
     assert not placements[0].on_kpu
 
 
@@ -168,7 +176,7 @@ def _stays_exact(name, min_kpu, models):
     g = canonicalize(import_tflite(refkit.tflite_path(name, models)))
     s = refkit.samples(name, limit=1, models=models)[0]
     want = run(g, [s.x])
-    lg, placements = legalize_kpu(g)
+    lg, placements = legalize(g)
     got = run(lg, [s.x])
     for a, b in zip(want, got):
         assert refkit.compare(b, a)[1] < 1e-5

@@ -6,8 +6,17 @@ import pytest
 from kcc.eval.interpreter import run
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph
+from kcc.options import CompileOptions
 from kcc.passes.legalize_kpu import legalize_kpu
+from kcc.passes.manager import CompileContext
 from kcc.passes.transpose_conv import lower_transpose_conv
+
+
+def legalize(g, opts=None):
+    """legalize_kpu over a fresh context: (legalized graph, placements)."""
+    ctx = CompileContext(opts or CompileOptions())
+    return legalize_kpu(g, ctx), ctx.placements
+
 
 rng = np.random.default_rng(11)
 
@@ -30,6 +39,6 @@ def test_transpose_conv_is_exact_and_on_the_kpu(k, s, pad, h, w):
     g.verify("lower_transpose_conv")
     assert not any(isinstance(n.op, O.Conv2DTranspose) for n in g.nodes) and g.outputs[0].name == "up"
     np.testing.assert_allclose(run(g, [xi])[0], want, rtol=1e-5, atol=1e-5)
-    lg, placements = legalize_kpu(g)
+    lg, placements = legalize(g)
     assert placements[0].on_kpu
     np.testing.assert_allclose(run(lg, [xi])[0], want, rtol=1e-5, atol=1e-5)

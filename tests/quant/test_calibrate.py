@@ -141,3 +141,29 @@ def test_input_range_override(mean, std, expect):
 def test_input_range_override_is_float32_arithmetic():
     lo, hi = input_range_override(0.1, 0.3)
     assert lo == float((F32(0) - F32(0.1)) / F32(0.3)) and hi == float((F32(1) - F32(0.1)) / F32(0.3))
+
+
+def test_calibration_observes_the_legalized_graph_without_editing_it():
+    """The pre-activation range of a layer with a fused activation is measured on a view: the
+    calibrated graph keeps its nodes, outputs and names (kcc.quant.quantize.calibration_view)."""
+    from kcc.ir import kpu_ops as KO
+    from kcc.options import CompileOptions
+    from kcc.passes.legalize_kpu import legalize_kpu
+    from kcc.passes.manager import CompileContext
+    from kcc.quant.policy import calibrate_ranges
+
+    rng = np.random.default_rng(5)
+    g = Graph()
+    x = g.input(0, (1, 4, 8, 8))
+    w = g.constant(rng.uniform(-1, 1, (4, 4, 3, 3)).astype(np.float32))
+    y = g.add(O.Conv2D((1, 1), ((1, 1), (1, 1))), (x, w, g.constant(np.zeros(4, np.float32))), "conv")
+    g.outputs = [g.add(O.LeakyRelu(0.1), (y,), "act")]
+    ctx = CompileContext(CompileOptions(), samples=[[rng.uniform(0, 1, (1, 4, 8, 8)).astype(np.float32)]])
+    lg = legalize_kpu(g, ctx)
+    (layer,) = [n for n in lg.nodes if isinstance(n.op, KO.KpuConv2D)]
+    assert layer.op.fn is not None
+    nodes, outputs = list(lg.nodes), list(lg.outputs)
+    assert calibrate_ranges(lg, ctx) is lg and ctx.float_graph is lg
+    assert lg.nodes == nodes and lg.outputs == outputs
+    assert lg.unique_name(layer.name + "/pre_act") == layer.name + "/pre_act"  # the name was not taken
+    assert {layer.name, layer.name + "/pre_act", "input"} <= set(ctx.ranges) and ctx.moments is not None

@@ -8,12 +8,13 @@ from fractions import Fraction
 
 import numpy as np
 
-from kcc.emit_kpu import _activation_table
+from kcc.emit.kpu import _activation_table
 from kcc.ir import kpu_ops as KO
 from kcc.quant.kpu_params import LayerRanges, equalize_weights, kpu_layer, layer_weights
 from kcc.quant.params import QuantParam, get_quant_param, get_range
 from kpu_sim.kernels.kpu_activation import activate_exact
 from kpu_sim.kernels.kpu_layer import decode_activation
+
 
 def _depthwise_kernels(c: int, seed: int) -> np.ndarray:
     """3x3 depthwise kernels as trained ones look: a large centre of either sign, small surround."""

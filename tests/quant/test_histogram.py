@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from kcc.quant.histogram import BINS, FLOAT_COUNT_LIMIT, Histogram, bin_counts, bin_edges, bin_interval, zero_bin
+from kcc.quant.histogram import (
+    BINS,
+    FLOAT_COUNT_LIMIT,
+    Histogram,
+    bin_counts,
+    bin_edges,
+    bin_interval,
+    zero_bin,
+)
 
 F32 = np.float32
 

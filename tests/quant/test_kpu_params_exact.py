@@ -12,7 +12,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from kcc.emit_kpu import _activation_table
+from kcc.emit.kpu import _activation_table
 from kcc.quant.kpu_params import Y_LIMIT, clamp_bn, clamp_bounds, clamp_table
 from kcc.quant.params import QuantParam
 from kpu_sim.kernels.kpu_activation import activate_exact

@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 
 from kcc.quant.histogram import Histogram, bin_interval
-from kcc.quant.l2_search import FLT_MAX, l2_losses, l2_range, l2_threshold, loss_bounds, real_losses, search_space
-from kcc.quant.params import fixup_range
+from kcc.quant.l2_search import (
+    FLT_MAX,
+    l2_losses,
+    l2_range,
+    l2_threshold,
+    loss_bounds,
+    real_losses,
+    search_space,
+)
+from kcc.target.quant_rules import fixup_range
 
 F32 = np.float32
 

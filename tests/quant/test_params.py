@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import refkit
+
 from kcc.errors import KmodelError
 from kcc.kmodel.model import KModel, read_file
 from kcc.kmodel.types import MemoryRange
-from kcc.quant.params import (FLT_MIN, QuantParam, fixup_range, get_fixed_mul, get_quant_param, get_range,
-                              round_half_away)
+from kcc.quant.params import FLT_MIN, QuantParam, get_fixed_mul, get_quant_param, get_range, round_half_away
+from kcc.target.quant_rules import fixup_range
 
 F32 = np.float32
 KMODELS = refkit.SHIPPED / "ncc-outputs" / "kmodels"

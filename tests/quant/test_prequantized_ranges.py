@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import refkit
 from quantized_models import conv_logistic, mobilenet_block
 
@@ -20,6 +19,7 @@ from kcc.ir import kpu_ops as KO
 from kcc.options import CompileOptions
 from kcc.passes.canonicalize import canonicalize
 from kcc.passes.legalize_kpu import legalize_kpu
+from kcc.passes.manager import CompileContext
 from kcc.quant.params import GridRange, get_quant_param, range_param
 from kcc.quant.prequantized import grid_range, model_ranges, target_param
 from kcc.quant.quantize import calibration_view
@@ -27,7 +27,7 @@ from kcc.quant.quantize import calibration_view
 
 def _points(data: bytes):
     imported = import_model(data)
-    g, _ = legalize_kpu(canonicalize(imported.graph), CompileOptions())
+    g = legalize_kpu(canonicalize(imported.graph), CompileContext(CompileOptions()))
     view, points = calibration_view(g)
     return view, points, imported.quantization
 

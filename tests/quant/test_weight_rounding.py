@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import kcc.pipeline as P
+import kcc.quant.policy
 import kpu_sim
 from kcc.eval.interpreter import run
 from kcc.eval.kernels import KERNELS
@@ -122,7 +123,7 @@ def test_the_pipeline_rounds_kpu_weights_with_the_calibration_moments(monkeypatc
     errors = {}
     for aware in (True, False):
         if not aware:
-            monkeypatch.setattr(P, "InputMoments", lambda graph: None)
+            monkeypatch.setattr(kcc.quant.policy, "InputMoments", lambda graph: None)
         res = P.compile_graph(_copy(g), CompileOptions(input_type="float"), samples=calib)
         program = kpu_sim.load(res.kmodel)
         err = np.concatenate([(program.run(t)[0].reshape(w.shape) - w).ravel() for t, w in zip(test, want)])

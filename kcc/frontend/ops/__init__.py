@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Callable
 
 from kcc.frontend.context import ImportContext, ImportResult
-from kcc.frontend.ops import conv, elementwise as ew, pool, quant, reduce, shape, slice as sl
+from kcc.frontend.ops import conv, pool, quant, reduce, shape
+from kcc.frontend.ops import elementwise as ew
+from kcc.frontend.ops import slice as sl
 from kcc.frontend.tflite_reader import TfliteOperator
 
 ImportFn = Callable[[ImportContext, TfliteOperator], ImportResult]

@@ -2,16 +2,16 @@
 
 Answers the questions ncc leaves to trial and error on the board (ecosystem.md §4.1-4.5):
 * placement: every conv / fully-connected / pool, on the KPU or the CPU, and why (`Placement`,
-  pools in words by `kcc.summary.placements`);
-* per-layer quantization error on the calibration set (`kcc.quant_error`), worst layers first, one
+  pools in words by `kcc.report.summary.placements`);
+* per-layer quantization error on the calibration set (`kcc.report.quant_error`), worst layers first, one
   ranking for the summary, the table and the plot;
 * memory: main memory, KPU RAM and the device-fit verdict (`kcc.alloc.report.MemoryReport`);
 * estimated K210 latency per node and in total (`kcc.latency`), and the CPU time by model op
-  (`kcc.summary.cpu_work`).
+  (`kcc.report.summary.cpu_work`).
 Tensors are shown under the model's names (`kcc.alloc.names`), kcc's own tensors in words.
 
 `build(...)` computes everything (nothing is written if it fails); `write(report, dir)` writes
-`report.md`, `report.json` and the plots `quant_error.png` and `latency.png` (`kcc.plots`).
+`report.md`, `report.json` and the plots `quant_error.png` and `latency.png` (`kcc.report.plots`).
 """
 
 from __future__ import annotations
@@ -23,13 +23,18 @@ from typing import Any
 
 import numpy as np
 
+import kpu_sim
 from kcc import __version__
 from kcc.alloc.names import in_words, model_name, short_name
+from kcc.atomic import Outputs
+from kcc.dataset import list_files, load_image, load_raw
 from kcc.errors import KccError
 from kcc.latency import LatencyEstimate, estimate
 from kcc.options import CompileOptions
 from kcc.progress import Progress, track
-from kcc.quant_error import MAX_SAMPLES, QuantErrorReport, measure
+from kcc.quant.params import get_quant_param
+from kcc.report import plots, summary
+from kcc.report.quant_error import MAX_SAMPLES, QuantErrorReport, measure
 
 MD, JSON, QUANT_PNG, LATENCY_PNG = "report.md", "report.json", "quant_error.png", "latency.png"
 
@@ -50,7 +55,7 @@ class Report:
     memory_table: list[str] = field(default_factory=list)
     quant_error: QuantErrorReport | None = None
     quant_error_note: str = ""
-    cpu_work: list[Any] = field(default_factory=list)  # kcc.summary.CpuWork, most time first
+    cpu_work: list[Any] = field(default_factory=list)  # kcc.report.summary.CpuWork, most time first
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,8 +73,6 @@ class Report:
 
 def _samples(result, options: CompileOptions, program_dtype: np.dtype, limit: int):
     """(float graph input, kmodel input) per calibration file, the first `limit` in sorted order."""
-    from kcc.dataset import list_files, load_image, load_raw
-
     shape = result.float_graph.inputs[0].shape
     files = list_files(options.dataset, options.dataset_format)
     used = files[:limit]
@@ -94,7 +97,6 @@ def quantize_input(result, x: np.ndarray) -> np.ndarray:
     With --input-mean/--input-std that is the raw pixel (range [(0-m)/s, (1-m)/s]); without them the
     range is the dataset's own (ncc semantics), so the kmodel expects re-quantized pixels, not raw
     ones, and feeding those keeps the comparison about the layers, not about the input convention."""
-    from kcc.quant.params import get_quant_param
 
     name = result.float_graph.inputs[0].name
     if name not in result.ranges:
@@ -105,8 +107,6 @@ def quantize_input(result, x: np.ndarray) -> np.ndarray:
 def build(result, options: CompileOptions, model_name: str, kpu_mhz: float = 400.0, cpu_mhz: float = 400.0,
           progress: Progress | None = None, max_samples: int = MAX_SAMPLES) -> Report:
     """Everything a report shows, computed from a `CompileResult` (and, for uint8, the dataset)."""
-    from kcc import summary
-
     em = result.emitted
     model = em.model
     kpu_layers = sum(1 for n in model.nodes if n.name == "kpu_conv2d")
@@ -130,8 +130,6 @@ def build(result, options: CompileOptions, model_name: str, kpu_mhz: float = 400
     elif len(result.float_graph.inputs) != 1:
         report.quant_error_note = "not measured: the model has more than one input"
     else:
-        import kpu_sim
-
         dtype = kpu_sim.load(result.kmodel).inputs[0].dtype
         pairs, used, total = _samples(result, options, dtype, max_samples)
         report.quant_error = measure(result.kmodel, em.node_names, result.float_graph, result.graph,
@@ -163,7 +161,7 @@ def _fmt_db(v: float) -> str:
 
 
 def _clipped(e) -> str:
-    """The layer's clipped share, and whether that is on purpose (kcc.quant_error.deliberate_clipping)."""
+    """The layer's clipped share, and whether that is on purpose (kcc.report.quant_error.deliberate_clipping)."""
     if not e.clipped:
         return ""
     share = f"{100 * e.clipped_fraction:.1f}% of its values clipped"
@@ -262,9 +260,6 @@ def write(r: Report, directory: Path) -> list[Path]:
 
     All files are rendered first and published together (`kcc.atomic.Outputs`): a failure or a
     Ctrl-C leaves `directory` as it was, never a report.md linking a plot that is not there."""
-    from kcc import plots
-    from kcc.atomic import Outputs
-
     directory = Path(directory)
     files = {MD: markdown(r).encode(), JSON: (json.dumps(r.to_json(), indent=1) + "\n").encode(),
              LATENCY_PNG: plots.latency_png(r.latency, r.node_names)}

@@ -53,7 +53,7 @@ def test_report_lines():
     em = emit(_graph())
     lines = em.memory.summary_lines(kmodel_bytes=1000)
     text = "\n".join(lines)
-    const = len(em.model.constants)  # the blob as written: here only the output-shape record (info_shapes.py)
+    const = len(em.model.constants)  # the blob as written: only the output record (kmodel/output_record.py)
     assert const == 48  # two outputs: 2 x 16 B of shape4 + 16 B of count, size and magic
     assert lines[0] == (f"Main memory: constants {const} B + working memory {em.model.main_mem} B"
                         f" = {const + em.model.main_mem} B")

@@ -1,12 +1,14 @@
 """docs/supported_ops.md, generated from the one importer table (`kcc.frontend.ops.IMPORTERS`).
 
 The list users read must be the list the frontend accepts, so it is written by this module and a
-test fails when the committed file differs (`python -m kcc.supported_ops > docs/supported_ops.md`
+test fails when the committed file differs (`python -m kcc.report.supported_ops > docs/supported_ops.md`
 regenerates it). Which ops can run on the KPU is stated next to them (`ON_KPU`); everything else
 runs on the K210's CPU in float (or uint8 data movement), see docs/usage.md.
 """
 
 from __future__ import annotations
+
+from kcc.frontend.ops import IMPORTERS
 
 FAMILIES = {
     "conv": "Convolution and matrix product",
@@ -45,10 +47,8 @@ def _note(fn) -> str:
 
 def markdown() -> str:
     """The whole docs/supported_ops.md."""
-    from kcc.frontend.ops import IMPORTERS
-
     lines = ["# Supported TFLite operators", "",
-             "Generated from `kcc.frontend.ops.IMPORTERS` by `python -m kcc.supported_ops > docs/supported_ops.md`; "
+             "Generated from `kcc.frontend.ops.IMPORTERS` by `python -m kcc.report.supported_ops > docs/supported_ops.md`; "
              "`tests/cli/test_user_facing.py` fails when this file is stale.", "",
              f"kcc imports {len(IMPORTERS)} TFLite builtin operators. A model using any other operator is rejected "
              "before compilation starts, with every unsupported operator listed at once. Ops not marked KPU run on "

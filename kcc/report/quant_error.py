@@ -28,9 +28,13 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+import kpu_sim
 from kcc import kmodel as km
+from kcc.eval import interpreter
 from kcc.ir import kpu_ops as KO
 from kcc.ir.graph import Graph
+from kcc.quant.logits import softmax_logits
+from kcc.quant.policy import _relu_clamped, output_sources
 
 #: at most this many samples (the first ones, in the dataset's sorted order) are compared
 MAX_SAMPLES = 100
@@ -132,9 +136,6 @@ def deliberate_clipping(float_graph: Graph, method: str = "no_clip") -> dict[str
     """KPU layer name -> why its calibrated range clips on purpose: logits feeding a softmax keep the
     top LOGIT_SPAN only (kcc.quant.logits, both methods); with `l2`, ReLU-clamped layers the model's
     outputs are not computed from get the histogram threshold (kcc.quant.policy.choose_ranges)."""
-    from kcc.quant.logits import softmax_logits
-    from kcc.quant.policy import _relu_clamped, output_sources
-
     why: dict[str, str] = {}
     if method == "l2":
         keep = output_sources(float_graph)
@@ -151,15 +152,13 @@ def layer_out_q(graph: Graph) -> dict[str, tuple[int, float]]:
 
 def float_layer_outputs(float_graph: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
     """Output of every float KpuConv2D node of the legalized graph on input `x`."""
-    from kcc.eval.interpreter import run
-
     found: dict[str, np.ndarray] = {}
 
     def observe(node, value):
         if isinstance(node.op, KO.KpuConv2D):
             found[node.name] = np.array(value, np.float32, copy=True)
 
-    run(float_graph, [x], observe)
+    interpreter.run(float_graph, [x], observe)
     return found
 
 
@@ -170,8 +169,6 @@ def measure(kmodel_bytes: bytes, node_names: list[str], float_graph: Graph, quan
 
     `method` is the calibration method (which ranges clip on purpose, `deliberate_clipping`);
     `tick()` is called after each sample (progress bars)."""
-    import kpu_sim
-
     program = kpu_sim.load(bytes(kmodel_bytes))
     out_q = layer_out_q(quant_graph)
     on_purpose = deliberate_clipping(float_graph, method)

@@ -1,4 +1,4 @@
-"""conv_coverage: how much of a model's convolution work runs on the KPU (the placement report's headline).
+"""conv_coverage: how much of a model's convolution work runs on the KPU (bench/kpu_coverage.py's KPU share).
 
 Two counts, both over convolutions only (FULLY_CONNECTED left on the CPU is not counted):
 
@@ -34,7 +34,8 @@ def conv_macs(n: Node) -> int:
     """MACs of one Conv2D, Conv2DTranspose or KpuConv2D node (0 for anything else)."""
     if isinstance(n.op, O.Conv2D):
         return int(n.type.size * np.prod(n.inputs[1].shape[1:]))
-    if isinstance(n.op, O.Conv2DTranspose):  # every input pixel meets every (output channel, tap) of its group
+    if isinstance(n.op, O.Conv2DTranspose):
+        # every input pixel meets every (output channel, tap) of its group
         oc, _, kh, kw = n.inputs[1].shape
         return int(n.inputs[0].type.size * (oc // n.op.groups) * kh * kw)
     if isinstance(n.op, KO.KpuConv2D):
@@ -62,7 +63,8 @@ class ConvCoverage:
 
 
 def model_conv_macs(g: Graph) -> int:
-    """MACs of every convolution of a graph (the model's own, when given the graph before the KPU rewrites)."""
+    """MACs of every convolution of a graph (the model's own, when given the graph before the KPU
+    rewrites)."""
     return sum(conv_macs(n) for n in g.nodes)
 
 

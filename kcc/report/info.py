@@ -4,9 +4,9 @@
 `KmodelError` line) and returns a JSON-ready dict; `format_text(info)` renders it for people.
 
 Outputs have no shape in the format (kmodel_v4.md §5), yet MaixPy needs one per output
-(`kpu.set_outputs(task, i, w, h, ch)`, ecosystem.md §1.6). `info_shapes.output_shapes` reads the
-output-shape record kcc leaves in the constants when the nodes alone do not tell, else recovers the
-shape from the nodes that write the output range; see `info_shapes.py`.
+(`kpu.set_outputs(task, i, w, h, ch)`, ecosystem.md §1.6). `output_shapes` reads the output-shape
+record kcc leaves in the constants when the nodes alone do not tell, else recovers the shape from the
+nodes that write the output range; writer and reader share that rule in kcc/kmodel/output_record.py.
 """
 
 from __future__ import annotations
@@ -14,10 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 from kcc import kmodel as km
-from kcc.info_shapes import node_summary, output_shapes
+from kcc.kmodel.output_record import output_shapes, stated_shape
 
 RUNTIME_ANY = "any nncase v0.2 (kmodel v4) runtime: K210 SDK, MaixPy firmware with kmodel v4 support"
 RUNTIME_BETA3 = "needs nncase v0.2.0-beta3+ runtime (MaixPy firmware after 2020-08)"
+
+
+def _dims(shape: Any) -> str:
+    return "x".join(str(int(d)) for d in shape)
 
 
 def _range(r: km.MemoryRange) -> dict[str, Any]:
@@ -52,6 +56,63 @@ def _maixpy(index: int, shape: tuple[int, int, int, int] | None, count: int) -> 
                 f"kpu.set_outputs(task, {index}, w, h, ch) with w*h*ch = {count}")
     n, c, h, w = shape
     return f"kpu.set_outputs(task, {index}, {w}, {h}, {n * c})"
+
+
+def node_summary(body: km.Body) -> str:
+    """One line of the key parameters of a node."""
+    if isinstance(body, km.KpuConv2D):
+        lay = body.layer
+        parts = [(f"{lay.in_channels}x{lay.in_height}x{lay.in_width} -> "
+                 f"{lay.out_channels}x{lay.out_height}x{lay.out_width}"),
+                 f"{lay.filter_size}x{lay.filter_size}"]
+        if lay.depth_wise_layer:
+            parts.append("depthwise")
+        parts.append(f"pool {lay.pool_type.name.lower()}")
+        if body.batches != 1:
+            parts.append(f"batches {body.batches}")
+        parts.append(f"KPU @{lay.image_src_addr * 64} -> @{lay.image_dst_addr * 64}")
+        if body.main_mem_output.size:
+            parts.append(f"+ main @{body.main_mem_output.start}")
+        return ", ".join(parts)
+    if isinstance(body, km.KpuUpload):
+        return f"{_dims(body.in_shape)} main @{body.input.start} -> KPU @{body.output.start}"
+    if isinstance(body, (km.Quantize, km.Dequantize)):
+        q = body.quant_param
+        return f"{body.input.count} elements, zero point {q.zero_point}, scale {q.scale:.6g}"
+    if isinstance(body, km.Transpose):
+        return f"{_dims(body.in_shape)} perm {_dims(body.perm)}"
+    if isinstance(body, (km.Binary, km.QuantizedBinary)):
+        return f"{body.binary_op.name.lower()} {_dims(body.in_a_shape)}, {_dims(body.in_b_shape)} -> {_dims(body.out_shape)}"
+    if isinstance(body, km.Concat):
+        return f"{len(body.inputs)} inputs, dims {list(body.dims)}, outer {body.outer_size}, inner {body.inner_size} B"
+    if isinstance(body, (km.Conv2D, km.QuantizedConv2D)):
+        return (f"{_dims(body.in_shape)} -> {body.out_channels} ch, {body.filter_h}x{body.filter_w}, "
+                f"stride {body.stride_h}x{body.stride_w}, groups {body.groups}")
+    if isinstance(body, (km.CpuConv2D, km.CpuQuantizedConv2D)):
+        return f"NHWC {_dims(body.in_shape)} -> {body.out_channels} ch, {body.filter_h}x{body.filter_w}"
+    if isinstance(body, (km.CpuDepthwiseConv2D, km.CpuQuantizedDepthwiseConv2D)):
+        return f"NHWC {_dims(body.in_shape)} depthwise {body.filter_h}x{body.filter_w}"
+    if isinstance(body, (km.MatMul, km.QuantizedMatMul)):
+        return f"{body.a_rows}x{body.a_cols} @ {body.a_cols}x{body.b_cols}"
+    if isinstance(body, (km.Reduce, km.ReduceWindow2D)):
+        return f"{body.reduce_op.name.lower()} {_dims(body.in_shape)}"
+    if isinstance(body, km.Pad):
+        pads = ",".join(f"{p.before}/{p.after}" for p in body.paddings)
+        return f"{_dims(body.in_shape)} pad {pads}"
+    if isinstance(body, km.Unary):
+        return f"{body.unary_op.name.lower()}, {body.input.count} elements"
+    if isinstance(body, km.TableLookup1D):
+        return f"{body.input.size} bytes through a {body.table.size}-byte table"
+    if isinstance(body, km.MemoryCopy):
+        return f"{body.input.size} bytes"
+    if isinstance(body, km.ResizeImage):
+        return f"{body.mode.name.lower()} {_dims(body.in_shape)} -> {body.out_h}x{body.out_w}"
+    if isinstance(body, km.StridedSlice):
+        return f"{_dims(body.in_shape)} begin {_dims(body.begin)} end {_dims(body.end)} strides {_dims(body.strides)}"
+    if isinstance(body, km.Softmax):
+        return f"{body.outer_size} rows of {body.inner_size}"
+    shape = stated_shape(body)
+    return f"-> {_dims(shape)}" if shape else ""
 
 
 def describe(model_bytes: bytes, name: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from kcc.alloc.names import model_name, short_name
 from kcc.latency import LatencyEstimate
-from kcc.quant_error import QuantErrorReport
+from kcc.report.quant_error import QuantErrorReport
 
 KPU_COLOR, CPU_COLOR = "#2a7ab0", "#d9822b"
 LABEL_CHARS = 48

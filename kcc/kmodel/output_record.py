@@ -1,11 +1,14 @@
-"""Per-node summaries and output-shape recovery for `kcc info` (kcc/info.py).
+"""The output-shape record: the NCHW shape of each kmodel output, which the format does not store.
 
 A kmodel stores shapes only for inputs and inside node bodies; an output is a memory range, datatype
-and byte size, nothing more (kmodel_v4.md §5). An output's NCHW shape comes from, in this order:
+and byte size, nothing more (kmodel_v4.md §5). Writer and reader share one rule, so that the writer
+(kcc.emit, `with_output_shapes`) appends a record exactly when the reader (`kcc info`,
+kcc/report/info.py, `output_shapes`) could not recover the compiled model's shapes from the nodes.
+An output's NCHW shape comes from, in this order:
 
 1. the output-shape record kcc appends to the constants blob when (2) would not give the compiled
    model's shapes (below, `with_output_shapes`);
-2. the node that last wrote the output range before it is used:
+2. the node that last wrote the output range before it is used (`output_shape`):
    * bodies that state their output shape: kpu_conv2d (N, C_out, H', W'), transpose (permuted
      in_shape), (quantized_)binary and reduce (out_shape), pad, strided_slice, resize_image,
      windowed ops, (quantized_)matmul (rows, cols), softmax, concat (outer, sum(dims), inner);
@@ -29,7 +32,6 @@ so bytes no range points at are never read. `with_output_shapes` appends, after 
 Files whose outputs the nodes already determine (most models) keep their bytes. The blob stays a
 multiple of 8 (§5), nothing follows the last body (§2), and reserved fields keep no meaning (§13).
 """
-
 from __future__ import annotations
 
 import dataclasses
@@ -40,10 +42,6 @@ from kcc import kmodel as km
 
 Shape = tuple[int, int, int, int]
 _PASS_THROUGH = (km.Dequantize, km.Quantize, km.MemoryCopy, km.TableLookup1D, km.Unary, km.NnilUnaryMethod)
-
-
-def _dims(shape: Any) -> str:
-    return "x".join(str(int(d)) for d in shape)
 
 
 def _window(size: int, f: int, stride: int, dilation: int, pad: km.Padding) -> int:
@@ -243,60 +241,3 @@ def with_output_shapes(model: km.KModel, shapes: list[tuple[int, ...]]) -> km.KM
         return model  # cannot happen for an emitted model; a record must never disagree with a range
     blob = model.constants + bytes(-len(model.constants) % _CONST_ALIGN)
     return dataclasses.replace(model, constants=blob + _record_bytes(want))
-
-
-def node_summary(body: km.Body) -> str:
-    """One line of the key parameters of a node."""
-    if isinstance(body, km.KpuConv2D):
-        lay = body.layer
-        parts = [(f"{lay.in_channels}x{lay.in_height}x{lay.in_width} -> "
-                 f"{lay.out_channels}x{lay.out_height}x{lay.out_width}"),
-                 f"{lay.filter_size}x{lay.filter_size}"]
-        if lay.depth_wise_layer:
-            parts.append("depthwise")
-        parts.append(f"pool {lay.pool_type.name.lower()}")
-        if body.batches != 1:
-            parts.append(f"batches {body.batches}")
-        parts.append(f"KPU @{lay.image_src_addr * 64} -> @{lay.image_dst_addr * 64}")
-        if body.main_mem_output.size:
-            parts.append(f"+ main @{body.main_mem_output.start}")
-        return ", ".join(parts)
-    if isinstance(body, km.KpuUpload):
-        return f"{_dims(body.in_shape)} main @{body.input.start} -> KPU @{body.output.start}"
-    if isinstance(body, (km.Quantize, km.Dequantize)):
-        q = body.quant_param
-        return f"{body.input.count} elements, zero point {q.zero_point}, scale {q.scale:.6g}"
-    if isinstance(body, km.Transpose):
-        return f"{_dims(body.in_shape)} perm {_dims(body.perm)}"
-    if isinstance(body, (km.Binary, km.QuantizedBinary)):
-        return f"{body.binary_op.name.lower()} {_dims(body.in_a_shape)}, {_dims(body.in_b_shape)} -> {_dims(body.out_shape)}"
-    if isinstance(body, km.Concat):
-        return f"{len(body.inputs)} inputs, dims {list(body.dims)}, outer {body.outer_size}, inner {body.inner_size} B"
-    if isinstance(body, (km.Conv2D, km.QuantizedConv2D)):
-        return (f"{_dims(body.in_shape)} -> {body.out_channels} ch, {body.filter_h}x{body.filter_w}, "
-                f"stride {body.stride_h}x{body.stride_w}, groups {body.groups}")
-    if isinstance(body, (km.CpuConv2D, km.CpuQuantizedConv2D)):
-        return f"NHWC {_dims(body.in_shape)} -> {body.out_channels} ch, {body.filter_h}x{body.filter_w}"
-    if isinstance(body, (km.CpuDepthwiseConv2D, km.CpuQuantizedDepthwiseConv2D)):
-        return f"NHWC {_dims(body.in_shape)} depthwise {body.filter_h}x{body.filter_w}"
-    if isinstance(body, (km.MatMul, km.QuantizedMatMul)):
-        return f"{body.a_rows}x{body.a_cols} @ {body.a_cols}x{body.b_cols}"
-    if isinstance(body, (km.Reduce, km.ReduceWindow2D)):
-        return f"{body.reduce_op.name.lower()} {_dims(body.in_shape)}"
-    if isinstance(body, km.Pad):
-        pads = ",".join(f"{p.before}/{p.after}" for p in body.paddings)
-        return f"{_dims(body.in_shape)} pad {pads}"
-    if isinstance(body, km.Unary):
-        return f"{body.unary_op.name.lower()}, {body.input.count} elements"
-    if isinstance(body, km.TableLookup1D):
-        return f"{body.input.size} bytes through a {body.table.size}-byte table"
-    if isinstance(body, km.MemoryCopy):
-        return f"{body.input.size} bytes"
-    if isinstance(body, km.ResizeImage):
-        return f"{body.mode.name.lower()} {_dims(body.in_shape)} -> {body.out_h}x{body.out_w}"
-    if isinstance(body, km.StridedSlice):
-        return f"{_dims(body.in_shape)} begin {_dims(body.begin)} end {_dims(body.end)} strides {_dims(body.strides)}"
-    if isinstance(body, km.Softmax):
-        return f"{body.outer_size} rows of {body.inner_size}"
-    shape = stated_shape(body)
-    return f"-> {_dims(shape)}" if shape else ""

@@ -1,0 +1,179 @@
+"""Where each tensor of a lowered graph lives in a kmodel v4 (emit step 1).
+
+Graph inputs and computed tensors live in main memory; constants read as data (binary operands,
+matmul B) live in the constants blob (kmodel_v4.md §5); conv / matmul weights and biases are inlined
+into their bodies; a Reshape is free and aliases its input's storage (kmodel has no reshape op; ncc
+removes its memory_copy the same way); a concatenation may be computed in place, and a binary op may
+write over an input it reads for the last time. KPU layers and uploads live in KPU RAM (§7.2).
+"""
+
+from __future__ import annotations
+
+from typing import Collection
+
+import numpy as np
+
+from kcc import kmodel as K
+from kcc.alloc.packing import align_up
+from kcc.errors import UnsupportedModelError
+from kcc.ir import kpu_ops as KO
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph, Node
+from kcc.ir.types import DType
+from kcc.kmodel.spec import DataType, MemoryType
+
+MAIN_ALIGN = 8  # §7.1
+KPU_ALIGN = 64  # §7.2
+CONST_ALIGN = 8  # §5
+FLT_MAX = float(np.finfo(np.float32).max)
+
+_DT = {DType.float32: DataType.FLOAT32, DType.uint8: DataType.UINT8}
+
+
+def shape4(shape: tuple[int, ...], fill: int = 1) -> K.Shape4:
+    if len(shape) > 4:
+        raise UnsupportedModelError(f"shape {shape} has more than 4 dimensions; kmodel v4 is 4-D")
+    return K.Shape4.of(shape, fill)
+
+
+def value_range(act: tuple[float, float]) -> K.ValueRange:
+    """±inf (no clamp) is stored as ±FLT_MAX (§3.4)."""
+    lo, hi = act
+    return K.ValueRange(max(lo, -FLT_MAX), min(hi, FLT_MAX))
+
+
+def f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32).ravel()
+
+
+class Storage:
+    """Where each node's tensor lives: (memory type, byte offset) after planning."""
+
+    def __init__(self, g: Graph, inline: set[int], emitted: Collection[type]):
+        self.g = g
+        self.emitted = emitted  # the op types that have a kmodel body (emit.EMITTERS)
+        self.root: dict[int, Node] = {}  # alias resolution (Reshape -> its input)
+        self.const_offset: dict[int, int] = {}
+        users = g.users()
+        self.kpu_inputs = {id(n) for n in g.inputs if n.dtype == DType.uint8 and n.type.rank == 4 and users[n]
+                           and all(isinstance(u.op, KO.KpuUpload) for u in users[n]) and n not in g.outputs}
+        blob = bytearray()
+        for n in g.nodes:
+            if isinstance(n.op, KO.KpuUpload) and id(n.inputs[0]) in self.kpu_inputs:
+                self.root[id(n)] = n.inputs[0]  # the input already is in KPU RAM: no upload node
+            elif isinstance(n.op, O.Reshape):
+                self.root[id(n)] = self.root.get(id(n.inputs[0]), n.inputs[0])
+            elif n.is_constant and id(n) not in inline:
+                start = align_up(len(blob), CONST_ALIGN)
+                blob.extend(bytes(start - len(blob)))
+                self.const_offset[id(n)] = start
+                blob.extend(np.ascontiguousarray(n.data).tobytes())
+        self.constants = bytes(blob) + bytes(align_up(len(blob), CONST_ALIGN) - len(blob))
+        self.offset: dict[int, int] = {}  # byte offset of a node's tensor within its root's
+        self.elided: set[int] = set()  # concatenations whose inputs are computed in place
+        outputs = {id(o) for o in g.outputs}
+        for n in g.nodes:
+            if self._in_place(n, users, outputs):
+                at = 0
+                for i in n.inputs:
+                    self.root[id(i)], self.offset[id(i)] = n, at
+                    at += i.type.nbytes
+                self.elided.add(id(n))
+        self.in_place = self._elementwise_in_place(g)
+        self.main_offset: dict[int, int] = {}
+        self.kpu_offset: dict[int, int] = {}
+        self.downloads: dict[int, Node] = {}  # KPU layer -> its kpu_download (main_mem_output)
+
+    def _in_place(self, n: Node, users: dict, outputs: set[int]) -> bool:
+        """A concatenation whose inputs can be computed straight into its blocks, so that it needs
+        no copy and its inputs no buffers of their own (a decomposed conv's stack of shifted views,
+        kcc.passes.decompose_kernels, would otherwise hold every view twice at its peak): each block
+        is contiguous (nothing outside the concatenated axis but size-1 dimensions), and each input
+        is written by a CPU op of this model for this concatenation alone."""
+        if not isinstance(n.op, O.Concat) or any(d != 1 for d in n.shape[:n.op.axis]):
+            return False
+        return len({id(i) for i in n.inputs}) == len(n.inputs) and all(
+            self._written_by_cpu(i) and id(i) not in self.root and id(i) not in outputs
+            and len(users[i]) == 1 and users[i][0] is n for i in n.inputs)
+
+    def _elementwise_in_place(self, g: Graph) -> set[int]:
+        """Binary ops that write over an input of the output's shape read for the last time: the
+        runtime's binary kernel reads a[i] and b[i] before it writes out[i] (nncase v0.2
+        neutral_kernels.h, both the same-shape and the broadcasting loop), so one buffer serves, and
+        a float PReLU (max/min/mul/add on the CPU) holds two maps instead of three at its peak. Not
+        unary ops: that kernel declares its pointers `restrict`."""
+        def value(x: Node) -> Node:  # a reshape reads its input's value
+            while isinstance(x.op, O.Reshape):
+                x = x.inputs[0]
+            return x
+
+        last = {id(value(i)): k for k, n in enumerate(g.nodes) for i in n.inputs}
+        last.update((id(value(o)), len(g.nodes)) for o in g.outputs)
+        done: set[int] = set()
+        for k, n in enumerate(g.nodes):
+            if not isinstance(n.op, O.Binary) or id(n) in self.root:
+                continue
+            for i in dict.fromkeys(n.inputs):
+                if (i.type == n.type and last.get(id(i)) == k and sum(x is i for x in n.inputs) == 1
+                        and self._written_by_cpu(i) and (id(i) not in self.root or id(i) in done)):
+                    self.root[id(n)] = i
+                    done.add(id(n))
+                    break
+        return done
+
+    def _written_by_cpu(self, n: Node) -> bool:
+        """n's tensor is written into main memory by a CPU node of its own (not a reshape, which aliases,
+        nor a KPU layer's download or a KPU RAM tensor)."""
+        return type(n.op) in self.emitted and not isinstance(
+            n.op, (O.Reshape, KO.KpuDownload, *KO.KPU_SPACE_OPS))
+
+    def base(self, n: Node) -> Node:
+        while id(n) in self.root:
+            n = self.root[id(n)]
+        return n
+
+    def byte_offset(self, n: Node) -> int:
+        """Where n's tensor starts within its base's buffer (an in-place concatenation's block)."""
+        at = 0
+        while id(n) in self.root:
+            at += self.offset.get(id(n), 0)
+            n = self.root[id(n)]
+        return at
+
+    def range(self, n: Node) -> K.MemoryRange:
+        b = self.base(n)
+        dt = _DT.get(n.dtype)
+        if dt is None:
+            raise UnsupportedModelError(
+                f"tensor '{n.name}' has type {n.dtype.value}, which kmodel v4 cannot store")
+        if id(b) in self.const_offset:
+            return K.MemoryRange(MemoryType.CONST, dt, self.const_offset[id(b)], n.type.nbytes)
+        if id(b) in self.kpu_offset:  # §7.3: KPU layout size, 64-byte aligned start
+            return K.MemoryRange(MemoryType.K210_KPU, dt, self.kpu_offset[id(b)],
+                                 K.kpu_bytes(shape4(n.shape)))
+        start = self.main_offset[id(b)] + self.byte_offset(n)
+        return K.MemoryRange(MemoryType.MAIN, dt, start, n.type.nbytes)
+
+
+def in_kpu_ram(n: Node, st: Storage) -> bool:
+    """Outputs of kpu_upload and kpu_layer live in KPU RAM, and so does a uint8 graph input read only
+    by uploads (the runtime uploads it itself, kpu_semantics.md §2); everything else in main memory."""
+    return isinstance(n.op, KO.KPU_SPACE_OPS) or id(n) in st.kpu_inputs
+
+
+def inline_constants(g: Graph) -> set[int]:
+    """Constants that are only ever weights/biases of conv-like ops or matmul biases (inlined, §8.3)."""
+    inline_slots = {O.Conv2D: (1, 2), O.Conv2DTranspose: (1, 2), O.MatMul: (2,)}
+    users = g.users()
+    out = set()
+    for n in g.nodes:
+        if not n.is_constant:
+            continue
+        uses = users[n]
+        if uses and n not in g.outputs and all(
+                any(u.inputs[k] is n for k in inline_slots.get(type(u.op), ())) and
+                all(u.inputs[k] is not n for k in range(len(u.inputs))
+                    if k not in inline_slots.get(type(u.op), ()))
+                for u in uses):
+            out.add(id(n))
+    return out

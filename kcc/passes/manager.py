@@ -1,0 +1,132 @@
+"""The pass contract and the driver that runs the compiler's stages.
+
+Every stage is `stage(graph, ctx) -> graph`: it reads what earlier stages left in the
+`CompileContext` (options, samples, decisions, ranges, ...) and writes its own findings there; the
+graph is the only thing it returns. A *rewrite* stage returns a new or edited graph, which the
+driver verifies (`Graph.verify`) and, with `--dump-ir DIR`, writes as `NN-<stage>.dot` and
+`NN-<stage>.txt`; an *analysis* stage only fills the context and returns its input.
+
+The driver names the stage in any error it raises: a `KccError` keeps its class and its one-line
+message, prefixed `in stage <name>: `; any other exception (a compiler bug) keeps its class and
+traceback and gets a note naming the stage (PyTorch FX's PassManager does the same,
+architecture.md §1.1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from kcc.errors import KccError
+from kcc.ir.graph import Graph
+from kcc.ir.printer import format_graph, to_dot
+from kcc.options import CompileOptions
+
+if TYPE_CHECKING:
+    from kcc.frontend.quantization import ModelQuantization
+    from kcc.passes.decompose_kernels import Decision
+    from kcc.passes.legalize_kpu import Placement
+    from kcc.quant.weight_rounding import InputMoments
+
+Log = Callable[[str], None]
+Progress = Callable[[int, "int | None", str], None]  # progress(done, total, stage), see kcc.progress
+#: called with (stage name, graph) after each rewrite stage has been verified (and dumped)
+StageHook = Callable[[str, Graph], None]
+
+
+def _quiet(line: str) -> None:
+    pass
+
+
+@dataclass
+class CompileContext:
+    """What the stages of one compilation hand to each other."""
+
+    options: CompileOptions = field(default_factory=CompileOptions)
+    log: Log = _quiet
+    progress: Progress | None = None
+    #: calibration samples, each a list of input arrays (`kcc.quant.calibrate.load_samples` loads the
+    #: dataset's when none are given)
+    samples: list | None = None
+    #: a pre-quantized model's own grids (kcc.frontend.import_model)
+    quantization: ModelQuantization | None = None
+    #: a pre-quantized model compiled without samples or dataset keeps its own grids: it is then
+    #: computed as TFLite's uint8 kernels do, bit for bit on the KPU layers (kcc.quant.kpu_params):
+    #: decomposed convs read 8-bit inputs as TFLite does (no residual channels), mean pools round
+    #: on the CPU instead of flooring on the KPU
+    own_grids: bool = False
+    #: decompose_kernels: one per conv legalize_kpu would leave on the CPU
+    decisions: list[Decision] = field(default_factory=list)
+    #: legalize_kpu: every conv / fc / pool, on the KPU or on the CPU and why
+    placements: list[Placement] = field(default_factory=list)
+    #: the legalized float graph that was calibrated
+    float_graph: Graph | None = None
+    #: calibrated (or the pre-quantized model's) range of every tensor quantize needs, by name
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: the KPU layers' input statistics, collected in the calibration pass (kcc.quant.weight_rounding)
+    moments: InputMoments | None = None
+    #: with options.dump_weights_range (kcc.report.weights_range.WeightRange)
+    weights_ranges: list = field(default_factory=list)
+    #: emit: the memory plan and node map (kcc.emit.Emitted), and the kmodel bytes
+    emitted: Any = None
+    kmodel: bytes = b""
+
+
+StageFn = Callable[[Graph, CompileContext], Graph]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: StageFn
+    #: a rewrite is verified and dumped after it runs; an analysis only fills the context
+    rewrites: bool = True
+    #: progress line logged before the stage
+    banner: str | None = None
+
+
+def name_stage(error: BaseException, stage: str) -> None:
+    """Say in `error` that stage `stage` raised it (once: the innermost stage is the one)."""
+    if getattr(error, "kcc_stage", None) is not None:
+        return
+    error.kcc_stage = stage  # type: ignore[attr-defined]
+    if isinstance(error, KccError) and error.args and isinstance(error.args[0], str):
+        error.args = (f"in stage {stage}: {error.args[0]}", *error.args[1:])
+    else:
+        error.add_note(f"in stage {stage}")
+
+
+class PassManager:
+    """Runs stages in order; verifies and dumps the graph after every rewrite (`checkpoint`)."""
+
+    def __init__(self, dump_dir: Path | None = None, after: StageHook | None = None):
+        self.dump_dir = dump_dir
+        self.after = after
+        self.names: list[str] = []  # the checkpoints so far, in order
+        if dump_dir is not None:
+            dump_dir.mkdir(parents=True, exist_ok=True)
+
+    def checkpoint(self, name: str, g: Graph) -> Graph:
+        g.verify(name)
+        self.names.append(name)
+        if self.dump_dir is not None:
+            stem = self.dump_dir / f"{len(self.names):02d}-{name}"
+            stem.with_suffix(".txt").write_text(format_graph(g))
+            stem.with_suffix(".dot").write_text(to_dot(g, name))
+        if self.after is not None:
+            self.after(name, g)
+        return g
+
+    def run(self, stages: list[Stage], g: Graph, ctx: CompileContext) -> Graph:
+        for stage in stages:
+            if stage.banner is not None:
+                ctx.log(stage.banner)
+            try:
+                g = stage.run(g, ctx)
+            except Exception as e:
+                name_stage(e, stage.name)
+                raise
+            if stage.rewrites:
+                self.checkpoint(stage.name, g)
+        return g

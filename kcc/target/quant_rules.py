@@ -1,0 +1,104 @@
+"""Quantization facts the K210 path shares between its passes and its quantizer.
+
+* `fixup_range`: nncase v0.2's fixup of every range before it becomes a quant param (kpu_semantics.md
+  §4.1); `kcc.passes.legalize_kpu` compares the fixed-up weight ranges with
+  --weights-quantize-threshold, as ncc does, and `kcc.quant.params` builds every quant param on it.
+* The uint8 grid a model's weights may already lie on (pre-quantized models, quantization-aware
+  training): the KPU holds uint8 weights on one grid per layer and a batch-norm multiplier per
+  channel, so such weights are represented exactly. `kcc.quant.weight_grid` turns these grids into
+  quant params (the weights keep their codes); legalize_kpu puts such layers on the KPU whatever
+  their range.
+
+Pure numpy, in float32 where nncase computes in float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+F32 = np.float32
+
+
+def fixup_range(lo: float, hi: float) -> tuple[float, float]:
+    """Clamp to ±1000, give a degenerate range a minimum width, and make it contain 0 (float32)."""
+    lo, hi = F32(max(lo, -1000.0)), F32(min(hi, 1000.0))
+    r = F32(hi - lo)
+    if r == 0:
+        r = F32(0.1)
+    elif r < F32(0.01):
+        r = F32(0.01)
+    hi = F32(lo + r)
+    if hi < 0:
+        hi = F32(0)
+    if lo > 0:
+        lo = F32(0)
+    return float(lo), float(hi)
+
+
+def on_own_grid(w: np.ndarray) -> bool:
+    """Weights a pre-quantized model brought: per tensor (uint8_grid) or per channel
+    (int8_channel_grids, for a FC's [out, in] matrix too: axis 0 is the output channel either way)."""
+    return uint8_grid(w) is not None or int8_channel_grids(w) is not None
+
+
+def uint8_grid(w: np.ndarray) -> tuple[int, float] | None:
+    """(zero point z, scale s) of the uint8 grid the weights already lie on, if any (models exported
+    from quantization-aware training, or dequantized from a uint8 .tflite): w = (q - z)/s for
+    integers 0 <= q <= 255.
+
+    Quantizing on that grid is lossless, while per-channel equalization would move every weight
+    off it and add rounding error; so such layers keep their grid.
+    """
+    u = np.unique(w.astype(np.float64))
+    if len(u) < 2 or len(u) > 256:
+        return None
+    step = float(np.diff(u).min())
+    # the smallest gap of two float32 weights is the step only to ~1e-6; a least-squares fit over
+    # every weight's code gets it to float32 precision (and keeps the checks below meaningful at z ~ 255)
+    k = np.round(u / step)
+    if np.any(k):
+        step = float(np.dot(u, k) / np.dot(k, k))
+    zp = -u[0] / step
+    q = u / step + round(zp)
+    if (abs(zp - round(zp)) > 1e-3 or np.abs(q - np.round(q)).max() > 1e-3
+            or q.min() < -1e-3 or q.max() > 255 + 1e-3):
+        return None
+    # the scale stays float64: fitted over every weight it is exact to ~1e-9, which the exact clamp
+    # path's multipliers need (a float32 would be 6e-8 off: flips of outputs 1e-5 of a step from a half)
+    return int(round(zp)), 1.0 / step
+
+
+def _symmetric_step(wc: np.ndarray) -> float | None:
+    """The step s of one channel's weights if they are s*q with integers |q| <= 127 (TFLite's symmetric
+    int8 per-channel scheme, where the largest weight is exactly +-127 steps), else None."""
+    a = np.abs(wc.astype(np.float64)).ravel()
+    top = float(a.max())
+    if top == 0.0:
+        return None
+    nonzero = np.unique(a[a > 0])
+    for step in (top / 127, float(np.diff(np.concatenate([[0.0], nonzero])).min())):
+        k = np.round(a / step)
+        if k.max() > 127:
+            continue
+        step = float(np.dot(a, k) / np.dot(k, k))  # least squares over every weight, as uint8_grid
+        if np.abs(a / step - np.round(a / step)).max() <= 1e-3:
+            return step
+    return None
+
+
+def int8_channel_grids(w: np.ndarray) -> tuple[float, np.ndarray] | None:
+    """int8 per-channel weights (w[oc] = s_oc * q, |q| <= 127) as one uint8 grid: (s, e) with
+    w[oc] * e[oc] = s * q exactly on the grid of zero point 128 and step s = the largest s_oc. The KPU
+    has one weight grid per layer but a batch-norm multiplier per channel, which undoes e[oc]: the
+    model's own weights, losslessly, like uint8_grid for per-tensor ones. None if a channel is off
+    such a grid."""
+    steps = []
+    for oc in range(w.shape[0]):  # float weights fail at their first channel
+        steps.append(_symmetric_step(w[oc]))
+        if steps[-1] is None and np.any(w[oc]):
+            return None
+    if all(st is None for st in steps):
+        return None
+    ref = max(st for st in steps if st is not None)
+    e = np.array([ref / st if st is not None else 1.0 for st in steps], np.float64)
+    return ref, e
