@@ -73,7 +73,8 @@ def _failure(error: BaseException, run: Run, debug: bool, own_process: bool) -> 
     if isinstance(error, BrokenPipeError):
         return _reader_gone(own_process)
     if isinstance(error, KccError):
-        _say_error(error.one_line())
+        stage = getattr(error, "kcc_stage", None) if debug else None
+        _say_error(error.one_line() + (f" [stage {stage}]" if stage else ""))
         return 1
     if isinstance(error, SystemExit):  # --help, --version: what they printed must reach the reader
         if own_process:
@@ -89,7 +90,9 @@ def _failure(error: BaseException, run: Run, debug: bool, own_process: bool) -> 
         _say_error(f"{error.strerror or error}{where}")
         return 1
     # a kcc bug: say so in one line unless --debug asks for the traceback
-    _say_error(f"internal error: {type(error).__name__}: {error} (this is a kcc bug; rerun with --debug "
+    stage = getattr(error, "kcc_stage", None)
+    where = f" in stage {stage}" if stage else ""
+    _say_error(f"internal error{where}: {type(error).__name__}: {error} (this is a kcc bug; rerun with --debug "
                f"for the traceback)")
     return 2
 

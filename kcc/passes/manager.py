@@ -6,10 +6,11 @@ graph is the only thing it returns. A *rewrite* stage returns a new or edited gr
 driver verifies (`Graph.verify`) and, with `--dump-ir DIR`, writes as `NN-<stage>.dot` and
 `NN-<stage>.txt`; an *analysis* stage only fills the context and returns its input.
 
-The driver names the stage in any error it raises: a `KccError` keeps its class and its one-line
-message, prefixed `in stage <name>: `; any other exception (a compiler bug) keeps its class and
-traceback and gets a note naming the stage (PyTorch FX's PassManager does the same,
-architecture.md §1.1).
+The driver names the stage in any error it raises, as `error.kcc_stage`: a `KccError` (a problem the
+user can act on) keeps its class and its one-line message, which names the file, op or tensor in the
+user's terms (a stage name is compiler-internal; the CLI shows it with `--debug`); any other
+exception (a compiler bug) keeps its class and traceback and also gets a note naming the stage, which
+the CLI's "internal error" line repeats (PyTorch FX's PassManager does the same, architecture.md §1.1).
 """
 
 from __future__ import annotations
@@ -91,9 +92,7 @@ def name_stage(error: BaseException, stage: str) -> None:
     if getattr(error, "kcc_stage", None) is not None:
         return
     error.kcc_stage = stage  # type: ignore[attr-defined]
-    if isinstance(error, KccError) and error.args and isinstance(error.args[0], str):
-        error.args = (f"in stage {stage}: {error.args[0]}", *error.args[1:])
-    else:
+    if not isinstance(error, KccError):
         error.add_note(f"in stage {stage}")
 
 

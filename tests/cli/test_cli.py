@@ -154,3 +154,21 @@ def test_written_files_get_the_usual_permissions(tmp_path):
         os.umask(umask)
     assert (tmp_path / "m.kmodel").stat().st_mode & 0o777 == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["m.kmodel"]
+
+
+def test_errors_name_the_stage_only_where_it_helps(tmp_path, capsys, monkeypatch):
+    """A user's error speaks in the model's terms; a compiler bug names the stage that raised it."""
+    import kcc.pipeline
+
+    out = tmp_path / "m.kmodel"
+    assert main(["compile", str(MOBILENET), str(out), "--dataset", str(tmp_path / "none"), "-q"]) == 1
+    line = _err(capsys)
+    assert line.endswith("none' does not exist") and "in stage" not in line and not out.exists()
+
+    def bug(g, ctx):
+        raise ValueError("bad shape")
+
+    monkeypatch.setattr(kcc.pipeline, "lower_float", bug)
+    assert main(["compile", str(MOBILENET), str(out), "--inference-type", "float", "-q"]) == 2
+    assert _err(capsys).startswith("error: internal error in stage lower_float: ValueError: bad shape")
+    assert not out.exists()
