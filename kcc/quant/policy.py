@@ -92,18 +92,21 @@ def calibrate_ranges(g: Graph, ctx: CompileContext) -> Graph:
     """Stage: ctx.ranges, the range of every tensor `quantize` needs, of the legalized float graph `g`
     (ctx.float_graph): measured on ctx.samples (kpu_semantics.md §4.2), with the KPU layers' input
     statistics in ctx.moments from the same pass, or a pre-quantized model's own grids
-    (ctx.own_grids, kcc.quant.prequantized). The graph is observed, never edited (calibration_view)."""
+    (ctx.own_grids, kcc.quant.prequantized). The graph is observed, never edited (calibration_view);
+    ctx.pre_activations links each layer with a fused activation to its pre-activation range."""
     options, log = ctx.options, ctx.log
     ctx.float_graph = g
     for note in ctx.quantization.notes() if ctx.quantization is not None else ():
         log(f"   warning: {note}")
+    cv = calibration_view(g)
+    ctx.pre_activations = cv.pre_activations
     if ctx.own_grids:
-        ctx.ranges = prequantized_ranges(g, ctx.quantization, options, log)
+        ctx.ranges = prequantized_ranges(cv, ctx.quantization, options, log)
         return g
     load_samples(g, ctx)
     samples = ctx.samples
     ctx.moments = InputMoments(g)
-    view, points = calibration_view(g)
+    view, points = cv.graph, cv.points
     n_samples = len(samples)
     if ctx.progress is not None:
         samples = counted(samples, ctx.progress)  # one bar per pass over the data

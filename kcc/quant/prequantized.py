@@ -18,26 +18,24 @@ legalization adds nodes around a KPU layer. `model_ranges` finds each point's te
 * else through data movement, which keeps the values and the grid: a KPU layer `X/kpu` that a crop
   (StridedSlice `X`) follows, a reshape, a pad in front of a layer (`X/kpu_pad`), a concatenation
   of views of one tensor;
-* the input of an activation fused into a layer (`L/pre_act`, kcc.quant.quantize) is the output of
-  the conv that the layer's tensor L comes from, found through the tflite producers.
+* the input of an activation fused into a layer L (its pre-activation point, which the calibration
+  view links to L: kcc.quant.quantize.CalibrationView) is the output of the conv that the layer's
+  tensor L comes from, found through the tflite producers.
 A point with no tensor (an intermediate a rewrite invented) raises a DatasetError that names it:
 calibrating with --dataset still works for such models.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 
 from kcc.errors import DatasetError
 from kcc.frontend.quantization import ModelQuantization, TensorQuant
-from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
-from kcc.ir.graph import Graph, Node
+from kcc.ir.graph import Node
 from kcc.quant.calibrate import input_range_override
 from kcc.quant.params import GridRange, QuantParam
-from kcc.quant.quantize import calibration_view, pre_activation_name
+from kcc.quant.quantize import CalibrationView
 
 F32 = np.float32
 Range = tuple[float, float]
@@ -65,11 +63,12 @@ def grid_range(tq: TensorQuant) -> GridRange:
 
 
 class _Resolver:
-    def __init__(self, g: Graph, quant: ModelQuantization):
+    def __init__(self, view: CalibrationView, quant: ModelQuantization):
         self.known = {name: grid_range(tq) for name, tq in quant.activations.items()}
         self.producers = quant.producers
-        self.users = g.users()
-        self.by_name = {n.name: n for n in g.nodes}
+        self.users = view.graph.users()
+        # pre-activation point -> the layer whose fused activation reads it
+        self.layer_of = {pre: layer for layer, pre in view.pre_activations.items()}
 
     def tensor_range(self, n: Node, forward: bool = True) -> Range | None:
         """The grid of the tensor `n` computes: its own, or that of a node holding the same values
@@ -93,9 +92,9 @@ class _Resolver:
                 found = self.known.get(cur.name)
         return found
 
-    def pre_activation_range(self, layer: Node) -> Range | None:
+    def pre_activation_range(self, layer: str) -> Range | None:
         """The range a fused activation reads: the output of the conv behind the layer's tensor."""
-        name = layer.name
+        name = layer
         for _ in range(4):  # tensor <- pool <- activation <- conv at most
             kind, src = self.producers.get(name, ("", ""))
             if not kind:
@@ -106,20 +105,18 @@ class _Resolver:
         return None
 
     def point_range(self, p: Node) -> Range | None:
-        if p.name.endswith("/pre_act") and isinstance(p.op, KO.KpuConv2D):
-            layer = self.by_name.get(p.name[: -len("/pre_act")])
-            if layer is not None and pre_activation_name(layer) == p.name:
-                return self.pre_activation_range(layer)
+        if p.name in self.layer_of:
+            return self.pre_activation_range(self.layer_of[p.name])
         return self.tensor_range(p)
 
 
-def model_ranges(g: Graph, points: Sequence[Node], quant: ModelQuantization) -> dict[str, Range]:
-    """The range of every calibration point of `g` (kcc.quant.quantize.calibration_view), from the
-    model's own grids; DatasetError naming the points that have none."""
-    r = _Resolver(g, quant)
+def model_ranges(view: CalibrationView, quant: ModelQuantization) -> dict[str, Range]:
+    """The range of every calibration point of the view (kcc.quant.quantize.calibration_view), from
+    the model's own grids; DatasetError naming the points that have none."""
+    r = _Resolver(view, quant)
     ranges: dict[str, Range] = {}
     missing: list[str] = []
-    for p in points:
+    for p in view.points:
         found = r.point_range(p)
         if found is None:
             missing.append(p.name)
@@ -133,13 +130,14 @@ def model_ranges(g: Graph, points: Sequence[Node], quant: ModelQuantization) -> 
     return ranges
 
 
-def prequantized_ranges(g: Graph, quant: ModelQuantization, options, log=lambda line: None) -> dict[str, Range]:
-    """The compiler's calibration step for a pre-quantized model: every point's range from the model.
+def prequantized_ranges(view: CalibrationView, quant: ModelQuantization, options,
+                        log=lambda line: None) -> dict[str, Range]:
+    """The compiler's calibration step for a pre-quantized model: every point's range (of the
+    calibration view of the legalized graph) from the model.
 
     --input-mean/--input-std still fix the graph input's range as they do after calibration."""
-    view, points = calibration_view(g)  # a view: `g` itself is left as it is
-    ranges = model_ranges(view, points, quant)
+    ranges = model_ranges(view, quant)
     if options.input_mean is not None or options.input_std is not None:
-        ranges[g.inputs[0].name] = input_range_override(options.mean, options.std)
-    log(f"   no calibration: {len(points)} tensors take the pre-quantized model's own grids")
+        ranges[view.graph.inputs[0].name] = input_range_override(options.mean, options.std)
+    log(f"   no calibration: {len(view.points)} tensors take the pre-quantized model's own grids")
     return ranges

@@ -23,10 +23,16 @@ with the affine map from codes to values, and float32 holds the codes and their 
 mean rounds half up exactly as TFLite's uint8 average pool does; the KPU's mean pools floor instead.
 The final quantize scales by 1 + 2^-20 so that exact .5 ties round up on the K210 too, whose
 float-to-int conversion rounds them to even (kpu_semantics.md §4.1).
+
+Two steps: `analyze` decides, per node of the float graph and in its topological order, where the
+node computes (`Domain`) and on which grid (`NodeQuant`), with each KPU layer's parameters; then
+`_Rewriter` builds the quantized graph from that table, each crossing view made once, on demand.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Callable
 
 from kcc.ir import kpu_ops as KO
@@ -51,205 +57,237 @@ def _drops_channels(n: Node) -> bool:
     return isinstance(n.op, O.StridedSlice) and n.shape[1] < n.inputs[0].shape[1]
 
 
-def pre_activation_name(layer: Node) -> str:
-    return layer.name + "/pre_act"
+PRE_ACTIVATION = "/pre_act"  # the suffix of a pre-activation point's name (a name only: see CalibrationView)
 
 
-def calibration_view(g: Graph) -> tuple[Graph, list[Node]]:
+@dataclass(frozen=True)
+class CalibrationView:
+    """The graph to calibrate and the nodes whose ranges `quantize` needs (`calibration_view`)."""
+
+    graph: Graph
+    points: list[Node]
+    #: KPU layer name -> name of the point that measures its pre-activation range (a key of the ranges)
+    pre_activations: dict[str, str] = field(default_factory=dict)
+
+
+def calibration_view(g: Graph) -> CalibrationView:
     """The graph to calibrate, and the nodes whose ranges `quantize` needs.
 
     A layer with a fused function f also needs the range of its input to f (what the activation
     table reads): the view is a new graph over g's nodes that adds, as extra outputs, the same layer
-    without f and without pool. `g` itself is left as it is (its node list, outputs and names)."""
+    without f and without pool, and links each layer to it by name (`pre_activations`). `g` itself
+    is left as it is (its node list, outputs and names)."""
     view = Graph(list(g.nodes), list(g.outputs), {n.name for n in g.nodes})
     points: dict[int, Node] = {}
+    pre_activations: dict[str, str] = {}
     for n in g.nodes:
         if isinstance(n.op, KO.KpuConv2D):
             points[id(n)] = n
             points[id(n.inputs[0])] = n.inputs[0]
             if n.op.fn is not None:
                 pre = view.add(KO.KpuConv2D(n.op.kernel, n.op.depthwise, "bypass", n.op.act, None), n.inputs,
-                               pre_activation_name(n))
+                               n.name + PRE_ACTIVATION)
                 view.outputs.append(pre)
                 points[id(pre)] = pre
+                pre_activations[n.name] = pre.name
         elif isinstance(n.op, (O.Input, O.Pool2D)):  # a pool's range decides if it runs on codes
             points[id(n)] = n
-    return view, list(points.values())
+    return CalibrationView(view, list(points.values()), pre_activations)
 
 
-class _Quantizer:
-    def __init__(self, g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | None, turn_channels: bool):
-        self.src = g
-        self.turn_channels = turn_channels
-        self.ranges = ranges
-        self.input_u8 = input_u8
-        self.moments = moments.layers if moments is not None else {}
+# ---------------------------------------------------------------------------------------- analysis
+class Domain(Enum):
+    """Where a node of the float graph computes once quantized."""
+
+    FLOAT = "float"  # float32 on the CPU (a KPU layer reading it gets it quantized on its grid)
+    KPU = "kpu"  # a KPU layer: uint8 in KPU RAM
+    CODES = "codes"  # data movement, pool or concatenation on the uint8 codes of its input, same grid
+    UINT8_INPUT = "uint8_input"  # the graph input, given as uint8
+
+
+@dataclass(frozen=True)
+class NodeQuant:
+    domain: Domain
+    #: the grid of the node's uint8 form: a KPU layer's output grid, the grid its codes are moved on,
+    #: or the calibrated range's; None when the node has no range (it is then never read as uint8)
+    grid: QuantParam | None
+    layer: KO.KpuLayer | None = None  # a KPU layer's quantized parameters
+
+
+def _floor_bias(x: Node) -> float:
+    """Mean bias (in steps) of a map pooled by a KPU mean pool, which floors (kpu_params)."""
+    while isinstance(x.op, LAYOUT_OPS):
+        x = x.inputs[0]
+    window = {"mean_2_s2": 4, "mean_2_s1": 4, "mean_4_s4": 16}.get(getattr(x.op, "pool", ""), 0)
+    return (window - 1) / (2 * window) if isinstance(x.op, KO.KpuConv2D) and window else 0.0
+
+
+def _required(n: Node, q: QuantParam | None) -> QuantParam:
+    if q is None:
+        raise KeyError(f"no calibrated range for '{n.name}'")
+    return q
+
+
+def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | None = None,
+            turn_channels: bool = True,
+            pre_activations: dict[str, str] | None = None) -> dict[Node, NodeQuant]:
+    """Each node's domain and grid, in one pass over g's topological order (module docstring).
+
+    A node moves uint8 codes (CODES) when its input does and the grid is kept: data movement of a
+    uint8 tensor; a pool without clamp whose range is its input's grid; a concatenation of uint8
+    tensors on one grid (kcc.quant.policy.share_concat_grids) that its own range, if any, agrees with."""
+    by_layer = moments.layers if moments is not None else {}
+    pre = pre_activations or {}
+    table: dict[Node, NodeQuant] = {}
+
+    def on_codes(n: Node) -> bool:
+        return table[n].domain in (Domain.KPU, Domain.CODES, Domain.UINT8_INPUT)
+
+    def own_grid(n: Node) -> QuantParam | None:
+        return range_param(ranges[n.name]) if n.name in ranges else None
+
+    for n in g.nodes:
+        op = n.op
+        if isinstance(op, KO.KpuConv2D):
+            x, w, b = n.inputs
+            z = ranges[n.name]
+            y = ranges[pre[n.name]] if n.name in pre else z
+            r = LayerRanges(_required(x, table[x].grid), y, z, _floor_bias(x))
+            layer = kpu_layer(op, w.data, b.data, r, by_layer.get(n.name), turn_channels)
+            table[n] = NodeQuant(Domain.KPU, QuantParam(*layer.out_q), layer)
+            continue
+        codes = False
+        if isinstance(op, O.Input):
+            table[n] = NodeQuant(Domain.UINT8_INPUT if input_u8 else Domain.FLOAT, own_grid(n))
+            continue
+        if isinstance(op, LAYOUT_OPS):
+            codes = on_codes(n.inputs[0])
+        elif isinstance(op, O.Pool2D) and op.act == O.NO_CLAMP and n.name in ranges:
+            x = n.inputs[0]
+            codes = on_codes(x) and table[x].grid is not None and own_grid(n) == table[x].grid
+        elif isinstance(op, O.Concat) and all(on_codes(i) for i in n.inputs):
+            grids = {table[i].grid for i in n.inputs}
+            codes = None not in grids and len(grids) == 1 and (n.name not in ranges or {own_grid(n)} == grids)
+        if codes:
+            table[n] = NodeQuant(Domain.CODES, table[n.inputs[0]].grid)
+        else:
+            table[n] = NodeQuant(Domain.FLOAT, own_grid(n))
+    return table
+
+
+# ----------------------------------------------------------------------------------------- rewrite
+class _Rewriter:
+    """Builds the quantized graph from `analyze`'s table. A node's forms (float, uint8 in main memory,
+    uint8 in KPU RAM, quantized on a given grid) are made when first read, in the order they are
+    read, and once: `_once` is the only cache."""
+
+    def __init__(self, src: Graph, table: dict[Node, NodeQuant]):
+        self.src = src
+        self.table = table
         self.g = Graph()
-        self.float: dict[int, Node] = {}  # source node -> float32 node in the new graph
-        self.layer: dict[int, Node] = {}  # source KpuConv2D -> KpuLayer (KPU RAM)
-        self.u8: dict[int, Node] = {}  # source node -> u8 node in main memory
-        self.kpu: dict[int, Node] = {}  # source node -> u8 node in KPU RAM
-        self.chains: dict[tuple[int, QuantParam], Node] = {}  # (source node, grid) -> quantized chain
+        self.made: dict[tuple[str, Node, QuantParam | None], Node] = {}
 
-    # ------------------------------------------------------------ quant params
-    def _u8_source(self, n: Node) -> bool:
-        """True when `n` is (a data movement of) a uint8 tensor: a KPU layer output or a u8 input."""
-        while isinstance(n.op, LAYOUT_OPS) or self._pool_on_codes(n):
-            n = n.inputs[0]
-        return (isinstance(n.op, KO.KpuConv2D) or (isinstance(n.op, O.Input) and self.input_u8)
-                or self._concat_on_codes(n))
+    def _once(self, form: str, n: Node, make: Callable[[], Node], grid: QuantParam | None = None) -> Node:
+        key = (form, n, grid)
+        if key not in self.made:
+            self.made[key] = make()
+        return self.made[key]
 
-    def _concat_on_codes(self, n: Node) -> bool:
-        """A concatenation of uint8 tensors on one grid (kcc.quant.policy.share_concat_grids)."""
-        if not isinstance(n.op, O.Concat) or not all(self._u8_source(i) for i in n.inputs):
-            return False
-        try:
-            grids = {self.qparam(i) for i in n.inputs}
-        except KeyError:
-            return False
-        return len(grids) == 1 and (n.name not in self.ranges or {range_param(self.ranges[n.name])} == grids)
-
-    def _pool_on_codes(self, n: Node) -> bool:
-        """A pool without clamp whose range is its input's grid, on a uint8 input (module docstring)."""
-        if not (isinstance(n.op, O.Pool2D) and n.op.act == O.NO_CLAMP and n.name in self.ranges):
-            return False
-        try:
-            return self._u8_source(n.inputs[0]) and range_param(self.ranges[n.name]) == self.qparam(n.inputs[0])
-        except KeyError:
-            return False
-
-    def _moves_u8(self, n: Node) -> bool:
-        """n computes on the uint8 codes of its input, keeping its grid."""
-        return ((isinstance(n.op, LAYOUT_OPS) and self._u8_source(n)) or self._pool_on_codes(n)
-                or self._concat_on_codes(n))
-
-    def qparam(self, n: Node) -> QuantParam:
-        if self._moves_u8(n):
-            return self.qparam(n.inputs[0])
-        if isinstance(n.op, KO.KpuConv2D):
-            zp, scale = self.layer_of(n).op.out_q
-            return QuantParam(zp, scale)
-        if n.name not in self.ranges:
-            raise KeyError(f"no calibrated range for '{n.name}'")
-        return range_param(self.ranges[n.name])
-
-    # ------------------------------------------------------------ lazily built views
-    def _cached(self, cache: dict[int, Node], n: Node, make: Callable[[], Node]) -> Node:
-        if id(n) not in cache:
-            cache[id(n)] = make()
-        return cache[id(n)]
+    def _dequantize(self, n: Node, x: Node) -> Node:
+        q = _required(n, self.table[n].grid)
+        return self.g.add(KO.Dequantize(q.zero_point, q.scale), (x,), n.name + "/dequantize")
 
     def float_of(self, n: Node) -> Node:
         """n as float32. Data movement of a uint8 tensor runs on the uint8 bytes (4x less memory and
-        work) and is dequantized after: ncc's dequantize motion (kpu_semantics.md §4.4)."""
-        if isinstance(n.op, KO.KpuConv2D) or self._moves_u8(n):
-            def deq() -> Node:
-                q = self.qparam(n)
-                return self.g.add(KO.Dequantize(q.zero_point, q.scale), (self.u8_of(n),), n.name + "/dequantize")
-            return self._cached(self.float, n, deq)
-        return self.float[id(n)]
+        work) and is dequantized after: ncc's dequantize motion (kpu_semantics.md §4.4). Float nodes
+        and the uint8 input's dequantize are made by `run`, in the graph's order."""
+        if self.table[n].domain in (Domain.KPU, Domain.CODES):
+            return self._once("float", n, lambda: self._dequantize(n, self.u8_of(n)))
+        return self.made[("float", n, None)]
 
     def u8_of(self, n: Node) -> Node:
-        """n as uint8 in main memory, quantized with qparam(n)."""
+        """n as uint8 in main memory, on its grid."""
         def make() -> Node:
-            g = self.g
-            if isinstance(n.op, KO.KpuConv2D):
+            g, nq = self.g, self.table[n]
+            if nq.domain is Domain.KPU:
                 return g.add(KO.KpuDownload(), (self.layer_of(n),), n.name + "/download")
-            if isinstance(n.op, O.Input) and self.input_u8:
-                return self.float[id(n)]  # the graph input itself is uint8
-            if isinstance(n.op, LAYOUT_OPS) and self._u8_source(n):
-                src = self.u8_of(n.inputs[0])
-                op = n.op
-                if isinstance(op, O.Pad):
-                    op = O.Pad(op.paddings, float(self.qparam(n).quantize(op.value)))
-                return g.add(op, (src,), n.name + "/u8")
-            if self._concat_on_codes(n):
+            if nq.domain is Domain.CODES and isinstance(n.op, LAYOUT_OPS):
+                return g.add(_on_grid(n.op, nq.grid), (self.u8_of(n.inputs[0]),), n.name + "/u8")
+            if nq.domain is Domain.CODES and isinstance(n.op, O.Concat):
                 return g.add(n.op, tuple(self.u8_of(i) for i in n.inputs), n.name + "/u8")
-            if self._pool_on_codes(n):
+            if nq.domain is Domain.CODES:  # a pool on the codes (module docstring)
                 codes = g.add(KO.Dequantize(0, 1.0), (self.u8_of(n.inputs[0]),), n.name + "/codes")
                 pooled = g.add(n.op, (codes,), n.name + "/pool_codes")
                 return g.add(KO.Quantize(0, CODE_ROUNDING_SCALE), (pooled,), n.name + "/u8")
-            return self._quantized_chain(n, self.qparam(n))
-        return self._cached(self.u8, n, make)
+            return self.quantized(n, _required(n, nq.grid))
+        return self._once("u8", n, make)
 
-    def _quantized_chain(self, n: Node, q: QuantParam) -> Node:
-        """Quantize *before* data movement: pad(x) -> quantize becomes quantize(x) -> pad on uint8,
-        so the float copy of the larger, padded tensor is never made. Concatenations too: the
-        stacked shifted views of a decomposed conv (kcc.passes.decompose_kernels) are made from one
-        quantized copy of x, on uint8 (a quarter of the memory and traffic of float32). A slice
-        that drops channels is quantized after, not before (_drops_channels)."""
-        key = (id(n), q)
-        if key in self.chains:
-            return self.chains[key]
-        if isinstance(n.op, LAYOUT_OPS) and not _drops_channels(n):
-            op = n.op
-            if isinstance(op, O.Pad):
-                op = O.Pad(op.paddings, float(q.quantize(op.value)))
-            out = self.g.add(op, (self._quantized_chain(n.inputs[0], q),), n.name + "/u8")
-        elif isinstance(n.op, O.Concat):
-            out = self.g.add(n.op, tuple(self._quantized_chain(i, q) for i in n.inputs), n.name + "/u8")
-        elif isinstance(n.op, KO.QuantResidual):
-            # the residual of x on q, itself on q at `gain` times the resolution: codes z +- gain/2
-            x = n.inputs[0]
-            back = self.g.add(KO.Dequantize(q.zero_point, q.scale), (self._quantized_chain(x, q),), n.name + "/rounded")
-            lost = self.g.add(O.Binary("sub"), (self.float_of(x), back), n.name + "/lost")
-            out = self.g.add(KO.Quantize(q.zero_point, q.scale * n.op.gain), (lost,), n.name + "/u8")
-        else:
-            out = self.g.add(KO.Quantize(q.zero_point, q.scale), (self.float_of(n),), n.name + "/quantize")
-        self.chains[key] = out
-        return out
+    def quantized(self, n: Node, q: QuantParam) -> Node:
+        """float n quantized on q. Quantize *before* data movement: pad(x) -> quantize becomes
+        quantize(x) -> pad on uint8, so the float copy of the larger, padded tensor is never made.
+        Concatenations too: the stacked shifted views of a decomposed conv
+        (kcc.passes.decompose_kernels) are made from one quantized copy of x, on uint8 (a quarter of
+        the memory and traffic of float32). A slice that drops channels is quantized after, not
+        before (_drops_channels)."""
+        def make() -> Node:
+            g = self.g
+            if isinstance(n.op, LAYOUT_OPS) and not _drops_channels(n):
+                return g.add(_on_grid(n.op, q), (self.quantized(n.inputs[0], q),), n.name + "/u8")
+            if isinstance(n.op, O.Concat):
+                return g.add(n.op, tuple(self.quantized(i, q) for i in n.inputs), n.name + "/u8")
+            if isinstance(n.op, KO.QuantResidual):
+                # the residual of x on q, itself on q at `gain` times the resolution: codes z +- gain/2
+                x = n.inputs[0]
+                back = g.add(KO.Dequantize(q.zero_point, q.scale), (self.quantized(x, q),),
+                             n.name + "/rounded")
+                lost = g.add(O.Binary("sub"), (self.float_of(x), back), n.name + "/lost")
+                return g.add(KO.Quantize(q.zero_point, q.scale * n.op.gain), (lost,), n.name + "/u8")
+            return g.add(KO.Quantize(q.zero_point, q.scale), (self.float_of(n),), n.name + "/quantize")
+        return self._once("quantized", n, make, q)
 
     def kpu_of(self, n: Node) -> Node:
         """n as uint8 in KPU RAM."""
-        if isinstance(n.op, KO.KpuConv2D):
+        if self.table[n].domain is Domain.KPU:
             return self.layer_of(n)
-        return self._cached(self.kpu, n, lambda: self.g.add(KO.KpuUpload(), (self.u8_of(n),), n.name + "/upload"))
-
-    @staticmethod
-    def _floor_bias(x: Node) -> float:
-        """Mean bias (in steps) of a map pooled by a KPU mean pool, which floors (kpu_params)."""
-        while isinstance(x.op, LAYOUT_OPS):
-            x = x.inputs[0]
-        window = {"mean_2_s2": 4, "mean_2_s1": 4, "mean_4_s4": 16}.get(getattr(x.op, "pool", ""), 0)
-        return (window - 1) / (2 * window) if isinstance(x.op, KO.KpuConv2D) and window else 0.0
+        return self._once("kpu", n, lambda: self.g.add(KO.KpuUpload(), (self.u8_of(n),), n.name + "/upload"))
 
     def layer_of(self, n: Node) -> Node:
         def make() -> Node:
-            x, w, b = n.inputs
-            xq = self.qparam(x)
-            z = self.ranges[n.name]
-            y = self.ranges.get(pre_activation_name(n), z)
-            params = kpu_layer(n.op, w.data, b.data, LayerRanges(xq, y, z, self._floor_bias(x)),
-                               self.moments.get(n.name), self.turn_channels)
-            return self.g.add(params, (self.kpu_of(x),), n.name)
-        return self._cached(self.layer, n, make)
+            return self.g.add(self.table[n].layer, (self.kpu_of(n.inputs[0]),), n.name)
+        return self._once("layer", n, make)
 
-    # ------------------------------------------------------------ driver
     def run(self) -> Graph:
         for n in self.src.nodes:
-            if isinstance(n.op, KO.KpuConv2D):
+            domain = self.table[n].domain
+            if domain is Domain.KPU:
                 self.layer_of(n)
-            elif self._moves_u8(n):
-                pass  # built on demand, on uint8, by u8_of / float_of
-            elif isinstance(n.op, O.Input) and self.input_u8:
-                q = self.qparam(n)
-                self.float[id(n)] = self.g.add(O.Input(n.op.index, n.shape, DType.uint8), (), n.name)
-                self.u8[id(n)] = self.float[id(n)]
-                deq = self.g.add(KO.Dequantize(q.zero_point, q.scale), (self.float[id(n)],), n.name + "/dequantize")
-                self.float[id(n)] = deq
-            else:
-                self.float[id(n)] = self.g.add(n.op, tuple(self.float_of(i) for i in n.inputs), n.name, n.note)
+            elif domain is Domain.UINT8_INPUT:
+                _required(n, self.table[n].grid)
+                x = self.g.add(O.Input(n.op.index, n.shape, DType.uint8), (), n.name)
+                self.made[("u8", n, None)] = x
+                self.made[("float", n, None)] = self._dequantize(n, x)
+            elif domain is Domain.FLOAT:
+                self.made[("float", n, None)] = self.g.add(n.op, tuple(self.float_of(i) for i in n.inputs),
+                                                           n.name, n.note)
+            # CODES: made on demand, on uint8, by u8_of / float_of
         self.g.outputs = [self.float_of(o) for o in self.src.outputs]
         self.g.remove_dead()
         return self.g
 
 
+def _on_grid(op: O.Op, q: QuantParam) -> O.Op:
+    """A data movement op applied to codes on grid q: a pad's value is quantized with q."""
+    return O.Pad(op.paddings, float(q.quantize(op.value))) if isinstance(op, O.Pad) else op
+
+
 def quantize(g: Graph, ctx: CompileContext | None = None) -> Graph:
-    """Turn each KpuConv2D into a quantized KpuLayer over ctx.ranges; the graph input becomes uint8
-    if the options ask. With the calibration's ctx.moments, KPU weights are rounded with their inputs
-    in view (kcc.quant.weight_rounding); `--weight-equalization turned` turns channels over
+    """Turn each KpuConv2D into a quantized KpuLayer over ctx.ranges (a fused activation's input
+    range linked by ctx.pre_activations); the graph input becomes uint8 if the options ask. With the
+    calibration's ctx.moments, KPU weights are rounded with their inputs in view
+    (kcc.quant.weight_rounding); `--weight-equalization turned` turns channels over
     (kcc.quant.kpu_params.equalize_weights)."""
     ctx = ctx or CompileContext()
     opts = ctx.options
-    return _Quantizer(g, ctx.ranges, opts.effective_input_type == "uint8", ctx.moments,
-                      opts.weight_equalization == "turned").run()
+    table = analyze(g, ctx.ranges, opts.effective_input_type == "uint8", ctx.moments,
+                    opts.weight_equalization == "turned", ctx.pre_activations)
+    return _Rewriter(g, table).run()

@@ -115,47 +115,6 @@ def test_infer_raw_matches_image_path(float_kmodel, tmp_path):
     assert int(scores.argmax()) == 968  # espresso
 
 
-def test_outputs_abort_removes_what_it_created(tmp_path):
-    from kcc.atomic import Outputs
-
-    (tmp_path / "m.kmodel").write_bytes(b"old")
-    outputs = Outputs()
-    (outputs.directory(tmp_path / "a" / "b" / "rep") / "report.md").write_text("new")
-    outputs.file(tmp_path / "m.kmodel", b"new")
-    outputs.abort()
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["m.kmodel"]
-    assert (tmp_path / "m.kmodel").read_bytes() == b"old"
-
-
-def test_outputs_commit_refuses_before_the_first_rename(tmp_path):
-    """A final path that became a folder since the compile started: nothing is published, not half."""
-    from kcc.atomic import Outputs
-    from kcc.errors import KccError
-
-    with Outputs() as outputs:
-        (outputs.directory(tmp_path / "rep") / "report.md").write_text("new")
-        outputs.file(tmp_path / "m.kmodel", b"new")
-        (tmp_path / "m.kmodel").mkdir()
-        with pytest.raises(KccError, match="m.kmodel"):
-            outputs.commit()
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["m.kmodel"]  # the folder made above
-
-
-def test_written_files_get_the_usual_permissions(tmp_path):
-    """Staging folders are private (0700); the files in them are created as any other file (umask)."""
-    import os
-
-    from kcc.atomic import write_atomic
-
-    umask = os.umask(0o022)
-    try:
-        write_atomic(tmp_path / "m.kmodel", b"LDMK")
-    finally:
-        os.umask(umask)
-    assert (tmp_path / "m.kmodel").stat().st_mode & 0o777 == 0o644
-    assert [p.name for p in tmp_path.iterdir()] == ["m.kmodel"]
-
-
 def test_errors_name_the_stage_only_where_it_helps(tmp_path, capsys, monkeypatch):
     """A user's error speaks in the model's terms; a compiler bug names the stage that raised it."""
     import kcc.pipeline

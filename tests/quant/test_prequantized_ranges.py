@@ -28,8 +28,7 @@ from kcc.quant.quantize import calibration_view
 def _points(data: bytes):
     imported = import_model(data)
     g = legalize_kpu(canonicalize(imported.graph), CompileContext(CompileOptions()))
-    view, points = calibration_view(g)
-    return view, points, imported.quantization
+    return calibration_view(g), imported.quantization
 
 
 def test_the_grid_passes_through_exactly_where_get_quant_param_would_miss_it():
@@ -68,10 +67,10 @@ def test_plain_ranges_give_the_grids_of_all_three_corals():
 
 
 def test_every_point_of_a_legalized_model_finds_its_tensor():
-    view, points, q = _points(mobilenet_block(True))
-    ranges = model_ranges(view, points, q)
+    view, q = _points(mobilenet_block(True))
+    ranges = model_ranges(view, q)
     grids = {name: grid_range(tq) for name, tq in q.activations.items()}
-    assert set(ranges) == {p.name for p in points}
+    assert set(ranges) == {p.name for p in view.points}
     # the stride-2 stem runs as a full-size KPU layer `conv0/kpu` cropped to the tensor conv0, and
     # reads its input through a pre-pad `conv0/kpu_pad`; the 1x1-map logits layer likewise
     assert ranges["conv0/kpu"] == grids["conv0"] and ranges["logits/kpu"] == grids["logits"]
@@ -81,17 +80,18 @@ def test_every_point_of_a_legalized_model_finds_its_tensor():
 
 
 def test_a_fused_activation_reads_the_grid_of_the_conv_before_it():
-    view, points, q = _points(conv_logistic(True))
-    (layer,) = [p for p in points if isinstance(p.op, KO.KpuConv2D) and p.op.fn is not None]
+    view, q = _points(conv_logistic(True))
+    (layer,) = [p for p in view.points if isinstance(p.op, KO.KpuConv2D) and p.op.fn is not None]
     assert layer.name == "sigmoid" and layer.op.fn[0] == "logistic"
-    ranges = model_ranges(view, points, q)
+    assert view.pre_activations == {"sigmoid": "sigmoid/pre_act"}  # the link, not the name, finds it
+    ranges = model_ranges(view, q)
     assert ranges["sigmoid/pre_act"] == grid_range(q.activations["conv"])
     assert ranges["sigmoid"] == grid_range(q.activations["sigmoid"])
 
 
 def test_a_point_without_a_tensor_names_itself_and_suggests_a_dataset():
-    view, points, q = _points(mobilenet_block(True))
+    view, q = _points(mobilenet_block(True))
     partial = ModelQuantization({k: v for k, v in q.activations.items() if k not in ("dw1", "pw1")}, q.producers)
     with pytest.raises(DatasetError, match=r"no grid for 2 tensor\(s\) the KPU layers need: 'dw1', 'pw1'") as e:
-        model_ranges(view, points, partial)
+        model_ranges(view, partial)
     assert "--dataset" in e.value.hint

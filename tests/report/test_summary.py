@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kcc.alloc.names import STEPS, in_words, model_name
+from kcc.alloc.names import model_name
 from kcc.cli import main
 from kcc.report.quant_error import LayerError
 
@@ -227,18 +227,6 @@ def test_report_summary_table_and_plot_share_one_ranking(softmax_report):
     assert "clipped on purpose (softmax logits)" in plots._note(e)
     png = plots.quant_error_png(QuantErrorReport([e], 1, 1))
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_model_names_behind_kcc_tensor_names():
-    assert model_name("conv2d_30/dequantize") == "conv2d_30"
-    assert model_name("conv2d/kpu_pad/u8") == "conv2d"
-    assert model_name("p_re_lu_3/alpha_neg") == "p_re_lu_3"
-    assert model_name("dw5/term0") == "dw5" and model_name("x/u8_2") == "x"
-    # the model's own names stay whole: TFLite's fused names end in the model's paths
-    fused = "MobilenetV1/Conv2d_0/Relu6;MobilenetV1/Conv2d_0/BatchNorm_Fold/bias"
-    assert model_name(fused) == fused and model_name("block/conv1") == "block/conv1"
-    assert model_name("block/pad", known={"block/pad"}) == "block/pad"
-    assert in_words("conv2d/kpu_pad/upload") == f"conv2d ({STEPS['kpu_pad']}, {STEPS['upload']})"
 
 
 def test_placement_reasons_say_decompositions_in_words(tmp_path):

@@ -5,6 +5,7 @@ kpu_sim's output.
 Oracles: ncc's own compile SUMMARY for the kmodels it wrote (ncc-outputs/logs/*.log of the full kit,
 quoted below and checked against the logs by a slow+kit test), the TFLite interpreter's output shape of
 a synthetic model, and the kpu_sim output length. kmodel v4 stores no output shapes (kmodel_v4.md §5).
+The record's codec on hand-built kmodels is tests/kmodel/test_output_record.py.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ from kcc.kmodel.output_record import (
     RECORD_MAGIC,
     RECORD_SOURCE,
     output_shape,
-    recorded_shapes,
-    with_output_shapes,
 )
 from kcc.options import CompileOptions
 from kcc.pipeline import compile_model
@@ -40,8 +39,6 @@ _builder = sys.modules.setdefault("tflite_builder", importlib.util.module_from_s
 if not hasattr(_builder, "TfliteBuilder"):
     _spec.loader.exec_module(_builder)
 TfliteBuilder, run_tflite = _builder.TfliteBuilder, _builder.run_tflite
-
-F32, MAIN = km.DataType.FLOAT32, km.MemoryType.MAIN
 
 # The OUTPUTS of ncc's SUMMARY when it wrote these files (ncc-outputs/logs/<name>.log in the full kit).
 NCC_SUMMARY = {
@@ -185,65 +182,6 @@ def test_cli_info_on_the_compiled_head(detector, capsys) -> None:
     assert main(["info", str(path)]) == 0
     text = capsys.readouterr().out
     assert "0: 1x1x896x16 float32 in main" in text and "kpu.set_outputs(task, 0, 16, 896, 1)" in text
-
-
-# -- derivation and record on hand-built kmodels ---------------------------------------------
-
-
-def _two_pieces(h2: int, c2: int = 1) -> km.KModel:
-    """Inputs (1,1,2,3) and (1,c2,h2,3); each negated straight into its half of one output range."""
-    a, n2 = km.MemoryRange(MAIN, F32, 0, 24), c2 * h2 * 3 * 4
-    b = km.MemoryRange(MAIN, F32, 24, n2)
-    y = km.MemoryRange(MAIN, F32, 24 + n2, 24 + n2)
-    lo, hi = km.MemoryRange(MAIN, F32, y.start, 24), km.MemoryRange(MAIN, F32, y.start + 24, n2)
-    nodes = [km.Unary(input=a, output=lo, unary_op=km.UnaryOp.NEG),
-             km.Unary(input=b, output=hi, unary_op=km.UnaryOp.NEG)]
-    return km.KModel(main_mem=y.end, inputs=[a, b], input_shapes=[(1, 1, 2, 3), (1, c2, h2, 3)], outputs=[y],
-                     nodes=nodes)
-
-
-def test_pieces_that_differ_in_one_axis_join_along_it() -> None:
-    model = _two_pieces(h2=4)
-    assert output_shape(model, model.outputs[0]) == ((1, 1, 6, 3), "concatenation of nodes 0, 1")
-    assert with_output_shapes(model, [(1, 6, 3)]) is model  # the nodes tell: bytes unchanged
-    recorded = with_output_shapes(model, [(1, 18)])  # a reshape after the concat: they do not
-    assert recorded is not model and recorded_shapes(km.read(km.write(recorded))) == [(1, 1, 1, 18)]
-    assert len(recorded.constants) % 8 == 0  # §5: the blob stays a multiple of 8
-
-
-def test_ambiguous_pieces_are_unknown() -> None:
-    same = _two_pieces(h2=2)  # (1,1,2,3) twice: 1x2x2x3, 1x1x4x3 or 2x1x2x3?
-    assert output_shape(same, same.outputs[0])[0] is None
-    two_axes = _two_pieces(h2=4, c2=2)  # (1,1,2,3) and (1,2,4,3): only a reshape joins them
-    assert output_shape(two_axes, two_axes.outputs[0])[0] is None
-
-
-def test_a_record_that_disagrees_is_ignored() -> None:
-    model = _two_pieces(h2=4)
-    good = with_output_shapes(model, [(1, 18)]).constants  # no other constants: shape4, then the footer
-
-    def shapes(blob: bytes):
-        return recorded_shapes(km.KModel(main_mem=model.main_mem, inputs=model.inputs, outputs=model.outputs,
-                                          input_shapes=model.input_shapes, nodes=model.nodes, constants=blob))
-
-    assert shapes(good) == [(1, 1, 1, 18)]
-    assert shapes(good[:-16] + struct.pack("<2I", 2, 32) + RECORD_MAGIC) is None  # 2 recorded, 1 output
-    bad_dims = struct.pack("<4i", 1, 1, 1, 17) + good[16:]
-    assert shapes(bad_dims) is None  # 17 floats != the 72-byte output
-    assert shapes(good[:-1] + b"5") is None  # no magic
-
-
-def test_a_constant_that_looks_like_a_record_is_not_one() -> None:
-    model = _two_pieces(h2=4)
-    blob = with_output_shapes(model, [(1, 18)]).constants
-    used = km.MemoryRange(km.MemoryType.CONST, F32, 0, 4)  # a node reads the record's first bytes
-    out = model.outputs[0]
-    node = km.Binary(input_a=used, input_b=used, output=km.MemoryRange(MAIN, F32, out.end, 4),
-                     binary_op=km.BinaryOp.ADD, in_a_shape=(1, 1, 1, 1), in_b_shape=(1, 1, 1, 1),
-                     out_shape=(1, 1, 1, 1), fused_activation=km.ValueRange(-3.4e38, 3.4e38))
-    clash = km.KModel(main_mem=out.end + 8, inputs=model.inputs, input_shapes=model.input_shapes,
-                      outputs=model.outputs, nodes=[*model.nodes, node], constants=blob)
-    assert recorded_shapes(clash) is None
 
 
 # -- every kmodel kcc writes from the full kit's models ---------------------------------------

@@ -1,0 +1,171 @@
+"""A golden printed IR per rewriting stage of `kcc.pipeline.stages`: a tiny graph the stage really
+changes, run through the pipeline up to that stage; the graph before and after it, printed by
+`kcc.ir.printer.format_graph` (constants included), must equal `golden/<stage>.txt`.
+
+A refactor changes none of these files. A change of behaviour shows up here as a diff to read:
+regenerate with `KCC_UPDATE_GOLDEN=1 python -m pytest tests/passes/test_golden_ir.py`, then read every
+changed file against the case's comment below (what the stage should do) before keeping it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph, Node
+from kcc.ir.printer import format_graph
+from kcc.options import CompileOptions
+from kcc.passes.manager import CompileContext, PassManager
+from kcc.pipeline import stages
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+UPDATE = os.environ.get("KCC_UPDATE_GOLDEN") == "1"
+RELU6 = (0.0, 6.0)
+
+
+def _conv(g: Graph, x: Node, c_out: int, k: int, name: str, rng: np.random.Generator, *, stride: int = 1,
+          dilation: int = 1, groups: int = 1, act: tuple[float, float] = O.NO_CLAMP) -> Node:
+    """A conv with 'same' padding; a bias of 0.25 (printed exactly where the constant is small)."""
+    c_in, p = x.shape[1], k // 2 * dilation
+    w = g.constant(rng.uniform(-1, 1, (c_out, c_in // groups, k, k)).astype(np.float32), f"{name}/w")
+    b = g.constant(np.full(c_out, 0.25, np.float32), f"{name}/b")
+    op = O.Conv2D((stride, stride), ((p, p), (p, p)), (dilation, dilation), groups, act)
+    return g.add(op, (x, w, b), name)
+
+
+def transposes_and_a_clamp(rng: np.random.Generator) -> Graph:
+    """canonicalize: look for the NHWC/NCHW transpose pair gone (the conv reads %input), the relu6
+    clamp fused into the conv as act=(0, 6) under the clamp's name, and the two reshapes folded into
+    one reading the conv."""
+    g = Graph()
+    x = g.input(0, (1, 4, 8, 8))
+    t = g.add(O.Transpose((0, 2, 3, 1)), (x,), "to_nhwc")
+    t = g.add(O.Transpose((0, 3, 1, 2)), (t,), "to_nchw")
+    y = g.add(O.Clamp(*RELU6), (_conv(g, t, 8, 3, "conv", rng),), "relu6")
+    r = g.add(O.Reshape((1, 8, 64)), (y,), "rows")
+    g.outputs = [g.add(O.Reshape((1, 512)), (r,), "flat")]
+    return g
+
+
+def dilated_conv(rng: np.random.Generator) -> Graph:
+    """eliminate_dilated_conv: look for the dilation-2 conv replaced by space-to-batch (pad to 12x12,
+    reshape/transpose into 4 phases of 6x6 in the batch), a dilation-1 conv with no padding and the
+    same weights, bias and act, and batch-to-space back to 1x4x8x8 under the conv's name."""
+    g = Graph()
+    x = g.input(0, (1, 4, 8, 8))
+    g.outputs = [_conv(g, x, 4, 3, "conv", rng, dilation=2, act=RELU6)]
+    return g
+
+
+def transpose_conv(rng: np.random.Generator) -> Graph:
+    """lower_transpose_conv: look for the stride-2 conv2d_transpose replaced by zero insertion (a zero
+    after every input column and row: 4x4 -> 8x8) and a stride-1 conv2d of the flipped kernel under its
+    name, with its bias and act, padded k - 1 - 0 = 2 before and 0 after (the trailing inserted zero
+    and the end padding of 1 take the k - 1 = 2)."""
+    g = Graph()
+    x = g.input(0, (1, 4, 4, 4))
+    w = g.constant(rng.uniform(-1, 1, (4, 4, 3, 3)).astype(np.float32), "up/w")
+    b = g.constant(np.full(4, 0.25, np.float32), "up/b")
+    g.outputs = [g.add(O.Conv2DTranspose((1, 4, 8, 8), (2, 2), ((0, 1), (0, 1)), act=RELU6), (x, w, b), "up")]
+    return g
+
+
+def depthwise_5x5(rng: np.random.Generator) -> Graph:
+    """decompose_kernels: a 5x5 depthwise (the KPU takes 1x1 and 3x3) behind a relu6 conv the KPU
+    computes. Look for the 5x5 replaced by four 3x3-tap views (crops of one padded input), stacked
+    into 64 channels and read by one dense 3x3 conv (16 <- 64) with the 5x5's act, under its name; its
+    note gives the estimate against the CPU. The 3x3 `expand` conv is left alone."""
+    g = Graph()
+    x = g.input(0, (1, 3, 32, 32))
+    y = _conv(g, x, 16, 3, "expand", rng, act=RELU6)
+    g.outputs = [_conv(g, y, 16, 5, "dw5", rng, groups=16, act=RELU6)]
+    return g
+
+
+def strided_stem_and_softmax(rng: np.random.Generator) -> Graph:
+    """A stride-2 3x3 relu6 conv, a 2x2 max pool, a 1x1 conv, then reshape and softmax on the CPU."""
+    g = Graph()
+    x = g.input(0, (1, 3, 16, 16))
+    y = _conv(g, x, 8, 3, "stem", rng, stride=2, act=RELU6)
+    y = g.add(O.Pool2D("max", (2, 2), (2, 2)), (y,), "pool")
+    y = g.add(O.Reshape((1, 64)), (_conv(g, y, 4, 1, "head", rng),), "flat")
+    g.outputs = [g.add(O.Softmax(1), (y,), "probs")]
+    return g
+
+
+def prelu(rng: np.random.Generator) -> Graph:
+    """lower_float (a float build): look for the PReLU as max(x, 0) + alpha * min(x, 0) in kmodel
+    binary ops (pos, neg, alpha_neg, add), alpha read as it is, under the PReLU's name."""
+    g = Graph()
+    x = g.input(0, (1, 4, 4, 4))
+    alpha = g.constant(np.array([0.5, -1.5, 2.0, 0.25], np.float32).reshape(4, 1, 1), "alpha")
+    g.outputs = [g.add(O.PRelu(), (x, alpha), "prelu")]
+    return g
+
+
+@dataclass(frozen=True)
+class Case:
+    stage: str
+    build: Callable[[np.random.Generator], Graph]
+    inference_type: str = "uint8"
+
+
+CASES = [
+    Case("canonicalize", transposes_and_a_clamp),
+    Case("eliminate_dilated_conv", dilated_conv),
+    Case("lower_transpose_conv", transpose_conv),
+    Case("decompose_kernels", depthwise_5x5),
+    # legalize_kpu: look for the stride-2 stem as a KPU 3x3 conv with the left_top_2_s2 pool under
+    # %stem/kpu and a strided_slice %stem after it (the KPU has no stride; its pool unit takes the even
+    # rows and columns; the crop keeps all 8x8 here), the max pool behind it left on the CPU (its input
+    # is cropped on the CPU), the 1x1 head a kpu_conv2d, and reshape and softmax unchanged.
+    Case("legalize_kpu", strided_stem_and_softmax),
+    # quantize (after calibrate): look for a uint8 input uploaded to KPU RAM, each KPU conv a kpu_layer
+    # with its output grid (zero point, scale), downloads before the CPU ops, the CPU max pool on the
+    # uint8 codes (dequantize and quantize with scale 1 around it), the reshape in uint8, and one
+    # dequantize with the head's grid before the float softmax.
+    Case("quantize", strided_stem_and_softmax),
+    Case("lower_float", prelu, inference_type="float"),
+]
+
+
+def _before_and_after(case: Case) -> tuple[str, str]:
+    """The graph before and after `case.stage`, every earlier stage of the pipeline run first."""
+    rng = np.random.default_rng(19)
+    g = case.build(rng)
+    options = CompileOptions(inference_type=case.inference_type)
+    pipeline = stages(options)
+    at = [s.name for s in pipeline].index(case.stage)
+    shape = g.inputs[0].shape
+    samples = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(2)]
+    ctx = CompileContext(options, samples=samples)
+    manager = PassManager()
+    g = manager.run(pipeline[:at], g, ctx)
+    before = format_graph(g, constants=True)  # before the stage runs: a pass may edit in place
+    g = manager.run(pipeline[at:at + 1], g, ctx)
+    return before, format_graph(g, constants=True)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.stage for c in CASES])
+def test_printed_ir_after_each_rewriting_stage(case: Case):
+    before, after = _before_and_after(case)
+    assert before != after, f"{case.stage} no longer changes its case: the golden would test nothing"
+    text = f"# before {case.stage}\n{before}\n# after {case.stage}\n{after}"
+    path = GOLDEN / f"{case.stage}.txt"
+    if UPDATE:
+        GOLDEN.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert path.is_file(), f"no {path.name}: run with KCC_UPDATE_GOLDEN=1 and read it"
+    assert text == path.read_text(), f"{case.stage}'s printed IR changed: diff it against {path}"
+
+
+def test_every_rewriting_stage_has_a_case():
+    rewrites = {s.name for t in ("uint8", "float") for s in stages(CompileOptions(inference_type=t))
+                if s.rewrites}
+    assert rewrites == {c.stage for c in CASES}
