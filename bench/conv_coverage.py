@@ -31,14 +31,14 @@ from kcc.ir.graph import Graph, Node
 
 
 def conv_macs(n: Node) -> int:
-    """MACs of one Conv2D, Conv2DTranspose or KpuConv2D node (0 for anything else)."""
+    """MACs of one Conv2D, Conv2DTranspose or FloatKpuConv node (0 for anything else)."""
     if isinstance(n.op, O.Conv2D):
         return int(n.type.size * np.prod(n.inputs[1].shape[1:]))
     if isinstance(n.op, O.Conv2DTranspose):
         # every input pixel meets every (output channel, tap) of its group
         oc, _, kh, kw = n.inputs[1].shape
         return int(n.inputs[0].type.size * (oc // n.op.groups) * kh * kw)
-    if isinstance(n.op, KO.KpuConv2D):
+    if isinstance(n.op, KO.FloatKpuConv):
         x, w = n.inputs[0], n.inputs[1]
         nb, _, h, wd = x.shape
         return int(nb * h * wd * np.prod(w.shape))
@@ -71,7 +71,7 @@ def model_conv_macs(g: Graph) -> int:
 def conv_coverage(legalized: Graph, model_macs: int) -> ConvCoverage:
     """Coverage of a model with `model_macs` convolution MACs by its legalized graph."""
     cpu = [n for n in legalized.nodes if isinstance(n.op, (O.Conv2D, O.Conv2DTranspose))]
-    kpu = [n for n in legalized.nodes if isinstance(n.op, KO.KpuConv2D) and not _fully_connected(n)]
+    kpu = [n for n in legalized.nodes if isinstance(n.op, KO.FloatKpuConv) and not _fully_connected(n)]
     return ConvCoverage(model_macs, sum(conv_macs(n) for n in cpu), sum(conv_macs(n) for n in kpu),
                         tuple(n.name for n in cpu))
 

@@ -3,12 +3,11 @@
     python bench/kpu_coverage.py [--models a,b] [--builds before,after] [--calib N] [--method no_clip]
 
 "before" is the same compiler with `--decompose off` (kernels the KPU lacks stay on the CPU in
-float, as in ncc); "after" is the default build (`--decompose accurate`) (`--builds` picks
-them). Each model is calibrated on its own
-reference samples (the first N, as float32 NCHW arrays, `input_type="float"`, like
-bench/accuracy.py, with --input-mean/--input-std putting the input grid on the pixels: pixel_grid)
-and run on kpu_sim; cosine is the worst output per sample against the TFLite
-reference, averaged over the samples. These models have 3 reference samples each, and the worst
+float, as in ncc); "after" is the default build (`--decompose accurate`); `--builds` picks them.
+Each model is calibrated on its own reference samples (the first N, as float32 NCHW arrays,
+`input_type="float"`, like bench/accuracy.py, with --input-mean/--input-std putting the input grid
+on the pixels: pixel_grid) and run on kpu_sim; cosine is the worst output per sample against the
+TFLite reference, averaged over the samples. These models have 3 reference samples each, and the worst
 output is often a 63-value landmark vector, so that cosine moves by +-0.005 with any small change of
 rounding; the `extra` columns therefore also compare both builds with the float model (kcc's float
 interpreter) on up to --extra further pictures of ../shared/reference/models/images (resized like
@@ -354,7 +353,7 @@ def weight_rounding_sqnr(name: str, extra: list, calib: int) -> tuple[int, list[
     moments = ctx.moments
     refs = [run(g, [x]) for x, _ in extra]
     prefixes = tuple(conv + "/" for conv in cap.decomposed)
-    layers = [n for n in g.nodes if isinstance(n.op, KO.KpuConv2D)
+    layers = [n for n in g.nodes if isinstance(n.op, KO.FloatKpuConv)
               and (n.name in cap.decomposed or n.name.startswith(prefixes))]
     rounded = {}  # id(constant) -> (node, rounded data), all from the float weights (stacks share weights)
     for n in layers:

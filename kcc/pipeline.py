@@ -2,7 +2,7 @@
 
     import_tflite -> canonicalize -> [eliminate_dilated_conv -> lower_transpose_conv -> load_samples
                                        -> decompose_kernels -> legalize_kpu -> calibrate -> quantize]
-                  -> lower_float
+                  -> lower_to_neutral
                   -> emit (plan memory, kmodel.write)
 
 (the bracketed K210 stages run for --inference-type uint8, the default; `stages` lists them).
@@ -29,7 +29,7 @@ from kcc.passes.canonicalize import canonicalize
 from kcc.passes.decompose_kernels import decompose_kernels
 from kcc.passes.dilated_conv import eliminate_dilated_conv
 from kcc.passes.legalize_kpu import Placement, legalize_kpu
-from kcc.passes.lower_float import lower_float
+from kcc.passes.lower_to_neutral import lower_to_neutral
 from kcc.passes.manager import CompileContext, Log, PassManager, Progress, Stage, StageHook
 from kcc.passes.transpose_conv import lower_transpose_conv
 from kcc.quant.calibrate import load_samples
@@ -72,7 +72,7 @@ def stages(options: CompileOptions) -> list[Stage]:
         Stage("canonicalize", canonicalize, banner="2. Optimize (canonicalize)..."),
         Stage("weights_range", _weights_range, rewrites=False),
         *(k210 if options.inference_type == "uint8" else []),
-        Stage("lower_float", lower_float, banner="6. Lower the remaining ops to kmodel neutral ops..."),
+        Stage("lower_to_neutral", lower_to_neutral, banner="6. Lower the remaining ops to kmodel neutral ops..."),
         Stage("emit", _emit, rewrites=False, banner="7. Plan buffers and emit kmodel v4..."),
     ]
 

@@ -41,7 +41,7 @@ STEPS: dict[str, str] = {
     "residual": "rounding residual",
     "term": "3x3 term", "sum": "sum of terms", "stack": "stacked views", "stacked_conv": "stacked 3x3 terms",
     "parts": "sum of parts", "terms": "3x3 terms",
-    # lower_float: ops the kmodel lacks, as several CPU ops
+    # lower_to_neutral: ops the kmodel lacks, as several CPU ops
     "alpha_x": "alpha x input", "pos": "positive part", "neg": "negative part",
     "alpha_neg": "alpha x negative part", "square": "squares", "max_eps": "sum of squares",
     "rsqrt": "inverse norm", "to_last": "transposed", "softmax": "softmax", "keepdims": "reduced",

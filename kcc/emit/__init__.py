@@ -9,7 +9,7 @@ Three steps:
 2. **Memory plan** (`plan`). Buffer lifetimes over the node order, packed with `kcc.alloc` (8-byte
    aligned, §7.1); `main_mem` is the plan's peak.
 3. **Bodies.** `EMITTERS` maps each IR op class to a function building its kmodel body, one body per
-   node (`lower_float` has already decomposed everything else): the neutral CPU ops (`neutral`) and
+   node (`lower_to_neutral` has already decomposed everything else): the neutral CPU ops (`neutral`) and
    the K210 ops (`kpu`), assembled here from the two tables.
 """
 
@@ -83,12 +83,12 @@ def emit(graph: Graph, max_solve_secs: float = 60.0) -> Emitted:
         if type(n.op) not in EMITTERS and not isinstance(
                 n.op, (O.Input, O.Constant, O.Reshape, KO.KpuDownload)):
             raise UnsupportedModelError(f"'{n.name}': op {n.op.kind} has no kmodel v4 emitter "
-                                        f"(run lower_float first)")
+                                        f"(run lower_to_neutral first)")
     st = Storage(g, inline_constants(g), EMITTERS)
     st.downloads = {id(n.inputs[0]): n for n in g.nodes if isinstance(n.op, KO.KpuDownload)}
     for n in g.nodes:  # KPU layers read KPU RAM, everything else main memory (§9.1)
         for i in n.inputs:
-            want_kpu = isinstance(n.op, (KO.KpuLayer, KO.KpuDownload)) or (
+            want_kpu = isinstance(n.op, (KO.QuantKpuLayer, KO.KpuDownload)) or (
                 isinstance(n.op, KO.KpuUpload) and id(i) in st.kpu_inputs)
             if in_kpu_ram(st.base(i), st) != want_kpu:
                 raise UnsupportedModelError(f"'{n.name}' ({n.op.kind}) reads '{i.name}' from the wrong "

@@ -37,7 +37,7 @@ def _upload(n: Node, st: Storage) -> K.Body:
 
 
 def layer_argument(n: Node, st: Storage, main_output: bool) -> K.KpuLayerArgument:
-    op: KO.KpuLayer = n.op
+    op: KO.QuantKpuLayer = n.op
     x = n.inputs[0]
     _, c, h, w = x.shape
     _, oc, oh, ow = n.shape
@@ -57,7 +57,7 @@ def _activation_table(table: np.ndarray) -> K.KpuActivationTable:
 
 
 def _kpu_conv2d(n: Node, st: Storage) -> K.Body:
-    op: KO.KpuLayer = n.op
+    op: KO.QuantKpuLayer = n.op
     download = st.downloads.get(id(n))
     bn = op.bn
     return K.KpuConv2D(
@@ -73,5 +73,5 @@ KPU_EMITTERS: dict[type, Callable[[Node, Storage], K.Body]] = {
     KO.Quantize: _quantize,
     KO.Dequantize: _dequantize,
     KO.KpuUpload: _upload,
-    KO.KpuLayer: _kpu_conv2d,
+    KO.QuantKpuLayer: _kpu_conv2d,
 }

@@ -252,7 +252,7 @@ def dequantize(op, q):
 
 
 KERNELS: dict[type, Callable] = {
-    KO.KpuConv2D: kpu_conv2d,
+    KO.FloatKpuConv: kpu_conv2d,
     KO.Quantize: quantize,
     KO.Dequantize: dequantize,
     KO.QuantResidual: lambda op, x: np.zeros_like(x),  # exact in float (QuantResidual's docstring)

@@ -1,18 +1,18 @@
 """IR ops of the K210 path: the float KPU layer used for calibration, and the quantized ops.
 
 Float stage (after `legalize_kpu`, evaluated by `kcc.eval` for calibration):
-    KpuConv2D   one KPU layer in real numbers: "same" conv (pad k//2) + bias -> clamp -> f -> pool
+    FloatKpuConv   one KPU layer in real numbers: "same" conv (pad k//2) + bias -> clamp -> f -> pool
 
 Quantized stage (after `quantize`, executed bit-exactly only by kpu_sim):
     Quantize / Dequantize   f32 <-> u8 with nncase's inverted scale (kmodel_v4.md §3.4)
     QuantResidual           gain x (x - x rounded to its grid): 0 in the float stage, expanded by
                             `quantize` into quantize/dequantize/sub/quantize on the CPU
     KpuUpload               u8 NCHW main memory -> KPU RAM layout (§9.1)
-    KpuLayer                one kpu_conv2d: encoded conv/BN/activation/pool parameters (§9.2-9.7)
+    QuantKpuLayer                one kpu_conv2d: encoded conv/BN/activation/pool parameters (§9.2-9.7)
     KpuDownload             KPU RAM -> u8 NCHW main memory; emitted as the producing layer's
                             main_mem_output, never as a node of its own (§9.1: no download op)
 
-Tensors produced by KpuUpload and KpuLayer live in KPU RAM; every other tensor in main memory.
+Tensors produced by KpuUpload and QuantKpuLayer live in KPU RAM; every other tensor in main memory.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ KPU_ACTIVATIONS = {"leaky_relu": True, "logistic": False, "tanh": False, "hard_s
 
 
 @dataclass(frozen=True)
-class KpuConv2D(Op):
+class FloatKpuConv(Op):
     """A KPU layer in real numbers. Inputs: x [N,C,H,W], w [OC, C or 1, k, k], b [OC].
 
     y = pool(f(clamp(conv_same(x, w) + b, act))), conv_same pads k//2 on every side with zeros
@@ -129,7 +129,7 @@ class KpuDownload(Op):
 
 
 @dataclass(frozen=True, eq=False)
-class KpuLayer(Op):
+class QuantKpuLayer(Op):
     """One quantized kpu_conv2d with every encoded parameter (kpu_semantics.md §3, §4.3).
 
     `weights` u8 [OC][C or 1][k][k]; `bn` int64 [OC, 3] = (mul, shift, add); `act` the 16 segments
@@ -164,4 +164,4 @@ class KpuLayer(Op):
         return {"k": self.kernel, "dw": self.depthwise, "pool": self.pool, "out_q": self.out_q}
 
 
-KPU_SPACE_OPS = (KpuUpload, KpuLayer)  # ops whose output lives in KPU RAM
+KPU_SPACE_OPS = (KpuUpload, QuantKpuLayer)  # ops whose output lives in KPU RAM

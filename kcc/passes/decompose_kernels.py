@@ -49,7 +49,7 @@ from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.options import CompileOptions
-from kcc.passes.kernel_forms import Plan, emit, plan_terms
+from kcc.passes.kernel_forms import Form, emit, plan_terms
 from kcc.passes.kernel_terms import axis_terms, max_zero_taps
 from kcc.passes.legalize_kpu import legalize_kpu
 from kcc.passes.manager import CompileContext
@@ -94,16 +94,16 @@ def estimate_cycles(g: Graph) -> float:
     outputs = {id(o) for o in g.outputs}
     total = 0.0
     for n in g.nodes:
-        if isinstance(n.op, KO.KpuConv2D):
+        if isinstance(n.op, KO.FloatKpuConv):
             x, w = n.inputs[0], n.inputs[1]
             nb, c, h, wd = x.shape
             lay = kpu_row_layout(wd)
             per_line = n.shape[1] if n.op.depthwise else math.ceil(c / lay.groups) * n.shape[1]
             total += KPU_CYCLE_FACTOR * nb * h * lay.row_len * per_line + KPU_WEIGHT_CYCLES_PER_BYTE * w.type.size
             total += _KPU_LAYER_CYCLES
-            if not isinstance(x.op, KO.KpuConv2D):
+            if not isinstance(x.op, KO.FloatKpuConv):
                 total += cpu_cycles("kpu_upload_byte") * x.type.size
-            if id(n) in outputs or any(not isinstance(u.op, KO.KpuConv2D) for u in users[n]):
+            if id(n) in outputs or any(not isinstance(u.op, KO.FloatKpuConv) for u in users[n]):
                 total += cpu_cycles("kpu_download_byte") * n.type.size
         elif isinstance(n.op, O.Conv2D):
             total += CPU_NODE_CYCLES + cpu_cycles("conv2d_mac") * n.type.size * int(np.prod(n.inputs[1].shape[1:]))
@@ -114,11 +114,11 @@ def estimate_cycles(g: Graph) -> float:
             if isinstance(n.op, O.Concat):
                 total += cpu_cycles("concat_block") * len(n.inputs)
             if isinstance(n.op, (O.Binary, O.Concat)):
-                total += sum(cpu_cycles("dequantize") * i.type.size for i in n.inputs if isinstance(i.op, KO.KpuConv2D))
+                total += sum(cpu_cycles("dequantize") * i.type.size for i in n.inputs if isinstance(i.op, KO.FloatKpuConv))
     return total
 
 
-def _alone(n: Node, plan: Plan | None) -> Graph | None:
+def _alone(n: Node, plan: Form | None) -> Graph | None:
     """Conv `n` (plan None) or its decomposition as a graph of its own: input -> ... -> output."""
     g = Graph()
     x = g.input(0, n.inputs[0].shape)
@@ -157,7 +157,7 @@ def _stack_groups(c: int, j: int, budget: int) -> list[int]:
     return out
 
 
-def _plans(n: Node, residual: bool = False, halves: bool = False, bulk: float = 0.0) -> list[Plan]:
+def _plans(n: Node, residual: bool = False, halves: bool = False, bulk: float = 0.0) -> list[Form]:
     """Every candidate: split step, zero placement, and each combiner whose limits it meets; with
     `residual`, also the stacks that stack the input's rounding residual (twice the input channels);
     with `halves`, also every stack computing its output in two halves (four parts with `bulk`)."""
@@ -169,9 +169,9 @@ def _plans(n: Node, residual: bool = False, halves: bool = False, bulk: float = 
     out = []
     for split in splits:
         for z in itertools.product(range(max_zero_taps(kh, split[0]) + 1), range(max_zero_taps(kw, split[1]) + 1)):
-            out.append(Plan(split, z, "sum"))
+            out.append(Form(split, z, "sum"))
             if residual:
-                out.append(Plan(split, z, "sum", residual=True))
+                out.append(Form(split, z, "sum", residual=True))
             j = len(axis_terms(kh, sh, 0, split[0], z[0])) * len(axis_terms(kw, sw, 0, split[1], z[1]))
             if j == 1:
                 continue
@@ -179,16 +179,16 @@ def _plans(n: Node, residual: bool = False, halves: bool = False, bulk: float = 
                 if not depthwise:
                     loads = weight_loads(w.shape[0], views * c, 3, False)[1] + 1
                     if views * c <= MAX_CHANNELS and loads <= MAX_WEIGHT_LOADS:
-                        out += [Plan(split, z, "stack", residual=extra, halves=h, bulk=bulk if h else 0.0)
+                        out += [Form(split, z, "stack", residual=extra, halves=h, bulk=bulk if h else 0.0)
                                 for h in sorted({False, halves})]
                     continue
                 groups = _stack_groups(c, views, STACK_WEIGHT_BUDGET) or _stack_groups(c, views, MAX_STACK_WEIGHT)
-                out += [Plan(split, z, "stack", 0 if g == c else g, extra, h, bulk if h else 0.0)
+                out += [Form(split, z, "stack", 0 if g == c else g, extra, h, bulk if h else 0.0)
                         for h in sorted({False, halves}) for g in groups]
             if not depthwise:
                 continue
             if split == (sh, sw) and j * c <= MAX_CHANNELS and j * c * c + 9 * j * c <= STACK_WEIGHT_BUDGET:
-                out.append(Plan(split, z, "stack_dw"))
+                out.append(Form(split, z, "stack_dw"))
     return out
 
 
@@ -203,7 +203,7 @@ class Status(Enum):
 class Decision:
     node: str
     status: Status
-    plan: Plan | None  # None: the conv stays as it is
+    plan: Form | None  # None: the conv stays as it is
     cycles: float  # estimate of the chosen form
     cpu_cycles: float  # estimate of the conv left on the CPU
     reason: str
@@ -214,12 +214,12 @@ class Decision:
         return f"not decomposed: {self.reason}" if self.status is Status.KEPT else None
 
 
-def extra_roundings(n: Node, plan: Plan, float_input: bool, read_in_float: bool = False) -> int:
+def extra_roundings(n: Node, plan: Form, float_input: bool, read_in_float: bool = False) -> int:
     """Roundings a decomposition of conv `n` adds to those of the float conv on the CPU, which reads
     its (8-bit or float) input as it is: one for the partial sums of a multi-term `sum` / `stack_dw`
     (each is rounded to 8 bits over its own, unclamped range), one for a float input read without
     its residual, one for an output read in float (`_read_in_float`) not computed in parts
-    (`Plan.halves`). An output a KPU layer reads is rounded to 8 bits either way."""
+    (`Form.halves`). An output a KPU layer reads is rounded to 8 bits either way."""
     partial = plan.combine != "stack" and len(plan_terms(n, plan) or ()) > 1
     return int(partial) + int(float_input and not plan.residual) + int(read_in_float and not plan.halves)
 
@@ -246,7 +246,7 @@ def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = Tr
     if opts.decompose == "off":
         return Decision(n.name, Status.KEPT, None, cpu, cpu, "--decompose off")
     float_input = residual and _cpu_float(x)
-    forms: list[tuple[int, float, Plan]] = []  # (extra roundings, cycles, plan) of what lands on the KPU
+    forms: list[tuple[int, float, Form]] = []  # (extra roundings, cycles, plan) of what lands on the KPU
     landed = set()  # stacks that fit in some channel grouping: smaller groups only add layers
     for plan in _plans(n, float_input, halves, bulk):
         form = (plan.split, plan.z, plan.combine, plan.residual, plan.halves)
@@ -339,7 +339,7 @@ def _cpu_float(x: Node) -> bool:
     return isinstance(x.op, (O.PRelu, O.Binary))
 
 
-def rewrite(g: Graph, n: Node, plan: Plan, note: str = "") -> Node | None:
+def rewrite(g: Graph, n: Node, plan: Form, note: str = "") -> Node | None:
     """Replace conv `n` of `g` by its decomposition under `plan`; the new output node takes n's name."""
     new = emit(lambda op, ins, name: g.insert_before(n, op, ins, name), n, n.inputs[0], plan)
     if new is None:

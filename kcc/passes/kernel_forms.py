@@ -1,6 +1,6 @@
 """kernel_forms: the forms of a conv the KPU lacks, as 3x3 KPU convolutions of views of its input.
 
-A `Plan` names one form: how the kernel is split into 3x3 terms (kcc.passes.kernel_terms: which taps
+A `Form` names one form: how the kernel is split into 3x3 terms (kcc.passes.kernel_terms: which taps
 each term takes, which view of the input it reads) and how the terms are combined; `emit` builds it
 as IR. Which form a conv gets, if any, is kcc.passes.decompose_kernels' choice.
 
@@ -49,7 +49,7 @@ Add = Callable[[O.Op, tuple, str], Node]
 
 
 @dataclass(frozen=True)
-class Plan:
+class Form:
     """One way to decompose a conv: split steps, zero placement, combiner, and for a depthwise
     `stack` the channels per group (0: all channels in one layer)."""
 
@@ -77,7 +77,7 @@ class Plan:
         return f"{how}{extra}{halves}"
 
 
-def plan_terms(n: Node, plan: Plan) -> list[tuple[np.ndarray, Window, Window]] | None:
+def plan_terms(n: Node, plan: Form) -> list[tuple[np.ndarray, Window, Window]] | None:
     """(3x3 kernel, H window, W window) of every term of conv n under `plan` that reads any input."""
     op: O.Conv2D = n.op
     x, w, _ = n.inputs
@@ -143,7 +143,7 @@ def _block_diagonal(terms: list, c0: int, c1: int) -> np.ndarray:
     return ws
 
 
-def emit(add: Add, n: Node, x: Node, plan: Plan) -> Node | None:
+def emit(add: Add, n: Node, x: Node, plan: Form) -> Node | None:
     """Build the decomposition of conv `n` (reading `x`) with `add`; returns the node computing n."""
     op: O.Conv2D = n.op
     _, _, bn = n.inputs

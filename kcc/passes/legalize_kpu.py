@@ -1,4 +1,4 @@
-"""legalize_kpu: put every eligible convolution on the KPU as a float `KpuConv2D`.
+"""legalize_kpu: put every eligible convolution on the KPU as a float `FloatKpuConv`.
 
 The KPU convolves only 1x1 or 3x3 kernels, at stride 1, with "same" padding of k//2 filled with
 the input zero point (kpu_semantics.md §3). Everything else is arranged around the layer:
@@ -276,7 +276,7 @@ class _Legalizer:
             xin = g.add(O.Pad(pads, 0.0), (xin,), n.name + "/kpu_pad")
         wc = self.map[id(wn)] if id(wn) in self.map and w is wn.data else g.constant(w, wn.name + "/kpu")
         bc = g.constant(b, bn.name) if id(bn) not in self.map else self.map[id(bn)]
-        kop = KO.KpuConv2D(k, depthwise, pool, op.act, fn)
+        kop = KO.FloatKpuConv(k, depthwise, pool, op.act, fn)
         name = tail.name if tail is not n else n.name
         y = g.add(kop, (xin, wc, bc), name if trivial else n.name + "/kpu")
         if not trivial:
@@ -358,7 +358,7 @@ class _Legalizer:
 
 
 def legalize_kpu(g: Graph, ctx: CompileContext | None = None) -> Graph:
-    """Rewrite a canonical float graph so that KPU-eligible layers become `KpuConv2D` nodes; one
+    """Rewrite a canonical float graph so that KPU-eligible layers become `FloatKpuConv` nodes; one
     `Placement` per conv / fc / pool goes to ctx.placements, the CPU ones with their reason and, for
     a conv decompose_kernels kept, its decision's (`Decision.cpu_note` of ctx.decisions).
 

@@ -1,6 +1,6 @@
 """Parameters of one quantized KPU layer (kpu_semantics.md §4.3), computed the way nncase v0.2 does.
 
-Given a float `KpuConv2D` (weights W, bias b, clamp [a_lo, a_hi], optional function f) and the
+Given a float `FloatKpuConv` (weights W, bias b, clamp [a_lo, a_hi], optional function f) and the
 calibrated ranges of its input X, its pre-activation output Y and its final output Z:
 
 1. input:   (z_x, s_x) = qparam(X); the 3x3 border is filled with pad_value = z_x.
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kcc.eval.kernels import kpu_activation
-from kcc.ir.kpu_ops import KpuConv2D, KpuLayer
+from kcc.ir.kpu_ops import FloatKpuConv, QuantKpuLayer
 from kcc.quant.params import (
     QuantParam,
     get_fixed_mul,
@@ -150,7 +150,7 @@ def piecewise_linear(x: np.ndarray, y: np.ndarray, segments: int = ACT_SEGMENTS)
     return start, slope, inter
 
 
-def activation_table(op: KpuConv2D, yq: QuantParam, zq: QuantParam, act_in: float) -> np.ndarray:
+def activation_table(op: FloatKpuConv, yq: QuantParam, zq: QuantParam, act_in: float) -> np.ndarray:
     """[16, 4] int64 rows (x_start, mul, shift, bias) of the layer's activation table."""
     a_lo, a_hi = op.act
     xf_min = F32(min(max(F32(-yq.zero_point / F32(yq.scale)), a_lo), a_hi))
@@ -368,8 +368,8 @@ def layer_weights(w: np.ndarray, b: np.ndarray, depthwise: bool, moments: PatchM
     return LayerWeights(codes, wq, e, b)
 
 
-def kpu_layer(op: KpuConv2D, w: np.ndarray, b: np.ndarray, r: LayerRanges,
-              moments: PatchMoments | None = None, turn_channels: bool = True) -> KpuLayer:
+def kpu_layer(op: FloatKpuConv, w: np.ndarray, b: np.ndarray, r: LayerRanges,
+              moments: PatchMoments | None = None, turn_channels: bool = True) -> QuantKpuLayer:
     """Quantize one float KPU layer into its encoded parameters (`layer_weights`, with
     `turn_channels` for equalize_weights)."""
     k = op.kernel
@@ -395,7 +395,7 @@ def kpu_layer(op: KpuConv2D, w: np.ndarray, b: np.ndarray, r: LayerRanges,
         lo, hi = clamp_bounds(op.act, zq)
         bn, up, _ = clamp_bn(so, e_abs, b_acc, _acc_bound(w_u8, wq.zero_point, xq.zero_point), zq.zero_point, lo, hi)
         bn[:, 0] *= flip
-        return KpuLayer(**conv, bn=bn, act_table=clamp_table(op.act, zq, up), out_q=(zq.zero_point, zq.scale))
+        return QuantKpuLayer(**conv, bn=bn, act_table=clamp_table(op.act, zq, up), out_q=(zq.zero_point, zq.scale))
 
     s_a = F32(F32(xq.scale) * F32(wq.scale))
     so = F32(F32(yq.scale) / s_a)
@@ -409,4 +409,4 @@ def kpu_layer(op: KpuConv2D, w: np.ndarray, b: np.ndarray, r: LayerRanges,
         fm = get_fixed_mul(float(F32(float(so) * post / float(e[oc]))), 22, 15, True)
         add = float(b[oc]) * s_act_in + float(acc_bias[oc]) * float(so) * post / float(e[oc])
         bn[oc] = (fm.rounded_mul, fm.shift, int(round_half_away(add)))
-    return KpuLayer(**conv, bn=bn, act_table=activation_table(op, yq, zq, s_act_in), out_q=(zq.zero_point, zq.scale))
+    return QuantKpuLayer(**conv, bn=bn, act_table=activation_table(op, yq, zq, s_act_in), out_q=(zq.zero_point, zq.scale))

@@ -33,7 +33,7 @@ def softmax_logits(g: Graph) -> list[Node]:
         src = n.inputs[0]
         while isinstance(src.op, _TRANSPARENT):
             src = src.inputs[0]
-        if isinstance(src.op, KO.KpuConv2D):
+        if isinstance(src.op, KO.FloatKpuConv):
             found.append(src)
     return found
 

@@ -44,7 +44,7 @@ Range = tuple[float, float]
 
 
 def _relu_clamped(n: Node) -> bool:
-    return isinstance(n.op, KO.KpuConv2D) and n.op.fn is None and n.op.act[0] >= 0
+    return isinstance(n.op, KO.FloatKpuConv) and n.op.fn is None and n.op.act[0] >= 0
 
 
 def output_sources(g: Graph) -> set[str]:
@@ -56,7 +56,7 @@ def output_sources(g: Graph) -> set[str]:
         if id(n) in seen:
             continue
         seen.add(id(n))
-        if isinstance(n.op, (KO.KpuConv2D, O.Input)):
+        if isinstance(n.op, (KO.FloatKpuConv, O.Input)):
             found.add(n.name)
             continue
         stack.extend(i for i in n.inputs if not i.is_constant)
@@ -133,7 +133,7 @@ def share_view_grids(points: Sequence[Node], ranges: dict[str, Range]) -> None:
         src = view_source(p)
         if isinstance(src.op, KO.QuantResidual):
             src = view_source(src.inputs[0])
-        if not isinstance(src.op, (KO.KpuConv2D, O.Input)) and p.name in ranges:
+        if not isinstance(src.op, (KO.FloatKpuConv, O.Input)) and p.name in ranges:
             groups.setdefault(id(src), []).append(p)
     for views in groups.values():
         lo = min(ranges[v.name][0] for v in views)
@@ -148,7 +148,7 @@ def residual_term_ranges(g: Graph, ranges: dict[str, Range]) -> None:
     range is the bound instead. The residual is at most gain/2 steps of the grid its input is read
     on (share_view_grids), times the channel's sum of |w|."""
     for n in g.nodes:
-        if not isinstance(n.op, KO.KpuConv2D):
+        if not isinstance(n.op, KO.FloatKpuConv):
             continue
         x, w = n.inputs[0], n.inputs[1].data
         src = view_source(x)
@@ -172,7 +172,7 @@ def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
             return None
         if isinstance(p.op, (O.Pad, O.StridedSlice, O.Reshape, O.Transpose)):
             return layer(p.inputs[0], p)
-        return p if isinstance(p.op, KO.KpuConv2D) and p.name in ranges else None
+        return p if isinstance(p.op, KO.FloatKpuConv) and p.name in ranges else None
 
     for n in g.nodes:
         if not (isinstance(n.op, O.Concat) and n.op.axis == 1 and n.name in ranges):

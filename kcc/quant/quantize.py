@@ -1,4 +1,4 @@
-"""quantize: float graph with KpuConv2D layers + calibrated ranges -> the uint8 K210 graph.
+"""quantize: float graph with FloatKpuConv layers + calibrated ranges -> the uint8 K210 graph.
 
 Every KPU layer reads and writes uint8 in KPU RAM; the rest of the graph stays float32 on the CPU.
 Data crosses between the two through explicit ops, created lazily per tensor:
@@ -81,11 +81,11 @@ def calibration_view(g: Graph) -> CalibrationView:
     points: dict[int, Node] = {}
     pre_activations: dict[str, str] = {}
     for n in g.nodes:
-        if isinstance(n.op, KO.KpuConv2D):
+        if isinstance(n.op, KO.FloatKpuConv):
             points[id(n)] = n
             points[id(n.inputs[0])] = n.inputs[0]
             if n.op.fn is not None:
-                pre = view.add(KO.KpuConv2D(n.op.kernel, n.op.depthwise, "bypass", n.op.act, None), n.inputs,
+                pre = view.add(KO.FloatKpuConv(n.op.kernel, n.op.depthwise, "bypass", n.op.act, None), n.inputs,
                                n.name + PRE_ACTIVATION)
                 view.outputs.append(pre)
                 points[id(pre)] = pre
@@ -111,7 +111,7 @@ class NodeQuant:
     #: the grid of the node's uint8 form: a KPU layer's output grid, the grid its codes are moved on,
     #: or the calibrated range's; None when the node has no range (it is then never read as uint8)
     grid: QuantParam | None
-    layer: KO.KpuLayer | None = None  # a KPU layer's quantized parameters
+    layer: KO.QuantKpuLayer | None = None  # a KPU layer's quantized parameters
 
 
 def _floor_bias(x: Node) -> float:
@@ -119,7 +119,7 @@ def _floor_bias(x: Node) -> float:
     while isinstance(x.op, LAYOUT_OPS):
         x = x.inputs[0]
     window = {"mean_2_s2": 4, "mean_2_s1": 4, "mean_4_s4": 16}.get(getattr(x.op, "pool", ""), 0)
-    return (window - 1) / (2 * window) if isinstance(x.op, KO.KpuConv2D) and window else 0.0
+    return (window - 1) / (2 * window) if isinstance(x.op, KO.FloatKpuConv) and window else 0.0
 
 
 def _required(n: Node, q: QuantParam | None) -> QuantParam:
@@ -148,7 +148,7 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
 
     for n in g.nodes:
         op = n.op
-        if isinstance(op, KO.KpuConv2D):
+        if isinstance(op, KO.FloatKpuConv):
             x, w, b = n.inputs
             z = ranges[n.name]
             y = ranges[pre[n.name]] if n.name in pre else z
@@ -281,7 +281,7 @@ def _on_grid(op: O.Op, q: QuantParam) -> O.Op:
 
 
 def quantize(g: Graph, ctx: CompileContext | None = None) -> Graph:
-    """Turn each KpuConv2D into a quantized KpuLayer over ctx.ranges (a fused activation's input
+    """Turn each FloatKpuConv into a quantized QuantKpuLayer over ctx.ranges (a fused activation's input
     range linked by ctx.pre_activations); the graph input becomes uint8 if the options ask. With the
     calibration's ctx.moments, KPU weights are rounded with their inputs in view
     (kcc.quant.weight_rounding); `--weight-equalization turned` turns channels over

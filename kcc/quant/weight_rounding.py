@@ -181,7 +181,7 @@ class InputMoments:
         shared: dict[tuple, PatchMoments] = {}
         budget = GRAM_BUDGET_BYTES
         for n in g.nodes:
-            w = n.inputs[1].data if isinstance(n.op, KO.KpuConv2D) else None
+            w = n.inputs[1].data if isinstance(n.op, KO.FloatKpuConv) else None
             if w is None or on_own_grid(w):
                 continue  # weights on their own grid keep their codes (kcc.quant.weight_grid)
             x = n.inputs[0]

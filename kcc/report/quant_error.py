@@ -4,7 +4,7 @@ ncc v0.2 users compare whole-model outputs by hand (ecosystem.md §2 P5, §4.5);
 layer loses the accuracy. For every calibration sample:
 
 * the float reference is the legalized float graph (`CompileResult.float_graph`, the graph that was
-  calibrated) run by kcc's float evaluator; each `KpuConv2D` node's output is recorded;
+  calibrated) run by kcc's float evaluator; each `FloatKpuConv` node's output is recorded;
 * the board value is the compiled kmodel run by `kpu_sim` (bit-exact with the K210): the trace hook
   sees every `kpu_conv2d` node's KPU-RAM output, `kpu_offsets` turns that layout back into NCHW, and
   the layer's output quantization `out_q = (zero_point, scale)` dequantizes it, x = (q - z) / scale.
@@ -125,7 +125,7 @@ class QuantErrorReport:
                 "layers": [layer.to_json() for layer in self.layers]}
 
 
-def _kpu_nchw(raw: np.ndarray, body: km.KpuConv2D) -> np.ndarray:
+def _kpu_nchw(raw: np.ndarray, body: km.FloatKpuConv) -> np.ndarray:
     """The uint8 NCHW output map of a kpu_conv2d from the bytes of its KPU-RAM range."""
     lay = body.layer
     shape = (body.batches, lay.out_channels, lay.out_height, lay.out_width)
@@ -147,15 +147,15 @@ def deliberate_clipping(float_graph: Graph, method: str = "no_clip") -> dict[str
 
 def layer_out_q(graph: Graph) -> dict[str, tuple[int, float]]:
     """IR name -> (zero_point, scale) of every quantized KPU layer of the emitted graph."""
-    return {n.name: n.op.out_q for n in graph.nodes if isinstance(n.op, KO.KpuLayer)}
+    return {n.name: n.op.out_q for n in graph.nodes if isinstance(n.op, KO.QuantKpuLayer)}
 
 
 def float_layer_outputs(float_graph: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Output of every float KpuConv2D node of the legalized graph on input `x`."""
+    """Output of every float FloatKpuConv node of the legalized graph on input `x`."""
     found: dict[str, np.ndarray] = {}
 
     def observe(node, value):
-        if isinstance(node.op, KO.KpuConv2D):
+        if isinstance(node.op, KO.FloatKpuConv):
             found[node.name] = np.array(value, np.float32, copy=True)
 
     interpreter.run(float_graph, [x], observe)

@@ -81,7 +81,7 @@ def _kind(node: Node | None, kpu: set[str], decomposed: set[str]) -> str | None:
         return None
     if node.name in decomposed:
         return AS_TERMS
-    if isinstance(node.op, (KO.KpuConv2D, KO.KpuLayer)) or node.name in kpu:
+    if isinstance(node.op, (KO.FloatKpuConv, KO.QuantKpuLayer)) or node.name in kpu:
         return AROUND_KPU
     if isinstance(node.op, O.Input):
         return "model input"
@@ -156,7 +156,7 @@ def pool_reason(pool: Node, g: Graph, users: dict) -> str:
     non-depthwise conv placed as it is (1x1/3x3 'same', stride 1, no pre-pad or crop) whose output
     nothing else reads (kcc.passes.legalize_kpu)."""
     x = pool.inputs[0]
-    if isinstance(x.op, KO.KpuConv2D):
+    if isinstance(x.op, KO.FloatKpuConv):
         layer = f"'{short_name(model_name(x.name))}'"
         if x.op.depthwise:
             return f"the layer before it, {layer}, is depthwise (kcc, like ncc, never pools one)"
@@ -165,7 +165,7 @@ def pool_reason(pool: Node, g: Graph, users: dict) -> str:
         if len(users.get(x, ())) > 1 or any(o is x for o in g.outputs):
             return f"the output of the layer before it, {layer}, is also read unpooled"
         return _pool_shape_problem(pool.op)
-    if isinstance(x.op, O.StridedSlice) and isinstance(x.inputs[0].op, KO.KpuConv2D):
+    if isinstance(x.op, O.StridedSlice) and isinstance(x.inputs[0].op, KO.FloatKpuConv):
         conv = short_name(model_name(x.name))
         return (f"the conv before it, '{conv}', is cropped on the CPU after the KPU (it is not a stride-1 "
                 f"'same' conv), and the pool unit only pools a layer's whole output")

@@ -51,7 +51,7 @@ def test_dump_ir_writes_every_stage(tmp_path):
                  "-q", "--dump-ir", str(dump)]) == 0
     names = sorted(p.name for p in dump.iterdir())
     assert "01-import.dot" in names and "01-import.txt" in names
-    assert any(n.endswith("lower_float.dot") for n in names)
+    assert any(n.endswith("lower_to_neutral.dot") for n in names)
     assert (dump / "01-import.dot").read_text().startswith("digraph")
 
 
@@ -127,7 +127,7 @@ def test_errors_name_the_stage_only_where_it_helps(tmp_path, capsys, monkeypatch
     def bug(g, ctx):
         raise ValueError("bad shape")
 
-    monkeypatch.setattr(kcc.pipeline, "lower_float", bug)
+    monkeypatch.setattr(kcc.pipeline, "lower_to_neutral", bug)
     assert main(["compile", str(MOBILENET), str(out), "--inference-type", "float", "-q"]) == 2
-    assert _err(capsys).startswith("error: internal error in stage lower_float: ValueError: bad shape")
+    assert _err(capsys).startswith("error: internal error in stage lower_to_neutral: ValueError: bad shape")
     assert not out.exists()

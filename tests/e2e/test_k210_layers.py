@@ -16,7 +16,7 @@ from kcc.eval.interpreter import run
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
-from kcc.passes.decompose_kernels import Plan, bulk_thresholds, rewrite
+from kcc.passes.decompose_kernels import Form, bulk_thresholds, rewrite
 from kcc.pipeline import compile_graph
 
 rng = np.random.default_rng(5)
@@ -96,14 +96,14 @@ def _dw5x5(stride, pad, act):
 
 # every way decompose_kernels can combine the 3x3 terms, forced (the pass picks one by cost)
 PLANS = {
-    "blocks_sum": (_dw5x5(1, ((2, 2), (2, 2)), (0.0, 6.0)), Plan((1, 1), (0, 0), "sum")),
-    "blocks_stack": (_dw5x5(1, ((2, 2), (2, 2)), (0.0, 6.0)), Plan((1, 1), (1, 1), "stack")),
-    "blocks_stack_in_groups": (_dw5x5(1, ((2, 2), (2, 2)), (0.0, 6.0)), Plan((1, 1), (0, 1), "stack", 3)),
-    "blocks_stack_dw": (_dw5x5(1, ((2, 2), (2, 2)), (0.0, 6.0)), Plan((1, 1), (0, 0), "stack_dw")),
-    "blocks_sum_s2": (_dw5x5(2, ((1, 2), (1, 2)), O.NO_CLAMP), Plan((1, 1), (1, 0), "sum")),
-    "polyphase_sum": (_dw5x5(2, ((1, 2), (1, 2)), O.NO_CLAMP), Plan((2, 2), (1, 1), "sum")),
-    "polyphase_stack_dw": (_dw5x5(2, ((1, 2), (1, 2)), O.NO_CLAMP), Plan((2, 2), (0, 1), "stack_dw")),
-    "polyphase_stack_halves": (_dw5x5(2, ((1, 2), (1, 2)), O.NO_CLAMP), Plan((2, 2), (1, 1), "stack", halves=True)),
+    "blocks_sum": (_dw5x5(1, ((2, 2), (2, 2)), (0.0, 6.0)), Form((1, 1), (0, 0), "sum")),
+    "blocks_stack": (_dw5x5(1, ((2, 2), (2, 2)), (0.0, 6.0)), Form((1, 1), (1, 1), "stack")),
+    "blocks_stack_in_groups": (_dw5x5(1, ((2, 2), (2, 2)), (0.0, 6.0)), Form((1, 1), (0, 1), "stack", 3)),
+    "blocks_stack_dw": (_dw5x5(1, ((2, 2), (2, 2)), (0.0, 6.0)), Form((1, 1), (0, 0), "stack_dw")),
+    "blocks_sum_s2": (_dw5x5(2, ((1, 2), (1, 2)), O.NO_CLAMP), Form((1, 1), (1, 0), "sum")),
+    "polyphase_sum": (_dw5x5(2, ((1, 2), (1, 2)), O.NO_CLAMP), Form((2, 2), (1, 1), "sum")),
+    "polyphase_stack_dw": (_dw5x5(2, ((1, 2), (1, 2)), O.NO_CLAMP), Form((2, 2), (0, 1), "stack_dw")),
+    "polyphase_stack_halves": (_dw5x5(2, ((1, 2), (1, 2)), O.NO_CLAMP), Form((2, 2), (1, 1), "stack", halves=True)),
 }
 PLAN_MAX_STEPS = {  # (bar, measured), as MAX_STEPS
     "blocks_stack": (1.97, 1.87),
@@ -165,7 +165,7 @@ def test_a_grouped_depthwise_stack_quantizes_each_channel_once():
     calib = [[rng.uniform(-1, 1, (1, 128, 8, 8)).astype(np.float32)] for _ in range(2)]
     res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
     quantizes = [n for n in res.graph.nodes if type(n.op).__name__ == "Quantize"]
-    layers = [n for n in res.graph.nodes if type(n.op).__name__ == "KpuLayer"]
+    layers = [n for n in res.graph.nodes if type(n.op).__name__ == "QuantKpuLayer"]
     groups = layers[:-1]  # the last layer is the 1x1 conv reading them
     assert len(groups) > 1 and len(quantizes) == len(groups)
     assert sum(n.inputs[0].type.size for n in quantizes) == 128 * 8 * 8
@@ -179,7 +179,7 @@ def test_a_grouped_depthwise_stack_quantizes_each_channel_once():
 
 
 def _blockwise_zero_sum_kernel():
-    """A 5x5 kernel whose four 3x3/3x2/2x3/2x2 blocks (the `sum` terms of Plan((1, 1), (0, 0), ...))
+    """A 5x5 kernel whose four 3x3/3x2/2x3/2x2 blocks (the `sum` terms of Form((1, 1), (0, 0), ...))
     each sum to zero, from taps 1, -1/2, -1 (a grid of 1/32 with the residual's w/16): so each
     partial sum spans as little as the total on smooth inputs, and the input's rounding dominates."""
     k = np.zeros((5, 5), np.float32)
@@ -228,7 +228,7 @@ def test_residual_channels_give_a_float_input_more_than_8_bits(combine, group, w
         g = Graph()
         g.outputs = [_prelu_dw5x5(g, g.input(0, (1, 4, 40, 40)), combine == "sum")]
         want = [run(g, c)[0] for c in calib]
-        rewrite(g, g.outputs[0], Plan((1, 1), (0, 0), combine, group, residual))
+        rewrite(g, g.outputs[0], Form((1, 1), (0, 0), combine, group, residual))
         g.remove_dead()
         res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
         layers = (2 if group else 1) if combine == "stack" else (8 if residual else 4)
@@ -237,7 +237,7 @@ def test_residual_channels_give_a_float_input_more_than_8_bits(combine, group, w
             rng.bit_generator.state = state
             again = Graph()
             again.outputs = [_prelu_dw5x5(again, again.input(0, (1, 4, 40, 40)), combine == "sum")]
-            rewrite(again, again.outputs[0], Plan((1, 1), (0, 0), combine, group, residual))
+            rewrite(again, again.outputs[0], Form((1, 1), (0, 0), combine, group, residual))
             again.remove_dead()
             assert compile_graph(again, CompileOptions(input_type="float"), samples=calib).kmodel == res.kmodel
         subs = [n for n in res.graph.nodes if isinstance(n.op, O.Binary) and n.op.op == "sub"]
@@ -273,7 +273,7 @@ def test_an_output_in_halves_or_parts_has_less_rounding():
     errors = {}
     for form, halves, t in (("one", False, 0.0), ("halves", True, 0.0), ("parts", True, bulk)):
         g = graph()
-        rewrite(g, g.find("stem"), Plan((2, 2), (1, 1), "stack", halves=halves, bulk=t))
+        rewrite(g, g.find("stem"), Form((2, 2), (1, 1), "stack", halves=halves, bulk=t))
         g.remove_dead()
         res = compile_graph(g, CompileOptions(input_type="float", input_mean=0.0, input_std=1.0), samples=pixels)
         program = kpu_sim.load(res.kmodel)

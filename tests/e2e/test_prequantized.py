@@ -62,12 +62,12 @@ def test_coral_mobilenet_compiles_without_a_dataset_and_agrees_with_tflite_uint8
     pools = [p for p in res.placements if p.op == "pool2d"]
     assert len(pools) == 1 and not pools[0].on_kpu and "rounds" in pools[0].reason
     # the kmodel takes the model's own uint8 pixels: the stem pads (and offsets) them with zero point 128
-    stem = next(n for n in res.graph.nodes if isinstance(n.op, KO.KpuLayer))
+    stem = next(n for n in res.graph.nodes if isinstance(n.op, KO.QuantKpuLayer))
     assert res.graph.inputs[0].dtype.name == "uint8" and (stem.op.pad_value, stem.op.arg_w) == (128, -128)
     # every KPU layer writes exactly the grid of its tflite tensor
     grids = import_model(d / f"{CORAL}_quant.tflite").quantization.activations
     for n in res.graph.nodes:
-        if isinstance(n.op, KO.KpuLayer):
+        if isinstance(n.op, KO.QuantKpuLayer):
             tq = grids[n.name.removesuffix("/kpu")]
             assert n.op.out_q == (tq.zero_point, 1 / float(np.float32(tq.scale)))
     program = kpu_sim.load(res.kmodel)
@@ -127,7 +127,7 @@ def test_uint8_logits_equal_tflites_bit_for_bit():
     data = mobilenet_block(True)
     res = compile_model(data, CompileOptions(**FAST))
     program = kpu_sim.load(res.kmodel)
-    logits = next(n for n in res.graph.nodes if isinstance(n.op, KO.KpuLayer) and n.name.startswith("logits"))
+    logits = next(n for n in res.graph.nodes if isinstance(n.op, KO.QuantKpuLayer) and n.name.startswith("logits"))
     at = res.emitted.node_names.index("logits/u8")  # the KPU layer's 1x1 corner of its 4x4 map
     tfl = Interpreter(model_content=data, experimental_preserve_all_tensors=True)
     tfl.allocate_tensors()

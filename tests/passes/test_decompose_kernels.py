@@ -78,7 +78,7 @@ def test_a_depthwise_stack_in_channel_groups_is_exact():
     g = _conv_graph(7, 7, 9, 8, 5, 5, (2, 2), ((1, 2), (2, 1)), 7)
     xi = rng.uniform(-1, 1, (1, 7, 9, 8)).astype(np.float32)
     want = run(g, [xi])[0]
-    D.rewrite(g, g.outputs[0], D.Plan((2, 2), (1, 0), "stack", 3))
+    D.rewrite(g, g.outputs[0], D.Form((2, 2), (1, 0), "stack", 3))
     g.remove_dead()
     assert len([n for n in g.nodes if isinstance(n.op, O.Conv2D)]) == 3  # channels 0-2, 3-5, 6
     np.testing.assert_allclose(run(g, [xi])[0], want, rtol=1e-5, atol=1e-5)
@@ -88,7 +88,7 @@ def test_a_depthwise_stack_in_channel_groups_is_exact():
 
 def test_partial_sums_are_not_clamped():
     g = _conv_graph(4, 4, 9, 9, 5, 5, (1, 1), ((2, 2), (2, 2)), 4, act=(0.0, 6.0))
-    D.rewrite(g, g.outputs[0], D.Plan((1, 1), (0, 0), "sum"))
+    D.rewrite(g, g.outputs[0], D.Form((1, 1), (0, 0), "sum"))
     g.remove_dead()
     out = g.outputs[0]
     assert isinstance(out.op, O.Binary) and out.op.act == (0.0, 6.0) and out.name == "conv"
@@ -256,7 +256,7 @@ def test_fully_connected_on_the_kpu_is_not_a_convolution():
     b = g.constant(rng.uniform(-1, 1, 32).astype(np.float32), "b")
     g.outputs = [g.add(O.MatMul(), (a, w, b), "fc")]
     lg, placements = legalize(g, CompileOptions(output_quantize_threshold=16))
-    assert placements[0].on_kpu and any(isinstance(n.op, KO.KpuConv2D) for n in lg.nodes)
+    assert placements[0].on_kpu and any(isinstance(n.op, KO.FloatKpuConv) for n in lg.nodes)
     assert conv_coverage(lg, 0).kpu_macs == 0
 
 

@@ -100,7 +100,7 @@ def strided_stem_and_softmax(rng: np.random.Generator) -> Graph:
 
 
 def prelu(rng: np.random.Generator) -> Graph:
-    """lower_float (a float build): look for the PReLU as max(x, 0) + alpha * min(x, 0) in kmodel
+    """lower_to_neutral (a float build): look for the PReLU as max(x, 0) + alpha * min(x, 0) in kmodel
     binary ops (pos, neg, alpha_neg, add), alpha read as it is, under the PReLU's name."""
     g = Graph()
     x = g.input(0, (1, 4, 4, 4))
@@ -131,7 +131,7 @@ CASES = [
     # uint8 codes (dequantize and quantize with scale 1 around it), the reshape in uint8, and one
     # dequantize with the head's grid before the float softmax.
     Case("quantize", strided_stem_and_softmax),
-    Case("lower_float", prelu, inference_type="float"),
+    Case("lower_to_neutral", prelu, inference_type="float"),
 ]
 
 

@@ -79,9 +79,9 @@ def test_conv_rewrites_are_exact(k, stride, padding, depthwise, size):
     h, w = size, size + 1
     g = _conv_graph(c, c if depthwise else 5, h, w, k, stride, pad, groups=c if depthwise else 1)
     lg, placements = _assert_equivalent(g)
-    assert sum(isinstance(n.op, KO.KpuConv2D) for n in lg.nodes) == 1
+    assert sum(isinstance(n.op, KO.FloatKpuConv) for n in lg.nodes) == 1
     assert placements[0].on_kpu
-    kpu = next(n for n in lg.nodes if isinstance(n.op, KO.KpuConv2D))
+    kpu = next(n for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv))
     assert kpu.inputs[0].shape[2] >= 4 and kpu.inputs[0].shape[3] >= 4
     # stride 2 of a non-depthwise conv is done by the pool unit, never by a CPU slice step
     if stride == 2 and not depthwise:
@@ -98,7 +98,7 @@ def test_conv_rewrites_are_exact(k, stride, padding, depthwise, size):
 def test_pool_fuses_into_the_layer(pool, code):
     g = _conv_graph(3, 6, 8, 12, 3, 1, ((1, 1), (1, 1)), act=(0.0, 6.0), after=pool)
     lg, _ = _assert_equivalent(g)
-    (kpu,) = [n for n in lg.nodes if isinstance(n.op, KO.KpuConv2D)]
+    (kpu,) = [n for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)]
     assert kpu.op.pool == code and not any(isinstance(n.op, O.Pool2D) for n in lg.nodes)
 
 
@@ -107,7 +107,7 @@ def test_pool_fuses_into_the_layer(pool, code):
 def test_activation_fuses_into_the_layer(act, fn):
     g = _conv_graph(3, 6, 8, 8, 1, 1, ((0, 0), (0, 0)), after=act)
     lg, _ = _assert_equivalent(g)
-    (kpu,) = [n for n in lg.nodes if isinstance(n.op, KO.KpuConv2D)]
+    (kpu,) = [n for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)]
     assert kpu.op.fn[0] == fn and kpu.name == "after"
 
 
@@ -118,7 +118,7 @@ def test_fully_connected_becomes_1x1_layer_on_4x4_map():
     b = g.constant(rng.uniform(-1, 1, 1024).astype(np.float32), "b")
     g.outputs = [g.add(O.MatMul((0.0, np.inf)), (x, w, b), "fc")]
     lg, placements = _assert_equivalent(g)
-    (kpu,) = [n for n in lg.nodes if isinstance(n.op, KO.KpuConv2D)]
+    (kpu,) = [n for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)]
     assert kpu.inputs[0].shape == (1, 64, 4, 4) and placements[0].on_kpu
 
 

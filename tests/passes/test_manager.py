@@ -54,8 +54,8 @@ def test_an_internal_error_keeps_its_class_and_cause_and_gets_a_note():
             raise ValueError("bad shape") from k
 
     with pytest.raises(ValueError) as e:
-        PassManager().run([Stage("lower_float", bug)], _graph(), CompileContext())
-    assert str(e.value) == "bad shape" and e.value.__notes__ == ["in stage lower_float"]
+        PassManager().run([Stage("lower_to_neutral", bug)], _graph(), CompileContext())
+    assert str(e.value) == "bad shape" and e.value.__notes__ == ["in stage lower_to_neutral"]
     assert isinstance(e.value.__cause__, KeyError)
 
 
@@ -70,10 +70,10 @@ def test_a_failing_verify_names_the_stage_once():
 
 def test_the_pipeline_reads_as_its_stages():
     k210 = ["canonicalize", "weights_range", "eliminate_dilated_conv", "lower_transpose_conv", "load_samples",
-            "decompose_kernels", "legalize_kpu", "calibrate", "quantize", "lower_float", "emit"]
+            "decompose_kernels", "legalize_kpu", "calibrate", "quantize", "lower_to_neutral", "emit"]
     assert [s.name for s in stages(CompileOptions())] == k210
     assert [s.name for s in stages(CompileOptions(inference_type="float"))] == \
-        ["canonicalize", "weights_range", "lower_float", "emit"]
+        ["canonicalize", "weights_range", "lower_to_neutral", "emit"]
     # a uint8 compile without samples or dataset stops where the samples are loaded, and says so
     with pytest.raises(DatasetError, match="^--dataset is required"):
         compile_graph(_graph(), CompileOptions())

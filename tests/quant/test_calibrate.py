@@ -160,7 +160,7 @@ def test_calibration_observes_the_legalized_graph_without_editing_it():
     g.outputs = [g.add(O.LeakyRelu(0.1), (y,), "act")]
     ctx = CompileContext(CompileOptions(), samples=[[rng.uniform(0, 1, (1, 4, 8, 8)).astype(np.float32)]])
     lg = legalize_kpu(g, ctx)
-    (layer,) = [n for n in lg.nodes if isinstance(n.op, KO.KpuConv2D)]
+    (layer,) = [n for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)]
     assert layer.op.fn is not None
     nodes, outputs = list(lg.nodes), list(lg.outputs)
     assert calibrate_ranges(lg, ctx) is lg and ctx.float_graph is lg

@@ -55,7 +55,7 @@ def test_a_turned_channel_rounds_every_input_exactly():
     """A 3x3 layer on one input channel, every input code at an interior pixel of a constant map:
     each channel, turned over (negative BN multiplier) or not, outputs
     z_z + round_half_up((x * sum(w_q) + b) * s_z) of its own rounded weights, exactly."""
-    op = KO.KpuConv2D(3, act=(0.0, 6.0))
+    op = KO.FloatKpuConv(3, act=(0.0, 6.0))
     w = np.random.default_rng(1).normal(0, 0.05, (3, 1, 3, 3)).astype(np.float32)
     w[:, 0, 1, 1] = [0.7, -0.9, -0.4]
     b = np.array([0.3, 4.1, 2.0], np.float32)
@@ -83,7 +83,7 @@ def test_layer_weights_are_what_the_layer_computes_with():
     w = _depthwise_kernels(16, 3)
     b = np.linspace(-1, 1, 16).astype(np.float32)
     lw = layer_weights(w, b, True)
-    layer = kpu_layer(KO.KpuConv2D(3, depthwise=True), w, b,
+    layer = kpu_layer(KO.FloatKpuConv(3, depthwise=True), w, b,
                       LayerRanges(x=QuantParam(128, 40.0), y=(-5.0, 5.0), z=(-5.0, 5.0)))
     assert np.array_equal(lw.codes, layer.weights) and np.array_equal(lw.bias, b)
     half_step = 0.5 / (lw.grid.scale * np.abs(lw.e.astype(np.float64)))

@@ -81,7 +81,7 @@ def test_every_point_of_a_legalized_model_finds_its_tensor():
 
 def test_a_fused_activation_reads_the_grid_of_the_conv_before_it():
     view, q = _points(conv_logistic(True))
-    (layer,) = [p for p in view.points if isinstance(p.op, KO.KpuConv2D) and p.op.fn is not None]
+    (layer,) = [p for p in view.points if isinstance(p.op, KO.FloatKpuConv) and p.op.fn is not None]
     assert layer.name == "sigmoid" and layer.op.fn[0] == "logistic"
     assert view.pre_activations == {"sigmoid": "sigmoid/pre_act"}  # the link, not the name, finds it
     ranges = model_ranges(view, q)

@@ -67,15 +67,15 @@ def test_the_rewrite_builds_what_the_table_says():
     lg, ctx = _legalized()
     q = quantize(lg, ctx)
     kinds = [(n.name, type(n.op).__name__) for n in q.nodes if not n.is_constant]
-    assert kinds == [("input", "Input"), ("input/upload", "KpuUpload"), ("conv1", "KpuLayer"),
-                     ("conv2/kpu", "KpuLayer"), ("conv2/kpu/download", "KpuDownload"),
+    assert kinds == [("input", "Input"), ("input/upload", "KpuUpload"), ("conv1", "QuantKpuLayer"),
+                     ("conv2/kpu", "QuantKpuLayer"), ("conv2/kpu/download", "KpuDownload"),
                      ("conv2/u8", "StridedSlice"), ("conv2/dequantize", "Dequantize")]
     assert q.inputs[0].dtype.name == "uint8"
 
 
 def test_a_fused_activation_reads_its_pre_activation_range_through_the_link():
     lg, ctx = _legalized(act=True)
-    (layer,) = [n for n in lg.nodes if isinstance(n.op, KO.KpuConv2D) and n.op.fn is not None]
+    (layer,) = [n for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv) and n.op.fn is not None]
     assert ctx.pre_activations == {layer.name: layer.name + "/pre_act"}
     linked = analyze(lg, ctx.ranges, False, pre_activations=ctx.pre_activations)[layer].layer
     unlinked = analyze(lg, ctx.ranges, False)[layer].layer  # the output range stands in for it

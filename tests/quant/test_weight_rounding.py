@@ -33,7 +33,7 @@ def _maps(n, c, h=24, w=24):
 
 
 def _conv(op, x, w):
-    return KERNELS[KO.KpuConv2D](op, x, w, np.zeros(w.shape[0], np.float32)).astype(np.float64)
+    return KERNELS[KO.FloatKpuConv](op, x, w, np.zeros(w.shape[0], np.float32)).astype(np.float64)
 
 
 def _rounded(w, moments, depthwise):
@@ -50,7 +50,7 @@ def test_rounding_with_the_inputs_in_view_cuts_the_output_error(kind):
     c = 16
     depthwise = kind == "depthwise"
     oc = c if kind != "dense" else 8
-    op = KO.KpuConv2D(3, depthwise)
+    op = KO.FloatKpuConv(3, depthwise)
     w = rng.normal(0, 1, (oc, 1 if depthwise else c, 3, 3)).astype(np.float32)
     if kind == "block_diagonal":  # a depthwise stacked as a dense layer (decompose_kernels)
         w *= np.eye(c, dtype=np.float32)[:, :, None, None]
@@ -93,7 +93,7 @@ def test_too_wide_layers_get_no_covariance_but_a_bias_correction():
     g = Graph()
     x = g.input(0, (1, 160, 4, 4))
     w = g.constant(rng.normal(0, 1, (8, 160, 3, 3)).astype(np.float32))  # 1440 taps > GRAM_MAX_TAPS
-    g.outputs = [g.add(KO.KpuConv2D(3), (x, w, g.constant(np.zeros(8, np.float32))), "wide")]
+    g.outputs = [g.add(KO.FloatKpuConv(3), (x, w, g.constant(np.zeros(8, np.float32))), "wide")]
     moments = WR.InputMoments(g)
     moments.observe(x.name, rng.uniform(0, 1, (1, 160, 4, 4)).astype(np.float32))
     m = moments.layers["wide"]

@@ -1,4 +1,4 @@
-"""lower_float: rewrite IR ops that no kmodel v4 neutral op expresses into ones that do.
+"""lower_to_neutral: rewrite IR ops that no kmodel v4 neutral op expresses into ones that do.
 
 After this pass every node maps onto exactly one kmodel body (see `kcc.emit`), except Reshape, which
 is free (it aliases its input's buffer). Each rewrite keeps the original node's name on the node
@@ -159,7 +159,7 @@ _RULES = {
 }
 
 
-def lower_float(graph: Graph, ctx: CompileContext | None = None) -> Graph:
+def lower_to_neutral(graph: Graph, ctx: CompileContext | None = None) -> Graph:
     """Every op left for the CPU as kmodel neutral ops (module docstring); needs nothing of `ctx`."""
     b = _Builder(graph)
     for n in graph.nodes:

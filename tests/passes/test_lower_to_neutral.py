@@ -1,4 +1,4 @@
-"""lower_float must not change what the graph computes, and must leave only kmodel-expressible ops."""
+"""lower_to_neutral must not change what the graph computes, and must leave only kmodel-expressible ops."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import pytest
 from kcc.eval.interpreter import run
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph
-from kcc.passes.lower_float import lower_float, native_resize_ok
+from kcc.passes.lower_to_neutral import lower_to_neutral, native_resize_ok
 
 rng = np.random.default_rng(0)
 
@@ -14,8 +14,8 @@ rng = np.random.default_rng(0)
 def _check(g: Graph, x: np.ndarray) -> Graph:
     g.verify()
     want = run(g, [x])
-    low = lower_float(g)
-    low.verify("lower_float")
+    low = lower_to_neutral(g)
+    low.verify("lower_to_neutral")
     got = run(low, [x])
     for a, b in zip(want, got):
         assert a.shape == b.shape
