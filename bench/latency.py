@@ -1,0 +1,86 @@
+"""Estimated K210 board time of every kit model as a MaixPy user builds it, beside ncc's kmodels (issue #16).
+
+    python bench/latency.py [--models a,b] [--json OUT]
+
+First table: each model of ../shared/reference/models compiled as bench/board.py's `board` build
+(uint8 camera input, the model's own reference pictures as the dataset, --input-mean/--input-std of its
+normalisation, no_clip), then `kcc info --estimate` (kcc.latency at 400 MHz KPU and CPU clocks):
+total and KPU-only milliseconds, the three costliest CPU opcodes, device RAM (kmodel + working memory)
+and the issue's bound, 3 x KPU-only + 10 ms.
+
+Second table: ncc's own kmodels (../shared/reference/ncc-outputs/kmodels, the `_ff` builds, and the
+nncase examples) estimated the same way. ncc's MobileNet kmodels were not kept (kit_baseline.json has
+only their sizes), so ulffd_landmark is the model both compilers built with the same flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
+import board  # noqa: E402
+import refkit  # noqa: E402
+
+from kcc import kmodel as km  # noqa: E402
+from kcc import latency  # noqa: E402
+from kcc.errors import KccError  # noqa: E402
+
+
+def _ncc_rows() -> list[dict]:
+    paths = sorted((refkit.REFERENCE / "ncc-outputs" / "kmodels").glob("*_ff.kmodel"))
+    paths += sorted((refkit.REFERENCE / "nncase-examples").glob("*.kmodel"))
+    rows = []
+    for p in paths:
+        data = p.read_bytes()
+        model = km.read(data)
+        est = latency.estimate(model)
+        cpu = Counter()
+        for n in est.nodes:
+            if n.unit != "KPU":
+                cpu[n.opcode] += n.ms
+        rows.append({"kmodel": str(p.relative_to(refkit.REFERENCE)), "total_ms": est.total_ms,
+                     "kpu_ms": est.kpu_ms, "top_cpu": [[op, ms] for op, ms in cpu.most_common(3)],
+                     "device_ram": len(data) + model.main_mem})
+    return rows
+
+
+def _top(row: dict) -> str:
+    return ", ".join(f"{op} {ms:.0f}" for op, ms in row["top_cpu"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(refkit.model_dirs()))
+    ap.add_argument("--json", type=Path, help="also write both tables as JSON")
+    args = ap.parse_args()
+    kcc_rows = []
+    print("| model | est. ms | KPU ms | bound 3xKPU+10 | costliest CPU opcodes (ms) | device RAM MiB |")
+    print("|---|---:|---:|---:|---|---:|")
+    for name in args.models.split(","):
+        try:
+            r = board.measure(name, "board", calib=8)
+        except KccError as e:
+            print(f"| {name} | error: {e.one_line()} |", flush=True)
+            continue
+        kcc_rows.append(r)
+        bound = 3 * r["kpu_ms"] + 10
+        print(f"| {name} | {r['total_ms']:.1f} | {r['kpu_ms']:.1f} | {bound:.1f}"
+              f"{'' if r['total_ms'] <= bound else ' (over)'} | {_top(r)} | {r['device_ram'] / 2**20:.2f} |",
+              flush=True)
+    ncc_rows = _ncc_rows()
+    print("\n| ncc kmodel | est. ms | KPU ms | costliest CPU opcodes (ms) | device RAM MiB |")
+    print("|---|---:|---:|---|---:|")
+    for r in ncc_rows:
+        print(f"| {r['kmodel']} | {r['total_ms']:.1f} | {r['kpu_ms']:.1f} | {_top(r)} | "
+              f"{r['device_ram'] / 2**20:.2f} |")
+    if args.json:
+        args.json.write_text(json.dumps({"kcc": kcc_rows, "ncc": ncc_rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
