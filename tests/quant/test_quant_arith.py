@@ -10,10 +10,18 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from kcc.ir import kpu_ops as KO
 from kcc.quant.histogram import bin_edges, bin_interval
-from kcc.quant.kpu_params import activation_table
+from kcc.quant.kpu_params import (
+    LayerRanges,
+    activation_table,
+    balanced_up,
+    kpu_layer,
+    layer_weights,
+    range_param,
+)
 from kcc.quant.l2_search import l2_losses
-from kcc.quant.params import QuantParam
+from kcc.quant.params import QuantParam, get_fixed_mul, round_half_away
 
 F32 = np.float32
 
@@ -56,3 +64,25 @@ def test_activation_segment_start_is_rounded_not_truncated():
     op = SimpleNamespace(act=(-np.inf, np.inf), fn=("leaky_relu", 0.1))
     table = activation_table(op, QuantParam(100, 3.0), QuantParam(10, 4.0), 2.0)
     assert table[1, 0] == -67
+
+
+def test_bn_add_carries_the_rounding_of_the_first_fixed_point_multiplier():
+    """kpu_semantics.md §4.3 step 4: post = float32(round(m0) / m0) * 2^up in double, where
+    (m0, n0) = get_fixed_mul(so, 22, 255) and so = s_y / (s_x * s_w); bn_add = round(b * s_y * post).
+    The correction is ~2^-22 relative, so it shows only in a large add: this layer (found by a search
+    over random layers) is one where leaving it out moves bn_add by one."""
+    w = np.array([[[[0.10036100447177887]]]], np.float32)
+    b = np.array([15.786573550187514], np.float32)
+    ranges = LayerRanges(x=QuantParam(0, 77.90166214497727), y=(-17.006155622421236, 17.006155622421236),
+                         z=(-17.006155622421236, 17.006155622421236))
+    layer = kpu_layer(KO.FloatKpuConv(1, fn=("leaky_relu", 0.1)), w, b, ranges)
+    grid, yq = layer_weights(w, b, False).grid, range_param(ranges.y)
+    so = F32(F32(yq.scale) / F32(F32(ranges.x.scale) * F32(grid.scale)))
+    m0 = get_fixed_mul(float(so), 22, 255, True)
+    up = balanced_up(m0.shift)
+    assert m0.rounded_mul != m0.mul  # the multiplier really was rounded
+    corrected = float(F32(F32(m0.rounded_mul) / F32(m0.mul))) * 2.0**up
+    want = int(round_half_away(float(b[0]) * float(yq.scale) * corrected))
+    without = int(round_half_away(float(b[0]) * float(yq.scale) * 2.0**up))
+    assert want != without  # the case discriminates
+    assert int(layer.bn[0][2]) == want
