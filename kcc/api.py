@@ -38,11 +38,12 @@ def options_from(**options: Any) -> CompileOptions:
 
 def compile(model: str | Path | bytes, output: str | Path | None = None, *, report: str | Path | bool | None = None,
             kpu_clock: float = 400.0, cpu_clock: float = 400.0, log: Any = None, progress: Any = None,
-            **options: Any):
+            allow_oversize: bool = False, **options: Any):
     """Compile a float .tflite model (path or bytes) to a kmodel v4; returns `kcc.pipeline.CompileResult`.
 
     `output`: also write the kmodel there. `report`: build the report (`True`) and write it into that
-    directory (a path). `log(line)` receives the stage lines; `progress(done, total, stage)` the
+    directory (a path). A kmodel that needs more than the K210's 6 MiB (kmodel + working memory) is a
+    `ModelTooLargeError`, as with `kcc compile`, unless `allow_oversize`. `log(line)` receives the stage lines; `progress(done, total, stage)` the
     calibration passes. The shadowing of the builtin `compile` is deliberate: `kcc.compile` reads like
     the command it mirrors.
     """
@@ -58,6 +59,11 @@ def compile(model: str | Path | bytes, output: str | Path | None = None, *, repo
         if opts.dump_ir is not None:
             staged = dataclasses.replace(opts, dump_ir=outputs.directory(opts.dump_ir))
         result = compile_model(model, staged, log=log or (lambda line: None), progress=progress)
+        if not allow_oversize:  # no K210 can load it: an error, before anything is written
+            from kcc.report.summary import too_large
+
+            if (error := too_large(result)) is not None:
+                raise error
         if report:
             from kcc.report import compile_report as reports  # kpu_sim loads only for a report
 

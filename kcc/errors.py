@@ -40,6 +40,11 @@ class VerifyError(KccError):
     """The IR verifier found an inconsistent graph; this is a compiler bug and names the node."""
 
 
+class ModelTooLargeError(KccError):
+    """The kmodel plus its working memory need more RAM than any K210 has; the message names the
+    largest items (kcc.report.summary.too_large)."""
+
+
 class SimulatorError(KccError):
     """kpu_sim cannot execute a node (bad datatype, unknown op value at run time)."""
 

@@ -45,6 +45,13 @@ class MemoryReport:
         out.append(fit_verdict(kmodel_bytes, m.peak))
         return out
 
+    def peak_items(self) -> list[tuple[str, int]]:
+        """(display name, bytes) of the main-memory buffers alive at the working-memory peak, largest
+        first: what the working memory is made of where it is largest."""
+        m = self.main
+        names = display_names(b.name for b in m.peak_live)
+        return sorted(((names[b.name], slot_size(b, m.align)) for b in m.peak_live), key=lambda kv: -kv[1])
+
     def table_lines(self) -> list[str]:
         """`--memory-report`: every buffer of every space in birth order, with its address range."""
         out = []
@@ -69,6 +76,16 @@ def fit_verdict(kmodel_bytes: int, working: int) -> str:
         parts.append(f"{name} ({budget / MiB:.1f} MiB) {'fits' if left >= 0 else 'DOES NOT FIT'}, "
                      f"{abs(left) / MiB:.2f} MiB {'free' if left >= 0 else 'over'}")
     return f"Device RAM: kmodel {kmodel_bytes} B + working memory {working} B = {need / MiB:.2f} MiB: " + "; ".join(parts)
+
+
+def over_budgets(need: int) -> list[tuple[str, int]]:
+    """The `BUDGETS` (name, bytes) that `need` bytes of model + working memory exceed."""
+    return [(name, budget) for name, budget in BUDGETS if need > budget]
+
+
+def mib(size: int) -> str:
+    """A byte count for one-line messages: MiB with two decimals, KiB below 0.1 MiB."""
+    return f"{size / MiB:.2f} MiB" if size >= MiB // 10 else f"{size / 1024:.1f} KiB"
 
 
 def _quality(r: PlanResult) -> str:

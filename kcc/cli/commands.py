@@ -34,6 +34,19 @@ def check_writable(path: Path, what: str, directory: bool = False) -> None:
         raise KccError(f"cannot write {what} '{path}': '{parent}' is not a writable directory")
 
 
+def flash_layout(kmodel: bytes) -> bytes:
+    """The kmodel as MaixPy's `kpu.load_flash` streams it from flash: each 32-bit word's bytes reversed
+    (sipeed's MaixPy-v1_scripts tools_on_PC/model_tools/le2be.py; machine_vision/load_big_model/README.md:
+    load_flash must be given this `_be` form). le2be pads a length that is not a multiple of 4 with
+    '0' characters; a kmodel v4 never needs it (its bodies are 8-byte aligned, kmodel_v4.md §6.2)."""
+    if len(kmodel) % 4:
+        raise KccError(f"a kmodel of {len(kmodel)} bytes is not made of 32-bit words")
+    out = bytearray(len(kmodel))
+    for k in range(4):
+        out[k::4] = kmodel[3 - k::4]
+    return bytes(out)
+
+
 def _check_clocks(args: argparse.Namespace) -> None:
     for flag, mhz in (("--kpu-clock", args.kpu_clock), ("--cpu-clock", args.cpu_clock)):
         if not 0 < mhz <= 2000:
@@ -108,6 +121,8 @@ def cmd_compile(args: argparse.Namespace, run: Run | None = None) -> int:
         check_writable(args.report, "report directory", directory=True)
     if args.dump_ir is not None:
         check_writable(args.dump_ir, "IR dump directory", directory=True)
+    if args.flash_kmodel is not None:
+        check_writable(args.flash_kmodel, "flash kmodel")
     opts = CompileOptions(
         target=args.target, inference_type=args.inference_type, input_type=args.input_type,
         dataset=args.dataset, dataset_format=args.dataset_format, input_mean=args.input_mean,
@@ -126,6 +141,11 @@ def cmd_compile(args: argparse.Namespace, run: Run | None = None) -> int:
     progress = bars.Bars() if bars.enabled(args.quiet) else None
     try:
         result = compile_model(args.input, staged, log=say, progress=progress)
+        if not args.allow_oversize:  # no K210 can load it: an error, before anything is written
+            from kcc.report.summary import too_large
+
+            if (error := too_large(result)) is not None:
+                raise error
         report = None
         if args.report is not None:
             from kcc.report import compile_report as reports
@@ -137,6 +157,8 @@ def cmd_compile(args: argparse.Namespace, run: Run | None = None) -> int:
             progress.close()
     if report is not None:
         reports.write(report, run.outputs.directory(args.report))
+    if args.flash_kmodel is not None:
+        run.outputs.file(args.flash_kmodel, flash_layout(result.kmodel))
     run.outputs.file(args.output, result.kmodel)  # the last file staged: its rename is the commit point
     run.publish()
     for item in result.weights_ranges:  # asked for explicitly: printed even with -q, as ncc does

@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--weight-equalization", default="ncc", choices=WEIGHT_EQUALIZATIONS,
                    help="turned = KPU channels may be turned over (negative batch-norm multiplier) for finer "
                         "weight steps (opt-in: not verified on a board); ncc = every multiplier positive, as ncc writes them (default)")
+    c.add_argument("--allow-oversize", action="store_true",
+                   help="write the kmodel even when it and its working memory exceed the K210's 6 MiB of "
+                        "main memory (an error otherwise); a test build, not one a board can run")
+    c.add_argument("--flash-kmodel", type=Path, default=None, metavar="FILE",
+                   help="also write the kmodel in the byte order MaixPy's kpu.load_flash streams from "
+                        "flash (32-bit words byte-swapped, as sipeed's le2be.py makes it), for models "
+                        "over MaixPy's RAM")
     c.add_argument("--dump-ir", nargs="?", const=Path("."), type=Path, default=None, metavar="DIR",
                    help="write the IR of every stage as NN-<stage>.dot/.txt into DIR (default: .)")
     c.add_argument("--dump-weights-range", action="store_true",

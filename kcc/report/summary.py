@@ -5,21 +5,29 @@
 * where the estimated board time on the CPU goes, whatever the op (`cpu_work`): each kmodel node's
   CPU time (kcc.latency) is charged to the model op whose tensor the node computes or serves
   (kcc.alloc.names.model_name), and grouped by that op's type as the model names it (PRELU, ADD, ...);
-* inputs and outputs under the model's own names (`outputs`), not the names of kcc's own tensors.
+* inputs and outputs under the model's own names (`outputs`), not the names of kcc's own tensors;
+* whether the kmodel and its working memory fit a K210 at all (`too_large`: an error on the command
+  line), and the firmware budgets they exceed (`fit_warnings`), with the largest items (`device_items`).
 """
 
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from kcc import kmodel as km
 from kcc.alloc.names import model_name, short_name, split_steps
+from kcc.alloc.report import mib, over_budgets
+from kcc.errors import ModelTooLargeError
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
+from kcc.kmodel.spec import HEADER_SIZE, MEMORY_RANGE_SIZE, NODE_HEADER_SIZE, SHAPE_SIZE
 from kcc.latency import LatencyEstimate
+from kcc.target.k210 import MAIN_MEMORY_SIZE
 
 #: what the CPU does for a KPU layer: pre-pad and upload its input, copy its output out of KPU RAM,
 #: crop it and dequantize it for a CPU op (kmodel_v4.md §8, kpu_semantics.md §3)
@@ -31,6 +39,17 @@ TERM_STEPS = {"term", "terms", "stacked_conv", "sum"}  # kcc.alloc.names.STEPS o
 _TFLITE_OP = re.compile(r"[A-Z][A-Z0-9_]*")
 #: most groups `cpu_lines` shows, and the smallest share of the total it shows one with
 SHOWN_GROUPS, MIN_SHARE = 5, 0.01
+#: every model op whose CPU time is above this is named in the compile summary (issue #16 item 6)
+NAMED_OP_MS = 1.0
+#: the width the lines listing those ops are wrapped at
+LINE_WIDTH = 110
+#: the flag that writes a kmodel too large for any K210 anyway
+OVERSIZE_FLAG = "--allow-oversize"
+#: the flag that writes the kmodel as MaixPy's kpu.load_flash reads it (kcc.cli.commands.flash_layout)
+FLASH_FLAG = "--flash-kmodel"
+#: node bodies that carry a layer's weights (kmodel_v4.md §9-§11)
+WEIGHT_BODIES = (km.KpuConv2D, km.Conv2D, km.Conv2DTranspose, km.MatMul, km.QuantizedConv2D,
+                 km.QuantizedMatMul, km.CpuConv2D, km.CpuDepthwiseConv2D, km.CpuQuantizedConv2D, km.CpuQuantizedDepthwiseConv2D)
 #: the window shapes of the KPU's pool unit (kpu_semantics.md §3 step 5, kcc.ir.kpu_ops.KPU_POOLS)
 KPU_POOL_UNIT = ("2x2 stride 2 or 4x4 stride 4 without padding (4x4 on a map of multiples of 4), "
                  "2x2 stride 1 padded right and bottom, or one of these windows covering the whole map")
@@ -118,18 +137,114 @@ def cpu_work(result, est: LatencyEstimate) -> list[CpuWork]:
 
 
 def cpu_lines(work: list[CpuWork], est: LatencyEstimate, examples: int = 3) -> list[str]:
-    """The few lines the compile summary prints about where the CPU time goes."""
-    shown = [w for w in work[:SHOWN_GROUPS] if w.share >= MIN_SHARE] or work[:1]
+    """The lines the compile summary prints about where the CPU time goes: the costliest groups, and
+    every group with an op over NAMED_OP_MS, which names each such op (the rest as examples)."""
+    shown = [w for i, w in enumerate(work) if (i < SHOWN_GROUPS and w.share >= MIN_SHARE)
+             or any(ms > NAMED_OP_MS for _, ms in w.ops)] or work[:1]
     if not shown:
         return []
-    out = [f"Estimated CPU time by model op ({est.cpu_ms:.1f} of {est.total_ms:.1f} ms):"]
+    out = [f"Estimated CPU time by model op ({est.cpu_ms:.1f} of {est.total_ms:.1f} ms; "
+           f"every op over {NAMED_OP_MS:g} ms named):"]
     width = max(len(w.kind) for w in shown)
     for w in shown:
-        largest = ", ".join(f"{short_name(n, 40)} {ms:.1f} ms" for n, ms in w.ops[:examples])
-        more = ", ..." if len(w.ops) > examples else ""
-        out.append(f"  {w.kind:<{width}} {len(w.ops):>4} op(s) {w.ms:9.1f} ms {100 * w.share:5.1f}%  "
-                   f"as {', '.join(w.opcodes)}: {largest}{more}")
+        named = [(n, ms) for n, ms in w.ops if ms > NAMED_OP_MS] or list(w.ops[:examples])
+        items = [f"{short_name(n, 40)} {ms:.1f} ms" for n, ms in named]
+        rest = len(w.ops) - len(named)
+        if rest:
+            items.append(f"+{rest} more of at most {NAMED_OP_MS:g} ms")
+        head = (f"  {w.kind:<{width}} {len(w.ops):>4} op(s) {w.ms:9.1f} ms {100 * w.share:5.1f}%  "
+                f"as {', '.join(w.opcodes)}: ")
+        out += _wrapped(head, items, " " * 6)
     return out
+
+
+def _wrapped(head: str, items: list[str], indent: str) -> list[str]:
+    """`head` then the comma-separated `items`, onto lines of at most LINE_WIDTH characters (an item
+    longer than a line gets one of its own)."""
+    lines, line = [], head.rstrip()
+    for i, item in enumerate(items):
+        piece = item + ("," if i < len(items) - 1 else "")
+        if len(line) + 1 + len(piece) > LINE_WIDTH:
+            lines.append(line)
+            line = indent + piece
+        else:
+            line += " " + piece
+    return lines + [line]
+
+
+# --------------------------------------------------------------------------- fit in device RAM
+def device_items(result) -> list[tuple[str, int]]:
+    """(what, bytes) of what the K210 holds for this model, largest first: per model op, its node
+    bodies in the kmodel file (a conv's weights are inlined there) and the constants its nodes read
+    from the constants blob (a matmul's weights, binary operands), the rest of the blob, and the
+    working-memory buffers alive at its peak: together the file + working memory the runtime needs
+    (kmodel_v4.md §5, §6, §7.1)."""
+    data = result.kmodel
+    _, _, _, _, n_const, _, n_nodes, n_in, n_out, _ = struct.unpack_from("<10I", data)
+    # the node headers follow the input ranges and shapes, the output ranges and the constants (§3, §6.1)
+    pos = HEADER_SIZE + (MEMORY_RANGE_SIZE + SHAPE_SIZE) * n_in + MEMORY_RANGE_SIZE * n_out + n_const
+    sizes = [struct.unpack_from("<2I", data, pos + NODE_HEADER_SIZE * i)[1] for i in range(n_nodes)]
+    em = result.emitted
+    known = known_names(result)
+    by_op: dict[str, list] = {}  # op -> [bytes, carries weights, reads constants]
+    counted: set[tuple[int, int]] = set()  # constant ranges already charged (a constant may be shared)
+    for i, size in enumerate(sizes):
+        op = model_name(em.node_names[i], known) if i < len(em.node_names) else f"node {i}"
+        body = em.model.nodes[i].body
+        consts = {(r.start, r.size) for r in body.input_ranges().values()
+                  if r.memory_type is km.MemoryType.CONST and r.size} - counted
+        counted |= consts
+        entry = by_op.setdefault(op, [0, False, False])
+        entry[0] += size + sum(n for _, n in consts)
+        entry[1] |= isinstance(body, WEIGHT_BODIES)
+        entry[2] |= bool(consts)
+    items = [(f"{'weights of' if w else 'constants of' if c else 'node'} '{short_name(op, 50)}'", size)
+             for op, (size, w, c) in by_op.items()]
+    rest = n_const - sum(n for _, n in counted)
+    if rest > 0:
+        items.append(("the rest of the constants blob", rest))
+    if em.memory is not None:
+        items += [(f"working memory '{name}'", size) for name, size in em.memory.peak_items()]
+    return sorted(items, key=lambda kv: -kv[1])
+
+
+def device_ram(result) -> int:
+    """Bytes of RAM the runtime needs: the whole kmodel file plus its working memory (§7.1)."""
+    return len(result.kmodel) + result.emitted.model.main_mem
+
+
+def _need(result, limit: str, shown: int = 4) -> str:
+    """'the kmodel needs X of device RAM, more than <limit> (kmodel + working memory); largest: ...'"""
+    items = ", ".join(f"{what} {mib(size)}" for what, size in device_items(result)[:shown])
+    return (f"the kmodel needs {mib(device_ram(result))} of device RAM, more than {limit} (kmodel "
+            f"{mib(len(result.kmodel))} + working memory {mib(result.emitted.model.main_mem)}); "
+            f"largest: {items}")
+
+
+def too_large(result) -> ModelTooLargeError | None:
+    """The error for a kmodel that cannot run on any K210: file + working memory over the chip's
+    6 MiB of main memory (kcc.target.k210.MAIN_MEMORY_SIZE); None when it fits."""
+    if device_ram(result) <= MAIN_MEMORY_SIZE:
+        return None
+    return ModelTooLargeError(
+        _need(result, f"the K210's {mib(MAIN_MEMORY_SIZE)} of main memory"),
+        hint=f"shrink the model (fewer channels, a smaller input), or pass {OVERSIZE_FLAG} to write it "
+             "anyway")
+
+
+def fit_warnings(result) -> list[str]:
+    """`warning:` lines for a kmodel over the K210's main memory (written with OVERSIZE_FLAG) or
+    over the usual firmwares' budgets (kcc.alloc.report.BUDGETS)."""
+    need = device_ram(result)
+    if need > MAIN_MEMORY_SIZE:
+        return [f"warning: written with {OVERSIZE_FLAG}, but no K210 can run it: "
+                + _need(result, f"the K210's {mib(MAIN_MEMORY_SIZE)} of main memory")]
+    over = over_budgets(need)
+    if not over:
+        return []
+    return ["warning: " + _need(result, " or ".join(f"{name}'s {mib(budget)}" for name, budget in over))
+            + f"; MaixPy's kpu.load_flash can stream it from flash instead: {FLASH_FLAG} FILE writes the "
+              "byte order it reads"]
 
 
 # --------------------------------------------------------------------------- placement reasons
@@ -207,6 +322,7 @@ def compile_lines(result, est: LatencyEstimate, memory_table: bool = False,
                f"kmodel: {len(result.kmodel)} B")
     if em.memory is not None:
         out += em.memory.summary_lines(len(result.kmodel)) + (em.memory.table_lines() if memory_table else [])
+    out += fit_warnings(result)
     out.append(est.summary())
     out += cpu_lines(cpu_work(result, est), est)
     if report_dir is not None:

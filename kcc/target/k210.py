@@ -49,6 +49,10 @@ MAX_CHANNELS = 1 << LAYER_FIELDS["i_ch_num"][2]  # 10-bit channel fields: 1024 (
 MIN_HW, MAX_H, MAX_W = 4, 256, 512  # ncc's KPU input limits (kpu_semantics.md §1)
 # dma_parameter.channel_byte_num is 16 bits: out_w*out_h - 1 < 2^16
 MAX_MAP_PIXELS = 1 << LAYER_FIELDS["channel_byte_num"][2]
+#: general-purpose SRAM (0x80000000-0x805FFFFF): the 8 MiB minus the KPU's 2 MiB (ecosystem.md §3.1).
+#: The runtime holds the kmodel file and its working memory there (kmodel_v4.md §7.1), so a model
+#: needing more runs on no K210 whatever the firmware.
+MAIN_MEMORY_SIZE = 6 << 20
 
 # --------------------------------------------------------------------------- cost model
 DEFAULT_MHZ = 400.0  # SDK examples: PLL0 800 MHz -> CPU 400, PLL1 400 MHz -> KPU 400 (ecosystem.md §3.1)
@@ -110,8 +114,8 @@ def cpu_cycles(key: str) -> float:
 
 __all__ = [
     "CPU_CYCLES", "CPU_NODE_CYCLES", "DEFAULT_MHZ", "KERNEL_SIZES", "KPU_CYCLE_FACTOR", "KPU_LAYER_US",
-    "KPU_LINE_SIZE", "KPU_RAM_SIZE", "KPU_WEIGHT_CYCLES_PER_BYTE", "KPU_WEIGHTS_PER_LOAD", "MAX_CHANNELS",
-    "MAX_H", "MAX_MAP_PIXELS", "MAX_W", "MAX_WEIGHT_LOADS", "MIN_HW", "STRUCTURAL_SCALE", "KpuRowLayout",
-    "cpu_cycles", "kpu_bytes", "kpu_layer_cycles", "kpu_row_layout", "kpu_rows", "layer_fields",
-    "weight_loads",
+    "KPU_LINE_SIZE", "KPU_RAM_SIZE", "KPU_WEIGHT_CYCLES_PER_BYTE", "KPU_WEIGHTS_PER_LOAD", "MAIN_MEMORY_SIZE",
+    "MAX_CHANNELS", "MAX_H", "MAX_MAP_PIXELS", "MAX_W", "MAX_WEIGHT_LOADS", "MIN_HW", "STRUCTURAL_SCALE",
+    "KpuRowLayout", "cpu_cycles", "kpu_bytes", "kpu_layer_cycles", "kpu_row_layout", "kpu_rows",
+    "layer_fields", "weight_loads",
 ]  # fmt: skip
