@@ -4,8 +4,10 @@ After this pass every node maps onto exactly one kmodel body (see `kcc.emit`), e
 is free (it aliases its input's buffer). Each rewrite keeps the original node's name on the node
 that replaces it, so graph outputs keep their tflite names.
 
-    prelu(x, a)          -> max(x, x*a)                       if 0 <= a <= 1 everywhere
+    prelu(x, a)          -> x + clamp((a-1)*x)    per-channel a (1x1 depthwise conv2d; _prelu)
+                          -> max(x, x*a)          other constant a, if 0 <= a <= 1 everywhere
                           -> max(x,0) + a*min(x,0)             otherwise
+    x +-* c (c constant per channel), clamp(x) of 4-D x -> 1x1 depthwise conv2d (_binary, _clamp)
     l2_normalize(x)      -> x * rsqrt(max(sum(x*x), eps^2))
     softmax(x, axis!=-1) -> transpose, softmax(last axis), transpose back   (kmodel_v4.md §8.10)
     reduce(keepdims=F)   -> reduce(keepdims=T), reshape         (kmodel reduce keeps dims, §8.7)
@@ -46,7 +48,46 @@ class _Builder:
         return self.g.constant(np.asarray(data), name)
 
 
+def _channel_slopes(x: Node, alpha: Node) -> np.ndarray | None:
+    """The slope of each channel when alpha is a constant that varies along channels only, else None."""
+    if not alpha.is_constant or x.type.rank != 4:
+        return None
+    try:
+        full = np.broadcast_to(alpha.data, x.shape)
+    except ValueError:
+        return None
+    per_c = np.ascontiguousarray(full[0, :, 0, 0], F32)
+    return per_c if np.array_equal(full, np.broadcast_to(per_c[None, :, None, None], x.shape)) else None
+
+
+def _depthwise(b: _Builder, x: Node, w: np.ndarray, act: tuple[float, float], name: str,
+               bias: np.ndarray | None = None) -> Node:
+    """y_c = clamp(bias_c + x_c * w_c): a 1x1 conv2d with one group per channel (kmodel_v4.md §8.3)."""
+    c = x.shape[1]
+    wn = b.const(np.asarray(w, F32).reshape(c, 1, 1, 1), name + "/w")
+    bn = b.const(np.zeros(c, F32) if bias is None else np.asarray(bias, F32), name + "/b")
+    return b.add(O.Conv2D(groups=c, act=act), (x, wn, bn), name)
+
+
 def _prelu(b: _Builder, n: Node, x: Node, alpha: Node) -> Node:
+    slopes = _channel_slopes(x, alpha)
+    if slopes is not None:
+        # x + (a-1)*min(x, 0) as 1x1 depthwise conv2d and same-shape adds: a binary with a broadcast
+        # operand costs several conv taps per element (kcc.target.k210 CPU_CYCLES "broadcast"). The
+        # conv's clamp folds min(x, 0) in: for a <= 1, (a-1)*x >= 0 exactly where x <= 0, so
+        # max((a-1)*x, 0) = (a-1)*min(x, 0); for a >= 1, min((a-1)*x, 0) is.
+        d = slopes - F32(1)
+        if np.all(d <= 0) or np.all(d >= 0):
+            act = (0.0, np.inf) if np.all(d <= 0) else (-np.inf, 0.0)
+            scaled = _depthwise(b, x, d, act, n.name + "/alpha_neg")
+            return b.add(O.Binary("add"), (x, scaled), n.name)
+        # Mixed signs: the a <= 1 channels first (weight 0 elsewhere, so t = x there), then the a > 1
+        # channels from t. Each conv's input may die at the add after it: one map lives beside x,
+        # as with the binary form (three convs' maps at once would not fit palm_detection's RAM).
+        lo = _depthwise(b, x, np.minimum(d, 0), (0.0, np.inf), n.name + "/alpha_neg_lo")
+        t = b.add(O.Binary("add"), (x, lo), n.name + "/prelu_lo")
+        hi = _depthwise(b, t, np.maximum(d, 0), (-np.inf, 0.0), n.name + "/alpha_neg_hi")
+        return b.add(O.Binary("add"), (t, hi), n.name)
     a = alpha.data if alpha.is_constant else None
     if a is not None and np.all((a >= 0) & (a <= 1)):
         ax = b.add(O.Binary("mul"), (x, alpha), n.name + "/alpha_x")
@@ -56,6 +97,33 @@ def _prelu(b: _Builder, n: Node, x: Node, alpha: Node) -> Node:
     neg = b.add(O.Binary("min"), (x, zero), n.name + "/neg")
     scaled = b.add(O.Binary("mul"), (neg, alpha), n.name + "/alpha_neg")
     return b.add(O.Binary("add"), (pos, scaled), n.name)
+
+
+def _binary(b: _Builder, n: Node, x: Node, y: Node) -> Node:
+    """A 4-D map with a constant that varies along channels only becomes a 1x1 depthwise conv2d, which
+    computes `bias + x*w` (kmodel_v4.md §8.3): x + c as (w 1, bias c), x - c as (1, -c), c - x as
+    (-1, c), x * c as (c, 0); the same float32 result, without the broadcast binary's per-element
+    offsets (kcc.target.k210 CPU_CYCLES "broadcast")."""
+    op: O.Binary = n.op
+    for t, c, first in ((x, y, True), (y, x, False)):
+        if op.op not in ("add", "sub", "mul") or t.is_constant or t.shape != n.shape:
+            continue
+        slopes = _channel_slopes(t, c)
+        if slopes is None:
+            continue
+        one = np.ones_like(slopes)
+        w, bias = {"add": (one, slopes), "mul": (slopes, np.zeros_like(slopes)),
+                   "sub": (one, -slopes) if first else (-one, slopes)}[op.op]
+        return _depthwise(b, t, w, op.act, n.name, bias)
+    return b.add(op, (x, y), n.name, n.note)
+
+
+def _clamp(b: _Builder, n: Node, x: Node) -> Node:
+    """clamp of a 4-D map: a 1x1 depthwise conv2d (w 1, bias 0) with the clamp fused, `0 + x*1` being
+    x, rather than emit's binary add of a broadcast scalar 0 (kcc.emit._clamp_to_binary)."""
+    if x.type.rank != 4:
+        return b.add(n.op, (x,), n.name, n.note)
+    return _depthwise(b, x, np.ones(x.shape[1], F32), (n.op.lo, n.op.hi), n.name)
 
 
 def _l2_normalize(b: _Builder, n: Node, x: Node) -> Node:
@@ -150,6 +218,8 @@ def _resize(b: _Builder, n: Node, x: Node) -> Node:
 
 
 _RULES = {
+    O.Binary: _binary,
+    O.Clamp: _clamp,
     O.PRelu: _prelu,
     O.L2Normalize: _l2_normalize,
     O.Softmax: _softmax,

@@ -100,8 +100,8 @@ def strided_stem_and_softmax(rng: np.random.Generator) -> Graph:
 
 
 def prelu(rng: np.random.Generator) -> Graph:
-    """lower_to_neutral (a float build): look for the PReLU as max(x, 0) + alpha * min(x, 0) in kmodel
-    binary ops (pos, neg, alpha_neg, add), alpha read as it is, under the PReLU's name."""
+    """lower_to_neutral (a float build): look for the PReLU as x + (alpha - 1) * min(x, 0) in 1x1
+    depthwise conv2d and same-shape adds (slopes <= 1, then > 1), the last add under the PReLU's name."""
     g = Graph()
     x = g.input(0, (1, 4, 4, 4))
     alpha = g.constant(np.array([0.5, -1.5, 2.0, 0.25], np.float32).reshape(4, 1, 1), "alpha")

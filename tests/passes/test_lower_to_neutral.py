@@ -25,13 +25,35 @@ def _check(g: Graph, x: np.ndarray) -> Graph:
 
 
 @pytest.mark.parametrize("alpha", [np.full((3, 1, 1), 0.25, np.float32),
+                                   np.array([0.25, -1.5, 1.0], np.float32).reshape(3, 1, 1),
+                                   np.array([1.5, 2.0, 1.0], np.float32).reshape(1, 3, 1, 1),
                                    rng.uniform(-2, 2, (3, 1, 1)).astype(np.float32)])
-def test_prelu(alpha):
+def test_prelu_with_channel_slopes_is_depthwise_conv2d_and_one_add(alpha):
+    """Per-channel slopes: x + clamp((a-1)*x) when every a-1 has one sign, else x + (a-1)*min(x, 0);
+    no binary op with a broadcast operand is left."""
     g = Graph()
     x = g.input(0, (1, 3, 4, 5))
     g.outputs = [g.add(O.PRelu(), (x, g.constant(alpha, "alpha")), "y")]
-    low = _check(g, rng.standard_normal((1, 3, 4, 5)).astype(np.float32))
+    xs = rng.standard_normal((1, 3, 4, 5)).astype(np.float32)
+    low = _check(g, xs)
     assert not any(isinstance(n.op, O.PRelu) for n in low.nodes)
+    d = alpha.ravel() - 1
+    forms = 1 if np.all(d <= 0) or np.all(d >= 0) else 2  # mixed signs: a <= 1 channels, then a > 1
+    binaries = [n for n in low.nodes if isinstance(n.op, O.Binary)]
+    assert [n.op.op for n in binaries] == ["add"] * forms
+    assert all(n.inputs[0].shape == n.inputs[1].shape for n in binaries)
+    assert sum(isinstance(n.op, O.Conv2D) and n.op.groups == 3 for n in low.nodes) == forms
+    np.testing.assert_array_equal(run(low, [np.abs(xs)])[0], np.abs(xs))  # x >= 0 passes unchanged
+
+
+@pytest.mark.parametrize("alpha", [np.full((3, 4, 5), 0.25, np.float32) * rng.uniform(0, 1, (3, 4, 5)),
+                                   rng.uniform(-2, 2, (3, 4, 5)).astype(np.float32)])
+def test_prelu_with_slopes_per_position_stays_binary(alpha):
+    g = Graph()
+    x = g.input(0, (1, 3, 4, 5))
+    g.outputs = [g.add(O.PRelu(), (x, g.constant(alpha.astype(np.float32), "alpha")), "y")]
+    low = _check(g, rng.standard_normal((1, 3, 4, 5)).astype(np.float32))
+    assert not any(isinstance(n.op, (O.PRelu, O.Conv2D)) for n in low.nodes)
     n_binary = sum(isinstance(n.op, O.Binary) for n in low.nodes)
     assert n_binary == (2 if np.all((alpha >= 0) & (alpha <= 1)) else 4)
 
