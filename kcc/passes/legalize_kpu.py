@@ -10,9 +10,15 @@ the input zero point (kpu_semantics.md §3). Everything else is arranged around 
 With o = k//2 - pt, output row i of the tflite conv is row s*i + o + t of the KPU layer fed with
 the pre-padded input (one row of pre-pad moves every KPU output row down by one). So:
 * stride 1: crop c0 = o + t rows, t = max(0, -o);
-* stride 2, non-depthwise: the pool unit picks rows 0, 2, 4... (left_top_2_s2) and columns
-  0, 2, ... or 1, 3, ... (right_top_2_s2); t is chosen so o + t is even, then crop (o + t)/2;
-* other strides, and depthwise stride 2 (ncc never pairs depthwise with a pool): a slice with step s.
+* stride 2: the pool unit picks rows 0, 2, 4... (left_top_2_s2) and columns
+  0, 2, ... or 1, 3, ... (right_top_2_s2); t is chosen so o + t is even, then crop (o + t)/2.
+  A depthwise layer takes the pick only when it needs no pre-pad (ncc never pairs depthwise with a
+  pool; kpu_sim computes the pair as any other): a CPU pad of its full-size input costs more than
+  the quarter-size slice;
+* other strides: a slice with step s.
+A crop that keeps the whole (pooled) map is no slice at all: the layer's output stays in KPU RAM.
+Before all this, `rotate180` may turn the model's maps by 180° so that TFLite SAME stride-2 padding
+becomes the KPU's own (kcc/passes/rotate180.py).
 Bottom/right pre-pad rows are added so the KPU map is at least 4x4 and covers every row the slice
 reads; rows they affect are cropped, so they change nothing (the input is zero there in tflite too).
 
@@ -36,6 +42,7 @@ from kcc.ir.graph import Graph, Node
 from kcc.ir.types import TensorType
 from kcc.options import CompileOptions
 from kcc.passes.manager import CompileContext
+from kcc.passes.rotate180 import rotate180
 from kcc.target.k210 import (
     KERNEL_SIZES,
     KPU_RAM_SIZE,
@@ -232,9 +239,15 @@ class _Legalizer:
         _, _, h, wd = x.shape
         _, _, oh, ow = n.shape
         sh, sw = op.stride
-        pick = sh == sw == 2 and not depthwise
+        pick = sh == sw == 2
         ay = _axis_plan(h, op.padding[0][0], k, sh, oh, pick)
         ax = _axis_plan(wd, op.padding[1][0], k, sw, ow, pick)
+        if depthwise and pick and (ay.pre or ay.post or ax.pre or ax.post):
+            # a pre-pad costs a CPU pad of the full-resolution map (and its upload), more than the
+            # quarter-resolution slice it would save: such depthwise layers keep the slice
+            pick = False
+            ay = _axis_plan(h, op.padding[0][0], k, sh, oh, pick)
+            ax = _axis_plan(wd, op.padding[1][0], k, sw, ow, pick)
         pool = "bypass"
         if pick:
             o_w = k // 2 - op.padding[1][0]
@@ -254,8 +267,10 @@ class _Legalizer:
         if (hp // s) * (wp // s) > MAX_MAP_PIXELS:
             self._reject(n, f"KPU output map {hp // s}x{wp // s} > {MAX_MAP_PIXELS} pixels (DMA register)")
             return None
-        trivial = ay.pre == ay.post == ax.pre == ax.post == 0 and ay.crop == ax.crop == 0 and s == 1 \
-            and ay.step == ax.step == 1 and (oh, ow) == (hp, wp)
+        # no slice when the layer's (pooled) output is already the conv's: a slice that copies its
+        # tensor unchanged would only force the map out of KPU RAM and back (issue #16)
+        no_slice = ay.crop == ax.crop == 0 and ay.step == ax.step == 1 and (oh, ow) == (hp // s, wp // s)
+        trivial = ay.pre == ay.post == ax.pre == ax.post == 0 and s == 1 and no_slice
         # fuse an activation, then a pool, that follow a trivially placed layer
         tail, fn = n, None
         if trivial:
@@ -278,14 +293,14 @@ class _Legalizer:
         bc = g.constant(b, bn.name) if id(bn) not in self.map else self.map[id(bn)]
         kop = KO.FloatKpuConv(k, depthwise, pool, op.act, fn)
         name = tail.name if tail is not n else n.name
-        y = g.add(kop, (xin, wc, bc), name if trivial else n.name + "/kpu")
-        if not trivial:
+        y = g.add(kop, (xin, wc, bc), name if no_slice else n.name + "/kpu")
+        if not no_slice:
             begin = (0, 0, ay.crop, ax.crop)
             end = (y.shape[0], y.shape[1], ay.crop + ay.step * (oh - 1) + 1, ax.crop + ax.step * (ow - 1) + 1)
             y = g.add(O.StridedSlice(begin, end, (1, 1, ay.step, ax.step)), (y,), n.name)
         what = f"{k}x{k}{' depthwise' if depthwise else ''}, pool {pool}" + (f", {fn[0]}" if fn else "")
         extras = [e for e, on in (("pre-pad", ay.pre or ay.post or ax.pre or ax.post),
-                                  ("crop/slice on CPU", not trivial)) if on]
+                                  ("crop/slice on CPU", not no_slice)) if on]
         self.placements.append(Placement(n.name, "conv2d", True, what + (f" ({', '.join(extras)})" if extras else "")))
         node = n
         while node is not tail:  # everything between n and tail now maps to the layer output
@@ -365,6 +380,8 @@ def legalize_kpu(g: Graph, ctx: CompileContext | None = None) -> Graph:
     With ctx.own_grids mean pools stay off the KPU pool unit, which floors: a pre-quantized model's
     average pools then run on the CPU on the uint8 codes and round as TFLite's do (kcc.quant.quantize)."""
     ctx = ctx or CompileContext()
+    if ctx.options.target != "cpu" and ctx.quantization is None and not ctx.own_grids:
+        g = rotate180(g)  # SAME stride-2 layers on the KPU's picks (a pre-quantized model keeps its layout)
     notes = {d.node: d.cpu_note for d in ctx.decisions if d.cpu_note}
     lg = _Legalizer(g, ctx.options, not ctx.own_grids, notes)
     out = lg.run()

@@ -6,11 +6,15 @@ its own weights and samples (seeded by the test's name, whatever ran before), so
 measured errors plus 5 %: a regression of a few percent fails.
 """
 
+import importlib.util
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import kcc.kmodel as km
 import kpu_sim
 from kcc.eval.interpreter import run
 from kcc.ir import ops as O
@@ -281,3 +285,114 @@ def test_an_output_in_halves_or_parts_has_less_rounding():
     assert errors["halves"] < 0.75 * errors["one"] and errors["parts"] < 0.85 * errors["halves"], errors
     # rms in output units, measured 0.01562, 0.00791, 0.00550
     assert errors["one"] <= 0.0164 and errors["halves"] <= 0.0083 and errors["parts"] <= 0.0058, errors
+
+
+def _scalar_reference():
+    """tests/kpu_sim/kpu_reference.py (kpu_semantics.md §3 in Python ints, no code shared with
+    kpu_sim), loaded by path: only tests/support is on sys.path."""
+    path = Path(__file__).resolve().parents[1] / "kpu_sim" / "kpu_reference.py"
+    spec = importlib.util.spec_from_file_location("kpu_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("kpu_reference", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _kpu_layers_match_the_scalar_reference(kmodel: bytes, x: np.ndarray) -> int:
+    """Run the kmodel on kpu_sim; every kpu_conv2d's output map, read from KPU RAM, must equal the
+    scalar reference layer run on the input map it read. Returns the number of layers checked."""
+    ref = _scalar_reference()
+    program = kpu_sim.load(kmodel)
+    nodes = program.model.nodes
+    pending, checked = {}, []
+
+    def shape(body, side):
+        lay = body.layer
+        if side == "in":
+            return body.batches, lay.in_channels, lay.in_height, lay.in_width
+        return body.batches, lay.out_channels, lay.out_height, lay.out_width
+
+    def trace(index, opcode, body, _outs):
+        if opcode is km.Opcode.KPU_CONV2D:
+            lay, src = body.layer, pending.pop(index)
+            k, dw = lay.filter_size, bool(lay.depth_wise_layer)
+            per_channel = (k, k) if dw else (lay.in_channels, k, k)
+            w = np.asarray(body.weights, np.uint8).reshape(lay.out_channels, *per_channel)
+            bn = body.batch_norm
+            layer = ref.Layer(src.shape, lay.out_channels, w, k=k, depthwise=dw, pool=int(lay.pool_type),
+                              pad_value=lay.pad_value, arg_x=lay.arg_x, shift_x=lay.shr_x, arg_w=lay.arg_w,
+                              shift_w=lay.shr_w, arg_add=lay.arg_add,
+                              bn=[(int(bn.norm_mul[o]), int(bn.norm_shift[o]), int(bn.norm_add[o]))
+                                  for o in range(lay.out_channels)],
+                              act=[(s.x_start, s.y_mul, s.shift_number, s.bias)
+                                   for s in body.activation.segments])
+            got = program.memory.download(body.kpu_output(), shape(body, "out"))
+            np.testing.assert_array_equal(got, ref.reference_layer(layer, src), err_msg=f"node {index}")
+            checked.append(index)
+        if index + 1 < len(nodes) and nodes[index + 1].opcode is km.Opcode.KPU_CONV2D:
+            nxt = nodes[index + 1].body
+            pending[index + 1] = program.memory.download(nxt.kpu_input(), shape(nxt, "in"))
+
+    program.run([x], trace=trace)
+    return len(checked)
+
+
+def _ulffd_like_chain(g, x):
+    """ZeroPadding2D(1) + VALID stride-2 3x3 conv, the same before a depthwise 3x3, then a 1x1: the
+    first layers of ulffd_landmark (PyTorch-style exports)."""
+    pad1 = ((1, 1), (1, 1))
+    y = g.add(O.Conv2D((2, 2), pad1, act=(0.0, np.inf)), (x, _const(g, (8, 4, 3, 3)), _const(g, (8,))))
+    dw = O.Conv2D((2, 2), pad1, groups=8, act=(0.0, np.inf))
+    y = g.add(dw, (y, _const(g, (8, 1, 3, 3)), _const(g, (8,))))
+    return g.add(O.Conv2D(), (y, _const(g, (6, 8, 1, 1)), _const(g, (6,))))
+
+
+def test_stride2_picks_on_the_kpu_are_bit_exact_and_stay_in_kpu_ram():
+    """Stride 2 by the pool unit's left_top_2_s2 pick, for a conv and a depthwise conv with symmetric
+    padding: no CPU pad, slice or re-upload between the layers; each layer equals the scalar
+    reference of the integer pipeline on random weights; the whole agrees with the float graph."""
+    g = Graph()
+    x = g.input(0, (1, 4, 32, 24))
+    g.outputs = [_ulffd_like_chain(g, x)]
+    calib = [[rng.uniform(-1, 1, (1, 4, 32, 24)).astype(np.float32)] for _ in range(8)]
+    want = run(g, calib[0])[0]
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    assert all(p.on_kpu for p in res.placements), res.placements
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    assert names.count("kpu_conv2d") == 3 and names.count("kpu_upload") == 1, names
+    assert "strided_slice" not in names and "pad" not in names, names
+    pools = [n.body.layer.pool_type.name.lower() for n in res.emitted.model.nodes
+             if n.opcode.kmodel_name == "kpu_conv2d"]
+    assert pools == ["left_top_2_s2", "left_top_2_s2", "bypass"], pools
+    assert _kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 3
+    got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
+    assert _max_steps(got, want) <= 1.46, f"max error {_max_steps(got, want):.2f} steps"  # measured 1.39
+
+
+def test_same_stride2_in_rotated_coordinates_is_bit_exact_on_the_kpu():
+    """TFLite SAME stride 2 on even sizes (pad only bottom/right), a conv and a depthwise conv, in a
+    classifier: computed on the 180°-rotated input (rotate180), every stride-2 layer is a left_top
+    pick with the KPU's own padding. The only CPU data movement is the input flip; each layer equals
+    the scalar reference of the integer pipeline on random weights; the result agrees with float."""
+    same = ((0, 1), (0, 1))
+    g = Graph()
+    x = g.input(0, (1, 3, 32, 32))
+    y = g.add(O.Conv2D((2, 2), same, act=(0.0, 6.0)), (x, _const(g, (8, 3, 3, 3)), _const(g, (8,))))
+    dw = O.Conv2D((2, 2), same, groups=8, act=(0.0, 6.0))
+    y = g.add(dw, (y, _const(g, (8, 1, 3, 3)), _const(g, (8,))))
+    y = g.add(O.Conv2D(act=(0.0, 6.0)), (y, _const(g, (16, 8, 1, 1)), _const(g, (16,))))
+    g.outputs = [g.add(O.Reduce("mean", (2, 3), False), (y,))]
+    calib = [[rng.uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)] for _ in range(8)]
+    want = run(g, calib[0])[0]
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    assert all(p.on_kpu for p in res.placements), res.placements
+    nodes = res.emitted.model.nodes
+    names = [n.opcode.kmodel_name for n in nodes]
+    assert "pad" not in names and names.count("strided_slice") == 1, names
+    flip = nodes[names.index("strided_slice")].body
+    assert tuple(flip.strides)[2:] == (-1, -1) and names.index("strided_slice") < names.index("kpu_upload")
+    pools = [n.body.layer.pool_type.name.lower() for n in nodes if n.opcode.kmodel_name == "kpu_conv2d"]
+    assert pools == ["left_top_2_s2", "left_top_2_s2", "bypass"], pools
+    assert _kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 3
+    got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
+    assert _max_steps(got, want) <= 0.30, f"max error {_max_steps(got, want):.2f} steps"  # measured 0.28

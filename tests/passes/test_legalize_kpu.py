@@ -83,10 +83,35 @@ def test_conv_rewrites_are_exact(k, stride, padding, depthwise, size):
     assert placements[0].on_kpu
     kpu = next(n for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv))
     assert kpu.inputs[0].shape[2] >= 4 and kpu.inputs[0].shape[3] >= 4
-    # stride 2 of a non-depthwise conv is done by the pool unit, never by a CPU slice step
+    # stride 2 of a non-depthwise conv is done by the pool unit, never by a CPU slice step; so is a
+    # depthwise one whose pick needs no pre-pad (symmetric padding: PyTorch-style exports)
     if stride == 2 and not depthwise:
         assert kpu.op.pool in ("left_top_2_s2", "right_top_2_s2")
         assert all(n.op.strides == (1, 1, 1, 1) for n in lg.nodes if isinstance(n.op, O.StridedSlice))
+    # a slice that copies its tensor unchanged is never emitted (it only moves the map out of KPU RAM)
+    for n in lg.nodes:
+        if isinstance(n.op, O.StridedSlice):
+            assert n.shape != n.inputs[0].shape or n.op.strides != (1, 1, 1, 1), n
+
+
+@pytest.mark.parametrize("k,h,w", [(3, 8, 10), (3, 12, 16), (1, 8, 10)])
+def test_stride2_depthwise_with_symmetric_padding_picks_on_the_kpu(k, h, w):
+    """ZeroPadding2D(1) + VALID (ulffd) or a 1x1 stride-2 depthwise: output i is centred on input
+    row 2i, which left_top_2_s2 picks; no pad, no slice, the map stays in KPU RAM."""
+    g = _conv_graph(4, 4, h, w, k, 2, ((k // 2, k // 2), (k // 2, k // 2)), groups=4, act=(0.0, np.inf))
+    lg, placements = _assert_equivalent(g)
+    assert [n.op.pool for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)] == ["left_top_2_s2"]
+    assert not [n for n in lg.nodes if isinstance(n.op, (O.Pad, O.StridedSlice))]
+    assert placements[0].on_kpu and "slice" not in placements[0].reason
+
+
+def test_stride2_depthwise_that_needs_a_pre_pad_keeps_its_slice():
+    """TFLite SAME on an even size: the pick would need a CPU pad of the full map, costlier than
+    the quarter-size slice."""
+    g = _conv_graph(4, 4, 8, 10, 3, 2, ((0, 1), (0, 1)), groups=4)
+    lg, _ = _assert_equivalent(g)
+    assert [n.op.pool for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)] == ["bypass"]
+    assert not [n for n in lg.nodes if isinstance(n.op, O.Pad)]
 
 
 @pytest.mark.parametrize("pool,code", [

@@ -21,22 +21,21 @@ from kcc.quant.quantize import Domain, analyze, quantize
 
 
 def _legalized(act: bool = False):
-    """input -> 3x3 conv -> 3x3 conv at stride 2 (a KPU layer `conv2/kpu` picking every other row and
-    column, cropped to conv2)
-    [-> leaky relu, fused into the first layer when `act`]."""
+    """input -> 3x3 conv -> VALID 3x3 conv (a KPU layer `conv2/kpu` with the KPU's padding, cropped
+    to conv2) [-> leaky relu, fused into the first layer when `act`]."""
     rng = np.random.default_rng(3)
     g = Graph()
     x = g.input(0, (1, 4, 8, 8))
 
-    def conv(x, name, stride):
+    def conv(x, name, pad):
         w = g.constant(rng.uniform(-1, 1, (4, 4, 3, 3)).astype(np.float32))
         b = g.constant(np.zeros(4, np.float32))
-        return g.add(O.Conv2D((stride, stride), ((1, 1), (1, 1))), (x, w, b), name)
+        return g.add(O.Conv2D((1, 1), ((pad, pad), (pad, pad))), (x, w, b), name)
 
-    y = conv(x, "conv1", 1)
+    y = conv(x, "conv1", 1)  # same size
     if act:
         y = g.add(O.LeakyRelu(0.1), (y,), "act")
-    g.outputs = [conv(y, "conv2", 2)]
+    g.outputs = [conv(y, "conv2", 0)]  # VALID: a real crop
     ctx = CompileContext(CompileOptions(), samples=[[rng.uniform(0, 1, (1, 4, 8, 8)).astype(np.float32)]])
     lg = legalize_kpu(g, ctx)
     calibrate_ranges(lg, ctx)
