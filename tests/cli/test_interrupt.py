@@ -100,8 +100,8 @@ def _sweep(cmds: list[list[str]], argv: list[str], work: Path, prepare,
            delays: list[float] | int) -> list[int]:
     """Interrupt `argv` (paths relative to `work`) after each delay; returns the exit codes.
 
-    `delays` an int n: 0 and n - 1 delays from 50 ms to twice the length of an uninterrupted run
-    (from kcc's start to its exit), geometrically spaced. Every run starts from `prepare(work)`.
+    `delays` an int n: 0 and n - 1 delays from 50 ms to four times the length of an uninterrupted run
+    (from kcc's start to its exit; a loaded machine can take twice as long), geometrically spaced. Every run starts from `prepare(work)`.
     Interrupted: one line and `work` exactly as prepared. Not interrupted in time: exit 0, nothing
     on stderr, and `work` exactly as a run without SIGINT leaves it (the outputs are deterministic)."""
     prepare(work)
@@ -111,7 +111,7 @@ def _sweep(cmds: list[list[str]], argv: list[str], work: Path, prepare,
     complete = _tree(work)
     assert complete != before
     if isinstance(delays, int):
-        delays = [0.0] + list(np.geomspace(0.05, 2 * seconds, delays - 1))
+        delays = [0.0] + list(np.geomspace(0.05, 4 * seconds, delays - 1))
     codes = []
     for i, delay in enumerate(delays):
         prepare(work)
