@@ -26,7 +26,7 @@ from kcc.ir.graph import Graph
 from kcc.latency import estimate
 from kcc.options import CompileOptions
 from kcc.passes.canonicalize import canonicalize
-from kcc.passes.decompose_kernels import decompose_kernels
+from kcc.passes.decompose_kernels import Decision, decompose_kernels
 from kcc.passes.dilated_conv import eliminate_dilated_conv
 from kcc.passes.legalize_kpu import Placement, legalize_kpu
 from kcc.passes.lower_to_neutral import lower_to_neutral
@@ -49,6 +49,7 @@ class CompileResult:
     weights_ranges: list[WeightRange] = field(default_factory=list)  # with options.dump_weights_range
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # calibrated ranges (uint8 only)
     report: Any = None  # kcc.report.compile_report.Report, when kcc.compile() was asked for one
+    decisions: list[Decision] = field(default_factory=list)  # decompose_kernels: one per conv it weighed
 
     @property
     def latency(self) -> Any:
@@ -104,7 +105,7 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
     ctx = CompileContext(options, log, progress, samples, quantization, own_grids)
     g = manager.run(stages(options), g, ctx)
     return CompileResult(ctx.kmodel, g, ctx.emitted, manager.names, ctx.placements, ctx.float_graph,
-                         ctx.weights_ranges, ctx.ranges)
+                         ctx.weights_ranges, ctx.ranges, decisions=ctx.decisions)
 
 
 def _weights_range(g: Graph, ctx: CompileContext) -> Graph:

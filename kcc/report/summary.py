@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kcc import kmodel as km
-from kcc.alloc.names import model_name, short_name, split_steps
+from kcc.alloc.names import model_name, short_name
 from kcc.alloc.report import mib, over_budgets
 from kcc.errors import ModelTooLargeError
 from kcc.ir import kpu_ops as KO
@@ -27,6 +27,7 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.kmodel.spec import HEADER_SIZE, MEMORY_RANGE_SIZE, NODE_HEADER_SIZE, SHAPE_SIZE
 from kcc.latency import LatencyEstimate
+from kcc.passes.decompose_kernels import Status
 from kcc.target.k210 import MAIN_MEMORY_SIZE
 
 #: what the CPU does for a KPU layer: pre-pad and upload its input, copy its output out of KPU RAM,
@@ -34,7 +35,6 @@ from kcc.target.k210 import MAIN_MEMORY_SIZE
 AROUND_KPU = "KPU layer in/out"
 #: a conv kcc.passes.decompose_kernels put on the KPU as 3x3 terms (its CPU time: views, adds, copies)
 AS_TERMS = "conv as 3x3 KPU terms"
-TERM_STEPS = {"term", "terms", "stacked_conv", "sum"}  # kcc.alloc.names.STEPS of kernel_forms' layers
 #: the frontend notes each imported node with its tflite builtin op (kcc.ir.graph.Node.note)
 _TFLITE_OP = re.compile(r"[A-Z][A-Z0-9_]*")
 #: most groups `cpu_lines` shows, and the smallest share of the total it shows one with
@@ -113,9 +113,8 @@ def cpu_work(result, est: LatencyEstimate) -> list[CpuWork]:
     by_name = {n.name: n for n in g.nodes}
     known = known_names(result)
     kpu = {p.node for p in result.placements if p.on_kpu}
-    # the model conv of a KPU term ('<conv>/term0'), of a dilated conv's layer ('<conv>/conv')
-    decomposed = {base for base, steps in (split_steps(p.node, known) for p in result.placements if p.on_kpu)
-                  if TERM_STEPS & set(steps)}
+    # the model convs decompose_kernels put on the KPU as 3x3 terms, as it decided them
+    decomposed = {d.node for d in getattr(result, "decisions", ()) if d.status is Status.DECOMPOSED}
     kpu |= {model_name(p.node, known) for p in result.placements if p.on_kpu}
     names = result.emitted.node_names
     groups: dict[str, dict[str, Any]] = {}
