@@ -17,9 +17,11 @@ at most 1024 / J channels, at most MAX_STACK_GROUPS layers, STACK_WEIGHT_BUDGET 
 field); the fewest layers and 2, 4, ... times as many are tried, since smaller groups may fit KPU RAM
 where larger ones do not. `stack_dw` needs J*C <= 1024 and the budget.
 Each candidate is legalized on its own (a few-node graph) and must land wholly on the KPU, and is
-costed in estimated K210 cycles (`estimate_cycles`: KPU layer cycles, uploads and downloads, and the
-CPU data movement and adds around the layers, with kcc.target.k210's costs). A conv is decomposed only
-when some form is estimated faster than the float conv on the CPU. `--decompose accurate` (the
+costed in estimated K210 cycles (`estimate_cycles`: every node the kmodel will hold for it, priced as
+`kcc info --estimate` prices them, kcc.latency with kcc.target.k210's costs: KPU layers, uploads and
+copies out, the CPU's quantize, views, pads, adds), the float conv on the CPU too, each in its place
+in the model (`Where`: a float or uint8 input, KPU or float readers). A conv is decomposed only when
+some form is estimated faster than the float conv on the CPU. `--decompose accurate` (the
 default; `off` never decomposes) then takes the fastest form that rounds no more than the CPU conv
 (`extra_roundings`): a
 `stack`, reading a float input of the CPU (a PReLU, an add) with its rounding residual
@@ -81,41 +83,102 @@ MAX_STACK_GROUPS = 48
 
 # Cost model: kcc.target.k210's cycle counts (nncase v0.2 runtime at 400 MHz) of what legalize makes.
 _KPU_LAYER_CYCLES = KPU_LAYER_US * DEFAULT_MHZ  # interrupt, layer FIFO, runtime
-_CPU_PER_ELEMENT = {O.Pad: "pad", O.StridedSlice: "strided_slice", O.Transpose: "transpose", O.Reshape: "copy_byte",
-                    O.Concat: "copy_byte", O.Binary: "binary"}
+_CPU_PER_ELEMENT = {O.Pad: "pad", O.StridedSlice: "strided_slice", O.Transpose: "transpose",
+                    O.Reshape: "copy_byte"}
 
 
 # ----------------------------------------------------------------------------------- cost
-def estimate_cycles(g: Graph) -> float:
-    """Estimated K210 cycles of a legalized graph, with kcc.target.k210's costs: KPU layers (with the
-    uploads of inputs from the CPU and downloads of outputs read by the CPU), float convs, and the
-    CPU data movement and adds around them (float ops dequantize their KPU inputs first)."""
+@dataclass(frozen=True)
+class Where:
+    """What surrounds a conv in its model, which its cost depends on: whether its input is float,
+    computed on the CPU (quantized once before KPU layers read it), or uint8 codes (the model's uint8
+    input, or a KPU layer's output, which that layer copies out of KPU RAM for any CPU reader either
+    way: the float conv dequantizes it); and whether every reader of its output is a KPU layer
+    reading it from KPU RAM (a CPU result is then quantized and uploaded; a KPU layer's output stays
+    there). Else the readers are float CPU ops: a KPU result is copied out and dequantized."""
+
+    float_input: bool = True
+    kpu_readers: bool = False
+
+
+def _upload(x: Node) -> float:
+    """A kpu_upload of x's uint8 codes (kcc.latency._upload: DMA when the width is a multiple of 64)."""
+    key = "kpu_upload_dma_byte" if x.shape[3] % 64 == 0 else "kpu_upload_byte"
+    return CPU_NODE_CYCLES + cpu_cycles(key) * x.type.size
+
+
+def _per_element(key: str, x: Node) -> float:
+    """One CPU node doing `key` once per element of x (kcc.latency._WORK)."""
+    return CPU_NODE_CYCLES + cpu_cycles(key) * x.type.size
+
+
+def estimate_cycles(g: Graph, where: Where = Where()) -> float:
+    """Estimated K210 cycles of a legalized one-conv graph (`_alone`) in its model (`where`), with
+    kcc.target.k210's costs, counting the kmodel nodes quantize, lower_to_neutral and emit make of
+    it as kcc.latency does (`kcc info --estimate`): KPU layers (their fixed cost, CPU dispatch,
+    uploads, and copies out for CPU readers), float convs (with the dequantize of a uint8 input), a
+    float input's quantize (once: views and pads then move uint8 codes), views, pads, crops,
+    concats (none when every input is a CPU view written into its block, kcc.emit.storage), float
+    adds with the dequantize of each uint8 input, and what the output needs for its readers."""
     users = g.users()
-    outputs = {id(o) for o in g.outputs}
+    out = g.outputs[0]
+    kpu = _is_kpu
+    on_kpu = any(kpu(m) for m in g.nodes)
+    uploaded: set[int] = set()  # one upload serves every KPU layer reading the tensor
     total = 0.0
     for n in g.nodes:
-        if isinstance(n.op, KO.FloatKpuConv):
+        if isinstance(n.op, O.Input):
+            if where.float_input and on_kpu:  # one quantize (after a channel slice if any)
+                total += _per_element("quantize", n)
+        elif kpu(n):
             x, w = n.inputs[0], n.inputs[1]
             nb, c, h, wd = x.shape
             lay = kpu_row_layout(wd)
             per_line = n.shape[1] if n.op.depthwise else math.ceil(c / lay.groups) * n.shape[1]
             total += KPU_CYCLE_FACTOR * nb * h * lay.row_len * per_line + KPU_WEIGHT_CYCLES_PER_BYTE * w.type.size
-            total += _KPU_LAYER_CYCLES
-            if not isinstance(x.op, KO.FloatKpuConv):
-                total += cpu_cycles("kpu_upload_byte") * x.type.size
-            if id(n) in outputs or any(not isinstance(u.op, KO.FloatKpuConv) for u in users[n]):
+            total += _KPU_LAYER_CYCLES + CPU_NODE_CYCLES
+            if not kpu(x) and id(x) not in uploaded:
+                uploaded.add(id(x))
+                total += _upload(x)
+            if any(not kpu(u) for u in users[n]) or (n is out and not where.kpu_readers):
                 total += cpu_cycles("kpu_download_byte") * n.type.size
         elif isinstance(n.op, O.Conv2D):
             total += CPU_NODE_CYCLES + cpu_cycles("conv2d_mac") * n.type.size * int(np.prod(n.inputs[1].shape[1:]))
+            x = n.inputs[0]
+            if not where.float_input:  # the float conv reads x's codes dequantized
+                total += _per_element("dequantize", x)
         elif isinstance(n.op, KO.QuantResidual):
             total += 3 * CPU_NODE_CYCLES + n.type.size * sum(cpu_cycles(k) for k in ("dequantize", "binary", "quantize"))
-        elif type(n.op) in _CPU_PER_ELEMENT:
-            total += CPU_NODE_CYCLES + cpu_cycles(_CPU_PER_ELEMENT[type(n.op)]) * n.type.size
-            if isinstance(n.op, O.Concat):
+        elif isinstance(n.op, O.Concat):
+            in_place = all(isinstance(i.op, (O.StridedSlice, O.Pad)) and len(users[i]) == 1 for i in n.inputs)
+            if not in_place:
+                total += CPU_NODE_CYCLES + cpu_cycles("copy_byte") * n.type.size
                 total += cpu_cycles("concat_block") * len(n.inputs)
-            if isinstance(n.op, (O.Binary, O.Concat)):
-                total += sum(cpu_cycles("dequantize") * i.type.size for i in n.inputs if isinstance(i.op, KO.FloatKpuConv))
+        elif isinstance(n.op, O.Binary):
+            total += _per_element("binary", n)
+            total += sum(_per_element("dequantize", i) for i in n.inputs if not _is_float(i, where))
+        elif type(n.op) in _CPU_PER_ELEMENT:
+            total += _per_element(_CPU_PER_ELEMENT[type(n.op)], n)
+    float_out = _is_float(out, where)
+    if where.kpu_readers and not kpu(out):  # a CPU result the next KPU layer reads
+        total += (_per_element("quantize", out) if float_out else 0.0) + _upload(out)
+    elif not where.kpu_readers and not float_out:  # uint8 codes a float CPU op reads
+        total += _per_element("dequantize", out)
     return total
+
+
+def _is_kpu(v: Node) -> bool:
+    return isinstance(v.op, KO.FloatKpuConv)
+
+
+def _is_float(v: Node, where: Where) -> bool:
+    """v holds float values on the CPU: a float op's result, or views of a float input (before any
+    KPU layer, uint8 codes only when the input is; Binary and float convs compute in float)."""
+    while isinstance(v.op, (O.Pad, O.StridedSlice, O.Reshape, O.Transpose, O.Concat)):
+        v = v.inputs[0]
+    if isinstance(v.op, O.Input):
+        return where.float_input
+    return isinstance(v.op, (O.Binary, O.Conv2D)) and not _is_kpu(v)
 
 
 def _alone(n: Node, plan: Form | None) -> Graph | None:
@@ -132,10 +195,33 @@ def _alone(n: Node, plan: Form | None) -> Graph | None:
     return g
 
 
-def _on_kpu(g: Graph, opts: CompileOptions) -> tuple[bool, float]:
+def _on_kpu(g: Graph, opts: CompileOptions, where: Where = Where()) -> tuple[bool, float]:
     ctx = CompileContext(opts)
     lg = legalize_kpu(g, ctx)
-    return bool(ctx.placements) and all(p.on_kpu for p in ctx.placements), estimate_cycles(lg)
+    return bool(ctx.placements) and all(p.on_kpu for p in ctx.placements), estimate_cycles(lg, where)
+
+
+def _kpu_as_is(u: Node, opts: CompileOptions) -> tuple[bool, bool]:
+    """Whether legalize_kpu takes conv u as it is, and whether its KPU layer then reads u's input as
+    it is (no CPU pre-pad: a KPU layer before it may leave its output in KPU RAM for it)."""
+    if not isinstance(u.op, O.Conv2D) or not (u.inputs[1].is_constant and u.inputs[2].is_constant):
+        return False, False
+    ctx = CompileContext(opts)
+    lg = legalize_kpu(_alone(u, None), ctx)
+    on_kpu = bool(ctx.placements) and all(p.on_kpu for p in ctx.placements)
+    return on_kpu, on_kpu and any(_is_kpu(m) and isinstance(m.inputs[0].op, O.Input) for m in lg.nodes)
+
+
+def surroundings(n: Node, users: dict, outputs: set[int], opts: CompileOptions = CompileOptions()) -> Where:
+    """`Where` conv n sits in its graph (`users`, the ids of the graph outputs)."""
+    x = n.inputs[0]
+    if isinstance(x.op, O.Input):
+        float_input = opts.effective_input_type != "uint8"
+    else:
+        float_input = not _kpu_as_is(x, opts)[0]
+    readers = users.get(n, [])
+    kpu_readers = bool(readers) and id(n) not in outputs and all(_kpu_as_is(u, opts)[1] for u in readers)
+    return Where(float_input, kpu_readers)
 
 
 def _stack_groups(c: int, j: int, budget: int) -> list[int]:
@@ -225,12 +311,13 @@ def extra_roundings(n: Node, plan: Form, float_input: bool, read_in_float: bool 
 
 
 def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = True, halves: bool = False,
-           bulk: float = 0.0) -> Decision:
+           bulk: float = 0.0, at: Where | None = None) -> Decision:
     """How to put conv `n` on the KPU if legalize_kpu would not take it as it is: among the
     decompositions that legalize wholly onto the KPU and are estimated faster than the float conv on
     the CPU, the fastest that adds no rounding (`extra_roundings`). A float input (`_cpu_float`) may
     be read with its rounding residual (`residual` allows that); `halves` computes a stack's output in
-    two halves (four parts with a `bulk` threshold)."""
+    two halves (four parts with a `bulk` threshold). Every estimate, the CPU conv's too, counts
+    what the conv's surroundings `at` add (`Where`; by default, from n's input alone)."""
     op: O.Conv2D = n.op
     x, w, b = n.inputs
     if not (w.is_constant and b.is_constant):
@@ -240,7 +327,8 @@ def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = Tr
     c, oc = x.shape[1], w.shape[0]
     if op.groups not in (1, c) or (op.groups == c > 1 and oc != c):
         return Decision(n.name, Status.KEPT, None, 0.0, 0.0, f"groups {op.groups} (KPU: 1 or depthwise)")
-    fits, cpu = _on_kpu(_alone(n, None), opts)
+    at = at or surroundings(n, {}, set(), opts)
+    fits, cpu = _on_kpu(_alone(n, None), opts, at)
     if fits:
         return Decision(n.name, Status.ON_KPU, None, cpu, cpu, "on the KPU as it is")
     if opts.decompose == "off":
@@ -255,7 +343,7 @@ def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = Tr
         alone = _alone(n, plan)
         if alone is None:
             continue
-        fits, cycles = _on_kpu(alone, opts)
+        fits, cycles = _on_kpu(alone, opts, at)
         if fits:
             landed.add(form)
             forms.append((extra_roundings(n, plan, float_input, halves), cycles, plan))
@@ -368,7 +456,8 @@ def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     for n in list(g.nodes):
         if not isinstance(n.op, O.Conv2D):
             continue
-        d = choose(n, opts, residual, residual and _read_in_float(n, users, outputs), bulk.get(n.name, 0.0))
+        d = choose(n, opts, residual, residual and _read_in_float(n, users, outputs), bulk.get(n.name, 0.0),
+                   surroundings(n, users, outputs, opts))
         if d.status is not Status.ON_KPU:
             ctx.decisions.append(d)
         if d.plan is None:

@@ -16,12 +16,14 @@ import pytest
 
 import kcc.kmodel as km
 import kpu_sim
+from kcc import latency
 from kcc.eval.interpreter import run
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
 from kcc.passes.decompose_kernels import Form, bulk_thresholds, rewrite
 from kcc.pipeline import compile_graph
+from kcc.target.k210 import DEFAULT_MHZ
 
 rng = np.random.default_rng(5)
 
@@ -396,3 +398,37 @@ def test_same_stride2_in_rotated_coordinates_is_bit_exact_on_the_kpu():
     assert _kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 3
     got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
     assert _max_steps(got, want) <= 0.30, f"max error {_max_steps(got, want):.2f} steps"  # measured 0.28
+
+
+def _prelu_dw5x5_then_1x1(c, hw, stride):
+    """BlazePalm's block: PReLU (float, on the CPU) -> 5x5 depthwise -> 1x1 conv (a KPU layer)."""
+    g = Graph()
+    x = g.input(0, (1, c, hw, hw))
+    a = g.add(O.PRelu(), (x, g.constant(rng.uniform(0.05, 0.3, (1, c, 1, 1)).astype(np.float32))))
+    pad = ((2, 2), (2, 2)) if stride == 1 else ((1, 2), (1, 2))
+    y = g.add(O.Conv2D((stride, stride), pad, groups=c), (a, _const(g, (c, 1, 5, 5)), _const(g, (c,), -0.1, 0.1)), "dw5")
+    g.outputs = [g.add(O.Conv2D(act=(0.0, 6.0)), (y, _const(g, (c, c, 1, 1)), _const(g, (c,))))]
+    return g
+
+
+@pytest.mark.parametrize("c,hw,stride,status", [
+    (4, 40, 1, "decomposed"), (16, 24, 2, "decomposed"), (32, 48, 1, "decomposed"), (256, 12, 1, "kept on the CPU")])
+def test_decompose_kernels_predicts_the_kmodel_estimate(c, hw, stride, status):
+    """decompose_kernels' choice is priced as `kcc info --estimate` prices the kmodel: the time the
+    chosen form saves over the float CPU conv, as choose() predicts it, is the difference between the
+    estimates of the kmodels compiled with and without decomposition; a conv whose exact forms cost
+    more stays on the CPU (BlazePalm's 256-channel 5x5s on 12x12 maps), and the model's estimate never
+    goes up."""
+    state = rng.bit_generator.state
+    calib = [[rng.uniform(-1, 1, (1, c, hw, hw)).astype(np.float32)] for _ in range(4)]
+    total, decision = {}, None
+    for mode in ("accurate", "off"):
+        rng.bit_generator.state = state  # the same weights both times
+        res = compile_graph(_prelu_dw5x5_then_1x1(c, hw, stride), CompileOptions(input_type="float", decompose=mode),
+                            samples=calib)
+        total[mode] = latency.estimate(res.kmodel).total_ms
+        decision = decision or res.decisions[0]
+    saved = (decision.cpu_cycles - decision.cycles) / (DEFAULT_MHZ * 1e3)
+    assert decision.status.value == status
+    assert total["accurate"] <= total["off"]
+    assert total["off"] - total["accurate"] == pytest.approx(saved, rel=0.01, abs=1e-3)

@@ -15,6 +15,7 @@ from kcc.options import CompileOptions
 from kcc.passes import decompose_kernels as D
 from kcc.passes.legalize_kpu import legalize_kpu
 from kcc.passes.manager import CompileContext
+from kcc.target.k210 import CPU_NODE_CYCLES, cpu_cycles
 
 
 def legalize(g, opts=None):
@@ -128,9 +129,9 @@ def test_pass_rewrites_only_what_the_kpu_rejects():
 @pytest.mark.parametrize("c", [16, 512])
 def test_accurate_takes_the_fastest_form_that_adds_no_rounding(c):
     conv = _conv_graph(c, c, 12, 12, 5, 5, (1, 1), ((2, 2), (2, 2)), c).outputs[0]
-    costs = {}
+    costs, at = {}, D.surroundings(conv, {}, set())
     for plan in D._plans(conv):
-        fits, cycles = D._on_kpu(D._alone(conv, plan), CompileOptions())
+        fits, cycles = D._on_kpu(D._alone(conv, plan), CompileOptions(), at)
         if fits:
             costs.setdefault(plan.combine == "stack", []).append(cycles)
     accurate = D.choose(conv)
@@ -160,7 +161,8 @@ def test_the_placement_of_a_kept_conv_says_why_it_was_not_decomposed():
 
 def test_a_float_input_of_the_cpu_gets_the_residual_stack():
     """A depthwise reading a PReLU (float, on the CPU) stacks the input's rounding residual; one reading
-    the graph input (the pixels' grid) or a conv (8-bit from the KPU) does not, nor with residual=False."""
+    the graph input (the pixels' grid) or a conv (8-bit from the KPU) does not, nor with residual=False.
+    Its output is read by a 1x1 KPU layer, as BlazePalm's are."""
     def decide(source, residual=True, c=16, hw=12):
         g = Graph()
         x = g.input(0, (1, c, hw, hw))
@@ -170,8 +172,12 @@ def test_a_float_input_of_the_cpu_gets_the_residual_stack():
             x = g.add(O.Conv2D(act=(0.0, 6.0)), (x, g.constant(np.ones((c, c, 1, 1), np.float32)),
                                                 g.constant(np.zeros(c, np.float32))))
         w = g.constant(rng.uniform(-1, 1, (c, 1, 5, 5)).astype(np.float32))
-        g.outputs = [g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=c), (x, w, g.constant(np.zeros(c, np.float32))))]
-        return D.choose(g.outputs[0], CompileOptions(), residual=residual).plan
+        y = g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=c), (x, w, g.constant(np.zeros(c, np.float32))))
+        g.outputs = [g.add(O.Conv2D(), (y, g.constant(np.ones((c, c, 1, 1), np.float32)),
+                                        g.constant(np.zeros(c, np.float32))))]
+        at = D.surroundings(y, g.users(), {id(o) for o in g.outputs})
+        assert at.kpu_readers and at.float_input == (source == "prelu")
+        return D.choose(y, CompileOptions(), residual=residual, at=at).plan
     assert decide("prelu").residual and decide("prelu").combine == "stack"
     assert "residual" in decide("prelu").describe()
     assert not decide("input").residual and not decide("conv").residual
@@ -334,3 +340,47 @@ def test_a_conv_whose_exact_forms_are_slower_says_so():
     slow = float(re.search(r"residual \(x16\): ~([\d.]+) ms", d.reason).group(1))
     fast, cpu = (float(v) for v in re.search(r"~([\d.]+) ms vs ~([\d.]+) ms on the CPU", d.reason).groups())
     assert fast < cpu <= slow and d.status is D.Status.KEPT
+
+
+def test_the_estimate_counts_what_the_surroundings_add():
+    """estimate_cycles counts the kmodel nodes of a conv in its model (kcc.latency's work per node):
+    a float input is quantized once before its views; a KPU layer's output that a KPU layer reads
+    stays in KPU RAM, one a float op reads is copied out and dequantized; the CPU conv dequantizes
+    a uint8 input, and its output is quantized and uploaded for a KPU reader."""
+    conv = _conv_graph(8, 8, 16, 16, 5, 5, (2, 2), ((1, 2), (1, 2)), 8).outputs[0]  # TFLite SAME
+    plan = D.choose(conv).plan
+    lg = legalize(D._alone(conv, plan))[0]
+    y, elems = conv.type.size, conv.inputs[0].type.size
+    cost = {w: D.estimate_cycles(lg, w) for w in (D.Where(f, k) for f in (False, True) for k in (False, True))}
+    quantize, dequantize = CPU_NODE_CYCLES + cpu_cycles("quantize") * elems, CPU_NODE_CYCLES + cpu_cycles("dequantize") * y
+    copy_out = cpu_cycles("kpu_download_byte") * y
+    assert plan.combine == "stack" and isinstance(lg.outputs[0].op, KO.FloatKpuConv)
+    assert cost[D.Where(True, True)] - cost[D.Where(False, True)] == pytest.approx(quantize)
+    assert cost[D.Where(False, False)] - cost[D.Where(False, True)] == pytest.approx(copy_out + dequantize)
+    cpu = legalize(D._alone(conv, None))[0]
+    alone = D.estimate_cycles(cpu, D.Where(True, False))
+    upload = CPU_NODE_CYCLES + cpu_cycles("kpu_upload_byte") * y  # width 8: no DMA
+    assert D.estimate_cycles(cpu, D.Where(True, True)) - alone == pytest.approx(upload + CPU_NODE_CYCLES
+                                                                                + cpu_cycles("quantize") * y)
+    assert D.estimate_cycles(cpu, D.Where(False, False)) - alone == pytest.approx(
+        CPU_NODE_CYCLES + cpu_cycles("dequantize") * elems)
+
+
+def test_surroundings_of_a_conv():
+    """Where a conv sits: a float input (a PReLU; the model input of a float build) or uint8 codes
+    (the uint8 model input, a KPU layer's output); readers that are all KPU layers or not."""
+    g = Graph()
+    x = g.input(0, (1, 8, 16, 16))
+    p = g.add(O.PRelu(), (x, g.constant(np.full((1, 8, 1, 1), 0.2, np.float32))), "prelu")
+    w5 = g.constant(rng.uniform(-1, 1, (8, 1, 5, 5)).astype(np.float32))
+    w1, b = g.constant(np.ones((8, 8, 1, 1), np.float32)), g.constant(np.zeros(8, np.float32))
+    a = g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=8), (x, w5, b), "on_input")
+    k = g.add(O.Conv2D(), (a, w1, b), "kpu")
+    c = g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=8), (k, w5, b), "on_kpu")
+    d = g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=8), (p, w5, b), "on_prelu")
+    g.outputs = [c, g.add(O.Binary("add"), (d, x), "res")]
+    users, outs = g.users(), {id(o) for o in g.outputs}
+    assert D.surroundings(a, users, outs) == D.Where(False, True)
+    assert D.surroundings(a, users, outs, CompileOptions(input_type="float")) == D.Where(True, True)
+    assert D.surroundings(c, users, outs) == D.Where(False, False)  # the model's output
+    assert D.surroundings(d, users, outs) == D.Where(True, False)  # read by a float add
