@@ -3,8 +3,9 @@
 Graph inputs and computed tensors live in main memory; constants read as data (binary operands,
 matmul B) live in the constants blob (kmodel_v4.md §5); conv / matmul weights and biases are inlined
 into their bodies; a Reshape is free and aliases its input's storage (kmodel has no reshape op; ncc
-removes its memory_copy the same way); a concatenation may be computed in place, and a binary op may
-write over an input it reads for the last time. KPU layers and uploads live in KPU RAM (§7.2).
+removes its memory_copy the same way); a concatenation may be computed in place, and a binary op or a
+float depthwise 1x1 conv may write over an input it reads for the last time. KPU layers and uploads
+live in KPU RAM (§7.2).
 """
 
 from __future__ import annotations
@@ -101,7 +102,11 @@ class Storage:
         runtime's binary kernel reads a[i] and b[i] before it writes out[i] (nncase v0.2
         neutral_kernels.h, both the same-shape and the broadcasting loop), so one buffer serves, and
         a float PReLU (max/min/mul/add on the CPU) holds two maps instead of three at its peak. Not
-        unary ops: that kernel declares its pointers `restrict`."""
+        unary ops: that kernel declares its pointers `restrict`. A float depthwise 1x1 conv of the output's
+        shape may too (the form lower_to_neutral gives a per-channel PReLU/binary/clamp): the float
+        conv2d kernel has no `restrict` and, with one input and one output channel per group, a 1x1
+        window, stride 1 and no padding, reads in[i] just before it writes out[i], in order (nncase
+        v0.2.0-beta4 kernels/neutral/neutral_kernels.h, conv2d, lines 133-193)."""
         def value(x: Node) -> Node:  # a reshape reads its input's value
             while isinstance(x.op, O.Reshape):
                 x = x.inputs[0]
@@ -111,9 +116,9 @@ class Storage:
         last.update((id(value(o)), len(g.nodes)) for o in g.outputs)
         done: set[int] = set()
         for k, n in enumerate(g.nodes):
-            if not isinstance(n.op, O.Binary) or id(n) in self.root:
+            if not (isinstance(n.op, O.Binary) or _pointwise_conv(n)) or id(n) in self.root:
                 continue
-            for i in dict.fromkeys(n.inputs):
+            for i in dict.fromkeys(n.inputs[:1] if isinstance(n.op, O.Conv2D) else n.inputs):
                 if (i.type == n.type and last.get(id(i)) == k and sum(x is i for x in n.inputs) == 1
                         and self._written_by_cpu(i) and (id(i) not in self.root or id(i) in done)):
                     self.root[id(n)] = i
@@ -153,6 +158,16 @@ class Storage:
                                  K.kpu_bytes(shape4(n.shape)))
         start = self.main_offset[id(b)] + self.byte_offset(n)
         return K.MemoryRange(MemoryType.MAIN, dt, start, n.type.nbytes)
+
+
+def _pointwise_conv(n: Node) -> bool:
+    """A float conv2d whose output element i depends on input element i alone, at the same index:
+    one input and one output channel per group, a 1x1 window, stride 1, no padding."""
+    if not isinstance(n.op, O.Conv2D) or n.dtype != DType.float32:
+        return False
+    op, (x, w) = n.op, n.inputs[:2]
+    return (op.groups == x.shape[1] == w.shape[0] and w.shape[1:] == (1, 1, 1) and op.stride == (1, 1)
+            and op.padding == ((0, 0), (0, 0)) and x.type == n.type)
 
 
 def in_kpu_ram(n: Node, st: Storage) -> bool:

@@ -154,3 +154,46 @@ def test_element_wise_ops_write_over_an_input_read_for_the_last_time():
     assert (xi < 0).any() and (xi > 0).any()  # both branches of the prelu
     got = kpu_sim.load(kmodel.write(em.model)).run([xi])[0]
     np.testing.assert_array_equal(got.reshape(want.shape), want)
+
+
+def test_a_depthwise_1x1_conv_writes_over_an_input_read_for_the_last_time(monkeypatch):
+    """A float per-channel conv (groups = channels, 1x1, stride 1, no padding: lower_to_neutral's form
+    of a per-channel PReLU/binary/clamp) writes over its input when it reads it last: nncase's float
+    conv2d kernel reads in[i] just before it writes out[i] and has no `restrict` pointers. kpu_sim gives
+    the same bits as the kmodel without it, and main_mem shrinks; an input read later is kept, and a
+    conv that mixes elements (3x3) never writes in place."""
+    import kpu_sim
+    from kcc.emit import storage
+    from kcc.eval.interpreter import run
+
+    rng = np.random.default_rng(5)
+    wd = rng.uniform(-2, 2, (3, 1, 1, 1)).astype(np.float32)
+    w3 = rng.uniform(-1, 1, (3, 1, 3, 3)).astype(np.float32)
+    b = rng.uniform(-1, 1, 3).astype(np.float32)
+
+    def graph(kernel: np.ndarray = wd, later_reader: bool = False) -> Graph:
+        g = Graph()
+        x0 = g.input(0, (1, 3, 5, 4))
+        x = g.add(O.Unary("neg"), (x0,), "x")
+        pad = ((1, 1), (1, 1)) if kernel.shape[2] == 3 else ((0, 0), (0, 0))
+        y = g.add(O.Conv2D(groups=3, padding=pad, act=(-1.5, 1.5)),
+                  (x, g.constant(kernel, "w"), g.constant(b, "b")), "y")
+        g.outputs = [g.add(O.Binary("add"), (y, x if later_reader else x0), "out")]
+        return g
+
+    xi = rng.uniform(-2, 2, (1, 3, 5, 4)).astype(np.float32)
+    em = emit(graph())
+    assert {bf.name for bf in em.buffers} == {"input", "x"}  # y over x, out over y
+    assert em.model.main_mem == 2 * 240  # the input and x (without: input, x and y)
+    got = kpu_sim.load(kmodel.write(em.model)).run([xi])[0]
+    with monkeypatch.context() as m:
+        m.setattr(storage, "_pointwise_conv", lambda n: False)
+        separate = emit(graph())
+    assert {bf.name for bf in separate.buffers} == {"input", "x", "y"}
+    assert separate.model.main_mem == 3 * 240
+    np.testing.assert_array_equal(got, kpu_sim.load(kmodel.write(separate.model)).run([xi])[0])
+    want = run(graph(), [xi])[0]
+    np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-6, atol=1e-7)
+    assert (np.abs(-xi * wd.reshape(1, 3, 1, 1) + b.reshape(1, 3, 1, 1)) > 1.5).any()  # the clamp acts
+    assert "y" in {bf.name for bf in emit(graph(later_reader=True)).buffers}  # x is read by out too
+    assert "y" in {bf.name for bf in emit(graph(w3)).buffers}  # a 3x3 window reads neighbours
