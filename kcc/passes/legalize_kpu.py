@@ -26,7 +26,8 @@ Directly following ops are fused into the layer when the pre-pad/crop is trivial
 tflite padding k//2, stride 1): a max/mean pool the KPU pool unit implements, and an element-wise
 activation its 16-segment table can approximate (leaky_relu, logistic, tanh, hard_swish).
 FULLY_CONNECTED (MatMul with constant weights) becomes a 1x1 KPU conv on a map padded to 4x4.
-Every convolution that stays on the CPU gets a reason in the returned placement list.
+Every convolution that stays on the CPU gets a reason in the returned placement list. Last, a
+per-channel PReLU may become two 1x1 KPU layers (kcc/passes/prelu_kpu.py).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from kcc.ir.graph import Graph, Node
 from kcc.ir.types import TensorType
 from kcc.options import CompileOptions
 from kcc.passes.manager import CompileContext
+from kcc.passes.prelu_kpu import prelu_to_kpu
 from kcc.passes.rotate180 import rotate180
 from kcc.target.k210 import (
     KERNEL_SIZES,
@@ -386,4 +388,7 @@ def legalize_kpu(g: Graph, ctx: CompileContext | None = None) -> Graph:
     lg = _Legalizer(g, ctx.options, not ctx.own_grids, notes)
     out = lg.run()
     ctx.placements.extend(lg.placements)
+    if ctx.quantization is None and not ctx.own_grids:  # a pre-quantized model keeps its PReLU grids
+        out, done = prelu_to_kpu(out, ctx.options)
+        ctx.placements.extend(Placement(name, "prelu", True, "two 1x1 KPU layers") for name in done)
     return out

@@ -55,13 +55,14 @@ def _raw_dataset(d: Path, shape: tuple[int, ...], count: int = 3) -> Path:
 
 @pytest.fixture(scope="module")
 def prelu_model(tmp_path_factory) -> dict:
-    """conv -> PReLU (alpha outside [0, 1]: float max/min/mul/add on the CPU) -> 2x2 max pool -> conv,
+    """conv -> PReLU (alpha per position, outside [0, 1]: the KPU form takes one slope per channel, so it
+    runs on the CPU in float) -> 2x2 max pool -> conv,
     the last conv a model output on the KPU (its float output is a dequantize kcc adds)."""
     rng = np.random.default_rng(4)
     b = _builder.TfliteBuilder()
     x = b.input([1, 32, 32, 8], name="image")
     y = _conv(b, x, 8, 16, 3, "stem", rng)
-    y = b.op("PRELU", [y, b.const(rng.uniform(-2.0, -1.2, (1, 1, 16)).astype(np.float32))], name="stem_prelu")
+    y = b.op("PRELU", [y, b.const(rng.uniform(-2.0, -1.2, (32, 32, 16)).astype(np.float32))], name="stem_prelu")
     y = _maxpool(b, y, 2, 2, "pool")
     b.output(_conv(b, y, 16, 24, 1, "head", rng))
     d = tmp_path_factory.mktemp("prelu")
