@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,12 +38,8 @@ def _ncc_rows() -> list[dict]:
         data = p.read_bytes()
         model = km.read(data)
         est = latency.estimate(model)
-        cpu = Counter()
-        for n in est.nodes:
-            if n.unit != "KPU":
-                cpu[n.opcode] += n.ms
         rows.append({"kmodel": str(p.relative_to(refkit.REFERENCE)), "total_ms": est.total_ms,
-                     "kpu_ms": est.kpu_ms, "top_cpu": [[op, ms] for op, ms in cpu.most_common(3)],
+                     "kpu_ms": est.kpu_ms, "top_cpu": board.top_cpu(est),
                      "device_ram": len(data) + model.main_mem})
     return rows
 

@@ -209,3 +209,17 @@ class Graph:
                 raise VerifyError(f"IR verify{where}: graph output %{o.name} is not a node of the graph")
         if sorted(indices) != list(range(len(indices))):
             raise VerifyError(f"IR verify{where}: graph input indices {sorted(indices)} are not 0..n-1")
+
+
+def channel_values(x: Node, c: Node) -> np.ndarray | None:
+    """Per channel of NCHW `x`, the value of constant `c` broadcast against it (float32, one per
+    channel), when `c` varies along channels only; else None. What a per-channel slope or operand
+    needs to be folded into a per-channel conv."""
+    if not c.is_constant or x.type.rank != 4:
+        return None
+    try:
+        full = np.broadcast_to(c.data, x.shape)
+    except ValueError:
+        return None
+    per_c = np.ascontiguousarray(full[0, :, 0, 0], np.float32)
+    return per_c if np.array_equal(full, np.broadcast_to(per_c[None, :, None, None], x.shape)) else None

@@ -25,7 +25,7 @@ import numpy as np
 from kcc.errors import UnsupportedModelError
 from kcc.eval import kernels
 from kcc.ir import ops as O
-from kcc.ir.graph import Graph, Node
+from kcc.ir.graph import Graph, Node, channel_values
 
 if TYPE_CHECKING:
     from kcc.passes.manager import CompileContext
@@ -48,16 +48,6 @@ class _Builder:
         return self.g.constant(np.asarray(data), name)
 
 
-def _channel_slopes(x: Node, alpha: Node) -> np.ndarray | None:
-    """The slope of each channel when alpha is a constant that varies along channels only, else None."""
-    if not alpha.is_constant or x.type.rank != 4:
-        return None
-    try:
-        full = np.broadcast_to(alpha.data, x.shape)
-    except ValueError:
-        return None
-    per_c = np.ascontiguousarray(full[0, :, 0, 0], F32)
-    return per_c if np.array_equal(full, np.broadcast_to(per_c[None, :, None, None], x.shape)) else None
 
 
 def _depthwise(b: _Builder, x: Node, w: np.ndarray, act: tuple[float, float], name: str,
@@ -70,7 +60,7 @@ def _depthwise(b: _Builder, x: Node, w: np.ndarray, act: tuple[float, float], na
 
 
 def _prelu(b: _Builder, n: Node, x: Node, alpha: Node) -> Node:
-    slopes = _channel_slopes(x, alpha)
+    slopes = channel_values(x, alpha)
     if slopes is not None:
         # x + (a-1)*min(x, 0) as 1x1 depthwise conv2d and same-shape adds: a binary with a broadcast
         # operand costs several conv taps per element (kcc.target.k210 CPU_CYCLES "broadcast"). The
@@ -108,7 +98,7 @@ def _binary(b: _Builder, n: Node, x: Node, y: Node) -> Node:
     for t, c, first in ((x, y, True), (y, x, False)):
         if op.op not in ("add", "sub", "mul") or t.is_constant or t.shape != n.shape:
             continue
-        slopes = _channel_slopes(t, c)
+        slopes = channel_values(t, c)
         if slopes is None:
             continue
         one = np.ones_like(slopes)

@@ -25,7 +25,7 @@ import numpy as np
 
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
-from kcc.ir.graph import Graph, Node
+from kcc.ir.graph import Graph, Node, channel_values
 from kcc.options import CompileOptions
 from kcc.target.k210 import (
     CPU_NODE_CYCLES,
@@ -51,16 +51,6 @@ F32 = np.float32
 RELU = (0.0, math.inf)
 
 
-def _slopes(x: Node, alpha: Node) -> np.ndarray | None:
-    """The slope of each channel when alpha is a constant that varies along channels only."""
-    if not alpha.is_constant or x.type.rank != 4:
-        return None
-    try:
-        full = np.broadcast_to(alpha.data, x.shape)
-    except ValueError:
-        return None
-    per_c = np.ascontiguousarray(full[0, :, 0, 0], F32)
-    return per_c if np.array_equal(full, np.broadcast_to(per_c[None, :, None, None], x.shape)) else None
 
 
 def _layer_fits(shape: tuple[int, ...], oc: int, k: int) -> bool:
@@ -133,7 +123,7 @@ class _Rewriter:
 
     def prelu(self, n: Node) -> Node | None:
         x, alpha = n.inputs
-        a = _slopes(x, alpha)
+        a = channel_values(x, alpha)
         # only after a KPU layer, whose output is 8-bit codes already: a float x (a residual add)
         # would be rounded twice more, and a float result feeding a decomposed conv gets extra bits
         # from its QuantResidual channels (kcc.passes.decompose_kernels), which codes would lose

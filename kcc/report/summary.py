@@ -114,7 +114,7 @@ def cpu_work(result, est: LatencyEstimate) -> list[CpuWork]:
     known = known_names(result)
     kpu = {p.node for p in result.placements if p.on_kpu}
     # the model convs decompose_kernels put on the KPU as 3x3 terms, as it decided them
-    decomposed = {d.node for d in getattr(result, "decisions", ()) if d.status is Status.DECOMPOSED}
+    decomposed = {d.node for d in result.decisions if d.status is Status.DECOMPOSED}
     kpu |= {model_name(p.node, known) for p in result.placements if p.on_kpu}
     names = result.emitted.node_names
     groups: dict[str, dict[str, Any]] = {}
