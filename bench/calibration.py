@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tests" / "support"))
 from refkit import REFERENCE
 
 from kcc.dataset import iter_dataset, list_files
-from kcc.frontend.importer import import_tflite
+from kcc.frontend.tflite.importer import import_tflite
 from kcc.ir import ops as O
 from kcc.passes.canonicalize import canonicalize
 from kcc.quant import calibrate as C

@@ -45,7 +45,7 @@ import kpu_sim  # noqa: E402
 from kcc import pipeline  # noqa: E402
 from kcc.dataset import IMAGE_SUFFIXES, load_image  # noqa: E402
 from kcc.eval.interpreter import run  # noqa: E402
-from kcc.frontend.importer import import_tflite  # noqa: E402
+from kcc.frontend.tflite.importer import import_tflite  # noqa: E402
 from kcc.ir import ops as O  # noqa: E402
 from kcc.ir.graph import Graph  # noqa: E402
 from kcc.options import CompileOptions  # noqa: E402

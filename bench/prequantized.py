@@ -32,7 +32,7 @@ import refkit  # noqa: E402
 
 import kpu_sim  # noqa: E402
 from kcc.eval.kernels import KERNELS  # noqa: E402
-from kcc.frontend.tflite_reader import read_tflite  # noqa: E402
+from kcc.frontend.tflite.reader import read_tflite  # noqa: E402
 from kcc.ir import kpu_ops as KO  # noqa: E402
 from kcc.ir import ops as O  # noqa: E402
 from kcc.options import CompileOptions  # noqa: E402

@@ -51,7 +51,7 @@ class SimulatorError(KccError):
 
 class ForeignModelError(ModelFormatError):
     """The input is another framework's model (ONNX, Caffe, Keras, PyTorch, TensorFlow) or an already
-    compiled kmodel; the message names the format and how to get a .tflite (kcc.frontend.tflite_reader)."""
+    compiled kmodel; the message names the format and how to get a .tflite (kcc.frontend.tflite.reader)."""
 
     def __init__(self, message: str, *, model_format: str, hint: str | None = None):
         super().__init__(message, hint=hint)

@@ -21,6 +21,8 @@ class CompileOptions:
     #: "k210" or "cpu". Both write target 1 into the header, as ncc does (kmodel_v4.md §4); "cpu"
     #: keeps every layer off the KPU.
     target: str = "k210"
+    #: The model's format, a key of kcc.frontend.FRONTENDS (ncc's `-i`); None = from the file's content.
+    input_format: str | None = None
     #: "uint8" (quantized, KPU) or "float" (neutral float32 ops on the CPU).
     inference_type: str = "uint8"
     #: Type of the kmodel input: "default" = the inference type.

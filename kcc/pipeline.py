@@ -20,7 +20,7 @@ from typing import Any
 
 from kcc import kmodel
 from kcc.emit import Emitted, emit
-from kcc.frontend.importer import import_model
+from kcc.frontend import import_model
 from kcc.frontend.quantization import ModelQuantization
 from kcc.ir.graph import Graph
 from kcc.latency import estimate
@@ -86,7 +86,7 @@ def compile_model(model: str | Path | bytes, options: CompileOptions = CompileOp
     dataset: its own grids replace calibration."""
     manager = PassManager(options.dump_ir, after)
     log("1. Import graph...")
-    imported = import_model(model)
+    imported = import_model(model, input_format=options.input_format)
     g = manager.checkpoint("import", imported.graph)
     return compile_graph(g, options, log, progress=progress, quantization=imported.quantization,
                          manager=manager)

@@ -14,8 +14,6 @@ from pathlib import Path
 
 from kcc.errors import DatasetError, KccError
 
-INPUT_FORMATS = ("tflite",)
-
 
 def check_writable(path: Path, what: str, directory: bool = False) -> None:
     """Fail before the (long) compile if `path` cannot be written; nothing is created here."""
@@ -98,7 +96,7 @@ def cmd_compile(args: argparse.Namespace, run: Run | None = None) -> int:
     import dataclasses
 
     from kcc import progress as bars
-    from kcc.frontend.importer import is_prequantized
+    from kcc.frontend import FRONTENDS, is_prequantized
     from kcc.latency import estimate
     from kcc.options import CompileOptions
     from kcc.pipeline import compile_model
@@ -106,12 +104,11 @@ def cmd_compile(args: argparse.Namespace, run: Run | None = None) -> int:
 
     run = run or Run()
     say = (lambda line: None) if args.quiet else print
-    if args.input_format not in INPUT_FORMATS:
-        raise KccError(f"input format '{args.input_format}' is not supported: kcc reads TensorFlow Lite models "
-                       f"(-i tflite); convert caffe/onnx/paddle models to .tflite first")
+    if args.input_format is not None and args.input_format not in FRONTENDS:
+        raise KccError(f"input format '{args.input_format}' is not supported; kcc reads {', '.join(FRONTENDS)}")
     if not args.input.is_file():
         raise KccError(f"input model '{args.input}' does not exist or is not a file")
-    if args.dataset is None and args.inference_type == "uint8" and not is_prequantized(args.input):
+    if args.dataset is None and args.inference_type == "uint8" and not is_prequantized(args.input, args.input_format):
         # a pre-quantized (uint8/int8) .tflite brings its own ranges (kcc.quant.prequantized)
         raise DatasetError("--dataset is required for --inference-type uint8 (calibration images or raw files)",
                            hint="pass --dataset DIR, or --inference-type float")
@@ -124,7 +121,7 @@ def cmd_compile(args: argparse.Namespace, run: Run | None = None) -> int:
     if args.flash_kmodel is not None:
         check_writable(args.flash_kmodel, "flash kmodel")
     opts = CompileOptions(
-        target=args.target, inference_type=args.inference_type, input_type=args.input_type,
+        target=args.target, input_format=args.input_format, inference_type=args.inference_type, input_type=args.input_type,
         dataset=args.dataset, dataset_format=args.dataset_format, input_mean=args.input_mean,
         input_std=args.input_std, calibrate_method=args.calibrate_method,
         max_allocator_solve_secs=args.max_allocator_solve_secs,

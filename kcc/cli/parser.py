@@ -13,6 +13,7 @@ from pathlib import Path
 
 from kcc import __version__
 from kcc.errors import KccError
+from kcc.frontend import FRONTENDS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,11 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks of internal errors")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
-    c = sub.add_parser("compile", help="compile a .tflite model to a kmodel v4")
-    c.add_argument("input", type=Path, help="input model (.tflite)")
+    c = sub.add_parser("compile", help="compile a model to a kmodel v4")
+    c.add_argument("input", type=Path, help="input model (.tflite, ...)")
     c.add_argument("output", type=Path, help="output kmodel path")
-    c.add_argument("-i", "--input-format", default="tflite", metavar="FORMAT",
-                   help="input format: tflite (ncc also reads caffe/onnx/paddle; kcc reads tflite only)")
+    c.add_argument("-i", "--input-format", default=None, metavar="FORMAT",
+                   help=f"input format: {', '.join(FRONTENDS)} (default: from the file's content)")
     c.add_argument("-o", "--output-format", default="kmodel", choices=("kmodel",), help="output format (kmodel)")
     c.add_argument("-t", "--target", default="k210", choices=TARGETS,
                    help="k210: layers on the KPU where possible; cpu: everything on the CPU (default k210)")

@@ -20,7 +20,7 @@ legalization adds nodes around a KPU layer. `model_ranges` finds each point's te
   of views of one tensor;
 * the input of an activation fused into a layer L (its pre-activation point, which the calibration
   view links to L: kcc.quant.quantize.CalibrationView) is the output of the conv that the layer's
-  tensor L comes from, found through the tflite producers.
+  tensor L comes from, found through the recorded producers.
 A point with no tensor (an intermediate a rewrite invented) raises a DatasetError that names it:
 calibrating with --dataset still works for such models.
 """
@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from kcc.errors import DatasetError
-from kcc.frontend.quantization import ModelQuantization, TensorQuant
+from kcc.frontend.quantization import PRODUCER_CONV, ModelQuantization, TensorQuant
 from kcc.ir import ops as O
 from kcc.ir.graph import Node
 from kcc.quant.calibrate import input_range_override
@@ -40,7 +40,6 @@ from kcc.quant.quantize import CalibrationView
 F32 = np.float32
 Range = tuple[float, float]
 _MOVES = (O.Reshape, O.Transpose, O.StridedSlice, O.Pad)  # keep values (and so the grid)
-_CONVS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
 
 
 def _with(r: Range, v: float) -> Range:
@@ -99,7 +98,7 @@ class _Resolver:
             kind, src = self.producers.get(name, ("", ""))
             if not kind:
                 return None
-            if kind in _CONVS:
+            if kind == PRODUCER_CONV:
                 return self.known.get(name)
             name = src
         return None

@@ -1,4 +1,4 @@
-"""docs/supported_ops.md, generated from the one importer table (`kcc.frontend.ops.IMPORTERS`).
+"""docs/supported_ops.md, generated from the one importer table (`kcc.frontend.tflite.ops.IMPORTERS`).
 
 The list users read must be the list the frontend accepts, so it is written by this module and a
 test fails when the committed file differs (`python -m kcc.report.supported_ops > docs/supported_ops.md`
@@ -8,7 +8,7 @@ runs on the K210's CPU in float (or uint8 data movement), see docs/usage.md.
 
 from __future__ import annotations
 
-from kcc.frontend.ops import IMPORTERS
+from kcc.frontend.tflite.ops import IMPORTERS
 
 FAMILIES = {
     "conv": "Convolution and matrix product",
@@ -48,7 +48,7 @@ def _note(fn) -> str:
 def markdown() -> str:
     """The whole docs/supported_ops.md."""
     lines = ["# Supported TFLite operators", "",
-             "Generated from `kcc.frontend.ops.IMPORTERS` by `python -m kcc.report.supported_ops > docs/supported_ops.md`; "
+             "Generated from `kcc.frontend.tflite.ops.IMPORTERS` by `python -m kcc.report.supported_ops > docs/supported_ops.md`; "
              "`tests/cli/test_user_facing.py` fails when this file is stale.", "",
              f"kcc imports {len(IMPORTERS)} TFLite builtin operators. A model using any other operator is rejected "
              "before compilation starts, with every unsupported operator listed at once. Ops not marked KPU run on "

@@ -1,5 +1,5 @@
 """Models of other frameworks (and kmodels) given to `kcc compile`: recognised by content, one error line
-that names the file, the format and how to get a .tflite (kcc/frontend/tflite_reader.py).
+that names the file, the format and how to get a .tflite (kcc/frontend/tflite/reader.py).
 
 The synthetic files are built here from the formats' own definitions: protobuf wire format with the
 field numbers of onnx.proto / caffe.proto / saved_model.proto / graph.proto, the HDF5 signature, the
@@ -20,8 +20,8 @@ import refkit
 import kcc.kmodel as km
 from kcc.cli import main
 from kcc.errors import ForeignModelError, ModelFormatError
-from kcc.frontend.importer import import_tflite
-from kcc.frontend.tflite_reader import foreign_format
+from kcc.frontend.detect import foreign_format
+from kcc.frontend.tflite.importer import import_tflite
 
 
 def _varint(v: int) -> bytes:

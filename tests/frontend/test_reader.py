@@ -7,7 +7,7 @@ import pytest
 from tflite_builder import TfliteBuilder
 
 from kcc.errors import ModelFormatError
-from kcc.frontend.tflite_reader import read_tflite
+from kcc.frontend.tflite.reader import read_tflite
 
 
 def _model() -> tuple[TfliteBuilder, dict[str, int]]:

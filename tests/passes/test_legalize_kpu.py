@@ -195,7 +195,7 @@ def test_ulffd_stays_exact():
 
 
 def _stays_exact(name, min_kpu, models):
-    from kcc.frontend.importer import import_tflite
+    from kcc.frontend.tflite.importer import import_tflite
     from kcc.passes.canonicalize import canonicalize
 
     g = canonicalize(import_tflite(refkit.tflite_path(name, models)))

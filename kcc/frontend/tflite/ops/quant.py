@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from kcc.frontend.context import ImportContext, ImportResult
-from kcc.frontend.quantization import dequantize_constant
-from kcc.frontend.tflite_reader import TfliteOperator
+from kcc.frontend.tflite.context import ImportContext, ImportResult
+from kcc.frontend.tflite.quantization import dequantize_constant
+from kcc.frontend.tflite.reader import TfliteOperator
 
 
 def dequantize(ctx: ImportContext, op: TfliteOperator) -> ImportResult:

@@ -7,8 +7,8 @@ like numpy (TFLite's BroadcastBinaryFunction uses the same right-aligned rule).
 
 from __future__ import annotations
 
-from kcc.frontend.context import ImportContext, ImportResult
-from kcc.frontend.tflite_reader import TfliteOperator
+from kcc.frontend.tflite.context import ImportContext, ImportResult
+from kcc.frontend.tflite.reader import TfliteOperator
 from kcc.ir import ops as O
 
 

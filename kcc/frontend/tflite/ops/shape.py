@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kcc.frontend.context import ImportContext, ImportResult, axis_index
-from kcc.frontend.tflite_reader import TfliteOperator
+from kcc.frontend.tflite.context import ImportContext, ImportResult, axis_index
+from kcc.frontend.tflite.reader import TfliteOperator
 from kcc.ir import ops as O
 
 

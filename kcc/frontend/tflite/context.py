@@ -13,14 +13,14 @@ from typing import Callable, Sequence, Union
 import numpy as np
 
 from kcc.errors import ModelFormatError, UnsupportedModelError
-from kcc.frontend.quantization import (
-    ModelQuantization,
+from kcc.frontend.quantization import ModelQuantization
+from kcc.frontend.tflite.quantization import (
     dequantize_constant,
     is_per_channel,
     is_quantized_constant,
     is_symmetric_int8,
 )
-from kcc.frontend.tflite_reader import TfliteModel, TfliteOperator, TfliteTensor
+from kcc.frontend.tflite.reader import TfliteModel, TfliteOperator, TfliteTensor
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 
@@ -39,7 +39,7 @@ ImportResult = Union[Node, Sequence[Node]]
 
 
 class ImportContext:
-    """Per-model state shared by the importer functions of `kcc.frontend.ops`."""
+    """Per-model state shared by the importer functions of `kcc.frontend.tflite.ops`."""
 
     def __init__(self, model: TfliteModel, graph: Graph):
         self.model = model

@@ -23,19 +23,21 @@ pairs. Every IR node is named after the tflite tensor it computes.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from kcc.errors import ModelFormatError, UnsupportedModelError, VerifyError
-from kcc.frontend import quantization as Q
-from kcc.frontend.context import NCHW_TO_NHWC, NHWC_TO_NCHW, ImportContext
-from kcc.frontend.ops import IMPORTERS
-from kcc.frontend.tflite_reader import TfliteModel, TfliteOperator, TfliteTensor, read_tflite
+from kcc.frontend.imported import ImportedModel
+from kcc.frontend.quantization import PRODUCER_CONV, PRODUCER_OTHER
+from kcc.frontend.tflite import quantization as Q
+from kcc.frontend.tflite.context import NCHW_TO_NHWC, NHWC_TO_NCHW, ImportContext
+from kcc.frontend.tflite.ops import IMPORTERS
+from kcc.frontend.tflite.reader import TfliteModel, TfliteOperator, TfliteTensor, read_tflite
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 
 SUPPORTED_OPS: tuple[str, ...] = tuple(sorted(IMPORTERS))
 _FUSED_OK = ("NONE", "RELU", "RELU6", "RELU_N1_TO_1")
+_CONVS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
 _IDENTITIES = ("QUANTIZE", "DEQUANTIZE")  # of run-time tensors: the same real value (ops/quant.py)
 
 # Advice for op types users commonly hit (ecosystem.md P1); shown as the error's hint.
@@ -49,14 +51,6 @@ _HINTS = {
     "SPACE_TO_BATCH_ND": "dilated convs exported by old converters: re-export with TF >= 2.4 so the "
                          "dilation stays inside CONV_2D",
 }
-
-
-@dataclass
-class ImportedModel:
-    graph: Graph
-    #: the model's own quantization (None for a float model); `.activations` is empty for a
-    #: weights-only (dynamic range) model, whose activations still need calibrating
-    quantization: Q.ModelQuantization | None
 
 
 def import_tflite(source: str | Path | bytes | bytearray | memoryview, name: str | None = None) -> Graph:
@@ -123,7 +117,8 @@ def _record_op_grids(ctx: ImportContext, op: TfliteOperator, alias: dict[int, in
     for t in op.outputs:
         _record_grid(ctx, tensors[t], tensors[t].name)
     if len(data_inputs) == 1 and len(op.outputs) == 1:
-        ctx.quantization.producers[tensors[op.outputs[0]].name] = (op.opcode, tensors[root(data_inputs[0])].name)
+        kind = PRODUCER_CONV if op.opcode in _CONVS else PRODUCER_OTHER
+        ctx.quantization.producers[tensors[op.outputs[0]].name] = (kind, tensors[root(data_inputs[0])].name)
 
 
 # ---------------------------------------------------------------------------------------- scan

@@ -1,20 +1,20 @@
 """The one table from TFLite builtin op names to importer functions (architecture.md lesson 1).
 
-An importer `fn(ctx, op)` reads its inputs from `ctx` (kcc.frontend.context.ImportContext), adds IR
+An importer `fn(ctx, op)` reads its inputs from `ctx` (kcc.frontend.tflite.context.ImportContext), adds IR
 nodes and returns the node(s) holding the op's output tensor(s), in tflite's layout. An op name
 missing here is reported, with every other missing one, before import starts
-(kcc.frontend.importer.scan_model).
+(kcc.frontend.tflite.importer.scan_model).
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-from kcc.frontend.context import ImportContext, ImportResult
-from kcc.frontend.ops import conv, pool, quant, reduce, shape
-from kcc.frontend.ops import elementwise as ew
-from kcc.frontend.ops import slice as sl
-from kcc.frontend.tflite_reader import TfliteOperator
+from kcc.frontend.tflite.context import ImportContext, ImportResult
+from kcc.frontend.tflite.ops import conv, pool, quant, reduce, shape
+from kcc.frontend.tflite.ops import elementwise as ew
+from kcc.frontend.tflite.ops import slice as sl
+from kcc.frontend.tflite.reader import TfliteOperator
 
 ImportFn = Callable[[ImportContext, TfliteOperator], ImportResult]
 

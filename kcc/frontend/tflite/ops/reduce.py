@@ -6,8 +6,8 @@ becomes Reduce(axes=(1, 2)) and canonicalisation later rewrites it to NCHW axes 
 
 from __future__ import annotations
 
-from kcc.frontend.context import ImportContext, ImportResult, axis_index
-from kcc.frontend.tflite_reader import TfliteOperator
+from kcc.frontend.tflite.context import ImportContext, ImportResult, axis_index
+from kcc.frontend.tflite.reader import TfliteOperator
 from kcc.ir import ops as O
 
 

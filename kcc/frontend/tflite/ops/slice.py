@@ -7,8 +7,8 @@ give one node per output tensor.
 
 from __future__ import annotations
 
-from kcc.frontend.context import ImportContext, ImportResult, axis_index
-from kcc.frontend.tflite_reader import TfliteOperator
+from kcc.frontend.tflite.context import ImportContext, ImportResult, axis_index
+from kcc.frontend.tflite.reader import TfliteOperator
 from kcc.ir import ops as O
 from kcc.ir.graph import Node
 

@@ -7,8 +7,8 @@ which is what `Pool2D(op="mean")` computes.
 
 from __future__ import annotations
 
-from kcc.frontend.context import ImportContext, ImportResult, tf_padding
-from kcc.frontend.tflite_reader import TfliteOperator
+from kcc.frontend.tflite.context import ImportContext, ImportResult, tf_padding
+from kcc.frontend.tflite.reader import TfliteOperator
 from kcc.ir import ops as O
 
 
