@@ -43,9 +43,12 @@ OPTIONS_TABLE = {
     "EXPAND_DIMS": "ExpandDimsOptions", "SLICE": "SliceOptions", "MAXIMUM": "MaximumMinimumOptions",
     "MINIMUM": "MaximumMinimumOptions", "DEQUANTIZE": "DequantizeOptions",
     "HARD_SWISH": "HardSwishOptions", "SQUARED_DIFFERENCE": "SquaredDifferenceOptions",
+    "SHAPE": "ShapeOptions", "GATHER": "GatherOptions", "CAST": "CastOptions", "REDUCE_PROD": "ReducerOptions",
+    "FLOOR_DIV": "FloorDivOptions", "FLOOR_MOD": "FloorModOptions",
 }
 _ENUMS = {"padding": tflite.Padding, "fused_activation_function": tflite.ActivationFunctionType,
-          "weights_format": tflite.FullyConnectedOptionsWeightsFormat}
+          "weights_format": tflite.FullyConnectedOptionsWeightsFormat, "in_data_type": tflite.TensorType,
+          "out_data_type": tflite.TensorType}
 _TYPES = {"FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int32, "INT64": np.int64,
           "UINT8": np.uint8, "INT8": np.int8, "INT16": np.int16}
 
@@ -99,7 +102,8 @@ class TfliteBuilder:
         data = np.asarray(data)
         if type_name is None:
             type_name = {v: k for k, v in _TYPES.items()}[data.dtype.type]
-        data = np.ascontiguousarray(data.astype(np.dtype(_TYPES[type_name]).newbyteorder("<")))
+        # astype keeps 0-d (scalar) constants 0-d, as ascontiguousarray would not; tobytes() is C order.
+        data = data.astype(np.dtype(_TYPES[type_name]).newbyteorder("<"))
         q = None if quant is None else (np.asarray(quant[0], np.float32), np.asarray(quant[1], np.int64), quant[2])
         return self._tensor(data.shape, type_name, name, data.tobytes(), q)
 
@@ -113,8 +117,11 @@ class TfliteBuilder:
         """Append an operator; returns its output tensor index (a list if n_outputs > 1).
 
         Output shapes are inferred by TFLite at build() unless `out_shape` is given (needed when the
-        model is not one TFLite can prepare, e.g. for error tests).
+        model is not one TFLite can prepare, e.g. for error tests). SHAPE's ShapeOptions.out_type is
+        the output tensor's type (`out_type`).
         """
+        if opcode == "SHAPE":
+            options = {"out_type": getattr(tflite.TensorType, out_type), **options}
         base = name or f"{opcode.lower()}_{len(self.ops)}"
         outs = [self._tensor(out_shape, out_type, base if n_outputs == 1 else f"{base}:{k}")
                 for k in range(n_outputs)]

@@ -8,6 +8,7 @@ runs on the K210's CPU in float (or uint8 data movement), see docs/usage.md.
 
 from __future__ import annotations
 
+from kcc.frontend.tflite.fold import FOLDERS
 from kcc.frontend.tflite.ops import IMPORTERS
 
 FAMILIES = {
@@ -62,6 +63,12 @@ def markdown() -> str:
         for name in names:
             lines.append(f"| `{name}` | {ON_KPU.get(name, 'CPU')} | {_note(IMPORTERS[name])} |")
         lines.append("")
+    folded = ", ".join(f"`{name}`" for name in sorted(FOLDERS))
+    lines += ["## Folded integer shape arithmetic", "",
+              "Integer (INT32/INT64) tensors never reach the K210: an op computing them is folded to a constant "
+              "while importing when all its operands are constants or static shapes (kcc.frontend.tflite.fold), as "
+              "in the SHAPE -> STRIDED_SLICE -> PACK -> RESHAPE chains of TF2/Keras exports. Ops that fold: "
+              f"{folded}. Integers computed from the input data are reported as unsupported.", ""]
     return "\n".join(lines)
 
 

@@ -1,7 +1,8 @@
 """What an op importer sees: the IR graph under construction and the tflite tensors' values.
 
 `ImportContext.values` maps a tflite tensor index to the IR node holding that tensor *in tflite's
-own layout* (NHWC for 4-D maps). Importers of spatial ops wrap the IR op in NHWC->NCHW and
+own layout* (NHWC for 4-D maps); `ImportContext.folded` maps the tensors of folded shape arithmetic
+(kcc.frontend.tflite.fold) to their numpy values, which `const` reads like constant buffers. Importers of spatial ops wrap the IR op in NHWC->NCHW and
 NCHW->NHWC transposes (`to_nchw`, `to_nhwc`), as ncc does; `kcc.passes.canonicalize` cancels the
 pairs afterwards. Constant tensors become `Constant` nodes on first use, named after the tensor.
 """
@@ -45,6 +46,7 @@ class ImportContext:
         self.model = model
         self.graph = graph
         self.values: dict[int, Node] = {}
+        self.folded: dict[int, np.ndarray] = {}  # values of folded integer ops (kcc.frontend.tflite.fold)
         self._const_nodes: dict[int, Node] = {}  # constant tensors already materialised
         self.quantization = ModelQuantization()  # grids of quantized activations, filled by the importer
 
@@ -78,7 +80,7 @@ class ImportContext:
             return self.values[t]
         if t not in self._const_nodes:
             tensor = self.model.tensors[t]
-            if tensor.data is None:
+            if tensor.data is None and t not in self.folded:
                 raise ModelFormatError(f"{self.model.name}: {op.opcode} '{self.out_name(op)}': input tensor "
                                        f"'{tensor.name}' is not computed by an earlier operator")
             self._const_nodes[t] = self.graph.constant(self.float_const(op, i), tensor.name)
@@ -102,12 +104,17 @@ class ImportContext:
         """Static shape of input `i` (from its IR node when it has one, else from the file)."""
         self.require_inputs(op, i + 1)
         t = op.inputs[i]
-        return self.values[t].shape if t in self.values else self.model.tensors[t].shape
+        if t in self.values:
+            return self.values[t].shape
+        return self.folded[t].shape if t in self.folded else self.model.tensors[t].shape
 
     def const(self, op: TfliteOperator, i: int, what: str = "") -> np.ndarray:
-        """The value of input `i`, which must be constant: a buffer or a folded DEQUANTIZE."""
+        """The value of input `i`, which must be constant: a buffer, folded shape arithmetic or a
+        folded DEQUANTIZE."""
         self.require_inputs(op, i + 1)
         t = op.inputs[i]
+        if t in self.folded:
+            return self.folded[t]
         node = self.values.get(t)
         if node is not None and node.is_constant:
             return node.data

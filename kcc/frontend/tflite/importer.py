@@ -6,8 +6,11 @@ Three steps:
    UnsupportedModelError that lists every problem at once: quantization kcc cannot represent,
    non-numeric or dynamic graph inputs, or every unsupported op type with its count and first output
    tensor. ncc stops at the first unknown opcode, so its users discover missing ops one at a time
-   (ecosystem.md P1); TVM's `check_unsupported_ops` is the model here.
-3. The operators run through `IMPORTERS` in file order (TFLite stores them in execution order).
+   (ecosystem.md P1); TVM's `check_unsupported_ops` is the model here. Integer shape arithmetic
+   that folds to constants (kcc.frontend.tflite.fold: SHAPE -> STRIDED_SLICE -> PACK -> RESHAPE of
+   Keras exports) is not a problem; integers computed from the input data are.
+3. The operators run in file order (TFLite stores them in execution order): foldable ones through
+   `fold_op` into numpy values, the others through `IMPORTERS` into IR nodes.
 
 A quantized model (uint8 / int8 activations, or only quantized weights) is imported as the float
 graph it represents: constants dequantized exactly, integer activations float32. `import_model`
@@ -25,11 +28,14 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 from kcc.errors import ModelFormatError, UnsupportedModelError, VerifyError
 from kcc.frontend.imported import ImportedModel
 from kcc.frontend.quantization import PRODUCER_CONV, PRODUCER_OTHER
 from kcc.frontend.tflite import quantization as Q
 from kcc.frontend.tflite.context import NCHW_TO_NHWC, NHWC_TO_NCHW, ImportContext
+from kcc.frontend.tflite.fold import fold_op, foldable_ops, integer_op, is_integer
 from kcc.frontend.tflite.ops import IMPORTERS
 from kcc.frontend.tflite.reader import TfliteModel, TfliteOperator, TfliteTensor, read_tflite
 from kcc.ir import ops as O
@@ -42,8 +48,6 @@ _IDENTITIES = ("QUANTIZE", "DEQUANTIZE")  # of run-time tensors: the same real v
 
 # Advice for op types users commonly hit (ecosystem.md P1); shown as the error's hint.
 _HINTS = {
-    "SHAPE": "SHAPE comes from dynamic-size layers (Keras UpSampling2D, Conv2DTranspose): export with "
-             "a fixed batch size and input size so the converter folds it",
     "CUSTOM": "custom ops (e.g. TF detection post-processing) cannot run on the K210: cut the model "
               "before them and run that part on the host",
     "BATCH_TO_SPACE_ND": "dilated convs exported by old converters: re-export with TF >= 2.4 so the "
@@ -51,6 +55,10 @@ _HINTS = {
     "SPACE_TO_BATCH_ND": "dilated convs exported by old converters: re-export with TF >= 2.4 so the "
                          "dilation stays inside CONV_2D",
 }
+# For integer ops that do not fold (kcc.frontend.tflite.fold): their operands depend on the input data.
+_RUN_TIME_HINT = ("kcc folds integer shape arithmetic whose operands are constants or static shapes; "
+                  "integers computed from the input data (arg-max, casts of activations, data-dependent "
+                  "indices) cannot run on the K210: cut the model before them")
 
 
 def import_tflite(source: str | Path | bytes | bytearray | memoryview, name: str | None = None) -> Graph:
@@ -61,7 +69,7 @@ def import_tflite(source: str | Path | bytes | bytearray | memoryview, name: str
 def import_model(source: str | Path | bytes | bytearray | memoryview, name: str | None = None) -> ImportedModel:
     """`import_tflite` plus the grids of a quantized model's activations, per IR node name."""
     model = read_tflite(source, name)
-    scan_model(model)
+    folded = scan_model(model)
     graph = Graph()
     ctx = ImportContext(model, graph)
     alias: dict[int, int] = {}  # output tensor of an identity QUANTIZE/DEQUANTIZE -> its input tensor
@@ -69,6 +77,9 @@ def import_model(source: str | Path | bytes | bytearray | memoryview, name: str 
         ctx.values[t] = _graph_input(graph, k, model.tensors[t])
         _record_grid(ctx, model.tensors[t], model.tensors[t].name)
     for op in model.operators:
+        if op.index in folded:  # integer shape arithmetic: numpy values, no IR node, no grid
+            fold_op(ctx, op)
+            continue
         _import_op(ctx, op)
         _record_op_grids(ctx, op, alias)
     graph.outputs = [_graph_output(ctx, t) for t in model.outputs]
@@ -122,13 +133,17 @@ def _record_op_grids(ctx: ImportContext, op: TfliteOperator, alias: dict[int, in
 
 
 # ---------------------------------------------------------------------------------------- scan
-def scan_model(model: TfliteModel) -> None:
-    """Raise one UnsupportedModelError describing everything kcc cannot import, or return."""
+def scan_model(model: TfliteModel) -> frozenset[int]:
+    """Raise one UnsupportedModelError describing everything kcc cannot import, or return the
+    indices of the operators that fold to constants (`foldable_ops`)."""
     _check_quantization(model)
     _check_inputs(model)
+    folded = foldable_ops(model)
     problems: Counter[str] = Counter()
     first: dict[str, str] = {}
     for op in model.operators:
+        if op.index in folded:
+            continue
         for key in _op_problems(model, op):
             problems[key] += 1
             first.setdefault(key, model.tensors[op.outputs[0]].name if op.outputs else f"op{op.index}")
@@ -137,13 +152,19 @@ def scan_model(model: TfliteModel) -> None:
         listing = ", ".join(f"{key} x{n} (first: '{first[key]}')" for key, n in items)
         kind = "op type" if len(items) == 1 else "op types"
         hints = [_HINTS[key.split("(")[0]] for key, _ in items if key.split("(")[0] in _HINTS]
+        if any(" on run-time " in key for key, _ in items):
+            hints.append(_RUN_TIME_HINT)
         raise UnsupportedModelError(f"{model.name}: {len(items)} unsupported {kind}: {listing}",
                                     hint="; ".join(hints) or None)
+    return folded
 
 
 def _op_problems(model: TfliteModel, op: TfliteOperator) -> list[str]:
     if op.opcode == "CUSTOM":
         return [f"CUSTOM({op.custom_code})" if op.custom_code else "CUSTOM"]
+    if integer_op(model, op):  # shape arithmetic that does not fold (fold.foldable_ops)
+        out = next(model.tensors[t] for t in op.outputs if is_integer(model.tensors[t]))
+        return [f"{op.opcode} on run-time {out.type_name} tensors"]
     if op.opcode not in IMPORTERS:
         return [op.opcode]
     found = []
@@ -200,6 +221,11 @@ def _graph_input(graph: Graph, index: int, t: TfliteTensor) -> Node:
 def _graph_output(ctx: ImportContext, t: int) -> Node:
     tensor = ctx.model.tensors[t]
     node = ctx.values.get(t)
+    if node is None and t in ctx.folded:
+        if ctx.folded[t].dtype != np.float32:
+            raise UnsupportedModelError(f"{ctx.model.name}: graph output '{tensor.name}' is folded integer "
+                                        f"shape arithmetic; kcc's outputs are float tensors")
+        node = ctx.graph.constant(ctx.folded[t], tensor.name)
     if node is None:
         if tensor.data is None:
             raise ModelFormatError(f"{ctx.model.name}: graph output '{tensor.name}' is produced by no operator")

@@ -37,12 +37,22 @@ def _slice_node(ctx: ImportContext, op: TfliteOperator, x: Node, ranges: list[Ra
 
 
 def strided_slice(ctx: ImportContext, op: TfliteOperator) -> ImportResult:
-    """x[spec] with TF's mask semantics (tensorflow/lite/kernels/strided_slice.cc, TF's
-    ValidateStridedSliceOp): bit i of ellipsis_mask makes spec i an `...`, of new_axis_mask a new
-    size-1 axis, of shrink_axis_mask the single index begin[i] (axis dropped), of begin/end_mask an
-    open start/stop; `offset` means end is relative to begin. Missing trailing specs take whole axes.
-    """
+    """x[spec] with TF's mask semantics (tensorflow/lite/kernels/strided_slice.cc, `strided_ranges`)."""
     x = ctx.input(op, 0)
+    ranges, out_shape = strided_ranges(ctx, op, x.shape)
+    return _slice_node(ctx, op, x, ranges, out_shape, ctx.out_name(op))
+
+
+def strided_ranges(ctx: ImportContext, op: TfliteOperator, shape: tuple[int, ...]
+                   ) -> tuple[list[Range], tuple[int, ...]]:
+    """The per-axis ranges a STRIDED_SLICE reads from a tensor of `shape`, and its output shape.
+
+    TF's mask semantics (tensorflow/lite/kernels/strided_slice.cc, TF's ValidateStridedSliceOp): bit i
+    of ellipsis_mask makes spec i an `...`, of new_axis_mask a new size-1 axis, of shrink_axis_mask the
+    single index begin[i] (axis dropped), of begin/end_mask an open start/stop; `offset` means end is
+    relative to begin. Missing trailing specs take whole axes. Shared with the constant folder
+    (kcc.frontend.tflite.fold), which applies the same ranges to integer shape tensors.
+    """
     begin = ctx.const_ints(op, 1, "begin")
     end = ctx.const_ints(op, 2, "end")
     strides = ctx.const_ints(op, 3, "strides") if ctx.has_input(op, 3) else [1] * len(begin)
@@ -61,17 +71,17 @@ def strided_slice(ctx: ImportContext, op: TfliteOperator) -> ImportResult:
     for i in range(n_spec):
         if bit("ellipsis", i) and not seen_ellipsis:
             seen_ellipsis = True
-            for _ in range(len(x.shape) - consumed):
-                ranges.append((0, x.shape[axis], 1))
-                out_shape.append(x.shape[axis])
+            for _ in range(len(shape) - consumed):
+                ranges.append((0, shape[axis], 1))
+                out_shape.append(shape[axis])
                 axis += 1
             continue
         if bit("new_axis", i):
             out_shape.append(1)
             continue
-        if axis >= len(x.shape):
-            raise ctx.unsupported(op, f"slice spec of {n_spec} entries for rank {len(x.shape)}")
-        dim = x.shape[axis]
+        if axis >= len(shape):
+            raise ctx.unsupported(op, f"slice spec of {n_spec} entries for rank {len(shape)}")
+        dim = shape[axis]
         if bit("shrink_axis", i):
             idx = axis_index(begin[i], dim)
             if not 0 <= idx < dim:
@@ -82,25 +92,31 @@ def strided_slice(ctx: ImportContext, op: TfliteOperator) -> ImportResult:
             ranges.append(_normalise(s, dim))
             out_shape.append(len(range(*ranges[-1])))
         axis += 1
-    for d in x.shape[axis:]:
+    for d in shape[axis:]:
         ranges.append((0, d, 1))
         out_shape.append(d)
-    return _slice_node(ctx, op, x, ranges, tuple(out_shape), ctx.out_name(op))
+    return ranges, tuple(out_shape)
 
 
 def slice_(ctx: ImportContext, op: TfliteOperator) -> ImportResult:
     """x[begin : begin + size] per axis; size -1 means up to the end."""
     x = ctx.input(op, 0)
+    ranges = slice_ranges(ctx, op, x.shape)
+    return _slice_node(ctx, op, x, ranges, tuple(e - b for b, e, _ in ranges), ctx.out_name(op))
+
+
+def slice_ranges(ctx: ImportContext, op: TfliteOperator, shape: tuple[int, ...]) -> list[Range]:
+    """The per-axis ranges a SLICE reads from a tensor of `shape` (shared with the constant folder)."""
     begin, size = ctx.const_ints(op, 1, "begin"), ctx.const_ints(op, 2, "size")
-    if len(begin) != len(x.shape) or len(size) != len(x.shape):
-        raise ctx.unsupported(op, f"begin {begin} / size {size} for rank {len(x.shape)}")
+    if len(begin) != len(shape) or len(size) != len(shape):
+        raise ctx.unsupported(op, f"begin {begin} / size {size} for rank {len(shape)}")
     ranges = []
-    for b, n, d in zip(begin, size, x.shape):
+    for b, n, d in zip(begin, size, shape):
         e = d if n == -1 else b + n
         if not 0 <= b <= e <= d:
-            raise ctx.unsupported(op, f"begin {begin} size {size} out of range for shape {list(x.shape)}")
+            raise ctx.unsupported(op, f"begin {begin} size {size} out of range for shape {list(shape)}")
         ranges.append((b, e, 1))
-    return _slice_node(ctx, op, x, ranges, tuple(e - b for b, e, _ in ranges), ctx.out_name(op))
+    return ranges
 
 
 def _split(ctx: ImportContext, op: TfliteOperator, x: Node, axis: int, sizes: list[int],
