@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
 from kcc.frontend.onnx.reader import OnnxNode
@@ -44,6 +45,11 @@ def fold(node: OnnxNode, inputs: list[np.ndarray | None], shapes: list[tuple[int
         return [np.array(shape[start:None if end is None else int(end)], np.int64)]
     if node.op_type == "Size":
         return [np.array(int(np.prod(shapes[0], dtype=np.int64)), np.int64)]
-    ev = ReferenceEvaluator(node.proto, opsets={"": opset})
-    feeds = {t: v for t, v in zip(node.inputs, inputs) if t}
-    return [np.asarray(v) for v in ev.run(None, feeds)]
+    # a one-node model: the evaluator picks each op's version from the model's opset_import (given a
+    # bare NodeProto it would use the newest version of the op, e.g. Unsqueeze-13 for an opset 11 node)
+    names = [t for t in node.inputs if t]
+    graph = helper.make_graph([node.proto], "fold", [helper.make_empty_tensor_value_info(t) for t in names],
+                              [helper.make_empty_tensor_value_info(t) for t in node.outputs if t])
+    ev = ReferenceEvaluator(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
+    outs = iter(ev.run(None, {t: v for t, v in zip(node.inputs, inputs) if t}))
+    return [np.asarray(next(outs)) if t else np.zeros(0) for t in node.outputs]

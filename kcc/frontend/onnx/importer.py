@@ -106,14 +106,12 @@ def _import_node(ctx: ImportContext, node: OnnxNode) -> None:
         except KccError:
             raise
         except Exception as e:  # the reference implementation's own errors: bad attributes, types
-            if node.op_type not in IMPORTERS:
-                detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-                raise UnsupportedModelError(f"{where}: cannot compute this constant at import ({detail})") from None
-        else:
-            for t, v in zip(node.outputs, outs):
-                if t:
-                    ctx.consts[t] = v
-            return
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise UnsupportedModelError(f"{where}: cannot compute this constant at import ({detail})") from None
+        for t, v in zip(node.outputs, outs):
+            if t:
+                ctx.consts[t] = v
+        return
     try:
         result = IMPORTERS[node.op_type](ctx, node)
     except VerifyError as e:  # the IR rejected shapes the file implies: an inconsistent model
