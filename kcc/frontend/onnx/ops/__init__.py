@@ -67,6 +67,7 @@ IMPORTERS: dict[str, ImportFn] = {
     "Identity": ew.identity,
     "Dropout": ew.identity,
     "Cast": ew.cast,
+    "CastLike": ew.cast_like,
     # reductions (reduce.py)
     "ReduceMean": reduce.reduce_mean,
     "ReduceMax": reduce.reduce_max,

@@ -118,9 +118,9 @@ def conv_transpose(ctx: ImportContext, node: OnnxNode) -> ImportResult:
         out = list(output_shape)[-n_sp:]
         if one_d:
             out = [1, *out]
-        totals = [f - o for f, o in zip(full, out)]
-        if min(totals) < 0:
-            raise ctx.unsupported(node, f"output_shape {list(output_shape)} larger than the full result {full}")
+        # a negative total (output_shape beyond the full result) pads the end: the IR kernel fills what
+        # no input reaches with the bias
+        totals = [max(0, f - o) for f, o in zip(full, out)]
         pads = [(t // 2, t - t // 2) if auto != "SAME_LOWER" else (t - t // 2, t // 2) for t in totals]
     elif auto in ("SAME_UPPER", "SAME_LOWER"):
         out = [i * s for i, s in zip(sizes_in, strides)]

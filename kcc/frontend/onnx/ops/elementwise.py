@@ -167,6 +167,8 @@ def identity(ctx: ImportContext, node: OnnxNode) -> ImportResult:
     """The input itself (no node): Identity, and Dropout at inference (its mask output must be unread)."""
     if any(ctx.readers.get(t, 0) for t in node.outputs[1:] if t):
         raise ctx.unsupported(node, "the dropout mask output is read")
+    if node.op_type == "Dropout" and ctx.has_input(node, 2) and bool(np.asarray(ctx.const(node, 2, "training_mode")).any()):
+        raise ctx.unsupported(node, "training mode (random dropout)")
     return ctx.input(node, 0)
 
 
@@ -177,4 +179,14 @@ def cast(ctx: ImportContext, node: OnnxNode) -> ImportResult:
     if to not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                   onnx.TensorProto.BFLOAT16):
         raise ctx.unsupported(node, f"cast of a run-time tensor to {onnx.TensorProto.DataType.Name(to)}")
+    return ctx.input(node, 0)
+
+
+def cast_like(ctx: ImportContext, node: OnnxNode) -> ImportResult:
+    """CastLike to a float tensor's type (opset 15): a constant becomes a float constant, a run-time
+    float tensor stays itself (function expansions of HardSigmoid, Relu... cast their constants so)."""
+    if ctx.has_input(node, 1) and node.inputs[1] in ctx.consts and ctx.consts[node.inputs[1]].dtype.kind != "f":
+        raise ctx.unsupported(node, "cast to a non-float type")
+    if ctx.is_const(node, 0):
+        return ctx.float_const(node, 0)
     return ctx.input(node, 0)
