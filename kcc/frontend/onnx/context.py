@@ -16,7 +16,7 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
-from kcc.errors import UnsupportedModelError
+from kcc.errors import ModelFormatError, UnsupportedModelError
 from kcc.frontend.onnx.reader import OnnxModel, OnnxNode
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
@@ -47,6 +47,10 @@ class ImportContext:
     def unsupported(self, node: OnnxNode, reason: str) -> UnsupportedModelError:
         return UnsupportedModelError(f"{self.model.name}: {node.op_type} '{node.label}': {reason}")
 
+    def undefined(self, node: OnnxNode, t: str) -> ModelFormatError:
+        return ModelFormatError(f"{self.model.name}: {node.op_type} '{node.label}': input '{t}' is produced by no "
+                                f"earlier node and is neither a graph input nor an initializer")
+
     # ------------------------------------------------------------------ tensors
     def has_input(self, node: OnnxNode, i: int) -> bool:
         return i < len(node.inputs) and node.inputs[i] != ""
@@ -68,8 +72,7 @@ class ImportContext:
         if t in self.values:
             return self.values[t]
         if t not in self.consts:
-            raise self.unsupported(node, f"input '{t}' is computed by no earlier node (the graph is not "
-                                         f"topologically sorted, or the tensor is missing)")
+            raise self.undefined(node, t)
         if t not in self._const_nodes:
             data = self.consts[t]
             if data.dtype.kind not in "fiub":
@@ -83,7 +86,7 @@ class ImportContext:
             return self.values[t].shape
         if t in self.consts:
             return tuple(int(d) for d in self.consts[t].shape)
-        raise self.unsupported(node, f"input '{t}' is computed by no earlier node")
+        raise self.undefined(node, t)
 
     def rank(self, node: OnnxNode, i: int) -> int:
         return len(self.shape(node, i))

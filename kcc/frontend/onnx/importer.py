@@ -24,8 +24,8 @@ import numpy as np
 from kcc.errors import KccError, ModelFormatError, UnsupportedModelError, VerifyError
 from kcc.frontend.imported import ImportedModel
 from kcc.frontend.onnx.context import ImportContext
-from kcc.frontend.onnx.fold import foldable
 from kcc.frontend.onnx.fold import fold as fold_node
+from kcc.frontend.onnx.fold import foldable
 from kcc.frontend.onnx.ops import IMPORTERS
 from kcc.frontend.onnx.reader import OnnxModel, OnnxNode, read_onnx
 from kcc.ir import ops as O

@@ -107,9 +107,8 @@ def _parse(data: bytes, label: str) -> onnx.ModelProto:
         raise ModelFormatError(f"{label}: empty file, expected an ONNX model")
     kind = model_format(data, label)
     if kind not in ("onnx", None):
-        what = {"tflite": "a TFLite model: compile it with -i tflite (or without -i)"}.get(
-            kind, f"a {kind} file, not an ONNX model (protobuf ModelProto)")
-        raise ModelFormatError(f"{label}: {what}")
+        what = {"tflite": "a TFLite model: compile it with -i tflite (or without -i)"}.get(kind, f"a {kind} file")
+        raise ModelFormatError(f"{label}: not an ONNX model (-i onnx) but {what}")
     try:
         model = onnx.load_model_from_string(data)
     except (DecodeError, ValueError, RuntimeError, UnicodeDecodeError) as e:
