@@ -128,8 +128,10 @@ def _import_node(ctx: ImportContext, node: OnnxNode) -> None:
             continue
         declared = model.declared_shapes.get(t)
         if declared is not None and tuple(declared) != tuple(value.shape):
+            after = (f" (after onnx.version_converter raised the model from opset {model.converted_from}; "
+                     f"re-export it with opset 7 or later)" if model.converted_from else "")
             raise ModelFormatError(f"{where}: the model declares shape {list(declared)} for '{t}' but the op "
-                                   f"computes {list(value.shape)}")
+                                   f"computes {list(value.shape)}{after}")
         ctx.values[t] = value
     for t in named[len(results):]:
         if t and ctx.readers.get(t, 0):

@@ -79,6 +79,7 @@ class OnnxModel:
     #: tensor name -> static shape declared by the file or found by shape inference
     declared_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     producer: str = ""
+    converted_from: int | None = None  # the file's own opset, when onnx.version_converter raised it
 
 
 def read_onnx(source: str | Path | bytes | bytearray | memoryview, name: str | None = None) -> OnnxModel:
@@ -133,13 +134,19 @@ def default_opset(model: onnx.ModelProto) -> int:
 def _convert(model: onnx.ModelProto, label: str) -> OnnxModel:
     opset = default_opset(model)
     if opset < OLDEST_OPSET:
+        # the converter wants every initializer declared as a graph input, as IR version 3 requires
+        declared = {i.name for i in model.graph.input}
+        model.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                                 for t in model.graph.initializer if t.name not in declared)
         try:
             model = onnx.version_converter.convert_version(model, OLDEST_OPSET)
         except Exception as e:  # the converter raises bare RuntimeErrors from C++
             raise UnsupportedModelError(
                 f"{label}: opset {opset} model could not be converted to opset {OLDEST_OPSET} ({str(e).splitlines()[0]})",
                 hint="re-export the model with opset 9 or later") from None
-        opset = OLDEST_OPSET
+        converted_from, opset = opset, OLDEST_OPSET
+    else:
+        converted_from = None
     g = model.graph
     try:
         initializers = {t.name: _array(t) for t in g.initializer}
@@ -159,7 +166,8 @@ def _convert(model: onnx.ModelProto, label: str) -> OnnxModel:
     return OnnxModel(
         name=label, opset=opset, nodes=nodes, initializers=initializers,
         inputs=[OnnxInput(i.name, _static_shape(i), i.type.tensor_type.elem_type) for i in inputs],
-        outputs=[o.name for o in g.output], declared_shapes=declared, producer=model.producer_name)
+        outputs=[o.name for o in g.output], declared_shapes=declared, producer=model.producer_name,
+        converted_from=converted_from)
 
 
 def _array(t: onnx.TensorProto) -> np.ndarray:

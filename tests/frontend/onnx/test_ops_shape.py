@@ -150,3 +150,25 @@ def test_initializers_listed_as_inputs_are_constants():
     g = check_against_ort(m, [randn(1, 3, 6, 6)])
     assert [i.name for i in g.inputs] == ["x"]
     assert any(isinstance(n.op, O.Conv2D) for n in g.nodes)
+
+
+
+def test_opset_6_model_is_converted_to_opset_7():
+    """Models older than opset 7 go through onnx.version_converter first."""
+    inits = {"w": randn(4, 3, 3, 3), "b": randn(4)}
+    m = model([node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), node("Relu", ["c"], ["y"]),
+               node("MaxPool", ["y"], ["p"], kernel_shape=[2, 2], strides=[2, 2])],
+              {"x": [1, 3, 6, 6]}, ["p"], inits, opset=6)
+    check_against_ort(m, [randn(1, 3, 6, 6)])
+
+
+def test_a_converter_mistake_is_caught_by_the_shape_check():
+    """onnx 1.23's converter turns an opset-6 Add(broadcast=1, axis=1) of a [3] bias into Unsqueeze(axes
+    [1, 2, 3]), a [3, 1, 1, 1] operand; the declared shapes catch it and the message says so."""
+    m = model([node("Add", ["x", "b"], ["a"], broadcast=1, axis=1)], {"x": [1, 3, 2, 2]}, ["a"], {"b": randn(3)},
+              opset=6)
+    from kcc.errors import ModelFormatError
+    from kcc.frontend.onnx import import_onnx
+
+    with pytest.raises(ModelFormatError, match="after onnx.version_converter raised the model from opset 6"):
+        import_onnx(m, "m.onnx")
