@@ -45,6 +45,7 @@ class Frontend:
 
 FRONTENDS: dict[str, Frontend] = {
     "tflite": Frontend("tflite", "TFLite", "kcc.frontend.tflite", (".tflite",)),
+    "onnx": Frontend("onnx", "ONNX", "kcc.frontend.onnx", (".onnx",), extra="onnx"),
 }
 
 

@@ -22,12 +22,11 @@ def model_format(data: bytes, name: str = "") -> str | None:
     return None if found is None else found[0]
 
 
-_TO_TFLITE = "kcc compiles TFLite (.tflite) models only"
+_TO_TFLITE = "kcc compiles TFLite (.tflite) and ONNX (.onnx) models"
 _ONNX_TO_TFLITE = "onnx2tf -i MODEL.onnx -o OUT (writes OUT/MODEL_float32.tflite)"
 ADVICE = {
-    "onnx": f"an ONNX model (protobuf ModelProto), not TFLite: {_TO_TFLITE} until the ONNX frontend lands; "
-            f"convert it with {_ONNX_TO_TFLITE}, or onnx-tensorflow then tf.lite.TFLiteConverter, "
-            f"and compile the .tflite",
+    "onnx": "an ONNX model (protobuf ModelProto), not TFLite: compile it with -i onnx (or without -i: kcc "
+            "picks the ONNX frontend from the file's content)",
     "caffe": f"a Caffe model (binary NetParameter, .caffemodel), not TFLite: {_TO_TFLITE} until the Caffe "
              f"frontend lands; convert the .prototxt + .caffemodel pair to ONNX (e.g. caffe2onnx), then "
              f"{_ONNX_TO_TFLITE}, and compile the .tflite",
@@ -42,8 +41,8 @@ ADVICE = {
             f"open('MODEL.tflite', 'wb').write(tf.lite.TFLiteConverter.from_keras_model("
             f"tf.keras.models.load_model('MODEL.h5')).convert()) and compile the .tflite",
     "pytorch": f"a PyTorch model (torch.save / TorchScript), not TFLite: {_TO_TFLITE}; export it with "
-               f"torch.onnx.export(model, example_input, 'MODEL.onnx'), then {_ONNX_TO_TFLITE} (or "
-               f"convert it with ai-edge-torch), and compile the .tflite",
+               f"torch.onnx.export(model, example_input, 'MODEL.onnx') (a fixed input size) and compile "
+               f"the .onnx",
     "savedmodel": f"a TensorFlow SavedModel, not TFLite: {_TO_TFLITE}; convert the SavedModel directory with "
                   f"tf.lite.TFLiteConverter.from_saved_model('DIR').convert() and compile the .tflite",
     "graphdef": f"a TensorFlow frozen graph (GraphDef .pb), not TFLite: {_TO_TFLITE}; convert it with "

@@ -1,6 +1,7 @@
-"""docs/supported_ops.md, generated from the one importer table (`kcc.frontend.tflite.ops.IMPORTERS`).
+"""docs/supported_ops.md, generated from each frontend's one importer table (`kcc.frontend.FRONTENDS`,
+then `<frontend package>.ops.IMPORTERS`): one table per input format.
 
-The list users read must be the list the frontend accepts, so it is written by this module and a
+The list users read must be the list the frontends accept, so it is written by this module and a
 test fails when the committed file differs (`python -m kcc.report.supported_ops > docs/supported_ops.md`
 regenerates it). Which ops can run on the KPU is stated next to them (`ON_KPU`); everything else
 runs on the K210's CPU in float (or uint8 data movement), see docs/usage.md.
@@ -8,8 +9,9 @@ runs on the K210's CPU in float (or uint8 data movement), see docs/usage.md.
 
 from __future__ import annotations
 
-from kcc.frontend.tflite.fold import FOLDERS
-from kcc.frontend.tflite.ops import IMPORTERS
+import importlib
+
+from kcc.frontend import FRONTENDS
 
 FAMILIES = {
     "conv": "Convolution and matrix product",
@@ -21,55 +23,95 @@ FAMILIES = {
     "quant": "Quantization of constants",
 }
 
-#: What the KPU path (`--inference-type uint8`, `-t k210`) does with an op (kcc.passes.legalize_kpu).
-ON_KPU = {
-    "CONV_2D": "KPU: 1x1, 2x2 and 3x3 kernels, any stride (stride 2 through the pool unit, others by a CPU slice), "
-               "dilation via space-to-batch; other kernels on the CPU",
-    "DEPTHWISE_CONV_2D": "KPU: depthwise 1x1/3x3 (multiplier 1)",
-    "TRANSPOSE_CONV": "KPU: zero insertion + flipped kernel, when the result is a KPU-sized conv",
-    "FULLY_CONNECTED": "KPU: as a 1x1 conv on a 4x4 map when both sides <= 1024 and the output is not tiny",
-    "AVERAGE_POOL_2D": "fused into the preceding KPU layer (2x2 s2, 4x4 s4, 2x2 s1, global on 2x2/4x4 maps)",
-    "MAX_POOL_2D": "fused into the preceding KPU layer (2x2 s2, 4x4 s4, 2x2 s1)",
-    "RELU": "fused into the KPU layer's clamp",
-    "RELU6": "fused into the KPU layer's clamp",
-    "RELU_N1_TO_1": "fused into the KPU layer's clamp",
-    "RELU_0_TO_1": "fused into the KPU layer's clamp",
-    "LEAKY_RELU": "fused into the KPU activation table",
-    "LOGISTIC": "fused into the KPU activation table",
-    "TANH": "fused into the KPU activation table",
-    "HARD_SWISH": "fused into the KPU activation table",
+#: What the KPU path (`--inference-type uint8`, `-t k210`) does with an op (kcc.passes.legalize_kpu),
+#: per frontend. The IR is the same whatever the format, so the ONNX entries restate the TFLite ones.
+_CONV_KPU = ("KPU: 1x1, 2x2 and 3x3 kernels, any stride (stride 2 through the pool unit, others by a CPU slice), "
+             "dilation via space-to-batch; depthwise 1x1/3x3 (multiplier 1); other kernels on the CPU")
+_CLAMP_KPU = "fused into the KPU layer's clamp"
+_TABLE_KPU = "fused into the KPU activation table"
+ON_KPU: dict[str, dict[str, str]] = {
+    "tflite": {
+        "CONV_2D": "KPU: 1x1, 2x2 and 3x3 kernels, any stride (stride 2 through the pool unit, others by a CPU slice), "
+                   "dilation via space-to-batch; other kernels on the CPU",
+        "DEPTHWISE_CONV_2D": "KPU: depthwise 1x1/3x3 (multiplier 1)",
+        "TRANSPOSE_CONV": "KPU: zero insertion + flipped kernel, when the result is a KPU-sized conv",
+        "FULLY_CONNECTED": "KPU: as a 1x1 conv on a 4x4 map when both sides <= 1024 and the output is not tiny",
+        "AVERAGE_POOL_2D": "fused into the preceding KPU layer (2x2 s2, 4x4 s4, 2x2 s1, global on 2x2/4x4 maps)",
+        "MAX_POOL_2D": "fused into the preceding KPU layer (2x2 s2, 4x4 s4, 2x2 s1)",
+        "RELU": "fused into the KPU layer's clamp",
+        "RELU6": "fused into the KPU layer's clamp",
+        "RELU_N1_TO_1": "fused into the KPU layer's clamp",
+        "RELU_0_TO_1": "fused into the KPU layer's clamp",
+        "LEAKY_RELU": "fused into the KPU activation table",
+        "LOGISTIC": "fused into the KPU activation table",
+        "TANH": "fused into the KPU activation table",
+        "HARD_SWISH": "fused into the KPU activation table",
+    },
+    "onnx": {
+        "Conv": _CONV_KPU,
+        "ConvTranspose": "KPU: zero insertion + flipped kernel, when the result is a KPU-sized conv",
+        "Gemm": "KPU: as a 1x1 conv on a 4x4 map when both sides <= 1024 and the output is not tiny",
+        "MatMul": "KPU: as a 1x1 conv on a 4x4 map when both sides <= 1024 and the output is not tiny",
+        "BatchNormalization": "folded into the preceding conv / gemm (then KPU), else a per-channel multiply-add",
+        "AveragePool": "fused into the preceding KPU layer (2x2 s2, 4x4 s4, 2x2 s1, global on 2x2/4x4 maps)",
+        "MaxPool": "fused into the preceding KPU layer (2x2 s2, 4x4 s4, 2x2 s1)",
+        "Relu": _CLAMP_KPU,
+        "Clip": _CLAMP_KPU,
+        "LeakyRelu": _TABLE_KPU,
+        "Sigmoid": _TABLE_KPU,
+        "Tanh": _TABLE_KPU,
+        "HardSwish": _TABLE_KPU,
+    },
 }
 
-
 def _note(fn) -> str:
-    doc = (fn.__doc__ or "").strip().split("\n")[0].strip()
+    """The first paragraph of the importer's docstring, on one line."""
+    doc = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())
     return doc.replace("|", "\\|")
+
+
+def _table(name: str) -> dict:
+    """The importer table of frontend `name` (its package's `ops.IMPORTERS`)."""
+    return importlib.import_module(f"{FRONTENDS[name].module}.ops").IMPORTERS
 
 
 def markdown() -> str:
     """The whole docs/supported_ops.md."""
-    lines = ["# Supported TFLite operators", "",
-             "Generated from `kcc.frontend.tflite.ops.IMPORTERS` by `python -m kcc.report.supported_ops > docs/supported_ops.md`; "
+    lines = ["# Supported operators", "",
+             "Generated from each frontend's importer table (`kcc/frontend/<format>/ops/__init__.py`, `IMPORTERS`) "
+             "by `python -m kcc.report.supported_ops > docs/supported_ops.md`; "
              "`tests/cli/test_user_facing.py` fails when this file is stale.", "",
-             f"kcc imports {len(IMPORTERS)} TFLite builtin operators. A model using any other operator is rejected "
-             "before compilation starts, with every unsupported operator listed at once. Ops not marked KPU run on "
-             "the K210 CPU: see the placement section of `kcc compile --report` for what happened to each layer of "
-             "a given model.", ""]
-    by_family: dict[str, list[str]] = {}
-    for name, fn in IMPORTERS.items():
-        by_family.setdefault(fn.__module__.rsplit(".", 1)[-1], []).append(name)
-    for family, names in by_family.items():
-        lines += [f"## {FAMILIES.get(family, family)}", "", "| operator | on the K210 | notes |", "|---|---|---|"]
-        for name in names:
-            lines.append(f"| `{name}` | {ON_KPU.get(name, 'CPU')} | {_note(IMPORTERS[name])} |")
-        lines.append("")
-    folded = ", ".join(f"`{name}`" for name in sorted(FOLDERS))
-    lines += ["## Folded integer shape arithmetic", "",
-              "Integer (INT32/INT64) tensors never reach the K210: an op computing them is folded to a constant "
-              "while importing when all its operands are constants or static shapes (kcc.frontend.tflite.fold), as "
-              "in the SHAPE -> STRIDED_SLICE -> PACK -> RESHAPE chains of TF2/Keras exports. Ops that fold: "
-              f"{folded}. Integers computed from the input data are reported as unsupported.", ""]
+             "A model using any other operator is rejected before compilation starts, with every unsupported "
+             "operator listed at once (ONNX nodes whose inputs are all constants, such as shape arithmetic, are "
+             "computed at import whatever their type). Ops not marked KPU run on the K210 CPU: see the placement "
+             "section of `kcc compile --report` for what happened to each layer of a given model.", ""]
+    for name, frontend in FRONTENDS.items():
+        table = _table(name)
+        lines += [f"## {frontend.title} (`-i {name}`)", "",
+                  f"kcc imports {len(table)} {frontend.title} operators.", ""]
+        by_family: dict[str, list[str]] = {}
+        for op, fn in table.items():
+            by_family.setdefault(fn.__module__.rsplit(".", 1)[-1], []).append(op)
+        on_kpu = ON_KPU.get(name, {})
+        for family, ops in by_family.items():
+            lines += [f"### {FAMILIES.get(family, family)}", "", "| operator | on the K210 | notes |", "|---|---|---|"]
+            for op in ops:
+                lines.append(f"| `{op}` | {on_kpu.get(op, 'CPU')} | {_note(table[op])} |")
+            lines.append("")
+        if name == "tflite":
+            lines += _tflite_folds()
     return "\n".join(lines)
+
+
+def _tflite_folds() -> list[str]:
+    from kcc.frontend.tflite.fold import FOLDERS
+
+    folded = ", ".join(f"`{name}`" for name in sorted(FOLDERS))
+    return ["### Folded integer shape arithmetic", "",
+            "Integer (INT32/INT64) tensors never reach the K210: an op computing them is folded to a constant "
+            "while importing when all its operands are constants or static shapes (kcc.frontend.tflite.fold), as "
+            "in the SHAPE -> STRIDED_SLICE -> PACK -> RESHAPE chains of TF2/Keras exports. Ops that fold: "
+            f"{folded}. Integers computed from the input data are reported as unsupported.", ""]
 
 
 if __name__ == "__main__":
