@@ -45,6 +45,7 @@ class Frontend:
 
 FRONTENDS: dict[str, Frontend] = {
     "tflite": Frontend("tflite", "TFLite", "kcc.frontend.tflite", (".tflite",)),
+    "caffe": Frontend("caffe", "Caffe", "kcc.frontend.caffe", (".caffemodel",)),
 }
 
 

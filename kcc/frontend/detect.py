@@ -28,13 +28,11 @@ ADVICE = {
     "onnx": f"an ONNX model (protobuf ModelProto), not TFLite: {_TO_TFLITE} until the ONNX frontend lands; "
             f"convert it with {_ONNX_TO_TFLITE}, or onnx-tensorflow then tf.lite.TFLiteConverter, "
             f"and compile the .tflite",
-    "caffe": f"a Caffe model (binary NetParameter, .caffemodel), not TFLite: {_TO_TFLITE} until the Caffe "
-             f"frontend lands; convert the .prototxt + .caffemodel pair to ONNX (e.g. caffe2onnx), then "
-             f"{_ONNX_TO_TFLITE}, and compile the .tflite",
-    "prototxt": f"a Caffe network definition (text NetParameter, .prototxt; the weights are in the "
-                f".caffemodel), not TFLite: {_TO_TFLITE} until the Caffe frontend lands; convert the "
-                f".prototxt + .caffemodel pair to ONNX (e.g. caffe2onnx), then {_ONNX_TO_TFLITE}, and "
-                f"compile the .tflite",
+    "caffe": "a Caffe model (binary NetParameter, .caffemodel), not TFLite: compile it with kcc's Caffe "
+             "frontend, kcc compile MODEL.caffemodel OUT.kmodel -i caffe (add --prototxt MODEL.prototxt "
+             "to use its network definition)",
+    "prototxt": "a Caffe network definition (text NetParameter, .prototxt), not TFLite, and it holds no weights: compile "
+                "the weights with it, kcc compile MODEL.caffemodel OUT.kmodel --prototxt MODEL.prototxt",
     "keras": f"a Keras model, not TFLite: {_TO_TFLITE}; export it with "
              f"open('MODEL.tflite', 'wb').write(tf.lite.TFLiteConverter.from_keras_model("
              f"tf.keras.models.load_model('MODEL.h5')).convert()) and compile the .tflite",
