@@ -21,21 +21,16 @@ _CONVS = (O.Conv2D, O.Conv2DTranspose)
 def fold_affine(graph: Graph) -> int:
     """Fold every foldable per-channel mul/add into its convolution; returns how many were folded."""
     folded = 0
-    changed = True
-    while changed:
-        changed = False
+    while True:
         users = graph.users()
         outputs = {id(o) for o in graph.outputs}
-        for node in graph.nodes:
-            conv = _foldable(node, users, outputs)
-            if conv is None:
-                continue
-            _fold(graph, node, conv)
-            folded += 1
-            changed = True
-            break
-    graph.remove_dead()
-    return folded
+        found = next(((node, conv) for node in graph.nodes
+                      if (conv := _foldable(node, users, outputs)) is not None), None)
+        if found is None:
+            return folded
+        _fold(graph, *found)
+        graph.remove_dead()  # the folded node and the old weights: the conv's only reader is gone
+        folded += 1
 
 
 def _foldable(node: Node, users: dict[Node, list[Node]], outputs: set[int]) -> Node | None:

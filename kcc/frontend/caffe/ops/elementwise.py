@@ -105,7 +105,7 @@ def _affine(ctx: ImportContext, layer, x, scale: np.ndarray | None, shift: np.nd
     """x * scale + shift with constants already shaped to broadcast against x."""
     y = x
     if scale is not None:
-        name = f"{layer.name}/scale" if shift is not None else None
+        name = f"{layer.name}/mul" if shift is not None else None
         y = ctx.add(layer, O.Binary("mul"), [y, ctx.constant(layer, scale, "scale")], name)
     if shift is not None:
         y = ctx.add(layer, O.Binary("add"), [y, ctx.constant(layer, shift, "shift")])
@@ -149,7 +149,7 @@ def scale(ctx: ImportContext, layer) -> ImportResult:
         if full != shape:
             factor = ctx.add(layer, O.Reshape(full), [factor], f"{layer.name}/scale_shape")
         shift = ctx.blob(layer, 0, shape, "bias").reshape(full) if p.bias_term else None
-        y = ctx.add(layer, O.Binary("mul"), [x, factor], f"{layer.name}/scale" if shift is not None else None)
+        y = ctx.add(layer, O.Binary("mul"), [x, factor], f"{layer.name}/mul" if shift is not None else None)
         return y if shift is None else ctx.add(layer, O.Binary("add"), [y, ctx.constant(layer, shift, "shift")])
     if len(xs) != 1:
         raise ctx.bad(layer, f"takes 1 or 2 bottoms, has {len(xs)}")
