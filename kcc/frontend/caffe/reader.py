@@ -109,10 +109,7 @@ def _parse_binary(data: bytes, label: str):
         raise ModelFormatError(f"{label}: not a Caffe model (binary NetParameter): {e}") from None
     if not len(net.layer) and not len(net.layers):
         raise ModelFormatError(f"{label}: a Caffe model must hold layers; this NetParameter has none")
-    if len(net.layers) and not len(net.layer):
-        raise UnsupportedModelError(f"{label}: a V1 Caffe model (the `layers` format of 2014); kcc reads the "
-                                    f"current `layer` format", hint=_V1_HINT)
-    return net
+    return net  # a V1 file still serves weights to a current .prototxt (read_caffe refuses V1 definitions)
 
 
 def _parse_text(path: Path):
