@@ -1,5 +1,7 @@
 """The ULFFD slim-320 face detector as its authors ship it for Caffe (../shared/reference/frontends),
-against OpenCV's outputs (ref_slim-320_caffe/) and against ncc's own kmodel of the same .caffemodel.
+against OpenCV's outputs (ref_slim-320_caffe/) and against ncc's own kmodel of the same .caffemodel;
+and its RFB-320 sibling (nncase-examples/RFB-320.caffemodel, no .prototxt: OpenCV reads the definition
+kcc's schema writes back from the .caffemodel) the same way.
 
 Input: 1x3x240x320 RGB, x = (u8 - 127) / 128 (ncc flags --input-mean 0.498039 --input-std 0.501961).
 * float import (the .caffemodel alone, and with its .prototxt): cosine >= 0.99999 and max |err| <=
@@ -68,18 +70,44 @@ def _accuracy(kmodel: bytes, float_graph) -> float:
     return float(np.mean(cos))
 
 
-def test_uint8_kmodel_beats_nccs_own(tmp_path) -> None:
+def test_rfb320_float_import_matches_opencv(tmp_path) -> None:
+    cv2 = pytest.importorskip("cv2")
+    from google.protobuf import text_format
+
+    from kcc.frontend.caffe import schema as S
+
+    model = refkit.REFERENCE / "nncase-examples" / "RFB-320.caffemodel"
+    definition = S.NetParameter()
+    definition.ParseFromString(model.read_bytes())
+    for layer in definition.layer:
+        del layer.blobs[:]
+    (tmp_path / "rfb.prototxt").write_text(text_format.MessageToString(definition))
+    net = cv2.dnn.readNetFromCaffe(str(tmp_path / "rfb.prototxt"), str(model))
+    g = canonicalize(import_caffe(model))
+    for stem in STEMS:
+        x = _x(stem)[1]
+        net.setInput(x)
+        refs = net.forward([o.name for o in g.outputs])
+        for out, ref in zip(run(g, [x]), refs):
+            err = np.abs(out.astype(np.float64) - ref).max() / np.abs(ref).max()
+            assert _cos(out, ref) >= 0.99999 and err <= 1e-4, (stem, _cos(out, ref), err)
+
+
+@pytest.mark.parametrize("model, kpu_layers", [(FRONTENDS / "slim-320.caffemodel", 42),
+                                               (refkit.REFERENCE / "nncase-examples" / "RFB-320.caffemodel", 52)],
+                         ids=["slim-320", "RFB-320"])
+def test_uint8_kmodel_beats_nccs_own(model, kpu_layers) -> None:
     opts = CompileOptions(dataset=refkit.MODELS / "images" / "nncase_faces", input_mean=MEAN, input_std=STD,
                           max_allocator_solve_secs=0)
-    res = compile_model(FRONTENDS / "slim-320.caffemodel", opts)
-    assert sum(p.on_kpu for p in res.placements) == 42  # every convolution on the KPU
-    g = import_caffe(FRONTENDS / "slim-320.caffemodel")
+    res = compile_model(model, opts)
+    assert sum(p.on_kpu for p in res.placements) == kpu_layers  # every convolution on the KPU
+    g = import_caffe(model)
     kcc_cos = _accuracy(res.kmodel, g)
-    ncc = (refkit.REFERENCE / "nncase-examples" / "slim-320.kmodel").read_bytes()
+    ncc = (refkit.REFERENCE / "nncase-examples" / f"{model.stem}.kmodel").read_bytes()
     ncc_cos = _accuracy(ncc, g)
     kcc_ms = latency.estimate(km.read(res.kmodel)).total_ms
     ncc_ms = latency.estimate(km.read(ncc)).total_ms
-    print(f"slim-320 uint8: kcc cos {kcc_cos:.5f}, est {kcc_ms:.1f} ms; ncc cos {ncc_cos:.5f}, est {ncc_ms:.1f} ms")
+    print(f"{model.stem} uint8: kcc cos {kcc_cos:.5f}, est {kcc_ms:.1f} ms; ncc cos {ncc_cos:.5f}, est {ncc_ms:.1f} ms")
     assert kcc_cos >= 0.99
     assert kcc_cos >= ncc_cos
     assert kcc_ms < ncc_ms
