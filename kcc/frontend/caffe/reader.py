@@ -115,8 +115,10 @@ def _parse_binary(data: bytes, label: str):
 def _parse_text(path: Path):
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ModelFormatError(f"{path}: cannot read the Caffe network definition ({e})") from None
+    except OSError as e:
+        raise ModelFormatError(f"{path}: cannot read the Caffe network definition ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise ModelFormatError(f"{path}: not a Caffe network definition (a .prototxt is UTF-8 text)") from None
     if _V1_TEXT.search(text):
         raise UnsupportedModelError(f"{path.name}: a V1 Caffe network definition (the `layers` format of "
                                     f"2014); kcc reads the current `layer` format", hint=_V1_HINT)

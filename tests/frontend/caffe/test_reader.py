@@ -162,6 +162,18 @@ def test_bad_models_say_what_is_wrong(mutate, message) -> None:
     assert message in e.value.one_line() and e.value.one_line().startswith("bad.caffemodel: ")
 
 
+def test_missing_or_binary_prototxt(tmp_path) -> None:
+    model, _ = _conv_net().write(tmp_path)
+    with pytest.raises(ModelFormatError, match=r"nope.prototxt: cannot read the Caffe network definition \(No such"):
+        import_caffe(model, prototxt=tmp_path / "nope.prototxt")
+    (tmp_path / "bin.prototxt").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ModelFormatError, match="not a Caffe network definition"):
+        import_caffe(model, prototxt=tmp_path / "bin.prototxt")
+    (tmp_path / "bad.prototxt").write_text("layer { name: ")
+    with pytest.raises(ModelFormatError, match="bad.prototxt: not a Caffe network definition"):
+        import_caffe(model, prototxt=tmp_path / "bad.prototxt")
+
+
 def test_garbage_is_not_a_caffe_model() -> None:
     with pytest.raises(ModelFormatError, match="not a Caffe model"):
         import_caffe(b"\xff\xff\xff\xff garbage", "x.caffemodel")
