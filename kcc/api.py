@@ -21,7 +21,7 @@ from kcc.atomic import Outputs
 from kcc.errors import KccError
 from kcc.options import CompileOptions
 
-_PATH_OPTIONS = ("dataset", "dump_ir")
+_PATH_OPTIONS = ("dataset", "dump_ir", "prototxt")
 
 
 def options_from(**options: Any) -> CompileOptions:

@@ -24,6 +24,9 @@ class CompileOptions:
     target: str = "k210"
     #: The model's format, a key of kcc.frontend.FRONTENDS (ncc's `-i`); None = from the file's content.
     input_format: str | None = None
+    #: The network definition (.prototxt) of a Caffe model; None = the file beside the .caffemodel
+    #: with the same stem, if any, else the .caffemodel's own layer definitions (as ncc reads it).
+    prototxt: Path | None = None
     #: "uint8" (quantized, KPU) or "float" (neutral float32 ops on the CPU).
     inference_type: str = "uint8"
     #: Type of the kmodel input: "default" = the inference type.

@@ -86,7 +86,9 @@ def compile_model(model: str | Path | bytes, options: CompileOptions = CompileOp
     dataset: its own grids replace calibration."""
     manager = PassManager(options.dump_ir, after)
     log("1. Import graph...")
-    imported = import_model(model, input_format=options.input_format)
+    # format-specific files go to the frontend only when given (today the Caffe definition)
+    extra = {"prototxt": options.prototxt} if options.prototxt is not None else {}
+    imported = import_model(model, input_format=options.input_format, **extra)
     g = manager.checkpoint("import", imported.graph)
     return compile_graph(g, options, log, progress=progress, quantization=imported.quantization,
                          manager=manager)

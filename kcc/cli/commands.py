@@ -121,7 +121,8 @@ def cmd_compile(args: argparse.Namespace, run: Run | None = None) -> int:
     if args.flash_kmodel is not None:
         check_writable(args.flash_kmodel, "flash kmodel")
     opts = CompileOptions(
-        target=args.target, input_format=args.input_format, inference_type=args.inference_type, input_type=args.input_type,
+        target=args.target, input_format=args.input_format, prototxt=args.prototxt,
+        inference_type=args.inference_type, input_type=args.input_type,
         dataset=args.dataset, dataset_format=args.dataset_format, input_mean=args.input_mean,
         input_std=args.input_std, calibrate_method=args.calibrate_method,
         max_allocator_solve_secs=args.max_allocator_solve_secs,

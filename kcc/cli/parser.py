@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("output", type=Path, help="output kmodel path")
     c.add_argument("-i", "--input-format", default=None, metavar="FORMAT",
                    help=f"input format: {', '.join(FRONTENDS)} (default: from the file's content)")
+    c.add_argument("--prototxt", type=Path, default=None, metavar="FILE",
+                   help="Caffe: the network definition to read with the .caffemodel (default: the .prototxt "
+                        "beside it with the same stem, else the .caffemodel's own layers)")
     c.add_argument("-o", "--output-format", default="kmodel", choices=("kmodel",), help="output format (kmodel)")
     c.add_argument("-t", "--target", default="k210", choices=TARGETS,
                    help="k210: layers on the KPU where possible; cpu: everything on the CPU (default k210)")

@@ -46,6 +46,7 @@ class Frontend:
 FRONTENDS: dict[str, Frontend] = {
     "tflite": Frontend("tflite", "TFLite", "kcc.frontend.tflite", (".tflite",)),
     "onnx": Frontend("onnx", "ONNX", "kcc.frontend.onnx", (".onnx",), extra="onnx"),
+    "caffe": Frontend("caffe", "Caffe", "kcc.frontend.caffe", (".caffemodel",)),
 }
 
 

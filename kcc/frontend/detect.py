@@ -22,18 +22,16 @@ def model_format(data: bytes, name: str = "") -> str | None:
     return None if found is None else found[0]
 
 
-_TO_TFLITE = "kcc compiles TFLite (.tflite) and ONNX (.onnx) models"
+_TO_TFLITE = "kcc compiles TFLite (.tflite), ONNX (.onnx) and Caffe (.caffemodel) models"
 _ONNX_TO_TFLITE = "onnx2tf -i MODEL.onnx -o OUT (writes OUT/MODEL_float32.tflite)"
 ADVICE = {
     "onnx": "an ONNX model (protobuf ModelProto), not TFLite: compile it with -i onnx (or without -i: kcc "
             "picks the ONNX frontend from the file's content)",
-    "caffe": f"a Caffe model (binary NetParameter, .caffemodel), not TFLite: {_TO_TFLITE} until the Caffe "
-             f"frontend lands; convert the .prototxt + .caffemodel pair to ONNX (e.g. caffe2onnx), then "
-             f"{_ONNX_TO_TFLITE}, and compile the .tflite",
-    "prototxt": f"a Caffe network definition (text NetParameter, .prototxt; the weights are in the "
-                f".caffemodel), not TFLite: {_TO_TFLITE} until the Caffe frontend lands; convert the "
-                f".prototxt + .caffemodel pair to ONNX (e.g. caffe2onnx), then {_ONNX_TO_TFLITE}, and "
-                f"compile the .tflite",
+    "caffe": "a Caffe model (binary NetParameter, .caffemodel), not TFLite: compile it with kcc's Caffe "
+             "frontend, kcc compile MODEL.caffemodel OUT.kmodel -i caffe (add --prototxt MODEL.prototxt "
+             "to use its network definition)",
+    "prototxt": "a Caffe network definition (text NetParameter, .prototxt), not TFLite, and it holds no weights: compile "
+                "the weights with it, kcc compile MODEL.caffemodel OUT.kmodel --prototxt MODEL.prototxt",
     "keras": f"a Keras model, not TFLite: {_TO_TFLITE}; export it with "
              f"open('MODEL.tflite', 'wb').write(tf.lite.TFLiteConverter.from_keras_model("
              f"tf.keras.models.load_model('MODEL.h5')).convert()) and compile the .tflite",

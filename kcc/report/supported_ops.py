@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 
 from kcc.frontend import FRONTENDS
+from kcc.frontend.tflite.fold import FOLDERS
 
 FAMILIES = {
     "conv": "Convolution and matrix product",
@@ -104,8 +105,6 @@ def markdown() -> str:
 
 
 def _tflite_folds() -> list[str]:
-    from kcc.frontend.tflite.fold import FOLDERS
-
     folded = ", ".join(f"`{name}`" for name in sorted(FOLDERS))
     return ["### Folded integer shape arithmetic", "",
             "Integer (INT32/INT64) tensors never reach the K210: an op computing them is folded to a constant "

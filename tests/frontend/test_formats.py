@@ -90,9 +90,10 @@ def _kmodel_v4() -> bytes:
 
 CASES = [  # (file name, content, format, words the advice must contain)
     ("m.onnx", _onnx(), "onnx", ["ONNX", "compile it with -i onnx"]),
-    ("net.caffemodel", _caffemodel(), "caffe", ["Caffe", "caffe2onnx", "onnx2tf -i net.onnx"]),
-    ("old.caffemodel", _caffemodel_v1(), "caffe", ["Caffe", "until the Caffe frontend lands"]),
-    ("net.prototxt", PROTOTXT, "prototxt", ["Caffe network definition", ".caffemodel", "caffe2onnx"]),
+    ("net.caffemodel", _caffemodel(), "caffe", ["Caffe", "kcc compile net.caffemodel", "-i caffe"]),
+    ("old.caffemodel", _caffemodel_v1(), "caffe", ["Caffe", "--prototxt old.prototxt"]),
+    ("net.prototxt", PROTOTXT, "prototxt", ["Caffe network definition", "holds no weights",
+                                            "kcc compile net.caffemodel OUT.kmodel --prototxt net.prototxt"]),
     ("m.h5", HDF5, "keras", ["tf.lite.TFLiteConverter.from_keras_model(tf.keras.models.load_model('m.h5'))"]),
     ("m.hdf5", bytes(512) + HDF5, "keras", ["load_model('m.hdf5')"]),  # after a 512-byte user block
     ("m.keras", _zip(["metadata.json", "config.json", "model.weights.h5"]), "keras",

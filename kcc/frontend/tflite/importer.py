@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kcc.errors import ModelFormatError, UnsupportedModelError, VerifyError
+from kcc.errors import KccError, ModelFormatError, UnsupportedModelError, VerifyError
 from kcc.frontend.imported import ImportedModel
 from kcc.frontend.quantization import PRODUCER_CONV, PRODUCER_OTHER
 from kcc.frontend.tflite import quantization as Q
@@ -66,8 +66,13 @@ def import_tflite(source: str | Path | bytes | bytearray | memoryview, name: str
     return import_model(source, name).graph
 
 
-def import_model(source: str | Path | bytes | bytearray | memoryview, name: str | None = None) -> ImportedModel:
-    """`import_tflite` plus the grids of a quantized model's activations, per IR node name."""
+def import_model(source: str | Path | bytes | bytearray | memoryview, name: str | None = None,
+                 **options: object) -> ImportedModel:
+    """`import_tflite` plus the grids of a quantized model's activations, per IR node name. `options`
+    of other formats (a Caffe `prototxt`) are an error: a .tflite file is the whole model."""
+    if options:
+        label = name or (Path(source).name if isinstance(source, (str, Path)) else "<tflite bytes>")
+        raise KccError(f"{label}: a TFLite model takes no {', '.join(sorted(options))} (that is for Caffe models)")
     model = read_tflite(source, name)
     folded = scan_model(model)
     graph = Graph()
