@@ -44,8 +44,7 @@ def concat_activations(g: Graph, ctx: CompileContext | None = None) -> Graph:
     """Move every element-wise or per-channel affine op after a channel concatenation into the
     concatenation's parts, where each part absorbs it (module docstring); needs nothing of `ctx`."""
     while _push_one(g):
-        pass
-    g.remove_dead()
+        g.remove_dead()
     return g
 
 
@@ -122,9 +121,9 @@ def _rewrite(g: Graph, e: Node, c: Node, operand: np.ndarray | None) -> None:
         at += ch
     c.inputs = tuple(new_parts)
     g.replace_all_uses(e, c)
-    c.name, e.name = e.name, e.name + "/pushed"
+    g.nodes.remove(e)  # nothing reads it any more; its name goes to the concatenation
+    c.name = e.name
     c.note = c.note or e.note
-    g._names.update((c.name, e.name))
 
 
 def _fold_affine(g: Graph, p: Node, kind: str, v: np.ndarray) -> None:
