@@ -18,6 +18,7 @@ import kcc.kmodel as km
 import kpu_sim
 from kcc import latency
 from kcc.eval.interpreter import run
+from kcc.frontend import import_model
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
@@ -584,3 +585,44 @@ def test_concat_stays_on_the_cpu_when_a_part_shares_a_line_and_says_why():
     got = kpu_sim.load(res.kmodel).run(calib[0])
     err = max(_max_steps(a.reshape(b.shape), b) for a, b in zip(got, want))
     assert err <= 1.89, f"max error {err:.2f} steps"  # measured 1.80
+
+
+def _tflite_builder():
+    """tests/tflite_builder.py, loaded by path (only tests/support is on sys.path)."""
+    path = Path(__file__).resolve().parents[1] / "tflite_builder.py"
+    spec = importlib.util.spec_from_file_location("tflite_builder", path)
+    module = sys.modules.setdefault("tflite_builder", importlib.util.module_from_spec(spec))
+    if not hasattr(module, "TfliteBuilder"):
+        spec.loader.exec_module(module)
+    return module
+
+
+def test_tflite_ssh_head_runs_on_the_kpu_and_agrees_with_the_tflite_interpreter():
+    """A .tflite conv / conv / CONCATENATION / RELU / conv (ulffd_landmark's SSH head; TFLite's float
+    concatenation takes no fused activation): compiled, the concatenation is in place in KPU RAM and
+    the kmodel has no CPU op between its KPU layers; on kpu_sim it agrees with the TFLite
+    interpreter's float result within a step and a half of the output grid."""
+    tb = _tflite_builder()
+    b = tb.TfliteBuilder()
+    x = b.input([1, 6, 20, 4])
+
+    def conv(inp, cin, cout, k, name):
+        w = b.const(rng.uniform(-1, 1, (cout, k, k, cin)).astype(np.float32))
+        return b.op("CONV_2D", [inp, w, b.const(rng.uniform(-0.2, 0.2, cout).astype(np.float32))],
+                    padding="SAME", stride_w=1, stride_h=1, fused_activation_function="NONE", name=name)
+
+    parts = [conv(x, 4, 6, 3, "a"), conv(x, 4, 4, 3, "b")]
+    c = b.op("CONCATENATION", parts, axis=3, fused_activation_function="NONE", name="concat")
+    b.output(conv(b.op("RELU", [c], name="relu"), 10, 5, 1, "head"))
+    data = b.build()
+    samples = [[rng.uniform(-1, 1, (1, 4, 6, 20)).astype(np.float32)] for _ in range(8)]
+    g = import_model(data).graph
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=samples)
+    (concat,) = [p for p in res.placements if p.op == "concat"]
+    assert concat.on_kpu, concat
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    assert names == ["quantize", "kpu_upload", "kpu_conv2d", "kpu_conv2d", "kpu_conv2d", "dequantize"], names
+    want = tb.run_tflite(data, [samples[0][0].transpose(0, 2, 3, 1)])[0].transpose(0, 3, 1, 2)
+    got = kpu_sim.load(res.kmodel).run(samples[0])[0].reshape(want.shape)
+    err = _max_steps(got, want)
+    assert err <= 1.50, f"max error {err:.2f} steps"  # measured 1.43
