@@ -7,6 +7,7 @@ measured errors plus 5 %: a regression of a few percent fails.
 """
 
 import importlib.util
+import re
 import sys
 import zlib
 from pathlib import Path
@@ -24,6 +25,7 @@ from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
 from kcc.passes.decompose_kernels import Form, bulk_thresholds, rewrite
 from kcc.pipeline import compile_graph
+from kcc.report import summary
 from kcc.target.k210 import DEFAULT_MHZ
 
 rng = np.random.default_rng(5)
@@ -582,6 +584,9 @@ def test_concat_stays_on_the_cpu_when_a_part_shares_a_line_and_says_why():
                              "64-byte line of KPU RAM holds at width 20)")
     names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
     assert names.count("kpu_upload") == 2, names  # the concatenation re-uploaded
+    (shown,) = [p for p in summary.placements(res, res.latency) if p.op == "concat"]
+    cost = re.fullmatch(r"on the CPU, (\d+\.\d\d) ms estimated: (.*)", shown.reason)
+    assert cost and float(cost[1]) > 0 and cost[2] == concat.reason, shown.reason
     got = kpu_sim.load(res.kmodel).run(calib[0])
     err = max(_max_steps(a.reshape(b.shape), b) for a, b in zip(got, want))
     assert err <= 1.89, f"max error {err:.2f} steps"  # measured 1.80
