@@ -1,7 +1,8 @@
 """compile_model(): the whole compiler, top to bottom, one visible stage per line.
 
-    import_tflite -> canonicalize -> [eliminate_dilated_conv -> lower_transpose_conv -> load_samples
-                                       -> decompose_kernels -> legalize_kpu -> calibrate -> quantize]
+    import_tflite -> canonicalize -> [eliminate_dilated_conv -> lower_transpose_conv -> concat_activations
+                                       -> load_samples -> decompose_kernels -> legalize_kpu -> calibrate
+                                       -> quantize]
                   -> lower_to_neutral
                   -> emit (plan memory, kmodel.write)
 
@@ -26,6 +27,7 @@ from kcc.ir.graph import Graph
 from kcc.latency import estimate
 from kcc.options import CompileOptions
 from kcc.passes.canonicalize import canonicalize
+from kcc.passes.concat_activations import concat_activations
 from kcc.passes.decompose_kernels import Decision, decompose_kernels
 from kcc.passes.dilated_conv import eliminate_dilated_conv
 from kcc.passes.legalize_kpu import Placement, legalize_kpu
@@ -63,6 +65,7 @@ def stages(options: CompileOptions) -> list[Stage]:
         Stage("eliminate_dilated_conv", eliminate_dilated_conv,
               banner="3. Map layers onto the KPU (legalize)..."),
         Stage("lower_transpose_conv", lower_transpose_conv),
+        Stage("concat_activations", concat_activations),  # activations after a concat into its producers
         Stage("load_samples", load_samples, rewrites=False),  # for decompose_kernels and calibrate
         Stage("decompose_kernels", decompose_kernels),
         Stage("legalize_kpu", legalize_kpu),

@@ -5,7 +5,9 @@ matmul B) live in the constants blob (kmodel_v4.md §5); conv / matmul weights a
 into their bodies; a Reshape is free and aliases its input's storage (kmodel has no reshape op; ncc
 removes its memory_copy the same way); a concatenation may be computed in place, and a binary op or a
 float depthwise 1x1 conv may write over an input it reads for the last time. KPU layers and uploads
-live in KPU RAM (§7.2).
+live in KPU RAM (§7.2); a concatenation of KPU layers there (kcc.ir.kpu_ops.KpuConcat) is one buffer
+whose channel ranges its parts are written into, each at the line where its first channel starts
+(§7.3, kcc.kmodel.kpu_channel_offset).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class Storage:
         self.g = g
         self.emitted = emitted  # the op types that have a kmodel body (emit.EMITTERS)
         self.root: dict[int, Node] = {}  # alias resolution (Reshape -> its input)
+        self.offset: dict[int, int] = {}  # byte offset of a node's tensor within its root's
         self.const_offset: dict[int, int] = {}
         users = g.users()
         self.kpu_inputs = {id(n) for n in g.inputs if n.dtype == DType.uint8 and n.type.rank == 4 and users[n]
@@ -64,13 +67,14 @@ class Storage:
                 self.root[id(n)] = n.inputs[0]  # the input already is in KPU RAM: no upload node
             elif isinstance(n.op, O.Reshape):
                 self.root[id(n)] = self.root.get(id(n.inputs[0]), n.inputs[0])
+            elif isinstance(n.op, KO.KpuConcat):
+                self._kpu_concat(n)
             elif n.is_constant and id(n) not in inline:
                 start = align_up(len(blob), CONST_ALIGN)
                 blob.extend(bytes(start - len(blob)))
                 self.const_offset[id(n)] = start
                 blob.extend(np.ascontiguousarray(n.data).tobytes())
         self.constants = bytes(blob) + bytes(align_up(len(blob), CONST_ALIGN) - len(blob))
-        self.offset: dict[int, int] = {}  # byte offset of a node's tensor within its root's
         self.elided: set[int] = set()  # concatenations whose inputs are computed in place
         outputs = {id(o) for o in g.outputs}
         for n in g.nodes:
@@ -84,6 +88,19 @@ class Storage:
         self.main_offset: dict[int, int] = {}
         self.kpu_offset: dict[int, int] = {}
         self.downloads: dict[int, Node] = {}  # KPU layer -> its kpu_download (main_mem_output)
+
+    def _kpu_concat(self, n: Node) -> None:
+        """Each part of an in-place KPU RAM concatenation is written into it, at the line where its
+        first channel starts (kcc.quant.quantize.kpu_concat_problem made sure there is one)."""
+        _, _, h, w = n.shape
+        at = 0
+        for i in n.inputs:
+            offset = K.kpu_channel_offset(w, h, at)
+            if not isinstance(i.op, KO.QuantKpuLayer) or id(i) in self.root or offset is None:
+                raise UnsupportedModelError(f"'{n.name}': part '{i.name}' cannot be written into the "
+                                            f"concatenation in KPU RAM")
+            self.root[id(i)], self.offset[id(i)] = n, offset
+            at += i.shape[1]
 
     def _in_place(self, n: Node, users: dict, outputs: set[int]) -> bool:
         """A concatenation whose inputs can be computed straight into its blocks, so that it needs
@@ -154,7 +171,7 @@ class Storage:
         if id(b) in self.const_offset:
             return K.MemoryRange(MemoryType.CONST, dt, self.const_offset[id(b)], n.type.nbytes)
         if id(b) in self.kpu_offset:  # §7.3: KPU layout size, 64-byte aligned start
-            return K.MemoryRange(MemoryType.K210_KPU, dt, self.kpu_offset[id(b)],
+            return K.MemoryRange(MemoryType.K210_KPU, dt, self.kpu_offset[id(b)] + self.byte_offset(n),
                                  K.kpu_bytes(shape4(n.shape)))
         start = self.main_offset[id(b)] + self.byte_offset(n)
         return K.MemoryRange(MemoryType.MAIN, dt, start, n.type.nbytes)

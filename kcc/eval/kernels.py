@@ -258,6 +258,7 @@ KERNELS: dict[type, Callable] = {
     KO.QuantResidual: lambda op, x: np.zeros_like(x),  # exact in float (QuantResidual's docstring)
     KO.KpuUpload: lambda op, x: x,
     KO.KpuDownload: lambda op, x: x,
+    KO.KpuConcat: lambda op, *xs: np.concatenate(xs, axis=1),
     O.Conv2D: conv2d,
     O.Conv2DTranspose: conv2d_transpose,
     O.MatMul: matmul,

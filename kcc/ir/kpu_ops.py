@@ -11,6 +11,8 @@ Quantized stage (after `quantize`, executed bit-exactly only by kpu_sim):
     QuantKpuLayer                one kpu_conv2d: encoded conv/BN/activation/pool parameters (§9.2-9.7)
     KpuDownload             KPU RAM -> u8 NCHW main memory; emitted as the producing layer's
                             main_mem_output, never as a node of its own (§9.1: no download op)
+    KpuConcat               channel concatenation in KPU RAM: each producing layer writes its channel
+                            range of one buffer (kcc.emit.storage), no node of its own either
 
 Tensors produced by KpuUpload and QuantKpuLayer live in KPU RAM; every other tensor in main memory.
 """
@@ -164,4 +166,22 @@ class QuantKpuLayer(Op):
         return {"k": self.kernel, "dw": self.depthwise, "pool": self.pool, "out_q": self.out_q}
 
 
-KPU_SPACE_OPS = (KpuUpload, QuantKpuLayer)  # ops whose output lives in KPU RAM
+@dataclass(frozen=True)
+class KpuConcat(Op):
+    """Channel concatenation of KPU layers' outputs, computed in place: one KPU RAM buffer whose
+    channel ranges the producing layers write (kmodel_v4.md §7.3: channel c of a map starts at
+    (c // groups) * row_len * H lines + (c % groups) * row_pitch, so a part whose first channel is a
+    multiple of `groups` starts on a line of its own). Batch 1 only: a batch is one whole map."""
+
+    kind: ClassVar[str] = "kpu_concat"
+
+    def infer_type(self, ins):
+        _check(len(ins) >= 1 and all(t.dtype == DType.uint8 and t.rank == 4 for t in ins),
+               "kpu_concat takes u8 NCHW maps")
+        n, _, h, w = ins[0].shape
+        _check(n == 1 and all(t.shape[0] == 1 and t.shape[2:] == (h, w) for t in ins),
+               f"kpu_concat parts {[t.shape for t in ins]}: batch 1 and one H x W")
+        return TensorType((1, sum(t.shape[1] for t in ins), h, w), DType.uint8)
+
+
+KPU_SPACE_OPS = (KpuUpload, QuantKpuLayer, KpuConcat)  # ops whose output lives in KPU RAM

@@ -48,7 +48,14 @@ from kcc.kmodel.k210_bodies import (
     map_fields,
     weight_loads,
 )
-from kcc.kmodel.kpu_layout import KpuRowLayout, kpu_bytes, kpu_offsets, kpu_row_layout, kpu_rows
+from kcc.kmodel.kpu_layout import (
+    KpuRowLayout,
+    kpu_bytes,
+    kpu_channel_offset,
+    kpu_offsets,
+    kpu_row_layout,
+    kpu_rows,
+)
 from kcc.kmodel.layer import (
     KpuActivationSegment,
     KpuActivationTable,
@@ -98,7 +105,7 @@ __all__ = [
     "Quantize", "QuantizedBinary", "QuantizedConv2D", "QuantizedMatMul", "Reduce", "ReduceOp", "ReduceWindow2D",
     "ResizeImage", "ResizeMode", "Scalar", "Shape4", "Softmax", "StridedSlice", "TableLookup1D", "Target",
     "Transpose", "Unary", "UnaryOp", "ValueRange",
-    "aligned_table_padding", "kpu_bytes", "kpu_offsets", "kpu_row_layout", "kpu_rows", "layer_fields",
-    "layer_problems", "load_fields", "map_fields", "read", "read_file", "validate", "weight_loads", "wrap_signed",
+    "aligned_table_padding", "kpu_bytes", "kpu_channel_offset", "kpu_offsets", "kpu_row_layout", "kpu_rows",
+    "layer_fields", "layer_problems", "load_fields", "map_fields", "read", "read_file", "validate", "weight_loads", "wrap_signed",
     "wrap_unsigned", "write",
 ]  # fmt: skip

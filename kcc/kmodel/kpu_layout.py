@@ -65,3 +65,15 @@ def kpu_offsets(shape: Sequence[int]) -> np.ndarray:
         + np.arange(h, dtype=np.int64)[None, None, :, None] * line_stride
         + np.arange(w, dtype=np.int64)[None, None, None, :]
     )
+
+
+def kpu_channel_offset(width: int, height: int, channel: int) -> int | None:
+    """Byte offset, from a map's start, of the 64-byte line where `channel` begins, when it begins
+    one: (channel // groups) * row_len * H * 64 for a channel that is a multiple of `groups`, else
+    None (it shares its line with the channels before it). The channels from there on are laid out
+    as a map of their own starting at that line, so a KPU layer writing them there fills exactly
+    their slots of the larger map (an in-place concatenation, kcc.ir.kpu_ops.KpuConcat)."""
+    layout = kpu_row_layout(width)
+    if channel % layout.groups:
+        return None
+    return (channel // layout.groups) * layout.row_len * height * KPU_LINE_SIZE

@@ -11,6 +11,12 @@ two layers (pad, strided_slice, reshape, transpose) run on uint8 in main memory 
 layer's quant param ("range broadcast", kpu_semantics.md §4.2), so no requantization is needed.
 A Pad's value is quantized with that param (0.0 -> the zero point, matching the KPU's own border).
 So does a concatenation of uint8 tensors on one grid (kcc.quant.policy.share_concat_grids).
+A channel concatenation of KPU layers that KPU layers read is computed in place in KPU RAM instead
+(`KpuConcat`, kcc.emit.storage): each producing layer writes its channel range of one buffer, with no
+copy-out, CPU concatenation or upload. That needs one grid for all parts, batch 1, and every part's
+first channel on a 64-byte line of its own (a multiple of the channels that share a line at the
+map's width, kmodel_v4.md §7.3); where a part misses any of it, the concatenation runs on the CPU as
+before, and its placement says why (`kpu_concat_problem`).
 
 A QuantResidual(x) (decompose_kernels' residual channels) becomes, on the grid q its stack is read
 on: dequantize(quantize(x)) subtracted from x, quantized at gain times q's resolution. A KPU layer
@@ -39,6 +45,8 @@ from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.ir.types import DType
+from kcc.kmodel import kpu_channel_offset, kpu_row_layout
+from kcc.passes.legalize_kpu import Placement
 from kcc.passes.manager import CompileContext
 from kcc.quant.kpu_params import LayerRanges, kpu_layer
 from kcc.quant.params import QuantParam, range_param
@@ -186,6 +194,8 @@ class _Rewriter:
         self.table = table
         self.g = Graph()
         self.made: dict[tuple[str, Node, QuantParam | None], Node] = {}
+        self.written_into: dict[Node, Node] = {}  # KPU layer -> the KpuConcat its output is part of
+        self.placements: dict[Node, Placement] = {}  # concatenation between KPU layers -> where it runs
 
     def _once(self, form: str, n: Node, make: Callable[[], Node], grid: QuantParam | None = None) -> Node:
         key = (form, n, grid)
@@ -246,9 +256,19 @@ class _Rewriter:
         return self._once("quantized", n, make, q)
 
     def kpu_of(self, n: Node) -> Node:
-        """n as uint8 in KPU RAM."""
+        """n as uint8 in KPU RAM: a KPU layer's output, a concatenation of them computed in place
+        (module docstring), or an upload."""
         if self.table[n].domain is Domain.KPU:
             return self.layer_of(n)
+        if isinstance(n.op, O.Concat) and ("kpu", n, None) not in self.made:
+            problem = kpu_concat_problem(n, self.table, self.written_into)
+            if any(self.table[p].domain is Domain.KPU for p in n.inputs):  # a concatenation between KPU layers
+                self.placements[n] = Placement(n.name, "concat", problem is None, problem or _in_place_note(n))
+            if problem is None:
+                for p in n.inputs:
+                    self.written_into[p] = n
+                return self._once("kpu", n, lambda: self.g.add(
+                    KO.KpuConcat(), tuple(self.layer_of(p) for p in n.inputs), n.name + "/kpu"))
         return self._once("kpu", n, lambda: self.g.add(KO.KpuUpload(), (self.u8_of(n),), n.name + "/upload"))
 
     def layer_of(self, n: Node) -> Node:
@@ -275,6 +295,41 @@ class _Rewriter:
         return self.g
 
 
+def kpu_concat_problem(n: Node, table: dict[Node, NodeQuant], written_into: dict[Node, Node]) -> str | None:
+    """Why concatenation `n` cannot be computed in place in KPU RAM (module docstring), or None.
+    `written_into`: the KPU layers already written into another in-place concatenation."""
+    if n.op.axis != 1 or n.type.rank != 4:
+        return f"concatenation along axis {n.op.axis} (KPU RAM holds channel ranges only)"
+    if n.shape[0] != 1:
+        return f"batch {n.shape[0]} (in KPU RAM each batch is a whole map)"
+    if len({id(p) for p in n.inputs}) != len(n.inputs):
+        return "it reads one part twice"
+    for p in n.inputs:
+        if table[p].domain is not Domain.KPU:
+            return f"its part '{p.name}' is a CPU {p.op.kind}, not a KPU layer's output"
+    if table[n].domain is not Domain.CODES:
+        return "its parts are on different quantization grids"
+    _, _, h, w = n.shape
+    at = 0
+    for p in n.inputs:
+        if kpu_channel_offset(w, h, at) is None:
+            groups = kpu_row_layout(w).groups
+            return (f"its part '{p.name}' starts at channel {at}, not a multiple of {groups} (the channels "
+                    f"one 64-byte line of KPU RAM holds at width {w})")
+        if written_into.get(p, n) is not n:
+            return f"its part '{p.name}' is already written into '{written_into[p].name}' in KPU RAM"
+        at += p.shape[1]
+    return None
+
+
+def _in_place_note(n: Node) -> str:
+    ranges, at = [], 0
+    for p in n.inputs:
+        ranges.append(f"{at}..{at + p.shape[1] - 1}")
+        at += p.shape[1]
+    return f"in place in KPU RAM: its {len(n.inputs)} KPU layers write channels {', '.join(ranges)} of one buffer"
+
+
 def _on_grid(op: O.Op, q: QuantParam) -> O.Op:
     """A data movement op applied to codes on grid q: a pad's value is quantized with q."""
     return O.Pad(op.paddings, float(q.quantize(op.value))) if isinstance(op, O.Pad) else op
@@ -290,4 +345,7 @@ def quantize(g: Graph, ctx: CompileContext | None = None) -> Graph:
     opts = ctx.options
     table = analyze(g, ctx.ranges, opts.effective_input_type == "uint8", ctx.moments,
                     opts.weight_equalization == "turned", ctx.pre_activations)
-    return _Rewriter(g, table).run()
+    rewriter = _Rewriter(g, table)
+    out = rewriter.run()
+    ctx.placements.extend(rewriter.placements.values())
+    return out

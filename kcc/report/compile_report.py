@@ -116,7 +116,7 @@ def build(result, options: CompileOptions, model_name: str, kpu_mhz: float = 400
         model=model_name, options=_options_json(options), kmodel_bytes=len(result.kmodel), nodes=len(model.nodes),
         kpu_layers=kpu_layers, inputs=em.inputs, outputs=summary.outputs(result),
         node_names=[in_words(n, 1 << 16, known) for n in em.node_names],
-        placements=[asdict(p) for p in summary.placements(result)], latency=latency,
+        placements=[asdict(p) for p in summary.placements(result, latency)], latency=latency,
         cpu_work=summary.cpu_work(result, latency))
     if em.memory is not None:
         report.memory_summary = em.memory.summary_lines(len(result.kmodel))

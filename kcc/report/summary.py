@@ -287,13 +287,23 @@ def pool_reason(pool: Node, g: Graph, users: dict) -> str:
             f"layer it is fused behind")
 
 
-def placements(result) -> list:
-    """`result.placements`, the reason of every pool left on the CPU in words (`pool_reason`)."""
+def placements(result, est: LatencyEstimate | None = None) -> list:
+    """`result.placements`, the reason of every pool left on the CPU in words (`pool_reason`); with
+    `est`, a concatenation between KPU layers left on the CPU also gives the CPU time charged to it
+    (its concatenation, quantize and upload, as `cpu_work` counts them)."""
     g = result.float_graph
     if g is None:
         return list(result.placements)
     by_name = {n.name: n for n in g.nodes}
     users = g.users()
+    cost: dict[str, float] = {}
+    if est is not None:
+        known = known_names(result)
+        names = result.emitted.node_names
+        for n in est.nodes:
+            if n.cpu_ms > 0 and n.index < len(names):
+                op = model_name(names[n.index], known)
+                cost[op] = cost.get(op, 0.0) + n.cpu_ms
     out = []
     for p in result.placements:
         node = by_name.get(p.node)
@@ -301,6 +311,8 @@ def placements(result) -> list:
                 and isinstance(node.op, O.Pool2D):
             kind = "max" if node.op.op == "max" else "mean"
             p = replace(p, reason=f"{kind} pool in float on the CPU: {pool_reason(node, g, users)}")
+        elif not p.on_kpu and p.op == "concat" and p.node in cost:
+            p = replace(p, reason=f"on the CPU, {cost[p.node]:.2f} ms estimated: {p.reason}")
         out.append(p)
     return out
 
@@ -315,7 +327,7 @@ def compile_lines(result, est: LatencyEstimate, memory_table: bool = False,
         on_kpu = sum(1 for p in result.placements if p.on_kpu)
         out.append(f"KPU: {on_kpu} layer(s); CPU fallbacks: {len(result.placements) - on_kpu}")
         out += [f"  CPU  {p.op:<8} {short_name(p.node, 80)}: {p.reason}"
-                for p in placements(result) if not p.on_kpu]
+                for p in placements(result, est) if not p.on_kpu]
     out.append(f"Working memory usage: {em.model.main_mem} B")
     out.append(f"Constants: {len(em.model.constants)} B, nodes: {len(em.model.nodes)}, "
                f"kmodel: {len(result.kmodel)} B")

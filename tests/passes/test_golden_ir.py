@@ -99,6 +99,23 @@ def strided_stem_and_softmax(rng: np.random.Generator) -> Graph:
     return g
 
 
+def ssh_head(rng: np.random.Generator) -> Graph:
+    """ulffd_landmark's SSH head: concat of a 3x3 conv (4 channels) and a 3x3 conv over a leaky relu
+    (2 channels), a ReLU, then a 1x1 conv.
+
+    concat_activations: look for the ReLU gone into both producing convs (act=(0, inf)), the
+    concatenation under the ReLU's name reading them directly, the leaky relu and the head conv
+    unchanged."""
+    g = Graph()
+    x = g.input(0, (1, 3, 8, 8))
+    a = _conv(g, x, 4, 3, "a", rng)
+    b = g.add(O.LeakyRelu(0.1), (_conv(g, x, 2, 3, "b1", rng),), "leaky")
+    b = _conv(g, b, 2, 3, "b2", rng)
+    r = g.add(O.Clamp(0.0, np.inf), (g.add(O.Concat(1), (a, b), "concat"),), "relu")
+    g.outputs = [_conv(g, r, 3, 1, "head", rng)]
+    return g
+
+
 def prelu(rng: np.random.Generator) -> Graph:
     """lower_to_neutral (a float build): look for the PReLU as x + (alpha - 1) * min(x, 0) in 1x1
     depthwise conv2d and same-shape adds (slopes <= 1, then > 1), the last add under the PReLU's name."""
@@ -120,6 +137,7 @@ CASES = [
     Case("canonicalize", transposes_and_a_clamp),
     Case("eliminate_dilated_conv", dilated_conv),
     Case("lower_transpose_conv", transpose_conv),
+    Case("concat_activations", ssh_head),
     Case("decompose_kernels", depthwise_5x5),
     # legalize_kpu: look for the stride-2 stem as a KPU 3x3 conv with the left_top_2_s2 pool under
     # %stem/kpu and a strided_slice %stem after it (the KPU has no stride; its pool unit takes the even
