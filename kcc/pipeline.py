@@ -1,6 +1,6 @@
 """compile_model(): the whole compiler, top to bottom, one visible stage per line.
 
-    import_tflite -> canonicalize -> [eliminate_dilated_conv -> lower_transpose_conv -> load_samples
+    import_tflite -> canonicalize -> [split_channels -> eliminate_dilated_conv -> lower_transpose_conv -> load_samples
                                        -> decompose_kernels -> legalize_kpu -> calibrate -> quantize]
                   -> lower_to_neutral
                   -> emit (plan memory, kmodel.write)
@@ -26,6 +26,7 @@ from kcc.ir.graph import Graph
 from kcc.latency import estimate
 from kcc.options import CompileOptions
 from kcc.passes.canonicalize import canonicalize
+from kcc.passes.channel_split import split_channels
 from kcc.passes.decompose_kernels import Decision, decompose_kernels
 from kcc.passes.dilated_conv import eliminate_dilated_conv
 from kcc.passes.legalize_kpu import Placement, legalize_kpu
@@ -60,8 +61,8 @@ class CompileResult:
 def stages(options: CompileOptions) -> list[Stage]:
     """The stages after import, in order: the K210 ones only for --inference-type uint8."""
     k210 = [
-        Stage("eliminate_dilated_conv", eliminate_dilated_conv,
-              banner="3. Map layers onto the KPU (legalize)..."),
+        Stage("split_channels", split_channels, banner="3. Map layers onto the KPU (legalize)..."),
+        Stage("eliminate_dilated_conv", eliminate_dilated_conv),
         Stage("lower_transpose_conv", lower_transpose_conv),
         Stage("load_samples", load_samples, rewrites=False),  # for decompose_kernels and calibrate
         Stage("decompose_kernels", decompose_kernels),
