@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import kpu_sim  # noqa: E402
 from kcc import latency  # noqa: E402
+from kcc.eval.interpreter import run  # noqa: E402
 from kcc.ir import ops as O  # noqa: E402
 from kcc.ir.graph import Graph  # noqa: E402
 from kcc.options import CompileOptions  # noqa: E402
@@ -90,9 +92,13 @@ def measure(width: float = 1.0, size: int = 224, n_samples: int = 4) -> dict:
     res = compile_graph(g, CompileOptions(input_type="float"), samples=samples)
     est = latency.estimate(res.emitted.model)
     cpu_convs = [p for p in res.placements if not p.on_kpu and p.op in ("conv2d", "matmul")]
+    want = run(g, samples[0])[0]  # the float graph against kpu_sim, on a calibration picture
+    got = kpu_sim.load(res.kmodel).run(samples[0])[0].reshape(want.shape)
+    cosine = float(np.dot(got.ravel(), want.ravel()) / (np.linalg.norm(got) * np.linalg.norm(want)))
     return {"model": f"mobilenet_v2_{width:g}_{size}", "kmodel_bytes": len(res.kmodel),
             "main_mem": res.emitted.model.main_mem, "device_ram": len(res.kmodel) + res.emitted.model.main_mem,
-            "total_ms": est.total_ms, "kpu_ms": est.kpu_ms,
+            "total_ms": est.total_ms, "kpu_ms": est.kpu_ms, "cosine": cosine,
+            "top1_agrees": bool(np.argmax(got) == np.argmax(want)),
             "top_cpu": [[op, round(ms, 1)] for op, ms in est.by_opcode().items() if op != "kpu_conv2d"][:4],
             "cpu_convs": [f"{p.node}: {p.reason}" for p in cpu_convs]}
 
@@ -108,6 +114,7 @@ def main() -> None:
     mib = 1 << 20
     print(f"{m['model']}: kmodel {m['kmodel_bytes'] / 1e6:.2f} MB, working memory {m['main_mem'] / mib:.2f} MiB, "
           f"device RAM {m['device_ram'] / mib:.2f} MiB, estimated {m['total_ms']:.1f} ms (KPU {m['kpu_ms']:.1f} ms)")
+    print(f"  cosine to float {m['cosine']:.5f}, top-1 {'agrees' if m['top1_agrees'] else 'differs'}")
     print("  costliest CPU opcodes:", ", ".join(f"{op} {ms:g} ms" for op, ms in m["top_cpu"]))
     for line in m["cpu_convs"]:
         print("  on the CPU:", line)
