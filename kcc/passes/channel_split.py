@@ -76,6 +76,11 @@ def _group_graph(n: Node, lo: int, hi: int) -> Graph:
     if isinstance(n.op, O.MatMul):
         xi = g.input(0, x.shape)
         y = g.add(n.op, (xi, g.constant(w[:, lo:hi]), g.constant(b[lo:hi])), n.name)
+        # a reader, so that legalize_kpu does not take the group for a small output head (which it
+        # leaves in float); only the group's own placement counts (_placed)
+        ones = g.constant(np.ones((hi - lo, 1), np.float32))
+        g.outputs = [g.add(O.MatMul(), (y, ones, g.constant(np.zeros(1, np.float32))), n.name + "/reader")]
+        return g
     else:
         shape = (x.shape[0], hi - lo, *x.shape[2:]) if _depthwise(n) else x.shape
         xi = g.input(0, shape)
@@ -85,12 +90,13 @@ def _group_graph(n: Node, lo: int, hi: int) -> Graph:
     return g
 
 
-def _placed(g: Graph, opts: CompileOptions) -> tuple[bool, str]:
-    """Whether legalize_kpu puts the one-layer graph g on the KPU, and else why not."""
+def _placed(g: Graph, opts: CompileOptions, name: str) -> tuple[bool, str]:
+    """Whether legalize_kpu puts layer `name` of graph g on the KPU, and else why not."""
     ctx = CompileContext(opts)
     legalize_kpu(eliminate_dilated_conv(g, ctx), ctx)
-    off = [p.reason for p in ctx.placements if not p.on_kpu]
-    return bool(ctx.placements) and not off, off[0] if off else ""
+    own = [p for p in ctx.placements if p.node == name or p.node == name + "/conv"]  # dilated: its inner conv
+    off = [p.reason for p in own if not p.on_kpu]
+    return bool(own) and not off, off[0] if off else ""
 
 
 def plan_groups(n: Node, opts: CompileOptions) -> list[tuple[int, int]] | None:
@@ -108,7 +114,7 @@ def plan_groups(n: Node, opts: CompileOptions) -> list[tuple[int, int]] | None:
             return None
     else:
         return None
-    fits, reason = _placed(_group_graph(n, 0, total), opts)
+    fits, reason = _placed(_group_graph(n, 0, total), opts, n.name)
     if fits or not any(r in reason for r in SIZE_REASONS):
         return None
     for groups in range(max(2, math.ceil(total / MAX_CHANNELS)), MAX_GROUPS + 1):
@@ -116,7 +122,7 @@ def plan_groups(n: Node, opts: CompileOptions) -> list[tuple[int, int]] | None:
         if len(ranges) < 2:
             return None
         lo, hi = ranges[0]  # the largest group
-        if _placed(_group_graph(n, lo, hi), opts)[0]:
+        if _placed(_group_graph(n, lo, hi), opts, n.name)[0]:
             return ranges
     return None
 
