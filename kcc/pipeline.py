@@ -1,8 +1,8 @@
 """compile_model(): the whole compiler, top to bottom, one visible stage per line.
 
-    import_tflite -> canonicalize -> [eliminate_dilated_conv -> lower_transpose_conv -> concat_activations
-                                       -> load_samples -> decompose_kernels -> legalize_kpu -> calibrate
-                                       -> quantize]
+    import_tflite -> canonicalize -> [split_channels -> eliminate_dilated_conv -> lower_transpose_conv
+                                       -> concat_activations -> load_samples -> decompose_kernels
+                                       -> legalize_kpu -> calibrate -> quantize]
                   -> lower_to_neutral
                   -> emit (plan memory, kmodel.write)
 
@@ -27,6 +27,7 @@ from kcc.ir.graph import Graph
 from kcc.latency import estimate
 from kcc.options import CompileOptions
 from kcc.passes.canonicalize import canonicalize
+from kcc.passes.channel_split import split_channels
 from kcc.passes.concat_activations import concat_activations
 from kcc.passes.decompose_kernels import Decision, decompose_kernels
 from kcc.passes.dilated_conv import eliminate_dilated_conv
@@ -62,8 +63,8 @@ class CompileResult:
 def stages(options: CompileOptions) -> list[Stage]:
     """The stages after import, in order: the K210 ones only for --inference-type uint8."""
     k210 = [
-        Stage("eliminate_dilated_conv", eliminate_dilated_conv,
-              banner="3. Map layers onto the KPU (legalize)..."),
+        Stage("split_channels", split_channels, banner="3. Map layers onto the KPU (legalize)..."),
+        Stage("eliminate_dilated_conv", eliminate_dilated_conv),
         Stage("lower_transpose_conv", lower_transpose_conv),
         Stage("concat_activations", concat_activations),  # activations after a concat into its producers
         Stage("load_samples", load_samples, rewrites=False),  # for decompose_kernels and calibrate

@@ -1,4 +1,5 @@
-"""Body builders of the K210 path (emit step 3): quantize, dequantize, kpu_upload and kpu_conv2d.
+"""Body builders of the K210 path (emit step 3): quantize, dequantize, kpu_upload and kpu_conv2d, and
+the uint8 CPU matmul of a fully-connected layer too wide for the KPU (kcc.quant.cpu_matmul).
 
 The register values are the ones ncc writes (kmodel_v4.md §9.3, "ncc writes" column), derived from
 the layer's shapes by `kcc.target.k210.layer_fields`, the function the validator
@@ -69,9 +70,19 @@ def _kpu_conv2d(n: Node, st: Storage) -> K.Body:
         weights=np.ascontiguousarray(op.weights, np.uint8).ravel())
 
 
+def _quantized_matmul(n: Node, st: Storage) -> K.Body:
+    op: KO.QuantMatMul = n.op
+    a, b = n.inputs
+    return K.QuantizedMatMul(input_a=st.range(a), input_b=st.range(b), output=st.range(n), a_rows=a.shape[0],
+                             a_cols=a.shape[1], b_cols=b.shape[1], input_a_offset=op.a_offset,
+                             input_b_offset=op.b_offset, output_mul=op.mul, output_shift=op.shift,
+                             output_offset=op.out_q[0], bias=np.ascontiguousarray(op.bias, np.int32))
+
+
 KPU_EMITTERS: dict[type, Callable[[Node, Storage], K.Body]] = {
     KO.Quantize: _quantize,
     KO.Dequantize: _dequantize,
     KO.KpuUpload: _upload,
     KO.QuantKpuLayer: _kpu_conv2d,
+    KO.QuantMatMul: _quantized_matmul,
 }

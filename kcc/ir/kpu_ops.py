@@ -184,4 +184,37 @@ class KpuConcat(Op):
         return TensorType((1, sum(t.shape[1] for t in ins), h, w), DType.uint8)
 
 
+
+
+@dataclass(frozen=True, eq=False)
+class QuantMatMul(Op):
+    """A uint8 matmul on the CPU, nncase's quantized_matmul (kmodel_v4.md §8.16, kpu_semantics.md §4.4):
+
+        out[r][c] = clamp(carry_half_up((bias[c] + sum_k (a[r][k] + a_offset) * (b[k][c] + b_offset))
+                          * mul, shift) + out_offset, 0, 255)
+
+    Inputs: a u8 [M, K] (main memory), b u8 [K, N] (a constant: the weights on their grid).
+    `bias` int32 [N]; `out_q` the output (zero_point, scale), for the Dequantize that may follow.
+    """
+
+    kind: ClassVar[str] = "quantized_matmul"
+    a_offset: int
+    b_offset: int
+    bias: np.ndarray
+    mul: int
+    shift: int
+    out_q: tuple[int, float]
+
+    def infer_type(self, ins):
+        _check(len(ins) == 2 and all(t.dtype == DType.uint8 and t.rank == 2 for t in ins),
+               "quantized_matmul takes u8 [M,K] and [K,N]")
+        a, b = ins
+        _check(a.shape[1] == b.shape[0] and self.bias.shape == (b.shape[1],), "quantized_matmul shapes")
+        return TensorType((a.shape[0], b.shape[1]), DType.uint8)
+
+    def attrs(self):
+        return {"a_offset": self.a_offset, "b_offset": self.b_offset, "mul": self.mul, "shift": self.shift,
+                "out_q": self.out_q}
+
+
 KPU_SPACE_OPS = (KpuUpload, QuantKpuLayer, KpuConcat)  # ops whose output lives in KPU RAM

@@ -320,7 +320,9 @@ class _Legalizer:
         reason = None
         if self.opts.target == "cpu":
             reason = "target cpu"
-        elif max(k_in, oc) > MAX_CHANNELS:
+        elif k_in > MAX_CHANNELS:  # no exact sum of two KPU layers' partial sums (kcc.quant.cpu_matmul)
+            reason = f"{k_in} inputs > {MAX_CHANNELS} KPU channels: a uint8 matmul on the CPU"
+        elif oc > MAX_CHANNELS:
             reason = f"{k_in}x{oc} weights: more than {MAX_CHANNELS} channels"
         elif k_in * oc < self.opts.output_quantize_threshold:
             reason = f"{k_in * oc} weights < output-quantize-threshold {self.opts.output_quantize_threshold}"

@@ -48,6 +48,7 @@ from kcc.ir.types import DType
 from kcc.kmodel import kpu_channel_offset, kpu_row_layout
 from kcc.passes.legalize_kpu import Placement
 from kcc.passes.manager import CompileContext
+from kcc.quant.cpu_matmul import quant_matmul, uint8_matmul
 from kcc.quant.kpu_params import LayerRanges, kpu_layer
 from kcc.quant.params import QuantParam, range_param
 from kcc.quant.weight_rounding import InputMoments
@@ -100,6 +101,9 @@ def calibration_view(g: Graph) -> CalibrationView:
                 pre_activations[n.name] = pre.name
         elif isinstance(n.op, (O.Input, O.Pool2D)):  # a pool's range decides if it runs on codes
             points[id(n)] = n
+        elif uint8_matmul(n):  # a uint8 matmul on the CPU reads and writes grids (kcc.quant.cpu_matmul)
+            points[id(n)] = n
+            points[id(n.inputs[0])] = n.inputs[0]
     return CalibrationView(view, list(points.values()), pre_activations)
 
 
@@ -111,6 +115,7 @@ class Domain(Enum):
     KPU = "kpu"  # a KPU layer: uint8 in KPU RAM
     CODES = "codes"  # data movement, pool or concatenation on the uint8 codes of its input, same grid
     UINT8_INPUT = "uint8_input"  # the graph input, given as uint8
+    CPU_UINT8 = "cpu_uint8"  # a uint8 matmul on the CPU (kcc.quant.cpu_matmul), codes in main memory
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,7 @@ class NodeQuant:
     #: or the calibrated range's; None when the node has no range (it is then never read as uint8)
     grid: QuantParam | None
     layer: KO.QuantKpuLayer | None = None  # a KPU layer's quantized parameters
+    matmul: tuple[KO.QuantMatMul, object] | None = None  # a uint8 matmul and its weight codes
 
 
 def _floor_bias(x: Node) -> float:
@@ -149,7 +155,7 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
     table: dict[Node, NodeQuant] = {}
 
     def on_codes(n: Node) -> bool:
-        return table[n].domain in (Domain.KPU, Domain.CODES, Domain.UINT8_INPUT)
+        return table[n].domain in (Domain.KPU, Domain.CODES, Domain.UINT8_INPUT, Domain.CPU_UINT8)
 
     def own_grid(n: Node) -> QuantParam | None:
         return range_param(ranges[n.name]) if n.name in ranges else None
@@ -163,6 +169,11 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
             r = LayerRanges(_required(x, table[x].grid), y, z, _floor_bias(x))
             layer = kpu_layer(op, w.data, b.data, r, by_layer.get(n.name), turn_channels)
             table[n] = NodeQuant(Domain.KPU, QuantParam(*layer.out_q), layer)
+            continue
+        if uint8_matmul(n) and n.name in ranges:
+            x = n.inputs[0]
+            y_q = _required(n, own_grid(n))
+            table[n] = NodeQuant(Domain.CPU_UINT8, y_q, matmul=quant_matmul(n, _required(x, table[x].grid), y_q))
             continue
         codes = False
         if isinstance(op, O.Input):
@@ -211,7 +222,7 @@ class _Rewriter:
         """n as float32. Data movement of a uint8 tensor runs on the uint8 bytes (4x less memory and
         work) and is dequantized after: ncc's dequantize motion (kpu_semantics.md §4.4). Float nodes
         and the uint8 input's dequantize are made by `run`, in the graph's order."""
-        if self.table[n].domain in (Domain.KPU, Domain.CODES):
+        if self.table[n].domain in (Domain.KPU, Domain.CODES, Domain.CPU_UINT8):
             return self._once("float", n, lambda: self._dequantize(n, self.u8_of(n)))
         return self.made[("float", n, None)]
 
@@ -221,6 +232,11 @@ class _Rewriter:
             g, nq = self.g, self.table[n]
             if nq.domain is Domain.KPU:
                 return g.add(KO.KpuDownload(), (self.layer_of(n),), n.name + "/download")
+            if nq.domain is Domain.CPU_UINT8:
+                op, codes = nq.matmul
+                # the input's codes on the grid analyze chose (its own, or the grid they move on)
+                a8 = self.u8_of(n.inputs[0])
+                return g.add(op, (a8, g.constant(codes, n.inputs[1].name + "/u8")), n.name)
             if nq.domain is Domain.CODES and isinstance(n.op, LAYOUT_OPS):
                 return g.add(_on_grid(n.op, nq.grid), (self.u8_of(n.inputs[0]),), n.name + "/u8")
             if nq.domain is Domain.CODES and isinstance(n.op, O.Concat):
@@ -286,6 +302,8 @@ class _Rewriter:
                 x = self.g.add(O.Input(n.op.index, n.shape, DType.uint8), (), n.name)
                 self.made[("u8", n, None)] = x
                 self.made[("float", n, None)] = self._dequantize(n, x)
+            elif domain is Domain.CPU_UINT8:
+                self.u8_of(n)
             elif domain is Domain.FLOAT:
                 self.made[("float", n, None)] = self.g.add(n.op, tuple(self.float_of(i) for i in n.inputs),
                                                            n.name, n.note)

@@ -631,3 +631,88 @@ def test_tflite_ssh_head_runs_on_the_kpu_and_agrees_with_the_tflite_interpreter(
     got = kpu_sim.load(res.kmodel).run(samples[0])[0].reshape(want.shape)
     err = _max_steps(got, want)
     assert err <= 1.50, f"max error {err:.2f} steps"  # measured 1.43
+
+
+def _expand_dw_project(g, x, c, project=True):
+    """An inverted residual block without its add: 1x1 expansion to c channels, 3x3 depthwise, 1x1."""
+    relu6 = (0.0, 6.0)
+    y = g.add(O.Conv2D(act=relu6), (x, _const(g, (c, x.shape[1], 1, 1)), _const(g, (c,))), "expand")
+    y = g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), groups=c, act=relu6), (y, _const(g, (c, 1, 3, 3)), _const(g, (c,))), "dw")
+    return g.add(O.Conv2D(), (y, _const(g, (6, c, 1, 1)), _const(g, (6,))), "project") if project else y
+
+
+def _wide_head(g, x):
+    return g.add(O.Conv2D(act=(0.0, 6.0)), (x, _const(g, (1100, x.shape[1], 1, 1)), _const(g, (1100,))), "head")
+
+
+# name -> (input shape, graph, KPU RAM the legalizer may use, KPU layers, (bar, measured) in output steps)
+SPLIT_CASES = {
+    # the depthwise's 24x16x16 input and output need 12 KiB of KPU RAM, over the 10 KiB allowed here
+    # (2 MiB on the chip: the same rule, cheaper to check): expansion and depthwise in two groups of 12.
+    # Unsplit (with the chip's 2 MiB) the same graph is 2.17 steps off: each group's weights get a grid
+    # of their own
+    "dw_over_kpu_ram": ((1, 4, 16, 16), lambda g, x: _expand_dw_project(g, x, 24), 10 << 10, 5, (1.97, 1.88)),
+    # 1040 channels: expansion and depthwise in two groups of 520, over the 10-bit channel fields (the
+    # output, as a 1x1 conv over all 1040 channels would read more than a KPU layer does)
+    "dw_over_1024_channels": ((1, 4, 4, 4), lambda g, x: _expand_dw_project(g, x, 1040, False), None, 4,
+                              (1.81, 1.72)),
+    # 1100 output channels: two output groups reading the same input in KPU RAM
+    "conv_over_1024_outputs": ((1, 4, 4, 4), _wide_head, None, 2, (1.88, 1.79)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPLIT_CASES))
+def test_channel_split_layers_are_bit_exact_on_the_kpu(name, monkeypatch):
+    """split_channels (issue #16 item 4): a layer over KPU RAM or 1024 channels runs as channel groups,
+    every one a KPU layer (no conv left on the CPU) equal to the scalar reference of the integer
+    pipeline on random weights; the whole agrees with the float graph."""
+    shape, make, kpu_ram, layers, (bar, _measured) = SPLIT_CASES[name]
+    if kpu_ram is not None:
+        monkeypatch.setattr("kcc.passes.legalize_kpu.KPU_RAM_SIZE", kpu_ram)
+    g = Graph()
+    x = g.input(0, shape)
+    g.outputs = [make(g, x)]
+    calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
+    want = run(g, calib[0])[0]
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    assert all(p.on_kpu for p in res.placements), res.placements
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    assert names.count("kpu_conv2d") == layers and "conv2d" not in names, names
+    assert "strided_slice" not in names, names  # each depthwise group reads its expansion group
+    assert _kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == layers
+    got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
+    assert _max_steps(got, want) <= bar, f"{name}: max error {_max_steps(got, want):.2f} steps"
+
+
+def test_a_fully_connected_layer_over_1024_inputs_is_a_bit_exact_uint8_matmul():
+    """1100 inputs (more than a KPU layer reads, and partial sums of two layers would round): nncase's
+    quantized_matmul on the CPU, uint8 weights, never a float matmul. Its output equals a numpy
+    reference of the integer formula (kpu_semantics.md §4.4) on the input codes, and agrees with float."""
+    g = Graph()
+    x = g.input(0, (1, 1100))
+    g.outputs = [g.add(O.MatMul(), (x, _const(g, (1100, 40)), _const(g, (40,))), "fc")]
+    calib = [[rng.uniform(-1, 1, (1, 1100)).astype(np.float32)] for _ in range(8)]
+    want = run(g, calib[0])[0]
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    nodes = res.emitted.model.nodes
+    names = [n.opcode.kmodel_name for n in nodes]
+    assert names == ["quantize", "quantized_matmul", "dequantize"], names
+    mm = nodes[1].body
+    assert mm.bias.dtype == np.int32 and len(res.kmodel) < 1100 * 40 * 2  # uint8 weights, not float
+    # the integer formula, from the body's fields, on the input codes the matmul read
+    program = kpu_sim.load(res.kmodel)
+    seen = {}
+
+    def trace(index, opcode, body, _outs):
+        if opcode is km.Opcode.QUANTIZE:
+            seen["a"] = program.memory.read(mm.input_a, np.uint8, 1100).astype(np.int64).reshape(1, 1100)
+        elif opcode is km.Opcode.QUANTIZED_MATMUL:
+            seen["out"] = program.memory.read(mm.output, np.uint8, 40).reshape(1, 40)
+
+    program.run(calib[0], trace=trace)
+    b = program.memory.read(mm.input_b, np.uint8, 1100 * 40).reshape(1100, 40).astype(np.int64)
+    value = mm.bias.astype(np.int64) + (seen["a"] + mm.input_a_offset) @ (b + mm.input_b_offset)
+    scaled = (value * mm.output_mul + (1 << (mm.output_shift - 1))) >> mm.output_shift
+    np.testing.assert_array_equal(seen["out"], np.clip(scaled + mm.output_offset, 0, 255).astype(np.uint8))
+    got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
+    assert _max_steps(got, want) <= 1.28, f"max error {_max_steps(got, want):.2f} steps"  # measured 1.22

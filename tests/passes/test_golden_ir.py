@@ -53,6 +53,20 @@ def transposes_and_a_clamp(rng: np.random.Generator) -> Graph:
     return g
 
 
+def wide_depthwise(rng: np.random.Generator) -> Graph:
+    """split_channels: a 1040-channel depthwise (the KPU's channel fields stop at 1024) after the 1x1
+    conv that expands to it. Look for the depthwise cut into two 520-channel depthwise convs
+    (%dw/ch0_520, %dw/ch520_1040: rows 0-519 and 520-1039 of its weights and bias, same padding and
+    act) concatenated along channels under its name; the expansion, 1040 channels too, cut into the
+    same two groups (%expand/ch0_520, %expand/ch520_1040), each read by its depthwise group directly
+    (no concatenation or slice between)."""
+    g = Graph()
+    x = g.input(0, (1, 2, 4, 4))
+    y = _conv(g, x, 1040, 1, "expand", rng, act=RELU6)
+    g.outputs = [_conv(g, y, 1040, 3, "dw", rng, groups=1040, act=RELU6)]
+    return g
+
+
 def dilated_conv(rng: np.random.Generator) -> Graph:
     """eliminate_dilated_conv: look for the dilation-2 conv replaced by space-to-batch (pad to 12x12,
     reshape/transpose into 4 phases of 6x6 in the batch), a dilation-1 conv with no padding and the
@@ -135,6 +149,7 @@ class Case:
 
 CASES = [
     Case("canonicalize", transposes_and_a_clamp),
+    Case("split_channels", wide_depthwise),
     Case("eliminate_dilated_conv", dilated_conv),
     Case("lower_transpose_conv", transpose_conv),
     Case("concat_activations", ssh_head),

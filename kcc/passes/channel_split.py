@@ -1,0 +1,233 @@
+"""split_channels: a layer too big for one KPU layer, as several KPU layers over channel ranges (#16 item 4).
+
+One KPU layer holds its whole input and output map in the 2 MiB of KPU RAM and has 10-bit channel
+fields (at most 1024 input and output channels, kmodel_v4.md §9.3), and loads its weights in at most 64
+loads (legalize_kpu). A conv that breaks one of these limits is cut along channels, exactly:
+
+    depthwise  y[c0:c1] = dw(x[c0:c1], w[c0:c1], b[c0:c1])        each group reads its own channels
+    conv       y[o0:o1] = conv(x, w[o0:o1], b[o0:o1])              each group reads the whole input
+    matmul     y[:, o0:o1] = x @ w[:, o0:o1] + b[o0:o1]            (a fully-connected layer, the same)
+
+and the groups' outputs are concatenated along channels. Every group is an ordinary conv that
+legalize_kpu then places like any other (pads, stride-2 picks, dilation by space-to-batch); no
+arithmetic changes, so each group is bit-exact as a KPU layer and the float values are unchanged.
+The number of groups is the smallest that puts one group (the largest) on the KPU, tried by
+legalizing the group alone (eliminate_dilated_conv, then legalize_kpu, as the pipeline will).
+
+The input channels of a depthwise group are a channel slice of its input. When that input is a plain
+conv read by nothing else, the slice is pushed into it: the producer is cut into the same channel
+groups (its weights' rows), so each depthwise group reads a producer group's output straight from
+KPU RAM instead of a CPU slice of the whole map (an inverted residual block's expansion conv).
+
+A channel slice that falls inside one part of a concatenation (a wide conv cut into groups feeding
+a wide depthwise cut into the same groups) reads that part.
+
+The concatenation is an ordinary `Concat`: KPU layers read it after a copy out of KPU RAM, a CPU
+concatenation on the uint8 codes (kcc.quant.policy.share_concat_grids) and an upload. Producers that
+wrote their channel ranges of one KPU buffer would save those copies (a KPU-RAM concatenation).
+
+A conv over more than 1024 *input* channels is not split here: the KPU cannot add partial sums of
+two layers exactly (each layer rounds to 8 bits). A fully-connected layer over more inputs runs as a
+uint8 matmul on the CPU instead (kcc.quant.quantize).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph, Node
+from kcc.options import CompileOptions
+from kcc.passes.dilated_conv import eliminate_dilated_conv
+from kcc.passes.legalize_kpu import legalize_kpu
+from kcc.passes.manager import CompileContext
+from kcc.passes.rotate180 import rotate180
+from kcc.target.k210 import MAX_CHANNELS
+
+#: most groups a layer is cut into: each costs a KPU layer (~25 us) and a copy of its output
+MAX_GROUPS = 16
+#: group sizes are multiples of this: a KPU RAM line holds up to 4 channels of a narrow map
+#: (kpu_semantics.md §2), so a group of a multiple of 4 channels wastes no line
+CHANNEL_ALIGN = 4
+#: what legalize_kpu says about a layer too big for one KPU layer: only these are cut
+SIZE_REASONS = ("KPU RAM:", "channels >", "weight loads >", "more than")
+
+
+def _depthwise(n: Node) -> bool:
+    op = n.op
+    c, oc = n.inputs[0].shape[1], n.inputs[1].shape[0]
+    return isinstance(op, O.Conv2D) and op.groups == c == oc and c > 1
+
+
+def _ranges(total: int, groups: int) -> list[tuple[int, int]]:
+    """`groups` consecutive channel ranges covering `total`, equal but for the last, sizes aligned."""
+    size = math.ceil(total / groups)
+    size = min(total, math.ceil(size / CHANNEL_ALIGN) * CHANNEL_ALIGN)
+    return [(lo, min(total, lo + size)) for lo in range(0, total, size)]
+
+
+def _group_graph(n: Node, lo: int, hi: int) -> Graph:
+    """Channel group [lo, hi) of conv / matmul n as a graph of its own: input -> group -> output."""
+    g = Graph()
+    x = n.inputs[0]
+    w, b = n.inputs[1].data, n.inputs[2].data
+    if isinstance(n.op, O.MatMul):
+        xi = g.input(0, x.shape)
+        y = g.add(n.op, (xi, g.constant(w[:, lo:hi]), g.constant(b[lo:hi])), n.name)
+        # a reader, so that legalize_kpu does not take the group for a small output head (which it
+        # leaves in float); only the group's own placement counts (_placed)
+        ones = g.constant(np.ones((hi - lo, 1), np.float32))
+        g.outputs = [g.add(O.MatMul(), (y, ones, g.constant(np.zeros(1, np.float32))), n.name + "/reader")]
+        return g
+    else:
+        shape = (x.shape[0], hi - lo, *x.shape[2:]) if _depthwise(n) else x.shape
+        xi = g.input(0, shape)
+        op = O.Conv2D(n.op.stride, n.op.padding, n.op.dilation, hi - lo, n.op.act) if _depthwise(n) else n.op
+        y = g.add(op, (xi, g.constant(w[lo:hi]), g.constant(b[lo:hi])), n.name)
+    g.outputs = [y]
+    return g
+
+
+def _placed(g: Graph, opts: CompileOptions, name: str) -> tuple[bool, str]:
+    """Whether legalize_kpu puts layer `name` of graph g on the KPU, and else why not."""
+    ctx = CompileContext(opts)
+    legalize_kpu(eliminate_dilated_conv(g, ctx), ctx)
+    own = [p for p in ctx.placements if p.node == name or p.node == name + "/conv"]  # dilated: its inner conv
+    off = [p.reason for p in own if not p.on_kpu]
+    return bool(own) and not off, off[0] if off else ""
+
+
+def plan_groups(n: Node, opts: CompileOptions) -> list[tuple[int, int]] | None:
+    """The channel ranges conv / matmul n is cut into, or None when it is not cut (module docstring).
+    n is the layer as legalize_kpu will see it: in rotated coordinates if the model will be turned."""
+    if not (n.inputs[1].is_constant and n.inputs[2].is_constant):
+        return None
+    if isinstance(n.op, O.MatMul):
+        k_in, total = n.inputs[1].shape
+        if k_in > MAX_CHANNELS:
+            return None
+    elif isinstance(n.op, O.Conv2D):
+        c, total = n.inputs[0].shape[1], n.inputs[1].shape[0]
+        if n.op.groups != 1 and not _depthwise(n) or (n.op.groups == 1 and c > MAX_CHANNELS):
+            return None
+    else:
+        return None
+    fits, reason = _placed(_group_graph(n, 0, total), opts, n.name)
+    if fits or not any(r in reason for r in SIZE_REASONS):
+        return None
+    for groups in range(max(2, math.ceil(total / MAX_CHANNELS)), MAX_GROUPS + 1):
+        ranges = _ranges(total, groups)
+        if len(ranges) < 2:
+            return None
+        lo, hi = ranges[0]  # the largest group
+        if _placed(_group_graph(n, lo, hi), opts, n.name)[0]:
+            return ranges
+    return None
+
+
+def _slice(g: Graph, anchor: Node, x: Node, lo: int, hi: int, name: str) -> Node:
+    begin = (0, lo, *(0,) * (x.type.rank - 2))
+    end = (x.shape[0], hi, *x.shape[2:])
+    return g.insert_before(anchor, O.StridedSlice(begin, end, (1,) * x.type.rank), (x,), name)
+
+
+def _split(g: Graph, n: Node, ranges: list[tuple[int, int]]) -> Node:
+    x, wn, bn = n.inputs
+    w, b = wn.data, bn.data
+    parts = []
+    for k, (lo, hi) in enumerate(ranges):
+        name = f"{n.name}/ch{lo}_{hi}"
+        bc = g.insert_before(n, O.Constant(np.ascontiguousarray(b[lo:hi])), (), name + "/b")
+        if isinstance(n.op, O.MatMul):
+            wc = g.insert_before(n, O.Constant(np.ascontiguousarray(w[:, lo:hi])), (), name + "/w")
+            parts.append(g.insert_before(n, n.op, (x, wc, bc), name))
+            continue
+        wc = g.insert_before(n, O.Constant(np.ascontiguousarray(w[lo:hi])), (), name + "/w")
+        if _depthwise(n):
+            xs = _slice(g, n, x, lo, hi, name + "/in")
+            op = O.Conv2D(n.op.stride, n.op.padding, n.op.dilation, hi - lo, n.op.act)
+            parts.append(g.insert_before(n, op, (xs, wc, bc), name))
+        else:
+            parts.append(g.insert_before(n, n.op, (x, wc, bc), name))
+    return g.insert_before(n, O.Concat(1), parts, n.name + "/concat")
+
+
+def _channel_range(s: Node) -> tuple[int, int] | None:
+    """(lo, hi) when s is a plain channel slice of a 4-D map (every other axis whole, step 1)."""
+    op = s.op
+    if not isinstance(op, O.StridedSlice) or s.inputs[0].type.rank != 4:
+        return None
+    x = s.inputs[0]
+    whole = all(op.begin[a] == 0 and op.end[a] == x.shape[a] for a in (0, 2, 3))
+    return (op.begin[1], op.end[1]) if whole and set(op.strides) == {1} else None
+
+
+def _slices_of_concats(g: Graph) -> None:
+    """A channel slice inside one part of a channel concatenation reads that part (a conv cut into
+    groups feeding a depthwise cut into the same groups: no CPU concatenation and slice between)."""
+    for s in list(g.nodes):
+        rng, cat = _channel_range(s), s.inputs[0] if s.inputs else None
+        if rng is None or not (isinstance(cat.op, O.Concat) and cat.op.axis == 1):
+            continue
+        at = 0
+        for part in cat.inputs:
+            lo, hi = rng[0] - at, rng[1] - at
+            if 0 <= lo and hi <= part.shape[1]:
+                new = part if (lo, hi) == (0, part.shape[1]) else _slice(g, s, part, lo, hi, s.name + "/part")
+                g.replace_all_uses(s, new)
+                break
+            at += part.shape[1]
+
+
+def _push_into_producers(g: Graph) -> int:
+    """A plain conv whose every reader is a channel slice becomes one conv per slice (its weights'
+    rows): no CPU slice, and each group's output stays in KPU RAM for its reader. Returns how many."""
+    users = g.users()
+    outputs = {id(o) for o in g.outputs}
+    done = 0
+    for p in list(g.nodes):
+        if not (isinstance(p.op, O.Conv2D) and p.op.groups == 1 and p.inputs[1].is_constant
+                and p.inputs[2].is_constant and id(p) not in outputs and users[p]):
+            continue
+        slices = users[p]
+        if not all(_channel_range(s) is not None for s in slices):
+            continue
+        x, w, b = p.inputs[0], p.inputs[1].data, p.inputs[2].data
+        for s in slices:
+            lo, hi = _channel_range(s)
+            wc = g.insert_before(p, O.Constant(np.ascontiguousarray(w[lo:hi])), (), s.name + "/w")
+            bc = g.insert_before(p, O.Constant(np.ascontiguousarray(b[lo:hi])), (), s.name + "/b")
+            part = g.insert_before(p, p.op, (x, wc, bc), f"{p.name}/ch{lo}_{hi}")
+            g.replace_all_uses(s, part)
+        done += 1
+    return done
+
+
+def split_channels(g: Graph, ctx: CompileContext | None = None) -> Graph:
+    """Cut every conv / fully-connected layer too big for one KPU layer into channel groups (module
+    docstring); every other node is left as it is."""
+    ctx = ctx or CompileContext()
+    opts = ctx.options
+    if opts.target == "cpu":
+        return g
+    # legalize_kpu turns the model by 180° when that frees its stride-2 layers (rotate180): a layer
+    # is tried as it will be placed then, its SAME padding on the KPU's side (a group is cut from n
+    # itself, which has the same shapes)
+    turned = g if ctx.quantization is not None or ctx.own_grids else rotate180(g)
+    seen = {n.name: n for n in turned.nodes} if turned is not g else {}
+    cut = 0
+    for n in list(g.nodes):
+        if isinstance(n.op, (O.Conv2D, O.MatMul)):
+            ranges = plan_groups(seen.get(n.name, n), opts)
+            if ranges is not None:
+                g.substitute(n, _split(g, n, ranges), "/unsplit")
+                cut += 1
+    if cut:
+        _slices_of_concats(g)
+        g.remove_dead()  # the cut layers no longer read their inputs
+        if _push_into_producers(g):
+            g.remove_dead()
+        ctx.log(f"   {cut} layer(s) split across channels to fit the KPU")
+    return g

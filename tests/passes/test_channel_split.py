@@ -1,0 +1,129 @@
+"""split_channels: layers too big for one KPU layer cut into channel groups, with the same float values."""
+
+import numpy as np
+import pytest
+
+from kcc.eval.interpreter import run
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph
+from kcc.options import CompileOptions
+from kcc.passes.channel_split import split_channels
+from kcc.passes.legalize_kpu import legalize_kpu
+from kcc.passes.manager import CompileContext
+
+rng = np.random.default_rng(4)
+RELU6 = (0.0, 6.0)
+
+
+def _conv(g, x, oc, k, groups=1, act=O.NO_CLAMP, stride=1, name=""):
+    c = x.shape[1]
+    w = g.constant(rng.uniform(-1, 1, (oc, c // groups, k, k)).astype(np.float32), name + "/w")
+    b = g.constant(rng.uniform(-1, 1, oc).astype(np.float32), name + "/b")
+    p = k // 2
+    return g.add(O.Conv2D((stride, stride), ((p, p), (p, p)), groups=groups, act=act), (x, w, b), name)
+
+
+def _ops(g: Graph, kind) -> list:
+    return [n for n in g.nodes if isinstance(n.op, kind)]
+
+
+def _check(build, shape):
+    g = build()
+    x = rng.uniform(-1, 1, shape).astype(np.float32)
+    want = run(g, [x])[0]  # before the rewrite: split_channels edits the graph in place
+    out = split_channels(g, CompileContext(CompileOptions()))
+    np.testing.assert_allclose(run(out, [x])[0], want, rtol=1e-5, atol=1e-5)
+    ctx = CompileContext(CompileOptions())
+    legalize_kpu(out, ctx)
+    return out, ctx.placements
+
+
+def test_an_inverted_residual_block_over_kpu_ram_runs_on_the_kpu_in_channel_groups():
+    """A 1x1 expansion to 72 channels of 128x128 and its 3x3 depthwise: 1 MiB + 1.1 MiB of KPU RAM for
+    the depthwise's input and output, over the 2 MiB. Both are cut into the same channel groups, each
+    depthwise group reads its expansion group (no CPU slice), and everything lands on the KPU."""
+    def build():
+        g = Graph()
+        x = g.input(0, (1, 8, 128, 128))
+        y = _conv(g, x, 72, 1, act=RELU6, name="expand")
+        y = _conv(g, y, 72, 3, groups=72, act=RELU6, name="dw")
+        g.outputs = [_conv(g, y, 8, 1, name="project")]
+        return g
+
+    out, placements = _check(build, (1, 8, 128, 128))
+    dws = [n for n in _ops(out, O.Conv2D) if n.op.groups > 1]
+    assert [n.shape[1] for n in dws] == [36, 36]
+    assert [n.inputs[0].name for n in dws] == ["expand/ch0_36", "expand/ch36_72"]
+    assert not _ops(out, O.StridedSlice) and len(_ops(out, O.Concat)) == 1
+    assert placements and all(p.on_kpu for p in placements), placements
+
+
+def test_a_depthwise_read_by_another_reader_too_slices_its_input():
+    """The expansion is also read by a residual add: it is not cut, each depthwise group reads a slice."""
+    def build():
+        g = Graph()
+        x = g.input(0, (1, 72, 128, 128))
+        y = _conv(g, x, 72, 3, groups=72, act=RELU6, name="dw")
+        g.outputs = [g.add(O.Binary("add"), (x, y))]
+        return g
+
+    out, placements = _check(build, (1, 72, 128, 128))
+    slices = _ops(out, O.StridedSlice)
+    assert [(s.op.begin[1], s.op.end[1]) for s in slices] == [(0, 36), (36, 72)]
+    assert all(p.on_kpu for p in placements), placements
+
+
+@pytest.mark.parametrize("oc,groups", [(1100, 2), (2100, 3)])
+def test_a_conv_over_1024_output_channels_is_cut_into_output_groups(oc, groups):
+    def build():
+        g = Graph()
+        x = g.input(0, (1, 8, 4, 4))
+        g.outputs = [_conv(g, x, oc, 1, act=RELU6, name="head")]
+        return g
+
+    out, placements = _check(build, (1, 8, 4, 4))
+    convs = _ops(out, O.Conv2D)
+    assert len(convs) == groups and all(n.shape[1] <= 1024 and n.inputs[0].name == "input" for n in convs)
+    assert sum(n.shape[1] for n in convs) == oc
+    assert all(p.on_kpu for p in placements), placements
+
+
+def test_a_fully_connected_layer_over_1024_outputs_is_cut_into_column_groups():
+    """fc1 (64 -> 1100) is cut in two; fc2 reads its 1100 outputs, more than a KPU layer reads: it stays
+    whole, for the CPU (a uint8 matmul, kcc.quant.cpu_matmul)."""
+    def build():
+        g = Graph()
+        x = g.input(0, (1, 64))
+        w = g.constant(rng.uniform(-1, 1, (64, 1100)).astype(np.float32))
+        y = g.add(O.MatMul(), (x, w, g.constant(np.zeros(1100, np.float32))), "fc1")
+        w = g.constant(rng.uniform(-1, 1, (1100, 16)).astype(np.float32))
+        g.outputs = [g.add(O.MatMul(), (y, w, g.constant(np.zeros(16, np.float32))), "fc2")]
+        return g
+
+    out, placements = _check(build, (1, 64))
+    assert [n.shape for n in _ops(out, O.MatMul)] == [(1, 552), (1, 548), (1, 16)]
+    assert [p.on_kpu for p in placements] == [True, True, False], placements
+    assert "uint8 matmul" in placements[-1].reason
+
+
+def test_layers_over_1024_inputs_and_layers_that_fit_are_left_alone():
+    """More inputs than a KPU layer reads cannot be cut exactly (partial sums would round): a conv
+    keeps its reason, a fully-connected layer becomes a uint8 matmul later (kcc.quant.cpu_matmul)."""
+    g = Graph()
+    x = g.input(0, (1, 1100, 4, 4))
+    y = _conv(g, x, 8, 1, name="wide_in")
+    y = _conv(g, y, 8, 3, groups=8, name="fits")
+    flat = g.add(O.Reshape((1, 128)), (y,))
+    w = g.constant(rng.uniform(-1, 1, (128, 16)).astype(np.float32))
+    g.outputs = [g.add(O.MatMul(), (flat, w, g.constant(np.zeros(16, np.float32))), "fc")]
+    before = [(n.name, n.op) for n in g.nodes]
+    out = split_channels(g, CompileContext(CompileOptions()))
+    assert [(n.name, n.op) for n in out.nodes] == before
+
+
+def test_the_cpu_target_cuts_nothing():
+    g = Graph()
+    x = g.input(0, (1, 8, 4, 4))
+    g.outputs = [_conv(g, x, 1100, 1, name="head")]
+    out = split_channels(g, CompileContext(CompileOptions(target="cpu")))
+    assert len(_ops(out, O.Conv2D)) == 1 and not _ops(out, O.Concat)
