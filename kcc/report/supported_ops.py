@@ -30,6 +30,9 @@ _CONV_KPU = ("KPU: 1x1, 2x2 and 3x3 kernels, any stride (stride 2 through the po
              "dilation via space-to-batch; depthwise 1x1/3x3 (multiplier 1); other kernels on the CPU")
 _CLAMP_KPU = "fused into the KPU layer's clamp"
 _TABLE_KPU = "fused into the KPU activation table"
+#: a channel concatenation of KPU layers read by KPU layers is computed in place in KPU RAM (kcc.quant.quantize)
+_CONCAT_KPU = ("in KPU RAM when KPU layers produce and read it (channels, batch 1, each part starting on a "
+               "line of its own), else CPU")
 ON_KPU: dict[str, dict[str, str]] = {
     "tflite": {
         "CONV_2D": "KPU: 1x1, 2x2 and 3x3 kernels, any stride (stride 2 through the pool unit, others by a CPU slice), "
@@ -47,6 +50,7 @@ ON_KPU: dict[str, dict[str, str]] = {
         "LOGISTIC": "fused into the KPU activation table",
         "TANH": "fused into the KPU activation table",
         "HARD_SWISH": "fused into the KPU activation table",
+        "CONCATENATION": _CONCAT_KPU,
     },
     "onnx": {
         "Conv": _CONV_KPU,
@@ -62,6 +66,20 @@ ON_KPU: dict[str, dict[str, str]] = {
         "Sigmoid": _TABLE_KPU,
         "Tanh": _TABLE_KPU,
         "HardSwish": _TABLE_KPU,
+        "Concat": _CONCAT_KPU,
+    },
+    "caffe": {
+        "Convolution": _CONV_KPU,
+        "Deconvolution": "KPU: zero insertion + flipped kernel, when the result is a KPU-sized conv",
+        "InnerProduct": "KPU: as a 1x1 conv on a 4x4 map when both sides <= 1024 and the output is not tiny",
+        "Pooling": "fused into the preceding KPU layer (MAX/AVE 2x2 s2, 4x4 s4, 2x2 s1)",
+        "ReLU": _CLAMP_KPU + " (with negative_slope: the KPU activation table)",
+        "Clip": _CLAMP_KPU,
+        "Sigmoid": _TABLE_KPU,
+        "TanH": _TABLE_KPU,
+        "BatchNorm": "folded into the preceding convolution (then KPU), else a per-channel multiply-add",
+        "Scale": "folded into the preceding convolution (then KPU), else a per-channel multiply-add",
+        "Concat": _CONCAT_KPU,
     },
 }
 
