@@ -214,8 +214,13 @@ class _Legalizer:
         return w3, op3
 
     def _absorb_zero_pad(self, x: Node, op: O.Conv2D) -> tuple[Node, O.Conv2D]:
-        """pad(x, 0.0 on H/W only) -> conv  ==  conv with the padding added (ZeroPadding2D + VALID)."""
-        if not (isinstance(x.op, O.Pad) and x.op.value == 0.0 and self._single_user(x) is not None
+        """pad(x, 0.0 on H/W only) -> conv  ==  conv with the padding added (ZeroPadding2D + VALID).
+
+        The pad may feed several convs (TFLite's converter merges the identical ZeroPadding2D layers of
+        parallel branches into one PAD: ULFFD slim-320's heads): each absorbs it, and the pad dies
+        with its last conv user."""
+        if not (isinstance(x.op, O.Pad) and x.op.value == 0.0 and x not in self.src.outputs
+                and all(isinstance(u.op, O.Conv2D) and u.inputs[0] is x for u in self.users[x])
                 and x.op.paddings[0] == x.op.paddings[1] == (0, 0)):
             return x, op
         (top, bottom), (left, right) = x.op.paddings[2], x.op.paddings[3]
