@@ -32,6 +32,7 @@ from onnx import helper, numpy_helper
 
 from kcc.errors import ModelFormatError, UnsupportedModelError
 from kcc.frontend.detect import model_format
+from kcc.frontend.imported import read_source
 
 OLDEST_OPSET = 7  # the oldest opset whose op forms the importers know (older models are converted)
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
@@ -85,15 +86,7 @@ class OnnxModel:
 def read_onnx(source: str | Path | bytes | bytearray | memoryview, name: str | None = None) -> OnnxModel:
     """Parse an ONNX model (path or bytes). ModelFormatError if it is not a readable ONNX model,
     UnsupportedModelError for inputs kcc cannot compile (dynamic shapes, non-float types)."""
-    if isinstance(source, (str, Path)):
-        label = name or Path(source).name
-        try:
-            data = Path(source).read_bytes()
-        except OSError as e:
-            raise ModelFormatError(f"{label}: cannot read model file: {e.strerror or e}") from None
-    else:
-        label = name or "<model bytes>"
-        data = bytes(source)
+    data, label = read_source(source, name)
     model = _parse(data, label)
     if isinstance(source, (str, Path)) and _has_external_data(model):
         try:  # tensors stored beside the file (models > 2 GB, or exported with external data)

@@ -34,6 +34,7 @@ from tflite.utils import BUILTIN_OPCODE2NAME
 
 from kcc.errors import ForeignModelError, ModelFormatError
 from kcc.frontend.detect import ADVICE, foreign_format
+from kcc.frontend.imported import read_source
 
 # TensorType enum value -> (schema name, little-endian numpy dtype or None if numpy has none).
 _TENSOR_TYPES: dict[int, tuple[str, np.dtype | None]] = {}
@@ -129,13 +130,7 @@ def read_tflite(source: str | Path | bytes | bytearray | memoryview, name: str |
         if Path(source).is_dir() and (Path(source) / "saved_model.pb").is_file():
             advice = ADVICE["savedmodel"].replace("'DIR'", repr(str(source)))
             raise ForeignModelError(f"{label}: {advice}", model_format="savedmodel")
-        try:
-            data = Path(source).read_bytes()
-        except OSError as e:
-            raise ModelFormatError(f"{label}: cannot read model file: {e.strerror or e}") from None
-    else:
-        label = name or "<model bytes>"
-        data = bytes(source)
+    data, label = read_source(source, name)
     return _Reader(data, label).read()
 
 
