@@ -5,7 +5,6 @@ ecosystem.md §5.1 lists ncc's flags; the CLI maps them 1:1 onto these fields.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,12 +40,8 @@ class CompileOptions:
     calibrate_method: str = "no_clip"
     #: CP-SAT time budget per allocator in seconds; 0 = first fit only.
     max_allocator_solve_secs: float = 60.0
-    #: Convs whose widest per-output-channel weight range exceeds this stay off the KPU. ncc's code
-    #: default is 64; kcc's is no limit: each channel is rescaled to the full 8-bit grid and the scale
-    #: undone in its batch-norm multiplier, so a channel's precision is relative to its own range and
-    #: an absolute range says nothing about it. Measured: the one kit layer over 64 (hand_landmark's
-    #: second conv, 76.2) is more accurate on the KPU than as a CPU conv (docs/measurements.md).
-    weights_quantize_threshold: float = math.inf
+    #: Convs whose weight range (max - min) exceeds this stay off the KPU (ncc code default 64).
+    weights_quantize_threshold: float = 64.0
     #: Ops with fewer output elements than this stay float (ncc default 1024).
     output_quantize_threshold: int = 1024
     no_quantized_binary: bool = False

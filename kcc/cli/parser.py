@@ -8,7 +8,6 @@ pathlib load with this module: the choices (`kcc.options`) are read when the par
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -83,9 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CP-SAT budget per allocator, deterministic (same output on every run); 0 = first fit only")
     c.add_argument("--memory-report", action="store_true",
                    help="print every buffer's offset, size and lifetime (main memory and KPU RAM)")
-    c.add_argument("--weights-quantize-threshold", type=float, default=math.inf,
-                   help="a conv whose widest per-channel weight range exceeds this stays float on the CPU "
-                        "(default: no limit; ncc's is 64)")
+    c.add_argument("--weights-quantize-threshold", type=float, default=64.0,
+                   help="a conv whose widest per-channel weight range exceeds this stays float on the CPU (64)")
     c.add_argument("--output-quantize-threshold", type=int, default=1024,
                    help="fully-connected layers with fewer weights or outputs than this stay float (1024)")
     c.add_argument("--no-quantized-binary", action="store_true",

@@ -222,8 +222,7 @@ def test_oversized_stride2_stem_goes_polyphase():
 @pytest.mark.parametrize("why", ["weights range", "dilation", "target cpu", "groups"])
 def test_what_no_decomposition_fixes_is_left_alone(why):
     opts = CompileOptions(target="cpu") if why == "target cpu" else CompileOptions()
-    if why == "weights range":  # ncc's threshold, given by the user (kcc sets none by default)
-        opts = CompileOptions(weights_quantize_threshold=64.0)
+    if why == "weights range":
         g = _conv_graph(4, 4, 8, 8, 3, 3, (1, 1), ((1, 1), (1, 1)), wscale=100.0)
     elif why == "dilation":
         g = _conv_graph(4, 4, 12, 12, 5, 5, (2, 2), ((4, 4), (4, 4)))
