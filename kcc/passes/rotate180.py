@@ -23,7 +23,8 @@ So the rotated graph reads R(input) (one CPU `strided_slice` with steps -1: the 
 and computes R of every map, and the same values wherever H = W = 1. It is taken only when the
 pass needs no other flip (a map output, a reshape of a map, a resize...), when the stride-2 layers
 it frees read more elements than the input flip writes (a CPU pad costs about as much per element
-as a flip, k210.CPU_COSTS "pad" and "strided_slice"), and when it frees every stride-2 conv and
+as a flip, k210.CPU_COSTS "pad" and "strided_slice"; a freed layer also loses the crop or slice of
+its output, so both count), and when it frees every stride-2 conv and
 strided view of the model. A partial rotation (BlazeHand, whose decomposed 5x5 stride-2 convs keep
 their strided views) changes which pixels some layers' ranges are calibrated on; it moved
 BlazeHand's world-landmark output by 0.01 in cosine with float input, outside issue #16's
@@ -72,7 +73,7 @@ class _Rotation:
         self.map: dict[int, Node] = {}
         self.turned: set[int] = set()  # ids of new nodes holding R(value) of a map
         self.flips: list[tuple[Node, bool]] = []  # (flipped node, at a graph input)
-        self.freed = 0  # input elements of the stride-2 layers the rotation serves without pad/slice
+        self.freed = 0  # input + output elements of the stride-2 layers the rotation serves without pad/slice
         self.worse = 0  # stride-2 layers the KPU served as is, and no longer would
         self.left = 0  # stride-2 layers (or strided views) that keep a pad or slice after the rotation
 
@@ -103,8 +104,8 @@ class _Rotation:
         oh, ow = n.shape[2:]
         was = _free_pick(h, old[0][0], kh, oh) and _free_pick(w, old[1][0], kw, ow)
         now = _free_pick(h, new[0][0], kh, oh) and _free_pick(w, new[1][0], kw, ow)
-        if now and not was:
-            self.freed += int(np.prod(n.inputs[0].shape))
+        if now and not was:  # legalize would pre-pad the input and crop (or slice) the output on the CPU
+            self.freed += int(np.prod(n.inputs[0].shape)) + int(np.prod(n.shape))
         self.worse += was and not now
         self.left += not now
 
