@@ -12,7 +12,7 @@ INFERENCE_TYPES = ("uint8", "float")
 INPUT_TYPES = ("default", "uint8", "float")
 CALIBRATE_METHODS = ("no_clip", "l2")
 TARGETS = ("k210", "cpu")
-DECOMPOSE_MODES = ("accurate", "off")
+DECOMPOSE_MODES = ("accurate", "fast", "off")
 WEIGHT_EQUALIZATIONS = ("turned", "ncc")
 
 
@@ -47,7 +47,7 @@ class CompileOptions:
     no_quantized_binary: bool = False
     #: Convs the KPU lacks (5x5, 7x7, oversized stems; kcc.passes.decompose_kernels): "accurate" puts
     #: one on the KPU in a form that rounds no more than the float conv on the CPU, when that is
-    #: faster; "off" never (ncc v0.2).
+    #: faster; "fast" in the fastest form that is faster, however it rounds; "off" never (ncc v0.2).
     decompose: str = "accurate"
     #: How each KPU layer's output channels are scaled onto its one weight grid
     #: (kcc.quant.kpu_params.equalize_weights): "turned" also turns channels over (a negative

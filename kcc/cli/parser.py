@@ -90,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accepted for ncc compatibility; changes nothing: kcc runs CPU binary ops in float anyway")
     c.add_argument("--decompose", default="accurate", choices=DECOMPOSE_MODES,
                    help="convs the KPU lacks (5x5, 7x7, ...) as 3x3 KPU layers: accurate = only in a form that "
-                        "rounds no more than the CPU conv and is estimated faster, off = leave them on the CPU "
-                        "like ncc (default accurate)")
+                        "rounds no more than the CPU conv and is estimated faster, fast = the fastest form "
+                        "estimated faster than the CPU conv, off = leave them on the CPU like ncc (default accurate)")
     c.add_argument("--weight-equalization", default="ncc", choices=WEIGHT_EQUALIZATIONS,
                    help="turned = KPU channels may be turned over (negative batch-norm multiplier) for finer "
                         "weight steps (opt-in: not verified on a board); ncc = every multiplier positive, as ncc writes them (default)")

@@ -21,8 +21,9 @@ costed in estimated K210 cycles (`estimate_cycles`: every node the kmodel will h
 `kcc info --estimate` prices them, kcc.latency with kcc.target.k210's costs: KPU layers, uploads and
 copies out, the CPU's quantize, views, pads, adds), the float conv on the CPU too, each in its place
 in the model (`Where`: a float or uint8 input, KPU or float readers). A conv is decomposed only when
-some form is estimated faster than the float conv on the CPU. `--decompose accurate` (the
-default; `off` never decomposes) then takes the fastest form that rounds no more than the CPU conv
+some form is estimated faster than the float conv on the CPU. `--decompose fast` takes the fastest
+form; `--decompose accurate` (the default; `off` never decomposes) takes the fastest form that rounds
+no more than the CPU conv
 (`extra_roundings`): a
 `stack`, reading a float input of the CPU (a PReLU, an add) with its rounding residual
 (`RESIDUAL_GAIN`; twice the input channels, within the same limits). The CPU conv reads that input
@@ -354,7 +355,7 @@ def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = Tr
     faster = f"fastest: {fastest[2].describe()}, ~{fastest[1] / ms:.1f} ms vs ~{cpu / ms:.1f} ms on the CPU"
     if fastest[1] >= cpu:
         return Decision(n.name, Status.KEPT, None, cpu, cpu, f"every KPU form is estimated slower ({faster})")
-    exact = [f for f in forms if f[0] == 0]
+    exact = forms if opts.decompose == "fast" else [f for f in forms if f[0] == 0]
     if not exact:
         return Decision(n.name, Status.KEPT, None, cpu, cpu,
                         f"every KPU form rounds more than the CPU conv ({faster})")

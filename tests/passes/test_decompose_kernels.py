@@ -145,6 +145,9 @@ def test_accurate_takes_the_fastest_form_that_adds_no_rounding(c):
         assert accurate.reason.startswith("every KPU form rounds more than the CPU conv (fastest: ")
     off = D.choose(conv, CompileOptions(decompose="off"))
     assert off.plan is None and off.reason == "--decompose off" and off.status is D.Status.KEPT
+    fast = D.choose(conv, CompileOptions(decompose="fast"))  # the fastest form, however it rounds
+    assert fast.status is D.Status.DECOMPOSED and fast.cycles == min(min(v) for v in costs.values())
+    assert fast.cycles <= accurate.cycles if accurate.plan else fast.cycles < accurate.cpu_cycles
 
 
 def test_the_placement_of_a_kept_conv_says_why_it_was_not_decomposed():
@@ -340,6 +343,8 @@ def test_a_conv_whose_exact_forms_are_slower_says_so():
     slow = float(re.search(r"residual \(x16\): ~([\d.]+) ms", d.reason).group(1))
     fast, cpu = (float(v) for v in re.search(r"~([\d.]+) ms vs ~([\d.]+) ms on the CPU", d.reason).groups())
     assert fast < cpu <= slow and d.status is D.Status.KEPT
+    taken = D.choose(y, CompileOptions(decompose="fast"))  # --decompose fast takes the faster one
+    assert taken.status is D.Status.DECOMPOSED and abs(taken.cycles / 400e3 - fast) < 0.1
 
 
 def test_the_estimate_counts_what_the_surroundings_add():
