@@ -12,6 +12,7 @@ import pytest
 import refkit
 from quantized_models import conv_logistic, mobilenet_block
 
+import kcc.passes.legalize_kpu as legalize_module
 from kcc.errors import DatasetError
 from kcc.frontend import import_model
 from kcc.frontend.quantization import ModelQuantization, TensorQuant
@@ -66,7 +67,16 @@ def test_plain_ranges_give_the_grids_of_all_three_corals():
     assert sum(_plain_ranges_give_the_grids(refkit.MODELS / n / f"{n}_quant.tflite") for n in names) == 96
 
 
-def test_every_point_of_a_legalized_model_finds_its_tensor():
+def test_every_point_of_a_rotated_model_finds_its_tensor():
+    """The same model computed turned by 180° (kcc.passes.rotate180): its stem needs no pad or crop."""
+    view, q = _points(mobilenet_block(True))
+    ranges = model_ranges(view, q)
+    assert set(ranges) == {p.name for p in view.points} and "conv0/kpu_pad" not in ranges
+    assert all(isinstance(r, GridRange) for r in ranges.values())
+
+
+def test_every_point_of_a_legalized_model_finds_its_tensor(monkeypatch):
+    monkeypatch.setattr(legalize_module, "rotate180", lambda g: g)  # keep the stem's pad and crop
     view, q = _points(mobilenet_block(True))
     ranges = model_ranges(view, q)
     grids = {name: grid_range(tq) for name, tq in q.activations.items()}
