@@ -249,9 +249,13 @@ class _Legalizer:
         pick = sh == sw == 2
         ay = _axis_plan(h, op.padding[0][0], k, sh, oh, pick)
         ax = _axis_plan(wd, op.padding[1][0], k, sw, ow, pick)
+        why = ""
         if depthwise and pick and (ay.pre or ay.post or ax.pre or ax.post):
             # a pre-pad costs a CPU pad of the full-resolution map (and its upload), more than the
             # quarter-resolution slice it would save: such depthwise layers keep the slice
+            why = (f"stride 2 from {h}x{wd} to {oh}x{ow}: the pick would need a CPU pre-pad"
+                   + (" (an odd size: the pool keeps size // 2)" if h % 2 or wd % 2 else "")
+                   + ", so the full-size output is sliced on the CPU")
             pick = False
             ay = _axis_plan(h, op.padding[0][0], k, sh, oh, pick)
             ax = _axis_plan(wd, op.padding[1][0], k, sw, ow, pick)
@@ -306,8 +310,9 @@ class _Legalizer:
             end = (y.shape[0], y.shape[1], ay.crop + ay.step * (oh - 1) + 1, ax.crop + ax.step * (ow - 1) + 1)
             y = g.add(O.StridedSlice(begin, end, (1, 1, ay.step, ax.step)), (y,), n.name)
         what = f"{k}x{k}{' depthwise' if depthwise else ''}, pool {pool}" + (f", {fn[0]}" if fn else "")
-        extras = [e for e, on in (("pre-pad", ay.pre or ay.post or ax.pre or ax.post),
-                                  ("crop/slice on CPU", not no_slice)) if on]
+        pads = f"padding {[list(p) for p in op.padding]}, the KPU pads {k // 2} on every side"
+        extras = [e for e, on in ((f"pre-pad on CPU: {pads}", ay.pre or ay.post or ax.pre or ax.post),
+                                  (f"crop/slice on CPU: {why}" if why else "crop/slice on CPU", not no_slice)) if on]
         self.placements.append(Placement(n.name, "conv2d", True, what + (f" ({', '.join(extras)})" if extras else "")))
         node = n
         while node is not tail:  # everything between n and tail now maps to the layer output

@@ -742,3 +742,24 @@ def test_a_fully_connected_layer_over_1024_inputs_is_a_bit_exact_uint8_matmul():
     np.testing.assert_array_equal(seen["out"], np.clip(scaled + mm.output_offset, 0, 255).astype(np.uint8))
     got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
     assert _max_steps(got, want) <= 1.28, f"max error {_max_steps(got, want):.2f} steps"  # measured 1.22
+
+
+def test_a_kpu_layer_with_cpu_work_around_it_says_why_and_what_it_costs():
+    """Issue #16 item 2: a stride-2 depthwise layer on an odd size keeps its full-size output and a CPU
+    slice (the pick would need a CPU pre-pad); its placement says so, and the summary adds the CPU time
+    estimated around it (copy out, slice, upload)."""
+    g = Graph()
+    x = g.input(0, (1, 8, 15, 20))
+    y = g.add(O.Conv2D((1, 1), ((0, 0), (0, 0)), act=(0.0, 6.0)),
+              (x, _const(g, (16, 8, 1, 1)), _const(g, (16,))), "pw")
+    y = g.add(O.Conv2D((2, 2), ((1, 1), (1, 1)), (1, 1), 16, (0.0, 6.0)),
+              (y, _const(g, (16, 1, 3, 3)), _const(g, (16,))), "dw_s2")
+    g.outputs = [g.add(O.Conv2D(), (y, _const(g, (4, 16, 1, 1)), _const(g, (4,))), "head")]
+    calib = [[rng.uniform(-1, 1, (1, 8, 15, 20)).astype(np.float32)] for _ in range(4)]
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    (dw,) = [p for p in res.placements if p.node == "dw_s2"]
+    assert dw.on_kpu and "to 8x10: the pick would need a CPU pre-pad" in dw.reason, dw.reason
+    assert "odd size" in dw.reason
+    (shown,) = [p for p in summary.placements(res, res.latency) if p.node == "dw_s2"]
+    cost = re.search(r"; (\d+\.\d\d) ms estimated on the CPU around the layer$", shown.reason)
+    assert cost and float(cost[1]) > 0, shown.reason
