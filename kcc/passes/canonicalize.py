@@ -7,6 +7,8 @@
                      a flatten of a transposed map into a constant matmul permutes its weights
     fold_reshape     reshape of reshape, identity reshape
     fold_nops        identity pad, slice, clamp
+    fold_affine      a per-channel mul / add / sub into the conv or matmul before it (kcc.passes.affine):
+                     the batch norms Caffe and ONNX keep as separate ops
     fuse_clamp       a Clamp after an op with an `act` field becomes that field
     remove_dead      drop nodes no output depends on
 
@@ -28,6 +30,7 @@ import numpy as np
 from kcc.eval.kernels import KERNELS
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
+from kcc.passes.affine import fold_affine
 
 if TYPE_CHECKING:
     from kcc.passes.manager import CompileContext
@@ -40,7 +43,7 @@ _HAS_ACT = (O.Conv2D, O.Conv2DTranspose, O.MatMul, O.Binary, O.Pool2D)
 def canonicalize(graph: Graph, ctx: CompileContext | None = None, *, max_rounds: int = 16) -> Graph:
     """Run every canonicalisation to a fixpoint (at most `max_rounds` rounds); needs nothing of `ctx`."""
     passes: list[Callable[[Graph], Graph]] = [fold_constants, fold_transpose, fold_reshape, fold_nops,
-                                              fuse_clamp, remove_dead]
+                                              fold_affine, fuse_clamp, remove_dead]
     for _ in range(max_rounds):
         before = _fingerprint(graph)
         for p in passes:

@@ -31,6 +31,7 @@ import numpy as np
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node, channel_values
+from kcc.passes.affine import scale_layer
 
 if TYPE_CHECKING:
     from kcc.passes.manager import CompileContext
@@ -116,7 +117,7 @@ def _rewrite(g: Graph, e: Node, c: Node, operand: np.ndarray | None) -> None:
             g.nodes.insert(g.nodes.index(p) + 1, q)
             new_parts.append(q)
         else:
-            _fold_affine(g, p, e.op.op, operand[at:at + ch])
+            scale_layer(g, p, e.op.op, operand[at:at + ch])
             new_parts.append(p)
         at += ch
     c.inputs = tuple(new_parts)
@@ -124,17 +125,3 @@ def _rewrite(g: Graph, e: Node, c: Node, operand: np.ndarray | None) -> None:
     g.nodes.remove(e)  # nothing reads it any more; its name goes to the concatenation
     c.name = e.name
     c.note = c.note or e.note
-
-
-def _fold_affine(g: Graph, p: Node, kind: str, v: np.ndarray) -> None:
-    """conv(x, w, b) op v  ->  conv(x, w', b') for a per-channel v (p's own constants are copied: they
-    may be shared)."""
-    w, b = p.inputs[1].data.astype(np.float32), p.inputs[2].data.astype(np.float32)
-    if kind == "mul":
-        w = w * v.reshape(-1, *([1] * (w.ndim - 1)))
-        b = b * v
-    else:
-        b = b + v if kind == "add" else b - v
-    wn = g.insert_before(p, O.Constant(np.ascontiguousarray(w, np.float32)), (), p.inputs[1].name + "/folded")
-    bn = g.insert_before(p, O.Constant(np.ascontiguousarray(b, np.float32)), (), p.inputs[2].name + "/folded")
-    p.inputs = (p.inputs[0], wn, bn)

@@ -5,7 +5,8 @@ Three steps, as for TFLite (kcc.frontend.tflite.importer):
 2. `scan_net` looks at every layer before building anything and raises one UnsupportedModelError
    listing every unsupported layer type with its count and first layer (ncc stops at the first).
 3. The layers run through `IMPORTERS` in file order (Caffe's execution order), then per-channel
-   BatchNorm/Scale layers are folded into the convolutions before them (kcc.frontend.caffe.fold).
+   BatchNorm/Scale layers become per-channel multiply-adds, which canonicalize folds into the
+   convolutions before them (kcc.passes.affine).
 
 Graph inputs are the net-level `input:` blobs and the Input layers' tops; graph outputs are the blobs
 no later layer reads, sorted by name, as Caffe's Net::Init lists them (a std::set of names). Caffe is
@@ -21,7 +22,6 @@ from pathlib import Path
 from kcc.errors import ModelFormatError, UnsupportedModelError, VerifyError
 from kcc.frontend.caffe import schema as S
 from kcc.frontend.caffe.context import ImportContext
-from kcc.frontend.caffe.fold import fold_affine
 from kcc.frontend.caffe.ops import IMPORTERS
 from kcc.frontend.caffe.ops.shape import graph_input
 from kcc.frontend.caffe.reader import CaffeNet, read_caffe
@@ -69,7 +69,6 @@ def import_model(source, name: str | None = None, prototxt: str | Path | None = 
     if not graph.outputs:
         raise ModelFormatError(f"{net.prototxt or net.name}: every blob is read by a later layer; the net has "
                                f"no output")
-    fold_affine(graph)
     return ImportedModel(graph, None)
 
 

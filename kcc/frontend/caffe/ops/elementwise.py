@@ -7,7 +7,7 @@ Semantics from the Caffe layers' Forward_cpu:
 * Eltwise: SUM (with one `coeff` per bottom, default 1), PROD or MAX of equal-shaped bottoms.
 * BatchNorm (inference, use_global_stats): (x - mean/s) / sqrt(var/s + eps) with blobs mean, var
   and the moving-average factor s (blob 2; s = 0 means mean = var = 0). Written as x*a + b per
-  channel; kcc.frontend.caffe.fold merges it, and Scale, into the convolution before it.
+  channel; canonicalize folds it, and Scale, into the convolution before it (kcc.passes.affine).
 * Scale: x * scale (+ bias) with the scale broadcast from `axis` (blob 0, or the second bottom).
 * Dropout is the identity at inference (Caffe scales at training time).
 """

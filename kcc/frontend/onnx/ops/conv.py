@@ -238,25 +238,8 @@ def batch_normalization(ctx: ImportContext, node: OnnxNode) -> ImportResult:
         raise ctx.unsupported(node, f"statistics do not have {c} channels")
     s = gamma / np.sqrt(var + float(node.attr("epsilon", 1e-5)))
     t = beta - mean * s
-    folded = _fold_into_producer(ctx, node, x, s, t)
-    if folded is not None:
-        return folded
+    # a multiply-add: canonicalize folds it into a conv / gemm it follows (kcc.passes.affine)
     shape = (c,) + (1,) * (len(x.shape) - 2)
     name = ctx.out_name(node)
     y = ctx.add(node, O.Binary("mul"), [x, ctx.const_node(s.reshape(shape), f"{name}/scale")], f"{name}/mul")
     return ctx.add(node, O.Binary("add"), [y, ctx.const_node(t.reshape(shape), f"{name}/shift")])
-
-
-def _fold_into_producer(ctx: ImportContext, node: OnnxNode, x: Node, s: np.ndarray, t: np.ndarray) -> Node | None:
-    """conv(x, W, b) * s + t = conv(x, W * s, b * s + t) when the BN is the conv's only reader."""
-    if ctx.readers.get(node.inputs[0], 0) != 1 or not all(i.is_constant for i in x.inputs[1:]):
-        return None
-    if isinstance(x.op, (O.Conv2D, O.Conv2DTranspose)) and x.op.act == O.NO_CLAMP:
-        w = x.inputs[1].data * s[:, None, None, None]
-    elif isinstance(x.op, O.MatMul) and x.op.act == O.NO_CLAMP:
-        w = x.inputs[1].data * s[None, :]
-    else:
-        return None
-    b = x.inputs[2].data * s + t
-    name = ctx.out_name(node)
-    return ctx.add(node, x.op, [x.inputs[0], ctx.const_node(w, f"{name}/w"), ctx.const_node(b, f"{name}/b")])
