@@ -84,6 +84,8 @@ _NNIL_UNARY: dict[str, bytes] = {
     "round": _nnil(N.LDA_0, 12582912.0, N.ADD, 12582912.0, N.SUB, N.RET),
     # x * clamp(x + 3, 0, 6) / 6
     "hard_swish": _nnil(N.LDA_0, N.LDA_0, 3.0, N.ADD, N.LDC_R4_0, 6.0, N.CLAMP, N.MUL, 6.0, N.DIV, N.RET),
+    # silu(x) = x * logistic(x) = x / (1 + exp(-x)): one pass instead of logistic and mul
+    "silu": _nnil(N.LDA_0, N.LDC_R4_1, N.LDA_0, N.NEG, N.EXP, N.ADD, N.DIV, N.RET),
 }
 
 

@@ -106,6 +106,8 @@ _UNARY: dict[str, Callable] = {
     "neg": np.negative, "rsqrt": lambda x: F32(1) / np.sqrt(x), "sin": np.sin, "square": np.square,
     "sqrt": np.sqrt, "tanh": np.tanh, "logistic": lambda x: F32(1) / (F32(1) + np.exp(-x)),
     "hard_swish": lambda x: x * _relu6(x + F32(3)) / F32(6), "round": np.round,  # round half to even
+    # x * logistic(x) written x / (1 + exp(-x)): -0 rather than inf * 0 = NaN for x << 0
+    "silu": lambda x: x / (F32(1) + np.exp(-x)),
 }
 
 

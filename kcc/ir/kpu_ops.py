@@ -35,7 +35,8 @@ KPU_POOLS: dict[str, tuple[int, int]] = {
 }
 
 # Element-wise functions the 16-segment activation table can absorb: name -> has a parameter
-KPU_ACTIVATIONS = {"leaky_relu": True, "logistic": False, "tanh": False, "hard_swish": False}
+KPU_ACTIVATIONS = {"leaky_relu": True, "logistic": False, "tanh": False, "hard_swish": False,
+                   "silu": False}
 
 
 @dataclass(frozen=True)

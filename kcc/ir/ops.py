@@ -27,7 +27,7 @@ Pair = tuple[int, int]
 BINARY_OPS = ("add", "sub", "mul", "div", "min", "max")
 # abs..square map 1:1 onto kmodel `unary_op_t`; the rest are lowered (nnil or decomposition).
 UNARY_OPS = ("abs", "ceil", "cos", "exp", "floor", "log", "neg", "rsqrt", "sin", "square",
-             "sqrt", "tanh", "logistic", "hard_swish", "round")
+             "sqrt", "tanh", "logistic", "hard_swish", "round", "silu")
 REDUCE_OPS = ("mean", "min", "max", "sum")
 
 

@@ -10,6 +10,8 @@
     fold_affine      a per-channel mul / add / sub into the conv or matmul before it (kcc.passes.affine):
                      the batch norms Caffe and ONNX keep as separate ops
     fuse_clamp       a Clamp after an op with an `act` field becomes that field
+    fuse_silu        x * logistic(x) becomes one silu(x) (ONNX Sigmoid+Mul, TFLite LOGISTIC+MUL), so the
+                     KPU can take it as a conv's activation (kcc.passes.legalize_kpu)
     remove_dead      drop nodes no output depends on
 
 Every function takes a Graph, edits it in place and returns it; each keeps the evaluator's output
@@ -43,7 +45,7 @@ _HAS_ACT = (O.Conv2D, O.Conv2DTranspose, O.MatMul, O.Binary, O.Pool2D)
 def canonicalize(graph: Graph, ctx: CompileContext | None = None, *, max_rounds: int = 16) -> Graph:
     """Run every canonicalisation to a fixpoint (at most `max_rounds` rounds); needs nothing of `ctx`."""
     passes: list[Callable[[Graph], Graph]] = [fold_constants, fold_transpose, fold_reshape, fold_nops,
-                                              fold_affine, fuse_clamp, remove_dead]
+                                              fold_affine, fuse_clamp, fuse_silu, remove_dead]
     for _ in range(max_rounds):
         before = _fingerprint(graph)
         for p in passes:
@@ -328,6 +330,32 @@ def fuse_clamp(g: Graph) -> Graph:
             continue
         _rewrite(g, n, _with_act(src.op, (lo, hi)), src.inputs)
         users = g.users()
+    return g
+
+
+def fuse_silu(g: Graph) -> Graph:
+    """mul(x, logistic(x)) -> silu(x), either operand order, when the mul is the logistic's only
+    consumer (else the logistic stays computed anyway) and the mul has no fused clamp.
+
+        %s = unary[logistic](%x)
+        %y = binary[mul](%x, %s)      ==>   %y = unary[silu](%x)
+
+    PyTorch exports SiLU / Swish this way (torch.nn.SiLU has no ONNX op before opset 22), as does the
+    TFLite converter. The evaluator computes silu as x / (1 + exp(-x)), within float32 rounding of
+    the product.
+    """
+    users = g.users()
+    for n in g.nodes:
+        op = n.op
+        if not (isinstance(op, O.Binary) and op.op == "mul" and op.act == O.NO_CLAMP):
+            continue
+        a, b = n.inputs
+        for x, s in ((a, b), (b, a)):
+            if isinstance(s.op, O.Unary) and s.op.op == "logistic" and s.inputs[0] is x and x is not s \
+                    and len(users[s]) == 1 and s not in g.outputs and n.type == x.type:
+                _rewrite(g, n, O.Unary("silu"), (x,))
+                users = g.users()
+                break
     return g
 
 

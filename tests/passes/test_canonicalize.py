@@ -16,6 +16,7 @@ from kcc.passes.canonicalize import (
     fold_reshape,
     fold_transpose,
     fuse_clamp,
+    fuse_silu,
     remove_dead,
 )
 
@@ -207,6 +208,34 @@ def test_clamp_not_fused_into_shared_producer():
     g.outputs = [g.add(O.Clamp(0, 6), [c]), c]
     g = check(g, [randn(1, 3, 5, 5)], fuse_clamp)
     assert count(g, O.Clamp) == 1
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_fuse_silu_either_operand_order(swap):
+    g = Graph()
+    x = g.input(0, (1, 3, 5, 5))
+    c = _conv(g, x)
+    s = g.add(O.Unary("logistic"), [c], "sigmoid")
+    g.outputs = [g.add(O.Binary("mul"), [s, c] if swap else [c, s], "swish")]
+    g = check(g, [randn(1, 3, 5, 5) * 4], fuse_silu, remove_dead)
+    (y,) = g.outputs
+    assert y.op == O.Unary("silu") and y.inputs == (c,) and y.name == "swish"
+    assert count(g, O.Binary) == 0 and not any(n.op == O.Unary("logistic") for n in g.nodes)
+
+
+@pytest.mark.parametrize("case", ["logistic_read_twice", "logistic_is_output", "other_operand", "mul_clamped"])
+def test_fuse_silu_leaves_other_products(case):
+    g = Graph()
+    x = g.input(0, (1, 3, 5, 5))
+    c = _conv(g, x)
+    s = g.add(O.Unary("logistic"), [c])
+    other = _conv(g, x) if case == "other_operand" else c
+    y = g.add(O.Binary("mul", act=(0.0, 6.0) if case == "mul_clamped" else O.NO_CLAMP), [other, s])
+    g.outputs = [y] + ([s] if case == "logistic_is_output" else [])
+    if case == "logistic_read_twice":
+        g.outputs.append(g.add(O.Unary("neg"), [s]))
+    g = check(g, [randn(1, 3, 5, 5)], fuse_silu, remove_dead)
+    assert not any(n.op == O.Unary("silu") for n in g.nodes) and count(g, O.Binary) == 1
 
 
 def test_remove_dead_keeps_inputs():

@@ -128,7 +128,8 @@ def test_pool_fuses_into_the_layer(pool, code):
 
 
 @pytest.mark.parametrize("act,fn", [(O.LeakyRelu(0.1), "leaky_relu"), (O.Unary("logistic"), "logistic"),
-                                    (O.Unary("tanh"), "tanh"), (O.Unary("hard_swish"), "hard_swish")])
+                                    (O.Unary("tanh"), "tanh"), (O.Unary("hard_swish"), "hard_swish"),
+                                    (O.Unary("silu"), "silu")])
 def test_activation_fuses_into_the_layer(act, fn):
     g = _conv_graph(3, 6, 8, 8, 1, 1, ((0, 0), (0, 0)), after=act)
     lg, _ = _assert_equivalent(g)
