@@ -74,6 +74,17 @@ def test_unary(opcode, shape):
     check_against_tflite(_unary_model(opcode, list(shape)), [x])
 
 
+@pytest.mark.parametrize("logistic_first", [False, True])
+def test_logistic_times_its_input_becomes_silu(logistic_first):
+    """The converter's SiLU / Swish, LOGISTIC then MUL: canonicalize makes it one silu (fuse_silu)."""
+    b = TfliteBuilder()
+    x = b.input([1, 5, 5, 3])
+    s = b.op("LOGISTIC", [x])
+    b.output(b.op("MUL", [s, x] if logistic_first else [x, s]))
+    g = check_against_tflite(b, [randn(1, 5, 5, 3, scale=4.0)])
+    assert [n.op for n in g.nodes if isinstance(n.op, (O.Unary, O.Binary))] == [O.Unary("silu")]
+
+
 @pytest.mark.parametrize("alpha", [0.1, 0.3, 1.5])
 def test_leaky_relu(alpha):
     check_against_tflite(_unary_model("LEAKY_RELU", [1, 5, 5, 2], alpha=alpha), [randn(1, 5, 5, 2)])

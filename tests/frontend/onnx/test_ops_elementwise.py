@@ -72,7 +72,8 @@ def test_hard_sigmoid_hard_swish_silu():
     m = model([node("HardSigmoid", ["x"], ["a"]), node("HardSigmoid", ["x"], ["b"], alpha=0.3, beta=0.4),
                node("HardSwish", ["x"], ["c"]), node("Sigmoid", ["x"], ["s"]), node("Mul", ["x", "s"], ["d"])],
               {"x": [1, 2, 5, 5]}, ["a", "b", "c", "d"], opset=14)
-    check_against_ort(m, [randn(1, 2, 5, 5, scale=4.0)])
+    g = check_against_ort(m, [randn(1, 2, 5, 5, scale=4.0)])
+    assert g.outputs[3].op == O.Unary("silu") and g.outputs[3].inputs[0] is g.inputs[0]  # fuse_silu
 
 
 @pytest.mark.parametrize("opset,axis,shape", [(11, 1, [2, 3, 4]), (11, 2, [2, 3, 4]), (11, 0, [2, 3]),
