@@ -44,6 +44,7 @@ from kcc.ir.types import TensorType
 from kcc.options import CompileOptions
 from kcc.passes.manager import CompileContext
 from kcc.passes.prelu_kpu import prelu_to_kpu
+from kcc.passes.residual_kpu import residual_to_kpu
 from kcc.passes.rotate180 import rotate180
 from kcc.target.k210 import (
     KERNEL_SIZES,
@@ -398,4 +399,8 @@ def legalize_kpu(g: Graph, ctx: CompileContext | None = None) -> Graph:
     if ctx.quantization is None and not ctx.own_grids:  # a pre-quantized model keeps its PReLU grids
         out, done = prelu_to_kpu(out, ctx.options)
         ctx.placements.extend(Placement(name, "prelu", True, "two 1x1 KPU layers") for name in done)
+        out, done, kept = residual_to_kpu(out, ctx.options)
+        ctx.placements.extend(Placement(name, "add", True, "one 1x1 KPU layer over [skip; projection input] "
+                                        "in KPU RAM") for name in done)
+        ctx.placements.extend(Placement(name, "add", False, why) for name, why in kept)
     return out

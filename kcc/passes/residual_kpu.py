@@ -1,0 +1,156 @@
+"""residual_kpu: a residual add y = conv1x1(h) + x as ONE 1x1 KPU layer over [x; h] (issue #16 item 3).
+
+    y = [I | W] @ [x; h] + b                 one KPU layer, clamp = the add's fused activation
+
+x (the skip) and h (what the projection reads, e.g. a depthwise layer's ReLU6 output) are KPU layers'
+outputs: both write their channel ranges of one KPU RAM buffer (a `KpuStack`, quantized as a
+KpuConcat), x at channel 0, h from channel C_x on. Each part keeps its own grid; the layer reads the
+buffer with h's input offset and absorbs the difference exactly (kcc.quant.kpu_params.stacked_weights):
+the zero points as an integer per output channel in the bias, the scales in the weights, with the
+skip weight of each output channel an exact integer k_c (its channel scale chosen for it, the batch-norm
+multiplier undoing it), so the skip path is one exact requantization of x's codes. 1x1 only, stride 1:
+no padding ever meets the two zero points.
+
+Today's form instead copies the projection's output out of the KPU, dequantizes it and x, adds in float,
+quantizes and uploads the sum for the next layer (kpu_semantics.md §4.4, kpu_speed.md §1, §3).
+
+Taken where x and h are KPU layers that can write into the buffer: x read by no other concatenation,
+h by the projection only; batch 1; C_x a multiple of the channels one 64-byte line holds at this
+width (kmodel_v4.md §7.3); the layer within the KPU's limits (channels <= 1024, KPU RAM); and the
+form estimated faster (kcc.target.k210's cost model, as prelu_kpu). Otherwise the add stays on the
+CPU and its placement says why.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kcc.ir import kpu_ops as KO
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph, Node
+from kcc.kmodel import kpu_channel_offset, kpu_row_layout
+from kcc.options import CompileOptions
+from kcc.passes.prelu_kpu import _layer_cycles, _layer_fits, _per_element, _upload
+from kcc.target.k210 import cpu_cycles
+
+F32 = np.float32
+
+
+def _is_kpu(v: Node) -> bool:
+    return isinstance(v.op, KO.FloatKpuConv)
+
+
+class _Rewriter:
+    def __init__(self, g: Graph, opts: CompileOptions):
+        self.src, self.opts = g, opts
+        self.users = g.users()
+        self.outputs = {id(o) for o in g.outputs}
+        self.g = Graph()
+        self.map: dict[int, Node] = {}
+        self.stacked: set[int] = set()  # source nodes already written into a stack
+        self.done: list[str] = []
+        self.kept: list[tuple[str, str]] = []  # (add, why it stays on the CPU)
+
+    def _kpu_now(self, v: Node) -> bool:
+        """v is a KPU layer in the graph being built (an add before may have become one)."""
+        return _is_kpu(self.map[id(v)])
+
+    def _problem(self, n: Node) -> tuple[Node, Node] | str:
+        """(projection, skip) of an add the KPU form serves, or why not."""
+        if n.op.op != "add" or len(n.inputs) != 2 or not n.inputs[0].shape == n.inputs[1].shape == n.shape:
+            return "not an add of two maps of one shape"
+        if n.type.rank != 4 or n.shape[0] != 1:
+            return "not a batch-1 map"
+        a, b = n.inputs
+        why = "no operand is a 1x1 KPU layer read by the add alone"
+        for proj, skip in ((a, b), (b, a)):
+            op = proj.op
+            if not (_is_kpu(proj) and op.kernel == 1 and not op.depthwise and op.pool == "bypass"
+                    and op.act == O.NO_CLAMP and op.fn is None and self.users[proj] == [n]
+                    and id(proj) not in self.outputs and proj.inputs[1].is_constant and proj.inputs[2].is_constant):
+                continue
+            h = proj.inputs[0]
+            if not _is_kpu(h) or self.users[h] != [proj] or id(h) in self.outputs or id(h) in self.stacked:
+                why = f"the projection's input '{h.name}' is not a KPU layer read by the projection alone"
+                continue
+            if not self._kpu_now(skip):
+                why = f"the skip '{skip.name}' is a CPU {skip.op.kind}, not a KPU layer's output"
+                continue
+            if id(skip) in self.stacked or any(isinstance(u.op, (O.Concat, KO.KpuStack)) for u in self.users[skip]):
+                why = f"the skip '{skip.name}' is already written into another buffer in KPU RAM"
+                continue
+            cx, ch = skip.shape[1], h.shape[1]
+            _, _, hh, w = n.shape
+            if kpu_channel_offset(w, hh, cx) is None:
+                why = (f"the skip has {cx} channels, not a multiple of {kpu_row_layout(w).groups} (the channels "
+                       f"one 64-byte line of KPU RAM holds at width {w})")
+                continue
+            if not _layer_fits((1, cx + ch, hh, w), n.shape[1], 1):
+                why = f"a 1x1 layer over {cx + ch} channels of {hh}x{w} exceeds the KPU's limits"
+                continue
+            if not self._faster(n, proj, skip):
+                why = "estimated slower than the CPU add"
+                continue
+            return proj, skip
+        return why
+
+    @staticmethod
+    def _kpu_reader(u: Node) -> bool:
+        """u reads its input from KPU RAM: a KPU layer, or an add that may become one."""
+        return _is_kpu(u) or (isinstance(u.op, O.Binary) and u.op.op == "add")
+
+    def _faster(self, n: Node, proj: Node, skip: Node) -> bool:
+        """Cycles of today's form (download the projection, dequantize both, float add, quantize and
+        upload for KPU readers) against the extra input channels of the combined layer."""
+        cpu = cpu_cycles("kpu_download_byte") * proj.type.size + _per_element("dequantize", proj)
+        cpu += _per_element("dequantize", skip) + _per_element("binary", n)
+        if all(self._kpu_reader(u) for u in self.users[skip] if u is not n):  # else downloaded anyway
+            cpu += cpu_cycles("kpu_download_byte") * skip.type.size
+        kpu_readers = id(n) not in self.outputs and all(self._kpu_reader(u) for u in self.users[n])
+        kpu = _layer_cycles((1, skip.shape[1] + proj.inputs[0].shape[1], *n.shape[2:]), n.shape[1], 1)
+        kpu -= _layer_cycles(proj.inputs[0].shape, n.shape[1], 1)
+        if kpu_readers:
+            cpu += _per_element("quantize", n) + _upload(n)
+        else:  # CPU readers: the KPU sum is copied out and dequantized, the CPU one not
+            kpu += cpu_cycles("kpu_download_byte") * n.type.size + _per_element("dequantize", n)
+        return kpu < cpu
+
+    def residual(self, n: Node) -> Node | None:
+        found = self._problem(n)
+        if isinstance(found, str):
+            if any(self._kpu_now(i) for i in n.inputs):  # an add between KPU layers: say why
+                self.kept.append((n.name, found))
+            return None
+        proj, skip = found
+        g = self.g
+        h = proj.inputs[0]
+        w, b = proj.inputs[1].data, proj.inputs[2].data
+        cx, oc = skip.shape[1], n.shape[1]
+        eye = np.zeros((oc, cx, 1, 1), F32)
+        eye[np.arange(oc), np.arange(cx), 0, 0] = 1.0
+        stack = g.add(KO.KpuStack(), (self.map[id(skip)], self.map[id(h)]), n.name + "/stack")
+        ins = (stack, g.constant(np.concatenate([eye, w.astype(F32)], axis=1), n.name + "/residual_w"),
+               g.constant(b.astype(F32), n.name + "/residual_b"))
+        self.stacked.update((id(skip), id(h)))
+        self.done.append(n.name)
+        return g.add(KO.FloatKpuConv(1, act=n.op.act), ins, n.name)
+
+    def run(self) -> Graph:
+        for n in self.src.nodes:
+            new = self.residual(n) if isinstance(n.op, O.Binary) and n.op.op == "add" else None
+            if new is None:
+                new = self.g.add(n.op, tuple(self.map[id(i)] for i in n.inputs), n.name, n.note)
+            self.map[id(n)] = new
+        self.g.outputs = [self.map[id(o)] for o in self.src.outputs]
+        self.g.remove_dead()
+        return self.g
+
+
+def residual_to_kpu(g: Graph, opts: CompileOptions) -> tuple[Graph, list[str], list[tuple[str, str]]]:
+    """Rewrite each residual add the KPU form serves (module docstring); returns the new graph, the
+    adds rewritten, and (add, reason) for the adds between KPU layers kept on the CPU."""
+    if opts.target == "cpu" or not any(isinstance(n.op, O.Binary) and n.op.op == "add" for n in g.nodes):
+        return g, [], []
+    rw = _Rewriter(g, opts)
+    out = rw.run()
+    return out, rw.done, rw.kept
