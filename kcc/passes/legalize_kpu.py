@@ -399,7 +399,7 @@ def legalize_kpu(g: Graph, ctx: CompileContext | None = None) -> Graph:
     if ctx.quantization is None and not ctx.own_grids:  # a pre-quantized model keeps its PReLU grids
         out, done = prelu_to_kpu(out, ctx.options)
         ctx.placements.extend(Placement(name, "prelu", True, "two 1x1 KPU layers") for name in done)
-        out, done, kept = residual_to_kpu(out, ctx.options)
+        out, done, kept = residual_to_kpu(out, ctx.options, ctx.samples)
         ctx.placements.extend(Placement(name, "add", True, "one 1x1 KPU layer over [skip; projection input] "
                                         "in KPU RAM") for name in done)
         ctx.placements.extend(Placement(name, "add", False, why) for name, why in kept)

@@ -19,12 +19,21 @@ h by the projection only; batch 1; C_x a multiple of the channels one 64-byte li
 width (kmodel_v4.md §7.3); the layer within the KPU's limits (channels <= 1024, KPU RAM); and the
 form estimated faster (kcc.target.k210's cost model, as prelu_kpu). Otherwise the add stays on the
 CPU and its placement says why.
+
+The price of the form is the projection's weight precision: a channel's skip weight k_c = d e_c
+(d = s_h/s_x) must fit in 127 codes, so when x's grid is coarse against h's (d large against the
+channel's largest weight), W_c gets fewer than 127 codes. With calibration samples the form is
+taken only where that costs little: the projection's rounding error, estimated from the samples'
+ranges and h's mean squares, at most ERROR_BUDGET output steps rms (`_precise`).
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from kcc.eval.interpreter import run
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
@@ -32,16 +41,63 @@ from kcc.kmodel import kpu_channel_offset, kpu_row_layout
 from kcc.options import CompileOptions
 from kcc.passes.prelu_kpu import _layer_cycles, _layer_fits, _per_element, _upload
 from kcc.target.k210 import cpu_cycles
+from kcc.target.quant_rules import fixup_range
 
 F32 = np.float32
+ERROR_BUDGET = 0.35  # output steps rms of the projection's weight rounding (one rounding alone: 0.29)
+STACK_LIMIT = 127  # |code - zero point| of the weights over a stack (symmetric, kcc.quant.kpu_params)
+SAMPLES = 4  # calibration samples the ranges of `_precise` come from
 
 
 def _is_kpu(v: Node) -> bool:
     return isinstance(v.op, KO.FloatKpuConv)
 
 
+class _Stats:
+    """Per tensor of interest, over some samples: its range and each channel's mean square."""
+
+    def __init__(self, g: Graph, samples: list | None):
+        self.lo: dict[int, float] = {}
+        self.hi: dict[int, float] = {}
+        self.sq: dict[int, np.ndarray] = {}
+        if not samples:
+            return
+        want = set()
+        for n in g.nodes:
+            if isinstance(n.op, O.Binary) and n.op.op == "add":
+                want.add(id(n))
+                for i in n.inputs:
+                    want.add(id(i))
+                    if _is_kpu(i):
+                        want.add(id(i.inputs[0]))
+        count: dict[int, int] = {}
+
+        def see(n: Node, v: np.ndarray) -> None:
+            if id(n) not in want or v.ndim != 4:
+                return
+            k = id(n)
+            self.lo[k] = min(self.lo.get(k, 0.0), float(v.min()))
+            self.hi[k] = max(self.hi.get(k, 0.0), float(v.max()))
+            sq = np.mean(v.astype(np.float64) ** 2, axis=(0, 2, 3))
+            self.sq[k] = self.sq.get(k, 0.0) + sq
+            count[k] = count.get(k, 0) + 1
+
+        for sample in samples[:SAMPLES]:
+            run(g, sample, see)
+        for k in self.sq:
+            self.sq[k] = self.sq[k] / count[k]
+
+    def scale(self, n: Node) -> float | None:
+        """Levels per unit of the tensor's range (kcc.quant.params.get_quant_param, in float64)."""
+        if id(n) not in self.lo:
+            return None
+        lo, hi = fixup_range(self.lo[id(n)], self.hi[id(n)])
+        return 255.0 / (hi - lo)
+
+
 class _Rewriter:
-    def __init__(self, g: Graph, opts: CompileOptions):
+    def __init__(self, g: Graph, opts: CompileOptions, samples: list | None = None):
+        self.stats = _Stats(g, samples)
         self.src, self.opts = g, opts
         self.users = g.users()
         self.outputs = {id(o) for o in g.outputs}
@@ -88,11 +144,33 @@ class _Rewriter:
             if not _layer_fits((1, cx + ch, hh, w), n.shape[1], 1):
                 why = f"a 1x1 layer over {cx + ch} channels of {hh}x{w} exceeds the KPU's limits"
                 continue
+            err = self._error(n, proj, skip)
+            if err is not None and err > ERROR_BUDGET:
+                why = (f"the projection's weights would lose precision: its skip weight fits 127 codes only with "
+                       f"W on a coarser grid, ~{err:.2f} output steps rms of error (budget {ERROR_BUDGET})")
+                continue
             if not self._faster(n, proj, skip):
                 why = "estimated slower than the CPU add"
                 continue
             return proj, skip
         return why
+
+    def _error(self, n: Node, proj: Node, skip: Node) -> float | None:
+        """The projection's weight rounding error in the form, in output steps rms over its channels,
+        from the samples' ranges (None without samples): channel c's weight step is d/k_c
+        (kcc.quant.kpu_params.stacked_weights), its error step/sqrt(12) times |h| (rms per channel)."""
+        h = proj.inputs[0]
+        s_h, s_x, s_z = self.stats.scale(h), self.stats.scale(skip), self.stats.scale(n)
+        if None in (s_h, s_x, s_z) or id(h) not in self.stats.sq:
+            return None
+        d = s_h / s_x
+        w = np.abs(proj.inputs[1].data.reshape(proj.shape[1], -1).astype(np.float64))
+        m = np.maximum(w.max(axis=1), 1e-30)
+        k = np.maximum(np.minimum(STACK_LIMIT, np.floor(STACK_LIMIT * d / m)), 1.0)
+        step = d / k
+        h_norm = math.sqrt(float(np.sum(self.stats.sq[id(h)])))
+        err = step / math.sqrt(12.0) * h_norm * s_z
+        return float(np.sqrt(np.mean(err ** 2)))
 
     @staticmethod
     def _kpu_reader(u: Node) -> bool:
@@ -146,11 +224,13 @@ class _Rewriter:
         return self.g
 
 
-def residual_to_kpu(g: Graph, opts: CompileOptions) -> tuple[Graph, list[str], list[tuple[str, str]]]:
+def residual_to_kpu(g: Graph, opts: CompileOptions,
+                    samples: list | None = None) -> tuple[Graph, list[str], list[tuple[str, str]]]:
     """Rewrite each residual add the KPU form serves (module docstring); returns the new graph, the
-    adds rewritten, and (add, reason) for the adds between KPU layers kept on the CPU."""
+    adds rewritten, and (add, reason) for the adds between KPU layers kept on the CPU. `samples`
+    (calibration samples) let the precision check of `_Rewriter._error` run."""
     if opts.target == "cpu" or not any(isinstance(n.op, O.Binary) and n.op.op == "add" for n in g.nodes):
         return g, [], []
-    rw = _Rewriter(g, opts)
+    rw = _Rewriter(g, opts, samples)
     out = rw.run()
     return out, rw.done, rw.kept

@@ -35,6 +35,7 @@ import numpy as np
 
 from kcc.eval.kernels import kpu_activation
 from kcc.ir.kpu_ops import FloatKpuConv, QuantKpuLayer
+from kcc.passes.residual_kpu import STACK_LIMIT  # |codes - 128| of the stack's weights (no channel turned)
 from kcc.quant.params import (
     QuantParam,
     get_fixed_mul,
@@ -369,7 +370,6 @@ def layer_weights(w: np.ndarray, b: np.ndarray, depthwise: bool, moments: PatchM
 
 
 STACK_ZERO = 128  # the weight zero point of a layer over a multi-grid stack: codes - 128 in [-128, 127]
-STACK_LIMIT = 127  # |codes - 128| the stack's weights use (symmetric: no channel is turned)
 
 
 @dataclass(frozen=True)
