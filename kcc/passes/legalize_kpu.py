@@ -382,6 +382,12 @@ class _Legalizer:
         return self.g
 
 
+_RESIDUAL_FORMS = {  # kcc.passes.residual_kpu's forms, as the placement report says them
+    "fused": "with the projection: one 1x1 KPU layer over [skip; projection input] in KPU RAM",
+    "pair": "a 1x1 KPU layer over [skip; projection] in KPU RAM, weights [I I]",
+}
+
+
 def legalize_kpu(g: Graph, ctx: CompileContext | None = None) -> Graph:
     """Rewrite a canonical float graph so that KPU-eligible layers become `FloatKpuConv` nodes; one
     `Placement` per conv / fc / pool goes to ctx.placements, the CPU ones with their reason and, for
@@ -400,7 +406,6 @@ def legalize_kpu(g: Graph, ctx: CompileContext | None = None) -> Graph:
         out, done = prelu_to_kpu(out, ctx.options)
         ctx.placements.extend(Placement(name, "prelu", True, "two 1x1 KPU layers") for name in done)
         out, done, kept = residual_to_kpu(out, ctx.options, ctx.samples)
-        ctx.placements.extend(Placement(name, "add", True, "one 1x1 KPU layer over [skip; projection input] "
-                                        "in KPU RAM") for name in done)
+        ctx.placements.extend(Placement(name, "add", True, _RESIDUAL_FORMS[form]) for name, form in done)
         ctx.placements.extend(Placement(name, "add", False, why) for name, why in kept)
     return out

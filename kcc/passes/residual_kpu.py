@@ -104,55 +104,70 @@ class _Rewriter:
         self.g = Graph()
         self.map: dict[int, Node] = {}
         self.stacked: set[int] = set()  # source nodes already written into a stack
-        self.done: list[str] = []
+        self.done: list[tuple[str, str]] = []  # (add, form)
         self.kept: list[tuple[str, str]] = []  # (add, why it stays on the CPU)
 
     def _kpu_now(self, v: Node) -> bool:
         """v is a KPU layer in the graph being built (an add before may have become one)."""
         return _is_kpu(self.map[id(v)])
 
-    def _problem(self, n: Node) -> tuple[Node, Node] | str:
-        """(projection, skip) of an add the KPU form serves, or why not."""
+    def _buffer_problem(self, first: Node, second: Node, n: Node) -> str | None:
+        """Why `first` and `second` (source nodes, KPU layers now) cannot write [first; second] of one
+        buffer read by a 1x1 layer to n's channels, or None."""
+        for part in (first, second):
+            if id(part) in self.stacked or any(isinstance(u.op, (O.Concat, KO.KpuStack)) for u in self.users[part]):
+                return f"'{part.name}' is already written into another buffer in KPU RAM"
+        _, _, hh, w = n.shape
+        c1 = first.shape[1]
+        if kpu_channel_offset(w, hh, c1) is None:
+            return (f"'{first.name}' has {c1} channels, not a multiple of {kpu_row_layout(w).groups} (the "
+                    f"channels one 64-byte line of KPU RAM holds at width {w})")
+        if not _layer_fits((1, c1 + second.shape[1], hh, w), n.shape[1], 1):
+            return f"a 1x1 layer over {c1 + second.shape[1]} channels of {hh}x{w} exceeds the KPU's limits"
+        return None
+
+    def _fused_problem(self, n: Node, proj: Node, skip: Node) -> str | None:
+        """Why y = proj(h) + skip cannot be one layer over [skip; h] (module docstring), or None."""
+        op = proj.op
+        if not (_is_kpu(proj) and op.kernel == 1 and not op.depthwise and op.pool == "bypass"
+                and op.act == O.NO_CLAMP and op.fn is None and proj.inputs[1].is_constant
+                and proj.inputs[2].is_constant):
+            return f"'{proj.name}' is not a 1x1 KPU layer without activation"
+        h = proj.inputs[0]
+        if not _is_kpu(h) or self.users[h] != [proj] or id(h) in self.outputs:
+            return f"the projection's input '{h.name}' is not a KPU layer read by the projection alone"
+        problem = self._buffer_problem(skip, h, n)
+        if problem is not None:
+            return problem
+        err = self._error(n, proj, skip)
+        if err is not None and err > ERROR_BUDGET:
+            return (f"its skip weight fits 127 codes only with W on a coarser grid, ~{err:.2f} output steps rms "
+                    f"of error (budget {ERROR_BUDGET})")
+        return None
+
+    def _problem(self, n: Node) -> tuple[str, Node, Node] | str:
+        """(form, projection, skip) of an add the KPU serves, or why not: "fused", one layer over
+        [skip; h]; else "pair", one layer over [skip; projection] (weights [I I]) after the projection."""
         if n.op.op != "add" or len(n.inputs) != 2 or not n.inputs[0].shape == n.inputs[1].shape == n.shape:
             return "not an add of two maps of one shape"
         if n.type.rank != 4 or n.shape[0] != 1:
             return "not a batch-1 map"
         a, b = n.inputs
-        why = "no operand is a 1x1 KPU layer read by the add alone"
-        for proj, skip in ((a, b), (b, a)):
-            op = proj.op
-            if not (_is_kpu(proj) and op.kernel == 1 and not op.depthwise and op.pool == "bypass"
-                    and op.act == O.NO_CLAMP and op.fn is None and self.users[proj] == [n]
-                    and id(proj) not in self.outputs and proj.inputs[1].is_constant and proj.inputs[2].is_constant):
-                continue
-            h = proj.inputs[0]
-            if not _is_kpu(h) or self.users[h] != [proj] or id(h) in self.outputs or id(h) in self.stacked:
-                why = f"the projection's input '{h.name}' is not a KPU layer read by the projection alone"
-                continue
-            if not self._kpu_now(skip):
-                why = f"the skip '{skip.name}' is a CPU {skip.op.kind}, not a KPU layer's output"
-                continue
-            if id(skip) in self.stacked or any(isinstance(u.op, (O.Concat, KO.KpuStack)) for u in self.users[skip]):
-                why = f"the skip '{skip.name}' is already written into another buffer in KPU RAM"
-                continue
-            cx, ch = skip.shape[1], h.shape[1]
-            _, _, hh, w = n.shape
-            if kpu_channel_offset(w, hh, cx) is None:
-                why = (f"the skip has {cx} channels, not a multiple of {kpu_row_layout(w).groups} (the channels "
-                       f"one 64-byte line of KPU RAM holds at width {w})")
-                continue
-            if not _layer_fits((1, cx + ch, hh, w), n.shape[1], 1):
-                why = f"a 1x1 layer over {cx + ch} channels of {hh}x{w} exceeds the KPU's limits"
-                continue
-            err = self._error(n, proj, skip)
-            if err is not None and err > ERROR_BUDGET:
-                why = (f"the projection's weights would lose precision: its skip weight fits 127 codes only with "
-                       f"W on a coarser grid, ~{err:.2f} output steps rms of error (budget {ERROR_BUDGET})")
-                continue
-            if not self._faster(n, proj, skip):
+        if not (self._kpu_now(a) and self._kpu_now(b)):
+            cpu = b if self._kpu_now(a) else a
+            return f"its operand '{cpu.name}' is a CPU {cpu.op.kind}, not a KPU layer's output"
+        pairs = [(p, x) for p, x in ((a, b), (b, a)) if self.users[p] == [n] and id(p) not in self.outputs]
+        for proj, skip in pairs:
+            if self._fused_problem(n, proj, skip) is None:
+                if self._faster(n, proj, skip, True):
+                    return "fused", proj, skip
+        why = "no operand is a KPU layer read by the add alone"
+        for proj, skip in pairs or [(b, a)]:
+            why = self._buffer_problem(skip, proj, n) or ""
+            if not why:
+                if self._faster(n, proj, skip, False):
+                    return "pair", proj, skip
                 why = "estimated slower than the CPU add"
-                continue
-            return proj, skip
         return why
 
     def _error(self, n: Node, proj: Node, skip: Node) -> float | None:
@@ -177,16 +192,20 @@ class _Rewriter:
         """u reads its input from KPU RAM: a KPU layer, or an add that may become one."""
         return _is_kpu(u) or (isinstance(u.op, O.Binary) and u.op.op == "add")
 
-    def _faster(self, n: Node, proj: Node, skip: Node) -> bool:
+    def _faster(self, n: Node, proj: Node, skip: Node, fused: bool) -> bool:
         """Cycles of today's form (download the projection, dequantize both, float add, quantize and
-        upload for KPU readers) against the extra input channels of the combined layer."""
+        upload for KPU readers) against the extra input channels of the fused layer, or the whole
+        layer of the pair."""
         cpu = cpu_cycles("kpu_download_byte") * proj.type.size + _per_element("dequantize", proj)
         cpu += _per_element("dequantize", skip) + _per_element("binary", n)
         if all(self._kpu_reader(u) for u in self.users[skip] if u is not n):  # else downloaded anyway
             cpu += cpu_cycles("kpu_download_byte") * skip.type.size
         kpu_readers = id(n) not in self.outputs and all(self._kpu_reader(u) for u in self.users[n])
-        kpu = _layer_cycles((1, skip.shape[1] + proj.inputs[0].shape[1], *n.shape[2:]), n.shape[1], 1)
-        kpu -= _layer_cycles(proj.inputs[0].shape, n.shape[1], 1)
+        if fused:
+            kpu = _layer_cycles((1, skip.shape[1] + proj.inputs[0].shape[1], *n.shape[2:]), n.shape[1], 1)
+            kpu -= _layer_cycles(proj.inputs[0].shape, n.shape[1], 1)
+        else:
+            kpu = _layer_cycles((1, skip.shape[1] + proj.shape[1], *n.shape[2:]), n.shape[1], 1)
         if kpu_readers:
             cpu += _per_element("quantize", n) + _upload(n)
         else:  # CPU readers: the KPU sum is copied out and dequantized, the CPU one not
@@ -199,18 +218,21 @@ class _Rewriter:
             if any(self._kpu_now(i) for i in n.inputs):  # an add between KPU layers: say why
                 self.kept.append((n.name, found))
             return None
-        proj, skip = found
+        form, proj, skip = found
         g = self.g
-        h = proj.inputs[0]
-        w, b = proj.inputs[1].data, proj.inputs[2].data
         cx, oc = skip.shape[1], n.shape[1]
         eye = np.zeros((oc, cx, 1, 1), F32)
         eye[np.arange(oc), np.arange(cx), 0, 0] = 1.0
+        if form == "fused":
+            h = proj.inputs[0]
+            w, b = proj.inputs[1].data.astype(F32), proj.inputs[2].data.astype(F32)
+        else:
+            h, w, b = proj, eye, np.zeros(oc, F32)
         stack = g.add(KO.KpuStack(), (self.map[id(skip)], self.map[id(h)]), n.name + "/stack")
-        ins = (stack, g.constant(np.concatenate([eye, w.astype(F32)], axis=1), n.name + "/residual_w"),
-               g.constant(b.astype(F32), n.name + "/residual_b"))
+        ins = (stack, g.constant(np.concatenate([eye, w], axis=1), n.name + "/residual_w"),
+               g.constant(b, n.name + "/residual_b"))
         self.stacked.update((id(skip), id(h)))
-        self.done.append(n.name)
+        self.done.append((n.name, form))
         return g.add(KO.FloatKpuConv(1, act=n.op.act), ins, n.name)
 
     def run(self) -> Graph:
@@ -225,9 +247,9 @@ class _Rewriter:
 
 
 def residual_to_kpu(g: Graph, opts: CompileOptions,
-                    samples: list | None = None) -> tuple[Graph, list[str], list[tuple[str, str]]]:
-    """Rewrite each residual add the KPU form serves (module docstring); returns the new graph, the
-    adds rewritten, and (add, reason) for the adds between KPU layers kept on the CPU. `samples`
+                    samples: list | None = None) -> tuple[Graph, list[tuple[str, str]], list[tuple[str, str]]]:
+    """Rewrite each residual add the KPU serves (module docstring); returns the new graph, the adds
+    rewritten with their form ("fused" or "pair"), and (add, reason) for the adds between KPU layers kept on the CPU. `samples`
     (calibration samples) let the precision check of `_Rewriter._error` run."""
     if opts.target == "cpu" or not any(isinstance(n.op, O.Binary) and n.op.op == "add" for n in g.nodes):
         return g, [], []

@@ -412,8 +412,9 @@ def stacked_weights(w: np.ndarray, b: np.ndarray, parts: list[tuple[QuantParam, 
         nz = np.flatnonzero(skip[c])
         if len(nz) == 1:
             d = abs(float(skip[c, nz[0]]))
-            k = STACK_LIMIT if general[c] == 0 else min(STACK_LIMIT, math.floor(STACK_LIMIT * d / general[c]))
-            if k >= 1:
+            k_max = STACK_LIMIT if general[c] == 0 else min(STACK_LIMIT, math.floor(STACK_LIMIT * d / general[c]))
+            if k_max >= 1:
+                k = _best_skip_code(wb[c, -n_base:], d, k_max)
                 e[c], exact[c] = k / d, True
                 continue
         peak = float(np.abs(wb[c]).max(initial=0.0))
@@ -423,6 +424,16 @@ def stacked_weights(w: np.ndarray, b: np.ndarray, parts: list[tuple[QuantParam, 
     acc_offset = (q * (base.zero_point - zeros)[None, :]).sum(axis=1)
     codes = (q + STACK_ZERO).astype(np.uint8).reshape(w.shape)
     return StackedWeights(LayerWeights(codes, grid, e, b), base, acc_offset, exact)
+
+
+def _best_skip_code(general: np.ndarray, d: float, k_max: int) -> int:
+    """The skip code k in [1, k_max] whose scale k/d rounds the other weights least (rms, in their own
+    units), the largest among equals: an identity next to the skip ([I I], two KPU layers' outputs
+    added) then gets the integer pair closest to the two grids' ratio."""
+    k = np.arange(1, k_max + 1, dtype=np.float64)
+    v = general[None, :] * (k / d)[:, None]
+    err = np.sqrt(np.mean((np.round(v) - v) ** 2, axis=1)) * d / k if general.size else np.zeros(len(k))
+    return int(k[len(k) - 1 - int(np.argmin(err[::-1] + 0.0))]) if err.size else 1
 
 
 def kpu_layer(op: FloatKpuConv, w: np.ndarray, b: np.ndarray, r: LayerRanges,
