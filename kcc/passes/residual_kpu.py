@@ -1,30 +1,33 @@
-"""residual_kpu: a residual add y = conv1x1(h) + x as ONE 1x1 KPU layer over [x; h] (issue #16 item 3).
+"""residual_kpu: a residual add y = p + x of two KPU layers' outputs on the KPU (issue #16 item 3).
 
-    y = [I | W] @ [x; h] + b                 one KPU layer, clamp = the add's fused activation
+Two forms, both over a buffer of KPU RAM into which the producers write their channel ranges (a
+`KpuStack`, quantized as a KpuConcat: no copy-out, float add, quantize or upload):
 
-x (the skip) and h (what the projection reads, e.g. a depthwise layer's ReLU6 output) are KPU layers'
-outputs: both write their channel ranges of one KPU RAM buffer (a `KpuStack`, quantized as a
-KpuConcat), x at channel 0, h from channel C_x on. Each part keeps its own grid; the layer reads the
-buffer with h's input offset and absorbs the difference exactly (kcc.quant.kpu_params.stacked_weights):
-the zero points as an integer per output channel in the bias, the scales in the weights, with the
-skip weight of each output channel an exact integer k_c (its channel scale chosen for it, the batch-norm
-multiplier undoing it), so the skip path is one exact requantization of x's codes. 1x1 only, stride 1:
-no padding ever meets the two zero points.
+    fused   y = [I | W] @ [x; h] + b    p = conv1x1(h) + b, no activation: ONE 1x1 layer replaces the
+                                        projection and the add (h usually a depthwise layer's ReLU6)
+    pair    y = [I | I] @ [x; p]        one more 1x1 layer after p (any KPU layer)
 
-Today's form instead copies the projection's output out of the KPU, dequantizes it and x, adds in float,
-quantizes and uploads the sum for the next layer (kpu_semantics.md §4.4, kpu_speed.md §1, §3).
+each with the add's fused activation as the layer's clamp. x sits at channel 0, the other part from
+channel C_x on. Each part keeps its own grid; the layer reads the buffer with the last part's input
+offset and absorbs the difference exactly (kcc.quant.kpu_params.stacked_weights): the zero points as
+an integer per output channel in the bias, the scales in the weights, with the skip weight of each
+output channel an exact integer k_c (its channel scale chosen for it, the batch-norm multiplier
+undoing it), so the skip path is one exact requantization of x's codes. 1x1 only, stride 1: no
+padding ever meets the two zero points.
 
-Taken where x and h are KPU layers that can write into the buffer: x read by no other concatenation,
-h by the projection only; batch 1; C_x a multiple of the channels one 64-byte line holds at this
-width (kmodel_v4.md §7.3); the layer within the KPU's limits (channels <= 1024, KPU RAM); and the
-form estimated faster (kcc.target.k210's cost model, as prelu_kpu). Otherwise the add stays on the
-CPU and its placement says why.
+The fused form's price is the projection's weight precision: the skip weight k_c = d e_c (d = s_h/s_x)
+must fit in 127 codes, so when x's grid is coarse against h's (d large against W_c's largest weight),
+W_c gets fewer than 127 codes. It is taken only where that costs little: the projection's rounding
+error, estimated from a few calibration samples' ranges and h's mean squares, at most ERROR_BUDGET
+output steps rms (`_error`); without samples, always. Otherwise the pair form: its [I I] weights are
+the integer pair closest to the ratio of the two grids (within 0.1 %), the projection keeps its own
+layer and full precision.
 
-The price of the form is the projection's weight precision: a channel's skip weight k_c = d e_c
-(d = s_h/s_x) must fit in 127 codes, so when x's grid is coarse against h's (d large against the
-channel's largest weight), W_c gets fewer than 127 codes. With calibration samples the form is
-taken only where that costs little: the projection's rounding error, estimated from the samples'
-ranges and h's mean squares, at most ERROR_BUDGET output steps rms (`_precise`).
+Taken where both operands are KPU layers that can write into the buffer (not already written into
+another, nor read by a concatenation), batch 1, C_x a multiple of the channels one 64-byte line
+holds at this width (kmodel_v4.md §7.3), the layer within the KPU's limits (channels <= 1024, KPU
+RAM), and the form estimated faster than today's CPU add (kcc.target.k210's cost model, as
+prelu_kpu). Otherwise the add stays on the CPU and its placement says why.
 """
 
 from __future__ import annotations
@@ -51,6 +54,20 @@ SAMPLES = 4  # calibration samples the ranges of `_precise` come from
 
 def _is_kpu(v: Node) -> bool:
     return isinstance(v.op, KO.FloatKpuConv)
+
+
+def _reaches(n: Node, x: Node, limit: int = 256) -> bool:
+    """x is an input of n, or of its inputs..., within `limit` nodes (a residual block is short)."""
+    stack, seen = [n], set()
+    while stack and len(seen) < limit:
+        v = stack.pop()
+        for i in v.inputs:
+            if i is x:
+                return True
+            if id(i) not in seen and not i.is_constant:
+                seen.add(id(i))
+                stack.append(i)
+    return False
 
 
 class _Stats:
@@ -146,23 +163,33 @@ class _Rewriter:
         return None
 
     def _problem(self, n: Node) -> tuple[str, Node, Node] | str:
-        """(form, projection, skip) of an add the KPU serves, or why not: "fused", one layer over
-        [skip; h]; else "pair", one layer over [skip; projection] (weights [I I]) after the projection."""
+        """(form, projection, skip) of an add the KPU serves, or why not ("" for an add that is no
+        residual connection): "fused", one layer over [skip; h]; else "pair", one layer over [skip;
+        projection] (weights [I I]) after the projection."""
         if n.op.op != "add" or len(n.inputs) != 2 or not n.inputs[0].shape == n.inputs[1].shape == n.shape:
             return "not an add of two maps of one shape"
         if n.type.rank != 4 or n.shape[0] != 1:
             return "not a batch-1 map"
         a, b = n.inputs
+        # a residual connection: the skip is an ancestor of the other operand (a decomposed conv's sum
+        # of terms, kcc.passes.decompose_kernels, adds siblings and keeps its float partial sums)
+        order = [(p, x) for p, x in ((a, b), (b, a)) if _reaches(p, x)]
+        if not order:
+            return ""
         if not (self._kpu_now(a) and self._kpu_now(b)):
             cpu = b if self._kpu_now(a) else a
             return f"its operand '{cpu.name}' is a CPU {cpu.op.kind}, not a KPU layer's output"
-        pairs = [(p, x) for p, x in ((a, b), (b, a)) if self.users[p] == [n] and id(p) not in self.outputs]
+        reader = self._float_reader(n)
+        if reader is not None:
+            return (f"its sum is read in float by '{reader.name}' ({reader.op.kind}): a KPU layer would "
+                    f"round it to 8 bits")
+        pairs = [(p, x) for p, x in order if self.users[p] == [n] and id(p) not in self.outputs]
         for proj, skip in pairs:
             if self._fused_problem(n, proj, skip) is None:
                 if self._faster(n, proj, skip, True):
                     return "fused", proj, skip
         why = "no operand is a KPU layer read by the add alone"
-        for proj, skip in pairs or [(b, a)]:
+        for proj, skip in pairs or order:
             why = self._buffer_problem(skip, proj, n) or ""
             if not why:
                 if self._faster(n, proj, skip, False):
@@ -186,6 +213,21 @@ class _Rewriter:
         h_norm = math.sqrt(float(np.sum(self.stats.sq[id(h)])))
         err = step / math.sqrt(12.0) * h_norm * s_z
         return float(np.sqrt(np.mean(err ** 2)))
+
+    def _float_reader(self, n: Node) -> Node | None:
+        """A reader of n that reads its float value, or None: today's CPU sum is read as 8-bit codes
+        anyway by KPU layers (and data movement to them, on codes), so the KPU's rounding of it costs
+        nothing there; a float reader (a CPU conv, a graph output) would lose the sum's float bits."""
+        if id(n) in self.outputs:
+            return n
+        for u in self.users[n]:
+            if isinstance(u.op, (O.Pad, O.StridedSlice, O.Reshape, O.Transpose)):
+                inner = self._float_reader(u)
+                if inner is not None:
+                    return inner
+            elif not self._kpu_reader(u):
+                return u
+        return None
 
     @staticmethod
     def _kpu_reader(u: Node) -> bool:
@@ -215,7 +257,7 @@ class _Rewriter:
     def residual(self, n: Node) -> Node | None:
         found = self._problem(n)
         if isinstance(found, str):
-            if any(self._kpu_now(i) for i in n.inputs):  # an add between KPU layers: say why
+            if found and any(self._kpu_now(i) for i in n.inputs):  # a residual add after a KPU layer: say why
                 self.kept.append((n.name, found))
             return None
         form, proj, skip = found
@@ -246,8 +288,7 @@ class _Rewriter:
         return self.g
 
 
-def residual_to_kpu(g: Graph, opts: CompileOptions,
-                    samples: list | None = None) -> tuple[Graph, list[tuple[str, str]], list[tuple[str, str]]]:
+def residual_to_kpu(g: Graph, opts: CompileOptions, samples: list | None = None) -> tuple[Graph, list[tuple[str, str]], list[tuple[str, str]]]:
     """Rewrite each residual add the KPU serves (module docstring); returns the new graph, the adds
     rewritten with their form ("fused" or "pair"), and (add, reason) for the adds between KPU layers kept on the CPU. `samples`
     (calibration samples) let the precision check of `_Rewriter._error` run."""

@@ -1,6 +1,6 @@
 """Residual adds on the KPU end to end (kcc.passes.residual_kpu): a MobileNetV2-style chain of inverted
 residual blocks, built as TFLite, compiled with calibration samples and run in kpu_sim, against TFLite's
-float output. Every add becomes one 1x1 KPU layer over [skip; depthwise output] in KPU RAM: no binary,
+float output. Every add (each read by a KPU layer) becomes one 1x1 KPU layer over [skip; depthwise output] in KPU RAM: no binary,
 download, quantize or upload is left between the layers."""
 
 import numpy as np
@@ -33,7 +33,9 @@ def _chain(rng, size=24, c=16, expand=48, blocks=3, act="NONE") -> bytes:
                              b.const(rng.uniform(-0.1, 0.1, c).astype(np.float32))],
                  padding="SAME", stride_w=1, stride_h=1, fused_activation_function="NONE", name=f"project{k}")
         y = b.op("ADD", [p, y], fused_activation_function=act, name=f"add{k}")
-    b.output(y)
+    b.output(b.op("CONV_2D", [y, b.const((rng.standard_normal((8, 1, 1, c)) / np.sqrt(c)).astype(np.float32)),
+                              b.const(np.zeros(8, np.float32))],
+                  padding="SAME", stride_w=1, stride_h=1, fused_activation_function="NONE", name="head"))
     return b.build()
 
 
