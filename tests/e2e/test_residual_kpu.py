@@ -15,7 +15,7 @@ from kcc.pipeline import compile_graph
 from tests.tflite_builder import TfliteBuilder, from_ir_layout, run_tflite, to_ir_layout
 
 
-def _chain(rng, size=24, c=16, expand=48, blocks=3, act="NONE") -> bytes:
+def _chain(rng, size=24, c=16, expand=48, blocks=3, act="NONE", proj=0.3) -> bytes:
     b = TfliteBuilder()
     x = b.input([1, size, size, 3], name="image")
     y = b.op("CONV_2D", [x, b.const((rng.standard_normal((c, 3, 3, 3)) * 0.4).astype(np.float32)),
@@ -29,7 +29,7 @@ def _chain(rng, size=24, c=16, expand=48, blocks=3, act="NONE") -> bytes:
                                        b.const(rng.uniform(0, 0.5, expand).astype(np.float32))],
                  padding="SAME", stride_w=1, stride_h=1, depth_multiplier=1, fused_activation_function="RELU6",
                  name=f"dw{k}")
-        p = b.op("CONV_2D", [d, b.const((rng.standard_normal((c, 1, 1, expand)) * 0.3 / np.sqrt(expand)).astype(np.float32)),
+        p = b.op("CONV_2D", [d, b.const((rng.standard_normal((c, 1, 1, expand)) * proj / np.sqrt(expand)).astype(np.float32)),
                              b.const(rng.uniform(-0.1, 0.1, c).astype(np.float32))],
                  padding="SAME", stride_w=1, stride_h=1, fused_activation_function="NONE", name=f"project{k}")
         y = b.op("ADD", [p, y], fused_activation_function=act, name=f"add{k}")
@@ -39,15 +39,26 @@ def _chain(rng, size=24, c=16, expand=48, blocks=3, act="NONE") -> bytes:
     return b.build()
 
 
-@pytest.mark.parametrize("act", ["NONE", "RELU"])
-def test_a_chain_of_inverted_residual_blocks_keeps_its_adds_on_the_kpu(act):
+# (fused activation, projection weight scale, forms, bars: min cosine, max rms error in output steps).
+# Small projection weights: each add a layer of its own ("pair"); large ones: the first add fused with
+# its projection, the later ones (a wider residual stream, a coarser skip grid) pairs. Measured (worst
+# of 4 pictures): cos 0.99969 / 0.99980 / 0.99980 and 0.77 / 0.61 / 0.92 steps; today's CPU adds:
+# 0.99977 / 0.99983 / 0.99979 and 0.65 / 0.56 / 0.93 (the CPU keeps the residual stream in float
+# between two adds; here the KPU rounds it to 8 bits at each).
+CHAINS = [("NONE", 0.3, ["pair"] * 3, 0.9996, 0.81), ("RELU", 0.3, ["pair"] * 3, 0.9997, 0.65),
+          ("NONE", 3.0, ["fused", "pair", "pair"], 0.9997, 0.97)]
+
+
+@pytest.mark.parametrize("act,proj,forms,min_cos,max_err", CHAINS)
+def test_a_chain_of_inverted_residual_blocks_keeps_its_adds_on_the_kpu(act, proj, forms, min_cos, max_err):
     rng = np.random.default_rng(17)
-    model = _chain(rng, act=act)
+    model = _chain(rng, act=act, proj=proj)
     pictures = [rng.uniform(-1, 1, (1, 24, 24, 3)).astype(np.float32) for _ in range(12)]
     g = import_model(model).graph
     res = compile_graph(g, CompileOptions(input_type="float"), samples=[[to_ir_layout(p)] for p in pictures[:8]])
     adds = [p for p in res.placements if p.op == "add"]
     assert [(p.node, p.on_kpu) for p in adds] == [(f"add{k}", True) for k in range(3)], adds
+    assert [("fused" if p.reason.startswith("with the projection") else "pair") for p in adds] == forms
     kinds = [n.op.kind for n in res.graph.nodes]
     assert "binary" not in kinds and kinds.count("kpu_concat") == 3 and kinds.count("kpu_upload") == 1
     stacked = [n for n in res.graph.nodes if isinstance(n.op, KO.QuantKpuLayer) and n.inputs[0].op.kind == "kpu_concat"]
@@ -61,6 +72,5 @@ def test_a_chain_of_inverted_residual_blocks_keeps_its_adds_on_the_kpu(act):
         got = from_ir_layout(program.run([to_ir_layout(p)])[0].reshape(res.graph.outputs[0].shape))
         cos.append(float(np.dot(got.ravel(), want.ravel()) / np.linalg.norm(got) / np.linalg.norm(want)))
         err.append(float(np.sqrt(np.mean((got - want) ** 2)) / (np.ptp(want) / 255)))
-    # measured: cos 0.9998, 0.6-0.7 output steps rms (input, weights, 10 layers of rounding)
-    assert min(cos) >= 0.9995 and max(err) <= 0.9, (cos, err)
+    assert min(cos) >= min_cos and max(err) <= max_err, (cos, err)
     assert not any(isinstance(n.op, O.Binary) for n in res.graph.nodes)

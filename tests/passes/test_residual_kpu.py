@@ -18,7 +18,7 @@ def _const(g, shape, s=0.5):
     return g.constant(rng.uniform(-s, s, shape).astype(np.float32))
 
 
-def _block(c=8, e=16, hw=16, proj_kernel=1, act=O.NO_CLAMP, skip_on_kpu=True, x_scale=0.5):
+def _block(c=8, e=16, hw=16, proj_kernel=1, act=O.NO_CLAMP, skip_on_kpu=True, x_scale=0.5, w_scale=0.5):
     """x (a KPU layer, or the CPU input) -> expand -> depthwise relu6 -> projection -> add x."""
     g = Graph()
     inp = g.input(0, (1, c, hw, hw))
@@ -27,7 +27,7 @@ def _block(c=8, e=16, hw=16, proj_kernel=1, act=O.NO_CLAMP, skip_on_kpu=True, x_
     h = g.add(KO.FloatKpuConv(1, act=(0.0, 6.0)), (x, _const(g, (e, c, 1, 1)), _const(g, (e,))), "expand")
     h = g.add(KO.FloatKpuConv(3, True, act=(0.0, 6.0)), (h, _const(g, (e, 1, 3, 3)), _const(g, (e,))), "dw")
     k = proj_kernel
-    p = g.add(KO.FloatKpuConv(k), (h, _const(g, (c, e, k, k)), _const(g, (c,))), "project")
+    p = g.add(KO.FloatKpuConv(k), (h, _const(g, (c, e, k, k), w_scale), _const(g, (c,))), "project")
     y = g.add(O.Binary("add", act), (p, x), "add")
     g.outputs = [g.add(KO.FloatKpuConv(1), (y, _const(g, (4, c, 1, 1)), _const(g, (4,))), "head")]
     return g
@@ -37,12 +37,12 @@ def _samples(g, n=4):
     return [[rng.uniform(-1, 1, g.inputs[0].shape).astype(np.float32)] for _ in range(n)]
 
 
-@pytest.mark.parametrize("x_scale,form", [(0.5, "fused"), (20.0, "pair")])
-def test_the_add_becomes_one_layer_with_the_same_float_values(x_scale, form):
-    """A skip on a grid about as fine as h's: the fused layer keeps W's precision; on a grid 40x
-    coarser, W would get a few codes next to the skip weight's 127, so the add is a layer of its own
-    after the projection."""
-    g = _block(x_scale=x_scale)
+@pytest.mark.parametrize("w_scale,form", [(8.0, "fused"), (0.5, "pair")])
+def test_the_add_becomes_one_layer_with_the_same_float_values(w_scale, form):
+    """Projection weights large against the skip's weight d = s_h/s_x (~2.7 here): the fused layer
+    keeps their precision; small ones would get a few codes next to the skip weight's 127, so the add
+    is a layer of its own after the projection."""
+    g = _block(w_scale=w_scale)
     out, done, kept = residual_to_kpu(g, CompileOptions(), _samples(g))
     assert done == [("add", form)] and kept == []
     assert not any(isinstance(n.op, O.Binary) for n in out.nodes)
