@@ -19,15 +19,17 @@ The fused form's price is the projection's weight precision: the skip weight k_c
 must fit in 127 codes, so when x's grid is coarse against h's (d large against W_c's largest weight),
 W_c gets fewer than 127 codes. It is taken only where that costs little: the projection's extra
 rounding error, estimated from a few calibration samples' ranges and h's mean squares, at most
-ERROR_BUDGET output steps rms (`_error`); without samples, always. Otherwise the pair form: its [I I] weights are
-the integer pair closest to the ratio of the two grids (within 0.1 %), the projection keeps its own
-layer and full precision.
+ERROR_BUDGET output steps rms (`_error`); without samples, always. Otherwise the pair form: its
+[I I] weights are the skip's exact integer and the integer nearest to it times the ratio of the two
+grids (the pair closest to that ratio, kpu_params), and the projection keeps its own layer.
 
-Taken where both operands are KPU layers that can write into the buffer (not already written into
-another, nor read by a concatenation), batch 1, C_x a multiple of the channels one 64-byte line
-holds at this width (kmodel_v4.md §7.3), the layer within the KPU's limits (channels <= 1024, KPU
-RAM), and the form estimated faster than today's CPU add (kcc.target.k210's cost model, as
-prelu_kpu). Otherwise the add stays on the CPU and its placement says why.
+Taken where the add is a residual connection (the skip an ancestor of the other operand), both
+operands are KPU layers that can write into the buffer (not already written into another, nor read
+by a concatenation), the sum is read by KPU layers only (`_float_reader`), batch 1, C_x a multiple
+of the channels one 64-byte line holds at this width (kmodel_v4.md §7.3), the layer within the
+KPU's limits (channels <= 1024, KPU RAM), and the form estimated faster than today's CPU add
+(kcc.target.k210's cost model, as prelu_kpu). Otherwise the add stays on the CPU and its placement
+says why.
 """
 
 from __future__ import annotations
@@ -216,9 +218,12 @@ class _Rewriter:
         return float(np.sqrt(max(0.0, float(np.mean(fused ** 2 - own ** 2)))))
 
     def _float_reader(self, n: Node) -> Node | None:
-        """A reader of n that reads its float value, or None: today's CPU sum is read as 8-bit codes
-        anyway by KPU layers (and data movement to them, on codes), so the KPU's rounding of it costs
-        nothing there; a float reader (a CPU conv, a graph output) would lose the sum's float bits."""
+        """A reader of n that reads its float value, or None. Today's CPU sum is read as 8-bit codes
+        anyway by KPU layers (and data movement to them, on codes), so rounding it on the KPU costs
+        nothing there; a float reader loses the sum's float bits: a CPU op, a graph output, and
+        another add, the next step of a residual stream, which the CPU keeps in float from add to
+        add (hand_landmark_lite_224, float input: cosine 0.9767 with its stream on the KPU in 8 bits,
+        0.9854 without, 0.9851 all on the CPU)."""
         if id(n) in self.outputs:
             return n
         for u in self.users[n]:
@@ -226,7 +231,7 @@ class _Rewriter:
                 inner = self._float_reader(u)
                 if inner is not None:
                     return inner
-            elif not self._kpu_reader(u):
+            elif not _is_kpu(u):
                 return u
         return None
 

@@ -35,11 +35,10 @@ from kcc.quant.calibrate import (
     view_source,
 )
 from kcc.quant.logits import logit_ranges, softmax_logits
-from kcc.quant.params import GridRange, QuantParam, range_param
+from kcc.quant.params import range_param
 from kcc.quant.prequantized import prequantized_ranges
 from kcc.quant.quantize import calibration_view
 from kcc.quant.weight_rounding import InputMoments
-from kcc.target.quant_rules import fixup_range
 
 Range = tuple[float, float]
 
@@ -86,8 +85,7 @@ def choose_ranges(view: Graph, samples: Samples, points: Sequence[Node], method:
     ranges.update(logit_ranges(view, samples, softmax_logits(g)))
     share_view_grids(points, ranges)
     residual_term_ranges(g, ranges)
-    share_concat_grids(g, ranges)
-    return pair_grids(g, ranges)
+    return share_concat_grids(g, ranges)
 
 
 def calibrate_ranges(g: Graph, ctx: CompileContext) -> Graph:
@@ -186,43 +184,4 @@ def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
         hi = max(ranges[p.name][1] for p in parts)
         for p in (*parts, n):
             ranges[p.name] = (lo, hi)
-    return ranges
-
-
-PAIR_CODES = 127  # the largest |weight code - 128| of a layer over a multi-grid stack (kcc.quant.kpu_params)
-
-
-def pair_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
-    """A residual add on the KPU as a layer of its own, [I I] over [x; p] (kcc.passes.residual_kpu's
-    "pair" form): its two weights per output channel are integers of at most 127 in the ratio of the
-    two grids, s_p/s_x, exact only when that ratio is one of small integers. So p, a KPU layer whose
-    grid is ours to choose, gets the finest grid within its range with s_p = s_x * j/m (j, m <= 127):
-    at most ~1 % coarser than its own, and both weights exact. Returns `ranges`, changed in place."""
-    for n in g.nodes:
-        if not (isinstance(n.op, KO.FloatKpuConv) and isinstance(n.inputs[0].op, KO.KpuStack)):
-            continue
-        stack = n.inputs[0]
-        if len(stack.inputs) != 2:
-            continue
-        x, p = stack.inputs
-        c = x.shape[1]
-        w, b = n.inputs[1].data, n.inputs[2].data
-        eye = np.eye(c, dtype=w.dtype)[:, :, None, None]
-        if (w.shape != (c, 2 * c, 1, 1) or not np.array_equal(w[:, :c], eye) or not np.array_equal(w[:, c:], eye)
-                or np.any(b != 0) or x.name not in ranges or p.name not in ranges
-                or not isinstance(p.op, KO.FloatKpuConv)):
-            continue
-        s_x = float(range_param(ranges[x.name]).scale)
-        lo, hi = fixup_range(*ranges[p.name])
-        limit = (254.0 / (hi - lo)) / s_x  # one code of slack: the zero point's rounding keeps [lo, hi]
-        m = np.arange(1, PAIR_CODES + 1)
-        j = np.minimum(np.floor(limit * m), PAIR_CODES)
-        ok = j >= 1
-        if not ok.any():
-            continue
-        best = int(np.argmax(np.where(ok, j / m, -1.0)))
-        scale = float(np.float32(s_x * j[best] / m[best]))
-        zero = int(min(max(round(-lo * scale), 0), 255))
-        q = QuantParam(zero, scale)
-        ranges[p.name] = GridRange(*q.real_range, q)
     return ranges

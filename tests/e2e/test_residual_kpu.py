@@ -1,6 +1,7 @@
 """Residual adds on the KPU end to end (kcc.passes.residual_kpu): a MobileNetV2-style chain of inverted
-residual blocks, built as TFLite, compiled with calibration samples and run in kpu_sim, against TFLite's
-float output. Every add (each read by a KPU layer) becomes one 1x1 KPU layer over [skip; depthwise output] in KPU RAM: no binary,
+residual blocks (each sum read by a 1x1 transition layer, as at the end of a MobileNetV2 stage), built
+as TFLite, compiled with calibration samples and run in kpu_sim, against TFLite's float output. Every
+add becomes one 1x1 KPU layer over [skip; depthwise output] in KPU RAM: no binary,
 download, quantize or upload is left between the layers."""
 
 import numpy as np
@@ -33,6 +34,10 @@ def _chain(rng, size=24, c=16, expand=48, blocks=3, act="NONE", proj=0.3) -> byt
                              b.const(rng.uniform(-0.1, 0.1, c).astype(np.float32))],
                  padding="SAME", stride_w=1, stride_h=1, fused_activation_function="NONE", name=f"project{k}")
         y = b.op("ADD", [p, y], fused_activation_function=act, name=f"add{k}")
+        if k < blocks - 1:  # a transition layer: the sum is read by a KPU layer only, not by the next add
+            y = b.op("CONV_2D", [y, b.const((rng.standard_normal((c, 1, 1, c)) / np.sqrt(c)).astype(np.float32)),
+                                 b.const(np.zeros(c, np.float32))],
+                     padding="SAME", stride_w=1, stride_h=1, fused_activation_function="NONE", name=f"transition{k}")
     b.output(b.op("CONV_2D", [y, b.const((rng.standard_normal((8, 1, 1, c)) / np.sqrt(c)).astype(np.float32)),
                               b.const(np.zeros(8, np.float32))],
                   padding="SAME", stride_w=1, stride_h=1, fused_activation_function="NONE", name="head"))
@@ -42,11 +47,11 @@ def _chain(rng, size=24, c=16, expand=48, blocks=3, act="NONE", proj=0.3) -> byt
 # (fused activation, projection weight scale, forms, bars: min cosine, max rms error in output steps).
 # Small projection weights: each add a layer of its own ("pair"); large ones: the first add fused with
 # its projection, the later ones (a wider residual stream, a coarser skip grid) pairs. Measured (worst
-# of 4 pictures): cos 0.99969 / 0.99980 / 0.99980 and 0.77 / 0.61 / 0.92 steps; today's CPU adds:
-# 0.99977 / 0.99983 / 0.99979 and 0.65 / 0.56 / 0.93 (the CPU keeps the residual stream in float
-# between two adds; here the KPU rounds it to 8 bits at each).
-CHAINS = [("NONE", 0.3, ["pair"] * 3, 0.9996, 0.81), ("RELU", 0.3, ["pair"] * 3, 0.9997, 0.65),
-          ("NONE", 3.0, ["fused", "pair", "pair"], 0.9997, 0.97)]
+# of 4 pictures): cos 0.99932 / 0.99937 / 0.99955 and 0.94 / 0.80 / 1.18 steps; today's CPU adds:
+# the same to 1e-6 and 0.01 step for the pairs (whose codes are the CPU sum's), 0.99950 and 1.21 with
+# the fused one (the projection's output is never rounded); bars 5 % above.
+CHAINS = [("NONE", 0.3, ["pair"] * 3, 0.9993, 0.99), ("RELU", 0.3, ["pair"] * 3, 0.9993, 0.85),
+          ("NONE", 3.0, ["fused", "pair", "pair"], 0.9995, 1.24)]
 
 
 @pytest.mark.parametrize("act,proj,forms,min_cos,max_err", CHAINS)
@@ -61,6 +66,7 @@ def test_a_chain_of_inverted_residual_blocks_keeps_its_adds_on_the_kpu(act, proj
     assert [("fused" if p.reason.startswith("with the projection") else "pair") for p in adds] == forms
     kinds = [n.op.kind for n in res.graph.nodes]
     assert "binary" not in kinds and kinds.count("kpu_concat") == 3 and kinds.count("kpu_upload") == 1
+    assert kinds.count("kpu_download") == 1  # the output's
     stacked = [n for n in res.graph.nodes if isinstance(n.op, KO.QuantKpuLayer) and n.inputs[0].op.kind == "kpu_concat"]
     assert [n.name for n in stacked] == ["add0", "add1", "add2"]
     if act == "RELU":  # the fused activation is the layer's clamp: no code below the zero point
