@@ -14,6 +14,11 @@ Quantized stage (after `quantize`, executed bit-exactly only by kpu_sim):
     KpuConcat               channel concatenation in KPU RAM: each producing layer writes its channel
                             range of one buffer (kcc.emit.storage), no node of its own either
 
+Both stages:
+    KpuStack                KPU layers' outputs side by side in one KPU RAM buffer, each part on its
+                            own grid, read by one 1x1 KPU layer only (a residual add on the KPU,
+                            kcc.passes.residual_kpu); a float concatenation, quantized as a KpuConcat
+
 Tensors produced by KpuUpload and QuantKpuLayer live in KPU RAM; every other tensor in main memory.
 """
 
@@ -185,6 +190,24 @@ class KpuConcat(Op):
         return TensorType((1, sum(t.shape[1] for t in ins), h, w), DType.uint8)
 
 
+
+@dataclass(frozen=True)
+class KpuStack(Op):
+    """Channels of KPU layers side by side, in float (a concatenation along channels) for the 1x1
+    KPU layer that alone reads them. Unlike a Concat, each part keeps its own grid once quantized:
+    the layer reads the buffer with one input offset and absorbs each part's zero point and scale
+    in its bias and weights (kcc.quant.kpu_params.stacked_weights); 1x1 only, so no padding ever
+    meets two zero points. Quantized, it is a KpuConcat (the parts write their channel ranges)."""
+
+    kind: ClassVar[str] = "kpu_stack"
+
+    def infer_type(self, ins):
+        _check(len(ins) >= 2 and all(t.dtype == DType.float32 and t.rank == 4 for t in ins),
+               "kpu_stack takes f32 NCHW maps")
+        n, _, h, w = ins[0].shape
+        _check(n == 1 and all(t.shape[0] == 1 and t.shape[2:] == (h, w) for t in ins),
+               f"kpu_stack parts {[t.shape for t in ins]}: batch 1 and one H x W")
+        return TensorType((1, sum(t.shape[1] for t in ins), h, w), DType.float32)
 
 
 @dataclass(frozen=True, eq=False)

@@ -44,6 +44,7 @@ from kcc.ir.types import TensorType
 from kcc.options import CompileOptions
 from kcc.passes.manager import CompileContext
 from kcc.passes.prelu_kpu import prelu_to_kpu
+from kcc.passes.residual_kpu import residual_to_kpu
 from kcc.passes.rotate180 import rotate180
 from kcc.target.k210 import (
     KERNEL_SIZES,
@@ -386,6 +387,12 @@ class _Legalizer:
         return self.g
 
 
+_RESIDUAL_FORMS = {  # kcc.passes.residual_kpu's forms, as the placement report says them
+    "fused": "with the projection: one 1x1 KPU layer over [skip; projection input] in KPU RAM",
+    "pair": "a 1x1 KPU layer over [skip; projection] in KPU RAM, weights [I I]",
+}
+
+
 def legalize_kpu(g: Graph, ctx: CompileContext | None = None) -> Graph:
     """Rewrite a canonical float graph so that KPU-eligible layers become `FloatKpuConv` nodes; one
     `Placement` per conv / fc / pool goes to ctx.placements, the CPU ones with their reason and, for
@@ -403,4 +410,7 @@ def legalize_kpu(g: Graph, ctx: CompileContext | None = None) -> Graph:
     if ctx.quantization is None and not ctx.own_grids:  # a pre-quantized model keeps its PReLU grids
         out, done = prelu_to_kpu(out, ctx.options)
         ctx.placements.extend(Placement(name, "prelu", True, "two 1x1 KPU layers") for name in done)
+        out, done, kept = residual_to_kpu(out, ctx.options, ctx.samples)
+        ctx.placements.extend(Placement(name, "add", True, _RESIDUAL_FORMS[form]) for name, form in done)
+        ctx.placements.extend(Placement(name, "add", False, why) for name, why in kept)
     return out

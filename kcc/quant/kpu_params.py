@@ -35,6 +35,7 @@ import numpy as np
 
 from kcc.eval.kernels import kpu_activation
 from kcc.ir.kpu_ops import FloatKpuConv, QuantKpuLayer
+from kcc.passes.residual_kpu import STACK_LIMIT  # |codes - 128| of the stack's weights (no channel turned)
 from kcc.quant.params import (
     QuantParam,
     get_fixed_mul,
@@ -368,18 +369,96 @@ def layer_weights(w: np.ndarray, b: np.ndarray, depthwise: bool, moments: PatchM
     return LayerWeights(codes, wq, e, b)
 
 
+STACK_ZERO = 128  # the weight zero point of a layer over a multi-grid stack: codes - 128 in [-128, 127]
+
+
+@dataclass(frozen=True)
+class StackedWeights:
+    """The weights of a 1x1 KPU layer over a multi-grid stack (kcc.ir.kpu_ops.KpuStack), on the grid
+    of the buffer's one input offset, the `base` part's (zero point z_b, scale s_b)."""
+
+    weights: LayerWeights
+    base: QuantParam
+    acc_offset: np.ndarray  # int64 per output channel: sum_i (w_i - z_w)(z_b - z_i), into the bias
+    exact: np.ndarray  # bool per output channel: its one weight on a part other than the base is an integer
+
+
+def stacked_weights(w: np.ndarray, b: np.ndarray, parts: list[tuple[QuantParam, int]]) -> StackedWeights:
+    """Codes for W [OC, C, 1, 1] over a stack of `parts` (grid, channels), the base being the last.
+
+    The KPU reads every input channel as (q - z_b), with one offset. A channel i of part j holds
+    x_i = (q - z_j)/s_j (scales in levels per unit), and (q - z_j) = (q - z_b) + (z_b - z_j): the
+    layer applies W' = W * s_b/s_j to the codes as if they were on the base grid, and each output
+    channel's accumulator takes sum_i (w_i - z_w)(z_b - z_j) more, an integer, exact in the bias.
+
+    A residual add's skip part holds one non-zero weight per output channel (d = s_b/s_j in base
+    units); its code is kept an exact integer k_c by choosing the channel's scale e_c = k_c/d (the
+    BN multiplier undoes e_c, kcc.quant.kpu_params.clamp_bn), k_c as large as the channel's other
+    weights allow within +-127 (kcc.passes.residual_kpu). Then a skip value
+    reaches the output through one exact rounding of (q - z_j) * s_z/s_j. A channel whose other
+    weights are so large against d that k_c would be 0 is equalized as usual (not exact)."""
+    oc = w.shape[0]
+    base = parts[-1][0]
+    flat = w.reshape(oc, -1).astype(np.float64)
+    ratio = np.concatenate([np.full(c, float(base.scale) / float(q.scale)) for q, c in parts])
+    zeros = np.concatenate([np.full(c, q.zero_point, np.int64) for q, c in parts])
+    wb = flat * ratio[None, :]  # W' in base units
+    n_base = parts[-1][1]
+    skip = wb[:, :-n_base] if n_base < wb.shape[1] else np.zeros((oc, 0))
+    general = np.abs(wb[:, -n_base:]).max(axis=1, initial=0.0)
+    e = np.ones(oc)
+    exact = np.zeros(oc, bool)
+    for c in range(oc):
+        nz = np.flatnonzero(skip[c])
+        if len(nz) == 1:
+            d = abs(float(skip[c, nz[0]]))
+            k_max = STACK_LIMIT if general[c] == 0 else min(STACK_LIMIT, math.floor(STACK_LIMIT * d / general[c]))
+            if k_max >= 1:
+                k = _best_skip_code(wb[c, -n_base:], d, k_max)
+                e[c], exact[c] = k / d, True
+                continue
+        peak = float(np.abs(wb[c]).max(initial=0.0))
+        e[c] = STACK_LIMIT / peak if peak > 0 else 1.0
+    grid = QuantParam(STACK_ZERO, 1.0)
+    q = np.clip(round_half_away(wb * e[:, None]), -STACK_LIMIT - 1, STACK_LIMIT).astype(np.int64)
+    acc_offset = (q * (base.zero_point - zeros)[None, :]).sum(axis=1)
+    codes = (q + STACK_ZERO).astype(np.uint8).reshape(w.shape)
+    return StackedWeights(LayerWeights(codes, grid, e, b), base, acc_offset, exact)
+
+
+def _best_skip_code(general: np.ndarray, d: float, k_max: int) -> int:
+    """The skip code k in [1, k_max] whose scale k/d rounds the other weights least (rms, in their own
+    units), the largest among equals: an identity next to the skip ([I I], two KPU layers' outputs
+    added) then gets the integer pair closest to the two grids' ratio."""
+    k = np.arange(1, k_max + 1, dtype=np.float64)
+    v = general[None, :] * (k / d)[:, None]
+    err = np.sqrt(np.mean((np.round(v) - v) ** 2, axis=1)) * d / k if general.size else np.zeros(len(k))
+    return int(k[len(k) - 1 - int(np.argmin(err[::-1] + 0.0))]) if err.size else 1
+
+
 def kpu_layer(op: FloatKpuConv, w: np.ndarray, b: np.ndarray, r: LayerRanges,
-              moments: PatchMoments | None = None, turn_channels: bool = True) -> QuantKpuLayer:
+              moments: PatchMoments | None = None, turn_channels: bool = True,
+              stack: list[tuple[QuantParam, int]] | None = None) -> QuantKpuLayer:
     """Quantize one float KPU layer into its encoded parameters (`layer_weights`, with
-    `turn_channels` for equalize_weights)."""
+    `turn_channels` for equalize_weights). With `stack`, the (grid, channels) of the parts of a
+    multi-grid input (kcc.ir.kpu_ops.KpuStack; 1x1 and clamp only): `stacked_weights`, and the
+    input offset is the last part's (r.x is not used)."""
     k = op.kernel
-    xq = r.x
     yq = range_param(r.y)
     zq = range_param(r.z)
-    lw = layer_weights(w, b, op.depthwise, moments, turn_channels)
+    acc_offset = np.zeros(w.shape[0], np.int64)
+    if stack is None:
+        xq = r.x
+        lw = layer_weights(w, b, op.depthwise, moments, turn_channels)
+    else:
+        if k != 1 or op.depthwise or op.fn is not None:
+            raise ValueError("a KPU layer over a multi-grid stack must be a 1x1 conv with a clamp only")
+        sw = stacked_weights(w, b, stack)
+        xq, lw, acc_offset = sw.base, sw.weights, sw.acc_offset
     w_u8, wq, e, b = lw.codes, lw.grid, lw.e, lw.bias
     # the input's floor bias, seen through each channel's weights: acc misses x_bias * sum(w - z_w)
     acc_bias = r.x_bias * (w_u8.reshape(w_u8.shape[0], -1).astype(np.int64) - wq.zero_point).sum(axis=1)
+    acc_bias = acc_bias + acc_offset
     conv = dict(kernel=k, depthwise=op.depthwise, pool=op.pool, pad_value=xq.zero_point,
                 arg_x=-wq.zero_point, arg_w=-xq.zero_point, arg_add=k * k * wq.zero_point * xq.zero_point,
                 weights=w_u8)

@@ -162,6 +162,13 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
 
     for n in g.nodes:
         op = n.op
+        if isinstance(op, KO.FloatKpuConv) and isinstance(n.inputs[0].op, KO.KpuStack):
+            x, w, b = n.inputs
+            stack = [(_required(p, table[p].grid), p.shape[1]) for p in x.inputs]
+            z = ranges[n.name]
+            layer = kpu_layer(op, w.data, b.data, LayerRanges(stack[-1][0], z, z), stack=stack)
+            table[n] = NodeQuant(Domain.KPU, QuantParam(*layer.out_q), layer)
+            continue
         if isinstance(op, KO.FloatKpuConv):
             x, w, b = n.inputs
             z = ranges[n.name]
@@ -178,6 +185,11 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
         codes = False
         if isinstance(op, O.Input):
             table[n] = NodeQuant(Domain.UINT8_INPUT if input_u8 else Domain.FLOAT, own_grid(n))
+            continue
+        if isinstance(op, KO.KpuStack):  # each part keeps its grid: only its 1x1 layer reads it
+            if not all(table[p].domain is Domain.KPU for p in n.inputs):
+                raise KeyError(f"kpu_stack '{n.name}': a part is not a KPU layer's output")
+            table[n] = NodeQuant(Domain.CODES, None)
             continue
         if isinstance(op, LAYOUT_OPS):
             codes = on_codes(n.inputs[0])
@@ -276,6 +288,8 @@ class _Rewriter:
         (module docstring), or an upload."""
         if self.table[n].domain is Domain.KPU:
             return self.layer_of(n)
+        if isinstance(n.op, KO.KpuStack):
+            return self._once("kpu", n, lambda: self.kpu_stack(n))
         if isinstance(n.op, O.Concat) and ("kpu", n, None) not in self.made:
             problem = kpu_concat_problem(n, self.table, self.written_into)
             if any(self.table[p].domain is Domain.KPU for p in n.inputs):  # a concatenation between KPU layers
@@ -286,6 +300,16 @@ class _Rewriter:
                 return self._once("kpu", n, lambda: self.g.add(
                     KO.KpuConcat(), tuple(self.layer_of(p) for p in n.inputs), n.name + "/kpu"))
         return self._once("kpu", n, lambda: self.g.add(KO.KpuUpload(), (self.u8_of(n),), n.name + "/upload"))
+
+    def kpu_stack(self, n: Node) -> Node:
+        """A multi-grid stack: its parts write their channel ranges of one buffer (a KpuConcat);
+        kcc.passes.residual_kpu made sure each part starts on a line and is written nowhere else."""
+        for p in n.inputs:
+            if self.written_into.get(p, n) is not n:
+                raise KeyError(f"kpu_stack '{n.name}': part '{p.name}' is already written into "
+                               f"'{self.written_into[p].name}'")
+            self.written_into[p] = n
+        return self.g.add(KO.KpuConcat(), tuple(self.layer_of(p) for p in n.inputs), n.name + "/kpu")
 
     def layer_of(self, n: Node) -> Node:
         def make() -> Node:

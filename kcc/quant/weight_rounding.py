@@ -182,8 +182,9 @@ class InputMoments:
         budget = GRAM_BUDGET_BYTES
         for n in g.nodes:
             w = n.inputs[1].data if isinstance(n.op, KO.FloatKpuConv) else None
-            if w is None or on_own_grid(w):
-                continue  # weights on their own grid keep their codes (kcc.quant.weight_grid)
+            if w is None or on_own_grid(w) or isinstance(n.inputs[0].op, KO.KpuStack):
+                continue  # weights on their own grid keep their codes (kcc.quant.weight_grid), as do
+                # a multi-grid stack's (kcc.quant.kpu_params.stacked_weights)
             x = n.inputs[0]
             blocks = [b for b in tap_blocks(w, n.op.depthwise) if len(b) <= GRAM_MAX_TAPS]
             key = (x.name, n.op.kernel, tuple(tuple(b) for b in blocks))

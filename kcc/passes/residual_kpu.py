@@ -1,0 +1,305 @@
+"""residual_kpu: a residual add y = p + x of two KPU layers' outputs on the KPU (issue #16 item 3).
+
+Two forms, both over a buffer of KPU RAM into which the producers write their channel ranges (a
+`KpuStack`, quantized as a KpuConcat: no copy-out, float add, quantize or upload):
+
+    fused   y = [I | W] @ [x; h] + b    p = conv1x1(h) + b, no activation: ONE 1x1 layer replaces the
+                                        projection and the add (h usually a depthwise layer's ReLU6)
+    pair    y = [I | I] @ [x; p]        one more 1x1 layer after p (any KPU layer)
+
+each with the add's fused activation as the layer's clamp. x sits at channel 0, the other part from
+channel C_x on. Each part keeps its own grid; the layer reads the buffer with the last part's input
+offset and absorbs the difference exactly (kcc.quant.kpu_params.stacked_weights): the zero points as
+an integer per output channel in the bias, the scales in the weights, with the skip weight of each
+output channel an exact integer k_c (its channel scale chosen for it, the batch-norm multiplier
+undoing it), so the skip path is one exact requantization of x's codes. 1x1 only, stride 1: no
+padding ever meets the two zero points.
+
+The fused form's price is the projection's weight precision: the skip weight k_c = d e_c (d = s_h/s_x)
+must fit in 127 codes, so when x's grid is coarse against h's (d large against W_c's largest weight),
+W_c gets fewer than 127 codes. It is taken only where that costs little: the projection's extra
+rounding error, estimated from a few calibration samples' ranges and h's mean squares, at most
+ERROR_BUDGET output steps rms (`_error`); without samples, always. Otherwise the pair form: its
+[I I] weights are the skip's exact integer and the integer nearest to it times the ratio of the two
+grids (the pair closest to that ratio, kpu_params), and the projection keeps its own layer.
+
+Taken where the add is a residual connection (the skip an ancestor of the other operand), both
+operands are KPU layers that can write into the buffer (not already written into another, nor read
+by a concatenation), the sum is read by KPU layers only (`_float_reader`), batch 1, C_x a multiple
+of the channels one 64-byte line holds at this width (kmodel_v4.md §7.3), the layer within the
+KPU's limits (channels <= 1024, KPU RAM), and the form estimated faster than today's CPU add
+(kcc.target.k210's cost model, as prelu_kpu). Otherwise the add stays on the CPU and its placement
+says why.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from kcc.eval.interpreter import run
+from kcc.ir import kpu_ops as KO
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph, Node
+from kcc.kmodel import kpu_channel_offset, kpu_row_layout
+from kcc.options import CompileOptions
+from kcc.passes.prelu_kpu import _layer_cycles, _layer_fits, _per_element, _upload
+from kcc.target.k210 import cpu_cycles
+from kcc.target.quant_rules import fixup_range
+
+F32 = np.float32
+ERROR_BUDGET = 0.1  # output steps rms the projection's weights may round more: a third of one rounding's 0.29
+STACK_LIMIT = 127  # |code - zero point| of the weights over a stack (symmetric, kcc.quant.kpu_params)
+SAMPLES = 4  # calibration samples the ranges of `_precise` come from
+
+
+def _is_kpu(v: Node) -> bool:
+    return isinstance(v.op, KO.FloatKpuConv)
+
+
+def _reaches(n: Node, x: Node, limit: int = 256) -> bool:
+    """x is an input of n, or of its inputs..., within `limit` nodes (a residual block is short)."""
+    stack, seen = [n], set()
+    while stack and len(seen) < limit:
+        v = stack.pop()
+        for i in v.inputs:
+            if i is x:
+                return True
+            if id(i) not in seen and not i.is_constant:
+                seen.add(id(i))
+                stack.append(i)
+    return False
+
+
+class _Stats:
+    """Per tensor of interest, over some samples: its range and each channel's mean square."""
+
+    def __init__(self, g: Graph, samples: list | None):
+        self.lo: dict[int, float] = {}
+        self.hi: dict[int, float] = {}
+        self.sq: dict[int, np.ndarray] = {}
+        if not samples:
+            return
+        want = set()
+        for n in g.nodes:
+            if isinstance(n.op, O.Binary) and n.op.op == "add":
+                want.add(id(n))
+                for i in n.inputs:
+                    want.add(id(i))
+                    if _is_kpu(i):
+                        want.add(id(i.inputs[0]))
+        count: dict[int, int] = {}
+
+        def see(n: Node, v: np.ndarray) -> None:
+            if id(n) not in want or v.ndim != 4:
+                return
+            k = id(n)
+            self.lo[k] = min(self.lo.get(k, 0.0), float(v.min()))
+            self.hi[k] = max(self.hi.get(k, 0.0), float(v.max()))
+            sq = np.mean(v.astype(np.float64) ** 2, axis=(0, 2, 3))
+            self.sq[k] = self.sq.get(k, 0.0) + sq
+            count[k] = count.get(k, 0) + 1
+
+        for sample in samples[:SAMPLES]:
+            run(g, sample, see)
+        for k in self.sq:
+            self.sq[k] = self.sq[k] / count[k]
+
+    def scale(self, n: Node) -> float | None:
+        """Levels per unit of the tensor's range (kcc.quant.params.get_quant_param, in float64)."""
+        if id(n) not in self.lo:
+            return None
+        lo, hi = fixup_range(self.lo[id(n)], self.hi[id(n)])
+        return 255.0 / (hi - lo)
+
+
+class _Rewriter:
+    def __init__(self, g: Graph, opts: CompileOptions, samples: list | None = None):
+        self.stats = _Stats(g, samples)
+        self.src, self.opts = g, opts
+        self.users = g.users()
+        self.outputs = {id(o) for o in g.outputs}
+        self.g = Graph()
+        self.map: dict[int, Node] = {}
+        self.stacked: set[int] = set()  # source nodes already written into a stack
+        self.done: list[tuple[str, str]] = []  # (add, form)
+        self.kept: list[tuple[str, str]] = []  # (add, why it stays on the CPU)
+
+    def _kpu_now(self, v: Node) -> bool:
+        """v is a KPU layer in the graph being built (an add before may have become one)."""
+        return _is_kpu(self.map[id(v)])
+
+    def _buffer_problem(self, first: Node, second: Node, n: Node) -> str | None:
+        """Why `first` and `second` (source nodes, KPU layers now) cannot write [first; second] of one
+        buffer read by a 1x1 layer to n's channels, or None."""
+        for part in (first, second):
+            if id(part) in self.stacked or any(isinstance(u.op, (O.Concat, KO.KpuStack)) for u in self.users[part]):
+                return f"'{part.name}' is already written into another buffer in KPU RAM"
+        _, _, hh, w = n.shape
+        c1 = first.shape[1]
+        if kpu_channel_offset(w, hh, c1) is None:
+            return (f"'{first.name}' has {c1} channels, not a multiple of {kpu_row_layout(w).groups} (the "
+                    f"channels one 64-byte line of KPU RAM holds at width {w})")
+        if not _layer_fits((1, c1 + second.shape[1], hh, w), n.shape[1], 1):
+            return f"a 1x1 layer over {c1 + second.shape[1]} channels of {hh}x{w} exceeds the KPU's limits"
+        return None
+
+    def _fused_problem(self, n: Node, proj: Node, skip: Node) -> str | None:
+        """Why y = proj(h) + skip cannot be one layer over [skip; h] (module docstring), or None."""
+        op = proj.op
+        if not (_is_kpu(proj) and op.kernel == 1 and not op.depthwise and op.pool == "bypass"
+                and op.act == O.NO_CLAMP and op.fn is None and proj.inputs[1].is_constant
+                and proj.inputs[2].is_constant):
+            return f"'{proj.name}' is not a 1x1 KPU layer without activation"
+        h = proj.inputs[0]
+        if not _is_kpu(h) or self.users[h] != [proj] or id(h) in self.outputs:
+            return f"the projection's input '{h.name}' is not a KPU layer read by the projection alone"
+        problem = self._buffer_problem(skip, h, n)
+        if problem is not None:
+            return problem
+        err = self._error(n, proj, skip)
+        if err is not None and err > ERROR_BUDGET:
+            return (f"its skip weight fits 127 codes only with W on a coarser grid, ~{err:.2f} output steps rms "
+                    f"more error (budget {ERROR_BUDGET})")
+        return None
+
+    def _problem(self, n: Node) -> tuple[str, Node, Node] | str:
+        """(form, projection, skip) of an add the KPU serves, or why not ("" for an add that is no
+        residual connection): "fused", one layer over [skip; h]; else "pair", one layer over [skip;
+        projection] (weights [I I]) after the projection."""
+        if n.op.op != "add" or len(n.inputs) != 2 or not n.inputs[0].shape == n.inputs[1].shape == n.shape:
+            return "not an add of two maps of one shape"
+        if n.type.rank != 4 or n.shape[0] != 1:
+            return "not a batch-1 map"
+        a, b = n.inputs
+        # a residual connection: the skip is an ancestor of the other operand (a decomposed conv's sum
+        # of terms, kcc.passes.decompose_kernels, adds siblings and keeps its float partial sums)
+        order = [(p, x) for p, x in ((a, b), (b, a)) if _reaches(p, x)]
+        if not order:
+            return ""
+        if not (self._kpu_now(a) and self._kpu_now(b)):
+            cpu = b if self._kpu_now(a) else a
+            return f"its operand '{cpu.name}' is a CPU {cpu.op.kind}, not a KPU layer's output"
+        reader = self._float_reader(n)
+        if reader is not None:
+            return (f"its sum is read in float by '{reader.name}' ({reader.op.kind}): a KPU layer would "
+                    f"round it to 8 bits")
+        pairs = [(p, x) for p, x in order if self.users[p] == [n] and id(p) not in self.outputs]
+        for proj, skip in pairs:
+            if self._fused_problem(n, proj, skip) is None:
+                if self._faster(n, proj, skip, True):
+                    return "fused", proj, skip
+        why = "no operand is a KPU layer read by the add alone"
+        for proj, skip in pairs or order:
+            why = self._buffer_problem(skip, proj, n) or ""
+            if not why:
+                if self._faster(n, proj, skip, False):
+                    return "pair", proj, skip
+                why = "estimated slower than the CPU add"
+        return why
+
+    def _error(self, n: Node, proj: Node, skip: Node) -> float | None:
+        """How much more the projection's weights round in the fused form than on a grid of their own,
+        in output steps rms over its channels, from the samples' ranges (None without samples):
+        channel c's weight step is d/k_c there (kcc.quant.kpu_params.stacked_weights), max|W_c|/127
+        on its own (about: kpu_params.equalize_weights); the error of a step is step/sqrt(12) times
+        |h| (rms per channel, summed over h's channels)."""
+        h = proj.inputs[0]
+        s_h, s_x, s_z = self.stats.scale(h), self.stats.scale(skip), self.stats.scale(n)
+        if None in (s_h, s_x, s_z) or id(h) not in self.stats.sq:
+            return None
+        d = s_h / s_x
+        w = np.abs(proj.inputs[1].data.reshape(proj.shape[1], -1).astype(np.float64))
+        m = np.maximum(w.max(axis=1), 1e-30)
+        k = np.maximum(np.minimum(STACK_LIMIT, np.floor(STACK_LIMIT * d / m)), 1.0)
+        unit = math.sqrt(float(np.sum(self.stats.sq[id(h)]))) / math.sqrt(12.0) * s_z
+        fused, own = d / k * unit, m / STACK_LIMIT * unit
+        return float(np.sqrt(max(0.0, float(np.mean(fused ** 2 - own ** 2)))))
+
+    def _float_reader(self, n: Node) -> Node | None:
+        """A reader of n that reads its float value, or None. Today's CPU sum is read as 8-bit codes
+        anyway by KPU layers (and data movement to them, on codes), so rounding it on the KPU costs
+        nothing there; a float reader loses the sum's float bits: a CPU op, a graph output, and
+        another add, the next step of a residual stream, which the CPU keeps in float from add to
+        add (hand_landmark_lite_224, float input: cosine 0.9767 with its stream on the KPU in 8 bits,
+        0.9854 without, 0.9851 all on the CPU)."""
+        if id(n) in self.outputs:
+            return n
+        for u in self.users[n]:
+            if isinstance(u.op, (O.Pad, O.StridedSlice, O.Reshape, O.Transpose)):
+                inner = self._float_reader(u)
+                if inner is not None:
+                    return inner
+            elif not _is_kpu(u):
+                return u
+        return None
+
+    @staticmethod
+    def _kpu_reader(u: Node) -> bool:
+        """u reads its input from KPU RAM: a KPU layer, or an add that may become one."""
+        return _is_kpu(u) or (isinstance(u.op, O.Binary) and u.op.op == "add")
+
+    def _faster(self, n: Node, proj: Node, skip: Node, fused: bool) -> bool:
+        """Cycles of today's form (download the projection, dequantize both, float add, quantize and
+        upload for KPU readers) against the extra input channels of the fused layer, or the whole
+        layer of the pair."""
+        cpu = cpu_cycles("kpu_download_byte") * proj.type.size + _per_element("dequantize", proj)
+        cpu += _per_element("dequantize", skip) + _per_element("binary", n)
+        if all(self._kpu_reader(u) for u in self.users[skip] if u is not n):  # else downloaded anyway
+            cpu += cpu_cycles("kpu_download_byte") * skip.type.size
+        kpu_readers = id(n) not in self.outputs and all(self._kpu_reader(u) for u in self.users[n])
+        if fused:
+            kpu = _layer_cycles((1, skip.shape[1] + proj.inputs[0].shape[1], *n.shape[2:]), n.shape[1], 1)
+            kpu -= _layer_cycles(proj.inputs[0].shape, n.shape[1], 1)
+        else:
+            kpu = _layer_cycles((1, skip.shape[1] + proj.shape[1], *n.shape[2:]), n.shape[1], 1)
+        if kpu_readers:
+            cpu += _per_element("quantize", n) + _upload(n)
+        else:  # CPU readers: the KPU sum is copied out and dequantized, the CPU one not
+            kpu += cpu_cycles("kpu_download_byte") * n.type.size + _per_element("dequantize", n)
+        return kpu < cpu
+
+    def residual(self, n: Node) -> Node | None:
+        found = self._problem(n)
+        if isinstance(found, str):
+            if found and any(self._kpu_now(i) for i in n.inputs):  # a residual add after a KPU layer: say why
+                self.kept.append((n.name, found))
+            return None
+        form, proj, skip = found
+        g = self.g
+        cx, oc = skip.shape[1], n.shape[1]
+        eye = np.zeros((oc, cx, 1, 1), F32)
+        eye[np.arange(oc), np.arange(cx), 0, 0] = 1.0
+        if form == "fused":
+            h = proj.inputs[0]
+            w, b = proj.inputs[1].data.astype(F32), proj.inputs[2].data.astype(F32)
+        else:
+            h, w, b = proj, eye, np.zeros(oc, F32)
+        stack = g.add(KO.KpuStack(), (self.map[id(skip)], self.map[id(h)]), n.name + "/stack")
+        ins = (stack, g.constant(np.concatenate([eye, w], axis=1), n.name + "/residual_w"),
+               g.constant(b, n.name + "/residual_b"))
+        self.stacked.update((id(skip), id(h)))
+        self.done.append((n.name, form))
+        return g.add(KO.FloatKpuConv(1, act=n.op.act), ins, n.name)
+
+    def run(self) -> Graph:
+        for n in self.src.nodes:
+            new = self.residual(n) if isinstance(n.op, O.Binary) and n.op.op == "add" else None
+            if new is None:
+                new = self.g.add(n.op, tuple(self.map[id(i)] for i in n.inputs), n.name, n.note)
+            self.map[id(n)] = new
+        self.g.outputs = [self.map[id(o)] for o in self.src.outputs]
+        self.g.remove_dead()
+        return self.g
+
+
+def residual_to_kpu(g: Graph, opts: CompileOptions, samples: list | None = None) -> tuple[Graph, list[tuple[str, str]], list[tuple[str, str]]]:
+    """Rewrite each residual add the KPU serves (module docstring); returns the new graph, the adds
+    rewritten with their form ("fused" or "pair"), and (add, reason) for the adds between KPU layers kept on the CPU. `samples`
+    (calibration samples) let the precision check of `_Rewriter._error` run."""
+    if opts.target == "cpu" or not any(isinstance(n.op, O.Binary) and n.op.op == "add" for n in g.nodes):
+        return g, [], []
+    rw = _Rewriter(g, opts, samples)
+    out = rw.run()
+    return out, rw.done, rw.kept

@@ -1,0 +1,84 @@
+"""residual_kpu: a residual add of two KPU layers' outputs as a 1x1 KPU layer over both, side by side
+in KPU RAM; fused with a 1x1 projection where its weights keep their precision, else after it."""
+
+import numpy as np
+import pytest
+
+from kcc.eval.interpreter import run
+from kcc.ir import kpu_ops as KO
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph
+from kcc.options import CompileOptions
+from kcc.passes.residual_kpu import residual_to_kpu
+
+rng = np.random.default_rng(3)
+
+
+def _const(g, shape, s=0.5):
+    return g.constant(rng.uniform(-s, s, shape).astype(np.float32))
+
+
+def _block(c=8, e=16, hw=16, proj_kernel=1, act=O.NO_CLAMP, skip_on_kpu=True, x_scale=0.5, w_scale=0.5):
+    """x (a KPU layer, or the CPU input) -> expand -> depthwise relu6 -> projection -> add x."""
+    g = Graph()
+    inp = g.input(0, (1, c, hw, hw))
+    x = g.add(KO.FloatKpuConv(3), (inp, _const(g, (c, c, 3, 3), x_scale), _const(g, (c,))), "x") \
+        if skip_on_kpu else inp
+    h = g.add(KO.FloatKpuConv(1, act=(0.0, 6.0)), (x, _const(g, (e, c, 1, 1)), _const(g, (e,))), "expand")
+    h = g.add(KO.FloatKpuConv(3, True, act=(0.0, 6.0)), (h, _const(g, (e, 1, 3, 3)), _const(g, (e,))), "dw")
+    k = proj_kernel
+    p = g.add(KO.FloatKpuConv(k), (h, _const(g, (c, e, k, k), w_scale), _const(g, (c,))), "project")
+    y = g.add(O.Binary("add", act), (p, x), "add")
+    g.outputs = [g.add(KO.FloatKpuConv(1), (y, _const(g, (4, c, 1, 1)), _const(g, (4,))), "head")]
+    return g
+
+
+def _samples(g, n=4):
+    return [[rng.uniform(-1, 1, g.inputs[0].shape).astype(np.float32)] for _ in range(n)]
+
+
+@pytest.mark.parametrize("w_scale,form", [(8.0, "fused"), (0.5, "pair")])
+def test_the_add_becomes_one_layer_with_the_same_float_values(w_scale, form):
+    """Projection weights large against the skip's weight d = s_h/s_x (~2.7 here): the fused layer
+    keeps their precision; small ones would get a few codes next to the skip weight's 127, so the add
+    is a layer of its own after the projection."""
+    g = _block(w_scale=w_scale)
+    out, done, kept = residual_to_kpu(g, CompileOptions(), _samples(g))
+    assert done == [("add", form)] and kept == []
+    assert not any(isinstance(n.op, O.Binary) for n in out.nodes)
+    stacks = [n for n in out.nodes if isinstance(n.op, KO.KpuStack)]
+    assert [[p.name for p in s.inputs] for s in stacks] == [["x", "dw" if form == "fused" else "project"]]
+    layers = sum(isinstance(n.op, KO.FloatKpuConv) for n in out.nodes)
+    assert layers == (5 if form == "fused" else 6)
+    for s in _samples(g, 2):
+        np.testing.assert_allclose(run(out, s)[0], run(g, s)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_fused_relu_is_the_layers_clamp_and_a_3x3_projection_pairs():
+    g = _block(proj_kernel=3, act=(0.0, np.inf))
+    out, done, _ = residual_to_kpu(g, CompileOptions(), _samples(g))
+    assert done == [("add", "pair")]
+    add = next(n for n in out.nodes if n.name == "add")
+    assert isinstance(add.op, KO.FloatKpuConv) and add.op.act == (0.0, np.inf) and add.op.kernel == 1
+    s = _samples(g, 1)[0]
+    np.testing.assert_allclose(run(out, s)[0], run(g, s)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_the_add_stays_on_the_cpu_and_says_why():
+    g = _block(skip_on_kpu=False)  # the skip is the graph input (CPU)
+    out, done, kept = residual_to_kpu(g, CompileOptions(), _samples(g))
+    assert done == [] and kept == [("add", "its operand 'input' is a CPU input, not a KPU layer's output")]
+    g = _block(c=6, hw=16)  # 6 channels at width 16: the second part would share a line (4 per line)
+    out, done, kept = residual_to_kpu(g, CompileOptions(), _samples(g))
+    assert done == [] and "not a multiple of 4" in kept[0][1]
+    assert residual_to_kpu(_block(), CompileOptions(target="cpu"))[1] == []
+
+
+def test_a_sum_read_in_float_stays_on_the_cpu():
+    """A graph output (or a CPU conv) reads the float sum: on the KPU it would be rounded once more."""
+    g = _block()
+    g.outputs = [g.outputs[0].inputs[0]]
+    g.remove_dead()
+    out, done, kept = residual_to_kpu(g, CompileOptions(), _samples(g))
+    assert done == [] and kept == [("add", "its sum is read in float by 'add' (binary): a KPU layer would "
+                                           "round it to 8 bits")]
