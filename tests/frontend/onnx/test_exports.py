@@ -130,7 +130,9 @@ def compiled(name: str):
 # (the YOLOX's output is mostly its sigmoids' ~0.5: its figure says less than the others', see README)
 UINT8_BARS = {
     "yolox_nano_like": [3.37e-3],  # measured 3.21e-3 (mean cosine 0.99679; 4.20e-3 with SiLU on the CPU)
-    "mbv2_opset9_pt12": [2.15e-3],  # 2.04e-3
+    # 2.31e-3 with its 4 residual adds on the KPU (kcc.passes.residual_kpu: 6.8 -> 2.0 ms est.), 2.04e-3
+    # with them on the CPU in float
+    "mbv2_opset9_pt12": [2.43e-3],
     "mask_ssd_like": [4.47e-4, 2.83e-5],  # 4.25e-4 (loc), 2.69e-5 (conf, after softmax)
     "misc_ops": [2.40e-5],  # 2.27e-5
 }
@@ -164,7 +166,8 @@ def test_convs_land_on_the_kpu():
         on = Counter(p.op for p in res.placements if p.on_kpu)
         assert on["conv2d"] > 0 and off["conv2d"] == 0, f"{name}: {off}"
     res, canon = compiled("yolox_nano_like")
-    assert Counter(p.op for p in res.placements if not p.on_kpu) == {"pool2d": 3, "concat": 5}
+    # and its two CSP adds whose sums a CPU concat reads in float (kcc.passes.residual_kpu says so)
+    assert Counter(p.op for p in res.placements if not p.on_kpu) == {"pool2d": 3, "concat": 5, "add": 2}
     # its 60 SiLUs (Sigmoid * Mul) are one silu each (canonicalize fuse_silu) and each conv's KPU table
     # activation: the CPU computes only the head's 4 obj/cls sigmoids (60 + 4 nnil programs without it)
     assert Counter(n.op.op for n in canon.nodes if n.op.kind == "unary") == {"silu": 60, "logistic": 4}
