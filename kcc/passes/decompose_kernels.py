@@ -51,7 +51,7 @@ from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.options import CompileOptions
-from kcc.passes.kernel_forms import Form, emit, plan_terms
+from kcc.passes.kernel_forms import Form, emit, plan_terms, shift_plan
 from kcc.passes.kernel_terms import axis_terms, max_zero_taps
 from kcc.passes.legalize_kpu import legalize_kpu
 from kcc.passes.manager import CompileContext
@@ -122,7 +122,11 @@ def estimate_cycles(g: Graph, where: Where = Where()) -> float:
     adds with the dequantize of each uint8 input, and what the output needs for its readers."""
     users = g.users()
     out = g.outputs[0]
-    kpu = _is_kpu
+    kpu_concats = {id(n) for n in g.nodes if _kpu_concat(n, users) and (n is not out or where.kpu_readers)}
+
+    def kpu(v: Node) -> bool:  # in KPU RAM: a KPU layer, or KPU layers' outputs concatenated in place
+        return _is_kpu(v) or id(v) in kpu_concats
+
     on_kpu = any(kpu(m) for m in g.nodes)
     uploaded: set[int] = set()  # one upload serves every KPU layer reading the tensor
     total = 0.0
@@ -130,7 +134,7 @@ def estimate_cycles(g: Graph, where: Where = Where()) -> float:
         if isinstance(n.op, O.Input):
             if where.float_input and on_kpu:  # one quantize (after a channel slice if any)
                 total += _per_element("quantize", n)
-        elif kpu(n):
+        elif _is_kpu(n):
             x, w = n.inputs[0], n.inputs[1]
             nb, c, h, wd = x.shape
             lay = kpu_row_layout(wd)
@@ -149,6 +153,8 @@ def estimate_cycles(g: Graph, where: Where = Where()) -> float:
                 total += _per_element("dequantize", x)
         elif isinstance(n.op, KO.QuantResidual):
             total += 3 * CPU_NODE_CYCLES + n.type.size * sum(cpu_cycles(k) for k in ("dequantize", "binary", "quantize"))
+        elif isinstance(n.op, O.Concat) and id(n) in kpu_concats:
+            pass  # each KPU layer writes its channel range of one KPU RAM buffer
         elif isinstance(n.op, O.Concat):
             in_place = all(isinstance(i.op, (O.StridedSlice, O.Pad)) and len(users[i]) == 1 for i in n.inputs)
             if not in_place:
@@ -169,6 +175,23 @@ def estimate_cycles(g: Graph, where: Where = Where()) -> float:
 
 def _is_kpu(v: Node) -> bool:
     return isinstance(v.op, KO.FloatKpuConv)
+
+
+def _kpu_concat(n: Node, users: dict) -> bool:
+    """n is a channel concatenation that kcc.quant.quantize computes in place in KPU RAM
+    (`kpu_concat_problem`): batch 1, of distinct KPU layers read by it alone, each part starting on a
+    64-byte line of its own, read by KPU layers only (their grids are one when the parts are the
+    shifted copies of a `stack_kpu`, kcc.quant.policy.copy_grids)."""
+    if not (isinstance(n.op, O.Concat) and n.op.axis == 1 and n.shape[0] == 1 and users.get(n)):
+        return False
+    if len({id(p) for p in n.inputs}) != len(n.inputs) or not all(_is_kpu(u) for u in users[n]):
+        return False
+    groups, at = kpu_row_layout(n.shape[3]).groups, 0
+    for p in n.inputs:
+        if not _is_kpu(p) or len(users[p]) != 1 or users[p][0] is not n or at % groups:
+            return False
+        at += p.shape[1]
+    return True
 
 
 def _is_float(v: Node, where: Where) -> bool:
@@ -275,6 +298,29 @@ def _plans(n: Node, residual: bool = False, halves: bool = False, bulk: float = 
                 continue
             if split == (sh, sw) and j * c <= MAX_CHANNELS and j * c * c + 9 * j * c <= STACK_WEIGHT_BUDGET:
                 out.append(Form(split, z, "stack_dw"))
+    shifted = shift_plan(n)
+    if shifted is not None and len(shifted) > 1:
+        out += _stack_kpu_plans(n, len(shifted), residual, halves, bulk)
+    return out
+
+
+def _stack_kpu_plans(n: Node, j: int, residual: bool, halves: bool, bulk: float) -> list[Form]:
+    """The `stack_kpu` candidates of conv n with j shifted copies (twice as many with the residual),
+    within a stack's limits (`_plans`)."""
+    op: O.Conv2D = n.op
+    x, w, _ = n.inputs
+    c = x.shape[1]
+    out = []
+    for views, extra in ((j, False), (2 * j, True)) if residual else ((j, False),):
+        if op.groups == 1:
+            loads = weight_loads(w.shape[0], views * c, 3, False)[1] + 1
+            if views * c <= MAX_CHANNELS and loads <= MAX_WEIGHT_LOADS:
+                out += [Form((1, 1), (0, 0), "stack_kpu", residual=extra, halves=h, bulk=bulk if h else 0.0)
+                        for h in sorted({False, halves})]
+            continue
+        groups = _stack_groups(c, views, STACK_WEIGHT_BUDGET) or _stack_groups(c, views, MAX_STACK_WEIGHT)
+        out += [Form((1, 1), (0, 0), "stack_kpu", 0 if g == c else g, extra, h, bulk if h else 0.0)
+                for h in sorted({False, halves}) for g in groups]
     return out
 
 
@@ -306,7 +352,7 @@ def extra_roundings(n: Node, plan: Form, float_input: bool, read_in_float: bool 
     (each is rounded to 8 bits over its own, unclamped range), one for a float input read without
     its residual, one for an output read in float (`_read_in_float`) not computed in parts
     (`Form.halves`). An output a KPU layer reads is rounded to 8 bits either way."""
-    partial = plan.combine != "stack" and len(plan_terms(n, plan) or ()) > 1
+    partial = plan.combine not in ("stack", "stack_kpu") and len(plan_terms(n, plan) or ()) > 1
     return int(partial) + int(float_input and not plan.residual) + int(read_in_float and not plan.halves)
 
 
