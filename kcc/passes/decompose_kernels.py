@@ -122,7 +122,7 @@ def estimate_cycles(g: Graph, where: Where = Where()) -> float:
     adds with the dequantize of each uint8 input, and what the output needs for its readers."""
     users = g.users()
     out = g.outputs[0]
-    kpu_concats = {id(n) for n in g.nodes if _kpu_concat(n, users) and (n is not out or where.kpu_readers)}
+    kpu_concats = {id(n) for n in g.nodes if _kpu_concat(n, users, where.kpu_readers if n is out else None)}
 
     def kpu(v: Node) -> bool:  # in KPU RAM: a KPU layer, or KPU layers' outputs concatenated in place
         return _is_kpu(v) or id(v) in kpu_concats
@@ -177,14 +177,16 @@ def _is_kpu(v: Node) -> bool:
     return isinstance(v.op, KO.FloatKpuConv)
 
 
-def _kpu_concat(n: Node, users: dict) -> bool:
+def _kpu_concat(n: Node, users: dict, out_readers_kpu: bool | None = None) -> bool:
     """n is a channel concatenation that kcc.quant.quantize computes in place in KPU RAM
     (`kpu_concat_problem`): batch 1, of distinct KPU layers read by it alone, each part starting on a
-    64-byte line of its own, read by KPU layers only (their grids are one when the parts are the
-    shifted copies of a `stack_kpu`, kcc.quant.policy.copy_grids)."""
-    if not (isinstance(n.op, O.Concat) and n.op.axis == 1 and n.shape[0] == 1 and users.get(n)):
+    64-byte line of its own, read by KPU layers only (`out_readers_kpu` for the graph's output: its
+    readers are in the model). The parts share one grid: the shifted copies of a `stack_kpu`
+    (kcc.quant.policy.copy_grids), a depthwise stack's channel groups (share_concat_grids)."""
+    if not (isinstance(n.op, O.Concat) and n.op.axis == 1 and n.shape[0] == 1):
         return False
-    if len({id(p) for p in n.inputs}) != len(n.inputs) or not all(_is_kpu(u) for u in users[n]):
+    readers = out_readers_kpu if out_readers_kpu is not None else bool(users.get(n)) and all(_is_kpu(u) for u in users[n])
+    if not readers or len({id(p) for p in n.inputs}) != len(n.inputs):
         return False
     groups, at = kpu_row_layout(n.shape[3]).groups, 0
     for p in n.inputs:
@@ -319,9 +321,22 @@ def _stack_kpu_plans(n: Node, j: int, residual: bool, halves: bool, bulk: float)
                         for h in sorted({False, halves})]
             continue
         groups = _stack_groups(c, views, STACK_WEIGHT_BUDGET) or _stack_groups(c, views, MAX_STACK_WEIGHT)
+        # the copies are concatenated in place only if each starts on a 64-byte line of its own
+        # (channels per line at x's width: 4 up to width 16, 2 up to 32): groups of a multiple of that too
+        line = kpu_row_layout(x.shape[3]).groups
+        groups = sorted({g for g in groups} | {g // line * line for g in groups if g >= line}, reverse=True)
         out += [Form((1, 1), (0, 0), "stack_kpu", 0 if g == c else g, extra, h, bulk if h else 0.0)
                 for h in sorted({False, halves}) for g in groups]
     return out
+
+
+def _lines_apart(n: Node, plan: Form) -> bool:
+    """A `stack_kpu` whose every group (the last too) is a multiple of the channels a 64-byte line of
+    KPU RAM holds at x's width: its copies then start on lines of their own (concatenated in place)."""
+    x = n.inputs[0]
+    c, line = x.shape[1], kpu_row_layout(x.shape[3]).groups
+    g = plan.group or c
+    return plan.combine == "stack_kpu" and g % line == 0 and (c % g) % line == 0
 
 
 class Status(Enum):
@@ -383,7 +398,8 @@ def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = Tr
     forms: list[tuple[int, float, Form]] = []  # (extra roundings, cycles, plan) of what lands on the KPU
     landed = set()  # stacks that fit in some channel grouping: smaller groups only add layers
     for plan in _plans(n, float_input, halves, bulk):
-        form = (plan.split, plan.z, plan.combine, plan.residual, plan.halves)
+        # stack_kpu: the groups whose copies concatenate in place are another form (_stack_kpu_plans)
+        form = (plan.split, plan.z, plan.combine, plan.residual, plan.halves, _lines_apart(n, plan))
         if form in landed:
             continue
         alone = _alone(n, plan)

@@ -77,7 +77,7 @@ MAX_STEPS = {
     "conv_maxpool": (1.35, 1.28),
     "dilated_dw": (1.24, 1.18),
     "dw3x3_s2": (1.61, 1.53),
-    "dw5x5_s1_relu6": (1.70, 1.62),
+    "dw5x5_s1_relu6": (2.11, 2.01),  # stack_kpu; the CPU-view stack measured 1.62 (rms: the same, test_stack_kpu_...)
     "dw5x5_s2_same": (0.87, 0.82),
     "transpose_conv": (1.35, 1.28),
 }
@@ -152,7 +152,7 @@ def test_stated_input_grid_reaches_the_stem_views(name):
     assert quantizes and all((q.zero_point, q.scale) == (0, 255.0) for q in quantizes), quantizes
 
 
-@pytest.mark.parametrize("name", ["dw5x5_s1_relu6", "conv5x5_s2_same"])
+@pytest.mark.parametrize("name", ["dw5x5_s2_same", "conv5x5_s2_same"])
 def test_stacked_views_are_built_on_uint8(name):
     """A decomposed conv's stacked input (pad -> shifted slices -> concat) is made from one quantized copy
     of x, on uint8: no float32 concat four times the size of x, then quantized."""
@@ -166,7 +166,8 @@ def test_stacked_views_are_built_on_uint8(name):
 
 def test_a_grouped_depthwise_stack_quantizes_each_channel_once():
     """A wide 5x5 depthwise is stacked in channel groups: each group slices its channels off x, then
-    quantizes, pads and shifts them on uint8; x is quantized once in all, not once per group."""
+    quantizes them and makes its views of them (here on the KPU, stack_kpu); x is quantized once in
+    all, not once per group."""
     g = Graph()
     x = g.input(0, (1, 128, 8, 8))
     y = g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=128), (x, _const(g, (128, 1, 5, 5)), _const(g, (128,))))
@@ -174,13 +175,13 @@ def test_a_grouped_depthwise_stack_quantizes_each_channel_once():
     calib = [[rng.uniform(-1, 1, (1, 128, 8, 8)).astype(np.float32)] for _ in range(2)]
     res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
     quantizes = [n for n in res.graph.nodes if type(n.op).__name__ == "Quantize"]
-    layers = [n for n in res.graph.nodes if type(n.op).__name__ == "QuantKpuLayer"]
-    groups = layers[:-1]  # the last layer is the 1x1 conv reading them
+    (head,) = [n for n in res.graph.nodes if type(n.op).__name__ == "QuantKpuLayer" and n.name == g.outputs[0].name]
+    groups = head.inputs[0].inputs  # the 1x1 conv reads the groups' outputs concatenated
     assert len(groups) > 1 and len(quantizes) == len(groups)
     assert sum(n.inputs[0].type.size for n in quantizes) == 128 * 8 * 8
-    # the groups' outputs share one grid (kcc.quant.policy.share_concat_grids): concatenated as codes
-    concats = [n for n in res.graph.nodes if isinstance(n.op, O.Concat) and len(n.inputs) == len(groups)]
-    assert len(concats) == 1 and concats[0].dtype.name == "uint8"
+    # the groups' outputs share one grid (kcc.quant.policy.share_concat_grids): concatenated as codes,
+    # in place in KPU RAM
+    assert type(head.inputs[0].op).__name__ == "KpuConcat"
     assert len({n.op.out_q for n in groups}) == 1
     want = run(g, calib[0])[0]
     got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
