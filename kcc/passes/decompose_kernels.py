@@ -6,7 +6,7 @@ to the CPU, where a float conv costs ~64 cycles per MAC. This pass rewrites such
 legalize, into terms that are each an ordinary 3x3 conv of a view (crop/phase) of the input.
 
 The term algebra (which taps each 3x3 term takes, which view of the input it reads) is
-kcc.passes.kernel_terms; the forms (sum, stack, stack_dw) and their IR, kcc.passes.kernel_forms.
+kcc.passes.kernel_terms; the forms (sum, stack, stack_dw, stack_kpu) and their IR, kcc.passes.kernel_forms.
 This module chooses among them.
 
 ## Choosing
@@ -15,7 +15,10 @@ Candidates: split q in {1, s} x zero placement z x combiner. A depthwise `stack`
 at most 1024 / J channels, at most MAX_STACK_GROUPS layers, STACK_WEIGHT_BUDGET bytes of weights
 (MAX_STACK_WEIGHT if no grouping fits that) and < 64 weight loads a layer (kmodel's load_time
 field); the fewest layers and 2, 4, ... times as many are tried, since smaller groups may fit KPU RAM
-where larger ones do not. `stack_dw` needs J*C <= 1024 and the budget.
+where larger ones do not. `stack_dw` needs J*C <= 1024 and the budget. A `stack_kpu` (stride 1,
+"same", kernels up to 5x5: nine shifted copies made by KPU layers) also takes groups of a multiple of
+the channels a KPU RAM line holds (so that its copies concatenate in place), its layers and weights
+within STACK_KPU_BYTES of kmodel, and a group's copies within KPU RAM (`_stack_kpu_ram`).
 Each candidate is legalized on its own (a few-node graph) and must land wholly on the KPU, and is
 costed in estimated K210 cycles (`estimate_cycles`: every node the kmodel will hold for it, priced as
 `kcc info --estimate` prices them, kcc.latency with kcc.target.k210's costs: KPU layers, uploads and
@@ -60,10 +63,12 @@ from kcc.target.k210 import (
     DEFAULT_MHZ,
     KPU_CYCLE_FACTOR,
     KPU_LAYER_US,
+    KPU_RAM_SIZE,
     KPU_WEIGHT_CYCLES_PER_BYTE,
     MAX_CHANNELS,
     MAX_WEIGHT_LOADS,
     cpu_cycles,
+    kpu_bytes,
     kpu_row_layout,
     weight_loads,
 )
@@ -80,6 +85,15 @@ MAX_STACK_WEIGHT = 128 * 1024
 #: most KPU layers (channel groups) a depthwise `stack` may take: each costs ~25 us and a few CPU
 #: copies, against ~100+ ms for a wide 5x5 depthwise on the CPU
 MAX_STACK_GROUPS = 48
+
+#: kmodel bytes of one KPU layer besides its weights (layer argument, batch-norm and activation tables,
+#: aligned), measured on kcc's kmodels for up to 32 output channels (64: 1024 B)
+KPU_LAYER_BYTES = 768
+#: most kmodel bytes a depthwise `stack_kpu` may take (its layers and weights): a group of g channels
+#: is views + 1 KPU layers (BlazePalm's 32-channel 96x96 5x5s with the residual: 6 groups of 19,
+#: ~118 KiB), and thousands of copy layers would outweigh the model (BlazePalm's 128-channel 24x24
+#: ones in groups of 4: 608 layers, ~540 KiB each)
+STACK_KPU_BYTES = 128 * 1024
 
 # Cost model: kcc.target.k210's cycle counts (nncase v0.2 runtime at 400 MHz) of what legalize makes.
 _KPU_LAYER_CYCLES = KPU_LAYER_US * DEFAULT_MHZ  # interrupt, layer FIFO, runtime
@@ -118,7 +132,8 @@ def estimate_cycles(g: Graph, where: Where = Where()) -> float:
     it as kcc.latency does (`kcc info --estimate`): KPU layers (their fixed cost, CPU dispatch,
     uploads, and copies out for CPU readers), float convs (with the dequantize of a uint8 input), a
     float input's quantize (once: views and pads then move uint8 codes), views, pads, crops,
-    concats (none when every input is a CPU view written into its block, kcc.emit.storage), float
+    concats (none when every input is a CPU view written into its block, kcc.emit.storage, nor when
+    KPU layers write their channel ranges of one KPU RAM buffer for KPU readers, `_kpu_concat`), float
     adds with the dequantize of each uint8 input, and what the output needs for its readers."""
     users = g.users()
     out = g.outputs[0]
@@ -320,14 +335,40 @@ def _stack_kpu_plans(n: Node, j: int, residual: bool, halves: bool, bulk: float)
                 out += [Form((1, 1), (0, 0), "stack_kpu", residual=extra, halves=h, bulk=bulk if h else 0.0)
                         for h in sorted({False, halves})]
             continue
-        groups = _stack_groups(c, views, STACK_WEIGHT_BUDGET) or _stack_groups(c, views, MAX_STACK_WEIGHT)
+        groups = set(_stack_groups(c, views, STACK_WEIGHT_BUDGET) + _stack_groups(c, views, MAX_STACK_WEIGHT))
         # the copies are concatenated in place only if each starts on a 64-byte line of its own
         # (channels per line at x's width: 4 up to width 16, 2 up to 32): groups of a multiple of that too
         line = kpu_row_layout(x.shape[3]).groups
-        groups = sorted({g for g in groups} | {g // line * line for g in groups if g >= line}, reverse=True)
+        aligned = {g // line * line for g in groups if g >= line} | {-(-g // line) * line for g in groups}
+        groups |= {g for g in aligned if _stack_group_fits(c, views, g)}
+        # every group is views + 1 KPU layers: within STACK_KPU_BYTES with their weights
+        groups = sorted((g for g in groups if _stack_kpu_bytes(c, j, views, g) <= STACK_KPU_BYTES
+                         and _stack_kpu_ram(x.shape, views, g, 2 if extra else 1) <= KPU_RAM_SIZE), reverse=True)
         out += [Form((1, 1), (0, 0), "stack_kpu", 0 if g == c else g, extra, h, bulk if h else 0.0)
                 for h in sorted({False, halves}) for g in groups]
     return out
+
+
+def _stack_kpu_bytes(c: int, j: int, views: int, g: int) -> int:
+    """kmodel bytes of a depthwise `stack_kpu` of c channels in groups of g: per group, `views` copy
+    layers (j per source) and the stacked layer, each KPU_LAYER_BYTES plus its weights."""
+    groups = -(-c // g)
+    return groups * (views + 1) * KPU_LAYER_BYTES + 9 * views * g * c + 9 * views * c
+
+
+def _stack_kpu_ram(shape: tuple, views: int, g: int, sources: int) -> int:
+    """KPU RAM a depthwise `stack_kpu` in groups of g needs at once (legalize_kpu checks one layer at
+    a time): a group's copies side by side, the group of x (and of its residual) they copy, and the
+    output, all groups side by side (a channel group of x is sliced on the CPU: x whole is not there)."""
+    nb, c, h, w = shape
+    return kpu_bytes((nb, views * g, h, w)) + sources * kpu_bytes((nb, g, h, w)) + kpu_bytes((nb, c, h, w))
+
+
+def _stack_group_fits(c: int, views: int, g: int) -> bool:
+    """Groups of g of c channels, each stacking `views` views, within the limits of `_stack_groups`
+    (MAX_STACK_WEIGHT, MAX_CHANNELS, MAX_STACK_GROUPS, the weight loads)."""
+    return (0 < g <= c and 9 * views * g * c <= MAX_STACK_WEIGHT and views * g <= MAX_CHANNELS
+            and -(-c // g) <= MAX_STACK_GROUPS and weight_loads(g, views * g, 3, False)[1] < MAX_WEIGHT_LOADS)
 
 
 def _lines_apart(n: Node, plan: Form) -> bool:

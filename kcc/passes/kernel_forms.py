@@ -15,13 +15,22 @@ as IR. Which form a conv gets, if any, is kcc.passes.decompose_kernels' choice.
                                                 (one KPU layer over J*C input channels)
     stack_dw: pad(x) -> slice_j -> concat -> dwconv3x3(J*C, "same") -> conv1x1([I I I I], b, act) -> crop
                                                 (stride 1 only; two KPU layers, nothing between them)
+    stack_kpu: x -> shift_(cy,cx) (9 depthwise 3x3 KPU layers, cy, cx in {-1, 0, 1}) -> concat in KPU RAM
+                 -> conv3x3([w_0 | ... | w_8], b, act) -> y
+                                                (stride 1, "same"; no CPU pad, slice or stacked upload)
 
 `sum` keeps the weights as they are. The partial sums are not clamped: the bias rides on the first
 term (the KPU adds it for free) and the fused clamp on the last add. `stack` rounds once, at the
 conv's own output range; a depthwise kernel becomes a dense block-diagonal one (output channel o
 reads channel o of every view), 9*J*C*C weight bytes, so wide depthwise convs are stacked in
 channel groups, one KPU layer and 9*J*g*C bytes per group of g (the group outputs are concatenated).
-`stack_dw` needs only J*C*C bytes for the 1x1 sum; like `sum` it rounds every unclamped partial
+`stack_kpu` is `stack` with its views made by the KPU: a 3x3 depthwise layer whose one tap of 1
+sits at (1 + cy, 1 + cx) copies x shifted by (cy, cx) onto x's own grid (kcc.quant.policy.copy_grids:
+exact, the border its pad value, real 0), each copy writing its channel range of one KPU RAM buffer
+(kcc.ir.kpu_ops.KpuConcat). A copy the size of x loses a row and a column, so each takes only the
+taps nothing else reaches (kernel_terms.shift_terms): nine terms for a 5x5, the centre one x itself.
+x is uploaded once (with the residual, x and its residual: the residual's codes hold gain times the
+residual on x's grid), or read where a KPU layer left it. `stack_dw` needs only J*C*C bytes for the 1x1 sum; like `sum` it rounds every unclamped partial
 sum to 8 bits. After a clamp (relu6) that costs accuracy: the partial sums span a wider range than
 the clamped output, so their 8-bit grid is coarser (measured: docs/measurements.md §2).
 """

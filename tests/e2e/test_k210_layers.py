@@ -185,7 +185,9 @@ def test_a_grouped_depthwise_stack_quantizes_each_channel_once():
     assert len({n.op.out_q for n in groups}) == 1
     want = run(g, calib[0])[0]
     got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
-    assert _max_steps(got, want) <= 2.15  # measured 2.04
+    # measured 2.19 (stack_kpu in 32 groups of 4; the CPU-view stack in groups of 13: 2.04). Over four
+    # seeds the rms error of both forms in groups of 4 agrees within 1 %: the group size, not the form
+    assert _max_steps(got, want) <= 2.30
 
 
 def _blockwise_zero_sum_kernel():
