@@ -186,9 +186,9 @@ def test_a_float_input_of_the_cpu_gets_the_residual_stack():
     # BlazePalm's 256-channel 5x5s on 12x12 maps: the residual stack (37 layers of 7 channels) is
     # estimated slower than the CPU conv, and every faster form rounds more (a residual stack_kpu
     # would take 86 groups). Read from an 8-bit KPU output, the plain stack adds no rounding and is
-    # taken, its views made on the KPU.
+    # taken (a stack_kpu in groups of 4 would be 640 KPU layers, 480 KiB of kmodel).
     assert decide("prelu", c=256) is None
-    assert decide("conv", c=256).combine == "stack_kpu"
+    assert decide("conv", c=256).combine == "stack"
     # BlazePalm's first 5x5s: the residual stack_kpu of all 32 channels (576 input channels of 96x96)
     # does not fit KPU RAM, nor in groups of 11; in groups of 6 it does
     big = decide("prelu", c=32, hw=96)
@@ -203,8 +203,9 @@ def test_depthwise_stacks_only_within_the_weight_budget():
     def kpu_views(c):  # stack_kpu: nine shifted copies, 81 * g * C weight bytes in groups of g
         conv = _conv_graph(c, c, 8, 8, 5, 5, (1, 1), ((2, 2), (2, 2)), c).outputs[0]
         return [p.group for p in D._plans(conv) if p.combine == "stack_kpu"]
-    # at width 8 four channels share a 64-byte line: groups of 8 and 4 let the copies concatenate in place
-    assert kpu_views(32) == [16, 8, 4, 2, 1] and kpu_views(64) == [11, 8, 6, 4, 3, 2]
+    # at width 8 four channels share a 64-byte line: groups of a multiple of 4 let the copies concatenate
+    # in place; every group is 10 KPU layers of 768 B besides the weights, within STACK_KPU_BYTES
+    assert kpu_views(32) == [0, 16, 8, 4, 2] and kpu_views(64) == [12, 11, 8, 6]
     assert kpu_views(384) == [] and kpu_views(8) == [0, 4, 2, 1]
     assert plans(32) == [("sum", 0), ("stack", 0), ("stack", 16), ("stack", 8), ("stack", 4), ("stack", 2),
                          ("stack", 1), ("stack_dw", 0)]  # one layer first, then 2, 4, ... as many
