@@ -331,7 +331,8 @@ def _stack_kpu_plans(n: Node, j: int, residual: bool, halves: bool, bulk: float)
     for views, extra in ((j, False), (2 * j, True)) if residual else ((j, False),):
         if op.groups == 1:
             loads = weight_loads(w.shape[0], views * c, 3, False)[1] + 1
-            if views * c <= MAX_CHANNELS and loads <= MAX_WEIGHT_LOADS:
+            fits = _stack_kpu_ram(x.shape, views, c, 2 if extra else 1, w.shape[0]) <= KPU_RAM_SIZE
+            if views * c <= MAX_CHANNELS and loads <= MAX_WEIGHT_LOADS and fits:
                 out += [Form((1, 1), (0, 0), "stack_kpu", residual=extra, halves=h, bulk=bulk if h else 0.0)
                         for h in sorted({False, halves})]
             continue
@@ -342,26 +343,27 @@ def _stack_kpu_plans(n: Node, j: int, residual: bool, halves: bool, bulk: float)
         aligned = {g // line * line for g in groups if g >= line} | {-(-g // line) * line for g in groups}
         groups |= {g for g in aligned if _stack_group_fits(c, views, g)}
         # every group is views + 1 KPU layers: within STACK_KPU_BYTES with their weights
-        groups = sorted((g for g in groups if _stack_kpu_bytes(c, j, views, g) <= STACK_KPU_BYTES
-                         and _stack_kpu_ram(x.shape, views, g, 2 if extra else 1) <= KPU_RAM_SIZE), reverse=True)
+        groups = sorted((g for g in groups if _stack_kpu_bytes(c, views, g) <= STACK_KPU_BYTES
+                         and _stack_kpu_ram(x.shape, views, g, 2 if extra else 1, c) <= KPU_RAM_SIZE), reverse=True)
         out += [Form((1, 1), (0, 0), "stack_kpu", 0 if g == c else g, extra, h, bulk if h else 0.0)
                 for h in sorted({False, halves}) for g in groups]
     return out
 
 
-def _stack_kpu_bytes(c: int, j: int, views: int, g: int) -> int:
+def _stack_kpu_bytes(c: int, views: int, g: int) -> int:
     """kmodel bytes of a depthwise `stack_kpu` of c channels in groups of g: per group, `views` copy
-    layers (j per source) and the stacked layer, each KPU_LAYER_BYTES plus its weights."""
+    layers and the stacked layer, each KPU_LAYER_BYTES plus its weights."""
     groups = -(-c // g)
     return groups * (views + 1) * KPU_LAYER_BYTES + 9 * views * g * c + 9 * views * c
 
 
-def _stack_kpu_ram(shape: tuple, views: int, g: int, sources: int) -> int:
-    """KPU RAM a depthwise `stack_kpu` in groups of g needs at once (legalize_kpu checks one layer at
-    a time): a group's copies side by side, the group of x (and of its residual) they copy, and the
-    output, all groups side by side (a channel group of x is sliced on the CPU: x whole is not there)."""
-    nb, c, h, w = shape
-    return kpu_bytes((nb, views * g, h, w)) + sources * kpu_bytes((nb, g, h, w)) + kpu_bytes((nb, c, h, w))
+def _stack_kpu_ram(shape: tuple, views: int, g: int, sources: int, oc: int) -> int:
+    """KPU RAM a `stack_kpu` in groups of g input channels needs at once (legalize_kpu checks one
+    layer at a time): a group's copies side by side, the group of x (and of its residual) they copy,
+    and the oc output channels, all groups side by side (a channel group of x is sliced on the CPU:
+    x whole is not there)."""
+    nb, _, h, w = shape
+    return kpu_bytes((nb, views * g, h, w)) + sources * kpu_bytes((nb, g, h, w)) + kpu_bytes((nb, oc, h, w))
 
 
 def _stack_group_fits(c: int, views: int, g: int) -> bool:

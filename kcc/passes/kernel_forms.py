@@ -30,7 +30,8 @@ exact, the border its pad value, real 0), each copy writing its channel range of
 (kcc.ir.kpu_ops.KpuConcat). A copy the size of x loses a row and a column, so each takes only the
 taps nothing else reaches (kernel_terms.shift_terms): nine terms for a 5x5, the centre one x itself.
 x is uploaded once (with the residual, x and its residual: the residual's codes hold gain times the
-residual on x's grid), or read where a KPU layer left it. `stack_dw` needs only J*C*C bytes for the 1x1 sum; like `sum` it rounds every unclamped partial
+residual on x's grid), or read where a KPU layer left it.
+`stack_dw` needs only J*C*C bytes for the 1x1 sum; like `sum` it rounds every unclamped partial
 sum to 8 bits. After a clamp (relu6) that costs accuracy: the partial sums span a wider range than
 the clamped output, so their 8-bit grid is coarser (measured: docs/measurements.md §2).
 """
