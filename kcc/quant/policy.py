@@ -160,15 +160,22 @@ def residual_term_ranges(g: Graph, ranges: dict[str, Range]) -> None:
 
 def copy_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
     """A KPU layer that copies its input shifted (kcc.ir.kpu_ops.shift_copy: a `stack_kpu` view,
-    kcc.passes.kernel_forms) gets its input's range, the very object, so its grid is its input's and
+    kcc.passes.kernel_forms) gets its input's range (a KPU layer's, for a channel slice of its output,
+    which moves its codes: kcc.quant.quantize), the very object, so its grid is its input's and
     it moves the codes exactly (kcc.quant.kpu_params' clamp path: out = z + (x - z), the border its
     pad value, the input's zero point); its calibrated range (the copy drops a row and a column of x
     and adds zeros) would round every value again. The copies' concatenations then take that grid
     too (`share_concat_grids`, run again). Last: after any override of the input's range."""
     changed = False
     for n in g.nodes:
-        x = n.inputs[0] if n.inputs else None
-        if x is not None and x.name in ranges and shift_copy(n) is not None:
+        if not n.inputs or shift_copy(n) is None:
+            continue
+        x = src = n.inputs[0]
+        while isinstance(src.op, (O.Pad, O.StridedSlice, O.Reshape, O.Transpose)):
+            src = src.inputs[0]
+        if isinstance(src.op, KO.FloatKpuConv):  # a view of a KPU layer's output moves its codes
+            x = src
+        if x.name in ranges:
             ranges[n.name] = ranges[x.name]
             changed = True
     return share_concat_grids(g, ranges) if changed else ranges

@@ -190,7 +190,9 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
             codes = on_codes(x) and table[x].grid is not None and own_grid(n) == table[x].grid
         elif isinstance(op, O.Concat) and all(on_codes(i) for i in n.inputs):
             grids = {table[i].grid for i in n.inputs}
-            codes = None not in grids and len(grids) == 1 and (n.name not in ranges or {own_grid(n)} == grids)
+            # shifted copies are on their input's grid whatever their (and so the concat's) ranges say
+            copies = all(KO.shift_copy(i) is not None for i in n.inputs)
+            codes = None not in grids and len(grids) == 1 and (copies or n.name not in ranges or {own_grid(n)} == grids)
         if codes:
             table[n] = NodeQuant(Domain.CODES, table[n.inputs[0]].grid)
         else:

@@ -770,10 +770,12 @@ def _shift_of(body) -> tuple[int, int] | None:
     return a - 1, b - 1
 
 
-STACK_KPU_CASES = {  # (channels, width, source, residual): groups of 4, 2 and 1 channels per 64-byte line
-    "float_input_w10": (4, 10, None, False),
-    "kpu_input_w20": (6, 20, "conv", False),
-    "prelu_residual_w40": (4, 40, "prelu", True),
+STACK_KPU_CASES = {  # (channels, width, source, residual, group): 4, 2 and 1 channels per 64-byte line
+    "float_input_w10": (4, 10, None, False, 0),
+    "kpu_input_w20": (6, 20, "conv", False, 0),
+    "prelu_residual_w40": (4, 40, "prelu", True, 0),
+    # channel groups sliced off a KPU layer's output: the copies of each group on that layer's grid
+    "kpu_input_in_groups_w14": (12, 14, "conv", False, 4),
 }
 
 
@@ -785,7 +787,7 @@ def test_stack_kpu_shift_copies_are_exact_in_kpu_ram(name):
     on random weights and inputs spanning the whole range; each layer equals the scalar reference;
     no CPU pad, slice or concatenation; one upload per KPU input (x, and its residual), none when a
     KPU layer makes x; and the result agrees with the float graph as the CPU-view `stack` does."""
-    c, w, source, residual = STACK_KPU_CASES[name]
+    c, w, source, residual, group = STACK_KPU_CASES[name]
     shape = (1, 4, 12, w)
     state = rng.bit_generator.state
     rms = {}
@@ -795,7 +797,7 @@ def test_stack_kpu_shift_copies_are_exact_in_kpu_ram(name):
         g.outputs = [_dw5x5_then_1x1(g, g.input(0, shape), c, source)]
         calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
         want = [run(g, s)[0] for s in calib]
-        rewrite(g, g.find("dw"), Form((1, 1), (0, 0), combine, residual=residual))
+        rewrite(g, g.find("dw"), Form((1, 1), (0, 0), combine, group, residual=residual))
         g.remove_dead()
         np.testing.assert_allclose(run(g, calib[0])[0], want[0], atol=1e-5)  # each form is exact in float
         res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
@@ -806,12 +808,15 @@ def test_stack_kpu_shift_copies_are_exact_in_kpu_ram(name):
     # weight rounding's own spread (the 3x3 terms group the taps differently)
     assert rms["stack_kpu"] <= 1.05 * rms["stack"], rms
     assert all(p.on_kpu for p in res.placements), res.placements
-    copies = 9 * (2 if residual else 1)
+    groups = c // group if group else 1
+    copies = 9 * (2 if residual else 1) * groups
     names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
-    layers = copies + 2 + (source == "conv")
+    layers = copies + groups + 1 + (source == "conv")
     assert names.count("kpu_conv2d") == layers, names
-    assert names.count("kpu_upload") == (2 if residual else 1), names
-    assert not {"pad", "strided_slice", "concat"} & set(names), names
+    # one upload of x (and of its residual), or of each group of x sliced off a KPU layer's output
+    assert names.count("kpu_upload") == ((1 + groups) if group else (2 if residual else 1)), names
+    assert not {"pad", "concat"} & set(names) and names.count("strided_slice") == (groups if group else 0), names
+    assert all(p.on_kpu for p in res.placements if p.op == "concat"), res.placements  # all in place
     for sample in calib[:3]:
         assert _kpu_layers_match_the_scalar_reference(res.kmodel, sample[0]) == layers
         shifted, levels = [], []
@@ -832,7 +837,8 @@ def test_stack_kpu_shift_copies_are_exact_in_kpu_ram(name):
     layers_q = [n for n in res.graph.nodes if type(n.op).__name__ == "QuantKpuLayer" and "/shift" in n.name]
     assert len(layers_q) == copies and len({n.op.out_q for n in layers_q}) == 1, [n.op.out_q for n in layers_q]
     src = next(n for n in layers_q if "/residual" not in n.name).inputs[0]
-    src = src.inputs[0] if type(src.op).__name__ == "KpuUpload" else src
+    while type(src.op).__name__ in ("KpuUpload", "StridedSlice", "KpuDownload"):
+        src = src.inputs[0]
     grid = src.op.out_q if source == "conv" else (src.op.zero_point, src.op.scale)
     assert layers_q[0].op.out_q == tuple(grid), (layers_q[0].op.out_q, grid)
     program = kpu_sim.load(res.kmodel)
@@ -840,4 +846,5 @@ def test_stack_kpu_shift_copies_are_exact_in_kpu_ram(name):
     assert steps <= STACK_KPU_MAX_STEPS[name][0], f"{name}: max error {steps:.2f} steps"
 
 
-STACK_KPU_MAX_STEPS = {"float_input_w10": (1.60, 1.52), "kpu_input_w20": (2.52, 2.40), "prelu_residual_w40": (1.54, 1.46)}
+STACK_KPU_MAX_STEPS = {"float_input_w10": (1.60, 1.52), "kpu_input_w20": (2.52, 2.40), "prelu_residual_w40": (1.54, 1.46),
+                       "kpu_input_in_groups_w14": (2.50, 2.39)}
