@@ -241,4 +241,27 @@ class QuantMatMul(Op):
                 "out_q": self.out_q}
 
 
+def shift_copy(n) -> tuple[int, int] | None:
+    """(cy, cx) if node n is a FloatKpuConv that copies its input shifted, out[i, j] = x[i + cy,
+    j + cx] (0 outside x): depthwise 3x3, no bias, clamp, function or pool, and in every channel one
+    tap of exactly 1 at (1 + cy, 1 + cx), the others 0 (kcc.passes.kernel_forms' `stack_kpu` views).
+    Quantized on its input's grid (kcc.quant.policy.copy_grids) it moves the codes exactly."""
+    op = n.op
+    if not (isinstance(op, FloatKpuConv) and op.kernel == 3 and op.depthwise and op.pool == "bypass"
+            and op.fn is None and op.act == NO_CLAMP):
+        return None
+    w, b = n.inputs[1], n.inputs[2]
+    if not (w.is_constant and b.is_constant) or np.any(b.data != 0):
+        return None
+    taps = np.argwhere(w.data[0, 0] != 0)
+    if len(taps) != 1:
+        return None
+    (a, c), = taps
+    one = np.zeros((3, 3), np.float32)
+    one[a, c] = 1.0
+    if not np.array_equal(w.data, np.broadcast_to(one, w.shape)):
+        return None
+    return int(a) - 1, int(c) - 1
+
+
 KPU_SPACE_OPS = (KpuUpload, QuantKpuLayer, KpuConcat)  # ops whose output lives in KPU RAM

@@ -6,7 +6,7 @@ to the CPU, where a float conv costs ~64 cycles per MAC. This pass rewrites such
 legalize, into terms that are each an ordinary 3x3 conv of a view (crop/phase) of the input.
 
 The term algebra (which taps each 3x3 term takes, which view of the input it reads) is
-kcc.passes.kernel_terms; the forms (sum, stack, stack_dw) and their IR, kcc.passes.kernel_forms.
+kcc.passes.kernel_terms; the forms (sum, stack, stack_dw, stack_kpu) and their IR, kcc.passes.kernel_forms.
 This module chooses among them.
 
 ## Choosing
@@ -15,7 +15,10 @@ Candidates: split q in {1, s} x zero placement z x combiner. A depthwise `stack`
 at most 1024 / J channels, at most MAX_STACK_GROUPS layers, STACK_WEIGHT_BUDGET bytes of weights
 (MAX_STACK_WEIGHT if no grouping fits that) and < 64 weight loads a layer (kmodel's load_time
 field); the fewest layers and 2, 4, ... times as many are tried, since smaller groups may fit KPU RAM
-where larger ones do not. `stack_dw` needs J*C <= 1024 and the budget.
+where larger ones do not. `stack_dw` needs J*C <= 1024 and the budget. A `stack_kpu` (stride 1,
+"same", kernels up to 5x5: nine shifted copies made by KPU layers) also takes groups of a multiple of
+the channels a KPU RAM line holds (so that its copies concatenate in place), its layers and weights
+within STACK_KPU_BYTES of kmodel, and a group's copies within KPU RAM (`_stack_kpu_ram`).
 Each candidate is legalized on its own (a few-node graph) and must land wholly on the KPU, and is
 costed in estimated K210 cycles (`estimate_cycles`: every node the kmodel will hold for it, priced as
 `kcc info --estimate` prices them, kcc.latency with kcc.target.k210's costs: KPU layers, uploads and
@@ -52,7 +55,7 @@ from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.options import CompileOptions
-from kcc.passes.kernel_forms import Form, emit, plan_terms
+from kcc.passes.kernel_forms import Form, emit, plan_terms, shift_plan
 from kcc.passes.kernel_terms import axis_terms, max_zero_taps
 from kcc.passes.legalize_kpu import legalize_kpu
 from kcc.passes.manager import CompileContext
@@ -61,10 +64,12 @@ from kcc.target.k210 import (
     DEFAULT_MHZ,
     KPU_CYCLE_FACTOR,
     KPU_LAYER_US,
+    KPU_RAM_SIZE,
     KPU_WEIGHT_CYCLES_PER_BYTE,
     MAX_CHANNELS,
     MAX_WEIGHT_LOADS,
     cpu_cycles,
+    kpu_bytes,
     kpu_row_layout,
     weight_loads,
 )
@@ -81,6 +86,15 @@ MAX_STACK_WEIGHT = 128 * 1024
 #: most KPU layers (channel groups) a depthwise `stack` may take: each costs ~25 us and a few CPU
 #: copies, against ~100+ ms for a wide 5x5 depthwise on the CPU
 MAX_STACK_GROUPS = 48
+
+#: kmodel bytes of one KPU layer besides its weights (layer argument, batch-norm and activation tables,
+#: aligned), measured on kcc's kmodels for up to 32 output channels (64: 1024 B)
+KPU_LAYER_BYTES = 768
+#: most kmodel bytes a depthwise `stack_kpu` may take (its layers and weights): a group of g channels
+#: is views + 1 KPU layers (BlazePalm's 32-channel 96x96 5x5s with the residual: 6 groups of 19,
+#: ~118 KiB), and thousands of copy layers would outweigh the model (BlazePalm's 128-channel 24x24
+#: ones in groups of 4: 608 layers, ~540 KiB each)
+STACK_KPU_BYTES = 128 * 1024
 
 # Cost model: kcc.target.k210's cycle counts (nncase v0.2 runtime at 400 MHz) of what legalize makes.
 _KPU_LAYER_CYCLES = KPU_LAYER_US * DEFAULT_MHZ  # interrupt, layer FIFO, runtime
@@ -119,11 +133,16 @@ def estimate_cycles(g: Graph, where: Where = Where()) -> float:
     it as kcc.latency does (`kcc info --estimate`): KPU layers (their fixed cost, CPU dispatch,
     uploads, and copies out for CPU readers), float convs (with the dequantize of a uint8 input), a
     float input's quantize (once: views and pads then move uint8 codes), views, pads, crops,
-    concats (none when every input is a CPU view written into its block, kcc.emit.storage), float
+    concats (none when every input is a CPU view written into its block, kcc.emit.storage, nor when
+    KPU layers write their channel ranges of one KPU RAM buffer for KPU readers, `_kpu_concat`), float
     adds with the dequantize of each uint8 input, and what the output needs for its readers."""
     users = g.users()
     out = g.outputs[0]
-    kpu = _is_kpu
+    kpu_concats = {id(n) for n in g.nodes if _kpu_concat(n, users, where.kpu_readers if n is out else None)}
+
+    def kpu(v: Node) -> bool:  # in KPU RAM: a KPU layer, or KPU layers' outputs concatenated in place
+        return _is_kpu(v) or id(v) in kpu_concats
+
     on_kpu = any(kpu(m) for m in g.nodes)
     uploaded: set[int] = set()  # one upload serves every KPU layer reading the tensor
     total = 0.0
@@ -131,7 +150,7 @@ def estimate_cycles(g: Graph, where: Where = Where()) -> float:
         if isinstance(n.op, O.Input):
             if where.float_input and on_kpu:  # one quantize (after a channel slice if any)
                 total += _per_element("quantize", n)
-        elif kpu(n):
+        elif _is_kpu(n):
             x, w = n.inputs[0], n.inputs[1]
             nb, c, h, wd = x.shape
             lay = kpu_row_layout(wd)
@@ -150,6 +169,8 @@ def estimate_cycles(g: Graph, where: Where = Where()) -> float:
                 total += _per_element("dequantize", x)
         elif isinstance(n.op, KO.QuantResidual):
             total += 3 * CPU_NODE_CYCLES + n.type.size * sum(cpu_cycles(k) for k in ("dequantize", "binary", "quantize"))
+        elif isinstance(n.op, O.Concat) and id(n) in kpu_concats:
+            pass  # each KPU layer writes its channel range of one KPU RAM buffer
         elif isinstance(n.op, O.Concat):
             in_place = all(isinstance(i.op, (O.StridedSlice, O.Pad)) and len(users[i]) == 1 for i in n.inputs)
             if not in_place:
@@ -170,6 +191,25 @@ def estimate_cycles(g: Graph, where: Where = Where()) -> float:
 
 def _is_kpu(v: Node) -> bool:
     return isinstance(v.op, KO.FloatKpuConv)
+
+
+def _kpu_concat(n: Node, users: dict, out_readers_kpu: bool | None = None) -> bool:
+    """n is a channel concatenation that kcc.quant.quantize computes in place in KPU RAM
+    (`kpu_concat_problem`): batch 1, of distinct KPU layers read by it alone, each part starting on a
+    64-byte line of its own, read by KPU layers only (`out_readers_kpu` for the graph's output: its
+    readers are in the model). The parts share one grid: the shifted copies of a `stack_kpu`
+    (kcc.quant.policy.copy_grids), a depthwise stack's channel groups (share_concat_grids)."""
+    if not (isinstance(n.op, O.Concat) and n.op.axis == 1 and n.shape[0] == 1):
+        return False
+    readers = out_readers_kpu if out_readers_kpu is not None else bool(users.get(n)) and all(_is_kpu(u) for u in users[n])
+    if not readers or len({id(p) for p in n.inputs}) != len(n.inputs):
+        return False
+    groups, at = kpu_row_layout(n.shape[3]).groups, 0
+    for p in n.inputs:
+        if not _is_kpu(p) or len(users[p]) != 1 or users[p][0] is not n or at % groups:
+            return False
+        at += p.shape[1]
+    return True
 
 
 def _is_float(v: Node, where: Where) -> bool:
@@ -276,7 +316,71 @@ def _plans(n: Node, residual: bool = False, halves: bool = False, bulk: float = 
                 continue
             if split == (sh, sw) and j * c <= MAX_CHANNELS and j * c * c + 9 * j * c <= STACK_WEIGHT_BUDGET:
                 out.append(Form(split, z, "stack_dw"))
+    shifted = shift_plan(n)
+    if shifted is not None and len(shifted) > 1:
+        out += _stack_kpu_plans(n, len(shifted), residual, halves, bulk)
     return out
+
+
+def _stack_kpu_plans(n: Node, j: int, residual: bool, halves: bool, bulk: float) -> list[Form]:
+    """The `stack_kpu` candidates of conv n with j shifted copies (twice as many with the residual),
+    within a stack's limits (`_plans`)."""
+    op: O.Conv2D = n.op
+    x, w, _ = n.inputs
+    c = x.shape[1]
+    out = []
+    for views, extra in ((j, False), (2 * j, True)) if residual else ((j, False),):
+        if op.groups == 1:
+            loads = weight_loads(w.shape[0], views * c, 3, False)[1] + 1
+            fits = _stack_kpu_ram(x.shape, views, c, 2 if extra else 1, w.shape[0]) <= KPU_RAM_SIZE
+            if views * c <= MAX_CHANNELS and loads <= MAX_WEIGHT_LOADS and fits:
+                out += [Form((1, 1), (0, 0), "stack_kpu", residual=extra, halves=h, bulk=bulk if h else 0.0)
+                        for h in sorted({False, halves})]
+            continue
+        groups = set(_stack_groups(c, views, STACK_WEIGHT_BUDGET) + _stack_groups(c, views, MAX_STACK_WEIGHT))
+        # the copies are concatenated in place only if each starts on a 64-byte line of its own
+        # (channels per line at x's width: 4 up to width 16, 2 up to 32): groups of a multiple of that too
+        line = kpu_row_layout(x.shape[3]).groups
+        aligned = {g // line * line for g in groups if g >= line} | {-(-g // line) * line for g in groups}
+        groups |= {g for g in aligned if _stack_group_fits(c, views, g)}
+        # every group is views + 1 KPU layers: within STACK_KPU_BYTES with their weights
+        groups = sorted((g for g in groups if _stack_kpu_bytes(c, views, g) <= STACK_KPU_BYTES
+                         and _stack_kpu_ram(x.shape, views, g, 2 if extra else 1, c) <= KPU_RAM_SIZE), reverse=True)
+        out += [Form((1, 1), (0, 0), "stack_kpu", 0 if g == c else g, extra, h, bulk if h else 0.0)
+                for h in sorted({False, halves}) for g in groups]
+    return out
+
+
+def _stack_kpu_bytes(c: int, views: int, g: int) -> int:
+    """kmodel bytes of a depthwise `stack_kpu` of c channels in groups of g: per group, `views` copy
+    layers and the stacked layer, each KPU_LAYER_BYTES plus its weights."""
+    groups = -(-c // g)
+    return groups * (views + 1) * KPU_LAYER_BYTES + 9 * views * g * c + 9 * views * c
+
+
+def _stack_kpu_ram(shape: tuple, views: int, g: int, sources: int, oc: int) -> int:
+    """KPU RAM a `stack_kpu` in groups of g input channels needs at once (legalize_kpu checks one
+    layer at a time): a group's copies side by side, the group of x (and of its residual) they copy,
+    and the oc output channels, all groups side by side (a channel group of x is sliced on the CPU:
+    x whole is not there)."""
+    nb, _, h, w = shape
+    return kpu_bytes((nb, views * g, h, w)) + sources * kpu_bytes((nb, g, h, w)) + kpu_bytes((nb, oc, h, w))
+
+
+def _stack_group_fits(c: int, views: int, g: int) -> bool:
+    """Groups of g of c channels, each stacking `views` views, within the limits of `_stack_groups`
+    (MAX_STACK_WEIGHT, MAX_CHANNELS, MAX_STACK_GROUPS, the weight loads)."""
+    return (0 < g <= c and 9 * views * g * c <= MAX_STACK_WEIGHT and views * g <= MAX_CHANNELS
+            and -(-c // g) <= MAX_STACK_GROUPS and weight_loads(g, views * g, 3, False)[1] < MAX_WEIGHT_LOADS)
+
+
+def _lines_apart(n: Node, plan: Form) -> bool:
+    """A `stack_kpu` whose every group (the last too) is a multiple of the channels a 64-byte line of
+    KPU RAM holds at x's width: its copies then start on lines of their own (concatenated in place)."""
+    x = n.inputs[0]
+    c, line = x.shape[1], kpu_row_layout(x.shape[3]).groups
+    g = plan.group or c
+    return plan.combine == "stack_kpu" and g % line == 0 and (c % g) % line == 0
 
 
 class Status(Enum):
@@ -307,7 +411,7 @@ def extra_roundings(n: Node, plan: Form, float_input: bool, read_in_float: bool 
     (each is rounded to 8 bits over its own, unclamped range), one for a float input read without
     its residual, one for an output read in float (`_read_in_float`) not computed in parts
     (`Form.halves`). An output a KPU layer reads is rounded to 8 bits either way."""
-    partial = plan.combine != "stack" and len(plan_terms(n, plan) or ()) > 1
+    partial = plan.combine not in ("stack", "stack_kpu") and len(plan_terms(n, plan) or ()) > 1
     return int(partial) + int(float_input and not plan.residual) + int(read_in_float and not plan.halves)
 
 
@@ -338,7 +442,8 @@ def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = Tr
     forms: list[tuple[int, float, Form]] = []  # (extra roundings, cycles, plan) of what lands on the KPU
     landed = set()  # stacks that fit in some channel grouping: smaller groups only add layers
     for plan in _plans(n, float_input, halves, bulk):
-        form = (plan.split, plan.z, plan.combine, plan.residual, plan.halves)
+        # stack_kpu: the groups whose copies concatenate in place are another form (_stack_kpu_plans)
+        form = (plan.split, plan.z, plan.combine, plan.residual, plan.halves, _lines_apart(n, plan))
         if form in landed:
             continue
         alone = _alone(n, plan)

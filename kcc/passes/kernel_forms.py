@@ -15,12 +15,22 @@ as IR. Which form a conv gets, if any, is kcc.passes.decompose_kernels' choice.
                                                 (one KPU layer over J*C input channels)
     stack_dw: pad(x) -> slice_j -> concat -> dwconv3x3(J*C, "same") -> conv1x1([I I I I], b, act) -> crop
                                                 (stride 1 only; two KPU layers, nothing between them)
+    stack_kpu: x -> shift_(cy,cx) (9 depthwise 3x3 KPU layers, cy, cx in {-1, 0, 1}) -> concat in KPU RAM
+                 -> conv3x3([w_0 | ... | w_8], b, act) -> y
+                                                (stride 1, "same"; no CPU pad, slice or stacked upload)
 
 `sum` keeps the weights as they are. The partial sums are not clamped: the bias rides on the first
 term (the KPU adds it for free) and the fused clamp on the last add. `stack` rounds once, at the
 conv's own output range; a depthwise kernel becomes a dense block-diagonal one (output channel o
 reads channel o of every view), 9*J*C*C weight bytes, so wide depthwise convs are stacked in
 channel groups, one KPU layer and 9*J*g*C bytes per group of g (the group outputs are concatenated).
+`stack_kpu` is `stack` with its views made by the KPU: a 3x3 depthwise layer whose one tap of 1
+sits at (1 + cy, 1 + cx) copies x shifted by (cy, cx) onto x's own grid (kcc.quant.policy.copy_grids:
+exact, the border its pad value, real 0), each copy writing its channel range of one KPU RAM buffer
+(kcc.ir.kpu_ops.KpuConcat). A copy the size of x loses a row and a column, so each takes only the
+taps nothing else reaches (kernel_terms.shift_terms): nine terms for a 5x5, the centre one x itself.
+x is uploaded once (with the residual, x and its residual: the residual's codes hold gain times the
+residual on x's grid), or read where a KPU layer left it.
 `stack_dw` needs only J*C*C bytes for the 1x1 sum; like `sum` it rounds every unclamped partial
 sum to 8 bits. After a clamp (relu6) that costs accuracy: the partial sums span a wider range than
 the clamped output, so their 8-bit grid is coarser (measured: docs/measurements.md §2).
@@ -36,7 +46,7 @@ import numpy as np
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Node
-from kcc.passes.kernel_terms import Window, conv_terms
+from kcc.passes.kernel_terms import Window, conv_terms, shift_terms
 
 #: a `stack` reading a float tensor of the CPU also stacks gain * its rounding residual, with the
 #: weights divided by gain (kcc.ir.kpu_ops.QuantResidual): residual codes span z +- gain/2. Per tap
@@ -55,7 +65,7 @@ class Form:
 
     split: tuple[int, int]
     z: tuple[int, int]
-    combine: str  # "sum" | "stack" | "stack_dw"
+    combine: str  # "sum" | "stack" | "stack_dw" | "stack_kpu"
     group: int = 0
     residual: bool = False  # a `stack` that also stacks x's rounding residual (RESIDUAL_GAIN)
     halves: bool = False  # a `stack` computed twice, clamped to y <= 0 and y >= 0, and added on the CPU
@@ -68,7 +78,9 @@ class Form:
         layer = f"one KPU layer per group of {self.group} channels" if self.group else "one KPU layer"
         how = {"sum": f"{terms}, one KPU layer each, added on the CPU",
                "stack": f"{terms} stacked into {layer}",
-               "stack_dw": f"{terms} stacked into a depthwise KPU layer, summed by a 1x1 one"}[self.combine]
+               "stack_dw": f"{terms} stacked into a depthwise KPU layer, summed by a 1x1 one",
+               "stack_kpu": f"3x3 terms of shifted copies made by KPU layers in KPU RAM, stacked into {layer}",
+               }[self.combine]
         extra = f" with the input's rounding residual (x{RESIDUAL_GAIN:g})" if self.residual else ""
         halves = ""
         if self.halves:
@@ -77,11 +89,52 @@ class Form:
         return f"{how}{extra}{halves}"
 
 
-def plan_terms(n: Node, plan: Form) -> list[tuple[np.ndarray, Window, Window]] | None:
-    """(3x3 kernel, H window, W window) of every term of conv n under `plan` that reads any input."""
+def plan_terms(n: Node, plan: Form) -> list[tuple[np.ndarray, Window | None, Window | None]] | None:
+    """(3x3 kernel, H window, W window) of every term of conv n under `plan` that reads any input; a
+    `stack_kpu` term reads a shifted copy of the whole input instead (windows None, `shift_plan`)."""
     op: O.Conv2D = n.op
     x, w, _ = n.inputs
+    if plan.combine == "stack_kpu":
+        shifted = shift_plan(n)
+        return None if shifted is None else [(k, None, None) for k, _ in shifted]
     return conv_terms(w.data, op.stride, op.padding, x.shape[2:], n.shape[2:], plan.split, plan.z)
+
+
+def shift_plan(n: Node) -> list[tuple[np.ndarray, tuple[int, int]]] | None:
+    """The terms of conv n as 3x3 convs of shifted copies of its input (kernel_terms.shift_terms)."""
+    op: O.Conv2D = n.op
+    x, w, _ = n.inputs
+    return shift_terms(w.data, op.stride, op.padding, x.shape[2:], n.shape[2:])
+
+
+def shift_weights(c: int, shift: tuple[int, int]) -> np.ndarray:
+    """[c, 1, 3, 3] depthwise weights of the KPU layer copying its input shifted by `shift` = (cy, cx):
+    out[i, j] = x[i + cy, j + cx] (the layer's zero padding outside x), one tap of exactly 1."""
+    k = np.zeros((c, 1, 3, 3), np.float32)
+    k[:, 0, 1 + shift[0], 1 + shift[1]] = 1.0
+    return k
+
+
+def _shifted_copies(add: Add, x: Node, shifts: list[tuple[int, int]], name: str, cache: dict,
+                    channels: tuple[int, int] | None = None) -> list[Node]:
+    """The stack_kpu views: one depthwise 3x3 KPU layer per shift copying x[channels] (sliced off x
+    first, as `_padded_views` does), all on x's grid (kcc.quant.policy.copy_grids), so that their
+    outputs are concatenated in place in KPU RAM (kcc.ir.kpu_ops.KpuConcat)."""
+    nb, c, *size = x.shape
+    c0, c1 = channels or (0, c)
+    if ("source", c0, c1) not in cache:
+        src = x
+        if (c0, c1) != (0, c):
+            src = add(O.StridedSlice((0, c0, 0, 0), (nb, c1, *size), (1, 1, 1, 1)), (x,), f"{name}/channels")
+        cache[("source", c0, c1)] = src
+    src = cache[("source", c0, c1)]
+    zero = add(O.Constant(np.zeros(c1 - c0, np.float32)), (), f"{name}/zero_bias")
+    views = []
+    for cy, cx in shifts:
+        w = add(O.Constant(shift_weights(c1 - c0, (cy, cx))), (), f"{name}/w_shift")
+        views.append(add(O.Conv2D((1, 1), ((1, 1), (1, 1)), (1, 1), c1 - c0), (src, w, zero),
+                         f"{name}/shift{'m' if cy < 0 else 'p' if cy else '0'}{'m' if cx < 0 else 'p' if cx else '0'}"))
+    return views
 
 
 def _view(add: Add, x: Node, wh: Window, ww: Window, name: str, cache: dict) -> Node:
@@ -176,26 +229,36 @@ def emit(add: Add, n: Node, x: Node, plan: Form) -> Node | None:
             acc = t if acc is None else add(O.Binary("add", op.act if last else O.NO_CLAMP), (acc, t), f"{name}/sum{j}")
         return acc
     cache: dict = {}
-    if plan.combine == "stack":
-        keep = tuple((min(t[a].pad_before for t in terms), min(t[a].pad_after for t in terms)) for a in (1, 2))
+    if plan.combine in ("stack", "stack_kpu"):
+        shifts = [s for _, s in shift_plan(n)] if plan.combine == "stack_kpu" else None
+        if shifts is None:
+            keep = tuple((min(t[a].pad_before for t in terms), min(t[a].pad_after for t in terms)) for a in (1, 2))
+            stride = (terms[0][1].stride, terms[0][2].stride)
+        else:  # "same" 3x3 convs of the copies, on x's own grid
+            keep, stride = ((1, 1), (1, 1)), (1, 1)
+
+        def views_of(src: Node, tag: str, channels: tuple[int, int] | None, own: dict) -> list[Node]:
+            if shifts is not None:
+                return _shifted_copies(add, src, shifts, tag, own, channels)
+            return _padded_views(add, src, terms, keep, tag, own, channels)
 
         def stack(conv: O.Conv2D, tag: str, src: Node, ws: np.ndarray, b: np.ndarray,
                   channels: tuple[int, int] | None = None) -> Node:
             """One KPU layer over the views of src[channels] (and of its residual, weights / gain)."""
             key = ("stack", channels)
             if key not in cache:  # the views (and residual views) once, whatever reads them
-                views = _padded_views(add, src, terms, keep, name, cache, channels)
+                views = views_of(src, name, channels, cache)
                 if plan.residual:  # residual first: its float temporaries are gone before the stack is built
                     part = cache[("source", *(channels or (0, c)))]  # src[channels], before padding
                     lost = add(KO.QuantResidual(RESIDUAL_GAIN), (part,), f"{name}/residual")
-                    views = _padded_views(add, lost, terms, keep, name + "/residual", {}) + views
+                    views = views_of(lost, name + "/residual", None, {}) + views
                     ws = np.concatenate([ws / np.float32(RESIDUAL_GAIN), ws], axis=1)
                 cache[key] = (add(O.Concat(1), tuple(views), f"{name}/stack"), add(O.Constant(ws), (), f"{name}/w_stacked"))
             return add(conv, (*cache[key], add(O.Constant(b), (), f"{name}/bias{tag}")), f"{name}/stacked_conv{tag}")
 
         def layers(act: tuple[float, float], tag: str = "", shift: float = 0.0) -> Node:
             """The stack (in channel groups) computing clamp(y + shift, *act)."""
-            conv = O.Conv2D((terms[0][1].stride, terms[0][2].stride), keep, (1, 1), 1, act)
+            conv = O.Conv2D(stride, keep, (1, 1), 1, act)
             b = (bias + np.float32(shift)).astype(np.float32)
             if op.groups == 1:
                 return stack(conv, tag, x, np.concatenate([k for k, _, _ in terms], axis=1), b)

@@ -114,3 +114,42 @@ def conv_terms(w: np.ndarray, stride: tuple[int, int], padding: tuple[tuple[int,
                         k[:, :, a, c] = w[:, :, ka, kc]
             out.append((k, wh, ww))
     return out or None
+
+
+# -------------------------------------------------------------------------- shifted copies (stack_kpu)
+#: per window shift c of one axis, the offsets d = k - pad_before of the kernel taps it takes. A copy
+#: v[i] = x[i + c] (0 outside) on x's own grid loses x's last row for c = -1 (first for c = +1), so a
+#: "same" 3x3 conv of v may not take the tap reading past v's edge (v[i + 1] for c = -1): d in {-2, -1}
+#: for c = -1, the unshifted x all of -1..1 (its zero padding is the conv's). Each offset is taken
+#: once: the shifted copies take only the outer offsets +-2, which nothing else reaches.
+SHIFT_OFFSETS = {-1: (-2,), 0: (-1, 0, 1), 1: (2,)}
+
+
+def shift_terms(w: np.ndarray, stride: tuple[int, int], padding: tuple[tuple[int, int], tuple[int, int]],
+                in_hw: tuple[int, int], out_hw: tuple[int, int]) -> list[tuple[np.ndarray, tuple[int, int]]] | None:
+    """(3x3 kernel, (cy, cx)) of every term of a stride-1 conv of weights w [OC, C, kh, kw] whose output
+    grid is its input's ("same"), each a "same" 3x3 conv of the copy v[i, j] = x[i + cy, j + cx] (0
+    outside x) with |cy|, |cx| <= 1: a 3x3 KPU layer whose one tap of 1 is at (1 + cy, 1 + cx) makes
+    that copy, on x's grid. y[i] = sum_d w[d + p] x[i + d] = sum_c sum_{d in SHIFT_OFFSETS[c]} w[d + p]
+    v_c[i + (d - c)], tap a = d - c + 1. Kernels up to 5x5 (offsets -2..2); None otherwise. A 5x5
+    takes nine terms (the centre one x itself: offsets -1..1 of both axes; a corner term one tap)."""
+    if tuple(stride) != (1, 1) or tuple(in_hw) != tuple(out_hw):
+        return None
+    axes = []
+    for size, (before, after) in zip(w.shape[2:], padding):
+        if before + after != size - 1:
+            return None
+        offsets = range(-before, size - before)
+        if min(offsets) < -2 or max(offsets) > 2:
+            return None
+        axes.append([(c, [d for d in SHIFT_OFFSETS[c] if d in offsets], before) for c in (-1, 0, 1)])
+        axes[-1] = [t for t in axes[-1] if t[1]]
+    out = []
+    for cy, dys, py in axes[0]:
+        for cx, dxs, px in axes[1]:
+            k = np.zeros((*w.shape[:2], 3, 3), np.float32)
+            for dy in dys:
+                for dx in dxs:
+                    k[:, :, dy - cy + 1, dx - cx + 1] = w[:, :, dy + py, dx + px]
+            out.append((k, (cy, cx)))
+    return out

@@ -23,6 +23,7 @@ import numpy as np
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
+from kcc.ir.kpu_ops import shift_copy
 from kcc.passes.manager import CompileContext
 from kcc.progress import counted
 from kcc.quant.calibrate import (
@@ -101,7 +102,7 @@ def calibrate_ranges(g: Graph, ctx: CompileContext) -> Graph:
     cv = calibration_view(g)
     ctx.pre_activations = cv.pre_activations
     if ctx.own_grids:
-        ctx.ranges = prequantized_ranges(cv, ctx.quantization, options, log)
+        ctx.ranges = copy_grids(cv.graph, prequantized_ranges(cv, ctx.quantization, options, log))
         return g
     load_samples(g, ctx)
     samples = ctx.samples
@@ -119,7 +120,7 @@ def calibrate_ranges(g: Graph, ctx: CompileContext) -> Graph:
             for p in input_views(points, g.inputs[0]):
                 ranges[p.name] = fixed
     log(f"   {n_samples} sample(s), {len(points)} tensors, method {options.calibrate_method}")
-    ctx.ranges = ranges
+    ctx.ranges = copy_grids(view, ranges)
     return g
 
 
@@ -157,6 +158,29 @@ def residual_term_ranges(g: Graph, ranges: dict[str, Range]) -> None:
             ranges[n.name] = (-bound, bound)
 
 
+def copy_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
+    """A KPU layer that copies its input shifted (kcc.ir.kpu_ops.shift_copy: a `stack_kpu` view,
+    kcc.passes.kernel_forms) gets its input's range (a KPU layer's, for a channel slice of its output,
+    which moves its codes: kcc.quant.quantize), the very object, so its grid is its input's and
+    it moves the codes exactly (kcc.quant.kpu_params' clamp path: out = z + (x - z), the border its
+    pad value, the input's zero point); its calibrated range (the copy drops a row and a column of x
+    and adds zeros) would round every value again. The copies' concatenations then take that grid
+    too (`share_concat_grids`, run again). Last: after any override of the input's range."""
+    changed = False
+    for n in g.nodes:
+        if not n.inputs or shift_copy(n) is None:
+            continue
+        x = src = n.inputs[0]
+        while isinstance(src.op, (O.Pad, O.StridedSlice, O.Reshape, O.Transpose)):
+            src = src.inputs[0]
+        if isinstance(src.op, KO.FloatKpuConv):  # a view of a KPU layer's output moves its codes
+            x = src
+        if x.name in ranges:
+            ranges[n.name] = ranges[x.name]
+            changed = True
+    return share_concat_grids(g, ranges) if changed else ranges
+
+
 def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
     """KPU layers whose outputs are only concatenated along channels, for a KPU layer to read (the
     channel groups of a decomposed depthwise, kcc.passes.decompose_kernels), get the grid of the
@@ -182,6 +206,8 @@ def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
             continue
         lo = min(ranges[p.name][0] for p in parts)
         hi = max(ranges[p.name][1] for p in parts)
+        same = all(ranges[p.name] is ranges[parts[0].name] for p in parts)  # one grid already (copy_grids)
+        union = ranges[parts[0].name] if same else (lo, hi)
         for p in (*parts, n):
-            ranges[p.name] = (lo, hi)
+            ranges[p.name] = union
     return ranges

@@ -50,7 +50,7 @@ from kcc.passes.legalize_kpu import Placement
 from kcc.passes.manager import CompileContext
 from kcc.quant.cpu_matmul import quant_matmul, uint8_matmul
 from kcc.quant.kpu_params import LayerRanges, kpu_layer
-from kcc.quant.params import QuantParam, range_param
+from kcc.quant.params import GridRange, QuantParam, range_param
 from kcc.quant.weight_rounding import InputMoments
 
 LAYOUT_OPS = (O.Pad, O.StridedSlice, O.Reshape, O.Transpose)
@@ -173,7 +173,11 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
             x, w, b = n.inputs
             z = ranges[n.name]
             y = ranges[pre[n.name]] if n.name in pre else z
-            r = LayerRanges(_required(x, table[x].grid), y, z, _floor_bias(x))
+            x_grid = _required(x, table[x].grid)
+            if KO.shift_copy(n) is not None and range_param(z) != x_grid:
+                # a shifted copy moves codes only on its input's grid (kcc.quant.policy.copy_grids)
+                z = y = GridRange(*x_grid.real_range, x_grid)
+            r = LayerRanges(x_grid, y, z, _floor_bias(x))
             layer = kpu_layer(op, w.data, b.data, r, by_layer.get(n.name), turn_channels)
             table[n] = NodeQuant(Domain.KPU, QuantParam(*layer.out_q), layer)
             continue
@@ -198,7 +202,9 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
             codes = on_codes(x) and table[x].grid is not None and own_grid(n) == table[x].grid
         elif isinstance(op, O.Concat) and all(on_codes(i) for i in n.inputs):
             grids = {table[i].grid for i in n.inputs}
-            codes = None not in grids and len(grids) == 1 and (n.name not in ranges or {own_grid(n)} == grids)
+            # shifted copies are on their input's grid whatever their (and so the concat's) ranges say
+            copies = all(KO.shift_copy(i) is not None for i in n.inputs)
+            codes = None not in grids and len(grids) == 1 and (copies or n.name not in ranges or {own_grid(n)} == grids)
         if codes:
             table[n] = NodeQuant(Domain.CODES, table[n.inputs[0]].grid)
         else:

@@ -84,7 +84,7 @@ MAX_STEPS = {
     "conv_maxpool": (1.35, 1.28),
     "dilated_dw": (1.24, 1.18),
     "dw3x3_s2": (1.61, 1.53),
-    "dw5x5_s1_relu6": (1.70, 1.62),
+    "dw5x5_s1_relu6": (2.11, 2.01),  # stack_kpu; the CPU-view stack measured 1.62 (rms: the same, test_stack_kpu_...)
     "dw5x5_s2_same": (0.87, 0.82),
     "transpose_conv": (1.35, 1.28),
 }
@@ -159,7 +159,7 @@ def test_stated_input_grid_reaches_the_stem_views(name):
     assert quantizes and all((q.zero_point, q.scale) == (0, 255.0) for q in quantizes), quantizes
 
 
-@pytest.mark.parametrize("name", ["dw5x5_s1_relu6", "conv5x5_s2_same"])
+@pytest.mark.parametrize("name", ["dw5x5_s2_same", "conv5x5_s2_same"])
 def test_stacked_views_are_built_on_uint8(name):
     """A decomposed conv's stacked input (pad -> shifted slices -> concat) is made from one quantized copy
     of x, on uint8: no float32 concat four times the size of x, then quantized."""
@@ -770,3 +770,109 @@ def test_a_kpu_layer_with_cpu_work_around_it_says_why_and_what_it_costs():
     (shown,) = [p for p in summary.placements(res, res.latency) if p.node == "dw_s2"]
     cost = re.search(r"; (\d+\.\d\d) ms estimated on the CPU around the layer$", shown.reason)
     assert cost and float(cost[1]) > 0, shown.reason
+
+
+def _dw5x5_then_1x1(g, x, c, source=None):
+    """A 5x5 depthwise (relu6) read by a 1x1 KPU layer; `source` "prelu" puts a PReLU (a float tensor
+    of the CPU) before it, "conv" a 1x1 KPU layer (its input is then uint8 codes in KPU RAM)."""
+    if source == "prelu":
+        x = g.add(O.PRelu(), (x, g.constant(rng.uniform(0.05, 0.3, (1, c, 1, 1)).astype(np.float32))))
+    elif source == "conv":
+        x = g.add(O.Conv2D(), (x, _const(g, (c, x.shape[1], 1, 1)), _const(g, (c,))))
+    y = g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=c, act=(0.0, 6.0)), (x, _const(g, (c, 1, 5, 5)), _const(g, (c,))),
+              "dw")
+    return g.add(O.Conv2D(), (y, _const(g, (6, c, 1, 1)), _const(g, (6,))))
+
+
+def _shift_of(body) -> tuple[int, int] | None:
+    """(cy, cx) of a kpu_conv2d that copies its input shifted: depthwise 3x3 whose weight codes are its
+    zero point (-arg_x) but for one tap per channel, the same tap in every channel."""
+    lay = body.layer
+    if not lay.depth_wise_layer or lay.filter_size != 3:
+        return None
+    w = np.asarray(body.weights, np.int64).reshape(lay.out_channels, 3, 3) + lay.arg_x
+    taps = {tuple(map(tuple, np.argwhere(ch != 0))) for ch in w}
+    if len(taps) != 1 or len(next(iter(taps))) != 1:
+        return None
+    a, b = next(iter(taps))[0]
+    return a - 1, b - 1
+
+
+STACK_KPU_CASES = {  # (channels, width, source, residual, group): 4, 2 and 1 channels per 64-byte line
+    "float_input_w10": (4, 10, None, False, 0),
+    "kpu_input_w20": (6, 20, "conv", False, 0),
+    "prelu_residual_w40": (4, 40, "prelu", True, 0),
+    # channel groups sliced off a KPU layer's output: the copies of each group on that layer's grid
+    "kpu_input_in_groups_w14": (12, 14, "conv", False, 4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STACK_KPU_CASES))
+def test_stack_kpu_shift_copies_are_exact_in_kpu_ram(name):
+    """`stack_kpu`: a 5x5 depthwise as nine 3x3 depthwise KPU layers copying x shifted by (cy, cx) in
+    {-1, 0, 1}^2, written side by side into one KPU RAM buffer, then one 3x3 KPU layer over the copies.
+    Each copy equals the shifted input codes exactly, its border the input's zero point (pad value),
+    on random weights and inputs spanning the whole range; each layer equals the scalar reference;
+    no CPU pad, slice or concatenation; one upload per KPU input (x, and its residual), none when a
+    KPU layer makes x; and the result agrees with the float graph as the CPU-view `stack` does."""
+    c, w, source, residual, group = STACK_KPU_CASES[name]
+    shape = (1, 4, 12, w)
+    state = rng.bit_generator.state
+    rms = {}
+    for combine in ("stack", "stack_kpu"):  # the same weights and samples both times
+        rng.bit_generator.state = state
+        g = Graph()
+        g.outputs = [_dw5x5_then_1x1(g, g.input(0, shape), c, source)]
+        calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
+        want = [run(g, s)[0] for s in calib]
+        rewrite(g, g.find("dw"), Form((1, 1), (0, 0), combine, group, residual=residual))
+        g.remove_dead()
+        np.testing.assert_allclose(run(g, calib[0])[0], want[0], atol=1e-5)  # each form is exact in float
+        res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+        program = kpu_sim.load(res.kmodel)
+        err = np.concatenate([(program.run(s)[0].reshape(v.shape) - v).ravel() for s, v in zip(calib, want)])
+        rms[combine] = float(np.sqrt(np.mean(err ** 2)))
+    # one rounding either way (the copies add none): the same error as the CPU views', within the
+    # weight rounding's own spread (the 3x3 terms group the taps differently)
+    assert rms["stack_kpu"] <= 1.05 * rms["stack"], rms
+    assert all(p.on_kpu for p in res.placements), res.placements
+    groups = c // group if group else 1
+    copies = 9 * (2 if residual else 1) * groups
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    layers = copies + groups + 1 + (source == "conv")
+    assert names.count("kpu_conv2d") == layers, names
+    # one upload of x (and of its residual), or of each group of x sliced off a KPU layer's output
+    assert names.count("kpu_upload") == ((1 + groups) if group else (2 if residual else 1)), names
+    assert not {"pad", "concat"} & set(names) and names.count("strided_slice") == (groups if group else 0), names
+    assert all(p.on_kpu for p in res.placements if p.op == "concat"), res.placements  # all in place
+    for sample in calib[:3]:
+        assert _kpu_layers_match_the_scalar_reference(res.kmodel, sample[0]) == layers
+        shifted, levels = [], []
+        for body, x_map, out in _layer_maps(res.kmodel, sample[0]):
+            shift = _shift_of(body)
+            if shift is None:
+                continue
+            pad = body.layer.pad_value
+            padded = np.pad(x_map, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=pad)
+            h, wd = x_map.shape[2:]
+            np.testing.assert_array_equal(out, padded[:, :, 1 + shift[0]:1 + shift[0] + h, 1 + shift[1]:1 + shift[1] + wd])
+            levels.append(len(np.unique(x_map)))
+            shifted.append(shift)
+        assert max(levels) > 100, levels  # x's codes span the range (a residual's, z +- gain/2)
+        assert sorted(shifted) == sorted([(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)] * (copies // 9))
+    # the copies' grid is their input's (kcc.quant.policy.copy_grids): x's quantize or producing layer;
+    # the residual's codes (quantized at gain x the resolution) hold gain x residual on that grid too
+    layers_q = [n for n in res.graph.nodes if type(n.op).__name__ == "QuantKpuLayer" and "/shift" in n.name]
+    assert len(layers_q) == copies and len({n.op.out_q for n in layers_q}) == 1, [n.op.out_q for n in layers_q]
+    src = next(n for n in layers_q if "/residual" not in n.name).inputs[0]
+    while type(src.op).__name__ in ("KpuUpload", "StridedSlice", "KpuDownload"):
+        src = src.inputs[0]
+    grid = src.op.out_q if source == "conv" else (src.op.zero_point, src.op.scale)
+    assert layers_q[0].op.out_q == tuple(grid), (layers_q[0].op.out_q, grid)
+    program = kpu_sim.load(res.kmodel)
+    steps = max(_max_steps(program.run(s)[0].reshape(v.shape), v) for s, v in zip(calib, want))
+    assert steps <= STACK_KPU_MAX_STEPS[name][0], f"{name}: max error {steps:.2f} steps"
+
+
+STACK_KPU_MAX_STEPS = {"float_input_w10": (1.60, 1.52), "kpu_input_w20": (2.52, 2.40), "prelu_residual_w40": (1.54, 1.46),
+                       "kpu_input_in_groups_w14": (2.50, 2.39)}

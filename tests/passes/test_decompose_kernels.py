@@ -133,12 +133,13 @@ def test_accurate_takes_the_fastest_form_that_adds_no_rounding(c):
     for plan in D._plans(conv):
         fits, cycles = D._on_kpu(D._alone(conv, plan), CompileOptions(), at)
         if fits:
-            costs.setdefault(plan.combine == "stack", []).append(cycles)
+            costs.setdefault(plan.combine in ("stack", "stack_kpu"), []).append(cycles)
     accurate = D.choose(conv)
     assert min(min(v) for v in costs.values()) < accurate.cpu_cycles  # some form beats the CPU conv
     assert (True in costs) == (c == 16)  # 512 channels: no grouping within the weight budget and 48 layers
     if c == 16:
-        assert accurate.plan.combine == "stack" and accurate.cycles == min(costs[True])
+        # the views made by KPU layers in KPU RAM (stack_kpu): no CPU pad, slices or stacked upload
+        assert accurate.plan.combine == "stack_kpu" and accurate.cycles == min(costs[True])
         assert accurate.status is D.Status.DECOMPOSED
     else:  # only sums: each rounds its partial sums, which the float conv does not
         assert accurate.plan is None and accurate.status is D.Status.KEPT
@@ -181,25 +182,34 @@ def test_a_float_input_of_the_cpu_gets_the_residual_stack():
         at = D.surroundings(y, g.users(), {id(o) for o in g.outputs})
         assert at.kpu_readers and at.float_input == (source == "prelu")
         return D.choose(y, CompileOptions(), residual=residual, at=at).plan
-    assert decide("prelu").residual and decide("prelu").combine == "stack"
+    assert decide("prelu").residual and decide("prelu").combine == "stack_kpu"
     assert "residual" in decide("prelu").describe()
     assert not decide("input").residual and not decide("conv").residual
     assert not decide("prelu", residual=False).residual
     # BlazePalm's 256-channel 5x5s on 12x12 maps: the residual stack (37 layers of 7 channels) is
-    # estimated slower than the CPU conv, and every faster form rounds more. Read from an 8-bit KPU
-    # output, the plain stack adds no rounding and is taken.
+    # estimated slower than the CPU conv, and every faster form rounds more (a residual stack_kpu
+    # would take 86 groups). Read from an 8-bit KPU output, the plain stack adds no rounding and is
+    # taken (a stack_kpu in groups of 4 would be 640 KPU layers, 480 KiB of kmodel).
     assert decide("prelu", c=256) is None
     assert decide("conv", c=256).combine == "stack"
-    # BlazePalm's first 5x5s: the residual stack of all 32 channels (256 input channels of 98x98)
-    # does not fit KPU RAM, in groups of 16 it does
+    # BlazePalm's first 5x5s: the residual stack_kpu of all 32 channels (576 input channels of 96x96)
+    # does not fit KPU RAM, nor in groups of 11; in groups of 6 it does
     big = decide("prelu", c=32, hw=96)
-    assert big.combine == "stack" and big.residual and big.group == 16
+    assert big.combine == "stack_kpu" and big.residual and big.group == 6
 
 
 def test_depthwise_stacks_only_within_the_weight_budget():
     def plans(c):
         conv = _conv_graph(c, c, 8, 8, 5, 5, (1, 1), ((2, 2), (2, 2)), c).outputs[0]
-        return [(p.combine, p.group) for p in D._plans(conv) if p.z == (0, 0)]
+        return [(p.combine, p.group) for p in D._plans(conv) if p.z == (0, 0) and p.combine != "stack_kpu"]
+
+    def kpu_views(c):  # stack_kpu: nine shifted copies, 81 * g * C weight bytes in groups of g
+        conv = _conv_graph(c, c, 8, 8, 5, 5, (1, 1), ((2, 2), (2, 2)), c).outputs[0]
+        return [p.group for p in D._plans(conv) if p.combine == "stack_kpu"]
+    # at width 8 four channels share a 64-byte line: groups of a multiple of 4 let the copies concatenate
+    # in place; every group is 10 KPU layers of 768 B besides the weights, within STACK_KPU_BYTES
+    assert kpu_views(32) == [0, 16, 8, 4, 2] and kpu_views(64) == [12, 11, 8, 6]
+    assert kpu_views(384) == [] and kpu_views(8) == [0, 4, 2, 1]
     assert plans(32) == [("sum", 0), ("stack", 0), ("stack", 16), ("stack", 8), ("stack", 4), ("stack", 2),
                          ("stack", 1), ("stack_dw", 0)]  # one layer first, then 2, 4, ... as many
     assert plans(64)[:3] == [("sum", 0), ("stack", 22), ("stack", 11)]  # 147 KiB in one layer: three of 49 KiB
