@@ -8,7 +8,11 @@ normalisation, no_clip), then `kcc info --estimate` (kcc.latency at 400 MHz KPU 
 total and KPU-only milliseconds, the three costliest CPU opcodes, device RAM (kmodel + working memory)
 and the issue's bound, 3 x KPU-only + 10 ms.
 
-Second table: ncc's own kmodels (../shared/reference/ncc-outputs/kmodels, the `_ff` builds, and the
+Second table: the slim-320 face detector of ../shared/reference/frontends in its three formats (ONNX,
+Caffe, TFLite), compiled as ncc's fast_facedetect example is (uint8 camera input, nncase's face
+pictures, x = (u8 - 127) / 128), beside ncc's own kmodel of the Caffe file (nncase-examples).
+
+Third table: ncc's own kmodels (../shared/reference/ncc-outputs/kmodels, the `_ff` builds, and the
 nncase examples) estimated the same way. ncc's MobileNet kmodels were not kept (kit_baseline.json has
 only their sizes), so ulffd_landmark is the model both compilers built with the same flags.
 """
@@ -28,6 +32,8 @@ import refkit  # noqa: E402
 from kcc import kmodel as km  # noqa: E402
 from kcc import latency  # noqa: E402
 from kcc.errors import KccError  # noqa: E402
+from kcc.options import CompileOptions  # noqa: E402
+from kcc.pipeline import compile_model  # noqa: E402
 
 
 def _ncc_rows() -> list[dict]:
@@ -41,6 +47,24 @@ def _ncc_rows() -> list[dict]:
         rows.append({"kmodel": str(p.relative_to(refkit.REFERENCE)), "total_ms": est.total_ms,
                      "kpu_ms": est.kpu_ms, "top_cpu": board.top_cpu(est),
                      "device_ram": len(data) + model.main_mem})
+    return rows
+
+
+FRONTEND_FILES = ("version-slim-320_simplified.onnx", "slim-320.caffemodel",
+                  "version-slim-320_without_postprocessing.tflite")
+SLIM_MEAN, SLIM_STD = 0.498039, 0.501961  # x = (u8 - 127) / 128, the model's normalisation (frontends/README)
+
+
+def _frontend_rows() -> list[dict]:
+    rows = []
+    for file in FRONTEND_FILES:
+        opts = CompileOptions(dataset=refkit.MODELS / "images" / "nncase_faces", input_mean=SLIM_MEAN,
+                              input_std=SLIM_STD)
+        res = compile_model(refkit.REFERENCE / "frontends" / file, opts)
+        model = km.read(res.kmodel)
+        est = latency.estimate(model)
+        rows.append({"model": file, "total_ms": est.total_ms, "kpu_ms": est.kpu_ms, "top_cpu": board.top_cpu(est),
+                     "device_ram": len(res.kmodel) + model.main_mem})
     return rows
 
 
@@ -67,6 +91,11 @@ def main() -> None:
         print(f"| {name} | {r['total_ms']:.1f} | {r['kpu_ms']:.1f} | {bound:.1f}"
               f"{'' if r['total_ms'] <= bound else ' (over)'} | {_top(r)} | {r['device_ram'] / 2**20:.2f} |",
               flush=True)
+    frontend_rows = _frontend_rows()
+    print("\n| slim-320 file | est. ms | KPU ms | costliest CPU opcodes (ms) | device RAM MiB |")
+    print("|---|---:|---:|---|---:|")
+    for r in frontend_rows:
+        print(f"| {r['model']} | {r['total_ms']:.1f} | {r['kpu_ms']:.1f} | {_top(r)} | {r['device_ram'] / 2**20:.2f} |")
     ncc_rows = _ncc_rows()
     print("\n| ncc kmodel | est. ms | KPU ms | costliest CPU opcodes (ms) | device RAM MiB |")
     print("|---|---:|---:|---|---:|")
@@ -74,7 +103,7 @@ def main() -> None:
         print(f"| {r['kmodel']} | {r['total_ms']:.1f} | {r['kpu_ms']:.1f} | {_top(r)} | "
               f"{r['device_ram'] / 2**20:.2f} |")
     if args.json:
-        args.json.write_text(json.dumps({"kcc": kcc_rows, "ncc": ncc_rows}, indent=1))
+        args.json.write_text(json.dumps({"kcc": kcc_rows, "frontends": frontend_rows, "ncc": ncc_rows}, indent=1))
 
 
 if __name__ == "__main__":
