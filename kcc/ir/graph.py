@@ -11,7 +11,7 @@ are NCHW too, as in ncc (kmodel_v4.md §3.3).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -209,6 +209,22 @@ class Graph:
                 raise VerifyError(f"IR verify{where}: graph output %{o.name} is not a node of the graph")
         if sorted(indices) != list(range(len(indices))):
             raise VerifyError(f"IR verify{where}: graph input indices {sorted(indices)} are not 0..n-1")
+
+
+def copy_rewriting(src: Graph, dst: Graph, mapping: dict[int, Node],
+                   rewrite: Callable[[Node], Node | None]) -> Graph:
+    """Copy `src` into `dst` in order, the way the graph-to-graph passes (legalize_kpu, prelu_kpu,
+    residual_kpu) rebuild a graph: `rewrite(n)` returns the node standing for n in `dst` (having added
+    what it needs), or None to copy n as it is, its inputs mapped. `dst` then gets src's outputs,
+    mapped, and loses its dead nodes."""
+    for n in src.nodes:
+        new = rewrite(n)
+        if new is None:
+            new = dst.add(n.op, tuple(mapping[id(i)] for i in n.inputs), n.name, n.note)
+        mapping[id(n)] = new
+    dst.outputs = [mapping[id(o)] for o in src.outputs]
+    dst.remove_dead()
+    return dst
 
 
 def channel_values(x: Node, c: Node) -> np.ndarray | None:

@@ -39,7 +39,7 @@ import numpy as np
 
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
-from kcc.ir.graph import Graph, Node
+from kcc.ir.graph import Graph, Node, copy_rewriting
 from kcc.ir.types import TensorType
 from kcc.options import CompileOptions
 from kcc.passes.manager import CompileContext
@@ -364,27 +364,24 @@ class _Legalizer:
 
     # ------------------------------------------------------------------ driver
     def run(self) -> Graph:
-        for n in self.src.nodes:
-            if id(n) in self.absorbed:
-                continue
-            new = None
-            if isinstance(n.op, O.Conv2D):
-                new = self.conv(n)
-            elif isinstance(n.op, O.MatMul):
-                new = self.matmul(n)
-            elif isinstance(n.op, O.Pool2D) and id(n) in self.unfused_means:
-                self._reject(n, "mean pool on the CPU: it rounds as the model's uint8 average pool does "
-                                "(the KPU's mean pools floor)")
-            elif isinstance(n.op, O.Pool2D):
-                self._reject(n, "pool not fused into a KPU layer (runs in float on the CPU)")
-            elif isinstance(n.op, O.Conv2DTranspose):
-                self._reject(n, "transpose conv (CPU)")
-            if new is None:
-                new = self.g.add(n.op, tuple(self.map[id(i)] for i in n.inputs), n.name, n.note)
-            self.map[id(n)] = new
-        self.g.outputs = [self.map[id(o)] for o in self.src.outputs]
-        self.g.remove_dead()
-        return self.g
+        return copy_rewriting(self.src, self.g, self.map, self._legalize)
+
+    def _legalize(self, n: Node) -> Node | None:
+        """n's node on the KPU (or its reason for staying on the CPU), None to copy it as it is."""
+        if id(n) in self.absorbed:  # fused into the KPU layer before it, which maps it already
+            return self.map[id(n)]
+        if isinstance(n.op, O.Conv2D):
+            return self.conv(n)
+        if isinstance(n.op, O.MatMul):
+            return self.matmul(n)
+        if isinstance(n.op, O.Pool2D) and id(n) in self.unfused_means:
+            self._reject(n, "mean pool on the CPU: it rounds as the model's uint8 average pool does "
+                            "(the KPU's mean pools floor)")
+        elif isinstance(n.op, O.Pool2D):
+            self._reject(n, "pool not fused into a KPU layer (runs in float on the CPU)")
+        elif isinstance(n.op, O.Conv2DTranspose):
+            self._reject(n, "transpose conv (CPU)")
+        return None
 
 
 _RESIDUAL_FORMS = {  # kcc.passes.residual_kpu's forms, as the placement report says them

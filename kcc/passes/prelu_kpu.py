@@ -25,7 +25,7 @@ import numpy as np
 
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
-from kcc.ir.graph import Graph, Node, channel_values
+from kcc.ir.graph import Graph, Node, channel_values, copy_rewriting
 from kcc.options import CompileOptions
 from kcc.target.k210 import (
     CPU_NODE_CYCLES,
@@ -161,14 +161,8 @@ class _Rewriter:
         return g.add(KO.FloatKpuConv(1), ins, n.name)
 
     def run(self) -> Graph:
-        for n in self.src.nodes:
-            new = self.prelu(n) if isinstance(n.op, O.PRelu) else None
-            if new is None:
-                new = self.g.add(n.op, tuple(self.map[id(i)] for i in n.inputs), n.name, n.note)
-            self.map[id(n)] = new
-        self.g.outputs = [self.map[id(o)] for o in self.src.outputs]
-        self.g.remove_dead()
-        return self.g
+        return copy_rewriting(self.src, self.g, self.map,
+                              lambda n: self.prelu(n) if isinstance(n.op, O.PRelu) else None)
 
 
 def prelu_to_kpu(g: Graph, opts: CompileOptions) -> tuple[Graph, list[str]]:

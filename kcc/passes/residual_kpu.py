@@ -41,7 +41,7 @@ import numpy as np
 from kcc.eval.interpreter import run
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
-from kcc.ir.graph import Graph, Node
+from kcc.ir.graph import Graph, Node, copy_rewriting
 from kcc.kmodel import kpu_channel_offset, kpu_row_layout
 from kcc.options import CompileOptions
 from kcc.passes.prelu_kpu import _layer_cycles, _layer_fits, _per_element, _upload
@@ -284,14 +284,8 @@ class _Rewriter:
         return g.add(KO.FloatKpuConv(1, act=n.op.act), ins, n.name)
 
     def run(self) -> Graph:
-        for n in self.src.nodes:
-            new = self.residual(n) if isinstance(n.op, O.Binary) and n.op.op == "add" else None
-            if new is None:
-                new = self.g.add(n.op, tuple(self.map[id(i)] for i in n.inputs), n.name, n.note)
-            self.map[id(n)] = new
-        self.g.outputs = [self.map[id(o)] for o in self.src.outputs]
-        self.g.remove_dead()
-        return self.g
+        return copy_rewriting(self.src, self.g, self.map,
+                              lambda n: self.residual(n) if isinstance(n.op, O.Binary) and n.op.op == "add" else None)
 
 
 def residual_to_kpu(g: Graph, opts: CompileOptions, samples: list | None = None) -> tuple[Graph, list[tuple[str, str]], list[tuple[str, str]]]:
