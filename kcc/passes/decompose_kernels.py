@@ -44,7 +44,6 @@ the reason of a conv that stays (`Decision.cpu_note`) to its CPU placement.
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -62,14 +61,13 @@ from kcc.passes.manager import CompileContext
 from kcc.target.k210 import (
     CPU_NODE_CYCLES,
     DEFAULT_MHZ,
-    KPU_CYCLE_FACTOR,
-    KPU_LAYER_US,
     KPU_RAM_SIZE,
-    KPU_WEIGHT_CYCLES_PER_BYTE,
     MAX_CHANNELS,
     MAX_WEIGHT_LOADS,
     cpu_cycles,
     kpu_bytes,
+    kpu_layer_cost,
+    kpu_map_cycles,
     kpu_row_layout,
     weight_loads,
 )
@@ -97,7 +95,6 @@ KPU_LAYER_BYTES = 768
 STACK_KPU_BYTES = 128 * 1024
 
 # Cost model: kcc.target.k210's cycle counts (nncase v0.2 runtime at 400 MHz) of what legalize makes.
-_KPU_LAYER_CYCLES = KPU_LAYER_US * DEFAULT_MHZ  # interrupt, layer FIFO, runtime
 _CPU_PER_ELEMENT = {O.Pad: "pad", O.StridedSlice: "strided_slice", O.Transpose: "transpose",
                     O.Reshape: "copy_byte"}
 
@@ -153,10 +150,8 @@ def estimate_cycles(g: Graph, where: Where = Where()) -> float:
         elif _is_kpu(n):
             x, w = n.inputs[0], n.inputs[1]
             nb, c, h, wd = x.shape
-            lay = kpu_row_layout(wd)
-            per_line = n.shape[1] if n.op.depthwise else math.ceil(c / lay.groups) * n.shape[1]
-            total += KPU_CYCLE_FACTOR * nb * h * lay.row_len * per_line + KPU_WEIGHT_CYCLES_PER_BYTE * w.type.size
-            total += _KPU_LAYER_CYCLES + CPU_NODE_CYCLES
+            cycles = nb * kpu_map_cycles(c, h, wd, n.shape[1], n.op.depthwise)
+            total += kpu_layer_cost(cycles, w.type.size) + CPU_NODE_CYCLES
             if not kpu(x) and id(x) not in uploaded:
                 uploaded.add(id(x))
                 total += _upload(x)

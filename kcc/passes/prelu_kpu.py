@@ -29,11 +29,7 @@ from kcc.ir.graph import Graph, Node, channel_values, copy_rewriting
 from kcc.options import CompileOptions
 from kcc.target.k210 import (
     CPU_NODE_CYCLES,
-    DEFAULT_MHZ,
-    KPU_CYCLE_FACTOR,
-    KPU_LAYER_US,
     KPU_RAM_SIZE,
-    KPU_WEIGHT_CYCLES_PER_BYTE,
     MAX_CHANNELS,
     MAX_H,
     MAX_MAP_PIXELS,
@@ -42,7 +38,8 @@ from kcc.target.k210 import (
     MIN_HW,
     cpu_cycles,
     kpu_bytes,
-    kpu_row_layout,
+    kpu_layer_cost,
+    kpu_map_cycles,
     weight_loads,
 )
 from kcc.target.quant_rules import fixup_range
@@ -64,9 +61,7 @@ def _layer_fits(shape: tuple[int, ...], oc: int, k: int) -> bool:
 def _layer_cycles(shape: tuple[int, ...], oc: int, k: int) -> float:
     """A KPU layer's cycles (kcc.target.k210 cost model; uint8 weights) with its CPU dispatch."""
     nb, c, h, w = shape
-    lay = kpu_row_layout(w)
-    cycles = KPU_CYCLE_FACTOR * nb * h * lay.row_len * math.ceil(c / lay.groups) * oc
-    return cycles + KPU_WEIGHT_CYCLES_PER_BYTE * oc * c * k * k + KPU_LAYER_US * DEFAULT_MHZ + CPU_NODE_CYCLES
+    return kpu_layer_cost(nb * kpu_map_cycles(c, h, w, oc, False), oc * c * k * k) + CPU_NODE_CYCLES
 
 
 def _per_element(key: str, v: Node) -> float:

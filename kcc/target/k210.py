@@ -4,7 +4,8 @@ Format facts (the 64-byte line layout, the weight-load rule, the register fields
 layer's shapes, KPU RAM) are defined in `kcc.kmodel` and re-exported here (see `kcc.target`); the
 placement limits and the cycle cost model are defined here.
 
-**Cost model** (used by `kcc.latency` on kmodels and by `kcc.passes.decompose_kernels` on graphs).
+**Cost model** (used by `kcc.latency` on kmodels, and through `kpu_map_cycles` / `kpu_layer_cost` by the
+passes that price forms on graphs: decompose_kernels, prelu_kpu).
 A KPU layer, per batch, at the KPU clock (ecosystem.md §3.3):
 
     cycles  = H_in x row_len(W_in) x ceil(C_in / groups(W_in)) x C_out     (depthwise: x C_out only)
@@ -97,13 +98,25 @@ CPU_CYCLES: dict[str, tuple[float, str, str]] = {
 }
 
 
+def kpu_map_cycles(in_c: int, in_h: int, in_w: int, out_c: int, depthwise: bool) -> int:
+    """KPU cycles of one batch of a layer, from its map sizes (module docstring)."""
+    lay = kpu_row_layout(in_w)
+    lines = in_h * lay.row_len
+    if depthwise:
+        return lines * out_c
+    return lines * math.ceil(in_c / lay.groups) * out_c
+
+
 def kpu_layer_cycles(layer: KpuLayerArgument) -> int:
-    """KPU cycles of one batch of a layer (module docstring)."""
-    lay = kpu_row_layout(layer.in_width)
-    lines = layer.in_height * lay.row_len
-    if layer.depth_wise_layer:
-        return lines * layer.out_channels
-    return lines * math.ceil(layer.in_channels / lay.groups) * layer.out_channels
+    """KPU cycles of one batch of a kmodel layer (module docstring)."""
+    return kpu_map_cycles(layer.in_channels, layer.in_height, layer.in_width, layer.out_channels,
+                          bool(layer.depth_wise_layer))
+
+
+def kpu_layer_cost(cycles: float, weight_bytes: float) -> float:
+    """A KPU layer's time in cycles at DEFAULT_MHZ, as kcc.latency prices it (module docstring):
+    `cycles` of kpu_map_cycles over all batches, its weight loads and the per-layer overhead."""
+    return KPU_CYCLE_FACTOR * cycles + KPU_WEIGHT_CYCLES_PER_BYTE * weight_bytes + KPU_LAYER_US * DEFAULT_MHZ
 
 
 def cpu_cycles(key: str) -> float:
@@ -117,5 +130,5 @@ __all__ = [
     "KPU_LINE_SIZE", "KPU_RAM_SIZE", "KPU_WEIGHT_CYCLES_PER_BYTE", "KPU_WEIGHTS_PER_LOAD", "MAIN_MEMORY_SIZE",
     "MAX_CHANNELS", "MAX_H", "MAX_MAP_PIXELS", "MAX_W", "MAX_WEIGHT_LOADS", "MIN_HW", "STRUCTURAL_SCALE",
     "KpuRowLayout", "cpu_cycles", "kpu_bytes", "kpu_layer_cycles", "kpu_row_layout", "kpu_rows",
-    "layer_fields", "weight_loads",
+    "kpu_layer_cost", "kpu_map_cycles", "layer_fields", "weight_loads",
 ]  # fmt: skip
