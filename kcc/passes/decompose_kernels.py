@@ -50,24 +50,19 @@ from enum import Enum
 import numpy as np
 
 from kcc.eval.interpreter import run
-from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.options import CompileOptions
+from kcc.passes.kernel_cost import Where, alone, on_kpu, surroundings
 from kcc.passes.kernel_forms import Form, emit, plan_terms, shift_plan
 from kcc.passes.kernel_terms import axis_terms, max_zero_taps
-from kcc.passes.legalize_kpu import legalize_kpu
 from kcc.passes.manager import CompileContext
 from kcc.target.k210 import (
-    CPU_NODE_CYCLES,
     DEFAULT_MHZ,
     KPU_RAM_SIZE,
     MAX_CHANNELS,
     MAX_WEIGHT_LOADS,
-    cpu_cycles,
     kpu_bytes,
-    kpu_layer_cost,
-    kpu_map_cycles,
     kpu_row_layout,
     weight_loads,
 )
@@ -93,172 +88,6 @@ KPU_LAYER_BYTES = 768
 #: ~118 KiB), and thousands of copy layers would outweigh the model (BlazePalm's 128-channel 24x24
 #: ones in groups of 4: 608 layers, ~540 KiB each)
 STACK_KPU_BYTES = 128 * 1024
-
-# Cost model: kcc.target.k210's cycle counts (nncase v0.2 runtime at 400 MHz) of what legalize makes.
-_CPU_PER_ELEMENT = {O.Pad: "pad", O.StridedSlice: "strided_slice", O.Transpose: "transpose",
-                    O.Reshape: "copy_byte"}
-
-
-# ----------------------------------------------------------------------------------- cost
-@dataclass(frozen=True)
-class Where:
-    """What surrounds a conv in its model, which its cost depends on: whether its input is float,
-    computed on the CPU (quantized once before KPU layers read it), or uint8 codes (the model's uint8
-    input, or a KPU layer's output, which that layer copies out of KPU RAM for any CPU reader either
-    way: the float conv dequantizes it); and whether every reader of its output is a KPU layer
-    reading it from KPU RAM (a CPU result is then quantized and uploaded; a KPU layer's output stays
-    there). Else the readers are float CPU ops: a KPU result is copied out and dequantized."""
-
-    float_input: bool = True
-    kpu_readers: bool = False
-
-
-def _upload(x: Node) -> float:
-    """A kpu_upload of x's uint8 codes (kcc.latency._upload: DMA when the width is a multiple of 64)."""
-    key = "kpu_upload_dma_byte" if x.shape[3] % 64 == 0 else "kpu_upload_byte"
-    return CPU_NODE_CYCLES + cpu_cycles(key) * x.type.size
-
-
-def _per_element(key: str, x: Node) -> float:
-    """One CPU node doing `key` once per element of x (kcc.latency._WORK)."""
-    return CPU_NODE_CYCLES + cpu_cycles(key) * x.type.size
-
-
-def estimate_cycles(g: Graph, where: Where = Where()) -> float:
-    """Estimated K210 cycles of a legalized one-conv graph (`_alone`) in its model (`where`), with
-    kcc.target.k210's costs, counting the kmodel nodes quantize, lower_to_neutral and emit make of
-    it as kcc.latency does (`kcc info --estimate`): KPU layers (their fixed cost, CPU dispatch,
-    uploads, and copies out for CPU readers), float convs (with the dequantize of a uint8 input), a
-    float input's quantize (once: views and pads then move uint8 codes), views, pads, crops,
-    concats (none when every input is a CPU view written into its block, kcc.emit.storage, nor when
-    KPU layers write their channel ranges of one KPU RAM buffer for KPU readers, `_kpu_concat`), float
-    adds with the dequantize of each uint8 input, and what the output needs for its readers."""
-    users = g.users()
-    out = g.outputs[0]
-    kpu_concats = {id(n) for n in g.nodes if _kpu_concat(n, users, where.kpu_readers if n is out else None)}
-
-    def kpu(v: Node) -> bool:  # in KPU RAM: a KPU layer, or KPU layers' outputs concatenated in place
-        return _is_kpu(v) or id(v) in kpu_concats
-
-    on_kpu = any(kpu(m) for m in g.nodes)
-    uploaded: set[int] = set()  # one upload serves every KPU layer reading the tensor
-    total = 0.0
-    for n in g.nodes:
-        if isinstance(n.op, O.Input):
-            if where.float_input and on_kpu:  # one quantize (after a channel slice if any)
-                total += _per_element("quantize", n)
-        elif _is_kpu(n):
-            x, w = n.inputs[0], n.inputs[1]
-            nb, c, h, wd = x.shape
-            cycles = nb * kpu_map_cycles(c, h, wd, n.shape[1], n.op.depthwise)
-            total += kpu_layer_cost(cycles, w.type.size) + CPU_NODE_CYCLES
-            if not kpu(x) and id(x) not in uploaded:
-                uploaded.add(id(x))
-                total += _upload(x)
-            if any(not kpu(u) for u in users[n]) or (n is out and not where.kpu_readers):
-                total += cpu_cycles("kpu_download_byte") * n.type.size
-        elif isinstance(n.op, O.Conv2D):
-            total += CPU_NODE_CYCLES + cpu_cycles("conv2d_mac") * n.type.size * int(np.prod(n.inputs[1].shape[1:]))
-            x = n.inputs[0]
-            if not where.float_input:  # the float conv reads x's codes dequantized
-                total += _per_element("dequantize", x)
-        elif isinstance(n.op, KO.QuantResidual):
-            total += 3 * CPU_NODE_CYCLES + n.type.size * sum(cpu_cycles(k) for k in ("dequantize", "binary", "quantize"))
-        elif isinstance(n.op, O.Concat) and id(n) in kpu_concats:
-            pass  # each KPU layer writes its channel range of one KPU RAM buffer
-        elif isinstance(n.op, O.Concat):
-            in_place = all(isinstance(i.op, (O.StridedSlice, O.Pad)) and len(users[i]) == 1 for i in n.inputs)
-            if not in_place:
-                total += CPU_NODE_CYCLES + cpu_cycles("copy_byte") * n.type.size
-                total += cpu_cycles("concat_block") * len(n.inputs)
-        elif isinstance(n.op, O.Binary):
-            total += _per_element("binary", n)
-            total += sum(_per_element("dequantize", i) for i in n.inputs if not _is_float(i, where))
-        elif type(n.op) in _CPU_PER_ELEMENT:
-            total += _per_element(_CPU_PER_ELEMENT[type(n.op)], n)
-    float_out = _is_float(out, where)
-    if where.kpu_readers and not kpu(out):  # a CPU result the next KPU layer reads
-        total += (_per_element("quantize", out) if float_out else 0.0) + _upload(out)
-    elif not where.kpu_readers and not float_out:  # uint8 codes a float CPU op reads
-        total += _per_element("dequantize", out)
-    return total
-
-
-def _is_kpu(v: Node) -> bool:
-    return isinstance(v.op, KO.FloatKpuConv)
-
-
-def _kpu_concat(n: Node, users: dict, out_readers_kpu: bool | None = None) -> bool:
-    """n is a channel concatenation that kcc.quant.quantize computes in place in KPU RAM
-    (`kpu_concat_problem`): batch 1, of distinct KPU layers read by it alone, each part starting on a
-    64-byte line of its own, read by KPU layers only (`out_readers_kpu` for the graph's output: its
-    readers are in the model). The parts share one grid: the shifted copies of a `stack_kpu`
-    (kcc.quant.policy.copy_grids), a depthwise stack's channel groups (share_concat_grids)."""
-    if not (isinstance(n.op, O.Concat) and n.op.axis == 1 and n.shape[0] == 1):
-        return False
-    readers = out_readers_kpu if out_readers_kpu is not None else bool(users.get(n)) and all(_is_kpu(u) for u in users[n])
-    if not readers or len({id(p) for p in n.inputs}) != len(n.inputs):
-        return False
-    groups, at = kpu_row_layout(n.shape[3]).groups, 0
-    for p in n.inputs:
-        if not _is_kpu(p) or len(users[p]) != 1 or users[p][0] is not n or at % groups:
-            return False
-        at += p.shape[1]
-    return True
-
-
-def _is_float(v: Node, where: Where) -> bool:
-    """v holds float values on the CPU: a float op's result, or views of a float input (before any
-    KPU layer, uint8 codes only when the input is; Binary and float convs compute in float)."""
-    while isinstance(v.op, (O.Pad, O.StridedSlice, O.Reshape, O.Transpose, O.Concat)):
-        v = v.inputs[0]
-    if isinstance(v.op, O.Input):
-        return where.float_input
-    return isinstance(v.op, (O.Binary, O.Conv2D)) and not _is_kpu(v)
-
-
-def _alone(n: Node, plan: Form | None) -> Graph | None:
-    """Conv `n` (plan None) or its decomposition as a graph of its own: input -> ... -> output."""
-    g = Graph()
-    x = g.input(0, n.inputs[0].shape)
-    if plan is None:
-        y = g.add(n.op, (x, g.constant(n.inputs[1].data), g.constant(n.inputs[2].data)), n.name)
-    else:
-        y = emit(lambda op, ins, name: g.add(op, ins, name), n, x, plan)
-        if y is None:
-            return None
-    g.outputs = [y]
-    return g
-
-
-def _on_kpu(g: Graph, opts: CompileOptions, where: Where = Where()) -> tuple[bool, float]:
-    ctx = CompileContext(opts)
-    lg = legalize_kpu(g, ctx)
-    return bool(ctx.placements) and all(p.on_kpu for p in ctx.placements), estimate_cycles(lg, where)
-
-
-def _kpu_as_is(u: Node, opts: CompileOptions) -> tuple[bool, bool]:
-    """Whether legalize_kpu takes conv u as it is, and whether its KPU layer then reads u's input as
-    it is (no CPU pre-pad: a KPU layer before it may leave its output in KPU RAM for it)."""
-    if not isinstance(u.op, O.Conv2D) or not (u.inputs[1].is_constant and u.inputs[2].is_constant):
-        return False, False
-    ctx = CompileContext(opts)
-    lg = legalize_kpu(_alone(u, None), ctx)
-    on_kpu = bool(ctx.placements) and all(p.on_kpu for p in ctx.placements)
-    return on_kpu, on_kpu and any(_is_kpu(m) and isinstance(m.inputs[0].op, O.Input) for m in lg.nodes)
-
-
-def surroundings(n: Node, users: dict, outputs: set[int], opts: CompileOptions = CompileOptions()) -> Where:
-    """`Where` conv n sits in its graph (`users`, the ids of the graph outputs)."""
-    x = n.inputs[0]
-    if isinstance(x.op, O.Input):
-        float_input = opts.effective_input_type != "uint8"
-    else:
-        float_input = not _kpu_as_is(x, opts)[0]
-    readers = users.get(n, [])
-    kpu_readers = bool(readers) and id(n) not in outputs and all(_kpu_as_is(u, opts)[1] for u in readers)
-    return Where(float_input, kpu_readers)
-
 
 def _stack_groups(c: int, j: int, budget: int) -> list[int]:
     """Channels per layer of each depthwise stack of j terms worth trying (c: one layer), fewest
@@ -428,7 +257,7 @@ def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = Tr
     if op.groups not in (1, c) or (op.groups == c > 1 and oc != c):
         return Decision(n.name, Status.KEPT, None, 0.0, 0.0, f"groups {op.groups} (KPU: 1 or depthwise)")
     at = at or surroundings(n, {}, set(), opts)
-    fits, cpu = _on_kpu(_alone(n, None), opts, at)
+    fits, cpu = on_kpu(alone(n, None), opts, at)
     if fits:
         return Decision(n.name, Status.ON_KPU, None, cpu, cpu, "on the KPU as it is")
     if opts.decompose == "off":
@@ -441,10 +270,10 @@ def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = Tr
         form = (plan.split, plan.z, plan.combine, plan.residual, plan.halves, _lines_apart(n, plan))
         if form in landed:
             continue
-        alone = _alone(n, plan)
-        if alone is None:
+        single = alone(n, plan)
+        if single is None:
             continue
-        fits, cycles = _on_kpu(alone, opts, at)
+        fits, cycles = on_kpu(single, opts, at)
         if fits:
             landed.add(form)
             forms.append((extra_roundings(n, plan, float_input, halves), cycles, plan))
@@ -488,7 +317,7 @@ def float_read_convs(g: Graph, opts: CompileOptions = CompileOptions()) -> list[
         return []
     users, outputs = g.users(), {id(o) for o in g.outputs}
     return [n for n in g.nodes if isinstance(n.op, O.Conv2D) and _read_in_float(n, users, outputs)
-            and not _on_kpu(_alone(n, None), opts)[0]]
+            and not on_kpu(alone(n, None), opts)[0]]
 
 
 def bulk_threshold(y: np.ndarray) -> float:

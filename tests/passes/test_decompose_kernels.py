@@ -13,6 +13,7 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
 from kcc.passes import decompose_kernels as D
+from kcc.passes import kernel_cost as KC
 from kcc.passes.legalize_kpu import legalize_kpu
 from kcc.passes.manager import CompileContext
 from kcc.target.k210 import CPU_NODE_CYCLES, cpu_cycles
@@ -68,7 +69,7 @@ def test_every_plan_is_exact_and_on_the_kpu(kh, kw, s, pad, dw):
     assert {p.combine for p in plans} >= {"sum", "stack"} and any(p.residual for p in plans)
     assert any(p.halves and not p.bulk for p in plans) and any(p.bulk for p in plans)
     for plan in plans:
-        alone = D._alone(conv, plan)
+        alone = KC.alone(conv, plan)
         np.testing.assert_allclose(run(alone, [xi])[0], want, rtol=1e-5, atol=1e-5, err_msg=str(plan))
         lg, placements = legalize(alone)
         assert placements and all(p.on_kpu for p in placements), (plan, placements)
@@ -129,9 +130,9 @@ def test_pass_rewrites_only_what_the_kpu_rejects():
 @pytest.mark.parametrize("c", [16, 512])
 def test_accurate_takes_the_fastest_form_that_adds_no_rounding(c):
     conv = _conv_graph(c, c, 12, 12, 5, 5, (1, 1), ((2, 2), (2, 2)), c).outputs[0]
-    costs, at = {}, D.surroundings(conv, {}, set())
+    costs, at = {}, KC.surroundings(conv, {}, set())
     for plan in D._plans(conv):
-        fits, cycles = D._on_kpu(D._alone(conv, plan), CompileOptions(), at)
+        fits, cycles = KC.on_kpu(KC.alone(conv, plan), CompileOptions(), at)
         if fits:
             costs.setdefault(plan.combine in ("stack", "stack_kpu"), []).append(cycles)
     accurate = D.choose(conv)
@@ -179,7 +180,7 @@ def test_a_float_input_of_the_cpu_gets_the_residual_stack():
         y = g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=c), (x, w, g.constant(np.zeros(c, np.float32))))
         g.outputs = [g.add(O.Conv2D(), (y, g.constant(np.ones((c, c, 1, 1), np.float32)),
                                         g.constant(np.zeros(c, np.float32))))]
-        at = D.surroundings(y, g.users(), {id(o) for o in g.outputs})
+        at = KC.surroundings(y, g.users(), {id(o) for o in g.outputs})
         assert at.kpu_readers and at.float_input == (source == "prelu")
         return D.choose(y, CompileOptions(), residual=residual, at=at).plan
     assert decide("prelu").residual and decide("prelu").combine == "stack_kpu"
@@ -364,20 +365,20 @@ def test_the_estimate_counts_what_the_surroundings_add():
     a uint8 input, and its output is quantized and uploaded for a KPU reader."""
     conv = _conv_graph(8, 8, 16, 16, 5, 5, (2, 2), ((1, 2), (1, 2)), 8).outputs[0]  # TFLite SAME
     plan = D.choose(conv).plan
-    lg = legalize(D._alone(conv, plan))[0]
+    lg = legalize(KC.alone(conv, plan))[0]
     y, elems = conv.type.size, conv.inputs[0].type.size
-    cost = {w: D.estimate_cycles(lg, w) for w in (D.Where(f, k) for f in (False, True) for k in (False, True))}
+    cost = {w: KC.estimate_cycles(lg, w) for w in (KC.Where(f, k) for f in (False, True) for k in (False, True))}
     quantize, dequantize = CPU_NODE_CYCLES + cpu_cycles("quantize") * elems, CPU_NODE_CYCLES + cpu_cycles("dequantize") * y
     copy_out = cpu_cycles("kpu_download_byte") * y
     assert plan.combine == "stack" and isinstance(lg.outputs[0].op, KO.FloatKpuConv)
-    assert cost[D.Where(True, True)] - cost[D.Where(False, True)] == pytest.approx(quantize)
-    assert cost[D.Where(False, False)] - cost[D.Where(False, True)] == pytest.approx(copy_out + dequantize)
-    cpu = legalize(D._alone(conv, None))[0]
-    alone = D.estimate_cycles(cpu, D.Where(True, False))
+    assert cost[KC.Where(True, True)] - cost[KC.Where(False, True)] == pytest.approx(quantize)
+    assert cost[KC.Where(False, False)] - cost[KC.Where(False, True)] == pytest.approx(copy_out + dequantize)
+    cpu = legalize(KC.alone(conv, None))[0]
+    alone = KC.estimate_cycles(cpu, KC.Where(True, False))
     upload = CPU_NODE_CYCLES + cpu_cycles("kpu_upload_byte") * y  # width 8: no DMA
-    assert D.estimate_cycles(cpu, D.Where(True, True)) - alone == pytest.approx(upload + CPU_NODE_CYCLES
+    assert KC.estimate_cycles(cpu, KC.Where(True, True)) - alone == pytest.approx(upload + CPU_NODE_CYCLES
                                                                                 + cpu_cycles("quantize") * y)
-    assert D.estimate_cycles(cpu, D.Where(False, False)) - alone == pytest.approx(
+    assert KC.estimate_cycles(cpu, KC.Where(False, False)) - alone == pytest.approx(
         CPU_NODE_CYCLES + cpu_cycles("dequantize") * elems)
 
 
@@ -395,7 +396,7 @@ def test_surroundings_of_a_conv():
     d = g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=8), (p, w5, b), "on_prelu")
     g.outputs = [c, g.add(O.Binary("add"), (d, x), "res")]
     users, outs = g.users(), {id(o) for o in g.outputs}
-    assert D.surroundings(a, users, outs) == D.Where(False, True)
-    assert D.surroundings(a, users, outs, CompileOptions(input_type="float")) == D.Where(True, True)
-    assert D.surroundings(c, users, outs) == D.Where(False, False)  # the model's output
-    assert D.surroundings(d, users, outs) == D.Where(True, False)  # read by a float add
+    assert KC.surroundings(a, users, outs) == KC.Where(False, True)
+    assert KC.surroundings(a, users, outs, CompileOptions(input_type="float")) == KC.Where(True, True)
+    assert KC.surroundings(c, users, outs) == KC.Where(False, False)  # the model's output
+    assert KC.surroundings(d, users, outs) == KC.Where(True, False)  # read by a float add
