@@ -6,8 +6,8 @@ to the CPU, where a float conv costs ~64 cycles per MAC. This pass rewrites such
 legalize, into terms that are each an ordinary 3x3 conv of a view (crop/phase) of the input.
 
 The term algebra (which taps each 3x3 term takes, which view of the input it reads) is
-kcc.passes.kernel_terms; the forms (sum, stack, stack_dw, stack_kpu) and their IR, kcc.passes.kernel_forms.
-This module chooses among them.
+kcc.passes.kernel_terms; the forms (sum, stack, stack_dw, stack_kpu) and their IR, kcc.passes.kernel_forms;
+what a form costs in its place in the model, kcc.passes.kernel_cost. This module chooses among them.
 
 ## Choosing
 
