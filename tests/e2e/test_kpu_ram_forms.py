@@ -1,0 +1,384 @@
+"""Layers that stay in KPU RAM or are cut into several: channel concatenations computed in place,
+channel split, the uint8 matmul of a wide fully-connected layer, the shifted copies of `stack_kpu`,
+and what a layer's placement says of the CPU work around it. Each kmodel runs on kpu_sim, every KPU
+layer against the scalar reference, the result against the float graph (bars: measured + 5 %).
+"""
+
+import importlib.util
+import re
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kpu_checks import kpu_layers_match_the_scalar_reference, layer_maps, max_steps
+
+import kcc.kmodel as km
+import kpu_sim
+from kcc.eval.interpreter import run
+from kcc.frontend import import_model
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph
+from kcc.options import CompileOptions
+from kcc.passes.decompose_kernels import Form, rewrite
+from kcc.pipeline import compile_graph
+from kcc.report import summary
+
+rng = np.random.default_rng(5)
+
+
+@pytest.fixture(autouse=True)
+def _seeded(request):
+    """The weights and samples of a test depend on its name only, not on the tests that ran before."""
+    rng.bit_generator.state = np.random.default_rng(zlib.crc32(request.node.name.encode())).bit_generator.state
+
+
+def _const(g, shape, lo=-1.0, hi=1.0):
+    return g.constant(rng.uniform(lo, hi, shape).astype(np.float32))
+
+
+def _ssh_head(w, splits, relu_after=True):
+    """ulffd_landmark's SSH head at width w: 3x3 convs of `splits` channels concatenated, a ReLU, then
+    two 1x1 convs reading the concatenation (two model outputs)."""
+    g = Graph()
+    x = g.input(0, (1, 4, 6, w))
+    parts = tuple(g.add(O.Conv2D((1, 1), ((1, 1), (1, 1))), (x, _const(g, (oc, 4, 3, 3)), _const(g, (oc,))),
+                        f"part{i}") for i, oc in enumerate(splits))
+    c = g.add(O.Concat(1), parts, "concat")
+    r = g.add(O.Clamp(0.0, np.inf), (c,), "relu") if relu_after else c
+    heads = [g.add(O.Conv2D(), (r, _const(g, (oc, sum(splits), 1, 1)), _const(g, (oc,))), f"head{i}")
+             for i, oc in enumerate((5, 3))]
+    g.outputs = heads
+    return g
+
+
+# width -> channel splits that start every part on a 64-byte line of its own (a multiple of 1, 2, 4)
+KPU_CONCATS = [(40, (3, 5)), (40, (8, 1, 7)), (20, (4, 2)), (20, (2, 6, 3)), (10, (8, 4)), (10, (4, 4, 3))]
+
+
+@pytest.mark.parametrize("w,splits", KPU_CONCATS, ids=[f"w{w}-{'+'.join(map(str, s))}" for w, s in KPU_CONCATS])
+def test_concat_of_kpu_layers_is_computed_in_place_in_kpu_ram(w, splits, monkeypatch):
+    """relu(concat(convs)) -> 1x1 convs: the ReLU moves into the producing convs (concat_activations),
+    each producer writes its channel range of one KPU RAM buffer, at the line where its first channel
+    starts (kmodel_v4.md §7.3), and the heads read that buffer: no copy-out, CPU concatenation or
+    upload. Each layer equals the scalar reference of the integer pipeline on random weights, each
+    head reads exactly the producers' outputs side by side, the buffer is one allocation alive from
+    the first producer to the last head, and the result agrees with float as closely as the CPU
+    path (concat and ReLU on the CPU) does."""
+    state = rng.bit_generator.state
+    err = {}
+    for form in ("kpu", "cpu"):
+        rng.bit_generator.state = state  # the same weights and samples both times
+        g = _ssh_head(w, splits)
+        calib = [[rng.uniform(-1, 1, (1, 4, 6, w)).astype(np.float32)] for _ in range(8)]
+        want = run(g, calib[0])
+        if form == "cpu":
+            monkeypatch.setattr("kcc.pipeline.concat_activations", lambda g, ctx: g)
+        res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+        got = kpu_sim.load(res.kmodel).run(calib[0])
+        err[form] = max(max_steps(a.reshape(b.shape), b) for a, b in zip(got, want))
+        if form == "cpu":  # copied out, concatenated and rectified in float, uploaded again
+            assert [n.opcode.kmodel_name for n in res.emitted.model.nodes].count("kpu_upload") == 2
+            continue
+        concat = [p for p in res.placements if p.op == "concat"]
+        assert len(concat) == 1 and concat[0].on_kpu and "in place in KPU RAM" in concat[0].reason, concat
+        names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+        assert names.count("kpu_conv2d") == len(splits) + 2 and names.count("kpu_upload") == 1, names
+        assert not {"concat", "conv2d", "binary", "dequantize"} & set(names[:names.index("kpu_conv2d") + len(splits) + 2]), names
+        assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == len(splits) + 2
+        maps = layer_maps(res.kmodel, calib[0][0])
+        producers, heads = maps[:len(splits)], maps[len(splits):]
+        base = heads[0][0].kpu_input().start
+        at = 0
+        for (body, _, out), oc in zip(producers, splits):
+            assert out.shape[1] == oc
+            assert body.kpu_output().start == base + km.kpu_channel_offset(w, 6, at), (at, body.kpu_output())
+            at += oc
+        side_by_side = np.concatenate([out for _, _, out in producers], axis=1)
+        for body, x_map, _ in heads:
+            assert body.kpu_input().start == base
+            np.testing.assert_array_equal(x_map, side_by_side)
+        (buf,) = [b for b in res.emitted.buffers if b.name == "relu/kpu"]
+        assert buf.size == km.kpu_bytes((1, sum(splits), 6, w))
+        steps = {name: i for i, name in enumerate(res.emitted.node_names)}
+        assert buf.birth == min(steps[f"part{i}"] for i in range(len(splits)))
+        assert buf.death == max(steps["head0"], steps["head1"])
+    # measured: 1.43 vs 2.42 steps, 1.59 vs 2.54, 1.99 vs 2.06, 1.46 vs 2.56, 1.72 vs 2.01, 1.61 vs 2.57:
+    # each part is rounded once, on the concatenation's grid, instead of on its own and again after the ReLU
+    assert err["kpu"] <= err["cpu"] and err["kpu"] <= 2.09, err
+
+
+def test_concat_stays_on_the_cpu_when_a_part_shares_a_line_and_says_why():
+    """At width 20 two channels share a 64-byte line: a part starting at channel 3 cannot be written in
+    place. The concatenation runs on the CPU as before, its placement names the part and the rule,
+    and the result still agrees with float."""
+    g = _ssh_head(20, (3, 3))
+    calib = [[rng.uniform(-1, 1, (1, 4, 6, 20)).astype(np.float32)] for _ in range(8)]
+    want = run(g, calib[0])
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    (concat,) = [p for p in res.placements if p.op == "concat"]
+    assert not concat.on_kpu
+    assert concat.reason == ("its part 'part1' starts at channel 3, not a multiple of 2 (the channels one "
+                             "64-byte line of KPU RAM holds at width 20)")
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    assert names.count("kpu_upload") == 2, names  # the concatenation re-uploaded
+    (shown,) = [p for p in summary.placements(res, res.latency) if p.op == "concat"]
+    cost = re.fullmatch(r"on the CPU, (\d+\.\d\d) ms estimated: (.*)", shown.reason)
+    assert cost and float(cost[1]) > 0 and cost[2] == concat.reason, shown.reason
+    got = kpu_sim.load(res.kmodel).run(calib[0])
+    err = max(max_steps(a.reshape(b.shape), b) for a, b in zip(got, want))
+    assert err <= 1.89, f"max error {err:.2f} steps"  # measured 1.80
+
+
+def _tflite_builder():
+    """tests/tflite_builder.py, loaded by path (only tests/support is on sys.path)."""
+    path = Path(__file__).resolve().parents[1] / "tflite_builder.py"
+    spec = importlib.util.spec_from_file_location("tflite_builder", path)
+    module = sys.modules.setdefault("tflite_builder", importlib.util.module_from_spec(spec))
+    if not hasattr(module, "TfliteBuilder"):
+        spec.loader.exec_module(module)
+    return module
+
+
+def test_tflite_ssh_head_runs_on_the_kpu_and_agrees_with_the_tflite_interpreter():
+    """A .tflite conv / conv / CONCATENATION / RELU / conv (ulffd_landmark's SSH head; TFLite's float
+    concatenation takes no fused activation): compiled, the concatenation is in place in KPU RAM and
+    the kmodel has no CPU op between its KPU layers; on kpu_sim it agrees with the TFLite
+    interpreter's float result within a step and a half of the output grid."""
+    tb = _tflite_builder()
+    b = tb.TfliteBuilder()
+    x = b.input([1, 6, 20, 4])
+
+    def conv(inp, cin, cout, k, name):
+        w = b.const(rng.uniform(-1, 1, (cout, k, k, cin)).astype(np.float32))
+        return b.op("CONV_2D", [inp, w, b.const(rng.uniform(-0.2, 0.2, cout).astype(np.float32))],
+                    padding="SAME", stride_w=1, stride_h=1, fused_activation_function="NONE", name=name)
+
+    parts = [conv(x, 4, 6, 3, "a"), conv(x, 4, 4, 3, "b")]
+    c = b.op("CONCATENATION", parts, axis=3, fused_activation_function="NONE", name="concat")
+    b.output(conv(b.op("RELU", [c], name="relu"), 10, 5, 1, "head"))
+    data = b.build()
+    samples = [[rng.uniform(-1, 1, (1, 4, 6, 20)).astype(np.float32)] for _ in range(8)]
+    g = import_model(data).graph
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=samples)
+    (concat,) = [p for p in res.placements if p.op == "concat"]
+    assert concat.on_kpu, concat
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    assert names == ["quantize", "kpu_upload", "kpu_conv2d", "kpu_conv2d", "kpu_conv2d", "dequantize"], names
+    want = tb.run_tflite(data, [samples[0][0].transpose(0, 2, 3, 1)])[0].transpose(0, 3, 1, 2)
+    got = kpu_sim.load(res.kmodel).run(samples[0])[0].reshape(want.shape)
+    err = max_steps(got, want)
+    assert err <= 1.50, f"max error {err:.2f} steps"  # measured 1.43
+
+
+def _expand_dw_project(g, x, c, project=True):
+    """An inverted residual block without its add: 1x1 expansion to c channels, 3x3 depthwise, 1x1."""
+    relu6 = (0.0, 6.0)
+    y = g.add(O.Conv2D(act=relu6), (x, _const(g, (c, x.shape[1], 1, 1)), _const(g, (c,))), "expand")
+    y = g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), groups=c, act=relu6), (y, _const(g, (c, 1, 3, 3)), _const(g, (c,))), "dw")
+    return g.add(O.Conv2D(), (y, _const(g, (6, c, 1, 1)), _const(g, (6,))), "project") if project else y
+
+
+def _wide_head(g, x):
+    return g.add(O.Conv2D(act=(0.0, 6.0)), (x, _const(g, (1100, x.shape[1], 1, 1)), _const(g, (1100,))), "head")
+
+
+# name -> (input shape, graph, KPU RAM the legalizer may use, KPU layers, (bar, measured) in output steps)
+SPLIT_CASES = {
+    # the depthwise's 24x16x16 input and output need 12 KiB of KPU RAM, over the 10 KiB allowed here
+    # (2 MiB on the chip: the same rule, cheaper to check): expansion and depthwise in two groups of 12.
+    # Unsplit (with the chip's 2 MiB) the same graph is 2.17 steps off: each group's weights get a grid
+    # of their own
+    "dw_over_kpu_ram": ((1, 4, 16, 16), lambda g, x: _expand_dw_project(g, x, 24), 10 << 10, 5, (1.97, 1.88)),
+    # 1040 channels: expansion and depthwise in two groups of 520, over the 10-bit channel fields (the
+    # output, as a 1x1 conv over all 1040 channels would read more than a KPU layer does)
+    "dw_over_1024_channels": ((1, 4, 4, 4), lambda g, x: _expand_dw_project(g, x, 1040, False), None, 4,
+                              (1.81, 1.72)),
+    # 1100 output channels: two output groups reading the same input in KPU RAM
+    "conv_over_1024_outputs": ((1, 4, 4, 4), _wide_head, None, 2, (1.88, 1.79)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPLIT_CASES))
+def test_channel_split_layers_are_bit_exact_on_the_kpu(name, monkeypatch):
+    """split_channels (issue #16 item 4): a layer over KPU RAM or 1024 channels runs as channel groups,
+    every one a KPU layer (no conv left on the CPU) equal to the scalar reference of the integer
+    pipeline on random weights; the whole agrees with the float graph."""
+    shape, make, kpu_ram, layers, (bar, _measured) = SPLIT_CASES[name]
+    if kpu_ram is not None:
+        monkeypatch.setattr("kcc.passes.legalize_kpu.KPU_RAM_SIZE", kpu_ram)
+    g = Graph()
+    x = g.input(0, shape)
+    g.outputs = [make(g, x)]
+    calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
+    want = run(g, calib[0])[0]
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    assert all(p.on_kpu for p in res.placements), res.placements
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    assert names.count("kpu_conv2d") == layers and "conv2d" not in names, names
+    assert "strided_slice" not in names, names  # each depthwise group reads its expansion group
+    assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == layers
+    got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
+    assert max_steps(got, want) <= bar, f"{name}: max error {max_steps(got, want):.2f} steps"
+
+
+def test_a_fully_connected_layer_over_1024_inputs_is_a_bit_exact_uint8_matmul():
+    """1100 inputs (more than a KPU layer reads, and partial sums of two layers would round): nncase's
+    quantized_matmul on the CPU, uint8 weights, never a float matmul. Its output equals a numpy
+    reference of the integer formula (kpu_semantics.md §4.4) on the input codes, and agrees with float."""
+    g = Graph()
+    x = g.input(0, (1, 1100))
+    g.outputs = [g.add(O.MatMul(), (x, _const(g, (1100, 40)), _const(g, (40,))), "fc")]
+    calib = [[rng.uniform(-1, 1, (1, 1100)).astype(np.float32)] for _ in range(8)]
+    want = run(g, calib[0])[0]
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    nodes = res.emitted.model.nodes
+    names = [n.opcode.kmodel_name for n in nodes]
+    assert names == ["quantize", "quantized_matmul", "dequantize"], names
+    mm = nodes[1].body
+    assert mm.bias.dtype == np.int32 and len(res.kmodel) < 1100 * 40 * 2  # uint8 weights, not float
+    # the integer formula, from the body's fields, on the input codes the matmul read
+    program = kpu_sim.load(res.kmodel)
+    seen = {}
+
+    def trace(index, opcode, body, _outs):
+        if opcode is km.Opcode.QUANTIZE:
+            seen["a"] = program.memory.read(mm.input_a, np.uint8, 1100).astype(np.int64).reshape(1, 1100)
+        elif opcode is km.Opcode.QUANTIZED_MATMUL:
+            seen["out"] = program.memory.read(mm.output, np.uint8, 40).reshape(1, 40)
+
+    program.run(calib[0], trace=trace)
+    b = program.memory.read(mm.input_b, np.uint8, 1100 * 40).reshape(1100, 40).astype(np.int64)
+    value = mm.bias.astype(np.int64) + (seen["a"] + mm.input_a_offset) @ (b + mm.input_b_offset)
+    scaled = (value * mm.output_mul + (1 << (mm.output_shift - 1))) >> mm.output_shift
+    np.testing.assert_array_equal(seen["out"], np.clip(scaled + mm.output_offset, 0, 255).astype(np.uint8))
+    got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
+    assert max_steps(got, want) <= 1.28, f"max error {max_steps(got, want):.2f} steps"  # measured 1.22
+
+
+def test_a_kpu_layer_with_cpu_work_around_it_says_why_and_what_it_costs():
+    """Issue #16 item 2: a stride-2 depthwise layer on an odd size keeps its full-size output and a CPU
+    slice (the pick would need a CPU pre-pad); its placement says so, and the summary adds the CPU time
+    estimated around it (copy out, slice, upload)."""
+    g = Graph()
+    x = g.input(0, (1, 8, 15, 20))
+    y = g.add(O.Conv2D((1, 1), ((0, 0), (0, 0)), act=(0.0, 6.0)),
+              (x, _const(g, (16, 8, 1, 1)), _const(g, (16,))), "pw")
+    y = g.add(O.Conv2D((2, 2), ((1, 1), (1, 1)), (1, 1), 16, (0.0, 6.0)),
+              (y, _const(g, (16, 1, 3, 3)), _const(g, (16,))), "dw_s2")
+    g.outputs = [g.add(O.Conv2D(), (y, _const(g, (4, 16, 1, 1)), _const(g, (4,))), "head")]
+    calib = [[rng.uniform(-1, 1, (1, 8, 15, 20)).astype(np.float32)] for _ in range(4)]
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    (dw,) = [p for p in res.placements if p.node == "dw_s2"]
+    assert dw.on_kpu and "to 8x10: the pick would need a CPU pre-pad" in dw.reason, dw.reason
+    assert "odd size" in dw.reason
+    (shown,) = [p for p in summary.placements(res, res.latency) if p.node == "dw_s2"]
+    cost = re.search(r"; (\d+\.\d\d) ms estimated on the CPU around the layer$", shown.reason)
+    assert cost and float(cost[1]) > 0, shown.reason
+
+
+def _dw5x5_then_1x1(g, x, c, source=None):
+    """A 5x5 depthwise (relu6) read by a 1x1 KPU layer; `source` "prelu" puts a PReLU (a float tensor
+    of the CPU) before it, "conv" a 1x1 KPU layer (its input is then uint8 codes in KPU RAM)."""
+    if source == "prelu":
+        x = g.add(O.PRelu(), (x, g.constant(rng.uniform(0.05, 0.3, (1, c, 1, 1)).astype(np.float32))))
+    elif source == "conv":
+        x = g.add(O.Conv2D(), (x, _const(g, (c, x.shape[1], 1, 1)), _const(g, (c,))))
+    y = g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=c, act=(0.0, 6.0)), (x, _const(g, (c, 1, 5, 5)), _const(g, (c,))),
+              "dw")
+    return g.add(O.Conv2D(), (y, _const(g, (6, c, 1, 1)), _const(g, (6,))))
+
+
+def _shift_of(body) -> tuple[int, int] | None:
+    """(cy, cx) of a kpu_conv2d that copies its input shifted: depthwise 3x3 whose weight codes are its
+    zero point (-arg_x) but for one tap per channel, the same tap in every channel."""
+    lay = body.layer
+    if not lay.depth_wise_layer or lay.filter_size != 3:
+        return None
+    w = np.asarray(body.weights, np.int64).reshape(lay.out_channels, 3, 3) + lay.arg_x
+    taps = {tuple(map(tuple, np.argwhere(ch != 0))) for ch in w}
+    if len(taps) != 1 or len(next(iter(taps))) != 1:
+        return None
+    a, b = next(iter(taps))[0]
+    return a - 1, b - 1
+
+
+STACK_KPU_CASES = {  # (channels, width, source, residual, group): 4, 2 and 1 channels per 64-byte line
+    "float_input_w10": (4, 10, None, False, 0),
+    "kpu_input_w20": (6, 20, "conv", False, 0),
+    "prelu_residual_w40": (4, 40, "prelu", True, 0),
+    # channel groups sliced off a KPU layer's output: the copies of each group on that layer's grid
+    "kpu_input_in_groups_w14": (12, 14, "conv", False, 4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STACK_KPU_CASES))
+def test_stack_kpu_shift_copies_are_exact_in_kpu_ram(name):
+    """`stack_kpu`: a 5x5 depthwise as nine 3x3 depthwise KPU layers copying x shifted by (cy, cx) in
+    {-1, 0, 1}^2, written side by side into one KPU RAM buffer, then one 3x3 KPU layer over the copies.
+    Each copy equals the shifted input codes exactly, its border the input's zero point (pad value),
+    on random weights and inputs spanning the whole range; each layer equals the scalar reference;
+    no CPU pad, slice or concatenation; one upload per KPU input (x, and its residual), none when a
+    KPU layer makes x; and the result agrees with the float graph as the CPU-view `stack` does."""
+    c, w, source, residual, group = STACK_KPU_CASES[name]
+    shape = (1, 4, 12, w)
+    state = rng.bit_generator.state
+    rms = {}
+    for combine in ("stack", "stack_kpu"):  # the same weights and samples both times
+        rng.bit_generator.state = state
+        g = Graph()
+        g.outputs = [_dw5x5_then_1x1(g, g.input(0, shape), c, source)]
+        calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
+        want = [run(g, s)[0] for s in calib]
+        rewrite(g, g.find("dw"), Form((1, 1), (0, 0), combine, group, residual=residual))
+        g.remove_dead()
+        np.testing.assert_allclose(run(g, calib[0])[0], want[0], atol=1e-5)  # each form is exact in float
+        res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+        program = kpu_sim.load(res.kmodel)
+        err = np.concatenate([(program.run(s)[0].reshape(v.shape) - v).ravel() for s, v in zip(calib, want)])
+        rms[combine] = float(np.sqrt(np.mean(err ** 2)))
+    # one rounding either way (the copies add none): the same error as the CPU views', within the
+    # weight rounding's own spread (the 3x3 terms group the taps differently)
+    assert rms["stack_kpu"] <= 1.05 * rms["stack"], rms
+    assert all(p.on_kpu for p in res.placements), res.placements
+    groups = c // group if group else 1
+    copies = 9 * (2 if residual else 1) * groups
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    layers = copies + groups + 1 + (source == "conv")
+    assert names.count("kpu_conv2d") == layers, names
+    # one upload of x (and of its residual), or of each group of x sliced off a KPU layer's output
+    assert names.count("kpu_upload") == ((1 + groups) if group else (2 if residual else 1)), names
+    assert not {"pad", "concat"} & set(names) and names.count("strided_slice") == (groups if group else 0), names
+    assert all(p.on_kpu for p in res.placements if p.op == "concat"), res.placements  # all in place
+    for sample in calib[:3]:
+        assert kpu_layers_match_the_scalar_reference(res.kmodel, sample[0]) == layers
+        shifted, levels = [], []
+        for body, x_map, out in layer_maps(res.kmodel, sample[0]):
+            shift = _shift_of(body)
+            if shift is None:
+                continue
+            pad = body.layer.pad_value
+            padded = np.pad(x_map, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=pad)
+            h, wd = x_map.shape[2:]
+            np.testing.assert_array_equal(out, padded[:, :, 1 + shift[0]:1 + shift[0] + h, 1 + shift[1]:1 + shift[1] + wd])
+            levels.append(len(np.unique(x_map)))
+            shifted.append(shift)
+        assert max(levels) > 100, levels  # x's codes span the range (a residual's, z +- gain/2)
+        assert sorted(shifted) == sorted([(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)] * (copies // 9))
+    # the copies' grid is their input's (kcc.quant.policy.copy_grids): x's quantize or producing layer;
+    # the residual's codes (quantized at gain x the resolution) hold gain x residual on that grid too
+    layers_q = [n for n in res.graph.nodes if type(n.op).__name__ == "QuantKpuLayer" and "/shift" in n.name]
+    assert len(layers_q) == copies and len({n.op.out_q for n in layers_q}) == 1, [n.op.out_q for n in layers_q]
+    src = next(n for n in layers_q if "/residual" not in n.name).inputs[0]
+    while type(src.op).__name__ in ("KpuUpload", "StridedSlice", "KpuDownload"):
+        src = src.inputs[0]
+    grid = src.op.out_q if source == "conv" else (src.op.zero_point, src.op.scale)
+    assert layers_q[0].op.out_q == tuple(grid), (layers_q[0].op.out_q, grid)
+    program = kpu_sim.load(res.kmodel)
+    steps = max(max_steps(program.run(s)[0].reshape(v.shape), v) for s, v in zip(calib, want))
+    assert steps <= STACK_KPU_MAX_STEPS[name][0], f"{name}: max error {steps:.2f} steps"
+
+
+STACK_KPU_MAX_STEPS = {"float_input_w10": (1.60, 1.52), "kpu_input_w20": (2.52, 2.40), "prelu_residual_w40": (1.54, 1.46),
+                       "kpu_input_in_groups_w14": (2.50, 2.39)}

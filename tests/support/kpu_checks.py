@@ -1,0 +1,82 @@
+"""Checks the end-to-end K210 tests share: every KPU layer of a kmodel against the scalar reference
+(tests/kpu_sim/kpu_reference.py), the maps a layer read and wrote, an error in output steps."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import kcc.kmodel as km
+import kpu_sim
+
+
+def max_steps(got, want):
+    return float(np.abs(got - want).max() / ((want.max() - min(want.min(), 0)) / 255))
+
+
+def scalar_reference():
+    """tests/kpu_sim/kpu_reference.py (kpu_semantics.md §3 in Python ints, no code shared with
+    kpu_sim), loaded by path: only tests/support is on sys.path."""
+    path = Path(__file__).resolve().parents[1] / "kpu_sim" / "kpu_reference.py"
+    spec = importlib.util.spec_from_file_location("kpu_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("kpu_reference", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def kpu_layers_match_the_scalar_reference(kmodel: bytes, x: np.ndarray) -> int:
+    """Run the kmodel on kpu_sim; every kpu_conv2d's output map, read from KPU RAM, must equal the
+    scalar reference layer run on the input map it read. Returns the number of layers checked."""
+    ref = scalar_reference()
+    program = kpu_sim.load(kmodel)
+    nodes = program.model.nodes
+    pending, checked = {}, []
+
+    def shape(body, side):
+        lay = body.layer
+        if side == "in":
+            return body.batches, lay.in_channels, lay.in_height, lay.in_width
+        return body.batches, lay.out_channels, lay.out_height, lay.out_width
+
+    def trace(index, opcode, body, _outs):
+        if opcode is km.Opcode.KPU_CONV2D:
+            lay, src = body.layer, pending.pop(index)
+            k, dw = lay.filter_size, bool(lay.depth_wise_layer)
+            per_channel = (k, k) if dw else (lay.in_channels, k, k)
+            w = np.asarray(body.weights, np.uint8).reshape(lay.out_channels, *per_channel)
+            bn = body.batch_norm
+            layer = ref.Layer(src.shape, lay.out_channels, w, k=k, depthwise=dw, pool=int(lay.pool_type),
+                              pad_value=lay.pad_value, arg_x=lay.arg_x, shift_x=lay.shr_x, arg_w=lay.arg_w,
+                              shift_w=lay.shr_w, arg_add=lay.arg_add,
+                              bn=[(int(bn.norm_mul[o]), int(bn.norm_shift[o]), int(bn.norm_add[o]))
+                                  for o in range(lay.out_channels)],
+                              act=[(s.x_start, s.y_mul, s.shift_number, s.bias)
+                                   for s in body.activation.segments])
+            got = program.memory.download(body.kpu_output(), shape(body, "out"))
+            np.testing.assert_array_equal(got, ref.reference_layer(layer, src), err_msg=f"node {index}")
+            checked.append(index)
+        if index + 1 < len(nodes) and nodes[index + 1].opcode is km.Opcode.KPU_CONV2D:
+            nxt = nodes[index + 1].body
+            pending[index + 1] = program.memory.download(nxt.kpu_input(), shape(nxt, "in"))
+
+    program.run([x], trace=trace)
+    return len(checked)
+
+
+def layer_maps(kmodel: bytes, x: np.ndarray) -> list[tuple[km.KpuConv2D, np.ndarray, np.ndarray]]:
+    """(body, input map, output map) of every kpu_conv2d, both read from KPU RAM right after it ran."""
+    program = kpu_sim.load(kmodel)
+    maps = []
+
+    def trace(index, opcode, body, _outs):
+        if opcode is km.Opcode.KPU_CONV2D:
+            lay = body.layer
+            shape_in = (body.batches, lay.in_channels, lay.in_height, lay.in_width)
+            shape_out = (body.batches, lay.out_channels, lay.out_height, lay.out_width)
+            maps.append((body, program.memory.download(body.kpu_input(), shape_in),
+                         program.memory.download(body.kpu_output(), shape_out)))
+
+    program.run([x], trace=trace)
+    return maps
