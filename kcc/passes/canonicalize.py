@@ -6,7 +6,7 @@
     fold_transpose   compose / drop / sink transposes so the importer's NHWC<->NCHW pairs cancel;
                      a flatten of a transposed map into a constant matmul permutes its weights
     fold_reshape     reshape of reshape, identity reshape
-    fold_nops        identity pad, slice, clamp
+    fold_nops        identity pad, slice, clamp, transpose, resize to the input's own size
     fold_affine      a per-channel mul / add / sub into the conv or matmul before it (kcc.passes.affine):
                      the batch norms Caffe and ONNX keep as separate ops
     fuse_clamp       a Clamp after an op with an `act` field becomes that field
@@ -294,7 +294,9 @@ def fold_reshape(g: Graph) -> Graph:
 
 def fold_nops(g: Graph) -> Graph:
     """Drop ops that return their input unchanged: all-zero Pad, whole-range StridedSlice with
-    stride 1, Clamp(-inf, inf), Transpose by the identity.
+    stride 1, Clamp(-inf, inf), Transpose by the identity, Resize to the input's size (every mode
+    and flag then samples each pixel at itself: scale 1, and half-pixel centres cancel out;
+    deeplabv3's ResizeBilinear_2 resizes its 33x33 logits to 33x33).
 
         %y = pad[((0,0),(0,0))](%x)     ==>    (uses of %y read %x)
     """
@@ -303,7 +305,8 @@ def fold_nops(g: Graph) -> Graph:
         nop = (isinstance(op, O.Pad) and all(b == a == 0 for b, a in op.paddings)) or \
               (isinstance(op, O.StridedSlice) and n.shape == n.inputs[0].shape and all(s == 1 for s in op.strides)) or \
               (isinstance(op, O.Clamp) and (op.lo, op.hi) == O.NO_CLAMP) or \
-              (isinstance(op, O.Transpose) and tuple(op.perm) == tuple(range(len(op.perm))))
+              (isinstance(op, O.Transpose) and tuple(op.perm) == tuple(range(len(op.perm)))) or \
+              (isinstance(op, O.Resize) and n.shape == n.inputs[0].shape)
         if nop:
             _redirect(g, n, n.inputs[0])
     return g

@@ -14,6 +14,9 @@ that replaces it, so graph outputs keep their tflite names.
     conv2d_transpose(b)  -> conv2d_transpose(no bias) + b       (nncase's kernel ignores its bias)
     resize               -> resize_image when nncase's formula equals TFLite's, else two matmuls
                             with constant interpolation matrices (exact: resizing is linear)
+    resize of a 1x1 map  -> concats of copies (every mode samples the one pixel: a broadcast; an
+                            ASPP image-pooling branch): a few bytes copied per output element
+                            instead of resize_image's interpolation or the matmuls' taps
 """
 
 from __future__ import annotations
@@ -185,10 +188,23 @@ def _interp_matrix(size_in: int, size_out: int, op: O.Resize) -> np.ndarray:
     return m
 
 
+def _broadcast(b: _Builder, n: Node, x: Node) -> Node:
+    """x [N, C, 1, 1] repeated to n's [N, C, OH, OW]: a row of OW copies, then OH copies of the row
+    (kmodel concat, §8.2: one block per (outer, input), so N*C*(OW + OH) blocks in all)."""
+    nb, c, oh, ow = n.shape
+    col = b.add(O.Reshape((nb * c, 1)), (x,), n.name + "/pixel")
+    row = b.add(O.Concat(1), (col,) * ow, n.name + "/row")
+    rows = b.add(O.Reshape((nb * c, 1, ow)), (row,), n.name + "/row3")
+    plane = b.add(O.Concat(1), (rows,) * oh, n.name + "/plane")
+    return b.add(O.Reshape(n.shape), (plane,), n.name)
+
+
 def _resize(b: _Builder, n: Node, x: Node) -> Node:
     op: O.Resize = n.op
     nb, c, h, w = x.shape
     oh, ow = op.size
+    if (h, w) == (1, 1) and oh * ow > 1:
+        return _broadcast(b, n, x)
     if native_resize_ok(op, (h, w)):
         plain = O.Resize(op.mode, op.size, op.align_corners and op.mode == "bilinear", False)
         return b.add(plain, (x,), n.name)

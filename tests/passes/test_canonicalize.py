@@ -183,6 +183,20 @@ def test_fold_nops():
     assert len(g.nodes) == 2
 
 
+@pytest.mark.parametrize("mode,align,half", [("bilinear", False, False), ("bilinear", True, False),
+                                             ("bilinear", False, True), ("nearest", False, False),
+                                             ("nearest", True, False), ("nearest", False, True)])
+def test_fold_nops_resize_to_own_size(mode, align, half):
+    g = Graph()
+    x = g.input(0, (1, 2, 5, 7))
+    same = g.add(O.Resize(mode, (5, 7), align, half), [x])
+    bigger = g.add(O.Resize(mode, (6, 7), align, half), [x])
+    g.outputs = [g.add(O.Unary("neg"), [same]), g.add(O.Unary("neg"), [bigger])]
+    g = check(g, [randn(1, 2, 5, 7)], fold_nops, remove_dead)
+    assert g.outputs[0].inputs == (g.inputs[0],)  # the same-size resize is gone (check: same values)
+    assert isinstance(g.outputs[1].inputs[0].op, O.Resize)  # a real one stays
+
+
 def _conv(g: Graph, x: Node, act=O.NO_CLAMP, name="conv") -> Node:
     return g.add(O.Conv2D(padding=((1, 1), (1, 1)), act=act), [x, g.constant(randn(4, 3, 3, 3)),
                                                                  g.constant(randn(4))], name)

@@ -104,3 +104,17 @@ def test_resize_variants(mode, align, half, size):
     assert any(isinstance(n.op, O.Resize) for n in low.nodes) == native
     if mode == "bilinear":
         assert native == (not half)
+
+
+@pytest.mark.parametrize("mode,align,half,size", [("bilinear", True, False, (33, 33)), ("bilinear", False, True, (5, 8)),
+                                                  ("nearest", False, False, (4, 1)), ("bilinear", False, False, (1, 6))])
+def test_resize_of_one_pixel_is_a_broadcast_by_concats(mode, align, half, size):
+    """A 1x1 map resized is its pixel repeated (deeplabv3's image pooling branch): two concats of
+    copies, no resize_image, no interpolation matmul."""
+    g = Graph()
+    x = g.input(0, (1, 3, 1, 1))
+    g.outputs = [g.add(O.Resize(mode, size, align, half), (x,), "rs")]
+    low = _check(g, rng.standard_normal((1, 3, 1, 1)).astype(np.float32))
+    kinds = {type(n.op) for n in low.nodes if not n.is_constant}
+    assert kinds <= {O.Input, O.Reshape, O.Concat}
+    assert sum(isinstance(n.op, O.Concat) for n in low.nodes) == 2
