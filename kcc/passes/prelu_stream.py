@@ -49,6 +49,7 @@ from kcc.ir.graph import Graph, Node, channel_values
 from kcc.kmodel import kpu_channel_offset
 from kcc.options import CompileOptions
 from kcc.passes.prelu_kpu import _layer_cycles, _per_element, _upload
+from kcc.passes.residual_kpu import _reaches
 from kcc.target.k210 import (
     KPU_RAM_SIZE,
     MAX_CHANNELS,
@@ -186,11 +187,36 @@ class _Rewriter:
         self.forms[id(n)] = _Form(d, s, np.zeros(f.e.shape[0]))
         return d
 
+    def _blaze_add(self, n: Node) -> bool:
+        """n is a BlazeBlock's add: a residual add (one operand an ancestor of the other, not a
+        decomposed conv's sum of terms) read by a per-channel PReLU."""
+        if not (isinstance(n.op, O.Binary) and n.op.op == "add" and len(n.inputs) == 2):
+            return False
+        def skip_source(v: Node) -> Node:  # through a stride-2 block's skip: channel pad or slice, max pool
+            while (_channel_op(v) is not None if isinstance(v.op, (O.Pad, O.StridedSlice))
+                   else isinstance(v.op, O.Pool2D) and v.op.op == "max"):
+                v = v.inputs[0]
+            return v
+
+        a, b = n.inputs
+        return (any(isinstance(u.op, O.PRelu) and u.inputs[0] is n and channel_values(n, u.inputs[1]) is not None
+                    for u in self.users[n]) and (_reaches(a, skip_source(b)) or _reaches(b, skip_source(a))))
+
+    def _skip_of_blaze_adds(self, n: Node) -> bool:
+        """n's readers, through channel pads and slices, are BlazeBlock adds (a stride-2 block's skip)."""
+        us = self.users[n]
+        return bool(us) and id(n) not in self.outputs and all(
+            self._blaze_add(u) or (_channel_op(u) is not None and self._skip_of_blaze_adds(u)) for u in us)
+
     def pool(self, n: Node) -> Node | None:
-        """A 2x2 stride-2 max pool of a form: one 1x1 layer with the pool unit's max_2_s2."""
+        """A 2x2 stride-2 max pool of a form, or of a KPU layer when it is the skip of BlazeBlock adds:
+        one 1x1 layer with the pool unit's max_2_s2."""
         op: O.Pool2D = n.op
         x = n.inputs[0]
         f = self.forms.get(id(x))
+        if f is None and id(x) in self.map and _is_kpu(self.map[id(x)]) and self._skip_of_blaze_adds(n):
+            c = x.shape[1]
+            f = _Form(self.map[id(x)], np.eye(c), np.zeros(c))
         if (f is None or op.op != "max" or op.filter != (2, 2) or op.stride != (2, 2) or op.act != O.NO_CLAMP
                 or op.padding != ((0, 0), (0, 0)) or x.shape[2] % 2 or x.shape[3] % 2):
             return None
@@ -231,8 +257,13 @@ class _Rewriter:
         if not (op.op == "add" and op.act == O.NO_CLAMP and len(n.inputs) == 2 and n.type.rank == 4
                 and n.shape[0] == 1 and n.inputs[0].shape == n.inputs[1].shape == n.shape):
             return None
-        if not any(isinstance(u.op, O.PRelu) and channel_values(n, u.inputs[1]) is not None for u in self.users[n]):
-            return None  # not a BlazeBlock's add
+        if not self._blaze_add(n):
+            return None
+        reader = self._residual_reader(n)
+        if reader is not None:
+            self.kept.append((n.name, f"'{reader.name}' reads its PReLU in float through the extra bits of a "
+                                      f"decomposed conv's residual channels"))
+            return None
         terms = self._terms(n)
         if isinstance(terms, str):
             self.kept.append((n.name, terms))
@@ -278,6 +309,19 @@ class _Rewriter:
         self.forms[id(n)] = _Form(r, np.concatenate([np.eye(c), -np.eye(c)], axis=1), np.zeros(c))
         self.done.append(n.name)
         return r
+
+    def _residual_reader(self, n: Node) -> Node | None:
+        """A QuantResidual reading n or its PReLU through data movement, or None: a decomposed conv
+        (kcc.passes.decompose_kernels) reads that float value with more than 8 bits, which a KPU layer's
+        codes would lose (the rule of prelu_kpu)."""
+        for u in self.users[n]:
+            if isinstance(u.op, KO.QuantResidual):
+                return u
+            if isinstance(u.op, (O.PRelu, O.Pad, O.StridedSlice, O.Reshape, O.Concat, O.Pool2D)):
+                found = self._residual_reader(u)
+                if found is not None:
+                    return found
+        return None
 
     def _faster(self, n: Node, parts: list, k: int) -> bool:
         """Today's CPU add and PReLU (download and dequantize of the KPU terms, float add, the PReLU's
