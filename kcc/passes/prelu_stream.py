@@ -142,7 +142,6 @@ class _Rewriter:
 
     def _merge(self, f: _Form, name: str, pool: str = "bypass") -> Node:
         g = self.g
-        c = f.e.shape[0]
         ins = (f.node, g.constant(f.e.astype(F32)[:, :, None, None], name + "/merge_w"),
                g.constant(f.beta.astype(F32), name + "/merge_b"))
         return g.add(KO.FloatKpuConv(1, pool=pool), ins, name)
