@@ -62,6 +62,7 @@ from kcc.target.k210 import (
     kpu_bytes,
     weight_loads,
 )
+from kcc.target.quant_rules import fixup_range
 
 F32 = np.float32
 RELU = (0.0, math.inf)
@@ -89,6 +90,13 @@ def _fits(x_shape: tuple[int, ...], oc: int, k: int, depthwise: bool, pool: str 
     return (max(c, oc) <= MAX_CHANNELS and MIN_HW <= h <= MAX_H and MIN_HW <= w <= MAX_W
             and h * w <= MAX_MAP_PIXELS and (depthwise or weight_loads(oc, c, k, False)[1] + 1 <= MAX_WEIGHT_LOADS)
             and kpu_bytes(x_shape) + kpu_bytes((nb, oc, h // s, w // s)) <= KPU_RAM_SIZE)
+
+
+def _widest(w: np.ndarray) -> float:
+    """The widest per-output-channel weight range, as legalize_kpu compares it with
+    --weights-quantize-threshold."""
+    flat = w.reshape(w.shape[0], -1)
+    return max(np.subtract(*fixup_range(float(r.min()), float(r.max()))[::-1]) for r in flat)
 
 
 def _is_kpu(v: Node) -> bool:
@@ -163,6 +171,8 @@ class _Rewriter:
             if not _fits(f.node.shape, n.shape[1], op.kernel, False, op.pool):
                 return None
             w2 = np.einsum("ocij,ck->okij", w, f.e)
+            if _widest(w2) > max(self.opts.weights_quantize_threshold, _widest(w)):
+                return None
             b2 = b + w[:, :, 0, 0] @ f.beta if op.kernel == 1 else b
             ins = (f.node, g.constant(w2.astype(F32), wn.name + "/stream"), g.constant(b2.astype(F32), bn.name + "/stream"))
             return g.add(op, ins, n.name)
@@ -176,6 +186,8 @@ class _Rewriter:
             return None
         owner = np.argmax(nz, axis=0)  # column j belongs to channel owner[j]
         wd = w[owner] * f.e[owner, np.arange(k_in)][:, None, None, None]
+        if _widest(wd) > max(self.opts.weights_quantize_threshold, _widest(w)):
+            return None
         first = np.zeros(k_in, bool)
         first[[int(np.flatnonzero(owner == c)[0]) for c in range(f.e.shape[0])]] = True
         bd = np.where(first, b[owner], 0.0)
@@ -198,8 +210,12 @@ class _Rewriter:
             return v
 
         a, b = n.inputs
-        return (any(isinstance(u.op, O.PRelu) and u.inputs[0] is n and channel_values(n, u.inputs[1]) is not None
-                    for u in self.users[n]) and (_reaches(a, skip_source(b)) or _reaches(b, skip_source(a))))
+        return self._prelu_of(n) is not None and (_reaches(a, skip_source(b)) or _reaches(b, skip_source(a)))
+
+    def _prelu_of(self, n: Node) -> Node | None:
+        """A reader of n that is a PReLU of n with one slope per channel, or None."""
+        return next((u for u in self.users[n] if isinstance(u.op, O.PRelu) and u.inputs[0] is n
+                     and channel_values(n, u.inputs[1]) is not None), None)
 
     def _skip_of_blaze_adds(self, n: Node) -> bool:
         """n's readers, through channel pads and slices, are BlazeBlock adds (a stride-2 block's skip)."""
@@ -258,6 +274,10 @@ class _Rewriter:
             return None
         if not self._blaze_add(n):
             return None
+        prelu = self._prelu_of(n)
+        if id(n) in self.outputs or id(prelu) in self.outputs:
+            self.kept.append((n.name, "the model outputs its float value"))
+            return None
         reader = self._residual_reader(n)
         if reader is not None:
             self.kept.append((n.name, f"'{reader.name}' reads its PReLU in float through the extra bits of a "
@@ -287,8 +307,12 @@ class _Rewriter:
             if kpu_channel_offset(w, hh, at) is None:
                 ok = False
             at += p[0].shape[1]
+        wf = np.concatenate([p[1] for p in parts], axis=1)
+        alpha = channel_values(n, prelu.inputs[1])
         why = None
-        if not ok:
+        if max(_widest(wf), 1.0 + float(np.abs(alpha).max())) > self.opts.weights_quantize_threshold:
+            why = f"its weights' range exceeds --weights-quantize-threshold {self.opts.weights_quantize_threshold:g}"
+        elif not ok:
             why = "a part of its stack would not start on a 64-byte line of KPU RAM"
         elif not _fits((1, at, hh, w), 2 * c, 1, False):
             why = f"a 1x1 layer over {at} channels of {hh}x{w} to {2 * c} exceeds the KPU's limits"
@@ -298,7 +322,6 @@ class _Rewriter:
             self.kept.append((n.name, why))
             return None
         g = self.g
-        wf = np.concatenate([p[1] for p in parts], axis=1)
         stack = g.add(KO.KpuStack(), tuple(p[0] for p in parts), n.name + "/stack")
         ws = np.concatenate([wf, -wf])[:, :, None, None].astype(F32)
         bs = np.concatenate([beta, -beta]).astype(F32)
