@@ -51,6 +51,7 @@ from kcc.options import CompileOptions
 from kcc.passes.prelu_kpu import _layer_cycles, _per_element, _upload
 from kcc.passes.residual_kpu import _reaches
 from kcc.target.k210 import (
+    CPU_NODE_CYCLES,
     KPU_RAM_SIZE,
     MAX_CHANNELS,
     MAX_H,
@@ -316,7 +317,7 @@ class _Rewriter:
             why = "a part of its stack would not start on a 64-byte line of KPU RAM"
         elif not _fits((1, at, hh, w), 2 * c, 1, False):
             why = f"a 1x1 layer over {at} channels of {hh}x{w} to {2 * c} exceeds the KPU's limits"
-        elif not self._faster(n, parts, at):
+        elif not self._faster(n, prelu, alpha, at):
             why = "estimated slower than the CPU add and PReLU"
         if why:
             self.kept.append((n.name, why))
@@ -345,27 +346,45 @@ class _Rewriter:
                     return found
         return None
 
-    def _faster(self, n: Node, parts: list, k: int) -> bool:
-        """Today's CPU add and PReLU (download and dequantize of the KPU terms, float add, the PReLU's
-        1x1 float conv and add (twice with slopes on both sides of 1), quantize and upload for KPU
-        readers) against the pair layer's cycles and the doubled input channels its readers pay."""
+    def _faster(self, n: Node, prelu: Node, alpha: np.ndarray, k: int) -> bool:
+        """Cycles of today's form against the pair's (kcc.target.k210's cost model, as prelu_kpu):
+        today the operands that are KPU layers are copied out and dequantized, the add and the PReLU
+        (lower_to_neutral: a 1x1 float conv and an add, twice with slopes on both sides of 1) run in
+        float, and the PReLU is quantized and uploaded for its KPU readers; the pair costs its 1x1 layer
+        over k channels less the projection it absorbs, the doubled input channels of the layers that
+        read it (a depthwise one twice its layer), and a merge layer copied out and dequantized for
+        each value a CPU op reads."""
         c = n.shape[1]
-        cpu = _per_element("binary", n)
-        for p in parts:
-            cpu += cpu_cycles("kpu_download_byte") * p[0].type.size + _per_element("dequantize", p[0])
-        for u in self.users[n]:
-            if isinstance(u.op, O.PRelu):
-                cpu += 2 * (_per_element("cpu_conv2d_mac", u) + _per_element("binary", u))
-                cpu += _per_element("quantize", u) + _upload(u)
+        mixed = bool(np.any(alpha > 1) and np.any(alpha < 1))
+        cpu = _per_element("binary", n) + (2 if mixed else 1) * (
+            _per_element("cpu_conv2d_mac", prelu) + _per_element("binary", prelu))
         kpu = _layer_cycles((1, k, *n.shape[2:]), 2 * c, 1)
-        for u in self.users[n]:
-            readers = self.users[u] if isinstance(u.op, O.PRelu) else [u]
-            for r in readers:
-                if _is_kpu(r) and not r.op.depthwise:
-                    kpu += (_layer_cycles((1, 2 * c, *n.shape[2:]), r.shape[1], r.op.kernel)
-                            - _layer_cycles(n.shape, r.shape[1], r.op.kernel))
+        for u in n.inputs:
+            if _is_kpu(u):  # a KPU operand today: copied out and dequantized
+                cpu += cpu_cycles("kpu_download_byte") * u.type.size + _per_element("dequantize", u)
+                if self.users[u] == [n] and u.op.kernel == 1 and not u.op.depthwise:  # the fused projection
+                    kpu -= _layer_cycles(u.inputs[0].shape, c, 1)
+        pair = (1, 2 * c, *n.shape[2:])
+        kpu_reads_sum, merged = False, set()
+        for v in (n, prelu):
+            for r in self.users[v]:
+                if r is prelu or self._blaze_add(r) or isinstance(r.op, (O.Pad, O.StridedSlice)):
+                    continue  # the next block reads the pair in its stack
+                if isinstance(r.op, O.Pool2D):  # a stride-2 skip: a float pool today, a 1x1 layer here
+                    cpu += CPU_NODE_CYCLES + cpu_cycles("window_tap") * 4 * r.type.size
+                    kpu += _layer_cycles(pair, c, 1)
                 elif _is_kpu(r):
-                    kpu += _layer_cycles((1, 2 * c, *n.shape[2:]), 2 * c, 1) / 2
+                    kpu_reads_sum = kpu_reads_sum or v is n
+                    kpu += (_layer_cycles(pair, 2 * c, r.op.kernel) / 2 if r.op.depthwise
+                            else _layer_cycles(pair, r.shape[1], r.op.kernel) - _layer_cycles(v.shape, r.shape[1], r.op.kernel))
+                elif id(v) not in merged:  # CPU ops (or an output) read a merge layer's copy
+                    merged.add(id(v))
+                    kpu += (_layer_cycles(pair, c, 1) + cpu_cycles("kpu_download_byte") * v.type.size
+                            + _per_element("dequantize", v))
+        if any(_is_kpu(r) for r in self.users[prelu]):
+            cpu += _per_element("quantize", prelu) + _upload(prelu)
+        if kpu_reads_sum:
+            cpu += _per_element("quantize", n) + _upload(n)
         return kpu < cpu
 
     # ------------------------------------------------------------------ driver

@@ -117,3 +117,29 @@ def test_a_prelu_a_decomposed_conv_reads_through_residual_channels_stays_on_the_
     g.outputs = [*g.outputs, r]
     out, done, kept = _stream(g)
     assert done == ["b1_add"] and kept[0][0] == "b2_add" and "residual channels" in kept[0][1]
+
+
+def _one_block(hw, sum_read_by_cpu):
+    """A KPU skip, depthwise -> projection, + skip, PReLU (slopes in (0, 1)) read by the CPU."""
+    g = Graph()
+    x = g.input(0, (1, 8, hw, hw))
+    s = g.add(KO.FloatKpuConv(3, act=(0.0, 6.0)), (x, _const(g, (8, 8, 3, 3)), _const(g, (8,))), "skip")
+    t = g.add(KO.FloatKpuConv(3, True), (s, _const(g, (8, 1, 3, 3)), _const(g, (8,))), "dw")
+    t = g.add(KO.FloatKpuConv(1), (t, _const(g, (8, 8, 1, 1)), _const(g, (8,))), "project")
+    a = g.add(O.Binary("add"), (s, t), "add")
+    y = g.add(O.PRelu(), (a, g.constant(rng.uniform(0.1, 0.5, (1, 8, 1, 1)).astype(np.float32))), "prelu")
+    g.outputs = [g.add(O.Unary("abs"), (y,), "head")] + ([g.add(O.Unary("abs"), (a,), "sum_head")]
+                                                        if sum_read_by_cpu else [])
+    return g
+
+
+def test_the_add_stays_on_the_cpu_when_the_pair_costs_more():
+    """On a 4x4x8 map whose sum and PReLU the CPU reads, the pair layer and two merge layers copied out
+    cost more than a float add and PReLU on 128 elements; on 16x16 the pair is cheaper."""
+    out, done, kept = _stream(_one_block(4, True))
+    assert done == [] and kept == [("add", "estimated slower than the CPU add and PReLU")]
+    assert _stream(_one_block(16, True))[1] == ["add"]
+    g = _one_block(16, False)
+    out, done, _ = _stream(g)
+    x = rng.uniform(-1, 1, (1, 8, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(run(out, [x])[0], run(g, [x])[0], rtol=1e-4, atol=1e-4)
