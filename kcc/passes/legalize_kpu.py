@@ -396,6 +396,8 @@ _RESIDUAL_FORMS = {  # kcc.passes.residual_kpu's forms, as the placement report 
 _STREAM_FORM = ("with its PReLU: one 1x1 KPU layer over its terms in KPU RAM, to [relu(a); relu(-a)] that its "
                 "readers take through their weights (kcc.passes.prelu_stream)")
 
+_STREAM_POOL = "a BlazeBlock's skip: a 1x1 KPU layer over its relu pair with the pool unit's max_2_s2"
+
 
 def legalize_kpu(g: Graph, ctx: CompileContext | None = None) -> Graph:
     """Rewrite a canonical float graph so that KPU-eligible layers become `FloatKpuConv` nodes; one
@@ -417,10 +419,13 @@ def legalize_kpu(g: Graph, ctx: CompileContext | None = None) -> Graph:
         out, done, kept = residual_to_kpu(out, ctx.options, ctx.samples)
         ctx.placements.extend(Placement(name, "add", True, _RESIDUAL_FORMS[form]) for name, form in done)
         kept = dict(kept)
-        out, done, stream_kept = stream_to_kpu(out, ctx.options)
+        out, done, pools, stream_kept = stream_to_kpu(out, ctx.options)
         for name in done:  # a BlazeBlock add residual_kpu left on the CPU
             kept.pop(name, None)
         kept.update((name, why) for name, why in stream_kept if name not in kept)
+        on_kpu = set(pools)
+        ctx.placements[:] = [p for p in ctx.placements if not (p.op == "pool2d" and p.node in on_kpu)]
+        ctx.placements.extend(Placement(name, "pool2d", True, _STREAM_POOL) for name in pools)
         ctx.placements.extend(Placement(name, "add", True, _STREAM_FORM) for name in done)
         ctx.placements.extend(Placement(name, "add", False, why) for name, why in kept.items())
     return out

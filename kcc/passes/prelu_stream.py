@@ -30,10 +30,32 @@ Parts of a stack start on a 64-byte line of KPU RAM (kcc.kmodel.kpu_channel_offs
 output is written into one stack only (a second stack reading it gets a merge layer of its own), and
 every layer stays within the KPU's limits (1024 channels, weight loads, KPU RAM).
 
-Taken for an add read by a per-channel PReLU (a BlazeBlock's), when every term is a KPU layer or a
-form, and estimated faster than today's CPU add and PReLU with the cost model of kcc.target.k210 (as
-prelu_kpu and residual_kpu). The price is precision: the CPU keeps the stream in float from block to
-block; here it is rounded to 8 bits once per block (R's grid).
+Taken for a BlazeBlock's add: a residual add (the skip, through a channel pad or slice and a max
+pool, an ancestor of the other operand; not a decomposed conv's sum of terms) read by a per-channel
+PReLU, when every term is a KPU layer or a form, and estimated faster than today's CPU add and PReLU
+with the cost model of kcc.target.k210 (as prelu_kpu and residual_kpu; `_Rewriter._faster`).
+
+Where the chain ends. The stream needs a KPU skip to start (a KPU layer, or a max pool of one whose
+readers are BlazeBlock adds: iris' first block reads prelu_kpu's layer, hand recrop's a 1x1 depthwise
+layer's pool). It ends at an operand the CPU makes (iris' 2x2 maps, padded and sliced on the CPU),
+where that block stays as it is; a CPU reader of a streamed value gets a merge layer's 8-bit copy.
+The stride-2 skip pool needs no alpha >= 0 (maxpool(prelu(a)) = prelu(maxpool(a)) would): its layer
+computes the PReLU first, then pools, exact for any slope. Kept on the CPU, as today:
+* a sum or PReLU the model outputs (a float result would be rounded);
+* a PReLU a decomposed conv reads through QuantResidual channels (kcc.passes.decompose_kernels): that
+  reader takes more than 8 bits of the float value, which the pair's codes would lose. This is
+  palm_detection_lite_192, whose every block feeds a 5x5 depthwise decomposed on CPU views: its
+  stream stays on the CPU until those convs read from KPU RAM;
+* folded weights over --weights-quantize-threshold.
+
+Precision: the CPU keeps the stream in float from block to block; here it is rounded to 8 bits once
+per block, on R's grid, and each reader's weights are rounded over twice the channels. Measured on the
+kit (bench/board.py, mean cosine, before -> after): iris_landmark_64 board 0.99998 -> 0.99997, l2
+0.99998 -> 0.99999, float_in 0.99997 -> 0.99998; hand_recrop_256 0.99993 -> 0.99998 (all three
+builds): the relu pair splits a's range in two grids' worth of codes, and the skip pools and channel
+pads no longer round y separately. The price is weights: a stack layer holds 2C x (2C + C_h) weights
+where the projection held C x C_h, and the readers of the pair twice theirs (iris' kmodel 1.49 ->
+3.37 MB, still within MaixPy's 3.5 MiB with its working memory, which falls from 590 to 25 KB).
 """
 
 from __future__ import annotations
@@ -139,6 +161,7 @@ class _Rewriter:
         self.forms: dict[int, _Form] = {}  # source node -> its form, when it has one
         self.stacked: set[int] = set()  # new-graph layers already written into a stack
         self.done: list[str] = []  # adds rewritten
+        self.pools: list[str] = []  # max pools made KPU layers
         self.kept: list[tuple[str, str]] = []  # (add, why it stays on the CPU)
 
     # ------------------------------------------------------------------ values
@@ -239,6 +262,7 @@ class _Rewriter:
         if not _fits(f.node.shape, x.shape[1], 1, False, "max_2_s2"):
             return None
         m = self._merge(f, n.name, "max_2_s2")
+        self.pools.append(n.name)
         c = n.shape[1]
         self.forms[id(n)] = _Form(m, np.eye(c), np.zeros(c))  # a channel pad after it stays a form
         return m
@@ -431,11 +455,12 @@ class _Rewriter:
         return g
 
 
-def stream_to_kpu(g: Graph, opts: CompileOptions) -> tuple[Graph, list[str], list[tuple[str, str]]]:
+def stream_to_kpu(g: Graph, opts: CompileOptions) -> tuple[Graph, list[str], list[str], list[tuple[str, str]]]:
     """Rewrite the BlazeBlock adds (and their PReLUs) the KPU serves (module docstring); returns the
-    new graph, the adds rewritten, and (add, reason) for the BlazeBlock adds kept on the CPU."""
+    new graph, the adds rewritten, the max pools made KPU layers, and (add, reason) for the
+    BlazeBlock adds kept on the CPU."""
     if opts.target == "cpu" or not any(isinstance(n.op, O.PRelu) for n in g.nodes):
-        return g, [], []
+        return g, [], [], []
     rw = _Rewriter(g, opts)
     out = rw.run()
-    return out, rw.done, rw.kept
+    return out, rw.done, rw.pools, rw.kept

@@ -427,7 +427,7 @@ def test_blazeblocks_stream_through_kpu_ram_as_relu_pairs(monkeypatch):
         g = _blazeblocks()
         calib = [[rng.uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)] for _ in range(8)]
         if form == "cpu":
-            monkeypatch.setattr("kcc.passes.legalize_kpu.stream_to_kpu", lambda g, opts: (g, [], []))
+            monkeypatch.setattr("kcc.passes.legalize_kpu.stream_to_kpu", lambda g, opts: (g, [], [], []))
         res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
         err[form] = max(max_steps(kpu_sim.load(res.kmodel).run(s)[0].reshape(g.outputs[0].shape), run(g, s)[0])
                         for s in calib[:4])
@@ -436,6 +436,8 @@ def test_blazeblocks_stream_through_kpu_ram_as_relu_pairs(monkeypatch):
         adds = [p for p in res.placements if p.op == "add"]
         assert [(p.node, p.on_kpu) for p in adds] == [("b1_add", True), ("b2_add", True), ("b3_add", True)], adds
         assert all("[relu(a); relu(-a)]" in p.reason for p in adds)
+        (pool,) = [p for p in res.placements if p.op == "pool2d"]
+        assert pool.on_kpu and "max_2_s2" in pool.reason, pool
         for s in calib[:2]:  # the rewrites are exact in float
             np.testing.assert_allclose(run(res.float_graph, s)[0], run(g, s)[0], rtol=1e-4, atol=1e-4)
         names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]

@@ -62,9 +62,9 @@ def _blazeblocks(c=8, hw=16, stride2=True, head_reads="kpu"):
 @pytest.mark.parametrize("stride2", [False, True])
 def test_blazeblocks_become_relu_pairs_with_the_same_float_values(stride2):
     g = _blazeblocks(stride2=stride2)
-    out, done, kept = _stream(g)
+    out, done, pools, kept = _stream(g)
     adds = ["b1_add", "b2_add"] + (["b3_add"] if stride2 else [])
-    assert done == adds and kept == []
+    assert done == adds and kept == [] and pools == (["b3_pool"] if stride2 else [])
     assert not any(isinstance(n.op, (O.Binary, O.PRelu, O.Pad, O.Pool2D)) for n in out.nodes)
     stacks = [n for n in out.nodes if isinstance(n.op, KO.KpuStack)]
     assert len(stacks) == len(adds)
@@ -87,7 +87,7 @@ def test_a_cpu_reader_gets_the_prelu_from_one_merge_layer():
     """The chain ends at a CPU op: the PReLU made explicit by a 1x1 layer over the pair, weights
     [I, -diag(alpha)], which the CPU op reads."""
     g = _blazeblocks(stride2=False, head_reads="cpu")
-    out, done, _ = _stream(g)
+    out, done, _, _ = _stream(g)
     assert done == ["b1_add", "b2_add"]
     merge = out.find("b2_prelu")
     assert isinstance(merge.op, KO.FloatKpuConv) and merge.inputs[0].name == "b2_add/relu_pair"
@@ -105,7 +105,7 @@ def test_blazeblocks_stay_for_the_cpu_target_and_without_a_kpu_skip():
     t = g.add(KO.FloatKpuConv(1), (t, _const(g, (8, 8, 1, 1)), _const(g, (8,))), "project")
     y = g.add(O.PRelu(), (g.add(O.Binary("add"), (x, t), "add"), _alpha(g, 8)), "prelu")
     g.outputs = [g.add(KO.FloatKpuConv(1), (y, _const(g, (4, 8, 1, 1)), _const(g, (4,))), "head")]
-    out, done, kept = _stream(g)
+    out, done, _, kept = _stream(g)
     assert done == [] and kept == [("add", "its operand 'input' is a CPU input")]
 
 
@@ -115,7 +115,7 @@ def test_a_prelu_a_decomposed_conv_reads_through_residual_channels_stays_on_the_
     y = g.find("b2_prelu")
     r = g.add(KO.QuantResidual(16.0), (y,), "residual")
     g.outputs = [*g.outputs, r]
-    out, done, kept = _stream(g)
+    out, done, _, kept = _stream(g)
     assert done == ["b1_add"] and kept[0][0] == "b2_add" and "residual channels" in kept[0][1]
 
 
@@ -136,10 +136,10 @@ def _one_block(hw, sum_read_by_cpu):
 def test_the_add_stays_on_the_cpu_when_the_pair_costs_more():
     """On a 4x4x8 map whose sum and PReLU the CPU reads, the pair layer and two merge layers copied out
     cost more than a float add and PReLU on 128 elements; on 16x16 the pair is cheaper."""
-    out, done, kept = _stream(_one_block(4, True))
+    out, done, _, kept = _stream(_one_block(4, True))
     assert done == [] and kept == [("add", "estimated slower than the CPU add and PReLU")]
     assert _stream(_one_block(16, True))[1] == ["add"]
     g = _one_block(16, False)
-    out, done, _ = _stream(g)
+    out, done, _, _ = _stream(g)
     x = rng.uniform(-1, 1, (1, 8, 16, 16)).astype(np.float32)
     np.testing.assert_allclose(run(out, [x])[0], run(g, [x])[0], rtol=1e-4, atol=1e-4)
