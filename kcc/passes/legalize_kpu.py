@@ -27,7 +27,9 @@ tflite padding k//2, stride 1): a max/mean pool the KPU pool unit implements, an
 activation its 16-segment table can approximate (leaky_relu, logistic, tanh, hard_swish).
 FULLY_CONNECTED (MatMul with constant weights) becomes a 1x1 KPU conv on a map padded to 4x4.
 Every convolution that stays on the CPU gets a reason in the returned placement list. Last, a
-per-channel PReLU may become two 1x1 KPU layers (kcc/passes/prelu_kpu.py).
+per-channel PReLU may become two 1x1 KPU layers (kcc/passes/prelu_kpu.py), a residual add one
+(kcc/passes/residual_kpu.py), and a BlazeBlock's add and PReLU a relu pair in KPU RAM
+(kcc/passes/prelu_stream.py).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from kcc.ir.types import TensorType
 from kcc.options import CompileOptions
 from kcc.passes.manager import CompileContext
 from kcc.passes.prelu_kpu import prelu_to_kpu
+from kcc.passes.prelu_stream import stream_to_kpu
 from kcc.passes.residual_kpu import residual_to_kpu
 from kcc.passes.rotate180 import rotate180
 from kcc.target.k210 import (
@@ -390,6 +393,12 @@ _RESIDUAL_FORMS = {  # kcc.passes.residual_kpu's forms, as the placement report 
 }
 
 
+_STREAM_FORM = ("with its PReLU: one 1x1 KPU layer over its terms in KPU RAM, to [relu(a); relu(-a)] that its "
+                "readers take through their weights (kcc.passes.prelu_stream)")
+
+_STREAM_POOL = "a BlazeBlock's skip: a 1x1 KPU layer over its relu pair with the pool unit's max_2_s2"
+
+
 def legalize_kpu(g: Graph, ctx: CompileContext | None = None) -> Graph:
     """Rewrite a canonical float graph so that KPU-eligible layers become `FloatKpuConv` nodes; one
     `Placement` per conv / fc / pool goes to ctx.placements, the CPU ones with their reason and, for
@@ -409,5 +418,14 @@ def legalize_kpu(g: Graph, ctx: CompileContext | None = None) -> Graph:
         ctx.placements.extend(Placement(name, "prelu", True, "two 1x1 KPU layers") for name in done)
         out, done, kept = residual_to_kpu(out, ctx.options, ctx.samples)
         ctx.placements.extend(Placement(name, "add", True, _RESIDUAL_FORMS[form]) for name, form in done)
-        ctx.placements.extend(Placement(name, "add", False, why) for name, why in kept)
+        kept = dict(kept)
+        out, done, pools, stream_kept = stream_to_kpu(out, ctx.options)
+        for name in done:  # a BlazeBlock add residual_kpu left on the CPU
+            kept.pop(name, None)
+        kept.update((name, why) for name, why in stream_kept if name not in kept)
+        on_kpu = set(pools)
+        ctx.placements[:] = [p for p in ctx.placements if not (p.op == "pool2d" and p.node in on_kpu)]
+        ctx.placements.extend(Placement(name, "pool2d", True, _STREAM_POOL) for name in pools)
+        ctx.placements.extend(Placement(name, "add", True, _STREAM_FORM) for name in done)
+        ctx.placements.extend(Placement(name, "add", False, why) for name, why in kept.items())
     return out

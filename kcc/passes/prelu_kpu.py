@@ -4,7 +4,8 @@
       layer A  1x1, C -> 2C, weights [I; -I], bias 0, clamp (0, inf)          -> [relu(x); relu(-x)]
       layer B  1x1, 2C -> C, weights [I, -diag(a)], bias 0, no clamp          -> prelu(x, a)
 
-Only after a KPU layer (x is its 8-bit output already), and not when a decomposed conv reads the
+Only after a KPU layer (x is its 8-bit output already; a PReLU after a BlazeBlock's residual add is
+kcc.passes.prelu_stream's), and not when a decomposed conv reads the
 result through QuantResidual channels (kcc.passes.decompose_kernels), which a float PReLU feeds
 with more than 8 bits. When x is itself a bypass-pool KPU conv with no clamp or table activation
 and no other reader, layer A is that conv with its weights and bias stacked [W; -W], [b; -b] and

@@ -29,7 +29,8 @@ by a concatenation), the sum is read by KPU layers only (`_float_reader`), batch
 of the channels one 64-byte line holds at this width (kmodel_v4.md §7.3), the layer within the
 KPU's limits (channels <= 1024, KPU RAM), and the form estimated faster than today's CPU add
 (kcc.target.k210's cost model, as prelu_kpu). Otherwise the add stays on the CPU and its placement
-says why.
+says why. A BlazeBlock's add, read by a PReLU, is kcc.passes.prelu_stream's: it keeps the whole
+stream in KPU RAM as relu pairs.
 """
 
 from __future__ import annotations
