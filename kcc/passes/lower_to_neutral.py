@@ -14,6 +14,8 @@ that replaces it, so graph outputs keep their tflite names.
     conv2d_transpose(b)  -> conv2d_transpose(no bias) + b       (nncase's kernel ignores its bias)
     resize               -> resize_image when nncase's formula equals TFLite's, else two matmuls
                             with constant interpolation matrices (exact: resizing is linear)
+    bilinear x2, half-pixel centres -> resize_image x2 (plain) + 2x2 mean pool, stride 1, padded
+                            top/left (_half_pixel_x2): a third of the matmuls' cost
     resize of a 1x1 map  -> concats of copies (every mode samples the one pixel: a broadcast; an
                             ASPP image-pooling branch): a few bytes copied per output element
                             instead of resize_image's interpolation or the matmuls' taps
@@ -199,12 +201,27 @@ def _broadcast(b: _Builder, n: Node, x: Node) -> Node:
     return b.add(O.Reshape(n.shape), (plane,), n.name)
 
 
+def _half_pixel_x2(b: _Builder, n: Node, x: Node) -> Node:
+    """TF's bilinear x2 with half-pixel centres (Keras UpSampling2D: BlazePalm's FPN) from ops nncase
+    has. Along one axis it samples x at j - 1/4 and j + 1/4 (out 2j, 2j+1), clamped to the ends;
+    nncase's plain x2 resize_image samples p(2j) = x(j), p(2j+1) = x(j + 1/2), clamped. Sampling is
+    linear between neighbours, so the mean of two neighbouring plain samples is the half-pixel one:
+    (p(2j-1) + p(2j)) / 2 = x(j - 1/4), (p(2j) + p(2j+1)) / 2 = x(j + 1/4); at out 0 the pair is
+    p(0) alone (= x(0), TF's clamp), at the end p(2W-1) = x(W-1) = TF's clamp. Both axes: a 2x2 mean
+    pool at stride 1 over p, padded one row and column at the top/left, padding not counted
+    (kmodel reduce_window2d's mean, kmodel_v4.md §8.8). Equal to TF's up to float rounding."""
+    plain = b.add(O.Resize("bilinear", n.shape[2:], False, False), (x,), n.name + "/plain_x2")
+    return b.add(O.Pool2D("mean", (2, 2), (1, 1), ((1, 0), (1, 0))), (plain,), n.name)
+
+
 def _resize(b: _Builder, n: Node, x: Node) -> Node:
     op: O.Resize = n.op
     nb, c, h, w = x.shape
     oh, ow = op.size
     if (h, w) == (1, 1) and oh * ow > 1:
         return _broadcast(b, n, x)
+    if op.mode == "bilinear" and op.half_pixel_centers and not op.align_corners and (oh, ow) == (2 * h, 2 * w):
+        return _half_pixel_x2(b, n, x)
     if native_resize_ok(op, (h, w)):
         plain = O.Resize(op.mode, op.size, op.align_corners and op.mode == "bilinear", False)
         return b.add(plain, (x,), n.name)

@@ -101,7 +101,9 @@ def test_resize_variants(mode, align, half, size):
     g.outputs = [g.add(op, (x,), "rs")]
     low = _check(g, rng.standard_normal((1, 2, 4, 5)).astype(np.float32))
     native = native_resize_ok(op, (4, 5))
-    assert any(isinstance(n.op, O.Resize) for n in low.nodes) == native
+    x2 = mode == "bilinear" and half and size == (8, 10)  # _half_pixel_x2: a plain resize_image and a pool
+    assert any(isinstance(n.op, O.Resize) for n in low.nodes) == (native or x2)
+    assert any(isinstance(n.op, O.MatMul) for n in low.nodes) == (not native and not x2)
     if mode == "bilinear":
         assert native == (not half)
 
@@ -118,3 +120,17 @@ def test_resize_of_one_pixel_is_a_broadcast_by_concats(mode, align, half, size):
     kinds = {type(n.op) for n in low.nodes if not n.is_constant}
     assert kinds <= {O.Input, O.Reshape, O.Concat}
     assert sum(isinstance(n.op, O.Concat) for n in low.nodes) == 2
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 6, 6), (1, 2, 1, 5), (1, 4, 12, 7), (2, 1, 3, 2)])
+def test_bilinear_half_pixel_x2_is_plain_resize_then_mean_pool(shape):
+    """Keras UpSampling2D(bilinear) = TF half-pixel x2: nncase's plain x2 resize_image and a 2x2
+    stride-1 mean pool padded top/left, equal to the interpreter's TF formula, clamped ends included."""
+    n, c, h, w = shape
+    g = Graph()
+    x = g.input(0, shape)
+    g.outputs = [g.add(O.Resize("bilinear", (2 * h, 2 * w), False, True), (x,), "up")]
+    low = _check(g, rng.standard_normal(shape).astype(np.float32))
+    ops = [type(m.op) for m in low.nodes if not m.is_constant and not isinstance(m.op, O.Input)]
+    assert ops == [O.Resize, O.Pool2D]
+    assert native_resize_ok(next(m.op for m in low.nodes if isinstance(m.op, O.Resize)), (h, w))
