@@ -25,7 +25,8 @@ phases, reshape / transpose / reshape into the interleaved map, crop). A global 
 map is the pixel-weighted sum of the phase means (exact), so it reads the phases directly.
 
 Factors: a dilated conv of dilation d runs at factor d (its input refined to d where it is coarser,
-which needs the input's factor to divide d); a pointwise op at the lcm of its inputs' factors, and
+which needs the input's factor to divide d); a pointwise op at the largest of its inputs' factors
+when the others divide it (else on full maps), and
 at a higher one (the gcd of what its readers run at) where that moves a refinement to smaller
 inputs (`_raise`). Every region (connected ops at factors > 1) is priced with kcc.target.k210's cost
 model against today's space-to-batch form of its dilated convs (`_phase_cost`, `_s2b_cost`) and
@@ -162,9 +163,11 @@ class _Plan:
         if _global_mean(n):
             return 1
         if _pointwise(n):
-            fs = [self.factor(i) for i in _maps(n)]
-            f = math.lcm(*[max(x, 1) for x in fs]) if fs else 1
-            return f if f == 1 or self._fits(n, f) else 1
+            fs = [max(self.factor(i), 1) for i in _maps(n)]
+            f = max(fs, default=1)
+            # nested factors only (each divides the largest): a concat of a d=2 and a d=3 branch
+            # would need phases of 6 of both; it runs on full maps instead
+            return f if all(f % x == 0 for x in fs) and self._fits(n, f) else 1
         return 1
 
     def demand(self, u: Node) -> int | None:
@@ -235,7 +238,8 @@ def _s2b_cost(n: Node) -> float:
     padded = x.shape[1] * (hp + (-hp) % d) * (wp + (-wp) % d)
     out = n.shape[1] * (hp + (-hp) % d - 2 * d) * (wp + (-wp) % d - 2 * d)
     crop = out != n.type.size
-    return ((4 + crop) * CPU_NODE_CYCLES + padded * (cpu_cycles("pad") + cpu_cycles("transpose"))
+    pad = padded != x.type.size
+    return ((3 + pad + crop) * CPU_NODE_CYCLES + padded * (pad * cpu_cycles("pad") + cpu_cycles("transpose"))
             + out * cpu_cycles("transpose") + crop * cpu_cycles("strided_slice") * out
             + _crossing() * (x.type.size + n.type.size))
 
@@ -319,8 +323,8 @@ class _Rewriter:
         _, c, h, w = v.shape
         hs, ws = -(-h // f), -(-w // f)
         where = _where(h, w, f)
-        padded = []
-        for i in range(f):
+        padded = groups if len(groups) == 1 else []  # one size: the batch is the stack already
+        for i in range(f if len(groups) > 1 else 0):
             for j in range(f):
                 cls, b = where[(i, j)]
                 p = groups[cls]
@@ -332,7 +336,7 @@ class _Rewriter:
                     p = self.g.add(O.Pad(((0, 0), (0, 0), (0, hs - ph), (0, ws - pw))), (p,),
                                    f"{v.name}/merge_pad{i}{j}")
                 padded.append(p)
-        stacked = self.g.add(O.Concat(1), padded, f"{v.name}/merge_stack")
+        stacked = padded[0] if len(padded) == 1 else self.g.add(O.Concat(1), padded, f"{v.name}/merge_stack")
         r1 = self.g.add(O.Reshape((f, f, c * hs, ws)), (stacked,), f"{v.name}/merge_split")
         t = self.g.add(O.Transpose((2, 0, 3, 1)), (r1,), f"{v.name}/merge_interleave")
         whole = (1, c, hs * f, ws * f)

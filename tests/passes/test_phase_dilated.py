@@ -150,3 +150,18 @@ def test_what_does_not_fit_is_left_alone():
     assert dilation_of(y) == 4
     out = phase_dilated(g)
     assert _dilated(out)
+
+
+def test_branches_of_different_dilations_meet_on_full_maps():
+    """An RFB-style module: branches of dilation 2 and 3 concatenated, projected, added to a
+    shortcut. 2 and 3 do not nest, so the concat reads merged maps (no phases of 6)."""
+    g = Graph()
+    x = g.input(0, (1, 8, 20, 18))
+    b2 = _conv(g, _conv(g, x, 8, "b2/in"), 8, "b2/dil", k=3, d=2)
+    b3 = _conv(g, _conv(g, x, 8, "b3/in"), 8, "b3/dil", k=3, d=3)
+    cat = g.add(O.Concat(1), (b2, b3), "cat")
+    proj = _conv(g, cat, 8, "proj", act=O.NO_CLAMP)
+    g.outputs = [g.add(O.Binary("add"), (proj, x), "add")]
+    out = _check(g, [(1, 8, 20, 18)])
+    assert not any("ph6" in n.name for n in out.nodes)
+    assert out.find("cat").inputs[0] is out.find("b2/dil") or _dilated(eliminate_dilated_conv(out)) == []
