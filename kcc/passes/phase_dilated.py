@@ -43,7 +43,7 @@ import numpy as np
 
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
-from kcc.target.k210 import CPU_NODE_CYCLES, DEFAULT_MHZ, KPU_LAYER_US, cpu_cycles
+from kcc.target.k210 import CPU_NODE_CYCLES, DEFAULT_MHZ, KPU_LAYER_US, KPU_WEIGHT_CYCLES_PER_BYTE, cpu_cycles
 
 if TYPE_CHECKING:
     from kcc.passes.manager import CompileContext
@@ -148,6 +148,53 @@ class _Plan:
 
     def factor(self, n: Node) -> int:
         return self.f.get(id(n), 1)
+
+    def find_tail(self) -> None:
+        """The region's tail: pointwise nodes from which no path inside the region reaches a dilated
+        conv. They run ONCE on a packed map (every phase's pixels, class after class, in one tensor
+        of the map's own shape: a pixel permutation, which pointwise ops commute with), so their
+        weights are not copied per phase size. Only where there are several sizes, and only where
+        kcc.target.k210's cost model prices the packing (transposes of the batched classes, copies)
+        below the per-size layers it saves (`_tail_pays`): board time comes first (issue #16), the
+        weight copies of the per-size form are the price (the compile summary's kmodel size)."""
+        self.tail: set[int] = set()
+        ahead: dict[int, bool] = {}  # a dilated conv in the region downstream
+        for n in reversed(self.g.nodes):
+            f = self.factor(n)
+            inside = [u for u in self.users[n] if self.factor(u) > 1]
+            ahead[id(n)] = any(dilation_of(u) is not None or ahead[id(u)] for u in inside)
+            if (f > 1 and dilation_of(n) is None and _pointwise(n) and not ahead[id(n)]
+                    and len(classes(*n.shape[2:], f)) > 1):
+                self.tail.add(id(n))
+        for n in self.g.nodes:  # packing n's inputs would copy more than packing n: n stays per class
+            if id(n) in self.tail:
+                other = [i for i in _maps(n) if id(i) not in self.tail and not _broadcast(i)]
+                if sum(i.type.size for i in other) > n.type.size:
+                    self.tail.discard(id(n))
+        if not self._tail_pays():
+            self.tail = set()
+
+    def _tail_pays(self) -> bool:
+        """The tail's per-size layers (one more KPU layer, weight load and dispatch per extra size)
+        cost more than packing its inputs and unpacking what leaves it."""
+        saved = packing = 0.0
+        packed: set[int] = set()
+        for n in self.g.nodes:
+            if id(n) not in self.tail:
+                continue
+            f = self.factor(n)
+            extra = len(classes(*n.shape[2:], f)) - 1
+            if isinstance(n.op, O.Conv2D):
+                weights = n.inputs[1].type.size
+                saved += extra * (KPU_LAYER_US * DEFAULT_MHZ + KPU_WEIGHT_CYCLES_PER_BYTE * weights)
+            else:
+                saved += extra * CPU_NODE_CYCLES
+            ins = [i for i in _maps(n) if id(i) not in self.tail and not _broadcast(i) and id(i) not in packed]
+            outs = [u for u in self.users[n] if id(u) not in self.tail and not _global_mean(u)]
+            packed.update(id(i) for i in ins)
+            per = cpu_cycles("transpose") + cpu_cycles("copy_byte") + _crossing()
+            packing += per * (sum(i.type.size for i in ins) + (n.type.size if outs else 0))
+        return saved > packing
 
     def _fits(self, n: Node, factor: int) -> bool:
         hw = _spatial(n)
@@ -266,6 +313,7 @@ class _Rewriter:
         self.g = Graph()
         self.full: dict[int, Node] = {}
         self.groups: dict[tuple[int, int], list[Node]] = {}  # (node, factor) -> a tensor per class
+        self.packed: dict[tuple[int, int], Node] = {}  # (node, factor) -> its packed map (find_tail)
 
     # ------------------------------------------------------------------ phases of a value
     def _full(self, v: Node) -> Node:
@@ -276,15 +324,21 @@ class _Rewriter:
     def _batch(self, parts: list[Node], name: str) -> Node:
         return parts[0] if len(parts) == 1 else self.g.add(O.Concat(0), parts, name)
 
+    def _spread(self, n: Node, src: Node, hw: tuple[int, int], batch: int, name: str) -> Node:
+        """Broadcast n (a resize of the 1x1 map `src`) at size hw over `batch` batches: one row resized,
+        then copies of it (a resize of a 1x1 map is its value at every pixel; a CPU resize costs
+        ~100 cycles per output element, a copy ~2, kcc.target.k210)."""
+        h, w = hw
+        row = self.g.add(O.Resize(n.op.mode, (1, w), n.op.align_corners, n.op.half_pixel_centers), (src,),
+                         f"{name}/row" if h > 1 or batch > 1 else name)
+        if h > 1:
+            row = self.g.add(O.Concat(2), (row,) * h, f"{name}/rows" if batch > 1 else name)
+        return self._batch([row] * batch, name)
+
     def _resize(self, n: Node, src: Node, factor: int) -> list[Node]:
-        """Broadcast n (a resize of the 1x1 map `src`) per class: resized to the class's size, the
-        one map repeated over the class's batch."""
-        out = []
-        for k, (ph, pw, ps) in enumerate(classes(*n.shape[2:], factor)):
-            op = O.Resize(n.op.mode, (ph, pw), n.op.align_corners, n.op.half_pixel_centers)
-            r = self.g.add(op, (src,), f"{n.name}/ph{factor}_c{k}")
-            out.append(self._batch([r] * len(ps), f"{n.name}/ph{factor}_c{k}/batch"))
-        return out
+        """Broadcast n per class: the class's size, the one map repeated over the class's batch."""
+        return [self._spread(n, src, (ph, pw), len(ps), f"{n.name}/ph{factor}_c{k}")
+                for k, (ph, pw, ps) in enumerate(classes(*n.shape[2:], factor))]
 
     def _phases(self, v: Node, factor: int) -> list[Node]:
         """v as one tensor per class of `factor`, made from its own factor's (or the full map) where
@@ -295,7 +349,9 @@ class _Rewriter:
             return self.groups[key]
         own = self.plan.factor(v)
         h, w = v.shape[2:]
-        if own == FREE:
+        if id(v) in self.plan.tail and own == factor:
+            out = self._unpack(v, factor)
+        elif own == FREE:
             out = self._resize(v, self._full(v.inputs[0]), factor)
         else:
             base = max(own, 1)
@@ -313,6 +369,42 @@ class _Rewriter:
                     parts.append(self.g.add(op, (p,), f"{v.name}/ph{factor}_{i}{j}"))
                 out.append(self._batch(parts, f"{v.name}/ph{factor}_c{k}"))
         self.groups[key] = out
+        return out
+
+    def _pack(self, v: Node, factor: int) -> Node:
+        """v's phases of `factor` as one map of v's shape: per class [n, C, h, w] -> [C, n*h*w] (a
+        transpose when n > 1), the classes concatenated along the pixels."""
+        key = (id(v), factor)
+        if key not in self.packed and _broadcast(v):  # the same at every pixel: packed as it is
+            self.packed[key] = self._spread(v, self._full(v.inputs[0]), v.shape[2:], 1, f"{v.name}/pack{factor}")
+        if key not in self.packed:
+            _, c, h, w = v.shape
+            parts = []
+            for k, t in enumerate(self._phases(v, factor)):
+                n, _, ph, pw = t.shape
+                if n > 1:
+                    t = self.g.add(O.Transpose((1, 0, 2, 3)), (t,), f"{v.name}/pack{factor}_c{k}/t")
+                parts.append(self.g.add(O.Reshape((1, c, 1, n * ph * pw)), (t,), f"{v.name}/pack{factor}_c{k}"))
+            flat = self.g.add(O.Concat(3), parts, f"{v.name}/pack{factor}/flat")
+            self.packed[key] = self.g.add(O.Reshape((1, c, h, w)), (flat,), f"{v.name}/pack{factor}")
+        return self.packed[key]
+
+    def _unpack(self, v: Node, factor: int) -> list[Node]:
+        """The class tensors of packed v (the inverse of _pack)."""
+        packed = self.packed[(id(v), factor)]
+        _, c, h, w = v.shape
+        flat = self.g.add(O.Reshape((1, c, 1, h * w)), (packed,), f"{v.name}/unpack{factor}")
+        out, at = [], 0
+        for k, (ph, pw, ps) in enumerate(classes(h, w, factor)):
+            n = len(ps)
+            part = self.g.add(O.StridedSlice((0, 0, 0, at), (1, c, 1, at + n * ph * pw), (1, 1, 1, 1)), (flat,),
+                              f"{v.name}/unpack{factor}_c{k}/flat")
+            at += n * ph * pw
+            t = self.g.add(O.Reshape((c, n, ph, pw) if n > 1 else (1, c, ph, pw)), (part,),
+                           f"{v.name}/unpack{factor}_c{k}" + ("/t" if n > 1 else ""))
+            if n > 1:
+                t = self.g.add(O.Transpose((1, 0, 2, 3)), (t,), f"{v.name}/unpack{factor}_c{k}")
+            out.append(t)
         return out
 
     def _merge(self, v: Node) -> Node:
@@ -351,16 +443,24 @@ class _Rewriter:
         if f == FREE:  # a broadcast no phase reads: as it is, and as the source of its phases
             self.full[id(n)] = self.g.add(n.op, tuple(self._full(i) for i in n.inputs), n.name, n.note)
             return
+        x = n.inputs[0] if n.inputs else None
+        if x is not None and _global_mean(n) and id(x) in self.plan.tail:  # a permutation: same mean
+            self.full[id(n)] = self.g.add(n.op, (self._pack(x, self.plan.factor(x)),), n.name, n.note)
+            return
         if _global_mean(n) and self.plan.factor(n.inputs[0]) > 1:
             self.full[id(n)] = self._mean(n)
             return
         if f <= 1:
             self.full[id(n)] = self.g.add(n.op, tuple(self._full(i) for i in n.inputs), n.name, n.note)
             return
+        maps = {id(i) for i in _maps(n)}
+        if id(n) in self.plan.tail:  # the op as it is, on packed maps of its own shape
+            ins = tuple(self._pack(v, f) if id(v) in maps else self._full(v) for v in n.inputs)
+            self.packed[(id(n), f)] = self.g.add(n.op, ins, f"{n.name}/pack{f}", n.note)
+            return
         if _broadcast(n):
             self.groups[(id(n), f)] = self._resize(n, self._full(n.inputs[0]), f)
             return
-        maps = {id(i) for i in _maps(n)}
         d = dilation_of(n)
         op = n.op
         if d is not None:
@@ -472,4 +572,5 @@ def phase_dilated(g: Graph, ctx: CompileContext | None = None) -> Graph:
             plan.f[id(n)] = 1
     if not any(plan.factor(n) > 1 for n in g.nodes):
         return g
+    plan.find_tail()
     return _Rewriter(g, plan).run()
