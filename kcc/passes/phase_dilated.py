@@ -18,17 +18,25 @@ dilation-2 region is reached by cutting each phase once more.
 
 So instead of today's space-to-batch around every dilated conv (eliminate_dilated_conv: pad,
 transpose and reshape in, transpose and crop out, all on the CPU, per conv), a whole region of
-such ops runs once per phase, as separate tensors (separate KPU layers: phases of different sizes
-are not batches), split ONCE where the region starts (a strided slice per phase) and merged ONCE
-where it ends (pad the smaller phases, concatenate along channels, which in memory is the batch of
-phases, reshape / transpose / reshape into the interleaved map, crop). A global mean over the full
-map is the pixel-weighted sum of the phase means (exact), so it reads the phases directly.
+such ops runs in phase space, split ONCE where the region starts (a strided slice per phase) and
+merged ONCE where it ends (pad the smaller phases, concatenate along channels, which in memory is
+the batch of phases, reshape / transpose / reshape into the interleaved map, crop). Phases of one
+size are the batches of one tensor (`classes`: at most 4 sizes, ceil and floor of H/F and W/F; 1
+when F divides both), so each op runs once per size: one KPU layer, and one copy of its weights in
+the kmodel, per size (a kpu_conv2d body holds its own weights, kmodel_v4.md §9.6). A global mean
+over the full map is the pixel-weighted sum of the phase means (exact), so it reads the phases
+directly; a broadcast (a resize of a 1x1 map) is made per size from one resized row.
+
+After the last dilated conv, a pointwise tail may instead run once on a packed map (`_Plan.find_tail`):
+all phases' pixels in one tensor of the map's shape, a pixel permutation, which pointwise ops
+commute with (and a global mean ignores); taken where the cost model prices it below the per-size
+layers.
 
 Factors: a dilated conv of dilation d runs at factor d (its input refined to d where it is coarser,
 which needs the input's factor to divide d); a pointwise op at the largest of its inputs' factors
-when the others divide it (else on full maps), and
-at a higher one (the gcd of what its readers run at) where that moves a refinement to smaller
-inputs (`_raise`). Every region (connected ops at factors > 1) is priced with kcc.target.k210's cost
+when the others divide it (else on full maps), at a higher one (the gcd of what its readers run at)
+where that moves a refinement to smaller inputs (`_raise`), and on full maps where its readers all
+want full maps and its inputs are smaller (`_trim`: the merge moves to them). Every region (connected ops at factors > 1) is priced with kcc.target.k210's cost
 model against today's space-to-batch form of its dilated convs (`_phase_cost`, `_s2b_cost`) and
 kept only where it is cheaper; what stays (a region not worth it, a conv whose input factor does
 not divide its dilation) is left to eliminate_dilated_conv.
