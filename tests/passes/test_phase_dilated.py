@@ -192,3 +192,18 @@ def test_branches_of_different_dilations_meet_on_full_maps():
     out = _check(g, [(1, 8, 20, 18)])
     assert not any("ph6" in n.name for n in out.nodes)
     assert out.find("cat").inputs[0] is out.find("b2/dil") or _dilated(eliminate_dilated_conv(out)) == []
+
+
+def test_asymmetric_padding_in_multiples_of_the_dilation():
+    """Padding (2, 2) rows and (0, 4) columns at dilation 2: the output keeps the input's size and
+    the leading pads divide by 2, so each phase is a plain conv padded (1, 1) and (0, 2)."""
+    g = Graph()
+    x = g.input(0, (1, 4, 11, 9))
+    w = _const(g, (4, 4, 3, 3), "w")
+    b = _const(g, (4,), "b")
+    y = g.add(O.Conv2D((1, 1), ((2, 2), (0, 4)), (2, 2), 1, RELU6), (x, w, b), "conv")
+    y = g.add(O.Conv2D((1, 1), ((2, 2), (0, 4)), (2, 2), 1, RELU6), (y, w, b), "conv2")
+    g.outputs = [y]
+    out = _check(g, [(1, 4, 11, 9)])
+    assert not _dilated(out)
+    assert {n.op.padding for n in out.nodes if n.op.kind == "conv2d"} == {((1, 1), (0, 2))}
