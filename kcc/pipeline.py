@@ -1,6 +1,6 @@
 """compile_model(): the whole compiler, top to bottom, one visible stage per line.
 
-    import_tflite -> canonicalize -> [split_channels -> eliminate_dilated_conv -> lower_transpose_conv
+    import_tflite -> canonicalize -> [phase_dilated -> split_channels -> eliminate_dilated_conv -> lower_transpose_conv
                                        -> concat_activations -> load_samples -> decompose_kernels
                                        -> legalize_kpu -> calibrate -> quantize]
                   -> lower_to_neutral
@@ -34,6 +34,7 @@ from kcc.passes.dilated_conv import eliminate_dilated_conv
 from kcc.passes.legalize_kpu import Placement, legalize_kpu
 from kcc.passes.lower_to_neutral import lower_to_neutral
 from kcc.passes.manager import CompileContext, Log, PassManager, Progress, Stage, StageHook
+from kcc.passes.phase_dilated import phase_dilated
 from kcc.passes.transpose_conv import lower_transpose_conv
 from kcc.quant.calibrate import load_samples
 from kcc.quant.policy import calibrate_ranges
@@ -63,7 +64,9 @@ class CompileResult:
 def stages(options: CompileOptions) -> list[Stage]:
     """The stages after import, in order: the K210 ones only for --inference-type uint8."""
     k210 = [
-        Stage("split_channels", split_channels, banner="3. Map layers onto the KPU (legalize)..."),
+        # regions of dilated convs in phase space first, so that split_channels sizes the phases' layers
+        Stage("phase_dilated", phase_dilated, banner="3. Map layers onto the KPU (legalize)..."),
+        Stage("split_channels", split_channels),
         Stage("eliminate_dilated_conv", eliminate_dilated_conv),
         Stage("lower_transpose_conv", lower_transpose_conv),
         Stage("concat_activations", concat_activations),  # activations after a concat into its producers

@@ -40,7 +40,9 @@ def _rewrite(g: Graph, n: Node) -> Node | None:
     eh, ew = (-hp) % d, (-wp) % d
     hs, ws = (hp + eh) // d, (wp + ew) // d
     name = n.name
-    xp = g.insert_before(n, O.Pad(((0, 0), (0, 0), (pt, pb + eh), (pl, pr + ew)), 0.0), (x,), name + "/s2b_pad")
+    pads = ((0, 0), (0, 0), (pt, pb + eh), (pl, pr + ew))
+    # no pad op that would copy the map unchanged (a VALID conv on sizes that divide by d)
+    xp = g.insert_before(n, O.Pad(pads, 0.0), (x,), name + "/s2b_pad") if any(sum(p) for p in pads) else x
     r1 = g.insert_before(n, O.Reshape((c * hs, d, ws, d)), (xp,), name + "/s2b_split")
     t1 = g.insert_before(n, O.Transpose((1, 3, 0, 2)), (r1,), name + "/s2b_phase")
     sub = g.insert_before(n, O.Reshape((d * d, c, hs, ws)), (t1,), name + "/s2b")

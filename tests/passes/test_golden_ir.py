@@ -67,13 +67,34 @@ def wide_depthwise(rng: np.random.Generator) -> Graph:
     return g
 
 
+def dilated_region(rng: np.random.Generator) -> Graph:
+    """phase_dilated: two inverted residual blocks with dilation-2 depthwise convs on 1x4x8x8. Look
+    for the block input cut once into its 4 phases of 4x4 (strided slices from (0, 0), (0, 1), (1, 0),
+    (1, 1) with step 2), batched into one 4x4 tensor of batch 4 (8 divides by 2: one size), every op of
+    both blocks once on it, the depthwise convs now dilation 1 with padding 1 and the same weights,
+    and one merge at the end (concat along channels, reshape, transpose (2, 0, 3, 1), reshape) under
+    the last add's name."""
+    g = Graph()
+    y = g.input(0, (1, 4, 8, 8))
+    for k in range(2):
+        e = _conv(g, y, 4, 1, f"b{k}/expand", rng, act=RELU6)
+        d = _conv(g, e, 4, 3, f"b{k}/dw", rng, dilation=2, groups=4, act=RELU6)
+        y = g.add(O.Binary("add"), (_conv(g, d, 4, 1, f"b{k}/project", rng), y), f"b{k}/add")
+    g.outputs = [y]
+    return g
+
+
 def dilated_conv(rng: np.random.Generator) -> Graph:
-    """eliminate_dilated_conv: look for the dilation-2 conv replaced by space-to-batch (pad to 12x12,
-    reshape/transpose into 4 phases of 6x6 in the batch), a dilation-1 conv with no padding and the
-    same weights, bias and act, and batch-to-space back to 1x4x8x8 under the conv's name."""
+    """eliminate_dilated_conv: a dilation-2 conv without padding (phase_dilated leaves it: its output
+    is smaller than its input). Look for it replaced by space-to-batch (no pad: 8 divides by 2;
+    reshape/transpose of the 8x8
+    map into 4 phases of 4x4 in the batch), a dilation-1 conv with no padding and the same weights,
+    bias and act, and batch-to-space back to 1x4x4x4 under the conv's name."""
     g = Graph()
     x = g.input(0, (1, 4, 8, 8))
-    g.outputs = [_conv(g, x, 4, 3, "conv", rng, dilation=2, act=RELU6)]
+    w = g.constant(rng.uniform(-1, 1, (4, 4, 3, 3)).astype(np.float32), "conv/w")
+    b = g.constant(np.full(4, 0.25, np.float32), "conv/b")
+    g.outputs = [g.add(O.Conv2D((1, 1), ((0, 0), (0, 0)), (2, 2), 1, RELU6), (x, w, b), "conv")]
     return g
 
 
@@ -149,6 +170,7 @@ class Case:
 
 CASES = [
     Case("canonicalize", transposes_and_a_clamp),
+    Case("phase_dilated", dilated_region),
     Case("split_channels", wide_depthwise),
     Case("eliminate_dilated_conv", dilated_conv),
     Case("lower_transpose_conv", transpose_conv),
