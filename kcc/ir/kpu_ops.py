@@ -177,7 +177,9 @@ class KpuConcat(Op):
     """Channel concatenation of KPU layers' outputs, computed in place: one KPU RAM buffer whose
     channel ranges the producing layers write (kmodel_v4.md §7.3: channel c of a map starts at
     (c // groups) * row_len * H lines + (c % groups) * row_pitch, so a part whose first channel is a
-    multiple of `groups` starts on a line of its own). Batch 1 only: a batch is one whole map."""
+    multiple of `groups` starts on a line of its own). A part may also be a KpuUpload of a CPU
+    result on the buffer's grid: the upload writes only its rows' valid bytes (kpu_semantics.md §2),
+    into its range. Batch 1 only: a batch is one whole map."""
 
     kind: ClassVar[str] = "kpu_concat"
 

@@ -25,6 +25,8 @@ reads; rows they affect are cropped, so they change nothing (the input is zero t
 Directly following ops are fused into the layer when the pre-pad/crop is trivial (kernel k with
 tflite padding k//2, stride 1): a max/mean pool the KPU pool unit implements, and an element-wise
 activation its 16-segment table can approximate (leaky_relu, logistic, tanh, hard_swish).
+A pool of a layer whose output something else reads unpooled is a second KPU layer, the same conv
+with the pool, when that costs less than the pool on the CPU (`_pooled_twins`).
 FULLY_CONNECTED (MatMul with constant weights) becomes a 1x1 KPU conv on a map padded to 4x4.
 Every convolution that stays on the CPU gets a reason in the returned placement list. Last, a
 per-channel PReLU may become two 1x1 KPU layers (kcc/passes/prelu_kpu.py).
@@ -55,7 +57,10 @@ from kcc.target.k210 import (
     MAX_W,
     MAX_WEIGHT_LOADS,
     MIN_HW,
+    cpu_cycles,
     kpu_bytes,
+    kpu_layer_cost,
+    kpu_map_cycles,
     weight_loads,
 )
 from kcc.target.quant_rules import fixup_range, on_own_grid
@@ -106,6 +111,14 @@ def _weights_range(w: np.ndarray) -> float:
     return max(np.subtract(*fixup_range(float(c.min()), float(c.max()))[::-1]) for c in flat)
 
 
+def channels_over_threshold(w: np.ndarray, opts: CompileOptions) -> list[bool]:
+    """Per output channel of conv weights w [OC, ...]: whether its own range exceeds
+    --weights-quantize-threshold (what keeps the layer off the KPU, `_weights_reason`)."""
+    if on_own_grid(w):
+        return [False] * w.shape[0]
+    return [_weights_range(w[c:c + 1]) > opts.weights_quantize_threshold for c in range(w.shape[0])]
+
+
 def _weights_reason(w: np.ndarray, ranges_of: np.ndarray, opts: CompileOptions) -> str | None:
     """Why weights `w` (per-output-channel ranges taken over `ranges_of`) stay off the KPU, if they
     do: a range above --weights-quantize-threshold, unless they already lie on a grid."""
@@ -128,6 +141,7 @@ class _Legalizer:
         self.users = g.users()
         self.absorbed: set[int] = set()
         self.placements: list[Placement] = []
+        self.pads: dict[tuple[int, tuple], Node] = {}  # (input, paddings) -> its CPU pre-pad
 
     # ------------------------------------------------------------------ helpers
     def _single_user(self, n: Node) -> Node | None:
@@ -300,7 +314,10 @@ class _Legalizer:
         xin = self.map[id(x)]
         if ay.pre or ay.post or ax.pre or ax.post:
             pads = ((0, 0), (0, 0), (ay.pre, ay.post), (ax.pre, ax.post))
-            xin = g.add(O.Pad(pads, 0.0), (xin,), n.name + "/kpu_pad")
+            key = (id(xin), pads)  # layers pre-padding one input alike (channel groups) share the pad
+            if key not in self.pads:
+                self.pads[key] = g.add(O.Pad(pads, 0.0), (xin,), n.name + "/kpu_pad")
+            xin = self.pads[key]
         wc = self.map[id(wn)] if id(wn) in self.map and w is wn.data else g.constant(w, wn.name + "/kpu")
         bc = g.constant(b, bn.name) if id(bn) not in self.map else self.map[id(bn)]
         kop = KO.FloatKpuConv(k, depthwise, pool, op.act, fn)
@@ -320,7 +337,33 @@ class _Legalizer:
             node = self.users[node][0]
             self.absorbed.add(id(node))
             self.map[id(node)] = y
+        if trivial and not depthwise and pool == "bypass":
+            self._pooled_twins(tail, kop, (xin, wc, bc), (h, wd))
         return y
+
+    def _pooled_twins(self, tail: Node, kop: KO.FloatKpuConv, ins: tuple[Node, Node, Node],
+                      hw: tuple[int, int]) -> None:
+        """A pool reading a layer's output that something else reads unpooled: the pool unit writes a
+        layer's pooled output only (kpu_semantics.md §3 step 5), so a second KPU layer, the same conv
+        with the pool, computes the pooled copy, when it costs less than the pool on the CPU
+        (kcc.target.k210's costs: the twin's KPU time against the pool's window taps)."""
+        x, w, _ = ins
+        c, oc = x.shape[1], w.shape[0]
+        for u in self.users[tail]:
+            if not isinstance(u.op, O.Pool2D):
+                continue
+            code = self._kpu_pool(u.op, *hw)
+            if code is None or (code.startswith("mean") and not self.fuse_mean_pools):
+                continue
+            twin = kpu_layer_cost(kpu_map_cycles(c, *hw, oc, False), w.type.size)
+            taps = u.type.size * u.op.filter[0] * u.op.filter[1] * cpu_cycles("window_tap")
+            if twin >= taps:
+                continue
+            op = KO.FloatKpuConv(kop.kernel, kop.depthwise, code, kop.act, kop.fn)
+            self.map[id(u)] = self.g.add(op, ins, u.name)
+            self.absorbed.add(id(u))
+            self.placements.append(Placement(u.name, "pool2d", True, f"{code}: a second KPU layer computes "
+                                             f"'{tail.name}' pooled, as its unpooled output is read too"))
 
     # ------------------------------------------------------------------ fully connected
     def matmul(self, n: Node) -> Node | None:

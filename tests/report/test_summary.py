@@ -158,16 +158,37 @@ def test_every_pool_on_the_cpu_says_which_kpu_limit_it_misses(tmp_path, case, ex
             return _maxpool(b, _conv(b, x, 8, 8, 3, "conv", rng), 3, 2, "pool")
         if case == "depthwise":
             return _maxpool(b, _conv(b, x, 8, 8, 3, "dw", rng, depthwise=True), 2, 2, "pool")
-        if case == "two_readers":
-            y = _conv(b, x, 8, 8, 3, "conv", rng)
+        if case == "two_readers":  # 384 channels of 4x4: a pooled twin KPU layer would cost more than the pool
+            y = _conv(b, x, 384, 384, 3, "conv", rng)
             pooled = _maxpool(b, y, 2, 2, "pool")
             b.output(y)
             return pooled
         if case == "strided":
             return _maxpool(b, _conv(b, x, 8, 8, 3, "conv", rng, stride=2), 2, 2, "pool")
         return _conv(b, _maxpool(b, x, 2, 2, "pool"), 8, 8, 3, "conv", rng)
-    reason = _pool_reason(tmp_path, build)
+    reason = _pool_reason(tmp_path, build, (1, 4, 4, 384) if case == "two_readers" else (1, 16, 16, 8))
     assert reason.startswith("max pool in float on the CPU: ") and expected in reason, reason
+
+
+def test_a_pool_of_a_layer_also_read_unpooled_is_a_second_kpu_layer(tmp_path):
+    """The pool unit writes a layer's pooled output only: when the unpooled output is read too, the
+    same conv with the pool is a second KPU layer (cheaper than the pool on the CPU), and both
+    outputs are the KPU's."""
+    def build(b, x, rng):
+        y = _conv(b, x, 8, 8, 3, "conv", rng)
+        b.output(y)
+        return _maxpool(b, y, 2, 2, "pool")
+    b = _builder.TfliteBuilder()
+    x = b.input([1, 16, 16, 8], name="image")
+    b.output(build(b, x, np.random.default_rng(5)))
+    (tmp_path / "p.tflite").write_bytes(b.build())
+    data = _raw_dataset(tmp_path / "data", (1, 8, 16, 16))
+    rep = tmp_path / "rep"
+    assert main(["compile", str(tmp_path / "p.tflite"), str(tmp_path / "p.kmodel"), "--dataset", str(data),
+                 "--dataset-format", "raw", "-q", "--report", str(rep)]) == 0
+    placement = {p["node"]: p for p in json.loads((rep / "report.json").read_text())["placement"]}
+    assert placement["conv"]["on_kpu"] and placement["pool"]["on_kpu"], placement
+    assert placement["pool"]["reason"].startswith("max_2_s2: a second KPU layer computes 'conv' pooled")
 
 
 def test_ranking_uses_the_in_range_sqnr_only_where_the_range_clips_on_purpose():
