@@ -39,6 +39,9 @@ KPU_POOLS: dict[str, tuple[int, int]] = {
     "max_2_s1": (9, 1),
 }
 
+#: pool codes that keep values: no pool, or one pixel of each 2x2 / 4x4 block
+PICK_POOLS = ("bypass", "left_top_2_s2", "right_top_2_s2", "left_top_4_s4")
+
 # Element-wise functions the 16-segment activation table can absorb: name -> has a parameter
 KPU_ACTIVATIONS = {"leaky_relu": True, "logistic": False, "tanh": False, "hard_swish": False,
                    "silu": False}
@@ -245,11 +248,12 @@ class QuantMatMul(Op):
 
 def shift_copy(n) -> tuple[int, int] | None:
     """(cy, cx) if node n is a FloatKpuConv that copies its input shifted, out[i, j] = x[i + cy,
-    j + cx] (0 outside x): depthwise 3x3, no bias, clamp, function or pool, and in every channel one
-    tap of exactly 1 at (1 + cy, 1 + cx), the others 0 (kcc.passes.kernel_forms' `stack_kpu` views).
+    j + cx] (0 outside x): depthwise 3x3, no bias, clamp, function or pool but a pick (which keeps
+    values), and in every channel one tap of exactly 1 at (1 + cy, 1 + cx), the others 0
+    (kcc.passes.kernel_forms' `stack_kpu` views; legalize_kpu's shifted stride-2 picks).
     Quantized on its input's grid (kcc.quant.policy.copy_grids) it moves the codes exactly."""
     op = n.op
-    if not (isinstance(op, FloatKpuConv) and op.kernel == 3 and op.depthwise and op.pool == "bypass"
+    if not (isinstance(op, FloatKpuConv) and op.kernel == 3 and op.depthwise and op.pool in PICK_POOLS
             and op.fn is None and op.act == NO_CLAMP):
         return None
     w, b = n.inputs[1], n.inputs[2]

@@ -15,6 +15,9 @@ the pre-padded input (one row of pre-pad moves every KPU output row down by one)
   A depthwise layer takes the pick only when it needs no pre-pad (ncc never pairs depthwise with a
   pool; kpu_sim computes the pair as any other): a CPU pad of its full-size input costs more than
   the quarter-size slice;
+  When the centres are odd rows or columns (TFLite SAME on an even size), neither is needed: the
+  layer runs at stride 1 and a second KPU layer, a shifted depthwise copy with the left_top pick,
+  keeps rows 2i + 1 (`_shifted_pick`), when it costs less than the CPU pad and crop;
 * other strides: a slice with step s.
 A crop that keeps the whole (pooled) map is no slice at all: the layer's output stays in KPU RAM.
 Before all this, `rotate180` may turn the model's maps by 180° so that TFLite SAME stride-2 padding
@@ -264,6 +267,11 @@ class _Legalizer:
         pick = sh == sw == 2
         ay = _axis_plan(h, op.padding[0][0], k, sh, oh, pick)
         ax = _axis_plan(wd, op.padding[1][0], k, sw, ow, pick)
+        # a pre-quantized model has a grid for the layer's output, none for a full-size map
+        if pick and (ay.pre or ay.post or ax.pre or ax.post or ay.crop or ax.crop) and self.fuse_mean_pools:
+            y = self._shifted_pick(n, x, wn, bn, w, op)
+            if y is not None:
+                return y
         why = ""
         if depthwise and pick and (ay.pre or ay.post or ax.pre or ax.post):
             # a pre-pad costs a CPU pad of the full-resolution map (and its upload), more than the
@@ -339,6 +347,46 @@ class _Legalizer:
             self.map[id(node)] = y
         if trivial and not depthwise and pool == "bypass":
             self._pooled_twins(tail, kop, (xin, wc, bc), (h, wd))
+        return y
+
+    def _shifted_pick(self, n: Node, x: Node, wn: Node, bn: Node, w: np.ndarray, op: O.Conv2D) -> Node | None:
+        """A stride-2 conv whose output i is centred on input row 2i + oy (and column 2j + ox), oy or
+        ox 1 (TFLite SAME on an even size pads bottom/right only): neither pick reaches those rows
+        (module docstring). Two KPU layers serve it with no CPU pad or slice: the conv at stride 1 with
+        the KPU's own padding (row r centred on input row r: the same window and zeros as the model's
+        padding, wherever the model reads), then a 3x3 depthwise copy shifted by (oy, ox), one tap of
+        1 (kcc.ir.kpu_ops.shift_copy: on its input's grid it moves the codes exactly), whose
+        left_top_2_s2 pick keeps rows 2i + oy and columns 2j + ox. Taken when both maps fit and the
+        copy costs less than the CPU pre-pad, crop and copies out (kcc.target.k210's costs)."""
+        k = w.shape[2]
+        depthwise = op.groups > 1
+        nb, c, h, wd = x.shape
+        _, oc, oh, ow = n.shape
+        oy, ox = k // 2 - op.padding[0][0], k // 2 - op.padding[1][0]
+        if not ({oy, ox} <= {0, 1} and (h // 2, wd // 2) == (oh, ow) and MIN_HW <= h <= MAX_H
+                and MIN_HW <= wd <= MAX_W and h * wd <= MAX_MAP_PIXELS and oh >= MIN_HW // 2):
+            return None
+        full, picked = (nb, oc, h, wd), (nb, oc, oh, ow)
+        if max(kpu_bytes(x.shape) + kpu_bytes(full), kpu_bytes(full) + kpu_bytes(picked)) > KPU_RAM_SIZE:
+            return None
+        copy = kpu_layer_cost(kpu_map_cycles(oc, h, wd, oc, True), 9 * oc)
+        # the cheapest CPU form: the crop of the picked map (or the slice of the full one), its copy out
+        cpu = oc * oh * ow * cpu_cycles("strided_slice") + oc * oh * ow * cpu_cycles("kpu_download_byte")
+        if copy >= cpu:
+            return None
+        g = self.g
+        wc = self.map[id(wn)] if id(wn) in self.map and w is wn.data else g.constant(w, wn.name + "/kpu")
+        bc = g.constant(bn.data, bn.name) if id(bn) not in self.map else self.map[id(bn)]
+        y = g.add(KO.FloatKpuConv(k, depthwise, "bypass", op.act, None), (self.map[id(x)], wc, bc),
+                  n.name + "/full")
+        taps = np.zeros((oc, 1, 3, 3), np.float32)
+        taps[:, 0, 1 + oy, 1 + ox] = 1.0
+        y = g.add(KO.FloatKpuConv(3, True, "left_top_2_s2"),
+                  (y, g.constant(taps, n.name + "/shift"), g.constant(np.zeros(oc, np.float32), n.name + "/zero")),
+                  n.name)
+        what = f"{k}x{k}{' depthwise' if depthwise else ''}, pool bypass"
+        self.placements.append(Placement(n.name, "conv2d", True, f"{what} (stride 2 by a second KPU layer: "
+                                         f"a copy shifted by ({oy}, {ox}) with the left_top_2_s2 pick)"))
         return y
 
     def _pooled_twins(self, tail: Node, kop: KO.FloatKpuConv, ins: tuple[Node, Node, Node],

@@ -466,3 +466,35 @@ def test_a_pool_of_a_layer_also_read_unpooled_is_a_bit_exact_twin_kpu_layer():
     np.testing.assert_array_equal(pooled, unpooled.reshape(1, 8, 8, 2, 8, 2).max(axis=(3, 5)))
     got = kpu_sim.load(res.kmodel).run(calib[0])
     assert max(max_steps(a.reshape(b.shape), b) for a, b in zip(got, want)) <= 2.0
+
+
+SHIFTED_PICKS = [(False, ((0, 1), (0, 1))), (True, ((0, 1), (0, 1))), (False, ((0, 1), (1, 1))),
+                 (True, ((1, 1), (0, 1)))]
+
+
+@pytest.mark.parametrize("depthwise,padding", SHIFTED_PICKS, ids=[f"{'dw' if d else 'conv'}-{p[0]}{p[1]}" for d, p in SHIFTED_PICKS])
+def test_a_stride2_conv_centred_on_odd_rows_is_two_kpu_layers_without_cpu_pad_or_slice(depthwise, padding):
+    """TFLite SAME with stride 2 on an even size pads bottom/right only: output i is centred on input
+    row 2i+1, which neither pick reaches. The conv runs at stride 1 with the KPU's padding, then a
+    3x3 depthwise copy shifted by (1, 1) (or (1, 0), (0, 1)) picks rows 2i+oy, columns 2j+ox with
+    left_top_2_s2: no CPU pad, crop or slice. Both layers equal the scalar reference; the picked map is
+    exactly the full map's codes at those rows and columns; the whole agrees with float."""
+    shape, c = (1, 8, 16, 20), 8
+    g = Graph()
+    x = g.input(0, shape)
+    wshape = (c, 1, 3, 3) if depthwise else (c, shape[1], 3, 3)
+    y = g.add(O.Conv2D((2, 2), padding, groups=c if depthwise else 1, act=(0.0, 6.0)),
+              (x, _const(g, wshape), _const(g, (c,))), "conv")
+    g.outputs = [g.add(O.Conv2D(), (y, _const(g, (4, c, 1, 1)), _const(g, (4,))), "head")]
+    calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
+    want = run(g, calib[0])[0]
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    assert names.count("kpu_conv2d") == 3 and not {"pad", "strided_slice", "conv2d"} & set(names), names
+    assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 3
+    (full, _, full_map), (pick, x_map, picked), _ = layer_maps(res.kmodel, calib[0][0])
+    assert pick.layer.pool_type == km.KpuPoolType.LEFT_TOP_2_S2 and full_map.shape[2:] == (16, 20)
+    oy, ox = 1 - padding[0][0], 1 - padding[1][0]
+    np.testing.assert_array_equal(picked, full_map[:, :, oy::2, ox::2])
+    got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
+    assert max_steps(got, want) <= 2.0, f"max error {max_steps(got, want):.2f} steps"
