@@ -351,6 +351,10 @@ def split_channels(g: Graph, ctx: CompileContext | None = None) -> Graph:
                         over = [over[c] for c in order]
                     elif not _range_split_pays(n, over):
                         continue
+                wide = [c if order is None else order[c] for c in range(len(over)) if over[c]]
+                ctx.log(f"   '{n.name.split(';')[0]}': channel(s) {', '.join(map(str, wide))} of {len(over)} over "
+                        f"--weights-quantize-threshold stay in float on the CPU, the other "
+                        f"{len(over) - len(wide)} go to the KPU")
                 g.substitute(n, _split(g, n, _runs(over), order), "/unsplit")
                 ranged += 1
     if cut or ranged:
@@ -360,6 +364,4 @@ def split_channels(g: Graph, ctx: CompileContext | None = None) -> Graph:
             g.remove_dead()
     if cut:
         ctx.log(f"   {cut} layer(s) split across channels to fit the KPU")
-    if ranged:
-        ctx.log(f"   {ranged} depthwise layer(s) split: channels within --weights-quantize-threshold on the KPU")
     return g

@@ -160,6 +160,10 @@ def test_a_depthwise_over_the_weights_threshold_keeps_only_its_wide_channels_on_
     assert concat.inputs == tuple(dws) and concat.name == "dw"
     on_cpu = [p.node for p in placements if not p.on_kpu]
     assert on_cpu == ["dw/ch10_12"], placements
+    lines = []
+    split_channels(build(), CompileContext(CompileOptions(), log=lines.append))
+    assert lines == ["   'dw': channel(s) 1, 6 of 12 over --weights-quantize-threshold stay in float on the CPU, "
+                     "the other 10 go to the KPU"]
 
 
 def test_a_depthwise_whose_neighbours_cannot_follow_is_cut_into_runs():
