@@ -164,8 +164,7 @@ def _cpu_conv_cycles(n: Node, channels: int) -> float:
 
 def _kpu_part_cycles(n: Node, channels: int, layers: int) -> float:
     """`channels` of depthwise n as `layers` KPU layers (k210.kpu_layer_cost), with the upload of their
-    input (a producer cropped by legalize_kpu, as a stride-2 conv of a turned-down model is, copies its
-    output out and back: counted)."""
+    input: a bound, as the input may already be in KPU RAM (a KPU producer read by n alone)."""
     _, _, h, w = n.inputs[0].shape
     k = n.inputs[1].shape[2] * n.inputs[1].shape[3]
     upload = "kpu_upload_dma_byte" if w % 64 == 0 else "kpu_upload_byte"
