@@ -501,4 +501,36 @@ def legalize_kpu(g: Graph, ctx: CompileContext | None = None) -> Graph:
         out, done, kept = residual_to_kpu(out, ctx.options, ctx.samples)
         ctx.placements.extend(Placement(name, "add", True, _RESIDUAL_FORMS[form]) for name, form in done)
         ctx.placements.extend(Placement(name, "add", False, why) for name, why in kept)
+    if ctx.options.target != "cpu":
+        out = _pools_in_kpu_ram(out, ctx)
     return out
+
+
+def _pools_in_kpu_ram(g: Graph, ctx: CompileContext) -> Graph:
+    """A max pool left on the CPU whose input is a KPU layer's output (a layer made after the pools
+    were placed: prelu_kpu's, residual_kpu's; or a depthwise layer, which kcc never pools) becomes a
+    1x1 KPU layer with identity weights and the pool, reading the map in KPU RAM: on its input's grid
+    it moves the max of the codes exactly (kcc.ir.kpu_ops.shift_copy; non-depthwise, the pairing
+    nncase itself makes). Taken when it costs less than the pool's window taps on the CPU
+    (kcc.target.k210's costs); its placement replaces the pool's."""
+    done = {}
+    for n in list(g.nodes):
+        x = n.inputs[0] if n.inputs else None
+        if not (isinstance(n.op, O.Pool2D) and n.op.op == "max" and isinstance(x.op, KO.FloatKpuConv)):
+            continue
+        code = _Legalizer._kpu_pool(n.op, *x.shape[2:])
+        c, h, w = x.shape[1:]
+        if code is None or c > MAX_CHANNELS or min(h, w) < MIN_HW:
+            continue
+        layer = kpu_layer_cost(kpu_map_cycles(c, *x.shape[2:], c, False), c * c)
+        if layer >= n.type.size * n.op.filter[0] * n.op.filter[1] * cpu_cycles("window_tap"):
+            continue
+        eye = g.insert_before(n, O.Constant(np.eye(c, dtype=np.float32)[:, :, None, None]), (), n.name + "/eye")
+        zero = g.insert_before(n, O.Constant(np.zeros(c, np.float32)), (), n.name + "/zero")
+        done[n.name] = f"{code}: a 1x1 KPU layer with identity weights pools the map in KPU RAM"
+        g.substitute(n, g.insert_before(n, KO.FloatKpuConv(1, False, code), (x, eye, zero), n.name), "/cpu")
+    if done:
+        g.remove_dead()
+        ctx.placements[:] = [Placement(p.node, p.op, True, done[p.node]) if p.node in done and p.op == "pool2d"
+                             else p for p in ctx.placements]
+    return g

@@ -498,3 +498,30 @@ def test_a_stride2_conv_centred_on_odd_rows_is_two_kpu_layers_without_cpu_pad_or
     np.testing.assert_array_equal(picked, full_map[:, :, oy::2, ox::2])
     got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
     assert max_steps(got, want) <= 2.0, f"max error {max_steps(got, want):.2f} steps"
+
+
+def test_a_max_pool_of_a_depthwise_layer_pools_the_map_in_kpu_ram_exactly():
+    """kcc never fuses a pool behind a depthwise layer (nncase never pairs them): the max pool becomes a
+    1x1 KPU layer with identity weights and max_2_s2 reading the depthwise's output in KPU RAM (no
+    copy-out, no CPU pool). On its input's grid it writes exactly the max of the codes; each layer
+    equals the scalar reference; the whole agrees with float."""
+    shape = (1, 8, 16, 16)
+    g = Graph()
+    x = g.input(0, shape)
+    y = g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), groups=8, act=(0.0, 6.0)),
+              (x, _const(g, (8, 1, 3, 3)), _const(g, (8,))), "dw")
+    p = g.add(O.Pool2D("max", (2, 2), (2, 2)), (y,), "pool")
+    g.outputs = [g.add(O.Conv2D(), (p, _const(g, (4, 8, 1, 1)), _const(g, (4,))), "head")]
+    calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
+    want = run(g, calib[0])[0]
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    (pool,) = [pl for pl in res.placements if pl.node == "pool"]
+    assert pool.on_kpu and "identity weights" in pool.reason, pool
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    assert names.count("kpu_conv2d") == 3 and "reduce_window2d" not in names and "dequantize" not in names[:-1], names
+    assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 3
+    (dw, _, dw_out), (pooling, x_map, pooled), _ = layer_maps(res.kmodel, calib[0][0])
+    assert pooling.layer.pool_type == km.KpuPoolType.MAX_2_S2 and pooling.kpu_input() == dw.kpu_output()
+    np.testing.assert_array_equal(pooled, dw_out.reshape(1, 8, 8, 2, 8, 2).max(axis=(3, 5)))
+    got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
+    assert max_steps(got, want) <= 2.0, f"max error {max_steps(got, want):.2f} steps"
