@@ -96,7 +96,10 @@ class Storage:
         at = 0
         for i in n.inputs:
             offset = K.kpu_channel_offset(w, h, at)
-            if not isinstance(i.op, KO.QuantKpuLayer) or id(i) in self.root or offset is None:
+            # a KPU layer writes its range, an upload copies a CPU part into it
+            part = isinstance(i.op, KO.QuantKpuLayer) or (
+                isinstance(i.op, KO.KpuUpload) and id(i.inputs[0]) not in self.kpu_inputs)
+            if not part or id(i) in self.root or offset is None:
                 raise UnsupportedModelError(f"'{n.name}': part '{i.name}' cannot be written into the "
                                             f"concatenation in KPU RAM")
             self.root[id(i)], self.offset[id(i)] = n, offset

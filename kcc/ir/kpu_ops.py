@@ -39,6 +39,10 @@ KPU_POOLS: dict[str, tuple[int, int]] = {
     "max_2_s1": (9, 1),
 }
 
+#: pool codes that keep values: no pool, or one pixel of each 2x2 / 4x4 block
+PICK_POOLS = ("bypass", "left_top_2_s2", "right_top_2_s2", "left_top_4_s4")
+MAX_POOLS = ("max_2_s2", "max_4_s4", "max_2_s1")
+
 # Element-wise functions the 16-segment activation table can absorb: name -> has a parameter
 KPU_ACTIVATIONS = {"leaky_relu": True, "logistic": False, "tanh": False, "hard_swish": False,
                    "silu": False}
@@ -177,7 +181,9 @@ class KpuConcat(Op):
     """Channel concatenation of KPU layers' outputs, computed in place: one KPU RAM buffer whose
     channel ranges the producing layers write (kmodel_v4.md §7.3: channel c of a map starts at
     (c // groups) * row_len * H lines + (c % groups) * row_pitch, so a part whose first channel is a
-    multiple of `groups` starts on a line of its own). Batch 1 only: a batch is one whole map."""
+    multiple of `groups` starts on a line of its own). A part may also be a KpuUpload of a CPU
+    result on the buffer's grid: the upload writes only its rows' valid bytes (kpu_semantics.md §2),
+    into its range. Batch 1 only: a batch is one whole map."""
 
     kind: ClassVar[str] = "kpu_concat"
 
@@ -243,15 +249,22 @@ class QuantMatMul(Op):
 
 def shift_copy(n) -> tuple[int, int] | None:
     """(cy, cx) if node n is a FloatKpuConv that copies its input shifted, out[i, j] = x[i + cy,
-    j + cx] (0 outside x): depthwise 3x3, no bias, clamp, function or pool, and in every channel one
-    tap of exactly 1 at (1 + cy, 1 + cx), the others 0 (kcc.passes.kernel_forms' `stack_kpu` views).
-    Quantized on its input's grid (kcc.quant.policy.copy_grids) it moves the codes exactly."""
+    j + cx] (0 outside x): depthwise 3x3, no bias, clamp, function or pool but a pick (which keeps
+    values), and in every channel one tap of exactly 1 at (1 + cy, 1 + cx), the others 0
+    (kcc.passes.kernel_forms' `stack_kpu` views; legalize_kpu's shifted stride-2 picks).
+    Quantized on its input's grid (kcc.quant.policy.copy_grids) it moves the codes exactly.
+    Also (0, 0) for a non-depthwise 1x1 layer with identity weights and a max pool or a pick
+    (legalize_kpu's pools of a map in KPU RAM): the max of codes on one grid is a code."""
     op = n.op
-    if not (isinstance(op, FloatKpuConv) and op.kernel == 3 and op.depthwise and op.pool == "bypass"
-            and op.fn is None and op.act == NO_CLAMP):
+    if not (isinstance(op, FloatKpuConv) and op.fn is None and op.act == NO_CLAMP):
         return None
     w, b = n.inputs[1], n.inputs[2]
     if not (w.is_constant and b.is_constant) or np.any(b.data != 0):
+        return None
+    if op.kernel == 1 and not op.depthwise and op.pool in PICK_POOLS + MAX_POOLS:
+        eye = np.eye(w.shape[0], dtype=np.float32)[:, :, None, None]
+        return (0, 0) if w.shape == eye.shape and np.array_equal(w.data, eye) else None
+    if not (op.kernel == 3 and op.depthwise and op.pool in PICK_POOLS):
         return None
     taps = np.argwhere(w.data[0, 0] != 0)
     if len(taps) != 1:

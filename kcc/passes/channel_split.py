@@ -26,6 +26,15 @@ The concatenation is an ordinary `Concat`: KPU layers read it after a copy out o
 concatenation on the uint8 codes (kcc.quant.policy.share_concat_grids) and an upload. Producers that
 wrote their channel ranges of one KPU buffer would save those copies (a KPU-RAM concatenation).
 
+A depthwise layer that would stay on the CPU for its weights' range alone (--weights-quantize-threshold,
+legalize_kpu) is cut the same way, exactly, by the range of each channel (`plan_range_split`): the
+channels within the threshold make one KPU layer and only the others run in float on the CPU. So that
+the KPU channels are one range, the producer (a plain conv read by the layer alone) and the readers
+(plain convs) take the layer's channels in the order [within, over]: the producer's weight rows and the
+readers' weight columns are permuted, which changes no reader's value. Where they cannot, each run of
+KPU channels is a layer of its own, if that still pays. kcc.quant then uploads the CPU part's output
+into its channel range of the KPU RAM buffer the KPU part writes (kcc.quant.quantize).
+
 A conv over more than 1024 *input* channels is not split here: the KPU cannot add partial sums of
 two layers exactly (each layer rounds to 8 bits). A fully-connected layer over more inputs runs as a
 uint8 matmul on the CPU instead (kcc.quant.quantize).
@@ -41,10 +50,10 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.options import CompileOptions
 from kcc.passes.dilated_conv import eliminate_dilated_conv
-from kcc.passes.legalize_kpu import legalize_kpu
+from kcc.passes.legalize_kpu import channels_over_threshold, legalize_kpu
 from kcc.passes.manager import CompileContext
 from kcc.passes.rotate180 import rotate180
-from kcc.target.k210 import MAX_CHANNELS
+from kcc.target.k210 import CPU_NODE_CYCLES, MAX_CHANNELS, cpu_cycles, kpu_layer_cost, kpu_map_cycles
 
 #: most groups a layer is cut into: each costs a KPU layer (~25 us) and a copy of its output
 MAX_GROUPS = 16
@@ -53,6 +62,8 @@ MAX_GROUPS = 16
 CHANNEL_ALIGN = 4
 #: what legalize_kpu says about a layer too big for one KPU layer: only these are cut
 SIZE_REASONS = ("KPU RAM:", "channels >", "weight loads >", "more than")
+#: what legalize_kpu says about weights too wide for the KPU: their depthwise channels are cut apart
+RANGE_REASON = "weights range"
 
 
 def _depthwise(n: Node) -> bool:
@@ -68,14 +79,21 @@ def _ranges(total: int, groups: int) -> list[tuple[int, int]]:
     return [(lo, min(total, lo + size)) for lo in range(0, total, size)]
 
 
-def _group_graph(n: Node, lo: int, hi: int) -> Graph:
-    """Channel group [lo, hi) of conv / matmul n as a graph of its own: input -> group -> output."""
+def _group_graph(n: Node, lo: int, hi: int, chans: list[int] | None = None) -> Graph:
+    """Channel group [lo, hi) of conv / matmul n (or its channels `chans`, in that order) as a graph of
+    its own: input -> group -> output."""
     g = Graph()
     x = n.inputs[0]
     w, b = n.inputs[1].data, n.inputs[2].data
+    if chans is not None:  # the channels as one group [0, len)
+        w, b = w[chans], b[chans]
+        lo, hi = 0, len(chans)
+    else:
+        w, b = w[..., lo:hi] if isinstance(n.op, O.MatMul) else w[lo:hi], b[lo:hi]
+        lo, hi = 0, hi - lo
     if isinstance(n.op, O.MatMul):
         xi = g.input(0, x.shape)
-        y = g.add(n.op, (xi, g.constant(w[:, lo:hi]), g.constant(b[lo:hi])), n.name)
+        y = g.add(n.op, (xi, g.constant(w), g.constant(b)), n.name)
         # a reader, so that legalize_kpu does not take the group for a small output head (which it
         # leaves in float); only the group's own placement counts (_placed)
         ones = g.constant(np.ones((hi - lo, 1), np.float32))
@@ -85,7 +103,7 @@ def _group_graph(n: Node, lo: int, hi: int) -> Graph:
         shape = (x.shape[0], hi - lo, *x.shape[2:]) if _depthwise(n) else x.shape
         xi = g.input(0, shape)
         op = O.Conv2D(n.op.stride, n.op.padding, n.op.dilation, hi - lo, n.op.act) if _depthwise(n) else n.op
-        y = g.add(op, (xi, g.constant(w[lo:hi]), g.constant(b[lo:hi])), n.name)
+        y = g.add(op, (xi, g.constant(w), g.constant(b)), n.name)
     g.outputs = [y]
     return g
 
@@ -127,15 +145,110 @@ def plan_groups(n: Node, opts: CompileOptions) -> list[tuple[int, int]] | None:
     return None
 
 
+def _runs(flags: list[bool]) -> list[tuple[int, int]]:
+    """The maximal ranges of equal consecutive flags."""
+    ends = [k for k in range(1, len(flags)) if flags[k] != flags[k - 1]] + [len(flags)]
+    return list(zip([0, *ends[:-1]], ends))
+
+
+def _cpu_conv_cycles(n: Node, channels: int) -> float:
+    """A float depthwise conv of `channels` of n's channels on the CPU (kcc.latency: conv2d_mac),
+    with the dequantize of its uint8 input and the quantize and upload of its output for KPU readers."""
+    _, _, h, w = n.inputs[0].shape
+    _, _, oh, ow = n.shape
+    k = n.inputs[1].shape[2] * n.inputs[1].shape[3]
+    upload = "kpu_upload_dma_byte" if ow % 64 == 0 else "kpu_upload_byte"
+    return (3 * CPU_NODE_CYCLES + channels * (cpu_cycles("conv2d_mac") * oh * ow * k + cpu_cycles("dequantize") * h * w
+                                              + (cpu_cycles("quantize") + cpu_cycles(upload)) * oh * ow))
+
+
+def _kpu_part_cycles(n: Node, channels: int, layers: int) -> float:
+    """`channels` of depthwise n as `layers` KPU layers (k210.kpu_layer_cost), with the upload of their
+    input: a bound, as the input may already be in KPU RAM (a KPU producer read by n alone)."""
+    _, _, h, w = n.inputs[0].shape
+    k = n.inputs[1].shape[2] * n.inputs[1].shape[3]
+    upload = "kpu_upload_dma_byte" if w % 64 == 0 else "kpu_upload_byte"
+    compute = kpu_layer_cost(kpu_map_cycles(channels, h, w, channels, True), channels * k)
+    return (compute + (layers - 1) * kpu_layer_cost(0, 0) + layers * CPU_NODE_CYCLES
+            + channels * h * w * cpu_cycles(upload))
+
+
+def _range_split_pays(n: Node, over: list[bool]) -> bool:
+    """Whether depthwise n cut into the runs of `over` (the wide channels on the CPU, each run of the
+    others a KPU layer) costs less than n in float on the CPU (kcc.target.k210's costs)."""
+    runs = [r for r in _runs(over) if not over[r[0]]]
+    within = sum(hi - lo for lo, hi in runs)
+    split = _kpu_part_cycles(n, within, len(runs)) + _cpu_conv_cycles(n, len(over) - within)
+    return split < _cpu_conv_cycles(n, len(over))
+
+
+def plan_range_split(n: Node, opts: CompileOptions) -> list[bool] | None:
+    """Per channel of depthwise n, whether it stays on the CPU, when n would stay there whole for its
+    weights' range alone (--weights-quantize-threshold; kcc.passes.legalize_kpu): the channels within
+    the threshold then make a KPU layer of their own and only the others run in float on the CPU.
+    Depthwise channels are independent, so the split is exact. None when no such split pays off
+    (kcc.target.k210's costs: the float conv of every channel against the KPU layer, its input's
+    upload and the float conv of the wide channels)."""
+    if not (_depthwise(n) and n.inputs[1].is_constant and n.inputs[2].is_constant):
+        return None
+    over = channels_over_threshold(n.inputs[1].data, opts)
+    if not any(over) or all(over):
+        return None
+    total = len(over)
+    fits, reason = _placed(_group_graph(n, 0, total), opts, n.name)
+    if fits or not reason.startswith(RANGE_REASON):
+        return None
+    within = [c for c in range(total) if not over[c]]
+    if not _placed(_group_graph(n, 0, 0, within), opts, n.name)[0]:
+        return None
+    kpu_first = [False] * len(within) + [True] * (total - len(within))  # one KPU layer (_permute_neighbours)
+    return over if _range_split_pays(n, kpu_first) else None
+
+
+def _permutable(g: Graph, n: Node) -> bool:
+    """Whether depthwise n's producer and readers can follow a permutation of its channels
+    (`_permute_neighbours`): the producer a plain conv read by n alone, every reader a plain conv
+    reading n as its input, neither n nor its producer a graph output."""
+    users = g.users()
+    outputs = {id(o) for o in g.outputs}
+    p, readers = n.inputs[0], users[n]
+
+    def plain(c: Node) -> bool:
+        return (isinstance(c.op, O.Conv2D) and c.op.groups == 1 and c.inputs[1].is_constant
+                and c.inputs[2].is_constant)
+
+    return (plain(p) and users[p] == [n] and id(p) not in outputs and id(n) not in outputs and bool(readers)
+            and all(plain(r) and r.inputs[0] is n and n not in r.inputs[1:] for r in readers))
+
+
+def _permute_neighbours(g: Graph, n: Node, order: list[int]) -> None:
+    """Depthwise n's channels taken in `order` by its neighbours (`_permutable`): the producer's weight
+    rows and bias, every reader's weight input columns; n itself is then cut with its weights in
+    `order` (`_split`). The readers' values are unchanged."""
+    p = n.inputs[0]
+    w, b = p.inputs[1].data, p.inputs[2].data
+    wc = g.insert_before(p, O.Constant(np.ascontiguousarray(w[order])), (), p.name + "/w_permuted")
+    bc = g.insert_before(p, O.Constant(np.ascontiguousarray(b[order])), (), p.name + "/b_permuted")
+    p.inputs = (p.inputs[0], wc, bc)
+    for r in g.users()[n]:
+        wr = r.inputs[1].data
+        wc = g.insert_before(r, O.Constant(np.ascontiguousarray(wr[:, order])), (), r.name + "/w_permuted")
+        r.inputs = (r.inputs[0], wc, r.inputs[2])
+
+
 def _slice(g: Graph, anchor: Node, x: Node, lo: int, hi: int, name: str) -> Node:
     begin = (0, lo, *(0,) * (x.type.rank - 2))
     end = (x.shape[0], hi, *x.shape[2:])
     return g.insert_before(anchor, O.StridedSlice(begin, end, (1,) * x.type.rank), (x,), name)
 
 
-def _split(g: Graph, n: Node, ranges: list[tuple[int, int]]) -> Node:
+def _split(g: Graph, n: Node, ranges: list[tuple[int, int]], order: list[int] | None = None) -> Node:
+    """n as its channel groups `ranges`, concatenated; of n's channels taken in `order` if given
+    (a depthwise layer whose producer and readers were permuted alike, `_permute_neighbours`)."""
     x, wn, bn = n.inputs
     w, b = wn.data, bn.data
+    if order is not None:
+        w, b = w[order], b[order]
     parts = []
     for k, (lo, hi) in enumerate(ranges):
         name = f"{n.name}/ch{lo}_{hi}"
@@ -217,17 +330,37 @@ def split_channels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     # itself, which has the same shapes)
     turned = g if ctx.quantization is not None or ctx.own_grids else rotate180(g)
     seen = {n.name: n for n in turned.nodes} if turned is not g else {}
-    cut = 0
+    cut = ranged = 0
     for n in list(g.nodes):
         if isinstance(n.op, (O.Conv2D, O.MatMul)):
             ranges = plan_groups(seen.get(n.name, n), opts)
             if ranges is not None:
                 g.substitute(n, _split(g, n, ranges), "/unsplit")
                 cut += 1
-    if cut:
+                continue
+            over = plan_range_split(seen.get(n.name, n), opts)
+            if over is not None:
+                # the KPU channels as one range: n's neighbours take its channels in that order, if
+                # they can; else every run of KPU channels is a layer of its own, if that still pays
+                order = None
+                if sum(not over[lo] for lo, _ in _runs(over)) > 1:
+                    if _permutable(g, n):
+                        order = [c for c in range(len(over)) if not over[c]] + [c for c in range(len(over)) if over[c]]
+                        _permute_neighbours(g, n, order)
+                        over = [over[c] for c in order]
+                    elif not _range_split_pays(n, over):
+                        continue
+                wide = [c if order is None else order[c] for c in range(len(over)) if over[c]]
+                ctx.log(f"   '{n.name.split(';')[0]}': channel(s) {', '.join(map(str, wide))} of {len(over)} over "
+                        f"--weights-quantize-threshold stay in float on the CPU, the other "
+                        f"{len(over) - len(wide)} go to the KPU")
+                g.substitute(n, _split(g, n, _runs(over), order), "/unsplit")
+                ranged += 1
+    if cut or ranged:
         _slices_of_concats(g)
         g.remove_dead()  # the cut layers no longer read their inputs
         if _push_into_producers(g):
             g.remove_dead()
+    if cut:
         ctx.log(f"   {cut} layer(s) split across channels to fit the KPU")
     return g

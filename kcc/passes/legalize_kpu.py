@@ -15,6 +15,9 @@ the pre-padded input (one row of pre-pad moves every KPU output row down by one)
   A depthwise layer takes the pick only when it needs no pre-pad (ncc never pairs depthwise with a
   pool; kpu_sim computes the pair as any other): a CPU pad of its full-size input costs more than
   the quarter-size slice;
+  When the centres are odd rows or columns (TFLite SAME on an even size), neither is needed: the
+  layer runs at stride 1 and a second KPU layer, a shifted depthwise copy with the left_top pick,
+  keeps rows 2i + 1 (`_shifted_pick`), when it costs less than the CPU pad and crop;
 * other strides: a slice with step s.
 A crop that keeps the whole (pooled) map is no slice at all: the layer's output stays in KPU RAM.
 Before all this, `rotate180` may turn the model's maps by 180° so that TFLite SAME stride-2 padding
@@ -25,6 +28,8 @@ reads; rows they affect are cropped, so they change nothing (the input is zero t
 Directly following ops are fused into the layer when the pre-pad/crop is trivial (kernel k with
 tflite padding k//2, stride 1): a max/mean pool the KPU pool unit implements, and an element-wise
 activation its 16-segment table can approximate (leaky_relu, logistic, tanh, hard_swish).
+A pool of a layer whose output something else reads unpooled is a second KPU layer, the same conv
+with the pool, when that costs less than the pool on the CPU (`_pooled_twins`).
 FULLY_CONNECTED (MatMul with constant weights) becomes a 1x1 KPU conv on a map padded to 4x4.
 Every convolution that stays on the CPU gets a reason in the returned placement list. Last, a
 per-channel PReLU may become two 1x1 KPU layers (kcc/passes/prelu_kpu.py), a residual add one
@@ -58,7 +63,10 @@ from kcc.target.k210 import (
     MAX_W,
     MAX_WEIGHT_LOADS,
     MIN_HW,
+    cpu_cycles,
     kpu_bytes,
+    kpu_layer_cost,
+    kpu_map_cycles,
     weight_loads,
 )
 from kcc.target.quant_rules import fixup_range, on_own_grid
@@ -109,6 +117,14 @@ def _weights_range(w: np.ndarray) -> float:
     return max(np.subtract(*fixup_range(float(c.min()), float(c.max()))[::-1]) for c in flat)
 
 
+def channels_over_threshold(w: np.ndarray, opts: CompileOptions) -> list[bool]:
+    """Per output channel of conv weights w [OC, ...]: whether its own range exceeds
+    --weights-quantize-threshold (what keeps the layer off the KPU, `_weights_reason`)."""
+    if on_own_grid(w):
+        return [False] * w.shape[0]
+    return [_weights_range(w[c:c + 1]) > opts.weights_quantize_threshold for c in range(w.shape[0])]
+
+
 def _weights_reason(w: np.ndarray, ranges_of: np.ndarray, opts: CompileOptions) -> str | None:
     """Why weights `w` (per-output-channel ranges taken over `ranges_of`) stay off the KPU, if they
     do: a range above --weights-quantize-threshold, unless they already lie on a grid."""
@@ -131,6 +147,7 @@ class _Legalizer:
         self.users = g.users()
         self.absorbed: set[int] = set()
         self.placements: list[Placement] = []
+        self.pads: dict[tuple[int, tuple], Node] = {}  # (input, paddings) -> its CPU pre-pad
 
     # ------------------------------------------------------------------ helpers
     def _single_user(self, n: Node) -> Node | None:
@@ -253,6 +270,11 @@ class _Legalizer:
         pick = sh == sw == 2
         ay = _axis_plan(h, op.padding[0][0], k, sh, oh, pick)
         ax = _axis_plan(wd, op.padding[1][0], k, sw, ow, pick)
+        # a pre-quantized model has a grid for the layer's output, none for a full-size map
+        if pick and (ay.pre or ay.post or ax.pre or ax.post or ay.crop or ax.crop) and self.fuse_mean_pools:
+            y = self._shifted_pick(n, x, wn, bn, w, op)
+            if y is not None:
+                return y
         why = ""
         if depthwise and pick and (ay.pre or ay.post or ax.pre or ax.post):
             # a pre-pad costs a CPU pad of the full-resolution map (and its upload), more than the
@@ -303,7 +325,10 @@ class _Legalizer:
         xin = self.map[id(x)]
         if ay.pre or ay.post or ax.pre or ax.post:
             pads = ((0, 0), (0, 0), (ay.pre, ay.post), (ax.pre, ax.post))
-            xin = g.add(O.Pad(pads, 0.0), (xin,), n.name + "/kpu_pad")
+            key = (id(xin), pads)  # layers pre-padding one input alike (channel groups) share the pad
+            if key not in self.pads:
+                self.pads[key] = g.add(O.Pad(pads, 0.0), (xin,), n.name + "/kpu_pad")
+            xin = self.pads[key]
         wc = self.map[id(wn)] if id(wn) in self.map and w is wn.data else g.constant(w, wn.name + "/kpu")
         bc = g.constant(b, bn.name) if id(bn) not in self.map else self.map[id(bn)]
         kop = KO.FloatKpuConv(k, depthwise, pool, op.act, fn)
@@ -323,7 +348,73 @@ class _Legalizer:
             node = self.users[node][0]
             self.absorbed.add(id(node))
             self.map[id(node)] = y
+        if trivial and not depthwise and pool == "bypass":
+            self._pooled_twins(tail, kop, (xin, wc, bc), (h, wd))
         return y
+
+    def _shifted_pick(self, n: Node, x: Node, wn: Node, bn: Node, w: np.ndarray, op: O.Conv2D) -> Node | None:
+        """A stride-2 conv whose output i is centred on input row 2i + oy (and column 2j + ox), oy or
+        ox 1 (TFLite SAME on an even size pads bottom/right only): neither pick reaches those rows
+        (module docstring). Two KPU layers serve it with no CPU pad or slice: the conv at stride 1 with
+        the KPU's own padding (row r centred on input row r: the same window and zeros as the model's
+        padding, wherever the model reads), then a 3x3 depthwise copy shifted by (oy, ox), one tap of
+        1 (kcc.ir.kpu_ops.shift_copy: on its input's grid it moves the codes exactly), whose
+        left_top_2_s2 pick keeps rows 2i + oy and columns 2j + ox. Taken when both maps fit and the
+        copy costs less than the CPU pre-pad, crop and copies out (kcc.target.k210's costs)."""
+        k = w.shape[2]
+        depthwise = op.groups > 1
+        nb, c, h, wd = x.shape
+        _, oc, oh, ow = n.shape
+        oy, ox = k // 2 - op.padding[0][0], k // 2 - op.padding[1][0]
+        if not ({oy, ox} <= {0, 1} and (h // 2, wd // 2) == (oh, ow) and MIN_HW <= h <= MAX_H
+                and MIN_HW <= wd <= MAX_W and h * wd <= MAX_MAP_PIXELS and oh >= MIN_HW // 2):
+            return None
+        full, picked = (nb, oc, h, wd), (nb, oc, oh, ow)
+        if max(kpu_bytes(x.shape) + kpu_bytes(full), kpu_bytes(full) + kpu_bytes(picked)) > KPU_RAM_SIZE:
+            return None
+        copy = kpu_layer_cost(kpu_map_cycles(oc, h, wd, oc, True), 9 * oc)
+        # the cheapest CPU form: the crop of the picked map (or the slice of the full one), its copy out
+        cpu = oc * oh * ow * cpu_cycles("strided_slice") + oc * oh * ow * cpu_cycles("kpu_download_byte")
+        if copy >= cpu:
+            return None
+        g = self.g
+        wc = self.map[id(wn)] if id(wn) in self.map and w is wn.data else g.constant(w, wn.name + "/kpu")
+        bc = g.constant(bn.data, bn.name) if id(bn) not in self.map else self.map[id(bn)]
+        y = g.add(KO.FloatKpuConv(k, depthwise, "bypass", op.act, None), (self.map[id(x)], wc, bc),
+                  n.name + "/full")
+        taps = np.zeros((oc, 1, 3, 3), np.float32)
+        taps[:, 0, 1 + oy, 1 + ox] = 1.0
+        y = g.add(KO.FloatKpuConv(3, True, "left_top_2_s2"),
+                  (y, g.constant(taps, n.name + "/shift"), g.constant(np.zeros(oc, np.float32), n.name + "/zero")),
+                  n.name)
+        what = f"{k}x{k}{' depthwise' if depthwise else ''}, pool bypass"
+        self.placements.append(Placement(n.name, "conv2d", True, f"{what} (stride 2 by a second KPU layer: "
+                                         f"a copy shifted by ({oy}, {ox}) with the left_top_2_s2 pick)"))
+        return y
+
+    def _pooled_twins(self, tail: Node, kop: KO.FloatKpuConv, ins: tuple[Node, Node, Node],
+                      hw: tuple[int, int]) -> None:
+        """A pool reading a layer's output that something else reads unpooled: the pool unit writes a
+        layer's pooled output only (kpu_semantics.md §3 step 5), so a second KPU layer, the same conv
+        with the pool, computes the pooled copy, when it costs less than the pool on the CPU
+        (kcc.target.k210's costs: the twin's KPU time against the pool's window taps)."""
+        x, w, _ = ins
+        c, oc = x.shape[1], w.shape[0]
+        for u in self.users[tail]:
+            if not isinstance(u.op, O.Pool2D):
+                continue
+            code = self._kpu_pool(u.op, *hw)
+            if code is None or (code.startswith("mean") and not self.fuse_mean_pools):
+                continue
+            twin = kpu_layer_cost(kpu_map_cycles(c, *hw, oc, False), w.type.size)
+            taps = u.type.size * u.op.filter[0] * u.op.filter[1] * cpu_cycles("window_tap")
+            if twin >= taps:
+                continue
+            op = KO.FloatKpuConv(kop.kernel, kop.depthwise, code, kop.act, kop.fn)
+            self.map[id(u)] = self.g.add(op, ins, u.name)
+            self.absorbed.add(id(u))
+            self.placements.append(Placement(u.name, "pool2d", True, f"{code}: a second KPU layer computes "
+                                             f"'{tail.name}' pooled, as its unpooled output is read too"))
 
     # ------------------------------------------------------------------ fully connected
     def matmul(self, n: Node) -> Node | None:
@@ -428,4 +519,36 @@ def legalize_kpu(g: Graph, ctx: CompileContext | None = None) -> Graph:
         ctx.placements.extend(Placement(name, "pool2d", True, _STREAM_POOL) for name in pools)
         ctx.placements.extend(Placement(name, "add", True, _STREAM_FORM) for name in done)
         ctx.placements.extend(Placement(name, "add", False, why) for name, why in kept.items())
+    if ctx.options.target != "cpu":
+        out = _pools_in_kpu_ram(out, ctx)
     return out
+
+
+def _pools_in_kpu_ram(g: Graph, ctx: CompileContext) -> Graph:
+    """A max pool left on the CPU whose input is a KPU layer's output (a layer made after the pools
+    were placed: prelu_kpu's, residual_kpu's; or a depthwise layer, which kcc never pools) becomes a
+    1x1 KPU layer with identity weights and the pool, reading the map in KPU RAM: on its input's grid
+    it moves the max of the codes exactly (kcc.ir.kpu_ops.shift_copy; non-depthwise, the pairing
+    nncase itself makes). Taken when it costs less than the pool's window taps on the CPU
+    (kcc.target.k210's costs); its placement replaces the pool's."""
+    done = {}
+    for n in list(g.nodes):
+        x = n.inputs[0] if n.inputs else None
+        if not (isinstance(n.op, O.Pool2D) and n.op.op == "max" and isinstance(x.op, KO.FloatKpuConv)):
+            continue
+        code = _Legalizer._kpu_pool(n.op, *x.shape[2:])
+        c, h, w = x.shape[1:]
+        if code is None or c > MAX_CHANNELS or min(h, w) < MIN_HW:
+            continue
+        layer = kpu_layer_cost(kpu_map_cycles(c, *x.shape[2:], c, False), c * c)
+        if layer >= n.type.size * n.op.filter[0] * n.op.filter[1] * cpu_cycles("window_tap"):
+            continue
+        eye = g.insert_before(n, O.Constant(np.eye(c, dtype=np.float32)[:, :, None, None]), (), n.name + "/eye")
+        zero = g.insert_before(n, O.Constant(np.zeros(c, np.float32)), (), n.name + "/zero")
+        done[n.name] = f"{code}: a 1x1 KPU layer with identity weights pools the map in KPU RAM"
+        g.substitute(n, g.insert_before(n, KO.FloatKpuConv(1, False, code), (x, eye, zero), n.name), "/cpu")
+    if done:
+        g.remove_dead()
+        ctx.placements[:] = [Placement(p.node, p.op, True, done[p.node]) if p.node in done and p.op == "pool2d"
+                             else p for p in ctx.placements]
+    return g

@@ -198,10 +198,18 @@ def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
             return layer(p.inputs[0], p)
         return p if isinstance(p.op, KO.FloatKpuConv) and p.name in ranges else None
 
+    def cpu_conv(p: Node, user: Node) -> Node | None:
+        """p, a float conv on the CPU read by user alone: quantized on the concatenation's grid, it is
+        uploaded into its channel range of the KPU RAM buffer (kcc.quant.quantize.kpu_concat_problem)."""
+        ok = isinstance(p.op, O.Conv2D) and id(p) not in outputs and users[p] == [user] and p.name in ranges
+        return p if ok else None
+
     for n in g.nodes:
         if not (isinstance(n.op, O.Concat) and n.op.axis == 1 and n.name in ranges):
             continue
         parts = [layer(p, n) for p in n.inputs]
+        if any(parts):  # the CPU convs among KPU layers (a depthwise layer cut by its weights' ranges)
+            parts = [q or cpu_conv(p, n) for p, q in zip(n.inputs, parts)]
         if not all(parts):
             continue
         lo = min(ranges[p.name][0] for p in parts)

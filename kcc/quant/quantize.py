@@ -16,7 +16,10 @@ A channel concatenation of KPU layers that KPU layers read is computed in place 
 copy-out, CPU concatenation or upload. That needs one grid for all parts, batch 1, and every part's
 first channel on a 64-byte line of its own (a multiple of the channels that share a line at the
 map's width, kmodel_v4.md §7.3); where a part misses any of it, the concatenation runs on the CPU as
-before, and its placement says why (`kpu_concat_problem`).
+before, and its placement says why (`kpu_concat_problem`). A float conv among the parts (the wide
+channels of a depthwise layer cut by its weights' ranges, kcc.passes.channel_split) is calibrated,
+put on the concatenation's grid (kcc.quant.policy.share_concat_grids), quantized and uploaded into its
+channel range.
 
 A QuantResidual(x) (decompose_kernels' residual channels) becomes, on the grid q its stack is read
 on: dequantize(quantize(x)) subtracted from x, quantized at gain times q's resolution. A KPU layer
@@ -104,6 +107,9 @@ def calibration_view(g: Graph) -> CalibrationView:
         elif uint8_matmul(n):  # a uint8 matmul on the CPU reads and writes grids (kcc.quant.cpu_matmul)
             points[id(n)] = n
             points[id(n.inputs[0])] = n.inputs[0]
+        elif isinstance(n.op, O.Concat) and any(isinstance(i.op, KO.FloatKpuConv) for i in n.inputs):
+            # a CPU conv among KPU layers may be uploaded into its range (policy.share_concat_grids)
+            points.update((id(i), i) for i in n.inputs if isinstance(i.op, O.Conv2D))
     return CalibrationView(view, list(points.values()), pre_activations)
 
 
@@ -205,6 +211,12 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
             # shifted copies are on their input's grid whatever their (and so the concat's) ranges say
             copies = all(KO.shift_copy(i) is not None for i in n.inputs)
             codes = None not in grids and len(grids) == 1 and (copies or n.name not in ranges or {own_grid(n)} == grids)
+        elif isinstance(op, O.Concat) and any(table[i].domain is Domain.KPU for i in n.inputs):
+            # KPU layers and float CPU convs all on the concatenation's grid (policy.share_concat_grids):
+            # the convs are quantized onto it, and uploaded into their channel ranges in KPU RAM
+            grids = {table[i].grid for i in n.inputs}
+            codes = (len(grids) == 1 and {own_grid(n)} == grids
+                     and all(on_codes(i) or isinstance(i.op, O.Conv2D) for i in n.inputs))
         if codes:
             table[n] = NodeQuant(Domain.CODES, table[n.inputs[0]].grid)
         else:
@@ -304,8 +316,15 @@ class _Rewriter:
                 for p in n.inputs:
                     self.written_into[p] = n
                 return self._once("kpu", n, lambda: self.g.add(
-                    KO.KpuConcat(), tuple(self.layer_of(p) for p in n.inputs), n.name + "/kpu"))
+                    KO.KpuConcat(), tuple(self._part_of(p) for p in n.inputs), n.name + "/kpu"))
         return self._once("kpu", n, lambda: self.g.add(KO.KpuUpload(), (self.u8_of(n),), n.name + "/upload"))
+
+    def _part_of(self, p: Node) -> Node:
+        """Part p of an in-place KPU RAM concatenation: a KPU layer writes its range, a float part is
+        uploaded into it, on the concatenation's grid (kcc.quant.policy.share_concat_grids)."""
+        if self.table[p].domain is Domain.KPU:
+            return self.layer_of(p)
+        return self.g.add(KO.KpuUpload(), (self.u8_of(p),), p.name + "/upload")
 
     def kpu_stack(self, n: Node) -> Node:
         """A multi-grid stack: its parts write their channel ranges of one buffer (a KpuConcat);
@@ -352,11 +371,14 @@ def kpu_concat_problem(n: Node, table: dict[Node, NodeQuant], written_into: dict
         return f"batch {n.shape[0]} (in KPU RAM each batch is a whole map)"
     if len({id(p) for p in n.inputs}) != len(n.inputs):
         return "it reads one part twice"
-    for p in n.inputs:
-        if table[p].domain is not Domain.KPU:
-            return f"its part '{p.name}' is a CPU {p.op.kind}, not a KPU layer's output"
     if table[n].domain is not Domain.CODES:
+        uploads = [p for p in n.inputs if table[p].domain is not Domain.KPU]
+        if uploads:
+            return f"its part '{uploads[0].name}' is a CPU {uploads[0].op.kind}, not a KPU layer's output"
         return "its parts are on different quantization grids"
+    for p in n.inputs:  # a float part on the grid is quantized and uploaded into its range
+        if table[p].domain not in (Domain.KPU, Domain.FLOAT):
+            return f"its part '{p.name}' is a CPU {p.op.kind}, not a KPU layer's output"
     _, _, h, w = n.shape
     at = 0
     for p in n.inputs:

@@ -272,10 +272,10 @@ def pool_reason(pool: Node, g: Graph, users: dict) -> str:
     x = pool.inputs[0]
     if isinstance(x.op, KO.FloatKpuConv):
         layer = f"'{short_name(model_name(x.name))}'"
+        if x.op.pool != "bypass":  # a stride-2 conv's shifted pick (legalize_kpu) is a depthwise copy
+            return f"the layer before it, {layer}, already uses the pool unit ({x.op.pool})"
         if x.op.depthwise:
             return f"the layer before it, {layer}, is depthwise (kcc, like ncc, never pools one)"
-        if x.op.pool != "bypass":
-            return f"the layer before it, {layer}, already uses the pool unit ({x.op.pool})"
         if len(users.get(x, ())) > 1 or any(o is x for o in g.outputs):
             return f"the output of the layer before it, {layer}, is also read unpooled"
         return _pool_shape_problem(pool.op)

@@ -449,3 +449,146 @@ def test_blazeblocks_stream_through_kpu_ram_as_relu_pairs(monkeypatch):
         assert len(concats) == 3
     # measured (worst of 4 samples, output steps): 3.40 on the KPU, 4.20 with the CPU adds and PReLUs
     assert err["kpu"] <= err["cpu"] and err["kpu"] <= 3.57, err
+
+
+def _dw_with_wide_channels(g, x, wide=(1, 6)):
+    """expand (1x1, 12 channels) -> 3x3 depthwise whose channels `wide` have a weight range of 100,
+    over --weights-quantize-threshold (64) -> project (1x1, 6)."""
+    relu6 = (0.0, 6.0)
+    y = g.add(O.Conv2D(act=relu6), (x, _const(g, (12, x.shape[1], 1, 1)), _const(g, (12,))), "expand")
+    w = rng.uniform(-1, 1, (12, 1, 3, 3)).astype(np.float32)
+    w[list(wide), 0, 0, 0], w[list(wide), 0, 2, 2] = -50.0, 50.0
+    y = g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), groups=12, act=relu6), (y, g.constant(w), _const(g, (12,))), "dw")
+    return g.add(O.Conv2D(), (y, _const(g, (6, 12, 1, 1)), _const(g, (6,))), "project")
+
+
+def test_a_depthwise_cut_by_its_weights_range_writes_its_cpu_channels_into_kpu_ram(monkeypatch):
+    """The two wide channels of the depthwise run in float on the CPU; the ten others are one KPU layer.
+    The CPU part, quantized on the grid of the concatenation, is uploaded into its channel range of the
+    KPU RAM buffer the KPU part writes, which the 1x1 projection reads: no copy-out, CPU concatenation
+    or re-upload of the KPU part. Every KPU layer equals the scalar reference; the projection reads the
+    KPU part's output and the upload side by side; the whole agrees with float."""
+    shape = (1, 4, 12, 40)
+    state = rng.bit_generator.state
+
+    def build():  # compiling edits the graph (split_channels): a fresh one, the same weights, each time
+        rng.bit_generator.state = state
+        g = Graph()
+        g.outputs = [_dw_with_wide_channels(g, g.input(0, shape))]
+        return g
+
+    g = build()
+    calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
+    want = run(g, calib[0])[0]
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    (concat,) = [p for p in res.placements if p.op == "concat"]
+    assert concat.on_kpu and "in place in KPU RAM" in concat.reason, concat
+    nodes = res.emitted.model.nodes
+    names = [n.opcode.kmodel_name for n in nodes]
+    # expansion cut in two (its rows follow the depthwise's channel order), the depthwise's KPU part,
+    # the projection; one float conv of 2 channels; the input's upload and the CPU part's
+    assert names.count("kpu_conv2d") == 4 and names.count("conv2d") == 1 and names.count("kpu_upload") == 2, names
+    assert "concat" not in names, names
+    assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 4
+    maps = layer_maps(res.kmodel, calib[0][0])
+    (dw_body, _, dw_out), (project, x_map, _) = maps[2], maps[3]
+    assert dw_out.shape[1] == 10 and x_map.shape[1] == 12
+    base = project.kpu_input().start
+    assert dw_body.kpu_output().start == base
+    (upload,) = [n.body for n in nodes if n.opcode.kmodel_name == "kpu_upload" and n.body.in_shape.c == 2]
+    assert upload.output.start == base + km.kpu_channel_offset(40, 12, 10)
+    np.testing.assert_array_equal(x_map[:, :10], dw_out)
+    got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
+    err = max_steps(got, want)
+    # against the whole depthwise in float on the CPU (no cut): the wide channels amplify the
+    # expansion's rounding in both forms; measured 13.77 steps cut, 18.48 whole
+    monkeypatch.setattr("kcc.passes.channel_split.plan_range_split", lambda n, opts: None)
+    whole = compile_graph(build(), CompileOptions(input_type="float"), samples=calib)
+    assert [n.opcode.kmodel_name for n in whole.emitted.model.nodes].count("kpu_conv2d") == 2
+    err_whole = max_steps(kpu_sim.load(whole.kmodel).run(calib[0])[0].reshape(want.shape), want)
+    assert err <= err_whole, (err, err_whole)
+
+
+def test_a_pool_of_a_layer_also_read_unpooled_is_a_bit_exact_twin_kpu_layer():
+    """conv -> (output, max pool -> 1x1 conv): the pool unit writes a layer's pooled output only, so
+    the same conv with max_2_s2 is a second KPU layer; no pool runs on the CPU, each layer equals the
+    scalar reference, and the pooled twin is exactly the max of the unpooled layer's codes."""
+    shape = (1, 4, 16, 16)
+    g = Graph()
+    x = g.input(0, shape)
+    y = g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), act=(0.0, 6.0)), (x, _const(g, (8, 4, 3, 3)), _const(g, (8,))),
+              "conv")
+    p = g.add(O.Pool2D("max", (2, 2), (2, 2)), (y,), "pool")
+    g.outputs = [y, g.add(O.Conv2D(), (p, _const(g, (4, 8, 1, 1)), _const(g, (4,))), "head")]
+    calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
+    want = run(g, calib[0])
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    assert names.count("kpu_conv2d") == 3 and "reduce_window2d" not in names, names
+    assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 3
+    (conv, _, unpooled), (twin, _, pooled), _ = layer_maps(res.kmodel, calib[0][0])
+    assert twin.layer.pool_type == km.KpuPoolType.MAX_2_S2 and twin.kpu_input() == conv.kpu_input()
+    # both outputs span ReLU6's [0, 6] on these samples: one grid, one integer pipeline
+    assert (conv.batch_norm, conv.activation) == (twin.batch_norm, twin.activation)
+    np.testing.assert_array_equal(pooled, unpooled.reshape(1, 8, 8, 2, 8, 2).max(axis=(3, 5)))
+    got = kpu_sim.load(res.kmodel).run(calib[0])
+    assert max(max_steps(a.reshape(b.shape), b) for a, b in zip(got, want)) <= 2.0
+
+
+SHIFTED_PICKS = [(False, ((0, 1), (0, 1))), (True, ((0, 1), (0, 1))), (False, ((0, 1), (1, 1))),
+                 (True, ((1, 1), (0, 1)))]
+
+
+@pytest.mark.parametrize("depthwise,padding", SHIFTED_PICKS, ids=[f"{'dw' if d else 'conv'}-{p[0]}{p[1]}" for d, p in SHIFTED_PICKS])
+def test_a_stride2_conv_centred_on_odd_rows_is_two_kpu_layers_without_cpu_pad_or_slice(depthwise, padding):
+    """TFLite SAME with stride 2 on an even size pads bottom/right only: output i is centred on input
+    row 2i+1, which neither pick reaches. The conv runs at stride 1 with the KPU's padding, then a
+    3x3 depthwise copy shifted by (1, 1) (or (1, 0), (0, 1)) picks rows 2i+oy, columns 2j+ox with
+    left_top_2_s2: no CPU pad, crop or slice. Both layers equal the scalar reference; the picked map is
+    exactly the full map's codes at those rows and columns; the whole agrees with float."""
+    shape, c = (1, 8, 16, 20), 8
+    g = Graph()
+    x = g.input(0, shape)
+    wshape = (c, 1, 3, 3) if depthwise else (c, shape[1], 3, 3)
+    y = g.add(O.Conv2D((2, 2), padding, groups=c if depthwise else 1, act=(0.0, 6.0)),
+              (x, _const(g, wshape), _const(g, (c,))), "conv")
+    g.outputs = [g.add(O.Conv2D(), (y, _const(g, (4, c, 1, 1)), _const(g, (4,))), "head")]
+    calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
+    want = run(g, calib[0])[0]
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    assert names.count("kpu_conv2d") == 3 and not {"pad", "strided_slice", "conv2d"} & set(names), names
+    assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 3
+    (full, _, full_map), (pick, x_map, picked), _ = layer_maps(res.kmodel, calib[0][0])
+    assert pick.layer.pool_type == km.KpuPoolType.LEFT_TOP_2_S2 and full_map.shape[2:] == (16, 20)
+    oy, ox = 1 - padding[0][0], 1 - padding[1][0]
+    np.testing.assert_array_equal(picked, full_map[:, :, oy::2, ox::2])
+    got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
+    assert max_steps(got, want) <= 2.0, f"max error {max_steps(got, want):.2f} steps"
+
+
+def test_a_max_pool_of_a_depthwise_layer_pools_the_map_in_kpu_ram_exactly():
+    """kcc never fuses a pool behind a depthwise layer (nncase never pairs them): the max pool becomes a
+    1x1 KPU layer with identity weights and max_2_s2 reading the depthwise's output in KPU RAM (no
+    copy-out, no CPU pool). On its input's grid it writes exactly the max of the codes; each layer
+    equals the scalar reference; the whole agrees with float."""
+    shape = (1, 8, 16, 16)
+    g = Graph()
+    x = g.input(0, shape)
+    y = g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), groups=8, act=(0.0, 6.0)),
+              (x, _const(g, (8, 1, 3, 3)), _const(g, (8,))), "dw")
+    p = g.add(O.Pool2D("max", (2, 2), (2, 2)), (y,), "pool")
+    g.outputs = [g.add(O.Conv2D(), (p, _const(g, (4, 8, 1, 1)), _const(g, (4,))), "head")]
+    calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
+    want = run(g, calib[0])[0]
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    (pool,) = [pl for pl in res.placements if pl.node == "pool"]
+    assert pool.on_kpu and "identity weights" in pool.reason, pool
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    assert names.count("kpu_conv2d") == 3 and "reduce_window2d" not in names and "dequantize" not in names[:-1], names
+    assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 3
+    (dw, _, dw_out), (pooling, x_map, pooled), _ = layer_maps(res.kmodel, calib[0][0])
+    assert pooling.layer.pool_type == km.KpuPoolType.MAX_2_S2 and pooling.kpu_input() == dw.kpu_output()
+    np.testing.assert_array_equal(pooled, dw_out.reshape(1, 8, 8, 2, 8, 2).max(axis=(3, 5)))
+    got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
+    assert max_steps(got, want) <= 2.0, f"max error {max_steps(got, want):.2f} steps"

@@ -127,3 +127,72 @@ def test_the_cpu_target_cuts_nothing():
     g.outputs = [_conv(g, x, 1100, 1, name="head")]
     out = split_channels(g, CompileContext(CompileOptions(target="cpu")))
     assert len(_ops(out, O.Conv2D)) == 1 and not _ops(out, O.Concat)
+
+
+def _wide(g, dw_name, wide):
+    """Give depthwise `dw_name`'s channels `wide` a weight range of 100 (over the threshold, 64)."""
+    dw = g.find(dw_name)
+    w = dw.inputs[1].data.copy()
+    w[wide, 0, 0, 0], w[wide, 0, 2, 2] = -50.0, 50.0
+    dw.inputs = (dw.inputs[0], g.insert_before(dw, O.Constant(w), (), dw_name + "/w_wide"), dw.inputs[2])
+
+
+def test_a_depthwise_over_the_weights_threshold_keeps_only_its_wide_channels_on_the_cpu():
+    """Channels 1 and 6 of a 12-channel depthwise exceed --weights-quantize-threshold: the others are one
+    KPU layer and only the two wide ones run in float on the CPU. Its producer and reader take the
+    channels in the order [the ten within, the two wide] (weights permuted, values unchanged), so the
+    KPU part reads one expansion group from KPU RAM and writes one range of the reader's input."""
+    def build():
+        g = Graph()
+        x = g.input(0, (1, 4, 40, 40))
+        y = _conv(g, x, 12, 1, act=RELU6, name="expand")
+        y = _conv(g, y, 12, 3, groups=12, act=RELU6, name="dw")
+        g.outputs = [_conv(g, y, 6, 1, name="project")]
+        _wide(g, "dw", [1, 6])
+        return g
+
+    out, placements = _check(build, (1, 4, 40, 40))
+    dws = [n for n in _ops(out, O.Conv2D) if n.op.groups > 1]
+    assert [(n.name, n.shape[1]) for n in dws] == [("dw/ch0_10", 10), ("dw/ch10_12", 2)]
+    assert [n.inputs[0].name for n in dws] == ["expand/ch0_10", "expand/ch10_12"]
+    assert not _ops(out, O.StridedSlice)
+    (concat,) = _ops(out, O.Concat)
+    assert concat.inputs == tuple(dws) and concat.name == "dw"
+    on_cpu = [p.node for p in placements if not p.on_kpu]
+    assert on_cpu == ["dw/ch10_12"], placements
+    lines = []
+    split_channels(build(), CompileContext(CompileOptions(), log=lines.append))
+    assert lines == ["   'dw': channel(s) 1, 6 of 12 over --weights-quantize-threshold stay in float on the CPU, "
+                     "the other 10 go to the KPU"]
+
+
+def test_a_depthwise_whose_neighbours_cannot_follow_is_cut_into_runs():
+    """The depthwise's input is the graph input (no producer to permute): the channels are cut into
+    runs in their own order, [0, 1) [1, 2) [2, 6) [6, 7) [7, 12), the wide ones on the CPU, when that
+    still costs less than the whole layer in float."""
+    def build():
+        g = Graph()
+        x = g.input(0, (1, 12, 40, 40))
+        y = _conv(g, x, 12, 3, groups=12, act=RELU6, name="dw")
+        g.outputs = [_conv(g, y, 6, 1, name="project")]
+        _wide(g, "dw", [1, 6])
+        return g
+
+    out, placements = _check(build, (1, 12, 40, 40))
+    dws = [n for n in _ops(out, O.Conv2D) if n.name.startswith("dw/")]  # one channel: groups 1
+    assert [n.name for n in dws] == ["dw/ch0_1", "dw/ch1_2", "dw/ch2_6", "dw/ch6_7", "dw/ch7_12"]
+    on_cpu = [p.node for p in placements if not p.on_kpu]
+    assert on_cpu == ["dw/ch1_2", "dw/ch6_7"], placements
+
+
+def test_a_depthwise_with_every_channel_or_none_over_the_threshold_is_left_alone():
+    for wide in ([], list(range(12))):
+        g = Graph()
+        x = g.input(0, (1, 4, 40, 40))
+        y = _conv(g, x, 12, 1, act=RELU6, name="expand")
+        y = _conv(g, y, 12, 3, groups=12, act=RELU6, name="dw")
+        g.outputs = [_conv(g, y, 6, 1, name="project")]
+        _wide(g, "dw", wide)
+        n = len(g.nodes)
+        out = split_channels(g, CompileContext(CompileOptions()))
+        assert len(out.nodes) == n and not _ops(out, O.Concat)

@@ -219,11 +219,12 @@ def test_depthwise_stacks_only_within_the_weight_budget():
 
 
 def test_oversized_stride2_stem_goes_polyphase():
-    """A 3x3 stride-2 conv of a 256x256 map needs a 258-row KPU input: its phases are 128x128."""
-    g = _conv_graph(3, 8, 256, 256, 3, 3, (2, 2), ((0, 1), (0, 1)), act=O.NO_CLAMP)
+    """A 3x3 stride-2 conv of a 260x260 map needs a 262-row KPU input (pre-padded) or a 260-row one
+    (at stride 1, then a shifted pick), over the KPU's 256: its phases are 130x130."""
+    g = _conv_graph(3, 8, 260, 260, 3, 3, (2, 2), ((0, 1), (0, 1)), act=O.NO_CLAMP)
     _, placements = legalize(g)
     assert not placements[0].on_kpu
-    xi = rng.uniform(-1, 1, (1, 3, 256, 256)).astype(np.float32)
+    xi = rng.uniform(-1, 1, (1, 3, 260, 260)).astype(np.float32)
     want = run(g, [xi])[0]
     ctx = CompileContext()
     g = D.decompose_kernels(g, ctx)

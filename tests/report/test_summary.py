@@ -145,29 +145,85 @@ def test_a_pool_the_kpu_fuses_needs_no_reason(tmp_path):
     assert "pool max_2_s2" in placement[0]["reason"]
 
 
+def _avgpool(b, x, f: int, s: int, name: str):
+    return b.op("AVERAGE_POOL_2D", [x], padding="VALID", filter_width=f, filter_height=f, stride_w=s, stride_h=s,
+                name=name)
+
+
 @pytest.mark.parametrize("case, expected", [
     ("window", "its 3x3 window, stride 2 is not one the KPU's pool unit has"),
     ("depthwise", "the layer before it, 'dw', is depthwise"),
     ("two_readers", "the output of the layer before it, 'conv', is also read unpooled"),
-    ("strided", "the conv before it, 'conv', is cropped on the CPU after the KPU"),
+    ("strided", "the layer before it, 'conv', already uses the pool unit (left_top_2_s2)"),
+    ("stride3", "the conv before it, 'conv', is cropped on the CPU after the KPU"),
     ("input", "its input comes from the model input on the CPU"),
 ])
 def test_every_pool_on_the_cpu_says_which_kpu_limit_it_misses(tmp_path, case, expected):
+    """Mean pools where a max pool would be a KPU layer of its own reading the map in KPU RAM
+    (legalize_kpu's identity pools, max only: the KPU's mean pools floor)."""
     def build(b, x, rng):
         if case == "window":
             return _maxpool(b, _conv(b, x, 8, 8, 3, "conv", rng), 3, 2, "pool")
         if case == "depthwise":
-            return _maxpool(b, _conv(b, x, 8, 8, 3, "dw", rng, depthwise=True), 2, 2, "pool")
-        if case == "two_readers":
-            y = _conv(b, x, 8, 8, 3, "conv", rng)
-            pooled = _maxpool(b, y, 2, 2, "pool")
+            return _avgpool(b, _conv(b, x, 8, 8, 3, "dw", rng, depthwise=True), 2, 2, "pool")
+        if case == "two_readers":  # 384 channels of 4x4: a pooled twin KPU layer would cost more than the pool
+            y = _conv(b, x, 384, 384, 3, "conv", rng)
+            pooled = _avgpool(b, y, 2, 2, "pool")
             b.output(y)
             return pooled
-        if case == "strided":
-            return _maxpool(b, _conv(b, x, 8, 8, 3, "conv", rng, stride=2), 2, 2, "pool")
+        if case in ("strided", "stride3"):
+            pool = _avgpool if case == "strided" else _maxpool
+            return pool(b, _conv(b, x, 8, 8, 3, "conv", rng, stride=2 if case == "strided" else 3), 2, 2, "pool")
         return _conv(b, _maxpool(b, x, 2, 2, "pool"), 8, 8, 3, "conv", rng)
-    reason = _pool_reason(tmp_path, build)
-    assert reason.startswith("max pool in float on the CPU: ") and expected in reason, reason
+    reason = _pool_reason(tmp_path, build, (1, 4, 4, 384) if case == "two_readers" else (1, 16, 16, 8))
+    kind = "mean" if case in ("depthwise", "two_readers", "strided") else "max"
+    assert reason.startswith(f"{kind} pool in float on the CPU: ") and expected in reason, reason
+
+
+@pytest.mark.parametrize("case", ["depthwise", "two_readers", "strided"])
+def test_a_max_pool_of_a_kpu_layer_it_cannot_fuse_with_pools_the_map_in_kpu_ram(tmp_path, case):
+    """The same max pools: a 1x1 KPU layer with identity weights and the pool reads the map in KPU RAM."""
+    def build(b, x, rng):
+        if case == "depthwise":
+            return _maxpool(b, _conv(b, x, 8, 8, 3, "dw", rng, depthwise=True), 2, 2, "pool")
+        if case == "two_readers":
+            y = _conv(b, x, 384, 384, 3, "conv", rng)
+            b.output(y)
+            return _maxpool(b, y, 2, 2, "pool")
+        return _maxpool(b, _conv(b, x, 8, 8, 3, "conv", rng, stride=2), 2, 2, "pool")
+    shape = (1, 4, 4, 384) if case == "two_readers" else (1, 16, 16, 8)
+    b = _builder.TfliteBuilder()
+    x = b.input(list(shape), name="image")
+    b.output(build(b, x, np.random.default_rng(5)))
+    (tmp_path / "p.tflite").write_bytes(b.build())
+    data = _raw_dataset(tmp_path / "data", (shape[0], shape[3], *shape[1:3]))
+    rep = tmp_path / "rep"
+    assert main(["compile", str(tmp_path / "p.tflite"), str(tmp_path / "p.kmodel"), "--dataset", str(data),
+                 "--dataset-format", "raw", "-q", "--report", str(rep)]) == 0
+    placement = {p["node"]: p for p in json.loads((rep / "report.json").read_text())["placement"]}
+    assert placement["pool"]["on_kpu"], placement["pool"]
+    assert placement["pool"]["reason"] == "max_2_s2: a 1x1 KPU layer with identity weights pools the map in KPU RAM"
+
+
+def test_a_pool_of_a_layer_also_read_unpooled_is_a_second_kpu_layer(tmp_path):
+    """The pool unit writes a layer's pooled output only: when the unpooled output is read too, the
+    same conv with the pool is a second KPU layer (cheaper than the pool on the CPU), and both
+    outputs are the KPU's."""
+    def build(b, x, rng):
+        y = _conv(b, x, 8, 8, 3, "conv", rng)
+        b.output(y)
+        return _maxpool(b, y, 2, 2, "pool")
+    b = _builder.TfliteBuilder()
+    x = b.input([1, 16, 16, 8], name="image")
+    b.output(build(b, x, np.random.default_rng(5)))
+    (tmp_path / "p.tflite").write_bytes(b.build())
+    data = _raw_dataset(tmp_path / "data", (1, 8, 16, 16))
+    rep = tmp_path / "rep"
+    assert main(["compile", str(tmp_path / "p.tflite"), str(tmp_path / "p.kmodel"), "--dataset", str(data),
+                 "--dataset-format", "raw", "-q", "--report", str(rep)]) == 0
+    placement = {p["node"]: p for p in json.loads((rep / "report.json").read_text())["placement"]}
+    assert placement["conv"]["on_kpu"] and placement["pool"]["on_kpu"], placement
+    assert placement["pool"]["reason"].startswith("max_2_s2: a second KPU layer computes 'conv' pooled")
 
 
 def test_ranking_uses_the_in_range_sqnr_only_where_the_range_clips_on_purpose():
