@@ -54,7 +54,7 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.options import CompileOptions
 from kcc.passes.kernel_cost import Where, alone, on_kpu, surroundings
-from kcc.passes.kernel_forms import Form, emit, plan_terms, shift_plan
+from kcc.passes.kernel_forms import Form, copy_plan, emit, plan_terms, shift_plan
 from kcc.passes.kernel_terms import axis_terms, max_zero_taps
 from kcc.passes.manager import CompileContext
 from kcc.target.k210 import (
@@ -89,14 +89,14 @@ KPU_LAYER_BYTES = 768
 #: ones in groups of 4: 608 layers, ~540 KiB each)
 STACK_KPU_BYTES = 128 * 1024
 
-def _stack_groups(c: int, j: int, budget: int) -> list[int]:
-    """Channels per layer of each depthwise stack of j terms worth trying (c: one layer), fewest
-    layers first: the weights (9*j*g per channel) within `budget` bytes, j*g input channels,
-    at most MAX_STACK_GROUPS layers, and then twice, four times... as many layers, since a stack
-    whose input fits in KPU RAM only in smaller groups (BlazePalm's 96x96 maps with their residual)
-    is worth more layers."""
-    g = min(c, MAX_CHANNELS // j, budget // (9 * j * c))
-    while g > 0 and weight_loads(g, j * g, 3, False)[1] >= MAX_WEIGHT_LOADS:  # load_time is 6 bits
+def _stack_groups(c: int, j: int, budget: int, k: int = 3) -> list[int]:
+    """Channels per layer of each depthwise stack of j terms (k x k kernels) worth trying (c: one
+    layer), fewest layers first: the weights (k*k*j*g per channel) within `budget` bytes, j*g input
+    channels, at most MAX_STACK_GROUPS layers, and then twice, four times... as many layers, since a
+    stack whose input fits in KPU RAM only in smaller groups (BlazePalm's 96x96 maps with their
+    residual) is worth more layers."""
+    g = min(c, MAX_CHANNELS // j, budget // (k * k * j * c))
+    while g > 0 and weight_loads(g, j * g, k, False)[1] >= MAX_WEIGHT_LOADS:  # load_time is 6 bits
         g -= 1
     out: list[int] = []
     layers = -(-c // g) if g else MAX_STACK_GROUPS + 1
@@ -140,46 +140,48 @@ def _plans(n: Node, residual: bool = False, halves: bool = False, bulk: float = 
                 continue
             if split == (sh, sw) and j * c <= MAX_CHANNELS and j * c * c + 9 * j * c <= STACK_WEIGHT_BUDGET:
                 out.append(Form(split, z, "stack_dw"))
-    shifted = shift_plan(n)
-    if shifted is not None and len(shifted) > 1:
-        out += _stack_kpu_plans(n, len(shifted), residual, halves, bulk)
+    for combine, plan in (("stack_kpu", shift_plan(n)), ("copies_kpu", copy_plan(n))):
+        if plan is not None and len(plan) > 1:
+            out += _stack_kpu_plans(n, len(plan), residual, halves, bulk, combine)
     return out
 
 
-def _stack_kpu_plans(n: Node, j: int, residual: bool, halves: bool, bulk: float) -> list[Form]:
-    """The `stack_kpu` candidates of conv n with j shifted copies (twice as many with the residual),
-    within a stack's limits (`_plans`)."""
+def _stack_kpu_plans(n: Node, j: int, residual: bool, halves: bool, bulk: float,
+                     combine: str = "stack_kpu") -> list[Form]:
+    """The `stack_kpu` (3x3 combine) or `copies_kpu` (1x1 combine) candidates of conv n with j shifted
+    copies (twice as many with the residual), within a stack's limits (`_plans`)."""
     op: O.Conv2D = n.op
     x, w, _ = n.inputs
-    c = x.shape[1]
+    c, k = x.shape[1], 3 if combine == "stack_kpu" else 1
     out = []
     for views, extra in ((j, False), (2 * j, True)) if residual else ((j, False),):
         if op.groups == 1:
-            loads = weight_loads(w.shape[0], views * c, 3, False)[1] + 1
+            loads = weight_loads(w.shape[0], views * c, k, False)[1] + 1
             fits = _stack_kpu_ram(x.shape, views, c, 2 if extra else 1, w.shape[0]) <= KPU_RAM_SIZE
             if views * c <= MAX_CHANNELS and loads <= MAX_WEIGHT_LOADS and fits:
-                out += [Form((1, 1), (0, 0), "stack_kpu", residual=extra, halves=h, bulk=bulk if h else 0.0)
+                out += [Form((1, 1), (0, 0), combine, residual=extra, halves=h, bulk=bulk if h else 0.0)
                         for h in sorted({False, halves})]
             continue
-        groups = set(_stack_groups(c, views, STACK_WEIGHT_BUDGET) + _stack_groups(c, views, MAX_STACK_WEIGHT))
+        groups = set(_stack_groups(c, views, STACK_WEIGHT_BUDGET, k) + _stack_groups(c, views, MAX_STACK_WEIGHT, k))
         # the copies are concatenated in place only if each starts on a 64-byte line of its own
         # (channels per line at x's width: 4 up to width 16, 2 up to 32): groups of a multiple of that too
         line = kpu_row_layout(x.shape[3]).groups
         aligned = {g // line * line for g in groups if g >= line} | {-(-g // line) * line for g in groups}
-        groups |= {g for g in aligned if _stack_group_fits(c, views, g)}
+        groups |= {g for g in aligned if _stack_group_fits(c, views, g, k)}
         # every group is views + 1 KPU layers: within STACK_KPU_BYTES with their weights
-        groups = sorted((g for g in groups if _stack_kpu_bytes(c, views, g) <= STACK_KPU_BYTES
+        groups = sorted((g for g in groups if _stack_kpu_bytes(c, views, g, k) <= STACK_KPU_BYTES
                          and _stack_kpu_ram(x.shape, views, g, 2 if extra else 1, c) <= KPU_RAM_SIZE), reverse=True)
-        out += [Form((1, 1), (0, 0), "stack_kpu", 0 if g == c else g, extra, h, bulk if h else 0.0)
+        out += [Form((1, 1), (0, 0), combine, 0 if g == c else g, extra, h, bulk if h else 0.0)
                 for h in sorted({False, halves}) for g in groups]
     return out
 
 
-def _stack_kpu_bytes(c: int, views: int, g: int) -> int:
-    """kmodel bytes of a depthwise `stack_kpu` of c channels in groups of g: per group, `views` copy
-    layers and the stacked layer, each KPU_LAYER_BYTES plus its weights."""
+def _stack_kpu_bytes(c: int, views: int, g: int, k: int = 3) -> int:
+    """kmodel bytes of a depthwise `stack_kpu` (k = 3) or `copies_kpu` (k = 1) of c channels in groups
+    of g: per group, `views` copy layers and the stacked k x k layer, each KPU_LAYER_BYTES plus its
+    weights (k*k*views*g per channel of the stacked layer, 9 per channel of a copy)."""
     groups = -(-c // g)
-    return groups * (views + 1) * KPU_LAYER_BYTES + 9 * views * g * c + 9 * views * c
+    return groups * (views + 1) * KPU_LAYER_BYTES + k * k * views * g * c + 9 * views * c
 
 
 def _stack_kpu_ram(shape: tuple, views: int, g: int, sources: int, oc: int) -> int:
@@ -191,11 +193,11 @@ def _stack_kpu_ram(shape: tuple, views: int, g: int, sources: int, oc: int) -> i
     return kpu_bytes((nb, views * g, h, w)) + sources * kpu_bytes((nb, g, h, w)) + kpu_bytes((nb, oc, h, w))
 
 
-def _stack_group_fits(c: int, views: int, g: int) -> bool:
-    """Groups of g of c channels, each stacking `views` views, within the limits of `_stack_groups`
-    (MAX_STACK_WEIGHT, MAX_CHANNELS, MAX_STACK_GROUPS, the weight loads)."""
-    return (0 < g <= c and 9 * views * g * c <= MAX_STACK_WEIGHT and views * g <= MAX_CHANNELS
-            and -(-c // g) <= MAX_STACK_GROUPS and weight_loads(g, views * g, 3, False)[1] < MAX_WEIGHT_LOADS)
+def _stack_group_fits(c: int, views: int, g: int, k: int = 3) -> bool:
+    """Groups of g of c channels, each stacking `views` views in a k x k layer, within the limits of
+    `_stack_groups` (MAX_STACK_WEIGHT, MAX_CHANNELS, MAX_STACK_GROUPS, the weight loads)."""
+    return (0 < g <= c and k * k * views * g * c <= MAX_STACK_WEIGHT and views * g <= MAX_CHANNELS
+            and -(-c // g) <= MAX_STACK_GROUPS and weight_loads(g, views * g, k, False)[1] < MAX_WEIGHT_LOADS)
 
 
 def _lines_apart(n: Node, plan: Form) -> bool:
@@ -204,7 +206,7 @@ def _lines_apart(n: Node, plan: Form) -> bool:
     x = n.inputs[0]
     c, line = x.shape[1], kpu_row_layout(x.shape[3]).groups
     g = plan.group or c
-    return plan.combine == "stack_kpu" and g % line == 0 and (c % g) % line == 0
+    return plan.combine in ("stack_kpu", "copies_kpu") and g % line == 0 and (c % g) % line == 0
 
 
 class Status(Enum):
@@ -235,7 +237,7 @@ def extra_roundings(n: Node, plan: Form, float_input: bool, read_in_float: bool 
     (each is rounded to 8 bits over its own, unclamped range), one for a float input read without
     its residual, one for an output read in float (`_read_in_float`) not computed in parts
     (`Form.halves`). An output a KPU layer reads is rounded to 8 bits either way."""
-    partial = plan.combine not in ("stack", "stack_kpu") and len(plan_terms(n, plan) or ()) > 1
+    partial = plan.combine not in ("stack", "stack_kpu", "copies_kpu") and len(plan_terms(n, plan) or ()) > 1
     return int(partial) + int(float_input and not plan.residual) + int(read_in_float and not plan.halves)
 
 

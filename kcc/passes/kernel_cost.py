@@ -118,10 +118,11 @@ def is_kpu_layer(v: Node) -> bool:
 
 def _kpu_concat(n: Node, users: dict, out_readers_kpu: bool | None = None) -> bool:
     """n is a channel concatenation that kcc.quant.quantize computes in place in KPU RAM
-    (`kpu_concat_problem`): batch 1, of distinct KPU layers read by it alone, each part starting on a
-    64-byte line of its own, read by KPU layers only (`out_readers_kpu` for the graph's output: its
-    readers are in the model). The parts share one grid: the shifted copies of a `stack_kpu`
-    (kcc.quant.policy.copy_grids), a depthwise stack's channel groups (share_concat_grids)."""
+    (`kpu_concat_problem`): batch 1, of distinct KPU layers read by it (and by other KPU layers
+    only), each part starting on a 64-byte line of its own, read by KPU layers only (`out_readers_kpu`
+    for the graph's output: its readers are in the model). The parts share one grid: the shifted
+    copies of a `stack_kpu` or `copies_kpu` (kcc.quant.policy.copy_grids), a depthwise stack's channel
+    groups (share_concat_grids)."""
     if not (isinstance(n.op, O.Concat) and n.op.axis == 1 and n.shape[0] == 1):
         return False
     readers = out_readers_kpu if out_readers_kpu is not None else bool(users.get(n)) and all(is_kpu_layer(u) for u in users[n])
@@ -129,7 +130,9 @@ def _kpu_concat(n: Node, users: dict, out_readers_kpu: bool | None = None) -> bo
         return False
     groups, at = kpu_row_layout(n.shape[3]).groups, 0
     for p in n.inputs:
-        if not is_kpu_layer(p) or len(users[p]) != 1 or users[p][0] is not n or at % groups:
+        # a part other KPU layers read too is read where it was written (a `copies_kpu` unit copy)
+        others = [u for u in users[p] if u is not n]
+        if not is_kpu_layer(p) or len(users[p]) - len(others) != 1 or not all(map(is_kpu_layer, others)) or at % groups:
             return False
         at += p.shape[1]
     return True
