@@ -18,7 +18,11 @@ field); the fewest layers and 2, 4, ... times as many are tried, since smaller g
 where larger ones do not. `stack_dw` needs J*C <= 1024 and the budget. A `stack_kpu` (stride 1,
 "same", kernels up to 5x5: nine shifted copies made by KPU layers) also takes groups of a multiple of
 the channels a KPU RAM line holds (so that its copies concatenate in place), its layers and weights
-within STACK_KPU_BYTES of kmodel, and a group's copies within KPU RAM (`_stack_kpu_ram`).
+within STACK_KPU_BYTES of kmodel, and a group's copies within KPU RAM (`_stack_kpu_ram`); a
+`copies_kpu` (25 copies, a 1x1 combine: 25 instead of 81 weight bytes per channel pair, but 26
+instead of 10 KPU layers of ~768 B a group, so rarely fewer bytes in all) the same. A model may give
+its convs MODEL_KPU_BYTES more between them for such stacks (`allot`: the most estimated time saved
+per extra byte first); kcc.pipeline takes that back from a model it puts over the device RAM budget.
 Each candidate is legalized on its own (a few-node graph) and must land wholly on the KPU, and is
 costed in estimated K210 cycles (`estimate_cycles`: every node the kmodel will hold for it, priced as
 `kcc info --estimate` prices them, kcc.latency with kcc.target.k210's costs: KPU layers, uploads and
@@ -53,7 +57,7 @@ from kcc.eval.interpreter import run
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.options import CompileOptions
-from kcc.passes.kernel_cost import Where, alone, on_kpu, surroundings
+from kcc.passes.kernel_cost import KPU_LAYER_BYTES, Where, alone, kmodel_bytes, on_kpu, surroundings
 from kcc.passes.kernel_forms import Form, copy_plan, emit, plan_terms, shift_plan
 from kcc.passes.kernel_terms import axis_terms, max_zero_taps
 from kcc.passes.manager import CompileContext
@@ -80,14 +84,20 @@ MAX_STACK_WEIGHT = 128 * 1024
 #: copies, against ~100+ ms for a wide 5x5 depthwise on the CPU
 MAX_STACK_GROUPS = 48
 
-#: kmodel bytes of one KPU layer besides its weights (layer argument, batch-norm and activation tables,
-#: aligned), measured on kcc's kmodels for up to 32 output channels (64: 1024 B)
-KPU_LAYER_BYTES = 768
 #: most kmodel bytes a depthwise `stack_kpu` may take (its layers and weights): a group of g channels
 #: is views + 1 KPU layers (BlazePalm's 32-channel 96x96 5x5s with the residual: 6 groups of 19,
 #: ~118 KiB), and thousands of copy layers would outweigh the model (BlazePalm's 128-channel 24x24
 #: ones in groups of 4: 608 layers, ~540 KiB each)
 STACK_KPU_BYTES = 128 * 1024
+#: kmodel bytes a whole model may spend, beyond what each conv may take (STACK_KPU_BYTES), on stacks
+#: made in KPU RAM that need more (`allot`): the device RAM spent on speed, taken back by kcc.pipeline
+#: from a model it puts over the bare SDK's budget (5.5 MiB of kmodel and working memory). Measured
+#: (board build): BlazePalm 7151 -> 6734 ms (one 64-channel 48x48 5x5 as a residual stack_kpu),
+#: BlazeHand 2240 -> 2051 ms (its 144-channel 28x28 one). 1 MiB would also give BlazeHand's 288-channel
+#: 14x14 5x5 a copies_kpu in groups of 16 (1951 ms), but its mean cosine then drops by 0.004 (0.98806
+#: -> 0.98404; in groups of at most 8: 0.98906, at most 12: 0.97703) with the same per-layer SQNR:
+#: not understood yet, so not spent.
+MODEL_KPU_BYTES = 192 * 1024
 
 def _stack_groups(c: int, j: int, budget: int, k: int = 3) -> list[int]:
     """Channels per layer of each depthwise stack of j terms (k x k kernels) worth trying (c: one
@@ -108,10 +118,13 @@ def _stack_groups(c: int, j: int, budget: int, k: int = 3) -> list[int]:
     return out
 
 
-def _plans(n: Node, residual: bool = False, halves: bool = False, bulk: float = 0.0) -> list[Form]:
+def _plans(n: Node, residual: bool = False, halves: bool = False, bulk: float = 0.0,
+           cap: int | None = None) -> list[Form]:
     """Every candidate: split step, zero placement, and each combiner whose limits it meets; with
     `residual`, also the stacks that stack the input's rounding residual (twice the input channels);
-    with `halves`, also every stack computing its output in two halves (four parts with `bulk`)."""
+    with `halves`, also every stack computing its output in two halves (four parts with `bulk`); a
+    stack made in KPU RAM within `cap` bytes of kmodel (None: STACK_KPU_BYTES)."""
+    cap = STACK_KPU_BYTES if cap is None else cap
     op: O.Conv2D = n.op
     x, w, _ = n.inputs
     (sh, sw), (kh, kw), c = op.stride, w.shape[2:], x.shape[1]
@@ -142,14 +155,15 @@ def _plans(n: Node, residual: bool = False, halves: bool = False, bulk: float = 
                 out.append(Form(split, z, "stack_dw"))
     for combine, plan in (("stack_kpu", shift_plan(n)), ("copies_kpu", copy_plan(n))):
         if plan is not None and len(plan) > 1:
-            out += _stack_kpu_plans(n, len(plan), residual, halves, bulk, combine)
+            out += _stack_kpu_plans(n, len(plan), residual, halves, bulk, combine, cap)
     return out
 
 
 def _stack_kpu_plans(n: Node, j: int, residual: bool, halves: bool, bulk: float,
-                     combine: str = "stack_kpu") -> list[Form]:
+                     combine: str = "stack_kpu", cap: int | None = None) -> list[Form]:
     """The `stack_kpu` (3x3 combine) or `copies_kpu` (1x1 combine) candidates of conv n with j shifted
-    copies (twice as many with the residual), within a stack's limits (`_plans`)."""
+    copies (twice as many with the residual), within a stack's limits (`_plans`) and `cap` bytes."""
+    cap = STACK_KPU_BYTES if cap is None else cap
     op: O.Conv2D = n.op
     x, w, _ = n.inputs
     c, k = x.shape[1], 3 if combine == "stack_kpu" else 1
@@ -168,8 +182,8 @@ def _stack_kpu_plans(n: Node, j: int, residual: bool, halves: bool, bulk: float,
         line = kpu_row_layout(x.shape[3]).groups
         aligned = {g // line * line for g in groups if g >= line} | {-(-g // line) * line for g in groups}
         groups |= {g for g in aligned if _stack_group_fits(c, views, g, k)}
-        # every group is views + 1 KPU layers: within STACK_KPU_BYTES with their weights
-        groups = sorted((g for g in groups if _stack_kpu_bytes(c, views, g, k) <= STACK_KPU_BYTES
+        # every group is views + 1 KPU layers: within `cap` with their weights
+        groups = sorted((g for g in groups if _stack_kpu_bytes(c, views, g, k) <= cap
                          and _stack_kpu_ram(x.shape, views, g, 2 if extra else 1, c) <= KPU_RAM_SIZE), reverse=True)
         out += [Form((1, 1), (0, 0), combine, 0 if g == c else g, extra, h, bulk if h else 0.0)
                 for h in sorted({False, halves}) for g in groups]
@@ -242,13 +256,16 @@ def extra_roundings(n: Node, plan: Form, float_input: bool, read_in_float: bool 
 
 
 def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = True, halves: bool = False,
-           bulk: float = 0.0, at: Where | None = None) -> Decision:
+           bulk: float = 0.0, at: Where | None = None, cap: int | None = None,
+           memo: dict | None = None) -> Decision:
     """How to put conv `n` on the KPU if legalize_kpu would not take it as it is: among the
     decompositions that legalize wholly onto the KPU and are estimated faster than the float conv on
     the CPU, the fastest that adds no rounding (`extra_roundings`). A float input (`_cpu_float`) may
     be read with its rounding residual (`residual` allows that); `halves` computes a stack's output in
     two halves (four parts with a `bulk` threshold). Every estimate, the CPU conv's too, counts
-    what the conv's surroundings `at` add (`Where`; by default, from n's input alone)."""
+    what the conv's surroundings `at` add (`Where`; by default, from n's input alone). A stack made
+    in KPU RAM takes at most `cap` bytes of kmodel (None: STACK_KPU_BYTES). `memo` keeps each form's estimate for the next
+    call on the same conv, input and surroundings."""
     op: O.Conv2D = n.op
     x, w, b = n.inputs
     if not (w.is_constant and b.is_constant):
@@ -267,15 +284,21 @@ def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = Tr
     float_input = residual and _cpu_float(x)
     forms: list[tuple[int, float, Form]] = []  # (extra roundings, cycles, plan) of what lands on the KPU
     landed = set()  # stacks that fit in some channel grouping: smaller groups only add layers
-    for plan in _plans(n, float_input, halves, bulk):
+    for plan in _plans(n, float_input, halves, bulk, cap):
         # stack_kpu: the groups whose copies concatenate in place are another form (_stack_kpu_plans)
         form = (plan.split, plan.z, plan.combine, plan.residual, plan.halves, _lines_apart(n, plan))
         if form in landed:
             continue
-        single = alone(n, plan)
-        if single is None:
+        key = (id(n), id(x), at, plan)
+        if memo is None or key not in memo:
+            single = alone(n, plan)
+            estimate = None if single is None else on_kpu(single, opts, at)
+            if memo is None:
+                memo = {}
+            memo[key] = estimate
+        if memo[key] is None:
             continue
-        fits, cycles = on_kpu(single, opts, at)
+        fits, cycles = memo[key]
         if fits:
             landed.add(form)
             forms.append((extra_roundings(n, plan, float_input, halves), cycles, plan))
@@ -369,6 +392,25 @@ def rewrite(g: Graph, n: Node, plan: Form, note: str = "") -> Node | None:
     return new
 
 
+def allot(candidates: list[tuple[Node, Decision, Decision]], opts: CompileOptions,
+          budget: int = MODEL_KPU_BYTES) -> tuple[set[str], int]:
+    """The convs whose faster form beyond STACK_KPU_BYTES (a stack made in KPU RAM) is taken: each
+    candidate is (conv, decision within STACK_KPU_BYTES, decision within STACK_KPU_BYTES + budget);
+    by estimated time saved per extra kmodel byte (`kmodel_bytes`, the CPU conv's float weights
+    too), best first, while the extra bytes stay within `budget` (one that needs no more bytes is
+    always taken). Returns their names and the extra bytes they take."""
+    ranked = []
+    for n, small, big in candidates:
+        extra = kmodel_bytes(n, big.plan, opts) - kmodel_bytes(n, small.plan, opts)
+        ranked.append((-(small.cycles - big.cycles) / max(extra, 1), extra, n.name))
+    taken, spent = set(), 0
+    for _, extra, name in sorted(ranked):
+        if spent + max(extra, 0) <= budget:
+            taken.add(name)
+            spent += max(extra, 0)
+    return taken, spent
+
+
 def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     """Rewrite every Conv2D that legalize_kpu would leave on the CPU and that some decomposition
     puts on the KPU; ctx.decisions receives one `Decision` per conv legalize_kpu would leave on the
@@ -376,7 +418,10 @@ def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     output one rounding (a pre-quantized model computed as TFLite does); otherwise a float input
     carries its rounding residual and a stack read in float on the CPU (`_read_in_float`) computes
     its output in two halves, or in four parts with a threshold measured on the first BULK_SAMPLES
-    of ctx.samples, when there are samples (`bulk_thresholds`)."""
+    of ctx.samples, when there are samples (`bulk_thresholds`). Each conv's stack made in KPU RAM
+    takes at most STACK_KPU_BYTES of kmodel, but those `allot` grants ctx.kpu_form_budget
+    (MODEL_KPU_BYTES unless set) more between them, decided on the graph as it comes, before any
+    rewrite; ctx.kpu_form_spent receives what they take."""
     ctx = ctx or CompileContext()
     opts = ctx.options
     if opts.target == "cpu" or opts.decompose == "off":
@@ -385,11 +430,35 @@ def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     measured = residual and ctx.samples is not None
     bulk = bulk_thresholds(g, ctx.samples[:BULK_SAMPLES], opts) if measured else {}
     users, outputs = g.users(), {id(o) for o in g.outputs}
-    for n in list(g.nodes):
-        if not isinstance(n.op, O.Conv2D):
+    convs = [n for n in g.nodes if isinstance(n.op, O.Conv2D)]
+
+    memo: dict = {}  # each form legalized and priced once
+
+    def decide(n: Node, cap: int) -> Decision:
+        return choose(n, opts, residual, residual and _read_in_float(n, users, outputs), bulk.get(n.name, 0.0),
+                      surroundings(n, users, outputs, opts), cap, memo)
+
+    budget = MODEL_KPU_BYTES if ctx.kpu_form_budget is None else ctx.kpu_form_budget
+    big_cap = STACK_KPU_BYTES + budget
+    first: dict[int, tuple[Node, Decision]] = {}  # per conv: its input, its decision within STACK_KPU_BYTES
+    candidates = []
+    for n in convs:
+        d = decide(n, STACK_KPU_BYTES)
+        first[id(n)] = (n.inputs[0], d)
+        if d.status is Status.ON_KPU or not d.cpu_cycles or not budget:
             continue
-        d = choose(n, opts, residual, residual and _read_in_float(n, users, outputs), bulk.get(n.name, 0.0),
-                   surroundings(n, users, outputs, opts))
+        x = n.inputs[0]
+        residual_in = residual and _cpu_float(x)
+        if set(_plans(n, residual_in, True, 0.0, big_cap)) == set(_plans(n, residual_in, True, 0.0)):
+            continue  # no stack needs more than STACK_KPU_BYTES
+        big = decide(n, big_cap)
+        if big.plan is not None and big.plan != d.plan and big.cycles < d.cycles:
+            candidates.append((n, d, big))
+    taken, ctx.kpu_form_spent = allot(candidates, opts, budget)
+    for n in convs:
+        x, d = first[id(n)]
+        if n.name in taken or n.inputs[0] is not x:  # an earlier rewrite changed its input
+            d = decide(n, big_cap if n.name in taken else STACK_KPU_BYTES)
         if d.status is not Status.ON_KPU:
             ctx.decisions.append(d)
         if d.plan is None:

@@ -22,6 +22,10 @@ from kcc.passes.legalize_kpu import legalize_kpu
 from kcc.passes.manager import CompileContext
 from kcc.target.k210 import CPU_NODE_CYCLES, cpu_cycles, kpu_layer_cost, kpu_map_cycles, kpu_row_layout
 
+#: kmodel bytes of one KPU layer besides its weights (layer argument, batch-norm and activation tables,
+#: aligned), measured on kcc's kmodels for up to 32 output channels (64: 1024 B)
+KPU_LAYER_BYTES = 768
+
 # Cost model: kcc.target.k210's cycle counts (nncase v0.2 runtime at 400 MHz) of what legalize makes.
 _CPU_PER_ELEMENT = {O.Pad: "pad", O.StridedSlice: "strided_slice", O.Transpose: "transpose",
                     O.Reshape: "copy_byte"}
@@ -166,6 +170,21 @@ def on_kpu(g: Graph, opts: CompileOptions, where: Where = Where()) -> tuple[bool
     ctx = CompileContext(opts)
     lg = legalize_kpu(g, ctx)
     return bool(ctx.placements) and all(p.on_kpu for p in ctx.placements), estimate_cycles(lg, where)
+
+
+def kmodel_bytes(n: Node, plan: Form | None, opts: CompileOptions) -> int:
+    """Estimated kmodel bytes of conv `n` (plan None) or its decomposition, legalized on its own: per
+    KPU layer KPU_LAYER_BYTES and its 8-bit weights, per float conv its weights and bias (4 bytes each)."""
+    g = alone(n, plan)
+    if g is None:
+        return 0
+    total = 0
+    for m in legalize_kpu(g, CompileContext(opts)).nodes:
+        if is_kpu_layer(m):
+            total += KPU_LAYER_BYTES + m.inputs[1].type.size
+        elif isinstance(m.op, O.Conv2D):
+            total += 4 * (m.inputs[1].type.size + m.inputs[2].type.size)
+    return total
 
 
 def kpu_as_is(u: Node, opts: CompileOptions) -> tuple[bool, bool]:
