@@ -11,6 +11,10 @@
 Every stage is `stage(graph, ctx) -> graph` over one `CompileContext` (kcc.passes.manager), run by a
 `PassManager`, which verifies each rewrite and, with `--dump-ir DIR`, writes `NN-<stage>.dot` and
 `NN-<stage>.txt`, and names the stage in any error.
+
+decompose_kernels may spend device RAM on speed (MODEL_KPU_BYTES of kmodel for stacks made in KPU
+RAM); when that puts the kmodel and its working memory over the bare SDK's 5.5 MiB, `compile_graph`
+runs the stages again from the imported graph with that much less to spend.
 """
 
 from __future__ import annotations

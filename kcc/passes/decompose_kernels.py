@@ -91,13 +91,13 @@ MAX_STACK_GROUPS = 48
 STACK_KPU_BYTES = 128 * 1024
 #: kmodel bytes a whole model may spend, beyond what each conv may take (STACK_KPU_BYTES), on stacks
 #: made in KPU RAM that need more (`allot`): the device RAM spent on speed, taken back by kcc.pipeline
-#: from a model it puts over the bare SDK's budget (5.5 MiB of kmodel and working memory). Measured
-#: (board build): BlazePalm 7151 -> 6734 ms (one 64-channel 48x48 5x5 as a residual stack_kpu),
-#: BlazeHand 2240 -> 2051 ms (its 144-channel 28x28 one). 1 MiB would also give BlazeHand's 288-channel
-#: 14x14 5x5 a copies_kpu in groups of 16 (1951 ms), but its mean cosine then drops by 0.004 (0.98806
-#: -> 0.98404; in groups of at most 8: 0.98906, at most 12: 0.97703) with the same per-layer SQNR:
-#: not understood yet, so not spent.
-MODEL_KPU_BYTES = 192 * 1024
+#: from a model it puts over the bare SDK's budget (5.5 MiB of kmodel and working memory)
+MODEL_KPU_BYTES = 1024 * 1024
+#: most channels a `copies_kpu` group takes (its 1x1 combine reads 25 times as many). Measured, not
+#: understood: BlazeHand's 288-channel 14x14 5x5 as a copies_kpu in groups of 16 (the fastest) lowers
+#: the model's mean output cosine by 0.004 (board build 0.98806 -> 0.98404; its float_in build gains),
+#: in groups of at most 12 by 0.011, in groups of 8 it gains (0.98906), with the same per-layer SQNR.
+COPIES_KPU_MAX_GROUP = 8
 
 def _stack_groups(c: int, j: int, budget: int, k: int = 3) -> list[int]:
     """Channels per layer of each depthwise stack of j terms (k x k kernels) worth trying (c: one
@@ -185,6 +185,8 @@ def _stack_kpu_plans(n: Node, j: int, residual: bool, halves: bool, bulk: float,
         # every group is views + 1 KPU layers: within `cap` with their weights
         groups = sorted((g for g in groups if _stack_kpu_bytes(c, views, g, k) <= cap
                          and _stack_kpu_ram(x.shape, views, g, 2 if extra else 1, c) <= KPU_RAM_SIZE), reverse=True)
+        if combine == "copies_kpu":
+            groups = [g for g in groups if g <= COPIES_KPU_MAX_GROUP]
         out += [Form((1, 1), (0, 0), combine, 0 if g == c else g, extra, h, bulk if h else 0.0)
                 for h in sorted({False, halves}) for g in groups]
     return out

@@ -213,13 +213,14 @@ def test_depthwise_stacks_only_within_the_weight_budget():
     # in place; every group is 10 KPU layers of 768 B besides the weights, within STACK_KPU_BYTES
     assert kpu_views(32) == [0, 16, 8, 4, 2] and kpu_views(64) == [12, 11, 8, 6]
     assert kpu_views(384) == [] and kpu_views(8) == [0, 4, 2, 1]
-    # copies_kpu: 26 KPU layers a group, 25 * g * C bytes of 1x1 combine weights and 9 a copied channel
-    assert kpu_views(32, "copies_kpu") == [0, 16, 8]  # groups of 4: 208 layers, 160 KiB of them alone
-    assert kpu_views(64, "copies_kpu") == [32, 16]
-    assert D._stack_kpu_bytes(64, 25, 16, 1) == 4 * 26 * 768 + 25 * 16 * 64 + 9 * 25 * 64 == 119872
-    # beyond STACK_KPU_BYTES only with a model's allowance (MODEL_KPU_BYTES, `allot`), the combine
-    # weights still within MAX_STACK_WEIGHT: 30 groups of 13 channels (or 32 of 12, 4 a line at width 8)
-    assert kpu_views(384, "copies_kpu") == [] and kpu_views(384, "copies_kpu", 1 << 20) == [13, 12]
+    # copies_kpu: 26 KPU layers a group, 25 * g * C bytes of 1x1 combine weights and 9 a copied channel,
+    # in groups of at most COPIES_KPU_MAX_GROUP channels: 32 in groups of 8 take 82 KiB, 64 need 147 KiB
+    # even in groups of 8, beyond STACK_KPU_BYTES: only with a model's allowance (MODEL_KPU_BYTES, `allot`)
+    assert D.COPIES_KPU_MAX_GROUP == 8
+    assert kpu_views(32, "copies_kpu") == [8] and kpu_views(64, "copies_kpu") == []
+    assert D._stack_kpu_bytes(32, 25, 8, 1) == 4 * 26 * 768 + 25 * 8 * 32 + 9 * 25 * 32 <= D.STACK_KPU_BYTES
+    assert kpu_views(64, "copies_kpu", 1 << 20) == [8, 4, 2]
+    assert D._stack_kpu_bytes(64, 25, 8, 1) > D.STACK_KPU_BYTES
     assert plans(32) == [("sum", 0), ("stack", 0), ("stack", 16), ("stack", 8), ("stack", 4), ("stack", 2),
                          ("stack", 1), ("stack_dw", 0)]  # one layer first, then 2, 4, ... as many
     assert plans(64)[:3] == [("sum", 0), ("stack", 22), ("stack", 11)]  # 147 KiB in one layer: three of 49 KiB
