@@ -11,6 +11,10 @@
 Every stage is `stage(graph, ctx) -> graph` over one `CompileContext` (kcc.passes.manager), run by a
 `PassManager`, which verifies each rewrite and, with `--dump-ir DIR`, writes `NN-<stage>.dot` and
 `NN-<stage>.txt`, and names the stage in any error.
+
+decompose_kernels may spend device RAM on speed (MODEL_KPU_BYTES of kmodel for stacks made in KPU
+RAM); when that puts the kmodel and its working memory over the bare SDK's 5.5 MiB, `compile_graph`
+runs the stages again from the imported graph with that much less to spend.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from kcc import kmodel
+from kcc.alloc.report import BUDGETS
 from kcc.emit import Emitted, emit
 from kcc.frontend import import_model
 from kcc.frontend.quantization import ModelQuantization
-from kcc.ir.graph import Graph
+from kcc.ir.graph import Graph, copy_rewriting
 from kcc.latency import estimate
 from kcc.options import CompileOptions
 from kcc.passes.canonicalize import canonicalize
@@ -112,9 +117,29 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
     own_grids = (quantization is not None and quantization.fully_quantized and samples is None
                  and options.dataset is None)
     ctx = CompileContext(options, log, progress, samples, quantization, own_grids)
+    source = copy_rewriting(g, Graph(), {}, lambda n: None) if options.inference_type == "uint8" else None
     g = manager.run(stages(options), g, ctx)
+    while source is not None and ctx.kpu_form_spent and _device_ram(ctx) > DEVICE_RAM_BUDGET:
+        # decompose_kernels spent device RAM on speed (MODEL_KPU_BYTES) and put the model over the
+        # bare SDK's budget: again with that much less to spend (each try lowers it, the last is 0)
+        over = _device_ram(ctx) - DEVICE_RAM_BUDGET
+        budget = max(0, ctx.kpu_form_spent - over - DEVICE_RAM_MARGIN)
+        log(f"   {over} B over {DEVICE_RAM_BUDGET} B of device RAM: again with {budget} B for KPU-made stacks")
+        ctx = CompileContext(options, log, progress, ctx.samples, quantization, own_grids, kpu_form_budget=budget)
+        g, source = source, copy_rewriting(source, Graph(), {}, lambda n: None) if budget else None
+        g = manager.run(stages(options), g, ctx)
     return CompileResult(ctx.kmodel, g, ctx.emitted, manager.names, ctx.placements, ctx.float_graph,
                          ctx.weights_ranges, ctx.ranges, decisions=ctx.decisions)
+
+
+#: device RAM (kmodel + working memory) decompose_kernels' extra stacks may fill: the bare SDK's budget
+#: (kcc.alloc.report.BUDGETS), less DEVICE_RAM_MARGIN when a first try went over it
+DEVICE_RAM_BUDGET = dict(BUDGETS)["bare SDK"]
+DEVICE_RAM_MARGIN = 32 * 1024
+
+
+def _device_ram(ctx: CompileContext) -> int:
+    return len(ctx.kmodel) + ctx.emitted.model.main_mem
 
 
 def _weights_range(g: Graph, ctx: CompileContext) -> Graph:

@@ -18,7 +18,11 @@ field); the fewest layers and 2, 4, ... times as many are tried, since smaller g
 where larger ones do not. `stack_dw` needs J*C <= 1024 and the budget. A `stack_kpu` (stride 1,
 "same", kernels up to 5x5: nine shifted copies made by KPU layers) also takes groups of a multiple of
 the channels a KPU RAM line holds (so that its copies concatenate in place), its layers and weights
-within STACK_KPU_BYTES of kmodel, and a group's copies within KPU RAM (`_stack_kpu_ram`).
+within STACK_KPU_BYTES of kmodel, and a group's copies within KPU RAM (`_stack_kpu_ram`); a
+`copies_kpu` (25 copies, a 1x1 combine: 25 instead of 81 weight bytes per channel pair, but 26
+instead of 10 KPU layers of ~768 B a group, so rarely fewer bytes in all) the same. A model may give
+its convs MODEL_KPU_BYTES more between them for such stacks (`allot`: the most estimated time saved
+per extra byte first); kcc.pipeline takes that back from a model it puts over the device RAM budget.
 Each candidate is legalized on its own (a few-node graph) and must land wholly on the KPU, and is
 costed in estimated K210 cycles (`estimate_cycles`: every node the kmodel will hold for it, priced as
 `kcc info --estimate` prices them, kcc.latency with kcc.target.k210's costs: KPU layers, uploads and
@@ -53,8 +57,8 @@ from kcc.eval.interpreter import run
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.options import CompileOptions
-from kcc.passes.kernel_cost import Where, alone, on_kpu, surroundings
-from kcc.passes.kernel_forms import Form, emit, plan_terms, shift_plan
+from kcc.passes.kernel_cost import KPU_LAYER_BYTES, Where, alone, kmodel_bytes, on_kpu, surroundings
+from kcc.passes.kernel_forms import Form, copy_plan, emit, plan_terms, shift_plan
 from kcc.passes.kernel_terms import axis_terms, max_zero_taps
 from kcc.passes.manager import CompileContext
 from kcc.target.k210 import (
@@ -80,23 +84,29 @@ MAX_STACK_WEIGHT = 128 * 1024
 #: copies, against ~100+ ms for a wide 5x5 depthwise on the CPU
 MAX_STACK_GROUPS = 48
 
-#: kmodel bytes of one KPU layer besides its weights (layer argument, batch-norm and activation tables,
-#: aligned), measured on kcc's kmodels for up to 32 output channels (64: 1024 B)
-KPU_LAYER_BYTES = 768
 #: most kmodel bytes a depthwise `stack_kpu` may take (its layers and weights): a group of g channels
 #: is views + 1 KPU layers (BlazePalm's 32-channel 96x96 5x5s with the residual: 6 groups of 19,
 #: ~118 KiB), and thousands of copy layers would outweigh the model (BlazePalm's 128-channel 24x24
 #: ones in groups of 4: 608 layers, ~540 KiB each)
 STACK_KPU_BYTES = 128 * 1024
+#: kmodel bytes a whole model may spend, beyond what each conv may take (STACK_KPU_BYTES), on stacks
+#: made in KPU RAM that need more (`allot`): the device RAM spent on speed, taken back by kcc.pipeline
+#: from a model it puts over the bare SDK's budget (5.5 MiB of kmodel and working memory)
+MODEL_KPU_BYTES = 1024 * 1024
+#: most channels a `copies_kpu` group takes (its 1x1 combine reads 25 times as many). Measured, not
+#: understood: BlazeHand's 288-channel 14x14 5x5 as a copies_kpu in groups of 16 (the fastest) lowers
+#: the model's mean output cosine by 0.004 (board build 0.98806 -> 0.98404; its float_in build gains),
+#: in groups of at most 12 by 0.011, in groups of 8 it gains (0.98906), with the same per-layer SQNR.
+COPIES_KPU_MAX_GROUP = 8
 
-def _stack_groups(c: int, j: int, budget: int) -> list[int]:
-    """Channels per layer of each depthwise stack of j terms worth trying (c: one layer), fewest
-    layers first: the weights (9*j*g per channel) within `budget` bytes, j*g input channels,
-    at most MAX_STACK_GROUPS layers, and then twice, four times... as many layers, since a stack
-    whose input fits in KPU RAM only in smaller groups (BlazePalm's 96x96 maps with their residual)
-    is worth more layers."""
-    g = min(c, MAX_CHANNELS // j, budget // (9 * j * c))
-    while g > 0 and weight_loads(g, j * g, 3, False)[1] >= MAX_WEIGHT_LOADS:  # load_time is 6 bits
+def _stack_groups(c: int, j: int, budget: int, k: int = 3) -> list[int]:
+    """Channels per layer of each depthwise stack of j terms (k x k kernels) worth trying (c: one
+    layer), fewest layers first: the weights (k*k*j*g per channel) within `budget` bytes, j*g input
+    channels, at most MAX_STACK_GROUPS layers, and then twice, four times... as many layers, since a
+    stack whose input fits in KPU RAM only in smaller groups (BlazePalm's 96x96 maps with their
+    residual) is worth more layers."""
+    g = min(c, MAX_CHANNELS // j, budget // (k * k * j * c))
+    while g > 0 and weight_loads(g, j * g, k, False)[1] >= MAX_WEIGHT_LOADS:  # load_time is 6 bits
         g -= 1
     out: list[int] = []
     layers = -(-c // g) if g else MAX_STACK_GROUPS + 1
@@ -108,10 +118,13 @@ def _stack_groups(c: int, j: int, budget: int) -> list[int]:
     return out
 
 
-def _plans(n: Node, residual: bool = False, halves: bool = False, bulk: float = 0.0) -> list[Form]:
+def _plans(n: Node, residual: bool = False, halves: bool = False, bulk: float = 0.0,
+           cap: int | None = None) -> list[Form]:
     """Every candidate: split step, zero placement, and each combiner whose limits it meets; with
     `residual`, also the stacks that stack the input's rounding residual (twice the input channels);
-    with `halves`, also every stack computing its output in two halves (four parts with `bulk`)."""
+    with `halves`, also every stack computing its output in two halves (four parts with `bulk`); a
+    stack made in KPU RAM within `cap` bytes of kmodel (None: STACK_KPU_BYTES)."""
+    cap = STACK_KPU_BYTES if cap is None else cap
     op: O.Conv2D = n.op
     x, w, _ = n.inputs
     (sh, sw), (kh, kw), c = op.stride, w.shape[2:], x.shape[1]
@@ -140,46 +153,51 @@ def _plans(n: Node, residual: bool = False, halves: bool = False, bulk: float = 
                 continue
             if split == (sh, sw) and j * c <= MAX_CHANNELS and j * c * c + 9 * j * c <= STACK_WEIGHT_BUDGET:
                 out.append(Form(split, z, "stack_dw"))
-    shifted = shift_plan(n)
-    if shifted is not None and len(shifted) > 1:
-        out += _stack_kpu_plans(n, len(shifted), residual, halves, bulk)
+    for combine, plan in (("stack_kpu", shift_plan(n)), ("copies_kpu", copy_plan(n))):
+        if plan is not None and len(plan) > 1:
+            out += _stack_kpu_plans(n, len(plan), residual, halves, bulk, combine, cap)
     return out
 
 
-def _stack_kpu_plans(n: Node, j: int, residual: bool, halves: bool, bulk: float) -> list[Form]:
-    """The `stack_kpu` candidates of conv n with j shifted copies (twice as many with the residual),
-    within a stack's limits (`_plans`)."""
+def _stack_kpu_plans(n: Node, j: int, residual: bool, halves: bool, bulk: float,
+                     combine: str = "stack_kpu", cap: int | None = None) -> list[Form]:
+    """The `stack_kpu` (3x3 combine) or `copies_kpu` (1x1 combine) candidates of conv n with j shifted
+    copies (twice as many with the residual), within a stack's limits (`_plans`) and `cap` bytes."""
+    cap = STACK_KPU_BYTES if cap is None else cap
     op: O.Conv2D = n.op
     x, w, _ = n.inputs
-    c = x.shape[1]
+    c, k = x.shape[1], 3 if combine == "stack_kpu" else 1
     out = []
     for views, extra in ((j, False), (2 * j, True)) if residual else ((j, False),):
         if op.groups == 1:
-            loads = weight_loads(w.shape[0], views * c, 3, False)[1] + 1
+            loads = weight_loads(w.shape[0], views * c, k, False)[1] + 1
             fits = _stack_kpu_ram(x.shape, views, c, 2 if extra else 1, w.shape[0]) <= KPU_RAM_SIZE
             if views * c <= MAX_CHANNELS and loads <= MAX_WEIGHT_LOADS and fits:
-                out += [Form((1, 1), (0, 0), "stack_kpu", residual=extra, halves=h, bulk=bulk if h else 0.0)
+                out += [Form((1, 1), (0, 0), combine, residual=extra, halves=h, bulk=bulk if h else 0.0)
                         for h in sorted({False, halves})]
             continue
-        groups = set(_stack_groups(c, views, STACK_WEIGHT_BUDGET) + _stack_groups(c, views, MAX_STACK_WEIGHT))
+        groups = set(_stack_groups(c, views, STACK_WEIGHT_BUDGET, k) + _stack_groups(c, views, MAX_STACK_WEIGHT, k))
         # the copies are concatenated in place only if each starts on a 64-byte line of its own
         # (channels per line at x's width: 4 up to width 16, 2 up to 32): groups of a multiple of that too
         line = kpu_row_layout(x.shape[3]).groups
         aligned = {g // line * line for g in groups if g >= line} | {-(-g // line) * line for g in groups}
-        groups |= {g for g in aligned if _stack_group_fits(c, views, g)}
-        # every group is views + 1 KPU layers: within STACK_KPU_BYTES with their weights
-        groups = sorted((g for g in groups if _stack_kpu_bytes(c, views, g) <= STACK_KPU_BYTES
+        groups |= {g for g in aligned if _stack_group_fits(c, views, g, k)}
+        # every group is views + 1 KPU layers: within `cap` with their weights
+        groups = sorted((g for g in groups if _stack_kpu_bytes(c, views, g, k) <= cap
                          and _stack_kpu_ram(x.shape, views, g, 2 if extra else 1, c) <= KPU_RAM_SIZE), reverse=True)
-        out += [Form((1, 1), (0, 0), "stack_kpu", 0 if g == c else g, extra, h, bulk if h else 0.0)
+        if combine == "copies_kpu":
+            groups = [g for g in groups if g <= COPIES_KPU_MAX_GROUP]
+        out += [Form((1, 1), (0, 0), combine, 0 if g == c else g, extra, h, bulk if h else 0.0)
                 for h in sorted({False, halves}) for g in groups]
     return out
 
 
-def _stack_kpu_bytes(c: int, views: int, g: int) -> int:
-    """kmodel bytes of a depthwise `stack_kpu` of c channels in groups of g: per group, `views` copy
-    layers and the stacked layer, each KPU_LAYER_BYTES plus its weights."""
+def _stack_kpu_bytes(c: int, views: int, g: int, k: int = 3) -> int:
+    """kmodel bytes of a depthwise `stack_kpu` (k = 3) or `copies_kpu` (k = 1) of c channels in groups
+    of g: per group, `views` copy layers and the stacked k x k layer, each KPU_LAYER_BYTES plus its
+    weights (k*k*views*g per channel of the stacked layer, 9 per channel of a copy)."""
     groups = -(-c // g)
-    return groups * (views + 1) * KPU_LAYER_BYTES + 9 * views * g * c + 9 * views * c
+    return groups * (views + 1) * KPU_LAYER_BYTES + k * k * views * g * c + 9 * views * c
 
 
 def _stack_kpu_ram(shape: tuple, views: int, g: int, sources: int, oc: int) -> int:
@@ -191,11 +209,11 @@ def _stack_kpu_ram(shape: tuple, views: int, g: int, sources: int, oc: int) -> i
     return kpu_bytes((nb, views * g, h, w)) + sources * kpu_bytes((nb, g, h, w)) + kpu_bytes((nb, oc, h, w))
 
 
-def _stack_group_fits(c: int, views: int, g: int) -> bool:
-    """Groups of g of c channels, each stacking `views` views, within the limits of `_stack_groups`
-    (MAX_STACK_WEIGHT, MAX_CHANNELS, MAX_STACK_GROUPS, the weight loads)."""
-    return (0 < g <= c and 9 * views * g * c <= MAX_STACK_WEIGHT and views * g <= MAX_CHANNELS
-            and -(-c // g) <= MAX_STACK_GROUPS and weight_loads(g, views * g, 3, False)[1] < MAX_WEIGHT_LOADS)
+def _stack_group_fits(c: int, views: int, g: int, k: int = 3) -> bool:
+    """Groups of g of c channels, each stacking `views` views in a k x k layer, within the limits of
+    `_stack_groups` (MAX_STACK_WEIGHT, MAX_CHANNELS, MAX_STACK_GROUPS, the weight loads)."""
+    return (0 < g <= c and k * k * views * g * c <= MAX_STACK_WEIGHT and views * g <= MAX_CHANNELS
+            and -(-c // g) <= MAX_STACK_GROUPS and weight_loads(g, views * g, k, False)[1] < MAX_WEIGHT_LOADS)
 
 
 def _lines_apart(n: Node, plan: Form) -> bool:
@@ -204,7 +222,7 @@ def _lines_apart(n: Node, plan: Form) -> bool:
     x = n.inputs[0]
     c, line = x.shape[1], kpu_row_layout(x.shape[3]).groups
     g = plan.group or c
-    return plan.combine == "stack_kpu" and g % line == 0 and (c % g) % line == 0
+    return plan.combine in ("stack_kpu", "copies_kpu") and g % line == 0 and (c % g) % line == 0
 
 
 class Status(Enum):
@@ -235,18 +253,21 @@ def extra_roundings(n: Node, plan: Form, float_input: bool, read_in_float: bool 
     (each is rounded to 8 bits over its own, unclamped range), one for a float input read without
     its residual, one for an output read in float (`_read_in_float`) not computed in parts
     (`Form.halves`). An output a KPU layer reads is rounded to 8 bits either way."""
-    partial = plan.combine not in ("stack", "stack_kpu") and len(plan_terms(n, plan) or ()) > 1
+    partial = plan.combine not in ("stack", "stack_kpu", "copies_kpu") and len(plan_terms(n, plan) or ()) > 1
     return int(partial) + int(float_input and not plan.residual) + int(read_in_float and not plan.halves)
 
 
 def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = True, halves: bool = False,
-           bulk: float = 0.0, at: Where | None = None) -> Decision:
+           bulk: float = 0.0, at: Where | None = None, cap: int | None = None,
+           memo: dict | None = None) -> Decision:
     """How to put conv `n` on the KPU if legalize_kpu would not take it as it is: among the
     decompositions that legalize wholly onto the KPU and are estimated faster than the float conv on
     the CPU, the fastest that adds no rounding (`extra_roundings`). A float input (`_cpu_float`) may
     be read with its rounding residual (`residual` allows that); `halves` computes a stack's output in
     two halves (four parts with a `bulk` threshold). Every estimate, the CPU conv's too, counts
-    what the conv's surroundings `at` add (`Where`; by default, from n's input alone)."""
+    what the conv's surroundings `at` add (`Where`; by default, from n's input alone). A stack made
+    in KPU RAM takes at most `cap` bytes of kmodel (None: STACK_KPU_BYTES). `memo` keeps each form's estimate for the next
+    call on the same conv, input and surroundings."""
     op: O.Conv2D = n.op
     x, w, b = n.inputs
     if not (w.is_constant and b.is_constant):
@@ -265,15 +286,21 @@ def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = Tr
     float_input = residual and _cpu_float(x)
     forms: list[tuple[int, float, Form]] = []  # (extra roundings, cycles, plan) of what lands on the KPU
     landed = set()  # stacks that fit in some channel grouping: smaller groups only add layers
-    for plan in _plans(n, float_input, halves, bulk):
+    for plan in _plans(n, float_input, halves, bulk, cap):
         # stack_kpu: the groups whose copies concatenate in place are another form (_stack_kpu_plans)
         form = (plan.split, plan.z, plan.combine, plan.residual, plan.halves, _lines_apart(n, plan))
         if form in landed:
             continue
-        single = alone(n, plan)
-        if single is None:
+        key = (id(n), id(x), at, plan)
+        if memo is None or key not in memo:
+            single = alone(n, plan)
+            estimate = None if single is None else on_kpu(single, opts, at)
+            if memo is None:
+                memo = {}
+            memo[key] = estimate
+        if memo[key] is None:
             continue
-        fits, cycles = on_kpu(single, opts, at)
+        fits, cycles = memo[key]
         if fits:
             landed.add(form)
             forms.append((extra_roundings(n, plan, float_input, halves), cycles, plan))
@@ -367,6 +394,25 @@ def rewrite(g: Graph, n: Node, plan: Form, note: str = "") -> Node | None:
     return new
 
 
+def allot(candidates: list[tuple[Node, Decision, Decision]], opts: CompileOptions,
+          budget: int = MODEL_KPU_BYTES) -> tuple[set[str], int]:
+    """The convs whose faster form beyond STACK_KPU_BYTES (a stack made in KPU RAM) is taken: each
+    candidate is (conv, decision within STACK_KPU_BYTES, decision within STACK_KPU_BYTES + budget);
+    by estimated time saved per extra kmodel byte (`kmodel_bytes`, the CPU conv's float weights
+    too), best first, while the extra bytes stay within `budget` (one that needs no more bytes is
+    always taken). Returns their names and the extra bytes they take."""
+    ranked = []
+    for n, small, big in candidates:
+        extra = kmodel_bytes(n, big.plan, opts) - kmodel_bytes(n, small.plan, opts)
+        ranked.append((-(small.cycles - big.cycles) / max(extra, 1), extra, n.name))
+    taken, spent = set(), 0
+    for _, extra, name in sorted(ranked):
+        if spent + max(extra, 0) <= budget:
+            taken.add(name)
+            spent += max(extra, 0)
+    return taken, spent
+
+
 def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     """Rewrite every Conv2D that legalize_kpu would leave on the CPU and that some decomposition
     puts on the KPU; ctx.decisions receives one `Decision` per conv legalize_kpu would leave on the
@@ -374,7 +420,10 @@ def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     output one rounding (a pre-quantized model computed as TFLite does); otherwise a float input
     carries its rounding residual and a stack read in float on the CPU (`_read_in_float`) computes
     its output in two halves, or in four parts with a threshold measured on the first BULK_SAMPLES
-    of ctx.samples, when there are samples (`bulk_thresholds`)."""
+    of ctx.samples, when there are samples (`bulk_thresholds`). Each conv's stack made in KPU RAM
+    takes at most STACK_KPU_BYTES of kmodel, but those `allot` grants ctx.kpu_form_budget
+    (MODEL_KPU_BYTES unless set) more between them, decided on the graph as it comes, before any
+    rewrite; ctx.kpu_form_spent receives what they take."""
     ctx = ctx or CompileContext()
     opts = ctx.options
     if opts.target == "cpu" or opts.decompose == "off":
@@ -383,11 +432,35 @@ def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     measured = residual and ctx.samples is not None
     bulk = bulk_thresholds(g, ctx.samples[:BULK_SAMPLES], opts) if measured else {}
     users, outputs = g.users(), {id(o) for o in g.outputs}
-    for n in list(g.nodes):
-        if not isinstance(n.op, O.Conv2D):
+    convs = [n for n in g.nodes if isinstance(n.op, O.Conv2D)]
+
+    memo: dict = {}  # each form legalized and priced once
+
+    def decide(n: Node, cap: int) -> Decision:
+        return choose(n, opts, residual, residual and _read_in_float(n, users, outputs), bulk.get(n.name, 0.0),
+                      surroundings(n, users, outputs, opts), cap, memo)
+
+    budget = MODEL_KPU_BYTES if ctx.kpu_form_budget is None else ctx.kpu_form_budget
+    big_cap = STACK_KPU_BYTES + budget
+    first: dict[int, tuple[Node, Decision]] = {}  # per conv: its input, its decision within STACK_KPU_BYTES
+    candidates = []
+    for n in convs:
+        d = decide(n, STACK_KPU_BYTES)
+        first[id(n)] = (n.inputs[0], d)
+        if d.status is Status.ON_KPU or not d.cpu_cycles or not budget:
             continue
-        d = choose(n, opts, residual, residual and _read_in_float(n, users, outputs), bulk.get(n.name, 0.0),
-                   surroundings(n, users, outputs, opts))
+        x = n.inputs[0]
+        residual_in = residual and _cpu_float(x)
+        if set(_plans(n, residual_in, True, 0.0, big_cap)) == set(_plans(n, residual_in, True, 0.0)):
+            continue  # no stack needs more than STACK_KPU_BYTES
+        big = decide(n, big_cap)
+        if big.plan is not None and big.plan != d.plan and big.cycles < d.cycles:
+            candidates.append((n, d, big))
+    taken, ctx.kpu_form_spent = allot(candidates, opts, budget)
+    for n in convs:
+        x, d = first[id(n)]
+        if n.name in taken or n.inputs[0] is not x:  # an earlier rewrite changed its input
+            d = decide(n, big_cap if n.name in taken else STACK_KPU_BYTES)
         if d.status is not Status.ON_KPU:
             ctx.decisions.append(d)
         if d.plan is None:

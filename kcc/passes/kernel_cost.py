@@ -22,6 +22,10 @@ from kcc.passes.legalize_kpu import legalize_kpu
 from kcc.passes.manager import CompileContext
 from kcc.target.k210 import CPU_NODE_CYCLES, cpu_cycles, kpu_layer_cost, kpu_map_cycles, kpu_row_layout
 
+#: kmodel bytes of one KPU layer besides its weights (layer argument, batch-norm and activation tables,
+#: aligned), measured on kcc's kmodels for up to 32 output channels (64: 1024 B)
+KPU_LAYER_BYTES = 768
+
 # Cost model: kcc.target.k210's cycle counts (nncase v0.2 runtime at 400 MHz) of what legalize makes.
 _CPU_PER_ELEMENT = {O.Pad: "pad", O.StridedSlice: "strided_slice", O.Transpose: "transpose",
                     O.Reshape: "copy_byte"}
@@ -118,10 +122,11 @@ def is_kpu_layer(v: Node) -> bool:
 
 def _kpu_concat(n: Node, users: dict, out_readers_kpu: bool | None = None) -> bool:
     """n is a channel concatenation that kcc.quant.quantize computes in place in KPU RAM
-    (`kpu_concat_problem`): batch 1, of distinct KPU layers read by it alone, each part starting on a
-    64-byte line of its own, read by KPU layers only (`out_readers_kpu` for the graph's output: its
-    readers are in the model). The parts share one grid: the shifted copies of a `stack_kpu`
-    (kcc.quant.policy.copy_grids), a depthwise stack's channel groups (share_concat_grids)."""
+    (`kpu_concat_problem`): batch 1, of distinct KPU layers read by it (and by other KPU layers
+    only), each part starting on a 64-byte line of its own, read by KPU layers only (`out_readers_kpu`
+    for the graph's output: its readers are in the model). The parts share one grid: the shifted
+    copies of a `stack_kpu` or `copies_kpu` (kcc.quant.policy.copy_grids), a depthwise stack's channel
+    groups (share_concat_grids)."""
     if not (isinstance(n.op, O.Concat) and n.op.axis == 1 and n.shape[0] == 1):
         return False
     readers = out_readers_kpu if out_readers_kpu is not None else bool(users.get(n)) and all(is_kpu_layer(u) for u in users[n])
@@ -129,7 +134,9 @@ def _kpu_concat(n: Node, users: dict, out_readers_kpu: bool | None = None) -> bo
         return False
     groups, at = kpu_row_layout(n.shape[3]).groups, 0
     for p in n.inputs:
-        if not is_kpu_layer(p) or len(users[p]) != 1 or users[p][0] is not n or at % groups:
+        # a part other KPU layers read too is read where it was written (a `copies_kpu` unit copy)
+        others = [u for u in users[p] if u is not n]
+        if not is_kpu_layer(p) or len(users[p]) - len(others) != 1 or not all(map(is_kpu_layer, others)) or at % groups:
             return False
         at += p.shape[1]
     return True
@@ -163,6 +170,21 @@ def on_kpu(g: Graph, opts: CompileOptions, where: Where = Where()) -> tuple[bool
     ctx = CompileContext(opts)
     lg = legalize_kpu(g, ctx)
     return bool(ctx.placements) and all(p.on_kpu for p in ctx.placements), estimate_cycles(lg, where)
+
+
+def kmodel_bytes(n: Node, plan: Form | None, opts: CompileOptions) -> int:
+    """Estimated kmodel bytes of conv `n` (plan None) or its decomposition, legalized on its own: per
+    KPU layer KPU_LAYER_BYTES and its 8-bit weights, per float conv its weights and bias (4 bytes each)."""
+    g = alone(n, plan)
+    if g is None:
+        return 0
+    total = 0
+    for m in legalize_kpu(g, CompileContext(opts)).nodes:
+        if is_kpu_layer(m):
+            total += KPU_LAYER_BYTES + m.inputs[1].type.size
+        elif isinstance(m.op, O.Conv2D):
+            total += 4 * (m.inputs[1].type.size + m.inputs[2].type.size)
+    return total
 
 
 def kpu_as_is(u: Node, opts: CompileOptions) -> tuple[bool, bool]:

@@ -18,6 +18,9 @@ as IR. Which form a conv gets, if any, is kcc.passes.decompose_kernels' choice.
     stack_kpu: x -> shift_(cy,cx) (9 depthwise 3x3 KPU layers, cy, cx in {-1, 0, 1}) -> concat in KPU RAM
                  -> conv3x3([w_0 | ... | w_8], b, act) -> y
                                                 (stride 1, "same"; no CPU pad, slice or stacked upload)
+    copies_kpu: x -> shift_(cy,cx) -> [shift_(ey,ex)] (25 copies x(. + (dy, dx)), dy, dx in -2..2, each one
+                 or two unit-shift KPU layers) -> concat in KPU RAM -> conv1x1([w_(-2,-2) | ... | w_(2,2)], b, act) -> y
+                                                (stride 1, "same"; 25*g*g combine weights a group, not 81*g*g)
 
 `sum` keeps the weights as they are. The partial sums are not clamped: the bias rides on the first
 term (the KPU adds it for free) and the fused clamp on the last add. `stack` rounds once, at the
@@ -31,6 +34,12 @@ exact, the border its pad value, real 0), each copy writing its channel range of
 taps nothing else reaches (kernel_terms.shift_terms): nine terms for a 5x5, the centre one x itself.
 x is uploaded once (with the residual, x and its residual: the residual's codes hold gain times the
 residual on x's grid), or read where a KPU layer left it.
+`copies_kpu` shifts each copy by a tap's whole offset (kernel_terms.copy_offsets), so the combine is a
+1x1 layer: 25 weight bytes per (output, input) channel pair of a group instead of `stack_kpu`'s 81, for
+25 + 1 KPU layers a group instead of 9 + 1. A copy by (2, 1) is the unit copy (1, 1) shifted by (1, 0)
+(kernel_terms.unit_steps), exact at the border too (the KPU pads with the copy's zero point, real 0),
+and that unit copy is itself a part of the stack: the layer making the second copy reads it in place
+in the concatenation's buffer. Every copy is on x's grid; only the combine rounds, once.
 `stack_dw` needs only J*C*C bytes for the 1x1 sum; like `sum` it rounds every unclamped partial
 sum to 8 bits. After a clamp (relu6) that costs accuracy: the partial sums span a wider range than
 the clamped output, so their 8-bit grid is coarser (measured: docs/measurements.md §2).
@@ -46,7 +55,7 @@ import numpy as np
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Node
-from kcc.passes.kernel_terms import Window, conv_terms, shift_terms
+from kcc.passes.kernel_terms import Window, conv_terms, copy_offsets, shift_terms, unit_steps
 
 #: a `stack` reading a float tensor of the CPU also stacks gain * its rounding residual, with the
 #: weights divided by gain (kcc.ir.kpu_ops.QuantResidual): residual codes span z +- gain/2. Per tap
@@ -65,7 +74,7 @@ class Form:
 
     split: tuple[int, int]
     z: tuple[int, int]
-    combine: str  # "sum" | "stack" | "stack_dw" | "stack_kpu"
+    combine: str  # "sum" | "stack" | "stack_dw" | "stack_kpu" | "copies_kpu"
     group: int = 0
     residual: bool = False  # a `stack` that also stacks x's rounding residual (RESIDUAL_GAIN)
     halves: bool = False  # a `stack` computed twice, clamped to y <= 0 and y >= 0, and added on the CPU
@@ -80,6 +89,8 @@ class Form:
                "stack": f"{terms} stacked into {layer}",
                "stack_dw": f"{terms} stacked into a depthwise KPU layer, summed by a 1x1 one",
                "stack_kpu": f"3x3 terms of shifted copies made by KPU layers in KPU RAM, stacked into {layer}",
+               "copies_kpu": f"copies shifted by each tap's offset, made by KPU layers in KPU RAM, combined by "
+                             f"{layer.replace('KPU layer', '1x1 KPU layer', 1)}",
                }[self.combine]
         extra = f" with the input's rounding residual (x{RESIDUAL_GAIN:g})" if self.residual else ""
         halves = ""
@@ -91,11 +102,12 @@ class Form:
 
 def plan_terms(n: Node, plan: Form) -> list[tuple[np.ndarray, Window | None, Window | None]] | None:
     """(3x3 kernel, H window, W window) of every term of conv n under `plan` that reads any input; a
-    `stack_kpu` term reads a shifted copy of the whole input instead (windows None, `shift_plan`)."""
+    `stack_kpu` term reads a shifted copy of the whole input instead (windows None, `shift_plan`), a
+    `copies_kpu` term (a 1x1 kernel) a copy shifted by its tap's offset (`copy_plan`)."""
     op: O.Conv2D = n.op
     x, w, _ = n.inputs
-    if plan.combine == "stack_kpu":
-        shifted = shift_plan(n)
+    if plan.combine in ("stack_kpu", "copies_kpu"):
+        shifted = shift_plan(n) if plan.combine == "stack_kpu" else copy_plan(n)
         return None if shifted is None else [(k, None, None) for k, _ in shifted]
     return conv_terms(w.data, op.stride, op.padding, x.shape[2:], n.shape[2:], plan.split, plan.z)
 
@@ -105,6 +117,14 @@ def shift_plan(n: Node) -> list[tuple[np.ndarray, tuple[int, int]]] | None:
     op: O.Conv2D = n.op
     x, w, _ = n.inputs
     return shift_terms(w.data, op.stride, op.padding, x.shape[2:], n.shape[2:])
+
+
+def copy_plan(n: Node) -> list[tuple[np.ndarray, tuple[int, int]]] | None:
+    """The taps of conv n as 1x1 convs of copies of its input shifted by their offsets
+    (kernel_terms.copy_offsets)."""
+    op: O.Conv2D = n.op
+    x, w, _ = n.inputs
+    return copy_offsets(w.data, op.stride, op.padding, x.shape[2:], n.shape[2:])
 
 
 def shift_weights(c: int, shift: tuple[int, int]) -> np.ndarray:
@@ -135,6 +155,40 @@ def _shifted_copies(add: Add, x: Node, shifts: list[tuple[int, int]], name: str,
         views.append(add(O.Conv2D((1, 1), ((1, 1), (1, 1)), (1, 1), c1 - c0), (src, w, zero),
                          f"{name}/shift{'m' if cy < 0 else 'p' if cy else '0'}{'m' if cx < 0 else 'p' if cx else '0'}"))
     return views
+
+
+def _chained_copies(add: Add, x: Node, offsets: list[tuple[int, int]], name: str, cache: dict,
+                    channels: tuple[int, int] | None = None) -> list[Node]:
+    """The copies_kpu views: x[channels] (sliced off x first, as `_shifted_copies` does) shifted by each
+    offset, a unit offset by one depthwise 3x3 KPU layer, a larger one by a second unit shift of the
+    unit copy its first step makes (kernel_terms.unit_steps), which is one of the views too. All are on
+    x's grid (kcc.quant.policy.copy_grids), concatenated in place in KPU RAM."""
+    nb, c, *size = x.shape
+    c0, c1 = channels or (0, c)
+    if ("source", c0, c1) not in cache:
+        src = x
+        if (c0, c1) != (0, c):
+            src = add(O.StridedSlice((0, c0, 0, 0), (nb, c1, *size), (1, 1, 1, 1)), (x,), f"{name}/channels")
+        cache[("source", c0, c1)] = src
+    src = cache[("source", c0, c1)]
+    zero = add(O.Constant(np.zeros(c1 - c0, np.float32)), (), f"{name}/zero_bias")
+    made: dict[tuple[int, int], Node] = {}
+
+    def tag(d: int) -> str:
+        return {-2: "mm", -1: "m", 0: "0", 1: "p", 2: "pp"}[d]
+
+    def copy(offset: tuple[int, int]) -> Node:
+        if offset not in made:
+            first, second = unit_steps(offset)
+            base, step = (src, first) if second == (0, 0) else (copy(first), second)
+            w = add(O.Constant(shift_weights(c1 - c0, step)), (), f"{name}/w_shift")
+            made[offset] = add(O.Conv2D((1, 1), ((1, 1), (1, 1)), (1, 1), c1 - c0), (base, w, zero),
+                               f"{name}/copy{tag(offset[0])}_{tag(offset[1])}")
+        return made[offset]
+
+    for offset in sorted(offsets, key=lambda o: max(abs(o[0]), abs(o[1]))):  # unit copies first
+        copy(offset)
+    return [made[o] for o in offsets]
 
 
 def _view(add: Add, x: Node, wh: Window, ww: Window, name: str, cache: dict) -> Node:
@@ -187,10 +241,10 @@ def _padded_views(add: Add, x: Node, terms: list, keep: tuple[tuple[int, int], t
 
 
 def _block_diagonal(terms: list, c0: int, c1: int) -> np.ndarray:
-    """Dense [g, J*g, 3, 3] weights of a depthwise stack over channels c0..c1: output channel o
-    reads channel o of every term's view."""
+    """Dense [g, J*g, k, k] weights (k: the terms' kernel, 3 or 1) of a depthwise stack over channels
+    c0..c1: output channel o reads channel o of every term's view."""
     g, j_count = c1 - c0, len(terms)
-    ws = np.zeros((g, j_count * g, 3, 3), np.float32)
+    ws = np.zeros((g, j_count * g, *terms[0][0].shape[2:]), np.float32)
     for j, (k, _, _) in enumerate(terms):
         ws[np.arange(g), j * g + np.arange(g)] = k[c0:c1, 0]
     return ws
@@ -229,15 +283,20 @@ def emit(add: Add, n: Node, x: Node, plan: Form) -> Node | None:
             acc = t if acc is None else add(O.Binary("add", op.act if last else O.NO_CLAMP), (acc, t), f"{name}/sum{j}")
         return acc
     cache: dict = {}
-    if plan.combine in ("stack", "stack_kpu"):
+    if plan.combine in ("stack", "stack_kpu", "copies_kpu"):
         shifts = [s for _, s in shift_plan(n)] if plan.combine == "stack_kpu" else None
-        if shifts is None:
+        offsets = [s for _, s in copy_plan(n)] if plan.combine == "copies_kpu" else None
+        if offsets is not None:  # 1x1 convs of the copies
+            keep, stride = ((0, 0), (0, 0)), (1, 1)
+        elif shifts is None:
             keep = tuple((min(t[a].pad_before for t in terms), min(t[a].pad_after for t in terms)) for a in (1, 2))
             stride = (terms[0][1].stride, terms[0][2].stride)
         else:  # "same" 3x3 convs of the copies, on x's own grid
             keep, stride = ((1, 1), (1, 1)), (1, 1)
 
         def views_of(src: Node, tag: str, channels: tuple[int, int] | None, own: dict) -> list[Node]:
+            if offsets is not None:
+                return _chained_copies(add, src, offsets, tag, own, channels)
             if shifts is not None:
                 return _shifted_copies(add, src, shifts, tag, own, channels)
             return _padded_views(add, src, terms, keep, tag, own, channels)

@@ -153,3 +153,28 @@ def shift_terms(w: np.ndarray, stride: tuple[int, int], padding: tuple[tuple[int
                     k[:, :, dy - cy + 1, dx - cx + 1] = w[:, :, dy + py, dx + px]
             out.append((k, (cy, cx)))
     return out
+
+
+# --------------------------------------------------------------------- whole-offset copies (copies_kpu)
+def copy_offsets(w: np.ndarray, stride: tuple[int, int], padding: tuple[tuple[int, int], tuple[int, int]],
+                 in_hw: tuple[int, int], out_hw: tuple[int, int]) -> list[tuple[np.ndarray, tuple[int, int]]] | None:
+    """(1x1 kernel [OC, C, 1, 1], (dy, dx)) of every tap of a stride-1 "same" conv of weights w [OC, C,
+    kh, kw] with offsets |dy|, |dx| <= 2: y[i, j] = sum_(dy, dx) w[dy + py, dx + px] v_(dy, dx)[i, j], where
+    v_(dy, dx)[i, j] = x[i + dy, j + dx] (0 outside x) is the copy of x shifted by the tap's whole offset.
+    Such a copy is exact at the border too when made by unit shifts (`unit_steps`): a unit copy of a
+    unit copy is x[i + 2] where i + 2 is inside x and 0 elsewhere, as the first copy already is 0
+    wherever i + 1 is outside. A 5x5 takes 25 copies, the centre one x itself; None for other convs."""
+    if tuple(stride) != (1, 1) or tuple(in_hw) != tuple(out_hw):
+        return None
+    for size, (before, after) in zip(w.shape[2:], padding):
+        if before + after != size - 1 or before > 2 or after > 2:
+            return None
+    (py, _), (px, _) = padding
+    return [(w[:, :, a:a + 1, b:b + 1], (a - py, b - px)) for a in range(w.shape[2]) for b in range(w.shape[3])]
+
+
+def unit_steps(offset: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(first, second) unit shifts whose chain makes the copy at `offset` (|dy|, |dx| <= 2): the first
+    is the offset clipped to [-1, 1] (itself a copy a 5x5 takes), the second what remains."""
+    first = tuple(max(-1, min(1, d)) for d in offset)
+    return first, (offset[0] - first[0], offset[1] - first[1])

@@ -59,6 +59,11 @@ class CompileContext:
     own_grids: bool = False
     #: decompose_kernels: one per conv legalize_kpu would leave on the CPU
     decisions: list[Decision] = field(default_factory=list)
+    #: decompose_kernels: the kmodel bytes its stacks made in KPU RAM may take beyond each conv's own
+    #: allowance (None: MODEL_KPU_BYTES; kcc.pipeline lowers it for a model over the device RAM budget),
+    #: and what they took (its estimate)
+    kpu_form_budget: int | None = None
+    kpu_form_spent: int = 0
     #: legalize_kpu: every conv / fc / pool, on the KPU or on the CPU and why
     placements: list[Placement] = field(default_factory=list)
     #: the legalized float graph that was calibrated

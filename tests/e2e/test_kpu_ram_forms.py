@@ -16,11 +16,13 @@ from kpu_checks import kpu_layers_match_the_scalar_reference, layer_maps, max_st
 
 import kcc.kmodel as km
 import kpu_sim
+from kcc import pipeline
 from kcc.eval.interpreter import run
 from kcc.frontend import import_model
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
+from kcc.passes import decompose_kernels
 from kcc.passes.decompose_kernels import Form, rewrite
 from kcc.pipeline import compile_graph
 from kcc.report import summary
@@ -592,3 +594,103 @@ def test_a_max_pool_of_a_depthwise_layer_pools_the_map_in_kpu_ram_exactly():
     np.testing.assert_array_equal(pooled, dw_out.reshape(1, 8, 8, 2, 8, 2).max(axis=(3, 5)))
     got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
     assert max_steps(got, want) <= 2.0, f"max error {max_steps(got, want):.2f} steps"
+
+
+def _shifted(x_map: np.ndarray, offset: tuple[int, int], pad: int) -> np.ndarray:
+    """x_map [N, C, H, W] shifted by offset (|dy|, |dx| <= 2): out[i, j] = x[i + dy, j + dx], `pad` outside."""
+    h, w = x_map.shape[2:]
+    padded = np.pad(x_map, ((0, 0), (0, 0), (2, 2), (2, 2)), constant_values=pad)
+    return padded[:, :, 2 + offset[0]:2 + offset[0] + h, 2 + offset[1]:2 + offset[1] + w]
+
+
+@pytest.mark.parametrize("name", sorted(STACK_KPU_CASES))
+def test_copies_kpu_shifts_by_whole_offsets_exactly_in_kpu_ram(name):
+    """`copies_kpu`: a 5x5 depthwise as 25 copies of x shifted by each tap's offset (dy, dx) in -2..2,
+    a unit shift by one 3x3 depthwise KPU layer, a shift by 2 by a second one reading a unit copy in
+    place in the stack's KPU RAM buffer, then one 1x1 KPU layer over the copies. Every copy equals the
+    input codes shifted by its whole offset, the border the input's zero point (a chain of two shifts
+    too), on random weights and inputs spanning the whole range; each layer equals the scalar
+    reference; no CPU pad, slice or concatenation; and the result agrees with the float graph as the
+    CPU-view `stack` does (one rounding, the combine's)."""
+    c, w, source, residual, group = STACK_KPU_CASES[name]
+    shape = (1, 4, 12, w)
+    state = rng.bit_generator.state
+    rms = {}
+    for combine in ("stack", "copies_kpu"):  # the same weights and samples both times
+        rng.bit_generator.state = state
+        g = Graph()
+        g.outputs = [_dw5x5_then_1x1(g, g.input(0, shape), c, source)]
+        calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
+        want = [run(g, s)[0] for s in calib]
+        rewrite(g, g.find("dw"), Form((1, 1), (0, 0), combine, group, residual=residual))
+        g.remove_dead()
+        np.testing.assert_allclose(run(g, calib[0])[0], want[0], atol=1e-5)  # each form is exact in float
+        res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+        program = kpu_sim.load(res.kmodel)
+        err = np.concatenate([(program.run(s)[0].reshape(v.shape) - v).ravel() for s, v in zip(calib, want)])
+        rms[combine] = float(np.sqrt(np.mean(err ** 2)))
+    assert rms["copies_kpu"] <= 1.05 * rms["stack"], rms
+    assert all(p.on_kpu for p in res.placements), res.placements
+    groups = c // group if group else 1
+    copies = 25 * (2 if residual else 1) * groups
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    layers = copies + groups + 1 + (source == "conv")
+    assert names.count("kpu_conv2d") == layers, names
+    assert names.count("kpu_upload") == ((1 + groups) if group else (2 if residual else 1)), names
+    assert not {"pad", "concat"} & set(names) and names.count("strided_slice") == (groups if group else 0), names
+    assert all(p.on_kpu for p in res.placements if p.op == "concat"), res.placements  # all in place
+    for sample in calib[:3]:
+        assert kpu_layers_match_the_scalar_reference(res.kmodel, sample[0]) == layers
+        maps = [(body, x_map, out) for body, x_map, out in layer_maps(res.kmodel, sample[0]) if _shift_of(body)]
+        pad = {body.layer.pad_value for body, _, _ in maps}
+        assert len(pad) == 1, pad  # one grid: x's (and its residual's codes on it)
+        pad = pad.pop()
+        # the sources: what the (0, 0) copies copy (x's channel groups, and their residuals)
+        sources = [x_map for body, x_map, _ in maps if _shift_of(body) == (0, 0)]
+        assert len(sources) == copies // 25
+        assert max(len(np.unique(s)) for s in sources) > 100  # x's codes span the range
+        found = []
+        for _, _, out in maps:
+            hits = [(i, (dy, dx)) for i, s in enumerate(sources) for dy in range(-2, 3) for dx in range(-2, 3)
+                    if s.shape == out.shape and np.array_equal(out, _shifted(s, (dy, dx), pad))]
+            assert hits, "a copy is no shift of its source"
+            found.append(hits[0])
+        # each source copied once by each offset: 16 of them by a chain of two unit shifts
+        assert sorted(found) == sorted((i, (dy, dx)) for i in range(len(sources))
+                                       for dy in range(-2, 3) for dx in range(-2, 3))
+    steps = max(max_steps(program.run(s)[0].reshape(v.shape), v) for s, v in zip(calib, want))
+    assert steps <= COPIES_KPU_MAX_STEPS[name][0], f"{name}: max error {steps:.2f} steps"
+
+
+# (bar, measured): the same rms as the stack's (above), a worst output step that differs either way from
+# stack_kpu's (STACK_KPU_MAX_STEPS), the 1x1 combine's weights rounded on another grid than the 3x3's
+COPIES_KPU_MAX_STEPS = {"float_input_w10": (2.17, 2.07), "kpu_input_w20": (1.99, 1.89),
+                        "prelu_residual_w40": (1.51, 1.44), "kpu_input_in_groups_w14": (2.96, 2.82)}
+
+
+def test_a_model_the_allowance_puts_over_the_device_ram_budget_is_compiled_again_with_less(monkeypatch):
+    """decompose_kernels spends up to MODEL_KPU_BYTES of kmodel on stacks made in KPU RAM; a model
+    that this puts over the device RAM budget (kcc.pipeline.DEVICE_RAM_BUDGET, kmodel + working
+    memory) is compiled again with that much less to spend, and says so."""
+    monkeypatch.setattr(decompose_kernels, "STACK_KPU_BYTES", 16 * 1024)  # 32 channels' stack_kpu needs more
+    state = rng.bit_generator.state
+
+    def compile_it(log=lambda line: None):
+        rng.bit_generator.state = state
+        g = Graph()
+        x = g.input(0, (1, 4, 12, 12))
+        for _ in range(2):
+            x = _dw5x5_then_1x1(g, x, 32, "conv")
+        g.outputs = [x]
+        calib = [[rng.uniform(-1, 1, (1, 4, 12, 12)).astype(np.float32)] for _ in range(2)]
+        res = compile_graph(g, CompileOptions(input_type="float"), log=log, samples=calib)
+        return res, len(res.kmodel) + res.emitted.model.main_mem
+
+    kpu_made = ("stack_kpu", "copies_kpu")
+    first, ram = compile_it()
+    assert [d.plan.combine for d in first.decisions] == ["stack_kpu", "stack_kpu"]
+    monkeypatch.setattr(pipeline, "DEVICE_RAM_BUDGET", ram - 1)
+    lines = []
+    second, less = compile_it(lines.append)
+    assert less <= ram - 1 and any(" over " in line and "again with" in line for line in lines), lines
+    assert [d.plan.combine in kpu_made for d in second.decisions].count(True) < 2

@@ -134,7 +134,7 @@ def test_accurate_takes_the_fastest_form_that_adds_no_rounding(c):
     for plan in D._plans(conv):
         fits, cycles = KC.on_kpu(KC.alone(conv, plan), CompileOptions(), at)
         if fits:
-            costs.setdefault(plan.combine in ("stack", "stack_kpu"), []).append(cycles)
+            costs.setdefault(plan.combine in ("stack", "stack_kpu", "copies_kpu"), []).append(cycles)
     accurate = D.choose(conv)
     assert min(min(v) for v in costs.values()) < accurate.cpu_cycles  # some form beats the CPU conv
     assert (True in costs) == (c == 16)  # 512 channels: no grouping within the weight budget and 48 layers
@@ -202,15 +202,25 @@ def test_a_float_input_of_the_cpu_gets_the_residual_stack():
 def test_depthwise_stacks_only_within_the_weight_budget():
     def plans(c):
         conv = _conv_graph(c, c, 8, 8, 5, 5, (1, 1), ((2, 2), (2, 2)), c).outputs[0]
-        return [(p.combine, p.group) for p in D._plans(conv) if p.z == (0, 0) and p.combine != "stack_kpu"]
+        return [(p.combine, p.group) for p in D._plans(conv) if p.z == (0, 0)
+                and p.combine not in ("stack_kpu", "copies_kpu")]
 
-    def kpu_views(c):  # stack_kpu: nine shifted copies, 81 * g * C weight bytes in groups of g
+    def kpu_views(c, combine="stack_kpu", cap=D.STACK_KPU_BYTES):  # stack_kpu: nine shifted copies,
+        # 81 * g * C weight bytes in groups of g; copies_kpu: 25 copies, 25 * g * C
         conv = _conv_graph(c, c, 8, 8, 5, 5, (1, 1), ((2, 2), (2, 2)), c).outputs[0]
-        return [p.group for p in D._plans(conv) if p.combine == "stack_kpu"]
+        return [p.group for p in D._plans(conv, cap=cap) if p.combine == combine]
     # at width 8 four channels share a 64-byte line: groups of a multiple of 4 let the copies concatenate
     # in place; every group is 10 KPU layers of 768 B besides the weights, within STACK_KPU_BYTES
     assert kpu_views(32) == [0, 16, 8, 4, 2] and kpu_views(64) == [12, 11, 8, 6]
     assert kpu_views(384) == [] and kpu_views(8) == [0, 4, 2, 1]
+    # copies_kpu: 26 KPU layers a group, 25 * g * C bytes of 1x1 combine weights and 9 a copied channel,
+    # in groups of at most COPIES_KPU_MAX_GROUP channels: 32 in groups of 8 take 82 KiB, 64 need 147 KiB
+    # even in groups of 8, beyond STACK_KPU_BYTES: only with a model's allowance (MODEL_KPU_BYTES, `allot`)
+    assert D.COPIES_KPU_MAX_GROUP == 8
+    assert kpu_views(32, "copies_kpu") == [8] and kpu_views(64, "copies_kpu") == []
+    assert D._stack_kpu_bytes(32, 25, 8, 1) == 4 * 26 * 768 + 25 * 8 * 32 + 9 * 25 * 32 <= D.STACK_KPU_BYTES
+    assert kpu_views(64, "copies_kpu", 1 << 20) == [8, 4, 2]
+    assert D._stack_kpu_bytes(64, 25, 8, 1) > D.STACK_KPU_BYTES
     assert plans(32) == [("sum", 0), ("stack", 0), ("stack", 16), ("stack", 8), ("stack", 4), ("stack", 2),
                          ("stack", 1), ("stack_dw", 0)]  # one layer first, then 2, 4, ... as many
     assert plans(64)[:3] == [("sum", 0), ("stack", 22), ("stack", 11)]  # 147 KiB in one layer: three of 49 KiB
@@ -401,3 +411,59 @@ def test_surroundings_of_a_conv():
     assert KC.surroundings(a, users, outs, CompileOptions(input_type="float")) == KC.Where(True, True)
     assert KC.surroundings(c, users, outs) == KC.Where(False, False)  # the model's output
     assert KC.surroundings(d, users, outs) == KC.Where(True, False)  # read by a float add
+
+
+def _two_dw5x5(channels=(32, 24), hw=12):
+    """1x1 -> 5x5 depthwise (relu6) -> 1x1 -> 5x5 depthwise -> 1x1, every 5x5 read from and by KPU layers."""
+    g = Graph()
+    x = g.input(0, (1, 8, hw, hw))
+    for i, c in enumerate(channels):
+        x = g.add(O.Conv2D(act=(0.0, 6.0)), (x, g.constant(rng.uniform(-1, 1, (c, x.shape[1], 1, 1)).astype(np.float32)),
+                                             g.constant(rng.uniform(-1, 1, c).astype(np.float32))), f"expand{i}")
+        x = g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=c, act=(0.0, 6.0)),
+                  (x, g.constant(rng.uniform(-1, 1, (c, 1, 5, 5)).astype(np.float32)),
+                   g.constant(rng.uniform(-1, 1, c).astype(np.float32))), f"dw{i}")
+    g.outputs = [g.add(O.Conv2D(), (x, g.constant(rng.uniform(-1, 1, (4, x.shape[1], 1, 1)).astype(np.float32)),
+                                    g.constant(np.zeros(4, np.float32))), "head")]
+    return g
+
+
+def test_the_model_allowance_goes_to_the_most_time_saved_per_byte(monkeypatch):
+    """A stack made in KPU RAM that needs more than STACK_KPU_BYTES takes it from the model's
+    allowance (MODEL_KPU_BYTES, `allot`), which goes to the convs that save the most estimated time
+    per extra kmodel byte and is never overspent; without it each conv keeps the form it had."""
+    monkeypatch.setattr(D, "STACK_KPU_BYTES", 16 * 1024)  # 24 or 32 channels' stack_kpu no longer fits in it
+    kpu_made = ("stack_kpu", "copies_kpu")
+    state = rng.bit_generator.state
+
+    def compile_with(budget):
+        rng.bit_generator.state = state  # the same weights every time
+        g = _two_dw5x5()
+        ctx = CompileContext(kpu_form_budget=budget)
+        D.decompose_kernels(g, ctx)
+        return {d.node: d for d in ctx.decisions}, ctx.kpu_form_spent
+
+    none, spent = compile_with(0)
+    assert spent == 0 and none.keys() == {"dw0", "dw1"}
+    assert all(d.plan is not None and d.plan.combine not in kpu_made for d in none.values())
+    for budget in (24 * 1024, 64 * 1024, 1 << 20):
+        some, spent = compile_with(budget)
+        assert spent <= budget
+        assert all(d.plan.combine in kpu_made and d.cycles < none[d.node].cycles
+                   for d in some.values() if d.plan != none[d.node].plan)
+    assert all(d.plan.combine in kpu_made for d in some.values()) and spent > 0  # 1 MiB: both
+    # the ranking: room for the extra bytes of one of the two, the one saving more time per byte
+    rng.bit_generator.state = state
+    g = _two_dw5x5()
+    at = {n: KC.surroundings(g.find(n), g.users(), {id(o) for o in g.outputs}) for n in ("dw0", "dw1")}
+    candidates = [(g.find(n), D.choose(g.find(n), at=at[n]), D.choose(g.find(n), at=at[n], cap=1 << 20))
+                  for n in ("dw0", "dw1")]
+    opts = CompileOptions()
+    extra = {n.name: KC.kmodel_bytes(n, big.plan, opts) - KC.kmodel_bytes(n, small.plan, opts)
+             for n, small, big in candidates}
+    gain = {n.name: (small.cycles - big.cycles) / extra[n.name] for n, small, big in candidates}
+    best = max(gain, key=gain.get)
+    assert gain["dw0"] != gain["dw1"] and max(extra.values()) < sum(extra.values()) - 1
+    assert D.allot(candidates, opts, max(extra.values())) == ({best}, extra[best])
+    assert D.allot(candidates, opts, sum(extra.values())) == ({"dw0", "dw1"}, sum(extra.values()))
+    assert D.allot(candidates, opts, min(extra.values()) - 1) == (set(), 0)
