@@ -7,7 +7,8 @@ removes its memory_copy the same way); a concatenation may be computed in place,
 float depthwise 1x1 conv may write over an input it reads for the last time. KPU layers and uploads
 live in KPU RAM (§7.2); a concatenation of KPU layers there (kcc.ir.kpu_ops.KpuConcat) is one buffer
 whose channel ranges its parts are written into, each at the line where its first channel starts
-(§7.3, kcc.kmodel.kpu_channel_offset).
+(§7.3, kcc.kmodel.kpu_channel_offset); a channel view of a map there (kcc.ir.kpu_ops.KpuChannelView)
+is the map's storage from the line where its first channel starts.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class Storage:
                 self.root[id(n)] = self.root.get(id(n.inputs[0]), n.inputs[0])
             elif isinstance(n.op, KO.KpuConcat):
                 self._kpu_concat(n)
+            elif isinstance(n.op, KO.KpuChannelView):
+                self._kpu_channel_view(n)
             elif n.is_constant and id(n) not in inline:
                 start = align_up(len(blob), CONST_ALIGN)
                 blob.extend(bytes(start - len(blob)))
@@ -104,6 +107,18 @@ class Storage:
                                             f"concatenation in KPU RAM")
             self.root[id(i)], self.offset[id(i)] = n, offset
             at += i.shape[1]
+
+    def _kpu_channel_view(self, n: Node) -> None:
+        """A view of channels [c0, c1) of a map in KPU RAM is that map's storage from the line where c0
+        starts (kcc.ir.kpu_ops.KpuChannelView): its readers extend the map's lifetime (emit.plan
+        follows `base`)."""
+        src = n.inputs[0]
+        _, _, h, w = src.shape
+        offset = K.kpu_channel_offset(w, h, n.op.c0)
+        if offset is None or not (isinstance(src.op, KO.KPU_SPACE_OPS) or id(src) in self.kpu_inputs):
+            raise UnsupportedModelError(f"'{n.name}': channels {n.op.c0}..{n.op.c1 - 1} of '{src.name}' cannot "
+                                        f"be read in place in KPU RAM")
+        self.root[id(n)], self.offset[id(n)] = src, offset
 
     def _in_place(self, n: Node, users: dict, outputs: set[int]) -> bool:
         """A concatenation whose inputs can be computed straight into its blocks, so that it needs

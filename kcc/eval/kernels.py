@@ -261,6 +261,7 @@ KERNELS: dict[type, Callable] = {
     KO.KpuUpload: lambda op, x: x,
     KO.KpuDownload: lambda op, x: x,
     KO.KpuConcat: lambda op, *xs: np.concatenate(xs, axis=1),
+    KO.KpuChannelView: lambda op, x: x[:, op.c0:op.c1],
     KO.KpuStack: lambda op, *xs: np.concatenate(xs, axis=1),
     O.Conv2D: conv2d,
     O.Conv2DTranspose: conv2d_transpose,

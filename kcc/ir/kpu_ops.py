@@ -13,13 +13,15 @@ Quantized stage (after `quantize`, executed bit-exactly only by kpu_sim):
                             main_mem_output, never as a node of its own (§9.1: no download op)
     KpuConcat               channel concatenation in KPU RAM: each producing layer writes its channel
                             range of one buffer (kcc.emit.storage), no node of its own either
+    KpuChannelView          channels [c0, c1) of a map in KPU RAM, read in place by KPU layers: an
+                            address inside the map (kcc.emit.storage), no node of its own either
 
 Both stages:
     KpuStack                KPU layers' outputs side by side in one KPU RAM buffer, each part on its
                             own grid, read by one 1x1 KPU layer only (a residual add on the KPU,
                             kcc.passes.residual_kpu); a float concatenation, quantized as a KpuConcat
 
-Tensors produced by KpuUpload and QuantKpuLayer live in KPU RAM; every other tensor in main memory.
+Tensors produced by KpuUpload, QuantKpuLayer, KpuConcat and KpuChannelView live in KPU RAM; every other tensor in main memory.
 """
 
 from __future__ import annotations
@@ -198,6 +200,33 @@ class KpuConcat(Op):
 
 
 @dataclass(frozen=True)
+class KpuChannelView(Op):
+    """Channels [c0, c1) of a map in KPU RAM, read in place: a KPU layer reading the view reads its
+    own (c1 - c0)-channel map at the line where channel c0 starts (kmodel_v4.md §7.3: channel c of a
+    map starts at (c // groups) * row_len * H lines + (c % groups) * row_pitch, and the channels
+    from a multiple of `groups` on are laid out as a map of their own). So c0 must be a multiple of
+    the channels one line holds at the map's width (kcc.kmodel.kpu_channel_offset; checked where
+    views are made, kcc.quant.quantize, and where they are placed, kcc.emit.storage). The source
+    stays alive until its last view is read (its buffer's lifetime counts the views' readers).
+    Batch 1 only: a layer with N batches would step by its own map's lines, not the source's."""
+
+    kind: ClassVar[str] = "kpu_channel_view"
+    c0: int
+    c1: int
+
+    def infer_type(self, ins):
+        _check(len(ins) == 1 and ins[0].dtype == DType.uint8 and ins[0].rank == 4,
+               "kpu_channel_view takes one u8 NCHW map")
+        n, c, h, w = ins[0].shape
+        _check(n == 1 and 0 <= self.c0 < self.c1 <= c,
+               f"kpu_channel_view channels {self.c0}..{self.c1} of {ins[0].shape}: batch 1, a range inside")
+        return TensorType((1, self.c1 - self.c0, h, w), DType.uint8)
+
+    def attrs(self):
+        return {"channels": (self.c0, self.c1)}
+
+
+@dataclass(frozen=True)
 class KpuStack(Op):
     """Channels of KPU layers side by side, in float (a concatenation along channels) for the 1x1
     KPU layer that alone reads them. Unlike a Concat, each part keeps its own grid once quantized:
@@ -277,4 +306,4 @@ def shift_copy(n) -> tuple[int, int] | None:
     return int(a) - 1, int(c) - 1
 
 
-KPU_SPACE_OPS = (KpuUpload, QuantKpuLayer, KpuConcat)  # ops whose output lives in KPU RAM
+KPU_SPACE_OPS = (KpuUpload, QuantKpuLayer, KpuConcat, KpuChannelView)  # ops whose output lives in KPU RAM

@@ -308,6 +308,15 @@ class _Rewriter:
             return self.layer_of(n)
         if isinstance(n.op, KO.KpuStack):
             return self._once("kpu", n, lambda: self.kpu_stack(n))
+        if _channel_range(n) is not None and ("kpu", n, None) not in self.made:
+            problem = kpu_view_problem(n, self.table)
+            if problem != _NOT_BETWEEN_LAYERS:
+                self.placements[n] = Placement(n.name, "strided_slice", problem is None,
+                                               problem or _view_note(n))
+            if problem is None:
+                c0, c1 = _channel_range(n)
+                return self._once("kpu", n, lambda: self.g.add(
+                    KO.KpuChannelView(c0, c1), (self.kpu_of(n.inputs[0]),), n.name + "/kpu"))
         if isinstance(n.op, O.Concat) and ("kpu", n, None) not in self.made:
             problem = kpu_concat_problem(n, self.table, self.written_into)
             if any(self.table[p].domain is Domain.KPU for p in n.inputs):  # a concatenation between KPU layers
@@ -390,6 +399,47 @@ def kpu_concat_problem(n: Node, table: dict[Node, NodeQuant], written_into: dict
             return f"its part '{p.name}' is already written into '{written_into[p].name}' in KPU RAM"
         at += p.shape[1]
     return None
+
+
+_NOT_BETWEEN_LAYERS = "its input is not a KPU layer's output"
+
+
+def _channel_range(n: Node) -> tuple[int, int] | None:
+    """(c0, c1) if n is a StridedSlice of a 4-D map that keeps channels c0..c1-1 and everything else."""
+    if not isinstance(n.op, O.StridedSlice) or n.type.rank != 4:
+        return None
+    x = n.inputs[0]
+    (b0, c0, y0, x0), (b1, c1, y1, x1), steps = n.op.begin, n.op.end, n.op.strides
+    full = (b0, y0, x0) == (0, 0, 0) and (b1, y1, x1) == (x.shape[0], *x.shape[2:])
+    if not full or tuple(steps) != (1, 1, 1, 1) or n.shape[1:] != (c1 - c0, *x.shape[2:]):
+        return None
+    return c0, c1
+
+
+def kpu_view_problem(n: Node, table: dict[Node, NodeQuant]) -> str | None:
+    """Why the channel slice `n` (`_channel_range`) cannot be read in place in KPU RAM by the KPU
+    layers reading it (kcc.ir.kpu_ops.KpuChannelView), or None; `_NOT_BETWEEN_LAYERS` when its input
+    is no KPU layer's output (a slice on the CPU, as before, and no placement of its own)."""
+    x = n.inputs[0]
+    if table[x].domain is not Domain.KPU:
+        return _NOT_BETWEEN_LAYERS
+    if table[n].domain is not Domain.CODES:
+        return "it is not read on its input's grid"
+    if n.shape[0] != 1:
+        return f"batch {n.shape[0]} (in KPU RAM each batch is a whole map)"
+    _, _, h, w = x.shape
+    c0, _ = _channel_range(n)
+    if kpu_channel_offset(w, h, c0) is None:
+        groups = kpu_row_layout(w).groups
+        return (f"its first channel {c0} is not a multiple of {groups} (the channels one 64-byte line of "
+                f"KPU RAM holds at width {w}): copied out, sliced on the CPU and uploaded")
+    return None
+
+
+def _view_note(n: Node) -> str:
+    c0, c1 = _channel_range(n)
+    return (f"in place in KPU RAM: KPU layers read channels {c0}..{c1 - 1} of '{n.inputs[0].name}' where "
+            f"it lies, no copy-out, slice or upload")
 
 
 def _in_place_note(n: Node) -> str:

@@ -289,8 +289,8 @@ def pool_reason(pool: Node, g: Graph, users: dict) -> str:
 
 def placements(result, est: LatencyEstimate | None = None) -> list:
     """`result.placements`, the reason of every pool left on the CPU in words (`pool_reason`); with
-    `est`, a concatenation between KPU layers left on the CPU also gives the CPU time charged to it
-    (its concatenation, quantize and upload, as `cpu_work` counts them), and so does a KPU layer with
+    `est`, a concatenation or channel slice between KPU layers left on the CPU also gives the CPU time
+    charged to it (its concatenation or slice, quantize and upload, as `cpu_work` counts them), and so does a KPU layer with
     a CPU pre-pad or crop around it (with its upload and copy-out)."""
     g = result.float_graph
     if g is None:
@@ -312,7 +312,7 @@ def placements(result, est: LatencyEstimate | None = None) -> list:
                 and isinstance(node.op, O.Pool2D):
             kind = "max" if node.op.op == "max" else "mean"
             p = replace(p, reason=f"{kind} pool in float on the CPU: {pool_reason(node, g, users)}")
-        elif not p.on_kpu and p.op == "concat" and p.node in cost:
+        elif not p.on_kpu and p.op in ("concat", "strided_slice") and p.node in cost:
             p = replace(p, reason=f"on the CPU, {cost[p.node]:.2f} ms estimated: {p.reason}")
         elif p.on_kpu and ("pre-pad" in p.reason or "on CPU" in p.reason) and cost.get(p.node, 0.0) > 0:
             # the CPU work legalize put around a KPU layer (issue #16 item 2: which op, why, what it costs)

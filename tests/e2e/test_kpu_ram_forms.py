@@ -349,9 +349,10 @@ def test_stack_kpu_shift_copies_are_exact_in_kpu_ram(name):
     names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
     layers = copies + groups + 1 + (source == "conv")
     assert names.count("kpu_conv2d") == layers, names
-    # one upload of x (and of its residual), or of each group of x sliced off a KPU layer's output
-    assert names.count("kpu_upload") == ((1 + groups) if group else (2 if residual else 1)), names
-    assert not {"pad", "concat"} & set(names) and names.count("strided_slice") == (groups if group else 0), names
+    # one upload of x (and of its residual); groups of a KPU layer's output are read in place
+    # (kcc.ir.kpu_ops.KpuChannelView): no slice or upload of their own
+    assert names.count("kpu_upload") == (2 if residual else 1), names
+    assert not {"pad", "concat", "strided_slice"} & set(names), names
     assert all(p.on_kpu for p in res.placements if p.op == "concat"), res.placements  # all in place
     for sample in calib[:3]:
         assert kpu_layers_match_the_scalar_reference(res.kmodel, sample[0]) == layers
@@ -373,7 +374,7 @@ def test_stack_kpu_shift_copies_are_exact_in_kpu_ram(name):
     layers_q = [n for n in res.graph.nodes if type(n.op).__name__ == "QuantKpuLayer" and "/shift" in n.name]
     assert len(layers_q) == copies and len({n.op.out_q for n in layers_q}) == 1, [n.op.out_q for n in layers_q]
     src = next(n for n in layers_q if "/residual" not in n.name).inputs[0]
-    while type(src.op).__name__ in ("KpuUpload", "StridedSlice", "KpuDownload"):
+    while type(src.op).__name__ in ("KpuUpload", "StridedSlice", "KpuDownload", "KpuChannelView"):
         src = src.inputs[0]
     grid = src.op.out_q if source == "conv" else (src.op.zero_point, src.op.scale)
     assert layers_q[0].op.out_q == tuple(grid), (layers_q[0].op.out_q, grid)
@@ -384,6 +385,94 @@ def test_stack_kpu_shift_copies_are_exact_in_kpu_ram(name):
 
 STACK_KPU_MAX_STEPS = {"float_input_w10": (1.60, 1.52), "kpu_input_w20": (2.52, 2.40), "prelu_residual_w40": (1.54, 1.46),
                        "kpu_input_in_groups_w14": (2.50, 2.39)}
+
+
+# width -> (channels, group): 4, 2 and 1 channels per 64-byte line, every group on a line of its own
+CHANNEL_VIEWS = {"w14": (12, 14, 4), "w24": (6, 24, 2), "w70": (6, 70, 3)}
+
+
+@pytest.mark.parametrize("name", sorted(CHANNEL_VIEWS))
+def test_channel_groups_of_a_kpu_layer_are_read_in_place_in_kpu_ram(name):
+    """A 5x5 depthwise decomposed per channel group (`stack_kpu`) after a 1x1 KPU layer: each group's
+    copies read channels [c0, c1) of the layer's output where it lies in KPU RAM, at the line where c0
+    starts (kcc.kmodel.kpu_channel_offset), as a (c1 - c0)-channel map of their own: no copy-out, CPU
+    slice or upload. Each layer equals the scalar reference on random weights, each group's input map
+    is exactly its channels of the layer's output, the layer's buffer lives until its last group is
+    read, and the kmodel computes what the CPU-slice form computes, code for code."""
+    c, w, group = CHANNEL_VIEWS[name]
+    shape = (1, 4, 12, w)
+    g = Graph()
+    g.outputs = [_dw5x5_then_1x1(g, g.input(0, shape), c, "conv")]
+    calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
+    want = [run(g, s)[0] for s in calib]
+    x_name = g.find("dw").inputs[0].name
+    rewrite(g, g.find("dw"), Form((1, 1), (0, 0), "stack_kpu", group))
+    g.remove_dead()
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    model = res.emitted.model
+    names = [n.opcode.kmodel_name for n in model.nodes]
+    groups = c // group
+    layers = 1 + 10 * groups + 1
+    assert names.count("kpu_conv2d") == layers and names.count("kpu_upload") == 1, names
+    assert not {"strided_slice", "pad", "concat"} & set(names), names
+    views = [p for p in res.placements if p.op == "strided_slice"]
+    assert len(views) == groups and all(p.on_kpu and "in place in KPU RAM" in p.reason for p in views), views
+    layer_names = [res.emitted.node_names[i] for i, n in enumerate(model.nodes) if n.opcode.kmodel_name == "kpu_conv2d"]
+    assert layer_names[0] == x_name
+    for sample in calib[:2]:
+        assert kpu_layers_match_the_scalar_reference(res.kmodel, sample[0]) == layers
+        maps = layer_maps(res.kmodel, sample[0])
+        x_body, x_out = maps[0][0], maps[0][2]  # the 1x1 layer making x
+        readers = [(body, x_map) for (body, x_map, _), nm in zip(maps, layer_names) if "/shift" in nm]
+        assert len(readers) == 9 * groups
+        at = {x_body.kpu_output().start + km.kpu_channel_offset(w, 12, c0): c0 for c0 in range(0, c, group)}
+        assert {body.kpu_input().start for body, _ in readers} == set(at)
+        for body, x_map in readers:  # a map of its own: `group` channels at the line where c0 starts
+            c0 = at[body.kpu_input().start]
+            assert body.layer.in_channels == group
+            np.testing.assert_array_equal(x_map, x_out[:, c0:c0 + group])
+    (buf,) = [b for b in res.emitted.buffers if b.name == x_name]
+    assert buf.size == km.kpu_bytes((1, c, 12, w))
+    assert buf.death == max(i for i, nm in enumerate(res.emitted.node_names) if "/shift" in nm), buf
+    # code for code what the CPU slice (copy-out, slice, upload) gives
+    import kcc.quant.quantize as quantize_module
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(quantize_module, "kpu_view_problem", lambda n, table: "off")
+        cpu = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    assert [n.opcode.kmodel_name for n in cpu.emitted.model.nodes].count("strided_slice") == groups
+    for s in calib[:3]:
+        np.testing.assert_array_equal(kpu_sim.load(res.kmodel).run(s)[0], kpu_sim.load(cpu.kmodel).run(s)[0])
+    steps = max(max_steps(kpu_sim.load(res.kmodel).run(s)[0].reshape(v.shape), v) for s, v in zip(calib, want))
+    assert steps < 3.0, steps
+
+
+def test_a_channel_slice_not_on_a_line_of_its_own_is_made_on_the_cpu_and_says_why():
+    """At width 14 four channels share a 64-byte line: a 3x3 KPU layer reading channels 4..7 of another
+    layer's output reads them in place, one reading channels 2..4 cannot (channel 2 starts inside a
+    line). That slice is copied out, sliced on the CPU and uploaded as before, and its placement names
+    the rule; every layer equals the scalar reference and the result agrees with float."""
+    shape = (1, 3, 6, 14)
+    g = Graph()
+    x = g.input(0, shape)
+    a = g.add(O.Conv2D((1, 1), ((1, 1), (1, 1))), (x, _const(g, (8, 3, 3, 3)), _const(g, (8,))), "a")
+    outs = []
+    for c0, c1 in ((4, 8), (2, 5)):
+        part = g.add(O.StridedSlice((0, c0, 0, 0), (1, c1, 6, 14), (1, 1, 1, 1)), (a,), f"a{c0}_{c1}")
+        outs.append(g.add(O.Conv2D((1, 1), ((1, 1), (1, 1))), (part, _const(g, (5, c1 - c0, 3, 3)), _const(g, (5,))),
+                          f"b{c0}"))
+    g.outputs = outs
+    calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
+    want = run(g, calib[0])
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    assert names.count("strided_slice") == 1 and names.count("kpu_upload") == 2, names
+    views = {p.node: p for p in res.placements if p.op == "strided_slice"}
+    assert views["a4_8"].on_kpu and "in place in KPU RAM" in views["a4_8"].reason, views
+    assert not views["a2_5"].on_kpu, views
+    assert "channel 2 is not a multiple of 4" in views["a2_5"].reason and "width 14" in views["a2_5"].reason, views
+    assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 3
+    got = kpu_sim.load(res.kmodel).run(calib[0])
+    assert max(max_steps(o.reshape(v.shape), v) for o, v in zip(got, want)) < 3.0
 
 
 def _blazeblocks(c=8, hw=16):
@@ -636,8 +725,8 @@ def test_copies_kpu_shifts_by_whole_offsets_exactly_in_kpu_ram(name):
     names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
     layers = copies + groups + 1 + (source == "conv")
     assert names.count("kpu_conv2d") == layers, names
-    assert names.count("kpu_upload") == ((1 + groups) if group else (2 if residual else 1)), names
-    assert not {"pad", "concat"} & set(names) and names.count("strided_slice") == (groups if group else 0), names
+    assert names.count("kpu_upload") == (2 if residual else 1), names
+    assert not {"pad", "concat", "strided_slice"} & set(names), names
     assert all(p.on_kpu for p in res.placements if p.op == "concat"), res.placements  # all in place
     for sample in calib[:3]:
         assert kpu_layers_match_the_scalar_reference(res.kmodel, sample[0]) == layers
