@@ -57,7 +57,15 @@ from kcc.eval.interpreter import run
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.options import CompileOptions
-from kcc.passes.kernel_cost import KPU_LAYER_BYTES, Where, alone, kmodel_bytes, on_kpu, surroundings
+from kcc.passes.kernel_cost import (
+    KPU_LAYER_BYTES,
+    Where,
+    alone,
+    kmodel_bytes,
+    kpu_as_is,
+    on_kpu,
+    surroundings,
+)
 from kcc.passes.kernel_forms import Form, copy_plan, emit, plan_terms, shift_plan
 from kcc.passes.kernel_terms import axis_terms, max_zero_taps
 from kcc.passes.manager import CompileContext
@@ -167,6 +175,7 @@ def _stack_kpu_plans(n: Node, j: int, residual: bool, halves: bool, bulk: float,
     op: O.Conv2D = n.op
     x, w, _ = n.inputs
     c, k = x.shape[1], 3 if combine == "stack_kpu" else 1
+    x_kpu = not isinstance(x.op, O.Input) and kpu_as_is(x, CompileOptions())[0]  # x stays in KPU RAM
     out = []
     for views, extra in ((j, False), (2 * j, True)) if residual else ((j, False),):
         if op.groups == 1:
@@ -184,7 +193,8 @@ def _stack_kpu_plans(n: Node, j: int, residual: bool, halves: bool, bulk: float,
         groups |= {g for g in aligned if _stack_group_fits(c, views, g, k)}
         # every group is views + 1 KPU layers: within `cap` with their weights
         groups = sorted((g for g in groups if _stack_kpu_bytes(c, views, g, k) <= cap
-                         and _stack_kpu_ram(x.shape, views, g, 2 if extra else 1, c) <= KPU_RAM_SIZE), reverse=True)
+                         and _stack_kpu_ram(x.shape, views, g, 2 if extra else 1, c, x_kpu) <= KPU_RAM_SIZE),
+                        reverse=True)
         if combine == "copies_kpu":
             groups = [g for g in groups if g <= COPIES_KPU_MAX_GROUP]
         out += [Form((1, 1), (0, 0), combine, 0 if g == c else g, extra, h, bulk if h else 0.0)
@@ -200,13 +210,16 @@ def _stack_kpu_bytes(c: int, views: int, g: int, k: int = 3) -> int:
     return groups * (views + 1) * KPU_LAYER_BYTES + k * k * views * g * c + 9 * views * c
 
 
-def _stack_kpu_ram(shape: tuple, views: int, g: int, sources: int, oc: int) -> int:
+def _stack_kpu_ram(shape: tuple, views: int, g: int, sources: int, oc: int, x_in_kpu_ram: bool = False) -> int:
     """KPU RAM a `stack_kpu` in groups of g input channels needs at once (legalize_kpu checks one
     layer at a time): a group's copies side by side, the group of x (and of its residual) they copy,
-    and the oc output channels, all groups side by side (a channel group of x is sliced on the CPU:
-    x whole is not there)."""
-    nb, _, h, w = shape
-    return kpu_bytes((nb, views * g, h, w)) + sources * kpu_bytes((nb, g, h, w)) + kpu_bytes((nb, oc, h, w))
+    and the oc output channels, all groups side by side. A channel group of a CPU x is uploaded on
+    its own (x whole is not there); a KPU layer's x (`x_in_kpu_ram`) is read in place, group by group
+    (kcc.ir.kpu_ops.KpuChannelView), so x whole stays until its last group is read."""
+    nb, c, h, w = shape
+    x = kpu_bytes((nb, c, h, w)) + (sources - 1) * kpu_bytes((nb, g, h, w)) if x_in_kpu_ram \
+        else sources * kpu_bytes((nb, g, h, w))
+    return kpu_bytes((nb, views * g, h, w)) + x + kpu_bytes((nb, oc, h, w))
 
 
 def _stack_group_fits(c: int, views: int, g: int, k: int = 3) -> bool:

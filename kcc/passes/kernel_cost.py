@@ -39,10 +39,13 @@ class Where:
     input, or a KPU layer's output, which that layer copies out of KPU RAM for any CPU reader either
     way: the float conv dequantizes it); and whether every reader of its output is a KPU layer
     reading it from KPU RAM (a CPU result is then quantized and uploaded; a KPU layer's output stays
-    there). Else the readers are float CPU ops: a KPU result is copied out and dequantized."""
+    there). Else the readers are float CPU ops: a KPU result is copied out and dequantized.
+    `kpu_input`: the input is a KPU layer's output, in KPU RAM, so a channel group of it starting on a
+    64-byte line is read in place by KPU layers (kcc.ir.kpu_ops.KpuChannelView), like the whole map."""
 
     float_input: bool = True
     kpu_readers: bool = False
+    kpu_input: bool = False
 
 
 def _upload(x: Node) -> float:
@@ -73,6 +76,7 @@ def estimate_cycles(g: Graph, where: Where = Where()) -> float:
         return is_kpu_layer(v) or id(v) in kpu_concats
 
     on_kpu = any(kpu(m) for m in g.nodes)
+    views = {id(n) for n in g.nodes if where.kpu_input and _kpu_view(n)}
     uploaded: set[int] = set()  # one upload serves every KPU layer reading the tensor
     total = 0.0
     for n in g.nodes:
@@ -84,6 +88,8 @@ def estimate_cycles(g: Graph, where: Where = Where()) -> float:
             nb, c, h, wd = x.shape
             cycles = nb * kpu_map_cycles(c, h, wd, n.shape[1], n.op.depthwise)
             total += kpu_layer_cost(cycles, w.type.size) + CPU_NODE_CYCLES
+            if id(x) in views:  # read in place in x's source: what reading that costs
+                x = x.inputs[0]
             if not kpu(x) and id(x) not in uploaded:
                 uploaded.add(id(x))
                 total += _upload(x)
@@ -106,6 +112,8 @@ def estimate_cycles(g: Graph, where: Where = Where()) -> float:
         elif isinstance(n.op, O.Binary):
             total += _per_element("binary", n)
             total += sum(_per_element("dequantize", i) for i in n.inputs if not _is_float(i, where))
+        elif id(n) in views and all(is_kpu_layer(u) for u in users[n]):
+            pass  # no CPU slice: KPU layers alone read it, in place
         elif type(n.op) in _CPU_PER_ELEMENT:
             total += _per_element(_CPU_PER_ELEMENT[type(n.op)], n)
     float_out = _is_float(out, where)
@@ -140,6 +148,18 @@ def _kpu_concat(n: Node, users: dict, out_readers_kpu: bool | None = None) -> bo
             return False
         at += p.shape[1]
     return True
+
+
+def _kpu_view(n: Node) -> bool:
+    """n is a channel group of the graph's input that KPU layers read in place when that input is a
+    KPU layer's output (kcc.quant.quantize.kpu_view_problem): a slice of channels only, batch 1,
+    starting on a 64-byte line of KPU RAM at the input's width."""
+    if not (isinstance(n.op, O.StridedSlice) and isinstance(n.inputs[0].op, O.Input) and n.type.rank == 4):
+        return False
+    x = n.inputs[0]
+    (b0, c0, y0, x0), end, steps = n.op.begin, n.op.end, n.op.strides
+    return (x.shape[0] == 1 and (b0, y0, x0) == (0, 0, 0) and (end[0], *end[2:]) == (1, *x.shape[2:])
+            and tuple(steps) == (1, 1, 1, 1) and c0 % kpu_row_layout(x.shape[3]).groups == 0)
 
 
 def _is_float(v: Node, where: Where) -> bool:
@@ -202,9 +222,10 @@ def surroundings(n: Node, users: dict, outputs: set[int], opts: CompileOptions =
     """`Where` conv n sits in its graph (`users`, the ids of the graph outputs)."""
     x = n.inputs[0]
     if isinstance(x.op, O.Input):
-        float_input = opts.effective_input_type != "uint8"
+        float_input, kpu_input = opts.effective_input_type != "uint8", False
     else:
-        float_input = not kpu_as_is(x, opts)[0]
+        kpu_input = kpu_as_is(x, opts)[0]
+        float_input = not kpu_input
     readers = users.get(n, [])
     kpu_readers = bool(readers) and id(n) not in outputs and all(kpu_as_is(u, opts)[1] for u in readers)
-    return Where(float_input, kpu_readers)
+    return Where(float_input, kpu_readers, kpu_input)

@@ -393,6 +393,29 @@ def test_the_estimate_counts_what_the_surroundings_add():
         CPU_NODE_CYCLES + cpu_cycles("dequantize") * elems)
 
 
+@pytest.mark.parametrize("group,in_place", [(4, True), (6, False)])
+def test_the_estimate_counts_no_slice_or_upload_for_groups_of_a_kpu_layers_output(group, in_place):
+    """A depthwise `stack_kpu` in channel groups of a KPU layer's output (`kpu_input`): a group starting
+    on a 64-byte line of KPU RAM (width 14: every 4th channel) is read in place (KpuChannelView), so
+    the estimate drops its CPU slice and its upload, keeping one upload of x (what a form reading x
+    whole is charged); a group starting inside a line is still sliced and uploaded."""
+    conv = _conv_graph(12, 12, 12, 14, 5, 5, (1, 1), ((2, 2), (2, 2)), 12).outputs[0]
+    plan = D.Form((1, 1), (0, 0), "stack_kpu", group)
+    lg = legalize(KC.alone(conv, plan))[0]
+    kpu_in, cpu_in = (KC.estimate_cycles(lg, KC.Where(False, True, k)) for k in (True, False))
+    elems = group * 12 * 14
+
+    def upload(n):
+        return CPU_NODE_CYCLES + cpu_cycles("kpu_upload_byte") * n
+    groups = 12 // group
+    saved = groups * (CPU_NODE_CYCLES + cpu_cycles("strided_slice") * elems) + groups * upload(elems) - upload(12 * 12 * 14)
+    if in_place:
+        assert cpu_in - kpu_in == pytest.approx(saved)
+    else:  # channel 6 shares its line with 4 and 5: only the group at channel 0 is read in place
+        assert cpu_in - kpu_in == pytest.approx(CPU_NODE_CYCLES + cpu_cycles("strided_slice") * elems
+                                                + upload(elems) - upload(12 * 12 * 14))
+
+
 def test_surroundings_of_a_conv():
     """Where a conv sits: a float input (a PReLU; the model input of a float build) or uint8 codes
     (the uint8 model input, a KPU layer's output); readers that are all KPU layers or not."""
@@ -409,7 +432,7 @@ def test_surroundings_of_a_conv():
     users, outs = g.users(), {id(o) for o in g.outputs}
     assert KC.surroundings(a, users, outs) == KC.Where(False, True)
     assert KC.surroundings(a, users, outs, CompileOptions(input_type="float")) == KC.Where(True, True)
-    assert KC.surroundings(c, users, outs) == KC.Where(False, False)  # the model's output
+    assert KC.surroundings(c, users, outs) == KC.Where(False, False, True)  # the model's output, a KPU input
     assert KC.surroundings(d, users, outs) == KC.Where(True, False)  # read by a float add
 
 
