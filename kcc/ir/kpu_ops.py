@@ -241,13 +241,18 @@ class QuantMatMul(Op):
                 "out_q": self.out_q}
 
 
+#: pools that keep one pixel of each window: after a copy, they move codes too
+PICK_POOLS = ("bypass", "left_top_2_s2", "right_top_2_s2", "left_top_4_s4")
+
+
 def shift_copy(n) -> tuple[int, int] | None:
     """(cy, cx) if node n is a FloatKpuConv that copies its input shifted, out[i, j] = x[i + cy,
-    j + cx] (0 outside x): depthwise 3x3, no bias, clamp, function or pool, and in every channel one
-    tap of exactly 1 at (1 + cy, 1 + cx), the others 0 (kcc.passes.kernel_forms' `stack_kpu` views).
-    Quantized on its input's grid (kcc.quant.policy.copy_grids) it moves the codes exactly."""
+    j + cx] (0 outside x), then maybe picks one pixel of each pool window: depthwise 3x3, no bias,
+    clamp or function, a pool of PICK_POOLS, and in every channel one tap of exactly 1 at (1 + cy,
+    1 + cx), the others 0 (kcc.passes.kernel_forms' `stack_kpu` views, kcc.passes.row_pick's pick
+    layers). Quantized on its input's grid (kcc.quant.policy.copy_grids) it moves the codes exactly."""
     op = n.op
-    if not (isinstance(op, FloatKpuConv) and op.kernel == 3 and op.depthwise and op.pool == "bypass"
+    if not (isinstance(op, FloatKpuConv) and op.kernel == 3 and op.depthwise and op.pool in PICK_POOLS
             and op.fn is None and op.act == NO_CLAMP):
         return None
     w, b = n.inputs[1], n.inputs[2]

@@ -42,6 +42,8 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node, copy_rewriting
 from kcc.ir.types import TensorType
 from kcc.options import CompileOptions
+from kcc.passes import row_pick
+from kcc.passes.kernel_forms import shift_weights
 from kcc.passes.manager import CompileContext
 from kcc.passes.prelu_kpu import prelu_to_kpu
 from kcc.passes.residual_kpu import residual_to_kpu
@@ -244,6 +246,9 @@ class _Legalizer:
             return None
         k = w.shape[2]
         depthwise = op.groups > 1
+        pick_pool = row_pick.pick_pool(x.shape, n.shape, op.padding, k, op.stride)
+        if pick_pool and row_pick.serves(x.shape, n.shape, op.padding, k, op.stride, depthwise):
+            return self._row_pick(n, x, w, b, pick_pool)
         _, _, h, wd = x.shape
         _, _, oh, ow = n.shape
         sh, sw = op.stride
@@ -315,12 +320,40 @@ class _Legalizer:
         extras = [e for e, on in ((f"pre-pad on CPU: {pads}", ay.pre or ay.post or ax.pre or ax.post),
                                   (f"crop/slice on CPU: {why}" if why else "crop/slice on CPU", not no_slice)) if on]
         self.placements.append(Placement(n.name, "conv2d", True, what + (f" ({', '.join(extras)})" if extras else "")))
+        return self._absorb(n, tail, y)
+
+    def _absorb(self, n: Node, tail: Node, y: Node) -> Node:
+        """Everything between n and tail (fused into the layer computing y) now maps to y."""
         node = n
-        while node is not tail:  # everything between n and tail now maps to the layer output
+        while node is not tail:
             node = self.users[node][0]
             self.absorbed.add(id(node))
             self.map[id(node)] = y
         return y
+
+    def _row_pick(self, n: Node, x: Node, w: np.ndarray, b: np.ndarray, pool: str) -> Node:
+        """Stride-2 conv n centred on odd rows as the conv at stride 1 and a pick layer, both in KPU RAM
+        (kcc.passes.row_pick); a following activation the table takes fuses into the conv."""
+        op: O.Conv2D = n.op
+        wn, bn = n.inputs[1], n.inputs[2]
+        k, depthwise, oc = w.shape[2], op.groups > 1, w.shape[0]
+        tail, fn = n, None
+        act = self._fusable_act(n)
+        if act:
+            tail, fn = act
+        g = self.g
+        wc = self.map[id(wn)] if id(wn) in self.map and w is wn.data else g.constant(w, wn.name + "/kpu")
+        bc = g.constant(b, bn.name) if id(bn) not in self.map else self.map[id(bn)]
+        full = g.add(KO.FloatKpuConv(k, depthwise, "bypass", op.act, fn), (self.map[id(x)], wc, bc),
+                     n.name + "/full")
+        shift = g.constant(shift_weights(oc, row_pick.SHIFT), n.name + "/w_pick")
+        zero = g.constant(np.zeros(oc, np.float32), n.name + "/zero_bias")
+        y = g.add(KO.FloatKpuConv(3, True, pool), (full, shift, zero), tail.name)
+        what = (f"{k}x{k}{' depthwise' if depthwise else ''} at stride 1" + (f", {fn[0]}" if fn else "")
+                + f", then a pick layer of its odd rows (pool {pool}), both in KPU RAM (padding "
+                  f"{[list(p) for p in op.padding]})")
+        self.placements.append(Placement(n.name, "conv2d", True, what))
+        return self._absorb(n, tail, y)
 
     # ------------------------------------------------------------------ fully connected
     def matmul(self, n: Node) -> Node | None:

@@ -149,7 +149,8 @@ def test_a_pool_the_kpu_fuses_needs_no_reason(tmp_path):
     ("window", "its 3x3 window, stride 2 is not one the KPU's pool unit has"),
     ("depthwise", "the layer before it, 'dw', is depthwise"),
     ("two_readers", "the output of the layer before it, 'conv', is also read unpooled"),
-    ("strided", "the conv before it, 'conv', is cropped on the CPU after the KPU"),
+    ("strided", "the stride-2 conv before it, 'conv', is a KPU layer at stride 1 whose odd rows a copy layer picks"),
+    ("strided_odd", "the conv before it, 'conv', is cropped on the CPU after the KPU"),  # 15 rows: no pick layer
     ("input", "its input comes from the model input on the CPU"),
 ])
 def test_every_pool_on_the_cpu_says_which_kpu_limit_it_misses(tmp_path, case, expected):
@@ -163,10 +164,10 @@ def test_every_pool_on_the_cpu_says_which_kpu_limit_it_misses(tmp_path, case, ex
             pooled = _maxpool(b, y, 2, 2, "pool")
             b.output(y)
             return pooled
-        if case == "strided":
+        if case.startswith("strided"):
             return _maxpool(b, _conv(b, x, 8, 8, 3, "conv", rng, stride=2), 2, 2, "pool")
         return _conv(b, _maxpool(b, x, 2, 2, "pool"), 8, 8, 3, "conv", rng)
-    reason = _pool_reason(tmp_path, build)
+    reason = _pool_reason(tmp_path, build, (1, 15, 16, 8) if case == "strided_odd" else (1, 16, 16, 8))
     assert reason.startswith("max pool in float on the CPU: ") and expected in reason, reason
 
 
