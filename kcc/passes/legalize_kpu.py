@@ -17,8 +17,10 @@ the pre-padded input (one row of pre-pad moves every KPU output row down by one)
   the quarter-size slice;
 * other strides: a slice with step s.
 A crop that keeps the whole (pooled) map is no slice at all: the layer's output stays in KPU RAM.
+A stride-2 3x3 conv centred on odd rows (TFLite SAME on an even size) needs none of this when
+kcc/passes/row_pick.py serves it: the conv at stride 1, then a KPU pick layer of its odd rows.
 Before all this, `rotate180` may turn the model's maps by 180° so that TFLite SAME stride-2 padding
-becomes the KPU's own (kcc/passes/rotate180.py).
+becomes the KPU's own (kcc/passes/rotate180.py), where no pick layer serves it.
 Bottom/right pre-pad rows are added so the KPU map is at least 4x4 and covers every row the slice
 reads; rows they affect are cropped, so they change nothing (the input is zero there in tflite too).
 
