@@ -238,3 +238,14 @@ def _stays_exact(name, min_kpu, models):
     for a, b in zip(want, got):
         assert refkit.compare(b, a)[1] < 1e-5
     assert sum(p.on_kpu for p in placements) >= min_kpu
+
+
+def test_an_activation_after_a_picked_conv_fuses_into_its_stride1_layer():
+    """A leaky ReLU after the SAME stride-2 conv goes into the stride-1 layer's table; the pick layer
+    copies the result and carries the activation's tensor name."""
+    g = _conv_graph(3, 6, 12, 16, 3, 2, ((0, 1), (0, 1)), after=O.LeakyRelu(0.1))
+    lg, placements = _assert_equivalent(g)
+    full, pick = [n for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)]
+    assert full.op.fn == ("leaky_relu", pytest.approx(0.1)) and full.op.pool == "bypass"
+    assert KO.shift_copy(pick) == (1, 0) and pick.name == "after" and lg.outputs == [pick]
+    assert "leaky_relu" in placements[0].reason
