@@ -280,7 +280,7 @@ def shift_copy(n) -> tuple[int, int] | None:
     """(cy, cx) if node n is a FloatKpuConv that copies its input shifted, out[i, j] = x[i + cy,
     j + cx] (0 outside x): depthwise 3x3, no bias, clamp, function or pool but a pick (which keeps
     values), and in every channel one tap of exactly 1 at (1 + cy, 1 + cx), the others 0
-    (kcc.passes.kernel_forms' `stack_kpu` views; legalize_kpu's shifted stride-2 picks).
+    (kcc.passes.kernel_forms' `stack_kpu` views; kcc.passes.row_pick's pick layers).
     Quantized on its input's grid (kcc.quant.policy.copy_grids) it moves the codes exactly.
     Also (0, 0) for a non-depthwise 1x1 layer with identity weights and a max pool or a pick
     (legalize_kpu's pools of a map in KPU RAM): the max of codes on one grid is a code."""

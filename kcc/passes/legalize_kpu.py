@@ -15,13 +15,12 @@ the pre-padded input (one row of pre-pad moves every KPU output row down by one)
   A depthwise layer takes the pick only when it needs no pre-pad (ncc never pairs depthwise with a
   pool; kpu_sim computes the pair as any other): a CPU pad of its full-size input costs more than
   the quarter-size slice;
-  When the centres are odd rows or columns (TFLite SAME on an even size), neither is needed: the
-  layer runs at stride 1 and a second KPU layer, a shifted depthwise copy with the left_top pick,
-  keeps rows 2i + 1 (`_shifted_pick`), when it costs less than the CPU pad and crop;
 * other strides: a slice with step s.
 A crop that keeps the whole (pooled) map is no slice at all: the layer's output stays in KPU RAM.
+A stride-2 3x3 conv centred on odd rows (TFLite SAME on an even size) needs none of this when
+kcc/passes/row_pick.py serves it: the conv at stride 1, then a KPU pick layer of its odd rows.
 Before all this, `rotate180` may turn the model's maps by 180° so that TFLite SAME stride-2 padding
-becomes the KPU's own (kcc/passes/rotate180.py).
+becomes the KPU's own (kcc/passes/rotate180.py), where no pick layer serves it.
 Bottom/right pre-pad rows are added so the KPU map is at least 4x4 and covers every row the slice
 reads; rows they affect are cropped, so they change nothing (the input is zero there in tflite too).
 
@@ -49,6 +48,8 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node, copy_rewriting
 from kcc.ir.types import TensorType
 from kcc.options import CompileOptions
+from kcc.passes import row_pick
+from kcc.passes.kernel_forms import shift_weights
 from kcc.passes.manager import CompileContext
 from kcc.passes.prelu_kpu import prelu_to_kpu
 from kcc.passes.prelu_stream import stream_to_kpu
@@ -264,17 +265,15 @@ class _Legalizer:
             return None
         k = w.shape[2]
         depthwise = op.groups > 1
+        pick_pool = row_pick.pick_pool(x.shape, n.shape, op.padding, k, op.stride)
+        if pick_pool and row_pick.serves(x.shape, n.shape, op.padding, k, op.stride, depthwise):
+            return self._row_pick(n, x, w, b, pick_pool)
         _, _, h, wd = x.shape
         _, _, oh, ow = n.shape
         sh, sw = op.stride
         pick = sh == sw == 2
         ay = _axis_plan(h, op.padding[0][0], k, sh, oh, pick)
         ax = _axis_plan(wd, op.padding[1][0], k, sw, ow, pick)
-        # a pre-quantized model has a grid for the layer's output, none for a full-size map
-        if pick and (ay.pre or ay.post or ax.pre or ax.post or ay.crop or ax.crop) and self.fuse_mean_pools:
-            y = self._shifted_pick(n, x, wn, bn, w, op)
-            if y is not None:
-                return y
         why = ""
         if depthwise and pick and (ay.pre or ay.post or ax.pre or ax.post):
             # a pre-pad costs a CPU pad of the full-resolution map (and its upload), more than the
@@ -343,53 +342,18 @@ class _Legalizer:
         extras = [e for e, on in ((f"pre-pad on CPU: {pads}", ay.pre or ay.post or ax.pre or ax.post),
                                   (f"crop/slice on CPU: {why}" if why else "crop/slice on CPU", not no_slice)) if on]
         self.placements.append(Placement(n.name, "conv2d", True, what + (f" ({', '.join(extras)})" if extras else "")))
-        node = n
-        while node is not tail:  # everything between n and tail now maps to the layer output
-            node = self.users[node][0]
-            self.absorbed.add(id(node))
-            self.map[id(node)] = y
+        y = self._absorb(n, tail, y)
         if trivial and not depthwise and pool == "bypass":
             self._pooled_twins(tail, kop, (xin, wc, bc), (h, wd))
         return y
 
-    def _shifted_pick(self, n: Node, x: Node, wn: Node, bn: Node, w: np.ndarray, op: O.Conv2D) -> Node | None:
-        """A stride-2 conv whose output i is centred on input row 2i + oy (and column 2j + ox), oy or
-        ox 1 (TFLite SAME on an even size pads bottom/right only): neither pick reaches those rows
-        (module docstring). Two KPU layers serve it with no CPU pad or slice: the conv at stride 1 with
-        the KPU's own padding (row r centred on input row r: the same window and zeros as the model's
-        padding, wherever the model reads), then a 3x3 depthwise copy shifted by (oy, ox), one tap of
-        1 (kcc.ir.kpu_ops.shift_copy: on its input's grid it moves the codes exactly), whose
-        left_top_2_s2 pick keeps rows 2i + oy and columns 2j + ox. Taken when both maps fit and the
-        copy costs less than the CPU pre-pad, crop and copies out (kcc.target.k210's costs)."""
-        k = w.shape[2]
-        depthwise = op.groups > 1
-        nb, c, h, wd = x.shape
-        _, oc, oh, ow = n.shape
-        oy, ox = k // 2 - op.padding[0][0], k // 2 - op.padding[1][0]
-        if not ({oy, ox} <= {0, 1} and (h // 2, wd // 2) == (oh, ow) and MIN_HW <= h <= MAX_H
-                and MIN_HW <= wd <= MAX_W and h * wd <= MAX_MAP_PIXELS and oh >= MIN_HW // 2):
-            return None
-        full, picked = (nb, oc, h, wd), (nb, oc, oh, ow)
-        if max(kpu_bytes(x.shape) + kpu_bytes(full), kpu_bytes(full) + kpu_bytes(picked)) > KPU_RAM_SIZE:
-            return None
-        copy = kpu_layer_cost(kpu_map_cycles(oc, h, wd, oc, True), 9 * oc)
-        # the cheapest CPU form: the crop of the picked map (or the slice of the full one), its copy out
-        cpu = oc * oh * ow * cpu_cycles("strided_slice") + oc * oh * ow * cpu_cycles("kpu_download_byte")
-        if copy >= cpu:
-            return None
-        g = self.g
-        wc = self.map[id(wn)] if id(wn) in self.map and w is wn.data else g.constant(w, wn.name + "/kpu")
-        bc = g.constant(bn.data, bn.name) if id(bn) not in self.map else self.map[id(bn)]
-        y = g.add(KO.FloatKpuConv(k, depthwise, "bypass", op.act, None), (self.map[id(x)], wc, bc),
-                  n.name + "/full")
-        taps = np.zeros((oc, 1, 3, 3), np.float32)
-        taps[:, 0, 1 + oy, 1 + ox] = 1.0
-        y = g.add(KO.FloatKpuConv(3, True, "left_top_2_s2"),
-                  (y, g.constant(taps, n.name + "/shift"), g.constant(np.zeros(oc, np.float32), n.name + "/zero")),
-                  n.name)
-        what = f"{k}x{k}{' depthwise' if depthwise else ''}, pool bypass"
-        self.placements.append(Placement(n.name, "conv2d", True, f"{what} (stride 2 by a second KPU layer: "
-                                         f"a copy shifted by ({oy}, {ox}) with the left_top_2_s2 pick)"))
+    def _absorb(self, n: Node, tail: Node, y: Node) -> Node:
+        """Everything between n and tail (fused into the layer computing y) now maps to y."""
+        node = n
+        while node is not tail:
+            node = self.users[node][0]
+            self.absorbed.add(id(node))
+            self.map[id(node)] = y
         return y
 
     def _pooled_twins(self, tail: Node, kop: KO.FloatKpuConv, ins: tuple[Node, Node, Node],
@@ -415,6 +379,30 @@ class _Legalizer:
             self.absorbed.add(id(u))
             self.placements.append(Placement(u.name, "pool2d", True, f"{code}: a second KPU layer computes "
                                              f"'{tail.name}' pooled, as its unpooled output is read too"))
+
+    def _row_pick(self, n: Node, x: Node, w: np.ndarray, b: np.ndarray, pool: str) -> Node:
+        """Stride-2 conv n centred on odd rows as the conv at stride 1 and a pick layer, both in KPU RAM
+        (kcc.passes.row_pick); a following activation the table takes fuses into the conv."""
+        op: O.Conv2D = n.op
+        wn, bn = n.inputs[1], n.inputs[2]
+        k, depthwise, oc = w.shape[2], op.groups > 1, w.shape[0]
+        tail, fn = n, None
+        act = self._fusable_act(n)
+        if act:
+            tail, fn = act
+        g = self.g
+        wc = self.map[id(wn)] if id(wn) in self.map and w is wn.data else g.constant(w, wn.name + "/kpu")
+        bc = g.constant(b, bn.name) if id(bn) not in self.map else self.map[id(bn)]
+        full = g.add(KO.FloatKpuConv(k, depthwise, "bypass", op.act, fn), (self.map[id(x)], wc, bc),
+                     n.name + "/full")
+        shift = g.constant(shift_weights(oc, row_pick.SHIFT), n.name + "/w_pick")
+        zero = g.constant(np.zeros(oc, np.float32), n.name + "/zero_bias")
+        y = g.add(KO.FloatKpuConv(3, True, pool), (full, shift, zero), tail.name)
+        what = (f"{k}x{k}{' depthwise' if depthwise else ''} at stride 1" + (f", {fn[0]}" if fn else "")
+                + f", then a pick layer of its odd rows (pool {pool}), both in KPU RAM (padding "
+                  f"{[list(p) for p in op.padding]})")
+        self.placements.append(Placement(n.name, "conv2d", True, what))
+        return self._absorb(n, tail, y)
 
     # ------------------------------------------------------------------ fully connected
     def matmul(self, n: Node) -> Node | None:

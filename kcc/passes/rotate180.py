@@ -3,7 +3,9 @@ the KPU's pick pools without any CPU pad or slice (issue #16, kpu_speed.md §2).
 
 TFLite SAME padding with stride 2 on an even size pads only bottom/right: output i is centred on
 input row 2i+1, which neither `left_top_2_s2` (rows 2i) nor `right_top_2_s2` (rows 2i, columns
-2j+1) reaches, so legalize_kpu pre-pads on the CPU and crops, or slices. Turned by 180°
+2j+1) reaches directly. legalize_kpu serves it with a second, small KPU layer (kcc.passes.row_pick:
+the conv at stride 1, then a pick layer taking its odd rows) when that fits KPU RAM, else pre-pads on
+the CPU and crops, or slices. Turned by 180°
 (row r -> H-1-r, column c -> W-1-c) that centre is H-2-2i = 2i' (i' = OH-1-i, H = 2*OH): the padding
 moves to top/left and becomes the KPU's own symmetric padding of k//2, read by the left_top pick.
 
@@ -21,11 +23,13 @@ longer a map) commutes with the rotation R (flip of axes H and W of an NCHW tens
 
 So the rotated graph reads R(input) (one CPU `strided_slice` with steps -1: the only flip added)
 and computes R of every map, and the same values wherever H = W = 1. It is taken only when the
-pass needs no other flip (a map output, a reshape of a map, a resize...), when the stride-2 layers
-it frees read more elements than the input flip writes (a CPU pad costs about as much per element
-as a flip, k210.CPU_COSTS "pad" and "strided_slice"; a freed layer also loses the crop or slice of
-its output, so both count), and when it frees every stride-2 conv and
-strided view of the model. A partial rotation (BlazeHand, whose decomposed 5x5 stride-2 convs keep
+pass needs no other flip (a map output, a reshape of a map, a resize...), when what the stride-2
+layers cost less turned outweighs the input flip (`_stride2_cost`, in flip elements: a layer with a
+CPU pre-pad and crop, or a slice, counts its input and output elements, since a CPU pad costs about
+as much per element as a flip, k210.CPU_COSTS "pad" and "strided_slice"; a layer row_pick serves
+counts only its pick layer's KPU time, so a model whose every SAME layer row_pick serves stays as it
+is: MobileNet's flip cost more than all its pick layers), and when no stride-2 conv or strided view
+of the model keeps CPU work. A partial rotation (BlazeHand, whose decomposed 5x5 stride-2 convs keep
 their strided views) changes which pixels some layers' ranges are calibrated on; it moved
 BlazeHand's world-landmark output by 0.01 in cosine with float input, outside issue #16's
 accuracy bar. Otherwise the graph is returned as is.
@@ -38,6 +42,8 @@ import numpy as np
 
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
+from kcc.passes import row_pick
+from kcc.target.k210 import cpu_cycles
 
 
 def _spatial(n: Node) -> bool:
@@ -66,6 +72,22 @@ def _free_pick(size: int, pad_before: int, k: int, out: int) -> bool:
     return k3 in (1, 3) and before == k3 // 2 and 2 * out <= size
 
 
+def _stride2_cost(n: Node, padding: tuple) -> tuple[float, bool]:
+    """What stride-2 conv n costs beyond its own KPU layer with `padding`, in elements of the input flip
+    (the gate's unit), and whether that is CPU work: nothing when the pick serves it as is; the pick
+    layer of kcc.passes.row_pick (its KPU time over a flip element's CPU time, k210 cost model); or,
+    when legalize_kpu pre-pads and crops (or slices) on the CPU, its input and output elements (a CPU
+    pad costs about as much per element as a flip, a crop or slice too)."""
+    kh, kw = n.inputs[1].shape[2:]
+    x = n.inputs[0]
+    (h, w), (oh, ow) = x.shape[2:], n.shape[2:]
+    if _free_pick(h, padding[0][0], kh, oh) and _free_pick(w, padding[1][0], kw, ow):
+        return 0.0, False
+    if kh == kw and row_pick.serves(x.shape, n.shape, padding, kh, n.op.stride, n.op.groups > 1):
+        return row_pick.pick_cycles(x.shape, n.shape[1]) / cpu_cycles("strided_slice"), False
+    return float(np.prod(x.shape) + np.prod(n.shape)), True
+
+
 class _Rotation:
     def __init__(self, src: Graph):
         self.src = src
@@ -73,9 +95,9 @@ class _Rotation:
         self.map: dict[int, Node] = {}
         self.turned: set[int] = set()  # ids of new nodes holding R(value) of a map
         self.flips: list[tuple[Node, bool]] = []  # (flipped node, at a graph input)
-        self.freed = 0  # input + output elements of the stride-2 layers the rotation serves without pad/slice
-        self.worse = 0  # stride-2 layers the KPU served as is, and no longer would
-        self.left = 0  # stride-2 layers (or strided views) that keep a pad or slice after the rotation
+        self.freed = 0.0  # what the stride-2 layers cost less turned, in input flip elements (_stride2_cost)
+        self.worse = 0  # stride-2 layers the KPU served alone (as is or with a pick layer), and no longer would
+        self.left = 0  # stride-2 layers (or strided views) that keep a CPU pad or slice after the rotation
 
     def _flip(self, new: Node, at_input: bool = False) -> Node:
         self.flips.append((new, at_input))
@@ -99,15 +121,10 @@ class _Rotation:
         op = n.op
         if not (isinstance(op, O.Conv2D) and op.stride == (2, 2) and op.dilation == (1, 1)):
             return
-        kh, kw = n.inputs[1].shape[2:]
-        h, w = n.inputs[0].shape[2:]
-        oh, ow = n.shape[2:]
-        was = _free_pick(h, old[0][0], kh, oh) and _free_pick(w, old[1][0], kw, ow)
-        now = _free_pick(h, new[0][0], kh, oh) and _free_pick(w, new[1][0], kw, ow)
-        if now and not was:  # legalize would pre-pad the input and crop (or slice) the output on the CPU
-            self.freed += int(np.prod(n.inputs[0].shape)) + int(np.prod(n.shape))
-        self.worse += was and not now
-        self.left += not now
+        (before, was_cpu), (after, now_cpu) = _stride2_cost(n, old), _stride2_cost(n, new)
+        self.freed += before - after
+        self.worse += now_cpu and not was_cpu
+        self.left += now_cpu
 
     def _windowed(self, n: Node) -> Node | None:
         op = n.op

@@ -17,7 +17,8 @@ legalization adds nodes around a KPU layer. `model_ranges` finds each point's te
 * by name;
 * else through data movement, which keeps the values and the grid: a KPU layer `X/kpu` that a crop
   (StridedSlice `X`) follows, a reshape, a pad in front of a layer (`X/kpu_pad`), a concatenation
-  of views of one tensor;
+  of views of one tensor, a KPU layer `X/full` whose odd rows a copy `X` picks (kcc.passes.row_pick:
+  TFLite's uint8 conv on X's grid, at every pixel);
 * the input of an activation fused into a layer L (its pre-activation point, which the calibration
   view links to L: kcc.quant.quantize.CalibrationView) is the output of the conv that the layer's
   tensor L comes from, found through the recorded producers.
@@ -33,6 +34,7 @@ from kcc.errors import DatasetError
 from kcc.frontend.quantization import PRODUCER_CONV, ModelQuantization, TensorQuant
 from kcc.ir import ops as O
 from kcc.ir.graph import Node
+from kcc.ir.kpu_ops import shift_copy
 from kcc.quant.calibrate import input_range_override
 from kcc.quant.params import GridRange, QuantParam
 from kcc.quant.quantize import CalibrationView
@@ -66,6 +68,7 @@ class _Resolver:
         self.known = {name: grid_range(tq) for name, tq in quant.activations.items()}
         self.producers = quant.producers
         self.users = view.graph.users()
+        self.by_name = {n.name: n for n in view.graph.nodes}
         # pre-activation point -> the layer whose fused activation reads it
         self.layer_of = {pre: layer for layer, pre in view.pre_activations.items()}
 
@@ -84,16 +87,29 @@ class _Resolver:
             if parts and all(p is not None for p in parts):
                 found = parts[0] if all(p == parts[0] for p in parts) else (min(p[0] for p in parts),
                                                                             max(p[1] for p in parts))
-        if found is None and forward:  # forwards: a KPU layer `X/kpu` cropped to the tensor X
-            cur = n
-            while found is None and len(self.users.get(cur, ())) == 1 and isinstance(self.users[cur][0].op, _MOVES):
-                cur = self.users[cur][0]
+        if found is None and forward:  # forwards: a KPU layer `X/kpu` cropped to the tensor X, or `X/full`
+            cur = n                      # picked by a copy (kcc.passes.row_pick) to X
+            while found is None and self._moved_to(cur) is not None:
+                cur = self._moved_to(cur)
                 found = self.known.get(cur.name)
         return found
 
+    def _moved_to(self, n: Node) -> Node | None:
+        """n's only user when it moves n's values and grid: data movement, or a KPU layer copying
+        them (kcc.ir.kpu_ops.shift_copy, on its input's grid: kcc.quant.policy.copy_grids)."""
+        users = self.users.get(n, ())
+        if len(users) == 1 and (isinstance(users[0].op, _MOVES) or shift_copy(users[0]) is not None):
+            return users[0]
+        return None
+
     def pre_activation_range(self, layer: str) -> Range | None:
-        """The range a fused activation reads: the output of the conv behind the layer's tensor."""
+        """The range a fused activation reads: the output of the conv behind the layer's tensor (the
+        tensor of the copy that picks the layer's output, for a row_pick conv)."""
         name = layer
+        node = self.by_name.get(layer)
+        while name not in self.producers and node is not None and self._moved_to(node) is not None:
+            node = self._moved_to(node)
+            name = node.name
         for _ in range(4):  # tensor <- pool <- activation <- conv at most
             kind, src = self.producers.get(name, ("", ""))
             if not kind:

@@ -88,6 +88,8 @@ class PatchMoments:
 
     kernel: int
     blocks: list[np.ndarray]  # tap indices of the blocks whose covariance is collected
+    #: (row, column) of the one position of every 2x2 block whose output is used (`used_phase`), or None: all
+    phase: tuple[int, int] | None = None
     count: int = 0  # positions seen
     total: np.ndarray | None = None  # their sum, [C*k*k]
     picked: int = 0  # positions in the covariances (a subsample)
@@ -98,8 +100,15 @@ class PatchMoments:
         k = self.kernel
         n, c, h, w = x.shape
         p = k // 2
+        xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+        win = sliding_window_view(xp, (k, k), axis=(2, 3))  # [n, c, h, w, k, k], a view
+        if self.phase is not None:  # only the positions whose outputs are used
+            win = win[:, :, self.phase[0]::2, self.phase[1]::2]
+            h, w = win.shape[2:4]
+            self.total = _plus(self.total, win.sum(axis=(0, 2, 3), dtype=np.float64).reshape(-1))
+        else:
+            self.total = _plus(self.total, _tap_sums(x, k).reshape(-1))  # channel-major taps
         positions = n * h * w
-        self.total = _plus(self.total, _tap_sums(x, k).reshape(-1))  # channel-major taps
         self.count += positions
         if not self.blocks:
             return
@@ -112,8 +121,6 @@ class PatchMoments:
         else:
             pick = np.arange(positions)
         ni, hi, wi = np.unravel_index(pick, (n, h, w))
-        xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
-        win = sliding_window_view(xp, (k, k), axis=(2, 3))  # [n, c, h, w, k, k], a view
         flat = win[ni, :, hi, wi].reshape(len(pick), c * k * k).astype(np.float64)  # only the picked patches
         self.picked += len(flat)
         self.picked_total = _plus(self.picked_total, flat.sum(axis=0))
@@ -169,6 +176,25 @@ def _plus(acc: np.ndarray | None, x: np.ndarray) -> np.ndarray:
     return x if acc is None else acc + x
 
 
+#: pool -> the column of each 2x2 block it keeps (row 0: both keep the top row)
+_PICK_COLUMN = {"left_top_2_s2": 0, "right_top_2_s2": 1}
+
+
+def used_phase(n, users: dict, outputs: set) -> tuple[int, int] | None:
+    """(row, column) in each 2x2 block of KPU layer n's output of the one position whose value is
+    used, when n's only reader is a pick layer (kcc.passes.row_pick: a copy shifted by (cy, cx),
+    then a 2x2 pick, reads n's output at (2i + cy, 2j + cx + column)); else None. The rounding then
+    minimizes the error of the outputs the model uses, not of the three quarters it drops."""
+    us = users.get(n, ())
+    if len(us) != 1 or id(n) in outputs:
+        return None
+    shift = KO.shift_copy(us[0])
+    column = _PICK_COLUMN.get(us[0].op.pool) if shift is not None else None
+    if column is None or shift[0] not in (0, 1) or shift[1] + column not in (0, 1):
+        return None
+    return shift[0], shift[1] + column
+
+
 class InputMoments:
     """Collects `PatchMoments` for every KPU layer of a float graph whose weights will be re-rounded,
     during calibration: layers reading the same tensor with the same kernel and tap blocks share
@@ -180,6 +206,7 @@ class InputMoments:
         self.layers: dict[str, PatchMoments] = {}
         shared: dict[tuple, PatchMoments] = {}
         budget = GRAM_BUDGET_BYTES
+        users, outputs = g.users(), {id(o) for o in g.outputs}
         for n in g.nodes:
             w = n.inputs[1].data if isinstance(n.op, KO.FloatKpuConv) else None
             if w is None or on_own_grid(w) or isinstance(n.inputs[0].op, KO.KpuStack):
@@ -187,10 +214,11 @@ class InputMoments:
                 # a multi-grid stack's (kcc.quant.kpu_params.stacked_weights)
             x = n.inputs[0]
             blocks = [b for b in tap_blocks(w, n.op.depthwise) if len(b) <= GRAM_MAX_TAPS]
-            key = (x.name, n.op.kernel, tuple(tuple(b) for b in blocks))
+            phase = used_phase(n, users, outputs)
+            key = (x.name, n.op.kernel, tuple(tuple(b) for b in blocks), phase)
             if key not in shared:
                 size = 8 * sum(len(b) ** 2 for b in blocks)
-                shared[key] = PatchMoments(n.op.kernel, blocks if size <= budget else [])
+                shared[key] = PatchMoments(n.op.kernel, blocks if size <= budget else [], phase)
                 budget -= size if size <= budget else 0
                 self._by_input.setdefault(x.name, []).append(shared[key])
             self.layers[n.name] = shared[key]

@@ -272,7 +272,10 @@ def pool_reason(pool: Node, g: Graph, users: dict) -> str:
     x = pool.inputs[0]
     if isinstance(x.op, KO.FloatKpuConv):
         layer = f"'{short_name(model_name(x.name))}'"
-        if x.op.pool != "bypass":  # a stride-2 conv's shifted pick (legalize_kpu) is a depthwise copy
+        if KO.shift_copy(x) is not None and x.op.pool != "bypass":  # kcc.passes.row_pick's pick layer
+            return (f"the stride-2 conv before it, {layer}, is a KPU layer at stride 1 whose odd rows a "
+                    f"copy layer picks, with the pool unit ({x.op.pool})")
+        if x.op.pool != "bypass":
             return f"the layer before it, {layer}, already uses the pool unit ({x.op.pool})"
         if x.op.depthwise:
             return f"the layer before it, {layer}, is depthwise (kcc, like ncc, never pools one)"

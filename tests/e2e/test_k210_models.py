@@ -53,9 +53,12 @@ def test_mobilenet_all_convs_on_kpu(tmp_path):
 
 @pytest.mark.parametrize("name,mean_err,worst_err", [
     ("digits_cnn16_gray", 1.00e-5, 6.1e-4),  # measured 1 - cos: mean 9.51e-6, worst 5.82e-4
-    # measured 1 - cos: mean 1.08e-5, worst 6.90e-4 (its stride-2 depthwise layers pick on the KPU:
-    # their output ranges are calibrated on the picked pixels only; 9.27e-6, 5.91e-4 before)
-    ("digits_mbnet32_rgb", 1.14e-5, 7.3e-4),
+    # measured 1 - cos: mean 2.40e-5, worst 1.53e-3 (its SAME stride-2 stem runs at stride 1 with a
+    # pick layer, kcc.passes.row_pick, its weights rounded for the picked pixels: the integer pipeline is
+    # the pre-padded stem's, the data-aware rounding of its 27 taps differs; 1.08e-5, 6.90e-4 before,
+    # 4.7e-6, 3.0e-4 rounded for all pixels. Its stride-2 depthwise layers pick on the KPU: their
+    # output ranges are calibrated on the picked pixels only; 9.27e-6, 5.91e-4 before that)
+    ("digits_mbnet32_rgb", 2.52e-5, 1.61e-3),
 ])
 def test_digits_models_keep_accuracy(name, mean_err, worst_err, tmp_path):
     """ncc v0.2 on digits_cnn16_gray: mean 0.99999, worst 0.99967; it cannot compile digits_mbnet32_rgb."""

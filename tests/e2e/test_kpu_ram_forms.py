@@ -626,38 +626,6 @@ def test_a_pool_of_a_layer_also_read_unpooled_is_a_bit_exact_twin_kpu_layer():
     assert max(max_steps(a.reshape(b.shape), b) for a, b in zip(got, want)) <= 2.0
 
 
-SHIFTED_PICKS = [(False, ((0, 1), (0, 1))), (True, ((0, 1), (0, 1))), (False, ((0, 1), (1, 1))),
-                 (True, ((1, 1), (0, 1)))]
-
-
-@pytest.mark.parametrize("depthwise,padding", SHIFTED_PICKS, ids=[f"{'dw' if d else 'conv'}-{p[0]}{p[1]}" for d, p in SHIFTED_PICKS])
-def test_a_stride2_conv_centred_on_odd_rows_is_two_kpu_layers_without_cpu_pad_or_slice(depthwise, padding):
-    """TFLite SAME with stride 2 on an even size pads bottom/right only: output i is centred on input
-    row 2i+1, which neither pick reaches. The conv runs at stride 1 with the KPU's padding, then a
-    3x3 depthwise copy shifted by (1, 1) (or (1, 0), (0, 1)) picks rows 2i+oy, columns 2j+ox with
-    left_top_2_s2: no CPU pad, crop or slice. Both layers equal the scalar reference; the picked map is
-    exactly the full map's codes at those rows and columns; the whole agrees with float."""
-    shape, c = (1, 8, 16, 20), 8
-    g = Graph()
-    x = g.input(0, shape)
-    wshape = (c, 1, 3, 3) if depthwise else (c, shape[1], 3, 3)
-    y = g.add(O.Conv2D((2, 2), padding, groups=c if depthwise else 1, act=(0.0, 6.0)),
-              (x, _const(g, wshape), _const(g, (c,))), "conv")
-    g.outputs = [g.add(O.Conv2D(), (y, _const(g, (4, c, 1, 1)), _const(g, (4,))), "head")]
-    calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
-    want = run(g, calib[0])[0]
-    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
-    assert names.count("kpu_conv2d") == 3 and not {"pad", "strided_slice", "conv2d"} & set(names), names
-    assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 3
-    (full, _, full_map), (pick, x_map, picked), _ = layer_maps(res.kmodel, calib[0][0])
-    assert pick.layer.pool_type == km.KpuPoolType.LEFT_TOP_2_S2 and full_map.shape[2:] == (16, 20)
-    oy, ox = 1 - padding[0][0], 1 - padding[1][0]
-    np.testing.assert_array_equal(picked, full_map[:, :, oy::2, ox::2])
-    got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
-    assert max_steps(got, want) <= 2.0, f"max error {max_steps(got, want):.2f} steps"
-
-
 def test_a_max_pool_of_a_depthwise_layer_pools_the_map_in_kpu_ram_exactly():
     """kcc never fuses a pool behind a depthwise layer (nncase never pairs them): the max pool becomes a
     1x1 KPU layer with identity weights and max_2_s2 reading the depthwise's output in KPU RAM (no
@@ -783,3 +751,60 @@ def test_a_model_the_allowance_puts_over_the_device_ram_budget_is_compiled_again
     second, less = compile_it(lines.append)
     assert less <= ram - 1 and any(" over " in line and "again with" in line for line in lines), lines
     assert [d.plan.combine in kpu_made for d in second.decisions].count(True) < 2
+
+
+def _same_s2_block(g, x, oc):
+    """TFLite SAME stride 2 on an even size (pad 0 top/left, 1 bottom/right): a 3x3 conv (relu6), a 3x3
+    depthwise (relu6), then a 1x1 head reading the map."""
+    same = ((0, 1), (0, 1))
+    y = g.add(O.Conv2D((2, 2), same, act=(0.0, 6.0)), (x, _const(g, (oc, x.shape[1], 3, 3)), _const(g, (oc,))), "conv_s2")
+    y = g.add(O.Conv2D((2, 2), same, groups=oc, act=(0.0, 6.0)), (y, _const(g, (oc, 1, 3, 3)), _const(g, (oc,))), "dw_s2")
+    return g.add(O.Conv2D(), (y, _const(g, (5, oc, 1, 1)), _const(g, (5,))), "head")
+
+
+ROW_PICK_CASES = {  # (input shape, conv output channels): widths of 4, 2 and 1 channels per 64-byte line
+    "c3_16x16": ((1, 3, 16, 16), 8),  # Y 16 wide, the picks 8 and 4
+    "c3_24x32": ((1, 3, 24, 32), 16),  # Y 32 wide, 16 channels
+    "c4_16x132": ((1, 4, 16, 132), 16),  # Y 132 wide: three lines a row, the picks 66 (two) and 33
+    "c16_16x68": ((1, 16, 16, 68), 8),  # 16 input channels; Y 68 wide: two lines a row
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROW_PICK_CASES))
+def test_same_stride2_on_even_sizes_is_a_kpu_pick_layer(name, monkeypatch):
+    """kcc.passes.row_pick: each SAME stride-2 layer on an even size runs at stride 1 (Y, full size,
+    exact at the odd centres) and a pick layer copies Y's odd rows and columns, both in KPU RAM: no
+    CPU pad, slice, flip or second upload. On random weights and inputs, every layer equals the
+    scalar reference of the integer pipeline, each pick layer's output is exactly Y[1::2, 1::2] of the
+    codes Y left in KPU RAM, and the result agrees with the float graph as the CPU pre-pad / slice
+    path does (the same weights and samples)."""
+    shape, oc = ROW_PICK_CASES[name]
+    state = rng.bit_generator.state
+    rms = {}
+    for form in ("cpu", "pick"):
+        rng.bit_generator.state = state
+        g = Graph()
+        g.outputs = [_same_s2_block(g, g.input(0, shape), oc)]
+        calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
+        want = [run(g, s)[0] for s in calib]
+        with monkeypatch.context() as m:
+            if form == "cpu":
+                m.setattr("kcc.passes.row_pick.serves", lambda *a: False)
+            res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+        program = kpu_sim.load(res.kmodel)
+        err = np.concatenate([(program.run(s)[0].reshape(v.shape) - v).ravel() for s, v in zip(calib, want)])
+        rms[form] = float(np.sqrt(np.mean(err ** 2)))
+    assert rms["pick"] <= 1.05 * rms["cpu"], rms  # measured: 0.97-1.014 of the CPU path's
+    assert all(p.on_kpu and "CPU" not in p.reason for p in res.placements), res.placements
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    assert names == ["quantize", "kpu_upload"] + ["kpu_conv2d"] * 5 + ["dequantize"], names
+    assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 5
+    for sample in calib[:3]:
+        maps = layer_maps(res.kmodel, sample[0])
+        pools = [body.layer.pool_type.name.lower() for body, _, _ in maps]
+        assert pools == ["bypass", "right_top_2_s2", "bypass", "right_top_2_s2", "bypass"], pools
+        for (_, _, y), (body, x_map, out) in zip(maps[0:3:2], maps[1:4:2]):
+            assert _shift_of(body) == (1, 0)
+            np.testing.assert_array_equal(x_map, y)  # the pick layer reads Y where its layer left it
+            np.testing.assert_array_equal(out, y[:, :, 1::2, 1::2])
+            assert len(np.unique(y)) > 50

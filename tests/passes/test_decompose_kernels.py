@@ -228,13 +228,23 @@ def test_depthwise_stacks_only_within_the_weight_budget():
     assert plans(672) == [("sum", 0)]  # 135 layers of 5 channels even in 128 KiB
 
 
+def test_a_256_row_stride2_stem_needs_no_decomposition():
+    """TFLite SAME, 3x3 stride 2 on 256x256: at stride 1 with a pick layer (kcc.passes.row_pick) the KPU
+    input is the map itself, 256 rows: on the KPU as it is."""
+    g = _conv_graph(3, 8, 256, 256, 3, 3, (2, 2), ((0, 1), (0, 1)), act=O.NO_CLAMP)
+    _, placements = legalize(g)
+    assert placements[0].on_kpu and "pick layer" in placements[0].reason
+    ctx = CompileContext()
+    before = list(g.nodes)
+    assert D.decompose_kernels(g, ctx).nodes == before and ctx.decisions == []  # nothing to decide
+
+
 def test_oversized_stride2_stem_goes_polyphase():
-    """A 3x3 stride-2 conv of a 260x260 map needs a 262-row KPU input (pre-padded) or a 260-row one
-    (at stride 1, then a shifted pick), over the KPU's 256: its phases are 130x130."""
-    g = _conv_graph(3, 8, 260, 260, 3, 3, (2, 2), ((0, 1), (0, 1)), act=O.NO_CLAMP)
+    """A 3x3 stride-2 conv of a 288x288 map is over the KPU's 256 rows: its phases are 144x144."""
+    g = _conv_graph(3, 8, 288, 288, 3, 3, (2, 2), ((0, 1), (0, 1)), act=O.NO_CLAMP)
     _, placements = legalize(g)
     assert not placements[0].on_kpu
-    xi = rng.uniform(-1, 1, (1, 3, 260, 260)).astype(np.float32)
+    xi = rng.uniform(-1, 1, (1, 3, 288, 288)).astype(np.float32)
     want = run(g, [xi])[0]
     ctx = CompileContext()
     g = D.decompose_kernels(g, ctx)

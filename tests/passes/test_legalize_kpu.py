@@ -12,6 +12,7 @@ from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
+from kcc.passes import row_pick
 from kcc.passes.legalize_kpu import legalize_kpu
 from kcc.passes.manager import CompileContext
 
@@ -106,12 +107,42 @@ def test_stride2_depthwise_with_symmetric_padding_picks_on_the_kpu(k, h, w):
 
 
 def test_stride2_depthwise_that_needs_a_pre_pad_keeps_its_slice():
-    """TFLite SAME on an even size: the pick would need a CPU pad of the full map, costlier than
-    the quarter-size slice."""
-    g = _conv_graph(4, 4, 8, 10, 3, 2, ((0, 1), (0, 1)), groups=4)
+    """TFLite SAME, 8 rows but 9 columns: no pick layer (kcc.passes.row_pick takes even sizes only), and
+    the pick would need a CPU pad of the full map, costlier than the quarter-size slice."""
+    g = _conv_graph(4, 4, 8, 9, 3, 2, ((0, 1), (1, 1)), groups=4)
     lg, _ = _assert_equivalent(g)
     assert [n.op.pool for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)] == ["bypass"]
     assert not [n for n in lg.nodes if isinstance(n.op, O.Pad)]
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+@pytest.mark.parametrize("h,w,left,pool", [(8, 10, 0, "right_top_2_s2"), (16, 16, 0, "right_top_2_s2"),
+                                           (12, 70, 0, "right_top_2_s2"), (8, 20, 1, "left_top_2_s2")])
+def test_stride2_centred_on_odd_rows_is_a_kpu_layer_and_a_pick_layer(depthwise, h, w, left, pool):
+    """TFLite SAME on an even size (and the asymmetric padding whose columns are centred on even
+    columns): the conv at stride 1, then a 3x3 depthwise copy shifted one row up picks its odd rows
+    (kcc.passes.row_pick): no pad, no slice, the same values."""
+    c = 4
+    g = _conv_graph(c, c if depthwise else 6, h, w, 3, 2, ((0, 1), (left, 1 - left)), groups=c if depthwise else 1,
+                    act=(0.0, 6.0))
+    lg, placements = _assert_equivalent(g)
+    full, pick = [n for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)]
+    assert (full.op.pool, full.op.depthwise, full.op.act, full.shape[2:]) == ("bypass", depthwise, (0.0, 6.0), (h, w))
+    assert pick.op.pool == pool and KO.shift_copy(pick) == (1, 0) and pick.inputs[0] is full
+    assert not [n for n in lg.nodes if isinstance(n.op, (O.Pad, O.StridedSlice))]
+    assert placements[0].on_kpu and "pick layer" in placements[0].reason and "CPU" not in placements[0].reason
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_a_pick_layer_costing_more_than_the_cpu_work_it_saves_is_not_taken(depthwise):
+    """Two channels of 4x4: the pick layer's fixed cost (k210.KPU_LAYER_US, ~10000 cycles) is more than
+    the CPU work it saves (a depthwise layer's copy-out and slice of 32 bytes; a conv's pad of its input
+    and crop of its output), so legalize keeps the CPU form; on 8x8 maps the pick layer pays."""
+    assert not row_pick.cheaper((1, 2, 4, 4), 2, depthwise) and row_pick.cheaper((1, 4, 8, 8), 4, depthwise)
+    g = _conv_graph(2, 2, 4, 4, 3, 2, ((0, 1), (0, 1)), groups=2 if depthwise else 1)
+    lg, placements = _assert_equivalent(g)
+    assert [n.op.kind for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)] == ["kpu_conv2d"]
+    assert "CPU" in placements[0].reason and "pick layer" not in placements[0].reason
 
 
 @pytest.mark.parametrize("pool,code", [
@@ -207,3 +238,14 @@ def _stays_exact(name, min_kpu, models):
     for a, b in zip(want, got):
         assert refkit.compare(b, a)[1] < 1e-5
     assert sum(p.on_kpu for p in placements) >= min_kpu
+
+
+def test_an_activation_after_a_picked_conv_fuses_into_its_stride1_layer():
+    """A leaky ReLU after the SAME stride-2 conv goes into the stride-1 layer's table; the pick layer
+    copies the result and carries the activation's tensor name."""
+    g = _conv_graph(3, 6, 12, 16, 3, 2, ((0, 1), (0, 1)), after=O.LeakyRelu(0.1))
+    lg, placements = _assert_equivalent(g)
+    full, pick = [n for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)]
+    assert full.op.fn == ("leaky_relu", pytest.approx(0.1)) and full.op.pool == "bypass"
+    assert KO.shift_copy(pick) == (1, 0) and pick.name == "after" and lg.outputs == [pick]
+    assert "leaky_relu" in placements[0].reason

@@ -9,6 +9,7 @@ from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
+from kcc.passes import row_pick
 from kcc.passes.legalize_kpu import legalize_kpu
 from kcc.passes.manager import CompileContext
 from kcc.passes.rotate180 import _Rotation, rotate180
@@ -79,7 +80,40 @@ def test_rotated_graph_computes_the_same_outputs(make):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_a_classifier_is_rotated_once_at_its_input():
+@pytest.fixture
+def no_pick_layers(monkeypatch):
+    """legalize_kpu (and so rotate180's gate) without kcc.passes.row_pick's pick layers: every SAME
+    stride-2 layer on an even size then needs a CPU pre-pad or slice unless the maps are turned."""
+    monkeypatch.setattr(row_pick, "serves", lambda *a: False)
+
+
+def test_a_classifier_whose_pick_layers_serve_it_is_not_rotated():
+    """Every SAME stride-2 layer gets a pick layer (kcc.passes.row_pick): the rotation would save their
+    KPU time only, far less than the input flip costs the CPU."""
+    g = _mobilenet_like()
+    assert rotate180(g) is g
+    r = _Rotation(g)
+    r.run()
+    assert r.worse == r.left == 0 and 0 < r.freed < 3 * 16 * 16  # two pick layers, in flip elements
+
+
+def test_a_stem_whose_full_resolution_output_overflows_kpu_ram_is_rotated():
+    """A 3 -> 512 channel SAME stride-2 stem on 64x64: at stride 1 its 512x64x64 output alone fills the
+    2 MiB of KPU RAM, so no pick layer serves it; turned, it is one left_top pick layer for one input
+    flip."""
+    g = Graph()
+    x = g.input(0, (1, 3, 64, 64))
+    y = _conv(g, x, 512, 3, 2, SAME_EVEN)
+    g.outputs = [g.add(O.Reduce("mean", (2, 3), False), (y,))]
+    assert not row_pick.fits(x.shape, 512)
+    rotated = rotate180(g)
+    assert rotated is not g
+    lg, placements = legalize(rotated)
+    assert placements[0].on_kpu and "CPU" not in placements[0].reason
+    assert [n.op.pool for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)] == ["left_top_2_s2"]
+
+
+def test_a_classifier_is_rotated_once_at_its_input(no_pick_layers):
     g = _mobilenet_like()
     rotated = rotate180(g)
     assert rotated is not g
@@ -104,7 +138,7 @@ def test_not_taken_when_no_stride2_layer_gains():
     assert rotate180(g) is g
 
 
-def test_a_stem_is_rotated_when_its_output_crop_outweighs_the_flip():
+def test_a_stem_is_rotated_when_its_output_crop_outweighs_the_flip(no_pick_layers):
     """iris_landmark's stem: one 3x3 stride-2 SAME conv, 3 -> 64 channels on 64x64, then 1x1 layers. The
     flip writes as many elements as the stem reads, but unrotated the stem also needs its 64-channel
     output cropped on the CPU (13 ms of iris_landmark's 398 ms): rotation pays."""
@@ -121,7 +155,7 @@ def test_a_stem_is_rotated_when_its_output_crop_outweighs_the_flip():
     assert not any(isinstance(n.op, O.Pad) for n in lg.nodes)
 
 
-def test_legalized_classifier_has_no_pad_or_slice_but_the_input_flip():
+def test_legalized_classifier_has_no_pad_or_slice_but_the_input_flip(no_pick_layers):
     g = _mobilenet_like()
     x = rng.uniform(-1, 1, g.inputs[0].shape).astype(np.float32)
     lg, placements = legalize(g)
@@ -132,3 +166,16 @@ def test_legalized_classifier_has_no_pad_or_slice_but_the_input_flip():
     movers = [n for n in lg.nodes if isinstance(n.op, (O.Pad, O.StridedSlice))
               and n.inputs[0].shape[2:] != (1, 1)]
     assert [n.inputs[0].op.kind for n in movers] == ["input"]
+
+
+def test_legalized_classifier_has_no_pad_or_slice_at_all():
+    """Unrotated, each SAME stride-2 layer is a stride-1 layer and a pick layer: no CPU data movement
+    on any map, not even an input flip, and the same outputs."""
+    g = _mobilenet_like()
+    x = rng.uniform(-1, 1, g.inputs[0].shape).astype(np.float32)
+    lg, placements = legalize(g)
+    np.testing.assert_allclose(run(lg, [x])[0], run(g, [x])[0], rtol=1e-5, atol=1e-5)
+    assert all(p.on_kpu and "CPU" not in p.reason for p in placements[:4])
+    pools = [n.op.pool for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)]
+    assert pools[:5] == ["bypass", "right_top_2_s2", "bypass", "bypass", "right_top_2_s2"]
+    assert not [n for n in lg.nodes if isinstance(n.op, (O.Pad, O.StridedSlice)) and n.inputs[0].shape[2:] != (1, 1)]

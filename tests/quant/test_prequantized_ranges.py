@@ -18,6 +18,7 @@ from kcc.frontend import import_model
 from kcc.frontend.quantization import ModelQuantization, TensorQuant
 from kcc.ir import kpu_ops as KO
 from kcc.options import CompileOptions
+from kcc.passes import row_pick
 from kcc.passes.canonicalize import canonicalize
 from kcc.passes.legalize_kpu import legalize_kpu
 from kcc.passes.manager import CompileContext
@@ -67,19 +68,34 @@ def test_plain_ranges_give_the_grids_of_all_three_corals():
     assert sum(_plain_ranges_give_the_grids(refkit.MODELS / n / f"{n}_quant.tflite") for n in names) == 96
 
 
-def test_every_point_of_a_rotated_model_finds_its_tensor():
-    """The same model computed turned by 180° (kcc.passes.rotate180): its stem needs no pad or crop."""
+def test_every_point_of_a_rotated_model_finds_its_tensor(monkeypatch):
+    """The same model computed turned by 180° (kcc.passes.rotate180, taken when no pick layer serves
+    the stem): its stem needs no pad or crop."""
+    monkeypatch.setattr(row_pick, "serves", lambda *a: False)
     view, q = _points(mobilenet_block(True))
+    assert any(n.name.endswith("/rot180") for n in view.graph.nodes)
     ranges = model_ranges(view, q)
     assert set(ranges) == {p.name for p in view.points} and "conv0/kpu_pad" not in ranges
     assert all(isinstance(r, GridRange) for r in ranges.values())
 
 
+def test_the_stem_and_its_pick_layer_find_the_stems_tensor(monkeypatch):
+    """Unrotated (as a pre-quantized model compiles), the SAME stride-2 stem runs at stride 1 as
+    `conv0/full` and a pick layer `conv0` (kcc.passes.row_pick) copying its odd rows: both are on
+    conv0's grid (TFLite's uint8 conv at every pixel), and the stem reads the input itself."""
+    monkeypatch.setattr(legalize_module, "rotate180", lambda g: g)
+    view, q = _points(mobilenet_block(True))
+    ranges = model_ranges(view, q)
+    grids = {name: grid_range(tq) for name, tq in q.activations.items()}
+    assert set(ranges) == {p.name for p in view.points} and "conv0/kpu_pad" not in ranges
+    assert ranges["conv0/full"] == grids["conv0"] and ranges["conv0"] == grids["conv0"]
+    assert all(isinstance(r, GridRange) for r in ranges.values())
+
+
 def test_every_point_of_a_legalized_model_finds_its_tensor(monkeypatch):
     monkeypatch.setattr(legalize_module, "rotate180", lambda g: g)  # keep the stem's pad and crop
-    # (as the pipeline legalizes a pre-quantized model: a stride-2 stem's shifted pick would need a
-    # grid for its full-size map, which the model has not)
-    view, q = _points(mobilenet_block(True), own_grids=True)
+    monkeypatch.setattr(row_pick, "serves", lambda *a: False)  # rather than the pick layer
+    view, q = _points(mobilenet_block(True))
     ranges = model_ranges(view, q)
     grids = {name: grid_range(tq) for name, tq in q.activations.items()}
     assert set(ranges) == {p.name for p in view.points}

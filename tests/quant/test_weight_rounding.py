@@ -157,3 +157,37 @@ def test_moments_equal_those_of_the_patch_matrix(k, shape):
     assert m.picked == len(patches)  # few positions: all of them
     np.testing.assert_allclose(m.mean(), patches.mean(axis=0), atol=1e-12)
     np.testing.assert_allclose(m.covariance(0), np.cov(patches.T, bias=True), atol=1e-12)
+
+
+@pytest.mark.parametrize("phase", [(1, 1), (1, 0), (0, 1)])
+def test_a_layer_read_by_a_pick_layer_is_rounded_for_the_positions_it_picks(phase):
+    """A SAME stride-2 conv run at stride 1 (kcc.passes.row_pick) is read only by a copy shifted a row
+    up that picks one pixel of each 2x2 block: its outputs at (2i + 1, 2j + 1) (right_top) or
+    (2i + 1, 2j) (left_top) are the model's, the rest are dropped. Its moments are those of the
+    patches at exactly those positions; a layer the model also reads keeps all positions."""
+    from kcc.passes.kernel_forms import shift_weights
+
+    g = Graph()
+    x = g.input(0, (1, 3, 8, 10))
+    y = g.add(KO.FloatKpuConv(3, False), (x, g.constant(rng.normal(0, 1, (4, 3, 3, 3)).astype(np.float32)),
+                                          g.constant(np.zeros(4, np.float32))))
+    pool = {(1, 1): "right_top_2_s2", (1, 0): "left_top_2_s2"}.get(phase)
+    if pool is None:  # any shifted copy with a 2x2 pick: shifted a column, left_top reads (2i, 2j + 1)
+        g.outputs = [g.add(KO.FloatKpuConv(3, True, "left_top_2_s2"),
+                           (y, g.constant(shift_weights(4, (0, 1))), g.constant(np.zeros(4, np.float32))))]
+    else:
+        g.outputs = [g.add(KO.FloatKpuConv(3, True, pool), (y, g.constant(shift_weights(4, (1, 0))),
+                                                            g.constant(np.zeros(4, np.float32))))]
+    moments = WR.InputMoments(g)
+    assert moments.layers[y.name].phase == phase
+    data = rng.normal(0, 1, x.shape)
+    moments.observe(x.name, data)
+    xp = np.pad(data, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    patches = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))[:, :, phase[0]::2, phase[1]::2]
+    patches = patches.transpose(0, 2, 3, 1, 4, 5).reshape(-1, 27)
+    m = moments.layers[y.name]
+    assert m.count == m.picked == len(patches) == 20
+    np.testing.assert_allclose(m.mean(), patches.mean(axis=0), atol=1e-12)
+    np.testing.assert_allclose(m.covariance(0), np.cov(patches.T, bias=True), atol=1e-12)
+    g.outputs.append(y)  # read by the model too: every position counts
+    assert WR.InputMoments(g).layers[y.name].phase is None

@@ -154,7 +154,7 @@ def _avgpool(b, x, f: int, s: int, name: str):
     ("window", "its 3x3 window, stride 2 is not one the KPU's pool unit has"),
     ("depthwise", "the layer before it, 'dw', is depthwise"),
     ("two_readers", "the output of the layer before it, 'conv', is also read unpooled"),
-    ("strided", "the layer before it, 'conv', already uses the pool unit (left_top_2_s2)"),
+    ("strided", "the stride-2 conv before it, 'conv', is a KPU layer at stride 1 whose odd rows a copy layer picks"),
     ("stride3", "the conv before it, 'conv', is cropped on the CPU after the KPU"),
     ("input", "its input comes from the model input on the CPU"),
 ])
