@@ -21,7 +21,8 @@ Both stages:
                             own grid, read by one 1x1 KPU layer only (a residual add on the KPU,
                             kcc.passes.residual_kpu); a float concatenation, quantized as a KpuConcat
 
-Tensors produced by KpuUpload, QuantKpuLayer, KpuConcat and KpuChannelView live in KPU RAM; every other tensor in main memory.
+Tensors produced by KpuUpload, QuantKpuLayer, KpuConcat and KpuChannelView live in KPU RAM; every other
+tensor in main memory.
 """
 
 from __future__ import annotations
