@@ -315,6 +315,44 @@ STACK_KPU_CASES = {  # (channels, width, source, residual, group): 4, 2 and 1 ch
 }
 
 
+def _copy_form(name: str, combine: str, per_group: int):
+    """STACK_KPU_CASES[name]'s 5x5 depthwise compiled as the CPU-view `stack` and as `combine` (the same
+    weights and samples both times); checks shared by the KPU-made copy forms: each form exact in float,
+    `combine`'s rms within 1.05x of the stack's (one rounding either way: the copies add none), every
+    layer on the KPU, `per_group` copies per channel group (twice with the residual), one upload of x
+    (and of its residual): channel groups of a KPU layer's output are read in place
+    (kcc.ir.kpu_ops.KpuChannelView), no pad, concat or slice, concatenations in place.
+    Returns (res, calib, want, copies, layers)."""
+    c, w, source, residual, group = STACK_KPU_CASES[name]
+    shape = (1, 4, 12, w)
+    state = rng.bit_generator.state
+    rms = {}
+    for form in ("stack", combine):
+        rng.bit_generator.state = state
+        g = Graph()
+        g.outputs = [_dw5x5_then_1x1(g, g.input(0, shape), c, source)]
+        calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
+        want = [run(g, s)[0] for s in calib]
+        rewrite(g, g.find("dw"), Form((1, 1), (0, 0), form, group, residual=residual))
+        g.remove_dead()
+        np.testing.assert_allclose(run(g, calib[0])[0], want[0], atol=1e-5)  # each form is exact in float
+        res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+        program = kpu_sim.load(res.kmodel)
+        err = np.concatenate([(program.run(s)[0].reshape(v.shape) - v).ravel() for s, v in zip(calib, want)])
+        rms[form] = float(np.sqrt(np.mean(err ** 2)))
+    assert rms[combine] <= 1.05 * rms["stack"], rms
+    assert all(p.on_kpu for p in res.placements), res.placements
+    groups = c // group if group else 1
+    copies = per_group * (2 if residual else 1) * groups
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    layers = copies + groups + 1 + (source == "conv")
+    assert names.count("kpu_conv2d") == layers, names
+    assert names.count("kpu_upload") == (2 if residual else 1), names
+    assert not {"pad", "concat", "strided_slice"} & set(names), names
+    assert all(p.on_kpu for p in res.placements if p.op == "concat"), res.placements  # all in place
+    return res, calib, want, copies, layers
+
+
 @pytest.mark.parametrize("name", sorted(STACK_KPU_CASES))
 def test_stack_kpu_shift_copies_are_exact_in_kpu_ram(name):
     """`stack_kpu`: a 5x5 depthwise as nine 3x3 depthwise KPU layers copying x shifted by (cy, cx) in
@@ -324,36 +362,7 @@ def test_stack_kpu_shift_copies_are_exact_in_kpu_ram(name):
     no CPU pad, slice or concatenation; one upload per KPU input (x, and its residual), none when a
     KPU layer makes x; and the result agrees with the float graph as the CPU-view `stack` does."""
     c, w, source, residual, group = STACK_KPU_CASES[name]
-    shape = (1, 4, 12, w)
-    state = rng.bit_generator.state
-    rms = {}
-    for combine in ("stack", "stack_kpu"):  # the same weights and samples both times
-        rng.bit_generator.state = state
-        g = Graph()
-        g.outputs = [_dw5x5_then_1x1(g, g.input(0, shape), c, source)]
-        calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
-        want = [run(g, s)[0] for s in calib]
-        rewrite(g, g.find("dw"), Form((1, 1), (0, 0), combine, group, residual=residual))
-        g.remove_dead()
-        np.testing.assert_allclose(run(g, calib[0])[0], want[0], atol=1e-5)  # each form is exact in float
-        res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
-        program = kpu_sim.load(res.kmodel)
-        err = np.concatenate([(program.run(s)[0].reshape(v.shape) - v).ravel() for s, v in zip(calib, want)])
-        rms[combine] = float(np.sqrt(np.mean(err ** 2)))
-    # one rounding either way (the copies add none): the same error as the CPU views', within the
-    # weight rounding's own spread (the 3x3 terms group the taps differently)
-    assert rms["stack_kpu"] <= 1.05 * rms["stack"], rms
-    assert all(p.on_kpu for p in res.placements), res.placements
-    groups = c // group if group else 1
-    copies = 9 * (2 if residual else 1) * groups
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
-    layers = copies + groups + 1 + (source == "conv")
-    assert names.count("kpu_conv2d") == layers, names
-    # one upload of x (and of its residual); groups of a KPU layer's output are read in place
-    # (kcc.ir.kpu_ops.KpuChannelView): no slice or upload of their own
-    assert names.count("kpu_upload") == (2 if residual else 1), names
-    assert not {"pad", "concat", "strided_slice"} & set(names), names
-    assert all(p.on_kpu for p in res.placements if p.op == "concat"), res.placements  # all in place
+    res, calib, want, copies, layers = _copy_form(name, "stack_kpu", 9)
     for sample in calib[:3]:
         assert kpu_layers_match_the_scalar_reference(res.kmodel, sample[0]) == layers
         shifted, levels = [], []
@@ -670,32 +679,8 @@ def test_copies_kpu_shifts_by_whole_offsets_exactly_in_kpu_ram(name):
     reference; no CPU pad, slice or concatenation; and the result agrees with the float graph as the
     CPU-view `stack` does (one rounding, the combine's)."""
     c, w, source, residual, group = STACK_KPU_CASES[name]
-    shape = (1, 4, 12, w)
-    state = rng.bit_generator.state
-    rms = {}
-    for combine in ("stack", "copies_kpu"):  # the same weights and samples both times
-        rng.bit_generator.state = state
-        g = Graph()
-        g.outputs = [_dw5x5_then_1x1(g, g.input(0, shape), c, source)]
-        calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
-        want = [run(g, s)[0] for s in calib]
-        rewrite(g, g.find("dw"), Form((1, 1), (0, 0), combine, group, residual=residual))
-        g.remove_dead()
-        np.testing.assert_allclose(run(g, calib[0])[0], want[0], atol=1e-5)  # each form is exact in float
-        res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
-        program = kpu_sim.load(res.kmodel)
-        err = np.concatenate([(program.run(s)[0].reshape(v.shape) - v).ravel() for s, v in zip(calib, want)])
-        rms[combine] = float(np.sqrt(np.mean(err ** 2)))
-    assert rms["copies_kpu"] <= 1.05 * rms["stack"], rms
-    assert all(p.on_kpu for p in res.placements), res.placements
-    groups = c // group if group else 1
-    copies = 25 * (2 if residual else 1) * groups
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
-    layers = copies + groups + 1 + (source == "conv")
-    assert names.count("kpu_conv2d") == layers, names
-    assert names.count("kpu_upload") == (2 if residual else 1), names
-    assert not {"pad", "concat", "strided_slice"} & set(names), names
-    assert all(p.on_kpu for p in res.placements if p.op == "concat"), res.placements  # all in place
+    res, calib, want, copies, layers = _copy_form(name, "copies_kpu", 25)
+    program = kpu_sim.load(res.kmodel)
     for sample in calib[:3]:
         assert kpu_layers_match_the_scalar_reference(res.kmodel, sample[0]) == layers
         maps = [(body, x_map, out) for body, x_map, out in layer_maps(res.kmodel, sample[0]) if _shift_of(body)]
