@@ -61,6 +61,7 @@ from kcc.passes.kernel_cost import KPU_LAYER_BYTES, Where, alone, kmodel_bytes, 
 from kcc.passes.kernel_forms import Form, copy_plan, emit, plan_terms, shift_plan
 from kcc.passes.kernel_terms import axis_terms, max_zero_taps
 from kcc.passes.manager import CompileContext
+from kcc.passes.prelu_stream import streamed_prelus
 from kcc.target.k210 import (
     DEFAULT_MHZ,
     KPU_RAM_SIZE,
@@ -436,9 +437,15 @@ def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
 
     memo: dict = {}  # each form legalized and priced once
 
+    streamed = streamed_prelus(g)  # the PReLUs kcc.passes.prelu_stream keeps in KPU RAM: 8-bit inputs
+
     def decide(n: Node, cap: int) -> Decision:
-        return choose(n, opts, residual, residual and _read_in_float(n, users, outputs), bulk.get(n.name, 0.0),
-                      surroundings(n, users, outputs, opts), cap, memo)
+        at = surroundings(n, users, outputs, opts)
+        codes = id(n.inputs[0]) in streamed
+        if codes:
+            at = Where(False, at.kpu_readers)
+        return choose(n, opts, residual and not codes, residual and _read_in_float(n, users, outputs),
+                      bulk.get(n.name, 0.0), at, cap, memo)
 
     budget = MODEL_KPU_BYTES if ctx.kpu_form_budget is None else ctx.kpu_form_budget
     big_cap = STACK_KPU_BYTES + budget
@@ -450,7 +457,7 @@ def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
         if d.status is Status.ON_KPU or not d.cpu_cycles or not budget:
             continue
         x = n.inputs[0]
-        residual_in = residual and _cpu_float(x)
+        residual_in = residual and _cpu_float(x) and id(x) not in streamed
         if set(_plans(n, residual_in, True, 0.0, big_cap)) == set(_plans(n, residual_in, True, 0.0)):
             continue  # no stack needs more than STACK_KPU_BYTES
         big = decide(n, big_cap)

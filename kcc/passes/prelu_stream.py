@@ -151,6 +151,46 @@ def _channel_op(n: Node) -> np.ndarray | None:
     return None
 
 
+def _prelu_of(n: Node, users: dict) -> Node | None:
+    """A reader of n that is a PReLU of n with one slope per channel, or None."""
+    return next((u for u in users[n] if isinstance(u.op, O.PRelu) and u.inputs[0] is n
+                 and channel_values(n, u.inputs[1]) is not None), None)
+
+
+def blaze_add(n: Node, users: dict) -> bool:
+    """n is a BlazeBlock's add: a residual add (one operand an ancestor of the other, not a
+    decomposed conv's sum of terms) read by a per-channel PReLU."""
+    if not (isinstance(n.op, O.Binary) and n.op.op == "add" and len(n.inputs) == 2):
+        return False
+
+    def skip_source(v: Node) -> Node:  # through a stride-2 block's skip: channel pad or slice, max pool
+        while (_channel_op(v) is not None if isinstance(v.op, (O.Pad, O.StridedSlice))
+               else isinstance(v.op, O.Pool2D) and v.op.op == "max"):
+            v = v.inputs[0]
+        return v
+
+    a, b = n.inputs
+    return _prelu_of(n, users) is not None and (_reaches(a, skip_source(b)) or _reaches(b, skip_source(a)))
+
+
+def streamed_prelus(g: Graph) -> set[int]:
+    """The ids of the PReLUs of BlazeBlock adds in a graph before legalize (`blaze_add`; neither the
+    sum nor the PReLU a graph output): the values this pass means to keep in KPU RAM, which
+    kcc.passes.decompose_kernels then decomposes as 8-bit KPU inputs (no rounding residual: the
+    stream's readers read codes, not floats). An add this pass keeps on the CPU after all (its
+    `kept` reasons) leaves such a reader one rounding more than the float conv."""
+    if not any(isinstance(n.op, O.PRelu) for n in g.nodes):
+        return set()
+    users, outputs = g.users(), {id(o) for o in g.outputs}
+    out = set()
+    for n in g.nodes:
+        if blaze_add(n, users) and id(n) not in outputs and n.shape[0] == 1 and n.type.rank == 4:
+            p = _prelu_of(n, users)
+            if id(p) not in outputs:
+                out.add(id(p))
+    return out
+
+
 class _Rewriter:
     def __init__(self, g: Graph, opts: CompileOptions):
         self.src, self.opts = g, opts
@@ -163,6 +203,7 @@ class _Rewriter:
         self.done: list[str] = []  # adds rewritten
         self.pools: list[str] = []  # max pools made KPU layers
         self.kept: list[tuple[str, str]] = []  # (add, why it stays on the CPU)
+        self.uploads: dict[int, Node] = {}  # CPU skip -> the 1x1 identity layer uploading it (`_upload_layer`)
 
     # ------------------------------------------------------------------ values
     def explicit(self, v: Node) -> Node:
@@ -203,6 +244,10 @@ class _Rewriter:
         # depthwise: one non-zero per column of E, no activation, a linear pool, beta 0
         if op.act != O.NO_CLAMP or op.fn is not None or op.pool not in LINEAR_POOLS or np.any(f.beta):
             return None
+        if not all(_is_kpu(r) for r in self.users[n]) or id(n) in self.outputs:
+            # its readers would need the sum made explicit (the shifted copies of a decomposed 5x5,
+            # concatenated in KPU RAM): one merge of the input serves every such layer instead
+            return None
         nz = f.e != 0
         if not np.all(nz.sum(axis=0) == 1) or not np.all(nz.any(axis=1)):
             return None
@@ -223,23 +268,10 @@ class _Rewriter:
         return d
 
     def _blaze_add(self, n: Node) -> bool:
-        """n is a BlazeBlock's add: a residual add (one operand an ancestor of the other, not a
-        decomposed conv's sum of terms) read by a per-channel PReLU."""
-        if not (isinstance(n.op, O.Binary) and n.op.op == "add" and len(n.inputs) == 2):
-            return False
-        def skip_source(v: Node) -> Node:  # through a stride-2 block's skip: channel pad or slice, max pool
-            while (_channel_op(v) is not None if isinstance(v.op, (O.Pad, O.StridedSlice))
-                   else isinstance(v.op, O.Pool2D) and v.op.op == "max"):
-                v = v.inputs[0]
-            return v
-
-        a, b = n.inputs
-        return self._prelu_of(n) is not None and (_reaches(a, skip_source(b)) or _reaches(b, skip_source(a)))
+        return blaze_add(n, self.users)
 
     def _prelu_of(self, n: Node) -> Node | None:
-        """A reader of n that is a PReLU of n with one slope per channel, or None."""
-        return next((u for u in self.users[n] if isinstance(u.op, O.PRelu) and u.inputs[0] is n
-                     and channel_values(n, u.inputs[1]) is not None), None)
+        return _prelu_of(n, self.users)
 
     def _skip_of_blaze_adds(self, n: Node) -> bool:
         """n's readers, through channel pads and slices, are BlazeBlock adds (a stride-2 block's skip)."""
@@ -271,6 +303,8 @@ class _Rewriter:
     def _terms(self, n: Node) -> list[tuple[Node, np.ndarray, np.ndarray, bool]] | str:
         """(node, E, beta, is the projection input) per term of add n, or why not."""
         terms = []
+        a, b = n.inputs
+        skip = b if _reaches(a, b) else a if _reaches(b, a) else None
         for u in n.inputs:
             src_proj = (_is_kpu(u) and u.op.kernel == 1 and not u.op.depthwise and u.op.pool == "bypass"
                         and u.op.act == O.NO_CLAMP and u.op.fn is None and self.users[u] == [n]
@@ -288,9 +322,23 @@ class _Rewriter:
             elif id(u) in self.map and _is_kpu(self.map[id(u)]):
                 c = u.shape[1]
                 terms.append((self.map[id(u)], np.eye(c), np.zeros(c), False))
+            elif u is skip and isinstance(u.op, O.PRelu) and u.type.rank == 4:
+                # the skip the CPU makes (BlazePalm's stem PReLU, read in float by its decomposed stem):
+                # uploaded once by a 1x1 identity layer, the part of the stack that starts the stream
+                c = u.shape[1]
+                terms.append((self._upload_layer(u), np.eye(c), np.zeros(c), False))
             else:
                 return f"its operand '{u.name}' is a CPU {u.op.kind}"
         return terms
+
+    def _upload_layer(self, u: Node) -> Node:
+        """A 1x1 identity KPU layer reading the CPU tensor u (one for every stack that reads it)."""
+        if id(u) not in self.uploads:
+            c, g = u.shape[1], self.g
+            ins = (self.explicit(u), g.constant(np.eye(c, dtype=F32)[:, :, None, None], u.name + "/upload_w"),
+                   g.constant(np.zeros(c, F32), u.name + "/upload_b"))
+            self.uploads[id(u)] = g.add(KO.FloatKpuConv(1), ins, u.name + "/upload")
+        return self.uploads[id(u)]
 
     def add(self, n: Node) -> Node | None:
         op = n.op
@@ -388,6 +436,8 @@ class _Rewriter:
                 cpu += cpu_cycles("kpu_download_byte") * u.type.size + _per_element("dequantize", u)
                 if self.users[u] == [n] and u.op.kernel == 1 and not u.op.depthwise:  # the fused projection
                     kpu -= _layer_cycles(u.inputs[0].shape, c, 1)
+            elif id(u) in self.uploads:  # a CPU skip, quantized and uploaded by a 1x1 layer
+                kpu += _per_element("quantize", u) + _upload(u) + _layer_cycles(u.shape, c, 1)
         pair = (1, 2 * c, *n.shape[2:])
         kpu_reads_sum, merged = False, set()
         for v in (n, prelu):
