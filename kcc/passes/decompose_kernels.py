@@ -40,6 +40,9 @@ of output SQNR. A stack read in float on the CPU (BlazePalm's stem, before its P
 float conv would not round at all, computes its output in four parts: y in [-t, t] on two fine grids
 and the tails on two more, t chosen from the calibration samples (`bulk_thresholds`); or, without
 samples, in two halves (y <= 0, y >= 0).
+A conv reading a PReLU that kcc.passes.prelu_stream will keep in KPU RAM (`streamed_prelus`, asked
+before any rewrite: BlazePalm's blocks) reads 8-bit codes, as from a KPU layer: no residual, and
+priced with a uint8 input (`Where.float_input` False).
 The decision (`Decision`, one per conv legalize_kpu would leave on the CPU, in ctx.decisions), and
 its estimate against the float conv on the CPU, go into the output node's note; legalize_kpu adds
 the reason of a conv that stays (`Decision.cpu_note`) to its CPU placement.

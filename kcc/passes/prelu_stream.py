@@ -37,16 +37,24 @@ with the cost model of kcc.target.k210 (as prelu_kpu and residual_kpu; `_Rewrite
 
 Where the chain ends. The stream needs a KPU skip to start (a KPU layer, or a max pool of one whose
 readers are BlazeBlock adds: iris' first block reads prelu_kpu's layer, hand recrop's a 1x1 depthwise
-layer's pool). It ends at an operand the CPU makes (iris' 2x2 maps, padded and sliced on the CPU),
+layer's pool), or a CPU skip it uploads (below; not the graph input). It ends at an operand the CPU makes (iris' 2x2 maps, padded and sliced on the CPU),
 where that block stays as it is; a CPU reader of a streamed value gets a merge layer's 8-bit copy.
 The stride-2 skip pool needs no alpha >= 0 (maxpool(prelu(a)) = prelu(maxpool(a)) would): its layer
 computes the PReLU first, then pools, exact for any slope. Kept on the CPU, as today:
 * a sum or PReLU the model outputs (a float result would be rounded);
 * a PReLU a decomposed conv reads through QuantResidual channels (kcc.passes.decompose_kernels): that
-  reader takes more than 8 bits of the float value, which the pair's codes would lose. This is
-  palm_detection_lite_192, whose every block feeds a 5x5 depthwise decomposed on CPU views: its
-  stream stays on the CPU until those convs read from KPU RAM;
+  reader takes more than 8 bits of the float value, which the pair's codes would lose;
 * folded weights over --weights-quantize-threshold.
+
+Decomposed readers (BlazePalm: every block's depthwise is a 5x5). decompose_kernels runs before
+this pass and asks it first which PReLUs it will keep in KPU RAM (`streamed_prelus`: the PReLUs of
+BlazeBlock adds whose pair takes at most STREAM_PAIR_RAM); it decomposes a conv reading one as an
+8-bit KPU input, without the residual channels, as it would a KPU layer's output. The decomposed
+form's shifted copies (depthwise KPU layers concatenated in KPU RAM) read the PReLU made explicit
+by one merge layer per channel group (a depthwise reader whose readers are not all KPU convs is
+not split over the pair). A skip the CPU makes (BlazePalm's stem PReLU; the channel-padded pool of
+a block too large to stream) is uploaded by a 1x1 identity layer, a part of the stack: the stream
+starts there.
 
 Precision: the CPU keeps the stream in float from block to block; here it is rounded to 8 bits once
 per block, on R's grid, and each reader's weights are rounded over twice the channels. Measured on the
@@ -173,18 +181,28 @@ def blaze_add(n: Node, users: dict) -> bool:
     return _prelu_of(n, users) is not None and (_reaches(a, skip_source(b)) or _reaches(b, skip_source(a)))
 
 
+#: most KPU RAM the pair of a PReLU that a decomposed conv reads as 8-bit codes may take: the pair
+#: stays in KPU RAM while the conv's stacked copies and output are made beside it (BlazePalm's 96x96
+#: maps of 32 channels: a pair of 768 KiB and the next block's stack of 1152 KiB, with a `stack_kpu`
+#: group's copies, overflow the 2 MiB; there the conv keeps its residual channels and the block its
+#: CPU add and PReLU)
+STREAM_PAIR_RAM = KPU_RAM_SIZE // 4
+
+
 def streamed_prelus(g: Graph) -> set[int]:
     """The ids of the PReLUs of BlazeBlock adds in a graph before legalize (`blaze_add`; neither the
     sum nor the PReLU a graph output): the values this pass means to keep in KPU RAM, which
     kcc.passes.decompose_kernels then decomposes as 8-bit KPU inputs (no rounding residual: the
-    stream's readers read codes, not floats). An add this pass keeps on the CPU after all (its
-    `kept` reasons) leaves such a reader one rounding more than the float conv."""
+    stream's readers read codes, not floats), when the pair takes at most STREAM_PAIR_RAM. An add this
+    pass keeps on the CPU after all (its `kept` reasons) leaves such a reader one rounding more than
+    the float conv."""
     if not any(isinstance(n.op, O.PRelu) for n in g.nodes):
         return set()
     users, outputs = g.users(), {id(o) for o in g.outputs}
     out = set()
     for n in g.nodes:
-        if blaze_add(n, users) and id(n) not in outputs and n.shape[0] == 1 and n.type.rank == 4:
+        if (blaze_add(n, users) and id(n) not in outputs and n.shape[0] == 1 and n.type.rank == 4
+                and kpu_bytes((1, 2 * n.shape[1], *n.shape[2:])) <= STREAM_PAIR_RAM):
             p = _prelu_of(n, users)
             if id(p) not in outputs:
                 out.add(id(p))
@@ -322,9 +340,10 @@ class _Rewriter:
             elif id(u) in self.map and _is_kpu(self.map[id(u)]):
                 c = u.shape[1]
                 terms.append((self.map[id(u)], np.eye(c), np.zeros(c), False))
-            elif u is skip and isinstance(u.op, O.PRelu) and u.type.rank == 4:
-                # the skip the CPU makes (BlazePalm's stem PReLU, read in float by its decomposed stem):
-                # uploaded once by a 1x1 identity layer, the part of the stack that starts the stream
+            elif u is skip and not isinstance(u.op, O.Input) and u.type.rank == 4:
+                # a skip the CPU makes (BlazePalm's stem PReLU, or the channel-padded pool of a block
+                # too large to stream, `streamed_prelus`): uploaded once by a 1x1 identity layer, the
+                # part of the stack that starts the stream
                 c = u.shape[1]
                 terms.append((self._upload_layer(u), np.eye(c), np.zeros(c), False))
             else:
