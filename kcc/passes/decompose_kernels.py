@@ -440,7 +440,8 @@ def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
 
     memo: dict = {}  # each form legalized and priced once
 
-    streamed = streamed_prelus(g)  # the PReLUs kcc.passes.prelu_stream keeps in KPU RAM: 8-bit inputs
+    streamed = streamed_prelus(g, opts)  # the PReLUs kcc.passes.prelu_stream keeps in KPU RAM: 8-bit inputs
+    ctx.stream_adds = set(streamed.values())
 
     def decide(n: Node, cap: int) -> Decision:
         at = surroundings(n, users, outputs, opts)

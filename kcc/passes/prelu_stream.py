@@ -189,29 +189,58 @@ def blaze_add(n: Node, users: dict) -> bool:
 STREAM_PAIR_RAM = KPU_RAM_SIZE // 4
 
 
-def streamed_prelus(g: Graph) -> set[int]:
-    """The ids of the PReLUs of BlazeBlock adds in a graph before legalize (`blaze_add`; neither the
-    sum nor the PReLU a graph output): the values this pass means to keep in KPU RAM, which
-    kcc.passes.decompose_kernels then decomposes as 8-bit KPU inputs (no rounding residual: the
-    stream's readers read codes, not floats), when the pair takes at most STREAM_PAIR_RAM. An add this
-    pass keeps on the CPU after all (its `kept` reasons) leaves such a reader one rounding more than
-    the float conv."""
-    if not any(isinstance(n.op, O.PRelu) for n in g.nodes):
-        return set()
+#: most kmodel bytes one BlazeBlock's stream may add when a conv with a kernel the KPU lacks (a 5x5)
+#: reads its PReLU (`streamed_prelus`): its pair layer (2C outputs over its stack) and the merge layer
+#: making the PReLU explicit for that conv's decomposition (C x 2C). BlazePalm's 128-channel blocks
+#: (96 + 32 KiB each) put its kmodel and working memory over the device budget (6.08 MiB measured
+#: with them and without STREAM_BLOCK_BYTES; 5.67 MiB on main), its 64-channel ones take 24 + 8 KiB;
+#: iris' blocks (80 KiB, 3x3 readers that fold the pair: no merge) and hand recrop's stay within it
+STREAM_BLOCK_BYTES = 96 * 1024
+
+
+def _stack_bytes(n: Node) -> int:
+    """Weight bytes of add n's pair layer: 2C outputs over the pair of its skip's block (2C) and its
+    projection's input (or the other operand's C channels)."""
+    c = n.shape[1]
+    a, b = n.inputs
+    other = a if _reaches(a, b) else b
+    k = other.inputs[0].shape[1] if isinstance(other.op, (O.Conv2D, KO.FloatKpuConv)) else c
+    return 2 * c * (2 * c + k)
+
+
+def streamed_prelus(g: Graph, opts: CompileOptions = CompileOptions()) -> dict[int, str]:
+    """The PReLUs of BlazeBlock adds in a graph before legalize (`blaze_add`; neither the sum nor the
+    PReLU a graph output) that this pass will keep in KPU RAM, by id, with their add's name:
+    kcc.passes.decompose_kernels decomposes a conv reading one as an 8-bit KPU input (no rounding
+    residual: the stream's readers read codes, not floats), and records the adds for `stream_to_kpu`,
+    which streams no other. Taken when the pair takes at most STREAM_PAIR_RAM of KPU RAM and, if a
+    conv with a kernel the KPU lacks reads the PReLU, the block at most STREAM_BLOCK_BYTES.
+    An add `stream_to_kpu` keeps on the CPU after all (its `kept` reasons) leaves such a reader one
+    rounding more than the float conv."""
+    if opts.target == "cpu" or not any(isinstance(n.op, O.PRelu) for n in g.nodes):
+        return {}
     users, outputs = g.users(), {id(o) for o in g.outputs}
-    out = set()
+    out = {}
     for n in g.nodes:
-        if (blaze_add(n, users) and id(n) not in outputs and n.shape[0] == 1 and n.type.rank == 4
+        if not (blaze_add(n, users) and id(n) not in outputs and n.shape[0] == 1 and n.type.rank == 4
                 and kpu_bytes((1, 2 * n.shape[1], *n.shape[2:])) <= STREAM_PAIR_RAM):
-            p = _prelu_of(n, users)
-            if id(p) not in outputs:
-                out.add(id(p))
+            continue
+        p = _prelu_of(n, users)
+        if id(p) in outputs:
+            continue
+        c = n.shape[1]
+        # a kernel the KPU lacks (1x1, 3x3): decompose_kernels' to decompose
+        decomposed = any(isinstance(u.op, O.Conv2D) and u.inputs[1].shape[2:] not in ((1, 1), (3, 3)) for u in users[p])
+        if decomposed and _stack_bytes(n) + 2 * c * c > STREAM_BLOCK_BYTES:
+            continue
+        out[id(p)] = n.name
     return out
 
 
 class _Rewriter:
-    def __init__(self, g: Graph, opts: CompileOptions):
-        self.src, self.opts = g, opts
+    def __init__(self, g: Graph, opts: CompileOptions, adds: set[str] | None = None):
+        self.src, self.opts, self.adds = g, opts, adds
+        self.slices: dict[int, Node] = {}  # a channel slice of a form -> its source (`explicit`)
         self.users = g.users()
         self.outputs = {id(o) for o in g.outputs}
         self.g = Graph()
@@ -228,7 +257,10 @@ class _Rewriter:
         """v's node in the new graph; a form is made explicit by a 1x1 "merge" layer (docstring)."""
         if id(v) not in self.map:
             f = self.forms[id(v)]
-            self.map[id(v)] = f.node if f.identity else self._merge(f, v.name)
+            if id(v) in self.slices:  # a channel group of a decomposed conv: of the one merge of its source
+                self.map[id(v)] = self.g.add(v.op, (self.explicit(self.slices[id(v)]),), v.name)
+            else:
+                self.map[id(v)] = f.node if f.identity else self._merge(f, v.name)
         return self.map[id(v)]
 
     def _merge(self, f: _Form, name: str, pool: str = "bypass") -> Node:
@@ -366,6 +398,9 @@ class _Rewriter:
             return None
         if not self._blaze_add(n):
             return None
+        if self.adds is not None and n.name not in self.adds:
+            self.kept.append((n.name, "not among the adds decompose_kernels read as 8-bit codes (streamed_prelus)"))
+            return None
         prelu = self._prelu_of(n)
         if id(n) in self.outputs or id(prelu) in self.outputs:
             self.kept.append((n.name, "the model outputs its float value"))
@@ -499,6 +534,10 @@ class _Rewriter:
             if m is not None:
                 f = self.forms[id(n.inputs[0])]
                 self.forms[id(n)] = _Form(f.node, m @ f.e, m @ f.beta)
+                if isinstance(n.op, O.StridedSlice) and not f.identity:
+                    # made explicit as a slice of the source's merge (kcc.emit reads a channel group
+                    # of a KPU layer in place), not by a merge layer per group
+                    self.slices[id(n)] = n.inputs[0]
                 return True
             return None
         if isinstance(n.op, O.Pool2D):
@@ -524,12 +563,14 @@ class _Rewriter:
         return g
 
 
-def stream_to_kpu(g: Graph, opts: CompileOptions) -> tuple[Graph, list[str], list[str], list[tuple[str, str]]]:
-    """Rewrite the BlazeBlock adds (and their PReLUs) the KPU serves (module docstring); returns the
+def stream_to_kpu(g: Graph, opts: CompileOptions,
+                  adds: set[str] | None = None) -> tuple[Graph, list[str], list[str], list[tuple[str, str]]]:
+    """Rewrite the BlazeBlock adds (and their PReLUs) the KPU serves (module docstring), among `adds`
+    (`streamed_prelus`, recorded by decompose_kernels; None: any); returns the
     new graph, the adds rewritten, the max pools made KPU layers, and (add, reason) for the
     BlazeBlock adds kept on the CPU."""
     if opts.target == "cpu" or not any(isinstance(n.op, O.PRelu) for n in g.nodes):
         return g, [], [], []
-    rw = _Rewriter(g, opts)
+    rw = _Rewriter(g, opts, adds)
     out = rw.run()
     return out, rw.done, rw.pools, rw.kept

@@ -429,7 +429,7 @@ def test_blazeblocks_stream_through_kpu_ram_as_relu_pairs(monkeypatch):
         g = _blazeblocks()
         calib = [[rng.uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)] for _ in range(8)]
         if form == "cpu":
-            monkeypatch.setattr("kcc.passes.legalize_kpu.stream_to_kpu", lambda g, opts: (g, [], [], []))
+            monkeypatch.setattr("kcc.passes.legalize_kpu.stream_to_kpu", lambda g, opts, adds=None: (g, [], [], []))
         res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
         err[form] = max(max_steps(kpu_sim.load(res.kmodel).run(s)[0].reshape(g.outputs[0].shape), run(g, s)[0])
                         for s in calib[:4])
@@ -736,8 +736,8 @@ def test_palm_blazeblocks_stream_through_decomposed_5x5_depthwise_convs(monkeypa
         g = _palm_blocks()
         calib = [[rng.uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)] for _ in range(8)]
         if form == "cpu":  # main's behaviour: the residual channels, the adds and PReLUs on the CPU
-            monkeypatch.setattr("kcc.passes.legalize_kpu.stream_to_kpu", lambda g, opts: (g, [], [], []))
-            monkeypatch.setattr("kcc.passes.decompose_kernels.streamed_prelus", lambda g: set())
+            monkeypatch.setattr("kcc.passes.legalize_kpu.stream_to_kpu", lambda g, opts, adds=None: (g, [], [], []))
+            monkeypatch.setattr("kcc.passes.decompose_kernels.streamed_prelus", lambda g, opts: {})
         res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
         err[form] = max(max_steps(kpu_sim.load(res.kmodel).run(s)[0].reshape(g.outputs[0].shape), run(g, s)[0])
                         for s in calib[:4])
