@@ -189,13 +189,13 @@ def blaze_add(n: Node, users: dict) -> bool:
 STREAM_PAIR_RAM = KPU_RAM_SIZE // 4
 
 
-#: most kmodel bytes one BlazeBlock's stream may add when a conv with a kernel the KPU lacks (a 5x5)
-#: reads its PReLU (`streamed_prelus`): its pair layer (2C outputs over its stack) and the merge layer
+#: most kmodel bytes one BlazeBlock's stream may add (`streamed_prelus`): its pair layer (2C outputs
+#: over its stack) and, when a conv with a kernel over 3x3 (a 5x5) reads its PReLU, the merge layer
 #: making the PReLU explicit for that conv's decomposition (C x 2C). BlazePalm's 128-channel blocks
-#: (96 + 32 KiB each) put its kmodel and working memory over the device budget (6.08 MiB measured
-#: with them and without STREAM_BLOCK_BYTES; 5.67 MiB on main), its 64-channel ones take 24 + 8 KiB;
-#: iris' blocks (80 KiB, 3x3 readers that fold the pair: no merge) and hand recrop's stay within it
-STREAM_BLOCK_BYTES = 96 * 1024
+#: (96 + 32 KiB each; 96 KiB for the two that feed its heads) put its kmodel and working memory over the device budget (6.08 MiB measured
+#: with them, 5.40 MiB on main), its 64-channel ones take 24 + 8 KiB; iris' blocks (80 KiB, 3x3
+#: readers that fold the pair: no merge) and hand recrop's stay within it
+STREAM_BLOCK_BYTES = 88 * 1024
 
 
 def _stack_bytes(n: Node) -> int:
@@ -213,8 +213,8 @@ def streamed_prelus(g: Graph, opts: CompileOptions = CompileOptions()) -> dict[i
     PReLU a graph output) that this pass will keep in KPU RAM, by id, with their add's name:
     kcc.passes.decompose_kernels decomposes a conv reading one as an 8-bit KPU input (no rounding
     residual: the stream's readers read codes, not floats), and records the adds for `stream_to_kpu`,
-    which streams no other. Taken when the pair takes at most STREAM_PAIR_RAM of KPU RAM and, if a
-    conv with a kernel the KPU lacks reads the PReLU, the block at most STREAM_BLOCK_BYTES.
+    which streams no other. Taken when the pair takes at most STREAM_PAIR_RAM of KPU RAM and the
+    block at most STREAM_BLOCK_BYTES of kmodel.
     An add `stream_to_kpu` keeps on the CPU after all (its `kept` reasons) leaves such a reader one
     rounding more than the float conv."""
     if opts.target == "cpu" or not any(isinstance(n.op, O.PRelu) for n in g.nodes):
@@ -229,9 +229,9 @@ def streamed_prelus(g: Graph, opts: CompileOptions = CompileOptions()) -> dict[i
         if id(p) in outputs:
             continue
         c = n.shape[1]
-        # a kernel the KPU lacks (1x1, 3x3): decompose_kernels' to decompose
-        decomposed = any(isinstance(u.op, O.Conv2D) and u.inputs[1].shape[2:] not in ((1, 1), (3, 3)) for u in users[p])
-        if decomposed and _stack_bytes(n) + 2 * c * c > STREAM_BLOCK_BYTES:
+        # a kernel over 3x3 (a 5x5): decompose_kernels' to decompose (legalize pads a 2x2 to 3x3)
+        decomposed = any(isinstance(u.op, O.Conv2D) and max(u.inputs[1].shape[2:]) > 3 for u in users[p])
+        if _stack_bytes(n) + (2 * c * c if decomposed else 0) > STREAM_BLOCK_BYTES:
             continue
         out[id(p)] = n.name
     return out
