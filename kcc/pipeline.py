@@ -12,6 +12,10 @@ Every stage is `stage(graph, ctx) -> graph` over one `CompileContext` (kcc.passe
 `PassManager`, which verifies each rewrite and, with `--dump-ir DIR`, writes `NN-<stage>.dot` and
 `NN-<stage>.txt`, and names the stage in any error.
 
+decompose_kernels decides, before any rewrite, which BlazeBlock PReLUs kcc.passes.prelu_stream keeps in
+KPU RAM (`streamed_prelus`: its decomposed readers then read 8-bit codes, without residual channels)
+and records their adds in ctx.stream_adds; legalize_kpu, which runs prelu_stream, streams only those.
+
 decompose_kernels may spend device RAM on speed (MODEL_KPU_BYTES of kmodel for stacks made in KPU
 RAM); when that puts the kmodel and its working memory over the bare SDK's 5.5 MiB, `compile_graph`
 runs the stages again from the imported graph with that much less to spend.

@@ -40,6 +40,9 @@ of output SQNR. A stack read in float on the CPU (BlazePalm's stem, before its P
 float conv would not round at all, computes its output in four parts: y in [-t, t] on two fine grids
 and the tails on two more, t chosen from the calibration samples (`bulk_thresholds`); or, without
 samples, in two halves (y <= 0, y >= 0).
+A conv reading a PReLU that kcc.passes.prelu_stream will keep in KPU RAM (`streamed_prelus`, asked
+before any rewrite: BlazePalm's blocks) reads 8-bit codes, as from a KPU layer: no residual, and
+priced with a uint8 input (`Where.float_input` False).
 The decision (`Decision`, one per conv legalize_kpu would leave on the CPU, in ctx.decisions), and
 its estimate against the float conv on the CPU, go into the output node's note; legalize_kpu adds
 the reason of a conv that stays (`Decision.cpu_note`) to its CPU placement.
@@ -69,6 +72,7 @@ from kcc.passes.kernel_cost import (
 from kcc.passes.kernel_forms import Form, copy_plan, emit, plan_terms, shift_plan
 from kcc.passes.kernel_terms import axis_terms, max_zero_taps
 from kcc.passes.manager import CompileContext
+from kcc.passes.prelu_stream import streamed_prelus
 from kcc.target.k210 import (
     DEFAULT_MHZ,
     KPU_RAM_SIZE,
@@ -449,9 +453,16 @@ def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
 
     memo: dict = {}  # each form legalized and priced once
 
+    streamed = streamed_prelus(g, opts)  # the PReLUs kcc.passes.prelu_stream keeps in KPU RAM: 8-bit inputs
+    ctx.stream_adds = set(streamed.values())
+
     def decide(n: Node, cap: int) -> Decision:
-        return choose(n, opts, residual, residual and _read_in_float(n, users, outputs), bulk.get(n.name, 0.0),
-                      surroundings(n, users, outputs, opts), cap, memo)
+        at = surroundings(n, users, outputs, opts)
+        codes = id(n.inputs[0]) in streamed
+        if codes:
+            at = Where(False, at.kpu_readers)
+        return choose(n, opts, residual and not codes, residual and _read_in_float(n, users, outputs),
+                      bulk.get(n.name, 0.0), at, cap, memo)
 
     budget = MODEL_KPU_BYTES if ctx.kpu_form_budget is None else ctx.kpu_form_budget
     big_cap = STACK_KPU_BYTES + budget
@@ -463,7 +474,7 @@ def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
         if d.status is Status.ON_KPU or not d.cpu_cycles or not budget:
             continue
         x = n.inputs[0]
-        residual_in = residual and _cpu_float(x)
+        residual_in = residual and _cpu_float(x) and id(x) not in streamed
         if set(_plans(n, residual_in, True, 0.0, big_cap)) == set(_plans(n, residual_in, True, 0.0)):
             continue  # no stack needs more than STACK_KPU_BYTES
         big = decide(n, big_cap)

@@ -498,7 +498,7 @@ def legalize_kpu(g: Graph, ctx: CompileContext | None = None) -> Graph:
         out, done, kept = residual_to_kpu(out, ctx.options, ctx.samples)
         ctx.placements.extend(Placement(name, "add", True, _RESIDUAL_FORMS[form]) for name, form in done)
         kept = dict(kept)
-        out, done, pools, stream_kept = stream_to_kpu(out, ctx.options)
+        out, done, pools, stream_kept = stream_to_kpu(out, ctx.options, ctx.stream_adds)
         for name in done:  # a BlazeBlock add residual_kpu left on the CPU
             kept.pop(name, None)
         kept.update((name, why) for name, why in stream_kept if name not in kept)

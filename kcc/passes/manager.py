@@ -64,6 +64,9 @@ class CompileContext:
     #: and what they took (its estimate)
     kpu_form_budget: int | None = None
     kpu_form_spent: int = 0
+    #: decompose_kernels: the BlazeBlock adds kcc.passes.prelu_stream keeps in KPU RAM, whose PReLUs it
+    #: decomposed readers of as 8-bit codes (`streamed_prelus`); None: not decided (any)
+    stream_adds: set[str] | None = None
     #: legalize_kpu: every conv / fc / pool, on the KPU or on the CPU and why
     placements: list[Placement] = field(default_factory=list)
     #: the legalized float graph that was calibrated

@@ -37,16 +37,24 @@ with the cost model of kcc.target.k210 (as prelu_kpu and residual_kpu; `_Rewrite
 
 Where the chain ends. The stream needs a KPU skip to start (a KPU layer, or a max pool of one whose
 readers are BlazeBlock adds: iris' first block reads prelu_kpu's layer, hand recrop's a 1x1 depthwise
-layer's pool). It ends at an operand the CPU makes (iris' 2x2 maps, padded and sliced on the CPU),
+layer's pool), or a CPU skip it uploads (below; not the graph input). It ends at an operand the CPU makes (iris' 2x2 maps, padded and sliced on the CPU),
 where that block stays as it is; a CPU reader of a streamed value gets a merge layer's 8-bit copy.
 The stride-2 skip pool needs no alpha >= 0 (maxpool(prelu(a)) = prelu(maxpool(a)) would): its layer
 computes the PReLU first, then pools, exact for any slope. Kept on the CPU, as today:
 * a sum or PReLU the model outputs (a float result would be rounded);
 * a PReLU a decomposed conv reads through QuantResidual channels (kcc.passes.decompose_kernels): that
-  reader takes more than 8 bits of the float value, which the pair's codes would lose. This is
-  palm_detection_lite_192, whose every block feeds a 5x5 depthwise decomposed on CPU views: its
-  stream stays on the CPU until those convs read from KPU RAM;
+  reader takes more than 8 bits of the float value, which the pair's codes would lose;
 * folded weights over --weights-quantize-threshold.
+
+Decomposed readers (BlazePalm: every block's depthwise is a 5x5). decompose_kernels runs before
+this pass and asks it first which PReLUs it will keep in KPU RAM (`streamed_prelus`: the PReLUs of
+BlazeBlock adds whose pair takes at most STREAM_PAIR_RAM); it decomposes a conv reading one as an
+8-bit KPU input, without the residual channels, as it would a KPU layer's output. The decomposed
+form's shifted copies (depthwise KPU layers concatenated in KPU RAM) read the PReLU made explicit
+by one merge layer per channel group (a depthwise reader whose readers are not all KPU convs is
+not split over the pair). A skip the CPU makes (BlazePalm's stem PReLU; the channel-padded pool of
+a block too large to stream) is uploaded by a 1x1 identity layer, a part of the stack: the stream
+starts there.
 
 Precision: the CPU keeps the stream in float from block to block; here it is rounded to 8 bits once
 per block, on R's grid, and each reader's weights are rounded over twice the channels. Measured on the
@@ -56,6 +64,10 @@ builds): the relu pair splits a's range in two grids' worth of codes, and the sk
 pads no longer round y separately. The price is weights: a stack layer holds 2C x (2C + C_h) weights
 where the projection held C x C_h, and the readers of the pair twice theirs (iris' kmodel 1.49 ->
 3.37 MB, still within MaixPy's 3.5 MiB with its working memory, which falls from 590 to 25 KB).
+palm_detection_lite_192 (its four 64-channel 48x48 blocks streamed, their 5x5s read as 8-bit codes;
+bench/board.py, main -> this): board 6586.7 -> 5311.1 ms, device RAM 5.40 -> 5.47 MiB, mean cosine
+board 0.99654 -> 0.99561, l2 0.99666 -> 0.99576, float_in 0.99678 -> 0.99578; iris and hand recrop
+byte-identical.
 """
 
 from __future__ import annotations
@@ -151,9 +163,88 @@ def _channel_op(n: Node) -> np.ndarray | None:
     return None
 
 
+def _prelu_of(n: Node, users: dict) -> Node | None:
+    """A reader of n that is a PReLU of n with one slope per channel, or None."""
+    return next((u for u in users[n] if isinstance(u.op, O.PRelu) and u.inputs[0] is n
+                 and channel_values(n, u.inputs[1]) is not None), None)
+
+
+def blaze_add(n: Node, users: dict) -> bool:
+    """n is a BlazeBlock's add: a residual add (one operand an ancestor of the other, not a
+    decomposed conv's sum of terms) read by a per-channel PReLU."""
+    if not (isinstance(n.op, O.Binary) and n.op.op == "add" and len(n.inputs) == 2):
+        return False
+
+    def skip_source(v: Node) -> Node:  # through a stride-2 block's skip: channel pad or slice, max pool
+        while (_channel_op(v) is not None if isinstance(v.op, (O.Pad, O.StridedSlice))
+               else isinstance(v.op, O.Pool2D) and v.op.op == "max"):
+            v = v.inputs[0]
+        return v
+
+    a, b = n.inputs
+    return _prelu_of(n, users) is not None and (_reaches(a, skip_source(b)) or _reaches(b, skip_source(a)))
+
+
+#: most KPU RAM the pair of a PReLU that a decomposed conv reads as 8-bit codes may take: the pair
+#: stays in KPU RAM while the conv's stacked copies and output are made beside it (BlazePalm's 96x96
+#: maps of 32 channels: a pair of 768 KiB and the next block's stack of 1152 KiB, with a `stack_kpu`
+#: group's copies, overflow the 2 MiB; there the conv keeps its residual channels and the block its
+#: CPU add and PReLU)
+STREAM_PAIR_RAM = KPU_RAM_SIZE // 4
+
+
+#: most kmodel bytes one BlazeBlock's stream may add (`streamed_prelus`): its pair layer (2C outputs
+#: over its stack) and, when a conv with a kernel over 3x3 (a 5x5) reads its PReLU, the merge layer
+#: making the PReLU explicit for that conv's decomposition (C x 2C). BlazePalm's 128-channel blocks
+#: (96 + 32 KiB each; 96 KiB for the two that feed its heads) put its kmodel and working memory over the device budget (6.08 MiB measured
+#: with them, 5.40 MiB on main), its 64-channel ones take 24 + 8 KiB; iris' blocks (80 KiB, 3x3
+#: readers that fold the pair: no merge) and hand recrop's stay within it
+STREAM_BLOCK_BYTES = 88 * 1024
+
+
+def _stack_bytes(n: Node) -> int:
+    """Weight bytes of add n's pair layer: 2C outputs over the pair of its skip's block (2C) and its
+    projection's input (or the other operand's C channels)."""
+    c = n.shape[1]
+    a, b = n.inputs
+    other = a if _reaches(a, b) else b
+    k = other.inputs[0].shape[1] if isinstance(other.op, (O.Conv2D, KO.FloatKpuConv)) else c
+    return 2 * c * (2 * c + k)
+
+
+def streamed_prelus(g: Graph, opts: CompileOptions = CompileOptions()) -> dict[int, str]:
+    """The PReLUs of BlazeBlock adds in a graph before legalize (`blaze_add`; neither the sum nor the
+    PReLU a graph output) that this pass will keep in KPU RAM, by id, with their add's name:
+    kcc.passes.decompose_kernels decomposes a conv reading one as an 8-bit KPU input (no rounding
+    residual: the stream's readers read codes, not floats), and records the adds for `stream_to_kpu`,
+    which streams no other. Taken when the pair takes at most STREAM_PAIR_RAM of KPU RAM and the
+    block at most STREAM_BLOCK_BYTES of kmodel.
+    An add `stream_to_kpu` keeps on the CPU after all (its `kept` reasons) leaves such a reader one
+    rounding more than the float conv."""
+    if opts.target == "cpu" or not any(isinstance(n.op, O.PRelu) for n in g.nodes):
+        return {}
+    users, outputs = g.users(), {id(o) for o in g.outputs}
+    out = {}
+    for n in g.nodes:
+        if not (blaze_add(n, users) and id(n) not in outputs and n.shape[0] == 1 and n.type.rank == 4
+                and kpu_bytes((1, 2 * n.shape[1], *n.shape[2:])) <= STREAM_PAIR_RAM):
+            continue
+        p = _prelu_of(n, users)
+        if id(p) in outputs:
+            continue
+        c = n.shape[1]
+        # a kernel over 3x3 (a 5x5): decompose_kernels' to decompose (legalize pads a 2x2 to 3x3)
+        decomposed = any(isinstance(u.op, O.Conv2D) and max(u.inputs[1].shape[2:]) > 3 for u in users[p])
+        if _stack_bytes(n) + (2 * c * c if decomposed else 0) > STREAM_BLOCK_BYTES:
+            continue
+        out[id(p)] = n.name
+    return out
+
+
 class _Rewriter:
-    def __init__(self, g: Graph, opts: CompileOptions):
-        self.src, self.opts = g, opts
+    def __init__(self, g: Graph, opts: CompileOptions, adds: set[str] | None = None):
+        self.src, self.opts, self.adds = g, opts, adds
+        self.slices: dict[int, Node] = {}  # a channel slice of a form -> its source (`explicit`)
         self.users = g.users()
         self.outputs = {id(o) for o in g.outputs}
         self.g = Graph()
@@ -163,13 +254,17 @@ class _Rewriter:
         self.done: list[str] = []  # adds rewritten
         self.pools: list[str] = []  # max pools made KPU layers
         self.kept: list[tuple[str, str]] = []  # (add, why it stays on the CPU)
+        self.uploads: dict[int, Node] = {}  # CPU skip -> the 1x1 identity layer uploading it (`_upload_layer`)
 
     # ------------------------------------------------------------------ values
     def explicit(self, v: Node) -> Node:
         """v's node in the new graph; a form is made explicit by a 1x1 "merge" layer (docstring)."""
         if id(v) not in self.map:
             f = self.forms[id(v)]
-            self.map[id(v)] = f.node if f.identity else self._merge(f, v.name)
+            if id(v) in self.slices:  # a channel group of a decomposed conv: of the one merge of its source
+                self.map[id(v)] = self.g.add(v.op, (self.explicit(self.slices[id(v)]),), v.name)
+            else:
+                self.map[id(v)] = f.node if f.identity else self._merge(f, v.name)
         return self.map[id(v)]
 
     def _merge(self, f: _Form, name: str, pool: str = "bypass") -> Node:
@@ -203,6 +298,10 @@ class _Rewriter:
         # depthwise: one non-zero per column of E, no activation, a linear pool, beta 0
         if op.act != O.NO_CLAMP or op.fn is not None or op.pool not in LINEAR_POOLS or np.any(f.beta):
             return None
+        if not all(_is_kpu(r) for r in self.users[n]) or id(n) in self.outputs:
+            # its readers would need the sum made explicit (the shifted copies of a decomposed 5x5,
+            # concatenated in KPU RAM): one merge of the input serves every such layer instead
+            return None
         nz = f.e != 0
         if not np.all(nz.sum(axis=0) == 1) or not np.all(nz.any(axis=1)):
             return None
@@ -223,23 +322,10 @@ class _Rewriter:
         return d
 
     def _blaze_add(self, n: Node) -> bool:
-        """n is a BlazeBlock's add: a residual add (one operand an ancestor of the other, not a
-        decomposed conv's sum of terms) read by a per-channel PReLU."""
-        if not (isinstance(n.op, O.Binary) and n.op.op == "add" and len(n.inputs) == 2):
-            return False
-        def skip_source(v: Node) -> Node:  # through a stride-2 block's skip: channel pad or slice, max pool
-            while (_channel_op(v) is not None if isinstance(v.op, (O.Pad, O.StridedSlice))
-                   else isinstance(v.op, O.Pool2D) and v.op.op == "max"):
-                v = v.inputs[0]
-            return v
-
-        a, b = n.inputs
-        return self._prelu_of(n) is not None and (_reaches(a, skip_source(b)) or _reaches(b, skip_source(a)))
+        return blaze_add(n, self.users)
 
     def _prelu_of(self, n: Node) -> Node | None:
-        """A reader of n that is a PReLU of n with one slope per channel, or None."""
-        return next((u for u in self.users[n] if isinstance(u.op, O.PRelu) and u.inputs[0] is n
-                     and channel_values(n, u.inputs[1]) is not None), None)
+        return _prelu_of(n, self.users)
 
     def _skip_of_blaze_adds(self, n: Node) -> bool:
         """n's readers, through channel pads and slices, are BlazeBlock adds (a stride-2 block's skip)."""
@@ -271,6 +357,8 @@ class _Rewriter:
     def _terms(self, n: Node) -> list[tuple[Node, np.ndarray, np.ndarray, bool]] | str:
         """(node, E, beta, is the projection input) per term of add n, or why not."""
         terms = []
+        a, b = n.inputs
+        skip = b if _reaches(a, b) else a if _reaches(b, a) else None
         for u in n.inputs:
             src_proj = (_is_kpu(u) and u.op.kernel == 1 and not u.op.depthwise and u.op.pool == "bypass"
                         and u.op.act == O.NO_CLAMP and u.op.fn is None and self.users[u] == [n]
@@ -288,9 +376,24 @@ class _Rewriter:
             elif id(u) in self.map and _is_kpu(self.map[id(u)]):
                 c = u.shape[1]
                 terms.append((self.map[id(u)], np.eye(c), np.zeros(c), False))
+            elif u is skip and not isinstance(u.op, O.Input) and u.type.rank == 4:
+                # a skip the CPU makes (BlazePalm's stem PReLU, or the channel-padded pool of a block
+                # too large to stream, `streamed_prelus`): uploaded once by a 1x1 identity layer, the
+                # part of the stack that starts the stream
+                c = u.shape[1]
+                terms.append((self._upload_layer(u), np.eye(c), np.zeros(c), False))
             else:
                 return f"its operand '{u.name}' is a CPU {u.op.kind}"
         return terms
+
+    def _upload_layer(self, u: Node) -> Node:
+        """A 1x1 identity KPU layer reading the CPU tensor u (one for every stack that reads it)."""
+        if id(u) not in self.uploads:
+            c, g = u.shape[1], self.g
+            ins = (self.explicit(u), g.constant(np.eye(c, dtype=F32)[:, :, None, None], u.name + "/upload_w"),
+                   g.constant(np.zeros(c, F32), u.name + "/upload_b"))
+            self.uploads[id(u)] = g.add(KO.FloatKpuConv(1), ins, u.name + "/upload")
+        return self.uploads[id(u)]
 
     def add(self, n: Node) -> Node | None:
         op = n.op
@@ -298,6 +401,9 @@ class _Rewriter:
                 and n.shape[0] == 1 and n.inputs[0].shape == n.inputs[1].shape == n.shape):
             return None
         if not self._blaze_add(n):
+            return None
+        if self.adds is not None and n.name not in self.adds:
+            self.kept.append((n.name, "not among the adds decompose_kernels read as 8-bit codes (streamed_prelus)"))
             return None
         prelu = self._prelu_of(n)
         if id(n) in self.outputs or id(prelu) in self.outputs:
@@ -388,6 +494,8 @@ class _Rewriter:
                 cpu += cpu_cycles("kpu_download_byte") * u.type.size + _per_element("dequantize", u)
                 if self.users[u] == [n] and u.op.kernel == 1 and not u.op.depthwise:  # the fused projection
                     kpu -= _layer_cycles(u.inputs[0].shape, c, 1)
+            elif id(u) in self.uploads:  # a CPU skip, quantized and uploaded by a 1x1 layer
+                kpu += _per_element("quantize", u) + _upload(u) + _layer_cycles(u.shape, c, 1)
         pair = (1, 2 * c, *n.shape[2:])
         kpu_reads_sum, merged = False, set()
         for v in (n, prelu):
@@ -430,6 +538,10 @@ class _Rewriter:
             if m is not None:
                 f = self.forms[id(n.inputs[0])]
                 self.forms[id(n)] = _Form(f.node, m @ f.e, m @ f.beta)
+                if isinstance(n.op, O.StridedSlice) and not f.identity:
+                    # made explicit as a slice of the source's merge (kcc.emit reads a channel group
+                    # of a KPU layer in place), not by a merge layer per group
+                    self.slices[id(n)] = n.inputs[0]
                 return True
             return None
         if isinstance(n.op, O.Pool2D):
@@ -455,12 +567,14 @@ class _Rewriter:
         return g
 
 
-def stream_to_kpu(g: Graph, opts: CompileOptions) -> tuple[Graph, list[str], list[str], list[tuple[str, str]]]:
-    """Rewrite the BlazeBlock adds (and their PReLUs) the KPU serves (module docstring); returns the
+def stream_to_kpu(g: Graph, opts: CompileOptions,
+                  adds: set[str] | None = None) -> tuple[Graph, list[str], list[str], list[tuple[str, str]]]:
+    """Rewrite the BlazeBlock adds (and their PReLUs) the KPU serves (module docstring), among `adds`
+    (`streamed_prelus`, recorded by decompose_kernels; None: any); returns the
     new graph, the adds rewritten, the max pools made KPU layers, and (add, reason) for the
     BlazeBlock adds kept on the CPU."""
     if opts.target == "cpu" or not any(isinstance(n.op, O.PRelu) for n in g.nodes):
         return g, [], [], []
-    rw = _Rewriter(g, opts)
+    rw = _Rewriter(g, opts, adds)
     out = rw.run()
     return out, rw.done, rw.pools, rw.kept

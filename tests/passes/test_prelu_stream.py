@@ -10,7 +10,7 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
 from kcc.passes.prelu_kpu import prelu_to_kpu
-from kcc.passes.prelu_stream import stream_to_kpu
+from kcc.passes.prelu_stream import stream_to_kpu, streamed_prelus
 
 rng = np.random.default_rng(29)
 
@@ -143,3 +143,38 @@ def test_the_add_stays_on_the_cpu_when_the_pair_costs_more():
     out, done, _, _ = _stream(g)
     x = rng.uniform(-1, 1, (1, 8, 16, 16)).astype(np.float32)
     np.testing.assert_allclose(run(out, [x])[0], run(g, [x])[0], rtol=1e-4, atol=1e-4)
+
+
+def test_a_skip_the_cpu_makes_is_uploaded_by_one_identity_layer_to_start_the_stream():
+    """BlazePalm's first block reads its stem's PReLU, a CPU op: one 1x1 identity layer uploads it
+    as a part of the add's stack; the values are the graph's."""
+    g = Graph()
+    x = g.input(0, (1, 8, 16, 16))
+    y = g.add(O.PRelu(), (g.add(O.Unary("abs"), (x,), "cpu_op"), _alpha(g, 8)), "stem_prelu")
+    t = g.add(KO.FloatKpuConv(3, True), (y, _const(g, (8, 1, 3, 3)), _const(g, (8,))), "dw")
+    t = g.add(KO.FloatKpuConv(1), (t, _const(g, (8, 8, 1, 1)), _const(g, (8,))), "project")
+    y = g.add(O.PRelu(), (g.add(O.Binary("add"), (y, t), "add"), _alpha(g, 8)), "prelu")
+    g.outputs = [g.add(KO.FloatKpuConv(1), (y, _const(g, (4, 8, 1, 1)), _const(g, (4,))), "head")]
+    out, done, _, kept = _stream(g)
+    assert done == ["add"] and kept == []
+    up = out.find("stem_prelu/upload")
+    assert isinstance(up.op, KO.FloatKpuConv) and up.inputs[0].name == "stem_prelu"
+    (stack,) = [n for n in out.nodes if isinstance(n.op, KO.KpuStack)]
+    assert up in stack.inputs
+    xs = rng.uniform(-1, 1, (1, 8, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(run(out, [xs])[0], run(g, [xs])[0], rtol=1e-4, atol=1e-4)
+
+
+def test_streamed_prelus_are_those_of_blazeblock_adds_whose_pair_leaves_kpu_ram_for_their_readers():
+    """decompose_kernels' question before legalize: which PReLUs stay in KPU RAM (8-bit readers)."""
+    for hw, streamed in ((48, True), (96, False)):  # a pair of 2 x 32 channels: 192 KiB at 48, 768 KiB at 96
+        g = Graph()
+        x = g.input(0, (1, 32, hw, hw))
+        y = g.add(O.PRelu(), (x, _alpha(g, 32)), "stem_prelu")
+        t = g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=32), (y, _const(g, (32, 1, 5, 5)), _const(g, (32,))), "dw")
+        a = g.add(O.Binary("add"), (y, g.add(O.Conv2D(), (t, _const(g, (32, 32, 1, 1)), _const(g, (32,))))), "add")
+        p = g.add(O.PRelu(), (a, _alpha(g, 32)), "prelu")
+        g.outputs = [g.add(O.Conv2D(), (p, _const(g, (4, 32, 1, 1)), _const(g, (4,))), "head")]
+        assert streamed_prelus(g) == ({id(p): "add"} if streamed else {}), hw
+        g.outputs = [p]  # a PReLU the model outputs stays on the CPU
+        assert streamed_prelus(g) == {}
