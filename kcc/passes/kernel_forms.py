@@ -135,11 +135,10 @@ def shift_weights(c: int, shift: tuple[int, int]) -> np.ndarray:
     return k
 
 
-def _shifted_copies(add: Add, x: Node, shifts: list[tuple[int, int]], name: str, cache: dict,
-                    channels: tuple[int, int] | None = None) -> list[Node]:
-    """The stack_kpu views: one depthwise 3x3 KPU layer per shift copying x[channels] (sliced off x
-    first, as `_padded_views` does), all on x's grid (kcc.quant.policy.copy_grids), so that their
-    outputs are concatenated in place in KPU RAM (kcc.ir.kpu_ops.KpuConcat)."""
+def _group_source(add: Add, x: Node, name: str, cache: dict,
+                  channels: tuple[int, int] | None) -> tuple[int, int, Node]:
+    """(c0, c1, x[:, c0:c1]): the channel group a form's copies read, sliced once per group (a view in
+    KPU RAM when x is a KPU layer's output, kcc.ir.kpu_ops.KpuChannelView), whatever reads it."""
     nb, c, *size = x.shape
     c0, c1 = channels or (0, c)
     if ("source", c0, c1) not in cache:
@@ -147,7 +146,15 @@ def _shifted_copies(add: Add, x: Node, shifts: list[tuple[int, int]], name: str,
         if (c0, c1) != (0, c):
             src = add(O.StridedSlice((0, c0, 0, 0), (nb, c1, *size), (1, 1, 1, 1)), (x,), f"{name}/channels")
         cache[("source", c0, c1)] = src
-    src = cache[("source", c0, c1)]
+    return c0, c1, cache[("source", c0, c1)]
+
+
+def _shifted_copies(add: Add, x: Node, shifts: list[tuple[int, int]], name: str, cache: dict,
+                    channels: tuple[int, int] | None = None) -> list[Node]:
+    """The stack_kpu views: one depthwise 3x3 KPU layer per shift copying x[channels] (sliced off x
+    first, as `_padded_views` does), all on x's grid (kcc.quant.policy.copy_grids), so that their
+    outputs are concatenated in place in KPU RAM (kcc.ir.kpu_ops.KpuConcat)."""
+    c0, c1, src = _group_source(add, x, name, cache, channels)
     zero = add(O.Constant(np.zeros(c1 - c0, np.float32)), (), f"{name}/zero_bias")
     views = []
     for cy, cx in shifts:
@@ -163,14 +170,7 @@ def _chained_copies(add: Add, x: Node, offsets: list[tuple[int, int]], name: str
     offset, a unit offset by one depthwise 3x3 KPU layer, a larger one by a second unit shift of the
     unit copy its first step makes (kernel_terms.unit_steps), which is one of the views too. All are on
     x's grid (kcc.quant.policy.copy_grids), concatenated in place in KPU RAM."""
-    nb, c, *size = x.shape
-    c0, c1 = channels or (0, c)
-    if ("source", c0, c1) not in cache:
-        src = x
-        if (c0, c1) != (0, c):
-            src = add(O.StridedSlice((0, c0, 0, 0), (nb, c1, *size), (1, 1, 1, 1)), (x,), f"{name}/channels")
-        cache[("source", c0, c1)] = src
-    src = cache[("source", c0, c1)]
+    c0, c1, src = _group_source(add, x, name, cache, channels)
     zero = add(O.Constant(np.zeros(c1 - c0, np.float32)), (), f"{name}/zero_bias")
     made: dict[tuple[int, int], Node] = {}
 
