@@ -114,7 +114,8 @@ def test_kmodel_info_outputs_keep_their_order_and_shapes(prelu_model, tmp_path, 
     assert [o["shape"] for o in info["outputs"]] == [[1, 24, 16, 16]]
 
 
-def _pool_reason(tmp_path: Path, build, shape=(1, 16, 16, 8)) -> str:
+def _placements(tmp_path: Path, build, shape=(1, 16, 16, 8)) -> dict:
+    """The `--report` placements, by node, of the NHWC model `build(builder, input, rng)` makes."""
     b = _builder.TfliteBuilder()
     x = b.input(list(shape), name="image")
     b.output(build(b, x, np.random.default_rng(5)))
@@ -123,7 +124,11 @@ def _pool_reason(tmp_path: Path, build, shape=(1, 16, 16, 8)) -> str:
     model["model"].write_bytes(b.build())
     rep = tmp_path / "rep"
     _compile(model, tmp_path / "p.kmodel", "-q", "--report", str(rep))
-    placements = {p["node"]: p for p in json.loads((rep / "report.json").read_text())["placement"]}
+    return {p["node"]: p for p in json.loads((rep / "report.json").read_text())["placement"]}
+
+
+def _pool_reason(tmp_path: Path, build, shape=(1, 16, 16, 8)) -> str:
+    placements = _placements(tmp_path, build, shape)
     assert not placements["pool"]["on_kpu"]
     return placements["pool"]["reason"]
 
@@ -132,15 +137,7 @@ def test_a_pool_the_kpu_fuses_needs_no_reason(tmp_path):
     """Control: a 2x2 stride-2 max pool behind a 3x3 'same' conv is on the KPU's pool unit."""
     def build(b, x, rng):
         return _maxpool(b, _conv(b, x, 8, 8, 3, "conv", rng), 2, 2, "pool")
-    b = _builder.TfliteBuilder()
-    x = b.input([1, 16, 16, 8], name="image")
-    b.output(build(b, x, np.random.default_rng(5)))
-    (tmp_path / "p.tflite").write_bytes(b.build())
-    data = _raw_dataset(tmp_path / "data", (1, 8, 16, 16))
-    rep = tmp_path / "rep"
-    assert main(["compile", str(tmp_path / "p.tflite"), str(tmp_path / "p.kmodel"), "--dataset", str(data),
-                 "--dataset-format", "raw", "-q", "--report", str(rep)]) == 0
-    placement = json.loads((rep / "report.json").read_text())["placement"]
+    placement = list(_placements(tmp_path, build, (1, 16, 16, 8)).values())
     assert [p["node"] for p in placement] == ["conv"] and placement[0]["on_kpu"]  # no pool left on the CPU
     assert "pool max_2_s2" in placement[0]["reason"]
 
@@ -192,15 +189,7 @@ def test_a_max_pool_of_a_kpu_layer_it_cannot_fuse_with_pools_the_map_in_kpu_ram(
             return _maxpool(b, y, 2, 2, "pool")
         return _maxpool(b, _conv(b, x, 8, 8, 3, "conv", rng, stride=2), 2, 2, "pool")
     shape = (1, 4, 4, 384) if case == "two_readers" else (1, 16, 16, 8)
-    b = _builder.TfliteBuilder()
-    x = b.input(list(shape), name="image")
-    b.output(build(b, x, np.random.default_rng(5)))
-    (tmp_path / "p.tflite").write_bytes(b.build())
-    data = _raw_dataset(tmp_path / "data", (shape[0], shape[3], *shape[1:3]))
-    rep = tmp_path / "rep"
-    assert main(["compile", str(tmp_path / "p.tflite"), str(tmp_path / "p.kmodel"), "--dataset", str(data),
-                 "--dataset-format", "raw", "-q", "--report", str(rep)]) == 0
-    placement = {p["node"]: p for p in json.loads((rep / "report.json").read_text())["placement"]}
+    placement = _placements(tmp_path, build, shape)
     assert placement["pool"]["on_kpu"], placement["pool"]
     assert placement["pool"]["reason"] == "max_2_s2: a 1x1 KPU layer with identity weights pools the map in KPU RAM"
 
@@ -213,15 +202,7 @@ def test_a_pool_of_a_layer_also_read_unpooled_is_a_second_kpu_layer(tmp_path):
         y = _conv(b, x, 8, 8, 3, "conv", rng)
         b.output(y)
         return _maxpool(b, y, 2, 2, "pool")
-    b = _builder.TfliteBuilder()
-    x = b.input([1, 16, 16, 8], name="image")
-    b.output(build(b, x, np.random.default_rng(5)))
-    (tmp_path / "p.tflite").write_bytes(b.build())
-    data = _raw_dataset(tmp_path / "data", (1, 8, 16, 16))
-    rep = tmp_path / "rep"
-    assert main(["compile", str(tmp_path / "p.tflite"), str(tmp_path / "p.kmodel"), "--dataset", str(data),
-                 "--dataset-format", "raw", "-q", "--report", str(rep)]) == 0
-    placement = {p["node"]: p for p in json.loads((rep / "report.json").read_text())["placement"]}
+    placement = _placements(tmp_path, build, (1, 16, 16, 8))
     assert placement["conv"]["on_kpu"] and placement["pool"]["on_kpu"], placement
     assert placement["pool"]["reason"].startswith("max_2_s2: a second KPU layer computes 'conv' pooled")
 
