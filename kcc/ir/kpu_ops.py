@@ -179,6 +179,17 @@ class QuantKpuLayer(Op):
         return {"k": self.kernel, "dw": self.depthwise, "pool": self.pool, "out_q": self.out_q}
 
 
+def _side_by_side(ins, dtype: DType, kind: str, least: int) -> TensorType:
+    """The type of at least `least` batch-1 NCHW maps of one H x W and `dtype`, side by side along
+    channels (KpuConcat, KpuStack)."""
+    _check(len(ins) >= least and all(t.dtype == dtype and t.rank == 4 for t in ins),
+           f"{kind} takes {dtype.value} NCHW maps")
+    _, _, h, w = ins[0].shape
+    _check(all(t.shape[0] == 1 and t.shape[2:] == (h, w) for t in ins),
+           f"{kind} parts {[t.shape for t in ins]}: batch 1 and one H x W")
+    return TensorType((1, sum(t.shape[1] for t in ins), h, w), dtype)
+
+
 @dataclass(frozen=True)
 class KpuConcat(Op):
     """Channel concatenation of KPU layers' outputs, computed in place: one KPU RAM buffer whose
@@ -191,12 +202,7 @@ class KpuConcat(Op):
     kind: ClassVar[str] = "kpu_concat"
 
     def infer_type(self, ins):
-        _check(len(ins) >= 1 and all(t.dtype == DType.uint8 and t.rank == 4 for t in ins),
-               "kpu_concat takes u8 NCHW maps")
-        n, _, h, w = ins[0].shape
-        _check(n == 1 and all(t.shape[0] == 1 and t.shape[2:] == (h, w) for t in ins),
-               f"kpu_concat parts {[t.shape for t in ins]}: batch 1 and one H x W")
-        return TensorType((1, sum(t.shape[1] for t in ins), h, w), DType.uint8)
+        return _side_by_side(ins, DType.uint8, self.kind, 1)
 
 
 
@@ -238,12 +244,7 @@ class KpuStack(Op):
     kind: ClassVar[str] = "kpu_stack"
 
     def infer_type(self, ins):
-        _check(len(ins) >= 2 and all(t.dtype == DType.float32 and t.rank == 4 for t in ins),
-               "kpu_stack takes f32 NCHW maps")
-        n, _, h, w = ins[0].shape
-        _check(n == 1 and all(t.shape[0] == 1 and t.shape[2:] == (h, w) for t in ins),
-               f"kpu_stack parts {[t.shape for t in ins]}: batch 1 and one H x W")
-        return TensorType((1, sum(t.shape[1] for t in ins), h, w), DType.float32)
+        return _side_by_side(ins, DType.float32, self.kind, 2)
 
 
 @dataclass(frozen=True, eq=False)

@@ -50,10 +50,11 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.options import CompileOptions
 from kcc.passes.dilated_conv import eliminate_dilated_conv
-from kcc.passes.legalize_kpu import channels_over_threshold, legalize_kpu
+from kcc.passes.legalize_kpu import legalize_kpu
 from kcc.passes.manager import CompileContext
 from kcc.passes.rotate180 import rotate180
 from kcc.target.k210 import CPU_NODE_CYCLES, MAX_CHANNELS, cpu_cycles, kpu_layer_cost, kpu_map_cycles
+from kcc.target.quant_rules import channels_over_threshold
 
 #: most groups a layer is cut into: each costs a KPU layer (~25 us) and a copy of its output
 MAX_GROUPS = 16
@@ -191,7 +192,7 @@ def plan_range_split(n: Node, opts: CompileOptions) -> list[bool] | None:
     upload and the float conv of the wide channels)."""
     if not (_depthwise(n) and n.inputs[1].is_constant and n.inputs[2].is_constant):
         return None
-    over = channels_over_threshold(n.inputs[1].data, opts)
+    over = channels_over_threshold(n.inputs[1].data, opts.weights_quantize_threshold)
     if not any(over) or all(over):
         return None
     total = len(over)

@@ -38,7 +38,6 @@ per-channel PReLU may become two 1x1 KPU layers (kcc/passes/prelu_kpu.py), a res
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +49,7 @@ from kcc.ir.types import TensorType
 from kcc.options import CompileOptions
 from kcc.passes import row_pick
 from kcc.passes.kernel_forms import shift_weights
+from kcc.passes.kpu_pools import kpu_pool_code, pools_in_kpu_ram
 from kcc.passes.manager import CompileContext
 from kcc.passes.prelu_kpu import prelu_to_kpu
 from kcc.passes.prelu_stream import stream_to_kpu
@@ -70,7 +70,7 @@ from kcc.target.k210 import (
     kpu_map_cycles,
     weight_loads,
 )
-from kcc.target.quant_rules import fixup_range, on_own_grid
+from kcc.target.quant_rules import weights_reason
 
 
 @dataclass(frozen=True)
@@ -104,36 +104,6 @@ def _axis_plan(size: int, pad_before: int, k: int, stride: int, out: int, pick: 
     need = first + stride * (out - 1) + 1
     post = max(0, need - (size + t), MIN_HW - (size + t))
     return _Axis(t, post, first, stride, out)
-
-
-def _weights_range(w: np.ndarray) -> float:
-    """The widest per-output-channel weight range (fixed up like nncase's ranges).
-
-    ncc compares the whole layer's range with --weights-quantize-threshold. kcc, like ncc, scales
-    every output channel to the full 8-bit range and undoes it in the BN multiplier, so a channel's
-    precision depends on its own range only: kcc compares the widest channel instead, and a layer
-    with one outlier channel among small ones no longer falls back to the CPU.
-    """
-    flat = w.reshape(w.shape[0], -1)
-    return max(np.subtract(*fixup_range(float(c.min()), float(c.max()))[::-1]) for c in flat)
-
-
-def channels_over_threshold(w: np.ndarray, opts: CompileOptions) -> list[bool]:
-    """Per output channel of conv weights w [OC, ...]: whether its own range exceeds
-    --weights-quantize-threshold (what keeps the layer off the KPU, `_weights_reason`)."""
-    if on_own_grid(w):
-        return [False] * w.shape[0]
-    return [_weights_range(w[c:c + 1]) > opts.weights_quantize_threshold for c in range(w.shape[0])]
-
-
-def _weights_reason(w: np.ndarray, ranges_of: np.ndarray, opts: CompileOptions) -> str | None:
-    """Why weights `w` (per-output-channel ranges taken over `ranges_of`) stay off the KPU, if they
-    do: a range above --weights-quantize-threshold, unless they already lie on a grid."""
-    rng = _weights_range(ranges_of)
-    if rng <= opts.weights_quantize_threshold or on_own_grid(w):
-        return None
-    return (f"weights range {rng:.1f} > threshold {opts.weights_quantize_threshold:g} "
-            f"(--weights-quantize-threshold {math.ceil(rng)} puts it on the KPU)")
 
 
 class _Legalizer:
@@ -178,23 +148,6 @@ class _Legalizer:
                     stack.append(u)
         return False
 
-    @staticmethod
-    def _kpu_pool(p: O.Pool2D, h: int, w: int) -> str | None:
-        """The pool unit code that computes tflite pool `p` exactly (kpu_semantics.md §3 step 5)."""
-        if p.act != O.NO_CLAMP or p.filter[0] != p.filter[1] or p.stride[0] != p.stride[1]:
-            return None
-        f, s, pad = p.filter[0], p.stride[0], p.padding
-        if (h, w) == (f, f) and pad == ((0, 0), (0, 0)):
-            s = f  # a single window (global pool): the stride does not matter
-        kind = "max" if p.op == "max" else "mean"
-        if f == s == 2 and pad == ((0, 0), (0, 0)):
-            return f"{kind}_2_s2"
-        if f == s == 4 and pad == ((0, 0), (0, 0)) and h % 4 == 0 and w % 4 == 0:
-            return f"{kind}_4_s4"
-        if f == 2 and s == 1 and pad == ((0, 1), (0, 1)):
-            return f"{kind}_2_s1"
-        return None
-
     def _reject(self, n: Node, reason: str) -> None:
         note = self.cpu_notes.get(n.name)
         self.placements.append(Placement(n.name, n.op.kind, False, f"{reason}; {note}" if note else reason))
@@ -220,7 +173,7 @@ class _Legalizer:
             if loads > MAX_WEIGHT_LOADS:
                 return f"{k}x{k} conv {c}->{oc} needs {loads} weight loads > {MAX_WEIGHT_LOADS}"
         # weights already on a uint8 grid quantize losslessly, whatever their range (kpu_params)
-        return _weights_reason(w, w, self.opts)
+        return weights_reason(w, w, self.opts.weights_quantize_threshold)
 
     @staticmethod
     def _embed_2x2(w: np.ndarray, op: O.Conv2D) -> tuple[np.ndarray, O.Conv2D]:
@@ -315,7 +268,7 @@ class _Legalizer:
                 tail, fn = act
             nxt = self._single_user(tail)
             if not depthwise and nxt is not None and isinstance(nxt.op, O.Pool2D):
-                code = self._kpu_pool(nxt.op, h, wd)
+                code = kpu_pool_code(nxt.op, h, wd)
                 if code and code.startswith("mean") and not self.fuse_mean_pools:
                     self.unfused_means.add(id(nxt))
                 elif code:
@@ -367,7 +320,7 @@ class _Legalizer:
         for u in self.users[tail]:
             if not isinstance(u.op, O.Pool2D):
                 continue
-            code = self._kpu_pool(u.op, *hw)
+            code = kpu_pool_code(u.op, *hw)
             if code is None or (code.startswith("mean") and not self.fuse_mean_pools):
                 continue
             twin = kpu_layer_cost(kpu_map_cycles(c, *hw, oc, False), w.type.size)
@@ -424,7 +377,7 @@ class _Legalizer:
             # while 8-bit outputs would quantize the model's result itself
             reason = f"{n.type.size} outputs < output-quantize-threshold {self.opts.output_quantize_threshold}"
         else:
-            reason = _weights_reason(bw.data, bw.data.T, self.opts)
+            reason = weights_reason(bw.data, bw.data.T, self.opts.weights_quantize_threshold)
         if reason:
             self._reject(n, reason)
             return None
@@ -508,35 +461,7 @@ def legalize_kpu(g: Graph, ctx: CompileContext | None = None) -> Graph:
         ctx.placements.extend(Placement(name, "add", True, _STREAM_FORM) for name in done)
         ctx.placements.extend(Placement(name, "add", False, why) for name, why in kept.items())
     if ctx.options.target != "cpu":
-        out = _pools_in_kpu_ram(out, ctx)
-    return out
-
-
-def _pools_in_kpu_ram(g: Graph, ctx: CompileContext) -> Graph:
-    """A max pool left on the CPU whose input is a KPU layer's output (a layer made after the pools
-    were placed: prelu_kpu's, residual_kpu's; or a depthwise layer, which kcc never pools) becomes a
-    1x1 KPU layer with identity weights and the pool, reading the map in KPU RAM: on its input's grid
-    it moves the max of the codes exactly (kcc.ir.kpu_ops.shift_copy; non-depthwise, the pairing
-    nncase itself makes). Taken when it costs less than the pool's window taps on the CPU
-    (kcc.target.k210's costs); its placement replaces the pool's."""
-    done = {}
-    for n in list(g.nodes):
-        x = n.inputs[0] if n.inputs else None
-        if not (isinstance(n.op, O.Pool2D) and n.op.op == "max" and isinstance(x.op, KO.FloatKpuConv)):
-            continue
-        code = _Legalizer._kpu_pool(n.op, *x.shape[2:])
-        c, h, w = x.shape[1:]
-        if code is None or c > MAX_CHANNELS or min(h, w) < MIN_HW:
-            continue
-        layer = kpu_layer_cost(kpu_map_cycles(c, *x.shape[2:], c, False), c * c)
-        if layer >= n.type.size * n.op.filter[0] * n.op.filter[1] * cpu_cycles("window_tap"):
-            continue
-        eye = g.insert_before(n, O.Constant(np.eye(c, dtype=np.float32)[:, :, None, None]), (), n.name + "/eye")
-        zero = g.insert_before(n, O.Constant(np.zeros(c, np.float32)), (), n.name + "/zero")
-        done[n.name] = f"{code}: a 1x1 KPU layer with identity weights pools the map in KPU RAM"
-        g.substitute(n, g.insert_before(n, KO.FloatKpuConv(1, False, code), (x, eye, zero), n.name), "/cpu")
-    if done:
-        g.remove_dead()
+        out, done = pools_in_kpu_ram(out)
         ctx.placements[:] = [Placement(p.node, p.op, True, done[p.node]) if p.node in done and p.op == "pool2d"
                              else p for p in ctx.placements]
-    return g
+    return out

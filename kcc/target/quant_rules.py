@@ -1,8 +1,9 @@
 """Quantization facts the K210 path shares between its passes and its quantizer.
 
 * `fixup_range`: nncase v0.2's fixup of every range before it becomes a quant param (kpu_semantics.md
-  §4.1); `kcc.passes.legalize_kpu` compares the fixed-up weight ranges with
-  --weights-quantize-threshold, as ncc does, and `kcc.quant.params` builds every quant param on it.
+  §4.1); `kcc.quant.params` builds every quant param on it, and `widest_weight_range` /
+  `weights_reason` / `channels_over_threshold` compare the fixed-up weight ranges with
+  --weights-quantize-threshold, as ncc does (kcc.passes.legalize_kpu, kcc.passes.channel_split).
 * The uint8 grid a model's weights may already lie on (pre-quantized models, quantization-aware
   training): the KPU holds uint8 weights on one grid per layer and a batch-norm multiplier per
   channel, so such weights are represented exactly. `kcc.quant.weight_grid` turns these grids into
@@ -13,6 +14,8 @@ Pure numpy, in float32 where nncase computes in float32.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -102,3 +105,33 @@ def int8_channel_grids(w: np.ndarray) -> tuple[float, np.ndarray] | None:
     ref = max(st for st in steps if st is not None)
     e = np.array([ref / st if st is not None else 1.0 for st in steps], np.float64)
     return ref, e
+
+
+def widest_weight_range(w: np.ndarray) -> float:
+    """The widest per-output-channel weight range (fixed up like nncase's ranges).
+
+    ncc compares the whole layer's range with --weights-quantize-threshold. kcc, like ncc, scales
+    every output channel to the full 8-bit range and undoes it in the BN multiplier, so a channel's
+    precision depends on its own range only: kcc compares the widest channel instead, and a layer
+    with one outlier channel among small ones no longer falls back to the CPU.
+    """
+    flat = w.reshape(w.shape[0], -1)
+    return max(np.subtract(*fixup_range(float(c.min()), float(c.max()))[::-1]) for c in flat)
+
+
+def channels_over_threshold(w: np.ndarray, threshold: float) -> list[bool]:
+    """Per output channel of conv weights w [OC, ...]: whether its own range exceeds
+    --weights-quantize-threshold `threshold` (what keeps the layer off the KPU, `weights_reason`)."""
+    if on_own_grid(w):
+        return [False] * w.shape[0]
+    return [widest_weight_range(w[c:c + 1]) > threshold for c in range(w.shape[0])]
+
+
+def weights_reason(w: np.ndarray, ranges_of: np.ndarray, threshold: float) -> str | None:
+    """Why weights `w` (per-output-channel ranges taken over `ranges_of`) stay off the KPU, if they
+    do: a range above --weights-quantize-threshold, unless they already lie on a grid."""
+    rng = widest_weight_range(ranges_of)
+    if rng <= threshold or on_own_grid(w):
+        return None
+    return (f"weights range {rng:.1f} > threshold {threshold:g} "
+            f"(--weights-quantize-threshold {math.ceil(rng)} puts it on the KPU)")
