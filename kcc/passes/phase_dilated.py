@@ -37,7 +37,7 @@ which needs the input's factor to divide d); a pointwise op at the largest of it
 when the others divide it (else on full maps), at a higher one (the gcd of what its readers run at)
 where that moves a refinement to smaller inputs (`_raise`), and on full maps where its readers all
 want full maps and its inputs are smaller (`_trim`: the merge moves to them). Every region (connected ops at factors > 1) is priced with kcc.target.k210's cost
-model against today's space-to-batch form of its dilated convs (`_phase_cost`, `_s2b_cost`) and
+model against today's space-to-batch form of its dilated convs (`_phase_cost`, `s2b_cycles`) and
 kept only where it is cheaper; what stays (a region not worth it, a conv whose input factor does
 not divide its dilation) is left to eliminate_dilated_conv.
 """
@@ -51,6 +51,19 @@ import numpy as np
 
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
+from kcc.passes.phase_space import (
+    classes,
+    crossing_cycles,
+    dilation_of,
+    is_broadcast,
+    is_global_mean,
+    is_pointwise,
+    merge_cycles,
+    phase_index,
+    s2b_cycles,
+    spatial_size,
+    split_inputs,
+)
 from kcc.target.k210 import CPU_NODE_CYCLES, DEFAULT_MHZ, KPU_LAYER_US, KPU_WEIGHT_CYCLES_PER_BYTE, cpu_cycles
 
 if TYPE_CHECKING:
@@ -58,85 +71,6 @@ if TYPE_CHECKING:
 
 #: factor of a broadcast (a resize of a 1x1 map): any factor its readers want, at no extra cost
 FREE = 0
-
-
-def _spatial(v: Node) -> tuple[int, int] | None:
-    return (v.shape[2], v.shape[3]) if v.type.rank == 4 else None
-
-
-def _uniform(v: Node) -> bool:
-    """v is the same at every pixel of a map it is broadcast against (a 1x1 map or a constant
-    without spatial axes)."""
-    shape = (1,) * (4 - v.type.rank) + tuple(v.shape) if v.type.rank <= 4 else None
-    return shape is not None and shape[2] == shape[3] == 1
-
-
-def dilation_of(n: Node) -> int | None:
-    """d when n is a stride-1 batch-1 conv of square dilation d > 1 whose output is the size of its
-    input and whose leading paddings are multiples of d (so it runs per phase); else None."""
-    op = n.op
-    if not isinstance(op, O.Conv2D) or op.dilation[0] != op.dilation[1] or op.dilation[0] == 1:
-        return None
-    d = op.dilation[0]
-    x = n.inputs[0]
-    (pt, _), (pl, _) = op.padding
-    ok = (op.stride == (1, 1) and x.shape[0] == 1 and n.shape[2:] == x.shape[2:]
-          and pt % d == 0 and pl % d == 0)
-    return d if ok else None
-
-
-def _broadcast(n: Node) -> bool:
-    """A resize of a 1x1 map: every output pixel is the one input pixel (bilinear or nearest)."""
-    return isinstance(n.op, O.Resize) and n.inputs[0].shape[2:] == (1, 1) and n.shape[0] == 1
-
-
-def _global_mean(n: Node) -> bool:
-    """A mean over the whole map (a pool whose window is the map, or a reduce over H and W)."""
-    if not isinstance(n.op, (O.Pool2D, O.Reduce)):
-        return False
-    op, x = n.op, n.inputs[0]
-    if x.type.rank != 4 or x.shape[0] != 1:
-        return False
-    if isinstance(op, O.Pool2D):
-        return op.op == "mean" and op.filter == x.shape[2:] and op.padding == ((0, 0), (0, 0))
-    return isinstance(op, O.Reduce) and op.op == "mean" and set(op.axes) == {2, 3}
-
-
-def _pointwise(n: Node) -> bool:
-    """n commutes with the phase split: its map inputs have its own size, its other inputs are the
-    same at every pixel (module docstring)."""
-    op = n.op
-    if n.type.rank != 4 or n.shape[0] != 1:
-        return False
-    if isinstance(op, O.Conv2D):
-        w = n.inputs[1]
-        ok = w.shape[2:] == (1, 1) and op.stride == (1, 1) and op.padding == ((0, 0), (0, 0))
-        return ok and w.is_constant and n.inputs[2].is_constant
-    if isinstance(op, (O.Unary, O.Clamp, O.LeakyRelu)):
-        return True
-    if isinstance(op, O.PRelu):
-        return _uniform(n.inputs[1])
-    if isinstance(op, O.Softmax):
-        return op.axis == 1
-    if isinstance(op, O.Concat):
-        return op.axis == 1
-    if isinstance(op, O.Binary):
-        maps = [i for i in n.inputs if i.type.rank == 4 and i.shape[2:] == n.shape[2:] and not _uniform(i)]
-        return bool(maps) and all(i in maps or _uniform(i) for i in n.inputs)
-    return False
-
-
-def _maps(n: Node) -> list[Node]:
-    """The inputs of n that are maps of its own size (those that are split into phases)."""
-    if dilation_of(n) is not None or _global_mean(n):
-        return [n.inputs[0]]
-    if isinstance(n.op, O.Conv2D):
-        return [n.inputs[0]]
-    return [i for i in n.inputs if i.type.rank == 4 and i.shape[2:] == n.shape[2:] and not _uniform(i)]
-
-
-def _phase_size(size: int, factor: int, index: int) -> int:
-    return len(range(index, size, factor))
 
 
 class _Plan:
@@ -171,12 +105,12 @@ class _Plan:
             f = self.factor(n)
             inside = [u for u in self.users[n] if self.factor(u) > 1]
             ahead[id(n)] = any(dilation_of(u) is not None or ahead[id(u)] for u in inside)
-            if (f > 1 and dilation_of(n) is None and _pointwise(n) and not ahead[id(n)]
+            if (f > 1 and dilation_of(n) is None and is_pointwise(n) and not ahead[id(n)]
                     and len(classes(*n.shape[2:], f)) > 1):
                 self.tail.add(id(n))
         for n in self.g.nodes:  # packing n's inputs would copy more than packing n: n stays per class
             if id(n) in self.tail:
-                other = [i for i in _maps(n) if id(i) not in self.tail and not _broadcast(i)]
+                other = [i for i in split_inputs(n) if id(i) not in self.tail and not is_broadcast(i)]
                 if sum(i.type.size for i in other) > n.type.size:
                     self.tail.discard(id(n))
         if not self._tail_pays():
@@ -197,15 +131,15 @@ class _Plan:
                 saved += extra * (KPU_LAYER_US * DEFAULT_MHZ + KPU_WEIGHT_CYCLES_PER_BYTE * weights)
             else:
                 saved += extra * CPU_NODE_CYCLES
-            ins = [i for i in _maps(n) if id(i) not in self.tail and not _broadcast(i) and id(i) not in packed]
-            outs = [u for u in self.users[n] if id(u) not in self.tail and not _global_mean(u)]
+            ins = [i for i in split_inputs(n) if id(i) not in self.tail and not is_broadcast(i) and id(i) not in packed]
+            outs = [u for u in self.users[n] if id(u) not in self.tail and not is_global_mean(u)]
             packed.update(id(i) for i in ins)
-            per = cpu_cycles("transpose") + cpu_cycles("copy_byte") + _crossing()
+            per = cpu_cycles("transpose") + cpu_cycles("copy_byte") + crossing_cycles()
             packing += per * (sum(i.type.size for i in ins) + (n.type.size if outs else 0))
         return saved > packing
 
     def _fits(self, n: Node, factor: int) -> bool:
-        hw = _spatial(n)
+        hw = spatial_size(n)
         return hw is not None and min(hw) >= factor
 
     def _forward(self, n: Node) -> int:
@@ -213,12 +147,12 @@ class _Plan:
         if d is not None:
             fi = max(self.factor(n.inputs[0]), 1)
             return d if d % fi == 0 and self._fits(n, d) else 1
-        if _broadcast(n):
+        if is_broadcast(n):
             return FREE
-        if _global_mean(n):
+        if is_global_mean(n):
             return 1
-        if _pointwise(n):
-            fs = [max(self.factor(i), 1) for i in _maps(n)]
+        if is_pointwise(n):
+            fs = [max(self.factor(i), 1) for i in split_inputs(n)]
             f = max(fs, default=1)
             # nested factors only (each divides the largest): a concat of a d=2 and a d=3 branch
             # would need phases of 6 of both; it runs on full maps instead
@@ -227,7 +161,7 @@ class _Plan:
 
     def demand(self, u: Node) -> int | None:
         """The factor reader u wants its map inputs in (None: any, a global mean takes phases)."""
-        if _global_mean(u):
+        if is_global_mean(u):
             return None
         f = self.factor(u)
         return 1 if f == FREE else f
@@ -236,7 +170,7 @@ class _Plan:
         """Run pointwise n (or a broadcast) at the factor its readers share, when that moves the
         refinement onto smaller inputs (or n is a free broadcast)."""
         f = self.factor(n)
-        if not (_pointwise(n) or _broadcast(n)) or id(n) in self.outputs:
+        if not (is_pointwise(n) or is_broadcast(n)) or id(n) in self.outputs:
             return
         wants = [self.demand(u) for u in self.users[n]]
         wants = [w for w in wants if w is not None]
@@ -246,7 +180,7 @@ class _Plan:
         if target <= max(f, 1) or (f != FREE and target % f) or not self._fits(n, target):
             return
         if f != FREE:
-            refined = sum(i.type.size for i in _maps(n) if self.factor(i) not in (FREE, target))
+            refined = sum(i.type.size for i in split_inputs(n) if self.factor(i) not in (FREE, target))
             if refined >= n.type.size:
                 return
         self.f[id(n)] = target
@@ -254,65 +188,12 @@ class _Plan:
         """End the region before pointwise n when all of n's readers take full maps and its map
         inputs are smaller than n (merging them costs less than merging n)."""
         f = self.factor(n)
-        if f <= 1 or dilation_of(n) is not None or not _pointwise(n):
+        if f <= 1 or dilation_of(n) is not None or not is_pointwise(n):
             return
         if any(self.demand(u) != 1 for u in self.users[n]):
             return
-        if sum(i.type.size for i in _maps(n) if self.factor(i) > 1) < n.type.size:
+        if sum(i.type.size for i in split_inputs(n) if self.factor(i) > 1) < n.type.size:
             self.f[id(n)] = 1
-
-
-def _crossing() -> float:
-    """Cycles per element of a map crossing between KPU layers and a CPU op: copied out of KPU RAM and
-    uploaded again (kcc.target.k210: kpu_download_byte, kpu_upload_byte; uint8 maps, one byte each)."""
-    return cpu_cycles("kpu_download_byte") + cpu_cycles("kpu_upload_byte")
-
-
-def _merge_cost(v: Node, factor: int) -> float:
-    """_Rewriter._merge over map v: pads of the smaller phases, a concatenation, one transpose, a crop
-    where the interleaved map is larger; the map leaves KPU RAM and (usually) comes back."""
-    c, h, w = v.shape[1:]
-    hs, ws = -(-h // factor), -(-w // factor)
-    padded = c * hs * ws * factor * factor
-    small = sum(1 for i in range(factor) for j in range(factor)
-                if (_phase_size(h, factor, i), _phase_size(w, factor, j)) != (hs, ws))
-    crop = (hs * factor, ws * factor) != (h, w)
-    nodes = small + 2 + crop
-    return (nodes * CPU_NODE_CYCLES + cpu_cycles("pad") * small * c * hs * ws
-            + padded * (cpu_cycles("copy_byte") + cpu_cycles("transpose"))
-            + crop * cpu_cycles("strided_slice") * v.type.size + _crossing() * v.type.size)
-
-
-def _s2b_cost(n: Node) -> float:
-    """eliminate_dilated_conv's CPU work around conv n: pad + transpose of its input, transpose (+ crop)
-    of its output, each side crossing out of and back into KPU RAM."""
-    x = n.inputs[0]
-    d = n.op.dilation[0]
-    (pt, pb), (pl, pr) = n.op.padding
-    hp, wp = x.shape[2] + pt + pb, x.shape[3] + pl + pr
-    padded = x.shape[1] * (hp + (-hp) % d) * (wp + (-wp) % d)
-    out = n.shape[1] * (hp + (-hp) % d - 2 * d) * (wp + (-wp) % d - 2 * d)
-    crop = out != n.type.size
-    pad = padded != x.type.size
-    return ((3 + pad + crop) * CPU_NODE_CYCLES + padded * (pad * cpu_cycles("pad") + cpu_cycles("transpose"))
-            + out * cpu_cycles("transpose") + crop * cpu_cycles("strided_slice") * out
-            + _crossing() * (x.type.size + n.type.size))
-
-
-def classes(h: int, w: int, factor: int) -> list[tuple[int, int, list[tuple[int, int]]]]:
-    """The phases of factor `factor` of an h x w map grouped by size: (height, width, phases (i, j))
-    per group, largest first. At most 4 groups (ceil and floor of h/F and w/F), 1 when F divides
-    both; a group runs as ONE batched tensor, so one KPU layer (one copy of the weights) per group."""
-    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for i in range(factor):
-        for j in range(factor):
-            groups.setdefault((_phase_size(h, factor, i), _phase_size(w, factor, j)), []).append((i, j))
-    return [(ph, pw, ps) for (ph, pw), ps in sorted(groups.items(), reverse=True)]
-
-
-def _where(h: int, w: int, factor: int) -> dict[tuple[int, int], tuple[int, int]]:
-    """Phase (i, j) -> (its group, its batch index in the group) of `classes`."""
-    return {p: (k, b) for k, (_, _, ps) in enumerate(classes(h, w, factor)) for b, p in enumerate(ps)}
 
 
 class _Rewriter:
@@ -365,7 +246,7 @@ class _Rewriter:
             base = max(own, 1)
             assert factor % base == 0 and factor > base, (v.name, own, factor)
             coarse = self._phases(v, base) if base > 1 else [self._full(v)]
-            where = _where(h, w, base)
+            where = phase_index(h, w, base)
             m = factor // base
             out = []
             for k, (_, _, ps) in enumerate(classes(h, w, factor)):
@@ -383,7 +264,7 @@ class _Rewriter:
         """v's phases of `factor` as one map of v's shape: per class [n, C, h, w] -> [C, n*h*w] (a
         transpose when n > 1), the classes concatenated along the pixels."""
         key = (id(v), factor)
-        if key not in self.packed and _broadcast(v):  # the same at every pixel: packed as it is
+        if key not in self.packed and is_broadcast(v):  # the same at every pixel: packed as it is
             self.packed[key] = self._spread(v, self._full(v.inputs[0]), v.shape[2:], 1, f"{v.name}/pack{factor}")
         if key not in self.packed:
             _, c, h, w = v.shape
@@ -422,7 +303,7 @@ class _Rewriter:
         groups = self._phases(v, f)
         _, c, h, w = v.shape
         hs, ws = -(-h // f), -(-w // f)
-        where = _where(h, w, f)
+        where = phase_index(h, w, f)
         padded = groups if len(groups) == 1 else []  # one size: the batch is the stack already
         for i in range(f if len(groups) > 1 else 0):
             for j in range(f):
@@ -452,21 +333,21 @@ class _Rewriter:
             self.full[id(n)] = self.g.add(n.op, tuple(self._full(i) for i in n.inputs), n.name, n.note)
             return
         x = n.inputs[0] if n.inputs else None
-        if x is not None and _global_mean(n) and id(x) in self.plan.tail:  # a permutation: same mean
+        if x is not None and is_global_mean(n) and id(x) in self.plan.tail:  # a permutation: same mean
             self.full[id(n)] = self.g.add(n.op, (self._pack(x, self.plan.factor(x)),), n.name, n.note)
             return
-        if _global_mean(n) and self.plan.factor(n.inputs[0]) > 1:
+        if is_global_mean(n) and self.plan.factor(n.inputs[0]) > 1:
             self.full[id(n)] = self._mean(n)
             return
         if f <= 1:
             self.full[id(n)] = self.g.add(n.op, tuple(self._full(i) for i in n.inputs), n.name, n.note)
             return
-        maps = {id(i) for i in _maps(n)}
+        maps = {id(i) for i in split_inputs(n)}
         if id(n) in self.plan.tail:  # the op as it is, on packed maps of its own shape
             ins = tuple(self._pack(v, f) if id(v) in maps else self._full(v) for v in n.inputs)
             self.packed[(id(n), f)] = self.g.add(n.op, ins, f"{n.name}/pack{f}", n.note)
             return
-        if _broadcast(n):
+        if is_broadcast(n):
             self.groups[(id(n), f)] = self._resize(n, self._full(n.inputs[0]), f)
             return
         d = dilation_of(n)
@@ -549,18 +430,18 @@ def _phase_cost(region: list[Node], plan: _Plan) -> float:
         extra = len(classes(*n.shape[2:], f)) - 1
         per = KPU_LAYER_US * DEFAULT_MHZ if isinstance(n.op, O.Conv2D) else CPU_NODE_CYCLES
         cost += extra * per
-        for v in _maps(n):
+        for v in split_inputs(n):
             fv = plan.factor(v)
             if fv not in (FREE, f) and (id(v), f) not in seen:
                 seen.add((id(v), f))
                 groups = len(classes(*v.shape[2:], f))  # slices, then a batching concat per class
                 cost += ((f * f + groups) * CPU_NODE_CYCLES
-                         + (cpu_cycles("strided_slice") + cpu_cycles("copy_byte") + _crossing()) * v.type.size)
+                         + (cpu_cycles("strided_slice") + cpu_cycles("copy_byte") + crossing_cycles()) * v.type.size)
         outside = [u for u in users[n] if id(u) not in ids]
-        means = [u for u in outside if _global_mean(u)]
+        means = [u for u in outside if is_global_mean(u)]
         cost += len(means) * f * f * 3 * CPU_NODE_CYCLES
         if len(means) < len(outside) or id(n) in plan.outputs:
-            cost += _merge_cost(n, f)
+            cost += merge_cycles(n, f)
     return cost
 
 
@@ -572,7 +453,7 @@ def phase_dilated(g: Graph, ctx: CompileContext | None = None) -> Graph:
     plan = _Plan(g)
     for region in _regions(g, plan):
         convs = [n for n in region if dilation_of(n) is not None]
-        if not convs or _phase_cost(region, plan) >= sum(_s2b_cost(n) for n in convs):
+        if not convs or _phase_cost(region, plan) >= sum(s2b_cycles(n) for n in convs):
             for n in region:
                 plan.f[id(n)] = 1
     for n in g.nodes:  # a broadcast whose readers run in full maps is an ordinary node

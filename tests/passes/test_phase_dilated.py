@@ -7,7 +7,8 @@ from kcc.eval.interpreter import run
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph
 from kcc.passes.dilated_conv import eliminate_dilated_conv
-from kcc.passes.phase_dilated import classes, dilation_of, phase_dilated
+from kcc.passes.phase_dilated import phase_dilated
+from kcc.passes.phase_space import classes, dilation_of
 
 rng = np.random.default_rng(16)
 RELU6 = (0.0, 6.0)
