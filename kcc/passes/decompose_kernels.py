@@ -60,6 +60,7 @@ from kcc.eval.interpreter import run
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.options import CompileOptions
+from kcc.passes.blaze_blocks import streamed_prelus
 from kcc.passes.kernel_cost import (
     KPU_LAYER_BYTES,
     Where,
@@ -72,7 +73,6 @@ from kcc.passes.kernel_cost import (
 from kcc.passes.kernel_forms import Form, copy_plan, emit, plan_terms, shift_plan
 from kcc.passes.kernel_terms import axis_terms, max_zero_taps
 from kcc.passes.manager import CompileContext
-from kcc.passes.prelu_stream import streamed_prelus
 from kcc.target.k210 import (
     DEFAULT_MHZ,
     KPU_RAM_SIZE,

@@ -47,8 +47,8 @@ computes the PReLU first, then pools, exact for any slope. Kept on the CPU, as t
 * folded weights over --weights-quantize-threshold.
 
 Decomposed readers (BlazePalm: every block's depthwise is a 5x5). decompose_kernels runs before
-this pass and asks it first which PReLUs it will keep in KPU RAM (`streamed_prelus`: the PReLUs of
-BlazeBlock adds whose pair takes at most STREAM_PAIR_RAM); it decomposes a conv reading one as an
+this pass and asks first which PReLUs it will keep in KPU RAM (kcc.passes.blaze_blocks.streamed_prelus:
+the PReLUs of BlazeBlock adds whose pair takes at most STREAM_PAIR_RAM); it decomposes a conv reading one as an
 8-bit KPU input, without the residual channels, as it would a KPU layer's output. The decomposed
 form's shifted copies (depthwise KPU layers concatenated in KPU RAM) read the PReLU made explicit
 by one merge layer per channel group (a depthwise reader whose readers are not all KPU convs is
@@ -82,6 +82,7 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node, channel_values
 from kcc.kmodel import kpu_channel_offset
 from kcc.options import CompileOptions
+from kcc.passes.blaze_blocks import blaze_add, channel_selection, prelu_reader
 from kcc.passes.prelu_kpu import _layer_cycles, _per_element, _upload
 from kcc.passes.residual_kpu import _reaches
 from kcc.target.k210 import (
@@ -97,7 +98,7 @@ from kcc.target.k210 import (
     kpu_bytes,
     weight_loads,
 )
-from kcc.target.quant_rules import fixup_range
+from kcc.target.quant_rules import widest_weight_range
 
 F32 = np.float32
 RELU = (0.0, math.inf)
@@ -127,118 +128,8 @@ def _fits(x_shape: tuple[int, ...], oc: int, k: int, depthwise: bool, pool: str 
             and kpu_bytes(x_shape) + kpu_bytes((nb, oc, h // s, w // s)) <= KPU_RAM_SIZE)
 
 
-def _widest(w: np.ndarray) -> float:
-    """The widest per-output-channel weight range, as legalize_kpu compares it with
-    --weights-quantize-threshold."""
-    flat = w.reshape(w.shape[0], -1)
-    return max(np.subtract(*fixup_range(float(r.min()), float(r.max()))[::-1]) for r in flat)
-
-
 def _is_kpu(v: Node) -> bool:
     return isinstance(v.op, KO.FloatKpuConv)
-
-
-def _channel_op(n: Node) -> np.ndarray | None:
-    """[C_out, C_in] selection matrix of a pad or slice along channels only, else None."""
-    x = n.inputs[0]
-    if x.type.rank != 4 or n.type.rank != 4 or x.shape[0] != 1:
-        return None
-    c_in, c_out = x.shape[1], n.shape[1]
-    if isinstance(n.op, O.Pad) and n.op.value == 0.0:
-        p = n.op.paddings
-        if p[0] != (0, 0) or p[2] != (0, 0) or p[3] != (0, 0):
-            return None
-        m = np.zeros((c_out, c_in))
-        m[p[1][0] + np.arange(c_in), np.arange(c_in)] = 1.0
-        return m
-    if isinstance(n.op, O.StridedSlice):
-        op = n.op
-        full = all(op.begin[a] == 0 and op.end[a] == x.shape[a] and op.strides[a] == 1 for a in (0, 2, 3))
-        if not full or op.strides[1] <= 0:
-            return None
-        idx = np.arange(x.shape[1])[op.slices()[1]]
-        m = np.zeros((c_out, c_in))
-        m[np.arange(c_out), idx] = 1.0
-        return m
-    return None
-
-
-def _prelu_of(n: Node, users: dict) -> Node | None:
-    """A reader of n that is a PReLU of n with one slope per channel, or None."""
-    return next((u for u in users[n] if isinstance(u.op, O.PRelu) and u.inputs[0] is n
-                 and channel_values(n, u.inputs[1]) is not None), None)
-
-
-def blaze_add(n: Node, users: dict) -> bool:
-    """n is a BlazeBlock's add: a residual add (one operand an ancestor of the other, not a
-    decomposed conv's sum of terms) read by a per-channel PReLU."""
-    if not (isinstance(n.op, O.Binary) and n.op.op == "add" and len(n.inputs) == 2):
-        return False
-
-    def skip_source(v: Node) -> Node:  # through a stride-2 block's skip: channel pad or slice, max pool
-        while (_channel_op(v) is not None if isinstance(v.op, (O.Pad, O.StridedSlice))
-               else isinstance(v.op, O.Pool2D) and v.op.op == "max"):
-            v = v.inputs[0]
-        return v
-
-    a, b = n.inputs
-    return _prelu_of(n, users) is not None and (_reaches(a, skip_source(b)) or _reaches(b, skip_source(a)))
-
-
-#: most KPU RAM the pair of a PReLU that a decomposed conv reads as 8-bit codes may take: the pair
-#: stays in KPU RAM while the conv's stacked copies and output are made beside it (BlazePalm's 96x96
-#: maps of 32 channels: a pair of 768 KiB and the next block's stack of 1152 KiB, with a `stack_kpu`
-#: group's copies, overflow the 2 MiB; there the conv keeps its residual channels and the block its
-#: CPU add and PReLU)
-STREAM_PAIR_RAM = KPU_RAM_SIZE // 4
-
-
-#: most kmodel bytes one BlazeBlock's stream may add (`streamed_prelus`): its pair layer (2C outputs
-#: over its stack) and, when a conv with a kernel over 3x3 (a 5x5) reads its PReLU, the merge layer
-#: making the PReLU explicit for that conv's decomposition (C x 2C). BlazePalm's 128-channel blocks
-#: (96 + 32 KiB each; 96 KiB for the two that feed its heads) put its kmodel and working memory over the device budget (6.08 MiB measured
-#: with them, 5.40 MiB on main), its 64-channel ones take 24 + 8 KiB; iris' blocks (80 KiB, 3x3
-#: readers that fold the pair: no merge) and hand recrop's stay within it
-STREAM_BLOCK_BYTES = 88 * 1024
-
-
-def _stack_bytes(n: Node) -> int:
-    """Weight bytes of add n's pair layer: 2C outputs over the pair of its skip's block (2C) and its
-    projection's input (or the other operand's C channels)."""
-    c = n.shape[1]
-    a, b = n.inputs
-    other = a if _reaches(a, b) else b
-    k = other.inputs[0].shape[1] if isinstance(other.op, (O.Conv2D, KO.FloatKpuConv)) else c
-    return 2 * c * (2 * c + k)
-
-
-def streamed_prelus(g: Graph, opts: CompileOptions = CompileOptions()) -> dict[int, str]:
-    """The PReLUs of BlazeBlock adds in a graph before legalize (`blaze_add`; neither the sum nor the
-    PReLU a graph output) that this pass will keep in KPU RAM, by id, with their add's name:
-    kcc.passes.decompose_kernels decomposes a conv reading one as an 8-bit KPU input (no rounding
-    residual: the stream's readers read codes, not floats), and records the adds for `stream_to_kpu`,
-    which streams no other. Taken when the pair takes at most STREAM_PAIR_RAM of KPU RAM and the
-    block at most STREAM_BLOCK_BYTES of kmodel.
-    An add `stream_to_kpu` keeps on the CPU after all (its `kept` reasons) leaves such a reader one
-    rounding more than the float conv."""
-    if opts.target == "cpu" or not any(isinstance(n.op, O.PRelu) for n in g.nodes):
-        return {}
-    users, outputs = g.users(), {id(o) for o in g.outputs}
-    out = {}
-    for n in g.nodes:
-        if not (blaze_add(n, users) and id(n) not in outputs and n.shape[0] == 1 and n.type.rank == 4
-                and kpu_bytes((1, 2 * n.shape[1], *n.shape[2:])) <= STREAM_PAIR_RAM):
-            continue
-        p = _prelu_of(n, users)
-        if id(p) in outputs:
-            continue
-        c = n.shape[1]
-        # a kernel over 3x3 (a 5x5): decompose_kernels' to decompose (legalize pads a 2x2 to 3x3)
-        decomposed = any(isinstance(u.op, O.Conv2D) and max(u.inputs[1].shape[2:]) > 3 for u in users[p])
-        if _stack_bytes(n) + (2 * c * c if decomposed else 0) > STREAM_BLOCK_BYTES:
-            continue
-        out[id(p)] = n.name
-    return out
 
 
 class _Rewriter:
@@ -290,7 +181,7 @@ class _Rewriter:
             if not _fits(f.node.shape, n.shape[1], op.kernel, False, op.pool):
                 return None
             w2 = np.einsum("ocij,ck->okij", w, f.e)
-            if _widest(w2) > max(self.opts.weights_quantize_threshold, _widest(w)):
+            if widest_weight_range(w2) > max(self.opts.weights_quantize_threshold, widest_weight_range(w)):
                 return None
             b2 = b + w[:, :, 0, 0] @ f.beta if op.kernel == 1 else b
             ins = (f.node, g.constant(w2.astype(F32), wn.name + "/stream"), g.constant(b2.astype(F32), bn.name + "/stream"))
@@ -309,7 +200,7 @@ class _Rewriter:
             return None
         owner = np.argmax(nz, axis=0)  # column j belongs to channel owner[j]
         wd = w[owner] * f.e[owner, np.arange(k_in)][:, None, None, None]
-        if _widest(wd) > max(self.opts.weights_quantize_threshold, _widest(w)):
+        if widest_weight_range(wd) > max(self.opts.weights_quantize_threshold, widest_weight_range(w)):
             return None
         first = np.zeros(k_in, bool)
         first[[int(np.flatnonzero(owner == c)[0]) for c in range(f.e.shape[0])]] = True
@@ -325,13 +216,13 @@ class _Rewriter:
         return blaze_add(n, self.users)
 
     def _prelu_of(self, n: Node) -> Node | None:
-        return _prelu_of(n, self.users)
+        return prelu_reader(n, self.users)
 
     def _skip_of_blaze_adds(self, n: Node) -> bool:
         """n's readers, through channel pads and slices, are BlazeBlock adds (a stride-2 block's skip)."""
         us = self.users[n]
         return bool(us) and id(n) not in self.outputs and all(
-            self._blaze_add(u) or (_channel_op(u) is not None and self._skip_of_blaze_adds(u)) for u in us)
+            self._blaze_add(u) or (channel_selection(u) is not None and self._skip_of_blaze_adds(u)) for u in us)
 
     def pool(self, n: Node) -> Node | None:
         """A 2x2 stride-2 max pool of a form, or of a KPU layer when it is the skip of BlazeBlock adds:
@@ -441,7 +332,7 @@ class _Rewriter:
         wf = np.concatenate([p[1] for p in parts], axis=1)
         alpha = channel_values(n, prelu.inputs[1])
         why = None
-        if max(_widest(wf), 1.0 + float(np.abs(alpha).max())) > self.opts.weights_quantize_threshold:
+        if max(widest_weight_range(wf), 1.0 + float(np.abs(alpha).max())) > self.opts.weights_quantize_threshold:
             why = f"its weights' range exceeds --weights-quantize-threshold {self.opts.weights_quantize_threshold:g}"
         elif not ok:
             why = "a part of its stack would not start on a 64-byte line of KPU RAM"
@@ -534,7 +425,7 @@ class _Rewriter:
                 return True
             return None
         if isinstance(n.op, (O.Pad, O.StridedSlice)) and id(n.inputs[0]) in self.forms:
-            m = _channel_op(n)
+            m = channel_selection(n)
             if m is not None:
                 f = self.forms[id(n.inputs[0])]
                 self.forms[id(n)] = _Form(f.node, m @ f.e, m @ f.beta)

@@ -9,8 +9,9 @@ from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
+from kcc.passes.blaze_blocks import streamed_prelus
 from kcc.passes.prelu_kpu import prelu_to_kpu
-from kcc.passes.prelu_stream import stream_to_kpu, streamed_prelus
+from kcc.passes.prelu_stream import stream_to_kpu
 
 rng = np.random.default_rng(29)
 
