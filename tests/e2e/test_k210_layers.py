@@ -6,11 +6,11 @@ its own weights and samples (seeded by the test's name, whatever ran before), so
 measured errors plus 5 %: a regression of a few percent fails.
 """
 
-import zlib
 
 import numpy as np
 import pytest
-from kpu_checks import kpu_layers_match_the_scalar_reference, max_steps
+from kpu_checks import RNG, kpu_layers_match_the_scalar_reference, max_steps
+from kpu_checks import const as _const
 
 import kpu_sim
 from kcc import latency
@@ -23,13 +23,8 @@ from kcc.passes.decompose_kernels import Form, bulk_thresholds, rewrite
 from kcc.pipeline import compile_graph
 from kcc.target.k210 import DEFAULT_MHZ
 
-rng = np.random.default_rng(5)
+rng = RNG
 
-
-@pytest.fixture(autouse=True)
-def _seeded(request):
-    """The weights and samples of a test depend on its name only, not on the tests that ran before."""
-    rng.bit_generator.state = np.random.default_rng(zlib.crc32(request.node.name.encode())).bit_generator.state
 
 
 def _graph(make) -> Graph:
@@ -37,10 +32,6 @@ def _graph(make) -> Graph:
     x = g.input(0, (1, 4, 12, 10))
     g.outputs = [make(g, x)]
     return g
-
-
-def _const(g, shape, lo=-1.0, hi=1.0):
-    return g.constant(rng.uniform(lo, hi, shape).astype(np.float32))
 
 
 def _silu(g, c):

@@ -1,43 +1,39 @@
 """Layers that stay in KPU RAM or are cut into several: channel concatenations computed in place,
-channel split, the uint8 matmul of a wide fully-connected layer, the shifted copies of `stack_kpu`,
-and what a layer's placement says of the CPU work around it. Each kmodel runs on kpu_sim, every KPU
-layer against the scalar reference, the result against the float graph (bars: measured + 5 %).
+channel split, the uint8 matmul of a wide fully-connected layer, channel groups read in place, a
+depthwise layer cut by its weights' range, and what a layer's placement says of the CPU work around
+it. Each kmodel runs on kpu_sim, every KPU layer against the scalar reference, the result against the
+float graph (bars: measured + 5 %).
 """
 
 import importlib.util
 import re
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from kpu_checks import kpu_layers_match_the_scalar_reference, layer_maps, max_steps
+from kpu_checks import (
+    RNG,
+    dw5x5_then_1x1,
+    kpu_layers_match_the_scalar_reference,
+    layer_maps,
+    max_steps,
+)
+from kpu_checks import const as _const
 
 import kcc.kmodel as km
 import kpu_sim
-from kcc import pipeline
 from kcc.eval.interpreter import run
 from kcc.frontend import import_model
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
-from kcc.passes import decompose_kernels
 from kcc.passes.decompose_kernels import Form, rewrite
 from kcc.pipeline import compile_graph
 from kcc.report import summary
 
-rng = np.random.default_rng(5)
+rng = RNG
 
-
-@pytest.fixture(autouse=True)
-def _seeded(request):
-    """The weights and samples of a test depend on its name only, not on the tests that ran before."""
-    rng.bit_generator.state = np.random.default_rng(zlib.crc32(request.node.name.encode())).bit_generator.state
-
-
-def _const(g, shape, lo=-1.0, hi=1.0):
-    return g.constant(rng.uniform(lo, hi, shape).astype(np.float32))
 
 
 def _ssh_head(w, splits, relu_after=True):
@@ -280,123 +276,6 @@ def test_a_kpu_layer_with_cpu_work_around_it_says_why_and_what_it_costs():
     assert cost and float(cost[1]) > 0, shown.reason
 
 
-def _dw5x5_then_1x1(g, x, c, source=None):
-    """A 5x5 depthwise (relu6) read by a 1x1 KPU layer; `source` "prelu" puts a PReLU (a float tensor
-    of the CPU) before it, "conv" a 1x1 KPU layer (its input is then uint8 codes in KPU RAM)."""
-    if source == "prelu":
-        x = g.add(O.PRelu(), (x, g.constant(rng.uniform(0.05, 0.3, (1, c, 1, 1)).astype(np.float32))))
-    elif source == "conv":
-        x = g.add(O.Conv2D(), (x, _const(g, (c, x.shape[1], 1, 1)), _const(g, (c,))))
-    y = g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=c, act=(0.0, 6.0)), (x, _const(g, (c, 1, 5, 5)), _const(g, (c,))),
-              "dw")
-    return g.add(O.Conv2D(), (y, _const(g, (6, c, 1, 1)), _const(g, (6,))))
-
-
-def _shift_of(body) -> tuple[int, int] | None:
-    """(cy, cx) of a kpu_conv2d that copies its input shifted: depthwise 3x3 whose weight codes are its
-    zero point (-arg_x) but for one tap per channel, the same tap in every channel."""
-    lay = body.layer
-    if not lay.depth_wise_layer or lay.filter_size != 3:
-        return None
-    w = np.asarray(body.weights, np.int64).reshape(lay.out_channels, 3, 3) + lay.arg_x
-    taps = {tuple(map(tuple, np.argwhere(ch != 0))) for ch in w}
-    if len(taps) != 1 or len(next(iter(taps))) != 1:
-        return None
-    a, b = next(iter(taps))[0]
-    return a - 1, b - 1
-
-
-STACK_KPU_CASES = {  # (channels, width, source, residual, group): 4, 2 and 1 channels per 64-byte line
-    "float_input_w10": (4, 10, None, False, 0),
-    "kpu_input_w20": (6, 20, "conv", False, 0),
-    "prelu_residual_w40": (4, 40, "prelu", True, 0),
-    # channel groups sliced off a KPU layer's output: the copies of each group on that layer's grid
-    "kpu_input_in_groups_w14": (12, 14, "conv", False, 4),
-}
-
-
-def _copy_form(name: str, combine: str, per_group: int):
-    """STACK_KPU_CASES[name]'s 5x5 depthwise compiled as the CPU-view `stack` and as `combine` (the same
-    weights and samples both times); checks shared by the KPU-made copy forms: each form exact in float,
-    `combine`'s rms within 1.05x of the stack's (one rounding either way: the copies add none), every
-    layer on the KPU, `per_group` copies per channel group (twice with the residual), one upload of x
-    (and of its residual): channel groups of a KPU layer's output are read in place
-    (kcc.ir.kpu_ops.KpuChannelView), no pad, concat or slice, concatenations in place.
-    Returns (res, calib, want, copies, layers)."""
-    c, w, source, residual, group = STACK_KPU_CASES[name]
-    shape = (1, 4, 12, w)
-    state = rng.bit_generator.state
-    rms = {}
-    for form in ("stack", combine):
-        rng.bit_generator.state = state
-        g = Graph()
-        g.outputs = [_dw5x5_then_1x1(g, g.input(0, shape), c, source)]
-        calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
-        want = [run(g, s)[0] for s in calib]
-        rewrite(g, g.find("dw"), Form((1, 1), (0, 0), form, group, residual=residual))
-        g.remove_dead()
-        np.testing.assert_allclose(run(g, calib[0])[0], want[0], atol=1e-5)  # each form is exact in float
-        res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
-        program = kpu_sim.load(res.kmodel)
-        err = np.concatenate([(program.run(s)[0].reshape(v.shape) - v).ravel() for s, v in zip(calib, want)])
-        rms[form] = float(np.sqrt(np.mean(err ** 2)))
-    assert rms[combine] <= 1.05 * rms["stack"], rms
-    assert all(p.on_kpu for p in res.placements), res.placements
-    groups = c // group if group else 1
-    copies = per_group * (2 if residual else 1) * groups
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
-    layers = copies + groups + 1 + (source == "conv")
-    assert names.count("kpu_conv2d") == layers, names
-    assert names.count("kpu_upload") == (2 if residual else 1), names
-    assert not {"pad", "concat", "strided_slice"} & set(names), names
-    assert all(p.on_kpu for p in res.placements if p.op == "concat"), res.placements  # all in place
-    return res, calib, want, copies, layers
-
-
-@pytest.mark.parametrize("name", sorted(STACK_KPU_CASES))
-def test_stack_kpu_shift_copies_are_exact_in_kpu_ram(name):
-    """`stack_kpu`: a 5x5 depthwise as nine 3x3 depthwise KPU layers copying x shifted by (cy, cx) in
-    {-1, 0, 1}^2, written side by side into one KPU RAM buffer, then one 3x3 KPU layer over the copies.
-    Each copy equals the shifted input codes exactly, its border the input's zero point (pad value),
-    on random weights and inputs spanning the whole range; each layer equals the scalar reference;
-    no CPU pad, slice or concatenation; one upload per KPU input (x, and its residual), none when a
-    KPU layer makes x; and the result agrees with the float graph as the CPU-view `stack` does."""
-    c, w, source, residual, group = STACK_KPU_CASES[name]
-    res, calib, want, copies, layers = _copy_form(name, "stack_kpu", 9)
-    for sample in calib[:3]:
-        assert kpu_layers_match_the_scalar_reference(res.kmodel, sample[0]) == layers
-        shifted, levels = [], []
-        for body, x_map, out in layer_maps(res.kmodel, sample[0]):
-            shift = _shift_of(body)
-            if shift is None:
-                continue
-            pad = body.layer.pad_value
-            padded = np.pad(x_map, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=pad)
-            h, wd = x_map.shape[2:]
-            np.testing.assert_array_equal(out, padded[:, :, 1 + shift[0]:1 + shift[0] + h, 1 + shift[1]:1 + shift[1] + wd])
-            levels.append(len(np.unique(x_map)))
-            shifted.append(shift)
-        assert max(levels) > 100, levels  # x's codes span the range (a residual's, z +- gain/2)
-        assert sorted(shifted) == sorted([(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)] * (copies // 9))
-    # the copies' grid is their input's (kcc.quant.policy.copy_grids): x's quantize or producing layer;
-    # the residual's codes (quantized at gain x the resolution) hold gain x residual on that grid too
-    layers_q = [n for n in res.graph.nodes if type(n.op).__name__ == "QuantKpuLayer" and "/shift" in n.name]
-    assert len(layers_q) == copies and len({n.op.out_q for n in layers_q}) == 1, [n.op.out_q for n in layers_q]
-    src = next(n for n in layers_q if "/residual" not in n.name).inputs[0]
-    while type(src.op).__name__ in ("KpuUpload", "StridedSlice", "KpuDownload", "KpuChannelView"):
-        src = src.inputs[0]
-    grid = src.op.out_q if source == "conv" else (src.op.zero_point, src.op.scale)
-    assert layers_q[0].op.out_q == tuple(grid), (layers_q[0].op.out_q, grid)
-    program = kpu_sim.load(res.kmodel)
-    steps = max(max_steps(program.run(s)[0].reshape(v.shape), v) for s, v in zip(calib, want))
-    assert steps <= STACK_KPU_MAX_STEPS[name][0], f"{name}: max error {steps:.2f} steps"
-
-
-STACK_KPU_MAX_STEPS = {"float_input_w10": (1.60, 1.52), "kpu_input_w20": (2.52, 2.40), "prelu_residual_w40": (1.54, 1.46),
-                       "kpu_input_in_groups_w14": (2.50, 2.39)}
-
-
-# width -> (channels, group): 4, 2 and 1 channels per 64-byte line, every group on a line of its own
 CHANNEL_VIEWS = {"w14": (12, 14, 4), "w24": (6, 24, 2), "w70": (6, 70, 3)}
 
 
@@ -411,7 +290,7 @@ def test_channel_groups_of_a_kpu_layer_are_read_in_place_in_kpu_ram(name):
     c, w, group = CHANNEL_VIEWS[name]
     shape = (1, 4, 12, w)
     g = Graph()
-    g.outputs = [_dw5x5_then_1x1(g, g.input(0, shape), c, "conv")]
+    g.outputs = [dw5x5_then_1x1(g, g.input(0, shape), c, "conv")]
     calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
     want = [run(g, s)[0] for s in calib]
     x_name = g.find("dw").inputs[0].name
@@ -484,73 +363,6 @@ def test_a_channel_slice_not_on_a_line_of_its_own_is_made_on_the_cpu_and_says_wh
     assert max(max_steps(o.reshape(v.shape), v) for o, v in zip(got, want)) < 3.0
 
 
-def _blazeblocks(c=8, hw=16):
-    """iris-style BlazeBlocks in the canonical IR: a stem conv and PReLU; a block 1x1 -> PReLU -> 3x3
-    depthwise -> 1x1, + y, PReLU; a block depthwise -> 1x1, + y, PReLU; a stride-2 block (3x3 stride-2
-    conv, PReLU, depthwise, 1x1 to 2c) + channel-pad(maxpool(y)), PReLU; a 1x1 head. Slopes of both
-    signs, some above 1."""
-    g = Graph()
-
-    def conv(x, oc, k=1, stride=1, dw=False, name=None):
-        c_in = x.shape[1]
-        pad = ((k // 2, k // 2), (k // 2, k // 2))
-        w = _const(g, (c_in if dw else oc, 1 if dw else c_in, k, k), -0.6, 0.6)
-        return g.add(O.Conv2D((stride, stride), pad, groups=c_in if dw else 1), (x, w, _const(g, (w.shape[0],), -0.3, 0.3)),
-                     name or "")
-
-    def prelu(x, name):
-        return g.add(O.PRelu(), (x, _const(g, (1, x.shape[1], 1, 1), -0.3, 1.3)), name)
-
-    x = g.input(0, (1, 3, hw, hw))
-    y = prelu(conv(x, c, 3, name="stem"), "stem_prelu")
-    t = conv(prelu(conv(y, c // 2, name="b1_expand"), "b1_expand_prelu"), c // 2, 3, dw=True)
-    y = prelu(g.add(O.Binary("add"), (y, conv(t, c)), "b1_add"), "b1_prelu")
-    y = prelu(g.add(O.Binary("add"), (conv(conv(y, c, 3, dw=True), c), y), "b2_add"), "b2_prelu")
-    t = conv(conv(prelu(conv(y, c, 3, stride=2), "b3_s2_prelu"), c, 3, dw=True), 2 * c)
-    s = g.add(O.Pad(((0, 0), (0, c), (0, 0), (0, 0)), 0.0), (g.add(O.Pool2D("max", (2, 2), (2, 2)), (y,)),))
-    y = prelu(g.add(O.Binary("add"), (s, t), "b3_add"), "b3_prelu")
-    g.outputs = [conv(y, 6, name="head")]
-    return g
-
-
-def test_blazeblocks_stream_through_kpu_ram_as_relu_pairs(monkeypatch):
-    """Issue #16 item 3, prelu_stream: each BlazeBlock's add and PReLU is one 1x1 KPU layer over its
-    terms in KPU RAM, to [relu(a); relu(-a)]; the next layers read that pair through their weights,
-    the stride-2 block's skip is a 1x1 layer with the pool unit's max, and no CPU op, copy-out or
-    upload is left between the input and the head. Every KPU layer equals the scalar reference on
-    random weights; the legalized float graph computes the model's values; the result agrees with
-    float as closely as today's CPU adds and PReLUs (each block's sum kept in float) do."""
-    state = rng.bit_generator.state
-    err = {}
-    for form in ("kpu", "cpu"):
-        rng.bit_generator.state = state  # the same weights and samples both times
-        g = _blazeblocks()
-        calib = [[rng.uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)] for _ in range(8)]
-        if form == "cpu":
-            monkeypatch.setattr("kcc.passes.legalize_kpu.stream_to_kpu", lambda g, opts, adds=None: (g, [], [], []))
-        res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
-        err[form] = max(max_steps(kpu_sim.load(res.kmodel).run(s)[0].reshape(g.outputs[0].shape), run(g, s)[0])
-                        for s in calib[:4])
-        if form == "cpu":
-            continue
-        adds = [p for p in res.placements if p.op == "add"]
-        assert [(p.node, p.on_kpu) for p in adds] == [("b1_add", True), ("b2_add", True), ("b3_add", True)], adds
-        assert all("[relu(a); relu(-a)]" in p.reason for p in adds)
-        (pool,) = [p for p in res.placements if p.op == "pool2d"]
-        assert pool.on_kpu and "max_2_s2" in pool.reason, pool
-        for s in calib[:2]:  # the rewrites are exact in float
-            np.testing.assert_allclose(run(res.float_graph, s)[0], run(g, s)[0], rtol=1e-4, atol=1e-4)
-        names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
-        first, last = names.index("kpu_conv2d"), len(names) - 1 - names[::-1].index("kpu_conv2d")
-        assert set(names[first:last + 1]) == {"kpu_conv2d"}, names
-        assert names.count("kpu_upload") == 1, names
-        assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == names.count("kpu_conv2d")
-        concats = [n for n in res.graph.nodes if n.op.kind == "kpu_concat"]
-        assert len(concats) == 3
-    # measured (worst of 4 samples, output steps): 3.40 on the KPU, 4.20 with the CPU adds and PReLUs
-    assert err["kpu"] <= err["cpu"] and err["kpu"] <= 3.57, err
-
-
 def _dw_with_wide_channels(g, x, wide=(1, 6)):
     """expand (1x1, 12 channels) -> 3x3 depthwise whose channels `wide` have a weight range of 100,
     over --weights-quantize-threshold (64) -> project (1x1, 6)."""
@@ -607,257 +419,3 @@ def test_a_depthwise_cut_by_its_weights_range_writes_its_cpu_channels_into_kpu_r
     assert [n.opcode.kmodel_name for n in whole.emitted.model.nodes].count("kpu_conv2d") == 2
     err_whole = max_steps(kpu_sim.load(whole.kmodel).run(calib[0])[0].reshape(want.shape), want)
     assert err <= err_whole, (err, err_whole)
-
-
-def test_a_pool_of_a_layer_also_read_unpooled_is_a_bit_exact_twin_kpu_layer():
-    """conv -> (output, max pool -> 1x1 conv): the pool unit writes a layer's pooled output only, so
-    the same conv with max_2_s2 is a second KPU layer; no pool runs on the CPU, each layer equals the
-    scalar reference, and the pooled twin is exactly the max of the unpooled layer's codes."""
-    shape = (1, 4, 16, 16)
-    g = Graph()
-    x = g.input(0, shape)
-    y = g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), act=(0.0, 6.0)), (x, _const(g, (8, 4, 3, 3)), _const(g, (8,))),
-              "conv")
-    p = g.add(O.Pool2D("max", (2, 2), (2, 2)), (y,), "pool")
-    g.outputs = [y, g.add(O.Conv2D(), (p, _const(g, (4, 8, 1, 1)), _const(g, (4,))), "head")]
-    calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
-    want = run(g, calib[0])
-    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
-    assert names.count("kpu_conv2d") == 3 and "reduce_window2d" not in names, names
-    assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 3
-    (conv, _, unpooled), (twin, _, pooled), _ = layer_maps(res.kmodel, calib[0][0])
-    assert twin.layer.pool_type == km.KpuPoolType.MAX_2_S2 and twin.kpu_input() == conv.kpu_input()
-    # both outputs span ReLU6's [0, 6] on these samples: one grid, one integer pipeline
-    assert (conv.batch_norm, conv.activation) == (twin.batch_norm, twin.activation)
-    np.testing.assert_array_equal(pooled, unpooled.reshape(1, 8, 8, 2, 8, 2).max(axis=(3, 5)))
-    got = kpu_sim.load(res.kmodel).run(calib[0])
-    assert max(max_steps(a.reshape(b.shape), b) for a, b in zip(got, want)) <= 2.0
-
-
-def test_a_max_pool_of_a_depthwise_layer_pools_the_map_in_kpu_ram_exactly():
-    """kcc never fuses a pool behind a depthwise layer (nncase never pairs them): the max pool becomes a
-    1x1 KPU layer with identity weights and max_2_s2 reading the depthwise's output in KPU RAM (no
-    copy-out, no CPU pool). On its input's grid it writes exactly the max of the codes; each layer
-    equals the scalar reference; the whole agrees with float."""
-    shape = (1, 8, 16, 16)
-    g = Graph()
-    x = g.input(0, shape)
-    y = g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), groups=8, act=(0.0, 6.0)),
-              (x, _const(g, (8, 1, 3, 3)), _const(g, (8,))), "dw")
-    p = g.add(O.Pool2D("max", (2, 2), (2, 2)), (y,), "pool")
-    g.outputs = [g.add(O.Conv2D(), (p, _const(g, (4, 8, 1, 1)), _const(g, (4,))), "head")]
-    calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
-    want = run(g, calib[0])[0]
-    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
-    (pool,) = [pl for pl in res.placements if pl.node == "pool"]
-    assert pool.on_kpu and "identity weights" in pool.reason, pool
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
-    assert names.count("kpu_conv2d") == 3 and "reduce_window2d" not in names and "dequantize" not in names[:-1], names
-    assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 3
-    (dw, _, dw_out), (pooling, x_map, pooled), _ = layer_maps(res.kmodel, calib[0][0])
-    assert pooling.layer.pool_type == km.KpuPoolType.MAX_2_S2 and pooling.kpu_input() == dw.kpu_output()
-    np.testing.assert_array_equal(pooled, dw_out.reshape(1, 8, 8, 2, 8, 2).max(axis=(3, 5)))
-    got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
-    assert max_steps(got, want) <= 2.0, f"max error {max_steps(got, want):.2f} steps"
-
-
-def _shifted(x_map: np.ndarray, offset: tuple[int, int], pad: int) -> np.ndarray:
-    """x_map [N, C, H, W] shifted by offset (|dy|, |dx| <= 2): out[i, j] = x[i + dy, j + dx], `pad` outside."""
-    h, w = x_map.shape[2:]
-    padded = np.pad(x_map, ((0, 0), (0, 0), (2, 2), (2, 2)), constant_values=pad)
-    return padded[:, :, 2 + offset[0]:2 + offset[0] + h, 2 + offset[1]:2 + offset[1] + w]
-
-
-@pytest.mark.parametrize("name", sorted(STACK_KPU_CASES))
-def test_copies_kpu_shifts_by_whole_offsets_exactly_in_kpu_ram(name):
-    """`copies_kpu`: a 5x5 depthwise as 25 copies of x shifted by each tap's offset (dy, dx) in -2..2,
-    a unit shift by one 3x3 depthwise KPU layer, a shift by 2 by a second one reading a unit copy in
-    place in the stack's KPU RAM buffer, then one 1x1 KPU layer over the copies. Every copy equals the
-    input codes shifted by its whole offset, the border the input's zero point (a chain of two shifts
-    too), on random weights and inputs spanning the whole range; each layer equals the scalar
-    reference; no CPU pad, slice or concatenation; and the result agrees with the float graph as the
-    CPU-view `stack` does (one rounding, the combine's)."""
-    c, w, source, residual, group = STACK_KPU_CASES[name]
-    res, calib, want, copies, layers = _copy_form(name, "copies_kpu", 25)
-    program = kpu_sim.load(res.kmodel)
-    for sample in calib[:3]:
-        assert kpu_layers_match_the_scalar_reference(res.kmodel, sample[0]) == layers
-        maps = [(body, x_map, out) for body, x_map, out in layer_maps(res.kmodel, sample[0]) if _shift_of(body)]
-        pad = {body.layer.pad_value for body, _, _ in maps}
-        assert len(pad) == 1, pad  # one grid: x's (and its residual's codes on it)
-        pad = pad.pop()
-        # the sources: what the (0, 0) copies copy (x's channel groups, and their residuals)
-        sources = [x_map for body, x_map, _ in maps if _shift_of(body) == (0, 0)]
-        assert len(sources) == copies // 25
-        assert max(len(np.unique(s)) for s in sources) > 100  # x's codes span the range
-        found = []
-        for _, _, out in maps:
-            hits = [(i, (dy, dx)) for i, s in enumerate(sources) for dy in range(-2, 3) for dx in range(-2, 3)
-                    if s.shape == out.shape and np.array_equal(out, _shifted(s, (dy, dx), pad))]
-            assert hits, "a copy is no shift of its source"
-            found.append(hits[0])
-        # each source copied once by each offset: 16 of them by a chain of two unit shifts
-        assert sorted(found) == sorted((i, (dy, dx)) for i in range(len(sources))
-                                       for dy in range(-2, 3) for dx in range(-2, 3))
-    steps = max(max_steps(program.run(s)[0].reshape(v.shape), v) for s, v in zip(calib, want))
-    assert steps <= COPIES_KPU_MAX_STEPS[name][0], f"{name}: max error {steps:.2f} steps"
-
-
-# (bar, measured): the same rms as the stack's (above), a worst output step that differs either way from
-# stack_kpu's (STACK_KPU_MAX_STEPS), the 1x1 combine's weights rounded on another grid than the 3x3's
-COPIES_KPU_MAX_STEPS = {"float_input_w10": (2.17, 2.07), "kpu_input_w20": (1.99, 1.89),
-                        "prelu_residual_w40": (1.51, 1.44), "kpu_input_in_groups_w14": (2.96, 2.82)}
-
-
-def test_a_model_the_allowance_puts_over_the_device_ram_budget_is_compiled_again_with_less(monkeypatch):
-    """decompose_kernels spends up to MODEL_KPU_BYTES of kmodel on stacks made in KPU RAM; a model
-    that this puts over the device RAM budget (kcc.pipeline.DEVICE_RAM_BUDGET, kmodel + working
-    memory) is compiled again with that much less to spend, and says so."""
-    monkeypatch.setattr(decompose_kernels, "STACK_KPU_BYTES", 16 * 1024)  # 32 channels' stack_kpu needs more
-    state = rng.bit_generator.state
-
-    def compile_it(log=lambda line: None):
-        rng.bit_generator.state = state
-        g = Graph()
-        x = g.input(0, (1, 4, 12, 12))
-        for _ in range(2):
-            x = _dw5x5_then_1x1(g, x, 32, "conv")
-        g.outputs = [x]
-        calib = [[rng.uniform(-1, 1, (1, 4, 12, 12)).astype(np.float32)] for _ in range(2)]
-        res = compile_graph(g, CompileOptions(input_type="float"), log=log, samples=calib)
-        return res, len(res.kmodel) + res.emitted.model.main_mem
-
-    kpu_made = ("stack_kpu", "copies_kpu")
-    first, ram = compile_it()
-    assert [d.plan.combine for d in first.decisions] == ["stack_kpu", "stack_kpu"]
-    monkeypatch.setattr(pipeline, "DEVICE_RAM_BUDGET", ram - 1)
-    lines = []
-    second, less = compile_it(lines.append)
-    assert less <= ram - 1 and any(" over " in line and "again with" in line for line in lines), lines
-    assert [d.plan.combine in kpu_made for d in second.decisions].count(True) < 2
-
-
-def _same_s2_block(g, x, oc):
-    """TFLite SAME stride 2 on an even size (pad 0 top/left, 1 bottom/right): a 3x3 conv (relu6), a 3x3
-    depthwise (relu6), then a 1x1 head reading the map."""
-    same = ((0, 1), (0, 1))
-    y = g.add(O.Conv2D((2, 2), same, act=(0.0, 6.0)), (x, _const(g, (oc, x.shape[1], 3, 3)), _const(g, (oc,))), "conv_s2")
-    y = g.add(O.Conv2D((2, 2), same, groups=oc, act=(0.0, 6.0)), (y, _const(g, (oc, 1, 3, 3)), _const(g, (oc,))), "dw_s2")
-    return g.add(O.Conv2D(), (y, _const(g, (5, oc, 1, 1)), _const(g, (5,))), "head")
-
-
-ROW_PICK_CASES = {  # (input shape, conv output channels): widths of 4, 2 and 1 channels per 64-byte line
-    "c3_16x16": ((1, 3, 16, 16), 8),  # Y 16 wide, the picks 8 and 4
-    "c3_24x32": ((1, 3, 24, 32), 16),  # Y 32 wide, 16 channels
-    "c4_16x132": ((1, 4, 16, 132), 16),  # Y 132 wide: three lines a row, the picks 66 (two) and 33
-    "c16_16x68": ((1, 16, 16, 68), 8),  # 16 input channels; Y 68 wide: two lines a row
-}
-
-
-@pytest.mark.parametrize("name", sorted(ROW_PICK_CASES))
-def test_same_stride2_on_even_sizes_is_a_kpu_pick_layer(name, monkeypatch):
-    """kcc.passes.row_pick: each SAME stride-2 layer on an even size runs at stride 1 (Y, full size,
-    exact at the odd centres) and a pick layer copies Y's odd rows and columns, both in KPU RAM: no
-    CPU pad, slice, flip or second upload. On random weights and inputs, every layer equals the
-    scalar reference of the integer pipeline, each pick layer's output is exactly Y[1::2, 1::2] of the
-    codes Y left in KPU RAM, and the result agrees with the float graph as the CPU pre-pad / slice
-    path does (the same weights and samples)."""
-    shape, oc = ROW_PICK_CASES[name]
-    state = rng.bit_generator.state
-    rms = {}
-    for form in ("cpu", "pick"):
-        rng.bit_generator.state = state
-        g = Graph()
-        g.outputs = [_same_s2_block(g, g.input(0, shape), oc)]
-        calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
-        want = [run(g, s)[0] for s in calib]
-        with monkeypatch.context() as m:
-            if form == "cpu":
-                m.setattr("kcc.passes.row_pick.serves", lambda *a: False)
-            res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
-        program = kpu_sim.load(res.kmodel)
-        err = np.concatenate([(program.run(s)[0].reshape(v.shape) - v).ravel() for s, v in zip(calib, want)])
-        rms[form] = float(np.sqrt(np.mean(err ** 2)))
-    assert rms["pick"] <= 1.05 * rms["cpu"], rms  # measured: 0.97-1.014 of the CPU path's
-    assert all(p.on_kpu and "CPU" not in p.reason for p in res.placements), res.placements
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
-    assert names == ["quantize", "kpu_upload"] + ["kpu_conv2d"] * 5 + ["dequantize"], names
-    assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 5
-    for sample in calib[:3]:
-        maps = layer_maps(res.kmodel, sample[0])
-        pools = [body.layer.pool_type.name.lower() for body, _, _ in maps]
-        assert pools == ["bypass", "right_top_2_s2", "bypass", "right_top_2_s2", "bypass"], pools
-        for (_, _, y), (body, x_map, out) in zip(maps[0:3:2], maps[1:4:2]):
-            assert _shift_of(body) == (1, 0)
-            np.testing.assert_array_equal(x_map, y)  # the pick layer reads Y where its layer left it
-            np.testing.assert_array_equal(out, y[:, :, 1::2, 1::2])
-            assert len(np.unique(y)) > 50
-
-
-def _palm_blocks(c=8, hw=16):
-    """BlazePalm-style BlazeBlocks in the canonical IR: a 5x5 stem conv (decomposed, read in float by its
-    PReLU on the CPU), two blocks 5x5 depthwise -> 1x1, + y, PReLU, a stride-2 block 5x5 stride-2
-    depthwise -> 1x1 to 2c, + channel-pad(maxpool(y)), PReLU, and a 1x1 head."""
-    g = Graph()
-
-    def conv(x, oc, k=1, stride=1, dw=False, name=""):
-        c_in = x.shape[1]
-        lo, hi = (k // 2 - (stride - 1), k // 2) if stride == 2 else (k // 2, k // 2)  # TFLite SAME
-        w = _const(g, (c_in if dw else oc, 1 if dw else c_in, k, k), -0.4, 0.4)
-        return g.add(O.Conv2D((stride, stride), ((lo, hi), (lo, hi)), groups=c_in if dw else 1),
-                     (x, w, _const(g, (w.shape[0],), -0.3, 0.3)), name)
-
-    def prelu(x, name):
-        return g.add(O.PRelu(), (x, _const(g, (1, x.shape[1], 1, 1), -0.3, 1.3)), name)
-
-    x = g.input(0, (1, 3, hw, hw))
-    y = prelu(conv(x, c, 5, name="stem"), "stem_prelu")
-    for i in (1, 2):
-        y = prelu(g.add(O.Binary("add"), (y, conv(conv(y, c, 5, dw=True, name=f"b{i}_dw"), c)), f"b{i}_add"), f"b{i}_prelu")
-    t = conv(conv(y, c, 5, stride=2, dw=True, name="b3_dw"), 2 * c)
-    s = g.add(O.Pad(((0, 0), (0, c), (0, 0), (0, 0)), 0.0), (g.add(O.Pool2D("max", (2, 2), (2, 2)), (y,)),))
-    y = prelu(g.add(O.Binary("add"), (s, t), "b3_add"), "b3_prelu")
-    g.outputs = [conv(y, 6, name="head")]
-    return g
-
-
-def test_palm_blazeblocks_stream_through_decomposed_5x5_depthwise_convs(monkeypatch):
-    """BlazePalm's blocks (issue #16): the stream's PReLUs are 8-bit KPU inputs of the decomposed 5x5
-    depthwise convs (no rounding-residual channels), so every add, PReLU, max-pool skip and channel pad
-    stays in KPU RAM; the stem's CPU PReLU is uploaded once to start the stream. Exact in float; every
-    KPU layer equals the scalar reference; faster than the CPU adds and PReLUs by the cost model, and
-    as accurate."""
-    state = rng.bit_generator.state
-    err, ms = {}, {}
-    for form in ("kpu", "cpu"):
-        rng.bit_generator.state = state  # the same weights and samples both times
-        g = _palm_blocks()
-        calib = [[rng.uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)] for _ in range(8)]
-        if form == "cpu":  # main's behaviour: the residual channels, the adds and PReLUs on the CPU
-            monkeypatch.setattr("kcc.passes.legalize_kpu.stream_to_kpu", lambda g, opts, adds=None: (g, [], [], []))
-            monkeypatch.setattr("kcc.passes.decompose_kernels.streamed_prelus", lambda g, opts: {})
-        res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
-        err[form] = max(max_steps(kpu_sim.load(res.kmodel).run(s)[0].reshape(g.outputs[0].shape), run(g, s)[0])
-                        for s in calib[:4])
-        ms[form] = res.latency.total_ms
-        if form == "cpu":
-            continue
-        adds = [p for p in res.placements if p.op == "add"]
-        assert [(p.node, p.on_kpu) for p in adds] == [("b1_add", True), ("b2_add", True), ("b3_add", True)], adds
-        (pool,) = [p for p in res.placements if p.op == "pool2d"]
-        assert pool.on_kpu and "max_2_s2" in pool.reason, pool
-        dws = {d.node: d for d in res.decisions if d.node.endswith("_dw")}
-        assert sorted(dws) == ["b1_dw", "b2_dw", "b3_dw"] and all(d.plan is not None for d in dws.values()), dws
-        # the stem's float PReLU keeps its residual channels; the stream's 8-bit codes need none
-        assert [dws[n].plan.residual for n in ("b1_dw", "b2_dw", "b3_dw")] == [True, False, False], dws
-        for s in calib[:2]:  # the rewrites are exact in float
-            np.testing.assert_allclose(run(res.float_graph, s)[0], run(g, s)[0], rtol=1e-4, atol=1e-4)
-        names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
-        cpu_math = [n.name for n in res.graph.nodes if n.op.kind in ("prelu", "binary")]
-        # only the stem's: its halves, its PReLU and b1_dw's residual of it
-        assert all(m.startswith(("stem", "b1_dw/residual")) for m in cpu_math), cpu_math
-        assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == names.count("kpu_conv2d")
-    # measured (worst of 4 samples, output steps; estimated ms): 2.91 and 6.76 ms streamed, 3.01 and
-    # 12.10 ms with the residual channels and the CPU adds and PReLUs
-    assert ms["kpu"] < 0.6 * ms["cpu"] and err["kpu"] <= err["cpu"], (err, ms)

@@ -2,11 +2,10 @@
 phase size, is bit-exact against the scalar reference on random weights, the CPU work is one split
 per factor and one merge, and the kmodel agrees with the float graph."""
 
-import zlib
 
 import numpy as np
 import pytest
-from kpu_checks import kpu_layers_match_the_scalar_reference, max_steps
+from kpu_checks import RNG, kpu_layers_match_the_scalar_reference, max_steps
 
 import kpu_sim
 from kcc.eval.interpreter import run
@@ -15,13 +14,9 @@ from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
 from kcc.pipeline import compile_graph
 
-rng = np.random.default_rng(16)
+rng = RNG
 RELU6 = (0.0, 6.0)
 
-
-@pytest.fixture(autouse=True)
-def _seeded(request):
-    rng.bit_generator.state = np.random.default_rng(zlib.crc32(request.node.name.encode())).bit_generator.state
 
 
 def _conv(g, x, oc, name, k=1, d=1, groups=1, act=RELU6):

@@ -1,14 +1,30 @@
 """Checks the end-to-end K210 tests share: every KPU layer of a kmodel against the scalar reference
-(tests/kpu_sim/kpu_reference.py), the maps a layer read and wrote, an error in output steps."""
+(tests/kpu_sim/kpu_reference.py), the maps a layer read and wrote, an error in output steps; and the
+random source of their weights and samples, RNG, which tests/e2e/conftest.py reseeds from each test's
+name (a test's data depend on its name only, not on the tests that ran before)."""
 
 import importlib.util
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 import kcc.kmodel as km
 import kpu_sim
+from kcc.ir import ops as O
+
+RNG = np.random.default_rng(5)
+
+
+def reseed(name: str) -> None:
+    """RNG's state for the test `name` (tests/e2e/conftest.py, before every test)."""
+    RNG.bit_generator.state = np.random.default_rng(zlib.crc32(name.encode())).bit_generator.state
+
+
+def const(g, shape, lo=-1.0, hi=1.0):
+    """A constant of graph g, uniform in [lo, hi) from RNG."""
+    return g.constant(RNG.uniform(lo, hi, shape).astype(np.float32))
 
 
 def max_steps(got, want):
@@ -80,3 +96,29 @@ def layer_maps(kmodel: bytes, x: np.ndarray) -> list[tuple[km.KpuConv2D, np.ndar
 
     program.run([x], trace=trace)
     return maps
+
+
+def dw5x5_then_1x1(g, x, c, source=None):
+    """A 5x5 depthwise (relu6) read by a 1x1 KPU layer; `source` "prelu" puts a PReLU (a float tensor
+    of the CPU) before it, "conv" a 1x1 KPU layer (its input is then uint8 codes in KPU RAM)."""
+    if source == "prelu":
+        x = g.add(O.PRelu(), (x, g.constant(RNG.uniform(0.05, 0.3, (1, c, 1, 1)).astype(np.float32))))
+    elif source == "conv":
+        x = g.add(O.Conv2D(), (x, const(g, (c, x.shape[1], 1, 1)), const(g, (c,))))
+    y = g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=c, act=(0.0, 6.0)), (x, const(g, (c, 1, 5, 5)), const(g, (c,))),
+              "dw")
+    return g.add(O.Conv2D(), (y, const(g, (6, c, 1, 1)), const(g, (6,))))
+
+
+def shift_of(body) -> tuple[int, int] | None:
+    """(cy, cx) of a kpu_conv2d that copies its input shifted: depthwise 3x3 whose weight codes are its
+    zero point (-arg_x) but for one tap per channel, the same tap in every channel."""
+    lay = body.layer
+    if not lay.depth_wise_layer or lay.filter_size != 3:
+        return None
+    w = np.asarray(body.weights, np.int64).reshape(lay.out_channels, 3, 3) + lay.arg_x
+    taps = {tuple(map(tuple, np.argwhere(ch != 0))) for ch in w}
+    if len(taps) != 1 or len(next(iter(taps))) != 1:
+        return None
+    a, b = next(iter(taps))[0]
+    return a - 1, b - 1

@@ -1,0 +1,196 @@
+"""The 5x5 depthwise forms whose shifted copies the KPU makes (kcc.passes.kernel_forms): `stack_kpu`
+(9 unit-shift copies, a 3x3 combine) and `copies_kpu` (25 copies, chained for offset 2, a 1x1 combine),
+and the model-wide kmodel-byte allowance they share. Each copy equals its input's codes shifted, each
+KPU layer the scalar reference, the whole the float graph (bars: measured + 5 %).
+"""
+
+
+import numpy as np
+import pytest
+from kpu_checks import (
+    RNG,
+    dw5x5_then_1x1,
+    kpu_layers_match_the_scalar_reference,
+    layer_maps,
+    max_steps,
+    shift_of,
+)
+
+import kpu_sim
+from kcc import pipeline
+from kcc.eval.interpreter import run
+from kcc.ir.graph import Graph
+from kcc.options import CompileOptions
+from kcc.passes import decompose_kernels
+from kcc.passes.decompose_kernels import Form, rewrite
+from kcc.pipeline import compile_graph
+
+rng = RNG
+
+
+
+STACK_KPU_CASES = {  # (channels, width, source, residual, group): 4, 2 and 1 channels per 64-byte line
+    "float_input_w10": (4, 10, None, False, 0),
+    "kpu_input_w20": (6, 20, "conv", False, 0),
+    "prelu_residual_w40": (4, 40, "prelu", True, 0),
+    # channel groups sliced off a KPU layer's output: the copies of each group on that layer's grid
+    "kpu_input_in_groups_w14": (12, 14, "conv", False, 4),
+}
+
+
+def _copy_form(name: str, combine: str, per_group: int):
+    """STACK_KPU_CASES[name]'s 5x5 depthwise compiled as the CPU-view `stack` and as `combine` (the same
+    weights and samples both times); checks shared by the KPU-made copy forms: each form exact in float,
+    `combine`'s rms within 1.05x of the stack's (one rounding either way: the copies add none), every
+    layer on the KPU, `per_group` copies per channel group (twice with the residual), one upload of x
+    (and of its residual): channel groups of a KPU layer's output are read in place
+    (kcc.ir.kpu_ops.KpuChannelView), no pad, concat or slice, concatenations in place.
+    Returns (res, calib, want, copies, layers)."""
+    c, w, source, residual, group = STACK_KPU_CASES[name]
+    shape = (1, 4, 12, w)
+    state = rng.bit_generator.state
+    rms = {}
+    for form in ("stack", combine):
+        rng.bit_generator.state = state
+        g = Graph()
+        g.outputs = [dw5x5_then_1x1(g, g.input(0, shape), c, source)]
+        calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
+        want = [run(g, s)[0] for s in calib]
+        rewrite(g, g.find("dw"), Form((1, 1), (0, 0), form, group, residual=residual))
+        g.remove_dead()
+        np.testing.assert_allclose(run(g, calib[0])[0], want[0], atol=1e-5)  # each form is exact in float
+        res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+        program = kpu_sim.load(res.kmodel)
+        err = np.concatenate([(program.run(s)[0].reshape(v.shape) - v).ravel() for s, v in zip(calib, want)])
+        rms[form] = float(np.sqrt(np.mean(err ** 2)))
+    assert rms[combine] <= 1.05 * rms["stack"], rms
+    assert all(p.on_kpu for p in res.placements), res.placements
+    groups = c // group if group else 1
+    copies = per_group * (2 if residual else 1) * groups
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    layers = copies + groups + 1 + (source == "conv")
+    assert names.count("kpu_conv2d") == layers, names
+    assert names.count("kpu_upload") == (2 if residual else 1), names
+    assert not {"pad", "concat", "strided_slice"} & set(names), names
+    assert all(p.on_kpu for p in res.placements if p.op == "concat"), res.placements  # all in place
+    return res, calib, want, copies, layers
+
+
+@pytest.mark.parametrize("name", sorted(STACK_KPU_CASES))
+def test_stack_kpu_shift_copies_are_exact_in_kpu_ram(name):
+    """`stack_kpu`: a 5x5 depthwise as nine 3x3 depthwise KPU layers copying x shifted by (cy, cx) in
+    {-1, 0, 1}^2, written side by side into one KPU RAM buffer, then one 3x3 KPU layer over the copies.
+    Each copy equals the shifted input codes exactly, its border the input's zero point (pad value),
+    on random weights and inputs spanning the whole range; each layer equals the scalar reference;
+    no CPU pad, slice or concatenation; one upload per KPU input (x, and its residual), none when a
+    KPU layer makes x; and the result agrees with the float graph as the CPU-view `stack` does."""
+    c, w, source, residual, group = STACK_KPU_CASES[name]
+    res, calib, want, copies, layers = _copy_form(name, "stack_kpu", 9)
+    for sample in calib[:3]:
+        assert kpu_layers_match_the_scalar_reference(res.kmodel, sample[0]) == layers
+        shifted, levels = [], []
+        for body, x_map, out in layer_maps(res.kmodel, sample[0]):
+            shift = shift_of(body)
+            if shift is None:
+                continue
+            pad = body.layer.pad_value
+            padded = np.pad(x_map, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=pad)
+            h, wd = x_map.shape[2:]
+            np.testing.assert_array_equal(out, padded[:, :, 1 + shift[0]:1 + shift[0] + h, 1 + shift[1]:1 + shift[1] + wd])
+            levels.append(len(np.unique(x_map)))
+            shifted.append(shift)
+        assert max(levels) > 100, levels  # x's codes span the range (a residual's, z +- gain/2)
+        assert sorted(shifted) == sorted([(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)] * (copies // 9))
+    # the copies' grid is their input's (kcc.quant.policy.copy_grids): x's quantize or producing layer;
+    # the residual's codes (quantized at gain x the resolution) hold gain x residual on that grid too
+    layers_q = [n for n in res.graph.nodes if type(n.op).__name__ == "QuantKpuLayer" and "/shift" in n.name]
+    assert len(layers_q) == copies and len({n.op.out_q for n in layers_q}) == 1, [n.op.out_q for n in layers_q]
+    src = next(n for n in layers_q if "/residual" not in n.name).inputs[0]
+    while type(src.op).__name__ in ("KpuUpload", "StridedSlice", "KpuDownload", "KpuChannelView"):
+        src = src.inputs[0]
+    grid = src.op.out_q if source == "conv" else (src.op.zero_point, src.op.scale)
+    assert layers_q[0].op.out_q == tuple(grid), (layers_q[0].op.out_q, grid)
+    program = kpu_sim.load(res.kmodel)
+    steps = max(max_steps(program.run(s)[0].reshape(v.shape), v) for s, v in zip(calib, want))
+    assert steps <= STACK_KPU_MAX_STEPS[name][0], f"{name}: max error {steps:.2f} steps"
+
+
+STACK_KPU_MAX_STEPS = {"float_input_w10": (1.60, 1.52), "kpu_input_w20": (2.52, 2.40), "prelu_residual_w40": (1.54, 1.46),
+                       "kpu_input_in_groups_w14": (2.50, 2.39)}
+
+
+# width -> (channels, group): 4, 2 and 1 channels per 64-byte line, every group on a line of its own
+def _shifted(x_map: np.ndarray, offset: tuple[int, int], pad: int) -> np.ndarray:
+    """x_map [N, C, H, W] shifted by offset (|dy|, |dx| <= 2): out[i, j] = x[i + dy, j + dx], `pad` outside."""
+    h, w = x_map.shape[2:]
+    padded = np.pad(x_map, ((0, 0), (0, 0), (2, 2), (2, 2)), constant_values=pad)
+    return padded[:, :, 2 + offset[0]:2 + offset[0] + h, 2 + offset[1]:2 + offset[1] + w]
+
+
+@pytest.mark.parametrize("name", sorted(STACK_KPU_CASES))
+def test_copies_kpu_shifts_by_whole_offsets_exactly_in_kpu_ram(name):
+    """`copies_kpu`: a 5x5 depthwise as 25 copies of x shifted by each tap's offset (dy, dx) in -2..2,
+    a unit shift by one 3x3 depthwise KPU layer, a shift by 2 by a second one reading a unit copy in
+    place in the stack's KPU RAM buffer, then one 1x1 KPU layer over the copies. Every copy equals the
+    input codes shifted by its whole offset, the border the input's zero point (a chain of two shifts
+    too), on random weights and inputs spanning the whole range; each layer equals the scalar
+    reference; no CPU pad, slice or concatenation; and the result agrees with the float graph as the
+    CPU-view `stack` does (one rounding, the combine's)."""
+    c, w, source, residual, group = STACK_KPU_CASES[name]
+    res, calib, want, copies, layers = _copy_form(name, "copies_kpu", 25)
+    program = kpu_sim.load(res.kmodel)
+    for sample in calib[:3]:
+        assert kpu_layers_match_the_scalar_reference(res.kmodel, sample[0]) == layers
+        maps = [(body, x_map, out) for body, x_map, out in layer_maps(res.kmodel, sample[0]) if shift_of(body)]
+        pad = {body.layer.pad_value for body, _, _ in maps}
+        assert len(pad) == 1, pad  # one grid: x's (and its residual's codes on it)
+        pad = pad.pop()
+        # the sources: what the (0, 0) copies copy (x's channel groups, and their residuals)
+        sources = [x_map for body, x_map, _ in maps if shift_of(body) == (0, 0)]
+        assert len(sources) == copies // 25
+        assert max(len(np.unique(s)) for s in sources) > 100  # x's codes span the range
+        found = []
+        for _, _, out in maps:
+            hits = [(i, (dy, dx)) for i, s in enumerate(sources) for dy in range(-2, 3) for dx in range(-2, 3)
+                    if s.shape == out.shape and np.array_equal(out, _shifted(s, (dy, dx), pad))]
+            assert hits, "a copy is no shift of its source"
+            found.append(hits[0])
+        # each source copied once by each offset: 16 of them by a chain of two unit shifts
+        assert sorted(found) == sorted((i, (dy, dx)) for i in range(len(sources))
+                                       for dy in range(-2, 3) for dx in range(-2, 3))
+    steps = max(max_steps(program.run(s)[0].reshape(v.shape), v) for s, v in zip(calib, want))
+    assert steps <= COPIES_KPU_MAX_STEPS[name][0], f"{name}: max error {steps:.2f} steps"
+
+
+# (bar, measured): the same rms as the stack's (above), a worst output step that differs either way from
+# stack_kpu's (STACK_KPU_MAX_STEPS), the 1x1 combine's weights rounded on another grid than the 3x3's
+COPIES_KPU_MAX_STEPS = {"float_input_w10": (2.17, 2.07), "kpu_input_w20": (1.99, 1.89),
+                        "prelu_residual_w40": (1.51, 1.44), "kpu_input_in_groups_w14": (2.96, 2.82)}
+
+
+def test_a_model_the_allowance_puts_over_the_device_ram_budget_is_compiled_again_with_less(monkeypatch):
+    """decompose_kernels spends up to MODEL_KPU_BYTES of kmodel on stacks made in KPU RAM; a model
+    that this puts over the device RAM budget (kcc.pipeline.DEVICE_RAM_BUDGET, kmodel + working
+    memory) is compiled again with that much less to spend, and says so."""
+    monkeypatch.setattr(decompose_kernels, "STACK_KPU_BYTES", 16 * 1024)  # 32 channels' stack_kpu needs more
+    state = rng.bit_generator.state
+
+    def compile_it(log=lambda line: None):
+        rng.bit_generator.state = state
+        g = Graph()
+        x = g.input(0, (1, 4, 12, 12))
+        for _ in range(2):
+            x = dw5x5_then_1x1(g, x, 32, "conv")
+        g.outputs = [x]
+        calib = [[rng.uniform(-1, 1, (1, 4, 12, 12)).astype(np.float32)] for _ in range(2)]
+        res = compile_graph(g, CompileOptions(input_type="float"), log=log, samples=calib)
+        return res, len(res.kmodel) + res.emitted.model.main_mem
+
+    kpu_made = ("stack_kpu", "copies_kpu")
+    first, ram = compile_it()
+    assert [d.plan.combine for d in first.decisions] == ["stack_kpu", "stack_kpu"]
+    monkeypatch.setattr(pipeline, "DEVICE_RAM_BUDGET", ram - 1)
+    lines = []
+    second, less = compile_it(lines.append)
+    assert less <= ram - 1 and any(" over " in line and "again with" in line for line in lines), lines
+    assert [d.plan.combine in kpu_made for d in second.decisions].count(True) < 2

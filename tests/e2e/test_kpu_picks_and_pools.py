@@ -1,0 +1,138 @@
+"""KPU layers that pick or pool a map already in KPU RAM: SAME stride 2 on even sizes as a stride-1
+layer and a pick layer (kcc.passes.row_pick), a pool of a layer also read unpooled as a second KPU
+layer, a max pool of a depthwise layer as a 1x1 identity layer (kcc.passes.kpu_pools). Each KPU layer
+against the scalar reference, the picked or pooled codes against the full map's.
+"""
+
+
+import numpy as np
+import pytest
+from kpu_checks import (
+    RNG,
+    kpu_layers_match_the_scalar_reference,
+    layer_maps,
+    max_steps,
+    shift_of,
+)
+from kpu_checks import const as _const
+
+import kcc.kmodel as km
+import kpu_sim
+from kcc.eval.interpreter import run
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph
+from kcc.options import CompileOptions
+from kcc.pipeline import compile_graph
+
+rng = RNG
+
+
+
+def test_a_pool_of_a_layer_also_read_unpooled_is_a_bit_exact_twin_kpu_layer():
+    """conv -> (output, max pool -> 1x1 conv): the pool unit writes a layer's pooled output only, so
+    the same conv with max_2_s2 is a second KPU layer; no pool runs on the CPU, each layer equals the
+    scalar reference, and the pooled twin is exactly the max of the unpooled layer's codes."""
+    shape = (1, 4, 16, 16)
+    g = Graph()
+    x = g.input(0, shape)
+    y = g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), act=(0.0, 6.0)), (x, _const(g, (8, 4, 3, 3)), _const(g, (8,))),
+              "conv")
+    p = g.add(O.Pool2D("max", (2, 2), (2, 2)), (y,), "pool")
+    g.outputs = [y, g.add(O.Conv2D(), (p, _const(g, (4, 8, 1, 1)), _const(g, (4,))), "head")]
+    calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
+    want = run(g, calib[0])
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    assert names.count("kpu_conv2d") == 3 and "reduce_window2d" not in names, names
+    assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 3
+    (conv, _, unpooled), (twin, _, pooled), _ = layer_maps(res.kmodel, calib[0][0])
+    assert twin.layer.pool_type == km.KpuPoolType.MAX_2_S2 and twin.kpu_input() == conv.kpu_input()
+    # both outputs span ReLU6's [0, 6] on these samples: one grid, one integer pipeline
+    assert (conv.batch_norm, conv.activation) == (twin.batch_norm, twin.activation)
+    np.testing.assert_array_equal(pooled, unpooled.reshape(1, 8, 8, 2, 8, 2).max(axis=(3, 5)))
+    got = kpu_sim.load(res.kmodel).run(calib[0])
+    assert max(max_steps(a.reshape(b.shape), b) for a, b in zip(got, want)) <= 2.0
+
+
+def test_a_max_pool_of_a_depthwise_layer_pools_the_map_in_kpu_ram_exactly():
+    """kcc never fuses a pool behind a depthwise layer (nncase never pairs them): the max pool becomes a
+    1x1 KPU layer with identity weights and max_2_s2 reading the depthwise's output in KPU RAM (no
+    copy-out, no CPU pool). On its input's grid it writes exactly the max of the codes; each layer
+    equals the scalar reference; the whole agrees with float."""
+    shape = (1, 8, 16, 16)
+    g = Graph()
+    x = g.input(0, shape)
+    y = g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), groups=8, act=(0.0, 6.0)),
+              (x, _const(g, (8, 1, 3, 3)), _const(g, (8,))), "dw")
+    p = g.add(O.Pool2D("max", (2, 2), (2, 2)), (y,), "pool")
+    g.outputs = [g.add(O.Conv2D(), (p, _const(g, (4, 8, 1, 1)), _const(g, (4,))), "head")]
+    calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
+    want = run(g, calib[0])[0]
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    (pool,) = [pl for pl in res.placements if pl.node == "pool"]
+    assert pool.on_kpu and "identity weights" in pool.reason, pool
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    assert names.count("kpu_conv2d") == 3 and "reduce_window2d" not in names and "dequantize" not in names[:-1], names
+    assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 3
+    (dw, _, dw_out), (pooling, x_map, pooled), _ = layer_maps(res.kmodel, calib[0][0])
+    assert pooling.layer.pool_type == km.KpuPoolType.MAX_2_S2 and pooling.kpu_input() == dw.kpu_output()
+    np.testing.assert_array_equal(pooled, dw_out.reshape(1, 8, 8, 2, 8, 2).max(axis=(3, 5)))
+    got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
+    assert max_steps(got, want) <= 2.0, f"max error {max_steps(got, want):.2f} steps"
+
+
+def _same_s2_block(g, x, oc):
+    """TFLite SAME stride 2 on an even size (pad 0 top/left, 1 bottom/right): a 3x3 conv (relu6), a 3x3
+    depthwise (relu6), then a 1x1 head reading the map."""
+    same = ((0, 1), (0, 1))
+    y = g.add(O.Conv2D((2, 2), same, act=(0.0, 6.0)), (x, _const(g, (oc, x.shape[1], 3, 3)), _const(g, (oc,))), "conv_s2")
+    y = g.add(O.Conv2D((2, 2), same, groups=oc, act=(0.0, 6.0)), (y, _const(g, (oc, 1, 3, 3)), _const(g, (oc,))), "dw_s2")
+    return g.add(O.Conv2D(), (y, _const(g, (5, oc, 1, 1)), _const(g, (5,))), "head")
+
+
+ROW_PICK_CASES = {  # (input shape, conv output channels): widths of 4, 2 and 1 channels per 64-byte line
+    "c3_16x16": ((1, 3, 16, 16), 8),  # Y 16 wide, the picks 8 and 4
+    "c3_24x32": ((1, 3, 24, 32), 16),  # Y 32 wide, 16 channels
+    "c4_16x132": ((1, 4, 16, 132), 16),  # Y 132 wide: three lines a row, the picks 66 (two) and 33
+    "c16_16x68": ((1, 16, 16, 68), 8),  # 16 input channels; Y 68 wide: two lines a row
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROW_PICK_CASES))
+def test_same_stride2_on_even_sizes_is_a_kpu_pick_layer(name, monkeypatch):
+    """kcc.passes.row_pick: each SAME stride-2 layer on an even size runs at stride 1 (Y, full size,
+    exact at the odd centres) and a pick layer copies Y's odd rows and columns, both in KPU RAM: no
+    CPU pad, slice, flip or second upload. On random weights and inputs, every layer equals the
+    scalar reference of the integer pipeline, each pick layer's output is exactly Y[1::2, 1::2] of the
+    codes Y left in KPU RAM, and the result agrees with the float graph as the CPU pre-pad / slice
+    path does (the same weights and samples)."""
+    shape, oc = ROW_PICK_CASES[name]
+    state = rng.bit_generator.state
+    rms = {}
+    for form in ("cpu", "pick"):
+        rng.bit_generator.state = state
+        g = Graph()
+        g.outputs = [_same_s2_block(g, g.input(0, shape), oc)]
+        calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
+        want = [run(g, s)[0] for s in calib]
+        with monkeypatch.context() as m:
+            if form == "cpu":
+                m.setattr("kcc.passes.row_pick.serves", lambda *a: False)
+            res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+        program = kpu_sim.load(res.kmodel)
+        err = np.concatenate([(program.run(s)[0].reshape(v.shape) - v).ravel() for s, v in zip(calib, want)])
+        rms[form] = float(np.sqrt(np.mean(err ** 2)))
+    assert rms["pick"] <= 1.05 * rms["cpu"], rms  # measured: 0.97-1.014 of the CPU path's
+    assert all(p.on_kpu and "CPU" not in p.reason for p in res.placements), res.placements
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    assert names == ["quantize", "kpu_upload"] + ["kpu_conv2d"] * 5 + ["dequantize"], names
+    assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 5
+    for sample in calib[:3]:
+        maps = layer_maps(res.kmodel, sample[0])
+        pools = [body.layer.pool_type.name.lower() for body, _, _ in maps]
+        assert pools == ["bypass", "right_top_2_s2", "bypass", "right_top_2_s2", "bypass"], pools
+        for (_, _, y), (body, x_map, out) in zip(maps[0:3:2], maps[1:4:2]):
+            assert shift_of(body) == (1, 0)
+            np.testing.assert_array_equal(x_map, y)  # the pick layer reads Y where its layer left it
+            np.testing.assert_array_equal(out, y[:, :, 1::2, 1::2])
+            assert len(np.unique(y)) > 50

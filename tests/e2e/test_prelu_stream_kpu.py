@@ -1,0 +1,154 @@
+"""BlazeBlocks streaming through KPU RAM as relu pairs (kcc.passes.prelu_stream), 3x3 (iris) and 5x5
+(BlazePalm, through the decomposed depthwise forms): every KPU layer against the scalar reference, the
+rewrite exact in float, no CPU op between the first and last layer but the model's own.
+"""
+
+
+import numpy as np
+from kpu_checks import RNG, kpu_layers_match_the_scalar_reference, max_steps
+from kpu_checks import const as _const
+
+import kpu_sim
+from kcc.eval.interpreter import run
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph
+from kcc.options import CompileOptions
+from kcc.pipeline import compile_graph
+
+rng = RNG
+
+
+
+def _blazeblocks(c=8, hw=16):
+    """iris-style BlazeBlocks in the canonical IR: a stem conv and PReLU; a block 1x1 -> PReLU -> 3x3
+    depthwise -> 1x1, + y, PReLU; a block depthwise -> 1x1, + y, PReLU; a stride-2 block (3x3 stride-2
+    conv, PReLU, depthwise, 1x1 to 2c) + channel-pad(maxpool(y)), PReLU; a 1x1 head. Slopes of both
+    signs, some above 1."""
+    g = Graph()
+
+    def conv(x, oc, k=1, stride=1, dw=False, name=None):
+        c_in = x.shape[1]
+        pad = ((k // 2, k // 2), (k // 2, k // 2))
+        w = _const(g, (c_in if dw else oc, 1 if dw else c_in, k, k), -0.6, 0.6)
+        return g.add(O.Conv2D((stride, stride), pad, groups=c_in if dw else 1), (x, w, _const(g, (w.shape[0],), -0.3, 0.3)),
+                     name or "")
+
+    def prelu(x, name):
+        return g.add(O.PRelu(), (x, _const(g, (1, x.shape[1], 1, 1), -0.3, 1.3)), name)
+
+    x = g.input(0, (1, 3, hw, hw))
+    y = prelu(conv(x, c, 3, name="stem"), "stem_prelu")
+    t = conv(prelu(conv(y, c // 2, name="b1_expand"), "b1_expand_prelu"), c // 2, 3, dw=True)
+    y = prelu(g.add(O.Binary("add"), (y, conv(t, c)), "b1_add"), "b1_prelu")
+    y = prelu(g.add(O.Binary("add"), (conv(conv(y, c, 3, dw=True), c), y), "b2_add"), "b2_prelu")
+    t = conv(conv(prelu(conv(y, c, 3, stride=2), "b3_s2_prelu"), c, 3, dw=True), 2 * c)
+    s = g.add(O.Pad(((0, 0), (0, c), (0, 0), (0, 0)), 0.0), (g.add(O.Pool2D("max", (2, 2), (2, 2)), (y,)),))
+    y = prelu(g.add(O.Binary("add"), (s, t), "b3_add"), "b3_prelu")
+    g.outputs = [conv(y, 6, name="head")]
+    return g
+
+
+def test_blazeblocks_stream_through_kpu_ram_as_relu_pairs(monkeypatch):
+    """Issue #16 item 3, prelu_stream: each BlazeBlock's add and PReLU is one 1x1 KPU layer over its
+    terms in KPU RAM, to [relu(a); relu(-a)]; the next layers read that pair through their weights,
+    the stride-2 block's skip is a 1x1 layer with the pool unit's max, and no CPU op, copy-out or
+    upload is left between the input and the head. Every KPU layer equals the scalar reference on
+    random weights; the legalized float graph computes the model's values; the result agrees with
+    float as closely as today's CPU adds and PReLUs (each block's sum kept in float) do."""
+    state = rng.bit_generator.state
+    err = {}
+    for form in ("kpu", "cpu"):
+        rng.bit_generator.state = state  # the same weights and samples both times
+        g = _blazeblocks()
+        calib = [[rng.uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)] for _ in range(8)]
+        if form == "cpu":
+            monkeypatch.setattr("kcc.passes.legalize_kpu.stream_to_kpu", lambda g, opts, adds=None: (g, [], [], []))
+        res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+        err[form] = max(max_steps(kpu_sim.load(res.kmodel).run(s)[0].reshape(g.outputs[0].shape), run(g, s)[0])
+                        for s in calib[:4])
+        if form == "cpu":
+            continue
+        adds = [p for p in res.placements if p.op == "add"]
+        assert [(p.node, p.on_kpu) for p in adds] == [("b1_add", True), ("b2_add", True), ("b3_add", True)], adds
+        assert all("[relu(a); relu(-a)]" in p.reason for p in adds)
+        (pool,) = [p for p in res.placements if p.op == "pool2d"]
+        assert pool.on_kpu and "max_2_s2" in pool.reason, pool
+        for s in calib[:2]:  # the rewrites are exact in float
+            np.testing.assert_allclose(run(res.float_graph, s)[0], run(g, s)[0], rtol=1e-4, atol=1e-4)
+        names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+        first, last = names.index("kpu_conv2d"), len(names) - 1 - names[::-1].index("kpu_conv2d")
+        assert set(names[first:last + 1]) == {"kpu_conv2d"}, names
+        assert names.count("kpu_upload") == 1, names
+        assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == names.count("kpu_conv2d")
+        concats = [n for n in res.graph.nodes if n.op.kind == "kpu_concat"]
+        assert len(concats) == 3
+    # measured (worst of 4 samples, output steps): 3.40 on the KPU, 4.20 with the CPU adds and PReLUs
+    assert err["kpu"] <= err["cpu"] and err["kpu"] <= 3.57, err
+
+
+def _palm_blocks(c=8, hw=16):
+    """BlazePalm-style BlazeBlocks in the canonical IR: a 5x5 stem conv (decomposed, read in float by its
+    PReLU on the CPU), two blocks 5x5 depthwise -> 1x1, + y, PReLU, a stride-2 block 5x5 stride-2
+    depthwise -> 1x1 to 2c, + channel-pad(maxpool(y)), PReLU, and a 1x1 head."""
+    g = Graph()
+
+    def conv(x, oc, k=1, stride=1, dw=False, name=""):
+        c_in = x.shape[1]
+        lo, hi = (k // 2 - (stride - 1), k // 2) if stride == 2 else (k // 2, k // 2)  # TFLite SAME
+        w = _const(g, (c_in if dw else oc, 1 if dw else c_in, k, k), -0.4, 0.4)
+        return g.add(O.Conv2D((stride, stride), ((lo, hi), (lo, hi)), groups=c_in if dw else 1),
+                     (x, w, _const(g, (w.shape[0],), -0.3, 0.3)), name)
+
+    def prelu(x, name):
+        return g.add(O.PRelu(), (x, _const(g, (1, x.shape[1], 1, 1), -0.3, 1.3)), name)
+
+    x = g.input(0, (1, 3, hw, hw))
+    y = prelu(conv(x, c, 5, name="stem"), "stem_prelu")
+    for i in (1, 2):
+        y = prelu(g.add(O.Binary("add"), (y, conv(conv(y, c, 5, dw=True, name=f"b{i}_dw"), c)), f"b{i}_add"), f"b{i}_prelu")
+    t = conv(conv(y, c, 5, stride=2, dw=True, name="b3_dw"), 2 * c)
+    s = g.add(O.Pad(((0, 0), (0, c), (0, 0), (0, 0)), 0.0), (g.add(O.Pool2D("max", (2, 2), (2, 2)), (y,)),))
+    y = prelu(g.add(O.Binary("add"), (s, t), "b3_add"), "b3_prelu")
+    g.outputs = [conv(y, 6, name="head")]
+    return g
+
+
+def test_palm_blazeblocks_stream_through_decomposed_5x5_depthwise_convs(monkeypatch):
+    """BlazePalm's blocks (issue #16): the stream's PReLUs are 8-bit KPU inputs of the decomposed 5x5
+    depthwise convs (no rounding-residual channels), so every add, PReLU, max-pool skip and channel pad
+    stays in KPU RAM; the stem's CPU PReLU is uploaded once to start the stream. Exact in float; every
+    KPU layer equals the scalar reference; faster than the CPU adds and PReLUs by the cost model, and
+    as accurate."""
+    state = rng.bit_generator.state
+    err, ms = {}, {}
+    for form in ("kpu", "cpu"):
+        rng.bit_generator.state = state  # the same weights and samples both times
+        g = _palm_blocks()
+        calib = [[rng.uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)] for _ in range(8)]
+        if form == "cpu":  # main's behaviour: the residual channels, the adds and PReLUs on the CPU
+            monkeypatch.setattr("kcc.passes.legalize_kpu.stream_to_kpu", lambda g, opts, adds=None: (g, [], [], []))
+            monkeypatch.setattr("kcc.passes.decompose_kernels.streamed_prelus", lambda g, opts: {})
+        res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+        err[form] = max(max_steps(kpu_sim.load(res.kmodel).run(s)[0].reshape(g.outputs[0].shape), run(g, s)[0])
+                        for s in calib[:4])
+        ms[form] = res.latency.total_ms
+        if form == "cpu":
+            continue
+        adds = [p for p in res.placements if p.op == "add"]
+        assert [(p.node, p.on_kpu) for p in adds] == [("b1_add", True), ("b2_add", True), ("b3_add", True)], adds
+        (pool,) = [p for p in res.placements if p.op == "pool2d"]
+        assert pool.on_kpu and "max_2_s2" in pool.reason, pool
+        dws = {d.node: d for d in res.decisions if d.node.endswith("_dw")}
+        assert sorted(dws) == ["b1_dw", "b2_dw", "b3_dw"] and all(d.plan is not None for d in dws.values()), dws
+        # the stem's float PReLU keeps its residual channels; the stream's 8-bit codes need none
+        assert [dws[n].plan.residual for n in ("b1_dw", "b2_dw", "b3_dw")] == [True, False, False], dws
+        for s in calib[:2]:  # the rewrites are exact in float
+            np.testing.assert_allclose(run(res.float_graph, s)[0], run(g, s)[0], rtol=1e-4, atol=1e-4)
+        names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+        cpu_math = [n.name for n in res.graph.nodes if n.op.kind in ("prelu", "binary")]
+        # only the stem's: its halves, its PReLU and b1_dw's residual of it
+        assert all(m.startswith(("stem", "b1_dw/residual")) for m in cpu_math), cpu_math
+        assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == names.count("kpu_conv2d")
+    # measured (worst of 4 samples, output steps; estimated ms): 2.91 and 6.76 ms streamed, 3.01 and
+    # 12.10 ms with the residual channels and the CPU adds and PReLUs
+    assert ms["kpu"] < 0.6 * ms["cpu"] and err["kpu"] <= err["cpu"], (err, ms)
