@@ -30,18 +30,10 @@ from kcc.ir.graph import Graph, Node, channel_values, copy_rewriting
 from kcc.options import CompileOptions
 from kcc.target.k210 import (
     CPU_NODE_CYCLES,
-    KPU_RAM_SIZE,
-    MAX_CHANNELS,
-    MAX_H,
-    MAX_MAP_PIXELS,
-    MAX_W,
-    MAX_WEIGHT_LOADS,
-    MIN_HW,
     cpu_cycles,
-    kpu_bytes,
     kpu_layer_cost,
     kpu_map_cycles,
-    weight_loads,
+    layer_fits,
 )
 from kcc.target.quant_rules import fixup_range
 
@@ -49,14 +41,6 @@ F32 = np.float32
 RELU = (0.0, math.inf)
 
 
-
-
-def _layer_fits(shape: tuple[int, ...], oc: int, k: int) -> bool:
-    """A stride-1 bypass KPU layer from `shape` to oc channels meets the KPU's limits."""
-    nb, c, h, w = shape
-    return (max(c, oc) <= MAX_CHANNELS and MIN_HW <= h <= MAX_H and MIN_HW <= w <= MAX_W
-            and h * w <= MAX_MAP_PIXELS and weight_loads(oc, c, k, False)[1] + 1 <= MAX_WEIGHT_LOADS
-            and kpu_bytes(shape) + kpu_bytes((nb, oc, h, w)) <= KPU_RAM_SIZE)
 
 
 def _layer_cycles(shape: tuple[int, ...], oc: int, k: int) -> float:
@@ -94,7 +78,7 @@ class _Rewriter:
         return (self._kpu(x) and not op.depthwise and op.pool == "bypass" and op.act == O.NO_CLAMP
                 and op.fn is None and len(self.users[x]) == 1 and x not in self.src.outputs
                 and x.inputs[1].is_constant and x.inputs[2].is_constant
-                and _layer_fits(x.inputs[0].shape, 2 * x.shape[1], op.kernel))
+                and layer_fits(x.inputs[0].shape, 2 * x.shape[1], op.kernel))
 
     def _faster(self, n: Node, x: Node, stacked: bool, mixed: bool) -> bool:
         """Cycles of today's CPU form (kcc.passes.lower_to_neutral: a 1x1 depthwise float conv and an
@@ -133,9 +117,9 @@ class _Rewriter:
         if rng > self.opts.weights_quantize_threshold:
             return None
         stacked = self._stackable(x)
-        if not _layer_fits((x.shape[0], 2 * c, *x.shape[2:]), c, 1):
+        if not layer_fits((x.shape[0], 2 * c, *x.shape[2:]), c, 1):
             return None
-        if not stacked and not _layer_fits(x.shape, 2 * c, 1):
+        if not stacked and not layer_fits(x.shape, 2 * c, 1):
             return None
         mixed = bool(np.any(a > 1) and np.any(a < 1))
         if not self._faster(n, x, stacked, mixed):

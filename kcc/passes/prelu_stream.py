@@ -87,16 +87,8 @@ from kcc.passes.prelu_kpu import _layer_cycles, _per_element, _upload
 from kcc.passes.residual_kpu import _reaches
 from kcc.target.k210 import (
     CPU_NODE_CYCLES,
-    KPU_RAM_SIZE,
-    MAX_CHANNELS,
-    MAX_H,
-    MAX_MAP_PIXELS,
-    MAX_W,
-    MAX_WEIGHT_LOADS,
-    MIN_HW,
     cpu_cycles,
-    kpu_bytes,
-    weight_loads,
+    layer_fits,
 )
 from kcc.target.quant_rules import widest_weight_range
 
@@ -117,15 +109,6 @@ class _Form:
     def identity(self) -> bool:
         c, k = self.e.shape
         return c == k and np.array_equal(self.e, np.eye(c)) and not np.any(self.beta)
-
-
-def _fits(x_shape: tuple[int, ...], oc: int, k: int, depthwise: bool, pool: str = "bypass") -> bool:
-    """A KPU layer from x_shape to oc channels meets the KPU's limits (legalize_kpu's checks)."""
-    nb, c, h, w = x_shape
-    s = KO.KPU_POOLS[pool][1]
-    return (max(c, oc) <= MAX_CHANNELS and MIN_HW <= h <= MAX_H and MIN_HW <= w <= MAX_W
-            and h * w <= MAX_MAP_PIXELS and (depthwise or weight_loads(oc, c, k, False)[1] + 1 <= MAX_WEIGHT_LOADS)
-            and kpu_bytes(x_shape) + kpu_bytes((nb, oc, h // s, w // s)) <= KPU_RAM_SIZE)
 
 
 def _is_kpu(v: Node) -> bool:
@@ -178,7 +161,7 @@ class _Rewriter:
         if not op.depthwise:
             if np.any(f.beta) and op.kernel != 1:
                 return None
-            if not _fits(f.node.shape, n.shape[1], op.kernel, False, op.pool):
+            if not layer_fits(f.node.shape, n.shape[1], op.kernel, False, KO.KPU_POOLS[op.pool][1]):
                 return None
             w2 = np.einsum("ocij,ck->okij", w, f.e)
             if widest_weight_range(w2) > max(self.opts.weights_quantize_threshold, widest_weight_range(w)):
@@ -196,7 +179,7 @@ class _Rewriter:
         nz = f.e != 0
         if not np.all(nz.sum(axis=0) == 1) or not np.all(nz.any(axis=1)):
             return None
-        if not _fits(f.node.shape, k_in, op.kernel, True, op.pool):
+        if not layer_fits(f.node.shape, k_in, op.kernel, True, KO.KPU_POOLS[op.pool][1]):
             return None
         owner = np.argmax(nz, axis=0)  # column j belongs to channel owner[j]
         wd = w[owner] * f.e[owner, np.arange(k_in)][:, None, None, None]
@@ -236,7 +219,7 @@ class _Rewriter:
         if (f is None or op.op != "max" or op.filter != (2, 2) or op.stride != (2, 2) or op.act != O.NO_CLAMP
                 or op.padding != ((0, 0), (0, 0)) or x.shape[2] % 2 or x.shape[3] % 2):
             return None
-        if not _fits(f.node.shape, x.shape[1], 1, False, "max_2_s2"):
+        if not layer_fits(f.node.shape, x.shape[1], 1, False, KO.KPU_POOLS["max_2_s2"][1]):
             return None
         m = self._merge(f, n.name, "max_2_s2")
         self.pools.append(n.name)
@@ -336,7 +319,7 @@ class _Rewriter:
             why = f"its weights' range exceeds --weights-quantize-threshold {self.opts.weights_quantize_threshold:g}"
         elif not ok:
             why = "a part of its stack would not start on a 64-byte line of KPU RAM"
-        elif not _fits((1, at, hh, w), 2 * c, 1, False):
+        elif not layer_fits((1, at, hh, w), 2 * c, 1, False):
             why = f"a 1x1 layer over {at} channels of {hh}x{w} to {2 * c} exceeds the KPU's limits"
         elif not self._faster(n, prelu, alpha, at):
             why = "estimated slower than the CPU add and PReLU"

@@ -45,8 +45,8 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node, copy_rewriting
 from kcc.kmodel import kpu_channel_offset, kpu_row_layout
 from kcc.options import CompileOptions
-from kcc.passes.prelu_kpu import _layer_cycles, _layer_fits, _per_element, _upload
-from kcc.target.k210 import cpu_cycles
+from kcc.passes.prelu_kpu import _layer_cycles, _per_element, _upload
+from kcc.target.k210 import cpu_cycles, layer_fits
 from kcc.target.quant_rules import fixup_range
 
 F32 = np.float32
@@ -142,7 +142,7 @@ class _Rewriter:
         if kpu_channel_offset(w, hh, c1) is None:
             return (f"'{first.name}' has {c1} channels, not a multiple of {kpu_row_layout(w).groups} (the "
                     f"channels one 64-byte line of KPU RAM holds at width {w})")
-        if not _layer_fits((1, c1 + second.shape[1], hh, w), n.shape[1], 1):
+        if not layer_fits((1, c1 + second.shape[1], hh, w), n.shape[1], 1):
             return f"a 1x1 layer over {c1 + second.shape[1]} channels of {hh}x{w} exceeds the KPU's limits"
         return None
 

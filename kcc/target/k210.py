@@ -119,6 +119,17 @@ def kpu_layer_cost(cycles: float, weight_bytes: float) -> float:
     return KPU_CYCLE_FACTOR * cycles + KPU_WEIGHT_CYCLES_PER_BYTE * weight_bytes + KPU_LAYER_US * DEFAULT_MHZ
 
 
+def layer_fits(x_shape: tuple[int, ...], oc: int, k: int, depthwise: bool = False, pool_stride: int = 1) -> bool:
+    """A KPU layer from NCHW map x_shape to oc channels, kernel k, its pool keeping one pixel in
+    pool_stride^2, meets the KPU's limits: channels, map size, weight loads (a depthwise layer's are
+    few), and its input and output side by side in KPU RAM (legalize_kpu's checks)."""
+    nb, c, h, w = x_shape
+    s = pool_stride
+    return (max(c, oc) <= MAX_CHANNELS and MIN_HW <= h <= MAX_H and MIN_HW <= w <= MAX_W
+            and h * w <= MAX_MAP_PIXELS and (depthwise or weight_loads(oc, c, k, False)[1] + 1 <= MAX_WEIGHT_LOADS)
+            and kpu_bytes(x_shape) + kpu_bytes((nb, oc, h // s, w // s)) <= KPU_RAM_SIZE)
+
+
 def cpu_cycles(key: str) -> float:
     """Cycles per unit of `key`, structural costs scaled by STRUCTURAL_SCALE."""
     cycles, kind, _ = CPU_CYCLES[key]
@@ -130,5 +141,5 @@ __all__ = [
     "KPU_LINE_SIZE", "KPU_RAM_SIZE", "KPU_WEIGHT_CYCLES_PER_BYTE", "KPU_WEIGHTS_PER_LOAD", "MAIN_MEMORY_SIZE",
     "MAX_CHANNELS", "MAX_H", "MAX_MAP_PIXELS", "MAX_W", "MAX_WEIGHT_LOADS", "MIN_HW", "STRUCTURAL_SCALE",
     "KpuRowLayout", "cpu_cycles", "kpu_bytes", "kpu_layer_cycles", "kpu_row_layout", "kpu_rows",
-    "kpu_layer_cost", "kpu_map_cycles", "layer_fields", "weight_loads",
+    "kpu_layer_cost", "kpu_map_cycles", "layer_fields", "layer_fits", "weight_loads",
 ]  # fmt: skip
