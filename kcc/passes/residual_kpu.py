@@ -23,14 +23,16 @@ ERROR_BUDGET output steps rms (`_error`); without samples, always. Otherwise the
 [I I] weights are the skip's exact integer and the integer nearest to it times the ratio of the two
 grids (the pair closest to that ratio, kpu_params), and the projection keeps its own layer.
 
-Taken where the add is a residual connection (the skip an ancestor of the other operand), both
-operands are KPU layers that can write into the buffer (not already written into another, nor read
-by a concatenation), the sum is read by KPU layers only (`_float_reader`), batch 1, C_x a multiple
-of the channels one 64-byte line holds at this width (kmodel_v4.md §7.3), the layer within the
-KPU's limits (channels <= 1024, KPU RAM), and the form estimated faster than today's CPU add
-(kcc.target.k210's cost model, as prelu_kpu). Otherwise the add stays on the CPU and its placement
-says why. A BlazeBlock's add, read by a PReLU, is kcc.passes.prelu_stream's: it keeps the whole
-stream in KPU RAM as relu pairs.
+Taken where the add is a residual connection (the skip an ancestor of the other operand, or a max
+pool of one: `_residual`), both operands are KPU layers that can write into the buffer (not already
+written into another, nor read by a concatenation), the sum is read by KPU layers only
+(`_float_reader`), batch 1, C_x a multiple of the channels one 64-byte line holds at this width
+(kmodel_v4.md §7.3), the layer within the KPU's limits (channels <= 1024, KPU RAM), and the form
+estimated faster than today's CPU add (kcc.target.k210's cost model, as prelu_kpu). An add that
+becomes a KPU layer counts as one for the others: the adds of a chain of residual blocks, each sum
+an operand of the next add, are decided together (`_Rewriter._decide`). Otherwise the add stays on
+the CPU and its placement says why. A BlazeBlock's add, read by a PReLU, is
+kcc.passes.prelu_stream's: it keeps the whole stream in KPU RAM as relu pairs.
 """
 
 from __future__ import annotations
@@ -71,6 +73,18 @@ def _reaches(n: Node, x: Node, limit: int = 256) -> bool:
                 seen.add(id(i))
                 stack.append(i)
     return False
+
+
+def _residual(p: Node, x: Node) -> bool:
+    """x is the skip of a residual connection to p: an ancestor of p, or a max pool of one (a
+    stride-2 block's pooled skip, hand_landmark_lite_224's max_pooling2d: legalize_kpu makes it a
+    KPU layer with the pool unit's max, a twin of the layer whose unpooled output p descends from,
+    reading the same input). A decomposed conv's sum of terms (kcc.passes.decompose_kernels) adds
+    siblings, and keeps its float partial sums: its terms read a common input too, but no max pool,
+    which is no term of a sum."""
+    if _reaches(p, x):
+        return True
+    return _is_kpu(x) and x.op.pool in KO.MAX_POOLS and _reaches(p, x.inputs[0])
 
 
 class _Stats:
@@ -124,12 +138,52 @@ class _Rewriter:
         self.g = Graph()
         self.map: dict[int, Node] = {}
         self.stacked: set[int] = set()  # source nodes already written into a stack
+        self.on_kpu: set[int] = set()  # the adds taken to be KPU layers (`_decide`)
+        self.forms: dict[int, tuple[str, Node, Node]] = {}  # add -> (form, projection, skip)
         self.done: list[tuple[str, str]] = []  # (add, form)
         self.kept: list[tuple[str, str]] = []  # (add, why it stays on the CPU)
 
-    def _kpu_now(self, v: Node) -> bool:
-        """v is a KPU layer in the graph being built (an add before may have become one)."""
-        return _is_kpu(self.map[id(v)])
+    def _kpu(self, v: Node) -> bool:
+        """v (a source node) is a KPU layer, or an add taken to become one."""
+        return _is_kpu(v) or id(v) in self.on_kpu
+
+    def _decide(self) -> None:
+        """Which adds become KPU layers: the largest set in which each passes `_problem` with the
+        others on the KPU. A chain of residual blocks (hand_landmark_lite_224: add_3 -> add_4, each
+        sum read by the next block's expansion and by the next add) is decided together: an add
+        whose reader is another add that becomes a KPU layer is read as 8-bit codes in KPU RAM, as
+        its KPU readers read it, and an add whose operand is an add on the KPU reads a KPU layer's
+        output. Start from every add, drop those that fail given the rest, until none does; each
+        sweep checks the buffers (`stacked`) in graph order, as the rewrite writes them. An add
+        dropped keeps the reason it failed for: it holds for the final set too (a smaller one)."""
+        adds = [n for n in self.src.nodes if isinstance(n.op, O.Binary) and n.op.op == "add"]
+        self.on_kpu = {id(n) for n in adds}
+        why: dict[int, str] = {}
+        while True:
+            self.stacked, forms = set(), {}
+            for n in adds:
+                if id(n) not in self.on_kpu:
+                    continue
+                found = self._problem(n)
+                if isinstance(found, str):
+                    why[id(n)] = found
+                else:
+                    forms[id(n)] = found
+                    self.stacked.update((id(found[2]), id(self._part(found))))
+            if forms.keys() == self.on_kpu:
+                break
+            self.on_kpu = set(forms)
+        self.forms = forms
+        for n in adds:  # a residual add next to a KPU layer: say why it stays on the CPU
+            if id(n) not in forms and why.get(id(n)) and any(self._kpu(i) for i in n.inputs):
+                self.kept.append((n.name, why[id(n)]))
+
+    @staticmethod
+    def _part(found: tuple[str, Node, Node]) -> Node:
+        """The part beside the skip in the add's buffer: the projection's input (fused), or the
+        projection (pair)."""
+        form, proj, _ = found
+        return proj.inputs[0] if form == "fused" else proj
 
     def _buffer_problem(self, first: Node, second: Node, n: Node) -> str | None:
         """Why `first` and `second` (source nodes, KPU layers now) cannot write [first; second] of one
@@ -174,13 +228,11 @@ class _Rewriter:
         if n.type.rank != 4 or n.shape[0] != 1:
             return "not a batch-1 map"
         a, b = n.inputs
-        # a residual connection: the skip is an ancestor of the other operand (a decomposed conv's sum
-        # of terms, kcc.passes.decompose_kernels, adds siblings and keeps its float partial sums)
-        order = [(p, x) for p, x in ((a, b), (b, a)) if _reaches(p, x)]
+        order = [(p, x) for p, x in ((a, b), (b, a)) if _residual(p, x)]
         if not order:
             return ""
-        if not (self._kpu_now(a) and self._kpu_now(b)):
-            cpu = b if self._kpu_now(a) else a
+        if not (self._kpu(a) and self._kpu(b)):
+            cpu = b if self._kpu(a) else a
             return f"its operand '{cpu.name}' is a CPU {cpu.op.kind}, not a KPU layer's output"
         reader = self._float_reader(n)
         if reader is not None:
@@ -221,10 +273,11 @@ class _Rewriter:
     def _float_reader(self, n: Node) -> Node | None:
         """A reader of n that reads its float value, or None. Today's CPU sum is read as 8-bit codes
         anyway by KPU layers (and data movement to them, on codes), so rounding it on the KPU costs
-        nothing there; a float reader loses the sum's float bits: a CPU op, a graph output, and
-        another add, the next step of a residual stream, which the CPU keeps in float from add to
-        add (hand_landmark_lite_224, float input: cosine 0.9767 with its stream on the KPU in 8 bits,
-        0.9854 without, 0.9851 all on the CPU)."""
+        nothing there; a float reader loses the sum's float bits: a CPU op, a graph output, or an
+        add kept on the CPU (the next step of a residual stream, which the CPU keeps in float from
+        add to add). An add that becomes a KPU layer reads 8-bit codes in KPU RAM, as the sum's
+        KPU readers do: the stream is then rounded at every add, once more than on the CPU per
+        block (measured on hand_landmark_lite_224 in docs/measurements.md)."""
         if id(n) in self.outputs:
             return n
         for u in self.users[n]:
@@ -232,14 +285,9 @@ class _Rewriter:
                 inner = self._float_reader(u)
                 if inner is not None:
                     return inner
-            elif not _is_kpu(u):
+            elif not self._kpu(u):
                 return u
         return None
-
-    @staticmethod
-    def _kpu_reader(u: Node) -> bool:
-        """u reads its input from KPU RAM: a KPU layer, or an add that may become one."""
-        return _is_kpu(u) or (isinstance(u.op, O.Binary) and u.op.op == "add")
 
     def _faster(self, n: Node, proj: Node, skip: Node, fused: bool) -> bool:
         """Cycles of today's form (download the projection, dequantize both, float add, quantize and
@@ -247,9 +295,9 @@ class _Rewriter:
         layer of the pair."""
         cpu = cpu_cycles("kpu_download_byte") * proj.type.size + _per_element("dequantize", proj)
         cpu += _per_element("dequantize", skip) + _per_element("binary", n)
-        if all(self._kpu_reader(u) for u in self.users[skip] if u is not n):  # else downloaded anyway
+        if all(self._kpu(u) for u in self.users[skip] if u is not n):  # else downloaded anyway
             cpu += cpu_cycles("kpu_download_byte") * skip.type.size
-        kpu_readers = id(n) not in self.outputs and all(self._kpu_reader(u) for u in self.users[n])
+        kpu_readers = id(n) not in self.outputs and all(self._kpu(u) for u in self.users[n])
         if fused:
             kpu = _layer_cycles((1, skip.shape[1] + proj.inputs[0].shape[1], *n.shape[2:]), n.shape[1], 1)
             kpu -= _layer_cycles(proj.inputs[0].shape, n.shape[1], 1)
@@ -262,12 +310,9 @@ class _Rewriter:
         return kpu < cpu
 
     def residual(self, n: Node) -> Node | None:
-        found = self._problem(n)
-        if isinstance(found, str):
-            if found and any(self._kpu_now(i) for i in n.inputs):  # a residual add after a KPU layer: say why
-                self.kept.append((n.name, found))
+        if id(n) not in self.forms:
             return None
-        form, proj, skip = found
+        form, proj, skip = self.forms[id(n)]
         g = self.g
         cx, oc = skip.shape[1], n.shape[1]
         eye = np.zeros((oc, cx, 1, 1), F32)
@@ -280,11 +325,11 @@ class _Rewriter:
         stack = g.add(KO.KpuStack(), (self.map[id(skip)], self.map[id(h)]), n.name + "/stack")
         ins = (stack, g.constant(np.concatenate([eye, w], axis=1), n.name + "/residual_w"),
                g.constant(b, n.name + "/residual_b"))
-        self.stacked.update((id(skip), id(h)))
         self.done.append((n.name, form))
         return g.add(KO.FloatKpuConv(1, act=n.op.act), ins, n.name)
 
     def run(self) -> Graph:
+        self._decide()
         return copy_rewriting(self.src, self.g, self.map,
                               lambda n: self.residual(n) if isinstance(n.op, O.Binary) and n.op.op == "add" else None)
 

@@ -82,3 +82,73 @@ def test_a_sum_read_in_float_stays_on_the_cpu():
     out, done, kept = residual_to_kpu(g, CompileOptions(), _samples(g))
     assert done == [] and kept == [("add", "its sum is read in float by 'add' (binary): a KPU layer would "
                                            "round it to 8 bits")]
+
+
+def _stage(blocks=3, c=8, e=16, hw=16, pooled_skip=False):
+    """A MobileNetV2 stage: each block's sum read by the next block's expansion and by the next add
+    (no transition layer between them), the last sum by a head layer. With `pooled_skip`, the first
+    block's skip is the max pool of its input layer c, a twin KPU layer reading c's input (as
+    legalize_kpu makes hand_landmark_lite_224's max_pooling2d), and its depthwise layer picks
+    every other pixel."""
+    g = Graph()
+    inp = g.input(0, (1, c, hw, hw))
+    x = g.add(KO.FloatKpuConv(3), (inp, _const(g, (c, c, 3, 3)), _const(g, (c,))), "x")
+    adds = []
+    for k in range(blocks):
+        src = x
+        if pooled_skip and k == 0:
+            w, b = _const(g, (c, c, 1, 1)), _const(g, (c,))
+            src = g.add(KO.FloatKpuConv(1), (x, w, b), "c")
+            x = g.add(KO.FloatKpuConv(1, pool="max_2_s2"), (x, w, b), "c/pooled")
+        h = g.add(KO.FloatKpuConv(1, act=(0.0, 6.0)), (src, _const(g, (e, c, 1, 1)), _const(g, (e,))), f"expand{k}")
+        pool = "left_top_2_s2" if pooled_skip and k == 0 else "bypass"
+        h = g.add(KO.FloatKpuConv(3, True, pool=pool, act=(0.0, 6.0)), (h, _const(g, (e, 1, 3, 3)), _const(g, (e,))),
+                  f"dw{k}")
+        p = g.add(KO.FloatKpuConv(1), (h, _const(g, (c, e, 1, 1)), _const(g, (c,))), f"project{k}")
+        x = g.add(O.Binary("add"), (p, x), f"add{k}")
+        adds.append(x)
+    g.outputs = [g.add(KO.FloatKpuConv(1), (x, _const(g, (4, c, 1, 1)), _const(g, (4,))), "head")]
+    return g
+
+
+@pytest.mark.parametrize("pooled_skip", [False, True])
+def test_a_chain_of_adds_goes_to_the_kpu_together(pooled_skip):
+    """add0's sum is an operand of add1 and add1's of add2: decided one at a time, add0 would stay
+    on the CPU for its float reader add1, and add1 for its CPU operand add0. Together, each reads
+    the other's 8-bit output in KPU RAM; the float values are the same. A max-pooled skip (a
+    stride-2 block's) is a residual connection too."""
+    g = _stage(pooled_skip=pooled_skip)
+    out, done, kept = residual_to_kpu(g, CompileOptions(), _samples(g))
+    assert [name for name, _ in done] == ["add0", "add1", "add2"] and kept == []
+    assert not any(isinstance(n.op, O.Binary) for n in out.nodes)
+    stacks = [[p.name for p in n.inputs] for n in out.nodes if isinstance(n.op, KO.KpuStack)]
+    first = "c/pooled" if pooled_skip else "x"
+    assert [s[0] for s in stacks] == [first, "add0", "add1"]  # each sum the next stack's skip part
+    for s in _samples(g, 2):
+        np.testing.assert_allclose(run(out, s)[0], run(g, s)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_chain_read_in_float_at_its_end_stays_on_the_cpu_and_says_why():
+    """The last sum is a graph output: add2 stays on the CPU, so add1 has a float reader, and so
+    add0; each add says why, naming the add it depends on."""
+    g = _stage()
+    g.outputs = [g.outputs[0].inputs[0]]
+    g.remove_dead()
+    out, done, kept = residual_to_kpu(g, CompileOptions(), _samples(g))
+    assert done == []
+    assert kept == [(f"add{k}", f"its sum is read in float by '{reader}' (binary): a KPU layer would round it "
+                                f"to 8 bits") for k, reader in ((0, "add1"), (1, "add2"), (2, "add2"))]
+
+
+def test_a_sum_of_siblings_is_no_residual_connection():
+    """Two layers over one input added (a decomposed conv's terms, kcc.passes.decompose_kernels) are
+    no residual connection, even with a picked one among them: only a max pool is a pooled skip."""
+    for pool in ("bypass", "left_top_2_s2"):
+        g = Graph()
+        inp = g.input(0, (1, 8, 16, 16))
+        x = g.add(KO.FloatKpuConv(3), (inp, _const(g, (8, 8, 3, 3)), _const(g, (8,))), "x")
+        a = g.add(KO.FloatKpuConv(1, pool=pool), (x, _const(g, (8, 8, 1, 1)), _const(g, (8,))), "a")
+        b = g.add(KO.FloatKpuConv(3, pool=pool), (x, _const(g, (8, 8, 3, 3)), _const(g, (8,))), "b")
+        y = g.add(O.Binary("add"), (a, b), "sum")
+        g.outputs = [g.add(KO.FloatKpuConv(1), (y, _const(g, (4, 8, 1, 1)), _const(g, (4,))), "head")]
+        assert residual_to_kpu(g, CompileOptions(), _samples(g))[1:] == ([], [])
