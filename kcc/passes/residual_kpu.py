@@ -154,8 +154,9 @@ class _Rewriter:
         whose reader is another add that becomes a KPU layer is read as 8-bit codes in KPU RAM, as
         its KPU readers read it, and an add whose operand is an add on the KPU reads a KPU layer's
         output. Start from every add, drop those that fail given the rest, until none does; each
-        sweep checks the buffers (`stacked`) in graph order, as the rewrite writes them. An add
-        dropped keeps the reason it failed for: it holds for the final set too (a smaller one)."""
+        sweep checks the buffers (`stacked`) in graph order, as the rewrite writes them. The set
+        only shrinks, so this ends. An add dropped keeps the reason of the sweep that dropped it; an
+        operand or a reader on the CPU then is on the CPU in the final set too."""
         adds = [n for n in self.src.nodes if isinstance(n.op, O.Binary) and n.op.op == "add"]
         self.on_kpu = {id(n) for n in adds}
         why: dict[int, str] = {}
