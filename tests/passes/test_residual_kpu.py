@@ -84,7 +84,7 @@ def test_a_sum_read_in_float_stays_on_the_cpu():
                                            "round it to 8 bits")]
 
 
-def _stage(blocks=3, c=8, e=16, hw=16, pooled_skip=False):
+def _stage(blocks=3, c=8, e=16, hw=16, pooled_skip=False, w_scale=0.5):
     """A MobileNetV2 stage: each block's sum read by the next block's expansion and by the next add
     (no transition layer between them), the last sum by a head layer. With `pooled_skip`, the first
     block's skip is the max pool of its input layer c, a twin KPU layer reading c's input (as
@@ -104,28 +104,33 @@ def _stage(blocks=3, c=8, e=16, hw=16, pooled_skip=False):
         pool = "left_top_2_s2" if pooled_skip and k == 0 else "bypass"
         h = g.add(KO.FloatKpuConv(3, True, pool=pool, act=(0.0, 6.0)), (h, _const(g, (e, 1, 3, 3)), _const(g, (e,))),
                   f"dw{k}")
-        p = g.add(KO.FloatKpuConv(1), (h, _const(g, (c, e, 1, 1)), _const(g, (c,))), f"project{k}")
+        p = g.add(KO.FloatKpuConv(1), (h, _const(g, (c, e, 1, 1), w_scale), _const(g, (c,))), f"project{k}")
         x = g.add(O.Binary("add"), (p, x), f"add{k}")
         adds.append(x)
     g.outputs = [g.add(KO.FloatKpuConv(1), (x, _const(g, (4, c, 1, 1)), _const(g, (4,))), "head")]
     return g
 
 
-@pytest.mark.parametrize("pooled_skip", [False, True])
-def test_a_chain_of_adds_goes_to_the_kpu_together(pooled_skip):
+PAIRS, FUSED_FIRST = ["pair"] * 3, ["fused", "pair", "pair"]  # a wider stream later: a coarser skip grid
+
+
+@pytest.mark.parametrize("pooled_skip,w_scale,forms", [(False, 0.5, PAIRS), (True, 0.5, PAIRS), (False, 8.0, FUSED_FIRST)])
+def test_a_chain_of_adds_goes_to_the_kpu_together(pooled_skip, w_scale, forms):
     """add0's sum is an operand of add1 and add1's of add2: decided one at a time, add0 would stay
     on the CPU for its float reader add1, and add1 for its CPU operand add0. Together, each reads
-    the other's 8-bit output in KPU RAM; the float values are the same. A max-pooled skip (a
-    stride-2 block's) is a residual connection too."""
-    g = _stage(pooled_skip=pooled_skip)
+    the other's 8-bit output in KPU RAM, in either form; the float values are the same. A
+    max-pooled skip (a stride-2 block's) is a residual connection too."""
+    g = _stage(pooled_skip=pooled_skip, w_scale=w_scale)
     out, done, kept = residual_to_kpu(g, CompileOptions(), _samples(g))
-    assert [name for name, _ in done] == ["add0", "add1", "add2"] and kept == []
+    assert done == [(f"add{k}", form) for k, form in enumerate(forms)] and kept == []
     assert not any(isinstance(n.op, O.Binary) for n in out.nodes)
     stacks = [[p.name for p in n.inputs] for n in out.nodes if isinstance(n.op, KO.KpuStack)]
     first = "c/pooled" if pooled_skip else "x"
-    assert [s[0] for s in stacks] == [first, "add0", "add1"]  # each sum the next stack's skip part
-    for s in _samples(g, 2):
-        np.testing.assert_allclose(run(out, s)[0], run(g, s)[0], rtol=1e-5, atol=1e-5)
+    parts = [("dw" if form == "fused" else "project") + str(k) for k, form in enumerate(forms)]
+    assert stacks == [[skip, part] for skip, part in zip([first, "add0", "add1"], parts)]  # each sum the next skip
+    for s in _samples(g, 2):  # float32 sums in another order, of outputs up to ~100 with large weights
+        want = run(g, s)[0]
+        np.testing.assert_allclose(run(out, s)[0], want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
 
 
 def test_a_chain_read_in_float_at_its_end_stays_on_the_cpu_and_says_why():
