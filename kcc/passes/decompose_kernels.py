@@ -6,7 +6,8 @@ to the CPU, where a float conv costs ~64 cycles per MAC. This pass rewrites such
 legalize, into terms that are each an ordinary 3x3 conv of a view (crop/phase) of the input.
 
 The term algebra (which taps each 3x3 term takes, which view of the input it reads) is
-kcc.passes.kernel_terms; the forms (sum, stack, stack_dw, stack_kpu) and their IR, kcc.passes.kernel_forms;
+kcc.passes.kernel_terms; the forms (sum, stack, stack_dw, stack_kpu, fan_kpu, copies_kpu) and their IR,
+kcc.passes.kernel_forms;
 what a form costs in its place in the model, kcc.passes.kernel_cost. This module chooses among them.
 
 ## Choosing
@@ -20,9 +21,12 @@ where larger ones do not. `stack_dw` needs J*C <= 1024 and the budget. A `stack_
 the channels a KPU RAM line holds (so that its copies concatenate in place), its layers and weights
 within STACK_KPU_BYTES of kmodel, and a group's copies within KPU RAM (`_stack_kpu_ram`); a
 `copies_kpu` (25 copies, a 1x1 combine: 25 instead of 81 weight bytes per channel pair, but 26
-instead of 10 KPU layers of ~768 B a group, so rarely fewer bytes in all) the same. A model may give
-its convs MODEL_KPU_BYTES more between them for such stacks (`allot`: the most estimated time saved
-per extra byte first); kcc.pipeline takes that back from a model it puts over the device RAM budget.
+instead of 10 KPU layers of ~768 B a group, so rarely fewer bytes in all) the same. A `fan_kpu` (the
+nine copies of a group made by one KPU layer: 2 layers a group) takes groups of FAN_KPU_LINES lines,
+only beyond STACK_KPU_BYTES. A model may give its convs MODEL_KPU_BYTES more between them for such
+stacks (`allot`: each conv's ladder of decisions within rising caps, `_ladder`, climbed step by step,
+the most estimated time saved per extra byte first); kcc.pipeline takes that back from a model it puts
+over the device RAM budget.
 Each candidate is legalized on its own (a few-node graph) and must land wholly on the KPU, and is
 costed in estimated K210 cycles (`estimate_cycles`: every node the kmodel will hold for it, priced as
 `kcc info --estimate` prices them, kcc.latency with kcc.target.k210's costs: KPU layers, uploads and
