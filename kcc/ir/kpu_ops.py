@@ -308,4 +308,34 @@ def shift_copy(n) -> tuple[int, int] | None:
     return int(a) - 1, int(c) - 1
 
 
+def fan_copy(n) -> list[tuple[int, tuple[int, int]]] | None:
+    """(input channel, (cy, cx)) of every output channel if node n is a FloatKpuConv whose every output
+    channel copies one input channel shifted, out[o][i, j] = x[c_o][i + cy_o, j + cx_o] (0 outside x):
+    a non-depthwise 3x3 layer, no bias, clamp or function, no pool, and in every output channel one
+    weight of exactly 1, the others 0 (kcc.passes.kernel_forms' `fan_kpu`: one layer making a
+    channel group's nine shifted copies). Like a `shift_copy`, quantized on its input's grid
+    (kcc.quant.policy.copy_grids) it moves the codes exactly: each output's accumulator is one
+    input's (x - z) times the one weight's code step."""
+    op = n.op
+    if not (isinstance(op, FloatKpuConv) and op.fn is None and op.act == NO_CLAMP and op.kernel == 3
+            and not op.depthwise and op.pool == "bypass"):
+        return None
+    w, b = n.inputs[1], n.inputs[2]
+    if not (w.is_constant and b.is_constant) or np.any(b.data != 0):
+        return None
+    flat = w.data.reshape(w.shape[0], -1)
+    if not (np.all((flat == 0) | (flat == 1)) and np.all(np.count_nonzero(flat, axis=1) == 1)):
+        return None
+    out = []
+    for tap in np.argmax(flat, axis=1):
+        c, a, d = np.unravel_index(int(tap), w.shape[1:])
+        out.append((int(c), (int(a) - 1, int(d) - 1)))
+    return out
+
+
+def moves_codes(n) -> bool:
+    """Node n copies codes exactly on its input's grid: a `shift_copy` or a `fan_copy`."""
+    return shift_copy(n) is not None or fan_copy(n) is not None
+
+
 KPU_SPACE_OPS = (KpuUpload, QuantKpuLayer, KpuConcat, KpuChannelView)  # ops whose output lives in KPU RAM

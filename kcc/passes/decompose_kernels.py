@@ -6,7 +6,8 @@ to the CPU, where a float conv costs ~64 cycles per MAC. This pass rewrites such
 legalize, into terms that are each an ordinary 3x3 conv of a view (crop/phase) of the input.
 
 The term algebra (which taps each 3x3 term takes, which view of the input it reads) is
-kcc.passes.kernel_terms; the forms (sum, stack, stack_dw, stack_kpu) and their IR, kcc.passes.kernel_forms;
+kcc.passes.kernel_terms; the forms (sum, stack, stack_dw, stack_kpu, fan_kpu, copies_kpu) and their IR,
+kcc.passes.kernel_forms;
 what a form costs in its place in the model, kcc.passes.kernel_cost. This module chooses among them.
 
 ## Choosing
@@ -20,9 +21,12 @@ where larger ones do not. `stack_dw` needs J*C <= 1024 and the budget. A `stack_
 the channels a KPU RAM line holds (so that its copies concatenate in place), its layers and weights
 within STACK_KPU_BYTES of kmodel, and a group's copies within KPU RAM (`_stack_kpu_ram`); a
 `copies_kpu` (25 copies, a 1x1 combine: 25 instead of 81 weight bytes per channel pair, but 26
-instead of 10 KPU layers of ~768 B a group, so rarely fewer bytes in all) the same. A model may give
-its convs MODEL_KPU_BYTES more between them for such stacks (`allot`: the most estimated time saved
-per extra byte first); kcc.pipeline takes that back from a model it puts over the device RAM budget.
+instead of 10 KPU layers of ~768 B a group, so rarely fewer bytes in all) the same. A `fan_kpu` (the
+nine copies of a group made by one KPU layer: 2 layers a group) takes groups of FAN_KPU_LINES lines,
+only beyond STACK_KPU_BYTES. A model may give its convs MODEL_KPU_BYTES more between them for such
+stacks (`allot`: each conv's ladder of decisions within rising caps, `_ladder`, climbed step by step,
+the most estimated time saved per extra byte first); kcc.pipeline takes that back from a model it puts
+over the device RAM budget.
 Each candidate is legalized on its own (a few-node graph) and must land wholly on the KPU, and is
 costed in estimated K210 cycles (`estimate_cycles`: every node the kmodel will hold for it, priced as
 `kcc info --estimate` prices them, kcc.latency with kcc.target.k210's costs: KPU layers, uploads and
@@ -104,7 +108,7 @@ STACK_KPU_BYTES = 128 * 1024
 #: kmodel bytes a whole model may spend, beyond what each conv may take (STACK_KPU_BYTES), on stacks
 #: made in KPU RAM that need more (`allot`): the device RAM spent on speed, taken back by kcc.pipeline
 #: from a model it puts over the bare SDK's budget (5.5 MiB of kmodel and working memory)
-MODEL_KPU_BYTES = 1024 * 1024
+MODEL_KPU_BYTES = 3 * 1024 * 1024
 #: most channels a `copies_kpu` group takes (its 1x1 combine reads 25 times as many). Measured, not
 #: understood: BlazeHand's 288-channel 14x14 5x5 as a copies_kpu in groups of 16 (the fastest) lowers
 #: the model's mean output cosine by 0.004 (board build 0.98806 -> 0.98404; its float_in build gains),
@@ -168,7 +172,49 @@ def _plans(n: Node, residual: bool = False, halves: bool = False, bulk: float = 
     for combine, plan in (("stack_kpu", shift_plan(n)), ("copies_kpu", copy_plan(n))):
         if plan is not None and len(plan) > 1:
             out += _stack_kpu_plans(n, len(plan), residual, halves, bulk, combine, cap)
+    shifts = shift_plan(n)
+    if shifts is not None and len(shifts) > 1:
+        out += _fan_kpu_plans(n, len(shifts), halves, bulk, cap)
     return out
+
+
+#: channels per group of a `fan_kpu` worth trying, in 64-byte lines of KPU RAM (a group starts on a
+#: line of its own: read and written in place): fewer lines are fewer kmodel bytes, more the fewer
+#: layers. Not one line: measured, not understood (the weights round as well in any grouping), BlazeHand
+#: with every wide 5x5 in groups of 4 channels loses 0.005 of mean output cosine (docs/measurements.md)
+FAN_KPU_LINES = (2, 3, 4, 6, 8, 12, 16)
+
+
+def _fan_kpu_plans(n: Node, j: int, halves: bool, bulk: float, cap: int | None = None) -> list[Form]:
+    """The `fan_kpu` candidates of depthwise conv n with j shifted copies (stride 1, "same"): groups of
+    FAN_KPU_LINES lines of channels, each group's fan (j*g copies) and stack within the KPU's channels
+    and weight loads, its layers and weights within `cap` bytes (`_fan_kpu_bytes`) and its copies
+    within KPU RAM. No residual: a float input's copies would be of 8-bit codes (the fan reads x's).
+    Only beyond STACK_KPU_BYTES: a fan is always paid from the model's allowance (`allot`), so that
+    kcc.pipeline takes its bytes back from a model over the device RAM budget (BlazePalm's many
+    64..256-channel 5x5s would each take one within their own STACK_KPU_BYTES, the model already at
+    5.5 MiB)."""
+    cap = STACK_KPU_BYTES if cap is None else cap
+    x, w, _ = n.inputs
+    c = x.shape[1]
+    if n.op.groups != c or c == 1 or cap <= STACK_KPU_BYTES:
+        return []
+    x_kpu = not isinstance(x.op, O.Input) and kpu_as_is(x, CompileOptions())[0]
+    line = kpu_row_layout(x.shape[3]).groups
+    out = []
+    for g in sorted({min(c, k * line) for k in FAN_KPU_LINES}, reverse=True):  # fewest layers first
+        if (j * g <= MAX_CHANNELS and weight_loads(j * g, g, 3, False)[1] < MAX_WEIGHT_LOADS
+                and weight_loads(g, j * g, 3, False)[1] < MAX_WEIGHT_LOADS and _fan_kpu_bytes(c, j, g) <= cap
+                and _stack_kpu_ram(x.shape, j, g, 1, c, x_kpu) <= KPU_RAM_SIZE):
+            out += [Form((1, 1), (0, 0), "fan_kpu", 0 if g == c else g, False, h, bulk if h else 0.0)
+                    for h in sorted({False, halves})]
+    return out
+
+
+def _fan_kpu_bytes(c: int, j: int, g: int) -> int:
+    """kmodel bytes of a depthwise `fan_kpu` of c channels in groups of g with j copies: per group two
+    KPU layers of KPU_LAYER_BYTES, the fan's 9*j*g*g weight bytes and the stack's as many."""
+    return -(-c // g) * 2 * KPU_LAYER_BYTES + 2 * 9 * j * g * c
 
 
 def _stack_kpu_plans(n: Node, j: int, residual: bool, halves: bool, bulk: float,
@@ -239,7 +285,7 @@ def _lines_apart(n: Node, plan: Form) -> bool:
     x = n.inputs[0]
     c, line = x.shape[1], kpu_row_layout(x.shape[3]).groups
     g = plan.group or c
-    return plan.combine in ("stack_kpu", "copies_kpu") and g % line == 0 and (c % g) % line == 0
+    return plan.combine in ("stack_kpu", "fan_kpu", "copies_kpu") and g % line == 0 and (c % g) % line == 0
 
 
 class Status(Enum):
@@ -270,7 +316,7 @@ def extra_roundings(n: Node, plan: Form, float_input: bool, read_in_float: bool 
     (each is rounded to 8 bits over its own, unclamped range), one for a float input read without
     its residual, one for an output read in float (`_read_in_float`) not computed in parts
     (`Form.halves`). An output a KPU layer reads is rounded to 8 bits either way."""
-    partial = plan.combine not in ("stack", "stack_kpu", "copies_kpu") and len(plan_terms(n, plan) or ()) > 1
+    partial = plan.combine not in ("stack", "stack_kpu", "fan_kpu", "copies_kpu") and len(plan_terms(n, plan) or ()) > 1
     return int(partial) + int(float_input and not plan.residual) + int(read_in_float and not plan.halves)
 
 
@@ -411,23 +457,65 @@ def rewrite(g: Graph, n: Node, plan: Form, note: str = "") -> Node | None:
     return new
 
 
-def allot(candidates: list[tuple[Node, Decision, Decision]], opts: CompileOptions,
-          budget: int = MODEL_KPU_BYTES) -> tuple[set[str], int]:
-    """The convs whose faster form beyond STACK_KPU_BYTES (a stack made in KPU RAM) is taken: each
-    candidate is (conv, decision within STACK_KPU_BYTES, decision within STACK_KPU_BYTES + budget);
-    by estimated time saved per extra kmodel byte (`kmodel_bytes`, the CPU conv's float weights
-    too), best first, while the extra bytes stay within `budget` (one that needs no more bytes is
-    always taken). Returns their names and the extra bytes they take."""
-    ranked = []
-    for n, small, big in candidates:
-        extra = kmodel_bytes(n, big.plan, opts) - kmodel_bytes(n, small.plan, opts)
-        ranked.append((-(small.cycles - big.cycles) / max(extra, 1), extra, n.name))
-    taken, spent = set(), 0
-    for _, extra, name in sorted(ranked):
-        if spent + max(extra, 0) <= budget:
-            taken.add(name)
-            spent += max(extra, 0)
-    return taken, spent
+def allot(candidates: list[tuple[Node, Decision, list[tuple[int, Decision]]]], opts: CompileOptions,
+          budget: int = MODEL_KPU_BYTES) -> tuple[dict[str, int], int]:
+    """Which faster form beyond STACK_KPU_BYTES (a stack made in KPU RAM) each conv takes: each
+    candidate is (conv, decision within STACK_KPU_BYTES, its ladder: (cap, decision within cap), caps
+    rising, each decision faster than the one before, `_ladder`). Step by step, the step up some
+    conv's ladder that saves the most estimated time per extra kmodel byte (`kmodel_bytes`, the CPU
+    conv's float weights too) while the extra bytes of all stay within `budget` (one that needs no
+    more bytes is always taken): the time a budget buys spread over every conv that can use it (a
+    `fan_kpu` in groups of one line for each wide 5x5 rather than groups of four lines for one of
+    them). Returns the cap each upgraded conv is decided with, and the extra bytes they take."""
+    rungs = []  # per candidate: [(extra bytes, cycles)] from its decision within STACK_KPU_BYTES up
+    for n, small, ladder in candidates:
+        base = kmodel_bytes(n, small.plan, opts)
+        rungs.append([(0, small.cycles)] + [(kmodel_bytes(n, d.plan, opts) - base, d.cycles) for _, d in ladder])
+    at = [0] * len(candidates)  # each candidate's rung
+    spent = 0
+    while True:
+        best = None  # (time saved per byte, candidate, rung)
+        for i, steps in enumerate(rungs):
+            extra, cycles = steps[at[i]]
+            for k in range(at[i] + 1, len(steps)):
+                more = max(steps[k][0], 0) - max(extra, 0)
+                if spent + more > budget or steps[k][1] >= cycles:
+                    continue
+                gain = (cycles - steps[k][1]) / max(more, 1)
+                if best is None or gain > best[0]:
+                    best = (gain, i, k)
+        if best is None:
+            break
+        _, i, k = best
+        spent += max(rungs[i][k][0], 0) - max(rungs[i][at[i]][0], 0)
+        at[i] = k
+    return {n.name: ladder[at[i] - 1][0] for i, (n, _, ladder) in enumerate(candidates) if at[i]}, spent
+
+
+def _plan_bytes(n: Node, plan: Form) -> int | None:
+    """The kmodel bytes a depthwise stack made in KPU RAM is estimated to take, as its cap is checked
+    (`_stack_kpu_bytes`, `_fan_kpu_bytes`); None for any other form."""
+    c = n.inputs[0].shape[1]
+    if n.op.groups == 1 or plan.combine not in ("stack_kpu", "fan_kpu", "copies_kpu"):
+        return None
+    g = plan.group or c
+    if plan.combine == "fan_kpu":
+        return _fan_kpu_bytes(c, len(shift_plan(n)), g)
+    views = len(shift_plan(n) if plan.combine == "stack_kpu" else copy_plan(n)) * (2 if plan.residual else 1)
+    return _stack_kpu_bytes(c, views, g, 3 if plan.combine == "stack_kpu" else 1)
+
+
+def _ladder(n: Node, small: Decision, plans: set[Form], decide) -> list[tuple[int, Decision]]:
+    """(cap, decision within cap) of conv n for every cap one of `plans` (those beyond STACK_KPU_BYTES)
+    is estimated to need, rising, each decision faster than the one before (and than `small`)."""
+    out, cycles = [], small.cycles
+    # a fan only beyond STACK_KPU_BYTES (`_fan_kpu_plans`), however few bytes it takes
+    for cap in sorted({max(b, STACK_KPU_BYTES + 1) for p in plans if (b := _plan_bytes(n, p)) is not None}):
+        d = decide(n, cap)
+        if d.plan is not None and d.cycles < cycles:
+            out.append((cap, d))
+            cycles = d.cycles
+    return out
 
 
 def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
@@ -475,16 +563,15 @@ def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
             continue
         x = n.inputs[0]
         residual_in = residual and _cpu_float(x) and id(x) not in streamed
-        if set(_plans(n, residual_in, True, 0.0, big_cap)) == set(_plans(n, residual_in, True, 0.0)):
-            continue  # no stack needs more than STACK_KPU_BYTES
-        big = decide(n, big_cap)
-        if big.plan is not None and big.plan != d.plan and big.cycles < d.cycles:
-            candidates.append((n, d, big))
+        beyond = set(_plans(n, residual_in, True, 0.0, big_cap)) - set(_plans(n, residual_in, True, 0.0))
+        ladder = _ladder(n, d, beyond, decide) if beyond else []  # empty: no stack needs more than STACK_KPU_BYTES
+        if ladder:
+            candidates.append((n, d, ladder))
     taken, ctx.kpu_form_spent = allot(candidates, opts, budget)
     for n in convs:
         x, d = first[id(n)]
         if n.name in taken or n.inputs[0] is not x:  # an earlier rewrite changed its input
-            d = decide(n, big_cap if n.name in taken else STACK_KPU_BYTES)
+            d = decide(n, taken.get(n.name, STACK_KPU_BYTES))
         if d.status is not Status.ON_KPU:
             ctx.decisions.append(d)
         if d.plan is None:

@@ -18,6 +18,8 @@ as IR. Which form a conv gets, if any, is kcc.passes.decompose_kernels' choice.
     stack_kpu: x -> shift_(cy,cx) (9 depthwise 3x3 KPU layers, cy, cx in {-1, 0, 1}) -> concat in KPU RAM
                  -> conv3x3([w_0 | ... | w_8], b, act) -> y
                                                 (stride 1, "same"; no CPU pad, slice or stacked upload)
+    fan_kpu:  x[group] -> fan (one 3x3 KPU layer, g -> 9g channels: the nine shifts of stack_kpu)
+                 -> conv3x3([w_0 | ... | w_8], b, act) -> y          (stride 1, "same"; 2 KPU layers a group)
     copies_kpu: x -> shift_(cy,cx) -> [shift_(ey,ex)] (25 copies x(. + (dy, dx)), dy, dx in -2..2, each one
                  or two unit-shift KPU layers) -> concat in KPU RAM -> conv1x1([w_(-2,-2) | ... | w_(2,2)], b, act) -> y
                                                 (stride 1, "same"; 25*g*g combine weights a group, not 81*g*g)
@@ -34,6 +36,13 @@ exact, the border its pad value, real 0), each copy writing its channel range of
 taps nothing else reaches (kernel_terms.shift_terms): nine terms for a 5x5, the centre one x itself.
 x is uploaded once (with the residual, x and its residual: the residual's codes hold gain times the
 residual on x's grid), or read where a KPU layer left it.
+`fan_kpu` makes a group's nine copies with one layer instead of nine: a 3x3 layer (not depthwise) from
+the group's g channels to 9g, output channel j*g + i one tap of 1 at (1 + cy_j, 1 + cx_j) of input
+channel i (kcc.ir.kpu_ops.fan_copy; on x's grid, exact like the depthwise copies). Its output is the
+stack itself: 2 KPU layers a group instead of 10, 81*g*g weight bytes for the copies instead of nine
+layers' 9*g, so the most groups for the fewest kmodel bytes (~768 B a layer): wide 5x5 depthwise
+convs in groups of the channels one 64-byte line holds, each read in place in x's KPU RAM
+(kcc.ir.kpu_ops.KpuChannelView) and writing its output's channel range in place (KpuConcat).
 `copies_kpu` shifts each copy by a tap's whole offset (kernel_terms.copy_offsets), so the combine is a
 1x1 layer: 25 weight bytes per (output, input) channel pair of a group instead of `stack_kpu`'s 81, for
 25 + 1 KPU layers a group instead of 9 + 1. A copy by (2, 1) is the unit copy (1, 1) shifted by (1, 0)
@@ -74,7 +83,7 @@ class Form:
 
     split: tuple[int, int]
     z: tuple[int, int]
-    combine: str  # "sum" | "stack" | "stack_dw" | "stack_kpu" | "copies_kpu"
+    combine: str  # "sum" | "stack" | "stack_dw" | "stack_kpu" | "fan_kpu" | "copies_kpu"
     group: int = 0
     residual: bool = False  # a `stack` that also stacks x's rounding residual (RESIDUAL_GAIN)
     halves: bool = False  # a `stack` computed twice, clamped to y <= 0 and y >= 0, and added on the CPU
@@ -89,6 +98,8 @@ class Form:
                "stack": f"{terms} stacked into {layer}",
                "stack_dw": f"{terms} stacked into a depthwise KPU layer, summed by a 1x1 one",
                "stack_kpu": f"3x3 terms of shifted copies made by KPU layers in KPU RAM, stacked into {layer}",
+               "fan_kpu": f"3x3 terms of shifted copies made by one KPU layer a group in KPU RAM, stacked into "
+                          f"{layer}",
                "copies_kpu": f"copies shifted by each tap's offset, made by KPU layers in KPU RAM, combined by "
                              f"{layer.replace('KPU layer', '1x1 KPU layer', 1)}",
                }[self.combine]
@@ -106,8 +117,8 @@ def plan_terms(n: Node, plan: Form) -> list[tuple[np.ndarray, Window | None, Win
     `copies_kpu` term (a 1x1 kernel) a copy shifted by its tap's offset (`copy_plan`)."""
     op: O.Conv2D = n.op
     x, w, _ = n.inputs
-    if plan.combine in ("stack_kpu", "copies_kpu"):
-        shifted = shift_plan(n) if plan.combine == "stack_kpu" else copy_plan(n)
+    if plan.combine in ("stack_kpu", "fan_kpu", "copies_kpu"):
+        shifted = copy_plan(n) if plan.combine == "copies_kpu" else shift_plan(n)
         return None if shifted is None else [(k, None, None) for k, _ in shifted]
     return conv_terms(w.data, op.stride, op.padding, x.shape[2:], n.shape[2:], plan.split, plan.z)
 
@@ -162,6 +173,27 @@ def _shifted_copies(add: Add, x: Node, shifts: list[tuple[int, int]], name: str,
         views.append(add(O.Conv2D((1, 1), ((1, 1), (1, 1)), (1, 1), c1 - c0), (src, w, zero),
                          f"{name}/shift{'m' if cy < 0 else 'p' if cy else '0'}{'m' if cx < 0 else 'p' if cx else '0'}"))
     return views
+
+
+def fan_weights(g: int, shifts: list[tuple[int, int]]) -> np.ndarray:
+    """[J*g, g, 3, 3] weights of the `fan_kpu` layer making the J copies of g channels: output channel
+    j*g + i is input channel i shifted by shifts[j] = (cy, cx), one tap of exactly 1 at (1 + cy, 1 + cx)."""
+    k = np.zeros((len(shifts) * g, g, 3, 3), np.float32)
+    for j, (cy, cx) in enumerate(shifts):
+        k[j * g + np.arange(g), np.arange(g), 1 + cy, 1 + cx] = 1.0
+    return k
+
+
+def _fanned_copies(add: Add, x: Node, shifts: list[tuple[int, int]], name: str, cache: dict,
+                   channels: tuple[int, int] | None = None) -> list[Node]:
+    """The fan_kpu view: one 3x3 KPU layer (not depthwise) making every shifted copy of x[channels]
+    (sliced off x first, as `_shifted_copies` does), copy j in channels j*g..(j+1)*g of its output,
+    on x's grid (kcc.quant.policy.copy_grids): the stack, with no concatenation."""
+    c0, c1, src = _group_source(add, x, name, cache, channels)
+    g = c1 - c0
+    zero = add(O.Constant(np.zeros(len(shifts) * g, np.float32)), (), f"{name}/zero_bias")
+    w = add(O.Constant(fan_weights(g, shifts)), (), f"{name}/w_fan")
+    return [add(O.Conv2D((1, 1), ((1, 1), (1, 1)), (1, 1), 1), (src, w, zero), f"{name}/fan")]
 
 
 def _chained_copies(add: Add, x: Node, offsets: list[tuple[int, int]], name: str, cache: dict,
@@ -283,8 +315,8 @@ def emit(add: Add, n: Node, x: Node, plan: Form) -> Node | None:
             acc = t if acc is None else add(O.Binary("add", op.act if last else O.NO_CLAMP), (acc, t), f"{name}/sum{j}")
         return acc
     cache: dict = {}
-    if plan.combine in ("stack", "stack_kpu", "copies_kpu"):
-        shifts = [s for _, s in shift_plan(n)] if plan.combine == "stack_kpu" else None
+    if plan.combine in ("stack", "stack_kpu", "fan_kpu", "copies_kpu"):
+        shifts = [s for _, s in shift_plan(n)] if plan.combine in ("stack_kpu", "fan_kpu") else None
         offsets = [s for _, s in copy_plan(n)] if plan.combine == "copies_kpu" else None
         if offsets is not None:  # 1x1 convs of the copies
             keep, stride = ((0, 0), (0, 0)), (1, 1)
@@ -297,6 +329,8 @@ def emit(add: Add, n: Node, x: Node, plan: Form) -> Node | None:
         def views_of(src: Node, tag: str, channels: tuple[int, int] | None, own: dict) -> list[Node]:
             if offsets is not None:
                 return _chained_copies(add, src, offsets, tag, own, channels)
+            if plan.combine == "fan_kpu":
+                return _fanned_copies(add, src, shifts, tag, own, channels)
             if shifts is not None:
                 return _shifted_copies(add, src, shifts, tag, own, channels)
             return _padded_views(add, src, terms, keep, tag, own, channels)
@@ -312,7 +346,8 @@ def emit(add: Add, n: Node, x: Node, plan: Form) -> Node | None:
                     lost = add(KO.QuantResidual(RESIDUAL_GAIN), (part,), f"{name}/residual")
                     views = views_of(lost, name + "/residual", None, {}) + views
                     ws = np.concatenate([ws / np.float32(RESIDUAL_GAIN), ws], axis=1)
-                cache[key] = (add(O.Concat(1), tuple(views), f"{name}/stack"), add(O.Constant(ws), (), f"{name}/w_stacked"))
+                stacked = views[0] if len(views) == 1 else add(O.Concat(1), tuple(views), f"{name}/stack")
+                cache[key] = (stacked, add(O.Constant(ws), (), f"{name}/w_stacked"))
             return add(conv, (*cache[key], add(O.Constant(b), (), f"{name}/bias{tag}")), f"{name}/stacked_conv{tag}")
 
         def layers(act: tuple[float, float], tag: str = "", shift: float = 0.0) -> Node:

@@ -34,7 +34,7 @@ from kcc.errors import DatasetError
 from kcc.frontend.quantization import PRODUCER_CONV, ModelQuantization, TensorQuant
 from kcc.ir import ops as O
 from kcc.ir.graph import Node
-from kcc.ir.kpu_ops import shift_copy
+from kcc.ir.kpu_ops import moves_codes
 from kcc.quant.calibrate import input_range_override
 from kcc.quant.params import GridRange, QuantParam
 from kcc.quant.quantize import CalibrationView
@@ -96,9 +96,9 @@ class _Resolver:
 
     def _moved_to(self, n: Node) -> Node | None:
         """n's only user when it moves n's values and grid: data movement, or a KPU layer copying
-        them (kcc.ir.kpu_ops.shift_copy, on its input's grid: kcc.quant.policy.copy_grids)."""
+        them (kcc.ir.kpu_ops.moves_codes, on its input's grid: kcc.quant.policy.copy_grids)."""
         users = self.users.get(n, ())
-        if len(users) == 1 and (isinstance(users[0].op, _MOVES) or shift_copy(users[0]) is not None):
+        if len(users) == 1 and (isinstance(users[0].op, _MOVES) or moves_codes(users[0])):
             return users[0]
         return None
 

@@ -180,7 +180,7 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
             z = ranges[n.name]
             y = ranges[pre[n.name]] if n.name in pre else z
             x_grid = _required(x, table[x].grid)
-            if KO.shift_copy(n) is not None and range_param(z) != x_grid:
+            if KO.moves_codes(n) and range_param(z) != x_grid:
                 # a shifted copy moves codes only on its input's grid (kcc.quant.policy.copy_grids)
                 z = y = GridRange(*x_grid.real_range, x_grid)
             r = LayerRanges(x_grid, y, z, _floor_bias(x))

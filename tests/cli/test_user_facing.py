@@ -171,10 +171,13 @@ def test_in_range_sqnr_ranks_a_deliberately_clipped_layer_by_its_rounding():
     assert e.sqnr_db < 3 and e.sqnr_in_range_db == pytest.approx(10 * np.log10(14 / 2e-4))
 
 
-def test_decompose_modes_and_the_reason_a_conv_stays_on_the_cpu(kit, tmp_path):
-    """A 5x5 depthwise of 512 channels after relu6: no stack fits, and summing its terms would round
-    each unclamped partial sum, so by default it stays on the CPU and the placement says why;
-    --decompose off leaves every such conv where ncc does."""
+def test_decompose_modes_and_the_reason_a_conv_stays_on_the_cpu(kit, tmp_path, monkeypatch):
+    """A 5x5 depthwise of 512 channels after relu6, without the model's allowance (a `fan_kpu` would
+    take 0.7 MiB of it): no stack fits, and summing its terms would round each unclamped partial sum,
+    so by default it stays on the CPU and the placement says why; --decompose off leaves every such
+    conv where ncc does."""
+    from kcc.passes import decompose_kernels
+    monkeypatch.setattr(decompose_kernels, "MODEL_KPU_BYTES", 0)
     rng = np.random.default_rng(2)
     b = _builder.TfliteBuilder()
     x = b.input([1, 12, 12, 3])

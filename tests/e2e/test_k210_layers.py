@@ -383,14 +383,17 @@ def _prelu_dw5x5_then_1x1(c, hw, stride):
     return g
 
 
-@pytest.mark.parametrize("c,hw,stride,status", [
-    (4, 40, 1, "decomposed"), (16, 24, 2, "decomposed"), (32, 48, 1, "decomposed"), (256, 12, 1, "kept on the CPU")])
-def test_decompose_kernels_predicts_the_kmodel_estimate(c, hw, stride, status):
+@pytest.mark.parametrize("c,hw,stride,status,allowance", [
+    (4, 40, 1, "decomposed", True), (16, 24, 2, "decomposed", True), (32, 48, 1, "decomposed", True),
+    (256, 12, 1, "kept on the CPU", False), (256, 12, 1, "decomposed", True)])
+def test_decompose_kernels_predicts_the_kmodel_estimate(c, hw, stride, status, allowance, monkeypatch):
     """decompose_kernels' choice is priced as `kcc info --estimate` prices the kmodel: the time the
     chosen form saves over the float CPU conv, as choose() predicts it, is the difference between the
     estimates of the kmodels compiled with and without decomposition; a conv whose exact forms cost
-    more stays on the CPU (BlazePalm's 256-channel 5x5s on 12x12 maps), and the model's estimate never
-    goes up."""
+    more stays on the CPU (BlazePalm's 256-channel 5x5s on 12x12 maps, without the model's allowance;
+    with it, a `copies_kpu` of x and its rounding residual), and the model's estimate never goes up."""
+    if not allowance:
+        monkeypatch.setattr(decompose_kernels, "MODEL_KPU_BYTES", 0)
     state = rng.bit_generator.state
     calib = [[rng.uniform(-1, 1, (1, c, hw, hw)).astype(np.float32)] for _ in range(4)]
     total, decision = {}, None
@@ -402,6 +405,8 @@ def test_decompose_kernels_predicts_the_kmodel_estimate(c, hw, stride, status):
         decision = decision or res.decisions[0]
     saved = (decision.cpu_cycles - decision.cycles) / (DEFAULT_MHZ * 1e3)
     assert decision.status.value == status
+    if c == 256 and allowance:  # 3 MiB of allowance: the residual's copies too, in KPU RAM
+        assert decision.plan.combine == "copies_kpu" and decision.plan.residual
     assert total["accurate"] <= total["off"]
     assert total["off"] - total["accurate"] == pytest.approx(saved, rel=0.01, abs=1e-3)
 

@@ -2,6 +2,7 @@
 the pass rewrites only what legalize_kpu rejects, and picks the cheapest candidate."""
 
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -156,7 +157,7 @@ def test_the_placement_of_a_kept_conv_says_why_it_was_not_decomposed():
     """legalize_kpu reads the decision decompose_kernels left in the context: a conv kept on the CPU
     says why in its placement, after legalize's own reason."""
     g = _conv_graph(512, 512, 12, 12, 5, 5, (1, 1), ((2, 2), (2, 2)), 512)
-    ctx = CompileContext()
+    ctx = CompileContext(kpu_form_budget=0)  # no model allowance: no `fan_kpu` (it would take 0.7 MiB)
     legalize_kpu(D.decompose_kernels(g, ctx), ctx)
     (d,), (p,) = ctx.decisions, ctx.placements
     assert d.status is D.Status.KEPT and not p.on_kpu
@@ -466,7 +467,7 @@ def test_the_model_allowance_goes_to_the_most_time_saved_per_byte(monkeypatch):
     allowance (MODEL_KPU_BYTES, `allot`), which goes to the convs that save the most estimated time
     per extra kmodel byte and is never overspent; without it each conv keeps the form it had."""
     monkeypatch.setattr(D, "STACK_KPU_BYTES", 16 * 1024)  # 24 or 32 channels' stack_kpu no longer fits in it
-    kpu_made = ("stack_kpu", "copies_kpu")
+    kpu_made = ("stack_kpu", "fan_kpu", "copies_kpu")
     state = rng.bit_generator.state
 
     def compile_with(budget):
@@ -489,14 +490,42 @@ def test_the_model_allowance_goes_to_the_most_time_saved_per_byte(monkeypatch):
     rng.bit_generator.state = state
     g = _two_dw5x5()
     at = {n: KC.surroundings(g.find(n), g.users(), {id(o) for o in g.outputs}) for n in ("dw0", "dw1")}
-    candidates = [(g.find(n), D.choose(g.find(n), at=at[n]), D.choose(g.find(n), at=at[n], cap=1 << 20))
+    cap = 1 << 20
+    candidates = [(g.find(n), D.choose(g.find(n), at=at[n]), [(cap, D.choose(g.find(n), at=at[n], cap=cap))])
                   for n in ("dw0", "dw1")]
     opts = CompileOptions()
     extra = {n.name: KC.kmodel_bytes(n, big.plan, opts) - KC.kmodel_bytes(n, small.plan, opts)
-             for n, small, big in candidates}
-    gain = {n.name: (small.cycles - big.cycles) / extra[n.name] for n, small, big in candidates}
+             for n, small, ((_, big),) in candidates}
+    gain = {n.name: (small.cycles - big.cycles) / extra[n.name] for n, small, ((_, big),) in candidates}
     best = max(gain, key=gain.get)
     assert gain["dw0"] != gain["dw1"] and max(extra.values()) < sum(extra.values()) - 1
-    assert D.allot(candidates, opts, max(extra.values())) == ({best}, extra[best])
-    assert D.allot(candidates, opts, sum(extra.values())) == ({"dw0", "dw1"}, sum(extra.values()))
-    assert D.allot(candidates, opts, min(extra.values()) - 1) == (set(), 0)
+    assert D.allot(candidates, opts, max(extra.values())) == ({best: cap}, extra[best])
+    assert D.allot(candidates, opts, sum(extra.values())) == ({"dw0": cap, "dw1": cap}, sum(extra.values()))
+    assert D.allot(candidates, opts, min(extra.values()) - 1) == ({}, 0)
+
+
+def test_the_allowance_climbs_each_convs_ladder_by_time_saved_per_byte(monkeypatch):
+    """`allot` takes, step by step, the rung of some conv's ladder (its decisions within rising caps)
+    that saves the most time per extra byte: a budget that buys the first rung of two convs goes to
+    both, not to the top rung of one (BlazeHand's wide 5x5s: a `fan_kpu` in small groups for each
+    rather than in large groups for one, the others left on the CPU)."""
+    size = {}
+
+    def decision(name, cycles, nbytes):
+        plan = D.Form((1, 1), (0, 0), "fan_kpu", nbytes)  # a distinct plan per rung (group: its bytes)
+        size[(name, plan)] = nbytes
+        return D.Decision(name, D.Status.DECOMPOSED, plan, cycles, 1000.0, "")
+
+    monkeypatch.setattr(D, "kmodel_bytes", lambda n, plan, opts: size.get((n.name, plan), 0))
+    nodes = {k: SimpleNamespace(name=k) for k in ("a", "b")}
+    kept = {k: D.Decision(k, D.Status.KEPT, None, 1000.0, 1000.0, "") for k in nodes}
+    ladders = {"a": [(100, decision("a", 100.0, 100)), (300, decision("a", 60.0, 300))],
+               "b": [(120, decision("b", 150.0, 120)), (400, decision("b", 90.0, 400))]}
+    candidates = [(nodes[k], kept[k], ladders[k]) for k in ("a", "b")]
+    opts = CompileOptions()
+    assert D.allot(candidates, opts, 220) == ({"a": 100, "b": 120}, 220)  # both first rungs
+    assert D.allot(candidates, opts, 99) == ({}, 0)
+    assert D.allot(candidates, opts, 150) == ({"a": 100}, 100)  # 9 cycles a byte, b's first 7.1
+    # then the top rungs, b's first (60 cycles for 280 bytes against 40 for 200), if it fits
+    assert D.allot(candidates, opts, 420) == ({"a": 300, "b": 120}, 420)
+    assert D.allot(candidates, opts, 1000) == ({"a": 300, "b": 400}, 700)

@@ -113,9 +113,10 @@ def transpose_conv(rng: np.random.Generator) -> Graph:
 
 def depthwise_5x5(rng: np.random.Generator) -> Graph:
     """decompose_kernels: a 5x5 depthwise (the KPU takes 1x1 and 3x3) behind a relu6 conv the KPU
-    computes. Look for the 5x5 replaced by four 3x3-tap views (crops of one padded input), stacked
-    into 64 channels and read by one dense 3x3 conv (16 <- 64) with the 5x5's act, under its name; its
-    note gives the estimate against the CPU. The 3x3 `expand` conv is left alone."""
+    computes. Look for the 5x5 replaced by a `fan_kpu`: one 3x3 conv (144 <- 16, one weight of 1 per
+    output channel) making nine shifted copies, read by one dense 3x3 conv (16 <- 144) with the 5x5's
+    act, under its name; its note gives the estimate against the CPU. The 3x3 `expand` conv is left
+    alone."""
     g = Graph()
     x = g.input(0, (1, 3, 32, 32))
     y = _conv(g, x, 16, 3, "expand", rng, act=RELU6)
