@@ -54,6 +54,10 @@ class CompileOptions:
     #: batch-norm multiplier) and picks the grid for the least relative step; "ncc" keeps every
     #: multiplier positive and scales into the raw weights' range, as ncc v0.2 does.
     weight_equalization: str = "ncc"
+    #: Device RAM (kmodel + working memory, bytes) that faster forms of the convs the KPU lacks may
+    #: fill (decompose_kernels' stacks made in KPU RAM trade kmodel bytes for CPU time); None = the
+    #: bare SDK's budget (kcc.alloc.report.BUDGETS). A model over it without them still compiles.
+    ram_budget: int | None = None
     #: Directory for the per-stage IR dumps (.dot and .txt); None = no dump.
     dump_ir: Path | None = None
     dump_weights_range: bool = False

@@ -123,12 +123,13 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
     ctx = CompileContext(options, log, progress, samples, quantization, own_grids)
     source = copy_rewriting(g, Graph(), {}, lambda n: None) if options.inference_type == "uint8" else None
     g = manager.run(stages(options), g, ctx)
-    while source is not None and ctx.kpu_form_spent and _device_ram(ctx) > DEVICE_RAM_BUDGET:
+    budget_ram = DEVICE_RAM_BUDGET if options.ram_budget is None else options.ram_budget
+    while source is not None and ctx.kpu_form_spent and _device_ram(ctx) > budget_ram:
         # decompose_kernels spent device RAM on speed (MODEL_KPU_BYTES) and put the model over the
         # bare SDK's budget: again with that much less to spend (each try lowers it, the last is 0)
-        over = _device_ram(ctx) - DEVICE_RAM_BUDGET
+        over = _device_ram(ctx) - budget_ram
         budget = max(0, ctx.kpu_form_spent - over - DEVICE_RAM_MARGIN)
-        log(f"   {over} B over {DEVICE_RAM_BUDGET} B of device RAM: again with {budget} B for KPU-made stacks")
+        log(f"   {over} B over {budget_ram} B of device RAM: again with {budget} B for KPU-made stacks")
         ctx = CompileContext(options, log, progress, ctx.samples, quantization, own_grids, kpu_form_budget=budget)
         g, source = source, copy_rewriting(source, Graph(), {}, lambda n: None) if budget else None
         g = manager.run(stages(options), g, ctx)
@@ -136,8 +137,9 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
                          ctx.weights_ranges, ctx.ranges, decisions=ctx.decisions)
 
 
-#: device RAM (kmodel + working memory) decompose_kernels' extra stacks may fill: the bare SDK's budget
-#: (kcc.alloc.report.BUDGETS), less DEVICE_RAM_MARGIN when a first try went over it
+#: device RAM (kmodel + working memory) decompose_kernels' extra stacks may fill unless
+#: CompileOptions.ram_budget says otherwise: the bare SDK's budget (kcc.alloc.report.BUDGETS), less
+#: DEVICE_RAM_MARGIN when a first try went over it
 DEVICE_RAM_BUDGET = dict(BUDGETS)["bare SDK"]
 DEVICE_RAM_MARGIN = 32 * 1024
 

@@ -19,6 +19,19 @@ from kcc.alloc.planner import PlanResult, step_label
 MiB = 1 << 20
 #: (name, bytes usable for model + working memory), most generous first.
 BUDGETS: tuple[tuple[str, int], ...] = (("bare SDK", int(5.5 * MiB)), ("MaixPy", int(3.5 * MiB)))
+#: `kcc compile --ram-budget`'s firmware names
+BUDGET_FLAGS = {"sdk": "bare SDK", "maixpy": "MaixPy"}
+
+
+def ram_budget(text: str) -> int | None:
+    """Bytes of a --ram-budget value (a BUDGET_FLAGS name or a size in MiB); None if it is neither."""
+    if text.lower() in BUDGET_FLAGS:
+        return dict(BUDGETS)[BUDGET_FLAGS[text.lower()]]
+    try:
+        mib = float(text)
+    except ValueError:
+        return None
+    return int(mib * MiB) if 0.0 < mib <= 64.0 else None
 
 
 @dataclass(frozen=True)

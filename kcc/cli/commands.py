@@ -120,6 +120,12 @@ def cmd_compile(args: argparse.Namespace, run: Run | None = None) -> int:
         check_writable(args.dump_ir, "IR dump directory", directory=True)
     if args.flash_kmodel is not None:
         check_writable(args.flash_kmodel, "flash kmodel")
+    ram = None
+    if args.ram_budget is not None:
+        from kcc.alloc.report import ram_budget
+
+        if (ram := ram_budget(args.ram_budget)) is None:
+            raise KccError(f"--ram-budget '{args.ram_budget}' is neither sdk, maixpy nor a size in MiB")
     opts = CompileOptions(
         target=args.target, input_format=args.input_format, prototxt=args.prototxt,
         inference_type=args.inference_type, input_type=args.input_type,
@@ -129,7 +135,7 @@ def cmd_compile(args: argparse.Namespace, run: Run | None = None) -> int:
         weights_quantize_threshold=args.weights_quantize_threshold,
         output_quantize_threshold=args.output_quantize_threshold,
         no_quantized_binary=args.no_quantized_binary, decompose=args.decompose,
-        weight_equalization=args.weight_equalization, dump_ir=args.dump_ir,
+        weight_equalization=args.weight_equalization, ram_budget=ram, dump_ir=args.dump_ir,
         dump_weights_range=args.dump_weights_range)
     # the IR dump is written stage by stage: into a staging folder, published with the kmodel;
     # the report still records the --dump-ir the user gave

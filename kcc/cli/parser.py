@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--weight-equalization", default="ncc", choices=WEIGHT_EQUALIZATIONS,
                    help="turned = KPU channels may be turned over (negative batch-norm multiplier) for finer "
                         "weight steps (opt-in: not verified on a board); ncc = every multiplier positive, as ncc writes them (default)")
+    c.add_argument("--ram-budget", default=None, metavar="sdk|maixpy|MIB",
+                   help="device RAM (kmodel + working memory) that faster KPU forms of 5x5 convs may fill "
+                        "with their weights: sdk = 5.5 MiB (default), maixpy = 3.5 MiB, or a size in MiB; "
+                        "a model over it without them still compiles, with a warning")
     c.add_argument("--allow-oversize", action="store_true",
                    help="write the kmodel even when it and its working memory exceed the K210's 6 MiB of "
                         "main memory (an error otherwise); a test build, not one a board can run")

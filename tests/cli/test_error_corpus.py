@@ -105,6 +105,7 @@ CASES: list[tuple[str, str]] = [
     ("compile {tiny.tflite} out.kmodel --dataset {images} --input-std", "input-std"),
     ("compile {tiny.tflite} out.kmodel --inference-type float --max-allocator-solve-secs soon", "max-allocator"),
     ("compile {tiny.tflite} out.kmodel --inference-type float --weights-quantize-threshold x", "weights-quantize"),
+    ("compile {tiny.tflite} out.kmodel --inference-type float --ram-budget plenty", "--ram-budget"),
     ("compile {tiny.tflite} out.kmodel --inference-type float --output-quantize-threshold 1.5", "output-quantize"),
     ("compile {tiny.tflite} out.kmodel --inference-type float --frobnicate", "frobnicate"),
     ("compile {tiny.tflite}", "required"),

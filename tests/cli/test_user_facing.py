@@ -223,3 +223,11 @@ def test_weight_equalization_default_keeps_every_batch_norm_multiplier_positive(
     assert (muls["ncc"] > 0).all()
     scale = np.abs(outs["ncc"]).max()
     assert np.abs(outs["turned"] - outs["ncc"]).max() < 0.05 * scale
+
+
+def test_ram_budget_names_firmwares_or_takes_mib():
+    from kcc.alloc.report import BUDGETS, ram_budget
+
+    assert ram_budget("maixpy") == dict(BUDGETS)["MaixPy"] and ram_budget("SDK") == dict(BUDGETS)["bare SDK"]
+    assert ram_budget("4") == 4 << 20 and ram_budget("2.5") == int(2.5 * (1 << 20))
+    assert ram_budget("lots") is None and ram_budget("0") is None and ram_budget("-3") is None

@@ -262,3 +262,28 @@ def test_a_model_the_allowance_puts_over_the_device_ram_budget_is_compiled_again
     assert [d.plan for d in second.decisions] != [d.plan for d in first.decisions]
     assert all(d.plan.combine not in kpu_made or (d.plan.group or 32) <= (f.plan.group or 32)
                for d, f in zip(second.decisions, first.decisions))
+
+
+def test_the_ram_budget_option_sets_the_device_ram_the_allowance_may_fill(monkeypatch):
+    """CompileOptions.ram_budget (`kcc compile --ram-budget maixpy|sdk|MiB`) replaces the bare SDK's
+    budget: a budget below what the allowance's forms need compiles again with less, as
+    DEVICE_RAM_BUDGET does; a generous one changes nothing."""
+    monkeypatch.setattr(decompose_kernels, "STACK_KPU_BYTES", 16 * 1024)
+    state = rng.bit_generator.state
+
+    def compile_it(budget: int | None, log=lambda line: None):
+        rng.bit_generator.state = state
+        g = Graph()
+        x = g.input(0, (1, 4, 12, 12))
+        for _ in range(2):
+            x = dw5x5_then_1x1(g, x, 32, "conv")
+        g.outputs = [x]
+        calib = [[rng.uniform(-1, 1, (1, 4, 12, 12)).astype(np.float32)] for _ in range(2)]
+        res = compile_graph(g, CompileOptions(input_type="float", ram_budget=budget), log=log, samples=calib)
+        return res, len(res.kmodel) + res.emitted.model.main_mem
+
+    first, ram = compile_it(None)
+    assert compile_it(ram)[0].kmodel == first.kmodel
+    lines = []
+    second, less = compile_it(ram - 1, lines.append)
+    assert less <= ram - 1 and any(f"over {ram - 1} B" in line for line in lines), lines
