@@ -63,6 +63,9 @@ class CompileResult:
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # calibrated ranges (uint8 only)
     report: Any = None  # kcc.report.compile_report.Report, when kcc.compile() was asked for one
     decisions: list[Decision] = field(default_factory=list)  # decompose_kernels: one per conv it weighed
+    #: kmodel bytes decompose_kernels spent beyond each conv's own cap on faster KPU forms (its
+    #: allowance, within CompileOptions.ram_budget): device RAM a smaller --ram-budget gives back
+    ram_for_speed: int = 0
 
     @property
     def latency(self) -> Any:
@@ -134,7 +137,7 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
         g, source = source, copy_rewriting(source, Graph(), {}, lambda n: None) if budget else None
         g = manager.run(stages(options), g, ctx)
     return CompileResult(ctx.kmodel, g, ctx.emitted, manager.names, ctx.placements, ctx.float_graph,
-                         ctx.weights_ranges, ctx.ranges, decisions=ctx.decisions)
+                         ctx.weights_ranges, ctx.ranges, decisions=ctx.decisions, ram_for_speed=ctx.kpu_form_spent)
 
 
 #: device RAM (kmodel + working memory) decompose_kernels' extra stacks may fill unless

@@ -241,9 +241,12 @@ def fit_warnings(result) -> list[str]:
     over = over_budgets(need)
     if not over:
         return []
+    spent = getattr(result, "ram_for_speed", 0)
+    smaller = (f"; or --ram-budget maixpy: {spent / 1024:.0f} KiB of it are weights of faster KPU forms, "
+               "which kcc leaves out for more CPU time" if spent and need - spent <= over[-1][1] else "")
     return ["warning: " + _need(result, " or ".join(f"{name}'s {mib(budget)}" for name, budget in over))
             + f"; MaixPy's kpu.load_flash can stream it from flash instead: {FLASH_FLAG} FILE writes the "
-              "byte order it reads"]
+              "byte order it reads" + smaller]
 
 
 # --------------------------------------------------------------------------- placement reasons

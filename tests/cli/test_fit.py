@@ -203,3 +203,17 @@ def test_an_oversize_error_writes_no_flash_kmodel_either(models, tmp_path, capsy
                  "--flash-kmodel", str(flash)]) == 1
     assert capsys.readouterr().err.startswith("error: the kmodel needs")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_maixpy_warning_offers_ram_budget_when_speed_took_the_ram(models):
+    """A model over MaixPy's budget only because decompose_kernels spent RAM on faster KPU forms
+    (CompileResult.ram_for_speed) is told that --ram-budget maixpy gives it back; one that is over
+    anyway is not."""
+    from dataclasses import replace
+
+    from kcc.report.summary import fit_warnings
+
+    result = compile_model(models["maixpy"], CompileOptions(inference_type="float"))
+    assert "--ram-budget" not in fit_warnings(result)[0]
+    assert "--ram-budget maixpy" in fit_warnings(replace(result, ram_for_speed=1 * MiB))[0]
+    assert "--ram-budget" not in fit_warnings(replace(result, ram_for_speed=4096))[0]
