@@ -307,7 +307,12 @@ def test_fully_connected_on_the_kpu_is_not_a_convolution():
 def test_estimate_prefers_the_kpu_for_a_large_stem():
     g = _conv_graph(3, 32, 64, 64, 5, 5, (2, 2), ((1, 2), (1, 2)), act=O.NO_CLAMP)
     d = D.choose(g.outputs[0])
-    assert d.plan is not None and d.plan.split == (2, 2) and d.cycles * 5 < d.cpu_cycles
+    # the polyphase stack, its phases picked by KPU layers (phases_kpu): stride 1 on quarter-size maps
+    assert d.plan is not None and d.plan.combine == "phases_kpu" and d.cycles * 5 < d.cpu_cycles
+    # faster than every polyphase stack whose phases the CPU pads, slices and uploads
+    stacks = [KC.on_kpu(KC.alone(g.outputs[0], p), CompileOptions()) for p in D._plans(g.outputs[0])
+              if p.combine == "stack" and p.split == (2, 2)]
+    assert stacks and all(fits and cycles > d.cycles for fits, cycles in stacks)
 
 
 def test_a_stem_read_in_float_computes_its_output_in_halves():
@@ -326,7 +331,7 @@ def test_a_stem_read_in_float_computes_its_output_in_halves():
         D.decompose_kernels(g, ctx)
         return ctx.decisions[0].plan
     halves = plan("prelu")
-    assert halves.combine == "stack" and halves.halves and "two halves" in halves.describe()
+    assert halves.combine == "phases_kpu" and halves.halves and "two halves" in halves.describe()
     assert not plan("conv").halves and not plan("prelu", act=(0.0, 6.0)).halves
 
 
@@ -394,7 +399,7 @@ def test_the_estimate_counts_what_the_surroundings_add():
     cost = {w: KC.estimate_cycles(lg, w) for w in (KC.Where(f, k) for f in (False, True) for k in (False, True))}
     quantize, dequantize = CPU_NODE_CYCLES + cpu_cycles("quantize") * elems, CPU_NODE_CYCLES + cpu_cycles("dequantize") * y
     copy_out = cpu_cycles("kpu_download_byte") * y
-    assert plan.combine == "stack" and isinstance(lg.outputs[0].op, KO.FloatKpuConv)
+    assert plan.combine == "phases_kpu" and isinstance(lg.outputs[0].op, KO.FloatKpuConv)
     assert cost[KC.Where(True, True)] - cost[KC.Where(False, True)] == pytest.approx(quantize)
     assert cost[KC.Where(False, False)] - cost[KC.Where(False, True)] == pytest.approx(copy_out + dequantize)
     cpu = legalize(KC.alone(conv, None))[0]
