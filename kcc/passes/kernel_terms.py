@@ -195,7 +195,8 @@ def phase_axis(k: int, pad_before: int, size: int, out: int) -> list[tuple[int, 
     stacked conv reads its padding, real 0, at j = -1 and j = out; that is exact only when x is 0
     there too (2j + a outside x): t = -1 needs d < 0, t = +1 needs 2 * out + d - 2 >= size. The fewest
     phases that take every tap; None if no set does (offsets beyond -3..3, an odd size whose last
-    output reads x's last row through j = out, a conv with another number of outputs)."""
+    output reads x's last row through j = out, a conv with another number of outputs). The phases
+    come in the order of their first tap."""
     if out != size // 2 or out < 1:
         return None
     offsets = [kk - pad_before for kk in range(k)]
@@ -219,7 +220,9 @@ def phase_axis(k: int, pad_before: int, size: int, out: int) -> list[tuple[int, 
                 for d in offsets:
                     a, t = next(way for way in options[d] if way[0] in phases)
                     taken[a].append((t, d + pad_before))
-                return [(a, taken[a]) for a in sorted(phases) if taken[a]]
+                # in the order of the polyphase split's terms (`axis_terms`: the phase of tap 0 first), the
+                # taps at the same places: the stacked layer is the CPU-view `stack`'s (z zero taps first)
+                return sorted(((a, taken[a]) for a in phases if taken[a]), key=lambda p: min(tap for _, tap in p[1]))
     return None
 
 
