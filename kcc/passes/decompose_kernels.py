@@ -6,7 +6,7 @@ to the CPU, where a float conv costs ~64 cycles per MAC. This pass rewrites such
 legalize, into terms that are each an ordinary 3x3 conv of a view (crop/phase) of the input.
 
 The term algebra (which taps each 3x3 term takes, which view of the input it reads) is
-kcc.passes.kernel_terms; the forms (sum, stack, stack_dw, stack_kpu, fan_kpu, copies_kpu) and their IR,
+kcc.passes.kernel_terms; the forms (sum, stack, stack_dw, stack_kpu, fan_kpu, copies_kpu, phases_kpu) and their IR,
 kcc.passes.kernel_forms;
 what a form costs in its place in the model, kcc.passes.kernel_cost. This module chooses among them.
 
@@ -23,8 +23,11 @@ within STACK_KPU_BYTES of kmodel, and a group's copies within KPU RAM (`_stack_k
 `copies_kpu` (25 copies, a 1x1 combine: 25 instead of 81 weight bytes per channel pair, but 26
 instead of 10 KPU layers of ~768 B a group, so rarely fewer bytes in all) the same. A `fan_kpu` (the
 nine copies of a group made by one KPU layer: 2 layers a group) takes groups of FAN_KPU_LINES lines,
-only beyond STACK_KPU_BYTES. A model may give its convs MODEL_KPU_BYTES more between them for such
-stacks (`allot`: each conv's ladder of decisions within rising caps, `_ladder`, climbed step by step,
+only beyond STACK_KPU_BYTES. A `phases_kpu` (stride 2: the input's four stride phases picked
+by KPU layers, the polyphase `stack` without its CPU pad, slices and uploads) takes the groups that
+`stack` would, of at least 2 channels, each a multiple of the channels a line holds at x's width and
+at the phases' (`_line`), its phases and output at the phases' size in KPU RAM. A model may give
+its convs MODEL_KPU_BYTES more between them for such stacks (`allot`: each conv's ladder of decisions within rising caps, `_ladder`, climbed step by step,
 the most estimated time saved per extra byte first); kcc.pipeline takes that back from a model it puts
 over the device RAM budget.
 Each candidate is legalized on its own (a few-node graph) and must land wholly on the KPU, and is
@@ -74,7 +77,7 @@ from kcc.passes.kernel_cost import (
     on_kpu,
     surroundings,
 )
-from kcc.passes.kernel_forms import Form, copy_plan, emit, plan_terms, shift_plan
+from kcc.passes.kernel_forms import KPU_MADE, Form, emit, plan_terms, shift_plan
 from kcc.passes.kernel_terms import axis_terms, max_zero_taps
 from kcc.passes.manager import CompileContext
 from kcc.target.k210 import (
@@ -169,7 +172,8 @@ def _plans(n: Node, residual: bool = False, halves: bool = False, bulk: float = 
                 continue
             if split == (sh, sw) and j * c <= MAX_CHANNELS and j * c * c + 9 * j * c <= STACK_WEIGHT_BUDGET:
                 out.append(Form(split, z, "stack_dw"))
-    for combine, plan in (("stack_kpu", shift_plan(n)), ("copies_kpu", copy_plan(n))):
+    for combine, terms in KPU_MADE.items():
+        plan = terms(n)
         if plan is not None and len(plan) > 1:
             out += _stack_kpu_plans(n, len(plan), residual, halves, bulk, combine, cap)
     shifts = shift_plan(n)
@@ -219,31 +223,40 @@ def _fan_kpu_bytes(c: int, j: int, g: int) -> int:
 
 def _stack_kpu_plans(n: Node, j: int, residual: bool, halves: bool, bulk: float,
                      combine: str = "stack_kpu", cap: int | None = None) -> list[Form]:
-    """The `stack_kpu` (3x3 combine) or `copies_kpu` (1x1 combine) candidates of conv n with j shifted
-    copies (twice as many with the residual), within a stack's limits (`_plans`) and `cap` bytes."""
+    """The `stack_kpu` (3x3 combine), `copies_kpu` (1x1 combine) or `phases_kpu` (3x3 combine of
+    quarter-size phases) candidates of conv n with j views made by KPU layers (twice as many with the
+    residual), within a stack's limits (`_plans`) and `cap` bytes."""
     cap = STACK_KPU_BYTES if cap is None else cap
     op: O.Conv2D = n.op
     x, w, _ = n.inputs
-    c, k = x.shape[1], 3 if combine == "stack_kpu" else 1
+    c, k = x.shape[1], 1 if combine == "copies_kpu" else 3
     x_kpu = not isinstance(x.op, O.Input) and kpu_as_is(x, CompileOptions())[0]  # x stays in KPU RAM
     out = []
     for views, extra in ((j, False), (2 * j, True)) if residual else ((j, False),):
         if op.groups == 1:
+            if c == 1 and combine == "phases_kpu":  # a 1-channel phase layer: no copy on x's grid (above)
+                continue
             loads = weight_loads(w.shape[0], views * c, k, False)[1] + 1
-            fits = _stack_kpu_ram(x.shape, views, c, 2 if extra else 1, w.shape[0]) <= KPU_RAM_SIZE
+            fits = _stack_kpu_ram(x.shape, views, c, 2 if extra else 1, w.shape[0], out_hw=n.shape[2:]) <= KPU_RAM_SIZE
             if views * c <= MAX_CHANNELS and loads <= MAX_WEIGHT_LOADS and fits:
                 out += [Form((1, 1), (0, 0), combine, residual=extra, halves=h, bulk=bulk if h else 0.0)
                         for h in sorted({False, halves})]
             continue
         groups = set(_stack_groups(c, views, STACK_WEIGHT_BUDGET, k) + _stack_groups(c, views, MAX_STACK_WEIGHT, k))
+        if combine == "phases_kpu":
+            # the groupings of the CPU-view `stack` it replaces (`_plans`), whose weights the same layers
+            # hold; of at least 2 channels: a 1-channel phase layer is no depthwise one, so no copy on x's grid
+            groups = set(_stack_groups(c, views, STACK_WEIGHT_BUDGET) or _stack_groups(c, views, MAX_STACK_WEIGHT))
+            groups = {g for g in groups if g > 1}
         # the copies are concatenated in place only if each starts on a 64-byte line of its own
-        # (channels per line at x's width: 4 up to width 16, 2 up to 32): groups of a multiple of that too
-        line = kpu_row_layout(x.shape[3]).groups
+        # (channels per line at x's width: 4 up to width 16, 2 up to 32; at the phases' for phases_kpu),
+        # and a group of a KPU layer's x is read in place from such a line too: groups of a multiple of that
+        line = _line(n)
         aligned = {g // line * line for g in groups if g >= line} | {-(-g // line) * line for g in groups}
         groups |= {g for g in aligned if _stack_group_fits(c, views, g, k)}
         # every group is views + 1 KPU layers: within `cap` with their weights
         groups = sorted((g for g in groups if _stack_kpu_bytes(c, views, g, k) <= cap
-                         and _stack_kpu_ram(x.shape, views, g, 2 if extra else 1, c, x_kpu) <= KPU_RAM_SIZE),
+                         and _stack_kpu_ram(x.shape, views, g, 2 if extra else 1, c, x_kpu, n.shape[2:]) <= KPU_RAM_SIZE),
                         reverse=True)
         if combine == "copies_kpu":
             groups = [g for g in groups if g <= COPIES_KPU_MAX_GROUP]
@@ -260,16 +273,19 @@ def _stack_kpu_bytes(c: int, views: int, g: int, k: int = 3) -> int:
     return groups * (views + 1) * KPU_LAYER_BYTES + k * k * views * g * c + 9 * views * c
 
 
-def _stack_kpu_ram(shape: tuple, views: int, g: int, sources: int, oc: int, x_in_kpu_ram: bool = False) -> int:
+def _stack_kpu_ram(shape: tuple, views: int, g: int, sources: int, oc: int, x_in_kpu_ram: bool = False,
+                   out_hw: tuple | None = None) -> int:
     """KPU RAM a `stack_kpu` in groups of g input channels needs at once (legalize_kpu checks one
     layer at a time): a group's copies side by side, the group of x (and of its residual) they copy,
     and the oc output channels, all groups side by side. A channel group of a CPU x is uploaded on
     its own (x whole is not there); a KPU layer's x (`x_in_kpu_ram`) is read in place, group by group
-    (kcc.ir.kpu_ops.KpuChannelView), so x whole stays until its last group is read."""
+    (kcc.ir.kpu_ops.KpuChannelView), so x whole stays until its last group is read. The views and the
+    output are `out_hw` in size (a `phases_kpu`'s; None: x's)."""
     nb, c, h, w = shape
+    oh, ow = out_hw or (h, w)
     x = kpu_bytes((nb, c, h, w)) + (sources - 1) * kpu_bytes((nb, g, h, w)) if x_in_kpu_ram \
         else sources * kpu_bytes((nb, g, h, w))
-    return kpu_bytes((nb, views * g, h, w)) + x + kpu_bytes((nb, oc, h, w))
+    return kpu_bytes((nb, views * g, oh, ow)) + x + kpu_bytes((nb, oc, oh, ow))
 
 
 def _stack_group_fits(c: int, views: int, g: int, k: int = 3) -> bool:
@@ -279,13 +295,21 @@ def _stack_group_fits(c: int, views: int, g: int, k: int = 3) -> bool:
             and -(-c // g) <= MAX_STACK_GROUPS and weight_loads(g, views * g, k, False)[1] < MAX_WEIGHT_LOADS)
 
 
+def _line(n: Node) -> int:
+    """Channels a 64-byte line of KPU RAM holds at the width of conv n's input and at its output's
+    (1, 2 or 4: the larger divides by the smaller): a group of the channels of a KPU layer's output
+    is read in place (kcc.ir.kpu_ops.KpuChannelView), and views made by KPU layers are concatenated in
+    place (kcc.ir.kpu_ops.KpuConcat; a `phases_kpu`'s at the output's width), from such a line only."""
+    return max(kpu_row_layout(n.inputs[0].shape[3]).groups, kpu_row_layout(n.shape[3]).groups)
+
+
 def _lines_apart(n: Node, plan: Form) -> bool:
-    """A `stack_kpu` whose every group (the last too) is a multiple of the channels a 64-byte line of
-    KPU RAM holds at x's width: its copies then start on lines of their own (concatenated in place)."""
-    x = n.inputs[0]
-    c, line = x.shape[1], kpu_row_layout(x.shape[3]).groups
+    """A form with views made by KPU layers whose every group (the last too) is a multiple of the
+    channels a 64-byte line of KPU RAM holds (`_line`): its views then start on lines of their own
+    (concatenated in place)."""
+    c, line = n.inputs[0].shape[1], _line(n)
     g = plan.group or c
-    return plan.combine in ("stack_kpu", "fan_kpu", "copies_kpu") and g % line == 0 and (c % g) % line == 0
+    return plan.combine in ("fan_kpu", *KPU_MADE) and g % line == 0 and (c % g) % line == 0
 
 
 class Status(Enum):
@@ -316,7 +340,7 @@ def extra_roundings(n: Node, plan: Form, float_input: bool, read_in_float: bool 
     (each is rounded to 8 bits over its own, unclamped range), one for a float input read without
     its residual, one for an output read in float (`_read_in_float`) not computed in parts
     (`Form.halves`). An output a KPU layer reads is rounded to 8 bits either way."""
-    partial = plan.combine not in ("stack", "stack_kpu", "fan_kpu", "copies_kpu") and len(plan_terms(n, plan) or ()) > 1
+    partial = plan.combine not in ("stack", "fan_kpu", *KPU_MADE) and len(plan_terms(n, plan) or ()) > 1
     return int(partial) + int(float_input and not plan.residual) + int(read_in_float and not plan.halves)
 
 
@@ -496,13 +520,13 @@ def _plan_bytes(n: Node, plan: Form) -> int | None:
     """The kmodel bytes a depthwise stack made in KPU RAM is estimated to take, as its cap is checked
     (`_stack_kpu_bytes`, `_fan_kpu_bytes`); None for any other form."""
     c = n.inputs[0].shape[1]
-    if n.op.groups == 1 or plan.combine not in ("stack_kpu", "fan_kpu", "copies_kpu"):
+    if n.op.groups == 1 or plan.combine not in ("fan_kpu", *KPU_MADE):
         return None
     g = plan.group or c
     if plan.combine == "fan_kpu":
         return _fan_kpu_bytes(c, len(shift_plan(n)), g)
-    views = len(shift_plan(n) if plan.combine == "stack_kpu" else copy_plan(n)) * (2 if plan.residual else 1)
-    return _stack_kpu_bytes(c, views, g, 3 if plan.combine == "stack_kpu" else 1)
+    views = len(KPU_MADE[plan.combine](n)) * (2 if plan.residual else 1)
+    return _stack_kpu_bytes(c, views, g, 1 if plan.combine == "copies_kpu" else 3)
 
 
 def _ladder(n: Node, small: Decision, plans: set[Form], decide) -> list[tuple[int, Decision]]:

@@ -23,6 +23,10 @@ as IR. Which form a conv gets, if any, is kcc.passes.decompose_kernels' choice.
     copies_kpu: x -> shift_(cy,cx) -> [shift_(ey,ex)] (25 copies x(. + (dy, dx)), dy, dx in -2..2, each one
                  or two unit-shift KPU layers) -> concat in KPU RAM -> conv1x1([w_(-2,-2) | ... | w_(2,2)], b, act) -> y
                                                 (stride 1, "same"; 25*g*g combine weights a group, not 81*g*g)
+    phases_kpu: x -> phase_(a,b) (depthwise 3x3 KPU layers, stride 2 by the `left_top_2_s2` pick: x[2i+a, 2j+b])
+                 -> concat in KPU RAM -> conv3x3([w_00 | w_01 | w_10 | w_11], b, act) at stride 1 -> y
+                                                (stride 2; the `stack` of the input's stride phases, no CPU
+                                                pad, slice or stacked upload)
 
 `sum` keeps the weights as they are. The partial sums are not clamped: the bias rides on the first
 term (the KPU adds it for free) and the fused clamp on the last add. `stack` rounds once, at the
@@ -49,6 +53,12 @@ convs in groups of the channels one 64-byte line holds, each read in place in x'
 (kernel_terms.unit_steps), exact at the border too (the KPU pads with the copy's zero point, real 0),
 and that unit copy is itself a part of the stack: the layer making the second copy reads it in place
 in the concatenation's buffer. Every copy is on x's grid; only the combine rounds, once.
+`phases_kpu` is the polyphase `stack` (split (2, 2)) with its phases made by the KPU: a 3x3 depthwise
+layer whose one tap of 1 sits at (1 + a, 1 + b), padding 1, picked by the pool's `left_top_2_s2`, is
+P[i, j] = x[2i + a, 2j + b] (0 outside x), size // 2 by size // 2, on x's grid like a shifted copy
+(row_pick's pick layer is one). The stacked 3x3 layer reads the phases at stride 1 with the KPU's own
+padding, which is exact where x is 0 too (kernel_terms.phase_terms: TFLite SAME on even sizes, phases
+a, b in {0, 1}; an odd size only where no output reads a phase's missing last row).
 `stack_dw` needs only J*C*C bytes for the 1x1 sum; like `sum` it rounds every unclamped partial
 sum to 8 bits. After a clamp (relu6) that costs accuracy: the partial sums span a wider range than
 the clamped output, so their 8-bit grid is coarser (measured: docs/measurements.md §2).
@@ -64,7 +74,7 @@ import numpy as np
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Node
-from kcc.passes.kernel_terms import Window, conv_terms, copy_offsets, shift_terms, unit_steps
+from kcc.passes.kernel_terms import Window, conv_terms, copy_offsets, phase_terms, shift_terms, unit_steps
 
 #: a `stack` reading a float tensor of the CPU also stacks gain * its rounding residual, with the
 #: weights divided by gain (kcc.ir.kpu_ops.QuantResidual): residual codes span z +- gain/2. Per tap
@@ -83,7 +93,7 @@ class Form:
 
     split: tuple[int, int]
     z: tuple[int, int]
-    combine: str  # "sum" | "stack" | "stack_dw" | "stack_kpu" | "fan_kpu" | "copies_kpu"
+    combine: str  # "sum" | "stack" | "stack_dw" | "stack_kpu" | "fan_kpu" | "copies_kpu" | "phases_kpu"
     group: int = 0
     residual: bool = False  # a `stack` that also stacks x's rounding residual (RESIDUAL_GAIN)
     halves: bool = False  # a `stack` computed twice, clamped to y <= 0 and y >= 0, and added on the CPU
@@ -102,6 +112,7 @@ class Form:
                           f"{layer}",
                "copies_kpu": f"copies shifted by each tap's offset, made by KPU layers in KPU RAM, combined by "
                              f"{layer.replace('KPU layer', '1x1 KPU layer', 1)}",
+               "phases_kpu": f"3x3 terms of the input's stride phases picked by KPU layers in KPU RAM, stacked into {layer}",
                }[self.combine]
         extra = f" with the input's rounding residual (x{RESIDUAL_GAIN:g})" if self.residual else ""
         halves = ""
@@ -117,8 +128,8 @@ def plan_terms(n: Node, plan: Form) -> list[tuple[np.ndarray, Window | None, Win
     `copies_kpu` term (a 1x1 kernel) a copy shifted by its tap's offset (`copy_plan`)."""
     op: O.Conv2D = n.op
     x, w, _ = n.inputs
-    if plan.combine in ("stack_kpu", "fan_kpu", "copies_kpu"):
-        shifted = copy_plan(n) if plan.combine == "copies_kpu" else shift_plan(n)
+    if plan.combine == "fan_kpu" or plan.combine in KPU_MADE:
+        shifted = shift_plan(n) if plan.combine == "fan_kpu" else KPU_MADE[plan.combine](n)
         return None if shifted is None else [(k, None, None) for k, _ in shifted]
     return conv_terms(w.data, op.stride, op.padding, x.shape[2:], n.shape[2:], plan.split, plan.z)
 
@@ -136,6 +147,17 @@ def copy_plan(n: Node) -> list[tuple[np.ndarray, tuple[int, int]]] | None:
     op: O.Conv2D = n.op
     x, w, _ = n.inputs
     return copy_offsets(w.data, op.stride, op.padding, x.shape[2:], n.shape[2:])
+
+
+def phase_plan(n: Node) -> list[tuple[np.ndarray, tuple[int, int]]] | None:
+    """The terms of stride-2 conv n as 3x3 convs of its input's stride phases (kernel_terms.phase_terms)."""
+    op: O.Conv2D = n.op
+    x, w, _ = n.inputs
+    return phase_terms(w.data, op.stride, op.padding, x.shape[2:], n.shape[2:])
+
+
+#: the forms whose views KPU layers make in KPU RAM: combine -> the plan of their terms
+KPU_MADE = {"stack_kpu": shift_plan, "copies_kpu": copy_plan, "phases_kpu": phase_plan}
 
 
 def shift_weights(c: int, shift: tuple[int, int]) -> np.ndarray:
@@ -221,6 +243,26 @@ def _chained_copies(add: Add, x: Node, offsets: list[tuple[int, int]], name: str
     for offset in sorted(offsets, key=lambda o: max(abs(o[0]), abs(o[1]))):  # unit copies first
         copy(offset)
     return [made[o] for o in offsets]
+
+
+def _phase_copies(add: Add, x: Node, phases: list[tuple[int, int]], name: str, cache: dict,
+                  channels: tuple[int, int] | None = None) -> list[Node]:
+    """The phases_kpu views: per phase (a, b), one depthwise 3x3 KPU layer at stride 2 copying
+    x[channels] (sliced off x first, as `_shifted_copies` does) with its one tap of 1 at (1 + a, 1 + b):
+    P[i, j] = x[2i + a, 2j + b] (0 outside x). Padding 1 before and 1 after on an even size, none after
+    on an odd one: size // 2 outputs, which legalize_kpu makes with the pool's `left_top_2_s2` pick and
+    no CPU pad or slice. On x's grid (kcc.quant.policy.copy_grids: the pick keeps values), concatenated
+    in place in KPU RAM."""
+    c0, c1, src = _group_source(add, x, name, cache, channels)
+    zero = add(O.Constant(np.zeros(c1 - c0, np.float32)), (), f"{name}/zero_bias")
+    h, w = x.shape[2:]
+    padding = ((1, 1 - h % 2), (1, 1 - w % 2))
+    tag = {-1: "m", 0: "0", 1: "p"}
+    views = []
+    for a, b in phases:
+        wc = add(O.Constant(shift_weights(c1 - c0, (a, b))), (), f"{name}/w_phase")
+        views.append(add(O.Conv2D((2, 2), padding, (1, 1), c1 - c0), (src, wc, zero), f"{name}/phase{tag[a]}{tag[b]}"))
+    return views
 
 
 def _view(add: Add, x: Node, wh: Window, ww: Window, name: str, cache: dict) -> Node:
@@ -315,15 +357,16 @@ def emit(add: Add, n: Node, x: Node, plan: Form) -> Node | None:
             acc = t if acc is None else add(O.Binary("add", op.act if last else O.NO_CLAMP), (acc, t), f"{name}/sum{j}")
         return acc
     cache: dict = {}
-    if plan.combine in ("stack", "stack_kpu", "fan_kpu", "copies_kpu"):
+    if plan.combine in ("stack", "fan_kpu", *KPU_MADE):
         shifts = [s for _, s in shift_plan(n)] if plan.combine in ("stack_kpu", "fan_kpu") else None
         offsets = [s for _, s in copy_plan(n)] if plan.combine == "copies_kpu" else None
+        phases = [s for _, s in phase_plan(n)] if plan.combine == "phases_kpu" else None
         if offsets is not None:  # 1x1 convs of the copies
             keep, stride = ((0, 0), (0, 0)), (1, 1)
-        elif shifts is None:
+        elif shifts is None and phases is None:
             keep = tuple((min(t[a].pad_before for t in terms), min(t[a].pad_after for t in terms)) for a in (1, 2))
             stride = (terms[0][1].stride, terms[0][2].stride)
-        else:  # "same" 3x3 convs of the copies, on x's own grid
+        else:  # "same" 3x3 convs of the copies (on x's own grid) or of the phases (on the output's)
             keep, stride = ((1, 1), (1, 1)), (1, 1)
 
         def views_of(src: Node, tag: str, channels: tuple[int, int] | None, own: dict) -> list[Node]:
@@ -333,6 +376,8 @@ def emit(add: Add, n: Node, x: Node, plan: Form) -> Node | None:
                 return _fanned_copies(add, src, shifts, tag, own, channels)
             if shifts is not None:
                 return _shifted_copies(add, src, shifts, tag, own, channels)
+            if phases is not None:
+                return _phase_copies(add, src, phases, tag, own, channels)
             return _padded_views(add, src, terms, keep, tag, own, channels)
 
         def stack(conv: O.Conv2D, tag: str, src: Node, ws: np.ndarray, b: np.ndarray,

@@ -24,10 +24,15 @@ o is zero padding before, a positive one a crop; the view is cut so that the ter
 the output rows. q = 1 is the spatial block split (the terms inherit the stride, legalize picks or
 slices); q = s is the polyphase split (the phases of the input, every term at stride 1, so a
 stride-2 conv runs on quarter-size maps). Terms reading only padding are dropped.
+
+The forms whose views KPU layers make take their own terms: `shift_terms` (a stride-1 conv over
+copies shifted by at most one), `copy_offsets` (copies shifted by each tap's offset) and `phase_terms`
+(a stride-2 conv over its input's stride phases, each picked by a KPU layer).
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -178,3 +183,68 @@ def unit_steps(offset: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int
     is the offset clipped to [-1, 1] (itself a copy a 5x5 takes), the second what remains."""
     first = tuple(max(-1, min(1, d)) for d in offset)
     return first, (offset[0] - first[0], offset[1] - first[1])
+
+
+# --------------------------------------------------------------- stride phases made by the KPU (phases_kpu)
+def phase_axis(k: int, pad_before: int, size: int, out: int) -> list[tuple[int, list[tuple[int, int]]]] | None:
+    """One axis of a stride-2 conv (k taps, pad_before, input `size`, `out` outputs) as taps of phase
+    maps P_a[j] = x[2j + a] (0 outside x), a in {-1, 0, 1}, j < out = size // 2: [(a, [(t, tap)])],
+    where tap k reads x[2i + d] = P_a[i + t] (d = k - pad_before = 2t + a, |t| <= 1, a 3x3 "same" conv
+    of P_a at stride 1). P_a is what a 3x3 depthwise KPU layer with one tap of 1 at 1 + a makes of x,
+    picked (`left_top_2_s2`): out = size // 2 rows, so the conv must have that many outputs. The
+    stacked conv reads its padding, real 0, at j = -1 and j = out; that is exact only when x is 0
+    there too (2j + a outside x): t = -1 needs d < 0, t = +1 needs 2 * out + d - 2 >= size. The fewest
+    phases that take every tap; None if no set does (offsets beyond -3..3, an odd size whose last
+    output reads x's last row through j = out, a conv with another number of outputs). The phases
+    come in the order of their first tap."""
+    if out != size // 2 or out < 1:
+        return None
+    offsets = [kk - pad_before for kk in range(k)]
+
+    def ways(d: int) -> list[tuple[int, int]]:  # (a, t) reading tap d exactly
+        found = []
+        for a in (0, 1, -1):
+            t, odd = divmod(d - a, 2)
+            if odd or abs(t) > 1 or (t == -1 and d >= 0) or (t == 1 and 2 * out + d - 2 < size):
+                continue
+            found.append((a, t))
+        return found
+
+    options = {d: ways(d) for d in offsets}
+    if not all(options.values()):
+        return None
+    for n_phases in (1, 2, 3):
+        for phases in itertools.combinations((0, 1, -1), n_phases):
+            if all(any(a in phases for a, _ in options[d]) for d in offsets):
+                taken: dict[int, list[tuple[int, int]]] = {a: [] for a in phases}
+                for d in offsets:
+                    a, t = next(way for way in options[d] if way[0] in phases)
+                    taken[a].append((t, d + pad_before))
+                # in the order of the polyphase split's terms (`axis_terms`: the phase of tap 0 first), the
+                # taps at the same places: the stacked layer is the CPU-view `stack`'s (z zero taps first)
+                return sorted(((a, taken[a]) for a in phases if taken[a]), key=lambda p: min(tap for _, tap in p[1]))
+    return None
+
+
+def phase_terms(w: np.ndarray, stride: tuple[int, int], padding: tuple[tuple[int, int], tuple[int, int]],
+                in_hw: tuple[int, int], out_hw: tuple[int, int]) -> list[tuple[np.ndarray, tuple[int, int]]] | None:
+    """(3x3 kernel, (a, b)) of every term of a stride-2 conv of weights w [OC, C, kh, kw] as "same" 3x3
+    convs at stride 1 of the phase maps P_(a, b)[i, j] = x[2i + a, 2j + b] (`phase_axis`, both axes):
+    y[i, j] = sum_(a, b) sum_(t, u) k_(a, b)[1 + t, 1 + u] P_(a, b)[i + t, j + u]. A 5x5 with TFLite SAME
+    padding on an even size (pads (1, 2)) takes the phases a, b in {0, 1}: four terms, the (1, 1) one
+    all nine taps, the (0, 0) one four. None when an axis has no such phases."""
+    if tuple(stride) != (2, 2):
+        return None
+    axes = [phase_axis(k, before, size, out)
+            for k, (before, _), size, out in zip(w.shape[2:], padding, in_hw, out_hw)]
+    if None in axes:
+        return None
+    out = []
+    for a, rows in axes[0]:
+        for b, cols in axes[1]:
+            k = np.zeros((*w.shape[:2], 3, 3), np.float32)
+            for t, ky in rows:
+                for u, kx in cols:
+                    k[:, :, 1 + t, 1 + u] = w[:, :, ky, kx]
+            out.append((k, (a, b)))
+    return out

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from kpu_checks import (
     RNG,
+    const,
     dw5x5_then_1x1,
     kpu_layers_match_the_scalar_reference,
     layer_maps,
@@ -287,3 +288,99 @@ def test_the_ram_budget_option_sets_the_device_ram_the_allowance_may_fill(monkey
     lines = []
     second, less = compile_it(ram - 1, lines.append)
     assert less <= ram - 1 and any(f"over {ram - 1} B" in line for line in lines), lines
+
+
+PHASES_KPU_CASES = {  # (channels, out channels, H, W, padding, source, residual, group, depthwise)
+    "same_even_w40": (4, 4, 12, 40, ((1, 2), (1, 2)), "conv", False, 0, True),
+    "prelu_residual_w20": (4, 4, 12, 20, ((1, 2), (1, 2)), "prelu", True, 0, True),
+    # channel groups read in place off a KPU layer's output, the phases (8 wide) 4 channels a line
+    "groups_w16": (12, 12, 16, 16, ((1, 2), (1, 2)), "conv", False, 4, True),
+    "dense_stem_w20": (4, 8, 12, 20, ((1, 2), (1, 2)), None, False, 0, False),
+    "explicit_2_w12": (4, 4, 12, 12, ((2, 2), (2, 1)), "conv", False, 0, True),
+    "explicit_odd_13x11": (4, 4, 13, 11, ((3, 0), (3, 0)), "conv", False, 0, True),  # 9 phases
+    "wide_w132": (4, 4, 8, 132, ((1, 2), (1, 2)), "conv", False, 0, True),
+}
+#: the zero placement of the CPU-view polyphase `stack` whose layer phases_kpu's stacked one is (its terms'
+#: taps in the same places, in the same order: kernel_terms.phase_axis), where it has the same phases and
+#: reads them on the same grid (the CPU stack's channel groups of a KPU layer's output are quantized
+#: again, each on its own range: groups_w16's zero points 127, 110, 156 against x's 131)
+SAME_STACK = {"same_even_w40": (1, 1), "prelu_residual_w20": (1, 1), "dense_stem_w20": (1, 1),
+              "explicit_2_w12": (0, 0), "wide_w132": (1, 1)}
+
+
+def _stride2_5x5(g, x, c, oc, pad, source, depthwise):
+    """A stride-2 5x5 (relu6) read by a 1x1 KPU layer, after `source` as in kpu_checks.dw5x5_then_1x1."""
+    if source == "prelu":
+        x = g.add(O.PRelu(), (x, g.constant(rng.uniform(0.05, 0.3, (1, x.shape[1], 1, 1)).astype(np.float32))))
+    elif source == "conv":
+        x = g.add(O.Conv2D(), (x, const(g, (c, x.shape[1], 1, 1)), const(g, (c,))))
+    y = g.add(O.Conv2D((2, 2), pad, groups=c if depthwise else 1, act=(0.0, 6.0)),
+              (x, const(g, (oc, 1 if depthwise else c, 5, 5)), const(g, (oc,))), "dw")
+    return g.add(O.Conv2D(), (y, const(g, (6, oc, 1, 1)), const(g, (6,))))
+
+
+@pytest.mark.parametrize("name", sorted(PHASES_KPU_CASES))
+def test_phases_kpu_picks_stride_phases_exactly_in_kpu_ram(name):
+    """`phases_kpu`: a stride-2 5x5 as 3x3 depthwise KPU layers picking x's stride phases (one tap of 1
+    at (1 + a, 1 + b), pool `left_top_2_s2`: P[i, j] = x[2i + a, 2j + b]), written side by side into one
+    KPU RAM buffer, then one 3x3 KPU layer over them at stride 1 with the KPU's own padding. Each
+    phase equals the picked input codes exactly, its border the input's zero point; each layer equals
+    the scalar reference; no CPU pad, slice or concatenation, one upload per KPU input (none of a KPU
+    layer's x); and the result is the CPU-view polyphase `stack`'s, code for code, where that stack has
+    the same phases (else it agrees with the float graph as that stack does: one rounding)."""
+    c, oc, h, w, pad, source, residual, group, depthwise = PHASES_KPU_CASES[name]
+    shape = (1, c if source is None else 4, h, w)
+    state = rng.bit_generator.state
+    rms, outs = {}, {}
+    for form in ("stack", "phases_kpu"):
+        rng.bit_generator.state = state
+        g = Graph()
+        g.outputs = [_stride2_5x5(g, g.input(0, shape), c, oc, pad, source, depthwise)]
+        calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
+        want = [run(g, s)[0] for s in calib]
+        split = (2, 2) if form == "stack" else (1, 1)
+        rewrite(g, g.find("dw"), Form(split, SAME_STACK.get(name, (0, 0)) if form == "stack" else (0, 0), form, group,
+                                      residual=residual))
+        g.remove_dead()
+        np.testing.assert_allclose(run(g, calib[0])[0], want[0], atol=1e-5)
+        res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+        program = kpu_sim.load(res.kmodel)
+        outs[form] = [program.run(s)[0].reshape(v.shape) for s, v in zip(calib, want)]
+        err = np.concatenate([(o - v).ravel() for o, v in zip(outs[form], want)])
+        rms[form] = float(np.sqrt(np.mean(err ** 2)))
+    if name in SAME_STACK:
+        for a, b in zip(outs["stack"], outs["phases_kpu"]):
+            np.testing.assert_array_equal(a, b)
+    assert rms["phases_kpu"] <= 1.05 * rms["stack"], rms
+    assert all(p.on_kpu for p in res.placements), res.placements
+    groups = c // group if group else 1
+    phases = (9 if name.startswith("explicit_odd") else 4) * groups * (2 if residual else 1)
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    layers = phases + groups + 1 + (source == "conv")
+    assert names.count("kpu_conv2d") == layers, names
+    assert names.count("kpu_upload") == (2 if residual else 1), names
+    assert not {"pad", "concat", "strided_slice"} & set(names), names
+    for sample in calib[:3]:
+        assert kpu_layers_match_the_scalar_reference(res.kmodel, sample[0]) == layers
+        picked, levels = [], []
+        for body, x_map, out in layer_maps(res.kmodel, sample[0]):
+            shift = shift_of(body)
+            if shift is None:
+                continue
+            assert body.layer.pool_type == 5  # left_top_2_s2
+            padded = np.pad(x_map, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=body.layer.pad_value)
+            oh, ow = out.shape[2:]
+            want_map = padded[:, :, 1 + shift[0]::2, 1 + shift[1]::2][:, :, :oh, :ow]
+            np.testing.assert_array_equal(out, want_map)
+            assert (oh, ow) == (h // 2, w // 2)
+            levels.append(len(np.unique(x_map)))
+            picked.append(shift)
+        assert len(picked) == phases and max(levels) > 100, levels  # x's codes span the range
+    steps = max(max_steps(program.run(s)[0].reshape(v.shape), v) for s, v in zip(calib, want))
+    assert steps <= PHASES_KPU_MAX_STEPS[name][0], f"{name}: max error {steps:.2f} steps"
+
+
+# (bar, measured): the worst output step of the phases_kpu builds above (bars: measured + 5 %)
+PHASES_KPU_MAX_STEPS = {"same_even_w40": (2.18, 2.08), "prelu_residual_w20": (1.38, 1.31), "groups_w16": (3.33, 3.17),
+                        "dense_stem_w20": (1.82, 1.73), "explicit_2_w12": (2.13, 2.03), "explicit_odd_13x11": (1.58, 1.50),
+                        "wide_w132": (2.64, 2.51)}
