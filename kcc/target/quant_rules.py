@@ -116,7 +116,21 @@ def widest_weight_range(w: np.ndarray) -> float:
     with one outlier channel among small ones no longer falls back to the CPU.
     """
     flat = w.reshape(w.shape[0], -1)
-    return max(np.subtract(*fixup_range(float(c.min()), float(c.max()))[::-1]) for c in flat)
+    lo, hi = _fixup_ranges(flat.min(axis=1), flat.max(axis=1))
+    return float(np.max(hi - lo))
+
+
+def _fixup_ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`fixup_range` of every (lo[i], hi[i]) at once, float32 step for float32 step (legalize asks for
+    the widest channel of every conv many times), returned as float64 like fixup_range's floats."""
+    lo = np.maximum(lo.astype(np.float64), -1000.0).astype(F32)
+    hi = np.minimum(hi.astype(np.float64), 1000.0).astype(F32)
+    r = (hi - lo).astype(F32)
+    r = np.where(r == 0, F32(0.1), np.where(r < F32(0.01), F32(0.01), r)).astype(F32)
+    hi = (lo + r).astype(F32)
+    hi = np.where(hi < 0, F32(0), hi)
+    lo = np.where(lo > 0, F32(0), lo)
+    return lo.astype(np.float64), hi.astype(np.float64)
 
 
 def channels_over_threshold(w: np.ndarray, threshold: float) -> list[bool]:

@@ -11,7 +11,13 @@ import pytest
 from kcc import kmodel as km
 from kcc.kmodel.layer import LAYER_FIELDS
 from kcc.target import k210
-from kcc.target.quant_rules import fixup_range, int8_channel_grids, on_own_grid, uint8_grid
+from kcc.target.quant_rules import (
+    fixup_range,
+    int8_channel_grids,
+    on_own_grid,
+    uint8_grid,
+    widest_weight_range,
+)
 
 SHAPES = [  # (C, H, W) in, (C, H, W) out, filter size, depthwise
     ((3, 240, 320), (16, 120, 160), 3, False),  # 2-row stride: out W 160 -> 3 lines a row
@@ -99,3 +105,18 @@ def test_the_target_and_the_passes_import_no_emitter_allocator_or_or_tools() -> 
             "print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_widest_weight_range_is_fixup_range_of_every_channel():
+    """The vectorized widest channel equals fixup_range per channel, float32 step for float32 step
+    (clamps at +-1000, minimum widths, ranges made to hold 0), on weights of every scale."""
+    rng = np.random.default_rng(7)
+    cases = [np.zeros((4, 1, 3, 3), np.float32), np.full((3, 2), 5.0, np.float32), np.full((3, 2), -5.0, np.float32),
+             (rng.standard_normal((6, 4)) * 2000).astype(np.float32), np.full((2, 3), 0.004, np.float32)]
+    for _ in range(200):
+        shape = (int(rng.integers(1, 9)), int(rng.integers(1, 20)))
+        cases.append((rng.standard_normal(shape) * 10 ** rng.uniform(-5, 4)
+                      + rng.uniform(-3, 3) * 10 ** rng.uniform(-4, 2)).astype(np.float32))
+    for w in cases:
+        want = max(hi - lo for lo, hi in (fixup_range(float(c.min()), float(c.max())) for c in w.reshape(len(w), -1)))
+        assert widest_weight_range(w) == want, w
