@@ -234,14 +234,14 @@ COPIES_KPU_MAX_STEPS = {"float_input_w10": (2.17, 2.07), "kpu_input_w20": (1.99,
                         "prelu_residual_w40": (1.51, 1.44), "kpu_input_in_groups_w14": (2.96, 2.82)}
 
 
-def test_a_model_the_allowance_puts_over_the_device_ram_budget_is_compiled_again_with_less(monkeypatch):
-    """decompose_kernels spends up to MODEL_KPU_BYTES of kmodel on stacks made in KPU RAM; a model
-    that this puts over the device RAM budget (kcc.pipeline.DEVICE_RAM_BUDGET, kmodel + working
-    memory) is compiled again with that much less to spend, and says so."""
+def _two_dw5_blocks_compiler(monkeypatch):
+    """compile(budget, log) -> (result, device RAM) of the same two 32-channel 5x5 depthwise blocks
+    (same weights and samples every time), each conv's own cap too small for a stack made in KPU RAM:
+    only decompose_kernels' model allowance buys one."""
     monkeypatch.setattr(decompose_kernels, "STACK_KPU_BYTES", 16 * 1024)  # 32 channels' stack_kpu needs more
     state = rng.bit_generator.state
 
-    def compile_it(log=lambda line: None):
+    def compile_it(budget: int | None = None, log=lambda line: None):
         rng.bit_generator.state = state
         g = Graph()
         x = g.input(0, (1, 4, 12, 12))
@@ -249,15 +249,23 @@ def test_a_model_the_allowance_puts_over_the_device_ram_budget_is_compiled_again
             x = dw5x5_then_1x1(g, x, 32, "conv")
         g.outputs = [x]
         calib = [[rng.uniform(-1, 1, (1, 4, 12, 12)).astype(np.float32)] for _ in range(2)]
-        res = compile_graph(g, CompileOptions(input_type="float"), log=log, samples=calib)
+        res = compile_graph(g, CompileOptions(input_type="float", ram_budget=budget), log=log, samples=calib)
         return res, len(res.kmodel) + res.emitted.model.main_mem
 
+    return compile_it
+
+
+def test_a_model_the_allowance_puts_over_the_device_ram_budget_is_compiled_again_with_less(monkeypatch):
+    """decompose_kernels spends up to MODEL_KPU_BYTES of kmodel on stacks made in KPU RAM; a model
+    that this puts over the device RAM budget (kcc.pipeline.DEVICE_RAM_BUDGET, kmodel + working
+    memory) is compiled again with that much less to spend, and says so."""
+    compile_it = _two_dw5_blocks_compiler(monkeypatch)
     kpu_made = ("stack_kpu", "fan_kpu", "copies_kpu")
     first, ram = compile_it()
     assert [d.plan.combine for d in first.decisions] == ["fan_kpu", "fan_kpu"]  # the allowance's forms
     monkeypatch.setattr(pipeline, "DEVICE_RAM_BUDGET", ram - 1)
     lines = []
-    second, less = compile_it(lines.append)
+    second, less = compile_it(log=lines.append)
     assert less <= ram - 1 and any(" over " in line and "again with" in line for line in lines), lines
     # less of the allowance: a cheaper rung of the ladder (a `fan_kpu` in smaller groups) or no KPU-made stack
     assert [d.plan for d in second.decisions] != [d.plan for d in first.decisions]
@@ -269,21 +277,8 @@ def test_the_ram_budget_option_sets_the_device_ram_the_allowance_may_fill(monkey
     """CompileOptions.ram_budget (`kcc compile --ram-budget maixpy|sdk|MiB`) replaces the bare SDK's
     budget: a budget below what the allowance's forms need compiles again with less, as
     DEVICE_RAM_BUDGET does; a generous one changes nothing."""
-    monkeypatch.setattr(decompose_kernels, "STACK_KPU_BYTES", 16 * 1024)
-    state = rng.bit_generator.state
-
-    def compile_it(budget: int | None, log=lambda line: None):
-        rng.bit_generator.state = state
-        g = Graph()
-        x = g.input(0, (1, 4, 12, 12))
-        for _ in range(2):
-            x = dw5x5_then_1x1(g, x, 32, "conv")
-        g.outputs = [x]
-        calib = [[rng.uniform(-1, 1, (1, 4, 12, 12)).astype(np.float32)] for _ in range(2)]
-        res = compile_graph(g, CompileOptions(input_type="float", ram_budget=budget), log=log, samples=calib)
-        return res, len(res.kmodel) + res.emitted.model.main_mem
-
-    first, ram = compile_it(None)
+    compile_it = _two_dw5_blocks_compiler(monkeypatch)
+    first, ram = compile_it()
     assert compile_it(ram)[0].kmodel == first.kmodel
     lines = []
     second, less = compile_it(ram - 1, lines.append)
