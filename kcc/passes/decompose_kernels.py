@@ -110,7 +110,8 @@ MAX_STACK_GROUPS = 48
 STACK_KPU_BYTES = 128 * 1024
 #: kmodel bytes a whole model may spend, beyond what each conv may take (STACK_KPU_BYTES), on stacks
 #: made in KPU RAM that need more (`allot`): the device RAM spent on speed, taken back by kcc.pipeline
-#: from a model it puts over the bare SDK's budget (5.5 MiB of kmodel and working memory)
+#: from a model it puts over CompileOptions.ram_budget (`--ram-budget`; default the bare SDK's 5.5 MiB
+#: of kmodel and working memory)
 MODEL_KPU_BYTES = 3 * 1024 * 1024
 #: most channels a `copies_kpu` group takes (its 1x1 combine reads 25 times as many). Measured, not
 #: understood: BlazeHand's 288-channel 14x14 5x5 as a copies_kpu in groups of 16 (the fastest) lowers
