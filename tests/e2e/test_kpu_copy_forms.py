@@ -24,7 +24,7 @@ from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
-from kcc.passes import decompose_kernels, kernel_forms
+from kcc.passes import kernel_forms, kernel_plans
 from kcc.passes.decompose_kernels import Form, rewrite
 from kcc.pipeline import compile_graph
 
@@ -238,7 +238,7 @@ def _two_dw5_blocks_compiler(monkeypatch):
     """compile(budget, log) -> (result, device RAM) of the same two 32-channel 5x5 depthwise blocks
     (same weights and samples every time), each conv's own cap too small for a stack made in KPU RAM:
     only decompose_kernels' model allowance buys one."""
-    monkeypatch.setattr(decompose_kernels, "STACK_KPU_BYTES", 16 * 1024)  # 32 channels' stack_kpu needs more
+    monkeypatch.setattr(kernel_plans, "STACK_KPU_BYTES", 16 * 1024)  # 32 channels' stack_kpu needs more
     state = rng.bit_generator.state
 
     def compile_it(budget: int | None = None, log=lambda line: None):

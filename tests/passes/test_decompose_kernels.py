@@ -2,11 +2,11 @@
 the pass rewrites only what legalize_kpu rejects, and picks the cheapest candidate."""
 
 import re
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from conv_coverage import conv_coverage, model_conv_macs
+from conv_graphs import conv_graph, legalize
 
 from kcc.eval.interpreter import run
 from kcc.ir import kpu_ops as KO
@@ -15,36 +15,23 @@ from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
 from kcc.passes import decompose_kernels as D
 from kcc.passes import kernel_cost as KC
-from kcc.passes.kernel_forms import phase_plan
-from kcc.passes.kernel_terms import phase_axis
+from kcc.passes import kernel_plans as P
+from kcc.passes.kernel_terms import axis_terms, max_zero_taps
 from kcc.passes.legalize_kpu import legalize_kpu
 from kcc.passes.manager import CompileContext
 from kcc.target.k210 import CPU_NODE_CYCLES, cpu_cycles
 
-
-def legalize(g, opts=None):
-    """legalize_kpu over a fresh context: (legalized graph, placements)."""
-    ctx = CompileContext(opts or CompileOptions())
-    return legalize_kpu(g, ctx), ctx.placements
-
-
 rng = np.random.default_rng(17)
 
 
-def _conv_graph(c, oc, h, w, kh, kw, stride, pad, groups=1, act=(0.0, 6.0), wscale=1.0):
-    g = Graph()
-    x = g.input(0, (1, c, h, w))
-    wt = g.constant((wscale * rng.uniform(-1, 1, (oc, c // groups, kh, kw))).astype(np.float32), "w")
-    b = g.constant(rng.uniform(-1, 1, oc).astype(np.float32), "b")
-    g.outputs = [g.add(O.Conv2D(stride, pad, (1, 1), groups, act), (x, wt, b), "conv")]
-    g.verify()
-    return g
+def _conv_graph(*args, **kwargs):
+    return conv_graph(rng, *args, **kwargs)
 
 
 @pytest.mark.parametrize("k,s,q", [(k, s, q) for k in (1, 2, 3, 4, 5, 7) for s in (1, 2, 3) for q in {1, s}])
 def test_axis_terms_read_every_tap_once(k, s, q):
-    for z in range(D.max_zero_taps(k, q) + 1):
-        taps = [t for term in D.axis_terms(k, s, 0, q, z) for t in term.taps if t >= 0]
+    for z in range(max_zero_taps(k, q) + 1):
+        taps = [t for term in axis_terms(k, s, 0, q, z) for t in term.taps if t >= 0]
         assert sorted(taps) == list(range(k))
 
 
@@ -66,9 +53,9 @@ def test_every_plan_is_exact_and_on_the_kpu(kh, kw, s, pad, dw):
     conv = g.outputs[0]
     xi = rng.uniform(-1, 1, (1, 6, 13, 11)).astype(np.float32)
     want = run(g, [xi])[0]
-    plans = D._plans(conv, residual=True)
-    plans += [p for p in D._plans(conv, halves=True) if p.halves]
-    plans += [p for p in D._plans(conv, halves=True, bulk=0.3) if p.halves]  # four parts, |y| <= 0.3 fine
+    plans = P.plans(conv, residual=True)
+    plans += [p for p in P.plans(conv, halves=True) if p.halves]
+    plans += [p for p in P.plans(conv, halves=True, bulk=0.3) if p.halves]  # four parts, |y| <= 0.3 fine
     assert {p.combine for p in plans} >= {"sum", "stack"} and any(p.residual for p in plans)
     assert any(p.halves and not p.bulk for p in plans) and any(p.bulk for p in plans)
     for plan in plans:
@@ -134,7 +121,7 @@ def test_pass_rewrites_only_what_the_kpu_rejects():
 def test_accurate_takes_the_fastest_form_that_adds_no_rounding(c):
     conv = _conv_graph(c, c, 12, 12, 5, 5, (1, 1), ((2, 2), (2, 2)), c).outputs[0]
     costs, at = {}, KC.surroundings(conv, {}, set())
-    for plan in D._plans(conv):
+    for plan in P.plans(conv):
         fits, cycles = KC.on_kpu(KC.alone(conv, plan), CompileOptions(), at)
         if fits:
             costs.setdefault(plan.combine in ("stack", "stack_kpu", "copies_kpu"), []).append(cycles)
@@ -205,13 +192,13 @@ def test_a_float_input_of_the_cpu_gets_the_residual_stack():
 def test_depthwise_stacks_only_within_the_weight_budget():
     def plans(c):
         conv = _conv_graph(c, c, 8, 8, 5, 5, (1, 1), ((2, 2), (2, 2)), c).outputs[0]
-        return [(p.combine, p.group) for p in D._plans(conv) if p.z == (0, 0)
+        return [(p.combine, p.group) for p in P.plans(conv) if p.z == (0, 0)
                 and p.combine not in ("stack_kpu", "copies_kpu")]
 
-    def kpu_views(c, combine="stack_kpu", cap=D.STACK_KPU_BYTES):  # stack_kpu: nine shifted copies,
+    def kpu_views(c, combine="stack_kpu", cap=P.STACK_KPU_BYTES):  # stack_kpu: nine shifted copies,
         # 81 * g * C weight bytes in groups of g; copies_kpu: 25 copies, 25 * g * C
         conv = _conv_graph(c, c, 8, 8, 5, 5, (1, 1), ((2, 2), (2, 2)), c).outputs[0]
-        return [p.group for p in D._plans(conv, cap=cap) if p.combine == combine]
+        return [p.group for p in P.plans(conv, cap=cap) if p.combine == combine]
     # at width 8 four channels share a 64-byte line: groups of a multiple of 4 let the copies concatenate
     # in place; every group is 10 KPU layers of 768 B besides the weights, within STACK_KPU_BYTES
     assert kpu_views(32) == [0, 16, 8, 4, 2] and kpu_views(64) == [12, 11, 8, 6]
@@ -219,11 +206,11 @@ def test_depthwise_stacks_only_within_the_weight_budget():
     # copies_kpu: 26 KPU layers a group, 25 * g * C bytes of 1x1 combine weights and 9 a copied channel,
     # in groups of at most COPIES_KPU_MAX_GROUP channels: 32 in groups of 8 take 82 KiB, 64 need 147 KiB
     # even in groups of 8, beyond STACK_KPU_BYTES: only with a model's allowance (MODEL_KPU_BYTES, `allot`)
-    assert D.COPIES_KPU_MAX_GROUP == 8
+    assert P.COPIES_KPU_MAX_GROUP == 8
     assert kpu_views(32, "copies_kpu") == [8] and kpu_views(64, "copies_kpu") == []
-    assert D._stack_kpu_bytes(32, 25, 8, 1) == 4 * 26 * 768 + 25 * 8 * 32 + 9 * 25 * 32 <= D.STACK_KPU_BYTES
+    assert P.stack_kpu_bytes(32, 25, 8, 1) == 4 * 26 * 768 + 25 * 8 * 32 + 9 * 25 * 32 <= P.STACK_KPU_BYTES
     assert kpu_views(64, "copies_kpu", 1 << 20) == [8, 4, 2]
-    assert D._stack_kpu_bytes(64, 25, 8, 1) > D.STACK_KPU_BYTES
+    assert P.stack_kpu_bytes(64, 25, 8, 1) > P.STACK_KPU_BYTES
     assert plans(32) == [("sum", 0), ("stack", 0), ("stack", 16), ("stack", 8), ("stack", 4), ("stack", 2),
                          ("stack", 1), ("stack_dw", 0)]  # one layer first, then 2, 4, ... as many
     assert plans(64)[:3] == [("sum", 0), ("stack", 22), ("stack", 11)]  # 147 KiB in one layer: three of 49 KiB
@@ -310,7 +297,7 @@ def test_estimate_prefers_the_kpu_for_a_large_stem():
     # the polyphase stack, its phases picked by KPU layers (phases_kpu): stride 1 on quarter-size maps
     assert d.plan is not None and d.plan.combine == "phases_kpu" and d.cycles * 5 < d.cpu_cycles
     # faster than every polyphase stack whose phases the CPU pads, slices and uploads
-    stacks = [KC.on_kpu(KC.alone(g.outputs[0], p), CompileOptions()) for p in D._plans(g.outputs[0])
+    stacks = [KC.on_kpu(KC.alone(g.outputs[0], p), CompileOptions()) for p in P.plans(g.outputs[0])
               if p.combine == "stack" and p.split == (2, 2)]
     assert stacks and all(fits and cycles > d.cycles for fits, cycles in stacks)
 
@@ -452,163 +439,3 @@ def test_surroundings_of_a_conv():
     assert KC.surroundings(a, users, outs, CompileOptions(input_type="float")) == KC.Where(True, True)
     assert KC.surroundings(c, users, outs) == KC.Where(False, False, True)  # the model's output, a KPU input
     assert KC.surroundings(d, users, outs) == KC.Where(True, False)  # read by a float add
-
-
-def _two_dw5x5(channels=(32, 24), hw=12):
-    """1x1 -> 5x5 depthwise (relu6) -> 1x1 -> 5x5 depthwise -> 1x1, every 5x5 read from and by KPU layers."""
-    g = Graph()
-    x = g.input(0, (1, 8, hw, hw))
-    for i, c in enumerate(channels):
-        x = g.add(O.Conv2D(act=(0.0, 6.0)), (x, g.constant(rng.uniform(-1, 1, (c, x.shape[1], 1, 1)).astype(np.float32)),
-                                             g.constant(rng.uniform(-1, 1, c).astype(np.float32))), f"expand{i}")
-        x = g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=c, act=(0.0, 6.0)),
-                  (x, g.constant(rng.uniform(-1, 1, (c, 1, 5, 5)).astype(np.float32)),
-                   g.constant(rng.uniform(-1, 1, c).astype(np.float32))), f"dw{i}")
-    g.outputs = [g.add(O.Conv2D(), (x, g.constant(rng.uniform(-1, 1, (4, x.shape[1], 1, 1)).astype(np.float32)),
-                                    g.constant(np.zeros(4, np.float32))), "head")]
-    return g
-
-
-def test_the_model_allowance_goes_to_the_most_time_saved_per_byte(monkeypatch):
-    """A stack made in KPU RAM that needs more than STACK_KPU_BYTES takes it from the model's
-    allowance (MODEL_KPU_BYTES, `allot`), which goes to the convs that save the most estimated time
-    per extra kmodel byte and is never overspent; without it each conv keeps the form it had."""
-    monkeypatch.setattr(D, "STACK_KPU_BYTES", 16 * 1024)  # 24 or 32 channels' stack_kpu no longer fits in it
-    kpu_made = ("stack_kpu", "fan_kpu", "copies_kpu")
-    state = rng.bit_generator.state
-
-    def compile_with(budget):
-        rng.bit_generator.state = state  # the same weights every time
-        g = _two_dw5x5()
-        ctx = CompileContext(kpu_form_budget=budget)
-        D.decompose_kernels(g, ctx)
-        return {d.node: d for d in ctx.decisions}, ctx.kpu_form_spent
-
-    none, spent = compile_with(0)
-    assert spent == 0 and none.keys() == {"dw0", "dw1"}
-    assert all(d.plan is not None and d.plan.combine not in kpu_made for d in none.values())
-    for budget in (24 * 1024, 64 * 1024, 1 << 20):
-        some, spent = compile_with(budget)
-        assert spent <= budget
-        assert all(d.plan.combine in kpu_made and d.cycles < none[d.node].cycles
-                   for d in some.values() if d.plan != none[d.node].plan)
-    assert all(d.plan.combine in kpu_made for d in some.values()) and spent > 0  # 1 MiB: both
-    # the ranking: room for the extra bytes of one of the two, the one saving more time per byte
-    rng.bit_generator.state = state
-    g = _two_dw5x5()
-    at = {n: KC.surroundings(g.find(n), g.users(), {id(o) for o in g.outputs}) for n in ("dw0", "dw1")}
-    cap = 1 << 20
-    candidates = [(g.find(n), D.choose(g.find(n), at=at[n]), [(cap, D.choose(g.find(n), at=at[n], cap=cap))])
-                  for n in ("dw0", "dw1")]
-    opts = CompileOptions()
-    extra = {n.name: KC.kmodel_bytes(n, big.plan, opts) - KC.kmodel_bytes(n, small.plan, opts)
-             for n, small, ((_, big),) in candidates}
-    gain = {n.name: (small.cycles - big.cycles) / extra[n.name] for n, small, ((_, big),) in candidates}
-    best = max(gain, key=gain.get)
-    assert gain["dw0"] != gain["dw1"] and max(extra.values()) < sum(extra.values()) - 1
-    assert D.allot(candidates, opts, max(extra.values())) == ({best: cap}, extra[best])
-    assert D.allot(candidates, opts, sum(extra.values())) == ({"dw0": cap, "dw1": cap}, sum(extra.values()))
-    assert D.allot(candidates, opts, min(extra.values()) - 1) == ({}, 0)
-
-
-def test_the_allowance_climbs_each_convs_ladder_by_time_saved_per_byte(monkeypatch):
-    """`allot` takes, step by step, the rung of some conv's ladder (its decisions within rising caps)
-    that saves the most time per extra byte: a budget that buys the first rung of two convs goes to
-    both, not to the top rung of one (BlazeHand's wide 5x5s: a `fan_kpu` in small groups for each
-    rather than in large groups for one, the others left on the CPU)."""
-    size = {}
-
-    def decision(name, cycles, nbytes):
-        plan = D.Form((1, 1), (0, 0), "fan_kpu", nbytes)  # a distinct plan per rung (group: its bytes)
-        size[(name, plan)] = nbytes
-        return D.Decision(name, D.Status.DECOMPOSED, plan, cycles, 1000.0, "")
-
-    monkeypatch.setattr(D, "kmodel_bytes", lambda n, plan, opts: size.get((n.name, plan), 0))
-    nodes = {k: SimpleNamespace(name=k) for k in ("a", "b")}
-    kept = {k: D.Decision(k, D.Status.KEPT, None, 1000.0, 1000.0, "") for k in nodes}
-    ladders = {"a": [(100, decision("a", 100.0, 100)), (300, decision("a", 60.0, 300))],
-               "b": [(120, decision("b", 150.0, 120)), (400, decision("b", 90.0, 400))]}
-    candidates = [(nodes[k], kept[k], ladders[k]) for k in ("a", "b")]
-    opts = CompileOptions()
-    assert D.allot(candidates, opts, 220) == ({"a": 100, "b": 120}, 220)  # both first rungs
-    assert D.allot(candidates, opts, 99) == ({}, 0)
-    assert D.allot(candidates, opts, 150) == ({"a": 100}, 100)  # 9 cycles a byte, b's first 7.1
-    # then the top rungs, b's first (60 cycles for 280 bytes against 40 for 200), if it fits
-    assert D.allot(candidates, opts, 420) == ({"a": 300, "b": 120}, 420)
-    assert D.allot(candidates, opts, 1000) == ({"a": 300, "b": 400}, 700)
-
-
-# ------------------------------------------------------------------ phases_kpu: stride phases made by the KPU
-@pytest.mark.parametrize("k", [2, 3, 4, 5])
-@pytest.mark.parametrize("size", [8, 9, 12, 13, 14])
-def test_phase_axis_reads_every_tap_once_and_zero_only_outside_x(k, size):
-    """Along one axis, every (padding, output count) a stride-2 conv of k taps can have: where
-    `phase_axis` gives phases, the sum over them of the taps it assigns, each reading P_a[j] = x[2j + a]
-    for j < size // 2 (0 elsewhere: the phase layer's and the stacked conv's KPU padding), equals the
-    conv with x's own zero padding, on random data; TFLite SAME on an even size always has phases."""
-    x = rng.uniform(-1, 1, size)
-    w = rng.uniform(-1, 1, k)
-    for before in range(k):
-        for after in range(k):
-            out = (size + before + after - k) // 2 + 1
-            if out < 1:
-                continue
-            want = [sum(w[t] * (x[2 * i + t - before] if 0 <= 2 * i + t - before < size else 0.0) for t in range(k))
-                    for i in range(out)]
-            phases = phase_axis(k, before, size, out)
-            same = size % 2 == 0 and (before, after) == ((k - 2) // 2, k - 2 - (k - 2) // 2)  # TF SAME, even size
-            assert phases is not None or not same, (before, after)
-            if phases is None:
-                continue
-            assert sorted(tap for _, taps in phases for _, tap in taps) == list(range(k))
-            assert len(phases) <= 3 and all(abs(t) <= 1 for _, taps in phases for t, _ in taps)
-            half = size // 2
-
-            def p(a, j):
-                return x[2 * j + a] if 0 <= j < half and 0 <= 2 * j + a < size else 0.0
-            got = [sum(w[tap] * p(a, i + t) for a, taps in phases for t, tap in taps) for i in range(out)]
-            np.testing.assert_allclose(got, want, atol=1e-12, err_msg=str((before, after, phases)))
-
-
-PHASE_SHAPES = {  # c, oc, h, w, padding, depthwise: the stride-2 convs phases_kpu takes
-    "dw_same_even": (6, 6, 12, 10, ((1, 2), (1, 2)), True),  # BlazePalm / BlazeHand's stride-2 5x5s
-    "dense_same_even": (3, 8, 16, 16, ((1, 2), (1, 2)), False),  # BlazePalm's stem
-    "dw_explicit_2": (6, 6, 12, 12, ((2, 2), (2, 1)), True),
-    "dw_explicit_odd": (6, 6, 13, 11, ((3, 0), (3, 0)), True),  # three phases an axis
-    "dw_wide": (4, 4, 8, 132, ((1, 2), (1, 2)), True),  # phases 66 wide: two 64-byte lines a row
-}
-
-
-@pytest.mark.parametrize("name", sorted(PHASE_SHAPES))
-def test_phases_kpu_is_exact_and_wholly_on_the_kpu(name):
-    """`phases_kpu`: a stride-2 5x5 as depthwise 3x3 KPU layers picking x's stride phases (one tap of
-    1, `left_top_2_s2`) and one 3x3 KPU layer over them at stride 1: the rewritten graph equals the
-    conv in float, legalized it is KPU layers alone (no CPU pad, slice or crop) and still equal."""
-    c, oc, h, w, pad, dw = PHASE_SHAPES[name]
-    g = _conv_graph(c, oc, h, w, 5, 5, (2, 2), pad, c if dw else 1)
-    conv = g.outputs[0]
-    xi = rng.uniform(-1, 1, (1, c, h, w)).astype(np.float32)
-    want = run(g, [xi])[0]
-    plans = [p for p in D._plans(conv, residual=True) if p.combine == "phases_kpu"]
-    assert plans and any(p.residual for p in plans)
-    phases = 9 if name == "dw_explicit_odd" else 4
-    for plan in plans:
-        alone = KC.alone(conv, plan)
-        np.testing.assert_allclose(run(alone, [xi])[0], want, rtol=1e-5, atol=1e-5, err_msg=str(plan))
-        lg, placements = legalize(alone)
-        assert placements and all(p.on_kpu for p in placements), (plan, placements)
-        layers = [n for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)]
-        picks = [n for n in layers if n.op.pool == "left_top_2_s2" and KO.shift_copy(n) is not None]
-        groups = -(-c // plan.group) if plan.group and dw else 1
-        assert len(picks) == phases * groups * (2 if plan.residual else 1) and len(layers) == len(picks) + groups
-        assert not any(isinstance(n.op, (O.Pad, O.StridedSlice)) and n.inputs[0] in picks + layers for n in lg.nodes)
-        np.testing.assert_allclose(run(lg, [xi])[0], want, rtol=1e-5, atol=1e-5, err_msg=str(plan))
-
-
-def test_phases_kpu_is_not_offered_where_a_pick_misses_a_row():
-    """TFLite SAME on an odd size has size // 2 + 1 outputs, one more than a pick of x makes, and a
-    conv whose last output reads x's last row through a phase's missing row has no exact phases."""
-    for h, pad in ((13, ((2, 2), (2, 2))), (11, ((1, 1), (1, 1)))):
-        g = _conv_graph(4, 4, h, h, 5, 5, (2, 2), pad, 4)
-        assert phase_plan(g.outputs[0]) is None
-        assert not any(p.combine == "phases_kpu" for p in D._plans(g.outputs[0]))
