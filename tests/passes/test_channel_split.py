@@ -23,6 +23,16 @@ def _conv(g, x, oc, k, groups=1, act=O.NO_CLAMP, stride=1, name=""):
     return g.add(O.Conv2D((stride, stride), ((p, p), (p, p)), groups=groups, act=act), (x, w, b), name)
 
 
+def _inverted_residual(cin, hw, c, cout) -> Graph:
+    """x [1, cin, hw, hw] -> 1x1 'expand' to c (relu6) -> 3x3 depthwise 'dw' (relu6) -> 1x1 'project' to cout."""
+    g = Graph()
+    x = g.input(0, (1, cin, hw, hw))
+    y = _conv(g, x, c, 1, act=RELU6, name="expand")
+    y = _conv(g, y, c, 3, groups=c, act=RELU6, name="dw")
+    g.outputs = [_conv(g, y, cout, 1, name="project")]
+    return g
+
+
 def _ops(g: Graph, kind) -> list:
     return [n for n in g.nodes if isinstance(n.op, kind)]
 
@@ -43,12 +53,7 @@ def test_an_inverted_residual_block_over_kpu_ram_runs_on_the_kpu_in_channel_grou
     the depthwise's input and output, over the 2 MiB. Both are cut into the same channel groups, each
     depthwise group reads its expansion group (no CPU slice), and everything lands on the KPU."""
     def build():
-        g = Graph()
-        x = g.input(0, (1, 8, 128, 128))
-        y = _conv(g, x, 72, 1, act=RELU6, name="expand")
-        y = _conv(g, y, 72, 3, groups=72, act=RELU6, name="dw")
-        g.outputs = [_conv(g, y, 8, 1, name="project")]
-        return g
+        return _inverted_residual(8, 128, 72, 8)
 
     out, placements = _check(build, (1, 8, 128, 128))
     dws = [n for n in _ops(out, O.Conv2D) if n.op.groups > 1]
@@ -143,11 +148,7 @@ def test_a_depthwise_over_the_weights_threshold_keeps_only_its_wide_channels_on_
     channels in the order [the ten within, the two wide] (weights permuted, values unchanged), so the
     KPU part reads one expansion group from KPU RAM and writes one range of the reader's input."""
     def build():
-        g = Graph()
-        x = g.input(0, (1, 4, 40, 40))
-        y = _conv(g, x, 12, 1, act=RELU6, name="expand")
-        y = _conv(g, y, 12, 3, groups=12, act=RELU6, name="dw")
-        g.outputs = [_conv(g, y, 6, 1, name="project")]
+        g = _inverted_residual(4, 40, 12, 6)
         _wide(g, "dw", [1, 6])
         return g
 
@@ -187,11 +188,7 @@ def test_a_depthwise_whose_neighbours_cannot_follow_is_cut_into_runs():
 
 def test_a_depthwise_with_every_channel_or_none_over_the_threshold_is_left_alone():
     for wide in ([], list(range(12))):
-        g = Graph()
-        x = g.input(0, (1, 4, 40, 40))
-        y = _conv(g, x, 12, 1, act=RELU6, name="expand")
-        y = _conv(g, y, 12, 3, groups=12, act=RELU6, name="dw")
-        g.outputs = [_conv(g, y, 6, 1, name="project")]
+        g = _inverted_residual(4, 40, 12, 6)
         _wide(g, "dw", wide)
         n = len(g.nodes)
         out = split_channels(g, CompileContext(CompileOptions()))
