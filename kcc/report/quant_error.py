@@ -9,7 +9,8 @@ layer loses the accuracy. For every calibration sample:
   sees every `kpu_conv2d` node's KPU-RAM output, `kpu_offsets` turns that layout back into NCHW, and
   the layer's output quantization `out_q = (zero_point, scale)` dequantizes it, x = (q - z) / scale.
 
-Nodes are matched by name (`Emitted.node_names`: kmodel node index -> IR node name; a KPU layer keeps
+A layer holding a rounding residual (or a copy of one) is left out: it is 0 in float by construction
+(`residual_layers`). Nodes are matched by name (`Emitted.node_names`: kmodel node index -> IR node name; a KPU layer keeps
 the name of the float layer it was quantized from). Errors accumulate through the network, as on the
 board: layer k sees the quantized output of layer k-1, so a layer's numbers include upstream error.
 
@@ -145,6 +146,22 @@ def deliberate_clipping(float_graph: Graph, method: str = "no_clip") -> dict[str
     return why
 
 
+def residual_layers(float_graph: Graph) -> set[str]:
+    """KPU layers holding a rounding residual (kcc.ir.kpu_ops.QuantResidual, decompose_kernels' stacks
+    of a float input) or a shifted copy of one: 0 in the float graph by construction (the residual
+    only exists on a grid), so they have no float reference to be compared with."""
+    out: set[str] = set()
+    for n in float_graph.nodes:
+        if not isinstance(n.op, KO.FloatKpuConv):
+            continue
+        x = n.inputs[0]
+        while isinstance(x.op, KO.KpuChannelView):
+            x = x.inputs[0]
+        if isinstance(x.op, KO.QuantResidual) or (x.name in out and KO.moves_codes(n)):
+            out.add(n.name)
+    return out
+
+
 def layer_out_q(graph: Graph) -> dict[str, tuple[int, float]]:
     """IR name -> (zero_point, scale) of every quantized KPU layer of the emitted graph."""
     return {n.name: n.op.out_q for n in graph.nodes if isinstance(n.op, KO.QuantKpuLayer)}
@@ -172,6 +189,7 @@ def measure(kmodel_bytes: bytes, node_names: list[str], float_graph: Graph, quan
     program = kpu_sim.load(bytes(kmodel_bytes))
     out_q = layer_out_q(quant_graph)
     on_purpose = deliberate_clipping(float_graph, method)
+    no_reference = residual_layers(float_graph)
     layers: dict[int, LayerError] = {}
     report = QuantErrorReport()
     for x_float, x_model in samples:
@@ -181,7 +199,7 @@ def measure(kmodel_bytes: bytes, node_names: list[str], float_graph: Graph, quan
             if opcode is not km.Opcode.KPU_CONV2D or index >= len(node_names):
                 return
             name = node_names[index]
-            if name not in reference or name not in out_q:
+            if name not in reference or name not in out_q or name in no_reference:
                 return
             zero_point, scale = out_q[name]
             q = _kpu_nchw(outs[0], body)
