@@ -1,5 +1,6 @@
 """Body builders of the K210 path (emit step 3): quantize, dequantize, kpu_upload and kpu_conv2d, and
-the uint8 CPU matmul of a fully-connected layer too wide for the KPU (kcc.quant.cpu_matmul).
+the uint8 CPU matmul of a fully-connected layer too wide for the KPU (kcc.quant.cpu_matmul) and the
+uint8 CPU convs of a conv the KPU does not take (kcc.quant.cpu_conv).
 
 The register values are the ones ncc writes (kmodel_v4.md §9.3, "ncc writes" column), derived from
 the layer's shapes by `kcc.target.k210.layer_fields`, the function the validator
@@ -79,10 +80,33 @@ def _quantized_matmul(n: Node, st: Storage) -> K.Body:
                              output_offset=op.out_q[0], bias=np.ascontiguousarray(op.bias, np.int32))
 
 
+def _quantized_conv2d(n: Node, st: Storage) -> K.Body:
+    """A channel run of a uint8 CPU conv (kcc.quant.cpu_conv): a depthwise run reads its own channels
+    of x, a block of the NCHW tensor, in place."""
+    op: KO.QuantConv = n.op
+    x, w = n.inputs
+    nb, c, h, wd = x.shape
+    xr = st.range(x)
+    in_c = c
+    if op.depthwise:
+        in_c = op.o1 - op.o0
+        xr = K.MemoryRange(xr.memory_type, xr.datatype, xr.start + op.o0 * h * wd, nb * in_c * h * wd)
+    return K.QuantizedConv2D(input=xr, output=st.range(n), in_shape=K.Shape4(nb, in_c, h, wd),
+                             groups=in_c if op.depthwise else 1, out_channels=op.o1 - op.o0,
+                             padding_h=K.Padding(*op.padding[0]), padding_w=K.Padding(*op.padding[1]),
+                             filter_h=w.shape[2], filter_w=w.shape[3], stride_h=op.stride[0],
+                             stride_w=op.stride[1], dilation_h=op.dilation[0], dilation_w=op.dilation[1],
+                             input_offset=op.in_offset, filter_offset=op.w_offset, output_mul=op.mul,
+                             output_shift=op.shift, output_offset=op.out_q[0],
+                             bias=np.ascontiguousarray(op.bias, np.int32),
+                             weights=np.ascontiguousarray(w.data, np.uint8).ravel())
+
+
 KPU_EMITTERS: dict[type, Callable[[Node, Storage], K.Body]] = {
     KO.Quantize: _quantize,
     KO.Dequantize: _dequantize,
     KO.KpuUpload: _upload,
     KO.QuantKpuLayer: _kpu_conv2d,
     KO.QuantMatMul: _quantized_matmul,
+    KO.QuantConv: _quantized_conv2d,
 }

@@ -213,7 +213,7 @@ def in_kpu_ram(n: Node, st: Storage) -> bool:
 
 def inline_constants(g: Graph) -> set[int]:
     """Constants that are only ever weights/biases of conv-like ops or matmul biases (inlined, §8.3)."""
-    inline_slots = {O.Conv2D: (1, 2), O.Conv2DTranspose: (1, 2), O.MatMul: (2,)}
+    inline_slots = {O.Conv2D: (1, 2), O.Conv2DTranspose: (1, 2), O.MatMul: (2,), KO.QuantConv: (1,)}
     users = g.users()
     out = set()
     for n in g.nodes:

@@ -32,7 +32,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from kcc.ir.ops import NO_CLAMP, Op, _check
+from kcc.ir.ops import NO_CLAMP, Op, _check, conv_out
 from kcc.ir.types import DType, TensorType
 
 # KPU pool unit (kmodel_v4.md §9.7): name -> (code, stride)
@@ -276,6 +276,52 @@ class QuantMatMul(Op):
     def attrs(self):
         return {"a_offset": self.a_offset, "b_offset": self.b_offset, "mul": self.mul, "shift": self.shift,
                 "out_q": self.out_q}
+
+
+@dataclass(frozen=True, eq=False)
+class QuantConv(Op):
+    """A uint8 conv on the CPU, nncase's quantized_conv2d (kmodel_v4.md §8.15, kpu_semantics.md §4.4),
+    over output channels [o0, o1) of a conv the KPU does not take (kcc.quant.cpu_conv):
+
+        out[o] = clamp(carry_half_up((bias[o] + sum (x + in_offset) * (w + w_offset)) * mul, shift)
+                       + out_offset, 0, 255)
+
+    Input: x u8 NCHW (main memory), the conv's whole input; a depthwise conv reads its channels
+    [o0, o1) only (the emitter narrows the range: NCHW channels are contiguous). Weights: the
+    group's uint8 codes [o1 - o0, C / groups, KH, KW], inlined into the body."""
+
+    kind: ClassVar[str] = "quantized_conv2d"
+    o0: int
+    o1: int
+    depthwise: bool
+    stride: tuple[int, int]
+    padding: tuple[tuple[int, int], tuple[int, int]]
+    dilation: tuple[int, int]
+    in_offset: int
+    w_offset: int
+    bias: np.ndarray
+    mul: int
+    shift: int
+    out_q: tuple[int, float]
+
+    def infer_type(self, ins):
+        _check(len(ins) == 2 and all(t.dtype == DType.uint8 and t.rank == 4 for t in ins),
+               "quantized_conv2d takes u8 NCHW x and u8 weights")
+        x, w = ins
+        oc = self.o1 - self.o0
+        icg = 1 if self.depthwise else x.shape[1]
+        _check(0 <= self.o0 < self.o1 and w.shape[:2] == (oc, icg) and self.bias.shape == (oc,),
+               f"quantized_conv2d weights {w.shape} vs channels {self.o0}..{self.o1 - 1}")
+        _check(not self.depthwise or self.o1 <= x.shape[1], "quantized_conv2d channels past its input")
+        n, _, h, wd = x.shape
+        oh = conv_out(h, self.padding[0], w.shape[2], self.stride[0], self.dilation[0])
+        ow = conv_out(wd, self.padding[1], w.shape[3], self.stride[1], self.dilation[1])
+        return TensorType((n, oc, oh, ow), DType.uint8)
+
+    def attrs(self):
+        return {"channels": (self.o0, self.o1), "depthwise": self.depthwise, "stride": self.stride,
+                "padding": self.padding, "in_offset": self.in_offset, "w_offset": self.w_offset,
+                "mul": self.mul, "shift": self.shift, "out_q": self.out_q}
 
 
 def shift_copy(n) -> tuple[int, int] | None:

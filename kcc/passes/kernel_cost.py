@@ -31,6 +31,42 @@ _CPU_PER_ELEMENT = {O.Pad: "pad", O.StridedSlice: "strided_slice", O.Transpose: 
                     O.Reshape: "copy_byte"}
 
 
+# ------------------------------------------------------------- the CPU's form (kcc.quant.cpu_conv)
+#: a run's weight grid spans at most this many times each of its channels' own ranges: a channel's
+#: weights round to at worst twice its own grid's step. Each run is a node of ~150 bytes and ~5 us;
+#: one a channel would put BlazePalm over the bare SDK's 5.5 MiB (docs/measurements.md §12)
+RUN_SPAN = 2.0
+
+
+def uint8_conv(n: Node) -> bool:
+    """n is a conv with constant weights and bias, depthwise (one input and one output channel per
+    group) or dense, larger than 1x1: the convs kcc leaves on the CPU. (A 1x1 depthwise conv is a
+    per-channel scale inside a float PReLU or binary op of lower_to_neutral: it stays float.)"""
+    if not (isinstance(n.op, O.Conv2D) and n.inputs[1].is_constant and n.inputs[2].is_constant):
+        return False
+    c, w = n.inputs[0].shape[1], n.inputs[1]
+    depthwise = n.op.groups == c == n.shape[1] and w.shape[1] == 1
+    return (depthwise or n.op.groups == 1) and w.shape[2] * w.shape[3] > 1 and n.type.rank == 4
+
+
+def channel_runs(w: np.ndarray) -> list[tuple[int, int]]:
+    """Consecutive output channels whose weights share one grid: a run grows while its range stays
+    within RUN_SPAN times the range of every channel in it (kcc.quant.cpu_conv)."""
+    flat = np.asarray(w, np.float32).reshape(w.shape[0], -1)
+    lo = np.minimum(flat.min(axis=1), 0.0)
+    hi = np.maximum(flat.max(axis=1), 0.0)
+    span = np.maximum(hi - lo, np.finfo(np.float32).tiny)
+    runs, start = [], 0
+    for o in range(1, len(flat) + 1):
+        if o < len(flat):
+            rlo, rhi = min(lo[start:o + 1].min(), 0.0), max(hi[start:o + 1].max(), 0.0)
+            if rhi - rlo <= RUN_SPAN * span[start:o + 1].min():
+                continue
+        runs.append((start, o))
+        start = o
+    return runs
+
+
 # ----------------------------------------------------------------------------------- cost
 @dataclass(frozen=True)
 class Where:
@@ -95,6 +131,10 @@ def estimate_cycles(g: Graph, where: Where = Where()) -> float:
                 total += _upload(x)
             if any(not kpu(u) for u in users[n]) or (n is out and not where.kpu_readers):
                 total += cpu_cycles("kpu_download_byte") * n.type.size
+        elif _on_codes_conv(n, where):  # uint8 convs on x's codes, one a channel run
+            runs = len(channel_runs(n.inputs[1].data)) if n.shape[0] == 1 else 1
+            total += runs * CPU_NODE_CYCLES + cpu_cycles("quantized_conv2d_mac") * n.type.size * int(
+                np.prod(n.inputs[1].shape[1:]))
         elif isinstance(n.op, O.Conv2D):
             total += CPU_NODE_CYCLES + cpu_cycles("conv2d_mac") * n.type.size * int(np.prod(n.inputs[1].shape[1:]))
             x = n.inputs[0]
@@ -169,7 +209,13 @@ def _is_float(v: Node, where: Where) -> bool:
         v = v.inputs[0]
     if isinstance(v.op, O.Input):
         return where.float_input
-    return isinstance(v.op, (O.Binary, O.Conv2D)) and not is_kpu_layer(v)
+    return isinstance(v.op, (O.Binary, O.Conv2D)) and not is_kpu_layer(v) and not _on_codes_conv(v, where)
+
+
+def _on_codes_conv(n: Node, where: Where) -> bool:
+    """n is a conv left on the CPU that runs on uint8 codes: a `uint8_conv` whose input is codes
+    (a float input stays with the float conv, which reads it unrounded: kcc.quant.cpu_conv)."""
+    return isinstance(n.op, O.Conv2D) and uint8_conv(n) and not _is_float(n.inputs[0], where)
 
 
 def alone(n: Node, plan: Form | None) -> Graph | None:

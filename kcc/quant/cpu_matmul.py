@@ -20,7 +20,7 @@ import numpy as np
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Node
-from kcc.quant.params import QuantParam, get_fixed_mul, get_quant_param, get_range, round_half_away
+from kcc.quant.params import FixedMul, QuantParam, get_fixed_mul, get_quant_param, get_range, round_half_away
 from kcc.target.k210 import MAX_CHANNELS
 
 F32 = np.float32
@@ -39,9 +39,16 @@ def quant_matmul(n: Node, a_q: QuantParam, y_q: QuantParam) -> tuple[KO.QuantMat
     w, b = n.inputs[1].data, n.inputs[2].data
     w_q = get_quant_param(*get_range(w))
     codes = w_q.quantize(w)
-    s_a = F32(F32(a_q.scale) * F32(w_q.scale))
-    fixed = get_fixed_mul(float(F32(y_q.scale) / s_a), 32, 32, True)
-    bias = np.clip(round_half_away(b.astype(np.float64) * float(s_a)), I32.min, I32.max).astype(np.int32)
+    bias, fixed = int_requantize(b, a_q, w_q, y_q)
     op = KO.QuantMatMul(-a_q.zero_point, -w_q.zero_point, bias, fixed.rounded_mul, fixed.shift,
                         (y_q.zero_point, y_q.scale))
     return op, codes
+
+
+def int_requantize(b: np.ndarray, a_q: QuantParam, w_q: QuantParam, y_q: QuantParam) -> tuple[np.ndarray, FixedMul]:
+    """The int32 bias round(b * s_a * s_w) of a uint8 CPU op whose accumulator sums (a - z_a)(w - z_w),
+    and its fixed multiplier mul * 2^-shift ~ s_y / (s_a * s_w) to the output grid (module docstring)."""
+    s_acc = F32(F32(a_q.scale) * F32(w_q.scale))
+    fixed = get_fixed_mul(float(F32(y_q.scale) / s_acc), 32, 32, True)
+    bias = np.clip(round_half_away(np.asarray(b, np.float64) * float(s_acc)), I32.min, I32.max).astype(np.int32)
+    return bias, fixed

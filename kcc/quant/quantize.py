@@ -49,8 +49,10 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.ir.types import DType
 from kcc.kmodel import kpu_channel_offset, kpu_row_layout
+from kcc.passes.kernel_cost import uint8_conv
 from kcc.passes.legalize_kpu import Placement
 from kcc.passes.manager import CompileContext
+from kcc.quant.cpu_conv import clamp_holds, quant_convs
 from kcc.quant.cpu_matmul import quant_matmul, uint8_matmul
 from kcc.quant.kpu_params import LayerRanges, kpu_layer
 from kcc.quant.params import GridRange, QuantParam, range_param
@@ -104,7 +106,7 @@ def calibration_view(g: Graph) -> CalibrationView:
                 pre_activations[n.name] = pre.name
         elif isinstance(n.op, (O.Input, O.Pool2D)):  # a pool's range decides if it runs on codes
             points[id(n)] = n
-        elif uint8_matmul(n):  # a uint8 matmul on the CPU reads and writes grids (kcc.quant.cpu_matmul)
+        elif uint8_matmul(n) or uint8_conv(n):  # uint8 on the CPU: reads and writes grids (kcc.quant.cpu_*)
             points[id(n)] = n
             points[id(n.inputs[0])] = n.inputs[0]
         elif isinstance(n.op, O.Concat) and any(isinstance(i.op, KO.FloatKpuConv) for i in n.inputs):
@@ -121,7 +123,7 @@ class Domain(Enum):
     KPU = "kpu"  # a KPU layer: uint8 in KPU RAM
     CODES = "codes"  # data movement, pool or concatenation on the uint8 codes of its input, same grid
     UINT8_INPUT = "uint8_input"  # the graph input, given as uint8
-    CPU_UINT8 = "cpu_uint8"  # a uint8 matmul on the CPU (kcc.quant.cpu_matmul), codes in main memory
+    CPU_UINT8 = "cpu_uint8"  # a uint8 matmul or conv on the CPU (kcc.quant.cpu_*), codes in main memory
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,7 @@ class NodeQuant:
     grid: QuantParam | None
     layer: KO.QuantKpuLayer | None = None  # a KPU layer's quantized parameters
     matmul: tuple[KO.QuantMatMul, object] | None = None  # a uint8 matmul and its weight codes
+    convs: tuple[tuple[KO.QuantConv, object], ...] = ()  # a uint8 conv: its channel runs and their codes
 
 
 def _floor_bias(x: Node) -> float:
@@ -191,6 +194,13 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
             x = n.inputs[0]
             y_q = _required(n, own_grid(n))
             table[n] = NodeQuant(Domain.CPU_UINT8, y_q, matmul=quant_matmul(n, _required(x, table[x].grid), y_q))
+            continue
+        # a conv left on the CPU, on its input's codes (kcc.quant.cpu_conv; [] keeps the float conv)
+        x_q = table[n.inputs[0]].grid if uint8_conv(n) and on_codes(n.inputs[0]) else None
+        convs = (quant_convs(n, x_q, own_grid(n), by_layer.get(n.name))
+                 if x_q is not None and n.name in ranges and clamp_holds(n, own_grid(n)) else [])
+        if convs:
+            table[n] = NodeQuant(Domain.CPU_UINT8, own_grid(n), convs=tuple(convs))
             continue
         codes = False
         if isinstance(op, O.Input):
@@ -262,6 +272,12 @@ class _Rewriter:
             g, nq = self.g, self.table[n]
             if nq.domain is Domain.KPU:
                 return g.add(KO.KpuDownload(), (self.layer_of(n),), n.name + "/download")
+            if nq.domain is Domain.CPU_UINT8 and nq.convs:
+                x8 = self.u8_of(n.inputs[0])
+                runs = [g.add(op, (x8, g.constant(codes, f"{n.inputs[1].name}/u8")),
+                              n.name if len(nq.convs) == 1 else f"{n.name}/channels({op.o0}, {op.o1})")
+                        for op, codes in nq.convs]
+                return runs[0] if len(runs) == 1 else g.add(O.Concat(1), tuple(runs), n.name)
             if nq.domain is Domain.CPU_UINT8:
                 op, codes = nq.matmul
                 # the input's codes on the grid analyze chose (its own, or the grid they move on)
@@ -385,8 +401,8 @@ def kpu_concat_problem(n: Node, table: dict[Node, NodeQuant], written_into: dict
         if uploads:
             return f"its part '{uploads[0].name}' is a CPU {uploads[0].op.kind}, not a KPU layer's output"
         return "its parts are on different quantization grids"
-    for p in n.inputs:  # a float part on the grid is quantized and uploaded into its range
-        if table[p].domain not in (Domain.KPU, Domain.FLOAT):
+    for p in n.inputs:  # a CPU part on the grid (float, or a uint8 conv's codes) is uploaded into its range
+        if table[p].domain not in (Domain.KPU, Domain.FLOAT, Domain.CPU_UINT8):
             return f"its part '{p.name}' is a CPU {p.op.kind}, not a KPU layer's output"
     _, _, h, w = n.shape
     at = 0

@@ -17,7 +17,8 @@ post-training quantization literature, used here with the calibration data:
 What each step gains, per layer and end to end on kpu_sim: docs/measurements.md §1.
 
 The statistics come from the calibration pass (`InputMoments`, one float interpreter run for ranges
-and moments): per KPU layer, the mean of its input patches, and the covariance within each block of
+and moments): per KPU layer (and per uint8 conv on the CPU of a stride-1 "same" window,
+kcc.quant.cpu_conv), the mean of its input patches, and the covariance within each block of
 taps that output channels read together (`tap_blocks`: the whole patch of a dense conv, one
 channel's 3x3 of a depthwise one or of a depthwise stacked as a block-diagonal dense layer) over a
 deterministic subsample of positions. A block wider than GRAM_MAX_TAPS, or beyond
@@ -34,6 +35,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from kcc.ir import kpu_ops as KO
 from kcc.ir.graph import Graph
+from kcc.passes.kernel_cost import uint8_conv
 from kcc.quant.params import QuantParam
 from kcc.target.quant_rules import on_own_grid
 
@@ -208,17 +210,22 @@ class InputMoments:
         budget = GRAM_BUDGET_BYTES
         users, outputs = g.users(), {id(o) for o in g.outputs}
         for n in g.nodes:
-            w = n.inputs[1].data if isinstance(n.op, KO.FloatKpuConv) else None
-            if w is None or on_own_grid(w) or isinstance(n.inputs[0].op, KO.KpuStack):
+            if isinstance(n.op, KO.FloatKpuConv):
+                kernel, depthwise, phase = n.op.kernel, n.op.depthwise, used_phase(n, users, outputs)
+            elif same_window(n):  # a uint8 conv on the CPU (kcc.quant.cpu_conv) rounds its weights too
+                kernel, depthwise, phase = n.inputs[1].shape[2], n.op.groups != 1, None
+            else:
+                continue
+            w = n.inputs[1].data
+            if on_own_grid(w) or isinstance(n.inputs[0].op, KO.KpuStack):
                 continue  # weights on their own grid keep their codes (kcc.quant.weight_grid), as do
                 # a multi-grid stack's (kcc.quant.kpu_params.stacked_weights)
             x = n.inputs[0]
-            blocks = [b for b in tap_blocks(w, n.op.depthwise) if len(b) <= GRAM_MAX_TAPS]
-            phase = used_phase(n, users, outputs)
-            key = (x.name, n.op.kernel, tuple(tuple(b) for b in blocks), phase)
+            blocks = [b for b in tap_blocks(w, depthwise) if len(b) <= GRAM_MAX_TAPS]
+            key = (x.name, kernel, tuple(tuple(b) for b in blocks), phase)
             if key not in shared:
                 size = 8 * sum(len(b) ** 2 for b in blocks)
-                shared[key] = PatchMoments(n.op.kernel, blocks if size <= budget else [], phase)
+                shared[key] = PatchMoments(kernel, blocks if size <= budget else [], phase)
                 budget -= size if size <= budget else 0
                 self._by_input.setdefault(x.name, []).append(shared[key])
             self.layers[n.name] = shared[key]
@@ -228,11 +235,23 @@ class InputMoments:
             m.add(value)
 
 
+def same_window(n) -> bool:
+    """n is a uint8 CPU conv (kcc.passes.kernel_cost.uint8_conv) whose patches PatchMoments collects:
+    square kernel, stride 1, dilation 1, padding k // 2 on every side, output the input's size."""
+    if not uint8_conv(n):
+        return False
+    k = n.inputs[1].shape[2]
+    return (n.inputs[1].shape[3] == k and n.op.stride == (1, 1) and n.op.dilation == (1, 1)
+            and n.op.padding == ((k // 2, k // 2), (k // 2, k // 2)) and k % 2 == 1)
+
+
 def round_weights(w: np.ndarray, grid: QuantParam, moments: PatchMoments | None,
-                  depthwise: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                  depthwise: bool = False, first_channel: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """uint8 codes of the weights w [OC, C or 1, k, k] on `grid`, and each output channel's mean
     output error in w's units (to subtract from its bias). Without moments: `grid.quantize`
-    (nearest), no correction; rows whose taps no covariance supports: nearest, with the correction."""
+    (nearest), no correction; rows whose taps no covariance supports: nearest, with the correction.
+    `first_channel`: w's first row is that output channel of the layer the moments are of (a
+    channel run of a uint8 CPU conv, kcc.quant.cpu_conv)."""
     oc = w.shape[0]
     codes = grid.quantize(w)
     if moments is None:
@@ -240,7 +259,7 @@ def round_weights(w: np.ndarray, grid: QuantParam, moments: PatchMoments | None,
     rows = w.reshape(oc, -1).astype(np.float64)
     width = rows.shape[1]
     # each row's taps as indices into the layer's C*k*k (a depthwise row o reads channel o)
-    first = np.arange(oc)[:, None] * width if depthwise else np.zeros((oc, 1), np.int64)
+    first = (first_channel + np.arange(oc))[:, None] * width if depthwise else np.zeros((oc, 1), np.int64)
     if moments.outer is not None:
         v = rows * float(grid.scale) + grid.zero_point  # in codes
         q = _sequential(v, rows != 0, first, moments, codes.reshape(oc, -1).astype(np.float64))

@@ -304,6 +304,7 @@ def placements(result, est: LatencyEstimate | None = None) -> list:
     by_name = {n.name: n for n in g.nodes}
     users = g.users()
     cost: dict[str, float] = {}
+    uint8_runs: dict[str, int] = {}  # conv -> its uint8 CPU conv nodes (kcc.quant.cpu_conv)
     if est is not None:
         known = known_names(result)
         names = result.emitted.node_names
@@ -311,6 +312,8 @@ def placements(result, est: LatencyEstimate | None = None) -> list:
             if n.cpu_ms > 0 and n.index < len(names):
                 op = model_name(names[n.index], known)
                 cost[op] = cost.get(op, 0.0) + n.cpu_ms
+                if n.opcode == "quantized_conv2d":
+                    uint8_runs[op] = uint8_runs.get(op, 0) + 1
     out = []
     for p in result.placements:
         node = by_name.get(p.node)
@@ -318,6 +321,9 @@ def placements(result, est: LatencyEstimate | None = None) -> list:
                 and isinstance(node.op, O.Pool2D):
             kind = "max" if node.op.op == "max" else "mean"
             p = replace(p, reason=f"{kind} pool in float on the CPU: {pool_reason(node, g, users)}")
+        elif not p.on_kpu and p.node in uint8_runs:
+            p = replace(p, reason=f"{p.reason}; runs on uint8 codes (nncase's quantized_conv2d, "
+                                  f"{uint8_runs[p.node]} node(s) by weight range), {cost[p.node]:.2f} ms estimated")
         elif not p.on_kpu and p.op in ("concat", "strided_slice") and p.node in cost:
             p = replace(p, reason=f"on the CPU, {cost[p.node]:.2f} ms estimated: {p.reason}")
         elif p.on_kpu and ("pre-pad" in p.reason or "on CPU" in p.reason) and cost.get(p.node, 0.0) > 0:

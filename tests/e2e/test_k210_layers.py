@@ -408,7 +408,9 @@ def test_decompose_kernels_predicts_the_kmodel_estimate(c, hw, stride, status, a
     if c == 256 and allowance:  # 3 MiB of allowance: the residual's copies too, in KPU RAM
         assert decision.plan.combine == "copies_kpu" and decision.plan.residual
     assert total["accurate"] <= total["off"]
-    assert total["off"] - total["accurate"] == pytest.approx(saved, rel=0.01, abs=1e-3)
+    # the one-conv graph's estimate of a residual copies_kpu misses 0.155 ms of the kmodel's (the same
+    # before and after the CPU conv became uint8; against a saving of 80 ms then, 9 ms now)
+    assert total["off"] - total["accurate"] == pytest.approx(saved, rel=0.01, abs=0.16)
 
 
 def _conv_prelu_conv(g, x, depthwise):

@@ -2,6 +2,7 @@
 the pass rewrites only what legalize_kpu rejects, and picks the cheapest candidate."""
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -119,13 +120,16 @@ def test_pass_rewrites_only_what_the_kpu_rejects():
 
 @pytest.mark.parametrize("c", [16, 512])
 def test_accurate_takes_the_fastest_form_that_adds_no_rounding(c):
+    # 512 channels read a float input: on the camera's uint8 codes the CPU conv would be a uint8 one
+    # (kcc.quant.cpu_conv), faster than every form of this size
+    opts = CompileOptions(input_type="float" if c == 512 else "default")
     conv = _conv_graph(c, c, 12, 12, 5, 5, (1, 1), ((2, 2), (2, 2)), c).outputs[0]
-    costs, at = {}, KC.surroundings(conv, {}, set())
+    costs, at = {}, KC.surroundings(conv, {}, set(), opts)
     for plan in P.plans(conv):
-        fits, cycles = KC.on_kpu(KC.alone(conv, plan), CompileOptions(), at)
+        fits, cycles = KC.on_kpu(KC.alone(conv, plan), opts, at)
         if fits:
             costs.setdefault(plan.combine in ("stack", "stack_kpu", "copies_kpu"), []).append(cycles)
-    accurate = D.choose(conv)
+    accurate = D.choose(conv, opts)
     assert min(min(v) for v in costs.values()) < accurate.cpu_cycles  # some form beats the CPU conv
     assert (True in costs) == (c == 16)  # 512 channels: no grouping within the weight budget and 48 layers
     if c == 16:
@@ -135,9 +139,9 @@ def test_accurate_takes_the_fastest_form_that_adds_no_rounding(c):
     else:  # only sums: each rounds its partial sums, which the float conv does not
         assert accurate.plan is None and accurate.status is D.Status.KEPT
         assert accurate.reason.startswith("every KPU form rounds more than the CPU conv (fastest: ")
-    off = D.choose(conv, CompileOptions(decompose="off"))
+    off = D.choose(conv, replace(opts, decompose="off"))
     assert off.plan is None and off.reason == "--decompose off" and off.status is D.Status.KEPT
-    fast = D.choose(conv, CompileOptions(decompose="fast"))  # the fastest form, however it rounds
+    fast = D.choose(conv, replace(opts, decompose="fast"))  # the fastest form, however it rounds
     assert fast.status is D.Status.DECOMPOSED and fast.cycles == min(min(v) for v in costs.values())
     assert fast.cycles <= accurate.cycles if accurate.plan else fast.cycles < accurate.cpu_cycles
 
@@ -179,10 +183,10 @@ def test_a_float_input_of_the_cpu_gets_the_residual_stack():
     assert not decide("prelu", residual=False).residual
     # BlazePalm's 256-channel 5x5s on 12x12 maps: the residual stack (37 layers of 7 channels) is
     # estimated slower than the CPU conv, and every faster form rounds more (a residual stack_kpu
-    # would take 86 groups). Read from an 8-bit KPU output, the plain stack adds no rounding and is
-    # taken (a stack_kpu in groups of 4 would be 640 KPU layers, 480 KiB of kmodel).
+    # would take 86 groups). Read from an 8-bit KPU output, the CPU conv is a uint8 one
+    # (kcc.quant.cpu_conv), faster than the plain stack (with its CPU views) that adds no rounding.
     assert decide("prelu", c=256) is None
-    assert decide("conv", c=256).combine == "stack"
+    assert decide("conv", c=256) is None
     # BlazePalm's first 5x5s: the residual stack_kpu of all 32 channels (576 input channels of 96x96)
     # does not fit KPU RAM, nor in groups of 11; in groups of 6 it does
     big = decide("prelu", c=32, hw=96)
@@ -377,8 +381,8 @@ def test_a_conv_whose_exact_forms_are_slower_says_so():
 def test_the_estimate_counts_what_the_surroundings_add():
     """estimate_cycles counts the kmodel nodes of a conv in its model (kcc.latency's work per node):
     a float input is quantized once before its views; a KPU layer's output that a KPU layer reads
-    stays in KPU RAM, one a float op reads is copied out and dequantized; the CPU conv dequantizes
-    a uint8 input, and its output is quantized and uploaded for a KPU reader."""
+    stays in KPU RAM, one a float op reads is copied out and dequantized; the float CPU conv's output
+    is quantized and uploaded for a KPU reader, and on a uint8 input the CPU conv is a uint8 one."""
     conv = _conv_graph(8, 8, 16, 16, 5, 5, (2, 2), ((1, 2), (1, 2)), 8).outputs[0]  # TFLite SAME
     plan = D.choose(conv).plan
     lg = legalize(KC.alone(conv, plan))[0]
@@ -394,8 +398,14 @@ def test_the_estimate_counts_what_the_surroundings_add():
     upload = CPU_NODE_CYCLES + cpu_cycles("kpu_upload_byte") * y  # width 8: no DMA
     assert KC.estimate_cycles(cpu, KC.Where(True, True)) - alone == pytest.approx(upload + CPU_NODE_CYCLES
                                                                                 + cpu_cycles("quantize") * y)
-    assert KC.estimate_cycles(cpu, KC.Where(False, False)) - alone == pytest.approx(
-        CPU_NODE_CYCLES + cpu_cycles("dequantize") * elems)
+    # on a uint8 input the CPU conv is uint8 convs, one a channel run (kcc.quant.cpu_conv): codes in,
+    # codes out, dequantized for a float reader, uploaded as they are for a KPU one
+    macs = y * 25
+    runs = len(KC.channel_runs(conv.inputs[1].data))
+    codes = runs * CPU_NODE_CYCLES + cpu_cycles("quantized_conv2d_mac") * macs
+    assert alone == pytest.approx(CPU_NODE_CYCLES + cpu_cycles("conv2d_mac") * macs)
+    assert KC.estimate_cycles(cpu, KC.Where(False, False)) == pytest.approx(codes + dequantize)
+    assert KC.estimate_cycles(cpu, KC.Where(False, True)) == pytest.approx(codes + upload)
 
 
 @pytest.mark.parametrize("group,in_place", [(4, True), (6, False)])
