@@ -49,11 +49,20 @@ import numpy as np
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.options import CompileOptions
+from kcc.passes import row_pick
 from kcc.passes.dilated_conv import eliminate_dilated_conv
 from kcc.passes.legalize_kpu import legalize_kpu
 from kcc.passes.manager import CompileContext
 from kcc.passes.rotate180 import rotate180
-from kcc.target.k210 import CPU_NODE_CYCLES, MAX_CHANNELS, cpu_cycles, kpu_layer_cost, kpu_map_cycles
+from kcc.target.k210 import (
+    CPU_NODE_CYCLES,
+    KPU_RAM_SIZE,
+    MAX_CHANNELS,
+    cpu_cycles,
+    kpu_bytes,
+    kpu_layer_cost,
+    kpu_map_cycles,
+)
 from kcc.target.quant_rules import channels_over_threshold
 
 #: most groups a layer is cut into: each costs a KPU layer (~25 us) and a copy of its output
@@ -118,9 +127,10 @@ def _placed(g: Graph, opts: CompileOptions, name: str) -> tuple[bool, str]:
     return bool(own) and not off, off[0] if off else ""
 
 
-def plan_groups(n: Node, opts: CompileOptions) -> list[tuple[int, int]] | None:
+def plan_groups(n: Node, opts: CompileOptions, unturned: Node | None = None) -> list[tuple[int, int]] | None:
     """The channel ranges conv / matmul n is cut into, or None when it is not cut (module docstring).
-    n is the layer as legalize_kpu will see it: in rotated coordinates if the model will be turned."""
+    n is the layer as legalize_kpu will see it: in rotated coordinates if the model will be turned;
+    `unturned` the layer itself (`pick_groups` asks it: a turn is decided again after the cut)."""
     if not (n.inputs[1].is_constant and n.inputs[2].is_constant):
         return None
     if isinstance(n.op, O.MatMul):
@@ -134,7 +144,9 @@ def plan_groups(n: Node, opts: CompileOptions) -> list[tuple[int, int]] | None:
     else:
         return None
     fits, reason = _placed(_group_graph(n, 0, total), opts, n.name)
-    if fits or not any(r in reason for r in SIZE_REASONS):
+    if fits:
+        return pick_groups(unturned or n) if isinstance(n.op, O.Conv2D) else None
+    if not any(r in reason for r in SIZE_REASONS):
         return None
     for groups in range(max(2, math.ceil(total / MAX_CHANNELS)), MAX_GROUPS + 1):
         ranges = _ranges(total, groups)
@@ -143,6 +155,38 @@ def plan_groups(n: Node, opts: CompileOptions) -> list[tuple[int, int]] | None:
         lo, hi = ranges[0]  # the largest group
         if _placed(_group_graph(n, lo, hi), opts, n.name)[0]:
             return ranges
+    return None
+
+
+def pick_groups(n: Node) -> list[tuple[int, int]] | None:
+    """The output-channel ranges of stride-2 conv n centred on odd rows (TFLite SAME on an even size)
+    that kcc.passes.row_pick serves one range at a time but not whole: its full-resolution output Y
+    does not fit KPU RAM beside the picked one (MobileNetV2's 224x224 stem: 1.75 MiB of Y, 0.44 of
+    picked output). legalize_kpu would pre-pad its input on the CPU and crop or slice its output
+    instead (the stem: ~160 ms of pad, copy-out, slice and upload). Each group's Y fits beside the
+    conv's input and the whole picked output (its groups written in place, kcc.quant); taken when the
+    groups' pick layers and extra layers cost less than that CPU work (kcc.target.k210's costs)."""
+    op = n.op
+    x = n.inputs[0]
+    k = n.inputs[1].shape[2:]
+    total = n.shape[1]
+    if k[0] != k[1] or row_pick.pick_pool(x.shape, n.shape, op.padding, k[0], op.stride) is None:
+        return None
+    depthwise = _depthwise(n)
+    if row_pick.fits(x.shape, total):
+        return None  # served whole, or not worth it (legalize_kpu's row_pick.serves)
+    nb, _, h, w = x.shape
+    picked = kpu_bytes((nb, total, h // 2, w // 2))
+    for groups in range(2, MAX_GROUPS + 1):
+        ranges = _ranges(total, groups)
+        lo, hi = ranges[0]  # the largest group
+        xg = (nb, hi - lo, h, w) if depthwise else x.shape
+        if not (row_pick.fits(xg, hi - lo) and kpu_bytes(x.shape) + kpu_bytes((nb, hi - lo, h, w)) + picked
+                <= KPU_RAM_SIZE):
+            continue
+        cost = (sum(row_pick.pick_cycles((nb, b - a, h, w), b - a) for a, b in ranges)
+                + (len(ranges) - 1) * (kpu_layer_cost(0, 0) + 2 * CPU_NODE_CYCLES))
+        return ranges if cost < row_pick.cpu_cycles_saved(x.shape, total, depthwise) else None
     return None
 
 
@@ -334,7 +378,7 @@ def split_channels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     cut = ranged = 0
     for n in list(g.nodes):
         if isinstance(n.op, (O.Conv2D, O.MatMul)):
-            ranges = plan_groups(seen.get(n.name, n), opts)
+            ranges = plan_groups(seen.get(n.name, n), opts, n)
             if ranges is not None:
                 g.substitute(n, _split(g, n, ranges), "/unsplit")
                 cut += 1

@@ -56,6 +56,7 @@ from kcc.passes.prelu_stream import stream_to_kpu
 from kcc.passes.residual_kpu import residual_to_kpu
 from kcc.passes.rotate180 import rotate180
 from kcc.target.k210 import (
+    DEFAULT_MHZ,
     KERNEL_SIZES,
     KPU_RAM_SIZE,
     MAX_CHANNELS,
@@ -72,6 +73,11 @@ from kcc.target.k210 import (
 )
 from kcc.target.quant_rules import weights_reason
 
+#: most estimated CPU time (float matmul, kcc.target.k210's cost model) of a small fully-connected
+#: output head kept in float so that its outputs are not rounded to 8 bits: the 10 ms issue #16's
+#: latency bar allows beyond 3x the KPU's time. BlazeHand's 63-landmark heads (~4 ms each) stay in
+#: float; a 1001-way classifier over 1280 features (122 ms) goes to the KPU.
+HEAD_CPU_MS = 10.0
 
 @dataclass(frozen=True)
 class Placement:
@@ -88,6 +94,21 @@ class _Axis:
     crop: int  # first kept row of the (pooled) KPU output
     step: int  # slice step after the layer (1 = none)
     count: int  # rows kept
+
+
+def fc_as_conv(w: np.ndarray) -> tuple[np.ndarray, int]:
+    """Fully-connected weights w [K, OC] as conv weights (OIHW) and their kernel size k. Up to 1024
+    inputs [OC, K, 1, 1]; beyond the KPU's 1024 channels [OC, ceil(K/9), 3, 3], input i at channel
+    i // 9, row i % 9 // 3, column i % 3 (zero weights pad K to a multiple of 9): the bytes of the
+    input vector read as a [K/9, 3, 3] map, which one 3x3 window covers whole, so every product is
+    summed in one accumulation as in the 1x1 form (MobileNetV2's 1280-input classifier)."""
+    k_in, oc = w.shape
+    if k_in <= MAX_CHANNELS:
+        return np.ascontiguousarray(w.T.reshape(oc, k_in, 1, 1)), 1
+    c9 = -(-k_in // 9)
+    wp = np.zeros((9 * c9, oc), w.dtype)
+    wp[:k_in] = w
+    return np.ascontiguousarray(wp.T.reshape(oc, c9, 3, 3)), 3
 
 
 def _axis_plan(size: int, pad_before: int, k: int, stride: int, out: int, pick: bool) -> _Axis:
@@ -366,26 +387,34 @@ class _Legalizer:
         reason = None
         if self.opts.target == "cpu":
             reason = "target cpu"
-        elif k_in > MAX_CHANNELS:  # no exact sum of two KPU layers' partial sums (kcc.quant.cpu_matmul)
-            reason = f"{k_in} inputs > {MAX_CHANNELS} KPU channels: a uint8 matmul on the CPU"
+        elif -(-k_in // 9) > MAX_CHANNELS:  # no exact sum of two KPU layers' partial sums (kcc.quant.cpu_matmul)
+            reason = f"{k_in} inputs > {9 * MAX_CHANNELS} (a 3x3 KPU conv's reach): a uint8 matmul on the CPU"
         elif oc > MAX_CHANNELS:
             reason = f"{k_in}x{oc} weights: more than {MAX_CHANNELS} channels"
         elif k_in * oc < self.opts.output_quantize_threshold:
             reason = f"{k_in * oc} weights < output-quantize-threshold {self.opts.output_quantize_threshold}"
-        elif n.type.size < self.opts.output_quantize_threshold and self._is_head(n):
+        elif (n.type.size < self.opts.output_quantize_threshold and self._is_head(n) and k_in <= MAX_CHANNELS
+              and cpu_cycles("matmul_mac") * k_in * oc <= HEAD_CPU_MS * DEFAULT_MHZ * 1e3):
             # a small fully-connected output head (landmarks, scores) costs the CPU little in float,
-            # while 8-bit outputs would quantize the model's result itself
-            reason = f"{n.type.size} outputs < output-quantize-threshold {self.opts.output_quantize_threshold}"
+            # while 8-bit outputs would quantize the model's result itself (over 1024 inputs the CPU's
+            # uint8 matmul would round them as the KPU does)
+            reason = (f"{n.type.size} outputs < output-quantize-threshold {self.opts.output_quantize_threshold}"
+                      f" (a head of at most {HEAD_CPU_MS:g} ms in float)")
         else:
             reason = weights_reason(bw.data, bw.data.T, self.opts.weights_quantize_threshold)
         if reason:
             self._reject(n, reason)
             return None
-        # [N,K] -> [N,K,1,1] -> 1x1 conv (legalized like any conv: padded to 4x4, cropped) -> [N,OC]
+        # [N,K] -> [N,K,1,1] -> 1x1 conv (legalized like any conv: padded to 4x4, cropped) -> [N,OC];
+        # over 1024 inputs, [N,K] -> [N,K/9,3,3] (the same bytes) -> one 3x3 conv reading the whole
+        # 3x3 map: all K products in one accumulation, as exact as the 1x1 form (`fc_as_conv`)
         g = self.g
         nb = a.shape[0]
-        x4 = g.add(O.Reshape((nb, k_in, 1, 1)), (self.map[id(a)],), n.name + "/as_map")
-        w4 = g.constant(np.ascontiguousarray(bw.data.T.reshape(oc, k_in, 1, 1)), bw.name + "/oihw")
+        xin, (w4, k) = self.map[id(a)], fc_as_conv(bw.data)
+        if w4.shape[1] * k * k != k_in:
+            xin = g.add(O.Pad(((0, 0), (0, w4.shape[1] * k * k - k_in)), 0.0), (xin,), n.name + "/pad_inputs")
+        x4 = g.add(O.Reshape((nb, w4.shape[1], k, k)), (xin,), n.name + "/as_map")
+        w4 = g.constant(w4, bw.name + "/oihw")
         b1 = g.constant(bias.data, bias.name)
         conv_src = Node(n.name + "/conv", O.Conv2D(act=n.op.act), (x4, w4, b1), TensorType((nb, oc, 1, 1)))
         self.users[conv_src] = []
@@ -394,7 +423,8 @@ class _Legalizer:
         y = self.conv(conv_src)
         if y is None:
             return None
-        self.placements[-1] = Placement(n.name, "matmul", True, "as 1x1 conv on a 4x4 map")
+        form = "1x1 conv on a 4x4 map" if k == 1 else f"3x3 conv over its {k_in} inputs as a {w4.shape[1]}x3x3 map"
+        self.placements[-1] = Placement(n.name, "matmul", True, "as " + form)
         return g.add(O.Reshape((nb, oc)), (y,), n.name)
 
     # ------------------------------------------------------------------ driver

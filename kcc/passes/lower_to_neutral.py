@@ -11,6 +11,8 @@ that replaces it, so graph outputs keep their tflite names.
     l2_normalize(x)      -> x * rsqrt(max(sum(x*x), eps^2))
     softmax(x, axis!=-1) -> transpose, softmax(last axis), transpose back   (kmodel_v4.md §8.10)
     reduce(keepdims=F)   -> reduce(keepdims=T), reshape         (kmodel reduce keeps dims, §8.7)
+    mean/max over H, W   -> reduce_window2d over the whole map  (a global pool: a window tap costs
+                            less than reduce's per-element offsets, kcc.target.k210's CPU_CYCLES)
     conv2d_transpose(b)  -> conv2d_transpose(no bias) + b       (nncase's kernel ignores its bias)
     resize               -> resize_image when nncase's formula equals TFLite's, else two matmuls
                             with constant interpolation matrices (exact: resizing is linear)
@@ -31,6 +33,7 @@ from kcc.errors import UnsupportedModelError
 from kcc.eval import kernels
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node, channel_values
+from kcc.target.k210 import cpu_cycles
 
 if TYPE_CHECKING:
     from kcc.passes.manager import CompileContext
@@ -145,6 +148,11 @@ def _softmax(b: _Builder, n: Node, x: Node) -> Node:
 
 def _reduce(b: _Builder, n: Node, x: Node) -> Node:
     op: O.Reduce = n.op
+    if (len(x.shape) == 4 and set(op.axes) == {2, 3} and op.op in ("mean", "max")
+            and cpu_cycles("window_tap") < cpu_cycles("reduce")):
+        _, _, h, w = x.shape
+        r = b.add(O.Pool2D(op.op, (h, w), (1, 1)), (x,), n.name if op.keepdims else n.name + "/keepdims")
+        return r if op.keepdims else b.add(O.Reshape(n.shape), (r,), n.name)
     if op.keepdims:
         return b.add(op, (x,), n.name)
     r = b.add(O.Reduce(op.op, op.axes, True), (x,), n.name + "/keepdims")

@@ -204,6 +204,15 @@ def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
         ok = isinstance(p.op, O.Conv2D) and id(p) not in outputs and users[p] == [user] and p.name in ranges
         return p if ok else None
 
+    def copied(p: Node) -> Node | None:
+        """The KPU layer that copy p moves the codes of, if p alone reads it: a pick layer's
+        full-resolution conv (kcc.passes.row_pick, one per channel group of a wide stride-2 conv),
+        which must be on the concatenation's grid too for its pick to be (copy_grids)."""
+        x = p.inputs[0]
+        ok = (moves_codes(p) and isinstance(x.op, KO.FloatKpuConv) and x.name in ranges and users[x] == [p]
+              and id(x) not in outputs)
+        return x if ok else None
+
     for n in g.nodes:
         if not (isinstance(n.op, O.Concat) and n.op.axis == 1 and n.name in ranges):
             continue
@@ -212,10 +221,13 @@ def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
             parts = [q or cpu_conv(p, n) for p, q in zip(n.inputs, parts)]
         if not all(parts):
             continue
-        lo = min(ranges[p.name][0] for p in parts)
-        hi = max(ranges[p.name][1] for p in parts)
-        same = all(ranges[p.name] is ranges[parts[0].name] for p in parts)  # one grid already (copy_grids)
+        sources = [x for x in map(copied, parts) if x is not None]
+        if len(sources) != len(parts):
+            sources = []
+        lo = min(ranges[p.name][0] for p in (*parts, *sources))
+        hi = max(ranges[p.name][1] for p in (*parts, *sources))
+        same = all(ranges[p.name] is ranges[parts[0].name] for p in (*parts, *sources))  # one grid already
         union = ranges[parts[0].name] if same else (lo, hi)
-        for p in (*parts, n):
+        for p in (*parts, *sources, n):
             ranges[p.name] = union
     return ranges

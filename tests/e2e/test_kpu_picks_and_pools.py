@@ -136,3 +136,45 @@ def test_same_stride2_on_even_sizes_is_a_kpu_pick_layer(name, monkeypatch):
             np.testing.assert_array_equal(x_map, y)  # the pick layer reads Y where its layer left it
             np.testing.assert_array_equal(out, y[:, :, 1::2, 1::2])
             assert len(np.unique(y)) > 50
+
+
+def test_a_pick_pair_over_kpu_ram_runs_in_output_channel_groups(monkeypatch):
+    """kcc.passes.channel_split.pick_groups: a SAME stride-2 conv on an even size whose full-resolution
+    output Y does not fit KPU RAM beside the picked one (MobileNetV2's 224x224 stem on the chip; here
+    the same rule with KPU RAM cut to what two groups need) runs as two output-channel groups, each
+    its stride-1 layer and pick layer, the picks writing their channel ranges of one buffer in place:
+    no CPU pad, slice or concatenation. Each layer equals the scalar reference, each pick is exactly
+    its Y's odd rows and columns, and the picks share one grid (their Ys' union)."""
+    from kcc.target.k210 import kpu_bytes
+
+    shape, oc = (1, 3, 16, 32), 16
+    half = kpu_bytes((1, oc // 2, 16, 32))
+    ram = kpu_bytes(shape) + half + kpu_bytes((1, oc, 8, 16))  # two groups' Y fit, the whole Y does not
+    assert 2 * half + kpu_bytes((1, oc, 8, 16)) > ram
+    for module in ("row_pick", "channel_split", "legalize_kpu"):
+        monkeypatch.setattr(f"kcc.passes.{module}.KPU_RAM_SIZE", ram)
+    g = Graph()
+    x = g.input(0, shape)
+    y = g.add(O.Conv2D((2, 2), ((0, 1), (0, 1)), act=(0.0, 6.0)), (x, _const(g, (oc, 3, 3, 3)), _const(g, (oc,))), "stem")
+    g.outputs = [g.add(O.Conv2D(), (y, _const(g, (5, oc, 1, 1)), _const(g, (5,))), "head")]
+    calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
+    want = run(g, calib[0])[0]
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    placed = {p.node: p for p in res.placements}
+    assert all(p.on_kpu for p in res.placements), res.placements
+    assert "pick layer of its odd rows" in placed["stem/ch0_8"].reason and "stem/ch8_16" in placed
+    assert placed["stem"].reason.startswith("in place in KPU RAM"), placed["stem"]
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    assert names == ["quantize", "kpu_upload"] + ["kpu_conv2d"] * 5 + ["dequantize"], names
+    assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 5
+    maps = layer_maps(res.kmodel, calib[0][0])
+    picks = [body for body, _, _ in maps[1:4:2]]
+    assert [shift_of(b) for b in picks] == [(1, 0), (1, 0)]
+    first, second = (b.kpu_output() for b in picks)
+    assert second.start == first.start + first.size  # channels 8..15 right after 0..7: one buffer
+    assert maps[4][0].kpu_input().start == first.start  # the head reads it where the picks wrote it
+    for (_, _, y_map), (_, x_map, out) in zip(maps[0:3:2], maps[1:4:2]):
+        np.testing.assert_array_equal(x_map, y_map)
+        np.testing.assert_array_equal(out, y_map[:, :, 1::2, 1::2])
+    got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
+    assert max_steps(got, want) <= 1.67, f"max error {max_steps(got, want):.2f} steps"  # measured 1.59

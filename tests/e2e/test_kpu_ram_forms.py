@@ -221,33 +221,61 @@ def test_channel_split_layers_are_bit_exact_on_the_kpu(name, monkeypatch):
     assert max_steps(got, want) <= bar, f"{name}: max error {max_steps(got, want):.2f} steps"
 
 
-def test_a_fully_connected_layer_over_1024_inputs_is_a_bit_exact_uint8_matmul():
-    """1100 inputs (more than a KPU layer reads, and partial sums of two layers would round): nncase's
-    quantized_matmul on the CPU, uint8 weights, never a float matmul. Its output equals a numpy
-    reference of the integer formula (kpu_semantics.md §4.4) on the input codes, and agrees with float."""
+def test_a_fully_connected_layer_over_1024_inputs_is_one_kpu_layer_over_a_3x3_map():
+    """1100 inputs, more than a KPU layer's 1024 channels (and partial sums of two layers would round):
+    the input vector's bytes read as a 123x3x3 map (zero-padded to 1107), one 3x3 KPU layer whose window
+    covers the map whole, every product in one accumulation (legalize_kpu.fc_as_conv). The layer equals
+    the scalar reference of the integer pipeline on random weights; the result agrees with float."""
     g = Graph()
     x = g.input(0, (1, 1100))
     g.outputs = [g.add(O.MatMul(), (x, _const(g, (1100, 40)), _const(g, (40,))), "fc")]
     calib = [[rng.uniform(-1, 1, (1, 1100)).astype(np.float32)] for _ in range(8)]
     want = run(g, calib[0])[0]
     res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    (fc,) = res.placements
+    assert fc.on_kpu and fc.reason == "as 3x3 conv over its 1100 inputs as a 123x3x3 map", fc
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    assert names.count("kpu_conv2d") == 1 and "quantized_matmul" not in names and "matmul" not in names, names
+    (body, x_map, _), = layer_maps(res.kmodel, calib[0][0])
+    lay = body.layer
+    assert (lay.in_channels, lay.in_height, lay.in_width, lay.filter_size, lay.out_channels) == (123, 4, 4, 3, 40)
+    codes = x_map[0, :, :3, :3].reshape(-1)  # the vector's bytes, in order, then 7 zero-padded inputs
+    assert np.corrcoef(codes[:1100], calib[0][0][0])[0, 1] > 0.999 and len(np.unique(codes[1100:])) == 1
+    zero = codes[1100]  # the pad row and column (to the KPU's 4x4 minimum) hold the zero point too
+    assert (x_map[:, :, 3, :] == zero).all() and (x_map[:, :, :, 3] == zero).all()
+    assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 1
+    got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
+    assert max_steps(got, want) <= 1.49, f"max error {max_steps(got, want):.2f} steps"  # measured 1.42
+
+
+def test_a_fully_connected_layer_beyond_a_3x3_maps_reach_is_a_bit_exact_uint8_matmul():
+    """9300 inputs, more than a 3x3 window over 1024 channels reaches (9216): nncase's quantized_matmul
+    on the CPU, uint8 weights, never a float matmul. Its output equals a numpy reference of the integer
+    formula (kpu_semantics.md §4.4) on the input codes, and agrees with float."""
+    k = 9300
+    g = Graph()
+    x = g.input(0, (1, k))
+    g.outputs = [g.add(O.MatMul(), (x, _const(g, (k, 40)), _const(g, (40,))), "fc")]
+    calib = [[rng.uniform(-1, 1, (1, k)).astype(np.float32)] for _ in range(8)]
+    want = run(g, calib[0])[0]
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
     nodes = res.emitted.model.nodes
     names = [n.opcode.kmodel_name for n in nodes]
     assert names == ["quantize", "quantized_matmul", "dequantize"], names
     mm = nodes[1].body
-    assert mm.bias.dtype == np.int32 and len(res.kmodel) < 1100 * 40 * 2  # uint8 weights, not float
+    assert mm.bias.dtype == np.int32 and len(res.kmodel) < k * 40 * 2  # uint8 weights, not float
     # the integer formula, from the body's fields, on the input codes the matmul read
     program = kpu_sim.load(res.kmodel)
     seen = {}
 
     def trace(index, opcode, body, _outs):
         if opcode is km.Opcode.QUANTIZE:
-            seen["a"] = program.memory.read(mm.input_a, np.uint8, 1100).astype(np.int64).reshape(1, 1100)
+            seen["a"] = program.memory.read(mm.input_a, np.uint8, k).astype(np.int64).reshape(1, k)
         elif opcode is km.Opcode.QUANTIZED_MATMUL:
             seen["out"] = program.memory.read(mm.output, np.uint8, 40).reshape(1, 40)
 
     program.run(calib[0], trace=trace)
-    b = program.memory.read(mm.input_b, np.uint8, 1100 * 40).reshape(1100, 40).astype(np.int64)
+    b = program.memory.read(mm.input_b, np.uint8, k * 40).reshape(k, 40).astype(np.int64)
     value = mm.bias.astype(np.int64) + (seen["a"] + mm.input_a_offset) @ (b + mm.input_b_offset)
     scaled = (value * mm.output_mul + (1 << (mm.output_shift - 1))) >> mm.output_shift
     np.testing.assert_array_equal(seen["out"], np.clip(scaled + mm.output_offset, 0, 255).astype(np.uint8))

@@ -94,8 +94,9 @@ def test_a_conv_over_1024_output_channels_is_cut_into_output_groups(oc, groups):
 
 
 def test_a_fully_connected_layer_over_1024_outputs_is_cut_into_column_groups():
-    """fc1 (64 -> 1100) is cut in two; fc2 reads its 1100 outputs, more than a KPU layer reads: it stays
-    whole, for the CPU (a uint8 matmul, kcc.quant.cpu_matmul)."""
+    """fc1 (64 -> 1100) is cut in two; fc2 reads its 1100 outputs, more than a KPU layer's channels: it
+    stays whole, one KPU layer reading them as a 123x3x3 map (legalize_kpu.fc_as_conv), even as a
+    small output head (a uint8 matmul on the CPU would round its outputs to 8 bits too)."""
     def build():
         g = Graph()
         x = g.input(0, (1, 64))
@@ -107,13 +108,13 @@ def test_a_fully_connected_layer_over_1024_outputs_is_cut_into_column_groups():
 
     out, placements = _check(build, (1, 64))
     assert [n.shape for n in _ops(out, O.MatMul)] == [(1, 552), (1, 548), (1, 16)]
-    assert [p.on_kpu for p in placements] == [True, True, False], placements
-    assert "uint8 matmul" in placements[-1].reason
+    assert [p.on_kpu for p in placements] == [True, True, True], placements
+    assert placements[-1].reason == "as 3x3 conv over its 1100 inputs as a 123x3x3 map"
 
 
 def test_layers_over_1024_inputs_and_layers_that_fit_are_left_alone():
     """More inputs than a KPU layer reads cannot be cut exactly (partial sums would round): a conv
-    keeps its reason, a fully-connected layer becomes a uint8 matmul later (kcc.quant.cpu_matmul)."""
+    keeps its reason (a fully-connected layer reads them as a 3x3 map, legalize_kpu.fc_as_conv)."""
     g = Graph()
     x = g.input(0, (1, 1100, 4, 4))
     y = _conv(g, x, 8, 1, name="wide_in")

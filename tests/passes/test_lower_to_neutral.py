@@ -68,13 +68,29 @@ def test_l2_normalize_and_softmax_axis():
     assert all(n.op.axis == 3 for n in low.nodes if isinstance(n.op, O.Softmax))
 
 
-def test_reduce_without_keepdims_becomes_reshape():
+@pytest.mark.parametrize("op, keepdims", [("mean", False), ("max", True)])
+def test_a_global_mean_or_max_is_one_window_over_the_whole_map(op, keepdims):
+    """A mean or max over H and W (a global pool) is reduce_window2d with the map as its window: a
+    window tap costs the CPU less than reduce's per-element offsets (kcc.target.k210); no keepdims is
+    a reshape after it. The values are unchanged."""
+    g = Graph()
+    x = g.input(0, (1, 4, 7, 5))
+    g.outputs = [g.add(O.Reduce(op, (2, 3), keepdims), (x,), "gap")]
+    low = _check(g, rng.standard_normal((1, 4, 7, 5)).astype(np.float32))
+    (pool,) = [n for n in low.nodes if not isinstance(n.op, (O.Input, O.Reshape))]
+    assert pool.op == O.Pool2D(op, (7, 5), (1, 1)) and pool.shape == (1, 4, 1, 1)
+    assert low.outputs[0].shape == ((1, 4, 1, 1) if keepdims else (1, 4))
+
+
+def test_other_reductions_keep_reduce_with_keepdims_and_reshape():
     g = Graph()
     x = g.input(0, (1, 4, 3, 3))
-    g.outputs = [g.add(O.Reduce("mean", (2, 3), False), (x,), "gap")]
+    g.outputs = [g.add(O.Reduce("mean", (1,), False), (x,), "over_channels"),
+                 g.add(O.Reduce("sum", (2, 3), False), (x,), "sum")]
     low = _check(g, rng.standard_normal((1, 4, 3, 3)).astype(np.float32))
-    assert all(n.op.keepdims for n in low.nodes if isinstance(n.op, O.Reduce))
-    assert low.outputs[0].shape == (1, 4)
+    reduces = [n for n in low.nodes if isinstance(n.op, O.Reduce)]
+    assert len(reduces) == 2 and all(n.op.keepdims for n in reduces)
+    assert [o.shape for o in low.outputs] == [(1, 3, 3), (1, 4)]
 
 
 def test_conv2d_transpose_bias_moves_out():
