@@ -12,7 +12,10 @@ Second table: the slim-320 face detector of ../shared/reference/frontends in its
 Caffe, TFLite), compiled as ncc's fast_facedetect example is (uint8 camera input, nncase's face
 pictures, x = (u8 - 127) / 128), beside ncc's own kmodel of the Caffe file (nncase-examples).
 
-Third table: ncc's own kmodels (../shared/reference/ncc-outputs/kmodels, the `_ff` builds, and the
+Third table: MobileNetV2 1.0 224 (bench/mobilenet_v2.py: random weights at He scale, float input; no
+MobileNetV2 ships in the kit), the issue's example of a model over the KPU's channels and RAM.
+
+Fourth table: ncc's own kmodels (../shared/reference/ncc-outputs/kmodels, the `_ff` builds, and the
 nncase examples) estimated the same way. ncc's MobileNet kmodels were not kept (kit_baseline.json has
 only their sizes), so ulffd_landmark is the model both compilers built with the same flags.
 """
@@ -27,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 import board  # noqa: E402
+import mobilenet_v2  # noqa: E402
 import refkit  # noqa: E402
 
 from kcc import kmodel as km  # noqa: E402
@@ -96,6 +100,14 @@ def main() -> None:
     print("|---|---:|---:|---|---:|")
     for r in frontend_rows:
         print(f"| {r['model']} | {r['total_ms']:.1f} | {r['kpu_ms']:.1f} | {_top(r)} | {r['device_ram'] / 2**20:.2f} |")
+    mv2 = mobilenet_v2.measure(1.0, 224)
+    print("\n| MobileNetV2 (random weights) | est. ms | KPU ms | bound 3xKPU+10 | costliest CPU opcodes (ms) | "
+          "device RAM MiB | kmodel MB |")
+    print("|---|---:|---:|---:|---|---:|---:|")
+    bound = 3 * mv2["kpu_ms"] + 10
+    print(f"| {mv2['model']} | {mv2['total_ms']:.1f} | {mv2['kpu_ms']:.1f} | {bound:.1f}"
+          f"{'' if mv2['total_ms'] <= bound else ' (over)'} | {_top(mv2)} | {mv2['device_ram'] / 2**20:.2f} | "
+          f"{mv2['kmodel_bytes'] / 1e6:.2f} |", flush=True)
     ncc_rows = _ncc_rows()
     print("\n| ncc kmodel | est. ms | KPU ms | costliest CPU opcodes (ms) | device RAM MiB |")
     print("|---|---:|---:|---|---:|")
@@ -103,7 +115,8 @@ def main() -> None:
         print(f"| {r['kmodel']} | {r['total_ms']:.1f} | {r['kpu_ms']:.1f} | {_top(r)} | "
               f"{r['device_ram'] / 2**20:.2f} |")
     if args.json:
-        args.json.write_text(json.dumps({"kcc": kcc_rows, "frontends": frontend_rows, "ncc": ncc_rows}, indent=1))
+        args.json.write_text(json.dumps({"kcc": kcc_rows, "frontends": frontend_rows, "mobilenet_v2": mv2,
+                                              "ncc": ncc_rows}, indent=1))
 
 
 if __name__ == "__main__":

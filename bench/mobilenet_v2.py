@@ -8,8 +8,9 @@ a 1001-way fully-connected layer) directly as kcc IR, batch-norms folded into th
 SAME padding, relu6. Weights are drawn at He scale so activations keep their range through the depth;
 the calibration samples are uniform pictures in [-1, 1]. What it measures is the K210 form of the
 layers (how much stays on the KPU, what falls back to the CPU, how big the kmodel is), not accuracy:
-its 1280-channel 1x1 conv, its 1280-input fully-connected layer and the 112x112x96 depthwise conv
-exceed the KPU's 1024 channels or its 2 MiB of KPU RAM (issue #16 item 4).
+its 1280-channel 1x1 conv, its 1280-input fully-connected layer, its 224x224 stem and the 112x112x96
+depthwise conv exceed the KPU's 1024 channels or its 2 MiB of KPU RAM (issue #16 item 4): kcc cuts the
+conv and the stem into channel groups, reads the classifier's input as a 3x3 map (docs/kpu.md).
 """
 
 from __future__ import annotations

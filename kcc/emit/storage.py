@@ -94,7 +94,7 @@ class Storage:
 
     def _kpu_concat(self, n: Node) -> None:
         """Each part of an in-place KPU RAM concatenation is written into it, at the line where its
-        first channel starts (kcc.quant.quantize.kpu_concat_problem made sure there is one)."""
+        first channel starts (kcc.quant.kpu_ram.kpu_concat_problem made sure there is one)."""
         _, _, h, w = n.shape
         at = 0
         for i in n.inputs:

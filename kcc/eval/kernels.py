@@ -260,7 +260,7 @@ KERNELS: dict[type, Callable] = {
     KO.QuantResidual: lambda op, x: np.zeros_like(x),  # exact in float (QuantResidual's docstring)
     KO.KpuUpload: lambda op, x: x,
     KO.KpuDownload: lambda op, x: x,
-    KO.KpuConcat: lambda op, *xs: np.concatenate(xs, axis=1),
+    KO.KpuConcat: lambda op, *xs: np.pad(np.concatenate(xs, axis=1), ((0, 0), (0, 0), (0, op.gap[0]), (0, op.gap[1]))),
     KO.KpuChannelView: lambda op, x: x[:, op.c0:op.c1],
     KO.KpuStack: lambda op, *xs: np.concatenate(xs, axis=1),
     O.Conv2D: conv2d,

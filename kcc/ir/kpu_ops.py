@@ -197,12 +197,19 @@ class KpuConcat(Op):
     (c // groups) * row_len * H lines + (c % groups) * row_pitch, so a part whose first channel is a
     multiple of `groups` starts on a line of its own). A part may also be a KpuUpload of a CPU
     result on the buffer's grid: the upload writes only its rows' valid bytes (kpu_semantics.md §2),
-    into its range. Batch 1 only: a batch is one whole map."""
+    into its range. Batch 1 only: a batch is one whole map.
+
+    `gap` (rows, columns): the buffer is laid out as a map that many rows and columns larger, which
+    nothing writes: each part then holds one line group of channels (its own layout is the buffer's,
+    but for the gap). Its one reader, a pick layer, never picks them (kcc.passes.gap_pick)."""
 
     kind: ClassVar[str] = "kpu_concat"
+    gap: tuple[int, int] = (0, 0)
 
     def infer_type(self, ins):
-        return _side_by_side(ins, DType.uint8, self.kind, 1)
+        t = _side_by_side(ins, DType.uint8, self.kind, 1)
+        n, c, h, w = t.shape
+        return TensorType((n, c, h + self.gap[0], w + self.gap[1]), t.dtype)
 
 
 

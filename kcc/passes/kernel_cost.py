@@ -192,7 +192,7 @@ def _kpu_concat(n: Node, users: dict, out_readers_kpu: bool | None = None) -> bo
 
 def _kpu_view(n: Node) -> bool:
     """n is a channel group of the graph's input that KPU layers read in place when that input is a
-    KPU layer's output (kcc.quant.quantize.kpu_view_problem): a slice of channels only, batch 1,
+    KPU layer's output (kcc.quant.kpu_ram.kpu_view_problem): a slice of channels only, batch 1,
     starting on a 64-byte line of KPU RAM at the input's width."""
     if not (isinstance(n.op, O.StridedSlice) and isinstance(n.inputs[0].op, O.Input) and n.type.rank == 4):
         return False

@@ -47,8 +47,7 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node, copy_rewriting
 from kcc.ir.types import TensorType
 from kcc.options import CompileOptions
-from kcc.passes import row_pick
-from kcc.passes.kernel_forms import shift_weights
+from kcc.passes import gap_pick, row_pick
 from kcc.passes.kpu_pools import kpu_pool_code, pools_in_kpu_ram
 from kcc.passes.manager import CompileContext
 from kcc.passes.prelu_kpu import prelu_to_kpu
@@ -249,6 +248,11 @@ class _Legalizer:
         ay = _axis_plan(h, op.padding[0][0], k, sh, oh, pick)
         ax = _axis_plan(wd, op.padding[1][0], k, sw, ow, pick)
         why = ""
+        # (its layers read x's line groups in place: a map in KPU RAM, not the graph input the CPU slices)
+        gap = gap_pick.plan(x.shape, n.shape, op.padding, k, op.stride, depthwise) if pick else None
+        gap = None if isinstance(x.op, O.Input) else gap
+        if gap and (ay.pre or ay.post or ax.pre or ax.post) and gap_pick.pays(x.shape, n.shape, gap):
+            return self._gap_pick(n, x, w, b, gap)
         if depthwise and pick and (ay.pre or ay.post or ax.pre or ax.post):
             # a pre-pad costs a CPU pad of the full-resolution map (and its upload), more than the
             # quarter-resolution slice it would save: such depthwise layers keep the slice
@@ -357,26 +361,20 @@ class _Legalizer:
     def _row_pick(self, n: Node, x: Node, w: np.ndarray, b: np.ndarray, pool: str) -> Node:
         """Stride-2 conv n centred on odd rows as the conv at stride 1 and a pick layer, both in KPU RAM
         (kcc.passes.row_pick); a following activation the table takes fuses into the conv."""
-        op: O.Conv2D = n.op
         wn, bn = n.inputs[1], n.inputs[2]
-        k, depthwise, oc = w.shape[2], op.groups > 1, w.shape[0]
-        tail, fn = n, None
-        act = self._fusable_act(n)
-        if act:
-            tail, fn = act
-        g = self.g
-        wc = self.map[id(wn)] if id(wn) in self.map and w is wn.data else g.constant(w, wn.name + "/kpu")
-        bc = g.constant(b, bn.name) if id(bn) not in self.map else self.map[id(bn)]
-        full = g.add(KO.FloatKpuConv(k, depthwise, "bypass", op.act, fn), (self.map[id(x)], wc, bc),
-                     n.name + "/full")
-        shift = g.constant(shift_weights(oc, row_pick.SHIFT), n.name + "/w_pick")
-        zero = g.constant(np.zeros(oc, np.float32), n.name + "/zero_bias")
-        y = g.add(KO.FloatKpuConv(3, True, pool), (full, shift, zero), tail.name)
-        what = (f"{k}x{k}{' depthwise' if depthwise else ''} at stride 1" + (f", {fn[0]}" if fn else "")
-                + f", then a pick layer of its odd rows (pool {pool}), both in KPU RAM (padding "
-                  f"{[list(p) for p in op.padding]})")
+        tail, fn = self._fusable_act(n) or (n, None)
+        wc = self.map[id(wn)] if id(wn) in self.map and w is wn.data else self.g.constant(w, wn.name + "/kpu")
+        bc = self.g.constant(b, bn.name) if id(bn) not in self.map else self.map[id(bn)]
+        y, what = row_pick.build(self.g, n, tail.name, (self.map[id(x)], wc, bc), fn, pool)
         self.placements.append(Placement(n.name, "conv2d", True, what))
         return self._absorb(n, tail, y)
+
+    def _gap_pick(self, n: Node, x: Node, w: np.ndarray, b: np.ndarray, plan: gap_pick.Plan) -> Node:
+        """Stride-2 depthwise n on an odd size as stride-1 layers, one per line group, written into a
+        map with a gap row (and column), and a pick layer over it (kcc.passes.gap_pick)."""
+        y, what = gap_pick.build(self.g, n, self.map[id(x)], w, b, plan)
+        self.placements.append(Placement(n.name, "conv2d", True, what))
+        return self._absorb(n, n, y)
 
     # ------------------------------------------------------------------ fully connected
     def matmul(self, n: Node) -> Node | None:

@@ -26,6 +26,11 @@ the CPU work it removes (`cheaper`). rotate180 asks `serves` before counting a l
 
 from __future__ import annotations
 
+import numpy as np
+
+from kcc.ir import kpu_ops as KO
+from kcc.ir.graph import Graph, Node
+from kcc.passes.kernel_forms import shift_weights
 from kcc.target.k210 import (
     CPU_NODE_CYCLES,
     KPU_RAM_SIZE,
@@ -98,3 +103,19 @@ def serves(x_shape: tuple, out_shape: tuple, padding: tuple, k: int, stride: tup
     oc = out_shape[1]
     return (pick_pool(x_shape, out_shape, padding, k, stride) is not None and fits(x_shape, oc)
             and cheaper(x_shape, oc, depthwise))
+
+
+def build(g: Graph, n: Node, name: str, ins: tuple[Node, Node, Node], fn: tuple[str, float] | None,
+          pool: str) -> tuple[Node, str]:
+    """The pair in graph g for conv n (its input, weights and bias there `ins`, a fused activation
+    `fn`): the conv at stride 1, then the pick layer named `name`; and what its placement says."""
+    op = n.op
+    k, depthwise, oc = ins[1].shape[2], op.groups > 1, ins[1].shape[0]
+    full = g.add(KO.FloatKpuConv(k, depthwise, "bypass", op.act, fn), ins, n.name + "/full")
+    shift = g.constant(shift_weights(oc, SHIFT), n.name + "/w_pick")
+    zero = g.constant(np.zeros(oc, np.float32), n.name + "/zero_bias")
+    y = g.add(KO.FloatKpuConv(3, True, pool), (full, shift, zero), name)
+    what = (f"{k}x{k}{' depthwise' if depthwise else ''} at stride 1" + (f", {fn[0]}" if fn else "")
+            + f", then a pick layer of its odd rows (pool {pool}), both in KPU RAM (padding "
+              f"{[list(p) for p in op.padding]})")
+    return y, what

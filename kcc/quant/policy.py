@@ -200,7 +200,7 @@ def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
 
     def cpu_conv(p: Node, user: Node) -> Node | None:
         """p, a float conv on the CPU read by user alone: quantized on the concatenation's grid, it is
-        uploaded into its channel range of the KPU RAM buffer (kcc.quant.quantize.kpu_concat_problem)."""
+        uploaded into its channel range of the KPU RAM buffer (kcc.quant.kpu_ram.kpu_concat_problem)."""
         ok = isinstance(p.op, O.Conv2D) and id(p) not in outputs and users[p] == [user] and p.name in ranges
         return p if ok else None
 

@@ -41,20 +41,28 @@ node computes (`Domain`) and on which grid (`NodeQuant`), with each KPU layer's 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Callable
 
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.ir.types import DType
-from kcc.kmodel import kpu_channel_offset, kpu_row_layout
 from kcc.passes.kernel_cost import uint8_conv
 from kcc.passes.legalize_kpu import Placement
 from kcc.passes.manager import CompileContext
 from kcc.quant.cpu_conv import clamp_holds, quant_convs
 from kcc.quant.cpu_matmul import quant_matmul, uint8_matmul
+from kcc.quant.domains import Domain, NodeQuant
 from kcc.quant.kpu_params import LayerRanges, kpu_layer
+from kcc.quant.kpu_ram import (
+    NOT_BETWEEN_LAYERS,
+    channel_range,
+    gap_source,
+    in_place_note,
+    kpu_concat_problem,
+    kpu_view_problem,
+    view_note,
+)
 from kcc.quant.params import GridRange, QuantParam, range_param
 from kcc.quant.weight_rounding import InputMoments
 
@@ -98,6 +106,9 @@ def calibration_view(g: Graph) -> CalibrationView:
         if isinstance(n.op, KO.FloatKpuConv):
             points[id(n)] = n
             points[id(n.inputs[0])] = n.inputs[0]
+            x = n.inputs[0]
+            if isinstance(x.op, O.Pad) and isinstance(x.inputs[0].op, O.Concat):  # a gap (kcc.passes.gap_pick)
+                points[id(x.inputs[0])] = x.inputs[0]
             if n.op.fn is not None:
                 pre = view.add(KO.FloatKpuConv(n.op.kernel, n.op.depthwise, "bypass", n.op.act, None), n.inputs,
                                n.name + PRE_ACTIVATION)
@@ -116,27 +127,6 @@ def calibration_view(g: Graph) -> CalibrationView:
 
 
 # ---------------------------------------------------------------------------------------- analysis
-class Domain(Enum):
-    """Where a node of the float graph computes once quantized."""
-
-    FLOAT = "float"  # float32 on the CPU (a KPU layer reading it gets it quantized on its grid)
-    KPU = "kpu"  # a KPU layer: uint8 in KPU RAM
-    CODES = "codes"  # data movement, pool or concatenation on the uint8 codes of its input, same grid
-    UINT8_INPUT = "uint8_input"  # the graph input, given as uint8
-    CPU_UINT8 = "cpu_uint8"  # a uint8 matmul or conv on the CPU (kcc.quant.cpu_*), codes in main memory
-
-
-@dataclass(frozen=True)
-class NodeQuant:
-    domain: Domain
-    #: the grid of the node's uint8 form: a KPU layer's output grid, the grid its codes are moved on,
-    #: or the calibrated range's; None when the node has no range (it is then never read as uint8)
-    grid: QuantParam | None
-    layer: KO.QuantKpuLayer | None = None  # a KPU layer's quantized parameters
-    matmul: tuple[KO.QuantMatMul, object] | None = None  # a uint8 matmul and its weight codes
-    convs: tuple[tuple[KO.QuantConv, object], ...] = ()  # a uint8 conv: its channel runs and their codes
-
-
 def _floor_bias(x: Node) -> float:
     """Mean bias (in steps) of a map pooled by a KPU mean pool, which floors (kpu_params)."""
     while isinstance(x.op, LAYOUT_OPS):
@@ -243,6 +233,7 @@ class _Rewriter:
     def __init__(self, src: Graph, table: dict[Node, NodeQuant]):
         self.src = src
         self.table = table
+        self.users = src.users()
         self.g = Graph()
         self.made: dict[tuple[str, Node, QuantParam | None], Node] = {}
         self.written_into: dict[Node, Node] = {}  # KPU layer -> the KpuConcat its output is part of
@@ -324,19 +315,26 @@ class _Rewriter:
             return self.layer_of(n)
         if isinstance(n.op, KO.KpuStack):
             return self._once("kpu", n, lambda: self.kpu_stack(n))
-        if _channel_range(n) is not None and ("kpu", n, None) not in self.made:
+        if channel_range(n) is not None and ("kpu", n, None) not in self.made:
             problem = kpu_view_problem(n, self.table)
-            if problem != _NOT_BETWEEN_LAYERS:
+            if problem != NOT_BETWEEN_LAYERS:
                 self.placements[n] = Placement(n.name, "strided_slice", problem is None,
-                                               problem or _view_note(n))
+                                               problem or view_note(n))
             if problem is None:
-                c0, c1 = _channel_range(n)
+                c0, c1 = channel_range(n)
                 return self._once("kpu", n, lambda: self.g.add(
                     KO.KpuChannelView(c0, c1), (self.kpu_of(n.inputs[0]),), n.name + "/kpu"))
+        parts = gap_source(n, self.users[n], self.table) if ("kpu", n, None) not in self.made else None
+        if parts is not None and (len(parts) == 1 or kpu_concat_problem(n.inputs[0], self.table, self.written_into) is None):
+            for p in parts:  # written into a map with a gap row / column (kcc.passes.gap_pick)
+                self.written_into[p] = n
+            return self._once("kpu", n, lambda: self.g.add(
+                KO.KpuConcat(n.op.paddings[2][1:] + n.op.paddings[3][1:]), tuple(map(self.layer_of, parts)),
+                n.name + "/kpu"))
         if isinstance(n.op, O.Concat) and ("kpu", n, None) not in self.made:
             problem = kpu_concat_problem(n, self.table, self.written_into)
             if any(self.table[p].domain is Domain.KPU for p in n.inputs):  # a concatenation between KPU layers
-                self.placements[n] = Placement(n.name, "concat", problem is None, problem or _in_place_note(n))
+                self.placements[n] = Placement(n.name, "concat", problem is None, problem or in_place_note(n))
             if problem is None:
                 for p in n.inputs:
                     self.written_into[p] = n
@@ -385,85 +383,6 @@ class _Rewriter:
         self.g.outputs = [self.float_of(o) for o in self.src.outputs]
         self.g.remove_dead()
         return self.g
-
-
-def kpu_concat_problem(n: Node, table: dict[Node, NodeQuant], written_into: dict[Node, Node]) -> str | None:
-    """Why concatenation `n` cannot be computed in place in KPU RAM (module docstring), or None.
-    `written_into`: the KPU layers already written into another in-place concatenation."""
-    if n.op.axis != 1 or n.type.rank != 4:
-        return f"concatenation along axis {n.op.axis} (KPU RAM holds channel ranges only)"
-    if n.shape[0] != 1:
-        return f"batch {n.shape[0]} (in KPU RAM each batch is a whole map)"
-    if len({id(p) for p in n.inputs}) != len(n.inputs):
-        return "it reads one part twice"
-    if table[n].domain is not Domain.CODES:
-        uploads = [p for p in n.inputs if table[p].domain is not Domain.KPU]
-        if uploads:
-            return f"its part '{uploads[0].name}' is a CPU {uploads[0].op.kind}, not a KPU layer's output"
-        return "its parts are on different quantization grids"
-    for p in n.inputs:  # a CPU part on the grid (float, or a uint8 conv's codes) is uploaded into its range
-        if table[p].domain not in (Domain.KPU, Domain.FLOAT, Domain.CPU_UINT8):
-            return f"its part '{p.name}' is a CPU {p.op.kind}, not a KPU layer's output"
-    _, _, h, w = n.shape
-    at = 0
-    for p in n.inputs:
-        if kpu_channel_offset(w, h, at) is None:
-            groups = kpu_row_layout(w).groups
-            return (f"its part '{p.name}' starts at channel {at}, not a multiple of {groups} (the channels "
-                    f"one 64-byte line of KPU RAM holds at width {w})")
-        if written_into.get(p, n) is not n:
-            return f"its part '{p.name}' is already written into '{written_into[p].name}' in KPU RAM"
-        at += p.shape[1]
-    return None
-
-
-_NOT_BETWEEN_LAYERS = "its input is not a KPU layer's output"
-
-
-def _channel_range(n: Node) -> tuple[int, int] | None:
-    """(c0, c1) if n is a StridedSlice of a 4-D map that keeps channels c0..c1-1 and everything else."""
-    if not isinstance(n.op, O.StridedSlice) or n.type.rank != 4:
-        return None
-    x = n.inputs[0]
-    (b0, c0, y0, x0), (b1, c1, y1, x1), steps = n.op.begin, n.op.end, n.op.strides
-    full = (b0, y0, x0) == (0, 0, 0) and (b1, y1, x1) == (x.shape[0], *x.shape[2:])
-    if not full or tuple(steps) != (1, 1, 1, 1) or n.shape[1:] != (c1 - c0, *x.shape[2:]):
-        return None
-    return c0, c1
-
-
-def kpu_view_problem(n: Node, table: dict[Node, NodeQuant]) -> str | None:
-    """Why the channel slice `n` (`_channel_range`) cannot be read in place in KPU RAM by the KPU
-    layers reading it (kcc.ir.kpu_ops.KpuChannelView), or None; `_NOT_BETWEEN_LAYERS` when its input
-    is no KPU layer's output (a slice on the CPU, as before, and no placement of its own)."""
-    x = n.inputs[0]
-    if table[x].domain is not Domain.KPU:
-        return _NOT_BETWEEN_LAYERS
-    if table[n].domain is not Domain.CODES:
-        return "it is not read on its input's grid"
-    if n.shape[0] != 1:
-        return f"batch {n.shape[0]} (in KPU RAM each batch is a whole map)"
-    _, _, h, w = x.shape
-    c0, _ = _channel_range(n)
-    if kpu_channel_offset(w, h, c0) is None:
-        groups = kpu_row_layout(w).groups
-        return (f"its first channel {c0} is not a multiple of {groups} (the channels one 64-byte line of "
-                f"KPU RAM holds at width {w}): copied out, sliced on the CPU and uploaded")
-    return None
-
-
-def _view_note(n: Node) -> str:
-    c0, c1 = _channel_range(n)
-    return (f"in place in KPU RAM: KPU layers read channels {c0}..{c1 - 1} of '{n.inputs[0].name}' where "
-            f"it lies, no copy-out, slice or upload")
-
-
-def _in_place_note(n: Node) -> str:
-    ranges, at = [], 0
-    for p in n.inputs:
-        ranges.append(f"{at}..{at + p.shape[1] - 1}")
-        at += p.shape[1]
-    return f"in place in KPU RAM: its {len(n.inputs)} KPU layers write channels {', '.join(ranges)} of one buffer"
 
 
 def _on_grid(op: O.Op, q: QuantParam) -> O.Op:

@@ -178,3 +178,60 @@ def test_a_pick_pair_over_kpu_ram_runs_in_output_channel_groups(monkeypatch):
         np.testing.assert_array_equal(out, y_map[:, :, 1::2, 1::2])
     got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
     assert max_steps(got, want) <= 1.67, f"max error {max_steps(got, want):.2f} steps"  # measured 1.59
+
+
+GAP_PICK_CASES = {  # (input shape, padding): odd sizes at 4, 2 and 1 channels a 64-byte line
+    "odd_rows_and_columns": ((1, 8, 15, 13), ((1, 1), (1, 1))),  # 4 a line: 2 layers, gap row and column
+    "odd_rows_odd_centred_columns": ((1, 8, 15, 20), ((1, 1), (0, 1))),  # ULFFD: right_top, gap row only
+    "odd_centred_rows_odd_columns": ((1, 6, 12, 33), ((0, 1), (1, 1))),  # 1 a line: the row shift, gap column
+    "wide_odd": ((1, 3, 9, 129), ((1, 1), (1, 1))),  # three lines a row (DeepLab's 129)
+}
+
+
+@pytest.mark.parametrize("name", sorted(GAP_PICK_CASES))
+def test_stride2_on_odd_sizes_is_kpu_layers_and_a_pick_over_a_gap(name, monkeypatch):
+    """kcc.passes.gap_pick: a stride-2 depthwise layer on an odd size (reading a KPU layer) runs at
+    stride 1, one KPU layer per line group of channels, each writing its rows into a map one row (column) larger, and a pick
+    layer reads that map: no CPU pad, slice or upload. On random weights and inputs every layer equals
+    the scalar reference of the integer pipeline, the groups land g * (H + 1) rows apart, the pick is
+    exactly the right rows and columns of the codes they left, and the result agrees with the float
+    graph as the CPU slice path does (the same weights and samples)."""
+    shape, padding = GAP_PICK_CASES[name]
+    _, c, h, w = shape
+    state = rng.bit_generator.state
+    rms = {}
+    for form in ("cpu", "gap"):
+        rng.bit_generator.state = state
+        g = Graph()
+        x = g.add(O.Conv2D(act=(0.0, 6.0)), (g.input(0, shape), _const(g, (c, c, 1, 1)), _const(g, (c,))), "pw")
+        y = g.add(O.Conv2D((2, 2), padding, groups=c, act=(0.0, 6.0)), (x, _const(g, (c, 1, 3, 3)), _const(g, (c,))), "dw")
+        g.outputs = [g.add(O.Conv2D(), (y, _const(g, (5, c, 1, 1)), _const(g, (5,))), "head")]
+        calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
+        want = [run(g, s)[0] for s in calib]
+        with monkeypatch.context() as m:
+            if form == "cpu":
+                m.setattr("kcc.passes.gap_pick.plan", lambda *a: None)
+            res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+        program = kpu_sim.load(res.kmodel)
+        err = np.concatenate([(program.run(s)[0].reshape(v.shape) - v).ravel() for s, v in zip(calib, want)])
+        rms[form] = float(np.sqrt(np.mean(err ** 2)))
+    assert rms["gap"] <= 1.05 * rms["cpu"], rms
+    assert all(p.on_kpu and "CPU" not in p.reason for p in res.placements), res.placements
+    line = km.kpu_row_layout(w).groups
+    groups = -(-c // line)
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    assert names == ["quantize", "kpu_upload"] + ["kpu_conv2d"] * (groups + 3) + ["dequantize"], names
+    assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == groups + 3
+    maps = layer_maps(res.kmodel, calib[0][0])
+    parts, (pick, x_map, out) = maps[1:groups + 1], maps[groups + 1]
+    hp, wp = x_map.shape[2:]
+    assert (hp, wp) == (h + h % 2 * (padding[0][0] == 1), w + w % 2 * (padding[1][0] == 1))
+    rows = km.kpu_row_layout(w).row_len * hp  # 64-byte lines a line group takes in the padded map
+    for g_, (body, _, y) in enumerate(parts):
+        assert body.kpu_output().start == pick.kpu_input().start + g_ * rows * 64
+        np.testing.assert_array_equal(x_map[:, g_ * line:(g_ + 1) * line, :h, :w], y)
+    dy, dx = padding[0][0] == 0, padding[1][0] == 0  # odd-centred axes
+    assert shift_of(pick) == (int(dy), 0)
+    assert pick.layer.pool_type.name.lower() == ("right_top_2_s2" if dx else "left_top_2_s2")
+    np.testing.assert_array_equal(out, x_map[:, :, int(dy)::2, int(dx)::2][:, :, :out.shape[2], :out.shape[3]])
+    assert out.shape[2:] == ((h + 1) // 2 if not dy else h // 2, (w + 1) // 2 if not dx else w // 2)

@@ -26,9 +26,13 @@ def legalize(g, opts=None):
 rng = np.random.default_rng(7)
 
 
-def _conv_graph(c, oc, h, w, k, stride, pad, groups=1, act=O.NO_CLAMP, after=None):
+def _conv_graph(c, oc, h, w, k, stride, pad, groups=1, act=O.NO_CLAMP, after=None, producer=False):
+    """x -> [a 1x1 conv 'pw', a KPU layer's map] -> conv 'conv' -> [after]"""
     g = Graph()
     x = g.input(0, (1, c, h, w))
+    if producer:
+        wp = g.constant(rng.uniform(-1, 1, (c, c, 1, 1)).astype(np.float32), "wp")
+        x = g.add(O.Conv2D(act=(0.0, 6.0)), (x, wp, g.constant(np.zeros(c, np.float32), "bp")), "pw")
     wt = g.constant(rng.uniform(-1, 1, (oc, c // groups, k, k)).astype(np.float32), "w")
     b = g.constant(rng.uniform(-1, 1, oc).astype(np.float32), "b")
     y = g.add(O.Conv2D((stride, stride), pad, (1, 1), groups, act), (x, wt, b), "conv")
@@ -80,7 +84,7 @@ def test_conv_rewrites_are_exact(k, stride, padding, depthwise, size):
     h, w = size, size + 1
     g = _conv_graph(c, c if depthwise else 5, h, w, k, stride, pad, groups=c if depthwise else 1)
     lg, placements = _assert_equivalent(g)
-    assert sum(isinstance(n.op, KO.FloatKpuConv) for n in lg.nodes) == 1
+    assert sum(isinstance(n.op, KO.FloatKpuConv) for n in lg.nodes) == 1  # (the graph input: no gap_pick)
     assert placements[0].on_kpu
     kpu = next(n for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv))
     assert kpu.inputs[0].shape[2] >= 4 and kpu.inputs[0].shape[3] >= 4
@@ -106,13 +110,20 @@ def test_stride2_depthwise_with_symmetric_padding_picks_on_the_kpu(k, h, w):
     assert placements[0].on_kpu and "slice" not in placements[0].reason
 
 
-def test_stride2_depthwise_that_needs_a_pre_pad_keeps_its_slice():
-    """TFLite SAME, 8 rows but 9 columns: no pick layer (kcc.passes.row_pick takes even sizes only), and
-    the pick would need a CPU pad of the full map, costlier than the quarter-size slice."""
-    g = _conv_graph(4, 4, 8, 9, 3, 2, ((0, 1), (1, 1)), groups=4)
-    lg, _ = _assert_equivalent(g)
-    assert [n.op.pool for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)] == ["bypass"]
-    assert not [n for n in lg.nodes if isinstance(n.op, O.Pad)]
+def test_stride2_depthwise_on_an_odd_width_is_a_gap_pick():
+    """TFLite SAME, 8 rows but 9 columns (row_pick takes even sizes only): the conv at stride 1 (one
+    line group of 4 channels), a column of padding the pick layer never picks, then the pick, shifted
+    one row up for the odd rows (kcc.passes.gap_pick): no CPU slice, the same values."""
+    g = _conv_graph(4, 4, 8, 9, 3, 2, ((0, 1), (1, 1)), groups=4, producer=True)
+    lg, placements = _assert_equivalent(g)
+    _, full, pick = [n for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)]
+    assert (full.op.pool, pick.op.pool, KO.shift_copy(pick)) == ("bypass", "left_top_2_s2", (1, 0))
+    (pad,) = [n for n in lg.nodes if isinstance(n.op, O.Pad)]
+    assert pad.op.paddings[2:] == ((0, 0), (0, 1)) and pick.inputs[0] is pad and pad.inputs[0] is full
+    assert not [n for n in lg.nodes if isinstance(n.op, O.StridedSlice)]
+    assert "then a pick layer" in placements[1].reason
+    lg, placements = _assert_equivalent(_conv_graph(4, 4, 8, 9, 3, 2, ((0, 1), (1, 1)), groups=4))
+    assert "odd size" in placements[0].reason  # the graph input: its channels would be sliced on the CPU
 
 
 @pytest.mark.parametrize("depthwise", [False, True])

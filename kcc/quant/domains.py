@@ -1,0 +1,31 @@
+"""The table kcc.quant.quantize builds over the legalized float graph: where each node computes once
+quantized (`Domain`) and on which grid (`NodeQuant`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from kcc.ir import kpu_ops as KO
+from kcc.quant.params import QuantParam
+
+
+class Domain(Enum):
+    """Where a node of the float graph computes once quantized."""
+
+    FLOAT = "float"  # float32 on the CPU (a KPU layer reading it gets it quantized on its grid)
+    KPU = "kpu"  # a KPU layer: uint8 in KPU RAM
+    CODES = "codes"  # data movement, pool or concatenation on the uint8 codes of its input, same grid
+    UINT8_INPUT = "uint8_input"  # the graph input, given as uint8
+    CPU_UINT8 = "cpu_uint8"  # a uint8 matmul or conv on the CPU (kcc.quant.cpu_*), codes in main memory
+
+
+@dataclass(frozen=True)
+class NodeQuant:
+    domain: Domain
+    #: the grid of the node's uint8 form: a KPU layer's output grid, the grid its codes are moved on,
+    #: or the calibrated range's; None when the node has no range (it is then never read as uint8)
+    grid: QuantParam | None
+    layer: KO.QuantKpuLayer | None = None  # a KPU layer's quantized parameters
+    matmul: tuple[KO.QuantMatMul, object] | None = None  # a uint8 matmul and its weight codes
+    convs: tuple[tuple[KO.QuantConv, object], ...] = ()  # a uint8 conv: its channel runs and their codes

@@ -1,0 +1,117 @@
+"""What lives in place in KPU RAM between KPU layers (kcc.quant.quantize): a concatenation of their
+outputs, one buffer whose channel ranges they write (kcc.ir.kpu_ops.KpuConcat), a channel slice read
+where it lies (KpuChannelView), and why not when not; the placement notes that say so."""
+
+from __future__ import annotations
+
+from kcc.ir import kpu_ops as KO
+from kcc.ir import ops as O
+from kcc.ir.graph import Node
+from kcc.kmodel import kpu_channel_offset, kpu_row_layout
+from kcc.quant.domains import Domain, NodeQuant
+
+
+def kpu_concat_problem(n: Node, table: dict[Node, NodeQuant], written_into: dict[Node, Node]) -> str | None:
+    """Why concatenation `n` cannot be computed in place in KPU RAM (module docstring), or None.
+    `written_into`: the KPU layers already written into another in-place concatenation."""
+    if n.op.axis != 1 or n.type.rank != 4:
+        return f"concatenation along axis {n.op.axis} (KPU RAM holds channel ranges only)"
+    if n.shape[0] != 1:
+        return f"batch {n.shape[0]} (in KPU RAM each batch is a whole map)"
+    if len({id(p) for p in n.inputs}) != len(n.inputs):
+        return "it reads one part twice"
+    if table[n].domain is not Domain.CODES:
+        uploads = [p for p in n.inputs if table[p].domain is not Domain.KPU]
+        if uploads:
+            return f"its part '{uploads[0].name}' is a CPU {uploads[0].op.kind}, not a KPU layer's output"
+        return "its parts are on different quantization grids"
+    for p in n.inputs:  # a CPU part on the grid (float, or a uint8 conv's codes) is uploaded into its range
+        if table[p].domain not in (Domain.KPU, Domain.FLOAT, Domain.CPU_UINT8):
+            return f"its part '{p.name}' is a CPU {p.op.kind}, not a KPU layer's output"
+    _, _, h, w = n.shape
+    at = 0
+    for p in n.inputs:
+        if kpu_channel_offset(w, h, at) is None:
+            groups = kpu_row_layout(w).groups
+            return (f"its part '{p.name}' starts at channel {at}, not a multiple of {groups} (the channels "
+                    f"one 64-byte line of KPU RAM holds at width {w})")
+        if written_into.get(p, n) is not n:
+            return f"its part '{p.name}' is already written into '{written_into[p].name}' in KPU RAM"
+        at += p.shape[1]
+    return None
+
+
+NOT_BETWEEN_LAYERS = "its input is not a KPU layer's output"
+
+
+def channel_range(n: Node) -> tuple[int, int] | None:
+    """(c0, c1) if n is a StridedSlice of a 4-D map that keeps channels c0..c1-1 and everything else."""
+    if not isinstance(n.op, O.StridedSlice) or n.type.rank != 4:
+        return None
+    x = n.inputs[0]
+    (b0, c0, y0, x0), (b1, c1, y1, x1), steps = n.op.begin, n.op.end, n.op.strides
+    full = (b0, y0, x0) == (0, 0, 0) and (b1, y1, x1) == (x.shape[0], *x.shape[2:])
+    if not full or tuple(steps) != (1, 1, 1, 1) or n.shape[1:] != (c1 - c0, *x.shape[2:]):
+        return None
+    return c0, c1
+
+
+def kpu_view_problem(n: Node, table: dict[Node, NodeQuant]) -> str | None:
+    """Why the channel slice `n` (`_channel_range`) cannot be read in place in KPU RAM by the KPU
+    layers reading it (kcc.ir.kpu_ops.KpuChannelView), or None; `NOT_BETWEEN_LAYERS` when its input
+    is no KPU layer's output (a slice on the CPU, as before, and no placement of its own)."""
+    x = n.inputs[0]
+    if table[x].domain is not Domain.KPU:
+        return NOT_BETWEEN_LAYERS
+    if table[n].domain is not Domain.CODES:
+        return "it is not read on its input's grid"
+    if n.shape[0] != 1:
+        return f"batch {n.shape[0]} (in KPU RAM each batch is a whole map)"
+    _, _, h, w = x.shape
+    c0, _ = channel_range(n)
+    if kpu_channel_offset(w, h, c0) is None:
+        groups = kpu_row_layout(w).groups
+        return (f"its first channel {c0} is not a multiple of {groups} (the channels one 64-byte line of "
+                f"KPU RAM holds at width {w}): copied out, sliced on the CPU and uploaded")
+    return None
+
+
+def view_note(n: Node) -> str:
+    c0, c1 = channel_range(n)
+    return (f"in place in KPU RAM: KPU layers read channels {c0}..{c1 - 1} of '{n.inputs[0].name}' where "
+            f"it lies, no copy-out, slice or upload")
+
+
+def in_place_note(n: Node) -> str:
+    ranges, at = [], 0
+    for p in n.inputs:
+        ranges.append(f"{at}..{at + p.shape[1] - 1}")
+        at += p.shape[1]
+    return f"in place in KPU RAM: its {len(n.inputs)} KPU layers write channels {', '.join(ranges)} of one buffer"
+
+
+def gap_source(n: Node, readers: list[Node], table: dict[Node, NodeQuant]) -> tuple[Node, ...] | None:
+    """The parts of the in-place concatenation that pad `n` lays out with a gap row / column
+    (kcc.passes.gap_pick; kcc.ir.kpu_ops.KpuConcat `gap`), or None: n pads a concatenation of KPU
+    layers (or one layer) by at most one row and one column, bottom and right, each part one line
+    group of channels, and every reader is a pick layer that never picks the gap (a copy whose
+    picked pixels are even rows and columns of an odd size, or the odd ones of an even size)."""
+    if not (isinstance(n.op, O.Pad) and n.type.rank == 4 and n.shape[0] == 1 and readers):
+        return None
+    (b0, b1), (c0, c1), (top, gap_h), (left, gap_w) = n.op.paddings
+    if (b0, b1, c0, c1, top, left) != (0,) * 6 or not {gap_h, gap_w} <= {0, 1} or not (gap_h or gap_w):
+        return None
+    x = n.inputs[0]
+    parts = x.inputs if isinstance(x.op, O.Concat) and x.op.axis == 1 else (x,)
+    _, _, h, w = x.shape
+    line = kpu_row_layout(w).groups
+    if (kpu_row_layout(w + gap_w) != kpu_row_layout(w) or len({id(p) for p in parts}) != len(parts)
+            or any(table[p].domain is not Domain.KPU or p.shape[1] > line for p in parts)
+            or any(p.shape[1] % line for p in parts[:-1])):
+        return None
+    for r in readers:
+        shift = KO.shift_copy(r)
+        if (table[r].domain is not Domain.KPU or shift is None or r.op.pool not in ("left_top_2_s2", "right_top_2_s2")
+                or (gap_h and (h % 2 == 0 or shift[0])) or (gap_w and (w % 2 == 0 or shift[1] or r.op.pool != "left_top_2_s2"))):
+            return None
+    return tuple(parts)
