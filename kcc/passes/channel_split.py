@@ -173,7 +173,7 @@ def pick_groups(n: Node) -> list[tuple[int, int]] | None:
     if k[0] != k[1] or row_pick.pick_pool(x.shape, n.shape, op.padding, k[0], op.stride) is None:
         return None
     depthwise = _depthwise(n)
-    if row_pick.fits(x.shape, total):
+    if row_pick.fits(x.shape, total) or (depthwise and isinstance(x.op, O.Input)):  # (the input: CPU slices)
         return None  # served whole, or not worth it (legalize_kpu's row_pick.serves)
     nb, _, h, w = x.shape
     picked = kpu_bytes((nb, total, h // 2, w // 2))

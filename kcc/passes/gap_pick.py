@@ -123,11 +123,10 @@ def pays(x_shape: tuple, out_shape: tuple, p: Plan) -> bool:
             and _layers(x_shape, p) < _fallback(x_shape, out_shape))
 
 
-def build(g: Graph, n: Node, x: Node, w: np.ndarray, b: np.ndarray, p: Plan) -> tuple[Node, str]:
-    """The layers in graph g for depthwise conv n reading x there (its weights w, bias b): one
-    stride-1 layer per line group reading its channels of x, their concatenation padded by the gap,
-    the pick layer named as n; and what its placement says."""
-    op = n.op
+def build(g: Graph, n: Node, op, x: Node, w: np.ndarray, b: np.ndarray, p: Plan) -> tuple[Node, str]:
+    """The layers in graph g for depthwise conv n (as `op`, a zero pad before it absorbed) reading x
+    there (its weights w, bias b): one stride-1 layer per line group reading its channels of x, their
+    concatenation padded by the gap, the pick layer named as n; and what its placement says."""
     c, (nb, _, h, wd) = w.shape[0], x.shape
     parts = []
     for c0 in range(0, c, p.line):

@@ -252,7 +252,7 @@ class _Legalizer:
         gap = gap_pick.plan(x.shape, n.shape, op.padding, k, op.stride, depthwise) if pick else None
         gap = None if isinstance(x.op, O.Input) else gap
         if gap and (ay.pre or ay.post or ax.pre or ax.post) and gap_pick.pays(x.shape, n.shape, gap):
-            return self._gap_pick(n, x, w, b, gap)
+            return self._gap_pick(n, op, x, w, b, gap)
         if depthwise and pick and (ay.pre or ay.post or ax.pre or ax.post):
             # a pre-pad costs a CPU pad of the full-resolution map (and its upload), more than the
             # quarter-resolution slice it would save: such depthwise layers keep the slice
@@ -369,10 +369,10 @@ class _Legalizer:
         self.placements.append(Placement(n.name, "conv2d", True, what))
         return self._absorb(n, tail, y)
 
-    def _gap_pick(self, n: Node, x: Node, w: np.ndarray, b: np.ndarray, plan: gap_pick.Plan) -> Node:
-        """Stride-2 depthwise n on an odd size as stride-1 layers, one per line group, written into a
-        map with a gap row (and column), and a pick layer over it (kcc.passes.gap_pick)."""
-        y, what = gap_pick.build(self.g, n, self.map[id(x)], w, b, plan)
+    def _gap_pick(self, n: Node, op: O.Conv2D, x: Node, w: np.ndarray, b: np.ndarray, plan: gap_pick.Plan) -> Node:
+        """Stride-2 depthwise n (as op) on an odd size as stride-1 layers, one per line group, written
+        into a map with a gap row (and column), and a pick layer over it (kcc.passes.gap_pick)."""
+        y, what = gap_pick.build(self.g, n, op, self.map[id(x)], w, b, plan)
         self.placements.append(Placement(n.name, "conv2d", True, what))
         return self._absorb(n, n, y)
 

@@ -328,9 +328,7 @@ class _Rewriter:
         if parts is not None and (len(parts) == 1 or kpu_concat_problem(n.inputs[0], self.table, self.written_into) is None):
             for p in parts:  # written into a map with a gap row / column (kcc.passes.gap_pick)
                 self.written_into[p] = n
-            return self._once("kpu", n, lambda: self.g.add(
-                KO.KpuConcat(n.op.paddings[2][1:] + n.op.paddings[3][1:]), tuple(map(self.layer_of, parts)),
-                n.name + "/kpu"))
+            return self._once("kpu", n, lambda: self.gap_concat(n, parts))
         if isinstance(n.op, O.Concat) and ("kpu", n, None) not in self.made:
             problem = kpu_concat_problem(n, self.table, self.written_into)
             if any(self.table[p].domain is Domain.KPU for p in n.inputs):  # a concatenation between KPU layers
@@ -348,6 +346,14 @@ class _Rewriter:
         if self.table[p].domain is Domain.KPU:
             return self.layer_of(p)
         return self.g.add(KO.KpuUpload(), (self.u8_of(p),), p.name + "/upload")
+
+    def gap_concat(self, n: Node, parts: tuple[Node, ...]) -> Node:
+        """Pad n of `parts` as one KPU RAM buffer with its gap (kcc.passes.gap_pick); the channel
+        views its layers read in place are that conv's business: its placement says it, not one each."""
+        layers = tuple(map(self.layer_of, parts))
+        for p in parts:
+            self.placements.pop(p.inputs[0], None)
+        return self.g.add(KO.KpuConcat(n.op.paddings[2][1:] + n.op.paddings[3][1:]), layers, n.name + "/kpu")
 
     def kpu_stack(self, n: Node) -> Node:
         """A multi-grid stack: its parts write their channel ranges of one buffer (a KpuConcat);

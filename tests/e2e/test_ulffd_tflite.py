@@ -75,7 +75,8 @@ def test_uint8_kmodel_agrees_with_the_float_path(tmp_path):
     # CPU pad, and the estimate stays far below ncc's kmodel of the Caffe twin (61.2 ms, same estimator).
     model = km.read(res.kmodel)
     assert "pad" not in [n.opcode.kmodel_name for n in model.nodes]
-    assert latency.estimate(model).total_ms <= 28.4  # measured 27.0 ms (184.6 with the pads on the CPU)
+    # measured 22.9 ms (27.0 with its odd-size stride-2 layer sliced on the CPU, 184.6 with the pads too)
+    assert latency.estimate(model).total_ms <= 24.1
     graph = _float_graph()
     program = kpu_sim.load(res.kmodel)
     cos = []
