@@ -77,6 +77,9 @@ from kcc.target.quant_rules import weights_reason
 #: latency bar allows beyond 3x the KPU's time. BlazeHand's 63-landmark heads (~4 ms each) stay in
 #: float; a 1001-way classifier over 1280 features (122 ms) goes to the KPU.
 HEAD_CPU_MS = 10.0
+#: most inputs of a fully-connected layer on the KPU: one 3x3 window over a [K/9, 3, 3] map (`fc_as_conv`)
+FC_MAX_INPUTS = 9 * MAX_CHANNELS
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -385,8 +388,8 @@ class _Legalizer:
         reason = None
         if self.opts.target == "cpu":
             reason = "target cpu"
-        elif -(-k_in // 9) > MAX_CHANNELS:  # no exact sum of two KPU layers' partial sums (kcc.quant.cpu_matmul)
-            reason = f"{k_in} inputs > {9 * MAX_CHANNELS} (a 3x3 KPU conv's reach): a uint8 matmul on the CPU"
+        elif k_in > FC_MAX_INPUTS:  # no exact sum of two KPU layers' partial sums (kcc.quant.cpu_matmul)
+            reason = f"{k_in} inputs > {FC_MAX_INPUTS} (a 3x3 KPU conv's reach): a uint8 matmul on the CPU"
         elif oc > MAX_CHANNELS:
             reason = f"{k_in}x{oc} weights: more than {MAX_CHANNELS} channels"
         elif k_in * oc < self.opts.output_quantize_threshold:

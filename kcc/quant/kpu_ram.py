@@ -90,12 +90,14 @@ def in_place_note(n: Node) -> str:
     return f"in place in KPU RAM: its {len(n.inputs)} KPU layers write channels {', '.join(ranges)} of one buffer"
 
 
-def gap_source(n: Node, readers: list[Node], table: dict[Node, NodeQuant]) -> tuple[Node, ...] | None:
+def gap_source(n: Node, readers: list[Node], table: dict[Node, NodeQuant],
+               written_into: dict[Node, Node]) -> tuple[Node, ...] | None:
     """The parts of the in-place concatenation that pad `n` lays out with a gap row / column
     (kcc.passes.gap_pick; kcc.ir.kpu_ops.KpuConcat `gap`), or None: n pads a concatenation of KPU
     layers (or one layer) by at most one row and one column, bottom and right, each part one line
-    group of channels, and every reader is a pick layer that never picks the gap (a copy whose
-    picked pixels are even rows and columns of an odd size, or the odd ones of an even size)."""
+    group of channels, the concatenation computable in place (`kpu_concat_problem`), and every
+    reader is a pick layer that never picks the gap (a copy whose picked pixels are even rows and
+    columns of an odd size, or the odd ones of an even size)."""
     if not (isinstance(n.op, O.Pad) and n.type.rank == 4 and n.shape[0] == 1 and readers):
         return None
     (b0, b1), (c0, c1), (top, gap_h), (left, gap_w) = n.op.paddings
@@ -103,6 +105,8 @@ def gap_source(n: Node, readers: list[Node], table: dict[Node, NodeQuant]) -> tu
         return None
     x = n.inputs[0]
     parts = x.inputs if isinstance(x.op, O.Concat) and x.op.axis == 1 else (x,)
+    if len(parts) > 1 and kpu_concat_problem(x, table, written_into) is not None:
+        return None
     _, _, h, w = x.shape
     line = kpu_row_layout(w).groups
     if (kpu_row_layout(w + gap_w) != kpu_row_layout(w) or len({id(p) for p in parts}) != len(parts)
@@ -111,7 +115,8 @@ def gap_source(n: Node, readers: list[Node], table: dict[Node, NodeQuant]) -> tu
         return None
     for r in readers:
         shift = KO.shift_copy(r)
-        if (table[r].domain is not Domain.KPU or shift is None or r.op.pool not in ("left_top_2_s2", "right_top_2_s2")
-                or (gap_h and (h % 2 == 0 or shift[0])) or (gap_w and (w % 2 == 0 or shift[1] or r.op.pool != "left_top_2_s2"))):
+        if table[r].domain is not Domain.KPU or shift is None or r.op.pool not in ("left_top_2_s2", "right_top_2_s2"):
             return None
+        if (gap_h and (h % 2 == 0 or shift[0])) or (gap_w and (w % 2 == 0 or shift[1] or r.op.pool != "left_top_2_s2")):
+            return None  # the pick would read the gap
     return tuple(parts)

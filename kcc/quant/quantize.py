@@ -324,8 +324,8 @@ class _Rewriter:
                 c0, c1 = channel_range(n)
                 return self._once("kpu", n, lambda: self.g.add(
                     KO.KpuChannelView(c0, c1), (self.kpu_of(n.inputs[0]),), n.name + "/kpu"))
-        parts = gap_source(n, self.users[n], self.table) if ("kpu", n, None) not in self.made else None
-        if parts is not None and (len(parts) == 1 or kpu_concat_problem(n.inputs[0], self.table, self.written_into) is None):
+        parts = gap_source(n, self.users[n], self.table, self.written_into) if ("kpu", n, None) not in self.made else None
+        if parts is not None:
             for p in parts:  # written into a map with a gap row / column (kcc.passes.gap_pick)
                 self.written_into[p] = n
             return self._once("kpu", n, lambda: self.gap_concat(n, parts))
