@@ -18,6 +18,11 @@ The input channels of a depthwise group are a channel slice of its input. When t
 conv read by nothing else, the slice is pushed into it: the producer is cut into the same channel
 groups (its weights' rows), so each depthwise group reads a producer group's output straight from
 KPU RAM instead of a CPU slice of the whole map (an inverted residual block's expansion conv).
+Depthwise layers are cut first, so such a producer takes their groups instead of its own, and each
+producer group is made just before its depthwise group. The groups are sized for what stays in KPU
+RAM beside each one (`chain_bytes`): the producer's input, read by every producer group, and the
+depthwise output, one buffer its groups write in place (MobileNetV2 at 288x288 and 320x320 failed
+the KPU RAM allocation with groups that fit one at a time).
 
 A channel slice that falls inside one part of a concatenation (a wide conv cut into groups feeding
 a wide depthwise cut into the same groups) reads that part.
@@ -127,10 +132,37 @@ def _placed(g: Graph, opts: CompileOptions, name: str) -> tuple[bool, str]:
     return bool(own) and not off, off[0] if off else ""
 
 
-def plan_groups(n: Node, opts: CompileOptions, unturned: Node | None = None) -> list[tuple[int, int]] | None:
+def chain_bytes(g: Graph, n: Node) -> int:
+    """KPU RAM alive beside each group of depthwise n's input when n is cut (0 if none): when n's
+    producer p is a plain conv read by n alone, p is cut into n's groups too (`_push_into_producers`),
+    each p group made just before its n group. While group i runs, p's input stays in KPU RAM for the
+    p groups still to come, and n's output, one buffer its groups write in place (kcc.quant.kpu_ram),
+    is alive whole: MobileNetV2 1.0 at 320x320, whose expansion to 96 channels at 160x160 needs
+    2.8 MiB, fits in 5 groups of 20 channels beside its 0.47 MiB input and 0.94 MiB output, not in the
+    2 groups that fit alone."""
+    p = n.inputs[0]
+    if not (_depthwise(n) and isinstance(p.op, O.Conv2D) and p.op.groups == 1 and g.users()[p] == [n]):
+        return 0
+    return kpu_bytes(p.inputs[0].shape) + kpu_bytes(n.shape)
+
+
+def _group_input_bytes(channels: int, *forms: Node) -> int:
+    """KPU RAM a group of `channels` of a depthwise layer holds while it runs, besides `chain_bytes`:
+    its input, and when a pick pair may serve it (kcc.passes.row_pick, in any of the layer's `forms`:
+    turned by 180° or not, decided after the cut) the full-resolution output too."""
+    x = forms[0].inputs[0]
+    own = kpu_bytes((x.shape[0], channels, *x.shape[2:]))
+    pair = any(row_pick.pick_pool(x.shape, n.shape, n.op.padding, n.inputs[1].shape[2], n.op.stride) is not None
+               for n in forms)
+    return 2 * own if pair else own
+
+
+def plan_groups(n: Node, opts: CompileOptions, unturned: Node | None = None,
+                beside: int = 0) -> list[tuple[int, int]] | None:
     """The channel ranges conv / matmul n is cut into, or None when it is not cut (module docstring).
     n is the layer as legalize_kpu will see it: in rotated coordinates if the model will be turned;
-    `unturned` the layer itself (`pick_groups` asks it: a turn is decided again after the cut)."""
+    `unturned` the layer itself (`pick_groups` asks it: a turn is decided again after the cut).
+    `beside`: KPU RAM alive beside each group's input (`chain_bytes`)."""
     if not (n.inputs[1].is_constant and n.inputs[2].is_constant):
         return None
     if isinstance(n.op, O.MatMul):
@@ -153,6 +185,8 @@ def plan_groups(n: Node, opts: CompileOptions, unturned: Node | None = None) -> 
         if len(ranges) < 2:
             return None
         lo, hi = ranges[0]  # the largest group
+        if beside and beside + _group_input_bytes(hi - lo, n, unturned or n) > KPU_RAM_SIZE:
+            continue
         if _placed(_group_graph(n, lo, hi), opts, n.name)[0]:
             return ranges
     return None
@@ -339,6 +373,12 @@ def _slices_of_concats(g: Graph) -> None:
             at += part.shape[1]
 
 
+def _sliced_only(g: Graph, n: Node) -> bool:
+    """Every reader of n is a channel slice (`_push_into_producers` cuts n into them)."""
+    users = g.users()[n]
+    return bool(users) and all(_channel_range(s) is not None for s in users)
+
+
 def _push_into_producers(g: Graph) -> int:
     """A plain conv whose every reader is a channel slice becomes one conv per slice (its weights'
     rows): no CPU slice, and each group's output stays in KPU RAM for its reader. Returns how many."""
@@ -355,9 +395,13 @@ def _push_into_producers(g: Graph) -> int:
         x, w, b = p.inputs[0], p.inputs[1].data, p.inputs[2].data
         for s in slices:
             lo, hi = _channel_range(s)
-            wc = g.insert_before(p, O.Constant(np.ascontiguousarray(w[lo:hi])), (), s.name + "/w")
-            bc = g.insert_before(p, O.Constant(np.ascontiguousarray(b[lo:hi])), (), s.name + "/b")
-            part = g.insert_before(p, p.op, (x, wc, bc), f"{p.name}/ch{lo}_{hi}")
+            # just before its first reader, so that one group's output is read before the next is
+            # made: only one group of p's output is alive in KPU RAM at a time (`chain_bytes`)
+            at = min((u for u in users[s]), key=g.nodes.index, default=p)
+            name = f"{p.name}/ch{lo}_{hi}"
+            wc = g.insert_before(at, O.Constant(np.ascontiguousarray(w[lo:hi])), (), name + "/w")
+            bc = g.insert_before(at, O.Constant(np.ascontiguousarray(b[lo:hi])), (), name + "/b")
+            part = g.insert_before(at, p.op, (x, wc, bc), name)
             g.replace_all_uses(s, part)
         done += 1
     return done
@@ -376,11 +420,15 @@ def split_channels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     turned = g if ctx.quantization is not None or ctx.own_grids else rotate180(g)
     seen = {n.name: n for n in turned.nodes} if turned is not g else {}
     cut = ranged = 0
-    for n in list(g.nodes):
-        if isinstance(n.op, (O.Conv2D, O.MatMul)):
-            ranges = plan_groups(seen.get(n.name, n), opts, n)
+    # depthwise layers first: a cut one's slices cut its producer into the same groups
+    # (`_push_into_producers`, sized by `chain_bytes`), which then needs no groups of its own
+    convs = [v for v in g.nodes if isinstance(v.op, O.Conv2D)]
+    for n in [v for v in convs if _depthwise(v)] + [v for v in g.nodes if not (v in convs and _depthwise(v))]:
+        if isinstance(n.op, (O.Conv2D, O.MatMul)) and not _sliced_only(g, n):
+            ranges = plan_groups(seen.get(n.name, n), opts, n, chain_bytes(g, n))
             if ranges is not None:
                 g.substitute(n, _split(g, n, ranges), "/unsplit")
+                n.inputs = ()  # retired: its producer's readers are the groups' slices alone
                 cut += 1
                 continue
             over = plan_range_split(seen.get(n.name, n), opts)

@@ -45,10 +45,11 @@ from kcc.eval.interpreter import run
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node, copy_rewriting
-from kcc.kmodel import kpu_channel_offset, kpu_row_layout
+from kcc.kmodel import kpu_bytes, kpu_channel_offset, kpu_row_layout
 from kcc.options import CompileOptions
+from kcc.passes.kpu_live import KpuLive
 from kcc.passes.prelu_kpu import _layer_cycles, _per_element, _upload
-from kcc.target.k210 import cpu_cycles, layer_fits
+from kcc.target.k210 import KPU_RAM_SIZE, cpu_cycles, layer_fits
 from kcc.target.quant_rules import fixup_range
 
 F32 = np.float32
@@ -132,6 +133,7 @@ class _Stats:
 class _Rewriter:
     def __init__(self, g: Graph, opts: CompileOptions, samples: list | None = None):
         self.stats = _Stats(g, samples)
+        self.live = KpuLive(g)
         self.src, self.opts = g, opts
         self.users = g.users()
         self.outputs = {id(o) for o in g.outputs}
@@ -199,6 +201,11 @@ class _Rewriter:
                     f"channels one 64-byte line of KPU RAM holds at width {w})")
         if not layer_fits((1, c1 + second.shape[1], hh, w), n.shape[1], 1):
             return f"a 1x1 layer over {c1 + second.shape[1]} channels of {hh}x{w} exceeds the KPU's limits"
+        # the buffer holds the skip from its layer to the add: it must fit beside every layer between
+        peak = self.live.peak_keeping((first, second), first, n, kpu_bytes((1, c1 + second.shape[1], hh, w)))
+        if peak > KPU_RAM_SIZE:
+            return (f"KPU RAM: the skip '{first.name}' would stay in KPU RAM through the block, {peak} B "
+                    f"alive at once > {KPU_RAM_SIZE} B")
         return None
 
     def _fused_problem(self, n: Node, proj: Node, skip: Node) -> str | None:

@@ -433,7 +433,8 @@ def test_a_depthwise_cut_by_its_weights_range_writes_its_cpu_channels_into_kpu_r
     assert "concat" not in names, names
     assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 4
     maps = layer_maps(res.kmodel, calib[0][0])
-    (dw_body, _, dw_out), (project, x_map, _) = maps[2], maps[3]
+    (dw_body, _, dw_out), = [m for m in maps if m[0].layer.depth_wise_layer]
+    project, x_map, _ = maps[-1]
     assert dw_out.shape[1] == 10 and x_map.shape[1] == 12
     base = project.kpu_input().start
     assert dw_body.kpu_output().start == base

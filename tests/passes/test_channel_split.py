@@ -8,8 +8,10 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
 from kcc.passes.channel_split import split_channels
+from kcc.passes.kpu_live import KpuLive
 from kcc.passes.legalize_kpu import legalize_kpu
 from kcc.passes.manager import CompileContext
+from kcc.target.k210 import KPU_RAM_SIZE
 
 rng = np.random.default_rng(4)
 RELU6 = (0.0, 6.0)
@@ -61,6 +63,30 @@ def test_an_inverted_residual_block_over_kpu_ram_runs_on_the_kpu_in_channel_grou
     assert [n.inputs[0].name for n in dws] == ["expand/ch0_36", "expand/ch36_72"]
     assert not _ops(out, O.StridedSlice) and len(_ops(out, O.Concat)) == 1
     assert placements and all(p.on_kpu for p in placements), placements
+
+
+def test_groups_are_sized_for_what_stays_in_kpu_ram_beside_them_and_made_one_after_the_other():
+    """MobileNetV2 1.0 at 320x320, block 1: an expansion of 16 to 96 channels at 160x160 (2.8 MiB)
+    and a stride-2 depthwise. Two groups of 48 fit one at a time, but the block's input (0.47 MiB,
+    read by every expansion group) and the depthwise output (0.94 MiB, one buffer its groups write)
+    stay beside each group: 5 groups of 20 channels fit, each expansion group made just before its
+    depthwise group. The legalized graph's KPU RAM never exceeds the 2 MiB (kcc.passes.kpu_live)."""
+    def build():
+        g = Graph()
+        x = g.input(0, (1, 16, 160, 160))
+        y = _conv(g, x, 96, 1, act=RELU6, name="expand")
+        y = _conv(g, y, 96, 3, groups=96, act=RELU6, stride=2, name="dw")
+        g.outputs = [_conv(g, y, 24, 1, name="project")]
+        return g
+
+    out, placements = _check(build, (1, 16, 160, 160))
+    convs = [n for n in out.nodes if isinstance(n.op, O.Conv2D)]
+    assert [n.name for n in convs[:4]] == ["expand/ch0_20", "dw/ch0_20", "expand/ch20_40", "dw/ch20_40"]
+    assert [n.shape[1] for n in convs if n.op.groups > 1] == [20, 20, 20, 20, 16]
+    assert all(p.on_kpu for p in placements), placements
+    ctx = CompileContext(CompileOptions())
+    legalized = legalize_kpu(out, ctx)
+    assert max(KpuLive(legalized).live) <= KPU_RAM_SIZE
 
 
 def test_a_depthwise_read_by_another_reader_too_slices_its_input():

@@ -74,6 +74,23 @@ def test_the_add_stays_on_the_cpu_and_says_why():
     assert residual_to_kpu(_block(), CompileOptions(target="cpu"))[1] == []
 
 
+@pytest.mark.parametrize("hw,on_kpu", [(80, True), (160, False)])
+def test_a_skip_that_would_not_fit_beside_the_block_stays_on_the_cpu(hw, on_kpu):
+    """MobileNetV2 0.5 at 320x320: the stack holds the skip in KPU RAM from its layer to the add. At
+    160x160 the expansion and the depthwise layer (0.94 MiB each) leave no room for it (0.94 MiB more
+    with the projection's part): the add stays on the CPU and says so, instead of a KPU RAM overflow
+    at emit. At 80x80 everything fits and the add is a KPU layer."""
+    g = _block(c=16, e=32, hw=hw)
+    out, done, kept = residual_to_kpu(g, CompileOptions(), _samples(g, 1))
+    if on_kpu:
+        assert [a for a, _ in done] == ["add"] and kept == []
+    else:
+        assert done == [] and kept[0][0] == "add"
+        # the stack, the expansion and the depthwise output, 983040 B each, at the depthwise step
+        assert kept == [("add", "KPU RAM: the skip 'x' would stay in KPU RAM through the block, 2949120 B "
+                                "alive at once > 2097152 B")]
+
+
 def test_a_sum_read_in_float_stays_on_the_cpu():
     """A graph output (or a CPU conv) reads the float sum: on the KPU it would be rounded once more."""
     g = _block()
