@@ -177,7 +177,7 @@ def plan_groups(n: Node, opts: CompileOptions, unturned: Node | None = None,
         return None
     fits, reason = _placed(_group_graph(n, 0, total), opts, n.name)
     if fits:
-        return pick_groups(unturned or n) if isinstance(n.op, O.Conv2D) else None
+        return pick_groups(unturned or n, beside) if isinstance(n.op, O.Conv2D) else None
     if not any(r in reason for r in SIZE_REASONS):
         return None
     for groups in range(max(2, math.ceil(total / MAX_CHANNELS)), MAX_GROUPS + 1):
@@ -192,14 +192,16 @@ def plan_groups(n: Node, opts: CompileOptions, unturned: Node | None = None,
     return None
 
 
-def pick_groups(n: Node) -> list[tuple[int, int]] | None:
+def pick_groups(n: Node, beside: int = 0) -> list[tuple[int, int]] | None:
     """The output-channel ranges of stride-2 conv n centred on odd rows (TFLite SAME on an even size)
     that kcc.passes.row_pick serves one range at a time but not whole: its full-resolution output Y
     does not fit KPU RAM beside the picked one (MobileNetV2's 224x224 stem: 1.75 MiB of Y, 0.44 of
     picked output). legalize_kpu would pre-pad its input on the CPU and crop or slice its output
     instead (the stem: ~160 ms of pad, copy-out, slice and upload). Each group's Y fits beside the
     conv's input and the whole picked output (its groups written in place, kcc.quant); taken when the
-    groups' pick layers and extra layers cost less than that CPU work (kcc.target.k210's costs)."""
+    groups' pick layers and extra layers cost less than that CPU work (kcc.target.k210's costs).
+    `beside` (`chain_bytes`): a depthwise layer's producer cut into its groups keeps its own input and
+    the picked output beside each group's input and full-resolution output instead."""
     op = n.op
     x = n.inputs[0]
     k = n.inputs[1].shape[2:]
@@ -215,8 +217,8 @@ def pick_groups(n: Node) -> list[tuple[int, int]] | None:
         ranges = _ranges(total, groups)
         lo, hi = ranges[0]  # the largest group
         xg = (nb, hi - lo, h, w) if depthwise else x.shape
-        if not (row_pick.fits(xg, hi - lo) and kpu_bytes(x.shape) + kpu_bytes((nb, hi - lo, h, w)) + picked
-                <= KPU_RAM_SIZE):
+        held = beside + kpu_bytes(xg) if depthwise and beside else kpu_bytes(x.shape) + picked
+        if not (row_pick.fits(xg, hi - lo) and held + kpu_bytes((nb, hi - lo, h, w)) <= KPU_RAM_SIZE):
             continue
         cost = (sum(row_pick.pick_cycles((nb, b - a, h, w), b - a) for a, b in ranges)
                 + (len(ranges) - 1) * (kpu_layer_cost(0, 0) + 2 * CPU_NODE_CYCLES))

@@ -53,6 +53,13 @@ class KpuLive:
             for s in range(born, dies + 1):
                 self.live[s] += kpu_bytes(n.shape)
 
+    def peak_over(self, n: Node) -> int:
+        """The most KPU RAM alive at one step while n's buffer is (0 if n has none)."""
+        if id(n) not in self.span:
+            return 0
+        lo, hi, _ = self.span[id(n)]
+        return max(self.live[lo:hi + 1])
+
     def peak_keeping(self, kept: tuple[Node, ...], first: Node, last: Node, size: int) -> int:
         """The most KPU RAM alive at one step from `first`'s step to `last`'s when the KPU layers
         `kept` live instead in one buffer of `size` bytes alive over that whole span."""

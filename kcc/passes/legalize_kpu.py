@@ -25,8 +25,9 @@ Bottom/right pre-pad rows are added so the KPU map is at least 4x4 and covers ev
 reads; rows they affect are cropped, so they change nothing (the input is zero there in tflite too).
 
 Directly following ops are fused into the layer when the pre-pad/crop is trivial (kernel k with
-tflite padding k//2, stride 1): a max/mean pool the KPU pool unit implements, and an element-wise
-activation its 16-segment table can approximate (leaky_relu, logistic, tanh, hard_swish).
+tflite padding k//2, stride 1): an element-wise activation its 16-segment table can approximate
+(leaky_relu, logistic, tanh, hard_swish), and a pool the KPU pool unit implements, whose output is
+then what the KPU RAM and size limits apply to.
 A pool of a layer whose output something else reads unpooled is a second KPU layer, the same conv
 with the pool, when that costs less than the pool on the CPU (`_pooled_twins`).
 FULLY_CONNECTED (MatMul with constant weights) becomes a 1x1 KPU conv on a map padded to 4x4.
@@ -51,8 +52,8 @@ from kcc.passes import gap_pick, row_pick
 from kcc.passes.kpu_pools import kpu_pool_code, pools_in_kpu_ram
 from kcc.passes.manager import CompileContext
 from kcc.passes.prelu_kpu import prelu_to_kpu
-from kcc.passes.prelu_stream import stream_to_kpu
-from kcc.passes.residual_kpu import residual_to_kpu
+from kcc.passes.prelu_stream import STREAM_FORM, STREAM_POOL, stream_to_kpu
+from kcc.passes.residual_kpu import RESIDUAL_FORMS, residual_to_kpu
 from kcc.passes.rotate180 import rotate180
 from kcc.target.k210 import (
     DEFAULT_MHZ,
@@ -277,19 +278,12 @@ class _Legalizer:
             return None
         s = KO.KPU_POOLS[pool][1]
         oc = w.shape[0]
-        need = kpu_bytes((x.shape[0], x.shape[1], hp, wp)) + kpu_bytes((x.shape[0], oc, hp // s, wp // s))
-        if need > KPU_RAM_SIZE:
-            self._reject(n, f"KPU RAM: input + output maps need {need} B > {KPU_RAM_SIZE} B")
-            return None
-        if (hp // s) * (wp // s) > MAX_MAP_PIXELS:
-            self._reject(n, f"KPU output map {hp // s}x{wp // s} > {MAX_MAP_PIXELS} pixels (DMA register)")
-            return None
         # no slice when the layer's (pooled) output is already the conv's: a slice that copies its
         # tensor unchanged would only force the map out of KPU RAM and back (issue #16)
         no_slice = ay.crop == ax.crop == 0 and ay.step == ax.step == 1 and (oh, ow) == (hp // s, wp // s)
         trivial = ay.pre == ay.post == ax.pre == ax.post == 0 and s == 1 and no_slice
         # fuse an activation, then a pool, that follow a trivially placed layer
-        tail, fn = n, None
+        tail, fn, unfused_mean = n, None, None
         if trivial:
             act = self._fusable_act(n)
             if act:
@@ -298,9 +292,20 @@ class _Legalizer:
             if not depthwise and nxt is not None and isinstance(nxt.op, O.Pool2D):
                 code = kpu_pool_code(nxt.op, h, wd)
                 if code and code.startswith("mean") and not self.fuse_mean_pools:
-                    self.unfused_means.add(id(nxt))
+                    unfused_mean = nxt
                 elif code:
                     pool, tail = code, nxt
+        # KPU RAM and the DMA register hold the pooled output (tiny YOLO's 320x240 conv + 2x2 max: 160x120)
+        s = KO.KPU_POOLS[pool][1]
+        need = kpu_bytes((x.shape[0], x.shape[1], hp, wp)) + kpu_bytes((x.shape[0], oc, hp // s, wp // s))
+        if need > KPU_RAM_SIZE:
+            self._reject(n, f"KPU RAM: input + output maps need {need} B > {KPU_RAM_SIZE} B")
+            return None
+        if (hp // s) * (wp // s) > MAX_MAP_PIXELS:
+            self._reject(n, f"KPU output map {hp // s}x{wp // s} > {MAX_MAP_PIXELS} pixels (DMA register)")
+            return None
+        if unfused_mean is not None:
+            self.unfused_means.add(id(unfused_mean))
         g = self.g
         xin = self.map[id(x)]
         if ay.pre or ay.post or ax.pre or ax.post:
@@ -450,18 +455,6 @@ class _Legalizer:
         return None
 
 
-_RESIDUAL_FORMS = {  # kcc.passes.residual_kpu's forms, as the placement report says them
-    "fused": "with the projection: one 1x1 KPU layer over [skip; projection input] in KPU RAM",
-    "pair": "a 1x1 KPU layer over [skip; projection] in KPU RAM, weights [I I]",
-}
-
-
-_STREAM_FORM = ("with its PReLU: one 1x1 KPU layer over its terms in KPU RAM, to [relu(a); relu(-a)] that its "
-                "readers take through their weights (kcc.passes.prelu_stream)")
-
-_STREAM_POOL = "a BlazeBlock's skip: a 1x1 KPU layer over its relu pair with the pool unit's max_2_s2"
-
-
 def legalize_kpu(g: Graph, ctx: CompileContext | None = None) -> Graph:
     """Rewrite a canonical float graph so that KPU-eligible layers become `FloatKpuConv` nodes; one
     `Placement` per conv / fc / pool goes to ctx.placements, the CPU ones with their reason and, for
@@ -480,7 +473,7 @@ def legalize_kpu(g: Graph, ctx: CompileContext | None = None) -> Graph:
         out, done = prelu_to_kpu(out, ctx.options)
         ctx.placements.extend(Placement(name, "prelu", True, "two 1x1 KPU layers") for name in done)
         out, done, kept = residual_to_kpu(out, ctx.options, ctx.samples)
-        ctx.placements.extend(Placement(name, "add", True, _RESIDUAL_FORMS[form]) for name, form in done)
+        ctx.placements.extend(Placement(name, "add", True, RESIDUAL_FORMS[form]) for name, form in done)
         kept = dict(kept)
         out, done, pools, stream_kept = stream_to_kpu(out, ctx.options, ctx.stream_adds)
         for name in done:  # a BlazeBlock add residual_kpu left on the CPU
@@ -488,8 +481,8 @@ def legalize_kpu(g: Graph, ctx: CompileContext | None = None) -> Graph:
         kept.update((name, why) for name, why in stream_kept if name not in kept)
         on_kpu = set(pools)
         ctx.placements[:] = [p for p in ctx.placements if not (p.op == "pool2d" and p.node in on_kpu)]
-        ctx.placements.extend(Placement(name, "pool2d", True, _STREAM_POOL) for name in pools)
-        ctx.placements.extend(Placement(name, "add", True, _STREAM_FORM) for name in done)
+        ctx.placements.extend(Placement(name, "pool2d", True, STREAM_POOL) for name in pools)
+        ctx.placements.extend(Placement(name, "add", True, STREAM_FORM) for name in done)
         ctx.placements.extend(Placement(name, "add", False, why) for name, why in kept.items())
     if ctx.options.target != "cpu":
         out, done = pools_in_kpu_ram(out)

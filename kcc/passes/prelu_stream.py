@@ -94,6 +94,10 @@ from kcc.target.quant_rules import widest_weight_range
 
 F32 = np.float32
 RELU = (0.0, math.inf)
+#: what the placement report says of a stream's add and of a BlazeBlock's pooled skip
+STREAM_FORM = ("with its PReLU: one 1x1 KPU layer over its terms in KPU RAM, to [relu(a); relu(-a)] that its "
+               "readers take through their weights (kcc.passes.prelu_stream)")
+STREAM_POOL = "a BlazeBlock's skip: a 1x1 KPU layer over its relu pair with the pool unit's max_2_s2"
 LINEAR_POOLS = ("bypass", "left_top_2_s2", "right_top_2_s2")  # picks: a depthwise split stays exact
 
 

@@ -56,6 +56,10 @@ F32 = np.float32
 ERROR_BUDGET = 0.1  # output steps rms the projection's weights may round more: a third of one rounding's 0.29
 STACK_LIMIT = 127  # |code - zero point| of the weights over a stack (symmetric, kcc.quant.kpu_params)
 SAMPLES = 4  # calibration samples the ranges of `_precise` come from
+RESIDUAL_FORMS = {  # the forms, as the placement report says them
+    "fused": "with the projection: one 1x1 KPU layer over [skip; projection input] in KPU RAM",
+    "pair": "a 1x1 KPU layer over [skip; projection] in KPU RAM, weights [I I]",
+}
 
 
 def _is_kpu(v: Node) -> bool:

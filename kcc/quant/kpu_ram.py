@@ -8,12 +8,19 @@ from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Node
 from kcc.kmodel import kpu_channel_offset, kpu_row_layout
+from kcc.passes.kpu_live import KpuLive
 from kcc.quant.domains import Domain, NodeQuant
+from kcc.target.k210 import KPU_RAM_SIZE
 
 
-def kpu_concat_problem(n: Node, table: dict[Node, NodeQuant], written_into: dict[Node, Node]) -> str | None:
+def kpu_concat_problem(n: Node, table: dict[Node, NodeQuant], written_into: dict[Node, Node],
+                       live: KpuLive | None = None) -> str | None:
     """Why concatenation `n` cannot be computed in place in KPU RAM (module docstring), or None.
-    `written_into`: the KPU layers already written into another in-place concatenation."""
+    `written_into`: the KPU layers already written into another in-place concatenation. `live`: the
+    graph's KPU RAM profile (kcc.passes.kpu_live), which holds an in-place concatenation whole from
+    its first part to its last KPU reader: where that does not fit beside the layers between (a 1x1
+    conv cut into output groups that each read its whole input, MobileNetV2 1.4 at 320x320), its parts
+    are copied out and concatenated on the CPU instead."""
     if n.op.axis != 1 or n.type.rank != 4:
         return f"concatenation along axis {n.op.axis} (KPU RAM holds channel ranges only)"
     if n.shape[0] != 1:
@@ -38,6 +45,9 @@ def kpu_concat_problem(n: Node, table: dict[Node, NodeQuant], written_into: dict
         if written_into.get(p, n) is not n:
             return f"its part '{p.name}' is already written into '{written_into[p].name}' in KPU RAM"
         at += p.shape[1]
+    peak = live.peak_over(n) if live is not None else 0
+    if peak > KPU_RAM_SIZE:
+        return f"KPU RAM: kept whole from its first part on, it would need {peak} B alive at once > {KPU_RAM_SIZE} B"
     return None
 
 

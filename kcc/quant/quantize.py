@@ -48,6 +48,7 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.ir.types import DType
 from kcc.passes.kernel_cost import uint8_conv
+from kcc.passes.kpu_live import KpuLive
 from kcc.passes.legalize_kpu import Placement
 from kcc.passes.manager import CompileContext
 from kcc.quant.cpu_conv import clamp_holds, quant_convs
@@ -234,6 +235,7 @@ class _Rewriter:
         self.src = src
         self.table = table
         self.users = src.users()
+        self.live = KpuLive(src)  # KPU RAM alive at each step, for in-place concatenations
         self.g = Graph()
         self.made: dict[tuple[str, Node, QuantParam | None], Node] = {}
         self.written_into: dict[Node, Node] = {}  # KPU layer -> the KpuConcat its output is part of
@@ -330,7 +332,7 @@ class _Rewriter:
                 self.written_into[p] = n
             return self._once("kpu", n, lambda: self.gap_concat(n, parts))
         if isinstance(n.op, O.Concat) and ("kpu", n, None) not in self.made:
-            problem = kpu_concat_problem(n, self.table, self.written_into)
+            problem = kpu_concat_problem(n, self.table, self.written_into, self.live)
             if any(self.table[p].domain is Domain.KPU for p in n.inputs):  # a concatenation between KPU layers
                 self.placements[n] = Placement(n.name, "concat", problem is None, problem or in_place_note(n))
             if problem is None:
