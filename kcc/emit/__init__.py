@@ -81,14 +81,16 @@ def emit(graph: Graph, max_solve_secs: float = 60.0) -> Emitted:
     _copy_outputs_that_are_not_computed(g)
     for n in g.nodes:
         if type(n.op) not in EMITTERS and not isinstance(
-                n.op, (O.Input, O.Constant, O.Reshape, KO.KpuDownload, KO.KpuConcat, KO.KpuChannelView)):
+                n.op, (O.Input, O.Constant, O.Reshape, KO.KpuDownload, KO.KpuConcat, KO.KpuChannelView,
+                       KO.KpuRowPatch)):
             raise UnsupportedModelError(f"'{n.name}': op {n.op.kind} has no kmodel v4 emitter "
                                         f"(run lower_to_neutral first)")
     st = Storage(g, inline_constants(g), EMITTERS)
     st.downloads = {id(n.inputs[0]): n for n in g.nodes if isinstance(n.op, KO.KpuDownload)}
-    for n in g.nodes:  # KPU layers read KPU RAM, everything else main memory (§9.1)
-        for i in n.inputs:
-            want_kpu = isinstance(n.op, (KO.QuantKpuLayer, KO.KpuDownload, KO.KpuConcat, KO.KpuChannelView)) or (
+    for n in g.nodes:  # KPU layers read KPU RAM, everything else main memory (§9.1); a reshape aliases
+        for i in () if isinstance(n.op, O.Reshape) else n.inputs:
+            want_kpu = isinstance(n.op, (KO.QuantKpuLayer, KO.KpuDownload, KO.KpuConcat, KO.KpuChannelView,
+                                         KO.KpuRowPatch)) or (
                 isinstance(n.op, KO.KpuUpload) and id(i) in st.kpu_inputs)
             if in_kpu_ram(st.base(i), st) != want_kpu:
                 raise UnsupportedModelError(f"'{n.name}' ({n.op.kind}) reads '{i.name}' from the wrong "

@@ -24,7 +24,7 @@ from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.ir.types import DType
-from kcc.kmodel.spec import DataType, MemoryType
+from kcc.kmodel.spec import KPU_LINE_SIZE, DataType, MemoryType
 
 MAIN_ALIGN = 8  # §7.1
 KPU_ALIGN = 64  # §7.2
@@ -72,6 +72,8 @@ class Storage:
                 self._kpu_concat(n)
             elif isinstance(n.op, KO.KpuChannelView):
                 self._kpu_channel_view(n)
+            elif isinstance(n.op, KO.KpuRowPatch):
+                self._kpu_row_patch(n, g)
             elif n.is_constant and id(n) not in inline:
                 start = align_up(len(blob), CONST_ALIGN)
                 blob.extend(bytes(start - len(blob)))
@@ -99,14 +101,32 @@ class Storage:
         at = 0
         for i in n.inputs:
             offset = K.kpu_channel_offset(w, h, at)
-            # a KPU layer writes its range, an upload copies a CPU part into it
-            part = isinstance(i.op, KO.QuantKpuLayer) or (
-                isinstance(i.op, KO.KpuUpload) and id(i.inputs[0]) not in self.kpu_inputs)
-            if not part or id(i) in self.root or offset is None:
+            # a KPU layer writes its range (also through a reshape that keeps its bytes, a pick layer
+            # in row bands: kcc.passes.row_pick), an upload copies a CPU part into it
+            writer = i.inputs[0] if isinstance(i.op, O.Reshape) and self.root.get(id(i)) is i.inputs[0] else i
+            part = isinstance(writer.op, KO.QuantKpuLayer) or (
+                writer is i and isinstance(i.op, KO.KpuUpload) and id(i.inputs[0]) not in self.kpu_inputs)
+            if not part or id(writer) in self.root or offset is None:
                 raise UnsupportedModelError(f"'{n.name}': part '{i.name}' cannot be written into the "
                                             f"concatenation in KPU RAM")
-            self.root[id(i)], self.offset[id(i)] = n, offset
+            self.root[id(writer)], self.offset[id(writer)] = n, offset
             at += i.shape[1]
+
+    def _kpu_row_patch(self, n: Node, g: Graph) -> None:
+        """A map with rows written over in place (kcc.ir.kpu_ops.KpuRowPatch) is its map's storage;
+        each part's layer writes its rows there, at the line where they start, after the map's own
+        layer ran (the node order is the run order, emit.plan)."""
+        x, parts = n.inputs[0], n.inputs[1:]
+        _, c, h, w = x.shape
+        lay = K.kpu_row_layout(w)
+        order = {id(v): k for k, v in enumerate(g.nodes)}
+        for p, r in zip(parts, n.op.starts):
+            if (lay.groups != 1 or not isinstance(p.op, KO.QuantKpuLayer) or id(p) in self.root
+                    or order[id(p)] < order[id(x)]):
+                raise UnsupportedModelError(f"'{n.name}': part '{p.name}' cannot write its rows of '{x.name}' "
+                                            f"in KPU RAM")
+            self.root[id(p)], self.offset[id(p)] = x, r * lay.row_len * KPU_LINE_SIZE
+        self.root[id(n)] = x
 
     def _kpu_channel_view(self, n: Node) -> None:
         """A view of channels [c0, c1) of a map in KPU RAM is that map's storage from the line where c0
@@ -165,7 +185,7 @@ class Storage:
         """n's tensor is written into main memory by a CPU node of its own (not a reshape, which aliases,
         nor a KPU layer's download or a KPU RAM tensor)."""
         return type(n.op) in self.emitted and not isinstance(
-            n.op, (O.Reshape, KO.KpuDownload, *KO.KPU_SPACE_OPS))
+            n.op, (O.Reshape, KO.KpuDownload, KO.KpuRowPatch, *KO.KPU_SPACE_OPS))
 
     def base(self, n: Node) -> Node:
         while id(n) in self.root:

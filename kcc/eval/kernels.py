@@ -253,6 +253,16 @@ def dequantize(op, q):
     return ((q.astype(F32) - F32(op.zero_point)) * (F32(1) / F32(op.scale))).astype(F32)
 
 
+def _kpu_row_patch(op, x, *parts):
+    """x with rows written over by the parts, its rows counted over all channels in memory order
+    (kcc.ir.kpu_ops.KpuRowPatch)."""
+    out = np.array(x, copy=True)
+    flat = out.reshape(-1, x.shape[3])
+    for r, p in zip(op.starts, parts):
+        flat[r:r + p.shape[2]] = p[0, 0]
+    return out
+
+
 KERNELS: dict[type, Callable] = {
     KO.FloatKpuConv: kpu_conv2d,
     KO.Quantize: quantize,
@@ -262,6 +272,7 @@ KERNELS: dict[type, Callable] = {
     KO.KpuDownload: lambda op, x: x,
     KO.KpuConcat: lambda op, *xs: np.pad(np.concatenate(xs, axis=1), ((0, 0), (0, 0), (0, op.gap[0]), (0, op.gap[1]))),
     KO.KpuChannelView: lambda op, x: x[:, op.c0:op.c1],
+    KO.KpuRowPatch: _kpu_row_patch,
     KO.KpuStack: lambda op, *xs: np.concatenate(xs, axis=1),
     O.Conv2D: conv2d,
     O.Conv2DTranspose: conv2d_transpose,

@@ -20,6 +20,8 @@ Both stages:
     KpuStack                KPU layers' outputs side by side in one KPU RAM buffer, each part on its
                             own grid, read by one 1x1 KPU layer only (a residual add on the KPU,
                             kcc.passes.residual_kpu); a float concatenation, quantized as a KpuConcat
+    KpuRowPatch             a map in KPU RAM with some rows of some channels written over by other
+                            KPU layers, in place (kcc.passes.row_pick's row bands): no node of its own
 
 Tensors produced by KpuUpload, QuantKpuLayer, KpuConcat and KpuChannelView live in KPU RAM; every other
 tensor in main memory.
@@ -252,6 +254,32 @@ class KpuStack(Op):
 
     def infer_type(self, ins):
         return _side_by_side(ins, DType.float32, self.kind, 2)
+
+
+@dataclass(frozen=True)
+class KpuRowPatch(Op):
+    """Map x [1, C, H, W] with one channel per line group (W > 32: channel c's H rows are row_len*H
+    consecutive lines of KPU RAM, kmodel_v4.md §7.3), some of whose rows are written over: part k, a
+    one-channel map [1, 1, R, W] of a KPU layer, replaces rows starts[k] .. starts[k] + R - 1 of x
+    counted over all its channels in memory order (row r of channel c is row c*H + r), which may run
+    from one channel into the next. The parts' layers write straight into x's buffer after x's own
+    layer ran (kcc.emit.storage). Inputs: x, then the parts; float or uint8 (one grid)."""
+
+    kind: ClassVar[str] = "kpu_row_patch"
+    starts: tuple[int, ...]
+
+    def infer_type(self, ins):
+        x, parts = ins[0], ins[1:]
+        _check(x.rank == 4 and x.shape[0] == 1 and len(parts) == len(self.starts) > 0,
+               "kpu_row_patch takes a batch-1 map and one part per start row")
+        _, c, h, w = x.shape
+        for t, r in zip(parts, self.starts):
+            _check(t.dtype == x.dtype and t.rank == 4 and t.shape[:2] == (1, 1) and t.shape[3] == w
+                   and 0 <= r and r + t.shape[2] <= c * h, f"kpu_row_patch part {t.shape} at row {r} of {x.shape}")
+        return x
+
+    def attrs(self):
+        return {"starts": self.starts}
 
 
 @dataclass(frozen=True, eq=False)

@@ -77,6 +77,8 @@ MAX_GROUPS = 16
 CHANNEL_ALIGN = 4
 #: what legalize_kpu says about a layer too big for one KPU layer: only these are cut
 SIZE_REASONS = ("KPU RAM:", "channels >", "weight loads >", "more than")
+#: what legalize_kpu says about a map over a KPU layer's limits (rows, columns, pixels)
+MAP_REASONS = ("KPU input", "KPU output map")
 #: what legalize_kpu says about weights too wide for the KPU: their depthwise channels are cut apart
 RANGE_REASON = "weights range"
 
@@ -152,8 +154,8 @@ def _group_input_bytes(channels: int, *forms: Node) -> int:
     turned by 180° or not, decided after the cut) the full-resolution output too."""
     x = forms[0].inputs[0]
     own = kpu_bytes((x.shape[0], channels, *x.shape[2:]))
-    pair = any(row_pick.pick_pool(x.shape, n.shape, n.op.padding, n.inputs[1].shape[2], n.op.stride) is not None
-               for n in forms)
+    pair = any(row_pick.pick_pool(x.shape, n.shape, n.op.padding, n.inputs[1].shape[2], n.op.stride, True)
+               is not None for n in forms)
     return 2 * own if pair else own
 
 
@@ -176,8 +178,10 @@ def plan_groups(n: Node, opts: CompileOptions, unturned: Node | None = None,
     else:
         return None
     fits, reason = _placed(_group_graph(n, 0, total), opts, n.name)
-    if fits:
-        return pick_groups(unturned or n, beside) if isinstance(n.op, O.Conv2D) else None
+    if fits or reason.startswith(MAP_REASONS):  # served whole, or a pick pair in row bands may serve groups
+        groups = pick_groups(unturned or n, beside) if isinstance(n.op, O.Conv2D) else None
+        if fits or groups:
+            return groups
     if not any(r in reason for r in SIZE_REASONS):
         return None
     for groups in range(max(2, math.ceil(total / MAX_CHANNELS)), MAX_GROUPS + 1):
@@ -206,9 +210,9 @@ def pick_groups(n: Node, beside: int = 0) -> list[tuple[int, int]] | None:
     x = n.inputs[0]
     k = n.inputs[1].shape[2:]
     total = n.shape[1]
-    if k[0] != k[1] or row_pick.pick_pool(x.shape, n.shape, op.padding, k[0], op.stride) is None:
-        return None
     depthwise = _depthwise(n)
+    if k[0] != k[1] or row_pick.pick_pool(x.shape, n.shape, op.padding, k[0], op.stride, depthwise) is None:
+        return None
     if row_pick.fits(x.shape, total) or (depthwise and isinstance(x.op, O.Input)):  # (the input: CPU slices)
         return None  # served whole, or not worth it (legalize_kpu's row_pick.serves)
     nb, _, h, w = x.shape
@@ -220,7 +224,7 @@ def pick_groups(n: Node, beside: int = 0) -> list[tuple[int, int]] | None:
         held = beside + kpu_bytes(xg) if depthwise and beside else kpu_bytes(x.shape) + picked
         if not (row_pick.fits(xg, hi - lo) and held + kpu_bytes((nb, hi - lo, h, w)) <= KPU_RAM_SIZE):
             continue
-        cost = (sum(row_pick.pick_cycles((nb, b - a, h, w), b - a) for a, b in ranges)
+        cost = (sum(row_pick.pick_cycles((nb, b - a if depthwise else x.shape[1], h, w), b - a) for a, b in ranges)
                 + (len(ranges) - 1) * (kpu_layer_cost(0, 0) + 2 * CPU_NODE_CYCLES))
         return ranges if cost < row_pick.cpu_cycles_saved(x.shape, total, depthwise) else None
     return None

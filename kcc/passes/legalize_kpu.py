@@ -143,6 +143,7 @@ class _Legalizer:
         self.absorbed: set[int] = set()
         self.placements: list[Placement] = []
         self.pads: dict[tuple[int, tuple], Node] = {}  # (input, paddings) -> its CPU pre-pad
+        self.views: dict = {}  # row_pick's row-band views of an input, shared by its channel groups
 
     # ------------------------------------------------------------------ helpers
     def _single_user(self, n: Node) -> Node | None:
@@ -242,7 +243,7 @@ class _Legalizer:
             return None
         k = w.shape[2]
         depthwise = op.groups > 1
-        pick_pool = row_pick.pick_pool(x.shape, n.shape, op.padding, k, op.stride)
+        pick_pool = row_pick.pick_pool(x.shape, n.shape, op.padding, k, op.stride, depthwise)
         if pick_pool and row_pick.serves(x.shape, n.shape, op.padding, k, op.stride, depthwise):
             return self._row_pick(n, x, w, b, pick_pool)
         _, _, h, wd = x.shape
@@ -373,7 +374,7 @@ class _Legalizer:
         tail, fn = self._fusable_act(n) or (n, None)
         wc = self.map[id(wn)] if id(wn) in self.map and w is wn.data else self.g.constant(w, wn.name + "/kpu")
         bc = self.g.constant(b, bn.name) if id(bn) not in self.map else self.map[id(bn)]
-        y, what = row_pick.build(self.g, n, tail.name, (self.map[id(x)], wc, bc), fn, pool)
+        y, what = row_pick.build(self.g, n, tail.name, (self.map[id(x)], wc, bc), fn, pool, self.views)
         self.placements.append(Placement(n.name, "conv2d", True, what))
         return self._absorb(n, tail, y)
 

@@ -22,6 +22,23 @@ pick layer is an ordinary layer of the real K210.
 Taken for even H and W only, with H/2 and W/2 outputs (no crop), when Y fits KPU RAM next to the conv's
 input and to the picked output, and when kcc.target.k210's cost model prices the pick layer below
 the CPU work it removes (`cheaper`). rotate180 asks `serves` before counting a layer it would free.
+
+**Row bands.** A KPU layer reads at most 256 rows and writes at most 65536 pixels a channel (its DMA
+register), so Y of a 320x240 camera picture (76800 pixels) or of any map over 256 rows is no one
+layer's output. With one channel per line group (W > 64, at W and at W/2), channel c's rows are
+consecutive lines of KPU RAM, so the bytes of a map [C, m*Hs, W] are also those of [C*m, Hs, W]: its
+m row bands as channels of their own (an NCHW reshape). Both layers then run on the bands (`bands`):
+
+1. the conv, weights block-diagonal over the bands (a depthwise layer's repeated), computes every row
+   of Y whose window stays inside its band; at a band edge b*Hs the KPU pads instead of reading the
+   neighbouring band, which spoils Y rows b*Hs - 1 and b*Hs;
+2. per output channel o and band edge, a one-channel layer over x's rows b*Hs - 2 .. b*Hs + 2 (cut
+   and uploaded on the CPU: 5 rows of the picture) writes Y rows b*Hs - 2 .. b*Hs + 2 of channel o in
+   place (kcc.ir.kpu_ops.KpuRowPatch): right at b*Hs - 1 .. b*Hs + 1, its own padding spoils the two
+   even rows at its ends, which the pick never reads;
+3. the pick layer on the bands: it keeps Y's odd rows, each read inside its band (the shift at a
+   band's last row reads the pad, an odd row of the shift the pool drops), and its output
+   [O*m, Hs/2, W/2] is the bytes of [O, H/2, W/2].
 """
 
 from __future__ import annotations
@@ -29,37 +46,67 @@ from __future__ import annotations
 import numpy as np
 
 from kcc.ir import kpu_ops as KO
+from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.passes.kernel_forms import shift_weights
 from kcc.target.k210 import (
     CPU_NODE_CYCLES,
+    KPU_CYCLE_FACTOR,
     KPU_RAM_SIZE,
+    MAX_CHANNELS,
     MAX_H,
     MAX_MAP_PIXELS,
     MAX_W,
+    MAX_WEIGHT_LOADS,
     MIN_HW,
     cpu_cycles,
     kpu_bytes,
     kpu_layer_cost,
     kpu_map_cycles,
+    kpu_row_layout,
+    weight_loads,
 )
 
 #: the pick layer's copy: out[r, c] = Y[r + 1, c] (kcc.passes.kernel_forms.shift_weights)
 SHIFT = (1, 0)
 
 
-def pick_pool(x_shape: tuple, out_shape: tuple, padding: tuple, k: int, stride: tuple) -> str | None:
+#: rows of x each band edge's one-channel layers read (module docstring, step 2)
+PATCH_ROWS = 5
+
+
+def bands(x_shape: tuple, oc: int, depthwise: bool = False) -> int | None:
+    """How many row bands the pair of a conv from `x_shape` to `oc` channels runs in: 1 when one KPU
+    layer takes the whole map, else the fewest that meet every layer limit (module docstring), or
+    None. Bands serve a plain conv (a depthwise one's patches would need a view of each channel)."""
+    n, c, h, w = x_shape
+    if not (MIN_HW <= h and MIN_HW <= w <= MAX_W):
+        return None
+    if h <= MAX_H and h * w <= MAX_MAP_PIXELS:
+        return 1
+    if depthwise or n != 1 or kpu_row_layout(w // 2).groups != 1:
+        return None
+    for m in range(2, h // 8 + 1):
+        hs = h // m
+        if (h % m or hs % 2 or hs > MAX_H or hs * w > MAX_MAP_PIXELS
+                or max(c, oc) * m > MAX_CHANNELS or weight_loads(oc * m, c * m, 3, False)[1] + 1 > MAX_WEIGHT_LOADS):
+            continue
+        return m
+    return None
+
+
+def pick_pool(x_shape: tuple, out_shape: tuple, padding: tuple, k: int, stride: tuple,
+              depthwise: bool = False) -> str | None:
     """The pick layer's pool when a conv (input NCHW `x_shape`, output `out_shape`, 3x3 kernel `k`,
     `stride`, `padding` ((top, bottom), (left, right))) is centred on odd rows and the pair computes it
-    with no crop (module docstring); None otherwise. Shapes only: fit and cost are `fits`/`cheaper`."""
+    with no crop (module docstring), in row bands if need be; None otherwise. Shapes only: fit and
+    cost are `fits`/`cheaper`."""
     (top, _), (left, _) = padding
     h, w = x_shape[2:]
     oh, ow = out_shape[2:]
     if k != 3 or tuple(stride) != (2, 2) or top != 0 or left not in (0, 1):
         return None
-    if h % 2 or w % 2 or (oh, ow) != (h // 2, w // 2):
-        return None
-    if not (MIN_HW <= h <= MAX_H and MIN_HW <= w <= MAX_W) or h * w > MAX_MAP_PIXELS:
+    if h % 2 or w % 2 or (oh, ow) != (h // 2, w // 2) or bands(x_shape, out_shape[1], depthwise) is None:
         return None
     return "right_top_2_s2" if left == 0 else "left_top_2_s2"
 
@@ -75,9 +122,19 @@ def fits(x_shape: tuple, oc: int) -> bool:
 
 def pick_cycles(x_shape: tuple, oc: int) -> float:
     """The pick layer's time in CPU cycles (kcc.target.k210's KPU cost: depthwise over Y, 9 weight
-    bytes a channel, the per-layer overhead)."""
-    n, _, h, w = x_shape
-    return kpu_layer_cost(n * kpu_map_cycles(oc, h, w, oc, True), 9 * oc)
+    bytes a channel, the per-layer overhead), and in row bands what they add: the conv's block-diagonal
+    weights over m bands, and per band edge the CPU cut and upload of x's rows and one KPU layer an
+    output channel."""
+    n, c, h, w = x_shape
+    pick = kpu_layer_cost(n * kpu_map_cycles(oc, h, w, oc, True), 9 * oc)
+    m = bands(x_shape, oc) or 1
+    if m == 1:
+        return pick
+    conv = (m - 1) * kpu_map_cycles(c, h, w, oc, False)
+    rows = c * PATCH_ROWS * w
+    edge = (oc * kpu_layer_cost(kpu_map_cycles(c, PATCH_ROWS, w, 1, False), 9 * c)
+            + rows * (cpu_cycles("strided_slice") + cpu_cycles("kpu_upload_byte")) + 2 * CPU_NODE_CYCLES)
+    return pick + KPU_CYCLE_FACTOR * conv + (m - 1) * edge
 
 
 def cpu_cycles_saved(x_shape: tuple, oc: int, depthwise: bool) -> float:
@@ -101,16 +158,20 @@ def cheaper(x_shape: tuple, oc: int, depthwise: bool) -> bool:
 def serves(x_shape: tuple, out_shape: tuple, padding: tuple, k: int, stride: tuple, depthwise: bool) -> bool:
     """True when legalize_kpu computes this conv with the pair (shapes, KPU RAM and cost allowing)."""
     oc = out_shape[1]
-    return (pick_pool(x_shape, out_shape, padding, k, stride) is not None and fits(x_shape, oc)
+    return (pick_pool(x_shape, out_shape, padding, k, stride, depthwise) is not None and fits(x_shape, oc)
             and cheaper(x_shape, oc, depthwise))
 
 
 def build(g: Graph, n: Node, name: str, ins: tuple[Node, Node, Node], fn: tuple[str, float] | None,
-          pool: str) -> tuple[Node, str]:
+          pool: str, views: dict | None = None) -> tuple[Node, str]:
     """The pair in graph g for conv n (its input, weights and bias there `ins`, a fused activation
-    `fn`): the conv at stride 1, then the pick layer named `name`; and what its placement says."""
+    `fn`): the conv at stride 1, then the pick layer named `name`; and what its placement says.
+    `views`: the row bands' views of an input, shared by the pairs of its channel groups."""
     op = n.op
     k, depthwise, oc = ins[1].shape[2], op.groups > 1, ins[1].shape[0]
+    m = bands(ins[0].shape, oc, depthwise)
+    if m != 1:
+        return _build_bands(g, n, name, ins, fn, pool, m, {} if views is None else views)
     full = g.add(KO.FloatKpuConv(k, depthwise, "bypass", op.act, fn), ins, n.name + "/full")
     shift = g.constant(shift_weights(oc, SHIFT), n.name + "/w_pick")
     zero = g.constant(np.zeros(oc, np.float32), n.name + "/zero_bias")
@@ -118,4 +179,50 @@ def build(g: Graph, n: Node, name: str, ins: tuple[Node, Node, Node], fn: tuple[
     what = (f"{k}x{k}{' depthwise' if depthwise else ''} at stride 1" + (f", {fn[0]}" if fn else "")
             + f", then a pick layer of its odd rows (pool {pool}), both in KPU RAM (padding "
               f"{[list(p) for p in op.padding]})")
+    return y, what
+
+
+def _build_bands(g: Graph, n: Node, name: str, ins: tuple[Node, Node, Node], fn: tuple[str, float] | None,
+                 pool: str, m: int, views: dict) -> tuple[Node, str]:
+    """The pair on m row bands (module docstring): x's bands as channels, the conv over them with its
+    weights block-diagonal, one-channel layers rewriting Y's rows at each band edge, the pick layer
+    over Y's bands, its output read back as one map. x's views are made once (`views`), so that the
+    channel groups of one conv read one upload of x."""
+    x, wn, bn = ins
+    _, c, h, w = x.shape
+    hs = h // m
+    wt, bias = wn.data, bn.data
+    oc = wt.shape[0]
+    act = n.op.act
+    blocks = np.zeros((oc * m, c * m, 3, 3), np.float32)
+    for j in range(m):  # output band j of channel o reads input band j of every channel
+        blocks[j::m, j::m] = wt
+    if (id(x), m) not in views:
+        views[id(x), m] = g.add(O.Reshape((1, c * m, hs, w)), (x,), n.name + "/bands")
+    xb = views[id(x), m]
+    full = g.add(KO.FloatKpuConv(3, False, "bypass", act, fn),
+                 (xb, g.constant(blocks, wn.name + "/bands"), g.constant(np.repeat(bias, m), bn.name + "/bands")),
+                 n.name + "/full")
+    parts, starts = [], []
+    for edge in range(1, m):
+        r0 = edge * hs - 2
+        if (id(x), r0) not in views:
+            views[id(x), r0] = g.add(O.StridedSlice((0, 0, r0, 0), (1, c, r0 + PATCH_ROWS, w), (1, 1, 1, 1)), (x,),
+                                     f"{n.name}/rows{r0}")
+        rows = views[id(x), r0]
+        for o in range(oc):
+            wo = g.constant(np.ascontiguousarray(wt[o:o + 1]), f"{wn.name}/o{o}")
+            bo = g.constant(np.ascontiguousarray(bias[o:o + 1]), f"{bn.name}/o{o}")
+            parts.append(g.add(KO.FloatKpuConv(3, False, "bypass", act, fn), (rows, wo, bo),
+                               f"{n.name}/rows{r0}/o{o}"))
+            starts.append(o * h + r0)
+    patched = g.add(KO.KpuRowPatch(tuple(starts)), (full, *parts), n.name + "/patched")
+    shift = g.constant(shift_weights(oc * m, SHIFT), n.name + "/w_pick")
+    zero = g.constant(np.zeros(oc * m, np.float32), n.name + "/zero_bias")
+    picked = g.add(KO.FloatKpuConv(3, True, pool), (patched, shift, zero), n.name + "/pick")
+    y = g.add(O.Reshape((1, oc, h // 2, w // 2)), (picked,), name)
+    what = (f"3x3 at stride 1 in {m} row bands of {hs} rows (a KPU layer's limits: 256 rows, 65536 pixels), "
+            f"{oc * (m - 1)} one-channel layers rewriting its rows at the band edges from {PATCH_ROWS} rows "
+            f"of the input each, then a pick layer of its odd rows (pool {pool}), all in KPU RAM (padding "
+            f"{[list(p) for p in n.op.padding]})")
     return y, what

@@ -28,12 +28,12 @@ def kpu_concat_problem(n: Node, table: dict[Node, NodeQuant], written_into: dict
     if len({id(p) for p in n.inputs}) != len(n.inputs):
         return "it reads one part twice"
     if table[n].domain is not Domain.CODES:
-        uploads = [p for p in n.inputs if table[p].domain is not Domain.KPU]
+        uploads = [p for p in n.inputs if table[p].domain is not Domain.KPU and not kpu_reshape(p, table)]
         if uploads:
             return f"its part '{uploads[0].name}' is a CPU {uploads[0].op.kind}, not a KPU layer's output"
         return "its parts are on different quantization grids"
     for p in n.inputs:  # a CPU part on the grid (float, or a uint8 conv's codes) is uploaded into its range
-        if table[p].domain not in (Domain.KPU, Domain.FLOAT, Domain.CPU_UINT8):
+        if table[p].domain not in (Domain.KPU, Domain.FLOAT, Domain.CPU_UINT8) and not kpu_reshape(p, table):
             return f"its part '{p.name}' is a CPU {p.op.kind}, not a KPU layer's output"
     _, _, h, w = n.shape
     at = 0
@@ -49,6 +49,21 @@ def kpu_concat_problem(n: Node, table: dict[Node, NodeQuant], written_into: dict
     if peak > KPU_RAM_SIZE:
         return f"KPU RAM: kept whole from its first part on, it would need {peak} B alive at once > {KPU_RAM_SIZE} B"
     return None
+
+
+def same_kpu_bytes(n: Node) -> bool:
+    """Reshape n leaves a map's bytes in KPU RAM as they are: one channel per line group at one width,
+    so each channel's rows are consecutive lines either way (kcc.passes.row_pick's row bands)."""
+    if not isinstance(n.op, O.Reshape):
+        return False
+    x = n.inputs[0]
+    return (x.type.rank == n.type.rank == 4 and x.shape[0] == n.shape[0] == 1 and x.shape[3] == n.shape[3]
+            and kpu_row_layout(n.shape[3]).groups == 1)
+
+
+def kpu_reshape(n: Node, table: dict[Node, NodeQuant]) -> bool:
+    """n is a KPU layer's output read as another map of the same bytes (`same_kpu_bytes`)."""
+    return same_kpu_bytes(n) and table[n.inputs[0]].domain is Domain.KPU
 
 
 NOT_BETWEEN_LAYERS = "its input is not a KPU layer's output"

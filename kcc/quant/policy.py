@@ -120,8 +120,22 @@ def calibrate_ranges(g: Graph, ctx: CompileContext) -> Graph:
             for p in input_views(points, g.inputs[0]):
                 ranges[p.name] = fixed
     log(f"   {n_samples} sample(s), {len(points)} tensors, method {options.calibrate_method}")
+    band_edge_grids(view, ranges)
     ctx.ranges = copy_grids(view, ranges)
     return g
+
+
+def band_edge_grids(g: Graph, ranges: dict[str, Range]) -> None:
+    """The input rows a pick pair's band edges are recomputed from (kcc.passes.row_pick: a slice of
+    the conv's input x) are read on the grid the bands of x are read on: x is quantized once."""
+    for r in g.nodes:
+        if not isinstance(r.op, KO.KpuRowPatch):
+            continue
+        bands = r.inputs[0].inputs[0]
+        for part in r.inputs[1:]:
+            rows = part.inputs[0]
+            if isinstance(rows.op, O.StridedSlice) and rows.inputs[0] is view_source(bands) and bands.name in ranges:
+                ranges[rows.name] = ranges[bands.name]
 
 
 def share_view_grids(points: Sequence[Node], ranges: dict[str, Range]) -> None:
@@ -171,8 +185,8 @@ def copy_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
         if not n.inputs or not moves_codes(n):
             continue
         x = src = n.inputs[0]
-        while isinstance(src.op, (O.Pad, O.StridedSlice, O.Reshape, O.Transpose)):
-            src = src.inputs[0]
+        while isinstance(src.op, (O.Pad, O.StridedSlice, O.Reshape, O.Transpose, KO.KpuRowPatch)):
+            src = src.inputs[0]  # (a map with rows written over in place is on its layer's grid)
         if isinstance(src.op, KO.FloatKpuConv):  # a view of a KPU layer's output moves its codes
             x = src
         if x.name in ranges:
@@ -207,9 +221,12 @@ def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
     def copied(p: Node) -> Node | None:
         """The KPU layer that copy p moves the codes of, if p alone reads it: a pick layer's
         full-resolution conv (kcc.passes.row_pick, one per channel group of a wide stride-2 conv),
-        which must be on the concatenation's grid too for its pick to be (copy_grids)."""
-        x = p.inputs[0]
-        ok = (moves_codes(p) and isinstance(x.op, KO.FloatKpuConv) and x.name in ranges and users[x] == [p]
+        which must be on the concatenation's grid too for its pick to be (copy_grids); in row bands,
+        the conv whose map the pick reads with rows written over (kcc.ir.kpu_ops.KpuRowPatch)."""
+        x, reader = p.inputs[0], p
+        if isinstance(x.op, KO.KpuRowPatch) and users[x] == [p]:  # its rows rewritten in place: row bands
+            x, reader = x.inputs[0], x
+        ok = (moves_codes(p) and isinstance(x.op, KO.FloatKpuConv) and x.name in ranges and users[x] == [reader]
               and id(x) not in outputs)
         return x if ok else None
 

@@ -61,7 +61,9 @@ from kcc.quant.kpu_ram import (
     gap_source,
     in_place_note,
     kpu_concat_problem,
+    kpu_reshape,
     kpu_view_problem,
+    same_kpu_bytes,
     view_note,
 )
 from kcc.quant.params import GridRange, QuantParam, range_param
@@ -160,8 +162,13 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
     def own_grid(n: Node) -> QuantParam | None:
         return range_param(ranges[n.name]) if n.name in ranges else None
 
+    # a KPU layer that writes rows of another's map in place is on that map's grid (KpuRowPatch)
+    patched_map = {id(p): r.inputs[0] for r in g.nodes if isinstance(r.op, KO.KpuRowPatch) for p in r.inputs[1:]}
     for n in g.nodes:
         op = n.op
+        if isinstance(op, KO.KpuRowPatch):
+            table[n] = NodeQuant(Domain.CODES, _required(n.inputs[0], table[n.inputs[0]].grid))
+            continue
         if isinstance(op, KO.FloatKpuConv) and isinstance(n.inputs[0].op, KO.KpuStack):
             x, w, b = n.inputs
             stack = [(_required(p, table[p].grid), p.shape[1]) for p in x.inputs]
@@ -177,6 +184,9 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
             if KO.moves_codes(n) and range_param(z) != x_grid:
                 # a shifted copy moves codes only on its input's grid (kcc.quant.policy.copy_grids)
                 z = y = GridRange(*x_grid.real_range, x_grid)
+            if id(n) in patched_map:
+                grid = _required(patched_map[id(n)], table[patched_map[id(n)]].grid)
+                z = y = GridRange(*grid.real_range, grid)
             r = LayerRanges(x_grid, y, z, _floor_bias(x))
             layer = kpu_layer(op, w.data, b.data, r, by_layer.get(n.name), turn_channels)
             table[n] = NodeQuant(Domain.KPU, QuantParam(*layer.out_q), layer)
@@ -317,6 +327,11 @@ class _Rewriter:
             return self.layer_of(n)
         if isinstance(n.op, KO.KpuStack):
             return self._once("kpu", n, lambda: self.kpu_stack(n))
+        if isinstance(n.op, KO.KpuRowPatch):  # the parts write the map's rows in place (kcc.emit.storage)
+            return self._once("kpu", n, lambda: self.g.add(
+                n.op, (self.kpu_of(n.inputs[0]), *(self.layer_of(p) for p in n.inputs[1:])), n.name + "/kpu"))
+        if same_kpu_bytes(n) and self._in_kpu_ram(n.inputs[0]):
+            return self._once("kpu", n, lambda: self.g.add(n.op, (self.kpu_of(n.inputs[0]),), n.name + "/kpu"))
         if channel_range(n) is not None and ("kpu", n, None) not in self.made:
             problem = kpu_view_problem(n, self.table)
             if problem != NOT_BETWEEN_LAYERS:
@@ -347,6 +362,8 @@ class _Rewriter:
         uploaded into it, on the concatenation's grid (kcc.quant.policy.share_concat_grids)."""
         if self.table[p].domain is Domain.KPU:
             return self.layer_of(p)
+        if kpu_reshape(p, self.table):
+            return self.kpu_of(p)
         return self.g.add(KO.KpuUpload(), (self.u8_of(p),), p.name + "/upload")
 
     def gap_concat(self, n: Node, parts: tuple[Node, ...]) -> Node:
@@ -366,6 +383,10 @@ class _Rewriter:
                                f"'{self.written_into[p].name}'")
             self.written_into[p] = n
         return self.g.add(KO.KpuConcat(), tuple(self.layer_of(p) for p in n.inputs), n.name + "/kpu")
+
+    def _in_kpu_ram(self, n: Node) -> bool:
+        """n is a KPU layer's output, or a map of them in place, that KPU layers read where it is."""
+        return self.table[n].domain is Domain.KPU or isinstance(n.op, KO.KpuRowPatch)
 
     def layer_of(self, n: Node) -> Node:
         def make() -> Node:

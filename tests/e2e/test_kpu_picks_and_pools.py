@@ -234,3 +234,59 @@ def test_stride2_on_odd_sizes_is_kpu_layers_and_a_pick_over_a_gap(name, monkeypa
     assert pick.layer.pool_type.name.lower() == ("right_top_2_s2" if dx else "left_top_2_s2")
     np.testing.assert_array_equal(out, x_map[:, :, int(dy)::2, int(dx)::2][:, :, :out.shape[2], :out.shape[3]])
     assert out.shape[2:] == ((h + 1) // 2 if not dy else h // 2, (w + 1) // 2 if not dx else w // 2)
+
+
+ROW_BAND_CASES = {  # (input shape, output channels, the rows one layer may take here): bands of 8 rows
+    "two_bands": ((1, 3, 16, 132), 6, 8),
+    "three_bands": ((1, 4, 24, 132), 4, 8),
+    "qvga_camera": ((1, 3, 240, 320), 4, None),  # the chip's own limits: 76800 pixels > 65536
+}
+
+
+def _stem(g, x, oc):
+    """A SAME stride-2 3x3 stem on an even size (relu6) and a 1x1 head."""
+    y = g.add(O.Conv2D((2, 2), ((0, 1), (0, 1)), act=(0.0, 6.0)), (x, _const(g, (oc, x.shape[1], 3, 3)),
+                                                                    _const(g, (oc,))), "stem")
+    return g.add(O.Conv2D(), (y, _const(g, (5, oc, 1, 1)), _const(g, (5,))), "head")
+
+
+@pytest.mark.parametrize("name", sorted(ROW_BAND_CASES))
+def test_a_pick_pair_over_the_layer_limits_runs_in_row_bands(name, monkeypatch):
+    """kcc.passes.row_pick's row bands: a SAME stride-2 stem whose full-resolution map is over a KPU
+    layer's 256 rows or 65536 pixels (a 320x240 camera picture; in the small cases the limit is cut to
+    8 rows) runs on the KPU: the conv over the bands as channels, one-channel layers rewriting the
+    rows at the band edges from 5 rows of the input cut on the CPU, the pick layer over the bands.
+    Every layer equals the scalar reference; the patched map in KPU RAM holds, at every odd row,
+    what the edge layers wrote at the band edges and the conv elsewhere; the pick output is exactly
+    its odd rows and columns; and the result agrees with the float graph as the CPU pre-pad and slice
+    path does (the same weights and samples)."""
+    shape, oc, rows = ROW_BAND_CASES[name]
+    _, c, h, w = shape
+    with monkeypatch.context() as m:
+        if rows is not None:
+            m.setattr("kcc.passes.row_pick.MAX_MAP_PIXELS", rows * w)
+        rms, res, calib = _rms_without_and_with("kcc.passes.row_pick.serves", shape,
+                                                lambda g, x: _stem(g, x, oc), monkeypatch)
+    assert rms["kpu"] <= 1.05 * rms["cpu"], rms  # measured: 0.998-1.003 of the CPU path's
+    stem = next(p for p in res.placements if p.node == "stem")
+    m = int(stem.reason.split(" row bands")[0].rsplit(" ", 1)[1])
+    hs = h // m
+    assert stem.on_kpu and m == (h // rows if rows else 2), stem
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    edges = ["strided_slice", "kpu_upload"] + ["kpu_conv2d"] * oc
+    assert names == ["quantize", "kpu_upload", "kpu_conv2d"] + edges * (m - 1) + ["kpu_conv2d"] * 2 + ["dequantize"], names
+    layers = 2 + oc * (m - 1) + 1
+    assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == layers
+    maps = layer_maps(res.kmodel, calib[0][0])
+    bulk, patches, (pick, y_fixed, out) = maps[0], maps[1:-2], maps[-2]
+    assert bulk[2].shape == (1, oc * m, hs, w) and y_fixed.shape == (1, oc * m, hs, w // 1)
+    tall = y_fixed.reshape(oc, h, w)
+    expect = bulk[2].reshape(oc, h, w).copy()
+    for k, (body, _, rows5) in enumerate(patches):
+        edge, o = divmod(k, oc)
+        r0 = (edge + 1) * hs - 2
+        assert body.kpu_output().start == bulk[0].kpu_output().start + (o * h + r0) * km.kpu_row_layout(w).row_len * 64
+        expect[o, r0:r0 + 5] = rows5[0, 0]
+    np.testing.assert_array_equal(tall[:, 1::2], expect[:, 1::2])  # the odd rows are what was written
+    assert shift_of(pick) == (1, 0)
+    np.testing.assert_array_equal(out.reshape(oc, h // 2, w // 2), tall[:, 1::2, 1::2])

@@ -234,11 +234,18 @@ def test_a_256_row_stride2_stem_needs_no_decomposition():
 
 
 def test_oversized_stride2_stem_goes_polyphase():
-    """A 3x3 stride-2 conv of a 288x288 map is over the KPU's 256 rows: its phases are 144x144."""
-    g = _conv_graph(3, 8, 288, 288, 3, 3, (2, 2), ((0, 1), (0, 1)), act=O.NO_CLAMP)
+    """A 3x3 stride-2 conv of a 288x60 map is over the KPU's 256 rows, and too narrow for row bands
+    (kcc.passes.row_pick: its output, 30 wide, shares lines between channels): its phases are 144x30.
+    At 288x288 the row bands serve it whole and nothing is decomposed."""
+    wide = _conv_graph(3, 8, 288, 288, 3, 3, (2, 2), ((0, 1), (0, 1)), act=O.NO_CLAMP)
+    _, placements = legalize(wide)
+    assert placements[0].on_kpu and "in 2 row bands of 144 rows" in placements[0].reason
+    ctx = CompileContext()
+    assert D.decompose_kernels(wide, ctx) is not None and all(d.plan is None for d in ctx.decisions)
+    g = _conv_graph(3, 8, 288, 60, 3, 3, (2, 2), ((0, 1), (0, 1)), act=O.NO_CLAMP)
     _, placements = legalize(g)
     assert not placements[0].on_kpu
-    xi = rng.uniform(-1, 1, (1, 3, 288, 288)).astype(np.float32)
+    xi = rng.uniform(-1, 1, (1, 3, 288, 60)).astype(np.float32)
     want = run(g, [xi])[0]
     ctx = CompileContext()
     g = D.decompose_kernels(g, ctx)
