@@ -48,10 +48,12 @@ def _same(size: int, k: int, s: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def build(width: float = 1.0, size: int = 224, seed: int = 0) -> Graph:
+def build(width: float = 1.0, size: int | tuple[int, int] = 224, seed: int = 0) -> Graph:
+    """The network at `width`, on a size x size (or (height, width)) picture."""
     r = np.random.default_rng(seed)
     g = Graph()
-    x = g.input(0, (1, 3, size, size))
+    h, w = (size, size) if isinstance(size, int) else size
+    x = g.input(0, (1, 3, h, w))
 
     def conv(x, oc, k, s=1, groups=1, act=RELU6, name=""):
         c, h = x.shape[1], x.shape[2]

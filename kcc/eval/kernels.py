@@ -271,7 +271,7 @@ KERNELS: dict[type, Callable] = {
     KO.KpuUpload: lambda op, x: x,
     KO.KpuDownload: lambda op, x: x,
     KO.KpuConcat: lambda op, *xs: np.pad(np.concatenate(xs, axis=1), ((0, 0), (0, 0), (0, op.gap[0]), (0, op.gap[1]))),
-    KO.KpuChannelView: lambda op, x: x[:, op.c0:op.c1],
+    KO.KpuChannelView: lambda op, x: x[:, op.c0:op.c1] if op.rows is None else x[:, op.c0:op.c1, op.rows[0]:op.rows[1]],
     KO.KpuRowPatch: _kpu_row_patch,
     KO.KpuStack: lambda op, *xs: np.concatenate(xs, axis=1),
     O.Conv2D: conv2d,

@@ -224,11 +224,15 @@ class KpuChannelView(Op):
     the channels one line holds at the map's width (kcc.kmodel.kpu_channel_offset; checked where
     views are made, kcc.quant.quantize, and where they are placed, kcc.emit.storage). The source
     stays alive until its last view is read (its buffer's lifetime counts the views' readers).
-    Batch 1 only: a layer with N batches would step by its own map's lines, not the source's."""
+    Batch 1 only: a layer with N batches would step by its own map's lines, not the source's.
+    `rows` (r0, r1): rows r0..r1-1 of one channel only, of a map with one channel per line group
+    (its rows are consecutive lines, kmodel_v4.md §7.3): a one-channel map of its own from the line
+    where row r0 starts (kcc.passes.row_bands crops a layer's rows this way)."""
 
     kind: ClassVar[str] = "kpu_channel_view"
     c0: int
     c1: int
+    rows: tuple[int, int] | None = None
 
     def infer_type(self, ins):
         _check(len(ins) == 1 and ins[0].dtype == DType.uint8 and ins[0].rank == 4,
@@ -236,10 +240,14 @@ class KpuChannelView(Op):
         n, c, h, w = ins[0].shape
         _check(n == 1 and 0 <= self.c0 < self.c1 <= c,
                f"kpu_channel_view channels {self.c0}..{self.c1} of {ins[0].shape}: batch 1, a range inside")
+        if self.rows is not None:
+            r0, r1 = self.rows
+            _check(self.c1 - self.c0 == 1 and 0 <= r0 < r1 <= h, f"kpu_channel_view rows {self.rows} of {ins[0].shape}")
+            return TensorType((1, 1, r1 - r0, w), DType.uint8)
         return TensorType((1, self.c1 - self.c0, h, w), DType.uint8)
 
     def attrs(self):
-        return {"channels": (self.c0, self.c1)}
+        return {"channels": (self.c0, self.c1), **({"rows": self.rows} if self.rows is not None else {})}
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ import numpy as np
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.options import CompileOptions
-from kcc.passes import row_pick
+from kcc.passes import gap_pick, row_pick
 from kcc.passes.dilated_conv import eliminate_dilated_conv
 from kcc.passes.legalize_kpu import legalize_kpu
 from kcc.passes.manager import CompileContext
@@ -150,11 +150,13 @@ def chain_bytes(g: Graph, n: Node) -> int:
 
 def _group_input_bytes(channels: int, *forms: Node) -> int:
     """KPU RAM a group of `channels` of a depthwise layer holds while it runs, besides `chain_bytes`:
-    its input, and when a pick pair may serve it (kcc.passes.row_pick, in any of the layer's `forms`:
-    turned by 180° or not, decided after the cut) the full-resolution output too."""
+    its input, and when a pick pair or a gap pick may serve it (kcc.passes.row_pick, gap_pick, in
+    any of the layer's `forms`: turned by 180° or not, decided after the cut) the full-resolution
+    output too."""
     x = forms[0].inputs[0]
     own = kpu_bytes((x.shape[0], channels, *x.shape[2:]))
     pair = any(row_pick.pick_pool(x.shape, n.shape, n.op.padding, n.inputs[1].shape[2], n.op.stride, True)
+               is not None or gap_pick.plan(x.shape, n.shape, n.op.padding, n.inputs[1].shape[2], n.op.stride, True)
                is not None for n in forms)
     return 2 * own if pair else own
 

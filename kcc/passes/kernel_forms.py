@@ -75,6 +75,7 @@ from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Node
 from kcc.passes.kernel_terms import Window, conv_terms, copy_offsets, phase_terms, shift_terms, unit_steps
+from kcc.target.k210 import MAX_CHANNELS
 
 #: a `stack` reading a float tensor of the CPU also stacks gain * its rounding residual, with the
 #: weights divided by gain (kcc.ir.kpu_ops.QuantResidual): residual codes span z +- gain/2. Per tap
@@ -439,3 +440,18 @@ def emit(add: Add, n: Node, x: Node, plan: Form) -> Node | None:
                                        add(O.Constant(bias), (), f"{name}/bias")), f"{name}/sum")
     _, _, h2, w2 = total.shape
     return add(O.StridedSlice((0, 0, 1, 1), (x.shape[0], oc, h2 - 1, w2 - 1), (1, 1, 1, 1)), (total,), f"{name}/crop")
+
+
+def fc_as_conv(w: np.ndarray) -> tuple[np.ndarray, int]:
+    """Fully-connected weights w [K, OC] as conv weights (OIHW) and their kernel size k. Up to 1024
+    inputs [OC, K, 1, 1]; beyond the KPU's 1024 channels [OC, ceil(K/9), 3, 3], input i at channel
+    i // 9, row i % 9 // 3, column i % 3 (zero weights pad K to a multiple of 9): the bytes of the
+    input vector read as a [K/9, 3, 3] map, which one 3x3 window covers whole, so every product is
+    summed in one accumulation as in the 1x1 form (MobileNetV2's 1280-input classifier)."""
+    k_in, oc = w.shape
+    if k_in <= MAX_CHANNELS:
+        return np.ascontiguousarray(w.T.reshape(oc, k_in, 1, 1)), 1
+    c9 = -(-k_in // 9)
+    wp = np.zeros((9 * c9, oc), w.dtype)
+    wp[:k_in] = w
+    return np.ascontiguousarray(wp.T.reshape(oc, c9, 3, 3)), 3

@@ -18,9 +18,8 @@ the pre-padded input (one row of pre-pad moves every KPU output row down by one)
 * other strides: a slice with step s.
 A crop that keeps the whole (pooled) map is no slice at all: the layer's output stays in KPU RAM.
 A stride-2 3x3 conv centred on odd rows (TFLite SAME on an even size) needs none of this when
-kcc/passes/row_pick.py serves it: the conv at stride 1, then a KPU pick layer of its odd rows.
-Before all this, `rotate180` may turn the model's maps by 180° so that TFLite SAME stride-2 padding
-becomes the KPU's own (kcc/passes/rotate180.py), where no pick layer serves it.
+kcc/passes/row_pick.py serves it (the conv at stride 1, then a pick layer of its odd rows), or after
+`rotate180` turned the maps (kcc/passes/rotate180.py); over a layer's size limits, row_bands.py.
 Bottom/right pre-pad rows are added so the KPU map is at least 4x4 and covers every row the slice
 reads; rows they affect are cropped, so they change nothing (the input is zero there in tflite too).
 
@@ -48,7 +47,8 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node, copy_rewriting
 from kcc.ir.types import TensorType
 from kcc.options import CompileOptions
-from kcc.passes import gap_pick, row_pick
+from kcc.passes import gap_pick, row_bands, row_pick
+from kcc.passes.kernel_forms import fc_as_conv
 from kcc.passes.kpu_pools import kpu_pool_code, pools_in_kpu_ram
 from kcc.passes.manager import CompileContext
 from kcc.passes.prelu_kpu import prelu_to_kpu
@@ -97,21 +97,6 @@ class _Axis:
     crop: int  # first kept row of the (pooled) KPU output
     step: int  # slice step after the layer (1 = none)
     count: int  # rows kept
-
-
-def fc_as_conv(w: np.ndarray) -> tuple[np.ndarray, int]:
-    """Fully-connected weights w [K, OC] as conv weights (OIHW) and their kernel size k. Up to 1024
-    inputs [OC, K, 1, 1]; beyond the KPU's 1024 channels [OC, ceil(K/9), 3, 3], input i at channel
-    i // 9, row i % 9 // 3, column i % 3 (zero weights pad K to a multiple of 9): the bytes of the
-    input vector read as a [K/9, 3, 3] map, which one 3x3 window covers whole, so every product is
-    summed in one accumulation as in the 1x1 form (MobileNetV2's 1280-input classifier)."""
-    k_in, oc = w.shape
-    if k_in <= MAX_CHANNELS:
-        return np.ascontiguousarray(w.T.reshape(oc, k_in, 1, 1)), 1
-    c9 = -(-k_in // 9)
-    wp = np.zeros((9 * c9, oc), w.dtype)
-    wp[:k_in] = w
-    return np.ascontiguousarray(wp.T.reshape(oc, c9, 3, 3)), 3
 
 
 def _axis_plan(size: int, pad_before: int, k: int, stride: int, out: int, pick: bool) -> _Axis:
@@ -274,9 +259,6 @@ class _Legalizer:
             if pool == "right_top_2_s2":  # right_top picks odd columns: index j reads column 2j+1
                 ax = _Axis(ax.pre, ax.post, (o_w + ax.pre - 1) // 2, 1, ow)
         hp, wp = h + ay.pre + ay.post, wd + ax.pre + ax.post
-        if not (MIN_HW <= hp <= MAX_H and MIN_HW <= wp <= MAX_W):
-            self._reject(n, f"KPU input {hp}x{wp} outside {MIN_HW}..{MAX_H} x {MIN_HW}..{MAX_W}")
-            return None
         s = KO.KPU_POOLS[pool][1]
         oc = w.shape[0]
         # no slice when the layer's (pooled) output is already the conv's: a slice that copies its
@@ -298,6 +280,17 @@ class _Legalizer:
                     pool, tail = code, nxt
         # KPU RAM and the DMA register hold the pooled output (tiny YOLO's 320x240 conv + 2x2 max: 160x120)
         s = KO.KPU_POOLS[pool][1]
+        m = row_bands.serves(x.shape, oc, k, pool) if trivial and not depthwise else None
+        if m:  # over the layer limits: on the map's row bands (tiny YOLO's first layer at 320x320)
+            if unfused_mean is not None:
+                self.unfused_means.add(id(unfused_mean))
+            kop = KO.FloatKpuConv(k, False, pool, op.act, fn)
+            y, what = row_bands.build(self.g, n, tail.name, (self.map[id(x)], *self._consts(n, w, b)), kop, m, self.views)
+            self.placements.append(Placement(n.name, "conv2d", True, what))
+            return self._absorb(n, tail, y)
+        if not (MIN_HW <= hp <= MAX_H and MIN_HW <= wp <= MAX_W):
+            self._reject(n, f"KPU input {hp}x{wp} outside {MIN_HW}..{MAX_H} x {MIN_HW}..{MAX_W}")
+            return None
         need = kpu_bytes((x.shape[0], x.shape[1], hp, wp)) + kpu_bytes((x.shape[0], oc, hp // s, wp // s))
         if need > KPU_RAM_SIZE:
             self._reject(n, f"KPU RAM: input + output maps need {need} B > {KPU_RAM_SIZE} B")
@@ -315,8 +308,7 @@ class _Legalizer:
             if key not in self.pads:
                 self.pads[key] = g.add(O.Pad(pads, 0.0), (xin,), n.name + "/kpu_pad")
             xin = self.pads[key]
-        wc = self.map[id(wn)] if id(wn) in self.map and w is wn.data else g.constant(w, wn.name + "/kpu")
-        bc = g.constant(b, bn.name) if id(bn) not in self.map else self.map[id(bn)]
+        wc, bc = self._consts(n, w, b)
         kop = KO.FloatKpuConv(k, depthwise, pool, op.act, fn)
         name = tail.name if tail is not n else n.name
         y = g.add(kop, (xin, wc, bc), name if no_slice else n.name + "/kpu")
@@ -370,13 +362,17 @@ class _Legalizer:
     def _row_pick(self, n: Node, x: Node, w: np.ndarray, b: np.ndarray, pool: str) -> Node:
         """Stride-2 conv n centred on odd rows as the conv at stride 1 and a pick layer, both in KPU RAM
         (kcc.passes.row_pick); a following activation the table takes fuses into the conv."""
-        wn, bn = n.inputs[1], n.inputs[2]
         tail, fn = self._fusable_act(n) or (n, None)
-        wc = self.map[id(wn)] if id(wn) in self.map and w is wn.data else self.g.constant(w, wn.name + "/kpu")
-        bc = self.g.constant(b, bn.name) if id(bn) not in self.map else self.map[id(bn)]
+        wc, bc = self._consts(n, w, b)
         y, what = row_pick.build(self.g, n, tail.name, (self.map[id(x)], wc, bc), fn, pool, self.views)
         self.placements.append(Placement(n.name, "conv2d", True, what))
         return self._absorb(n, tail, y)
+
+    def _consts(self, n: Node, w: np.ndarray, b: np.ndarray) -> tuple[Node, Node]:
+        """Conv n's weights w (rewritten or not) and bias b as constants of the new graph."""
+        wn, bn = n.inputs[1], n.inputs[2]
+        wc = self.map[id(wn)] if id(wn) in self.map and w is wn.data else self.g.constant(w, wn.name + "/kpu")
+        return wc, self.g.constant(b, bn.name) if id(bn) not in self.map else self.map[id(bn)]
 
     def _gap_pick(self, n: Node, op: O.Conv2D, x: Node, w: np.ndarray, b: np.ndarray, plan: gap_pick.Plan) -> Node:
         """Stride-2 depthwise n (as op) on an odd size as stride-1 layers, one per line group, written

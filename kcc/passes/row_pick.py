@@ -23,22 +23,20 @@ Taken for even H and W only, with H/2 and W/2 outputs (no crop), when Y fits KPU
 input and to the picked output, and when kcc.target.k210's cost model prices the pick layer below
 the CPU work it removes (`cheaper`). rotate180 asks `serves` before counting a layer it would free.
 
-**Row bands.** A KPU layer reads at most 256 rows and writes at most 65536 pixels a channel (its DMA
-register), so Y of a 320x240 camera picture (76800 pixels) or of any map over 256 rows is no one
-layer's output. With one channel per line group (W > 64, at W and at W/2), channel c's rows are
-consecutive lines of KPU RAM, so the bytes of a map [C, m*Hs, W] are also those of [C*m, Hs, W]: its
-m row bands as channels of their own (an NCHW reshape). Both layers then run on the bands (`bands`):
+**Row bands.** Y of a 320x240 camera picture (76800 pixels) or of a map over 256 rows is no one KPU
+layer's output (256 rows, 65536 pixels a channel); kcc.passes.row_bands runs a plain conv's pair on
+the map's row bands as channels (`bands`, W > 64 so that both maps keep one channel per line group):
 
-1. the conv, weights block-diagonal over the bands (a depthwise layer's repeated), computes every row
-   of Y whose window stays inside its band; at a band edge b*Hs the KPU pads instead of reading the
-   neighbouring band, which spoils Y rows b*Hs - 1 and b*Hs;
+1. the conv over the bands, its weights block-diagonal, makes every row of Y whose window stays in
+   its band; at a band edge b*Hs the KPU pads instead of reading the neighbouring band, which spoils
+   Y rows b*Hs - 1 and b*Hs;
 2. per output channel o and band edge, a one-channel layer over x's rows b*Hs - 2 .. b*Hs + 2 (cut
-   and uploaded on the CPU: 5 rows of the picture) writes Y rows b*Hs - 2 .. b*Hs + 2 of channel o in
-   place (kcc.ir.kpu_ops.KpuRowPatch): right at b*Hs - 1 .. b*Hs + 1, its own padding spoils the two
-   even rows at its ends, which the pick never reads;
-3. the pick layer on the bands: it keeps Y's odd rows, each read inside its band (the shift at a
-   band's last row reads the pad, an odd row of the shift the pool drops), and its output
-   [O*m, Hs/2, W/2] is the bytes of [O, H/2, W/2].
+   and uploaded on the CPU) writes Y rows b*Hs - 2 .. b*Hs + 2 of channel o in place
+   (kcc.ir.kpu_ops.KpuRowPatch): right at b*Hs - 1 .. b*Hs + 1, its own padding spoils the two even
+   rows at its ends, which the pick never reads (so no copy is needed, unlike row_bands' convs);
+3. the pick layer on the bands keeps Y's odd rows, each read inside its band (the shift at a band's
+   last row reads the pad, an odd row the pool drops), and its output [O*m, Hs/2, W/2] is the bytes
+   of [O, H/2, W/2].
 """
 
 from __future__ import annotations
@@ -48,23 +46,16 @@ import numpy as np
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
+from kcc.passes import row_bands
 from kcc.passes.kernel_forms import shift_weights
 from kcc.target.k210 import (
     CPU_NODE_CYCLES,
     KPU_CYCLE_FACTOR,
     KPU_RAM_SIZE,
-    MAX_CHANNELS,
-    MAX_H,
-    MAX_MAP_PIXELS,
-    MAX_W,
-    MAX_WEIGHT_LOADS,
-    MIN_HW,
     cpu_cycles,
     kpu_bytes,
     kpu_layer_cost,
     kpu_map_cycles,
-    kpu_row_layout,
-    weight_loads,
 )
 
 #: the pick layer's copy: out[r, c] = Y[r + 1, c] (kcc.passes.kernel_forms.shift_weights)
@@ -76,23 +67,9 @@ PATCH_ROWS = 5
 
 
 def bands(x_shape: tuple, oc: int, depthwise: bool = False) -> int | None:
-    """How many row bands the pair of a conv from `x_shape` to `oc` channels runs in: 1 when one KPU
-    layer takes the whole map, else the fewest that meet every layer limit (module docstring), or
-    None. Bands serve a plain conv (a depthwise one's patches would need a view of each channel)."""
-    n, c, h, w = x_shape
-    if not (MIN_HW <= h and MIN_HW <= w <= MAX_W):
-        return None
-    if h <= MAX_H and h * w <= MAX_MAP_PIXELS:
-        return 1
-    if depthwise or n != 1 or kpu_row_layout(w // 2).groups != 1:
-        return None
-    for m in range(2, h // 8 + 1):
-        hs = h // m
-        if (h % m or hs % 2 or hs > MAX_H or hs * w > MAX_MAP_PIXELS
-                or max(c, oc) * m > MAX_CHANNELS or weight_loads(oc * m, c * m, 3, False)[1] + 1 > MAX_WEIGHT_LOADS):
-            continue
-        return m
-    return None
+    """How many row bands the pair of a conv from `x_shape` to `oc` channels runs in (module
+    docstring; kcc.passes.row_bands): 1 when one KPU layer takes the whole map."""
+    return row_bands.bands(x_shape, oc, 1, 2, depthwise)
 
 
 def pick_pool(x_shape: tuple, out_shape: tuple, padding: tuple, k: int, stride: tuple,
@@ -194,22 +171,14 @@ def _build_bands(g: Graph, n: Node, name: str, ins: tuple[Node, Node, Node], fn:
     wt, bias = wn.data, bn.data
     oc = wt.shape[0]
     act = n.op.act
-    blocks = np.zeros((oc * m, c * m, 3, 3), np.float32)
-    for j in range(m):  # output band j of channel o reads input band j of every channel
-        blocks[j::m, j::m] = wt
-    if (id(x), m) not in views:
-        views[id(x), m] = g.add(O.Reshape((1, c * m, hs, w)), (x,), n.name + "/bands")
-    xb = views[id(x), m]
+    xb = row_bands.band_view(g, x, m, n.name + "/bands", views)
     full = g.add(KO.FloatKpuConv(3, False, "bypass", act, fn),
-                 (xb, g.constant(blocks, wn.name + "/bands"), g.constant(np.repeat(bias, m), bn.name + "/bands")),
-                 n.name + "/full")
+                 (xb, g.constant(row_bands.block_diagonal(wt, m), wn.name + "/bands"),
+                  g.constant(np.repeat(bias, m), bn.name + "/bands")), n.name + "/full")
     parts, starts = [], []
     for edge in range(1, m):
         r0 = edge * hs - 2
-        if (id(x), r0) not in views:
-            views[id(x), r0] = g.add(O.StridedSlice((0, 0, r0, 0), (1, c, r0 + PATCH_ROWS, w), (1, 1, 1, 1)), (x,),
-                                     f"{n.name}/rows{r0}")
-        rows = views[id(x), r0]
+        rows = row_bands.rows_of(g, x, r0, r0 + PATCH_ROWS, f"{n.name}/rows{r0}", views)
         for o in range(oc):
             wo = g.constant(np.ascontiguousarray(wt[o:o + 1]), f"{wn.name}/o{o}")
             bo = g.constant(np.ascontiguousarray(bias[o:o + 1]), f"{bn.name}/o{o}")

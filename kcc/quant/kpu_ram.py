@@ -81,6 +81,20 @@ def channel_range(n: Node) -> tuple[int, int] | None:
     return c0, c1
 
 
+def row_view(n: Node, table: dict[Node, NodeQuant]) -> tuple[int, int, int] | None:
+    """(c, r0, r1) if n is a StridedSlice keeping rows r0..r1-1 of channel c of a KPU layer's map with
+    one channel per line group, whole rows, on the map's codes: read in place in KPU RAM
+    (kcc.ir.kpu_ops.KpuChannelView `rows`)."""
+    if not isinstance(n.op, O.StridedSlice) or n.type.rank != 4:
+        return None
+    x = n.inputs[0]
+    (b0, c0, r0, x0), (b1, c1, r1, x1), steps = n.op.begin, n.op.end, n.op.strides
+    ok = ((b0, b1, x0, x1) == (0, 1, 0, x.shape[3]) and c1 - c0 == 1 and tuple(steps) == (1, 1, 1, 1)
+          and n.shape == (1, 1, r1 - r0, x.shape[3]) and kpu_row_layout(x.shape[3]).groups == 1
+          and table[x].domain is Domain.KPU and table[n].domain is Domain.CODES)
+    return (c0, r0, r1) if ok else None
+
+
 def kpu_view_problem(n: Node, table: dict[Node, NodeQuant]) -> str | None:
     """Why the channel slice `n` (`_channel_range`) cannot be read in place in KPU RAM by the KPU
     layers reading it (kcc.ir.kpu_ops.KpuChannelView), or None; `NOT_BETWEEN_LAYERS` when its input

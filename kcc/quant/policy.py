@@ -126,13 +126,19 @@ def calibrate_ranges(g: Graph, ctx: CompileContext) -> Graph:
 
 
 def band_edge_grids(g: Graph, ranges: dict[str, Range]) -> None:
-    """The input rows a pick pair's band edges are recomputed from (kcc.passes.row_pick: a slice of
-    the conv's input x) are read on the grid the bands of x are read on: x is quantized once."""
+    """A layer on row bands (kcc.passes.row_bands, row_pick) recomputes the rows at the band edges from
+    rows of its input x: those are read on the grid x's bands are read on (x is quantized once), and
+    an edge layer whose rows are copied over the bulk's is on the bulk's grid, so that the copies move
+    its codes exactly (copy_grids, after)."""
     for r in g.nodes:
         if not isinstance(r.op, KO.KpuRowPatch):
             continue
-        bands = r.inputs[0].inputs[0]
+        bulk = r.inputs[0]
+        bands = bulk.inputs[0]
         for part in r.inputs[1:]:
+            if moves_codes(part) and bulk.name in ranges:  # a copy of an edge layer's good rows
+                part = view_source(part.inputs[0])
+                ranges[part.name] = ranges[bulk.name]
             rows = part.inputs[0]
             if isinstance(rows.op, O.StridedSlice) and rows.inputs[0] is view_source(bands) and bands.name in ranges:
                 ranges[rows.name] = ranges[bands.name]

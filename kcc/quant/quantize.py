@@ -43,11 +43,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.ir.types import DType
 from kcc.passes.kernel_cost import uint8_conv
+from kcc.passes.kernel_forms import shift_weights
 from kcc.passes.kpu_live import KpuLive
 from kcc.passes.legalize_kpu import Placement
 from kcc.passes.manager import CompileContext
@@ -63,6 +66,7 @@ from kcc.quant.kpu_ram import (
     kpu_concat_problem,
     kpu_reshape,
     kpu_view_problem,
+    row_view,
     same_kpu_bytes,
     view_note,
 )
@@ -286,6 +290,15 @@ class _Rewriter:
                 # the input's codes on the grid analyze chose (its own, or the grid they move on)
                 a8 = self.u8_of(n.inputs[0])
                 return g.add(op, (a8, g.constant(codes, n.inputs[1].name + "/u8")), n.name)
+            if isinstance(n.op, KO.KpuRowPatch):
+                # its rows are written after its layer ran, so that layer's copy-out would miss them:
+                # an identity layer copies the whole map out once they are (kcc.passes.row_bands)
+                grid, c = nq.grid, n.shape[1]
+                same = GridRange(*grid.real_range, grid)
+                layer = kpu_layer(KO.FloatKpuConv(3, True), shift_weights(c, (0, 0)), np.zeros(c, np.float32),
+                                  LayerRanges(grid, same, same))
+                copy = g.add(layer, (self.kpu_of(n),), n.name + "/copy_out")
+                return g.add(KO.KpuDownload(), (copy,), n.name + "/download")
             if nq.domain is Domain.CODES and isinstance(n.op, LAYOUT_OPS):
                 return g.add(_on_grid(n.op, nq.grid), (self.u8_of(n.inputs[0]),), n.name + "/u8")
             if nq.domain is Domain.CODES and isinstance(n.op, O.Concat):
@@ -332,6 +345,11 @@ class _Rewriter:
                 n.op, (self.kpu_of(n.inputs[0]), *(self.layer_of(p) for p in n.inputs[1:])), n.name + "/kpu"))
         if same_kpu_bytes(n) and self._in_kpu_ram(n.inputs[0]):
             return self._once("kpu", n, lambda: self.g.add(n.op, (self.kpu_of(n.inputs[0]),), n.name + "/kpu"))
+        rows = row_view(n, self.table)
+        if rows is not None:  # rows of one channel, read in place (kcc.passes.row_bands' crops)
+            c, r0, r1 = rows
+            return self._once("kpu", n, lambda: self.g.add(
+                KO.KpuChannelView(c, c + 1, (r0, r1)), (self.kpu_of(n.inputs[0]),), n.name + "/kpu"))
         if channel_range(n) is not None and ("kpu", n, None) not in self.made:
             problem = kpu_view_problem(n, self.table)
             if problem != NOT_BETWEEN_LAYERS:
@@ -385,8 +403,10 @@ class _Rewriter:
         return self.g.add(KO.KpuConcat(), tuple(self.layer_of(p) for p in n.inputs), n.name + "/kpu")
 
     def _in_kpu_ram(self, n: Node) -> bool:
-        """n is a KPU layer's output, or a map of them in place, that KPU layers read where it is."""
-        return self.table[n].domain is Domain.KPU or isinstance(n.op, KO.KpuRowPatch)
+        """n is a KPU layer's output, or a map of them in place, that KPU layers read where it is (also
+        read as another map of the same bytes)."""
+        return (self.table[n].domain is Domain.KPU or isinstance(n.op, KO.KpuRowPatch)
+                or (same_kpu_bytes(n) and self._in_kpu_ram(n.inputs[0])))
 
     def layer_of(self, n: Node) -> Node:
         def make() -> Node:

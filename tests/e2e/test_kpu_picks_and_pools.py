@@ -264,7 +264,7 @@ def test_a_pick_pair_over_the_layer_limits_runs_in_row_bands(name, monkeypatch):
     _, c, h, w = shape
     with monkeypatch.context() as m:
         if rows is not None:
-            m.setattr("kcc.passes.row_pick.MAX_MAP_PIXELS", rows * w)
+            m.setattr("kcc.passes.row_bands.MAX_MAP_PIXELS", rows * w)
         rms, res, calib = _rms_without_and_with("kcc.passes.row_pick.serves", shape,
                                                 lambda g, x: _stem(g, x, oc), monkeypatch)
     assert rms["kpu"] <= 1.05 * rms["cpu"], rms  # measured: 0.998-1.003 of the CPU path's
@@ -290,3 +290,105 @@ def test_a_pick_pair_over_the_layer_limits_runs_in_row_bands(name, monkeypatch):
     np.testing.assert_array_equal(tall[:, 1::2], expect[:, 1::2])  # the odd rows are what was written
     assert shift_of(pick) == (1, 0)
     np.testing.assert_array_equal(out.reshape(oc, h // 2, w // 2), tall[:, 1::2, 1::2])
+
+
+CONV_BAND_CASES = {  # (input shape, output channels, fused pool, the output rows one layer may write here)
+    "conv_two_bands": ((1, 3, 16, 132), 6, None, 8),
+    "conv_max_pool_two_bands": ((1, 3, 32, 132), 6, O.Pool2D("max", (2, 2), (2, 2)), 8),
+    "tiny_yolo_320x320": ((1, 3, 320, 320), 4, O.Pool2D("max", (2, 2), (2, 2)), None),  # the chip's limits
+}
+
+
+def _conv_then(g, x, oc, pool):
+    """A 3x3 stride-1 conv (relu6), its pool if any, and a 1x1 head."""
+    y = g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), act=(0.0, 6.0)), (x, _const(g, (oc, x.shape[1], 3, 3)),
+                                                                    _const(g, (oc,))), "conv")
+    if pool is not None:
+        y = g.add(pool, (y,), "pool")
+    return g.add(O.Conv2D(), (y, _const(g, (5, oc, 1, 1)), _const(g, (5,))), "head")
+
+
+@pytest.mark.parametrize("name", sorted(CONV_BAND_CASES))
+def test_a_conv_over_the_layer_limits_runs_in_row_bands(name, monkeypatch):
+    """kcc.passes.row_bands: a 3x3 stride-1 conv (and its fused pool) whose map is over a KPU layer's
+    256 rows or 65536 output pixels (tiny YOLO's first layer at 320x320; in the small cases the limit
+    is cut) runs as the conv over the row bands as channels, one edge layer per band edge over 6 rows
+    of output around it (from rows of the input cut on the CPU), and one one-channel copy per output
+    channel writing the edge layer's 4 good rows over the bulk's in place. Every layer equals the
+    scalar reference; the map in KPU RAM holds the copies' rows at the band edges and the bulk's
+    elsewhere; each copy is exactly its edge layer's rows; and the result agrees with the float graph
+    as one layer over the whole map does (the same weights and samples, the limit lifted)."""
+    shape, oc, pool, rows = CONV_BAND_CASES[name]
+    _, c, h, w = shape
+    s = 1 if pool is None else 2
+    ho, wo = h // s, w // s
+    state = rng.bit_generator.state
+    rms = {}
+    for form in ("whole", "bands") if rows else ("bands",):
+        rng.bit_generator.state = state
+        with monkeypatch.context() as m:
+            if form == "bands" and rows:
+                m.setattr("kcc.passes.row_bands.MAX_MAP_PIXELS", rows * wo)
+                m.setattr("kcc.passes.legalize_kpu.MAX_MAP_PIXELS", rows * wo)
+            g = Graph()
+            g.outputs = [_conv_then(g, g.input(0, shape), oc, pool)]
+            calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
+            want = [run(g, sample)[0] for sample in calib]
+            res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+        program = kpu_sim.load(res.kmodel)
+        err = np.concatenate([(program.run(x)[0].reshape(v.shape) - v).ravel() for x, v in zip(calib, want)])
+        rms[form] = float(np.sqrt(np.mean(err ** 2)))
+    if rows:
+        assert rms["bands"] <= 1.05 * rms["whole"], rms
+    conv = next(p for p in res.placements if p.node == "conv")
+    bands = int(conv.reason.split(" row bands")[0].rsplit(" ", 1)[1])
+    assert conv.on_kpu and "row bands" in conv.reason and bands == (2 if rows else 2), conv
+    hs = h // bands
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    edge = ["strided_slice", "kpu_upload"] + ["kpu_conv2d"] * (1 + oc)
+    assert names == ["quantize", "kpu_upload", "kpu_conv2d"] + edge * (bands - 1) + ["kpu_conv2d", "dequantize"], names
+    assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 2 + (1 + oc) * (bands - 1)
+    maps = layer_maps(res.kmodel, calib[0][0])
+    bulk, near, copies, (head, y_map, _) = maps[0], maps[1], maps[2:2 + oc], maps[-1]
+    expect = bulk[2].reshape(oc, ho, wo).copy()
+    q = hs // s
+    for o, (body, x_map, out) in enumerate(copies):
+        np.testing.assert_array_equal(x_map[0, 0], near[2][0, o, 1:5])  # the copy reads the good rows
+        np.testing.assert_array_equal(out, x_map)  # and moves them exactly
+        expect[o, q - 2:q + 2] = out[0, 0]
+    assert head.kpu_input().start == bulk[0].kpu_output().start  # the head reads the patched map
+    np.testing.assert_array_equal(y_map.reshape(oc, ho, wo), expect)
+    got, ref = kpu_sim.load(res.kmodel).run(calib[0])[0].ravel(), want[0].ravel()
+    assert float(np.dot(got, ref) / (np.linalg.norm(got) * np.linalg.norm(ref))) > 0.999
+
+
+def test_a_conv_in_row_bands_read_on_the_cpu_is_copied_out_after_its_edges(monkeypatch):
+    """The bulk layer's own copy-out would run before the copies rewrite the band edges: a graph output
+    on row bands is copied out by one identity layer over the whole patched map, after them. The
+    output equals the patched map's codes, and errs from the float graph as one layer over the whole
+    map does (the same weights and samples, the limit lifted)."""
+    shape, oc = (1, 3, 16, 132), 4
+    state = rng.bit_generator.state
+    steps = {}
+    for form in ("whole", "bands"):
+        rng.bit_generator.state = state
+        with monkeypatch.context() as m:
+            if form == "bands":
+                m.setattr("kcc.passes.row_bands.MAX_MAP_PIXELS", 8 * 132)
+                m.setattr("kcc.passes.legalize_kpu.MAX_MAP_PIXELS", 8 * 132)
+            g = Graph()
+            x = g.input(0, shape)
+            g.outputs = [g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), act=(0.0, 6.0)),
+                               (x, _const(g, (oc, 3, 3, 3)), _const(g, (oc,))), "conv")]
+            calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
+            res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+        program = kpu_sim.load(res.kmodel)
+        steps[form] = [max_steps(program.run(c)[0].reshape(g.outputs[0].shape), run(g, c)[0]) for c in calib]
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    assert names[-2:] == ["kpu_conv2d", "dequantize"] and names.count("kpu_conv2d") == 3 + oc, names
+    maps = layer_maps(res.kmodel, calib[0][0])
+    (copy_body, patched, out) = maps[-1]
+    assert shift_of(copy_body) == (0, 0) and copy_body.kpu_input().start == maps[0][0].kpu_output().start
+    np.testing.assert_array_equal(out, patched)
+    # measured: 1.60-2.02 steps in both forms, the same but for one sample (1.60 whole, 1.68 bands)
+    assert max(b - w for b, w in zip(steps["bands"], steps["whole"])) <= 0.1, steps

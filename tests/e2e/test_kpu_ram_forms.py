@@ -224,7 +224,7 @@ def test_channel_split_layers_are_bit_exact_on_the_kpu(name, monkeypatch):
 def test_a_fully_connected_layer_over_1024_inputs_is_one_kpu_layer_over_a_3x3_map():
     """1100 inputs, more than a KPU layer's 1024 channels (and partial sums of two layers would round):
     the input vector's bytes read as a 123x3x3 map (zero-padded to 1107), one 3x3 KPU layer whose window
-    covers the map whole, every product in one accumulation (legalize_kpu.fc_as_conv). The layer equals
+    covers the map whole, every product in one accumulation (kernel_forms.fc_as_conv). The layer equals
     the scalar reference of the integer pipeline on random weights; the result agrees with float."""
     g = Graph()
     x = g.input(0, (1, 1100))

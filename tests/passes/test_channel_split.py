@@ -121,7 +121,7 @@ def test_a_conv_over_1024_output_channels_is_cut_into_output_groups(oc, groups):
 
 def test_a_fully_connected_layer_over_1024_outputs_is_cut_into_column_groups():
     """fc1 (64 -> 1100) is cut in two; fc2 reads its 1100 outputs, more than a KPU layer's channels: it
-    stays whole, one KPU layer reading them as a 123x3x3 map (legalize_kpu.fc_as_conv), even as a
+    stays whole, one KPU layer reading them as a 123x3x3 map (kernel_forms.fc_as_conv), even as a
     small output head (a uint8 matmul on the CPU would round its outputs to 8 bits too)."""
     def build():
         g = Graph()
@@ -140,7 +140,7 @@ def test_a_fully_connected_layer_over_1024_outputs_is_cut_into_column_groups():
 
 def test_layers_over_1024_inputs_and_layers_that_fit_are_left_alone():
     """More inputs than a KPU layer reads cannot be cut exactly (partial sums would round): a conv
-    keeps its reason (a fully-connected layer reads them as a 3x3 map, legalize_kpu.fc_as_conv)."""
+    keeps its reason (a fully-connected layer reads them as a 3x3 map, kernel_forms.fc_as_conv)."""
     g = Graph()
     x = g.input(0, (1, 1100, 4, 4))
     y = _conv(g, x, 8, 1, name="wide_in")
