@@ -213,8 +213,10 @@ def pick_groups(n: Node, beside: int = 0) -> list[tuple[int, int]] | None:
     k = n.inputs[1].shape[2:]
     total = n.shape[1]
     depthwise = _depthwise(n)
-    if k[0] != k[1] or row_pick.pick_pool(x.shape, n.shape, op.padding, k[0], op.stride, depthwise) is None:
+    if k[0] != k[1]:
         return None
+    if row_pick.pick_pool(x.shape, n.shape, op.padding, k[0], op.stride, depthwise) is None:
+        return _gap_groups(n, beside)
     if row_pick.fits(x.shape, total) or (depthwise and isinstance(x.op, O.Input)):  # (the input: CPU slices)
         return None  # served whole, or not worth it (legalize_kpu's row_pick.serves)
     nb, _, h, w = x.shape
@@ -229,6 +231,31 @@ def pick_groups(n: Node, beside: int = 0) -> list[tuple[int, int]] | None:
         cost = (sum(row_pick.pick_cycles((nb, b - a if depthwise else x.shape[1], h, w), b - a) for a, b in ranges)
                 + (len(ranges) - 1) * (kpu_layer_cost(0, 0) + 2 * CPU_NODE_CYCLES))
         return ranges if cost < row_pick.cpu_cycles_saved(x.shape, total, depthwise) else None
+    return None
+
+
+def _gap_groups(n: Node, beside: int) -> list[tuple[int, int]] | None:
+    """The channel ranges of stride-2 depthwise n on an odd size that kcc.passes.gap_pick serves one
+    range at a time but not whole (its full-size map, one row and column larger, does not fit KPU RAM
+    beside its input and the picked output: MobileNet v1 1.0 at 241x241, 64 channels of 121x121),
+    each range's map then beside the whole picked output (written in place) and, with `beside`
+    (`chain_bytes`), its producer's input; taken when the groups' layers cost less than the
+    full-size output's copy-out, slice and upload (gap_pick's fallback)."""
+    op, x = n.op, n.inputs[0]
+    plan = gap_pick.plan(x.shape, n.shape, op.padding, n.inputs[1].shape[2], op.stride, _depthwise(n))
+    if plan is None or isinstance(x.op, O.Input) or gap_pick.pays(x.shape, n.shape, plan):
+        return None
+    nb, total, h, w = x.shape
+    gap = lambda c: kpu_bytes((nb, c, h + plan.gap[0], w + plan.gap[1]))  # noqa: E731
+    for groups in range(2, MAX_GROUPS + 1):
+        ranges = _ranges(total, groups)
+        lo, hi = ranges[0]  # the largest group
+        own = kpu_bytes((nb, hi - lo, h, w)) + gap(hi - lo)
+        if (beside or kpu_bytes(n.shape)) + own > KPU_RAM_SIZE:
+            continue
+        cost = (sum(gap_pick.layers_cycles((nb, b - a, h, w), plan) for a, b in ranges)
+                + (len(ranges) - 1) * 2 * CPU_NODE_CYCLES)
+        return ranges if cost < gap_pick.fallback_cycles(x.shape, n.shape) else None
     return None
 
 

@@ -94,7 +94,7 @@ def plan(x_shape: tuple, out_shape: tuple, padding: tuple, k: int, stride: tuple
                 "right_top_2_s2" if cols[1] else "left_top_2_s2")
 
 
-def _layers(x_shape: tuple, p: Plan) -> float:
+def layers_cycles(x_shape: tuple, p: Plan) -> float:
     """The layers' time in CPU cycles (kcc.target.k210's KPU cost, a dispatch each): one per line
     group at stride 1, then the pick layer over the padded map."""
     _, c, h, w = x_shape
@@ -104,7 +104,7 @@ def _layers(x_shape: tuple, p: Plan) -> float:
     return rows + pick + (len(groups) + 1) * CPU_NODE_CYCLES
 
 
-def _fallback(x_shape: tuple, out_shape: tuple) -> float:
+def fallback_cycles(x_shape: tuple, out_shape: tuple) -> float:
     """legalize_kpu's form without it, in CPU cycles: the conv at stride 1 as one KPU layer, its
     output copied out of KPU RAM, sliced on the CPU and the slice uploaded again."""
     _, c, h, w = x_shape
@@ -120,7 +120,7 @@ def pays(x_shape: tuple, out_shape: tuple, p: Plan) -> bool:
     nb, c, h, w = x_shape
     padded = kpu_bytes((nb, c, h + p.gap[0], w + p.gap[1]))
     return (kpu_bytes(x_shape) + padded + kpu_bytes(out_shape) <= KPU_RAM_SIZE
-            and _layers(x_shape, p) < _fallback(x_shape, out_shape))
+            and layers_cycles(x_shape, p) < fallback_cycles(x_shape, out_shape))
 
 
 def build(g: Graph, n: Node, op, x: Node, w: np.ndarray, b: np.ndarray, p: Plan) -> tuple[Node, str]:

@@ -224,17 +224,23 @@ def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
         ok = isinstance(p.op, O.Conv2D) and id(p) not in outputs and users[p] == [user] and p.name in ranges
         return p if ok else None
 
-    def copied(p: Node) -> Node | None:
-        """The KPU layer that copy p moves the codes of, if p alone reads it: a pick layer's
+    def copied(p: Node) -> list[Node] | None:
+        """The KPU layers that copy p moves the codes of, if p alone reads them: a pick layer's
         full-resolution conv (kcc.passes.row_pick, one per channel group of a wide stride-2 conv),
         which must be on the concatenation's grid too for its pick to be (copy_grids); in row bands,
-        the conv whose map the pick reads with rows written over (kcc.ir.kpu_ops.KpuRowPatch)."""
+        the conv whose map the pick reads with rows written over (kcc.ir.kpu_ops.KpuRowPatch); over a
+        gap (kcc.passes.gap_pick), the stride-1 layers written into the gap map."""
         x, reader = p.inputs[0], p
         if isinstance(x.op, KO.KpuRowPatch) and users[x] == [p]:  # its rows rewritten in place: row bands
             x, reader = x.inputs[0], x
-        ok = (moves_codes(p) and isinstance(x.op, KO.FloatKpuConv) and x.name in ranges and users[x] == [reader]
-              and id(x) not in outputs)
-        return x if ok else None
+        if isinstance(x.op, O.Pad) and x.op.value == 0.0 and users[x] == [p]:  # a gap map
+            x, reader = x.inputs[0], x
+        layers = list(x.inputs) if isinstance(x.op, O.Concat) and users[x] == [reader] else [x]
+        if isinstance(x.op, O.Concat):
+            reader = x
+        ok = moves_codes(p) and all(isinstance(v.op, KO.FloatKpuConv) and v.name in ranges and users[v] == [reader]
+                                    and id(v) not in outputs for v in layers)
+        return layers if ok else None
 
     for n in g.nodes:
         if not (isinstance(n.op, O.Concat) and n.op.axis == 1 and n.name in ranges):
@@ -244,9 +250,8 @@ def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
             parts = [q or cpu_conv(p, n) for p, q in zip(n.inputs, parts)]
         if not all(parts):
             continue
-        sources = [x for x in map(copied, parts) if x is not None]
-        if len(sources) != len(parts):
-            sources = []
+        found = [copied(p) for p in parts]
+        sources = [v for layers in found if layers is not None for v in layers] if all(found) else []
         lo = min(ranges[p.name][0] for p in (*parts, *sources))
         hi = max(ranges[p.name][1] for p in (*parts, *sources))
         same = all(ranges[p.name] is ranges[parts[0].name] for p in (*parts, *sources))  # one grid already

@@ -392,3 +392,37 @@ def test_a_conv_in_row_bands_read_on_the_cpu_is_copied_out_after_its_edges(monke
     np.testing.assert_array_equal(out, patched)
     # measured: 1.60-2.02 steps in both forms, the same but for one sample (1.60 whole, 1.68 bands)
     assert max(b - w for b, w in zip(steps["bands"], steps["whole"])) <= 0.1, steps
+
+
+def test_a_gap_pick_over_kpu_ram_runs_in_channel_groups(monkeypatch):
+    """kcc.passes.channel_split's gap groups: a stride-2 depthwise layer on an odd size whose map one row
+    and column larger does not fit KPU RAM beside its input and output (MobileNet v1 1.0 at 241x241:
+    64 channels of 121x121; here KPU RAM is cut to what two groups need) runs in two channel groups,
+    each its stride-1 layers and pick over its own gap map, the picks writing their channel ranges of
+    one buffer; its producer is cut into the same groups. Every layer equals the scalar reference, each
+    pick is exactly its gap map's picked rows and columns, and the result agrees with the float graph
+    as the CPU slice path does (the same weights and samples)."""
+    shape, c = (1, 3, 15, 129), 8
+
+    def block(g, x):
+        x = g.add(O.Conv2D(act=(0.0, 6.0)), (x, _const(g, (c, 3, 1, 1)), _const(g, (c,))), "pw")
+        y = g.add(O.Conv2D((2, 2), ((1, 1), (1, 1)), groups=c, act=(0.0, 6.0)),
+                  (x, _const(g, (c, 1, 3, 3)), _const(g, (c,))), "dw")
+        return g.add(O.Conv2D(), (y, _const(g, (5, c, 1, 1)), _const(g, (5,))), "head")
+
+    for module in ("gap_pick", "channel_split"):
+        monkeypatch.setattr(f"kcc.passes.{module}.KPU_RAM_SIZE", 45000)  # 55808 B whole, 40640 B a group
+    rms, res, calib = _rms_without_and_with("kcc.passes.gap_pick.plan", shape, block, monkeypatch)
+    assert rms["kpu"] <= 1.05 * rms["cpu"], rms
+    placed = {p.node: p for p in res.placements}
+    assert all(p.on_kpu and "CPU" not in p.reason for p in res.placements), res.placements
+    assert "pick layer" in placed["dw/ch0_4"].reason and "dw/ch4_8" in placed, placed
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    # per group: its pw part, 4 one-channel stride-1 layers, the pick; then the head
+    assert names == ["quantize", "kpu_upload"] + ["kpu_conv2d"] * (2 * 6 + 1) + ["dequantize"], names
+    assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 13
+    maps = layer_maps(res.kmodel, calib[0][0])
+    picks = [maps[5], maps[11]]
+    for pick, x_map, out in picks:
+        np.testing.assert_array_equal(out, x_map[:, :, ::2, ::2][:, :, :8, :65])
+    assert picks[1][0].kpu_output().start == picks[0][0].kpu_output().start + picks[0][0].kpu_output().size
