@@ -21,6 +21,11 @@ channels of a depthwise layer cut by its weights' ranges, kcc.passes.channel_spl
 put on the concatenation's grid (kcc.quant.policy.share_concat_grids), quantized and uploaded into its
 channel range.
 
+A layer on row bands (kcc.passes.row_bands) keeps the map where its layers wrote it: a reshape that
+keeps a map's bytes is read in place (also as a part of an in-place concatenation), the band edges'
+layers write their rows into the bulk's map on its grid (`KpuRowPatch`), a one-channel row slice is
+a view (`KpuChannelView` rows), and a CPU reader gets the patched map through one identity layer.
+
 A QuantResidual(x) (decompose_kernels' residual channels) becomes, on the grid q its stack is read
 on: dequantize(quantize(x)) subtracted from x, quantized at gain times q's resolution. A KPU layer
 reading only a residual (a summed term's twin) gets its output range from a bound
