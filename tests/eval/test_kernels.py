@@ -84,3 +84,23 @@ def test_interpreter_frees_intermediates_but_keeps_outputs():
     assert seen == ["input", "a", "b", "c"]
     np.testing.assert_allclose(out[0], 0)
     np.testing.assert_allclose(out[1], np.e, rtol=1e-6)
+
+
+def test_row_patch_writes_rows_counted_over_channels_and_a_row_view_reads_them():
+    """kcc.ir.kpu_ops.KpuRowPatch: part k replaces rows starts[k].. of the map read as one column of
+    rows, channel after channel (a part may run from one channel into the next); KpuChannelView with
+    `rows` reads rows r0..r1-1 of one channel."""
+    from kcc.ir import kpu_ops as KO
+
+    x = np.arange(2 * 3 * 5, dtype=np.float32).reshape(1, 2, 3, 5)  # 2 channels of 3 rows
+    a = np.full((1, 1, 2, 5), -1.0, np.float32)
+    b = np.full((1, 1, 2, 5), -2.0, np.float32)
+    got = K.KERNELS[KO.KpuRowPatch](KO.KpuRowPatch((0, 2)), x, a, b)  # rows 0-1 of c0, row 2 of c0 + row 0 of c1
+    want = x.copy()
+    want[0, 0, 0:2] = -1.0
+    want[0, 0, 2] = -2.0
+    want[0, 1, 0] = -2.0
+    np.testing.assert_array_equal(got, want)
+    assert np.array_equal(x[0, 1, 0], np.arange(15, 20, dtype=np.float32))  # the input is left as it was
+    view = K.KERNELS[KO.KpuChannelView](KO.KpuChannelView(1, 2, (1, 3)), want)
+    np.testing.assert_array_equal(view, want[:, 1:2, 1:3])
