@@ -56,6 +56,7 @@ from kcc.ir.graph import Graph, Node
 from kcc.options import CompileOptions
 from kcc.passes import gap_pick, row_pick
 from kcc.passes.dilated_conv import eliminate_dilated_conv
+from kcc.passes.kpu_live import chain_bytes, group_input_bytes, residual_chain
 from kcc.passes.legalize_kpu import legalize_kpu
 from kcc.passes.manager import CompileContext
 from kcc.passes.rotate180 import rotate180
@@ -134,39 +135,13 @@ def _placed(g: Graph, opts: CompileOptions, name: str) -> tuple[bool, str]:
     return bool(own) and not off, off[0] if off else ""
 
 
-def chain_bytes(g: Graph, n: Node) -> int:
-    """KPU RAM alive beside each group of depthwise n's input when n is cut (0 if none): when n's
-    producer p is a plain conv read by n alone, p is cut into n's groups too (`_push_into_producers`),
-    each p group made just before its n group. While group i runs, p's input stays in KPU RAM for the
-    p groups still to come, and n's output, one buffer its groups write in place (kcc.quant.kpu_ram),
-    is alive whole: MobileNetV2 1.0 at 320x320, whose expansion to 96 channels at 160x160 needs
-    2.8 MiB, fits in 5 groups of 20 channels beside its 0.47 MiB input and 0.94 MiB output, not in the
-    2 groups that fit alone."""
-    p = n.inputs[0]
-    if not (_depthwise(n) and isinstance(p.op, O.Conv2D) and p.op.groups == 1 and g.users()[p] == [n]):
-        return 0
-    return kpu_bytes(p.inputs[0].shape) + kpu_bytes(n.shape)
-
-
-def _group_input_bytes(channels: int, *forms: Node) -> int:
-    """KPU RAM a group of `channels` of a depthwise layer holds while it runs, besides `chain_bytes`:
-    its input, and when a pick pair or a gap pick may serve it (kcc.passes.row_pick, gap_pick, in
-    any of the layer's `forms`: turned by 180° or not, decided after the cut) the full-resolution
-    output too."""
-    x = forms[0].inputs[0]
-    own = kpu_bytes((x.shape[0], channels, *x.shape[2:]))
-    pair = any(row_pick.pick_pool(x.shape, n.shape, n.op.padding, n.inputs[1].shape[2], n.op.stride, True)
-               is not None or gap_pick.plan(x.shape, n.shape, n.op.padding, n.inputs[1].shape[2], n.op.stride, True)
-               is not None for n in forms)
-    return 2 * own if pair else own
-
-
 def plan_groups(n: Node, opts: CompileOptions, unturned: Node | None = None,
-                beside: int = 0) -> list[tuple[int, int]] | None:
+                beside: int = 0, skip: bool = False) -> list[tuple[int, int]] | None:
     """The channel ranges conv / matmul n is cut into, or None when it is not cut (module docstring).
     n is the layer as legalize_kpu will see it: in rotated coordinates if the model will be turned;
     `unturned` the layer itself (`pick_groups` asks it: a turn is decided again after the cut).
-    `beside`: KPU RAM alive beside each group's input (`chain_bytes`)."""
+    `beside`: KPU RAM alive beside each group's input (`chain_bytes`); `skip`: a residual block's
+    middle, cut also when it fits whole but not beside that (`residual_chain`)."""
     if not (n.inputs[1].is_constant and n.inputs[2].is_constant):
         return None
     if isinstance(n.op, O.MatMul):
@@ -182,16 +157,17 @@ def plan_groups(n: Node, opts: CompileOptions, unturned: Node | None = None,
     fits, reason = _placed(_group_graph(n, 0, total), opts, n.name)
     if fits or reason.startswith(MAP_REASONS):  # served whole, or a pick pair in row bands may serve groups
         groups = pick_groups(unturned or n, beside) if isinstance(n.op, O.Conv2D) else None
-        if fits or groups:
+        crowded = skip and beside + group_input_bytes(total, n, unturned or n) > KPU_RAM_SIZE
+        if groups or (fits and not crowded):
             return groups
-    if not any(r in reason for r in SIZE_REASONS):
+    if not (fits or any(r in reason for r in SIZE_REASONS)):
         return None
     for groups in range(max(2, math.ceil(total / MAX_CHANNELS)), MAX_GROUPS + 1):
         ranges = _ranges(total, groups)
         if len(ranges) < 2:
             return None
         lo, hi = ranges[0]  # the largest group
-        if beside and beside + _group_input_bytes(hi - lo, n, unturned or n) > KPU_RAM_SIZE:
+        if beside and beside + group_input_bytes(hi - lo, n, unturned or n) > KPU_RAM_SIZE:
             continue
         if _placed(_group_graph(n, lo, hi), opts, n.name)[0]:
             return ranges
@@ -460,7 +436,7 @@ def split_channels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     convs = [v for v in g.nodes if isinstance(v.op, O.Conv2D)]
     for n in [v for v in convs if _depthwise(v)] + [v for v in g.nodes if not (v in convs and _depthwise(v))]:
         if isinstance(n.op, (O.Conv2D, O.MatMul)) and not _sliced_only(g, n):
-            ranges = plan_groups(seen.get(n.name, n), opts, n, chain_bytes(g, n))
+            ranges = plan_groups(seen.get(n.name, n), opts, n, chain_bytes(g, n), _depthwise(n) and residual_chain(g, n))
             if ranges is not None:
                 g.substitute(n, _split(g, n, ranges), "/unsplit")
                 n.inputs = ()  # retired: its producer's readers are the groups' slices alone

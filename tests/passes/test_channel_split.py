@@ -89,6 +89,26 @@ def test_groups_are_sized_for_what_stays_in_kpu_ram_beside_them_and_made_one_aft
     assert max(KpuLive(legalized).live) <= KPU_RAM_SIZE
 
 
+def test_a_residual_blocks_depthwise_is_cut_so_that_its_skip_stays_in_kpu_ram():
+    """MobileNetV2 0.5 at 320x320, block 2: its 96-channel depthwise layer at 80x80 fits KPU RAM
+    alone (0.94 MiB in, 0.94 out), but the residual add on the KPU keeps the block's skip beside it
+    ([skip; projection], 0.31 MiB): the layer and its expansion are cut into two groups, and the add
+    is a KPU layer (it stayed on the CPU: ~40 ms of copy-outs, float add and upload)."""
+    def build():
+        g = Graph()
+        x = _conv(g, g.input(0, (1, 8, 80, 80)), 16, 1, act=RELU6, name="skip")
+        y = _conv(g, x, 96, 1, act=RELU6, name="expand")
+        y = _conv(g, y, 96, 3, groups=96, act=RELU6, name="dw")
+        y = _conv(g, y, 16, 1, name="project")
+        g.outputs = [_conv(g, g.add(O.Binary("add"), (x, y), "add"), 4, 1, name="head")]
+        return g
+
+    out, placements = _check(build, (1, 8, 80, 80))
+    assert [n.shape[1] for n in out.nodes if isinstance(n.op, O.Conv2D) and n.op.groups > 1] == [48, 48]
+    add = next(p for p in placements if p.node == "add")
+    assert add.on_kpu, add
+
+
 def test_a_depthwise_read_by_another_reader_too_slices_its_input():
     """The expansion is also read by a residual add: it is not cut, each depthwise group reads a slice."""
     def build():
