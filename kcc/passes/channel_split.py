@@ -20,7 +20,7 @@ groups (its weights' rows), so each depthwise group reads a producer group's out
 KPU RAM instead of a CPU slice of the whole map (an inverted residual block's expansion conv).
 Depthwise layers are cut first, so such a producer takes their groups instead of its own, and each
 producer group is made just before its depthwise group. The groups are sized for what stays in KPU
-RAM beside each one (`chain_bytes`): the producer's input, read by every producer group, and the
+RAM beside each one (`chain`): the producer's input, read by every producer group, and the
 depthwise output, one buffer its groups write in place (MobileNetV2 at 288x288 and 320x320 failed
 the KPU RAM allocation with groups that fit one at a time).
 
@@ -56,7 +56,7 @@ from kcc.ir.graph import Graph, Node
 from kcc.options import CompileOptions
 from kcc.passes import gap_pick, row_pick
 from kcc.passes.dilated_conv import eliminate_dilated_conv
-from kcc.passes.kpu_live import chain_bytes, group_input_bytes, residual_chain
+from kcc.passes.kpu_live import chain, group_input_bytes
 from kcc.passes.legalize_kpu import legalize_kpu
 from kcc.passes.manager import CompileContext
 from kcc.passes.rotate180 import rotate180
@@ -140,8 +140,8 @@ def plan_groups(n: Node, opts: CompileOptions, unturned: Node | None = None,
     """The channel ranges conv / matmul n is cut into, or None when it is not cut (module docstring).
     n is the layer as legalize_kpu will see it: in rotated coordinates if the model will be turned;
     `unturned` the layer itself (`pick_groups` asks it: a turn is decided again after the cut).
-    `beside`: KPU RAM alive beside each group's input (`chain_bytes`); `skip`: a residual block's
-    middle, cut also when it fits whole but not beside that (`residual_chain`)."""
+    `beside`: KPU RAM alive beside each group's input (`chain`); `skip`: a residual block's
+    middle, cut also when it fits whole but not beside that (`chain`)."""
     if not (n.inputs[1].is_constant and n.inputs[2].is_constant):
         return None
     if isinstance(n.op, O.MatMul):
@@ -182,7 +182,7 @@ def pick_groups(n: Node, beside: int = 0) -> list[tuple[int, int]] | None:
     instead (the stem: ~160 ms of pad, copy-out, slice and upload). Each group's Y fits beside the
     conv's input and the whole picked output (its groups written in place, kcc.quant); taken when the
     groups' pick layers and extra layers cost less than that CPU work (kcc.target.k210's costs).
-    `beside` (`chain_bytes`): a depthwise layer's producer cut into its groups keeps its own input and
+    `beside` (`chain`): a depthwise layer's producer cut into its groups keeps its own input and
     the picked output beside each group's input and full-resolution output instead."""
     op = n.op
     x = n.inputs[0]
@@ -215,7 +215,7 @@ def _gap_groups(n: Node, beside: int) -> list[tuple[int, int]] | None:
     range at a time but not whole (its full-size map, one row and column larger, does not fit KPU RAM
     beside its input and the picked output: MobileNet v1 1.0 at 241x241, 64 channels of 121x121),
     each range's map then beside the whole picked output (written in place) and, with `beside`
-    (`chain_bytes`), its producer's input; taken when the groups' layers cost less than the
+    (`chain`), its producer's input; taken when the groups' layers cost less than the
     full-size output's copy-out, slice and upload (gap_pick's fallback)."""
     op, x = n.op, n.inputs[0]
     plan = gap_pick.plan(x.shape, n.shape, op.padding, n.inputs[1].shape[2], op.stride, _depthwise(n))
@@ -384,10 +384,9 @@ def _slices_of_concats(g: Graph) -> None:
             at += part.shape[1]
 
 
-def _sliced_only(g: Graph, n: Node) -> bool:
+def _sliced_only(users: dict[Node, list[Node]], n: Node) -> bool:
     """Every reader of n is a channel slice (`_push_into_producers` cuts n into them)."""
-    users = g.users()[n]
-    return bool(users) and all(_channel_range(s) is not None for s in users)
+    return bool(users[n]) and all(_channel_range(s) is not None for s in users[n])
 
 
 def _push_into_producers(g: Graph) -> int:
@@ -407,7 +406,7 @@ def _push_into_producers(g: Graph) -> int:
         for s in slices:
             lo, hi = _channel_range(s)
             # just before its first reader, so that one group's output is read before the next is
-            # made: only one group of p's output is alive in KPU RAM at a time (`chain_bytes`)
+            # made: only one group of p's output is alive in KPU RAM at a time (`chain`)
             at = min((u for u in users[s]), key=g.nodes.index, default=p)
             name = f"{p.name}/ch{lo}_{hi}"
             wc = g.insert_before(at, O.Constant(np.ascontiguousarray(w[lo:hi])), (), name + "/w")
@@ -432,14 +431,17 @@ def split_channels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     seen = {n.name: n for n in turned.nodes} if turned is not g else {}
     cut = ranged = 0
     # depthwise layers first: a cut one's slices cut its producer into the same groups
-    # (`_push_into_producers`, sized by `chain_bytes`), which then needs no groups of its own
-    convs = [v for v in g.nodes if isinstance(v.op, O.Conv2D)]
-    for n in [v for v in convs if _depthwise(v)] + [v for v in g.nodes if not (v in convs and _depthwise(v))]:
-        if isinstance(n.op, (O.Conv2D, O.MatMul)) and not _sliced_only(g, n):
-            ranges = plan_groups(seen.get(n.name, n), opts, n, chain_bytes(g, n), _depthwise(n) and residual_chain(g, n))
+    # (`_push_into_producers`, sized by `chain`), which then needs no groups of its own
+    depthwise = {id(v) for v in g.nodes if isinstance(v.op, O.Conv2D) and _depthwise(v)}
+    users = g.users()  # made again after each cut
+    for n in [v for v in g.nodes if id(v) in depthwise] + [v for v in g.nodes if id(v) not in depthwise]:
+        if isinstance(n.op, (O.Conv2D, O.MatMul)) and not _sliced_only(users, n):
+            beside, skip = chain(users, n)
+            ranges = plan_groups(seen.get(n.name, n), opts, n, beside, skip)
             if ranges is not None:
                 g.substitute(n, _split(g, n, ranges), "/unsplit")
                 n.inputs = ()  # retired: its producer's readers are the groups' slices alone
+                users = g.users()
                 cut += 1
                 continue
             over = plan_range_split(seen.get(n.name, n), opts)
@@ -459,6 +461,7 @@ def split_channels(g: Graph, ctx: CompileContext | None = None) -> Graph:
                         f"--weights-quantize-threshold stay in float on the CPU, the other "
                         f"{len(over) - len(wide)} go to the KPU")
                 g.substitute(n, _split(g, n, _runs(over), order), "/unsplit")
+                users = g.users()
                 ranged += 1
     if cut or ranged:
         _slices_of_concats(g)

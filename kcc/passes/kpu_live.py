@@ -15,7 +15,7 @@ before such forms, counted the way kcc.quant places tensors:
   the maps of the layers around it, and the allocation stays the final check.
 
 Before legalization, kcc.passes.channel_split sizes a depthwise layer's channel groups for what stays
-beside each one (`chain_bytes`, `group_input_bytes`, `residual_chain`).
+beside each one (`chain`, `group_input_bytes`).
 """
 
 from __future__ import annotations
@@ -73,39 +73,28 @@ class KpuLive:
                    default=size)
 
 
-def chain_bytes(g: Graph, n: Node) -> int:
-    """KPU RAM alive beside each group of depthwise n's input when n is cut (0 if none): when n's
-    producer p is a plain conv read by n alone, p is cut into n's groups too (kcc.passes.channel_split),
-    each p group made just before its n group. While group i runs, p's input stays in KPU RAM for the
-    p groups still to come, and n's output, one buffer its groups write in place (kcc.quant.kpu_ram),
-    is alive whole: MobileNetV2 1.0 at 320x320, whose expansion to 96 channels at 160x160 needs
-    2.8 MiB, fits in 5 groups of 20 channels beside its 0.47 MiB input and 0.94 MiB output, not in the
-    2 groups that fit alone."""
+def chain(users: dict[Node, list[Node]], n: Node) -> tuple[int, bool]:
+    """KPU RAM alive beside each group of depthwise n's input when n is cut (0 if none), and whether
+    n is the middle of a residual block. When n's producer p is a plain conv read by n alone, p is cut
+    into n's groups too (kcc.passes.channel_split), each p group made just before its n group. While
+    group i runs, p's input stays in KPU RAM for the p groups still to come, and n's output, one
+    buffer its groups write in place (kcc.quant.kpu_ram), is alive whole: MobileNetV2 1.0 at 320x320,
+    whose expansion to 96 channels at 160x160 needs 2.8 MiB, fits in 5 groups of 20 channels beside
+    its 0.47 MiB input and 0.94 MiB output, not in the 2 groups that fit alone. A residual block's
+    input, also read by an add, is its skip: kcc.passes.residual_kpu keeps it in KPU RAM beside the
+    projection, [skip; projection], through the block (MobileNetV2 1.0 at 320x320: its first residual
+    add on the KPU instead of ~60 ms of copy-outs, float add and upload)."""
     p = n.inputs[0]
     depthwise = isinstance(n.op, O.Conv2D) and n.op.groups == n.shape[1] == n.inputs[0].shape[1] > 1
-    if not (depthwise and isinstance(p.op, O.Conv2D) and p.op.groups == 1 and g.users()[p] == [n]):
-        return 0
+    if not (depthwise and isinstance(p.op, O.Conv2D) and p.op.groups == 1 and users[p] == [n]):
+        return 0, False
     x = p.inputs[0]
-    # a residual block's input is its skip too: kcc.passes.residual_kpu keeps it in KPU RAM beside
-    # the projection, [skip; projection], through the block (MobileNetV2 1.0 at 320x320: its first
-    # residual add on the KPU instead of ~60 ms of copy-outs, float add and upload)
-    return kpu_bytes(x.shape) * (2 if _skip(g, x) else 1) + kpu_bytes(n.shape)
-
-
-def _skip(g: Graph, x: Node) -> bool:
-    """x is read by an add too: a residual block's input, its skip."""
-    return any(isinstance(u.op, O.Binary) and u.op.op == "add" for u in g.users()[x])
-
-
-def residual_chain(g: Graph, n: Node) -> bool:
-    """Depthwise n is the middle of a residual block whose expansion is read by n alone: cut even
-    when it fits whole, if its groups leave the block's skip room in KPU RAM (`chain_bytes`)."""
-    p = n.inputs[0]
-    return chain_bytes(g, n) > 0 and _skip(g, p.inputs[0])
+    skip = any(isinstance(u.op, O.Binary) and u.op.op == "add" for u in users[x])
+    return kpu_bytes(x.shape) * (2 if skip else 1) + kpu_bytes(n.shape), skip
 
 
 def group_input_bytes(channels: int, *forms: Node) -> int:
-    """KPU RAM a group of `channels` of a depthwise layer holds while it runs, besides `chain_bytes`:
+    """KPU RAM a group of `channels` of a depthwise layer holds while it runs, besides `chain`:
     its input, and when a pick pair or a gap pick may serve it (kcc.passes.row_pick, gap_pick, in
     any of the layer's `forms`: turned by 180° or not, decided after the cut) the full-resolution
     output too."""
@@ -117,4 +106,4 @@ def group_input_bytes(channels: int, *forms: Node) -> int:
     return 2 * own if pair else own
 
 
-__all__ = ["KpuLive", "chain_bytes", "group_input_bytes", "residual_chain"]
+__all__ = ["KpuLive", "chain", "group_input_bytes"]

@@ -103,13 +103,17 @@ def rows_of(g: Graph, x: Node, r0: int, r1: int, name: str, views: dict) -> Node
     return views[id(x), r0, r1]
 
 
-def block_diagonal(w: np.ndarray, m: int) -> np.ndarray:
-    """[O*m, C*m, k, k] weights: output band j of channel o reads input band j of every channel."""
-    oc, c = w.shape[:2]
-    blocks = np.zeros((oc * m, c * m, *w.shape[2:]), np.float32)
+def bulk(g: Graph, n: Node, ins: tuple[Node, Node, Node], kop: KO.FloatKpuConv, m: int, views: dict,
+         name: str) -> Node:
+    """Layer `kop` of conv n over the m row bands of its input (module docstring), named `name`: its
+    weights block-diagonal, output band j of channel o reading input band j of every channel."""
+    x, wn, bn = ins
+    oc, c = wn.shape[:2]
+    blocks = np.zeros((oc * m, c * m, *wn.shape[2:]), np.float32)
     for j in range(m):
-        blocks[j::m, j::m] = w
-    return blocks
+        blocks[j::m, j::m] = wn.data
+    return g.add(kop, (band_view(g, x, m, n.name + "/bands", views), g.constant(blocks, wn.name + "/bands"),
+                       g.constant(np.repeat(bn.data, m), bn.name + "/bands")), name)
 
 
 def build(g: Graph, n: Node, name: str, ins: tuple[Node, Node, Node], kop: KO.FloatKpuConv, m: int,
@@ -119,10 +123,8 @@ def build(g: Graph, n: Node, name: str, ins: tuple[Node, Node, Node], kop: KO.Fl
     x, wn, bn = ins
     _, c, h, w = x.shape
     hs, s = h // m, KO.KPU_POOLS[kop.pool][1]
-    wt, bias = wn.data, bn.data
-    oc = wt.shape[0]
-    bulk = g.add(kop, (band_view(g, x, m, n.name + "/bands", views), g.constant(block_diagonal(wt, m), wn.name + "/bands"),
-                       g.constant(np.repeat(bias, m), bn.name + "/bands")), n.name + "/bulk")
+    oc = wn.shape[0]
+    whole = bulk(g, n, ins, kop, m, views, n.name + "/bulk")
     parts, starts = [], []
     ho, wo = h // s, w // s
     copy_w, zero = g.constant(shift_weights(1, (0, 0)), n.name + "/w_copy"), g.constant(np.zeros(1, np.float32))
@@ -135,7 +137,7 @@ def build(g: Graph, n: Node, name: str, ins: tuple[Node, Node, Node], kop: KO.Fl
                          f"{n.name}/edge{edge}/o{o}")
             parts.append(g.add(KO.FloatKpuConv(3, True), (good, copy_w, zero), f"{n.name}/edge{edge}/copy{o}"))
             starts.append(o * ho + q - 2)
-    out = g.add(KO.KpuRowPatch(tuple(starts)), (bulk, *parts), n.name + "/patched") if parts else bulk
+    out = g.add(KO.KpuRowPatch(tuple(starts)), (whole, *parts), n.name + "/patched") if parts else whole
     y = g.add(O.Reshape((1, oc, ho, wo)), (out,), name)
     what = (f"{kop.kernel}x{kop.kernel}, pool {kop.pool}" + (f", {kop.fn[0]}" if kop.fn else "")
             + f", in {m} row bands of {hs} rows (a KPU layer's limits: 256 rows, 65536 pixels)"

@@ -171,10 +171,7 @@ def _build_bands(g: Graph, n: Node, name: str, ins: tuple[Node, Node, Node], fn:
     wt, bias = wn.data, bn.data
     oc = wt.shape[0]
     act = n.op.act
-    xb = row_bands.band_view(g, x, m, n.name + "/bands", views)
-    full = g.add(KO.FloatKpuConv(3, False, "bypass", act, fn),
-                 (xb, g.constant(row_bands.block_diagonal(wt, m), wn.name + "/bands"),
-                  g.constant(np.repeat(bias, m), bn.name + "/bands")), n.name + "/full")
+    full = row_bands.bulk(g, n, ins, KO.FloatKpuConv(3, False, "bypass", act, fn), m, views, n.name + "/full")
     parts, starts = [], []
     for edge in range(1, m):
         r0 = edge * hs - 2

@@ -235,9 +235,9 @@ def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
             x, reader = x.inputs[0], x
         if isinstance(x.op, O.Pad) and x.op.value == 0.0 and users[x] == [p]:  # a gap map
             x, reader = x.inputs[0], x
-        layers = list(x.inputs) if isinstance(x.op, O.Concat) and users[x] == [reader] else [x]
-        if isinstance(x.op, O.Concat):
-            reader = x
+        layers = [x]
+        if isinstance(x.op, O.Concat) and users[x] == [reader]:  # one stride-1 layer per line group
+            layers, reader = list(x.inputs), x
         ok = moves_codes(p) and all(isinstance(v.op, KO.FloatKpuConv) and v.name in ranges and users[v] == [reader]
                                     and id(v) not in outputs for v in layers)
         return layers if ok else None

@@ -1,7 +1,7 @@
 """MobileNetV2 (bench/mobilenet_v2.py, random weights) at the input sizes K210 users train for: it
 compiles, fits KPU RAM, and kpu_sim follows the float graph. At 288x288 and 320x320 its first blocks'
 maps exceed KPU RAM: before the channel groups were sized for what stays beside them
-(kcc.passes.channel_split.chain_bytes) and residual stacks checked against the block's layers
+(kcc.passes.kpu_live.chain) and residual stacks checked against the block's layers
 (kcc.passes.kpu_live), these compiles failed with a KPU RAM overflow at emit."""
 
 import mobilenet_v2
