@@ -25,7 +25,9 @@ grids (the pair closest to that ratio, kpu_params), and the projection keeps its
 
 Taken where the add is a residual connection (the skip an ancestor of the other operand, or a max
 pool of one: `_residual`), both operands are KPU layers that can write into the buffer (not already
-written into another, nor read by a concatenation), the sum is read by KPU layers only
+written into another, nor read by a concatenation) or the skip is data the CPU moves on 8-bit codes
+(deeplabv3's dilated region, whose first skip is a phase of the map before it, cut by a strided
+slice: `_uploadable`), which a 1x1 identity layer uploads into the buffer, the sum is read by KPU layers only
 (`_float_reader`), batch 1, C_x a multiple of the channels one 64-byte line holds at this width
 (kmodel_v4.md §7.3), the layer within the KPU's limits (channels <= 1024, KPU RAM), and the form
 estimated faster than today's CPU add (kcc.target.k210's cost model, as prelu_kpu). An add that
@@ -192,9 +194,18 @@ class _Rewriter:
         form, proj, _ = found
         return proj.inputs[0] if form == "fused" else proj
 
+    @staticmethod
+    def _uploadable(x: Node) -> bool:
+        """x, a skip the CPU makes, can be uploaded into a buffer by a 1x1 identity layer: a map of
+        batch 1 that the CPU moves on 8-bit codes (a slice, pad, reshape, transpose or concatenation:
+        nothing to quantize, as for the CPU add nothing to download), within the KPU's limits."""
+        return (isinstance(x.op, (O.StridedSlice, O.Pad, O.Reshape, O.Transpose, O.Concat))
+                and x.type.rank == 4 and x.shape[0] == 1 and layer_fits(x.shape, x.shape[1], 1))
+
     def _buffer_problem(self, first: Node, second: Node, n: Node) -> str | None:
-        """Why `first` and `second` (source nodes, KPU layers now) cannot write [first; second] of one
-        buffer read by a 1x1 layer to n's channels, or None."""
+        """Why `first` and `second` (source nodes, KPU layers now; `first` may be a CPU skip, which
+        an identity layer uploads) cannot write [first; second] of one buffer read by a 1x1 layer to
+        n's channels, or None."""
         for part in (first, second):
             if id(part) in self.stacked or any(isinstance(u.op, (O.Concat, KO.KpuStack)) for u in self.users[part]):
                 return f"'{part.name}' is already written into another buffer in KPU RAM"
@@ -245,7 +256,11 @@ class _Rewriter:
             return ""
         if not (self._kpu(a) and self._kpu(b)):
             cpu = b if self._kpu(a) else a
-            return f"its operand '{cpu.name}' is a CPU {cpu.op.kind}, not a KPU layer's output"
+            # a skip the CPU makes (deeplab's phase split: a strided slice per phase) is uploaded into
+            # the buffer by a 1x1 identity layer; the adds after it then read KPU layers
+            order = [(p, x) for p, x in order if self._kpu(p) and x is cpu and self._uploadable(x)]
+            if not order:
+                return f"its operand '{cpu.name}' is a CPU {cpu.op.kind}, not a KPU layer's output"
         reader = self._float_reader(n)
         if reader is not None:
             return (f"its sum is read in float by '{reader.name}' ({reader.op.kind}): a KPU layer would "
@@ -307,14 +322,19 @@ class _Rewriter:
         layer of the pair."""
         cpu = cpu_cycles("kpu_download_byte") * proj.type.size + _per_element("dequantize", proj)
         cpu += _per_element("dequantize", skip) + _per_element("binary", n)
-        if all(self._kpu(u) for u in self.users[skip] if u is not n):  # else downloaded anyway
-            cpu += cpu_cycles("kpu_download_byte") * skip.type.size
+        if not self._kpu(skip):  # a CPU skip: uploaded by an identity layer
+            kpu_skip = _upload(skip) + _layer_cycles(skip.shape, skip.shape[1], 1)
+        else:
+            kpu_skip = 0.0
+            if all(self._kpu(u) for u in self.users[skip] if u is not n):  # else downloaded anyway
+                cpu += cpu_cycles("kpu_download_byte") * skip.type.size
         kpu_readers = id(n) not in self.outputs and all(self._kpu(u) for u in self.users[n])
         if fused:
             kpu = _layer_cycles((1, skip.shape[1] + proj.inputs[0].shape[1], *n.shape[2:]), n.shape[1], 1)
             kpu -= _layer_cycles(proj.inputs[0].shape, n.shape[1], 1)
         else:
             kpu = _layer_cycles((1, skip.shape[1] + proj.shape[1], *n.shape[2:]), n.shape[1], 1)
+        kpu += kpu_skip
         if kpu_readers:
             cpu += _per_element("quantize", n) + _upload(n)
         else:  # CPU readers: the KPU sum is copied out and dequantized, the CPU one not
@@ -334,7 +354,12 @@ class _Rewriter:
             w, b = proj.inputs[1].data.astype(F32), proj.inputs[2].data.astype(F32)
         else:
             h, w, b = proj, eye, np.zeros(oc, F32)
-        stack = g.add(KO.KpuStack(), (self.map[id(skip)], self.map[id(h)]), n.name + "/stack")
+        part = self.map[id(skip)]
+        if not self._kpu(skip):  # a CPU skip, uploaded by a 1x1 identity layer (`_uploadable`)
+            ins = (part, g.constant(np.eye(cx, dtype=F32)[:, :, None, None], n.name + "/upload_w"),
+                   g.constant(np.zeros(cx, F32), n.name + "/upload_b"))
+            part = g.add(KO.FloatKpuConv(1), ins, n.name + "/upload")
+        stack = g.add(KO.KpuStack(), (part, self.map[id(h)]), n.name + "/stack")
         ins = (stack, g.constant(np.concatenate([eye, w], axis=1), n.name + "/residual_w"),
                g.constant(b, n.name + "/residual_b"))
         self.done.append((n.name, form))

@@ -101,15 +101,19 @@ def test_a_sum_read_in_float_stays_on_the_cpu():
                                            "round it to 8 bits")]
 
 
-def _stage(blocks=3, c=8, e=16, hw=16, pooled_skip=False, w_scale=0.5):
+def _stage(blocks=3, c=8, e=16, hw=16, pooled_skip=False, w_scale=0.5, phase_skip=False):
     """A MobileNetV2 stage: each block's sum read by the next block's expansion and by the next add
     (no transition layer between them), the last sum by a head layer. With `pooled_skip`, the first
     block's skip is the max pool of its input layer c, a twin KPU layer reading c's input (as
     legalize_kpu makes hand_landmark_lite_224's max_pooling2d), and its depthwise layer picks
-    every other pixel."""
+    every other pixel. With `phase_skip`, the stage reads a phase (odd rows, even columns) of a
+    KPU layer twice its size, cut by a CPU strided slice."""
     g = Graph()
-    inp = g.input(0, (1, c, hw, hw))
+    size = 2 * hw if phase_skip else hw
+    inp = g.input(0, (1, c, size, size))
     x = g.add(KO.FloatKpuConv(3), (inp, _const(g, (c, c, 3, 3)), _const(g, (c,))), "x")
+    if phase_skip:
+        x = g.add(O.StridedSlice((0, 0, 1, 0), (1, c, size, size), (1, 1, 2, 2)), (x,), "phase")
     adds = []
     for k in range(blocks):
         src = x
@@ -174,3 +178,18 @@ def test_a_sum_of_siblings_is_no_residual_connection():
         y = g.add(O.Binary("add"), (a, b), "sum")
         g.outputs = [g.add(KO.FloatKpuConv(1), (y, _const(g, (4, 8, 1, 1)), _const(g, (4,))), "head")]
         assert residual_to_kpu(g, CompileOptions(), _samples(g))[1:] == ([], [])
+
+
+
+def test_a_skip_the_cpu_makes_is_uploaded_and_the_chain_after_it_stays_on_the_kpu():
+    """deeplabv3's dilated blocks in phase space: the region's first skip is a phase of a KPU layer's
+    output, cut by a CPU strided slice. A 1x1 identity layer uploads it into the first add's buffer;
+    every later add then reads KPU layers (the chain of `_stage`)."""
+    g = _stage(blocks=2, phase_skip=True)
+    out, done, kept = residual_to_kpu(g, CompileOptions(), _samples(g))
+    assert [name for name, _ in done] == ["add0", "add1"] and kept == []
+    upload = next(n for n in out.nodes if n.name == "add0/upload")
+    assert isinstance(upload.op, KO.FloatKpuConv) and upload.inputs[0].name == "phase"
+    assert any(isinstance(n.op, KO.KpuStack) and n.inputs[0] is upload for n in out.nodes)
+    for s in _samples(g, 2):
+        np.testing.assert_allclose(run(out, s)[0], run(g, s)[0], rtol=1e-5, atol=1e-5)
