@@ -40,6 +40,7 @@ from kcc.passes.channel_split import split_channels
 from kcc.passes.concat_activations import concat_activations
 from kcc.passes.decompose_kernels import Decision, decompose_kernels
 from kcc.passes.dilated_conv import eliminate_dilated_conv
+from kcc.passes.global_mean import global_mean_sums
 from kcc.passes.legalize_kpu import Placement, legalize_kpu
 from kcc.passes.lower_to_neutral import lower_to_neutral
 from kcc.passes.manager import CompileContext, Log, PassManager, Progress, Stage, StageHook
@@ -78,6 +79,7 @@ def stages(options: CompileOptions) -> list[Stage]:
     k210 = [
         # regions of dilated convs in phase space first, so that split_channels sizes the phases' layers
         Stage("phase_dilated", phase_dilated, banner="3. Map layers onto the KPU (legalize)..."),
+        Stage("global_mean_sums", global_mean_sums),  # before split_channels, which cuts its levels too
         Stage("split_channels", split_channels),
         Stage("eliminate_dilated_conv", eliminate_dilated_conv),
         Stage("lower_transpose_conv", lower_transpose_conv),

@@ -41,6 +41,8 @@ STEPS: dict[str, str] = {
     "residual": "rounding residual",
     "term": "3x3 term", "sum": "sum of terms", "stack": "stacked views", "stacked_conv": "stacked 3x3 terms",
     "parts": "sum of parts", "terms": "3x3 terms",
+    # global_mean: a global mean's levels on the KPU
+    "block_sum": "2x2 block sums",
     # lower_to_neutral: ops the kmodel lacks, as several CPU ops
     "alpha_x": "alpha x input", "pos": "positive part", "neg": "negative part",
     "alpha_neg": "alpha x negative part", "square": "squares", "max_eps": "sum of squares",
@@ -49,7 +51,7 @@ STEPS: dict[str, str] = {
     "swap_hw": "transposed", "resize_h": "resized along H", "resize_h4": "resized along H",
 }
 #: steps kcc numbers or tags (term0, sum1, channels(0, 64)); any step may carry Graph.unique_name's '_N'
-_NUMBERED = {"term", "sum", "parts", "item", "view", "channels", "stacked_conv"}
+_NUMBERED = {"term", "sum", "parts", "item", "view", "channels", "stacked_conv", "block_sum"}
 _TAG, _UNIQUE = re.compile(r"(\d+|\(.*\))$"), re.compile(r"_\d+$")
 
 

@@ -28,6 +28,7 @@ from kcc.ir.graph import Graph, Node
 from kcc.kmodel.spec import HEADER_SIZE, MEMORY_RANGE_SIZE, NODE_HEADER_SIZE, SHAPE_SIZE
 from kcc.latency import LatencyEstimate
 from kcc.passes.decompose_kernels import Status
+from kcc.passes.global_mean import NOTE as GLOBAL_MEAN_NOTE
 from kcc.target.k210 import MAIN_MEMORY_SIZE
 
 #: what the CPU does for a KPU layer: pre-pad and upload its input, copy its output out of KPU RAM,
@@ -273,6 +274,8 @@ def pool_reason(pool: Node, g: Graph, users: dict) -> str:
     non-depthwise conv placed as it is (1x1/3x3 'same', stride 1, no pre-pad or crop) whose output
     nothing else reads (kcc.passes.legalize_kpu)."""
     x = pool.inputs[0]
+    if pool.note.startswith(GLOBAL_MEAN_NOTE):  # the CPU part of a global mean on the KPU
+        return pool.note
     if isinstance(x.op, KO.FloatKpuConv):
         layer = f"'{short_name(model_name(x.name))}'"
         if KO.shift_copy(x) is not None and x.op.pool != "bypass":  # kcc.passes.row_pick's pick layer

@@ -162,6 +162,19 @@ def prelu(rng: np.random.Generator) -> Graph:
     return g
 
 
+def classifier_mean(rng: np.random.Generator) -> Graph:
+    """global_mean_sums: the global mean of an 8x8 map that a 1x1 relu6 conv writes into KPU RAM. Look
+    for two depthwise 3x3 convs at stride 2, padding 1 (%gap/block_sum0, %gap/block_sum1: 8x8 -> 4x4
+    -> 2x2), each tap of the 2x2 block at offsets (0, 0)..(1, 1) of the centre 1/16 in the first
+    (4 / 64: the mean of x over the 2x2 mean's 4 pixels) and 1 in the second, the rest 0, zero bias;
+    then %gap, the mean over the 2x2 map, reading the second."""
+    g = Graph()
+    x = g.input(0, (1, 4, 8, 8))
+    y = _conv(g, x, 8, 1, "last", rng, act=RELU6)
+    g.outputs = [_conv(g, g.add(O.Reduce("mean", (2, 3), True), (y,), "gap"), 3, 1, "head", rng)]
+    return g
+
+
 @dataclass(frozen=True)
 class Case:
     stage: str
@@ -172,6 +185,7 @@ class Case:
 CASES = [
     Case("canonicalize", transposes_and_a_clamp),
     Case("phase_dilated", dilated_region),
+    Case("global_mean_sums", classifier_mean),
     Case("split_channels", wide_depthwise),
     Case("eliminate_dilated_conv", dilated_conv),
     Case("lower_transpose_conv", transpose_conv),
