@@ -1,9 +1,10 @@
 """global_mean: a global average pool of a KPU layer's map as block sums on the KPU (issue #16).
 
-A classifier's global mean (MobileNet's 7x7 AvgPool, a Mean over H and W) reads the last KPU layer's
-map on the CPU: the map is copied out of KPU RAM (~34 cycles a byte), dequantized, and averaged in
-float (~64 cycles a tap), ~18 ms for MobileNetV2 1.0 at 224x224, more than a third of its CPU time.
-The KPU averages no window that large, but a sum over the map is a sum of sums over 2x2 blocks:
+A classifier's global mean (MobileNet's AvgPool, a Mean over H and W) reads the last KPU layer's map
+on the CPU: the map is copied out of KPU RAM (~34 cycles a byte), dequantized, and averaged in float
+(~64 cycles a tap): ~21 ms of MobileNetV2 1.0 at 256x256 (1280 channels of 8x8), a third of its
+estimate. The KPU averages no window that large, but a sum over the map is a sum of sums over 2x2
+blocks:
 
     level k: y_k[a, b] = s_k * sum of y_(k-1)[2a + i, 2b + j], i, j in {0, 1}   (x = y_0)
 
@@ -14,9 +15,10 @@ kcc.passes.gap_pick's layers, one per line group of channels: taken only for a f
 (`ODD_LEVEL_LAYERS`). Each level halves the map (ceil) while it is at least the KPU's MIN_HW in both
 axes, so 8x8 -> 4x4 -> 2x2 and 10x10 -> 5x5, and the model's own mean, on the CPU, averages what is
 left: sum over the last map / (h*w) = sum over x * s_1 / (h*w), s_1 = h*w / (H*W) makes it the mean of x
-(later levels s_k = 1). The float graph computes the same mean; each level's output is rounded to
-8 bits on its own grid (one rounding of a partial mean, a quarter of the block's rounding error by
-the next level's sum), and the last map, a sixteenth of x, is what the CPU copies out and averages.
+(later levels s_k = 1). The float graph computes the same mean. Each level's output is rounded to 8
+bits on its own calibrated grid, one rounding more per level than the CPU's float mean (averaged over
+the pixels that follow it), and the last map, a quarter or a sixteenth of x, is what the CPU copies out
+and averages.
 
 Taken where the mean reads a conv that legalize_kpu puts on the KPU (1x1 or 3x3, within its limits;
 kcc.passes.channel_split cuts the levels with it beyond 1024 channels), is no pool legalize_kpu fuses
