@@ -40,7 +40,7 @@ from kcc.passes.channel_split import split_channels
 from kcc.passes.concat_activations import concat_activations
 from kcc.passes.decompose_kernels import Decision, decompose_kernels
 from kcc.passes.dilated_conv import eliminate_dilated_conv
-from kcc.passes.global_mean import global_mean_sums
+from kcc.passes.global_mean import global_mean_codes, global_mean_sums
 from kcc.passes.legalize_kpu import Placement, legalize_kpu
 from kcc.passes.lower_to_neutral import lower_to_neutral
 from kcc.passes.manager import CompileContext, Log, PassManager, Progress, Stage, StageHook
@@ -87,6 +87,7 @@ def stages(options: CompileOptions) -> list[Stage]:
         Stage("load_samples", load_samples, rewrites=False),  # for decompose_kernels and calibrate
         Stage("decompose_kernels", decompose_kernels),
         Stage("legalize_kpu", legalize_kpu),
+        Stage("global_mean_codes", global_mean_codes),  # a global mean on the CPU as a conv on uint8 codes
         Stage("calibrate", calibrate_ranges, rewrites=False, banner="4. Calibrate activation ranges..."),
         Stage("quantize", quantize, banner="5. Quantize..."),
     ]

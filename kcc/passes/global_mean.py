@@ -20,8 +20,15 @@ bits on its own calibrated grid, one rounding more per level than the CPU's floa
 the pixels that follow it), and the last map, a quarter or a sixteenth of x, is what the CPU copies out
 and averages.
 
-Taken where the mean reads a conv that legalize_kpu puts on the KPU (1x1 or 3x3, within its limits;
-kcc.passes.channel_split cuts the levels with it beyond 1024 channels), is no pool legalize_kpu fuses
+A global mean the CPU computes from a KPU layer's map for KPU layers (the 7x7 of 224x224 MobileNets
+before their classifier, a level's last map) becomes, after legalize, a depthwise conv whose one HxW window weighs every tap 1/(H*W)
+(`means_as_convs`): kcc.quant.cpu_conv runs it as nncase's quantized_conv2d on the layer's codes,
+the sum in int32 and one rounding to the output grid, as the float mean's quantize rounds (~33
+cycles a tap, against a float window tap's ~64 and the dequantize of every code before it).
+
+Levels are taken where the mean reads a conv that legalize_kpu puts on the KPU (1x1 or 3x3, within its limits;
+kcc.passes.channel_split cuts the levels with it beyond 1024 channels), KPU layers read the mean (a
+classifier; rounded to 8 bits there anyway, not where a float CPU op reads it), is no pool legalize_kpu fuses
 into that layer (a 2x2 or 4x4 map: the pool unit's own mean), and where kcc.target.k210's cost model
 prices the levels below the CPU's mean of x (on odd sizes kcc.passes.gap_pick's layers too).
 """
@@ -29,13 +36,15 @@ prices the levels below the CPU's mean of x (on odd sizes kcc.passes.gap_pick's 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
+from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.options import CompileOptions
-from kcc.passes.kernel_cost import Where, estimate_cycles
+from kcc.passes.kernel_cost import Where, estimate_cycles, kpu_as_is
 from kcc.passes.kpu_pools import kpu_pool_code
 from kcc.passes.legalize_kpu import Placement, legalize_kpu
 from kcc.passes.manager import CompileContext
@@ -91,6 +100,33 @@ def _kpu_source(x: Node) -> bool:
             and x.shape[0] == 1 and kpu_bytes((1, min(x.shape[1], MAX_CHANNELS), *x.shape[2:])) <= KPU_RAM_SIZE)
 
 
+def _read_by_kpu(n: Node, users: dict, outputs: set[int], opts: CompileOptions) -> bool:
+    """Every reader of n (through reshapes and pads) is a conv or fully-connected layer that
+    legalize_kpu puts on the KPU, which rounds n to 8 bits anyway; a CPU op (BlazeHand's float heads)
+    or the graph output would read the float mean unrounded."""
+    if id(n) in outputs or not users.get(n):
+        return False
+    for u in users[n]:
+        if isinstance(u.op, (O.Reshape, O.Pad)):
+            if not _read_by_kpu(u, users, outputs, opts):
+                return False
+        elif isinstance(u.op, O.Conv2D):
+            if not kpu_as_is(u, opts)[0]:
+                return False
+        elif isinstance(u.op, O.MatMul) and u.inputs[1].is_constant and u.inputs[2].is_constant:
+            g = Graph()
+            a = g.input(0, u.inputs[0].shape)
+            # alone, the layer is the graph's head, as a classifier's is (a small one stays float)
+            g.outputs = [g.add(u.op, (a, g.constant(u.inputs[1].data), g.constant(u.inputs[2].data)), u.name)]
+            ctx = CompileContext(opts)
+            legalize_kpu(g, ctx)
+            if not ctx.placements or not all(p.on_kpu for p in ctx.placements):
+                return False
+        else:
+            return False
+    return True
+
+
 def _chain(c: int, h: int, w: int, name: str, add) -> Node | None:
     """The levels over an x of c channels, h x w, built with `add(op, inputs, name)`: the last level's
     node (None when x is too small for one)."""
@@ -138,11 +174,11 @@ def global_means_as_sums(g: Graph, opts: CompileOptions = CompileOptions()) -> t
     and (mean, what its placement says) for each mean rewritten, its note too."""
     if opts.target == "cpu" or opts.inference_type != "uint8":
         return g, []
-    users = g.users()
+    users, outputs = g.users(), {id(o) for o in g.outputs}
     done = []
     for n in [m for m in g.nodes if is_global_mean(m)]:
         x = n.inputs[0]
-        if not _kpu_source(x) or not levels(*x.shape[1:]):
+        if not _kpu_source(x) or not levels(*x.shape[1:]) or not _read_by_kpu(n, users, outputs, opts):
             continue
         if isinstance(n.op, O.Pool2D) and kpu_pool_code(n.op, *x.shape[2:]) is not None:
             continue  # legalize_kpu fuses it into x's layer (a 4x4 or 2x2 map: the pool unit's mean)
@@ -178,4 +214,62 @@ def global_mean_sums(g: Graph, ctx: CompileContext | None = None) -> Graph:
     # reason kcc.report.summary.pool_reason takes from the note
     ctx.placements.extend(Placement(name, "mean", True, note) for name, note in done
                           if isinstance(by_name[name].op, O.Reduce))
+    return g
+
+
+def means_as_convs(g: Graph) -> tuple[Graph, list[str]]:
+    """Each global mean (no fused clamp) of a KPU layer's map that KPU layers read, as the depthwise
+    conv of one window (module docstring); a reduce without its kept dimensions gets a reshape after
+    it. A mean a CPU op reads (BlazeHand's heads, float matmuls) stays float: its value is never
+    rounded there. Returns the graph and the means rewritten."""
+    def codes(x: Node) -> bool:  # a KPU layer's output, or data movement of KPU layers' (channel
+        # groups concatenated by channel_split, a pick left to the CPU): 8-bit codes
+        return isinstance(x.op, KO.FloatKpuConv) or (
+            isinstance(x.op, (O.Concat, O.StridedSlice, O.Pad, O.Reshape)) and all(codes(i) for i in x.inputs))
+
+    users, outputs = g.users(), {id(o) for o in g.outputs}
+
+    def read_as_codes(v: Node) -> bool:  # by KPU layers only, through data movement: rounded anyway
+        return id(v) not in outputs and all(
+            isinstance(u.op, KO.FloatKpuConv) or (isinstance(u.op, (O.Reshape, O.Pad)) and read_as_codes(u))
+            for u in users[v])
+
+    done = []
+    for n in [m for m in g.nodes if is_global_mean(m) and codes(m.inputs[0])]:
+        if isinstance(n.op, O.Pool2D) and n.op.act != O.NO_CLAMP or not read_as_codes(n):
+            continue
+        x = n.inputs[0]
+        _, c, h, w = x.shape
+        name = n.name
+        wgt = g.insert_before(n, O.Constant(np.full((c, 1, h, w), 1.0 / (h * w), F32)), (), f"{name}/window_w")
+        bias = g.insert_before(n, O.Constant(np.zeros(c, F32)), (), f"{name}/window_b")
+        keep = n.type.rank == 4
+        conv = g.insert_before(n, O.Conv2D(groups=c), (x, wgt, bias), name if keep else f"{name}/window", n.note)
+        new = conv if keep else g.insert_before(n, O.Reshape(n.shape), (conv,), name)
+        g.substitute(n, new, "/float")
+        done.append(name)
+    if done:
+        g.remove_dead()
+    return g, done
+
+
+#: what the placement of a global mean on the CPU says once it is a conv on codes (`means_as_convs`)
+ON_CODES = "as one window of a depthwise conv on uint8 codes (kcc.passes.global_mean)"
+
+
+def global_mean_codes(g: Graph, ctx: CompileContext | None = None) -> Graph:
+    """The pipeline stage after legalize_kpu: `means_as_convs` (a pre-quantized model keeps its own
+    mean, rounded as TFLite rounds it), the placements of the means it rewrote saying so."""
+    if ctx is None or ctx.own_grids or ctx.quantization is not None or ctx.options.target == "cpu":
+        return g
+    g, done = means_as_convs(g)
+    notes = {n.name: n.note for n in g.nodes if n.name in set(done)}
+
+    def said(p: Placement) -> Placement:
+        if p.on_kpu:  # the levels' placement (a reduce's): what its last map's mean is now
+            return replace(p, reason=f"{p.reason}, {ON_CODES}")
+        note = notes[p.node]  # kcc.report.summary adds the quantized_conv2d's estimate
+        return replace(p, reason=f"{note}, {ON_CODES}" if note.startswith(NOTE) else f"mean pool on the CPU {ON_CODES}")
+
+    ctx.placements[:] = [said(p) if p.node in notes and p.op in ("pool2d", "mean") else p for p in ctx.placements]
     return g

@@ -59,6 +59,15 @@ def clamp_holds(n: Node, y_q: QuantParam) -> bool:
     return g_lo >= lo - half and g_hi <= hi + half
 
 
+def _box_grid(w: np.ndarray) -> QuantParam | None:
+    """The grid of weights that are all one positive value (a box filter: kcc.passes.global_mean's
+    window of 1/(H*W)): that value is code 255, exactly. nncase's range rule would widen the degenerate
+    range to 0.1 (kcc.target.quant_rules.fixup_range) and round 1/49 to code 43, 0.5 % off; these
+    weights are kcc's own (a uint8 CPU conv), not a KPU layer's."""
+    v = float(w.flat[0])
+    return QuantParam(0, 255.0 / v) if v > 0 and np.all(w == w.flat[0]) else None
+
+
 def quant_convs(n: Node, x_q: QuantParam, y_q: QuantParam,
                 moments: PatchMoments | None = None) -> list[tuple[KO.QuantConv, np.ndarray]]:
     """The QuantConv nodes (with their weight codes) computing conv n from its input on grid x_q to
@@ -75,7 +84,7 @@ def quant_convs(n: Node, x_q: QuantParam, y_q: QuantParam,
     taps = int(np.prod(w.shape[1:]))
     x_rms = max(abs(v) for v in x_q.real_range) / np.sqrt(3.0)
     for o0, o1 in runs:
-        w_q = get_quant_param(*get_range(w[o0:o1]))
+        w_q = _box_grid(w[o0:o1]) or get_quant_param(*get_range(w[o0:o1]))
         if (1.0 / w_q.scale) / np.sqrt(12.0) * np.sqrt(taps) * x_rms > WEIGHT_NOISE_STEPS / y_q.scale:
             return []  # weights too large for one 8-bit grid against the output's: the float conv
         codes, mean_err = round_weights(w[o0:o1], w_q, moments, depthwise, o0)

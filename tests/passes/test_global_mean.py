@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from kcc.eval.interpreter import run
+from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
@@ -60,3 +61,37 @@ def test_a_mean_the_pool_unit_serves_or_of_a_cpu_map_stays():
         assert global_means_as_sums(g, CompileOptions())[1] == []
     assert global_means_as_sums(_classifier(), CompileOptions(target="cpu"))[1] == []
     assert global_means_as_sums(_classifier(), CompileOptions(inference_type="float"))[1] == []
+
+
+def _legalized(reader="kpu", keepdims=False, act=O.NO_CLAMP, pool=False):
+    """A KPU layer's 7x7 map -> its global mean -> (reshape) -> a KPU layer or a CPU op."""
+    g = Graph()
+    x = g.input(0, (1, 16, 7, 7))
+    y = g.add(KO.FloatKpuConv(1, act=(0.0, 6.0)), (x, g.constant(rng.uniform(-1, 1, (32, 16, 1, 1)).astype(np.float32)),
+                                                   g.constant(np.zeros(32, np.float32))), "last")
+    mean = O.Pool2D("mean", (7, 7), (7, 7), act=act) if pool else O.Reduce("mean", (2, 3), keepdims)
+    m = g.add(mean, (y,), "gap")
+    if not keepdims and not pool:
+        m = g.add(O.Reshape((1, 32, 1, 1)), (m,), "as_map")
+    w, b = g.constant(rng.uniform(-1, 1, (10, 32, 1, 1)).astype(np.float32)), g.constant(np.zeros(10, np.float32))
+    op = KO.FloatKpuConv(1) if reader == "kpu" else O.Conv2D()
+    g.outputs = [g.add(op, (m, w, b), "head")]
+    return g
+
+
+def test_a_mean_the_kpu_reads_becomes_one_window_of_a_depthwise_conv():
+    from kcc.passes.global_mean import means_as_convs
+
+    for keepdims, pool in ((False, False), (True, False), (True, True)):
+        g = _legalized(keepdims=keepdims, pool=pool)
+        s = [rng.uniform(-1, 1, (1, 16, 7, 7)).astype(np.float32)]
+        want = run(g, s)[0]
+        out, done = means_as_convs(g)
+        assert done == ["gap"]
+        conv = next(n for n in out.nodes if isinstance(n.op, O.Conv2D))
+        assert conv.op.groups == 32 and conv.inputs[1].shape == (32, 1, 7, 7)
+        np.testing.assert_array_equal(conv.inputs[1].data, np.float32(1 / 49))
+        np.testing.assert_allclose(run(out, s)[0], want, rtol=1e-5, atol=1e-6)
+    # a CPU op reads the float mean unrounded; the pool unit's clamp is no window's
+    assert means_as_convs(_legalized(reader="cpu"))[1] == []
+    assert means_as_convs(_legalized(pool=True, keepdims=True, act=(0.0, 6.0)))[1] == []

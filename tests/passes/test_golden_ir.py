@@ -201,6 +201,10 @@ CASES = [
     # uint8 codes (dequantize and quantize with scale 1 around it), the reshape in uint8, and one
     # dequantize with the head's grid before the float softmax.
     Case("quantize", strided_stem_and_softmax),
+    # global_mean_codes (after legalize_kpu): look for %gap, the mean of the last level's 2x2 map that the
+    # head's KPU layer reads, as a depthwise conv (groups=8) of one 2x2 window, weights 1/4, bias 0,
+    # under its name (the float reduce renamed %gap/float and gone)
+    Case("global_mean_codes", classifier_mean),
     Case("lower_to_neutral", prelu, inference_type="float"),
 ]
 
