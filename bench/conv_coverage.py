@@ -77,8 +77,15 @@ def conv_coverage(legalized: Graph, model_macs: int) -> ConvCoverage:
 
 
 def _fully_connected(layer: Node) -> bool:
-    """A KPU layer legalize_kpu made of a MatMul: its input is a [N, K, 1, 1] reshape (padded to 4x4)."""
+    """A KPU layer legalize_kpu made of a fully-connected layer (a MatMul, or a 1x1 conv of a 1x1 map):
+    its input is a [N, K] vector (padded to a multiple of 9) reshaped to a [N, K/9, 3, 3] map (padded
+    to 4x4; kcc.passes.kernel_forms.fc_as_conv)."""
     x = layer.inputs[0]
     while isinstance(x.op, O.Pad):
         x = x.inputs[0]
-    return isinstance(x.op, O.Reshape) and x.shape[2:] == (1, 1)
+    if not isinstance(x.op, O.Reshape):
+        return False
+    v = x.inputs[0]
+    while isinstance(v.op, O.Pad):
+        v = v.inputs[0]
+    return v.type.rank == 2

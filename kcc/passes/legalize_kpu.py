@@ -220,6 +220,10 @@ class _Legalizer:
             self._reject(n, "weights are not constant")
             return None
         w, b = wn.data, bn.data
+        if (w.shape[2:] == (1, 1) and op.groups == 1 and x.shape[2:] == (1, 1) and op.stride == (1, 1)
+                and op.padding == ((0, 0), (0, 0)) and w.shape[1] <= FC_MAX_INPUTS):
+            # a 1x1 conv of a 1x1 map (MobileNet v1's classifier) is a fully-connected layer
+            return self._fc(n, self.map[id(x)], w[:, :, 0, 0].T, b, op.act, "conv2d", conv="")
         x, op = self._absorb_zero_pad(x, op)
         w, op = self._embed_2x2(w, op)
         problem = self._conv_problem(n, x, w)
@@ -408,27 +412,32 @@ class _Legalizer:
         if reason:
             self._reject(n, reason)
             return None
-        # [N,K] -> [N,K,1,1] -> 1x1 conv (legalized like any conv: padded to 4x4, cropped) -> [N,OC];
-        # over 1024 inputs, [N,K] -> [N,K/9,3,3] (the same bytes) -> one 3x3 conv reading the whole
-        # 3x3 map: all K products in one accumulation, as exact as the 1x1 form (`fc_as_conv`)
+        y = self._fc(n, self.map[id(a)], bw.data, bias.data, n.op.act, "matmul")
+        return None if y is None else self.g.add(O.Reshape((a.shape[0], oc)), (y,), n.name)
+
+    def _fc(self, n: Node, xin: Node, w: np.ndarray, b: np.ndarray, act: tuple[float, float], kind: str,
+            conv: str = "/conv") -> Node | None:
+        """Fully-connected weights w [K, OC] over xin [N, K, (1, 1)] as one 3x3 KPU layer (`fc_as_conv`):
+        xin's bytes read as a [K/9, 3, 3] map (legalized like any conv: padded to 4x4, cropped), its
+        output [N, OC, 1, 1]: all K products in one accumulation, as exact as a 1x1 layer's."""
         g = self.g
-        nb = a.shape[0]
-        xin, (w4, k) = self.map[id(a)], fc_as_conv(bw.data)
+        nb, (k_in, oc) = xin.shape[0], w.shape
+        w4, k = fc_as_conv(w)
+        if xin.type.rank != 2:
+            xin = g.add(O.Reshape((nb, k_in)), (xin,), n.name + "/as_vector")
         if w4.shape[1] * k * k != k_in:
             xin = g.add(O.Pad(((0, 0), (0, w4.shape[1] * k * k - k_in)), 0.0), (xin,), n.name + "/pad_inputs")
         x4 = g.add(O.Reshape((nb, w4.shape[1], k, k)), (xin,), n.name + "/as_map")
-        w4 = g.constant(w4, bw.name + "/oihw")
-        b1 = g.constant(bias.data, bias.name)
-        conv_src = Node(n.name + "/conv", O.Conv2D(act=n.op.act), (x4, w4, b1), TensorType((nb, oc, 1, 1)))
+        w4, b1 = g.constant(w4, n.name + "/oihw"), g.constant(b, n.name + "/bias")
+        conv_src = Node(n.name + conv, O.Conv2D(act=act), (x4, w4, b1), TensorType((nb, oc, 1, 1)))
         self.users[conv_src] = []
         for v in (x4, w4, b1):
             self.map[id(v)] = v
         y = self.conv(conv_src)
-        if y is None:
-            return None
-        form = "1x1 conv on a 4x4 map" if k == 1 else f"3x3 conv over its {k_in} inputs as a {w4.shape[1]}x3x3 map"
-        self.placements[-1] = Placement(n.name, "matmul", True, "as " + form)
-        return g.add(O.Reshape((nb, oc)), (y,), n.name)
+        if y is not None:
+            form = f"3x3 conv over its {k_in} inputs as a {w4.shape[1]}x3x3 map"
+            self.placements[-1] = Placement(n.name, kind, True, "as " + form)
+        return y
 
     # ------------------------------------------------------------------ driver
     def run(self) -> Graph:

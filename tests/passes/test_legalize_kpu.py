@@ -13,7 +13,7 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
 from kcc.passes import row_pick
-from kcc.passes.legalize_kpu import legalize_kpu
+from kcc.passes.legalize_kpu import Placement, legalize_kpu
 from kcc.passes.manager import CompileContext
 
 
@@ -196,7 +196,9 @@ def test_activation_fuses_into_the_layer(act, fn):
     assert kpu.op.fn[0] == fn and kpu.name == "after"
 
 
-def test_fully_connected_becomes_1x1_layer_on_4x4_map():
+def test_fully_connected_becomes_one_3x3_layer_over_its_inputs_as_a_map():
+    """64 inputs read as an 8x3x3 map (zero-padded to 72, then to the KPU's 4x4): one 3x3 window
+    sums them all, at an eighth of a 1x1 layer's input channels (kernel_forms.fc_as_conv)."""
     g = Graph()
     x = g.input(0, (1, 64))
     w = g.constant(rng.uniform(-1, 1, (64, 1024)).astype(np.float32), "w")
@@ -204,7 +206,21 @@ def test_fully_connected_becomes_1x1_layer_on_4x4_map():
     g.outputs = [g.add(O.MatMul((0.0, np.inf)), (x, w, b), "fc")]
     lg, placements = _assert_equivalent(g)
     (kpu,) = [n for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)]
-    assert kpu.inputs[0].shape == (1, 64, 4, 4) and placements[0].on_kpu
+    assert kpu.inputs[0].shape == (1, 8, 4, 4) and kpu.op.kernel == 3 and placements[0].on_kpu
+    assert placements[0].reason == "as 3x3 conv over its 64 inputs as a 8x3x3 map"
+
+
+def test_a_1x1_conv_of_a_1x1_map_is_a_fully_connected_layer():
+    """MobileNet v1's classifier, a 1x1 conv after the global mean: the same 3x3 layer."""
+    g = Graph()
+    x = g.input(0, (1, 64, 1, 1))
+    w = g.constant(rng.uniform(-1, 1, (100, 64, 1, 1)).astype(np.float32), "w")
+    b = g.constant(rng.uniform(-1, 1, 100).astype(np.float32), "b")
+    g.outputs = [g.add(O.Conv2D(), (x, w, b), "logits")]
+    lg, placements = _assert_equivalent(g)
+    (kpu,) = [n for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)]
+    assert kpu.inputs[0].shape == (1, 8, 4, 4) and kpu.op.kernel == 3 and kpu.name == "logits/kpu"
+    assert placements[0] == Placement("logits", "conv2d", True, "as 3x3 conv over its 64 inputs as a 8x3x3 map")
 
 
 @pytest.mark.parametrize("make,reason", [
