@@ -44,9 +44,9 @@ from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.options import CompileOptions
-from kcc.passes.kernel_cost import Where, estimate_cycles, kpu_as_is
+from kcc.passes.kernel_cost import Where, alone, kpu_as_is, on_kpu
 from kcc.passes.kpu_pools import kpu_pool_code
-from kcc.passes.legalize_kpu import Placement, legalize_kpu
+from kcc.passes.legalize_kpu import Placement
 from kcc.passes.manager import CompileContext
 from kcc.passes.phase_space import is_global_mean
 from kcc.target.k210 import (
@@ -114,13 +114,8 @@ def _read_by_kpu(n: Node, users: dict, outputs: set[int], opts: CompileOptions) 
             if not kpu_as_is(u, opts)[0]:
                 return False
         elif isinstance(u.op, O.MatMul) and u.inputs[1].is_constant and u.inputs[2].is_constant:
-            g = Graph()
-            a = g.input(0, u.inputs[0].shape)
             # alone, the layer is the graph's head, as a classifier's is (a small one stays float)
-            g.outputs = [g.add(u.op, (a, g.constant(u.inputs[1].data), g.constant(u.inputs[2].data)), u.name)]
-            ctx = CompileContext(opts)
-            legalize_kpu(g, ctx)
-            if not ctx.placements or not all(p.on_kpu for p in ctx.placements):
+            if not on_kpu(alone(u, None), opts)[0]:
                 return False
         else:
             return False
@@ -160,12 +155,11 @@ def _cycles(n: Node, users: dict, opts: CompileOptions) -> tuple[float, float]:
         return inp if op is None else g.add(op, ins, name)
 
     g.outputs = [_chain(inp.shape[1], h, w, n.name, add)]
-    ctx = CompileContext(opts)
-    lg = legalize_kpu(g, ctx)
-    if not ctx.placements or not all(p.on_kpu for p in ctx.placements):
+    fits, cycles = on_kpu(g, opts, Where(float_input=False))
+    if not fits:
         return cpu, math.inf
     upload = CPU_NODE_CYCLES + cpu_cycles("kpu_upload_byte") * inp.type.size  # x is in KPU RAM already
-    kpu = groups * (estimate_cycles(lg, Where(float_input=False)) - upload)
+    kpu = groups * (cycles - upload)
     return cpu, kpu + CPU_NODE_CYCLES + taps * groups * g.outputs[0].type.size
 
 

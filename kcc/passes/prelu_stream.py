@@ -84,7 +84,7 @@ from kcc.kmodel import kpu_channel_offset
 from kcc.options import CompileOptions
 from kcc.passes.blaze_blocks import blaze_add, channel_selection, prelu_reader
 from kcc.passes.prelu_kpu import _layer_cycles, _per_element, _upload
-from kcc.passes.residual_kpu import _reaches
+from kcc.passes.residual_kpu import _reaches, upload_layer
 from kcc.target.k210 import (
     CPU_NODE_CYCLES,
     cpu_cycles,
@@ -267,10 +267,7 @@ class _Rewriter:
     def _upload_layer(self, u: Node) -> Node:
         """A 1x1 identity KPU layer reading the CPU tensor u (one for every stack that reads it)."""
         if id(u) not in self.uploads:
-            c, g = u.shape[1], self.g
-            ins = (self.explicit(u), g.constant(np.eye(c, dtype=F32)[:, :, None, None], u.name + "/upload_w"),
-                   g.constant(np.zeros(c, F32), u.name + "/upload_b"))
-            self.uploads[id(u)] = g.add(KO.FloatKpuConv(1), ins, u.name + "/upload")
+            self.uploads[id(u)] = upload_layer(self.g, self.explicit(u), u.name + "/upload")
         return self.uploads[id(u)]
 
     def add(self, n: Node) -> Node | None:

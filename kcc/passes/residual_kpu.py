@@ -64,6 +64,14 @@ RESIDUAL_FORMS = {  # the forms, as the placement report says them
 }
 
 
+def upload_layer(g: Graph, x: Node, name: str) -> Node:
+    """A 1x1 KPU layer with identity weights reading the CPU tensor x: x uploaded into KPU RAM as a
+    layer's output, which a buffer of KPU RAM (a KpuStack) can take as a part."""
+    c = x.shape[1]
+    ins = (x, g.constant(np.eye(c, dtype=F32)[:, :, None, None], name + "_w"), g.constant(np.zeros(c, F32), name + "_b"))
+    return g.add(KO.FloatKpuConv(1), ins, name)
+
+
 def _is_kpu(v: Node) -> bool:
     return isinstance(v.op, KO.FloatKpuConv)
 
@@ -355,10 +363,8 @@ class _Rewriter:
         else:
             h, w, b = proj, eye, np.zeros(oc, F32)
         part = self.map[id(skip)]
-        if not self._kpu(skip):  # a CPU skip, uploaded by a 1x1 identity layer (`_uploadable`)
-            ins = (part, g.constant(np.eye(cx, dtype=F32)[:, :, None, None], n.name + "/upload_w"),
-                   g.constant(np.zeros(cx, F32), n.name + "/upload_b"))
-            part = g.add(KO.FloatKpuConv(1), ins, n.name + "/upload")
+        if not self._kpu(skip):  # a CPU skip (`_uploadable`)
+            part = upload_layer(g, part, n.name + "/upload")
         stack = g.add(KO.KpuStack(), (part, self.map[id(h)]), n.name + "/stack")
         ins = (stack, g.constant(np.concatenate([eye, w], axis=1), n.name + "/residual_w"),
                g.constant(b, n.name + "/residual_b"))
