@@ -239,10 +239,12 @@ def test_a_fully_connected_layer_over_1024_inputs_is_one_kpu_layer_over_a_3x3_ma
     (body, x_map, _), = layer_maps(res.kmodel, calib[0][0])
     lay = body.layer
     assert (lay.in_channels, lay.in_height, lay.in_width, lay.filter_size, lay.out_channels) == (123, 4, 4, 3, 40)
-    codes = x_map[0, :, :3, :3].reshape(-1)  # the vector's bytes, in order, then 7 zero-padded inputs
+    # the pool unit picks the window's output (row 2, column 2 of the 4x4 map): 2x2 per channel out
+    assert lay.pool_type.name.lower() == "left_top_2_s2", lay.pool_type
+    codes = x_map[0, :, 1:, 1:].reshape(-1)  # the vector's bytes, in order, then 7 zero-padded inputs
     assert np.corrcoef(codes[:1100], calib[0][0][0])[0, 1] > 0.999 and len(np.unique(codes[1100:])) == 1
-    zero = codes[1100]  # the pad row and column (to the KPU's 4x4 minimum) hold the zero point too
-    assert (x_map[:, :, 3, :] == zero).all() and (x_map[:, :, :, 3] == zero).all()
+    zero = codes[1100]  # the pad row and column (to the KPU's 4x4 minimum, before) hold the zero point too
+    assert (x_map[:, :, 0, :] == zero).all() and (x_map[:, :, :, 0] == zero).all()
     assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 1
     got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
     assert max_steps(got, want) <= 1.49, f"max error {max_steps(got, want):.2f} steps"  # measured 1.42
