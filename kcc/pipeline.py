@@ -18,7 +18,8 @@ and records their adds in ctx.stream_adds; legalize_kpu, which runs prelu_stream
 
 decompose_kernels may spend device RAM on speed (MODEL_KPU_BYTES of kmodel for stacks made in KPU
 RAM); when that puts the kmodel and its working memory over the bare SDK's 5.5 MiB, `compile_graph`
-runs the stages again from the imported graph with that much less to spend.
+runs the stages again from the imported graph with that much less to spend, and, with nothing left
+to spend, with that much of its decompositions given back to the CPU (`CompileContext.form_shed`).
 """
 
 from __future__ import annotations
@@ -130,14 +131,23 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
     source = copy_rewriting(g, Graph(), {}, lambda n: None) if options.inference_type == "uint8" else None
     g = manager.run(stages(options), g, ctx)
     budget_ram = DEVICE_RAM_BUDGET if options.ram_budget is None else options.ram_budget
-    while source is not None and ctx.kpu_form_spent and _device_ram(ctx) > budget_ram:
-        # decompose_kernels spent device RAM on speed (MODEL_KPU_BYTES) and put the model over the
-        # bare SDK's budget: again with that much less to spend (each try lowers it, the last is 0)
+    while source is not None and _device_ram(ctx) > budget_ram and (ctx.kpu_form_spent or ctx.form_sheddable):
+        # decompose_kernels spent device RAM on speed and put the model over the bare SDK's budget:
+        # again with that much less to spend (MODEL_KPU_BYTES first, each try lowering it to 0), then
+        # with that much of the decompositions given back (the least time saved per byte first)
         over = _device_ram(ctx) - budget_ram
-        budget = max(0, ctx.kpu_form_spent - over - DEVICE_RAM_MARGIN)
-        log(f"   {over} B over {budget_ram} B of device RAM: again with {budget} B for KPU-made stacks")
-        ctx = CompileContext(options, log, progress, ctx.samples, quantization, own_grids, kpu_form_budget=budget)
-        g, source = source, copy_rewriting(source, Graph(), {}, lambda n: None) if budget else None
+        budget, shed, measured = 0, ctx.form_shed, _form_bytes(ctx)
+        if ctx.kpu_form_spent:
+            budget = max(0, ctx.kpu_form_spent - over - DEVICE_RAM_MARGIN)
+            log(f"   {over} B over {budget_ram} B of device RAM: again with {budget} B for KPU-made stacks")
+        elif sum(measured.values()) < over:  # not even all of them would bring it under: keep them
+            break
+        else:
+            shed += over + DEVICE_RAM_MARGIN
+            log(f"   {over} B over {budget_ram} B of device RAM: again with {shed} B of decompositions on the CPU")
+        ctx = CompileContext(options, log, progress, ctx.samples, quantization, own_grids, kpu_form_budget=budget,
+                             form_shed=shed, form_bytes={**ctx.form_bytes, **measured})
+        g, source = source, copy_rewriting(source, Graph(), {}, lambda n: None)
         g = manager.run(stages(options), g, ctx)
     return CompileResult(ctx.kmodel, g, ctx.emitted, manager.names, ctx.placements, ctx.float_graph,
                          ctx.weights_ranges, ctx.ranges, decisions=ctx.decisions, ram_for_speed=ctx.kpu_form_spent)
@@ -152,6 +162,19 @@ DEVICE_RAM_MARGIN = 32 * 1024
 
 def _device_ram(ctx: CompileContext) -> int:
     return len(ctx.kmodel) + ctx.emitted.model.main_mem
+
+
+def _form_bytes(ctx: CompileContext) -> dict[str, int]:
+    """Kmodel bytes of each decomposed conv's nodes (named after it, kcc.passes.kernel_forms) in the
+    kmodel just emitted: body, node header and, for a KPU layer, its tables' average alignment."""
+    convs = {d.node for d in ctx.decisions if d.plan is not None}
+    out: dict[str, int] = {}
+    for name, node in zip(ctx.emitted.node_names, ctx.emitted.model.nodes):
+        conv = name if name in convs else next((c for c in convs if name.startswith(c + "/")), None)
+        if conv is not None:
+            size = len(node.body.pack()) + 8 + (384 if isinstance(node.body, kmodel.KpuConv2D) else 0)
+            out[conv] = out.get(conv, 0) + size
+    return out
 
 
 def _weights_range(g: Graph, ctx: CompileContext) -> Graph:

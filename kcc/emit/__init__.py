@@ -95,7 +95,7 @@ def emit(graph: Graph, max_solve_secs: float = 60.0) -> Emitted:
             if in_kpu_ram(st.base(i), st) != want_kpu:
                 raise UnsupportedModelError(f"'{n.name}' ({n.op.kind}) reads '{i.name}' from the wrong "
                                             f"memory (a kpu_upload or kpu_download is missing)")
-    compute = [n for n in g.nodes if type(n.op) in EMITTERS and id(n) not in st.elided
+    compute = [n for n in g.nodes if type(n.op) in EMITTERS and id(n) not in st.elided and id(n) not in st.views
                and (st.base(n) is n or id(n) in st.offset or id(n) in st.in_place)]
     mem = plan(g, st, compute, max_solve_secs)
     peak, kpu_peak = mem.main.peak, mem.kpu.peak if mem.kpu else 0

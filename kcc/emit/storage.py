@@ -3,8 +3,10 @@
 Graph inputs and computed tensors live in main memory; constants read as data (binary operands,
 matmul B) live in the constants blob (kmodel_v4.md §5); conv / matmul weights and biases are inlined
 into their bodies; a Reshape is free and aliases its input's storage (kmodel has no reshape op; ncc
-removes its memory_copy the same way); a concatenation may be computed in place, and a binary op or a
-float depthwise 1x1 conv may write over an input it reads for the last time. KPU layers and uploads
+removes its memory_copy the same way), and so is a strided slice that is one contiguous range of its
+input's bytes (a channel range of a batch-1 map: a view at a byte offset, no node); constants of one
+repeated element (a pad's fill blocks) share one fill; a concatenation may be computed in place, and
+a binary op or a float depthwise 1x1 conv may write over an input it reads for the last time. KPU layers and uploads
 live in KPU RAM (§7.2); a concatenation of KPU layers there (kcc.ir.kpu_ops.KpuConcat) is one buffer
 whose channel ranges its parts are written into, each at the line where its first channel starts
 (§7.3, kcc.kmodel.kpu_channel_offset); a channel view of a map there (kcc.ir.kpu_ops.KpuChannelView)
@@ -59,15 +61,26 @@ class Storage:
         self.root: dict[int, Node] = {}  # alias resolution (Reshape -> its input)
         self.offset: dict[int, int] = {}  # byte offset of a node's tensor within its root's
         self.const_offset: dict[int, int] = {}
+        self.views: set[int] = set()  # slices that are a contiguous byte range of their input: no node
         users = g.users()
+        self._outputs = {id(o) for o in g.outputs}
         self.kpu_inputs = {id(n) for n in g.inputs if n.dtype == DType.uint8 and n.type.rank == 4 and users[n]
                            and all(isinstance(u.op, KO.KpuUpload) for u in users[n]) and n not in g.outputs}
         blob = bytearray()
+        # constants of one repeated element (a pad's fill blocks) share one fill of the largest size
+        fill_bytes: dict[bytes, int] = {}
+        for n in g.nodes:
+            if n.is_constant and id(n) not in inline and (unit := _fill_unit(n)) is not None:
+                fill_bytes[unit] = max(fill_bytes.get(unit, 0), n.type.nbytes)
+        fill_at: dict[bytes, int] = {}
         for n in g.nodes:
             if isinstance(n.op, KO.KpuUpload) and id(n.inputs[0]) in self.kpu_inputs:
                 self.root[id(n)] = n.inputs[0]  # the input already is in KPU RAM: no upload node
             elif isinstance(n.op, O.Reshape):
                 self.root[id(n)] = self.root.get(id(n.inputs[0]), n.inputs[0])
+            elif (at := self._contiguous_slice(n)) is not None:
+                self.root[id(n)], self.offset[id(n)] = n.inputs[0], at
+                self.views.add(id(n))
             elif isinstance(n.op, KO.KpuConcat):
                 self._kpu_concat(n)
             elif isinstance(n.op, KO.KpuChannelView):
@@ -75,10 +88,18 @@ class Storage:
             elif isinstance(n.op, KO.KpuRowPatch):
                 self._kpu_row_patch(n, g)
             elif n.is_constant and id(n) not in inline:
+                unit = _fill_unit(n)
+                if unit is not None and unit in fill_at:  # the fill's prefix (kcc.passes.lower_to_neutral._pad)
+                    self.const_offset[id(n)] = fill_at[unit]
+                    continue
                 start = align_up(len(blob), CONST_ALIGN)
                 blob.extend(bytes(start - len(blob)))
                 self.const_offset[id(n)] = start
-                blob.extend(np.ascontiguousarray(n.data).tobytes())
+                if unit is not None:
+                    fill_at[unit] = start
+                    blob.extend(unit * (fill_bytes[unit] // len(unit)))
+                else:
+                    blob.extend(np.ascontiguousarray(n.data).tobytes())
         self.constants = bytes(blob) + bytes(align_up(len(blob), CONST_ALIGN) - len(blob))
         self.elided: set[int] = set()  # concatenations whose inputs are computed in place
         outputs = {id(o) for o in g.outputs}
@@ -93,6 +114,21 @@ class Storage:
         self.main_offset: dict[int, int] = {}
         self.kpu_offset: dict[int, int] = {}
         self.downloads: dict[int, Node] = {}  # KPU layer -> its kpu_download (main_mem_output)
+
+    def _contiguous_slice(self, n: Node) -> int | None:
+        """The byte offset of a strided slice in main memory whose elements are one contiguous range of
+        its input's bytes (NCHW: a range of channels of a batch-1 map, of rows of one channel...), else
+        None. Such a slice is a view: its readers read the input's buffer from that offset, and no
+        strided_slice node copies it (~50 cycles an element on the CPU, kcc.target.k210); the input's
+        buffer lives until the view's last reader (emit.plan follows `base`). Not a graph output's (it
+        stays a tensor of its own) nor a constant's."""
+        if not isinstance(n.op, O.StridedSlice) or id(n) in self._outputs:
+            return None
+        x = n.inputs[0]
+        if x.is_constant or isinstance(x.op, KO.KPU_SPACE_OPS) or id(x) in self.kpu_inputs:
+            return None
+        first = n.op.contiguous_offset(x.shape)
+        return None if first is None else first * n.dtype.itemsize
 
     def _kpu_concat(self, n: Node) -> None:
         """Each part of an in-place KPU RAM concatenation is written into it, at the line where its
@@ -165,8 +201,8 @@ class Storage:
         conv2d kernel has no `restrict` and, with one input and one output channel per group, a 1x1
         window, stride 1 and no padding, reads in[i] just before it writes out[i], in order (nncase
         v0.2.0-beta4 kernels/neutral/neutral_kernels.h, conv2d, lines 133-193)."""
-        def value(x: Node) -> Node:  # a reshape reads its input's value
-            while isinstance(x.op, O.Reshape):
+        def value(x: Node) -> Node:  # a reshape, and a slice view, read their input's value
+            while isinstance(x.op, O.Reshape) or id(x) in self.views:
                 x = x.inputs[0]
             return x
 
@@ -216,6 +252,14 @@ class Storage:
                                  K.kpu_bytes(shape4(n.shape)))
         start = self.main_offset[id(b)] + self.byte_offset(n)
         return K.MemoryRange(MemoryType.MAIN, dt, start, n.type.nbytes)
+
+
+def _fill_unit(n: Node) -> bytes | None:
+    """The bytes of a constant's one element when it has several, all equal (a fill), else None."""
+    flat = np.ascontiguousarray(n.data).ravel()
+    if flat.size < 2 or not (flat == flat[0]).all():
+        return None
+    return flat[:1].tobytes()
 
 
 def _pointwise_conv(n: Node) -> bool:

@@ -385,6 +385,18 @@ class StridedSlice(Op):
     def slices(self) -> tuple[slice, ...]:
         return tuple(slice(b, None if e < 0 else e, s) for b, e, s in zip(self.begin, self.end, self.strides))
 
+    def contiguous_offset(self, shape: tuple[int, ...]) -> int | None:
+        """The element offset in a C-order tensor of `shape` at which this slice's output is one
+        contiguous range of its elements (a range of channels of a batch-1 NCHW map, of rows of a
+        one-channel map...), else None: every axis after the first of more than one output element is
+        whole, and that axis has step 1."""
+        out = [len(range(b, e, s)) for b, e, s in zip(self.begin, self.end, self.strides)]
+        k = next((a for a, d in enumerate(out) if d > 1), len(out))
+        if k < len(out) and (self.strides[k] != 1 or any(
+                out[a] != shape[a] or self.strides[a] != 1 for a in range(k + 1, len(out)))):
+            return None
+        return sum(b * int(np.prod(shape[a + 1:], dtype=np.int64)) for a, b in enumerate(self.begin))
+
     def infer_type(self, ins):
         _float_inputs(ins, 1, self.kind)
         x = ins[0]

@@ -299,6 +299,35 @@ def _ladder(n: Node, small: Decision, beyond: set[Form], decide) -> list[tuple[i
     return out
 
 
+def _shed(convs: list[Node], final: dict[int, Decision], need: int, opts: CompileOptions,
+          measured: dict[str, int]) -> tuple[dict[str, str], bool]:
+    """The decomposed convs to keep on the CPU so that `need` bytes of kmodel go back to the device RAM
+    budget (kcc.pipeline's retry), by name with their reason: the least time saved per byte of kmodel
+    their form adds over the CPU conv's first (the bytes its nodes took in the try before, `measured`,
+    else kernel_cost.kmodel_bytes' estimate); and whether any decomposition that adds bytes is left.
+    Nothing is shed without a need (and no bytes are counted)."""
+    if need <= 0:
+        return {}, any(d.plan is not None for d in final.values())
+    ms = DEFAULT_MHZ * 1e3
+    worth = []
+    for n in convs:
+        d = final[id(n)]
+        if d.plan is not None:
+            extra = measured.get(n.name) or kmodel_bytes(n, d.plan, opts)
+            extra -= kmodel_bytes(n, None, opts)
+            if extra > 0:
+                worth.append(((d.cpu_cycles - d.cycles) / extra, n.name, extra, d))
+    shed, given = {}, 0
+    for _, name, extra, d in sorted(worth):
+        if given >= need:
+            break
+        given += extra
+        shed[name] = (f"device RAM: its form ({d.plan.describe()}) adds ~{extra} B of kmodel to save "
+                      f"~{(d.cpu_cycles - d.cycles) / ms:.1f} ms, the least time per byte of the model's "
+                      f"decompositions, and the model is over its device RAM budget")
+    return shed, len(shed) < len(worth)
+
+
 def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     """Rewrite every Conv2D that legalize_kpu would leave on the CPU and that some decomposition
     puts on the KPU; ctx.decisions receives one `Decision` per conv legalize_kpu would leave on the
@@ -309,7 +338,9 @@ def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     of ctx.samples, when there are samples (`bulk_thresholds`). Each conv's stack made in KPU RAM
     takes at most STACK_KPU_BYTES of kmodel, but those `allot` grants ctx.kpu_form_budget
     (MODEL_KPU_BYTES unless set) more between them, decided on the graph as it comes, before any
-    rewrite; ctx.kpu_form_spent receives what they take."""
+    rewrite; ctx.kpu_form_spent receives what they take. With ctx.form_shed (kcc.pipeline's retry of
+    a model over its device RAM budget) the forms saving the least time per byte of kmodel stay on the
+    CPU until that many bytes are given back (`_shed`)."""
     ctx = ctx or CompileContext()
     opts = ctx.options
     if opts.target == "cpu" or opts.decompose == "off":
@@ -349,8 +380,14 @@ def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
         if ladder:
             candidates.append((n, d, ladder))
     taken, ctx.kpu_form_spent = allot(candidates, opts, budget)
+    final = {id(n): decide(n, taken[n.name]) if n.name in taken else first[id(n)][1] for n in convs}
+    shed, ctx.form_sheddable = _shed(convs, final, ctx.form_shed, opts, ctx.form_bytes)
     for n in convs:
         x, d = first[id(n)]
+        if n.name in shed:
+            d = final[id(n)]
+            ctx.decisions.append(Decision(n.name, Status.KEPT, None, d.cpu_cycles, d.cpu_cycles, shed[n.name]))
+            continue
         if n.name in taken or n.inputs[0] is not x:  # an earlier rewrite changed its input
             d = decide(n, taken.get(n.name, P.STACK_KPU_BYTES))
         if d.status is not Status.ON_KPU:

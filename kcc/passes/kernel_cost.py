@@ -19,6 +19,7 @@ from kcc.ir.graph import Graph, Node
 from kcc.options import CompileOptions
 from kcc.passes.kernel_forms import Form, emit
 from kcc.passes.legalize_kpu import legalize_kpu
+from kcc.passes.lower_to_neutral import pad_cycles
 from kcc.passes.manager import CompileContext
 from kcc.target.k210 import CPU_NODE_CYCLES, cpu_cycles, kpu_layer_cost, kpu_map_cycles, kpu_row_layout
 
@@ -27,7 +28,7 @@ from kcc.target.k210 import CPU_NODE_CYCLES, cpu_cycles, kpu_layer_cost, kpu_map
 KPU_LAYER_BYTES = 768
 
 # Cost model: kcc.target.k210's cycle counts (nncase v0.2 runtime at 400 MHz) of what legalize makes.
-_CPU_PER_ELEMENT = {O.Pad: "pad", O.StridedSlice: "strided_slice", O.Transpose: "transpose",
+_CPU_PER_ELEMENT = {O.StridedSlice: "strided_slice", O.Transpose: "transpose",
                     O.Reshape: "copy_byte"}
 
 
@@ -154,6 +155,10 @@ def estimate_cycles(g: Graph, where: Where = Where()) -> float:
             total += sum(_per_element("dequantize", i) for i in n.inputs if not _is_float(i, where))
         elif id(n) in views and all(is_kpu_layer(u) for u in users[n]):
             pass  # no CPU slice: KPU layers alone read it, in place
+        elif isinstance(n.op, O.StridedSlice) and n.op.contiguous_offset(n.inputs[0].shape) is not None:
+            pass  # one range of its input's bytes in main memory: a view (kcc.emit.storage), no node
+        elif isinstance(n.op, O.Pad):
+            total += pad_cycles(n)  # nncase's pad, or concatenations with fill blocks (lower_to_neutral)
         elif type(n.op) in _CPU_PER_ELEMENT:
             total += _per_element(_CPU_PER_ELEMENT[type(n.op)], n)
     float_out = _is_float(out, where)

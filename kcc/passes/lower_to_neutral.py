@@ -18,6 +18,8 @@ that replaces it, so graph outputs keep their tflite names.
                             with constant interpolation matrices (exact: resizing is linear)
     bilinear x2, half-pixel centres -> resize_image x2 (plain) + 2x2 mean pool, stride 1, padded
                             top/left (_half_pixel_x2): a third of the matmuls' cost
+    pad(x)               -> one concat per padded axis with constant fill blocks, when the cost model
+                            says it is cheaper (_pad: a memcpy a block instead of an offset an element)
     resize of a 1x1 map  -> concats of copies (every mode samples the one pixel: a broadcast; an
                             ASPP image-pooling branch): a few bytes copied per output element
                             instead of resize_image's interpolation or the matmuls' taps
@@ -33,7 +35,7 @@ from kcc.errors import UnsupportedModelError
 from kcc.eval import kernels
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node, channel_values
-from kcc.target.k210 import cpu_cycles
+from kcc.target.k210 import CPU_NODE_CYCLES, cpu_cycles
 
 if TYPE_CHECKING:
     from kcc.passes.manager import CompileContext
@@ -48,6 +50,7 @@ class _Builder:
         self.src = src
         self.g = Graph()
         self.map: dict[int, Node] = {}
+        self.pads = pads_as_concats(src)  # the pads lowered to concatenations (_pad)
 
     def add(self, op: O.Op, inputs, name: str, note: str = "") -> Node:
         return self.g.add(op, inputs, name, note)
@@ -209,6 +212,82 @@ def _broadcast(b: _Builder, n: Node, x: Node) -> Node:
     return b.add(O.Reshape(n.shape), (plane,), n.name)
 
 
+#: most bytes of constant fills the pads lowered to concatenations may add to a model's kmodel: the
+#: constants blob holds one fill per byte value (kcc.emit.storage), as large as the largest block of
+#: that value, and device RAM is what BlazePalm runs out of (its 70 zero points' fills: ~43 KB)
+PAD_FILL_BYTES = 16 * 1024
+
+
+def _pad_steps(n: Node) -> tuple[list[tuple[int, int, int]], int, float]:
+    """The concatenations a pad becomes (_pad), one (axis, before, after) per padded axis, innermost
+    first; the largest fill block in bytes; and the CPU cycles it saves against nncase's pad."""
+    op: O.Pad = n.op
+    shape, item = list(n.inputs[0].shape), n.dtype.itemsize
+    steps, block, concat = [], 0, 0.0
+    for axis in reversed(range(len(shape))):
+        before, after = op.paddings[axis]
+        if before == after == 0:
+            continue
+        outer = int(np.prod(shape[:axis], dtype=np.int64))
+        inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+        block = max(block, outer * max(before, after) * inner * item)
+        shape[axis] += before + after
+        concat += (cpu_cycles("concat_block") * outer * (1 + (before > 0) + (after > 0)) + CPU_NODE_CYCLES
+                   + cpu_cycles("copy_byte") * int(np.prod(shape, dtype=np.int64)) * item)
+        steps.append((axis, before, after))
+    return steps, block, cpu_cycles("pad") * n.type.size + CPU_NODE_CYCLES - concat
+
+
+def pad_cycles(n: Node) -> float:
+    """CPU cycles of pad n as lower_to_neutral emits it alone: concatenations when they are cheaper and
+    their fills within PAD_FILL_BYTES (`pads_as_concats`), else nncase's pad."""
+    steps, block, saved = _pad_steps(n)
+    pad = cpu_cycles("pad") * n.type.size + CPU_NODE_CYCLES
+    return pad - saved if steps and saved > 0 and block <= PAD_FILL_BYTES else pad
+
+
+def pads_as_concats(g: Graph) -> set[int]:
+    """The pads `_pad` lowers: those the cost model says are cheaper as concatenations, by fill value
+    (a value's pads share its fill), the most cycles saved per fill byte first, while the fills stay
+    within PAD_FILL_BYTES."""
+    groups: dict[bytes, list] = {}
+    for n in g.nodes:
+        if isinstance(n.op, O.Pad):
+            steps, block, saved = _pad_steps(n)
+            if steps and saved > 0:
+                key = np.full(1, n.op.value, n.dtype.numpy).tobytes()
+                grp = groups.setdefault(key, [0, 0.0, []])
+                grp[0], grp[1] = max(grp[0], block), grp[1] + saved
+                grp[2].append(id(n))
+    chosen, spent = set(), 0
+    for block, saved, ids in sorted(groups.values(), key=lambda v: (-v[1] / max(v[0], 1), v[2][0])):
+        if spent + block <= PAD_FILL_BYTES:
+            spent += block
+            chosen.update(ids)
+    return chosen
+
+
+def _pad(b: _Builder, n: Node, x: Node) -> Node:
+    """A constant pad as one concatenation per padded axis, innermost first, with constant blocks of
+    the pad value before and after: kmodel concat copies bytes, one memcpy a (outer index, input) block
+    (~1.6 cycles a byte + ~64 a block, kcc.target.k210), where nncase's pad computes a 4-D offset per
+    output element (54 cycles an element measured): deeplabv3's 257x257 input padded for its stride-2
+    stem, 27 -> ~1 ms. Byte for byte the same tensor. Only the pads `pads_as_concats` chose."""
+    op: O.Pad = n.op
+    if id(n) not in b.pads:
+        return b.g.add(op, (x,), n.name, n.note)
+    steps, _, _ = _pad_steps(n)
+    y = x
+    for k, (axis, before, after) in enumerate(steps):
+        def block(p: int, side: str) -> Node:
+            blk = list(y.shape)
+            blk[axis] = p
+            return b.const(np.full(blk, op.value, n.dtype.numpy), f"{n.name}/{side}{axis}")
+        parts = ([block(before, "before")] if before else []) + [y] + ([block(after, "after")] if after else [])
+        y = b.add(O.Concat(axis), tuple(parts), n.name if k == len(steps) - 1 else f"{n.name}/axis{axis}")
+    return y
+
+
 def _half_pixel_x2(b: _Builder, n: Node, x: Node) -> Node:
     """TF's bilinear x2 with half-pixel centres (Keras UpSampling2D: BlazePalm's FPN) from ops nncase
     has. Along one axis it samples x at j - 1/4 and j + 1/4 (out 2j, 2j+1), clamped to the ends;
@@ -257,6 +336,7 @@ _RULES = {
     O.Reduce: _reduce,
     O.Conv2DTranspose: _conv2d_transpose,
     O.Resize: _resize,
+    O.Pad: _pad,
 }
 
 

@@ -64,6 +64,14 @@ class CompileContext:
     #: and what they took (its estimate)
     kpu_form_budget: int | None = None
     kpu_form_spent: int = 0
+    #: decompose_kernels: kmodel bytes of decompositions to give back to the device RAM budget (kcc.pipeline,
+    #: for a model still over it with no allowance left): the convs whose forms save the least time per
+    #: byte stay on the CPU; and whether any decomposition with bytes to give back is left after that
+    form_shed: int = 0
+    form_sheddable: bool = False
+    #: kmodel bytes each decomposed conv's nodes took in an earlier try (kcc.pipeline), by conv name:
+    #: what `form_shed` counts where known, instead of decompose_kernels' estimate
+    form_bytes: dict[str, int] = field(default_factory=dict)
     #: decompose_kernels: the BlazeBlock adds kcc.passes.prelu_stream keeps in KPU RAM, whose PReLUs it
     #: decomposed readers of as 8-bit codes (`streamed_prelus`); None: not decided (any)
     stream_adds: set[str] | None = None

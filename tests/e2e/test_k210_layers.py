@@ -387,13 +387,14 @@ def _prelu_dw5x5_then_1x1(c, hw, stride):
 
 @pytest.mark.parametrize("c,hw,stride,status,allowance", [
     (4, 40, 1, "decomposed", True), (16, 24, 2, "decomposed", True), (32, 48, 1, "decomposed", True),
-    (256, 12, 1, "kept on the CPU", False), (256, 12, 1, "decomposed", True)])
+    (256, 6, 1, "kept on the CPU", False), (256, 12, 1, "decomposed", True)])
 def test_decompose_kernels_predicts_the_kmodel_estimate(c, hw, stride, status, allowance, monkeypatch):
     """decompose_kernels' choice is priced as `kcc info --estimate` prices the kmodel: the time the
     chosen form saves over the float CPU conv, as choose() predicts it, is the difference between the
     estimates of the kmodels compiled with and without decomposition; a conv whose exact forms cost
-    more stays on the CPU (BlazePalm's 256-channel 5x5s on 12x12 maps, without the model's allowance;
-    with it, a `copies_kpu` of x and its rounding residual), and the model's estimate never goes up."""
+    more stays on the CPU (BlazePalm's 256-channel 5x5s on 6x6 maps, without the model's allowance;
+    on 12x12 maps with it, a `copies_kpu` of x and its rounding residual), and the model's estimate
+    never goes up."""
     if not allowance:
         monkeypatch.setattr(decompose_kernels, "MODEL_KPU_BYTES", 0)
     state = rng.bit_generator.state

@@ -24,7 +24,7 @@ from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
-from kcc.passes import kernel_forms, kernel_plans
+from kcc.passes import decompose_kernels, kernel_forms, kernel_plans
 from kcc.passes.decompose_kernels import Form, rewrite
 from kcc.pipeline import compile_graph
 
@@ -283,6 +283,28 @@ def test_the_ram_budget_option_sets_the_device_ram_the_allowance_may_fill(monkey
     lines = []
     second, less = compile_it(ram - 1, lines.append)
     assert less <= ram - 1 and any(f"over {ram - 1} B" in line for line in lines), lines
+
+
+def test_with_no_allowance_left_decompositions_go_back_to_the_cpu_until_the_model_fits(monkeypatch):
+    """Without MODEL_KPU_BYTES, both blocks take forms within their own caps; a budget below the model
+    then compiles again with the decompositions saving the least time per byte of kmodel (as measured
+    in the kmodel before) kept on the CPU, each saying why, until it fits: the model fits, every
+    other conv keeps its form. A budget no amount of that would meet (below the model without any
+    decomposition) keeps them all: nothing is given back for nothing."""
+    monkeypatch.setattr(decompose_kernels, "MODEL_KPU_BYTES", 0)
+    compile_it = _two_dw5_blocks_compiler(monkeypatch)
+    first, ram = compile_it()
+    assert all(d.plan is not None for d in first.decisions), first.decisions
+    lines = []
+    second, less = compile_it(ram - 1, lines.append)
+    assert less <= ram - 1, (less, ram)
+    assert any("of decompositions on the CPU" in line for line in lines), lines
+    shed = [d for d in second.decisions if d.plan is None]
+    assert shed and all(d.reason.startswith("device RAM: its form (") for d in shed), second.decisions
+    kept = [d for d in second.decisions if d.plan is not None]
+    assert len(shed) + len(kept) == len(first.decisions)
+    hopeless, _ = compile_it(1024, lines.append)
+    assert hopeless.kmodel == first.kmodel
 
 
 PHASES_KPU_CASES = {  # (channels, out channels, H, W, padding, source, residual, group, depthwise)

@@ -354,12 +354,19 @@ def test_channel_groups_of_a_kpu_layer_are_read_in_place_in_kpu_ram(name):
     (buf,) = [b for b in res.emitted.buffers if b.name == x_name]
     assert buf.size == km.kpu_bytes((1, c, 12, w))
     assert buf.death == max(i for i, nm in enumerate(res.emitted.node_names) if "/shift" in nm), buf
-    # code for code what the CPU slice (copy-out, slice, upload) gives
+    # code for code what the CPU path gives: the map copied out, each group uploaded from its channels
+    # in main memory (a contiguous range: a view, kcc.emit.storage, no strided_slice node)
     import kcc.quant.quantize as quantize_module
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(quantize_module, "kpu_view_problem", lambda n, table: "off")
         cpu = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
-    assert [n.opcode.kmodel_name for n in cpu.emitted.model.nodes].count("strided_slice") == groups
+    cpu_nodes = cpu.emitted.model.nodes
+    assert [n.opcode.kmodel_name for n in cpu_nodes].count("strided_slice") == 0
+    out = next(n.body.main_mem_output for n in cpu_nodes if n.opcode.kmodel_name == "kpu_conv2d"
+               and n.body.main_mem_output.size == c * 12 * w)  # the 1x1 layer's map, copied out
+    group_uploads = sorted(n.body.input.start - out.start for n in cpu_nodes if n.opcode.kmodel_name == "kpu_upload"
+                           and out.start <= n.body.input.start < out.start + out.size)
+    assert group_uploads == [c0 * 12 * w for c0 in range(0, c, group)], group_uploads
     for s in calib[:3]:
         np.testing.assert_array_equal(kpu_sim.load(res.kmodel).run(s)[0], kpu_sim.load(cpu.kmodel).run(s)[0])
     steps = max(max_steps(kpu_sim.load(res.kmodel).run(s)[0].reshape(v.shape), v) for s, v in zip(calib, want))
@@ -369,8 +376,9 @@ def test_channel_groups_of_a_kpu_layer_are_read_in_place_in_kpu_ram(name):
 def test_a_channel_slice_not_on_a_line_of_its_own_is_made_on_the_cpu_and_says_why():
     """At width 14 four channels share a 64-byte line: a 3x3 KPU layer reading channels 4..7 of another
     layer's output reads them in place, one reading channels 2..4 cannot (channel 2 starts inside a
-    line). That slice is copied out, sliced on the CPU and uploaded as before, and its placement names
-    the rule; every layer equals the scalar reference and the result agrees with float."""
+    line). That slice is copied out and uploaded from its channels in main memory (a view of the
+    copy: no strided_slice node), and its placement names the rule; every layer equals the scalar
+    reference and the result agrees with float."""
     shape = (1, 3, 6, 14)
     g = Graph()
     x = g.input(0, shape)
@@ -385,7 +393,7 @@ def test_a_channel_slice_not_on_a_line_of_its_own_is_made_on_the_cpu_and_says_wh
     want = run(g, calib[0])
     res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
     names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
-    assert names.count("strided_slice") == 1 and names.count("kpu_upload") == 2, names
+    assert names.count("strided_slice") == 0 and names.count("kpu_upload") == 2, names
     views = {p.node: p for p in res.placements if p.op == "strided_slice"}
     assert views["a4_8"].on_kpu and "in place in KPU RAM" in views["a4_8"].reason, views
     assert not views["a2_5"].on_kpu, views

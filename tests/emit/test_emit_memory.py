@@ -197,3 +197,38 @@ def test_a_depthwise_1x1_conv_writes_over_an_input_read_for_the_last_time(monkey
     assert (np.abs(-xi * wd.reshape(1, 3, 1, 1) + b.reshape(1, 3, 1, 1)) > 1.5).any()  # the clamp acts
     assert "y" in {bf.name for bf in emit(graph(later_reader=True)).buffers}  # x is read by out too
     assert "y" in {bf.name for bf in emit(graph(w3)).buffers}  # a 3x3 window reads neighbours
+
+
+def test_a_contiguous_slice_is_a_view_of_its_input():
+    """x -> neg -> y [1, 4, 3, 5]; s = y[:, 1:3] (channels 1-2: one contiguous range of y's bytes) is a
+    view of y at byte offset 1 * 15 * 4: no strided_slice node, no buffer of its own, and y lives until
+    s's last reader. y + 1 reads y for the last time *before* s's reader, so it must not write over
+    y in place (the view's reader counts as y's). y[:, :, 1:] (rows: a range per channel) stays a node.
+    kpu_sim gives the evaluator's values."""
+    import kpu_sim
+    from kcc.eval.interpreter import run
+
+    def graph(begin: tuple, end: tuple) -> Graph:
+        g = Graph()
+        x = g.input(0, (1, 4, 3, 5))
+        y = g.add(O.Unary("neg"), (x,), "y")
+        s = g.add(O.StridedSlice(begin, end, (1, 1, 1, 1)), (y,), "s")
+        z = g.add(O.Binary("add"), (y, g.constant(np.ones((), np.float32), "one")), "z")
+        g.outputs = [z, g.add(O.Unary("abs"), (s,), "t")]
+        return g
+
+    xi = np.random.default_rng(6).uniform(-1, 1, (1, 4, 3, 5)).astype(np.float32)
+    em = emit(graph((0, 1, 0, 0), (1, 3, 3, 5)))
+    assert em.node_names == ["y", "z", "t"], em.node_names
+    life = {b.name: (b.birth, b.death) for b in em.buffers}
+    assert "s" not in life and life["y"] == (0, 2)  # read through the view by t at step 2
+    assert "z" in life  # not written over y: the view is read after z
+    t_in = [n.body for n in em.model.nodes if isinstance(n.body, kmodel.Unary)][-1]  # abs
+    assert t_in.input.start == em.memory.main.plan.offsets["y"] + 15 * 4 and t_in.input.size == 2 * 15 * 4
+    for begin, end in (((0, 1, 0, 0), (1, 3, 3, 5)), ((0, 0, 1, 0), (1, 4, 3, 5))):
+        g = graph(begin, end)
+        want = run(g, [xi])
+        got = kpu_sim.load(kmodel.write(emit(graph(begin, end)).model)).run([xi])
+        for w, o in zip(want, got):
+            np.testing.assert_array_equal(o.reshape(w.shape), w)
+    assert "s" in emit(graph((0, 0, 1, 0), (1, 4, 3, 5))).node_names  # rows 1-2 of every channel: copied
