@@ -19,7 +19,7 @@ from kcc.ir.graph import Graph, Node
 from kcc.options import CompileOptions
 from kcc.passes.kernel_forms import Form, emit
 from kcc.passes.legalize_kpu import legalize_kpu
-from kcc.passes.lower_to_neutral import pad_cycles
+from kcc.passes.lower_to_neutral import crop_as_pad, pad_cycles
 from kcc.passes.manager import CompileContext
 from kcc.target.k210 import CPU_NODE_CYCLES, cpu_cycles, kpu_layer_cost, kpu_map_cycles, kpu_row_layout
 
@@ -157,8 +157,11 @@ def estimate_cycles(g: Graph, where: Where = Where()) -> float:
             pass  # no CPU slice: KPU layers alone read it, in place
         elif isinstance(n.op, O.StridedSlice) and n.op.contiguous_offset(n.inputs[0].shape) is not None:
             pass  # one range of its input's bytes in main memory: a view (kcc.emit.storage), no node
+        elif (pad := crop_as_pad(n)) is not None:  # a window of a pad, lowered as a pad of its input
+            total += pad_cycles(Node(n.name, pad, (n.inputs[0].inputs[0],), n.type))
         elif isinstance(n.op, O.Pad):
-            total += pad_cycles(n)  # nncase's pad, or concatenations with fill blocks (lower_to_neutral)
+            if n is out or not all(crop_as_pad(u) is not None for u in users[n]):  # else nothing reads it
+                total += pad_cycles(n)  # nncase's pad, or concatenations with fill blocks (lower_to_neutral)
         elif type(n.op) in _CPU_PER_ELEMENT:
             total += _per_element(_CPU_PER_ELEMENT[type(n.op)], n)
     float_out = _is_float(out, where)

@@ -18,6 +18,7 @@ that replaces it, so graph outputs keep their tflite names.
                             with constant interpolation matrices (exact: resizing is linear)
     bilinear x2, half-pixel centres -> resize_image x2 (plain) + 2x2 mean pool, stride 1, padded
                             top/left (_half_pixel_x2): a third of the matmuls' cost
+    slice(pad(x))        -> pad(x) when the window keeps all of x (crop_as_pad), then as a pad:
     pad(x)               -> one concat per padded axis with constant fill blocks, when the cost model
                             says it is cheaper (_pad: a memcpy a block instead of an offset an element)
     resize of a 1x1 map  -> concats of copies (every mode samples the one pixel: a broadcast; an
@@ -34,7 +35,7 @@ import numpy as np
 from kcc.errors import UnsupportedModelError
 from kcc.eval import kernels
 from kcc.ir import ops as O
-from kcc.ir.graph import Graph, Node, channel_values
+from kcc.ir.graph import Graph, Node, channel_values, copy_rewriting
 from kcc.target.k210 import CPU_NODE_CYCLES, cpu_cycles
 
 if TYPE_CHECKING:
@@ -238,6 +239,34 @@ def _pad_steps(n: Node) -> tuple[list[tuple[int, int, int]], int, float]:
     return steps, block, cpu_cycles("pad") * n.type.size + CPU_NODE_CYCLES - concat
 
 
+def crop_as_pad(n: Node) -> O.Pad | None:
+    """A step-1 strided slice of a pad that keeps all of the pad's input, as one pad of that input
+    (the slice's share of the pad's rows and columns): a shifted window the CPU would otherwise copy
+    element by element becomes concatenations (`_pad`). BlazePalm's CPU stacks crop four 26x26
+    windows of each 24x24 group padded to 29x29; the top-left one is such a pad."""
+    if not (isinstance(n.op, O.StridedSlice) and isinstance(n.inputs[0].op, O.Pad)
+            and all(s == 1 for s in n.op.strides)):
+        return None
+    x = n.inputs[0]
+    pads = []
+    for d, (before, _), b, e in zip(x.inputs[0].shape, x.op.paddings, n.op.begin, n.op.end):
+        if b > before or e < before + d:  # the window cuts into the pad's input
+            return None
+        pads.append((before - b, e - before - d))
+    return O.Pad(tuple(pads), x.op.value)
+
+
+def _fold_crops_of_pads(g: Graph) -> Graph:
+    """`crop_as_pad` on every slice of g (the pad it read stays for its other readers, if any)."""
+    mapping: dict[int, Node] = {}
+    out = Graph()
+
+    def rewrite(n: Node) -> Node | None:
+        op = crop_as_pad(n)
+        return None if op is None else out.add(op, (mapping[id(n.inputs[0].inputs[0])],), n.name, n.note)
+    return copy_rewriting(g, out, mapping, rewrite)
+
+
 def pad_cycles(n: Node) -> float:
     """CPU cycles of pad n as lower_to_neutral emits it alone: concatenations when they are cheaper and
     their fills within PAD_FILL_BYTES (`pads_as_concats`), else nncase's pad."""
@@ -342,6 +371,7 @@ _RULES = {
 
 def lower_to_neutral(graph: Graph, ctx: CompileContext | None = None) -> Graph:
     """Every op left for the CPU as kmodel neutral ops (module docstring); needs nothing of `ctx`."""
+    graph = _fold_crops_of_pads(graph)
     b = _Builder(graph)
     for n in graph.nodes:
         if n.type.rank > 4 and not n.is_constant:

@@ -65,3 +65,24 @@ def test_pads_stay_where_concatenations_cost_more_or_fills_exceed_the_budget(mon
     assert len(chosen) == 2
     lowered = L.lower_to_neutral(g)
     assert sum(isinstance(n.op, O.Pad) for n in lowered.nodes) == 2
+
+
+def test_a_window_of_a_pad_that_keeps_its_input_whole_is_a_pad_of_it():
+    """BlazePalm's CPU stacks pad a 24x24 group to 29x29 and crop 26x26 windows at (0, 0), (0, 3),
+    (3, 0) and (3, 3): the first keeps all 24x24 (a pad of 2 rows and columns before, none after),
+    so lower_to_neutral makes it a pad of the group itself (then concatenations); the others cut
+    into the group and stay slices of the pad. The values are the same."""
+    g = Graph()
+    x = g.input(0, (1, 7, 24, 24), DType.uint8)
+    p = g.add(O.Pad(((0, 0), (0, 0), (2, 3), (2, 3)), 9), (x,), "pad")
+    g.outputs = [g.add(O.StridedSlice((0, 0, b, c), (1, 7, b + 26, c + 26), (1, 1, 1, 1)), (p,), f"w{b}{c}")
+                 for b, c in ((0, 0), (0, 3), (3, 3))]
+    folded = L.crop_as_pad(g.outputs[0])
+    assert folded == O.Pad(((0, 0), (0, 0), (2, 0), (2, 0)), 9)
+    assert L.crop_as_pad(g.outputs[1]) is None and L.crop_as_pad(g.outputs[2]) is None
+    low = L.lower_to_neutral(g)
+    ops = [type(n.op).__name__ for n in low.nodes if n.name.startswith("w") and not n.is_constant]
+    assert ops == ["Concat", "Concat", "StridedSlice", "StridedSlice"], ops
+    xi = np.random.default_rng(9).integers(0, 256, (1, 7, 24, 24), dtype=np.uint8)
+    for a, b in zip(run(low, [xi]), run(g, [xi])):
+        np.testing.assert_array_equal(a, b)
