@@ -170,7 +170,8 @@ def _form_bytes(ctx: CompileContext) -> dict[str, int]:
     convs = {d.node for d in ctx.decisions if d.plan is not None}
     out: dict[str, int] = {}
     for name, node in zip(ctx.emitted.node_names, ctx.emitted.model.nodes):
-        conv = name if name in convs else next((c for c in convs if name.startswith(c + "/")), None)
+        # the conv itself, or the longest conv name it extends (names may nest)
+        conv = max((c for c in convs if name == c or name.startswith(c + "/")), key=len, default=None)
         if conv is not None:
             size = len(node.body.pack()) + 8 + (384 if isinstance(node.body, kmodel.KpuConv2D) else 0)
             out[conv] = out.get(conv, 0) + size

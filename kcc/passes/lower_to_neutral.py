@@ -280,16 +280,16 @@ def pads_as_concats(g: Graph) -> set[int]:
     (a value's pads share its fill), the most cycles saved per fill byte first, while the fills stay
     within PAD_FILL_BYTES."""
     groups: dict[bytes, list] = {}
-    for n in g.nodes:
+    for k, n in enumerate(g.nodes):
         if isinstance(n.op, O.Pad):
             steps, block, saved = _pad_steps(n)
             if steps and saved > 0:
                 key = np.full(1, n.op.value, n.dtype.numpy).tobytes()
-                grp = groups.setdefault(key, [0, 0.0, []])
+                grp = groups.setdefault(key, [0, 0.0, [], k])  # its first pad's place: ties go by graph order
                 grp[0], grp[1] = max(grp[0], block), grp[1] + saved
                 grp[2].append(id(n))
     chosen, spent = set(), 0
-    for block, saved, ids in sorted(groups.values(), key=lambda v: (-v[1] / max(v[0], 1), v[2][0])):
+    for block, saved, ids, _ in sorted(groups.values(), key=lambda v: (-v[1] / max(v[0], 1), v[3])):
         if spent + block <= PAD_FILL_BYTES:
             spent += block
             chosen.update(ids)

@@ -86,3 +86,12 @@ def test_a_window_of_a_pad_that_keeps_its_input_whole_is_a_pad_of_it():
     xi = np.random.default_rng(9).integers(0, 256, (1, 7, 24, 24), dtype=np.uint8)
     for a, b in zip(run(low, [xi]), run(g, [xi])):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_fill_budget_goes_by_graph_order_between_equal_pads(monkeypatch):
+    """Pads of two values that save as much per fill byte: with room for one fill, the first in the
+    graph is lowered, whatever the nodes' ids (the kmodel must not depend on memory addresses)."""
+    pads = [(((0, 0), (0, 0), (2, 3), (2, 3)), v) for v in (5, 6)]
+    g = _graph(pads, shape=(1, 7, 24, 24))
+    monkeypatch.setattr(L, "PAD_FILL_BYTES", 7 * 3 * 29)
+    assert L.pads_as_concats(g) == {id(g.outputs[0])}
