@@ -140,11 +140,15 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
         if ctx.kpu_form_spent:
             budget = max(0, ctx.kpu_form_spent - over - DEVICE_RAM_MARGIN)
             log(f"   {over} B over {budget_ram} B of device RAM: again with {budget} B for KPU-made stacks")
-        elif sum(measured.values()) < over:  # not even all of them would bring it under: keep them
-            break
         else:
-            shed += over + DEVICE_RAM_MARGIN
-            log(f"   {over} B over {budget_ram} B of device RAM: again with {shed} B of decompositions on the CPU")
+            # toward the budget, or toward the bare SDK's when no amount of them meets a smaller one
+            # (--ram-budget maixpy for BlazePalm); not at all when neither is within their bytes
+            ram = _device_ram(ctx)
+            target = next((b for b in (budget_ram, DEVICE_RAM_BUDGET) if 0 < ram - b <= sum(measured.values())), None)
+            if target is None:
+                break
+            shed += ram - target + DEVICE_RAM_MARGIN
+            log(f"   {ram - target} B over {target} B of device RAM: again with {shed} B of decompositions on the CPU")
         ctx = CompileContext(options, log, progress, ctx.samples, quantization, own_grids, kpu_form_budget=budget,
                              form_shed=shed, form_bytes={**ctx.form_bytes, **measured})
         g, source = source, copy_rewriting(source, Graph(), {}, lambda n: None)

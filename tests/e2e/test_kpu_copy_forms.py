@@ -290,7 +290,8 @@ def test_with_no_allowance_left_decompositions_go_back_to_the_cpu_until_the_mode
     then compiles again with the decompositions saving the least time per byte of kmodel (as measured
     in the kmodel before) kept on the CPU, each saying why, until it fits: the model fits, every
     other conv keeps its form. A budget no amount of that would meet (below the model without any
-    decomposition) keeps them all: nothing is given back for nothing."""
+    decomposition) keeps them all, nothing given back for nothing, unless the model is over the bare
+    SDK's budget too: then they go back until it meets that one (`--ram-budget maixpy` for BlazePalm)."""
     monkeypatch.setattr(decompose_kernels, "MODEL_KPU_BYTES", 0)
     compile_it = _two_dw5_blocks_compiler(monkeypatch)
     first, ram = compile_it()
@@ -305,6 +306,10 @@ def test_with_no_allowance_left_decompositions_go_back_to_the_cpu_until_the_mode
     assert len(shed) + len(kept) == len(first.decisions)
     hopeless, _ = compile_it(1024, lines.append)
     assert hopeless.kmodel == first.kmodel
+    # a budget no amount of them meets, in a model over the bare SDK's budget too: toward the latter
+    monkeypatch.setattr(pipeline, "DEVICE_RAM_BUDGET", ram - 1)
+    sdk, at_sdk = compile_it(1024, lines.append)
+    assert at_sdk <= ram - 1 and sdk.kmodel == second.kmodel
 
 
 PHASES_KPU_CASES = {  # (channels, out channels, H, W, padding, source, residual, group, depthwise)
