@@ -136,14 +136,14 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
         # again with that much less to spend (MODEL_KPU_BYTES first, each try lowering it to 0), then
         # with that much of the decompositions given back (the least time saved per byte first)
         over = _device_ram(ctx) - budget_ram
-        budget, shed, measured = 0, ctx.form_shed, _form_bytes(ctx)
+        budget, shed, measured = 0, ctx.form_shed, {}
         if ctx.kpu_form_spent:
             budget = max(0, ctx.kpu_form_spent - over - DEVICE_RAM_MARGIN)
             log(f"   {over} B over {budget_ram} B of device RAM: again with {budget} B for KPU-made stacks")
         else:
             # toward the budget, or toward the bare SDK's when no amount of them meets a smaller one
             # (--ram-budget maixpy for BlazePalm); not at all when neither is within their bytes
-            ram = _device_ram(ctx)
+            ram, measured = _device_ram(ctx), _form_bytes(ctx)
             target = next((b for b in (budget_ram, DEVICE_RAM_BUDGET) if 0 < ram - b <= sum(measured.values())), None)
             if target is None:
                 break

@@ -63,14 +63,15 @@ class Storage:
         self.const_offset: dict[int, int] = {}
         self.views: set[int] = set()  # slices that are a contiguous byte range of their input: no node
         users = g.users()
-        self._outputs = {id(o) for o in g.outputs}
+        self._outputs = outputs = {id(o) for o in g.outputs}
         self.kpu_inputs = {id(n) for n in g.inputs if n.dtype == DType.uint8 and n.type.rank == 4 and users[n]
                            and all(isinstance(u.op, KO.KpuUpload) for u in users[n]) and n not in g.outputs}
         blob = bytearray()
         # constants of one repeated element (a pad's fill blocks) share one fill of the largest size
+        units = {id(n): _fill_unit(n) for n in g.nodes if n.is_constant and id(n) not in inline}
         fill_bytes: dict[bytes, int] = {}
         for n in g.nodes:
-            if n.is_constant and id(n) not in inline and (unit := _fill_unit(n)) is not None:
+            if (unit := units.get(id(n))) is not None:
                 fill_bytes[unit] = max(fill_bytes.get(unit, 0), n.type.nbytes)
         fill_at: dict[bytes, int] = {}
         for n in g.nodes:
@@ -88,7 +89,7 @@ class Storage:
             elif isinstance(n.op, KO.KpuRowPatch):
                 self._kpu_row_patch(n, g)
             elif n.is_constant and id(n) not in inline:
-                unit = _fill_unit(n)
+                unit = units[id(n)]
                 if unit is not None and unit in fill_at:  # the fill's prefix (kcc.passes.lower_to_neutral._pad)
                     self.const_offset[id(n)] = fill_at[unit]
                     continue
@@ -102,7 +103,6 @@ class Storage:
                     blob.extend(np.ascontiguousarray(n.data).tobytes())
         self.constants = bytes(blob) + bytes(align_up(len(blob), CONST_ALIGN) - len(blob))
         self.elided: set[int] = set()  # concatenations whose inputs are computed in place
-        outputs = {id(o) for o in g.outputs}
         for n in g.nodes:
             if self._in_place(n, users, outputs):
                 at = 0

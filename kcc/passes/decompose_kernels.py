@@ -383,12 +383,11 @@ def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     final = {id(n): decide(n, taken[n.name]) if n.name in taken else first[id(n)][1] for n in convs}
     shed, ctx.form_sheddable = _shed(convs, final, ctx.form_shed, opts, ctx.form_bytes)
     for n in convs:
-        x, d = first[id(n)]
+        x, d = first[id(n)][0], final[id(n)]
         if n.name in shed:
-            d = final[id(n)]
             ctx.decisions.append(Decision(n.name, Status.KEPT, None, d.cpu_cycles, d.cpu_cycles, shed[n.name]))
             continue
-        if n.name in taken or n.inputs[0] is not x:  # an earlier rewrite changed its input
+        if n.inputs[0] is not x:  # an earlier rewrite changed its input
             d = decide(n, taken.get(n.name, P.STACK_KPU_BYTES))
         if d.status is not Status.ON_KPU:
             ctx.decisions.append(d)

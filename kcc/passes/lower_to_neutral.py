@@ -219,9 +219,9 @@ def _broadcast(b: _Builder, n: Node, x: Node) -> Node:
 PAD_FILL_BYTES = 16 * 1024
 
 
-def _pad_steps(n: Node) -> tuple[list[tuple[int, int, int]], int, float]:
+def _pad_steps(n: Node) -> tuple[list[tuple[int, int, int]], int, float, float]:
     """The concatenations a pad becomes (_pad), one (axis, before, after) per padded axis, innermost
-    first; the largest fill block in bytes; and the CPU cycles it saves against nncase's pad."""
+    first; the largest fill block in bytes; and the CPU cycles of nncase's pad and of the concatenations."""
     op: O.Pad = n.op
     shape, item = list(n.inputs[0].shape), n.dtype.itemsize
     steps, block, concat = [], 0, 0.0
@@ -236,7 +236,7 @@ def _pad_steps(n: Node) -> tuple[list[tuple[int, int, int]], int, float]:
         concat += (cpu_cycles("concat_block") * outer * (1 + (before > 0) + (after > 0)) + CPU_NODE_CYCLES
                    + cpu_cycles("copy_byte") * int(np.prod(shape, dtype=np.int64)) * item)
         steps.append((axis, before, after))
-    return steps, block, cpu_cycles("pad") * n.type.size + CPU_NODE_CYCLES - concat
+    return steps, block, cpu_cycles("pad") * n.type.size + CPU_NODE_CYCLES, concat
 
 
 def crop_as_pad(n: Node) -> O.Pad | None:
@@ -270,9 +270,8 @@ def _fold_crops_of_pads(g: Graph) -> Graph:
 def pad_cycles(n: Node) -> float:
     """CPU cycles of pad n as lower_to_neutral emits it alone: concatenations when they are cheaper and
     their fills within PAD_FILL_BYTES (`pads_as_concats`), else nncase's pad."""
-    steps, block, saved = _pad_steps(n)
-    pad = cpu_cycles("pad") * n.type.size + CPU_NODE_CYCLES
-    return pad - saved if steps and saved > 0 and block <= PAD_FILL_BYTES else pad
+    steps, block, pad, concat = _pad_steps(n)
+    return concat if steps and concat < pad and block <= PAD_FILL_BYTES else pad
 
 
 def pads_as_concats(g: Graph) -> set[int]:
@@ -282,7 +281,8 @@ def pads_as_concats(g: Graph) -> set[int]:
     groups: dict[bytes, list] = {}
     for k, n in enumerate(g.nodes):
         if isinstance(n.op, O.Pad):
-            steps, block, saved = _pad_steps(n)
+            steps, block, pad, concat = _pad_steps(n)
+            saved = pad - concat
             if steps and saved > 0:
                 key = np.full(1, n.op.value, n.dtype.numpy).tobytes()
                 grp = groups.setdefault(key, [0, 0.0, [], k])  # its first pad's place: ties go by graph order
@@ -305,7 +305,7 @@ def _pad(b: _Builder, n: Node, x: Node) -> Node:
     op: O.Pad = n.op
     if id(n) not in b.pads:
         return b.g.add(op, (x,), n.name, n.note)
-    steps, _, _ = _pad_steps(n)
+    steps = _pad_steps(n)[0]
     y = x
     for k, (axis, before, after) in enumerate(steps):
         def block(p: int, side: str) -> Node:
