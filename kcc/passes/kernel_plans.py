@@ -118,9 +118,10 @@ def plans(n: Node, residual: bool = False, halves: bool = False, bulk: float = 0
 
 #: channels per group of a `fan_kpu` worth trying, in 64-byte lines of KPU RAM (a group starts on a
 #: line of its own: read and written in place): fewer lines are fewer kmodel bytes, more the fewer
-#: layers. Not one line: measured, not understood (the weights round as well in any grouping), BlazeHand
-#: with every wide 5x5 in groups of 4 channels loses 0.005 of mean output cosine (docs/measurements.md)
-FAN_KPU_LINES = (2, 3, 4, 6, 8, 12, 16)
+#: layers. One line only: its bytes let the allowance reach every wide 5x5 (BlazeHand: all five on the
+#: KPU in 5.30 MiB), and no grouping is more accurate than another beyond the noise of the kit's three
+#: samples (held out: docs/measurements.md §17)
+FAN_KPU_LINES = (1,)
 
 
 def _fan_kpu_plans(n: Node, j: int, halves: bool, bulk: float, cap: int | None = None) -> list[Form]:

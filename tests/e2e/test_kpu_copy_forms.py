@@ -262,12 +262,12 @@ def test_a_model_the_allowance_puts_over_the_device_ram_budget_is_compiled_again
     compile_it = _two_dw5_blocks_compiler(monkeypatch)
     kpu_made = ("stack_kpu", "fan_kpu", "copies_kpu")
     first, ram = compile_it()
-    assert [d.plan.combine for d in first.decisions] == ["fan_kpu", "fan_kpu"]  # the allowance's forms
+    assert all(d.plan.combine in kpu_made for d in first.decisions), first.decisions  # the allowance's forms
     monkeypatch.setattr(pipeline, "DEVICE_RAM_BUDGET", ram - 1)
     lines = []
     second, less = compile_it(log=lines.append)
     assert less <= ram - 1 and any(" over " in line and "again with" in line for line in lines), lines
-    # less of the allowance: a cheaper rung of the ladder (a `fan_kpu` in smaller groups) or no KPU-made stack
+    # less of the allowance: a cheaper rung of the ladder (a KPU-made stack in smaller groups) or none
     assert [d.plan for d in second.decisions] != [d.plan for d in first.decisions]
     assert all(d.plan.combine not in kpu_made or (d.plan.group or 32) <= (f.plan.group or 32)
                for d, f in zip(second.decisions, first.decisions))

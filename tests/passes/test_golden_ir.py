@@ -113,14 +113,14 @@ def transpose_conv(rng: np.random.Generator) -> Graph:
 
 def depthwise_5x5(rng: np.random.Generator) -> Graph:
     """decompose_kernels: a 5x5 depthwise (the KPU takes 1x1 and 3x3) behind a relu6 conv the KPU
-    computes. Look for the 5x5 replaced by a `fan_kpu`: one 3x3 conv (144 <- 16, one weight of 1 per
-    output channel) making nine shifted copies, read by one dense 3x3 conv (16 <- 144) with the 5x5's
+    computes. Look for the 5x5 replaced by a `fan_kpu`: one 3x3 conv (36 <- 4, one weight of 1 per
+    output channel) making nine shifted copies, read by one dense 3x3 conv (4 <- 36) with the 5x5's
     act, under its name; its note gives the estimate against the CPU. The 3x3 `expand` conv is left
-    alone."""
+    alone. (4 channels 16 wide: one 64-byte line of KPU RAM, a fan's group.)"""
     g = Graph()
-    x = g.input(0, (1, 3, 32, 32))
-    y = _conv(g, x, 16, 3, "expand", rng, act=RELU6)
-    g.outputs = [_conv(g, y, 16, 5, "dw5", rng, groups=16, act=RELU6)]
+    x = g.input(0, (1, 3, 16, 16))
+    y = _conv(g, x, 4, 3, "expand", rng, act=RELU6)
+    g.outputs = [_conv(g, y, 4, 5, "dw5", rng, groups=4, act=RELU6)]
     return g
 
 
