@@ -1,7 +1,7 @@
 """compile_model(): the whole compiler, top to bottom, one visible stage per line.
 
-    import_tflite -> canonicalize -> [phase_dilated -> split_channels -> eliminate_dilated_conv -> lower_transpose_conv
-                                       -> concat_activations -> load_samples -> decompose_kernels
+    import_tflite -> canonicalize -> [load_samples -> phase_dilated -> split_channels -> eliminate_dilated_conv
+                                       -> lower_transpose_conv -> concat_activations -> decompose_kernels
                                        -> legalize_kpu -> calibrate -> quantize]
                   -> lower_to_neutral
                   -> emit (plan memory, kmodel.write)
@@ -78,14 +78,15 @@ class CompileResult:
 def stages(options: CompileOptions) -> list[Stage]:
     """The stages after import, in order: the K210 ones only for --inference-type uint8."""
     k210 = [
+        # for split_channels (kcc.passes.fine_weights), decompose_kernels and calibrate
+        Stage("load_samples", load_samples, rewrites=False, banner="3. Map layers onto the KPU (legalize)..."),
         # regions of dilated convs in phase space first, so that split_channels sizes the phases' layers
-        Stage("phase_dilated", phase_dilated, banner="3. Map layers onto the KPU (legalize)..."),
+        Stage("phase_dilated", phase_dilated),
         Stage("global_mean_sums", global_mean_sums),  # before split_channels, which cuts its levels too
         Stage("split_channels", split_channels),
         Stage("eliminate_dilated_conv", eliminate_dilated_conv),
         Stage("lower_transpose_conv", lower_transpose_conv),
         Stage("concat_activations", concat_activations),  # activations after a concat into its producers
-        Stage("load_samples", load_samples, rewrites=False),  # for decompose_kernels and calibrate
         Stage("decompose_kernels", decompose_kernels),
         Stage("legalize_kpu", legalize_kpu),
         Stage("global_mean_codes", global_mean_codes),  # a global mean on the CPU as a conv on uint8 codes

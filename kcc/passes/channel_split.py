@@ -37,8 +37,11 @@ channels within the threshold make one KPU layer and only the others run in floa
 the KPU channels are one range, the producer (a plain conv read by the layer alone) and the readers
 (plain convs) take the layer's channels in the order [within, over]: the producer's weight rows and the
 readers' weight columns are permuted, which changes no reader's value. Where they cannot, each run of
-KPU channels is a layer of its own, if that still pays. kcc.quant then uploads the CPU part's output
-into its channel range of the KPU RAM buffer the KPU part writes (kcc.quant.quantize).
+KPU channels is a layer of its own, if that still pays. The wide channels then run on the KPU too, as
+a coarse layer and a correction layer (kcc.passes.fine_weights), planned on the calibration samples'
+values of the layer's input (one float run, `fine_weights.wide_inputs`); where that cannot be (no samples, a 5x5),
+they run in float on the CPU, and kcc.quant uploads that part's output into its channel range of the
+KPU RAM buffer the KPU part writes (kcc.quant.quantize).
 
 A conv over more than 1024 *input* channels is not split here: the KPU cannot add partial sums of
 two layers exactly (each layer rounds to 8 bits). A fully-connected layer over more inputs runs as a
@@ -54,7 +57,7 @@ import numpy as np
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.options import CompileOptions
-from kcc.passes import gap_pick, row_pick
+from kcc.passes import fine_weights, gap_pick, row_pick
 from kcc.passes.dilated_conv import eliminate_dilated_conv
 from kcc.passes.kpu_live import chain, group_input_bytes
 from kcc.passes.legalize_kpu import legalize_kpu
@@ -332,9 +335,12 @@ def _slice(g: Graph, anchor: Node, x: Node, lo: int, hi: int, name: str) -> Node
     return g.insert_before(anchor, O.StridedSlice(begin, end, (1,) * x.type.rank), (x,), name)
 
 
-def _split(g: Graph, n: Node, ranges: list[tuple[int, int]], order: list[int] | None = None) -> Node:
+def _split(g: Graph, n: Node, ranges: list[tuple[int, int]], order: list[int] | None = None,
+           fine: dict[int, fine_weights.FinePlan] | None = None) -> Node:
     """n as its channel groups `ranges`, concatenated; of n's channels taken in `order` if given
-    (a depthwise layer whose producer and readers were permuted alike, `_permute_neighbours`)."""
+    (a depthwise layer whose producer and readers were permuted alike, `_permute_neighbours`). The
+    groups in `fine` (by index: weights over --weights-quantize-threshold) are kcc.passes.fine_weights
+    pairs under their plans."""
     x, wn, bn = n.inputs
     w, b = wn.data, bn.data
     if order is not None:
@@ -351,6 +357,9 @@ def _split(g: Graph, n: Node, ranges: list[tuple[int, int]], order: list[int] | 
         if _depthwise(n):
             xs = _slice(g, n, x, lo, hi, name + "/in")
             op = O.Conv2D(n.op.stride, n.op.padding, n.op.dilation, hi - lo, n.op.act)
+            if fine and k in fine:
+                parts.append(fine_weights.fine_pair(g, n, xs, w[lo:hi], b[lo:hi], op, name, fine[k]))
+                continue
             parts.append(g.insert_before(n, op, (xs, wc, bc), name))
         else:
             parts.append(g.insert_before(n, n.op, (x, wc, bc), name))
@@ -430,6 +439,7 @@ def split_channels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     turned = g if ctx.quantization is not None or ctx.own_grids else rotate180(g)
     seen = {n.name: n for n in turned.nodes} if turned is not g else {}
     cut = ranged = 0
+    inputs = fine_weights.wide_inputs(g, opts.weights_quantize_threshold, ctx.samples)
     # depthwise layers first: a cut one's slices cut its producer into the same groups
     # (`_push_into_producers`, sized by `chain`), which then needs no groups of its own
     depthwise = {id(v) for v in g.nodes if isinstance(v.op, O.Conv2D) and _depthwise(v)}
@@ -456,11 +466,16 @@ def split_channels(g: Graph, ctx: CompileContext | None = None) -> Graph:
                         over = [over[c] for c in order]
                     elif not _range_split_pays(n, over):
                         continue
+                runs = _runs(over)
+                fine = fine_weights.run_plans(n, runs, over, order, inputs.get(id(n)))
+                fined = {c for i in fine for c in range(*runs[i])}
                 wide = [c if order is None else order[c] for c in range(len(over)) if over[c]]
+                where = ("stay in float on the CPU" if not fined else
+                         "run on the KPU with a correction layer (kcc.passes.fine_weights)" if len(fined) == len(wide)
+                         else f"run on the KPU with a correction layer but {len(wide) - len(fined)} in float on the CPU")
                 ctx.log(f"   '{n.name.split(';')[0]}': channel(s) {', '.join(map(str, wide))} of {len(over)} over "
-                        f"--weights-quantize-threshold stay in float on the CPU, the other "
-                        f"{len(over) - len(wide)} go to the KPU")
-                g.substitute(n, _split(g, n, _runs(over), order), "/unsplit")
+                        f"--weights-quantize-threshold {where}, the other {len(over) - len(wide)} go to the KPU")
+                g.substitute(n, _split(g, n, runs, order, fine), "/unsplit")
                 users = g.users()
                 ranged += 1
     if cut or ranged:

@@ -211,8 +211,9 @@ def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
     outputs = {id(o) for o in g.outputs}
 
     def layer(p: Node, user: Node) -> Node | None:
-        """The KPU layer p is (a crop or other data movement of), if user is its only reader."""
-        if id(p) in outputs or any(u is not user for u in users[p]):
+        """The KPU layer p is (a crop or other data movement of), if user is its only reader besides
+        other parts of the concatenation user (kcc.passes.fine_weights: x and the layer A reading it)."""
+        if id(p) in outputs or any(u is not user and not any(u is q for q in user.inputs) for u in users[p]):
             return None
         if isinstance(p.op, (O.Pad, O.StridedSlice, O.Reshape, O.Transpose)):
             return layer(p.inputs[0], p)

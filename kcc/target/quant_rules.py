@@ -55,9 +55,24 @@ def uint8_grid(w: np.ndarray) -> tuple[int, float] | None:
     u = np.unique(w.astype(np.float64))
     if len(u) < 2 or len(u) > 256:
         return None
-    step = float(np.diff(u).min())
-    # the smallest gap of two float32 weights is the step only to ~1e-6; a least-squares fit over
-    # every weight's code gets it to float32 precision (and keeps the checks below meaningful at z ~ 255)
+    gap = float(np.diff(u).min())
+    # the smallest gap of two weights is the step, or a few steps when no two weights are on
+    # neighbouring codes (kcc.passes.fine_weights' coarse layer: taps and a centre weight j/k)
+    for n in range(1, MAX_SKIPPED_CODES + 2):
+        grid = _grid_of(u, gap / n)
+        if grid is not None:
+            return grid
+    return None
+
+
+#: codes a grid's closest two weights may be apart beyond the next (`uint8_grid`)
+MAX_SKIPPED_CODES = 7
+
+
+def _grid_of(u: np.ndarray, step: float) -> tuple[int, float] | None:
+    """(z, s) if the sorted distinct weights u lie on codes 0..255 of the grid of about `step`."""
+    # the gap of two float32 weights is the step only to ~1e-6; a least-squares fit over every
+    # weight's code gets it to float32 precision (and keeps the checks below meaningful at z ~ 255)
     k = np.round(u / step)
     if np.any(k):
         step = float(np.dot(u, k) / np.dot(k, k))

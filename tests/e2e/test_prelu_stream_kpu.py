@@ -117,9 +117,10 @@ def test_palm_blazeblocks_stream_through_decomposed_5x5_depthwise_convs(monkeypa
     """BlazePalm's blocks (issue #16): the stream's PReLUs are 8-bit KPU inputs of the decomposed 5x5
     depthwise convs (no rounding-residual channels), so every add, PReLU, max-pool skip and channel pad
     stays in KPU RAM; the stem's CPU PReLU is uploaded once to start the stream. Exact in float; every
-    KPU layer equals the scalar reference; faster than the CPU adds and PReLUs by the cost model, and
-    as accurate."""
+    KPU layer equals the scalar reference; faster than the CPU adds and PReLUs by the cost model. Less
+    accurate: the stream is rounded to 8 bits once per block where the CPU keeps it in float."""
     state = rng.bit_generator.state
+    held_out = [[np.random.default_rng(70 + i).uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)] for i in range(16)]
     err, ms = {}, {}
     for form in ("kpu", "cpu"):
         rng.bit_generator.state = state  # the same weights and samples both times
@@ -129,8 +130,9 @@ def test_palm_blazeblocks_stream_through_decomposed_5x5_depthwise_convs(monkeypa
             monkeypatch.setattr("kcc.passes.legalize_kpu.stream_to_kpu", lambda g, opts, adds=None: (g, [], [], []))
             monkeypatch.setattr("kcc.passes.decompose_kernels.streamed_prelus", lambda g, opts: {})
         res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
-        err[form] = max(max_steps(kpu_sim.load(res.kmodel).run(s)[0].reshape(g.outputs[0].shape), run(g, s)[0])
-                        for s in calib[:4])
+        program = kpu_sim.load(res.kmodel)
+        err[form] = float(np.sqrt(np.mean([np.mean((program.run(s)[0].reshape(g.outputs[0].shape) - run(g, s)[0]) ** 2)
+                                           for s in held_out])))
         ms[form] = res.latency.total_ms
         if form == "cpu":
             continue
@@ -149,6 +151,9 @@ def test_palm_blazeblocks_stream_through_decomposed_5x5_depthwise_convs(monkeypa
         # only the stem's: its halves, its PReLU and b1_dw's residual of it
         assert all(m.startswith(("stem", "b1_dw/residual")) for m in cpu_math), cpu_math
         assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == names.count("kpu_conv2d")
-    # measured (worst of 4 samples, output steps; estimated ms): 2.91 and 6.76 ms streamed, 3.01 and
-    # 12.10 ms with the residual channels and the CPU adds and PReLUs
-    assert ms["kpu"] < 0.6 * ms["cpu"] and err["kpu"] <= err["cpu"], (err, ms)
+    # measured (rms error over 16 inputs outside the calibration set; estimated ms): 0.0349 and 5.96 ms
+    # streamed, 0.0335 and 11.37 ms with the residual channels and the CPU adds and PReLUs; over three
+    # other draws of weights and samples the stream's error was 1.0-1.7 times the CPU form's (the worst
+    # output step over the 4 calibration samples, this test's bar before, fell either side by chance:
+    # docs/measurements.md §17)
+    assert ms["kpu"] < 0.6 * ms["cpu"] and err["kpu"] <= 2.0 * err["cpu"], (err, ms)
