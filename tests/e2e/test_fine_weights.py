@@ -4,6 +4,7 @@ Each kmodel runs on kpu_sim, every KPU layer against the scalar reference, the r
 float graph and against the same model with those channels in float on the CPU."""
 
 import numpy as np
+import pytest
 from kpu_checks import kpu_layers_match_the_scalar_reference, layer_maps
 
 import kpu_sim
@@ -19,9 +20,10 @@ RELU6 = (0.0, 6.0)
 SHAPE = (1, 3, 24, 40)
 
 
-def _model(seed: int = 0) -> Graph:
-    """stem (3x3, 8 channels, relu6) -> 3x3 depthwise (relu6) whose channels 4..7 have taps of -40..40
-    summing to ~1 (BlazeHand's stem: wide taps that cancel over a smooth map) -> project (1x1, 4)."""
+def _model(seed: int = 0, stride: int = 1, padding=((1, 1), (1, 1))) -> Graph:
+    """stem (3x3, 8 channels, relu6) -> 3x3 depthwise (relu6; `stride`, `padding`) whose channels 4..7
+    have taps of -40..40 summing to ~1 (BlazeHand's stem: wide taps that cancel over a smooth map) ->
+    project (1x1, 4)."""
     r = np.random.default_rng(seed)
     g = Graph()
     x = g.input(0, SHAPE)
@@ -33,7 +35,8 @@ def _model(seed: int = 0) -> Graph:
     wide[:, 0, 1, 1] += 1.0 - wide.sum(axis=(1, 2, 3))  # the taps cancel but for ~1
     w2[4:] = wide
     b2 = np.full(8, 0.5, np.float32)
-    y = g.add(O.Conv2D((1, 1), pad, groups=8, act=RELU6), (y, g.constant(w2.astype(np.float32)), g.constant(b2)), "dw")
+    dw = O.Conv2D((stride, stride), padding, groups=8, act=RELU6)
+    y = g.add(dw, (y, g.constant(w2.astype(np.float32)), g.constant(b2)), "dw")
     w3 = r.uniform(-1, 1, (4, 8, 1, 1)).astype(np.float32)
     g.outputs = [g.add(O.Conv2D(), (y, g.constant(w3), g.constant(np.zeros(4, np.float32))), "project")]
     return g
@@ -81,6 +84,25 @@ def test_wide_depthwise_channels_run_on_the_kpu_as_a_coarse_layer_and_a_correcti
     on_cpu, on_kpu = _rms(cpu, calib, want), _rms(eight_bit, calib, want)
     # measured: 0.0858 with the pair, 0.0859 on the CPU, 0.1101 with 8-bit weights
     assert fine <= 1.05 * on_cpu and fine < on_kpu, (fine, on_cpu, on_kpu)
+
+
+@pytest.mark.parametrize("padding", [((1, 1), (1, 1)), ((0, 1), (0, 1))])
+def test_a_stride_2_pair_reads_t_at_the_centre_of_each_picked_window(monkeypatch, padding):
+    """At stride 2 (symmetric, and TFLite SAME's bottom/right padding on an even size) B is a stride-2
+    KPU layer over [x; t] (legalize's pick), A stays at stride 1: all on the KPU, each layer equal to the
+    scalar reference, as close to float as the CPU conv or closer (measured rms: 0.0985 / 0.0906 against
+    0.1100 / 0.1082)."""
+    calib = [[rng.uniform(-1, 1, SHAPE).astype(np.float32)] for _ in range(6)]
+    want = [run(_model(0, 2, padding), s)[0] for s in calib]
+    res = compile_graph(_model(0, 2, padding), CompileOptions(input_type="float"), samples=calib)
+    assert all(p.on_kpu for p in res.placements), [p for p in res.placements if not p.on_kpu]
+    assert any(p.node == "dw/ch4_8/fine" for p in res.placements)
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == names.count("kpu_conv2d")
+    monkeypatch.setattr("kcc.passes.fine_weights.run_plans", lambda *a: {})
+    cpu = compile_graph(_model(0, 2, padding), CompileOptions(input_type="float"), samples=calib)
+    assert "conv2d" in [p.op for p in cpu.placements if not p.on_kpu]
+    assert _rms(res, calib, want) <= 1.05 * _rms(cpu, calib, want)
 
 
 def test_without_samples_the_wide_channels_stay_in_float_on_the_cpu():
