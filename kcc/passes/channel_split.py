@@ -298,6 +298,12 @@ def plan_range_split(n: Node, opts: CompileOptions) -> list[bool] | None:
     return over if _range_split_pays(n, kpu_first) else None
 
 
+def _range_only(n: Node, opts: CompileOptions) -> bool:
+    """legalize_kpu leaves conv n (whole) on the CPU for its weights' range alone."""
+    fits, reason = _placed(_group_graph(n, 0, n.shape[1]), opts, n.name)
+    return not fits and reason.startswith(RANGE_REASON)
+
+
 def _permutable(g: Graph, n: Node) -> bool:
     """Whether depthwise n's producer and readers can follow a permutation of its channels
     (`_permute_neighbours`): the producer a plain conv read by n alone, every reader a plain conv
@@ -455,6 +461,11 @@ def split_channels(g: Graph, ctx: CompileContext | None = None) -> Graph:
                 cut += 1
                 continue
             over = plan_range_split(seen.get(n.name, n), opts)
+            if (over is None and id(n) in inputs and _range_only(seen.get(n.name, n), opts)
+                    and fine_weights.whole_pair(g, n, inputs[id(n)], opts, ctx.log)):
+                users = g.users()
+                ranged += 1
+                continue
             if over is not None:
                 # the KPU channels as one range: n's neighbours take its channels in that order, if
                 # they can; else every run of KPU channels is a layer of its own, if that still pays

@@ -28,6 +28,7 @@ the conv sums, for any stride and padding. Outside the samples' range t saturate
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,9 @@ import numpy as np
 from kcc.eval.interpreter import run
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
+from kcc.options import CompileOptions
+from kcc.passes.legalize_kpu import legalize_kpu
+from kcc.passes.manager import CompileContext
 from kcc.target.quant_rules import channels_over_threshold
 
 F32 = np.float32
@@ -75,42 +79,44 @@ def split_weights(w: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return hi, w.astype(np.float64) - hi
 
 
-def _depthwise_same(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """[N, C, H, W] depthwise conv of x with w [C, 1, k, k], zero padding k // 2, stride 1 (float64)."""
+def _conv_same(x: np.ndarray, w: np.ndarray, depthwise: bool) -> np.ndarray:
+    """x [N, C, H, W] convolved with w ([C, 1, k, k] depthwise, else [OC, C, k, k]), zero padding
+    k // 2, stride 1, in float64."""
     k = w.shape[2]
     p = k // 2
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (p, p), (p, p)))
     h, wd = x.shape[2:]
-    out = np.zeros(x.shape, np.float64)
+    out = np.zeros((x.shape[0], w.shape[0], h, wd), np.float64)
     for i in range(k):
         for j in range(k):
-            out += xp[:, :, i:i + h, j:j + wd] * w[None, :, 0, i, j, None, None]
+            view = xp[:, :, i:i + h, j:j + wd]
+            out += view * w[None, :, 0, i, j, None, None] if depthwise else np.einsum("nchw,oc->nohw", view, w[:, :, i, j])
     return out
 
 
 def applies(w: np.ndarray, op: O.Op) -> bool:
-    """Whether depthwise conv `op` with weights w [C, 1, k, k] can take the pair: a square 1x1 or 3x3
-    kernel, no dilation, and B's grid one step per unit or finer."""
-    return (isinstance(op, O.Conv2D) and w.shape[2] == w.shape[3] and w.shape[2] in (1, 3)
-            and op.dilation == (1, 1) and grid_steps(w) >= 1)
+    """Whether conv `op` (dense, or depthwise with w [C, 1, k, k]) can take the pair: a square 1x1 or
+    3x3 kernel, no dilation, and B's grid one step per unit or finer."""
+    return (isinstance(op, O.Conv2D) and (op.groups == 1 or w.shape[1] == 1) and w.shape[2] == w.shape[3]
+            and w.shape[2] in (1, 3) and op.dilation == (1, 1) and grid_steps(w) >= 1)
 
 
-def plan(w: np.ndarray, xs: list[np.ndarray]) -> FinePlan | None:
-    """The pair's k, j and beta for weights w [C, 1, k, k] over the samples' inputs xs (each
-    [N, C, H, W], x's values), or None if x is constant or no gain up to k fits (module docstring)."""
+def plan(w: np.ndarray, xs: list[np.ndarray], depthwise: bool = True) -> FinePlan | None:
+    """The pair's k, j and beta for weights w over the samples' inputs xs (each [N, C, H, W], x's
+    values), or None if x is constant or no gain fits B's grid (module docstring)."""
     k = grid_steps(w)
-    _, w_lo = split_weights(w, k)
+    w_hi, w_lo = split_weights(w, k)
     x_lo = min(float(x.min()) for x in xs)
     x_hi = max(float(x.max()) for x in xs)
-    corr = [_depthwise_same(x, w_lo) for x in xs]
+    if x_hi <= x_lo:
+        return None
+    corr = [_conv_same(x, w_lo, depthwise) for x in xs]
     c_lo = np.min([c.min(axis=(0, 2, 3)) for c in corr], axis=0)
     c_hi = np.max([c.max(axis=(0, 2, 3)) for c in corr], axis=0)
     span = float(np.max(c_hi - c_lo))
-    if x_hi <= x_lo:
-        return None
     j = max(1, math.ceil(k * span / (FILL * (x_hi - x_lo))))  # the largest gain k/j within FILL
-    if j > 255 // 2:
-        return None  # B's centre tap j/k would not fit its 255 steps
+    if (max(float(w_hi.max()), j / k, 0.0) - min(float(w_hi.min()), 0.0)) * k > 255:
+        return None  # B's taps and centre weight j/k would not fit one grid's 255 steps
     m = k / j
     beta = (x_lo + x_hi) / 2 - m * (c_lo + c_hi) / 2
     return FinePlan(k, j, beta)
@@ -118,20 +124,23 @@ def plan(w: np.ndarray, xs: list[np.ndarray]) -> FinePlan | None:
 
 def fine_pair(g: Graph, anchor: Node, x: Node, w: np.ndarray, b: np.ndarray, op: O.Conv2D, name: str,
               p: FinePlan) -> Node:
-    """Depthwise conv `op` of x with weights w [C, 1, k, k] and bias b as layers A and B (module
-    docstring) under plan p, inserted before `anchor`; returns B (named `name`)."""
-    c, kk = w.shape[0], w.shape[2]
+    """Conv `op` of x (dense, or depthwise with w [C, 1, k, k]) with weights w and bias b as layers A and
+    B (module docstring) under plan p, inserted before `anchor`; returns B (named `name`)."""
+    oc, c, kk = w.shape[0], x.shape[1], w.shape[2]
     w_hi, w_lo = split_weights(w, p.k)
     m = p.k / p.j
     pad = kk // 2
     a_w = g.insert_before(anchor, O.Constant((m * w_lo).astype(F32)), (), name + "/fine/w")
     a_b = g.insert_before(anchor, O.Constant(p.beta.astype(F32)), (), name + "/fine/b")
-    a_op = O.Conv2D((1, 1), ((pad, pad), (pad, pad)), (1, 1), c)
+    a_op = O.Conv2D((1, 1), ((pad, pad), (pad, pad)), (1, 1), op.groups)
     t = g.insert_before(anchor, a_op, (x, a_w, a_b), name + "/fine")
     both = g.insert_before(anchor, O.Concat(1), (x, t), name + "/fine_in")
-    wb = np.zeros((c, 2 * c, kk, kk), np.float64)
-    wb[np.arange(c), np.arange(c)] = w_hi[:, 0]
-    wb[np.arange(c), c + np.arange(c), pad, pad] = p.j / p.k
+    wb = np.zeros((oc, c + oc, kk, kk), np.float64)
+    if op.groups > 1:  # depthwise: output channel o reads x's channel o
+        wb[np.arange(oc), np.arange(oc)] = w_hi[:, 0]
+    else:
+        wb[:, :c] = w_hi
+    wb[np.arange(oc), c + np.arange(oc), pad, pad] = p.j / p.k
     b_w = g.insert_before(anchor, O.Constant(wb.astype(F32)), (), name + "/w")
     b_b = g.insert_before(anchor, O.Constant((b.astype(np.float64) - p.beta / m).astype(F32)), (), name + "/b")
     b_op = O.Conv2D(op.stride, op.padding, op.dilation, 1, op.act)
@@ -144,11 +153,11 @@ def _depthwise(n: Node) -> bool:
 
 
 def wide_inputs(g: Graph, threshold: float, samples: list | None) -> dict[int, list[np.ndarray]]:
-    """The calibration samples' values of the input of every depthwise conv with channels over
-    --weights-quantize-threshold `threshold` (by the conv's id), from one float run of g: what its
-    pairs are planned on. Empty without samples (the channels stay on the CPU)."""
+    """The calibration samples' values of the input of every conv (dense or depthwise) with output
+    channels over --weights-quantize-threshold `threshold` (by the conv's id), from one float run of g:
+    what its pairs are planned on. Empty without samples (the channels stay on the CPU)."""
     wanted = {id(n.inputs[0]): id(n) for n in g.nodes
-              if isinstance(n.op, O.Conv2D) and _depthwise(n) and n.inputs[1].is_constant
+              if isinstance(n.op, O.Conv2D) and (_depthwise(n) or n.op.groups == 1) and n.inputs[1].is_constant
               and applies(n.inputs[1].data, n.op) and any(channels_over_threshold(n.inputs[1].data, threshold))}
     if not wanted or not samples:
         return {}
@@ -170,7 +179,32 @@ def run_plans(n: Node, runs: list[tuple[int, int]], over: list[bool], order: lis
     xs = xs if order is None else [x[:, order] for x in xs]
     for i, (lo, hi) in enumerate(runs):
         if over[lo] and applies(w[lo:hi], n.op):
-            p = plan(w[lo:hi], [x[:, lo:hi] for x in xs])
+            p = plan(w[lo:hi], [x[:, lo:hi] for x in xs], True)
             if p is not None:
                 out[i] = p
     return out
+
+
+def whole_pair(g: Graph, n: Node, xs: list[np.ndarray], opts: CompileOptions, log: Callable[[str], None]) -> bool:
+    """Conv n, which legalize_kpu leaves in float on the CPU for its weights' range alone and whose
+    channels no range split separates (a dense conv, or a depthwise one with all channels over), as one
+    pair planned on its input values xs, if both layers land on the KPU (tried on a graph of their own)."""
+    w, b = n.inputs[1].data, n.inputs[2].data
+    if not (applies(w, n.op) and n.inputs[2].is_constant):
+        return False
+    p = plan(w, xs, _depthwise(n))
+    if p is None:
+        return False
+    trial = Graph()
+    x = trial.input(0, n.inputs[0].shape)
+    whole = trial.add(n.op, (x, trial.constant(w), trial.constant(b)), n.name)
+    trial.outputs = [fine_pair(trial, whole, x, w, b, n.op, n.name + "/pair", p)]
+    trial.remove_dead()
+    ctx = CompileContext(opts)
+    legalize_kpu(trial, ctx)
+    if not all(q.on_kpu for q in ctx.placements if q.op == "conv2d"):
+        return False
+    log(f"   '{n.name.split(';')[0]}': weights over --weights-quantize-threshold: on the KPU with a correction "
+        f"layer (kcc.passes.fine_weights)")
+    g.substitute(n, fine_pair(g, n, n.inputs[0], w, b, n.op, n.name + "/pair", p), "/unpaired")
+    return True

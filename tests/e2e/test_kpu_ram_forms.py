@@ -423,6 +423,7 @@ def test_a_depthwise_cut_by_its_weights_range_writes_its_cpu_channels_into_kpu_r
     channels can take a kcc.passes.fine_weights pair they run on the KPU: tests/e2e/test_fine_weights.py;
     here they cannot.)"""
     monkeypatch.setattr("kcc.passes.fine_weights.run_plans", lambda *a: {})
+    monkeypatch.setattr("kcc.passes.fine_weights.whole_pair", lambda *a: False)
     shape = (1, 4, 12, 40)
     state = rng.bit_generator.state
 

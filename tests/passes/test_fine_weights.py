@@ -64,13 +64,13 @@ def test_the_plan_keeps_t_within_the_inputs_range():
     xs = [rng.uniform(0, 0.9, (1, 3, 16, 16)) for _ in range(3)]
     p = F.plan(w, xs)
     _, lo = F.split_weights(w, p.k)
-    t = [p.k / p.j * F._depthwise_same(x, lo) + p.beta[None, :, None, None] for x in xs]
+    t = [p.k / p.j * F._conv_same(x, lo, True) + p.beta[None, :, None, None] for x in xs]
     t_lo, t_hi = min(v.min() for v in t), max(v.max() for v in t)
     x_lo, x_hi = min(x.min() for x in xs), max(x.max() for x in xs)
     assert x_lo <= t_lo and t_hi <= x_hi
     assert t_hi - t_lo <= F.FILL * (x_hi - x_lo)
     if p.j > 1:  # one step more gain would not fit
-        corr = [F._depthwise_same(x, lo) for x in xs]
+        corr = [F._conv_same(x, lo, True) for x in xs]
         span = np.max(np.max([c.max(axis=(0, 2, 3)) for c in corr], axis=0)
                       - np.min([c.min(axis=(0, 2, 3)) for c in corr], axis=0))
         assert p.k / (p.j - 1) * span > F.FILL * (x_hi - x_lo)
