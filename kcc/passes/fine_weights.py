@@ -1,4 +1,4 @@
-"""fine_weights: depthwise weights too wide for 8 bits, on the KPU as a coarse layer and a fine correction.
+"""fine_weights: conv weights too wide for 8 bits, on the KPU as a coarse layer and a fine correction.
 
 The KPU holds one layer's weights as uint8 codes on one grid (a batch-norm multiplier per output
 channel scales each channel to the full range, kpu_semantics.md §3), so a channel whose taps span a
@@ -6,7 +6,8 @@ wide range relative to what they compute (BlazeHand's second depthwise: taps of 
 below 1) loses its output to the weights' rounding; --weights-quantize-threshold keeps such channels
 in float on the CPU (kcc.passes.channel_split), at ~64 cycles a tap.
 
-Here such a depthwise conv y = act(W * x + b) becomes two KPU layers that add in one accumulator:
+Here such a depthwise conv y = act(W * x + b) becomes two KPU layers that add in one accumulator (a
+dense conv the same way, A dense and B's centre taps the identity over t's channels; `whole_pair`):
 
     W = W_hi + W_lo        W_hi on the grid of step 1/k (k the most steps per unit that keeps W_hi,
                            0 and 1/k within 255 codes), rounded along each kernel with its error
@@ -47,17 +48,19 @@ F32 = np.float32
 PLAN_SAMPLES = 8
 #: most of x's range the correction t may span on the samples (room for pictures beyond them)
 FILL = 0.75
-#: what the placement report says of such a conv
+#: layer B's note (IR dumps)
 FINE_NOTE = ("weights over --weights-quantize-threshold: 8-bit taps on a 1/{k} grid in this layer, their "
-             "rounding error computed by a depthwise layer before it and added at the centre tap "
+             "rounding error computed by a layer before it and added at the centre tap "
              "(kcc.passes.fine_weights)")
 
 
 @dataclass(frozen=True)
 class FinePlan:
+    """A pair's choices (module docstring)."""
+
     k: int  # W_hi's steps per unit
     j: int  # the gain m = k/j of A; B's centre tap j/k
-    beta: np.ndarray  # [C] A's bias
+    beta: np.ndarray  # [OC] A's bias
 
 
 def grid_steps(w: np.ndarray) -> int:
@@ -97,8 +100,8 @@ def _conv_same(x: np.ndarray, w: np.ndarray, depthwise: bool) -> np.ndarray:
 def applies(w: np.ndarray, op: O.Op) -> bool:
     """Whether conv `op` (dense, or depthwise with w [C, 1, k, k]) can take the pair: a square 1x1 or
     3x3 kernel, no dilation, and B's grid one step per unit or finer."""
-    return (isinstance(op, O.Conv2D) and (op.groups == 1 or w.shape[1] == 1) and w.shape[2] == w.shape[3]
-            and w.shape[2] in (1, 3) and op.dilation == (1, 1) and grid_steps(w) >= 1)
+    return (isinstance(op, O.Conv2D) and (op.groups == 1 or w.shape[1] == 1 and w.shape[0] == op.groups)
+            and w.shape[2] == w.shape[3] and w.shape[2] in (1, 3) and op.dilation == (1, 1) and grid_steps(w) >= 1)
 
 
 def plan(w: np.ndarray, xs: list[np.ndarray], depthwise: bool = True) -> FinePlan | None:
@@ -178,7 +181,8 @@ def run_plans(n: Node, runs: list[tuple[int, int]], over: list[bool], order: lis
     w = n.inputs[1].data if order is None else n.inputs[1].data[order]
     xs = xs if order is None else [x[:, order] for x in xs]
     for i, (lo, hi) in enumerate(runs):
-        if over[lo] and applies(w[lo:hi], n.op):
+        group = O.Conv2D(n.op.stride, n.op.padding, n.op.dilation, hi - lo, n.op.act)  # the run's own conv
+        if over[lo] and applies(w[lo:hi], group):
             p = plan(w[lo:hi], [x[:, lo:hi] for x in xs], True)
             if p is not None:
                 out[i] = p
