@@ -45,15 +45,16 @@ class MemoryReport:
     def spaces(self) -> list[PlanResult]:
         return [self.main] + ([self.kpu] if self.kpu is not None else [])
 
-    def summary_lines(self, kmodel_bytes: int) -> list[str]:
-        """The few lines `kcc compile` prints: totals, the peak's layer, bounds, the fit verdict."""
+    def summary_lines(self, kmodel_bytes: int, timed: bool = True) -> list[str]:
+        """The few lines `kcc compile` prints: totals, the peak's layer, bounds, the fit verdict; without
+        the planners' wall-clock seconds unless `timed` (a --report is the same for the same inputs)."""
         m = self.main
         out = [f"Main memory: constants {self.constants} B + working memory {m.peak} B = {self.constants + m.peak} B",
-               f"  working memory {_quality(m)}; {_how(m)}",
+               f"  working memory {_quality(m)}; {_how(m, timed)}",
                f"  peak at {_where(m, self.step_names)}"]
         if self.kpu is not None:
             k = self.kpu
-            out.append(f"KPU RAM: {k.peak} of {k.capacity} B, {_quality(k)}; {_how(k)}")
+            out.append(f"KPU RAM: {k.peak} of {k.capacity} B, {_quality(k)}; {_how(k, timed)}")
             out.append(f"  peak at {_where(k, self.step_names)}")
         out.append(fit_verdict(kmodel_bytes, m.peak))
         return out
@@ -110,8 +111,8 @@ def _quality(r: PlanResult) -> str:
     return f"{head}, first fit {r.first_fit_peak} B"
 
 
-def _how(r: PlanResult) -> str:
-    return f"plan by {r.method}; CP-SAT {r.solver_status}; {r.solve_secs:.2f} s"
+def _how(r: PlanResult, timed: bool = True) -> str:
+    return f"plan by {r.method}; CP-SAT {r.solver_status}" + (f"; {r.solve_secs:.2f} s" if timed else "")
 
 
 def _where(r: PlanResult, step_names: tuple[str, ...], shown: int = 4) -> str:

@@ -119,7 +119,7 @@ def build(result, options: CompileOptions, model_name: str, kpu_mhz: float = 400
         placements=[asdict(p) for p in summary.placements(result, latency)], latency=latency,
         cpu_work=summary.cpu_work(result, latency))
     if em.memory is not None:
-        report.memory_summary = em.memory.summary_lines(len(result.kmodel))
+        report.memory_summary = em.memory.summary_lines(len(result.kmodel), timed=False)
         report.memory_table = em.memory.table_lines()
     if result.float_graph is None:
         report.quant_error_note = "not measured: --inference-type float has no quantized layers"
