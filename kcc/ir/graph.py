@@ -227,6 +227,12 @@ def copy_rewriting(src: Graph, dst: Graph, mapping: dict[int, Node],
     return dst
 
 
+def depthwise_conv(n: Node) -> bool:
+    """n is a depthwise Conv2D: one group per input channel, one output channel per group."""
+    c, oc = n.inputs[0].shape[1], n.inputs[1].shape[0]
+    return isinstance(n.op, O.Conv2D) and n.op.groups == c == oc and c > 1
+
+
 def channel_values(x: Node, c: Node) -> np.ndarray | None:
     """Per channel of NCHW `x`, the value of constant `c` broadcast against it (float32, one per
     channel), when `c` varies along channels only; else None. What a per-channel slope or operand

@@ -55,7 +55,7 @@ import math
 import numpy as np
 
 from kcc.ir import ops as O
-from kcc.ir.graph import Graph, Node
+from kcc.ir.graph import Graph, Node, depthwise_conv
 from kcc.options import CompileOptions
 from kcc.passes import fine_weights, gap_pick, row_pick
 from kcc.passes.dilated_conv import eliminate_dilated_conv
@@ -87,12 +87,6 @@ MAP_REASONS = ("KPU input", "KPU output map")
 RANGE_REASON = "weights range"
 
 
-def _depthwise(n: Node) -> bool:
-    op = n.op
-    c, oc = n.inputs[0].shape[1], n.inputs[1].shape[0]
-    return isinstance(op, O.Conv2D) and op.groups == c == oc and c > 1
-
-
 def _ranges(total: int, groups: int) -> list[tuple[int, int]]:
     """`groups` consecutive channel ranges covering `total`, equal but for the last, sizes aligned."""
     size = math.ceil(total / groups)
@@ -121,9 +115,9 @@ def _group_graph(n: Node, lo: int, hi: int, chans: list[int] | None = None) -> G
         g.outputs = [g.add(O.MatMul(), (y, ones, g.constant(np.zeros(1, np.float32))), n.name + "/reader")]
         return g
     else:
-        shape = (x.shape[0], hi - lo, *x.shape[2:]) if _depthwise(n) else x.shape
+        shape = (x.shape[0], hi - lo, *x.shape[2:]) if depthwise_conv(n) else x.shape
         xi = g.input(0, shape)
-        op = O.Conv2D(n.op.stride, n.op.padding, n.op.dilation, hi - lo, n.op.act) if _depthwise(n) else n.op
+        op = O.Conv2D(n.op.stride, n.op.padding, n.op.dilation, hi - lo, n.op.act) if depthwise_conv(n) else n.op
         y = g.add(op, (xi, g.constant(w), g.constant(b)), n.name)
     g.outputs = [y]
     return g
@@ -153,7 +147,7 @@ def plan_groups(n: Node, opts: CompileOptions, unturned: Node | None = None,
             return None
     elif isinstance(n.op, O.Conv2D):
         c, total = n.inputs[0].shape[1], n.inputs[1].shape[0]
-        if n.op.groups != 1 and not _depthwise(n) or (n.op.groups == 1 and c > MAX_CHANNELS):
+        if n.op.groups != 1 and not depthwise_conv(n) or (n.op.groups == 1 and c > MAX_CHANNELS):
             return None
     else:
         return None
@@ -191,7 +185,7 @@ def pick_groups(n: Node, beside: int = 0) -> list[tuple[int, int]] | None:
     x = n.inputs[0]
     k = n.inputs[1].shape[2:]
     total = n.shape[1]
-    depthwise = _depthwise(n)
+    depthwise = depthwise_conv(n)
     if k[0] != k[1]:
         return None
     if row_pick.pick_pool(x.shape, n.shape, op.padding, k[0], op.stride, depthwise) is None:
@@ -221,7 +215,7 @@ def _gap_groups(n: Node, beside: int) -> list[tuple[int, int]] | None:
     (`chain`), its producer's input; taken when the groups' layers cost less than the
     full-size output's copy-out, slice and upload (gap_pick's fallback)."""
     op, x = n.op, n.inputs[0]
-    plan = gap_pick.plan(x.shape, n.shape, op.padding, n.inputs[1].shape[2], op.stride, _depthwise(n))
+    plan = gap_pick.plan(x.shape, n.shape, op.padding, n.inputs[1].shape[2], op.stride, depthwise_conv(n))
     if plan is None or isinstance(x.op, O.Input) or gap_pick.pays(x.shape, n.shape, plan):
         return None
     nb, total, h, w = x.shape
@@ -282,14 +276,13 @@ def plan_range_split(n: Node, opts: CompileOptions) -> list[bool] | None:
     Depthwise channels are independent, so the split is exact. None when no such split pays off
     (kcc.target.k210's costs: the float conv of every channel against the KPU layer, its input's
     upload and the float conv of the wide channels)."""
-    if not (_depthwise(n) and n.inputs[1].is_constant and n.inputs[2].is_constant):
+    if not (depthwise_conv(n) and n.inputs[1].is_constant and n.inputs[2].is_constant):
         return None
     over = channels_over_threshold(n.inputs[1].data, opts.weights_quantize_threshold)
     if not any(over) or all(over):
         return None
     total = len(over)
-    fits, reason = _placed(_group_graph(n, 0, total), opts, n.name)
-    if fits or not reason.startswith(RANGE_REASON):
+    if not _range_only(n, opts):
         return None
     within = [c for c in range(total) if not over[c]]
     if not _placed(_group_graph(n, 0, 0, within), opts, n.name)[0]:
@@ -354,18 +347,21 @@ def _split(g: Graph, n: Node, ranges: list[tuple[int, int]], order: list[int] | 
     parts = []
     for k, (lo, hi) in enumerate(ranges):
         name = f"{n.name}/ch{lo}_{hi}"
+
+        if fine and k in fine:  # wide depthwise channels: a coarse layer and its correction
+            op = O.Conv2D(n.op.stride, n.op.padding, n.op.dilation, hi - lo, n.op.act)
+            xs = _slice(g, n, x, lo, hi, name + "/in")
+            parts.append(fine_weights.fine_pair(g, n, xs, w[lo:hi], b[lo:hi], op, name, fine[k]))
+            continue
         bc = g.insert_before(n, O.Constant(np.ascontiguousarray(b[lo:hi])), (), name + "/b")
         if isinstance(n.op, O.MatMul):
             wc = g.insert_before(n, O.Constant(np.ascontiguousarray(w[:, lo:hi])), (), name + "/w")
             parts.append(g.insert_before(n, n.op, (x, wc, bc), name))
             continue
         wc = g.insert_before(n, O.Constant(np.ascontiguousarray(w[lo:hi])), (), name + "/w")
-        if _depthwise(n):
+        if depthwise_conv(n):
             xs = _slice(g, n, x, lo, hi, name + "/in")
             op = O.Conv2D(n.op.stride, n.op.padding, n.op.dilation, hi - lo, n.op.act)
-            if fine and k in fine:
-                parts.append(fine_weights.fine_pair(g, n, xs, w[lo:hi], b[lo:hi], op, name, fine[k]))
-                continue
             parts.append(g.insert_before(n, op, (xs, wc, bc), name))
         else:
             parts.append(g.insert_before(n, n.op, (x, wc, bc), name))
@@ -448,7 +444,7 @@ def split_channels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     inputs = fine_weights.wide_inputs(g, opts.weights_quantize_threshold, ctx.samples)
     # depthwise layers first: a cut one's slices cut its producer into the same groups
     # (`_push_into_producers`, sized by `chain`), which then needs no groups of its own
-    depthwise = {id(v) for v in g.nodes if isinstance(v.op, O.Conv2D) and _depthwise(v)}
+    depthwise = {id(v) for v in g.nodes if isinstance(v.op, O.Conv2D) and depthwise_conv(v)}
     users = g.users()  # made again after each cut
     for n in [v for v in g.nodes if id(v) in depthwise] + [v for v in g.nodes if id(v) not in depthwise]:
         if isinstance(n.op, (O.Conv2D, O.MatMul)) and not _sliced_only(users, n):

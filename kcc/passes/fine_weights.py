@@ -36,7 +36,7 @@ import numpy as np
 
 from kcc.eval.interpreter import run
 from kcc.ir import ops as O
-from kcc.ir.graph import Graph, Node
+from kcc.ir.graph import Graph, Node, depthwise_conv
 from kcc.options import CompileOptions
 from kcc.passes.legalize_kpu import legalize_kpu
 from kcc.passes.manager import CompileContext
@@ -150,17 +150,12 @@ def fine_pair(g: Graph, anchor: Node, x: Node, w: np.ndarray, b: np.ndarray, op:
     return g.insert_before(anchor, b_op, (both, b_w, b_b), name, FINE_NOTE.format(k=p.k))
 
 
-def _depthwise(n: Node) -> bool:
-    c, oc = n.inputs[0].shape[1], n.inputs[1].shape[0]
-    return isinstance(n.op, O.Conv2D) and n.op.groups == c == oc and c > 1
-
-
 def wide_inputs(g: Graph, threshold: float, samples: list | None) -> dict[int, list[np.ndarray]]:
     """The calibration samples' values of the input of every conv (dense or depthwise) with output
     channels over --weights-quantize-threshold `threshold` (by the conv's id), from one float run of g:
     what its pairs are planned on. Empty without samples (the channels stay on the CPU)."""
     wanted = {id(n.inputs[0]): id(n) for n in g.nodes
-              if isinstance(n.op, O.Conv2D) and (_depthwise(n) or n.op.groups == 1) and n.inputs[1].is_constant
+              if isinstance(n.op, O.Conv2D) and (depthwise_conv(n) or n.op.groups == 1) and n.inputs[1].is_constant
               and applies(n.inputs[1].data, n.op) and any(channels_over_threshold(n.inputs[1].data, threshold))}
     if not wanted or not samples:
         return {}
@@ -196,7 +191,7 @@ def whole_pair(g: Graph, n: Node, xs: list[np.ndarray], opts: CompileOptions, lo
     w, b = n.inputs[1].data, n.inputs[2].data
     if not (applies(w, n.op) and n.inputs[2].is_constant):
         return False
-    p = plan(w, xs, _depthwise(n))
+    p = plan(w, xs, depthwise_conv(n))
     if p is None:
         return False
     trial = Graph()
