@@ -34,6 +34,15 @@ def _taps(xp: np.ndarray, k: tuple[int, int], stride: tuple[int, int], dilation:
             yield ky, kx, xp[:, :, y0:y0 + (oh - 1) * sh + 1:sh, x0:x0 + (ow - 1) * sw + 1:sw]
 
 
+def _contract(spec: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A float32 contraction (a conv's or a matmul's sums of products) computed in float64, where each
+    product of two float32 values is exact, then rounded to float32 once: the BLAS kernel numpy picks
+    for the machine (OpenBLAS: SkylakeX, Zen, Haswell...) sums in its own order, which in float32
+    moves results by an ulp and so the calibrated ranges and the kmodel's bytes from one CPU to the
+    next; in float64 an order changes a float32 result only within ~1e-16 of a rounding boundary."""
+    return np.einsum(spec, a.astype(np.float64), b.astype(np.float64), optimize=True).astype(F32)
+
+
 def conv2d(op: O.Conv2D, x, w, b):
     n, c, h, wd = x.shape
     oc, icg, kh, kw = w.shape
@@ -53,7 +62,7 @@ def conv2d(op: O.Conv2D, x, w, b):
             for gi in range(g):
                 vg = v[:, gi * icg:(gi + 1) * icg]
                 wg = w[gi * ocg:(gi + 1) * ocg, :, ky, kx]
-                out[:, gi * ocg:(gi + 1) * ocg] += np.einsum("nchw,oc->nohw", vg, wg, optimize=True)
+                out[:, gi * ocg:(gi + 1) * ocg] += _contract("nchw,oc->nohw", vg, wg)
     out += b.astype(F32)[None, :, None, None]
     return _clamp(out, op.act)
 
@@ -75,7 +84,7 @@ def conv2d_transpose(op: O.Conv2DTranspose, x, w, b):
             for gi in range(g):
                 xg = x[:, gi * icg:(gi + 1) * icg]
                 wg = w[gi * ocg:(gi + 1) * ocg, :, ky, kx]
-                contrib = np.einsum("nchw,oc->nohw", xg, wg, optimize=True)
+                contrib = _contract("nchw,oc->nohw", xg, wg)
                 full[:, gi * ocg:(gi + 1) * ocg, ky * dh:ky * dh + (h - 1) * sh + 1:sh,
                      kx * dw:kx * dw + (wd - 1) * sw + 1:sw] += contrib
     out = full[:, :, pt:pt + oh, pl:pl + ow] + b.astype(F32)[None, :, None, None]
@@ -83,7 +92,7 @@ def conv2d_transpose(op: O.Conv2DTranspose, x, w, b):
 
 
 def matmul(op: O.MatMul, a, b, bias):
-    return _clamp(a.astype(F32) @ b.astype(F32) + bias.astype(F32), op.act)
+    return _clamp(_contract("ij,jk->ik", a, b) + bias.astype(F32), op.act)
 
 
 _BINARY: dict[str, Callable] = {

@@ -1,5 +1,8 @@
 """The command line: ncc-style flags, one-line errors, no partial output files."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +46,29 @@ def test_compile_is_deterministic(float_kmodel, tmp_path):
     again = tmp_path / "again.kmodel"
     assert main(["compile", str(MOBILENET), str(again), "--inference-type", "float", "-q"]) == 0
     assert again.read_bytes() == float_kmodel.read_bytes()
+
+
+def _openblas_x86() -> bool:
+    """numpy's BLAS is OpenBLAS on an x86 CPU with AVX2, so that OPENBLAS_CORETYPE picks its kernels."""
+    cpuinfo = Path("/proc/cpuinfo")
+    return (cpuinfo.exists() and " avx2" in cpuinfo.read_text()
+            and "openblas" in str(np.show_config(mode="dicts").get("Build Dependencies", {})).lower())
+
+
+@pytest.mark.skipif(not _openblas_x86(), reason="needs numpy on OpenBLAS on an x86 CPU with AVX2")
+def test_compile_gives_the_same_bytes_whatever_blas_kernels_the_machine_uses(tmp_path):
+    """A uint8 compile (calibration in kcc's float interpreter) run with OpenBLAS' SSE3 kernels and its
+    AVX2 ones, as on an old and a new x86 CPU: the same kmodel bytes. The float32 GEMMs of both sum in
+    different orders, which moved the calibrated ranges and every kmodel byte from one machine to
+    another until the interpreter's contractions were taken in float64 (kcc.eval.kernels)."""
+    out = {}
+    for core in ("Prescott", "Haswell"):
+        out[core] = tmp_path / f"{core}.kmodel"
+        env = {**os.environ, "OPENBLAS_CORETYPE": core}
+        subprocess.run([sys.executable, "-m", "kcc", "compile", str(MOBILENET), str(out[core]), "-q",
+                        "--dataset", str(IMAGES), "--input-mean", "0.5", "--input-std", "0.5"],
+                       env=env, check=True, timeout=600)
+    assert out["Prescott"].read_bytes() == out["Haswell"].read_bytes()
 
 
 def test_dump_ir_writes_every_stage(tmp_path):
