@@ -65,21 +65,31 @@ def blaze_add(n: Node, users: dict) -> bool:
     return prelu_reader(n, users) is not None and (_reaches(a, skip_source(b)) or _reaches(b, skip_source(a)))
 
 
-#: most KPU RAM the pair of a PReLU that a decomposed conv reads as 8-bit codes may take: the pair
-#: stays in KPU RAM while the conv's stacked copies and output are made beside it (BlazePalm's 96x96
-#: maps of 32 channels: a pair of 768 KiB and the next block's stack of 1152 KiB, with a `stack_kpu`
-#: group's copies, overflow the 2 MiB; there the conv keeps its residual channels and the block its
-#: CPU add and PReLU)
+#: most KPU RAM the pair of a streamed PReLU that its readers take through their weights may take:
+#: the pair stays in KPU RAM while a decomposed reader's stacked copies and output, and the next
+#: block's stack, are made beside it (BlazePalm's 96x96 maps of 32 channels: a pair of 768 KiB and
+#: the next block's stack of 1152 KiB, with a `stack_kpu` group's copies, overflow the 2 MiB)
 STREAM_PAIR_RAM = KPU_RAM_SIZE // 4
+
+#: most KPU RAM the pair of any streamed PReLU may take: over STREAM_PAIR_RAM, kcc.passes.prelu_stream
+#: makes the PReLU explicit right after its pair, one merge layer to C channels, so that only the
+#: block's stack and its pair are alive at its peak and the readers read C channels (BlazePalm's
+#: 96x96 blocks: a stack and a pair of 768 KiB each, then 384 KiB)
+EXPLICIT_PAIR_RAM = KPU_RAM_SIZE // 2
 
 
 #: most kmodel bytes one BlazeBlock's stream may add (`streamed_prelus`): its pair layer (2C outputs
-#: over its stack) and, when a conv with a kernel over 3x3 (a 5x5) reads its PReLU, the merge layer
-#: making the PReLU explicit for that conv's decomposition (C x 2C). BlazePalm's 128-channel blocks
+#: over its stack) and, when a conv with a kernel over 3x3 (a 5x5) reads its PReLU or its pair is
+#: over STREAM_PAIR_RAM, the merge layer making the PReLU explicit (C x 2C). BlazePalm's 128-channel blocks
 #: (96 + 32 KiB each; 96 KiB for the two that feed its heads) put its kmodel and working memory over the device budget (6.08 MiB measured
 #: with them, 5.40 MiB on main), its 64-channel ones take 24 + 8 KiB; iris' blocks (80 KiB, 3x3
 #: readers that fold the pair: no merge) and hand recrop's stay within it
 STREAM_BLOCK_BYTES = 88 * 1024
+
+
+def pair_shape(n: Node) -> tuple[int, ...]:
+    """The shape of add n's relu pair [relu(a); relu(-a)]."""
+    return (1, 2 * n.shape[1], *n.shape[2:])
 
 
 def _stack_bytes(n: Node) -> int:
@@ -97,7 +107,7 @@ def streamed_prelus(g: Graph, opts: CompileOptions = CompileOptions()) -> dict[i
     PReLU a graph output) that this pass will keep in KPU RAM, by id, with their add's name:
     kcc.passes.decompose_kernels decomposes a conv reading one as an 8-bit KPU input (no rounding
     residual: the stream's readers read codes, not floats), and records the adds for `stream_to_kpu`,
-    which streams no other. Taken when the pair takes at most STREAM_PAIR_RAM of KPU RAM and the
+    which streams no other. Taken when the pair takes at most EXPLICIT_PAIR_RAM of KPU RAM and the
     block at most STREAM_BLOCK_BYTES of kmodel.
     An add `stream_to_kpu` keeps on the CPU after all (its `kept` reasons) leaves such a reader one
     rounding more than the float conv."""
@@ -107,7 +117,7 @@ def streamed_prelus(g: Graph, opts: CompileOptions = CompileOptions()) -> dict[i
     out = {}
     for n in g.nodes:
         if not (blaze_add(n, users) and id(n) not in outputs and n.shape[0] == 1 and n.type.rank == 4
-                and kpu_bytes((1, 2 * n.shape[1], *n.shape[2:])) <= STREAM_PAIR_RAM):
+                and kpu_bytes(pair_shape(n)) <= EXPLICIT_PAIR_RAM):
             continue
         p = prelu_reader(n, users)
         if id(p) in outputs:
@@ -115,7 +125,8 @@ def streamed_prelus(g: Graph, opts: CompileOptions = CompileOptions()) -> dict[i
         c = n.shape[1]
         # a kernel over 3x3 (a 5x5): decompose_kernels' to decompose (legalize pads a 2x2 to 3x3)
         decomposed = any(isinstance(u.op, O.Conv2D) and max(u.inputs[1].shape[2:]) > 3 for u in users[p])
-        if _stack_bytes(n) + (2 * c * c if decomposed else 0) > STREAM_BLOCK_BYTES:
+        merged = decomposed or kpu_bytes(pair_shape(n)) > STREAM_PAIR_RAM
+        if _stack_bytes(n) + (2 * c * c if merged else 0) > STREAM_BLOCK_BYTES:
             continue
         out[id(p)] = n.name
     return out

@@ -46,10 +46,16 @@ computes the PReLU first, then pools, exact for any slope. Kept on the CPU, as t
   reader takes more than 8 bits of the float value, which the pair's codes would lose;
 * folded weights over --weights-quantize-threshold.
 
+Large maps. A pair over STREAM_PAIR_RAM (BlazePalm's 96x96 blocks of 32 channels: 768 KiB) is no
+form: its PReLU is made explicit at once, one merge layer [I, -diag(alpha)] from the pair to C
+channels, which the next block's stack and the 5x5's copies read like any KPU layer's output. Only
+the block's stack and its pair are then alive at its peak (2 x 768 KiB); a pair that is a form stays
+alive beside the next stack and the copies, which overflows the 2 MiB there.
+
 Decomposed readers (BlazePalm: every block's depthwise is a 5x5). decompose_kernels runs before
 this pass and asks first which PReLUs it will keep in KPU RAM (kcc.passes.blaze_blocks.streamed_prelus:
-the PReLUs of BlazeBlock adds whose pair takes at most STREAM_PAIR_RAM); it decomposes a conv reading one as an
-8-bit KPU input, without the residual channels, as it would a KPU layer's output. The decomposed
+the PReLUs of BlazeBlock adds whose pair takes at most EXPLICIT_PAIR_RAM); it decomposes a conv reading one
+as an 8-bit KPU input, without the residual channels, as it would a KPU layer's output. The decomposed
 form's shifted copies (depthwise KPU layers concatenated in KPU RAM) read the PReLU made explicit
 by one merge layer per channel group (a depthwise reader whose readers are not all KPU convs is
 not split over the pair). A skip the CPU makes (BlazePalm's stem PReLU; the channel-padded pool of
@@ -80,9 +86,9 @@ import numpy as np
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node, channel_values
-from kcc.kmodel import kpu_channel_offset
+from kcc.kmodel import kpu_bytes, kpu_channel_offset
 from kcc.options import CompileOptions
-from kcc.passes.blaze_blocks import blaze_add, channel_selection, prelu_reader
+from kcc.passes.blaze_blocks import STREAM_PAIR_RAM, blaze_add, channel_selection, pair_shape, prelu_reader
 from kcc.passes.prelu_kpu import _layer_cycles, _per_element, _upload
 from kcc.passes.residual_kpu import _reaches, upload_layer
 from kcc.target.k210 import (
@@ -358,7 +364,8 @@ class _Rewriter:
         float, and the PReLU is quantized and uploaded for its KPU readers; the pair costs its 1x1 layer
         over k channels less the projection it absorbs, the doubled input channels of the layers that
         read it (a depthwise one twice its layer), and a merge layer copied out and dequantized for
-        each value a CPU op reads."""
+        each value a CPU op reads; with a pair over STREAM_PAIR_RAM, the merge layer making the PReLU
+        explicit instead, its readers' C channels as today."""
         c = n.shape[1]
         mixed = bool(np.any(alpha > 1) and np.any(alpha < 1))
         cpu = _per_element("binary", n) + (2 if mixed else 1) * (
@@ -371,10 +378,16 @@ class _Rewriter:
                     kpu -= _layer_cycles(u.inputs[0].shape, c, 1)
             elif id(u) in self.uploads:  # a CPU skip, quantized and uploaded by a 1x1 layer
                 kpu += _per_element("quantize", u) + _upload(u) + _layer_cycles(u.shape, c, 1)
-        pair = (1, 2 * c, *n.shape[2:])
-        kpu_reads_sum, merged = False, set()
+        pair = pair_shape(n)
+        explicit = kpu_bytes(pair) > STREAM_PAIR_RAM  # the PReLU made explicit at once (`visit`)
+        kpu_reads_sum, merged, copied = False, set(), False
+        if explicit:
+            kpu += _layer_cycles(pair, c, 1)
+            merged.add(id(prelu))
         for v in (n, prelu):
             for r in self.users[v]:
+                if explicit and v is prelu and _is_kpu(r):
+                    continue  # reads C channels of a KPU layer, as today (uploaded)
                 if r is prelu or self._blaze_add(r) or isinstance(r.op, (O.Pad, O.StridedSlice)):
                     continue  # the next block reads the pair in its stack
                 if isinstance(r.op, O.Pool2D):  # a stride-2 skip: a float pool today, a 1x1 layer here
@@ -388,6 +401,9 @@ class _Rewriter:
                     merged.add(id(v))
                     kpu += (_layer_cycles(pair, c, 1) + cpu_cycles("kpu_download_byte") * v.type.size
                             + _per_element("dequantize", v))
+                elif explicit and v is prelu and not copied:  # the explicit PReLU, copied out once
+                    copied = True
+                    kpu += cpu_cycles("kpu_download_byte") * v.type.size + _per_element("dequantize", v)
         if any(_is_kpu(r) for r in self.users[prelu]):
             cpu += _per_element("quantize", prelu) + _upload(prelu)
         if kpu_reads_sum:
@@ -404,8 +420,10 @@ class _Rewriter:
             alpha = channel_values(n.inputs[0], n.inputs[1])
             if alpha is not None and isinstance(n.inputs[0].op, O.Binary):
                 c = n.shape[1]
-                self.forms[id(n)] = _Form(a.node, np.concatenate([np.eye(c), -np.diag(alpha.astype(np.float64))], axis=1),
-                                          np.zeros(c))
+                f = _Form(a.node, np.concatenate([np.eye(c), -np.diag(alpha.astype(np.float64))], axis=1), np.zeros(c))
+                if kpu_bytes(a.node.shape) > STREAM_PAIR_RAM:  # made explicit at once (blaze_blocks.EXPLICIT_PAIR_RAM)
+                    return self._merge(f, n.name)
+                self.forms[id(n)] = f
                 return True
             return None
         if isinstance(n.op, (O.Pad, O.StridedSlice)) and id(n.inputs[0]) in self.forms:

@@ -10,6 +10,7 @@ from kpu_checks import const as _const
 
 import kpu_sim
 from kcc.eval.interpreter import run
+from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
@@ -157,3 +158,45 @@ def test_palm_blazeblocks_stream_through_decomposed_5x5_depthwise_convs(monkeypa
     # output step over the 4 calibration samples, this test's bar before, fell either side by chance:
     # docs/measurements.md §17)
     assert ms["kpu"] < 0.6 * ms["cpu"] and err["kpu"] <= 2.0 * err["cpu"], (err, ms)
+
+
+def test_palm_blazeblocks_over_the_pair_ram_make_their_prelu_explicit(monkeypatch):
+    """A block whose relu pair is over STREAM_PAIR_RAM (BlazePalm's 96x96 blocks: 768 KiB) streams
+    with its PReLU made explicit at once, one merge layer from the pair to C channels, so that its
+    readers (the next block's stack, the 5x5's copies) read C channels and only the stack and the pair
+    are alive at its peak. Here every block is such a block (STREAM_PAIR_RAM lowered below their 4 KiB
+    pairs): every add still on the KPU, each PReLU a 1x1 KPU layer of its own, no CPU op between the
+    stem and the head, exact in float, every layer equal to the scalar reference, faster than the CPU
+    adds and PReLUs and within the stream's error."""
+    for module in ("kcc.passes.blaze_blocks", "kcc.passes.prelu_stream"):
+        monkeypatch.setattr(f"{module}.STREAM_PAIR_RAM", 2048)
+    state = rng.bit_generator.state
+    held_out = [[np.random.default_rng(70 + i).uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)] for i in range(16)]
+    err, ms = {}, {}
+    for form in ("explicit", "cpu"):
+        rng.bit_generator.state = state  # the same weights and samples both times
+        g = _palm_blocks()
+        calib = [[rng.uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)] for _ in range(8)]
+        if form == "cpu":
+            monkeypatch.setattr("kcc.passes.legalize_kpu.stream_to_kpu", lambda g, opts, adds=None: (g, [], [], []))
+            monkeypatch.setattr("kcc.passes.decompose_kernels.streamed_prelus", lambda g, opts: {})
+        res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+        program = kpu_sim.load(res.kmodel)
+        err[form] = float(np.sqrt(np.mean([np.mean((program.run(s)[0].reshape(g.outputs[0].shape) - run(g, s)[0]) ** 2)
+                                           for s in held_out])))
+        ms[form] = res.latency.total_ms
+        if form == "cpu":
+            continue
+        adds = [p for p in res.placements if p.op == "add"]
+        assert [(p.node, p.on_kpu) for p in adds] == [("b1_add", True), ("b2_add", True), ("b3_add", True)], adds
+        merges = {n.name: n for n in res.float_graph.nodes if n.name in ("b1_prelu", "b2_prelu", "b3_prelu")}
+        assert sorted(merges) == ["b1_prelu", "b2_prelu", "b3_prelu"]
+        for name, m in merges.items():  # a 1x1 layer over its pair [relu(a); relu(-a)] to C channels
+            assert isinstance(m.op, KO.FloatKpuConv) and m.op.kernel == 1 and m.inputs[0].shape[1] == 2 * m.shape[1], name
+        for s in calib[:2]:  # the rewrites are exact in float
+            np.testing.assert_allclose(run(res.float_graph, s)[0], run(g, s)[0], rtol=1e-4, atol=1e-4)
+        cpu_math = [n.name for n in res.graph.nodes if n.op.kind in ("prelu", "binary")]
+        assert all(m.startswith(("stem", "b1_dw/residual")) for m in cpu_math), cpu_math
+        names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+        assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == names.count("kpu_conv2d")
+    assert ms["explicit"] < 0.6 * ms["cpu"] and err["explicit"] <= 2.0 * err["cpu"], (err, ms)

@@ -167,8 +167,10 @@ def test_a_skip_the_cpu_makes_is_uploaded_by_one_identity_layer_to_start_the_str
 
 
 def test_streamed_prelus_are_those_of_blazeblock_adds_whose_pair_leaves_kpu_ram_for_their_readers():
-    """decompose_kernels' question before legalize: which PReLUs stay in KPU RAM (8-bit readers)."""
-    for hw, streamed in ((48, True), (96, False)):  # a pair of 2 x 32 channels: 192 KiB at 48, 768 KiB at 96
+    """decompose_kernels' question before legalize: which PReLUs stay in KPU RAM (8-bit readers): a
+    pair within EXPLICIT_PAIR_RAM (half the KPU RAM; over STREAM_PAIR_RAM the PReLU is made explicit)."""
+    # a pair of 2 x 32 channels: 192 KiB at 48, 768 KiB at 96, 1.9 MiB at 160
+    for hw, streamed in ((48, True), (96, True), (160, False)):
         g = Graph()
         x = g.input(0, (1, 32, hw, hw))
         y = g.add(O.PRelu(), (x, _alpha(g, 32)), "stem_prelu")
