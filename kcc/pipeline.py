@@ -20,6 +20,9 @@ decompose_kernels may spend device RAM on speed (MODEL_KPU_BYTES of kmodel for s
 RAM); when that puts the kmodel and its working memory over the bare SDK's 5.5 MiB, `compile_graph`
 runs the stages again from the imported graph with that much less to spend, and, with nothing left
 to spend, with that much of its decompositions given back to the CPU (`CompileContext.form_shed`).
+A decomposed conv's form that overflows KPU RAM beside the buffers alive around it (a BlazeBlock
+stream's stack its output is written into) is made again with their bytes left to them
+(`_run_in_kpu_ram`, `CompileContext.kpu_ram_reserve`).
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from kcc import kmodel
+from kcc.alloc.planner import MemoryOverflowError
 from kcc.alloc.report import BUDGETS
 from kcc.emit import Emitted, emit
 from kcc.frontend import import_model
 from kcc.frontend.quantization import ModelQuantization
 from kcc.ir.graph import Graph, copy_rewriting
+from kcc.kmodel.spec import KPU_LINE_SIZE
 from kcc.latency import estimate
 from kcc.options import CompileOptions
 from kcc.passes.canonicalize import canonicalize
@@ -130,7 +135,7 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
                  and options.dataset is None)
     ctx = CompileContext(options, log, progress, samples, quantization, own_grids)
     source = copy_rewriting(g, Graph(), {}, lambda n: None) if options.inference_type == "uint8" else None
-    g = manager.run(stages(options), g, ctx)
+    g, ctx = _run_in_kpu_ram(manager, g, ctx, source)
     budget_ram = DEVICE_RAM_BUDGET if options.ram_budget is None else options.ram_budget
     while source is not None and _device_ram(ctx) > budget_ram and (ctx.kpu_form_spent or ctx.form_sheddable):
         # decompose_kernels spent device RAM on speed and put the model over the bare SDK's budget:
@@ -151,11 +156,55 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
             shed += ram - target + DEVICE_RAM_MARGIN
             log(f"   {ram - target} B over {target} B of device RAM: again with {shed} B of decompositions on the CPU")
         ctx = CompileContext(options, log, progress, ctx.samples, quantization, own_grids, kpu_form_budget=budget,
-                             form_shed=shed, form_bytes={**ctx.form_bytes, **measured})
-        g, source = source, copy_rewriting(source, Graph(), {}, lambda n: None)
-        g = manager.run(stages(options), g, ctx)
+                             form_shed=shed, form_bytes={**ctx.form_bytes, **measured},
+                             kpu_ram_reserve=ctx.kpu_ram_reserve)
+        g, ctx = _run_in_kpu_ram(manager, copy_rewriting(source, Graph(), {}, lambda n: None), ctx, source)
     return CompileResult(ctx.kmodel, g, ctx.emitted, manager.names, ctx.placements, ctx.float_graph,
                          ctx.weights_ranges, ctx.ranges, decisions=ctx.decisions, ram_for_speed=ctx.kpu_form_spent)
+
+
+#: tries of `_run_in_kpu_ram` after the first
+KPU_RAM_RETRIES = 4
+
+
+def _run_in_kpu_ram(manager: PassManager, g: Graph, ctx: CompileContext,
+                    source: Graph | None) -> tuple[Graph, CompileContext]:
+    """Run the stages on g. A decomposed conv's form checks its own KPU RAM (its copies, input and
+    output: kcc.passes.kernel_plans), not the buffers alive beside it: a BlazeBlock stream's stack
+    that its output is written into, a residual add's. When the memory plan then overflows KPU RAM
+    at such a form, run the stages again from `source` (the graph as imported) with that conv's forms
+    leaving the excess to the others (CompileContext.kpu_ram_reserve), at most KPU_RAM_RETRIES times;
+    any other overflow is the model's."""
+    for attempt in range(KPU_RAM_RETRIES + 1):
+        try:
+            return manager.run(stages(ctx.options), g, ctx), ctx
+        except MemoryOverflowError as e:
+            convs = [] if source is None or e.space != "KPU RAM" or attempt == KPU_RAM_RETRIES else _forms_alive(ctx, e)
+            if not convs:
+                raise
+            reserve = dict(ctx.kpu_ram_reserve)
+            for conv in convs:  # at least what is alive beside its form, and the excess more each time
+                beside = sum(size for name, size in e.live if not _named_after(name, conv))
+                reserve[conv] = max(reserve.get(conv, 0) + -(-e.excess // KPU_LINE_SIZE) * KPU_LINE_SIZE, beside)
+            ctx.log(f"   KPU RAM overflow at {', '.join(convs)}: again with "
+                    f"{', '.join(str(reserve[c]) for c in convs)} B of KPU RAM left beside "
+                    f"{'its form' if len(convs) == 1 else 'their forms'}")
+            ctx = CompileContext(ctx.options, ctx.log, ctx.progress, ctx.samples, ctx.quantization, ctx.own_grids,
+                                 kpu_form_budget=ctx.kpu_form_budget, form_shed=ctx.form_shed,
+                                 form_bytes=ctx.form_bytes, kpu_ram_reserve=reserve)
+            g = copy_rewriting(source, Graph(), {}, lambda n: None)
+    raise AssertionError("unreachable")
+
+
+def _forms_alive(ctx: CompileContext, e: MemoryOverflowError) -> list[str]:
+    """The decomposed convs (their nodes are named after them, kcc.passes.kernel_forms) with a tensor
+    alive at the overflow's peak."""
+    convs = {d.node for d in ctx.decisions if d.plan is not None}
+    return sorted(c for c in convs if any(_named_after(name, c) for name, _ in e.live))
+
+
+def _named_after(name: str, conv: str) -> bool:
+    return name == conv or name.startswith(conv + "/")
 
 
 #: device RAM (kmodel + working memory) decompose_kernels' extra stacks may fill unless

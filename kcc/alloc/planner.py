@@ -35,7 +35,13 @@ DETERMINISTIC_PER_SEC = 0.025
 
 
 class MemoryOverflowError(UnsupportedModelError):
-    """The best packing of an address space with a fixed capacity (KPU RAM) does not fit."""
+    """The best packing of an address space with a fixed capacity (KPU RAM) does not fit. `space`,
+    `excess` (bytes over the capacity) and `live` (name and bytes of each tensor alive at the peak) let
+    a caller retry with less in that space (kcc.pipeline)."""
+
+    space: str = ""
+    excess: int = 0
+    live: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,7 +144,10 @@ def overflow_error(res: PlanResult, step_names: list[str], shown: int = 6) -> Me
     floor = ("no packing can fit: the tensors alive at one step alone need "
              f"{res.lower_bound} B" if res.lower_bound > (res.capacity or 0)
              else f"best packing found; lower bound {res.lower_bound} B")
-    return MemoryOverflowError(
+    err = MemoryOverflowError(
         f"{res.space} overflow: {res.peak} B needed, {res.capacity} B available ({floor}); "
         f"peak at step {res.peak_step} '{where}' with {len(live)} tensor(s) alive: {items}",
         hint=f"use a smaller input resolution, or fewer channels in the layers around '{where}'")
+    err.space, err.excess = res.space, res.peak - (res.capacity or 0)
+    err.live = tuple((b.name, slot_size(b, res.align)) for b in live)
+    return err

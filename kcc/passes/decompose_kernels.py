@@ -72,7 +72,7 @@ from kcc.passes.blaze_blocks import streamed_prelus
 from kcc.passes.kernel_cost import Where, alone, kmodel_bytes, on_kpu, surroundings
 from kcc.passes.kernel_forms import KPU_MADE, Form, emit, plan_terms
 from kcc.passes.manager import CompileContext
-from kcc.target.k210 import DEFAULT_MHZ
+from kcc.target.k210 import DEFAULT_MHZ, KPU_RAM_SIZE
 
 #: kmodel bytes a whole model may spend, beyond what each conv may take (kernel_plans.STACK_KPU_BYTES),
 #: on stacks made in KPU RAM that need more (`allot`): the device RAM spent on speed, taken back by
@@ -114,15 +114,15 @@ def extra_roundings(n: Node, plan: Form, float_input: bool, read_in_float: bool 
 
 def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = True, halves: bool = False,
            bulk: float = 0.0, at: Where | None = None, cap: int | None = None,
-           memo: dict | None = None) -> Decision:
+           memo: dict | None = None, ram: int = KPU_RAM_SIZE) -> Decision:
     """How to put conv `n` on the KPU if legalize_kpu would not take it as it is: among the
     decompositions that legalize wholly onto the KPU and are estimated faster than the float conv on
     the CPU, the fastest that adds no rounding (`extra_roundings`). A float input (`_cpu_float`) may
     be read with its rounding residual (`residual` allows that); `halves` computes a stack's output in
     two halves (four parts with a `bulk` threshold). Every estimate, the CPU conv's too, counts
     what the conv's surroundings `at` add (`Where`; by default, from n's input alone). A stack made
-    in KPU RAM takes at most `cap` bytes of kmodel (None: STACK_KPU_BYTES). `memo` keeps each form's estimate for the next
-    call on the same conv, input and surroundings."""
+    in KPU RAM takes at most `cap` bytes of kmodel (None: STACK_KPU_BYTES) and `ram` of KPU RAM. `memo`
+    keeps each form's estimate for the next call on the same conv, input and surroundings."""
     op: O.Conv2D = n.op
     x, w, b = n.inputs
     if not (w.is_constant and b.is_constant):
@@ -141,7 +141,7 @@ def choose(n: Node, opts: CompileOptions = CompileOptions(), residual: bool = Tr
     float_input = residual and _cpu_float(x)
     forms: list[tuple[int, float, Form]] = []  # (extra roundings, cycles, plan) of what lands on the KPU
     landed = set()  # stacks that fit in some channel grouping: smaller groups only add layers
-    for plan in P.plans(n, float_input, halves, bulk, cap):
+    for plan in P.plans(n, float_input, halves, bulk, cap, ram):
         # stack_kpu: the groups whose copies concatenate in place are another form (_stack_kpu_plans)
         form = (plan.split, plan.z, plan.combine, plan.residual, plan.halves, P.lines_apart(n, plan))
         if form in landed:
@@ -362,7 +362,10 @@ def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
         if codes:
             at = Where(False, at.kpu_readers)
         return choose(n, opts, residual and not codes, residual and _read_in_float(n, users, outputs),
-                      bulk.get(n.name, 0.0), at, cap, memo)
+                      bulk.get(n.name, 0.0), at, cap, memo, ram(n))
+
+    def ram(n: Node) -> int:  # KPU RAM its form may fill: less what kcc.pipeline's retry found alive beside it
+        return KPU_RAM_SIZE - ctx.kpu_ram_reserve.get(n.name, 0)
 
     budget = MODEL_KPU_BYTES if ctx.kpu_form_budget is None else ctx.kpu_form_budget
     big_cap = P.STACK_KPU_BYTES + budget
@@ -375,7 +378,7 @@ def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
             continue
         x = n.inputs[0]
         residual_in = residual and _cpu_float(x) and id(x) not in streamed
-        beyond = set(P.plans(n, residual_in, True, 0.0, big_cap)) - set(P.plans(n, residual_in, True, 0.0))
+        beyond = set(P.plans(n, residual_in, True, 0.0, big_cap, ram(n))) - set(P.plans(n, residual_in, True, 0.0, ram=ram(n)))
         ladder = _ladder(n, d, beyond, decide) if beyond else []  # empty: no stack needs more than STACK_KPU_BYTES
         if ladder:
             candidates.append((n, d, ladder))

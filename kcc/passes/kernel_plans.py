@@ -72,11 +72,12 @@ def _stack_groups(c: int, j: int, budget: int, k: int = 3) -> list[int]:
 
 
 def plans(n: Node, residual: bool = False, halves: bool = False, bulk: float = 0.0,
-           cap: int | None = None) -> list[Form]:
+           cap: int | None = None, ram: int = KPU_RAM_SIZE) -> list[Form]:
     """Every candidate: split step, zero placement, and each combiner whose limits it meets; with
     `residual`, also the stacks that stack the input's rounding residual (twice the input channels);
     with `halves`, also every stack computing its output in two halves (four parts with `bulk`); a
-    stack made in KPU RAM within `cap` bytes of kmodel (None: STACK_KPU_BYTES)."""
+    stack made in KPU RAM within `cap` bytes of kmodel (None: STACK_KPU_BYTES) and `ram` bytes of KPU
+    RAM (less than all of it where other buffers stay alive beside it, kcc.pipeline's retry)."""
     cap = STACK_KPU_BYTES if cap is None else cap
     op: O.Conv2D = n.op
     x, w, _ = n.inputs
@@ -109,10 +110,10 @@ def plans(n: Node, residual: bool = False, halves: bool = False, bulk: float = 0
     for combine, terms in KPU_MADE.items():
         plan = terms(n)
         if plan is not None and len(plan) > 1:
-            out += _stack_kpu_plans(n, len(plan), residual, halves, bulk, combine, cap)
+            out += _stack_kpu_plans(n, len(plan), residual, halves, bulk, combine, cap, ram)
     shifts = shift_plan(n)
     if shifts is not None and len(shifts) > 1:
-        out += _fan_kpu_plans(n, len(shifts), halves, bulk, cap)
+        out += _fan_kpu_plans(n, len(shifts), halves, bulk, cap, ram)
     return out
 
 
@@ -124,7 +125,8 @@ def plans(n: Node, residual: bool = False, halves: bool = False, bulk: float = 0
 FAN_KPU_LINES = (1,)
 
 
-def _fan_kpu_plans(n: Node, j: int, halves: bool, bulk: float, cap: int | None = None) -> list[Form]:
+def _fan_kpu_plans(n: Node, j: int, halves: bool, bulk: float, cap: int | None = None,
+                   ram: int = KPU_RAM_SIZE) -> list[Form]:
     """The `fan_kpu` candidates of depthwise conv n with j shifted copies (stride 1, "same"): groups of
     FAN_KPU_LINES lines of channels, each group's fan (j*g copies) and stack within the KPU's channels
     and weight loads, its layers and weights within `cap` bytes (`fan_kpu_bytes`) and its copies
@@ -144,7 +146,7 @@ def _fan_kpu_plans(n: Node, j: int, halves: bool, bulk: float, cap: int | None =
     for g in sorted({min(c, k * line) for k in FAN_KPU_LINES}, reverse=True):  # fewest layers first
         if (j * g <= MAX_CHANNELS and weight_loads(j * g, g, 3, False)[1] < MAX_WEIGHT_LOADS
                 and weight_loads(g, j * g, 3, False)[1] < MAX_WEIGHT_LOADS and fan_kpu_bytes(c, j, g) <= cap
-                and _stack_kpu_ram(x.shape, j, g, 1, c, x_kpu) <= KPU_RAM_SIZE):
+                and _stack_kpu_ram(x.shape, j, g, 1, c, x_kpu) <= ram):
             out += [Form((1, 1), (0, 0), "fan_kpu", 0 if g == c else g, False, h, bulk if h else 0.0)
                     for h in sorted({False, halves})]
     return out
@@ -157,7 +159,7 @@ def fan_kpu_bytes(c: int, j: int, g: int) -> int:
 
 
 def _stack_kpu_plans(n: Node, j: int, residual: bool, halves: bool, bulk: float,
-                     combine: str = "stack_kpu", cap: int | None = None) -> list[Form]:
+                     combine: str = "stack_kpu", cap: int | None = None, ram: int = KPU_RAM_SIZE) -> list[Form]:
     """The `stack_kpu` (3x3 combine), `copies_kpu` (1x1 combine) or `phases_kpu` (3x3 combine of
     quarter-size phases) candidates of conv n with j views made by KPU layers (twice as many with the
     residual), within a stack's limits (`plans`) and `cap` bytes."""
@@ -172,7 +174,7 @@ def _stack_kpu_plans(n: Node, j: int, residual: bool, halves: bool, bulk: float,
             if c == 1 and combine == "phases_kpu":  # a 1-channel phase layer: no copy on x's grid (above)
                 continue
             loads = weight_loads(w.shape[0], views * c, k, False)[1] + 1
-            fits = _stack_kpu_ram(x.shape, views, c, 2 if extra else 1, w.shape[0], out_hw=n.shape[2:]) <= KPU_RAM_SIZE
+            fits = _stack_kpu_ram(x.shape, views, c, 2 if extra else 1, w.shape[0], out_hw=n.shape[2:]) <= ram
             if views * c <= MAX_CHANNELS and loads <= MAX_WEIGHT_LOADS and fits:
                 out += [Form((1, 1), (0, 0), combine, residual=extra, halves=h, bulk=bulk if h else 0.0)
                         for h in sorted({False, halves})]
@@ -191,7 +193,7 @@ def _stack_kpu_plans(n: Node, j: int, residual: bool, halves: bool, bulk: float,
         groups |= {g for g in aligned if _stack_group_fits(c, views, g, k)}
         # every group is views + 1 KPU layers: within `cap` with their weights
         groups = sorted((g for g in groups if stack_kpu_bytes(c, views, g, k) <= cap
-                         and _stack_kpu_ram(x.shape, views, g, 2 if extra else 1, c, x_kpu, n.shape[2:]) <= KPU_RAM_SIZE),
+                         and _stack_kpu_ram(x.shape, views, g, 2 if extra else 1, c, x_kpu, n.shape[2:]) <= ram),
                         reverse=True)
         if combine == "copies_kpu":
             groups = [g for g in groups if g <= COPIES_KPU_MAX_GROUP]

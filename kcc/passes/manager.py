@@ -72,6 +72,9 @@ class CompileContext:
     #: kmodel bytes each decomposed conv's nodes took in an earlier try (kcc.pipeline), by conv name:
     #: what `form_shed` counts where known, instead of decompose_kernels' estimate
     form_bytes: dict[str, int] = field(default_factory=dict)
+    #: KPU RAM each decomposed conv's form leaves to the buffers alive beside it, by conv name
+    #: (kcc.pipeline's retry after a KPU RAM overflow at that form, kcc.passes.decompose_kernels)
+    kpu_ram_reserve: dict[str, int] = field(default_factory=dict)
     #: decompose_kernels: the BlazeBlock adds kcc.passes.prelu_stream keeps in KPU RAM, whose PReLUs it
     #: decomposed readers of as 8-bit codes (`streamed_prelus`); None: not decided (any)
     stream_adds: set[str] | None = None

@@ -102,7 +102,8 @@ F32 = np.float32
 RELU = (0.0, math.inf)
 #: what the placement report says of a stream's add and of a BlazeBlock's pooled skip
 STREAM_FORM = ("with its PReLU: one 1x1 KPU layer over its terms in KPU RAM, to [relu(a); relu(-a)] that its "
-               "readers take through their weights (kcc.passes.prelu_stream)")
+               "readers take through their weights, or that one more 1x1 layer makes the PReLU where the pair "
+               "is too large to stay beside the next block's stack (kcc.passes.prelu_stream)")
 STREAM_POOL = "a BlazeBlock's skip: a 1x1 KPU layer over its relu pair with the pool unit's max_2_s2"
 LINEAR_POOLS = ("bypass", "left_top_2_s2", "right_top_2_s2")  # picks: a depthwise split stays exact
 

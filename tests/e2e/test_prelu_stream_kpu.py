@@ -87,9 +87,9 @@ def test_blazeblocks_stream_through_kpu_ram_as_relu_pairs(monkeypatch):
     assert err["kpu"] <= err["cpu"] and err["kpu"] <= 3.57, err
 
 
-def _palm_blocks(c=8, hw=16):
+def _palm_blocks(c=8, hw=16, stem=5):
     """BlazePalm-style BlazeBlocks in the canonical IR: a 5x5 stem conv (decomposed, read in float by its
-    PReLU on the CPU), two blocks 5x5 depthwise -> 1x1, + y, PReLU, a stride-2 block 5x5 stride-2
+    PReLU on the CPU; or a `stem` x `stem` one), two blocks 5x5 depthwise -> 1x1, + y, PReLU, a stride-2 block 5x5 stride-2
     depthwise -> 1x1 to 2c, + channel-pad(maxpool(y)), PReLU, and a 1x1 head."""
     g = Graph()
 
@@ -104,7 +104,7 @@ def _palm_blocks(c=8, hw=16):
         return g.add(O.PRelu(), (x, _const(g, (1, x.shape[1], 1, 1), -0.3, 1.3)), name)
 
     x = g.input(0, (1, 3, hw, hw))
-    y = prelu(conv(x, c, 5, name="stem"), "stem_prelu")
+    y = prelu(conv(x, c, stem, name="stem"), "stem_prelu")
     for i in (1, 2):
         y = prelu(g.add(O.Binary("add"), (y, conv(conv(y, c, 5, dw=True, name=f"b{i}_dw"), c)), f"b{i}_add"), f"b{i}_prelu")
     t = conv(conv(y, c, 5, stride=2, dw=True, name="b3_dw"), 2 * c)
@@ -194,3 +194,20 @@ def test_palm_blazeblocks_over_the_pair_ram_make_their_prelu_explicit(monkeypatc
         assert isinstance(m.op, KO.FloatKpuConv) and m.op.kernel == 1 and m.inputs[0].shape[1] == 2 * m.shape[1], name
     err, ms = {f: b[3] for f, b in builds.items()}, {f: b[4] for f, b in builds.items()}
     assert ms["explicit"] < 0.6 * ms["cpu"] and err["explicit"] <= 2.0 * err["cpu"], (err, ms)
+
+
+def test_a_form_that_overflows_kpu_ram_beside_a_stream_is_made_again_smaller():
+    """BlazePalm-like blocks of 32 channels at 80x80 after a 3x3 stem (a KPU layer, its PReLU a relu
+    pair on the KPU): b1_dw's copies fit KPU RAM by its own check, but not beside the stack of b1_add
+    its output is written into (b4b9e4b: "KPU RAM overflow ... at 'b1_dw (stacked 3x3 terms)'", no
+    kmodel). kcc.pipeline runs the stages again with that stack's bytes left beside b1_dw's form: the
+    model compiles, every add stays on the KPU, and its output is float's within a few steps (the
+    layers are the kinds the tests above check against the scalar reference)."""
+    g = _palm_blocks(c=32, hw=80, stem=3)
+    calib = [[np.random.default_rng(i).uniform(-1, 1, (1, 3, 80, 80)).astype(np.float32)] for i in range(2)]
+    lines = []
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib, log=lines.append)
+    assert any("KPU RAM overflow at b1_dw" in line for line in lines), lines
+    assert [p.on_kpu for p in res.placements if p.op == "add"] == [True, True, True]
+    out = kpu_sim.load(res.kmodel).run(calib[1])[0].reshape(g.outputs[0].shape)
+    assert max_steps(out, run(g, calib[1])[0]) < 8  # measured 4.65 output steps
