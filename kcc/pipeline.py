@@ -1,8 +1,8 @@
 """compile_model(): the whole compiler, top to bottom, one visible stage per line.
 
-    import_tflite -> canonicalize -> [load_samples -> phase_dilated -> split_channels -> eliminate_dilated_conv
-                                       -> lower_transpose_conv -> concat_activations -> decompose_kernels
-                                       -> legalize_kpu -> calibrate -> quantize]
+    import_tflite -> canonicalize -> [load_samples -> grouped_as_dense -> phase_dilated -> split_channels
+                                       -> eliminate_dilated_conv -> lower_transpose_conv -> concat_activations
+                                       -> decompose_kernels -> legalize_kpu -> calibrate -> quantize]
                   -> lower_to_neutral
                   -> emit (plan memory, kmodel.write)
 
@@ -47,6 +47,7 @@ from kcc.passes.concat_activations import concat_activations
 from kcc.passes.decompose_kernels import Decision, decompose_kernels
 from kcc.passes.dilated_conv import eliminate_dilated_conv
 from kcc.passes.global_mean import global_mean_codes, global_mean_sums
+from kcc.passes.grouped_conv import grouped_as_dense
 from kcc.passes.legalize_kpu import Placement, legalize_kpu
 from kcc.passes.lower_to_neutral import lower_to_neutral
 from kcc.passes.manager import CompileContext, Log, PassManager, Progress, Stage, StageHook
@@ -85,6 +86,7 @@ def stages(options: CompileOptions) -> list[Stage]:
     k210 = [
         # for split_channels (kcc.passes.fine_weights), decompose_kernels and calibrate
         Stage("load_samples", load_samples, rewrites=False, banner="3. Map layers onto the KPU (legalize)..."),
+        Stage("grouped_as_dense", grouped_as_dense),  # grouped convs as dense ones, for every pass after
         # regions of dilated convs in phase space first, so that split_channels sizes the phases' layers
         Stage("phase_dilated", phase_dilated),
         Stage("global_mean_sums", global_mean_sums),  # before split_channels, which cuts its levels too

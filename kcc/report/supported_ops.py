@@ -27,7 +27,8 @@ FAMILIES = {
 #: What the KPU path (`--inference-type uint8`, `-t k210`) does with an op (kcc.passes.legalize_kpu),
 #: per frontend. The IR is the same whatever the format, so the ONNX entries restate the TFLite ones.
 _CONV_KPU = ("KPU: 1x1, 2x2 and 3x3 kernels, any stride (stride 2 through the pool unit, others by a CPU slice), "
-             "dilation via space-to-batch; depthwise 1x1/3x3 (multiplier 1); other kernels on the CPU")
+             "dilation via space-to-batch; depthwise 1x1/3x3; grouped convs and channel multipliers as dense "
+             "block-diagonal layers up to 64 KiB of weights; other kernels on the CPU")
 _CLAMP_KPU = "fused into the KPU layer's clamp"
 _TABLE_KPU = "fused into the KPU activation table"
 #: a channel concatenation of KPU layers read by KPU layers is computed in place in KPU RAM (kcc.quant.quantize)
@@ -37,7 +38,8 @@ ON_KPU: dict[str, dict[str, str]] = {
     "tflite": {
         "CONV_2D": "KPU: 1x1, 2x2 and 3x3 kernels, any stride (stride 2 through the pool unit, others by a CPU slice), "
                    "dilation via space-to-batch; other kernels on the CPU",
-        "DEPTHWISE_CONV_2D": "KPU: depthwise 1x1/3x3 (multiplier 1)",
+        "DEPTHWISE_CONV_2D": "KPU: depthwise 1x1/3x3; with a channel multiplier as a dense block-diagonal layer "
+                             "up to 64 KiB of weights",
         "TRANSPOSE_CONV": "KPU: zero insertion + flipped kernel, when the result is a KPU-sized conv",
         "FULLY_CONNECTED": "KPU: as a 1x1 conv on a 4x4 map when both sides <= 1024 and the output is not tiny",
         "AVERAGE_POOL_2D": "fused into the preceding KPU layer (2x2 s2, 4x4 s4, 2x2 s1, global on 2x2/4x4 maps)",

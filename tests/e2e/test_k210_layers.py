@@ -47,6 +47,9 @@ CASES = {
     # SiLU as PyTorch and TFLite export it, x * sigmoid(x): canonicalize makes it one silu, the table's
     "conv3x3_silu": lambda g, x: _silu(g, g.add(O.Conv2D((1, 1), ((1, 1), (1, 1))), (x, _const(g, (8, 4, 3, 3)), _const(g, (8,))))),
     "conv_maxpool": lambda g, x: g.add(O.Pool2D("max", (2, 2), (2, 2)), (g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), act=(0.0, np.inf)), (x, _const(g, (8, 4, 3, 3)), _const(g, (8,)))),)),
+    # grouped convs the KPU runs as dense ones with block-diagonal weights (kcc.passes.grouped_conv)
+    "dw3x3_multiplier2": lambda g, x: g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), groups=4, act=(0.0, 6.0)), (x, _const(g, (8, 1, 3, 3)), _const(g, (8,)))),
+    "conv3x3_groups2": lambda g, x: g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), groups=2), (x, _const(g, (6, 2, 3, 3)), _const(g, (6,)))),
     "dilated_dw": lambda g, x: g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), (2, 2), 4), (x, _const(g, (4, 1, 3, 3)), _const(g, (4,)))),
     "transpose_conv": lambda g, x: g.add(O.Conv2DTranspose((1, 5, 24, 20), (2, 2), ((1, 0), (1, 0))), (x, _const(g, (5, 4, 3, 3)), _const(g, (5,)))),
     # kernels the KPU lacks, decomposed into 3x3 terms (decompose_kernels)
@@ -63,12 +66,14 @@ MAX_STEPS = {
     "conv2x2_s2": (1.01, 0.96),
     "conv3x3_s1": (1.93, 1.83),
     "conv3x3_s2_same": (1.90, 1.80),
+    "conv3x3_groups2": (1.17, 1.11),
     "conv3x3_silu": (4.33, 4.12),  # the 16-segment fit of silu is ~2.6 steps of it (kpu_sim tests)
     "conv4x4_valid": (0.73, 0.69),
     "conv5x5_s2_same": (0.76, 0.72),
     "conv7x7_s1": (1.46, 1.38),
     "conv_maxpool": (1.35, 1.28),
     "dilated_dw": (1.24, 1.18),
+    "dw3x3_multiplier2": (1.44, 1.37),
     "dw3x3_s2": (1.61, 1.53),
     "dw5x5_s1_relu6": (2.11, 2.01),  # stack_kpu; the CPU-view stack measured 1.62 (rms: the same, test_stack_kpu_...)
     "dw5x5_s2_same": (0.87, 0.82),

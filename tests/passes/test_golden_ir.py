@@ -111,6 +111,18 @@ def transpose_conv(rng: np.random.Generator) -> Graph:
     return g
 
 
+def channel_multiplier(rng: np.random.Generator) -> Graph:
+    """grouped_as_dense: a 3x3 depthwise conv with channel multiplier 2 (4 -> 8 channels, groups 4).
+    Look for a dense conv2d under its name (groups 1), its weights [8, 4, 3, 3] zero but in the block
+    of each output channel's input channel (o // 2), with its bias and act."""
+    g = Graph()
+    x = g.input(0, (1, 4, 8, 8))
+    w = g.constant(rng.uniform(-1, 1, (8, 1, 3, 3)).astype(np.float32), "dw2/w")
+    b = g.constant(np.full(8, 0.25, np.float32), "dw2/b")
+    g.outputs = [g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), groups=4, act=RELU6), (x, w, b), "dw2")]
+    return g
+
+
 def depthwise_5x5(rng: np.random.Generator) -> Graph:
     """decompose_kernels: a 5x5 depthwise (the KPU takes 1x1 and 3x3) behind a relu6 conv the KPU
     computes. Look for the 5x5 replaced by a `fan_kpu`: one 3x3 conv (36 <- 4, one weight of 1 per
@@ -184,6 +196,7 @@ class Case:
 
 CASES = [
     Case("canonicalize", transposes_and_a_clamp),
+    Case("grouped_as_dense", channel_multiplier),
     Case("phase_dilated", dilated_region),
     Case("global_mean_sums", classifier_mean),
     Case("split_channels", wide_depthwise),
