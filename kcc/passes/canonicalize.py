@@ -7,6 +7,9 @@
                      a flatten of a transposed map into a constant matmul permutes its weights
     fold_reshape     reshape of reshape, identity reshape
     fold_nops        identity pad, slice, clamp, transpose, resize to the input's own size
+    fold_channel_shuffle  reshapes and transposes through more than 4 axes that only permute the
+                     channels of a map (ShuffleNet's channel shuffle) become one 1x1 conv with one-hot
+                     weights: kmodel v4 holds 4-D tensors only
     fold_affine      a per-channel mul / add / sub into the conv or matmul before it (kcc.passes.affine):
                      the batch norms Caffe and ONNX keep as separate ops
     fuse_clamp       a Clamp after an op with an `act` field becomes that field
@@ -45,7 +48,8 @@ _HAS_ACT = (O.Conv2D, O.Conv2DTranspose, O.MatMul, O.Binary, O.Pool2D)
 def canonicalize(graph: Graph, ctx: CompileContext | None = None, *, max_rounds: int = 16) -> Graph:
     """Run every canonicalisation to a fixpoint (at most `max_rounds` rounds); needs nothing of `ctx`."""
     passes: list[Callable[[Graph], Graph]] = [fold_constants, fold_transpose, fold_reshape, fold_nops,
-                                              fold_affine, fuse_clamp, fuse_silu, remove_dead]
+                                              fold_channel_shuffle, fold_affine, fuse_clamp, fuse_silu,
+                                              remove_dead]
     for _ in range(max_rounds):
         before = _fingerprint(graph)
         for p in passes:
@@ -309,6 +313,45 @@ def fold_nops(g: Graph) -> Graph:
               (isinstance(op, O.Resize) and n.shape == n.inputs[0].shape)
         if nop:
             _redirect(g, n, n.inputs[0])
+    return g
+
+
+def fold_channel_shuffle(g: Graph) -> Graph:
+    """A chain of reshapes and transposes, some tensor of it over 4 axes, from a map x [1, C, H, W] to
+    one of its shape whose value is x's channels permuted (ShuffleNet's channel shuffle, exported as
+    reshape to [1, H, W, g, C/g], transpose, reshape back) becomes a 1x1 conv of x with one-hot weights,
+    which the KPU and the CPU both run (kmodel v4 tensors have at most 4 axes). Found by running the
+    chain's own kernels on the index of each element of x.
+
+        %a = reshape[1,16,16,2,16](%t)   %b = transpose[0,1,2,4,3](%a)
+        %c = reshape[1,16,16,32](%b)     %y = transpose[0,3,1,2](%c)     ==>   %y = conv2d(%x, one-hot)
+    """
+    users = g.users()
+    for n in list(g.nodes):
+        chain, x = [], n
+        while isinstance(x.op, (O.Reshape, O.Transpose)) and (x is n or len(users[x]) == 1):
+            chain.append(x)
+            x = x.inputs[0]
+        if (len(chain) < 2 or n.type.rank != 4 or x.shape != n.shape or x.shape[0] != 1
+                or all(c.type.rank <= 4 for c in chain)):
+            continue
+        value = np.arange(int(np.prod(x.shape))).reshape(x.shape)
+        for c in reversed(chain):
+            value = KERNELS[type(c.op)](c.op, value)
+        plane = x.shape[2] * x.shape[3]
+        perm = value[0, :, 0, 0] // plane
+        if sorted(perm.tolist()) != list(range(x.shape[1])) or not np.array_equal(
+                value, np.arange(value.size).reshape(x.shape)[:, perm]):
+            continue
+        c = x.shape[1]
+        w = np.zeros((c, c, 1, 1), np.float32)
+        w[np.arange(c), perm, 0, 0] = 1.0
+        wn = _insert_after(g, x, O.Constant(w), (), g.unique_name(n.name + "/shuffle_w"))
+        bn = _insert_after(g, wn, O.Constant(np.zeros(c, np.float32)), (), g.unique_name(n.name + "/shuffle_b"))
+        _rewrite(g, n, O.Conv2D(), (x, wn, bn))
+        g.nodes.remove(n)
+        g.nodes.insert(g.nodes.index(bn) + 1, n)
+        users = g.users()
     return g
 
 

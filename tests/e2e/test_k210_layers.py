@@ -38,6 +38,17 @@ def _silu(g, c):
     return g.add(O.Binary("mul"), (c, g.add(O.Unary("logistic"), (c,))))
 
 
+def _shuffle_then_conv(g, x):
+    """ShuffleNet's channel shuffle of a KPU conv's 8 channels (NHWC reshape to 2 groups, transpose,
+    reshape back: 5-D on the way, kcc.passes.canonicalize.fold_channel_shuffle), then a 3x3 conv."""
+    y = g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), act=(0.0, 6.0)), (x, _const(g, (8, 4, 3, 3)), _const(g, (8,))))
+    t = g.add(O.Transpose((0, 2, 3, 1)), (y,))
+    t = g.add(O.Reshape((1, 12, 10, 2, 4)), (t,))
+    t = g.add(O.Transpose((0, 1, 2, 4, 3)), (t,))
+    t = g.add(O.Transpose((0, 3, 1, 2)), (g.add(O.Reshape((1, 12, 10, 8)), (t,)),))
+    return g.add(O.Conv2D((1, 1), ((1, 1), (1, 1))), (t, _const(g, (6, 8, 3, 3)), _const(g, (6,))))
+
+
 CASES = {
     "conv3x3_s1": lambda g, x: g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), act=(0.0, 6.0)), (x, _const(g, (8, 4, 3, 3)), _const(g, (8,)))),
     "conv3x3_s2_same": lambda g, x: g.add(O.Conv2D((2, 2), ((0, 1), (0, 1)), act=(0.0, 6.0)), (x, _const(g, (8, 4, 3, 3)), _const(g, (8,)))),
@@ -50,6 +61,7 @@ CASES = {
     # grouped convs the KPU runs as dense ones with block-diagonal weights (kcc.passes.grouped_conv)
     "dw3x3_multiplier2": lambda g, x: g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), groups=4, act=(0.0, 6.0)), (x, _const(g, (8, 1, 3, 3)), _const(g, (8,)))),
     "conv3x3_groups2": lambda g, x: g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), groups=2), (x, _const(g, (6, 2, 3, 3)), _const(g, (6,)))),
+    "channel_shuffle": _shuffle_then_conv,
     "dilated_dw": lambda g, x: g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), (2, 2), 4), (x, _const(g, (4, 1, 3, 3)), _const(g, (4,)))),
     "transpose_conv": lambda g, x: g.add(O.Conv2DTranspose((1, 5, 24, 20), (2, 2), ((1, 0), (1, 0))), (x, _const(g, (5, 4, 3, 3)), _const(g, (5,)))),
     # kernels the KPU lacks, decomposed into 3x3 terms (decompose_kernels)
@@ -62,6 +74,7 @@ CASES = {
 
 # (bar, measured): max |kpu_sim - float| in output steps ((max - min(min, 0)) / 255)
 MAX_STEPS = {
+    "channel_shuffle": (1.41, 1.34),
     "conv1x1_valid_leaky": (1.68, 1.59),
     "conv2x2_s2": (1.01, 0.96),
     "conv3x3_s1": (1.93, 1.83),

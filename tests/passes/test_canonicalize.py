@@ -11,6 +11,7 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.passes.canonicalize import (
     canonicalize,
+    fold_channel_shuffle,
     fold_constants,
     fold_nops,
     fold_reshape,
@@ -287,3 +288,44 @@ def _every_pass_preserves_outputs(path):
               canonicalize)
     n = len(g.nodes)
     assert len(canonicalize(g).nodes) == n  # a fixpoint
+
+
+def _shuffled(g: Graph, x: Node, groups: int, swap=(0, 1, 2, 4, 3)) -> Node:
+    """TFLite's channel shuffle on NCHW x: to NHWC, reshape to [1, H, W, groups, C/groups], transpose,
+    reshape back, to NCHW."""
+    _, c, h, w = x.shape
+    t = g.add(O.Transpose(NHWC), [x], "shuffle/nhwc")
+    r = g.add(O.Reshape((1, h, w, groups, c // groups)), [t], "shuffle/split")
+    u = g.add(O.Transpose(swap), [r], "shuffle/swap")
+    v = g.add(O.Reshape((1, h, w, c)), [u], "shuffle/merge")
+    return g.add(O.Transpose(NCHW), [v], "shuffle")
+
+
+@pytest.mark.parametrize("groups", [2, 4])
+def test_channel_shuffle_becomes_a_one_hot_1x1_conv(groups):
+    """ShuffleNet's shuffle goes through 5-D tensors, which kmodel v4 cannot hold: the chain becomes one
+    1x1 conv of x with one-hot weights (channel g*i + j of the result is channel j*(C/g) + i of x),
+    under the chain's last name, and computes the same."""
+    g = Graph()
+    x = g.input(0, (1, 8, 3, 4), name="x")
+    g.outputs = [g.add(O.Unary("abs"), [_shuffled(g, x, groups)], "y")]
+    g = check(g, [randn(1, 8, 3, 4)], fold_channel_shuffle, remove_dead)
+    assert count(g, O.Reshape) == count(g, O.Transpose) == 0
+    (conv,) = [n for n in g.nodes if isinstance(n.op, O.Conv2D)]
+    assert conv.name == "shuffle" and conv.inputs[0] is g.inputs[0]
+    w = conv.inputs[1].data[:, :, 0, 0]
+    assert np.array_equal(w.sum(axis=0), np.ones(8)) and np.array_equal(w.sum(axis=1), np.ones(8))
+    assert w[1, 8 // groups] == 1.0  # the second output channel is the second group's first
+
+
+def test_a_5d_chain_that_moves_pixels_stays():
+    """A chain through 5-D tensors that moves values across pixels is no channel permutation."""
+    g = Graph()
+    x = g.input(0, (1, 8, 4, 4), name="x")
+    t = g.add(O.Transpose(NHWC), [x])
+    r = g.add(O.Reshape((1, 4, 4, 2, 4)), [t])
+    u = g.add(O.Transpose((0, 2, 1, 3, 4)), [r])  # swaps H and W
+    v = g.add(O.Reshape((1, 4, 4, 8)), [u])
+    g.outputs = [g.add(O.Transpose(NCHW), [v], "y")]
+    g = check(g, [randn(1, 8, 4, 4)], fold_channel_shuffle)
+    assert count(g, O.Conv2D) == 0 and count(g, O.Reshape) == 2
