@@ -136,7 +136,7 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
     own_grids = (quantization is not None and quantization.fully_quantized and samples is None
                  and options.dataset is None)
     ctx = CompileContext(options, log, progress, samples, quantization, own_grids)
-    source = copy_rewriting(g, Graph(), {}, lambda n: None) if options.inference_type == "uint8" else None
+    source = _copy(g) if options.inference_type == "uint8" else None
     g, ctx = _run_in_kpu_ram(manager, g, ctx, source)
     budget_ram = DEVICE_RAM_BUDGET if options.ram_budget is None else options.ram_budget
     while source is not None and _device_ram(ctx) > budget_ram and (ctx.kpu_form_spent or ctx.form_sheddable):
@@ -157,12 +157,23 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
                 break
             shed += ram - target + DEVICE_RAM_MARGIN
             log(f"   {ram - target} B over {target} B of device RAM: again with {shed} B of decompositions on the CPU")
-        ctx = CompileContext(options, log, progress, ctx.samples, quantization, own_grids, kpu_form_budget=budget,
-                             form_shed=shed, form_bytes={**ctx.form_bytes, **measured},
-                             kpu_ram_reserve=ctx.kpu_ram_reserve)
-        g, ctx = _run_in_kpu_ram(manager, copy_rewriting(source, Graph(), {}, lambda n: None), ctx, source)
+        ctx = _again(ctx, kpu_form_budget=budget, form_shed=shed, form_bytes={**ctx.form_bytes, **measured})
+        g, ctx = _run_in_kpu_ram(manager, _copy(source), ctx, source)
     return CompileResult(ctx.kmodel, g, ctx.emitted, manager.names, ctx.placements, ctx.float_graph,
                          ctx.weights_ranges, ctx.ranges, decisions=ctx.decisions, ram_for_speed=ctx.kpu_form_spent)
+
+
+def _copy(g: Graph) -> Graph:
+    return copy_rewriting(g, Graph(), {}, lambda n: None)
+
+
+def _again(ctx: CompileContext, **changes: Any) -> CompileContext:
+    """A fresh context for another run of the stages: ctx's inputs and what its retries carry
+    (allowance, decompositions shed, their measured bytes, KPU RAM reserves), with `changes`."""
+    carried = dict(kpu_form_budget=ctx.kpu_form_budget, form_shed=ctx.form_shed, form_bytes=ctx.form_bytes,
+                   kpu_ram_reserve=ctx.kpu_ram_reserve)
+    return CompileContext(ctx.options, ctx.log, ctx.progress, ctx.samples, ctx.quantization, ctx.own_grids,
+                          **{**carried, **changes})
 
 
 #: tries of `_run_in_kpu_ram` after the first
@@ -191,10 +202,8 @@ def _run_in_kpu_ram(manager: PassManager, g: Graph, ctx: CompileContext,
             ctx.log(f"   KPU RAM overflow at {', '.join(convs)}: again with "
                     f"{', '.join(str(reserve[c]) for c in convs)} B of KPU RAM left beside "
                     f"{'its form' if len(convs) == 1 else 'their forms'}")
-            ctx = CompileContext(ctx.options, ctx.log, ctx.progress, ctx.samples, ctx.quantization, ctx.own_grids,
-                                 kpu_form_budget=ctx.kpu_form_budget, form_shed=ctx.form_shed,
-                                 form_bytes=ctx.form_bytes, kpu_ram_reserve=reserve)
-            g = copy_rewriting(source, Graph(), {}, lambda n: None)
+            ctx = _again(ctx, kpu_ram_reserve=reserve)
+            g = _copy(source)
     raise AssertionError("unreachable")
 
 

@@ -92,6 +92,11 @@ def pair_shape(n: Node) -> tuple[int, ...]:
     return (1, 2 * n.shape[1], *n.shape[2:])
 
 
+def explicit_prelu(n: Node) -> bool:
+    """The PReLU of streamed add n is made explicit at once: its pair is over STREAM_PAIR_RAM."""
+    return kpu_bytes(pair_shape(n)) > STREAM_PAIR_RAM
+
+
 def _stack_bytes(n: Node) -> int:
     """Weight bytes of add n's pair layer: 2C outputs over the pair of its skip's block (2C) and its
     projection's input (or the other operand's C channels)."""
@@ -125,7 +130,7 @@ def streamed_prelus(g: Graph, opts: CompileOptions = CompileOptions()) -> dict[i
         c = n.shape[1]
         # a kernel over 3x3 (a 5x5): decompose_kernels' to decompose (legalize pads a 2x2 to 3x3)
         decomposed = any(isinstance(u.op, O.Conv2D) and max(u.inputs[1].shape[2:]) > 3 for u in users[p])
-        merged = decomposed or kpu_bytes(pair_shape(n)) > STREAM_PAIR_RAM
+        merged = decomposed or explicit_prelu(n)
         if _stack_bytes(n) + (2 * c * c if merged else 0) > STREAM_BLOCK_BYTES:
             continue
         out[id(p)] = n.name

@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 
 from kcc.ir import ops as O
-from kcc.ir.graph import Graph, Node, copy_rewriting
+from kcc.ir.graph import Graph, Node, copy_rewriting, depthwise_conv
 from kcc.passes.manager import CompileContext
 
 #: most kmodel bytes (uint8 weights) the dense form of a grouped conv may take: a 3x3 over 84 input
@@ -29,9 +29,8 @@ GROUPED_DENSE_BYTES = 64 * 1024
 
 def grouped(n: Node) -> bool:
     """n is a conv with constant weights that is neither dense nor depthwise (one channel each)."""
-    if not isinstance(n.op, O.Conv2D) or n.op.groups == 1 or not n.inputs[1].is_constant:
-        return False
-    return not (n.op.groups == n.inputs[0].shape[1] == n.shape[1])
+    return (isinstance(n.op, O.Conv2D) and n.op.groups != 1 and n.inputs[1].is_constant
+            and not depthwise_conv(n))
 
 
 def dense_weights(w: np.ndarray, groups: int) -> np.ndarray:

@@ -86,9 +86,9 @@ import numpy as np
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node, channel_values
-from kcc.kmodel import kpu_bytes, kpu_channel_offset
+from kcc.kmodel import kpu_channel_offset
 from kcc.options import CompileOptions
-from kcc.passes.blaze_blocks import STREAM_PAIR_RAM, blaze_add, channel_selection, pair_shape, prelu_reader
+from kcc.passes.blaze_blocks import blaze_add, channel_selection, explicit_prelu, pair_shape, prelu_reader
 from kcc.passes.prelu_kpu import _layer_cycles, _per_element, _upload
 from kcc.passes.residual_kpu import _reaches, upload_layer
 from kcc.target.k210 import (
@@ -380,7 +380,7 @@ class _Rewriter:
             elif id(u) in self.uploads:  # a CPU skip, quantized and uploaded by a 1x1 layer
                 kpu += _per_element("quantize", u) + _upload(u) + _layer_cycles(u.shape, c, 1)
         pair = pair_shape(n)
-        explicit = kpu_bytes(pair) > STREAM_PAIR_RAM  # the PReLU made explicit at once (`visit`)
+        explicit = explicit_prelu(n)  # the PReLU made explicit at once (`visit`)
         kpu_reads_sum, merged, copied = False, set(), False
         if explicit:
             kpu += _layer_cycles(pair, c, 1)
@@ -422,7 +422,7 @@ class _Rewriter:
             if alpha is not None and isinstance(n.inputs[0].op, O.Binary):
                 c = n.shape[1]
                 f = _Form(a.node, np.concatenate([np.eye(c), -np.diag(alpha.astype(np.float64))], axis=1), np.zeros(c))
-                if kpu_bytes(a.node.shape) > STREAM_PAIR_RAM:  # made explicit at once (blaze_blocks.EXPLICIT_PAIR_RAM)
+                if explicit_prelu(n.inputs[0]):  # made explicit at once (blaze_blocks.EXPLICIT_PAIR_RAM)
                     return self._merge(f, n.name)
                 self.forms[id(n)] = f
                 return True

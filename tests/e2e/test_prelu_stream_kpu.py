@@ -183,8 +183,7 @@ def test_palm_blazeblocks_over_the_pair_ram_make_their_prelu_explicit(monkeypatc
     stem and the head, exact in float, every layer equal to the scalar reference, faster than the CPU
     adds and PReLUs and within the stream's error (measured: 0.0309 and 5.51 ms, against 0.0256 and
     11.37 ms on the CPU)."""
-    for module in ("kcc.passes.blaze_blocks", "kcc.passes.prelu_stream"):
-        monkeypatch.setattr(f"{module}.STREAM_PAIR_RAM", 2048)
+    monkeypatch.setattr("kcc.passes.blaze_blocks.STREAM_PAIR_RAM", 2048)  # the rule's one place (explicit_prelu)
     builds = _palm_builds(monkeypatch, "explicit")
     g, calib, res, _, _ = builds["explicit"]
     _streamed_wholly(g, calib, res)
