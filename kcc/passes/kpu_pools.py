@@ -3,15 +3,25 @@
 The pool unit pools a layer's output (kpu_semantics.md §3 step 5): `kpu_pool_code` is the code of the
 unit that computes a model's pool exactly. legalize_kpu fuses such pools into the conv before them;
 `pools_in_kpu_ram` serves the max pools left over whose input is a KPU layer made after placement.
+
+A 3x3 stride-2 max pool (ResNet's, SqueezeNet's, ShuffleNet's stems) is no unit code, but it is two:
+max(x[2i..2i+2]) = max(m[2i], m[2i+1]) with m[r] = max(x[r], x[r+1]), a max_2_s1 pool then a max_2_s2
+one (`split_max_pool`). legalize_kpu fuses the first into the layer before it and leaves the second
+(`rest_of_split`) to `pools_in_kpu_ram`, which also makes both 1x1 KPU layers where the pool reads a
+layer that took none. On codes the max is exact; max_2_s1's one tap past the map reads code 0, the
+grid's least, which never wins, as TFLite's padding never does.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
-from kcc.ir.graph import Graph
+from kcc.ir.graph import Graph, Node
+from kcc.kmodel import kpu_row_layout
 from kcc.target.k210 import MAX_CHANNELS, MIN_HW, cpu_cycles, kpu_layer_cost, kpu_map_cycles
 
 
@@ -32,29 +42,67 @@ def kpu_pool_code(p: O.Pool2D, h: int, w: int) -> str | None:
     return None
 
 
-def pools_in_kpu_ram(g: Graph) -> tuple[Graph, dict[str, str]]:
+def split_max_pool(p: O.Pool2D, h: int, w: int) -> bool:
+    """Pool p of an h x w map is max_2_s1 then max_2_s2 exactly (module docstring): a 3x3 stride-2 max
+    pool whose windows along each axis are rows 2i..2i+2 of the map, none past its last row but the
+    one max_2_s1 reads as code 0: TFLite SAME on an even size (padding (0, 1)), VALID on an odd one."""
+    def exact(size: int, pad: tuple[int, int]) -> bool:
+        return (pad == (0, 1) and size % 2 == 0) or (pad == (0, 0) and size % 2 == 1)
+    return (p.op == "max" and p.filter == (3, 3) and p.stride == (2, 2) and p.act == O.NO_CLAMP
+            and exact(h, p.padding[0]) and exact(w, p.padding[1]))
+
+
+def rest_of_split(g: Graph, y: Node, name: str) -> Node:
+    """The max_2_s2 half of a split pool over y, whose max_2_s1 half y's layer computed."""
+    return g.add(O.Pool2D("max", (2, 2), (2, 2)), (y,), name)
+
+
+def _in_kpu_ram(x: Node) -> bool:
+    """x is a KPU layer's output, or a map of its bytes as they lie (kcc.passes.row_bands' bands read
+    as one map: one channel per line group, each channel's rows consecutive lines either way)."""
+    if isinstance(x.op, O.Reshape) and x.shape[0] == 1 and x.inputs[0].shape[3] == x.shape[3]:
+        return kpu_row_layout(x.shape[3]).groups == 1 and isinstance(x.inputs[0].op, KO.FloatKpuConv)
+    return isinstance(x.op, KO.FloatKpuConv)
+
+
+#: a split pool's placement until its max_2_s2 half is placed
+SPLIT_REST_ON_CPU = "max_2_s1 fused into the layer before it, max_2_s2 on the CPU"
+
+
+def pools_in_kpu_ram(g: Graph, placements: list) -> Graph:
     """A max pool left on the CPU whose input is a KPU layer's output (a layer made after the pools
     were placed: prelu_kpu's, residual_kpu's; or a depthwise layer, which kcc never pools) becomes a
     1x1 KPU layer with identity weights and the pool, reading the map in KPU RAM: on its input's grid
     it moves the max of the codes exactly (kcc.ir.kpu_ops.shift_copy; non-depthwise, the pairing
     nncase itself makes). Taken when it costs less than the pool's window taps on the CPU
-    (kcc.target.k210's costs). Returns the graph and, by pool, what its new placement says."""
+    (kcc.target.k210's costs). The placements (kcc.passes.legalize_kpu.Placement) of the pools it
+    takes say so."""
     done = {}
     for n in list(g.nodes):
         x = n.inputs[0] if n.inputs else None
-        if not (isinstance(n.op, O.Pool2D) and n.op.op == "max" and isinstance(x.op, KO.FloatKpuConv)):
+        if not (isinstance(n.op, O.Pool2D) and n.op.op == "max" and _in_kpu_ram(x)):
             continue
         code = kpu_pool_code(n.op, *x.shape[2:])
+        codes = [code] if code else ["max_2_s1", "max_2_s2"] if split_max_pool(n.op, *x.shape[2:]) else []
         c, h, w = x.shape[1:]
-        if code is None or c > MAX_CHANNELS or min(h, w) < MIN_HW:
+        if not codes or c > MAX_CHANNELS or min(h, w) < MIN_HW:
             continue
-        layer = kpu_layer_cost(kpu_map_cycles(c, *x.shape[2:], c, False), c * c)
-        if layer >= n.type.size * n.op.filter[0] * n.op.filter[1] * cpu_cycles("window_tap"):
+        layers = len(codes) * kpu_layer_cost(kpu_map_cycles(c, *x.shape[2:], c, False), c * c)
+        if layers >= n.type.size * n.op.filter[0] * n.op.filter[1] * cpu_cycles("window_tap"):
             continue
         eye = g.insert_before(n, O.Constant(np.eye(c, dtype=np.float32)[:, :, None, None]), (), n.name + "/eye")
         zero = g.insert_before(n, O.Constant(np.zeros(c, np.float32)), (), n.name + "/zero")
-        done[n.name] = f"{code}: a 1x1 KPU layer with identity weights pools the map in KPU RAM"
-        g.substitute(n, g.insert_before(n, KO.FloatKpuConv(1, False, code), (x, eye, zero), n.name), "/cpu")
+        y = x
+        for i, code in enumerate(codes):
+            last = i == len(codes) - 1
+            y = g.insert_before(n, KO.FloatKpuConv(1, False, code), (y, eye, zero), n.name if last else f"{n.name}/{code}")
+        what = "a 1x1 KPU layer with identity weights pools" if len(codes) == 1 else \
+            "two 1x1 KPU layers with identity weights pool"
+        done[n.name] = f"{' then '.join(codes)}: {what} the map in KPU RAM"
+        g.substitute(n, y, "/cpu")
     if done:
         g.remove_dead()
-    return g, done
+    placements[:] = [replace(p, on_kpu=True, reason=done[p.node] if p.reason != SPLIT_REST_ON_CPU else
+                             "max_2_s1 fused into the layer before it, then " + done[p.node])
+                     if p.op == "pool2d" and p.node in done else p for p in placements]
+    return g

@@ -25,16 +25,15 @@ reads; rows they affect are cropped, so they change nothing (the input is zero t
 
 Directly following ops are fused into the layer when the pre-pad/crop is trivial (kernel k with
 tflite padding k//2, stride 1): an element-wise activation its 16-segment table can approximate
-(leaky_relu, logistic, tanh, hard_swish), and a pool the KPU pool unit implements, whose output is
-then what the KPU RAM and size limits apply to.
+(leaky_relu, logistic, tanh, hard_swish), and a pool the KPU pool unit implements (or the first of
+two it splits into: kcc/passes/kpu_pools.py), whose output the KPU RAM and size limits apply to.
 A pool of a layer whose output something else reads unpooled is a second KPU layer, the same conv
 with the pool, when that costs less than the pool on the CPU (`_pooled_twins`).
 FULLY_CONNECTED (MatMul with constant weights) becomes a 1x1 KPU conv on a map padded to 4x4.
 Every convolution that stays on the CPU gets a reason in the returned placement list. Last, a
 per-channel PReLU may become two 1x1 KPU layers (kcc/passes/prelu_kpu.py), a residual add one
-(kcc/passes/residual_kpu.py), and a BlazeBlock's add and PReLU a relu pair in KPU RAM
-(kcc/passes/prelu_stream.py).
-"""
+(kcc/passes/residual_kpu.py), a BlazeBlock's add and PReLU a relu pair in KPU RAM
+(kcc/passes/prelu_stream.py), and a max pool reading a KPU layer 1x1 layers (kpu_pools.py)."""
 
 from __future__ import annotations
 
@@ -47,9 +46,8 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node, copy_rewriting
 from kcc.ir.types import TensorType
 from kcc.options import CompileOptions
-from kcc.passes import gap_pick, row_bands, row_pick
+from kcc.passes import gap_pick, kpu_pools, row_bands, row_pick
 from kcc.passes.kernel_forms import fc_as_conv
-from kcc.passes.kpu_pools import kpu_pool_code, pools_in_kpu_ram
 from kcc.passes.manager import CompileContext
 from kcc.passes.prelu_kpu import prelu_to_kpu
 from kcc.passes.prelu_stream import STREAM_FORM, STREAM_POOL, stream_to_kpu
@@ -270,18 +268,18 @@ class _Legalizer:
         no_slice = ay.crop == ax.crop == 0 and ay.step == ax.step == 1 and (oh, ow) == (hp // s, wp // s)
         trivial = ay.pre == ay.post == ax.pre == ax.post == 0 and s == 1 and no_slice
         # fuse an activation, then a pool, that follow a trivially placed layer
-        tail, fn, unfused_mean = n, None, None
+        tail, fn, unfused_mean, split = n, None, None, None
         if trivial:
-            act = self._fusable_act(n)
-            if act:
-                tail, fn = act
+            tail, fn = self._fusable_act(n) or (tail, fn)
             nxt = self._single_user(tail)
             if not depthwise and nxt is not None and isinstance(nxt.op, O.Pool2D):
-                code = kpu_pool_code(nxt.op, h, wd)
+                code = kpu_pools.kpu_pool_code(nxt.op, h, wd)
                 if code and code.startswith("mean") and not self.fuse_mean_pools:
                     unfused_mean = nxt
                 elif code:
                     pool, tail = code, nxt
+                elif kpu_pools.split_max_pool(nxt.op, h, wd) and row_bands.bands(x.shape, oc) == 1:
+                    pool, split = "max_2_s1", nxt  # its max_2_s2 half after the layer (kcc.passes.kpu_pools)
         # KPU RAM and the DMA register hold the pooled output (tiny YOLO's 320x240 conv + 2x2 max: 160x120)
         s = KO.KPU_POOLS[pool][1]
         m = row_bands.serves(x.shape, oc, k, pool) if trivial and not depthwise else None
@@ -315,7 +313,7 @@ class _Legalizer:
         wc, bc = self._consts(n, w, b)
         kop = KO.FloatKpuConv(k, depthwise, pool, op.act, fn)
         name = tail.name if tail is not n else n.name
-        y = g.add(kop, (xin, wc, bc), name if no_slice else n.name + "/kpu")
+        y = g.add(kop, (xin, wc, bc), (name if no_slice else n.name + "/kpu") + ("/max_2_s1" if split else ""))
         if not no_slice:
             begin = (0, 0, ay.crop, ax.crop)
             end = (y.shape[0], y.shape[1], ay.crop + ay.step * (oh - 1) + 1, ax.crop + ax.step * (ow - 1) + 1)
@@ -326,6 +324,9 @@ class _Legalizer:
                                   (f"crop/slice on CPU: {why}" if why else "crop/slice on CPU", not no_slice)) if on]
         self.placements.append(Placement(n.name, "conv2d", True, what + (f" ({', '.join(extras)})" if extras else "")))
         y = self._absorb(n, tail, y)
+        if split is not None:  # its placement until kpu_pools.pools_in_kpu_ram places the rest
+            y = self._absorb(tail, split, kpu_pools.rest_of_split(g, y, split.name))
+            self._reject(split, kpu_pools.SPLIT_REST_ON_CPU)
         if trivial and not depthwise and pool == "bypass":
             self._pooled_twins(tail, kop, (xin, wc, bc), (h, wd))
         return y
@@ -350,7 +351,7 @@ class _Legalizer:
         for u in self.users[tail]:
             if not isinstance(u.op, O.Pool2D):
                 continue
-            code = kpu_pool_code(u.op, *hw)
+            code = kpu_pools.kpu_pool_code(u.op, *hw)
             if code is None or (code.startswith("mean") and not self.fuse_mean_pools):
                 continue
             twin = kpu_layer_cost(kpu_map_cycles(c, *hw, oc, False), w.type.size)
@@ -494,7 +495,5 @@ def legalize_kpu(g: Graph, ctx: CompileContext | None = None) -> Graph:
         ctx.placements.extend(Placement(name, "add", True, STREAM_FORM) for name in done)
         ctx.placements.extend(Placement(name, "add", False, why) for name, why in kept.items())
     if ctx.options.target != "cpu":
-        out, done = pools_in_kpu_ram(out)
-        ctx.placements[:] = [Placement(p.node, p.op, True, done[p.node]) if p.node in done and p.op == "pool2d"
-                             else p for p in ctx.placements]
+        out = kpu_pools.pools_in_kpu_ram(out, ctx.placements)
     return out

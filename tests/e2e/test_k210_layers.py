@@ -9,7 +9,7 @@ measured errors plus 5 %: a regression of a few percent fails.
 
 import numpy as np
 import pytest
-from kpu_checks import RNG, kpu_layers_match_the_scalar_reference, max_steps
+from kpu_checks import RNG, kpu_layers_match_the_scalar_reference, layer_maps, max_steps
 from kpu_checks import const as _const
 
 import kpu_sim
@@ -58,6 +58,10 @@ CASES = {
     # SiLU as PyTorch and TFLite export it, x * sigmoid(x): canonicalize makes it one silu, the table's
     "conv3x3_silu": lambda g, x: _silu(g, g.add(O.Conv2D((1, 1), ((1, 1), (1, 1))), (x, _const(g, (8, 4, 3, 3)), _const(g, (8,))))),
     "conv_maxpool": lambda g, x: g.add(O.Pool2D("max", (2, 2), (2, 2)), (g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), act=(0.0, np.inf)), (x, _const(g, (8, 4, 3, 3)), _const(g, (8,)))),)),
+    # a 3x3 stride-2 max pool as max_2_s1 then max_2_s2 (kcc.passes.kpu_pools): fused into a dense layer
+    # and a 1x1 layer, or two 1x1 layers after a depthwise one
+    "conv_maxpool3x3_s2": lambda g, x: g.add(O.Pool2D("max", (3, 3), (2, 2), ((0, 1), (0, 1))), (g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), act=(0.0, 6.0)), (x, _const(g, (8, 4, 3, 3)), _const(g, (8,)))),)),
+    "dw_maxpool3x3_s2": lambda g, x: g.add(O.Pool2D("max", (3, 3), (2, 2), ((0, 1), (0, 1))), (g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), groups=4), (x, _const(g, (4, 1, 3, 3)), _const(g, (4,)))),)),
     # grouped convs the KPU runs as dense ones with block-diagonal weights (kcc.passes.grouped_conv)
     "dw3x3_multiplier2": lambda g, x: g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), groups=4, act=(0.0, 6.0)), (x, _const(g, (8, 1, 3, 3)), _const(g, (8,)))),
     "conv3x3_groups2": lambda g, x: g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), groups=2), (x, _const(g, (6, 2, 3, 3)), _const(g, (6,)))),
@@ -85,6 +89,8 @@ MAX_STEPS = {
     "conv5x5_s2_same": (0.76, 0.72),
     "conv7x7_s1": (1.46, 1.38),
     "conv_maxpool": (1.35, 1.28),
+    "conv_maxpool3x3_s2": (1.60, 1.52),
+    "dw_maxpool3x3_s2": (1.35, 1.29),
     "dilated_dw": (1.24, 1.18),
     "dw3x3_multiplier2": (1.44, 1.37),
     "dw3x3_s2": (1.61, 1.53),
@@ -104,6 +110,29 @@ def test_layer_on_the_kpu_matches_float(name):
     assert any(n.opcode.kmodel_name == "kpu_conv2d" for n in res.emitted.model.nodes)
     got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
     assert max_steps(got, want) <= MAX_STEPS[name][0], f"{name}: max error {max_steps(got, want):.2f} steps"
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_a_3x3_stride_2_max_pool_moves_codes_exactly(groups):
+    """VALID on an 11x9 map (kcc.passes.kpu_pools): every layer is the scalar reference's, and the
+    identity layer's max_2_s2 output is the max of the 2x2 blocks of the codes it read."""
+    g = Graph()
+    x = g.input(0, (1, 4, 11, 9))
+    y = g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), groups=groups, act=(0.0, 6.0)), (x, _const(g, (4, 4 // groups, 3, 3)), _const(g, (4,))))
+    g.outputs = [g.add(O.Pool2D("max", (3, 3), (2, 2)), (y,))]
+    calib = [[rng.uniform(-1, 1, (1, 4, 11, 9)).astype(np.float32)] for _ in range(8)]
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    assert all(p.on_kpu for p in res.placements), res.placements
+    maps = layer_maps(res.kmodel, calib[0][0])
+    pools = ["MAX_2_S1", "MAX_2_S2"] if groups == 1 else ["BYPASS", "MAX_2_S1", "MAX_2_S2"]
+    assert [m[0].layer.pool_type.name for m in maps] == pools
+    assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == len(maps)
+    (_, codes, pooled) = maps[-1]
+    blocks = codes[:, :, :10, :8].reshape(1, 4, 5, 2, 4, 2).max(axis=(3, 5))
+    np.testing.assert_array_equal(pooled, blocks)
+    want = run(g, calib[0])[0]
+    got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
+    assert max_steps(got, want) <= (1.70, 1.56)[groups > 1]  # measured 1.62, 1.48 (+ 5 %)
 
 
 def _dw5x5(stride, pad, act):

@@ -169,6 +169,34 @@ def test_pool_fuses_into_the_layer(pool, code):
     assert kpu.op.pool == code and not any(isinstance(n.op, O.Pool2D) for n in lg.nodes)
 
 
+@pytest.mark.parametrize("h,w,pad", [(8, 12, ((0, 1), (0, 1))), (9, 11, ((0, 0), (0, 0))), (8, 11, ((0, 1), (0, 0)))])
+@pytest.mark.parametrize("groups", [1, 6])
+def test_a_3x3_stride_2_max_pool_is_two_pools_of_the_unit(h, w, pad, groups):
+    """TFLite SAME on even sizes, VALID on odd ones: max_2_s1 then max_2_s2. A dense layer takes the
+    first (its max_2_s2 half a 1x1 layer after it), a depthwise one none (two 1x1 layers); the values
+    are the float pool's."""
+    g = _conv_graph(6, 6, h, w, 3, 1, ((1, 1), (1, 1)), groups=groups, act=(0.0, 6.0),
+                    after=O.Pool2D("max", (3, 3), (2, 2), pad))
+    lg, placements = _assert_equivalent(g)
+    pools = [n.op.pool for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)]
+    assert pools == (["max_2_s1", "max_2_s2"] if groups == 1 else ["bypass", "max_2_s1", "max_2_s2"])
+    assert not any(isinstance(n.op, O.Pool2D) for n in lg.nodes)
+    (pool,) = [p for p in placements if p.op == "pool2d"]
+    assert pool.on_kpu and pool.reason.startswith("max_2_s1 fused into the layer before it, then max_2_s2: a 1x1 KPU layer with identity weights pools"
+                                                  if groups == 1 else "max_2_s1 then max_2_s2: two 1x1"), pool
+
+
+@pytest.mark.parametrize("h,w,pad", [(9, 11, ((1, 1), (1, 1))), (8, 12, ((0, 0), (0, 0))), (8, 12, ((1, 1), (1, 1)))])
+def test_a_3x3_stride_2_max_pool_reaching_past_the_map_stays_on_the_cpu(h, w, pad):
+    """SAME on odd sizes, PyTorch's padding 1 on even ones (windows from row -1) and VALID on even ones
+    (the last row read by no window, which max_2_s2 would read): the pool unit has no such window."""
+    g = _conv_graph(6, 6, h, w, 3, 1, ((1, 1), (1, 1)), act=(0.0, 6.0), after=O.Pool2D("max", (3, 3), (2, 2), pad))
+    lg, placements = _assert_equivalent(g)
+    assert [n.op.pool for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)] == ["bypass"]
+    (pool,) = [p for p in placements if p.op == "pool2d"]
+    assert not pool.on_kpu
+
+
 def test_the_kpu_limits_apply_to_a_fused_pools_output():
     """Tiny YOLO's first layer at 320x240: a 3x3 conv of 76800 pixels and its 2x2 max pool. The layer
     writes the pooled 160x120 map, within the DMA register's 65536 pixels: it is one KPU layer (it
