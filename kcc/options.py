@@ -44,6 +44,7 @@ class CompileOptions:
     weights_quantize_threshold: float = 64.0
     #: Ops with fewer output elements than this stay float (ncc default 1024).
     output_quantize_threshold: int = 1024
+    #: Binary ops left on the CPU between KPU layers in float, not on uint8 codes (kcc.quant.cpu_binary).
     no_quantized_binary: bool = False
     #: Convs the KPU lacks (5x5, 7x7, oversized stems; kcc.passes.decompose_kernels): "accurate" puts
     #: one on the KPU in a form that rounds no more than the float conv on the CPU, when that is

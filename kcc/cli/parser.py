@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--output-quantize-threshold", type=int, default=1024,
                    help="fully-connected layers with fewer weights or outputs than this stay float (1024)")
     c.add_argument("--no-quantized-binary", action="store_true",
-                   help="accepted for ncc compatibility; changes nothing: kcc runs CPU binary ops in float anyway")
+                   help="binary ops between KPU layers that stay on the CPU run in float (dequantized), "
+                        "not on uint8 codes (nncase's quantized_binary)")
     c.add_argument("--decompose", default="accurate", choices=DECOMPOSE_MODES,
                    help="convs the KPU lacks (5x5, 7x7, ...) as 3x3 KPU layers: accurate = only in a form that "
                         "rounds no more than the CPU conv and is estimated faster, fast = the fastest form "

@@ -19,7 +19,7 @@ from kcc.emit.storage import Storage, shape4
 from kcc.ir import kpu_ops as KO
 from kcc.ir.graph import Node
 from kcc.kmodel.layer import wrap_signed
-from kcc.kmodel.spec import KpuFilterType, KpuPoolType
+from kcc.kmodel.spec import BinaryOp, KpuFilterType, KpuPoolType
 from kcc.target.k210 import KPU_LINE_SIZE, layer_fields
 
 
@@ -102,6 +102,17 @@ def _quantized_conv2d(n: Node, st: Storage) -> K.Body:
                              weights=np.ascontiguousarray(w.data, np.uint8).ravel())
 
 
+def _quantized_binary(n: Node, st: Storage) -> K.Body:
+    op: KO.QuantBinary = n.op
+    a, b = n.inputs
+    return K.QuantizedBinary(input_a=st.range(a), input_b=st.range(b), output=st.range(n),
+                             binary_op=BinaryOp[op.op.upper()], in_a_shape=shape4(a.shape),
+                             in_b_shape=shape4(b.shape), out_shape=shape4(n.shape),
+                             input_a_offset=op.a[0], input_a_mul=op.a[1], input_a_shift=op.a[2],
+                             input_b_offset=op.b[0], input_b_mul=op.b[1], input_b_shift=op.b[2],
+                             output_offset=op.out[0], output_mul=op.out[1], output_shift=op.out[2])
+
+
 KPU_EMITTERS: dict[type, Callable[[Node, Storage], K.Body]] = {
     KO.Quantize: _quantize,
     KO.Dequantize: _dequantize,
@@ -109,4 +120,5 @@ KPU_EMITTERS: dict[type, Callable[[Node, Storage], K.Body]] = {
     KO.QuantKpuLayer: _kpu_conv2d,
     KO.QuantMatMul: _quantized_matmul,
     KO.QuantConv: _quantized_conv2d,
+    KO.QuantBinary: _quantized_binary,
 }

@@ -193,8 +193,8 @@ class Storage:
 
     def _elementwise_in_place(self, g: Graph) -> set[int]:
         """Binary ops that write over an input of the output's shape read for the last time: the
-        runtime's binary kernel reads a[i] and b[i] before it writes out[i] (nncase v0.2
-        neutral_kernels.h, both the same-shape and the broadcasting loop), so one buffer serves, and
+        runtime's binary and quantized_binary kernels read a[i] and b[i] before they write out[i]
+        (nncase v0.2 neutral_kernels.h, both the same-shape and the broadcasting loop), so one buffer serves, and
         a float PReLU (max/min/mul/add on the CPU) holds two maps instead of three at its peak. Not
         unary ops: that kernel declares its pointers `restrict`. A float depthwise 1x1 conv of the output's
         shape may too (the form lower_to_neutral gives a per-channel PReLU/binary/clamp): the float
@@ -210,7 +210,7 @@ class Storage:
         last.update((id(value(o)), len(g.nodes)) for o in g.outputs)
         done: set[int] = set()
         for k, n in enumerate(g.nodes):
-            if not (isinstance(n.op, O.Binary) or _pointwise_conv(n)) or id(n) in self.root:
+            if not (isinstance(n.op, (O.Binary, KO.QuantBinary)) or _pointwise_conv(n)) or id(n) in self.root:
                 continue
             for i in dict.fromkeys(n.inputs[:1] if isinstance(n.op, O.Conv2D) else n.inputs):
                 if (i.type == n.type and last.get(id(i)) == k and sum(x is i for x in n.inputs) == 1

@@ -15,6 +15,9 @@ Quantized stage (after `quantize`, executed bit-exactly only by kpu_sim):
                             range of one buffer (kcc.emit.storage), no node of its own either
     KpuChannelView          channels [c0, c1) of a map in KPU RAM, read in place by KPU layers: an
                             address inside the map (kcc.emit.storage), no node of its own either
+    QuantMatMul / QuantConv / QuantBinary
+                            nncase's uint8 CPU kernels (quantized_matmul, quantized_conv2d,
+                            quantized_binary: kpu_semantics.md §4.4), on codes in main memory
 
 Both stages:
     KpuStack                KPU layers' outputs side by side in one KPU RAM buffer, each part on its
@@ -319,6 +322,33 @@ class QuantMatMul(Op):
     def attrs(self):
         return {"a_offset": self.a_offset, "b_offset": self.b_offset, "mul": self.mul, "shift": self.shift,
                 "out_q": self.out_q}
+
+
+@dataclass(frozen=True, eq=False)
+class QuantBinary(Op):
+    """A binary op on uint8 codes on the CPU, nncase's quantized_binary (kmodel_v4.md §8.17):
+
+        a' = mcs(a + a[0], a[1], a[2]),  b' likewise,
+        out = clamp(mcs(op(a', b'), out[1], out[2]) + out[0], 0, 255)
+
+    with mcs(v, mul, shift) = (v * mul + 2^(shift-1)) >> shift on int64, truncated to int32; each
+    triple is (offset, mul, shift). Inputs u8 of broadcastable shapes (kcc.quant.cpu_binary)."""
+
+    kind: ClassVar[str] = "quantized_binary"
+    op: str
+    a: tuple[int, int, int]
+    b: tuple[int, int, int]
+    out: tuple[int, int, int]
+    out_q: tuple[int, float]
+
+    def infer_type(self, ins):
+        _check(len(ins) == 2 and all(t.dtype == DType.uint8 and t.rank == 4 for t in ins),
+               "quantized_binary takes two u8 4-D tensors")
+        _check(self.op in ("add", "sub", "mul", "min", "max"), f"quantized_binary op {self.op}")
+        return TensorType(tuple(int(d) for d in np.broadcast_shapes(ins[0].shape, ins[1].shape)), DType.uint8)
+
+    def attrs(self):
+        return {"op": self.op, "a": self.a, "b": self.b, "out": self.out, "out_q": self.out_q}
 
 
 @dataclass(frozen=True, eq=False)

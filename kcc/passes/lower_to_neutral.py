@@ -8,6 +8,11 @@ that replaces it, so graph outputs keep their tflite names.
                           -> max(x, x*a)          other constant a, if 0 <= a <= 1 everywhere
                           -> max(x,0) + a*min(x,0)             otherwise
     x +-* c (c constant per channel), clamp(x) of 4-D x -> 1x1 depthwise conv2d (_binary, _clamp)
+    x op s, s broadcast (a squeeze-excite gate [N, C, 1, 1], a spatial attention map [N, 1, H, W])
+                         -> concats of copies of s to x's shape, then a same-shape binary or
+                            quantized_binary (_same_shapes):
+                            nncase's binary runs a flat loop on same-shape operands and a 4-D offset
+                            loop otherwise (v0.2 neutral_kernels.h), when the copies cost less
     l2_normalize(x)      -> x * rsqrt(max(sum(x*x), eps^2))
     softmax(x, axis!=-1) -> transpose, softmax(last axis), transpose back   (kmodel_v4.md §8.10)
     reduce(keepdims=F)   -> reduce(keepdims=T), reshape         (kmodel reduce keeps dims, §8.7)
@@ -34,8 +39,10 @@ import numpy as np
 
 from kcc.errors import UnsupportedModelError
 from kcc.eval import kernels
+from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node, channel_values, copy_rewriting
+from kcc.ir.types import TensorType
 from kcc.target.k210 import CPU_NODE_CYCLES, cpu_cycles
 
 if TYPE_CHECKING:
@@ -117,7 +124,39 @@ def _binary(b: _Builder, n: Node, x: Node, y: Node) -> Node:
         w, bias = {"add": (one, slopes), "mul": (slopes, np.zeros_like(slopes)),
                    "sub": (one, -slopes) if first else (-one, slopes)}[op.op]
         return _depthwise(b, t, w, op.act, n.name, bias)
-    return b.add(op, (x, y), n.name, n.note)
+    return b.add(op, _same_shapes(b, n, x, y, "binary"), n.name, n.note)
+
+
+#: largest float copy of a broadcast operand (`repeats`): working memory (device RAM) beside the map
+#: it multiplies; a squeeze-excite gate over a 112x112x32 map in float (1.5 MiB) is not repeated
+EXPAND_BYTES = 512 * 1024
+
+
+def _quant_binary(b: _Builder, n: Node, x: Node, y: Node) -> Node:
+    return b.add(n.op, _same_shapes(b, n, x, y, "quantized_binary"), n.name, n.note)
+
+
+def repeats(operand: TensorType, to: tuple[int, ...], kernel: str) -> bool:
+    """A broadcast operand of a binary op (nncase kernel `kernel`: binary, quantized_binary) of shape
+    `to` is repeated to that shape (`_same_shapes`): the copies and the runtime's flat loop cost less
+    than its 4-D offset loop (nncase v0.2 neutral_kernels.h), and, in float, the copy is at most
+    EXPAND_BYTES (on codes it is smaller than the float operands it saves)."""
+    size = int(np.prod(to, dtype=np.int64))
+    if operand.rank != len(to) or operand.shape == tuple(to):
+        return False
+    if kernel == "binary" and size * operand.dtype.itemsize > EXPAND_BYTES:
+        return False
+    cycles = _expand_cycles(operand.shape, tuple(to), operand.dtype.itemsize) + size * cpu_cycles(kernel)
+    return cycles < size * (cpu_cycles(kernel) + cpu_cycles("broadcast"))
+
+
+def _same_shapes(b: _Builder, n: Node, x: Node, y: Node, kernel: str) -> tuple[Node, Node]:
+    """Binary n's operands, a broadcast one repeated to n's shape where that pays (`repeats`)."""
+    for t, u in ((x, y), (y, x)):
+        if t.shape == n.shape and repeats(u.type, n.shape, kernel):
+            wide = _expand(b, u, n.shape, u.name + "/expanded")
+            return (x, wide) if t is x else (wide, y)
+    return x, y
 
 
 def _clamp(b: _Builder, n: Node, x: Node) -> Node:
@@ -203,14 +242,38 @@ def _interp_matrix(size_in: int, size_out: int, op: O.Resize) -> np.ndarray:
 
 
 def _broadcast(b: _Builder, n: Node, x: Node) -> Node:
-    """x [N, C, 1, 1] repeated to n's [N, C, OH, OW]: a row of OW copies, then OH copies of the row
-    (kmodel concat, §8.2: one block per (outer, input), so N*C*(OW + OH) blocks in all)."""
-    nb, c, oh, ow = n.shape
-    col = b.add(O.Reshape((nb * c, 1)), (x,), n.name + "/pixel")
-    row = b.add(O.Concat(1), (col,) * ow, n.name + "/row")
-    rows = b.add(O.Reshape((nb * c, 1, ow)), (row,), n.name + "/row3")
-    plane = b.add(O.Concat(1), (rows,) * oh, n.name + "/plane")
-    return b.add(O.Reshape(n.shape), (plane,), n.name)
+    """x [N, C, 1, 1] repeated to n's [N, C, OH, OW] (`_expand`)."""
+    return _expand(b, x, n.shape, n.name)
+
+
+def _expand_steps(shape: tuple[int, ...], to: tuple[int, ...]) -> list[tuple[int, tuple[int, ...]]]:
+    """The concatenations that repeat a tensor of `shape` to `to`: (axis, shape after), innermost
+    axis first, so that each copies whole rows already repeated."""
+    steps, now = [], list(shape)
+    for axis in reversed(range(len(shape))):
+        if now[axis] != to[axis]:
+            now[axis] = to[axis]
+            steps.append((axis, tuple(now)))
+    return steps
+
+
+def _expand_cycles(shape: tuple[int, ...], to: tuple[int, ...], itemsize: int) -> float:
+    """CPU cycles of `_expand` (kmodel concat, §8.2: a memcpy per (outer, input) block)."""
+    cycles = 0.0
+    for axis, after in _expand_steps(shape, to):
+        blocks = int(np.prod(after[:axis + 1], dtype=np.int64))
+        size = int(np.prod(after, dtype=np.int64)) * itemsize
+        cycles += CPU_NODE_CYCLES + blocks * cpu_cycles("concat_block") + size * cpu_cycles("copy_byte")
+    return cycles
+
+
+def _expand(b: _Builder, x: Node, to: tuple[int, ...], name: str) -> Node:
+    """x repeated along its size-1 axes to shape `to`: one concatenation of copies per axis
+    (an ASPP image-pooling branch's 1x1 map to the map's size: N*C*(OW + OH) blocks in all)."""
+    steps = _expand_steps(x.shape, to)
+    for i, (axis, _) in enumerate(steps):
+        x = b.add(O.Concat(axis), (x,) * to[axis], name if i == len(steps) - 1 else f"{name}/axis{axis}")
+    return x if steps else b.add(O.Reshape(tuple(to)), (x,), name)  # nothing to repeat: an alias
 
 
 #: most bytes of constant fills the pads lowered to concatenations may add to a model's kmodel: the
@@ -358,6 +421,7 @@ def _resize(b: _Builder, n: Node, x: Node) -> Node:
 
 _RULES = {
     O.Binary: _binary,
+    KO.QuantBinary: _quant_binary,
     O.Clamp: _clamp,
     O.PRelu: _prelu,
     O.L2Normalize: _l2_normalize,

@@ -59,6 +59,7 @@ from kcc.passes.kernel_forms import shift_weights
 from kcc.passes.kpu_live import KpuLive
 from kcc.passes.legalize_kpu import Placement
 from kcc.passes.manager import CompileContext
+from kcc.quant.cpu_binary import quant_binary, uint8_binary
 from kcc.quant.cpu_conv import clamp_holds, quant_convs
 from kcc.quant.cpu_matmul import quant_matmul, uint8_matmul
 from kcc.quant.domains import Domain, NodeQuant
@@ -132,6 +133,9 @@ def calibration_view(g: Graph) -> CalibrationView:
         elif uint8_matmul(n) or uint8_conv(n):  # uint8 on the CPU: reads and writes grids (kcc.quant.cpu_*)
             points[id(n)] = n
             points[id(n.inputs[0])] = n.inputs[0]
+        elif uint8_binary(n):  # and a broadcast operand's grid (a gate's), quantized for it
+            points[id(n)] = n
+            points.update((id(i), i) for i in n.inputs if i.type.size < n.type.size)
         elif isinstance(n.op, O.Concat) and any(isinstance(i.op, KO.FloatKpuConv) for i in n.inputs):
             # a CPU conv among KPU layers may be uploaded into its range (policy.share_concat_grids)
             points.update((id(i), i) for i in n.inputs if isinstance(i.op, O.Conv2D))
@@ -154,13 +158,15 @@ def _required(n: Node, q: QuantParam | None) -> QuantParam:
 
 
 def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | None = None,
-            turn_channels: bool = True,
-            pre_activations: dict[str, str] | None = None) -> dict[Node, NodeQuant]:
+            turn_channels: bool = True, pre_activations: dict[str, str] | None = None,
+            uint8_binaries: bool = True) -> dict[Node, NodeQuant]:
     """Each node's domain and grid, in one pass over g's topological order (module docstring).
 
     A node moves uint8 codes (CODES) when its input does and the grid is kept: data movement of a
     uint8 tensor; a pool without clamp whose range is its input's grid; a concatenation of uint8
-    tensors on one grid (kcc.quant.policy.share_concat_grids) that its own range, if any, agrees with."""
+    tensors on one grid (kcc.quant.policy.share_concat_grids) that its own range, if any, agrees with.
+    A binary op between KPU layers computes on codes (kcc.quant.cpu_binary) unless `uint8_binaries`
+    is off (ncc's --no-quantized-binary)."""
     by_layer = moments.layers if moments is not None else {}
     pre = pre_activations or {}
     table: dict[Node, NodeQuant] = {}
@@ -170,6 +176,12 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
 
     def own_grid(n: Node) -> QuantParam | None:
         return range_param(ranges[n.name]) if n.name in ranges else None
+
+    users = g.users()
+    outputs = {id(o) for o in g.outputs}
+
+    def kpu_read(n: Node) -> bool:  # read as codes by KPU layers only (kcc.quant.cpu_binary)
+        return id(n) not in outputs and all(isinstance(u.op, KO.FloatKpuConv) for u in users[n])
 
     # a KPU layer that writes rows of another's map in place is on that map's grid (KpuRowPatch)
     patched_map = {id(p): r.inputs[0] for r in g.nodes if isinstance(r.op, KO.KpuRowPatch) for p in r.inputs[1:]}
@@ -205,6 +217,13 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
             y_q = _required(n, own_grid(n))
             table[n] = NodeQuant(Domain.CPU_UINT8, y_q, matmul=quant_matmul(n, _required(x, table[x].grid), y_q))
             continue
+        if uint8_binaries and uint8_binary(n) and n.name in ranges and clamp_holds(n, own_grid(n)) and kpu_read(n):
+            grids = [table[i].grid if on_codes(i) or i.type.size < n.type.size else None for i in n.inputs]
+            op = (quant_binary(n, *grids, own_grid(n))
+                  if None not in grids and any(on_codes(i) for i in n.inputs) else None)
+            if op is not None:
+                table[n] = NodeQuant(Domain.CPU_UINT8, own_grid(n), binary=op)
+                continue
         # a conv left on the CPU, on its input's codes (kcc.quant.cpu_conv; [] keeps the float conv)
         x_q = table[n.inputs[0]].grid if uint8_conv(n) and on_codes(n.inputs[0]) else None
         convs = (quant_convs(n, x_q, own_grid(n), by_layer.get(n.name))
@@ -290,6 +309,8 @@ class _Rewriter:
                               n.name if len(nq.convs) == 1 else f"{n.name}/channels({op.o0}, {op.o1})")
                         for op, codes in nq.convs]
                 return runs[0] if len(runs) == 1 else g.add(O.Concat(1), tuple(runs), n.name)
+            if nq.domain is Domain.CPU_UINT8 and nq.binary is not None:
+                return g.add(nq.binary, tuple(self.u8_of(i) for i in n.inputs), n.name)
             if nq.domain is Domain.CPU_UINT8:
                 op, codes = nq.matmul
                 # the input's codes on the grid analyze chose (its own, or the grid they move on)
@@ -453,7 +474,7 @@ def quantize(g: Graph, ctx: CompileContext | None = None) -> Graph:
     ctx = ctx or CompileContext()
     opts = ctx.options
     table = analyze(g, ctx.ranges, opts.effective_input_type == "uint8", ctx.moments,
-                    opts.weight_equalization == "turned", ctx.pre_activations)
+                    opts.weight_equalization == "turned", ctx.pre_activations, not opts.no_quantized_binary)
     rewriter = _Rewriter(g, table)
     out = rewriter.run()
     ctx.placements.extend(rewriter.placements.values())

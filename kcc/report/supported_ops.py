@@ -34,6 +34,12 @@ _TABLE_KPU = "fused into the KPU activation table"
 #: a channel concatenation of KPU layers read by KPU layers is computed in place in KPU RAM (kcc.quant.quantize)
 _CONCAT_KPU = ("in KPU RAM when KPU layers produce and read it (channels, batch 1, each part starting on a "
                "line of its own), else CPU")
+_MAX_POOL_KPU = ("fused into the preceding KPU layer (2x2 s2, 4x4 s4, 2x2 s1); 3x3 s2 as 2x2 s1 then 2x2 s2 when "
+                 "no window reaches before the map (TF SAME on even sizes, VALID on odd ones)")
+#: kcc.passes.residual_kpu, kcc.quant.cpu_binary
+_ADD = ("KPU: a residual add of KPU layers as a 1x1 layer over both; else CPU, on uint8 codes (quantized_binary) "
+        "between KPU layers")
+_BINARY = "CPU, on uint8 codes (quantized_binary) between KPU layers; a broadcast operand repeated to the map first"
 ON_KPU: dict[str, dict[str, str]] = {
     "tflite": {
         "CONV_2D": "KPU: 1x1, 2x2 and 3x3 kernels, any stride (stride 2 through the pool unit, others by a CPU slice), "
@@ -43,7 +49,12 @@ ON_KPU: dict[str, dict[str, str]] = {
         "TRANSPOSE_CONV": "KPU: zero insertion + flipped kernel, when the result is a KPU-sized conv",
         "FULLY_CONNECTED": "KPU: as a 1x1 conv on a 4x4 map when both sides <= 1024 and the output is not tiny",
         "AVERAGE_POOL_2D": "fused into the preceding KPU layer (2x2 s2, 4x4 s4, 2x2 s1, global on 2x2/4x4 maps)",
-        "MAX_POOL_2D": "fused into the preceding KPU layer (2x2 s2, 4x4 s4, 2x2 s1)",
+        "MAX_POOL_2D": _MAX_POOL_KPU,
+        "ADD": _ADD,
+        "SUB": _BINARY,
+        "MUL": _BINARY,
+        "MAXIMUM": _BINARY,
+        "MINIMUM": _BINARY,
         "RELU": "fused into the KPU layer's clamp",
         "RELU6": "fused into the KPU layer's clamp",
         "RELU_N1_TO_1": "fused into the KPU layer's clamp",
@@ -61,7 +72,10 @@ ON_KPU: dict[str, dict[str, str]] = {
         "MatMul": "KPU: as a 1x1 conv on a 4x4 map when both sides <= 1024 and the output is not tiny",
         "BatchNormalization": "folded into the preceding conv / gemm (then KPU), else a per-channel multiply-add",
         "AveragePool": "fused into the preceding KPU layer (2x2 s2, 4x4 s4, 2x2 s1, global on 2x2/4x4 maps)",
-        "MaxPool": "fused into the preceding KPU layer (2x2 s2, 4x4 s4, 2x2 s1)",
+        "MaxPool": _MAX_POOL_KPU,
+        "Add": _ADD,
+        "Sub": _BINARY,
+        "Mul": _BINARY,
         "Relu": _CLAMP_KPU,
         "Clip": _CLAMP_KPU,
         "LeakyRelu": _TABLE_KPU,
@@ -74,7 +88,8 @@ ON_KPU: dict[str, dict[str, str]] = {
         "Convolution": _CONV_KPU,
         "Deconvolution": "KPU: zero insertion + flipped kernel, when the result is a KPU-sized conv",
         "InnerProduct": "KPU: as a 1x1 conv on a 4x4 map when both sides <= 1024 and the output is not tiny",
-        "Pooling": "fused into the preceding KPU layer (MAX/AVE 2x2 s2, 4x4 s4, 2x2 s1)",
+        "Pooling": "fused into the preceding KPU layer (MAX/AVE 2x2 s2, 4x4 s4, 2x2 s1; MAX 3x3 s2 as for MaxPool)",
+        "Eltwise": _ADD,
         "ReLU": _CLAMP_KPU + " (with negative_slope: the KPU activation table)",
         "Clip": _CLAMP_KPU,
         "Sigmoid": _TABLE_KPU,

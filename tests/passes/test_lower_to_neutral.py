@@ -127,15 +127,15 @@ def test_resize_variants(mode, align, half, size):
 @pytest.mark.parametrize("mode,align,half,size", [("bilinear", True, False, (33, 33)), ("bilinear", False, True, (5, 8)),
                                                   ("nearest", False, False, (4, 1)), ("bilinear", False, False, (1, 6))])
 def test_resize_of_one_pixel_is_a_broadcast_by_concats(mode, align, half, size):
-    """A 1x1 map resized is its pixel repeated (deeplabv3's image pooling branch): two concats of
-    copies, no resize_image, no interpolation matmul."""
+    """A 1x1 map resized is its pixel repeated (deeplabv3's image pooling branch): a concat of copies
+    per axis it grows along, no resize_image, no interpolation matmul."""
     g = Graph()
     x = g.input(0, (1, 3, 1, 1))
     g.outputs = [g.add(O.Resize(mode, size, align, half), (x,), "rs")]
     low = _check(g, rng.standard_normal((1, 3, 1, 1)).astype(np.float32))
     kinds = {type(n.op) for n in low.nodes if not n.is_constant}
     assert kinds <= {O.Input, O.Reshape, O.Concat}
-    assert sum(isinstance(n.op, O.Concat) for n in low.nodes) == 2
+    assert sum(isinstance(n.op, O.Concat) for n in low.nodes) == sum(d > 1 for d in size)
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 6, 6), (1, 2, 1, 5), (1, 4, 12, 7), (2, 1, 3, 2)])
@@ -150,3 +150,22 @@ def test_bilinear_half_pixel_x2_is_plain_resize_then_mean_pool(shape):
     ops = [type(m.op) for m in low.nodes if not m.is_constant and not isinstance(m.op, O.Input)]
     assert ops == [O.Resize, O.Pool2D]
     assert native_resize_ok(next(m.op for m in low.nodes if isinstance(m.op, O.Resize)), (h, w))
+
+
+@pytest.mark.parametrize("shape,gate,repeated", [
+    ((1, 8, 16, 16), (1, 8, 1, 1), True),  # a squeeze-excite gate: a concat along W, then H
+    ((1, 8, 16, 16), (1, 1, 16, 16), True),  # a spatial attention map: one concat along C
+    ((1, 32, 112, 112), (1, 32, 1, 1), False),  # the float copy would be 1.5 MiB of working memory
+])
+def test_a_broadcast_operand_is_repeated_for_the_flat_loop(shape, gate, repeated):
+    """nncase's binary kernel loops flat over same-shape operands and computes 4-D offsets per element
+    otherwise: the broadcast operand is repeated to the map's shape by concatenations first, unless the
+    float copy would exceed lower_to_neutral.EXPAND_BYTES."""
+    g = Graph()
+    x = g.input(0, shape)
+    s = g.add(O.Unary("logistic"), (g.add(O.Reduce("mean", tuple(a for a in (1, 2, 3) if gate[a] == 1), True), (x,)),))
+    g.outputs = [g.add(O.Binary("mul"), (x, s), "gated")]
+    low = _check(g, rng.standard_normal(shape).astype(np.float32))
+    (mul,) = [n for n in low.nodes if isinstance(n.op, O.Binary)]
+    assert (mul.inputs[0].shape == mul.inputs[1].shape) == repeated
+    assert sum(isinstance(n.op, O.Concat) for n in low.nodes) == (sum(a != b for a, b in zip(shape, gate)) if repeated else 0)
