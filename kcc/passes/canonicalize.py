@@ -12,6 +12,9 @@
                      weights: kmodel v4 holds 4-D tensors only
     fold_affine      a per-channel mul / add / sub into the conv or matmul before it (kcc.passes.affine):
                      the batch norms Caffe and ONNX keep as separate ops
+    fold_pad_into_max_pool  a zero pad of a map that is never negative (a ReLU's) into the max
+                     pool reading it (Keras' ZeroPadding2D before a VALID MaxPool2D): the pool's own
+                     padding, which no window takes, as no zero wins where the values are >= 0
     fuse_clamp       a Clamp after an op with an `act` field becomes that field
     fuse_silu        x * logistic(x) becomes one silu(x) (ONNX Sigmoid+Mul, TFLite LOGISTIC+MUL), so the
                      KPU can take it as a conv's activation (kcc.passes.legalize_kpu)
@@ -48,8 +51,8 @@ _HAS_ACT = (O.Conv2D, O.Conv2DTranspose, O.MatMul, O.Binary, O.Pool2D)
 def canonicalize(graph: Graph, ctx: CompileContext | None = None, *, max_rounds: int = 16) -> Graph:
     """Run every canonicalisation to a fixpoint (at most `max_rounds` rounds); needs nothing of `ctx`."""
     passes: list[Callable[[Graph], Graph]] = [fold_constants, fold_transpose, fold_reshape, fold_nops,
-                                              fold_channel_shuffle, fold_affine, fuse_clamp, fuse_silu,
-                                              remove_dead]
+                                              fold_channel_shuffle, fold_affine, fold_pad_into_max_pool,
+                                              fuse_clamp, fuse_silu, remove_dead]
     for _ in range(max_rounds):
         before = _fingerprint(graph)
         for p in passes:
@@ -352,6 +355,34 @@ def fold_channel_shuffle(g: Graph) -> Graph:
         g.nodes.remove(n)
         g.nodes.insert(g.nodes.index(bn) + 1, n)
         users = g.users()
+    return g
+
+
+def _nonneg(n: Node) -> bool:
+    """n's value is never negative by construction: a clamp, or an op's fused one, from 0 or more."""
+    return (isinstance(n.op, _HAS_ACT) and n.op.act[0] >= 0) or (isinstance(n.op, O.Clamp) and n.op.lo >= 0)
+
+
+def fold_pad_into_max_pool(g: Graph) -> Graph:
+    """max_pool(pad(x, 0 on H and W)) -> max_pool(x) with the pad added to its padding, when x is never
+    negative and every window keeps a tap of x (the pad less than the window): the max of a window
+    with zeros among values >= 0 is the max of the values.
+
+        %p = pad[0, (0,0),(0,0),(1,1),(1,1)](%r)      %y = pool2d[max, 3x3, s2, pad (1,1),(1,1)](%r)
+        %y = pool2d[max, 3x3, s2, VALID](%p)   ==>
+    """
+    for n in g.nodes:
+        op = n.op
+        if not (isinstance(op, O.Pool2D) and op.op == "max" and isinstance(n.inputs[0].op, O.Pad)):
+            continue
+        pad = n.inputs[0]
+        p = pad.op.paddings
+        if not (pad.op.value == 0.0 and len(p) == 4 and p[0] == p[1] == (0, 0) and _nonneg(pad.inputs[0])):
+            continue
+        padding = tuple((a + b, c + d) for (a, c), (b, d) in zip(op.padding, p[2:]))
+        if any(max(a, b) >= f for (a, b), f in zip(padding, op.filter)):
+            continue
+        _rewrite(g, n, dataclasses.replace(op, padding=padding), (pad.inputs[0],))
     return g
 
 

@@ -6,10 +6,13 @@ unit that computes a model's pool exactly. legalize_kpu fuses such pools into th
 
 A 3x3 stride-2 max pool (ResNet's, SqueezeNet's, ShuffleNet's stems) is no unit code, but it is two:
 max(x[2i..2i+2]) = max(m[2i], m[2i+1]) with m[r] = max(x[r], x[r+1]), a max_2_s1 pool then a max_2_s2
-one (`split_max_pool`). legalize_kpu fuses the first into the layer before it and leaves the second
-(`rest_of_split`) to `pools_in_kpu_ram`, which also makes both 1x1 KPU layers where the pool reads a
-layer that took none. On codes the max is exact; max_2_s1's one tap past the map reads code 0, the
-grid's least, which never wins, as TFLite's padding never does.
+one (`split_max_pool`). legalize_kpu fuses the first into the layer before it and leaves the rest
+(`rest_of_split`) to `pools_in_kpu_ram`, which also makes every part a 1x1 KPU layer where the pool
+reads a layer that took none. On codes the max is exact; max_2_s1's one tap past the map reads code
+0, the grid's least, which never wins, as TFLite's padding never does. PyTorch's padding of 1 on an
+even size (windows 2i-1..2i+1) is the same on m shifted one row down, m'[r] = m[r-1]: a 3x3 depthwise
+copy (kcc.passes.kernel_forms.shift_weights) whose padding row, 0, never wins either when the map is
+not negative (a ReLU's; otherwise the pool stays on the CPU).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.kmodel import kpu_row_layout
+from kcc.passes.kernel_forms import shift_weights
 from kcc.target.k210 import MAX_CHANNELS, MIN_HW, cpu_cycles, kpu_layer_cost, kpu_map_cycles
 
 
@@ -42,18 +46,44 @@ def kpu_pool_code(p: O.Pool2D, h: int, w: int) -> str | None:
     return None
 
 
-def split_max_pool(p: O.Pool2D, h: int, w: int) -> bool:
-    """Pool p of an h x w map is max_2_s1 then max_2_s2 exactly (module docstring): a 3x3 stride-2 max
-    pool whose windows along each axis are rows 2i..2i+2 of the map, none past its last row but the
-    one max_2_s1 reads as code 0: TFLite SAME on an even size (padding (0, 1)), VALID on an odd one."""
-    def exact(size: int, pad: tuple[int, int]) -> bool:
-        return (pad == (0, 1) and size % 2 == 0) or (pad == (0, 0) and size % 2 == 1)
-    return (p.op == "max" and p.filter == (3, 3) and p.stride == (2, 2) and p.act == O.NO_CLAMP
-            and exact(h, p.padding[0]) and exact(w, p.padding[1]))
+def split_max_pool(p: O.Pool2D, h: int, w: int, nonneg: bool) -> tuple[int, int] | None:
+    """The shift (cy, cx) of the max_2_s1 map before max_2_s2 when pool p of an h x w map is those two
+    exactly (module docstring), else None: a 3x3 stride-2 max pool whose windows along an axis are
+    rows 2i..2i+2 of the map (TFLite SAME on an even size, VALID on an odd one: shift 0) or, on a map
+    that is not negative (`nonneg`), rows 2i-1..2i+1 of an even size (PyTorch's padding 1: shift -1)."""
+    def shift(size: int, pad: tuple[int, int]) -> int | None:
+        if (pad == (0, 1) and size % 2 == 0) or (pad == (0, 0) and size % 2 == 1):
+            return 0
+        return -1 if pad == (1, 1) and size % 2 == 0 and nonneg else None
+    if not (p.op == "max" and p.filter == (3, 3) and p.stride == (2, 2) and p.act == O.NO_CLAMP):
+        return None
+    cy, cx = shift(h, p.padding[0]), shift(w, p.padding[1])
+    return None if cy is None or cx is None else (cy, cx)
 
 
-def rest_of_split(g: Graph, y: Node, name: str) -> Node:
-    """The max_2_s2 half of a split pool over y, whose max_2_s1 half y's layer computed."""
+def nonneg_layer(x: Node) -> bool:
+    """x is a KPU layer's output that is never negative: its clamp's floor is 0 or more and it has no
+    function, or it copies such a layer's values (a pick layer, kcc.ir.kpu_ops.shift_copy), or it is
+    a map of them (kcc.passes.row_bands)."""
+    if isinstance(x.op, O.Reshape):
+        x = x.inputs[0]
+    if isinstance(x.op, KO.KpuRowPatch):  # row bands: the map and the layers rewriting its rows
+        return all(map(nonneg_layer, x.inputs))
+    if not isinstance(x.op, KO.FloatKpuConv):
+        return False
+    if x.op.fn is None and x.op.act[0] >= 0:
+        return True
+    return KO.shift_copy(x) is not None and nonneg_layer(x.inputs[0])
+
+
+def rest_of_split(g: Graph, y: Node, name: str, shift: tuple[int, int]) -> Node:
+    """What follows a split pool's max_2_s1 half, computed by y's layer: the shifted copy, if any,
+    and the max_2_s2 half."""
+    if shift != (0, 0):
+        c = y.shape[1]
+        w = g.constant(shift_weights(c, shift), f"{name}/w_shift")
+        y = g.add(KO.FloatKpuConv(3, True), (y, w, g.constant(np.zeros(c, np.float32), f"{name}/b_shift")),
+                  f"{name}/shift")
     return g.add(O.Pool2D("max", (2, 2), (2, 2)), (y,), name)
 
 
@@ -65,8 +95,14 @@ def _in_kpu_ram(x: Node) -> bool:
     return isinstance(x.op, KO.FloatKpuConv)
 
 
-#: a split pool's placement until its max_2_s2 half is placed
-SPLIT_REST_ON_CPU = "max_2_s1 fused into the layer before it, max_2_s2 on the CPU"
+#: the end of a split pool's placement until its max_2_s2 half is placed (`split_note`)
+REST_ON_CPU = ", max_2_s2 on the CPU"
+
+
+def split_note(shift: tuple[int, int]) -> str:
+    """The placement of a pool legalize_kpu split, its rest not yet placed."""
+    moved = ", its map shifted by a 3x3 depthwise copy" if shift != (0, 0) else ""
+    return f"max_2_s1 fused into the layer before it{moved}{REST_ON_CPU}"
 
 
 def pools_in_kpu_ram(g: Graph, placements: list) -> Graph:
@@ -83,11 +119,14 @@ def pools_in_kpu_ram(g: Graph, placements: list) -> Graph:
         if not (isinstance(n.op, O.Pool2D) and n.op.op == "max" and _in_kpu_ram(x)):
             continue
         code = kpu_pool_code(n.op, *x.shape[2:])
-        codes = [code] if code else ["max_2_s1", "max_2_s2"] if split_max_pool(n.op, *x.shape[2:]) else []
+        shift = None if code else split_max_pool(n.op, *x.shape[2:], nonneg_layer(x))
+        codes = [code] if code else ["max_2_s1", "max_2_s2"] if shift is not None else []
         c, h, w = x.shape[1:]
         if not codes or c > MAX_CHANNELS or min(h, w) < MIN_HW:
             continue
-        layers = len(codes) * kpu_layer_cost(kpu_map_cycles(c, *x.shape[2:], c, False), c * c)
+        layers = len(codes) * kpu_layer_cost(kpu_map_cycles(c, h, w, c, False), c * c)
+        if shift not in (None, (0, 0)):
+            layers += kpu_layer_cost(kpu_map_cycles(c, h, w, c, True), 9 * c)
         if layers >= n.type.size * n.op.filter[0] * n.op.filter[1] * cpu_cycles("window_tap"):
             continue
         eye = g.insert_before(n, O.Constant(np.eye(c, dtype=np.float32)[:, :, None, None]), (), n.name + "/eye")
@@ -96,13 +135,17 @@ def pools_in_kpu_ram(g: Graph, placements: list) -> Graph:
         for i, code in enumerate(codes):
             last = i == len(codes) - 1
             y = g.insert_before(n, KO.FloatKpuConv(1, False, code), (y, eye, zero), n.name if last else f"{n.name}/{code}")
+            if i == 0 and shift not in (None, (0, 0)):
+                w_shift = g.insert_before(n, O.Constant(shift_weights(c, shift)), (), n.name + "/w_shift")
+                y = g.insert_before(n, KO.FloatKpuConv(3, True), (y, w_shift, zero), n.name + "/shift")
         what = "a 1x1 KPU layer with identity weights pools" if len(codes) == 1 else \
             "two 1x1 KPU layers with identity weights pool"
-        done[n.name] = f"{' then '.join(codes)}: {what} the map in KPU RAM"
+        moved = ", the first's map shifted by a 3x3 depthwise copy" if shift not in (None, (0, 0)) else ""
+        done[n.name] = f"{' then '.join(codes)}: {what} the map in KPU RAM{moved}"
         g.substitute(n, y, "/cpu")
     if done:
         g.remove_dead()
-    placements[:] = [replace(p, on_kpu=True, reason=done[p.node] if p.reason != SPLIT_REST_ON_CPU else
-                             "max_2_s1 fused into the layer before it, then " + done[p.node])
+    placements[:] = [replace(p, on_kpu=True, reason=done[p.node] if not p.reason.endswith(REST_ON_CPU) else
+                             f"{p.reason[:-len(REST_ON_CPU)]}, then {done[p.node]}")
                      if p.op == "pool2d" and p.node in done else p for p in placements]
     return g

@@ -278,8 +278,9 @@ class _Legalizer:
                     unfused_mean = nxt
                 elif code:
                     pool, tail = code, nxt
-                elif kpu_pools.split_max_pool(nxt.op, h, wd) and row_bands.bands(x.shape, oc) == 1:
-                    pool, split = "max_2_s1", nxt  # its max_2_s2 half after the layer (kcc.passes.kpu_pools)
+                elif row_bands.bands(x.shape, oc) == 1:  # its rest after the layer (kcc.passes.kpu_pools)
+                    shift = kpu_pools.split_max_pool(nxt.op, h, wd, fn is None and op.act[0] >= 0)
+                    pool, split = ("max_2_s1", nxt) if shift is not None else (pool, None)
         # KPU RAM and the DMA register hold the pooled output (tiny YOLO's 320x240 conv + 2x2 max: 160x120)
         s = KO.KPU_POOLS[pool][1]
         m = row_bands.serves(x.shape, oc, k, pool) if trivial and not depthwise else None
@@ -325,8 +326,8 @@ class _Legalizer:
         self.placements.append(Placement(n.name, "conv2d", True, what + (f" ({', '.join(extras)})" if extras else "")))
         y = self._absorb(n, tail, y)
         if split is not None:  # its placement until kpu_pools.pools_in_kpu_ram places the rest
-            y = self._absorb(tail, split, kpu_pools.rest_of_split(g, y, split.name))
-            self._reject(split, kpu_pools.SPLIT_REST_ON_CPU)
+            y = self._absorb(tail, split, kpu_pools.rest_of_split(g, y, split.name, shift))
+            self._reject(split, kpu_pools.split_note(shift))
         if trivial and not depthwise and pool == "bypass":
             self._pooled_twins(tail, kop, (xin, wc, bc), (h, wd))
         return y

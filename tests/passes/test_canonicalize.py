@@ -14,6 +14,7 @@ from kcc.passes.canonicalize import (
     fold_channel_shuffle,
     fold_constants,
     fold_nops,
+    fold_pad_into_max_pool,
     fold_reshape,
     fold_transpose,
     fuse_clamp,
@@ -329,3 +330,20 @@ def test_a_5d_chain_that_moves_pixels_stays():
     g.outputs = [g.add(O.Transpose(NCHW), [v], "y")]
     g = check(g, [randn(1, 8, 4, 4)], fold_channel_shuffle)
     assert count(g, O.Conv2D) == 0 and count(g, O.Reshape) == 2
+
+
+@pytest.mark.parametrize("act,value,pad,folds", [
+    ((0.0, np.inf), 0.0, (1, 1), True),  # Keras' ZeroPadding2D(1) before MaxPool2D(3, 2) on a ReLU map
+    (O.NO_CLAMP, 0.0, (1, 1), False),  # a negative map: a zero could win
+    ((0.0, 6.0), 0.5, (1, 1), False),  # a pad value other than 0
+    ((0.0, 6.0), 0.0, (3, 3), False),  # a window of padding only
+])
+def test_a_zero_pad_of_a_relu_map_becomes_the_max_pools_padding(act, value, pad, folds):
+    g = Graph()
+    x = g.input(0, (1, 4, 8, 8), name="x")
+    r = g.add(O.Conv2D(act=act), [x, g.constant(randn(4, 4, 1, 1)), g.constant(randn(4))], "relu")
+    p = g.add(O.Pad(((0, 0), (0, 0), pad, pad), value), [r], "pad")
+    g.outputs = [g.add(O.Pool2D("max", (3, 3), (2, 2)), [p], "pool")]
+    g = check(g, [randn(1, 4, 8, 8)], fold_pad_into_max_pool, remove_dead)
+    (pool,) = [n for n in g.nodes if isinstance(n.op, O.Pool2D)]
+    assert (count(g, O.Pad) == 0 and pool.op.padding == (pad, pad) and pool.inputs[0].name == "relu") == folds

@@ -186,11 +186,29 @@ def test_a_3x3_stride_2_max_pool_is_two_pools_of_the_unit(h, w, pad, groups):
                                                   if groups == 1 else "max_2_s1 then max_2_s2: two 1x1"), pool
 
 
-@pytest.mark.parametrize("h,w,pad", [(9, 11, ((1, 1), (1, 1))), (8, 12, ((0, 0), (0, 0))), (8, 12, ((1, 1), (1, 1)))])
-def test_a_3x3_stride_2_max_pool_reaching_past_the_map_stays_on_the_cpu(h, w, pad):
-    """SAME on odd sizes, PyTorch's padding 1 on even ones (windows from row -1) and VALID on even ones
-    (the last row read by no window, which max_2_s2 would read): the pool unit has no such window."""
-    g = _conv_graph(6, 6, h, w, 3, 1, ((1, 1), (1, 1)), act=(0.0, 6.0), after=O.Pool2D("max", (3, 3), (2, 2), pad))
+@pytest.mark.parametrize("h,w,pad", [(8, 12, ((1, 1), (1, 1))), (8, 11, ((1, 1), (0, 0)))])
+@pytest.mark.parametrize("groups", [1, 6])
+def test_pytorchs_3x3_stride_2_max_pool_on_a_relu_map_is_shifted_between_the_two(h, w, pad, groups):
+    """PyTorch's padding 1 on an even size (windows 2i-1..2i+1) over a ReLU's map: max_2_s1, a 3x3
+    depthwise copy shifting that map a row (column) down, then max_2_s2; the copy's zero padding is
+    the map's least value, as -inf is in the float pool."""
+    g = _conv_graph(6, 6, h, w, 3, 1, ((1, 1), (1, 1)), groups=groups, act=(0.0, 6.0),
+                    after=O.Pool2D("max", (3, 3), (2, 2), pad))
+    lg, placements = _assert_equivalent(g)
+    layers = [n for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)]
+    assert [n.op.pool for n in layers] == ["max_2_s1", "bypass", "max_2_s2"] if groups == 1 else \
+        ["bypass", "max_2_s1", "bypass", "max_2_s2"]
+    assert KO.shift_copy(layers[-2]) == (-1, -1 if pad[1] == (1, 1) else 0)
+    (pool,) = [p for p in placements if p.op == "pool2d"]
+    assert pool.on_kpu and "map shifted by a 3x3 depthwise copy" in pool.reason, pool
+
+
+@pytest.mark.parametrize("h,w,pad,act", [(9, 11, ((1, 1), (1, 1)), (0.0, 6.0)), (8, 12, ((0, 0), (0, 0)), (0.0, 6.0)),
+                                         (8, 12, ((1, 1), (1, 1)), O.NO_CLAMP)])
+def test_a_3x3_stride_2_max_pool_reaching_past_the_map_stays_on_the_cpu(h, w, pad, act):
+    """SAME on odd sizes, VALID on even ones (the last row read by no window, which max_2_s2 would
+    read) and PyTorch's padding on a map that may be negative: the pool unit has no such window."""
+    g = _conv_graph(6, 6, h, w, 3, 1, ((1, 1), (1, 1)), act=act, after=O.Pool2D("max", (3, 3), (2, 2), pad))
     lg, placements = _assert_equivalent(g)
     assert [n.op.pool for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)] == ["bypass"]
     (pool,) = [p for p in placements if p.op == "pool2d"]
