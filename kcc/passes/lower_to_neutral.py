@@ -29,6 +29,8 @@ that replaces it, so graph outputs keep their tflite names.
     resize of a 1x1 map  -> concats of copies (every mode samples the one pixel: a broadcast; an
                             ASPP image-pooling branch): a few bytes copied per output element
                             instead of resize_image's interpolation or the matmuls' taps
+    nearest resize by integer factors (FPN's, YOLO's x2 upsampling) -> concats of copies (_repeat),
+                            where they cost less than resize_image's index arithmetic per element
 """
 
 from __future__ import annotations
@@ -228,6 +230,43 @@ def native_resize_ok(op: O.Resize, in_hw: tuple[int, int]) -> bool:
     return True
 
 
+def _repeat_factors(op: O.Resize, in_hw: tuple[int, int]) -> tuple[int, int] | None:
+    """(fh, fw) when nearest resize `op` repeats every pixel fh x fw times (an integer upsampling,
+    whichever of TFLite's flags: output row i reads input row i // fh), else None."""
+    if op.mode != "nearest":
+        return None
+    factors = []
+    for size_in, size_out in zip(in_hw, op.size):
+        idx = kernels._resize_nearest_axis(size_in, size_out, op.align_corners, op.half_pixel_centers)
+        f = size_out // size_in
+        if size_out % size_in or not np.array_equal(idx, np.arange(size_out) // f):
+            return None
+        factors.append(f)
+    return factors[0], factors[1]
+
+
+def _repeat_cycles(x: TensorType, f: tuple[int, int]) -> float:
+    """CPU cycles of `_repeat` (kmodel concat, §8.2: a memcpy per (outer, input) block)."""
+    nb, c, h, w = x.shape
+    out = x.size * f[0] * f[1] * x.dtype.itemsize
+    blocks = nb * c * h * w * f[1] * (f[1] > 1) + nb * c * h * f[0] * (f[0] > 1)
+    steps = (f[0] > 1) + (f[1] > 1)
+    return steps * CPU_NODE_CYCLES + blocks * cpu_cycles("concat_block") + 2 * out * cpu_cycles("copy_byte")
+
+
+def _repeat(b: _Builder, n: Node, x: Node, f: tuple[int, int]) -> Node:
+    """Nearest upsampling by integer factors (fh, fw) as concatenations of copies: each pixel fw times
+    along a new innermost axis, then each row fh times (reshapes between are free)."""
+    nb, c, h, w = x.shape
+    if f[1] > 1:
+        col = b.add(O.Reshape((nb * c * h, w, 1)), (x,), n.name + "/pixels")
+        x = b.add(O.Concat(2), (col,) * f[1], n.name + "/columns")
+    if f[0] > 1:
+        row = b.add(O.Reshape((nb * c * h, 1, w * f[1])), (x,), n.name + "/rows")
+        x = b.add(O.Concat(1), (row,) * f[0], n.name + "/repeat_rows")
+    return b.add(O.Reshape(n.shape), (x,), n.name)
+
+
 def _interp_matrix(size_in: int, size_out: int, op: O.Resize) -> np.ndarray:
     """[size_in, size_out] matrix M with out = in @ M along one axis."""
     m = np.zeros((size_in, size_out), F32)
@@ -401,6 +440,9 @@ def _resize(b: _Builder, n: Node, x: Node) -> Node:
         return _broadcast(b, n, x)
     if op.mode == "bilinear" and op.half_pixel_centers and not op.align_corners and (oh, ow) == (2 * h, 2 * w):
         return _half_pixel_x2(b, n, x)
+    f = _repeat_factors(op, (h, w))
+    if f is not None and _repeat_cycles(x.type, f) < n.type.size * cpu_cycles("resize"):
+        return _repeat(b, n, x, f)
     if native_resize_ok(op, (h, w)):
         plain = O.Resize(op.mode, op.size, op.align_corners and op.mode == "bilinear", False)
         return b.add(plain, (x,), n.name)

@@ -28,12 +28,12 @@ def kpu_concat_problem(n: Node, table: dict[Node, NodeQuant], written_into: dict
     if len({id(p) for p in n.inputs}) != len(n.inputs):
         return "it reads one part twice"
     if table[n].domain is not Domain.CODES:
-        uploads = [p for p in n.inputs if table[p].domain is not Domain.KPU and not kpu_reshape(p, table)]
+        uploads = [p for p in n.inputs if table[p].domain not in (Domain.KPU, Domain.CODES) and not kpu_reshape(p, table)]
         if uploads:
             return f"its part '{uploads[0].name}' is a CPU {uploads[0].op.kind}, not a KPU layer's output"
         return "its parts are on different quantization grids"
-    for p in n.inputs:  # a CPU part on the grid (float, or a uint8 conv's codes) is uploaded into its range
-        if table[p].domain not in (Domain.KPU, Domain.FLOAT, Domain.CPU_UINT8) and not kpu_reshape(p, table):
+    for p in n.inputs:  # a CPU part on the grid (float, a uint8 conv's or an upsampling's codes) is uploaded into its range
+        if table[p].domain not in (Domain.KPU, Domain.FLOAT, Domain.CPU_UINT8, Domain.CODES) and not kpu_reshape(p, table):
             return f"its part '{p.name}' is a CPU {p.op.kind}, not a KPU layer's output"
     _, _, h, w = n.shape
     at = 0

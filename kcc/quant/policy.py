@@ -38,7 +38,7 @@ from kcc.quant.calibrate import (
 from kcc.quant.logits import logit_ranges, softmax_logits
 from kcc.quant.params import range_param
 from kcc.quant.prequantized import prequantized_ranges
-from kcc.quant.quantize import calibration_view
+from kcc.quant.quantize import calibration_view, moves_values
 from kcc.quant.weight_rounding import InputMoments
 
 Range = tuple[float, float]
@@ -201,6 +201,11 @@ def copy_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
     return share_concat_grids(g, ranges) if changed else ranges
 
 
+#: how much wider than its own a KPU layer's grid may become for a concatenation it is part of, when
+#: other KPU layers read it too (`share_concat_grids`)
+SHARED_GRID_WIDENING = 2.0
+
+
 def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
     """KPU layers whose outputs are only concatenated along channels, for a KPU layer to read (the
     channel groups of a decomposed depthwise, kcc.passes.decompose_kernels), get the grid of the
@@ -212,10 +217,13 @@ def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
 
     def layer(p: Node, user: Node) -> Node | None:
         """The KPU layer p is (a crop or other data movement of), if user is its only reader besides
-        other parts of the concatenation user (kcc.passes.fine_weights: x and the layer A reading it)."""
-        if id(p) in outputs or any(u is not user and not any(u is q for q in user.inputs) for u in users[p]):
+        other parts of the concatenation user (kcc.passes.fine_weights: x and the layer A reading it)
+        and KPU layers, which read any grid (an FPN's lateral map, read by the next stage too; see
+        `widened`)."""
+        if id(p) in outputs or any(u is not user and not any(u is q for q in user.inputs)
+                                   and not isinstance(u.op, KO.FloatKpuConv) for u in users[p]):
             return None
-        if isinstance(p.op, (O.Pad, O.StridedSlice, O.Reshape, O.Transpose)):
+        if moves_values(p):  # (an upsampling too: kcc.quant.quantize runs it on codes)
             return layer(p.inputs[0], p)
         return p if isinstance(p.op, KO.FloatKpuConv) and p.name in ranges else None
 
@@ -243,6 +251,14 @@ def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
                                     and id(v) not in outputs for v in layers)
         return layers if ok else None
 
+    def widened(p: Node, n: Node, union: tuple[float, float]) -> bool:
+        """KPU layer p, read by other KPU layers too, would lose more than a bit of resolution for
+        them on the union grid (its width over SHARED_GRID_WIDENING times p's own): n stays a CPU
+        concatenation, its parts quantized again on its grid, and they keep p's."""
+        others = [u for u in users[p] if u is not n and not any(u is q for q in n.inputs)]
+        lo, hi = ranges[p.name]
+        return bool(others) and (union[1] - union[0]) > SHARED_GRID_WIDENING * (max(hi, 0) - min(lo, 0))
+
     for n in g.nodes:
         if not (isinstance(n.op, O.Concat) and n.op.axis == 1 and n.name in ranges):
             continue
@@ -257,6 +273,8 @@ def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
         hi = max(ranges[p.name][1] for p in (*parts, *sources))
         same = all(ranges[p.name] is ranges[parts[0].name] for p in (*parts, *sources))  # one grid already
         union = ranges[parts[0].name] if same else (lo, hi)
+        if any(widened(p, n, union) for p in parts):
+            continue
         for p in (*parts, *sources, n):
             ranges[p.name] = union
     return ranges

@@ -86,6 +86,12 @@ CODE_ROUNDING_SCALE = 1.0 + 2.0 ** -20
 Ranges = dict[str, tuple[float, float]]
 
 
+def moves_values(n: Node) -> bool:
+    """n only moves its input's values: data movement (LAYOUT_OPS), or a nearest-neighbour resize
+    (FPN's and YOLO's x2 upsampling), which runs on uint8 as on float (resize_image, kmodel_v4.md §8.11)."""
+    return isinstance(n.op, LAYOUT_OPS) or (isinstance(n.op, O.Resize) and n.op.mode == "nearest")
+
+
 def _drops_channels(n: Node) -> bool:
     """A slice that keeps only some channels: quantizing its input instead would quantize (and move)
     data it throws away."""
@@ -240,7 +246,7 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
                 raise KeyError(f"kpu_stack '{n.name}': a part is not a KPU layer's output")
             table[n] = NodeQuant(Domain.CODES, None)
             continue
-        if isinstance(op, LAYOUT_OPS):
+        if moves_values(n):
             codes = on_codes(n.inputs[0])
         elif isinstance(op, O.Pool2D) and op.act == O.NO_CLAMP and n.name in ranges:
             x = n.inputs[0]
@@ -325,7 +331,7 @@ class _Rewriter:
                                   LayerRanges(grid, same, same))
                 copy = g.add(layer, (self.kpu_of(n),), n.name + "/copy_out")
                 return g.add(KO.KpuDownload(), (copy,), n.name + "/download")
-            if nq.domain is Domain.CODES and isinstance(n.op, LAYOUT_OPS):
+            if nq.domain is Domain.CODES and moves_values(n):
                 return g.add(_on_grid(n.op, nq.grid), (self.u8_of(n.inputs[0]),), n.name + "/u8")
             if nq.domain is Domain.CODES and isinstance(n.op, O.Concat):
                 return g.add(n.op, tuple(self.u8_of(i) for i in n.inputs), n.name + "/u8")
@@ -345,7 +351,7 @@ class _Rewriter:
         before (_drops_channels)."""
         def make() -> Node:
             g = self.g
-            if isinstance(n.op, LAYOUT_OPS) and not _drops_channels(n):
+            if moves_values(n) and not _drops_channels(n):
                 return g.add(_on_grid(n.op, q), (self.quantized(n.inputs[0], q),), n.name + "/u8")
             if isinstance(n.op, O.Concat):
                 return g.add(n.op, tuple(self.quantized(i, q) for i in n.inputs), n.name + "/u8")

@@ -40,6 +40,8 @@ _MAX_POOL_KPU = ("fused into the preceding KPU layer (2x2 s2, 4x4 s4, 2x2 s1); 3
 _ADD = ("KPU: a residual add of KPU layers as a 1x1 layer over both; else CPU, on uint8 codes (quantized_binary) "
         "between KPU layers")
 _BINARY = "CPU, on uint8 codes (quantized_binary) between KPU layers; a broadcast operand repeated to the map first"
+_NEAREST = ("CPU; nearest on uint8 codes between KPU layers, an integer upsampling as concatenations of copies "
+            "(into a KPU RAM concatenation when the grids agree)")
 ON_KPU: dict[str, dict[str, str]] = {
     "tflite": {
         "CONV_2D": "KPU: 1x1, 2x2 and 3x3 kernels, any stride (stride 2 through the pool unit, others by a CPU slice), "
@@ -50,6 +52,7 @@ ON_KPU: dict[str, dict[str, str]] = {
         "FULLY_CONNECTED": "KPU: as a 1x1 conv on a 4x4 map when both sides <= 1024 and the output is not tiny",
         "AVERAGE_POOL_2D": "fused into the preceding KPU layer (2x2 s2, 4x4 s4, 2x2 s1, global on 2x2/4x4 maps)",
         "MAX_POOL_2D": _MAX_POOL_KPU,
+        "RESIZE_NEAREST_NEIGHBOR": _NEAREST,
         "ADD": _ADD,
         "SUB": _BINARY,
         "MUL": _BINARY,
@@ -73,6 +76,8 @@ ON_KPU: dict[str, dict[str, str]] = {
         "BatchNormalization": "folded into the preceding conv / gemm (then KPU), else a per-channel multiply-add",
         "AveragePool": "fused into the preceding KPU layer (2x2 s2, 4x4 s4, 2x2 s1, global on 2x2/4x4 maps)",
         "MaxPool": _MAX_POOL_KPU,
+        "Resize": _NEAREST,
+        "Upsample": _NEAREST,
         "Add": _ADD,
         "Sub": _BINARY,
         "Mul": _BINARY,

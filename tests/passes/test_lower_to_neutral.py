@@ -118,7 +118,8 @@ def test_resize_variants(mode, align, half, size):
     low = _check(g, rng.standard_normal((1, 2, 4, 5)).astype(np.float32))
     native = native_resize_ok(op, (4, 5))
     x2 = mode == "bilinear" and half and size == (8, 10)  # _half_pixel_x2: a plain resize_image and a pool
-    assert any(isinstance(n.op, O.Resize) for n in low.nodes) == (native or x2)
+    repeat = mode == "nearest" and size == (8, 10)  # each pixel copied 2x2 times: concats
+    assert any(isinstance(n.op, O.Resize) for n in low.nodes) == ((native or x2) and not repeat)
     assert any(isinstance(n.op, O.MatMul) for n in low.nodes) == (not native and not x2)
     if mode == "bilinear":
         assert native == (not half)
@@ -169,3 +170,22 @@ def test_a_broadcast_operand_is_repeated_for_the_flat_loop(shape, gate, repeated
     (mul,) = [n for n in low.nodes if isinstance(n.op, O.Binary)]
     assert (mul.inputs[0].shape == mul.inputs[1].shape) == repeated
     assert sum(isinstance(n.op, O.Concat) for n in low.nodes) == (sum(a != b for a, b in zip(shape, gate)) if repeated else 0)
+
+
+@pytest.mark.parametrize("size,align,half,repeated", [
+    ((12, 10), False, False, True),  # YOLO's / FPN's x2 upsampling
+    ((12, 10), False, True, True),  # half-pixel centres: still row i // 2
+    ((18, 5), False, False, True),  # x3 rows, one column
+    ((12, 10), True, False, True),  # align_corners, but rounding 6 -> 12 reads row i // 2 all the same
+    ((18, 5), True, False, False),  # align_corners 6 -> 18: row 2 reads row 1, not row 0
+    ((9, 10), False, False, False),  # not an integer factor
+])
+def test_nearest_upsampling_by_an_integer_factor_is_concats_of_copies(size, align, half, repeated):
+    """resize_image computes two source indices per output element; repeating each pixel by
+    concatenations copies whole rows: a concat per axis that grows, the same values."""
+    g = Graph()
+    x = g.input(0, (1, 3, 6, 5))
+    g.outputs = [g.add(O.Resize("nearest", size, align, half), (x,), "up")]
+    low = _check(g, rng.standard_normal((1, 3, 6, 5)).astype(np.float32))
+    assert not (repeated and any(isinstance(n.op, (O.Resize, O.MatMul)) for n in low.nodes))
+    assert sum(isinstance(n.op, O.Concat) for n in low.nodes) == (sum(o > i for o, i in zip(size, (6, 5))) if repeated else 0)
