@@ -95,6 +95,8 @@ def stages(options: CompileOptions) -> list[Stage]:
         Stage("lower_transpose_conv", lower_transpose_conv),
         Stage("concat_activations", concat_activations),  # activations after a concat into its producers
         Stage("decompose_kernels", decompose_kernels),
+        # again: a decomposed conv's channel groups are a concatenation too (MobileNetV3's 5x5 + hard-swish)
+        Stage("form_activations", concat_activations),
         Stage("legalize_kpu", legalize_kpu),
         Stage("global_mean_codes", global_mean_codes),  # a global mean on the CPU as a conv on uint8 codes
         Stage("calibrate", calibrate_ranges, rewrites=False, banner="4. Calibrate activation ranges..."),

@@ -27,9 +27,7 @@ the KPU RAM allocation with groups that fit one at a time).
 A channel slice that falls inside one part of a concatenation (a wide conv cut into groups feeding
 a wide depthwise cut into the same groups) reads that part.
 
-The concatenation is an ordinary `Concat`: KPU layers read it after a copy out of KPU RAM, a CPU
-concatenation on the uint8 codes (kcc.quant.policy.share_concat_grids) and an upload. Producers that
-wrote their channel ranges of one KPU buffer would save those copies (a KPU-RAM concatenation).
+The concatenation is an ordinary `Concat`, computed in place in KPU RAM where kcc.quant can.
 
 A depthwise layer that would stay on the CPU for its weights' range alone (--weights-quantize-threshold,
 legalize_kpu) is cut the same way, exactly, by the range of each channel (`plan_range_split`): the
@@ -60,6 +58,7 @@ from kcc.options import CompileOptions
 from kcc.passes import fine_weights, gap_pick, row_pick
 from kcc.passes.dilated_conv import eliminate_dilated_conv
 from kcc.passes.kpu_live import chain, group_input_bytes
+from kcc.passes.kpu_pools import fused_pool
 from kcc.passes.legalize_kpu import legalize_kpu
 from kcc.passes.manager import CompileContext
 from kcc.passes.rotate180 import rotate180
@@ -94,9 +93,9 @@ def _ranges(total: int, groups: int) -> list[tuple[int, int]]:
     return [(lo, min(total, lo + size)) for lo in range(0, total, size)]
 
 
-def _group_graph(n: Node, lo: int, hi: int, chans: list[int] | None = None) -> Graph:
+def _group_graph(n: Node, lo: int, hi: int, chans: list[int] | None = None, pool: O.Pool2D | None = None) -> Graph:
     """Channel group [lo, hi) of conv / matmul n (or its channels `chans`, in that order) as a graph of
-    its own: input -> group -> output."""
+    its own: input -> group -> output, or -> `pool` -> output (the pool legalize_kpu fuses into n)."""
     g = Graph()
     x = n.inputs[0]
     w, b = n.inputs[1].data, n.inputs[2].data
@@ -119,7 +118,7 @@ def _group_graph(n: Node, lo: int, hi: int, chans: list[int] | None = None) -> G
         xi = g.input(0, shape)
         op = O.Conv2D(n.op.stride, n.op.padding, n.op.dilation, hi - lo, n.op.act) if depthwise_conv(n) else n.op
         y = g.add(op, (xi, g.constant(w), g.constant(b)), n.name)
-    g.outputs = [y]
+    g.outputs = [y if pool is None else g.add(pool, (y,), n.name + "/pool")]
     return g
 
 
@@ -133,12 +132,13 @@ def _placed(g: Graph, opts: CompileOptions, name: str) -> tuple[bool, str]:
 
 
 def plan_groups(n: Node, opts: CompileOptions, unturned: Node | None = None,
-                beside: int = 0, skip: bool = False) -> list[tuple[int, int]] | None:
+                beside: int = 0, skip: bool = False, pool: O.Pool2D | None = None) -> list[tuple[int, int]] | None:
     """The channel ranges conv / matmul n is cut into, or None when it is not cut (module docstring).
     n is the layer as legalize_kpu will see it: in rotated coordinates if the model will be turned;
     `unturned` the layer itself (`pick_groups` asks it: a turn is decided again after the cut).
     `beside`: KPU RAM alive beside each group's input (`chain`); `skip`: a residual block's
-    middle, cut also when it fits whole but not beside that (`chain`)."""
+    middle, cut also when it fits whole but not beside that (`chain`); `pool`: the pool fused into
+    the whole layer (`fused_pool`; not into groups, whose concatenation it reads)."""
     if not (n.inputs[1].is_constant and n.inputs[2].is_constant):
         return None
     if isinstance(n.op, O.MatMul):
@@ -151,7 +151,7 @@ def plan_groups(n: Node, opts: CompileOptions, unturned: Node | None = None,
             return None
     else:
         return None
-    fits, reason = _placed(_group_graph(n, 0, total), opts, n.name)
+    fits, reason = _placed(_group_graph(n, 0, total, pool=pool), opts, n.name)
     if fits or reason.startswith(MAP_REASONS):  # served whole, or a pick pair in row bands may serve groups
         groups = pick_groups(unturned or n, beside) if isinstance(n.op, O.Conv2D) else None
         crowded = skip and beside + group_input_bytes(total, n, unturned or n) > KPU_RAM_SIZE
@@ -400,9 +400,11 @@ def _sliced_only(users: dict[Node, list[Node]], n: Node) -> bool:
     return bool(users[n]) and all(_channel_range(s) is not None for s in users[n])
 
 
-def _push_into_producers(g: Graph) -> int:
+def _push_into_producers(g: Graph, concatenated: bool = False) -> int:
     """A plain conv whose every reader is a channel slice becomes one conv per slice (its weights'
-    rows): no CPU slice, and each group's output stays in KPU RAM for its reader. Returns how many."""
+    rows): no CPU slice, each group's output in KPU RAM for its reader. `concatenated`: only where a
+    slice is part of a concatenation (CSP's or ShuffleNetV2's split: the part is then a KPU layer
+    writing its range in KPU RAM; KPU layers read slices in place anyway). Returns how many."""
     users = g.users()
     outputs = {id(o) for o in g.outputs}
     done = 0
@@ -412,6 +414,8 @@ def _push_into_producers(g: Graph) -> int:
             continue
         slices = users[p]
         if not all(_channel_range(s) is not None for s in slices):
+            continue
+        if concatenated and not any(isinstance(u.op, O.Concat) for s in slices for u in users[s]):
             continue
         x, w, b = p.inputs[0], p.inputs[1].data, p.inputs[2].data
         for s in slices:
@@ -440,6 +444,7 @@ def split_channels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     # itself, which has the same shapes)
     turned = g if ctx.quantization is not None or ctx.own_grids else rotate180(g)
     seen = {n.name: n for n in turned.nodes} if turned is not g else {}
+    turned_users = turned.users() if turned is not g else None
     cut = ranged = 0
     inputs = fine_weights.wide_inputs(g, opts.weights_quantize_threshold, ctx.samples)
     # depthwise layers first: a cut one's slices cut its producer into the same groups
@@ -449,7 +454,9 @@ def split_channels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     for n in [v for v in g.nodes if id(v) in depthwise] + [v for v in g.nodes if id(v) not in depthwise]:
         if isinstance(n.op, (O.Conv2D, O.MatMul)) and not _sliced_only(users, n):
             beside, skip = chain(users, n)
-            ranges = plan_groups(seen.get(n.name, n), opts, n, beside, skip)
+            placed = seen.get(n.name, n)
+            pool = fused_pool(turned_users or users, placed, turned.outputs if turned_users else g.outputs)
+            ranges = plan_groups(placed, opts, n, beside, skip, pool)
             if ranges is not None:
                 g.substitute(n, _split(g, n, ranges), "/unsplit")
                 n.inputs = ()  # retired: its producer's readers are the groups' slices alone
@@ -488,8 +495,8 @@ def split_channels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     if cut or ranged:
         _slices_of_concats(g)
         g.remove_dead()  # the cut layers no longer read their inputs
-        if _push_into_producers(g):
-            g.remove_dead()
+    if _push_into_producers(g, concatenated=not (cut or ranged)):  # also a model's split (CSP, ShuffleNetV2)
+        g.remove_dead()
     if cut:
         ctx.log(f"   {cut} layer(s) split across channels to fit the KPU")
     return g

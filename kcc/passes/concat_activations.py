@@ -18,7 +18,10 @@ The rewrite is taken only when every part absorbs the op, so it never adds a CPU
 a clamp if it has a fused clamp of its own (conv, matmul, binary, pool) whose interval overlaps the
 new one; an activation table function if it is a conv; an affine op if it is a conv without a clamp.
 Each part must be read by the concatenation alone, and the concatenation by the op alone (neither a
-graph output). Repeated to a fixpoint, so a chain of such ops moves as a whole.
+graph output). Repeated to a fixpoint, so a chain of such ops moves as a whole. The pipeline runs
+it again after decompose_kernels (stage `form_activations`): a decomposed conv's channel groups are
+a concatenation too (MobileNetV3's 5x5 depthwise and hard-swish: the function then goes into each
+group's last KPU layer instead of running on the CPU).
 """
 
 from __future__ import annotations

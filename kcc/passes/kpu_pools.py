@@ -23,7 +23,7 @@ import numpy as np
 
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
-from kcc.ir.graph import Graph, Node
+from kcc.ir.graph import Graph, Node, depthwise_conv
 from kcc.kmodel import kpu_row_layout
 from kcc.passes.kernel_forms import shift_weights
 from kcc.target.k210 import MAX_CHANNELS, MIN_HW, cpu_cycles, kpu_layer_cost, kpu_map_cycles
@@ -44,6 +44,17 @@ def kpu_pool_code(p: O.Pool2D, h: int, w: int) -> str | None:
     if f == 2 and s == 1 and pad == ((0, 1), (0, 1)):
         return f"{kind}_2_s1"
     return None
+
+
+def fused_pool(users: dict[Node, list[Node]], n: Node, outputs: list[Node]) -> O.Pool2D | None:
+    """The pool legalize_kpu fuses into conv n, whose output map the KPU RAM then holds pooled (tiny
+    YOLO's 3x3 conv and 2x2 max pool at 208x208: kcc.passes.channel_split need not cut it): n's one
+    reader, a pool the unit computes."""
+    readers = users.get(n, [])
+    if not (isinstance(n.op, O.Conv2D) and not depthwise_conv(n) and n not in outputs and len(readers) == 1):
+        return None
+    pool = readers[0].op
+    return pool if isinstance(pool, O.Pool2D) and kpu_pool_code(pool, *n.shape[2:]) else None
 
 
 def split_max_pool(p: O.Pool2D, h: int, w: int, nonneg: bool) -> tuple[int, int] | None:

@@ -131,7 +131,7 @@ def _binary(b: _Builder, n: Node, x: Node, y: Node) -> Node:
 
 #: largest float copy of a broadcast operand (`repeats`): working memory (device RAM) beside the map
 #: it multiplies; a squeeze-excite gate over a 112x112x32 map in float (1.5 MiB) is not repeated
-EXPAND_BYTES = 512 * 1024
+EXPAND_BYTES = 1024 * 1024
 
 
 def _quant_binary(b: _Builder, n: Node, x: Node, y: Node) -> Node:

@@ -173,6 +173,24 @@ def test_layers_over_1024_inputs_and_layers_that_fit_are_left_alone():
     assert [(n.name, n.op) for n in out.nodes] == before
 
 
+@pytest.mark.parametrize("pool,cut", [(O.Pool2D("max", (2, 2), (2, 2)), False), (O.Pool2D("max", (3, 3), (2, 2)), True)])
+def test_a_conv_whose_pooled_output_fits_is_not_cut(pool, cut):
+    """Tiny YOLO at 416x416, its second layer: a 3x3 conv 16 -> 32 over 208x208 (0.8 + 1.7 MiB of KPU
+    RAM) and a 2x2 max pool, which legalize_kpu fuses: the pooled output (104x104) fits beside the
+    input, one layer (it was cut in two, and the pool left in float on the CPU). A 3x3 stride-2 max
+    pool is no code of the pool unit: that conv is cut into two output groups."""
+    def build():
+        g = Graph()
+        x = g.input(0, (1, 16, 208, 208))
+        g.outputs = [g.add(pool, (_conv(g, x, 32, 3, act=RELU6, name="conv"),), "pool")]
+        return g
+
+    out, placements = _check(build, (1, 16, 208, 208))
+    convs = [p for p in placements if p.op == "conv2d"]
+    assert all(p.on_kpu for p in convs) and len(convs) == (2 if cut else 1), convs
+    assert cut or "pool max_2_s2" in convs[0].reason
+
+
 def test_the_cpu_target_cuts_nothing():
     g = Graph()
     x = g.input(0, (1, 8, 4, 4))

@@ -164,6 +164,21 @@ def ssh_head(rng: np.random.Generator) -> Graph:
     return g
 
 
+def grouped_5x5_hard_swish(rng: np.random.Generator) -> Graph:
+    """MobileNetV3's 5x5 depthwise with hard-swish after it, over 8 channels of an expansion.
+
+    form_activations: decompose_kernels has cut the 5x5 into two groups of 4 channels, concatenated;
+    look for the hard-swish gone into each group's last layer (%dw/stacked_conv/unary,
+    %dw/stacked_conv_1/unary), which legalize_kpu fuses into its activation table, and the
+    concatenation under the hard-swish's name."""
+    g = Graph()
+    x = g.input(0, (1, 4, 8, 8))
+    y = _conv(g, x, 8, 1, "expand", rng, act=RELU6)
+    y = g.add(O.Unary("hard_swish"), (_conv(g, y, 8, 5, "dw", rng, groups=8),), "hswish")
+    g.outputs = [_conv(g, y, 4, 1, "project", rng)]
+    return g
+
+
 def prelu(rng: np.random.Generator) -> Graph:
     """lower_to_neutral (a float build): look for the PReLU as x + (alpha - 1) * min(x, 0) in 1x1
     depthwise conv2d and same-shape adds (slopes <= 1, then > 1), the last add under the PReLU's name."""
@@ -204,6 +219,7 @@ CASES = [
     Case("lower_transpose_conv", transpose_conv),
     Case("concat_activations", ssh_head),
     Case("decompose_kernels", depthwise_5x5),
+    Case("form_activations", grouped_5x5_hard_swish),
     # legalize_kpu: look for the stride-2 stem as a KPU 3x3 conv with the left_top_2_s2 pool under
     # %stem/kpu and a strided_slice %stem after it (the KPU has no stride; its pool unit takes the even
     # rows and columns; the crop keeps all 8x8 here), the max pool behind it left on the CPU (its input
