@@ -17,6 +17,7 @@ not negative (a ReLU's; otherwise the pool stays on the CPU).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -91,11 +92,16 @@ def rest_of_split(g: Graph, y: Node, name: str, shift: tuple[int, int]) -> Node:
     """What follows a split pool's max_2_s1 half, computed by y's layer: the shifted copy, if any,
     and the max_2_s2 half."""
     if shift != (0, 0):
-        c = y.shape[1]
-        w = g.constant(shift_weights(c, shift), f"{name}/w_shift")
-        y = g.add(KO.FloatKpuConv(3, True), (y, w, g.constant(np.zeros(c, np.float32), f"{name}/b_shift")),
-                  f"{name}/shift")
+        y = _shifted(g.add, y, shift, name)
     return g.add(O.Pool2D("max", (2, 2), (2, 2)), (y,), name)
+
+
+def _shifted(add: Callable[[O.Op, tuple, str], Node], y: Node, shift: tuple[int, int], name: str) -> Node:
+    """y copied shifted by `shift` (a 3x3 depthwise KPU layer), its nodes made by `add`."""
+    c = y.shape[1]
+    w = add(O.Constant(shift_weights(c, shift)), (), f"{name}/w_shift")
+    b = add(O.Constant(np.zeros(c, np.float32)), (), f"{name}/b_shift")
+    return add(KO.FloatKpuConv(3, True), (y, w, b), f"{name}/shift")
 
 
 def _in_kpu_ram(x: Node) -> bool:
@@ -147,8 +153,7 @@ def pools_in_kpu_ram(g: Graph, placements: list) -> Graph:
             last = i == len(codes) - 1
             y = g.insert_before(n, KO.FloatKpuConv(1, False, code), (y, eye, zero), n.name if last else f"{n.name}/{code}")
             if i == 0 and shift not in (None, (0, 0)):
-                w_shift = g.insert_before(n, O.Constant(shift_weights(c, shift)), (), n.name + "/w_shift")
-                y = g.insert_before(n, KO.FloatKpuConv(3, True), (y, w_shift, zero), n.name + "/shift")
+                y = _shifted(lambda op, ins, name: g.insert_before(n, op, ins, name), y, shift, n.name)
         what = "a 1x1 KPU layer with identity weights pools" if len(codes) == 1 else \
             "two 1x1 KPU layers with identity weights pool"
         moved = ", the first's map shifted by a 3x3 depthwise copy" if shift not in (None, (0, 0)) else ""
