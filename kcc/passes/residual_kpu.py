@@ -27,10 +27,11 @@ Taken where the add is a residual connection (the skip an ancestor of the other 
 pool of one: `_residual`), both operands are KPU layers that can write into the buffer (not already
 written into another, nor read by a concatenation) or the skip is data the CPU moves on 8-bit codes
 (deeplabv3's dilated region, whose first skip is a phase of the map before it, cut by a strided
-slice: `_uploadable`), which a 1x1 identity layer uploads into the buffer, the sum is read by KPU layers only
-(`_float_reader`), batch 1, C_x a multiple of the channels one 64-byte line holds at this width
-(kmodel_v4.md §7.3), the layer within the KPU's limits (channels <= 1024, KPU RAM), and the form
-estimated faster than today's CPU add (kcc.target.k210's cost model, as prelu_kpu). An add that
+slice: `_uploadable`), which a 1x1 identity layer uploads into the buffer, the sum is read by KPU
+layers only (`_float_reader`; through data movement or a channel concatenation, a CSP block's),
+batch 1, C_x a multiple of the channels one 64-byte line holds at this width (kmodel_v4.md §7.3),
+the layer within the KPU's limits (channels <= 1024, KPU RAM), and the form estimated faster than
+today's CPU add (kcc.target.k210's cost model, as prelu_kpu). An add that
 becomes a KPU layer counts as one for the others: the adds of a chain of residual blocks, each sum
 an operand of the next add, are decided together (`_Rewriter._decide`). Otherwise the add stays on
 the CPU and its placement says why. A BlazeBlock's add, read by a PReLU, is
@@ -316,7 +317,9 @@ class _Rewriter:
         if id(n) in self.outputs:
             return n
         for u in self.users[n]:
-            if isinstance(u.op, (O.Pad, O.StridedSlice, O.Reshape, O.Transpose)):
+            # data movement, or a channel concatenation (a CSP block's): read as codes where they are
+            if isinstance(u.op, (O.Pad, O.StridedSlice, O.Reshape, O.Transpose)) or (
+                    isinstance(u.op, O.Concat) and u.op.axis == 1):
                 inner = self._float_reader(u)
                 if inner is not None:
                     return inner
