@@ -230,12 +230,15 @@ class KpuChannelView(Op):
     Batch 1 only: a layer with N batches would step by its own map's lines, not the source's.
     `rows` (r0, r1): rows r0..r1-1 of one channel only, of a map with one channel per line group
     (its rows are consecutive lines, kmodel_v4.md §7.3): a one-channel map of its own from the line
-    where row r0 starts (kcc.passes.row_bands crops a layer's rows this way)."""
+    where row r0 starts (kcc.passes.row_bands crops a layer's rows this way). `width`: the map read
+    at that narrower width, whose rows take as many lines (an upload padded to a multiple of 64 for
+    DMA, kcc.target.k210.dma_upload_width; checked where placed, kcc.emit.storage)."""
 
     kind: ClassVar[str] = "kpu_channel_view"
     c0: int
     c1: int
     rows: tuple[int, int] | None = None
+    width: int | None = None
 
     def infer_type(self, ins):
         _check(len(ins) == 1 and ins[0].dtype == DType.uint8 and ins[0].rank == 4,
@@ -247,10 +250,12 @@ class KpuChannelView(Op):
             r0, r1 = self.rows
             _check(self.c1 - self.c0 == 1 and 0 <= r0 < r1 <= h, f"kpu_channel_view rows {self.rows} of {ins[0].shape}")
             return TensorType((1, 1, r1 - r0, w), DType.uint8)
-        return TensorType((1, self.c1 - self.c0, h, w), DType.uint8)
+        _check(self.width is None or 0 < self.width <= w, f"kpu_channel_view width {self.width} of {ins[0].shape}")
+        return TensorType((1, self.c1 - self.c0, h, self.width or w), DType.uint8)
 
     def attrs(self):
-        return {"channels": (self.c0, self.c1), **({"rows": self.rows} if self.rows is not None else {})}
+        return {"channels": (self.c0, self.c1), **({"rows": self.rows} if self.rows is not None else {}),
+                **({"width": self.width} if self.width is not None else {})}
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,7 @@ from kcc.target.k210 import (
     kpu_bytes,
     kpu_layer_cost,
     kpu_map_cycles,
+    upload_cycles,
 )
 from kcc.target.quant_rules import channels_over_threshold
 
@@ -241,12 +242,10 @@ def _runs(flags: list[bool]) -> list[tuple[int, int]]:
 def _cpu_conv_cycles(n: Node, channels: int) -> float:
     """A float depthwise conv of `channels` of n's channels on the CPU (kcc.latency: conv2d_mac),
     with the dequantize of its uint8 input and the quantize and upload of its output for KPU readers."""
-    _, _, h, w = n.inputs[0].shape
-    _, _, oh, ow = n.shape
+    (_, _, h, w), (_, _, oh, ow) = n.inputs[0].shape, n.shape
     k = n.inputs[1].shape[2] * n.inputs[1].shape[3]
-    upload = "kpu_upload_dma_byte" if ow % 64 == 0 else "kpu_upload_byte"
-    return (3 * CPU_NODE_CYCLES + channels * (cpu_cycles("conv2d_mac") * oh * ow * k + cpu_cycles("dequantize") * h * w
-                                              + (cpu_cycles("quantize") + cpu_cycles(upload)) * oh * ow))
+    return (2 * CPU_NODE_CYCLES + upload_cycles((1, channels, oh, ow)) + channels * (
+        cpu_cycles("conv2d_mac") * oh * ow * k + cpu_cycles("dequantize") * h * w + cpu_cycles("quantize") * oh * ow))
 
 
 def _kpu_part_cycles(n: Node, channels: int, layers: int) -> float:
@@ -254,10 +253,9 @@ def _kpu_part_cycles(n: Node, channels: int, layers: int) -> float:
     input: a bound, as the input may already be in KPU RAM (a KPU producer read by n alone)."""
     _, _, h, w = n.inputs[0].shape
     k = n.inputs[1].shape[2] * n.inputs[1].shape[3]
-    upload = "kpu_upload_dma_byte" if w % 64 == 0 else "kpu_upload_byte"
     compute = kpu_layer_cost(kpu_map_cycles(channels, h, w, channels, True), channels * k)
-    return (compute + (layers - 1) * kpu_layer_cost(0, 0) + layers * CPU_NODE_CYCLES
-            + channels * h * w * cpu_cycles(upload))
+    return (compute + (layers - 1) * kpu_layer_cost(0, 0) + (layers - 1) * CPU_NODE_CYCLES
+            + upload_cycles((1, channels, h, w)))
 
 
 def _range_split_pays(n: Node, over: list[bool]) -> bool:

@@ -51,6 +51,7 @@ from kcc.target.k210 import (
     kpu_layer_cost,
     kpu_map_cycles,
     kpu_row_layout,
+    upload_cycles,
 )
 
 #: most KPU layers one such conv may become (one per line group): each is ~30 us and a few hundred
@@ -109,9 +110,9 @@ def fallback_cycles(x_shape: tuple, out_shape: tuple) -> float:
     output copied out of KPU RAM, sliced on the CPU and the slice uploaded again."""
     _, c, h, w = x_shape
     out = c * out_shape[2] * out_shape[3]
-    upload = "kpu_upload_dma_byte" if out_shape[3] % 64 == 0 else "kpu_upload_byte"
-    return (kpu_layer_cost(kpu_map_cycles(c, h, w, c, True), 9 * c) + 3 * CPU_NODE_CYCLES
-            + cpu_cycles("kpu_download_byte") * c * h * w + (cpu_cycles("strided_slice") + cpu_cycles(upload)) * out)
+    return (kpu_layer_cost(kpu_map_cycles(c, h, w, c, True), 9 * c) + 2 * CPU_NODE_CYCLES
+            + cpu_cycles("kpu_download_byte") * c * h * w + cpu_cycles("strided_slice") * out
+            + upload_cycles((1, c, out_shape[2], out_shape[3])))
 
 
 def pays(x_shape: tuple, out_shape: tuple, p: Plan) -> bool:

@@ -58,6 +58,7 @@ from kcc.target.k210 import (
     cpu_cycles,
     kpu_bytes,
     kpu_row_layout,
+    upload_cycles,
 )
 
 F32 = np.float32
@@ -158,7 +159,7 @@ def _cycles(n: Node, users: dict, opts: CompileOptions) -> tuple[float, float]:
     fits, cycles = on_kpu(g, opts, Where(float_input=False))
     if not fits:
         return cpu, math.inf
-    upload = CPU_NODE_CYCLES + cpu_cycles("kpu_upload_byte") * inp.type.size  # x is in KPU RAM already
+    upload = upload_cycles(inp.shape)  # on_kpu's upload of its input: x is in KPU RAM already
     kpu = groups * (cycles - upload)
     return cpu, kpu + CPU_NODE_CYCLES + taps * groups * g.outputs[0].type.size
 

@@ -21,7 +21,14 @@ from kcc.passes.kernel_forms import Form, emit
 from kcc.passes.legalize_kpu import legalize_kpu
 from kcc.passes.lower_to_neutral import crop_as_pad, pad_cycles
 from kcc.passes.manager import CompileContext
-from kcc.target.k210 import CPU_NODE_CYCLES, cpu_cycles, kpu_layer_cost, kpu_map_cycles, kpu_row_layout
+from kcc.target.k210 import (
+    CPU_NODE_CYCLES,
+    cpu_cycles,
+    kpu_layer_cost,
+    kpu_map_cycles,
+    kpu_row_layout,
+    upload_cycles,
+)
 
 #: kmodel bytes of one KPU layer besides its weights (layer argument, batch-norm and activation tables,
 #: aligned), measured on kcc's kmodels for up to 32 output channels (64: 1024 B)
@@ -86,9 +93,8 @@ class Where:
 
 
 def _upload(x: Node) -> float:
-    """A kpu_upload of x's uint8 codes (kcc.latency._upload: DMA when the width is a multiple of 64)."""
-    key = "kpu_upload_dma_byte" if x.shape[3] % 64 == 0 else "kpu_upload_byte"
-    return CPU_NODE_CYCLES + cpu_cycles(key) * x.type.size
+    """A kpu_upload of x's uint8 codes as kcc emits it (kcc.target.k210.upload_cycles)."""
+    return upload_cycles(x.shape)
 
 
 def _per_element(key: str, x: Node) -> float:

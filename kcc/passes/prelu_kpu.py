@@ -34,6 +34,7 @@ from kcc.target.k210 import (
     kpu_layer_cost,
     kpu_map_cycles,
     layer_fits,
+    upload_cycles,
 )
 from kcc.target.quant_rules import fixup_range
 
@@ -54,8 +55,7 @@ def _per_element(key: str, v: Node) -> float:
 
 
 def _upload(v: Node) -> float:
-    key = "kpu_upload_dma_byte" if v.shape[3] % 64 == 0 else "kpu_upload_byte"
-    return CPU_NODE_CYCLES + cpu_cycles(key) * v.type.size
+    return upload_cycles(v.shape)
 
 
 class _Rewriter:

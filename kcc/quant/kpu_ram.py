@@ -1,16 +1,17 @@
 """What lives in place in KPU RAM between KPU layers (kcc.quant.quantize): a concatenation of their
 outputs, one buffer whose channel ranges they write (kcc.ir.kpu_ops.KpuConcat), a channel slice read
-where it lies (KpuChannelView), and why not when not; the placement notes that say so."""
+where it lies (KpuChannelView), and why not when not; the placement notes that say so. And how a
+map gets there from main memory (`upload`)."""
 
 from __future__ import annotations
 
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
-from kcc.ir.graph import Node
+from kcc.ir.graph import Graph, Node
 from kcc.kmodel import kpu_channel_offset, kpu_row_layout
 from kcc.passes.kpu_live import KpuLive
 from kcc.quant.domains import Domain, NodeQuant
-from kcc.target.k210 import KPU_RAM_SIZE
+from kcc.target.k210 import KPU_RAM_SIZE, dma_upload_width
 
 
 def kpu_concat_problem(n: Node, table: dict[Node, NodeQuant], written_into: dict[Node, Node],
@@ -159,3 +160,20 @@ def gap_source(n: Node, readers: list[Node], table: dict[Node, NodeQuant],
         if (gap_h and (h % 2 == 0 or shift[0])) or (gap_w and (w % 2 == 0 or shift[1] or r.op.pool != "left_top_2_s2")):
             return None  # the pick would read the gap
     return tuple(parts)
+
+
+def upload(g: Graph, x8: Node, name: str) -> Node:
+    """uint8 map x8 (main memory) uploaded to KPU RAM; by DMA, its rows padded to a multiple of 64
+    bytes on the CPU, where that costs less (kcc.target.k210.dma_upload_width): the padding is x8's
+    own first bytes (a view of them, no constant), which no KPU layer reads. Not the model's uint8
+    input, which the user writes straight into KPU RAM when KPU layers alone read it (kcc.emit.storage)."""
+    wide = dma_upload_width(x8.shape) if x8.type.rank == 4 and not isinstance(x8.op, O.Input) else None
+    if wide is None:
+        return g.add(KO.KpuUpload(), (x8,), name + "/upload")
+    _, c, h, w = x8.shape
+    flat = g.add(O.Reshape((c * h * w,)), (x8,), name + "/bytes")
+    head = g.add(O.StridedSlice((0,), (c * h * (wide - w),), (1,)), (flat,), name + "/dma_fill")
+    fill = g.add(O.Reshape((1, c, h, wide - w)), (head,), name + "/dma_fill4")
+    rows = g.add(O.Concat(3), (x8, fill), name + "/dma_rows")
+    up = g.add(KO.KpuUpload(), (rows,), name + "/upload")
+    return g.add(KO.KpuChannelView(0, c, width=w), (up,), name + "/kpu")

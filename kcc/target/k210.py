@@ -136,10 +136,40 @@ def cpu_cycles(key: str) -> float:
     return cycles * (STRUCTURAL_SCALE if kind == "structural" else 1.0)
 
 
+def dma_upload_width(shape: tuple[int, ...]) -> int | None:
+    """The width W' (a multiple of 64) a batch-1 uint8 NCHW map of width W is uploaded at, or None.
+    nncase's kpu_upload copies a map whose width is a multiple of 64 by DMA (0.6 cycles a byte) and
+    any other row by row on the CPU (26; CPU_CYCLES). A map of one channel per 64-byte line (W > 32)
+    has W''s layout in KPU RAM (ceil(W/64) lines a row, kmodel_v4.md §7.3): its rows padded to W' on
+    the CPU by one concatenation (the padding any bytes of its own: a view, kcc.quant.quantize), then
+    uploaded by DMA and read as the W-wide map, where that costs less."""
+    n, c, h, w = shape
+    layout = kpu_row_layout(w)
+    if n != 1 or w % 64 == 0 or layout.groups != 1:
+        return None
+    wide = layout.row_len * KPU_LINE_SIZE
+    pad = 2 * CPU_NODE_CYCLES + 2 * c * h * cpu_cycles("concat_block") + c * h * wide * cpu_cycles("copy_byte")
+    dma = c * h * wide * cpu_cycles("kpu_upload_dma_byte")
+    return wide if pad + dma < c * h * w * cpu_cycles("kpu_upload_byte") else None
+
+
+def upload_cycles(shape: tuple[int, ...]) -> float:
+    """CPU cycles of uploading a uint8 NCHW map to KPU RAM as kcc emits it (`dma_upload_width`)."""
+    n, c, h, w = shape
+    if w % 64 == 0:
+        return CPU_NODE_CYCLES + n * c * h * w * cpu_cycles("kpu_upload_dma_byte")
+    wide = dma_upload_width(shape)
+    if wide is None:
+        return CPU_NODE_CYCLES + n * c * h * w * cpu_cycles("kpu_upload_byte")
+    return (3 * CPU_NODE_CYCLES + 2 * c * h * cpu_cycles("concat_block")
+            + c * h * wide * (cpu_cycles("copy_byte") + cpu_cycles("kpu_upload_dma_byte")))
+
+
 __all__ = [
     "CPU_CYCLES", "CPU_NODE_CYCLES", "DEFAULT_MHZ", "KERNEL_SIZES", "KPU_CYCLE_FACTOR", "KPU_LAYER_US",
     "KPU_LINE_SIZE", "KPU_RAM_SIZE", "KPU_WEIGHT_CYCLES_PER_BYTE", "KPU_WEIGHTS_PER_LOAD", "MAIN_MEMORY_SIZE",
     "MAX_CHANNELS", "MAX_H", "MAX_MAP_PIXELS", "MAX_W", "MAX_WEIGHT_LOADS", "MIN_HW", "STRUCTURAL_SCALE",
     "KpuRowLayout", "cpu_cycles", "kpu_bytes", "kpu_layer_cycles", "kpu_row_layout", "kpu_rows",
-    "kpu_layer_cost", "kpu_map_cycles", "layer_fields", "layer_fits", "weight_loads",
+    "kpu_layer_cost", "kpu_map_cycles", "layer_fields", "layer_fits", "weight_loads", "dma_upload_width",
+    "upload_cycles",
 ]  # fmt: skip

@@ -5,7 +5,7 @@ float graph and against the same model with those channels in float on the CPU."
 
 import numpy as np
 import pytest
-from kpu_checks import kpu_layers_match_the_scalar_reference, layer_maps
+from kpu_checks import kpu_layers_match_the_scalar_reference, layer_maps, opcodes
 
 import kpu_sim
 from kcc.eval.interpreter import run
@@ -63,7 +63,7 @@ def test_wide_depthwise_channels_run_on_the_kpu_as_a_coarse_layer_and_a_correcti
             "correction layer (kcc.passes.fine_weights), the other 4 go to the KPU") in lines, lines
     (concat,) = [p for p in res.placements if p.node == "dw/ch4_8/fine_in"]
     assert "in place in KPU RAM" in concat.reason, concat
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    names = opcodes(res.emitted.model)
     assert "conv2d" not in names and "concat" not in names, names
     assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == names.count("kpu_conv2d")
     # B: 4 outputs over [x; t] (8 channels), every weight code on the grid of step 1/k
@@ -99,7 +99,7 @@ def test_a_stride_2_pair_reads_t_at_the_centre_of_each_picked_window(monkeypatch
     res = compile_graph(_model(0, 2, padding), CompileOptions(input_type="float"), samples=calib)
     assert all(p.on_kpu for p in res.placements), [p for p in res.placements if not p.on_kpu]
     assert any(p.node == "dw/ch4_8/fine" for p in res.placements)
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    names = opcodes(res.emitted.model)
     assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == names.count("kpu_conv2d")
     monkeypatch.setattr("kcc.passes.fine_weights.run_plans", lambda *a: {})
     cpu = compile_graph(_model(0, 2, padding), CompileOptions(input_type="float"), samples=calib)
@@ -151,7 +151,7 @@ def test_a_conv_wholly_over_the_threshold_is_one_pair(monkeypatch, depthwise):
     assert any(p.node == "wide/pair/fine" for p in res.placements), res.placements
     assert "   'wide': weights over --weights-quantize-threshold: on the KPU with a correction layer " \
            "(kcc.passes.fine_weights)" in lines, lines
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    names = opcodes(res.emitted.model)
     assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == names.count("kpu_conv2d")
     monkeypatch.setattr("kcc.passes.fine_weights.whole_pair", lambda *a: False)
     cpu = compile_graph(_dense_model(depthwise), CompileOptions(input_type="float"), samples=calib)

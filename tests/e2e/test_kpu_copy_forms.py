@@ -14,6 +14,7 @@ from kpu_checks import (
     kpu_layers_match_the_scalar_reference,
     layer_maps,
     max_steps,
+    opcodes,
     shift_of,
 )
 
@@ -70,7 +71,7 @@ def _copy_form(name: str, combine: str, per_group: int):
     assert all(p.on_kpu for p in res.placements), res.placements
     groups = c // group if group else 1
     copies = per_group * (2 if residual else 1) * groups
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    names = opcodes(res.emitted.model)
     layers = copies + groups + 1 + (source == "conv")
     assert names.count("kpu_conv2d") == layers, names
     assert names.count("kpu_upload") == (2 if residual else 1), names
@@ -109,7 +110,7 @@ def test_stack_kpu_shift_copies_are_exact_in_kpu_ram(name):
     layers_q = [n for n in res.graph.nodes if type(n.op).__name__ == "QuantKpuLayer" and "/shift" in n.name]
     assert len(layers_q) == copies and len({n.op.out_q for n in layers_q}) == 1, [n.op.out_q for n in layers_q]
     src = next(n for n in layers_q if "/residual" not in n.name).inputs[0]
-    while type(src.op).__name__ in ("KpuUpload", "StridedSlice", "KpuDownload", "KpuChannelView"):
+    while type(src.op).__name__ in ("KpuUpload", "StridedSlice", "KpuDownload", "KpuChannelView", "Concat"):
         src = src.inputs[0]
     grid = src.op.out_q if source == "conv" else (src.op.zero_point, src.op.scale)
     assert layers_q[0].op.out_q == tuple(grid), (layers_q[0].op.out_q, grid)
@@ -377,7 +378,7 @@ def test_phases_kpu_picks_stride_phases_exactly_in_kpu_ram(name):
     assert all(p.on_kpu for p in res.placements), res.placements
     groups = c // group if group else 1
     phases = (9 if name.startswith("explicit_odd") else 4) * groups * (2 if residual else 1)
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    names = opcodes(res.emitted.model)
     layers = phases + groups + 1 + (source == "conv")
     assert names.count("kpu_conv2d") == layers, names
     assert names.count("kpu_upload") == (2 if residual else 1), names

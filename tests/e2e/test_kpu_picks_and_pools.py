@@ -12,6 +12,7 @@ from kpu_checks import (
     kpu_layers_match_the_scalar_reference,
     layer_maps,
     max_steps,
+    opcodes,
     shift_of,
 )
 from kpu_checks import const as _const
@@ -42,7 +43,7 @@ def test_a_pool_of_a_layer_also_read_unpooled_is_a_bit_exact_twin_kpu_layer():
     calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
     want = run(g, calib[0])
     res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    names = opcodes(res.emitted.model)
     assert names.count("kpu_conv2d") == 3 and "reduce_window2d" not in names, names
     assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 3
     (conv, _, unpooled), (twin, _, pooled), _ = layer_maps(res.kmodel, calib[0][0])
@@ -71,7 +72,7 @@ def test_a_max_pool_of_a_depthwise_layer_pools_the_map_in_kpu_ram_exactly():
     res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
     (pool,) = [pl for pl in res.placements if pl.node == "pool"]
     assert pool.on_kpu and "identity weights" in pool.reason, pool
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    names = opcodes(res.emitted.model)
     assert names.count("kpu_conv2d") == 3 and "reduce_window2d" not in names and "dequantize" not in names[:-1], names
     assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 3
     (dw, _, dw_out), (pooling, x_map, pooled), _ = layer_maps(res.kmodel, calib[0][0])
@@ -133,7 +134,7 @@ def test_same_stride2_on_even_sizes_is_a_kpu_pick_layer(name, monkeypatch):
                                             lambda g, x: _same_s2_block(g, x, oc), monkeypatch)
     assert rms["kpu"] <= 1.05 * rms["cpu"], rms  # measured: 0.97-1.014 of the CPU path's
     assert all(p.on_kpu and "CPU" not in p.reason for p in res.placements), res.placements
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    names = opcodes(res.emitted.model)
     assert names == ["quantize", "kpu_upload"] + ["kpu_conv2d"] * 5 + ["dequantize"], names
     assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 5
     for sample in calib[:3]:
@@ -173,7 +174,7 @@ def test_a_pick_pair_over_kpu_ram_runs_in_output_channel_groups(monkeypatch):
     assert all(p.on_kpu for p in res.placements), res.placements
     assert "pick layer of its odd rows" in placed["stem/ch0_8"].reason and "stem/ch8_16" in placed
     assert placed["stem"].reason.startswith("in place in KPU RAM"), placed["stem"]
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    names = opcodes(res.emitted.model)
     assert names == ["quantize", "kpu_upload"] + ["kpu_conv2d"] * 5 + ["dequantize"], names
     assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 5
     maps = layer_maps(res.kmodel, calib[0][0])
@@ -218,7 +219,7 @@ def test_stride2_on_odd_sizes_is_kpu_layers_and_a_pick_over_a_gap(name, monkeypa
     assert all(p.on_kpu and "CPU" not in p.reason for p in res.placements), res.placements
     line = km.kpu_row_layout(w).groups
     groups = -(-c // line)
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    names = opcodes(res.emitted.model)
     assert names == ["quantize", "kpu_upload"] + ["kpu_conv2d"] * (groups + 3) + ["dequantize"], names
     assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == groups + 3
     maps = layer_maps(res.kmodel, calib[0][0])
@@ -272,7 +273,7 @@ def test_a_pick_pair_over_the_layer_limits_runs_in_row_bands(name, monkeypatch):
     m = int(stem.reason.split(" row bands")[0].rsplit(" ", 1)[1])
     hs = h // m
     assert stem.on_kpu and m == (h // rows if rows else 2), stem
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    names = opcodes(res.emitted.model)
     edges = ["strided_slice", "kpu_upload"] + ["kpu_conv2d"] * oc
     assert names == ["quantize", "kpu_upload", "kpu_conv2d"] + edges * (m - 1) + ["kpu_conv2d"] * 2 + ["dequantize"], names
     layers = 2 + oc * (m - 1) + 1
@@ -344,7 +345,7 @@ def test_a_conv_over_the_layer_limits_runs_in_row_bands(name, monkeypatch):
     bands = int(conv.reason.split(" row bands")[0].rsplit(" ", 1)[1])
     assert conv.on_kpu and "row bands" in conv.reason and bands == (2 if rows else 2), conv
     hs = h // bands
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    names = opcodes(res.emitted.model)
     edge = ["strided_slice", "kpu_upload"] + ["kpu_conv2d"] * (1 + oc)
     assert names == ["quantize", "kpu_upload", "kpu_conv2d"] + edge * (bands - 1) + ["kpu_conv2d", "dequantize"], names
     assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 2 + (1 + oc) * (bands - 1)
@@ -384,7 +385,7 @@ def test_a_conv_in_row_bands_read_on_the_cpu_is_copied_out_after_its_edges(monke
             res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
         program = kpu_sim.load(res.kmodel)
         steps[form] = [max_steps(program.run(c)[0].reshape(g.outputs[0].shape), run(g, c)[0]) for c in calib]
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    names = opcodes(res.emitted.model)
     assert names[-2:] == ["kpu_conv2d", "dequantize"] and names.count("kpu_conv2d") == 3 + oc, names
     maps = layer_maps(res.kmodel, calib[0][0])
     (copy_body, patched, out) = maps[-1]
@@ -417,7 +418,7 @@ def test_a_gap_pick_over_kpu_ram_runs_in_channel_groups(monkeypatch):
     placed = {p.node: p for p in res.placements}
     assert all(p.on_kpu and "CPU" not in p.reason for p in res.placements), res.placements
     assert "pick layer" in placed["dw/ch0_4"].reason and "dw/ch4_8" in placed, placed
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    names = opcodes(res.emitted.model)
     # per group: its pw part, 4 one-channel stride-1 layers, the pick; then the head
     assert names == ["quantize", "kpu_upload"] + ["kpu_conv2d"] * (2 * 6 + 1) + ["dequantize"], names
     assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == 13

@@ -18,6 +18,7 @@ from kpu_checks import (
     kpu_layers_match_the_scalar_reference,
     layer_maps,
     max_steps,
+    opcodes,
 )
 from kpu_checks import const as _const
 
@@ -31,6 +32,7 @@ from kcc.options import CompileOptions
 from kcc.passes.decompose_kernels import Form, rewrite
 from kcc.pipeline import compile_graph
 from kcc.report import summary
+from kcc.target.k210 import dma_upload_width
 
 rng = RNG
 
@@ -77,11 +79,11 @@ def test_concat_of_kpu_layers_is_computed_in_place_in_kpu_ram(w, splits, monkeyp
         got = kpu_sim.load(res.kmodel).run(calib[0])
         err[form] = max(max_steps(a.reshape(b.shape), b) for a, b in zip(got, want))
         if form == "cpu":  # copied out, concatenated and rectified in float, uploaded again
-            assert [n.opcode.kmodel_name for n in res.emitted.model.nodes].count("kpu_upload") == 2
+            assert opcodes(res.emitted.model).count("kpu_upload") == 2
             continue
         concat = [p for p in res.placements if p.op == "concat"]
         assert len(concat) == 1 and concat[0].on_kpu and "in place in KPU RAM" in concat[0].reason, concat
-        names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+        names = opcodes(res.emitted.model)
         assert names.count("kpu_conv2d") == len(splits) + 2 and names.count("kpu_upload") == 1, names
         assert not {"concat", "conv2d", "binary", "dequantize"} & set(names[:names.index("kpu_conv2d") + len(splits) + 2]), names
         assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == len(splits) + 2
@@ -119,7 +121,7 @@ def test_concat_stays_on_the_cpu_when_a_part_shares_a_line_and_says_why():
     assert not concat.on_kpu
     assert concat.reason == ("its part 'part1' starts at channel 3, not a multiple of 2 (the channels one "
                              "64-byte line of KPU RAM holds at width 20)")
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    names = opcodes(res.emitted.model)
     assert names.count("kpu_upload") == 2, names  # the concatenation re-uploaded
     (shown,) = [p for p in summary.placements(res, res.latency) if p.op == "concat"]
     cost = re.fullmatch(r"on the CPU, (\d+\.\d\d) ms estimated: (.*)", shown.reason)
@@ -162,7 +164,7 @@ def test_tflite_ssh_head_runs_on_the_kpu_and_agrees_with_the_tflite_interpreter(
     res = compile_graph(g, CompileOptions(input_type="float"), samples=samples)
     (concat,) = [p for p in res.placements if p.op == "concat"]
     assert concat.on_kpu, concat
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    names = opcodes(res.emitted.model)
     assert names == ["quantize", "kpu_upload", "kpu_conv2d", "kpu_conv2d", "kpu_conv2d", "dequantize"], names
     want = tb.run_tflite(data, [samples[0][0].transpose(0, 2, 3, 1)])[0].transpose(0, 3, 1, 2)
     got = kpu_sim.load(res.kmodel).run(samples[0])[0].reshape(want.shape)
@@ -213,7 +215,7 @@ def test_channel_split_layers_are_bit_exact_on_the_kpu(name, monkeypatch):
     want = run(g, calib[0])[0]
     res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
     assert all(p.on_kpu for p in res.placements), res.placements
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    names = opcodes(res.emitted.model)
     assert names.count("kpu_conv2d") == layers and "conv2d" not in names, names
     assert "strided_slice" not in names, names  # each depthwise group reads its expansion group
     assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == layers
@@ -234,7 +236,7 @@ def test_a_fully_connected_layer_over_1024_inputs_is_one_kpu_layer_over_a_3x3_ma
     res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
     (fc,) = res.placements
     assert fc.on_kpu and fc.reason == "as 3x3 conv over its 1100 inputs as a 123x3x3 map", fc
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    names = opcodes(res.emitted.model)
     assert names.count("kpu_conv2d") == 1 and "quantized_matmul" not in names and "matmul" not in names, names
     (body, x_map, _), = layer_maps(res.kmodel, calib[0][0])
     lay = body.layer
@@ -330,7 +332,7 @@ def test_channel_groups_of_a_kpu_layer_are_read_in_place_in_kpu_ram(name):
     g.remove_dead()
     res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
     model = res.emitted.model
-    names = [n.opcode.kmodel_name for n in model.nodes]
+    names = opcodes(model)
     groups = c // group
     layers = 1 + 10 * groups + 1
     assert names.count("kpu_conv2d") == layers and names.count("kpu_upload") == 1, names
@@ -364,8 +366,10 @@ def test_channel_groups_of_a_kpu_layer_are_read_in_place_in_kpu_ram(name):
     assert [n.opcode.kmodel_name for n in cpu_nodes].count("strided_slice") == 0
     out = next(n.body.main_mem_output for n in cpu_nodes if n.opcode.kmodel_name == "kpu_conv2d"
                and n.body.main_mem_output.size == c * 12 * w)  # the 1x1 layer's map, copied out
-    group_uploads = sorted(n.body.input.start - out.start for n in cpu_nodes if n.opcode.kmodel_name == "kpu_upload"
-                           and out.start <= n.body.input.start < out.start + out.size)
+    sources = [prev.body.inputs[0] if prev.opcode.kmodel_name == "concat" and prev.body.output == n.body.input
+               else n.body.input  # a DMA upload's rows padded by a concat first (kcc.quant.kpu_ram.upload)
+               for prev, n in zip(cpu_nodes, cpu_nodes[1:]) if n.opcode.kmodel_name == "kpu_upload"]
+    group_uploads = sorted(r.start - out.start for r in sources if out.start <= r.start < out.start + out.size)
     assert group_uploads == [c0 * 12 * w for c0 in range(0, c, group)], group_uploads
     for s in calib[:3]:
         np.testing.assert_array_equal(kpu_sim.load(res.kmodel).run(s)[0], kpu_sim.load(cpu.kmodel).run(s)[0])
@@ -392,7 +396,7 @@ def test_a_channel_slice_not_on_a_line_of_its_own_is_made_on_the_cpu_and_says_wh
     calib = [[rng.uniform(-1, 1, shape).astype(np.float32)] for _ in range(8)]
     want = run(g, calib[0])
     res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
-    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    names = opcodes(res.emitted.model)
     assert names.count("strided_slice") == 0 and names.count("kpu_upload") == 2, names
     views = {p.node: p for p in res.placements if p.op == "strided_slice"}
     assert views["a4_8"].on_kpu and "in place in KPU RAM" in views["a4_8"].reason, views
@@ -439,8 +443,7 @@ def test_a_depthwise_cut_by_its_weights_range_writes_its_cpu_channels_into_kpu_r
     res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
     (concat,) = [p for p in res.placements if p.op == "concat"]
     assert concat.on_kpu and "in place in KPU RAM" in concat.reason, concat
-    nodes = res.emitted.model.nodes
-    names = [n.opcode.kmodel_name for n in nodes]
+    nodes, names = res.emitted.model.nodes, opcodes(res.emitted.model)
     # expansion cut in two (its rows follow the depthwise's channel order), the depthwise's KPU part,
     # the projection; one float conv of 2 channels; the input's upload and the CPU part's
     assert names.count("kpu_conv2d") == 4 and names.count("conv2d") == 1 and names.count("kpu_upload") == 2, names
@@ -464,3 +467,35 @@ def test_a_depthwise_cut_by_its_weights_range_writes_its_cpu_channels_into_kpu_r
     assert [n.opcode.kmodel_name for n in whole.emitted.model.nodes].count("kpu_conv2d") == 2
     err_whole = max_steps(kpu_sim.load(whole.kmodel).run(calib[0])[0].reshape(want.shape), want)
     assert err <= err_whole, (err, err_whole)
+
+
+def test_an_upload_of_a_width_not_a_multiple_of_64_is_padded_for_dma():
+    """nncase uploads a map to KPU RAM by DMA only when its width is a multiple of 64 (26 cycles a byte
+    otherwise, kcc.target.k210). A 3x3 layer over a 40-wide float input: the input's codes padded to 64
+    a row by one concat (the padding its own first bytes: a view), uploaded by DMA and read as the
+    40-wide map, whose KPU RAM layout it is. The outputs are those of the plain upload, byte for byte,
+    and the estimate lower."""
+    weights = [rng.uniform(-1, 1, shape).astype(np.float32) for shape in ((8, 3, 3, 3), (8,), (4, 8, 1, 1), (4,))]
+
+    def build():  # the same weights each time (a compile edits its graph)
+        g = Graph()
+        w1, b1, w2, b2 = (g.constant(w) for w in weights)
+        y = g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), act=(0.0, 6.0)), (g.input(0, (1, 3, 12, 40)), w1, b1))
+        g.outputs = [g.add(O.Conv2D(), (y, w2, b2))]
+        return g
+
+    calib = [[rng.uniform(-1, 1, (1, 3, 12, 40)).astype(np.float32)] for _ in range(4)]
+    res = compile_graph(build(), CompileOptions(input_type="float"), samples=calib)
+    nodes = res.emitted.model.nodes
+    assert [n.opcode.kmodel_name for n in nodes][:4] == ["quantize", "concat", "kpu_upload", "kpu_conv2d"]
+    assert tuple(nodes[2].body.in_shape) == (1, 3, 12, 64) and nodes[3].body.layer.i_row_wid == 39
+    import kcc.quant.kpu_ram as kpu_ram_module
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kpu_ram_module, "dma_upload_width", lambda shape: None)
+        plain = compile_graph(build(), CompileOptions(input_type="float"), samples=calib)
+    assert [n.opcode.kmodel_name for n in plain.emitted.model.nodes][:3] == ["quantize", "kpu_upload", "kpu_conv2d"]
+    for s in calib:
+        np.testing.assert_array_equal(kpu_sim.load(res.kmodel).run(s)[0], kpu_sim.load(plain.kmodel).run(s)[0])
+    assert res.latency.total_ms < plain.latency.total_ms
+    assert [dma_upload_width(s) for s in [(1, 3, 12, 40), (1, 3, 12, 129), (1, 3, 12, 32), (1, 3, 12, 128)]] == \
+        [64, 192, None, None]  # 32 wide: two channels a line, not a 64-wide map's layout

@@ -122,3 +122,17 @@ def shift_of(body) -> tuple[int, int] | None:
         return None
     a, b = next(iter(taps))[0]
     return a - 1, b - 1
+
+
+def opcodes(model: km.KModel) -> list[str]:
+    """The kmodel's node opcodes, with a kpu_upload's row padding for DMA (kcc.quant.kpu_ram.upload:
+    a concat right before the upload, whose output is the upload's input, of a width a multiple of 64)
+    counted as part of that upload."""
+    nodes, names = model.nodes, []
+    for i, n in enumerate(nodes):
+        nxt = nodes[i + 1] if i + 1 < len(nodes) else None
+        if (n.opcode is km.Opcode.CONCAT and nxt is not None and nxt.opcode is km.Opcode.KPU_UPLOAD
+                and nxt.body.input == n.body.output and nxt.body.in_shape[3] % 64 == 0):
+            continue
+        names.append(n.opcode.kmodel_name)
+    return names
