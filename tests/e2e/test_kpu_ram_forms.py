@@ -32,7 +32,6 @@ from kcc.options import CompileOptions
 from kcc.passes.decompose_kernels import Form, rewrite
 from kcc.pipeline import compile_graph
 from kcc.report import summary
-from kcc.target.k210 import dma_upload_width
 
 rng = RNG
 
@@ -467,35 +466,3 @@ def test_a_depthwise_cut_by_its_weights_range_writes_its_cpu_channels_into_kpu_r
     assert [n.opcode.kmodel_name for n in whole.emitted.model.nodes].count("kpu_conv2d") == 2
     err_whole = max_steps(kpu_sim.load(whole.kmodel).run(calib[0])[0].reshape(want.shape), want)
     assert err <= err_whole, (err, err_whole)
-
-
-def test_an_upload_of_a_width_not_a_multiple_of_64_is_padded_for_dma():
-    """nncase uploads a map to KPU RAM by DMA only when its width is a multiple of 64 (26 cycles a byte
-    otherwise, kcc.target.k210). A 3x3 layer over a 40-wide float input: the input's codes padded to 64
-    a row by one concat (the padding its own first bytes: a view), uploaded by DMA and read as the
-    40-wide map, whose KPU RAM layout it is. The outputs are those of the plain upload, byte for byte,
-    and the estimate lower."""
-    weights = [rng.uniform(-1, 1, shape).astype(np.float32) for shape in ((8, 3, 3, 3), (8,), (4, 8, 1, 1), (4,))]
-
-    def build():  # the same weights each time (a compile edits its graph)
-        g = Graph()
-        w1, b1, w2, b2 = (g.constant(w) for w in weights)
-        y = g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), act=(0.0, 6.0)), (g.input(0, (1, 3, 12, 40)), w1, b1))
-        g.outputs = [g.add(O.Conv2D(), (y, w2, b2))]
-        return g
-
-    calib = [[rng.uniform(-1, 1, (1, 3, 12, 40)).astype(np.float32)] for _ in range(4)]
-    res = compile_graph(build(), CompileOptions(input_type="float"), samples=calib)
-    nodes = res.emitted.model.nodes
-    assert [n.opcode.kmodel_name for n in nodes][:4] == ["quantize", "concat", "kpu_upload", "kpu_conv2d"]
-    assert tuple(nodes[2].body.in_shape) == (1, 3, 12, 64) and nodes[3].body.layer.i_row_wid == 39
-    import kcc.quant.kpu_ram as kpu_ram_module
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(kpu_ram_module, "dma_upload_width", lambda shape: None)
-        plain = compile_graph(build(), CompileOptions(input_type="float"), samples=calib)
-    assert [n.opcode.kmodel_name for n in plain.emitted.model.nodes][:3] == ["quantize", "kpu_upload", "kpu_conv2d"]
-    for s in calib:
-        np.testing.assert_array_equal(kpu_sim.load(res.kmodel).run(s)[0], kpu_sim.load(plain.kmodel).run(s)[0])
-    assert res.latency.total_ms < plain.latency.total_ms
-    assert [dma_upload_width(s) for s in [(1, 3, 12, 40), (1, 3, 12, 129), (1, 3, 12, 32), (1, 3, 12, 128)]] == \
-        [64, 192, None, None]  # 32 wide: two channels a line, not a 64-wide map's layout
