@@ -140,8 +140,10 @@ class Storage:
             # a KPU layer writes its range (also through a reshape that keeps its bytes, a pick layer
             # in row bands: kcc.passes.row_pick), an upload copies a CPU part into it
             writer = i.inputs[0] if isinstance(i.op, O.Reshape) and self.root.get(id(i)) is i.inputs[0] else i
-            part = isinstance(writer.op, KO.QuantKpuLayer) or (
-                writer is i and isinstance(i.op, KO.KpuUpload) and id(i.inputs[0]) not in self.kpu_inputs)
+            dma = isinstance(i.op, KO.KpuChannelView) and i.op.width is not None  # an upload padded for DMA
+            writer = i.inputs[0] if dma else writer
+            part = isinstance(writer.op, KO.QuantKpuLayer) or ((writer is i or dma) and isinstance(
+                writer.op, KO.KpuUpload) and id(writer.inputs[0]) not in self.kpu_inputs)
             if not part or id(writer) in self.root or offset is None:
                 raise UnsupportedModelError(f"'{n.name}': part '{i.name}' cannot be written into the "
                                             f"concatenation in KPU RAM")

@@ -418,7 +418,7 @@ class _Rewriter:
             return self.layer_of(p)
         if kpu_reshape(p, self.table):
             return self.kpu_of(p)
-        return self.g.add(KO.KpuUpload(), (self.u8_of(p),), p.name + "/upload")
+        return upload(self.g, self.u8_of(p), p.name)
 
     def gap_concat(self, n: Node, parts: tuple[Node, ...]) -> Node:
         """Pad n of `parts` as one KPU RAM buffer with its gap (kcc.passes.gap_pick); the channel

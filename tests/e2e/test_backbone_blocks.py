@@ -126,3 +126,34 @@ def test_an_upload_of_a_width_not_a_multiple_of_64_is_padded_for_dma():
     assert res.latency.total_ms < plain.latency.total_ms
     widths = [(1, 3, 12, 40), (1, 3, 12, 129), (1, 3, 12, 32), (1, 3, 12, 128)]  # 32: two channels a line
     assert [dma_upload_width(s) for s in widths] == [64, 192, None, None]
+
+
+def test_parts_uploaded_into_a_concatenation_in_kpu_ram_are_padded_for_dma_too():
+    """deeplabv3's stem: the input's four stride-2 phases (CPU slices of its codes) concatenated in KPU
+    RAM for a 3x3 layer, each uploaded into its channel range. At a width of 40 each is padded to 64
+    and uploaded by DMA; the outputs are those of the plain uploads, byte for byte."""
+    weights = [rng.uniform(-1, 1, shape).astype(np.float32) for shape in ((8, 12, 3, 3), (8,))]
+
+    def build():
+        g = Graph()
+        x = g.input(0, (1, 3, 16, 80))
+        phases = [g.add(O.StridedSlice((0, 0, a, b), (1, 3, 16, 80), (1, 1, 2, 2)), (x,)) for a in (0, 1) for b in (0, 1)]
+        w, b = (g.constant(v) for v in weights)
+        g.outputs = [g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), act=(0.0, 6.0)), (g.add(O.Concat(1), phases), w, b))]
+        return g
+
+    calib = [[rng.uniform(-1, 1, (1, 3, 16, 80)).astype(np.float32)] for _ in range(4)]
+    opts = CompileOptions(input_mean=0.5, input_std=0.5)  # uint8 input, sliced on the CPU
+    res = compile_graph(build(), opts, samples=calib)
+    uploads = [n.body for n in res.emitted.model.nodes if n.opcode.kmodel_name == "kpu_upload"]
+    assert [tuple(u.in_shape) for u in uploads] == [(1, 3, 8, 64)] * 4
+    import kcc.quant.kpu_ram as kpu_ram_module
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kpu_ram_module, "dma_upload_width", lambda shape: None)
+        plain = compile_graph(build(), opts, samples=calib)
+    assert [tuple(n.body.in_shape) for n in plain.emitted.model.nodes if n.opcode.kmodel_name == "kpu_upload"] == \
+        [(1, 3, 8, 40)] * 4
+    for _ in range(3):
+        x = rng.integers(0, 256, (1, 3, 16, 80), dtype=np.uint8)
+        np.testing.assert_array_equal(kpu_sim.load(res.kmodel).run([x])[0], kpu_sim.load(plain.kmodel).run([x])[0])
+    assert res.latency.total_ms < plain.latency.total_ms
