@@ -245,25 +245,18 @@ def _repeat_factors(op: O.Resize, in_hw: tuple[int, int]) -> tuple[int, int] | N
     return factors[0], factors[1]
 
 
-def _repeat_cycles(x: TensorType, f: tuple[int, int]) -> float:
-    """CPU cycles of `_repeat` (kmodel concat, §8.2: a memcpy per (outer, input) block)."""
+def _repeat_steps(x: TensorType, f: tuple[int, int]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """The `_expand`s of `_repeat`: (shape, to) of each, x's rows of pixels then its rows repeated."""
     nb, c, h, w = x.shape
-    out = x.size * f[0] * f[1] * x.dtype.itemsize
-    blocks = nb * c * h * w * f[1] * (f[1] > 1) + nb * c * h * f[0] * (f[0] > 1)
-    steps = (f[0] > 1) + (f[1] > 1)
-    return steps * CPU_NODE_CYCLES + blocks * cpu_cycles("concat_block") + 2 * out * cpu_cycles("copy_byte")
+    rows = nb * c * h
+    return [((rows, w, 1), (rows, w, f[1])), ((rows, 1, w * f[1]), (rows, f[0], w * f[1]))]
 
 
 def _repeat(b: _Builder, n: Node, x: Node, f: tuple[int, int]) -> Node:
-    """Nearest upsampling by integer factors (fh, fw) as concatenations of copies: each pixel fw times
-    along a new innermost axis, then each row fh times (reshapes between are free)."""
-    nb, c, h, w = x.shape
-    if f[1] > 1:
-        col = b.add(O.Reshape((nb * c * h, w, 1)), (x,), n.name + "/pixels")
-        x = b.add(O.Concat(2), (col,) * f[1], n.name + "/columns")
-    if f[0] > 1:
-        row = b.add(O.Reshape((nb * c * h, 1, w * f[1])), (x,), n.name + "/rows")
-        x = b.add(O.Concat(1), (row,) * f[0], n.name + "/repeat_rows")
+    """Nearest upsampling by integer factors (fh, fw) as concatenations of copies (`_expand`): each
+    pixel fw times along a new innermost axis, then each row fh times (reshapes between are free)."""
+    for i, (shape, to) in enumerate(_repeat_steps(x.type, f)):
+        x = _expand(b, b.add(O.Reshape(shape), (x,), f"{n.name}/view{i}"), to, f"{n.name}/repeat{i}")
     return b.add(O.Reshape(n.shape), (x,), n.name)
 
 
@@ -278,11 +271,6 @@ def _interp_matrix(size_in: int, size_out: int, op: O.Resize) -> np.ndarray:
         np.add.at(m, (lo, cols), 1 - frac)
         np.add.at(m, (hi, cols), frac)
     return m
-
-
-def _broadcast(b: _Builder, n: Node, x: Node) -> Node:
-    """x [N, C, 1, 1] repeated to n's [N, C, OH, OW] (`_expand`)."""
-    return _expand(b, x, n.shape, n.name)
 
 
 def _expand_steps(shape: tuple[int, ...], to: tuple[int, ...]) -> list[tuple[int, tuple[int, ...]]]:
@@ -437,11 +425,12 @@ def _resize(b: _Builder, n: Node, x: Node) -> Node:
     nb, c, h, w = x.shape
     oh, ow = op.size
     if (h, w) == (1, 1) and oh * ow > 1:
-        return _broadcast(b, n, x)
+        return _expand(b, x, n.shape, n.name)  # a broadcast
     if op.mode == "bilinear" and op.half_pixel_centers and not op.align_corners and (oh, ow) == (2 * h, 2 * w):
         return _half_pixel_x2(b, n, x)
     f = _repeat_factors(op, (h, w))
-    if f is not None and _repeat_cycles(x.type, f) < n.type.size * cpu_cycles("resize"):
+    if f is not None and sum(_expand_cycles(*step, x.dtype.itemsize) for step in _repeat_steps(x.type, f)) \
+            < n.type.size * cpu_cycles("resize"):
         return _repeat(b, n, x, f)
     if native_resize_ok(op, (h, w)):
         plain = O.Resize(op.mode, op.size, op.align_corners and op.mode == "bilinear", False)

@@ -406,10 +406,7 @@ class _Rewriter:
                     self.written_into[p] = n
                 return self._once("kpu", n, lambda: self.g.add(
                     KO.KpuConcat(), tuple(self._part_of(p) for p in n.inputs), n.name + "/kpu"))
-        return self._once("kpu", n, lambda: self._upload(n))
-
-    def _upload(self, n: Node) -> Node:
-        return upload(self.g, self.u8_of(n), n.name)
+        return self._once("kpu", n, lambda: upload(self.g, self.u8_of(n), n.name))
 
     def _part_of(self, p: Node) -> Node:
         """Part p of an in-place KPU RAM concatenation: a KPU layer writes its range, a float part is

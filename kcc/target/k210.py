@@ -136,33 +136,36 @@ def cpu_cycles(key: str) -> float:
     return cycles * (STRUCTURAL_SCALE if kind == "structural" else 1.0)
 
 
+def _padded_upload_cycles(c: int, h: int, wide: int) -> float:
+    """Rows of c x h padded to `wide` by one concatenation (two blocks a row), then uploaded by DMA."""
+    return (2 * CPU_NODE_CYCLES + 2 * c * h * cpu_cycles("concat_block")
+            + c * h * wide * (cpu_cycles("copy_byte") + cpu_cycles("kpu_upload_dma_byte")))
+
+
 def dma_upload_width(shape: tuple[int, ...]) -> int | None:
     """The width W' (a multiple of 64) a batch-1 uint8 NCHW map of width W is uploaded at, or None.
     nncase's kpu_upload copies a map whose width is a multiple of 64 by DMA (0.6 cycles a byte) and
     any other row by row on the CPU (26; CPU_CYCLES). A map of one channel per 64-byte line (W > 32)
     has W''s layout in KPU RAM (ceil(W/64) lines a row, kmodel_v4.md §7.3): its rows padded to W' on
-    the CPU by one concatenation (the padding any bytes of its own: a view, kcc.quant.quantize), then
-    uploaded by DMA and read as the W-wide map, where that costs less."""
+    the CPU by one concatenation (the padding any bytes of its own: a view, kcc.quant.kpu_ram.upload),
+    then uploaded by DMA and read as the W-wide map, where that costs less."""
     n, c, h, w = shape
     layout = kpu_row_layout(w)
     if n != 1 or w % 64 == 0 or layout.groups != 1:
         return None
     wide = layout.row_len * KPU_LINE_SIZE
-    pad = 2 * CPU_NODE_CYCLES + 2 * c * h * cpu_cycles("concat_block") + c * h * wide * cpu_cycles("copy_byte")
-    dma = c * h * wide * cpu_cycles("kpu_upload_dma_byte")
-    return wide if pad + dma < c * h * w * cpu_cycles("kpu_upload_byte") else None
+    slow = CPU_NODE_CYCLES + c * h * w * cpu_cycles("kpu_upload_byte")
+    return wide if _padded_upload_cycles(c, h, wide) < slow else None
 
 
 def upload_cycles(shape: tuple[int, ...]) -> float:
     """CPU cycles of uploading a uint8 NCHW map to KPU RAM as kcc emits it (`dma_upload_width`)."""
     n, c, h, w = shape
-    if w % 64 == 0:
-        return CPU_NODE_CYCLES + n * c * h * w * cpu_cycles("kpu_upload_dma_byte")
     wide = dma_upload_width(shape)
-    if wide is None:
-        return CPU_NODE_CYCLES + n * c * h * w * cpu_cycles("kpu_upload_byte")
-    return (3 * CPU_NODE_CYCLES + 2 * c * h * cpu_cycles("concat_block")
-            + c * h * wide * (cpu_cycles("copy_byte") + cpu_cycles("kpu_upload_dma_byte")))
+    if wide is not None:
+        return _padded_upload_cycles(c, h, wide) + CPU_NODE_CYCLES
+    key = "kpu_upload_dma_byte" if w % 64 == 0 else "kpu_upload_byte"
+    return CPU_NODE_CYCLES + n * c * h * w * cpu_cycles(key)
 
 
 __all__ = [
