@@ -18,8 +18,9 @@ and records their adds in ctx.stream_adds; legalize_kpu, which runs prelu_stream
 
 decompose_kernels may spend device RAM on speed (MODEL_KPU_BYTES of kmodel for stacks made in KPU
 RAM); when that puts the kmodel and its working memory over the bare SDK's 5.5 MiB, `compile_graph`
-runs the stages again from the imported graph with that much less to spend, and, with nothing left
-to spend, with that much of its decompositions given back to the CPU (`CompileContext.form_shed`).
+runs the stages again from the imported graph with the room the budget leaves the decomposed convs
+(`CompileContext.form_room`: what they took in that try, less the excess), which decompose_kernels
+shares among them by estimated time saved per byte.
 A decomposed conv's form that overflows KPU RAM beside the buffers alive around it (a BlazeBlock
 stream's stack its output is written into) is made again with their bytes left to them
 (`_run_in_kpu_ram`, `CompileContext.kpu_ram_reserve`).
@@ -141,25 +142,29 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
     source = _copy(g) if options.inference_type == "uint8" else None
     g, ctx = _run_in_kpu_ram(manager, g, ctx, source)
     budget_ram = DEVICE_RAM_BUDGET if options.ram_budget is None else options.ram_budget
-    while source is not None and _device_ram(ctx) > budget_ram and (ctx.kpu_form_spent or ctx.form_sheddable):
-        # decompose_kernels spent device RAM on speed and put the model over the bare SDK's budget:
-        # again with that much less to spend (MODEL_KPU_BYTES first, each try lowering it to 0), then
-        # with that much of the decompositions given back (the least time saved per byte first)
-        over = _device_ram(ctx) - budget_ram
-        budget, shed, measured = 0, ctx.form_shed, {}
-        if ctx.kpu_form_spent:
-            budget = max(0, ctx.kpu_form_spent - over - DEVICE_RAM_MARGIN)
-            log(f"   {over} B over {budget_ram} B of device RAM: again with {budget} B for KPU-made stacks")
-        else:
-            # toward the budget, or toward the bare SDK's when no amount of them meets a smaller one
-            # (--ram-budget maixpy for BlazePalm); not at all when neither is within their bytes
-            ram, measured = _device_ram(ctx), _form_bytes(ctx)
-            target = next((b for b in (budget_ram, DEVICE_RAM_BUDGET) if 0 < ram - b <= sum(measured.values())), None)
-            if target is None:
-                break
-            shed += ram - target + DEVICE_RAM_MARGIN
-            log(f"   {ram - target} B over {target} B of device RAM: again with {shed} B of decompositions on the CPU")
-        ctx = _again(ctx, kpu_form_budget=budget, form_shed=shed, form_bytes={**ctx.form_bytes, **measured})
+    room = None  # bytes of kmodel the weighed convs may take together, as the kmodel counts them
+    for _ in range(ROOM_TRIES):
+        ram = _device_ram(ctx)
+        if source is None or ram <= budget_ram or not any(d.plan is not None for d in ctx.decisions):
+            break
+        # decompose_kernels' forms put the model over its budget: again with the room its convs may
+        # take together, measured in this try (the rest of the device RAM is not theirs), less each
+        # time by what the last try was still over; toward the bare SDK's budget when no choice of
+        # forms meets a smaller one (--ram-budget maixpy for BlazePalm), not at all when neither is met
+        measured = _form_bytes(ctx)
+        taken = sum(measured.values())
+        # what each choice took, for the next try's choices (decompose_kernels estimates the others)
+        seen = {**ctx.form_measured, **{(d.node, d.plan, d.codes): measured[d.node]
+                                        for d in ctx.decisions if d.node in measured}}
+        scale = sum(ctx.form_estimates.get(c, 0) for c in measured) / max(taken, 1) or 1.0
+        rooms = [(b, b - DEVICE_RAM_MARGIN - (ram - taken)) for b in (budget_ram, DEVICE_RAM_BUDGET)]
+        target, fits = next(((b, r) for b, r in rooms if r >= ctx.form_floor / scale and ram > b), (None, None))
+        if target is None:
+            break
+        room = fits if room is None else min(fits, room - (ram - target) - DEVICE_RAM_MARGIN)
+        log(f"   {ram - target} B over {target} B of device RAM: again with {room} B for the decomposed "
+            f"convs ({taken} B in this try)")
+        ctx = _again(ctx, form_room=room, form_measured=seen, form_scale=scale)
         g, ctx = _run_in_kpu_ram(manager, _copy(source), ctx, source)
     return CompileResult(ctx.kmodel, g, ctx.emitted, manager.names, ctx.placements, ctx.float_graph,
                          ctx.weights_ranges, ctx.ranges, decisions=ctx.decisions, ram_for_speed=ctx.kpu_form_spent)
@@ -172,12 +177,14 @@ def _copy(g: Graph) -> Graph:
 def _again(ctx: CompileContext, **changes: Any) -> CompileContext:
     """A fresh context for another run of the stages: ctx's inputs and what its retries carry
     (allowance, decompositions shed, their measured bytes, KPU RAM reserves), with `changes`."""
-    carried = dict(kpu_form_budget=ctx.kpu_form_budget, form_shed=ctx.form_shed, form_bytes=ctx.form_bytes,
-                   kpu_ram_reserve=ctx.kpu_ram_reserve)
+    carried = dict(kpu_form_budget=ctx.kpu_form_budget, form_room=ctx.form_room, form_measured=ctx.form_measured,
+                   form_scale=ctx.form_scale, kpu_ram_reserve=ctx.kpu_ram_reserve)
     return CompileContext(ctx.options, ctx.log, ctx.progress, ctx.samples, ctx.quantization, ctx.own_grids,
                           **{**carried, **changes})
 
 
+#: tries of the stages after the first for a model over its device RAM budget
+ROOM_TRIES = 4
 #: tries of `_run_in_kpu_ram` after the first
 KPU_RAM_RETRIES = 4
 
@@ -232,9 +239,10 @@ def _device_ram(ctx: CompileContext) -> int:
 
 
 def _form_bytes(ctx: CompileContext) -> dict[str, int]:
-    """Kmodel bytes of each decomposed conv's nodes (named after it, kcc.passes.kernel_forms) in the
-    kmodel just emitted: body, node header and, for a KPU layer, its tables' average alignment."""
-    convs = {d.node for d in ctx.decisions if d.plan is not None}
+    """Kmodel bytes of each conv decompose_kernels weighed (its nodes are named after it: its form's,
+    kcc.passes.kernel_forms, or the CPU conv) in the kmodel just emitted: body, node header and, for a
+    KPU layer, its tables' average alignment."""
+    convs = {d.node for d in ctx.decisions}
     out: dict[str, int] = {}
     for name, node in zip(ctx.emitted.node_names, ctx.emitted.model.nodes):
         # the conv itself, or the longest conv name it extends (names may nest)

@@ -28,7 +28,7 @@ only beyond STACK_KPU_BYTES. A `phases_kpu` (stride 2: the input's four stride p
 by KPU layers, the polyphase `stack` without its CPU pad, slices and uploads) takes the groups that
 `stack` would, of at least 2 channels, each a multiple of the channels a line holds at x's width and
 at the phases' (`_line`), its phases and output at the phases' size in KPU RAM. A model may give
-its convs MODEL_KPU_BYTES more between them for such stacks (`allot`: each conv's ladder of decisions within rising caps, `_ladder`, climbed step by step,
+its convs MODEL_KPU_BYTES more between them for such stacks (`allot`: each conv's ladder of decisions within rising caps, `ladder`, climbed step by step,
 the most estimated time saved per extra byte first); kcc.pipeline takes that back from a model it puts
 over the device RAM budget.
 Each candidate is legalized on its own (a few-node graph) and must land wholly on the KPU, and is
@@ -58,9 +58,6 @@ the reason of a conv that stays (`Decision.cpu_note`) to its CPU placement.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import Enum
-
 import numpy as np
 
 from kcc.eval.interpreter import run
@@ -69,37 +66,20 @@ from kcc.ir.graph import Graph, Node
 from kcc.options import CompileOptions
 from kcc.passes import kernel_plans as P
 from kcc.passes.blaze_blocks import streamed_prelus
+from kcc.passes.kernel_budget import (
+    CODES_REASON,
+    MODEL_KPU_BYTES,
+    Decision,
+    Status,
+    allot,
+    codes_costs,
+    ladder,
+    within_room,
+)
 from kcc.passes.kernel_cost import Where, alone, kmodel_bytes, on_kpu, surroundings
 from kcc.passes.kernel_forms import KPU_MADE, Form, emit, plan_terms
 from kcc.passes.manager import CompileContext
 from kcc.target.k210 import DEFAULT_MHZ, KPU_RAM_SIZE
-
-#: kmodel bytes a whole model may spend, beyond what each conv may take (kernel_plans.STACK_KPU_BYTES),
-#: on stacks made in KPU RAM that need more (`allot`): the device RAM spent on speed, taken back by
-#: kcc.pipeline from a model it puts over CompileOptions.ram_budget (`--ram-budget`; default the bare
-#: SDK's 5.5 MiB of kmodel and working memory)
-MODEL_KPU_BYTES = 3 * 1024 * 1024
-
-class Status(Enum):
-    DECOMPOSED = "decomposed"  # `plan` puts the conv on the KPU
-    ON_KPU = "on the KPU as it is"  # legalize_kpu takes the conv as it is: nothing to decide
-    KEPT = "kept on the CPU"  # some form lands on the KPU, or none was tried: `reason` says why not
-    NO_FORM = "no form"  # no decomposition lands on the KPU: legalize_kpu's own reason says it all
-
-
-@dataclass(frozen=True)
-class Decision:
-    node: str
-    status: Status
-    plan: Form | None  # None: the conv stays as it is
-    cycles: float  # estimate of the chosen form
-    cpu_cycles: float  # estimate of the conv left on the CPU
-    reason: str
-
-    @property
-    def cpu_note(self) -> str | None:
-        """What the CPU placement of a conv kept on the CPU adds to legalize_kpu's reason."""
-        return f"not decomposed: {self.reason}" if self.status is Status.KEPT else None
 
 
 def extra_roundings(n: Node, plan: Form, float_input: bool, read_in_float: bool = False) -> int:
@@ -249,85 +229,6 @@ def rewrite(g: Graph, n: Node, plan: Form, note: str = "") -> Node | None:
     return new
 
 
-def allot(candidates: list[tuple[Node, Decision, list[tuple[int, Decision]]]], opts: CompileOptions,
-          budget: int = MODEL_KPU_BYTES) -> tuple[dict[str, int], int]:
-    """Which faster form beyond STACK_KPU_BYTES (a stack made in KPU RAM) each conv takes: each
-    candidate is (conv, decision within STACK_KPU_BYTES, its ladder: (cap, decision within cap), caps
-    rising, each decision faster than the one before, `_ladder`). Step by step, the step up some
-    conv's ladder that saves the most estimated time per extra kmodel byte (`kmodel_bytes`, the CPU
-    conv's float weights too) while the extra bytes of all stay within `budget` (one that needs no
-    more bytes is always taken): the time a budget buys spread over every conv that can use it (a
-    `fan_kpu` in groups of one line for each wide 5x5 rather than groups of four lines for one of
-    them). Returns the cap each upgraded conv is decided with, and the extra bytes they take."""
-    rungs = []  # per candidate: [(extra bytes, cycles)] from its decision within STACK_KPU_BYTES up
-    for n, small, ladder in candidates:
-        base = kmodel_bytes(n, small.plan, opts)
-        rungs.append([(0, small.cycles)] + [(kmodel_bytes(n, d.plan, opts) - base, d.cycles) for _, d in ladder])
-    at = [0] * len(candidates)  # each candidate's rung
-    spent = 0
-    while True:
-        best = None  # (time saved per byte, candidate, rung)
-        for i, steps in enumerate(rungs):
-            extra, cycles = steps[at[i]]
-            for k in range(at[i] + 1, len(steps)):
-                more = max(steps[k][0], 0) - max(extra, 0)
-                if spent + more > budget or steps[k][1] >= cycles:
-                    continue
-                gain = (cycles - steps[k][1]) / max(more, 1)
-                if best is None or gain > best[0]:
-                    best = (gain, i, k)
-        if best is None:
-            break
-        _, i, k = best
-        spent += max(rungs[i][k][0], 0) - max(rungs[i][at[i]][0], 0)
-        at[i] = k
-    return {n.name: ladder[at[i] - 1][0] for i, (n, _, ladder) in enumerate(candidates) if at[i]}, spent
-
-
-
-
-def _ladder(n: Node, small: Decision, beyond: set[Form], decide) -> list[tuple[int, Decision]]:
-    """(cap, decision within cap) of conv n for every cap one of `beyond` (plans beyond STACK_KPU_BYTES)
-    is estimated to need, rising, each decision faster than the one before (and than `small`)."""
-    out, cycles = [], small.cycles
-    # a fan only beyond STACK_KPU_BYTES (`_fan_kpu_plans`), however few bytes it takes
-    for cap in sorted({max(b, P.STACK_KPU_BYTES + 1) for p in beyond if (b := P.plan_bytes(n, p)) is not None}):
-        d = decide(n, cap)
-        if d.plan is not None and d.cycles < cycles:
-            out.append((cap, d))
-            cycles = d.cycles
-    return out
-
-
-def _shed(convs: list[Node], final: dict[int, Decision], need: int, opts: CompileOptions,
-          measured: dict[str, int]) -> tuple[dict[str, str], bool]:
-    """The decomposed convs to keep on the CPU so that `need` bytes of kmodel go back to the device RAM
-    budget (kcc.pipeline's retry), by name with their reason: the least time saved per byte of kmodel
-    their form adds over the CPU conv's first (the bytes its nodes took in the try before, `measured`,
-    else kernel_cost.kmodel_bytes' estimate); and whether any decomposition that adds bytes is left.
-    Nothing is shed without a need (and no bytes are counted)."""
-    if need <= 0:
-        return {}, any(d.plan is not None for d in final.values())
-    ms = DEFAULT_MHZ * 1e3
-    worth = []
-    for n in convs:
-        d = final[id(n)]
-        if d.plan is not None:
-            extra = measured.get(n.name) or kmodel_bytes(n, d.plan, opts)
-            extra -= kmodel_bytes(n, None, opts)
-            if extra > 0:
-                worth.append(((d.cpu_cycles - d.cycles) / extra, n.name, extra, d))
-    shed, given = {}, 0
-    for _, name, extra, d in sorted(worth):
-        if given >= need:
-            break
-        given += extra
-        shed[name] = (f"device RAM: its form ({d.plan.describe()}) adds ~{extra} B of kmodel to save "
-                      f"~{(d.cpu_cycles - d.cycles) / ms:.1f} ms, the least time per byte of the model's "
-                      f"decompositions, and the model is over its device RAM budget")
-    return shed, len(shed) < len(worth)
-
-
 def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     """Rewrite every Conv2D that legalize_kpu would leave on the CPU and that some decomposition
     puts on the KPU; ctx.decisions receives one `Decision` per conv legalize_kpu would leave on the
@@ -338,9 +239,9 @@ def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     of ctx.samples, when there are samples (`bulk_thresholds`). Each conv's stack made in KPU RAM
     takes at most STACK_KPU_BYTES of kmodel, but those `allot` grants ctx.kpu_form_budget
     (MODEL_KPU_BYTES unless set) more between them, decided on the graph as it comes, before any
-    rewrite; ctx.kpu_form_spent receives what they take. With ctx.form_shed (kcc.pipeline's retry of
-    a model over its device RAM budget) the forms saving the least time per byte of kmodel stay on the
-    CPU until that many bytes are given back (`_shed`)."""
+    rewrite; ctx.kpu_form_spent receives what they take, ctx.form_floor what the convs would take on
+    the CPU. With ctx.form_room (kcc.pipeline's retry of a model over its device RAM budget) the convs
+    share that many bytes instead, each starting on the CPU (kcc.passes.kernel_budget.within_room)."""
     ctx = ctx or CompileContext()
     opts = ctx.options
     if opts.target == "cpu" or opts.decompose == "off":
@@ -356,17 +257,35 @@ def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     streamed = streamed_prelus(g, opts)  # the PReLUs kcc.passes.prelu_stream keeps in KPU RAM: 8-bit inputs
     ctx.stream_adds = set(streamed.values())
 
-    def decide(n: Node, cap: int) -> Decision:
+    def decide(n: Node, cap: int, codes: bool = False) -> Decision:
+        """n's decision within `cap`; with `codes`, reading its float input as 8-bit codes (no residual)."""
         at = surroundings(n, users, outputs, opts)
-        codes = id(n.inputs[0]) in streamed
-        if codes:
+        if id(n.inputs[0]) in streamed:
             at = Where(False, at.kpu_readers)
-        return choose(n, opts, residual and not codes, residual and _read_in_float(n, users, outputs),
-                      bulk.get(n.name, 0.0), at, cap, memo, ram(n))
+        codes = codes and residual_in(n)
+        d = choose(n, opts, residual_in(n) and not codes and residual, residual and _read_in_float(n, users, outputs),
+                   bulk.get(n.name, 0.0), at, cap, memo, ram(n))
+        if codes and d.plan is not None:
+            d = Decision(d.node, d.status, d.plan, d.cycles, d.cpu_cycles, CODES_REASON, True)
+        return d
+
+    def residual_in(n: Node) -> bool:  # n's input is a float of the CPU, read with its rounding residual
+        return residual and id(n.inputs[0]) not in streamed and _cpu_float(n.inputs[0])
 
     def ram(n: Node) -> int:  # KPU RAM its form may fill: less what kcc.pipeline's retry found alive beside it
         return KPU_RAM_SIZE - ctx.kpu_ram_reserve.get(n.name, 0)
 
+    def estimate(n: Node, plan: Form | None) -> int:  # kernel_cost.kmodel_bytes, once
+        if (id(n), plan) not in estimates:
+            estimates[id(n), plan] = kmodel_bytes(n, plan, opts)
+        return estimates[id(n), plan]
+
+    def size(n: Node, plan: Form | None, codes: bool = False) -> int:
+        """Bytes of a choice as the kmodel counts them: as measured in a try before, else estimated."""
+        measured = ctx.form_measured.get((n.name, plan, codes))
+        return measured if measured is not None else int(estimate(n, plan) / ctx.form_scale)
+
+    estimates: dict = {}
     budget = MODEL_KPU_BYTES if ctx.kpu_form_budget is None else ctx.kpu_form_budget
     big_cap = P.STACK_KPU_BYTES + budget
     first: dict[int, tuple[Node, Decision]] = {}  # per conv: its input, its decision within STACK_KPU_BYTES
@@ -374,32 +293,39 @@ def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     for n in convs:
         d = decide(n, P.STACK_KPU_BYTES)
         first[id(n)] = (n.inputs[0], d)
-        if d.status is Status.ON_KPU or not d.cpu_cycles or not budget:
+        if d.status is Status.ON_KPU or not d.cpu_cycles or not budget or ctx.form_room is not None:
             continue
-        x = n.inputs[0]
-        residual_in = residual and _cpu_float(x) and id(x) not in streamed
-        beyond = set(P.plans(n, residual_in, True, 0.0, big_cap, ram(n))) - set(P.plans(n, residual_in, True, 0.0, ram=ram(n)))
-        ladder = _ladder(n, d, beyond, decide) if beyond else []  # empty: no stack needs more than STACK_KPU_BYTES
-        if ladder:
-            candidates.append((n, d, ladder))
-    taken, ctx.kpu_form_spent = allot(candidates, opts, budget)
-    final = {id(n): decide(n, taken[n.name]) if n.name in taken else first[id(n)][1] for n in convs}
-    shed, ctx.form_sheddable = _shed(convs, final, ctx.form_shed, opts, ctx.form_bytes)
+        beyond = set(P.plans(n, residual_in(n), True, 0.0, big_cap, ram(n))) - set(P.plans(n, residual_in(n), True, 0.0, ram=ram(n)))
+        steps = ladder(n, d, beyond, decide) if beyond else []  # empty: no stack needs more than STACK_KPU_BYTES
+        if steps:
+            candidates.append((n, d, steps))
+    ctx.form_floor = sum(estimate(n, None) for n in convs if first[id(n)][1].status is not Status.ON_KPU)
+    if ctx.form_room is None:
+        taken, ctx.kpu_form_spent = allot(candidates, opts, budget)
+        final = {id(n): (decide(n, taken[n.name]) if n.name in taken else first[id(n)][1],
+                         taken.get(n.name, P.STACK_KPU_BYTES)) for n in convs}
+    else:  # kcc.pipeline's retry: every conv's form within the room the device RAM budget leaves them
+        final = {id(n): (first[id(n)][1], P.STACK_KPU_BYTES) for n in convs}
+        eligible = [n for n in convs if residual_in(n) and first[id(n)][1].status is not Status.ON_KPU]
+        costs = None if opts.decompose == "fast" else codes_costs(g, eligible, (ctx.samples or [])[:BULK_SAMPLES])
+        final.update(within_room(convs, first, ctx.form_room, decide, size, ram, residual_in, costs))
+        ctx.kpu_form_spent = sum(size(n, d.plan) - size(n, None) for n in convs
+                                 if (d := final[id(n)][0]).plan is not None and d.status is not Status.ON_KPU)
+    ctx.form_estimates = {n.name: estimate(n, final[id(n)][0].plan) for n in convs
+                          if first[id(n)][1].status is not Status.ON_KPU}
     for n in convs:
-        x, d = first[id(n)][0], final[id(n)]
-        if n.name in shed:
-            ctx.decisions.append(Decision(n.name, Status.KEPT, None, d.cpu_cycles, d.cpu_cycles, shed[n.name]))
-            continue
-        if n.inputs[0] is not x:  # an earlier rewrite changed its input
-            d = decide(n, taken.get(n.name, P.STACK_KPU_BYTES))
+        x, (d, cap) = first[id(n)][0], final[id(n)]
+        if n.inputs[0] is not x and (d.plan is not None or ctx.form_room is None):  # an earlier rewrite changed its input
+            d = decide(n, cap, d.codes)
         if d.status is not Status.ON_KPU:
             ctx.decisions.append(d)
         if d.plan is None:
             continue
         kh, kw = n.inputs[1].shape[2:]
         ms = DEFAULT_MHZ * 1e3
+        how = " reading its float input as 8-bit codes" if d.codes else ""
         rewrite(g, n, d.plan, f"{kh}x{kw}{' depthwise' if n.op.groups > 1 else ''} s{n.op.stride[0]} as "
-                              f"{d.plan.describe()}: ~{d.cycles / ms:.2f} ms vs ~{d.cpu_cycles / ms:.2f} ms "
+                              f"{d.plan.describe()}{how}: ~{d.cycles / ms:.2f} ms vs ~{d.cpu_cycles / ms:.2f} ms "
                               f"on the CPU (estimates)")
     g.remove_dead()
     return g

@@ -64,14 +64,18 @@ class CompileContext:
     #: and what they took (its estimate)
     kpu_form_budget: int | None = None
     kpu_form_spent: int = 0
-    #: decompose_kernels: kmodel bytes of decompositions to give back to the device RAM budget (kcc.pipeline,
-    #: for a model still over it with no allowance left): the convs whose forms save the least time per
-    #: byte stay on the CPU; and whether any decomposition with bytes to give back is left after that
-    form_shed: int = 0
-    form_sheddable: bool = False
-    #: kmodel bytes each decomposed conv's nodes took in an earlier try (kcc.pipeline), by conv name:
-    #: what `form_shed` counts where known, instead of decompose_kernels' estimate
-    form_bytes: dict[str, int] = field(default_factory=dict)
+    #: decompose_kernels: the kmodel bytes all convs it weighs may take together, their CPU convs'
+    #: weights too (kcc.pipeline's retry of a model over its device RAM budget; None: the first try,
+    #: each within its own cap and MODEL_KPU_BYTES between them)
+    form_room: int | None = None
+    #: decompose_kernels: what every conv it weighs would take on the CPU (the least `form_room` can be),
+    #: and its estimate of what each takes in its form (kcc.pipeline weighs them against the kmodel's)
+    form_floor: int = 0
+    form_estimates: dict[str, int] = field(default_factory=dict)
+    #: kcc.pipeline's retries: the kmodel bytes each (conv, plan, reads codes) took in a try before,
+    #: and decompose_kernels' estimates per byte the kmodel counted in the last try
+    form_measured: dict[tuple, int] = field(default_factory=dict)
+    form_scale: float = 1.0
     #: KPU RAM each decomposed conv's form leaves to the buffers alive beside it, by conv name
     #: (kcc.pipeline's retry after a KPU RAM overflow at that form, kcc.passes.decompose_kernels)
     kpu_ram_reserve: dict[str, int] = field(default_factory=dict)

@@ -1,7 +1,7 @@
 """The 5x5 depthwise forms whose shifted copies the KPU makes (kcc.passes.kernel_forms): `stack_kpu`
-(9 unit-shift copies, a 3x3 combine) and `copies_kpu` (25 copies, chained for offset 2, a 1x1 combine),
-and the model-wide kmodel-byte allowance they share. Each copy equals its input's codes shifted, each
-KPU layer the scalar reference, the whole the float graph (bars: measured + 5 %).
+(9 unit-shift copies, a 3x3 combine) and `copies_kpu` (25 copies, chained for offset 2, a 1x1 combine).
+Each copy equals its input's codes shifted, each KPU layer the scalar reference, the whole the float
+graph (bars: measured + 5 %). The device RAM they may take: tests/e2e/test_device_ram_room.py.
 """
 
 
@@ -19,13 +19,12 @@ from kpu_checks import (
 )
 
 import kpu_sim
-from kcc import pipeline
 from kcc.eval.interpreter import run
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
-from kcc.passes import decompose_kernels, kernel_forms, kernel_plans
+from kcc.passes import kernel_forms
 from kcc.passes.decompose_kernels import Form, rewrite
 from kcc.pipeline import compile_graph
 
@@ -233,84 +232,6 @@ def test_copies_kpu_shifts_by_whole_offsets_exactly_in_kpu_ram(name):
 # stack_kpu's (STACK_KPU_MAX_STEPS), the 1x1 combine's weights rounded on another grid than the 3x3's
 COPIES_KPU_MAX_STEPS = {"float_input_w10": (2.17, 2.07), "kpu_input_w20": (1.99, 1.89),
                         "prelu_residual_w40": (1.51, 1.44), "kpu_input_in_groups_w14": (2.96, 2.82)}
-
-
-def _two_dw5_blocks_compiler(monkeypatch):
-    """compile(budget, log) -> (result, device RAM) of the same two 32-channel 5x5 depthwise blocks
-    (same weights and samples every time), each conv's own cap too small for a stack made in KPU RAM:
-    only decompose_kernels' model allowance buys one."""
-    monkeypatch.setattr(kernel_plans, "STACK_KPU_BYTES", 16 * 1024)  # 32 channels' stack_kpu needs more
-    state = rng.bit_generator.state
-
-    def compile_it(budget: int | None = None, log=lambda line: None):
-        rng.bit_generator.state = state
-        g = Graph()
-        x = g.input(0, (1, 4, 12, 12))
-        for _ in range(2):
-            x = dw5x5_then_1x1(g, x, 32, "conv")
-        g.outputs = [x]
-        calib = [[rng.uniform(-1, 1, (1, 4, 12, 12)).astype(np.float32)] for _ in range(2)]
-        res = compile_graph(g, CompileOptions(input_type="float", ram_budget=budget), log=log, samples=calib)
-        return res, len(res.kmodel) + res.emitted.model.main_mem
-
-    return compile_it
-
-
-def test_a_model_the_allowance_puts_over_the_device_ram_budget_is_compiled_again_with_less(monkeypatch):
-    """decompose_kernels spends up to MODEL_KPU_BYTES of kmodel on stacks made in KPU RAM; a model
-    that this puts over the device RAM budget (kcc.pipeline.DEVICE_RAM_BUDGET, kmodel + working
-    memory) is compiled again with that much less to spend, and says so."""
-    compile_it = _two_dw5_blocks_compiler(monkeypatch)
-    kpu_made = ("stack_kpu", "fan_kpu", "copies_kpu")
-    first, ram = compile_it()
-    assert all(d.plan.combine in kpu_made for d in first.decisions), first.decisions  # the allowance's forms
-    monkeypatch.setattr(pipeline, "DEVICE_RAM_BUDGET", ram - 1)
-    lines = []
-    second, less = compile_it(log=lines.append)
-    assert less <= ram - 1 and any(" over " in line and "again with" in line for line in lines), lines
-    # less of the allowance: a cheaper rung of the ladder (a KPU-made stack in smaller groups) or none
-    assert [d.plan for d in second.decisions] != [d.plan for d in first.decisions]
-    assert all(d.plan.combine not in kpu_made or (d.plan.group or 32) <= (f.plan.group or 32)
-               for d, f in zip(second.decisions, first.decisions))
-
-
-def test_the_ram_budget_option_sets_the_device_ram_the_allowance_may_fill(monkeypatch):
-    """CompileOptions.ram_budget (`kcc compile --ram-budget maixpy|sdk|MiB`) replaces the bare SDK's
-    budget: a budget below what the allowance's forms need compiles again with less, as
-    DEVICE_RAM_BUDGET does; a generous one changes nothing."""
-    compile_it = _two_dw5_blocks_compiler(monkeypatch)
-    first, ram = compile_it()
-    assert compile_it(ram)[0].kmodel == first.kmodel
-    lines = []
-    second, less = compile_it(ram - 1, lines.append)
-    assert less <= ram - 1 and any(f"over {ram - 1} B" in line for line in lines), lines
-
-
-def test_with_no_allowance_left_decompositions_go_back_to_the_cpu_until_the_model_fits(monkeypatch):
-    """Without MODEL_KPU_BYTES, both blocks take forms within their own caps; a budget below the model
-    then compiles again with the decompositions saving the least time per byte of kmodel (as measured
-    in the kmodel before) kept on the CPU, each saying why, until it fits: the model fits, every
-    other conv keeps its form. A budget no amount of that would meet (below the model without any
-    decomposition) keeps them all, nothing given back for nothing, unless the model is over the bare
-    SDK's budget too: then they go back until it meets that one (`--ram-budget maixpy` for BlazePalm)."""
-    monkeypatch.setattr(decompose_kernels, "MODEL_KPU_BYTES", 0)
-    compile_it = _two_dw5_blocks_compiler(monkeypatch)
-    first, ram = compile_it()
-    assert all(d.plan is not None for d in first.decisions), first.decisions
-    lines = []
-    second, less = compile_it(ram - 1, lines.append)
-    assert less <= ram - 1, (less, ram)
-    assert any("of decompositions on the CPU" in line for line in lines), lines
-    shed = [d for d in second.decisions if d.plan is None]
-    assert shed and all(d.reason.startswith("device RAM: its form (") for d in shed), second.decisions
-    kept = [d for d in second.decisions if d.plan is not None]
-    assert len(shed) + len(kept) == len(first.decisions)
-    hopeless, _ = compile_it(1024, lines.append)
-    assert hopeless.kmodel == first.kmodel
-    # a budget no amount of them meets, in a model over the bare SDK's budget too: toward the latter
-    monkeypatch.setattr(pipeline, "DEVICE_RAM_BUDGET", ram - 1)
-    sdk, at_sdk = compile_it(1024, lines.append)
-    assert at_sdk <= ram - 1 and sdk.kmodel == second.kmodel
 
 
 PHASES_KPU_CASES = {  # (channels, out channels, H, W, padding, source, residual, group, depthwise)

@@ -9,6 +9,7 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
 from kcc.passes import decompose_kernels as D
+from kcc.passes import kernel_budget
 from kcc.passes import kernel_cost as KC
 from kcc.passes import kernel_plans as P
 from kcc.passes.manager import CompileContext
@@ -85,7 +86,7 @@ def test_the_allowance_climbs_each_convs_ladder_by_time_saved_per_byte(monkeypat
         size[(name, plan)] = nbytes
         return D.Decision(name, D.Status.DECOMPOSED, plan, cycles, 1000.0, "")
 
-    monkeypatch.setattr(D, "kmodel_bytes", lambda n, plan, opts: size.get((n.name, plan), 0))
+    monkeypatch.setattr(kernel_budget, "kmodel_bytes", lambda n, plan, opts: size.get((n.name, plan), 0))
     nodes = {k: SimpleNamespace(name=k) for k in ("a", "b")}
     kept = {k: D.Decision(k, D.Status.KEPT, None, 1000.0, 1000.0, "") for k in nodes}
     ladders = {"a": [(100, decision("a", 100.0, 100)), (300, decision("a", 60.0, 300))],

@@ -1,0 +1,232 @@
+"""kernel_budget: the device RAM the decomposed convs of kcc.passes.decompose_kernels may take.
+
+A decomposition is bought with kmodel bytes (its KPU layers and weights). decompose_kernels gives each
+conv its fastest form within a cap of its own (kcc.passes.kernel_plans.STACK_KPU_BYTES) and, on a
+first try, up to MODEL_KPU_BYTES more between them (`allot`: the ladders of faster forms beyond
+that cap, the most estimated time saved per extra byte first). A model that this puts over its
+device RAM budget (kcc.pipeline) is compiled again with the room the budget leaves its weighed convs
+(`within_room`): every conv starts on the CPU and they climb their ladders together (`climb`, a
+greedy multiple-choice knapsack), exact forms and, where the room holds no exact form made in KPU
+RAM, forms reading a float input of the CPU as 8-bit codes. Those add a rounding the CPU's float conv
+does not make: each one's cost to the model's outputs is measured alone on the calibration samples
+(`codes_costs`), and with `--decompose accurate` (the default) their sum stays within
+CODES_COSINE_BUDGET, the convs saving the most estimated time per unit of cost first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+from kcc.eval.interpreter import run
+from kcc.ir import kpu_ops as KO
+from kcc.ir.graph import Graph, Node
+from kcc.options import CompileOptions
+from kcc.passes import kernel_plans as P
+from kcc.passes.kernel_cost import kmodel_bytes
+from kcc.passes.kernel_forms import KPU_MADE, Form
+from kcc.target.k210 import DEFAULT_MHZ
+from kcc.target.quant_rules import fixup_range
+
+#: kmodel bytes a whole model may spend, beyond what each conv may take (kernel_plans.STACK_KPU_BYTES),
+#: on stacks made in KPU RAM that need more (`allot`): the device RAM spent on speed, taken back by
+#: kcc.pipeline from a model it puts over CompileOptions.ram_budget (`--ram-budget`; default the bare
+#: SDK's 5.5 MiB of kmodel and working memory)
+MODEL_KPU_BYTES = 3 * 1024 * 1024
+#: 1 - cosine of a model's outputs (its worst output, mean over the calibration samples) that reading
+#: float inputs of the CPU as 8-bit codes may cost under --decompose accurate, summed over the convs
+#: that do, each measured alone (`codes_costs`). BlazePalm: its 19 5x5s after the stem's blocks cost
+#: 1.6e-5 to 3.5e-4 each, 1.7e-3 in all (docs/measurements.md §20)
+CODES_COSINE_BUDGET = 5e-4
+
+#: the reasons of decisions reading a float input of the CPU as 8-bit codes (`within_room`)
+CODES_REASON = "decomposed, reading its float input as 8-bit codes: the device RAM budget holds no exact form"
+
+
+class Status(Enum):
+    DECOMPOSED = "decomposed"  # `plan` puts the conv on the KPU
+    ON_KPU = "on the KPU as it is"  # legalize_kpu takes the conv as it is: nothing to decide
+    KEPT = "kept on the CPU"  # some form lands on the KPU, or none was tried: `reason` says why not
+    NO_FORM = "no form"  # no decomposition lands on the KPU: legalize_kpu's own reason says it all
+
+
+@dataclass(frozen=True)
+class Decision:
+    node: str
+    status: Status
+    plan: Form | None  # None: the conv stays as it is
+    cycles: float  # estimate of the chosen form
+    cpu_cycles: float  # estimate of the conv left on the CPU
+    reason: str
+    codes: bool = False  # it reads its float input as 8-bit codes (`within_room`)
+
+    @property
+    def cpu_note(self) -> str | None:
+        """What the CPU placement of a conv kept on the CPU adds to legalize_kpu's reason."""
+        return f"not decomposed: {self.reason}" if self.status is Status.KEPT else None
+
+
+def allot(candidates: list[tuple[Node, Decision, list[tuple[int, Decision]]]], opts: CompileOptions,
+          budget: int = MODEL_KPU_BYTES) -> tuple[dict[str, int], int]:
+    """Which faster form beyond STACK_KPU_BYTES (a stack made in KPU RAM) each conv takes: each
+    candidate is (conv, decision within STACK_KPU_BYTES, its ladder: (cap, decision within cap), caps
+    rising, each decision faster than the one before, `_ladder`). Step by step, the step up some
+    conv's ladder that saves the most estimated time per extra kmodel byte (`kmodel_bytes`, the CPU
+    conv's float weights too) while the extra bytes of all stay within `budget` (one that needs no
+    more bytes is always taken): the time a budget buys spread over every conv that can use it (a
+    `fan_kpu` in groups of one line for each wide 5x5 rather than groups of four lines for one of
+    them). Returns the cap each upgraded conv is decided with, and the extra bytes they take."""
+    rungs = []  # per candidate: [(extra bytes, cycles)] from its decision within STACK_KPU_BYTES up
+    for n, small, ladder in candidates:
+        base = kmodel_bytes(n, small.plan, opts)
+        rungs.append([(0, small.cycles)] + [(kmodel_bytes(n, d.plan, opts) - base, d.cycles) for _, d in ladder])
+    at = [0] * len(candidates)  # each candidate's rung
+    spent = 0
+    while True:
+        best = None  # (time saved per byte, candidate, rung)
+        for i, steps in enumerate(rungs):
+            extra, cycles = steps[at[i]]
+            for k in range(at[i] + 1, len(steps)):
+                more = max(steps[k][0], 0) - max(extra, 0)
+                if spent + more > budget or steps[k][1] >= cycles:
+                    continue
+                gain = (cycles - steps[k][1]) / max(more, 1)
+                if best is None or gain > best[0]:
+                    best = (gain, i, k)
+        if best is None:
+            break
+        _, i, k = best
+        spent += max(rungs[i][k][0], 0) - max(rungs[i][at[i]][0], 0)
+        at[i] = k
+    return {n.name: ladder[at[i] - 1][0] for i, (n, _, ladder) in enumerate(candidates) if at[i]}, spent
+
+
+
+
+def ladder(n: Node, small: Decision, beyond: set[Form], decide) -> list[tuple[int, Decision]]:
+    """(cap, decision within cap) of conv n for every cap one of `beyond` (plans beyond STACK_KPU_BYTES)
+    is estimated to need, rising, each decision faster than the one before (and than `small`)."""
+    out, cycles = [], small.cycles
+    # a fan only beyond STACK_KPU_BYTES (`_fan_kpu_plans`), however few bytes it takes
+    for cap in sorted({max(b, P.STACK_KPU_BYTES + 1) for p in beyond if (b := P.plan_bytes(n, p)) is not None}):
+        d = decide(n, cap)
+        if d.plan is not None and d.cycles < cycles:
+            out.append((cap, d))
+            cycles = d.cycles
+    return out
+
+
+def climb(rungs: list[list[tuple[int, float, float]]], budget: int, at: list[int],
+          cost_budget: float = 0.0) -> list[int]:
+    """A multiple-choice knapsack over two resources, greedily: rungs[i] = candidate i's choices as
+    (kmodel bytes, cycles, cost), `at` the ones they start on. Step by step, the move of some candidate
+    to a faster choice that saves the most cycles per share of what is left of the two budgets it
+    takes (its extra bytes as a share of `budget`, its extra cost of `cost_budget`), while both stay
+    within them (a move that takes neither first). Returns each candidate's choice."""
+    at, spent, cost = list(at), 0, 0.0
+    while True:
+        best = None  # (cycles saved per share, candidate, choice)
+        for i, steps in enumerate(rungs):
+            b0, c0, e0 = steps[at[i]]
+            for k, (b, c, e) in enumerate(steps):
+                if c >= c0 or spent + b - b0 > budget or cost + e - e0 > cost_budget + 1e-12:
+                    continue
+                share = max(b - b0, 0) / max(budget - spent, 1) + max(e - e0, 0.0) / max(cost_budget - cost, 1e-12)
+                gain = (c0 - c) / max(share, 1e-9)
+                if best is None or gain > best[0]:
+                    best = (gain, i, k)
+        if best is None:
+            return at
+        _, i, k = best
+        spent += rungs[i][k][0] - rungs[i][at[i]][0]
+        cost += rungs[i][k][2] - rungs[i][at[i]][2]
+        at[i] = k
+
+
+def codes_costs(g: Graph, convs: list[Node], samples: list) -> dict[str, float]:
+    """For each conv of `convs`, 1 - cosine of g's outputs (the worst output, mean over `samples`)
+    when its input alone is rounded to 8 bits on the grid of its range over the samples, against
+    g's float outputs: what reading it as codes costs the model, before any rounding of its own."""
+    if not samples or not convs:
+        return {}
+    xs = {id(n.inputs[0]) for n in convs}
+    seen: dict[int, list[tuple[float, float]]] = {}
+
+    def note(n: Node, v: np.ndarray) -> None:
+        if id(n) in xs:
+            seen.setdefault(id(n), []).append((float(v.min()), float(v.max())))
+
+    refs = [run(g, s, note) for s in samples]
+    out = {}
+    for n in convs:
+        x = n.inputs[0]
+        lo, hi = fixup_range(min(lo for lo, _ in seen[id(x)]), max(hi for _, hi in seen[id(x)]))
+        scale = 255.0 / (hi - lo)  # the grid calibration gives that range (nncase's, kcc.quant.params)
+        zero = round(-lo * scale)
+        code = g.insert_before(n, KO.Quantize(zero, scale), (x,), n.name + "/codes_probe")
+        back = g.insert_before(n, KO.Dequantize(zero, scale), (code,), n.name + "/codes_probe_f")
+        n.inputs = (back, *n.inputs[1:])
+        try:
+            out[n.name] = float(np.mean([1.0 - min(_cosine(a, b) for a, b in zip(run(g, s), ref))
+                                         for s, ref in zip(samples, refs)]))
+        finally:
+            n.inputs = (x, *n.inputs[1:])
+            g.nodes = [m for m in g.nodes if m is not code and m is not back]
+    return out
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+
+
+def within_room(convs: list[Node], first: dict, room: int, decide, size, ram, residual_in,
+                costs: dict[str, float] | None) -> dict[int, tuple[Decision, int]]:
+    """Each conv's decision when all of them together may take `room` bytes of kmodel (kcc.pipeline's
+    retry of a model over its device RAM budget; `size(n, plan, codes)`: a choice's bytes, the CPU
+    conv's weights too; `first`: per conv, its input and its decision within STACK_KPU_BYTES):
+    every conv starts on the CPU and they `climb` their ladders together, each ladder its decision
+    within STACK_KPU_BYTES, then within every cap a faster stack made in KPU RAM needs, up to `room`.
+    A conv whose input is a float of the CPU (`residual_in`) and whose exact forms made in KPU RAM
+    (which stack that input's rounding residual too) need more than STACK_KPU_BYTES also has the
+    forms reading that input as 8-bit codes on its ladder, as every KPU layer reading a CPU float
+    does (`decide(n, cap, True)`), each costing its measured `costs` (`codes_costs`) of
+    CODES_COSINE_BUDGET (None: --decompose fast, no limit): BlazePalm's 24x24, 12x12 and 6x6 5x5s,
+    whose exact forms the room holds only as views made by the CPU, if at all. Returns, per conv
+    weighed, its choice and the cap it was decided within."""
+    ms = DEFAULT_MHZ * 1e3
+    top = max(room, P.STACK_KPU_BYTES + 1)
+
+    def rungs(n: Node, d: Decision, res: bool, codes: bool, cost: float = 0.0) -> list[tuple]:
+        beyond = set(P.plans(n, res, True, 0.0, top, ram(n))) - set(P.plans(n, res, True, 0.0, ram=ram(n)))
+        steps = [(P.STACK_KPU_BYTES, d)] + (ladder(n, d, beyond, lambda m, cap: decide(m, cap, codes)) if beyond else [])
+        return [(size(n, e.plan, codes), e.cycles, cost, e, cap) for cap, e in steps if e.plan is not None]
+
+    cands = []  # (conv, [(bytes, cycles, cost, decision, cap)])
+    for n in convs:
+        d = first[id(n)][1]
+        if d.status is Status.ON_KPU or not d.cpu_cycles:
+            continue
+        cpu = Decision(n.name, Status.KEPT, None, d.cpu_cycles, d.cpu_cycles, d.reason)
+        steps = [(size(n, None), d.cpu_cycles, 0.0, cpu if d.plan is not None else d, P.STACK_KPU_BYTES)]
+        steps += rungs(n, d, residual_in(n), False)
+        if (residual_in(n) and (d.plan is None or d.plan.combine not in ("fan_kpu", *KPU_MADE))
+                and (costs is None or n.name in costs)):
+            steps += rungs(n, decide(n, P.STACK_KPU_BYTES, True), False, True, (costs or {}).get(n.name, 0.0))
+        cands.append((n, steps))
+    free = room - sum(size(n, None) for n in convs if first[id(n)][1].status is not Status.ON_KPU)  # beyond the CPU's
+    at = climb([[s[:3] for s in steps] for _, steps in cands], free, [0] * len(cands),
+               CODES_COSINE_BUDGET if costs is not None else float("inf"))
+    out = {}
+    for i, (n, steps) in enumerate(cands):
+        d, cap = steps[at[i]][3:]
+        fastest = min(steps, key=lambda s: s[1])
+        if fastest[3] is not d and fastest[3].plan is not None:
+            held = (f"the model's device RAM budget holds {room} B of decompositions, not its faster "
+                    f"{fastest[3].plan.describe()} (~{fastest[0]} B, ~{fastest[1] / ms:.1f} ms)")
+            d = Decision(d.node, d.status, d.plan, d.cycles, d.cpu_cycles,
+                         f"{d.reason}; {held}" if d.plan is not None or d.codes else f"device RAM: {held}", d.codes)
+        out[id(n)] = (d, cap)
+    return out

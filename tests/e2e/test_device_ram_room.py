@@ -1,0 +1,168 @@
+"""The device RAM decomposed convs may take (kcc.passes.kernel_budget, kcc.pipeline's retry): the model
+allowance of a first try, the room a model over its budget is compiled again with, and the forms that
+read a float input of the CPU as 8-bit codes within CODES_COSINE_BUDGET (bars: measured + 5 %)."""
+
+import numpy as np
+from kpu_checks import RNG, dw5x5_then_1x1, max_steps
+
+import kpu_sim
+from kcc import pipeline
+from kcc.eval.interpreter import run
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph
+from kcc.options import CompileOptions
+from kcc.passes import decompose_kernels, kernel_budget, kernel_plans
+from kcc.passes.kernel_budget import climb, codes_costs
+from kcc.passes.kernel_forms import KPU_MADE
+from kcc.pipeline import compile_graph
+
+rng = RNG
+
+
+def _two_dw5_blocks_compiler(monkeypatch, source="conv", channels=32):
+    """compile(budget, log) -> (result, device RAM) of the same two 5x5 depthwise blocks (same
+    weights and samples every time; compile.build() makes the graph and samples again), each conv's
+    own cap too small for a stack made in KPU RAM: only decompose_kernels' model allowance buys one.
+    `source` "prelu": each 5x5 reads a PReLU, a float of the CPU."""
+    monkeypatch.setattr(kernel_plans, "STACK_KPU_BYTES", 16 * 1024)  # 32 channels' stack_kpu needs more
+    state = rng.bit_generator.state
+
+    def build():
+        rng.bit_generator.state = state
+        g = Graph()
+        x = g.input(0, (1, channels if source == "prelu" else 4, 12, 12))
+        for _ in range(2):
+            if source == "prelu" and x.shape[1] != channels:
+                x = g.add(O.Conv2D(), (x, _const(g, (channels, x.shape[1], 1, 1)), _const(g, (channels,))))
+            x = dw5x5_then_1x1(g, x, channels, source)
+        g.outputs = [x]
+        return g, [[rng.uniform(-1, 1, g.inputs[0].shape).astype(np.float32)] for _ in range(2)]
+
+    def compile_it(budget: int | None = None, log=lambda line: None):
+        g, calib = build()
+        res = compile_graph(g, CompileOptions(input_type="float", ram_budget=budget), log=log, samples=calib)
+        return res, len(res.kmodel) + res.emitted.model.main_mem
+
+    compile_it.build = build
+    return compile_it
+
+
+def _const(g, shape):
+    return g.constant((rng.standard_normal(shape) * 0.3).astype(np.float32))
+
+
+def test_a_model_the_allowance_puts_over_the_device_ram_budget_is_compiled_again_with_less(monkeypatch):
+    """decompose_kernels spends up to MODEL_KPU_BYTES of kmodel on stacks made in KPU RAM; a model
+    that this puts over the device RAM budget (kcc.pipeline.DEVICE_RAM_BUDGET, kmodel + working
+    memory) is compiled again within it, and says so."""
+    compile_it = _two_dw5_blocks_compiler(monkeypatch)
+    kpu_made = ("fan_kpu", *KPU_MADE)
+    first, ram = compile_it()
+    assert all(d.plan.combine in kpu_made for d in first.decisions), first.decisions  # the allowance's forms
+    monkeypatch.setattr(pipeline, "DEVICE_RAM_BUDGET", ram - 1)
+    lines = []
+    second, less = compile_it(log=lines.append)
+    assert less <= ram - 1 and any(" over " in line and "again with" in line for line in lines), lines
+    assert [d.plan for d in second.decisions] != [d.plan for d in first.decisions]
+
+
+def test_the_ram_budget_option_sets_the_device_ram_the_convs_may_fill(monkeypatch):
+    """CompileOptions.ram_budget (`kcc compile --ram-budget maixpy|sdk|MiB`) replaces the bare SDK's
+    budget: a budget below the model compiles again within it; a generous one changes nothing."""
+    compile_it = _two_dw5_blocks_compiler(monkeypatch)
+    first, ram = compile_it()
+    assert compile_it(ram)[0].kmodel == first.kmodel
+    lines = []
+    second, less = compile_it(ram - 1, lines.append)
+    assert less <= ram - 1 and any(f"over {ram - 1} B" in line for line in lines), lines
+
+
+def test_a_model_over_its_budget_shares_the_room_and_says_why_a_conv_went_back(monkeypatch):
+    """Without MODEL_KPU_BYTES, both blocks take forms within their own caps; a budget below the model
+    compiles again with the room it leaves them, which they share: the model fits, and a conv kept on
+    the CPU for it says so. A budget no choice of forms would meet (below the model without any
+    decomposition) keeps the first try, unless the model is over the bare SDK's budget too: then
+    toward that one (`--ram-budget maixpy` for BlazePalm)."""
+    monkeypatch.setattr(decompose_kernels, "MODEL_KPU_BYTES", 0)
+    compile_it = _two_dw5_blocks_compiler(monkeypatch)
+    first, ram = compile_it()
+    assert all(d.plan is not None for d in first.decisions), first.decisions
+    lines = []
+    second, less = compile_it(ram - 1, lines.append)
+    assert less <= ram - 1, (less, ram)
+    assert any("for the decomposed convs" in line for line in lines), lines
+    assert len(second.decisions) == len(first.decisions)
+    for d in second.decisions:
+        assert d.plan is not None or d.reason.startswith("device RAM: "), d
+    hopeless, _ = compile_it(1024, lines.append)
+    assert hopeless.kmodel == first.kmodel
+    monkeypatch.setattr(pipeline, "DEVICE_RAM_BUDGET", ram - 1)
+    sdk, at_sdk = compile_it(1024, lines.append)
+    assert at_sdk <= ram - 1 and sdk.kmodel == second.kmodel
+
+
+def test_climb_takes_the_most_time_per_share_of_both_budgets():
+    """kernel_budget.climb: each candidate moves to a faster choice, the most cycles saved per share
+    of the bytes and the cost left first, never past either budget; a move that takes neither
+    (fewer bytes, no cost) first of all."""
+    a = [(0, 100.0, 0.0), (10, 50.0, 0.0), (30, 10.0, 0.0)]
+    b = [(0, 100.0, 0.0), (10, 20.0, 0.1)]  # 80 cycles for the bytes of a's 50, and a tenth of the cost
+    assert climb([a, b], 40, [0, 0], 1.0) == [2, 1]
+    assert climb([a, b], 40, [0, 0], 0.05) == [2, 0]  # b's cost is beyond the cost budget
+    assert climb([a, b], 10, [0, 0], 1.0) == [0, 1]  # 80 / (1 + 0.1) over a's 50 / 1
+    assert climb([a, b], 10, [0, 0], 0.1) == [1, 0]  # 80 / (1 + 1) under a's 50
+    assert climb([a, b], 9, [0, 0], 1.0) == [0, 0]
+    free = [(20, 100.0, 0.0), (5, 90.0, 0.0)]  # fewer bytes and faster: taken within no budget at all
+    assert climb([free], 0, [0]) == [1]
+
+
+def test_codes_costs_measure_the_rounding_of_a_conv_input_alone():
+    """kernel_budget.codes_costs: a conv input whose values are already on its 8-bit grid costs
+    nothing to read as codes; a continuous one costs something small, and more the more the conv
+    weighs its rounding; the graph is left as it was."""
+    def model():
+        g = Graph()
+        x = g.input(0, (1, 4, 8, 8))
+        h = g.add(O.PRelu(), (x, g.constant(np.full((1, 4, 1, 1), 0.25, np.float32))), "prelu")
+        w = np.zeros((4, 1, 5, 5), np.float32)
+        w[:, 0, 2, 2] = 1.0
+        big = w * 40.0 + 0.01
+        a = g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=4), (h, g.constant(w), g.constant(np.zeros(4, np.float32))), "a")
+        b = g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=4), (a, g.constant(big), g.constant(np.zeros(4, np.float32))), "b")
+        g.outputs = [b]
+        return g
+
+    g = model()
+    names = [n.name for n in g.nodes]
+    on_grid = [[np.round(rng.uniform(0, 255, (1, 4, 8, 8))).astype(np.float32) / 255] for _ in range(2)]
+    on_grid[0][0].flat[0], on_grid[0][0].flat[1] = 0.0, 1.0  # the range is [0, 1]: steps of 1/255
+    convs = [n for n in g.nodes if n.name in ("a", "b")]
+    assert all(c < 1e-9 for c in codes_costs(g, convs[:1], on_grid).values())  # float32 ulps
+    spread = [[rng.uniform(-1, 1, (1, 4, 8, 8)).astype(np.float32)] for _ in range(2)]
+    costs = codes_costs(g, convs, spread)
+    assert 0.0 < costs["a"] < 1e-3 and 0.0 < costs["b"] < 1e-3, costs
+    assert [n.name for n in g.nodes] == names
+
+
+def test_over_its_budget_a_conv_reads_its_float_input_as_codes_within_the_cosine_budget(monkeypatch):
+    """Two 5x5s reading PReLUs (floats of the CPU): their exact forms stack the PReLU's rounding
+    residual. A model over its budget compiles again with forms that read the PReLU as 8-bit codes
+    where the room holds no exact form made in KPU RAM, as measured costs within CODES_COSINE_BUDGET
+    allow; with a budget of 0 none does. The kmodel computes the float graph (bar: measured + 5 %)."""
+    compile_it = _two_dw5_blocks_compiler(monkeypatch, "prelu", 16)
+    first, ram = compile_it()
+    assert not any(d.codes for d in first.decisions)
+    monkeypatch.setattr(pipeline, "DEVICE_RAM_BUDGET", ram - 1)
+    second, less = compile_it()
+    assert less <= ram - 1 and any(d.codes for d in second.decisions), second.decisions
+    assert all(d.plan.combine in ("fan_kpu", *KPU_MADE) and not d.plan.residual for d in second.decisions if d.codes)
+    monkeypatch.setattr(kernel_budget, "CODES_COSINE_BUDGET", 0.0)
+    exact, _ = compile_it()
+    assert not any(d.codes for d in exact.decisions)
+    g, calib = compile_it.build()
+    program = kpu_sim.load(second.kmodel)
+    steps = max(max_steps(program.run(x)[0].reshape(want.shape), want) for x in calib for want in run(g, x)[:1])
+    assert steps <= CODES_MAX_STEPS[0], f"max error {steps:.2f} steps"
+
+
+CODES_MAX_STEPS = (4.50, 4.29)  # (bar, measured): two fan_kpu forms reading the PReLUs' codes
