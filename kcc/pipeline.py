@@ -176,9 +176,9 @@ def _copy(g: Graph) -> Graph:
 
 def _again(ctx: CompileContext, **changes: Any) -> CompileContext:
     """A fresh context for another run of the stages: ctx's inputs and what its retries carry
-    (allowance, decompositions shed, their measured bytes, KPU RAM reserves), with `changes`."""
+    (allowance, room, the choices' measured bytes, codes costs, KPU RAM reserves), with `changes`."""
     carried = dict(kpu_form_budget=ctx.kpu_form_budget, form_room=ctx.form_room, form_measured=ctx.form_measured,
-                   form_scale=ctx.form_scale, kpu_ram_reserve=ctx.kpu_ram_reserve)
+                   form_scale=ctx.form_scale, form_costs=ctx.form_costs, kpu_ram_reserve=ctx.kpu_ram_reserve)
     return CompileContext(ctx.options, ctx.log, ctx.progress, ctx.samples, ctx.quantization, ctx.own_grids,
                           **{**carried, **changes})
 

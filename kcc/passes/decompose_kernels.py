@@ -307,7 +307,9 @@ def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
     else:  # kcc.pipeline's retry: every conv's form within the room the device RAM budget leaves them
         final = {id(n): (first[id(n)][1], P.STACK_KPU_BYTES) for n in convs}
         eligible = [n for n in convs if residual_in(n) and first[id(n)][1].status is not Status.ON_KPU]
-        costs = None if opts.decompose == "fast" else codes_costs(g, eligible, (ctx.samples or [])[:BULK_SAMPLES])
+        if ctx.form_costs is None and opts.decompose != "fast":  # the same graph every retry: measured once
+            ctx.form_costs = codes_costs(g, eligible, (ctx.samples or [])[:BULK_SAMPLES])
+        costs = None if opts.decompose == "fast" else ctx.form_costs
         final.update(within_room(convs, first, ctx.form_room, decide, size, ram, residual_in, costs))
         ctx.kpu_form_spent = sum(size(n, d.plan) - size(n, None) for n in convs
                                  if (d := final[id(n)][0]).plan is not None and d.status is not Status.ON_KPU)

@@ -10,7 +10,7 @@ greedy multiple-choice knapsack), exact forms and, where the room holds no exact
 RAM, forms reading a float input of the CPU as 8-bit codes. Those add a rounding the CPU's float conv
 does not make: each one's cost to the model's outputs is measured alone on the calibration samples
 (`codes_costs`), and with `--decompose accurate` (the default) their sum stays within
-CODES_COSINE_BUDGET, the convs saving the most estimated time per unit of cost first.
+CODES_COSINE_BUDGET: a move's cost counts as the bytes of the same share of what is left of the two.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ MODEL_KPU_BYTES = 3 * 1024 * 1024
 #: 1.6e-5 to 3.5e-4 each, 1.7e-3 in all (docs/measurements.md §20)
 CODES_COSINE_BUDGET = 5e-4
 
-#: the reasons of decisions reading a float input of the CPU as 8-bit codes (`within_room`)
+#: the reason of a decision reading a float input of the CPU as 8-bit codes (`within_room`)
 CODES_REASON = "decomposed, reading its float input as 8-bit codes: the device RAM budget holds no exact form"
 
 
@@ -72,37 +72,20 @@ def allot(candidates: list[tuple[Node, Decision, list[tuple[int, Decision]]]], o
           budget: int = MODEL_KPU_BYTES) -> tuple[dict[str, int], int]:
     """Which faster form beyond STACK_KPU_BYTES (a stack made in KPU RAM) each conv takes: each
     candidate is (conv, decision within STACK_KPU_BYTES, its ladder: (cap, decision within cap), caps
-    rising, each decision faster than the one before, `_ladder`). Step by step, the step up some
+    rising, each decision faster than the one before, `ladder`). Step by step, the step up some
     conv's ladder that saves the most estimated time per extra kmodel byte (`kmodel_bytes`, the CPU
-    conv's float weights too) while the extra bytes of all stay within `budget` (one that needs no
+    conv's float weights too; `climb`) while the extra bytes of all stay within `budget` (one that needs no
     more bytes is always taken): the time a budget buys spread over every conv that can use it (a
     `fan_kpu` in groups of one line for each wide 5x5 rather than groups of four lines for one of
     them). Returns the cap each upgraded conv is decided with, and the extra bytes they take."""
-    rungs = []  # per candidate: [(extra bytes, cycles)] from its decision within STACK_KPU_BYTES up
-    for n, small, ladder in candidates:
+    rungs = []  # per candidate: [(extra bytes, cycles, cost)] from its decision within STACK_KPU_BYTES up
+    for n, small, steps in candidates:
         base = kmodel_bytes(n, small.plan, opts)
-        rungs.append([(0, small.cycles)] + [(kmodel_bytes(n, d.plan, opts) - base, d.cycles) for _, d in ladder])
-    at = [0] * len(candidates)  # each candidate's rung
-    spent = 0
-    while True:
-        best = None  # (time saved per byte, candidate, rung)
-        for i, steps in enumerate(rungs):
-            extra, cycles = steps[at[i]]
-            for k in range(at[i] + 1, len(steps)):
-                more = max(steps[k][0], 0) - max(extra, 0)
-                if spent + more > budget or steps[k][1] >= cycles:
-                    continue
-                gain = (cycles - steps[k][1]) / max(more, 1)
-                if best is None or gain > best[0]:
-                    best = (gain, i, k)
-        if best is None:
-            break
-        _, i, k = best
-        spent += max(rungs[i][k][0], 0) - max(rungs[i][at[i]][0], 0)
-        at[i] = k
-    return {n.name: ladder[at[i] - 1][0] for i, (n, _, ladder) in enumerate(candidates) if at[i]}, spent
-
-
+        rungs.append([(0, small.cycles, 0.0)] + [(max(kmodel_bytes(n, d.plan, opts) - base, 0), d.cycles, 0.0)
+                                                  for _, d in steps])
+    at = climb(rungs, budget, [0] * len(candidates))
+    return ({n.name: steps[at[i] - 1][0] for i, (n, _, steps) in enumerate(candidates) if at[i]},
+            sum(r[k][0] for r, k in zip(rungs, at)))
 
 
 def ladder(n: Node, small: Decision, beyond: set[Form], decide) -> list[tuple[int, Decision]]:
@@ -122,19 +105,20 @@ def climb(rungs: list[list[tuple[int, float, float]]], budget: int, at: list[int
           cost_budget: float = 0.0) -> list[int]:
     """A multiple-choice knapsack over two resources, greedily: rungs[i] = candidate i's choices as
     (kmodel bytes, cycles, cost), `at` the ones they start on. Step by step, the move of some candidate
-    to a faster choice that saves the most cycles per share of what is left of the two budgets it
-    takes (its extra bytes as a share of `budget`, its extra cost of `cost_budget`), while both stay
-    within them (a move that takes neither first). Returns each candidate's choice."""
+    to a faster choice that saves the most cycles per byte it takes, its extra cost counted as the
+    bytes of the same share of what is left of the two budgets, while both stay within them (a move
+    that takes neither counts as one byte). Returns each candidate's choice."""
     at, spent, cost = list(at), 0, 0.0
     while True:
-        best = None  # (cycles saved per share, candidate, choice)
+        best = None  # (cycles saved per byte, candidate, choice)
         for i, steps in enumerate(rungs):
             b0, c0, e0 = steps[at[i]]
             for k, (b, c, e) in enumerate(steps):
                 if c >= c0 or spent + b - b0 > budget or cost + e - e0 > cost_budget + 1e-12:
                     continue
-                share = max(b - b0, 0) / max(budget - spent, 1) + max(e - e0, 0.0) / max(cost_budget - cost, 1e-12)
-                gain = (c0 - c) / max(share, 1e-9)
+                extra = max(b - b0, 0) + (max(e - e0, 0.0) * (budget - spent) / max(cost_budget - cost, 1e-12)
+                                          if e > e0 else 0.0)
+                gain = (c0 - c) / max(extra, 1)
                 if best is None or gain > best[0]:
                     best = (gain, i, k)
         if best is None:

@@ -104,7 +104,7 @@ def test_a_model_over_its_budget_shares_the_room_and_says_why_a_conv_went_back(m
 def test_climb_takes_the_most_time_per_share_of_both_budgets():
     """kernel_budget.climb: each candidate moves to a faster choice, the most cycles saved per share
     of the bytes and the cost left first, never past either budget; a move that takes neither
-    (fewer bytes, no cost) first of all."""
+    (fewer bytes, no cost) within no budget at all."""
     a = [(0, 100.0, 0.0), (10, 50.0, 0.0), (30, 10.0, 0.0)]
     b = [(0, 100.0, 0.0), (10, 20.0, 0.1)]  # 80 cycles for the bytes of a's 50, and a tenth of the cost
     assert climb([a, b], 40, [0, 0], 1.0) == [2, 1]
