@@ -283,12 +283,16 @@ class _Legalizer:
                     pool, split = ("max_2_s1", nxt) if shift is not None else (pool, None)
         # KPU RAM and the DMA register hold the pooled output (tiny YOLO's 320x240 conv + 2x2 max: 160x120)
         s = KO.KPU_POOLS[pool][1]
-        m = row_bands.serves(x.shape, oc, k, pool) if trivial and not depthwise else None
-        if m:  # over the layer limits: on the map's row bands (tiny YOLO's first layer at 320x320)
+        # over the layer limits: on the map's row bands (tiny YOLO's first layer at 320x320; DeepLab's
+        # 257x257 stem at stride 2, its input pre-padded on the CPU as any picked input is)
+        banded = not depthwise and no_slice and (trivial or (pick and isinstance(x.op, O.Input)))
+        m = row_bands.serves((x.shape[0], x.shape[1], hp, wp), oc, k, pool) if banded else None
+        if m:
             if unfused_mean is not None:
                 self.unfused_means.add(id(unfused_mean))
             kop = KO.FloatKpuConv(k, False, pool, op.act, fn)
-            y, what = row_bands.build(self.g, n, tail.name, (self.map[id(x)], *self._consts(n, w, b)), kop, m, self.views)
+            xin = self._pre_pad(n, self.map[id(x)], ay, ax)
+            y, what = row_bands.build(self.g, n, tail.name, (xin, *self._consts(n, w, b)), kop, m, self.views)
             self.placements.append(Placement(n.name, "conv2d", True, what))
             return self._absorb(n, tail, y)
         if not (MIN_HW <= hp <= MAX_H and MIN_HW <= wp <= MAX_W):
@@ -304,13 +308,7 @@ class _Legalizer:
         if unfused_mean is not None:
             self.unfused_means.add(id(unfused_mean))
         g = self.g
-        xin = self.map[id(x)]
-        if ay.pre or ay.post or ax.pre or ax.post:
-            pads = ((0, 0), (0, 0), (ay.pre, ay.post), (ax.pre, ax.post))
-            key = (id(xin), pads)  # layers pre-padding one input alike (channel groups) share the pad
-            if key not in self.pads:
-                self.pads[key] = g.add(O.Pad(pads, 0.0), (xin,), n.name + "/kpu_pad")
-            xin = self.pads[key]
+        xin = self._pre_pad(n, self.map[id(x)], ay, ax)
         wc, bc = self._consts(n, w, b)
         kop = KO.FloatKpuConv(k, depthwise, pool, op.act, fn)
         name = tail.name if tail is not n else n.name
@@ -364,6 +362,16 @@ class _Legalizer:
             self.absorbed.add(id(u))
             self.placements.append(Placement(u.name, "pool2d", True, f"{code}: a second KPU layer computes "
                                              f"'{tail.name}' pooled, as its unpooled output is read too"))
+
+    def _pre_pad(self, n: Node, xin: Node, ay: _Axis, ax: _Axis) -> Node:
+        """xin with conv n's pre-pad on the CPU (`_axis_plan`), if any."""
+        if not (ay.pre or ay.post or ax.pre or ax.post):
+            return xin
+        pads = ((0, 0), (0, 0), (ay.pre, ay.post), (ax.pre, ax.post))
+        key = (id(xin), pads)  # layers pre-padding one input alike (channel groups) share the pad
+        if key not in self.pads:
+            self.pads[key] = self.g.add(O.Pad(pads, 0.0), (xin,), n.name + "/kpu_pad")
+        return self.pads[key]
 
     def _row_pick(self, n: Node, x: Node, w: np.ndarray, b: np.ndarray, pool: str) -> Node:
         """Stride-2 conv n centred on odd rows as the conv at stride 1 and a pick layer, both in KPU RAM

@@ -53,8 +53,13 @@ from kcc.target.k210 import (
 #: output rows each band edge rewrites per channel (a KPU layer reads at least 4 rows)
 EDGE_ROWS = 4
 
+#: the pool unit's picks (stride 2 on the KPU): row 2i of a band is row 2i of the map when the band
+#: starts on an even row, so a band needs an even height only, not a multiple of 4 as a 2x2 pool's
+PICKS = ("left_top_2_s2", "right_top_2_s2")
 
-def bands(x_shape: tuple, oc: int, stride: int = 1, out_stride: int = 1, depthwise: bool = False) -> int | None:
+
+def bands(x_shape: tuple, oc: int, stride: int = 1, out_stride: int = 1, depthwise: bool = False,
+          pick: bool = False) -> int | None:
     """How many row bands a layer from NCHW `x_shape` to `oc` channels runs in: 1 when the whole map
     is one layer's, else the fewest that meet every limit, or None. `stride` is the layer's pool
     stride (rows it pools into one), `out_stride` the width divisor of the map read back (a pick
@@ -68,7 +73,7 @@ def bands(x_shape: tuple, oc: int, stride: int = 1, out_stride: int = 1, depthwi
         return None
     for m in range(2, h // 8 + 1):
         hs = h // m
-        if (h % m or hs % (2 * stride) or hs > MAX_H or (hs // stride) * (w // stride) > MAX_MAP_PIXELS
+        if (h % m or hs % (stride if pick else 2 * stride) or hs > MAX_H or (hs // stride) * (w // stride) > MAX_MAP_PIXELS
                 or max(c, oc) * m > MAX_CHANNELS or weight_loads(oc * m, c * m, 3, False)[1] + 1 > MAX_WEIGHT_LOADS):
             continue
         return m
@@ -79,9 +84,10 @@ def serves(x_shape: tuple, oc: int, k: int, pool: str) -> int | None:
     """The bands of a trivially placed stride-1 conv (kernel k, the KPU's own padding, `pool` fused)
     over a KPU layer's limits, when its input and output fit KPU RAM whole; None otherwise."""
     s = KO.KPU_POOLS[pool][1]
-    m = bands(x_shape, oc, s)
+    pick = pool in PICKS
+    m = bands(x_shape, oc, s, pick=pick)
     n, _, h, w = x_shape
-    if m is None or m == 1 or pool not in ("bypass", "max_2_s2", "mean_2_s2", "max_4_s4", "mean_4_s4"):
+    if m is None or m == 1 or pool not in ("bypass", "max_2_s2", "mean_2_s2", "max_4_s4", "mean_4_s4", *PICKS):
         return None
     fits = kpu_bytes(x_shape) + kpu_bytes((n, oc, h // s, w // s)) <= KPU_RAM_SIZE
     return m if fits and (k == 1 or h // m >= 3 * s) else None

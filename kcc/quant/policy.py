@@ -140,7 +140,7 @@ def band_edge_grids(g: Graph, ranges: dict[str, Range]) -> None:
                 part = view_source(part.inputs[0])
                 ranges[part.name] = ranges[bulk.name]
             rows = part.inputs[0]
-            if isinstance(rows.op, O.StridedSlice) and rows.inputs[0] is view_source(bands) and bands.name in ranges:
+            if isinstance(rows.op, O.StridedSlice) and view_source(rows) is view_source(bands) and bands.name in ranges:
                 ranges[rows.name] = ranges[bands.name]
 
 
