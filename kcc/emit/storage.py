@@ -77,8 +77,9 @@ class Storage:
         for n in g.nodes:
             if isinstance(n.op, KO.KpuUpload) and id(n.inputs[0]) in self.kpu_inputs:
                 self.root[id(n)] = n.inputs[0]  # the input already is in KPU RAM: no upload node
-            elif isinstance(n.op, O.Reshape):
-                self.root[id(n)] = self.root.get(id(n.inputs[0]), n.inputs[0])
+            elif isinstance(n.op, O.Reshape):  # (of a view: the view's offset too, byte_offset)
+                x = n.inputs[0]
+                self.root[id(n)] = x if id(x) in self.views else self.root.get(id(x), x)
             elif (at := self._contiguous_slice(n)) is not None:
                 self.root[id(n)], self.offset[id(n)] = n.inputs[0], at
                 self.views.add(id(n))

@@ -85,6 +85,9 @@ class CompileContext:
     #: decompose_kernels: the BlazeBlock adds kcc.passes.prelu_stream keeps in KPU RAM, whose PReLUs it
     #: decomposed readers of as 8-bit codes (`streamed_prelus`); None: not decided (any)
     stream_adds: set[str] | None = None
+    #: phase_dilated: the names of the phase classes of one tensor, per tensor whose classes are packed
+    #: into one map or cut into finer phases (one grid for all, kcc.quant.policy.share_phase_grids)
+    phase_classes: list[tuple[str, ...]] = field(default_factory=list)
     #: legalize_kpu: every conv / fc / pool, on the KPU or on the CPU and why
     placements: list[Placement] = field(default_factory=list)
     #: the legalized float graph that was calibrated

@@ -59,6 +59,7 @@ from kcc.passes.phase_space import (
     is_global_mean,
     is_pointwise,
     merge_cycles,
+    pack_blocks,
     phase_index,
     s2b_cycles,
     spatial_size,
@@ -117,8 +118,10 @@ class _Plan:
             self.tail = set()
 
     def _tail_pays(self) -> bool:
-        """The tail's per-size layers (one more KPU layer, weight load and dispatch per extra size)
-        cost more than packing its inputs and unpacking what leaves it."""
+        """The tail's per-size layers (one more KPU layer, weight load and dispatch per extra size) and
+        its concatenations of batched classes, which KPU RAM does not hold in place (each batch is a
+        whole map there, kcc.quant.kpu_ram: the parts cross to the CPU and back), cost more than
+        packing its inputs and unpacking what leaves it."""
         saved = packing = 0.0
         packed: set[int] = set()
         for n in self.g.nodes:
@@ -131,11 +134,14 @@ class _Plan:
                 saved += extra * (KPU_LAYER_US * DEFAULT_MHZ + KPU_WEIGHT_CYCLES_PER_BYTE * weights)
             else:
                 saved += extra * CPU_NODE_CYCLES
+            if isinstance(n.op, O.Concat) and n.op.axis == 1 and any(len(ps) > 1 for *_, ps in classes(*n.shape[2:], f)):
+                saved += crossing_cycles() * n.type.size
             ins = [i for i in split_inputs(n) if id(i) not in self.tail and not is_broadcast(i) and id(i) not in packed]
             outs = [u for u in self.users[n] if id(u) not in self.tail and not is_global_mean(u)]
             packed.update(id(i) for i in ins)
-            per = cpu_cycles("transpose") + cpu_cycles("copy_byte") + crossing_cycles()
-            packing += per * (sum(i.type.size for i in ins) + (n.type.size if outs else 0))
+            moved = [*ins, n] if outs else ins
+            per = cpu_cycles("copy_byte") + crossing_cycles()  # the classes' outer swaps: concatenations
+            packing += sum(per * m.type.size + pack_blocks(m, f) * cpu_cycles("concat_block") for m in moved)
         return saved > packing
 
     def _fits(self, n: Node, factor: int) -> bool:
@@ -203,6 +209,9 @@ class _Rewriter:
         self.full: dict[int, Node] = {}
         self.groups: dict[tuple[int, int], list[Node]] = {}  # (node, factor) -> a tensor per class
         self.packed: dict[tuple[int, int], Node] = {}  # (node, factor) -> its packed map (find_tail)
+        # (node, factor) whose classes are combined, packed into one map or cut into finer phases
+        # batched across them: one grid for all of them (ctx.phase_classes), their codes moved as they are
+        self.combined: list[tuple[Node, int]] = []
 
     # ------------------------------------------------------------------ phases of a value
     def _full(self, v: Node) -> Node:
@@ -214,12 +223,12 @@ class _Rewriter:
         return parts[0] if len(parts) == 1 else self.g.add(O.Concat(0), parts, name)
 
     def _spread(self, n: Node, src: Node, hw: tuple[int, int], batch: int, name: str) -> Node:
-        """Broadcast n (a resize of the 1x1 map `src`) at size hw over `batch` batches: one row resized,
-        then copies of it (a resize of a 1x1 map is its value at every pixel; a CPU resize costs
-        ~100 cycles per output element, a copy ~2, kcc.target.k210)."""
+        """Broadcast n (a resize of the 1x1 map `src`) at size hw over `batch` batches: a row of copies
+        of src, then copies of the row (a resize of a 1x1 map is its value at every pixel; a CPU
+        resize costs ~100 cycles per output element, a copy ~1, kcc.target.k210). Copies move 8-bit
+        codes as they are (kcc.quant.quantize), so a broadcast of a KPU layer's output is on its grid."""
         h, w = hw
-        row = self.g.add(O.Resize(n.op.mode, (1, w), n.op.align_corners, n.op.half_pixel_centers), (src,),
-                         f"{name}/row" if h > 1 or batch > 1 else name)
+        row = self.g.add(O.Concat(3), (src,) * w, f"{name}/row" if h > 1 or batch > 1 else name)
         if h > 1:
             row = self.g.add(O.Concat(2), (row,) * h, f"{name}/rows" if batch > 1 else name)
         return self._batch([row] * batch, name)
@@ -246,6 +255,8 @@ class _Rewriter:
             base = max(own, 1)
             assert factor % base == 0 and factor > base, (v.name, own, factor)
             coarse = self._phases(v, base) if base > 1 else [self._full(v)]
+            if base > 1:
+                self.combined.append((v, base))
             where = phase_index(h, w, base)
             m = factor // base
             out = []
@@ -267,16 +278,28 @@ class _Rewriter:
         if key not in self.packed and is_broadcast(v):  # the same at every pixel: packed as it is
             self.packed[key] = self._spread(v, self._full(v.inputs[0]), v.shape[2:], 1, f"{v.name}/pack{factor}")
         if key not in self.packed:
+            self.combined.append((v, factor))
             _, c, h, w = v.shape
             parts = []
             for k, t in enumerate(self._phases(v, factor)):
                 n, _, ph, pw = t.shape
                 if n > 1:
-                    t = self.g.add(O.Transpose((1, 0, 2, 3)), (t,), f"{v.name}/pack{factor}_c{k}/t")
+                    t = self._swap_outer(t, f"{v.name}/pack{factor}_c{k}/t")
                 parts.append(self.g.add(O.Reshape((1, c, 1, n * ph * pw)), (t,), f"{v.name}/pack{factor}_c{k}"))
             flat = self.g.add(O.Concat(3), parts, f"{v.name}/pack{factor}/flat")
             self.packed[key] = self.g.add(O.Reshape((1, c, h, w)), (flat,), f"{v.name}/pack{factor}")
         return self.packed[key]
+
+    def _swap_outer(self, t: Node, name: str) -> Node:
+        """[A, B, h, w] -> [B, A, h, w] as a concatenation along axis 1 of the A slices t[a], each
+        [B, h, w] in one piece (a view, no copy: kcc.emit.storage) read as [B, 1, h, w]: a copy of
+        the bytes (~1 cycle each) and A*B blocks, where a transpose costs ~80 cycles an element
+        (kcc.target.k210)."""
+        a, b, h, w = t.shape
+        views = [self.g.add(O.Reshape((b, 1, h, w)),
+                            (self.g.add(O.StridedSlice((i, 0, 0, 0), (i + 1, b, h, w), (1, 1, 1, 1)), (t,),
+                                        f"{name}/{i}"),), f"{name}/{i}/as") for i in range(a)]
+        return self.g.add(O.Concat(1), views, name)
 
     def _unpack(self, v: Node, factor: int) -> list[Node]:
         """The class tensors of packed v (the inverse of _pack)."""
@@ -292,7 +315,7 @@ class _Rewriter:
             t = self.g.add(O.Reshape((c, n, ph, pw) if n > 1 else (1, c, ph, pw)), (part,),
                            f"{v.name}/unpack{factor}_c{k}" + ("/t" if n > 1 else ""))
             if n > 1:
-                t = self.g.add(O.Transpose((1, 0, 2, 3)), (t,), f"{v.name}/unpack{factor}_c{k}")
+                t = self._swap_outer(t, f"{v.name}/unpack{factor}_c{k}")
             out.append(t)
         return out
 
@@ -333,7 +356,8 @@ class _Rewriter:
             self.full[id(n)] = self.g.add(n.op, tuple(self._full(i) for i in n.inputs), n.name, n.note)
             return
         x = n.inputs[0] if n.inputs else None
-        if x is not None and is_global_mean(n) and id(x) in self.plan.tail:  # a permutation: same mean
+        packed = x is not None and (id(x) in self.plan.tail or any(id(u) in self.plan.tail for u in self.plan.users[x]))
+        if packed and is_global_mean(n):  # a permutation: the same mean, of a map packed anyway
             self.full[id(n)] = self.g.add(n.op, (self._pack(x, self.plan.factor(x)),), n.name, n.note)
             return
         if is_global_mean(n) and self.plan.factor(n.inputs[0]) > 1:
@@ -447,7 +471,8 @@ def _phase_cost(region: list[Node], plan: _Plan) -> float:
 
 def phase_dilated(g: Graph, ctx: CompileContext | None = None) -> Graph:
     """Run regions holding dilated convs in phase space where kcc.target.k210's cost model says it is
-    cheaper than space-to-batch per conv. Needs nothing of `ctx`."""
+    cheaper than space-to-batch per conv; the classes of each tensor whose classes are packed or cut
+    into finer phases go to ctx.phase_classes (one grid for them, kcc.quant.policy.share_phase_grids)."""
     if not any(dilation_of(n) is not None for n in g.nodes):
         return g
     plan = _Plan(g)
@@ -462,4 +487,12 @@ def phase_dilated(g: Graph, ctx: CompileContext | None = None) -> Graph:
     if not any(plan.factor(n) > 1 for n in g.nodes):
         return g
     plan.find_tail()
-    return _Rewriter(g, plan).run()
+    rewriter = _Rewriter(g, plan)
+    out = rewriter.run()
+    if ctx is not None:
+        names = {m.name for m in out.nodes}
+        for v, f in rewriter.combined:
+            group = tuple(c for k in range(len(classes(*v.shape[2:], f))) if (c := f"{v.name}/ph{f}_c{k}") in names)
+            if len(group) > 1:
+                ctx.phase_classes.append(group)
+    return out

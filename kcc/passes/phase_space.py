@@ -141,6 +141,14 @@ def classes(h: int, w: int, factor: int) -> list[tuple[int, int, list[tuple[int,
     return [(ph, pw, ps) for (ph, pw), ps in sorted(groups.items(), reverse=True)]
 
 
+def pack_blocks(v: Node, factor: int) -> int:
+    """Concatenation blocks of packing map v's phases of `factor` into one map (or unpacking it):
+    per class of n > 1 phases, n*C blocks of the outer swap, and C per class of the concatenation
+    along the pixels (kcc.passes.phase_dilated)."""
+    c = v.shape[1]
+    return sum((len(ps) * c if len(ps) > 1 else 0) + c for _, _, ps in classes(*v.shape[2:], factor))
+
+
 def phase_index(h: int, w: int, factor: int) -> dict[tuple[int, int], tuple[int, int]]:
     """Phase (i, j) -> (its group, its batch index in the group) of `classes`."""
     return {p: (k, b) for k, (_, _, ps) in enumerate(classes(h, w, factor)) for b, p in enumerate(ps)}

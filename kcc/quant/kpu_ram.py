@@ -122,12 +122,17 @@ def view_note(n: Node) -> str:
             f"it lies, no copy-out, slice or upload")
 
 
-def in_place_note(n: Node) -> str:
-    ranges, at = [], 0
+def in_place_note(n: Node, table: dict[Node, NodeQuant] | None = None) -> str:
+    """What runs where for in-place concatenation n: its KPU layers write their channel ranges, the CPU
+    uploads its other parts into theirs (with `table`, the domains, to tell them apart)."""
+    ranges, at, uploads = [], 0, 0
     for p in n.inputs:
         ranges.append(f"{at}..{at + p.shape[1] - 1}")
         at += p.shape[1]
-    return f"in place in KPU RAM: its {len(n.inputs)} KPU layers write channels {', '.join(ranges)} of one buffer"
+        uploads += table is not None and table[p].domain is not Domain.KPU and not kpu_reshape(p, table)
+    writers = (f"its {len(n.inputs)} KPU layers write" if not uploads else
+               f"its {len(n.inputs) - uploads} KPU layer(s) and {uploads} upload(s) of CPU parts write")
+    return f"in place in KPU RAM: {writers} channels {', '.join(ranges)} of one buffer"
 
 
 def gap_source(n: Node, readers: list[Node], table: dict[Node, NodeQuant],

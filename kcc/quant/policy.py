@@ -65,10 +65,10 @@ def output_sources(g: Graph) -> set[str]:
 
 
 def choose_ranges(view: Graph, samples: Samples, points: Sequence[Node], method: str,
-                  moments: Observer | None = None) -> dict[str, Range]:
+                  moments: Observer | None = None, shared: Sequence[Sequence[str]] = ()) -> dict[str, Range]:
     """Ranges for every point of `view` (kcc.quant.quantize.calibration_view of the legalized graph,
     whose pre-activation outputs count as outputs and users here too); `moments` observes the first
-    pass over the samples too."""
+    pass over the samples too; each group of names in `shared` gets one grid (share_phase_grids)."""
     g = view
     full = calibrate(view, samples, points, "no_clip", also=moments)
     ranges = dict(full)
@@ -84,6 +84,7 @@ def choose_ranges(view: Graph, samples: Samples, points: Sequence[Node], method:
                     hi = bound
                 ranges[p.name] = (lo, hi)
     ranges.update(logit_ranges(view, samples, softmax_logits(g)))
+    share_phase_grids(shared, ranges)
     share_view_grids(points, ranges)
     residual_term_ranges(g, ranges)
     return share_concat_grids(g, ranges)
@@ -111,7 +112,7 @@ def calibrate_ranges(g: Graph, ctx: CompileContext) -> Graph:
     n_samples = len(samples)
     if ctx.progress is not None:
         samples = counted(samples, ctx.progress)  # one bar per pass over the data
-    ranges = choose_ranges(view, samples, points, options.calibrate_method, ctx.moments)
+    ranges = choose_ranges(view, samples, points, options.calibrate_method, ctx.moments, ctx.phase_classes)
     if options.input_mean is not None or options.input_std is not None:
         # the stated input grid (e.g. the camera's pixels) also holds for views of the input that a
         # KPU layer reads (a pre-padded or decomposed stem): they must not round the pixels again
@@ -142,6 +143,19 @@ def band_edge_grids(g: Graph, ranges: dict[str, Range]) -> None:
             rows = part.inputs[0]
             if isinstance(rows.op, O.StridedSlice) and view_source(rows) is view_source(bands) and bands.name in ranges:
                 ranges[rows.name] = ranges[bands.name]
+
+
+def share_phase_grids(groups: Sequence[Sequence[str]], ranges: dict[str, Range]) -> None:
+    """The phase classes of one tensor (kcc.passes.phase_dilated, ctx.phase_classes) hold its pixels:
+    one grid for all of them, the union of their ranges, as the full map would have. Their codes are
+    then packed, sliced into finer phases or merged as they are, instead of each class rounded again
+    on a common grid on the CPU."""
+    for group in groups:
+        names = [name for name in group if name in ranges]
+        if len(names) > 1:
+            union = (min(ranges[name][0] for name in names), max(ranges[name][1] for name in names))
+            for name in names:
+                ranges[name] = union
 
 
 def share_view_grids(points: Sequence[Node], ranges: dict[str, Range]) -> None:
@@ -223,14 +237,27 @@ def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
         if id(p) in outputs or any(u is not user and not any(u is q for q in user.inputs)
                                    and not isinstance(u.op, KO.FloatKpuConv) for u in users[p]):
             return None
-        if moves_values(p):  # (an upsampling too: kcc.quant.quantize runs it on codes)
+        if moves_values(p) or broadcast(p):  # (an upsampling too: kcc.quant.quantize runs it on codes)
             return layer(p.inputs[0], p)
         return p if isinstance(p.op, KO.FloatKpuConv) and p.name in ranges else None
+
+    def leads_to(u: Node, n: Node) -> bool:  # u is n, or moves values into n alone (layer's chain)
+        while u is not n:
+            if not (moves_values(u) or broadcast(u)) or id(u) in outputs or len({id(v) for v in users[u]}) != 1:
+                return False
+            u = users[u][0]
+        return True
+
+    def broadcast(p: Node) -> bool:  # copies of one tensor (kcc.passes.phase_dilated's broadcasts)
+        return isinstance(p.op, O.Concat) and len({id(i) for i in p.inputs}) == 1
 
     def cpu_conv(p: Node, user: Node) -> Node | None:
         """p, a float conv on the CPU read by user alone: quantized on the concatenation's grid, it is
         uploaded into its channel range of the KPU RAM buffer (kcc.quant.kpu_ram.kpu_concat_problem)."""
-        ok = isinstance(p.op, O.Conv2D) and id(p) not in outputs and users[p] == [user] and p.name in ranges
+        if broadcast(p) and id(p) not in outputs and all(u is user for u in users[p]):  # copies: quantized once
+            return cpu_conv(p.inputs[0], p)
+        ok = (isinstance(p.op, O.Conv2D) and id(p) not in outputs and all(u is user for u in users[p])
+              and p.name in ranges)
         return p if ok else None
 
     def copied(p: Node) -> list[Node] | None:
@@ -255,7 +282,7 @@ def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
         """KPU layer p, read by other KPU layers too, would lose more than a bit of resolution for
         them on the union grid (its width over SHARED_GRID_WIDENING times p's own): n stays a CPU
         concatenation, its parts quantized again on its grid, and they keep p's."""
-        others = [u for u in users[p] if u is not n and not any(u is q for q in n.inputs)]
+        others = [u for u in users[p] if not leads_to(u, n) and not any(u is q for q in n.inputs)]
         lo, hi = ranges[p.name]
         return bool(others) and (union[1] - union[0]) > SHARED_GRID_WIDENING * (max(hi, 0) - min(lo, 0))
 

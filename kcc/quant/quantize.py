@@ -256,13 +256,20 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
             grids = {table[i].grid for i in n.inputs}
             # shifted copies are on their input's grid whatever their (and so the concat's) ranges say
             copies = all(KO.shift_copy(i) is not None for i in n.inputs)
-            codes = None not in grids and len(grids) == 1 and (copies or n.name not in ranges or {own_grid(n)} == grids)
+            # along pixels or batches, a concatenation holds its parts' values on their grid (phase_dilated's
+            # packed maps and broadcasts)
+            codes = None not in grids and len(grids) == 1 and (copies or n.op.axis != 1 or n.name not in ranges
+                                                               or {own_grid(n)} == grids)
         elif isinstance(op, O.Concat) and any(table[i].domain is Domain.KPU for i in n.inputs):
             # KPU layers and float CPU convs all on the concatenation's grid (policy.share_concat_grids):
             # the convs are quantized onto it, and uploaded into their channel ranges in KPU RAM
+            def cpu_conv(i: Node) -> bool:  # a float conv, or copies of one (a broadcast): quantized once
+                if isinstance(i.op, O.Concat) and len({id(j) for j in i.inputs}) == 1:
+                    return cpu_conv(i.inputs[0])
+                return isinstance(i.op, O.Conv2D)
             grids = {table[i].grid for i in n.inputs}
             codes = (len(grids) == 1 and {own_grid(n)} == grids
-                     and all(on_codes(i) or isinstance(i.op, O.Conv2D) for i in n.inputs))
+                     and all(on_codes(i) or cpu_conv(i) for i in n.inputs))
         if codes:
             table[n] = NodeQuant(Domain.CODES, table[n.inputs[0]].grid)
         else:
@@ -400,7 +407,7 @@ class _Rewriter:
         if isinstance(n.op, O.Concat) and ("kpu", n, None) not in self.made:
             problem = kpu_concat_problem(n, self.table, self.written_into, self.live)
             if any(self.table[p].domain is Domain.KPU for p in n.inputs):  # a concatenation between KPU layers
-                self.placements[n] = Placement(n.name, "concat", problem is None, problem or in_place_note(n))
+                self.placements[n] = Placement(n.name, "concat", problem is None, problem or in_place_note(n, self.table))
             if problem is None:
                 for p in n.inputs:
                     self.written_into[p] = n

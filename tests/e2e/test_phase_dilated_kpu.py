@@ -51,9 +51,9 @@ def _graph(h, w):
     return g
 
 
-# bars: measured (20.27, 17.91 steps) + 5 %; eliminate_dilated_conv's space-to-batch form of the same
+# bars: measured (20.03 with the head packed, 17.91 steps) + 5 %; eliminate_dilated_conv's space-to-batch form of the same
 # graphs on the same sample is off by 22.35 and 15.52 steps (16 random layers, unclamped logits)
-@pytest.mark.parametrize("h,w,bar", [(17, 17, 21.3), (16, 12, 18.8)], ids=["17x17", "16x12"])
+@pytest.mark.parametrize("h,w,bar", [(17, 17, 21.1), (16, 12, 18.8)], ids=["17x17", "16x12"])
 def test_phase_layers_are_bit_exact_on_the_kpu(h, w, bar):
     g = _graph(h, w)
     shape = (1, 8, h, w)
@@ -69,7 +69,9 @@ def test_phase_layers_are_bit_exact_on_the_kpu(h, w, bar):
     assert names.count("transpose") == 1, names
     classes = 4 if h % 2 else 1  # phase sizes: 17 -> 9/8 (d=2) and 5/4 (d=4); 16x12 divides by both
     # per block: expand, dw, project; b0, b1 at d=2, b2, b3 and the head (aspp, logits) at d=4
-    assert names.count("kpu_conv2d") >= 12 * classes + 2 * classes
+    # the head after the last dilated conv once on the packed map where a size holds several phases
+    packed = h % 2 == 1
+    assert names.count("kpu_conv2d") >= 12 * classes + (2 if packed else 2 * classes)
     assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == names.count("kpu_conv2d")
     got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
     assert max_steps(got, want) <= bar, f"max error {max_steps(got, want):.2f} steps"

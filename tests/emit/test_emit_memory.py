@@ -232,3 +232,29 @@ def test_a_contiguous_slice_is_a_view_of_its_input():
         for w, o in zip(want, got):
             np.testing.assert_array_equal(o.reshape(w.shape), w)
     assert "s" in emit(graph((0, 0, 1, 0), (1, 4, 3, 5))).node_names  # rows 1-2 of every channel: copied
+
+
+def test_a_reshaped_view_reads_at_the_views_offset():
+    """[A, B, h, w] -> [B, A, h, w] as kcc.passes.phase_dilated swaps the outer axes of a map's phase
+    classes: a concatenation along axis 1 of each slice t[a] (a view at byte offset a * B*h*w*4)
+    reshaped to [B, 1, h, w]. Each concat input starts at its own view's offset (a reshape of a view
+    keeps the offset), and kpu_sim gives the transpose's values."""
+    import kpu_sim
+    from kcc.eval.interpreter import run
+
+    a, b, h, w = 3, 2, 2, 5
+    g = Graph()
+    x = g.input(0, (a, b, h, w))
+    t = g.add(O.Unary("neg"), (x,), "t")
+    views = [g.add(O.Reshape((b, 1, h, w)), (g.add(O.StridedSlice((i, 0, 0, 0), (i + 1, b, h, w), (1, 1, 1, 1)),
+                                                    (t,), f"t{i}"),), f"t{i}/as") for i in range(a)]
+    g.outputs = [g.add(O.Concat(1), views, "swapped")]
+    em = emit(g)
+    assert em.node_names == ["t", "swapped"], em.node_names
+    cat = next(n.body for n in em.model.nodes if isinstance(n.body, kmodel.Concat))
+    base = em.memory.main.plan.offsets["t"]
+    assert [r.start for r in cat.inputs] == [base + i * b * h * w * 4 for i in range(a)]
+    xi = np.random.default_rng(7).uniform(-1, 1, (a, b, h, w)).astype(np.float32)
+    got = kpu_sim.load(kmodel.write(em.model)).run([xi])[0]
+    np.testing.assert_array_equal(got.reshape(b, a, h, w), -xi.transpose(1, 0, 2, 3))
+    np.testing.assert_array_equal(got.reshape(b, a, h, w), run(g, [xi])[0])
