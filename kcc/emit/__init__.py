@@ -82,7 +82,7 @@ def emit(graph: Graph, max_solve_secs: float = 60.0) -> Emitted:
     for n in g.nodes:
         if type(n.op) not in EMITTERS and not isinstance(
                 n.op, (O.Input, O.Constant, O.Reshape, KO.KpuDownload, KO.KpuConcat, KO.KpuChannelView,
-                       KO.KpuRowPatch)):
+                       KO.KpuRowPatch, KO.KpuChannelPatch)):
             raise UnsupportedModelError(f"'{n.name}': op {n.op.kind} has no kmodel v4 emitter "
                                         f"(run lower_to_neutral first)")
     st = Storage(g, inline_constants(g), EMITTERS)
@@ -90,7 +90,7 @@ def emit(graph: Graph, max_solve_secs: float = 60.0) -> Emitted:
     for n in g.nodes:  # KPU layers read KPU RAM, everything else main memory (§9.1); a reshape aliases
         for i in () if isinstance(n.op, O.Reshape) else n.inputs:
             want_kpu = isinstance(n.op, (KO.QuantKpuLayer, KO.KpuDownload, KO.KpuConcat, KO.KpuChannelView,
-                                         KO.KpuRowPatch)) or (
+                                         KO.KpuRowPatch, KO.KpuChannelPatch)) or (
                 isinstance(n.op, KO.KpuUpload) and id(i) in st.kpu_inputs)
             if in_kpu_ram(st.base(i), st) != want_kpu:
                 raise UnsupportedModelError(f"'{n.name}' ({n.op.kind}) reads '{i.name}' from the wrong "

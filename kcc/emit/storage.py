@@ -89,6 +89,8 @@ class Storage:
                 self._kpu_channel_view(n)
             elif isinstance(n.op, KO.KpuRowPatch):
                 self._kpu_row_patch(n, g)
+            elif isinstance(n.op, KO.KpuChannelPatch):
+                self._kpu_channel_patch(n, g)
             elif n.is_constant and id(n) not in inline:
                 unit = units[id(n)]
                 if unit is not None and unit in fill_at:  # the fill's prefix (kcc.passes.lower_to_neutral._pad)
@@ -167,6 +169,23 @@ class Storage:
             self.root[id(p)], self.offset[id(p)] = x, r * lay.row_len * KPU_LINE_SIZE
         self.root[id(n)] = x
 
+    def _kpu_channel_patch(self, n: Node, g: Graph) -> None:
+        """A batched map whose spare channels c0.. the CPU's uploads write over, one per batch, after
+        the map's layer ran (kcc.ir.kpu_ops.KpuChannelPatch): the map's storage; upload b writes at the
+        line where channel c0 of batch b starts (a layer's batches lie one map's size apart, nncase's
+        kpu_conv2d)."""
+        x, parts = n.inputs[0], n.inputs[1:]
+        nb, c, h, w = x.shape
+        at = K.kpu_channel_offset(w, h, n.op.c0)
+        order = {id(v): k for k, v in enumerate(g.nodes)}
+        for b, p in enumerate(parts):
+            if (at is None or not isinstance(p.op, KO.KpuUpload) or id(p) in self.root or order[id(p)] < order[id(x)]
+                    or not isinstance(x.op, KO.QuantKpuLayer)):
+                raise UnsupportedModelError(f"'{n.name}': part '{p.name}' cannot write channels {n.op.c0}.. of "
+                                            f"batch {b} of '{x.name}' in KPU RAM")
+            self.root[id(p)], self.offset[id(p)] = x, b * K.kpu_bytes((1, c, h, w)) + at
+        self.root[id(n)] = x
+
     def _kpu_channel_view(self, n: Node) -> None:
         """A view of channels [c0, c1) of a map in KPU RAM is that map's storage from the line where c0
         starts (kcc.ir.kpu_ops.KpuChannelView): its readers extend the map's lifetime (emit.plan
@@ -229,7 +248,7 @@ class Storage:
         """n's tensor is written into main memory by a CPU node of its own (not a reshape, which aliases,
         nor a KPU layer's download or a KPU RAM tensor)."""
         return type(n.op) in self.emitted and not isinstance(
-            n.op, (O.Reshape, KO.KpuDownload, KO.KpuRowPatch, *KO.KPU_SPACE_OPS))
+            n.op, (O.Reshape, KO.KpuDownload, KO.KpuRowPatch, KO.KpuChannelPatch, *KO.KPU_SPACE_OPS))
 
     def base(self, n: Node) -> Node:
         while id(n) in self.root:

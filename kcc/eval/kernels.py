@@ -272,6 +272,14 @@ def _kpu_row_patch(op, x, *parts):
     return out
 
 
+def _kpu_channel_patch(op, x, *parts):
+    """x with channels c0.. written over by the parts: one tensor, or one per batch
+    (kcc.ir.kpu_ops.KpuChannelPatch)."""
+    out = np.array(x, copy=True)
+    out[:, op.c0:] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+    return out
+
+
 KERNELS: dict[type, Callable] = {
     KO.FloatKpuConv: kpu_conv2d,
     KO.Quantize: quantize,
@@ -282,6 +290,7 @@ KERNELS: dict[type, Callable] = {
     KO.KpuConcat: lambda op, *xs: np.pad(np.concatenate(xs, axis=1), ((0, 0), (0, 0), (0, op.gap[0]), (0, op.gap[1]))),
     KO.KpuChannelView: lambda op, x: x[:, op.c0:op.c1] if op.rows is None else x[:, op.c0:op.c1, op.rows[0]:op.rows[1]],
     KO.KpuRowPatch: _kpu_row_patch,
+    KO.KpuChannelPatch: _kpu_channel_patch,
     KO.KpuStack: lambda op, *xs: np.concatenate(xs, axis=1),
     O.Conv2D: conv2d,
     O.Conv2DTranspose: conv2d_transpose,

@@ -25,6 +25,9 @@ Both stages:
                             kcc.passes.residual_kpu); a float concatenation, quantized as a KpuConcat
     KpuRowPatch             a map in KPU RAM with some rows of some channels written over by other
                             KPU layers, in place (kcc.passes.row_pick's row bands): no node of its own
+    KpuChannelPatch         a batched map in KPU RAM whose last channels, spare in its layer, the CPU
+                            overwrites with another tensor's codes, batch by batch, in place
+                            (kcc.passes.residual_kpu's batched adds): no node of its own
 
 Tensors produced by KpuUpload, QuantKpuLayer, KpuConcat and KpuChannelView live in KPU RAM; every other
 tensor in main memory.
@@ -270,6 +273,33 @@ class KpuStack(Op):
 
     def infer_type(self, ins):
         return _side_by_side(ins, DType.float32, self.kind, 2)
+
+
+@dataclass(frozen=True)
+class KpuChannelPatch(Op):
+    """Map x [N, C, H, W] whose channels c0..C-1 (spare: the layer making x writes them with zero
+    weights) are written over by s [N, C - c0, H, W], batch by batch, after x's layer ran: in float
+    [x[:, :c0]; s]. A KPU layer writes batch b of its output at b times its own map's size (nncase's
+    kpu_conv2d), so two layers cannot fill the channels of one batch side by side; the CPU's uploads
+    can, each at the line where channel c0 of its batch starts (kcc.emit.storage). Read by one 1x1
+    KPU layer only, as a stack: x's channels on x's grid, s's on s's (kcc.quant.kpu_params.
+    stacked_weights). Quantized, the inputs are x's layer and one upload per batch."""
+
+    kind: ClassVar[str] = "kpu_channel_patch"
+    c0: int
+
+    def infer_type(self, ins):
+        x, parts = ins[0], ins[1:]
+        _check(x.rank == 4 and 0 < self.c0 < x.shape[1] and len(parts) in (1, x.shape[0]),
+               "kpu_channel_patch takes a map and one tensor, or one per batch")
+        n, c, h, w = x.shape
+        want = (n, c - self.c0, h, w) if len(parts) == 1 else (1, c - self.c0, h, w)
+        for t in parts:
+            _check(t.rank == 4 and t.shape == want, f"kpu_channel_patch part {t.shape}, want {want}")
+        return x
+
+    def attrs(self):
+        return {"c0": self.c0}
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,8 @@ class KpuLive:
             parts = n.inputs if isinstance(n.op, O.Concat) else (n,)
             born = min(self.step[id(p)] for p in parts)
             readers = [u for u in users[n] if _is_kpu(u)] + [u for p in parts for u in users[p] if _is_kpu(u)]
+            # a map whose spare channels the CPU writes over lives until the patched map's reader
+            readers += [r for u in users[n] if isinstance(u.op, KO.KpuChannelPatch) for r in users[u] if _is_kpu(r)]
             dies = max([self.step[id(u)] for u in readers], default=born)
             self.span[id(n)] = (born, dies, kpu_bytes(n.shape))
             for s in range(born, dies + 1):

@@ -62,6 +62,8 @@ SAMPLES = 4  # calibration samples the ranges of `_precise` come from
 RESIDUAL_FORMS = {  # the forms, as the placement report says them
     "fused": "with the projection: one 1x1 KPU layer over [skip; projection input] in KPU RAM",
     "pair": "a 1x1 KPU layer over [skip; projection] in KPU RAM, weights [I I]",
+    "spare": ("a 1x1 KPU layer over [projection; skip] in KPU RAM, weights [I I], the skip uploaded into "
+              "spare channels of the projection's batches"),
 }
 
 
@@ -187,7 +189,10 @@ class _Rewriter:
                     why[id(n)] = found
                 else:
                     forms[id(n)] = found
-                    self.stacked.update((id(found[2]), id(self._part(found))))
+                    if found[0] == "spare":  # its skip is uploaded: free to be written elsewhere
+                        self.stacked.add(id(found[1]))
+                    else:
+                        self.stacked.update((id(found[2]), id(self._part(found))))
             if forms.keys() == self.on_kpu:
                 break
             self.on_kpu = set(forms)
@@ -204,12 +209,13 @@ class _Rewriter:
         return proj.inputs[0] if form == "fused" else proj
 
     @staticmethod
-    def _uploadable(x: Node) -> bool:
+    def _uploadable(x: Node, batched: bool = False) -> bool:
         """x, a skip the CPU makes, can be uploaded into a buffer by a 1x1 identity layer: a map of
         batch 1 that the CPU moves on 8-bit codes (a slice, pad, reshape, transpose or concatenation:
-        nothing to quantize, as for the CPU add nothing to download), within the KPU's limits."""
+        nothing to quantize, as for the CPU add nothing to download), within the KPU's limits; or,
+        `batched`, into the spare channels of a batched map (`_spare_problem`), batch by batch."""
         return (isinstance(x.op, (O.StridedSlice, O.Pad, O.Reshape, O.Transpose, O.Concat))
-                and x.type.rank == 4 and x.shape[0] == 1 and layer_fits(x.shape, x.shape[1], 1))
+                and x.type.rank == 4 and (batched or (x.shape[0] == 1 and layer_fits(x.shape, x.shape[1], 1))))
 
     def _buffer_problem(self, first: Node, second: Node, n: Node) -> str | None:
         """Why `first` and `second` (source nodes, KPU layers now; `first` may be a CPU skip, which
@@ -232,8 +238,9 @@ class _Rewriter:
                     f"alive at once > {KPU_RAM_SIZE} B")
         return None
 
-    def _fused_problem(self, n: Node, proj: Node, skip: Node) -> str | None:
-        """Why y = proj(h) + skip cannot be one layer over [skip; h] (module docstring), or None."""
+    def _fused_problem(self, n: Node, proj: Node, skip: Node, buffer: bool = True) -> str | None:
+        """Why y = proj(h) + skip cannot be one layer over [skip; h] (module docstring), or None;
+        without `buffer`, whatever the buffer they are written into."""
         op = proj.op
         if not (_is_kpu(proj) and op.kernel == 1 and not op.depthwise and op.pool == "bypass"
                 and op.act == O.NO_CLAMP and op.fn is None and proj.inputs[1].is_constant
@@ -242,7 +249,7 @@ class _Rewriter:
         h = proj.inputs[0]
         if not _is_kpu(h) or self.users[h] != [proj] or id(h) in self.outputs:
             return f"the projection's input '{h.name}' is not a KPU layer read by the projection alone"
-        problem = self._buffer_problem(skip, h, n)
+        problem = self._buffer_problem(skip, h, n) if buffer else None
         if problem is not None:
             return problem
         err = self._error(n, proj, skip)
@@ -251,14 +258,50 @@ class _Rewriter:
                     f"more error (budget {ERROR_BUDGET})")
         return None
 
+    def _spare_problem(self, n: Node, proj: Node, skip: Node) -> str | None:
+        """Why y = proj + skip of batched maps cannot be a 1x1 layer over [proj; skip] (the spare form),
+        or None: the projection gets the skip's channel count more output channels of zero weights
+        (spare), which the CPU's uploads of the skip's codes write over, batch by batch
+        (kcc.ir.kpu_ops.KpuChannelPatch); weights [I I], as the pair form's."""
+        if not (_is_kpu(proj) and not proj.op.depthwise and proj.inputs[1].is_constant and proj.inputs[2].is_constant):
+            return f"'{proj.name}' is not a KPU conv layer (a depthwise layer has no spare channels)"
+        if id(proj) in self.stacked:
+            return f"'{proj.name}' is already written into another buffer in KPU RAM"
+        nb, c, hh, w = proj.shape
+        cx = skip.shape[1]
+        if kpu_channel_offset(w, hh, c) is None:
+            return (f"'{proj.name}' has {c} channels, not a multiple of {kpu_row_layout(w).groups} (the "
+                    f"channels one 64-byte line of KPU RAM holds at width {w})")
+        wide = (nb, c + cx, hh, w)
+        if not (layer_fits(proj.inputs[0].shape, c + cx, proj.op.kernel) and layer_fits(wide, n.shape[1], 1)):
+            return f"{c + cx} channels of {hh}x{w} exceed the KPU's limits"
+        peak = self.live.peak_keeping((proj,), proj, n, kpu_bytes(wide))
+        if peak > KPU_RAM_SIZE:
+            return f"KPU RAM: with {cx} spare channels, {peak} B alive at once > {KPU_RAM_SIZE} B"
+        return None
+
+    def _faster_spare(self, n: Node, proj: Node, skip: Node) -> bool:
+        """Today's CPU add (as `_faster`) against the spare channels' cycles, the add's layer and the
+        skip's upload (and download, for a KPU layer's skip its KPU readers alone read)."""
+        cpu = cpu_cycles("kpu_download_byte") * proj.type.size + _per_element("dequantize", proj)
+        cpu += _per_element("dequantize", skip) + _per_element("binary", n)
+        cpu += _per_element("quantize", n) + _upload(n)
+        kpu = _upload(skip)
+        if self._kpu(skip) and all(self._kpu(u) for u in self.users[skip] if u is not n):  # else downloaded anyway
+            kpu += cpu_cycles("kpu_download_byte") * skip.type.size
+        kpu += _layer_cycles(proj.inputs[0].shape, skip.shape[1], proj.op.kernel)
+        kpu += _layer_cycles((*proj.shape[:1], proj.shape[1] + skip.shape[1], *proj.shape[2:]), n.shape[1], 1)
+        return kpu < cpu
+
     def _problem(self, n: Node) -> tuple[str, Node, Node] | str:
         """(form, projection, skip) of an add the KPU serves, or why not ("" for an add that is no
         residual connection): "fused", one layer over [skip; h]; else "pair", one layer over [skip;
         projection] (weights [I I]) after the projection."""
         if n.op.op != "add" or len(n.inputs) != 2 or not n.inputs[0].shape == n.inputs[1].shape == n.shape:
             return "not an add of two maps of one shape"
-        if n.type.rank != 4 or n.shape[0] != 1:
-            return "not a batch-1 map"
+        if n.type.rank != 4:
+            return "not a map"
+        batched = n.shape[0] != 1
         a, b = n.inputs
         order = [(p, x) for p, x in ((a, b), (b, a)) if _residual(p, x)]
         if not order:
@@ -267,7 +310,7 @@ class _Rewriter:
             cpu = b if self._kpu(a) else a
             # a skip the CPU makes (deeplab's phase split: a strided slice per phase) is uploaded into
             # the buffer by a 1x1 identity layer; the adds after it then read KPU layers
-            order = [(p, x) for p, x in order if self._kpu(p) and x is cpu and self._uploadable(x)]
+            order = [(p, x) for p, x in order if self._kpu(p) and x is cpu and self._uploadable(x, batched)]
             if not order:
                 return f"its operand '{cpu.name}' is a CPU {cpu.op.kind}, not a KPU layer's output"
         reader = self._float_reader(n)
@@ -275,6 +318,15 @@ class _Rewriter:
             return (f"its sum is read in float by '{reader.name}' ({reader.op.kind}): a KPU layer would "
                     f"round it to 8 bits")
         pairs = [(p, x) for p, x in order if self.users[p] == [n] and id(p) not in self.outputs]
+        if batched:  # each batch is a whole map in KPU RAM: only the spare form puts two side by side
+            why = "not a batch-1 map, and no operand is a KPU layer read by the add alone"
+            for proj, skip in pairs:
+                why = self._spare_problem(n, proj, skip) or ""
+                if not why:
+                    if self._faster_spare(n, proj, skip):
+                        return "spare", proj, skip
+                    why = "estimated slower than the CPU add"
+            return why
         for proj, skip in pairs:
             if self._fused_problem(n, proj, skip) is None:
                 if self._faster(n, proj, skip, True):
@@ -352,10 +404,30 @@ class _Rewriter:
             kpu += cpu_cycles("kpu_download_byte") * n.type.size + _per_element("dequantize", n)
         return kpu < cpu
 
+    def _spare(self, n: Node, proj: Node, skip: Node) -> Node:
+        """The spare form (`_spare_problem`): the projection with the skip's channel count more output
+        channels of zero weights, written over by the skip, and one 1x1 layer [I I] over them."""
+        g = self.g
+        c, cx, oc = proj.shape[1], skip.shape[1], n.shape[1]
+        w, b = proj.inputs[1].data.astype(F32), proj.inputs[2].data.astype(F32)
+        w = np.concatenate([w, np.zeros((cx, *w.shape[1:]), F32)])
+        wide = g.add(proj.op, (self.map[id(proj.inputs[0])], g.constant(w, proj.name + "/spare_w"),
+                               g.constant(np.concatenate([b, np.zeros(cx, F32)]), proj.name + "/spare_b")),
+                     proj.name + "/spare")
+        patched = g.add(KO.KpuChannelPatch(c), (wide, self.map[id(skip)]), n.name + "/patched")
+        eye = np.zeros((oc, c + cx, 1, 1), F32)
+        eye[np.arange(oc), np.arange(oc), 0, 0] = 1.0
+        eye[np.arange(oc), c + np.arange(oc), 0, 0] = 1.0
+        ins = (patched, g.constant(eye, n.name + "/residual_w"), g.constant(np.zeros(oc, F32), n.name + "/residual_b"))
+        self.done.append((n.name, "spare"))
+        return g.add(KO.FloatKpuConv(1, act=n.op.act), ins, n.name)
+
     def residual(self, n: Node) -> Node | None:
         if id(n) not in self.forms:
             return None
         form, proj, skip = self.forms[id(n)]
+        if form == "spare":
+            return self._spare(n, proj, skip)
         g = self.g
         cx, oc = skip.shape[1], n.shape[1]
         eye = np.zeros((oc, cx, 1, 1), F32)

@@ -197,9 +197,13 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
         if isinstance(op, KO.KpuRowPatch):
             table[n] = NodeQuant(Domain.CODES, _required(n.inputs[0], table[n.inputs[0]].grid))
             continue
-        if isinstance(op, KO.FloatKpuConv) and isinstance(n.inputs[0].op, KO.KpuStack):
+        if isinstance(op, KO.FloatKpuConv) and isinstance(n.inputs[0].op, (KO.KpuStack, KO.KpuChannelPatch)):
             x, w, b = n.inputs
-            stack = [(_required(p, table[p].grid), p.shape[1]) for p in x.inputs]
+            if isinstance(x.op, KO.KpuStack):
+                stack = [(_required(p, table[p].grid), p.shape[1]) for p in x.inputs]
+            else:  # the map's channels before c0 on its grid, the patch's after (KpuChannelPatch)
+                m, part = x.inputs
+                stack = [(_required(m, table[m].grid), x.op.c0), (_required(part, table[part].grid), part.shape[1])]
             z = ranges[n.name]
             layer = kpu_layer(op, w.data, b.data, LayerRanges(stack[-1][0], z, z), stack=stack)
             table[n] = NodeQuant(Domain.KPU, QuantParam(*layer.out_q), layer)
@@ -241,6 +245,11 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
         codes = False
         if isinstance(op, O.Input):
             table[n] = NodeQuant(Domain.UINT8_INPUT if input_u8 else Domain.FLOAT, own_grid(n))
+            continue
+        if isinstance(op, KO.KpuChannelPatch):  # two grids, read by one 1x1 layer as a stack
+            if table[n.inputs[0]].domain is not Domain.KPU:
+                raise KeyError(f"kpu_channel_patch '{n.name}': its map is not a KPU layer's output")
+            table[n] = NodeQuant(Domain.CODES, None)
             continue
         if isinstance(op, KO.KpuStack):  # each part keeps its grid: only its 1x1 layer reads it
             if not all(table[p].domain is Domain.KPU for p in n.inputs):
@@ -380,6 +389,8 @@ class _Rewriter:
             return self.layer_of(n)
         if isinstance(n.op, KO.KpuStack):
             return self._once("kpu", n, lambda: self.kpu_stack(n))
+        if isinstance(n.op, KO.KpuChannelPatch):
+            return self._once("kpu", n, lambda: self.kpu_channel_patch(n))
         if isinstance(n.op, KO.KpuRowPatch):  # the parts write the map's rows in place (kcc.emit.storage)
             return self._once("kpu", n, lambda: self.g.add(
                 n.op, (self.kpu_of(n.inputs[0]), *(self.layer_of(p) for p in n.inputs[1:])), n.name + "/kpu"))
@@ -441,6 +452,20 @@ class _Rewriter:
                                f"'{self.written_into[p].name}'")
             self.written_into[p] = n
         return self.g.add(KO.KpuConcat(), tuple(self.layer_of(p) for p in n.inputs), n.name + "/kpu")
+
+    def kpu_channel_patch(self, n: Node) -> Node:
+        """The map's layer, then one upload per batch of the patch's codes into its spare channels
+        (kcc.emit.storage writes each at the line where channel c0 of its batch starts)."""
+        g = self.g
+        m, part = n.inputs
+        layer = self.layer_of(m)
+        x8 = self.u8_of(part)
+        ups = []
+        for b in range(part.shape[0]):
+            one = x8 if part.shape[0] == 1 else g.add(
+                O.StridedSlice((b, 0, 0, 0), (b + 1, *part.shape[1:]), (1, 1, 1, 1)), (x8,), f"{n.name}/b{b}")
+            ups.append(g.add(KO.KpuUpload(), (one,), f"{n.name}/b{b}/upload"))
+        return g.add(n.op, (layer, *ups), n.name + "/kpu")
 
     def _in_kpu_ram(self, n: Node) -> bool:
         """n is a KPU layer's output, or a map of them in place, that KPU layers read where it is (also

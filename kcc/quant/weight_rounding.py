@@ -217,7 +217,7 @@ class InputMoments:
             else:
                 continue
             w = n.inputs[1].data
-            if on_own_grid(w) or isinstance(n.inputs[0].op, KO.KpuStack):
+            if on_own_grid(w) or isinstance(n.inputs[0].op, (KO.KpuStack, KO.KpuChannelPatch)):
                 continue  # weights on their own grid keep their codes (kcc.quant.weight_grid), as do
                 # a multi-grid stack's (kcc.quant.kpu_params.stacked_weights)
             x = n.inputs[0]
