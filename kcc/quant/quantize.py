@@ -370,7 +370,7 @@ class _Rewriter:
             g = self.g
             if moves_values(n) and not _drops_channels(n):
                 return g.add(_on_grid(n.op, q), (self.quantized(n.inputs[0], q),), n.name + "/u8")
-            if isinstance(n.op, O.Concat):
+            if isinstance(n.op, O.Concat) and not self._read_in_float(n):
                 return g.add(n.op, tuple(self.quantized(i, q) for i in n.inputs), n.name + "/u8")
             if isinstance(n.op, KO.QuantResidual):
                 # the residual of x on q, itself on q at `gain` times the resolution: codes z +- gain/2
@@ -381,6 +381,13 @@ class _Rewriter:
                 return g.add(KO.Quantize(q.zero_point, q.scale * n.op.gain), (lost,), n.name + "/u8")
             return g.add(KO.Quantize(q.zero_point, q.scale), (self.float_of(n),), n.name + "/quantize")
         return self._once("quantized", n, make, q)
+
+    def _read_in_float(self, n: Node) -> bool:
+        """A CPU op reads float n (or n is a graph output): n's float copy is made anyway, so a
+        concatenation is quantized whole from it; its parts, read by the concatenation alone, can
+        then be computed into its blocks (kcc.emit.storage), not each kept alive until a quantize
+        of its own (kcc.passes.part_groups' channel groups)."""
+        return n in self.src.outputs or any(self.table[u].domain is Domain.FLOAT for u in self.users[n])
 
     def kpu_of(self, n: Node) -> Node:
         """n as uint8 in KPU RAM: a KPU layer's output, a concatenation of them computed in place

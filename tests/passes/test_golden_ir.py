@@ -136,6 +136,24 @@ def depthwise_5x5(rng: np.random.Generator) -> Graph:
     return g
 
 
+def float_parts_and_prelu(rng: np.random.Generator) -> Graph:
+    """part_groups: y = clamp(conv + 0.25, -inf, 0) + clamp(conv + 0.25, 0, inf), two parts of one 3x3
+    conv (kcc.passes.kernel_forms' halves: one weights constant, each part its bias and clamp), then
+    a PReLU: 12x64x64, 196608 B of float map, over GROUP_BYTES. Look for the parts, their add and the
+    PReLU repeated for output channels 0-9 (%part_lo/o0, %part_hi/o0, %y/sum0/o0, %prelu/o0: weight
+    rows, biases and slopes 0-9) and 10-11 (/o10), concatenated along channels under the PReLU's name."""
+    g = Graph()
+    x = g.input(0, (1, 1, 64, 64))
+    w = g.constant(rng.uniform(-1, 1, (12, 1, 3, 3)).astype(np.float32), "w")
+    parts = [g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), act=act), (x, w, g.constant(np.full(12, 0.25, np.float32),
+                                                                                    f"b_{tag}")), f"part_{tag}")
+             for tag, act in (("lo", (float("-inf"), 0.0)), ("hi", (0.0, float("inf"))))]
+    y = g.add(O.Binary("add"), tuple(parts), "y")
+    alpha = g.constant(np.linspace(-0.5, 0.5, 12, dtype=np.float32).reshape(1, 12, 1, 1), "alpha")
+    g.outputs = [g.add(O.PRelu(), (y, alpha), "prelu")]
+    return g
+
+
 def strided_stem_and_softmax(rng: np.random.Generator) -> Graph:
     """A stride-2 3x3 relu6 conv, a 2x2 max pool, a 1x1 conv, then reshape and softmax on the CPU."""
     g = Graph()
@@ -219,6 +237,7 @@ CASES = [
     Case("lower_transpose_conv", transpose_conv),
     Case("concat_activations", ssh_head),
     Case("decompose_kernels", depthwise_5x5),
+    Case("part_groups", float_parts_and_prelu),
     Case("form_activations", grouped_5x5_hard_swish),
     # legalize_kpu: look for the stride-2 stem as a KPU 3x3 conv with the left_top_2_s2 pool under
     # %stem/kpu and a strided_slice %stem after it (the KPU has no stride; its pool unit takes the even

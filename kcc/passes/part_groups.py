@@ -1,0 +1,127 @@
+"""part_groups: a float sum of KPU parts, and the per-channel op after it, in output-channel groups
+(issue #16: device RAM is what bounds BlazePalm's KPU forms).
+
+A conv whose float output the CPU reads keeps more than 8 bits by computing it in parts, each a KPU
+layer over the same views with its own bias and clamp (kcc.passes.kernel_forms' halves: y on two
+fine grids in [-t, t] and the tails on two more), which the CPU dequantizes and adds. BlazePalm's
+stem does so at 96x96x32, then its PReLU: each dequantized part and each partial sum is a float map
+of 1.18 MB, and two of them are alive at every step from the second part to the PReLU's end, the
+model's peak of working memory (2.65 MB; after the stem no step holds 1.5 MB). Working memory is
+device RAM, which decides how many of its 5x5 convs get KPU forms (kcc.passes.kernel_budget).
+
+Every op of the chain is per output channel, so the chain runs in groups of output channels, one
+after the other: per group its parts (the same layers restricted to the group's weight rows and
+bias), their sum and the PReLU (its slopes' group), each group's result written into its channel
+range of the output in place (a concatenation, kcc.emit.storage). Alive at once: the output, and one
+group's temporaries. The same values: each part layer computes the same outputs channel by channel,
+so only the calibration of each group's parts, on their own channels' ranges, differs.
+
+Taken where the sum's float map is over GROUP_BYTES; groups of GROUP_BYTES of float map each.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph, Node, copy_rewriting
+
+if TYPE_CHECKING:
+    from kcc.passes.manager import CompileContext
+
+#: a sum of parts over this many bytes of float map runs in groups of about this size
+GROUP_BYTES = 160 * 1024
+
+
+def _parts(s: Node, users: dict, outputs: set[int]) -> list[Node] | None:
+    """The parts of float sum s: Conv2D layers over one input with one set of weights, each read by
+    the chain alone, the adds of the chain too (s itself may be read by anything); else None."""
+    parts: list[Node] = []
+    adds: list[Node] = []
+
+    def walk(v: Node) -> bool:
+        if isinstance(v.op, O.Binary) and v.op.op == "add" and v.op.act == O.NO_CLAMP and len(v.inputs) == 2:
+            adds.append(v)
+            return all(walk(i) for i in v.inputs)
+        parts.append(v)
+        return isinstance(v.op, O.Conv2D) and v.op.groups == 1 and v.inputs[1].is_constant and v.inputs[2].is_constant
+
+    if not walk(s) or len(parts) < 2:
+        return None
+    x, w = parts[0].inputs[0], parts[0].inputs[1]
+    for v in (*parts, *adds[1:]):
+        if id(v) in outputs or len(users[v]) != 1:
+            return None
+    same = all(p.inputs[0] is x and (p.inputs[1] is w or np.array_equal(p.inputs[1].data, w.data)) for p in parts)
+    return parts if same and s.shape == parts[0].shape and s.type.rank == 4 else None
+
+
+def _slopes(r: Node) -> np.ndarray | None:
+    """A PReLU's slope per channel of its input, or None."""
+    a = r.inputs[1]
+    if not a.is_constant:
+        return None
+    c = r.shape[1]
+    try:
+        full = np.broadcast_to(a.data, (1, c, 1, 1))
+    except ValueError:
+        return None
+    return full.reshape(c).astype(np.float32) if a.data.size in (1, c) else None
+
+
+def part_groups(g: Graph, ctx: CompileContext | None = None) -> Graph:
+    """Run each float sum of parts over GROUP_BYTES (with the PReLU that alone reads it) in groups of
+    output channels (module docstring); needs nothing of `ctx`."""
+    users = g.users()
+    outputs = {id(o) for o in g.outputs}
+    plans: dict[int, tuple[Node, list[Node], np.ndarray | None]] = {}  # the chain's last node -> (sum, parts, slopes)
+    inner: set[int] = set()  # adds inside a chain taken (whole chains only, from the last add back)
+    for s in reversed(g.nodes):
+        if (not (isinstance(s.op, O.Binary) and s.op.op == "add") or s.type.nbytes <= GROUP_BYTES
+                or id(s) in inner):
+            continue
+        parts = _parts(s, users, outputs)
+        if parts is None:
+            continue
+        stack = list(s.inputs)
+        while stack:
+            v = stack.pop()
+            if isinstance(v.op, O.Binary):
+                inner.add(id(v))
+                stack.extend(v.inputs)
+        readers = users[s]
+        r = readers[0] if len(readers) == 1 and id(s) not in outputs else None
+        slopes = _slopes(r) if r is not None and isinstance(r.op, O.PRelu) else None
+        plans[id(r) if slopes is not None else id(s)] = (s, parts, slopes)
+    if not plans:
+        return g
+    out = Graph()
+    mapping: dict[int, Node] = {}
+
+    def rewrite(n: Node) -> Node | None:
+        if id(n) not in plans:
+            return None
+        s, parts, slopes = plans[id(n)]
+        _, c, h, w = s.shape
+        step = max(1, GROUP_BYTES // (h * w * 4))
+        x = mapping[id(parts[0].inputs[0])]
+        wd = parts[0].inputs[1].data
+        groups = []
+        for o0 in range(0, c, step):
+            o1 = min(c, o0 + step)
+            tag = f"/o{o0}"
+            wg = out.constant(np.ascontiguousarray(wd[o0:o1]), parts[0].inputs[1].name + tag)
+            total = None
+            for p in parts:
+                bg = out.constant(np.ascontiguousarray(p.inputs[2].data[o0:o1]), p.inputs[2].name + tag)
+                y = out.add(p.op, (x, wg, bg), p.name + tag)
+                total = y if total is None else out.add(O.Binary("add"), (total, y), s.name + f"/sum{len(groups)}" + tag)
+            if slopes is not None:
+                a = out.constant(slopes[o0:o1].reshape(1, o1 - o0, 1, 1), n.inputs[1].name + tag)
+                total = out.add(O.PRelu(), (total, a), n.name + tag)
+            groups.append(total)
+        return out.add(O.Concat(1), tuple(groups), n.name)
+
+    return copy_rewriting(g, out, mapping, rewrite)

@@ -1,0 +1,65 @@
+"""kcc.passes.part_groups on a stand-in for BlazePalm's stem: a 5x5 stride-2 conv (3 -> 32 channels at
+96x96, decomposed into KPU parts whose float sum the CPU makes, kernel_forms' halves), its PReLU,
+then a 1x1 KPU conv reading it and a mean on the CPU reading it in float. In output-channel groups, one group's
+float temporaries are alive at a time beside the PReLU's output, which the groups write in place:
+less working memory, the same values up to each group's own calibration."""
+
+import re
+
+import numpy as np
+from kpu_checks import kpu_layers_match_the_scalar_reference, max_steps
+
+import kpu_sim
+from kcc.eval.interpreter import run
+from kcc.ir import ops as O
+from kcc.ir.graph import Graph
+from kcc.options import CompileOptions
+from kcc.passes import part_groups
+from kcc.pipeline import compile_graph
+
+
+def _stem() -> tuple[Graph, list]:
+    rng = np.random.default_rng(3)
+    g = Graph()
+    x = g.input(0, (1, 3, 96, 96))
+    w = g.constant(rng.uniform(-0.3, 0.3, (32, 3, 5, 5)).astype(np.float32), "w")
+    y = g.add(O.Conv2D((2, 2), ((1, 2), (1, 2))), (x, w, g.constant(rng.uniform(-0.1, 0.1, 32).astype(np.float32), "b")),
+              "stem")
+    p = g.add(O.PRelu(), (y, g.constant(rng.uniform(-0.3, 0.3, (1, 32, 1, 1)).astype(np.float32), "alpha")), "prelu")
+    z = g.add(O.Conv2D(), (p, g.constant(rng.uniform(-0.3, 0.3, (32, 32, 1, 1)).astype(np.float32), "w2"),
+                           g.constant(np.zeros(32, np.float32), "b2")), "pw")
+    g.outputs = [z, g.add(O.Pool2D("mean", (48, 48), (48, 48)), (p,), "mean")]
+    return g, [[rng.uniform(-1, 1, (1, 3, 96, 96)).astype(np.float32)] for _ in range(2)]
+
+
+def test_a_float_sum_of_parts_and_its_prelu_run_in_output_channel_groups(monkeypatch):
+    results, steps = {}, {}
+    for form in ("whole", "groups"):
+        with monkeypatch.context() as m:
+            if form == "whole":
+                m.setattr(part_groups, "GROUP_BYTES", 1 << 30)
+            g, calib = _stem()
+            res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+        program, errs, worst = kpu_sim.load(res.kmodel), [], 0.0
+        for c in calib:  # the 1x1 conv's output, in steps of its range
+            want = run(g, c)[0]
+            got = program.run(c)[0].reshape(want.shape)
+            worst = max(worst, max_steps(got, want))
+            errs.append((got - want) / ((want.max() - min(want.min(), 0)) / 255))
+        steps[form] = (worst, float(np.sqrt(np.mean(np.square(errs)))))
+        results[form] = res
+    res = results["groups"]
+    names = res.emitted.node_names
+    # groups of 17 channels (156672 B of float map) and 15, each its four parts, their sum and PReLU
+    assert [f"prelu/o{o}" in names for o in (0, 17)] == [True] * 2 and "prelu/o34" not in names
+    assert sum(re.fullmatch(r"stem/stacked_conv/\w+/o\d+", n) is not None for n in names) == 2 * 4
+    mem = {form: r.emitted.memory.main.plan.peak for form, r in results.items()}
+    # measured: 663552 -> 608256 B (BlazePalm's 96x96 stem itself: 2654208 -> 1511424 B of working memory)
+    assert mem["groups"] < mem["whole"], mem
+    assert kpu_layers_match_the_scalar_reference(res.kmodel, _stem()[1][0][0]) == names_count(res)
+    # measured: rms 0.443 -> 0.442 steps (max 1.77 -> 1.83): each group's parts on its own channels' ranges
+    assert steps["groups"][1] <= 1.05 * steps["whole"][1], steps
+
+
+def names_count(res) -> int:
+    return sum(n.opcode.kmodel_name == "kpu_conv2d" for n in res.emitted.model.nodes)
