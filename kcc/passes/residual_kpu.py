@@ -79,6 +79,16 @@ def _is_kpu(v: Node) -> bool:
     return isinstance(v.op, KO.FloatKpuConv)
 
 
+def _off_line(part: Node, hh: int, w: int) -> str | None:
+    """Why what follows `part`'s channels in a buffer of hh x w maps would not start on a 64-byte line
+    of KPU RAM (kmodel_v4.md §7.3), or None."""
+    c = part.shape[1]
+    if kpu_channel_offset(w, hh, c) is None:
+        return (f"'{part.name}' has {c} channels, not a multiple of {kpu_row_layout(w).groups} (the "
+                f"channels one 64-byte line of KPU RAM holds at width {w})")
+    return None
+
+
 def _reaches(n: Node, x: Node, limit: int = 256) -> bool:
     """x is an input of n, or of its inputs..., within `limit` nodes (a residual block is short)."""
     stack, seen = [n], set()
@@ -226,9 +236,8 @@ class _Rewriter:
                 return f"'{part.name}' is already written into another buffer in KPU RAM"
         _, _, hh, w = n.shape
         c1 = first.shape[1]
-        if kpu_channel_offset(w, hh, c1) is None:
-            return (f"'{first.name}' has {c1} channels, not a multiple of {kpu_row_layout(w).groups} (the "
-                    f"channels one 64-byte line of KPU RAM holds at width {w})")
+        if _off_line(first, hh, w):
+            return _off_line(first, hh, w)
         if not layer_fits((1, c1 + second.shape[1], hh, w), n.shape[1], 1):
             return f"a 1x1 layer over {c1 + second.shape[1]} channels of {hh}x{w} exceeds the KPU's limits"
         # the buffer holds the skip from its layer to the add: it must fit beside every layer between
@@ -269,9 +278,8 @@ class _Rewriter:
             return f"'{proj.name}' is already written into another buffer in KPU RAM"
         nb, c, hh, w = proj.shape
         cx = skip.shape[1]
-        if kpu_channel_offset(w, hh, c) is None:
-            return (f"'{proj.name}' has {c} channels, not a multiple of {kpu_row_layout(w).groups} (the "
-                    f"channels one 64-byte line of KPU RAM holds at width {w})")
+        if _off_line(proj, hh, w):
+            return _off_line(proj, hh, w)
         wide = (nb, c + cx, hh, w)
         if not (layer_fits(proj.inputs[0].shape, c + cx, proj.op.kernel) and layer_fits(wide, n.shape[1], 1)):
             return f"{c + cx} channels of {hh}x{w} exceed the KPU's limits"
