@@ -63,7 +63,9 @@ from kcc.target.k210 import (
     MAX_W,
     MAX_WEIGHT_LOADS,
     MIN_HW,
+    KpuAxis,
     cpu_cycles,
+    kpu_axis,
     kpu_bytes,
     kpu_layer_cost,
     kpu_map_cycles,
@@ -86,31 +88,6 @@ class Placement:
     op: str
     on_kpu: bool
     reason: str  # why it stays on the CPU, or what the KPU layer does
-
-
-@dataclass
-class _Axis:
-    pre: int  # rows/cols of zero pre-pad before
-    post: int  # after
-    crop: int  # first kept row of the (pooled) KPU output
-    step: int  # slice step after the layer (1 = none)
-    count: int  # rows kept
-
-
-def _axis_plan(size: int, pad_before: int, k: int, stride: int, out: int, pick: bool) -> _Axis:
-    """Pre-pad / crop along one axis (module docstring). `pick`: stride 2 done by the pool unit."""
-    o = k // 2 - pad_before
-    t = max(0, -o)
-    if pick:
-        t += (o + t) % 2
-        first = (o + t) // 2  # index into the picked (halved) map
-        need = 2 * (first + out)  # rows of KPU input so that floor(H'/2) >= first + out
-        post = max(0, need - (size + t), MIN_HW - (size + t))
-        return _Axis(t, post, first, 1, out)
-    first = o + t
-    need = first + stride * (out - 1) + 1
-    post = max(0, need - (size + t), MIN_HW - (size + t))
-    return _Axis(t, post, first, stride, out)
 
 
 class _Legalizer:
@@ -237,8 +214,8 @@ class _Legalizer:
         _, _, oh, ow = n.shape
         sh, sw = op.stride
         pick = sh == sw == 2
-        ay = _axis_plan(h, op.padding[0][0], k, sh, oh, pick)
-        ax = _axis_plan(wd, op.padding[1][0], k, sw, ow, pick)
+        ay = kpu_axis(h, op.padding[0][0], k, sh, oh, pick)
+        ax = kpu_axis(wd, op.padding[1][0], k, sw, ow, pick)
         why = ""
         # (its layers read x's line groups in place: a map in KPU RAM, not the graph input the CPU slices)
         gap = gap_pick.plan(x.shape, n.shape, op.padding, k, op.stride, depthwise) if pick else None
@@ -252,14 +229,14 @@ class _Legalizer:
                    + (" (an odd size: the pool keeps size // 2)" if h % 2 or wd % 2 else "")
                    + ", so the full-size output is sliced on the CPU")
             pick = False
-            ay = _axis_plan(h, op.padding[0][0], k, sh, oh, pick)
-            ax = _axis_plan(wd, op.padding[1][0], k, sw, ow, pick)
+            ay = kpu_axis(h, op.padding[0][0], k, sh, oh, pick)
+            ax = kpu_axis(wd, op.padding[1][0], k, sw, ow, pick)
         pool = "bypass"
         if pick:
             o_w = k // 2 - op.padding[1][0]
             pool = "left_top_2_s2" if (o_w + ax.pre) % 2 == 0 else "right_top_2_s2"
             if pool == "right_top_2_s2":  # right_top picks odd columns: index j reads column 2j+1
-                ax = _Axis(ax.pre, ax.post, (o_w + ax.pre - 1) // 2, 1, ow)
+                ax = KpuAxis(ax.pre, ax.post, (o_w + ax.pre - 1) // 2, 1, ow)
         hp, wp = h + ay.pre + ay.post, wd + ax.pre + ax.post
         s = KO.KPU_POOLS[pool][1]
         oc = w.shape[0]
@@ -363,8 +340,8 @@ class _Legalizer:
             self.placements.append(Placement(u.name, "pool2d", True, f"{code}: a second KPU layer computes "
                                              f"'{tail.name}' pooled, as its unpooled output is read too"))
 
-    def _pre_pad(self, n: Node, xin: Node, ay: _Axis, ax: _Axis) -> Node:
-        """xin with conv n's pre-pad on the CPU (`_axis_plan`), if any."""
+    def _pre_pad(self, n: Node, xin: Node, ay: KpuAxis, ax: KpuAxis) -> Node:
+        """xin with conv n's pre-pad on the CPU (kcc.target.k210.kpu_axis), if any."""
         if not (ay.pre or ay.post or ax.pre or ax.post):
             return xin
         pads = ((0, 0), (0, 0), (ay.pre, ay.post), (ax.pre, ax.post))

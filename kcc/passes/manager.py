@@ -95,7 +95,7 @@ class CompileContext:
     #: calibrated (or the pre-quantized model's) range of every tensor quantize needs, by name
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     #: calibrate: KPU layer name -> the ranges key of its fused activation's input (its pre-activation
-    #: point, kcc.quant.quantize.calibration_view), for the layers that have one
+    #: point, kcc.quant.calibration_view.calibration_view), for the layers that have one
     pre_activations: dict[str, str] = field(default_factory=dict)
     #: the KPU layers' input statistics, collected in the calibration pass (kcc.quant.weight_rounding)
     moments: InputMoments | None = None

@@ -35,10 +35,11 @@ from kcc.quant.calibrate import (
     load_samples,
     view_source,
 )
+from kcc.quant.calibration_view import calibration_view
 from kcc.quant.logits import logit_ranges, softmax_logits
 from kcc.quant.params import range_param
 from kcc.quant.prequantized import prequantized_ranges
-from kcc.quant.quantize import calibration_view, moves_values
+from kcc.quant.quantize import moves_values
 from kcc.quant.weight_rounding import InputMoments
 
 Range = tuple[float, float]
@@ -66,7 +67,7 @@ def output_sources(g: Graph) -> set[str]:
 
 def choose_ranges(view: Graph, samples: Samples, points: Sequence[Node], method: str,
                   moments: Observer | None = None, shared: Sequence[Sequence[str]] = ()) -> dict[str, Range]:
-    """Ranges for every point of `view` (kcc.quant.quantize.calibration_view of the legalized graph,
+    """Ranges for every point of `view` (kcc.quant.calibration_view.calibration_view of the legalized graph,
     whose pre-activation outputs count as outputs and users here too); `moments` observes the first
     pass over the samples too; each group of names in `shared` gets one grid (share_phase_grids)."""
     g = view

@@ -20,7 +20,7 @@ legalization adds nodes around a KPU layer. `model_ranges` finds each point's te
   of views of one tensor, a KPU layer `X/full` whose odd rows a copy `X` picks (kcc.passes.row_pick:
   TFLite's uint8 conv on X's grid, at every pixel);
 * the input of an activation fused into a layer L (its pre-activation point, which the calibration
-  view links to L: kcc.quant.quantize.CalibrationView) is the output of the conv that the layer's
+  view links to L: kcc.quant.calibration_view.CalibrationView) is the output of the conv that the layer's
   tensor L comes from, found through the recorded producers.
 A point with no tensor (an intermediate a rewrite invented) raises a DatasetError that names it:
 calibrating with --dataset still works for such models.
@@ -36,8 +36,8 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Node
 from kcc.ir.kpu_ops import moves_codes
 from kcc.quant.calibrate import input_range_override
+from kcc.quant.calibration_view import CalibrationView
 from kcc.quant.params import GridRange, QuantParam
-from kcc.quant.quantize import CalibrationView
 
 F32 = np.float32
 Range = tuple[float, float]
@@ -126,7 +126,7 @@ class _Resolver:
 
 
 def model_ranges(view: CalibrationView, quant: ModelQuantization) -> dict[str, Range]:
-    """The range of every calibration point of the view (kcc.quant.quantize.calibration_view), from
+    """The range of every calibration point of the view (kcc.quant.calibration_view.calibration_view), from
     the model's own grids; DatasetError naming the points that have none."""
     r = _Resolver(view, quant)
     ranges: dict[str, Range] = {}

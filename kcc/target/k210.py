@@ -28,6 +28,7 @@ fit and prints the residuals.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from kcc.kmodel import (
     KPU_RAM_SIZE,
@@ -168,11 +169,40 @@ def upload_cycles(shape: tuple[int, ...]) -> float:
     return CPU_NODE_CYCLES + n * c * h * w * cpu_cycles(key)
 
 
+@dataclass(frozen=True)
+class KpuAxis:
+    """A strided conv's window on the KPU's "same" conv along one axis (kcc.passes.legalize_kpu)."""
+
+    pre: int  # rows/cols of zero pre-pad before (on the CPU)
+    post: int  # after
+    crop: int  # first kept row of the (pooled) KPU output
+    step: int  # slice step after the layer (1 = none)
+    count: int  # rows kept
+
+
+def kpu_axis(size: int, pad_before: int, k: int, stride: int, out: int, pick: bool) -> KpuAxis:
+    """Pre-pad and crop along one axis of a conv of kernel k, `stride`, `out` outputs from `size`
+    rows with `pad_before` rows of padding, on the KPU's conv that pads k // 2: `pick`, stride 2 by
+    the pool unit, which keeps rows 2i of the first floor(H/2) pairs (kmodel_v4.md §9.7)."""
+    o = k // 2 - pad_before
+    t = max(0, -o)
+    if pick:
+        t += (o + t) % 2
+        first = (o + t) // 2  # index into the picked (halved) map
+        need = 2 * (first + out)  # rows of KPU input so that floor(H'/2) >= first + out
+        post = max(0, need - (size + t), MIN_HW - (size + t))
+        return KpuAxis(t, post, first, 1, out)
+    first = o + t
+    need = first + stride * (out - 1) + 1
+    post = max(0, need - (size + t), MIN_HW - (size + t))
+    return KpuAxis(t, post, first, stride, out)
+
+
 __all__ = [
     "CPU_CYCLES", "CPU_NODE_CYCLES", "DEFAULT_MHZ", "KERNEL_SIZES", "KPU_CYCLE_FACTOR", "KPU_LAYER_US",
     "KPU_LINE_SIZE", "KPU_RAM_SIZE", "KPU_WEIGHT_CYCLES_PER_BYTE", "KPU_WEIGHTS_PER_LOAD", "MAIN_MEMORY_SIZE",
     "MAX_CHANNELS", "MAX_H", "MAX_MAP_PIXELS", "MAX_W", "MAX_WEIGHT_LOADS", "MIN_HW", "STRUCTURAL_SCALE",
     "KpuRowLayout", "cpu_cycles", "kpu_bytes", "kpu_layer_cycles", "kpu_row_layout", "kpu_rows",
     "kpu_layer_cost", "kpu_map_cycles", "layer_fields", "layer_fits", "weight_loads", "dma_upload_width",
-    "upload_cycles",
+    "upload_cycles", "KpuAxis", "kpu_axis",
 ]  # fmt: skip

@@ -145,7 +145,7 @@ def test_input_range_override_is_float32_arithmetic():
 
 def test_calibration_observes_the_legalized_graph_without_editing_it():
     """The pre-activation range of a layer with a fused activation is measured on a view: the
-    calibrated graph keeps its nodes, outputs and names (kcc.quant.quantize.calibration_view)."""
+    calibrated graph keeps its nodes, outputs and names (kcc.quant.calibration_view.calibration_view)."""
     from kcc.ir import kpu_ops as KO
     from kcc.options import CompileOptions
     from kcc.passes.legalize_kpu import legalize_kpu

@@ -22,9 +22,9 @@ from kcc.passes import row_pick
 from kcc.passes.canonicalize import canonicalize
 from kcc.passes.legalize_kpu import legalize_kpu
 from kcc.passes.manager import CompileContext
+from kcc.quant.calibration_view import calibration_view
 from kcc.quant.params import GridRange, get_quant_param, range_param
 from kcc.quant.prequantized import grid_range, model_ranges, target_param
-from kcc.quant.quantize import calibration_view
 
 
 def _points(data: bytes, own_grids: bool = False):
