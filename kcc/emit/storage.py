@@ -62,6 +62,7 @@ class Storage:
         self.offset: dict[int, int] = {}  # byte offset of a node's tensor within its root's
         self.const_offset: dict[int, int] = {}
         self.views: set[int] = set()  # slices that are a contiguous byte range of their input: no node
+        self.order = {id(v): k for k, v in enumerate(g.nodes)}  # the run order (emit.plan): patches come after
         users = g.users()
         self._outputs = outputs = {id(o) for o in g.outputs}
         self.kpu_inputs = {id(n) for n in g.inputs if n.dtype == DType.uint8 and n.type.rank == 4 and users[n]
@@ -88,9 +89,9 @@ class Storage:
             elif isinstance(n.op, KO.KpuChannelView):
                 self._kpu_channel_view(n)
             elif isinstance(n.op, KO.KpuRowPatch):
-                self._kpu_row_patch(n, g)
+                self._kpu_row_patch(n)
             elif isinstance(n.op, KO.KpuChannelPatch):
-                self._kpu_channel_patch(n, g)
+                self._kpu_channel_patch(n)
             elif n.is_constant and id(n) not in inline:
                 unit = units[id(n)]
                 if unit is not None and unit in fill_at:  # the fill's prefix (kcc.passes.lower_to_neutral._pad)
@@ -153,14 +154,14 @@ class Storage:
             self.root[id(writer)], self.offset[id(writer)] = n, offset
             at += i.shape[1]
 
-    def _kpu_row_patch(self, n: Node, g: Graph) -> None:
+    def _kpu_row_patch(self, n: Node) -> None:
         """A map with rows written over in place (kcc.ir.kpu_ops.KpuRowPatch) is its map's storage;
         each part's layer writes its rows there, at the line where they start, after the map's own
         layer ran (the node order is the run order, emit.plan)."""
         x, parts = n.inputs[0], n.inputs[1:]
         _, c, h, w = x.shape
         lay = K.kpu_row_layout(w)
-        order = {id(v): k for k, v in enumerate(g.nodes)}
+        order = self.order
         for p, r in zip(parts, n.op.starts):
             if (lay.groups != 1 or not isinstance(p.op, KO.QuantKpuLayer) or id(p) in self.root
                     or order[id(p)] < order[id(x)]):
@@ -169,7 +170,7 @@ class Storage:
             self.root[id(p)], self.offset[id(p)] = x, r * lay.row_len * KPU_LINE_SIZE
         self.root[id(n)] = x
 
-    def _kpu_channel_patch(self, n: Node, g: Graph) -> None:
+    def _kpu_channel_patch(self, n: Node) -> None:
         """A batched map whose spare channels c0.. the CPU's uploads write over, one per batch, after
         the map's layer ran (kcc.ir.kpu_ops.KpuChannelPatch): the map's storage; upload b writes at the
         line where channel c0 of batch b starts (a layer's batches lie one map's size apart, nncase's
@@ -177,7 +178,7 @@ class Storage:
         x, parts = n.inputs[0], n.inputs[1:]
         nb, c, h, w = x.shape
         at = K.kpu_channel_offset(w, h, n.op.c0)
-        order = {id(v): k for k, v in enumerate(g.nodes)}
+        order = self.order
         for b, p in enumerate(parts):
             if (at is None or not isinstance(p.op, KO.KpuUpload) or id(p) in self.root or order[id(p)] < order[id(x)]
                     or not isinstance(x.op, KO.QuantKpuLayer)):

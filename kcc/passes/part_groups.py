@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kcc.ir import ops as O
-from kcc.ir.graph import Graph, Node, copy_rewriting
+from kcc.ir.graph import Graph, Node, channel_values, copy_rewriting
 
 if TYPE_CHECKING:
     from kcc.passes.manager import CompileContext
@@ -58,19 +58,6 @@ def _parts(s: Node, users: dict, outputs: set[int]) -> list[Node] | None:
     return parts if same and s.shape == parts[0].shape and s.type.rank == 4 else None
 
 
-def _slopes(r: Node) -> np.ndarray | None:
-    """A PReLU's slope per channel of its input, or None."""
-    a = r.inputs[1]
-    if not a.is_constant:
-        return None
-    c = r.shape[1]
-    try:
-        full = np.broadcast_to(a.data, (1, c, 1, 1))
-    except ValueError:
-        return None
-    return full.reshape(c).astype(np.float32) if a.data.size in (1, c) else None
-
-
 def part_groups(g: Graph, ctx: CompileContext | None = None) -> Graph:
     """Run each float sum of parts over GROUP_BYTES (with the PReLU that alone reads it) in groups of
     output channels (module docstring); needs nothing of `ctx`."""
@@ -93,7 +80,7 @@ def part_groups(g: Graph, ctx: CompileContext | None = None) -> Graph:
                 stack.extend(v.inputs)
         readers = users[s]
         r = readers[0] if len(readers) == 1 and id(s) not in outputs else None
-        slopes = _slopes(r) if r is not None and isinstance(r.op, O.PRelu) else None
+        slopes = channel_values(r.inputs[0], r.inputs[1]) if r is not None and isinstance(r.op, O.PRelu) else None
         plans[id(r) if slopes is not None else id(s)] = (s, parts, slopes)
     if not plans:
         return g

@@ -236,8 +236,8 @@ class _Rewriter:
                 return f"'{part.name}' is already written into another buffer in KPU RAM"
         _, _, hh, w = n.shape
         c1 = first.shape[1]
-        if _off_line(first, hh, w):
-            return _off_line(first, hh, w)
+        if (off := _off_line(first, hh, w)) is not None:
+            return off
         if not layer_fits((1, c1 + second.shape[1], hh, w), n.shape[1], 1):
             return f"a 1x1 layer over {c1 + second.shape[1]} channels of {hh}x{w} exceeds the KPU's limits"
         # the buffer holds the skip from its layer to the add: it must fit beside every layer between
@@ -278,8 +278,8 @@ class _Rewriter:
             return f"'{proj.name}' is already written into another buffer in KPU RAM"
         nb, c, hh, w = proj.shape
         cx = skip.shape[1]
-        if _off_line(proj, hh, w):
-            return _off_line(proj, hh, w)
+        if (off := _off_line(proj, hh, w)) is not None:
+            return off
         wide = (nb, c + cx, hh, w)
         if not (layer_fits(proj.inputs[0].shape, c + cx, proj.op.kernel) and layer_fits(wide, n.shape[1], 1)):
             return f"{c + cx} channels of {hh}x{w} exceed the KPU's limits"

@@ -39,7 +39,7 @@ from kcc.quant.calibration_view import calibration_view
 from kcc.quant.logits import logit_ranges, softmax_logits
 from kcc.quant.params import range_param
 from kcc.quant.prequantized import prequantized_ranges
-from kcc.quant.quantize import moves_values
+from kcc.quant.quantize import copies_of, moves_values
 from kcc.quant.weight_rounding import InputMoments
 
 Range = tuple[float, float]
@@ -238,24 +238,21 @@ def share_concat_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
         if id(p) in outputs or any(u is not user and not any(u is q for q in user.inputs)
                                    and not isinstance(u.op, KO.FloatKpuConv) for u in users[p]):
             return None
-        if moves_values(p) or broadcast(p):  # (an upsampling too: kcc.quant.quantize runs it on codes)
+        if moves_values(p) or copies_of(p) is not None:  # (an upsampling too: kcc.quant.quantize runs it on codes)
             return layer(p.inputs[0], p)
         return p if isinstance(p.op, KO.FloatKpuConv) and p.name in ranges else None
 
     def leads_to(u: Node, n: Node) -> bool:  # u is n, or moves values into n alone (layer's chain)
         while u is not n:
-            if not (moves_values(u) or broadcast(u)) or id(u) in outputs or len({id(v) for v in users[u]}) != 1:
+            if not (moves_values(u) or copies_of(u) is not None) or id(u) in outputs or len({id(v) for v in users[u]}) != 1:
                 return False
             u = users[u][0]
         return True
 
-    def broadcast(p: Node) -> bool:  # copies of one tensor (kcc.passes.phase_dilated's broadcasts)
-        return isinstance(p.op, O.Concat) and len({id(i) for i in p.inputs}) == 1
-
     def cpu_conv(p: Node, user: Node) -> Node | None:
         """p, a float conv on the CPU read by user alone: quantized on the concatenation's grid, it is
         uploaded into its channel range of the KPU RAM buffer (kcc.quant.kpu_ram.kpu_concat_problem)."""
-        if broadcast(p) and id(p) not in outputs and all(u is user for u in users[p]):  # copies: quantized once
+        if copies_of(p) is not None and id(p) not in outputs and all(u is user for u in users[p]):  # copies: quantized once
             return cpu_conv(p.inputs[0], p)
         ok = (isinstance(p.op, O.Conv2D) and id(p) not in outputs and all(u is user for u in users[p])
               and p.name in ranges)

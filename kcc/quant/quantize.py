@@ -92,6 +92,12 @@ def moves_values(n: Node) -> bool:
     return isinstance(n.op, LAYOUT_OPS) or (isinstance(n.op, O.Resize) and n.op.mode == "nearest")
 
 
+def copies_of(n: Node) -> Node | None:
+    """The tensor concatenation n copies (every part the same node: kcc.passes.phase_dilated's
+    broadcasts), else None. Copies move 8-bit codes as they are, on their source's grid."""
+    return n.inputs[0] if isinstance(n.op, O.Concat) and len({id(i) for i in n.inputs}) == 1 else None
+
+
 def _drops_channels(n: Node) -> bool:
     """A slice that keeps only some channels: quantizing its input instead would quantize (and move)
     data it throws away."""
@@ -222,9 +228,7 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
             # KPU layers and float CPU convs all on the concatenation's grid (policy.share_concat_grids):
             # the convs are quantized onto it, and uploaded into their channel ranges in KPU RAM
             def cpu_conv(i: Node) -> bool:  # a float conv, or copies of one (a broadcast): quantized once
-                if isinstance(i.op, O.Concat) and len({id(j) for j in i.inputs}) == 1:
-                    return cpu_conv(i.inputs[0])
-                return isinstance(i.op, O.Conv2D)
+                return cpu_conv(copies_of(i)) if copies_of(i) is not None else isinstance(i.op, O.Conv2D)
             grids = {table[i].grid for i in n.inputs}
             codes = (len(grids) == 1 and {own_grid(n)} == grids
                      and all(on_codes(i) or cpu_conv(i) for i in n.inputs))
