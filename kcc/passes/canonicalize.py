@@ -12,6 +12,11 @@
                      weights: kmodel v4 holds 4-D tensors only
     fold_affine      a per-channel mul / add / sub into the conv or matmul before it (kcc.passes.affine):
                      the batch norms Caffe and ONNX keep as separate ops
+    resize_after_pointwise  a resize read only by a 1x1 conv with fewer output than input channels
+                     moves after the conv (BlazePalm's 12x12x256 -> 24x24 upsampling into a 1x1 conv
+                     to 128 channels): both are linear, and every resized pixel is a weighted mean of
+                     input pixels, bias included, so the conv reads a quarter of the pixels and the
+                     resize half of the channels
     fold_pad_into_max_pool  a zero pad of a map that is never negative (a ReLU's) into the max
                      pool reading it (Keras' ZeroPadding2D before a VALID MaxPool2D): the pool's own
                      padding, which no window takes, as no zero wins where the values are >= 0
@@ -51,7 +56,8 @@ _HAS_ACT = (O.Conv2D, O.Conv2DTranspose, O.MatMul, O.Binary, O.Pool2D)
 def canonicalize(graph: Graph, ctx: CompileContext | None = None, *, max_rounds: int = 16) -> Graph:
     """Run every canonicalisation to a fixpoint (at most `max_rounds` rounds); needs nothing of `ctx`."""
     passes: list[Callable[[Graph], Graph]] = [fold_constants, fold_transpose, fold_reshape, fold_nops,
-                                              fold_channel_shuffle, fold_affine, fold_pad_into_max_pool,
+                                              fold_channel_shuffle, fold_affine, resize_after_pointwise,
+                                              fold_pad_into_max_pool,
                                               fuse_clamp, fuse_silu, remove_dead]
     for _ in range(max_rounds):
         before = _fingerprint(graph)
@@ -354,6 +360,31 @@ def fold_channel_shuffle(g: Graph) -> Graph:
         _rewrite(g, n, O.Conv2D(), (x, wn, bn))
         g.nodes.remove(n)
         g.nodes.insert(g.nodes.index(bn) + 1, n)
+        users = g.users()
+    return g
+
+
+def resize_after_pointwise(g: Graph) -> Graph:
+    """conv1x1(resize(x)) -> resize(conv1x1(x)) when the conv has fewer output channels than input
+    ones, no clamp, and is the resize's only reader. A resize's output pixel is a weighted sum of input
+    pixels whose weights add up to 1 (bilinear: the lerp weights; nearest: one pixel), so a per-pixel
+    affine map (W x + b) gives the same value before or after it. Both ops then do less work: the conv
+    runs over the input's pixels, the resize over the conv's channels.
+
+        %r = resize[bilinear 24x24](%x: 256 x 12x12)
+        %y = conv2d[1x1](%r, w: 128x256)       ==>   %c = conv2d[1x1](%x, w)   %y = resize(%c)
+    """
+    users = g.users()
+    for n in list(g.nodes):
+        op, r = n.op, n.inputs[0] if n.inputs else None
+        if not (isinstance(op, O.Conv2D) and r is not None and isinstance(r.op, O.Resize)
+                and len(users[r]) == 1 and r not in g.outputs and op.groups == 1 and op.act == O.NO_CLAMP
+                and n.inputs[1].shape[2:] == (1, 1) and op.stride == (1, 1) and op.padding == ((0, 0), (0, 0))
+                and n.shape[1] < r.shape[1]):
+            continue
+        low = g.insert_before(n, op, (r.inputs[0], *n.inputs[1:]), g.unique_name(n.name + "/before_resize"),
+                              n.note)
+        _rewrite(g, n, r.op, (low,))
         users = g.users()
     return g
 

@@ -20,6 +20,7 @@ from kcc.passes.canonicalize import (
     fuse_clamp,
     fuse_silu,
     remove_dead,
+    resize_after_pointwise,
 )
 
 rng = np.random.default_rng(5)
@@ -347,3 +348,34 @@ def test_a_zero_pad_of_a_relu_map_becomes_the_max_pools_padding(act, value, pad,
     g = check(g, [randn(1, 4, 8, 8)], fold_pad_into_max_pool, remove_dead)
     (pool,) = [n for n in g.nodes if isinstance(n.op, O.Pool2D)]
     assert (count(g, O.Pad) == 0 and pool.op.padding == (pad, pad) and pool.inputs[0].name == "relu") == folds
+
+
+@pytest.mark.parametrize("mode,align,half,oc,act,moves", [
+    ("bilinear", False, True, 4, O.NO_CLAMP, True),  # BlazePalm's upsampling into a narrowing 1x1 conv
+    ("bilinear", True, False, 4, O.NO_CLAMP, True),
+    ("nearest", False, False, 4, O.NO_CLAMP, True),
+    ("bilinear", False, True, 8, O.NO_CLAMP, False),  # as many channels: the resize would not shrink
+    ("bilinear", False, True, 4, (0.0, 6.0), False),  # a clamp after a bilinear resize is not before it
+])
+def test_a_resize_into_a_narrowing_1x1_conv_runs_after_it(mode, align, half, oc, act, moves):
+    g = Graph()
+    x = g.input(0, (1, 8, 5, 6), name="x")
+    r = g.add(O.Resize(mode, (10, 12), align, half), [x], "up")
+    conv = g.add(O.Conv2D(act=act), [r, g.constant(randn(oc, 8, 1, 1)), g.constant(randn(oc))], "conv")
+    g.outputs = [g.add(O.Unary("neg"), [conv], "out")]
+    # every resized pixel is a weighted mean of the input's (bilinear, bias included): same values
+    g = check(g, [randn(1, 8, 5, 6) * 4], resize_after_pointwise, remove_dead)
+    (resize,) = [n for n in g.nodes if isinstance(n.op, O.Resize)]
+    assert (resize.inputs[0].op.__class__ is O.Conv2D) == moves
+    if moves:  # the conv's name stays on the value it computed; the resize reads 5x6 maps of oc channels
+        assert resize.name == "conv" and resize.inputs[0].shape == (1, oc, 5, 6) and resize.op.size == (10, 12)
+
+
+def test_a_resize_read_twice_stays_before_its_conv():
+    g = Graph()
+    x = g.input(0, (1, 8, 5, 6), name="x")
+    r = g.add(O.Resize("bilinear", (10, 12)), [x], "up")
+    conv = g.add(O.Conv2D(), [r, g.constant(randn(4, 8, 1, 1)), g.constant(randn(4))], "conv")
+    g.outputs = [conv, g.add(O.Unary("neg"), [r], "other")]
+    g = check(g, [randn(1, 8, 5, 6)], resize_after_pointwise, remove_dead)
+    assert g.outputs[0].inputs[0] is r
