@@ -310,7 +310,8 @@ def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
         if ctx.form_costs is None and opts.decompose != "fast":  # the same graph every retry: measured once
             ctx.form_costs = codes_costs(g, eligible, (ctx.samples or [])[:BULK_SAMPLES])
         costs = None if opts.decompose == "fast" else ctx.form_costs
-        final.update(within_room(convs, first, ctx.form_room, decide, size, ram, residual_in, costs))
+        choices, ctx.room_rate = within_room(convs, first, ctx.form_room, decide, size, ram, residual_in, costs)
+        final.update(choices)
         ctx.kpu_form_spent = sum(size(n, d.plan) - size(n, None) for n in convs
                                  if (d := final[id(n)][0]).plan is not None and d.status is not Status.ON_KPU)
     ctx.form_estimates = {n.name: estimate(n, final[id(n)][0].plan) for n in convs

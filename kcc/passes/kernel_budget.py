@@ -167,7 +167,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def within_room(convs: list[Node], first: dict, room: int, decide, size, ram, residual_in,
-                costs: dict[str, float] | None) -> dict[int, tuple[Decision, int]]:
+                costs: dict[str, float] | None) -> tuple[dict[int, tuple[Decision, int]], float | None]:
     """Each conv's decision when all of them together may take `room` bytes of kmodel (kcc.pipeline's
     retry of a model over its device RAM budget; `size(n, plan, codes)`: a choice's bytes, the CPU
     conv's weights too; `first`: per conv, its input and its decision within STACK_KPU_BYTES):
@@ -179,7 +179,9 @@ def within_room(convs: list[Node], first: dict, room: int, decide, size, ram, re
     does (`decide(n, cap, True)`), each costing its measured `costs` (`codes_costs`) of
     CODES_COSINE_BUDGET (None: --decompose fast, no limit): BlazePalm's 24x24, 12x12 and 6x6 5x5s,
     whose exact forms the room holds only as views made by the CPU, if at all. Returns, per conv
-    weighed, its choice and the cap it was decided within."""
+    weighed, its choice and the cap it was decided within, and, when the room holds some conv's faster
+    form back, the least CPU cycles a byte of it saves in any conv it takes off the CPU (else None):
+    what another use of the device RAM must beat."""
     ms = DEFAULT_MHZ * 1e3
     top = max(room, P.STACK_KPU_BYTES + 1)
 
@@ -203,14 +205,17 @@ def within_room(convs: list[Node], first: dict, room: int, decide, size, ram, re
     free = room - sum(size(n, None) for n in convs if first[id(n)][1].status is not Status.ON_KPU)  # beyond the CPU's
     at = climb([[s[:3] for s in steps] for _, steps in cands], free, [0] * len(cands),
                CODES_COSINE_BUDGET if costs is not None else float("inf"))
-    out = {}
+    out, rates, held_back = {}, [], False
     for i, (n, steps) in enumerate(cands):
         d, cap = steps[at[i]][3:]
+        if at[i]:
+            rates.append((steps[0][1] - steps[at[i]][1]) / max(steps[at[i]][0] - steps[0][0], 1))
         fastest = min(steps, key=lambda s: s[1])
         if fastest[3] is not d and fastest[3].plan is not None:
+            held_back = True
             held = (f"the model's device RAM budget holds {room} B of decompositions, not its faster "
                     f"{fastest[3].plan.describe()} (~{fastest[0]} B, ~{fastest[1] / ms:.1f} ms)")
             d = Decision(d.node, d.status, d.plan, d.cycles, d.cpu_cycles,
                          f"{d.reason}; {held}" if d.plan is not None or d.codes else f"device RAM: {held}", d.codes)
         out[id(n)] = (d, cap)
-    return out
+    return out, min(rates, default=None) if held_back else None

@@ -23,16 +23,13 @@ from kcc.passes.lower_to_neutral import crop_as_pad, pad_cycles
 from kcc.passes.manager import CompileContext
 from kcc.target.k210 import (
     CPU_NODE_CYCLES,
+    KPU_LAYER_BYTES,
     cpu_cycles,
     kpu_layer_cost,
     kpu_map_cycles,
     kpu_row_layout,
     upload_cycles,
 )
-
-#: kmodel bytes of one KPU layer besides its weights (layer argument, batch-norm and activation tables,
-#: aligned), measured on kcc's kmodels for up to 32 output channels (64: 1024 B)
-KPU_LAYER_BYTES = 768
 
 # Cost model: kcc.target.k210's cycle counts (nncase v0.2 runtime at 400 MHz) of what legalize makes.
 _CPU_PER_ELEMENT = {O.StridedSlice: "strided_slice", O.Transpose: "transpose",

@@ -16,10 +16,11 @@ import itertools
 from kcc.ir import ops as O
 from kcc.ir.graph import Node
 from kcc.options import CompileOptions
-from kcc.passes.kernel_cost import KPU_LAYER_BYTES, kpu_as_is
+from kcc.passes.kernel_cost import kpu_as_is
 from kcc.passes.kernel_forms import KPU_MADE, Form, shift_plan
 from kcc.passes.kernel_terms import axis_terms, max_zero_taps
 from kcc.target.k210 import (
+    KPU_LAYER_BYTES,
     KPU_RAM_SIZE,
     MAX_CHANNELS,
     MAX_WEIGHT_LOADS,

@@ -466,7 +466,7 @@ def legalize_kpu(g: Graph, ctx: CompileContext | None = None) -> Graph:
     out = lg.run()
     ctx.placements.extend(lg.placements)
     if ctx.quantization is None and not ctx.own_grids:  # a pre-quantized model keeps its PReLU grids
-        out, done = prelu_to_kpu(out, ctx.options)
+        out, done = prelu_to_kpu(out, ctx.options, ctx.room_rate)
         ctx.placements.extend(Placement(name, "prelu", True, "two 1x1 KPU layers") for name in done)
         out, done, kept = residual_to_kpu(out, ctx.options, ctx.samples)
         ctx.placements.extend(Placement(name, "add", True, RESIDUAL_FORMS[form]) for name, form in done)

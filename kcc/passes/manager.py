@@ -68,6 +68,10 @@ class CompileContext:
     #: weights too (kcc.pipeline's retry of a model over its device RAM budget; None: the first try,
     #: each within its own cap and MODEL_KPU_BYTES between them)
     form_room: int | None = None
+    #: decompose_kernels, within a `form_room` that holds some conv's faster form back: the least CPU
+    #: cycles a byte of it saves in a conv it takes off the CPU; prelu_kpu takes no PReLU pair that
+    #: saves less per kmodel byte (None: the room holds every conv's fastest form, or takes none)
+    room_rate: float | None = None
     #: decompose_kernels: what every conv it weighs would take on the CPU (the least `form_room` can be),
     #: and its estimate of what each takes in its form (kcc.pipeline weighs them against the kmodel's)
     form_floor: int = 0

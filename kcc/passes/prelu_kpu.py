@@ -15,7 +15,10 @@ The layers are
 `FloatKpuConv` nodes made before calibration, so they are calibrated and quantized like any other.
 The layer limits are kcc.target.k210's (kpu_semantics.md §3, kmodel_v4.md §9.3); the choice
 compares the two forms with its cost model (the kmodel nodes each form becomes, as kcc.latency
-counts them).
+counts them). In a model over its device RAM budget (kcc.pipeline's retry), the pair must also save
+at least as many cycles per kmodel byte of its layers as the least the room buys in a decomposed conv
+(CompileContext.room_rate): BlazePalm's 12x12x256 pair (~200 KB for ~20 ms) gave way to two 5x5s
+taken off the CPU.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from kcc.ir.graph import Graph, Node, channel_values, copy_rewriting
 from kcc.options import CompileOptions
 from kcc.target.k210 import (
     CPU_NODE_CYCLES,
+    KPU_LAYER_BYTES,
     cpu_cycles,
     kpu_layer_cost,
     kpu_map_cycles,
@@ -59,8 +63,8 @@ def _upload(v: Node) -> float:
 
 
 class _Rewriter:
-    def __init__(self, g: Graph, opts: CompileOptions):
-        self.src, self.opts = g, opts
+    def __init__(self, g: Graph, opts: CompileOptions, room_rate: float | None):
+        self.src, self.opts, self.room_rate = g, opts, room_rate
         self.users = g.users()
         self.g = Graph()
         self.map: dict[int, Node] = {}
@@ -83,9 +87,10 @@ class _Rewriter:
     def _faster(self, n: Node, x: Node, stacked: bool, mixed: bool) -> bool:
         """Cycles of today's CPU form (kcc.passes.lower_to_neutral: a 1x1 depthwise float conv and an
         add, twice for slopes on both sides of 1) against the two layers', with the data movement
-        each needs around it."""
+        each needs around it; with a room rate, the cycles saved per kmodel byte of the two layers
+        beyond x's own must reach it."""
         c = x.shape[1]
-        cpu = (2 if mixed else 1) * (_per_element("cpu_conv2d_mac", n) + _per_element("binary", n))
+        cpu = (2 if mixed else 1) * (_per_element("conv2d_mac", n) + _per_element("binary", n))
         kpu = _layer_cycles((x.shape[0], 2 * c, *x.shape[2:]), c, 1)  # layer B
         if stacked:  # layer A is x's conv with twice its output channels
             xin, k = x.inputs[0], x.op.kernel
@@ -99,6 +104,10 @@ class _Rewriter:
             cpu += _per_element("quantize", n) + _upload(n)
         else:  # CPU readers: the KPU result is copied out and dequantized
             kpu += cpu_cycles("kpu_download_byte") * n.type.size + _per_element("dequantize", n)
+        if self.room_rate is not None:
+            kb = x.inputs[0].shape[1] * x.op.kernel ** 2 if stacked else 2 * c  # layer A's weights a channel
+            extra = 2 * KPU_LAYER_BYTES + c * kb + 2 * c * c  # layer A beyond x's own, layer B
+            return cpu - kpu >= self.room_rate * extra
         return kpu < cpu
 
     def prelu(self, n: Node) -> Node | None:
@@ -145,11 +154,11 @@ class _Rewriter:
                               lambda n: self.prelu(n) if isinstance(n.op, O.PRelu) else None)
 
 
-def prelu_to_kpu(g: Graph, opts: CompileOptions) -> tuple[Graph, list[str]]:
-    """Rewrite each per-channel PReLU that is estimated faster as two KPU layers (module docstring);
-    returns the new graph and the names of the PReLUs rewritten."""
+def prelu_to_kpu(g: Graph, opts: CompileOptions, room_rate: float | None = None) -> tuple[Graph, list[str]]:
+    """Rewrite each per-channel PReLU that is estimated faster as two KPU layers (module docstring;
+    `room_rate`: CompileContext's); returns the new graph and the names of the PReLUs rewritten."""
     if opts.target == "cpu" or not any(isinstance(n.op, O.PRelu) for n in g.nodes):
         return g, []
-    rw = _Rewriter(g, opts)
+    rw = _Rewriter(g, opts, room_rate)
     out = rw.run()
     return out, rw.rewritten

@@ -370,7 +370,7 @@ class _Rewriter:
         c = n.shape[1]
         mixed = bool(np.any(alpha > 1) and np.any(alpha < 1))
         cpu = _per_element("binary", n) + (2 if mixed else 1) * (
-            _per_element("cpu_conv2d_mac", prelu) + _per_element("binary", prelu))
+            _per_element("conv2d_mac", prelu) + _per_element("binary", prelu))
         kpu = _layer_cycles((1, k, *n.shape[2:]), 2 * c, 1)
         for u in n.inputs:
             if _is_kpu(u):  # a KPU operand today: copied out and dequantized

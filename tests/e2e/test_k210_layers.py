@@ -468,7 +468,7 @@ def test_prelu_between_kpu_layers_is_two_bit_exact_kpu_layers(depthwise, layers,
         calib = [[rng.uniform(-1, 1, (1, 8, 16, 16)).astype(np.float32)] for _ in range(8)]
         want = run(g, calib[0])[0]
         if form == "cpu":
-            monkeypatch.setattr("kcc.passes.legalize_kpu.prelu_to_kpu", lambda g, opts: (g, []))
+            monkeypatch.setattr("kcc.passes.legalize_kpu.prelu_to_kpu", lambda g, opts, rate: (g, []))
         res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
         got = kpu_sim.load(res.kmodel).run(calib[0])[0].reshape(want.shape)
         err[form] = max_steps(got, want)

@@ -65,3 +65,22 @@ def test_prelu_of_a_cpu_result_stays_on_the_cpu():
     w = g.constant(rng.uniform(-1, 1, (4, 8, 1, 1)).astype(np.float32))
     g.outputs = [g.add(KO.FloatKpuConv(1), (y, w, g.constant(np.zeros(4, np.float32))))]
     assert prelu_to_kpu(g, CompileOptions())[1] == []
+
+
+def test_prelu_pair_gives_way_to_convs_the_device_ram_room_buys_more_with():
+    """BlazePalm's 12x12x256 PReLU after a 1x1 conv: the pair saves ~50 CPU cycles per kmodel byte of its
+    layers; in a model over its device RAM budget whose room takes 5x5s off the CPU at ~460 cycles a
+    byte (a 12x12x256 fan_kpu: ~143 ms for ~124 KB), it stays on the CPU; at 10 cycles a byte, not."""
+    def graph() -> Graph:
+        g = Graph()
+        x = g.input(0, (1, 256, 12, 12))
+        w = g.constant(rng.uniform(-1, 1, (256, 256, 1, 1)).astype(np.float32))
+        y = g.add(KO.FloatKpuConv(1), (x, w, g.constant(np.zeros(256, np.float32))))
+        y = g.add(O.PRelu(), (y, g.constant(rng.uniform(-0.5, 1.5, (1, 256, 1, 1)).astype(np.float32))), "prelu")
+        w2 = g.constant(rng.uniform(-1, 1, (256, 256, 1, 1)).astype(np.float32))
+        g.outputs = [g.add(KO.FloatKpuConv(1), (y, w2, g.constant(np.zeros(256, np.float32))))]
+        return g
+
+    assert prelu_to_kpu(graph(), CompileOptions())[1] == ["prelu"]
+    assert prelu_to_kpu(graph(), CompileOptions(), room_rate=10.0)[1] == ["prelu"]
+    assert prelu_to_kpu(graph(), CompileOptions(), room_rate=460.0)[1] == []
