@@ -16,7 +16,12 @@ range of the output in place (a concatenation, kcc.emit.storage). Alive at once:
 group's temporaries. The same values: each part layer computes the same outputs channel by channel,
 so only the calibration of each group's parts, on their own channels' ranges, differs.
 
-Taken where the sum's float map is over GROUP_BYTES; groups of GROUP_BYTES of float map each.
+Taken where the sum's float map is over GROUP_BYTES; groups of GROUP_BYTES of float map each, or,
+when the chain's result is read in channel slices (a decomposed depthwise conv's channel groups,
+kcc.passes.kernel_forms), the slices' own groups: each slice is then its group, and what reads it
+and nothing of the other groups (that conv's group: its copies, the input's rounding residual, its
+stacked layer) runs right after it (`_depth_first`). BlazePalm's stem PReLU is then never a whole
+float map (1.18 MB): each group's is quantized by its readers as soon as it is made.
 """
 
 from __future__ import annotations
@@ -58,12 +63,67 @@ def _parts(s: Node, users: dict, outputs: set[int]) -> list[Node] | None:
     return parts if same and s.shape == parts[0].shape and s.type.rank == 4 else None
 
 
+def _slice_cuts(r: Node, users: dict) -> list[int] | None:
+    """The channel bounds of r's readers that are whole-map channel slices, when they tile r's
+    channels (each channel in exactly one slice); else None."""
+    spans = sorted((u.op.begin[1], u.op.end[1]) for u in users[r] if _channel_slice(u))
+    if not spans or spans[0][0] != 0 or spans[-1][1] != r.shape[1] or any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
+        return None
+    return [a for a, _ in spans] + [spans[-1][1]]
+
+
+def _channel_slice(u: Node) -> bool:
+    op, x = u.op, u.inputs[0]
+    return (isinstance(op, O.StridedSlice) and x.type.rank == 4 and all(s == 1 for s in op.strides)
+            and tuple(op.begin[i] for i in (0, 2, 3)) == (0, 0, 0) and tuple(op.end[i] for i in (0, 2, 3)) ==
+            (x.shape[0], x.shape[2], x.shape[3]))
+
+
+def _depth_first(g: Graph, groups: list[Node]) -> None:
+    """Move what reads one group's result and nothing made after it but its own readers (constants
+    aside) right after that group, in graph order: the group's float map then dies there."""
+    pos = {id(n): i for i, n in enumerate(g.nodes)}
+    owner: dict[int, int] = {id(v): i for i, v in enumerate(groups)}
+    moved: list[list[Node]] = [[] for _ in groups]
+    for n in g.nodes[pos[id(groups[0])]:]:
+        if id(n) in owner and n is groups[owner[id(n)]]:
+            continue
+        tags = {owner.get(id(i), -1) for i in n.inputs if not i.is_constant and pos[id(i)] >= pos[id(groups[0])]}
+        if len(tags) != 1 or -1 in tags:
+            continue
+        k = tags.pop()
+        if all(i.is_constant or owner.get(id(i)) == k or pos[id(i)] < pos[id(groups[k])] for i in n.inputs):
+            owner[id(n)] = k
+            moved[k].append(n)
+    taken = {id(n) for ms in moved for n in ms}
+    order, done = [], set()
+
+    def emit(n: Node) -> None:
+        for i in n.inputs:  # a constant placed later in the graph comes along
+            if i.is_constant and id(i) not in done:
+                emit(i)
+        if id(n) not in done:
+            done.add(id(n))
+            order.append(n)
+
+    for n in g.nodes:
+        if id(n) in taken or id(n) in done:
+            continue
+        emit(n)
+        if id(n) in owner and n is groups[owner[id(n)]]:
+            for m in moved[owner[id(n)]]:
+                emit(m)
+    g.nodes[:] = order
+
+
 def part_groups(g: Graph, ctx: CompileContext | None = None) -> Graph:
     """Run each float sum of parts over GROUP_BYTES (with the PReLU that alone reads it) in groups of
     output channels (module docstring); needs nothing of `ctx`."""
     users = g.users()
     outputs = {id(o) for o in g.outputs}
-    plans: dict[int, tuple[Node, list[Node], np.ndarray | None]] = {}  # the chain's last node -> (sum, parts, slopes)
+    # the chain's last node -> (sum, parts, slopes, group bounds); a slice that is a group -> (last, group)
+    plans: dict[int, tuple[Node, list[Node], np.ndarray | None, list[int]]] = {}
+    slices: dict[int, tuple[Node, int]] = {}
     inner: set[int] = set()  # adds inside a chain taken (whole chains only, from the last add back)
     for s in reversed(g.nodes):
         if (not (isinstance(s.op, O.Binary) and s.op.op == "add") or s.type.nbytes <= GROUP_BYTES
@@ -81,23 +141,31 @@ def part_groups(g: Graph, ctx: CompileContext | None = None) -> Graph:
         readers = users[s]
         r = readers[0] if len(readers) == 1 and id(s) not in outputs else None
         slopes = channel_values(r.inputs[0], r.inputs[1]) if r is not None and isinstance(r.op, O.PRelu) else None
-        plans[id(r) if slopes is not None else id(s)] = (s, parts, slopes)
+        last = r if slopes is not None else s
+        _, c, h, w = s.shape
+        step = max(1, GROUP_BYTES // (h * w * 4))
+        cuts = None if id(last) in outputs else _slice_cuts(last, users)
+        plans[id(last)] = (s, parts, slopes, cuts or [*range(0, c, step), c])
+        for u in users[last] if cuts else ():
+            if _channel_slice(u):
+                slices[id(u)] = (last, cuts.index(u.op.begin[1]))
     if not plans:
         return g
     out = Graph()
     mapping: dict[int, Node] = {}
+    made: dict[int, list[Node]] = {}  # a chain's last node -> its groups in `out`
 
     def rewrite(n: Node) -> Node | None:
+        if id(n) in slices:
+            last, k = slices[id(n)]
+            return made[id(last)][k]
         if id(n) not in plans:
             return None
-        s, parts, slopes = plans[id(n)]
-        _, c, h, w = s.shape
-        step = max(1, GROUP_BYTES // (h * w * 4))
+        s, parts, slopes, cuts = plans[id(n)]
         x = mapping[id(parts[0].inputs[0])]
         wd = parts[0].inputs[1].data
-        groups = []
-        for o0 in range(0, c, step):
-            o1 = min(c, o0 + step)
+        groups = made.setdefault(id(n), [])
+        for o0, o1 in zip(cuts, cuts[1:]):
             tag = f"/o{o0}"
             wg = out.constant(np.ascontiguousarray(wd[o0:o1]), parts[0].inputs[1].name + tag)
             total = None
@@ -111,4 +179,7 @@ def part_groups(g: Graph, ctx: CompileContext | None = None) -> Graph:
             groups.append(total)
         return out.add(O.Concat(1), tuple(groups), n.name)
 
-    return copy_rewriting(g, out, mapping, rewrite)
+    out = copy_rewriting(g, out, mapping, rewrite)
+    for last in {id(last) for last, _ in slices.values()}:
+        _depth_first(out, made[last])
+    return out

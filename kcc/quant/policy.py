@@ -86,6 +86,7 @@ def choose_ranges(view: Graph, samples: Samples, points: Sequence[Node], method:
                 ranges[p.name] = (lo, hi)
     ranges.update(logit_ranges(view, samples, softmax_logits(g)))
     share_phase_grids(shared, ranges)
+    share_part_grids(g, ranges)
     share_view_grids(points, ranges)
     residual_term_ranges(g, ranges)
     return share_concat_grids(g, ranges)
@@ -157,6 +158,27 @@ def share_phase_grids(groups: Sequence[Sequence[str]], ranges: dict[str, Range])
             union = (min(ranges[name][0] for name in names), max(ranges[name][1] for name in names))
             for name in names:
                 ranges[name] = union
+
+
+def share_part_grids(g: Graph, ranges: dict[str, Range]) -> None:
+    """The float channel groups of a concatenation that KPU layers (and rounding residuals) read group
+    by group (kcc.passes.part_groups: BlazePalm's stem PReLU, read by its first 5x5's channel groups
+    and, whole, by the first block's add) get one grid, the union of their ranges and the
+    concatenation's: each group is then quantized once, for all its readers, as soon as it is made,
+    as the channel slices of one tensor were (`share_view_grids`)."""
+    users = g.users()
+
+    def part(p: Node, n: Node) -> bool:
+        return (p.name in ranges and not isinstance(p.op, KO.FloatKpuConv) and p.dtype == n.dtype
+                and any(u is not n for u in users[p])
+                and all(u is n or isinstance(u.op, (KO.FloatKpuConv, KO.QuantResidual)) for u in users[p]))
+
+    for n in g.nodes:
+        if isinstance(n.op, O.Concat) and n.op.axis == 1 and n.name in ranges and all(part(p, n) for p in n.inputs):
+            both = (*n.inputs, n)
+            union = (min(ranges[v.name][0] for v in both), max(ranges[v.name][1] for v in both))
+            for v in both:
+                ranges[v.name] = union
 
 
 def share_view_grids(points: Sequence[Node], ranges: dict[str, Range]) -> None:
