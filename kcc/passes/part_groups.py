@@ -63,6 +63,16 @@ def _parts(s: Node, users: dict, outputs: set[int]) -> list[Node] | None:
     return parts if same and s.shape == parts[0].shape and s.type.rank == 4 else None
 
 
+def _signed(parts: list[Node]) -> list[Node] | None:
+    """The parts, those clamped to y <= 0 first, when each is clamped to one side of 0 and both sides
+    have some (kernel_forms' halves): then at most one side is non-zero at a pixel, so
+    PReLU(sum) = alpha * (sum of the parts <= 0) + (sum of the parts >= 0), on the rounded parts too
+    (0 is on every part's grid): one per-channel product instead of the PReLU's two."""
+    low = [p for p in parts if p.op.act[1] <= 0.0]
+    high = [p for p in parts if p.op.act[0] >= 0.0 and p.op.act[1] > 0.0]
+    return low + high if low and high and len(low) + len(high) == len(parts) else None
+
+
 def _slice_cuts(r: Node, users: dict) -> list[int] | None:
     """The channel bounds of r's readers that are whole-map channel slices, when they tile r's
     channels (each channel in exactly one slice); else None."""
@@ -165,16 +175,20 @@ def part_groups(g: Graph, ctx: CompileContext | None = None) -> Graph:
         x = mapping[id(parts[0].inputs[0])]
         wd = parts[0].inputs[1].data
         groups = made.setdefault(id(n), [])
+        signed = slopes is not None and _signed(parts)
         for o0, o1 in zip(cuts, cuts[1:]):
             tag = f"/o{o0}"
             wg = out.constant(np.ascontiguousarray(wd[o0:o1]), parts[0].inputs[1].name + tag)
-            total = None
-            for p in parts:
+            a = None if slopes is None else out.constant(slopes[o0:o1].reshape(1, o1 - o0, 1, 1), n.inputs[1].name + tag)
+            total, ordered = None, signed or parts
+            for i, p in enumerate(ordered):
                 bg = out.constant(np.ascontiguousarray(p.inputs[2].data[o0:o1]), p.inputs[2].name + tag)
                 y = out.add(p.op, (x, wg, bg), p.name + tag)
-                total = y if total is None else out.add(O.Binary("add"), (total, y), s.name + f"/sum{len(groups)}" + tag)
-            if slopes is not None:
-                a = out.constant(slopes[o0:o1].reshape(1, o1 - o0, 1, 1), n.inputs[1].name + tag)
+                name = n.name + tag if signed and i == len(ordered) - 1 else s.name + f"/sum{len(groups)}" + tag
+                total = y if total is None else out.add(O.Binary("add"), (total, y), name)
+                if signed and ordered[i].op.act[1] <= 0.0 <= ordered[i + 1].op.act[0]:  # the parts <= 0 summed
+                    total = out.add(O.Binary("mul"), (total, a), n.name + "/negative" + tag)  # alpha * min(y, 0)
+            if slopes is not None and not signed:
                 total = out.add(O.PRelu(), (total, a), n.name + tag)
             groups.append(total)
         return out.add(O.Concat(1), tuple(groups), n.name)

@@ -115,3 +115,25 @@ def test_groups_read_in_channel_slices_run_with_their_readers(monkeypatch):
     mem = {form: r.emitted.memory.main.plan.peak for form, r in results.items()}
     assert mem["slices"] < mem["regular"], mem  # measured: 608256 -> 368640 B
     assert rms["slices"] <= 1.05 * rms["regular"], rms  # measured: 0.5475 -> 0.5477 steps
+
+
+def test_a_prelu_of_parts_on_both_sides_of_zero_is_alpha_times_the_low_ones_plus_the_high_ones(monkeypatch):
+    """kernel_forms' halves: parts clamped to y <= 0 and to y >= 0, at most one side non-zero at a
+    pixel, so PReLU(sum) = alpha * (low parts) + (high parts): the same values with one per-channel
+    product (a 1x1 depthwise conv on the CPU) instead of the PReLU's two and its add."""
+    rng = np.random.default_rng(7)
+    g = Graph()
+    x = g.input(0, (1, 3, 64, 64))
+    w = g.constant(rng.uniform(-0.5, 0.5, (12, 3, 3, 3)).astype(np.float32), "w")
+    parts = [g.add(O.Conv2D(padding=((1, 1), (1, 1)), act=act), (x, w, g.constant(b.astype(np.float32), f"b{i}")), f"part{i}")
+             for i, (act, b) in enumerate([((-np.inf, 0.0), np.full(12, 0.3)), ((-0.3, 0.0), np.zeros(12)),
+                                           ((0.0, 0.3), np.zeros(12)), ((0.0, np.inf), np.full(12, -0.3))])]
+    y = g.add(O.Binary("add"), (g.add(O.Binary("add"), (g.add(O.Binary("add"), parts[:2]), parts[2])), parts[3]), "y")
+    alpha = rng.uniform(-1.5, 1.5, (1, 12, 1, 1)).astype(np.float32)
+    g.outputs = [g.add(O.PRelu(), (y, g.constant(alpha, "alpha")), "prelu")]
+    monkeypatch.setattr(part_groups, "GROUP_BYTES", 4 * 64 * 64 * 4)  # groups of 4 channels
+    out = part_groups.part_groups(g)
+    kinds = [n.op.kind for n in out.nodes]
+    assert kinds.count("prelu") == 0 and kinds.count("binary") == 3 * 4, kinds  # 3 groups: 3 adds and 1 mul each
+    v = rng.uniform(-1, 1, (1, 3, 64, 64)).astype(np.float32)
+    np.testing.assert_allclose(run(out, [v])[0], run(g, [v])[0], rtol=1e-6, atol=1e-6)
