@@ -12,20 +12,25 @@ from kpu_checks import kpu_layers_match_the_scalar_reference, max_steps
 import kpu_sim
 from kcc.eval.interpreter import run
 from kcc.ir import ops as O
-from kcc.ir.graph import Graph
+from kcc.ir.graph import Graph, Node
 from kcc.options import CompileOptions
 from kcc.passes import part_groups
 from kcc.pipeline import compile_graph
 
 
-def _stem() -> tuple[Graph, list]:
-    rng = np.random.default_rng(3)
-    g = Graph()
+def _stem_prelu(g: Graph, rng) -> Node:
+    """The stem's 5x5 stride-2 conv (3 -> 32 channels at 96x96) and its PReLU."""
     x = g.input(0, (1, 3, 96, 96))
     w = g.constant(rng.uniform(-0.3, 0.3, (32, 3, 5, 5)).astype(np.float32), "w")
     y = g.add(O.Conv2D((2, 2), ((1, 2), (1, 2))), (x, w, g.constant(rng.uniform(-0.1, 0.1, 32).astype(np.float32), "b")),
               "stem")
-    p = g.add(O.PRelu(), (y, g.constant(rng.uniform(-0.3, 0.3, (1, 32, 1, 1)).astype(np.float32), "alpha")), "prelu")
+    return g.add(O.PRelu(), (y, g.constant(rng.uniform(-0.3, 0.3, (1, 32, 1, 1)).astype(np.float32), "alpha")), "prelu")
+
+
+def _stem() -> tuple[Graph, list]:
+    rng = np.random.default_rng(3)
+    g = Graph()
+    p = _stem_prelu(g, rng)
     z = g.add(O.Conv2D(), (p, g.constant(rng.uniform(-0.3, 0.3, (32, 32, 1, 1)).astype(np.float32), "w2"),
                            g.constant(np.zeros(32, np.float32), "b2")), "pw")
     g.outputs = [z, g.add(O.Pool2D("mean", (48, 48), (48, 48)), (p,), "mean")]
@@ -70,11 +75,7 @@ def _stem_and_5x5() -> tuple[Graph, list]:
     PReLU with its rounding residual) and by a residual add after it, as BlazePalm's first block."""
     rng = np.random.default_rng(4)
     g = Graph()
-    x = g.input(0, (1, 3, 96, 96))
-    w = g.constant(rng.uniform(-0.3, 0.3, (32, 3, 5, 5)).astype(np.float32), "w")
-    y = g.add(O.Conv2D((2, 2), ((1, 2), (1, 2))), (x, w, g.constant(rng.uniform(-0.1, 0.1, 32).astype(np.float32), "b")),
-              "stem")
-    p = g.add(O.PRelu(), (y, g.constant(rng.uniform(-0.3, 0.3, (1, 32, 1, 1)).astype(np.float32), "alpha")), "prelu")
+    p = _stem_prelu(g, rng)
     d = g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=32),
               (p, g.constant(rng.uniform(-0.2, 0.2, (32, 1, 5, 5)).astype(np.float32), "wd"),
                g.constant(np.zeros(32, np.float32), "bd")), "dw5x5")
