@@ -4,7 +4,8 @@ After this pass every node maps onto exactly one kmodel body (see `kcc.emit`), e
 is free (it aliases its input's buffer). Each rewrite keeps the original node's name on the node
 that replaces it, so graph outputs keep their tflite names.
 
-    prelu(x, a)          -> x + clamp((a-1)*x)    per-channel a (1x1 depthwise conv2d; _prelu)
+    prelu(x, a)          -> x + clamp((a-1)*x)    per-channel a (1x1 depthwise conv2d; _prelu), or
+                            x + (a-1)*min(x, 0) for slopes on both sides of 1 (two of them)
                           -> max(x, x*a)          other constant a, if 0 <= a <= 1 everywhere
                           -> max(x,0) + a*min(x,0)             otherwise
     x +-* c (c constant per channel), clamp(x) of 4-D x -> 1x1 depthwise conv2d (_binary, _clamp)
@@ -92,13 +93,12 @@ def _prelu(b: _Builder, n: Node, x: Node, alpha: Node) -> Node:
             act = (0.0, np.inf) if np.all(d <= 0) else (-np.inf, 0.0)
             scaled = _depthwise(b, x, d, act, n.name + "/alpha_neg")
             return b.add(O.Binary("add"), (x, scaled), n.name)
-        # Mixed signs: the a <= 1 channels first (weight 0 elsewhere, so t = x there), then the a > 1
-        # channels from t. Each conv's input may die at the add after it: one map lives beside x,
-        # as with the binary form (three convs' maps at once would not fit palm_detection's RAM).
-        lo = _depthwise(b, x, np.minimum(d, 0), (0.0, np.inf), n.name + "/alpha_neg_lo")
-        t = b.add(O.Binary("add"), (x, lo), n.name + "/prelu_lo")
-        hi = _depthwise(b, t, np.maximum(d, 0), (-np.inf, 0.0), n.name + "/alpha_neg_hi")
-        return b.add(O.Binary("add"), (t, hi), n.name)
+        # Mixed signs: min(x, 0) by a unit conv's clamp, then (a-1) times it: two convs and one add
+        # (the a <= 1 and a > 1 channels each by a conv and an add cost one add more). Beside x, m
+        # lives until the product is made: BlazePalm's working memory is the same (901152 B).
+        m = _depthwise(b, x, np.ones_like(d), (-np.inf, 0.0), n.name + "/negative")
+        scaled = _depthwise(b, m, d, O.NO_CLAMP, n.name + "/alpha_neg")
+        return b.add(O.Binary("add"), (x, scaled), n.name)
     a = alpha.data if alpha.is_constant else None
     if a is not None and np.all((a >= 0) & (a <= 1)):
         ax = b.add(O.Binary("mul"), (x, alpha), n.name + "/alpha_x")

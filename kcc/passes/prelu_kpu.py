@@ -86,11 +86,11 @@ class _Rewriter:
 
     def _faster(self, n: Node, x: Node, stacked: bool, mixed: bool) -> bool:
         """Cycles of today's CPU form (kcc.passes.lower_to_neutral: a 1x1 depthwise float conv and an
-        add, twice for slopes on both sides of 1) against the two layers', with the data movement
+        add, two convs for slopes on both sides of 1) against the two layers', with the data movement
         each needs around it; with a room rate, the cycles saved per kmodel byte of the two layers
         beyond x's own must reach it."""
         c = x.shape[1]
-        cpu = (2 if mixed else 1) * (_per_element("conv2d_mac", n) + _per_element("binary", n))
+        cpu = (2 if mixed else 1) * _per_element("conv2d_mac", n) + _per_element("binary", n)
         kpu = _layer_cycles((x.shape[0], 2 * c, *x.shape[2:]), c, 1)  # layer B
         if stacked:  # layer A is x's conv with twice its output channels
             xin, k = x.inputs[0], x.op.kernel
