@@ -233,6 +233,18 @@ def depthwise_conv(n: Node) -> bool:
     return isinstance(n.op, O.Conv2D) and n.op.groups == c == oc and c > 1
 
 
+def channel_range(n: Node) -> tuple[int, int] | None:
+    """(c0, c1) if n is a StridedSlice of a 4-D map that keeps channels c0..c1-1 and everything else."""
+    if not isinstance(n.op, O.StridedSlice) or n.type.rank != 4:
+        return None
+    x = n.inputs[0]
+    (b0, c0, y0, x0), (b1, c1, y1, x1), steps = n.op.begin, n.op.end, n.op.strides
+    full = (b0, y0, x0) == (0, 0, 0) and (b1, y1, x1) == (x.shape[0], *x.shape[2:])
+    if not full or tuple(steps) != (1, 1, 1, 1) or n.shape[1:] != (c1 - c0, *x.shape[2:]):
+        return None
+    return c0, c1
+
+
 def channel_values(x: Node, c: Node) -> np.ndarray | None:
     """Per channel of NCHW `x`, the value of constant `c` broadcast against it (float32, one per
     channel), when `c` varies along channels only; else None. What a per-channel slope or operand

@@ -53,7 +53,7 @@ import math
 import numpy as np
 
 from kcc.ir import ops as O
-from kcc.ir.graph import Graph, Node, depthwise_conv
+from kcc.ir.graph import Graph, Node, channel_range, depthwise_conv
 from kcc.options import CompileOptions
 from kcc.passes import fine_weights, gap_pick, row_pick
 from kcc.passes.dilated_conv import eliminate_dilated_conv
@@ -366,21 +366,11 @@ def _split(g: Graph, n: Node, ranges: list[tuple[int, int]], order: list[int] | 
     return g.insert_before(n, O.Concat(1), parts, n.name + "/concat")
 
 
-def _channel_range(s: Node) -> tuple[int, int] | None:
-    """(lo, hi) when s is a plain channel slice of a 4-D map (every other axis whole, step 1)."""
-    op = s.op
-    if not isinstance(op, O.StridedSlice) or s.inputs[0].type.rank != 4:
-        return None
-    x = s.inputs[0]
-    whole = all(op.begin[a] == 0 and op.end[a] == x.shape[a] for a in (0, 2, 3))
-    return (op.begin[1], op.end[1]) if whole and set(op.strides) == {1} else None
-
-
 def _slices_of_concats(g: Graph) -> None:
     """A channel slice inside one part of a channel concatenation reads that part (a conv cut into
     groups feeding a depthwise cut into the same groups: no CPU concatenation and slice between)."""
     for s in list(g.nodes):
-        rng, cat = _channel_range(s), s.inputs[0] if s.inputs else None
+        rng, cat = channel_range(s), s.inputs[0] if s.inputs else None
         if rng is None or not (isinstance(cat.op, O.Concat) and cat.op.axis == 1):
             continue
         at = 0
@@ -395,7 +385,7 @@ def _slices_of_concats(g: Graph) -> None:
 
 def _sliced_only(users: dict[Node, list[Node]], n: Node) -> bool:
     """Every reader of n is a channel slice (`_push_into_producers` cuts n into them)."""
-    return bool(users[n]) and all(_channel_range(s) is not None for s in users[n])
+    return bool(users[n]) and all(channel_range(s) is not None for s in users[n])
 
 
 def _push_into_producers(g: Graph, concatenated: bool = False) -> int:
@@ -411,13 +401,13 @@ def _push_into_producers(g: Graph, concatenated: bool = False) -> int:
                 and p.inputs[2].is_constant and id(p) not in outputs and users[p]):
             continue
         slices = users[p]
-        if not all(_channel_range(s) is not None for s in slices):
+        if not all(channel_range(s) is not None for s in slices):
             continue
         if concatenated and not any(isinstance(u.op, O.Concat) for s in slices for u in users[s]):
             continue
         x, w, b = p.inputs[0], p.inputs[1].data, p.inputs[2].data
         for s in slices:
-            lo, hi = _channel_range(s)
+            lo, hi = channel_range(s)
             # just before its first reader, so that one group's output is read before the next is
             # made: only one group of p's output is alive in KPU RAM at a time (`chain`)
             at = min((u for u in users[s]), key=g.nodes.index, default=p)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kcc.ir import ops as O
-from kcc.ir.graph import Graph, Node, channel_values, copy_rewriting
+from kcc.ir.graph import Graph, Node, channel_range, channel_values, copy_rewriting
 
 if TYPE_CHECKING:
     from kcc.passes.manager import CompileContext
@@ -76,27 +76,21 @@ def _signed(parts: list[Node]) -> list[Node] | None:
 def _slice_cuts(r: Node, users: dict) -> list[int] | None:
     """The channel bounds of r's readers that are whole-map channel slices, when they tile r's
     channels (each channel in exactly one slice); else None."""
-    spans = sorted((u.op.begin[1], u.op.end[1]) for u in users[r] if _channel_slice(u))
+    spans = sorted(rng for u in users[r] if (rng := channel_range(u)) is not None)
     if not spans or spans[0][0] != 0 or spans[-1][1] != r.shape[1] or any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
         return None
     return [a for a, _ in spans] + [spans[-1][1]]
-
-
-def _channel_slice(u: Node) -> bool:
-    op, x = u.op, u.inputs[0]
-    return (isinstance(op, O.StridedSlice) and x.type.rank == 4 and all(s == 1 for s in op.strides)
-            and tuple(op.begin[i] for i in (0, 2, 3)) == (0, 0, 0) and tuple(op.end[i] for i in (0, 2, 3)) ==
-            (x.shape[0], x.shape[2], x.shape[3]))
 
 
 def _depth_first(g: Graph, groups: list[Node]) -> None:
     """Move what reads one group's result and nothing made after it but its own readers (constants
     aside) right after that group, in graph order: the group's float map then dies there."""
     pos = {id(n): i for i, n in enumerate(g.nodes)}
-    owner: dict[int, int] = {id(v): i for i, v in enumerate(groups)}
+    group_of = {id(v): i for i, v in enumerate(groups)}
+    owner = dict(group_of)  # node -> the one group it reads (itself for a group)
     moved: list[list[Node]] = [[] for _ in groups]
     for n in g.nodes[pos[id(groups[0])]:]:
-        if id(n) in owner and n is groups[owner[id(n)]]:
+        if id(n) in group_of:
             continue
         tags = {owner.get(id(i), -1) for i in n.inputs if not i.is_constant and pos[id(i)] >= pos[id(groups[0])]}
         if len(tags) != 1 or -1 in tags:
@@ -120,9 +114,8 @@ def _depth_first(g: Graph, groups: list[Node]) -> None:
         if id(n) in taken or id(n) in done:
             continue
         emit(n)
-        if id(n) in owner and n is groups[owner[id(n)]]:
-            for m in moved[owner[id(n)]]:
-                emit(m)
+        for m in moved[group_of[id(n)]] if id(n) in group_of else ():
+            emit(m)
     g.nodes[:] = order
 
 
@@ -157,8 +150,8 @@ def part_groups(g: Graph, ctx: CompileContext | None = None) -> Graph:
         cuts = None if id(last) in outputs else _slice_cuts(last, users)
         plans[id(last)] = (s, parts, slopes, cuts or [*range(0, c, step), c])
         for u in users[last] if cuts else ():
-            if _channel_slice(u):
-                slices[id(u)] = (last, cuts.index(u.op.begin[1]))
+            if (rng := channel_range(u)) is not None:
+                slices[id(u)] = (last, cuts.index(rng[0]))
     if not plans:
         return g
     out = Graph()

@@ -93,13 +93,17 @@ def _reaches(n: Node, x: Node, limit: int = 256) -> bool:
     """x is an input of n, or of its inputs..., within `limit` nodes (a residual block is short); or
     x is a concatenation whose every part is (kcc.passes.part_groups' channel groups, which the
     block's channel groups read one by one)."""
-    parts = {id(i) for i in x.inputs} if isinstance(x.op, O.Concat) else set()
+    parts = {id(i) for i in x.inputs} if isinstance(x.op, O.Concat) else None  # those not reached yet
     stack, seen = [n], set()
     while stack and len(seen) < limit:
         v = stack.pop()
         for i in v.inputs:
-            if i is x or (parts and parts <= seen | {id(i)}):
+            if i is x:
                 return True
+            if parts is not None:
+                parts.discard(id(i))
+                if not parts:
+                    return True
             if id(i) not in seen and not i.is_constant:
                 seen.add(id(i))
                 stack.append(i)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
-from kcc.ir.graph import Graph, Node
+from kcc.ir.graph import Graph, Node, channel_range
 from kcc.kmodel import kpu_channel_offset, kpu_row_layout
 from kcc.passes.kpu_live import KpuLive
 from kcc.quant.domains import Domain, NodeQuant
@@ -70,18 +70,6 @@ def kpu_reshape(n: Node, table: dict[Node, NodeQuant]) -> bool:
 NOT_BETWEEN_LAYERS = "its input is not a KPU layer's output"
 
 
-def channel_range(n: Node) -> tuple[int, int] | None:
-    """(c0, c1) if n is a StridedSlice of a 4-D map that keeps channels c0..c1-1 and everything else."""
-    if not isinstance(n.op, O.StridedSlice) or n.type.rank != 4:
-        return None
-    x = n.inputs[0]
-    (b0, c0, y0, x0), (b1, c1, y1, x1), steps = n.op.begin, n.op.end, n.op.strides
-    full = (b0, y0, x0) == (0, 0, 0) and (b1, y1, x1) == (x.shape[0], *x.shape[2:])
-    if not full or tuple(steps) != (1, 1, 1, 1) or n.shape[1:] != (c1 - c0, *x.shape[2:]):
-        return None
-    return c0, c1
-
-
 def row_view(n: Node, table: dict[Node, NodeQuant]) -> tuple[int, int, int] | None:
     """(c, r0, r1) if n is a StridedSlice keeping rows r0..r1-1 of channel c of a KPU layer's map with
     one channel per line group, whole rows, on the map's codes: read in place in KPU RAM
@@ -97,7 +85,7 @@ def row_view(n: Node, table: dict[Node, NodeQuant]) -> tuple[int, int, int] | No
 
 
 def kpu_view_problem(n: Node, table: dict[Node, NodeQuant]) -> str | None:
-    """Why the channel slice `n` (`_channel_range`) cannot be read in place in KPU RAM by the KPU
+    """Why the channel slice `n` (`channel_range`) cannot be read in place in KPU RAM by the KPU
     layers reading it (kcc.ir.kpu_ops.KpuChannelView), or None; `NOT_BETWEEN_LAYERS` when its input
     is no KPU layer's output (a slice on the CPU, as before, and no placement of its own)."""
     x = n.inputs[0]

@@ -51,7 +51,7 @@ import numpy as np
 
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
-from kcc.ir.graph import Graph, Node
+from kcc.ir.graph import Graph, Node, channel_range
 from kcc.ir.types import DType
 from kcc.passes.kernel_cost import uint8_conv
 from kcc.passes.kernel_forms import shift_weights
@@ -65,7 +65,6 @@ from kcc.quant.domains import Domain, NodeQuant
 from kcc.quant.kpu_params import LayerRanges, kpu_layer
 from kcc.quant.kpu_ram import (
     NOT_BETWEEN_LAYERS,
-    channel_range,
     gap_source,
     in_place_note,
     kpu_concat_problem,
