@@ -9,9 +9,11 @@ kpu_conv2d layout:
              P2 zero bytes, activation table (144 bytes)      P2 = layer.active_addr
              P3 zero bytes, weights (u8)                      P3 = layer.para_start_addr
 
-The three register fields hold *skip counts*, not addresses. ncc (>= beta1) chooses them so
-that each table starts on a 256-byte-aligned **file** offset, which is why `pack()` needs the
-body's absolute file offset: `kcc.kmodel.write` passes it. The emitter never computes P1-P3.
+The three register fields hold *skip counts*, not addresses. kcc chooses them so that the
+activation table starts on a 256-byte-aligned **file** offset and the batch-norm and weight tables
+on 8-byte ones (kcc.kmodel.spec, KPU_*_ALIGNMENT: what the KPU needs; ncc >= beta1 aligns all three
+to 256), which is why `pack()` needs the body's absolute file offset: `kcc.kmodel.write` passes it.
+The emitter never computes P1-P3.
 """
 
 from __future__ import annotations
@@ -32,7 +34,15 @@ from kcc.kmodel.layer import (
     KpuBatchNormTable,
     KpuLayerArgument,
 )
-from kcc.kmodel.spec import KPU_LINE_SIZE, KPU_TABLE_ALIGNMENT, DataType, MemoryType, Opcode
+from kcc.kmodel.spec import (
+    KPU_ACT_ALIGNMENT,
+    KPU_BN_ALIGNMENT,
+    KPU_LINE_SIZE,
+    KPU_WEIGHTS_ALIGNMENT,
+    DataType,
+    MemoryType,
+    Opcode,
+)
 from kcc.kmodel.types import ABSENT_RANGE, MemoryRange, Reader, Shape4, Writer
 
 
@@ -41,13 +51,13 @@ def _pad_to(pos: int, alignment: int) -> int:
 
 
 def aligned_table_padding(offset: int, out_channels: int) -> tuple[int, int, int]:
-    """(P1, P2, P3) that put the three tables of a body at file offset `offset` on 256 bytes."""
+    """(P1, P2, P3) that put the three tables of a body at file offset `offset` on their alignments."""
     pos = offset + 24 + KpuLayerArgument.SIZE
-    p1 = _pad_to(pos, KPU_TABLE_ALIGNMENT)
+    p1 = _pad_to(pos, KPU_BN_ALIGNMENT)
     pos += p1 + KpuBatchNormTable.ENTRY_SIZE * out_channels
-    p2 = _pad_to(pos, KPU_TABLE_ALIGNMENT)
+    p2 = _pad_to(pos, KPU_ACT_ALIGNMENT)
     pos += p2 + KpuActivationTable.SIZE
-    p3 = _pad_to(pos, KPU_TABLE_ALIGNMENT)
+    p3 = _pad_to(pos, KPU_WEIGHTS_ALIGNMENT)
     return p1, p2, p3
 
 
@@ -70,8 +80,8 @@ class KpuConv2D(Body):
 
     `layer.bwsx_base_addr`, `layer.active_addr` and `layer.para_start_addr` are ignored when
     packing: the writer stores the skip counts there. `table_padding` is None for bodies laid
-    out by the 256-byte rule (everything kcc emits, and every beta-built ncc file); a body read
-    from a file that used another alignment (ncc alpha: 8/256/128) keeps its explicit
+    out by kcc's rule (`aligned_table_padding`: everything kcc emits); a body read from a file
+    that used another alignment (ncc beta: 256/256/256, alpha: 8/256/128) keeps its explicit
     (P1, P2, P3) so that it is rewritten byte for byte.
     """
 

@@ -26,7 +26,14 @@ BODY_ALIGNMENT = 8  # §6.2: every body starts on an 8-byte file offset
 CONSTANT_ALIGNMENT = 8  # §5: constants start 8-aligned, blob size a multiple of 8
 MAIN_ALIGNMENT = 8  # §7.1
 KPU_ALIGNMENT = 64  # §7.2: KPU RAM is addressed in 64-byte lines
-KPU_TABLE_ALIGNMENT = 256  # §9.2: ncc >= beta1 puts BN / activation / weights on 256-aligned file offsets
+# §9.2 / §13: where a kpu_conv2d body's three tables start. ncc >= beta1 puts all three on 256-aligned file
+# offsets; the KPU needs that only for the activation table: nncase v1's K210 target (v1.9.0-beta1,
+# modules/k210) aligns that table to 256 and its runtime refuses a layer whose `active_addr % 256 != 0`,
+# while its batch-norm and weight tables are plain constants, 8-aligned (ir/ops/constant.h), as ncc
+# v0.2.0-alpha's batch-norm tables were. 8 instead of 256 saves ~250 B of padding a layer.
+KPU_BN_ALIGNMENT = 8
+KPU_ACT_ALIGNMENT = 256
+KPU_WEIGHTS_ALIGNMENT = 8
 
 KPU_RAM_SIZE = 2 * 1024 * 1024  # §7.2
 KPU_LINE_SIZE = 64

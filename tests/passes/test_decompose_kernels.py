@@ -20,7 +20,7 @@ from kcc.passes import kernel_plans as P
 from kcc.passes.kernel_terms import axis_terms, max_zero_taps
 from kcc.passes.legalize_kpu import legalize_kpu
 from kcc.passes.manager import CompileContext
-from kcc.target.k210 import CPU_NODE_CYCLES, cpu_cycles
+from kcc.target.k210 import CPU_NODE_CYCLES, KPU_LAYER_BYTES, cpu_cycles
 
 rng = np.random.default_rng(17)
 
@@ -207,17 +207,17 @@ def test_depthwise_stacks_only_within_the_weight_budget():
         conv = _conv_graph(c, c, 8, 8, 5, 5, (1, 1), ((2, 2), (2, 2)), c).outputs[0]
         return [p.group for p in P.plans(conv, cap=cap) if p.combine == combine]
     # at width 8 four channels share a 64-byte line: groups of a multiple of 4 let the copies concatenate
-    # in place; every group is 10 KPU layers of 768 B besides the weights, within STACK_KPU_BYTES
-    assert kpu_views(32) == [0, 16, 8, 4, 2] and kpu_views(64) == [12, 11, 8, 6]
+    # in place; every group is 10 KPU layers of KPU_LAYER_BYTES besides the weights, within STACK_KPU_BYTES
+    assert kpu_views(32) == [0, 16, 8, 4, 2] and kpu_views(64) == [20, 12, 11, 8, 6, 4, 3]
     assert kpu_views(384) == [] and kpu_views(8) == [0, 4, 2, 1]
     # copies_kpu: 26 KPU layers a group, 25 * g * C bytes of 1x1 combine weights and 9 a copied channel,
-    # in groups of at most COPIES_KPU_MAX_GROUP channels: 32 in groups of 8 take 82 KiB, 64 need 147 KiB
-    # even in groups of 8, beyond STACK_KPU_BYTES: only with a model's allowance (MODEL_KPU_BYTES, `allot`)
+    # in groups of at most COPIES_KPU_MAX_GROUP channels: 32 in groups of 8 take 62 KiB, 64 take 124 KiB,
+    # 96 need 186 KiB even in groups of 8, beyond STACK_KPU_BYTES: only with a model's allowance
     assert P.COPIES_KPU_MAX_GROUP == 8
-    assert kpu_views(32, "copies_kpu") == [8] and kpu_views(64, "copies_kpu") == []
-    assert P.stack_kpu_bytes(32, 25, 8, 1) == 4 * 26 * 768 + 25 * 8 * 32 + 9 * 25 * 32 <= P.STACK_KPU_BYTES
+    assert kpu_views(32, "copies_kpu") == [8, 4] and kpu_views(64, "copies_kpu") == [8]
+    assert P.stack_kpu_bytes(32, 25, 8, 1) == 4 * 26 * KPU_LAYER_BYTES + 25 * 8 * 32 + 9 * 25 * 32 <= P.STACK_KPU_BYTES
     assert kpu_views(64, "copies_kpu", 1 << 20) == [8, 4, 2]
-    assert P.stack_kpu_bytes(64, 25, 8, 1) > P.STACK_KPU_BYTES
+    assert P.stack_kpu_bytes(64, 25, 4, 1) > P.STACK_KPU_BYTES and P.stack_kpu_bytes(96, 25, 8, 1) > P.STACK_KPU_BYTES
     assert plans(32) == [("sum", 0), ("stack", 0), ("stack", 16), ("stack", 8), ("stack", 4), ("stack", 2),
                          ("stack", 1), ("stack_dw", 0)]  # one layer first, then 2, 4, ... as many
     assert plans(64)[:3] == [("sum", 0), ("stack", 22), ("stack", 11)]  # 147 KiB in one layer: three of 49 KiB
