@@ -39,7 +39,7 @@ from kcc.emit import Emitted, emit
 from kcc.frontend import import_model
 from kcc.frontend.quantization import ModelQuantization
 from kcc.ir.graph import Graph, copy_rewriting
-from kcc.kmodel.spec import KPU_LINE_SIZE
+from kcc.kmodel.spec import BODY_ALIGNMENT, KPU_ACT_ALIGNMENT, KPU_LINE_SIZE
 from kcc.latency import estimate
 from kcc.options import CompileOptions
 from kcc.passes.canonicalize import canonicalize
@@ -145,29 +145,47 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
     g, ctx = _run_in_kpu_ram(manager, g, ctx, source)
     budget_ram = DEVICE_RAM_BUDGET if options.ram_budget is None else options.ram_budget
     room = None  # bytes of kmodel the weighed convs may take together, as the kmodel counts them
+    kept = None  # a retry's result within the budget, while one more try fills what it left
     for _ in range(ROOM_TRIES):
         ram = _device_ram(ctx)
-        if source is None or ram <= budget_ram or not any(d.plan is not None for d in ctx.decisions):
+        if source is None or not any(d.plan is not None for d in ctx.decisions):
+            break
+        slack = budget_ram - DEVICE_RAM_MARGIN - ram
+        if ram <= budget_ram and (room is None or kept is not None or slack < FILL_MIN):
             break
         # decompose_kernels' forms put the model over its budget: again with the room its convs may
         # take together, measured in this try (the rest of the device RAM is not theirs), less each
         # time by what the last try was still over; toward the bare SDK's budget when no choice of
-        # forms meets a smaller one (--ram-budget maixpy for BlazePalm), not at all when neither is met
+        # forms meets a smaller one (--ram-budget maixpy for BlazePalm), not at all when neither is met.
+        # A retry that leaves more than FILL_MIN of the budget unused (the forms it measured for the
+        # first time took less than estimated) is tried once more with that much more room, and kept
+        # only where it fits and is estimated faster.
         measured = _form_bytes(ctx)
         taken = sum(measured.values())
         # what each choice took, for the next try's choices (decompose_kernels estimates the others)
         seen = {**ctx.form_measured, **{(d.node, d.plan, d.codes): measured[d.node]
                                         for d in ctx.decisions if d.node in measured}}
         scale = sum(ctx.form_estimates.get(c, 0) for c in measured) / max(taken, 1) or 1.0
-        rooms = [(b, b - DEVICE_RAM_MARGIN - (ram - taken)) for b in (budget_ram, DEVICE_RAM_BUDGET)]
-        target, fits = next(((b, r) for b, r in rooms if r >= ctx.form_floor / scale and ram > b), (None, None))
-        if target is None:
-            break
-        room = fits if room is None else min(fits, room - (ram - target) - DEVICE_RAM_MARGIN)
-        log(f"   {ram - target} B over {target} B of device RAM: again with {room} B for the decomposed "
-            f"convs ({taken} B in this try)")
+        if ram <= budget_ram:
+            kept, room = (g, ctx), room + slack
+            log(f"   {slack} B under {budget_ram - DEVICE_RAM_MARGIN} B of device RAM: again with {room} B "
+                f"for the decomposed convs ({taken} B in this try)")
+        else:
+            rooms = [(b, b - DEVICE_RAM_MARGIN - (ram - taken)) for b in (budget_ram, DEVICE_RAM_BUDGET)]
+            target, fits = next(((b, r) for b, r in rooms if r >= ctx.form_floor / scale and ram > b),
+                                (None, None))
+            if target is None:
+                break
+            room = fits if room is None else min(fits, room - (ram - target) - DEVICE_RAM_MARGIN)
+            log(f"   {ram - target} B over {target} B of device RAM: again with {room} B for the decomposed "
+                f"convs ({taken} B in this try)")
         ctx = _again(ctx, form_room=room, form_measured=seen, form_scale=scale)
         g, ctx = _run_in_kpu_ram(manager, _copy(source), ctx, source)
+        if kept is not None:
+            if _device_ram(ctx) > budget_ram or estimate(ctx.emitted.model).total_ms >= estimate(
+                    kept[1].emitted.model).total_ms:
+                g, ctx = kept
+            break
     return CompileResult(ctx.kmodel, g, ctx.emitted, manager.names, ctx.placements, ctx.float_graph,
                          ctx.weights_ranges, ctx.ranges, decisions=ctx.decisions, ram_for_speed=ctx.kpu_form_spent)
 
@@ -187,6 +205,8 @@ def _again(ctx: CompileContext, **changes: Any) -> CompileContext:
 
 #: tries of the stages after the first for a model over its device RAM budget
 ROOM_TRIES = 4
+#: unused device RAM after a retry worth one more try (about a 256-channel 6x6 5x5's fastest form)
+FILL_MIN = 128 * 1024
 #: tries of `_run_in_kpu_ram` after the first
 KPU_RAM_RETRIES = 4
 
@@ -234,6 +254,9 @@ def _named_after(name: str, conv: str) -> bool:
 #: DEVICE_RAM_MARGIN when a first try went over it
 DEVICE_RAM_BUDGET = dict(BUDGETS)["bare SDK"]
 DEVICE_RAM_MARGIN = 32 * 1024
+#: mean zero bytes before a KPU layer's activation table (256-aligned) when its body starts on any
+#: 8-byte file offset (kcc.kmodel.spec)
+ACT_GAP = (KPU_ACT_ALIGNMENT - BODY_ALIGNMENT) // 2
 
 
 def _device_ram(ctx: CompileContext) -> int:
@@ -243,14 +266,16 @@ def _device_ram(ctx: CompileContext) -> int:
 def _form_bytes(ctx: CompileContext) -> dict[str, int]:
     """Kmodel bytes of each conv decompose_kernels weighed (its nodes are named after it: its form's,
     kcc.passes.kernel_forms, or the CPU conv) in the kmodel just emitted: body, node header and, for a
-    KPU layer, its tables' average alignment."""
+    KPU layer, its activation table's mean alignment gap instead of the one it has at offset 0."""
     convs = {d.node for d in ctx.decisions}
     out: dict[str, int] = {}
     for name, node in zip(ctx.emitted.node_names, ctx.emitted.model.nodes):
         # the conv itself, or the longest conv name it extends (names may nest)
         conv = max((c for c in convs if name == c or name.startswith(c + "/")), key=len, default=None)
         if conv is not None:
-            size = len(node.body.pack()) + 8 + (384 if isinstance(node.body, kmodel.KpuConv2D) else 0)
+            size = len(node.body.pack()) + 8
+            if isinstance(node.body, kmodel.KpuConv2D):  # where the body lands is not known in advance
+                size += ACT_GAP - kmodel.aligned_table_padding(0, node.body.layer.out_channels)[1]
             out[conv] = out.get(conv, 0) + size
     return out
 
