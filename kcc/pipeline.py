@@ -151,7 +151,7 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
         if source is None or not any(d.plan is not None for d in ctx.decisions):
             break
         slack = budget_ram - DEVICE_RAM_MARGIN - ram
-        if ram <= budget_ram and (room is None or kept is not None or slack < FILL_MIN):
+        if ram <= budget_ram and (room is None or slack < FILL_MIN):  # within: only a retry gets filled
             break
         # decompose_kernels' forms put the model over its budget: again with the room its convs may
         # take together, measured in this try (the rest of the device RAM is not theirs), less each
@@ -181,7 +181,7 @@ def compile_graph(g: Graph, options: CompileOptions = CompileOptions(), log: Log
                 f"convs ({taken} B in this try)")
         ctx = _again(ctx, form_room=room, form_measured=seen, form_scale=scale)
         g, ctx = _run_in_kpu_ram(manager, _copy(source), ctx, source)
-        if kept is not None:
+        if kept is not None:  # the fill is the last try: kept unless it fits and is faster
             if _device_ram(ctx) > budget_ram or estimate(ctx.emitted.model).total_ms >= estimate(
                     kept[1].emitted.model).total_ms:
                 g, ctx = kept
