@@ -69,10 +69,10 @@ from kcc.passes.blaze_blocks import streamed_prelus
 from kcc.passes.kernel_budget import (
     CODES_REASON,
     MODEL_KPU_BYTES,
+    CodesCosts,
     Decision,
     Status,
     allot,
-    codes_costs,
     ladder,
     within_room,
 )
@@ -308,7 +308,7 @@ def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
         final = {id(n): (first[id(n)][1], P.STACK_KPU_BYTES) for n in convs}
         eligible = [n for n in convs if residual_in(n) and first[id(n)][1].status is not Status.ON_KPU]
         if ctx.form_costs is None and opts.decompose != "fast":  # the same graph every retry: measured once
-            ctx.form_costs = codes_costs(g, eligible, (ctx.samples or [])[:BULK_SAMPLES])
+            ctx.form_costs = CodesCosts(g, eligible, (ctx.samples or [])[:BULK_SAMPLES])
         costs = None if opts.decompose == "fast" else ctx.form_costs
         choices, ctx.room_rate = within_room(convs, first, ctx.form_room, decide, size, ram, residual_in, costs)
         final.update(choices)

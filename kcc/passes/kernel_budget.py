@@ -9,7 +9,7 @@ device RAM budget (kcc.pipeline) is compiled again with the room the budget leav
 greedy multiple-choice knapsack), exact forms and, where the room holds no exact form made in KPU
 RAM, forms reading a float input of the CPU as 8-bit codes. Those add a rounding the CPU's float conv
 does not make: each one's cost to the model's outputs is measured alone on the calibration samples
-(`codes_costs`), and with `--decompose accurate` (the default) their sum stays within
+(`CodesCosts`), and with `--decompose accurate` (the default) their sum stays within
 CODES_COSINE_BUDGET: a move's cost counts as the bytes of the same share of what is left of the two.
 """
 
@@ -22,6 +22,7 @@ import numpy as np
 
 from kcc.eval.interpreter import run
 from kcc.ir import kpu_ops as KO
+from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.options import CompileOptions
 from kcc.passes import kernel_plans as P
@@ -37,7 +38,7 @@ from kcc.target.quant_rules import fixup_range
 MODEL_KPU_BYTES = 3 * 1024 * 1024
 #: 1 - cosine of a model's outputs (its worst output, mean over the calibration samples) that reading
 #: float inputs of the CPU as 8-bit codes may cost under --decompose accurate, summed over the convs
-#: that do, each measured alone (`codes_costs`). BlazePalm: its 19 5x5s after the stem's blocks cost
+#: that do, each measured alone (`CodesCosts`). BlazePalm: its 19 5x5s after the stem's blocks cost
 #: 1.6e-5 to 3.5e-4 each, 1.7e-3 in all (docs/measurements.md §20)
 CODES_COSINE_BUDGET = 5e-4
 
@@ -129,36 +130,80 @@ def climb(rungs: list[list[tuple[int, float, float]]], budget: int, at: list[int
         at[i] = k
 
 
-def codes_costs(g: Graph, convs: list[Node], samples: list) -> dict[str, float]:
-    """For each conv of `convs`, 1 - cosine of g's outputs (the worst output, mean over `samples`)
-    when its input alone is rounded to 8 bits on the grid of its range over the samples, against
-    g's float outputs: what reading it as codes costs the model, before any rounding of its own."""
-    if not samples or not convs:
-        return {}
-    xs = {id(n.inputs[0]) for n in convs}
-    seen: dict[int, list[tuple[float, float]]] = {}
+class CodesCosts:
+    """What reading a conv's float input as 8-bit codes costs the model (`cost`), measured on demand,
+    each (conv, channel group) once: g's float outputs on `samples` are computed once, with every
+    conv input's range per channel."""
 
-    def note(n: Node, v: np.ndarray) -> None:
-        if id(n) in xs:
-            seen.setdefault(id(n), []).append((float(v.min()), float(v.max())))
+    def __init__(self, g: Graph, convs: list[Node], samples: list):
+        self.g, self.samples, self.convs = g, samples, {n.name: n for n in convs}
+        self.measured: dict[tuple[str, int | None], float] = {}
+        xs = {id(n.inputs[0]) for n in convs}
+        self.seen: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    refs = [run(g, s, note) for s in samples]
-    out = {}
-    for n in convs:
-        x = n.inputs[0]
-        lo, hi = fixup_range(min(lo for lo, _ in seen[id(x)]), max(hi for _, hi in seen[id(x)]))
-        scale = 255.0 / (hi - lo)  # the grid calibration gives that range (nncase's, kcc.quant.params)
-        zero = round(-lo * scale)
-        code = g.insert_before(n, KO.Quantize(zero, scale), (x,), n.name + "/codes_probe")
-        back = g.insert_before(n, KO.Dequantize(zero, scale), (code,), n.name + "/codes_probe_f")
-        n.inputs = (back, *n.inputs[1:])
+        def note(n: Node, v: np.ndarray) -> None:
+            if id(n) in xs:
+                lo, hi = v.min(axis=(0, *range(2, v.ndim))), v.max(axis=(0, *range(2, v.ndim)))
+                was = self.seen.get(id(n))
+                self.seen[id(n)] = (lo, hi) if was is None else (np.minimum(was[0], lo), np.maximum(was[1], hi))
+
+        self.refs = [run(g, s, note) for s in samples] if samples and convs else []
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.convs and bool(self.samples)
+
+    def cost(self, name: str, group: int | None = None) -> float:
+        """1 - cosine of g's outputs (the worst output, mean over the samples) when conv `name`'s input
+        alone is rounded to 8 bits, each `group` channels (None: all) on the grid of their range over
+        the samples (as kcc.quant.policy.share_view_grids gives a decomposed depthwise's channel groups),
+        against g's float outputs: what reading it as codes costs the model, before any rounding of
+        its own."""
+        key = (name, group)
+        if key not in self.measured:
+            self.measured[key] = self._measure(self.convs[name], group)
+        return self.measured[key]
+
+    def _measure(self, n: Node, group: int | None) -> float:
+        g, x = self.g, n.inputs[0]
+        lo_c, hi_c = self.seen[id(x)]
+        c = x.shape[1]
+        step = group or c
+        made: list[Node] = []
+        parts = []
+        for c0 in range(0, c, step):
+            c1 = min(c, c0 + step)
+            lo, hi = fixup_range(float(lo_c[c0:c1].min()), float(hi_c[c0:c1].max()))
+            scale = 255.0 / (hi - lo)  # the grid calibration gives that range (nncase's, kcc.quant.params)
+            zero = round(-lo * scale)
+            src = x
+            if (c0, c1) != (0, c):
+                src = g.insert_before(n, O.StridedSlice((0, c0, *[0] * (x.type.rank - 2)), (x.shape[0], c1, *x.shape[2:]),
+                                                        (1,) * x.type.rank), (x,), f"{n.name}/codes_probe_slice")
+                made.append(src)
+            code = g.insert_before(n, KO.Quantize(zero, scale), (src,), n.name + "/codes_probe")
+            back = g.insert_before(n, KO.Dequantize(zero, scale), (code,), n.name + "/codes_probe_f")
+            made += [code, back]
+            parts.append(back)
+        if len(parts) > 1:
+            parts = [g.insert_before(n, O.Concat(1), tuple(parts), n.name + "/codes_probe_all")]
+            made += parts
+        n.inputs = (parts[0], *n.inputs[1:])
         try:
-            out[n.name] = float(np.mean([1.0 - min(_cosine(a, b) for a, b in zip(run(g, s), ref))
-                                         for s, ref in zip(samples, refs)]))
+            return float(np.mean([1.0 - min(_cosine(a, b) for a, b in zip(run(g, s), ref))
+                                  for s, ref in zip(self.samples, self.refs)]))
         finally:
             n.inputs = (x, *n.inputs[1:])
-            g.nodes = [m for m in g.nodes if m is not code and m is not back]
-    return out
+            dead = {id(m) for m in made}
+            g.nodes = [m for m in g.nodes if id(m) not in dead]
+
+
+def codes_group(n: Node, plan: Form | None) -> int | None:
+    """The channels of conv n's input that its form `plan` quantizes on one grid: a depthwise conv's
+    stacked forms read it in channel groups, each sliced off and quantized on its own
+    (kcc.passes.kernel_forms `_group_source`, kcc.quant.policy.share_view_grids); None: all of them."""
+    if plan is None or n.op.groups == 1 or plan.combine not in ("stack", "fan_kpu", *KPU_MADE):
+        return None
+    return plan.group
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -167,7 +212,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def within_room(convs: list[Node], first: dict, room: int, decide, size, ram, residual_in,
-                costs: dict[str, float] | None) -> tuple[dict[int, tuple[Decision, int]], float | None]:
+                costs: CodesCosts | None) -> tuple[dict[int, tuple[Decision, int]], float | None]:
     """Each conv's decision when all of them together may take `room` bytes of kmodel (kcc.pipeline's
     retry of a model over its device RAM budget; `size(n, plan, codes)`: a choice's bytes, the CPU
     conv's weights too; `first`: per conv, its input and its decision within STACK_KPU_BYTES):
@@ -176,7 +221,7 @@ def within_room(convs: list[Node], first: dict, room: int, decide, size, ram, re
     A conv whose input is a float of the CPU (`residual_in`) and whose exact forms made in KPU RAM
     (which stack that input's rounding residual too) need more than STACK_KPU_BYTES also has the
     forms reading that input as 8-bit codes on its ladder, as every KPU layer reading a CPU float
-    does (`decide(n, cap, True)`), each costing its measured `costs` (`codes_costs`) of
+    does (`decide(n, cap, True)`), each costing its measured `costs` (`CodesCosts`, on the form's channel groups) of
     CODES_COSINE_BUDGET (None: --decompose fast, no limit): BlazePalm's 24x24, 12x12 and 6x6 5x5s,
     whose exact forms the room holds only as views made by the CPU, if at all. Returns, per conv
     weighed, its choice and the cap it was decided within, and, when the room holds some conv's faster
@@ -185,10 +230,13 @@ def within_room(convs: list[Node], first: dict, room: int, decide, size, ram, re
     ms = DEFAULT_MHZ * 1e3
     top = max(room, P.STACK_KPU_BYTES + 1)
 
-    def rungs(n: Node, d: Decision, res: bool, codes: bool, cost: float = 0.0) -> list[tuple]:
+    def rungs(n: Node, d: Decision, res: bool, codes: bool) -> list[tuple]:
         beyond = set(P.plans(n, res, True, 0.0, top, ram(n))) - set(P.plans(n, res, True, 0.0, ram=ram(n)))
         steps = [(P.STACK_KPU_BYTES, d)] + (ladder(n, d, beyond, lambda m, cap: decide(m, cap, codes)) if beyond else [])
-        return [(size(n, e.plan, codes), e.cycles, cost, e, cap) for cap, e in steps if e.plan is not None]
+        def cost(e: Decision) -> float:  # each form's own channel groups, each on its grid
+            return costs.cost(n.name, codes_group(n, e.plan)) if codes and costs is not None else 0.0
+
+        return [(size(n, e.plan, codes), e.cycles, cost(e), e, cap) for cap, e in steps if e.plan is not None]
 
     cands = []  # (conv, [(bytes, cycles, cost, decision, cap)])
     for n in convs:
@@ -200,7 +248,7 @@ def within_room(convs: list[Node], first: dict, room: int, decide, size, ram, re
         steps += rungs(n, d, residual_in(n), False)
         if (residual_in(n) and (d.plan is None or d.plan.combine not in ("fan_kpu", *KPU_MADE))
                 and (costs is None or n.name in costs)):
-            steps += rungs(n, decide(n, P.STACK_KPU_BYTES, True), False, True, (costs or {}).get(n.name, 0.0))
+            steps += rungs(n, decide(n, P.STACK_KPU_BYTES, True), False, True)
         cands.append((n, steps))
     free = room - sum(size(n, None) for n in convs if first[id(n)][1].status is not Status.ON_KPU)  # beyond the CPU's
     at = climb([[s[:3] for s in steps] for _, steps in cands], free, [0] * len(cands),

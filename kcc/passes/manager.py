@@ -27,6 +27,7 @@ from kcc.options import CompileOptions
 if TYPE_CHECKING:
     from kcc.frontend.quantization import ModelQuantization
     from kcc.passes.decompose_kernels import Decision
+    from kcc.passes.kernel_budget import CodesCosts
     from kcc.passes.legalize_kpu import Placement
     from kcc.quant.weight_rounding import InputMoments
 
@@ -81,8 +82,8 @@ class CompileContext:
     form_measured: dict[tuple, int] = field(default_factory=dict)
     form_scale: float = 1.0
     #: decompose_kernels: what reading each conv's float input as 8-bit codes costs the model's outputs
-    #: (kcc.passes.kernel_budget.codes_costs), measured on the first retry and carried to the next ones
-    form_costs: dict[str, float] | None = None
+    #: (kcc.passes.kernel_budget.CodesCosts), measured on the first retry and carried to the next ones
+    form_costs: CodesCosts | None = None
     #: KPU RAM each decomposed conv's form leaves to the buffers alive beside it, by conv name
     #: (kcc.pipeline's retry after a KPU RAM overflow at that form, kcc.passes.decompose_kernels)
     kpu_ram_reserve: dict[str, int] = field(default_factory=dict)

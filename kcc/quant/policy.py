@@ -22,7 +22,7 @@ import numpy as np
 
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
-from kcc.ir.graph import Graph, Node
+from kcc.ir.graph import Graph, Node, channel_range
 from kcc.ir.kpu_ops import moves_codes
 from kcc.passes.manager import CompileContext
 from kcc.progress import counted
@@ -185,7 +185,14 @@ def share_view_grids(points: Sequence[Node], ranges: dict[str, Range]) -> None:
     """Views (crops, zero pads) of one float tensor that KPU layers read, and of its rounding
     residual (kcc.ir.kpu_ops.QuantResidual), get one grid, the union of their ranges: the tensor is
     quantized once and the views are cut from its uint8 codes (kcc.quant.quantize), and the residual
-    is taken on the grid its twin terms read x on (a residual's own range, 0 in float, says nothing)."""
+    is taken on the grid its twin terms read x on (a residual's own range, 0 in float, says nothing).
+
+    Where every view is of one of disjoint channel slices of the tensor (a decomposed depthwise conv's
+    channel groups, kcc.passes.kernel_forms `_group_source`), each slice is quantized on its own
+    (quantize: a slice that drops channels is quantized after) and gets the union of its own views'
+    ranges only. A residual stream's channels differ in range by orders of magnitude: BlazePalm's
+    5x5s, reading their float inputs as 8-bit codes on one grid each, cost its outputs 2.6e-3 of
+    cosine in all, on one grid per group of 4 channels 2.7e-4 (docs/measurements.md §24)."""
     groups: dict[int, list[Node]] = {}
     for p in points:
         src = view_source(p)
@@ -194,10 +201,42 @@ def share_view_grids(points: Sequence[Node], ranges: dict[str, Range]) -> None:
         if not isinstance(src.op, (KO.FloatKpuConv, O.Input)) and p.name in ranges:
             groups.setdefault(id(src), []).append(p)
     for views in groups.values():
-        lo = min(ranges[v.name][0] for v in views)
-        hi = max(ranges[v.name][1] for v in views)
-        for v in views:
-            ranges[v.name] = (lo, hi)
+        for part in _slice_groups(views):
+            lo = min(ranges[v.name][0] for v in part)
+            hi = max(ranges[v.name][1] for v in part)
+            for v in part:
+                ranges[v.name] = (lo, hi)
+
+
+def _slice_groups(views: list[Node]) -> list[list[Node]]:
+    """`views` (of one float tensor, share_view_grids) by the channel slice each is a view of, when
+    each is of one and the slices are disjoint; else all of them as one group."""
+    by_slice: dict[int, list[Node]] = {}
+    slices: dict[int, tuple[int, int]] = {}
+    for v in views:
+        s = _channel_slice(v)
+        if s is None:
+            return [views]
+        by_slice.setdefault(id(s), []).append(v)
+        slices[id(s)] = channel_range(s)
+    spans = sorted(slices.values())
+    if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+        return [views]
+    return list(by_slice.values())
+
+
+def _channel_slice(v: Node) -> Node | None:
+    """The channel slice (`channel_range`) of a float tensor that view v moves around (through data
+    movement and a rounding residual, as view_source goes), or None."""
+    n = v
+    while True:
+        if channel_range(n) is not None and not isinstance(view_source(n.inputs[0]).op, KO.QuantResidual):
+            return n
+        if isinstance(n.op, KO.QuantResidual) or n is not view_source(n) and isinstance(
+                n.op, (O.StridedSlice, O.Reshape, O.Transpose, O.Pad)):
+            n = n.inputs[0]
+            continue
+        return None
 
 
 def residual_term_ranges(g: Graph, ranges: dict[str, Range]) -> None:
