@@ -38,8 +38,9 @@ from kcc.target.quant_rules import fixup_range
 MODEL_KPU_BYTES = 3 * 1024 * 1024
 #: 1 - cosine of a model's outputs (its worst output, mean over the calibration samples) that reading
 #: float inputs of the CPU as 8-bit codes may cost under --decompose accurate, summed over the convs
-#: that do, each measured alone (`CodesCosts`). BlazePalm: its 19 5x5s after the stem's blocks cost
-#: 1.6e-5 to 3.5e-4 each, 1.7e-3 in all (docs/measurements.md §20)
+#: that do, each measured alone (`CodesCosts`). BlazePalm: its 23 5x5s reading floats cost 2.6e-3 in
+#: all on one grid each (docs/measurements.md §20), 2.6e-4 on a grid per 4 channels, as its forms'
+#: channel groups read them (§24)
 CODES_COSINE_BUDGET = 5e-4
 
 #: the reason of a decision reading a float input of the CPU as 8-bit codes (`within_room`)
