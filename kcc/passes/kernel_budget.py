@@ -201,7 +201,9 @@ class CodesCosts:
 def codes_group(n: Node, plan: Form | None) -> int | None:
     """The channels of conv n's input that its form `plan` quantizes on one grid: a depthwise conv's
     stacked forms read it in channel groups, each sliced off and quantized on its own
-    (kcc.passes.kernel_forms `_group_source`, kcc.quant.policy.share_view_grids); None: all of them."""
+    (kcc.passes.kernel_forms `_group_source`, kcc.quant.policy.share_view_grids); None: all of them.
+    (A float that part_groups makes a concatenation read whole, BlazePalm's stem PReLU, keeps one
+    grid: its first 5x5 takes an exact form before any codes one, `within_room`.)"""
     if plan is None or n.op.groups == 1 or plan.combine not in ("stack", "fan_kpu", *KPU_MADE):
         return None
     return plan.group
