@@ -31,6 +31,7 @@ from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node, channel_values, copy_rewriting
 from kcc.options import CompileOptions
+from kcc.passes.lower_to_neutral import float_prelu_cycles
 from kcc.target.k210 import (
     CPU_NODE_CYCLES,
     KPU_LAYER_BYTES,
@@ -84,13 +85,13 @@ class _Rewriter:
                 and x.inputs[1].is_constant and x.inputs[2].is_constant
                 and layer_fits(x.inputs[0].shape, 2 * x.shape[1], op.kernel))
 
-    def _faster(self, n: Node, x: Node, stacked: bool, mixed: bool) -> bool:
-        """Cycles of today's CPU form (kcc.passes.lower_to_neutral: a 1x1 depthwise float conv and an
-        add, two convs for slopes on both sides of 1) against the two layers', with the data movement
+    def _faster(self, n: Node, x: Node, stacked: bool, slopes: np.ndarray) -> bool:
+        """Cycles of today's CPU form (kcc.passes.lower_to_neutral `float_prelu_cycles`: a 1x1 depthwise
+        float conv and a binary op an element) against the two layers', with the data movement
         each needs around it; with a room rate, the cycles saved per kmodel byte of the two layers
         beyond x's own must reach it."""
         c = x.shape[1]
-        cpu = (2 if mixed else 1) * _per_element("conv2d_mac", n) + _per_element("binary", n)
+        cpu = float_prelu_cycles(n, slopes)
         kpu = _layer_cycles((x.shape[0], 2 * c, *x.shape[2:]), c, 1)  # layer B
         if stacked:  # layer A is x's conv with twice its output channels
             xin, k = x.inputs[0], x.op.kernel
@@ -130,8 +131,7 @@ class _Rewriter:
             return None
         if not stacked and not layer_fits(x.shape, 2 * c, 1):
             return None
-        mixed = bool(np.any(a > 1) and np.any(a < 1))
-        if not self._faster(n, x, stacked, mixed):
+        if not self._faster(n, x, stacked, a):
             return None
         g = self.g
         if stacked:  # x's own copy in the new graph dies: nothing else reads it

@@ -89,6 +89,7 @@ from kcc.ir.graph import Graph, Node, channel_values
 from kcc.kmodel import kpu_channel_offset
 from kcc.options import CompileOptions
 from kcc.passes.blaze_blocks import blaze_add, channel_selection, explicit_prelu, pair_shape, prelu_reader
+from kcc.passes.lower_to_neutral import float_prelu_cycles
 from kcc.passes.prelu_kpu import _layer_cycles, _per_element, _upload
 from kcc.passes.residual_kpu import _reaches, upload_layer
 from kcc.target.k210 import (
@@ -361,16 +362,14 @@ class _Rewriter:
     def _faster(self, n: Node, prelu: Node, alpha: np.ndarray, k: int) -> bool:
         """Cycles of today's form against the pair's (kcc.target.k210's cost model, as prelu_kpu):
         today the operands that are KPU layers are copied out and dequantized, the add and the PReLU
-        (lower_to_neutral: a 1x1 float conv and an add, two convs with slopes on both sides of 1) run in
+        (lower_to_neutral `float_prelu_cycles`: a 1x1 float conv and a binary op an element) run in
         float, and the PReLU is quantized and uploaded for its KPU readers; the pair costs its 1x1 layer
         over k channels less the projection it absorbs, the doubled input channels of the layers that
         read it (a depthwise one twice its layer), and a merge layer copied out and dequantized for
         each value a CPU op reads; with a pair over STREAM_PAIR_RAM, the merge layer making the PReLU
         explicit instead, its readers' C channels as today."""
         c = n.shape[1]
-        mixed = bool(np.any(alpha > 1) and np.any(alpha < 1))
-        cpu = _per_element("binary", n) + (2 if mixed else 1) * _per_element("conv2d_mac", prelu) + _per_element(
-            "binary", prelu)
+        cpu = _per_element("binary", n) + float_prelu_cycles(prelu, alpha)
         kpu = _layer_cycles((1, k, *n.shape[2:]), 2 * c, 1)
         for u in n.inputs:
             if _is_kpu(u):  # a KPU operand today: copied out and dequantized

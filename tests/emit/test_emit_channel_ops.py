@@ -10,7 +10,7 @@ from kcc.emit import emit
 from kcc.eval.interpreter import run
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph
-from kcc.passes.lower_to_neutral import lower_to_neutral
+from kcc.passes.lower_to_neutral import PRELU_RUN_BYTES, lower_to_neutral, prelu_runs
 
 
 @pytest.mark.parametrize("low, high", [(0.0, 1.0), (1.0, 3.0), (-2.0, 2.0)])
@@ -27,13 +27,19 @@ def test_channel_prelu_in_the_simulator_equals_the_float_prelu(low, high):
     want = np.where(xn >= 0, xn, alpha[None] * xn)  # TFLite's PRELU
     model = emit(lower_to_neutral(g)).model
     got = kpu_sim.load(kmodel.write(model)).run([xi])[0].reshape(want.shape)
-    # x + (a-1)*x rounds twice where a*x rounds once: within 2 float32 ulps of TFLite's value
-    np.testing.assert_allclose(got, want, rtol=2.5e-7, atol=0)
+    mixed = low < 1.0 < high
+    if mixed:  # max(x, a x) / min(x, a x) in runs of channels: TFLite's one product, bit for bit
+        np.testing.assert_array_equal(got, want)
+    else:  # x + (a-1)*x rounds twice where a*x rounds once: within 2 float32 ulps of TFLite's value
+        np.testing.assert_allclose(got, want, rtol=2.5e-7, atol=0)
     np.testing.assert_array_equal(got[xn >= 0], xn[xn >= 0])  # the positive side is x, bit for bit
     np.testing.assert_array_equal(got, run(lower_to_neutral(g), [xi])[0])  # kpu_sim == kcc.eval
     binaries = [n.body for n in model.nodes if n.name == "binary"]
     assert binaries and all(b.in_a_shape == b.in_b_shape for b in binaries)
-    assert model.main_mem == 2 * xi.nbytes  # x's map and one more, as the broadcast binary form
+    # x's map and the PReLU's (each run's result written into its channels), and a run's products
+    runs = prelu_runs(alpha.ravel(), 5 * 7) if mixed else []
+    products = max((c1 - c0 for c0, c1, _ in runs), default=0) * 5 * 7 * 4
+    assert model.main_mem == 2 * xi.nbytes + products
 
 
 @pytest.mark.parametrize("op", ["add", "sub", "mul"])
@@ -80,3 +86,10 @@ def test_clamp_of_a_map_is_a_depthwise_conv2d_with_the_same_floats():
     got = kpu_sim.load(kmodel.write(emit(low).model)).run(xs)
     for a, w in zip(got, run(g, xs)):
         np.testing.assert_array_equal(a.reshape(w.shape), w)
+
+
+def test_prelu_runs_follow_the_slopes_side_of_1_within_the_run_bytes():
+    slopes = np.array([0.5, -0.5, 2.0, 2.0, 3.0, 0.1], np.float32)
+    assert prelu_runs(slopes, 1) == [(0, 2, False), (2, 5, True), (5, 6, False)]
+    plane = PRELU_RUN_BYTES // (4 * 2)  # two channels of float a run
+    assert prelu_runs(slopes, plane) == [(0, 2, False), (2, 4, True), (4, 5, True), (5, 6, False)]
