@@ -4,9 +4,9 @@ After this pass every node maps onto exactly one kmodel body (see `kcc.emit`), e
 is free (it aliases its input's buffer). Each rewrite keeps the original node's name on the node
 that replaces it, so graph outputs keep their tflite names.
 
-    prelu(x, a)          -> x + clamp((a-1)*x)    per-channel a (1x1 depthwise conv2d; _prelu), or
+    prelu(x, a)          -> x + clamp((a-1)*x)    per-channel a (1x1 depthwise conv2d), or
                             max(x, a*x) / min(x, a*x) in runs of channels for slopes on both
-                            sides of 1 (_prelu_runs)
+                            sides of 1 (kcc.passes.float_prelu)
                           -> max(x, x*a)          other constant a, if 0 <= a <= 1 everywhere
                           -> max(x,0) + a*min(x,0)             otherwise
     x +-* c (c constant per channel), clamp(x) of 4-D x -> 1x1 depthwise conv2d (_binary, _clamp)
@@ -47,6 +47,7 @@ from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node, channel_values, copy_rewriting
 from kcc.ir.types import TensorType
+from kcc.passes.float_prelu import depthwise, prelu
 from kcc.target.k210 import CPU_NODE_CYCLES, cpu_cycles
 
 if TYPE_CHECKING:
@@ -73,93 +74,6 @@ class _Builder:
 
 
 
-def _depthwise(b: _Builder, x: Node, w: np.ndarray, act: tuple[float, float], name: str,
-               bias: np.ndarray | None = None) -> Node:
-    """y_c = clamp(bias_c + x_c * w_c): a 1x1 conv2d with one group per channel (kmodel_v4.md §8.3)."""
-    c = x.shape[1]
-    wn = b.const(np.asarray(w, F32).reshape(c, 1, 1, 1), name + "/w")
-    bn = b.const(np.zeros(c, F32) if bias is None else np.asarray(bias, F32), name + "/b")
-    return b.add(O.Conv2D(groups=c, act=act), (x, wn, bn), name)
-
-
-def _prelu(b: _Builder, n: Node, x: Node, alpha: Node) -> Node:
-    slopes = channel_values(x, alpha)
-    if slopes is not None:
-        # x + (a-1)*min(x, 0) as 1x1 depthwise conv2d and same-shape adds: a binary with a broadcast
-        # operand costs several conv taps per element (kcc.target.k210 CPU_CYCLES "broadcast"). The
-        # conv's clamp folds min(x, 0) in: for a <= 1, (a-1)*x >= 0 exactly where x <= 0, so
-        # max((a-1)*x, 0) = (a-1)*min(x, 0); for a >= 1, min((a-1)*x, 0) is.
-        d = slopes - F32(1)
-        if np.all(d <= 0) or np.all(d >= 0):
-            act = (0.0, np.inf) if np.all(d <= 0) else (-np.inf, 0.0)
-            scaled = _depthwise(b, x, d, act, n.name + "/alpha_neg")
-            return b.add(O.Binary("add"), (x, scaled), n.name)
-        if x.shape[0] == 1 and x.type.rank == 4:
-            return _prelu_runs(b, n, x, slopes)
-        # Mixed signs: min(x, 0) by a unit conv's clamp, then (a-1) times it: two convs and one add
-        # (the a <= 1 and a > 1 channels each by a conv and an add cost one add more). Beside x, m
-        # lives until the product is made: BlazePalm's working memory is the same (901152 B).
-        m = _depthwise(b, x, np.ones_like(d), (-np.inf, 0.0), n.name + "/negative")
-        scaled = _depthwise(b, m, d, O.NO_CLAMP, n.name + "/alpha_neg")
-        return b.add(O.Binary("add"), (x, scaled), n.name)
-    a = alpha.data if alpha.is_constant else None
-    if a is not None and np.all((a >= 0) & (a <= 1)):
-        ax = b.add(O.Binary("mul"), (x, alpha), n.name + "/alpha_x")
-        return b.add(O.Binary("max"), (x, ax), n.name)
-    zero = b.const(np.zeros((), F32), n.name + "/zero")
-    pos = b.add(O.Binary("max"), (x, zero), n.name + "/pos")
-    neg = b.add(O.Binary("min"), (x, zero), n.name + "/neg")
-    scaled = b.add(O.Binary("mul"), (neg, alpha), n.name + "/alpha_neg")
-    return b.add(O.Binary("add"), (pos, scaled), n.name)
-
-
-#: most float bytes of one run of channels `_prelu_runs` computes at a time: its product a x lives
-#: beside x and the PReLU's map until the run's max or min is written into that map
-PRELU_RUN_BYTES = 64 * 1024
-
-
-def prelu_runs(slopes: np.ndarray, plane: int) -> list[tuple[int, int, bool]]:
-    """The runs of channels (c0, c1, a > 1) a per-channel PReLU with slopes on both sides of 1 is
-    computed in (`_prelu_runs`): maximal runs of slopes on one side of 1, cut to PRELU_RUN_BYTES of
-    float (`plane` elements a channel)."""
-    most = max(1, PRELU_RUN_BYTES // (4 * plane))
-    runs, c0, c = [], 0, len(slopes)
-    while c0 < c:
-        rising, c1 = bool(slopes[c0] > 1), c0 + 1
-        while c1 < c and bool(slopes[c1] > 1) == rising and c1 - c0 < most:
-            c1 += 1
-        runs.append((c0, c1, rising))
-        c0 = c1
-    return runs
-
-
-def float_prelu_cycles(x: Node, slopes: np.ndarray | None) -> float:
-    """CPU cycles of the float PReLU lower_to_neutral makes of x with per-channel `slopes` (None: one
-    per-channel form): a 1x1 depthwise conv and a binary op an element, each node dispatched, one
-    pair a run where the slopes fall on both sides of 1 (`_prelu_runs`)."""
-    per_element = cpu_cycles("conv2d_mac") + cpu_cycles("binary")
-    nodes = 2
-    if slopes is not None and np.any(slopes > 1) and np.any(slopes < 1) and x.shape[0] == 1 and x.type.rank == 4:
-        nodes = 2 * len(prelu_runs(slopes, x.shape[2] * x.shape[3]))
-    return per_element * x.type.size + nodes * CPU_NODE_CYCLES
-
-
-def _prelu_runs(b: _Builder, n: Node, x: Node, slopes: np.ndarray) -> Node:
-    """PReLU(x) with slopes on both sides of 1, run of channels by run of channels (`prelu_runs`):
-    max(x, a x) where a <= 1 (a x >= x exactly where x <= 0, negative a too) and min(x, a x) where
-    a > 1, a 1x1 depthwise conv and a binary op an element, each run's result written into its
-    channels of the PReLU's map (kcc.emit.storage: a channel range of a batch-1 map is a view, a
-    concatenation of CPU results is computed in place). The same values as TFLite's relu(x) + a
-    (-relu(-x)): one product, no sum. BlazePalm: x + (a-1) min(x, 0) was two convs and an add."""
-    _, _, h, w = x.shape
-    parts = []
-    for c0, c1, rising in prelu_runs(slopes, h * w):
-        xs = b.add(O.StridedSlice((0, c0, 0, 0), (1, c1, h, w), (1, 1, 1, 1)), (x,), f"{n.name}/channels{c0}")
-        ax = _depthwise(b, xs, slopes[c0:c1], O.NO_CLAMP, f"{n.name}/alpha_x{c0}")
-        parts.append(b.add(O.Binary("min" if rising else "max"), (xs, ax), f"{n.name}/run{c0}"))
-    return b.add(O.Concat(1), tuple(parts), n.name)
-
-
 def _binary(b: _Builder, n: Node, x: Node, y: Node) -> Node:
     """A 4-D map with a constant that varies along channels only becomes a 1x1 depthwise conv2d, which
     computes `bias + x*w` (kmodel_v4.md §8.3): x + c as (w 1, bias c), x - c as (1, -c), c - x as
@@ -175,7 +89,7 @@ def _binary(b: _Builder, n: Node, x: Node, y: Node) -> Node:
         one = np.ones_like(slopes)
         w, bias = {"add": (one, slopes), "mul": (slopes, np.zeros_like(slopes)),
                    "sub": (one, -slopes) if first else (-one, slopes)}[op.op]
-        return _depthwise(b, t, w, op.act, n.name, bias)
+        return depthwise(b, t, w, op.act, n.name, bias)
     return b.add(op, _same_shapes(b, n, x, y, "binary"), n.name, n.note)
 
 
@@ -216,7 +130,7 @@ def _clamp(b: _Builder, n: Node, x: Node) -> Node:
     x, rather than emit's binary add of a broadcast scalar 0 (kcc.emit._clamp_to_binary)."""
     if x.type.rank != 4:
         return b.add(n.op, (x,), n.name, n.note)
-    return _depthwise(b, x, np.ones(x.shape[1], F32), (n.op.lo, n.op.hi), n.name)
+    return depthwise(b, x, np.ones(x.shape[1], F32), (n.op.lo, n.op.hi), n.name)
 
 
 def _l2_normalize(b: _Builder, n: Node, x: Node) -> Node:
@@ -504,7 +418,7 @@ _RULES = {
     O.Binary: _binary,
     KO.QuantBinary: _quant_binary,
     O.Clamp: _clamp,
-    O.PRelu: _prelu,
+    O.PRelu: prelu,
     O.L2Normalize: _l2_normalize,
     O.Softmax: _softmax,
     O.Reduce: _reduce,

@@ -31,7 +31,7 @@ from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node, channel_values, copy_rewriting
 from kcc.options import CompileOptions
-from kcc.passes.lower_to_neutral import float_prelu_cycles
+from kcc.passes.float_prelu import float_prelu_cycles
 from kcc.target.k210 import (
     CPU_NODE_CYCLES,
     KPU_LAYER_BYTES,

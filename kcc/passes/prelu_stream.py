@@ -89,7 +89,7 @@ from kcc.ir.graph import Graph, Node, channel_values
 from kcc.kmodel import kpu_channel_offset
 from kcc.options import CompileOptions
 from kcc.passes.blaze_blocks import blaze_add, channel_selection, explicit_prelu, pair_shape, prelu_reader
-from kcc.passes.lower_to_neutral import float_prelu_cycles
+from kcc.passes.float_prelu import float_prelu_cycles
 from kcc.passes.prelu_kpu import _layer_cycles, _per_element, _upload
 from kcc.passes.residual_kpu import _reaches, upload_layer
 from kcc.target.k210 import (

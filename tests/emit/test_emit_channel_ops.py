@@ -10,7 +10,8 @@ from kcc.emit import emit
 from kcc.eval.interpreter import run
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph
-from kcc.passes.lower_to_neutral import PRELU_RUN_BYTES, lower_to_neutral, prelu_runs
+from kcc.passes.float_prelu import PRELU_RUN_BYTES, prelu_runs
+from kcc.passes.lower_to_neutral import lower_to_neutral
 
 
 @pytest.mark.parametrize("low, high", [(0.0, 1.0), (1.0, 3.0), (-2.0, 2.0)])
