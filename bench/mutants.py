@@ -226,6 +226,19 @@ MUTATIONS: list[Mutation] = [
       "numerator = wrap_i32(a + c_div_trunc(b, np.full_like(b, 2)))",
       "numerator = wrap_i32(a)",
       "quantized div truncates a / b instead of rounding (a + b/2) / b"),
+    # --- issue #16: grids per channel group, the float PReLU in runs ---------------------------------
+    M("view-grids-one-grid", "kcc/quant/policy.py", ("tests/quant", "tests/e2e"),
+      "    return list(by_slice.values())",
+      "    return [views]",
+      "a depthwise form's channel groups of a float all take one grid again"),
+    M("codes-cost-one-grid", "kcc/passes/kernel_budget.py", ("tests/e2e", "tests/passes"),
+      "    return plan.group or None",
+      "    return None  # (mutant)",
+      "a codes form's cost measured on one grid, not on its channel groups"),
+    M("prelu-runs-max-only", "kcc/passes/float_prelu.py", ("tests/emit", "tests/passes"),
+      'O.Binary("min" if rising else "max")',
+      'O.Binary("max")',
+      "a run of slopes over 1 takes max(x, a x): x where x < 0"),
 ]
 
 

@@ -206,7 +206,7 @@ def codes_group(n: Node, plan: Form | None) -> int | None:
     grid: its first 5x5 takes an exact form before any codes one, `within_room`.)"""
     if plan is None or n.op.groups == 1 or plan.combine not in ("stack", "fan_kpu", *KPU_MADE):
         return None
-    return plan.group
+    return plan.group or None  # 0: all channels in one layer
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -12,8 +12,8 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
 from kcc.passes import decompose_kernels, kernel_budget, kernel_plans
-from kcc.passes.kernel_budget import CodesCosts, climb
-from kcc.passes.kernel_forms import KPU_MADE
+from kcc.passes.kernel_budget import CodesCosts, climb, codes_group
+from kcc.passes.kernel_forms import KPU_MADE, Form
 from kcc.pipeline import compile_graph
 from kcc.quant import policy
 
@@ -157,6 +157,20 @@ def test_codes_costs_measure_the_rounding_of_a_conv_input_alone():
     assert costs.cost("b", 1) < costs.cost("b", 2) < costs.cost("b") and costs.cost("b", 1) < costs.cost("b") / 3, \
         costs.measured  # measured 4.8e-6 < 9.3e-6 < 1.9e-5
     assert [n.name for n in g.nodes] == names
+
+
+def test_a_codes_form_is_priced_on_the_channel_groups_it_quantizes():
+    """kernel_budget.codes_group: a depthwise conv's stacked forms quantize its input group by group
+    (Form.group channels, 0: all in one layer); a dense conv, or a sum of terms, all of it at once."""
+    g = Graph()
+    x = g.input(0, (1, 8, 12, 12))
+    dw = g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=8), (x, _const(g, (8, 1, 5, 5)), _const(g, (8,))))
+    dense = g.add(O.Conv2D((1, 1), ((2, 2), (2, 2))), (x, _const(g, (8, 8, 5, 5)), _const(g, (8,))))
+    fan = Form((1, 1), (0, 0), "fan_kpu", 4)
+    assert codes_group(dw, fan) == 4
+    assert codes_group(dw, Form((1, 1), (0, 0), "stack_kpu", 0)) is None
+    assert codes_group(dw, Form((2, 2), (0, 0), "sum")) is None
+    assert codes_group(dense, fan) is None and codes_group(dw, None) is None
 
 
 def test_over_its_budget_a_conv_reads_its_float_input_as_codes_within_the_cosine_budget(monkeypatch):
