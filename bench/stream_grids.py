@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 import refkit  # noqa: E402
 
-from kcc.eval.kernels import KERNELS  # noqa: E402
+from kcc.eval.interpreter import run  # noqa: E402
 from kcc.frontend import import_model  # noqa: E402
 from kcc.ir import ops as O  # noqa: E402
 from kcc.passes.canonicalize import canonicalize  # noqa: E402
@@ -36,20 +36,6 @@ from kcc.passes.kernel_budget import CodesCosts  # noqa: E402
 
 GRIDS = ("tensor", "ch8", "ch4", "ch", "scale", "component")
 CALIBRATION = 16
-
-
-def run(g, x: np.ndarray, hook=None) -> list[np.ndarray]:
-    """g's outputs on input x, each computed value passed through hook(node, value) (None: as is)."""
-    values: dict[int, np.ndarray] = {}
-    for n in g.nodes:
-        if isinstance(n.op, O.Input):
-            v = x.astype(np.float32)
-        elif isinstance(n.op, O.Constant):
-            v = n.op.data
-        else:
-            v = KERNELS[type(n.op)](n.op, *[values[id(i)] for i in n.inputs])
-        values[id(n)] = v if hook is None else hook(n, v)
-    return [values[id(o)] for o in g.outputs]
 
 
 def _tied(g) -> dict[int, int]:
@@ -89,13 +75,12 @@ def rounded_cosine(g, samples, targets: list, grid: str) -> float:
     stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     amax: dict[int, np.ndarray] = {}
 
-    def observe(n, v):
+    def observe(n, v) -> None:
         if v.ndim == 4 and not n.is_constant:
             amax[id(n)] = np.maximum(amax.get(id(n), 0), np.abs(v).max(axis=(0, 2, 3)))
-        return v
 
     for s in samples[:CALIBRATION]:
-        run(g, s.x, observe)
+        run(g, [s.x], observe)
     tied = _tied(g)
     shared: dict[int, np.ndarray] = {}
     for n in g.nodes:
@@ -117,16 +102,15 @@ def rounded_cosine(g, samples, targets: list, grid: str) -> float:
             return np.ones(n.shape[1])
         return np.where(s > 0, s, 1.0)
 
-    def extremes(n, v):
+    def extremes(n, v) -> None:
         if id(n) in chosen:
             w = v / unit(n).reshape(1, -1, 1, 1)
             lo, hi = np.minimum(w.min(axis=(0, 2, 3)), 0), np.maximum(w.max(axis=(0, 2, 3)), 0)
             was = stats.get(id(n))
             stats[id(n)] = (lo, hi) if was is None else (np.minimum(was[0], lo), np.maximum(was[1], hi))
-        return v
 
     for s in samples[:CALIBRATION]:
-        run(g, s.x, extremes)
+        run(g, [s.x], extremes)
 
     def rounding(n, v):
         if id(n) not in chosen:
@@ -137,7 +121,7 @@ def rounded_cosine(g, samples, targets: list, grid: str) -> float:
         zero = np.round(-lo * scale)
         return ((np.clip(np.round(v / u * scale + zero), 0, 255) - zero) / scale * u).astype(np.float32)
 
-    cos = [min(refkit.compare(o, r)[0] for o, r in zip(run(g, s.x, rounding), s.refs)) for s in samples]
+    cos = [min(refkit.compare(o, r)[0] for o, r in zip(run(g, [s.x], rewrite=rounding), s.refs)) for s in samples]
     return float(np.mean(cos))
 
 

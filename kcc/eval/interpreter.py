@@ -3,7 +3,8 @@
 `run(graph, inputs, observer)` executes nodes in order with the kernels of `kcc.eval.kernels` and
 frees every intermediate as soon as its last consumer ran, so calibrating a large model keeps only
 the live set in memory. `observer(node, value)` sees every node's output (ShapeProp-style facts,
-calibration statistics) without changing the graph.
+calibration statistics) without changing the graph; `rewrite(node, value)`, when given, returns what
+the node's readers get instead (a tensor rounded as a grid would round it: bench/stream_grids.py).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 
 Observer = Callable[[Node, np.ndarray], None]
+Rewrite = Callable[[Node, np.ndarray], np.ndarray]
 
 
-def run(graph: Graph, inputs: Sequence[np.ndarray], observer: Observer | None = None) -> list[np.ndarray]:
+def run(graph: Graph, inputs: Sequence[np.ndarray], observer: Observer | None = None,
+        rewrite: Rewrite | None = None) -> list[np.ndarray]:
     """Evaluate `graph` on `inputs` (one array per graph input, in input order)."""
     gin = graph.inputs
     if len(inputs) != len(gin):
@@ -49,7 +52,8 @@ def run(graph: Graph, inputs: Sequence[np.ndarray], observer: Observer | None = 
                 if hasattr(e, "add_note"):
                     e.add_note(f"while evaluating %{node.name} = {node.op.kind}{node.inputs}")
                 raise
-            values[id(node)] = value
+        if rewrite is not None:
+            value = rewrite(node, value)
         if observer is not None:
             observer(node, value)
         values[id(node)] = value

@@ -5,7 +5,7 @@ weigh their KPU forms against).
     slopes a per channel, all <= 1 (or all >= 1)  x + clamp((a-1) x, 0, inf) (or (-inf, 0)): one 1x1
                                                   depthwise conv2d and one add
     slopes a per channel on both sides of 1       max(x, a x) where a <= 1, min(x, a x) where a > 1,
-                                                  in runs of channels (`_prelu_runs`)
+                                                  in runs of channels (`_max_min_runs`)
     one slope in [0, 1]                           max(x, a x)
     otherwise                                     max(x, 0) + a min(x, 0)
 A binary op with a broadcast operand costs several conv taps an element (kcc.target.k210 CPU_CYCLES
@@ -55,8 +55,9 @@ def prelu(b: Builder, n: Node, x: Node, alpha: Node) -> Node:
             act = (0.0, np.inf) if np.all(d <= 0) else (-np.inf, 0.0)
             scaled = depthwise(b, x, d, act, n.name + "/alpha_neg")
             return b.add(O.Binary("add"), (x, scaled), n.name)
-        if x.shape[0] == 1 and x.type.rank == 4:
-            return _prelu_runs(b, n, x, slopes)
+        runs = _runs(x, slopes)
+        if runs:
+            return _max_min_runs(b, n, x, slopes, runs)
         # Mixed signs: min(x, 0) by a unit conv's clamp, then (a-1) times it: two convs and one add
         # (the a <= 1 and a > 1 channels each by a conv and an add cost one add more). Beside x, m
         # lives until the product is made: BlazePalm's working memory is the same (901152 B).
@@ -74,14 +75,14 @@ def prelu(b: Builder, n: Node, x: Node, alpha: Node) -> Node:
     return b.add(O.Binary("add"), (pos, scaled), n.name)
 
 
-#: most float bytes of one run of channels `_prelu_runs` computes at a time: its product a x lives
+#: most float bytes of one run of channels `_max_min_runs` computes at a time: its product a x lives
 #: beside x and the PReLU's map until the run's max or min is written into that map
 PRELU_RUN_BYTES = 64 * 1024
 
 
 def prelu_runs(slopes: np.ndarray, plane: int) -> list[tuple[int, int, bool]]:
     """The runs of channels (c0, c1, a > 1) a per-channel PReLU with slopes on both sides of 1 is
-    computed in (`_prelu_runs`): maximal runs of slopes on one side of 1, cut to PRELU_RUN_BYTES of
+    computed in (`_max_min_runs`): maximal runs of slopes on one side of 1, cut to PRELU_RUN_BYTES of
     float (`plane` elements a channel)."""
     most = max(1, PRELU_RUN_BYTES // (4 * plane))
     runs, c0, c = [], 0, len(slopes)
@@ -94,18 +95,26 @@ def prelu_runs(slopes: np.ndarray, plane: int) -> list[tuple[int, int, bool]]:
     return runs
 
 
+def _runs(x: Node, slopes: np.ndarray) -> list[tuple[int, int, bool]] | None:
+    """`prelu_runs` of x's channels where they are views (a batch-1 map, kcc.emit.storage), else None."""
+    return prelu_runs(slopes, x.shape[2] * x.shape[3]) if x.shape[0] == 1 and x.type.rank == 4 else None
+
+
 def float_prelu_cycles(x: Node, slopes: np.ndarray | None) -> float:
     """CPU cycles of the float PReLU `prelu` makes of x with per-channel `slopes` (None: one
-    per-channel form): a 1x1 depthwise conv and a binary op an element, each node dispatched, one
-    pair a run where the slopes fall on both sides of 1 (`_prelu_runs`)."""
-    per_element = cpu_cycles("conv2d_mac") + cpu_cycles("binary")
-    nodes = 2
-    if slopes is not None and np.any(slopes > 1) and np.any(slopes < 1) and x.shape[0] == 1 and x.type.rank == 4:
-        nodes = 2 * len(prelu_runs(slopes, x.shape[2] * x.shape[3]))
-    return per_element * x.type.size + nodes * CPU_NODE_CYCLES
+    per-channel form): a 1x1 depthwise conv and a binary op an element, each node dispatched; with
+    slopes on both sides of 1, that pair a run (`_max_min_runs`), or two convs and an add on a map
+    whose channels are no views."""
+    conv, binary = cpu_cycles("conv2d_mac"), cpu_cycles("binary")
+    if slopes is None or np.all(slopes <= 1) or np.all(slopes >= 1):
+        return (conv + binary) * x.type.size + 2 * CPU_NODE_CYCLES
+    runs = _runs(x, slopes)
+    if runs is None:
+        return (2 * conv + binary) * x.type.size + 3 * CPU_NODE_CYCLES
+    return (conv + binary) * x.type.size + 2 * len(runs) * CPU_NODE_CYCLES
 
 
-def _prelu_runs(b: Builder, n: Node, x: Node, slopes: np.ndarray) -> Node:
+def _max_min_runs(b: Builder, n: Node, x: Node, slopes: np.ndarray, runs: list[tuple[int, int, bool]]) -> Node:
     """PReLU(x) with slopes on both sides of 1, run of channels by run of channels (`prelu_runs`):
     max(x, a x) where a <= 1 (a x >= x exactly where x <= 0, negative a too) and min(x, a x) where
     a > 1, a 1x1 depthwise conv and a binary op an element, each run's result written into its
@@ -114,7 +123,7 @@ def _prelu_runs(b: Builder, n: Node, x: Node, slopes: np.ndarray) -> Node:
     (-relu(-x)): one product, no sum. BlazePalm: x + (a-1) min(x, 0) was two convs and an add."""
     _, _, h, w = x.shape
     parts = []
-    for c0, c1, rising in prelu_runs(slopes, h * w):
+    for c0, c1, rising in runs:
         xs = b.add(O.StridedSlice((0, c0, 0, 0), (1, c1, h, w), (1, 1, 1, 1)), (x,), f"{n.name}/channels{c0}")
         ax = depthwise(b, xs, slopes[c0:c1], O.NO_CLAMP, f"{n.name}/alpha_x{c0}")
         parts.append(b.add(O.Binary("min" if rising else "max"), (xs, ax), f"{n.name}/run{c0}"))

@@ -234,11 +234,11 @@ def within_room(convs: list[Node], first: dict, room: int, decide, size, ram, re
     top = max(room, P.STACK_KPU_BYTES + 1)
 
     def rungs(n: Node, d: Decision, res: bool, codes: bool) -> list[tuple]:
-        beyond = set(P.plans(n, res, True, 0.0, top, ram(n))) - set(P.plans(n, res, True, 0.0, ram=ram(n)))
-        steps = [(P.STACK_KPU_BYTES, d)] + (ladder(n, d, beyond, lambda m, cap: decide(m, cap, codes)) if beyond else [])
-        def cost(e: Decision) -> float:  # each form's own channel groups, each on its grid
+        def cost(e: Decision) -> float:  # on the form's own channel groups, each on its grid
             return costs.cost(n.name, codes_group(n, e.plan)) if codes and costs is not None else 0.0
 
+        beyond = set(P.plans(n, res, True, 0.0, top, ram(n))) - set(P.plans(n, res, True, 0.0, ram=ram(n)))
+        steps = [(P.STACK_KPU_BYTES, d)] + (ladder(n, d, beyond, lambda m, cap: decide(m, cap, codes)) if beyond else [])
         return [(size(n, e.plan, codes), e.cycles, cost(e), e, cap) for cap, e in steps if e.plan is not None]
 
     cands = []  # (conv, [(bytes, cycles, cost, decision, cap)])

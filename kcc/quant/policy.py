@@ -192,7 +192,7 @@ def share_view_grids(points: Sequence[Node], ranges: dict[str, Range]) -> None:
     (quantize: a slice that drops channels is quantized after) and gets the union of its own views'
     ranges only. A residual stream's channels differ in range by orders of magnitude: BlazePalm's
     5x5s, reading their float inputs as 8-bit codes on one grid each, cost its outputs 2.6e-3 of
-    cosine in all, on one grid per group of 4 channels 2.7e-4 (docs/measurements.md §24)."""
+    cosine in all, on one grid per group of 4 channels 2.6e-4 (docs/measurements.md §24)."""
     groups: dict[int, list[Node]] = {}
     for p in points:
         src = view_source(p)
@@ -232,11 +232,9 @@ def _channel_slice(v: Node) -> Node | None:
     while True:
         if channel_range(n) is not None and not isinstance(view_source(n.inputs[0]).op, KO.QuantResidual):
             return n
-        if isinstance(n.op, KO.QuantResidual) or n is not view_source(n) and isinstance(
-                n.op, (O.StridedSlice, O.Reshape, O.Transpose, O.Pad)):
-            n = n.inputs[0]
-            continue
-        return None
+        if not (isinstance(n.op, KO.QuantResidual) or n is not view_source(n)):  # no view op
+            return None
+        n = n.inputs[0]
 
 
 def residual_term_ranges(g: Graph, ranges: dict[str, Range]) -> None:
