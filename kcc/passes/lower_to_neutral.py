@@ -15,6 +15,8 @@ that replaces it, so graph outputs keep their tflite names.
                             quantized_binary (_same_shapes):
                             nncase's binary runs a flat loop on same-shape operands and a 4-D offset
                             loop otherwise (v0.2 neutral_kernels.h), when the copies cost less
+    y + pad(x), zeros along channels (a BlazeBlock's stride-2 skip)
+                         -> concat(y's other channels, x + y's channels of x) (_add_of_channel_pad)
     l2_normalize(x)      -> x * rsqrt(max(sum(x*x), eps^2))
     softmax(x, axis!=-1) -> transpose, softmax(last axis), transpose back   (kmodel_v4.md §8.10)
     reduce(keepdims=F)   -> reduce(keepdims=T), reshape         (kmodel reduce keeps dims, §8.7)
@@ -80,6 +82,9 @@ def _binary(b: _Builder, n: Node, x: Node, y: Node) -> Node:
     (-1, c), x * c as (c, 0); the same float32 result, without the broadcast binary's per-element
     offsets (kcc.target.k210 CPU_CYCLES "broadcast")."""
     op: O.Binary = n.op
+    narrow = _add_of_channel_pad(b, n)
+    if narrow is not None:
+        return narrow
     for t, c, first in ((x, y, True), (y, x, False)):
         if op.op not in ("add", "sub", "mul") or t.is_constant or t.shape != n.shape:
             continue
@@ -91,6 +96,32 @@ def _binary(b: _Builder, n: Node, x: Node, y: Node) -> Node:
                    "sub": (one, -slopes) if first else (-one, slopes)}[op.op]
         return depthwise(b, t, w, op.act, n.name, bias)
     return b.add(op, _same_shapes(b, n, x, y, "binary"), n.name, n.note)
+
+
+def _add_of_channel_pad(b: _Builder, n: Node) -> Node | None:
+    """y + pad(x) with zeros along channels only (a stride-2 BlazeBlock's skip: MediaPipe's
+    channel_padding after its max pool) -> y's channels outside x's range unchanged, x + y on x's:
+    a concatenation of y's channel views (batch 1: no copy until the concatenation) and the narrower
+    add, instead of the pad (54 cycles an element of its output, kcc.target.k210) and an add over
+    channels of zeros. The same float32 values (y + 0 is y). None where the add is not that."""
+    op: O.Binary = n.op
+    if op.op != "add" or op.act != O.NO_CLAMP or n.shape[0] != 1 or n.type.rank != 4:
+        return None
+    for p, y in n.inputs, n.inputs[::-1]:
+        pads = p.op.paddings if isinstance(p.op, O.Pad) and p.op.value == 0.0 else None
+        if pads is None or any(pads[a] != (0, 0) for a in (0, 2, 3)) or y.is_constant or y.shape != n.shape:
+            continue
+        c, h, w = n.shape[1:]
+        c0, c1 = pads[1][0], c - pads[1][1]
+        ym = b.map[id(y)]
+
+        def channels(a: int, z: int) -> Node:
+            return b.add(O.StridedSlice((0, a, 0, 0), (1, z, h, w), (1, 1, 1, 1)), (ym,), f"{n.name}/channels{a}")
+
+        mid = b.add(op, (b.map[id(p.inputs[0])], channels(c0, c1)), f"{n.name}/padded_channels", n.note)
+        parts = ([channels(0, c0)] if c0 else []) + [mid] + ([channels(c1, c)] if c1 < c else [])
+        return b.add(O.Concat(1), tuple(parts), n.name)
+    return None
 
 
 #: largest float copy of a broadcast operand (`repeats`): working memory (device RAM) beside the map

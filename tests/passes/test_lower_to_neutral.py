@@ -189,3 +189,34 @@ def test_nearest_upsampling_by_an_integer_factor_is_concats_of_copies(size, alig
     low = _check(g, rng.standard_normal((1, 3, 6, 5)).astype(np.float32))
     assert not (repeated and any(isinstance(n.op, (O.Resize, O.MatMul)) for n in low.nodes))
     assert sum(isinstance(n.op, O.Concat) for n in low.nodes) == (sum(o > i for o, i in zip(size, (6, 5))) if repeated else 0)
+
+
+@pytest.mark.parametrize("pads, swap", [((0, 5), False), ((2, 3), True), ((4, 0), False)])
+def test_an_add_of_a_channel_pad_adds_over_the_padded_channels_only(pads, swap):
+    """y + pad(x, zeros along channels) -> y's other channels as they are and x + y on x's: no pad and
+    no add over zeros left, the same values."""
+    g = Graph()
+    x = g.input(0, (1, 3, 4, 5))
+    y = g.input(1, (1, 3 + sum(pads), 4, 5))
+    p = g.add(O.Pad(((0, 0), pads, (0, 0), (0, 0))), (x,), "skip")
+    g.outputs = [g.add(O.Binary("add"), (y, p) if swap else (p, y), "a")]
+    xs = [rng.standard_normal(t.shape).astype(np.float32) for t in (x, y)]
+    want = run(g, xs)[0]
+    low = lower_to_neutral(g)
+    low.verify("lower_to_neutral")
+    np.testing.assert_array_equal(run(low, xs)[0], want)
+    assert not any(isinstance(n.op, O.Pad) for n in low.nodes)
+    (add,) = [n for n in low.nodes if isinstance(n.op, O.Binary)]
+    assert add.shape == (1, 3, 4, 5)
+    assert isinstance(low.outputs[0].op, O.Concat) and low.outputs[0].name == "a"
+
+
+def test_an_add_of_a_pad_along_other_axes_or_with_a_clamp_is_left_whole():
+    g = Graph()
+    x = g.input(0, (1, 3, 4, 5))
+    y = g.input(1, (1, 3, 6, 5))
+    p = g.add(O.Pad(((0, 0), (0, 0), (1, 1), (0, 0))), (x,), "rows")
+    g.outputs = [g.add(O.Binary("add"), (p, y), "a"),
+                 g.add(O.Binary("add", act=(0.0, 6.0)), (p, y), "b")]
+    low = lower_to_neutral(g)
+    assert all(n.shape == (1, 3, 6, 5) for n in low.nodes if isinstance(n.op, O.Binary))
