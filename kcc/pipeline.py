@@ -53,6 +53,7 @@ from kcc.passes.legalize_kpu import Placement, legalize_kpu
 from kcc.passes.lower_to_neutral import lower_to_neutral
 from kcc.passes.manager import CompileContext, Log, PassManager, Progress, Stage, StageHook
 from kcc.passes.part_groups import part_groups
+from kcc.passes.parts_stack import parts_stack
 from kcc.passes.phase_dilated import phase_dilated
 from kcc.passes.transpose_conv import lower_transpose_conv
 from kcc.quant.calibrate import load_samples
@@ -98,6 +99,7 @@ def stages(options: CompileOptions) -> list[Stage]:
         Stage("concat_activations", concat_activations),  # activations after a concat into its producers
         Stage("decompose_kernels", decompose_kernels),
         Stage("part_groups", part_groups),  # a float sum of parts (and its PReLU) in output-channel groups
+        Stage("parts_stack", parts_stack),  # a residual stack reading such a group reads its parts instead
         # again: a decomposed conv's channel groups are a concatenation too (MobileNetV3's 5x5 + hard-swish)
         Stage("form_activations", concat_activations),
         Stage("legalize_kpu", legalize_kpu),

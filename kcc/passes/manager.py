@@ -91,7 +91,8 @@ class CompileContext:
     #: decomposed readers of as 8-bit codes (`streamed_prelus`); None: not decided (any)
     stream_adds: set[str] | None = None
     #: phase_dilated: the names of the phase classes of one tensor, per tensor whose classes are packed
-    #: into one map or cut into finer phases (one grid for all, kcc.quant.policy.share_phase_grids)
+    #: into one map or cut into finer phases; parts_stack: the parts one stacked layer reads, with their
+    #: copies (one grid for all of a tuple, kcc.quant.policy.share_phase_grids)
     phase_classes: list[tuple[str, ...]] = field(default_factory=list)
     #: legalize_kpu: every conv / fc / pool, on the KPU or on the CPU and why
     placements: list[Placement] = field(default_factory=list)

@@ -91,9 +91,15 @@ def _off_line(part: Node, hh: int, w: int) -> str | None:
 
 def _reaches(n: Node, x: Node, limit: int = 256) -> bool:
     """x is an input of n, or of its inputs..., within `limit` nodes (a residual block is short); or
-    x is a concatenation whose every part is (kcc.passes.part_groups' channel groups, which the
-    block's channel groups read one by one)."""
+    x is a concatenation whose every part is, or reads one such (kcc.passes.part_groups' channel
+    groups, which the block's channel groups read one by one; kcc.passes.parts_stack's layers
+    recombining a group's parts, which the block's channel groups read too)."""
     parts = {id(i) for i in x.inputs} if isinstance(x.op, O.Concat) else None  # those not reached yet
+    via: dict[int, set[int]] = {}  # what a part reads (through a concatenation) -> the parts
+    for p in x.inputs if parts is not None else ():
+        for q in p.inputs:
+            for r in q.inputs if isinstance(q.op, O.Concat) else (q,):
+                via.setdefault(id(r), set()).add(id(p))
     stack, seen = [n], set()
     while stack and len(seen) < limit:
         v = stack.pop()
@@ -102,6 +108,7 @@ def _reaches(n: Node, x: Node, limit: int = 256) -> bool:
                 return True
             if parts is not None:
                 parts.discard(id(i))
+                parts -= via.get(id(i), set())
                 if not parts:
                     return True
             if id(i) not in seen and not i.is_constant:

@@ -151,7 +151,8 @@ def share_phase_grids(groups: Sequence[Sequence[str]], ranges: dict[str, Range])
     """The phase classes of one tensor (kcc.passes.phase_dilated, ctx.phase_classes) hold its pixels:
     one grid for all of them, the union of their ranges, as the full map would have. Their codes are
     then packed, sliced into finer phases or merged as they are, instead of each class rounded again
-    on a common grid on the CPU."""
+    on a common grid on the CPU. The same for the parts one stacked layer reads (kcc.passes.parts_stack:
+    each stretched to one reach, so that one grid holds them all at each one's own resolution)."""
     for group in groups:
         names = [name for name in group if name in ranges]
         if len(names) > 1:

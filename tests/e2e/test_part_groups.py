@@ -1,4 +1,4 @@
-"""kcc.passes.part_groups on a stand-in for BlazePalm's stem: a 5x5 stride-2 conv (3 -> 32 channels at
+"""kcc.passes.part_groups (and kcc.passes.parts_stack after it) on a stand-in for BlazePalm's stem: a 5x5 stride-2 conv (3 -> 32 channels at
 96x96, decomposed into KPU parts whose float sum the CPU makes, kernel_forms' halves), its PReLU,
 then a 1x1 KPU conv reading it and a mean on the CPU reading it in float. In output-channel groups, one group's
 float temporaries are alive at a time beside the PReLU's output, which the groups write in place:
@@ -7,6 +7,7 @@ less working memory, the same values up to each group's own calibration."""
 import re
 
 import numpy as np
+import pytest
 from kpu_checks import kpu_layers_match_the_scalar_reference, max_steps
 
 import kpu_sim
@@ -14,7 +15,7 @@ from kcc.eval.interpreter import run
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.options import CompileOptions
-from kcc.passes import part_groups
+from kcc.passes import part_groups, parts_stack
 from kcc.pipeline import compile_graph
 
 
@@ -93,6 +94,7 @@ def test_groups_read_in_channel_slices_run_with_their_readers(monkeypatch):
     each slice's readers (its copies, the rounding residual, its stacked layer) run right after its
     group: no step holds the whole float PReLU. The values: each group calibrated on its channels."""
     results, rms = {}, {}
+    monkeypatch.setattr(parts_stack, "_match", lambda *a: None)  # the groups as the CPU makes them
     for form in ("regular", "slices"):
         with monkeypatch.context() as m:
             if form == "regular":
@@ -138,3 +140,36 @@ def test_a_prelu_of_parts_on_both_sides_of_zero_is_alpha_times_the_low_ones_plus
     assert kinds.count("prelu") == 0 and kinds.count("binary") == 3 * 4, kinds  # 3 groups: 3 adds and 1 mul each
     v = rng.uniform(-1, 1, (1, 3, 64, 64)).astype(np.float32)
     np.testing.assert_allclose(run(out, [v])[0], run(g, [v])[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow  # ~150 s: the scalar reference over 48 layers at 96x96 (tests/passes/test_parts_stack.py: the IR)
+def test_a_residual_stack_reading_a_sum_of_parts_reads_the_parts_in_kpu_ram(monkeypatch):
+    """kcc.passes.parts_stack: the 5x5's channel groups read the stem's four parts where the KPU made
+    them (each part's nine copies by one fan layer, the stack's weights times alpha or 1) and the add
+    reads them recombined by one 1x1 layer: no CPU op before the head, every KPU layer as the scalar
+    reference computes it, the head's output as close to the float model as with the CPU's sums."""
+    results, rms = {}, {}
+    for form in ("cpu sums", "parts"):
+        with monkeypatch.context() as m:
+            if form == "cpu sums":
+                m.setattr(parts_stack, "_match", lambda *a: None)
+            g, calib = _stem_and_5x5()
+            res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+        program, errs = kpu_sim.load(res.kmodel), []
+        for c in calib:
+            want = run(g, c)[0]
+            got = program.run(c)[0].reshape(want.shape)
+            errs.append((got - want) / ((want.max() - want.min()) / 255))
+        rms[form] = float(np.sqrt(np.mean(np.square(errs))))
+        results[form] = res
+    res = results["parts"]
+    kinds = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    head = res.emitted.node_names.index("head")
+    first = kinds.index("kpu_conv2d")  # after the float input's quantize and upload
+    assert set(kinds[first:head]) == {"kpu_conv2d"}, kinds[:head]  # then the KPU alone
+    before = [n.opcode.kmodel_name for n in results["cpu sums"].emitted.model.nodes]
+    assert {"dequantize", "binary", "quantize"} <= set(before)  # the CPU's sums, products and residuals
+    assert res.latency.total_ms < 0.5 * results["cpu sums"].latency.total_ms, (res.latency.total_ms,
+                                                                                results["cpu sums"].latency.total_ms)
+    assert kpu_layers_match_the_scalar_reference(res.kmodel, _stem_and_5x5()[1][0][0]) == kinds.count("kpu_conv2d")
+    assert rms["parts"] <= 1.25 * rms["cpu sums"], rms
