@@ -240,12 +240,12 @@ MUTATIONS: list[Mutation] = [
       'O.Binary("max")',
       "a run of slopes over 1 takes max(x, a x): x where x < 0"),
     M("parts-stack-no-alpha", "kcc/passes/parts_stack.py", ("tests/passes",),
-      "cols * coef[s0:s1][None, :, None, None]",
+      "cols * (coef[s0:s1] / np.float32(f))[None, :, None, None]",
       "cols",
       "the stack reads the parts without their alpha, turn and stretch"),
     M("parts-stack-one-reach", "kcc/passes/parts_stack.py", ("tests/passes",),
-      "coefs = [coef / np.float32(f) for coef, (f, _, _) in zip(coefs, scaled)]",
-      "coefs = list(coefs)",
+      "cols * (coef[s0:s1] / np.float32(f))[None, :, None, None]",
+      "cols * coef[s0:s1][None, :, None, None]",
       "the parts stretched to one reach but read at their old scale"),
 ]
 

@@ -129,14 +129,14 @@ def _match(gv: Node, users: dict, outputs: set[int]):
     return parts, [coef for _, coef in terms.values()], [_shift(s, gv) for s in ins[j:]], sc, others
 
 
-def _peaks(g: Graph, parts: list[Node], samples: list) -> dict[int, float]:
-    """max |P| of each part over `samples`: the graph evaluated up to its last part only."""
+def _peaks(g: Graph, parts: list[Node], samples: list) -> dict[int, np.ndarray]:
+    """max |P| of each part's channels over `samples`: the graph evaluated up to its last part only."""
     pos = {id(n): i for i, n in enumerate(g.nodes)}
     prefix = Graph(nodes=g.nodes[:max(pos[id(p)] for p in parts) + 1], outputs=list(parts))
-    peak = {id(p): 0.0 for p in parts}
+    peak = {id(p): np.zeros(p.shape[1]) for p in parts}
     for sample in samples:
         for p, v in zip(parts, run(prefix, sample)):
-            peak[id(p)] = max(peak[id(p)], float(np.max(np.abs(v))))
+            peak[id(p)] = np.maximum(peak[id(p)], np.abs(v).max(axis=(0, 2, 3)))
     return peak
 
 
@@ -161,8 +161,10 @@ def sub_group(g: int, h: int, w: int) -> int:
 
 
 def parts_stack(g: Graph, ctx: CompileContext | None = None) -> Graph:
-    """Feed each residual stack reading a sum of parts from the parts themselves (module docstring);
-    needs nothing of `ctx`."""
+    """Feed each residual stack reading a sum of parts from the parts themselves (module docstring),
+    each sub-group's parts stretched to one reach on its own channels (docs/measurements.md §25). The
+    reaches are measured on up to SAMPLES of ctx.samples, whose phase_classes gets each sub-group's
+    one grid; without ctx, the parts keep their scale."""
     users = g.users()
     outputs = {id(o) for o in g.outputs}
     found = {id(n): m for n in g.nodes if (m := _match(n, users, outputs)) is not None}
@@ -184,9 +186,7 @@ def parts_stack(g: Graph, ctx: CompileContext | None = None) -> Graph:
     def build(gv: Node) -> Node:
         parts, coefs, shifts, sc, others = found[id(gv)]
         _, c, h, w = gv.shape
-        reach = [peaks.get(id(p), 0.0) for p in parts]
-        scaled = [_one_grid(p, r, max(reach), limit) for p, r in zip(parts, reach)]
-        coefs = [coef / np.float32(f) for coef, (f, _, _) in zip(coefs, scaled)]  # G = sum coef / f * (f P)
+
         x = mapping[id(parts[0].inputs[0])]
         j = len(shifts)
         ws = sc.inputs[1].data[:, j * c:]  # the non-residual half: input j * c + i is view j of channel i
@@ -196,6 +196,9 @@ def parts_stack(g: Graph, ctx: CompileContext | None = None) -> Graph:
             s1 = min(c, s0 + step)
             n = s1 - s0
             tag = f"/p{s0}"
+            # each sub-group's parts stretched to its widest one's reach on its own channels
+            reach = [float(peaks[id(p)][s0:s1].max()) if id(p) in peaks else 0.0 for p in parts]
+            scaled = [_one_grid(p, r, max(reach), limit) for p, r in zip(parts, reach)]
             subs = [out.add(op, (x, const(p.inputs[1].data[s0:s1] * np.float32(f), p.inputs[1].name + tag),
                                  const(p.inputs[2].data[s0:s1] * np.float32(f), p.inputs[2].name + tag)), p.name + tag)
                     for p, (f, op, _) in zip(parts, scaled)]
@@ -204,8 +207,8 @@ def parts_stack(g: Graph, ctx: CompileContext | None = None) -> Graph:
             grid.append(both.name)
             if others:  # G' on G's grid for G's other readers (one rounding, as G's codes were)
                 wr = np.zeros((n, len(parts) * n, 1, 1), F32)
-                for k, coef in enumerate(coefs):
-                    wr[np.arange(n), k * n + np.arange(n), 0, 0] = coef[s0:s1]
+                for k, (coef, (f, _, _)) in enumerate(zip(coefs, scaled)):
+                    wr[np.arange(n), k * n + np.arange(n), 0, 0] = coef[s0:s1] / np.float32(f)
                 gs.append(out.add(O.Conv2D(), (both, const(wr, f"{gv.name}/w_recombine{tag}"),
                                                const(np.zeros(n), f"{gv.name}/zero{tag}")), f"{gv.name}{tag}"))
             fans = [out.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), (1, 1), 1),
@@ -213,10 +216,10 @@ def parts_stack(g: Graph, ctx: CompileContext | None = None) -> Graph:
                              const(np.zeros(j * n), f"{sc.name}/zero_fan{tag}")), f"{sc.name}/fan{k}{tag}")
                     for k, v in enumerate(subs)]
             wk = np.zeros((n, len(parts) * j * n, *ws.shape[2:]), F32)
-            for k, coef in enumerate(coefs):
+            for k, (coef, (f, _, _)) in enumerate(zip(coefs, scaled)):  # G = sum coef / f * (f P)
                 for v in range(j):
                     cols = ws[s0:s1, v * c + s0:v * c + s1]  # [n, n, kh, kw]: block-diagonal
-                    wk[:, (k * j + v) * n:(k * j + v + 1) * n] = cols * coef[s0:s1][None, :, None, None]
+                    wk[:, (k * j + v) * n:(k * j + v + 1) * n] = cols * (coef[s0:s1] / np.float32(f))[None, :, None, None]
             stack = out.add(O.Concat(1), tuple(fans), f"{sc.name}/stack{tag}")
             classes.append((*grid, *(v.name for v in fans), stack.name))  # one grid (kcc.quant.policy.share_phase_grids)
             convs.append(out.add(sc.op, (stack, const(wk, f"{sc.name}/w_parts{tag}"),
