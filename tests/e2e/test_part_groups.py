@@ -89,16 +89,14 @@ def _stem_and_5x5() -> tuple[Graph, list]:
     return g, [[rng.uniform(-1, 1, (1, 3, 96, 96)).astype(np.float32)] for _ in range(2)]
 
 
-def test_groups_read_in_channel_slices_run_with_their_readers(monkeypatch):
-    """When a decomposed depthwise reads the PReLU in channel slices, the groups are those slices and
-    each slice's readers (its copies, the rounding residual, its stacked layer) run right after its
-    group: no step holds the whole float PReLU. The values: each group calibrated on its channels."""
+def _compiled_stem_and_5x5(monkeypatch, forms: dict) -> tuple[dict, dict]:
+    """`_stem_and_5x5` compiled once per form (name -> what to patch for it, as (module, attribute,
+    value) triples); each form's CompileResult and its output's rms error in output steps."""
     results, rms = {}, {}
-    monkeypatch.setattr(parts_stack, "_match", lambda *a: None)  # the groups as the CPU makes them
-    for form in ("regular", "slices"):
+    for form, patches in forms.items():
         with monkeypatch.context() as m:
-            if form == "regular":
-                m.setattr(part_groups, "_slice_cuts", lambda r, users: None)
+            for module, attr, value in patches:
+                m.setattr(module, attr, value)
             g, calib = _stem_and_5x5()
             res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
         program, errs = kpu_sim.load(res.kmodel), []
@@ -108,6 +106,16 @@ def test_groups_read_in_channel_slices_run_with_their_readers(monkeypatch):
             errs.append((got - want) / ((want.max() - want.min()) / 255))
         rms[form] = float(np.sqrt(np.mean(np.square(errs))))
         results[form] = res
+    return results, rms
+
+
+def test_groups_read_in_channel_slices_run_with_their_readers(monkeypatch):
+    """When a decomposed depthwise reads the PReLU in channel slices, the groups are those slices and
+    each slice's readers (its copies, the rounding residual, its stacked layer) run right after its
+    group: no step holds the whole float PReLU. The values: each group calibrated on its channels."""
+    cpu = (parts_stack, "_match", lambda *a: None)  # the groups as the CPU makes them
+    results, rms = _compiled_stem_and_5x5(monkeypatch, {
+        "regular": [cpu, (part_groups, "_slice_cuts", lambda r, users: None)], "slices": [cpu]})
     names = results["slices"].emitted.node_names
     (dw,) = [d for d in results["slices"].decisions if d.node == "dw5x5"]
     assert dw.plan is not None and dw.plan.residual, dw
@@ -148,20 +156,8 @@ def test_a_residual_stack_reading_a_sum_of_parts_reads_the_parts_in_kpu_ram(monk
     them (each part's nine copies by one fan layer, the stack's weights times alpha or 1) and the add
     reads them recombined by one 1x1 layer: no CPU op before the head, every KPU layer as the scalar
     reference computes it, the head's output as close to the float model as with the CPU's sums."""
-    results, rms = {}, {}
-    for form in ("cpu sums", "parts"):
-        with monkeypatch.context() as m:
-            if form == "cpu sums":
-                m.setattr(parts_stack, "_match", lambda *a: None)
-            g, calib = _stem_and_5x5()
-            res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
-        program, errs = kpu_sim.load(res.kmodel), []
-        for c in calib:
-            want = run(g, c)[0]
-            got = program.run(c)[0].reshape(want.shape)
-            errs.append((got - want) / ((want.max() - want.min()) / 255))
-        rms[form] = float(np.sqrt(np.mean(np.square(errs))))
-        results[form] = res
+    results, rms = _compiled_stem_and_5x5(monkeypatch, {
+        "cpu sums": [(parts_stack, "_match", lambda *a: None)], "parts": []})
     res = results["parts"]
     kinds = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
     head = res.emitted.node_names.index("head")

@@ -2,48 +2,20 @@
 alpha times the low ones, read by a residual stack_kpu (9 shifted copies of it and of its rounding
 residual, one stacked conv) and by an add."""
 
+import conv_graphs
 import numpy as np
 import pytest
 
 from kcc.eval.interpreter import run
-from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
 from kcc.passes import parts_stack
-from kcc.passes.kernel_forms import shift_weights
 from kcc.passes.manager import CompileContext
-
-SHIFTS = [(cy, cx) for cy in (-1, 0, 1) for cx in (-1, 0, 1)]
 
 
 def _graph(rng, c: int = 8) -> Graph:
-    g = Graph()
-    x = g.input(0, (1, 3, 12, 12))
-    w = g.constant(rng.uniform(-0.5, 0.5, (c, 3, 3, 3)).astype(np.float32), "w")
-    parts = [g.add(O.Conv2D(padding=((1, 1), (1, 1)), act=act), (x, w, g.constant(np.full(c, b, np.float32), f"b{i}")),
-                   f"part{i}")
-             for i, (act, b) in enumerate([((-np.inf, 0.0), 0.3), ((-0.3, 0.0), 0.0), ((0.0, 0.3), 0.0), ((0.0, np.inf), -0.3)])]
-    low = g.add(O.Binary("add"), parts[:2], "low")
-    alpha = g.constant(rng.uniform(-1.5, 1.5, (1, c, 1, 1)).astype(np.float32), "alpha")
-    y = g.add(O.Binary("add"), (g.add(O.Binary("add"), (g.add(O.Binary("mul"), (low, alpha), "neg"), parts[2]), "s1"),
-                                parts[3]), "prelu")
-    zero = g.constant(np.zeros(c, np.float32), "zero")
-
-    def copies(src, tag):
-        return [g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), (1, 1), c), (src, g.constant(shift_weights(c, s), f"{tag}w{k}"), zero),
-                      f"{tag}{k}") for k, s in enumerate(SHIFTS)]
-
-    lost = g.add(KO.QuantResidual(16.0), (y,), "residual")
-    views = copies(lost, "r") + copies(y, "s")
-    ws = np.zeros((c, 9 * c, 3, 3), np.float32)
-    for v in range(9):
-        ws[np.arange(c), v * c + np.arange(c)] = rng.uniform(-0.4, 0.4, (c, 3, 3))
-    stk = g.add(O.Concat(1), tuple(views), "stack")
-    sc = g.add(O.Conv2D(padding=((1, 1), (1, 1))), (stk, g.constant(np.concatenate([ws / 16, ws], axis=1), "ws"),
-                                                    g.constant(rng.uniform(-0.1, 0.1, c).astype(np.float32), "bs")), "dw")
-    g.outputs = [g.add(O.Binary("add"), (y, sc), "add")]
-    return g
+    return conv_graphs.parts_read_by_a_residual_stack(rng, c, 12)
 
 
 @pytest.mark.parametrize("step", [8, 3])
