@@ -1,7 +1,8 @@
 """plan_memory(): the best deterministic packing of one address space, and why it is that big.
 
 Candidates, cheapest first (kpu_semantics.md §7 describes ncc's two):
-1. first fit in birth order (ncc's `--max-allocator-solve-secs 0`; with 0, the only candidate),
+1. first fit in birth order (ncc's `--max-allocator-solve-secs 0`; with 0, the only candidate unless it
+   overflows a capacity: then 2, and 3 if they overflow too while the lower bound fits),
 2. the greedy packers of `kcc.alloc.greedy` (largest first, lowest or tightest hole),
 3. CP-SAT (`kcc.alloc.solver`), warm-started from the best of 1-2 and only run when that is above
    the live-size lower bound.
@@ -32,6 +33,12 @@ from kcc.errors import UnsupportedModelError
 #: time (default 60 s -> 1.5; the worst stress instance took 47 s). Searches that reach the lower
 #: bound stop at once, which is what real networks do.
 DETERMINISTIC_PER_SEC = 0.025
+
+#: `--max-allocator-solve-secs 0` whose first fit and greedy packings all overflow a capacity the
+#: live-size lower bound fits in: CP-SAT still gets this many seconds' budget, since a kmodel is what
+#: the user asked for (BlazePalm's stem, whose skip is written in KPU RAM from its first group on,
+#: packs in 2 MiB only by search)
+OVERFLOW_SOLVE_SECS = 10.0
 
 
 class MemoryOverflowError(UnsupportedModelError):
@@ -96,7 +103,8 @@ def plan_memory(buffers: list[Buffer], *, align: int, solve_secs: float, capacit
     """Pack `buffers` (unique names) as tightly as the budget allows; see the module docstring.
 
     `solve_secs` is `--max-allocator-solve-secs`: 0 = first fit only (or the greedy candidates too,
-    when first fit overflows `capacity`); otherwise CP-SAT gets
+    when first fit overflows `capacity`, and CP-SAT for OVERFLOW_SOLVE_SECS when they all do but the
+    lower bound fits); otherwise CP-SAT gets
     `solve_secs * DETERMINISTIC_PER_SEC` deterministic seconds. `step_names` (node name per step)
     only serve messages. Raises `MemoryOverflowError` if the peak exceeds `capacity`.
     """
@@ -109,6 +117,8 @@ def plan_memory(buffers: list[Buffer], *, align: int, solve_secs: float, capacit
     if solve_secs > 0 or (capacity is not None and ff.peak > capacity):
         # the greedy orders are cheap: even without the solver, try them before reporting an overflow
         candidates += greedy_candidates(buffers, align)
+    if solve_secs <= 0 and capacity is not None and lower <= capacity < min(c[1].peak for c in candidates):
+        solve_secs = OVERFLOW_SOLVE_SECS
     if solve_secs > 0:
         _, best = min(candidates, key=lambda c: c[1].peak)
         if best.peak <= lower:

@@ -5,7 +5,15 @@ import random
 
 import pytest
 
-from kcc.alloc import Buffer, MemoryOverflowError, first_fit, live_lower_bound, plan_errors, plan_memory
+from kcc.alloc import (
+    Buffer,
+    MemoryOverflowError,
+    first_fit,
+    live_lower_bound,
+    plan_errors,
+    plan_memory,
+    planner,
+)
 from kcc.alloc.greedy import greedy_candidates
 from kcc.alloc.solver import maximal_live_sets, solve
 from kcc.errors import KccError
@@ -109,11 +117,23 @@ def test_overflow_error_names_the_layer_tensors_and_sizes():
     assert "hint: use a smaller input resolution, or fewer channels in the layers around 'layer_b'" in line
 
 
-def test_overflow_by_fragmentation_only_says_so():
+def test_overflow_by_fragmentation_only_says_so(monkeypatch):
     lb = live_lower_bound(GREEDY_MISSES, 8)
+    monkeypatch.setattr(planner, "OVERFLOW_SOLVE_SECS", 0.0)  # no search at all
     with pytest.raises(MemoryOverflowError, match="best packing found; lower bound"):
         plan_memory(GREEDY_MISSES, align=8, solve_secs=0, capacity=lb)
     assert plan_memory(GREEDY_MISSES, align=8, solve_secs=60, capacity=lb).peak == lb  # the solver makes it fit
+
+
+def test_zero_budget_searches_where_every_greedy_packing_overflows_but_the_bound_fits():
+    """--max-allocator-solve-secs 0 whose cheap packings all overflow KPU RAM while the live-size bound
+    fits: CP-SAT gets OVERFLOW_SOLVE_SECS rather than the compile failing (BlazePalm's stem, read in
+    its parts in KPU RAM, at its first add)."""
+    lb = live_lower_bound(GREEDY_MISSES, 8)
+    assert min(p.peak for _, p in greedy_candidates(GREEDY_MISSES, 8)) > lb
+    res = plan_memory(GREEDY_MISSES, align=8, solve_secs=0, capacity=lb)
+    assert res.peak == lb and res.method == "cp-sat"
+    assert plan_memory(GREEDY_MISSES, align=8, solve_secs=0).method != "cp-sat"  # no capacity: first fit
 
 
 def test_zero_budget_tries_the_greedy_orders_before_reporting_an_overflow():
