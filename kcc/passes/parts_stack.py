@@ -107,15 +107,17 @@ def _match(gv: Node, users: dict, outputs: set[int]):
     res = [u for u in readers if isinstance(u.op, KO.QuantResidual)]
     if len(res) != 1 or id(res[0]) in outputs:
         return None
-    shifts_g = [u for u in readers if _shift(u, gv) is not None]
+    shift_of = {id(u): sh for u in readers if (sh := _shift(u, gv)) is not None}
+    shifts_g = [u for u in readers if id(u) in shift_of]
     stk = users[shifts_g[0]][0] if shifts_g and len(users[shifts_g[0]]) == 1 else None
     if stk is None or not isinstance(stk.op, O.Concat) or stk.op.axis != 1 or len(users[stk]) != 1:
         return None
     j = len(shifts_g)
     ins = stk.inputs
-    if len(ins) != 2 * j or {id(s) for s in ins[j:]} != {id(s) for s in shifts_g}:
+    if len(ins) != 2 * j or {id(s) for s in ins[j:]} != set(shift_of):
         return None
-    if [_shift(s, res[0]) for s in ins[:j]] != [_shift(s, gv) for s in ins[j:]]:
+    shifts = [shift_of[id(s)] for s in ins[j:]]
+    if [_shift(s, res[0]) for s in ins[:j]] != shifts:
         return None
     if any(len(users[s]) != 1 for s in ins) or len(users[res[0]]) != j:
         return None
@@ -124,9 +126,9 @@ def _match(gv: Node, users: dict, outputs: set[int]):
     if not (isinstance(sc.op, O.Conv2D) and sc.op.groups == 1 and sc.inputs[1].is_constant
             and sc.inputs[2].is_constant and sc.inputs[1].shape[:2] == (sc.shape[1], 2 * j * g) and sc.shape[1] == g):
         return None
-    others = [u for u in readers if u is not res[0] and id(u) not in {id(s) for s in shifts_g}]
+    others = [u for u in readers if u is not res[0] and id(u) not in shift_of]
     parts = [p for p, _ in terms.values()]
-    return parts, [coef for _, coef in terms.values()], [_shift(s, gv) for s in ins[j:]], sc, others
+    return parts, [coef for _, coef in terms.values()], shifts, sc, others
 
 
 def _peaks(g: Graph, parts: list[Node], samples: list) -> dict[int, np.ndarray]:
@@ -140,8 +142,8 @@ def _peaks(g: Graph, parts: list[Node], samples: list) -> dict[int, np.ndarray]:
     return peak
 
 
-def _one_grid(p: Node, peak: float, top: float, limit: float) -> tuple[float, O.Conv2D, float]:
-    """(sign * gain, p's op, the same factor) turning part p into sign * gain * p in [0, top]: a
+def _one_grid(p: Node, peak: float, top: float, limit: float) -> tuple[float, O.Conv2D]:
+    """(f, p's op with its clamp times f), f = sign * gain turning part p into f * p in [0, top]: a
     part <= 0 turned over, each stretched to the largest part's reach. Its codes then share one grid
     with zero point 0 (the stack's input, whose pad value is real 0) at the resolution of its own."""
     lo, hi = p.op.act
@@ -151,7 +153,7 @@ def _one_grid(p: Node, peak: float, top: float, limit: float) -> tuple[float, O.
     gain = max(1.0, min(gain, limit / max(widest_weight_range(p.inputs[1].data), 1e-12)))
     f = sign * gain
     act = tuple(v + 0.0 for v in sorted((lo * f, hi * f)))  # (+ 0.0: no -0 bound)
-    return f, O.Conv2D(p.op.stride, p.op.padding, p.op.dilation, p.op.groups, act), f
+    return f, O.Conv2D(p.op.stride, p.op.padding, p.op.dilation, p.op.groups, act)
 
 
 def sub_group(g: int, h: int, w: int) -> int:
@@ -201,22 +203,21 @@ def parts_stack(g: Graph, ctx: CompileContext | None = None) -> Graph:
             scaled = [_one_grid(p, r, max(reach), limit) for p, r in zip(parts, reach)]
             subs = [out.add(op, (x, const(p.inputs[1].data[s0:s1] * np.float32(f), p.inputs[1].name + tag),
                                  const(p.inputs[2].data[s0:s1] * np.float32(f), p.inputs[2].name + tag)), p.name + tag)
-                    for p, (f, op, _) in zip(parts, scaled)]
+                    for p, (f, op) in zip(parts, scaled)]
             grid = [v.name for v in subs]
-            both = out.add(O.Concat(1), tuple(subs), f"{gv.name}/parts{tag}")  # one KPU RAM buffer
-            grid.append(both.name)
             if others:  # G' on G's grid for G's other readers (one rounding, as G's codes were)
+                both = out.add(O.Concat(1), tuple(subs), f"{gv.name}/parts{tag}")  # one KPU RAM buffer
+                grid.append(both.name)
                 wr = np.zeros((n, len(parts) * n, 1, 1), F32)
-                for k, (coef, (f, _, _)) in enumerate(zip(coefs, scaled)):
+                for k, (coef, (f, _)) in enumerate(zip(coefs, scaled)):
                     wr[np.arange(n), k * n + np.arange(n), 0, 0] = coef[s0:s1] / np.float32(f)
                 gs.append(out.add(O.Conv2D(), (both, const(wr, f"{gv.name}/w_recombine{tag}"),
                                                const(np.zeros(n), f"{gv.name}/zero{tag}")), f"{gv.name}{tag}"))
-            fans = [out.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), (1, 1), 1),
-                            (v, const(fan_weights(n, shifts), f"{sc.name}/w_fan{tag}"),
-                             const(np.zeros(j * n), f"{sc.name}/zero_fan{tag}")), f"{sc.name}/fan{k}{tag}")
+            wf, zf = const(fan_weights(n, shifts), f"{sc.name}/w_fan{tag}"), const(np.zeros(j * n), f"{sc.name}/zero_fan{tag}")
+            fans = [out.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), (1, 1), 1), (v, wf, zf), f"{sc.name}/fan{k}{tag}")
                     for k, v in enumerate(subs)]
             wk = np.zeros((n, len(parts) * j * n, *ws.shape[2:]), F32)
-            for k, (coef, (f, _, _)) in enumerate(zip(coefs, scaled)):  # G = sum coef / f * (f P)
+            for k, (coef, (f, _)) in enumerate(zip(coefs, scaled)):  # G = sum coef / f * (f P)
                 for v in range(j):
                     cols = ws[s0:s1, v * c + s0:v * c + s1]  # [n, n, kh, kw]: block-diagonal
                     wk[:, (k * j + v) * n:(k * j + v + 1) * n] = cols * (coef[s0:s1] / np.float32(f))[None, :, None, None]
