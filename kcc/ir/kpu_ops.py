@@ -65,6 +65,8 @@ class FloatKpuConv(Op):
 
     y = pool(f(clamp(conv_same(x, w) + b, act))), conv_same pads k//2 on every side with zeros
     (the KPU pads with the input zero point, i.e. real 0). `fn` is None or (name, param).
+    `floor_bias`: how far a mean pool's floor lowers its output on average, in steps, where the
+    input's structure fixes it (None: (k-1)/(2k) for a k-tap window, kcc.quant.quantize).
     """
 
     kind: ClassVar[str] = "kpu_conv2d"
@@ -73,6 +75,7 @@ class FloatKpuConv(Op):
     pool: str = "bypass"
     act: tuple[float, float] = NO_CLAMP
     fn: tuple[str, float] | None = None
+    floor_bias: float | None = None
 
     def infer_type(self, ins):
         _check(len(ins) == 3, "kpu_conv2d takes x, w, b")
@@ -490,6 +493,26 @@ def fan_copy(n) -> list[tuple[int, tuple[int, int]]] | None:
 def moves_codes(n) -> bool:
     """Node n copies codes exactly on its input's grid: a `shift_copy` or a `fan_copy`."""
     return shift_copy(n) is not None or fan_copy(n) is not None
+
+
+def averages_codes(n) -> bool:
+    """Node n is a non-depthwise 1x1 layer with identity weights, no bias, clamp or function, and a
+    mean pool (kcc.passes.kpu_pools' upsampling): on its input's grid the floored mean of codes is a
+    code, so that grid holds its output with no rounding but the pool's."""
+    op = n.op
+    if not (isinstance(op, FloatKpuConv) and op.fn is None and op.act == NO_CLAMP and op.kernel == 1
+            and not op.depthwise and op.pool.startswith("mean")):
+        return False
+    w, b = n.inputs[1], n.inputs[2]
+    eye = np.eye(w.shape[0], dtype=np.float32)[:, :, None, None]
+    return (w.is_constant and b.is_constant and not np.any(b.data != 0) and w.shape == eye.shape
+            and np.array_equal(w.data, eye))
+
+
+def keeps_grid(n) -> bool:
+    """Node n is quantized on its input's grid (kcc.quant.policy.copy_grids): it `moves_codes` or
+    `averages_codes`."""
+    return moves_codes(n) or averages_codes(n)
 
 
 KPU_SPACE_OPS = (KpuUpload, QuantKpuLayer, KpuConcat, KpuChannelView)  # ops whose output lives in KPU RAM

@@ -28,6 +28,8 @@ def op_label(op: O.Op) -> str:
     attrs = op.attrs()
     if "act" in attrs and attrs["act"] == O.NO_CLAMP:
         del attrs["act"]
+    if attrs.get("floor_bias", 0.0) is None:  # a KPU layer's (kcc.ir.kpu_ops.FloatKpuConv), rarely set
+        del attrs["floor_bias"]
     inner = " ".join(f"{k}={_fmt(v)}" for k, v in attrs.items())
     return f"{op.kind}[{inner}]" if inner else op.kind
 

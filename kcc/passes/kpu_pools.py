@@ -13,6 +13,23 @@ reads a layer that took none. On codes the max is exact; max_2_s1's one tap past
 even size (windows 2i-1..2i+1) is the same on m shifted one row down, m'[r] = m[r-1]: a 3x3 depthwise
 copy (kcc.passes.kernel_forms.shift_weights) whose padding row, 0, never wins either when the map is
 not negative (a ReLU's; otherwise the pool stays on the CPU).
+
+TF's bilinear x2 with half-pixel centres (Keras UpSampling2D, BlazePalm's FPN) is, along one axis,
+[1 2 1]/4 over the nearest x2 map with both ends clamped (`half_pixel_x2_on_kpu`). Two mean_2_s1 pools
+compute it exactly over v[k] = x[max(0, (k-1)/2)], the nearest map one sample late: the first pool's
+window (k, k+1) gives (x[i-1] + x[i])/2 at k = 2i and x[i] at 2i+1, the second then
+(x[i-1] + 3 x[i])/4 and (3 x[i] + x[i+1])/4, TF's samples; v's repeated x[0] is TF's first clamp, the
+pools' replicated last row and column its last. Both axes at once: a 2x2 window is the product of the
+two 1-D means. The CPU builds v from x by data movement only, on uint8 codes: along an axis, v's odd
+samples are x and its even ones x one sample late, [x[0], x[:-1]] (two slices, a concatenation), and
+a concatenation of the two along a new innermost axis interleaves them (W first, where the blocks
+are single bytes, then H, where they are rows). lower_to_neutral's form resizes in float (a 2h x 2w
+resize_image) and takes 4 window taps an output element (kcc.passes.lower_to_neutral
+`_half_pixel_x2`). Two KPU layers with identity weights average, each flooring as the KPU's mean
+pools do: the layer before
+them adds both floors' expected bias to its output before rounding it where it can, else the KPU
+layer after takes it (kcc.quant.quantize `_floor_debts`, `_floor_bias`); a CPU reader of a map
+the CPU quantized reads it low by ~0.55 steps.
 """
 
 from __future__ import annotations
@@ -27,7 +44,16 @@ from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node, depthwise_conv
 from kcc.kmodel import kpu_row_layout
 from kcc.passes.kernel_forms import shift_weights
-from kcc.target.k210 import MAX_CHANNELS, MIN_HW, cpu_cycles, kpu_layer_cost, kpu_map_cycles
+from kcc.target.k210 import (
+    CPU_NODE_CYCLES,
+    MAX_CHANNELS,
+    MIN_HW,
+    cpu_cycles,
+    kpu_layer_cost,
+    kpu_map_cycles,
+    layer_fits,
+    upload_cycles,
+)
 
 
 def kpu_pool_code(p: O.Pool2D, h: int, w: int) -> str | None:
@@ -165,3 +191,103 @@ def pools_in_kpu_ram(g: Graph, placements: list) -> Graph:
                              f"{p.reason[:-len(REST_ON_CPU)]}, then {done[p.node]}")
                      if p.op == "pool2d" and p.node in done else p for p in placements]
     return g
+
+
+#: the placement of a half-pixel x2 upsampling `half_pixel_x2_on_kpu` takes
+UPSAMPLING_FORM = ("two 1x1 KPU layers with identity weights and mean_2_s1 pools over the nearest x2 map one "
+                   "sample late, which the CPU builds from the codes by slices and concatenations")
+
+
+def _half_pixel_x2(n: Node) -> bool:
+    op = n.op
+    return (isinstance(op, O.Resize) and op.mode == "bilinear" and op.half_pixel_centers and not op.align_corners
+            and n.type.rank == 4 and op.size == (2 * n.inputs[0].shape[2], 2 * n.inputs[0].shape[3]))
+
+
+def _late(g: Graph, n: Node, x: Node, axis: int, suffix: str) -> Node:
+    """x one sample late along `axis`: [x[0], x[:-1]] (two slices and a concatenation before n)."""
+    def rows(a: int, b: int, name: str) -> Node:
+        begin, end = [0] * 4, list(x.shape)
+        begin[axis], end[axis] = a, b
+        return g.insert_before(n, O.StridedSlice(tuple(begin), tuple(end), (1, 1, 1, 1)), (x,), f"{n.name}/{name}{suffix}")
+    head = (rows(0, 1, "first"), rows(0, x.shape[axis] - 1, "head"))
+    return g.insert_before(n, O.Concat(axis), head, f"{n.name}/late{suffix}")
+
+
+def _interleaved(g: Graph, n: Node, even: Node, odd: Node, axis: int, suffix: str) -> Node:
+    """[even[0], odd[0], even[1], odd[1], ...] along `axis` (2 or 3) of two batch-1 maps: each as
+    blocks of one sample along a new axis after `axis`, concatenated there, and read back."""
+    _, c, h, w = even.shape
+    block = (1, c * h, w, 1) if axis == 3 else (1, c * h, 1, w)
+    parts = tuple(g.insert_before(n, O.Reshape(block), (m,), f"{n.name}/{tag}{suffix}")
+                  for m, tag in ((even, "even"), (odd, "odd")))
+    pairs = g.insert_before(n, O.Concat(3 if axis == 3 else 2), parts, f"{n.name}/pairs{suffix}")
+    out = (1, c, h, 2 * w) if axis == 3 else (1, c, 2 * h, w)
+    return g.insert_before(n, O.Reshape(out), (pairs,), f"{n.name}/interleaved{suffix}")
+
+
+def _upsampling_cycles(x: Node, n: Node, kpu_readers: bool) -> tuple[float, float]:
+    """CPU cycles of the upsampling n of x as lower_to_neutral makes it (a 2h x 2w float resize and a
+    2x2 mean window) and as `half_pixel_x2_on_kpu` does, with what each form's readers then pay: codes
+    for KPU readers, floats for the others (kcc.target.k210's costs)."""
+    _, c, h, w = x.shape
+    out = n.type.size
+    slices = c * h * w + c * h * (w - 1) + 2 * c * w + 2 * c * (h - 1) * w  # the first samples and heads
+    blocks = 2 * (c * h + c * h * w) + 2 * (c + c * h)  # late W, pairs W, late H, pairs H
+    cpu = 2 * CPU_NODE_CYCLES + out * (cpu_cycles("resize") + 4 * cpu_cycles("window_tap"))
+    kpu = (14 * CPU_NODE_CYCLES + slices * cpu_cycles("strided_slice") + blocks * cpu_cycles("concat_block")
+           + 3 * out * cpu_cycles("copy_byte") + upload_cycles((1, c, 2 * h, 2 * w))
+           + 2 * kpu_layer_cost(kpu_map_cycles(c, 2 * h, 2 * w, c, False), c * c))
+    if kpu_readers:
+        cpu += out * cpu_cycles("quantize") + upload_cycles((1, c, 2 * h, 2 * w))
+    else:
+        kpu += out * (cpu_cycles("kpu_download_byte") + cpu_cycles("dequantize"))
+    return cpu, kpu
+
+
+def late_nearest_floor(h: int, w: int) -> float:
+    """The first mean's floor bias in steps over the late nearest map of an h x w map: of its 2x2
+    windows, those whose rows (and columns) are two different samples, x[i-1] and x[i] (h - 1 of 2h
+    rows), take 4 codes (3/8 low on average), those with one such axis two codes twice (1/4), the
+    others one code 4 times (0) (kcc.quant.quantize `_own_floor`)."""
+    both = (h - 1) * (w - 1)
+    one = (h - 1) * (w + 1) + (h + 1) * (w - 1)
+    return (both * 3 / 8 + one / 4) / (4 * h * w)
+
+
+def _means(g: Graph, n: Node, v: Node) -> Node:
+    """The two mean_2_s1 layers over v, the first with the floor its input's structure fixes."""
+    c, h, w = v.shape[1:]
+    eye = g.insert_before(n, O.Constant(np.eye(c, dtype=np.float32)[:, :, None, None]), (), f"{n.name}/eye")
+    zero = g.insert_before(n, O.Constant(np.zeros(c, np.float32)), (), f"{n.name}/zero")
+    first = KO.FloatKpuConv(1, False, "mean_2_s1", floor_bias=late_nearest_floor(h // 2, w // 2))
+    y = g.insert_before(n, first, (v, eye, zero), f"{n.name}/mean_w")
+    return g.insert_before(n, KO.FloatKpuConv(1, False, "mean_2_s1"), (y, eye, zero), n.name)
+
+
+def half_pixel_x2_on_kpu(g: Graph) -> tuple[Graph, list[str]]:
+    """Every TF half-pixel bilinear x2 upsampling as the nearest x2 map one sample late, built on the
+    CPU, and two mean_2_s1 KPU layers (module docstring), where the KPU takes the map and it costs
+    less than lower_to_neutral's resize and mean window; and the names of those it took."""
+    users = g.users()
+    outputs = {id(o) for o in g.outputs}
+    done = []
+    for n in list(g.nodes):
+        if not _half_pixel_x2(n):
+            continue
+        x = n.inputs[0]
+        nb, c, h, w = x.shape
+        if nb != 1 or min(h, w) < 2 or not layer_fits(n.shape, c, 1):
+            continue
+        kpu_readers = id(n) not in outputs and all(isinstance(u.op, KO.FloatKpuConv) for u in users[n])
+        cpu, kpu = _upsampling_cycles(x, n, kpu_readers)
+        if kpu >= cpu:
+            continue
+        v = _interleaved(g, n, _late(g, n, x, 3, "_w"), x, 3, "_w")
+        v = _interleaved(g, n, _late(g, n, v, 2, "_h"), v, 2, "_h")
+        y = _means(g, n, v)
+        done.append(n.name)
+        g.substitute(n, y, "/cpu")
+    if done:
+        g.remove_dead()
+    return g, done

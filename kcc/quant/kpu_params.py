@@ -68,6 +68,9 @@ class LayerRanges:
     # Mean bias of the input, in input steps: the KPU's mean pools floor (sum/4, sum/16), so a map
     # pooled by the previous layer reads on average (k-1)/(2k) of a step low (k = window size).
     x_bias: float = 0.0
+    # Steps added to the output before it is rounded: the floors of the mean pools that average its
+    # codes later, taken in advance where nothing after them can (kcc.quant.quantize `_floor_debts`).
+    z_bias: float = 0.0
 
 
 def equalize_weights(w: np.ndarray, turn: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -470,7 +473,7 @@ def kpu_layer(op: FloatKpuConv, w: np.ndarray, b: np.ndarray, r: LayerRanges,
         flip, e_abs = np.where(e < 0, -1, 1), np.abs(e.astype(np.float64))
         acc_per_unit = float(xq.scale) * float(wq.scale) * e_abs  # accumulator units per real unit
         so = zq.scale / (float(xq.scale) * float(wq.scale))
-        b_acc = accumulator_bias(b, acc_per_unit) + flip * acc_bias
+        b_acc = accumulator_bias(b, acc_per_unit) + flip * acc_bias + r.z_bias * e_abs / so
         lo, hi = clamp_bounds(op.act, zq)
         bn, up, _ = clamp_bn(so, e_abs, b_acc, _acc_bound(w_u8, wq.zero_point, xq.zero_point), zq.zero_point, lo, hi)
         bn[:, 0] *= flip

@@ -23,7 +23,7 @@ import numpy as np
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node, channel_range
-from kcc.ir.kpu_ops import moves_codes
+from kcc.ir.kpu_ops import keeps_grid, moves_codes
 from kcc.passes.manager import CompileContext
 from kcc.progress import counted
 from kcc.quant.calibrate import (
@@ -255,15 +255,16 @@ def residual_term_ranges(g: Graph, ranges: dict[str, Range]) -> None:
 
 def copy_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
     """A KPU layer that copies its input shifted (kcc.ir.kpu_ops.moves_codes: a `stack_kpu` view or
-    a `fan_kpu` fan, kcc.passes.kernel_forms) gets its input's range (a KPU layer's, for a channel slice of its output,
-    which moves its codes: kcc.quant.quantize), the very object, so its grid is its input's and
+    a `fan_kpu` fan, kcc.passes.kernel_forms), or averages it (`averages_codes`), gets its input's
+    range (a KPU layer's, for a channel slice of its output, which moves its codes:
+    kcc.quant.quantize), the very object, so its grid is its input's and
     it moves the codes exactly (kcc.quant.kpu_params' clamp path: out = z + (x - z), the border its
     pad value, the input's zero point); its calibrated range (the copy drops a row and a column of x
     and adds zeros) would round every value again. The copies' concatenations then take that grid
     too (`share_concat_grids`, run again). Last: after any override of the input's range."""
     changed = False
     for n in g.nodes:
-        if not n.inputs or not moves_codes(n):
+        if not n.inputs or not keeps_grid(n):
             continue
         x = src = n.inputs[0]
         while isinstance(src.op, (O.Pad, O.StridedSlice, O.Reshape, O.Transpose, KO.KpuRowPatch)):

@@ -104,12 +104,73 @@ def _drops_channels(n: Node) -> bool:
 
 
 # ---------------------------------------------------------------------------------------- analysis
-def _floor_bias(x: Node) -> float:
-    """Mean bias (in steps) of a map pooled by a KPU mean pool, which floors (kpu_params)."""
+def _own_floor(x: Node) -> float:
+    """Mean bias (in steps) a KPU mean pool's floor gives x, its layer (kpu_params), for codes whose
+    residues are all alike: floor(s/k) of a sum of k distinct codes is (k-1)/(2k) low; mean_2_s1's
+    windows past the last row or column repeat the edge (two distinct codes twice: 1/4; the corner
+    one code: 0). A layer's own `floor_bias` says more where its input's structure fixes it."""
+    window = {"mean_2_s2": 4, "mean_2_s1": 4, "mean_4_s4": 16}.get(getattr(x.op, "pool", ""), 0)
+    if not (isinstance(x.op, KO.FloatKpuConv) and window):
+        return 0.0
+    if x.op.floor_bias is not None:
+        return x.op.floor_bias
+    if x.op.pool != "mean_2_s1":
+        return (window - 1) / (2 * window)
+    h, w = x.shape[2:]
+    return ((h - 1) * (w - 1) * 3 / 8 + (h - 1 + w - 1) / 4) / (h * w)
+
+
+def _floor_bias(x: Node, paid: set[int]) -> float:
+    """Mean bias (in steps) of a map x read by a KPU layer: its mean pool's floor, and, through a
+    layer that `averages_codes` (which cannot take a bias of its input: its codes in are integers,
+    out = in exactly), the bias of what it averaged; 0 where a layer before took it (`paid`)."""
     while isinstance(x.op, LAYOUT_OPS):
         x = x.inputs[0]
-    window = {"mean_2_s2": 4, "mean_2_s1": 4, "mean_4_s4": 16}.get(getattr(x.op, "pool", ""), 0)
-    return (window - 1) / (2 * window) if isinstance(x.op, KO.FloatKpuConv) and window else 0.0
+    if id(x) in paid:
+        return 0.0
+    carried = _floor_bias(x.inputs[0], paid) if KO.averages_codes(x) else 0.0
+    return _own_floor(x) + carried
+
+
+def _floor_debts(g: Graph, users: dict[Node, list[Node]]) -> tuple[dict[int, float], set[int]]:
+    """The floors a KPU layer takes in advance, and the layers whose floors are so paid.
+
+    A layer (clamp only) whose codes reach only layers that `averages_codes` (through data movement:
+    kcc.passes.kpu_pools' upsampling) can add their floors to its own output before rounding it: one
+    rounding of a value with a fraction, where the identity layers' integer codes could not take it and
+    a CPU reader of the last would read it low. Taken when every path from it carries one total."""
+    moves = LAYOUT_OPS + (O.Concat,)
+
+    def only_from(n: Node, p: Node) -> bool:  # n's values are p's, moved
+        return n is p or (isinstance(n.op, moves) and all(only_from(i, p) for i in n.inputs if not i.is_constant))
+
+    debts: dict[int, float] = {}
+    paid: set[int] = set()
+    for p in g.nodes:
+        if not (isinstance(p.op, KO.FloatKpuConv) and p.op.fn is None and not KO.averages_codes(p)):
+            continue
+        totals, chain, ok = set(), [], True
+        stack = [(u, 0.0) for u in users[p]]
+        while stack and ok:
+            u, acc = stack.pop()
+            if isinstance(u.op, moves):
+                stack.extend((v, acc) for v in users[u])
+                ok = bool(users[u]) and only_from(u, p)
+            elif KO.averages_codes(u):
+                chain.append(u)
+                acc += _own_floor(u)
+                after = [v for v in users[u] if KO.averages_codes(v)]
+                if after and len(after) == len(users[u]):
+                    stack.extend((v, acc) for v in after)
+                else:
+                    totals.add(round(acc, 9))
+                    ok = not after
+            else:
+                ok = False
+        if ok and len(totals) == 1 and chain:
+            debts[id(p)] = totals.pop()
+            paid.update(id(u) for u in chain)
+    return debts, paid
 
 
 def _required(n: Node, q: QuantParam | None) -> QuantParam:
@@ -146,6 +207,7 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
 
     # a KPU layer that writes rows of another's map in place is on that map's grid (KpuRowPatch)
     patched_map = {id(p): r.inputs[0] for r in g.nodes if isinstance(r.op, KO.KpuRowPatch) for p in r.inputs[1:]}
+    debts, paid = _floor_debts(g, users)
     for n in g.nodes:
         op = n.op
         if isinstance(op, KO.KpuRowPatch):
@@ -167,13 +229,14 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
             z = ranges[n.name]
             y = ranges[pre[n.name]] if n.name in pre else z
             x_grid = _required(x, table[x].grid)
-            if KO.moves_codes(n) and range_param(z) != x_grid:
+            if KO.keeps_grid(n) and range_param(z) != x_grid:
                 # a shifted copy moves codes only on its input's grid (kcc.quant.policy.copy_grids)
                 z = y = GridRange(*x_grid.real_range, x_grid)
             if id(n) in patched_map:
                 grid = _required(patched_map[id(n)], table[patched_map[id(n)]].grid)
                 z = y = GridRange(*grid.real_range, grid)
-            r = LayerRanges(x_grid, y, z, _floor_bias(x))
+            x_bias = 0.0 if KO.averages_codes(n) else _floor_bias(x, paid)
+            r = LayerRanges(x_grid, y, z, x_bias, debts.get(id(n), 0.0))
             layer = kpu_layer(op, w.data, b.data, r, by_layer.get(n.name), turn_channels)
             table[n] = NodeQuant(Domain.KPU, QuantParam(*layer.out_q), layer)
             continue

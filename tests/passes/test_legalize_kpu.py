@@ -339,3 +339,22 @@ def test_an_activation_after_a_picked_conv_fuses_into_its_stride1_layer():
     assert full.op.fn == ("leaky_relu", pytest.approx(0.1)) and full.op.pool == "bypass"
     assert KO.shift_copy(pick) == (1, 0) and pick.name == "after" and lg.outputs == [pick]
     assert "leaky_relu" in placements[0].reason
+
+
+@pytest.mark.parametrize("shape", [(1, 128, 12, 12), (1, 3, 6, 7), (1, 5, 2, 9)])
+def test_a_half_pixel_x2_upsampling_is_two_mean_pools_over_moved_samples(shape):
+    """TF's bilinear x2 with half-pixel centres (kcc.passes.kpu_pools.half_pixel_x2_on_kpu): data
+    movement on the CPU (slices, concatenations, reshapes), then two 1x1 KPU layers with identity
+    weights and mean_2_s1 pools, equal to the interpreter's TF formula (clamped ends included); no
+    resize is left, and its placement says it is on the KPU."""
+    g = Graph()
+    x = g.input(0, shape)
+    g.outputs = [g.add(O.Resize("bilinear", (2 * shape[2], 2 * shape[3]), False, True), (x,), "up")]
+    xs = rng.standard_normal(shape).astype(np.float32)
+    lg, placements = legalize(g)
+    np.testing.assert_allclose(run(lg, [xs])[0], run(g, [xs])[0], rtol=0, atol=1e-5)
+    kinds = {type(n.op) for n in lg.nodes if not n.is_constant} - {O.Input}
+    assert kinds == {O.StridedSlice, O.Concat, O.Reshape, KO.FloatKpuConv}
+    means = [n for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)]
+    assert [n.op.pool for n in means] == ["mean_2_s1"] * 2 and means[1].inputs[0] is means[0]
+    assert [(p.node, p.op, p.on_kpu) for p in placements] == [("up", "resize", True)]
