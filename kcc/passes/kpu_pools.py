@@ -41,7 +41,7 @@ import numpy as np
 
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
-from kcc.ir.graph import Graph, Node, depthwise_conv
+from kcc.ir.graph import Graph, Node, channel_range, depthwise_conv
 from kcc.kmodel import kpu_row_layout
 from kcc.passes.kernel_forms import shift_weights
 from kcc.target.k210 import (
@@ -190,6 +190,66 @@ def pools_in_kpu_ram(g: Graph, placements: list) -> Graph:
     placements[:] = [replace(p, on_kpu=True, reason=done[p.node] if not p.reason.endswith(REST_ON_CPU) else
                              f"{p.reason[:-len(REST_ON_CPU)]}, then {done[p.node]}")
                      if p.op == "pool2d" and p.node in done else p for p in placements]
+    return g
+
+
+def _uploaded_groups(x: Node, users: dict[Node, list[Node]]) -> list[Node] | None:
+    """The channel slices of float x that KPU layers read (a decomposed conv's channel groups,
+    kcc.passes.kernel_forms `_group_source`: each quantized and uploaded on its own), in order, when
+    they are disjoint and cover all of x's channels and none is read with its rounding residual (its
+    grid too coarse for its readers: kcc.ir.kpu_ops.QuantResidual); else None."""
+    parts = sorted((s for s in users[x] if channel_range(s) is not None
+                    and any(isinstance(u.op, KO.FloatKpuConv) for u in users[s])), key=lambda s: channel_range(s))
+    if any(isinstance(u.op, KO.QuantResidual) for s in [x, *parts] for u in users[s]):
+        return None
+    ends = [0] + [channel_range(s)[1] for s in parts]
+    if not parts or ends[-1] != x.shape[1] or any(channel_range(s)[0] != e for s, e in zip(parts, ends)):
+        return None
+    return parts
+
+
+def max_pools_of_uploaded_groups(g: Graph, placements: list) -> Graph:
+    """A max pool the unit computes, left on the CPU over a float map whose channel groups are uploaded
+    for KPU layers anyway (BlazePalm's stride-2 skips: the PReLU a decomposed 5x5 reads in groups)
+    becomes one 1x1 KPU layer with identity weights and the pool per group, over the group's codes in
+    KPU RAM (the max of codes on one grid is a code: kcc.ir.kpu_ops.shift_copy), their outputs
+    concatenated. The pooled map is then on the groups' grids, those of the 5x5's input, where it was
+    the float. Taken where it costs less than the window taps on the CPU, with the download and
+    dequantization a CPU reader then pays (kcc.target.k210's costs)."""
+    users = g.users()
+    outputs = {id(o) for o in g.outputs}
+    done = {}
+    for n in list(g.nodes):
+        x = n.inputs[0] if n.inputs else None
+        if not (isinstance(n.op, O.Pool2D) and n.op.op == "max") or isinstance(x.op, KO.FloatKpuConv):
+            continue
+        code = kpu_pool_code(n.op, *x.shape[2:])
+        parts = _uploaded_groups(x, users) if code and x.shape[0] == 1 and min(x.shape[2:]) >= MIN_HW else None
+        if parts is None:
+            continue
+        kpu_readers = id(n) not in outputs and all(isinstance(u.op, KO.FloatKpuConv) for u in users[n])
+        kpu = 0.0
+        for s in parts:
+            c, h, w = s.shape[1:]
+            kpu += kpu_layer_cost(kpu_map_cycles(c, h, w, c, False), c * c)
+            if not kpu_readers:
+                kpu += 2 * CPU_NODE_CYCLES + s.type.size // 4 * (cpu_cycles("kpu_download_byte") + cpu_cycles("dequantize"))
+        if kpu >= n.type.size * n.op.filter[0] * n.op.filter[1] * cpu_cycles("window_tap"):
+            continue
+        pooled = []
+        for i, s in enumerate(parts):
+            c = s.shape[1]
+            eye = g.insert_before(n, O.Constant(np.eye(c, dtype=np.float32)[:, :, None, None]), (), f"{n.name}/eye{i}")
+            zero = g.insert_before(n, O.Constant(np.zeros(c, np.float32)), (), f"{n.name}/zero{i}")
+            pooled.append(g.insert_before(n, KO.FloatKpuConv(1, False, code), (s, eye, zero), f"{n.name}/group{i}"))
+        y = g.insert_before(n, O.Concat(1), tuple(pooled), n.name)
+        done[n.name] = (f"{code}: a 1x1 KPU layer with identity weights pools each of the {len(parts)} channel "
+                        f"groups a decomposed conv uploads")
+        g.substitute(n, y, "/cpu")
+    if done:
+        g.remove_dead()
+    placements[:] = [replace(p, on_kpu=True, reason=done[p.node]) if p.op == "pool2d" and p.node in done else p
+                     for p in placements]
     return g
 
 

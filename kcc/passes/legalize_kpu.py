@@ -482,6 +482,7 @@ def legalize_kpu(g: Graph, ctx: CompileContext | None = None) -> Graph:
         ctx.placements.extend(Placement(name, "add", False, why) for name, why in kept.items())
     if ctx.options.target != "cpu":
         out = kpu_pools.pools_in_kpu_ram(out, ctx.placements)
+        out = kpu_pools.max_pools_of_uploaded_groups(out, ctx.placements)
         out, done = kpu_pools.half_pixel_x2_on_kpu(out)
         ctx.placements.extend(Placement(name, "resize", True, kpu_pools.UPSAMPLING_FORM) for name in done)
     return out

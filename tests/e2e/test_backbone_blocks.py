@@ -198,3 +198,38 @@ def test_a_half_pixel_x2_upsampling_is_two_mean_pools_over_the_late_nearest_code
     assert abs(np.mean(errors)) <= 0.06, np.mean(errors)
     bars = {None: 2.37, "conv": 3.08}  # max error measured (8 samples) + 5 %; the input's: 2.01
     assert np.abs(errors).max() <= (2.01 if source == "input" else bars[reader])
+
+
+def test_a_max_pool_of_a_float_map_uploaded_in_groups_pools_each_group_on_the_kpu():
+    """BlazePalm's stride-2 skip: the max pool of a PReLU (a float of the CPU) whose channel groups KPU
+    layers read anyway, each uploaded on its own grid (as a decomposed 5x5's codes forms read them;
+    kcc.passes.kpu_pools.max_pools_of_uploaded_groups): one 1x1 KPU layer with identity weights and
+    max_2_s2 per group, the scalar reference's, each output the max of the 2x2 blocks of its group's
+    codes; no reduce_window2d left. Measured: 0.59 output steps from float (+ 5 %)."""
+    g = Graph()
+    c, hw = 16, 24
+    x = g.input(0, (1, c, hw, hw))
+    a = g.add(O.PRelu(), (x, g.constant(rng.uniform(0.05, 0.3, (1, c, 1, 1)).astype(np.float32))))
+    groups = []
+    for c0 in (0, 8):
+        part = g.add(O.StridedSlice((0, c0, 0, 0), (1, c0 + 8, hw, hw), (1, 1, 1, 1)), (a,))
+        groups.append(g.add(O.Conv2D((1, 1), ((1, 1), (1, 1)), groups=8), (part, _const(g, (8, 1, 3, 3)), _const(g, (8,)))))
+    y = g.add(O.Conv2D(act=(0.0, 6.0)), (g.add(O.Concat(1), tuple(groups)), _const(g, (c, c, 1, 1)), _const(g, (c,))))
+    skip = g.add(O.Pool2D("max", (2, 2), (2, 2)), (a,), "skip")
+    g.outputs = [y, skip]
+    calib = [[rng.uniform(-1, 1, (1, c, hw, hw)).astype(np.float32)] for _ in range(8)]
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    (pool,) = [p for p in res.placements if p.node == "skip"]
+    assert pool.on_kpu and "channel groups" in pool.reason, pool
+    names = [n.opcode.kmodel_name for n in res.emitted.model.nodes]
+    assert "reduce_window2d" not in names, names
+    maps = layer_maps(res.kmodel, calib[0][0])
+    pools = [(m[1], m[2]) for m in maps if m[0].layer.pool_type.name == "MAX_2_S2"]
+    assert [p[1].shape[1] for p in pools] == [8, 8]
+    for codes, pooled in pools:
+        blocks = codes.reshape(1, -1, hw // 2, 2, hw // 2, 2).max(axis=(3, 5))
+        np.testing.assert_array_equal(pooled, blocks)
+    assert kpu_layers_match_the_scalar_reference(res.kmodel, calib[0][0]) == len(maps)
+    want = run(g, calib[0])[1]
+    got = kpu_sim.load(res.kmodel).run(calib[0])[1].reshape(want.shape)
+    assert max_steps(got, want) <= 0.62, max_steps(got, want)
