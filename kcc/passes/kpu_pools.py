@@ -25,8 +25,8 @@ samples are x and its even ones x one sample late, [x[0], x[:-1]] (two slices, a
 a concatenation of the two along a new innermost axis interleaves them (W first, where the blocks
 are single bytes, then H, where they are rows). lower_to_neutral's form resizes in float (a 2h x 2w
 resize_image) and takes 4 window taps an output element (kcc.passes.lower_to_neutral
-`_half_pixel_x2`). Two KPU layers with identity weights average, each flooring as the KPU's mean
-pools do: the layer before
+`_half_pixel_x2`). Two KPU layers with identity weights average (in groups of MEAN_GROUP channels,
+for the weights' bytes), each flooring as the KPU's mean pools do: the layer before
 them adds both floors' expected bias to its output before rounding it where it can, else the KPU
 layer after takes it (kcc.quant.quantize `_floor_debts`, `_floor_bias`); a CPU reader of a map
 the CPU quantized reads it low by ~0.55 steps.
@@ -297,7 +297,8 @@ def _upsampling_cycles(x: Node, n: Node, kpu_readers: bool) -> tuple[float, floa
     cpu = 2 * CPU_NODE_CYCLES + out * (cpu_cycles("resize") + 4 * cpu_cycles("window_tap"))
     kpu = (14 * CPU_NODE_CYCLES + slices * cpu_cycles("strided_slice") + blocks * cpu_cycles("concat_block")
            + 3 * out * cpu_cycles("copy_byte") + upload_cycles((1, c, 2 * h, 2 * w))
-           + 2 * kpu_layer_cost(kpu_map_cycles(c, 2 * h, 2 * w, c, False), c * c))
+           + sum(2 * kpu_layer_cost(kpu_map_cycles(k, 2 * h, 2 * w, k, False), k * k)
+                 for k in (min(MEAN_GROUP, c - c0) for c0 in range(0, c, MEAN_GROUP))))
     if kpu_readers:
         cpu += out * cpu_cycles("quantize") + upload_cycles((1, c, 2 * h, 2 * w))
     else:
@@ -305,24 +306,53 @@ def _upsampling_cycles(x: Node, n: Node, kpu_readers: bool) -> tuple[float, floa
     return cpu, kpu
 
 
-def late_nearest_floor(h: int, w: int) -> float:
-    """The first mean's floor bias in steps over the late nearest map of an h x w map: of its 2x2
-    windows, those whose rows (and columns) are two different samples, x[i-1] and x[i] (h - 1 of 2h
-    rows), take 4 codes (3/8 low on average), those with one such axis two codes twice (1/4), the
-    others one code 4 times (0) (kcc.quant.quantize `_own_floor`)."""
-    both = (h - 1) * (w - 1)
-    one = (h - 1) * (w + 1) + (h + 1) * (w - 1)
-    return (both * 3 / 8 + one / 4) / (4 * h * w)
+def _mean_2_s1(v: np.ndarray) -> np.ndarray:
+    """The KPU's mean_2_s1 on codes (kpu_semantics.md §3 step 5): the 2x2 window (y..y+1, x..x+1),
+    the last row and column repeated, the sum floored / 4."""
+    p = np.pad(v, ((0, 0), (0, 1), (0, 1)), mode="edge")
+    return (p[:, :-1, :-1] + p[:, 1:, :-1] + p[:, :-1, 1:] + p[:, 1:, 1:]) // 4
+
+
+def late_nearest_floors(h: int, w: int) -> tuple[float, float]:
+    """How low the two means' floors leave their outputs on average, in steps, over the late nearest
+    map of an h x w map of codes whose residues are all alike: counted on 512 maps of such codes (a
+    fixed seed: the same figures every time). The first pool's windows repeat samples (those at odd
+    rows and columns hold one code 4 times), so it floors less than 3/8; the second's inputs are
+    correlated the same way (kcc.quant.quantize `_own_floor`)."""
+    x = np.random.default_rng(0).integers(0, 256, (512, h, w))
+    rows, cols = np.maximum(0, (np.arange(2 * h) - 1) // 2), np.maximum(0, (np.arange(2 * w) - 1) // 2)
+    v = x[:, rows][:, :, cols]
+    first = _mean_2_s1(v)
+    second = _mean_2_s1(first)
+    exact = (_mean_2_s1(4 * v) / 4, _mean_2_s1(4 * first) / 4)  # (4 v) // 4: the means, unfloored
+    return float(np.mean(exact[0] - first)), float(np.mean(exact[1] - second))
+
+
+#: channels of one mean layer: its identity weights take MEAN_GROUP^2 bytes of the kmodel, a layer
+#: ~KPU_LAYER_BYTES more (kcc.target.k210); 32 keeps their sum near its least, ~47 B a channel a
+#: layer against C bytes for one layer over all C (BlazePalm's 256: 256)
+MEAN_GROUP = 32
 
 
 def _means(g: Graph, n: Node, v: Node) -> Node:
-    """The two mean_2_s1 layers over v, the first with the floor its input's structure fixes."""
-    c, h, w = v.shape[1:]
-    eye = g.insert_before(n, O.Constant(np.eye(c, dtype=np.float32)[:, :, None, None]), (), f"{n.name}/eye")
-    zero = g.insert_before(n, O.Constant(np.zeros(c, np.float32)), (), f"{n.name}/zero")
-    first = KO.FloatKpuConv(1, False, "mean_2_s1", floor_bias=late_nearest_floor(h // 2, w // 2))
-    y = g.insert_before(n, first, (v, eye, zero), f"{n.name}/mean_w")
-    return g.insert_before(n, KO.FloatKpuConv(1, False, "mean_2_s1"), (y, eye, zero), n.name)
+    """The two mean_2_s1 layers over v, with the floors their inputs' structure fixes, in
+    groups of MEAN_GROUP channels (channel views of v, on v's one grid: kcc.quant.policy
+    `share_view_grids`), concatenated along channels (in KPU RAM for a KPU reader)."""
+    nb, c, h, w = v.shape
+    floors = late_nearest_floors(h // 2, w // 2)
+    outs = []
+    for c0 in range(0, c, MEAN_GROUP):
+        c1, tag = min(c, c0 + MEAN_GROUP), (f"_{c0 // MEAN_GROUP}" if c > MEAN_GROUP else "")
+        part = v if c <= MEAN_GROUP else g.insert_before(
+            n, O.StridedSlice((0, c0, 0, 0), (nb, c1, h, w), (1, 1, 1, 1)), (v,), f"{n.name}/channels{tag}")
+        eye = g.insert_before(n, O.Constant(np.eye(c1 - c0, dtype=np.float32)[:, :, None, None]), (), f"{n.name}/eye{tag}")
+        zero = g.insert_before(n, O.Constant(np.zeros(c1 - c0, np.float32)), (), f"{n.name}/zero{tag}")
+        y = g.insert_before(n, KO.FloatKpuConv(1, False, "mean_2_s1", floor_bias=floors[0]), (part, eye, zero),
+                            f"{n.name}/mean_w{tag}")
+        last = n.name if c <= MEAN_GROUP else f"{n.name}/mean_h{tag}"
+        outs.append(g.insert_before(n, KO.FloatKpuConv(1, False, "mean_2_s1", floor_bias=floors[1]), (y, eye, zero),
+                                    last))
+    return outs[0] if len(outs) == 1 else g.insert_before(n, O.Concat(1), tuple(outs), n.name)
 
 
 def half_pixel_x2_on_kpu(g: Graph) -> tuple[Graph, list[str]]:

@@ -23,7 +23,7 @@ import numpy as np
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node, channel_range
-from kcc.ir.kpu_ops import keeps_grid, moves_codes
+from kcc.ir.kpu_ops import averages_codes, keeps_grid, moves_codes
 from kcc.passes.manager import CompileContext
 from kcc.progress import counted
 from kcc.quant.calibrate import (
@@ -87,7 +87,7 @@ def choose_ranges(view: Graph, samples: Samples, points: Sequence[Node], method:
     ranges.update(logit_ranges(view, samples, softmax_logits(g)))
     share_phase_grids(shared, ranges)
     share_part_grids(g, ranges)
-    share_view_grids(points, ranges)
+    share_view_grids(points, ranges, g.users())
     residual_term_ranges(g, ranges)
     return share_concat_grids(g, ranges)
 
@@ -182,7 +182,7 @@ def share_part_grids(g: Graph, ranges: dict[str, Range]) -> None:
                 ranges[v.name] = union
 
 
-def share_view_grids(points: Sequence[Node], ranges: dict[str, Range]) -> None:
+def share_view_grids(points: Sequence[Node], ranges: dict[str, Range], users: dict[Node, list[Node]]) -> None:
     """Views (crops, zero pads) of one float tensor that KPU layers read, and of its rounding
     residual (kcc.ir.kpu_ops.QuantResidual), get one grid, the union of their ranges: the tensor is
     quantized once and the views are cut from its uint8 codes (kcc.quant.quantize), and the residual
@@ -193,7 +193,9 @@ def share_view_grids(points: Sequence[Node], ranges: dict[str, Range]) -> None:
     (quantize: a slice that drops channels is quantized after) and gets the union of its own views'
     ranges only. A residual stream's channels differ in range by orders of magnitude: BlazePalm's
     5x5s, reading their float inputs as 8-bit codes on one grid each, cost its outputs 2.6e-3 of
-    cosine in all, on one grid per group of 4 channels 2.6e-4 (docs/measurements.md §24)."""
+    cosine in all, on one grid per group of 4 channels 2.6e-4 (docs/measurements.md §24). Not where
+    the slices are averaged on their grid (kcc.ir.kpu_ops.averages_codes: an upsampling's mean layers
+    in channel groups, kcc.passes.kpu_pools), whose outputs make one map again."""
     groups: dict[int, list[Node]] = {}
     for p in points:
         src = view_source(p)
@@ -202,7 +204,8 @@ def share_view_grids(points: Sequence[Node], ranges: dict[str, Range]) -> None:
         if not isinstance(src.op, (KO.FloatKpuConv, O.Input)) and p.name in ranges:
             groups.setdefault(id(src), []).append(p)
     for views in groups.values():
-        for part in _slice_groups(views):
+        kept = all(users[v] and all(averages_codes(u) for u in users[v]) for v in views)
+        for part in [views] if kept else _slice_groups(views):
             lo = min(ranges[v.name][0] for v in part)
             hi = max(ranges[v.name][1] for v in part)
             for v in part:

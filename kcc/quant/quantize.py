@@ -123,9 +123,13 @@ def _own_floor(x: Node) -> float:
 def _floor_bias(x: Node, paid: set[int]) -> float:
     """Mean bias (in steps) of a map x read by a KPU layer: its mean pool's floor, and, through a
     layer that `averages_codes` (which cannot take a bias of its input: its codes in are integers,
-    out = in exactly), the bias of what it averaged; 0 where a layer before took it (`paid`)."""
+    out = in exactly), the bias of what it averaged; 0 where a layer before took it (`paid`). A
+    concatenation of channel groups has theirs where they all agree."""
     while isinstance(x.op, LAYOUT_OPS):
         x = x.inputs[0]
+    if isinstance(x.op, O.Concat) and x.op.axis == 1:  # channel groups: one bias if they agree
+        parts = {round(_floor_bias(p, paid), 9) for p in x.inputs}
+        return parts.pop() if len(parts) == 1 else 0.0
     if id(x) in paid:
         return 0.0
     carried = _floor_bias(x.inputs[0], paid) if KO.averages_codes(x) else 0.0

@@ -35,13 +35,17 @@ _TABLE_KPU = "fused into the KPU activation table"
 _CONCAT_KPU = ("in KPU RAM when KPU layers produce and read it (channels, batch 1, each part starting on a "
                "line of its own), else CPU")
 _MAX_POOL_KPU = ("fused into the preceding KPU layer (2x2 s2, 4x4 s4, 2x2 s1); 3x3 s2 as 2x2 s1 then 2x2 s2 when "
-                 "no window reaches before the map (TF SAME on even sizes, VALID on odd ones)")
+                 "no window reaches before the map (TF SAME on even sizes, VALID on odd ones); over a float whose "
+                 "channel groups KPU layers read, one KPU layer per group")
 #: kcc.passes.residual_kpu, kcc.quant.cpu_binary
 _ADD = ("KPU: a residual add of KPU layers as a 1x1 layer over both; else CPU, on uint8 codes (quantized_binary) "
         "between KPU layers")
 _BINARY = "CPU, on uint8 codes (quantized_binary) between KPU layers; a broadcast operand repeated to the map first"
 _NEAREST = ("CPU; nearest on uint8 codes between KPU layers, an integer upsampling as concatenations of copies "
             "(into a KPU RAM concatenation when the grids agree)")
+#: kcc.passes.kpu_pools.half_pixel_x2_on_kpu
+_BILINEAR_X2 = ("KPU for x2 with half-pixel centres (Keras UpSampling2D, PyTorch's align_corners=False): two mean_2_s1 "
+                "layers over the nearest map one sample late, which the CPU builds from the codes; other sizes CPU")
 ON_KPU: dict[str, dict[str, str]] = {
     "tflite": {
         "CONV_2D": "KPU: 1x1, 2x2 and 3x3 kernels, any stride (stride 2 through the pool unit, others by a CPU slice), "
@@ -53,6 +57,7 @@ ON_KPU: dict[str, dict[str, str]] = {
         "AVERAGE_POOL_2D": "fused into the preceding KPU layer (2x2 s2, 4x4 s4, 2x2 s1, global on 2x2/4x4 maps)",
         "MAX_POOL_2D": _MAX_POOL_KPU,
         "RESIZE_NEAREST_NEIGHBOR": _NEAREST,
+        "RESIZE_BILINEAR": _BILINEAR_X2,
         "ADD": _ADD,
         "SUB": _BINARY,
         "MUL": _BINARY,
@@ -76,7 +81,7 @@ ON_KPU: dict[str, dict[str, str]] = {
         "BatchNormalization": "folded into the preceding conv / gemm (then KPU), else a per-channel multiply-add",
         "AveragePool": "fused into the preceding KPU layer (2x2 s2, 4x4 s4, 2x2 s1, global on 2x2/4x4 maps)",
         "MaxPool": _MAX_POOL_KPU,
-        "Resize": _NEAREST,
+        "Resize": f"{_NEAREST}; linear: {_BILINEAR_X2}",
         "Upsample": _NEAREST,
         "Add": _ADD,
         "Sub": _BINARY,

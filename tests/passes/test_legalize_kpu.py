@@ -345,7 +345,7 @@ def test_an_activation_after_a_picked_conv_fuses_into_its_stride1_layer():
 def test_a_half_pixel_x2_upsampling_is_two_mean_pools_over_moved_samples(shape):
     """TF's bilinear x2 with half-pixel centres (kcc.passes.kpu_pools.half_pixel_x2_on_kpu): data
     movement on the CPU (slices, concatenations, reshapes), then two 1x1 KPU layers with identity
-    weights and mean_2_s1 pools, equal to the interpreter's TF formula (clamped ends included); no
+    weights and mean_2_s1 pools per group of 32 channels, equal to the interpreter's TF formula (clamped ends included); no
     resize is left, and its placement says it is on the KPU."""
     g = Graph()
     x = g.input(0, shape)
@@ -356,5 +356,7 @@ def test_a_half_pixel_x2_upsampling_is_two_mean_pools_over_moved_samples(shape):
     kinds = {type(n.op) for n in lg.nodes if not n.is_constant} - {O.Input}
     assert kinds == {O.StridedSlice, O.Concat, O.Reshape, KO.FloatKpuConv}
     means = [n for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)]
-    assert [n.op.pool for n in means] == ["mean_2_s1"] * 2 and means[1].inputs[0] is means[0]
+    groups = -(-shape[1] // 32)  # kpu_pools.MEAN_GROUP channels a pair of layers
+    assert [n.op.pool for n in means] == ["mean_2_s1"] * 2 * groups
+    assert all(second.inputs[0] is first for first, second in zip(means[::2], means[1::2]))
     assert [(p.node, p.op, p.on_kpu) for p in placements] == [("up", "resize", True)]

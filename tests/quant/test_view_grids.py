@@ -24,7 +24,7 @@ def test_disjoint_channel_slices_keep_their_own_grids():
     g, y = _float_map()
     a, b = _slice(g, y, 0, 4, "a"), _slice(g, y, 4, 8, "b")
     ranges = {"a": (-0.1, 0.2), "b": (-8.0, 5.0)}
-    share_view_grids([a, b], ranges)
+    share_view_grids([a, b], ranges, g.users())
     assert ranges == {"a": (-0.1, 0.2), "b": (-8.0, 5.0)}
 
 
@@ -35,7 +35,7 @@ def test_a_slice_and_the_views_of_its_residual_share_one_grid():
     lost = g.add(KO.QuantResidual(16.0), (a,), "lost")
     padded = g.add(O.Pad(((0, 0), (0, 0), (1, 1), (1, 1)), 0.0), (lost,), "lost_view")
     ranges = {"a": (-0.1, 0.2), "b": (-8.0, 5.0), "lost_view": (-0.01, 0.01)}
-    share_view_grids([a, b, padded], ranges)
+    share_view_grids([a, b, padded], ranges, g.users())
     assert ranges == {"a": (-0.1, 0.2), "b": (-8.0, 5.0), "lost_view": (-0.1, 0.2)}
 
 
@@ -43,8 +43,21 @@ def test_the_tensor_read_whole_or_slices_that_overlap_make_one_grid():
     g, y = _float_map()
     a, b, c = _slice(g, y, 0, 4, "a"), _slice(g, y, 4, 8, "b"), _slice(g, y, 2, 6, "c")
     ranges = {"a": (-0.1, 0.2), "b": (-8.0, 5.0), "y": (-8.0, 5.0)}
-    share_view_grids([a, b, y], ranges)
+    share_view_grids([a, b, y], ranges, g.users())
     assert set(ranges.values()) == {(-8.0, 5.0)}
     ranges = {"a": (-0.1, 0.2), "b": (-8.0, 5.0), "c": (-1.0, 1.0)}
-    share_view_grids([a, b, c], ranges)
+    share_view_grids([a, b, c], ranges, g.users())
+    assert set(ranges.values()) == {(-8.0, 5.0)}
+
+
+def test_disjoint_slices_averaged_on_their_grid_make_one_grid():
+    """An upsampling's mean layers in channel groups (kcc.passes.kpu_pools) keep their input's grid and
+    are concatenated again: their slices of the float take one grid, so that the means make one map."""
+    g, y = _float_map()
+    a, b = _slice(g, y, 0, 4, "a"), _slice(g, y, 4, 8, "b")
+    for s in (a, b):
+        eye = g.constant(np.eye(4, dtype=np.float32)[:, :, None, None])
+        g.add(KO.FloatKpuConv(1, False, "mean_2_s1"), (s, eye, g.constant(np.zeros(4, np.float32))))
+    ranges = {"a": (-0.1, 0.2), "b": (-8.0, 5.0)}
+    share_view_grids([a, b], ranges, g.users())
     assert set(ranges.values()) == {(-8.0, 5.0)}
