@@ -315,10 +315,11 @@ def _mean_2_s1(v: np.ndarray) -> np.ndarray:
 
 def late_nearest_floors(h: int, w: int) -> tuple[float, float]:
     """How low the two means' floors leave their outputs on average, in steps, over the late nearest
-    map of an h x w map of codes whose residues are all alike: counted on 512 maps of such codes (a
-    fixed seed: the same figures every time). The first pool's windows repeat samples (those at odd
-    rows and columns hold one code 4 times), so it floors less than 3/8; the second's inputs are
-    correlated the same way (kcc.quant.quantize `_own_floor`)."""
+    map of an h x w map of codes whose residues are all alike: counted on 512 maps of random codes
+    (a fixed seed: the same figures every time). The first pool's windows repeat samples
+    (those at odd rows and columns hold one code 4 times), so it floors less than 3/8; the second's
+    inputs are correlated the same way (kcc.quant.quantize `_own_floor`). BlazePalm's 12x12: 0.202
+    and 0.353 steps."""
     x = np.random.default_rng(0).integers(0, 256, (512, h, w))
     rows, cols = np.maximum(0, (np.arange(2 * h) - 1) // 2), np.maximum(0, (np.arange(2 * w) - 1) // 2)
     v = x[:, rows][:, :, cols]

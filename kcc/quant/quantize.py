@@ -234,7 +234,8 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
             y = ranges[pre[n.name]] if n.name in pre else z
             x_grid = _required(x, table[x].grid)
             if KO.keeps_grid(n) and range_param(z) != x_grid:
-                # a shifted copy moves codes only on its input's grid (kcc.quant.policy.copy_grids)
+                # a shifted copy moves codes, an identity mean averages them, only on its input's grid
+                # (kcc.quant.policy.copy_grids)
                 z = y = GridRange(*x_grid.real_range, x_grid)
             if id(n) in patched_map:
                 grid = _required(patched_map[id(n)], table[patched_map[id(n)]].grid)
