@@ -435,6 +435,22 @@ class QuantConv(Op):
                 "mul": self.mul, "shift": self.shift, "out_q": self.out_q}
 
 
+def _plain(n) -> bool:
+    """n is a FloatKpuConv with constant weights, no bias, clamp or function."""
+    op = n.op
+    if not (isinstance(op, FloatKpuConv) and op.fn is None and op.act == NO_CLAMP):
+        return False
+    w, b = n.inputs[1], n.inputs[2]
+    return w.is_constant and b.is_constant and not np.any(b.data != 0)
+
+
+def _identity_1x1(n) -> bool:
+    """`_plain` n is a non-depthwise 1x1 layer whose weights are the identity."""
+    w = n.inputs[1]
+    eye = np.eye(w.shape[0], dtype=np.float32)[:, :, None, None]
+    return n.op.kernel == 1 and not n.op.depthwise and w.shape == eye.shape and np.array_equal(w.data, eye)
+
+
 def shift_copy(n) -> tuple[int, int] | None:
     """(cy, cx) if node n is a FloatKpuConv that copies its input shifted, out[i, j] = x[i + cy,
     j + cx] (0 outside x): depthwise 3x3, no bias, clamp, function or pool but a pick (which keeps
@@ -444,14 +460,11 @@ def shift_copy(n) -> tuple[int, int] | None:
     Also (0, 0) for a non-depthwise 1x1 layer with identity weights and a max pool or a pick
     (legalize_kpu's pools of a map in KPU RAM): the max of codes on one grid is a code."""
     op = n.op
-    if not (isinstance(op, FloatKpuConv) and op.fn is None and op.act == NO_CLAMP):
+    if not _plain(n):
         return None
-    w, b = n.inputs[1], n.inputs[2]
-    if not (w.is_constant and b.is_constant) or np.any(b.data != 0):
-        return None
+    w = n.inputs[1]
     if op.kernel == 1 and not op.depthwise and op.pool in PICK_POOLS + MAX_POOLS:
-        eye = np.eye(w.shape[0], dtype=np.float32)[:, :, None, None]
-        return (0, 0) if w.shape == eye.shape and np.array_equal(w.data, eye) else None
+        return (0, 0) if _identity_1x1(n) else None
     if not (op.kernel == 3 and op.depthwise and op.pool in PICK_POOLS):
         return None
     taps = np.argwhere(w.data[0, 0] != 0)
@@ -473,13 +486,9 @@ def fan_copy(n) -> list[tuple[int, tuple[int, int]]] | None:
     channel group's nine shifted copies). Like a `shift_copy`, quantized on its input's grid
     (kcc.quant.policy.copy_grids) it moves the codes exactly: each output's accumulator is one
     input's (x - z) times the one weight's code step."""
-    op = n.op
-    if not (isinstance(op, FloatKpuConv) and op.fn is None and op.act == NO_CLAMP and op.kernel == 3
-            and not op.depthwise and op.pool == "bypass"):
+    if not (_plain(n) and n.op.kernel == 3 and not n.op.depthwise and n.op.pool == "bypass"):
         return None
-    w, b = n.inputs[1], n.inputs[2]
-    if not (w.is_constant and b.is_constant) or np.any(b.data != 0):
-        return None
+    w = n.inputs[1]
     flat = w.data.reshape(w.shape[0], -1)
     if not (np.all((flat == 0) | (flat == 1)) and np.all(np.count_nonzero(flat, axis=1) == 1)):
         return None
@@ -499,14 +508,7 @@ def averages_codes(n) -> bool:
     """Node n is a non-depthwise 1x1 layer with identity weights, no bias, clamp or function, and a
     mean pool (kcc.passes.kpu_pools' upsampling): on its input's grid the floored mean of codes is a
     code, so that grid holds its output with no rounding but the pool's."""
-    op = n.op
-    if not (isinstance(op, FloatKpuConv) and op.fn is None and op.act == NO_CLAMP and op.kernel == 1
-            and not op.depthwise and op.pool.startswith("mean")):
-        return False
-    w, b = n.inputs[1], n.inputs[2]
-    eye = np.eye(w.shape[0], dtype=np.float32)[:, :, None, None]
-    return (w.is_constant and b.is_constant and not np.any(b.data != 0) and w.shape == eye.shape
-            and np.array_equal(w.data, eye))
+    return _plain(n) and n.op.pool.startswith("mean") and _identity_1x1(n)
 
 
 def keeps_grid(n) -> bool:

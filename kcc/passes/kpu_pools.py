@@ -28,7 +28,7 @@ resize_image) and takes 4 window taps an output element (kcc.passes.lower_to_neu
 `_half_pixel_x2`). Two KPU layers with identity weights average (in groups of MEAN_GROUP channels,
 for the weights' bytes), each flooring as the KPU's mean pools do: the layer before
 them adds both floors' expected bias to its output before rounding it where it can, else the KPU
-layer after takes it (kcc.quant.quantize `_floor_debts`, `_floor_bias`); a CPU reader of a map
+layer after takes it (kcc.quant.floors); a CPU reader of a map
 the CPU quantized reads it low by ~0.55 steps.
 """
 
@@ -318,7 +318,7 @@ def late_nearest_floors(h: int, w: int) -> tuple[float, float]:
     map of an h x w map of codes whose residues are all alike: counted on 512 maps of random codes
     (a fixed seed: the same figures every time). The first pool's windows repeat samples
     (those at odd rows and columns hold one code 4 times), so it floors less than 3/8; the second's
-    inputs are correlated the same way (kcc.quant.quantize `_own_floor`). BlazePalm's 12x12: 0.202
+    inputs are correlated the same way (kcc.quant.floors `own_floor`). BlazePalm's 12x12: 0.202
     and 0.353 steps."""
     x = np.random.default_rng(0).integers(0, 256, (512, h, w))
     rows, cols = np.maximum(0, (np.arange(2 * h) - 1) // 2), np.maximum(0, (np.arange(2 * w) - 1) // 2)

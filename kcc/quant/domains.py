@@ -7,7 +7,11 @@ from dataclasses import dataclass
 from enum import Enum
 
 from kcc.ir import kpu_ops as KO
+from kcc.ir import ops as O
 from kcc.quant.params import QuantParam
+
+#: data movement: the ops that move a tensor's values as they are, on uint8 codes as on floats
+LAYOUT_OPS = (O.Pad, O.StridedSlice, O.Reshape, O.Transpose)
 
 
 class Domain(Enum):

@@ -69,7 +69,7 @@ class LayerRanges:
     # pooled by the previous layer reads on average (k-1)/(2k) of a step low (k = window size).
     x_bias: float = 0.0
     # Steps added to the output before it is rounded: the floors of the mean pools that average its
-    # codes later, taken in advance where nothing after them can (kcc.quant.quantize `_floor_debts`).
+    # codes later, taken in advance where nothing after them can (kcc.quant.floors `floor_debts`).
     z_bias: float = 0.0
 
 

@@ -61,7 +61,8 @@ from kcc.passes.manager import CompileContext
 from kcc.quant.cpu_binary import quant_binary, uint8_binary
 from kcc.quant.cpu_conv import clamp_holds, quant_convs
 from kcc.quant.cpu_matmul import quant_matmul, uint8_matmul
-from kcc.quant.domains import Domain, NodeQuant
+from kcc.quant.domains import LAYOUT_OPS, Domain, NodeQuant
+from kcc.quant.floors import floor_bias, floor_debts
 from kcc.quant.kpu_params import LayerRanges, kpu_layer
 from kcc.quant.kpu_ram import (
     NOT_BETWEEN_LAYERS,
@@ -78,7 +79,6 @@ from kcc.quant.kpu_ram import (
 from kcc.quant.params import GridRange, QuantParam, range_param
 from kcc.quant.weight_rounding import InputMoments
 
-LAYOUT_OPS = (O.Pad, O.StridedSlice, O.Reshape, O.Transpose)
 # codes -> codes with ties rounded up: x*(1 + 2^-20) moves k + 1/2 up by >= 2^-21 (a float32 keeps it,
 # |x| <= 255), and a non-tie mean of n codes is >= 1/(2n) away from a half, far more than 255*2^-20
 CODE_ROUNDING_SCALE = 1.0 + 2.0 ** -20
@@ -104,79 +104,6 @@ def _drops_channels(n: Node) -> bool:
 
 
 # ---------------------------------------------------------------------------------------- analysis
-def _own_floor(x: Node) -> float:
-    """Mean bias (in steps) a KPU mean pool's floor gives x, its layer (kpu_params), for codes whose
-    residues are all alike: floor(s/k) of a sum of k distinct codes is (k-1)/(2k) low; mean_2_s1's
-    windows past the last row or column repeat the edge (two distinct codes twice: 1/4; the corner
-    one code: 0). A layer's own `floor_bias` says more where its input's structure fixes it."""
-    window = {"mean_2_s2": 4, "mean_2_s1": 4, "mean_4_s4": 16}.get(getattr(x.op, "pool", ""), 0)
-    if not (isinstance(x.op, KO.FloatKpuConv) and window):
-        return 0.0
-    if x.op.floor_bias is not None:
-        return x.op.floor_bias
-    if x.op.pool != "mean_2_s1":
-        return (window - 1) / (2 * window)
-    h, w = x.shape[2:]
-    return ((h - 1) * (w - 1) * 3 / 8 + (h - 1 + w - 1) / 4) / (h * w)
-
-
-def _floor_bias(x: Node, paid: set[int]) -> float:
-    """Mean bias (in steps) of a map x read by a KPU layer: its mean pool's floor, and, through a
-    layer that `averages_codes` (which cannot take a bias of its input: its codes in are integers,
-    out = in exactly), the bias of what it averaged; 0 where a layer before took it (`paid`). A
-    concatenation of channel groups has theirs where they all agree."""
-    while isinstance(x.op, LAYOUT_OPS):
-        x = x.inputs[0]
-    if isinstance(x.op, O.Concat) and x.op.axis == 1:  # channel groups: one bias if they agree
-        parts = {round(_floor_bias(p, paid), 9) for p in x.inputs}
-        return parts.pop() if len(parts) == 1 else 0.0
-    if id(x) in paid:
-        return 0.0
-    carried = _floor_bias(x.inputs[0], paid) if KO.averages_codes(x) else 0.0
-    return _own_floor(x) + carried
-
-
-def _floor_debts(g: Graph, users: dict[Node, list[Node]]) -> tuple[dict[int, float], set[int]]:
-    """The floors a KPU layer takes in advance, and the layers whose floors are so paid.
-
-    A layer (clamp only) whose codes reach only layers that `averages_codes` (through data movement:
-    kcc.passes.kpu_pools' upsampling) can add their floors to its own output before rounding it: one
-    rounding of a value with a fraction, where the identity layers' integer codes could not take it and
-    a CPU reader of the last would read it low. Taken when every path from it carries one total."""
-    moves = LAYOUT_OPS + (O.Concat,)
-
-    def only_from(n: Node, p: Node) -> bool:  # n's values are p's, moved
-        return n is p or (isinstance(n.op, moves) and all(only_from(i, p) for i in n.inputs if not i.is_constant))
-
-    debts: dict[int, float] = {}
-    paid: set[int] = set()
-    for p in g.nodes:
-        if not (isinstance(p.op, KO.FloatKpuConv) and p.op.fn is None and not KO.averages_codes(p)):
-            continue
-        totals, chain, ok = set(), [], True
-        stack = [(u, 0.0) for u in users[p]]
-        while stack and ok:
-            u, acc = stack.pop()
-            if isinstance(u.op, moves):
-                stack.extend((v, acc) for v in users[u])
-                ok = bool(users[u]) and only_from(u, p)
-            elif KO.averages_codes(u):
-                chain.append(u)
-                acc += _own_floor(u)
-                after = [v for v in users[u] if KO.averages_codes(v)]
-                if after and len(after) == len(users[u]):
-                    stack.extend((v, acc) for v in after)
-                else:
-                    totals.add(round(acc, 9))
-                    ok = not after
-            else:
-                ok = False
-        if ok and len(totals) == 1 and chain:
-            debts[id(p)] = totals.pop()
-            paid.update(id(u) for u in chain)
-    return debts, paid
-
-
 def _required(n: Node, q: QuantParam | None) -> QuantParam:
     if q is None:
         raise KeyError(f"no calibrated range for '{n.name}'")
@@ -211,7 +138,7 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
 
     # a KPU layer that writes rows of another's map in place is on that map's grid (KpuRowPatch)
     patched_map = {id(p): r.inputs[0] for r in g.nodes if isinstance(r.op, KO.KpuRowPatch) for p in r.inputs[1:]}
-    debts, paid = _floor_debts(g, users)
+    debts, paid = floor_debts(g, users)
     for n in g.nodes:
         op = n.op
         if isinstance(op, KO.KpuRowPatch):
@@ -240,7 +167,7 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
             if id(n) in patched_map:
                 grid = _required(patched_map[id(n)], table[patched_map[id(n)]].grid)
                 z = y = GridRange(*grid.real_range, grid)
-            x_bias = 0.0 if KO.averages_codes(n) else _floor_bias(x, paid)
+            x_bias = 0.0 if KO.averages_codes(n) else floor_bias(x, paid)
             r = LayerRanges(x_grid, y, z, x_bias, debts.get(id(n), 0.0))
             layer = kpu_layer(op, w.data, b.data, r, by_layer.get(n.name), turn_channels)
             table[n] = NodeQuant(Domain.KPU, QuantParam(*layer.out_q), layer)

@@ -166,7 +166,7 @@ def test_a_half_pixel_x2_upsampling_is_two_mean_pools_over_the_late_nearest_code
     mean layers on one grid (kcc.quant.policy.share_view_grids): the first mean layer of a group reads the nearest x2 map of the codes one sample late,
     moved exactly by the CPU (v[k] = x[max(0, (k-1)//2)] on both axes), every layer is the scalar
     reference's, and the floors of the two mean_2_s1 pools are paid by the layer before them or the
-    one after (kcc.quant.quantize `_floor_debts`): the mean error is within 0.02 output steps."""
+    one after (kcc.quant.floors): the mean error is within 0.02 output steps."""
     g = Graph()
     shape = (1, 4 if source == "conv" else c, 7, 6)
     x = g.input(0, shape)
