@@ -215,7 +215,7 @@ def resize(op: O.Resize, x):
     return (top + bottom).astype(F32)
 
 
-def _kpu_pool(pool: str, y: np.ndarray) -> np.ndarray:
+def kpu_pool(pool: str, y: np.ndarray) -> np.ndarray:
     """The KPU pool unit in real numbers (kpu_semantics.md §3 step 5; floor of the means aside)."""
     n, c, h, w = y.shape
     if pool == "bypass":
@@ -250,7 +250,7 @@ def kpu_conv2d(op, x, w, b):
     p = k // 2
     conv = O.Conv2D((1, 1), ((p, p), (p, p)), (1, 1), x.shape[1] if op.depthwise else 1, op.act)
     y = conv2d(conv, x, w, b)
-    return _kpu_pool(op.pool, kpu_activation(op.fn, y))
+    return kpu_pool(op.pool, kpu_activation(op.fn, y))
 
 
 def quantize(op, x):

@@ -42,7 +42,7 @@ x is uploaded once (with the residual, x and its residual: the residual's codes 
 residual on x's grid), or read where a KPU layer left it.
 `fan_kpu` makes a group's nine copies with one layer instead of nine: a 3x3 layer (not depthwise) from
 the group's g channels to 9g, output channel j*g + i one tap of 1 at (1 + cy_j, 1 + cx_j) of input
-channel i (kcc.ir.kpu_ops.fan_copy; on x's grid, exact like the depthwise copies). Its output is the
+channel i (kcc.ir.code_moves.fan_copy; on x's grid, exact like the depthwise copies). Its output is the
 stack itself: 2 KPU layers a group instead of 10, 81*g*g weight bytes for the copies instead of nine
 layers' 9*g, so the most groups for the fewest kmodel bytes (~768 B a layer): wide 5x5 depthwise
 convs in groups of the channels one 64-byte line holds, each read in place in x's KPU RAM

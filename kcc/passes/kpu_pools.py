@@ -39,8 +39,10 @@ from dataclasses import replace
 
 import numpy as np
 
+from kcc.eval.kernels import kpu_pool
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
+from kcc.ir.code_moves import shift_copy
 from kcc.ir.graph import Graph, Node, channel_range, depthwise_conv
 from kcc.kmodel import kpu_row_layout
 from kcc.passes.kernel_forms import shift_weights
@@ -101,7 +103,7 @@ def split_max_pool(p: O.Pool2D, h: int, w: int, nonneg: bool) -> tuple[int, int]
 
 def nonneg_layer(x: Node) -> bool:
     """x is a KPU layer's output that is never negative: its clamp's floor is 0 or more and it has no
-    function, or it copies such a layer's values (a pick layer, kcc.ir.kpu_ops.shift_copy), or it is
+    function, or it copies such a layer's values (a pick layer, kcc.ir.code_moves.shift_copy), or it is
     a map of them (kcc.passes.row_bands)."""
     if isinstance(x.op, O.Reshape):
         x = x.inputs[0]
@@ -111,7 +113,7 @@ def nonneg_layer(x: Node) -> bool:
         return False
     if x.op.fn is None and x.op.act[0] >= 0:
         return True
-    return KO.shift_copy(x) is not None and nonneg_layer(x.inputs[0])
+    return shift_copy(x) is not None and nonneg_layer(x.inputs[0])
 
 
 def rest_of_split(g: Graph, y: Node, name: str, shift: tuple[int, int]) -> Node:
@@ -152,7 +154,7 @@ def pools_in_kpu_ram(g: Graph, placements: list) -> Graph:
     """A max pool left on the CPU whose input is a KPU layer's output (a layer made after the pools
     were placed: prelu_kpu's, residual_kpu's; or a depthwise layer, which kcc never pools) becomes a
     1x1 KPU layer with identity weights and the pool, reading the map in KPU RAM: on its input's grid
-    it moves the max of the codes exactly (kcc.ir.kpu_ops.shift_copy; non-depthwise, the pairing
+    it moves the max of the codes exactly (kcc.ir.code_moves.shift_copy; non-depthwise, the pairing
     nncase itself makes). Taken when it costs less than the pool's window taps on the CPU
     (kcc.target.k210's costs). The placements (kcc.passes.legalize_kpu.Placement) of the pools it
     takes say so."""
@@ -212,7 +214,7 @@ def max_pools_of_uploaded_groups(g: Graph, placements: list) -> Graph:
     """A max pool the unit computes, left on the CPU over a float map whose channel groups are uploaded
     for KPU layers anyway (BlazePalm's stride-2 skips: the PReLU a decomposed 5x5 reads in groups)
     becomes one 1x1 KPU layer with identity weights and the pool per group, over the group's codes in
-    KPU RAM (the max of codes on one grid is a code: kcc.ir.kpu_ops.shift_copy), their outputs
+    KPU RAM (the max of codes on one grid is a code: kcc.ir.code_moves.shift_copy), their outputs
     concatenated. The pooled map is then on the groups' grids, those of the 5x5's input, where it was
     the float. Taken where it costs less than the window taps on the CPU, with the download and
     dequantization a CPU reader then pays (kcc.target.k210's costs)."""
@@ -306,13 +308,6 @@ def _upsampling_cycles(x: Node, n: Node, kpu_readers: bool) -> tuple[float, floa
     return cpu, kpu
 
 
-def _mean_2_s1(v: np.ndarray) -> np.ndarray:
-    """The KPU's mean_2_s1 on codes (kpu_semantics.md §3 step 5): the 2x2 window (y..y+1, x..x+1),
-    the last row and column repeated, the sum floored / 4."""
-    p = np.pad(v, ((0, 0), (0, 1), (0, 1)), mode="edge")
-    return (p[:, :-1, :-1] + p[:, 1:, :-1] + p[:, :-1, 1:] + p[:, 1:, 1:]) // 4
-
-
 def late_nearest_floors(h: int, w: int) -> tuple[float, float]:
     """How low the two means' floors leave their outputs on average, in steps, over the late nearest
     map of an h x w map of codes whose residues are all alike: counted on 512 maps of random codes
@@ -320,13 +315,14 @@ def late_nearest_floors(h: int, w: int) -> tuple[float, float]:
     (those at odd rows and columns hold one code 4 times), so it floors less than 3/8; the second's
     inputs are correlated the same way (kcc.quant.floors `own_floor`). BlazePalm's 12x12: 0.202
     and 0.353 steps."""
-    x = np.random.default_rng(0).integers(0, 256, (512, h, w))
+    x = np.random.default_rng(0).integers(0, 256, (512, 1, h, w)).astype(np.float32)
     rows, cols = np.maximum(0, (np.arange(2 * h) - 1) // 2), np.maximum(0, (np.arange(2 * w) - 1) // 2)
-    v = x[:, rows][:, :, cols]
-    first = _mean_2_s1(v)
-    second = _mean_2_s1(first)
-    exact = (_mean_2_s1(4 * v) / 4, _mean_2_s1(4 * first) / 4)  # (4 v) // 4: the means, unfloored
-    return float(np.mean(exact[0] - first)), float(np.mean(exact[1] - second))
+    v = x[:, :, rows][:, :, :, cols]
+    mean_v = kpu_pool("mean_2_s1", v)  # the means in real numbers (sums of codes / 4: exact)
+    first = np.floor(mean_v)  # on codes the KPU floors them
+    mean_first = kpu_pool("mean_2_s1", first)
+    return (float(np.mean(mean_v - first, dtype=np.float64)),
+            float(np.mean(mean_first - np.floor(mean_first), dtype=np.float64)))
 
 
 #: channels of one mean layer: its identity weights take MEAN_GROUP^2 bytes of the kmodel, a layer

@@ -15,7 +15,7 @@ the full-resolution output. Exactly, on the KPU alone:
    shifted copy by (+1, 0): out[r, c] = Y[r + 1, c], the last row its pad value), with the pool
    `left_top_2_s2` (p = 1: columns 2j) or `right_top_2_s2` (p = 0: columns 2j+1). Picked row i is
    Y[2i + 1]; the padded last row is odd, never picked. On Y's own grid the copy moves the codes
-   exactly (kcc.quant.policy.copy_grids, kcc.ir.kpu_ops.shift_copy).
+   exactly (kcc.quant.policy.copy_grids, kcc.ir.code_moves.shift_copy).
 Y never leaves KPU RAM, and every layer's registers describe its own maps (no address tricks): the
 pick layer is an ordinary layer of the real K210.
 

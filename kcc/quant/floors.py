@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
+from kcc.ir.code_moves import averages_codes
 from kcc.ir.graph import Graph, Node
 from kcc.quant.domains import LAYOUT_OPS
 
@@ -43,7 +44,7 @@ def floor_bias(x: Node, paid: set[int]) -> float:
         return parts.pop() if len(parts) == 1 else 0.0
     if id(x) in paid:
         return 0.0
-    carried = floor_bias(x.inputs[0], paid) if KO.averages_codes(x) else 0.0
+    carried = floor_bias(x.inputs[0], paid) if averages_codes(x) else 0.0
     return own_floor(x) + carried
 
 
@@ -62,7 +63,7 @@ def floor_debts(g: Graph, users: dict[Node, list[Node]]) -> tuple[dict[int, floa
     debts: dict[int, float] = {}
     paid: set[int] = set()
     for p in g.nodes:
-        if not (isinstance(p.op, KO.FloatKpuConv) and p.op.fn is None and not KO.averages_codes(p)):
+        if not (isinstance(p.op, KO.FloatKpuConv) and p.op.fn is None and not averages_codes(p)):
             continue
         totals, chain, ok = set(), [], True
         stack = [(u, 0.0) for u in users[p]]
@@ -71,10 +72,10 @@ def floor_debts(g: Graph, users: dict[Node, list[Node]]) -> tuple[dict[int, floa
             if isinstance(u.op, moves):
                 stack.extend((v, acc) for v in users[u])
                 ok = bool(users[u]) and only_from(u, p)
-            elif KO.averages_codes(u):
+            elif averages_codes(u):
                 chain.append(u)
                 acc += own_floor(u)
-                after = [v for v in users[u] if KO.averages_codes(v)]
+                after = [v for v in users[u] if averages_codes(v)]
                 if after and len(after) == len(users[u]):
                     stack.extend((v, acc) for v in after)
                 else:

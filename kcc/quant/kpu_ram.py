@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
+from kcc.ir.code_moves import shift_copy
 from kcc.ir.graph import Graph, Node, channel_range
 from kcc.kmodel import kpu_channel_offset, kpu_row_layout
 from kcc.passes.kpu_live import KpuLive
@@ -147,7 +148,7 @@ def gap_source(n: Node, readers: list[Node], table: dict[Node, NodeQuant],
             or any(p.shape[1] % line for p in parts[:-1])):
         return None
     for r in readers:
-        shift = KO.shift_copy(r)
+        shift = shift_copy(r)
         if table[r].domain is not Domain.KPU or shift is None or r.op.pool not in ("left_top_2_s2", "right_top_2_s2"):
             return None
         if (gap_h and (h % 2 == 0 or shift[0])) or (gap_w and (w % 2 == 0 or shift[1] or r.op.pool != "left_top_2_s2")):

@@ -22,8 +22,8 @@ import numpy as np
 
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
+from kcc.ir.code_moves import averages_codes, keeps_grid, moves_codes
 from kcc.ir.graph import Graph, Node, channel_range
-from kcc.ir.kpu_ops import averages_codes, keeps_grid, moves_codes
 from kcc.passes.manager import CompileContext
 from kcc.progress import counted
 from kcc.quant.calibrate import (
@@ -194,7 +194,7 @@ def share_view_grids(points: Sequence[Node], ranges: dict[str, Range], users: di
     ranges only. A residual stream's channels differ in range by orders of magnitude: BlazePalm's
     5x5s, reading their float inputs as 8-bit codes on one grid each, cost its outputs 2.6e-3 of
     cosine in all, on one grid per group of 4 channels 2.6e-4 (docs/measurements.md §24). Not where
-    the slices are averaged on their grid (kcc.ir.kpu_ops.averages_codes: an upsampling's mean layers
+    the slices are averaged on their grid (kcc.ir.code_moves.averages_codes: an upsampling's mean layers
     in channel groups, kcc.passes.kpu_pools), whose outputs make one map again."""
     groups: dict[int, list[Node]] = {}
     for p in points:
@@ -257,7 +257,7 @@ def residual_term_ranges(g: Graph, ranges: dict[str, Range]) -> None:
 
 
 def copy_grids(g: Graph, ranges: dict[str, Range]) -> dict[str, Range]:
-    """A KPU layer that copies its input shifted (kcc.ir.kpu_ops.moves_codes: a `stack_kpu` view or
+    """A KPU layer that copies its input shifted (kcc.ir.code_moves.moves_codes: a `stack_kpu` view or
     a `fan_kpu` fan, kcc.passes.kernel_forms), or averages it (`averages_codes`), gets its input's
     range (a KPU layer's, for a channel slice of its output, which moves its codes:
     kcc.quant.quantize), the very object, so its grid is its input's and

@@ -33,8 +33,8 @@ import numpy as np
 from kcc.errors import DatasetError
 from kcc.frontend.quantization import PRODUCER_CONV, ModelQuantization, TensorQuant
 from kcc.ir import ops as O
+from kcc.ir.code_moves import moves_codes
 from kcc.ir.graph import Node
-from kcc.ir.kpu_ops import moves_codes
 from kcc.quant.calibrate import input_range_override
 from kcc.quant.calibration_view import CalibrationView
 from kcc.quant.params import GridRange, QuantParam
@@ -96,7 +96,7 @@ class _Resolver:
 
     def _moved_to(self, n: Node) -> Node | None:
         """n's only user when it moves n's values and grid: data movement, or a KPU layer copying
-        them (kcc.ir.kpu_ops.moves_codes, on its input's grid: kcc.quant.policy.copy_grids)."""
+        them (kcc.ir.code_moves.moves_codes, on its input's grid: kcc.quant.policy.copy_grids)."""
         users = self.users.get(n, ())
         if len(users) == 1 and (isinstance(users[0].op, _MOVES) or moves_codes(users[0])):
             return users[0]

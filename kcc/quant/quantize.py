@@ -51,6 +51,7 @@ import numpy as np
 
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
+from kcc.ir.code_moves import averages_codes, keeps_grid, shift_copy
 from kcc.ir.graph import Graph, Node, channel_range
 from kcc.ir.types import DType
 from kcc.passes.kernel_cost import uint8_conv
@@ -160,14 +161,14 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
             z = ranges[n.name]
             y = ranges[pre[n.name]] if n.name in pre else z
             x_grid = _required(x, table[x].grid)
-            if KO.keeps_grid(n) and range_param(z) != x_grid:
+            if keeps_grid(n) and range_param(z) != x_grid:
                 # a shifted copy moves codes, an identity mean averages them, only on its input's grid
                 # (kcc.quant.policy.copy_grids)
                 z = y = GridRange(*x_grid.real_range, x_grid)
             if id(n) in patched_map:
                 grid = _required(patched_map[id(n)], table[patched_map[id(n)]].grid)
                 z = y = GridRange(*grid.real_range, grid)
-            x_bias = 0.0 if KO.averages_codes(n) else floor_bias(x, paid)
+            x_bias = 0.0 if averages_codes(n) else floor_bias(x, paid)
             r = LayerRanges(x_grid, y, z, x_bias, debts.get(id(n), 0.0))
             layer = kpu_layer(op, w.data, b.data, r, by_layer.get(n.name), turn_channels)
             table[n] = NodeQuant(Domain.KPU, QuantParam(*layer.out_q), layer)
@@ -213,7 +214,7 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
         elif isinstance(op, O.Concat) and all(on_codes(i) for i in n.inputs):
             grids = {table[i].grid for i in n.inputs}
             # shifted copies are on their input's grid whatever their (and so the concat's) ranges say
-            copies = all(KO.shift_copy(i) is not None for i in n.inputs)
+            copies = all(shift_copy(i) is not None for i in n.inputs)
             # along pixels or batches, a concatenation holds its parts' values on their grid (phase_dilated's
             # packed maps and broadcasts)
             codes = None not in grids and len(grids) == 1 and (copies or n.op.axis != 1 or n.name not in ranges

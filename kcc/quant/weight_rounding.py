@@ -34,6 +34,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from kcc.ir import kpu_ops as KO
+from kcc.ir.code_moves import shift_copy
 from kcc.ir.graph import Graph
 from kcc.passes.kernel_cost import uint8_conv
 from kcc.quant.params import QuantParam
@@ -190,7 +191,7 @@ def used_phase(n, users: dict, outputs: set) -> tuple[int, int] | None:
     us = users.get(n, ())
     if len(us) != 1 or id(n) in outputs:
         return None
-    shift = KO.shift_copy(us[0])
+    shift = shift_copy(us[0])
     column = _PICK_COLUMN.get(us[0].op.pool) if shift is not None else None
     if column is None or shift[0] not in (0, 1) or shift[1] + column not in (0, 1):
         return None

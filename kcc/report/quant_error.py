@@ -33,6 +33,7 @@ import kpu_sim
 from kcc import kmodel as km
 from kcc.eval import interpreter
 from kcc.ir import kpu_ops as KO
+from kcc.ir.code_moves import moves_codes
 from kcc.ir.graph import Graph
 from kcc.quant.logits import softmax_logits
 from kcc.quant.policy import _relu_clamped, output_sources
@@ -157,7 +158,7 @@ def residual_layers(float_graph: Graph) -> set[str]:
         x = n.inputs[0]
         while isinstance(x.op, KO.KpuChannelView):
             x = x.inputs[0]
-        if isinstance(x.op, KO.QuantResidual) or (x.name in out and KO.moves_codes(n)):
+        if isinstance(x.op, KO.QuantResidual) or (x.name in out and moves_codes(n)):
             out.add(n.name)
     return out
 

@@ -24,6 +24,7 @@ from kcc.alloc.report import mib, over_budgets
 from kcc.errors import ModelTooLargeError
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
+from kcc.ir.code_moves import shift_copy
 from kcc.ir.graph import Graph, Node
 from kcc.kmodel.spec import HEADER_SIZE, MEMORY_RANGE_SIZE, NODE_HEADER_SIZE, SHAPE_SIZE
 from kcc.latency import LatencyEstimate
@@ -278,7 +279,7 @@ def pool_reason(pool: Node, g: Graph, users: dict) -> str:
         return pool.note
     if isinstance(x.op, KO.FloatKpuConv):
         layer = f"'{short_name(model_name(x.name))}'"
-        if KO.shift_copy(x) is not None and x.op.pool != "bypass":  # kcc.passes.row_pick's pick layer
+        if shift_copy(x) is not None and x.op.pool != "bypass":  # kcc.passes.row_pick's pick layer
             return (f"the stride-2 conv before it, {layer}, is a KPU layer at stride 1 whose odd rows a "
                     f"copy layer picks, with the pool unit ({x.op.pool})")
         if x.op.pool != "bypass":

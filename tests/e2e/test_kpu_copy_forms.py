@@ -22,6 +22,7 @@ import kpu_sim
 from kcc.eval.interpreter import run
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
+from kcc.ir.code_moves import fan_copy, moves_codes
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
 from kcc.passes import kernel_forms
@@ -126,7 +127,7 @@ STACK_KPU_MAX_STEPS = {"float_input_w10": (1.60, 1.52), "kpu_input_w20": (2.52, 
 def test_fan_kpu_makes_a_groups_nine_copies_with_one_layer_exactly(name):
     """`fan_kpu`: a 5x5 depthwise as, per channel group, one 3x3 KPU layer (not depthwise) from the
     group's g channels to 9g, output channel j*g + i input channel i shifted by the j-th unit shift
-    (kcc.ir.kpu_ops.fan_copy), then the 3x3 KPU layer over them. Every fan output channel equals its
+    (kcc.ir.code_moves.fan_copy), then the 3x3 KPU layer over them. Every fan output channel equals its
     input channel's codes shifted, the border the input's zero point, on random weights and inputs
     spanning the whole range; each layer equals the scalar reference; the fan's grid is its input's
     (kcc.quant.policy.copy_grids); no CPU pad, slice or concatenation, channel groups of a KPU
@@ -165,7 +166,7 @@ FAN_KPU_MAX_STEPS = {"float_input_w10": (1.97, 1.88), "kpu_input_w20": (2.21, 2.
 
 
 def test_fan_copy_recognizes_only_a_fan():
-    """kcc.ir.kpu_ops.fan_copy: a 3x3 layer (not depthwise) whose every output channel has one weight
+    """kcc.ir.code_moves.fan_copy: a 3x3 layer (not depthwise) whose every output channel has one weight
     of exactly 1 copies codes (`moves_codes`); any other weight, a bias or a clamp does not."""
     g = Graph()
     x = g.input(0, (1, 4, 8, 8))
@@ -177,12 +178,12 @@ def test_fan_copy_recognizes_only_a_fan():
         return g.add(KO.FloatKpuConv(3, act=act), (x, g.constant(weights), g.constant(b)))
 
     fan = layer(w)
-    assert KO.fan_copy(fan) == [(i, s) for s in shifts for i in range(4)] and KO.moves_codes(fan)
+    assert fan_copy(fan) == [(i, s) for s in shifts for i in range(4)] and moves_codes(fan)
     twice = w.copy()
     twice[0, 1, 1, 1] = 1.0
     halved = w * np.float32(0.5)
-    assert KO.fan_copy(layer(twice)) is None and KO.fan_copy(layer(halved)) is None
-    assert KO.fan_copy(layer(w, np.ones(36, np.float32))) is None and KO.fan_copy(layer(w, act=(0.0, 6.0))) is None
+    assert fan_copy(layer(twice)) is None and fan_copy(layer(halved)) is None
+    assert fan_copy(layer(w, np.ones(36, np.float32))) is None and fan_copy(layer(w, act=(0.0, 6.0))) is None
 
 
 # width -> (channels, group): 4, 2 and 1 channels per 64-byte line, every group on a line of its own

@@ -10,6 +10,7 @@ import refkit
 from kcc.eval.interpreter import run
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
+from kcc.ir.code_moves import shift_copy
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
 from kcc.passes import row_pick
@@ -117,7 +118,7 @@ def test_stride2_depthwise_on_an_odd_width_is_a_gap_pick():
     g = _conv_graph(4, 4, 8, 9, 3, 2, ((0, 1), (1, 1)), groups=4, producer=True)
     lg, placements = _assert_equivalent(g)
     _, full, pick = [n for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)]
-    assert (full.op.pool, pick.op.pool, KO.shift_copy(pick)) == ("bypass", "left_top_2_s2", (1, 0))
+    assert (full.op.pool, pick.op.pool, shift_copy(pick)) == ("bypass", "left_top_2_s2", (1, 0))
     (pad,) = [n for n in lg.nodes if isinstance(n.op, O.Pad)]
     assert pad.op.paddings[2:] == ((0, 0), (0, 1)) and pick.inputs[0] is pad and pad.inputs[0] is full
     assert not [n for n in lg.nodes if isinstance(n.op, O.StridedSlice)]
@@ -139,7 +140,7 @@ def test_stride2_centred_on_odd_rows_is_a_kpu_layer_and_a_pick_layer(depthwise, 
     lg, placements = _assert_equivalent(g)
     full, pick = [n for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)]
     assert (full.op.pool, full.op.depthwise, full.op.act, full.shape[2:]) == ("bypass", depthwise, (0.0, 6.0), (h, w))
-    assert pick.op.pool == pool and KO.shift_copy(pick) == (1, 0) and pick.inputs[0] is full
+    assert pick.op.pool == pool and shift_copy(pick) == (1, 0) and pick.inputs[0] is full
     assert not [n for n in lg.nodes if isinstance(n.op, (O.Pad, O.StridedSlice))]
     assert placements[0].on_kpu and "pick layer" in placements[0].reason and "CPU" not in placements[0].reason
 
@@ -198,7 +199,7 @@ def test_pytorchs_3x3_stride_2_max_pool_on_a_relu_map_is_shifted_between_the_two
     layers = [n for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)]
     assert [n.op.pool for n in layers] == ["max_2_s1", "bypass", "max_2_s2"] if groups == 1 else \
         ["bypass", "max_2_s1", "bypass", "max_2_s2"]
-    assert KO.shift_copy(layers[-2]) == (-1, -1 if pad[1] == (1, 1) else 0)
+    assert shift_copy(layers[-2]) == (-1, -1 if pad[1] == (1, 1) else 0)
     (pool,) = [p for p in placements if p.op == "pool2d"]
     assert pool.on_kpu and "map shifted by a 3x3 depthwise copy" in pool.reason, pool
 
@@ -337,7 +338,7 @@ def test_an_activation_after_a_picked_conv_fuses_into_its_stride1_layer():
     lg, placements = _assert_equivalent(g)
     full, pick = [n for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)]
     assert full.op.fn == ("leaky_relu", pytest.approx(0.1)) and full.op.pool == "bypass"
-    assert KO.shift_copy(pick) == (1, 0) and pick.name == "after" and lg.outputs == [pick]
+    assert shift_copy(pick) == (1, 0) and pick.name == "after" and lg.outputs == [pick]
     assert "leaky_relu" in placements[0].reason
 
 

@@ -8,6 +8,7 @@ from conv_graphs import conv_graph, legalize
 from kcc.eval.interpreter import run
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
+from kcc.ir.code_moves import shift_copy
 from kcc.passes import kernel_cost as KC
 from kcc.passes import kernel_plans as P
 from kcc.passes.kernel_forms import phase_plan
@@ -79,7 +80,7 @@ def test_phases_kpu_is_exact_and_wholly_on_the_kpu(name):
         lg, placements = legalize(alone)
         assert placements and all(p.on_kpu for p in placements), (plan, placements)
         layers = [n for n in lg.nodes if isinstance(n.op, KO.FloatKpuConv)]
-        picks = [n for n in layers if n.op.pool == "left_top_2_s2" and KO.shift_copy(n) is not None]
+        picks = [n for n in layers if n.op.pool == "left_top_2_s2" and shift_copy(n) is not None]
         groups = -(-c // plan.group) if plan.group and dw else 1
         assert len(picks) == phases * groups * (2 if plan.residual else 1) and len(layers) == len(picks) + groups
         assert not any(isinstance(n.op, (O.Pad, O.StridedSlice)) and n.inputs[0] in picks + layers for n in lg.nodes)

@@ -4,13 +4,14 @@ construction, they used to top the report as its worst layer at about -3000 dB (
 import numpy as np
 
 from kcc.ir import kpu_ops as KO
+from kcc.ir.code_moves import shift_copy
 from kcc.ir.graph import Graph
 from kcc.report.quant_error import residual_layers
 
 
 def _copy_weights(g, c):
     w = np.zeros((c, 1, 3, 3), np.float32)
-    w[:, 0, 0, 0] = 1.0  # one tap of 1: a shifted copy (kcc.ir.kpu_ops.shift_copy)
+    w[:, 0, 0, 0] = 1.0  # one tap of 1: a shifted copy (kcc.ir.code_moves.shift_copy)
     return g.constant(w), g.constant(np.zeros(c, np.float32))
 
 
@@ -25,5 +26,5 @@ def test_residual_layers_and_their_copies_have_no_float_reference():
     combine = g.add(KO.FloatKpuConv(3, False, "bypass", KO.NO_CLAMP, None), (again, w, g.constant(np.zeros(4, np.float32))), "combine")
     of_x = g.add(copy, (x, *_copy_weights(g, 4)), "x/shift")
     g.outputs = [combine, of_x]
-    assert KO.shift_copy(shifted) is not None
+    assert shift_copy(shifted) is not None
     assert residual_layers(g) == {"residual/shift", "residual/shift_again"}
