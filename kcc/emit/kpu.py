@@ -113,6 +113,11 @@ def _quantized_binary(n: Node, st: Storage) -> K.Body:
                              output_offset=op.out[0], output_mul=op.out[1], output_shift=op.out[2])
 
 
+def _table_lookup1d(n: Node, st: Storage) -> K.Body:
+    x, table = n.inputs
+    return K.TableLookup1D(input=st.range(x), table=st.range(table), output=st.range(n))
+
+
 KPU_EMITTERS: dict[type, Callable[[Node, Storage], K.Body]] = {
     KO.Quantize: _quantize,
     KO.Dequantize: _dequantize,
@@ -121,4 +126,5 @@ KPU_EMITTERS: dict[type, Callable[[Node, Storage], K.Body]] = {
     KO.QuantMatMul: _quantized_matmul,
     KO.QuantConv: _quantized_conv2d,
     KO.QuantBinary: _quantized_binary,
+    KO.QuantTable: _table_lookup1d,
 }

@@ -18,6 +18,8 @@ Quantized stage (after `quantize`, executed bit-exactly only by kpu_sim):
     QuantMatMul / QuantConv / QuantBinary
                             nncase's uint8 CPU kernels (quantized_matmul, quantized_conv2d,
                             quantized_binary: kpu_semantics.md §4.4), on codes in main memory
+    QuantTable              out = table[in] on codes in main memory (table_lookup1d, kmodel_v4.md
+                            §8.18): a PReLU channel on the CPU (kcc.quant.cpu_table)
 
 Both stages:
     KpuStack                KPU layers' outputs side by side in one KPU RAM buffer, each part on its
@@ -360,6 +362,19 @@ class QuantMatMul(Op):
     def attrs(self):
         return {"a_offset": self.a_offset, "b_offset": self.b_offset, "mul": self.mul, "shift": self.shift,
                 "out_q": self.out_q}
+
+
+@dataclass(frozen=True)
+class QuantTable(Op):
+    """out[i] = table[in[i]], nncase's table_lookup1d (kmodel_v4.md §8.18; the runtime knows it since
+    v0.2.0-beta3). Inputs: u8 codes of any shape, the table a u8 constant of 256 entries."""
+
+    kind: ClassVar[str] = "table_lookup1d"
+
+    def infer_type(self, ins):
+        _check(len(ins) == 2 and all(t.dtype == DType.uint8 for t in ins) and ins[1].shape == (256,),
+               "table_lookup1d takes u8 codes and a 256-entry u8 table")
+        return TensorType(ins[0].shape, DType.uint8)
 
 
 @dataclass(frozen=True, eq=False)

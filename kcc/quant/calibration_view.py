@@ -15,6 +15,7 @@ from kcc.ir.graph import Graph, Node
 from kcc.passes.kernel_cost import uint8_conv
 from kcc.quant.cpu_binary import uint8_binary
 from kcc.quant.cpu_matmul import uint8_matmul
+from kcc.quant.cpu_table import uint8_prelu
 
 PRE_ACTIVATION = "/pre_act"  # the suffix of a pre-activation point's name (a name only: see CalibrationView)
 
@@ -55,6 +56,9 @@ def calibration_view(g: Graph) -> CalibrationView:
         elif isinstance(n.op, (O.Input, O.Pool2D)):  # a pool's range decides if it runs on codes
             points[id(n)] = n
         elif uint8_matmul(n) or uint8_conv(n):  # uint8 on the CPU: reads and writes grids (kcc.quant.cpu_*)
+            points[id(n)] = n
+            points[id(n.inputs[0])] = n.inputs[0]
+        elif uint8_prelu(n):  # a table from its input's grid to its own (kcc.quant.cpu_table)
             points[id(n)] = n
             points[id(n.inputs[0])] = n.inputs[0]
         elif uint8_binary(n):  # and a broadcast operand's grid (a gate's), quantized for it

@@ -21,7 +21,7 @@ class Domain(Enum):
     KPU = "kpu"  # a KPU layer: uint8 in KPU RAM
     CODES = "codes"  # data movement, pool or concatenation on the uint8 codes of its input, same grid
     UINT8_INPUT = "uint8_input"  # the graph input, given as uint8
-    CPU_UINT8 = "cpu_uint8"  # a uint8 matmul, conv or binary on the CPU (kcc.quant.cpu_*), codes in main memory
+    CPU_UINT8 = "cpu_uint8"  # a uint8 matmul, conv, binary or table on the CPU (kcc.quant.cpu_*), codes in main memory
 
 
 @dataclass(frozen=True)
@@ -34,3 +34,4 @@ class NodeQuant:
     matmul: tuple[KO.QuantMatMul, object] | None = None  # a uint8 matmul and its weight codes
     convs: tuple[tuple[KO.QuantConv, object], ...] = ()  # a uint8 conv: its channel runs and their codes
     binary: KO.QuantBinary | None = None  # a uint8 binary op
+    table: object = None  # a PReLU channel's 256 output codes (np.ndarray, kcc.quant.cpu_table)

@@ -201,6 +201,8 @@ def share_view_grids(points: Sequence[Node], ranges: dict[str, Range], users: di
         src = view_source(p)
         if isinstance(src.op, KO.QuantResidual):
             src = view_source(src.inputs[0])
+        if p is src and not any(isinstance(u.op, KO.FloatKpuConv) for u in users[p]):
+            continue  # no KPU layer reads the tensor whole: its views' grids are theirs alone
         if not isinstance(src.op, (KO.FloatKpuConv, O.Input)) and p.name in ranges:
             groups.setdefault(id(src), []).append(p)
     for views in groups.values():

@@ -52,7 +52,7 @@ import numpy as np
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.code_moves import averages_codes, keeps_grid, shift_copy
-from kcc.ir.graph import Graph, Node, channel_range
+from kcc.ir.graph import Graph, Node, channel_range, channel_values
 from kcc.ir.types import DType
 from kcc.passes.kernel_cost import uint8_conv
 from kcc.passes.kernel_forms import shift_weights
@@ -62,6 +62,7 @@ from kcc.passes.manager import CompileContext
 from kcc.quant.cpu_binary import quant_binary, uint8_binary
 from kcc.quant.cpu_conv import clamp_holds, quant_convs
 from kcc.quant.cpu_matmul import quant_matmul, uint8_matmul
+from kcc.quant.cpu_table import prelu_table, uint8_prelu
 from kcc.quant.domains import LAYOUT_OPS, Domain, NodeQuant
 from kcc.quant.floors import floor_bias, floor_debts
 from kcc.quant.kpu_params import LayerRanges, kpu_layer
@@ -78,6 +79,7 @@ from kcc.quant.kpu_ram import (
     view_note,
 )
 from kcc.quant.params import GridRange, QuantParam, range_param
+from kcc.quant.skip_codes import late_reads
 from kcc.quant.weight_rounding import InputMoments
 
 # codes -> codes with ties rounded up: x*(1 + 2^-20) moves k + 1/2 up by >= 2^-21 (a float32 keeps it,
@@ -120,7 +122,8 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
     uint8 tensor; a pool without clamp whose range is its input's grid; a concatenation of uint8
     tensors on one grid (kcc.quant.policy.share_concat_grids) that its own range, if any, agrees with.
     A binary op between KPU layers computes on codes (kcc.quant.cpu_binary) unless `uint8_binaries`
-    is off (ncc's --no-quantized-binary)."""
+    is off (ncc's --no-quantized-binary); a PReLU of one channel (kcc.passes.prelu_tables) through a
+    table on its input's codes, on its own grid or the grid they move on (kcc.quant.cpu_table)."""
     by_layer = moments.layers if moments is not None else {}
     pre = pre_activations or {}
     table: dict[Node, NodeQuant] = {}
@@ -184,6 +187,14 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
                   if None not in grids and any(on_codes(i) for i in n.inputs) else None)
             if op is not None:
                 table[n] = NodeQuant(Domain.CPU_UINT8, own_grid(n), binary=op)
+                continue
+        if uint8_prelu(n) and n.name in ranges:  # a PReLU channel through a table (kcc.quant.cpu_table)
+            x = n.inputs[0]
+            x_q = table[x].grid if on_codes(x) else own_grid(x)
+            if x_q is not None:
+                slope = float(channel_values(x, n.inputs[1])[0])
+                y_q = _required(n, own_grid(n))
+                table[n] = NodeQuant(Domain.CPU_UINT8, y_q, table=prelu_table(slope, x_q, y_q))
                 continue
         # a conv left on the CPU, on its input's codes (kcc.quant.cpu_conv; [] keeps the float conv)
         x_q = table[n.inputs[0]].grid if uint8_conv(n) and on_codes(n.inputs[0]) else None
@@ -249,6 +260,7 @@ class _Rewriter:
         self.made: dict[tuple[str, Node, QuantParam | None], Node] = {}
         self.written_into: dict[Node, Node] = {}  # KPU layer -> the KpuConcat its output is part of
         self.placements: dict[Node, Placement] = {}  # concatenation between KPU layers -> where it runs
+        self.late = late_reads(src, table)  # a pyramid's late reads of a map, from its codes
 
     def _once(self, form: str, n: Node, make: Callable[[], Node], grid: QuantParam | None = None) -> Node:
         key = (form, n, grid)
@@ -282,6 +294,9 @@ class _Rewriter:
                 return runs[0] if len(runs) == 1 else g.add(O.Concat(1), tuple(runs), n.name)
             if nq.domain is Domain.CPU_UINT8 and nq.binary is not None:
                 return g.add(nq.binary, tuple(self.u8_of(i) for i in n.inputs), n.name)
+            if nq.domain is Domain.CPU_UINT8 and nq.table is not None:
+                lut = g.constant(nq.table, n.name + "/table")
+                return g.add(KO.QuantTable(), (self.u8_of(n.inputs[0]), lut), n.name)
             if nq.domain is Domain.CPU_UINT8:
                 op, codes = nq.matmul
                 # the input's codes on the grid analyze chose (its own, or the grid they move on)
@@ -329,6 +344,16 @@ class _Rewriter:
                 return g.add(KO.Quantize(q.zero_point, q.scale * n.op.gain), (lost,), n.name + "/u8")
             return g.add(KO.Quantize(q.zero_point, q.scale), (self.float_of(n),), n.name + "/quantize")
         return self._once("quantized", n, make, q)
+
+    def _float_read(self, r: Node, x: Node) -> Node:
+        """Input x of float CPU op r: x's float, or for a late read (kcc.quant.skip_codes) the same
+        concatenation made again from its parts' codes, right before r."""
+        parts = self.late.get((id(r), id(x)))
+        if parts is None:
+            return self.float_of(x)
+        return self._once("late", x, lambda: self.g.add(x.op, tuple(
+            self.g.add(KO.Dequantize(self.table[p].grid.zero_point, self.table[p].grid.scale), (self.u8_of(p),),
+                       p.name + "/late") for p in parts), x.name + "/late"))
 
     def _read_in_float(self, n: Node) -> bool:
         """A CPU op reads float n (or n is a graph output): n's float copy is made anyway, so a
@@ -446,7 +471,7 @@ class _Rewriter:
             elif domain is Domain.CPU_UINT8:
                 self.u8_of(n)
             elif domain is Domain.FLOAT:
-                self.made[("float", n, None)] = self.g.add(n.op, tuple(self.float_of(i) for i in n.inputs),
+                self.made[("float", n, None)] = self.g.add(n.op, tuple(self._float_read(n, i) for i in n.inputs),
                                                            n.name, n.note)
             # CODES: made on demand, on uint8, by u8_of / float_of
         self.g.outputs = [self.float_of(o) for o in self.src.outputs]

@@ -46,6 +46,9 @@ _NEAREST = ("CPU; nearest on uint8 codes between KPU layers, an integer upsampli
 #: kcc.passes.kpu_pools.half_pixel_x2_on_kpu
 _BILINEAR_X2 = ("KPU for x2 with half-pixel centres (Keras UpSampling2D, PyTorch's align_corners=False): two mean_2_s1 "
                 "layers over the nearest map one sample late, which the CPU builds from the codes; other sizes CPU")
+#: kcc.passes.prelu_kpu, prelu_stream, prelu_tables
+_PRELU = ("KPU after a KPU layer (two 1x1 layers) or in a BlazeBlock's stream; else CPU: on maps of a few hundred "
+          "pixels and more, a 256-byte table a channel on uint8 codes (table_lookup1d, runtime beta3+), else float")
 ON_KPU: dict[str, dict[str, str]] = {
     "tflite": {
         "CONV_2D": "KPU: 1x1, 2x2 and 3x3 kernels, any stride (stride 2 through the pool unit, others by a CPU slice), "
@@ -71,6 +74,7 @@ ON_KPU: dict[str, dict[str, str]] = {
         "LOGISTIC": "fused into the KPU activation table",
         "TANH": "fused into the KPU activation table",
         "HARD_SWISH": "fused into the KPU activation table",
+        "PRELU": _PRELU,
         "CONCATENATION": _CONCAT_KPU,
     },
     "onnx": {
@@ -92,6 +96,7 @@ ON_KPU: dict[str, dict[str, str]] = {
         "Sigmoid": _TABLE_KPU,
         "Tanh": _TABLE_KPU,
         "HardSwish": _TABLE_KPU,
+        "PRelu": _PRELU,
         "Concat": _CONCAT_KPU,
     },
     "caffe": {
@@ -106,6 +111,7 @@ ON_KPU: dict[str, dict[str, str]] = {
         "TanH": _TABLE_KPU,
         "BatchNorm": "folded into the preceding convolution (then KPU), else a per-channel multiply-add",
         "Scale": "folded into the preceding convolution (then KPU), else a per-channel multiply-add",
+        "PReLU": _PRELU,
         "Concat": _CONCAT_KPU,
     },
 }

@@ -101,3 +101,116 @@ def test_an_fpn_upsampling_moves_codes_into_the_concatenation(act):
     (concat,) = [p for p in res.placements if p.op == "concat"]
     assert concat.on_kpu == (act != O.NO_CLAMP), concat
     assert steps <= (2.99 if act != O.NO_CLAMP else 2.61), steps
+
+
+
+def _prelu_block(hw, slopes):
+    """A float add of the CPU (x + tanh(x) here; BlazePalm's: a projection and its float skip) through a
+    per-channel PReLU into a 1x1 layer: the PReLU stays on the CPU. The channels' ranges differ
+    (the input's channels are scaled apart by _SCALES), as a residual stream's do."""
+    g = Graph()
+    x = g.input(0, (1, len(slopes), *hw))
+    a = g.add(O.Binary("add"), (x, g.add(O.Unary("tanh"), (x,))), "add")
+    alpha = g.constant(np.asarray(slopes, np.float32).reshape(1, -1, 1, 1), "alpha")
+    y = g.add(O.PRelu(), (a, alpha), "prelu")
+    g.outputs = [g.add(O.Conv2D(), (y, _const(g, (6, len(slopes), 1, 1)), _const(g, (6,))))]
+    return g
+
+
+SLOPES = [0.25, -0.3, 1.8, 0.6, 0.05, 1.2, 0.9, 2.5]
+_SCALES = np.array([1, 10, 0.1, 3, 0.5, 30, 2, 0.02], np.float32).reshape(1, 8, 1, 1)
+
+
+def _scaled_compile(g, shape, state):
+    rng.bit_generator.state = state
+    calib = [[(rng.uniform(-1, 1, shape) * _SCALES).astype(np.float32)] for _ in range(8)]
+    res = compile_graph(g, CompileOptions(input_type="float"), samples=calib)
+    errs = []
+    for s in calib:
+        want = run(g, s)[0]
+        got = kpu_sim.load(res.kmodel).run(s)[0].reshape(want.shape)
+        errs.append(np.sqrt(np.mean((got - want) ** 2)) / ((want.max() - min(want.min(), 0)) / 255))
+    return res, float(np.mean(errs))
+
+
+def _tables_match_their_grids(model, slopes):
+    """Each table_lookup1d's 256 bytes in the kmodel are the PReLU of its channel's slope from the grid
+    the quantize before it writes to the grid the dequantize after it reads (kcc.quant.cpu_table)."""
+    from kcc.kmodel import QuantParam as KQ
+    from kcc.quant.cpu_table import prelu_table
+    from kcc.quant.params import QuantParam
+    nodes = [n.body for n in model.nodes]
+    key = lambda r: (r.memory_type, r.start, r.size)  # noqa: E731
+    at = [i for i, n in enumerate(model.nodes) if n.opcode is Opcode.TABLE_LOOKUP1D]
+    assert len(at) == len(slopes)
+    for k, i in enumerate(at):  # buffers are reused: the last writer before, the first reader after
+        t = nodes[i]
+        q = [b.quant_param for b in nodes[:i] if hasattr(b, "quant_param") and key(b.output) == key(t.input)][-1]
+        d = [b.quant_param for b in nodes[i + 1:] if hasattr(b, "quant_param") and key(b.input) == key(t.output)][0]
+        assert isinstance(q, KQ)
+        lut = np.frombuffer(model.constants[t.table.start:t.table.start + t.table.size], np.uint8)
+        want = prelu_table(slopes[k], QuantParam(q.zero_point, q.scale), QuantParam(d.zero_point, d.scale))
+        assert np.array_equal(lut, want)
+
+
+def test_a_float_prelu_runs_as_a_table_a_channel(monkeypatch):
+    """kcc.passes.prelu_tables: each channel of the add quantized on a grid of its own, looked up,
+    dequantized; no float conv2d or max/min left of the PReLU. Its rms error in output steps is near
+    the float form's (measured 0.603 against 0.582), its estimate lower (~41 cycles an element and 3
+    nodes a channel against ~96 an element). The add being a quantized_binary candidate, its whole
+    map was a calibration point that put every channel's view on one grid (kcc.quant.policy
+    `share_view_grids`; the channel ranges' check below caught it)."""
+    g = _prelu_block((24, 24), SLOPES)
+    state = rng.bit_generator.state
+    res, rms = _scaled_compile(g, (1, 8, 24, 24), state)
+    ops = [n.opcode for n in res.emitted.model.nodes]
+    assert ops.count(Opcode.TABLE_LOOKUP1D) == 8 and ops.count(Opcode.QUANTIZE) >= 8
+    assert Opcode.CONV2D not in ops
+    lows = {res.ranges[f"prelu/channel{k}"][0] for k in range(8)}
+    assert len(lows) == 8  # a grid a channel
+    _tables_match_their_grids(res.emitted.model, SLOPES)
+    import kcc.passes.prelu_tables as pt
+    monkeypatch.setattr(pt, "MIN_CYCLES_PER_BYTE", float("inf"))
+    float_res, float_rms = _scaled_compile(g, (1, 8, 24, 24), state)
+    float_ops = [n.opcode for n in float_res.emitted.model.nodes]
+    assert Opcode.TABLE_LOOKUP1D not in float_ops and Opcode.CONV2D in float_ops
+    saved = latency.estimate(float_res.emitted.model).cpu_ms - latency.estimate(res.emitted.model).cpu_ms
+    assert saved > 0.4, saved  # of the float PReLU's ~1.1 ms (4608 elements at 400 MHz)
+    assert rms <= 1.1 * float_rms, (rms, float_rms)
+
+
+def test_a_small_map_keeps_the_float_prelu():
+    """At 6x6 three node dispatches a channel cost more than the float form saves: no table."""
+    res, _ = _scaled_compile(_prelu_block((6, 6), SLOPES), (1, 8, 6, 6), rng.bit_generator.state)
+    ops = [n.opcode for n in res.emitted.model.nodes]
+    assert Opcode.TABLE_LOOKUP1D not in ops and Opcode.CONV2D in ops
+
+
+def test_a_pyramid_reads_the_tables_codes_again_late(monkeypatch):
+    """kcc.quant.skip_codes: the PReLU's map, read again by an add after the network went down to
+    12x12 and back (an FPN's skip), is made again from its channels' codes right before the add: the
+    same float32 values (outputs bit for bit), the float map not alive in between."""
+    g = Graph()
+    x = g.input(0, (1, 8, 24, 24))
+    a = g.add(O.Binary("add"), (x, g.add(O.Unary("tanh"), (x,))), "add")
+    alpha = g.constant(np.asarray(SLOPES, np.float32).reshape(1, -1, 1, 1), "alpha")
+    y = g.add(O.PRelu(), (a, alpha), "prelu")
+    down = g.add(O.Conv2D(), (y, _const(g, (16, 8, 1, 1)), _const(g, (16,))))
+    down = g.add(O.Pool2D("max", (2, 2), (2, 2)), (down,))
+    down = g.add(O.Conv2D(), (down, _const(g, (8, 16, 1, 1)), _const(g, (8,))))
+    up = g.add(O.Resize("nearest", (24, 24)), (down,))
+    s = g.add(O.Binary("add"), (y, up), "skip_add")
+    g.outputs = [g.add(O.Conv2D(), (s, _const(g, (6, 8, 1, 1)), _const(g, (6,))))]
+    state = rng.bit_generator.state
+    res, _ = _scaled_compile(g, (1, 8, 24, 24), state)
+    late = [n for n in res.graph.nodes if n.name.endswith("/late")]
+    assert len(late) == 9  # 8 channels' dequantize and their concatenation
+    import kcc.quant.quantize as qz
+    monkeypatch.setattr(qz, "late_reads", lambda src, table: {})
+    whole, _ = _scaled_compile(g, (1, 8, 24, 24), state)
+    assert not any(n.name.endswith("/late") for n in whole.graph.nodes)
+    rng.bit_generator.state = state
+    sample = [(rng.uniform(-1, 1, (1, 8, 24, 24)) * _SCALES).astype(np.float32)]
+    got = kpu_sim.load(res.kmodel).run(sample)[0]
+    assert np.array_equal(got, kpu_sim.load(whole.kmodel).run(sample)[0])
+    assert res.emitted.model.main_mem <= whole.emitted.model.main_mem

@@ -218,6 +218,19 @@ def prelu(rng: np.random.Generator) -> Graph:
     return g
 
 
+def cpu_prelu(rng: np.random.Generator) -> Graph:
+    """prelu_tables: a PReLU of a float add on the CPU, 24x24 a channel. Look for each channel sliced
+    (%prelu/channel0..2), its own PReLU with its slope (%prelu/table0..2; quantize makes each a
+    table_lookup1d on its channel's codes) and the concatenation under the PReLU's name."""
+    g = Graph()
+    x = g.input(0, (1, 3, 24, 24))
+    a = g.add(O.Binary("add"), (x, g.add(O.Unary("tanh"), (x,), "tanh")), "add")
+    alpha = g.constant(np.array([0.25, -0.5, 1.5], np.float32).reshape(1, 3, 1, 1), "alpha")
+    y = g.add(O.PRelu(), (a, alpha), "prelu")
+    g.outputs = [_conv(g, y, 4, 1, "head", rng)]
+    return g
+
+
 def classifier_mean(rng: np.random.Generator) -> Graph:
     """global_mean_sums: the global mean of an 8x8 map that a 1x1 relu6 conv writes into KPU RAM. Look
     for two depthwise 3x3 convs at stride 2, padding 1 (%gap/block_sum0, %gap/block_sum1: 8x8 -> 4x4
@@ -265,6 +278,7 @@ CASES = [
     # head's KPU layer reads, as a depthwise conv (groups=8) of one 2x2 window, weights 1/4, bias 0,
     # under its name (the float reduce renamed %gap/float and gone)
     Case("global_mean_codes", classifier_mean),
+    Case("prelu_tables", cpu_prelu),
     Case("lower_to_neutral", prelu, inference_type="float"),
 ]
 

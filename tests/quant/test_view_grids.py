@@ -42,12 +42,25 @@ def test_a_slice_and_the_views_of_its_residual_share_one_grid():
 def test_the_tensor_read_whole_or_slices_that_overlap_make_one_grid():
     g, y = _float_map()
     a, b, c = _slice(g, y, 0, 4, "a"), _slice(g, y, 4, 8, "b"), _slice(g, y, 2, 6, "c")
+    g.add(KO.FloatKpuConv(1, False), (y, g.constant(np.ones((2, 8, 1, 1), np.float32)),
+                                      g.constant(np.zeros(2, np.float32))))  # reads y whole
     ranges = {"a": (-0.1, 0.2), "b": (-8.0, 5.0), "y": (-8.0, 5.0)}
     share_view_grids([a, b, y], ranges, g.users())
     assert set(ranges.values()) == {(-8.0, 5.0)}
     ranges = {"a": (-0.1, 0.2), "b": (-8.0, 5.0), "c": (-1.0, 1.0)}
     share_view_grids([a, b, c], ranges, g.users())
     assert set(ranges.values()) == {(-8.0, 5.0)}
+
+
+def test_a_tensor_no_kpu_layer_reads_whole_leaves_its_slices_their_grids():
+    """A float add is a calibration point as a quantized_binary candidate (kcc.quant.calibration_view)
+    whether or not it runs on codes; read by the CPU, its own range is no view's business: its
+    channels, sliced for kcc.passes.prelu_tables, keep theirs."""
+    g, y = _float_map()
+    a, b = _slice(g, y, 0, 4, "a"), _slice(g, y, 4, 8, "b")
+    ranges = {"a": (-0.1, 0.2), "b": (-8.0, 5.0), "y": (-8.0, 5.0)}
+    share_view_grids([a, b, y], ranges, g.users())
+    assert ranges == {"a": (-0.1, 0.2), "b": (-8.0, 5.0), "y": (-8.0, 5.0)}
 
 
 def test_disjoint_slices_averaged_on_their_grid_make_one_grid():
