@@ -413,6 +413,9 @@ class StridedSlice(Op):
         return TensorType(tuple(shape), x.dtype)
 
 
+#: data movement: the ops that move a tensor's values as they are, on uint8 codes as on floats
+LAYOUT_OPS = (Pad, StridedSlice, Reshape, Transpose)
+
 ALL_OPS: tuple[type[Op], ...] = (
     Input, Constant, Conv2D, Conv2DTranspose, MatMul, Binary, Unary, Clamp, LeakyRelu, PRelu, Reduce,
     Pool2D, Softmax, L2Normalize, Resize, Concat, Reshape, Transpose, Pad, StridedSlice,

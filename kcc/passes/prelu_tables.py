@@ -15,7 +15,8 @@ a KPU layer's output its codes are read as they are, without the quantize.
 
 Each channel is rounded on a grid of its own: a residual stream's channels differ in range by orders
 of magnitude, and one grid for the map costs BlazePalm's outputs 8e-4 of cosine (its 24x24 blocks;
-docs/measurements.md §27), a grid a channel nothing measurable. Taken where kcc.target.k210's cost
+docs/measurements.md §27), a grid a channel nothing on the kit's samples (4e-4 on held-out pictures,
+whose values a channel's range from 3 calibration pictures holds less well than a group's). Taken where kcc.target.k210's cost
 model prices the channels' nodes below the float form by at least MIN_CYCLES_PER_BYTE a byte of the
 tables (256 bytes of kmodel a channel), or the rate decompose_kernels' room buys where a model is
 over its device RAM budget (CompileContext.room_rate): BlazePalm's 24x24 blocks (~100 cycles a
@@ -54,9 +55,6 @@ def table_prelu_cycles(x: Node) -> float:
     return c * (plane * per_element + nodes * CPU_NODE_CYCLES)
 
 
-_MOVES = (O.Pad, O.StridedSlice, O.Reshape, O.Transpose, O.Concat)  # ops that move values to a reader
-
-
 def _read_with_residual(n: Node, users: dict[Node, list[Node]]) -> bool:
     """A QuantResidual reads n, or a view or concatenation of it (through data movement)."""
     stack, seen = [n], set()
@@ -65,7 +63,7 @@ def _read_with_residual(n: Node, users: dict[Node, list[Node]]) -> bool:
         for u in users[m]:
             if isinstance(u.op, KO.QuantResidual):
                 return True
-            if isinstance(u.op, _MOVES) and id(u) not in seen:
+            if isinstance(u.op, (*O.LAYOUT_OPS, O.Concat)) and id(u) not in seen:
                 seen.add(id(u))
                 stack.append(u)
     return False

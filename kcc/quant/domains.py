@@ -10,8 +10,7 @@ from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.quant.params import QuantParam
 
-#: data movement: the ops that move a tensor's values as they are, on uint8 codes as on floats
-LAYOUT_OPS = (O.Pad, O.StridedSlice, O.Reshape, O.Transpose)
+LAYOUT_OPS = O.LAYOUT_OPS  # data movement (kcc.ir.ops), on uint8 codes as on floats
 
 
 class Domain(Enum):

@@ -268,9 +268,9 @@ class _Rewriter:
             self.made[key] = make()
         return self.made[key]
 
-    def _dequantize(self, n: Node, x: Node) -> Node:
+    def _dequantize(self, n: Node, x: Node, suffix: str = "/dequantize") -> Node:
         q = _required(n, self.table[n].grid)
-        return self.g.add(KO.Dequantize(q.zero_point, q.scale), (x,), n.name + "/dequantize")
+        return self.g.add(KO.Dequantize(q.zero_point, q.scale), (x,), n.name + suffix)
 
     def float_of(self, n: Node) -> Node:
         """n as float32. Data movement of a uint8 tensor runs on the uint8 bytes (4x less memory and
@@ -352,8 +352,7 @@ class _Rewriter:
         if parts is None:
             return self.float_of(x)
         return self._once("late", x, lambda: self.g.add(x.op, tuple(
-            self.g.add(KO.Dequantize(self.table[p].grid.zero_point, self.table[p].grid.scale), (self.u8_of(p),),
-                       p.name + "/late") for p in parts), x.name + "/late"))
+            self._dequantize(p, self.u8_of(p), "/late") for p in parts), x.name + "/late"))
 
     def _read_in_float(self, n: Node) -> bool:
         """A CPU op reads float n (or n is a graph output): n's float copy is made anyway, so a
