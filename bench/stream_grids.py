@@ -2,11 +2,14 @@
 tensors rounded to 8 bits on one grid, one per channel group, or one per channel, scored against the
 kit's references (bench/accuracy.py's figure: mean over the samples of the worst output's cosine).
 
-    python bench/stream_grids.py [MODEL] [--tensors prelu|conv|stem] [--codes]
+    python bench/stream_grids.py [MODEL] [--tensors prelu|add|conv|stem] [--size N] [--codes]
 
+--tensors add: the residual adds' sums (two maps added); --size N: only the tensors N pixels high.
 Grids (each from the tensor's min/max over the first 16 samples, 0 included, as no_clip's):
   tensor     one grid for the tensor (what one KPU layer's output or one quantize gives)
   chG        one grid per group of G channels (a decomposed depthwise's channel groups)
+  sG         one grid per group of G channels taken in the order of their ranges' widths (KPU layers
+             each writing a group of a sum's channels, which the readers take back in their order)
   ch         one grid per channel
   scale      one zero point, a scale per channel (a per-channel batch-norm's output)
   component  the tensor divided, per channel, by one scale shared by every tensor its residual adds,
@@ -34,7 +37,7 @@ from kcc.ir import ops as O  # noqa: E402
 from kcc.passes.canonicalize import canonicalize  # noqa: E402
 from kcc.passes.kernel_budget import CodesCosts  # noqa: E402
 
-GRIDS = ("tensor", "ch8", "ch4", "ch", "scale", "component")
+GRIDS = ("tensor", "ch8", "ch4", "s32", "s16", "s8", "ch", "scale", "component")
 CALIBRATION = 16
 
 
@@ -60,6 +63,13 @@ def _grid(lo: np.ndarray, hi: np.ndarray, grid: str) -> tuple[np.ndarray, np.nda
     """(lo, hi) per channel for `grid` from per-channel extremes."""
     if grid in ("tensor", "scale", "component"):  # one grid (over the values divided by their units)
         return np.full_like(lo, lo.min()), np.full_like(hi, hi.max())
+    if grid.startswith("s") and grid[1:].isdigit():
+        k, order = int(grid[1:]), np.argsort(hi - lo, kind="stable")
+        a, b = lo.copy(), hi.copy()
+        for i in range(0, len(lo), k):
+            part = order[i:i + k]
+            a[part], b[part] = lo[part].min(), hi[part].max()
+        return a, b
     if grid.startswith("ch") and grid != "ch":
         k = int(grid[2:])
         pad = -len(lo) % k
@@ -128,7 +138,8 @@ def rounded_cosine(g, samples, targets: list, grid: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", nargs="?", default="palm_detection_lite_192")
-    ap.add_argument("--tensors", choices=("prelu", "conv", "stem"), default="prelu")
+    ap.add_argument("--tensors", choices=("prelu", "add", "conv", "stem"), default="prelu")
+    ap.add_argument("--size", type=int, default=None, help="only the tensors this many pixels high")
     ap.add_argument("--codes", action="store_true")
     args = ap.parse_args()
     g = canonicalize(import_model(refkit.tflite_path(args.model)).graph)
@@ -149,9 +160,12 @@ def main() -> None:
         print("| all | " + " | ".join(f"{total[k]:.1e}" for k in groups) + " |")
         return
     kinds = {"prelu": lambda n: isinstance(n.op, O.PRelu),
+             "add": lambda n: (isinstance(n.op, O.Binary) and n.op.op == "add"
+                               and not any(i.is_constant for i in n.inputs)),
              "conv": lambda n: isinstance(n.op, O.Conv2D),
              "stem": lambda n: n is next(m for m in g.nodes if isinstance(m.op, O.Conv2D))}
-    targets = [n for n in g.nodes if kinds[args.tensors](n) and n.type.rank == 4]
+    targets = [n for n in g.nodes if kinds[args.tensors](n) and n.type.rank == 4
+               and args.size in (None, n.shape[2])]
     print(f"{args.model}: {len(targets)} {args.tensors} tensor(s) rounded to 8 bits; float: "
           f"{rounded_cosine(g, samples, [], 'tensor'):.5f}")
     for grid in GRIDS:

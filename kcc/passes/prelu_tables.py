@@ -11,7 +11,11 @@ float (kcc.passes.float_prelu: ~96 cycles). One channel's PReLU is a function of
 
 (quantize, lookup and dequantize ~19 + 10 + 12 cycles an element, kcc.target.k210, and three node
 dispatches a channel; the dequantized channels make the map in place, kcc.emit.storage). Where x is
-a KPU layer's output its codes are read as they are, without the quantize.
+a KPU layer's output its codes are read as they are, without the quantize. A channel slice of the
+PReLU that a reader takes (a decomposed depthwise's channel groups, kcc.passes.kernel_forms
+`_group_source`) becomes the concatenation of its channels' tables: KPU layers reading it read the
+tables' codes, on one grid for the group (kcc.quant.policy `share_table_grids`), not the
+dequantized map quantized again; so does a KPU layer reading the whole map alone.
 
 Each channel is rounded on a grid of its own: a residual stream's channels differ in range by orders
 of magnitude, and one grid for the map costs BlazePalm's outputs 8e-4 of cosine (its 24x24 blocks;
@@ -34,7 +38,7 @@ from __future__ import annotations
 
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
-from kcc.ir.graph import Graph, Node, channel_values
+from kcc.ir.graph import Graph, Node, channel_range, channel_values
 from kcc.passes.float_prelu import float_prelu_cycles
 from kcc.passes.manager import CompileContext
 from kcc.target.k210 import CPU_NODE_CYCLES, cpu_cycles
@@ -100,6 +104,11 @@ def prelu_tables(g: Graph, ctx: CompileContext | None = None) -> Graph:
             a = g.insert_before(n, O.Constant(slopes[k:k + 1].reshape(1, 1, 1, 1)), (), f"{n.name}/alpha{k}")
             parts.append(g.insert_before(n, O.PRelu(), (xc, a), f"{n.name}/table{k}"))
         y = g.insert_before(n, O.Concat(1), tuple(parts), n.name + "/channels")
+        for view in [u for u in users[n] if channel_range(u) is not None]:
+            c0, c1 = channel_range(view)
+            group = parts[c0] if c1 - c0 == 1 else g.insert_before(
+                view, O.Concat(1), tuple(parts[c0:c1]), f"{n.name}/codes{c0}")
+            g.substitute(view, group, "/float")
         g.substitute(n, y, "/float")
     g.remove_dead()
     return g

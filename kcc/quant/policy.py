@@ -36,6 +36,7 @@ from kcc.quant.calibrate import (
     view_source,
 )
 from kcc.quant.calibration_view import calibration_view
+from kcc.quant.cpu_table import uint8_prelu
 from kcc.quant.logits import logit_ranges, softmax_logits
 from kcc.quant.params import range_param
 from kcc.quant.prequantized import prequantized_ranges
@@ -88,6 +89,7 @@ def choose_ranges(view: Graph, samples: Samples, points: Sequence[Node], method:
     share_phase_grids(shared, ranges)
     share_part_grids(g, ranges)
     share_view_grids(points, ranges, g.users())
+    share_table_grids(g, ranges)
     residual_term_ranges(g, ranges)
     return share_concat_grids(g, ranges)
 
@@ -180,6 +182,30 @@ def share_part_grids(g: Graph, ranges: dict[str, Range]) -> None:
             union = (min(ranges[v.name][0] for v in both), max(ranges[v.name][1] for v in both))
             for v in both:
                 ranges[v.name] = union
+
+
+def share_table_grids(g: Graph, ranges: dict[str, Range]) -> None:
+    """The tables of a channel group that KPU layers read as one map (kcc.passes.prelu_tables: a
+    decomposed depthwise's channel groups reading a PReLU that runs a table a channel) write their
+    codes on one grid, the union of their ranges: the group is then the concatenation of their codes,
+    not a slice of their dequantized map quantized again. The whole map, which a float add reads,
+    keeps a grid a channel through its parts' dequantize (a residual stream's channels differ in
+    range by orders of magnitude, docs/measurements.md §24)."""
+    users = g.users()
+    for n in g.nodes:
+        if not (isinstance(n.op, O.Concat) and n.op.axis == 1 and _read_as_codes(n, users)
+                and all(uint8_prelu(p) and p.name in ranges for p in n.inputs)):
+            continue
+        both = [*n.inputs, n] if n.name in ranges else list(n.inputs)
+        union = (min(ranges[v.name][0] for v in both), max(ranges[v.name][1] for v in both))
+        for v in both:
+            ranges[v.name] = union
+
+
+def _read_as_codes(n: Node, users: dict[Node, list[Node]]) -> bool:
+    """Every reader of n is a KPU layer, or data movement whose readers all are."""
+    return bool(users[n]) and all(
+        isinstance(u.op, KO.FloatKpuConv) or (moves_values(u) and _read_as_codes(u, users)) for u in users[n])
 
 
 def share_view_grids(points: Sequence[Node], ranges: dict[str, Range], users: dict[Node, list[Node]]) -> None:
