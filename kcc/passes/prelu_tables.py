@@ -106,9 +106,11 @@ def prelu_tables(g: Graph, ctx: CompileContext | None = None) -> Graph:
         y = g.insert_before(n, O.Concat(1), tuple(parts), n.name + "/channels")
         for view in [u for u in users[n] if channel_range(u) is not None]:
             c0, c1 = channel_range(view)
-            group = parts[c0] if c1 - c0 == 1 else g.insert_before(
-                view, O.Concat(1), tuple(parts[c0:c1]), f"{n.name}/codes{c0}")
-            g.substitute(view, group, "/float")
+            if c1 - c0 == 1:  # the table itself, under its own name
+                g.replace_all_uses(view, parts[c0])
+            else:
+                group = g.insert_before(view, O.Concat(1), tuple(parts[c0:c1]), f"{n.name}/codes{c0}")
+                g.substitute(view, group, "/float")
         g.substitute(n, y, "/float")
     g.remove_dead()
     return g

@@ -188,9 +188,10 @@ def share_table_grids(g: Graph, ranges: dict[str, Range]) -> None:
     """The tables of a channel group that KPU layers read as one map (kcc.passes.prelu_tables: a
     decomposed depthwise's channel groups reading a PReLU that runs a table a channel) write their
     codes on one grid, the union of their ranges: the group is then the concatenation of their codes,
-    not a slice of their dequantized map quantized again. The whole map, which a float add reads,
-    keeps a grid a channel through its parts' dequantize (a residual stream's channels differ in
-    range by orders of magnitude, docs/measurements.md §24)."""
+    not a slice of their dequantized map quantized again; a map that a KPU layer alone reads whole is
+    one such group, on the layer's one grid. The tables of no such group keep a grid each (a residual
+    stream's channels differ in range by orders of magnitude, docs/measurements.md §24); the float
+    map an add reads is every table's codes dequantized, channel by channel."""
     users = g.users()
     for n in g.nodes:
         if not (isinstance(n.op, O.Concat) and n.op.axis == 1 and _read_as_codes(n, users)

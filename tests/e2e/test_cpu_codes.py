@@ -243,6 +243,21 @@ def test_channel_groups_read_their_tables_codes(monkeypatch):
     assert rms <= 1.05 * apart_rms, (rms, apart_rms)
 
 
+def test_a_layer_reading_one_channel_reads_that_tables_codes():
+    """A KPU layer reading one channel of the PReLU (a channel slice) reads that channel's table codes as
+    they are, on the table's own grid: no quantize of the slice, the table under its own name."""
+    g = _prelu_block((24, 24), SLOPES)
+    y = next(n for n in g.nodes if n.name == "prelu")
+    one = g.add(O.StridedSlice((0, 3, 0, 0), (1, 4, 24, 24), (1, 1, 1, 1)), (y,), "one")
+    g.outputs.append(g.add(O.Conv2D(), (one, _const(g, (4, 1, 1, 1)), _const(g, (4,))), "one_conv"))
+    res, rms = _scaled_compile(g, (1, 8, 24, 24), rng.bit_generator.state)
+    assert [n.opcode for n in res.emitted.model.nodes].count(Opcode.TABLE_LOOKUP1D) == 8
+    conv = next(n for n in res.float_graph.nodes if n.name == "one_conv")
+    assert conv.inputs[0].name == "prelu/table3"
+    assert not any(isinstance(n.op, KO.Quantize) and "table3" in n.inputs[0].name for n in res.graph.nodes)
+    assert rms < 1.0, rms  # the first output's, as test_a_float_prelu_runs_as_a_table_a_channel
+
+
 def test_a_small_map_keeps_the_float_prelu():
     """At 6x6 three node dispatches a channel cost more than the float form saves: no table."""
     res, _ = _scaled_compile(_prelu_block((6, 6), SLOPES), (1, 8, 6, 6), rng.bit_generator.state)
