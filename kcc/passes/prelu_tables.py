@@ -20,11 +20,13 @@ dequantized map quantized again; so does a KPU layer reading the whole map alone
 Each channel is rounded on a grid of its own: a residual stream's channels differ in range by orders
 of magnitude, and one grid for the map costs BlazePalm's outputs 8e-4 of cosine (its 24x24 blocks;
 docs/measurements.md §27), a grid a channel nothing on the kit's samples (4e-4 on held-out pictures,
-whose values a channel's range from 3 calibration pictures holds less well than a group's). Taken where kcc.target.k210's cost
-model prices the channels' nodes below the float form by at least MIN_CYCLES_PER_BYTE a byte of the
-tables (256 bytes of kmodel a channel), or the rate decompose_kernels' room buys where a model is
-over its device RAM budget (CompileContext.room_rate): BlazePalm's 24x24 blocks (~100 cycles a
-byte), not its 12x12 ones (~8) nor its 6x6 ones, where dispatch costs more than the float form.
+whose values a channel's range from 3 calibration pictures holds less well than a group's).
+
+Taken where kcc.target.k210's cost model prices the channels' nodes below the float form by at least
+MIN_CYCLES_PER_BYTE a byte of the tables (256 bytes of kmodel a channel), or the rate
+decompose_kernels' room buys where a model is over its device RAM budget (CompileContext.room_rate):
+BlazePalm's 24x24 blocks (~100 cycles a byte), not its 12x12 ones (~8) nor its 6x6 ones, where
+dispatch costs more than the float form.
 The runtime has table_lookup1d since nncase v0.2.0-beta3 (`kcc info` says when a kmodel needs it;
 ncc of beta4 writes it too, for its own fused unary ops).
 
@@ -35,6 +37,8 @@ view).
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
@@ -73,18 +77,19 @@ def _read_with_residual(n: Node, users: dict[Node, list[Node]]) -> bool:
     return False
 
 
-def _taken(g: Graph, n: Node, users: dict[Node, list[Node]], room_rate: float | None) -> bool:
+def _taken_slopes(g: Graph, n: Node, users: dict[Node, list[Node]], room_rate: float | None) -> np.ndarray | None:
+    """n's slopes, a value a channel, where n runs as tables (module docstring), else None."""
     if not isinstance(n.op, O.PRelu) or n in g.outputs or _read_with_residual(n, users):
-        return False
+        return None
     x, alpha = n.inputs
     if x.type.rank != 4 or x.shape[0] != 1 or x.shape[1] < 2:
-        return False
+        return None
     slopes = channel_values(x, alpha)
     if slopes is None:
-        return False
+        return None
     saved = float_prelu_cycles(x, slopes) - table_prelu_cycles(x)
     rate = max(MIN_CYCLES_PER_BYTE, room_rate or 0.0)
-    return saved >= rate * TABLE_BYTES * x.shape[1]
+    return slopes if saved >= rate * TABLE_BYTES * x.shape[1] else None
 
 
 def prelu_tables(g: Graph, ctx: CompileContext | None = None) -> Graph:
@@ -93,10 +98,10 @@ def prelu_tables(g: Graph, ctx: CompileContext | None = None) -> Graph:
     if ctx is None or ctx.own_grids or ctx.quantization is not None or ctx.options.target == "cpu":
         return g
     users = g.users()
-    for n in [n for n in g.nodes if _taken(g, n, users, ctx.room_rate)]:
-        x, alpha = n.inputs
+    taken = [(n, slopes) for n in g.nodes if (slopes := _taken_slopes(g, n, users, ctx.room_rate)) is not None]
+    for n, slopes in taken:
+        x = n.inputs[0]
         _, c, h, w = x.shape
-        slopes = channel_values(x, alpha)
         parts = []
         for k in range(c):
             xc = g.insert_before(n, O.StridedSlice((0, k, 0, 0), (1, k + 1, h, w), (1, 1, 1, 1)), (x,),
