@@ -11,6 +11,9 @@ Grids (each from the tensor's min/max over the first 16 samples, 0 included, as 
   sG         one grid per group of G channels taken in the order of their ranges' widths (KPU layers
              each writing a group of a sum's channels, which the readers take back in their order)
   ch         one grid per channel
+  zG         one grid per group of G channels, all with the tensor's one zero point (the zero point that
+             least widens the groups' steps, in mean square): what a decomposed depthwise's channel
+             groups would need to share one batched KPU layer, whose pad value is one code
   scale      one zero point, a scale per channel (a per-channel batch-norm's output)
   component  the tensor divided, per channel, by one scale shared by every tensor its residual adds,
              PReLUs, pools, pads and resizes tie it to, then one grid: what the CPU's float adds
@@ -37,7 +40,7 @@ from kcc.ir import ops as O  # noqa: E402
 from kcc.passes.canonicalize import canonicalize  # noqa: E402
 from kcc.passes.kernel_budget import CodesCosts  # noqa: E402
 
-GRIDS = ("tensor", "ch8", "ch4", "s32", "s16", "s8", "ch", "scale", "component")
+GRIDS = ("tensor", "ch8", "ch4", "z4", "ch2", "z2", "s32", "s16", "s8", "ch", "scale", "component")
 CALIBRATION = 16
 
 
@@ -70,6 +73,9 @@ def _grid(lo: np.ndarray, hi: np.ndarray, grid: str) -> tuple[np.ndarray, np.nda
             part = order[i:i + k]
             a[part], b[part] = lo[part].min(), hi[part].max()
         return a, b
+    if grid.startswith("z"):
+        a, b = _grid(lo, hi, "ch" + grid[1:])
+        return _one_zero_point(a, b)
     if grid.startswith("ch") and grid != "ch":
         k = int(grid[2:])
         pad = -len(lo) % k
@@ -77,6 +83,16 @@ def _grid(lo: np.ndarray, hi: np.ndarray, grid: str) -> tuple[np.ndarray, np.nda
         b = np.concatenate([hi, np.full(pad, hi.max())]).reshape(-1, k).max(1)
         return np.repeat(a, k)[:len(lo)], np.repeat(b, k)[:len(hi)]
     return lo, hi
+
+
+def _one_zero_point(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ranges holding (lo, hi) per channel on grids that all have one zero point z: the step of a
+    channel is max(hi / (255 - z), -lo / z), and z (1..254) the one with the least mean squared step."""
+    z = np.arange(1, 255, dtype=np.float64)[:, None]
+    steps = np.maximum(hi[None, :] / (255.0 - z), -lo[None, :] / z)
+    best = int(np.argmin(np.mean(steps ** 2, axis=1)))
+    zb, s = float(z[best, 0]), steps[best]
+    return -zb * s, (255.0 - zb) * s
 
 
 def rounded_cosine(g, samples, targets: list, grid: str) -> float:

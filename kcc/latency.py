@@ -6,7 +6,7 @@ compile (`kcc compile` summary, `--report`). Each node costs what the nncase v0.
 it on the board:
 
 **KPU layer** (kpu_conv2d): `kcc.target.k210.kpu_layer_cycles` per batch at the KPU clock, plus its
-weight bytes and a fixed cost per layer; a layer with a main-memory output is then copied out by the
+weight bytes and a fixed cost per run (a batched layer runs once a batch); a layer with a main-memory output is then copied out by the
 CPU (`kpu_download`, a byte loop over KPU RAM).
 
 **CPU node**: work units (elements, bytes, multiply-accumulates) x `kcc.target.k210.cpu_cycles` per
@@ -170,7 +170,9 @@ def _kpu_node(i: int, body: km.KpuConv2D, kpu_mhz: float, cpu_mhz: float) -> Nod
     cycles = kpu_layer_cycles(body.layer) * body.batches
     weights = body.weights.size
     kpu_ms = (KPU_CYCLE_FACTOR * cycles + KPU_WEIGHT_CYCLES_PER_BYTE * weights * body.batches) / (kpu_mhz * 1e3)
-    kpu_ms += KPU_LAYER_US / 1e3
+    # the runtime runs a batched layer once a batch, each run with its own interrupt, register FIFO and
+    # table loads (nncase v0.2 k210_ops.cpp `kpu_conv2d`: kpu_conv2d_normal and a wait per batch)
+    kpu_ms += KPU_LAYER_US / 1e3 * body.batches
     work = f"{cycles / 1e3:.0f}k KPU cycles, {weights} B weights"
     cpu_ms = CPU_NODE_CYCLES / (cpu_mhz * 1e3)
     if body.main_mem_output.size:

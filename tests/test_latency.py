@@ -9,6 +9,7 @@ leave-one-out refit of STRUCTURAL_SCALE on A10.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 
@@ -93,6 +94,18 @@ def test_structural_scale_fitted_on_one_a10_model_predicts_the_other():
         scale = (fit.A10[other] - other_fixed) / other_scaled
         predicted = fixed + scale * scaled
         assert abs(predicted / fit.A10[held_out] - 1) <= WHOLE_MODEL_TOLERANCE, (held_out, predicted)
+
+
+def test_a_batched_layer_pays_its_fixed_cost_every_batch():
+    """The runtime runs a layer of B batches B times (nncase v0.2 k210_ops.cpp `kpu_conv2d`: one
+    kpu_conv2d_normal and one interrupt a batch), so compute, weight loads and the fixed cost all
+    scale with B."""
+    model = km.read_file(EXAMPLES / "slim-320.kmodel")
+    i, body = next((i, n.body) for i, n in enumerate(model.nodes) if isinstance(n.body, km.KpuConv2D))
+    one = L._kpu_node(i, dataclasses.replace(body, batches=1), 400.0, 400.0)
+    three = L._kpu_node(i, dataclasses.replace(body, batches=3), 400.0, 400.0)
+    assert three.kpu_ms == pytest.approx(3 * one.kpu_ms)
+    assert three.kpu_ms - one.kpu_ms >= 2 * k210.KPU_LAYER_US / 1e3
 
 
 def test_clocks_scale_the_estimate():
