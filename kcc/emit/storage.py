@@ -199,7 +199,7 @@ class Storage:
             offset = None if lay.groups != 1 or offset is None else offset + n.op.rows[0] * lay.row_len * KPU_LINE_SIZE
         if n.op.width is not None and K.kpu_row_layout(n.op.width) != K.kpu_row_layout(w):
             offset = None  # a narrower map of other lines a row
-        if offset is None or not (isinstance(src.op, KO.KPU_SPACE_OPS) or id(src) in self.kpu_inputs):
+        if offset is None or not (isinstance(self.base(src).op, KO.KPU_SPACE_OPS) or id(src) in self.kpu_inputs):
             raise UnsupportedModelError(f"'{n.name}': channels {n.op.c0}..{n.op.c1 - 1} of '{src.name}' cannot "
                                         f"be read in place in KPU RAM")
         self.root[id(n)], self.offset[id(n)] = src, offset

@@ -292,6 +292,7 @@ KERNELS: dict[type, Callable] = {
     KO.KpuRowPatch: _kpu_row_patch,
     KO.KpuChannelPatch: _kpu_channel_patch,
     KO.KpuStack: lambda op, *xs: np.concatenate(xs, axis=1),
+    KO.KpuBatchStack: lambda op, *xs: np.concatenate(xs, axis=0),
     O.Conv2D: conv2d,
     O.Conv2DTranspose: conv2d_transpose,
     O.MatMul: matmul,

@@ -30,6 +30,10 @@ Both stages:
     KpuChannelPatch         a batched map in KPU RAM whose last channels, spare in its layer, the CPU
                             overwrites with another tensor's codes, batch by batch, in place
                             (kcc.passes.residual_kpu's batched adds): no node of its own
+    KpuBatchStack           equal channel groups of a map as the batches of one map in KPU RAM, each
+                            on its own grid but all with one zero point, read by one KPU layer that
+                            copies codes (a decomposed 5x5's batched fan, kcc.passes.kernel_forms);
+                            quantized, the groups' codes concatenated, uploaded once and reshaped
 
 Tensors produced by KpuUpload, QuantKpuLayer, KpuConcat and KpuChannelView live in KPU RAM; every other
 tensor in main memory.
@@ -278,6 +282,27 @@ class KpuStack(Op):
 
     def infer_type(self, ins):
         return _side_by_side(ins, DType.float32, self.kind, 2)
+
+
+@dataclass(frozen=True)
+class KpuBatchStack(Op):
+    """G batch-1 maps [1, g, H, W] as the G batches of one map [G, g, H, W] in KPU RAM (in float: a
+    concatenation along batches). Each part keeps its own grid once quantized, and all of them share
+    one zero point (kcc.quant.policy.share_batch_zero_points), so that the one KPU layer reading it,
+    which copies codes (a fan of shifted copies: its pad value is the zero point, and its parameters
+    are the same for any scale with one zero point, kcc.quant.kpu_params), serves every batch; the
+    readers of its batch j (channel views of it reshaped to batch 1, `batch_part`) read part j's grid.
+    g must be a multiple of the channels one 64-byte line holds at width W, so that the batches lie
+    as a batch-1 map of G x g channels would (kmodel_v4.md §7.3): quantized, the parts' codes are
+    concatenated along channels on the CPU, uploaded once and read as [G, g, H, W]."""
+
+    kind: ClassVar[str] = "kpu_batch_stack"
+
+    def infer_type(self, ins):
+        t = _side_by_side(ins, DType.float32, self.kind, 2)
+        g = ins[0].shape[1]
+        _check(all(i.shape[1] == g for i in ins), f"{self.kind} parts {[i.shape for i in ins]}: equal groups")
+        return TensorType((len(ins), g, *t.shape[2:]), DType.float32)
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,7 @@ from kcc.passes.kernel_cost import Where, alone, kmodel_bytes, on_kpu, surroundi
 from kcc.passes.kernel_forms import KPU_MADE, Form, emit, plan_terms
 from kcc.passes.manager import CompileContext
 from kcc.target.k210 import DEFAULT_MHZ, KPU_RAM_SIZE
+from kcc.target.quant_rules import zero_point_growth
 
 
 def extra_roundings(n: Node, plan: Form, float_input: bool, read_in_float: bool = False) -> int:
@@ -199,6 +200,40 @@ def bulk_threshold(y: np.ndarray) -> float:
     return best_t
 
 
+#: the most one zero point may widen the mean squared step of a decomposed depthwise's channel groups
+#: (their ranges over BULK_SAMPLES samples) for the groups to share one fan layer as its batches
+#: (kcc.passes.kernel_forms `_batched_fan`, kcc.quant.policy.share_batch_zero_points): 4, one bit of
+#: their resolution in mean square. Measured (kcc.target.quant_rules.zero_point_growth): BlazePalm's 13
+#: fan_kpu 5x5s 1.46 to 2.02, at no cost to its outputs (docs/measurements.md §29); two groups that
+#: need opposite zero points ([0, h] and [-l, 0]) reach 4.
+BATCH_STEP_GROWTH = 4.0
+
+
+def batch_growths(g: Graph, groups: dict[int, int], samples: list) -> dict[int, float]:
+    """Per conv id of `groups` (conv id -> channels a group): how much one zero point widens its input's
+    groups' mean squared step (kcc.target.quant_rules.zero_point_growth), their ranges from one float
+    pass over `samples`."""
+    convs = {id(n): n for n in g.nodes if id(n) in groups}
+    xs = {id(n.inputs[0]) for n in convs.values()}
+    lo: dict[int, np.ndarray] = {}
+    hi: dict[int, np.ndarray] = {}
+
+    def see(n: Node, v: np.ndarray) -> None:
+        if id(n) in xs and v.ndim == 4:
+            a, b = v.min(axis=(0, 2, 3)), v.max(axis=(0, 2, 3))
+            lo[id(n)] = np.minimum(lo.get(id(n), a), a)
+            hi[id(n)] = np.maximum(hi.get(id(n), b), b)
+
+    for sample in samples:
+        run(g, sample, see)
+    out = {}
+    for k, n in convs.items():
+        x, size = id(n.inputs[0]), groups[k]
+        if x in lo and lo[x].size % size == 0:
+            out[k] = zero_point_growth(lo[x].reshape(-1, size).min(1), hi[x].reshape(-1, size).max(1))
+    return out
+
+
 def bulk_thresholds(g: Graph, samples: list, opts: CompileOptions = CompileOptions()) -> dict[str, float]:
     """`bulk_threshold` of every conv of `float_read_convs(g, opts)`, from one float pass over
     `samples` (none without such convs)."""
@@ -219,9 +254,10 @@ def _cpu_float(x: Node) -> bool:
     return isinstance(x.op, (O.PRelu, O.Binary))
 
 
-def rewrite(g: Graph, n: Node, plan: Form, note: str = "") -> Node | None:
-    """Replace conv `n` of `g` by its decomposition under `plan`; the new output node takes n's name."""
-    new = emit(lambda op, ins, name: g.insert_before(n, op, ins, name), n, n.inputs[0], plan)
+def rewrite(g: Graph, n: Node, plan: Form, note: str = "", batch: bool = False) -> Node | None:
+    """Replace conv `n` of `g` by its decomposition under `plan`; the new output node takes n's name.
+    `batch`: n's input is a float of the CPU, whose channel groups a fan layer may take as batches."""
+    new = emit(lambda op, ins, name: g.insert_before(n, op, ins, name), n, n.inputs[0], plan, batch)
     if new is None:
         return None
     new.note = note
@@ -316,6 +352,9 @@ def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
                                  if (d := final[id(n)][0]).plan is not None and d.status is not Status.ON_KPU)
     ctx.form_estimates = {n.name: estimate(n, final[id(n)][0].plan) for n in convs
                           if first[id(n)][1].status is not Status.ON_KPU}
+    fans = {id(n): final[id(n)][0].plan.group for n in convs if (p := final[id(n)][0].plan) is not None
+            and p.combine == "fan_kpu" and p.group and id(n.inputs[0]) not in streamed and _cpu_float(n.inputs[0])}
+    growth = batch_growths(g, fans, (ctx.samples or [])[:BULK_SAMPLES]) if fans else {}
     for n in convs:
         x, (d, cap) = first[id(n)][0], final[id(n)]
         if n.inputs[0] is not x and (d.plan is not None or ctx.form_room is None):  # an earlier rewrite changed its input
@@ -329,6 +368,6 @@ def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
         how = " reading its float input as 8-bit codes" if d.codes else ""
         rewrite(g, n, d.plan, f"{kh}x{kw}{' depthwise' if n.op.groups > 1 else ''} s{n.op.stride[0]} as "
                               f"{d.plan.describe()}{how}: ~{d.cycles / ms:.2f} ms vs ~{d.cpu_cycles / ms:.2f} ms "
-                              f"on the CPU (estimates)")
+                              f"on the CPU (estimates)", growth.get(id(n), np.inf) <= BATCH_STEP_GROWTH)
     g.remove_dead()
     return g

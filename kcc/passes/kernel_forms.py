@@ -47,6 +47,13 @@ stack itself: 2 KPU layers a group instead of 10, 81*g*g weight bytes for the co
 layers' 9*g, so the most groups for the fewest kmodel bytes (~768 B a layer): wide 5x5 depthwise
 convs in groups of the channels one 64-byte line holds, each read in place in x's KPU RAM
 (kcc.ir.kpu_ops.KpuChannelView) and writing its output's channel range in place (KpuConcat).
+Every group's fan has the same weights, and a fan is the same layer on any grid with one zero point
+(its pad value). So where x is a float of the CPU (its groups are uploaded anyway) and one zero point
+widens its groups' steps at most 4 times in mean square (decompose_kernels.BATCH_STEP_GROWTH), the
+groups are the batches of
+ONE fan layer (`_batched_fan`: a kcc.ir.kpu_ops.KpuBatchStack of the groups, each on its own scale, a
+fan of G batches, group j's stack its batch j read in place): 1 fan body a conv instead of G, and one
+upload; the runtime still runs the fan once a batch (docs/measurements.md §29).
 `copies_kpu` shifts each copy by a tap's whole offset (kernel_terms.copy_offsets), so the combine is a
 1x1 layer: 25 weight bytes per (output, input) channel pair of a group instead of `stack_kpu`'s 81, for
 25 + 1 KPU layers a group instead of 9 + 1. A copy by (2, 1) is the unit copy (1, 1) shifted by (1, 0)
@@ -74,6 +81,7 @@ import numpy as np
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Node
+from kcc.kmodel import kpu_row_layout
 from kcc.passes.kernel_terms import Window, conv_terms, copy_offsets, phase_terms, shift_terms, unit_steps
 
 #: a `stack` reading a float tensor of the CPU also stacks gain * its rounding residual, with the
@@ -218,6 +226,37 @@ def _fanned_copies(add: Add, x: Node, shifts: list[tuple[int, int]], name: str, 
     return [add(O.Conv2D((1, 1), ((1, 1), (1, 1)), (1, 1), 1), (src, w, zero), f"{name}/fan")]
 
 
+def batchable_fan(x: Node, g: int, shifts: list[tuple[int, int]]) -> bool:
+    """x's channel groups of g can be the batches of one fan layer (kcc.ir.kpu_ops.KpuBatchStack): more
+    than one group, all of g channels, and g and the fan's J*g output channels whole 64-byte line
+    groups of KPU RAM at x's width, so that the batches lie as one batch-1 map's channel groups do."""
+    nb, c, h, w = x.shape
+    groups = kpu_row_layout(w).groups
+    return nb == 1 and g > 0 and c % g == 0 and c // g > 1 and g % groups == 0 and len(shifts) * g % groups == 0
+
+
+def _batched_fan(add: Add, x: Node, shifts: list[tuple[int, int]], name: str, cache: dict,
+                 channels: tuple[int, int], g: int) -> list[Node]:
+    """The fan_kpu view of group x[channels] when every group of x shares one fan layer: the groups
+    are the batches of one map (a KpuBatchStack, each group on its own grid, all with one zero
+    point), one 3x3 KPU layer of G batches makes every group's copies, and group j reads batch j,
+    a channel range of the fan's output read as one batch-1 map (in place in KPU RAM)."""
+    _, c, h, w = x.shape
+    m = len(shifts) * g
+    if ("batched_fan",) not in cache:
+        sources = [_group_source(add, x, name, cache, (k, k + g))[2] for k in range(0, c, g)]
+        groups = add(KO.KpuBatchStack(), tuple(sources), f"{name}/groups")
+        zero = add(O.Constant(np.zeros(m, np.float32)), (), f"{name}/zero_bias")
+        w_fan = add(O.Constant(fan_weights(g, shifts)), (), f"{name}/w_fan")
+        fan = add(O.Conv2D((1, 1), ((1, 1), (1, 1)), (1, 1), 1), (groups, w_fan, zero), f"{name}/fan")
+        cache[("batched_fan",)] = add(O.Reshape((1, len(sources) * m, h, w)), (fan,), f"{name}/fan_batches")
+    j = channels[0] // g
+    if ("fan_batch", j) not in cache:
+        cache[("fan_batch", j)] = add(O.StridedSlice((0, j * m, 0, 0), (1, (j + 1) * m, h, w), (1, 1, 1, 1)),
+                                      (cache[("batched_fan",)],), f"{name}/fan{j}")
+    return [cache[("fan_batch", j)]]
+
+
 def _chained_copies(add: Add, x: Node, offsets: list[tuple[int, int]], name: str, cache: dict,
                     channels: tuple[int, int] | None = None) -> list[Node]:
     """The copies_kpu views: x[channels] (sliced off x first, as `_shifted_copies` does) shifted by each
@@ -324,8 +363,10 @@ def _block_diagonal(terms: list, c0: int, c1: int) -> np.ndarray:
     return ws
 
 
-def emit(add: Add, n: Node, x: Node, plan: Form) -> Node | None:
-    """Build the decomposition of conv `n` (reading `x`) with `add`; returns the node computing n."""
+def emit(add: Add, n: Node, x: Node, plan: Form, batch: bool = False) -> Node | None:
+    """Build the decomposition of conv `n` (reading `x`) with `add`; returns the node computing n.
+    `batch`: a `fan_kpu` form's groups share one fan layer where they can (`batchable_fan`); x must
+    then be a tensor the CPU computes (its groups are uploaded), not a KPU layer's output."""
     op: O.Conv2D = n.op
     _, _, bn = n.inputs
     terms = plan_terms(n, plan)
@@ -359,6 +400,8 @@ def emit(add: Add, n: Node, x: Node, plan: Form) -> Node | None:
     cache: dict = {}
     if plan.combine in ("stack", "fan_kpu", *KPU_MADE):
         shifts = [s for _, s in shift_plan(n)] if plan.combine in ("stack_kpu", "fan_kpu") else None
+        batched = (batch and plan.combine == "fan_kpu" and not plan.residual and op.groups > 1
+                   and batchable_fan(x, plan.group, shifts))
         offsets = [s for _, s in copy_plan(n)] if plan.combine == "copies_kpu" else None
         phases = [s for _, s in phase_plan(n)] if plan.combine == "phases_kpu" else None
         if offsets is not None:  # 1x1 convs of the copies
@@ -372,6 +415,8 @@ def emit(add: Add, n: Node, x: Node, plan: Form) -> Node | None:
         def views_of(src: Node, tag: str, channels: tuple[int, int] | None, own: dict) -> list[Node]:
             if offsets is not None:
                 return _chained_copies(add, src, offsets, tag, own, channels)
+            if plan.combine == "fan_kpu" and batched and channels is not None:
+                return _batched_fan(add, src, shifts, tag, own, channels, plan.group)
             if plan.combine == "fan_kpu":
                 return _fanned_copies(add, src, shifts, tag, own, channels)
             if shifts is not None:

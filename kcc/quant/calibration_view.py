@@ -53,6 +53,8 @@ def calibration_view(g: Graph) -> CalibrationView:
                 view.outputs.append(pre)
                 points[id(pre)] = pre
                 pre_activations[n.name] = pre.name
+        elif isinstance(n.op, KO.KpuBatchStack):  # each group its own grid (policy.share_batch_zero_points)
+            points.update((id(p), p) for p in n.inputs)
         elif isinstance(n.op, (O.Input, O.Pool2D)):  # a pool's range decides if it runs on codes
             points[id(n)] = n
         elif uint8_matmul(n) or uint8_conv(n):  # uint8 on the CPU: reads and writes grids (kcc.quant.cpu_*)

@@ -64,8 +64,33 @@ def same_kpu_bytes(n: Node) -> bool:
 
 
 def kpu_reshape(n: Node, table: dict[Node, NodeQuant]) -> bool:
-    """n is a KPU layer's output read as another map of the same bytes (`same_kpu_bytes`)."""
-    return same_kpu_bytes(n) and table[n.inputs[0]].domain is Domain.KPU
+    """n is a KPU layer's output read as another map of the same bytes (`same_kpu_bytes`, or a
+    batched fan's batches as one map, `fan_batches`)."""
+    return (same_kpu_bytes(n) or fan_batches(n)) and table[n.inputs[0]].domain is Domain.KPU
+
+
+def fan_batches(n: Node) -> bool:
+    """Reshape n reads the G batches of a layer over a KpuBatchStack as one batch-1 map of G x m
+    channels: the same bytes in KPU RAM, m being whole line groups (kcc.passes.kernel_forms.batchable_fan)."""
+    if not isinstance(n.op, O.Reshape) or not isinstance(n.inputs[0].op, KO.FloatKpuConv):
+        return False
+    x = n.inputs[0]
+    nb, m, h, w = x.shape
+    return (isinstance(x.inputs[0].op, KO.KpuBatchStack) and n.shape == (1, nb * m, h, w)
+            and m % kpu_row_layout(w).groups == 0)
+
+
+def batch_part(n: Node) -> Node | None:
+    """The part of a KpuBatchStack whose batch n reads: n a channel slice of `fan_batches` that is one
+    whole batch; else None. That part's grid is n's (each batch keeps its group's grid)."""
+    if not isinstance(n.op, O.StridedSlice) or not fan_batches(n.inputs[0]):
+        return None
+    r = channel_range(n)
+    fan = n.inputs[0].inputs[0]
+    m = fan.shape[1]
+    if r is None or r[1] - r[0] != m or r[0] % m:
+        return None
+    return fan.inputs[0].inputs[r[0] // m]
 
 
 NOT_BETWEEN_LAYERS = "its input is not a KPU layer's output"
@@ -90,7 +115,7 @@ def kpu_view_problem(n: Node, table: dict[Node, NodeQuant]) -> str | None:
     layers reading it (kcc.ir.kpu_ops.KpuChannelView), or None; `NOT_BETWEEN_LAYERS` when its input
     is no KPU layer's output (a slice on the CPU, as before, and no placement of its own)."""
     x = n.inputs[0]
-    if table[x].domain is not Domain.KPU:
+    if table[x].domain is not Domain.KPU and not kpu_reshape(x, table):
         return NOT_BETWEEN_LAYERS
     if table[n].domain is not Domain.CODES:
         return "it is not read on its input's grid"

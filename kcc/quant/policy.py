@@ -38,10 +38,11 @@ from kcc.quant.calibrate import (
 from kcc.quant.calibration_view import calibration_view
 from kcc.quant.cpu_table import uint8_prelu
 from kcc.quant.logits import logit_ranges, softmax_logits
-from kcc.quant.params import range_param
+from kcc.quant.params import GridRange, QuantParam, range_param
 from kcc.quant.prequantized import prequantized_ranges
 from kcc.quant.quantize import copies_of, moves_values
 from kcc.quant.weight_rounding import InputMoments
+from kcc.target.quant_rules import shared_zero_point
 
 Range = tuple[float, float]
 
@@ -90,6 +91,7 @@ def choose_ranges(view: Graph, samples: Samples, points: Sequence[Node], method:
     share_part_grids(g, ranges)
     share_view_grids(points, ranges, g.users())
     share_table_grids(g, ranges)
+    share_batch_zero_points(g, ranges)
     residual_term_ranges(g, ranges)
     return share_concat_grids(g, ranges)
 
@@ -204,9 +206,31 @@ def share_table_grids(g: Graph, ranges: dict[str, Range]) -> None:
 
 
 def _read_as_codes(n: Node, users: dict[Node, list[Node]]) -> bool:
-    """Every reader of n is a KPU layer, or data movement whose readers all are."""
+    """Every reader of n is a KPU layer (or the batches of one, a KpuBatchStack), or data movement
+    whose readers all are."""
     return bool(users[n]) and all(
-        isinstance(u.op, KO.FloatKpuConv) or (moves_values(u) and _read_as_codes(u, users)) for u in users[n])
+        isinstance(u.op, (KO.FloatKpuConv, KO.KpuBatchStack)) or (moves_values(u) and _read_as_codes(u, users))
+        for u in users[n])
+
+
+def share_batch_zero_points(g: Graph, ranges: dict[str, Range]) -> None:
+    """The groups of a KpuBatchStack (a decomposed 5x5's channel groups as the batches of one fan
+    layer, kcc.passes.kernel_forms) keep a scale each but take one zero point, the one that widens
+    their steps least in mean square: the fan pads every batch with one code. A group that is a
+    concatenation of tables' codes (share_table_grids) moves its tables' grid with it. Measured on
+    BlazePalm's float model, per stage, 2 to 4e-5 of cosine (docs/measurements.md §29)."""
+    for n in g.nodes:
+        if not isinstance(n.op, KO.KpuBatchStack) or not all(p.name in ranges for p in n.inputs):
+            continue
+        zero, levels = shared_zero_point(np.array([ranges[p.name][0] for p in n.inputs]),
+                                         np.array([ranges[p.name][1] for p in n.inputs]))
+        for p, scale in zip(n.inputs, levels):
+            q = QuantParam(zero, float(np.float32(scale)))
+            grid = GridRange(*q.real_range, q)
+            ranges[p.name] = grid
+            if isinstance(p.op, O.Concat) and all(uint8_prelu(t) and t.name in ranges for t in p.inputs):
+                for t in p.inputs:  # the tables write the group's codes
+                    ranges[t.name] = grid
 
 
 def share_view_grids(points: Sequence[Node], ranges: dict[str, Range], users: dict[Node, list[Node]]) -> None:

@@ -68,6 +68,8 @@ from kcc.quant.floors import floor_bias, floor_debts
 from kcc.quant.kpu_params import LayerRanges, kpu_layer
 from kcc.quant.kpu_ram import (
     NOT_BETWEEN_LAYERS,
+    batch_part,
+    fan_batches,
     gap_source,
     in_place_note,
     kpu_concat_problem,
@@ -211,6 +213,15 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
             if table[n.inputs[0]].domain is not Domain.KPU:
                 raise KeyError(f"kpu_channel_patch '{n.name}': its map is not a KPU layer's output")
             table[n] = NodeQuant(Domain.CODES, None)
+            continue
+        if isinstance(op, KO.KpuBatchStack):  # each batch keeps its group's grid, all with one zero point
+            grids = [table[p].grid if on_codes(p) else own_grid(p) for p in n.inputs]
+            if None in grids or len({q.zero_point for q in grids}) != 1:
+                raise KeyError(f"kpu_batch_stack '{n.name}': its parts are not on grids of one zero point")
+            table[n] = NodeQuant(Domain.CODES, grids[0])  # its copying layer is the same on any of them
+            continue
+        if (part := batch_part(n)) is not None:  # batch j of a batched fan: group j's grid
+            table[n] = NodeQuant(Domain.CODES, table[part].grid if on_codes(part) else own_grid(part))
             continue
         if isinstance(op, KO.KpuStack):  # each part keeps its grid: only its 1x1 layer reads it
             if not all(table[p].domain is Domain.KPU for p in n.inputs):
@@ -373,8 +384,10 @@ class _Rewriter:
         if isinstance(n.op, KO.KpuRowPatch):  # the parts write the map's rows in place (kcc.emit.storage)
             return self._once("kpu", n, lambda: self.g.add(
                 n.op, (self.kpu_of(n.inputs[0]), *(self.layer_of(p) for p in n.inputs[1:])), n.name + "/kpu"))
-        if same_kpu_bytes(n) and self._in_kpu_ram(n.inputs[0]):
+        if (same_kpu_bytes(n) or fan_batches(n)) and self._in_kpu_ram(n.inputs[0]):
             return self._once("kpu", n, lambda: self.g.add(n.op, (self.kpu_of(n.inputs[0]),), n.name + "/kpu"))
+        if isinstance(n.op, KO.KpuBatchStack):
+            return self._once("kpu", n, lambda: self.kpu_batch_stack(n))
         rows = row_view(n, self.table)
         if rows is not None:  # rows of one channel, read in place (kcc.passes.row_bands' crops)
             c, r0, r1 = rows
@@ -382,7 +395,7 @@ class _Rewriter:
                 KO.KpuChannelView(c, c + 1, (r0, r1)), (self.kpu_of(n.inputs[0]),), n.name + "/kpu"))
         if channel_range(n) is not None and ("kpu", n, None) not in self.made:
             problem = kpu_view_problem(n, self.table)
-            if problem != NOT_BETWEEN_LAYERS:
+            if problem != NOT_BETWEEN_LAYERS and batch_part(n) is None:  # a batch is its conv's business
                 self.placements[n] = Placement(n.name, "strided_slice", problem is None,
                                                problem or view_note(n))
             if problem is None:
@@ -432,6 +445,13 @@ class _Rewriter:
             self.written_into[p] = n
         return self.g.add(KO.KpuConcat(), tuple(self.layer_of(p) for p in n.inputs), n.name + "/kpu")
 
+    def kpu_batch_stack(self, n: Node) -> Node:
+        """The groups' codes, each on its own grid, concatenated in place on the CPU, uploaded once
+        and read by the batched layer as [G, g, H, W] (the same bytes in KPU RAM: g is whole line
+        groups, kcc.ir.kpu_ops.KpuBatchStack)."""
+        codes = self.g.add(O.Concat(1), tuple(self.u8_of(p) for p in n.inputs), n.name + "/u8")
+        return self.g.add(O.Reshape(n.shape), (upload(self.g, codes, n.name),), n.name + "/kpu")
+
     def kpu_channel_patch(self, n: Node) -> Node:
         """The map's layer, then one upload per batch of the patch's codes into its spare channels
         (kcc.emit.storage writes each at the line where channel c0 of its batch starts)."""
@@ -450,7 +470,7 @@ class _Rewriter:
         """n is a KPU layer's output, or a map of them in place, that KPU layers read where it is (also
         read as another map of the same bytes)."""
         return (self.table[n].domain is Domain.KPU or isinstance(n.op, KO.KpuRowPatch)
-                or (same_kpu_bytes(n) and self._in_kpu_ram(n.inputs[0])))
+                or ((same_kpu_bytes(n) or fan_batches(n)) and self._in_kpu_ram(n.inputs[0])))
 
     def layer_of(self, n: Node) -> Node:
         def make() -> Node:

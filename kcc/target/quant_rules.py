@@ -4,6 +4,9 @@
   §4.1); `kcc.quant.params` builds every quant param on it, and `widest_weight_range` /
   `weights_reason` / `channels_over_threshold` compare the fixed-up weight ranges with
   --weights-quantize-threshold, as ncc does (kcc.passes.legalize_kpu, kcc.passes.channel_split).
+* `shared_zero_point`: the grids of ranges that must share one zero point (a decomposed 5x5's channel
+  groups as the batches of one KPU layer, whose pad value is one code): kcc.quant.policy gives them,
+  kcc.passes.decompose_kernels weighs what they cost first.
 * The uint8 grid a model's weights may already lie on (pre-quantized models, quantization-aware
   training): the KPU holds uint8 weights on one grid per layer and a batch-norm multiplier per
   channel, so such weights are represented exactly. `kcc.quant.weight_grid` turns these grids into
@@ -164,3 +167,26 @@ def weights_reason(w: np.ndarray, ranges_of: np.ndarray, threshold: float) -> st
         return None
     return (f"weights range {rng:.1f} > threshold {threshold:g} "
             f"(--weights-quantize-threshold {math.ceil(rng)} puts it on the KPU)")
+
+
+def shared_zero_point(lo: np.ndarray, hi: np.ndarray) -> tuple[int, np.ndarray]:
+    """(z, levels per unit a range) of the grids holding ranges [lo, hi] (each fixed up) that all
+    have zero point z: a range's scale is the most its two sides allow (z levels below 0, 255 - z
+    above), and z (1..254) the one with the least mean squared step (1 / scale) over the ranges."""
+    fixed = [fixup_range(float(a), float(b)) for a, b in zip(lo, hi)]
+    lo = np.array([a for a, _ in fixed], np.float64)
+    hi = np.array([b for _, b in fixed], np.float64)
+    z = np.arange(1, 255, dtype=np.float64)[:, None]
+    with np.errstate(divide="ignore"):
+        levels = np.minimum(np.where(lo < 0, z / -lo, np.inf), np.where(hi > 0, (255.0 - z) / hi, np.inf))
+    best = int(np.argmin(np.mean(1.0 / levels ** 2, axis=1)))
+    return int(z[best, 0]), levels[best]
+
+
+def zero_point_growth(lo: np.ndarray, hi: np.ndarray) -> float:
+    """How much `shared_zero_point` widens the ranges' mean squared step against a grid each (its own
+    zero point): 1.0 when nothing is lost."""
+    fixed = np.array([fixup_range(float(a), float(b)) for a, b in zip(lo, hi)], np.float64)
+    own = np.mean(((fixed[:, 1] - fixed[:, 0]) / 255.0) ** 2)
+    _, levels = shared_zero_point(lo, hi)
+    return float(np.mean(1.0 / levels ** 2) / own)

@@ -3,19 +3,23 @@ allowance of a first try, the room a model over its budget is compiled again wit
 read a float input of the CPU as 8-bit codes within CODES_COSINE_BUDGET (bars: measured + 5 %)."""
 
 import numpy as np
+import pytest
 from kpu_checks import RNG, dw5x5_then_1x1, max_steps
 
 import kpu_sim
+from kcc import kmodel as km
 from kcc import pipeline
 from kcc.eval.interpreter import run
+from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph
 from kcc.options import CompileOptions
-from kcc.passes import decompose_kernels, kernel_budget, kernel_plans
+from kcc.passes import decompose_kernels, kernel_budget, kernel_forms, kernel_plans
 from kcc.passes.kernel_budget import CodesCosts, climb, codes_group
 from kcc.passes.kernel_forms import KPU_MADE, Form
 from kcc.pipeline import compile_graph
 from kcc.quant import policy
+from kcc.target import quant_rules
 
 rng = RNG
 
@@ -215,6 +219,7 @@ def test_codes_read_in_channel_groups_are_quantized_on_a_grid_each(monkeypatch):
         scales = {n.body.quant_param.scale for n in res.emitted.model.nodes if type(n.body).__name__ == "Quantize"}
         return steps, scales
 
+    monkeypatch.setattr(kernel_forms, "batchable_fan", lambda *args: False)  # a fan a group: its own zero point
     steps, scales = codes_build()
     monkeypatch.setattr(policy, "_slice_groups", lambda views: [views])  # one grid for every group
     one_grid, one_scale = codes_build()
@@ -224,6 +229,66 @@ def test_codes_read_in_channel_groups_are_quantized_on_a_grid_each(monkeypatch):
 
 GROUP_GRID_MAX_STEPS = (1.17, 1.12)  # (bar, measured): a grid per channel group
 ONE_GRID_MIN_STEPS = (1.67, 1.76)  # (bar = measured - 5 %, measured): one grid for all groups
+
+
+def _batched_fans(res) -> list:
+    return [n.body for n in res.emitted.model.nodes if isinstance(n.body, km.KpuConv2D) and n.body.batches > 1]
+
+
+def test_a_batched_fan_is_a_fan_a_group_on_the_same_grids(monkeypatch):
+    """A decomposed 5x5's channel groups as the batches of ONE fan layer (kcc.ir.kpu_ops.KpuBatchStack)
+    compute what a fan layer a group computes: compiled again with a fan a group but the batched
+    build's grids for the groups (a scale each, one zero point), kpu_sim's outputs are bit-identical,
+    and the kmodel holds one fan a conv instead of one a group (4 groups of 4 channels here)."""
+    compile_it = _two_dw5_blocks_compiler(monkeypatch, "prelu", 16)
+    _, ram = compile_it()
+    monkeypatch.setattr(pipeline, "DEVICE_RAM_BUDGET", ram - 1)
+    _, calib = compile_it.build()
+    batched, _ = compile_it()
+    assert [d.plan.combine for d in batched.decisions] == ["fan_kpu", "fan_kpu"], batched.decisions
+    assert [b.batches for b in _batched_fans(batched)] == [4, 4]
+    parts = [p.name for n in batched.float_graph.nodes if isinstance(n.op, KO.KpuBatchStack) for p in n.inputs]
+    grids = {name: batched.ranges[name] for name in parts}
+    assert len({r.param.zero_point for r in grids.values()}) == 2 and len({r.param.scale for r in grids.values()}) > 2
+
+    monkeypatch.setattr(kernel_forms, "batchable_fan", lambda *args: False)
+    monkeypatch.setattr(policy, "share_batch_zero_points", lambda g, ranges: ranges.update(grids))
+    per_group, _ = compile_it()
+    assert not _batched_fans(per_group)
+    assert [d.plan for d in per_group.decisions] == [d.plan for d in batched.decisions]
+    assert len(per_group.kmodel) - len(batched.kmodel) >= 2 * 3 * kernel_plans.KPU_LAYER_BYTES
+    one, many = kpu_sim.load(batched.kmodel), kpu_sim.load(per_group.kmodel)
+    for x in calib:
+        assert all(np.array_equal(a, b) for a, b in zip(one.run(x), many.run(x)))
+
+
+def test_groups_that_one_zero_point_would_cost_keep_a_fan_each(monkeypatch):
+    """decompose_kernels batches a 5x5's groups only where one zero point widens their mean squared
+    step by at most BATCH_STEP_GROWTH (kcc.target.quant_rules.zero_point_growth, over the samples):
+    allowed none, every group keeps its own fan and zero point; allowed any, both 5x5s batch theirs."""
+    compile_it = _two_dw5_blocks_compiler(monkeypatch, "quotient", 16, spread=100.0)
+    _, ram = compile_it()
+    monkeypatch.setattr(pipeline, "DEVICE_RAM_BUDGET", ram - 1)
+
+    def batches(growth: float) -> list[int]:
+        monkeypatch.setattr(decompose_kernels, "BATCH_STEP_GROWTH", growth)
+        res, _ = compile_it()
+        assert [d.plan.combine for d in res.decisions] == ["fan_kpu", "fan_kpu"], res.decisions
+        return [b.batches for b in _batched_fans(res)]
+
+    assert batches(0.0) == [] and batches(np.inf) == [4, 4]
+
+
+def test_one_zero_point_costs_what_the_growth_says():
+    """zero_point_growth: 1 for groups of one shape (one zero point fits them all), the ratio of
+    mean squared steps otherwise (a [-1, 1] group and a [0, 1] one: one zero point halves the
+    second's resolution at best)."""
+    same = quant_rules.zero_point_growth(np.array([-1.0, -2.0]), np.array([3.0, 6.0]))
+    assert same == pytest.approx(1.0, rel=1e-2)
+    mixed = quant_rules.zero_point_growth(np.array([-1.0, 0.0]), np.array([1.0, 1.0]))
+    assert mixed > 1.5
+    zero, levels = quant_rules.shared_zero_point(np.array([-1.0, 0.0]), np.array([1.0, 1.0]))
+    assert 1 <= zero <= 254 and zero / levels[0] >= 1.0 - 1e-6 and (255 - zero) / levels[1] >= 1.0 - 1e-6
 
 
 def test_a_retry_that_leaves_room_unused_is_made_once_more_with_it(monkeypatch):
