@@ -6,8 +6,8 @@ skip there through the whole block) asks this profile first, so that what it add
 2 MiB at every step instead of failing the allocation. The profile is the one the emitter will see
 before such forms, counted the way kcc.quant places tensors:
 
-* a KPU layer's output is in KPU RAM from its step to its last KPU reader (a CPU reader reads a
-  copy in main memory, made when the layer runs);
+* a KPU layer's output is in KPU RAM from its step to its last KPU reader, also one reading a batch
+  of it in place (a CPU reader reads a copy in main memory, made when the layer runs);
 * a channel concatenation whose parts are all KPU layers is one buffer the parts write in place
   (kcc.quant.kpu_ram), alive from its first part's step to its last KPU reader; its parts are not
   counted again;
@@ -54,6 +54,9 @@ class KpuLive:
             readers = [u for u in users[n] if _is_kpu(u)] + [u for p in parts for u in users[p] if _is_kpu(u)]
             # a map whose spare channels the CPU writes over lives until the patched map's reader
             readers += [r for u in users[n] if isinstance(u.op, KO.KpuChannelPatch) for r in users[u] if _is_kpu(r)]
+            # a batched fan's batches, read in place as channel ranges of it reshaped (kcc.quant.kpu_ram.batch_part)
+            readers += [r for u in users[n] if isinstance(u.op, O.Reshape) for v in users[u]
+                        if isinstance(v.op, O.StridedSlice) for r in users[v] if _is_kpu(r)]
             dies = max([self.step[id(u)] for u in readers], default=born)
             self.span[id(n)] = (born, dies, kpu_bytes(n.shape))
             for s in range(born, dies + 1):
