@@ -218,6 +218,8 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
             grids = [table[p].grid if on_codes(p) else own_grid(p) for p in n.inputs]
             if None in grids or len({q.zero_point for q in grids}) != 1:
                 raise KeyError(f"kpu_batch_stack '{n.name}': its parts are not on grids of one zero point")
+            if not all(isinstance(u.op, KO.FloatKpuConv) and keeps_grid(u) for u in users[n]):
+                raise KeyError(f"kpu_batch_stack '{n.name}': read by a layer that does not copy codes")
             table[n] = NodeQuant(Domain.CODES, grids[0])  # its copying layer is the same on any of them
             continue
         if (part := batch_part(n)) is not None:  # batch j of a batched fan: group j's grid
