@@ -39,6 +39,7 @@ from kcc.frontend import import_model  # noqa: E402
 from kcc.ir import ops as O  # noqa: E402
 from kcc.passes.canonicalize import canonicalize  # noqa: E402
 from kcc.passes.kernel_budget import CodesCosts  # noqa: E402
+from kcc.target.quant_rules import shared_zero_point  # noqa: E402
 
 GRIDS = ("tensor", "ch8", "ch4", "z4", "ch2", "z2", "s32", "s16", "s8", "ch", "scale", "component")
 CALIBRATION = 16
@@ -75,7 +76,8 @@ def _grid(lo: np.ndarray, hi: np.ndarray, grid: str) -> tuple[np.ndarray, np.nda
         return a, b
     if grid.startswith("z"):
         a, b = _grid(lo, hi, "ch" + grid[1:])
-        return _one_zero_point(a, b)
+        zero, levels = shared_zero_point(a, b)
+        return -zero / levels, (255.0 - zero) / levels
     if grid.startswith("ch") and grid != "ch":
         k = int(grid[2:])
         pad = -len(lo) % k
@@ -83,16 +85,6 @@ def _grid(lo: np.ndarray, hi: np.ndarray, grid: str) -> tuple[np.ndarray, np.nda
         b = np.concatenate([hi, np.full(pad, hi.max())]).reshape(-1, k).max(1)
         return np.repeat(a, k)[:len(lo)], np.repeat(b, k)[:len(hi)]
     return lo, hi
-
-
-def _one_zero_point(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ranges holding (lo, hi) per channel on grids that all have one zero point z: the step of a
-    channel is max(hi / (255 - z), -lo / z), and z (1..254) the one with the least mean squared step."""
-    z = np.arange(1, 255, dtype=np.float64)[:, None]
-    steps = np.maximum(hi[None, :] / (255.0 - z), -lo[None, :] / z)
-    best = int(np.argmin(np.mean(steps ** 2, axis=1)))
-    zb, s = float(z[best, 0]), steps[best]
-    return -zb * s, (255.0 - zb) * s
 
 
 def rounded_cosine(g, samples, targets: list, grid: str) -> float:

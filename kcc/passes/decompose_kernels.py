@@ -352,9 +352,14 @@ def decompose_kernels(g: Graph, ctx: CompileContext | None = None) -> Graph:
                                  if (d := final[id(n)][0]).plan is not None and d.status is not Status.ON_KPU)
     ctx.form_estimates = {n.name: estimate(n, final[id(n)][0].plan) for n in convs
                           if first[id(n)][1].status is not Status.ON_KPU}
+    names = {id(n): n.name for n in convs}
     fans = {id(n): final[id(n)][0].plan.group for n in convs if (p := final[id(n)][0].plan) is not None
             and p.combine == "fan_kpu" and p.group and id(n.inputs[0]) not in streamed and _cpu_float(n.inputs[0])}
-    growth = batch_growths(g, fans, (ctx.samples or [])[:BULK_SAMPLES]) if fans else {}
+    todo = {k: size for k, size in fans.items() if (names[k], size) not in ctx.batch_growth}
+    if todo:  # the same graph every retry: measured once
+        measured = batch_growths(g, todo, (ctx.samples or [])[:BULK_SAMPLES])
+        ctx.batch_growth.update({(names[k], todo[k]): v for k, v in measured.items()})
+    growth = {k: ctx.batch_growth.get((names[k], size), np.inf) for k, size in fans.items()}
     for n in convs:
         x, (d, cap) = first[id(n)][0], final[id(n)]
         if n.inputs[0] is not x and (d.plan is not None or ctx.form_room is None):  # an earlier rewrite changed its input

@@ -47,13 +47,10 @@ stack itself: 2 KPU layers a group instead of 10, 81*g*g weight bytes for the co
 layers' 9*g, so the most groups for the fewest kmodel bytes (~768 B a layer): wide 5x5 depthwise
 convs in groups of the channels one 64-byte line holds, each read in place in x's KPU RAM
 (kcc.ir.kpu_ops.KpuChannelView) and writing its output's channel range in place (KpuConcat).
-Every group's fan has the same weights, and a fan is the same layer on any grid with one zero point
-(its pad value). So where x is a float of the CPU (its groups are uploaded anyway) and one zero point
-widens its groups' steps at most 4 times in mean square (decompose_kernels.BATCH_STEP_GROWTH), the
-groups are the batches of
-ONE fan layer (`_batched_fan`: a kcc.ir.kpu_ops.KpuBatchStack of the groups, each on its own scale, a
-fan of G batches, group j's stack its batch j read in place): 1 fan body a conv instead of G, and one
-upload; the runtime still runs the fan once a batch (docs/measurements.md §29).
+Every group's fan has the same weights, the same layer on any grid of one zero point (its pad value):
+where x is a float of the CPU and one zero point widens its groups' steps at most 4x in mean square
+(decompose_kernels.BATCH_STEP_GROWTH), the groups, each on its own scale, are the batches of ONE fan
+(`_batched_fan`, kcc.ir.kpu_ops.KpuBatchStack; group j reads batch j in place; measurements §29).
 `copies_kpu` shifts each copy by a tap's whole offset (kernel_terms.copy_offsets), so the combine is a
 1x1 layer: 25 weight bytes per (output, input) channel pair of a group instead of `stack_kpu`'s 81, for
 25 + 1 KPU layers a group instead of 9 + 1. A copy by (2, 1) is the unit copy (1, 1) shifted by (1, 0)
@@ -415,7 +412,7 @@ def emit(add: Add, n: Node, x: Node, plan: Form, batch: bool = False) -> Node | 
         def views_of(src: Node, tag: str, channels: tuple[int, int] | None, own: dict) -> list[Node]:
             if offsets is not None:
                 return _chained_copies(add, src, offsets, tag, own, channels)
-            if plan.combine == "fan_kpu" and batched and channels is not None:
+            if batched and channels is not None:
                 return _batched_fan(add, src, shifts, tag, own, channels, plan.group)
             if plan.combine == "fan_kpu":
                 return _fanned_copies(add, src, shifts, tag, own, channels)

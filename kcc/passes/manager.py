@@ -84,6 +84,9 @@ class CompileContext:
     #: decompose_kernels: what reading each conv's float input as 8-bit codes costs the model's outputs
     #: (kcc.passes.kernel_budget.CodesCosts), measured on the first retry and carried to the next ones
     form_costs: CodesCosts | None = None
+    #: decompose_kernels: how much one zero point widens each fan_kpu conv's channel groups' steps, by
+    #: (conv name, channels a group), measured on the first try and carried to the retries
+    batch_growth: dict[tuple[str, int], float] = field(default_factory=dict)
     #: KPU RAM each decomposed conv's form leaves to the buffers alive beside it, by conv name
     #: (kcc.pipeline's retry after a KPU RAM overflow at that form, kcc.passes.decompose_kernels)
     kpu_ram_reserve: dict[str, int] = field(default_factory=dict)

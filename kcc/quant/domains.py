@@ -8,6 +8,7 @@ from enum import Enum
 
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
+from kcc.ir.graph import Node
 from kcc.quant.params import QuantParam
 
 LAYOUT_OPS = O.LAYOUT_OPS  # data movement (kcc.ir.ops), on uint8 codes as on floats
@@ -34,3 +35,15 @@ class NodeQuant:
     convs: tuple[tuple[KO.QuantConv, object], ...] = ()  # a uint8 conv: its channel runs and their codes
     binary: KO.QuantBinary | None = None  # a uint8 binary op
     table: object = None  # a PReLU channel's 256 output codes (np.ndarray, kcc.quant.cpu_table)
+
+
+def moves_values(n: Node) -> bool:
+    """n only moves its input's values: data movement (LAYOUT_OPS), or a nearest-neighbour resize
+    (FPN's and YOLO's x2 upsampling), which runs on uint8 as on float (resize_image, kmodel_v4.md §8.11)."""
+    return isinstance(n.op, LAYOUT_OPS) or (isinstance(n.op, O.Resize) and n.op.mode == "nearest")
+
+
+def copies_of(n: Node) -> Node | None:
+    """The tensor concatenation n copies (every part the same node: kcc.passes.phase_dilated's
+    broadcasts), else None. Copies move 8-bit codes as they are, on their source's grid."""
+    return n.inputs[0] if isinstance(n.op, O.Concat) and len({id(i) for i in n.inputs}) == 1 else None

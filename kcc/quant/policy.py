@@ -37,10 +37,10 @@ from kcc.quant.calibrate import (
 )
 from kcc.quant.calibration_view import calibration_view
 from kcc.quant.cpu_table import uint8_prelu
+from kcc.quant.domains import copies_of, moves_values
 from kcc.quant.logits import logit_ranges, softmax_logits
 from kcc.quant.params import GridRange, QuantParam, range_param
 from kcc.quant.prequantized import prequantized_ranges
-from kcc.quant.quantize import copies_of, moves_values
 from kcc.quant.weight_rounding import InputMoments
 from kcc.target.quant_rules import shared_zero_point
 
