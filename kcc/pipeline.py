@@ -2,8 +2,8 @@
 
     import_tflite -> canonicalize -> [load_samples -> grouped_as_dense -> phase_dilated -> split_channels
                                        -> eliminate_dilated_conv -> lower_transpose_conv -> concat_activations
-                                       -> decompose_kernels -> legalize_kpu -> prelu_tables -> calibrate
-                                       -> quantize]
+                                       -> decompose_kernels -> legalize_kpu -> prelu_tables -> table_stream
+                                       -> calibrate -> quantize]
                   -> lower_to_neutral
                   -> emit (plan memory, kmodel.write)
 
@@ -57,6 +57,7 @@ from kcc.passes.part_groups import part_groups
 from kcc.passes.parts_stack import parts_stack
 from kcc.passes.phase_dilated import phase_dilated
 from kcc.passes.prelu_tables import prelu_tables
+from kcc.passes.table_stream import table_stream
 from kcc.passes.transpose_conv import lower_transpose_conv
 from kcc.quant.calibrate import load_samples
 from kcc.quant.policy import calibrate_ranges
@@ -107,6 +108,7 @@ def stages(options: CompileOptions) -> list[Stage]:
         Stage("legalize_kpu", legalize_kpu),
         Stage("global_mean_codes", global_mean_codes),  # a global mean on the CPU as a conv on uint8 codes
         Stage("prelu_tables", prelu_tables),  # a float PReLU on the CPU as a table a channel on uint8 codes
+        Stage("table_stream", table_stream),  # a BlazeBlock's add before such tables as KPU layers over [skip; p]
         Stage("calibrate", calibrate_ranges, rewrites=False, banner="4. Calibrate activation ranges..."),
         Stage("quantize", quantize, banner="5. Quantize..."),
     ]

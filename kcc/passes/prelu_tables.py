@@ -54,6 +54,13 @@ TABLE_BYTES = 256  # one table_lookup1d table: a code for each of the 256 input 
 MIN_CYCLES_PER_BYTE = 32.0
 
 
+def uint8_prelu(n: Node) -> bool:
+    """n is a PReLU of one channel sliced off a batch-1 map, with a constant slope, as this pass makes
+    it: one table does it (kcc.quant.cpu_table)."""
+    return (isinstance(n.op, O.PRelu) and n.type.rank == 4 and n.shape[:2] == (1, 1)
+            and channel_range(n.inputs[0]) is not None and channel_values(n.inputs[0], n.inputs[1]) is not None)
+
+
 def table_prelu_cycles(x: Node) -> float:
     """CPU cycles of the per-channel form of a PReLU of x (module docstring)."""
     c, plane = x.shape[1], x.shape[2] * x.shape[3]

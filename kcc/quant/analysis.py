@@ -14,10 +14,11 @@ from kcc.ir import ops as O
 from kcc.ir.code_moves import averages_codes, keeps_grid, shift_copy
 from kcc.ir.graph import Graph, Node, channel_values
 from kcc.passes.kernel_cost import uint8_conv
+from kcc.passes.prelu_tables import uint8_prelu
 from kcc.quant.cpu_binary import quant_binary, uint8_binary
 from kcc.quant.cpu_conv import clamp_holds, quant_convs
 from kcc.quant.cpu_matmul import quant_matmul, uint8_matmul
-from kcc.quant.cpu_table import prelu_table, uint8_prelu
+from kcc.quant.cpu_table import prelu_table
 from kcc.quant.domains import Domain, NodeQuant, copies_of, moves_values
 from kcc.quant.floors import floor_bias, floor_debts
 from kcc.quant.kpu_params import LayerRanges, kpu_layer
@@ -145,8 +146,8 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
             table[n] = NodeQuant(Domain.CODES, table[part].grid if on_codes(part) else own_grid(part))
             continue
         if isinstance(op, KO.KpuStack):  # each part keeps its grid: only its 1x1 layer reads it
-            if not all(table[p].domain is Domain.KPU for p in n.inputs):
-                raise KeyError(f"kpu_stack '{n.name}': a part is not a KPU layer's output")
+            if not all(table[p].domain is Domain.KPU or (on_codes(p) and table[p].grid is not None) for p in n.inputs):
+                raise KeyError(f"kpu_stack '{n.name}': a part is neither a KPU layer's output nor codes")
             table[n] = NodeQuant(Domain.CODES, None)
             continue
         if moves_values(n):

@@ -13,9 +13,9 @@ from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph, Node
 from kcc.passes.kernel_cost import uint8_conv
+from kcc.passes.prelu_tables import uint8_prelu
 from kcc.quant.cpu_binary import uint8_binary
 from kcc.quant.cpu_matmul import uint8_matmul
-from kcc.quant.cpu_table import uint8_prelu
 
 PRE_ACTIVATION = "/pre_act"  # the suffix of a pre-activation point's name (a name only: see CalibrationView)
 

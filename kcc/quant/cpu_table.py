@@ -1,6 +1,6 @@
 """A PReLU channel left on the CPU, on uint8 codes through a 256-byte table: nncase's table_lookup1d.
 
-kcc.passes.prelu_tables cuts a float PReLU into one PReLU a channel (`uint8_prelu`): each reads its
+kcc.passes.prelu_tables cuts a float PReLU into one PReLU a channel (its `uint8_prelu`): each reads its
 channel's own grid and writes its own, so its whole function on the codes is one table
 
     table[k] = quantize_y(prelu(dequantize_x(k)))        k = 0..255
@@ -15,16 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kcc.ir import ops as O
-from kcc.ir.graph import Node, channel_range, channel_values
 from kcc.quant.params import QuantParam
-
-
-def uint8_prelu(n: Node) -> bool:
-    """n is a PReLU of one channel sliced off a batch-1 map, with a constant slope, as
-    kcc.passes.prelu_tables makes it: one table does it."""
-    return (isinstance(n.op, O.PRelu) and n.type.rank == 4 and n.shape[:2] == (1, 1)
-            and channel_range(n.inputs[0]) is not None and channel_values(n.inputs[0], n.inputs[1]) is not None)
 
 
 def prelu_table(alpha: float, x_q: QuantParam, y_q: QuantParam) -> np.ndarray:

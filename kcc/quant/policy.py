@@ -25,6 +25,7 @@ from kcc.ir import ops as O
 from kcc.ir.code_moves import averages_codes, keeps_grid, moves_codes
 from kcc.ir.graph import Graph, Node, channel_range
 from kcc.passes.manager import CompileContext
+from kcc.passes.prelu_tables import uint8_prelu
 from kcc.progress import counted
 from kcc.quant.calibrate import (
     Observer,
@@ -36,7 +37,6 @@ from kcc.quant.calibrate import (
     view_source,
 )
 from kcc.quant.calibration_view import calibration_view
-from kcc.quant.cpu_table import uint8_prelu
 from kcc.quant.domains import copies_of, moves_values
 from kcc.quant.logits import logit_ranges, softmax_logits
 from kcc.quant.params import GridRange, QuantParam, range_param
@@ -209,7 +209,7 @@ def _read_as_codes(n: Node, users: dict[Node, list[Node]]) -> bool:
     """Every reader of n is a KPU layer (or the batches of one, a KpuBatchStack), or data movement
     whose readers all are."""
     return bool(users[n]) and all(
-        isinstance(u.op, (KO.FloatKpuConv, KO.KpuBatchStack)) or (moves_values(u) and _read_as_codes(u, users))
+        isinstance(u.op, (KO.FloatKpuConv, KO.KpuBatchStack, KO.KpuStack)) or (moves_values(u) and _read_as_codes(u, users))
         for u in users[n])
 
 

@@ -102,6 +102,7 @@ class _Rewriter:
         self.g = Graph()
         self.made: dict[tuple[str, Node, QuantParam | None], Node] = {}
         self.written_into: dict[Node, Node] = {}  # KPU layer -> the KpuConcat its output is part of
+        self.uploads: dict[tuple[int, ...], Node] = {}  # parts on the CPU -> their codes' one upload
         self.placements: dict[Node, Placement] = {}  # concatenation between KPU layers -> where it runs
         self.late = late_reads(src, table)  # a pyramid's late reads of a map, from its codes
 
@@ -269,20 +270,51 @@ class _Rewriter:
 
     def kpu_stack(self, n: Node) -> Node:
         """A multi-grid stack: its parts write their channel ranges of one buffer (a KpuConcat);
-        kcc.passes.residual_kpu made sure each part starts on a line and is written nowhere else."""
-        for p in n.inputs:
+        kcc.passes.residual_kpu and table_stream made sure each part starts on a line and is written
+        nowhere else. A run of parts that are codes on the CPU (a PReLU's tables' channel groups,
+        kcc.passes.table_stream) is one upload into the buffer, each part on its grid."""
+        ins: list[Node] = []
+        codes: list[Node] = []
+        for p in (*n.inputs, None):
+            if p is not None and self.table[p].domain is not Domain.KPU:
+                codes.append(p)
+                continue
+            if codes:
+                ins.extend(self._codes_parts(tuple(codes), f"{n.name}/codes{len(ins)}"))
+                codes = []
+            if p is None:
+                break
             if self.written_into.get(p, n) is not n:
                 raise KeyError(f"kpu_stack '{n.name}': part '{p.name}' is already written into "
                                f"'{self.written_into[p].name}'")
             self.written_into[p] = n
-        return self.g.add(KO.KpuConcat(), tuple(self.layer_of(p) for p in n.inputs), n.name + "/kpu")
+            ins.append(self.layer_of(p))
+        return self.g.add(KO.KpuConcat(), tuple(ins), n.name + "/kpu")
+
+    def _codes_parts(self, parts: tuple[Node, ...], name: str) -> list[Node]:
+        """Codes on the CPU as parts of a buffer in KPU RAM: each part's own upload where KPU layers
+        read it already (a decomposed conv's channel groups: the upload then writes into the buffer,
+        where they read it), else one upload of them all (`codes_upload`)."""
+        made = [self.made.get(("kpu", p, None)) for p in parts]
+        if tuple(id(p) for p in parts) not in self.uploads and all(
+                m is not None and isinstance(m.op, KO.KpuUpload) for m in made):
+            return made
+        return [self.codes_upload(parts, name)]
+
+    def codes_upload(self, parts: tuple[Node, ...], name: str) -> Node:
+        """The parts' codes, each on its own grid, concatenated in place on the CPU and uploaded once,
+        however many buffers read them (a batched fan's and a stack's, kcc.passes.table_stream)."""
+        key = tuple(id(p) for p in parts)
+        if key not in self.uploads:
+            codes = self.g.add(O.Concat(1), tuple(self.u8_of(p) for p in parts), name + "/u8")
+            self.uploads[key] = upload(self.g, codes, name)
+        return self.uploads[key]
 
     def kpu_batch_stack(self, n: Node) -> Node:
-        """The groups' codes, each on its own grid, concatenated in place on the CPU, uploaded once
-        and read by the batched layer as [G, g, H, W] (the same bytes in KPU RAM: g is whole line
-        groups, kcc.ir.kpu_ops.KpuBatchStack)."""
-        codes = self.g.add(O.Concat(1), tuple(self.u8_of(p) for p in n.inputs), n.name + "/u8")
-        return self.g.add(O.Reshape(n.shape), (upload(self.g, codes, n.name),), n.name + "/kpu")
+        """The groups' codes, each on its own grid, uploaded once (`codes_upload`) and read by the
+        batched layer as [G, g, H, W] (the same bytes in KPU RAM: g is whole line groups,
+        kcc.ir.kpu_ops.KpuBatchStack)."""
+        return self.g.add(O.Reshape(n.shape), (self.codes_upload(n.inputs, n.name),), n.name + "/kpu")
 
     def kpu_channel_patch(self, n: Node) -> Node:
         """The map's layer, then one upload per batch of the patch's codes into its spare channels

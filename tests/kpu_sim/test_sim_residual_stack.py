@@ -136,3 +136,34 @@ def test_two_identities_get_the_integer_pair_closest_to_the_grids_ratio(ratio):
     d = pq.scale / xq.scale
     got = codes[np.arange(4), 4 + np.arange(4)] / codes[np.arange(4), np.arange(4)]
     assert sw.exact.all() and np.all(np.abs(got * d - 1) < 1e-3), got * d
+
+
+def test_a_sum_over_many_skip_grids_in_sorted_rows_matches_the_reference():
+    """kcc.passes.table_stream's layers: [I I] over [y's channel groups; p], each group of the skip on
+    a grid of its own (a PReLU's tables' codes, one grid a group), one layer per run of output
+    channels taken out of order. kpu_sim == the scalar reference bit for bit; every skip weight an
+    exact integer; each output within the output's own rounding of the float sum of the two
+    dequantized codes (measured at most 0.4985 steps: the pair's other weight rounds to within 0.1 %
+    of the grids' ratio)."""
+    groups = [get_quant_param(-0.2, 0.3), get_quant_param(-4.0, 1.0), get_quant_param(-30.0, 45.0),
+              get_quant_param(0.0, 2.0)]
+    g, c, size = 2, 8, 8
+    pq = get_quant_param(-6.0, 9.0)
+    parts = [(q, g) for q in groups] + [(pq, c)]
+    codes = rng.integers(0, 256, (1, 2 * c, size, size), dtype=np.uint8)
+    real = np.concatenate([q.dequantize(codes[:, g * k:g * (k + 1)]) for k, q in enumerate(groups)]
+                          + [pq.dequantize(codes[:, c:])], axis=1).astype(np.float64)
+    for rows in (np.array([5, 4, 0]), np.array([7, 1, 3, 6, 2])):  # channels of the sum, as table_stream orders them
+        w = np.zeros((len(rows), 2 * c, 1, 1), np.float32)
+        w[np.arange(len(rows)), rows, 0, 0] = 1.0
+        w[np.arange(len(rows)), c + rows, 0, 0] = 1.0
+        exact = real[:, rows] + real[:, c + rows]
+        z = (float(exact.min()), float(exact.max()))
+        q = kpu_layer(KO.FloatKpuConv(1), w, np.zeros(len(rows), np.float32), LayerRanges(pq, z, z), stack=parts)
+        assert stacked_weights(w, np.zeros(len(rows), np.float32), parts).exact.all()
+        layer = _layer(q, codes.shape)
+        got = run_layer(layer, codes)
+        np.testing.assert_array_equal(got, reference_layer(layer, codes))
+        zq = get_quant_param(*z)
+        err = np.abs(zq.dequantize(got) - exact) * zq.scale
+        assert err.max() <= 0.51, err.max()

@@ -231,6 +231,25 @@ def cpu_prelu(rng: np.random.Generator) -> Graph:
     return g
 
 
+def add_before_tables(rng: np.random.Generator) -> Graph:
+    """table_stream: an add of two 1x1 KPU layers' outputs (%skip, and %scaled: the projection over %h,
+    the product by a channel's scale folded in) whose PReLU runs as tables. Look for %add/stack, a
+    kpu_stack of the two, and 1x1 KPU layers over it (%add/stream0, 1), each with weights [I I] on its
+    rows (the sum's channels taken in the order of their ranges' widths, a run of like widths a layer:
+    three and one here), the tables' channels (%prelu/channel0..3) slices of those layers, and the
+    float add gone."""
+    g = Graph()
+    x = g.input(0, (1, 4, 24, 24))
+    skip = _conv(g, x, 4, 1, "skip", rng)
+    p = _conv(g, _conv(g, x, 4, 1, "h", rng, act=RELU6), 4, 1, "proj", rng)
+    scale = g.constant(np.array([1.0, 8.0, 0.25, 1.0], np.float32).reshape(1, 4, 1, 1), "scale")
+    a = g.add(O.Binary("add"), (skip, g.add(O.Binary("mul"), (p, scale), "scaled")), "add")
+    alpha = g.constant(np.array([0.25, -0.5, 1.5, 0.1], np.float32).reshape(1, 4, 1, 1), "alpha")
+    y = g.add(O.PRelu(), (a, alpha), "prelu")
+    g.outputs = [_conv(g, y, 4, 1, "head", rng)]
+    return g
+
+
 def classifier_mean(rng: np.random.Generator) -> Graph:
     """global_mean_sums: the global mean of an 8x8 map that a 1x1 relu6 conv writes into KPU RAM. Look
     for two depthwise 3x3 convs at stride 2, padding 1 (%gap/block_sum0, %gap/block_sum1: 8x8 -> 4x4
@@ -279,6 +298,7 @@ CASES = [
     # under its name (the float reduce renamed %gap/float and gone)
     Case("global_mean_codes", classifier_mean),
     Case("prelu_tables", cpu_prelu),
+    Case("table_stream", add_before_tables),
     Case("lower_to_neutral", prelu, inference_type="float"),
 ]
 

@@ -70,7 +70,7 @@ def test_a_failing_verify_names_the_stage_once():
 
 def test_the_pipeline_reads_as_its_stages():
     k210 = ["canonicalize", "weights_range", "load_samples", "grouped_as_dense", "phase_dilated", "global_mean_sums", "split_channels",
-            "eliminate_dilated_conv", "lower_transpose_conv", "concat_activations", "decompose_kernels", "part_groups", "parts_stack", "form_activations", "legalize_kpu", "global_mean_codes", "prelu_tables", "calibrate", "quantize",
+            "eliminate_dilated_conv", "lower_transpose_conv", "concat_activations", "decompose_kernels", "part_groups", "parts_stack", "form_activations", "legalize_kpu", "global_mean_codes", "prelu_tables", "table_stream", "calibrate", "quantize",
             "lower_to_neutral", "emit"]
     assert [s.name for s in stages(CompileOptions())] == k210
     assert [s.name for s in stages(CompileOptions(inference_type="float"))] == \
