@@ -10,18 +10,20 @@ still adds on the CPU, in float:
 with y the previous block's PReLU: its tables' codes, dequantized a channel at a time for the add.
 Here the add becomes 1x1 KPU layers over one buffer of KPU RAM (a KpuStack), [I I] over [y; p]:
 
-    a_j = [I I] rows P_j @ [y's channel groups; p]        j = 0 .. C/STREAM_CHUNK - 1
+    a_j = [I I] rows P_j @ [y's channel groups; p]        one layer a run P_j of a's channels
 
-each over STREAM_CHUNK channels of a, taken in the order of their ranges' widths, so that each
-layer's one output grid is narrow for all of its channels (one grid for all of a costs BlazePalm's
-outputs 9e-4 of cosine, 16 channels so sorted 6e-5: docs/measurements.md §28). The tables read
-their channel of a_j's copied-out codes as they are: no dequantize of p, no float add, no quantize
-a channel. y's part of the buffer is its channel groups (the tables' codes concatenated a group at a
-time on the group's grid, kcc.quant.policy `share_table_grids`), which the block's decomposed 5x5
-reads anyway: the codes are uploaded once, into the buffer, for both (kcc.quant.quantize); each
-group keeps its grid, absorbed by the layer's weights and bias (kcc.quant.kpu_params.stacked_weights:
-the skip's weight an exact integer per output channel). The float y then has no reader left, and
-its dequantize a channel goes too. A skip that is a KPU layer's output read by the add alone (a
+the runs taken in the order of the channels' range widths (`chunks`: at most STREAM_CHUNK channels,
+the widest at most STREAM_WIDTHS times the narrowest), so that each layer's one output grid is
+nearly each of its channels' own (one grid for all of a costs BlazePalm's outputs 9e-4 of cosine,
+16 channels so sorted 6e-5: docs/measurements.md §28). The tables read their channel of a_j's
+copied-out codes as they are: no dequantize of p, no float add, no quantize a channel. y's part of
+the buffer is its channel groups (the tables' codes concatenated a group at a time on the group's
+grid, kcc.quant.policy `share_table_grids`), which the block's decomposed 5x5 uploads anyway, a
+group at a time for its copy layers or all at once as the batches of its fan: those uploads write
+into the buffer, where the 5x5 reads them too (kcc.quant.quantize `_codes_parts`). Each group keeps
+its grid, absorbed by the layers' weights and bias (kcc.quant.kpu_params.stacked_weights: the skip's
+weight an exact integer per output channel). The float y then has no reader left, and its
+dequantize a channel goes too. A skip that is a KPU layer's output read by the add alone (a
 stride-2 block's pooled, channel-padded skip) is a part of the buffer as it is.
 
 Taken for an add with no clamp of a 1x1 bypass-pool KPU projection read by the add alone and such a

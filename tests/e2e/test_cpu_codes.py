@@ -4,7 +4,7 @@ nearest upsampling as data movement (kcc.quant.quantize.moves_values)."""
 
 import numpy as np
 import pytest
-from kpu_checks import RNG, max_steps
+from kpu_checks import RNG, max_steps, rms_steps
 from kpu_checks import const as _const
 
 import kpu_sim
@@ -136,12 +136,7 @@ def _scaled_compile(g, shape, state, **options):
     rng.bit_generator.state = state
     calib = [[(rng.uniform(-1, 1, shape) * _SCALES).astype(np.float32)] for _ in range(8)]
     res = compile_graph(g, CompileOptions(input_type="float", **options), samples=calib)
-    errs = []
-    for s in calib:
-        want = run(g, s)[0]
-        got = kpu_sim.load(res.kmodel).run(s)[0].reshape(want.shape)
-        errs.append(np.sqrt(np.mean((got - want) ** 2)) / ((want.max() - min(want.min(), 0)) / 255))
-    return res, float(np.mean(errs))
+    return res, rms_steps(g, res.kmodel, calib)
 
 
 def _tables_match_their_grids(model, slopes, out_grids=None):

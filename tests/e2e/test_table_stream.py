@@ -5,12 +5,10 @@ import collections
 
 import numpy as np
 import pytest
-from kpu_checks import RNG
+from kpu_checks import RNG, rms_steps
 from kpu_checks import const as _const
 
-import kpu_sim
 from kcc import latency
-from kcc.eval.interpreter import run
 from kcc.ir import kpu_ops as KO
 from kcc.ir import ops as O
 from kcc.ir.graph import Graph
@@ -51,12 +49,7 @@ def _compile(state, monkeypatch, taken=True):
     calib = [[(rng.uniform(-1, 1, (1, 8, 24, 24)) * _SCALES).astype(np.float32)] for _ in range(8)]
     g = _blocks()
     res = compile_graph(g, CompileOptions(input_type="float", decompose="fast"), samples=calib)
-    errs = []
-    for s in calib:
-        want = run(g, s)[0]
-        got = kpu_sim.load(res.kmodel).run(s)[0].reshape(want.shape)
-        errs.append(np.sqrt(np.mean((got - want) ** 2)) / ((want.max() - min(want.min(), 0)) / 255))
-    return res, float(np.mean(errs))
+    return res, rms_steps(g, res.kmodel, calib)
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,19 @@ def max_steps(got, want):
     return float(np.abs(got - want).max() / ((want.max() - min(want.min(), 0)) / 255))
 
 
+def rms_steps(g, kmodel: bytes, samples) -> float:
+    """kpu_sim's rms error against the float graph g, in steps of the output's range (0 included) over
+    255, the mean over the samples (each a list of input arrays)."""
+    from kcc.eval.interpreter import run
+    program = kpu_sim.load(kmodel)
+    errs = []
+    for s in samples:
+        want = run(g, s)[0]
+        got = program.run(s)[0].reshape(want.shape)
+        errs.append(np.sqrt(np.mean((got - want) ** 2)) / ((want.max() - min(want.min(), 0)) / 255))
+    return float(np.mean(errs))
+
+
 def scalar_reference():
     """tests/kpu_sim/kpu_reference.py (kpu_semantics.md §3 in Python ints, no code shared with
     kpu_sim), loaded by path: only tests/support is on sys.path."""
