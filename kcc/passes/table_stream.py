@@ -60,22 +60,33 @@ SAMPLES = 4  # calibration samples the channels' ranges are sorted by
 
 def _skip_parts(y: Node, users: dict[Node, list[Node]]) -> list[Node] | None:
     """y as parts of a buffer of KPU RAM, or None: a KPU layer's output read by the add alone, or the
-    channel groups of a PReLU's tables (concatenations of its tables' codes, in order, that KPU layers
-    read), each starting on a line."""
+    channel groups of y that KPU layers read (a decomposed 5x5's), each starting on a line: of a
+    PReLU's tables, concatenations of its tables' codes in order; of another float of the CPU,
+    channel ranges of it (quantized on their grids and uploaded for those layers)."""
     _, c, h, w = y.shape
     if isinstance(y.op, KO.FloatKpuConv):
         return [y] if len(users[y]) == 1 else None
-    if not (isinstance(y.op, O.Concat) and y.op.axis == 1 and all(uint8_prelu(t) for t in y.inputs)):
-        return None
-    starts = {id(t): k for k, t in enumerate(y.inputs)}
+    read = (KO.FloatKpuConv, KO.KpuBatchStack)
     groups: dict[int, Node] = {}
+    for u in users[y]:  # a float of the CPU: the channel ranges of it KPU layers read (quantized, uploaded)
+        r = channel_range(u)
+        if r is not None and any(isinstance(v.op, read) for v in users[u]):
+            groups.setdefault(r[0], u)
+    if not (isinstance(y.op, O.Concat) and y.op.axis == 1 and all(uint8_prelu(t) for t in y.inputs)):
+        return _cover(groups, c, h, w)
+    starts = {id(t): k for k, t in enumerate(y.inputs)}
     for t in y.inputs:
         for u in users[t]:
             if (u is not y and isinstance(u.op, O.Concat) and u.op.axis == 1 and id(u.inputs[0]) in starts
                     and [starts.get(id(i)) for i in u.inputs] == list(range(starts[id(u.inputs[0])],
                                                                            starts[id(u.inputs[0])] + len(u.inputs)))
-                    and any(isinstance(r.op, (KO.FloatKpuConv, KO.KpuBatchStack)) for r in users[u])):
+                    and any(isinstance(r.op, read) for r in users[u])):
                 groups.setdefault(starts[id(u.inputs[0])], u)
+    return _cover(groups, c, h, w)
+
+
+def _cover(groups: dict[int, Node], c: int, h: int, w: int) -> list[Node] | None:
+    """The groups (by first channel) that cover channels 0..c-1 in order, each starting on a line."""
     parts, at = [], 0
     while at < c:
         part = groups.get(at)

@@ -146,8 +146,9 @@ def analyze(g: Graph, ranges: Ranges, input_u8: bool, moments: InputMoments | No
             table[n] = NodeQuant(Domain.CODES, table[part].grid if on_codes(part) else own_grid(part))
             continue
         if isinstance(op, KO.KpuStack):  # each part keeps its grid: only its 1x1 layer reads it
-            if not all(table[p].domain is Domain.KPU or (on_codes(p) and table[p].grid is not None) for p in n.inputs):
-                raise KeyError(f"kpu_stack '{n.name}': a part is neither a KPU layer's output nor codes")
+            # a part of the CPU is uploaded on its grid (kcc.passes.table_stream's skip groups)
+            if not all(table[p].domain is Domain.KPU or table[p].grid is not None for p in n.inputs):
+                raise KeyError(f"kpu_stack '{n.name}': a part is neither a KPU layer's output nor on a grid")
             table[n] = NodeQuant(Domain.CODES, None)
             continue
         if moves_values(n):
