@@ -23,8 +23,10 @@ group at a time for its copy layers or all at once as the batches of its fan: th
 into the buffer, where the 5x5 reads them too (kcc.quant.quantize `_codes_parts`). Each group keeps
 its grid, absorbed by the layers' weights and bias (kcc.quant.kpu_params.stacked_weights: the skip's
 weight an exact integer per output channel). The float y then has no reader left, and its
-dequantize a channel goes too. A skip that is a KPU layer's output read by the add alone (a
-stride-2 block's pooled, channel-padded skip) is a part of the buffer as it is.
+dequantize a channel goes too. A skip that is another float of the CPU (BlazePalm's FPN sum before
+its last blocks) is read the same way, in the channel ranges of it that the 5x5 quantizes and
+uploads. A skip that is a KPU layer's output read by the add alone (a stride-2 block's pooled,
+channel-padded skip) is a part of the buffer as it is.
 
 Taken for an add with no clamp of a 1x1 bypass-pool KPU projection read by the add alone and such a
 skip, whose every reader is one channel of it read by a table (prelu_tables took its PReLU), each
