@@ -22,9 +22,10 @@ Quantized stage (after `quantize`, executed bit-exactly only by kpu_sim):
                             §8.18): a PReLU channel on the CPU (kcc.quant.cpu_table)
 
 Both stages:
-    KpuStack                KPU layers' outputs side by side in one KPU RAM buffer, each part on its
-                            own grid, read by one 1x1 KPU layer only (a residual add on the KPU,
-                            kcc.passes.residual_kpu); a float concatenation, quantized as a KpuConcat
+    KpuStack                KPU layers' outputs (or CPU tensors uploaded) side by side in one KPU RAM
+                            buffer, each part on its own grid, read by 1x1 KPU layers only (a residual
+                            add on the KPU, kcc.passes.residual_kpu, table_stream); a float
+                            concatenation, quantized as a KpuConcat
     KpuRowPatch             a map in KPU RAM with some rows of some channels written over by other
                             KPU layers, in place (kcc.passes.row_pick's row bands): no node of its own
     KpuChannelPatch         a batched map in KPU RAM whose last channels, spare in its layer, the CPU
@@ -276,7 +277,9 @@ class KpuStack(Op):
     KPU layer that alone reads them. Unlike a Concat, each part keeps its own grid once quantized:
     the layer reads the buffer with one input offset and absorbs each part's zero point and scale
     in its bias and weights (kcc.quant.kpu_params.stacked_weights); 1x1 only, so no padding ever
-    meets two zero points. Quantized, it is a KpuConcat (the parts write their channel ranges)."""
+    meets two zero points. Quantized, it is a KpuConcat (the parts write their channel ranges). A
+    part may also be a tensor of the CPU on a grid of its own, uploaded into its range
+    (kcc.passes.table_stream's skip groups)."""
 
     kind: ClassVar[str] = "kpu_stack"
 

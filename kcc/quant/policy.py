@@ -206,8 +206,8 @@ def share_table_grids(g: Graph, ranges: dict[str, Range]) -> None:
 
 
 def _read_as_codes(n: Node, users: dict[Node, list[Node]]) -> bool:
-    """Every reader of n is a KPU layer (or the batches of one, a KpuBatchStack), or data movement
-    whose readers all are."""
+    """Every reader of n is a KPU layer (or the batches of one, a KpuBatchStack, or a part of the
+    buffer one reads, a KpuStack), or data movement whose readers all are."""
     return bool(users[n]) and all(
         isinstance(u.op, (KO.FloatKpuConv, KO.KpuBatchStack, KO.KpuStack)) or (moves_values(u) and _read_as_codes(u, users))
         for u in users[n])
