@@ -274,8 +274,8 @@ class KpuChannelView(Op):
 @dataclass(frozen=True)
 class KpuStack(Op):
     """Channels of KPU layers side by side, in float (a concatenation along channels) for the 1x1
-    KPU layer that alone reads them. Unlike a Concat, each part keeps its own grid once quantized:
-    the layer reads the buffer with one input offset and absorbs each part's zero point and scale
+    KPU layers that alone read them. Unlike a Concat, each part keeps its own grid once quantized:
+    a layer reads the buffer with one input offset and absorbs each part's zero point and scale
     in its bias and weights (kcc.quant.kpu_params.stacked_weights); 1x1 only, so no padding ever
     meets two zero points. Quantized, it is a KpuConcat (the parts write their channel ranges). A
     part may also be a tensor of the CPU on a grid of its own, uploaded into its range
