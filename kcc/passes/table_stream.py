@@ -137,8 +137,8 @@ def _uploaded(parts: list[Node], users: dict[Node, list[Node]]) -> bool:
     return all(any(isinstance(u.op, KO.FloatKpuConv) for u in users[p]) for p in parts)
 
 
-def _saved_cycles(b: _Block, users: dict[Node, list[Node]]) -> float:
-    """CPU cycles today's add saves less what its layers cost (kcc.target.k210's cost model)."""
+def _saved_cycles(b: _Block, layers: list[np.ndarray], users: dict[Node, list[Node]]) -> float:
+    """CPU cycles today's add saves less what its `layers` cost (kcc.target.k210's cost model)."""
     n, proj, skip = b.n, b.proj, b.skip
     _, c, h, w = n.shape
     plane = h * w
@@ -148,17 +148,16 @@ def _saved_cycles(b: _Block, users: dict[Node, list[Node]]) -> float:
         today += cpu_cycles("kpu_download_byte") * skip.type.size + _per_element("dequantize", skip)
     elif users[skip] == [n]:  # the float y is made for this add alone: a dequantize a channel
         today += c * (plane * cpu_cycles("dequantize") + CPU_NODE_CYCLES)
-    chunks = -(-c // STREAM_CHUNK)
-    new = sum(_layer_cycles((1, 2 * c, h, w), min(STREAM_CHUNK, c - j * STREAM_CHUNK), 1) for j in range(chunks))
+    new = sum(_layer_cycles((1, 2 * c, h, w), len(rows), 1) for rows in layers)
     new += cpu_cycles("kpu_download_byte") * n.type.size
     if not isinstance(skip.op, KO.FloatKpuConv) and not _uploaded(b.parts, users):
         new += _upload(skip) + CPU_NODE_CYCLES
     return today - new
 
 
-def _stream_bytes(c: int) -> int:
-    chunks = -(-c // STREAM_CHUNK)
-    return 2 * c * c + 8 * c + chunks * KPU_LAYER_BYTES
+def _stream_bytes(c: int, layers: list[np.ndarray]) -> int:
+    """Kmodel bytes of the layers: [I I] weights, batch-norm words, layer headers."""
+    return 2 * c * c + 8 * c + len(layers) * KPU_LAYER_BYTES
 
 
 def _channel_widths(g: Graph, blocks: list[_Block], samples: list | None) -> dict[int, np.ndarray]:
@@ -192,10 +191,9 @@ def chunks(widths: np.ndarray) -> list[np.ndarray]:
     return [np.array(rows) for rows in out]
 
 
-def _rewrite(g: Graph, b: _Block, widths: np.ndarray | None, users: dict[Node, list[Node]]) -> None:
+def _rewrite(g: Graph, b: _Block, layers: list[np.ndarray], users: dict[Node, list[Node]]) -> None:
     n, proj = b.n, b.proj
     c = n.shape[1]
-    layers = chunks(widths) if widths is not None else np.array_split(np.arange(c), -(-c // STREAM_CHUNK))
     stack = g.insert_before(n, KO.KpuStack(), (*b.parts, proj), n.name + "/stack")
     where: dict[int, tuple[Node, int]] = {}  # channel of a -> (its layer, its channel there)
     for j, rows in enumerate(layers):
@@ -222,13 +220,16 @@ def table_stream(g: Graph, ctx: CompileContext | None = None) -> Graph:
         return g
     users = g.users()
     rate = max(MIN_CYCLES_PER_BYTE, ctx.room_rate or 0.0)
-    blocks = [b for n in g.nodes if (b := _block(n, users)) is not None
-              and _saved_cycles(b, users) >= rate * _stream_bytes(n.shape[1])]
-    if not blocks:
+    found = [b for n in g.nodes if (b := _block(n, users)) is not None]
+    if not found:
         return g
-    widths = _channel_widths(g, blocks, ctx.samples)
+    widths = _channel_widths(g, found, ctx.samples)
+    layers = {id(b.n): chunks(widths[id(b.n)]) if id(b.n) in widths
+              else np.array_split(np.arange(b.n.shape[1]), -(-b.n.shape[1] // STREAM_CHUNK)) for b in found}
+    blocks = [b for b in found if _saved_cycles(b, layers[id(b.n)], users)
+              >= rate * _stream_bytes(b.n.shape[1], layers[id(b.n)])]
     for b in blocks:
-        _rewrite(g, b, widths.get(id(b.n)), users)
+        _rewrite(g, b, layers[id(b.n)], users)
     g.remove_dead()
     done = {b.n.name for b in blocks}  # prelu_stream said why it kept them on the CPU
     ctx.placements[:] = [p for p in ctx.placements if not (p.op == "add" and p.node in done)]
