@@ -80,11 +80,12 @@ EXPLICIT_PAIR_RAM = KPU_RAM_SIZE // 2
 
 #: most kmodel bytes one BlazeBlock's stream may add (`streamed_prelus`): its pair layer (2C outputs
 #: over its stack) and, when a conv with a kernel over 3x3 (a 5x5) reads its PReLU or its pair is
-#: over STREAM_PAIR_RAM, the merge layer making the PReLU explicit (C x 2C). BlazePalm's 128-channel blocks
-#: (96 + 32 KiB each; 96 KiB for the two that feed its heads) put its kmodel and working memory over the device budget (6.08 MiB measured
-#: with them, 5.40 MiB on main), its 64-channel ones take 24 + 8 KiB; iris' blocks (80 KiB, 3x3
-#: readers that fold the pair: no merge) and hand recrop's stay within it
-STREAM_BLOCK_BYTES = 88 * 1024
+#: over STREAM_PAIR_RAM, the merge layers making the PReLU explicit (C x 2C). BlazePalm's 128-channel
+#: 24x24 blocks take 96 + 32 KiB each: streamed, the device RAM retry gives their bytes back from its
+#: 5x5s' forms (board build 450.1 -> 411.1 ms at 5.12 MiB, docs/measurements.md §31); its 256-channel
+#: 12x12 and 6x6 blocks (384 + 128 KiB) are not. Its 64-channel ones take 24 + 8 KiB; iris' blocks
+#: (80 KiB, 3x3 readers that fold the pair: no merge) and hand recrop's stay within it too
+STREAM_BLOCK_BYTES = 128 * 1024
 
 
 def pair_shape(n: Node) -> tuple[int, ...]:

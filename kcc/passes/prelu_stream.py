@@ -57,8 +57,10 @@ this pass and asks first which PReLUs it will keep in KPU RAM (kcc.passes.blaze_
 the PReLUs of BlazeBlock adds whose pair takes at most EXPLICIT_PAIR_RAM); it decomposes a conv reading one
 as an 8-bit KPU input, without the residual channels, as it would a KPU layer's output. The decomposed
 form's shifted copies (depthwise KPU layers concatenated in KPU RAM) read the PReLU made explicit
-by one merge layer per channel group (a depthwise reader whose readers are not all KPU convs is
-not split over the pair). A skip the CPU makes (BlazePalm's stem PReLU; the channel-padded pool of
+by one merge layer per channel group, each on its own output grid as the groups the CPU quantizes
+are (one merge sliced into the groups cost BlazePalm's 24x24 streams 0.002 of cosine,
+docs/measurements.md §31; a depthwise reader whose readers are not all KPU convs is not split over
+the pair). A skip the CPU makes (BlazePalm's stem PReLU; the channel-padded pool of
 a block too large to stream) is uploaded by a 1x1 identity layer, a part of the stack: the stream
 starts there.
 
@@ -130,7 +132,6 @@ def _is_kpu(v: Node) -> bool:
 class _Rewriter:
     def __init__(self, g: Graph, opts: CompileOptions, adds: set[str] | None = None):
         self.src, self.opts, self.adds = g, opts, adds
-        self.slices: dict[int, Node] = {}  # a channel slice of a form -> its source (`explicit`)
         self.users = g.users()
         self.outputs = {id(o) for o in g.outputs}
         self.g = Graph()
@@ -147,10 +148,7 @@ class _Rewriter:
         """v's node in the new graph; a form is made explicit by a 1x1 "merge" layer (docstring)."""
         if id(v) not in self.map:
             f = self.forms[id(v)]
-            if id(v) in self.slices:  # a channel group of a decomposed conv: of the one merge of its source
-                self.map[id(v)] = self.g.add(v.op, (self.explicit(self.slices[id(v)]),), v.name)
-            else:
-                self.map[id(v)] = f.node if f.identity else self._merge(f, v.name)
+            self.map[id(v)] = f.node if f.identity else self._merge(f, v.name)
         return self.map[id(v)]
 
     def _merge(self, f: _Form, name: str, pool: str = "bypass") -> Node:
@@ -430,11 +428,10 @@ class _Rewriter:
             m = channel_selection(n)
             if m is not None:
                 f = self.forms[id(n.inputs[0])]
+                # a channel group of a decomposed conv is made explicit by a merge layer of its own:
+                # its own output grid, as each group the CPU quantizes gets (docs/measurements.md
+                # §24, §31: one merge sliced into groups rounds them all on its one grid)
                 self.forms[id(n)] = _Form(f.node, m @ f.e, m @ f.beta)
-                if isinstance(n.op, O.StridedSlice) and not f.identity:
-                    # made explicit as a slice of the source's merge (kcc.emit reads a channel group
-                    # of a KPU layer in place), not by a merge layer per group
-                    self.slices[id(n)] = n.inputs[0]
                 return True
             return None
         if isinstance(n.op, O.Pool2D):

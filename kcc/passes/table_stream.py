@@ -1,8 +1,9 @@
 """table_stream: a BlazeBlock's residual add on the KPU, its sum read by the PReLU's tables as codes
 (issue #16 item 3; docs/measurements.md §28, §30).
 
-After kcc.passes.prelu_tables, a BlazeBlock whose PReLU runs as tables (BlazePalm's 24x24 blocks)
-still adds on the CPU, in float:
+After kcc.passes.prelu_tables, a BlazeBlock whose PReLU runs as tables (one kcc.passes.prelu_stream
+does not keep in KPU RAM: BlazePalm's 24x24 blocks before STREAM_BLOCK_BYTES took them, §31) still
+adds on the CPU, in float:
 
     p (its projection, a 1x1 KPU layer) -> copy-out -> dequantize -> a = p + y -> quantize a channel
     at a time -> the tables of PReLU(a)

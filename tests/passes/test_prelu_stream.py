@@ -181,3 +181,46 @@ def test_streamed_prelus_are_those_of_blazeblock_adds_whose_pair_leaves_kpu_ram_
         assert streamed_prelus(g) == ({id(p): "add"} if streamed else {}), hw
         g.outputs = [p]  # a PReLU the model outputs stays on the CPU
         assert streamed_prelus(g) == {}
+
+
+def test_each_channel_group_a_decomposed_conv_reads_gets_a_merge_layer_of_its_own():
+    """A decomposed 5x5 reads a streamed PReLU in channel groups (kcc.passes.kernel_forms' slices, its
+    shifted copies concatenated in KPU RAM). Each group is made explicit by a 1x1 layer of its own
+    over the pair, so each has its own output grid, as each group the CPU quantizes does (sliced
+    from one merge of all C channels, BlazePalm's 24x24 streams lost 0.002 of cosine: docs/measurements.md §31)."""
+    g = _blazeblocks(stride2=False)
+    y = g.find("b2_prelu")
+    copies = []
+    for i, (lo, hi) in enumerate(((0, 3), (3, 8))):
+        part = g.add(O.StridedSlice((0, lo, 0, 0), (1, hi, 16, 16), (1, 1, 1, 1)), (y,), f"dw/channels_{i}")
+        copies.append(g.add(KO.FloatKpuConv(3, True), (part, _const(g, (hi - lo, 1, 3, 3)), _const(g, (hi - lo,))),
+                            f"dw/copy_{i}"))
+    both = g.add(O.Concat(1), tuple(copies), "dw/copies")
+    g.outputs = [g.add(KO.FloatKpuConv(1), (both, _const(g, (4, 8, 1, 1)), _const(g, (4,))), "head")]
+    out, done, _, kept = _stream(g)
+    assert done == ["b1_add", "b2_add"] and kept == [], kept
+    pair = out.find("b2_add/relu_pair")
+    for i, c in enumerate((3, 5)):
+        merge = out.find(f"dw/channels_{i}")
+        assert isinstance(merge.op, KO.FloatKpuConv) and merge.op.kernel == 1, merge.op
+        assert merge.inputs[0] is pair and merge.shape[1] == c
+        assert out.find(f"dw/copy_{i}").inputs[0] is merge
+    assert not any(isinstance(n.op, O.StridedSlice) for n in out.nodes)
+    xs = rng.uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(run(out, [xs])[0], run(g, [xs])[0], rtol=1e-4, atol=1e-4)
+
+
+def test_streamed_prelus_take_blocks_of_128_channels_before_a_5x5_not_256():
+    """STREAM_BLOCK_BYTES: a block's pair layer (2C x (2C + C) weights) and the merge making its PReLU
+    explicit for a 5x5 (2C x C): 128 KiB at BlazePalm's 24x24 blocks of 128 channels, streamed; 512 KiB
+    at its 12x12 ones of 256, kept on the CPU."""
+    for c, streamed in ((128, True), (256, False)):
+        g = Graph()
+        x = g.input(0, (1, c, 12, 12))
+        y = g.add(O.PRelu(), (x, _alpha(g, c)), "stem_prelu")
+        t = g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=c), (y, _const(g, (c, 1, 5, 5)), _const(g, (c,))), "dw")
+        a = g.add(O.Binary("add"), (y, g.add(O.Conv2D(), (t, _const(g, (c, c, 1, 1)), _const(g, (c,))))), "add")
+        p = g.add(O.PRelu(), (a, _alpha(g, c)), "prelu")
+        t = g.add(O.Conv2D((1, 1), ((2, 2), (2, 2)), groups=c), (p, _const(g, (c, 1, 5, 5)), _const(g, (c,))), "dw2")
+        g.outputs = [g.add(O.Conv2D(), (t, _const(g, (4, c, 1, 1)), _const(g, (4,))), "head")]
+        assert streamed_prelus(g) == ({id(p): "add"} if streamed else {}), c
