@@ -428,9 +428,10 @@ class _Rewriter:
             m = channel_selection(n)
             if m is not None:
                 f = self.forms[id(n.inputs[0])]
-                # a channel group of a decomposed conv is made explicit by a merge layer of its own:
-                # its own output grid, as each group the CPU quantizes gets (docs/measurements.md
-                # §24, §31: one merge sliced into groups rounds them all on its one grid)
+                # rows of E, no node: a slice a decomposed conv reads as a channel group is made
+                # explicit (`explicit`) by a merge layer of its own, on its own output grid, as each
+                # group the CPU quantizes is (docs/measurements.md §24, §31: one merge sliced into
+                # the groups rounds them all on its one grid)
                 self.forms[id(n)] = _Form(f.node, m @ f.e, m @ f.beta)
                 return True
             return None
